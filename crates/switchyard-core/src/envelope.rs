@@ -1,0 +1,403 @@
+//! The envelope: one message with everything the bus needs to route, trace and retry it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+use ulid::Ulid;
+
+use crate::topic::Topic;
+
+/// A message id: a ULID, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(Ulid);
+
+impl MessageId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(Ulid::new())
+    }
+
+    /// The id as a 128-bit number.
+    pub fn as_u128(self) -> u128 {
+        self.0.0
+    }
+
+    /// Rebuilds an id from a 128-bit number.
+    pub fn from_u128(v: u128) -> Self {
+        Self(Ulid(v))
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// A string that is not a valid message id.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid message id {input:?}: expected a 26-character ULID")]
+pub struct MessageIdError {
+    /// The refused string.
+    pub input: String,
+}
+
+impl FromStr for MessageId {
+    type Err = MessageIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ulid::from_string(s).map(Self).map_err(|_| MessageIdError {
+            input: s.to_owned(),
+        })
+    }
+}
+
+/// What kind of message an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A fact: delivered to every matching subscription (0..n).
+    #[default]
+    Event,
+    /// An intention: delivered to exactly one handler, which returns a result.
+    Command,
+    /// A command with a deadline and a typed reply.
+    Request,
+    /// The reply to a command or request.
+    Reply,
+}
+
+impl Kind {
+    /// Lower-case name (`event`, `command`, `request`, `reply`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Command => "command",
+            Self::Request => "request",
+            Self::Reply => "reply",
+        }
+    }
+}
+
+/// Urgency of a message: higher values are handled first among waiting messages of one lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Priority(pub u8);
+
+impl Priority {
+    /// Background work.
+    pub const LOW: Priority = Priority(64);
+    /// The default.
+    pub const NORMAL: Priority = Priority(128);
+    /// Jumps ahead of normal messages that are still waiting.
+    pub const HIGH: Priority = Priority(192);
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self::NORMAL
+    }
+}
+
+/// String headers. Unknown headers are kept as they are. Cheap to clone: the map is shared
+/// and copied only when one clone is changed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Option<Arc<BTreeMap<SmolStr, SmolStr>>>);
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BTreeMap::<SmolStr, SmolStr>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Self(None)
+    }
+
+    /// The value of one header.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.as_ref()?.get(name).map(SmolStr::as_str)
+    }
+
+    /// Sets one header, replacing any earlier value.
+    pub fn insert(&mut self, name: impl Into<SmolStr>, value: impl Into<SmolStr>) {
+        Arc::make_mut(self.0.get_or_insert_with(Default::default))
+            .insert(name.into(), value.into());
+    }
+
+    /// Removes one header and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<SmolStr> {
+        Arc::make_mut(self.0.as_mut()?).remove(name)
+    }
+
+    /// All headers in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// True when there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let map: BTreeMap<SmolStr, SmolStr> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        if map.is_empty() {
+            Self(None)
+        } else {
+            Self(Some(Arc::new(map)))
+        }
+    }
+}
+
+/// Delivery bookkeeping: which attempt this is and when the first one happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryInfo {
+    /// 1 on the first delivery, 2 on the first retry, and so on. 0 before any delivery.
+    pub attempt: u32,
+    /// When the message was first handed to a handler.
+    pub first_delivered_at: Option<SystemTime>,
+}
+
+impl Default for DeliveryInfo {
+    fn default() -> Self {
+        Self {
+            attempt: 0,
+            first_delivered_at: None,
+        }
+    }
+}
+
+/// Content type used by the default JSON codec.
+pub const JSON: &str = "application/json";
+
+/// One message on the bus: routing data, tracing ids, headers and an opaque payload.
+///
+/// Cloning is cheap: strings are inline or shared, the payload is [`Bytes`].
+///
+/// ```
+/// use switchyard_core::{Envelope, Kind, Topic};
+/// let env = Envelope::new(Topic::new("users.created")?, "{\"id\":7}")
+///     .with_header("tenant", "acme")
+///     .with_source("user-service");
+/// assert_eq!(env.kind, Kind::Event);
+/// assert_eq!(env.correlation_id, env.id); // a new message starts its own correlation
+/// assert_eq!(env.header("tenant"), Some("acme"));
+/// # Ok::<(), switchyard_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique id of this message.
+    pub id: MessageId,
+    /// Where it is published.
+    pub topic: Topic,
+    /// Event, command, request or reply.
+    pub kind: Kind,
+    /// Id shared by every message of one end-to-end flow. A new message starts its own
+    /// (equal to `id`); a message published while handling another inherits that one's.
+    pub correlation_id: MessageId,
+    /// Id of the message whose handler published this one (set automatically by the bus).
+    pub causation_id: Option<MessageId>,
+    /// Name of the component that published it.
+    pub source: Option<SmolStr>,
+    /// Name of the component it is addressed to, if any.
+    pub target: Option<SmolStr>,
+    /// Urgency among waiting messages.
+    pub priority: Priority,
+    /// When it was created.
+    pub timestamp: SystemTime,
+    /// String headers; unknown ones are kept.
+    pub headers: Headers,
+    /// MIME type of the payload (`application/json` by default).
+    pub content_type: SmolStr,
+    /// Rust or schema type name of the payload, for schema evolution.
+    pub type_name: Option<SmolStr>,
+    /// Schema version of the payload type.
+    pub type_version: u32,
+    /// The encoded message.
+    pub payload: Bytes,
+    /// Attempt number and first delivery time.
+    pub delivery: DeliveryInfo,
+}
+
+impl Envelope {
+    /// A new event on `topic` carrying `payload`, with a fresh id that is also its correlation id.
+    pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
+        let id = MessageId::new();
+        Self {
+            id,
+            topic,
+            kind: Kind::Event,
+            correlation_id: id,
+            causation_id: None,
+            source: None,
+            target: None,
+            priority: Priority::NORMAL,
+            timestamp: SystemTime::now(),
+            headers: Headers::new(),
+            content_type: SmolStr::new_static(JSON),
+            type_name: None,
+            type_version: 1,
+            payload: payload.into(),
+            delivery: DeliveryInfo::default(),
+        }
+    }
+
+    /// Sets the kind.
+    pub fn with_kind(mut self, kind: Kind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets one header.
+    pub fn with_header(mut self, name: impl Into<SmolStr>, value: impl Into<SmolStr>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the source component.
+    pub fn with_source(mut self, source: impl Into<SmolStr>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Sets the target component.
+    pub fn with_target(mut self, target: impl Into<SmolStr>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, id: MessageId) -> Self {
+        self.correlation_id = id;
+        self
+    }
+
+    /// Makes this message a consequence of `parent`: causation is the parent's id and the
+    /// correlation id is inherited from the parent.
+    pub fn caused_by(mut self, parent: &Envelope) -> Self {
+        self.causation_id = Some(parent.id);
+        self.correlation_id = parent.correlation_id;
+        self
+    }
+
+    /// The value of one header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.
+    pub fn reply(&self, payload: impl Into<Bytes>) -> Envelope {
+        let mut reply = Envelope::new(self.topic.clone(), payload).caused_by(self);
+        reply.kind = Kind::Reply;
+        reply.target = self.source.clone();
+        reply
+    }
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("kind", &self.kind)
+            .field("correlation_id", &self.correlation_id)
+            .field("causation_id", &self.causation_id)
+            .field("source", &self.source)
+            .field("target", &self.target)
+            .field("priority", &self.priority)
+            .field("headers", &self.headers)
+            .field("type_name", &self.type_name)
+            .field("payload_len", &self.payload.len())
+            .field("attempt", &self.delivery.attempt)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_copy_on_write() {
+        let a = Envelope::new(Topic::new("a.b").unwrap(), "x").with_header("k", "1");
+        let mut b = a.clone();
+        b.headers.insert("k", "2");
+        assert_eq!(a.header("k"), Some("1"));
+        assert_eq!(b.header("k"), Some("2"));
+    }
+
+    #[test]
+    fn json_roundtrip_keeps_every_field() {
+        let parent = Envelope::new(Topic::new("a.b").unwrap(), "p");
+        let env = Envelope::new(Topic::new("a.c").unwrap(), vec![0u8, 159, 255])
+            .caused_by(&parent)
+            .with_header("x-unknown", "kept")
+            .with_source("s")
+            .with_target("t")
+            .with_priority(Priority::HIGH)
+            .with_kind(Kind::Command);
+        let json = serde_json::to_string(&env).unwrap();
+        let back: Envelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn message_id_parses_its_display() {
+        let id = MessageId::new();
+        assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
+        assert!("nope".parse::<MessageId>().is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Error types: one enum per operation, with small `Copy` kinds where callers branch.
+
+use std::time::Duration;
+
+use crate::topic::{Topic, TopicError};
+
+/// Any error a handler may return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether a codec was encoding or decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecDirection {
+    /// Turning a value into bytes.
+    Encode,
+    /// Turning bytes into a value.
+    Decode,
+}
+
+/// A message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {} {type_name}: {source}", match direction { CodecDirection::Encode => "encode", CodecDirection::Decode => "decode" })]
+pub struct CodecError {
+    /// Encoding or decoding.
+    pub direction: CodecDirection,
+    /// The Rust type involved.
+    pub type_name: &'static str,
+    /// The codec's own error.
+    #[source]
+    pub source: BoxError,
+}
+
+/// Broad class of a transport failure, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportErrorKind {
+    /// The broker or storage cannot be reached right now; retrying may help.
+    Unavailable,
+    /// The operation did not finish in time.
+    Timeout,
+    /// The broker refused the operation (limits, permissions, configuration).
+    Rejected,
+    /// A local I/O error.
+    Io,
+    /// Stored data failed an integrity check.
+    Corrupt,
+    /// The transport was closed.
+    Closed,
+    /// The transport cannot do this (see its capabilities).
+    Unsupported,
+}
+
+/// A transport (memory, log, NATS) failed.
+#[derive(Debug, thiserror::Error)]
+#[error("transport error ({kind:?}): {message}")]
+pub struct TransportError {
+    /// Broad class of the failure.
+    pub kind: TransportErrorKind,
+    /// What happened, for people.
+    pub message: String,
+    /// The underlying error, if any.
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl TransportError {
+    /// A transport error without an underlying cause.
+    pub fn new(kind: TransportErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A transport error caused by `source`.
+    pub fn with_source(
+        kind: TransportErrorKind,
+        message: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+/// Publishing a message failed. Nothing was delivered unless the variant says so.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The topic is not valid.
+    #[error(transparent)]
+    InvalidTopic(#[from] TopicError),
+    /// The message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] CodecError),
+    /// One or more subscriptions refused the message because their queue was full.
+    /// It was still delivered to `delivered` other subscriptions.
+    #[error("queue full for subscription(s) {subscriptions:?} (delivered to {delivered} other(s))")]
+    Full {
+        /// Names of the subscriptions that refused it.
+        subscriptions: Vec<String>,
+        /// How many subscriptions did accept it.
+        delivered: usize,
+    },
+    /// The bus is shutting down and accepts no new messages.
+    #[error("bus is shutting down")]
+    ShuttingDown,
+    /// The publisher (component) may not send this message by the layer rules.
+    #[error("layer violation: {0}")]
+    LayerViolation(String),
+    /// The transport failed to accept the message.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Sending a command or request failed, or its handler failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The topic is not valid.
+    #[error(transparent)]
+    InvalidTopic(#[from] TopicError),
+    /// The command could not be encoded, or the reply could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// No handler is registered for the command's topic.
+    #[error("no handler registered for command topic {topic}")]
+    NoHandler {
+        /// The command's topic.
+        topic: Topic,
+    },
+    /// The handler's queue is full.
+    #[error("command handler {handler} is full")]
+    Full {
+        /// The handler's name.
+        handler: String,
+    },
+    /// The bus is shutting down.
+    #[error("bus is shutting down")]
+    ShuttingDown,
+    /// The handler refused the command.
+    #[error("command rejected: {reason}")]
+    Rejected {
+        /// The handler's reason.
+        reason: String,
+    },
+    /// The handler failed on every attempt (error or panic); the command was dead-lettered.
+    #[error("command failed after {attempts} attempt(s): {error}")]
+    Failed {
+        /// The last error, as text.
+        error: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The deadline passed before a reply arrived. The handler may still run; its late
+    /// result is discarded.
+    #[error("no reply within {deadline:?}")]
+    Timeout {
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The command was dropped without a result (its handler was unregistered or the bus shut
+    /// down before it ran); it is in the dead-letter queue.
+    #[error("command was not processed: {0}")]
+    NotProcessed(String),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl From<PublishError> for SendError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::InvalidTopic(t) => Self::InvalidTopic(t),
+            PublishError::Encode(c) => Self::Codec(c),
+            PublishError::Full { subscriptions, .. } => Self::Full {
+                handler: subscriptions.join(","),
+            },
+            PublishError::ShuttingDown => Self::ShuttingDown,
+            PublishError::LayerViolation(v) => Self::Rejected {
+                reason: format!("layer violation: {v}"),
+            },
+            PublishError::Transport(t) => Self::Transport(t),
+        }
+    }
+}
+
+/// Registering a subscription or handler failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The pattern is not valid.
+    #[error(transparent)]
+    InvalidPattern(#[from] TopicError),
+    /// A command topic already has its one handler.
+    #[error("command topic {topic} already has a handler ({existing})")]
+    DuplicateHandler {
+        /// The command topic.
+        topic: Topic,
+        /// Name of the handler already registered.
+        existing: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid subscription config: {0}")]
+    InvalidConfig(&'static str),
+    /// The bus is shutting down.
+    #[error("bus is shutting down")]
+    ShuttingDown,
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Closing a publisher, subscriber or bus failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseError {
+    /// Shutdown was already started by another caller.
+    #[error("shutdown already in progress")]
+    AlreadyShuttingDown,
+    /// The transport failed to flush.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}

@@ -1,0 +1,32 @@
+//! # switchyard-core
+//!
+//! The small, stable contract every part of switchyard shares: the [`Envelope`], validated
+//! [`Topic`]s and [`Pattern`]s, the handler [`Outcome`], typed [`Message`]s, the error enums,
+//! the dead-letter sink and the transport traits.
+//!
+//! Applications depend on the `switchyard` facade crate, which re-exports all of this.
+#![forbid(unsafe_code)]
+
+pub mod dead_letter;
+pub mod envelope;
+pub mod error;
+pub mod message;
+pub mod outcome;
+pub mod topic;
+pub mod transport;
+
+pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters};
+pub use envelope::{
+    DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
+};
+pub use error::{
+    BoxError, CloseError, CodecDirection, CodecError, PublishError, SendError, SubscribeError,
+    TransportError, TransportErrorKind,
+};
+pub use message::{Command, Message};
+pub use outcome::Outcome;
+pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
+pub use transport::{AckHandle, BoxFuture, Capabilities, Delivery, Publisher, Subscriber};
+
+pub use bytes::Bytes;
+pub use smol_str::SmolStr;

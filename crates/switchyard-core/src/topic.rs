@@ -1,0 +1,318 @@
+//! Topics (where a message is published) and patterns (what a subscription listens to).
+//!
+//! A topic is a dot-separated list of non-empty segments: `analytics.feature.request`.
+//! A pattern is a topic whose segments may also be `*` (exactly one segment) or `#`
+//! (zero or more segments), with AMQP semantics: `analytics.#` matches `analytics`,
+//! `analytics.feature` and `analytics.feature.request`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+
+/// Longest topic or pattern accepted, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// Why a topic or pattern was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicErrorKind {
+    /// The string is empty.
+    Empty,
+    /// Two dots in a row, or a leading or trailing dot.
+    EmptySegment,
+    /// A space, tab, newline or other whitespace character.
+    Whitespace,
+    /// `*` or `#` in a topic that is published to (only patterns may hold wildcards).
+    WildcardInTopic,
+    /// A wildcard mixed with other characters in one segment (`ab*`, `#x`).
+    PartialWildcard,
+    /// Longer than [`MAX_TOPIC_LEN`] bytes.
+    TooLong,
+}
+
+impl TopicErrorKind {
+    /// A short human-readable reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Empty => "topic is empty",
+            Self::EmptySegment => "topic has an empty segment (leading, trailing or double dot)",
+            Self::Whitespace => "topic contains whitespace",
+            Self::WildcardInTopic => {
+                "wildcards `*` and `#` are only allowed in subscription patterns"
+            }
+            Self::PartialWildcard => "a wildcard must be a whole segment (`a.*.c`, not `a.b*.c`)",
+            Self::TooLong => "topic is longer than 255 bytes",
+        }
+    }
+}
+
+/// A topic or pattern string that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid topic {input:?}: {}", kind.reason())]
+pub struct TopicError {
+    /// The string that was refused (cut to 300 bytes).
+    pub input: String,
+    /// Why it was refused.
+    pub kind: TopicErrorKind,
+}
+
+impl TopicError {
+    fn new(input: &str, kind: TopicErrorKind) -> Self {
+        let mut end = input.len().min(300);
+        while !input.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            input: input[..end].to_owned(),
+            kind,
+        }
+    }
+}
+
+fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::new(s, TopicErrorKind::Empty));
+    }
+    if s.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::new(s, TopicErrorKind::TooLong));
+    }
+    for segment in s.split('.') {
+        if segment.is_empty() {
+            return Err(TopicError::new(s, TopicErrorKind::EmptySegment));
+        }
+        if segment.chars().any(char::is_whitespace) {
+            return Err(TopicError::new(s, TopicErrorKind::Whitespace));
+        }
+        let has_wildcard = segment.contains(['*', '#']);
+        if has_wildcard {
+            if !allow_wildcards {
+                return Err(TopicError::new(s, TopicErrorKind::WildcardInTopic));
+            }
+            if segment != "*" && segment != "#" {
+                return Err(TopicError::new(s, TopicErrorKind::PartialWildcard));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A validated topic that messages are published to: `analytics.feature.request`.
+///
+/// Cheap to clone (short topics are stored inline, longer ones are reference counted).
+///
+/// ```
+/// use switchyard_core::Topic;
+/// let t = Topic::new("analytics.feature.request")?;
+/// assert_eq!(t.segments().count(), 3);
+/// assert!(Topic::new("analytics..request").is_err());
+/// assert!(Topic::new("analytics.*").is_err());
+/// # Ok::<(), switchyard_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Topic(SmolStr);
+
+impl Topic {
+    /// Validates `s` as a publishable topic.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        validate(s, false)?;
+        Ok(Self(SmolStr::new(s)))
+    }
+
+    /// Builds a topic from a `'static` string without allocating. Validates it.
+    pub fn from_static(s: &'static str) -> Result<Self, TopicError> {
+        validate(s, false)?;
+        Ok(Self(SmolStr::new_static(s)))
+    }
+
+    /// The topic as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The dot-separated segments.
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.0.split('.')
+    }
+
+    /// The first segment (the domain, by the `<domain>.<action>.<phase>` convention).
+    pub fn domain(&self) -> &str {
+        self.0.split('.').next().unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for Topic {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = SmolStr::deserialize(d)?;
+        validate(&s, false).map_err(serde::de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+impl FromStr for Topic {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for Topic {
+    type Error = TopicError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for Topic {
+    type Error = TopicError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl AsRef<str> for Topic {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({:?})", self.0.as_str())
+    }
+}
+
+/// A validated subscription pattern: a topic whose segments may be `*` (one segment)
+/// or `#` (zero or more segments).
+///
+/// ```
+/// use switchyard_core::{Pattern, Topic};
+/// let p = Pattern::new("analytics.#")?;
+/// assert!(p.matches(&Topic::new("analytics")?));
+/// assert!(p.matches(&Topic::new("analytics.feature.request")?));
+/// assert!(!Pattern::new("analytics.*")?.matches(&Topic::new("analytics")?));
+/// # Ok::<(), switchyard_core::TopicError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Pattern(SmolStr);
+
+impl Pattern {
+    /// Validates `s` as a pattern.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        validate(s, true)?;
+        Ok(Self(SmolStr::new(s)))
+    }
+
+    /// The pattern as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The dot-separated segments.
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.0.split('.')
+    }
+
+    /// True when the pattern has no wildcard, so it matches exactly one topic.
+    pub fn is_exact(&self) -> bool {
+        !self.0.contains(['*', '#'])
+    }
+
+    /// Matches one topic against this pattern. This is the reference matcher: simple and
+    /// obviously right; the bus's router uses a trie and is checked against it.
+    pub fn matches(&self, topic: &Topic) -> bool {
+        let p: Vec<&str> = self.segments().collect();
+        let t: Vec<&str> = topic.segments().collect();
+        matches_segments(&p, &t)
+    }
+}
+
+fn matches_segments(p: &[&str], t: &[&str]) -> bool {
+    match p.split_first() {
+        None => t.is_empty(),
+        Some((&"#", rest)) => (0..=t.len()).any(|skip| matches_segments(rest, &t[skip..])),
+        Some((&seg, rest)) => match t.split_first() {
+            Some((&tseg, trest)) => (seg == "*" || seg == tseg) && matches_segments(rest, trest),
+            None => false,
+        },
+    }
+}
+
+impl From<Topic> for Pattern {
+    fn from(t: Topic) -> Self {
+        Self(t.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = SmolStr::deserialize(d)?;
+        validate(&s, true).map_err(serde::de::Error::custom)?;
+        Ok(Self(s))
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = TopicError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for Pattern {
+    type Error = TopicError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pattern({:?})", self.0.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_kinds() {
+        let kind = |s: &str| Topic::new(s).err().map(|e| e.kind);
+        assert_eq!(kind(""), Some(TopicErrorKind::Empty));
+        assert_eq!(kind("a..b"), Some(TopicErrorKind::EmptySegment));
+        assert_eq!(kind(".a"), Some(TopicErrorKind::EmptySegment));
+        assert_eq!(kind("a."), Some(TopicErrorKind::EmptySegment));
+        assert_eq!(kind("a b"), Some(TopicErrorKind::Whitespace));
+        assert_eq!(kind("a.*"), Some(TopicErrorKind::WildcardInTopic));
+        assert_eq!(kind("a.#"), Some(TopicErrorKind::WildcardInTopic));
+        assert_eq!(kind(&"a".repeat(256)), Some(TopicErrorKind::TooLong));
+        assert_eq!(kind(&"a".repeat(255)), None);
+        assert_eq!(
+            Pattern::new("a.b*").err().map(|e| e.kind),
+            Some(TopicErrorKind::PartialWildcard)
+        );
+        assert!(Pattern::new("#.a.*.#").is_ok());
+    }
+
+    #[test]
+    fn serde_validates() {
+        assert!(serde_json::from_str::<Topic>("\"a..b\"").is_err());
+        let t: Topic = serde_json::from_str("\"a.b\"").unwrap();
+        assert_eq!(t.as_str(), "a.b");
+    }
+}
