@@ -197,21 +197,12 @@ impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Headers {
 }
 
 /// Delivery bookkeeping: which attempt this is and when the first one happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeliveryInfo {
     /// 1 on the first delivery, 2 on the first retry, and so on. 0 before any delivery.
     pub attempt: u32,
     /// When the message was first handed to a handler.
     pub first_delivered_at: Option<SystemTime>,
-}
-
-impl Default for DeliveryInfo {
-    fn default() -> Self {
-        Self {
-            attempt: 0,
-            first_delivered_at: None,
-        }
-    }
 }
 
 /// Content type used by the default JSON codec.

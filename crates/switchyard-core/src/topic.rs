@@ -211,6 +211,11 @@ impl Pattern {
         Ok(Self(SmolStr::new(s)))
     }
 
+    /// `#`: the pattern that matches every topic.
+    pub fn all() -> Self {
+        Self(SmolStr::new_static("#"))
+    }
+
     /// The pattern as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -1,0 +1,741 @@
+//! The bus: the handle users hold, the builder, publish/send/request and shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use smol_str::SmolStr;
+use switchyard_core::{
+    BoxError, CloseError, Command, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope,
+    InMemoryDeadLetters, Kind, Message, MessageId, Pattern, PublishError, SendError,
+    SubscribeError, Topic,
+};
+use tokio::sync::{Notify, oneshot};
+
+use crate::command::CommandResult;
+use crate::handler::{self, BoxHandler, Ctx, IntoOutcome};
+use crate::queue::Overflow;
+use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
+use crate::subscription::{
+    EnqueueError, SubShared, Subscription, SubscriptionBuilder, SubscriptionConfig,
+    SubscriptionInfo, SubscriptionKind,
+};
+
+/// The message being handled on the current task, so publishes from a handler are recorded
+/// as its consequences.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parent {
+    pub(crate) id: MessageId,
+    pub(crate) correlation_id: MessageId,
+}
+
+tokio::task_local! {
+    pub(crate) static CURRENT: Parent;
+}
+
+const RUNNING: u8 = 0;
+const SHUTTING_DOWN: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// Configures a [`Bus`]. Every setting has a default, listed on its method.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::{Bus, Overflow};
+/// let bus = Bus::builder()
+///     .queue_capacity(1024)
+///     .overflow(Overflow::Block { timeout: Duration::from_secs(1) })
+///     .workers(4)
+///     .build()?;
+/// # let _ = bus;
+/// # Ok::<(), switchyard::BuildError>(())
+/// ```
+#[must_use]
+pub struct BusBuilder {
+    capacity: usize,
+    overflow: Overflow,
+    workers: usize,
+    max_attempts: u32,
+    retry_delay: Duration,
+    cache_capacity: usize,
+    dead_letters: Option<Arc<dyn DeadLetterSink>>,
+}
+
+/// The bus configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error("invalid bus setting: {0}")]
+    Invalid(&'static str),
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            overflow: Overflow::default(),
+            workers: 1,
+            max_attempts: 3,
+            retry_delay: Duration::from_millis(100),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            dead_letters: None,
+        }
+    }
+}
+
+impl BusBuilder {
+    /// Default queue capacity of each subscription. Default 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// Default overflow policy. Default `Block` for at most 1 s.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Default workers per subscription. Default 1 (strict order).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Default attempts before a failing message is dead-lettered. Default 3.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// Default delay between attempts when the handler does not say. Default 100 ms.
+    /// (Exponential backoff with jitter is the retry layer of `switchyard-middleware`.)
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.retry_delay = d;
+        self
+    }
+
+    /// Topics kept in the router's match cache. Default 4096.
+    pub fn match_cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Where undeliverable messages go. Default: a bounded in-memory store of 10,000 entries,
+    /// reachable through [`Bus::dead_letters`].
+    pub fn dead_letters(mut self, sink: impl DeadLetterSink) -> Self {
+        self.dead_letters = Some(Arc::new(sink));
+        self
+    }
+
+    /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
+    pub fn build(self) -> Result<Bus, BuildError> {
+        if self.capacity == 0 {
+            return Err(BuildError::Invalid("queue_capacity must be at least 1"));
+        }
+        if self.workers == 0 {
+            return Err(BuildError::Invalid("workers must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(BuildError::Invalid("max_attempts must be at least 1"));
+        }
+        let memory = Arc::new(InMemoryDeadLetters::default());
+        let sink: Arc<dyn DeadLetterSink> = match self.dead_letters {
+            Some(s) => s,
+            None => memory.clone(),
+        };
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                router: Router::new(self.cache_capacity),
+                commands: RwLock::new(HashMap::new()),
+                subs: Mutex::new(BTreeMap::new()),
+                dead_letters: sink,
+                memory_dead_letters: memory,
+                capacity: self.capacity,
+                overflow: self.overflow,
+                workers: self.workers,
+                max_attempts: self.max_attempts,
+                retry_delay: self.retry_delay,
+                state: AtomicU8::new(RUNNING),
+                next_id: AtomicU64::new(1),
+                pending: AtomicUsize::new(0),
+                settled: AtomicU64::new(0),
+                idle: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// Shared state behind every [`Bus`] clone.
+pub(crate) struct BusInner {
+    router: Router<Arc<SubShared>>,
+    commands: RwLock<HashMap<Topic, Arc<SubShared>>>,
+    /// Every subscription whose workers still run (active or draining).
+    subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
+    dead_letters: Arc<dyn DeadLetterSink>,
+    memory_dead_letters: Arc<InMemoryDeadLetters>,
+    capacity: usize,
+    overflow: Overflow,
+    workers: usize,
+    max_attempts: u32,
+    retry_delay: Duration,
+    state: AtomicU8,
+    next_id: AtomicU64,
+    /// Accepted messages not yet settled (handled, dead-lettered or reported).
+    pending: AtomicUsize,
+    settled: AtomicU64,
+    idle: Notify,
+}
+
+impl BusInner {
+    pub(crate) fn pending_add(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn pending_settled(&self) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn dead_letter(&self, letter: DeadLetter) {
+        self.dead_letters.put(letter);
+    }
+
+    pub(crate) fn forget_subscription(&self, id: u64) {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Stops routing new messages to `sub`.
+    pub(crate) fn unroute(&self, sub: &SubShared) {
+        match sub.kind {
+            SubscriptionKind::Event => self.router.remove(&sub.config.pattern, sub.id),
+            SubscriptionKind::Command => {
+                let mut commands = self.commands.write().unwrap_or_else(|p| p.into_inner());
+                let topic = Topic::new(sub.config.pattern.as_str());
+                if let Ok(topic) = topic
+                    && commands.get(&topic).is_some_and(|s| s.id == sub.id)
+                {
+                    commands.remove(&topic);
+                }
+            }
+        }
+    }
+
+    fn subs(&self) -> Vec<Arc<SubShared>> {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What [`Bus::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Messages settled (handled or dead-lettered by their handler) while draining.
+    pub drained: u64,
+    /// Messages not handled before the deadline; each was sent to the dead-letter sink with
+    /// reason `Shutdown`, and command senders got `SendError::NotProcessed`.
+    pub left: Vec<MessageId>,
+}
+
+/// The message bus: cheap to clone, every clone is the same bus.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use switchyard::{Bus, Message};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct UserCreated { id: u64 }
+/// impl Message for UserCreated { const TOPIC: &'static str = "users.created"; }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = Bus::new();
+/// let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// let _sub = bus
+///     .on("welcome-mail", move |ev: UserCreated, _ctx| {
+///         let tx = tx.clone();
+///         async move { tx.send(ev.id).map_err(|e| e.to_string()) }
+///     })
+///     .start()
+///     .await?;
+/// bus.publish(UserCreated { id: 7 }).await?;
+/// assert_eq!(rx.recv().await, Some(7));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("subscriptions", &self.inner.router.len())
+            .field("pending", &self.inner.pending.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    /// A bus with every default (see [`BusBuilder`]).
+    pub fn new() -> Self {
+        Self::from_parts(BusBuilder::default())
+    }
+
+    fn from_parts(b: BusBuilder) -> Self {
+        match b.build() {
+            Ok(bus) => bus,
+            // The default builder is valid by construction (capacity, workers, attempts ≥ 1).
+            Err(_) => unreachable!("default bus settings are valid"),
+        }
+    }
+
+    /// A builder to change the defaults.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    pub(crate) fn from_weak(inner: &Weak<BusInner>) -> Option<Self> {
+        inner.upgrade().map(|inner| Self { inner })
+    }
+
+    fn weak(&self) -> Weak<BusInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    fn config(&self, name: &str, pattern: Pattern) -> SubscriptionConfig {
+        let i = &self.inner;
+        SubscriptionConfig {
+            name: SmolStr::new(name),
+            pattern,
+            workers: i.workers,
+            capacity: i.capacity,
+            overflow: i.overflow,
+            max_attempts: i.max_attempts,
+            retry_delay: i.retry_delay,
+            ordering_key: None,
+        }
+    }
+
+    fn typed_pattern<M: Message>() -> (Pattern, Option<SubscribeError>) {
+        parse_pattern(M::TOPIC, false)
+    }
+
+    /// Subscribes a typed handler to `M`'s topic (or a pattern set with `.pattern`).
+    /// A payload that does not decode as `M` goes to the dead-letter sink with its raw bytes.
+    pub fn on<M, F, Fut, O, E>(&self, name: &str, f: F) -> SubscriptionBuilder
+    where
+        M: Message,
+        F: Fn(M, Ctx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome,
+        E: Into<BoxError>,
+    {
+        let (pattern, error) = Self::typed_pattern::<M>();
+        let handler = handler::typed_event::<M, F, Fut, O, E>(self.weak(), f);
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Event,
+            self.config(name, pattern),
+            handler,
+            error,
+        )
+    }
+
+    /// Subscribes a raw handler (any `tower::Service<Envelope>` boxed with
+    /// [`handler_fn`](crate::handler_fn) or [`boxed`](crate::boxed)) to a pattern.
+    pub fn subscribe(&self, name: &str, pattern: &str, handler: BoxHandler) -> SubscriptionBuilder {
+        let (p, error) = parse_pattern(pattern, true);
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Event,
+            self.config(name, p),
+            handler,
+            error,
+        )
+    }
+
+    /// Registers the one handler of command `C`. Registering a second one for the same topic
+    /// fails with `SubscribeError::DuplicateHandler`.
+    pub fn handle<C, F, Fut, E>(&self, f: F) -> SubscriptionBuilder
+    where
+        C: Command,
+        F: Fn(C, Ctx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Output, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let (pattern, error) = Self::typed_pattern::<C>();
+        let handler = handler::typed_command::<C, F, Fut, E>(self.weak(), f);
+        let config = self.config(C::TOPIC, pattern);
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Command,
+            config,
+            handler,
+            error,
+        )
+    }
+
+    /// Registers a raw command handler for `topic`.
+    pub fn handle_envelope(
+        &self,
+        name: &str,
+        topic: &str,
+        handler: BoxHandler,
+    ) -> SubscriptionBuilder {
+        let (p, error) = parse_pattern(topic, false);
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Command,
+            self.config(name, p),
+            handler,
+            error,
+        )
+    }
+
+    pub(crate) fn register(
+        &self,
+        kind: SubscriptionKind,
+        config: SubscriptionConfig,
+        handler: BoxHandler,
+    ) -> Result<Subscription, SubscribeError> {
+        let inner = &self.inner;
+        if inner.state.load(Ordering::Acquire) != RUNNING {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
+        match kind {
+            SubscriptionKind::Event => {
+                inner
+                    .router
+                    .insert(&shared.config.pattern, id, shared.clone());
+            }
+            SubscriptionKind::Command => {
+                let topic = Topic::new(shared.config.pattern.as_str())?;
+                let mut commands = inner.commands.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(existing) = commands.get(&topic) {
+                    return Err(SubscribeError::DuplicateHandler {
+                        topic,
+                        existing: existing.name().to_owned(),
+                    });
+                }
+                commands.insert(topic, shared.clone());
+            }
+        }
+        inner
+            .subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, shared.clone());
+        shared.spawn_workers(handler);
+        Ok(Subscription::new(shared, self.weak()))
+    }
+
+    fn check_running(&self) -> Result<(), PublishError> {
+        if self.inner.state.load(Ordering::Acquire) == RUNNING {
+            Ok(())
+        } else {
+            Err(PublishError::ShuttingDown)
+        }
+    }
+
+    /// Publishes a typed event on `M::TOPIC`. Returns once every matching subscription has
+    /// accepted it (queued), or says which refused it.
+    pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
+        self.publish_envelope(msg.to_envelope()?).await
+    }
+
+    /// Publishes a typed event on another topic than `M::TOPIC`.
+    pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
+        let mut env = msg.to_envelope()?;
+        env.topic = Topic::new(topic)?;
+        self.publish_envelope(env).await
+    }
+
+    /// Publishes an envelope to every subscription whose pattern matches its topic.
+    ///
+    /// When called from a handler, the envelope is recorded as caused by the message being
+    /// handled and inherits its correlation id (unless one was set).
+    pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
+        self.check_running()?;
+        inherit_parent(&mut env);
+        let targets = self.inner.router.route(&env.topic);
+        let mut refused = Vec::new();
+        let mut delivered = 0;
+        for sub in targets.iter() {
+            match sub.enqueue(env.clone(), None).await {
+                Ok(()) => delivered += 1,
+                Err(EnqueueError::Full) => refused.push(sub.name().to_owned()),
+                Err(EnqueueError::Closed) => {
+                    // Unsubscribed concurrently (fine: it no longer wants messages), unless the
+                    // whole bus is shutting down.
+                    self.check_running()?;
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(PublishError::Full {
+                subscriptions: refused,
+                delivered,
+            })
+        }
+    }
+
+    /// Sends a command to its one handler and waits for the typed result.
+    pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
+        let mut env = cmd.to_envelope()?;
+        env.kind = Kind::Command;
+        self.send_typed::<C>(env, None).await
+    }
+
+    /// Sends a request: a command with a deadline. Past the deadline the caller gets
+    /// `SendError::Timeout`; the handler's late reply is discarded.
+    pub async fn request<C: Command>(
+        &self,
+        cmd: C,
+        deadline: Duration,
+    ) -> Result<C::Output, SendError> {
+        let mut env = cmd.to_envelope()?;
+        env.kind = Kind::Request;
+        self.send_typed::<C>(env, Some(deadline)).await
+    }
+
+    pub(crate) async fn send_typed<C: Command>(
+        &self,
+        env: Envelope,
+        deadline: Option<Duration>,
+    ) -> Result<C::Output, SendError> {
+        let result = match deadline {
+            None => self.send_envelope(env).await?,
+            Some(d) => self.request_envelope(env, d).await?,
+        };
+        let payload = result
+            .reply
+            .map(|r| r.payload)
+            .unwrap_or_else(|| "null".into());
+        serde_json::from_slice(&payload).map_err(|e| {
+            SendError::Codec(switchyard_core::CodecError {
+                direction: switchyard_core::CodecDirection::Decode,
+                type_name: std::any::type_name::<C::Output>(),
+                source: Box::new(e),
+            })
+        })
+    }
+
+    /// Sends a command envelope to the handler of its topic and waits for the result.
+    /// With no handler registered this fails at once with `SendError::NoHandler`.
+    pub async fn send_envelope(&self, mut env: Envelope) -> Result<CommandResult, SendError> {
+        self.check_running()?;
+        inherit_parent(&mut env);
+        if env.kind == Kind::Event {
+            env.kind = Kind::Command;
+        }
+        let handler = {
+            let commands = self
+                .inner
+                .commands
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            commands.get(&env.topic).cloned()
+        };
+        let Some(handler) = handler else {
+            return Err(SendError::NoHandler { topic: env.topic });
+        };
+        let (tx, rx) = oneshot::channel();
+        match handler.enqueue(env, Some(tx)).await {
+            Ok(()) => {}
+            Err(EnqueueError::Full) => {
+                return Err(SendError::Full {
+                    handler: handler.name().to_owned(),
+                });
+            }
+            Err(EnqueueError::Closed) => {
+                self.check_running()?;
+                return Err(SendError::NotProcessed(
+                    "command handler was unregistered".into(),
+                ));
+            }
+        }
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::NotProcessed(
+                "the handler stopped before answering".into(),
+            )),
+        }
+    }
+
+    /// [`send_envelope`](Self::send_envelope) with a deadline.
+    pub async fn request_envelope(
+        &self,
+        mut env: Envelope,
+        deadline: Duration,
+    ) -> Result<CommandResult, SendError> {
+        if env.kind == Kind::Event || env.kind == Kind::Command {
+            env.kind = Kind::Request;
+        }
+        match tokio::time::timeout(deadline, self.send_envelope(env)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Timeout { deadline }),
+        }
+    }
+
+    /// Every live subscription and command handler with pattern, policy, depth and counters.
+    pub fn registry(&self) -> Vec<SubscriptionInfo> {
+        self.inner.subs().iter().map(|s| s.info()).collect()
+    }
+
+    /// The default in-memory dead-letter store. Empty when a custom sink was configured with
+    /// [`BusBuilder::dead_letters`].
+    pub fn dead_letters(&self) -> &InMemoryDeadLetters {
+        &self.inner.memory_dead_letters
+    }
+
+    /// Messages accepted and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
+
+    /// Waits until every accepted message is settled (handled or dead-lettered), including
+    /// retries and messages published by handlers meanwhile. Under a paused tokio clock,
+    /// retry delays advance automatically.
+    pub async fn run_until_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops intake, drains queued and in-flight work until `deadline`, then dead-letters and
+    /// reports what is left. New publishes get `ShuttingDown` from the moment this is called.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, CloseError> {
+        let inner = &self.inner;
+        if inner
+            .state
+            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(CloseError::AlreadyShuttingDown);
+        }
+        let settled_before = inner.settled.load(Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + deadline;
+        let subs = inner.subs();
+        for sub in &subs {
+            sub.deactivate();
+        }
+        let mut handles: Vec<_> = subs
+            .iter()
+            .flat_map(|s| std::mem::take(&mut *s.workers.lock().unwrap_or_else(|p| p.into_inner())))
+            .collect();
+        let mut timed_out = false;
+        for h in handles.iter_mut() {
+            if tokio::time::timeout_at(until, h).await.is_err() {
+                timed_out = true;
+                break;
+            }
+        }
+        let mut left = Vec::new();
+        if timed_out {
+            for h in &handles {
+                h.abort();
+            }
+            for h in handles {
+                // Cancelled or finished: either way the task no longer touches its queue.
+                let _ = h.await;
+            }
+            let drained = inner.settled.load(Ordering::Relaxed) - settled_before;
+            for sub in &subs {
+                for env in sub.queue.in_flight_envelopes() {
+                    left.push(env.id);
+                    inner.dead_letter(
+                        DeadLetter::new(
+                            env,
+                            DeadLetterReason::Shutdown,
+                            "in flight at the shutdown deadline",
+                        )
+                        .with_handler(sub.name()),
+                    );
+                    inner.pending_settled();
+                }
+                for entry in sub.queue.drain_waiting() {
+                    left.push(entry.env.id);
+                    sub.give_up(
+                        inner,
+                        entry,
+                        DeadLetterReason::Shutdown,
+                        "not processed before the shutdown deadline".into(),
+                    );
+                }
+                inner.forget_subscription(sub.id);
+            }
+            inner.state.store(STOPPED, Ordering::Release);
+            tracing::warn!(
+                left = left.len(),
+                drained,
+                "bus shut down with unprocessed messages (dead-lettered)"
+            );
+            return Ok(ShutdownReport { drained, left });
+        }
+        inner.state.store(STOPPED, Ordering::Release);
+        let drained = inner.settled.load(Ordering::Relaxed) - settled_before;
+        tracing::info!(drained, "bus shut down cleanly");
+        Ok(ShutdownReport { drained, left })
+    }
+
+    /// True once [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) != RUNNING
+    }
+}
+
+/// Parses a pattern (or, without wildcards, an exact topic). On error the builder keeps a
+/// placeholder and `start` reports the error.
+fn parse_pattern(s: &str, wildcards: bool) -> (Pattern, Option<SubscribeError>) {
+    let parsed = if wildcards {
+        Pattern::new(s)
+    } else {
+        Topic::new(s).map(Pattern::from)
+    };
+    match parsed {
+        Ok(p) => (p, None),
+        Err(e) => (Pattern::all(), Some(e.into())),
+    }
+}
+
+/// Sets causation and correlation from the message being handled on this task, if any.
+fn inherit_parent(env: &mut Envelope) {
+    if env.causation_id.is_some() {
+        return;
+    }
+    let _ = CURRENT.try_with(|parent| {
+        env.causation_id = Some(parent.id);
+        if env.correlation_id == env.id {
+            env.correlation_id = parent.correlation_id;
+        }
+    });
+}

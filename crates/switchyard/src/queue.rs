@@ -1,0 +1,496 @@
+//! The bounded queue in front of each subscription: lanes for per-key order, priorities for
+//! waiting messages, and the overflow policy that tells publishers when it is full.
+//!
+//! Owned by one subscription; its workers `pop`, handle, then `complete`. A lane (one ordering
+//! key) is handed to at most one worker at a time, so messages of one key are handled in order
+//! while different keys run in parallel. Unkeyed messages go to any free worker.
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use smol_str::SmolStr;
+use switchyard_core::{Envelope, Priority};
+use tokio::sync::Notify;
+
+use crate::command::CommandReply;
+
+/// What a full subscription queue does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// The publisher waits for room, at most `timeout`, then gets `PublishError::Full`.
+    Block {
+        /// Longest wait for room.
+        timeout: Duration,
+    },
+    /// The oldest waiting message is evicted (counted as dropped and dead-lettered) to make room.
+    DropOldest,
+    /// The publisher gets `PublishError::Full` at once.
+    RejectNew,
+    /// Above half capacity the publisher is slowed down in proportion to the fill level (up to
+    /// `max_delay` per publish); when full it waits like `Block` for at most `timeout`.
+    Adaptive {
+        /// Delay per publish when the queue is just short of full.
+        max_delay: Duration,
+        /// Longest wait for room when full.
+        timeout: Duration,
+    },
+}
+
+impl Default for Overflow {
+    /// `Block` for at most one second.
+    fn default() -> Self {
+        Self::Block {
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Overflow {
+    /// Short name for registries and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Block { .. } => "block",
+            Self::DropOldest => "drop_oldest",
+            Self::RejectNew => "reject_new",
+            Self::Adaptive { .. } => "adaptive",
+        }
+    }
+}
+
+/// A message waiting in (or taken from) a queue.
+pub(crate) struct Entry {
+    pub(crate) env: Envelope,
+    pub(crate) reply: Option<CommandReply>,
+    pub(crate) lane: Option<SmolStr>,
+    seq: u64,
+}
+
+impl Entry {
+    pub(crate) fn new(env: Envelope, reply: Option<CommandReply>, lane: Option<SmolStr>) -> Self {
+        Self {
+            env,
+            reply,
+            lane,
+            seq: 0,
+        }
+    }
+}
+
+/// Why a push did not enqueue; the entry is handed back (moved, not boxed: a blocked
+/// publisher retries with it, and boxing would allocate on that path).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum PushError {
+    Full(Entry),
+    Closed(Entry),
+}
+
+type Key = (Reverse<Priority>, u64);
+
+#[derive(Default)]
+struct Lane {
+    items: BTreeMap<Key, Entry>,
+    busy: bool,
+}
+
+#[derive(PartialEq, Eq)]
+struct ReadyLane {
+    key: Key,
+    lane: SmolStr,
+}
+
+impl Ord for ReadyLane {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        // BinaryHeap is a max-heap; the smallest key (highest priority, oldest) must come out first.
+        other.key.cmp(&self.key)
+    }
+}
+
+impl PartialOrd for ReadyLane {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    free: BTreeMap<Key, Entry>,
+    lanes: HashMap<SmolStr, Lane>,
+    ready: BinaryHeap<ReadyLane>,
+    /// seq → (key, lane) of every waiting message; kept only for `DropOldest`.
+    order: Option<BTreeMap<u64, (Key, Option<SmolStr>)>>,
+    in_flight: HashMap<u64, Envelope>,
+    len: usize,
+    next_seq: u64,
+    closed: bool,
+}
+
+impl State {
+    fn insert(&mut self, mut entry: Entry) {
+        self.next_seq += 1;
+        entry.seq = self.next_seq;
+        let key = (Reverse(entry.env.priority), entry.seq);
+        if let Some(order) = &mut self.order {
+            order.insert(entry.seq, (key, entry.lane.clone()));
+        }
+        self.len += 1;
+        match entry.lane.clone() {
+            None => {
+                self.free.insert(key, entry);
+            }
+            Some(name) => {
+                let lane = self.lanes.entry(name.clone()).or_default();
+                let is_new_head = lane.items.first_key_value().is_none_or(|(k, _)| key < *k);
+                lane.items.insert(key, entry);
+                if !lane.busy && is_new_head {
+                    self.ready.push(ReadyLane { key, lane: name });
+                }
+            }
+        }
+    }
+
+    fn remove_oldest(&mut self) -> Option<Entry> {
+        let (_, (key, lane)) = self.order.as_mut()?.pop_first()?;
+        self.len -= 1;
+        match lane {
+            None => self.free.remove(&key),
+            Some(name) => {
+                let lane = self.lanes.get_mut(&name)?;
+                let entry = lane.items.remove(&key);
+                if !lane.busy {
+                    match lane.items.first_key_value() {
+                        None => {
+                            self.lanes.remove(&name);
+                        }
+                        Some((head, _)) => {
+                            let key = *head;
+                            self.ready.push(ReadyLane { key, lane: name });
+                        }
+                    }
+                }
+                entry
+            }
+        }
+    }
+
+    /// Drops ready entries that no longer describe a free lane's head.
+    fn best_ready(&mut self) -> Option<Key> {
+        while let Some(top) = self.ready.peek() {
+            let valid = self.lanes.get(&top.lane).is_some_and(|l| {
+                !l.busy
+                    && l.items
+                        .first_key_value()
+                        .is_some_and(|(k, _)| *k == top.key)
+            });
+            if valid {
+                return Some(top.key);
+            }
+            self.ready.pop();
+        }
+        None
+    }
+
+    fn take(&mut self) -> Option<Entry> {
+        let free = self.free.first_key_value().map(|(k, _)| *k);
+        let laned = self.best_ready();
+        let entry = match (free, laned) {
+            (Some(f), Some(l)) if l < f => self.take_lane(),
+            (Some(_), _) => self.free.pop_first().map(|(_, e)| e),
+            (None, Some(_)) => self.take_lane(),
+            (None, None) => None,
+        }?;
+        self.len -= 1;
+        if let Some(order) = &mut self.order {
+            order.remove(&entry.seq);
+        }
+        self.in_flight.insert(entry.seq, entry.env.clone());
+        Some(entry)
+    }
+
+    fn take_lane(&mut self) -> Option<Entry> {
+        let top = self.ready.pop()?;
+        let lane = self.lanes.get_mut(&top.lane)?;
+        lane.busy = true;
+        lane.items.pop_first().map(|(_, e)| e)
+    }
+
+    fn complete(&mut self, seq: u64, lane: Option<&SmolStr>) {
+        self.in_flight.remove(&seq);
+        let Some(name) = lane else { return };
+        let Some(l) = self.lanes.get_mut(name) else {
+            return;
+        };
+        l.busy = false;
+        match l.items.first_key_value() {
+            None => {
+                self.lanes.remove(name);
+            }
+            Some((key, _)) => {
+                let key = *key;
+                self.ready.push(ReadyLane {
+                    key,
+                    lane: name.clone(),
+                });
+            }
+        }
+    }
+
+    fn drain_all(&mut self) -> Vec<Entry> {
+        let mut out: Vec<Entry> = std::mem::take(&mut self.free).into_values().collect();
+        for (_, lane) in self.lanes.iter_mut() {
+            out.extend(std::mem::take(&mut lane.items).into_values());
+        }
+        self.lanes.retain(|_, l| l.busy);
+        self.ready.clear();
+        if let Some(order) = &mut self.order {
+            order.clear();
+        }
+        self.len = 0;
+        out.sort_by_key(|e| e.seq);
+        out
+    }
+}
+
+/// A taken message: settle it with [`Queue::complete`].
+pub(crate) struct Taken {
+    pub(crate) entry: Entry,
+}
+
+/// The bounded, lane-aware queue of one subscription.
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    capacity: usize,
+    overflow: Overflow,
+    not_empty: Notify,
+    not_full: Notify,
+}
+
+/// The result of a successful push.
+pub(crate) enum Pushed {
+    /// Enqueued.
+    Queued,
+    /// Enqueued after evicting this older message (DropOldest).
+    Evicted(Box<Entry>),
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
+        let state = State {
+            order: matches!(overflow, Overflow::DropOldest).then(BTreeMap::new),
+            ..State::default()
+        };
+        Self {
+            state: Mutex::new(state),
+            capacity: capacity.max(1),
+            overflow,
+            not_empty: Notify::new(),
+            not_full: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held (plain collection operations), so a poisoned
+        // lock still guards consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// Waiting messages (not counting in-flight ones).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    /// Messages being handled right now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// Enqueues without waiting.
+    #[allow(clippy::result_large_err)] // see `PushError`
+    pub(crate) fn try_push(&self, entry: Entry) -> Result<Pushed, PushError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(PushError::Closed(entry));
+        }
+        let mut evicted = None;
+        if st.len >= self.capacity {
+            match self.overflow {
+                Overflow::DropOldest => evicted = st.remove_oldest(),
+                _ => return Err(PushError::Full(entry)),
+            }
+        }
+        st.insert(entry);
+        drop(st);
+        self.not_empty.notify_one();
+        Ok(evicted.map_or(Pushed::Queued, |e| Pushed::Evicted(Box::new(e))))
+    }
+
+    /// Enqueues following the overflow policy, waiting where the policy says so.
+    #[allow(clippy::result_large_err)] // see `PushError`
+    pub(crate) async fn push(&self, entry: Entry) -> Result<Pushed, PushError> {
+        let timeout = match self.overflow {
+            Overflow::DropOldest | Overflow::RejectNew => return self.try_push(entry),
+            Overflow::Block { timeout } => timeout,
+            Overflow::Adaptive { max_delay, timeout } => {
+                let len = self.len();
+                let half = self.capacity / 2;
+                if len > half && len < self.capacity {
+                    let fill = (len - half) as f64 / (self.capacity - half).max(1) as f64;
+                    tokio::time::sleep(max_delay.mul_f64(fill.min(1.0))).await;
+                }
+                timeout
+            }
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut entry = entry;
+        loop {
+            let notified = self.not_full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_push(entry) {
+                Err(PushError::Full(back)) => entry = back,
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.try_push(entry);
+            }
+        }
+    }
+
+    /// Takes the next message; `None` once the queue is closed and empty.
+    pub(crate) async fn pop(&self) -> Option<Taken> {
+        loop {
+            let notified = self.not_empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if let Some(entry) = st.take() {
+                    let more = st.len > 0;
+                    drop(st);
+                    self.not_full.notify_one();
+                    if more {
+                        // another worker may be able to take the next one right away
+                        self.not_empty.notify_one();
+                    }
+                    return Some(Taken { entry });
+                }
+                if st.closed && st.len == 0 {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Settles a taken message, freeing its lane for the next message of the same key.
+    pub(crate) fn complete(&self, seq: u64, lane: Option<&SmolStr>) {
+        let mut st = self.lock();
+        st.complete(seq, lane);
+        let wake_all = st.closed && st.len == 0;
+        let more = st.len > 0;
+        drop(st);
+        if wake_all {
+            self.not_empty.notify_waiters();
+        } else if more {
+            self.not_empty.notify_one();
+        }
+    }
+
+    /// Stops intake; workers drain what is queued, then `pop` returns `None`.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.not_empty.notify_waiters();
+        self.not_full.notify_waiters();
+    }
+
+    /// Removes every waiting message (used when a drain deadline passes).
+    pub(crate) fn drain_waiting(&self) -> Vec<Entry> {
+        self.lock().drain_all()
+    }
+
+    /// Envelopes of messages being handled right now.
+    pub(crate) fn in_flight_envelopes(&self) -> Vec<Envelope> {
+        let st = self.lock();
+        let mut v: Vec<(u64, Envelope)> =
+            st.in_flight.iter().map(|(s, e)| (*s, e.clone())).collect();
+        v.sort_by_key(|(s, _)| *s);
+        v.into_iter().map(|(_, e)| e).collect()
+    }
+}
+
+impl Taken {
+    pub(crate) fn seq(&self) -> u64 {
+        self.entry.seq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_core::Topic;
+
+    fn entry(p: Priority, lane: Option<&str>, tag: &str) -> Entry {
+        let env = Envelope::new(Topic::new("t").unwrap(), tag.to_owned()).with_priority(p);
+        Entry::new(env, None, lane.map(SmolStr::new))
+    }
+
+    fn tag(t: &Taken) -> String {
+        String::from_utf8(t.entry.env.payload.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn priority_first_then_fifo() {
+        let q = Queue::new(10, Overflow::RejectNew);
+        for (p, t) in [
+            (Priority::LOW, "l"),
+            (Priority::NORMAL, "n1"),
+            (Priority::HIGH, "h"),
+            (Priority::NORMAL, "n2"),
+        ] {
+            assert!(q.try_push(entry(p, None, t)).is_ok());
+        }
+        let mut got = vec![];
+        for _ in 0..4 {
+            let t = q.pop().await.unwrap();
+            got.push(tag(&t));
+            q.complete(t.seq(), None);
+        }
+        assert_eq!(got, ["h", "n1", "n2", "l"]);
+    }
+
+    #[tokio::test]
+    async fn busy_lane_is_skipped_until_completed() {
+        let q = Queue::new(10, Overflow::RejectNew);
+        assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k1")).is_ok());
+        assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k2")).is_ok());
+        assert!(q.try_push(entry(Priority::NORMAL, None, "free")).is_ok());
+        let a = q.pop().await.unwrap();
+        assert_eq!(tag(&a), "k1");
+        let b = q.pop().await.unwrap();
+        assert_eq!(tag(&b), "free", "k2 must wait while k1 is in flight");
+        q.complete(a.seq(), a.entry.lane.as_ref());
+        let c = q.pop().await.unwrap();
+        assert_eq!(tag(&c), "k2");
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_evicts_by_age_not_priority() {
+        let q = Queue::new(2, Overflow::DropOldest);
+        assert!(q.try_push(entry(Priority::HIGH, Some("a"), "old")).is_ok());
+        assert!(q.try_push(entry(Priority::LOW, None, "mid")).is_ok());
+        match q.try_push(entry(Priority::NORMAL, None, "new")) {
+            Ok(Pushed::Evicted(e)) => assert_eq!(e.env.payload, "old"),
+            _ => panic!("expected an eviction"),
+        }
+        assert_eq!(q.len(), 2);
+    }
+}

@@ -1,0 +1,252 @@
+//! Topic routing: a segment trie of patterns plus a bounded cache of topic → matches.
+//!
+//! The router never blocks on I/O: lookups take a read lock on the cache (hit) or on the trie
+//! (miss); changes take the write locks briefly and bump a generation so stale cache entries
+//! are never served.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use smol_str::SmolStr;
+use switchyard_core::{Pattern, Topic};
+
+/// Default number of topics kept in the match cache.
+pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
+
+struct Node<T> {
+    children: HashMap<SmolStr, Node<T>>,
+    star: Option<Box<Node<T>>>,
+    hash: Option<Box<Node<T>>>,
+    values: Vec<(u64, T)>,
+}
+
+impl<T> Default for Node<T> {
+    fn default() -> Self {
+        Self {
+            children: HashMap::new(),
+            star: None,
+            hash: None,
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> Node<T> {
+    fn insert<'a>(&mut self, mut segs: impl Iterator<Item = &'a str>, id: u64, value: T) {
+        match segs.next() {
+            None => self.values.push((id, value)),
+            Some("*") => self
+                .star
+                .get_or_insert_with(Default::default)
+                .insert(segs, id, value),
+            Some("#") => self
+                .hash
+                .get_or_insert_with(Default::default)
+                .insert(segs, id, value),
+            Some(s) => self
+                .children
+                .entry(SmolStr::new(s))
+                .or_default()
+                .insert(segs, id, value),
+        }
+    }
+
+    /// Removes `id` below this node; returns true when the node became empty.
+    fn remove(&mut self, segs: &[&str], id: u64) -> bool {
+        match segs.split_first() {
+            None => self.values.retain(|(i, _)| *i != id),
+            Some((&"*", rest)) => {
+                if self.star.as_mut().is_some_and(|n| n.remove(rest, id)) {
+                    self.star = None;
+                }
+            }
+            Some((&"#", rest)) => {
+                if self.hash.as_mut().is_some_and(|n| n.remove(rest, id)) {
+                    self.hash = None;
+                }
+            }
+            Some((s, rest)) => {
+                if self
+                    .children
+                    .get_mut(*s)
+                    .is_some_and(|n| n.remove(rest, id))
+                {
+                    self.children.remove(*s);
+                }
+            }
+        }
+        self.values.is_empty()
+            && self.children.is_empty()
+            && self.star.is_none()
+            && self.hash.is_none()
+    }
+
+    fn collect(&self, segs: &[&str], out: &mut Vec<(u64, T)>) {
+        if let Some(h) = &self.hash {
+            for skip in 0..=segs.len() {
+                h.collect(&segs[skip..], out);
+            }
+        }
+        match segs.split_first() {
+            None => out.extend(self.values.iter().cloned()),
+            Some((s, rest)) => {
+                if let Some(c) = self.children.get(*s) {
+                    c.collect(rest, out);
+                }
+                if let Some(c) = &self.star {
+                    c.collect(rest, out);
+                }
+            }
+        }
+    }
+}
+
+/// Topic → (router generation it was computed at, matches).
+type MatchCache<T> = HashMap<SmolStr, (u64, Arc<[T]>)>;
+
+/// Maps topics to the values registered under matching patterns.
+pub(crate) struct Router<T> {
+    trie: RwLock<Node<T>>,
+    generation: AtomicU64,
+    cache: RwLock<MatchCache<T>>,
+    cache_capacity: usize,
+    len: AtomicU64,
+}
+
+fn read<X>(l: &RwLock<X>) -> RwLockReadGuard<'_, X> {
+    // Poisoning means a panic while holding the lock; the router's structures are updated
+    // with non-panicking operations, so the data is still consistent.
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<X>(l: &RwLock<X>) -> RwLockWriteGuard<'_, X> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T: Clone> Router<T> {
+    pub(crate) fn new(cache_capacity: usize) -> Self {
+        Self {
+            trie: RwLock::new(Node::default()),
+            generation: AtomicU64::new(0),
+            cache: RwLock::new(HashMap::new()),
+            cache_capacity: cache_capacity.max(1),
+            len: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn insert(&self, pattern: &Pattern, id: u64, value: T) {
+        let mut trie = write(&self.trie);
+        trie.insert(pattern.segments(), id, value);
+        self.generation.fetch_add(1, Ordering::Release);
+        drop(trie);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        write(&self.cache).clear();
+    }
+
+    pub(crate) fn remove(&self, pattern: &Pattern, id: u64) {
+        let segs: Vec<&str> = pattern.segments().collect();
+        let mut trie = write(&self.trie);
+        trie.remove(&segs, id);
+        self.generation.fetch_add(1, Ordering::Release);
+        drop(trie);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        write(&self.cache).clear();
+    }
+
+    /// Every value whose pattern matches `topic`, each once, in registration order.
+    pub(crate) fn route(&self, topic: &Topic) -> Arc<[T]> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, hit)) = read(&self.cache).get(topic.as_str())
+            && *g == generation
+        {
+            return hit.clone();
+        }
+        let segs: Vec<&str> = topic.segments().collect();
+        let mut found = Vec::new();
+        read(&self.trie).collect(&segs, &mut found);
+        found.sort_by_key(|(id, _)| *id);
+        found.dedup_by_key(|(id, _)| *id);
+        let result: Arc<[T]> = found.into_iter().map(|(_, v)| v).collect();
+        let mut cache = write(&self.cache);
+        if cache.len() >= self.cache_capacity
+            && let Some(victim) = cache.keys().next().cloned()
+        {
+            cache.remove(&victim);
+        }
+        cache.insert(SmolStr::new(topic.as_str()), (generation, result.clone()));
+        result
+    }
+
+    /// Number of registered patterns.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed) as usize
+    }
+
+    /// Number of cached topics (for tests of the bound).
+    #[cfg(test)]
+    pub(crate) fn cached(&self) -> usize {
+        read(&self.cache).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> Topic {
+        Topic::new(s).unwrap()
+    }
+    fn p(s: &str) -> Pattern {
+        Pattern::new(s).unwrap()
+    }
+
+    #[test]
+    fn cache_is_bounded_and_invalidated() {
+        let r = Router::new(8);
+        r.insert(&p("a.*"), 1, 1);
+        for i in 0..100 {
+            assert_eq!(&*r.route(&t(&format!("a.x{i}"))), &[1]);
+        }
+        assert!(r.cached() <= 8);
+        r.insert(&p("a.#"), 2, 2);
+        assert_eq!(&*r.route(&t("a.x1")), &[1, 2]);
+        r.remove(&p("a.*"), 1);
+        assert_eq!(&*r.route(&t("a.x1")), &[2]);
+        assert_eq!(r.len(), 1);
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("c".to_owned())
+        ]
+    }
+
+    fn pattern_segment() -> impl Strategy<Value = String> {
+        prop_oneof![3 => segment(), 1 => Just("*".to_owned()), 1 => Just("#".to_owned())]
+    }
+
+    proptest! {
+        #[test]
+        fn trie_agrees_with_reference(
+            patterns in prop::collection::vec(prop::collection::vec(pattern_segment(), 1..5), 1..12),
+            topics in prop::collection::vec(prop::collection::vec(segment(), 1..6), 1..12),
+        ) {
+            let router = Router::new(4);
+            let patterns: Vec<Pattern> = patterns.iter().map(|s| p(&s.join("."))).collect();
+            for (i, pat) in patterns.iter().enumerate() {
+                router.insert(pat, i as u64, i);
+            }
+            for topic in topics.iter().map(|s| t(&s.join("."))) {
+                let expected: Vec<usize> =
+                    (0..patterns.len()).filter(|&i| patterns[i].matches(&topic)).collect();
+                // twice: once filling the cache, once reading it
+                prop_assert_eq!(&*router.route(&topic), &expected[..]);
+                prop_assert_eq!(&*router.route(&topic), &expected[..]);
+            }
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! Subscriptions: a pattern, a bounded queue, N workers and a handler.
+//!
+//! Each worker is a tokio task that owns one clone of the handler. It loops on
+//! `queue.pop()`, handles the message (retrying in place, so per-key order holds), settles it
+//! and frees its lane. It stops when the queue is closed and empty (drop of the handle,
+//! or shutdown), or when shutdown aborts it at the deadline.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use smol_str::SmolStr;
+use switchyard_core::{
+    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Envelope, Outcome, Pattern,
+    SendError, SubscribeError,
+};
+use tokio::task::JoinHandle;
+
+use crate::bus::{Bus, BusInner, Parent};
+use crate::command::{CommandReply, CommandResult};
+use crate::handler::{self, BoxHandler};
+use crate::queue::{Entry, Overflow, PushError, Pushed, Queue};
+
+/// Extracts the ordering key of a message: messages with equal keys are handled one at a time,
+/// in order; different keys in parallel.
+pub type OrderingKey = Arc<dyn Fn(&Envelope) -> Option<SmolStr> + Send + Sync>;
+
+/// Whether a subscription receives events or is the one handler of a command topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    /// Receives every matching event.
+    Event,
+    /// The one handler of a command topic.
+    Command,
+}
+
+/// Per-subscription settings; every default is documented on [`crate::BusBuilder`].
+#[derive(Clone)]
+pub(crate) struct SubscriptionConfig {
+    pub(crate) name: SmolStr,
+    pub(crate) pattern: Pattern,
+    pub(crate) workers: usize,
+    pub(crate) capacity: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) ordering_key: Option<OrderingKey>,
+}
+
+/// Counters of one subscription. Nothing is dropped without being counted here.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    failed: AtomicU64,
+    panicked: AtomicU64,
+    retried: AtomicU64,
+    rejected: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    refused_full: AtomicU64,
+    decode_failed: AtomicU64,
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A snapshot of one subscription's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionStats {
+    /// Handler calls (attempts), including retries.
+    pub delivered: u64,
+    /// Messages settled successfully (ack or reply).
+    pub acked: u64,
+    /// Attempts that ended in an error or panic.
+    pub failed: u64,
+    /// Attempts that panicked (also counted in `failed`).
+    pub panicked: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Messages the handler rejected.
+    pub rejected: u64,
+    /// Messages sent to the dead-letter sink (any reason).
+    pub dead_lettered: u64,
+    /// Messages evicted by `Overflow::DropOldest`.
+    pub dropped: u64,
+    /// Publishes refused because the queue was full.
+    pub refused_full: u64,
+    /// Messages whose payload could not be decoded.
+    pub decode_failed: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> SubscriptionStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SubscriptionStats {
+            delivered: g(&self.delivered),
+            acked: g(&self.acked),
+            failed: g(&self.failed),
+            panicked: g(&self.panicked),
+            retried: g(&self.retried),
+            rejected: g(&self.rejected),
+            dead_lettered: g(&self.dead_lettered),
+            dropped: g(&self.dropped),
+            refused_full: g(&self.refused_full),
+            decode_failed: g(&self.decode_failed),
+        }
+    }
+}
+
+/// What the registry shows about one subscription or command handler.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionInfo {
+    /// Name given at registration.
+    pub name: String,
+    /// Pattern (for command handlers: the command topic).
+    pub pattern: String,
+    /// Event subscription or command handler.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: SubscriptionKind,
+    /// Worker tasks.
+    pub workers: usize,
+    /// Queue capacity.
+    pub capacity: usize,
+    /// Overflow policy name.
+    pub overflow: &'static str,
+    /// Messages waiting.
+    pub depth: usize,
+    /// Messages being handled.
+    pub in_flight: usize,
+    /// False once the handle was dropped and the queue is draining.
+    pub active: bool,
+    /// Counters.
+    pub stats: SubscriptionStats,
+}
+
+fn kind_name<S: serde::Serializer>(k: &SubscriptionKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match k {
+        SubscriptionKind::Event => "event",
+        SubscriptionKind::Command => "command",
+    })
+}
+
+/// State shared by a subscription's handle, its workers and the router.
+pub(crate) struct SubShared {
+    pub(crate) id: u64,
+    pub(crate) kind: SubscriptionKind,
+    pub(crate) config: SubscriptionConfig,
+    pub(crate) queue: Queue,
+    counters: Counters,
+    pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
+    live_workers: AtomicUsize,
+    active: AtomicBool,
+    bus: Weak<BusInner>,
+}
+
+/// Why an enqueue failed.
+pub(crate) enum EnqueueError {
+    Full,
+    Closed,
+}
+
+impl SubShared {
+    pub(crate) fn new(
+        id: u64,
+        kind: SubscriptionKind,
+        config: SubscriptionConfig,
+        bus: Weak<BusInner>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            queue: Queue::new(config.capacity, config.overflow),
+            config,
+            counters: Counters::default(),
+            workers: Mutex::new(Vec::new()),
+            live_workers: AtomicUsize::new(0),
+            active: AtomicBool::new(true),
+            bus,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(crate) fn info(&self) -> SubscriptionInfo {
+        SubscriptionInfo {
+            name: self.config.name.to_string(),
+            pattern: self.config.pattern.to_string(),
+            kind: self.kind,
+            workers: self.config.workers,
+            capacity: self.queue.capacity(),
+            overflow: self.queue.overflow().name(),
+            depth: self.queue.len(),
+            in_flight: self.queue.in_flight(),
+            active: self.active.load(Ordering::Relaxed),
+            stats: self.counters.snapshot(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SubscriptionStats {
+        self.counters.snapshot()
+    }
+
+    /// Puts a message in the queue under the overflow policy. On success the bus's pending
+    /// count includes it until a worker (or shutdown) settles it.
+    pub(crate) async fn enqueue(
+        &self,
+        env: Envelope,
+        reply: Option<CommandReply>,
+    ) -> Result<(), EnqueueError> {
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let Some(bus) = self.bus.upgrade() else {
+            drop((env, reply, lane));
+            return Err(EnqueueError::Closed);
+        };
+        bus.pending_add();
+        match self.queue.push(Entry::new(env, reply, lane)).await {
+            Ok(Pushed::Queued) => Ok(()),
+            Ok(Pushed::Evicted(old)) => {
+                inc(&self.counters.dropped);
+                self.give_up(
+                    &bus,
+                    *old,
+                    DeadLetterReason::Dropped,
+                    "evicted: queue full (drop-oldest)".into(),
+                );
+                Ok(())
+            }
+            Err(PushError::Full(entry)) => {
+                bus.pending_settled();
+                inc(&self.counters.refused_full);
+                drop(entry);
+                Err(EnqueueError::Full)
+            }
+            Err(PushError::Closed(entry)) => {
+                bus.pending_settled();
+                drop(entry);
+                Err(EnqueueError::Closed)
+            }
+        }
+    }
+
+    /// Dead-letters a message that will not be handled, answers its sender and settles it.
+    pub(crate) fn give_up(
+        &self,
+        bus: &BusInner,
+        entry: Entry,
+        reason: DeadLetterReason,
+        error: String,
+    ) {
+        inc(&self.counters.dead_lettered);
+        if let Some(reply) = entry.reply {
+            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
+        }
+        bus.dead_letter(
+            DeadLetter::new(entry.env, reason, error).with_handler(self.config.name.clone()),
+        );
+        bus.pending_settled();
+    }
+
+    /// Starts the worker tasks.
+    pub(crate) fn spawn_workers(self: &Arc<Self>, handler: BoxHandler) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..self.config.workers {
+            self.live_workers.fetch_add(1, Ordering::Relaxed);
+            let sub = Arc::clone(self);
+            let svc = handler.clone();
+            workers.push(tokio::spawn(async move { sub.run_worker(svc).await }));
+        }
+    }
+
+    /// One worker: owns a handler clone; stops when the queue is closed and drained.
+    async fn run_worker(self: Arc<Self>, mut svc: BoxHandler) {
+        while let Some(taken) = self.queue.pop().await {
+            let seq = taken.seq();
+            let Entry {
+                env, reply, lane, ..
+            } = taken.entry;
+            let Some(bus) = self.bus.upgrade() else { break };
+            self.process(&bus, &mut svc, env, reply).await;
+            self.queue.complete(seq, lane.as_ref());
+            bus.pending_settled();
+        }
+        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(bus) = self.bus.upgrade()
+        {
+            bus.forget_subscription(self.id);
+        }
+    }
+
+    /// Handles one message until it is acked, replied, rejected or out of attempts.
+    async fn process(
+        &self,
+        bus: &BusInner,
+        svc: &mut BoxHandler,
+        mut env: Envelope,
+        reply: Option<CommandReply>,
+    ) {
+        let c = &self.counters;
+        loop {
+            env.delivery.attempt += 1;
+            env.delivery
+                .first_delivered_at
+                .get_or_insert_with(SystemTime::now);
+            inc(&c.delivered);
+            let parent = Parent {
+                id: env.id,
+                correlation_id: env.correlation_id,
+            };
+            let call = handler::call(svc, env.clone());
+            let result = crate::bus::CURRENT
+                .scope(parent, AssertUnwindSafe(call).catch_unwind())
+                .await;
+            let (reason, error, delay) = match result {
+                Ok(Ok(Outcome::Ack)) => {
+                    inc(&c.acked);
+                    return self.answer(reply, Ok(None), &env);
+                }
+                Ok(Ok(Outcome::Reply(r))) => {
+                    inc(&c.acked);
+                    return self.answer(reply, Ok(Some(r)), &env);
+                }
+                Ok(Ok(Outcome::Reject { reason })) => {
+                    inc(&c.rejected);
+                    inc(&c.dead_lettered);
+                    tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, %reason, "handler rejected message");
+                    self.answer(
+                        reply,
+                        Err(SendError::Rejected {
+                            reason: reason.clone(),
+                        }),
+                        &env,
+                    );
+                    bus.dead_letter(self.letter(env, DeadLetterReason::Rejected, reason));
+                    return;
+                }
+                Ok(Ok(Outcome::Retry { after })) => (
+                    DeadLetterReason::HandlerFailed,
+                    "handler asked for a retry".to_owned(),
+                    after,
+                ),
+                Ok(Err(e)) => match decode_failure(&e) {
+                    Some(decode) => {
+                        inc(&c.decode_failed);
+                        inc(&c.dead_lettered);
+                        let text = error_chain(&*e);
+                        tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                            correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
+                        self.answer(reply, Err(SendError::NotProcessed(decode)), &env);
+                        bus.dead_letter(self.letter(env, DeadLetterReason::DecodeFailed, text));
+                        return;
+                    }
+                    None => {
+                        inc(&c.failed);
+                        let text = error_chain(&*e);
+                        tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                            correlation_id = %env.correlation_id, attempt = env.delivery.attempt,
+                            error = %text, "handler failed");
+                        (DeadLetterReason::HandlerFailed, text, None)
+                    }
+                },
+                Err(panic) => {
+                    inc(&c.failed);
+                    inc(&c.panicked);
+                    let text = format!("handler panicked: {}", panic_message(&*panic));
+                    tracing::error!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, attempt = env.delivery.attempt,
+                        error = %text, "handler panicked; worker continues");
+                    (DeadLetterReason::Panicked, text, None)
+                }
+            };
+            if env.delivery.attempt >= self.config.max_attempts {
+                inc(&c.dead_lettered);
+                let attempts = env.delivery.attempt;
+                self.answer(
+                    reply,
+                    Err(SendError::Failed {
+                        error: error.clone(),
+                        attempts,
+                    }),
+                    &env,
+                );
+                bus.dead_letter(self.letter(env, reason, error));
+                return;
+            }
+            inc(&c.retried);
+            tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+        }
+    }
+
+    fn letter(&self, env: Envelope, reason: DeadLetterReason, error: String) -> DeadLetter {
+        DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
+    }
+
+    fn answer(
+        &self,
+        reply: Option<CommandReply>,
+        result: Result<Option<Envelope>, SendError>,
+        env: &Envelope,
+    ) {
+        if let Some(tx) = reply {
+            let result = result.map(|reply| CommandResult {
+                reply,
+                handler: self.config.name.clone(),
+                attempts: env.delivery.attempt,
+            });
+            // The sender may have given up (deadline passed); its late result is discarded.
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Marks the subscription inactive and stops intake; workers drain the queue and exit.
+    pub(crate) fn deactivate(&self) {
+        self.active.store(false, Ordering::Relaxed);
+        self.queue.close();
+    }
+}
+
+fn decode_failure(e: &BoxError) -> Option<String> {
+    e.downcast_ref::<CodecError>()
+        .filter(|c| c.direction == CodecDirection::Decode)
+        .map(ToString::to_string)
+}
+
+/// The error and its sources, joined with `: `.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// A live subscription or command handler. Dropping it unsubscribes: no new messages are
+/// routed to it, and its workers finish what is already queued.
+#[must_use = "dropping a Subscription unsubscribes at once; keep it, or call .detach()"]
+pub struct Subscription {
+    shared: Arc<SubShared>,
+    bus: Weak<BusInner>,
+    detached: bool,
+}
+
+impl Subscription {
+    pub(crate) fn new(shared: Arc<SubShared>, bus: Weak<BusInner>) -> Self {
+        Self {
+            shared,
+            bus,
+            detached: false,
+        }
+    }
+
+    /// The name given at registration.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// The pattern (or command topic).
+    pub fn pattern(&self) -> &Pattern {
+        &self.shared.config.pattern
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SubscriptionStats {
+        self.shared.stats()
+    }
+
+    /// Registry view: queue depth, in-flight, policy and counters.
+    pub fn info(&self) -> SubscriptionInfo {
+        self.shared.info()
+    }
+
+    /// Keeps the subscription registered until the bus shuts down, without holding the handle.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if let Some(bus) = self.bus.upgrade() {
+            bus.unroute(&self.shared);
+        }
+        self.shared.deactivate();
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.shared.config.name)
+            .field("pattern", &self.shared.config.pattern)
+            .field("kind", &self.shared.kind)
+            .finish()
+    }
+}
+
+/// Configures a subscription or command handler before it starts. Made by [`Bus::on`],
+/// [`Bus::subscribe`], [`Bus::handle`] and [`Bus::handle_envelope`].
+#[must_use = "a subscription does nothing until .start().await"]
+pub struct SubscriptionBuilder {
+    bus: Bus,
+    kind: SubscriptionKind,
+    config: SubscriptionConfig,
+    handler: BoxHandler,
+    error: Option<SubscribeError>,
+}
+
+impl SubscriptionBuilder {
+    pub(crate) fn with_error(
+        bus: Bus,
+        kind: SubscriptionKind,
+        config: SubscriptionConfig,
+        handler: BoxHandler,
+        error: Option<SubscribeError>,
+    ) -> Self {
+        Self {
+            bus,
+            kind,
+            config,
+            handler,
+            error,
+        }
+    }
+
+    /// Listens on a pattern (`*` one segment, `#` zero or more) instead of the message type's topic.
+    /// Not allowed for command handlers (a command has exactly one topic).
+    pub fn pattern(mut self, pattern: &str) -> Self {
+        if self.kind == SubscriptionKind::Command
+            && !pattern.is_empty()
+            && pattern.contains(['*', '#'])
+        {
+            self.error.get_or_insert(SubscribeError::InvalidConfig(
+                "command handlers take an exact topic",
+            ));
+        }
+        match Pattern::new(pattern) {
+            Ok(p) => self.config.pattern = p,
+            Err(e) => {
+                self.error.get_or_insert(SubscribeError::InvalidPattern(e));
+            }
+        }
+        self
+    }
+
+    /// Number of worker tasks (default from the bus builder, 1 unless changed).
+    pub fn workers(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.error
+                .get_or_insert(SubscribeError::InvalidConfig("workers must be at least 1"));
+        }
+        self.config.workers = n;
+        self
+    }
+
+    /// Queue capacity (messages waiting, not counting in-flight).
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        if n == 0 {
+            self.error.get_or_insert(SubscribeError::InvalidConfig(
+                "queue capacity must be at least 1",
+            ));
+        }
+        self.config.capacity = n;
+        self
+    }
+
+    /// What happens when the queue is full.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.config.overflow = overflow;
+        self
+    }
+
+    /// Attempts before a failing message is dead-lettered (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        if n == 0 {
+            self.error.get_or_insert(SubscribeError::InvalidConfig(
+                "max_attempts must be at least 1",
+            ));
+        }
+        self.config.max_attempts = n;
+        self
+    }
+
+    /// Delay before a retry when the handler did not say.
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.config.retry_delay = d;
+        self
+    }
+
+    /// Per-key ordering: messages with the same key are handled one at a time, in order.
+    pub fn ordering_key<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Envelope) -> Option<SmolStr> + Send + Sync + 'static,
+    {
+        self.config.ordering_key = Some(Arc::new(key));
+        self
+    }
+
+    /// Per-key ordering by the value of one header.
+    pub fn ordering_header(self, header: &'static str) -> Self {
+        self.ordering_key(move |env| env.header(header).map(SmolStr::new))
+    }
+
+    /// Wraps the handler in a `tower::Layer` (retry, timeout, breaker...). Layers added later
+    /// wrap the earlier ones: the last `.layer` is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<BoxHandler>,
+        L::Service:
+            tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.handler = handler::layered(self.handler, layer);
+        self
+    }
+
+    /// Registers the subscription and starts its workers.
+    pub async fn start(self) -> Result<Subscription, SubscribeError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.bus.register(self.kind, self.config, self.handler)
+    }
+}

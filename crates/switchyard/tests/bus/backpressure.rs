@@ -1,0 +1,201 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::testkit::VirtualClock;
+use switchyard::{Bus, DeadLetterReason, Overflow, PublishError, Subscription};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{Ping, WAIT};
+
+/// A subscription whose handler reports each start and then waits for a permit per message.
+async fn gated(
+    bus: &Bus,
+    capacity: usize,
+    overflow: Overflow,
+) -> (Subscription, Arc<Semaphore>, mpsc::UnboundedReceiver<u64>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let sub = bus
+        .on("slow", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), started_tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                g.acquire()
+                    .await
+                    .map(|permit| permit.forget())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .queue_capacity(capacity)
+        .overflow(overflow)
+        .start()
+        .await
+        .unwrap();
+    (sub, gate, started)
+}
+
+/// Publishes message 0 and waits until the handler holds it, so the queue itself is empty.
+async fn occupy_worker(bus: &Bus, started: &mut mpsc::UnboundedReceiver<u64>) {
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, started.recv()).await.unwrap(),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn reject_new_tells_the_publisher_at_once() {
+    let bus = Bus::new();
+    let (sub, gate, mut started) = gated(&bus, 2, Overflow::RejectNew).await;
+    occupy_worker(&bus, &mut started).await;
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    bus.publish(Ping { n: 2 }).await.unwrap();
+    match bus.publish(Ping { n: 3 }).await {
+        Err(PublishError::Full {
+            subscriptions,
+            delivered,
+        }) => {
+            assert_eq!(subscriptions, ["slow"]);
+            assert_eq!(delivered, 0);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(sub.stats().refused_full, 1);
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    assert_eq!(
+        sub.stats().acked,
+        3,
+        "the three accepted messages are handled"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn block_waits_for_room_then_times_out() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (sub, gate, mut started) = gated(
+        &bus,
+        1,
+        Overflow::Block {
+            timeout: Duration::from_millis(100),
+        },
+    )
+    .await;
+    occupy_worker(&bus, &mut started).await;
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    let t0 = clock.now();
+    assert!(matches!(
+        bus.publish(Ping { n: 2 }).await,
+        Err(PublishError::Full { .. })
+    ));
+    let waited = clock.now() - t0;
+    // tokio timers have 1 ms resolution and round up
+    assert!(
+        (100..=101).contains(&waited.as_millis()),
+        "waited the block timeout, not {waited:?}"
+    );
+    // room appears while the publisher waits: it succeeds
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish(Ping { n: 3 }).await })
+    };
+    tokio::task::yield_now().await;
+    gate.add_permits(1); // message 0 finishes, message 1 moves to the worker, room for 3
+    publisher.await.unwrap().unwrap();
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    assert_eq!(sub.stats().acked, 3);
+    assert_eq!(sub.stats().refused_full, 1);
+}
+
+#[tokio::test]
+async fn drop_oldest_evicts_counts_and_dead_letters() {
+    let bus = Bus::new();
+    let (sub, gate, mut started) = gated(&bus, 2, Overflow::DropOldest).await;
+    occupy_worker(&bus, &mut started).await;
+    for n in 1..=3 {
+        bus.publish(Ping { n })
+            .await
+            .expect("drop-oldest never refuses the publisher");
+    }
+    assert_eq!(sub.stats().dropped, 1);
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Dropped);
+    assert_eq!(
+        letters[0].envelope.payload, "{\"n\":1}",
+        "the oldest waiting message was evicted"
+    );
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    let mut handled = vec![];
+    while let Ok(n) = started.try_recv() {
+        handled.push(n);
+    }
+    assert_eq!(handled, [2, 3]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn adaptive_slows_publishers_as_the_queue_fills() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let max_delay = Duration::from_millis(10);
+    let overflow = Overflow::Adaptive {
+        max_delay,
+        timeout: Duration::from_millis(50),
+    };
+    let (sub, gate, mut started) = gated(&bus, 4, overflow).await;
+    occupy_worker(&bus, &mut started).await;
+    let mut delays = vec![];
+    for n in 1..=4 {
+        let t0 = clock.now();
+        bus.publish(Ping { n }).await.unwrap();
+        delays.push(clock.now() - t0);
+    }
+    // depth before each publish: 0, 1, 2, 3 of capacity 4 -> no delay until above half
+    assert_eq!(delays[0], Duration::ZERO);
+    assert_eq!(delays[1], Duration::ZERO);
+    assert_eq!(delays[2], Duration::ZERO);
+    assert!(
+        delays[3] > Duration::ZERO && delays[3] <= max_delay,
+        "{delays:?}"
+    );
+    let t0 = clock.now();
+    assert!(matches!(
+        bus.publish(Ping { n: 5 }).await,
+        Err(PublishError::Full { .. })
+    ));
+    let waited = clock.now() - t0;
+    assert!(
+        (50..=51).contains(&waited.as_millis()),
+        "waited the timeout, not {waited:?}"
+    );
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    assert_eq!(sub.stats().acked, 5);
+}
+
+#[tokio::test]
+async fn full_subscription_does_not_stop_delivery_to_others() {
+    let bus = Bus::new();
+    let (_slow, gate, mut started) = gated(&bus, 1, Overflow::RejectNew).await;
+    let fast = switchyard::testkit::Recorder::start(&bus, "test.ping")
+        .await
+        .unwrap();
+    occupy_worker(&bus, &mut started).await;
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    match bus.publish(Ping { n: 2 }).await {
+        Err(PublishError::Full {
+            subscriptions,
+            delivered,
+        }) => {
+            assert_eq!(subscriptions, ["slow"]);
+            assert_eq!(delivered, 1);
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(fast.wait_for(3, WAIT).await.unwrap().len(), 3);
+    gate.add_permits(10);
+}

@@ -1,0 +1,128 @@
+use std::time::Duration;
+
+use switchyard::testkit::VirtualClock;
+use switchyard::{Bus, SendError, SubscribeError};
+
+use crate::Double;
+
+#[tokio::test]
+async fn command_returns_the_handlers_result() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|cmd: Double, _ctx| async move { Ok::<_, std::io::Error>(cmd.n * 2) })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(Double { n: 21 }).await.unwrap(), 42);
+}
+
+#[tokio::test]
+async fn command_with_no_handler_fails_at_once() {
+    let bus = Bus::new();
+    let err = tokio::time::timeout(Duration::from_secs(1), bus.send(Double { n: 1 }))
+        .await
+        .expect("NoHandler must be immediate, not a hang");
+    match err {
+        Err(SendError::NoHandler { topic }) => assert_eq!(topic.as_str(), "math.double"),
+        other => panic!("expected NoHandler, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn second_handler_for_a_command_is_an_error() {
+    let bus = Bus::new();
+    let first = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n) })
+        .start()
+        .await
+        .unwrap();
+    let second = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n + 1) })
+        .start()
+        .await;
+    match second {
+        Err(SubscribeError::DuplicateHandler { topic, existing }) => {
+            assert_eq!(topic.as_str(), "math.double");
+            assert_eq!(existing, "math.double");
+        }
+        other => panic!("expected DuplicateHandler, got {other:?}"),
+    }
+    // the first one still answers; after dropping it the topic is free again
+    assert_eq!(bus.send(Double { n: 1 }).await.unwrap(), 1);
+    drop(first);
+    assert!(matches!(
+        bus.send(Double { n: 1 }).await,
+        Err(SendError::NoHandler { .. })
+    ));
+    let _again = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n + 1) })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(Double { n: 1 }).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_deadline_is_a_timeout_under_the_virtual_clock() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|c: Double, _| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, std::io::Error>(c.n)
+        })
+        .start()
+        .await
+        .unwrap();
+    let start = clock.now();
+    match bus
+        .request(Double { n: 1 }, Duration::from_millis(200))
+        .await
+    {
+        Err(SendError::Timeout { deadline }) => assert_eq!(deadline, Duration::from_millis(200)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    let waited = clock.now() - start;
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(1),
+        "waited {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn request_within_deadline_gets_the_reply() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n * 2) })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.request(Double { n: 4 }, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        8
+    );
+}
+
+#[tokio::test]
+async fn handler_error_reaches_the_sender_after_attempts() {
+    let bus = Bus::builder()
+        .max_attempts(2)
+        .retry_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let _h = bus
+        .handle(|_c: Double, _| async move { Err::<u64, _>(std::io::Error::other("disk on fire")) })
+        .start()
+        .await
+        .unwrap();
+    match bus.send(Double { n: 1 }).await {
+        Err(SendError::Failed { error, attempts }) => {
+            assert_eq!(attempts, 2);
+            assert!(error.contains("disk on fire"), "{error}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(bus.dead_letters().len(), 1);
+}

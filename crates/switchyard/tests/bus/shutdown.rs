@@ -1,0 +1,119 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard::testkit::VirtualClock;
+use switchyard::{Bus, CloseError, DeadLetterReason, PublishError, SendError};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{Double, Ping, WAIT};
+
+#[tokio::test]
+async fn shutdown_drains_queued_work_and_refuses_new_publishes() {
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("worker", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                tokio::task::yield_now().await;
+                tx.send(p.n).map_err(|e| e.to_string())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..100 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    let report = bus.shutdown(WAIT).await.unwrap();
+    assert!(report.left.is_empty());
+    let mut handled = 0;
+    while rx.try_recv().is_ok() {
+        handled += 1;
+    }
+    assert_eq!(
+        handled, 100,
+        "every queued message was handled before shutdown returned"
+    );
+    assert!(report.drained <= 100);
+    assert!(matches!(
+        bus.publish(Ping { n: 1 }).await,
+        Err(PublishError::ShuttingDown)
+    ));
+    assert!(matches!(
+        bus.send(Double { n: 1 }).await,
+        Err(SendError::ShuttingDown)
+    ));
+    assert!(matches!(
+        bus.shutdown(WAIT).await,
+        Err(CloseError::AlreadyShuttingDown)
+    ));
+    assert!(bus.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_deadline_reports_and_dead_letters_leftovers() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), started_tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                g.acquire()
+                    .await
+                    .map(|p| p.forget())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let _cmd = bus
+        .handle(move |_c: Double, _| {
+            let g = gate.clone();
+            async move { g.acquire().await.map(|_| 0u64).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..6 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    assert_eq!(started.recv().await, Some(0));
+    // a command waiting for its (stuck) handler gets an answer, not a hang
+    let pending_send = tokio::spawn(async move { b.send(Double { n: 1 }).await });
+    tokio::task::yield_now().await;
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(report.drained, 0);
+    assert_eq!(
+        report.left.len(),
+        7,
+        "1 in flight + 5 waiting events + 1 command: {:?}",
+        report.left
+    );
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 7);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason == DeadLetterReason::Shutdown)
+    );
+    let mut left = report.left.clone();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    left.sort();
+    lettered.sort();
+    assert_eq!(
+        left, lettered,
+        "the report and the dead letters name the same messages"
+    );
+    assert!(matches!(
+        pending_send.await.unwrap(),
+        Err(SendError::NotProcessed(_))
+    ));
+    assert_eq!(bus.pending(), 0);
+}
