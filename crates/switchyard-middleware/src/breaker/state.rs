@@ -1,0 +1,446 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+use tokio::time::Instant;
+
+use super::{BreakerConfig, FailureThreshold};
+use crate::metrics::names;
+
+/// The three states of a circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls flow; failures are counted.
+    Closed,
+    /// Calls are held back until the cool-down ends.
+    Open,
+    /// A limited number of trial calls decide between closed and open.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the `switchyard_breaker_state` gauge: 0 closed, 1 open, 2 half-open.
+    pub fn as_gauge(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::Open => 1.0,
+            Self::HalfOpen => 2.0,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            _ => Self::Closed,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One state change of a breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerEvent {
+    /// The handler the breaker protects.
+    pub handler: SmolStr,
+    /// State before.
+    pub from: BreakerState,
+    /// State after.
+    pub to: BreakerState,
+    /// When it changed (wall clock).
+    pub at: SystemTime,
+    /// Failures counted in the window when it changed.
+    pub failures: u32,
+    /// Calls counted in the window when it changed.
+    pub calls: u32,
+}
+
+impl BreakerEvent {
+    /// The bus event topic for this change: `switchyard.breaker.opened`,
+    /// `switchyard.breaker.half_opened` or `switchyard.breaker.closed`.
+    pub fn topic(&self) -> &'static str {
+        match self.to {
+            BreakerState::Open => "switchyard.breaker.opened",
+            BreakerState::HalfOpen => "switchyard.breaker.half_opened",
+            BreakerState::Closed => "switchyard.breaker.closed",
+        }
+    }
+}
+
+/// A point-in-time view of a breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BreakerSnapshot {
+    /// The handler.
+    pub handler: SmolStr,
+    /// Current state.
+    pub state: BreakerState,
+    /// Failures in the current window.
+    pub failures: u32,
+    /// Calls in the current window.
+    pub calls: u32,
+    /// How many times it has opened.
+    pub times_opened: u64,
+}
+
+const BUCKETS: u64 = 10;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    index: u64,
+    calls: u32,
+    failures: u32,
+}
+
+/// What a caller may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Closed: go ahead (outcomes recorded under this generation).
+    Normal(u64),
+    /// Half-open: a trial slot was reserved for the caller.
+    Trial(u64),
+    /// Open until this instant.
+    WaitUntil(Instant),
+    /// Half-open with every trial slot taken; wait for a trial to finish.
+    WaitForTrial,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: BreakerState,
+    generation: u64,
+    buckets: VecDeque<Bucket>,
+    open_until: Option<Instant>,
+    trials_admitted: u32,
+    trial_successes: u32,
+    times_opened: u64,
+    waiters: Vec<Waker>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) name: SmolStr,
+    pub(crate) config: BreakerConfig,
+    epoch: Instant,
+    inner: Mutex<Inner>,
+    mirror: AtomicU8,
+    pending_events: Mutex<VecDeque<BreakerEvent>>,
+    dispatch: Mutex<()>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.name)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks (observers run outside them); recover anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(name: SmolStr, config: BreakerConfig) -> Self {
+        let shared = Self {
+            name,
+            config,
+            epoch: Instant::now(),
+            inner: Mutex::new(Inner {
+                state: BreakerState::Closed,
+                generation: 0,
+                buckets: VecDeque::with_capacity(BUCKETS as usize + 1),
+                open_until: None,
+                trials_admitted: 0,
+                trial_successes: 0,
+                times_opened: 0,
+                waiters: Vec::new(),
+            }),
+            mirror: AtomicU8::new(BreakerState::Closed.to_u8()),
+            pending_events: Mutex::new(VecDeque::new()),
+            dispatch: Mutex::new(()),
+        };
+        ::metrics::gauge!(names::BREAKER_STATE, "handler" => shared.name.to_string())
+            .set(BreakerState::Closed.as_gauge());
+        shared
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        BreakerState::from_u8(self.mirror.load(Ordering::Acquire))
+    }
+
+    fn bucket_len(&self) -> Duration {
+        (self.config.window / BUCKETS as u32).max(Duration::from_millis(1))
+    }
+
+    fn bucket_index(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        let len = self.bucket_len().as_nanos().max(1);
+        u64::try_from(since / len).unwrap_or(u64::MAX)
+    }
+
+    fn totals(&self, inner: &mut Inner, now: Instant) -> (u32, u32) {
+        let current = self.bucket_index(now);
+        let oldest = current.saturating_sub(BUCKETS - 1);
+        while inner.buckets.front().is_some_and(|b| b.index < oldest) {
+            inner.buckets.pop_front();
+        }
+        inner.buckets.iter().fold((0u32, 0u32), |(c, f), b| {
+            (c.saturating_add(b.calls), f.saturating_add(b.failures))
+        })
+    }
+
+    /// Decides whether a caller may go ahead now, moving open → half-open when the cool-down
+    /// is over. Registers `waker` when the caller must wait.
+    pub(crate) fn admit(&self, waker: Option<&Waker>) -> Admission {
+        let now = Instant::now();
+        let mut inner = relock(&self.inner);
+        if inner.state == BreakerState::Open {
+            match inner.open_until {
+                Some(until) if now < until => {
+                    register(&mut inner, waker);
+                    return Admission::WaitUntil(until);
+                }
+                _ => self.transition(&mut inner, BreakerState::HalfOpen, now),
+            }
+        }
+        let admission = match inner.state {
+            BreakerState::Closed => Admission::Normal(inner.generation),
+            BreakerState::HalfOpen if inner.trials_admitted < self.config.trial_calls => {
+                inner.trials_admitted += 1;
+                Admission::Trial(inner.generation)
+            }
+            _ => {
+                register(&mut inner, waker);
+                Admission::WaitForTrial
+            }
+        };
+        drop(inner);
+        self.flush_events();
+        admission
+    }
+
+    /// Gives back a trial slot that was reserved but never used.
+    pub(crate) fn release_trial(&self, generation: u64) {
+        let mut inner = relock(&self.inner);
+        if inner.generation == generation && inner.state == BreakerState::HalfOpen {
+            inner.trials_admitted = inner.trials_admitted.saturating_sub(1);
+            wake_all(&mut inner);
+        }
+    }
+
+    /// Records the result of a call admitted under `generation`.
+    pub(crate) fn record(&self, generation: u64, trial: bool, failed: bool) {
+        let now = Instant::now();
+        let mut inner = relock(&self.inner);
+        if inner.generation != generation {
+            // Admitted before the last state change: its result says nothing about now.
+            return;
+        }
+        match (inner.state, trial) {
+            (BreakerState::Closed, _) => {
+                let index = self.bucket_index(now);
+                match inner.buckets.back_mut() {
+                    Some(b) if b.index == index => {
+                        b.calls = b.calls.saturating_add(1);
+                        b.failures = b.failures.saturating_add(u32::from(failed));
+                    }
+                    _ => inner.buckets.push_back(Bucket {
+                        index,
+                        calls: 1,
+                        failures: u32::from(failed),
+                    }),
+                }
+                let (calls, failures) = self.totals(&mut inner, now);
+                let trip = match self.config.threshold {
+                    FailureThreshold::Count(n) => failed && failures >= n,
+                    FailureThreshold::Ratio { ratio, min_calls } => {
+                        calls >= min_calls && f64::from(failures) >= ratio * f64::from(calls)
+                    }
+                };
+                if trip {
+                    self.transition(&mut inner, BreakerState::Open, now);
+                }
+            }
+            (BreakerState::HalfOpen, true) => {
+                if failed {
+                    self.transition(&mut inner, BreakerState::Open, now);
+                } else {
+                    inner.trial_successes += 1;
+                    if inner.trial_successes >= self.config.trial_calls {
+                        self.transition(&mut inner, BreakerState::Closed, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+        drop(inner);
+        self.flush_events();
+    }
+
+    pub(crate) fn force(&self, to: BreakerState) {
+        let now = Instant::now();
+        let mut inner = relock(&self.inner);
+        if inner.state != to {
+            self.transition(&mut inner, to, now);
+        }
+        drop(inner);
+        self.flush_events();
+    }
+
+    pub(crate) fn snapshot(&self) -> BreakerSnapshot {
+        let now = Instant::now();
+        let mut inner = relock(&self.inner);
+        let (calls, failures) = self.totals(&mut inner, now);
+        BreakerSnapshot {
+            handler: self.name.clone(),
+            state: inner.state,
+            failures,
+            calls,
+            times_opened: inner.times_opened,
+        }
+    }
+
+    fn transition(&self, inner: &mut Inner, to: BreakerState, now: Instant) {
+        let from = inner.state;
+        let (calls, failures) = self.totals(inner, now);
+        inner.state = to;
+        inner.generation += 1;
+        inner.trials_admitted = 0;
+        inner.trial_successes = 0;
+        match to {
+            BreakerState::Open => {
+                inner.open_until = Some(now + self.config.cool_down);
+                inner.times_opened += 1;
+            }
+            BreakerState::Closed => {
+                inner.open_until = None;
+                inner.buckets.clear();
+            }
+            BreakerState::HalfOpen => inner.open_until = None,
+        }
+        self.mirror.store(to.to_u8(), Ordering::Release);
+        ::metrics::gauge!(names::BREAKER_STATE, "handler" => self.name.to_string())
+            .set(to.as_gauge());
+        if to == BreakerState::Open {
+            ::metrics::counter!(names::BREAKER_OPENED, "handler" => self.name.to_string())
+                .increment(1);
+        }
+        ::tracing::info!(handler = %self.name, %from, %to, failures, calls, "circuit breaker changed state");
+        wake_all(inner);
+        if self.config.observer.is_some() {
+            relock(&self.pending_events).push_back(BreakerEvent {
+                handler: self.name.clone(),
+                from,
+                to,
+                at: SystemTime::now(),
+                failures,
+                calls,
+            });
+        }
+    }
+
+    /// Delivers queued events to the observer, in order, outside the state lock. Re-entrant
+    /// calls (an observer that changes the breaker) leave their events to the running loop.
+    fn flush_events(&self) {
+        let Some(observer) = &self.config.observer else {
+            return;
+        };
+        loop {
+            let Ok(guard) = self.dispatch.try_lock() else {
+                return;
+            };
+            loop {
+                let next = relock(&self.pending_events).pop_front();
+                match next {
+                    Some(ev) => observer(&ev),
+                    None => break,
+                }
+            }
+            drop(guard);
+            if relock(&self.pending_events).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+fn register(inner: &mut Inner, waker: Option<&Waker>) {
+    if let Some(w) = waker {
+        if !inner.waiters.iter().any(|x| x.will_wake(w)) {
+            inner.waiters.push(w.clone());
+        }
+    }
+}
+
+fn wake_all(inner: &mut Inner) {
+    for w in inner.waiters.drain(..) {
+        w.wake();
+    }
+}
+
+/// A cheap-clone handle to one breaker: read its state, force it open or closed.
+#[derive(Debug, Clone)]
+pub struct BreakerHandle {
+    shared: Arc<Shared>,
+}
+
+impl BreakerHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The handler name.
+    pub fn handler(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current state. An open breaker whose cool-down has passed reports `Open` until the
+    /// next readiness poll moves it to half-open.
+    pub fn state(&self) -> BreakerState {
+        self.shared.state()
+    }
+
+    /// State plus window counters.
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Opens the breaker now (e.g. a dependency reported itself down).
+    pub fn trip(&self) {
+        self.shared.force(BreakerState::Open);
+    }
+
+    /// Closes the breaker now and clears its window.
+    pub fn reset(&self) {
+        self.shared.force(BreakerState::Closed);
+    }
+}

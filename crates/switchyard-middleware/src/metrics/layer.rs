@@ -1,0 +1,72 @@
+use smol_str::SmolStr;
+use switchyard_core::Envelope;
+use tower::Layer;
+
+use super::{Metrics, MetricsRegistry};
+
+/// What the `topic` label of a handler's metrics holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TopicLabel {
+    /// The message's topic (fine for a bounded set of topics).
+    #[default]
+    Topic,
+    /// A fixed value, usually the subscription pattern (`users.#`): bounded cardinality.
+    Fixed(SmolStr),
+}
+
+impl TopicLabel {
+    pub(crate) fn value<'a>(&'a self, env: &'a Envelope) -> &'a str {
+        match self {
+            Self::Topic => env.topic.as_str(),
+            Self::Fixed(s) => s.as_str(),
+        }
+    }
+}
+
+/// Records handler metrics (see the [module docs](super)).
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    handler: SmolStr,
+    topic_label: TopicLabel,
+    registry: MetricsRegistry,
+}
+
+impl MetricsLayer {
+    /// A layer for the handler named `handler`, with a fresh [`MetricsRegistry`].
+    pub fn new(handler: impl Into<SmolStr>) -> Self {
+        Self {
+            handler: handler.into(),
+            topic_label: TopicLabel::Topic,
+            registry: MetricsRegistry::new(),
+        }
+    }
+
+    /// Labels metrics with the subscription pattern (or any fixed text) instead of the topic.
+    pub fn topic_label(mut self, label: TopicLabel) -> Self {
+        self.topic_label = label;
+        self
+    }
+
+    /// Keeps counts in `registry` (shared with other handlers) instead of a fresh one.
+    pub fn with_registry(mut self, registry: MetricsRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The registry this layer's services count into.
+    pub fn registry(&self) -> MetricsRegistry {
+        self.registry.clone()
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Metrics::new(
+            inner,
+            self.handler.clone(),
+            self.topic_label.clone(),
+            self.registry.clone(),
+        )
+    }
+}

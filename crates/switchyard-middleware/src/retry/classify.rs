@@ -1,0 +1,258 @@
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use switchyard_core::BoxError;
+
+use crate::breaker::BreakerOpenError;
+use crate::catch_panic::PanicError;
+use crate::timeout::TimeoutError;
+
+/// A typed error that knows whether trying again may help.
+///
+/// Register the type with [`Classifier::retryable`] so the retry layer can find it in a boxed
+/// error chain.
+///
+/// ```
+/// use switchyard_middleware::retry::{Classifier, Retryable};
+/// #[derive(Debug, thiserror::Error)]
+/// enum DbError { #[error("connection lost")] Connection, #[error("constraint violated")] Constraint }
+/// impl Retryable for DbError {
+///     fn is_retryable(&self) -> bool { matches!(self, DbError::Connection) }
+/// }
+/// let c = Classifier::default().retryable::<DbError>();
+/// assert!(c.is_retryable(&DbError::Connection));
+/// assert!(!c.is_retryable(&DbError::Constraint));
+/// ```
+pub trait Retryable: Error + Send + Sync + 'static {
+    /// True when the same message may succeed on another attempt.
+    fn is_retryable(&self) -> bool;
+}
+
+/// Marks an error as permanent: the retry layer never retries it.
+#[derive(Debug)]
+pub struct Permanent(pub BoxError);
+
+impl Permanent {
+    /// Wraps any error as a permanent one, boxed, ready to return from a handler.
+    pub fn boxed(err: impl Into<BoxError>) -> BoxError {
+        Box::new(Self(err.into()))
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "permanent failure: {}", self.0)
+    }
+}
+
+impl Error for Permanent {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Marks an error as transient: the retry layer retries it while attempts remain.
+#[derive(Debug)]
+pub struct Transient(pub BoxError);
+
+impl Transient {
+    /// Wraps any error as a transient one, boxed, ready to return from a handler.
+    pub fn boxed(err: impl Into<BoxError>) -> BoxError {
+        Box::new(Self(err.into()))
+    }
+}
+
+impl fmt::Display for Transient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "transient failure: {}", self.0)
+    }
+}
+
+impl Error for Transient {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+type Rule = Arc<dyn Fn(&(dyn Error + 'static)) -> Option<bool> + Send + Sync>;
+
+/// Decides whether an error is worth another attempt.
+///
+/// The chain of the error (the error, then its `source()`s) is walked from the outside in;
+/// the first link that something recognises decides:
+/// 1. [`Permanent`] → no, [`Transient`] → yes;
+/// 2. [`PanicError`] → [`Classifier::retry_panics`] (default: no);
+/// 3. [`TimeoutError`] → [`Classifier::retry_timeouts`] (default: yes);
+/// 4. [`BreakerOpenError`] → yes (the next attempt waits for the breaker);
+/// 5. registered [`Retryable`] types and custom rules, in registration order.
+///
+/// When no link is recognised, [`Classifier::unknown_retryable`] decides (default: yes).
+#[derive(Clone)]
+pub struct Classifier {
+    retry_panics: bool,
+    retry_timeouts: bool,
+    unknown: bool,
+    rules: Vec<Rule>,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self {
+            retry_panics: false,
+            retry_timeouts: true,
+            unknown: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Classifier")
+            .field("retry_panics", &self.retry_panics)
+            .field("retry_timeouts", &self.retry_timeouts)
+            .field("unknown", &self.unknown)
+            .field("rules", &self.rules.len())
+            .finish()
+    }
+}
+
+impl Classifier {
+    /// Whether a handler panic is retried (default: false: a panic usually repeats).
+    pub fn retry_panics(mut self, yes: bool) -> Self {
+        self.retry_panics = yes;
+        self
+    }
+
+    /// Whether a timed-out call is retried (default: true).
+    pub fn retry_timeouts(mut self, yes: bool) -> Self {
+        self.retry_timeouts = yes;
+        self
+    }
+
+    /// Whether an error nothing recognises is retried (default: true).
+    pub fn unknown_retryable(mut self, yes: bool) -> Self {
+        self.unknown = yes;
+        self
+    }
+
+    /// Recognises errors of type `E` anywhere in the chain and asks them.
+    pub fn retryable<E: Retryable>(mut self) -> Self {
+        self.rules.push(Arc::new(|e: &(dyn Error + 'static)| {
+            e.downcast_ref::<E>().map(Retryable::is_retryable)
+        }));
+        self
+    }
+
+    /// Adds a custom rule: `Some(true)` retry, `Some(false)` give up, `None` ask the next rule.
+    /// It is called for every link of the chain.
+    pub fn rule<F>(mut self, rule: F) -> Self
+    where
+        F: Fn(&(dyn Error + 'static)) -> Option<bool> + Send + Sync + 'static,
+    {
+        self.rules.push(Arc::new(rule));
+        self
+    }
+
+    /// True when `err` is worth another attempt.
+    pub fn is_retryable(&self, err: &(dyn Error + 'static)) -> bool {
+        let mut link = Some(err);
+        while let Some(e) = link {
+            if let Some(decision) = self.decide(e) {
+                return decision;
+            }
+            link = e.source();
+        }
+        self.unknown
+    }
+
+    fn decide(&self, e: &(dyn Error + 'static)) -> Option<bool> {
+        if e.is::<Permanent>() {
+            return Some(false);
+        }
+        if e.is::<Transient>() {
+            return Some(true);
+        }
+        if e.is::<PanicError>() {
+            return Some(self.retry_panics);
+        }
+        if e.is::<TimeoutError>() {
+            return Some(self.retry_timeouts);
+        }
+        if e.is::<BreakerOpenError>() {
+            return Some(true);
+        }
+        self.rules.iter().find_map(|rule| rule(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("typed {0}")]
+    struct Typed(bool);
+    impl Retryable for Typed {
+        fn is_retryable(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Typed);
+
+    #[test]
+    fn defaults() {
+        let c = Classifier::default();
+        let panic = PanicError {
+            message: "x".into(),
+        };
+        assert!(!c.is_retryable(&panic));
+        assert!(c.clone().retry_panics(true).is_retryable(&panic));
+        let timeout = TimeoutError {
+            timeout: Duration::from_secs(1),
+        };
+        assert!(c.is_retryable(&timeout));
+        assert!(!c.clone().retry_timeouts(false).is_retryable(&timeout));
+        let unknown: BoxError = "plain".into();
+        assert!(c.is_retryable(&*unknown));
+        assert!(!c.clone().unknown_retryable(false).is_retryable(&*unknown));
+    }
+
+    #[test]
+    fn markers_win() {
+        let c = Classifier::default();
+        assert!(!c.is_retryable(&*Permanent::boxed("x")));
+        let c = c.unknown_retryable(false);
+        assert!(c.is_retryable(&*Transient::boxed("x")));
+        // A marker around a panic decides before the panic does.
+        assert!(c.is_retryable(&*Transient::boxed(PanicError {
+            message: "p".into()
+        })));
+    }
+
+    #[test]
+    fn typed_errors_found_in_chain() {
+        let c = Classifier::default()
+            .unknown_retryable(true)
+            .retryable::<Typed>();
+        assert!(!c.is_retryable(&Outer(Typed(false))));
+        assert!(c.is_retryable(&Outer(Typed(true))));
+        let plain = Classifier::default().unknown_retryable(false);
+        assert!(!plain.is_retryable(&Outer(Typed(true))));
+    }
+
+    #[test]
+    fn custom_rule() {
+        let c = Classifier::default().rule(|e| e.to_string().contains("fatal").then_some(false));
+        let fatal: BoxError = "fatal thing".into();
+        let other: BoxError = "other".into();
+        assert!(!c.is_retryable(&*fatal));
+        assert!(c.is_retryable(&*other));
+    }
+}

@@ -1,0 +1,55 @@
+use switchyard_core::BoxError;
+
+/// Broad class of a [`RetryError`], for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryErrorKind {
+    /// Every attempt failed with a retryable error or asked for a retry.
+    Exhausted,
+    /// An attempt failed with an error the classifier calls permanent.
+    Permanent,
+}
+
+/// The retry layer gave up on a message. The source is the last error.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// Every attempt failed with a retryable error or asked for a retry.
+    #[error("gave up after {attempts} attempt(s): {source}")]
+    Exhausted {
+        /// Attempts made inside this call.
+        attempts: u32,
+        /// The last failure ([`RetryRequested`] when the handler asked for a retry).
+        #[source]
+        source: BoxError,
+    },
+    /// An attempt failed with an error that is not worth retrying.
+    #[error("permanent failure on attempt {attempt}: {source}")]
+    Permanent {
+        /// The delivery attempt number on which it failed.
+        attempt: u32,
+        /// The error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl RetryError {
+    /// The broad class.
+    pub fn kind(&self) -> RetryErrorKind {
+        match self {
+            Self::Exhausted { .. } => RetryErrorKind::Exhausted,
+            Self::Permanent { .. } => RetryErrorKind::Permanent,
+        }
+    }
+
+    /// The last underlying error.
+    pub fn last_error(&self) -> &BoxError {
+        match self {
+            Self::Exhausted { source, .. } | Self::Permanent { source, .. } => source,
+        }
+    }
+}
+
+/// The handler answered `Outcome::Retry` on the last attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("handler asked for a retry")]
+pub struct RetryRequested;

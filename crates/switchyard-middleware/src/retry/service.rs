@@ -1,0 +1,102 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use smol_str::SmolStr;
+use switchyard_core::{BoxError, Envelope, Outcome};
+use tower::{Service, ServiceExt};
+
+use super::{RetryError, RetryPolicy, RetryRequested};
+use crate::metrics::names;
+
+/// Calls the inner service again on retryable failures, waiting per its [`RetryPolicy`].
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: RetryPolicy,
+    handler: Option<SmolStr>,
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, policy: RetryPolicy, handler: Option<SmolStr>) -> Self {
+        Self {
+            inner,
+            policy,
+            handler,
+        }
+    }
+}
+
+impl<S> Service<Envelope> for Retry<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut env: Envelope) -> Self::Future {
+        // The service that was polled ready makes the first attempt; later attempts wait for
+        // readiness again (a circuit breaker below may pause them).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let policy = self.policy.clone();
+        let handler = self.handler.clone();
+        Box::pin(async move {
+            let base = env.delivery.attempt.max(1);
+            if env.delivery.first_delivered_at.is_none() {
+                env.delivery.first_delivered_at = Some(SystemTime::now());
+            }
+            let max = policy.get_max_attempts();
+            let mut made: u32 = 0;
+            loop {
+                if made > 0 {
+                    inner.ready().await?;
+                }
+                made += 1;
+                let attempt = base.saturating_add(made - 1);
+                let mut this_try = env.clone();
+                this_try.delivery.attempt = attempt;
+                let (hint, failure): (_, BoxError) = match inner.call(this_try).await {
+                    Ok(Outcome::Retry { after }) => (after, Box::new(RetryRequested)),
+                    Ok(done) => return Ok(done),
+                    Err(e) => {
+                        if !policy.get_classifier().is_retryable(&*e) {
+                            return Err(RetryError::Permanent { attempt, source: e }.into());
+                        }
+                        (None, e)
+                    }
+                };
+                if made >= max {
+                    return Err(RetryError::Exhausted {
+                        attempts: made,
+                        source: failure,
+                    }
+                    .into());
+                }
+                let delay = policy.next_delay(made, hint);
+                ::metrics::counter!(
+                    names::RETRIES,
+                    "topic" => env.topic.as_str().to_owned(),
+                    "handler" => handler.as_deref().unwrap_or("").to_owned()
+                )
+                .increment(1);
+                ::tracing::debug!(
+                    message_id = %env.id,
+                    attempt,
+                    delay_ms = delay.as_millis() as u64,
+                    error = %failure,
+                    "retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        })
+    }
+}
