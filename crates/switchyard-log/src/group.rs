@@ -1,0 +1,284 @@
+//! Consumer-group state of one (stream, group): the read cursor, the unsettled messages and
+//! the dispatch rule (per-key order, ack-wait expiry, delayed redelivery, max-deliver).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use smol_str::SmolStr;
+use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Pattern};
+use tokio::time::Instant;
+
+use crate::error::ReadError;
+use crate::stream::{StreamShared, lock};
+use crate::writer::PendingCommits;
+
+/// Group settings taken from the log config.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupSettings {
+    pub ack_wait: Duration,
+    pub max_deliver: u32,
+    pub max_ack_pending: usize,
+    pub ordering_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PState {
+    /// Waiting to be handed out (not before the instant, if any).
+    Ready(Option<Instant>),
+    /// Handed out; redelivered if not settled by the instant.
+    InFlight(Instant),
+}
+
+#[derive(Debug)]
+struct Pending {
+    envelope: Envelope,
+    key: Option<SmolStr>,
+    attempts: u32,
+    first_delivered: Option<SystemTime>,
+    generation: u64,
+    state: PState,
+}
+
+/// Mutable part of a group.
+#[derive(Debug)]
+pub(crate) struct GroupState {
+    pub pattern: Pattern,
+    /// Next offset to read from the stream.
+    pub next_read: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// Live subscriptions in this group.
+    pub members: usize,
+    committed_sent: u64,
+}
+
+impl GroupState {
+    /// Every offset below this is settled: the group's committed offset.
+    pub fn floor(&self) -> u64 {
+        self.pending
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_read)
+    }
+
+    /// Unsettled messages held in memory.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// One consumer group on one stream.
+#[derive(Debug)]
+pub(crate) struct GroupShared {
+    pub stream_idx: usize,
+    pub stream: Arc<StreamShared>,
+    pub name: String,
+    /// Durable groups persist their committed offset; ungrouped subscriptions do not.
+    pub durable: bool,
+    pub state: Mutex<GroupState>,
+}
+
+/// What a dispatch attempt found.
+pub(crate) enum Dispatch {
+    /// Hand this message out.
+    Deliver {
+        offset: u64,
+        generation: u64,
+        envelope: Box<Envelope>,
+    },
+    /// Nothing now; try again at the instant (if any) or when notified.
+    Wait(Option<Instant>),
+}
+
+/// Records scanned per dispatch call at most, so one call never blocks for long.
+const MAX_SCAN: usize = 4096;
+
+impl GroupShared {
+    /// A group starting at `start`.
+    pub fn new(
+        stream_idx: usize,
+        stream: Arc<StreamShared>,
+        name: String,
+        durable: bool,
+        pattern: Pattern,
+        start: u64,
+    ) -> Self {
+        Self {
+            stream_idx,
+            stream,
+            name,
+            durable,
+            state: Mutex::new(GroupState {
+                pattern,
+                next_read: start,
+                pending: BTreeMap::new(),
+                members: 0,
+                committed_sent: start,
+            }),
+        }
+    }
+
+    /// Reads ahead into the pending window. Returns true when more is left to scan now.
+    fn fill(&self, st: &mut GroupState, s: &GroupSettings) -> Result<bool, ReadError> {
+        let (first, end) = {
+            let idx = lock(&self.stream.index);
+            (idx.first_offset(), idx.next_offset())
+        };
+        if st.next_read < first {
+            tracing::warn!(
+                stream = %self.stream.name,
+                group = %self.name,
+                skipped = first - st.next_read,
+                "records removed by retention before this group read them"
+            );
+            st.next_read = first;
+        }
+        let mut scanned = 0;
+        while st.pending.len() < s.max_ack_pending && st.next_read < end {
+            if scanned >= MAX_SCAN {
+                return Ok(true);
+            }
+            let want = (s.max_ack_pending - st.pending.len()).min(256);
+            let records = self.stream.read(st.next_read, want)?;
+            if records.is_empty() {
+                return Ok(true);
+            }
+            scanned += records.len();
+            for (offset, envelope) in records {
+                st.next_read = offset + 1;
+                if !st.pattern.matches(&envelope.topic) {
+                    continue;
+                }
+                let key = s
+                    .ordering_header
+                    .as_deref()
+                    .and_then(|h| envelope.header(h))
+                    .map(SmolStr::new);
+                st.pending.insert(
+                    offset,
+                    Pending {
+                        envelope,
+                        key,
+                        attempts: 0,
+                        first_delivered: None,
+                        generation: 0,
+                        state: PState::Ready(None),
+                    },
+                );
+            }
+        }
+        Ok(false)
+    }
+
+    /// Picks the next message to hand out. Messages that used up their deliveries are moved to
+    /// `dead`.
+    pub fn dispatch(
+        &self,
+        s: &GroupSettings,
+        now: Instant,
+        dead: &mut Vec<DeadLetter>,
+        commits: &PendingCommits,
+    ) -> Result<Dispatch, ReadError> {
+        let mut st = lock(&self.state);
+        let more = self.fill(&mut st, s)?;
+        let mut blocked: HashSet<SmolStr> = HashSet::new();
+        let mut chosen = None;
+        let mut expired = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for (&offset, p) in &st.pending {
+            if p.key.as_ref().is_some_and(|k| blocked.contains(k)) {
+                continue;
+            }
+            let due_at = match p.state {
+                PState::Ready(None) => None,
+                PState::Ready(Some(t)) | PState::InFlight(t) => Some(t),
+            };
+            match due_at {
+                Some(t) if t > now => {
+                    earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                    if let Some(k) = &p.key {
+                        blocked.insert(k.clone());
+                    }
+                }
+                _ if s.max_deliver > 0 && p.attempts >= s.max_deliver => expired.push(offset),
+                _ => {
+                    chosen = Some(offset);
+                    break;
+                }
+            }
+        }
+        for offset in expired {
+            if let Some(p) = st.pending.remove(&offset) {
+                let mut env = p.envelope;
+                env.delivery.attempt = p.attempts;
+                env.delivery.first_delivered_at = p.first_delivered;
+                tracing::warn!(stream = %self.stream.name, group = %self.name, offset, attempts = p.attempts, "message reached max deliveries; dead-lettering");
+                dead.push(
+                    DeadLetter::new(
+                        env,
+                        DeadLetterReason::MaxDeliveries,
+                        format!("not acknowledged after {} deliveries", p.attempts),
+                    )
+                    .with_handler(self.name.as_str()),
+                );
+            }
+        }
+        let result = match chosen.and_then(|o| st.pending.get_mut(&o).map(|p| (o, p))) {
+            Some((offset, p)) => {
+                p.attempts += 1;
+                p.generation += 1;
+                let first = *p.first_delivered.get_or_insert_with(SystemTime::now);
+                p.state = PState::InFlight(now + s.ack_wait);
+                let mut envelope = p.envelope.clone();
+                envelope.delivery.attempt = p.attempts;
+                envelope.delivery.first_delivered_at = Some(first);
+                Dispatch::Deliver {
+                    offset,
+                    generation: p.generation,
+                    envelope: Box::new(envelope),
+                }
+            }
+            None if more => Dispatch::Wait(Some(now)),
+            None => Dispatch::Wait(earliest),
+        };
+        self.report_floor(&mut st, commits);
+        Ok(result)
+    }
+
+    fn report_floor(&self, st: &mut GroupState, commits: &PendingCommits) {
+        let floor = st.floor();
+        if self.durable && floor > st.committed_sent {
+            st.committed_sent = floor;
+            lock(commits).insert((self.stream_idx, self.name.clone()), floor);
+        }
+    }
+
+    /// Settles a message for good (ack or term). Late settles after a redelivery still count.
+    pub fn settle(&self, offset: u64, commits: &PendingCommits) {
+        let mut st = lock(&self.state);
+        st.pending.remove(&offset);
+        self.report_floor(&mut st, commits);
+    }
+
+    /// Puts a delivered message back for redelivery at `at` (now if `None`). Ignored if the
+    /// message was redelivered since (`generation` is stale) or is already settled.
+    pub fn release(&self, offset: u64, generation: u64, at: Option<Instant>) {
+        let mut st = lock(&self.state);
+        if let Some(p) = st.pending.get_mut(&offset) {
+            if p.generation == generation && matches!(p.state, PState::InFlight(_)) {
+                p.state = PState::Ready(at);
+            }
+        }
+    }
+
+    /// Forgets unsettled messages and restarts reading at the floor (when the last member of
+    /// a group leaves, so a changed pattern takes effect from there).
+    pub fn reset(&self, pattern: Pattern) {
+        let mut st = lock(&self.state);
+        let floor = st.floor();
+        st.pending.clear();
+        st.next_read = floor;
+        st.pattern = pattern;
+    }
+}

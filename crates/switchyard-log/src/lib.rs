@@ -1,0 +1,37 @@
+//! # switchyard-log
+//!
+//! The embedded durable log transport of switchyard: no server to install, like SQLite is for
+//! databases. Topics map to *streams* by pattern; each stream is a directory of append-only
+//! segment files whose records carry a length, a CRC32C and the encoded envelope.
+//!
+//! - **Durability**: [`Durability::Always`] (the default) resolves `publish` only after an
+//!   `fdatasync` that many concurrent publishers share (group commit); `Interval` and `Never`
+//!   trade that for speed.
+//! - **Consumer groups** keep committed offsets on disk; each message goes to one member;
+//!   ack / nack (with delay) / term; unsettled messages come back after the ack wait; after
+//!   `max_deliver` deliveries a message goes to the dead-letter sink; messages with the same
+//!   ordering key (a header) are handed out one at a time, in order.
+//! - **Retention** by size and age, and compaction of segments every group has consumed.
+//! - **Recovery**: a torn tail (after `kill -9` or power loss) is truncated to the last good
+//!   record with a warning saying how many bytes were dropped; damage anywhere else is a typed
+//!   [`Corruption`] error. A file lock stops two processes from opening one log.
+//! - **Inspect**: [`LogTransport::streams`], [`LogTransport::group_lags`],
+//!   [`LogTransport::read_range`].
+//!
+//! [`LogTransport`] implements the core [`Publisher`](switchyard_core::Publisher) and
+//! [`Subscriber`](switchyard_core::Subscriber) traits, so the bus runs on it unchanged.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod fsio;
+mod group;
+mod offsets;
+mod record;
+mod stream;
+mod transport;
+mod writer;
+
+pub use config::{Durability, LogConfig, Retention, StartPosition, StreamSpec};
+pub use error::{Corruption, CorruptionKind, OpenError, ReadError};
+pub use transport::{GroupLag, LogSubscription, LogTransport, StoredRecord, StreamInfo};

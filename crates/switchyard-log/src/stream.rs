@@ -1,0 +1,357 @@
+//! One stream: its segment files, the in-memory offset → position index, recovery on open
+//! and reads.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use switchyard_core::{Envelope, Pattern};
+
+use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
+use crate::fsio;
+use crate::record::{self, HEADER, MAGIC, Parsed};
+
+/// One segment file and its index.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    /// Offset of the first record.
+    pub base: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Byte position of each visible record (record `base + i` at `positions[i]`).
+    pub positions: Vec<u32>,
+    /// Visible length in bytes (magic included).
+    pub len: u64,
+    /// Time of the last write, for age-based retention.
+    pub modified: SystemTime,
+}
+
+impl Segment {
+    /// Offset after the last visible record.
+    pub fn end(&self) -> u64 {
+        self.base + self.positions.len() as u64
+    }
+}
+
+/// The segments of a stream; guarded by [`StreamShared::index`].
+#[derive(Debug)]
+pub(crate) struct StreamIndex {
+    /// Oldest first; never empty (the last one is the segment being written).
+    pub segments: Vec<Segment>,
+}
+
+impl StreamIndex {
+    /// Offset of the oldest retained record.
+    pub fn first_offset(&self) -> u64 {
+        self.segments.first().map_or(0, |s| s.base)
+    }
+
+    /// Offset the next record will get (everything below is visible).
+    pub fn next_offset(&self) -> u64 {
+        self.segments.last().map_or(0, Segment::end)
+    }
+
+    /// Bytes in all segments.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+}
+
+/// A stream shared by the writer, consumer groups and the inspect API.
+#[derive(Debug)]
+pub(crate) struct StreamShared {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Topics this stream takes (empty for the catch-all stream).
+    pub patterns: Vec<Pattern>,
+    pub max_record: u32,
+    pub index: Mutex<StreamIndex>,
+    /// Group offsets known to be on disk (group name → next offset to consume).
+    pub committed: Mutex<HashMap<String, u64>>,
+}
+
+/// Locks a mutex, recovering from poisoning (state is kept consistent under every lock).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// File name of the segment starting at `base`.
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+/// Creates a new, empty segment (magic only).
+pub(crate) fn create_segment(dir: &Path, base: u64, sync: bool) -> std::io::Result<Segment> {
+    let path = segment_path(dir, base);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    fsio::write_all_at(&file, MAGIC, 0)?;
+    if sync {
+        file.sync_data()?;
+        fsio::sync_dir(dir)?;
+    }
+    Ok(Segment {
+        base,
+        path,
+        file: Arc::new(file),
+        positions: Vec::new(),
+        len: MAGIC.len() as u64,
+        modified: SystemTime::now(),
+    })
+}
+
+/// Looks for a good record after a damaged one: if there is one, the damage is not a torn
+/// tail. `from` is the position of the damaged record; `next` the offset it should have had.
+fn later_good_record(buf: &[u8], from: usize, next: u64, max_record: u32) -> bool {
+    let mut pos = from + 1;
+    while pos + HEADER <= buf.len() {
+        let rest = &buf[pos..];
+        let plausible = record::offset_of(rest).is_some_and(|o| {
+            o >= next && o <= next.saturating_add((buf.len() - from) as u64 / HEADER as u64)
+        });
+        if plausible && matches!(record::parse(rest, None, max_record), Parsed::Record { .. }) {
+            return true;
+        }
+        pos += 1;
+    }
+    false
+}
+
+/// Scans one segment file. Returns the record positions and the length of the good prefix.
+/// Damage in a segment that is not the last, or damage followed by a good record, is an
+/// error; damage at the tail of the last segment is truncated away.
+fn scan_segment(
+    path: &Path,
+    base: u64,
+    is_last: bool,
+    max_record: u32,
+) -> Result<(File, Vec<u32>, u64), OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let buf = fs::read(path).map_err(io_err(path))?;
+    let corrupt = |position: usize, offset: u64, kind| Corruption {
+        path: path.to_path_buf(),
+        position: position as u64,
+        offset,
+        kind,
+    };
+    if buf.len() < MAGIC.len() || &buf[..MAGIC.len()] != MAGIC {
+        if is_last && MAGIC.starts_with(&buf[..buf.len().min(MAGIC.len())]) {
+            // Torn while the segment was being created.
+            tracing::warn!(path = %path.display(), bytes_dropped = buf.len(), "log recovery: rewriting torn segment header");
+            file.set_len(0).map_err(io_err(path))?;
+            fsio::write_all_at(&file, MAGIC, 0).map_err(io_err(path))?;
+            file.sync_data().map_err(io_err(path))?;
+            return Ok((file, Vec::new(), MAGIC.len() as u64));
+        }
+        return Err(corrupt(0, base, CorruptionKind::BadMagic).into());
+    }
+    let mut positions = Vec::new();
+    let mut pos = MAGIC.len();
+    while pos < buf.len() {
+        let offset = base + positions.len() as u64;
+        match record::parse(&buf[pos..], Some(offset), max_record) {
+            Parsed::Record { total } => {
+                let p = u32::try_from(pos)
+                    .map_err(|_| corrupt(pos, offset, CorruptionKind::BadLength))?;
+                positions.push(p);
+                pos += total;
+            }
+            Parsed::Short | Parsed::Bad(_) if is_last => {
+                let kind = match record::parse(&buf[pos..], Some(offset), max_record) {
+                    Parsed::Bad(k) => k,
+                    _ => CorruptionKind::Truncated,
+                };
+                if later_good_record(&buf, pos, offset, max_record) {
+                    return Err(corrupt(pos, offset, kind).into());
+                }
+                let dropped = buf.len() - pos;
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    position = pos,
+                    bytes_dropped = dropped,
+                    reason = ?kind,
+                    "log recovery: truncating torn or corrupt tail"
+                );
+                file.set_len(pos as u64).map_err(io_err(path))?;
+                file.sync_data().map_err(io_err(path))?;
+                break;
+            }
+            Parsed::Short => return Err(corrupt(pos, offset, CorruptionKind::Truncated).into()),
+            Parsed::Bad(kind) => return Err(corrupt(pos, offset, kind).into()),
+        }
+    }
+    Ok((file, positions, pos as u64))
+}
+
+impl StreamShared {
+    /// Opens (or creates) the stream in `dir`, recovering its tail.
+    pub fn open(
+        name: String,
+        dir: PathBuf,
+        patterns: Vec<Pattern>,
+        max_record: u32,
+    ) -> Result<Self, OpenError> {
+        fs::create_dir_all(dir.join("groups")).map_err(io_err(&dir))?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let fname = entry.file_name();
+            let Some(fname) = fname.to_str() else {
+                continue;
+            };
+            let stem = fname.strip_suffix(".log").filter(|s| s.len() == 20);
+            if let Some(base) = stem.and_then(|s| s.parse::<u64>().ok()) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let mut segments: Vec<Segment> = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(&dir, base);
+            if let Some(prev_end) = segments.last().map(Segment::end).filter(|&e| e != base) {
+                return Err(Corruption {
+                    path,
+                    position: 0,
+                    offset: prev_end,
+                    kind: CorruptionKind::Gap,
+                }
+                .into());
+            }
+            let is_last = i + 1 == bases.len();
+            let (file, positions, len) = scan_segment(&path, base, is_last, max_record)?;
+            let modified = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            segments.push(Segment {
+                base,
+                path,
+                file: Arc::new(file),
+                positions,
+                len,
+                modified,
+            });
+        }
+        if segments.is_empty() {
+            segments.push(create_segment(&dir, 0, true).map_err(io_err(&dir))?);
+        }
+        let committed = crate::offsets::load_all(&dir.join("groups"));
+        Ok(Self {
+            name,
+            dir,
+            patterns,
+            max_record,
+            index: Mutex::new(StreamIndex { segments }),
+            committed: Mutex::new(committed),
+        })
+    }
+
+    /// Reads up to `max` visible records starting at `from` (fewer if a segment ends first).
+    /// Returns the records with their offsets; empty when `from` is at the end.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Envelope)>, ReadError> {
+        let (file, path, first, start, end) = {
+            let idx = lock(&self.index);
+            let Some(seg_i) = idx.segments.iter().rposition(|s| s.base <= from) else {
+                return Ok(Vec::new());
+            };
+            let seg = &idx.segments[seg_i];
+            let i = (from - seg.base) as usize;
+            if i >= seg.positions.len() || max == 0 {
+                return Ok(Vec::new());
+            }
+            let j = (i + max).min(seg.positions.len());
+            let start = u64::from(seg.positions[i]);
+            let end = seg.positions.get(j).map_or(seg.len, |&p| u64::from(p));
+            (seg.file.clone(), seg.path.clone(), from, start, end)
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        fsio::read_exact_at(&file, &mut buf, start).map_err(|source| ReadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let offset = first + out.len() as u64;
+            let corrupt = |kind| Corruption {
+                path: path.clone(),
+                position: start + pos as u64,
+                offset,
+                kind,
+            };
+            match record::parse(&buf[pos..], Some(offset), self.max_record) {
+                Parsed::Record { total } => {
+                    let env = record::decode(record::payload(&buf[pos..pos + total]))
+                        .map_err(|_| corrupt(CorruptionKind::BadEncoding))?;
+                    out.push((offset, env));
+                    pos += total;
+                }
+                Parsed::Short => return Err(corrupt(CorruptionKind::Truncated).into()),
+                Parsed::Bad(kind) => return Err(corrupt(kind).into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when `topic` of some envelope could be in this stream given a subscription
+    /// pattern (catch-all streams always could).
+    pub fn may_hold(&self, pattern: &Pattern) -> bool {
+        self.patterns.is_empty() || self.patterns.iter().any(|p| patterns_overlap(p, pattern))
+    }
+}
+
+/// True when some topic matches both patterns.
+pub(crate) fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
+    let a: Vec<&str> = a.segments().collect();
+    let b: Vec<&str> = b.segments().collect();
+    overlap(&a, &b)
+}
+
+fn overlap(a: &[&str], b: &[&str]) -> bool {
+    match (a.first(), b.first()) {
+        (None, None) => true,
+        (Some(&"#"), _) => overlap(&a[1..], b) || (!b.is_empty() && overlap(a, &b[1..])),
+        (_, Some(&"#")) => overlap(a, &b[1..]) || (!a.is_empty() && overlap(&a[1..], b)),
+        (None, _) | (_, None) => false,
+        (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && overlap(&a[1..], &b[1..]),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlap_of_patterns() {
+        assert!(patterns_overlap(&p("a.#"), &p("a.b.c")));
+        assert!(patterns_overlap(&p("a.*"), &p("*.b")));
+        assert!(patterns_overlap(&p("#"), &p("x")));
+        assert!(patterns_overlap(&p("a.#"), &p("#.z")));
+        assert!(!patterns_overlap(&p("a.*"), &p("b.#")));
+        assert!(!patterns_overlap(&p("a.*"), &p("a")));
+        assert!(patterns_overlap(&p("a.#"), &p("a")));
+    }
+}

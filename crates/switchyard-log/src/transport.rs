@@ -1,0 +1,733 @@
+//! [`LogTransport`]: the handle users and the bus hold; implements the core transport traits.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fs4::fs_std::FileExt;
+use futures::Stream;
+use switchyard_core::{
+    AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, Delivery, Envelope,
+    Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic, TransportError,
+    TransportErrorKind,
+};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{LogConfig, StartPosition, valid_stream_name};
+use crate::error::{OpenError, ReadError};
+use crate::group::{Dispatch, GroupSettings, GroupShared};
+use crate::record;
+use crate::stream::{StreamShared, lock};
+use crate::writer::{PendingCommits, Writer, WriterMsg};
+
+/// An embedded, durable, append-only log that carries bus messages.
+///
+/// Cheap to clone: clones share one log. Open it once per directory: a file lock stops a
+/// second open (in this or another process) until [`close`](Publisher::close) or the last
+/// clone is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchyard_core::{Envelope, Pattern, Publisher, Subscriber, Topic};
+/// use switchyard_log::{LogConfig, LogTransport};
+/// use futures::StreamExt;
+///
+/// let log = LogTransport::open(LogConfig::new("/var/lib/app/bus"))?;
+/// log.publish(vec![Envelope::new(Topic::new("users.created")?, "{}")]).await?;
+/// let mut sub = log.subscribe(&Pattern::new("users.#")?, Some("mailer")).await?;
+/// if let Some(delivery) = sub.next().await {
+///     delivery.ack().await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LogTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogTransport")
+            .field("dir", &self.inner.config.dir)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Inner {
+    config: LogConfig,
+    settings: GroupSettings,
+    /// Configured streams in match order, then the catch-all stream (if any).
+    streams: Vec<Arc<StreamShared>>,
+    writer_tx: Mutex<Option<Sender<WriterMsg>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Woken on every append, settle and close.
+    notify: Arc<Notify>,
+    closed: AtomicBool,
+    groups: Mutex<HashMap<(usize, String), Arc<GroupShared>>>,
+    commits: PendingCommits,
+    next_ephemeral: AtomicU64,
+    lock_file: Mutex<Option<File>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Disconnecting the channel makes the writer sync, write offsets and stop.
+        lock(&self.writer_tx).take();
+        let handle = lock(&self.writer_thread).take();
+        if handle.is_some_and(|h| h.join().is_err()) {
+            tracing::error!("log writer thread panicked");
+        }
+    }
+}
+
+/// One stream as the inspect API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Stream name.
+    pub name: String,
+    /// Offset of the oldest retained record.
+    pub first_offset: u64,
+    /// Offset the next record will get.
+    pub next_offset: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// How far one consumer group is behind on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLag {
+    /// Stream name.
+    pub stream: String,
+    /// Group name.
+    pub group: String,
+    /// Every record below this offset is settled (in memory if the group is active here,
+    /// else as committed on disk).
+    pub committed: u64,
+    /// Unsettled messages the group holds in memory.
+    pub pending: usize,
+    /// Records from `committed` to the end of the stream.
+    pub lag: u64,
+}
+
+/// A record read back through the inspect API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    /// Its offset in the stream.
+    pub offset: u64,
+    /// The stored envelope.
+    pub envelope: Envelope,
+}
+
+fn validate(config: &LogConfig) -> Result<(), OpenError> {
+    let bad = |m: String| Err(OpenError::InvalidConfig(m));
+    if config.segment_bytes < 4096 || config.segment_bytes > (u32::MAX / 2) as u64 {
+        return bad(format!(
+            "segment_bytes must be within 4 KiB..2 GiB, got {}",
+            config.segment_bytes
+        ));
+    }
+    if config.max_record_bytes == 0 || config.max_record_bytes > u32::MAX / 4 {
+        return bad("max_record_bytes must be within 1..1 GiB".to_owned());
+    }
+    if config.max_ack_pending == 0 {
+        return bad("max_ack_pending must be at least 1".to_owned());
+    }
+    let mut names: Vec<&str> = config.streams.iter().map(|s| s.name.as_str()).collect();
+    names.extend(config.default_stream.as_deref());
+    for (i, n) in names.iter().enumerate() {
+        if !valid_stream_name(n) {
+            return bad(format!("invalid stream name {n:?}"));
+        }
+        if names[..i].contains(n) {
+            return bad(format!("duplicate stream name {n:?}"));
+        }
+    }
+    if let Some(s) = config.streams.iter().find(|s| s.patterns.is_empty()) {
+        return bad(format!("stream {:?} has no patterns", s.name));
+    }
+    if names.is_empty() {
+        return bad("no streams and no default stream".to_owned());
+    }
+    Ok(())
+}
+
+impl LogTransport {
+    /// Opens (or creates) the log in `config.dir`: takes the lock, recovers every stream
+    /// (a torn tail is truncated with a warning; damage elsewhere is an error) and starts the
+    /// writer thread.
+    pub fn open(config: LogConfig) -> Result<Self, OpenError> {
+        validate(&config)?;
+        let dir = config.dir.clone();
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Io { path, source }
+        };
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock_file.try_lock_exclusive() {
+            Ok(true) => {}
+            Ok(false) => return Err(OpenError::Locked { path: lock_path }),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(OpenError::Locked { path: lock_path });
+            }
+            Err(e) => return Err(io(&lock_path)(e)),
+        }
+        let mut specs: Vec<(String, Vec<Pattern>)> = config
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), s.patterns.clone()))
+            .collect();
+        if let Some(d) = &config.default_stream {
+            specs.push((d.clone(), Vec::new()));
+        }
+        let mut streams = Vec::new();
+        for (name, patterns) in specs {
+            let sdir = dir.join("streams").join(&name);
+            streams.push(Arc::new(StreamShared::open(
+                name,
+                sdir,
+                patterns,
+                config.max_record_bytes,
+            )?));
+        }
+        let notify = Arc::new(Notify::new());
+        let commits: PendingCommits = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer::new(
+            rx,
+            streams.clone(),
+            config.clone(),
+            commits.clone(),
+            notify.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("switchyard-log-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(OpenError::Thread)?;
+        let settings = GroupSettings {
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            ordering_header: config.ordering_header.clone(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                settings,
+                streams,
+                writer_tx: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(handle)),
+                notify,
+                closed: AtomicBool::new(false),
+                groups: Mutex::new(HashMap::new()),
+                commits,
+                next_ephemeral: AtomicU64::new(0),
+                lock_file: Mutex::new(Some(lock_file)),
+            }),
+        })
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    /// The stream a topic is stored in, or `None` if no stream takes it.
+    pub fn stream_for(&self, topic: &Topic) -> Option<&str> {
+        self.route(topic)
+            .map(|i| self.inner.streams[i].name.as_str())
+    }
+
+    fn route(&self, topic: &Topic) -> Option<usize> {
+        self.inner
+            .streams
+            .iter()
+            .position(|s| s.patterns.is_empty() || s.patterns.iter().any(|p| p.matches(topic)))
+    }
+
+    /// Every stream with its offsets and size.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        self.inner
+            .streams
+            .iter()
+            .map(|s| {
+                let idx = lock(&s.index);
+                StreamInfo {
+                    name: s.name.clone(),
+                    first_offset: idx.first_offset(),
+                    next_offset: idx.next_offset(),
+                    segments: idx.segments.len(),
+                    bytes: idx.bytes(),
+                }
+            })
+            .collect()
+    }
+
+    /// Lag of every durable group on every stream it has used.
+    pub fn group_lags(&self) -> Vec<GroupLag> {
+        let live: HashMap<(usize, String), (u64, usize)> = lock(&self.inner.groups)
+            .iter()
+            .filter(|(_, g)| g.durable)
+            .map(|(k, g)| {
+                let st = lock(&g.state);
+                (k.clone(), (st.floor(), st.pending_len()))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (i, s) in self.inner.streams.iter().enumerate() {
+            let (first, next) = {
+                let idx = lock(&s.index);
+                (idx.first_offset(), idx.next_offset())
+            };
+            let mut names: Vec<String> = lock(&s.committed).keys().cloned().collect();
+            names.extend(live.keys().filter(|(j, _)| *j == i).map(|(_, n)| n.clone()));
+            names.sort();
+            names.dedup();
+            for group in names {
+                let (committed, pending) = match live.get(&(i, group.clone())) {
+                    Some(&(floor, pending)) => (floor, pending),
+                    None => (lock(&s.committed).get(&group).copied().unwrap_or(0), 0),
+                };
+                let committed = committed.max(first);
+                out.push(GroupLag {
+                    stream: s.name.clone(),
+                    group,
+                    committed,
+                    pending,
+                    lag: next.saturating_sub(committed),
+                });
+            }
+        }
+        out
+    }
+
+    /// The committed offset of `group` on `stream` as last written to disk.
+    pub fn committed_offset(&self, stream: &str, group: &str) -> Option<u64> {
+        let s = self.inner.streams.iter().find(|s| s.name == stream)?;
+        lock(&s.committed).get(group).copied()
+    }
+
+    /// Reads up to `max` records of `stream` starting at offset `from`.
+    pub fn read_range(
+        &self,
+        stream: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, ReadError> {
+        let s = self
+            .inner
+            .streams
+            .iter()
+            .find(|s| s.name == stream)
+            .ok_or_else(|| ReadError::UnknownStream(stream.to_owned()))?;
+        let (first, end) = {
+            let idx = lock(&s.index);
+            (idx.first_offset(), idx.next_offset())
+        };
+        let mut at = from.max(first);
+        let mut out = Vec::new();
+        while out.len() < max && at < end {
+            let chunk = s.read(at, (max - out.len()).min(1024))?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (offset, envelope) in chunk {
+                at = offset + 1;
+                out.push(StoredRecord { offset, envelope });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Syncs every stream and writes committed offsets now.
+    pub async fn flush(&self) -> Result<(), TransportError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Flush { reply })
+            .map_err(|_| TransportError::new(TransportErrorKind::Closed, "log is closed"))?;
+        match rx.await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "log is closed",
+            )),
+        }
+    }
+
+    /// Applies retention and compaction now (the writer also does it every
+    /// `retention_check_interval`). Committed offsets are written first, so compaction sees
+    /// the latest acknowledgements.
+    pub async fn enforce_retention(&self) -> Result<(), TransportError> {
+        self.flush().await?;
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Retention { reply })
+            .map_err(|_| TransportError::new(TransportErrorKind::Closed, "log is closed"))?;
+        match rx.await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "log is closed",
+            )),
+        }
+    }
+
+    fn send(&self, msg: WriterMsg) -> Result<(), ()> {
+        let tx = lock(&self.inner.writer_tx).clone().ok_or(())?;
+        tx.send(msg).map_err(|_| ())
+    }
+
+    fn start_offset(&self, stream: &StreamShared, group: &str, durable: bool) -> u64 {
+        let (first, next) = {
+            let idx = lock(&stream.index);
+            (idx.first_offset(), idx.next_offset())
+        };
+        let committed = durable
+            .then(|| lock(&stream.committed).get(group).copied())
+            .flatten();
+        match (committed, self.inner.config.start) {
+            (Some(c), _) => c.clamp(first, next),
+            (None, StartPosition::Earliest) => first,
+            (None, StartPosition::Latest) => next,
+        }
+    }
+}
+
+impl Publisher for LogTransport {
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let mut records = Vec::with_capacity(batch.len());
+        for env in &batch {
+            let stream = self.route(&env.topic).ok_or_else(|| {
+                TransportError::new(
+                    TransportErrorKind::Rejected,
+                    format!("no log stream takes topic {}", env.topic),
+                )
+            })?;
+            let bytes = record::encode(env).map_err(|e| CodecError {
+                direction: CodecDirection::Encode,
+                type_name: "Envelope",
+                source: Box::new(e),
+            })?;
+            if bytes.len() > self.inner.config.max_record_bytes as usize {
+                return Err(TransportError::new(
+                    TransportErrorKind::Rejected,
+                    format!(
+                        "encoded message of {} bytes exceeds max_record_bytes {}",
+                        bytes.len(),
+                        self.inner.config.max_record_bytes
+                    ),
+                )
+                .into());
+            }
+            records.push((stream, bytes));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterMsg::Append { records, reply })
+            .map_err(|_| PublishError::ShuttingDown)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(PublishError::Transport(e.into())),
+            Err(_) => Err(PublishError::ShuttingDown),
+        }
+    }
+
+    async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.notify.notify_waiters();
+        let Some(tx) = lock(&self.inner.writer_tx).take() else {
+            return Ok(());
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = tx.send(WriterMsg::Close { reply });
+        drop(tx);
+        let result = match sent {
+            Ok(()) => match tokio::time::timeout_at(Instant::from_std(deadline), rx).await {
+                Ok(Ok(r)) => r.map_err(|e| CloseError::Transport(e.into())),
+                Ok(Err(_)) => Ok(()),
+                Err(_) => Err(CloseError::Transport(TransportError::new(
+                    TransportErrorKind::Timeout,
+                    "log writer did not finish before the deadline",
+                ))),
+            },
+            Err(_) => Ok(()),
+        };
+        if result.is_ok() {
+            // The writer answered Close as its last act; joining returns at once.
+            let handle = lock(&self.inner.writer_thread).take();
+            if handle.is_some_and(|h| h.join().is_err()) {
+                tracing::error!("log writer thread panicked");
+            }
+            lock(&self.inner.lock_file).take();
+        }
+        result
+    }
+}
+
+impl Subscriber for LogTransport {
+    type Stream = LogSubscription;
+
+    async fn subscribe(
+        &self,
+        pattern: &Pattern,
+        group: Option<&str>,
+    ) -> Result<LogSubscription, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let (name, durable) = match group {
+            Some("") => return Err(SubscribeError::InvalidConfig("empty group name")),
+            Some(g) => (g.to_owned(), true),
+            None => (
+                format!(
+                    "\u{0}ephemeral-{}",
+                    self.inner.next_ephemeral.fetch_add(1, Ordering::Relaxed)
+                ),
+                false,
+            ),
+        };
+        let mut map = lock(&self.inner.groups);
+        let mut groups = Vec::new();
+        for (i, stream) in self.inner.streams.iter().enumerate() {
+            if !stream.may_hold(pattern) {
+                continue;
+            }
+            let g = map
+                .entry((i, name.clone()))
+                .or_insert_with(|| {
+                    let start = self.start_offset(stream, &name, durable);
+                    Arc::new(GroupShared::new(
+                        i,
+                        stream.clone(),
+                        name.clone(),
+                        durable,
+                        pattern.clone(),
+                        start,
+                    ))
+                })
+                .clone();
+            let st = lock(&g.state);
+            if st.pattern != *pattern && st.members > 0 {
+                return Err(SubscribeError::InvalidConfig(
+                    "group already subscribed with another pattern",
+                ));
+            }
+            drop(st);
+            groups.push(g);
+        }
+        for g in &groups {
+            let changed = lock(&g.state).pattern != *pattern;
+            if changed {
+                g.reset(pattern.clone());
+            }
+            lock(&g.state).members += 1;
+        }
+        drop(map);
+        let member = Member {
+            inner: self.inner.clone(),
+            groups,
+            cursor: 0,
+        };
+        let stream = futures::stream::unfold(member, |mut m| async move {
+            let d = m.next().await?;
+            Some((d, m))
+        });
+        Ok(LogSubscription {
+            inner: Box::pin(stream),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordered: true,
+            consumer_groups: true,
+            wildcards: true,
+            delayed_delivery: false,
+            dedup: false,
+        }
+    }
+}
+
+/// The deliveries of one subscription. Ends when the log is closed. Dropping it leaves the
+/// group; messages it handed out and that are still unsettled are redelivered.
+pub struct LogSubscription {
+    inner: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
+}
+
+impl std::fmt::Debug for LogSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSubscription").finish_non_exhaustive()
+    }
+}
+
+impl Stream for LogSubscription {
+    type Item = Delivery;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// One subscription's membership in its groups (one per stream it may read).
+struct Member {
+    inner: Arc<Inner>,
+    groups: Vec<Arc<GroupShared>>,
+    cursor: usize,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        for g in &self.groups {
+            let left = {
+                let mut st = lock(&g.state);
+                st.members = st.members.saturating_sub(1);
+                st.members
+            };
+            if left == 0 && !g.durable {
+                lock(&self.inner.groups).remove(&(g.stream_idx, g.name.clone()));
+            }
+        }
+    }
+}
+
+impl Member {
+    /// Waits for the next message any of this member's groups can hand out.
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let mut dead = Vec::new();
+            let mut earliest: Option<Instant> = None;
+            let mut found = None;
+            let n = self.groups.len();
+            for k in 0..n {
+                let g = &self.groups[(self.cursor + k) % n];
+                match g.dispatch(&self.inner.settings, now, &mut dead, &self.inner.commits) {
+                    Ok(Dispatch::Deliver {
+                        offset,
+                        generation,
+                        envelope,
+                    }) => {
+                        self.cursor = (self.cursor + k + 1) % n;
+                        let handle = LogAck {
+                            inner: self.inner.clone(),
+                            group: g.clone(),
+                            offset,
+                            generation,
+                            settled: false,
+                        };
+                        found = Some(Delivery::new(*envelope, Box::new(handle)));
+                        break;
+                    }
+                    Ok(Dispatch::Wait(t)) => {
+                        earliest = min_instant(earliest, t);
+                    }
+                    Err(e) => {
+                        tracing::error!(stream = %g.stream.name, group = %g.name, error = %e, "log read failed; retrying in 1s");
+                        earliest = min_instant(earliest, Some(now + Duration::from_secs(1)));
+                    }
+                }
+            }
+            if !dead.is_empty() {
+                match &self.inner.config.dead_letters {
+                    Some(sink) => dead.into_iter().for_each(|l| sink.put(l)),
+                    None => tracing::warn!(
+                        count = dead.len(),
+                        "messages reached max deliveries and no dead-letter sink is configured; dropped"
+                    ),
+                }
+                self.inner.notify.notify_waiters();
+            }
+            if found.is_some() {
+                return found;
+            }
+            match earliest {
+                Some(t) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(t) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
+
+fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Settles one delivery of the log.
+struct LogAck {
+    inner: Arc<Inner>,
+    group: Arc<GroupShared>,
+    offset: u64,
+    generation: u64,
+    settled: bool,
+}
+
+impl Drop for LogAck {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.group.release(self.offset, self.generation, None);
+            self.inner.notify.notify_waiters();
+        }
+    }
+}
+
+impl AckHandle for LogAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settled = true;
+        self.group.settle(self.offset, &self.inner.commits);
+        self.inner.notify.notify_waiters();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nack(
+        mut self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settled = true;
+        let at = delay.map(|d| Instant::now() + d);
+        self.group.release(self.offset, self.generation, at);
+        self.inner.notify.notify_waiters();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn term(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settled = true;
+        tracing::debug!(stream = %self.group.stream.name, group = %self.group.name, offset = self.offset, reason = %reason, "message terminated");
+        self.group.settle(self.offset, &self.inner.commits);
+        self.inner.notify.notify_waiters();
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,426 @@
+//! The writer thread: the only code that appends to segments.
+//!
+//! It owns the tail of every stream and stops when it receives `Close` or every sender is
+//! gone. Publishers hand it encoded envelopes and wait on a oneshot; the thread takes every
+//! request queued at that moment as one batch, writes it, syncs each touched segment once
+//! (group commit under `Durability::Always`), makes the records visible to consumers and
+//! only then answers. It also writes committed group offsets (every `commit_interval`) and
+//! enforces retention.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::{Durability, LogConfig};
+use crate::error::AppendError;
+use crate::fsio;
+use crate::offsets;
+use crate::record::{self, MAGIC};
+use crate::stream::{StreamShared, create_segment, lock};
+
+/// Committed offsets waiting to be written: (stream index, group) → offset.
+pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
+
+/// Where the writer answers an append, flush or close.
+pub(crate) type Reply = oneshot::Sender<Result<(), AppendError>>;
+
+/// Encoded envelopes of one publish: (stream index, payload) in order.
+pub(crate) type Records = Vec<(usize, Vec<u8>)>;
+
+/// A request to the writer thread.
+pub(crate) enum WriterMsg {
+    /// Append encoded envelopes (stream index, payload) in order.
+    Append {
+        records: Records,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Sync everything and write pending commits.
+    Flush {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Enforce retention now.
+    Retention {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    /// Flush, then stop.
+    Close {
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+}
+
+/// Records written to the last segment of a stream but not yet visible.
+struct Staged {
+    stream: usize,
+    positions: Vec<u32>,
+    len: u64,
+}
+
+pub(crate) struct Writer {
+    pub rx: Receiver<WriterMsg>,
+    pub streams: Vec<Arc<StreamShared>>,
+    pub config: LogConfig,
+    pub commits: PendingCommits,
+    pub notify: Arc<Notify>,
+    dirty: Vec<bool>,
+    last_sync: Instant,
+    last_commit: Instant,
+    last_retention: Instant,
+}
+
+const MAX_BATCH_MSGS: usize = 4096;
+
+impl Writer {
+    pub fn new(
+        rx: Receiver<WriterMsg>,
+        streams: Vec<Arc<StreamShared>>,
+        config: LogConfig,
+        commits: PendingCommits,
+        notify: Arc<Notify>,
+    ) -> Self {
+        let now = Instant::now();
+        let n = streams.len();
+        Self {
+            rx,
+            streams,
+            config,
+            commits,
+            notify,
+            dirty: vec![false; n],
+            last_sync: now,
+            last_commit: now,
+            last_retention: now,
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let now = Instant::now();
+        let mut due = self.last_commit + self.config.commit_interval;
+        if let Durability::Interval(d) = self.config.durability {
+            if self.dirty.iter().any(|&d| d) {
+                due = due.min(self.last_sync + d);
+            }
+        }
+        if self.retention_enabled() {
+            due = due.min(self.last_retention + self.config.retention_check_interval);
+        }
+        due.saturating_duration_since(now)
+            .max(Duration::from_millis(1))
+    }
+
+    fn retention_enabled(&self) -> bool {
+        let r = self.config.retention;
+        r.max_bytes.is_some() || r.max_age.is_some() || r.delete_consumed
+    }
+
+    /// The thread's main loop.
+    pub fn run(mut self) {
+        loop {
+            let first = match self.rx.recv_timeout(self.next_wakeup()) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.sync_all();
+                    self.write_commits();
+                    return;
+                }
+            };
+            let mut msgs = Vec::new();
+            msgs.extend(first);
+            while msgs.len() < MAX_BATCH_MSGS {
+                match self.rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            let mut appends = Vec::new();
+            let mut flushes = Vec::new();
+            let mut closing = None;
+            for m in msgs {
+                match m {
+                    WriterMsg::Append { records, reply } => appends.push((records, reply)),
+                    WriterMsg::Flush { reply } => flushes.push(reply),
+                    WriterMsg::Retention { reply } => {
+                        for i in 0..self.streams.len() {
+                            self.enforce_retention(i);
+                        }
+                        let _ = reply.send(Ok(()));
+                    }
+                    WriterMsg::Close { reply } => {
+                        closing = Some(reply);
+                        break;
+                    }
+                }
+            }
+            if !appends.is_empty() {
+                self.append_batch(appends);
+            }
+            self.periodic();
+            if !flushes.is_empty() || closing.is_some() {
+                let result = self.sync_all();
+                self.write_commits();
+                for reply in flushes {
+                    let _ = reply.send(result.clone());
+                }
+                if let Some(reply) = closing {
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn periodic(&mut self) {
+        let now = Instant::now();
+        if let Durability::Interval(d) = self.config.durability {
+            if now >= self.last_sync + d {
+                if let Err(e) = self.sync_all() {
+                    tracing::error!(error = %e, "log interval sync failed");
+                }
+            }
+        }
+        if now >= self.last_commit + self.config.commit_interval {
+            self.write_commits();
+        }
+        if self.retention_enabled()
+            && now >= self.last_retention + self.config.retention_check_interval
+        {
+            self.last_retention = now;
+            for i in 0..self.streams.len() {
+                self.enforce_retention(i);
+            }
+        }
+    }
+
+    /// Syncs every stream with unsynced writes.
+    fn sync_all(&mut self) -> Result<(), AppendError> {
+        self.last_sync = Instant::now();
+        let mut result = Ok(());
+        for (i, stream) in self.streams.iter().enumerate() {
+            if !self.dirty[i] {
+                continue;
+            }
+            let file = lock(&stream.index).segments.last().map(|s| s.file.clone());
+            if let Some(file) = file {
+                match file.sync_data() {
+                    Ok(()) => self.dirty[i] = false,
+                    Err(e) => {
+                        result = Err(AppendError::Io(format!("sync of {}: {e}", stream.name)))
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    /// Writes pending committed offsets.
+    fn write_commits(&mut self) {
+        self.last_commit = Instant::now();
+        let pending: Vec<_> = lock(&self.commits).drain().collect();
+        for ((i, group), offset) in pending {
+            let Some(stream) = self.streams.get(i) else {
+                continue;
+            };
+            match offsets::store(&stream.dir.join("groups"), &group, offset) {
+                Ok(()) => {
+                    lock(&stream.committed).insert(group, offset);
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream.name, group = %group, error = %e, "cannot write committed offset; will retry");
+                    lock(&self.commits).entry((i, group)).or_insert(offset);
+                }
+            }
+        }
+    }
+
+    fn append_batch(&mut self, appends: Vec<(Records, Reply)>) {
+        let mut per_stream: Vec<Vec<&[u8]>> = vec![Vec::new(); self.streams.len()];
+        for (records, _) in &appends {
+            for (i, payload) in records {
+                if let Some(v) = per_stream.get_mut(*i) {
+                    v.push(payload);
+                }
+            }
+        }
+        let mut result = Ok(());
+        let mut staged = Vec::new();
+        let mut touched = Vec::new();
+        for (i, records) in per_stream.iter().enumerate() {
+            if records.is_empty() {
+                continue;
+            }
+            touched.push(i);
+            match self.write_stream(i, records) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() && self.config.durability == Durability::Always {
+            for s in &staged {
+                if let Err(e) = self.sync_all_one(s.stream) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match &result {
+            Ok(()) => {
+                for s in staged {
+                    self.publish(s);
+                }
+                self.notify.notify_waiters();
+            }
+            Err(_) => {
+                for i in touched {
+                    self.discard(i);
+                }
+            }
+        }
+        for (_, reply) in appends {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    fn sync_all_one(&mut self, i: usize) -> Result<(), AppendError> {
+        let Some(stream) = self.streams.get(i) else {
+            return Ok(());
+        };
+        let file = lock(&stream.index).segments.last().map(|s| s.file.clone());
+        if let Some(file) = file {
+            file.sync_data()
+                .map_err(|e| AppendError::Io(format!("sync of {}: {e}", stream.name)))?;
+        }
+        self.dirty[i] = false;
+        Ok(())
+    }
+
+    /// Makes staged records visible.
+    fn publish(&mut self, s: Staged) {
+        let Some(stream) = self.streams.get(s.stream) else {
+            return;
+        };
+        let mut idx = lock(&stream.index);
+        if let Some(seg) = idx.segments.last_mut() {
+            seg.positions.extend_from_slice(&s.positions);
+            seg.len = s.len;
+            seg.modified = SystemTime::now();
+        }
+    }
+
+    /// Drops bytes written past the visible end of a stream after a failed batch.
+    fn discard(&mut self, i: usize) {
+        let Some(stream) = self.streams.get(i) else {
+            return;
+        };
+        let tail = lock(&stream.index)
+            .segments
+            .last()
+            .map(|s| (s.file.clone(), s.len));
+        if let Some((file, len)) = tail {
+            if let Err(e) = file.set_len(len) {
+                tracing::error!(stream = %stream.name, error = %e, "cannot drop a failed write; recovery will truncate it on the next open");
+            }
+        }
+    }
+
+    /// Writes records to a stream, rolling segments as needed. Records before a roll are made
+    /// visible at the roll (after a sync under `Always`); the rest are returned staged.
+    fn write_stream(&mut self, i: usize, records: &[&[u8]]) -> Result<Staged, AppendError> {
+        let stream = self.streams[i].clone();
+        let io = |what: &str, e: std::io::Error| {
+            AppendError::Io(format!("{what} in stream {}: {e}", stream.name))
+        };
+        let (mut file, mut next, mut len) = {
+            let idx = lock(&stream.index);
+            let last = idx
+                .segments
+                .last()
+                .ok_or_else(|| AppendError::Io(format!("stream {} has no segment", stream.name)))?;
+            (last.file.clone(), last.end(), last.len)
+        };
+        let mut buf = Vec::new();
+        let mut positions = Vec::new();
+        for rec in records {
+            let pos = len + buf.len() as u64;
+            if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
+                fsio::write_all_at(&file, &buf, len).map_err(|e| io("write", e))?;
+                if self.config.durability != Durability::Never {
+                    file.sync_data().map_err(|e| io("sync", e))?;
+                }
+                self.publish(Staged {
+                    stream: i,
+                    positions: std::mem::take(&mut positions),
+                    len: pos,
+                });
+                buf.clear();
+                let seg = create_segment(
+                    &stream.dir,
+                    next,
+                    self.config.durability != Durability::Never,
+                )
+                .map_err(|e| io("create segment", e))?;
+                file = seg.file.clone();
+                len = seg.len;
+                lock(&stream.index).segments.push(seg);
+                tracing::debug!(stream = %stream.name, base = next, "log segment rolled");
+            }
+            let pos = len + buf.len() as u64;
+            positions.push(u32::try_from(pos).map_err(|_| {
+                AppendError::Io(format!("segment of stream {} too large", stream.name))
+            })?);
+            record::frame(next, rec, &mut buf);
+            next += 1;
+        }
+        fsio::write_all_at(&file, &buf, len).map_err(|e| io("write", e))?;
+        self.dirty[i] = true;
+        Ok(Staged {
+            stream: i,
+            positions,
+            len: len + buf.len() as u64,
+        })
+    }
+
+    /// Removes whole closed segments that retention no longer keeps.
+    fn enforce_retention(&mut self, i: usize) {
+        let Some(stream) = self.streams.get(i) else {
+            return;
+        };
+        let r = self.config.retention;
+        let min_committed = if r.delete_consumed {
+            lock(&stream.committed).values().copied().min()
+        } else {
+            None
+        };
+        let removed = {
+            let mut idx = lock(&stream.index);
+            let mut total = idx.bytes();
+            let mut n = 0;
+            while n + 1 < idx.segments.len() {
+                let seg = &idx.segments[n];
+                let end = idx.segments[n + 1].base;
+                let too_big = r.max_bytes.is_some_and(|m| total > m);
+                let too_old = r
+                    .max_age
+                    .is_some_and(|a| seg.modified.elapsed().is_ok_and(|age| age > a));
+                let consumed = min_committed.is_some_and(|c| c >= end);
+                if !(too_big || too_old || consumed) {
+                    break;
+                }
+                total -= seg.len;
+                n += 1;
+            }
+            idx.segments.drain(..n).collect::<Vec<_>>()
+        };
+        for seg in removed {
+            tracing::info!(stream = %stream.name, base = seg.base, records = seg.positions.len(), "log retention: removing segment");
+            if let Err(e) = std::fs::remove_file(&seg.path) {
+                tracing::warn!(path = %seg.path.display(), error = %e, "cannot remove segment");
+            }
+        }
+    }
+}

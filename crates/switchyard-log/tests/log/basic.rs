@@ -1,0 +1,441 @@
+//! Publish/subscribe, consumer groups, redelivery, ordering, streams, retention, inspect.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::{
+    DeadLetterReason, InMemoryDeadLetters, Publisher, Subscriber, TransportErrorKind,
+};
+use switchyard_log::{Durability, LogTransport, OpenError, Retention, StartPosition};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn publish_then_subscribe_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let sent: Vec<_> = (0..20).map(|i| env("a.b", &format!("m{i}"))).collect();
+    publish_all(&log, sent.clone()).await;
+    log.publish(vec![env("other.x", "no")]).await.unwrap();
+    let mut sub = log.subscribe(&pattern("a.#"), Some("g")).await.unwrap();
+    for e in &sent {
+        let d = next(&mut sub).await;
+        assert_eq!(d.envelope.id, e.id);
+        assert_eq!(d.envelope.payload, e.payload);
+        assert_eq!(d.envelope.delivery.attempt, 1);
+        d.ack().await.unwrap();
+    }
+    assert!(try_next(&mut sub).is_none());
+    // Live messages arrive too.
+    let live = env("a.c", "live");
+    let id = live.id;
+    let (d, _) = tokio::join!(next(&mut sub), log.publish(vec![live]));
+    assert_eq!(d.envelope.id, id);
+    let caps = log.capabilities();
+    assert!(caps.durable && caps.ordered && caps.consumer_groups && caps.wildcards);
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn new_subscriber_reads_old_messages_and_groups_resume_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        publish_all(&log, (0..10).map(|i| env("a.b", &i.to_string())).collect()).await;
+        let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+        for _ in 0..4 {
+            next(&mut sub).await.ack().await.unwrap();
+        }
+        // One delivered but never settled: redelivered after the restart.
+        let _held = next(&mut sub).await;
+        close(&log).await;
+    }
+    let log = open(dir.path());
+    assert_eq!(log.committed_offset("default", "g"), Some(4));
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(payload(&d), "4");
+    d.ack().await.unwrap();
+    // A brand-new group sees everything from the start.
+    let mut other = log.subscribe(&pattern("a.*"), Some("h")).await.unwrap();
+    assert_eq!(payload(&next(&mut other).await), "0");
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn each_message_goes_to_one_member_of_each_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut g1 = log.subscribe(&pattern("t.#"), Some("g")).await.unwrap();
+    let mut g2 = log.subscribe(&pattern("t.#"), Some("g")).await.unwrap();
+    let mut h = log.subscribe(&pattern("t.#"), Some("h")).await.unwrap();
+    // A member with another pattern in the same group is refused.
+    assert!(log.subscribe(&pattern("u.#"), Some("g")).await.is_err());
+    publish_all(&log, (0..100).map(|i| env("t.x", &i.to_string())).collect()).await;
+    let mut seen = Vec::new();
+    let mut per_member = [0usize; 2];
+    loop {
+        let mut progressed = false;
+        for (m, sub) in [&mut g1, &mut g2].into_iter().enumerate() {
+            if let Some(d) = try_next(sub) {
+                seen.push(payload(&d));
+                per_member[m] += 1;
+                d.ack().await.unwrap();
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let unique: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), 100, "every message exactly once in the group");
+    assert_eq!(unique.len(), 100);
+    assert!(per_member[0] > 0 && per_member[1] > 0);
+    for i in 0..100 {
+        let d = next(&mut h).await;
+        assert_eq!(payload(&d), i.to_string());
+        d.ack().await.unwrap();
+    }
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn ungrouped_subscribers_each_get_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(config(dir.path()).with_start(StartPosition::Latest)).unwrap();
+    publish_all(&log, vec![env("t.old", "old")]).await;
+    let mut a = log.subscribe(&pattern("t.*"), None).await.unwrap();
+    let mut b = log.subscribe(&pattern("t.*"), None).await.unwrap();
+    publish_all(&log, vec![env("t.new", "new")]).await;
+    assert_eq!(payload(&next(&mut a).await), "new");
+    assert_eq!(payload(&next(&mut b).await), "new");
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn nack_redelivers_now_or_after_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(&log, vec![env("a.b", "x")]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let d = next(&mut sub).await;
+    let id = d.envelope.id;
+    d.nack(None).await.unwrap();
+    let d = try_next(&mut sub).expect("immediate redelivery");
+    assert_eq!((d.envelope.id, d.envelope.delivery.attempt), (id, 2));
+    d.nack(Some(Duration::from_millis(150))).await.unwrap();
+    assert!(try_next(&mut sub).is_none(), "not before the delay");
+    let d = next(&mut sub).await;
+    assert_eq!((d.envelope.id, d.envelope.delivery.attempt), (id, 3));
+    assert!(d.envelope.delivery.first_delivered_at.is_some());
+    d.ack().await.unwrap();
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn unsettled_messages_come_back_after_the_ack_wait_or_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        LogTransport::open(config(dir.path()).with_ack_wait(Duration::from_millis(200))).unwrap();
+    publish_all(&log, vec![env("a.b", "x")]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let first = next(&mut sub).await;
+    assert!(try_next(&mut sub).is_none());
+    let again = next(&mut sub).await; // after the ack wait
+    assert_eq!(again.envelope.id, first.envelope.id);
+    assert_eq!(again.envelope.delivery.attempt, 2);
+    // The stale delivery's nack is ignored; dropping the current one redelivers at once.
+    first.nack(None).await.unwrap();
+    assert!(try_next(&mut sub).is_none());
+    drop(again);
+    let third = try_next(&mut sub).expect("redelivered on drop");
+    assert_eq!(third.envelope.delivery.attempt, 3);
+    third.term("done").await.unwrap();
+    assert!(try_next(&mut sub).is_none());
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn max_deliver_sends_to_the_dead_letter_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = Arc::new(InMemoryDeadLetters::new(10));
+    let log = LogTransport::open(
+        config(dir.path())
+            .with_max_deliver(2)
+            .with_dead_letters(dlq.clone()),
+    )
+    .unwrap();
+    publish_all(&log, vec![env("a.b", "poison"), env("a.b", "fine")]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for attempt in 1..=2 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), "poison");
+        assert_eq!(d.envelope.delivery.attempt, attempt);
+        d.nack(None).await.unwrap();
+    }
+    let d = next(&mut sub).await;
+    assert_eq!(payload(&d), "fine");
+    d.ack().await.unwrap();
+    let letters = dlq.list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::MaxDeliveries);
+    assert_eq!(letters[0].attempts, 2);
+    assert_eq!(letters[0].handler.as_deref(), Some("g"));
+    log.flush().await.unwrap();
+    assert_eq!(log.committed_offset("default", "g"), Some(2));
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn order_is_kept_per_key_within_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let keys = ["k0", "k1", "k2"];
+    let mut sent: HashMap<&str, Vec<String>> = HashMap::new();
+    let mut batch = Vec::new();
+    for i in 0..30 {
+        let k = keys[i % 3];
+        let p = format!("{k}-{i}");
+        sent.entry(k).or_default().push(p.clone());
+        batch.push(keyed("o.x", k, &p));
+    }
+    publish_all(&log, batch).await;
+    let mut sub = log.subscribe(&pattern("o.x"), Some("g")).await.unwrap();
+    let mut got: HashMap<String, Vec<String>> = HashMap::new();
+    let mut round = 0;
+    loop {
+        // Take everything that can be handed out now: at most one per key.
+        let mut held = Vec::new();
+        while let Some(d) = try_next(&mut sub) {
+            held.push(d);
+        }
+        if held.is_empty() {
+            break;
+        }
+        let ks: BTreeSet<_> = held
+            .iter()
+            .map(|d| d.envelope.header("ordering-key").unwrap().to_owned())
+            .collect();
+        assert_eq!(ks.len(), held.len(), "two messages of one key in flight");
+        // Settle in reverse order; nack the first of each round once.
+        held.reverse();
+        for (j, d) in held.into_iter().enumerate() {
+            if j == 0 && round % 2 == 0 {
+                d.nack(None).await.unwrap();
+                continue;
+            }
+            let k = d.envelope.header("ordering-key").unwrap().to_owned();
+            got.entry(k).or_default().push(payload(&d));
+            d.ack().await.unwrap();
+        }
+        round += 1;
+    }
+    for k in keys {
+        assert_eq!(got[k], sent[k], "order of key {k}");
+    }
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn topics_map_to_streams_and_inspect_shows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(
+        config(dir.path())
+            .with_stream("orders", [pattern("orders.#")])
+            .with_stream("users", [pattern("users.*"), pattern("accounts.#")]),
+    )
+    .unwrap();
+    assert_eq!(log.stream_for(&topic("orders.eu.created")), Some("orders"));
+    assert_eq!(log.stream_for(&topic("accounts.x")), Some("users"));
+    assert_eq!(log.stream_for(&topic("misc")), Some("default"));
+    publish_all(
+        &log,
+        vec![
+            env("orders.a", "1"),
+            env("orders.b", "2"),
+            env("users.a", "3"),
+            env("misc", "4"),
+        ],
+    )
+    .await;
+    let streams = log.streams();
+    let count: HashMap<_, _> = streams
+        .iter()
+        .map(|s| (s.name.as_str(), s.next_offset - s.first_offset))
+        .collect();
+    assert_eq!(count["orders"], 2);
+    assert_eq!(count["users"], 1);
+    assert_eq!(count["default"], 1);
+    let recs = log.read_range("orders", 0, 10).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1].offset, 1);
+    assert!(log.read_range("nope", 0, 1).is_err());
+
+    // A wildcard subscription reads across streams.
+    let mut sub = log.subscribe(&pattern("#"), Some("all")).await.unwrap();
+    let mut payloads = BTreeSet::new();
+    for _ in 0..4 {
+        let d = next(&mut sub).await;
+        payloads.insert(payload(&d));
+        if payload(&d) != "2" {
+            d.ack().await.unwrap();
+        } else {
+            std::mem::forget(d); // stays pending in memory
+        }
+    }
+    assert_eq!(payloads.len(), 4);
+    let lags = log.group_lags();
+    let orders = lags.iter().find(|l| l.stream == "orders").unwrap();
+    assert_eq!((orders.committed, orders.pending, orders.lag), (1, 1, 1));
+    let users = lags.iter().find(|l| l.stream == "users").unwrap();
+    assert_eq!((users.committed, users.lag), (1, 0));
+
+    // Without a catch-all stream, an unmapped topic is refused.
+    close(&log).await;
+    let strict = LogTransport::open(
+        config(dir.path())
+            .with_stream("orders", [pattern("orders.#")])
+            .with_default_stream(None),
+    )
+    .unwrap();
+    let err = strict.publish(vec![env("misc", "x")]).await.unwrap_err();
+    match err {
+        switchyard_core::PublishError::Transport(t) => {
+            assert_eq!(t.kind, TransportErrorKind::Rejected)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    close(&strict).await;
+}
+
+#[tokio::test]
+async fn one_open_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    assert!(matches!(
+        LogTransport::open(config(dir.path())),
+        Err(OpenError::Locked { .. })
+    ));
+    close(&log).await;
+    assert!(log.publish(vec![env("a.b", "x")]).await.is_err());
+    let again = open(dir.path());
+    drop(again);
+    drop(log);
+    let _third = open(dir.path());
+}
+
+#[tokio::test]
+async fn segments_roll_and_retention_removes_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(1000);
+    let log = LogTransport::open(config(dir.path()).with_segment_bytes(4096).with_retention(
+        Retention {
+            max_bytes: Some(20_000),
+            ..Retention::default()
+        },
+    ))
+    .unwrap();
+    for i in 0..60 {
+        publish_all(&log, vec![env("a.b", &format!("{i}{big}"))]).await;
+    }
+    let before = log.streams()[0].clone();
+    assert!(before.segments > 10, "{before:?}");
+    log.enforce_retention().await.unwrap();
+    let after = log.streams()[0].clone();
+    assert!(after.bytes <= 20_000 + 4096, "{after:?}");
+    assert!(after.first_offset > 0);
+    assert_eq!(after.next_offset, 60);
+    // A new group starts at the oldest retained record.
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let d = next(&mut sub).await;
+    assert!(payload(&d).starts_with(&after.first_offset.to_string()));
+    close(&log).await;
+    // Everything retained survives a reopen.
+    let log = open(dir.path());
+    assert_eq!(log.streams()[0].first_offset, after.first_offset);
+    assert_eq!(
+        log.read_range("default", 0, 1000).unwrap().len() as u64,
+        60 - after.first_offset
+    );
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn consumed_segments_are_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "y".repeat(1000);
+    let log = LogTransport::open(config(dir.path()).with_segment_bytes(4096).with_retention(
+        Retention {
+            delete_consumed: true,
+            ..Retention::default()
+        },
+    ))
+    .unwrap();
+    publish_all(
+        &log,
+        (0..40).map(|i| env("a.b", &format!("{i}{big}"))).collect(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for _ in 0..30 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    let s = log.streams()[0].clone();
+    assert!(s.first_offset > 0 && s.first_offset <= 30, "{s:?}");
+    // Records not yet consumed are kept.
+    for _ in 30..40 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn interval_and_never_modes_persist_on_close() {
+    for durability in [
+        Durability::Interval(Duration::from_millis(5)),
+        Durability::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogTransport::open(config(dir.path()).with_durability(durability)).unwrap();
+        publish_all(&log, (0..50).map(|i| env("a.b", &i.to_string())).collect()).await;
+        close(&log).await;
+        let log = open(dir.path());
+        assert_eq!(log.read_range("default", 0, 100).unwrap().len(), 50);
+        close(&log).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_publishers_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut tasks = Vec::new();
+    for p in 0..16 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                log.publish(vec![env("c.x", &format!("{p}-{i}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let recs = log.read_range("default", 0, 10_000).unwrap();
+    assert_eq!(recs.len(), 800);
+    // Per publisher, log order is publish order.
+    let mut last: HashMap<String, i32> = HashMap::new();
+    for r in recs {
+        let p = String::from_utf8(r.envelope.payload.to_vec()).unwrap();
+        let (who, i) = p.split_once('-').unwrap();
+        let i: i32 = i.parse().unwrap();
+        let prev = last.insert(who.to_owned(), i).unwrap_or(-1);
+        assert_eq!(i, prev + 1);
+    }
+    close(&log).await;
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the embedded log transport.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod basic;
+mod common;
+mod recovery;

@@ -1,0 +1,173 @@
+//! Recovery: torn tails are truncated, damage elsewhere is a typed error.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use switchyard_core::Subscriber;
+use switchyard_log::{CorruptionKind, LogTransport, OpenError};
+
+use crate::common::*;
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir.join("streams/default"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn fill(dir: &Path, n: usize, segment_bytes: u64) {
+    let log = LogTransport::open(config(dir).with_segment_bytes(segment_bytes)).unwrap();
+    for i in 0..n {
+        publish_all(
+            &log,
+            vec![env("a.b", &format!("record-{i:04}-{}", "p".repeat(200)))],
+        )
+        .await;
+    }
+    close(&log).await;
+}
+
+fn flip(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0xA5;
+    fs::write(path, bytes).unwrap();
+}
+
+fn len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+async fn count(dir: &Path) -> Result<usize, OpenError> {
+    let log = LogTransport::open(config(dir))?;
+    let n = log.read_range("default", 0, 100_000).unwrap().len();
+    // The log still takes writes after recovery, and they are readable after a reopen.
+    publish_all(&log, vec![env("a.b", "after")]).await;
+    close(&log).await;
+    let log = LogTransport::open(config(dir))?;
+    let m = log.read_range("default", 0, 100_000).unwrap().len();
+    assert_eq!(m, n + 1);
+    close(&log).await;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn flipped_byte_in_the_last_record_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10, 1 << 20).await;
+    let seg = &segments(dir.path())[0];
+    flip(seg, len(seg) - 3);
+    assert_eq!(count(dir.path()).await.unwrap(), 9);
+}
+
+#[tokio::test]
+async fn truncated_mid_record_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10, 1 << 20).await;
+    let seg = &segments(dir.path())[0];
+    let f = OpenOptions::new().write(true).open(seg).unwrap();
+    f.set_len(len(seg) - 50).unwrap();
+    drop(f);
+    assert_eq!(count(dir.path()).await.unwrap(), 9);
+    // Now 10 records; cutting 200 bytes drops the small last one and part of the one
+    // before it.
+    let f = OpenOptions::new().write(true).open(seg).unwrap();
+    f.set_len(len(seg) - 200).unwrap();
+    drop(f);
+    assert_eq!(count(dir.path()).await.unwrap(), 8);
+}
+
+#[tokio::test]
+async fn garbage_after_the_last_record_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 5, 1 << 20).await;
+    let seg = &segments(dir.path())[0];
+    let mut bytes = fs::read(seg).unwrap();
+    bytes.extend_from_slice(&[0u8; 37]);
+    fs::write(seg, bytes).unwrap();
+    assert_eq!(count(dir.path()).await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn flipped_byte_in_the_middle_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10, 1 << 20).await;
+    let seg = &segments(dir.path())[0];
+    flip(seg, len(seg) / 2);
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => {
+            assert!(matches!(
+                c.kind,
+                CorruptionKind::BadChecksum | CorruptionKind::BadLength | CorruptionKind::BadOffset
+            ));
+            assert_eq!(&c.path, seg);
+        }
+        other => panic!("expected corruption, got {other:?}"),
+    }
+    // Nothing was truncated.
+    assert_eq!(fs::read(seg).unwrap().len() as u64, len(seg));
+}
+
+#[tokio::test]
+async fn damage_in_an_older_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    // Even the very last byte of a closed segment.
+    flip(&segs[0], len(&segs[0]) - 1);
+    assert!(matches!(
+        LogTransport::open(config(dir.path())),
+        Err(OpenError::Corrupt(_))
+    ));
+}
+
+#[tokio::test]
+async fn missing_middle_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    let segs = segments(dir.path());
+    fs::remove_file(&segs[1]).unwrap();
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => assert_eq!(c.kind, CorruptionKind::Gap),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn torn_segment_header_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 3, 1 << 20).await;
+    // A crash right after creating the next segment file.
+    let next = dir.path().join("streams/default/00000000000000000003.log");
+    fs::write(&next, b"SWY").unwrap();
+    assert_eq!(count(dir.path()).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn groups_resume_after_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        publish_all(&log, (0..6).map(|i| env("a.b", &i.to_string())).collect()).await;
+        let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+        for _ in 0..3 {
+            next(&mut sub).await.ack().await.unwrap();
+        }
+        drop(sub);
+        close(&log).await;
+    }
+    let seg = &segments(dir.path())[0];
+    flip(seg, len(seg) - 1);
+    let log = open(dir.path());
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for i in 3..5 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), i.to_string());
+        d.ack().await.unwrap();
+    }
+    assert!(try_next(&mut sub).is_none());
+    close(&log).await;
+}
