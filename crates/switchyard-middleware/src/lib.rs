@@ -5,6 +5,11 @@
 
 pub mod breaker;
 pub mod catch_panic;
+pub mod dedup;
+pub mod dlq;
+pub mod limit;
 pub mod metrics;
 pub mod retry;
+mod rng;
 pub mod timeout;
+pub mod trace;

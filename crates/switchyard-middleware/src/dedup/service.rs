@@ -1,0 +1,128 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use smol_str::SmolStr;
+use switchyard_core::{BoxError, Envelope, Outcome};
+use tower::Service;
+
+use super::KeyFn;
+use super::store::{Check, Store};
+use super::{DedupHandle, DedupKey};
+use crate::metrics::names;
+
+/// Acks duplicates without calling the inner service.
+pub struct Dedup<S> {
+    inner: S,
+    key: KeyFn,
+    store: Arc<Store>,
+    handler: SmolStr,
+}
+
+impl<S: Clone> Clone for Dedup<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+            store: self.store.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Dedup<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedup")
+            .field("inner", &self.inner)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Dedup<S> {
+    pub(crate) fn new(inner: S, key: KeyFn, store: Arc<Store>, handler: SmolStr) -> Self {
+        Self {
+            inner,
+            key,
+            store,
+            handler,
+        }
+    }
+
+    /// A handle to the key store.
+    pub fn handle(&self) -> DedupHandle {
+        DedupHandle::new(self.store.clone())
+    }
+}
+
+/// Forgets an in-flight key if the call is dropped before it ends.
+struct InFlight {
+    store: Arc<Store>,
+    key: Option<DedupKey>,
+}
+
+impl InFlight {
+    fn finish(mut self, success: bool) {
+        if let Some(key) = self.key.take() {
+            self.store.finish(&key, success);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.store.finish(&key, false);
+        }
+    }
+}
+
+impl<S> Service<Envelope> for Dedup<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        let Some(key) = (self.key)(&env) else {
+            return Box::pin(self.inner.call(env));
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
+        let handler = self.handler.clone();
+        Box::pin(async move {
+            loop {
+                match store.check(&key) {
+                    Check::Proceed => break,
+                    Check::Duplicate => {
+                        ::metrics::counter!(names::DUPLICATES, "handler" => handler.to_string())
+                            .increment(1);
+                        ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
+                        return Ok(Outcome::Ack);
+                    }
+                    Check::Wait(mut rx) => {
+                        // Resolves when the other copy's attempt ends (its sender is dropped).
+                        let _ = rx.changed().await;
+                    }
+                }
+            }
+            let guard = InFlight {
+                store,
+                key: Some(key),
+            };
+            let result = inner.call(env).await;
+            guard.finish(matches!(result, Ok(Outcome::Ack | Outcome::Reply(_))));
+            result
+        })
+    }
+}

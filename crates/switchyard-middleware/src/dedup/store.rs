@@ -1,0 +1,210 @@
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use smol_str::SmolStr;
+use switchyard_core::MessageId;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What identifies a message for deduplication.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DedupKey {
+    /// The message id.
+    Id(MessageId),
+    /// Any text (an idempotency key, a business id).
+    Key(SmolStr),
+}
+
+impl From<&str> for DedupKey {
+    fn from(s: &str) -> Self {
+        Self::Key(SmolStr::new(s))
+    }
+}
+
+impl From<MessageId> for DedupKey {
+    fn from(id: MessageId) -> Self {
+        Self::Id(id)
+    }
+}
+
+enum Entry {
+    /// Being handled; the sender is dropped when the attempt ends.
+    InFlight(watch::Sender<()>),
+    /// Handled successfully; remembered until `expires`.
+    Seen { expires: Instant, seq: u64 },
+}
+
+pub(crate) enum Check {
+    /// First copy: handle it (the key is now in flight).
+    Proceed,
+    /// Already handled within the TTL.
+    Duplicate,
+    /// Another copy is being handled; wait, then check again.
+    Wait(watch::Receiver<()>),
+}
+
+struct Keys {
+    map: HashMap<DedupKey, Entry>,
+    order: VecDeque<(u64, DedupKey)>,
+    seq: u64,
+    duplicates: u64,
+    evicted: u64,
+}
+
+pub(crate) struct Store {
+    ttl: Duration,
+    capacity: usize,
+    keys: Mutex<Keys>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupStore")
+            .field("ttl", &self.ttl)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub(crate) fn new(ttl: Duration, capacity: usize) -> Self {
+        Self {
+            ttl,
+            capacity: capacity.max(1),
+            keys: Mutex::new(Keys {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+                seq: 0,
+                duplicates: 0,
+                evicted: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Keys> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops expired keys from the front of the insertion order.
+    fn expire(keys: &mut Keys, now: Instant) {
+        while let Some((seq, key)) = keys.order.front() {
+            match keys.map.get(key) {
+                Some(Entry::Seen { expires, seq: s }) if s == seq => {
+                    if *expires > now {
+                        break;
+                    }
+                    keys.map.remove(key);
+                }
+                // Stale order entry (key forgotten, re-seen or in flight again).
+                _ => {}
+            }
+            keys.order.pop_front();
+        }
+    }
+
+    pub(crate) fn check(&self, key: &DedupKey) -> Check {
+        let now = Instant::now();
+        let mut keys = self.lock();
+        Self::expire(&mut keys, now);
+        match keys.map.get(key) {
+            Some(Entry::Seen { expires, .. }) if *expires > now => {
+                keys.duplicates += 1;
+                Check::Duplicate
+            }
+            Some(Entry::InFlight(tx)) => Check::Wait(tx.subscribe()),
+            _ => {
+                let (tx, _rx) = watch::channel(());
+                keys.map.insert(key.clone(), Entry::InFlight(tx));
+                Check::Proceed
+            }
+        }
+    }
+
+    /// Ends the in-flight attempt for `key`: remembered on success, forgotten otherwise.
+    pub(crate) fn finish(&self, key: &DedupKey, success: bool) {
+        let now = Instant::now();
+        let mut keys = self.lock();
+        if !success {
+            keys.map.remove(key);
+            return;
+        }
+        keys.seq += 1;
+        let seq = keys.seq;
+        keys.map.insert(
+            key.clone(),
+            Entry::Seen {
+                expires: now + self.ttl,
+                seq,
+            },
+        );
+        keys.order.push_back((seq, key.clone()));
+        Self::expire(&mut keys, now);
+        while keys.map.len() > self.capacity {
+            let Some((seq, key)) = keys.order.pop_front() else {
+                break;
+            };
+            if matches!(keys.map.get(&key), Some(Entry::Seen { seq: s, .. }) if *s == seq) {
+                keys.map.remove(&key);
+                keys.evicted += 1;
+            }
+        }
+    }
+}
+
+/// A cheap-clone handle to one dedup key store.
+#[derive(Debug, Clone)]
+pub struct DedupHandle {
+    store: Arc<Store>,
+}
+
+impl DedupHandle {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// Duplicates acked without calling the handler.
+    pub fn duplicates(&self) -> u64 {
+        self.store.lock().duplicates
+    }
+
+    /// Seen keys evicted because the store was full.
+    pub fn evicted(&self) -> u64 {
+        self.store.lock().evicted
+    }
+
+    /// Keys held now (seen and in flight; expired keys may linger until the next check).
+    pub fn len(&self) -> usize {
+        self.store.lock().map.len()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when `key` was handled successfully and has not expired.
+    pub fn contains(&self, key: &DedupKey) -> bool {
+        let now = Instant::now();
+        matches!(self.store.lock().map.get(key), Some(Entry::Seen { expires, .. }) if *expires > now)
+    }
+
+    /// Forgets one seen key, so the next copy is handled again.
+    pub fn forget(&self, key: &DedupKey) -> bool {
+        let mut keys = self.store.lock();
+        if matches!(keys.map.get(key), Some(Entry::Seen { .. })) {
+            keys.map.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Forgets every seen key (in-flight ones stay).
+    pub fn clear(&self) {
+        let mut keys = self.store.lock();
+        keys.map.retain(|_, e| matches!(e, Entry::InFlight(_)));
+        keys.order.clear();
+    }
+}

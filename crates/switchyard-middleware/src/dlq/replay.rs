@@ -1,0 +1,149 @@
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use switchyard_core::{
+    BoxFuture, DeadLetter, DeliveryInfo, Envelope, MessageId, PublishError, Publisher,
+};
+
+use super::{DeadLetterFilter, DeadLetterQueue, ReplayError};
+
+/// Header set on a replayed message: the handler that dead-lettered it (`unknown` when the
+/// dead letter names none).
+pub const REPLAYED_FROM: &str = "replayed-from";
+/// Header set on a replayed message: how many times it has been replayed.
+pub const REPLAY_COUNT: &str = "replay-count";
+
+/// Where replayed messages go: usually the bus's publish.
+///
+/// Implemented for closures `Fn(Envelope) -> impl Future<Output = Result<(), PublishError>>`
+/// and, through [`PublisherRepublish`], for any transport [`Publisher`].
+pub trait Republish: Send + Sync {
+    /// Publishes one replayed envelope; `Ok` once it was accepted.
+    fn republish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+impl<F, Fut> Republish for F
+where
+    F: Fn(Envelope) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<(), PublishError>> + Send + 'static,
+{
+    fn republish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(self(envelope))
+    }
+}
+
+/// Republishes through a transport [`Publisher`] (a batch of one).
+#[derive(Debug, Clone)]
+pub struct PublisherRepublish<P>(pub P);
+
+impl<P: Publisher> Republish for PublisherRepublish<P> {
+    fn republish(&self, envelope: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(self.0.publish(vec![envelope]))
+    }
+}
+
+/// The envelope a replay publishes for `letter`: the original (same id, topic, headers and
+/// payload) with a fresh delivery count and the [`REPLAYED_FROM`] / [`REPLAY_COUNT`] headers.
+pub fn replay_envelope(letter: &DeadLetter) -> Envelope {
+    let mut env = letter.envelope.clone();
+    env.delivery = DeliveryInfo::default();
+    let count = env
+        .header(REPLAY_COUNT)
+        .and_then(|c| c.parse::<u32>().ok())
+        .unwrap_or(0)
+        .saturating_add(1);
+    let from = letter.handler.as_deref().unwrap_or("unknown").to_owned();
+    env.headers.insert(REPLAYED_FROM, from);
+    env.headers.insert(REPLAY_COUNT, count.to_string());
+    env
+}
+
+/// One entry a replay could not re-publish (it stays in the queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayFailure {
+    /// The message.
+    pub id: MessageId,
+    /// Why, as text.
+    pub error: String,
+}
+
+/// What a bulk replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// Messages re-published, in order.
+    pub replayed: Vec<MessageId>,
+    /// Messages that could not be re-published or removed.
+    pub failed: Vec<ReplayFailure>,
+}
+
+/// Replays dead letters from a queue into a [`Republish`] target.
+#[derive(Debug)]
+pub struct Replayer<'a, Q: ?Sized, R: ?Sized> {
+    queue: &'a Q,
+    target: &'a R,
+    keep: bool,
+}
+
+impl<'a, Q, R> Replayer<'a, Q, R>
+where
+    Q: DeadLetterQueue + ?Sized,
+    R: Republish + ?Sized,
+{
+    /// A replayer from `queue` into `target`; entries are removed once re-published.
+    pub fn new(queue: &'a Q, target: &'a R) -> Self {
+        Self {
+            queue,
+            target,
+            keep: false,
+        }
+    }
+
+    /// Keeps entries in the queue after re-publishing them (default: removed).
+    pub fn keep_entries(mut self, keep: bool) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Replays the entry of one message.
+    pub async fn one(&self, id: MessageId) -> Result<(), ReplayError> {
+        let letter = self.queue.get(id).ok_or(ReplayError::NotFound(id))?;
+        self.replay_letter(&letter).await
+    }
+
+    /// Replays every entry, oldest first.
+    pub async fn all(&self) -> ReplayReport {
+        self.filtered(&DeadLetterFilter::default()).await
+    }
+
+    /// Replays the entries matching `filter` (up to its limit), oldest first. A failed entry
+    /// does not stop the others.
+    pub async fn filtered(&self, filter: &DeadLetterFilter) -> ReplayReport {
+        let mut report = ReplayReport::default();
+        for letter in self.queue.list(filter) {
+            let id = letter.envelope.id;
+            match self.replay_letter(&letter).await {
+                Ok(()) => report.replayed.push(id),
+                Err(e) => report.failed.push(ReplayFailure {
+                    id,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        report
+    }
+
+    async fn replay_letter(&self, letter: &DeadLetter) -> Result<(), ReplayError> {
+        let id = letter.envelope.id;
+        self.target
+            .republish(replay_envelope(letter))
+            .await
+            .map_err(|source| ReplayError::Publish { id, source })?;
+        if !self.keep {
+            self.queue
+                .remove(id)
+                .map_err(|source| ReplayError::Remove { id, source })?;
+        }
+        ::tracing::info!(message_id = %id, topic = %letter.envelope.topic, "dead letter replayed");
+        Ok(())
+    }
+}

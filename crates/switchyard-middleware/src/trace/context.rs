@@ -1,0 +1,315 @@
+use std::fmt;
+use std::str::FromStr;
+
+use switchyard_core::Envelope;
+
+use crate::rng;
+
+/// The W3C trace context header name.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C vendor trace state header name (carried along untouched).
+pub const TRACESTATE: &str = "tracestate";
+
+/// A 16-byte trace id, shared by every span of one trace.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub [u8; 8]);
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+impl TraceId {
+    /// A random, non-zero trace id.
+    pub fn random() -> Self {
+        loop {
+            let a = rng::global().next_u64().to_be_bytes();
+            let b = rng::global().next_u64().to_be_bytes();
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&a);
+            id[8..].copy_from_slice(&b);
+            if id != [0; 16] {
+                return Self(id);
+            }
+        }
+    }
+}
+
+impl SpanId {
+    /// A random, non-zero span id.
+    pub fn random() -> Self {
+        loop {
+            let id = rng::global().next_u64().to_be_bytes();
+            if id != [0; 8] {
+                return Self(id);
+            }
+        }
+    }
+}
+
+/// A `traceparent` value that does not follow the W3C format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid traceparent {input:?}: {reason}")]
+pub struct TraceparentError {
+    /// The refused value.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// One position in a trace: trace id, the id of the current span and the trace flags.
+///
+/// Parses and prints the W3C `traceparent` form
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: u8,
+}
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+impl TraceContext {
+    /// Flag bit: the caller recorded (sampled) this trace.
+    pub const SAMPLED: u8 = 0x01;
+
+    /// A context from its parts. Zero ids are invalid in W3C trace context; use
+    /// [`TraceContext::new_root`] for fresh ones.
+    pub fn from_parts(trace_id: TraceId, span_id: SpanId, flags: u8) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            flags,
+        }
+    }
+
+    /// Starts a new trace: random trace and span ids, sampled.
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            flags: Self::SAMPLED,
+        }
+    }
+
+    /// A child position in the same trace: same trace id and flags, a new span id.
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id,
+            span_id: SpanId::random(),
+            flags: self.flags,
+        }
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    /// The span id (the parent-id field when sent).
+    pub fn span_id(&self) -> SpanId {
+        self.span_id
+    }
+
+    /// The trace flags.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// True when the sampled flag is set.
+    pub fn is_sampled(&self) -> bool {
+        self.flags & Self::SAMPLED != 0
+    }
+
+    /// The context in the envelope's `traceparent` header, if present and valid.
+    pub fn from_envelope(env: &Envelope) -> Option<Self> {
+        env.header(TRACEPARENT)?.parse().ok()
+    }
+
+    /// Writes this context into the envelope's `traceparent` header.
+    pub fn inject(&self, env: &mut Envelope) {
+        env.headers.insert(TRACEPARENT, self.to_string());
+    }
+
+    /// The context of the delivery being handled by the current task, inside a
+    /// [`TraceLayer`](super::TraceLayer).
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(|c| *c).ok()
+    }
+
+    /// Runs `f` with `self` as the [`current`](TraceContext::current) context.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// Runs `fut` with `self` as the [`current`](TraceContext::current) context.
+    pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
+        CURRENT.scope(self, fut).await
+    }
+}
+
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            self.trace_id, self.span_id, self.flags
+        )
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceContext({self})")
+    }
+}
+
+fn hex_lower<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let bytes = s.as_bytes();
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = digit(bytes[2 * i])? << 4 | digit(bytes[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+impl FromStr for TraceContext {
+    type Err = TraceparentError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let err = |reason| TraceparentError {
+            input: input.to_owned(),
+            reason,
+        };
+        let s = input.trim();
+        let mut parts = s.split('-');
+        let version = parts.next().ok_or_else(|| err("empty"))?;
+        let version = hex_lower::<1>(version).ok_or_else(|| err("bad version"))?[0];
+        if version == 0xff {
+            return Err(err("version ff is invalid"));
+        }
+        let trace = parts.next().ok_or_else(|| err("missing trace id"))?;
+        let span = parts.next().ok_or_else(|| err("missing parent id"))?;
+        let flags = parts.next().ok_or_else(|| err("missing flags"))?;
+        // Version 00 has exactly four fields; later versions may append more.
+        if version == 0 && parts.next().is_some() {
+            return Err(err("extra fields for version 00"));
+        }
+        let trace_id = hex_lower::<16>(trace)
+            .ok_or_else(|| err("trace id is not 32 lower-case hex digits"))?;
+        let span_id =
+            hex_lower::<8>(span).ok_or_else(|| err("parent id is not 16 lower-case hex digits"))?;
+        let flags = hex_lower::<1>(flags).ok_or_else(|| err("flags are not 2 hex digits"))?[0];
+        if trace_id == [0; 16] {
+            return Err(err("trace id is all zeros"));
+        }
+        if span_id == [0; 8] {
+            return Err(err("parent id is all zeros"));
+        }
+        Ok(Self {
+            trace_id: TraceId(trace_id),
+            span_id: SpanId(span_id),
+            flags,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_and_prints_the_spec_example() {
+        let c: TraceContext = EXAMPLE.parse().unwrap();
+        assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.span_id().to_string(), "00f067aa0ba902b7");
+        assert!(c.is_sampled());
+        assert_eq!(c.to_string(), EXAMPLE);
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(bad.parse::<TraceContext>().is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn later_versions_may_append_fields() {
+        let c: TraceContext = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what"
+            .parse()
+            .unwrap();
+        assert!(!c.is_sampled());
+    }
+
+    #[test]
+    fn child_keeps_trace_changes_span() {
+        let root = TraceContext::new_root();
+        let child = root.child();
+        assert_eq!(child.trace_id(), root.trace_id());
+        assert_ne!(child.span_id(), root.span_id());
+        assert_ne!(TraceContext::new_root().trace_id(), root.trace_id());
+        let printed: TraceContext = child.to_string().parse().unwrap();
+        assert_eq!(printed, child);
+    }
+
+    #[tokio::test]
+    async fn current_is_scoped() {
+        assert!(TraceContext::current().is_none());
+        let root = TraceContext::new_root();
+        let seen = root.scope(async { TraceContext::current() }).await;
+        assert_eq!(seen, Some(root));
+        assert!(TraceContext::current().is_none());
+    }
+}

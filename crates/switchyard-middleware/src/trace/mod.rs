@@ -1,0 +1,54 @@
+//! Tracing: a span per delivery and W3C trace context (`traceparent`) carried in envelope
+//! headers, so a chain of handlers forms one trace.
+//!
+//! For each call, [`TraceLayer`]:
+//! 1. reads the incoming `traceparent` header; a valid one is *continued* (same trace id, a
+//!    new span id whose parent is the incoming one), a missing or invalid one starts a new
+//!    trace;
+//! 2. writes the delivery's own context into the `traceparent` header of the envelope it
+//!    passes down (`tracestate` and every other header are kept);
+//! 3. runs the inner call inside a `switchyard.deliver` span with the fields `topic`,
+//!    `message_id`, `correlation_id`, `attempt`, `handler`, `trace_id`, `span_id` and
+//!    `parent_span_id`, and with the context available through [`TraceContext::current`].
+//!
+//! A handler that publishes a follow-up message calls [`propagate`] (or
+//! `TraceContext::current()` + [`TraceContext::inject`]) so the child carries the same trace id.
+//!
+//! ```
+//! use switchyard_core::{Envelope, Topic};
+//! use switchyard_middleware::trace::{TraceContext, propagate};
+//!
+//! let incoming: TraceContext = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse()?;
+//! let mut parent = Envelope::new(Topic::new("orders.placed")?, "{}");
+//! incoming.inject(&mut parent);
+//! let mut child = Envelope::new(Topic::new("mail.send")?, "{}").caused_by(&parent);
+//! propagate(&parent, &mut child);
+//! assert_eq!(TraceContext::from_envelope(&child).map(|c| c.trace_id()), Some(incoming.trace_id()));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod context;
+mod layer;
+mod service;
+
+pub use context::{SpanId, TRACEPARENT, TRACESTATE, TraceContext, TraceId, TraceparentError};
+pub use layer::TraceLayer;
+pub use service::Trace;
+
+use switchyard_core::Envelope;
+
+/// Gives `child` the trace of `parent`: the child's `traceparent` is the parent's (its
+/// parent-id is the span that handled `parent`). When `parent` has no valid context, the
+/// handler's current one ([`TraceContext::current`]) is used, and failing that a new trace is
+/// started. Returns the context written.
+pub fn propagate(parent: &Envelope, child: &mut Envelope) -> TraceContext {
+    let ctx = TraceContext::from_envelope(parent)
+        .or_else(TraceContext::current)
+        .unwrap_or_else(TraceContext::new_root);
+    ctx.inject(child);
+    if let Some(state) = parent.header(TRACESTATE) {
+        let state = state.to_owned();
+        child.headers.insert(TRACESTATE, state);
+    }
+    ctx
+}

@@ -1,0 +1,86 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use smol_str::SmolStr;
+use switchyard_core::{BoxError, Envelope, Outcome};
+use tower::Service;
+use tracing::Instrument;
+
+use super::TraceContext;
+
+/// Runs each call in a delivery span with W3C trace context propagated through headers.
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    handler: SmolStr,
+}
+
+impl<S> Trace<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, handler: SmolStr) -> Self {
+        Self { inner, handler }
+    }
+}
+
+impl<S> Service<Envelope> for Trace<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut env: Envelope) -> Self::Future {
+        let incoming = TraceContext::from_envelope(&env);
+        let ctx = incoming.map_or_else(TraceContext::new_root, |c| c.child());
+        ctx.inject(&mut env);
+        let span = ::tracing::info_span!(
+            "switchyard.deliver",
+            topic = %env.topic,
+            message_id = %env.id,
+            correlation_id = %env.correlation_id,
+            attempt = env.delivery.attempt,
+            handler = %self.handler,
+            trace_id = %ctx.trace_id(),
+            span_id = %ctx.span_id(),
+            parent_span_id = ::tracing::field::Empty,
+            outcome = ::tracing::field::Empty,
+        );
+        if let Some(parent) = incoming {
+            span.record(
+                "parent_span_id",
+                ::tracing::field::display(parent.span_id()),
+            );
+        }
+        let inner = &mut self.inner;
+        let fut = ctx.sync_scope(|| {
+            let _entered = span.enter();
+            inner.call(env)
+        });
+        let record_span = span.clone();
+        Box::pin(
+            ctx.scope(async move {
+                let result = fut.await;
+                let outcome = match &result {
+                    Ok(Outcome::Ack) => "ack",
+                    Ok(Outcome::Reply(_)) => "reply",
+                    Ok(Outcome::Retry { .. }) => "retry",
+                    Ok(Outcome::Reject { .. }) => "reject",
+                    Err(_) => "error",
+                };
+                record_span.record("outcome", outcome);
+                if let Err(e) = &result {
+                    ::tracing::warn!(error = %e, "handler failed");
+                }
+                result
+            })
+            .instrument(span),
+        )
+    }
+}
