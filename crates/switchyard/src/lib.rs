@@ -44,3 +44,8 @@ pub use subscription::{
     SubscriptionStats,
 };
 pub use switchyard_core::*;
+
+/// The README's quick start, compiled as a doc test so it cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,52 @@
+//! The `switchyard` binary as a user runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+use assert_cmd::Command;
+
+#[test]
+fn version_and_help() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("switchyard {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8(out.stdout).unwrap().contains("demo"));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["--log", "error", "demo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("0 left unprocessed"), "{text}");
+}
+
+#[test]
+fn unknown_subcommand_fails_with_usage() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .arg("nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr).unwrap().contains("Usage"));
+}
