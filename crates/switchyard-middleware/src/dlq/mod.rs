@@ -61,7 +61,7 @@ pub use replay::{
     Republish, replay_envelope,
 };
 
-use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
+use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, MessageId};
 
 /// A dead-letter store people can browse and replay from. `put` (from
 /// [`DeadLetterSink`]) is what the bus calls.
@@ -103,4 +103,34 @@ impl<T: DeadLetterQueue> DeadLetterQueue for std::sync::Arc<T> {
     fn evicted(&self) -> u64 {
         (**self).evicted()
     }
+}
+
+/// The dead-letter reason for a handler error: [`DeadLetterReason::Panicked`] when a
+/// [`PanicError`](crate::catch_panic::PanicError) is anywhere in the chain, otherwise
+/// [`DeadLetterReason::HandlerFailed`].
+pub fn failure_reason(err: &(dyn std::error::Error + 'static)) -> DeadLetterReason {
+    let mut link = Some(err);
+    while let Some(e) = link {
+        if e.is::<crate::catch_panic::PanicError>() {
+            return DeadLetterReason::Panicked;
+        }
+        link = e.source();
+    }
+    DeadLetterReason::HandlerFailed
+}
+
+/// The error and its sources joined with `": "`, skipping a source whose text the previous
+/// link already contains (the text the dead letter's `error` field should hold).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut link = err.source();
+    while let Some(e) = link {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        link = e.source();
+    }
+    out
 }

@@ -1,0 +1,14 @@
+//! Integration tests of switchyard-middleware: every layer on its own and the layers stacked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod breaker;
+mod dedup;
+// mod dlq;
+mod limit;
+// mod metrics;
+mod panic;
+mod retry;
+// mod stack;
+// mod trace;
