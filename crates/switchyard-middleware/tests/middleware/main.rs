@@ -5,10 +5,10 @@ mod common;
 
 mod breaker;
 mod dedup;
-// mod dlq;
+mod dlq;
 mod limit;
-// mod metrics;
+mod metrics;
 mod panic;
 mod retry;
 // mod stack;
-// mod trace;
+mod trace;

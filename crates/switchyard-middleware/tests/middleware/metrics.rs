@@ -1,1 +1,137 @@
-use crate::common as _;
+use std::time::{Duration, SystemTime};
+
+use switchyard_core::{BoxError, Envelope, Outcome};
+use switchyard_middleware::metrics::{
+    MetricsInstallError, MetricsLayer, MetricsSnapshot, TopicLabel, build_prometheus,
+    install_prometheus,
+};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::common::env;
+
+fn by_payload()
+-> impl Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send> + Clone + Send {
+    tower::service_fn(|e: Envelope| async move {
+        match e.payload.as_ref() {
+            b"ack" => Ok(Outcome::Ack),
+            b"reject" => Ok(Outcome::reject("no")),
+            b"retry" => Ok(Outcome::retry()),
+            _ => Err::<Outcome, BoxError>("boom".into()),
+        }
+    })
+}
+
+fn with_payload(p: &'static str) -> Envelope {
+    let mut e = env("users.created");
+    e.payload = p.into();
+    e
+}
+
+/// The value of the sample `name{...}` whose labels include every `labels` pair.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !rest.starts_with('{') && !rest.is_empty() {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
+
+async fn run_mix(layer: &MetricsLayer) {
+    let svc = layer.layer(by_payload());
+    for p in ["ack", "ack", "reject", "retry", "err"] {
+        let mut e = with_payload(p);
+        e.timestamp = SystemTime::now() - Duration::from_secs(2);
+        let _ = svc.clone().oneshot(e).await;
+    }
+}
+
+#[test]
+fn prometheus_text_has_counters_and_histograms() {
+    let (recorder, prom) = build_prometheus().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let layer = MetricsLayer::new("mailer");
+    metrics::with_local_recorder(&recorder, || rt.block_on(run_mix(&layer)));
+    let text = prom.render();
+    let l = [("topic", "users.created"), ("handler", "mailer")];
+    assert_eq!(
+        sample(&text, "switchyard_delivered_total", &l),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "switchyard_acked_total", &l), Some(2.0));
+    assert_eq!(sample(&text, "switchyard_rejected_total", &l), Some(1.0));
+    assert_eq!(sample(&text, "switchyard_retried_total", &l), Some(1.0));
+    assert_eq!(sample(&text, "switchyard_failed_total", &l), Some(1.0));
+    assert_eq!(
+        sample(&text, "switchyard_handler_duration_seconds_count", &l),
+        Some(5.0)
+    );
+    let e2e_sum = sample(&text, "switchyard_end_to_end_latency_seconds_sum", &l).unwrap();
+    assert!(e2e_sum >= 10.0, "five messages two seconds old: {e2e_sum}");
+    assert_eq!(
+        sample(&text, "switchyard_in_flight", &[("handler", "mailer")]),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn snapshot_counts_and_serialises() {
+    let layer = MetricsLayer::new("mailer").topic_label(TopicLabel::Fixed("users.#".into()));
+    run_mix(&layer).await;
+    let snap = layer.registry().snapshot();
+    let row = snap.get("users.#", "mailer").unwrap();
+    assert_eq!(
+        (
+            row.delivered,
+            row.acked,
+            row.rejected,
+            row.retried,
+            row.failed
+        ),
+        (5, 2, 1, 1, 1)
+    );
+    assert_eq!(row.in_flight, 0);
+    assert_eq!(row.duration.count, 5);
+    assert!(row.end_to_end.max_seconds >= 2.0);
+    let back: MetricsSnapshot = serde_json::from_str(&snap.to_json()).unwrap();
+    let b = &back.handlers[0];
+    assert_eq!(
+        (b.topic.as_str(), b.handler.as_str(), b.delivered, b.acked),
+        ("users.#", "mailer", 5, 2)
+    );
+    assert_eq!(b.end_to_end.count, 5);
+}
+
+#[tokio::test]
+async fn global_install_renders_and_refuses_a_second_install() {
+    let prom = install_prometheus().unwrap();
+    let layer = MetricsLayer::new("global-test");
+    run_mix(&layer).await;
+    let text = prom.render();
+    assert_eq!(
+        sample(
+            &text,
+            "switchyard_acked_total",
+            &[("handler", "global-test")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE switchyard_handler_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(matches!(
+        install_prometheus(),
+        Err(MetricsInstallError::AlreadyInstalled)
+    ));
+}

@@ -1,1 +1,141 @@
-use crate::common as _;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use switchyard_core::{BoxError, Envelope, Outcome, Topic};
+use switchyard_middleware::trace::{TRACEPARENT, TraceContext, TraceLayer, propagate};
+use tower::{Layer, ServiceExt};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+use crate::common::env;
+
+type Seen = Arc<Mutex<Vec<(TraceContext, Option<String>, Envelope)>>>;
+
+/// A handler stage: records the current context and the incoming header, then publishes one
+/// child message (carrying the trace) into `outbox`.
+async fn stage(name: &'static str, input: Envelope, seen: Seen, outbox: Arc<Mutex<Vec<Envelope>>>) {
+    let svc = TraceLayer::new(name).layer(tower::service_fn(move |env: Envelope| {
+        let seen = seen.clone();
+        let outbox = outbox.clone();
+        async move {
+            let current = TraceContext::current().expect("inside the trace layer");
+            let mut child = Envelope::new(Topic::new("next.step")?, "{}").caused_by(&env);
+            propagate(&env, &mut child);
+            seen.lock()
+                .unwrap()
+                .push((current, env.header(TRACEPARENT).map(str::to_owned), env));
+            outbox.lock().unwrap().push(child);
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    svc.oneshot(input).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_chain_of_handlers_keeps_one_trace_id() {
+    let seen: Seen = Arc::default();
+    let outbox: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+    let mut next = env("orders.placed");
+    assert!(next.header(TRACEPARENT).is_none());
+    for name in ["a", "b", "c"] {
+        stage(name, next, seen.clone(), outbox.clone()).await;
+        next = outbox.lock().unwrap().pop().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    let trace = seen[0].0.trace_id();
+    for (ctx, header, env) in seen.iter() {
+        assert_eq!(ctx.trace_id(), trace);
+        // The handler's envelope carries the delivery's own context.
+        assert_eq!(header.as_deref(), Some(ctx.to_string().as_str()));
+        assert_eq!(TraceContext::from_envelope(env), Some(*ctx));
+    }
+    assert_eq!(
+        TraceContext::from_envelope(&next).unwrap().trace_id(),
+        trace,
+        "the last child too"
+    );
+    let spans: std::collections::HashSet<_> = seen.iter().map(|s| s.0.span_id()).collect();
+    assert_eq!(spans.len(), 3, "one span per delivery");
+    // Correlation is kept by caused_by alongside the trace.
+    assert_eq!(seen[2].2.correlation_id, seen[0].2.correlation_id);
+}
+
+#[tokio::test]
+async fn an_incoming_traceparent_is_continued_and_a_bad_one_replaced() {
+    let seen: Seen = Arc::default();
+    let outbox: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+    let upstream: TraceContext = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        .parse()
+        .unwrap();
+    let mut e = env("a.b");
+    upstream.inject(&mut e);
+    stage("a", e, seen.clone(), outbox.clone()).await;
+    let ctx = seen.lock().unwrap()[0].0;
+    assert_eq!(ctx.trace_id(), upstream.trace_id());
+    assert_ne!(ctx.span_id(), upstream.span_id());
+
+    let bad = env("a.b").with_header(TRACEPARENT, "not-a-traceparent");
+    stage("a", bad, seen.clone(), outbox).await;
+    let ctx2 = seen.lock().unwrap()[1].0;
+    assert_ne!(ctx2.trace_id(), upstream.trace_id());
+    assert_eq!(
+        seen.lock().unwrap()[1].1.as_deref(),
+        Some(ctx2.to_string().as_str())
+    );
+}
+
+type SpanRecord = (String, BTreeMap<String, String>);
+
+#[derive(Default, Clone)]
+struct Capture(Arc<Mutex<Vec<SpanRecord>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _id: &tracing::span::Id,
+        _ctx: Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        self.0
+            .lock()
+            .unwrap()
+            .push((attrs.metadata().name().to_owned(), fields));
+    }
+}
+
+#[tokio::test]
+async fn delivery_span_has_the_identifying_fields() {
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let mut e = env("orders.placed");
+    e.delivery.attempt = 2;
+    let svc = TraceLayer::new("shipper").layer(tower::service_fn(|_e: Envelope| async {
+        Ok::<_, BoxError>(Outcome::Ack)
+    }));
+    svc.oneshot(e.clone()).await.unwrap();
+    let spans = capture.0.lock().unwrap();
+    let (name, fields) = spans.iter().find(|s| s.0 == "switchyard.deliver").unwrap();
+    assert_eq!(name, "switchyard.deliver");
+    assert_eq!(fields["topic"], "orders.placed");
+    assert_eq!(fields["message_id"], e.id.to_string());
+    assert_eq!(fields["correlation_id"], e.correlation_id.to_string());
+    assert_eq!(fields["attempt"], "2");
+    assert_eq!(fields["handler"], "shipper");
+    assert_eq!(fields["trace_id"].len(), 32);
+}
