@@ -10,5 +10,5 @@ mod limit;
 mod metrics;
 mod panic;
 mod retry;
-// mod stack;
+mod stack;
 mod trace;
