@@ -34,4 +34,4 @@ mod writer;
 
 pub use config::{Durability, LogConfig, Retention, StartPosition, StreamSpec};
 pub use error::{Corruption, CorruptionKind, OpenError, ReadError};
-pub use transport::{GroupLag, LogSubscription, LogTransport, StoredRecord, StreamInfo};
+pub use transport::{GroupLag, LogStats, LogSubscription, LogTransport, StoredRecord, StreamInfo};

@@ -25,7 +25,7 @@ use crate::error::{OpenError, ReadError};
 use crate::group::{Dispatch, GroupSettings, GroupShared};
 use crate::record;
 use crate::stream::{StreamShared, lock};
-use crate::writer::{PendingCommits, Writer, WriterMsg};
+use crate::writer::{PendingCommits, Writer, WriterMsg, WriterStats};
 
 /// An embedded, durable, append-only log that carries bus messages.
 ///
@@ -75,6 +75,7 @@ struct Inner {
     commits: PendingCommits,
     next_ephemeral: AtomicU64,
     lock_file: Mutex<Option<File>>,
+    stats: Arc<WriterStats>,
 }
 
 impl Drop for Inner {
@@ -117,6 +118,19 @@ pub struct GroupLag {
     pub pending: usize,
     /// Records from `committed` to the end of the stream.
     pub lag: u64,
+}
+
+/// Writer counters since the log was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended (frames included).
+    pub bytes: u64,
+    /// Batches written (each answered many publishes at once).
+    pub batches: u64,
+    /// `fdatasync` calls. Under `Always`, `records / syncs` is the group-commit factor.
+    pub syncs: u64,
 }
 
 /// A record read back through the inspect API.
@@ -210,12 +224,14 @@ impl LogTransport {
         let notify = Arc::new(Notify::new());
         let commits: PendingCommits = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(WriterStats::default());
         let writer = Writer::new(
             rx,
             streams.clone(),
             config.clone(),
             commits.clone(),
             notify.clone(),
+            stats.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("switchyard-log-writer".to_owned())
@@ -240,6 +256,7 @@ impl LogTransport {
                 commits,
                 next_ephemeral: AtomicU64::new(0),
                 lock_file: Mutex::new(Some(lock_file)),
+                stats,
             }),
         })
     }
@@ -316,6 +333,17 @@ impl LogTransport {
             }
         }
         out
+    }
+
+    /// Writer counters since open.
+    pub fn stats(&self) -> LogStats {
+        let s = &self.inner.stats;
+        LogStats {
+            records: s.records.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            syncs: s.syncs.load(Ordering::Relaxed),
+        }
     }
 
     /// The committed offset of `group` on `stream` as last written to disk.

@@ -8,6 +8,7 @@
 //! enforces retention.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,6 +21,15 @@ use crate::fsio;
 use crate::offsets;
 use crate::record::{self, MAGIC};
 use crate::stream::{StreamShared, create_segment, lock};
+
+/// Counters kept by the writer, read by [`LogTransport::stats`](crate::LogTransport::stats).
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub syncs: AtomicU64,
+    pub bytes: AtomicU64,
+}
 
 /// Committed offsets waiting to be written: (stream index, group) → offset.
 pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
@@ -64,6 +74,7 @@ pub(crate) struct Writer {
     pub config: LogConfig,
     pub commits: PendingCommits,
     pub notify: Arc<Notify>,
+    pub stats: Arc<WriterStats>,
     dirty: Vec<bool>,
     last_sync: Instant,
     last_commit: Instant,
@@ -79,6 +90,7 @@ impl Writer {
         config: LogConfig,
         commits: PendingCommits,
         notify: Arc<Notify>,
+        stats: Arc<WriterStats>,
     ) -> Self {
         let now = Instant::now();
         let n = streams.len();
@@ -88,6 +100,7 @@ impl Writer {
             config,
             commits,
             notify,
+            stats,
             dirty: vec![false; n],
             last_sync: now,
             last_commit: now,
@@ -204,6 +217,7 @@ impl Writer {
             }
             let file = lock(&stream.index).segments.last().map(|s| s.file.clone());
             if let Some(file) = file {
+                self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 match file.sync_data() {
                     Ok(()) => self.dirty[i] = false,
                     Err(e) => {
@@ -274,6 +288,7 @@ impl Writer {
                     self.publish(s);
                 }
                 self.notify.notify_waiters();
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
                 for i in touched {
@@ -292,6 +307,7 @@ impl Writer {
         };
         let file = lock(&stream.index).segments.last().map(|s| s.file.clone());
         if let Some(file) = file {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             file.sync_data()
                 .map_err(|e| AppendError::Io(format!("sync of {}: {e}", stream.name)))?;
         }
@@ -306,6 +322,12 @@ impl Writer {
         };
         let mut idx = lock(&stream.index);
         if let Some(seg) = idx.segments.last_mut() {
+            self.stats
+                .records
+                .fetch_add(s.positions.len() as u64, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add(s.len.saturating_sub(seg.len), Ordering::Relaxed);
             seg.positions.extend_from_slice(&s.positions);
             seg.len = s.len;
             seg.modified = SystemTime::now();
@@ -350,6 +372,7 @@ impl Writer {
             if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
                 fsio::write_all_at(&file, &buf, len).map_err(|e| io("write", e))?;
                 if self.config.durability != Durability::Never {
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                     file.sync_data().map_err(|e| io("sync", e))?;
                 }
                 self.publish(Staged {

@@ -426,6 +426,12 @@ async fn concurrent_publishers_all_land() {
     for t in tasks {
         t.await.unwrap();
     }
+    let stats = log.stats();
+    assert_eq!(stats.records, 800);
+    assert!(
+        stats.syncs < stats.records,
+        "group commit shares syncs: {stats:?}"
+    );
     let recs = log.read_range("default", 0, 10_000).unwrap();
     assert_eq!(recs.len(), 800);
     // Per publisher, log order is publish order.
