@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod dlq;
 pub mod limit;
 pub mod metrics;
+pub mod resilience;
 pub mod retry;
 mod rng;
 pub mod timeout;

@@ -184,3 +184,57 @@ async fn permanent_error_goes_straight_to_the_dlq() {
         letter.error
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn resilience_layer_wires_the_default_stack_and_its_handles() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use switchyard_middleware::breaker::BreakerState;
+    use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+    use tower::{Layer, ServiceExt};
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let config = ResilienceConfig::default()
+        .dedup(DedupConfig::default())
+        .concurrency(2)
+        .rate(100, Duration::from_secs(1), 10)
+        .on_breaker_transition(move |e| ev.lock().unwrap().push(e.topic()));
+    let layer = ResilienceLayer::new("flaky", config);
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let svc = layer.layer(tower::service_fn(move |e: Envelope| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if e.delivery.attempt < 3 {
+                Err::<Outcome, BoxError>("not yet".into())
+            } else {
+                Ok(Outcome::Ack)
+            }
+        }
+    }));
+    assert_handler(&svc);
+    let e = envs("a.b", 1).remove(0);
+    assert_eq!(svc.clone().oneshot(e.clone()).await.unwrap(), Outcome::Ack);
+    assert_eq!(svc.clone().oneshot(e).await.unwrap(), Outcome::Ack);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "three attempts, then a duplicate"
+    );
+    assert_eq!(layer.dedup().unwrap().duplicates(), 1);
+    let row = layer
+        .metrics()
+        .snapshot()
+        .get("a.b", "flaky")
+        .cloned()
+        .unwrap();
+    assert_eq!((row.delivered, row.acked), (2, 2));
+    // Two failed attempts are below the default threshold of five.
+    assert_eq!(layer.breaker().state(), BreakerState::Closed);
+    layer.breaker().trip();
+    layer.breaker().reset();
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec!["switchyard.breaker.opened", "switchyard.breaker.closed"]
+    );
+}

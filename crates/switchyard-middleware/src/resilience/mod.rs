@@ -1,0 +1,137 @@
+//! The default resilience stack in one layer, in the documented order, with the handles the
+//! bus needs (breaker, dedup, metrics).
+//!
+//! Order, outermost first (see the [crate docs](crate) for why):
+//! trace → metrics → dedup (optional) → retry → breaker → rate limit (optional) →
+//! concurrency limit (optional) → timeout → panic capture → handler.
+//!
+//! Defaults ([`ResilienceConfig::default`]) follow the issue's
+//! `Bus::builder().with_default_resilience()`: 3 attempts with full jitter from 100 ms to
+//! 10 s, 30 s timeout, breaker opening after 5 failures in 60 s with a 30 s cool-down, dedup
+//! off, no concurrency or rate limit, panics captured (and not retried).
+//!
+//! ```
+//! use switchyard_core::{BoxError, Envelope, Outcome};
+//! use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+//! use tower::Layer;
+//!
+//! let (events_tx, _events_rx) = std::sync::mpsc::channel();
+//! let config = ResilienceConfig::default()
+//!     .on_breaker_transition(move |ev| { let _ = events_tx.send(ev.clone()); });
+//! let layer = ResilienceLayer::new("welcome-mail", config);
+//! let breaker = layer.breaker();
+//! let metrics = layer.metrics();
+//! let handler = layer.layer(tower::service_fn(|_env: Envelope| async { Ok::<_, BoxError>(Outcome::Ack) }));
+//! # let _ = (handler, breaker, metrics);
+//! ```
+
+mod layer;
+
+pub use layer::{ResilienceLayer, ResilientService};
+
+use std::time::Duration;
+
+use crate::breaker::{BreakerConfig, BreakerEvent};
+use crate::dedup::DedupConfig;
+use crate::metrics::{MetricsRegistry, TopicLabel};
+use crate::retry::RetryPolicy;
+use crate::timeout::DEFAULT_TIMEOUT;
+
+/// Settings of the whole stack. Every default is listed on [`ResilienceConfig::default`].
+#[derive(Debug, Clone)]
+pub struct ResilienceConfig {
+    /// Retry policy (use `max_attempts(1)` to disable retries).
+    pub retry: RetryPolicy,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Circuit breaker settings, observer included.
+    pub breaker: BreakerConfig,
+    /// Deduplication, off when `None`.
+    pub dedup: Option<DedupConfig>,
+    /// Maximum concurrent calls of the handler, unlimited when `None`.
+    pub concurrency: Option<usize>,
+    /// Token bucket `(rate, per, burst)`, unlimited when `None`.
+    pub rate: Option<(u32, Duration, u32)>,
+    /// What the metrics' `topic` label holds.
+    pub topic_label: TopicLabel,
+    /// Registry to count into (shared by several handlers), a fresh one when `None`.
+    pub registry: Option<MetricsRegistry>,
+}
+
+impl Default for ResilienceConfig {
+    /// [`RetryPolicy::default`] (3 attempts, 100 ms .. 10 s, full jitter), 30 s timeout,
+    /// [`BreakerConfig::default`] (5 failures in 60 s, 30 s cool-down, 1 trial), no dedup, no
+    /// concurrency or rate limit, topic label = topic, a fresh registry.
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            timeout: DEFAULT_TIMEOUT,
+            breaker: BreakerConfig::default(),
+            dedup: None,
+            concurrency: None,
+            rate: None,
+            topic_label: TopicLabel::Topic,
+            registry: None,
+        }
+    }
+}
+
+impl ResilienceConfig {
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the breaker configuration.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Publishes breaker state changes to `f` (the bus turns them into
+    /// `switchyard.breaker.*` events).
+    pub fn on_breaker_transition<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&BreakerEvent) + Send + Sync + 'static,
+    {
+        self.breaker = self.breaker.on_transition(f);
+        self
+    }
+
+    /// Turns deduplication on.
+    pub fn dedup(mut self, config: DedupConfig) -> Self {
+        self.dedup = Some(config);
+        self
+    }
+
+    /// Limits concurrent calls.
+    pub fn concurrency(mut self, max: usize) -> Self {
+        self.concurrency = Some(max.max(1));
+        self
+    }
+
+    /// Limits the call rate: `rate` per `per`, bursts up to `burst`.
+    pub fn rate(mut self, rate: u32, per: Duration, burst: u32) -> Self {
+        self.rate = Some((rate, per, burst));
+        self
+    }
+
+    /// Sets the metrics topic label.
+    pub fn topic_label(mut self, label: TopicLabel) -> Self {
+        self.topic_label = label;
+        self
+    }
+
+    /// Counts into a shared registry.
+    pub fn registry(mut self, registry: MetricsRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+}
