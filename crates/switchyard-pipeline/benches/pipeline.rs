@@ -1,0 +1,3 @@
+//! Pipeline throughput benchmark (filled in by a later commit).
+
+fn main() {}

@@ -1,0 +1,381 @@
+//! Putting the hand-off between two stages on the bus.
+//!
+//! [`Handoff`] is the small contract this crate needs from a bus: publish an [`Envelope`] and
+//! receive the envelopes published on a topic. [`InMemoryHandoff`] implements it in-process; the
+//! switchyard bus facade (being written in `crates/switchyard`) will implement it so that a hand-off
+//! can cross processes and machines, without any change to the stage code.
+//!
+//! Three ways to use it:
+//! - [`Pipeline::via_bus`]: the values flowing out of the pipeline so far are published on a topic
+//!   and the next stage receives them from the subscription. Runs keep their accounting across the
+//!   hop (the run waits, in flight, until its envelope comes back).
+//! - [`BusSink`] (end of one pipeline) and [`BusSource`] (start of another): the split across
+//!   processes; each side counts its own runs.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use smol_str::SmolStr;
+use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Topic};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{HandoffError, SourceError, StageError, StageErrorKind, StartError};
+use crate::pipeline::{Emit, Item, Parked, Pipeline, channel_emit};
+use crate::runner::{Feed, Source, StopSignal};
+use crate::stage::Stage;
+
+/// What a pipeline needs from a bus to hand values over between stages.
+///
+/// Native async fns in traits; implement it for the bus facade to put hand-offs on any transport.
+pub trait Handoff: Send + Sync + 'static {
+    /// The envelopes received by one subscription.
+    type Stream: Stream<Item = Envelope> + Send + Unpin + 'static;
+
+    /// Publishes one envelope on its topic; resolves once the bus accepted it.
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandoffError>> + Send;
+
+    /// Subscribes to `topic`; every envelope published on it afterwards is yielded.
+    fn subscribe(
+        &self,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send;
+}
+
+impl<H: Handoff> Handoff for Arc<H> {
+    type Stream = H::Stream;
+
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandoffError>> + Send {
+        (**self).publish(envelope)
+    }
+
+    fn subscribe(
+        &self,
+        topic: &Topic,
+    ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send {
+        (**self).subscribe(topic)
+    }
+}
+
+type Subscribers = HashMap<Topic, Vec<mpsc::UnboundedSender<Envelope>>>;
+
+/// An in-process [`Handoff`]: each published envelope goes to every current subscriber of its exact
+/// topic (none: it is dropped, as events with no subscriber are). Cheap to clone; clones share the
+/// subscriptions. Queues are unbounded: inside a pipeline the runner's in-flight limit bounds them.
+#[derive(Clone, Default)]
+pub struct InMemoryHandoff {
+    topics: Arc<Mutex<Subscribers>>,
+}
+
+impl std::fmt::Debug for InMemoryHandoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryHandoff").finish_non_exhaustive()
+    }
+}
+
+impl InMemoryHandoff {
+    /// A hand-off with no subscriptions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The stream of an [`InMemoryHandoff`] subscription. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct InMemoryStream {
+    rx: mpsc::UnboundedReceiver<Envelope>,
+}
+
+impl Stream for InMemoryStream {
+    type Item = Envelope;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Handoff for InMemoryHandoff {
+    type Stream = InMemoryStream;
+
+    async fn publish(&self, envelope: Envelope) -> Result<(), HandoffError> {
+        let mut topics = self.lock();
+        if let Some(subs) = topics.get_mut(&envelope.topic) {
+            subs.retain(|tx| tx.send(envelope.clone()).is_ok());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<InMemoryStream, HandoffError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().entry(topic.clone()).or_default().push(tx);
+        Ok(InMemoryStream { rx })
+    }
+}
+
+fn encode<T: Serialize>(value: &T, topic: &Topic) -> Result<Envelope, StageError> {
+    let payload = serde_json::to_vec(value).map_err(StageError::other)?;
+    let mut env = Envelope::new(topic.clone(), payload);
+    env.type_name = Some(SmolStr::new_static(crate::error::short_type_name(
+        std::any::type_name::<T>(),
+    )));
+    Ok(env)
+}
+
+impl<In, Out> Pipeline<In, Out>
+where
+    In: Send + 'static,
+    Out: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Puts the hand-off to whatever follows on the bus: each output so far is encoded as JSON,
+    /// published on `topic` through `handoff`, received from a subscription to `topic` and decoded
+    /// again for the next stage. The stages themselves do not change.
+    ///
+    /// Runs keep their accounting across the hop: a run stays in flight while its envelope is on
+    /// the bus. Envelopes on `topic` published by someone else (another process) start new runs.
+    /// Monitor operations: `bus:<topic>`/`publish` and `bus:<topic>`/`receive`.
+    ///
+    /// ```
+    /// use switchyard_core::Topic;
+    /// use switchyard_pipeline::{map_fn, InMemoryHandoff, Pipeline, StageError};
+    /// let p: Pipeline<u32, String> = Pipeline::new(map_fn("double", |x: u32| Ok::<_, StageError>(x * 2)))
+    ///     .via_bus(InMemoryHandoff::new(), Topic::new("jobs.doubled")?)
+    ///     .then(map_fn("show", |x: u32| Ok::<_, StageError>(x.to_string())));
+    /// assert_eq!(p.describe(), "double → bus:jobs.doubled → show");
+    /// # Ok::<(), switchyard_core::TopicError>(())
+    /// ```
+    pub fn via_bus<H: Handoff>(self, handoff: H, topic: Topic) -> Pipeline<In, Out> {
+        let name = SmolStr::new(format!("bus:{topic}"));
+        self.then_node(name.to_string(), move |emit: Emit<Out>, ctx| {
+            let handoff = Arc::new(handoff);
+            let parked: Parked = Arc::default();
+            let (tx, rx) = mpsc::unbounded_channel::<Item<Out>>();
+            let (ready_tx, ready_rx) = oneshot::channel();
+            ctx.ready.push(ready_rx);
+            let publish_op = ctx.shared.monitor.op(&name, "publish");
+            let receive_op = ctx.shared.monitor.op(&name, "receive");
+
+            // Owns the subscription; receives envelopes and hands decoded values on. Stops on the
+            // stop signal, which fires only once no run is in flight (so none is parked).
+            let shared = ctx.shared.clone();
+            let mut stop = ctx.stop.clone();
+            let (h, t, n, p) = (handoff.clone(), topic.clone(), name.clone(), parked.clone());
+            ctx.tasks.spawn(async move {
+                let mut stream = match h.subscribe(&t).await {
+                    Ok(s) => {
+                        let _ = ready_tx.send(Ok(()));
+                        s
+                    }
+                    Err(source) => {
+                        let _ = ready_tx.send(Err(StartError::Handoff {
+                            topic: t.to_string(),
+                            source,
+                        }));
+                        return Ok(());
+                    }
+                };
+                loop {
+                    let env = tokio::select! {
+                        biased;
+                        env = stream.next() => match env {
+                            Some(env) => env,
+                            None => break,
+                        },
+                        () = stop.stopped() => break,
+                    };
+                    let parked_token = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&env.id);
+                    let token = match parked_token {
+                        Some(token) => token,
+                        None => match shared.start_run(Some(env.clone())).await {
+                            Ok(token) => token,
+                            Err(_) => {
+                                shared.dead_letters.put(
+                                    DeadLetter::new(
+                                        env,
+                                        DeadLetterReason::Shutdown,
+                                        "pipeline shutting down",
+                                    )
+                                    .with_handler(n.clone()),
+                                );
+                                shared.monitor.record_rejected();
+                                continue;
+                            }
+                        },
+                    };
+                    match serde_json::from_slice::<Out>(&env.payload) {
+                        Ok(value) => {
+                            receive_op.success(env.timestamp.elapsed().unwrap_or_default());
+                            emit(Item { value, token });
+                        }
+                        Err(e) => {
+                            let e = StageError::decode(e);
+                            receive_op.error(e.error_type());
+                            token.fail(&n, &e);
+                        }
+                    }
+                }
+                Ok(())
+            });
+
+            // Owns the publishing side: encodes, parks the run, publishes.
+            let mut stop = ctx.stop.clone();
+            let (n, p) = (name.clone(), parked);
+            ctx.tasks.spawn(async move {
+                let mut rx = rx;
+                loop {
+                    let item = tokio::select! {
+                        biased;
+                        item = rx.recv() => match item {
+                            Some(item) => item,
+                            None => break,
+                        },
+                        () = stop.stopped() => break,
+                    };
+                    let Item { value, token } = item;
+                    let started = Instant::now();
+                    let mut env = match encode(&value, &topic) {
+                        Ok(env) => env,
+                        Err(e) => {
+                            publish_op.error(e.error_type());
+                            token.fail(&n, &e);
+                            continue;
+                        }
+                    };
+                    if let Some(origin) = token.origin() {
+                        env.correlation_id = origin.correlation_id;
+                        env.causation_id = Some(origin.id);
+                    }
+                    let id = env.id;
+                    // Park before publishing: the envelope may come back before publish returns.
+                    p.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, token);
+                    if let Err(e) = handoff.publish(env).await {
+                        let e = StageError::new(StageErrorKind::Unavailable, e.to_string());
+                        publish_op.error(e.error_type());
+                        let token = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        if let Some(token) = token {
+                            token.fail(&n, &e);
+                        }
+                        continue;
+                    }
+                    publish_op.success(started.elapsed());
+                }
+                Ok(())
+            });
+            channel_emit(tx, name)
+        })
+    }
+}
+
+/// A stage that publishes each input as a JSON envelope on a topic: the end of a pipeline whose
+/// next half runs elsewhere (start that half with a [`BusSource`]).
+pub struct BusSink<H, T> {
+    handoff: H,
+    topic: Topic,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<H, T> BusSink<H, T> {
+    /// Publishes on `topic` through `handoff`.
+    pub fn new(handoff: H, topic: Topic) -> Self {
+        Self {
+            handoff,
+            topic,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<H: Handoff, T: Serialize + Send + Sync + 'static> Stage<T, ()> for BusSink<H, T> {
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Owned(format!("bus-sink:{}", self.topic))
+    }
+
+    async fn run(&mut self, input: T) -> Result<(), StageError> {
+        let env = encode(&input, &self.topic)?;
+        self.handoff
+            .publish(env)
+            .await
+            .map_err(|e| StageError::new(StageErrorKind::Unavailable, e.to_string()))
+    }
+}
+
+/// A source that subscribes to a topic and feeds the decoded (JSON) envelopes; undecodable ones go
+/// to the dead-letter sink with their raw bytes.
+pub struct BusSource<H, T> {
+    handoff: H,
+    topic: Topic,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<H, T> BusSource<H, T> {
+    /// Receives from `topic` through `handoff`. Subscribes when the source starts running.
+    pub fn new(handoff: H, topic: Topic) -> Self {
+        Self {
+            handoff,
+            topic,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<H: Handoff, T: DeserializeOwned + Send + 'static> Source<T> for BusSource<H, T> {
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Owned(format!("bus-source:{}", self.topic))
+    }
+
+    async fn run(self, feed: Feed<T>, mut stop: StopSignal) -> Result<(), SourceError> {
+        let name = format!("bus-source:{}", self.topic);
+        let op = feed.monitor().op(&name, "recv");
+        let mut stream = self.handoff.subscribe(&self.topic).await?;
+        loop {
+            let env = tokio::select! {
+                biased;
+                () = stop.stopped() => break,
+                env = stream.next() => match env {
+                    Some(env) => env,
+                    None => break,
+                },
+            };
+            match serde_json::from_slice::<T>(&env.payload) {
+                Ok(value) => {
+                    op.success(env.timestamp.elapsed().unwrap_or_default());
+                    if let Err(refused) = feed.send_with_origin(value, env).await {
+                        if let Some(origin) = refused.origin {
+                            feed.dead_letter(
+                                DeadLetter::new(
+                                    origin,
+                                    DeadLetterReason::Shutdown,
+                                    "pipeline shutting down",
+                                )
+                                .with_handler(name.clone()),
+                            );
+                        }
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let e = StageError::decode(e);
+                    op.error(e.error_type());
+                    feed.dead_letter(
+                        DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.chain())
+                            .with_handler(name.clone()),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

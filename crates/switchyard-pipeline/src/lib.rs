@@ -1,0 +1,45 @@
+//! # switchyard-pipeline
+//!
+//! Typed stage pipelines: the asynchronous "stage base class + orchestrator + monitor + ZeroMQ
+//! socket" people write by hand, done with types that line up at compile time.
+//!
+//! - [`Stage<In, Out>`](Stage): `init`, `run`, `finish`, native async fns.
+//! - [`Pipeline::new(a).then(b)`](Pipeline): compiles only when `a`'s output is `b`'s input;
+//!   [`fan_out`](Pipeline::fan_out) sends each value to several branches and merges them again;
+//!   [`via_bus`](Pipeline::via_bus) puts a hand-off on the bus ([`Handoff`]).
+//! - [`Runner`]: one task per stage, at most N runs in flight, per-stage timing into a
+//!   [`Monitor`] (counts, p50/p95/p99 over bounded windows, error types, completed and failed
+//!   runs), failed runs into a dead-letter sink with their raw bytes, graceful drain.
+//! - With the `zmq` feature (default): [`zmq::ZmqSource`] (PULL or SUB, bind or connect),
+//!   [`zmq::ZmqPubSink`], and the demo pipeline [`demo::run_zmq_demo`].
+//!
+//! See `docs/pipelines.md` in the repository for the guide.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod handoff;
+pub mod monitor;
+pub mod pipeline;
+pub mod runner;
+pub mod shutdown;
+pub mod stage;
+
+#[cfg(feature = "zmq")]
+pub mod demo;
+#[cfg(feature = "zmq")]
+pub mod zmq;
+
+pub use error::{
+    FeedError, HandoffError, SocketError, SourceError, StageError, StageErrorKind, StartError,
+};
+pub use handoff::{BusSink, BusSource, Handoff, InMemoryHandoff, InMemoryStream};
+pub use monitor::{DEFAULT_WINDOW, Monitor, MonitorSnapshot, OpRecorder, OpSnapshot};
+pub use pipeline::Pipeline;
+pub use runner::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, Feed, IterSource, RunReport, Runner,
+    RunningPipeline, Source, StopReason, StopSignal,
+};
+pub use shutdown::{ShutdownSignal, shutdown_signal};
+pub use stage::{
+    FnStage, MapStage, Named, Retry, RetryPolicy, Stage, StageExt, Timeout, map_fn, stage_fn,
+};

@@ -1,0 +1,381 @@
+//! The [`Stage`] trait and small stage building blocks: closures as stages, and the
+//! [`Timeout`] and [`Retry`] wrappers (the pipeline's resilience layers).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::error::{StageError, StageErrorKind, short_type_name};
+
+/// One step of a pipeline: turns an `In` into an `Out`, or fails.
+///
+/// The runner calls [`init`](Self::init) once before the first input, [`run`](Self::run) once per
+/// input (never concurrently: a stage owns its state through `&mut self`), and
+/// [`finish`](Self::finish) once after the last input when the pipeline drains.
+///
+/// Futures are native `async fn`s in the trait (no boxing); they must be `Send` because each stage
+/// runs in its own task.
+///
+/// ```
+/// use switchyard_pipeline::{Stage, StageError};
+///
+/// struct Upper;
+/// impl Stage<String, String> for Upper {
+///     async fn run(&mut self, input: String) -> Result<String, StageError> {
+///         Ok(input.to_uppercase())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a stage that takes `{In}` as input",
+    label = "this stage does not implement `Stage<{In}, _>`",
+    note = "in `Pipeline::then`, the next stage's input type must be the previous stage's output type (`{In}` here)"
+)]
+pub trait Stage<In, Out>: Send + 'static {
+    /// Name used in the monitor and in dead letters. Defaults to the type's name.
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Borrowed(short_type_name(std::any::type_name::<Self>()))
+    }
+
+    /// Prepares the stage (open files, connect sockets). An error stops the pipeline from starting.
+    fn init(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Processes one input.
+    fn run(&mut self, input: In) -> impl Future<Output = Result<Out, StageError>> + Send;
+
+    /// Called once after the last input, when the pipeline drains (flush buffers here).
+    fn finish(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A stage made from an async closure. Build one with [`stage_fn`].
+pub struct FnStage<F> {
+    name: Cow<'static, str>,
+    f: F,
+}
+
+/// Makes a stage from an async closure `FnMut(In) -> impl Future<Output = Result<Out, StageError>>`.
+///
+/// ```
+/// use switchyard_pipeline::{stage_fn, Pipeline, StageError};
+/// let double = stage_fn("double", |x: u32| async move { Ok::<_, StageError>(x * 2) });
+/// let _p: Pipeline<u32, u32> = Pipeline::new(double);
+/// ```
+pub fn stage_fn<In, Out, F, Fut>(name: impl Into<Cow<'static, str>>, f: F) -> FnStage<F>
+where
+    F: FnMut(In) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Out, StageError>> + Send,
+{
+    FnStage {
+        name: name.into(),
+        f,
+    }
+}
+
+impl<In, Out, F, Fut> Stage<In, Out> for FnStage<F>
+where
+    F: FnMut(In) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Out, StageError>> + Send,
+{
+    fn name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
+    fn run(&mut self, input: In) -> impl Future<Output = Result<Out, StageError>> + Send {
+        (self.f)(input)
+    }
+}
+
+/// A stage made from a synchronous closure. Build one with [`map_fn`].
+pub struct MapStage<F, In> {
+    name: Cow<'static, str>,
+    f: F,
+    _in: PhantomData<fn(In)>,
+}
+
+/// Makes a stage from a synchronous closure `FnMut(In) -> Result<Out, StageError>`.
+///
+/// ```
+/// use switchyard_pipeline::{map_fn, Pipeline, StageError};
+/// let len = map_fn("len", |s: String| Ok::<_, StageError>(s.len()));
+/// let _p: Pipeline<String, usize> = Pipeline::new(len);
+/// ```
+pub fn map_fn<In, Out, F>(name: impl Into<Cow<'static, str>>, f: F) -> MapStage<F, In>
+where
+    F: FnMut(In) -> Result<Out, StageError> + Send + 'static,
+{
+    MapStage {
+        name: name.into(),
+        f,
+        _in: PhantomData,
+    }
+}
+
+impl<In, Out, F> Stage<In, Out> for MapStage<F, In>
+where
+    In: Send + 'static,
+    Out: Send,
+    F: FnMut(In) -> Result<Out, StageError> + Send + 'static,
+{
+    fn name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
+    fn run(&mut self, input: In) -> impl Future<Output = Result<Out, StageError>> + Send {
+        std::future::ready((self.f)(input))
+    }
+}
+
+/// Fails a call of the inner stage that takes longer than a limit. Build with
+/// [`StageExt::with_timeout`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    limit: Duration,
+}
+
+impl<In, Out, S> Stage<In, Out> for Timeout<S>
+where
+    S: Stage<In, Out>,
+    In: Send,
+    Out: Send,
+{
+    fn name(&self) -> Cow<'static, str> {
+        self.inner.name()
+    }
+
+    fn init(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.init()
+    }
+
+    async fn run(&mut self, input: In) -> Result<Out, StageError> {
+        let limit = self.limit;
+        match tokio::time::timeout(limit, self.inner.run(input)).await {
+            Ok(r) => r,
+            Err(_) => Err(StageError::timeout(limit)),
+        }
+    }
+
+    fn finish(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.finish()
+    }
+}
+
+/// When to retry and how long to wait between attempts. Defaults: 3 attempts, 10 ms initial
+/// delay doubling up to 1 s, retrying `Timeout`, `Io` and `Unavailable` errors only.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub initial_delay: Duration,
+    /// Upper bound of the delay.
+    pub max_delay: Duration,
+    /// Which errors are worth another attempt.
+    pub retry_on: fn(&StageError) -> bool,
+}
+
+impl RetryPolicy {
+    /// The default policy with `max_attempts` attempts.
+    pub fn attempts(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the initial delay.
+    pub fn initial_delay(mut self, d: Duration) -> Self {
+        self.initial_delay = d;
+        self
+    }
+
+    /// Sets the predicate deciding which errors are retried.
+    pub fn retry_on(mut self, f: fn(&StageError) -> bool) -> Self {
+        self.retry_on = f;
+        self
+    }
+
+    /// The default classification: transient kinds only.
+    pub fn transient(e: &StageError) -> bool {
+        matches!(
+            e.kind,
+            StageErrorKind::Timeout | StageErrorKind::Io | StageErrorKind::Unavailable
+        )
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(1),
+            retry_on: Self::transient,
+        }
+    }
+}
+
+/// Retries the inner stage on errors the policy deems transient, with exponential backoff. The
+/// input must be `Clone` (each attempt consumes one copy). Build with [`StageExt::with_retry`].
+#[derive(Debug, Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: RetryPolicy,
+}
+
+impl<In, Out, S> Stage<In, Out> for Retry<S>
+where
+    S: Stage<In, Out>,
+    In: Clone + Send + Sync,
+    Out: Send,
+{
+    fn name(&self) -> Cow<'static, str> {
+        self.inner.name()
+    }
+
+    fn init(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.init()
+    }
+
+    async fn run(&mut self, input: In) -> Result<Out, StageError> {
+        let mut delay = self.policy.initial_delay;
+        let mut attempt = 1;
+        loop {
+            match self.inner.run(input.clone()).await {
+                Ok(out) => return Ok(out),
+                Err(e) if attempt < self.policy.max_attempts && (self.policy.retry_on)(&e) => {
+                    tracing::debug!(attempt, error = %e, "stage failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.policy.max_delay);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn finish(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.finish()
+    }
+}
+
+/// Renames the inner stage. Build with [`StageExt::named`].
+#[derive(Debug, Clone)]
+pub struct Named<S> {
+    inner: S,
+    name: Cow<'static, str>,
+}
+
+impl<In, Out, S: Stage<In, Out>> Stage<In, Out> for Named<S> {
+    fn name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
+    fn init(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.init()
+    }
+
+    fn run(&mut self, input: In) -> impl Future<Output = Result<Out, StageError>> + Send {
+        self.inner.run(input)
+    }
+
+    fn finish(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
+        self.inner.finish()
+    }
+}
+
+/// Wrappers available on every stage.
+pub trait StageExt: Sized {
+    /// Fails calls that take longer than `limit` with a `Timeout` error.
+    fn with_timeout(self, limit: Duration) -> Timeout<Self> {
+        Timeout { inner: self, limit }
+    }
+
+    /// Retries transient failures under `policy`.
+    fn with_retry(self, policy: RetryPolicy) -> Retry<Self> {
+        Retry {
+            inner: self,
+            policy,
+        }
+    }
+
+    /// Gives the stage another name in the monitor and dead letters.
+    fn named(self, name: impl Into<Cow<'static, str>>) -> Named<Self> {
+        Named {
+            inner: self,
+            name: name.into(),
+        }
+    }
+}
+
+impl<S> StageExt for S {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    struct Upper;
+    impl Stage<String, String> for Upper {
+        async fn run(&mut self, input: String) -> Result<String, StageError> {
+            Ok(input.to_uppercase())
+        }
+    }
+
+    #[tokio::test]
+    async fn default_name_and_run() {
+        let mut s = Upper;
+        assert_eq!(Stage::<String, String>::name(&s), "Upper");
+        assert_eq!(s.run("a".into()).await.unwrap(), "A");
+        let mut n = Upper.named("shout");
+        assert_eq!(Stage::<String, String>::name(&n), "shout");
+        assert_eq!(n.run("b".into()).await.unwrap(), "B");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_fails_slow_calls() {
+        let mut slow = stage_fn("slow", |x: u32| async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, StageError>(x)
+        })
+        .with_timeout(Duration::from_secs(1));
+        let e = slow.run(1).await.unwrap_err();
+        assert_eq!(e.kind, StageErrorKind::Timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_retries_transient_errors_only() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let mut flaky = stage_fn("flaky", move |x: u32| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(StageError::new(StageErrorKind::Unavailable, "not yet"))
+                } else {
+                    Ok(x + 1)
+                }
+            }
+        })
+        .with_retry(RetryPolicy::attempts(3));
+        assert_eq!(flaky.run(1).await.unwrap(), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let mut bad = map_fn("bad", move |_: u32| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Err::<u32, _>(StageError::invalid("never"))
+        })
+        .with_retry(RetryPolicy::attempts(5));
+        assert!(bad.run(1).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

@@ -1,0 +1,453 @@
+//! ZeroMQ ingestion and output (feature `zmq`), on the pure-Rust `zeromq` crate.
+//!
+//! - [`ZmqSource`]: a PULL or SUB socket, bound or connected, whose messages are decoded into typed
+//!   values and fed to a pipeline. A message that cannot be decoded goes to the dead-letter sink
+//!   with its raw bytes (reason `DecodeFailed`) and is counted as `rejected`.
+//! - [`ZmqPubSink`]: a stage that publishes its inputs on a PUB socket.
+//!
+//! Framing: the payload is the last frame of a ZeroMQ message. When a message has more than one
+//! frame (the usual `[topic, payload]` of PUB/SUB), the first frame is kept in the envelope's
+//! `zmq.topic` header.
+//!
+//! Use PUSH/PULL when every message must arrive: PUB/SUB drops messages for subscribers that are not
+//! connected yet ("slow joiners") and when a subscriber falls behind, by ZeroMQ's design.
+
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Topic};
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqError, ZmqMessage};
+
+use crate::error::{SocketError, SourceError, StageError, StageErrorKind};
+use crate::runner::{Feed, Source, StopSignal};
+use crate::stage::Stage;
+
+/// Topic given to envelopes built from ZeroMQ messages unless [`ZmqSourceBuilder::topic`] says
+/// otherwise.
+pub const DEFAULT_INGRESS_TOPIC: &str = "zmq.ingress";
+
+/// Header holding the first frame of a multi-frame message.
+pub const TOPIC_HEADER: &str = "zmq.topic";
+
+/// Which receiving socket a [`ZmqSource`] opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZmqSocketKind {
+    /// A PULL socket: every message sent by PUSH peers arrives (load-balanced among PULL peers).
+    Pull,
+    /// A SUB socket subscribed to these prefixes (an empty prefix receives everything).
+    Sub {
+        /// Subscription prefixes.
+        prefixes: Vec<String>,
+    },
+}
+
+type Decoder<T> = Arc<dyn Fn(&Bytes) -> Result<T, StageError> + Send + Sync>;
+
+/// Configures a [`ZmqSource`]; finish with [`bind`](Self::bind) or [`connect`](Self::connect).
+pub struct ZmqSourceBuilder<T> {
+    kind: ZmqSocketKind,
+    name: String,
+    topic: Option<Topic>,
+    decoder: Decoder<T>,
+}
+
+impl<T> std::fmt::Debug for ZmqSourceBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqSourceBuilder")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+enum RecvSocket {
+    Pull(zeromq::PullSocket),
+    Sub(zeromq::SubSocket),
+}
+
+impl RecvSocket {
+    async fn recv(&mut self) -> Result<ZmqMessage, ZmqError> {
+        match self {
+            Self::Pull(s) => s.recv().await,
+            Self::Sub(s) => s.recv().await,
+        }
+    }
+
+    async fn close(self) {
+        let errors = match self {
+            Self::Pull(s) => s.close().await,
+            Self::Sub(s) => s.close().await,
+        };
+        for e in errors {
+            tracing::debug!(error = %e, "closing ZeroMQ socket");
+        }
+    }
+}
+
+/// A ZeroMQ PULL or SUB socket feeding a pipeline with decoded `T`s.
+///
+/// ```no_run
+/// use switchyard_pipeline::zmq::ZmqSource;
+/// # async fn f() -> Result<(), switchyard_pipeline::SocketError> {
+/// #[derive(serde::Deserialize)]
+/// struct Reading { id: u64 }
+/// let source = ZmqSource::pull().decode_json::<Reading>().bind("tcp://127.0.0.1:5555").await?;
+/// println!("listening on {}", source.endpoint());
+/// # Ok(()) }
+/// ```
+pub struct ZmqSource<T> {
+    socket: RecvSocket,
+    endpoint: String,
+    name: String,
+    topic: Topic,
+    decoder: Decoder<T>,
+}
+
+impl<T> std::fmt::Debug for ZmqSource<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqSource")
+            .field("endpoint", &self.endpoint)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZmqSource<Bytes> {
+    /// A PULL source yielding raw payloads (decode later, or call a `decode_*` method).
+    pub fn pull() -> ZmqSourceBuilder<Bytes> {
+        ZmqSourceBuilder::new(ZmqSocketKind::Pull)
+    }
+
+    /// A SUB source subscribed to `prefixes`, yielding raw payloads.
+    pub fn sub<P: Into<String>>(prefixes: impl IntoIterator<Item = P>) -> ZmqSourceBuilder<Bytes> {
+        ZmqSourceBuilder::new(ZmqSocketKind::Sub {
+            prefixes: prefixes.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+impl<T> ZmqSource<T> {
+    /// The endpoint actually bound or connected (with the port resolved when binding port 0).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl ZmqSourceBuilder<Bytes> {
+    /// A builder for a source of `kind` yielding raw payloads. Name `zmq-source`, topic
+    /// [`DEFAULT_INGRESS_TOPIC`].
+    pub fn new(kind: ZmqSocketKind) -> Self {
+        Self {
+            kind,
+            name: "zmq-source".to_owned(),
+            topic: None,
+            decoder: Arc::new(|b: &Bytes| Ok(b.clone())),
+        }
+    }
+}
+
+impl<T: Send + 'static> ZmqSourceBuilder<T> {
+    /// Names the source in the monitor (`<name>`/`recv`, `<name>`/`decode`) and in dead letters.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Topic of the envelopes built from received messages (what dead letters show).
+    pub fn topic(mut self, topic: Topic) -> Self {
+        self.topic = Some(topic);
+        self
+    }
+
+    /// Decodes payloads as JSON into `U`.
+    pub fn decode_json<U: DeserializeOwned + Send + 'static>(self) -> ZmqSourceBuilder<U> {
+        self.decode_with(|b: &Bytes| serde_json::from_slice(b).map_err(StageError::decode))
+    }
+
+    /// Decodes payloads with `decoder`; an error dead-letters the message.
+    pub fn decode_with<U: Send + 'static>(
+        self,
+        decoder: impl Fn(&Bytes) -> Result<U, StageError> + Send + Sync + 'static,
+    ) -> ZmqSourceBuilder<U> {
+        ZmqSourceBuilder {
+            kind: self.kind,
+            name: self.name,
+            topic: self.topic,
+            decoder: Arc::new(decoder),
+        }
+    }
+
+    async fn open(&self) -> Result<RecvSocket, SocketError> {
+        Ok(match &self.kind {
+            ZmqSocketKind::Pull => RecvSocket::Pull(zeromq::PullSocket::new()),
+            ZmqSocketKind::Sub { prefixes } => {
+                let mut s = zeromq::SubSocket::new();
+                for prefix in prefixes {
+                    s.subscribe(prefix)
+                        .await
+                        .map_err(|e| SocketError::Subscribe {
+                            prefix: prefix.clone(),
+                            source: Box::new(e),
+                        })?;
+                }
+                RecvSocket::Sub(s)
+            }
+        })
+    }
+
+    fn finish(self, socket: RecvSocket, endpoint: String) -> Result<ZmqSource<T>, SocketError> {
+        let topic = match self.topic {
+            Some(t) => t,
+            None => Topic::from_static(DEFAULT_INGRESS_TOPIC).map_err(|e| SocketError::Bind {
+                endpoint: endpoint.clone(),
+                source: Box::new(e),
+            })?,
+        };
+        Ok(ZmqSource {
+            socket,
+            endpoint,
+            name: self.name,
+            topic,
+            decoder: self.decoder,
+        })
+    }
+
+    /// Binds `endpoint` (e.g. `tcp://127.0.0.1:5555`, or port 0 for any free port).
+    pub async fn bind(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
+        let mut socket = self.open().await?;
+        let bound = match &mut socket {
+            RecvSocket::Pull(s) => s.bind(endpoint).await,
+            RecvSocket::Sub(s) => s.bind(endpoint).await,
+        }
+        .map_err(|e| SocketError::Bind {
+            endpoint: endpoint.to_owned(),
+            source: Box::new(e),
+        })?;
+        self.finish(socket, bound.to_string())
+    }
+
+    /// Connects to `endpoint`; resolves once connected.
+    pub async fn connect(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
+        let mut socket = self.open().await?;
+        match &mut socket {
+            RecvSocket::Pull(s) => s.connect(endpoint).await,
+            RecvSocket::Sub(s) => s.connect(endpoint).await,
+        }
+        .map_err(|e| SocketError::Connect {
+            endpoint: endpoint.to_owned(),
+            source: Box::new(e),
+        })?;
+        self.finish(socket, endpoint.to_owned())
+    }
+}
+
+/// Builds the envelope for one received message: payload = last frame, first frame of a
+/// multi-frame message in the `zmq.topic` header.
+fn envelope_of(topic: &Topic, message: ZmqMessage) -> Envelope {
+    let frames = message.into_vec();
+    let payload = frames.last().cloned().unwrap_or_default();
+    let mut env = Envelope::new(topic.clone(), payload);
+    if frames.len() > 1 {
+        if let Some(first) = frames.first() {
+            env.headers
+                .insert(TOPIC_HEADER, String::from_utf8_lossy(first).as_ref());
+        }
+    }
+    env
+}
+
+impl<T: Send + 'static> Source<T> for ZmqSource<T> {
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Owned(self.name.clone())
+    }
+
+    async fn run(mut self, feed: Feed<T>, mut stop: StopSignal) -> Result<(), SourceError> {
+        let recv_op = feed.monitor().op(&self.name, "recv");
+        let decode_op = feed.monitor().op(&self.name, "decode");
+        let result = loop {
+            let received = tokio::select! {
+                biased;
+                () = stop.stopped() => break Ok(()),
+                received = self.socket.recv() => received,
+            };
+            let message = match received {
+                Ok(m) => m,
+                Err(ZmqError::NoMessage) => {
+                    break Err(SourceError::Receive {
+                        endpoint: self.endpoint.clone(),
+                        source: Box::new(ZmqError::NoMessage),
+                    });
+                }
+                Err(e) => {
+                    // A peer that misbehaves or disconnects abruptly; the others keep going.
+                    recv_op.error("peer");
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, "ZeroMQ receive error");
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let env = envelope_of(&self.topic, message);
+            match (self.decoder)(&env.payload) {
+                Ok(value) => {
+                    decode_op.success(started.elapsed());
+                    match feed.send_with_origin(value, env).await {
+                        Ok(()) => recv_op.success(started.elapsed()),
+                        Err(refused) => {
+                            // Received but not accepted: shutdown closed intake first.
+                            if let Some(origin) = refused.origin {
+                                feed.dead_letter(
+                                    DeadLetter::new(
+                                        origin,
+                                        DeadLetterReason::Shutdown,
+                                        "pipeline shut down before accepting the message",
+                                    )
+                                    .with_handler(self.name.clone()),
+                                );
+                            }
+                            break Ok(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    decode_op.error(e.error_type());
+                    feed.dead_letter(
+                        DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.chain())
+                            .with_handler(self.name.clone()),
+                    );
+                }
+            }
+        };
+        self.socket.close().await;
+        result
+    }
+}
+
+type Encoder<T> = Arc<dyn Fn(&T) -> Result<Bytes, StageError> + Send + Sync>;
+
+/// A stage that publishes each input on a ZeroMQ PUB socket (optionally as `[topic, payload]`).
+///
+/// PUB never blocks and never fails for want of subscribers: with none, messages are discarded, as
+/// ZeroMQ defines.
+pub struct ZmqPubSink<T> {
+    socket: zeromq::PubSocket,
+    endpoint: String,
+    name: String,
+    topic_frame: Option<Bytes>,
+    encoder: Encoder<T>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T> std::fmt::Debug for ZmqPubSink<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZmqPubSink")
+            .field("endpoint", &self.endpoint)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZmqPubSink<Bytes> {
+    /// A PUB socket bound to `endpoint`, publishing raw payloads.
+    pub async fn bind(endpoint: &str) -> Result<Self, SocketError> {
+        let mut socket = zeromq::PubSocket::new();
+        let bound = socket.bind(endpoint).await.map_err(|e| SocketError::Bind {
+            endpoint: endpoint.to_owned(),
+            source: Box::new(e),
+        })?;
+        Ok(Self::raw(socket, bound.to_string()))
+    }
+
+    /// A PUB socket connected to `endpoint`, publishing raw payloads.
+    pub async fn connect(endpoint: &str) -> Result<Self, SocketError> {
+        let mut socket = zeromq::PubSocket::new();
+        socket
+            .connect(endpoint)
+            .await
+            .map_err(|e| SocketError::Connect {
+                endpoint: endpoint.to_owned(),
+                source: Box::new(e),
+            })?;
+        Ok(Self::raw(socket, endpoint.to_owned()))
+    }
+
+    fn raw(socket: zeromq::PubSocket, endpoint: String) -> Self {
+        Self {
+            socket,
+            endpoint,
+            name: "zmq-pub".to_owned(),
+            topic_frame: None,
+            encoder: Arc::new(|b: &Bytes| Ok(b.clone())),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> ZmqPubSink<T> {
+    /// The endpoint bound or connected.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Sends every message as `[topic, payload]` so SUB sockets can filter on `topic`.
+    pub fn topic_frame(mut self, topic: impl Into<Bytes>) -> Self {
+        self.topic_frame = Some(topic.into());
+        self
+    }
+
+    /// Names the sink in the monitor.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Publishes inputs of type `U` encoded as JSON.
+    pub fn encode_json<U: Serialize>(self) -> ZmqPubSink<U> {
+        self.encode_with(|v: &U| {
+            serde_json::to_vec(v)
+                .map(Bytes::from)
+                .map_err(StageError::other)
+        })
+    }
+
+    /// Publishes inputs of type `U` encoded by `encoder`.
+    pub fn encode_with<U>(
+        self,
+        encoder: impl Fn(&U) -> Result<Bytes, StageError> + Send + Sync + 'static,
+    ) -> ZmqPubSink<U> {
+        ZmqPubSink {
+            socket: self.socket,
+            endpoint: self.endpoint,
+            name: self.name,
+            topic_frame: self.topic_frame,
+            encoder: Arc::new(encoder),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Stage<T, ()> for ZmqPubSink<T> {
+    fn name(&self) -> Cow<'static, str> {
+        Cow::Owned(self.name.clone())
+    }
+
+    async fn run(&mut self, input: T) -> Result<(), StageError> {
+        let payload = (self.encoder)(&input)?;
+        let message = match &self.topic_frame {
+            None => ZmqMessage::from(payload),
+            Some(topic) => {
+                let mut m = ZmqMessage::from(topic.clone());
+                m.push_back(payload);
+                m
+            }
+        };
+        self.socket
+            .send(message)
+            .await
+            .map_err(|e| StageError::with_source(StageErrorKind::Io, e))
+    }
+}
