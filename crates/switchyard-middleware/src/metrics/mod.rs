@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](::metrics) facade, a Prometheus exporter helper and a small
+//! Metrics through the `metrics` crate's facade, a Prometheus exporter helper and a small
 //! JSON snapshot.
 //!
 //! [`MetricsLayer`] records, per topic and handler label:
