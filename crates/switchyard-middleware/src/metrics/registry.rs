@@ -143,6 +143,12 @@ impl MetricsRegistry {
         });
     }
 
+    pub(crate) fn abandoned(&self, topic: &str, handler: &str) {
+        self.with(topic, handler, |s| {
+            s.in_flight = s.in_flight.saturating_sub(1)
+        });
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let map = self.stats.lock().unwrap_or_else(|p| p.into_inner());

@@ -62,7 +62,14 @@ where
         let start = Instant::now();
         let fut = self.inner.call(env);
         Box::pin(async move {
+            let mut guard = InFlight {
+                registry: registry.clone(),
+                topic: topic.clone(),
+                handler: handler.clone(),
+                armed: true,
+            };
             let result = fut.await;
+            guard.armed = false;
             let duration = start.elapsed();
             let end_to_end = SystemTime::now()
                 .duration_since(timestamp)
@@ -81,5 +88,22 @@ where
             registry.finished(&topic, &handler, ended, duration, end_to_end);
             result
         })
+    }
+}
+
+/// Takes a call out of the in-flight figures when its future is dropped before it ends.
+struct InFlight {
+    registry: MetricsRegistry,
+    topic: String,
+    handler: String,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.armed {
+            ::metrics::gauge!(names::IN_FLIGHT, "handler" => self.handler.clone()).decrement(1.0);
+            self.registry.abandoned(&self.topic, &self.handler);
+        }
     }
 }

@@ -135,3 +135,28 @@ async fn global_install_renders_and_refuses_a_second_install() {
         Err(MetricsInstallError::AlreadyInstalled)
     ));
 }
+
+#[tokio::test]
+async fn cancelled_call_leaves_in_flight() {
+    use futures::FutureExt;
+    let layer = MetricsLayer::new("h");
+    let svc = layer.layer(tower::service_fn(|_e: Envelope| async {
+        futures::future::pending::<()>().await;
+        Ok::<_, BoxError>(Outcome::Ack)
+    }));
+    let mut call = Box::pin(svc.oneshot(env("a.b")));
+    assert!((&mut call).now_or_never().is_none());
+    assert_eq!(
+        layer
+            .registry()
+            .snapshot()
+            .get("a.b", "h")
+            .unwrap()
+            .in_flight,
+        1
+    );
+    drop(call);
+    let snap = layer.registry().snapshot();
+    let row = snap.get("a.b", "h").unwrap();
+    assert_eq!((row.in_flight, row.delivered, row.acked), (0, 1, 0));
+}
