@@ -33,6 +33,20 @@ pub enum StartPosition {
     Latest,
 }
 
+/// What opening a log does with a damaged record in the newest segment that is followed by
+/// good records (damage with nothing good after it is a torn tail and always truncated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// Refuse to open with [`OpenError::Corrupt`](crate::OpenError::Corrupt): nothing is
+    /// dropped without an operator deciding so. The default.
+    #[default]
+    Strict,
+    /// Truncate the newest segment at the first damaged record, dropping the good records
+    /// after it, with a warning. For after a power loss that persisted pages out of order.
+    /// Damage in older segments is still an error.
+    TruncateNewestSegment,
+}
+
 /// One stream: a directory of segments holding every topic that matches one of `patterns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSpec {
@@ -104,6 +118,8 @@ pub struct LogConfig {
     /// Committed group offsets are written to disk at most this often (and on close).
     /// Default: 100 ms.
     pub commit_interval: Duration,
+    /// Damage handling on open. Default: [`Recovery::Strict`].
+    pub recovery: Recovery,
     /// Receives messages that reached `max_deliver`. Default: none (such messages are
     /// dropped with a warning).
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
@@ -125,6 +141,7 @@ impl std::fmt::Debug for LogConfig {
             .field("ordering_header", &self.ordering_header)
             .field("start", &self.start)
             .field("commit_interval", &self.commit_interval)
+            .field("recovery", &self.recovery)
             .field("dead_letters", &self.dead_letters.is_some())
             .finish()
     }
@@ -148,6 +165,7 @@ impl LogConfig {
             ordering_header: Some("ordering-key".to_owned()),
             start: StartPosition::Earliest,
             commit_interval: Duration::from_millis(100),
+            recovery: Recovery::Strict,
             dead_letters: None,
         }
     }
@@ -219,6 +237,12 @@ impl LogConfig {
     /// Sets how often committed offsets are written.
     pub fn with_commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
+        self
+    }
+
+    /// Sets damage handling on open.
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
         self
     }
 

@@ -32,6 +32,6 @@ mod stream;
 mod transport;
 mod writer;
 
-pub use config::{Durability, LogConfig, Retention, StartPosition, StreamSpec};
+pub use config::{Durability, LogConfig, Recovery, Retention, StartPosition, StreamSpec};
 pub use error::{Corruption, CorruptionKind, OpenError, ReadError};
 pub use transport::{GroupLag, LogStats, LogSubscription, LogTransport, StoredRecord, StreamInfo};

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use switchyard_core::{Envelope, Pattern};
 
+use crate::config::Recovery;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::fsio;
 use crate::record::{self, HEADER, MAGIC, Parsed};
@@ -138,6 +139,7 @@ fn scan_segment(
     base: u64,
     is_last: bool,
     max_record: u32,
+    recovery: Recovery,
 ) -> Result<(File, Vec<u32>, u64), OpenError> {
     let file = OpenOptions::new()
         .read(true)
@@ -178,7 +180,8 @@ fn scan_segment(
                     Parsed::Bad(k) => k,
                     _ => CorruptionKind::Truncated,
                 };
-                if later_good_record(&buf, pos, offset, max_record) {
+                if recovery == Recovery::Strict && later_good_record(&buf, pos, offset, max_record)
+                {
                     return Err(corrupt(pos, offset, kind).into());
                 }
                 let dropped = buf.len() - pos;
@@ -208,6 +211,7 @@ impl StreamShared {
         dir: PathBuf,
         patterns: Vec<Pattern>,
         max_record: u32,
+        recovery: Recovery,
     ) -> Result<Self, OpenError> {
         fs::create_dir_all(dir.join("groups")).map_err(io_err(&dir))?;
         let mut bases = Vec::new();
@@ -236,7 +240,7 @@ impl StreamShared {
                 .into());
             }
             let is_last = i + 1 == bases.len();
-            let (file, positions, len) = scan_segment(&path, base, is_last, max_record)?;
+            let (file, positions, len) = scan_segment(&path, base, is_last, max_record, recovery)?;
             let modified = file
                 .metadata()
                 .and_then(|m| m.modified())

@@ -219,6 +219,7 @@ impl LogTransport {
                 sdir,
                 patterns,
                 config.max_record_bytes,
+                config.recovery,
             )?));
         }
         let notify = Arc::new(Notify::new());

@@ -445,3 +445,81 @@ async fn concurrent_publishers_all_land() {
     }
     close(&log).await;
 }
+
+#[tokio::test]
+async fn every_envelope_field_survives_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let parent = env("a.parent", "p");
+    let mut sent = env("a.b", "payload")
+        .caused_by(&parent)
+        .with_header("x-unknown", "kept")
+        .with_header("tenant", "acme")
+        .with_source("svc")
+        .with_target("other")
+        .with_priority(switchyard_core::Priority::HIGH)
+        .with_kind(switchyard_core::Kind::Command);
+    sent.type_name = Some("Thing".into());
+    sent.type_version = 3;
+    sent.payload = vec![0u8, 159, 255, 10].into();
+    publish_all(&log, vec![sent.clone()]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let d = next(&mut sub).await;
+    let mut got = d.envelope.clone();
+    assert_eq!(got.delivery.attempt, 1);
+    got.delivery = sent.delivery;
+    assert_eq!(got, sent);
+    d.ack().await.unwrap();
+    close(&log).await;
+}
+
+#[tokio::test]
+async fn a_closed_member_hands_its_messages_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(&log, vec![keyed("w.x", "k", "1"), keyed("w.x", "k", "2")]).await;
+    let mut a = log.subscribe(&pattern("w.*"), Some("g")).await.unwrap();
+    let mut b = log.subscribe(&pattern("w.*"), Some("g")).await.unwrap();
+    let first = next(&mut a).await;
+    assert_eq!(payload(&first), "1");
+    assert!(try_next(&mut b).is_none(), "key k is held by member a");
+    drop(a);
+    drop(first);
+    let again = next(&mut b).await;
+    assert_eq!(
+        (payload(&again), again.envelope.delivery.attempt),
+        ("1".to_owned(), 2)
+    );
+    again.ack().await.unwrap();
+    assert_eq!(payload(&next(&mut b).await), "2");
+    close(&log).await;
+    // The subscription ends when the log closes.
+    assert!(futures::StreamExt::next(&mut b).await.is_none());
+}
+
+#[tokio::test]
+async fn age_retention_removes_closed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "z".repeat(1000);
+    let log = LogTransport::open(config(dir.path()).with_segment_bytes(4096).with_retention(
+        Retention {
+            max_age: Some(Duration::ZERO),
+            ..Retention::default()
+        },
+    ))
+    .unwrap();
+    publish_all(
+        &log,
+        (0..20).map(|i| env("a.b", &format!("{i}{big}"))).collect(),
+    )
+    .await;
+    assert!(log.streams()[0].segments > 2);
+    log.enforce_retention().await.unwrap();
+    let s = log.streams()[0].clone();
+    assert_eq!(
+        s.segments, 1,
+        "only the segment being written is kept: {s:?}"
+    );
+    assert_eq!(s.next_offset, 20);
+    close(&log).await;
+}

@@ -108,6 +108,14 @@ async fn flipped_byte_in_the_middle_is_an_error() {
     }
     // Nothing was truncated.
     assert_eq!(fs::read(seg).unwrap().len() as u64, len(seg));
+    // An operator may choose to drop everything from the damage on.
+    let log = LogTransport::open(
+        config(dir.path()).with_recovery(switchyard_log::Recovery::TruncateNewestSegment),
+    )
+    .unwrap();
+    let n = log.read_range("default", 0, 100).unwrap().len();
+    assert!((3..=5).contains(&n), "{n}");
+    close(&log).await;
 }
 
 #[tokio::test]
