@@ -1,0 +1,292 @@
+//! The error handler: applies a retry policy to reported failures by asking the failing
+//! domain's manager to retry, and dead-letters the flow when attempts run out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+use switchyard::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, MessageId};
+
+use super::{SYSTEM_DOMAIN, lock};
+use crate::component::{ComponentBuilder, ComponentCtx};
+use crate::context::{Completion, ErrorReport};
+use crate::role::{Role, exhausted_topic, retry_topic};
+
+/// How many times a failing flow is tried per domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (at least 1). Default 3.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+/// Published on `<domain>.retry.request`: the error handler asks the domain's manager to try
+/// the flow again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryRequest {
+    /// The flow.
+    pub correlation_id: MessageId,
+    /// The failing domain.
+    pub domain: SmolStr,
+    /// The attempt about to be made (2 for the first retry).
+    pub attempt: u32,
+    /// The policy's maximum.
+    pub max_attempts: u32,
+    /// The component that failed.
+    pub failed_component: SmolStr,
+    /// Class of the error.
+    pub error_type: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl Message for RetryRequest {
+    const TOPIC: &'static str = "system.retry.request";
+}
+
+/// Published on `<domain>.retry.exhausted`: the error handler gave up on the flow (it is in the
+/// dead-letter queue).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryExhausted {
+    /// The flow.
+    pub correlation_id: MessageId,
+    /// The failing domain.
+    pub domain: SmolStr,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The component that failed last.
+    pub failed_component: SmolStr,
+    /// Class of the last error.
+    pub error_type: String,
+    /// The last error.
+    pub message: String,
+}
+
+impl Message for RetryExhausted {
+    const TOPIC: &'static str = "system.retry.exhausted";
+}
+
+/// Counters of the error handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorHandlerStats {
+    /// Error reports received.
+    pub errors: u64,
+    /// Of which propagated (only recorded).
+    pub propagated: u64,
+    /// Retry requests published.
+    pub retries: u64,
+    /// Flows given up (dead-lettered).
+    pub gave_up: u64,
+    /// Flows being tracked now.
+    pub tracked: usize,
+}
+
+const MAX_TRACKED: usize = 100_000;
+const MAX_HISTORY: usize = 1_000;
+
+#[derive(Default)]
+struct State {
+    attempts: HashMap<(MessageId, SmolStr), u32>,
+    order: VecDeque<(MessageId, SmolStr)>,
+    given_up: HashMap<(MessageId, SmolStr), u32>,
+    history: VecDeque<ErrorReport>,
+    stats: ErrorHandlerStats,
+}
+
+/// Consumes `*.error` and applies the [`RetryPolicy`] per (correlation id, domain):
+/// an original (not propagated), retryable failure is answered with `<domain>.retry.request`
+/// until attempts run out; then the error envelope goes to the dead-letter sink (reason
+/// `HandlerFailed`, error text with the correlation id) and `<domain>.retry.exhausted` is
+/// published. A domain completion (`<domain>.<action>.complete`) forgets the flow.
+///
+/// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
+/// bus's in-memory store (`Bus::dead_letters`).
+#[derive(Clone)]
+pub struct ErrorHandler {
+    state: Arc<Mutex<State>>,
+    policy: RetryPolicy,
+    sink: Option<Arc<dyn DeadLetterSink>>,
+}
+
+impl std::fmt::Debug for ErrorHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrorHandler")
+            .field("policy", &self.policy)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl ErrorHandler {
+    /// The component name.
+    pub const NAME: &'static str = "error-handler";
+
+    /// An error handler with this policy.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            policy: RetryPolicy {
+                max_attempts: policy.max_attempts.max(1),
+            },
+            sink: None,
+        }
+    }
+
+    /// Sends dead letters to `sink` instead of the bus's in-memory store.
+    pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ErrorHandlerStats {
+        let st = lock(&self.state);
+        let mut s = st.stats;
+        s.tracked = st.attempts.len();
+        s
+    }
+
+    /// The last error reports received (at most 1000), oldest first.
+    pub fn history(&self) -> Vec<ErrorReport> {
+        lock(&self.state).history.iter().cloned().collect()
+    }
+
+    /// Attempts made so far for one flow in one domain.
+    pub fn attempts(&self, correlation_id: MessageId, domain: &str) -> u32 {
+        let st = lock(&self.state);
+        let key = (correlation_id, SmolStr::new(domain));
+        st.attempts
+            .get(&key)
+            .or_else(|| st.given_up.get(&key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The component to add to an assembly.
+    pub fn component(&self) -> ComponentBuilder {
+        let on_error = self.clone();
+        let on_done = self.clone();
+        ComponentBuilder::new(Self::NAME, Role::System, SYSTEM_DOMAIN)
+            .publishes("*.retry.request")
+            .publishes("*.retry.exhausted")
+            .on::<ErrorReport, _, _, _, _>("*.error", move |report, cx| {
+                let me = on_error.clone();
+                async move { me.on_error(report, cx).await }
+            })
+            .on::<Completion<serde_json::Value>, _, _, _, _>("*.*.complete", move |done, _cx| {
+                let me = on_done.clone();
+                async move {
+                    if done.is_ok() {
+                        let key = (done.correlation_id, done.domain.clone());
+                        lock(&me.state).attempts.remove(&key);
+                    }
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+    }
+
+    async fn on_error(
+        &self,
+        report: ErrorReport,
+        cx: ComponentCtx,
+    ) -> Result<(), switchyard::PublishError> {
+        enum Decision {
+            Record,
+            Retry(u32),
+            GiveUp(u32),
+        }
+        let key = (report.correlation_id, report.domain.clone());
+        let decision = {
+            let mut st = lock(&self.state);
+            st.stats.errors += 1;
+            if st.history.len() >= MAX_HISTORY {
+                st.history.pop_front();
+            }
+            st.history.push_back(report.clone());
+            if report.propagated || st.given_up.contains_key(&key) {
+                st.stats.propagated += u64::from(report.propagated);
+                Decision::Record
+            } else {
+                if !st.attempts.contains_key(&key) {
+                    if st.order.len() >= MAX_TRACKED
+                        && let Some(old) = st.order.pop_front()
+                    {
+                        st.attempts.remove(&old);
+                    }
+                    st.order.push_back(key.clone());
+                }
+                let n = st.attempts.entry(key.clone()).or_insert(0);
+                *n += 1;
+                let made = *n;
+                if report.retryable && made < self.policy.max_attempts {
+                    st.stats.retries += 1;
+                    Decision::Retry(made + 1)
+                } else {
+                    st.stats.gave_up += 1;
+                    st.attempts.remove(&key);
+                    if st.given_up.len() >= MAX_TRACKED {
+                        st.given_up.clear();
+                    }
+                    st.given_up.insert(key, made);
+                    Decision::GiveUp(made)
+                }
+            }
+        };
+        match decision {
+            Decision::Record => Ok(()),
+            Decision::Retry(attempt) => {
+                tracing::info!(correlation_id = %report.correlation_id, domain = %report.domain,
+                    attempt, error = %report.message, "asking for a retry");
+                let req = RetryRequest {
+                    correlation_id: report.correlation_id,
+                    domain: report.domain.clone(),
+                    attempt,
+                    max_attempts: self.policy.max_attempts,
+                    failed_component: report.component.clone(),
+                    error_type: report.error_type.clone(),
+                    message: report.message.clone(),
+                };
+                cx.publish_to(&retry_topic(&report.domain), req).await
+            }
+            Decision::GiveUp(attempts) => {
+                let text = format!(
+                    "correlation {}: {} in {} failed after {attempts} attempt(s): {}: {}",
+                    report.correlation_id,
+                    report.domain,
+                    report.component,
+                    report.error_type,
+                    report.message
+                );
+                tracing::warn!(correlation_id = %report.correlation_id, %text, "giving up: dead-lettered");
+                let letter =
+                    DeadLetter::new(cx.envelope().clone(), DeadLetterReason::HandlerFailed, text)
+                        .with_handler(Self::NAME);
+                match &self.sink {
+                    Some(s) => s.put(letter),
+                    None => cx.raw_bus().dead_letters().put(letter),
+                }
+                let gave_up = RetryExhausted {
+                    correlation_id: report.correlation_id,
+                    domain: report.domain.clone(),
+                    attempts,
+                    failed_component: report.component.clone(),
+                    error_type: report.error_type.clone(),
+                    message: report.message.clone(),
+                };
+                cx.publish_to(&exhausted_topic(&report.domain), gave_up)
+                    .await
+            }
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The `Component` trait, a builder for components made of closures, the handler context, and
+//! the `Assembly` that validates a set of components and registers their handlers on the bus.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use smol_str::SmolStr;
+use switchyard::{
+    BoxError, Bus, Ctx, Envelope, IntoOutcome, Message, MessageId, Pattern, PublishError,
+    SubscribeError, Subscription, SubscriptionBuilder, Topic,
+};
+
+use crate::context::{ContextConfig, ContextTable, RequestContext, RequestId, TransitionError};
+use crate::enforce::{ComponentBus, EnforcementMode, EnforcementStats, Enforcer};
+use crate::role::Role;
+use crate::topology::{ComponentSpec, ObservedEdge, Topology, TopologyError};
+
+/// A part of the system that talks only through the bus.
+///
+/// It declares its name, role, domain, the patterns it subscribes to and the topics it
+/// publishes, and registers one handler per subscription in [`register`](Self::register).
+/// Most components are made with [`ComponentBuilder`], which implements this trait.
+pub trait Component: Send + 'static {
+    /// Unique name (`analytics-manager`).
+    fn name(&self) -> &str;
+    /// Role in the layered model.
+    fn role(&self) -> Role;
+    /// Domain (`analytics`).
+    fn domain(&self) -> &str;
+    /// Patterns it subscribes to (each needs a handler in `register`).
+    fn subscribes(&self) -> Vec<String>;
+    /// Topics or topic patterns it publishes. Status, error, heartbeat and result topics of its
+    /// own domain are added implicitly.
+    fn publishes(&self) -> Vec<String>;
+    /// Registers the handlers.
+    fn register(self: Box<Self>, handlers: &mut Handlers);
+}
+
+type MakeSub = Box<dyn FnOnce(&Bus, ComponentBus, ContextTable) -> SubscriptionBuilder + Send>;
+
+struct Registration {
+    pattern: String,
+    make: MakeSub,
+}
+
+/// Collects a component's handlers during [`Component::register`].
+#[must_use]
+pub struct Handlers {
+    regs: Vec<Registration>,
+    workers: Option<usize>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handlers")
+            .field(
+                "patterns",
+                &self
+                    .regs
+                    .iter()
+                    .map(|r| r.pattern.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Handlers {
+    fn new() -> Self {
+        Self {
+            regs: Vec::new(),
+            workers: None,
+        }
+    }
+
+    /// Handles typed messages `M` published on `pattern`.
+    pub fn on<M, F, Fut, O, E>(&mut self, pattern: &str, f: F) -> &mut Self
+    where
+        M: Message,
+        F: Fn(M, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let p = pattern.to_owned();
+        let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
+            let name = format!("{}:{}", cbus.name(), p);
+            bus.on::<M, _, _, O, E>(&name, move |msg: M, ctx: Ctx| {
+                let cx = ComponentCtx::new(cbus.clone(), table.clone(), ctx);
+                f(msg, cx)
+            })
+            .pattern(&p)
+        });
+        self.regs.push(Registration {
+            pattern: pattern.to_owned(),
+            make,
+        });
+        self
+    }
+
+    /// Handles raw envelopes published on `pattern`.
+    pub fn on_envelope<F, Fut, O, E>(&mut self, pattern: &str, f: F) -> &mut Self
+    where
+        F: Fn(Envelope, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let p = pattern.to_owned();
+        let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
+            let name = format!("{}:{}", cbus.name(), p);
+            let bus2 = bus.clone();
+            let handler = switchyard::handler_fn(move |env: Envelope| {
+                let ctx = ComponentCtx::from_parts(
+                    cbus.clone(),
+                    table.clone(),
+                    bus2.clone(),
+                    env.clone(),
+                );
+                f(env, ctx)
+            });
+            bus.subscribe(&name, &p, handler)
+        });
+        self.regs.push(Registration {
+            pattern: pattern.to_owned(),
+            make,
+        });
+        self
+    }
+
+    /// Worker tasks per subscription of this component (default: the bus default).
+    pub fn workers(&mut self, n: usize) -> &mut Self {
+        self.workers = Some(n);
+        self
+    }
+}
+
+/// What a component's handler gets besides its message.
+#[derive(Clone)]
+pub struct ComponentCtx {
+    bus: ComponentBus,
+    table: ContextTable,
+    raw: Bus,
+    envelope: Envelope,
+}
+
+impl fmt::Debug for ComponentCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentCtx")
+            .field("component", &self.bus.name())
+            .field("envelope", &self.envelope)
+            .finish()
+    }
+}
+
+impl ComponentCtx {
+    fn new(bus: ComponentBus, table: ContextTable, ctx: Ctx) -> Self {
+        let raw = ctx.bus().clone();
+        Self::from_parts(bus, table, raw, ctx.envelope().clone())
+    }
+
+    fn from_parts(bus: ComponentBus, table: ContextTable, raw: Bus, envelope: Envelope) -> Self {
+        Self {
+            bus,
+            table,
+            raw,
+            envelope,
+        }
+    }
+
+    /// The envelope being handled.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The flow this message belongs to.
+    pub fn correlation_id(&self) -> MessageId {
+        self.envelope.correlation_id
+    }
+
+    /// The component's checked publisher.
+    pub fn bus(&self) -> &ComponentBus {
+        &self.bus
+    }
+
+    /// The plain bus (publishing on it bypasses the layer checks).
+    pub fn raw_bus(&self) -> &Bus {
+        &self.raw
+    }
+
+    /// The component's name.
+    pub fn component(&self) -> &str {
+        self.bus.name()
+    }
+
+    /// Publishes `msg` on its own topic as a consequence of the message being handled.
+    pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
+        let env = msg.to_envelope()?.caused_by(&self.envelope);
+        self.bus.publish_envelope(env).await
+    }
+
+    /// Publishes `msg` on `topic` as a consequence of the message being handled.
+    pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
+        let mut env = msg.to_envelope()?.caused_by(&self.envelope);
+        env.topic = Topic::new(topic)?;
+        self.bus.publish_envelope(env).await
+    }
+
+    /// The context table of the assembly.
+    pub fn contexts(&self) -> &ContextTable {
+        &self.table
+    }
+
+    /// Creates a Pending context for `action` in this flow (publishes a status update).
+    pub async fn begin(&self, action: &str) -> Result<RequestContext, TransitionError> {
+        self.table
+            .begin(&self.bus, action, Some(&self.envelope))
+            .await
+    }
+
+    /// This component's newest live context in this flow, its events caused by the message
+    /// being handled.
+    pub fn context(&self) -> Option<RequestContext> {
+        let id = self.table.find(self.bus.name(), self.correlation_id())?;
+        self.table.handle(id, &self.bus, Some(&self.envelope))
+    }
+
+    /// A live context by id, its events caused by the message being handled.
+    pub fn context_by_id(&self, id: RequestId) -> Option<RequestContext> {
+        self.table.handle(id, &self.bus, Some(&self.envelope))
+    }
+}
+
+/// A component made of closures.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use switchyard::Message;
+/// use switchyard_components::{ComponentBuilder, Role};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Job { id: u32 }
+/// impl Message for Job { const TOPIC: &'static str = "analytics.feature.submit"; }
+///
+/// let service = ComponentBuilder::new("analytics-service", Role::Service, "analytics")
+///     .publishes("analytics.feature.dispatch")
+///     .on::<Job, _, _, _, _>("analytics.feature.submit", |job, cx| async move {
+///         cx.publish_to("analytics.feature.dispatch", job).await
+///     });
+/// # let _ = service;
+/// ```
+#[must_use]
+pub struct ComponentBuilder {
+    name: SmolStr,
+    role: Role,
+    domain: SmolStr,
+    publishes: Vec<String>,
+    handlers: Handlers,
+}
+
+impl fmt::Debug for ComponentBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentBuilder")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("domain", &self.domain)
+            .field("publishes", &self.publishes)
+            .field("handlers", &self.handlers)
+            .finish()
+    }
+}
+
+impl ComponentBuilder {
+    /// A component with no handlers and no publications yet.
+    pub fn new(name: impl Into<SmolStr>, role: Role, domain: impl Into<SmolStr>) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            domain: domain.into(),
+            publishes: Vec::new(),
+            handlers: Handlers::new(),
+        }
+    }
+
+    /// Declares a topic (or pattern) it publishes.
+    pub fn publishes(mut self, topic: &str) -> Self {
+        self.publishes.push(topic.to_owned());
+        self
+    }
+
+    /// Subscribes a typed handler to `pattern` (declaring the subscription).
+    pub fn on<M, F, Fut, O, E>(mut self, pattern: &str, f: F) -> Self
+    where
+        M: Message,
+        F: Fn(M, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.handlers.on::<M, F, Fut, O, E>(pattern, f);
+        self
+    }
+
+    /// Subscribes a raw envelope handler to `pattern` (declaring the subscription).
+    pub fn on_envelope<F, Fut, O, E>(mut self, pattern: &str, f: F) -> Self
+    where
+        F: Fn(Envelope, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        self.handlers.on_envelope(pattern, f);
+        self
+    }
+
+    /// Worker tasks per subscription.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.handlers.workers(n);
+        self
+    }
+}
+
+impl Component for ComponentBuilder {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn role(&self) -> Role {
+        self.role
+    }
+    fn domain(&self) -> &str {
+        &self.domain
+    }
+    fn subscribes(&self) -> Vec<String> {
+        self.handlers
+            .regs
+            .iter()
+            .map(|r| r.pattern.clone())
+            .collect()
+    }
+    fn publishes(&self) -> Vec<String> {
+        self.publishes.clone()
+    }
+    fn register(self: Box<Self>, handlers: &mut Handlers) {
+        let me = *self;
+        handlers.regs.extend(me.handlers.regs);
+        if me.handlers.workers.is_some() {
+            handlers.workers = me.handlers.workers;
+        }
+    }
+}
+
+/// A component declaration is not valid.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeclarationError {
+    /// A subscribe or publish pattern does not parse.
+    #[error("component `{component}`: invalid pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The component.
+        component: String,
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+    /// A handler was registered for a pattern the component did not declare.
+    #[error("component `{component}` registered a handler for undeclared pattern {pattern:?}")]
+    UndeclaredSubscription {
+        /// The component.
+        component: String,
+        /// The pattern.
+        pattern: String,
+    },
+    /// A declared subscription has no handler.
+    #[error("component `{component}` declared {pattern:?} but registered no handler for it")]
+    MissingHandler {
+        /// The component.
+        component: String,
+        /// The pattern.
+        pattern: String,
+    },
+}
+
+/// Starting an assembly failed; nothing was left registered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A declaration is invalid.
+    #[error(transparent)]
+    Declaration(#[from] DeclarationError),
+    /// The topology breaks the layer rules (strict mode) or has duplicate names.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// The bus refused a subscription.
+    #[error("component `{component}`: cannot subscribe to {pattern:?}: {source}")]
+    Subscribe {
+        /// The component.
+        component: String,
+        /// The pattern.
+        pattern: String,
+        /// The bus's error.
+        #[source]
+        source: SubscribeError,
+    },
+}
+
+/// A set of components to validate and start on one bus.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchyard::{Bus, Envelope};
+/// use switchyard_components::{Assembly, ComponentBuilder, EnforcementMode, Role};
+/// let bus = Bus::new();
+/// let running = Assembly::new(&bus)
+///     .mode(EnforcementMode::Strict)
+///     .component(ComponentBuilder::new("shop-manager", Role::Manager, "shop")
+///         .publishes("shop.order.submit")
+///         .on_envelope("shop.order.request", |env: Envelope, cx| async move {
+///             cx.bus().publish_envelope(Envelope::new("shop.order.submit".parse()?, env.payload.clone())).await?;
+///             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+///         }))
+///     .start()
+///     .await?;
+/// assert_eq!(running.topology().components().len(), 1);
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct Assembly {
+    bus: Bus,
+    mode: EnforcementMode,
+    contexts: ContextConfig,
+    components: Vec<Box<dyn Component>>,
+}
+
+impl fmt::Debug for Assembly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Assembly")
+            .field("mode", &self.mode)
+            .field(
+                "components",
+                &self
+                    .components
+                    .iter()
+                    .map(|c| c.name().to_owned())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn parse_all(component: &str, patterns: &[String]) -> Result<Vec<Pattern>, DeclarationError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Pattern::new(p).map_err(|e| DeclarationError::InvalidPattern {
+                component: component.to_owned(),
+                pattern: p.clone(),
+                reason: e.kind.reason().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The declarations of one component as a validated spec (implicit publishes added).
+pub fn spec_of(c: &dyn Component) -> Result<ComponentSpec, DeclarationError> {
+    let mut spec = ComponentSpec::new(c.name(), c.role(), c.domain());
+    spec.subscribes = parse_all(c.name(), &c.subscribes())?;
+    spec.publishes = parse_all(c.name(), &c.publishes())?;
+    spec.add_implicit_publishes();
+    Ok(spec)
+}
+
+impl Assembly {
+    /// An empty assembly on `bus`: strict mode, default context settings.
+    pub fn new(bus: &Bus) -> Self {
+        Self {
+            bus: bus.clone(),
+            mode: EnforcementMode::Strict,
+            contexts: ContextConfig::default(),
+            components: Vec::new(),
+        }
+    }
+
+    /// Strict (default: forbidden edges refuse to start and refused publishes) or warn (logged
+    /// and counted only).
+    pub fn mode(mut self, mode: EnforcementMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Request context settings (timeout 30 s and sweep every 100 ms by default).
+    pub fn contexts(mut self, config: ContextConfig) -> Self {
+        self.contexts = config;
+        self
+    }
+
+    /// Adds a component.
+    pub fn component(mut self, component: impl Component) -> Self {
+        self.components.push(Box::new(component));
+        self
+    }
+
+    /// Adds a boxed component.
+    pub fn component_boxed(mut self, component: Box<dyn Component>) -> Self {
+        self.components.push(component);
+        self
+    }
+
+    /// The declared topology (not validated).
+    pub fn topology(&self) -> Result<Topology, DeclarationError> {
+        let specs = self
+            .components
+            .iter()
+            .map(|c| spec_of(c.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topology::new(specs))
+    }
+
+    /// Validates the topology (strict mode: forbidden edges refuse to start; warn mode: they
+    /// are logged), then registers every handler with a checked publisher per component.
+    pub async fn start(self) -> Result<Running, StartError> {
+        let topology = self.topology()?;
+        match (topology.validate(), self.mode) {
+            (Ok(()), _) => {}
+            (Err(e @ TopologyError::DuplicateName(_)), _) => return Err(e.into()),
+            (Err(e), EnforcementMode::Strict) => return Err(e.into()),
+            (Err(e), EnforcementMode::Warn) => {
+                tracing::warn!(error = %e, "topology breaks layer rules (warn mode: starting anyway)");
+            }
+        }
+        let topology = Arc::new(topology);
+        let enforcer = Arc::new(Enforcer::new(topology.clone(), self.mode));
+        let table = ContextTable::new(self.contexts);
+        let mut subscriptions = Vec::new();
+        let mut buses = Vec::new();
+        for (component, spec) in self.components.into_iter().zip(topology.components()) {
+            let declared = spec.subscribes.clone();
+            let mut handlers = Handlers::new();
+            component.register(&mut handlers);
+            for p in &declared {
+                if !handlers.regs.iter().any(|r| r.pattern == p.as_str()) {
+                    return Err(DeclarationError::MissingHandler {
+                        component: spec.name().to_owned(),
+                        pattern: p.to_string(),
+                    }
+                    .into());
+                }
+            }
+            let cbus =
+                ComponentBus::new(self.bus.clone(), Arc::new(spec.clone()), enforcer.clone());
+            for reg in handlers.regs {
+                if !declared.iter().any(|p| p.as_str() == reg.pattern) {
+                    return Err(DeclarationError::UndeclaredSubscription {
+                        component: spec.name().to_owned(),
+                        pattern: reg.pattern,
+                    }
+                    .into());
+                }
+                let mut builder = (reg.make)(&self.bus, cbus.clone(), table.clone());
+                if let Some(n) = handlers.workers {
+                    builder = builder.workers(n);
+                }
+                let sub = builder
+                    .start()
+                    .await
+                    .map_err(|source| StartError::Subscribe {
+                        component: spec.name().to_owned(),
+                        pattern: reg.pattern.clone(),
+                        source,
+                    })?;
+                subscriptions.push(sub);
+            }
+            buses.push(cbus);
+        }
+        Ok(Running {
+            bus: self.bus,
+            topology,
+            enforcer,
+            table,
+            buses,
+            subscriptions,
+        })
+    }
+}
+
+/// A started assembly. Dropping it unsubscribes every handler.
+pub struct Running {
+    bus: Bus,
+    topology: Arc<Topology>,
+    enforcer: Arc<Enforcer>,
+    table: ContextTable,
+    buses: Vec<ComponentBus>,
+    subscriptions: Vec<Subscription>,
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("components", &self.buses.len())
+            .field("subscriptions", &self.subscriptions.len())
+            .finish()
+    }
+}
+
+impl Running {
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The declared topology (implicit publishes included).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The checked publisher of one component, e.g. to inject a request as the frontend.
+    pub fn component_bus(&self, name: &str) -> Option<ComponentBus> {
+        self.buses.iter().find(|b| b.name() == name).cloned()
+    }
+
+    /// The context table.
+    pub fn contexts(&self) -> &ContextTable {
+        &self.table
+    }
+
+    /// Enforcement counters.
+    pub fn enforcement(&self) -> EnforcementStats {
+        self.enforcer.stats()
+    }
+
+    /// The enforcer (recent violations, observed edges).
+    pub fn enforcer(&self) -> &Enforcer {
+        &self.enforcer
+    }
+
+    /// Edges seen at runtime with message counts.
+    pub fn observed(&self) -> Vec<ObservedEdge> {
+        self.enforcer.observed()
+    }
+
+    /// The runtime graph as Mermaid.
+    pub fn observed_mermaid(&self) -> String {
+        self.topology.observed_mermaid(&self.enforcer.observed())
+    }
+
+    /// The runtime graph as DOT.
+    pub fn observed_dot(&self) -> String {
+        self.topology.observed_dot(&self.enforcer.observed())
+    }
+
+    /// Publishes one heartbeat per component on `<domain>.health.heartbeat` (for the
+    /// [`HealthChecker`](crate::builtin::HealthChecker)). Returns how many were published.
+    pub async fn heartbeat(&self) -> Result<usize, PublishError> {
+        let at_ms = crate::context::unix_ms(std::time::SystemTime::now());
+        for b in &self.buses {
+            let spec = b.spec();
+            let hb = crate::builtin::Heartbeat {
+                component: spec.endpoint.name.clone(),
+                role: spec.role(),
+                domain: spec.endpoint.domain.clone(),
+                at_ms,
+            };
+            b.publish_to(&crate::role::heartbeat_topic(spec.domain()), hb)
+                .await?;
+        }
+        Ok(self.buses.len())
+    }
+
+    /// Unsubscribes every handler (queued messages are still handled by their workers).
+    pub fn stop(self) {
+        drop(self);
+    }
+}

@@ -1,0 +1,740 @@
+//! The data-pipeline reference app: a frontend asks the CPM to run the pipeline; the CPM starts
+//! the staging domain; each domain (staging → quality → analytics → insight → report →
+//! recommendation) is a manager, a service, a handler and a processor; processors call plain
+//! modules ([`modules`]) that read and write the in-memory [`Store`](modules::Store) directly;
+//! results flow back up one layer at a time, each manager's completion starts the next
+//! domain's manager, and the last one's completion reaches the CPM and the frontend. Status
+//! updates go to the [`StateTracker`], failures to the [`ErrorHandler`], which asks the failing
+//! domain's manager to retry and dead-letters the flow when attempts run out.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use switchyard_components::demo::{run_demo, DemoConfig};
+//! let report = run_demo(DemoConfig { rows: 120, ..DemoConfig::default() }).await?;
+//! assert!(report.runs[0].ok);
+//! assert_eq!(report.contexts_left, 0);
+//! # Ok(()) }
+//! ```
+
+pub mod modules;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchyard::{BoxError, Bus, DeadLetter, Message, MessageId, PublishError, SubscribeError};
+use tokio::sync::mpsc;
+
+use crate::builtin::{
+    ComponentHealth, ErrorHandler, ErrorHandlerStats, HealthChecker, PerformanceTracker,
+    RetryExhausted, RetryPolicy, RetryRequest, StateTracker,
+};
+use crate::component::{Assembly, ComponentBuilder, ComponentCtx, StartError};
+use crate::context::{Completion, ContextConfig, ContextStats, ErrorInfo};
+use crate::enforce::EnforcementStats;
+use crate::role::{Role, exhausted_topic, retry_topic, topic_name};
+use crate::trace::{Trace, TraceRecorder};
+use modules::{ModuleError, Store, Tables};
+
+/// The domains of the pipeline, in order, with their action.
+pub const DOMAINS: [(&str, &str); 6] = [
+    ("staging", "load"),
+    ("quality", "validate"),
+    ("analytics", "features"),
+    ("insight", "detect"),
+    ("report", "render"),
+    ("recommendation", "propose"),
+];
+
+/// Name of the file the demo generates and stages.
+pub const DATASET: &str = "sales.csv";
+
+/// What the frontend sends to the CPM on `cpm.pipeline.request`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineRequest {
+    /// Identifies the run (keys every table).
+    pub run_id: String,
+    /// The file to process.
+    pub dataset: String,
+}
+
+impl Message for PipelineRequest {
+    const TOPIC: &'static str = "cpm.pipeline.request";
+}
+
+/// The request passed down every domain chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// The run.
+    pub run_id: String,
+    /// The file.
+    pub dataset: String,
+    /// Attempt number within the domain (1, then 2... after retries).
+    pub attempt: u32,
+}
+
+impl Message for Job {
+    const TOPIC: &'static str = "pipeline.job.request";
+}
+
+/// Make one domain's processor fail on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePlan {
+    /// The domain whose processor fails (`analytics`).
+    pub domain: String,
+    /// How many executions fail before it works (`u32::MAX`: always).
+    pub times: u32,
+}
+
+/// Settings of [`run_demo`].
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Rows in the generated CSV. Default 600.
+    pub rows: usize,
+    /// Seed of the generated data. Default 7.
+    pub seed: u64,
+    /// Pipeline runs, one after another (more than one gives benchmark figures). Default 1.
+    pub runs: usize,
+    /// An injected processor failure. Default none.
+    pub fail: Option<FailurePlan>,
+    /// Attempts per domain before the error handler gives up. Default 3.
+    pub max_attempts: u32,
+    /// How long to wait for one run's result. Default 10 s.
+    pub run_timeout: Duration,
+    /// Request context timeout. Default 30 s.
+    pub context_timeout: Duration,
+    /// Also show that a forbidden publish (frontend straight to a processor) is refused.
+    /// Default true.
+    pub show_violation: bool,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            rows: 600,
+            seed: 7,
+            runs: 1,
+            fail: None,
+            max_attempts: 3,
+            run_timeout: Duration::from_secs(10),
+            context_timeout: Duration::from_secs(30),
+            show_violation: true,
+        }
+    }
+}
+
+/// The demo could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// The assembly did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The trace recorder could not subscribe.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// The request could not be published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A run did not finish in time.
+    #[error("run {run_id} did not finish within {after:?}")]
+    Timeout {
+        /// The run.
+        run_id: String,
+        /// How long the demo waited.
+        after: Duration,
+    },
+    /// The frontend component stopped before the result arrived.
+    #[error("the frontend stopped listening")]
+    FrontendGone,
+}
+
+/// The outcome of one pipeline run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunOutcome {
+    /// The run.
+    pub run_id: String,
+    /// Its correlation id.
+    pub correlation_id: MessageId,
+    /// True when every domain completed.
+    pub ok: bool,
+    /// The error, when it failed.
+    pub error: Option<ErrorInfo>,
+    /// Milliseconds from the request to the result at the frontend.
+    pub latency_ms: f64,
+}
+
+/// Throughput and latency over the runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchStats {
+    /// Runs measured.
+    pub runs: usize,
+    /// Runs per second (sequential: one at a time).
+    pub runs_per_second: f64,
+    /// Median latency of one run.
+    pub p50_ms: f64,
+    /// 99th percentile latency of one run.
+    pub p99_ms: f64,
+    /// Messages published per run (all topics).
+    pub messages_per_run: f64,
+    /// Median latency divided by the messages of one run.
+    pub per_message_us: f64,
+}
+
+/// Everything the demo produced.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// One entry per run.
+    pub runs: Vec<RunOutcome>,
+    /// The store's tables at the end.
+    pub tables: Tables,
+    /// Causal tree of the first run.
+    pub trace: Trace,
+    /// The declared topology as Mermaid.
+    pub topology_mermaid: String,
+    /// The declared topology as DOT.
+    pub topology_dot: String,
+    /// What was observed at runtime, as Mermaid with message counts.
+    pub observed_mermaid: String,
+    /// Enforcement counters.
+    pub enforcement: EnforcementStats,
+    /// The refusal text of the deliberate forbidden publish, if shown.
+    pub violation_demo: Option<String>,
+    /// Status updates that did not follow the state machine (should be empty).
+    pub state_anomalies: Vec<String>,
+    /// Status updates the state tracker saw.
+    pub status_updates: u64,
+    /// Error handler counters.
+    pub errors: ErrorHandlerStats,
+    /// Dead letters written by the error handler.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Health per component.
+    pub health: Vec<ComponentHealth>,
+    /// Context counters.
+    pub contexts: ContextStats,
+    /// Contexts left in the table at the end (0 when nothing leaked).
+    pub contexts_left: usize,
+    /// Throughput and latency.
+    pub bench: BenchStats,
+}
+
+impl DemoReport {
+    /// A readable summary: runs, tables, trace (without status updates), enforcement, errors.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "== runs");
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "  {} {} in {:.1} ms (correlation {}){}",
+                r.run_id,
+                if r.ok { "completed" } else { "FAILED" },
+                r.latency_ms,
+                r.correlation_id,
+                r.error
+                    .as_ref()
+                    .map(|e| format!(": {}: {}", e.error_type, e.message))
+                    .unwrap_or_default()
+            );
+        }
+        let t = &self.tables;
+        let _ = writeln!(s, "\n== store");
+        let _ = writeln!(s, "  raw_rows: {}", total_len(&t.raw_rows));
+        let _ = writeln!(s, "  sales (valid rows): {}", total_len(&t.sales));
+        let _ = writeln!(s, "  quality_issues: {}", total_len(&t.quality_issues));
+        let _ = writeln!(s, "  reports: {}", t.reports.len());
+        let _ = writeln!(s, "  recommendations: {}", total_len(&t.recommendations));
+        if let Some(report) = t.reports.values().next() {
+            let _ = writeln!(s, "\n== report of the first run\n{report}");
+        }
+        if let Some(recs) = t.recommendations.values().next() {
+            let _ = writeln!(s, "== recommendations");
+            for r in recs {
+                let _ = writeln!(s, "  [{}] {} ({})", r.priority, r.action, r.reason);
+            }
+        }
+        let pruned = self.trace.pruned(|n| !n.topic.ends_with(".status.update"));
+        let _ = writeln!(
+            s,
+            "\n== trace of the first run (status updates hidden; {} messages in all)\n{}",
+            self.trace.len(),
+            pruned.render()
+        );
+        let _ = writeln!(
+            s,
+            "== enforcement: {} publishes checked, {} violations, {} refused",
+            self.enforcement.checked, self.enforcement.violations, self.enforcement.refused
+        );
+        if let Some(v) = &self.violation_demo {
+            let _ = writeln!(s, "  refused on purpose: {v}");
+        }
+        let _ = writeln!(
+            s,
+            "== errors: {} reported ({} propagated), {} retries, {} gave up, {} dead letters",
+            self.errors.errors,
+            self.errors.propagated,
+            self.errors.retries,
+            self.errors.gave_up,
+            self.dead_letters.len()
+        );
+        let _ = writeln!(
+            s,
+            "== contexts: {} created, {} completed, {} failed, {} left; {} status updates, {} out of order",
+            self.contexts.created,
+            self.contexts.completed,
+            self.contexts.failed,
+            self.contexts_left,
+            self.status_updates,
+            self.state_anomalies.len()
+        );
+        let b = &self.bench;
+        let _ = writeln!(
+            s,
+            "== bench: {} run(s), {:.1} runs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/run, {:.1} µs/message",
+            b.runs, b.runs_per_second, b.p50_ms, b.p99_ms, b.messages_per_run, b.per_message_us
+        );
+        s
+    }
+}
+
+fn total_len<T>(m: &BTreeMap<String, Vec<T>>) -> usize {
+    m.values().map(Vec::len).sum()
+}
+
+type Work = Arc<dyn Fn(&Store, &Job) -> Result<Value, ModuleError> + Send + Sync>;
+
+fn work_of(domain: &str) -> Work {
+    match domain {
+        "staging" => Arc::new(|s: &Store, j: &Job| {
+            modules::stage(s, &j.run_id, &j.dataset).map(|n| json!({ "rows_staged": n }))
+        }),
+        "quality" => Arc::new(|s: &Store, j: &Job| {
+            modules::validate(s, &j.run_id).map(|(v, i)| json!({ "valid": v, "issues": i }))
+        }),
+        "analytics" => Arc::new(|s: &Store, j: &Job| {
+            modules::compute_features(s, &j.run_id).map(|f| {
+                json!({ "rows": f.rows, "total_revenue": f.total_revenue, "days": f.daily_revenue.len() })
+            })
+        }),
+        "insight" => Arc::new(|s: &Store, j: &Job| {
+            modules::detect_insights(s, &j.run_id, 2.5)
+                .map(|i| json!({ "anomalies": i.anomalies.len(), "trend": i.trend }))
+        }),
+        "report" => Arc::new(|s: &Store, j: &Job| {
+            modules::render_report(s, &j.run_id).map(|n| json!({ "bytes": n }))
+        }),
+        _ => Arc::new(|s: &Store, j: &Job| {
+            modules::recommend(s, &j.run_id).map(|r| json!({ "recommendations": r.len() }))
+        }),
+    }
+}
+
+fn name(domain: &str, role: Role) -> String {
+    format!("{domain}-{role}")
+}
+
+fn job_of(metadata: &BTreeMap<String, String>) -> Result<Job, BoxError> {
+    let text = metadata
+        .get("job")
+        .ok_or_else(|| BoxError::from("context has no job metadata"))?;
+    Ok(serde_json::from_str(text)?)
+}
+
+/// Begins the manager's context for `job` and submits it to the domain's service.
+async fn manager_begin(cx: &ComponentCtx, d: &str, a: &str, job: Job) -> Result<(), BoxError> {
+    let ctx = cx.begin(a).await?;
+    ctx.set_metadata("job", serde_json::to_string(&job)?)?;
+    ctx.set_metadata("run_id", job.run_id.clone())?;
+    ctx.start().await?;
+    cx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+        .await?;
+    Ok(())
+}
+
+/// A domain manager: starts on `trigger`, submits to its service, completes when the service
+/// reports success, resubmits on the error handler's retry request, fails when it gives up.
+fn manager(
+    d: &'static str,
+    a: &'static str,
+    previous: Option<(&'static str, &'static str)>,
+) -> ComponentBuilder {
+    let mut b = ComponentBuilder::new(name(d, Role::Manager), Role::Manager, d)
+        .publishes(&topic_name(d, a, Role::Service.request_phase()));
+    b = match previous {
+        None => b.on::<Job, _, _, _, _>(&topic_name(d, a, "request"), move |job, cx| async move {
+            manager_begin(&cx, d, a, job).await
+        }),
+        Some((pd, pa)) => b.on::<Completion<Value>, _, _, _, _>(
+            &topic_name(pd, pa, Role::Manager.result_phase()),
+            move |done, cx| async move {
+                if !done.is_ok() {
+                    return Ok(());
+                }
+                let mut job = job_of(&done.metadata)?;
+                job.attempt = 1;
+                manager_begin(&cx, d, a, job).await
+            },
+        ),
+    };
+    b.on::<Completion<Value>, _, _, _, _>(
+        &topic_name(d, a, Role::Service.result_phase()),
+        move |done, cx| async move {
+            let Some(ctx) = cx.context() else {
+                return Ok::<_, BoxError>(());
+            };
+            if done.is_ok() {
+                ctx.complete(&done.result.unwrap_or(Value::Null)).await?;
+            } else {
+                // Wait for the error handler: a retry request or its giving up.
+                let failures = ctx
+                    .snapshot()
+                    .and_then(|c| c.metrics.values.get("failures").copied());
+                ctx.record("failures", failures.unwrap_or(0.0) + 1.0)?;
+            }
+            Ok(())
+        },
+    )
+    .on::<RetryRequest, _, _, _, _>(&retry_topic(d), move |req, cx| async move {
+        let Some(ctx) = cx.context() else {
+            return Ok::<_, BoxError>(());
+        };
+        let Some(snapshot) = ctx.snapshot() else {
+            return Ok(());
+        };
+        let mut job = job_of(&snapshot.metadata)?;
+        job.attempt = req.attempt;
+        ctx.record("attempts", f64::from(req.attempt))?;
+        cx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+            .await?;
+        Ok(())
+    })
+    .on::<RetryExhausted, _, _, _, _>(&exhausted_topic(d), move |ex, cx| async move {
+        if let Some(ctx) = cx.context() {
+            let info = ErrorInfo {
+                error_type: ex.error_type,
+                message: format!("gave up after {} attempt(s): {}", ex.attempts, ex.message),
+                retryable: false,
+            };
+            ctx.fail_propagated(&info).await?;
+        }
+        Ok::<_, BoxError>(())
+    })
+}
+
+/// A service or handler: passes the job one layer down, and the result one layer up.
+fn relay(d: &'static str, a: &'static str, role: Role, below: Role) -> ComponentBuilder {
+    ComponentBuilder::new(name(d, role), role, d)
+        .publishes(&topic_name(d, a, below.request_phase()))
+        .on::<Job, _, _, _, _>(
+            &topic_name(d, a, role.request_phase()),
+            move |job, cx| async move {
+                let ctx = cx.begin(a).await?;
+                ctx.set_metadata("attempt", job.attempt.to_string())?;
+                ctx.start().await?;
+                cx.publish_to(&topic_name(d, a, below.request_phase()), job)
+                    .await?;
+                Ok::<_, BoxError>(())
+            },
+        )
+        .on::<Completion<Value>, _, _, _, _>(
+            &topic_name(d, a, below.result_phase()),
+            move |done, cx| async move {
+                let Some(ctx) = cx.context() else {
+                    return Ok::<_, BoxError>(());
+                };
+                match (done.is_ok(), done.error) {
+                    (true, _) => ctx.complete(&done.result.unwrap_or(Value::Null)).await?,
+                    (false, Some(e)) => ctx.fail_propagated(&e).await?,
+                    (false, None) => {
+                        let e = ErrorInfo {
+                            error_type: "Unknown".into(),
+                            message: "lower layer failed".into(),
+                            retryable: false,
+                        };
+                        ctx.fail_propagated(&e).await?
+                    }
+                }
+                Ok(())
+            },
+        )
+}
+
+/// A processor: calls its module on the store and reports the result or the failure.
+fn processor(
+    d: &'static str,
+    a: &'static str,
+    store: Store,
+    fail: Option<(u32, Arc<AtomicU32>)>,
+) -> ComponentBuilder {
+    let work = work_of(d);
+    ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d).on::<Job, _, _, _, _>(
+        &topic_name(d, a, Role::Processor.request_phase()),
+        move |job, cx| {
+            let (work, store, fail) = (work.clone(), store.clone(), fail.clone());
+            async move {
+                let ctx = cx.begin(a).await?;
+                ctx.set_metadata("run_id", job.run_id.clone())?;
+                ctx.start().await?;
+                let injected = fail
+                    .as_ref()
+                    .is_some_and(|(times, n)| n.fetch_add(1, Ordering::Relaxed) < *times);
+                let result = if injected {
+                    Err(ModuleError {
+                        kind: "InjectedFailure".into(),
+                        message: format!(
+                            "{d} processor failed on purpose (attempt {})",
+                            job.attempt
+                        ),
+                        retryable: true,
+                    })
+                } else {
+                    work(&store, &job)
+                };
+                match result {
+                    Ok(v) => ctx.complete(&v).await?,
+                    Err(e) => ctx.fail(e.kind, e.message, e.retryable).await?,
+                }
+                Ok::<_, BoxError>(())
+            }
+        },
+    )
+}
+
+/// The CPM: receives the frontend's request, starts staging, follows every domain's
+/// completion, and reports the whole run to the frontend.
+fn cpm() -> ComponentBuilder {
+    let (first_d, first_a) = DOMAINS[0];
+    let mut b = ComponentBuilder::new("cpm", Role::Cpm, "cpm")
+        .publishes(&topic_name(first_d, first_a, "request"))
+        .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| async move {
+            let ctx = cx.begin("pipeline").await?;
+            ctx.set_metadata("run_id", req.run_id.clone())?;
+            ctx.start().await?;
+            let job = Job {
+                run_id: req.run_id,
+                dataset: req.dataset,
+                attempt: 1,
+            };
+            cx.publish_to(&topic_name(first_d, first_a, "request"), job)
+                .await?;
+            Ok::<_, BoxError>(())
+        });
+    for (i, (d, a)) in DOMAINS.iter().enumerate() {
+        let last = i + 1 == DOMAINS.len();
+        b = b.on::<Completion<Value>, _, _, _, _>(
+            &topic_name(d, a, Role::Manager.result_phase()),
+            move |done, cx| async move {
+                let Some(ctx) = cx.context() else {
+                    return Ok::<_, BoxError>(());
+                };
+                if !done.is_ok() {
+                    let e = done.error.unwrap_or(ErrorInfo {
+                        error_type: "Unknown".into(),
+                        message: "domain failed".into(),
+                        retryable: false,
+                    });
+                    let info = ErrorInfo {
+                        message: format!("{} failed: {}", done.domain, e.message),
+                        ..e
+                    };
+                    ctx.fail_propagated(&info).await?;
+                    return Ok(());
+                }
+                ctx.record(format!("{}_ms", done.domain), done.duration_ms as f64)?;
+                ctx.set_metadata(
+                    done.domain.to_string(),
+                    done.result.map(|v| v.to_string()).unwrap_or_default(),
+                )?;
+                if last {
+                    let summary = ctx
+                        .snapshot()
+                        .map(|c| serde_json::to_value(&c.metadata).unwrap_or(Value::Null))
+                        .unwrap_or(Value::Null);
+                    ctx.complete(&summary).await?;
+                }
+                Ok(())
+            },
+        );
+    }
+    b
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs the reference pipeline `config.runs` times on a fresh in-process bus and reports what
+/// happened. Takes well under a second for the defaults.
+pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
+    let bus = Bus::new();
+    let recorder = TraceRecorder::start(&bus, 200_000).await?;
+    let store = Store::new();
+    store.with(|t| {
+        t.files.insert(
+            DATASET.to_owned(),
+            modules::generate_csv(config.rows, config.seed),
+        )
+    });
+    let tracker = StateTracker::new(100_000);
+    let errors = ErrorHandler::new(RetryPolicy {
+        max_attempts: config.max_attempts,
+    });
+    let health = HealthChecker::new(Duration::from_secs(60), 0.5);
+    let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Completion<Value>>();
+
+    let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
+        .publishes(PipelineRequest::TOPIC)
+        .on::<Completion<Value>, _, _, _, _>(
+            &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
+            move |done, _cx| {
+                let tx = tx.clone();
+                async move {
+                    // The receiver is gone only when run_demo returned; nothing to tell then.
+                    let _ = tx.send(done);
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            },
+        );
+    let mut assembly = Assembly::new(&bus)
+        .contexts(ContextConfig {
+            timeout: config.context_timeout,
+            ..ContextConfig::default()
+        })
+        .component(frontend)
+        .component(cpm())
+        .component(tracker.component())
+        .component(errors.component())
+        .component(health.component())
+        .component(perf.component());
+    for (i, (d, a)) in DOMAINS.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|p| DOMAINS[p]);
+        let fail = config
+            .fail
+            .as_ref()
+            .filter(|f| f.domain == *d)
+            .map(|f| (f.times, Arc::new(AtomicU32::new(0))));
+        assembly = assembly
+            .component(manager(d, a, previous))
+            .component(relay(d, a, Role::Service, Role::Handler))
+            .component(relay(d, a, Role::Handler, Role::Processor))
+            .component(processor(d, a, store.clone(), fail));
+    }
+    let topology = assembly.topology().map_err(StartError::from)?;
+    let running = assembly.start().await?;
+    let front = running
+        .component_bus("frontend")
+        .ok_or(DemoError::FrontendGone)?;
+    running.heartbeat().await?;
+
+    let violation_demo = if config.show_violation {
+        let job = Job {
+            run_id: "rogue".into(),
+            dataset: DATASET.into(),
+            attempt: 1,
+        };
+        match front.publish_to("staging.load.execute", job).await {
+            Err(PublishError::LayerViolation(text)) => Some(text),
+            Err(e) => Some(format!("refused: {e}")),
+            Ok(()) => Some("not refused (warn mode)".into()),
+        }
+    } else {
+        None
+    };
+
+    let mut runs = Vec::new();
+    let started_all = Instant::now();
+    for i in 0..config.runs.max(1) {
+        let run_id = format!("run-{:03}", i + 1);
+        let env = PipelineRequest {
+            run_id: run_id.clone(),
+            dataset: DATASET.into(),
+        }
+        .to_envelope()?;
+        let correlation_id = env.correlation_id;
+        let t0 = Instant::now();
+        front.publish_envelope(env).await?;
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Some(done) if done.correlation_id == correlation_id => return Ok(done),
+                    Some(_) => continue,
+                    None => return Err(DemoError::FrontendGone),
+                }
+            }
+        };
+        let done = tokio::time::timeout(config.run_timeout, wait)
+            .await
+            .map_err(|_| DemoError::Timeout {
+                run_id: run_id.clone(),
+                after: config.run_timeout,
+            })??;
+        runs.push(RunOutcome {
+            run_id,
+            correlation_id,
+            ok: done.is_ok(),
+            error: done.error.clone(),
+            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        });
+    }
+    let elapsed = started_all.elapsed();
+    // Trailing status updates and completions: wait until the bus is idle (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(5), bus.run_until_idle()).await;
+
+    let first = runs.first().map(|r| r.correlation_id).unwrap_or_default();
+    let trace = recorder.trace(first);
+    let recorded = recorder.envelopes();
+    let in_runs = recorded
+        .iter()
+        .filter(|e| runs.iter().any(|r| r.correlation_id == e.correlation_id))
+        .count();
+    let mut lat: Vec<f64> = runs.iter().map(|r| r.latency_ms).collect();
+    lat.sort_by(f64::total_cmp);
+    let messages_per_run = in_runs as f64 / runs.len().max(1) as f64;
+    let p50 = percentile(&lat, 0.5);
+    let bench = BenchStats {
+        runs: runs.len(),
+        runs_per_second: runs.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50_ms: p50,
+        p99_ms: percentile(&lat, 0.99),
+        messages_per_run,
+        per_message_us: if messages_per_run > 0.0 {
+            p50 * 1000.0 / messages_per_run
+        } else {
+            0.0
+        },
+    };
+    let report = DemoReport {
+        tables: store.snapshot(),
+        trace,
+        topology_mermaid: topology.to_mermaid(),
+        topology_dot: topology.to_dot(),
+        observed_mermaid: running.observed_mermaid(),
+        enforcement: running.enforcement(),
+        violation_demo,
+        state_anomalies: tracker.anomalies(),
+        status_updates: tracker.updates(),
+        errors: errors.stats(),
+        dead_letters: bus
+            .dead_letters()
+            .list()
+            .into_iter()
+            .filter(|l| l.handler.as_deref() == Some(ErrorHandler::NAME))
+            .collect(),
+        health: health.report(),
+        contexts: running.contexts().stats(),
+        contexts_left: running.contexts().len(),
+        bench,
+        runs,
+    };
+    running.stop();
+    Ok(report)
+}

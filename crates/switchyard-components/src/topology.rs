@@ -1,0 +1,413 @@
+//! Declarations of components, the graph they form, its validation and its export as Mermaid
+//! and DOT.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+use smol_str::SmolStr;
+use switchyard::{Pattern, Topic};
+
+use crate::role::{Endpoint, Role, Rule, check_edge};
+
+/// What a component declares: who it is, what it subscribes to and what it publishes.
+///
+/// Publish declarations are patterns too (`staging.*.processed`), so one declaration can cover
+/// a family of topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComponentSpec {
+    /// Name, role and domain.
+    pub endpoint: Endpoint,
+    /// Patterns it subscribes to.
+    pub subscribes: Vec<Pattern>,
+    /// Topics (or patterns of topics) it publishes.
+    pub publishes: Vec<Pattern>,
+}
+
+impl ComponentSpec {
+    /// A spec with no subscriptions and no publications yet.
+    pub fn new(name: impl Into<SmolStr>, role: Role, domain: impl Into<SmolStr>) -> Self {
+        Self {
+            endpoint: Endpoint::new(name, role, domain),
+            subscribes: Vec::new(),
+            publishes: Vec::new(),
+        }
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    /// The component's role.
+    pub fn role(&self) -> Role {
+        self.endpoint.role
+    }
+
+    /// The component's domain.
+    pub fn domain(&self) -> &str {
+        &self.endpoint.domain
+    }
+
+    /// True when one of the publish declarations covers `topic`.
+    pub fn declares_publish(&self, topic: &Topic) -> bool {
+        self.publishes.iter().any(|p| p.matches(topic))
+    }
+
+    /// True when one of the subscriptions receives `topic`.
+    pub fn receives(&self, topic: &Topic) -> bool {
+        self.subscribes.iter().any(|p| p.matches(topic))
+    }
+
+    /// The topics every component with a request context publishes implicitly:
+    /// `<domain>.status.update`, `<domain>.error` and `<domain>.*.<result phase>`.
+    pub(crate) fn add_implicit_publishes(&mut self) {
+        let d = self.endpoint.domain.clone();
+        let phase = self.endpoint.role.result_phase();
+        for p in [
+            crate::role::status_topic(&d),
+            crate::role::error_topic(&d),
+            crate::role::heartbeat_topic(&d),
+            format!("{d}.*.{phase}"),
+        ] {
+            if let Ok(p) = Pattern::new(&p)
+                && !self.publishes.contains(&p)
+            {
+                self.publishes.push(p);
+            }
+        }
+    }
+}
+
+/// True when some topic matches both patterns.
+///
+/// ```
+/// use switchyard::Pattern;
+/// use switchyard_components::patterns_overlap;
+/// let p = |s| Pattern::new(s).unwrap();
+/// assert!(patterns_overlap(&p("staging.*.processed"), &p("staging.load.processed")));
+/// assert!(patterns_overlap(&p("#"), &p("a.b")));
+/// assert!(!patterns_overlap(&p("a.*"), &p("a.b.c")));
+/// ```
+pub fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
+    let a: Vec<&str> = a.segments().collect();
+    let b: Vec<&str> = b.segments().collect();
+    overlap(&a, &b)
+}
+
+fn overlap(a: &[&str], b: &[&str]) -> bool {
+    match (a.split_first(), b.split_first()) {
+        (None, None) => true,
+        (Some((&"#", ar)), _) => overlap(ar, b) || (!b.is_empty() && overlap(a, &b[1..])),
+        (_, Some((&"#", br))) => overlap(a, br) || (!a.is_empty() && overlap(&a[1..], b)),
+        (Some((&x, ar)), Some((&y, br))) => (x == "*" || y == "*" || x == y) && overlap(ar, br),
+        _ => false,
+    }
+}
+
+/// One declared edge: `from` publishes something `to` subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Edge {
+    /// Publisher.
+    pub from: SmolStr,
+    /// Subscriber.
+    pub to: SmolStr,
+    /// The publish declaration (topic or pattern) that reaches `to`.
+    pub topic: SmolStr,
+}
+
+/// A message edge the layer rules forbid, or a publish of an undeclared topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// The publisher.
+    pub from: Endpoint,
+    /// The receiver (`None` for [`Rule::UndeclaredPublish`]).
+    pub to: Option<Endpoint>,
+    /// The topic (or publish pattern) involved.
+    pub topic: SmolStr,
+    /// The rule broken.
+    pub rule: Rule,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.to {
+            Some(to) => write!(
+                f,
+                "{} may not send to {} (topic `{}`): rule {}",
+                self.from, to, self.topic, self.rule
+            ),
+            None => write!(
+                f,
+                "{} published undeclared topic `{}`: rule {}",
+                self.from, self.topic, self.rule
+            ),
+        }
+    }
+}
+
+/// A topology was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    /// Two components share a name.
+    #[error("duplicate component name `{0}`")]
+    DuplicateName(String),
+    /// One or more declared edges break the layer rules.
+    #[error("{} forbidden edge(s): {}", .0.len(), join(.0))]
+    Forbidden(Vec<Violation>),
+}
+
+fn join(v: &[Violation]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The components of a system and the message edges their declarations imply.
+///
+/// ```
+/// use switchyard::Pattern;
+/// use switchyard_components::{ComponentSpec, Role, Topology};
+/// let mut m = ComponentSpec::new("analytics-manager", Role::Manager, "analytics");
+/// m.publishes.push(Pattern::new("analytics.feature.execute")?);
+/// let mut p = ComponentSpec::new("analytics-processor", Role::Processor, "analytics");
+/// p.subscribes.push(Pattern::new("analytics.feature.execute")?);
+/// let err = Topology::new(vec![m, p]).validate().unwrap_err().to_string();
+/// assert!(err.contains("analytics-manager") && err.contains("analytics-processor"));
+/// assert!(err.contains("one-layer-at-a-time"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Topology {
+    components: Vec<ComponentSpec>,
+}
+
+impl Topology {
+    /// A topology of these components (in this order; exports sort by name).
+    pub fn new(components: Vec<ComponentSpec>) -> Self {
+        Self { components }
+    }
+
+    /// The components.
+    pub fn components(&self) -> &[ComponentSpec] {
+        &self.components
+    }
+
+    /// One component by name.
+    pub fn component(&self, name: &str) -> Option<&ComponentSpec> {
+        self.components.iter().find(|c| c.name() == name)
+    }
+
+    /// Every declared edge, sorted: for each publish declaration of each component, every
+    /// component with an overlapping subscription (self-edges left out).
+    pub fn edges(&self) -> Vec<Edge> {
+        let mut edges = BTreeSet::new();
+        for from in &self.components {
+            for publish in &from.publishes {
+                for to in &self.components {
+                    if to.name() == from.name() {
+                        continue;
+                    }
+                    if to.subscribes.iter().any(|s| patterns_overlap(publish, s)) {
+                        edges.insert(Edge {
+                            from: from.endpoint.name.clone(),
+                            to: to.endpoint.name.clone(),
+                            topic: SmolStr::new(publish.as_str()),
+                        });
+                    }
+                }
+            }
+        }
+        edges.into_iter().collect()
+    }
+
+    /// Every declared edge that breaks a rule.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.edges()
+            .into_iter()
+            .filter_map(|e| {
+                let from = self.component(&e.from)?;
+                let to = self.component(&e.to)?;
+                check_edge(&from.endpoint, &to.endpoint)
+                    .err()
+                    .map(|rule| Violation {
+                        from: from.endpoint.clone(),
+                        to: Some(to.endpoint.clone()),
+                        topic: e.topic.clone(),
+                        rule,
+                    })
+            })
+            .collect()
+    }
+
+    /// Checks names are unique and no declared edge breaks a layer rule. The error names both
+    /// components of every forbidden edge and the rule.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let mut names = BTreeSet::new();
+        for c in &self.components {
+            if !names.insert(c.name()) {
+                return Err(TopologyError::DuplicateName(c.name().to_owned()));
+            }
+        }
+        let v = self.violations();
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(TopologyError::Forbidden(v))
+        }
+    }
+
+    fn sorted(&self) -> Vec<&ComponentSpec> {
+        let mut c: Vec<&ComponentSpec> = self.components.iter().collect();
+        c.sort_by(|a, b| a.name().cmp(b.name()));
+        c
+    }
+
+    /// Declared edges with topics merged per (from, to) pair.
+    fn merged_edges(&self) -> BTreeMap<(SmolStr, SmolStr), Vec<String>> {
+        let mut merged: BTreeMap<(SmolStr, SmolStr), Vec<String>> = BTreeMap::new();
+        for e in self.edges() {
+            merged
+                .entry((e.from, e.to))
+                .or_default()
+                .push(e.topic.to_string());
+        }
+        merged
+    }
+
+    /// The declared graph as a Mermaid flowchart: one subgraph per domain, one node per
+    /// component (`name [role]`), one arrow per (publisher, subscriber) pair labelled with the
+    /// topics; forbidden edges are drawn dotted with `✗`. Deterministic (sorted by name).
+    pub fn to_mermaid(&self) -> String {
+        let labels: BTreeMap<(SmolStr, SmolStr), String> = self
+            .merged_edges()
+            .into_iter()
+            .map(|(k, v)| (k, v.join(", ")))
+            .collect();
+        self.mermaid_with(&labels)
+    }
+
+    /// The declared graph in Graphviz DOT, same content as [`to_mermaid`](Self::to_mermaid).
+    pub fn to_dot(&self) -> String {
+        let labels: BTreeMap<(SmolStr, SmolStr), String> = self
+            .merged_edges()
+            .into_iter()
+            .map(|(k, v)| (k, v.join("\\n")))
+            .collect();
+        self.dot_with(&labels)
+    }
+
+    /// What was seen at runtime as Mermaid: edges with message counts.
+    pub fn observed_mermaid(&self, observed: &[ObservedEdge]) -> String {
+        self.mermaid_with(&observed_labels(observed, ", "))
+    }
+
+    /// What was seen at runtime as DOT: edges with message counts.
+    pub fn observed_dot(&self, observed: &[ObservedEdge]) -> String {
+        self.dot_with(&observed_labels(observed, "\\n"))
+    }
+
+    fn forbidden(&self, from: &str, to: &str) -> bool {
+        match (self.component(from), self.component(to)) {
+            (Some(f), Some(t)) => check_edge(&f.endpoint, &t.endpoint).is_err(),
+            _ => false,
+        }
+    }
+
+    fn mermaid_with(&self, labels: &BTreeMap<(SmolStr, SmolStr), String>) -> String {
+        let mut out = String::from("flowchart TD\n");
+        let mut domains: BTreeMap<&str, Vec<&ComponentSpec>> = BTreeMap::new();
+        for c in self.sorted() {
+            domains.entry(c.domain()).or_default().push(c);
+        }
+        for (domain, members) in domains {
+            let _ = writeln!(out, "  subgraph {}[\"{}\"]", mermaid_id(domain), domain);
+            for c in members {
+                let _ = writeln!(
+                    out,
+                    "    {}[\"{}<br/><i>{}</i>\"]",
+                    mermaid_id(c.name()),
+                    c.name(),
+                    c.role()
+                );
+            }
+            out.push_str("  end\n");
+        }
+        for ((from, to), label) in labels {
+            let arrow = if self.forbidden(from, to) {
+                format!("-. \"✗ {label}\" .->")
+            } else {
+                format!("-- \"{label}\" -->")
+            };
+            let _ = writeln!(out, "  {} {} {}", mermaid_id(from), arrow, mermaid_id(to));
+        }
+        out
+    }
+
+    fn dot_with(&self, labels: &BTreeMap<(SmolStr, SmolStr), String>) -> String {
+        let mut out = String::from("digraph topology {\n  rankdir=TB;\n  node [shape=box];\n");
+        let mut domains: BTreeMap<&str, Vec<&ComponentSpec>> = BTreeMap::new();
+        for c in self.sorted() {
+            domains.entry(c.domain()).or_default().push(c);
+        }
+        for (domain, members) in domains {
+            let _ = writeln!(
+                out,
+                "  subgraph \"cluster_{domain}\" {{\n    label=\"{domain}\";"
+            );
+            for c in members {
+                let _ = writeln!(
+                    out,
+                    "    \"{}\" [label=\"{}\\n[{}]\"];",
+                    c.name(),
+                    c.name(),
+                    c.role()
+                );
+            }
+            out.push_str("  }\n");
+        }
+        for ((from, to), label) in labels {
+            let style = if self.forbidden(from, to) {
+                ", style=dashed, color=red"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  \"{from}\" -> \"{to}\" [label=\"{label}\"{style}];");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+fn observed_labels(observed: &[ObservedEdge], sep: &str) -> BTreeMap<(SmolStr, SmolStr), String> {
+    let mut merged: BTreeMap<(SmolStr, SmolStr), Vec<String>> = BTreeMap::new();
+    for e in observed {
+        merged
+            .entry((e.from.clone(), e.to.clone()))
+            .or_default()
+            .push(format!("{} ×{}", e.topic, e.count));
+    }
+    merged.into_iter().map(|(k, v)| (k, v.join(sep))).collect()
+}
+
+/// Mermaid node ids may not contain `-` or `.`; names are mapped to `_`.
+fn mermaid_id(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// An edge seen at runtime: how many messages `from` published on `topic` that reached `to`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ObservedEdge {
+    /// Publisher.
+    pub from: SmolStr,
+    /// Receiving component.
+    pub to: SmolStr,
+    /// Concrete topic.
+    pub topic: SmolStr,
+    /// Messages sent.
+    pub count: u64,
+}
