@@ -17,19 +17,77 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::command::CommandResult;
 use crate::handler::{self, BoxHandler, Ctx, IntoOutcome};
+use crate::lifecycle::{CommandFinished, CommandStarted};
 use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
+use crate::session::{SESSION_HEADER, Session};
 use crate::subscription::{
-    EnqueueError, SubShared, Subscription, SubscriptionBuilder, SubscriptionConfig,
-    SubscriptionInfo, SubscriptionKind,
+    EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
+    SubscriptionConfig, SubscriptionInfo, SubscriptionKind,
 };
 
 /// The message being handled on the current task, so publishes from a handler are recorded
-/// as its consequences.
-#[derive(Debug, Clone, Copy)]
+/// as its consequences (and stay in its session).
+#[derive(Debug, Clone)]
 pub(crate) struct Parent {
     pub(crate) id: MessageId,
     pub(crate) correlation_id: MessageId,
+    pub(crate) session: Option<SmolStr>,
+}
+
+impl Parent {
+    pub(crate) fn of(env: &Envelope) -> Self {
+        Self {
+            id: env.id,
+            correlation_id: env.correlation_id,
+            session: env.header(SESSION_HEADER).map(SmolStr::new),
+        }
+    }
+}
+
+/// The handlers of one command topic: one global, and one per session at most.
+#[derive(Default)]
+struct CommandSlot {
+    global: Option<Arc<SubShared>>,
+    sessions: HashMap<SmolStr, Arc<SubShared>>,
+}
+
+impl CommandSlot {
+    fn is_empty(&self) -> bool {
+        self.global.is_none() && self.sessions.is_empty()
+    }
+}
+
+/// What [`Bus::publish_and_wait`] learned from every matching handler.
+#[derive(Debug, Default)]
+pub struct WaitReport {
+    /// Subscriptions that handled the message successfully.
+    pub handled: usize,
+    /// Subscriptions a filter kept the message from.
+    pub filtered: usize,
+    /// Subscriptions whose handler failed, rejected it, or could not decode it.
+    pub failures: Vec<HandlerFailure>,
+}
+
+impl WaitReport {
+    /// `Ok` when no handler failed, else the first failure.
+    pub fn into_result(self) -> Result<usize, HandlerFailure> {
+        match self.failures.into_iter().next() {
+            None => Ok(self.handled),
+            Some(f) => Err(f),
+        }
+    }
+}
+
+/// One handler's failure, as reported by [`Bus::publish_and_wait`].
+#[derive(Debug, thiserror::Error)]
+#[error("subscription {subscription} failed: {error}")]
+pub struct HandlerFailure {
+    /// The subscription's name.
+    pub subscription: String,
+    /// What went wrong.
+    #[source]
+    pub error: SendError,
 }
 
 tokio::task_local! {
@@ -62,6 +120,7 @@ pub struct BusBuilder {
     retry_delay: Duration,
     cache_capacity: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    lifecycle_events: bool,
 }
 
 /// The bus configuration is invalid.
@@ -83,6 +142,7 @@ impl Default for BusBuilder {
             retry_delay: Duration::from_millis(100),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             dead_letters: None,
+            lifecycle_events: false,
         }
     }
 }
@@ -132,6 +192,13 @@ impl BusBuilder {
         self
     }
 
+    /// Publishes `switchyard.command.started` and `switchyard.command.finished` around every
+    /// command and request a handler runs, for observers (dashboards, audits). Default off.
+    pub fn lifecycle_events(mut self, on: bool) -> Self {
+        self.lifecycle_events = on;
+        self
+    }
+
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
         if self.capacity == 0 {
@@ -165,6 +232,8 @@ impl BusBuilder {
                 pending: AtomicUsize::new(0),
                 settled: AtomicU64::new(0),
                 idle: Notify::new(),
+                lifecycle_events: self.lifecycle_events,
+                scheduled: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -173,7 +242,7 @@ impl BusBuilder {
 /// Shared state behind every [`Bus`] clone.
 pub(crate) struct BusInner {
     router: Router<Arc<SubShared>>,
-    commands: RwLock<HashMap<Topic, Arc<SubShared>>>,
+    commands: RwLock<HashMap<Topic, CommandSlot>>,
     /// Every subscription whose workers still run (active or draining).
     subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
     dead_letters: Arc<dyn DeadLetterSink>,
@@ -189,6 +258,9 @@ pub(crate) struct BusInner {
     pending: AtomicUsize,
     settled: AtomicU64,
     idle: Notify,
+    lifecycle_events: bool,
+    /// Delayed publishes waiting for their time, so shutdown can report them.
+    scheduled: Mutex<HashMap<MessageId, (Envelope, tokio::task::JoinHandle<()>)>>,
 }
 
 impl BusInner {
@@ -207,6 +279,53 @@ impl BusInner {
         self.dead_letters.put(letter);
     }
 
+    pub(crate) fn lifecycle_events(&self) -> bool {
+        self.lifecycle_events
+    }
+
+    /// Publishes a lifecycle event; failures are logged, never surfaced to the handler.
+    async fn lifecycle<M: Message>(self: &Arc<Self>, cause: &Envelope, event: M) {
+        let bus = Bus {
+            inner: self.clone(),
+        };
+        let result = match event.to_envelope() {
+            Ok(env) => bus.publish_envelope(env.caused_by(cause)).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, topic = M::TOPIC, "lifecycle event not published");
+        }
+    }
+
+    pub(crate) async fn command_started(self: &Arc<Self>, env: &Envelope, handler: &str) {
+        let event = CommandStarted {
+            command_id: env.id.to_string(),
+            topic: env.topic.to_string(),
+            handler: handler.to_owned(),
+        };
+        self.lifecycle(env, event).await;
+    }
+
+    pub(crate) async fn command_finished(
+        self: &Arc<Self>,
+        env: &Envelope,
+        handler: &str,
+        ok: bool,
+        error: Option<String>,
+        took: Duration,
+    ) {
+        let event = CommandFinished {
+            command_id: env.id.to_string(),
+            topic: env.topic.to_string(),
+            handler: handler.to_owned(),
+            ok,
+            error,
+            attempts: env.delivery.attempt,
+            duration_us: took.as_micros() as u64,
+        };
+        self.lifecycle(env, event).await;
+    }
+
     pub(crate) fn forget_subscription(&self, id: u64) {
         self.subs
             .lock()
@@ -220,10 +339,22 @@ impl BusInner {
             SubscriptionKind::Event => self.router.remove(&sub.config.pattern, sub.id),
             SubscriptionKind::Command => {
                 let mut commands = self.commands.write().unwrap_or_else(|p| p.into_inner());
-                let topic = Topic::new(sub.config.pattern.as_str());
-                if let Ok(topic) = topic
-                    && commands.get(&topic).is_some_and(|s| s.id == sub.id)
-                {
+                let Ok(topic) = Topic::new(sub.config.pattern.as_str()) else {
+                    return;
+                };
+                let Some(slot) = commands.get_mut(&topic) else {
+                    return;
+                };
+                match &sub.config.session {
+                    None if slot.global.as_ref().is_some_and(|s| s.id == sub.id) => {
+                        slot.global = None
+                    }
+                    Some(session) if slot.sessions.get(session).is_some_and(|s| s.id == sub.id) => {
+                        slot.sessions.remove(session);
+                    }
+                    _ => {}
+                }
+                if slot.is_empty() {
                     commands.remove(&topic);
                 }
             }
@@ -332,6 +463,10 @@ impl Bus {
             max_attempts: i.max_attempts,
             retry_delay: i.retry_delay,
             ordering_key: None,
+            filters: Vec::new(),
+            session: None,
+            handler_priority: 0,
+            batch: None,
         }
     }
 
@@ -355,7 +490,7 @@ impl Bus {
             self.clone(),
             SubscriptionKind::Event,
             self.config(name, pattern),
-            handler,
+            Handler::Single(handler),
             error,
         )
     }
@@ -368,7 +503,7 @@ impl Bus {
             self.clone(),
             SubscriptionKind::Event,
             self.config(name, p),
-            handler,
+            Handler::Single(handler),
             error,
         )
     }
@@ -389,7 +524,7 @@ impl Bus {
             self.clone(),
             SubscriptionKind::Command,
             config,
-            handler,
+            Handler::Single(handler),
             error,
         )
     }
@@ -406,16 +541,54 @@ impl Bus {
             self.clone(),
             SubscriptionKind::Command,
             self.config(name, p),
-            handler,
+            Handler::Single(handler),
             error,
         )
+    }
+
+    /// Subscribes a typed batch handler: it gets up to `max_size` messages at once (set with
+    /// `.batch(max_size, max_wait)`; default 100 messages or 50 ms). The batch succeeds or
+    /// fails as a whole; undecodable messages are dead-lettered and left out of it.
+    pub fn on_batch<M, F, Fut, O, E>(&self, name: &str, f: F) -> SubscriptionBuilder
+    where
+        M: Message,
+        F: Fn(Vec<M>, Ctx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome,
+        E: Into<BoxError>,
+    {
+        let (pattern, error) = Self::typed_pattern::<M>();
+        let handler = handler::typed_batch::<M, F, Fut, O, E>(self.weak(), SmolStr::new(name), f);
+        let mut config = self.config(name, pattern);
+        config.batch = Some(crate::subscription::BatchConfig {
+            max_size: 100,
+            max_wait: Duration::from_millis(50),
+        });
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Event,
+            config,
+            Handler::Batch(handler),
+            error,
+        )
+    }
+
+    /// Starts a session: publishes `switchyard.session.started` and returns its guard.
+    /// See [`Session`].
+    pub async fn session(&self, id: impl Into<SmolStr>) -> Result<Session, PublishError> {
+        self.check_running()?;
+        Session::start(self.clone(), id.into()).await
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<BusInner> {
+        &self.inner
     }
 
     pub(crate) fn register(
         &self,
         kind: SubscriptionKind,
         config: SubscriptionConfig,
-        handler: BoxHandler,
+        handler: Handler,
     ) -> Result<Subscription, SubscribeError> {
         let inner = &self.inner;
         if inner.state.load(Ordering::Acquire) != RUNNING {
@@ -432,13 +605,23 @@ impl Bus {
             SubscriptionKind::Command => {
                 let topic = Topic::new(shared.config.pattern.as_str())?;
                 let mut commands = inner.commands.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(existing) = commands.get(&topic) {
+                let slot = commands.entry(topic.clone()).or_default();
+                let existing = match &shared.config.session {
+                    None => slot.global.as_ref(),
+                    Some(session) => slot.sessions.get(session),
+                };
+                if let Some(existing) = existing {
                     return Err(SubscribeError::DuplicateHandler {
                         topic,
                         existing: existing.name().to_owned(),
                     });
                 }
-                commands.insert(topic, shared.clone());
+                match &shared.config.session {
+                    None => slot.global = Some(shared.clone()),
+                    Some(session) => {
+                        slot.sessions.insert(session.clone(), shared.clone());
+                    }
+                }
             }
         }
         inner
@@ -479,27 +662,229 @@ impl Bus {
         self.check_running()?;
         inherit_parent(&mut env);
         let targets = self.inner.router.route(&env.topic);
-        let mut refused = Vec::new();
-        let mut delivered = 0;
-        for sub in targets.iter() {
-            match sub.enqueue(env.clone(), None).await {
-                Ok(()) => delivered += 1,
-                Err(EnqueueError::Full) => refused.push(sub.name().to_owned()),
-                Err(EnqueueError::Closed) => {
-                    // Unsubscribed concurrently (fine: it no longer wants messages), unless the
-                    // whole bus is shutting down.
-                    self.check_running()?;
+        let first = match priority_groups(&targets) {
+            None => self.deliver_group(&targets, &env, false).await,
+            Some(mut groups) => {
+                let later = groups.split_off(1);
+                let mut first = self.deliver_group(&groups[0], &env, true).await;
+                if !first.shutting_down {
+                    let waiters = std::mem::take(&mut first.waiters);
+                    self.dispatch_later_groups(later, env, waiters);
                 }
+                first
             }
+        };
+        if first.shutting_down {
+            return Err(PublishError::ShuttingDown);
         }
-        if refused.is_empty() {
+        if first.refused.is_empty() {
             Ok(())
         } else {
             Err(PublishError::Full {
-                subscriptions: refused,
-                delivered,
+                subscriptions: first.refused,
+                delivered: first.delivered,
             })
         }
+    }
+
+    /// Queues `env` in every subscription of one priority group. With `wait`, each accepted
+    /// message carries a channel on which its handler's result comes back.
+    async fn deliver_group(
+        &self,
+        group: &[Arc<SubShared>],
+        env: &Envelope,
+        wait: bool,
+    ) -> GroupDelivery {
+        let mut out = GroupDelivery::default();
+        for sub in group {
+            let (tx, rx) = if wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            match sub.enqueue(env.clone(), tx).await {
+                Ok(Enqueued::Queued) => {
+                    out.delivered += 1;
+                    if let Some(rx) = rx {
+                        out.waiters.push((sub.name().to_owned(), rx));
+                    }
+                }
+                Ok(Enqueued::Filtered) => out.filtered += 1,
+                Err(EnqueueError::Full) => out.refused.push(sub.name().to_owned()),
+                // Unsubscribed concurrently: it no longer wants messages. Unless the whole
+                // bus is shutting down.
+                Err(EnqueueError::Closed) => out.shutting_down |= self.is_shutting_down(),
+            }
+        }
+        out
+    }
+
+    /// Hands `env` to lower priority groups, each once the group before it has finished.
+    /// Runs in a task: `publish` returns when the first group has accepted the message.
+    fn dispatch_later_groups(
+        &self,
+        groups: Vec<Vec<Arc<SubShared>>>,
+        env: Envelope,
+        mut waiters: Vec<Waiter>,
+    ) {
+        let bus = self.clone();
+        bus.inner.pending_add();
+        tokio::spawn(async move {
+            for group in groups {
+                for (_, rx) in waiters.drain(..) {
+                    let _ = rx.await;
+                }
+                let delivery = bus.deliver_group(&group, &env, true).await;
+                for name in delivery.refused {
+                    bus.inner.dead_letter(
+                        DeadLetter::new(
+                            env.clone(),
+                            DeadLetterReason::Dropped,
+                            "queue full when its priority group's turn came",
+                        )
+                        .with_handler(name),
+                    );
+                }
+                if delivery.shutting_down {
+                    bus.inner.dead_letter(DeadLetter::new(
+                        env.clone(),
+                        DeadLetterReason::Shutdown,
+                        "bus shut down before lower priority groups got the message",
+                    ));
+                    break;
+                }
+                waiters = delivery.waiters;
+            }
+            bus.inner.pending_settled();
+        });
+    }
+
+    /// Publishes and waits until every matching handler has finished with the message (priority
+    /// groups in order), reporting each failure. For tests and flows that need the outcome.
+    pub async fn publish_and_wait<M: Message>(&self, msg: M) -> Result<WaitReport, PublishError> {
+        self.publish_envelope_and_wait(msg.to_envelope()?).await
+    }
+
+    /// [`publish_and_wait`](Self::publish_and_wait) for an envelope.
+    pub async fn publish_envelope_and_wait(
+        &self,
+        mut env: Envelope,
+    ) -> Result<WaitReport, PublishError> {
+        self.check_running()?;
+        inherit_parent(&mut env);
+        let targets = self.inner.router.route(&env.topic);
+        let mut report = WaitReport::default();
+        let groups = priority_groups(&targets).unwrap_or_else(|| vec![targets.to_vec()]);
+        for group in &groups {
+            let delivery = self.deliver_group(group, &env, true).await;
+            if delivery.shutting_down {
+                return Err(PublishError::ShuttingDown);
+            }
+            report.filtered += delivery.filtered;
+            for name in delivery.refused {
+                let error = SendError::Full {
+                    handler: name.clone(),
+                };
+                report.failures.push(HandlerFailure {
+                    subscription: name,
+                    error,
+                });
+            }
+            for (name, rx) in delivery.waiters {
+                match rx.await {
+                    Ok(Ok(_)) => report.handled += 1,
+                    Ok(Err(error)) => report.failures.push(HandlerFailure {
+                        subscription: name,
+                        error,
+                    }),
+                    Err(_) => report.failures.push(HandlerFailure {
+                        subscription: name,
+                        error: SendError::NotProcessed(
+                            "the subscription stopped before handling it".into(),
+                        ),
+                    }),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Publishes several messages in order; stops at the first error and says how many went out.
+    pub async fn publish_batch<M: Message>(
+        &self,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<usize, BatchPublishError> {
+        let mut published = 0;
+        for msg in msgs {
+            let result = match msg.to_envelope() {
+                Ok(env) => self.publish_envelope(env).await,
+                Err(e) => Err(e),
+            };
+            result.map_err(|error| BatchPublishError { published, error })?;
+            published += 1;
+        }
+        Ok(published)
+    }
+
+    /// Publishes `msg` after `delay`. Returns the message id at once; until then the message
+    /// counts as pending, and a shutdown before it is due dead-letters and reports it.
+    pub async fn publish_after<M: Message>(
+        &self,
+        delay: Duration,
+        msg: M,
+    ) -> Result<MessageId, PublishError> {
+        self.schedule(tokio::time::Instant::now() + delay, msg.to_envelope()?)
+    }
+
+    /// Publishes `msg` at `at` (tokio time, so tests can drive it with the virtual clock).
+    pub async fn publish_at<M: Message>(
+        &self,
+        at: tokio::time::Instant,
+        msg: M,
+    ) -> Result<MessageId, PublishError> {
+        self.schedule(at, msg.to_envelope()?)
+    }
+
+    /// Schedules an envelope for `at`.
+    pub fn schedule(
+        &self,
+        at: tokio::time::Instant,
+        mut env: Envelope,
+    ) -> Result<MessageId, PublishError> {
+        self.check_running()?;
+        inherit_parent(&mut env);
+        let id = env.id;
+        self.inner.pending_add();
+        // Holding the table lock while spawning: the task looks itself up first thing, so it
+        // cannot miss its own entry even when `at` is already past.
+        let mut scheduled = self
+            .inner
+            .scheduled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let bus = self.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let entry = bus
+                .inner
+                .scheduled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            let Some((env, _)) = entry else { return };
+            if let Err(e) = bus.publish_envelope(env.clone()).await {
+                tracing::warn!(message_id = %id, error = %e, "delayed publish failed; dead-lettered");
+                bus.inner.dead_letter(DeadLetter::new(
+                    env,
+                    DeadLetterReason::Dropped,
+                    format!("delayed publish failed: {e}"),
+                ));
+            }
+            bus.inner.pending_settled();
+        });
+        scheduled.insert(id, (env, task));
+        Ok(id)
     }
 
     /// Sends a command to its one handler and waits for the typed result.
@@ -557,14 +942,24 @@ impl Bus {
                 .commands
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            commands.get(&env.topic).cloned()
+            commands.get(&env.topic).and_then(|slot| {
+                env.header(SESSION_HEADER)
+                    .and_then(|s| slot.sessions.get(s))
+                    .or(slot.global.as_ref())
+                    .cloned()
+            })
         };
         let Some(handler) = handler else {
             return Err(SendError::NoHandler { topic: env.topic });
         };
         let (tx, rx) = oneshot::channel();
         match handler.enqueue(env, Some(tx)).await {
-            Ok(()) => {}
+            Ok(Enqueued::Queued) => {}
+            Ok(Enqueued::Filtered) => {
+                return Err(SendError::Rejected {
+                    reason: format!("filtered out by handler {}", handler.name()),
+                });
+            }
             Err(EnqueueError::Full) => {
                 return Err(SendError::Full {
                     handler: handler.name().to_owned(),
@@ -644,6 +1039,24 @@ impl Bus {
         }
         let settled_before = inner.settled.load(Ordering::Relaxed);
         let until = tokio::time::Instant::now() + deadline;
+        // Delayed publishes that are not due yet will not be: report them.
+        let scheduled: Vec<_> = inner
+            .scheduled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let mut left = Vec::new();
+        for (id, (env, task)) in scheduled {
+            task.abort();
+            left.push(id);
+            inner.dead_letter(DeadLetter::new(
+                env,
+                DeadLetterReason::Shutdown,
+                "delayed publish not due before shutdown",
+            ));
+            inner.pending_settled();
+        }
         let subs = inner.subs();
         for sub in &subs {
             sub.deactivate();
@@ -659,7 +1072,6 @@ impl Bus {
                 break;
             }
         }
-        let mut left = Vec::new();
         if timed_out {
             for h in &handles {
                 h.abort();
@@ -737,5 +1149,52 @@ fn inherit_parent(env: &mut Envelope) {
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id;
         }
+        if let Some(session) = &parent.session
+            && env.header(SESSION_HEADER).is_none()
+        {
+            env.headers.insert(SESSION_HEADER, session.clone());
+        }
     });
+}
+
+type Waiter = (String, oneshot::Receiver<Result<CommandResult, SendError>>);
+
+/// What delivering to one priority group did.
+#[derive(Default)]
+struct GroupDelivery {
+    delivered: usize,
+    filtered: usize,
+    refused: Vec<String>,
+    waiters: Vec<Waiter>,
+    shutting_down: bool,
+}
+
+/// Splits matching subscriptions into handler-priority groups, highest first; `None` when
+/// they all share one priority (the common case, which then costs no allocation).
+fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
+    let uniform = targets
+        .windows(2)
+        .all(|w| w[0].config.handler_priority == w[1].config.handler_priority);
+    if uniform {
+        return None;
+    }
+    let mut sorted: Vec<Arc<SubShared>> = targets.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.config.handler_priority));
+    Some(
+        sorted
+            .chunk_by(|a, b| a.config.handler_priority == b.config.handler_priority)
+            .map(<[_]>::to_vec)
+            .collect(),
+    )
+}
+
+/// [`Bus::publish_batch`] stopped at an error.
+#[derive(Debug, thiserror::Error)]
+#[error("batch publish stopped after {published} message(s): {error}")]
+pub struct BatchPublishError {
+    /// Messages published before the error.
+    pub published: usize,
+    /// The error.
+    #[source]
+    pub error: PublishError,
 }

@@ -4,7 +4,11 @@
 use std::future::Future;
 use std::sync::Weak;
 
-use switchyard_core::{BoxError, Command, Envelope, Message, MessageId, Outcome, SendError};
+use smol_str::SmolStr;
+use switchyard_core::{
+    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
+    SendError,
+};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt, service_fn};
 
@@ -12,6 +16,9 @@ use crate::bus::{Bus, BusInner};
 
 /// A type-erased handler, as the bus stores it: cloned once per worker.
 pub type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
+
+/// A type-erased batch handler: gets several envelopes at once.
+pub type BoxBatchHandler = BoxCloneService<Vec<Envelope>, Outcome, BoxError>;
 
 /// What a handler's `Ok` value means to the bus.
 pub trait IntoOutcome {
@@ -174,6 +181,51 @@ where
 }
 
 /// Waits for readiness, then calls.
-pub(crate) async fn call(svc: &mut BoxHandler, env: Envelope) -> Result<Outcome, BoxError> {
-    svc.ready().await?.call(env).await
+pub(crate) async fn call<R>(
+    svc: &mut BoxCloneService<R, Outcome, BoxError>,
+    request: R,
+) -> Result<Outcome, BoxError> {
+    svc.ready().await?.call(request).await
+}
+
+/// A typed batch handler: decodes every message; undecodable ones are dead-lettered with
+/// their raw bytes and the rest are handed over together.
+pub(crate) fn typed_batch<T, F, Fut, O, E>(
+    bus: Weak<BusInner>,
+    name: SmolStr,
+    f: F,
+) -> BoxBatchHandler
+where
+    T: Message,
+    F: Fn(Vec<T>, Ctx) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, E>> + Send + 'static,
+    O: IntoOutcome,
+    E: Into<BoxError>,
+{
+    BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
+        let (f, bus, name) = (f.clone(), bus.clone(), name.clone());
+        async move {
+            let bus = upgrade(&bus)?;
+            let Some(first) = envs.first().cloned() else {
+                return Ok(Outcome::Ack);
+            };
+            let mut msgs = Vec::with_capacity(envs.len());
+            for env in envs {
+                match T::from_envelope(&env) {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => bus.inner().dead_letter(
+                        DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())
+                            .with_handler(name.clone()),
+                    ),
+                }
+            }
+            if msgs.is_empty() {
+                return Ok(Outcome::Ack);
+            }
+            f(msgs, Ctx::new(bus, first))
+                .await
+                .map(IntoOutcome::into_outcome)
+                .map_err(Into::into)
+        }
+    }))
 }

@@ -30,17 +30,22 @@
 mod bus;
 mod command;
 mod handler;
+pub mod lifecycle;
 mod queue;
 mod router;
+pub mod session;
 mod subscription;
 pub mod testkit;
 
-pub use bus::{BuildError, Bus, BusBuilder, ShutdownReport};
+pub use bus::{
+    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, ShutdownReport, WaitReport,
+};
 pub use command::CommandResult;
-pub use handler::{BoxHandler, Ctx, IntoOutcome, boxed, handler_fn};
+pub use handler::{BoxBatchHandler, BoxHandler, Ctx, IntoOutcome, boxed, handler_fn};
 pub use queue::Overflow;
+pub use session::Session;
 pub use subscription::{
-    OrderingKey, Subscription, SubscriptionBuilder, SubscriptionInfo, SubscriptionKind,
+    Filter, OrderingKey, Subscription, SubscriptionBuilder, SubscriptionInfo, SubscriptionKind,
     SubscriptionStats,
 };
 pub use switchyard_core::*;

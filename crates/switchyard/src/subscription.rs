@@ -21,8 +21,10 @@ use tokio::task::JoinHandle;
 
 use crate::bus::{Bus, BusInner, Parent};
 use crate::command::{CommandReply, CommandResult};
-use crate::handler::{self, BoxHandler};
+use crate::handler::{self, BoxBatchHandler, BoxHandler};
 use crate::queue::{Entry, Overflow, PushError, Pushed, Queue};
+use crate::session::{SESSION_HEADER, SessionSubs};
+use tower::util::BoxCloneService;
 
 /// Extracts the ordering key of a message: messages with equal keys are handled one at a time,
 /// in order; different keys in parallel.
@@ -48,6 +50,28 @@ pub(crate) struct SubscriptionConfig {
     pub(crate) max_attempts: u32,
     pub(crate) retry_delay: Duration,
     pub(crate) ordering_key: Option<OrderingKey>,
+    pub(crate) filters: Vec<Filter>,
+    pub(crate) session: Option<SmolStr>,
+    pub(crate) handler_priority: i32,
+    pub(crate) batch: Option<BatchConfig>,
+}
+
+/// A predicate applied before a message is queued; messages it refuses are counted as
+/// `filtered`, not delivered.
+pub type Filter = Arc<dyn Fn(&Envelope) -> bool + Send + Sync>;
+
+/// How a batch subscription groups messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchConfig {
+    pub(crate) max_size: usize,
+    pub(crate) max_wait: Duration,
+}
+
+/// The handler a subscription's workers call: one message at a time, or batches.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Single(BoxHandler),
+    Batch(BoxBatchHandler),
 }
 
 /// Counters of one subscription. Nothing is dropped without being counted here.
@@ -63,6 +87,7 @@ pub(crate) struct Counters {
     dropped: AtomicU64,
     refused_full: AtomicU64,
     decode_failed: AtomicU64,
+    filtered: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -92,6 +117,8 @@ pub struct SubscriptionStats {
     pub refused_full: u64,
     /// Messages whose payload could not be decoded.
     pub decode_failed: u64,
+    /// Messages a filter kept out of the queue.
+    pub filtered: u64,
 }
 
 impl Counters {
@@ -108,6 +135,7 @@ impl Counters {
             dropped: g(&self.dropped),
             refused_full: g(&self.refused_full),
             decode_failed: g(&self.decode_failed),
+            filtered: g(&self.filtered),
         }
     }
 }
@@ -134,6 +162,14 @@ pub struct SubscriptionInfo {
     pub in_flight: usize,
     /// False once the handle was dropped and the queue is draining.
     pub active: bool,
+    /// The session it belongs to, if any.
+    pub session: Option<String>,
+    /// Its handler priority group (higher groups finish before lower ones start).
+    pub handler_priority: i32,
+    /// Number of filters applied before queueing.
+    pub filters: usize,
+    /// Batch size limit, for batch subscriptions.
+    pub batch_size: Option<usize>,
     /// Counters.
     pub stats: SubscriptionStats,
 }
@@ -156,6 +192,15 @@ pub(crate) struct SubShared {
     live_workers: AtomicUsize,
     active: AtomicBool,
     bus: Weak<BusInner>,
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued for the workers.
+    Queued,
+    /// A filter (or the session scope) kept it out; counted as `filtered`.
+    Filtered,
 }
 
 /// Why an enqueue failed.
@@ -199,6 +244,10 @@ impl SubShared {
             depth: self.queue.len(),
             in_flight: self.queue.in_flight(),
             active: self.active.load(Ordering::Relaxed),
+            session: self.config.session.as_ref().map(ToString::to_string),
+            handler_priority: self.config.handler_priority,
+            filters: self.config.filters.len(),
+            batch_size: self.config.batch.map(|b| b.max_size),
             stats: self.counters.snapshot(),
         }
     }
@@ -207,13 +256,27 @@ impl SubShared {
         self.counters.snapshot()
     }
 
+    /// Session scope and filters, checked before queueing.
+    fn accepts(&self, env: &Envelope) -> bool {
+        if let Some(session) = &self.config.session
+            && env.header(SESSION_HEADER) != Some(session.as_str())
+        {
+            return false;
+        }
+        self.config.filters.iter().all(|f| f(env))
+    }
+
     /// Puts a message in the queue under the overflow policy. On success the bus's pending
     /// count includes it until a worker (or shutdown) settles it.
     pub(crate) async fn enqueue(
         &self,
         env: Envelope,
         reply: Option<CommandReply>,
-    ) -> Result<(), EnqueueError> {
+    ) -> Result<Enqueued, EnqueueError> {
+        if !self.accepts(&env) {
+            inc(&self.counters.filtered);
+            return Ok(Enqueued::Filtered);
+        }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
         let Some(bus) = self.bus.upgrade() else {
             drop((env, reply, lane));
@@ -221,7 +284,7 @@ impl SubShared {
         };
         bus.pending_add();
         match self.queue.push(Entry::new(env, reply, lane)).await {
-            Ok(Pushed::Queued) => Ok(()),
+            Ok(Pushed::Queued) => Ok(Enqueued::Queued),
             Ok(Pushed::Evicted(old)) => {
                 inc(&self.counters.dropped);
                 self.give_up(
@@ -230,7 +293,7 @@ impl SubShared {
                     DeadLetterReason::Dropped,
                     "evicted: queue full (drop-oldest)".into(),
                 );
-                Ok(())
+                Ok(Enqueued::Queued)
             }
             Err(PushError::Full(entry)) => {
                 bus.pending_settled();
@@ -265,13 +328,26 @@ impl SubShared {
     }
 
     /// Starts the worker tasks.
-    pub(crate) fn spawn_workers(self: &Arc<Self>, handler: BoxHandler) {
+    pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..self.config.workers {
             self.live_workers.fetch_add(1, Ordering::Relaxed);
             let sub = Arc::clone(self);
-            let svc = handler.clone();
-            workers.push(tokio::spawn(async move { sub.run_worker(svc).await }));
+            let handler = handler.clone();
+            workers.push(tokio::spawn(async move {
+                match handler {
+                    Handler::Single(svc) => sub.run_worker(svc).await,
+                    Handler::Batch(svc) => sub.run_batch_worker(svc).await,
+                }
+            }));
+        }
+    }
+
+    fn worker_exited(&self) {
+        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(bus) = self.bus.upgrade()
+        {
+            bus.forget_subscription(self.id);
         }
     }
 
@@ -287,46 +363,141 @@ impl SubShared {
             self.queue.complete(seq, lane.as_ref());
             bus.pending_settled();
         }
-        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(bus) = self.bus.upgrade()
-        {
-            bus.forget_subscription(self.id);
+        self.worker_exited();
+    }
+
+    /// One batch worker: waits for a first message, then collects more until the batch is
+    /// full or `max_wait` has passed since the first, and hands them over together.
+    async fn run_batch_worker(self: Arc<Self>, mut svc: BoxBatchHandler) {
+        let Some(batch) = self.config.batch else {
+            return self.worker_exited();
+        };
+        while let Some(first) = self.queue.pop().await {
+            let deadline = tokio::time::Instant::now() + batch.max_wait;
+            let mut taken = vec![first];
+            while taken.len() < batch.max_size {
+                match tokio::time::timeout_at(deadline, self.queue.pop()).await {
+                    Ok(Some(t)) => taken.push(t),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let Some(bus) = self.bus.upgrade() else { break };
+            let mut settle = Vec::with_capacity(taken.len());
+            let mut envs = Vec::with_capacity(taken.len());
+            for t in taken {
+                let seq = t.seq();
+                let Entry {
+                    env, reply, lane, ..
+                } = t.entry;
+                settle.push((seq, lane, reply));
+                envs.push(env);
+            }
+            let result = self.process_batch(&bus, &mut svc, envs).await;
+            for (seq, lane, reply) in settle {
+                if let Some(reply) = reply {
+                    let answer = match &result {
+                        Ok(attempts) => Ok(CommandResult {
+                            reply: None,
+                            handler: self.config.name.clone(),
+                            attempts: *attempts,
+                        }),
+                        Err((error, attempts)) => Err(SendError::Failed {
+                            error: error.clone(),
+                            attempts: *attempts,
+                        }),
+                    };
+                    let _ = reply.send(answer);
+                }
+                self.queue.complete(seq, lane.as_ref());
+                bus.pending_settled();
+            }
+        }
+        self.worker_exited();
+    }
+
+    /// One handler call with panic capture, classified.
+    async fn attempt<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: R,
+        parent: Parent,
+        first: &Envelope,
+    ) -> Attempt {
+        let c = &self.counters;
+        let call = handler::call(svc, request);
+        let result = crate::bus::CURRENT
+            .scope(parent, AssertUnwindSafe(call).catch_unwind())
+            .await;
+        match result {
+            Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+            Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
+            Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
+                reason: DeadLetterReason::HandlerFailed,
+                error: "handler asked for a retry".to_owned(),
+                delay: after,
+            },
+            Ok(Err(e)) => {
+                let text = error_chain(&*e);
+                match decode_failure(&e) {
+                    Some(display) => Attempt::Undecodable { text, display },
+                    None => {
+                        inc(&c.failed);
+                        tracing::warn!(subscription = %self.name(), message_id = %first.id,
+                            correlation_id = %first.correlation_id, attempt = first.delivery.attempt,
+                            error = %text, "handler failed");
+                        Attempt::Failed {
+                            reason: DeadLetterReason::HandlerFailed,
+                            error: text,
+                            delay: None,
+                        }
+                    }
+                }
+            }
+            Err(panic) => {
+                inc(&c.failed);
+                inc(&c.panicked);
+                let text = format!("handler panicked: {}", panic_message(&*panic));
+                tracing::error!(subscription = %self.name(), message_id = %first.id,
+                    correlation_id = %first.correlation_id, attempt = first.delivery.attempt,
+                    error = %text, "handler panicked; worker continues");
+                Attempt::Failed {
+                    reason: DeadLetterReason::Panicked,
+                    error: text,
+                    delay: None,
+                }
+            }
         }
     }
 
     /// Handles one message until it is acked, replied, rejected or out of attempts.
     async fn process(
         &self,
-        bus: &BusInner,
+        bus: &Arc<BusInner>,
         svc: &mut BoxHandler,
         mut env: Envelope,
         reply: Option<CommandReply>,
     ) {
         let c = &self.counters;
-        loop {
+        let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
+        let started = std::time::Instant::now();
+        if lifecycle {
+            bus.command_started(&env, self.name()).await;
+        }
+        let (ok, error) = loop {
             env.delivery.attempt += 1;
             env.delivery
                 .first_delivered_at
                 .get_or_insert_with(SystemTime::now);
             inc(&c.delivered);
-            let parent = Parent {
-                id: env.id,
-                correlation_id: env.correlation_id,
-            };
-            let call = handler::call(svc, env.clone());
-            let result = crate::bus::CURRENT
-                .scope(parent, AssertUnwindSafe(call).catch_unwind())
-                .await;
-            let (reason, error, delay) = match result {
-                Ok(Ok(Outcome::Ack)) => {
+            let parent = Parent::of(&env);
+            let (reason, error, delay) = match self.attempt(svc, env.clone(), parent, &env).await {
+                Attempt::Done(r) => {
                     inc(&c.acked);
-                    return self.answer(reply, Ok(None), &env);
+                    self.answer(reply, Ok(r), &env);
+                    break (true, None);
                 }
-                Ok(Ok(Outcome::Reply(r))) => {
-                    inc(&c.acked);
-                    return self.answer(reply, Ok(Some(r)), &env);
-                }
-                Ok(Ok(Outcome::Reject { reason })) => {
+                Attempt::Rejected(reason) => {
                     inc(&c.rejected);
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
@@ -338,43 +509,31 @@ impl SubShared {
                         }),
                         &env,
                     );
-                    bus.dead_letter(self.letter(env, DeadLetterReason::Rejected, reason));
-                    return;
+                    bus.dead_letter(self.letter(
+                        env.clone(),
+                        DeadLetterReason::Rejected,
+                        reason.clone(),
+                    ));
+                    break (false, Some(reason));
                 }
-                Ok(Ok(Outcome::Retry { after })) => (
-                    DeadLetterReason::HandlerFailed,
-                    "handler asked for a retry".to_owned(),
-                    after,
-                ),
-                Ok(Err(e)) => match decode_failure(&e) {
-                    Some(decode) => {
-                        inc(&c.decode_failed);
-                        inc(&c.dead_lettered);
-                        let text = error_chain(&*e);
-                        tracing::warn!(subscription = %self.name(), message_id = %env.id,
-                            correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
-                        self.answer(reply, Err(SendError::NotProcessed(decode)), &env);
-                        bus.dead_letter(self.letter(env, DeadLetterReason::DecodeFailed, text));
-                        return;
-                    }
-                    None => {
-                        inc(&c.failed);
-                        let text = error_chain(&*e);
-                        tracing::warn!(subscription = %self.name(), message_id = %env.id,
-                            correlation_id = %env.correlation_id, attempt = env.delivery.attempt,
-                            error = %text, "handler failed");
-                        (DeadLetterReason::HandlerFailed, text, None)
-                    }
-                },
-                Err(panic) => {
-                    inc(&c.failed);
-                    inc(&c.panicked);
-                    let text = format!("handler panicked: {}", panic_message(&*panic));
-                    tracing::error!(subscription = %self.name(), message_id = %env.id,
-                        correlation_id = %env.correlation_id, attempt = env.delivery.attempt,
-                        error = %text, "handler panicked; worker continues");
-                    (DeadLetterReason::Panicked, text, None)
+                Attempt::Undecodable { text, display } => {
+                    inc(&c.decode_failed);
+                    inc(&c.dead_lettered);
+                    tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
+                    self.answer(reply, Err(SendError::NotProcessed(display)), &env);
+                    bus.dead_letter(self.letter(
+                        env.clone(),
+                        DeadLetterReason::DecodeFailed,
+                        text.clone(),
+                    ));
+                    break (false, Some(text));
                 }
+                Attempt::Failed {
+                    reason,
+                    error,
+                    delay,
+                } => (reason, error, delay),
             };
             if env.delivery.attempt >= self.config.max_attempts {
                 inc(&c.dead_lettered);
@@ -387,11 +546,67 @@ impl SubShared {
                     }),
                     &env,
                 );
-                bus.dead_letter(self.letter(env, reason, error));
-                return;
+                bus.dead_letter(self.letter(env.clone(), reason, error.clone()));
+                break (false, Some(error));
             }
             inc(&c.retried);
             tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+        };
+        if lifecycle {
+            bus.command_finished(&env, self.name(), ok, error, started.elapsed())
+                .await;
+        }
+    }
+
+    /// Handles one batch: all messages succeed or fail together.
+    async fn process_batch(
+        &self,
+        bus: &BusInner,
+        svc: &mut BoxBatchHandler,
+        mut envs: Vec<Envelope>,
+    ) -> Result<u32, (String, u32)> {
+        let c = &self.counters;
+        let Some(first) = envs.first().cloned() else {
+            return Ok(0);
+        };
+        loop {
+            for env in envs.iter_mut() {
+                env.delivery.attempt += 1;
+                env.delivery
+                    .first_delivered_at
+                    .get_or_insert_with(SystemTime::now);
+            }
+            let attempt_no = envs[0].delivery.attempt;
+            c.delivered.fetch_add(envs.len() as u64, Ordering::Relaxed);
+            let (reason, error, delay) = match self
+                .attempt(svc, envs.clone(), Parent::of(&first), &envs[0])
+                .await
+            {
+                Attempt::Done(_) => {
+                    c.acked.fetch_add(envs.len() as u64, Ordering::Relaxed);
+                    return Ok(attempt_no);
+                }
+                Attempt::Rejected(reason) => (DeadLetterReason::Rejected, reason, None),
+                Attempt::Undecodable { text, .. } => (DeadLetterReason::DecodeFailed, text, None),
+                Attempt::Failed {
+                    reason,
+                    error,
+                    delay,
+                } => {
+                    if attempt_no < self.config.max_attempts {
+                        inc(&c.retried);
+                        tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+                        continue;
+                    }
+                    (reason, error, delay)
+                }
+            };
+            let _ = delay;
+            for env in envs {
+                inc(&c.dead_lettered);
+                bus.dead_letter(self.letter(env, reason, error.clone()));
+            }
+            return Err((error, attempt_no));
         }
     }
 
@@ -421,6 +636,24 @@ impl SubShared {
         self.active.store(false, Ordering::Relaxed);
         self.queue.close();
     }
+}
+
+/// How one handler call ended. (Moved once per attempt; boxing the reply would allocate on
+/// every command.)
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// Acked, or replied.
+    Done(Option<Envelope>),
+    /// Refused for good.
+    Rejected(String),
+    /// The payload did not decode (not retried).
+    Undecodable { text: String, display: String },
+    /// Error, panic or retry request: try again or dead-letter.
+    Failed {
+        reason: DeadLetterReason,
+        error: String,
+        delay: Option<Duration>,
+    },
 }
 
 fn decode_failure(e: &BoxError) -> Option<String> {
@@ -524,8 +757,9 @@ pub struct SubscriptionBuilder {
     bus: Bus,
     kind: SubscriptionKind,
     config: SubscriptionConfig,
-    handler: BoxHandler,
+    handler: Handler,
     error: Option<SubscribeError>,
+    session: Option<Arc<SessionSubs>>,
 }
 
 impl SubscriptionBuilder {
@@ -533,7 +767,7 @@ impl SubscriptionBuilder {
         bus: Bus,
         kind: SubscriptionKind,
         config: SubscriptionConfig,
-        handler: BoxHandler,
+        handler: Handler,
         error: Option<SubscribeError>,
     ) -> Self {
         Self {
@@ -542,7 +776,59 @@ impl SubscriptionBuilder {
             config,
             handler,
             error,
+            session: None,
         }
+    }
+
+    /// Scopes the subscription to a session: it sees only that session's messages and is
+    /// removed when the session ends.
+    pub(crate) fn in_session(mut self, id: SmolStr, subs: Arc<SessionSubs>) -> Self {
+        self.config.session = Some(id);
+        self.session = Some(subs);
+        self
+    }
+
+    /// Queues only messages for which `predicate` is true; the others are counted in
+    /// `stats().filtered`. Several filters must all pass.
+    pub fn filter<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&Envelope) -> bool + Send + Sync + 'static,
+    {
+        self.config.filters.push(Arc::new(predicate));
+        self
+    }
+
+    /// Queues only messages whose header `name` equals `value`.
+    pub fn filter_header(self, name: &'static str, value: impl Into<SmolStr>) -> Self {
+        let value = value.into();
+        self.filter(move |env| env.header(name) == Some(value.as_str()))
+    }
+
+    /// Handler priority group. When one event matches subscriptions of different groups, the
+    /// higher groups' handlers finish (ack, dead-letter or give up) before lower groups get
+    /// the event; subscriptions of one group run concurrently. Default 0.
+    pub fn handler_priority(mut self, priority: i32) -> Self {
+        self.config.handler_priority = priority;
+        self
+    }
+
+    /// For batch subscriptions ([`Bus::on_batch`]): hand over at most `max_size` messages,
+    /// waiting at most `max_wait` after the first for the batch to fill.
+    pub fn batch(mut self, max_size: usize, max_wait: Duration) -> Self {
+        match (&self.handler, max_size) {
+            (Handler::Single(_), _) => {
+                self.error.get_or_insert(SubscribeError::InvalidConfig(
+                    "batch() needs a batch handler (Bus::on_batch)",
+                ));
+            }
+            (_, 0) => {
+                self.error.get_or_insert(SubscribeError::InvalidConfig(
+                    "batch size must be at least 1",
+                ));
+            }
+            _ => self.config.batch = Some(BatchConfig { max_size, max_wait }),
+        }
+        self
     }
 
     /// Listens on a pattern (`*` one segment, `#` zero or more) instead of the message type's topic.
@@ -632,7 +918,14 @@ impl SubscriptionBuilder {
             tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
         <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
     {
-        self.handler = handler::layered(self.handler, layer);
+        match self.handler {
+            Handler::Single(h) => self.handler = Handler::Single(handler::layered(h, layer)),
+            Handler::Batch(_) => {
+                self.error.get_or_insert(SubscribeError::InvalidConfig(
+                    "layers wrap single-message handlers",
+                ));
+            }
+        }
         self
     }
 
@@ -641,6 +934,10 @@ impl SubscriptionBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        self.bus.register(self.kind, self.config, self.handler)
+        let sub = self.bus.register(self.kind, self.config, self.handler)?;
+        if let Some(session) = self.session {
+            session.push(sub.shared.clone());
+        }
+        Ok(sub)
     }
 }

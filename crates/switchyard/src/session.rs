@@ -1,0 +1,216 @@
+//! Sessions: a scope (one job, one conversation, one user session) whose handlers live exactly
+//! as long as the scope.
+//!
+//! `bus.session("job-123")` publishes `switchyard.session.started` and returns a [`Session`].
+//! Handlers registered through it see only messages of that session (header `session-id`);
+//! session command handlers win over global ones for commands of their session. Dropping the
+//! session (also by an error return or a panic unwinding through its owner) removes its
+//! handlers and publishes `switchyard.session.ended`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+use switchyard_core::{BoxError, Command, Envelope, Message, PublishError, SendError};
+
+use crate::bus::Bus;
+use crate::handler::{BoxHandler, Ctx, IntoOutcome};
+use crate::subscription::{SubShared, SubscriptionBuilder};
+
+/// Header carrying the session a message belongs to.
+pub const SESSION_HEADER: &str = "session-id";
+
+/// Published when a session starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    /// The session's id.
+    pub session_id: String,
+}
+impl Message for SessionStarted {
+    const TOPIC: &'static str = "switchyard.session.started";
+}
+
+/// Published when a session ends (its guard was dropped or [`Session::end`] was called).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    /// The session's id.
+    pub session_id: String,
+    /// Handlers that were removed.
+    pub handlers_removed: usize,
+}
+impl Message for SessionEnded {
+    const TOPIC: &'static str = "switchyard.session.ended";
+}
+
+/// The subscriptions a session owns; shared with the builders it hands out.
+#[derive(Default)]
+pub(crate) struct SessionSubs(Mutex<Vec<Arc<SubShared>>>);
+
+impl SessionSubs {
+    pub(crate) fn push(&self, sub: Arc<SubShared>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
+    }
+
+    fn take(&self) -> Vec<Arc<SubShared>> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A scope of handlers; see the [module docs](self).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use switchyard::{Bus, testkit::Recorder};
+/// let bus = Bus::new();
+/// let ended = Recorder::start(&bus, "switchyard.session.ended").await?;
+/// {
+///     let session = bus.session("job-1").await?;
+///     session.subscribe("job-log", "jobs.#", switchyard::handler_fn(|_env| async { Ok::<_, std::io::Error>(()) }))
+///         .start().await?.detach(); // lives as long as the session
+///     assert_eq!(bus.registry().iter().filter(|s| s.active).count(), 2);
+/// } // dropped: handlers removed, `switchyard.session.ended` published
+/// ended.wait_for(1, std::time::Duration::from_secs(1)).await?;
+/// # Ok(()) }
+/// ```
+pub struct Session {
+    bus: Bus,
+    id: SmolStr,
+    subs: Arc<SessionSubs>,
+    ended: bool,
+}
+
+impl Session {
+    pub(crate) async fn start(bus: Bus, id: SmolStr) -> Result<Self, PublishError> {
+        let mut started = SessionStarted {
+            session_id: id.to_string(),
+        }
+        .to_envelope()?;
+        started.headers.insert(SESSION_HEADER, id.clone());
+        bus.publish_envelope(started).await?;
+        Ok(Self {
+            bus,
+            id,
+            subs: Arc::default(),
+            ended: false,
+        })
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Subscribes a typed handler that sees only this session's messages.
+    pub fn on<M, F, Fut, O, E>(&self, name: &str, f: F) -> SubscriptionBuilder
+    where
+        M: Message,
+        F: Fn(M, Ctx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, E>> + Send + 'static,
+        O: IntoOutcome,
+        E: Into<BoxError>,
+    {
+        self.bus
+            .on(name, f)
+            .in_session(self.id.clone(), self.subs.clone())
+    }
+
+    /// Subscribes a raw handler that sees only this session's messages.
+    pub fn subscribe(&self, name: &str, pattern: &str, handler: BoxHandler) -> SubscriptionBuilder {
+        self.bus
+            .subscribe(name, pattern, handler)
+            .in_session(self.id.clone(), self.subs.clone())
+    }
+
+    /// Registers this session's handler of command `C`; it takes precedence over the global
+    /// handler for commands sent in this session.
+    pub fn handle<C, F, Fut, E>(&self, f: F) -> SubscriptionBuilder
+    where
+        C: Command,
+        F: Fn(C, Ctx) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<C::Output, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.bus
+            .handle(f)
+            .in_session(self.id.clone(), self.subs.clone())
+    }
+
+    /// Tags an envelope with this session.
+    pub fn tag(&self, mut env: Envelope) -> Envelope {
+        env.headers.insert(SESSION_HEADER, self.id.clone());
+        env
+    }
+
+    /// Publishes an event in this session.
+    pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
+        self.bus
+            .publish_envelope(self.tag(msg.to_envelope()?))
+            .await
+    }
+
+    /// Sends a command in this session (its session handler first, else the global one).
+    pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
+        let mut env = self.tag(cmd.to_envelope()?);
+        env.kind = switchyard_core::Kind::Command;
+        self.bus.send_typed::<C>(env, None).await
+    }
+
+    /// Ends the session now and waits until `switchyard.session.ended` is published.
+    pub async fn end(mut self) -> Result<(), PublishError> {
+        self.ended = true;
+        let removed = self.remove_handlers();
+        self.bus.publish_envelope(self.ended_event(removed)?).await
+    }
+
+    fn remove_handlers(&self) -> usize {
+        let subs = self.subs.take();
+        for sub in &subs {
+            self.bus.inner().unroute(sub);
+            sub.deactivate();
+        }
+        subs.len()
+    }
+
+    fn ended_event(&self, handlers_removed: usize) -> Result<Envelope, PublishError> {
+        let ended = SessionEnded {
+            session_id: self.id.to_string(),
+            handlers_removed,
+        };
+        Ok(self.tag(ended.to_envelope()?))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let removed = self.remove_handlers();
+        let Ok(env) = self.ended_event(removed) else {
+            return;
+        };
+        // Drop cannot wait: the ended event is published from a task (it still goes through
+        // the normal publish path, with backpressure and counting).
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let bus = self.bus.clone();
+                rt.spawn(async move {
+                    if let Err(e) = bus.publish_envelope(env).await {
+                        tracing::warn!(error = %e, "could not publish switchyard.session.ended");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(session = %self.id, "session dropped outside a runtime; ended event not published")
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
