@@ -35,7 +35,7 @@ async fn session_cleanup_removes_handlers_and_emits_both_events() {
         .await
         .unwrap()
         .detach();
-    let _cmd = session
+    session
         .handle(|_: Whoami, _| async move { Ok::<_, std::io::Error>("s".to_owned()) })
         .start()
         .await
