@@ -226,6 +226,16 @@ impl ComponentCtx {
         self.table.handle(id, &self.bus, Some(&self.envelope))
     }
 
+    /// The live context a result belongs to: the one named by its `parent_request` (see
+    /// [`REQUEST_HEADER`](crate::REQUEST_HEADER)), or else this component's newest context in
+    /// the flow.
+    pub fn context_for<T>(&self, done: &crate::context::Completion<T>) -> Option<RequestContext> {
+        match done.parent_request {
+            Some(id) => self.context_by_id(id),
+            None => self.context(),
+        }
+    }
+
     /// A live context by id, its events caused by the message being handled.
     pub fn context_by_id(&self, id: RequestId) -> Option<RequestContext> {
         self.table.handle(id, &self.bus, Some(&self.envelope))

@@ -18,6 +18,12 @@ use tokio::time::Instant;
 use crate::enforce::ComponentBus;
 use crate::role::{Role, error_topic, status_topic, topic_name};
 
+/// Header carrying the id of the request context a message was published for (set by
+/// [`RequestContext::publish_to`]); the context begun for that message records it as its
+/// `parent_request`, and its [`Completion`] carries it back, so the layer above finds the exact
+/// context the result belongs to even when a retry started a newer one.
+pub const REQUEST_HEADER: &str = "x-request-id";
+
 /// Identifies one request context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -126,6 +132,9 @@ pub struct Context {
     pub domain: SmolStr,
     /// What is being done (`load`, `validate`, ...): the middle segment of its topics.
     pub action: SmolStr,
+    /// The request context (of the layer above) whose message started this one, taken from
+    /// the [`REQUEST_HEADER`] of that message.
+    pub parent_request: Option<RequestId>,
     /// Current state.
     pub state: RequestState,
     /// Free-form metadata.
@@ -243,6 +252,9 @@ pub struct Completion<T> {
     pub domain: SmolStr,
     /// Action.
     pub action: SmolStr,
+    /// The request context (of the layer above) whose message started this one, taken from
+    /// the [`REQUEST_HEADER`] of that message.
+    pub parent_request: Option<RequestId>,
     /// Completed or failed.
     pub status: CompletionStatus,
     /// The result, when completed.
@@ -506,6 +518,10 @@ impl ContextTable {
         let id = RequestId::new();
         let correlation_id = parent.map(|p| p.correlation_id).unwrap_or(id.0);
         let spec = bus.spec();
+        let parent_request = parent
+            .and_then(|p| p.header(REQUEST_HEADER))
+            .and_then(|h| h.parse::<MessageId>().ok())
+            .map(RequestId);
         let ctx = Context {
             request_id: id,
             correlation_id,
@@ -513,6 +529,7 @@ impl ContextTable {
             role: spec.role(),
             domain: spec.endpoint.domain.clone(),
             action: SmolStr::new(action),
+            parent_request,
             state: RequestState::Pending,
             metadata: BTreeMap::new(),
             metrics: ContextMetrics::default(),
@@ -746,6 +763,7 @@ fn completion<T>(ctx: &Context, status: CompletionStatus) -> Completion<T> {
         role: ctx.role,
         domain: ctx.domain.clone(),
         action: ctx.action.clone(),
+        parent_request: ctx.parent_request,
         status,
         result: None,
         error: None,
@@ -927,6 +945,20 @@ impl RequestContext {
         )
         .await;
         self.published(ctx.state, r)
+    }
+
+    /// Publishes `msg` on `topic` on behalf of this context: caused by the message being
+    /// handled, with the [`REQUEST_HEADER`] set to this context's id, so the result coming back
+    /// can be matched with [`ComponentCtx::context_for`](crate::ComponentCtx::context_for).
+    pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
+        let mut env = msg.to_envelope()?;
+        env.topic = switchyard::Topic::new(topic)?;
+        let env = match &self.parent {
+            Some(p) => env.caused_by(p),
+            None => env,
+        }
+        .with_header(REQUEST_HEADER, self.id.to_string());
+        self.bus.publish_envelope(env).await
     }
 
     /// The same context, with events caused by `parent` from now on.

@@ -350,7 +350,7 @@ async fn manager_begin(cx: &ComponentCtx, d: &str, a: &str, job: Job) -> Result<
     ctx.set_metadata("job", serde_json::to_string(&job)?)?;
     ctx.set_metadata("run_id", job.run_id.clone())?;
     ctx.start().await?;
-    cx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+    ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
         .await?;
     Ok(())
 }
@@ -383,7 +383,7 @@ fn manager(
     b.on::<Completion<Value>, _, _, _, _>(
         &topic_name(d, a, Role::Service.result_phase()),
         move |done, cx| async move {
-            let Some(ctx) = cx.context() else {
+            let Some(ctx) = cx.context_for(&done) else {
                 return Ok::<_, BoxError>(());
             };
             if done.is_ok() {
@@ -408,7 +408,7 @@ fn manager(
         let mut job = job_of(&snapshot.metadata)?;
         job.attempt = req.attempt;
         ctx.record("attempts", f64::from(req.attempt))?;
-        cx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+        ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
             .await?;
         Ok(())
     })
@@ -435,7 +435,7 @@ fn relay(d: &'static str, a: &'static str, role: Role, below: Role) -> Component
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("attempt", job.attempt.to_string())?;
                 ctx.start().await?;
-                cx.publish_to(&topic_name(d, a, below.request_phase()), job)
+                ctx.publish_to(&topic_name(d, a, below.request_phase()), job)
                     .await?;
                 Ok::<_, BoxError>(())
             },
@@ -443,7 +443,7 @@ fn relay(d: &'static str, a: &'static str, role: Role, below: Role) -> Component
         .on::<Completion<Value>, _, _, _, _>(
             &topic_name(d, a, below.result_phase()),
             move |done, cx| async move {
-                let Some(ctx) = cx.context() else {
+                let Some(ctx) = cx.context_for(&done) else {
                     return Ok::<_, BoxError>(());
                 };
                 match (done.is_ok(), done.error) {
@@ -519,7 +519,7 @@ fn cpm() -> ComponentBuilder {
                 dataset: req.dataset,
                 attempt: 1,
             };
-            cx.publish_to(&topic_name(first_d, first_a, "request"), job)
+            ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
                 .await?;
             Ok::<_, BoxError>(())
         });

@@ -1,0 +1,94 @@
+//! Topology export: golden checks of Mermaid and DOT.
+
+use switchyard_components::{Role, Topology};
+
+use crate::spec;
+
+fn small() -> Topology {
+    Topology::new(vec![
+        spec(
+            "cpm",
+            Role::Cpm,
+            "cpm",
+            &["a.load.complete"],
+            &["a.load.request"],
+        ),
+        spec(
+            "a-manager",
+            Role::Manager,
+            "a",
+            &["a.load.request", "a.load.served"],
+            &["a.load.submit", "a.load.complete"],
+        ),
+        spec(
+            "a-service",
+            Role::Service,
+            "a",
+            &["a.load.submit"],
+            &["a.load.served"],
+        ),
+        spec("a-processor", Role::Processor, "a", &["a.#"], &[]),
+    ])
+}
+
+const MERMAID: &str = r#"flowchart TD
+  subgraph a["a"]
+    a_manager["a-manager<br/><i>manager</i>"]
+    a_processor["a-processor<br/><i>processor</i>"]
+    a_service["a-service<br/><i>service</i>"]
+  end
+  subgraph cpm["cpm"]
+    cpm["cpm<br/><i>cpm</i>"]
+  end
+  a_manager -. "✗ a.load.complete, a.load.submit" .-> a_processor
+  a_manager -- "a.load.submit" --> a_service
+  a_manager -- "a.load.complete" --> cpm
+  a_service -- "a.load.served" --> a_manager
+  a_service -. "✗ a.load.served" .-> a_processor
+  cpm -- "a.load.request" --> a_manager
+  cpm -- "a.load.request" --> a_processor
+"#;
+
+const DOT: &str = r#"digraph topology {
+  rankdir=TB;
+  node [shape=box];
+  subgraph "cluster_a" {
+    label="a";
+    "a-manager" [label="a-manager\n[manager]"];
+    "a-processor" [label="a-processor\n[processor]"];
+    "a-service" [label="a-service\n[service]"];
+  }
+  subgraph "cluster_cpm" {
+    label="cpm";
+    "cpm" [label="cpm\n[cpm]"];
+  }
+  "a-manager" -> "a-processor" [label="a.load.complete\na.load.submit", style=dashed, color=red];
+  "a-manager" -> "a-service" [label="a.load.submit"];
+  "a-manager" -> "cpm" [label="a.load.complete"];
+  "a-service" -> "a-manager" [label="a.load.served"];
+  "a-service" -> "a-processor" [label="a.load.served", style=dashed, color=red];
+  "cpm" -> "a-manager" [label="a.load.request"];
+  "cpm" -> "a-processor" [label="a.load.request"];
+}
+"#;
+
+#[test]
+fn mermaid_golden() {
+    let got = small().to_mermaid();
+    assert_eq!(got, MERMAID, "got:\n{got}");
+}
+
+#[test]
+fn dot_golden() {
+    let got = small().to_dot();
+    assert_eq!(got, DOT, "got:\n{got}");
+}
+
+#[test]
+fn export_is_deterministic_whatever_the_declaration_order() {
+    let mut specs = small().components().to_vec();
+    specs.reverse();
+    let reversed = Topology::new(specs);
+    assert_eq!(reversed.to_mermaid(), MERMAID);
+    assert_eq!(reversed.to_dot(), DOT);
+}

@@ -1,0 +1,229 @@
+//! The reference app end to end: database contents, report, trace, state machine, retries and
+//! the dead-letter queue.
+
+use switchyard_components::demo::{DATASET, DOMAINS, DemoConfig, FailurePlan, run_demo};
+
+fn config() -> DemoConfig {
+    DemoConfig {
+        rows: 600,
+        ..DemoConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_end_to_end() {
+    let report = run_demo(config()).await.unwrap();
+    assert_eq!(report.runs.len(), 1);
+    let run = &report.runs[0];
+    assert!(run.ok, "{:?}", run.error);
+
+    // Database contents: 600 lines staged, 1 in 25 invalid and recorded as a quality issue.
+    let t = &report.tables;
+    assert!(t.files.contains_key(DATASET));
+    assert_eq!(t.raw_rows[&run.run_id].len(), 600);
+    assert_eq!(t.sales[&run.run_id].len(), 576);
+    let issues = &t.quality_issues[&run.run_id];
+    assert_eq!(issues.len(), 24);
+    for rule in [
+        "rule.units_non_negative",
+        "schema.required",
+        "rule.known_region",
+        "schema.integer",
+        "schema.columns",
+    ] {
+        assert!(issues.iter().any(|i| i.rule == rule), "no issue for {rule}");
+    }
+    let f = &t.features[&run.run_id];
+    assert_eq!(f.rows, 576);
+    assert_eq!(f.daily_revenue.len(), 30);
+    let total: f64 = t.sales[&run.run_id].iter().map(|r| r.revenue()).sum();
+    assert!((f.total_revenue - total).abs() < 1e-6);
+    // The spike on day 18 (index 17) is found, and the trend is rising.
+    let ins = &t.insights[&run.run_id];
+    assert_eq!(
+        ins.anomalies.iter().map(|a| a.day).collect::<Vec<_>>(),
+        vec![17]
+    );
+    assert_eq!(ins.trend, "rising");
+    // The report and the recommendations.
+    let md = &t.reports[&run.run_id];
+    assert!(md.contains("- valid rows: 576"), "{md}");
+    assert!(md.contains("- quality issues: 24"), "{md}");
+    assert!(md.contains("anomaly: day 18"), "{md}");
+    let recs = &t.recommendations[&run.run_id];
+    assert!(recs.iter().any(|r| r.action == "investigate day 18"));
+    assert!(recs.iter().any(|r| r.priority == "high"));
+
+    // Lifecycle: every context ended, every status update followed the state machine.
+    assert_eq!(report.contexts_left, 0);
+    assert_eq!(report.contexts.created, 25); // cpm + 6 domains × 4 layers
+    assert_eq!(report.contexts.completed, 25);
+    assert!(
+        report.state_anomalies.is_empty(),
+        "{:?}",
+        report.state_anomalies
+    );
+    assert_eq!(report.status_updates, 75);
+    assert_eq!(report.errors.errors, 0);
+
+    // Enforcement: only the deliberate violation.
+    assert_eq!(report.enforcement.refused, 1);
+    let v = report.violation_demo.as_deref().unwrap();
+    assert!(
+        v.contains("`frontend`") && v.contains("`staging-processor`"),
+        "{v}"
+    );
+    assert!(report.topology_mermaid.contains("staging_manager"));
+    assert!(report.observed_mermaid.contains("staging.load.submit ×1"));
+    assert!(
+        report
+            .health
+            .iter()
+            .all(|h| h.status == switchyard_components::builtin::HealthStatus::Healthy)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_of_one_request_is_the_expected_causal_tree() {
+    let report = run_demo(config()).await.unwrap();
+    let t = report
+        .trace
+        .pruned(|n| !n.topic.ends_with(".status.update"));
+    assert_eq!(t.roots.len(), 1, "{}", t.render());
+    let root = &t.roots[0];
+    assert_eq!(root.topic, "cpm.pipeline.request");
+    assert_eq!(root.source.as_deref(), Some("frontend"));
+    // Without status updates the flow is one chain: request → each domain down and up → result.
+    let mut expected = vec![
+        ("cpm.pipeline.request".to_owned(), "frontend".to_owned()),
+        ("staging.load.request".to_owned(), "cpm".to_owned()),
+    ];
+    for (d, a) in DOMAINS {
+        for (phase, by) in [
+            ("submit", "manager"),
+            ("dispatch", "service"),
+            ("execute", "handler"),
+            ("processed", "processor"),
+            ("handled", "handler"),
+            ("served", "service"),
+            ("complete", "manager"),
+        ] {
+            expected.push((format!("{d}.{a}.{phase}"), format!("{d}-{by}")));
+        }
+    }
+    expected.push(("cpm.pipeline.complete".to_owned(), "cpm".to_owned()));
+    let mut chain = Vec::new();
+    let mut node = root;
+    loop {
+        chain.push((
+            node.topic.to_string(),
+            node.source.clone().unwrap_or_default().to_string(),
+        ));
+        match node.children.as_slice() {
+            [] => break,
+            [only] => node = only,
+            many => panic!(
+                "{} has {} children: {:?}",
+                node.topic,
+                many.len(),
+                many.iter().map(|n| n.topic.as_str()).collect::<Vec<_>>()
+            ),
+        }
+    }
+    assert_eq!(chain, expected);
+    // With status updates: every component's three updates hang under the message that caused them.
+    assert_eq!(report.trace.len(), 45 + 75);
+    let all = report.trace.roots[0].walk();
+    assert!(all.iter().all(|n| n.at_ms >= 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_failure_is_retried_and_the_pipeline_completes() {
+    let report = run_demo(DemoConfig {
+        fail: Some(FailurePlan {
+            domain: "analytics".into(),
+            times: 2,
+        }),
+        ..config()
+    })
+    .await
+    .unwrap();
+    assert!(report.runs[0].ok, "{:?}", report.runs[0].error);
+    assert_eq!(report.errors.retries, 2);
+    assert_eq!(report.errors.gave_up, 0);
+    assert_eq!(
+        report.errors.errors - report.errors.propagated,
+        2,
+        "two original failures"
+    );
+    assert!(report.dead_letters.is_empty());
+    assert_eq!(report.contexts_left, 0);
+    assert!(
+        report.state_anomalies.is_empty(),
+        "{:?}",
+        report.state_anomalies
+    );
+    assert!(report.tables.reports.contains_key(&report.runs[0].run_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_max_attempts_the_flow_lands_in_the_dlq_with_its_correlation_id() {
+    let report = run_demo(DemoConfig {
+        fail: Some(FailurePlan {
+            domain: "analytics".into(),
+            times: u32::MAX,
+        }),
+        max_attempts: 3,
+        ..config()
+    })
+    .await
+    .unwrap();
+    let run = &report.runs[0];
+    assert!(!run.ok);
+    let err = run.error.as_ref().unwrap();
+    assert_eq!(err.error_type, "InjectedFailure");
+    assert!(
+        err.message.contains("gave up after 3 attempt(s)"),
+        "{}",
+        err.message
+    );
+    assert_eq!(report.errors.retries, 2);
+    assert_eq!(report.errors.gave_up, 1);
+    assert_eq!(report.dead_letters.len(), 1);
+    let letter = &report.dead_letters[0];
+    assert_eq!(letter.envelope.correlation_id, run.correlation_id);
+    assert!(
+        letter.error.contains(&run.correlation_id.to_string()),
+        "{}",
+        letter.error
+    );
+    assert_eq!(letter.envelope.topic.as_str(), "analytics.error");
+    // Nothing after analytics ran; nothing leaked.
+    assert!(!report.tables.insights.contains_key(&run.run_id));
+    assert!(!report.tables.features.contains_key(&run.run_id));
+    assert_eq!(report.contexts_left, 0);
+    assert!(
+        report.state_anomalies.is_empty(),
+        "{:?}",
+        report.state_anomalies
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_runs_give_benchmark_figures() {
+    let report = run_demo(DemoConfig {
+        runs: 5,
+        rows: 100,
+        show_violation: false,
+        ..DemoConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.runs.len(), 5);
+    assert!(report.runs.iter().all(|r| r.ok));
+    assert_eq!(report.tables.reports.len(), 5);
+    assert!(report.bench.p50_ms > 0.0 && report.bench.p99_ms >= report.bench.p50_ms);
+    assert!((report.bench.messages_per_run - 120.0).abs() < 1e-9);
+    assert_eq!(report.contexts_left, 0);
+    assert_eq!(report.enforcement.violations, 0);
+}
