@@ -6,16 +6,25 @@
 //!
 //! [`component`]: StateTracker::component
 
+mod alert;
 mod error_handler;
 mod health;
 mod performance;
+mod resource;
 mod state_tracker;
 
+pub use alert::{
+    Alert, AlertManager, AlertRule, AlertStats, Channel, Condition, Severity, WebhookError,
+};
 pub use error_handler::{
     ErrorHandler, ErrorHandlerStats, RetryExhausted, RetryPolicy, RetryRequest,
 };
 pub use health::{ComponentHealth, HealthChecker, HealthStatus, Heartbeat};
 pub use performance::{Anomaly, Baseline, PerformanceTracker};
+pub use resource::{
+    MonitorTask, PublishOnceError, ResourceBreach, ResourceError, ResourceMonitor, ResourceSample,
+    ResourceThresholds,
+};
 pub use state_tracker::{StateTracker, TrackedRequest};
 
 /// The domain of the built-in components.

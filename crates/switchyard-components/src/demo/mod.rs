@@ -30,8 +30,9 @@ use switchyard::{BoxError, Bus, DeadLetter, Message, MessageId, PublishError, Su
 use tokio::sync::mpsc;
 
 use crate::builtin::{
-    ComponentHealth, ErrorHandler, ErrorHandlerStats, HealthChecker, PerformanceTracker,
-    RetryExhausted, RetryPolicy, RetryRequest, StateTracker,
+    Alert, AlertManager, AlertRule, Channel, ComponentHealth, Condition, ErrorHandler,
+    ErrorHandlerStats, HealthChecker, PerformanceTracker, ResourceMonitor, ResourceSample,
+    ResourceThresholds, RetryExhausted, RetryPolicy, RetryRequest, Severity, StateTracker,
 };
 use crate::component::{Assembly, ComponentBuilder, ComponentCtx, StartError};
 use crate::context::{Completion, ContextConfig, ContextStats, ErrorInfo};
@@ -214,6 +215,10 @@ pub struct DemoReport {
     pub dead_letters: Vec<DeadLetter>,
     /// Health per component.
     pub health: Vec<ComponentHealth>,
+    /// Alerts raised (error rate per domain, performance anomalies, unhealthy components).
+    pub alerts: Vec<Alert>,
+    /// The process's resources at the end (None where `/proc` is not available).
+    pub resources: Option<ResourceSample>,
     /// Context counters.
     pub contexts: ContextStats,
     /// Contexts left in the table at the end (0 when nothing leaked).
@@ -281,6 +286,26 @@ impl DemoReport {
             self.errors.gave_up,
             self.dead_letters.len()
         );
+        for a in &self.alerts {
+            let _ = writeln!(
+                s,
+                "== alert [{}] {} on {}: {} (×{})",
+                a.severity.as_str(),
+                a.rule,
+                a.subject,
+                a.message,
+                a.count
+            );
+        }
+        if let Some(r) = &self.resources {
+            let _ = writeln!(
+                s,
+                "== process: {:.2} s CPU, {:.1} MiB resident, {} open files",
+                r.cpu_seconds,
+                r.rss_bytes as f64 / (1024.0 * 1024.0),
+                r.open_files
+            );
+        }
         let _ = writeln!(
             s,
             "== contexts: {} created, {} completed, {} failed, {} left; {} status updates, {} out of order",
@@ -589,6 +614,31 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     });
     let health = HealthChecker::new(Duration::from_secs(60), 0.5);
     let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
+    let alerts = AlertManager::new(
+        vec![
+            AlertRule {
+                name: "domain-error-rate".into(),
+                severity: Severity::Critical,
+                condition: Condition::ErrorRate {
+                    max_ratio: 0.5,
+                    window: 20,
+                    min_requests: 5,
+                },
+            },
+            AlertRule {
+                name: "latency-anomaly".into(),
+                severity: Severity::Warning,
+                condition: Condition::Anomaly,
+            },
+            AlertRule {
+                name: "component-health".into(),
+                severity: Severity::Warning,
+                condition: Condition::Unhealthy,
+            },
+        ],
+        vec![Channel::Topic],
+    );
+    let resources = ResourceMonitor::new(ResourceThresholds::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<Completion<Value>>();
 
     let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
@@ -614,7 +664,9 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         .component(tracker.component())
         .component(errors.component())
         .component(health.component())
-        .component(perf.component());
+        .component(perf.component())
+        .component(alerts.component())
+        .component(resources.component());
     for (i, (d, a)) in DOMAINS.iter().enumerate() {
         let previous = i.checked_sub(1).map(|p| DOMAINS[p]);
         let fail = config
@@ -730,6 +782,11 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             .filter(|l| l.handler.as_deref() == Some(ErrorHandler::NAME))
             .collect(),
         health: health.report(),
+        alerts: {
+            alerts.evaluate_health(&health).await;
+            alerts.history()
+        },
+        resources: resources.sample().ok(),
         contexts: running.contexts().stats(),
         contexts_left: running.contexts().len(),
         bench,

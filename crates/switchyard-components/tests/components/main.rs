@@ -1,6 +1,7 @@
 //! Integration tests of the component model (issue [components]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
+mod alerts;
 mod builtins;
 mod contexts;
 mod enforcement;

@@ -1,0 +1,266 @@
+//! The resource monitor: the process's CPU time, resident memory and open files, compared with
+//! thresholds.
+//!
+//! Read from Linux's `/proc/self` (no extra dependency); elsewhere sampling returns
+//! [`ResourceError::Unsupported`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard::{Message, PublishError};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{SYSTEM_DOMAIN, lock};
+use crate::component::ComponentBuilder;
+use crate::enforce::ComponentBus;
+use crate::role::Role;
+
+/// Clock ticks per second of `/proc/self/stat` times (`USER_HZ`, 100 on every mainstream Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// One measurement of the process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceSample {
+    /// User plus system CPU time so far, in seconds.
+    pub cpu_seconds: f64,
+    /// CPU use since the previous sample, in percent of one core (None for the first sample).
+    pub cpu_percent: Option<f64>,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// Open file descriptors.
+    pub open_files: u64,
+}
+
+impl Message for ResourceSample {
+    const TOPIC: &'static str = "system.resource.sample";
+}
+
+/// A sample above a threshold, published on `system.resource.breach`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceBreach {
+    /// `rss_bytes`, `open_files` or `cpu_percent`.
+    pub metric: String,
+    /// The value seen.
+    pub value: f64,
+    /// The threshold.
+    pub limit: f64,
+}
+
+impl Message for ResourceBreach {
+    const TOPIC: &'static str = "system.resource.breach";
+}
+
+/// Limits; `None` means unchecked.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResourceThresholds {
+    /// Resident memory.
+    pub max_rss_bytes: Option<u64>,
+    /// Open file descriptors.
+    pub max_open_files: Option<u64>,
+    /// CPU use between two samples, in percent of one core.
+    pub max_cpu_percent: Option<f64>,
+}
+
+/// Sampling failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// Not on Linux (no `/proc/self`).
+    #[error("process resources can only be read from /proc on Linux")]
+    Unsupported,
+    /// `/proc` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `/proc` file did not have the expected format.
+    #[error("unexpected format of {0}")]
+    Format(&'static str),
+}
+
+/// Samples the process and checks thresholds. Cheap to clone.
+#[derive(Clone)]
+pub struct ResourceMonitor {
+    thresholds: ResourceThresholds,
+    last: Arc<Mutex<Option<(Instant, f64)>>>,
+}
+
+impl std::fmt::Debug for ResourceMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceMonitor")
+            .field("thresholds", &self.thresholds)
+            .finish()
+    }
+}
+
+fn read(path: &'static str) -> Result<String, ResourceError> {
+    std::fs::read_to_string(path).map_err(|source| ResourceError::Io { path, source })
+}
+
+impl ResourceMonitor {
+    /// The component name.
+    pub const NAME: &'static str = "resource-monitor";
+
+    /// A monitor with these thresholds.
+    pub fn new(thresholds: ResourceThresholds) -> Self {
+        Self {
+            thresholds,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The component to add to an assembly (publishes samples and breaches; no subscriptions).
+    pub fn component(&self) -> ComponentBuilder {
+        ComponentBuilder::new(Self::NAME, Role::System, SYSTEM_DOMAIN)
+            .publishes(ResourceSample::TOPIC)
+            .publishes(ResourceBreach::TOPIC)
+    }
+
+    /// Measures the process now.
+    pub fn sample(&self) -> Result<ResourceSample, ResourceError> {
+        if !cfg!(target_os = "linux") {
+            return Err(ResourceError::Unsupported);
+        }
+        let stat = read("/proc/self/stat")?;
+        // Fields after the command name (which may hold spaces) start at field 3 (state);
+        // utime and stime are fields 14 and 15.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .ok_or(ResourceError::Format("/proc/self/stat"))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<f64, ResourceError> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or(ResourceError::Format("/proc/self/stat"))
+        };
+        let cpu_seconds = (ticks(11)? + ticks(12)?) / TICKS_PER_SECOND;
+        let status = read("/proc/self/status")?;
+        let rss_kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(ResourceError::Format("/proc/self/status"))?;
+        let open_files = std::fs::read_dir("/proc/self/fd")
+            .map_err(|source| ResourceError::Io {
+                path: "/proc/self/fd",
+                source,
+            })?
+            .count() as u64;
+        let now = Instant::now();
+        let cpu_percent = {
+            let mut last = lock(&self.last);
+            let pct = last.and_then(|(t, c)| {
+                let dt = now.saturating_duration_since(t).as_secs_f64();
+                (dt > 0.0).then(|| (cpu_seconds - c) / dt * 100.0)
+            });
+            *last = Some((now, cpu_seconds));
+            pct
+        };
+        Ok(ResourceSample {
+            cpu_seconds,
+            cpu_percent,
+            rss_bytes: rss_kb * 1024,
+            open_files,
+        })
+    }
+
+    /// The thresholds `sample` is above.
+    pub fn check(&self, sample: &ResourceSample) -> Vec<ResourceBreach> {
+        let t = &self.thresholds;
+        let mut out = Vec::new();
+        if let Some(max) = t.max_rss_bytes
+            && sample.rss_bytes > max
+        {
+            out.push(ResourceBreach {
+                metric: "rss_bytes".into(),
+                value: sample.rss_bytes as f64,
+                limit: max as f64,
+            });
+        }
+        if let Some(max) = t.max_open_files
+            && sample.open_files > max
+        {
+            out.push(ResourceBreach {
+                metric: "open_files".into(),
+                value: sample.open_files as f64,
+                limit: max as f64,
+            });
+        }
+        if let (Some(max), Some(pct)) = (t.max_cpu_percent, sample.cpu_percent)
+            && pct > max
+        {
+            out.push(ResourceBreach {
+                metric: "cpu_percent".into(),
+                value: pct,
+                limit: max,
+            });
+        }
+        out
+    }
+
+    /// Samples, publishes the sample and every breach through `bus` (the monitor's own
+    /// component bus), and returns the breaches.
+    pub async fn publish_once(
+        &self,
+        bus: &ComponentBus,
+    ) -> Result<Vec<ResourceBreach>, PublishOnceError> {
+        let sample = self.sample()?;
+        let breaches = self.check(&sample);
+        bus.publish(sample).await?;
+        for b in &breaches {
+            tracing::warn!(metric = %b.metric, value = b.value, limit = b.limit, "resource threshold exceeded");
+            bus.publish(b.clone()).await?;
+        }
+        Ok(breaches)
+    }
+
+    /// Samples every `every` until the returned guard is dropped.
+    pub fn spawn(&self, bus: ComponentBus, every: Duration) -> MonitorTask {
+        let me = self.clone();
+        // The task owns a clone of the monitor and the component bus; it stops when the guard
+        // is dropped (abort) and logs failed samples without stopping.
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.publish_once(&bus).await {
+                    tracing::debug!(error = %e, "resource sample not published");
+                }
+            }
+        });
+        MonitorTask { handle }
+    }
+}
+
+/// [`ResourceMonitor::publish_once`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishOnceError {
+    /// Sampling failed.
+    #[error(transparent)]
+    Sample(#[from] ResourceError),
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// A periodic sampling task; dropping it stops the task.
+#[derive(Debug)]
+pub struct MonitorTask {
+    handle: JoinHandle<()>,
+}
+
+impl Drop for MonitorTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
