@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard::{
@@ -594,6 +595,34 @@ impl Assembly {
     }
 }
 
+async fn heartbeat_all(buses: &[ComponentBus]) -> Result<usize, PublishError> {
+    let at_ms = crate::context::unix_ms(std::time::SystemTime::now());
+    for b in buses {
+        let spec = b.spec();
+        let hb = crate::builtin::Heartbeat {
+            component: spec.endpoint.name.clone(),
+            role: spec.role(),
+            domain: spec.endpoint.domain.clone(),
+            at_ms,
+        };
+        b.publish_to(&crate::role::heartbeat_topic(spec.domain()), hb)
+            .await?;
+    }
+    Ok(buses.len())
+}
+
+/// Periodic heartbeats of every component; dropping it stops them.
+#[derive(Debug)]
+pub struct HeartbeatTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 /// A started assembly. Dropping it unsubscribes every handler.
 pub struct Running {
     bus: Bus,
@@ -662,19 +691,24 @@ impl Running {
     /// Publishes one heartbeat per component on `<domain>.health.heartbeat` (for the
     /// [`HealthChecker`](crate::builtin::HealthChecker)). Returns how many were published.
     pub async fn heartbeat(&self) -> Result<usize, PublishError> {
-        let at_ms = crate::context::unix_ms(std::time::SystemTime::now());
-        for b in &self.buses {
-            let spec = b.spec();
-            let hb = crate::builtin::Heartbeat {
-                component: spec.endpoint.name.clone(),
-                role: spec.role(),
-                domain: spec.endpoint.domain.clone(),
-                at_ms,
-            };
-            b.publish_to(&crate::role::heartbeat_topic(spec.domain()), hb)
-                .await?;
-        }
-        Ok(self.buses.len())
+        heartbeat_all(&self.buses).await
+    }
+
+    /// Sends [`heartbeat`](Self::heartbeat)s every `every` until the returned guard is dropped.
+    pub fn start_heartbeats(&self, every: Duration) -> HeartbeatTask {
+        let buses = self.buses.clone();
+        // The task owns clones of the component buses; it stops when the guard is dropped
+        // (abort), and keeps going when one heartbeat is refused (logged).
+        let handle = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+            loop {
+                tick.tick().await;
+                if let Err(e) = heartbeat_all(&buses).await {
+                    tracing::debug!(error = %e, "heartbeat not published");
+                }
+            }
+        });
+        HeartbeatTask { handle }
     }
 
     /// Unsubscribes every handler (queued messages are still handled by their workers).

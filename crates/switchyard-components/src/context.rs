@@ -558,6 +558,7 @@ impl ContextTable {
         self.inner.created.fetch_add(1, Ordering::Relaxed);
         let handle = RequestContext {
             id,
+            correlation_id,
             table: self.clone(),
             bus: bus.clone(),
             parent: parent.cloned(),
@@ -579,9 +580,13 @@ impl ContextTable {
         bus: &ComponentBus,
         parent: Option<&Envelope>,
     ) -> Option<RequestContext> {
-        let exists = lock(&self.inner.state).entries.contains_key(&id);
-        exists.then(|| RequestContext {
+        let correlation_id = lock(&self.inner.state)
+            .entries
+            .get(&id)
+            .map(|e| e.ctx.correlation_id)?;
+        Some(RequestContext {
             id,
+            correlation_id,
             table: self.clone(),
             bus: bus.clone(),
             parent: parent.cloned(),
@@ -810,6 +815,7 @@ async fn publish_failure(
 #[derive(Clone)]
 pub struct RequestContext {
     id: RequestId,
+    correlation_id: MessageId,
     table: ContextTable,
     bus: ComponentBus,
     parent: Option<Envelope>,
@@ -828,6 +834,11 @@ impl RequestContext {
     /// The request id.
     pub fn id(&self) -> RequestId {
         self.id
+    }
+
+    /// The flow it belongs to.
+    pub fn correlation_id(&self) -> MessageId {
+        self.correlation_id
     }
 
     /// A snapshot (None once it ended).
@@ -955,7 +966,7 @@ impl RequestContext {
         env.topic = switchyard::Topic::new(topic)?;
         let env = match &self.parent {
             Some(p) => env.caused_by(p),
-            None => env,
+            None => env.with_correlation_id(self.correlation_id),
         }
         .with_header(REQUEST_HEADER, self.id.to_string());
         self.bus.publish_envelope(env).await

@@ -16,7 +16,8 @@
 //!   Cancelled, whose transitions publish `<domain>.status.update`, `<domain>.error` and
 //!   [`Completion`]s, kept in a [`ContextTable`] cleaned on completion, failure and timeout.
 //! - Built-in system components: [`builtin::StateTracker`], [`builtin::ErrorHandler`],
-//!   [`builtin::HealthChecker`], [`builtin::PerformanceTracker`].
+//!   [`builtin::HealthChecker`], [`builtin::PerformanceTracker`], [`builtin::AlertManager`],
+//!   [`builtin::ResourceMonitor`].
 //! - Topology export as Mermaid and DOT (declared and observed) and [`trace`]: the causal tree
 //!   of one correlation id.
 //! - The data-pipeline reference app: [`demo::run_demo`].
@@ -34,8 +35,8 @@ mod topology;
 pub mod trace;
 
 pub use component::{
-    Assembly, Component, ComponentBuilder, ComponentCtx, DeclarationError, Handlers, Running,
-    StartError, spec_of,
+    Assembly, Component, ComponentBuilder, ComponentCtx, DeclarationError, Handlers, HeartbeatTask,
+    Running, StartError, spec_of,
 };
 pub use context::{
     Completion, CompletionStatus, Context, ContextConfig, ContextMetrics, ContextStats,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::Message;
+use tokio::time::Instant;
 
 use super::{SYSTEM_DOMAIN, lock};
 use crate::component::ComponentBuilder;
@@ -99,11 +100,13 @@ impl Message for Anomaly {
 
 struct State {
     baselines: BTreeMap<(SmolStr, SmolStr), Baseline>,
+    rates: BTreeMap<(SmolStr, SmolStr), (Instant, Baseline)>,
     anomalies: VecDeque<Anomaly>,
 }
 
-/// Learns a latency baseline per (component, action) from every [`Completion`] (the four
-/// result phases) and flags anomalies after `warmup` samples when a value is more than `k`
+/// Learns a latency baseline and a rate baseline (completions per second, from the time
+/// between two completions) per (component, action) from every [`Completion`] (the four
+/// result phases), and flags latency anomalies after `warmup` samples when a value is more than `k`
 /// deviations from the mean (and at least `floor_ms`).
 #[derive(Clone)]
 pub struct PerformanceTracker {
@@ -131,6 +134,7 @@ impl PerformanceTracker {
         Self {
             state: Arc::new(Mutex::new(State {
                 baselines: BTreeMap::new(),
+                rates: BTreeMap::new(),
                 anomalies: VecDeque::new(),
             })),
             alpha,
@@ -143,6 +147,20 @@ impl PerformanceTracker {
     /// Adds one latency sample; returns the anomaly if it left the band.
     pub fn observe(&self, component: &str, action: &str, latency_ms: f64) -> Option<Anomaly> {
         let mut st = lock(&self.state);
+        let now = Instant::now();
+        let key = (SmolStr::new(component), SmolStr::new(action));
+        match st.rates.get_mut(&key) {
+            Some((last, rate)) => {
+                let dt = now.saturating_duration_since(*last).as_secs_f64();
+                if dt > 0.0 {
+                    rate.observe(1.0 / dt);
+                }
+                *last = now;
+            }
+            None => {
+                st.rates.insert(key, (now, Baseline::new(self.alpha)));
+            }
+        }
         let b = st
             .baselines
             .entry((SmolStr::new(component), SmolStr::new(action)))
@@ -173,6 +191,14 @@ impl PerformanceTracker {
             .baselines
             .get(&(SmolStr::new(component), SmolStr::new(action)))
             .copied()
+    }
+
+    /// The rate baseline (completions per second) of one (component, action).
+    pub fn rate(&self, component: &str, action: &str) -> Option<Baseline> {
+        lock(&self.state)
+            .rates
+            .get(&(SmolStr::new(component), SmolStr::new(action)))
+            .map(|(_, b)| *b)
     }
 
     /// Every baseline, sorted.

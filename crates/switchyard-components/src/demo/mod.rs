@@ -152,6 +152,9 @@ pub enum DemoError {
     /// The frontend component stopped before the result arrived.
     #[error("the frontend stopped listening")]
     FrontendGone,
+    /// A request context of the demo could not be created or started.
+    #[error(transparent)]
+    Context(#[from] crate::context::TransitionError),
 }
 
 /// The outcome of one pipeline run.
@@ -187,10 +190,13 @@ pub struct BenchStats {
 }
 
 /// Everything the demo produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     /// One entry per run.
     pub runs: Vec<RunOutcome>,
+    /// What the staging processor answered to the CPM's direct preview request (the one
+    /// shortcut the rules allow: CPM → processor and back).
+    pub preview: Option<Value>,
     /// The store's tables at the end.
     pub tables: Tables,
     /// Causal tree of the first run.
@@ -274,6 +280,12 @@ impl DemoReport {
             "== enforcement: {} publishes checked, {} violations, {} refused",
             self.enforcement.checked, self.enforcement.violations, self.enforcement.refused
         );
+        if let Some(p) = &self.preview {
+            let _ = writeln!(
+                s,
+                "  CPM → staging-processor preview (direct, allowed): {p}"
+            );
+        }
         if let Some(v) = &self.violation_demo {
             let _ = writeln!(s, "  refused on purpose: {v}");
         }
@@ -496,7 +508,29 @@ fn processor(
     fail: Option<(u32, Arc<AtomicU32>)>,
 ) -> ComponentBuilder {
     let work = work_of(d);
-    ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d).on::<Job, _, _, _, _>(
+    let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
+    if d == DOMAINS[0].0 {
+        let store = store.clone();
+        b = b.on::<Job, _, _, _, _>(
+            &topic_name(d, "preview", Role::Processor.request_phase()),
+            move |job, cx| {
+                let store = store.clone();
+                async move {
+                    let ctx = cx.begin("preview").await?;
+                    ctx.start().await?;
+                    match modules::preview(&store, &job.dataset) {
+                        Ok((lines, header)) => {
+                            ctx.complete(&json!({ "lines": lines, "header": header }))
+                                .await?
+                        }
+                        Err(e) => ctx.fail(e.kind, e.message, e.retryable).await?,
+                    }
+                    Ok::<_, BoxError>(())
+                }
+            },
+        );
+    }
+    b.on::<Job, _, _, _, _>(
         &topic_name(d, a, Role::Processor.request_phase()),
         move |job, cx| {
             let (work, store, fail) = (work.clone(), store.clone(), fail.clone());
@@ -535,6 +569,23 @@ fn cpm() -> ComponentBuilder {
     let (first_d, first_a) = DOMAINS[0];
     let mut b = ComponentBuilder::new("cpm", Role::Cpm, "cpm")
         .publishes(&topic_name(first_d, first_a, "request"))
+        .publishes(&topic_name(
+            first_d,
+            "preview",
+            Role::Processor.request_phase(),
+        ))
+        .on::<Completion<Value>, _, _, _, _>(
+            &topic_name(first_d, "preview", Role::Processor.result_phase()),
+            |done, cx| async move {
+                if let Some(ctx) = cx.context_for(&done) {
+                    match done.error {
+                        None => ctx.complete(&done.result).await?,
+                        Some(e) => ctx.fail_propagated(&e).await?,
+                    }
+                }
+                Ok::<_, BoxError>(())
+            },
+        )
         .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| async move {
             let ctx = cx.begin("pipeline").await?;
             ctx.set_metadata("run_id", req.run_id.clone())?;
@@ -586,6 +637,30 @@ fn cpm() -> ComponentBuilder {
         );
     }
     b
+}
+
+/// Waits for the frontend to receive the result of flow `correlation_id`.
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<Completion<Value>>,
+    correlation_id: MessageId,
+    timeout: Duration,
+    run_id: &str,
+) -> Result<Completion<Value>, DemoError> {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Some(done) if done.correlation_id == correlation_id => return Ok(done),
+                Some(_) => continue,
+                None => return Err(DemoError::FrontendGone),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_| DemoError::Timeout {
+            run_id: run_id.to_owned(),
+            after: timeout,
+        })?
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -641,18 +716,23 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let resources = ResourceMonitor::new(ResourceThresholds::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<Completion<Value>>();
 
+    let to_runner = move |done: Completion<Value>, _cx| {
+        let tx = tx.clone();
+        async move {
+            // The receiver is gone only when run_demo returned; nothing to tell then.
+            let _ = tx.send(done);
+            Ok::<_, std::convert::Infallible>(())
+        }
+    };
     let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
         .publishes(PipelineRequest::TOPIC)
         .on::<Completion<Value>, _, _, _, _>(
             &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
-            move |done, _cx| {
-                let tx = tx.clone();
-                async move {
-                    // The receiver is gone only when run_demo returned; nothing to tell then.
-                    let _ = tx.send(done);
-                    Ok::<_, std::convert::Infallible>(())
-                }
-            },
+            to_runner.clone(),
+        )
+        .on::<Completion<Value>, _, _, _, _>(
+            &topic_name("cpm", "preview", Role::Cpm.result_phase()),
+            to_runner,
         );
     let mut assembly = Assembly::new(&bus)
         .contexts(ContextConfig {
@@ -702,6 +782,28 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         None
     };
 
+    // The CPM asks the staging processor directly for a preview of the file.
+    let preview = {
+        let cpm_bus = running
+            .component_bus("cpm")
+            .ok_or(DemoError::FrontendGone)?;
+        let ctx = running.contexts().begin(&cpm_bus, "preview", None).await?;
+        ctx.start().await?;
+        let correlation_id = ctx.correlation_id();
+        let job = Job {
+            run_id: "preview".into(),
+            dataset: DATASET.into(),
+            attempt: 1,
+        };
+        ctx.publish_to(
+            &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),
+            job,
+        )
+        .await?;
+        let done = wait_for(&mut rx, correlation_id, config.run_timeout, "preview").await?;
+        done.result
+    };
+
     let mut runs = Vec::new();
     let started_all = Instant::now();
     for i in 0..config.runs.max(1) {
@@ -714,21 +816,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         let correlation_id = env.correlation_id;
         let t0 = Instant::now();
         front.publish_envelope(env).await?;
-        let wait = async {
-            loop {
-                match rx.recv().await {
-                    Some(done) if done.correlation_id == correlation_id => return Ok(done),
-                    Some(_) => continue,
-                    None => return Err(DemoError::FrontendGone),
-                }
-            }
-        };
-        let done = tokio::time::timeout(config.run_timeout, wait)
-            .await
-            .map_err(|_| DemoError::Timeout {
-                run_id: run_id.clone(),
-                after: config.run_timeout,
-            })??;
+        let done = wait_for(&mut rx, correlation_id, config.run_timeout, &run_id).await?;
         runs.push(RunOutcome {
             run_id,
             correlation_id,
@@ -765,6 +853,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         },
     };
     let report = DemoReport {
+        preview,
         tables: store.snapshot(),
         trace,
         topology_mermaid: topology.to_mermaid(),

@@ -137,7 +137,7 @@ pub struct Recommendation {
 }
 
 /// Every table of the store.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Tables {
     /// Source files by name (CSV text).
     pub files: BTreeMap<String, String>,
@@ -459,6 +459,19 @@ pub fn detect_insights(
         };
         t.insights.insert(run.to_owned(), ins.clone());
         Ok(ins)
+    })
+}
+
+/// Preview (called by the staging processor at the CPM's direct request): the number of data
+/// lines and the header of a file, without staging it.
+pub fn preview(store: &Store, dataset: &str) -> Result<(usize, String), ModuleError> {
+    store.with(|t| {
+        let text = t.files.get(dataset).ok_or_else(|| {
+            ModuleError::new("MissingInput", format!("no file named {dataset:?}"), false)
+        })?;
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let header = lines.next().unwrap_or_default().to_owned();
+        Ok((lines.count(), header))
     })
 }
 

@@ -90,3 +90,35 @@ fn state_tracker_follows_requests_and_flags_updates_out_of_the_state_machine() {
     assert_eq!(t.anomalies().len(), 2);
     assert_eq!(t.of_component("c").len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn periodic_heartbeats_keep_components_healthy() {
+    let bus = Bus::new();
+    let health = HealthChecker::new(Duration::from_secs(5), 0.5);
+    let running = Assembly::new(&bus)
+        .component(health.component())
+        .component(ComponentBuilder::new("a-manager", Role::Manager, "a"))
+        .start()
+        .await
+        .unwrap();
+    let beats = running.start_heartbeats(Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(10)).await; // virtual time: ten heartbeats
+    bus.run_until_idle().await;
+    assert_eq!(health.status("a-manager"), Some(HealthStatus::Healthy));
+    let hb = health.report()[0].heartbeats;
+    assert!((10..=11).contains(&hb), "{hb} heartbeats");
+    drop(beats);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(health.status("a-manager"), Some(HealthStatus::Unresponsive));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_baseline_follows_completions_per_second() {
+    let perf = PerformanceTracker::new(0.5, 4.0, 1.0, 5);
+    for _ in 0..20 {
+        perf.observe("p", "load", 5.0);
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    let rate = perf.rate("p", "load").unwrap();
+    assert!((rate.mean() - 10.0).abs() < 0.01, "{}", rate.mean());
+}

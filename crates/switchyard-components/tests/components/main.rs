@@ -4,6 +4,7 @@
 mod alerts;
 mod builtins;
 mod contexts;
+mod declarations;
 mod enforcement;
 mod export;
 mod no_leak;

@@ -56,14 +56,28 @@ async fn the_pipeline_runs_end_to_end() {
 
     // Lifecycle: every context ended, every status update followed the state machine.
     assert_eq!(report.contexts_left, 0);
-    assert_eq!(report.contexts.created, 25); // cpm + 6 domains × 4 layers
-    assert_eq!(report.contexts.completed, 25);
+    // cpm + 6 domains × 4 layers, plus the preview (cpm and staging processor)
+    assert_eq!(report.contexts.created, 27);
+    assert_eq!(report.contexts.completed, 27);
     assert!(
         report.state_anomalies.is_empty(),
         "{:?}",
         report.state_anomalies
     );
-    assert_eq!(report.status_updates, 75);
+    assert_eq!(report.status_updates, 81);
+    // The direct CPM → processor preview.
+    let preview = report.preview.as_ref().unwrap();
+    assert_eq!(preview["lines"], 600);
+    assert_eq!(preview["header"], "date,region,product,units,unit_price");
+    let observed = &report.observed_mermaid;
+    assert!(
+        observed.contains("cpm -- \"staging.preview.execute ×1\" --> staging_processor"),
+        "{observed}"
+    );
+    assert!(
+        observed.contains("staging_processor -- \"staging.preview.processed ×1\" --> cpm"),
+        "{observed}"
+    );
     assert_eq!(report.errors.errors, 0);
 
     // Enforcement: only the deliberate violation.
