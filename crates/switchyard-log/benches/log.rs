@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench -p switchyard-log --bench log`
 //!
-//! With `SWITCHYARD_LOG_REPORT=1` a second part prints, for `Always` with 1, 8 and 16
+//! With `SWITCHYARD_LOG_REPORT=1` a second part prints, for `Always` with 1, 8, 16 and 64
 //! outstanding publishes: records/s, p50/p99 publish latency, CPU-seconds per million records,
 //! the mean group-commit batch and the raw floor at that batch size. Set
 //! `SWITCHYARD_BENCH_NATS=host:port` (a JetStream server) and/or
@@ -319,7 +319,7 @@ fn redis_rate(addr: &str, clients: usize, total: usize) {
 fn report() {
     let rt = runtime();
     println!("\n== publish report: 64-byte payloads, one record per publish ==");
-    for publishers in [1usize, 8, 16] {
+    for publishers in [1usize, 8, 16, 64] {
         let dir = tempfile::tempdir().unwrap();
         let log = LogTransport::open(LogConfig::new(dir.path())).unwrap();
         drive(&rt, &log, publishers, 200); // warm up
@@ -351,14 +351,18 @@ fn report() {
         rt.block_on(log.close(Instant::now() + Duration::from_secs(30)))
             .unwrap();
     }
-    for batch in [1usize, 8, 16, 256] {
+    for batch in [1usize, 8, 16, 64, 256] {
+        let cpu0 = cpu_seconds();
+        let rounds = if batch == 1 { 1000 } else { 300 };
+        let rate = raw_rate(batch, rounds);
+        let cpu = cpu_seconds() - cpu0;
         println!(
-            "raw write+fdatasync, batch {batch:<4}                   {:>10.0} rec/s",
-            raw_rate(batch, if batch == 1 { 1000 } else { 300 })
+            "raw write+fdatasync, batch {batch:<4}                 {rate:>10.0} rec/s  {:.1} CPU-s/M",
+            cpu / (batch * rounds) as f64 * 1e6
         );
     }
     if let Ok(addr) = std::env::var("SWITCHYARD_BENCH_NATS") {
-        for clients in [1usize, 8, 16] {
+        for clients in [1usize, 8, 16, 64] {
             nats_rate(&addr, clients, if clients == 1 { 1_000 } else { 5_000 });
         }
     }

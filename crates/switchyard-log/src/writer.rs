@@ -76,6 +76,10 @@ pub(crate) struct Writer {
     pub notify: Arc<Notify>,
     pub stats: Arc<WriterStats>,
     dirty: Vec<bool>,
+    /// Recent largest number of publishes in one batch (see `gather_stragglers`).
+    batch_peak: usize,
+    /// How long the last group-commit sync took.
+    last_sync_cost: Duration,
     last_sync: Instant,
     last_commit: Instant,
     last_retention: Instant,
@@ -102,6 +106,8 @@ impl Writer {
             notify,
             stats,
             dirty: vec![false; n],
+            batch_peak: 0,
+            last_sync_cost: Duration::ZERO,
             last_sync: now,
             last_commit: now,
             last_retention: now,
@@ -148,6 +154,7 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            self.gather_stragglers(&mut msgs);
             let mut appends = Vec::new();
             let mut flushes = Vec::new();
             let mut closing = None;
@@ -183,6 +190,43 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Group commit under `Always`: publishers answered by the previous sync come back a few
+    /// microseconds apart, so a batch taken the instant the first one arrives is often small
+    /// and the next sync serves few. When this batch has fewer publishes than recent ones,
+    /// wait a little (an eighth of the last sync's duration, at most 1 ms) for the rest.
+    fn gather_stragglers(&mut self, msgs: &mut Vec<WriterMsg>) {
+        let appends = |m: &[WriterMsg]| {
+            m.iter()
+                .filter(|m| matches!(m, WriterMsg::Append { .. }))
+                .count()
+        };
+        let mut n = appends(msgs);
+        if self.config.durability != Durability::Always || n == 0 {
+            return;
+        }
+        let target = self.batch_peak;
+        let deadline = Instant::now() + (self.last_sync_cost / 8).min(Duration::from_millis(1));
+        while n < target && msgs.len() < MAX_BATCH_MSGS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(m) => {
+                    let is_append = matches!(m, WriterMsg::Append { .. });
+                    msgs.push(m);
+                    if !is_append {
+                        break;
+                    }
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        // The peak decays so a drop in concurrency stops costing waits after a few batches.
+        self.batch_peak = n.max(self.batch_peak - self.batch_peak / 8);
     }
 
     fn periodic(&mut self) {
@@ -275,12 +319,14 @@ impl Writer {
             }
         }
         if result.is_ok() && self.config.durability == Durability::Always {
+            let started = Instant::now();
             for s in &staged {
                 if let Err(e) = self.sync_all_one(s.stream) {
                     result = Err(e);
                     break;
                 }
             }
+            self.last_sync_cost = started.elapsed();
         }
         match &result {
             Ok(()) => {
