@@ -260,7 +260,9 @@ pub struct Envelope {
 impl Envelope {
     /// A new event on `topic` carrying `payload`, with a fresh id that is also its correlation id.
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
-        let id = MessageId::new();
+        // One clock read for both the id's time part and the timestamp.
+        let now = SystemTime::now();
+        let id = MessageId(Ulid::from_datetime(now));
         Self {
             id,
             topic,
@@ -270,7 +272,7 @@ impl Envelope {
             source: None,
             target: None,
             priority: Priority::NORMAL,
-            timestamp: SystemTime::now(),
+            timestamp: now,
             headers: Headers::new(),
             content_type: SmolStr::new_static(JSON),
             type_name: None,

@@ -661,6 +661,7 @@ impl Bus {
     pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
             None => self.deliver_group(&targets, &env, false).await,
@@ -692,7 +693,7 @@ impl Bus {
     async fn deliver_group(
         &self,
         group: &[Arc<SubShared>],
-        env: &Envelope,
+        env: &Arc<Envelope>,
         wait: bool,
     ) -> GroupDelivery {
         let mut out = GroupDelivery::default();
@@ -725,7 +726,7 @@ impl Bus {
     fn dispatch_later_groups(
         &self,
         groups: Vec<Vec<Arc<SubShared>>>,
-        env: Envelope,
+        env: Arc<Envelope>,
         mut waiters: Vec<Waiter>,
     ) {
         let bus = self.clone();
@@ -739,7 +740,7 @@ impl Bus {
                 for name in delivery.refused {
                     bus.inner.dead_letter(
                         DeadLetter::new(
-                            env.clone(),
+                            Envelope::clone(&env),
                             DeadLetterReason::Dropped,
                             "queue full when its priority group's turn came",
                         )
@@ -748,7 +749,7 @@ impl Bus {
                 }
                 if delivery.shutting_down {
                     bus.inner.dead_letter(DeadLetter::new(
-                        env.clone(),
+                        Envelope::clone(&env),
                         DeadLetterReason::Shutdown,
                         "bus shut down before lower priority groups got the message",
                     ));
@@ -773,6 +774,7 @@ impl Bus {
     ) -> Result<WaitReport, PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
         let mut report = WaitReport::default();
         let groups = priority_groups(&targets).unwrap_or_else(|| vec![targets.to_vec()]);
@@ -953,7 +955,7 @@ impl Bus {
             return Err(SendError::NoHandler { topic: env.topic });
         };
         let (tx, rx) = oneshot::channel();
-        match handler.enqueue(env, Some(tx)).await {
+        match handler.enqueue(Arc::new(env), Some(tx)).await {
             Ok(Enqueued::Queued) => {}
             Ok(Enqueued::Filtered) => {
                 return Err(SendError::Rejected {
@@ -1086,7 +1088,7 @@ impl Bus {
                     left.push(env.id);
                     inner.dead_letter(
                         DeadLetter::new(
-                            env,
+                            Arc::unwrap_or_clone(env),
                             DeadLetterReason::Shutdown,
                             "in flight at the shutdown deadline",
                         )

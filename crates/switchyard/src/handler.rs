@@ -9,8 +9,8 @@ use switchyard_core::{
     BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
     SendError,
 };
+use tower::service_fn;
 use tower::util::BoxCloneService;
-use tower::{Service, ServiceExt, service_fn};
 
 use crate::bus::{Bus, BusInner};
 
@@ -178,14 +178,6 @@ where
     <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
 {
     BoxCloneService::new(layer.layer(handler))
-}
-
-/// Waits for readiness, then calls.
-pub(crate) async fn call<R>(
-    svc: &mut BoxCloneService<R, Outcome, BoxError>,
-    request: R,
-) -> Result<Outcome, BoxError> {
-    svc.ready().await?.call(request).await
 }
 
 /// A typed batch handler: decodes every message; undecodable ones are dead-lettered with

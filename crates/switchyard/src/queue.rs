@@ -6,8 +6,10 @@
 //! while different keys run in parallel. Unkeyed messages go to any free worker.
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use smol_str::SmolStr;
@@ -61,14 +63,20 @@ impl Overflow {
 
 /// A message waiting in (or taken from) a queue.
 pub(crate) struct Entry {
-    pub(crate) env: Envelope,
+    /// Shared, so fan-out, in-flight tracking and moves through the queue copy a pointer,
+    /// not the whole envelope.
+    pub(crate) env: Arc<Envelope>,
     pub(crate) reply: Option<CommandReply>,
     pub(crate) lane: Option<SmolStr>,
     seq: u64,
 }
 
 impl Entry {
-    pub(crate) fn new(env: Envelope, reply: Option<CommandReply>, lane: Option<SmolStr>) -> Self {
+    pub(crate) fn new(
+        env: Arc<Envelope>,
+        reply: Option<CommandReply>,
+        lane: Option<SmolStr>,
+    ) -> Self {
         Self {
             env,
             reply,
@@ -88,9 +96,58 @@ pub(crate) enum PushError {
 
 type Key = (Reverse<Priority>, u64);
 
+/// Waiting messages in priority order, FIFO within one priority. Only a few priority levels
+/// are in use at once, so a short sorted vector of deques beats an ordered map: entries are
+/// never shifted in memory, push and pop are O(1) within a level.
+#[derive(Default)]
+struct Waiting {
+    levels: Vec<(Reverse<Priority>, VecDeque<Entry>)>,
+}
+
+impl Waiting {
+    fn push(&mut self, entry: Entry) {
+        let p = Reverse(entry.env.priority);
+        match self.levels.binary_search_by_key(&p, |(k, _)| *k) {
+            Ok(i) => self.levels[i].1.push_back(entry),
+            Err(i) => self.levels.insert(i, (p, VecDeque::from([entry]))),
+        }
+    }
+
+    /// Key of the message that would come out next.
+    fn first_key(&self) -> Option<Key> {
+        let (p, q) = self.levels.first()?;
+        q.front().map(|e| (*p, e.seq))
+    }
+
+    fn pop_first(&mut self) -> Option<Entry> {
+        self.pop_level(0)
+    }
+
+    /// Removes the oldest message of one priority level (drop-oldest).
+    fn pop_front_of(&mut self, p: Reverse<Priority>) -> Option<Entry> {
+        let i = self.levels.binary_search_by_key(&p, |(k, _)| *k).ok()?;
+        self.pop_level(i)
+    }
+
+    fn pop_level(&mut self, i: usize) -> Option<Entry> {
+        let q = &mut self.levels.get_mut(i)?.1;
+        let entry = q.pop_front();
+        if q.is_empty() {
+            self.levels.remove(i);
+        }
+        entry
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Entry> + use<> {
+        std::mem::take(&mut self.levels)
+            .into_iter()
+            .flat_map(|(_, q)| q)
+    }
+}
+
 #[derive(Default)]
 struct Lane {
-    items: BTreeMap<Key, Entry>,
+    items: Waiting,
     busy: bool,
 }
 
@@ -115,12 +172,12 @@ impl PartialOrd for ReadyLane {
 
 #[derive(Default)]
 struct State {
-    free: BTreeMap<Key, Entry>,
+    free: Waiting,
     lanes: HashMap<SmolStr, Lane>,
     ready: BinaryHeap<ReadyLane>,
     /// seq → (key, lane) of every waiting message; kept only for `DropOldest`.
     order: Option<BTreeMap<u64, (Key, Option<SmolStr>)>>,
-    in_flight: HashMap<u64, Envelope>,
+    in_flight: HashMap<u64, Arc<Envelope>>,
     len: usize,
     next_seq: u64,
     closed: bool,
@@ -136,13 +193,11 @@ impl State {
         }
         self.len += 1;
         match entry.lane.clone() {
-            None => {
-                self.free.insert(key, entry);
-            }
+            None => self.free.push(entry),
             Some(name) => {
                 let lane = self.lanes.entry(name.clone()).or_default();
-                let is_new_head = lane.items.first_key_value().is_none_or(|(k, _)| key < *k);
-                lane.items.insert(key, entry);
+                let is_new_head = lane.items.first_key().is_none_or(|k| key < k);
+                lane.items.push(entry);
                 if !lane.busy && is_new_head {
                     self.ready.push(ReadyLane { key, lane: name });
                 }
@@ -150,23 +205,22 @@ impl State {
         }
     }
 
+    /// Removes the oldest waiting message. It is the front of its (lane, priority) deque,
+    /// since each deque is FIFO.
     fn remove_oldest(&mut self) -> Option<Entry> {
         let (_, (key, lane)) = self.order.as_mut()?.pop_first()?;
         self.len -= 1;
         match lane {
-            None => self.free.remove(&key),
+            None => self.free.pop_front_of(key.0),
             Some(name) => {
                 let lane = self.lanes.get_mut(&name)?;
-                let entry = lane.items.remove(&key);
+                let entry = lane.items.pop_front_of(key.0);
                 if !lane.busy {
-                    match lane.items.first_key_value() {
+                    match lane.items.first_key() {
                         None => {
                             self.lanes.remove(&name);
                         }
-                        Some((head, _)) => {
-                            let key = *head;
-                            self.ready.push(ReadyLane { key, lane: name });
-                        }
+                        Some(key) => self.ready.push(ReadyLane { key, lane: name }),
                     }
                 }
                 entry
@@ -177,12 +231,10 @@ impl State {
     /// Drops ready entries that no longer describe a free lane's head.
     fn best_ready(&mut self) -> Option<Key> {
         while let Some(top) = self.ready.peek() {
-            let valid = self.lanes.get(&top.lane).is_some_and(|l| {
-                !l.busy
-                    && l.items
-                        .first_key_value()
-                        .is_some_and(|(k, _)| *k == top.key)
-            });
+            let valid = self
+                .lanes
+                .get(&top.lane)
+                .is_some_and(|l| !l.busy && l.items.first_key() == Some(top.key));
             if valid {
                 return Some(top.key);
             }
@@ -192,11 +244,11 @@ impl State {
     }
 
     fn take(&mut self) -> Option<Entry> {
-        let free = self.free.first_key_value().map(|(k, _)| *k);
+        let free = self.free.first_key();
         let laned = self.best_ready();
         let entry = match (free, laned) {
             (Some(f), Some(l)) if l < f => self.take_lane(),
-            (Some(_), _) => self.free.pop_first().map(|(_, e)| e),
+            (Some(_), _) => self.free.pop_first(),
             (None, Some(_)) => self.take_lane(),
             (None, None) => None,
         }?;
@@ -212,7 +264,7 @@ impl State {
         let top = self.ready.pop()?;
         let lane = self.lanes.get_mut(&top.lane)?;
         lane.busy = true;
-        lane.items.pop_first().map(|(_, e)| e)
+        lane.items.pop_first()
     }
 
     fn complete(&mut self, seq: u64, lane: Option<&SmolStr>) {
@@ -222,24 +274,21 @@ impl State {
             return;
         };
         l.busy = false;
-        match l.items.first_key_value() {
+        match l.items.first_key() {
             None => {
                 self.lanes.remove(name);
             }
-            Some((key, _)) => {
-                let key = *key;
-                self.ready.push(ReadyLane {
-                    key,
-                    lane: name.clone(),
-                });
-            }
+            Some(key) => self.ready.push(ReadyLane {
+                key,
+                lane: name.clone(),
+            }),
         }
     }
 
     fn drain_all(&mut self) -> Vec<Entry> {
-        let mut out: Vec<Entry> = std::mem::take(&mut self.free).into_values().collect();
-        for (_, lane) in self.lanes.iter_mut() {
-            out.extend(std::mem::take(&mut lane.items).into_values());
+        let mut out: Vec<Entry> = self.free.drain().collect();
+        for lane in self.lanes.values_mut() {
+            out.extend(lane.items.drain());
         }
         self.lanes.retain(|_, l| l.busy);
         self.ready.clear();
@@ -349,8 +398,12 @@ impl Queue {
                 timeout
             }
         };
+        // Fast path: room right away, no clock read, no waiter registration.
+        let mut entry = match self.try_push(entry) {
+            Err(PushError::Full(back)) => back,
+            other => return other,
+        };
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut entry = entry;
         loop {
             let notified = self.not_full.notified();
             tokio::pin!(notified);
@@ -418,9 +471,9 @@ impl Queue {
     }
 
     /// Envelopes of messages being handled right now.
-    pub(crate) fn in_flight_envelopes(&self) -> Vec<Envelope> {
+    pub(crate) fn in_flight_envelopes(&self) -> Vec<Arc<Envelope>> {
         let st = self.lock();
-        let mut v: Vec<(u64, Envelope)> =
+        let mut v: Vec<(u64, Arc<Envelope>)> =
             st.in_flight.iter().map(|(s, e)| (*s, e.clone())).collect();
         v.sort_by_key(|(s, _)| *s);
         v.into_iter().map(|(_, e)| e).collect()
@@ -440,7 +493,7 @@ mod tests {
 
     fn entry(p: Priority, lane: Option<&str>, tag: &str) -> Entry {
         let env = Envelope::new(Topic::new("t").unwrap(), tag.to_owned()).with_priority(p);
-        Entry::new(env, None, lane.map(SmolStr::new))
+        Entry::new(Arc::new(env), None, lane.map(SmolStr::new))
     }
 
     fn tag(t: &Taken) -> String {

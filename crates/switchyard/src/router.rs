@@ -4,7 +4,7 @@
 //! (miss); changes take the write locks briefly and bump a generation so stale cache entries
 //! are never served.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -24,7 +24,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: HashMap::default(),
             star: None,
             hash: None,
             values: Vec::new(),
@@ -129,7 +129,7 @@ impl<T: Clone> Router<T> {
         Self {
             trie: RwLock::new(Node::default()),
             generation: AtomicU64::new(0),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             cache_capacity: cache_capacity.max(1),
             len: AtomicU64::new(0),
         }

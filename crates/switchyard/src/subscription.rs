@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Envelope, Outcome, Pattern,
-    SendError, SubscribeError,
+    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, DeliveryInfo, Envelope,
+    Outcome, Pattern, SendError, SubscribeError,
 };
 use tokio::task::JoinHandle;
 
@@ -25,6 +25,7 @@ use crate::handler::{self, BoxBatchHandler, BoxHandler};
 use crate::queue::{Entry, Overflow, PushError, Pushed, Queue};
 use crate::session::{SESSION_HEADER, SessionSubs};
 use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
 
 /// Extracts the ordering key of a message: messages with equal keys are handled one at a time,
 /// in order; different keys in parallel.
@@ -270,7 +271,7 @@ impl SubShared {
     /// count includes it until a worker (or shutdown) settles it.
     pub(crate) async fn enqueue(
         &self,
-        env: Envelope,
+        env: Arc<Envelope>,
         reply: Option<CommandReply>,
     ) -> Result<Enqueued, EnqueueError> {
         if !self.accepts(&env) {
@@ -322,7 +323,8 @@ impl SubShared {
             let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
-            DeadLetter::new(entry.env, reason, error).with_handler(self.config.name.clone()),
+            DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
+                .with_handler(self.config.name.clone()),
         );
         bus.pending_settled();
     }
@@ -390,7 +392,7 @@ impl SubShared {
                     env, reply, lane, ..
                 } = t.entry;
                 settle.push((seq, lane, reply));
-                envs.push(env);
+                envs.push(Arc::unwrap_or_clone(env));
             }
             let result = self.process_batch(&bus, &mut svc, envs).await;
             for (seq, lane, reply) in settle {
@@ -415,19 +417,39 @@ impl SubShared {
         self.worker_exited();
     }
 
+    /// Calls the handler once, catching panics in readiness, in `call` and in the future.
+    /// The request is built only once the handler is ready and moves straight into the
+    /// (boxed) handler future: these futures hold pointers, not envelopes, which keeps them
+    /// small and cheap to move.
+    async fn call<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+    ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
+        let ready = match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
+            Ok(ready) => ready,
+            Err(e) => return Ok(Err(e)),
+        };
+        // `call` only builds the future (publishing is async, so nothing in it needs the
+        // task-local); the future itself runs inside the scope below.
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
+        crate::bus::CURRENT
+            .scope(parent, AssertUnwindSafe(fut).catch_unwind())
+            .await
+    }
+
     /// One handler call with panic capture, classified.
     async fn attempt<R: Send + 'static>(
         &self,
         svc: &mut BoxCloneService<R, Outcome, BoxError>,
-        request: R,
+        request: impl FnOnce() -> R,
         parent: Parent,
         first: &Envelope,
+        attempt: u32,
     ) -> Attempt {
         let c = &self.counters;
-        let call = handler::call(svc, request);
-        let result = crate::bus::CURRENT
-            .scope(parent, AssertUnwindSafe(call).catch_unwind())
-            .await;
+        let result = self.call(svc, request, parent).await;
         match result {
             Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
             Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
@@ -444,7 +466,7 @@ impl SubShared {
                     None => {
                         inc(&c.failed);
                         tracing::warn!(subscription = %self.name(), message_id = %first.id,
-                            correlation_id = %first.correlation_id, attempt = first.delivery.attempt,
+                            correlation_id = %first.correlation_id, attempt,
                             error = %text, "handler failed");
                         Attempt::Failed {
                             reason: DeadLetterReason::HandlerFailed,
@@ -459,7 +481,7 @@ impl SubShared {
                 inc(&c.panicked);
                 let text = format!("handler panicked: {}", panic_message(&*panic));
                 tracing::error!(subscription = %self.name(), message_id = %first.id,
-                    correlation_id = %first.correlation_id, attempt = first.delivery.attempt,
+                    correlation_id = %first.correlation_id, attempt,
                     error = %text, "handler panicked; worker continues");
                 Attempt::Failed {
                     reason: DeadLetterReason::Panicked,
@@ -475,26 +497,37 @@ impl SubShared {
         &self,
         bus: &Arc<BusInner>,
         svc: &mut BoxHandler,
-        mut env: Envelope,
+        env: Arc<Envelope>,
         reply: Option<CommandReply>,
     ) {
         let c = &self.counters;
         let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
-        let started = std::time::Instant::now();
+        let started = lifecycle.then(std::time::Instant::now);
         if lifecycle {
             bus.command_started(&env, self.name()).await;
         }
+        // The shared envelope stays as it was queued; each attempt gets its own copy
+        // stamped with the delivery bookkeeping.
+        let mut delivery = env.delivery;
+        let stamped = |delivery: DeliveryInfo| {
+            let mut copy = Envelope::clone(&env);
+            copy.delivery = delivery;
+            copy
+        };
         let (ok, error) = loop {
-            env.delivery.attempt += 1;
-            env.delivery
+            delivery.attempt += 1;
+            delivery
                 .first_delivered_at
                 .get_or_insert_with(SystemTime::now);
             inc(&c.delivered);
-            let parent = Parent::of(&env);
-            let (reason, error, delay) = match self.attempt(svc, env.clone(), parent, &env).await {
+            let attempt = delivery.attempt;
+            let outcome = self
+                .attempt(svc, || stamped(delivery), Parent::of(&env), &env, attempt)
+                .await;
+            let (reason, error, delay) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok(r), &env);
+                    self.answer(reply, Ok(r), attempt);
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -507,10 +540,10 @@ impl SubShared {
                         Err(SendError::Rejected {
                             reason: reason.clone(),
                         }),
-                        &env,
+                        attempt,
                     );
                     bus.dead_letter(self.letter(
-                        env.clone(),
+                        stamped(delivery),
                         DeadLetterReason::Rejected,
                         reason.clone(),
                     ));
@@ -521,9 +554,9 @@ impl SubShared {
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
-                    self.answer(reply, Err(SendError::NotProcessed(display)), &env);
+                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
                     bus.dead_letter(self.letter(
-                        env.clone(),
+                        stamped(delivery),
                         DeadLetterReason::DecodeFailed,
                         text.clone(),
                     ));
@@ -535,26 +568,31 @@ impl SubShared {
                     delay,
                 } => (reason, error, delay),
             };
-            if env.delivery.attempt >= self.config.max_attempts {
+            if attempt >= self.config.max_attempts {
                 inc(&c.dead_lettered);
-                let attempts = env.delivery.attempt;
                 self.answer(
                     reply,
                     Err(SendError::Failed {
                         error: error.clone(),
-                        attempts,
+                        attempts: attempt,
                     }),
-                    &env,
+                    attempt,
                 );
-                bus.dead_letter(self.letter(env.clone(), reason, error.clone()));
+                bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
                 break (false, Some(error));
             }
             inc(&c.retried);
             tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
         };
-        if lifecycle {
-            bus.command_finished(&env, self.name(), ok, error, started.elapsed())
-                .await;
+        if let Some(started) = started {
+            bus.command_finished(
+                &stamped(delivery),
+                self.name(),
+                ok,
+                error,
+                started.elapsed(),
+            )
+            .await;
         }
     }
 
@@ -579,7 +617,13 @@ impl SubShared {
             let attempt_no = envs[0].delivery.attempt;
             c.delivered.fetch_add(envs.len() as u64, Ordering::Relaxed);
             let (reason, error, delay) = match self
-                .attempt(svc, envs.clone(), Parent::of(&first), &envs[0])
+                .attempt(
+                    svc,
+                    || envs.clone(),
+                    Parent::of(&first),
+                    &envs[0],
+                    attempt_no,
+                )
                 .await
             {
                 Attempt::Done(_) => {
@@ -618,13 +662,13 @@ impl SubShared {
         &self,
         reply: Option<CommandReply>,
         result: Result<Option<Envelope>, SendError>,
-        env: &Envelope,
+        attempts: u32,
     ) {
         if let Some(tx) = reply {
             let result = result.map(|reply| CommandResult {
                 reply,
                 handler: self.config.name.clone(),
-                attempts: env.delivery.attempt,
+                attempts,
             });
             // The sender may have given up (deadline passed); its late result is discarded.
             let _ = tx.send(result);
