@@ -643,12 +643,14 @@ impl Member {
     /// Waits for the next message any of this member's groups can hand out.
     async fn next(&mut self) -> Option<Delivery> {
         loop {
-            if self.inner.closed.load(Ordering::Acquire) {
-                return None;
-            }
+            // Register for wake-ups before looking, so a close or publish that happens while
+            // we look is not missed.
             let notified = self.inner.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.inner.closed.load(Ordering::Acquire) {
+                return None;
+            }
             let now = Instant::now();
             let mut dead = Vec::new();
             let mut earliest: Option<Instant> = None;
