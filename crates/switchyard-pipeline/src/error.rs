@@ -82,6 +82,22 @@ pub(crate) fn short_type_name(full: &'static str) -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
+/// The name an error type is counted under: its last path segment, except that a bare `Error`
+/// keeps the nearest module that is not itself called `error` (`serde_json::Error`, `io::Error`),
+/// so different crates' errors stay apart.
+pub(crate) fn error_type_name(full: &'static str) -> SmolStr {
+    let base = full.split('<').next().unwrap_or(full);
+    let mut segments = base.rsplit("::");
+    let last = segments.next().unwrap_or(base);
+    if last != "Error" {
+        return SmolStr::new_static(last);
+    }
+    match segments.find(|m| *m != "error" && *m != "errors") {
+        Some(module) => SmolStr::new(format!("{module}::Error")),
+        None => SmolStr::new_static(last),
+    }
+}
+
 impl StageError {
     /// An error of `kind` without an underlying cause.
     pub fn new(kind: StageErrorKind, message: impl Into<String>) -> Self {
@@ -100,7 +116,7 @@ impl StageError {
     {
         Self {
             kind,
-            error_type: SmolStr::new_static(short_type_name(std::any::type_name::<E>())),
+            error_type: error_type_name(std::any::type_name::<E>()),
             message: source.to_string(),
             source: Some(Box::new(source)),
         }
@@ -301,7 +317,7 @@ mod tests {
     fn error_type_defaults_to_kind_or_source_type() {
         assert_eq!(StageError::invalid("x").error_type(), "invalid");
         let e = StageError::io(std::io::Error::other("disk"));
-        assert_eq!(e.error_type(), "Error");
+        assert_eq!(e.error_type(), "io::Error");
         assert_eq!(e.kind, StageErrorKind::Io);
         let e = StageError::other(Outer(std::io::Error::other("inner"))).with_error_type("custom");
         assert_eq!(e.error_type(), "custom");
@@ -312,5 +328,15 @@ mod tests {
     fn short_names() {
         assert_eq!(short_type_name("a::b::C<d::E>"), "C");
         assert_eq!(short_type_name("C"), "C");
+        assert_eq!(
+            error_type_name("serde_json::error::Error"),
+            "serde_json::Error"
+        );
+        assert_eq!(error_type_name("std::io::error::Error"), "io::Error");
+        assert_eq!(
+            error_type_name("core::num::error::ParseIntError"),
+            "ParseIntError"
+        );
+        assert_eq!(error_type_name("Error"), "Error");
     }
 }

@@ -379,3 +379,31 @@ impl<H: Handoff, T: DeserializeOwned + Send + 'static> Source<T> for BusSource<H
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_handoff_delivers_to_every_current_subscriber() {
+        let h = InMemoryHandoff::new();
+        let topic = Topic::new("a.b").unwrap();
+        let other = Topic::new("a.c").unwrap();
+        // No subscriber: dropped, not an error.
+        h.publish(Envelope::new(topic.clone(), "lost"))
+            .await
+            .unwrap();
+        let mut s1 = h.subscribe(&topic).await.unwrap();
+        let mut s2 = h.subscribe(&topic).await.unwrap();
+        let mut s3 = h.subscribe(&other).await.unwrap();
+        h.publish(Envelope::new(topic.clone(), "x")).await.unwrap();
+        assert_eq!(s1.next().await.unwrap().payload.as_ref(), b"x");
+        assert_eq!(s2.next().await.unwrap().payload.as_ref(), b"x");
+        drop(s2);
+        h.publish(Envelope::new(topic.clone(), "y")).await.unwrap();
+        assert_eq!(s1.next().await.unwrap().payload.as_ref(), b"y");
+        assert_eq!(h.lock().get(&topic).map(Vec::len), Some(1));
+        h.publish(Envelope::new(other, "z")).await.unwrap();
+        assert_eq!(s3.next().await.unwrap().payload.as_ref(), b"z");
+    }
+}

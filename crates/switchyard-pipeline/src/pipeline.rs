@@ -6,7 +6,7 @@
 //! bounded by the runner's semaphore, so the channels never hold more than that many items (times
 //! the fan-out factor).
 //!
-//! Every item carries a [`RunToken`]. A run ends when its last token is settled (it reached the end
+//! Every item carries a run token. A run ends when its last token is settled (it reached the end
 //! of the pipeline) or failed (a stage returned an error, panicked, or the item was dropped); the run
 //! is then counted `completed` or `failed` in the monitor, its in-flight permit is released and, if
 //! it failed, its origin goes to the dead-letter sink once.

@@ -477,3 +477,22 @@ fn collect_source_end(
         Err(join) => tracing::error!(error = %join, "source task ended abnormally"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_signal_fires_on_send_and_on_drop() {
+        let (tx, mut stop) = StopSignal::new();
+        assert!(!stop.is_stopped());
+        tx.send(true).unwrap();
+        stop.stopped().await;
+        assert!(stop.is_stopped());
+
+        let (tx, mut stop) = StopSignal::new();
+        drop(tx);
+        assert!(stop.is_stopped());
+        stop.stopped().await;
+    }
+}

@@ -451,3 +451,36 @@ impl<T: Send + Sync + 'static> Stage<T, ()> for ZmqPubSink<T> {
             .map_err(|e| StageError::with_source(StageErrorKind::Io, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_frame_is_the_payload() {
+        let topic = Topic::new("zmq.ingress").unwrap();
+        let env = envelope_of(&topic, ZmqMessage::from(Bytes::from_static(b"{}")));
+        assert_eq!(env.payload.as_ref(), b"{}");
+        assert_eq!(env.header(TOPIC_HEADER), None);
+        assert_eq!(env.topic, topic);
+    }
+
+    #[test]
+    fn multi_frame_keeps_the_first_frame_as_topic_header() {
+        let topic = Topic::new("zmq.ingress").unwrap();
+        let mut m = ZmqMessage::from(Bytes::from_static(b"readings"));
+        m.push_back(Bytes::from_static(b"payload"));
+        let env = envelope_of(&topic, m);
+        assert_eq!(env.payload.as_ref(), b"payload");
+        assert_eq!(env.header(TOPIC_HEADER), Some("readings"));
+    }
+
+    #[tokio::test]
+    async fn bind_reports_the_resolved_port_and_refuses_bad_endpoints() {
+        let s = ZmqSource::pull().bind("tcp://127.0.0.1:0").await.unwrap();
+        assert!(s.endpoint().starts_with("tcp://127.0.0.1:"));
+        assert!(!s.endpoint().ends_with(":0"));
+        let e = ZmqSource::pull().bind("nonsense").await.unwrap_err();
+        assert!(matches!(e, SocketError::Bind { .. }), "{e}");
+    }
+}
