@@ -1,6 +1,6 @@
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
@@ -149,7 +149,9 @@ pub(crate) struct Shared {
     pub(crate) config: BreakerConfig,
     epoch: Instant,
     inner: Mutex<Inner>,
-    mirror: AtomicU8,
+    /// `generation << 2 | state`, updated under the state lock: lets a closed breaker admit
+    /// callers without locking.
+    mirror: AtomicU64,
     pending_events: Mutex<VecDeque<BreakerEvent>>,
     dispatch: Mutex<()>,
 }
@@ -184,7 +186,7 @@ impl Shared {
                 times_opened: 0,
                 waiters: Vec::new(),
             }),
-            mirror: AtomicU8::new(BreakerState::Closed.to_u8()),
+            mirror: AtomicU64::new(u64::from(BreakerState::Closed.to_u8())),
             pending_events: Mutex::new(VecDeque::new()),
             dispatch: Mutex::new(()),
         };
@@ -194,7 +196,7 @@ impl Shared {
     }
 
     pub(crate) fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.mirror.load(Ordering::Acquire))
+        BreakerState::from_u8((self.mirror.load(Ordering::Acquire) & 0b11) as u8)
     }
 
     fn bucket_len(&self) -> Duration {
@@ -221,6 +223,10 @@ impl Shared {
     /// Decides whether a caller may go ahead now, moving open → half-open when the cool-down
     /// is over. Registers `waker` when the caller must wait.
     pub(crate) fn admit(&self, waker: Option<&Waker>) -> Admission {
+        let mirror = self.mirror.load(Ordering::Acquire);
+        if mirror & 0b11 == u64::from(BreakerState::Closed.to_u8()) {
+            return Admission::Normal(mirror >> 2);
+        }
         let now = Instant::now();
         let mut inner = relock(&self.inner);
         if inner.state == BreakerState::Open {
@@ -347,7 +353,10 @@ impl Shared {
             }
             BreakerState::HalfOpen => inner.open_until = None,
         }
-        self.mirror.store(to.to_u8(), Ordering::Release);
+        self.mirror.store(
+            inner.generation << 2 | u64::from(to.to_u8()),
+            Ordering::Release,
+        );
         ::metrics::gauge!(names::BREAKER_STATE, "handler" => self.name.to_string())
             .set(to.as_gauge());
         if to == BreakerState::Open {

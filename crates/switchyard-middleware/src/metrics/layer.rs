@@ -1,7 +1,10 @@
+use std::sync::{Arc, OnceLock};
+
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Layer;
 
+use super::service::Shared;
 use super::{Metrics, MetricsRegistry};
 
 /// What the `topic` label of a handler's metrics holds.
@@ -29,6 +32,8 @@ pub struct MetricsLayer {
     handler: SmolStr,
     topic_label: TopicLabel,
     registry: MetricsRegistry,
+    /// Handles shared by every service this layer makes (created on first `layer`).
+    shared: Arc<OnceLock<Arc<Shared>>>,
 }
 
 impl MetricsLayer {
@@ -38,18 +43,21 @@ impl MetricsLayer {
             handler: handler.into(),
             topic_label: TopicLabel::Topic,
             registry: MetricsRegistry::new(),
+            shared: Arc::default(),
         }
     }
 
     /// Labels metrics with the subscription pattern (or any fixed text) instead of the topic.
     pub fn topic_label(mut self, label: TopicLabel) -> Self {
         self.topic_label = label;
+        self.shared = Arc::default();
         self
     }
 
     /// Keeps counts in `registry` (shared with other handlers) instead of a fresh one.
     pub fn with_registry(mut self, registry: MetricsRegistry) -> Self {
         self.registry = registry;
+        self.shared = Arc::default();
         self
     }
 
@@ -62,11 +70,13 @@ impl MetricsLayer {
 impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(
-            inner,
-            self.handler.clone(),
-            self.topic_label.clone(),
-            self.registry.clone(),
-        )
+        let shared = self.shared.get_or_init(|| {
+            Arc::new(Shared::new(
+                self.handler.clone(),
+                self.topic_label.clone(),
+                self.registry.clone(),
+            ))
+        });
+        Metrics::new(inner, shared.clone())
     }
 }

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -16,15 +17,6 @@ pub struct DurationStats {
 }
 
 impl DurationStats {
-    fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        self.count += 1;
-        self.sum_seconds += s;
-        if s > self.max_seconds {
-            self.max_seconds = s;
-        }
-    }
-
     /// Mean in seconds (0 when empty).
     pub fn mean_seconds(&self) -> f64 {
         if self.count == 0 {
@@ -84,11 +76,41 @@ impl MetricsSnapshot {
     }
 }
 
-/// In-process counts kept beside the `metrics` facade, for snapshots. Cheap to clone; clones
-/// share the counts, so one registry can serve many handlers.
-#[derive(Debug, Clone, Default)]
-pub struct MetricsRegistry {
-    stats: Arc<Mutex<BTreeMap<(String, String), HandlerStats>>>,
+#[derive(Debug, Default)]
+struct AtomicDurations {
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+}
+
+impl AtomicDurations {
+    fn observe(&self, d: Duration) {
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(n, Ordering::Relaxed);
+        self.max_nanos.fetch_max(n, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> DurationStats {
+        DurationStats {
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
+            max_seconds: Duration::from_nanos(self.max_nanos.load(Ordering::Relaxed)).as_secs_f64(),
+        }
+    }
+}
+
+/// Lock-free counters of one (topic label, handler) pair.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    retried: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    in_flight: AtomicU64,
+    duration: AtomicDurations,
+    end_to_end: AtomicDurations,
 }
 
 pub(crate) enum Ended {
@@ -98,63 +120,85 @@ pub(crate) enum Ended {
     Failed,
 }
 
+impl Counters {
+    pub(crate) fn started(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        // Never below zero, even if counters were read mid-update.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    pub(crate) fn finished(&self, ended: Ended, duration: Duration, end_to_end: Duration) {
+        self.leave();
+        match ended {
+            Ended::Acked => &self.acked,
+            Ended::Retried => &self.retried,
+            Ended::Rejected => &self.rejected,
+            Ended::Failed => &self.failed,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.duration.observe(duration);
+        self.end_to_end.observe(end_to_end);
+    }
+
+    pub(crate) fn abandoned(&self) {
+        self.leave();
+    }
+
+    fn load(&self, topic: &str, handler: &str) -> HandlerStats {
+        HandlerStats {
+            topic: topic.to_owned(),
+            handler: handler.to_owned(),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            duration: self.duration.load(),
+            end_to_end: self.end_to_end.load(),
+        }
+    }
+}
+
+/// Counters by (topic label, handler).
+type Rows = BTreeMap<(String, String), Arc<Counters>>;
+
+/// In-process counts kept beside the `metrics` facade, for snapshots. Cheap to clone; clones
+/// share the counts, so one registry can serve many handlers. Counting is lock-free; the lock
+/// is taken only the first time a (topic label, handler) pair is seen and for snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRegistry {
+    rows: Arc<Mutex<Rows>>,
+}
+
 impl MetricsRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn with<R>(&self, topic: &str, handler: &str, f: impl FnOnce(&mut HandlerStats) -> R) -> R {
-        let mut map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (topic.to_owned(), handler.to_owned());
-        let entry = map.entry(key).or_insert_with(|| HandlerStats {
-            topic: topic.to_owned(),
-            handler: handler.to_owned(),
-            ..HandlerStats::default()
-        });
-        f(entry)
-    }
-
-    pub(crate) fn started(&self, topic: &str, handler: &str) {
-        self.with(topic, handler, |s| {
-            s.delivered += 1;
-            s.in_flight += 1;
-        });
-    }
-
-    pub(crate) fn finished(
-        &self,
-        topic: &str,
-        handler: &str,
-        ended: Ended,
-        duration: Duration,
-        end_to_end: Duration,
-    ) {
-        self.with(topic, handler, |s| {
-            s.in_flight = s.in_flight.saturating_sub(1);
-            match ended {
-                Ended::Acked => s.acked += 1,
-                Ended::Retried => s.retried += 1,
-                Ended::Rejected => s.rejected += 1,
-                Ended::Failed => s.failed += 1,
-            }
-            s.duration.observe(duration);
-            s.end_to_end.observe(end_to_end);
-        });
-    }
-
-    pub(crate) fn abandoned(&self, topic: &str, handler: &str) {
-        self.with(topic, handler, |s| {
-            s.in_flight = s.in_flight.saturating_sub(1)
-        });
+    pub(crate) fn counters(&self, topic: &str, handler: &str) -> Arc<Counters> {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.entry((topic.to_owned(), handler.to_owned()))
+            .or_default()
+            .clone()
     }
 
     /// The counts now.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let map = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         MetricsSnapshot {
             taken_at: SystemTime::now(),
-            handlers: map.values().cloned().collect(),
+            handlers: rows
+                .iter()
+                .map(|((topic, handler), c)| c.load(topic, handler))
+                .collect(),
         }
     }
 }

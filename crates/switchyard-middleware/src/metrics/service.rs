@@ -1,38 +1,148 @@
+use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use ::metrics::{Counter, Gauge, Histogram, Label};
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tokio::time::Instant;
 use tower::Service;
 
-use super::registry::Ended;
+use super::registry::{Counters, Ended};
 use super::{MetricsRegistry, TopicLabel, names};
 
-/// Records counters, histograms and the in-flight gauge for each call.
-#[derive(Debug, Clone)]
-pub struct Metrics<S> {
-    inner: S,
-    handler: SmolStr,
-    topic_label: TopicLabel,
-    registry: MetricsRegistry,
+/// Metric handles of one topic label, registered on first use.
+struct TopicHandles {
+    delivered: Counter,
+    acked: Counter,
+    retried: Counter,
+    rejected: Counter,
+    failed: Counter,
+    duration: Histogram,
+    end_to_end: Histogram,
+    counters: Arc<Counters>,
 }
 
-impl<S> Metrics<S> {
-    /// Wraps `inner`.
-    pub fn new(
-        inner: S,
+/// State shared by the services of one [`MetricsLayer`](super::MetricsLayer).
+pub(crate) struct Shared {
+    pub(crate) handler: SmolStr,
+    pub(crate) topic_label: TopicLabel,
+    pub(crate) registry: MetricsRegistry,
+    in_flight: OnceLock<Gauge>,
+    topics: RwLock<HashMap<SmolStr, Arc<TopicHandles>>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("handler", &self.handler)
+            .field("topic_label", &self.topic_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
         handler: SmolStr,
         topic_label: TopicLabel,
         registry: MetricsRegistry,
     ) -> Self {
         Self {
-            inner,
             handler,
             topic_label,
             registry,
+            in_flight: OnceLock::new(),
+            topics: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn in_flight(&self) -> &Gauge {
+        self.in_flight.get_or_init(
+            || ::metrics::gauge!(names::IN_FLIGHT, "handler" => self.handler.to_string()),
+        )
+    }
+
+    fn handles(&self, topic: &str) -> Arc<TopicHandles> {
+        if let Some(h) = self
+            .topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return h.clone();
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        topics
+            .entry(SmolStr::new(topic))
+            .or_insert_with(|| {
+                let labels = [
+                    Label::new("topic", topic.to_owned()),
+                    Label::new("handler", self.handler.to_string()),
+                ];
+                Arc::new(TopicHandles {
+                    delivered: ::metrics::counter!(names::DELIVERED, labels.iter()),
+                    acked: ::metrics::counter!(names::ACKED, labels.iter()),
+                    retried: ::metrics::counter!(names::RETRIED, labels.iter()),
+                    rejected: ::metrics::counter!(names::REJECTED, labels.iter()),
+                    failed: ::metrics::counter!(names::FAILED, labels.iter()),
+                    duration: ::metrics::histogram!(names::HANDLER_DURATION, labels.iter()),
+                    end_to_end: ::metrics::histogram!(names::END_TO_END_LATENCY, labels.iter()),
+                    counters: self.registry.counters(topic, &self.handler),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Records counters, histograms and the in-flight gauge for each call.
+///
+/// Metric handles are registered with the recorder the first time a topic is seen, so install
+/// the recorder ([`install_prometheus`](super::install_prometheus)) before messages flow.
+pub struct Metrics<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Metrics<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl<S> Metrics<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+/// Takes a call out of the in-flight figures when its future is dropped before it ends.
+struct InFlight {
+    gauge: Gauge,
+    handles: Arc<TopicHandles>,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gauge.decrement(1.0);
+            self.handles.counters.abandoned();
         }
     }
 }
@@ -51,21 +161,18 @@ where
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let topic = self.topic_label.value(&env).to_owned();
-        let handler = self.handler.to_string();
+        let handles = self.shared.handles(self.shared.topic_label.value(&env));
+        let gauge = self.shared.in_flight().clone();
         let timestamp = env.timestamp;
-        let registry = self.registry.clone();
-        let labels = [("topic", topic.clone()), ("handler", handler.clone())];
-        ::metrics::counter!(names::DELIVERED, &labels).increment(1);
-        ::metrics::gauge!(names::IN_FLIGHT, "handler" => handler.clone()).increment(1.0);
-        registry.started(&topic, &handler);
+        handles.delivered.increment(1);
+        handles.counters.started();
+        gauge.increment(1.0);
         let start = Instant::now();
         let fut = self.inner.call(env);
         Box::pin(async move {
             let mut guard = InFlight {
-                registry: registry.clone(),
-                topic: topic.clone(),
-                handler: handler.clone(),
+                gauge,
+                handles,
                 armed: true,
             };
             let result = fut.await;
@@ -74,36 +181,19 @@ where
             let end_to_end = SystemTime::now()
                 .duration_since(timestamp)
                 .unwrap_or_default();
-            let (name, ended) = match &result {
-                Ok(Outcome::Ack | Outcome::Reply(_)) => (names::ACKED, Ended::Acked),
-                Ok(Outcome::Retry { .. }) => (names::RETRIED, Ended::Retried),
-                Ok(Outcome::Reject { .. }) => (names::REJECTED, Ended::Rejected),
-                Err(_) => (names::FAILED, Ended::Failed),
+            let h = &guard.handles;
+            let (counter, ended) = match &result {
+                Ok(Outcome::Ack | Outcome::Reply(_)) => (&h.acked, Ended::Acked),
+                Ok(Outcome::Retry { .. }) => (&h.retried, Ended::Retried),
+                Ok(Outcome::Reject { .. }) => (&h.rejected, Ended::Rejected),
+                Err(_) => (&h.failed, Ended::Failed),
             };
-            ::metrics::counter!(name, &labels).increment(1);
-            ::metrics::histogram!(names::HANDLER_DURATION, &labels).record(duration.as_secs_f64());
-            ::metrics::histogram!(names::END_TO_END_LATENCY, &labels)
-                .record(end_to_end.as_secs_f64());
-            ::metrics::gauge!(names::IN_FLIGHT, "handler" => handler.clone()).decrement(1.0);
-            registry.finished(&topic, &handler, ended, duration, end_to_end);
+            counter.increment(1);
+            h.duration.record(duration.as_secs_f64());
+            h.end_to_end.record(end_to_end.as_secs_f64());
+            guard.gauge.decrement(1.0);
+            h.counters.finished(ended, duration, end_to_end);
             result
         })
-    }
-}
-
-/// Takes a call out of the in-flight figures when its future is dropped before it ends.
-struct InFlight {
-    registry: MetricsRegistry,
-    topic: String,
-    handler: String,
-    armed: bool,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.armed {
-            ::metrics::gauge!(names::IN_FLIGHT, "handler" => self.handler.clone()).decrement(1.0);
-            self.registry.abandoned(&self.topic, &self.handler);
-        }
     }
 }

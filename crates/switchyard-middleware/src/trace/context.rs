@@ -18,8 +18,21 @@ pub struct TraceId(pub [u8; 16]);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpanId(pub [u8; 8]);
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lower-case hex of `bytes` into `out` (which must be twice as long).
+fn encode_hex(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    let mut buf = [0u8; 32];
+    let out = &mut buf[..bytes.len() * 2];
+    encode_hex(bytes, out);
+    f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Display for TraceId {
@@ -158,7 +171,10 @@ impl TraceContext {
 
     /// Writes this context into the envelope's `traceparent` header.
     pub fn inject(&self, env: &mut Envelope) {
-        env.headers.insert(TRACEPARENT, self.to_string());
+        let buf = self.encode();
+        if let Ok(value) = std::str::from_utf8(&buf) {
+            env.headers.insert(TRACEPARENT, value);
+        }
     }
 
     /// The context of the delivery being handled by the current task, inside a
@@ -178,13 +194,23 @@ impl TraceContext {
     }
 }
 
+impl TraceContext {
+    /// The `traceparent` header value as bytes: `00-<trace>-<span>-<flags>` (55 ASCII bytes).
+    fn encode(&self) -> [u8; 55] {
+        let mut buf = [b'-'; 55];
+        buf[0] = b'0';
+        buf[1] = b'0';
+        encode_hex(&self.trace_id.0, &mut buf[3..35]);
+        encode_hex(&self.span_id.0, &mut buf[36..52]);
+        encode_hex(&[self.flags], &mut buf[53..55]);
+        buf
+    }
+}
+
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let buf = self.encode();
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
     }
 }
 
