@@ -92,6 +92,51 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// Consuming: a new group reads and acks records already in the log.
+fn consume(c: &mut Criterion) {
+    use futures::StreamExt;
+    use switchyard_core::{Pattern, Subscriber};
+    let rt = runtime();
+    let mut group = c.benchmark_group("log_consume");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        LogTransport::open(LogConfig::new(dir.path()).with_durability(Durability::Never)).unwrap();
+    let topic = Topic::new("bench.consume").unwrap();
+    let preload = 200_000usize;
+    rt.block_on(async {
+        for _ in 0..preload / 1000 {
+            let batch = (0..1000)
+                .map(|_| Envelope::new(topic.clone(), &PAYLOAD[..]))
+                .collect();
+            log.publish(batch).await.unwrap();
+        }
+    });
+    let pattern = Pattern::new("bench.#").unwrap();
+    let mut round = 0u64;
+    group.bench_function("ack_each_1_member", |b| {
+        b.iter_custom(|iters| {
+            let n = (iters as usize).min(preload);
+            round += 1;
+            let group_name = format!("g{round}");
+            let start = Instant::now();
+            rt.block_on(async {
+                let mut sub = log.subscribe(&pattern, Some(&group_name)).await.unwrap();
+                for _ in 0..n {
+                    sub.next().await.unwrap().ack().await.unwrap();
+                }
+            });
+            // Scaled when criterion asks for more than the preloaded records.
+            start.elapsed().mul_f64(iters as f64 / n as f64)
+        })
+    });
+    group.finish();
+    rt.block_on(log.close(Instant::now() + Duration::from_secs(30)))
+        .unwrap();
+}
+
 /// Records/s of `write(batch records)` + `fdatasync`, for `rounds` rounds.
 fn raw_rate(batch: usize, rounds: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -361,6 +406,32 @@ fn report() {
             cpu / (batch * rounds) as f64 * 1e6
         );
     }
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig::new(dir.path()).with_durability(Durability::Never);
+        let log = LogTransport::open(cfg.clone()).unwrap();
+        let topic = Topic::new("bench.open").unwrap();
+        let n = 500_000usize;
+        rt.block_on(async {
+            for _ in 0..n / 1000 {
+                let batch = (0..1000)
+                    .map(|_| Envelope::new(topic.clone(), &PAYLOAD[..]))
+                    .collect();
+                log.publish(batch).await.unwrap();
+            }
+            log.close(Instant::now() + Duration::from_secs(30))
+                .await
+                .unwrap();
+        });
+        drop(log);
+        let start = Instant::now();
+        let log = LogTransport::open(cfg).unwrap();
+        println!(
+            "open + recovery scan of {n} records ({} MB): {:.0} ms",
+            log.streams()[0].bytes / 1_000_000,
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
     if let Ok(addr) = std::env::var("SWITCHYARD_BENCH_NATS") {
         for clients in [1usize, 8, 16, 64] {
             nats_rate(&addr, clients, if clients == 1 { 1_000 } else { 5_000 });
@@ -376,6 +447,7 @@ fn report() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     publish(&mut c);
+    consume(&mut c);
     raw_floor(&mut c);
     c.final_summary();
     if std::env::var_os("SWITCHYARD_LOG_REPORT").is_some() {
