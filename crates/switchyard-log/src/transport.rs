@@ -142,8 +142,24 @@ pub struct StoredRecord {
     pub envelope: Envelope,
 }
 
+/// Longest duration accepted in the config (and for a nack delay): 100 years.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn validate(config: &LogConfig) -> Result<(), OpenError> {
     let bad = |m: String| Err(OpenError::InvalidConfig(m));
+    let mut durations = vec![
+        ("ack_wait", config.ack_wait),
+        ("commit_interval", config.commit_interval),
+        ("retention_check_interval", config.retention_check_interval),
+    ];
+    if let crate::config::Durability::Interval(d) = config.durability {
+        durations.push(("durability interval", d));
+    }
+    for (name, d) in durations {
+        if d > MAX_DURATION {
+            return bad(format!("{name} must be at most 100 years"));
+        }
+    }
     if config.segment_bytes < 4096 || config.segment_bytes > (u32::MAX / 2) as u64 {
         return bad(format!(
             "segment_bytes must be within 4 KiB..2 GiB, got {}",
@@ -748,7 +764,11 @@ impl AckHandle for LogAck {
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         self.settled = true;
-        let at = delay.map(|d| Instant::now() + d);
+        // A delay past any sane horizon is capped rather than overflowing the clock.
+        let at = delay.map(|d| {
+            let now = Instant::now();
+            now.checked_add(d.min(MAX_DURATION)).unwrap_or(now)
+        });
         self.group.release(self.offset, self.generation, at);
         self.inner.notify.notify_waiters();
         Box::pin(async { Ok(()) })

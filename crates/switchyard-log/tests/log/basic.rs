@@ -526,3 +526,27 @@ async fn age_retention_removes_closed_segments() {
     assert_eq!(s.next_offset, 20);
     close(&log).await;
 }
+
+#[tokio::test]
+async fn absurd_durations_are_refused_or_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        LogTransport::open(config(dir.path()).with_ack_wait(Duration::MAX)),
+        Err(OpenError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        LogTransport::open(config(dir.path()).with_segment_bytes(10)),
+        Err(OpenError::InvalidConfig(_))
+    ));
+    let log = open(dir.path());
+    publish_all(&log, vec![env("a.b", "x")]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    next(&mut sub)
+        .await
+        .nack(Some(Duration::MAX))
+        .await
+        .unwrap();
+    assert!(try_next(&mut sub).is_none());
+    assert_eq!(log.group_lags()[0].pending, 1);
+    close(&log).await;
+}
