@@ -143,6 +143,8 @@ impl Trace {
                     out.extend(kids);
                 }
             }
+            // Lifted children keep publication order among their new siblings.
+            out.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
             out
         }
         Trace {
@@ -152,8 +154,9 @@ impl Trace {
         }
     }
 
-    /// An indented text rendering, one message per line:
-    /// `+12.3ms  topic  (source → target)`.
+    /// A text rendering, one message per line: `+12.3ms  topic  [source] → target`. A message
+    /// with one consequence is followed by it on the next line at the same indentation; several
+    /// consequences branch with `├─` and `└─`.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -164,7 +167,7 @@ impl Trace {
             self.span_ms
         );
         for r in &self.roots {
-            render_node(&mut out, r, "", true);
+            render_node(&mut out, r, "", "");
         }
         out
     }
@@ -209,14 +212,9 @@ fn node(
     }
 }
 
-fn render_node(out: &mut String, n: &TraceNode, prefix: &str, last: bool) {
-    let branch = if prefix.is_empty() && last {
-        ""
-    } else if last {
-        "└─ "
-    } else {
-        "├─ "
-    };
+/// Prints one node. A node with exactly one child continues at the same indentation (long
+/// causal chains stay readable); several children branch with `├─` / `└─`.
+fn render_node(out: &mut String, n: &TraceNode, prefix: &str, branch: &str) {
     let from = n.source.as_deref().unwrap_or("?");
     let _ = write!(
         out,
@@ -227,14 +225,20 @@ fn render_node(out: &mut String, n: &TraceNode, prefix: &str, last: bool) {
         let _ = write!(out, " → {t}");
     }
     out.push('\n');
-    let child_prefix = if prefix.is_empty() && last {
-        String::new()
-    } else {
-        format!("{prefix}{}", if last { "   " } else { "│  " })
+    let child_prefix = match branch {
+        "├─ " => format!("{prefix}│  "),
+        "└─ " => format!("{prefix}   "),
+        _ => prefix.to_owned(),
     };
-    let k = n.children.len();
-    for (i, c) in n.children.iter().enumerate() {
-        render_node(out, c, &child_prefix, i + 1 == k);
+    match n.children.as_slice() {
+        [only] => render_node(out, only, &child_prefix, ""),
+        many => {
+            let k = many.len();
+            for (i, c) in many.iter().enumerate() {
+                let b = if i + 1 == k { "└─ " } else { "├─ " };
+                render_node(out, c, &child_prefix, b);
+            }
+        }
     }
 }
 

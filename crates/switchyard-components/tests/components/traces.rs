@@ -43,8 +43,14 @@ fn tree_from_envelopes() {
     assert!((r.children[0].children[0].since_parent_ms - 7.0).abs() < 1e-9);
     assert!((t.span_ms - 9.0).abs() < 1e-9);
     let text = t.render();
-    assert!(text.contains("+2.0ms  a.one  [m]"), "{text}");
-    assert!(text.contains("a.three"), "{text}");
+    let expected = [
+        format!("trace {} (4 messages, 9.0 ms)", root.correlation_id),
+        "+0.0ms  a.req  [?]".to_owned(),
+        "├─ +2.0ms  a.one  [m]".to_owned(),
+        "│  +9.0ms  a.three  [?]".to_owned(),
+        "└─ +5.0ms  a.two  [?]".to_owned(),
+    ];
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
     // Pruning lifts children.
     let p = t.pruned(|n| n.topic != "a.one");
     assert_eq!(p.roots[0].children.len(), 2);
