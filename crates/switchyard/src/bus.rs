@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, CloseError, Command, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope,
-    InMemoryDeadLetters, Kind, Message, MessageId, Pattern, PublishError, SendError,
-    SubscribeError, Topic,
+    BoxError, Capabilities, CloseError, Command, DeadLetter, DeadLetterReason, DeadLetterSink,
+    Envelope, InMemoryDeadLetters, Kind, Message, MessageId, Pattern, PublishError, Publisher,
+    SendError, SubscribeError, Subscriber, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -25,6 +25,7 @@ use crate::subscription::{
     EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
     SubscriptionConfig, SubscriptionInfo, SubscriptionKind,
 };
+use crate::transport_link::ErasedTransport;
 
 /// The message being handled on the current task, so publishes from a handler are recorded
 /// as its consequences (and stay in its session).
@@ -121,6 +122,7 @@ pub struct BusBuilder {
     cache_capacity: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     lifecycle_events: bool,
+    transport: Option<Arc<dyn ErasedTransport>>,
 }
 
 /// The bus configuration is invalid.
@@ -143,6 +145,7 @@ impl Default for BusBuilder {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             dead_letters: None,
             lifecycle_events: false,
+            transport: None,
         }
     }
 }
@@ -199,6 +202,21 @@ impl BusBuilder {
         self
     }
 
+    /// Carries events on a transport instead of in memory: the embedded log
+    /// (`switchyard_log::LogTransport`, durable) or NATS JetStream. Default: none (in memory).
+    ///
+    /// Each event subscription then consumes through the transport with its name as the
+    /// consumer group: two processes with a subscription of the same name share its messages,
+    /// different names each get every message. Messages are acked after handling, terminated
+    /// when dead-lettered, and redelivered by the transport when a crash or a shutdown
+    /// deadline leaves them unhandled. Commands and requests stay in process. Handler
+    /// priority groups and `publish_and_wait` need the in-memory path and are refused on a
+    /// transport.
+    pub fn transport<T: Publisher + Subscriber>(mut self, transport: T) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
         if self.capacity == 0 {
@@ -233,6 +251,8 @@ impl BusBuilder {
                 settled: AtomicU64::new(0),
                 idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
+                transport: self.transport,
+                expected: AtomicUsize::new(0),
                 scheduled: Mutex::new(HashMap::new()),
             }),
         })
@@ -259,6 +279,9 @@ pub(crate) struct BusInner {
     settled: AtomicU64,
     idle: Notify,
     lifecycle_events: bool,
+    transport: Option<Arc<dyn ErasedTransport>>,
+    /// Deliveries counted in `pending` at publish time that have not arrived yet.
+    expected: AtomicUsize,
     /// Delayed publishes waiting for their time, so shutdown can report them.
     scheduled: Mutex<HashMap<MessageId, (Envelope, tokio::task::JoinHandle<()>)>>,
 }
@@ -266,6 +289,36 @@ pub(crate) struct BusInner {
 impl BusInner {
     pub(crate) fn pending_add(&self) {
         self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts `n` deliveries a transport will make to local subscriptions.
+    fn pending_expect(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+        self.expected.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// A delivery arrived from the transport: it is one that was expected (already pending)
+    /// or a new one (published elsewhere, redelivered, or older than this process).
+    pub(crate) fn pending_expect_delivery(&self) {
+        let consumed = self
+            .expected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1))
+            .is_ok();
+        if !consumed {
+            self.pending_add();
+        }
+    }
+
+    /// Takes back an expectation whose publish failed.
+    fn pending_unexpect(&self, n: usize) {
+        let _ = self
+            .expected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                Some(e.saturating_sub(n))
+            });
+        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
     }
 
     pub(crate) fn pending_settled(&self) {
@@ -376,9 +429,13 @@ impl BusInner {
 pub struct ShutdownReport {
     /// Messages settled (handled or dead-lettered by their handler) while draining.
     pub drained: u64,
-    /// Messages not handled before the deadline; each was sent to the dead-letter sink with
-    /// reason `Shutdown`, and command senders got `SendError::NotProcessed`.
+    /// In-memory messages not handled before the deadline (or delayed ones not yet due);
+    /// each was sent to the dead-letter sink with reason `Shutdown`, and command senders got
+    /// `SendError::NotProcessed`.
     pub left: Vec<MessageId>,
+    /// Messages from a transport not handled before the deadline: never acked, so the
+    /// transport delivers them again (after a restart, on a durable transport).
+    pub nacked: Vec<MessageId>,
 }
 
 /// The message bus: cheap to clone, every clone is the same bus.
@@ -584,7 +641,7 @@ impl Bus {
         &self.inner
     }
 
-    pub(crate) fn register(
+    pub(crate) async fn register(
         &self,
         kind: SubscriptionKind,
         config: SubscriptionConfig,
@@ -594,6 +651,17 @@ impl Bus {
         if inner.state.load(Ordering::Acquire) != RUNNING {
             return Err(SubscribeError::ShuttingDown);
         }
+        let fed = match (&inner.transport, kind) {
+            (Some(transport), SubscriptionKind::Event) => {
+                if config.handler_priority != 0 {
+                    return Err(SubscribeError::InvalidConfig(
+                        "handler priority groups need the in-memory bus, not a transport",
+                    ));
+                }
+                Some(transport.subscribe(&config.pattern, &config.name).await?)
+            }
+            _ => None,
+        };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
         match kind {
@@ -601,6 +669,9 @@ impl Bus {
                 inner
                     .router
                     .insert(&shared.config.pattern, id, shared.clone());
+                if let Some(stream) = fed {
+                    shared.spawn_pump(stream);
+                }
             }
             SubscriptionKind::Command => {
                 let topic = Topic::new(shared.config.pattern.as_str())?;
@@ -661,6 +732,9 @@ impl Bus {
     pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        if let Some(transport) = &self.inner.transport {
+            return self.publish_via(transport.as_ref(), env).await;
+        }
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
@@ -686,6 +760,22 @@ impl Bus {
                 delivered: first.delivered,
             })
         }
+    }
+
+    /// Hands an event to the transport; the local subscriptions it will come back to are
+    /// counted as pending until their deliveries arrive and are settled.
+    async fn publish_via(
+        &self,
+        transport: &dyn ErasedTransport,
+        env: Envelope,
+    ) -> Result<(), PublishError> {
+        let expected = self.inner.router.route(&env.topic).len();
+        self.inner.pending_expect(expected);
+        let result = transport.publish(env).await;
+        if result.is_err() {
+            self.inner.pending_unexpect(expected);
+        }
+        result
     }
 
     /// Queues `env` in every subscription of one priority group. With `wait`, each accepted
@@ -773,6 +863,12 @@ impl Bus {
         mut env: Envelope,
     ) -> Result<WaitReport, PublishError> {
         self.check_running()?;
+        if self.inner.transport.is_some() {
+            return Err(PublishError::Transport(TransportError::new(
+                TransportErrorKind::Unsupported,
+                "publish_and_wait needs the in-memory bus: a transport delivers asynchronously",
+            )));
+        }
         inherit_parent(&mut env);
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
@@ -1028,8 +1124,10 @@ impl Bus {
         }
     }
 
-    /// Stops intake, drains queued and in-flight work until `deadline`, then dead-letters and
-    /// reports what is left. New publishes get `ShuttingDown` from the moment this is called.
+    /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
+    /// left: dead-lettered when it lived only in memory, returned to the transport (which
+    /// redelivers it) when it came from one. New publishes get `ShuttingDown` from the moment
+    /// this is called. Finally closes the transport, flushing pending publishes.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, CloseError> {
         let inner = &self.inner;
         if inner
@@ -1041,6 +1139,7 @@ impl Bus {
         }
         let settled_before = inner.settled.load(Ordering::Relaxed);
         let until = tokio::time::Instant::now() + deadline;
+        let mut report = ShutdownReport::default();
         // Delayed publishes that are not due yet will not be: report them.
         let scheduled: Vec<_> = inner
             .scheduled
@@ -1048,10 +1147,9 @@ impl Bus {
             .unwrap_or_else(|p| p.into_inner())
             .drain()
             .collect();
-        let mut left = Vec::new();
         for (id, (env, task)) in scheduled {
             task.abort();
-            left.push(id);
+            report.left.push(id);
             inner.dead_letter(DeadLetter::new(
                 env,
                 DeadLetterReason::Shutdown,
@@ -1062,6 +1160,9 @@ impl Bus {
         let subs = inner.subs();
         for sub in &subs {
             sub.deactivate();
+        }
+        for sub in &subs {
+            sub.stop_pump().await;
         }
         let mut handles: Vec<_> = subs
             .iter()
@@ -1082,22 +1183,69 @@ impl Bus {
                 // Cancelled or finished: either way the task no longer touches its queue.
                 let _ = h.await;
             }
-            let drained = inner.settled.load(Ordering::Relaxed) - settled_before;
             for sub in &subs {
-                for env in sub.queue.in_flight_envelopes() {
-                    left.push(env.id);
-                    inner.dead_letter(
-                        DeadLetter::new(
-                            Arc::unwrap_or_clone(env),
-                            DeadLetterReason::Shutdown,
-                            "in flight at the shutdown deadline",
-                        )
-                        .with_handler(sub.name()),
-                    );
+                self.report_leftovers(sub, &mut report).await;
+            }
+        }
+        report.drained = (inner.settled.load(Ordering::Relaxed) - settled_before)
+            .saturating_sub((report.left.len() + report.nacked.len()) as u64);
+        if let Some(transport) = &inner.transport
+            && let Err(e) = transport
+                .close(
+                    std::time::Instant::now()
+                        + until.saturating_duration_since(tokio::time::Instant::now()),
+                )
+                .await
+        {
+            tracing::warn!(error = %e, "transport did not close cleanly");
+        }
+        inner.state.store(STOPPED, Ordering::Release);
+        if report.left.is_empty() && report.nacked.is_empty() {
+            tracing::info!(drained = report.drained, "bus shut down cleanly");
+        } else {
+            tracing::warn!(
+                left = report.left.len(),
+                nacked = report.nacked.len(),
+                drained = report.drained,
+                "bus shut down with unprocessed messages (dead-lettered or returned to the transport)"
+            );
+        }
+        Ok(report)
+    }
+
+    /// After the drain deadline: settles what one subscription did not handle.
+    async fn report_leftovers(&self, sub: &SubShared, report: &mut ShutdownReport) {
+        let inner = &self.inner;
+        // In-flight messages were cancelled with their worker. Those from a transport lost
+        // their (unsettled) delivery with it, so the transport redelivers them.
+        let fed = inner.transport.is_some() && sub.kind == SubscriptionKind::Event;
+        for env in sub.queue.in_flight_envelopes() {
+            if fed {
+                report.nacked.push(env.id);
+            } else {
+                report.left.push(env.id);
+                inner.dead_letter(
+                    DeadLetter::new(
+                        Arc::unwrap_or_clone(env),
+                        DeadLetterReason::Shutdown,
+                        "in flight at the shutdown deadline",
+                    )
+                    .with_handler(sub.name()),
+                );
+            }
+            inner.pending_settled();
+        }
+        for mut entry in sub.queue.drain_waiting() {
+            match entry.delivery.take() {
+                Some(delivery) => {
+                    report.nacked.push(entry.env.id);
+                    if let Err(e) = delivery.nack(None).await {
+                        tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
+                    }
                     inner.pending_settled();
                 }
-                for entry in sub.queue.drain_waiting() {
-                    left.push(entry.env.id);
+                None => {
+                    report.left.push(entry.env.id);
                     sub.give_up(
                         inner,
                         entry,
@@ -1105,20 +1253,14 @@ impl Bus {
                         "not processed before the shutdown deadline".into(),
                     );
                 }
-                inner.forget_subscription(sub.id);
             }
-            inner.state.store(STOPPED, Ordering::Release);
-            tracing::warn!(
-                left = left.len(),
-                drained,
-                "bus shut down with unprocessed messages (dead-lettered)"
-            );
-            return Ok(ShutdownReport { drained, left });
         }
-        inner.state.store(STOPPED, Ordering::Release);
-        let drained = inner.settled.load(Ordering::Relaxed) - settled_before;
-        tracing::info!(drained, "bus shut down cleanly");
-        Ok(ShutdownReport { drained, left })
+        inner.forget_subscription(sub.id);
+    }
+
+    /// What the transport can promise, or `None` when the bus runs in memory.
+    pub fn transport_capabilities(&self) -> Option<Capabilities> {
+        self.inner.transport.as_ref().map(|t| t.capabilities())
     }
 
     /// True once [`shutdown`](Self::shutdown) was called.

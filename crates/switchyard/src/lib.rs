@@ -36,6 +36,7 @@ mod router;
 pub mod session;
 mod subscription;
 pub mod testkit;
+mod transport_link;
 
 pub use bus::{
     BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, ShutdownReport, WaitReport,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use smol_str::SmolStr;
-use switchyard_core::{Envelope, Priority};
+use switchyard_core::{Delivery, Envelope, Priority};
 use tokio::sync::Notify;
 
 use crate::command::CommandReply;
@@ -68,6 +68,9 @@ pub(crate) struct Entry {
     pub(crate) env: Arc<Envelope>,
     pub(crate) reply: Option<CommandReply>,
     pub(crate) lane: Option<SmolStr>,
+    /// The transport's handle, when the message came from a transport: settled (ack/term)
+    /// after handling, or dropped unsettled (so redelivered) when it is not handled.
+    pub(crate) delivery: Option<Delivery>,
     seq: u64,
 }
 
@@ -81,6 +84,7 @@ impl Entry {
             env,
             reply,
             lane,
+            delivery: None,
             seq: 0,
         }
     }
@@ -313,6 +317,7 @@ pub(crate) struct Queue {
     overflow: Overflow,
     not_empty: Notify,
     not_full: Notify,
+    on_close: Notify,
 }
 
 /// The result of a successful push.
@@ -335,6 +340,7 @@ impl Queue {
             overflow,
             not_empty: Notify::new(),
             not_full: Notify::new(),
+            on_close: Notify::new(),
         }
     }
 
@@ -365,16 +371,21 @@ impl Queue {
     /// Enqueues without waiting.
     #[allow(clippy::result_large_err)] // see `PushError`
     pub(crate) fn try_push(&self, entry: Entry) -> Result<Pushed, PushError> {
+        self.try_push_with(entry, matches!(self.overflow, Overflow::DropOldest))
+    }
+
+    #[allow(clippy::result_large_err)] // see `PushError`
+    fn try_push_with(&self, entry: Entry, evict: bool) -> Result<Pushed, PushError> {
         let mut st = self.lock();
         if st.closed {
             return Err(PushError::Closed(entry));
         }
         let mut evicted = None;
         if st.len >= self.capacity {
-            match self.overflow {
-                Overflow::DropOldest => evicted = st.remove_oldest(),
-                _ => return Err(PushError::Full(entry)),
+            if !evict {
+                return Err(PushError::Full(entry));
             }
+            evicted = st.remove_oldest();
         }
         st.insert(entry);
         drop(st);
@@ -415,6 +426,24 @@ impl Queue {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.try_push(entry);
             }
+        }
+    }
+
+    /// Enqueues, waiting as long as it takes for room (or until the queue closes). For
+    /// messages fed by a transport, which keeps the rest: the queue is then a prefetch window
+    /// and the overflow policy does not apply.
+    #[allow(clippy::result_large_err)] // see `PushError`
+    pub(crate) async fn push_wait(&self, mut entry: Entry) -> Result<(), PushError> {
+        loop {
+            let notified = self.not_full.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_push_with(entry, false) {
+                Ok(_) => return Ok(()),
+                Err(PushError::Full(back)) => entry = back,
+                Err(closed) => return Err(closed),
+            }
+            notified.await;
         }
     }
 
@@ -463,6 +492,20 @@ impl Queue {
         self.lock().closed = true;
         self.not_empty.notify_waiters();
         self.not_full.notify_waiters();
+        self.on_close.notify_waiters();
+    }
+
+    /// Resolves once the queue is closed.
+    pub(crate) async fn closed(&self) {
+        loop {
+            let notified = self.on_close.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().closed {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Removes every waiting message (used when a drain deadline passes).

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, DeliveryInfo, Envelope,
-    Outcome, Pattern, SendError, SubscribeError,
+    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
+    Envelope, Outcome, Pattern, SendError, SubscribeError,
 };
 use tokio::task::JoinHandle;
 
@@ -190,6 +190,7 @@ pub(crate) struct SubShared {
     pub(crate) queue: Queue,
     counters: Counters,
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
+    pump: Mutex<Option<JoinHandle<()>>>,
     live_workers: AtomicUsize,
     active: AtomicBool,
     bus: Weak<BusInner>,
@@ -224,6 +225,7 @@ impl SubShared {
             config,
             counters: Counters::default(),
             workers: Mutex::new(Vec::new()),
+            pump: Mutex::new(None),
             live_workers: AtomicUsize::new(0),
             active: AtomicBool::new(true),
             bus,
@@ -353,15 +355,52 @@ impl SubShared {
         }
     }
 
+    /// The pump: owns the transport subscription, feeds its deliveries into the queue, and
+    /// stops (dropping the transport subscription) when the queue closes.
+    pub(crate) fn spawn_pump(
+        self: &Arc<Self>,
+        mut stream: futures::stream::BoxStream<'static, Delivery>,
+    ) {
+        let sub = Arc::clone(self);
+        let pump = tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = sub.queue.closed() => break,
+                    next = stream.next() => next,
+                };
+                let Some(delivery) = next else { break };
+                if sub.enqueue_delivery(delivery).await.is_err() {
+                    break;
+                }
+            }
+        });
+        *self.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
+    }
+
+    /// Waits for the pump to stop (it does once the queue is closed).
+    pub(crate) async fn stop_pump(&self) {
+        let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pump) = pump {
+            let _ = pump.await;
+        }
+    }
+
     /// One worker: owns a handler clone; stops when the queue is closed and drained.
     async fn run_worker(self: Arc<Self>, mut svc: BoxHandler) {
         while let Some(taken) = self.queue.pop().await {
             let seq = taken.seq();
             let Entry {
-                env, reply, lane, ..
+                env,
+                reply,
+                lane,
+                delivery,
+                ..
             } = taken.entry;
             let Some(bus) = self.bus.upgrade() else { break };
-            self.process(&bus, &mut svc, env, reply).await;
+            let ok = self.process(&bus, &mut svc, env, reply).await;
+            if let Some(delivery) = delivery {
+                self.settle(delivery, ok).await;
+            }
             self.queue.complete(seq, lane.as_ref());
             bus.pending_settled();
         }
@@ -389,13 +428,20 @@ impl SubShared {
             for t in taken {
                 let seq = t.seq();
                 let Entry {
-                    env, reply, lane, ..
+                    env,
+                    reply,
+                    lane,
+                    delivery,
+                    ..
                 } = t.entry;
-                settle.push((seq, lane, reply));
+                settle.push((seq, lane, reply, delivery));
                 envs.push(Arc::unwrap_or_clone(env));
             }
             let result = self.process_batch(&bus, &mut svc, envs).await;
-            for (seq, lane, reply) in settle {
+            for (seq, lane, reply, delivery) in settle {
+                if let Some(delivery) = delivery {
+                    self.settle(delivery, result.is_ok()).await;
+                }
                 if let Some(reply) = reply {
                     let answer = match &result {
                         Ok(attempts) => Ok(CommandResult {
@@ -437,6 +483,48 @@ impl SubShared {
         crate::bus::CURRENT
             .scope(parent, AssertUnwindSafe(fut).catch_unwind())
             .await
+    }
+
+    /// Settles a transport delivery after handling: ack when handled, term when it was
+    /// dead-lettered here (so the transport does not redeliver it).
+    async fn settle(&self, delivery: Delivery, handled: bool) {
+        let id = delivery.envelope.id;
+        let result = if handled {
+            delivery.ack().await
+        } else {
+            delivery.term("dead-lettered by the bus").await
+        };
+        if let Err(e) = result {
+            // The transport will redeliver it; dedup or idempotent handlers absorb the repeat.
+            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not settle delivery");
+        }
+    }
+
+    /// Feeds one delivery from the transport into the queue, waiting for room. Filtered
+    /// deliveries are acked at once (they are not for this subscription).
+    pub(crate) async fn enqueue_delivery(&self, delivery: Delivery) -> Result<(), EnqueueError> {
+        let Some(bus) = self.bus.upgrade() else {
+            return Err(EnqueueError::Closed);
+        };
+        bus.pending_expect_delivery();
+        if !self.accepts(&delivery.envelope) {
+            inc(&self.counters.filtered);
+            self.settle(delivery, true).await;
+            bus.pending_settled();
+            return Ok(());
+        }
+        let env = Arc::new(delivery.envelope.clone());
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let mut entry = Entry::new(env, None, lane);
+        entry.delivery = Some(delivery);
+        match self.queue.push_wait(entry).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Closed: the delivery is dropped unsettled and comes back later.
+                bus.pending_settled();
+                Err(EnqueueError::Closed)
+            }
+        }
     }
 
     /// One handler call with panic capture, classified.
@@ -499,7 +587,7 @@ impl SubShared {
         svc: &mut BoxHandler,
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
-    ) {
+    ) -> bool {
         let c = &self.counters;
         let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
         let started = lifecycle.then(std::time::Instant::now);
@@ -594,6 +682,7 @@ impl SubShared {
             )
             .await;
         }
+        ok
     }
 
     /// Handles one batch: all messages succeed or fail together.
@@ -978,7 +1067,10 @@ impl SubscriptionBuilder {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let sub = self.bus.register(self.kind, self.config, self.handler)?;
+        let sub = self
+            .bus
+            .register(self.kind, self.config, self.handler)
+            .await?;
         if let Some(session) = self.session {
             session.push(sub.shared.clone());
         }

@@ -1,0 +1,55 @@
+//! Running the bus on a transport (the embedded log, NATS) instead of purely in memory.
+//!
+//! With a transport, `publish` hands events to the transport and returns once it accepted
+//! them (for the log under `Durability::Always`: once they are on disk). Each event
+//! subscription opens a transport subscription whose consumer group is the subscription's
+//! name, and a *pump* task feeds what arrives into the subscription's local queue, which then
+//! acts as a bounded prefetch window. After handling, the delivery is acked (handled) or
+//! terminated (dead-lettered); a message not handled (shutdown deadline, crash) is never
+//! settled, so the transport redelivers it. Commands and requests stay in process: they need
+//! a live handler to answer.
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use switchyard_core::{
+    BoxFuture, Capabilities, CloseError, Delivery, Envelope, Pattern, PublishError, Publisher,
+    SubscribeError, Subscriber,
+};
+
+/// The object-safe face of a transport, so the bus can hold one chosen at run time.
+pub(crate) trait ErasedTransport: Send + Sync + 'static {
+    fn publish(&self, env: Envelope) -> BoxFuture<'_, Result<(), PublishError>>;
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>>;
+    fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>>;
+    fn capabilities(&self) -> Capabilities;
+}
+
+impl<T: Publisher + Subscriber> ErasedTransport for T {
+    fn publish(&self, env: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
+        Box::pin(Publisher::publish(self, vec![env]))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>> {
+        Box::pin(async move {
+            Ok(Subscriber::subscribe(self, pattern, Some(group))
+                .await?
+                .boxed())
+        })
+    }
+
+    fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>> {
+        Box::pin(Publisher::close(self, deadline))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Subscriber::capabilities(self)
+    }
+}
