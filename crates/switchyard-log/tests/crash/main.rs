@@ -138,6 +138,16 @@ fn run_cycles(cycles: usize) {
             assert!(!line.starts_with("OPEN-ERROR"), "cycle {cycle}: {line}");
             if line.starts_with("CONFIRMED ") {
                 seen += 1;
+                if seen == 1 {
+                    // The running child holds the lock: a second process cannot open the log.
+                    assert!(
+                        matches!(
+                            LogTransport::open(config(dir.path())),
+                            Err(switchyard_log::OpenError::Locked { .. })
+                        ),
+                        "cycle {cycle}: opened a log another process holds"
+                    );
+                }
             }
             lines.push(line);
         }
