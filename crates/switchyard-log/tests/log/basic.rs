@@ -550,3 +550,103 @@ async fn absurd_durations_are_refused_or_capped() {
     assert_eq!(log.group_lags()[0].pending, 1);
     close(&log).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_messages_from_fifty_publishers_to_four_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        let mut sub = log.subscribe(&pattern("many.#"), Some("g")).await.unwrap();
+        members.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(Some(d)) =
+                tokio::time::timeout(WAIT, futures::StreamExt::next(&mut sub)).await
+            {
+                let p = payload(&d);
+                d.ack().await.unwrap();
+                let done = p == "stop";
+                got.push(p);
+                if done {
+                    break;
+                }
+            }
+            got
+        }));
+    }
+    let mut publishers = Vec::new();
+    for p in 0..50 {
+        let log = log.clone();
+        publishers.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let t = format!("many.t{}", (p + i) % 25);
+                log.publish(vec![env(&t, &format!("{p}-{i}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    // One stop marker per member; a member stops at the first it sees.
+    publish_all(&log, (0..4).map(|_| env("many.stop", "stop")).collect()).await;
+    let mut all = Vec::new();
+    for m in members {
+        all.extend(m.await.unwrap().into_iter().filter(|p| p != "stop"));
+    }
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), 5000, "no duplicates without failures");
+    assert_eq!(unique.len(), 5000);
+    close(&log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_traffic_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut sub = log.subscribe(&pattern("c.#"), Some("g")).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(d) = futures::StreamExt::next(&mut sub).await {
+            d.ack().await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    let mut publishers = Vec::new();
+    for p in 0..8 {
+        let log = log.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for i in 0.. {
+                match log.publish(vec![env("c.x", &format!("{p}-{i}"))]).await {
+                    Ok(()) => ok += 1,
+                    Err(switchyard_core::PublishError::ShuttingDown) => return ok,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            ok
+        }));
+    }
+    // Close once some traffic went through.
+    tokio::time::timeout(WAIT, async {
+        while log.stats().records < 200 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("publishers made no progress");
+    close(&log).await;
+    let mut accepted = 0;
+    for p in publishers {
+        accepted += tokio::time::timeout(WAIT, p).await.unwrap().unwrap();
+    }
+    tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    drop(log);
+    // Every accepted publish is stored.
+    let log = open(dir.path());
+    let stored = log.read_range("default", 0, usize::MAX).unwrap().len();
+    assert!(stored >= accepted, "{stored} stored < {accepted} accepted");
+    close(&log).await;
+}
