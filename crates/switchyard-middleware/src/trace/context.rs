@@ -339,3 +339,27 @@ mod tests {
         assert!(TraceContext::current().is_none());
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn display_parse_roundtrip(trace in any::<[u8; 16]>(), span in any::<[u8; 8]>(), flags in any::<u8>()) {
+            prop_assume!(trace != [0; 16] && span != [0; 8]);
+            let ctx = TraceContext::from_parts(TraceId(trace), SpanId(span), flags);
+            let text = ctx.to_string();
+            prop_assert_eq!(text.len(), 55);
+            prop_assert_eq!(text.parse::<TraceContext>().unwrap(), ctx);
+        }
+
+        #[test]
+        fn parsing_never_panics(s in ".{0,80}") {
+            let _ = s.parse::<TraceContext>();
+        }
+    }
+}

@@ -62,6 +62,16 @@ fn the_documented_full_stack_is_a_valid_handler() {
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
     const N: usize = 10_000;
+    // The injected panics are expected: keep them out of the test output.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info
+            .payload_as_str()
+            .is_some_and(|m| m.starts_with("handler bug"))
+        {
+            default_hook(info);
+        }
+    }));
     let successes: Arc<Mutex<HashMap<MessageId, u32>>> = Arc::default();
     let s = successes.clone();
     let handler = tower::service_fn(move |e: Envelope| {
@@ -236,5 +246,31 @@ async fn resilience_layer_wires_the_default_stack_and_its_handles() {
     assert_eq!(
         *events.lock().unwrap(),
         vec!["switchyard.breaker.opened", "switchyard.breaker.closed"]
+    );
+}
+
+/// The bus boxes handlers as `BoxCloneService<Envelope, Outcome, BoxError>` and re-boxes after
+/// each layer: the stack must accept and produce that.
+#[tokio::test(start_paused = true)]
+async fn layers_compose_over_the_bus_boxed_handler() {
+    use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+    use tower::util::BoxCloneService;
+    use tower::{Layer, ServiceExt};
+
+    type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
+    let inner: BoxHandler = BoxCloneService::new(tower::service_fn(|e: Envelope| async move {
+        Ok::<_, BoxError>(if e.delivery.attempt >= 2 {
+            Outcome::Ack
+        } else {
+            Outcome::retry()
+        })
+    }));
+    let layered: BoxHandler = BoxCloneService::new(
+        ResilienceLayer::new("boxed", ResilienceConfig::default()).layer(inner),
+    );
+    let again: BoxHandler = BoxCloneService::new(CatchPanicLayer::new().layer(layered));
+    assert_eq!(
+        again.oneshot(envs("a.b", 1).remove(0)).await.unwrap(),
+        Outcome::Ack
     );
 }
