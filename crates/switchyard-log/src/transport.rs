@@ -33,6 +33,9 @@ use crate::writer::{PendingCommits, Writer, WriterMsg, WriterStats};
 /// second open (in this or another process) until [`close`](Publisher::close) or the last
 /// clone is dropped.
 ///
+/// Appends run on a dedicated writer thread, so `publish` works from any executor;
+/// subscriptions and `close` use Tokio timers and need a Tokio runtime with time enabled.
+///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use switchyard_core::{Envelope, Pattern, Publisher, Subscriber, Topic};
