@@ -89,6 +89,7 @@
 
 pub mod breaker;
 pub mod catch_panic;
+mod clock;
 pub mod dedup;
 pub mod dlq;
 pub mod limit;

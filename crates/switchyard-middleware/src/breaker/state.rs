@@ -344,7 +344,7 @@ impl Shared {
         inner.trial_successes = 0;
         match to {
             BreakerState::Open => {
-                inner.open_until = Some(now + self.config.cool_down);
+                inner.open_until = Some(crate::clock::deadline(now, self.config.cool_down));
                 inner.times_opened += 1;
             }
             BreakerState::Closed => {

@@ -135,7 +135,7 @@ impl Store {
         keys.map.insert(
             key.clone(),
             Entry::Seen {
-                expires: now + self.ttl,
+                expires: crate::clock::deadline(now, self.ttl),
                 seq,
             },
         );

@@ -149,7 +149,9 @@ where
                     self.sleep = None;
                 }
                 Err(wait) => {
-                    let sleep = self.sleep.insert(Box::pin(sleep_until(now + wait)));
+                    let sleep = self
+                        .sleep
+                        .insert(Box::pin(sleep_until(crate::clock::deadline(now, wait))));
                     if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }

@@ -15,7 +15,7 @@ use switchyard_middleware::metrics::MetricsLayer;
 use switchyard_middleware::retry::{Permanent, RetryLayer, RetryPolicy};
 use switchyard_middleware::timeout::TimeoutLayer;
 use switchyard_middleware::trace::TraceLayer;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 
 use crate::common::{assert_handler, drive, envs, queue_of};
 
@@ -272,5 +272,47 @@ async fn layers_compose_over_the_bus_boxed_handler() {
     assert_eq!(
         again.oneshot(envs("a.b", 1).remove(0)).await.unwrap(),
         Outcome::Ack
+    );
+}
+
+/// "Never" settings (Duration::MAX, u32::MAX) must not panic anywhere in the stack.
+#[tokio::test(start_paused = true)]
+async fn extreme_settings_do_not_panic() {
+    use futures::FutureExt;
+    use switchyard_middleware::breaker::BreakerState;
+    use tower::{Layer, ServiceExt};
+
+    let breaker = BreakerLayer::new("h", BreakerConfig::default().cool_down(Duration::MAX));
+    let handle = breaker.handle();
+    let svc = ServiceBuilder::new()
+        .layer(DedupLayer::new(DedupConfig::default().ttl(Duration::MAX)))
+        .layer(RetryLayer::new(
+            RetryPolicy::default()
+                .max_delay(Duration::MAX)
+                .initial_delay(Duration::MAX)
+                .max_attempts(1),
+        ))
+        .layer(breaker)
+        .layer(TimeoutLayer::new(Duration::MAX))
+        .service_fn(|_e: Envelope| async { Ok::<_, BoxError>(Outcome::Ack) });
+    assert_eq!(
+        svc.clone().oneshot(envs("a.b", 1).remove(0)).await.unwrap(),
+        Outcome::Ack
+    );
+    handle.trip();
+    assert_eq!(handle.state(), BreakerState::Open);
+    let mut paused = svc.clone();
+    assert!(paused.ready().now_or_never().is_none());
+
+    let slow =
+        RateLimitLayer::new(1, Duration::MAX).layer(tower::service_fn(|_e: Envelope| async {
+            Ok::<_, BoxError>(Outcome::Ack)
+        }));
+    let mut a = slow.clone();
+    a.ready().await.unwrap();
+    a.call(envs("a.b", 1).remove(0)).await.unwrap();
+    assert!(
+        a.ready().now_or_never().is_none(),
+        "next token is practically never"
     );
 }
