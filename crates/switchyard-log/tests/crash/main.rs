@@ -85,6 +85,16 @@ fn crash_child() {
     });
 }
 
+/// Kills the child if the parent fails mid-cycle, so no publisher is left running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -109,14 +119,16 @@ fn run_cycles(cycles: usize) {
     let mut acking: HashSet<String> = HashSet::new();
     let mut last_committed = 0u64;
     for cycle in 0..cycles {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
+        let mut child = KillOnDrop(
+            Command::new(&exe)
+                .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -151,8 +163,8 @@ fn run_cycles(cycles: usize) {
             }
             lines.push(line);
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         reader.join().unwrap();
         lines.extend(rx.try_iter());
         for line in lines {
