@@ -18,8 +18,8 @@ pub enum Durability {
     /// syncs at most this long after a write. A machine crash may lose up to this window;
     /// a process crash loses nothing.
     Interval(Duration),
-    /// `publish` resolves once written to the operating system; the log syncs only when a
-    /// segment is closed or the log is closed.
+    /// `publish` resolves once written to the operating system; the log syncs only on
+    /// [`flush`](crate::LogTransport::flush) and close.
     Never,
 }
 
