@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tokio::time::{Sleep, sleep_until};
 use tower::Service;
@@ -11,8 +12,62 @@ use tower::Service;
 use super::state::{Admission, Shared};
 use super::{BreakerHandle, BreakerOpenError, BreakerState};
 
-/// The future returned by [`Breaker`].
-pub type BreakerFuture = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+pin_project! {
+    /// The future returned by [`Breaker`]: the inner call, whose result is recorded by the
+    /// breaker when it completes; or an immediate [`BreakerOpenError`].
+    pub struct BreakerFuture<F> {
+        #[pin]
+        state: CallState<F>,
+    }
+}
+
+pin_project! {
+    #[project = CallStateProj]
+    enum CallState<F> {
+        Running {
+            #[pin]
+            inner: F,
+            shared: Arc<Shared>,
+            admitted: Option<Admitted>,
+        },
+        Refused {
+            error: Option<BreakerOpenError>,
+        },
+    }
+}
+
+impl<F> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<Outcome, BoxError>>,
+{
+    type Output = Result<Outcome, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            CallStateProj::Running {
+                inner,
+                shared,
+                admitted,
+            } => {
+                let result = std::task::ready!(inner.poll(cx));
+                let failed = shared.config.is_failure(&result);
+                match admitted.take() {
+                    Some(Admitted::Normal(generation)) => shared.record(generation, false, failed),
+                    Some(Admitted::Trial(mut permit)) => {
+                        permit.armed = false;
+                        shared.record(permit.generation, true, failed);
+                    }
+                    None => {}
+                }
+                Poll::Ready(result)
+            }
+            CallStateProj::Refused { error } => Poll::Ready(Err(match error.take() {
+                Some(e) => Box::new(e),
+                None => "breaker future polled after completion".into(),
+            })),
+        }
+    }
+}
 
 /// A reserved half-open trial slot; given back if dropped unused.
 struct TrialPermit {
@@ -94,7 +149,7 @@ where
 {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = BreakerFuture;
+    type Future = BreakerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
@@ -144,27 +199,23 @@ where
                         BreakerState::Closed => BreakerState::Open,
                         s => s,
                     };
-                    let err: BoxError = Box::new(BreakerOpenError {
-                        handler: self.shared.name.clone(),
-                        state,
-                    });
-                    return Box::pin(futures::future::ready(Err(err)));
+                    return BreakerFuture {
+                        state: CallState::Refused {
+                            error: Some(BreakerOpenError {
+                                handler: self.shared.name.clone(),
+                                state,
+                            }),
+                        },
+                    };
                 }
             },
         };
-        let fut = self.inner.call(env);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let result = fut.await;
-            let failed = shared.config.is_failure(&result);
-            match admitted {
-                Admitted::Normal(generation) => shared.record(generation, false, failed),
-                Admitted::Trial(mut permit) => {
-                    permit.armed = false;
-                    shared.record(permit.generation, true, failed);
-                }
-            }
-            result
-        })
+        BreakerFuture {
+            state: CallState::Running {
+                inner: self.inner.call(env),
+                shared: self.shared.clone(),
+                admitted: Some(admitted),
+            },
+        }
     }
 }

@@ -29,4 +29,4 @@ mod service;
 
 pub use error::PanicError;
 pub use layer::CatchPanicLayer;
-pub use service::CatchPanic;
+pub use service::{CatchPanic, CatchPanicFuture};

@@ -1,13 +1,25 @@
-use std::future::Future;
+use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
+use futures::future::{self, CatchUnwind, Either, Map, Ready};
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::Service;
 
 use super::PanicError;
+
+type Caught = Result<Result<Outcome, BoxError>, Box<dyn Any + Send>>;
+
+fn flatten(caught: Caught) -> Result<Outcome, BoxError> {
+    caught.unwrap_or_else(|payload| Err(PanicError::from_payload(payload).into()))
+}
+
+/// The future returned by [`CatchPanic`].
+pub type CatchPanicFuture<F> = Either<
+    Map<CatchUnwind<AssertUnwindSafe<F>>, fn(Caught) -> Result<Outcome, BoxError>>,
+    Ready<Result<Outcome, BoxError>>,
+>;
 
 /// Turns panics of the inner service (in `call` or in its future) into [`PanicError`]s.
 #[derive(Debug, Clone)]
@@ -34,7 +46,7 @@ where
 {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+    type Future = CatchPanicFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -43,13 +55,9 @@ where
     fn call(&mut self, env: Envelope) -> Self::Future {
         let inner = &mut self.inner;
         match std::panic::catch_unwind(AssertUnwindSafe(move || inner.call(env))) {
-            Ok(fut) => Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
-                Ok(result) => result,
-                Err(payload) => Err(PanicError::from_payload(payload).into()),
-            })),
+            Ok(fut) => Either::Left(AssertUnwindSafe(fut).catch_unwind().map(flatten)),
             Err(payload) => {
-                let err: BoxError = PanicError::from_payload(payload).into();
-                Box::pin(futures::future::ready(Err(err)))
+                Either::Right(future::ready(Err(PanicError::from_payload(payload).into())))
             }
         }
     }

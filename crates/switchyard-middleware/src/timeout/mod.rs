@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use error::TimeoutError;
 pub use layer::TimeoutLayer;
-pub use service::Timeout;
+pub use service::{Timeout, TimeoutFuture};
 
 /// The default per-call timeout: 30 seconds.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

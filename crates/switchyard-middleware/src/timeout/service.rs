@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::Service;
 
@@ -29,22 +30,46 @@ where
 {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+    type Future = TimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let timeout = self.timeout;
-        let fut = self.inner.call(env);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(result) => result,
-                // The inner future is dropped here: a late result can never be observed.
-                Err(_) => Err(TimeoutError { timeout }.into()),
+        TimeoutFuture {
+            inner: tokio::time::timeout(self.timeout, self.inner.call(env)),
+            timeout: self.timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// The future returned by [`Timeout`]: the inner call, or [`TimeoutError`] when time is up
+    /// (the inner future is then dropped with this one, so a late result is never observed).
+    pub struct TimeoutFuture<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        timeout: Duration,
+    }
+}
+
+impl<F> Future for TimeoutFuture<F>
+where
+    F: Future<Output = Result<Outcome, BoxError>>,
+{
+    type Output = Result<Outcome, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(result)) => Poll::Ready(result),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(TimeoutError {
+                timeout: *this.timeout,
             }
-        })
+            .into())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

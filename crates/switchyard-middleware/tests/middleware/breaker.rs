@@ -17,8 +17,13 @@ use crate::common::{drive, env, envs, queue_of, wait_for};
 fn switchable(
     healthy: Arc<AtomicBool>,
     calls: Arc<AtomicU32>,
-) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send> + Clone + Send
-{
+) -> impl Service<
+    Envelope,
+    Response = Outcome,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Outcome, BoxError>> + Send,
+> + Clone
++ Send {
     tower::service_fn(move |_e: Envelope| {
         calls.fetch_add(1, Ordering::SeqCst);
         let ok = healthy.load(Ordering::SeqCst);

@@ -13,8 +13,13 @@ use crate::common::env;
 /// Counts calls; fails the calls whose payload is "fail".
 fn counting(
     calls: Arc<AtomicU32>,
-) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send> + Clone + Send
-{
+) -> impl Service<
+    Envelope,
+    Response = Outcome,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Outcome, BoxError>> + Send,
+> + Clone
++ Send {
     tower::service_fn(move |e: Envelope| {
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
@@ -126,8 +131,13 @@ async fn custom_key_and_messages_without_key() {
 fn gated(
     gate: Arc<Semaphore>,
     calls: Arc<AtomicU32>,
-) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send> + Clone + Send
-{
+) -> impl Service<
+    Envelope,
+    Response = Outcome,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Outcome, BoxError>> + Send,
+> + Clone
++ Send {
     tower::service_fn(move |e: Envelope| {
         calls.fetch_add(1, Ordering::SeqCst);
         let gate = gate.clone();

@@ -9,8 +9,13 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::common::env;
 
-fn by_payload()
--> impl Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send> + Clone + Send {
+fn by_payload() -> impl Service<
+    Envelope,
+    Response = Outcome,
+    Error = BoxError,
+    Future = impl std::future::Future<Output = Result<Outcome, BoxError>> + Send,
+> + Clone
++ Send {
     tower::service_fn(|e: Envelope| async move {
         match e.payload.as_ref() {
             b"ack" => Ok(Outcome::Ack),

@@ -18,8 +18,12 @@ type Calls = Arc<Mutex<Vec<(u32, Instant)>>>;
 fn scripted(
     script: Vec<Result<Outcome, &'static str>>,
 ) -> (
-    impl tower::Service<Envelope, Response = Outcome, Error = BoxError, Future = impl Send>
-    + Clone
+    impl tower::Service<
+        Envelope,
+        Response = Outcome,
+        Error = BoxError,
+        Future = impl std::future::Future<Output = Result<Outcome, BoxError>> + Send,
+    > + Clone
     + Send,
     Calls,
 ) {
