@@ -295,6 +295,21 @@ impl ComponentBus {
         self.publish_envelope(env).await
     }
 
+    /// Stamps `source`, checks the edge(s) against the topology, then schedules the envelope
+    /// for `at` on the bus (delayed delivery). Returns the scheduled message's id.
+    pub fn schedule(
+        &self,
+        at: tokio::time::Instant,
+        mut env: Envelope,
+    ) -> Result<switchyard::MessageId, PublishError> {
+        env.source = Some(self.spec.endpoint.name.clone());
+        self.enforcer.check(&self.spec, &env)?;
+        let topic = env.topic.clone();
+        let id = self.bus.schedule(at, env)?;
+        self.enforcer.observe(&self.spec, &topic);
+        Ok(id)
+    }
+
     /// Stamps `source`, checks the edge(s) against the topology, then publishes.
     pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
         env.source = Some(self.spec.endpoint.name.clone());

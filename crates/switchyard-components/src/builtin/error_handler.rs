@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -13,16 +14,48 @@ use crate::component::{ComponentBuilder, ComponentCtx};
 use crate::context::{Completion, ErrorReport};
 use crate::role::{Role, exhausted_topic, retry_topic};
 
-/// How many times a failing flow is tried per domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many times a failing flow is tried per domain, and how long to wait between tries.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts in total, the first included (at least 1). Default 3.
     pub max_attempts: u32,
+    /// Delay before the first retry; zero retries at once. Default zero.
+    pub initial_delay: Duration,
+    /// Factor applied to the delay after each retry (exponential backoff). Default 2.
+    pub multiplier: f64,
+    /// Longest delay. Default 30 s.
+    pub max_delay: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 3 }
+        Self {
+            max_attempts: 3,
+            initial_delay: Duration::ZERO,
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts, retried at once.
+    pub fn attempts(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            ..Self::default()
+        }
+    }
+
+    /// The delay before attempt `attempt` (2 for the first retry).
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        if self.initial_delay.is_zero() {
+            return Duration::ZERO;
+        }
+        let exp = attempt.saturating_sub(2).min(63) as i32;
+        let factor = self.multiplier.max(1.0).powi(exp);
+        let secs = (self.initial_delay.as_secs_f64() * factor).min(self.max_delay.as_secs_f64());
+        Duration::from_secs_f64(secs.max(0.0))
     }
 }
 
@@ -101,7 +134,8 @@ struct State {
 
 /// Consumes `*.error` and applies the [`RetryPolicy`] per (correlation id, domain):
 /// an original (not propagated), retryable failure is answered with `<domain>.retry.request`
-/// until attempts run out; then the error envelope goes to the dead-letter sink (reason
+/// (at once, or after the policy's backoff delay through the bus's delayed delivery) until
+/// attempts run out; then the error envelope goes to the dead-letter sink (reason
 /// `HandlerFailed`, error text with the correlation id) and `<domain>.retry.exhausted` is
 /// published. A domain completion (`<domain>.<action>.complete`) forgets the flow.
 ///
@@ -133,6 +167,7 @@ impl ErrorHandler {
             state: Arc::new(Mutex::new(State::default())),
             policy: RetryPolicy {
                 max_attempts: policy.max_attempts.max(1),
+                ..policy
             },
             sink: None,
         }
@@ -257,7 +292,15 @@ impl ErrorHandler {
                     error_type: report.error_type.clone(),
                     message: report.message.clone(),
                 };
-                cx.publish_to(&retry_topic(&report.domain), req).await
+                let delay = self.policy.delay_before(attempt);
+                if delay.is_zero() {
+                    return cx.publish_to(&retry_topic(&report.domain), req).await;
+                }
+                let mut env = req.to_envelope()?.caused_by(cx.envelope());
+                env.topic = switchyard::Topic::new(&retry_topic(&report.domain))?;
+                cx.bus()
+                    .schedule(tokio::time::Instant::now() + delay, env)
+                    .map(|_| ())
             }
             Decision::GiveUp(attempts) => {
                 let text = format!(
@@ -269,9 +312,13 @@ impl ErrorHandler {
                     report.message
                 );
                 tracing::warn!(correlation_id = %report.correlation_id, %text, "giving up: dead-lettered");
-                let letter =
-                    DeadLetter::new(cx.envelope().clone(), DeadLetterReason::HandlerFailed, text)
-                        .with_handler(Self::NAME);
+                // The error envelope, filed under the flow it belongs to.
+                let envelope = cx
+                    .envelope()
+                    .clone()
+                    .with_correlation_id(report.correlation_id);
+                let letter = DeadLetter::new(envelope, DeadLetterReason::HandlerFailed, text)
+                    .with_handler(Self::NAME);
                 match &self.sink {
                     Some(s) => s.put(letter),
                     None => cx.raw_bus().dead_letters().put(letter),

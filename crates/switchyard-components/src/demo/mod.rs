@@ -187,6 +187,74 @@ pub struct BenchStats {
     pub messages_per_run: f64,
     /// Median latency divided by the messages of one run.
     pub per_message_us: f64,
+    /// Baseline: microseconds per hop of a plain relay chain of the same length on a bare bus
+    /// (one subscriber per hop, no components, contexts or checks). Measured when more than one
+    /// run was asked for.
+    pub raw_hop_us: Option<f64>,
+}
+
+/// One hop of the baseline relay chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hop {
+    n: u64,
+}
+
+impl Message for Hop {
+    const TOPIC: &'static str = "bench.hop.0";
+}
+
+/// Microseconds per hop (median over `runs`) of a chain of `hops` plain subscriptions on a fresh
+/// bus, each publishing to the next: what one hop costs without the component model.
+pub async fn raw_hop_baseline(hops: usize, runs: usize) -> Result<f64, DemoError> {
+    let bus = Bus::new();
+    let hops = hops.max(1);
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let mut subs = Vec::with_capacity(hops);
+    for i in 0..hops {
+        let topic = format!("bench.hop.{i}");
+        let next = (i + 1 < hops).then(|| format!("bench.hop.{}", i + 1));
+        let (b, tx) = (bus.clone(), tx.clone());
+        let sub = bus
+            .on::<Hop, _, _, _, _>(&topic, move |h: Hop, _ctx| {
+                let (b, tx, next) = (b.clone(), tx.clone(), next.clone());
+                async move {
+                    match next {
+                        Some(t) => b.publish_to(&t, h).await,
+                        None => {
+                            // The receiver outlives the chain; a send error cannot happen.
+                            let _ = tx.send(h.n);
+                            Ok(())
+                        }
+                    }
+                }
+            })
+            .pattern(&topic)
+            .start()
+            .await?;
+        subs.push(sub);
+    }
+    let mut lat = Vec::with_capacity(runs);
+    for n in 0..runs.max(1) as u64 {
+        let t0 = Instant::now();
+        bus.publish(Hop { n }).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(got)) if got == n => break,
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(DemoError::FrontendGone),
+                Err(_) => {
+                    return Err(DemoError::Timeout {
+                        run_id: format!("baseline-{n}"),
+                        after: Duration::from_secs(10),
+                    });
+                }
+            }
+        }
+        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    drop(subs);
+    Ok(percentile(&lat, 0.5) / hops as f64)
 }
 
 /// Everything the demo produced.
@@ -334,6 +402,13 @@ impl DemoReport {
             "== bench: {} run(s), {:.1} runs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} messages/run, {:.1} µs/message",
             b.runs, b.runs_per_second, b.p50_ms, b.p99_ms, b.messages_per_run, b.per_message_us
         );
+        if let Some(raw) = b.raw_hop_us {
+            let _ = writeln!(
+                s,
+                "   baseline: {raw:.1} µs per hop on a bare relay chain; checks, contexts, status events, system components and module work add {:.1} µs per hop",
+                b.per_message_us - raw
+            );
+        }
         s
     }
 }
@@ -684,9 +759,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         )
     });
     let tracker = StateTracker::new(100_000);
-    let errors = ErrorHandler::new(RetryPolicy {
-        max_attempts: config.max_attempts,
-    });
+    let errors = ErrorHandler::new(RetryPolicy::attempts(config.max_attempts));
     let health = HealthChecker::new(Duration::from_secs(60), 0.5);
     let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
     let alerts = AlertManager::new(
@@ -851,7 +924,13 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         } else {
             0.0
         },
+        raw_hop_us: None,
     };
+    let mut bench = bench;
+    if runs.len() > 1 {
+        bench.raw_hop_us =
+            Some(raw_hop_baseline(messages_per_run.round() as usize, runs.len().min(200)).await?);
+    }
     let report = DemoReport {
         preview,
         tables: store.snapshot(),

@@ -6,6 +6,7 @@ mod builtins;
 mod contexts;
 mod declarations;
 mod enforcement;
+mod error_handler;
 mod export;
 mod no_leak;
 mod pipeline;

@@ -1,0 +1,122 @@
+//! The error handler on its own: retry with backoff on the virtual clock, give up to the DLQ.
+
+use std::time::Duration;
+
+use switchyard::testkit::Recorder;
+use switchyard::{Bus, Message, MessageId};
+use switchyard_components::builtin::{ErrorHandler, RetryExhausted, RetryPolicy, RetryRequest};
+use switchyard_components::{Assembly, ComponentBuilder, ErrorReport, RequestId, Role};
+use tokio::time::Instant;
+
+use crate::WAIT;
+
+fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
+    ErrorReport {
+        request_id: RequestId::new(),
+        correlation_id,
+        component: "x-processor".into(),
+        role: Role::Processor,
+        domain: "x".into(),
+        action: "load".into(),
+        error_type: "Flaky".into(),
+        message: "try again".into(),
+        propagated,
+        retryable: true,
+        at_ms: 0,
+    }
+}
+
+#[test]
+fn backoff_delays() {
+    let p = RetryPolicy {
+        max_attempts: 5,
+        initial_delay: Duration::from_secs(1),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(3),
+    };
+    let d: Vec<Duration> = (2..=5).map(|a| p.delay_before(a)).collect();
+    assert_eq!(d, [1, 2, 3, 3].map(Duration::from_secs));
+    assert_eq!(RetryPolicy::attempts(3).delay_before(2), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_with_backoff_then_gives_up_to_the_dlq() {
+    let bus = Bus::new();
+    let handler = ErrorHandler::new(RetryPolicy {
+        max_attempts: 3,
+        initial_delay: Duration::from_secs(1),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(30),
+    });
+    let retries = Recorder::start(&bus, "x.retry.request").await.unwrap();
+    let exhausted = Recorder::start(&bus, "x.retry.exhausted").await.unwrap();
+    let _running = Assembly::new(&bus)
+        .component(handler.component())
+        // The manager that would act on retries (the error handler may only reach managers).
+        .component(
+            ComponentBuilder::new("x-manager", Role::Manager, "x")
+                .on_envelope("x.retry.request", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .on_envelope("x.retry.exhausted", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let flow = MessageId::new();
+
+    // First failure: retry after 1 s.
+    let t0 = Instant::now();
+    bus.publish_to("x.error", report(flow, false))
+        .await
+        .unwrap();
+    let got = retries.wait_for(1, WAIT).await.unwrap();
+    assert!(Instant::now() - t0 >= Duration::from_secs(1));
+    let req = RetryRequest::from_envelope(&got[0]).unwrap();
+    assert_eq!(
+        (req.attempt, req.max_attempts, req.correlation_id),
+        (2, 3, flow)
+    );
+    assert_eq!(got[0].source.as_deref(), Some(ErrorHandler::NAME));
+
+    // A propagated failure is only recorded.
+    bus.publish_to("x.error", report(flow, true)).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(handler.attempts(flow, "x"), 1);
+
+    // Second failure: retry after 2 s.
+    let t1 = Instant::now();
+    bus.publish_to("x.error", report(flow, false))
+        .await
+        .unwrap();
+    let got = retries.wait_for(2, WAIT).await.unwrap();
+    assert!(Instant::now() - t1 >= Duration::from_secs(2));
+    assert_eq!(RetryRequest::from_envelope(&got[1]).unwrap().attempt, 3);
+
+    // Third failure: gives up, dead-letters with the correlation id, tells the manager.
+    bus.publish_to("x.error", report(flow, false))
+        .await
+        .unwrap();
+    let got = exhausted.wait_for(1, WAIT).await.unwrap();
+    let ex = RetryExhausted::from_envelope(&got[0]).unwrap();
+    assert_eq!((ex.attempts, ex.correlation_id), (3, flow));
+    let letters = bus.dead_letters().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].envelope.correlation_id, flow);
+    assert!(letters[0].error.contains(&flow.to_string()));
+    let stats = handler.stats();
+    assert_eq!(
+        (stats.errors, stats.propagated, stats.retries, stats.gave_up),
+        (4, 1, 2, 1)
+    );
+    assert_eq!(handler.history().len(), 4);
+    // Further failures of a flow given up are only recorded.
+    bus.publish_to("x.error", report(flow, false))
+        .await
+        .unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(handler.stats().gave_up, 1);
+    assert_eq!(retries.envelopes().len(), 2);
+}
