@@ -387,3 +387,27 @@ async fn dlq_survives_restart_and_replay_processes_each_message_once() {
         "removals are durable"
     );
 }
+
+/// The bus keeps its queue as a trait object chosen from config.
+#[tokio::test]
+async fn queues_work_as_trait_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let queues: Vec<Arc<dyn DeadLetterQueue>> = vec![
+        Arc::new(InMemoryDeadLetterQueue::new(10)),
+        Arc::new(
+            FileDeadLetterQueue::open(dir.path().join("q.jsonl"), FileDlqOptions::default())
+                .unwrap(),
+        ),
+    ];
+    for q in queues {
+        let l = letter("a.b", DeadLetterReason::Rejected, "no", "h");
+        q.put(l.clone());
+        let (sent, republish) = collecting();
+        Replayer::new(&*q, &republish)
+            .one(l.envelope.id)
+            .await
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        assert!(q.is_empty());
+    }
+}
