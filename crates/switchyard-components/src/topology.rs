@@ -411,3 +411,77 @@ pub struct ObservedEdge {
     /// Messages sent.
     pub count: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::new(s).unwrap()
+    }
+
+    #[test]
+    fn overlap_cases() {
+        let yes = [
+            ("a.b.c", "a.b.c"),
+            ("a.*.c", "a.b.c"),
+            ("a.*.c", "*.b.*"),
+            ("#", "x"),
+            ("a.#", "a"),
+            ("a.#", "a.b.c.d"),
+            ("#.c", "a.b.c"),
+            ("a.#.d", "a.*.*.d"),
+            ("#", "#"),
+            ("a.#", "#.b"),
+        ];
+        let no = [
+            ("a.b.c", "a.b.d"),
+            ("a.*", "a.b.c"),
+            ("a.*.c", "b.#"),
+            ("a.b", "a.b.*"),
+            ("#.x", "a.y"),
+        ];
+        for (a, b) in yes {
+            assert!(patterns_overlap(&p(a), &p(b)), "{a} ∩ {b}");
+            assert!(patterns_overlap(&p(b), &p(a)), "{b} ∩ {a}");
+        }
+        for (a, b) in no {
+            assert!(!patterns_overlap(&p(a), &p(b)), "{a} ∩ {b}");
+            assert!(!patterns_overlap(&p(b), &p(a)), "{b} ∩ {a}");
+        }
+    }
+
+    #[test]
+    fn overlap_agrees_with_matching_on_concrete_topics() {
+        // For an exact pattern, overlap is the same as matching.
+        let patterns = ["a.#", "a.*", "*.b", "#", "a.b", "#.b", "a.*.c", "*.*"];
+        let topics = ["a", "a.b", "a.c", "b.b", "a.b.c", "a.x.c", "a.b.b"];
+        for pat in patterns {
+            for t in topics {
+                let topic = Topic::new(t).unwrap();
+                assert_eq!(
+                    patterns_overlap(&p(pat), &p(t)),
+                    p(pat).matches(&topic),
+                    "{pat} vs {t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn implicit_publishes() {
+        let mut s = ComponentSpec::new("q-handler", Role::Handler, "q");
+        s.add_implicit_publishes();
+        s.add_implicit_publishes(); // idempotent
+        let got: Vec<&str> = s.publishes.iter().map(Pattern::as_str).collect();
+        assert_eq!(
+            got,
+            vec![
+                "q.status.update",
+                "q.error",
+                "q.health.heartbeat",
+                "q.*.handled"
+            ]
+        );
+    }
+}

@@ -572,3 +572,90 @@ pub fn recommend(store: &Store, run: &str) -> Result<Vec<Recommendation>, Module
         Ok(recs)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(line: &str) -> RawRow {
+        RawRow {
+            line: 2,
+            fields: line.split(',').map(str::to_owned).collect(),
+        }
+    }
+
+    #[test]
+    fn validation_rules() {
+        let ok = validate_row(&raw("2026-01-05,north,alpha,12,2.50")).unwrap();
+        assert_eq!((ok.day, ok.units), (4, 12));
+        assert!((ok.revenue() - 30.0).abs() < 1e-9);
+        let rule = |l: &str| validate_row(&raw(l)).unwrap_err().rule;
+        assert_eq!(rule("2026-01-05,north"), "schema.columns");
+        assert_eq!(rule("2026-02-05,north,alpha,1,1"), "schema.date");
+        assert_eq!(rule("2026-01-05,mars,alpha,1,1"), "rule.known_region");
+        assert_eq!(rule("2026-01-05,north,omega,1,1"), "rule.known_product");
+        assert_eq!(rule("2026-01-05,north,alpha,1O,1"), "schema.integer");
+        assert_eq!(
+            rule("2026-01-05,north,alpha,-3,1"),
+            "rule.units_non_negative"
+        );
+        assert_eq!(rule("2026-01-05,north,alpha,3,"), "schema.required");
+        assert_eq!(rule("2026-01-05,north,alpha,3,x"), "schema.number");
+        assert_eq!(rule("2026-01-05,north,alpha,3,0"), "rule.price_positive");
+    }
+
+    #[test]
+    fn generated_data_is_deterministic_with_one_invalid_row_in_25() {
+        assert_eq!(generate_csv(100, 7), generate_csv(100, 7));
+        assert_ne!(generate_csv(100, 7), generate_csv(100, 8));
+        let store = Store::new();
+        store.with(|t| t.files.insert("f".into(), generate_csv(250, 3)));
+        assert_eq!(stage(&store, "r", "f").unwrap(), 250);
+        assert_eq!(validate(&store, "r").unwrap(), (240, 10));
+    }
+
+    #[test]
+    fn missing_inputs_are_errors_not_panics() {
+        let store = Store::new();
+        assert_eq!(stage(&store, "r", "nope").unwrap_err().kind, "MissingInput");
+        assert_eq!(validate(&store, "r").unwrap_err().kind, "MissingInput");
+        assert_eq!(
+            compute_features(&store, "r").unwrap_err().kind,
+            "MissingInput"
+        );
+        assert_eq!(
+            detect_insights(&store, "r", 2.0).unwrap_err().kind,
+            "MissingInput"
+        );
+        assert_eq!(render_report(&store, "r").unwrap_err().kind, "MissingInput");
+        assert_eq!(recommend(&store, "r").unwrap_err().kind, "MissingInput");
+        store.with(|t| t.files.insert("bad".into(), "a,b\n1,2\n".into()));
+        assert_eq!(
+            stage(&store, "r", "bad").unwrap_err().kind,
+            "SchemaMismatch"
+        );
+        store.with(|t| t.files.insert("empty".into(), String::new()));
+        assert_eq!(
+            stage(&store, "r", "empty").unwrap_err().kind,
+            "EmptyDataset"
+        );
+    }
+
+    #[test]
+    fn falling_trend_is_detected() {
+        let store = Store::new();
+        store.with(|t| {
+            t.features.insert(
+                "r".into(),
+                Features {
+                    daily_revenue: (0..30).map(|d| 1000.0 - 20.0 * f64::from(d)).collect(),
+                    ..Features::default()
+                },
+            )
+        });
+        let ins = detect_insights(&store, "r", 2.5).unwrap();
+        assert_eq!(ins.trend, "falling");
+        assert!((ins.trend_per_day + 20.0).abs() < 1e-9);
+        assert!(ins.anomalies.is_empty());
+    }
+}
