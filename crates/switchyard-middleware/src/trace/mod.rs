@@ -12,7 +12,8 @@
 //!    `parent_span_id`, and with the context available through [`TraceContext::current`].
 //!
 //! A handler that publishes a follow-up message calls [`propagate`] (or
-//! `TraceContext::current()` + [`TraceContext::inject`]) so the child carries the same trace id.
+//! `TraceContext::current()` + [`TraceContext::inject`]) so the child carries the same trace id;
+//! a bus that calls [`ensure_traceparent`] on every publish does that for it.
 //!
 //! ```
 //! use switchyard_core::{Envelope, Topic};
@@ -36,6 +37,22 @@ pub use layer::TraceLayer;
 pub use service::Trace;
 
 use switchyard_core::Envelope;
+
+/// For the bus's publish path: makes sure `env` carries a `traceparent`. A valid one is kept;
+/// otherwise the current handler's context ([`TraceContext::current`]) is used, so a message
+/// published while handling another joins its trace without any handler code; otherwise a new
+/// trace starts. Returns the context the envelope carries.
+///
+/// Doing this at publish time (rather than leaving it to each subscriber's [`TraceLayer`]) gives
+/// every subscriber of one message the same trace.
+pub fn ensure_traceparent(env: &mut Envelope) -> TraceContext {
+    if let Some(ctx) = TraceContext::from_envelope(env) {
+        return ctx;
+    }
+    let ctx = TraceContext::current().unwrap_or_else(TraceContext::new_root);
+    ctx.inject(env);
+    ctx
+}
 
 /// Gives `child` the trace of `parent`: the child's `traceparent` is the parent's (its
 /// parent-id is the span that handled `parent`). When `parent` has no valid context, the
