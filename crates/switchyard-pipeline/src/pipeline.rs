@@ -476,13 +476,19 @@ where
     let _ = ready.send(Ok(()));
 
     loop {
-        let item = tokio::select! {
-            biased;
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => break,
+        // Fast path: take what is queued without arming the stop signal; wait on both only when
+        // the queue is empty (the stop signal fires only once nothing is in flight).
+        let item = match rx.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                biased;
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                () = stop.stopped() => break,
             },
-            () = stop.stopped() => break,
         };
         let Item { value, token } = item;
         let started = Instant::now();
