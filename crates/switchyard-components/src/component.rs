@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard::{
-    BoxError, Bus, Ctx, Envelope, IntoOutcome, Message, MessageId, Pattern, PublishError,
-    SubscribeError, Subscription, SubscriptionBuilder, Topic,
+    BoxError, BoxHandler, Bus, Ctx, Envelope, IntoOutcome, Message, MessageId, Outcome, Pattern,
+    PublishError, SubscribeError, Subscription, SubscriptionBuilder, Topic,
 };
 
 use crate::context::{ContextConfig, ContextTable, RequestContext, RequestId, TransitionError};
@@ -40,6 +40,9 @@ pub trait Component: Send + 'static {
 
 type MakeSub = Box<dyn FnOnce(&Bus, ComponentBus, ContextTable) -> SubscriptionBuilder + Send>;
 
+/// Applies a component's layers to one of its subscriptions.
+type ApplyLayer = Arc<dyn Fn(SubscriptionBuilder) -> SubscriptionBuilder + Send + Sync>;
+
 struct Registration {
     pattern: String,
     make: MakeSub,
@@ -50,6 +53,7 @@ struct Registration {
 pub struct Handlers {
     regs: Vec<Registration>,
     workers: Option<usize>,
+    layers: Vec<ApplyLayer>,
 }
 
 impl fmt::Debug for Handlers {
@@ -72,6 +76,7 @@ impl Handlers {
         Self {
             regs: Vec::new(),
             workers: None,
+            layers: Vec::new(),
         }
     }
 
@@ -133,6 +138,22 @@ impl Handlers {
     /// Worker tasks per subscription of this component (default: the bus default).
     pub fn workers(&mut self, n: usize) -> &mut Self {
         self.workers = Some(n);
+        self
+    }
+
+    /// Wraps every handler of this component in a `tower::Layer` (retry, timeout, circuit
+    /// breaker... from `switchyard-middleware`, or your own). Layers added later wrap the
+    /// earlier ones.
+    pub fn layer<L>(&mut self, layer: L) -> &mut Self
+    where
+        L: tower::Layer<BoxHandler> + Clone + Send + Sync + 'static,
+        L::Service:
+            tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.layers.push(Arc::new(move |b: SubscriptionBuilder| {
+            b.layer(layer.clone())
+        }));
         self
     }
 }
@@ -330,6 +351,18 @@ impl ComponentBuilder {
         self.handlers.workers(n);
         self
     }
+
+    /// Wraps every handler of this component in a `tower::Layer` (see [`Handlers::layer`]).
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<BoxHandler> + Clone + Send + Sync + 'static,
+        L::Service:
+            tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+        <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
+    {
+        self.handlers.layer(layer);
+        self
+    }
 }
 
 impl Component for ComponentBuilder {
@@ -355,6 +388,7 @@ impl Component for ComponentBuilder {
     fn register(self: Box<Self>, handlers: &mut Handlers) {
         let me = *self;
         handlers.regs.extend(me.handlers.regs);
+        handlers.layers.extend(me.handlers.layers);
         if me.handlers.workers.is_some() {
             handlers.workers = me.handlers.workers;
         }
@@ -571,6 +605,9 @@ impl Assembly {
                 let mut builder = (reg.make)(&self.bus, cbus.clone(), table.clone());
                 if let Some(n) = handlers.workers {
                     builder = builder.workers(n);
+                }
+                for apply in &handlers.layers {
+                    builder = apply(builder);
                 }
                 let sub = builder
                     .start()

@@ -134,3 +134,69 @@ async fn a_handler_on_an_undeclared_pattern_is_refused() {
     );
     assert!(err.to_string().contains("math-processor"));
 }
+
+mod layered {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use switchyard::{Bus, Envelope};
+    use switchyard_components::{Assembly, ComponentBuilder, Role};
+
+    use crate::Note;
+
+    /// Counts the calls to the handlers it wraps.
+    #[derive(Clone)]
+    struct CountLayer(Arc<AtomicUsize>);
+
+    #[derive(Clone)]
+    struct Count<S> {
+        inner: S,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl<S> tower::Layer<S> for CountLayer {
+        type Service = Count<S>;
+        fn layer(&self, inner: S) -> Count<S> {
+            Count {
+                inner,
+                calls: self.0.clone(),
+            }
+        }
+    }
+
+    impl<S: tower::Service<Envelope>> tower::Service<Envelope> for Count<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.inner.poll_ready(cx)
+        }
+        fn call(&mut self, env: Envelope) -> S::Future {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            self.inner.call(env)
+        }
+    }
+
+    #[tokio::test]
+    async fn component_layers_wrap_every_handler() {
+        let bus = Bus::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let noop = |_: Envelope, _| async { Ok::<_, std::convert::Infallible>(()) };
+        let _running = Assembly::new(&bus)
+            .component(
+                ComponentBuilder::new("a-service", Role::Service, "a")
+                    .layer(CountLayer(calls.clone()))
+                    .on_envelope("a.x.submit", noop)
+                    .on_envelope("a.x.handled", noop),
+            )
+            .start()
+            .await
+            .unwrap();
+        bus.publish_to("a.x.submit", Note { n: 1 }).await.unwrap();
+        bus.publish_to("a.x.submit", Note { n: 2 }).await.unwrap();
+        bus.publish_to("a.x.handled", Note { n: 3 }).await.unwrap();
+        bus.run_until_idle().await;
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+}
