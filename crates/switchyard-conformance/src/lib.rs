@@ -1,0 +1,358 @@
+//! # switchyard-conformance
+//!
+//! One test suite every switchyard transport runs (in the manner of Watermill's `TestPubSub`),
+//! and [`MemoryTransport`], the in-process transport that is its baseline.
+//!
+//! A transport crate implements [`Harness`] in its own `tests/` (how to open the transport for
+//! one test, what it can promise) and calls [`conformance_tests!`], which expands into one
+//! `#[tokio::test]` per suite function of [`suite`]. A test whose capability the transport
+//! lacks prints `SKIPPED <test>: <reason>` and passes.
+//!
+//! ```ignore
+//! struct Memory;
+//! impl Harness for Memory { /* ... */ }
+//! switchyard_conformance::conformance_tests!(Memory);
+//! ```
+//!
+//! See `docs/conformance.md` for the list of tests and what each one proves.
+#![forbid(unsafe_code)]
+
+pub mod memory;
+pub mod suite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::{
+    BoxError, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterSink, InMemoryDeadLetters,
+    Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic, TopicError,
+    TransportError,
+};
+
+pub use memory::{MemoryConfig, MemorySubscription, MemoryTransport};
+
+/// What a transport promises, as the suite sees it: the core [`Capabilities`] plus the
+/// behaviours the core flags do not name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SuiteCapabilities {
+    /// The transport's own capabilities.
+    pub core: Capabilities,
+    /// `nack` redelivers and an unsettled delivery comes back after the ack wait.
+    pub redelivery: bool,
+    /// After `max_deliver` deliveries a message goes to the dead-letter sink.
+    pub dead_letters: bool,
+    /// The harness can restart the broker (or reopen the storage) under a live test.
+    pub restart: bool,
+    /// The harness offers request/reply ([`Harness::request`], [`Harness::serve`]).
+    pub request_reply: bool,
+}
+
+/// Everything one suite test asks of a fresh transport.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Unique per test: a valid topic segment and stream/consumer name (`t` + lower-case
+    /// ULID). Every topic a test uses starts with it, so tests can share one broker.
+    pub namespace: String,
+    /// How long an unsettled delivery waits before it is redelivered. Default: 30 s.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered. Default: 5.
+    pub max_deliver: u32,
+    /// Where the transport must put dead letters.
+    pub dead_letters: Arc<RecordingDeadLetters>,
+}
+
+impl Setup {
+    /// A setup with a fresh namespace and the defaults.
+    pub fn new() -> Self {
+        Self {
+            namespace: format!("t{}", ulid_lower()),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            dead_letters: Arc::new(RecordingDeadLetters::default()),
+        }
+    }
+
+    /// Sets the ack wait.
+    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// Sets the maximum number of deliveries.
+    pub fn with_max_deliver(mut self, max_deliver: u32) -> Self {
+        self.max_deliver = max_deliver;
+        self
+    }
+
+    /// `<namespace>.<suffix>` as a topic.
+    pub fn topic(&self, suffix: &str) -> Result<Topic, TopicError> {
+        Topic::new(&format!("{}.{suffix}", self.namespace))
+    }
+
+    /// `<namespace>.<suffix>` as a pattern (`suffix` may hold wildcards).
+    pub fn pattern(&self, suffix: &str) -> Result<Pattern, TopicError> {
+        Pattern::new(&format!("{}.{suffix}", self.namespace))
+    }
+
+    /// `<namespace>.#`: every topic of this test.
+    pub fn all(&self) -> Result<Pattern, TopicError> {
+        self.pattern("#")
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A dead-letter sink the suite can wait on: an [`InMemoryDeadLetters`] that also wakes
+/// waiters on every new letter.
+#[derive(Debug, Default)]
+pub struct RecordingDeadLetters {
+    letters: InMemoryDeadLetters,
+    notify: tokio::sync::Notify,
+}
+
+impl RecordingDeadLetters {
+    /// The letters received so far, oldest first.
+    pub fn list(&self) -> Vec<DeadLetter> {
+        self.letters.list()
+    }
+
+    /// Waits until at least `n` letters arrived; `false` when `timeout` passed first.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.letters.len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+impl DeadLetterSink for RecordingDeadLetters {
+    fn put(&self, letter: DeadLetter) {
+        self.letters.put(letter);
+        self.notify.notify_waiters();
+    }
+}
+
+fn ulid_lower() -> String {
+    switchyard_core::MessageId::new()
+        .to_string()
+        .to_ascii_lowercase()
+}
+
+/// Answers one request in [`Harness::serve`]: `Some(reply)` replies, `None` stays silent
+/// (the requester then times out).
+pub type ReplyFn =
+    Arc<dyn Fn(switchyard_core::Envelope) -> Option<switchyard_core::Envelope> + Send + Sync>;
+
+/// Keeps a responder of [`Harness::serve`] running; dropping it stops the responder.
+pub struct ServeGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl ServeGuard {
+    /// Wraps whatever keeps the responder alive (a task handle that aborts on drop, a
+    /// subscription).
+    pub fn new(keep: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(keep))
+    }
+}
+
+impl std::fmt::Debug for ServeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServeGuard")
+    }
+}
+
+/// How a request of the suite failed, mapped from each transport's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestFailure {
+    /// Nobody serves the topic; must come back well before the deadline.
+    #[error("no responders")]
+    NoResponders,
+    /// The deadline passed.
+    #[error("request timed out")]
+    Timeout,
+    /// The harness does not offer request/reply.
+    #[error("request/reply is not supported")]
+    Unsupported,
+    /// Anything else.
+    #[error("request failed: {0}")]
+    Other(BoxError),
+}
+
+/// How the suite reaches one transport: implemented by each transport crate in its tests.
+pub trait Harness: Send + Sync + 'static {
+    /// The transport under test.
+    type Transport: Publisher + Subscriber + Clone;
+
+    /// Short name for messages (`memory`, `log`, `nats`).
+    fn name(&self) -> &str;
+
+    /// What the transport and this harness can do.
+    fn capabilities(&self) -> SuiteCapabilities;
+
+    /// `Some(reason)` when the transport cannot run here (e.g. no server reachable and not
+    /// under CI): every test then skips with that reason.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// Opens a transport for `setup`. Opening again with the same setup (after closing the
+    /// first) must reach the same durable storage.
+    fn open<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<Self::Transport, BoxError>>;
+
+    /// Restarts the broker (or closes and reopens the storage) under a live `transport`;
+    /// returns the transport to go on with. Only called when `capabilities().restart`.
+    fn restart<'a>(
+        &'a self,
+        setup: &'a Setup,
+        transport: Self::Transport,
+    ) -> BoxFuture<'a, Result<Self::Transport, BoxError>> {
+        let _ = (setup, transport);
+        Box::pin(async { Err::<Self::Transport, BoxError>("restart is not supported".into()) })
+    }
+
+    /// Sends a request and waits at most `deadline` for the reply.
+    fn request(
+        &self,
+        transport: &Self::Transport,
+        request: switchyard_core::Envelope,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<switchyard_core::Envelope, RequestFailure>> {
+        let _ = (transport, request, deadline);
+        Box::pin(async { Err(RequestFailure::Unsupported) })
+    }
+
+    /// Serves requests matching `pattern` with `handler` until the guard is dropped.
+    fn serve(
+        &self,
+        transport: &Self::Transport,
+        pattern: &Pattern,
+        handler: ReplyFn,
+    ) -> BoxFuture<'static, Result<ServeGuard, BoxError>> {
+        let _ = (transport, pattern, handler);
+        Box::pin(async { Err::<ServeGuard, BoxError>("request/reply is not supported".into()) })
+    }
+
+    /// Removes what the test left on the broker (streams, consumers). Called at the end of
+    /// each test that passed.
+    fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {
+        let _ = setup;
+        Box::pin(async {})
+    }
+}
+
+/// The result of one suite test that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every check held.
+    Passed,
+    /// The test did not apply; the reason says why.
+    Skipped(String),
+}
+
+/// Why a suite test failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// A check did not hold.
+    #[error("check failed: {0}")]
+    Check(String),
+    /// An awaited event did not happen in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: Duration,
+    },
+    /// The harness could not open or restart the transport.
+    #[error("harness failed: {0}")]
+    Harness(BoxError),
+    /// A topic or pattern of the test was invalid (a bug in the suite).
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// Publishing failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// Subscribing failed.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// Settling failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Closing failed.
+    #[error(transparent)]
+    Close(#[from] CloseError),
+    /// A task of the test panicked or was cancelled.
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+/// Prints the outcome of one suite test: `SKIPPED` lines go to stderr. Returns the failure
+/// so the caller (the generated test) can fail. Used by [`conformance_tests!`].
+pub fn report(
+    test: &str,
+    transport: &str,
+    result: Result<Verdict, Failure>,
+) -> Result<(), Failure> {
+    match result {
+        Ok(Verdict::Passed) => Ok(()),
+        Ok(Verdict::Skipped(reason)) => {
+            eprintln!("SKIPPED {transport}::{test}: {reason}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("FAILED {transport}::{test}: {e}");
+            Err(e)
+        }
+    }
+}
+
+/// Expands into one `#[tokio::test]` per suite function, each building its harness with the
+/// given expression. A second expression after `restart =` builds the harness for the
+/// restart test (for brokers the test must own to restart).
+///
+/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!($harness, restart = $harness);
+    };
+    ($harness:expr, restart = $restart:expr) => {
+        $crate::conformance_tests!(@one $harness; roundtrip, concurrent_publishers, many_topics,
+            nack_redelivers, ack_wait_redelivers, new_subscriber_continues, concurrent_close,
+            continue_after_handler_errors, in_order_per_key, publisher_close_flushes,
+            delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
+            wildcards, request_reply, dead_letter_after_max_deliveries);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn reconnect_after_restart() {
+            let h = $restart;
+            let r = $crate::suite::reconnect_after_restart(&h).await;
+            if let Err(e) = $crate::report("reconnect_after_restart", $crate::Harness::name(&h), r) {
+                panic!("{e}");
+            }
+        }
+    };
+    (@one $harness:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let h = $harness;
+                let r = $crate::suite::$test(&h).await;
+                if let Err(e) = $crate::report(stringify!($test), $crate::Harness::name(&h), r) {
+                    panic!("{e}");
+                }
+            }
+        )*
+    };
+}
