@@ -507,7 +507,9 @@ impl ContextTable {
     }
 
     /// Creates a Pending context owned by `bus`'s component and publishes its first status
-    /// update. `parent` is the message that caused it (its correlation id is inherited).
+    /// update. `parent` is the message that caused it (its correlation id is inherited). If
+    /// that status update cannot be published, the context is removed again (counted as
+    /// cancelled) and the error says so.
     pub async fn begin(
         &self,
         bus: &ComponentBus,
@@ -563,13 +565,17 @@ impl ContextTable {
             bus: bus.clone(),
             parent: parent.cloned(),
         };
-        publish_status(bus, parent, &ctx, None, None)
-            .await
-            .map_err(|source| TransitionError::Publish {
+        if let Err(source) = publish_status(bus, parent, &ctx, None, None).await {
+            // The caller gets no handle: do not leave the context behind until its timeout.
+            if lock(&self.inner.state).remove(id).is_some() {
+                self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(TransitionError::Publish {
                 request_id: id,
-                state: RequestState::Pending,
+                state: RequestState::Cancelled,
                 source,
-            })?;
+            });
+        }
         Ok(handle)
     }
 

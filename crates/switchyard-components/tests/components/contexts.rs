@@ -246,3 +246,28 @@ async fn results_find_the_exact_context_through_the_request_header() {
     assert_eq!(c.correlation_id, parent.correlation_id);
     assert_eq!(got[0].source.as_deref(), Some("shop-handler"));
 }
+
+#[tokio::test]
+async fn a_context_whose_creation_cannot_be_published_is_not_kept() {
+    let bus = Bus::new();
+    let (running, cbus) = one_component(&bus, ContextConfig::default()).await;
+    bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    let err = running
+        .contexts()
+        .begin(&cbus, "order", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransitionError::Publish {
+                state: RequestState::Cancelled,
+                source: switchyard::PublishError::ShuttingDown,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(running.contexts().is_empty());
+    assert_eq!(running.contexts().stats().cancelled, 1);
+}
