@@ -8,6 +8,7 @@
 //! cargo run -p switchyard-components --example data_pipeline -- 1 fail  # analytics fails twice, then is retried
 //! cargo run -p switchyard-components --example data_pipeline -- 1 dlq   # analytics always fails: dead-lettered
 //! cargo run -p switchyard-components --example data_pipeline -- 1 mermaid  # also print the topology
+//! cargo run -p switchyard-components --example data_pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
 //! ```
 
 use switchyard_components::demo::{DemoConfig, FailurePlan, run_demo};
@@ -30,9 +31,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         None
     };
+    let data_dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("out="))
+        .map(Into::into);
     let report = run_demo(DemoConfig {
         runs,
         fail,
+        data_dir,
         ..DemoConfig::default()
     })
     .await?;
@@ -46,6 +52,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "== observed topology (Mermaid)\n{}",
             report.observed_mermaid
         );
+    }
+    for path in &report.files_written {
+        println!("wrote {}", path.display());
     }
     for letter in &report.dead_letters {
         println!("dead letter: {}", letter.error);

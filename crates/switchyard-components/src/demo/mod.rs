@@ -111,6 +111,9 @@ pub struct DemoConfig {
     /// Also show that a forbidden publish (frontend straight to a processor) is refused.
     /// Default true.
     pub show_violation: bool,
+    /// Where the CSV is written and read, and where the tables (`store.json`) and reports
+    /// (`report-<run>.md`) are saved at the end. Default none: everything stays in memory.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for DemoConfig {
@@ -124,6 +127,7 @@ impl Default for DemoConfig {
             run_timeout: Duration::from_secs(10),
             context_timeout: Duration::from_secs(30),
             show_violation: true,
+            data_dir: None,
         }
     }
 }
@@ -152,6 +156,9 @@ pub enum DemoError {
     /// The frontend component stopped before the result arrived.
     #[error("the frontend stopped listening")]
     FrontendGone,
+    /// The data directory could not be written.
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
     /// A request context of the demo could not be created or started.
     #[error(transparent)]
     Context(#[from] crate::context::TransitionError),
@@ -267,6 +274,8 @@ pub struct DemoReport {
     pub preview: Option<Value>,
     /// The store's tables at the end.
     pub tables: Tables,
+    /// Files written to the data directory (none without one).
+    pub files_written: Vec<std::path::PathBuf>,
     /// Causal tree of the first run.
     pub trace: Trace,
     /// The declared topology as Mermaid.
@@ -751,13 +760,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let bus = Bus::new();
     let recorder = TraceRecorder::start(&bus, 200_000).await?;
-    let store = Store::new();
-    store.with(|t| {
-        t.files.insert(
-            DATASET.to_owned(),
-            modules::generate_csv(config.rows, config.seed),
-        )
-    });
+    let store = match &config.data_dir {
+        Some(dir) => Store::in_dir(dir),
+        None => Store::new(),
+    };
+    store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
     let tracker = StateTracker::new(100_000);
     let errors = ErrorHandler::new(RetryPolicy::attempts(config.max_attempts));
     let health = HealthChecker::new(Duration::from_secs(60), 0.5);
@@ -931,7 +938,9 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         bench.raw_hop_us =
             Some(raw_hop_baseline(messages_per_run.round() as usize, runs.len().min(200)).await?);
     }
+    let files_written = store.persist()?;
     let report = DemoReport {
+        files_written,
         preview,
         tables: store.snapshot(),
         trace,

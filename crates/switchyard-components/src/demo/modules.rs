@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -139,7 +140,7 @@ pub struct Recommendation {
 /// Every table of the store.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Tables {
-    /// Source files by name (CSV text).
+    /// Source files by name (CSV text), for a store without a directory.
     pub files: BTreeMap<String, String>,
     /// Staged raw rows per run.
     pub raw_rows: BTreeMap<String, Vec<RawRow>>,
@@ -162,12 +163,87 @@ pub struct Tables {
 #[derive(Debug, Clone, Default)]
 pub struct Store {
     tables: Arc<Mutex<Tables>>,
+    dir: Option<PathBuf>,
 }
 
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose files (the CSV staging loads) live in `dir`, and which
+    /// [`persist`](Self::persist) writes to `dir`.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            tables: Arc::default(),
+            dir: Some(dir.into()),
+        }
+    }
+
+    /// The directory, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Reads a file: from the directory when the store has one, else from the `files` table.
+    pub fn read_file(&self, name: &str) -> Result<String, ModuleError> {
+        if let Some(dir) = &self.dir {
+            if name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(ModuleError::new(
+                    "InvalidInput",
+                    format!("bad file name {name:?}"),
+                    false,
+                ));
+            }
+            let path = dir.join(name);
+            return std::fs::read_to_string(&path).map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                    "MissingInput"
+                } else {
+                    "Io"
+                };
+                ModuleError::new(kind, format!("{}: {e}", path.display()), kind == "Io")
+            });
+        }
+        self.with(|t| t.files.get(name).cloned()).ok_or_else(|| {
+            ModuleError::new("MissingInput", format!("no file named {name:?}"), false)
+        })
+    }
+
+    /// Writes a file: into the directory when the store has one, else into the `files` table.
+    pub fn write_file(&self, name: &str, text: String) -> Result<(), std::io::Error> {
+        match &self.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(name), text)
+            }
+            None => {
+                self.with(|t| t.files.insert(name.to_owned(), text));
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes every table to `store.json` and every report to `report-<run>.md` in the
+    /// directory (nothing without one). Returns the files written.
+    pub fn persist(&self) -> Result<Vec<PathBuf>, std::io::Error> {
+        let Some(dir) = &self.dir else {
+            return Ok(Vec::new());
+        };
+        std::fs::create_dir_all(dir)?;
+        let tables = self.snapshot();
+        let mut written = Vec::new();
+        let json = serde_json::to_vec_pretty(&tables).map_err(std::io::Error::other)?;
+        let path = dir.join("store.json");
+        std::fs::write(&path, json)?;
+        written.push(path);
+        for (run, md) in &tables.reports {
+            let path = dir.join(format!("report-{run}.md"));
+            std::fs::write(&path, md)?;
+            written.push(path);
+        }
+        Ok(written)
     }
 
     /// Runs `f` with the tables locked.
@@ -243,10 +319,8 @@ pub fn generate_csv(rows: usize, seed: u64) -> String {
 /// Staging: loads file `dataset` from the store into the raw rows of `run`. Returns the
 /// number of rows staged.
 pub fn stage(store: &Store, run: &str, dataset: &str) -> Result<usize, ModuleError> {
+    let text = store.read_file(dataset)?;
     store.with(|t| {
-        let text = t.files.get(dataset).ok_or_else(|| {
-            ModuleError::new("MissingInput", format!("no file named {dataset:?}"), false)
-        })?;
         let mut lines = text.lines().enumerate();
         match lines.next() {
             Some((_, h)) if h.trim() == HEADER => {}
@@ -465,14 +539,10 @@ pub fn detect_insights(
 /// Preview (called by the staging processor at the CPM's direct request): the number of data
 /// lines and the header of a file, without staging it.
 pub fn preview(store: &Store, dataset: &str) -> Result<(usize, String), ModuleError> {
-    store.with(|t| {
-        let text = t.files.get(dataset).ok_or_else(|| {
-            ModuleError::new("MissingInput", format!("no file named {dataset:?}"), false)
-        })?;
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let header = lines.next().unwrap_or_default().to_owned();
-        Ok((lines.count(), header))
-    })
+    let text = store.read_file(dataset)?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().unwrap_or_default().to_owned();
+    Ok((lines.count(), header))
 }
 
 /// Report: renders the Markdown report of `run`. Returns its length in bytes.

@@ -241,3 +241,39 @@ async fn several_runs_give_benchmark_figures() {
     assert_eq!(report.contexts_left, 0);
     assert_eq!(report.enforcement.violations, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_data_directory_the_csv_tables_and_report_are_files() {
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-demo-{}", switchyard::MessageId::new()));
+    let report = run_demo(DemoConfig {
+        rows: 100,
+        data_dir: Some(dir.clone()),
+        show_violation: false,
+        ..DemoConfig::default()
+    })
+    .await
+    .unwrap();
+    let run = &report.runs[0];
+    assert!(run.ok, "{:?}", run.error);
+    assert!(
+        report.tables.files.is_empty(),
+        "the CSV is on disk, not in the table"
+    );
+    let csv = std::fs::read_to_string(dir.join(DATASET)).unwrap();
+    assert_eq!(csv.lines().count(), 101);
+    let md = std::fs::read_to_string(dir.join(format!("report-{}.md", run.run_id))).unwrap();
+    assert!(md.contains("- valid rows: 96"), "{md}");
+    let store: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("store.json")).unwrap()).unwrap();
+    assert_eq!(store["sales"][&run.run_id].as_array().unwrap().len(), 96);
+    assert_eq!(
+        store["quality_issues"][&run.run_id]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(report.files_written.len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
