@@ -1,7 +1,7 @@
 //! The data-pipeline reference app: a frontend asks the CPM to run the pipeline; the CPM starts
 //! the staging domain; each domain (staging → quality → analytics → insight → report →
 //! recommendation) is a manager, a service, a handler and a processor; processors call plain
-//! modules ([`modules`]) that read and write the in-memory [`Store`](modules::Store) directly;
+//! modules ([`modules`]) that read and write the in-memory [`Store`] directly;
 //! results flow back up one layer at a time, each manager's completion starts the next
 //! domain's manager, and the last one's completion reaches the CPM and the frontend. Status
 //! updates go to the [`StateTracker`], failures to the [`ErrorHandler`], which asks the failing

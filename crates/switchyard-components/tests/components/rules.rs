@@ -333,3 +333,40 @@ async fn assembly_refuses_to_start_a_forbidden_topology_in_strict_mode() {
         bus.registry()
     );
 }
+
+#[test]
+fn runtime_enforcement_follows_the_same_table() {
+    use std::sync::Arc;
+    use switchyard::{Envelope, PublishError, Topic};
+    use switchyard_components::{EnforcementMode, Enforcer};
+    for (i, (fr, fd, tr, td, expected)) in TABLE.iter().enumerate() {
+        let topic = format!("t{i}.x.y");
+        let from_name = format!("src-{fr}-{fd}");
+        let to_name = format!("dst-{tr}-{td}");
+        let from = spec(&from_name, *fr, fd, &[], &[&topic]);
+        let topology = Arc::new(Topology::new(vec![
+            from.clone(),
+            spec(&to_name, *tr, td, &[&topic], &[]),
+        ]));
+        let strict = Enforcer::new(topology.clone(), EnforcementMode::Strict);
+        let warn = Enforcer::new(topology, EnforcementMode::Warn);
+        let env = Envelope::new(Topic::new(&topic).unwrap(), "{}");
+        match (strict.check(&from, &env), expected) {
+            (Ok(()), None) => assert_eq!(strict.stats().violations, 0),
+            (Err(PublishError::LayerViolation(text)), Some(rule)) => {
+                assert!(
+                    text.contains(&from_name) && text.contains(&to_name),
+                    "{text}"
+                );
+                assert!(text.contains(rule.id()), "{text}");
+                assert_eq!(strict.stats().refused, 1);
+                assert_eq!(strict.stats().by_rule.get(rule.id()), Some(&1));
+            }
+            (got, want) => panic!("{from_name} → {to_name}: got {got:?}, want {want:?}"),
+        }
+        // Warn mode lets everything through and counts the same violations.
+        assert!(warn.check(&from, &env).is_ok());
+        assert_eq!(warn.stats().violations, u64::from(expected.is_some()));
+        assert_eq!(warn.stats().refused, 0);
+    }
+}
