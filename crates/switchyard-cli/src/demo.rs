@@ -57,6 +57,34 @@ impl Message for FeatureComplete {
     const TOPIC: &'static str = "analytics.feature.complete";
 }
 
+/// `switchyard demo pipeline`: the components crate's reference app.
+pub async fn run_pipeline(rows: usize, runs: usize) -> Result<(), DemoError> {
+    let config = switchyard_components::demo::DemoConfig {
+        rows,
+        runs,
+        ..Default::default()
+    };
+    let report = switchyard_components::demo::run_demo(config)
+        .await
+        .map_err(bus_err)?;
+    print!("{}", report.summary());
+    Ok(())
+}
+
+/// `switchyard demo zmq`: the pipeline crate's ZeroMQ demo, until SIGINT/SIGTERM.
+pub async fn run_zmq(endpoint: String, output: std::path::PathBuf) -> Result<(), DemoError> {
+    let config = switchyard_pipeline::demo::DemoConfig {
+        endpoint,
+        output,
+        ..Default::default()
+    };
+    let signal = switchyard_pipeline::shutdown_signal()?;
+    switchyard_pipeline::demo::run_zmq_demo(config, signal)
+        .await
+        .map_err(bus_err)?;
+    Ok(())
+}
+
 /// Runs the demo and writes a readable account to `out`.
 pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     let bus = Bus::builder()

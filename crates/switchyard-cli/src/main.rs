@@ -18,9 +18,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a small in-process flow (a publisher, a wildcard subscriber, a command with a
-    /// result, a failing handler and a clean shutdown) and prints what happened.
-    Demo,
+    /// Runs a demo. Without a kind: a small in-process flow (a publisher, a wildcard
+    /// subscriber, a command with a result, a failing handler and a clean shutdown).
+    Demo {
+        #[command(subcommand)]
+        kind: Option<DemoKind>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DemoKind {
+    /// The layered reference app: frontend → CPM → managers → services → handlers →
+    /// processors → modules, with status updates, errors, enforcement and a causal trace.
+    Pipeline {
+        /// Rows of generated data.
+        #[arg(long, default_value_t = 600)]
+        rows: usize,
+        /// Pipeline runs, one after another.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+    /// A typed stage pipeline fed by a ZeroMQ PULL socket, exporting JSON lines, until
+    /// SIGINT/SIGTERM; then it drains and prints the monitor summary.
+    Zmq {
+        /// Endpoint to bind.
+        #[arg(long, default_value = "tcp://127.0.0.1:5555")]
+        endpoint: String,
+        /// Output file (JSON lines).
+        #[arg(long, default_value = "zmq-demo.jsonl")]
+        output: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -31,7 +58,13 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Demo => demo::run(&mut std::io::stdout()).await,
+        Command::Demo { kind: None } => demo::run(&mut std::io::stdout()).await,
+        Command::Demo {
+            kind: Some(DemoKind::Pipeline { rows, runs }),
+        } => demo::run_pipeline(rows, runs).await,
+        Command::Demo {
+            kind: Some(DemoKind::Zmq { endpoint, output }),
+        } => demo::run_zmq(endpoint, output).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -50,3 +50,31 @@ fn unknown_subcommand_fails_with_usage() {
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("Usage"));
 }
+
+#[test]
+fn demo_pipeline_runs_the_layered_reference_app() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["--log", "error", "demo", "pipeline", "--rows", "120"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("run-001 completed"), "{text}");
+    assert!(text.contains("raw_rows: 120"), "{text}");
+}
+
+#[test]
+fn demo_zmq_is_listed() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("zmq") && text.contains("pipeline"), "{text}");
+}
