@@ -102,6 +102,8 @@ where
         let handler = self.handler.clone();
         Box::pin(async move {
             loop {
+                // Created before the check, so an attempt ending in between still wakes it.
+                let ended = store.notified();
                 match store.check(&key) {
                     Check::Proceed => break,
                     Check::Duplicate => {
@@ -110,10 +112,7 @@ where
                         ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
                         return Ok(Outcome::Ack);
                     }
-                    Check::Wait(mut rx) => {
-                        // Resolves when the other copy's attempt ends (its sender is dropped).
-                        let _ = rx.changed().await;
-                    }
+                    Check::Wait => ended.await,
                 }
             }
             let guard = InFlight {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard_core::MessageId;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// What identifies a message for deduplication.
@@ -30,8 +30,8 @@ impl From<MessageId> for DedupKey {
 }
 
 enum Entry {
-    /// Being handled; the sender is dropped when the attempt ends.
-    InFlight(watch::Sender<()>),
+    /// Being handled; `waited` when a copy is waiting for the outcome.
+    InFlight { waited: bool },
     /// Handled successfully; remembered until `expires`.
     Seen { expires: Instant, seq: u64 },
 }
@@ -41,8 +41,8 @@ pub(crate) enum Check {
     Proceed,
     /// Already handled within the TTL.
     Duplicate,
-    /// Another copy is being handled; wait, then check again.
-    Wait(watch::Receiver<()>),
+    /// Another copy is being handled; wait for [`Store::notified`], then check again.
+    Wait,
 }
 
 struct Keys {
@@ -57,6 +57,8 @@ pub(crate) struct Store {
     ttl: Duration,
     capacity: usize,
     keys: Mutex<Keys>,
+    /// Woken when an attempt that a copy waits for ends.
+    ended: Notify,
 }
 
 impl fmt::Debug for Store {
@@ -80,7 +82,13 @@ impl Store {
                 duplicates: 0,
                 evicted: 0,
             }),
+            ended: Notify::new(),
         }
+    }
+
+    /// Call before [`Store::check`]; await it when the check says [`Check::Wait`].
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ended.notified()
     }
 
     fn lock(&self) -> MutexGuard<'_, Keys> {
@@ -113,10 +121,15 @@ impl Store {
                 keys.duplicates += 1;
                 Check::Duplicate
             }
-            Some(Entry::InFlight(tx)) => Check::Wait(tx.subscribe()),
+            Some(Entry::InFlight { .. }) => {
+                if let Some(Entry::InFlight { waited }) = keys.map.get_mut(key) {
+                    *waited = true;
+                }
+                Check::Wait
+            }
             _ => {
-                let (tx, _rx) = watch::channel(());
-                keys.map.insert(key.clone(), Entry::InFlight(tx));
+                keys.map
+                    .insert(key.clone(), Entry::InFlight { waited: false });
                 Check::Proceed
             }
         }
@@ -126,6 +139,11 @@ impl Store {
     pub(crate) fn finish(&self, key: &DedupKey, success: bool) {
         let now = Instant::now();
         let mut keys = self.lock();
+        let waited = matches!(keys.map.get(key), Some(Entry::InFlight { waited: true }));
+        if waited {
+            // Waiters re-check under the lock, so waking them before the update is safe.
+            self.ended.notify_waiters();
+        }
         if !success {
             keys.map.remove(key);
             return;
@@ -204,7 +222,7 @@ impl DedupHandle {
     /// Forgets every seen key (in-flight ones stay).
     pub fn clear(&self) {
         let mut keys = self.store.lock();
-        keys.map.retain(|_, e| matches!(e, Entry::InFlight(_)));
+        keys.map.retain(|_, e| matches!(e, Entry::InFlight { .. }));
         keys.order.clear();
     }
 }
