@@ -611,7 +611,8 @@ pub async fn publisher_close_flushes<H: Harness>(h: &H) -> Outcome {
     if let Some(v) = precheck(h) {
         return Ok(v);
     }
-    let setup = Setup::new();
+    // Short ack wait: what the closed transport had prefetched comes back quickly.
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(2));
     let t = open(h, &setup).await?;
     let mut sub = t.subscribe(&setup.all()?, Some("g")).await?;
     let accepted: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
@@ -887,7 +888,8 @@ pub async fn reconnect_after_restart<H: Harness>(h: &H) -> Outcome {
             h.name()
         ));
     }
-    let setup = Setup::new();
+    // Short ack wait: messages prefetched before the restart come back quickly.
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(2));
     let t = open(h, &setup).await?;
     let topic = setup.topic("restart")?;
     let mut want = HashSet::new();
@@ -949,7 +951,8 @@ pub async fn wildcards<H: Harness>(h: &H) -> Outcome {
             h.name()
         ));
     }
-    let setup = Setup::new();
+    // Short ack wait: messages prefetched before the restart come back quickly.
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(2));
     let t = open(h, &setup).await?;
     let patterns = ["w.*", "w.#", "#", "*.x", "#.x", "w.*.b"];
     let topics = ["w", "w.a", "w.a.b", "q.x", "w.x", "q.r.x", "z", "w.c.b"];

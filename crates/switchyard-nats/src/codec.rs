@@ -1,0 +1,228 @@
+//! Envelope fields as NATS headers; the payload is the message body.
+//!
+//! | header | field |
+//! | --- | --- |
+//! | `Nats-Msg-Id` | `id` (also JetStream's dedup key) |
+//! | `Sy-Kind` | `kind` (`event`, `command`, `request`, `reply`) |
+//! | `Sy-Correlation-Id`, `Sy-Causation-Id` | ids |
+//! | `Sy-Source`, `Sy-Target` | component names |
+//! | `Sy-Priority` | `priority` (0–255) |
+//! | `Sy-Timestamp` | `timestamp`, nanoseconds since the Unix epoch |
+//! | `Sy-Content-Type`, `Sy-Type-Name`, `Sy-Type-Version` | payload description |
+//! | `H-<name>` | each user header |
+//!
+//! Header names and values are percent-encoded where NATS would refuse or alter them
+//! (control characters, spaces, non-ASCII, `%`, and `:` in names).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::header::NATS_MESSAGE_ID;
+use bytes::Bytes;
+use smol_str::SmolStr;
+use switchyard_core::{DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, Priority, Topic};
+
+const KIND: &str = "Sy-Kind";
+const CORRELATION: &str = "Sy-Correlation-Id";
+const CAUSATION: &str = "Sy-Causation-Id";
+const SOURCE: &str = "Sy-Source";
+const TARGET: &str = "Sy-Target";
+const PRIORITY: &str = "Sy-Priority";
+const TIMESTAMP: &str = "Sy-Timestamp";
+const CONTENT_TYPE: &str = "Sy-Content-Type";
+const TYPE_NAME: &str = "Sy-Type-Name";
+const TYPE_VERSION: &str = "Sy-Type-Version";
+const USER_PREFIX: &str = "H-";
+
+fn escape(s: &str, name: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let plain = (0x21..=0x7e).contains(&b) && b != b'%' && !(name && b == b':');
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+fn unescape(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(hi * 16 + lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The headers carrying `env`'s fields.
+pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(NATS_MESSAGE_ID, env.id.to_string().as_str());
+    h.insert(KIND, env.kind.as_str());
+    if env.correlation_id != env.id {
+        h.insert(CORRELATION, env.correlation_id.to_string().as_str());
+    }
+    if let Some(c) = env.causation_id {
+        h.insert(CAUSATION, c.to_string().as_str());
+    }
+    if let Some(s) = &env.source {
+        h.insert(SOURCE, escape(s, false).as_str());
+    }
+    if let Some(t) = &env.target {
+        h.insert(TARGET, escape(t, false).as_str());
+    }
+    if env.priority != Priority::NORMAL {
+        h.insert(PRIORITY, env.priority.0.to_string().as_str());
+    }
+    let ts = match env.timestamp.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos().to_string(),
+        Err(e) => format!("-{}", e.duration().as_nanos()),
+    };
+    h.insert(TIMESTAMP, ts.as_str());
+    if env.content_type != JSON {
+        h.insert(CONTENT_TYPE, escape(&env.content_type, false).as_str());
+    }
+    if let Some(t) = &env.type_name {
+        h.insert(TYPE_NAME, escape(t, false).as_str());
+    }
+    if env.type_version != 1 {
+        h.insert(TYPE_VERSION, env.type_version.to_string().as_str());
+    }
+    for (k, v) in env.headers.iter() {
+        let name = format!("{USER_PREFIX}{}", escape(k, true));
+        h.insert(name.as_str(), escape(v, false).as_str());
+    }
+    h
+}
+
+fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.as_str())
+}
+
+fn parse_id(s: Option<&str>) -> Option<MessageId> {
+    s.and_then(|s| s.parse().ok())
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    match s.strip_prefix('-') {
+        Some(neg) => {
+            let n: u128 = neg.parse().ok()?;
+            UNIX_EPOCH.checked_sub(nanos(n))
+        }
+        None => {
+            let n: u128 = s.parse().ok()?;
+            UNIX_EPOCH.checked_add(nanos(n))
+        }
+    }
+}
+
+fn nanos(n: u128) -> Duration {
+    let secs = (n / 1_000_000_000) as u64;
+    let sub = (n % 1_000_000_000) as u32;
+    Duration::new(secs, sub)
+}
+
+fn kind(s: &str) -> Kind {
+    match s {
+        "command" => Kind::Command,
+        "request" => Kind::Request,
+        "reply" => Kind::Reply,
+        _ => Kind::Event,
+    }
+}
+
+/// Rebuilds an envelope. Messages from publishers that are not switchyard get defaults: a
+/// fresh id, kind event, the current time.
+pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) -> Envelope {
+    let mut env = Envelope::new(topic, payload);
+    let Some(h) = headers else {
+        return env;
+    };
+    if let Some(id) = parse_id(h.get(NATS_MESSAGE_ID).map(|v| v.as_str())) {
+        env.id = id;
+        env.correlation_id = id;
+    }
+    if let Some(k) = get(h, KIND) {
+        env.kind = kind(k);
+    }
+    if let Some(c) = parse_id(get(h, CORRELATION)) {
+        env.correlation_id = c;
+    }
+    env.causation_id = parse_id(get(h, CAUSATION));
+    env.source = get(h, SOURCE).map(|s| SmolStr::new(unescape(s)));
+    env.target = get(h, TARGET).map(|s| SmolStr::new(unescape(s)));
+    if let Some(p) = get(h, PRIORITY).and_then(|p| p.parse().ok()) {
+        env.priority = Priority(p);
+    }
+    if let Some(t) = get(h, TIMESTAMP).and_then(parse_time) {
+        env.timestamp = t;
+    }
+    if let Some(c) = get(h, CONTENT_TYPE) {
+        env.content_type = SmolStr::new(unescape(c));
+    }
+    env.type_name = get(h, TYPE_NAME).map(|s| SmolStr::new(unescape(s)));
+    if let Some(v) = get(h, TYPE_VERSION).and_then(|v| v.parse().ok()) {
+        env.type_version = v;
+    }
+    let user: Headers = h
+        .iter()
+        .filter_map(|(k, vs)| {
+            let name = k.as_ref();
+            let name = std::str::from_utf8(name).ok()?.strip_prefix(USER_PREFIX)?;
+            let v = vs.first()?;
+            Some((unescape(name), unescape(v.as_str())))
+        })
+        .collect();
+    env.headers = user;
+    env.delivery = DeliveryInfo::default();
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_roundtrip() {
+        for s in ["plain", "a b", "grüße: a\r\nb %41 ", "%", "x%2"] {
+            assert_eq!(unescape(&escape(s, true)), s);
+            assert_eq!(unescape(&escape(s, false)), s);
+        }
+    }
+
+    #[test]
+    fn envelope_roundtrip() {
+        let parent = Envelope::new(Topic::new("a.p").unwrap(), "p");
+        let mut env = Envelope::new(Topic::new("a.b").unwrap(), "body")
+            .caused_by(&parent)
+            .with_header("x-y", "v w")
+            .with_source("s")
+            .with_target("t")
+            .with_priority(Priority::LOW)
+            .with_kind(Kind::Reply);
+        env.type_name = Some("T".into());
+        env.type_version = 9;
+        env.content_type = "text/plain".into();
+        let h = encode_headers(&env);
+        let back = decode(env.topic.clone(), Some(&h), env.payload.clone());
+        assert_eq!(back, env);
+    }
+}

@@ -1,0 +1,213 @@
+//! Configuration of the NATS transport. Every default is documented on its field.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::{DeadLetterSink, Pattern};
+
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk: survives a server restart. The default.
+    #[default]
+    File,
+    /// In the server's memory.
+    Memory,
+}
+
+/// One JetStream stream, created (or updated) on connect, holding every topic that matches
+/// one of `patterns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name: letters, digits, `-` and `_` (other characters become `_`).
+    pub name: String,
+    /// Topics matching any of these go to this stream. Each becomes stream subjects (`a.#`
+    /// becomes `a` and `a.>`; a `#` in the middle is widened, see `docs/nats.md`).
+    pub patterns: Vec<Pattern>,
+}
+
+impl StreamSpec {
+    /// A stream named `name` for `patterns`.
+    pub fn new(name: impl Into<String>, patterns: impl IntoIterator<Item = Pattern>) -> Self {
+        Self {
+            name: name.into(),
+            patterns: patterns.into_iter().collect(),
+        }
+    }
+}
+
+/// Configuration of a [`NatsTransport`](crate::NatsTransport). Build it with
+/// [`NatsConfig::new`] and the `with_*` methods.
+#[derive(Clone)]
+pub struct NatsConfig {
+    /// Server address(es), comma separated. Default: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Connection name shown by the server. Default: `switchyard`.
+    pub name: String,
+    /// Streams, created or updated on connect, in match order. A topic that no stream takes
+    /// cannot be published. Default: none.
+    pub streams: Vec<StreamSpec>,
+    /// Storage of the streams. Default: [`Storage::File`].
+    pub storage: Storage,
+    /// Replicas of each stream (3 in a 3-node cluster). Default: 1.
+    pub replicas: usize,
+    /// Messages older than this are removed. Default: none (kept until limits).
+    pub max_age: Option<Duration>,
+    /// Window in which JetStream drops a second message with the same `Nats-Msg-Id`.
+    /// Default: 2 minutes (JetStream's own default).
+    pub duplicate_window: Duration,
+    /// A delivery not settled within this time is redelivered. Default: 30 s.
+    pub ack_wait: Duration,
+    /// Deliveries before a message goes to the dead-letter sink. 0 means unlimited.
+    /// Default: 5.
+    pub max_deliver: u32,
+    /// Unsettled messages a consumer (one group) may have out at once; the server stops
+    /// delivering beyond it (backpressure). Default: 1024.
+    pub max_ack_pending: usize,
+    /// Messages one subscription pulls per request (prefetch). Default: 64.
+    pub pull_batch: usize,
+    /// How long one publish may take, retries after a lost connection included, before it
+    /// fails. Default: 10 s.
+    pub publish_timeout: Duration,
+    /// How long to wait for one JetStream publish acknowledgement before resending (with
+    /// the same `Nats-Msg-Id`, so the server keeps one copy). Default: 2 s.
+    pub ack_timeout: Duration,
+    /// Commands (publishes, acks) the client buffers while disconnected; when full, callers
+    /// wait (and publishes eventually time out). Default: 8192.
+    pub reconnect_buffer: usize,
+    /// Subject prefix of core request/reply: a request on topic `t` goes to
+    /// `<prefix>.t`, outside every stream (a stream capturing the request subject would
+    /// answer it with a publish acknowledgement). Default: `_sy.req`.
+    pub request_prefix: String,
+    /// Header whose value is the ordering key. JetStream delivers one consumer's messages in
+    /// stream order; the key is kept for the bus's lanes. Default: `ordering-key`.
+    pub ordering_header: Option<String>,
+    /// Receives messages that reached `max_deliver`, with the raw message as the envelope
+    /// payload. Default: none (such messages are terminated with a warning).
+    pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("streams", &self.streams)
+            .field("storage", &self.storage)
+            .field("replicas", &self.replicas)
+            .field("max_age", &self.max_age)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("pull_batch", &self.pull_batch)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("reconnect_buffer", &self.reconnect_buffer)
+            .field("request_prefix", &self.request_prefix)
+            .field("ordering_header", &self.ordering_header)
+            .field("dead_letters", &self.dead_letters.is_some())
+            .finish()
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self::new("nats://127.0.0.1:4222")
+    }
+}
+
+impl NatsConfig {
+    /// Defaults (see each field) for the server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: "switchyard".to_owned(),
+            streams: Vec::new(),
+            storage: Storage::File,
+            replicas: 1,
+            max_age: None,
+            duplicate_window: Duration::from_secs(120),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 1024,
+            pull_batch: 64,
+            publish_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(2),
+            reconnect_buffer: 8192,
+            request_prefix: "_sy.req".to_owned(),
+            ordering_header: Some("ordering-key".to_owned()),
+            dead_letters: None,
+        }
+    }
+
+    /// Adds a stream for the topics matching `patterns`.
+    pub fn with_stream(
+        mut self,
+        name: impl Into<String>,
+        patterns: impl IntoIterator<Item = Pattern>,
+    ) -> Self {
+        self.streams.push(StreamSpec::new(name, patterns));
+        self
+    }
+
+    /// Sets the storage of the streams.
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the maximum age of stored messages.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
+    }
+
+    /// Sets the ack wait.
+    pub fn with_ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// Sets the maximum number of deliveries (0: unlimited).
+    pub fn with_max_deliver(mut self, max_deliver: u32) -> Self {
+        self.max_deliver = max_deliver;
+        self
+    }
+
+    /// Sets the per-consumer limit of unsettled messages.
+    pub fn with_max_ack_pending(mut self, n: usize) -> Self {
+        self.max_ack_pending = n;
+        self
+    }
+
+    /// Sets the pull batch (prefetch) of each subscription.
+    pub fn with_pull_batch(mut self, n: usize) -> Self {
+        self.pull_batch = n;
+        self
+    }
+
+    /// Sets the overall publish timeout.
+    pub fn with_publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets the wait for one publish acknowledgement before resending.
+    pub fn with_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Sets the number of commands buffered while disconnected.
+    pub fn with_reconnect_buffer(mut self, n: usize) -> Self {
+        self.reconnect_buffer = n;
+        self
+    }
+
+    /// Sets the dead-letter sink.
+    pub fn with_dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
+        self.dead_letters = Some(sink);
+        self
+    }
+}

@@ -1,0 +1,62 @@
+//! # switchyard-nats
+//!
+//! The NATS JetStream transport of switchyard: when one machine is not enough, the bus API
+//! stays the same and only the transport changes.
+//!
+//! - **Streams** are created or updated on [`NatsTransport::connect`] from
+//!   [`NatsConfig::streams`]; topics map 1:1 to subjects, `*` stays `*`, `#` becomes `>`
+//!   (`a.#` becomes the two subjects `a` and `a.>`, because `>` needs at least one segment).
+//! - **Publish** sends every envelope with its id as `Nats-Msg-Id` (server-side dedup within
+//!   the duplicate window) and resolves once JetStream acknowledged all of them; sends are
+//!   pipelined, and a message whose acknowledgement is lost (connection loss) is resent with
+//!   the same id until `publish_timeout`. Envelope fields travel as NATS headers, the
+//!   payload as the body (see [`codec`](crate#headers)).
+//! - **Subscribe** uses durable pull consumers (one per group and stream; no group means an
+//!   ephemeral consumer). `ack` → `+ACK`, `nack(delay)` → `-NAK` with delay, `term` →
+//!   `+TERM`, [`NatsTransport::in_progress`] → `+WPI`; `max_ack_pending` bounds unsettled
+//!   messages (backpressure). The delivery after `max_deliver` goes to the dead-letter sink
+//!   with the raw message and is terminated.
+//! - **Reconnect**: the client reconnects forever, buffering up to `reconnect_buffer`
+//!   commands; [`NatsTransport::health`] reports the state and counters. An acknowledged
+//!   publish is stored by the server; an unacknowledged one is an error, never silence.
+//! - **Request/reply** over core NATS with deadlines and fast no-responders:
+//!   [`NatsTransport::request`], [`NatsTransport::respond`].
+//!
+//! ## Headers
+//!
+//! `Nats-Msg-Id` = id; `Sy-Kind`, `Sy-Correlation-Id`, `Sy-Causation-Id`, `Sy-Source`,
+//! `Sy-Target`, `Sy-Priority`, `Sy-Timestamp` (ns since the epoch), `Sy-Content-Type`,
+//! `Sy-Type-Name`, `Sy-Type-Version`; each user header as `H-<name>`. Names and values are
+//! percent-encoded where NATS would refuse or alter them. Fields at their default are left
+//! out.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::StreamExt;
+//! use switchyard_core::{Envelope, Pattern, Publisher, Subscriber, Topic};
+//! use switchyard_nats::{NatsConfig, NatsTransport};
+//!
+//! let nats = NatsTransport::connect(
+//!     NatsConfig::new("nats://127.0.0.1:4222").with_stream("orders", [Pattern::new("orders.#")?]),
+//! )
+//! .await?;
+//! nats.publish(vec![Envelope::new(Topic::new("orders.placed")?, "{}")]).await?;
+//! let mut sub = nats.subscribe(&Pattern::new("orders.#")?, Some("billing")).await?;
+//! if let Some(d) = sub.next().await {
+//!     d.ack().await?;
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod codec;
+mod config;
+mod error;
+mod request;
+mod subject;
+mod transport;
+
+pub use config::{NatsConfig, Storage, StreamSpec};
+pub use error::{ConnectError, RequestError};
+pub use request::{IncomingRequest, RequestStream};
+pub use transport::{ConnectionState, Health, NatsSubscription, NatsTransport};

@@ -1,0 +1,199 @@
+//! Request/reply over core NATS (not JetStream): a request on topic `t` is sent to
+//! `<request_prefix>.t` with a fresh inbox; the server answers "no responders" at once when
+//! nobody subscribes, so that case fails fast instead of waiting for the deadline.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::{Client, Subject};
+use futures::{Stream, StreamExt};
+use switchyard_core::{
+    Envelope, Pattern, SubscribeError, Topic, TransportError, TransportErrorKind,
+};
+
+use crate::codec;
+use crate::error::RequestError;
+use crate::subject::{pattern_subjects, topic_subject};
+use crate::transport::NatsTransport;
+
+/// Header carrying a reply's topic (a reply travels on an inbox subject).
+const REPLY_TOPIC: &str = "Sy-Topic";
+
+impl NatsTransport {
+    fn request_subject(&self, topic: &Topic) -> Result<String, TransportError> {
+        let s = topic_subject(topic)
+            .map_err(|reason| TransportError::new(TransportErrorKind::Rejected, reason))?;
+        Ok(format!("{}.{s}", self.inner.config.request_prefix))
+    }
+
+    /// Sends `request` and waits at most `deadline` for one reply. Fails at once with
+    /// [`RequestError::NoResponders`] when nobody serves the topic.
+    pub async fn request(
+        &self,
+        request: Envelope,
+        deadline: Duration,
+    ) -> Result<Envelope, RequestError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(RequestError::Closed);
+        }
+        let subject = self.request_subject(&request.topic)?;
+        let req = async_nats::Request::new()
+            .headers(codec::encode_headers(&request))
+            .payload(request.payload.clone())
+            .timeout(Some(deadline));
+        let sent = tokio::time::timeout(
+            deadline,
+            self.inner.client.send_request(subject.clone(), req),
+        )
+        .await;
+        let msg = match sent {
+            Err(_) => return Err(RequestError::Timeout { deadline }),
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    async_nats::client::RequestErrorKind::NoResponders => {
+                        RequestError::NoResponders { subject }
+                    }
+                    async_nats::client::RequestErrorKind::TimedOut => {
+                        RequestError::Timeout { deadline }
+                    }
+                    _ => RequestError::Transport(TransportError::with_source(
+                        TransportErrorKind::Unavailable,
+                        "request failed",
+                        e,
+                    )),
+                });
+            }
+            Ok(Ok(msg)) => msg,
+        };
+        let topic = match msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REPLY_TOPIC))
+            .map(|v| Topic::new(v.as_str()))
+        {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return Err(RequestError::InvalidReply(e.to_string())),
+            None => request.topic.clone(),
+        };
+        Ok(codec::decode(topic, msg.headers.as_ref(), msg.payload))
+    }
+
+    /// Serves requests whose topic matches `pattern`. With `queue_group`, the requests are
+    /// shared among every responder of that group (each request to one); without, every
+    /// responder gets each request (and the first reply wins). Dropping the stream
+    /// unsubscribes.
+    ///
+    /// A pattern with `#` in the middle is served through a wider subscription and filtered
+    /// here; a request that matches the subscription but not the pattern gets no reply (its
+    /// requester times out instead of failing fast).
+    pub async fn respond(
+        &self,
+        pattern: &Pattern,
+        queue_group: Option<&str>,
+    ) -> Result<RequestStream, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let prefix = &self.inner.config.request_prefix;
+        let subjects = pattern_subjects(pattern);
+        let mut subs = Vec::new();
+        for s in &subjects.list {
+            let subject = format!("{prefix}.{s}");
+            let sub = match queue_group {
+                Some(g) => {
+                    self.inner
+                        .client
+                        .queue_subscribe(subject, g.to_owned())
+                        .await
+                }
+                None => self.inner.client.subscribe(subject).await,
+            }
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Unavailable, "cannot subscribe", e)
+            })?;
+            subs.push(sub);
+        }
+        // Make sure the server has the interest before the caller sends requests.
+        self.inner.client.flush().await.map_err(|e| {
+            TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
+        })?;
+        let client = self.inner.client.clone();
+        let pattern = pattern.clone();
+        let strip = format!("{prefix}.");
+        let merged = futures::stream::select_all(subs).filter_map(move |msg| {
+            let client = client.clone();
+            let topic = msg
+                .subject
+                .as_str()
+                .strip_prefix(strip.as_str())
+                .and_then(|t| Topic::new(t).ok());
+            let pattern_ok = topic.as_ref().is_some_and(|t| pattern.matches(t));
+            async move {
+                let topic = topic.filter(|_| pattern_ok)?;
+                let envelope = codec::decode(topic, msg.headers.as_ref(), msg.payload);
+                Some(IncomingRequest {
+                    envelope,
+                    reply_to: msg.reply,
+                    client,
+                })
+            }
+        });
+        Ok(RequestStream {
+            inner: Box::pin(merged),
+        })
+    }
+}
+
+/// The requests one [`NatsTransport::respond`] call serves.
+pub struct RequestStream {
+    inner: Pin<Box<dyn Stream<Item = IncomingRequest> + Send>>,
+}
+
+impl std::fmt::Debug for RequestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStream").finish_non_exhaustive()
+    }
+}
+
+impl Stream for RequestStream {
+    type Item = IncomingRequest;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<IncomingRequest>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// One request waiting for its reply.
+pub struct IncomingRequest {
+    /// The request.
+    pub envelope: Envelope,
+    reply_to: Option<Subject>,
+    client: Client,
+}
+
+impl std::fmt::Debug for IncomingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingRequest")
+            .field("envelope", &self.envelope)
+            .field("reply_to", &self.reply_to)
+            .finish()
+    }
+}
+
+impl IncomingRequest {
+    /// Sends `reply` to the requester (a no-op when the request asked for none).
+    pub async fn reply(self, reply: Envelope) -> Result<(), TransportError> {
+        let Some(to) = self.reply_to else {
+            return Ok(());
+        };
+        let mut headers = codec::encode_headers(&reply);
+        headers.insert(REPLY_TOPIC, reply.topic.as_str());
+        self.client
+            .publish_with_headers(to, headers, reply.payload)
+            .await
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
+            })
+    }
+}

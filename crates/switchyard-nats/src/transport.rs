@@ -1,0 +1,904 @@
+//! [`NatsTransport`]: the handle users and the bus hold; implements the core transport traits
+//! over JetStream.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::pull;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectOptions, Event, Subject};
+use futures::{FutureExt, Stream, StreamExt};
+use switchyard_core::{
+    AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, Delivery,
+    Envelope, MessageId, Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic,
+    TransportError, TransportErrorKind,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::codec;
+use crate::config::{NatsConfig, Storage};
+use crate::error::ConnectError;
+use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
+
+/// A switchyard transport over NATS JetStream.
+///
+/// Cheap to clone: clones share one connection. See the crate docs for the mapping.
+#[derive(Clone)]
+pub struct NatsTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("url", &self.inner.config.url)
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: NatsConfig,
+    pub(crate) client: Client,
+    js: jetstream::Context,
+    pub(crate) closed: AtomicBool,
+    shutdown: watch::Sender<bool>,
+    counters: Arc<Counters>,
+    publishing: AtomicUsize,
+    publish_done: Notify,
+    /// Reply subjects of unsettled deliveries, for [`NatsTransport::in_progress`].
+    unsettled: Mutex<HashMap<MessageId, Vec<Subject>>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a thread panicked while holding it; the map stays valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    slow_consumers: AtomicU64,
+    publish_retries: AtomicU64,
+    publish_failures: AtomicU64,
+    duplicates: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("NATS connection (re)established");
+            }
+            Event::Disconnected => {
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("NATS connection lost; reconnecting, publishes are buffered");
+            }
+            Event::SlowConsumer(_) => {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            }
+            other => tracing::debug!(event = %other, "NATS client event"),
+        }
+    }
+}
+
+/// State of the connection as the transport sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connected to a server.
+    Connected,
+    /// Connection lost; the client is reconnecting and buffers up to
+    /// [`NatsConfig::reconnect_buffer`] commands meanwhile.
+    Reconnecting,
+    /// [`close`](Publisher::close) was called.
+    Closed,
+}
+
+/// Health and counters of a [`NatsTransport`], for `/health` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Connection state now.
+    pub state: ConnectionState,
+    /// Times the connection was lost.
+    pub disconnects: u64,
+    /// Times it was re-established after a loss.
+    pub reconnects: u64,
+    /// Publishes waiting for their JetStream acknowledgement now.
+    pub publishes_in_flight: usize,
+    /// Messages resent because their acknowledgement did not come in time.
+    pub publish_retries: u64,
+    /// Publishes that failed for good (the caller got an error).
+    pub publish_failures: u64,
+    /// Publishes the server recognised as duplicates (same `Nats-Msg-Id` in the window).
+    pub duplicates: u64,
+    /// Messages sent to the dead-letter sink after max deliveries.
+    pub dead_lettered: u64,
+    /// Slow-consumer events reported by the client.
+    pub slow_consumers: u64,
+    /// Commands the client buffers while disconnected.
+    pub reconnect_buffer: usize,
+}
+
+/// Decrements the in-flight publish count when a publish ends (however it ends).
+struct PublishGuard<'a>(&'a Inner);
+
+impl Drop for PublishGuard<'_> {
+    fn drop(&mut self) {
+        self.0.publishing.fetch_sub(1, Ordering::AcqRel);
+        self.0.publish_done.notify_waiters();
+    }
+}
+
+fn map_publish_error(e: &async_nats::jetstream::context::PublishError) -> TransportError {
+    let kind = match e.kind() {
+        PublishErrorKind::TimedOut => TransportErrorKind::Timeout,
+        PublishErrorKind::StreamNotFound | PublishErrorKind::BrokenPipe => {
+            TransportErrorKind::Unavailable
+        }
+        _ => TransportErrorKind::Rejected,
+    };
+    TransportError::new(kind, format!("JetStream publish failed: {e}"))
+}
+
+impl NatsTransport {
+    /// Connects to `config.url` and creates or updates every configured stream.
+    pub async fn connect(config: NatsConfig) -> Result<Self, ConnectError> {
+        if config.pull_batch == 0 || config.max_ack_pending == 0 {
+            return Err(ConnectError::InvalidConfig(
+                "pull_batch and max_ack_pending must be at least 1".into(),
+            ));
+        }
+        if config.request_prefix.is_empty() || config.request_prefix.contains(['*', '>', ' ']) {
+            return Err(ConnectError::InvalidConfig(
+                "request_prefix must be a plain subject".into(),
+            ));
+        }
+        let counters = Arc::new(Counters::default());
+        let events = counters.clone();
+        let client = ConnectOptions::new()
+            .name(&config.name)
+            .client_capacity(config.reconnect_buffer)
+            .event_callback(move |event| {
+                let counters = events.clone();
+                async move { counters.on_event(event) }
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.ack_timeout);
+        for spec in &config.streams {
+            let mut subjects: Vec<String> = Vec::new();
+            for p in &spec.patterns {
+                for s in pattern_subjects(p).list {
+                    if !subjects.contains(&s) {
+                        subjects.push(s);
+                    }
+                }
+            }
+            let stream_config = stream::Config {
+                name: sanitize_name(&spec.name),
+                subjects,
+                storage: match config.storage {
+                    Storage::File => stream::StorageType::File,
+                    Storage::Memory => stream::StorageType::Memory,
+                },
+                num_replicas: config.replicas.max(1),
+                max_age: config.max_age.unwrap_or_default(),
+                duplicate_window: config.duplicate_window,
+                ..Default::default()
+            };
+            js.create_or_update_stream(stream_config)
+                .await
+                .map_err(|source| ConnectError::Stream {
+                    stream: spec.name.clone(),
+                    source,
+                })?;
+        }
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                js,
+                closed: AtomicBool::new(false),
+                shutdown,
+                counters,
+                publishing: AtomicUsize::new(0),
+                publish_done: Notify::new(),
+                unsettled: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// The underlying client (for what switchyard does not wrap).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Connection state and counters.
+    pub fn health(&self) -> Health {
+        let c = &self.inner.counters;
+        let state = if self.inner.closed.load(Ordering::Acquire) {
+            ConnectionState::Closed
+        } else {
+            match self.inner.client.connection_state() {
+                async_nats::connection::State::Connected => ConnectionState::Connected,
+                _ => ConnectionState::Reconnecting,
+            }
+        };
+        Health {
+            state,
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            reconnects: c.connects.load(Ordering::Relaxed).saturating_sub(1),
+            publishes_in_flight: self.inner.publishing.load(Ordering::Relaxed),
+            publish_retries: c.publish_retries.load(Ordering::Relaxed),
+            publish_failures: c.publish_failures.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+            slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
+            reconnect_buffer: self.inner.config.reconnect_buffer,
+        }
+    }
+
+    /// The configured stream a topic is stored in (the first whose patterns match it).
+    pub fn stream_for(&self, topic: &Topic) -> Option<String> {
+        self.inner
+            .config
+            .streams
+            .iter()
+            .find(|s| s.patterns.iter().any(|p| p.matches(topic)))
+            .map(|s| sanitize_name(&s.name))
+    }
+
+    /// Tells JetStream that every unsettled delivery of message `id` is still being worked
+    /// on (`+WPI`): its ack wait starts again. For handlers that run longer than the ack
+    /// wait. Returns how many deliveries were extended.
+    pub async fn in_progress(&self, id: MessageId) -> Result<usize, TransportError> {
+        let subjects = lock(&self.inner.unsettled)
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
+        for s in &subjects {
+            self.inner
+                .client
+                .publish(s.clone(), AckKind::Progress.into())
+                .await
+                .map_err(|e| {
+                    TransportError::with_source(
+                        TransportErrorKind::Unavailable,
+                        "cannot send in-progress",
+                        e,
+                    )
+                })?;
+        }
+        Ok(subjects.len())
+    }
+
+    /// Deletes a stream (tests and tooling).
+    pub async fn delete_stream(&self, name: &str) -> Result<(), TransportError> {
+        self.inner
+            .js
+            .delete_stream(sanitize_name(name))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Rejected, "cannot delete stream", e)
+            })
+    }
+
+    /// Streams that may hold topics matching `pattern`.
+    fn streams_for(&self, pattern: &Pattern) -> Vec<String> {
+        self.inner
+            .config
+            .streams
+            .iter()
+            .filter(|s| s.patterns.iter().any(|p| overlap(p, pattern)))
+            .map(|s| sanitize_name(&s.name))
+            .collect()
+    }
+
+    /// The subjects of a stream, as configured.
+    fn stream_subjects(&self, stream: &str) -> Vec<String> {
+        self.inner
+            .config
+            .streams
+            .iter()
+            .filter(|s| sanitize_name(&s.name) == stream)
+            .flat_map(|s| s.patterns.iter().flat_map(|p| pattern_subjects(p).list))
+            .collect()
+    }
+}
+
+impl Publisher for NatsTransport {
+    /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
+    /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
+    /// `ack_timeout` is sent again (the server drops the copy) until `publish_timeout`.
+    /// On error, some envelopes of the batch may be stored; publishing the batch again is
+    /// safe within the duplicate window.
+    async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShuttingDown);
+        }
+        self.inner.publishing.fetch_add(1, Ordering::AcqRel);
+        let _guard = PublishGuard(&self.inner);
+        let mut items = Vec::with_capacity(batch.len());
+        for env in &batch {
+            if self.stream_for(&env.topic).is_none() {
+                return Err(TransportError::new(
+                    TransportErrorKind::Rejected,
+                    format!("no configured stream takes topic {}", env.topic),
+                )
+                .into());
+            }
+            let subject = topic_subject(&env.topic)
+                .map_err(|reason| TransportError::new(TransportErrorKind::Rejected, reason))?;
+            items.push((
+                Subject::from(subject),
+                codec::encode_headers(env),
+                env.payload.clone(),
+            ));
+        }
+        let deadline = Instant::now() + self.inner.config.publish_timeout;
+        let mut todo: Vec<usize> = (0..items.len()).collect();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let mut acks = Vec::with_capacity(todo.len());
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for &i in &todo {
+                let (subject, headers, payload) = &items[i];
+                let publish = Publish::build()
+                    .headers(headers.clone())
+                    .payload(payload.clone());
+                match self.inner.js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => acks.push((i, ack)),
+                    Err(e) => {
+                        failed.push(i);
+                        last_error = Some(map_publish_error(&e));
+                    }
+                }
+            }
+            for (i, ack) in acks {
+                match ack.await {
+                    Ok(ack) => {
+                        if ack.duplicate {
+                            self.inner
+                                .counters
+                                .duplicates
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        failed.push(i);
+                        last_error = Some(map_publish_error(&e));
+                    }
+                }
+            }
+            let Some(error) = last_error else {
+                return Ok(());
+            };
+            if Instant::now() + backoff >= deadline {
+                self.inner
+                    .counters
+                    .publish_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(error.into());
+            }
+            tracing::debug!(count = failed.len(), %error, "resending unacknowledged publishes");
+            self.inner
+                .counters
+                .publish_retries
+                .fetch_add(failed.len() as u64, Ordering::Relaxed);
+            // Backoff between rounds of resends while the connection recovers.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+            failed.sort_unstable();
+            todo = failed;
+        }
+    }
+
+    /// Refuses new publishes, ends every subscription, waits (until `deadline`) for
+    /// publishes in flight to get their acknowledgements, then flushes buffered acks.
+    async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Err(CloseError::AlreadyShuttingDown);
+        }
+        self.inner.shutdown.send_replace(true);
+        let deadline = Instant::from_std(deadline);
+        let drained = async {
+            loop {
+                let notified = self.inner.publish_done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.inner.publishing.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            return Err(CloseError::Transport(TransportError::new(
+                TransportErrorKind::Timeout,
+                "publishes still in flight at the close deadline",
+            )));
+        }
+        match tokio::time::timeout_at(deadline, self.inner.client.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CloseError::Transport(TransportError::with_source(
+                TransportErrorKind::Unavailable,
+                "flush failed",
+                e,
+            ))),
+            Err(_) => Err(CloseError::Transport(TransportError::new(
+                TransportErrorKind::Timeout,
+                "flush did not finish before the deadline",
+            ))),
+        }
+    }
+}
+
+impl Subscriber for NatsTransport {
+    type Stream = NatsSubscription;
+
+    /// One pull consumer per stream that may hold matching topics: durable (named after the
+    /// group, starting at the oldest message) for a group, ephemeral (starting at new
+    /// messages) without one.
+    async fn subscribe(
+        &self,
+        pattern: &Pattern,
+        group: Option<&str>,
+    ) -> Result<NatsSubscription, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        if group == Some("") {
+            return Err(SubscribeError::InvalidConfig("empty group name"));
+        }
+        let streams = self.streams_for(pattern);
+        if streams.is_empty() {
+            return Err(TransportError::new(
+                TransportErrorKind::Rejected,
+                format!("no configured stream holds topics matching {pattern}"),
+            )
+            .into());
+        }
+        let subjects = pattern_subjects(pattern);
+        let (tx, rx) = mpsc::channel(self.inner.config.pull_batch.max(1));
+        let mut tasks = Vec::new();
+        for stream_name in streams {
+            // A consumer filter must lie inside the stream's subjects; otherwise read the
+            // whole stream and filter here.
+            let mut filter = if subjects.list.len() == 1 {
+                subjects.list[0].clone()
+            } else {
+                subjects.widened.clone()
+            };
+            let inside = self
+                .stream_subjects(&stream_name)
+                .iter()
+                .any(|s| subject_subset(&filter, s));
+            if filter == ">" || !inside {
+                filter = String::new();
+            }
+            let (name, durable) = match group {
+                Some(g) => (sanitize_name(g), true),
+                None => (
+                    format!(
+                        "sy_{}_{}",
+                        std::process::id(),
+                        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+                    ) + &MessageId::new().to_string(),
+                    false,
+                ),
+            };
+            let c = self.inner.config.clone();
+            let consumer_config = pull::Config {
+                durable_name: durable.then(|| name.clone()),
+                name: Some(name.clone()),
+                deliver_policy: if durable {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::New
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: c.ack_wait,
+                // One delivery more than allowed: that one is dead-lettered by us, with the
+                // raw message, and terminated.
+                max_deliver: if c.max_deliver == 0 {
+                    -1
+                } else {
+                    i64::from(c.max_deliver) + 1
+                },
+                max_ack_pending: c.max_ack_pending as i64,
+                filter_subject: filter,
+                inactive_threshold: if durable {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(60)
+                },
+                ..Default::default()
+            };
+            // Create it now so errors reach the caller and messages published after
+            // `subscribe` returns are seen.
+            let consumer = self
+                .inner
+                .js
+                .create_consumer_on_stream(consumer_config.clone(), &stream_name)
+                .await
+                .map_err(|e| {
+                    TransportError::with_source(
+                        TransportErrorKind::Rejected,
+                        format!("cannot create consumer {name} on stream {stream_name}"),
+                        e,
+                    )
+                })?;
+            let worker = ConsumerWorker {
+                inner: self.inner.clone(),
+                stream: stream_name,
+                name,
+                durable,
+                config: consumer_config,
+                pattern: pattern.clone(),
+                tx: tx.clone(),
+                shutdown: self.inner.shutdown.subscribe(),
+                last_sequence: 0,
+            };
+            // Not aborted on drop: the worker sees the channel close, hands back what it
+            // had pulled and removes an ephemeral consumer.
+            tasks.push(tokio::spawn(worker.run(consumer)));
+        }
+        Ok(NatsSubscription { rx, _tasks: tasks })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            ordered: true,
+            consumer_groups: true,
+            wildcards: true,
+            delayed_delivery: false,
+            dedup: true,
+        }
+    }
+}
+
+/// The deliveries of one subscription. Ends when the transport is closed. Dropping it stops
+/// pulling; messages it had pulled and not handed out, and deliveries dropped unsettled, are
+/// nacked so they are redelivered at once.
+pub struct NatsSubscription {
+    rx: mpsc::Receiver<Delivery>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for NatsSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSubscription")
+            .field("consumers", &self._tasks.len())
+            .finish()
+    }
+}
+
+impl Stream for NatsSubscription {
+    type Item = Delivery;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Pulls one consumer's messages into a subscription's channel.
+///
+/// Owns: the consumer's message stream and a sender into the subscription. Stops when the
+/// transport closes (shutdown signal), when the subscription is dropped (channel closed,
+/// and the task is aborted), and re-creates the consumer when the server lost it (an
+/// ephemeral consumer after a restart resumes after the last sequence it saw).
+struct ConsumerWorker {
+    inner: Arc<Inner>,
+    stream: String,
+    name: String,
+    durable: bool,
+    config: pull::Config,
+    pattern: Pattern,
+    tx: mpsc::Sender<Delivery>,
+    shutdown: watch::Receiver<bool>,
+    last_sequence: u64,
+}
+
+enum Step {
+    Recreate,
+    Stop,
+}
+
+impl ConsumerWorker {
+    async fn run(mut self, first: jetstream::consumer::PullConsumer) {
+        let mut consumer = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            let c = match consumer.take() {
+                Some(c) => c,
+                None => match self.recreate().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.name, stream = %self.stream, error = %e, "cannot re-create consumer; retrying");
+                        if self.pause(backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                },
+            };
+            let messages = c
+                .stream()
+                .max_messages_per_batch(self.inner.config.pull_batch)
+                .heartbeat(Duration::from_secs(2))
+                .expires(Duration::from_secs(10))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "cannot pull; retrying");
+                    if self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let step = loop {
+                let item = tokio::select! {
+                    _ = self.shutdown.changed() => break Step::Stop,
+                    _ = self.tx.closed() => break Step::Stop,
+                    item = messages.next() => item,
+                };
+                match item {
+                    None => break Step::Recreate,
+                    Some(Ok(msg)) => {
+                        if !self.handle(msg).await {
+                            break Step::Stop;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                        match e.kind() {
+                            K::ConsumerDeleted | K::NoResponders => {
+                                tracing::warn!(consumer = %self.name, error = %e, "consumer gone; re-creating");
+                                break Step::Recreate;
+                            }
+                            _ => {
+                                tracing::debug!(consumer = %self.name, error = %e, "pull error; continuing");
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Stop => {
+                    // Hand back what was already pulled and not handed out, so it is
+                    // redelivered now and not after the ack wait.
+                    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                    break;
+                }
+                Step::Recreate => {
+                    if self.pause(backoff).await {
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.durable {
+            // Best effort: the server also removes it after its inactive threshold.
+            let _ = self
+                .inner
+                .js
+                .delete_consumer_from_stream(&self.name, &self.stream)
+                .await;
+        }
+    }
+
+    /// Waits `d` (backoff before retrying); `true` when shutdown came first.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.changed() => true,
+            _ = self.tx.closed() => true,
+            _ = tokio::time::sleep(d) => *self.shutdown.borrow(),
+        }
+    }
+
+    async fn recreate(&self) -> Result<jetstream::consumer::PullConsumer, TransportError> {
+        let mut config = self.config.clone();
+        if !self.durable && self.last_sequence > 0 {
+            config.deliver_policy = DeliverPolicy::ByStartSequence {
+                start_sequence: self.last_sequence + 1,
+            };
+        }
+        self.inner
+            .js
+            .create_consumer_on_stream(config, &self.stream)
+            .await
+            .map_err(|e| {
+                TransportError::with_source(
+                    TransportErrorKind::Unavailable,
+                    "cannot create consumer",
+                    e,
+                )
+            })
+    }
+
+    /// Turns one JetStream message into a delivery (or a dead letter). `false` when the
+    /// subscription is gone.
+    async fn handle(&mut self, msg: jetstream::Message) -> bool {
+        let (delivered, sequence) = match msg.info() {
+            Ok(info) => (info.delivered, info.stream_sequence),
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "message without JetStream metadata; skipped");
+                return true;
+            }
+        };
+        self.last_sequence = self.last_sequence.max(sequence);
+        let reply = msg.message.reply.clone();
+        let (message, acker) = msg.split();
+        let topic = match Topic::new(message.subject.as_str()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "subject is not a topic; message terminated");
+                let _ = acker.ack_with(AckKind::Term).await;
+                return true;
+            }
+        };
+        let mut envelope = codec::decode(topic, message.headers.as_ref(), message.payload);
+        if !self.pattern.matches(&envelope.topic) {
+            // Read only because the consumer filter had to be wider than the pattern.
+            let _ = acker.ack().await;
+            return true;
+        }
+        let max = self.inner.config.max_deliver;
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        if max > 0 && attempt > max {
+            envelope.delivery.attempt = max;
+            let letter = DeadLetter::new(
+                envelope,
+                DeadLetterReason::MaxDeliveries,
+                format!(
+                    "not acknowledged after {max} deliveries (stream {}, sequence {sequence})",
+                    self.stream
+                ),
+            )
+            .with_handler(self.name.as_str());
+            self.inner
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+            match &self.inner.config.dead_letters {
+                Some(sink) => sink.put(letter),
+                None => tracing::warn!(
+                    consumer = %self.name,
+                    id = %letter.envelope.id,
+                    "message reached max deliveries and no dead-letter sink is configured; terminated"
+                ),
+            }
+            let _ = acker.ack_with(AckKind::Term).await;
+            return true;
+        }
+        envelope.delivery.attempt = attempt;
+        envelope.delivery.first_delivered_at = (attempt == 1).then(SystemTime::now);
+        let id = envelope.id;
+        if let Some(r) = &reply {
+            lock(&self.inner.unsettled)
+                .entry(id)
+                .or_default()
+                .push(r.clone());
+        }
+        let handle = NatsAck {
+            acker: Some(acker),
+            inner: self.inner.clone(),
+            id,
+            reply,
+        };
+        self.tx
+            .send(Delivery::new(envelope, Box::new(handle)))
+            .await
+            .is_ok()
+    }
+}
+
+/// Settles one JetStream delivery.
+struct NatsAck {
+    acker: Option<Acker>,
+    inner: Arc<Inner>,
+    id: MessageId,
+    reply: Option<Subject>,
+}
+
+impl NatsAck {
+    fn forget(&self) {
+        let Some(reply) = &self.reply else { return };
+        let mut map = lock(&self.inner.unsettled);
+        if let Some(list) = map.get_mut(&self.id) {
+            list.retain(|s| s != reply);
+            if list.is_empty() {
+                map.remove(&self.id);
+            }
+        }
+    }
+
+    fn settle(
+        mut self: Box<Self>,
+        kind: AckKind,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.forget();
+        let acker = self.acker.take();
+        Box::pin(async move {
+            match acker {
+                Some(a) => a.ack_with(kind).await.map_err(|e| {
+                    TransportError::new(
+                        TransportErrorKind::Unavailable,
+                        format!("cannot settle delivery: {e}"),
+                    )
+                }),
+                None => Ok(()),
+            }
+        })
+    }
+}
+
+impl Drop for NatsAck {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            self.forget();
+            // Dropped unsettled: ask for redelivery now rather than after the ack wait.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = acker.ack_with(AckKind::Nak(None)).await;
+                });
+            }
+        }
+    }
+}
+
+impl AckHandle for NatsAck {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settle(AckKind::Ack)
+    }
+
+    fn nack(
+        self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settle(AckKind::Nak(delay))
+    }
+
+    fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
+        tracing::debug!(id = %self.id, reason = %reason, "message terminated");
+        self.settle(AckKind::Term)
+    }
+}

@@ -1,0 +1,272 @@
+//! A `nats-server` the test owns (RAII: killed on drop) and the conformance harness.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use switchyard_conformance::{
+    Harness, ReplyFn, RequestFailure, ServeGuard, Setup, SuiteCapabilities,
+};
+use switchyard_core::{BoxError, BoxFuture, Envelope, Pattern};
+use switchyard_nats::{NatsConfig, NatsTransport, RequestError};
+use tempfile::TempDir;
+
+pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
+const SERVER_BIN: &str = "/usr/sbin/nats-server";
+
+/// `Some(reason)` when the shared server is unreachable and we are not under CI.
+pub fn shared_unavailable() -> Option<String> {
+    let up = TcpStream::connect_timeout(&"127.0.0.1:4222".parse().unwrap(), Duration::from_secs(1))
+        .is_ok();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if up || ci {
+        return None;
+    }
+    let msg = "NATS server unreachable on 127.0.0.1:4222 (start it with `nats-server -js`); \
+               set CI=true to make this a failure";
+    eprintln!("\n!!!!!!!! SKIPPING NATS TEST: {msg} !!!!!!!!\n");
+    Some(msg.to_owned())
+}
+
+/// True when `nats-server` can be spawned here; under CI it must be.
+pub fn server_binary_available() -> bool {
+    let ok = std::path::Path::new(SERVER_BIN).exists();
+    if !ok {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{SERVER_BIN} is missing under CI");
+        eprintln!("\n!!!!!!!! SKIPPING: {SERVER_BIN} not installed !!!!!!!!\n");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A JetStream server on a free loopback port with its own store directory. Killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = spawn(port, &dir);
+        Self {
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(self.port, &self.dir));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns the server and waits (event: its "Server is ready" log line) up to 15 s.
+fn spawn(port: u16, dir: &TempDir) -> Child {
+    let mut child = Command::new(SERVER_BIN)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nats-server");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads the log to its end so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Server is ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(15))
+        .expect("nats-server did not become ready");
+    child
+}
+
+/// The conformance harness: the shared server, or one it owns (then it can restart it).
+pub struct NatsHarness {
+    url: String,
+    server: Option<Arc<Mutex<NatsServer>>>,
+    unavailable: Option<String>,
+}
+
+impl NatsHarness {
+    pub fn shared() -> Self {
+        Self {
+            url: SHARED_URL.to_owned(),
+            server: None,
+            unavailable: shared_unavailable(),
+        }
+    }
+
+    pub fn owned() -> Self {
+        if !server_binary_available() {
+            return Self {
+                url: String::new(),
+                server: None,
+                unavailable: Some("nats-server is not installed".into()),
+            };
+        }
+        let server = NatsServer::start();
+        Self {
+            url: server.url(),
+            server: Some(Arc::new(Mutex::new(server))),
+            unavailable: None,
+        }
+    }
+
+    pub fn server(&self) -> Option<Arc<Mutex<NatsServer>>> {
+        self.server.clone()
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn config(&self, setup: &Setup) -> NatsConfig {
+        NatsConfig::new(self.url.clone())
+            .with_stream(setup.namespace.clone(), [setup.all().unwrap()])
+            .with_ack_wait(setup.ack_wait)
+            .with_max_deliver(setup.max_deliver)
+            .with_dead_letters(setup.dead_letters.clone())
+            .with_max_age(Duration::from_secs(3600))
+            .with_ack_timeout(Duration::from_secs(1))
+            .with_publish_timeout(Duration::from_secs(20))
+    }
+}
+
+impl Harness for NatsHarness {
+    type Transport = NatsTransport;
+
+    fn name(&self) -> &str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> SuiteCapabilities {
+        SuiteCapabilities {
+            core: switchyard_core::Capabilities {
+                durable: true,
+                ordered: true,
+                consumer_groups: true,
+                wildcards: true,
+                delayed_delivery: false,
+                dedup: true,
+            },
+            redelivery: true,
+            dead_letters: true,
+            restart: self.server.is_some(),
+            request_reply: true,
+        }
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.unavailable.clone()
+    }
+
+    fn open<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<NatsTransport, BoxError>> {
+        let config = self.config(setup);
+        Box::pin(async move { Ok(NatsTransport::connect(config).await?) })
+    }
+
+    fn restart<'a>(
+        &'a self,
+        _setup: &'a Setup,
+        transport: NatsTransport,
+    ) -> BoxFuture<'a, Result<NatsTransport, BoxError>> {
+        let server = self.server.clone();
+        Box::pin(async move {
+            let server = server.ok_or("no owned server")?;
+            tokio::task::spawn_blocking(move || server.lock().unwrap().restart()).await?;
+            Ok(transport)
+        })
+    }
+
+    fn request(
+        &self,
+        transport: &NatsTransport,
+        request: Envelope,
+        deadline: Duration,
+    ) -> BoxFuture<'static, Result<Envelope, RequestFailure>> {
+        let t = transport.clone();
+        Box::pin(async move {
+            t.request(request, deadline).await.map_err(|e| match e {
+                RequestError::NoResponders { .. } => RequestFailure::NoResponders,
+                RequestError::Timeout { .. } => RequestFailure::Timeout,
+                other => RequestFailure::Other(other.into()),
+            })
+        })
+    }
+
+    fn serve(
+        &self,
+        transport: &NatsTransport,
+        pattern: &Pattern,
+        handler: ReplyFn,
+    ) -> BoxFuture<'static, Result<ServeGuard, BoxError>> {
+        let t = transport.clone();
+        let pattern = pattern.clone();
+        Box::pin(async move {
+            let mut requests = t.respond(&pattern, None).await?;
+            let task = tokio::spawn(async move {
+                while let Some(req) = requests.next().await {
+                    if let Some(reply) = handler(req.envelope.clone()) {
+                        let _ = req.reply(reply).await;
+                    }
+                }
+            });
+            Ok(ServeGuard::new(AbortOnDrop(task)))
+        })
+    }
+
+    fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok(t) = NatsTransport::connect(NatsConfig::new(self.url.clone())).await {
+                let _ = t.delete_stream(&setup.namespace).await;
+            }
+        })
+    }
+}
+
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,11 @@
+//! Tests of the NATS transport: the conformance suite, the fault test that kills the server
+//! mid-stream, and NATS-specific behaviour (dedup, health).
+//!
+//! Tests that need the shared server on 127.0.0.1:4222 skip with a loud message when it is
+//! unreachable, unless `CI=true` (then they fail).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod conformance;
+mod fault;
+mod harness;
+mod specific;

@@ -1,0 +1,108 @@
+//! NATS-specific behaviour beyond the suite.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use switchyard_conformance::Setup;
+use switchyard_core::{Envelope, Pattern, Publisher, Subscriber, Topic};
+use switchyard_nats::{ConnectionState, NatsConfig, NatsTransport};
+
+use crate::harness::{NatsHarness, shared_unavailable};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn same_id_twice_is_stored_once() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new();
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    assert_eq!(t.health().state, ConnectionState::Connected);
+    let e = Envelope::new(setup.topic("dup").unwrap(), "once");
+    t.publish(vec![e.clone()]).await.unwrap();
+    t.publish(vec![e.clone()]).await.unwrap();
+    assert_eq!(t.health().duplicates, 1);
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.envelope.id, e.id);
+    d.ack().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "the duplicate was delivered"
+    );
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    assert_eq!(t.health().state, ConnectionState::Closed);
+    let _ = t.delete_stream(&setup.namespace).await;
+}
+
+#[tokio::test]
+async fn topic_without_stream_is_refused() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let t = NatsTransport::connect(NatsConfig::new(crate::harness::SHARED_URL))
+        .await
+        .unwrap();
+    let err = t
+        .publish(vec![Envelope::new(
+            Topic::new("nowhere.at.all").unwrap(),
+            "x",
+        )])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no configured stream"), "{err}");
+    let err = t
+        .subscribe(&Pattern::new("nowhere.#").unwrap(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no configured stream"), "{err}");
+}
+
+#[tokio::test]
+async fn in_progress_extends_the_ack_wait() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(1));
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let e = Envelope::new(setup.topic("long").unwrap(), "slow work");
+    t.publish(vec![e.clone()]).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    // Work for 2.5 ack waits, reporting progress every half ack wait: no redelivery.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(t.in_progress(e.id).await.unwrap(), 1);
+        if let Ok(again) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            panic!("redelivered while in progress: {again:?}");
+        }
+    }
+    d.ack().await.unwrap();
+    assert_eq!(t.in_progress(e.id).await.unwrap(), 0);
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    let _ = t.delete_stream(&setup.namespace).await;
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_connect_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = NatsTransport::connect(NatsConfig::new(format!("nats://127.0.0.1:{port}"))).await;
+    assert!(r.is_err());
+}
