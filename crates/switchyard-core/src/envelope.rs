@@ -124,7 +124,13 @@ pub struct Headers(Option<Arc<BTreeMap<SmolStr, SmolStr>>>);
 
 impl Serialize for Headers {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.iter())
+        // The length is known: say so, so length-prefixed formats (postcard, bincode) work.
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
     }
 }
 

@@ -7,6 +7,29 @@ use crate::topic::{Topic, TopicError};
 /// Any error a handler may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A failure that retrying cannot fix. A handler returning it (or an error whose source chain
+/// starts with it) skips the bus's remaining attempts: the message is dead-lettered at once.
+/// A retry layer that gave up can wrap its final error in it for the same effect.
+///
+/// ```
+/// use switchyard_core::{BoxError, Permanent};
+/// fn validate(amount: i64) -> Result<(), BoxError> {
+///     if amount < 0 { return Err(Permanent::new("negative amount").into()); }
+///     Ok(())
+/// }
+/// assert!(validate(-1).unwrap_err().is::<Permanent>());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(#[source] pub BoxError);
+
+impl Permanent {
+    /// Marks `error` as permanent.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
 /// Whether a codec was encoding or decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecDirection {

@@ -265,10 +265,11 @@ impl GroupShared {
     /// message was redelivered since (`generation` is stale) or is already settled.
     pub fn release(&self, offset: u64, generation: u64, at: Option<Instant>) {
         let mut st = lock(&self.state);
-        if let Some(p) = st.pending.get_mut(&offset) {
-            if p.generation == generation && matches!(p.state, PState::InFlight(_)) {
-                p.state = PState::Ready(at);
-            }
+        if let Some(p) = st.pending.get_mut(&offset)
+            && p.generation == generation
+            && matches!(p.state, PState::InFlight(_))
+        {
+            p.state = PState::Ready(at);
         }
     }
 

@@ -117,10 +117,10 @@ impl Writer {
     fn next_wakeup(&self) -> Duration {
         let now = Instant::now();
         let mut due = self.last_commit + self.config.commit_interval;
-        if let Durability::Interval(d) = self.config.durability {
-            if self.dirty.iter().any(|&d| d) {
-                due = due.min(self.last_sync + d);
-            }
+        if let Durability::Interval(d) = self.config.durability
+            && self.dirty.iter().any(|&d| d)
+        {
+            due = due.min(self.last_sync + d);
         }
         if self.retention_enabled() {
             due = due.min(self.last_retention + self.config.retention_check_interval);
@@ -231,12 +231,11 @@ impl Writer {
 
     fn periodic(&mut self) {
         let now = Instant::now();
-        if let Durability::Interval(d) = self.config.durability {
-            if now >= self.last_sync + d {
-                if let Err(e) = self.sync_all() {
-                    tracing::error!(error = %e, "log interval sync failed");
-                }
-            }
+        if let Durability::Interval(d) = self.config.durability
+            && now >= self.last_sync + d
+            && let Err(e) = self.sync_all()
+        {
+            tracing::error!(error = %e, "log interval sync failed");
         }
         if now >= self.last_commit + self.config.commit_interval {
             self.write_commits();
@@ -389,10 +388,10 @@ impl Writer {
             .segments
             .last()
             .map(|s| (s.file.clone(), s.len));
-        if let Some((file, len)) = tail {
-            if let Err(e) = file.set_len(len) {
-                tracing::error!(stream = %stream.name, error = %e, "cannot drop a failed write; recovery will truncate it on the next open");
-            }
+        if let Some((file, len)) = tail
+            && let Err(e) = file.set_len(len)
+        {
+            tracing::error!(stream = %stream.name, error = %e, "cannot drop a failed write; recovery will truncate it on the next open");
         }
     }
 

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
-    Envelope, Outcome, Pattern, SendError, SubscribeError,
+    Envelope, Outcome, Pattern, Permanent, SendError, SubscribeError,
 };
 use tokio::task::JoinHandle;
 
@@ -387,7 +387,16 @@ impl SubShared {
 
     /// One worker: owns a handler clone; stops when the queue is closed and drained.
     async fn run_worker(self: Arc<Self>, mut svc: BoxHandler) {
-        while let Some(taken) = self.queue.pop().await {
+        loop {
+            // Wait until the handler can take work before taking a message off the queue: an
+            // open breaker or a rate limit then leaves messages queued (where the overflow
+            // policy applies) instead of holding one per worker.
+            if let Ok(Err(e)) = AssertUnwindSafe(svc.ready()).catch_unwind().await {
+                tracing::warn!(subscription = %self.name(), error = %e, "handler not ready");
+            }
+            let Some(taken) = self.queue.pop().await else {
+                break;
+            };
             let seq = taken.seq();
             let Entry {
                 env,
@@ -546,6 +555,7 @@ impl SubShared {
                 reason: DeadLetterReason::HandlerFailed,
                 error: "handler asked for a retry".to_owned(),
                 delay: after,
+                permanent: false,
             },
             Ok(Err(e)) => {
                 let text = error_chain(&*e);
@@ -553,13 +563,15 @@ impl SubShared {
                     Some(display) => Attempt::Undecodable { text, display },
                     None => {
                         inc(&c.failed);
+                        let permanent = e.is::<Permanent>();
                         tracing::warn!(subscription = %self.name(), message_id = %first.id,
-                            correlation_id = %first.correlation_id, attempt,
+                            correlation_id = %first.correlation_id, attempt, permanent,
                             error = %text, "handler failed");
                         Attempt::Failed {
                             reason: DeadLetterReason::HandlerFailed,
                             error: text,
                             delay: None,
+                            permanent,
                         }
                     }
                 }
@@ -575,6 +587,7 @@ impl SubShared {
                     reason: DeadLetterReason::Panicked,
                     error: text,
                     delay: None,
+                    permanent: false,
                 }
             }
         }
@@ -612,7 +625,7 @@ impl SubShared {
             let outcome = self
                 .attempt(svc, || stamped(delivery), Parent::of(&env), &env, attempt)
                 .await;
-            let (reason, error, delay) = match outcome {
+            let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
                     self.answer(reply, Ok(r), attempt);
@@ -654,9 +667,10 @@ impl SubShared {
                     reason,
                     error,
                     delay,
-                } => (reason, error, delay),
+                    permanent,
+                } => (reason, error, delay, permanent),
             };
-            if attempt >= self.config.max_attempts {
+            if permanent || attempt >= self.config.max_attempts {
                 inc(&c.dead_lettered);
                 self.answer(
                     reply,
@@ -725,8 +739,9 @@ impl SubShared {
                     reason,
                     error,
                     delay,
+                    permanent,
                 } => {
-                    if attempt_no < self.config.max_attempts {
+                    if !permanent && attempt_no < self.config.max_attempts {
                         inc(&c.retried);
                         tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
                         continue;
@@ -786,6 +801,8 @@ enum Attempt {
         reason: DeadLetterReason,
         error: String,
         delay: Option<Duration>,
+        /// No further attempts (the handler returned [`Permanent`]).
+        permanent: bool,
     },
 }
 

@@ -158,3 +158,93 @@ async fn reject_goes_straight_to_dead_letters() {
         (DeadLetterReason::Rejected, "not my type", 1)
     );
 }
+
+#[tokio::test]
+async fn permanent_errors_skip_the_remaining_attempts() {
+    let bus = Bus::builder()
+        .max_attempts(5)
+        .retry_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let sub = bus
+        .on("strict", |_p: Ping, _| async move {
+            Err::<(), _>(switchyard::Permanent::new("invalid order"))
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(
+        sub.stats().delivered,
+        1,
+        "no retries for a permanent failure"
+    );
+    let letter = &bus.dead_letters().list()[0];
+    assert_eq!(
+        (letter.attempts, letter.error.as_str()),
+        (1, "invalid order: invalid order")
+    );
+}
+
+/// A handler that is not ready until opened (as an open circuit breaker or a rate limit is).
+#[derive(Clone)]
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
+    handled: Arc<AtomicU32>,
+}
+
+impl tower::Service<switchyard::Envelope> for Gated {
+    type Response = Outcome;
+    type Error = switchyard::BoxError;
+    type Future = std::future::Ready<Result<Outcome, switchyard::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.open.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        *self.waker.lock().unwrap() = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _env: switchyard::Envelope) -> Self::Future {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Outcome::Ack))
+    }
+}
+
+#[tokio::test]
+async fn a_handler_that_is_not_ready_leaves_messages_queued() {
+    let bus = Bus::new();
+    let gate = Gated {
+        open: Arc::default(),
+        waker: Arc::default(),
+        handled: Arc::default(),
+    };
+    let sub = bus
+        .subscribe("gated", "test.#", switchyard::boxed(gate.clone()))
+        .workers(2)
+        .start()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    tokio::task::yield_now().await;
+    let info = sub.info();
+    assert_eq!(
+        (info.depth, info.in_flight),
+        (3, 0),
+        "no worker takes a message while the handler is not ready"
+    );
+    gate.open.store(true, Ordering::SeqCst);
+    if let Some(w) = gate.waker.lock().unwrap().take() {
+        w.wake();
+    }
+    bus.run_until_idle().await;
+    assert_eq!(gate.handled.load(Ordering::SeqCst), 3);
+}
