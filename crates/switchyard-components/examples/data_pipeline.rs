@@ -9,6 +9,8 @@
 //! cargo run -p switchyard-components --example data_pipeline -- 1 dlq   # analytics always fails: dead-lettered
 //! cargo run -p switchyard-components --example data_pipeline -- 1 mermaid  # also print the topology
 //! cargo run -p switchyard-components --example data_pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
+//! cargo run -p switchyard-components --example data_pipeline -- 200 rows=5  # benchmark with almost no module work
+//! cargo run -p switchyard-components --example data_pipeline -- 200 bare    # without the observing system components
 //! ```
 
 use switchyard_components::demo::{DemoConfig, FailurePlan, run_demo};
@@ -39,6 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         runs,
         fail,
         data_dir,
+        observers: !has("bare"),
         ..DemoConfig::default()
     })
     .await?;

@@ -111,6 +111,10 @@ pub struct DemoConfig {
     /// Also show that a forbidden publish (frontend straight to a processor) is refused.
     /// Default true.
     pub show_violation: bool,
+    /// Include the observing system components (state tracker, health checker, performance
+    /// tracker, alert manager, resource monitor). Default true; false measures the pipeline
+    /// without them (the error handler always runs).
+    pub observers: bool,
     /// Where the CSV is written and read, and where the tables (`store.json`) and reports
     /// (`report-<run>.md`) are saved at the end. Default none: everything stays in memory.
     pub data_dir: Option<std::path::PathBuf>,
@@ -128,6 +132,7 @@ impl Default for DemoConfig {
             context_timeout: Duration::from_secs(30),
             show_violation: true,
             data_dir: None,
+            observers: true,
         }
     }
 }
@@ -821,12 +826,15 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         })
         .component(frontend)
         .component(cpm())
-        .component(tracker.component())
-        .component(errors.component())
-        .component(health.component())
-        .component(perf.component())
-        .component(alerts.component())
-        .component(resources.component());
+        .component(errors.component());
+    if config.observers {
+        assembly = assembly
+            .component(tracker.component())
+            .component(health.component())
+            .component(perf.component())
+            .component(alerts.component())
+            .component(resources.component());
+    }
     for (i, (d, a)) in DOMAINS.iter().enumerate() {
         let previous = i.checked_sub(1).map(|p| DOMAINS[p]);
         let fail = config
