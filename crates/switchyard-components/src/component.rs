@@ -86,15 +86,15 @@ impl Handlers {
         M: Message,
         F: Fn(M, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
-        O: IntoOutcome + 'static,
-        E: Into<BoxError> + 'static,
+        O: IntoOutcome + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
     {
         let p = pattern.to_owned();
         let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
             let name = format!("{}:{}", cbus.name(), p);
-            bus.on::<M, _, _, O, E>(&name, move |msg: M, ctx: Ctx| {
+            bus.on::<M, _, _, O, BoxError>(&name, move |msg: M, ctx: Ctx| {
                 let cx = ComponentCtx::new(cbus.clone(), table.clone(), ctx);
-                f(msg, cx)
+                cx.clone().guard(f(msg, cx))
             })
             .pattern(&p)
         });
@@ -110,8 +110,8 @@ impl Handlers {
     where
         F: Fn(Envelope, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
-        O: IntoOutcome + 'static,
-        E: Into<BoxError> + 'static,
+        O: IntoOutcome + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
     {
         let p = pattern.to_owned();
         let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
@@ -124,7 +124,7 @@ impl Handlers {
                     bus2.clone(),
                     env.clone(),
                 );
-                f(env, ctx)
+                ctx.clone().guard(f(env, ctx))
             });
             bus.subscribe(&name, &p, handler)
         });
@@ -165,6 +165,8 @@ pub struct ComponentCtx {
     table: ContextTable,
     raw: Bus,
     envelope: Envelope,
+    /// Contexts begun while handling this message (failed if the handler returns an error).
+    begun: Arc<std::sync::Mutex<Vec<RequestId>>>,
 }
 
 impl fmt::Debug for ComponentCtx {
@@ -188,6 +190,37 @@ impl ComponentCtx {
             table,
             raw,
             envelope,
+            begun: Arc::default(),
+        }
+    }
+
+    /// Runs a handler's future; when it fails, every context it began and left open is failed
+    /// (as `HandlerError`, marked propagated: the bus retries the message itself, so the error
+    /// handler must not retry the flow as well), so no context waits for its timeout.
+    async fn guard<O, E: Into<BoxError>>(
+        self,
+        fut: impl Future<Output = Result<O, E>>,
+    ) -> Result<O, BoxError> {
+        let begun = self.begun.clone();
+        match fut.await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                let e: BoxError = e.into();
+                let ids: Vec<RequestId> =
+                    std::mem::take(&mut *begun.lock().unwrap_or_else(|p| p.into_inner()));
+                for id in ids {
+                    if let Some(ctx) = self.context_by_id(id) {
+                        let info = crate::context::ErrorInfo {
+                            error_type: "HandlerError".into(),
+                            message: e.to_string(),
+                            retryable: true,
+                        };
+                        // Best effort: the context may have ended meanwhile.
+                        let _ = ctx.fail_propagated(&info).await;
+                    }
+                }
+                Err(e)
+            }
         }
     }
 
@@ -236,9 +269,15 @@ impl ComponentCtx {
 
     /// Creates a Pending context for `action` in this flow (publishes a status update).
     pub async fn begin(&self, action: &str) -> Result<RequestContext, TransitionError> {
-        self.table
+        let ctx = self
+            .table
             .begin(&self.bus, action, Some(&self.envelope))
-            .await
+            .await?;
+        self.begun
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ctx.id());
+        Ok(ctx)
     }
 
     /// This component's newest live context in this flow, its events caused by the message
@@ -327,8 +366,8 @@ impl ComponentBuilder {
         M: Message,
         F: Fn(M, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
-        O: IntoOutcome + 'static,
-        E: Into<BoxError> + 'static,
+        O: IntoOutcome + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
     {
         self.handlers.on::<M, F, Fut, O, E>(pattern, f);
         self
@@ -339,8 +378,8 @@ impl ComponentBuilder {
     where
         F: Fn(Envelope, ComponentCtx) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
-        O: IntoOutcome + 'static,
-        E: Into<BoxError> + 'static,
+        O: IntoOutcome + Send + 'static,
+        E: Into<BoxError> + Send + 'static,
     {
         self.handlers.on_envelope(pattern, f);
         self

@@ -271,3 +271,41 @@ async fn a_context_whose_creation_cannot_be_published_is_not_kept() {
     assert!(running.contexts().is_empty());
     assert_eq!(running.contexts().stats().cancelled, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_handler_fails_the_contexts_it_began() {
+    let bus = Bus::new(); // 3 attempts per message by default
+    let errors = Recorder::start(&bus, "shop.error").await.unwrap();
+    let running =
+        Assembly::new(&bus)
+            .component(
+                ComponentBuilder::new("shop-manager", Role::Manager, "shop")
+                    .on::<Note, _, _, _, _>("shop.order.request", |_note, cx| async move {
+                        let ctx = cx.begin("order").await?;
+                        ctx.start().await?;
+                        Err::<(), _>(switchyard::BoxError::from("database unreachable"))
+                    }),
+            )
+            .start()
+            .await
+            .unwrap();
+    bus.publish_to("shop.order.request", Note { n: 1 })
+        .await
+        .unwrap();
+    let got = errors.wait_for(3, WAIT).await.unwrap();
+    bus.run_until_idle().await;
+    for e in &got {
+        let r = ErrorReport::from_envelope(e).unwrap();
+        assert_eq!(r.error_type, "HandlerError");
+        assert_eq!(r.message, "database unreachable");
+        assert!(r.propagated, "the bus retries; the error handler must not");
+    }
+    assert!(running.contexts().is_empty());
+    let stats = running.contexts().stats();
+    assert_eq!((stats.created, stats.failed, stats.timed_out), (3, 3, 0));
+    assert_eq!(
+        bus.dead_letters().len(),
+        1,
+        "the message itself is dead-lettered by the bus"
+    );
+}
