@@ -8,6 +8,7 @@
 //! cargo run -p switchyard-components --example data_pipeline -- 1 fail  # analytics fails twice, then is retried
 //! cargo run -p switchyard-components --example data_pipeline -- 1 dlq   # analytics always fails: dead-lettered
 //! cargo run -p switchyard-components --example data_pipeline -- 1 mermaid  # also print the topology
+//! cargo run -p switchyard-components --example data_pipeline -- 1 dot      # the same in Graphviz DOT
 //! cargo run -p switchyard-components --example data_pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
 //! cargo run -p switchyard-components --example data_pipeline -- 200 rows=5  # benchmark with almost no module work
 //! cargo run -p switchyard-components --example data_pipeline -- 200 bare    # without the observing system components
@@ -55,6 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "== observed topology (Mermaid)\n{}",
             report.observed_mermaid
         );
+    }
+    if has("dot") {
+        println!("== declared topology (DOT)\n{}", report.topology_dot);
+        println!("== observed topology (DOT)\n{}", report.observed_dot);
     }
     for path in &report.files_written {
         println!("wrote {}", path.display());

@@ -200,6 +200,19 @@ impl Topology {
         self.components.iter().find(|c| c.name() == name)
     }
 
+    /// The same topology with only the components `keep` accepts (exports then leave out the
+    /// others and their edges, e.g. `|c| c.role() != Role::System` for the flow alone).
+    pub fn retain(&self, keep: impl Fn(&ComponentSpec) -> bool) -> Topology {
+        Topology {
+            components: self
+                .components
+                .iter()
+                .filter(|c| keep(c))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Every declared edge, sorted: for each publish declaration of each component, every
     /// component with an overlapping subscription (self-edges left out).
     pub fn edges(&self) -> Vec<Edge> {
@@ -323,7 +336,8 @@ impl Topology {
             domains.entry(c.domain()).or_default().push(c);
         }
         for (domain, members) in domains {
-            let _ = writeln!(out, "  subgraph {}[\"{}\"]", mermaid_id(domain), domain);
+            // Subgraph ids get a prefix so a domain never shares an id with a component.
+            let _ = writeln!(out, "  subgraph d_{}[\"{}\"]", mermaid_id(domain), domain);
             for c in members {
                 let _ = writeln!(
                     out,
@@ -336,6 +350,9 @@ impl Topology {
             out.push_str("  end\n");
         }
         for ((from, to), label) in labels {
+            if self.component(from).is_none() || self.component(to).is_none() {
+                continue;
+            }
             let arrow = if self.forbidden(from, to) {
                 format!("-. \"✗ {label}\" .->")
             } else {
@@ -347,7 +364,11 @@ impl Topology {
     }
 
     fn dot_with(&self, labels: &BTreeMap<(SmolStr, SmolStr), String>) -> String {
-        let mut out = String::from("digraph topology {\n  rankdir=TB;\n  node [shape=box];\n");
+        // newrank lets Graphviz rank nodes across clusters (without it, dense graphs with
+        // clusters can fail to lay out).
+        let mut out = String::from(
+            "digraph topology {\n  rankdir=TB;\n  newrank=true;\n  node [shape=box];\n",
+        );
         let mut domains: BTreeMap<&str, Vec<&ComponentSpec>> = BTreeMap::new();
         for c in self.sorted() {
             domains.entry(c.domain()).or_default().push(c);
@@ -369,6 +390,9 @@ impl Topology {
             out.push_str("  }\n");
         }
         for ((from, to), label) in labels {
+            if self.component(from).is_none() || self.component(to).is_none() {
+                continue;
+            }
             let style = if self.forbidden(from, to) {
                 ", style=dashed, color=red"
             } else {

@@ -287,8 +287,12 @@ pub struct DemoReport {
     pub topology_mermaid: String,
     /// The declared topology as DOT.
     pub topology_dot: String,
-    /// What was observed at runtime, as Mermaid with message counts.
+    /// What was observed at runtime, as Mermaid with message counts (the flow: system
+    /// components left out for readability).
     pub observed_mermaid: String,
+    /// What was observed at runtime, as DOT with message counts (the flow: system components
+    /// left out).
+    pub observed_dot: String,
     /// Enforcement counters.
     pub enforcement: EnforcementStats,
     /// The refusal text of the deliberate forbidden publish, if shown.
@@ -947,6 +951,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             Some(raw_hop_baseline(messages_per_run.round() as usize, runs.len().min(200)).await?);
     }
     let files_written = store.persist()?;
+    let flow = running.topology().retain(|c| c.role() != Role::System);
     let report = DemoReport {
         files_written,
         preview,
@@ -954,7 +959,8 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         trace,
         topology_mermaid: topology.to_mermaid(),
         topology_dot: topology.to_dot(),
-        observed_mermaid: running.observed_mermaid(),
+        observed_mermaid: flow.observed_mermaid(&running.observed()),
+        observed_dot: flow.observed_dot(&running.observed()),
         enforcement: running.enforcement(),
         violation_demo,
         state_anomalies: tracker.anomalies(),

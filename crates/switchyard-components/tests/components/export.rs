@@ -32,12 +32,12 @@ fn small() -> Topology {
 }
 
 const MERMAID: &str = r#"flowchart TD
-  subgraph a["a"]
+  subgraph d_a["a"]
     a_manager["a-manager<br/><i>manager</i>"]
     a_processor["a-processor<br/><i>processor</i>"]
     a_service["a-service<br/><i>service</i>"]
   end
-  subgraph cpm["cpm"]
+  subgraph d_cpm["cpm"]
     cpm["cpm<br/><i>cpm</i>"]
   end
   a_manager -. "✗ a.load.complete, a.load.submit" .-> a_processor
@@ -51,6 +51,7 @@ const MERMAID: &str = r#"flowchart TD
 
 const DOT: &str = r#"digraph topology {
   rankdir=TB;
+  newrank=true;
   node [shape=box];
   subgraph "cluster_a" {
     label="a";
@@ -91,4 +92,24 @@ fn export_is_deterministic_whatever_the_declaration_order() {
     let reversed = Topology::new(specs);
     assert_eq!(reversed.to_mermaid(), MERMAID);
     assert_eq!(reversed.to_dot(), DOT);
+}
+
+#[test]
+fn retain_leaves_out_components_and_their_edges() {
+    let t = small().retain(|c| c.role() != Role::Processor);
+    let m = t.to_mermaid();
+    assert!(!m.contains("a_processor"), "{m}");
+    assert!(m.contains("cpm -- \"a.load.request\" --> a_manager"), "{m}");
+    let observed = vec![switchyard_components::ObservedEdge {
+        from: "cpm".into(),
+        to: "a-processor".into(),
+        topic: "a.load.request".into(),
+        count: 2,
+    }];
+    assert!(!t.observed_dot(&observed).contains("a-processor"));
+    assert!(
+        small()
+            .observed_dot(&observed)
+            .contains("\"cpm\" -> \"a-processor\" [label=\"a.load.request ×2\"]")
+    );
 }
