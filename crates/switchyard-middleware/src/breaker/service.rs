@@ -172,10 +172,10 @@ where
                     if self.sleep.as_ref().map(|s| s.deadline()) != Some(until) {
                         self.sleep = Some(Box::pin(sleep_until(until)));
                     }
-                    if let Some(sleep) = self.sleep.as_mut() {
-                        if sleep.as_mut().poll(cx).is_pending() {
-                            return Poll::Pending;
-                        }
+                    if let Some(sleep) = self.sleep.as_mut()
+                        && sleep.as_mut().poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
                     }
                     // The cool-down is over: the next admission moves to half-open.
                 }

@@ -403,10 +403,10 @@ impl Shared {
 }
 
 fn register(inner: &mut Inner, waker: Option<&Waker>) {
-    if let Some(w) = waker {
-        if !inner.waiters.iter().any(|x| x.will_wake(w)) {
-            inner.waiters.push(w.clone());
-        }
+    if let Some(w) = waker
+        && !inner.waiters.iter().any(|x| x.will_wake(w))
+    {
+        inner.waiters.push(w.clone());
     }
 }
 

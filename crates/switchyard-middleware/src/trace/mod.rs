@@ -34,7 +34,7 @@ mod service;
 
 pub use context::{SpanId, TRACEPARENT, TRACESTATE, TraceContext, TraceId, TraceparentError};
 pub use layer::TraceLayer;
-pub use service::Trace;
+pub use service::{Trace, TraceFuture};
 
 use switchyard_core::Envelope;
 

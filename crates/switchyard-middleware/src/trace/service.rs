@@ -2,10 +2,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use pin_project_lite::pin_project;
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::Service;
-use tracing::Instrument;
+use tracing::Span;
 
 use super::TraceContext;
 
@@ -30,7 +31,7 @@ where
 {
     type Response = Outcome;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
+    type Future = TraceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -63,24 +64,47 @@ where
             let _entered = span.enter();
             inner.call(env)
         });
-        let record_span = span.clone();
-        Box::pin(
-            ctx.scope(async move {
-                let result = fut.await;
-                let outcome = match &result {
-                    Ok(Outcome::Ack) => "ack",
-                    Ok(Outcome::Reply(_)) => "reply",
-                    Ok(Outcome::Retry { .. }) => "retry",
-                    Ok(Outcome::Reject { .. }) => "reject",
-                    Err(_) => "error",
-                };
-                record_span.record("outcome", outcome);
-                if let Err(e) = &result {
-                    ::tracing::warn!(error = %e, "handler failed");
-                }
-                result
-            })
-            .instrument(span),
-        )
+        TraceFuture {
+            inner: fut,
+            ctx,
+            span,
+        }
+    }
+}
+
+pin_project! {
+    /// The future returned by [`Trace`]: polls the inner call inside the delivery span with the
+    /// delivery's [`TraceContext`] as the current one, and records the outcome on the span.
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        ctx: TraceContext,
+        span: Span,
+    }
+}
+
+impl<F> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Outcome, BoxError>>,
+{
+    type Output = Result<Outcome, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let inner = this.inner;
+        let result = std::task::ready!(this.ctx.sync_scope(|| inner.poll(cx)));
+        let outcome = match &result {
+            Ok(Outcome::Ack) => "ack",
+            Ok(Outcome::Reply(_)) => "reply",
+            Ok(Outcome::Retry { .. }) => "retry",
+            Ok(Outcome::Reject { .. }) => "reject",
+            Err(_) => "error",
+        };
+        this.span.record("outcome", outcome);
+        if let Err(e) = &result {
+            ::tracing::warn!(error = %e, "handler failed");
+        }
+        Poll::Ready(result)
     }
 }

@@ -166,7 +166,7 @@ async fn ratio_threshold_needs_min_calls() {
     let h = tower::service_fn(move |_e: Envelope| {
         let i = c.fetch_add(1, Ordering::SeqCst);
         async move {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 Err::<Outcome, BoxError>("x".into())
             } else {
                 Ok(Outcome::Ack)
