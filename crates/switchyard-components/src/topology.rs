@@ -353,6 +353,8 @@ impl Topology {
             if self.component(from).is_none() || self.component(to).is_none() {
                 continue;
             }
+            // `#` starts an entity code in Mermaid text and `"` ends it: escape both.
+            let label = label.replace('#', "#35;").replace('"', "#quot;");
             let arrow = if self.forbidden(from, to) {
                 format!("-. \"✗ {label}\" .->")
             } else {

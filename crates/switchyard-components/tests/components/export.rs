@@ -113,3 +113,13 @@ fn retain_leaves_out_components_and_their_edges() {
             .contains("\"cpm\" -> \"a-processor\" [label=\"a.load.request ×2\"]")
     );
 }
+
+#[test]
+fn mermaid_escapes_hash_in_labels() {
+    let t = Topology::new(vec![
+        spec("m", Role::Manager, "a", &[], &["a.#"]),
+        spec("s", Role::Service, "a", &["a.x.submit"], &[]),
+    ]);
+    let m = t.to_mermaid();
+    assert!(m.contains("m -- \"a.#35;\" --> s"), "{m}");
+}
