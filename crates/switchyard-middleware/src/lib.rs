@@ -76,8 +76,11 @@
 //!   queue: the breaker and the limits express backpressure that way.
 //! - Set `envelope.delivery.attempt` (1-based) and `first_delivered_at` before calling; the
 //!   retry layer continues counting from there on the clones it passes down.
-//! - Treat the retry layer's [`RetryError`](retry::RetryError) as final: dead-letter it (reason
-//!   from [`dlq::failure_reason`], text from [`dlq::error_chain`]) rather than retry again.
+//! - Treat `switchyard_core::Permanent` as final (the bus does): the retry layer wraps its
+//!   [`RetryError`](retry::RetryError) in it when it gives up, so the message is dead-lettered
+//!   at once (reason from [`dlq::failure_reason`], text from [`dlq::error_chain`], attempts made
+//!   inside the layer from [`RetryError::find`](retry::RetryError::find)) instead of being
+//!   retried again.
 //! - Turn [`BreakerEvent`](breaker::BreakerEvent)s from the observer
 //!   ([`BreakerConfig::on_transition`](breaker::BreakerConfig::on_transition)) into
 //!   `switchyard.breaker.*` events ([`BreakerEvent::topic`](breaker::BreakerEvent::topic)).

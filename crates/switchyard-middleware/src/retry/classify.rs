@@ -2,7 +2,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use switchyard_core::BoxError;
+use switchyard_core::{BoxError, Permanent};
 
 use crate::breaker::BreakerOpenError;
 use crate::catch_panic::PanicError;
@@ -27,29 +27,6 @@ use crate::timeout::TimeoutError;
 pub trait Retryable: Error + Send + Sync + 'static {
     /// True when the same message may succeed on another attempt.
     fn is_retryable(&self) -> bool;
-}
-
-/// Marks an error as permanent: the retry layer never retries it.
-#[derive(Debug)]
-pub struct Permanent(pub BoxError);
-
-impl Permanent {
-    /// Wraps any error as a permanent one, boxed, ready to return from a handler.
-    pub fn boxed(err: impl Into<BoxError>) -> BoxError {
-        Box::new(Self(err.into()))
-    }
-}
-
-impl fmt::Display for Permanent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "permanent failure: {}", self.0)
-    }
-}
-
-impl Error for Permanent {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.0)
-    }
 }
 
 /// Marks an error as transient: the retry layer retries it while attempts remain.
@@ -81,7 +58,7 @@ type Rule = Arc<dyn Fn(&(dyn Error + 'static)) -> Option<bool> + Send + Sync>;
 ///
 /// The chain of the error (the error, then its `source()`s) is walked from the outside in;
 /// the first link that something recognises decides:
-/// 1. [`Permanent`] → no, [`Transient`] → yes;
+/// 1. [`Permanent`] (`switchyard_core::Permanent`) → no, [`Transient`] → yes;
 /// 2. [`PanicError`] → [`Classifier::retry_panics`] (default: no);
 /// 3. [`TimeoutError`] → [`Classifier::retry_timeouts`] (default: yes);
 /// 4. [`BreakerOpenError`] → yes (the next attempt waits for the breaker);
@@ -227,7 +204,8 @@ mod tests {
     #[test]
     fn markers_win() {
         let c = Classifier::default();
-        assert!(!c.is_retryable(&*Permanent::boxed("x")));
+        let permanent: BoxError = Permanent::new("x").into();
+        assert!(!c.is_retryable(&*permanent));
         let c = c.unknown_retryable(false);
         assert!(c.is_retryable(&*Transient::boxed("x")));
         // A marker around a panic decides before the panic does.

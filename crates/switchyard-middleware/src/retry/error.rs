@@ -41,6 +41,28 @@ impl RetryError {
         }
     }
 
+    /// The `RetryError` in an error's chain (the retry layer returns it wrapped in
+    /// `switchyard_core::Permanent`).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a RetryError> {
+        let mut link = Some(err);
+        while let Some(e) = link {
+            if let Some(r) = e.downcast_ref::<RetryError>() {
+                return Some(r);
+            }
+            link = e.source();
+        }
+        None
+    }
+
+    /// The number of attempts made inside the layer (for `Permanent`, the attempt number it
+    /// failed on).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Self::Exhausted { attempts, .. } => *attempts,
+            Self::Permanent { attempt, .. } => *attempt,
+        }
+    }
+
     /// The last underlying error.
     pub fn last_error(&self) -> &BoxError {
         match self {

@@ -15,8 +15,10 @@
 //!   (default: not retried), everything else by [`Classifier::unknown_retryable`] (default: yes).
 //!
 //! `Ack`, `Reply` and `Reject` are returned at once. When the layer gives up it returns a
-//! [`RetryError`] (`Exhausted` or `Permanent`, the last error as its source): the layer's
-//! answer is final and the bus should dead-letter it rather than retry again.
+//! [`RetryError`] (`Exhausted` or `Permanent`, the last error as its source) wrapped in
+//! `switchyard_core::Permanent`: the layer's answer is final, and the bus, which checks for
+//! `Permanent`, dead-letters it at once instead of retrying again. [`RetryError::find`] digs
+//! the `RetryError` out of the chain.
 //!
 //! Defaults ([`RetryPolicy::default`]): 3 attempts, 100 ms initial delay, 10 s max delay,
 //! multiplier 2, full jitter, `Retry { after }` honoured.
@@ -43,8 +45,9 @@ mod layer;
 mod policy;
 mod service;
 
-pub use classify::{Classifier, Permanent, Retryable, Transient};
+pub use classify::{Classifier, Retryable, Transient};
 pub use error::{RetryError, RetryErrorKind, RetryRequested};
 pub use layer::RetryLayer;
 pub use policy::{Jitter, RetryPolicy};
 pub use service::Retry;
+pub use switchyard_core::Permanent;

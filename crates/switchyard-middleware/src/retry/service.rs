@@ -8,6 +8,12 @@ use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::{Service, ServiceExt};
 
 use super::{RetryError, RetryPolicy, RetryRequested};
+use switchyard_core::Permanent;
+
+/// The layer's answer is final: `Permanent` tells the bus not to attempt the message again.
+fn final_error(err: RetryError) -> BoxError {
+    Box::new(Permanent::new(err))
+}
 use crate::metrics::names;
 
 /// Calls the inner service again on retryable failures, waiting per its [`RetryPolicy`].
@@ -69,17 +75,16 @@ where
                     Ok(done) => return Ok(done),
                     Err(e) => {
                         if !policy.get_classifier().is_retryable(&*e) {
-                            return Err(RetryError::Permanent { attempt, source: e }.into());
+                            return Err(final_error(RetryError::Permanent { attempt, source: e }));
                         }
                         (None, e)
                     }
                 };
                 if made >= max {
-                    return Err(RetryError::Exhausted {
+                    return Err(final_error(RetryError::Exhausted {
                         attempts: made,
                         source: failure,
-                    }
-                    .into());
+                    }));
                 }
                 let delay = policy.next_delay(made, hint);
                 ::metrics::counter!(

@@ -326,7 +326,7 @@ async fn dlq_survives_restart_and_replay_processes_each_message_once() {
         let broken = ServiceBuilder::new()
             .layer(RetryLayer::new(RetryPolicy::default()))
             .service_fn(|_e: Envelope| async {
-                Err::<Outcome, BoxError>(Permanent::boxed("schema mismatch"))
+                Err::<Outcome, BoxError>(Permanent::new("schema mismatch").into())
             });
         let settled = drive(
             broken,

@@ -85,9 +85,11 @@ async fn exponential_delays_without_jitter_follow_the_policy() {
         .oneshot(env("a.b"))
         .await
         .unwrap_err();
-    let err = err.downcast::<RetryError>().unwrap();
+    assert!(err.is::<Permanent>(), "final: the bus must not retry again");
+    let err = RetryError::find(&*err).unwrap();
     assert_eq!(err.kind(), RetryErrorKind::Exhausted);
-    assert!(matches!(*err, RetryError::Exhausted { attempts: 5, .. }));
+    assert!(matches!(err, RetryError::Exhausted { attempts: 5, .. }));
+    assert_eq!(err.attempts(), 5);
     let ms = |n| Duration::from_millis(n);
     assert_eq!(
         gaps(&calls.lock().unwrap()),
@@ -148,7 +150,7 @@ async fn retry_after_from_the_handler_is_honoured_and_exhaustion_is_typed() {
         gaps(&calls.lock().unwrap()),
         vec![Duration::from_secs(3); 2]
     );
-    let err = err.downcast::<RetryError>().unwrap();
+    let err = RetryError::find(&*err).unwrap();
     assert!(err.last_error().downcast_ref::<RetryRequested>().is_some());
 }
 
@@ -176,13 +178,14 @@ async fn permanent_errors_are_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(*calls.lock().unwrap(), 1);
-    let err = err.downcast::<RetryError>().unwrap();
+    assert!(err.is::<Permanent>());
+    let err = RetryError::find(&*err).unwrap();
     assert_eq!(err.kind(), RetryErrorKind::Permanent);
     assert!(err.last_error().downcast_ref::<DbError>().is_some());
 
     // The Permanent marker works without registering anything.
     let h = tower::service_fn(|_e: Envelope| async {
-        Err::<Outcome, BoxError>(Permanent::boxed("bad input"))
+        Err::<Outcome, BoxError>(Permanent::new("bad input").into())
     });
     let err = RetryLayer::new(RetryPolicy::default())
         .layer(h)
@@ -190,7 +193,7 @@ async fn permanent_errors_are_not_retried() {
         .await
         .unwrap_err();
     assert_eq!(
-        err.downcast::<RetryError>().unwrap().kind(),
+        RetryError::find(&*err).unwrap().kind(),
         RetryErrorKind::Permanent
     );
 }

@@ -79,7 +79,7 @@ async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
         async move {
             let r = roll(e.id, e.delivery.attempt, 1);
             match r {
-                0..=1 => Err::<Outcome, BoxError>(Permanent::boxed("bad message")),
+                0..=1 => Err::<Outcome, BoxError>(Permanent::new("bad message").into()),
                 2 => panic!("handler bug on {}", e.id),
                 3..=5 => {
                     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -172,7 +172,7 @@ async fn permanent_error_goes_straight_to_the_dlq() {
         .layer(TimeoutLayer::default())
         .service_fn(move |_e: Envelope| {
             *c.lock().unwrap() += 1;
-            async { Err::<Outcome, BoxError>(Permanent::boxed("unknown customer")) }
+            async { Err::<Outcome, BoxError>(Permanent::new("unknown customer").into()) }
         });
     let dlq = Arc::new(InMemoryDeadLetterQueue::new(10));
     let msgs = envs("a.b", 1);
