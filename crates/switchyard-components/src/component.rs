@@ -196,30 +196,39 @@ impl ComponentCtx {
 
     /// Runs a handler's future; when it fails, every context it began and left open is failed
     /// (as `HandlerError`, marked propagated: the bus retries the message itself, so the error
-    /// handler must not retry the flow as well), so no context waits for its timeout.
+    /// handler must not retry the flow as well), so no context waits for its timeout. When the
+    /// future never finishes (the handler panicked, or shutdown aborted it), the same happens
+    /// from a spawned task, as `HandlerAborted`.
     async fn guard<O, E: Into<BoxError>>(
         self,
         fut: impl Future<Output = Result<O, E>>,
     ) -> Result<O, BoxError> {
-        let begun = self.begun.clone();
-        match fut.await {
+        let mut open = OpenContexts(Some(self.clone()));
+        let result = fut.await;
+        open.0 = None;
+        match result {
             Ok(o) => Ok(o),
             Err(e) => {
                 let e: BoxError = e.into();
-                let ids: Vec<RequestId> =
-                    std::mem::take(&mut *begun.lock().unwrap_or_else(|p| p.into_inner()));
-                for id in ids {
-                    if let Some(ctx) = self.context_by_id(id) {
-                        let info = crate::context::ErrorInfo {
-                            error_type: "HandlerError".into(),
-                            message: e.to_string(),
-                            retryable: true,
-                        };
-                        // Best effort: the context may have ended meanwhile.
-                        let _ = ctx.fail_propagated(&info).await;
-                    }
-                }
+                self.fail_begun("HandlerError", e.to_string()).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Fails every context begun while handling this message that is still open.
+    async fn fail_begun(&self, error_type: &str, message: String) {
+        let ids: Vec<RequestId> =
+            std::mem::take(&mut *self.begun.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in ids {
+            if let Some(ctx) = self.context_by_id(id) {
+                let info = crate::context::ErrorInfo {
+                    error_type: error_type.to_owned(),
+                    message: message.clone(),
+                    retryable: true,
+                };
+                // Best effort: the context may have ended meanwhile.
+                let _ = ctx.fail_propagated(&info).await;
             }
         }
     }
@@ -300,6 +309,35 @@ impl ComponentCtx {
     /// A live context by id, its events caused by the message being handled.
     pub fn context_by_id(&self, id: RequestId) -> Option<RequestContext> {
         self.table.handle(id, &self.bus, Some(&self.envelope))
+    }
+}
+
+/// Armed while a handler runs: if the handler's future is dropped before it finished (a panic
+/// caught by the bus, or an abort at shutdown), the contexts it began are failed from a task.
+struct OpenContexts(Option<ComponentCtx>);
+
+impl Drop for OpenContexts {
+    fn drop(&mut self) {
+        let Some(cx) = self.0.take() else { return };
+        let none_open = cx
+            .begun
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if none_open {
+            return;
+        }
+        // The task owns the handler context; it ends after failing (and publishing) the open
+        // contexts. Without a runtime (process exit) the timeout sweeper is gone too.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                cx.fail_begun(
+                    "HandlerAborted",
+                    "the handler panicked or was aborted".into(),
+                )
+                .await;
+            });
+        }
     }
 }
 

@@ -309,3 +309,33 @@ async fn a_failing_handler_fails_the_contexts_it_began() {
         "the message itself is dead-lettered by the bus"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_does_not_leave_its_contexts_behind() {
+    let bus = Bus::builder().max_attempts(1).build().unwrap();
+    let errors = Recorder::start(&bus, "shop.error").await.unwrap();
+    let running =
+        Assembly::new(&bus)
+            .component(
+                ComponentBuilder::new("shop-manager", Role::Manager, "shop")
+                    .on::<Note, _, _, _, _>("shop.order.request", |note, cx| async move {
+                        let ctx = cx.begin("order").await?;
+                        ctx.start().await?;
+                        if note.n == 1 {
+                            panic!("bug in the handler");
+                        }
+                        Ok::<_, switchyard::BoxError>(())
+                    }),
+            )
+            .start()
+            .await
+            .unwrap();
+    bus.publish_to("shop.order.request", Note { n: 1 })
+        .await
+        .unwrap();
+    let got = errors.wait_for(1, WAIT).await.unwrap();
+    let r = ErrorReport::from_envelope(&got[0]).unwrap();
+    assert_eq!(r.error_type, "HandlerAborted");
+    assert!(running.contexts().is_empty());
+    assert_eq!(running.contexts().stats().timed_out, 0);
+}
