@@ -70,7 +70,8 @@ pub(crate) struct Entry {
     pub(crate) lane: Option<SmolStr>,
     /// The transport's handle, when the message came from a transport: settled (ack/term)
     /// after handling, or dropped unsettled (so redelivered) when it is not handled.
-    pub(crate) delivery: Option<Delivery>,
+    /// Boxed: a delivery holds a whole envelope, and entries move through the queue.
+    pub(crate) delivery: Option<Box<Delivery>>,
     seq: u64,
 }
 
@@ -102,7 +103,8 @@ type Key = (Reverse<Priority>, u64);
 
 /// Waiting messages in priority order, FIFO within one priority. Only a few priority levels
 /// are in use at once, so a short sorted vector of deques beats an ordered map: entries are
-/// never shifted in memory, push and pop are O(1) within a level.
+/// never shifted in memory, push and pop are O(1) within a level. Emptied levels are kept, so
+/// a queue that keeps draining does not reallocate its deque on every message.
 #[derive(Default)]
 struct Waiting {
     levels: Vec<(Reverse<Priority>, VecDeque<Entry>)>,
@@ -117,29 +119,25 @@ impl Waiting {
         }
     }
 
+    fn first_level(&self) -> Option<usize> {
+        self.levels.iter().position(|(_, q)| !q.is_empty())
+    }
+
     /// Key of the message that would come out next.
     fn first_key(&self) -> Option<Key> {
-        let (p, q) = self.levels.first()?;
+        let (p, q) = &self.levels[self.first_level()?];
         q.front().map(|e| (*p, e.seq))
     }
 
     fn pop_first(&mut self) -> Option<Entry> {
-        self.pop_level(0)
+        let i = self.first_level()?;
+        self.levels[i].1.pop_front()
     }
 
     /// Removes the oldest message of one priority level (drop-oldest).
     fn pop_front_of(&mut self, p: Reverse<Priority>) -> Option<Entry> {
         let i = self.levels.binary_search_by_key(&p, |(k, _)| *k).ok()?;
-        self.pop_level(i)
-    }
-
-    fn pop_level(&mut self, i: usize) -> Option<Entry> {
-        let q = &mut self.levels.get_mut(i)?.1;
-        let entry = q.pop_front();
-        if q.is_empty() {
-            self.levels.remove(i);
-        }
-        entry
+        self.levels[i].1.pop_front()
     }
 
     fn drain(&mut self) -> impl Iterator<Item = Entry> + use<> {

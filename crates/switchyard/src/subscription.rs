@@ -408,7 +408,7 @@ impl SubShared {
             let Some(bus) = self.bus.upgrade() else { break };
             let ok = self.process(&bus, &mut svc, env, reply).await;
             if let Some(delivery) = delivery {
-                self.settle(delivery, ok).await;
+                self.settle(*delivery, ok).await;
             }
             self.queue.complete(seq, lane.as_ref());
             bus.pending_settled();
@@ -449,7 +449,7 @@ impl SubShared {
             let result = self.process_batch(&bus, &mut svc, envs).await;
             for (seq, lane, reply, delivery) in settle {
                 if let Some(delivery) = delivery {
-                    self.settle(delivery, result.is_ok()).await;
+                    self.settle(*delivery, result.is_ok()).await;
                 }
                 if let Some(reply) = reply {
                     let answer = match &result {
@@ -525,7 +525,7 @@ impl SubShared {
         let env = Arc::new(delivery.envelope.clone());
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
         let mut entry = Entry::new(env, None, lane);
-        entry.delivery = Some(delivery);
+        entry.delivery = Some(Box::new(delivery));
         match self.queue.push_wait(entry).await {
             Ok(()) => Ok(()),
             Err(_) => {
