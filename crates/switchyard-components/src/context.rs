@@ -539,7 +539,11 @@ impl ContextTable {
             updated_at: now,
         };
         let created = Instant::now();
-        let deadline = created + self.inner.config.timeout;
+        // A timeout too large for the clock means "about never" (a year), not a panic.
+        let deadline = created
+            .checked_add(self.inner.config.timeout)
+            .or_else(|| created.checked_add(Duration::from_secs(365 * 24 * 3600)))
+            .unwrap_or(created);
         {
             let mut st = lock(&self.inner.state);
             st.by_owner

@@ -339,3 +339,21 @@ async fn a_panicking_handler_does_not_leave_its_contexts_behind() {
     assert!(running.contexts().is_empty());
     assert_eq!(running.contexts().stats().timed_out, 0);
 }
+
+#[tokio::test]
+async fn a_huge_timeout_does_not_panic() {
+    let bus = Bus::new();
+    let config = ContextConfig {
+        timeout: Duration::MAX,
+        sweep_interval: Duration::ZERO,
+    };
+    let (running, cbus) = one_component(&bus, config).await;
+    let ctx = running
+        .contexts()
+        .begin(&cbus, "order", None)
+        .await
+        .unwrap();
+    ctx.start().await.unwrap();
+    ctx.complete(&()).await.unwrap();
+    assert!(running.contexts().is_empty());
+}
