@@ -55,7 +55,7 @@ impl RetryPolicy {
         let exp = attempt.saturating_sub(2).min(63) as i32;
         let factor = self.multiplier.max(1.0).powi(exp);
         let secs = (self.initial_delay.as_secs_f64() * factor).min(self.max_delay.as_secs_f64());
-        Duration::from_secs_f64(secs.max(0.0))
+        Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_delay)
     }
 }
 
@@ -299,7 +299,12 @@ impl ErrorHandler {
                 let mut env = req.to_envelope()?.caused_by(cx.envelope());
                 env.topic = switchyard::Topic::new(&retry_topic(&report.domain))?;
                 cx.bus()
-                    .schedule(tokio::time::Instant::now() + delay, env)
+                    .schedule(
+                        tokio::time::Instant::now()
+                            .checked_add(delay)
+                            .unwrap_or_else(tokio::time::Instant::now),
+                        env,
+                    )
                     .map(|_| ())
             }
             Decision::GiveUp(attempts) => {

@@ -37,6 +37,15 @@ fn backoff_delays() {
     let d: Vec<Duration> = (2..=5).map(|a| p.delay_before(a)).collect();
     assert_eq!(d, [1, 2, 3, 3].map(Duration::from_secs));
     assert_eq!(RetryPolicy::attempts(3).delay_before(2), Duration::ZERO);
+    let huge = RetryPolicy {
+        initial_delay: Duration::MAX,
+        max_delay: Duration::MAX,
+        ..RetryPolicy::default()
+    };
+    assert!(
+        huge.delay_before(40) > Duration::from_secs(1),
+        "no panic, a long delay"
+    );
 }
 
 #[tokio::test(start_paused = true)]
