@@ -399,6 +399,26 @@ impl ComponentBuilder {
     }
 
     /// Subscribes a typed handler to `pattern` (declaring the subscription).
+    ///
+    /// The message type can be given with a turbofish (`on::<Job, _, _, _, _>`) or by
+    /// annotating the closure's argument:
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use switchyard::{BoxError, Message};
+    /// # use switchyard_components::{ComponentBuilder, Role};
+    /// # #[derive(Serialize, Deserialize)] struct Job { id: u32 }
+    /// # impl Message for Job { const TOPIC: &'static str = "shop.order.submit"; }
+    /// let service = ComponentBuilder::new("shop-service", Role::Service, "shop")
+    ///     .publishes("shop.order.dispatch")
+    ///     .on("shop.order.submit", |job: Job, cx| async move {
+    ///         let ctx = cx.begin("order").await?;
+    ///         ctx.start().await?;
+    ///         ctx.publish_to("shop.order.dispatch", job).await?;
+    ///         Ok::<_, BoxError>(())
+    ///     });
+    /// # let _ = service;
+    /// ```
     pub fn on<M, F, Fut, O, E>(mut self, pattern: &str, f: F) -> Self
     where
         M: Message,
