@@ -205,6 +205,15 @@ fn patterns(c: &mut Criterion) {
             }
         })
     });
+    // Routing alone: a topic none of the 10,000 patterns matches (envelope creation, cache
+    // lookup, no queue).
+    let nobody = Topic::new("unrouted.feature.request").unwrap();
+    g.bench_function("10k_patterns/cache_hit_route_only", |b| {
+        b.to_async(&rt).iter(|| {
+            let (bus, topic) = (bus.clone(), nobody.clone());
+            async move { bus.publish_envelope(Envelope::new(topic, Bytes::from_static(b"{}"))).await.unwrap() }
+        })
+    });
     // More distinct topics than the cache holds (4096), so every publish misses.
     let misses: Vec<Topic> = (0..20_000)
         .map(|i| Topic::new(&format!("analytics.f{i}.request")).unwrap())
