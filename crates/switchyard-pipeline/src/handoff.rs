@@ -162,7 +162,7 @@ where
             let parked: Parked = Arc::default();
             let (tx, rx) = mpsc::unbounded_channel::<Item<Out>>();
             let (ready_tx, ready_rx) = oneshot::channel();
-            ctx.ready.push(ready_rx);
+            ctx.ready.push((name.to_string(), ready_rx));
             let publish_op = ctx.shared.monitor.op(&name, "publish");
             let receive_op = ctx.shared.monitor.op(&name, "receive");
 

@@ -235,7 +235,8 @@ pub(crate) type TaskEnd = Result<(), (String, StageError)>;
 pub(crate) struct BuildCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stop: StopSignal,
-    pub(crate) ready: Vec<oneshot::Receiver<Result<(), StartError>>>,
+    /// One per stage or hand-off task: its name and whether it initialised.
+    pub(crate) ready: Vec<(String, oneshot::Receiver<Result<(), StartError>>)>,
     pub(crate) tasks: JoinSet<TaskEnd>,
 }
 
@@ -426,7 +427,7 @@ where
     let name = SmolStr::new(stage.name());
     let (tx, rx) = mpsc::unbounded_channel::<Item<In>>();
     let (ready_tx, ready_rx) = oneshot::channel();
-    ctx.ready.push(ready_rx);
+    ctx.ready.push((name.to_string(), ready_rx));
     let op = ctx.shared.monitor.op(&name, "run");
     // Owns the stage and its input channel. Stops when the channel closes or the stop signal
     // fires (the runner fires it only once no run is in flight), then calls `finish`.

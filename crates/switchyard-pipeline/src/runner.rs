@@ -280,12 +280,10 @@ where
             drain_timeout: self.drain_timeout,
             source_errors: Vec::new(),
         };
-        for rx in ready {
-            let res = rx.await.unwrap_or_else(|_| {
-                Err(StartError::InitAborted {
-                    stage: "unknown".to_owned(),
-                })
-            });
+        for (stage, rx) in ready {
+            let res = rx
+                .await
+                .unwrap_or_else(|_| Err(StartError::InitAborted { stage }));
             if let Err(e) = res {
                 let _ = running.stop_tx.send(true);
                 while running.tasks.join_next().await.is_some() {}
