@@ -252,11 +252,9 @@ fn envelope_of(topic: &Topic, message: ZmqMessage) -> Envelope {
     let frames = message.into_vec();
     let payload = frames.last().cloned().unwrap_or_default();
     let mut env = Envelope::new(topic.clone(), payload);
-    if frames.len() > 1 {
-        if let Some(first) = frames.first() {
-            env.headers
-                .insert(TOPIC_HEADER, String::from_utf8_lossy(first).as_ref());
-        }
+    if let [first, _, ..] = frames.as_slice() {
+        env.headers
+            .insert(TOPIC_HEADER, String::from_utf8_lossy(first).as_ref());
     }
     env
 }
