@@ -134,3 +134,34 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_core::{BoxError, Permanent};
+
+    use super::*;
+    use crate::catch_panic::PanicError;
+    use crate::retry::RetryError;
+
+    #[test]
+    fn error_chain_skips_repeated_links() {
+        let err: BoxError = Box::new(Permanent::new(RetryError::Exhausted {
+            attempts: 2,
+            source: "db down".into(),
+        }));
+        assert_eq!(error_chain(&*err), "gave up after 2 attempt(s): db down");
+        assert_eq!(failure_reason(&*err), DeadLetterReason::HandlerFailed);
+    }
+
+    #[test]
+    fn panics_anywhere_in_the_chain_are_panics() {
+        let err: BoxError = Box::new(Permanent::new(RetryError::Permanent {
+            attempt: 1,
+            source: Box::new(PanicError {
+                message: "oops".into(),
+            }),
+        }));
+        assert_eq!(failure_reason(&*err), DeadLetterReason::Panicked);
+        assert!(error_chain(&*err).ends_with("handler panicked: oops"));
+    }
+}

@@ -9,11 +9,12 @@ pub enum RetryErrorKind {
     Permanent,
 }
 
-/// The retry layer gave up on a message. The source is the last error.
+/// The retry layer gave up on a message. The source is the last error (shown by walking the
+/// chain, e.g. with [`crate::dlq::error_chain`], not repeated in this error's own text).
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     /// Every attempt failed with a retryable error or asked for a retry.
-    #[error("gave up after {attempts} attempt(s): {source}")]
+    #[error("gave up after {attempts} attempt(s)")]
     Exhausted {
         /// Attempts made inside this call.
         attempts: u32,
@@ -22,7 +23,7 @@ pub enum RetryError {
         source: BoxError,
     },
     /// An attempt failed with an error that is not worth retrying.
-    #[error("permanent failure on attempt {attempt}: {source}")]
+    #[error("permanent failure on attempt {attempt}")]
     Permanent {
         /// The delivery attempt number on which it failed.
         attempt: u32,
