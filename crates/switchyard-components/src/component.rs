@@ -757,6 +757,23 @@ impl Drop for HeartbeatTask {
     }
 }
 
+/// A serializable snapshot of a running assembly (see [`Running::status`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AssemblyStatus {
+    /// Strict or warn.
+    pub mode: EnforcementMode,
+    /// Components in the assembly.
+    pub components: usize,
+    /// Checks, violations, refusals, per rule.
+    pub enforcement: EnforcementStats,
+    /// The last violations (at most 256).
+    pub recent_violations: Vec<crate::topology::Violation>,
+    /// Context counters (active, created, completed, failed, cancelled, timed out).
+    pub contexts: crate::context::ContextStats,
+    /// Edges seen at runtime with message counts.
+    pub observed: Vec<ObservedEdge>,
+}
+
 /// A started assembly. Dropping it unsubscribes every handler.
 pub struct Running {
     bus: Bus,
@@ -805,6 +822,19 @@ impl Running {
     /// The enforcer (recent violations, observed edges).
     pub fn enforcer(&self) -> &Enforcer {
         &self.enforcer
+    }
+
+    /// Everything a dashboard shows about the assembly, serializable: mode, enforcement
+    /// counters and recent violations, context counters and observed edges.
+    pub fn status(&self) -> AssemblyStatus {
+        AssemblyStatus {
+            mode: self.enforcer.mode(),
+            components: self.buses.len(),
+            enforcement: self.enforcer.stats(),
+            recent_violations: self.enforcer.recent_violations(),
+            contexts: self.table.stats(),
+            observed: self.enforcer.observed(),
+        }
     }
 
     /// Edges seen at runtime with message counts.

@@ -35,8 +35,8 @@ mod topology;
 pub mod trace;
 
 pub use component::{
-    Assembly, Component, ComponentBuilder, ComponentCtx, DeclarationError, Handlers, HeartbeatTask,
-    Running, StartError, spec_of,
+    Assembly, AssemblyStatus, Component, ComponentBuilder, ComponentCtx, DeclarationError,
+    Handlers, HeartbeatTask, Running, StartError, spec_of,
 };
 pub use context::{
     Completion, CompletionStatus, Context, ContextConfig, ContextMetrics, ContextStats,

@@ -65,6 +65,15 @@ async fn strict_mode_refuses_a_manager_publishing_to_a_processor() {
     assert_eq!((stats.checked, stats.violations, stats.refused), (2, 1, 1));
     assert_eq!(stats.by_rule.get("one-layer-at-a-time"), Some(&1));
     assert_eq!(running.enforcer().recent_violations().len(), 1);
+    let status = serde_json::to_value(running.status()).unwrap();
+    assert_eq!(status["mode"], "strict");
+    assert_eq!(status["enforcement"]["refused"], 1);
+    assert_eq!(
+        status["recent_violations"][0]["rule"],
+        "one-layer-at-a-time"
+    );
+    assert_eq!(status["observed"][0]["to"], "shop-service");
+    assert_eq!(status["contexts"]["active"], 0);
 }
 
 #[tokio::test]
