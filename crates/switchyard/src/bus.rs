@@ -1104,6 +1104,13 @@ impl Bus {
         &self.inner.memory_dead_letters
     }
 
+    /// Sends a dead letter to the configured sink (the default in-memory store, or the one
+    /// given to [`BusBuilder::dead_letters`]); for components that give up on a message
+    /// themselves, such as a flow-level error handler.
+    pub fn dead_letter(&self, letter: DeadLetter) {
+        self.inner.dead_letter(letter);
+    }
+
     /// Messages accepted and not yet settled.
     pub fn pending(&self) -> usize {
         self.inner.pending.load(Ordering::Acquire)
