@@ -1,3 +1,4 @@
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,20 +96,32 @@ impl Store {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops expired keys from the front of the insertion order.
+    /// Drops expired keys from the front of the insertion order (one lookup when nothing
+    /// expired).
     fn expire(keys: &mut Keys, now: Instant) {
         while let Some((seq, key)) = keys.order.front() {
-            match keys.map.get(key) {
-                Some(Entry::Seen { expires, seq: s }) if s == seq => {
-                    if *expires > now {
-                        break;
-                    }
-                    keys.map.remove(key);
-                }
+            let live = match keys.map.get(key) {
+                Some(Entry::Seen { expires, seq: s }) if s == seq => *expires > now,
                 // Stale order entry (key forgotten, re-seen or in flight again).
-                _ => {}
+                _ => false,
+            };
+            if live {
+                break;
             }
-            keys.order.pop_front();
+            if let Some((seq, key)) = keys.order.pop_front() {
+                Self::remove_seen(keys, key, seq);
+            }
+        }
+    }
+
+    /// Removes `key` if it is still the seen entry numbered `seq`; true when removed.
+    fn remove_seen(keys: &mut Keys, key: DedupKey, seq: u64) -> bool {
+        match keys.map.entry(key) {
+            MapEntry::Occupied(o) if matches!(o.get(), Entry::Seen { seq: s, .. } if *s == seq) => {
+                o.remove();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -116,55 +129,67 @@ impl Store {
         let now = Instant::now();
         let mut keys = self.lock();
         Self::expire(&mut keys, now);
-        match keys.map.get(key) {
-            Some(Entry::Seen { expires, .. }) if *expires > now => {
-                keys.duplicates += 1;
-                Check::Duplicate
-            }
-            Some(Entry::InFlight { .. }) => {
-                if let Some(Entry::InFlight { waited }) = keys.map.get_mut(key) {
+        let check = match keys.map.entry(key.clone()) {
+            MapEntry::Occupied(mut o) => match o.get_mut() {
+                Entry::Seen { expires, .. } if *expires > now => Check::Duplicate,
+                Entry::InFlight { waited } => {
                     *waited = true;
+                    Check::Wait
                 }
-                Check::Wait
-            }
-            _ => {
-                keys.map
-                    .insert(key.clone(), Entry::InFlight { waited: false });
+                expired => {
+                    *expired = Entry::InFlight { waited: false };
+                    Check::Proceed
+                }
+            },
+            MapEntry::Vacant(v) => {
+                v.insert(Entry::InFlight { waited: false });
                 Check::Proceed
             }
+        };
+        if matches!(check, Check::Duplicate) {
+            keys.duplicates += 1;
         }
+        check
     }
 
     /// Ends the in-flight attempt for `key`: remembered on success, forgotten otherwise.
     pub(crate) fn finish(&self, key: &DedupKey, success: bool) {
         let now = Instant::now();
         let mut keys = self.lock();
-        let waited = matches!(keys.map.get(key), Some(Entry::InFlight { waited: true }));
+        keys.seq += 1;
+        let seq = keys.seq;
+        let expires = crate::clock::deadline(now, self.ttl);
+        let waited = match keys.map.get_mut(key) {
+            Some(entry @ Entry::InFlight { .. }) => {
+                let waited = matches!(entry, Entry::InFlight { waited: true });
+                if success {
+                    *entry = Entry::Seen { expires, seq };
+                }
+                waited
+            }
+            Some(_) => false,
+            None => {
+                if success {
+                    keys.map.insert(key.clone(), Entry::Seen { expires, seq });
+                }
+                false
+            }
+        };
         if waited {
-            // Waiters re-check under the lock, so waking them before the update is safe.
+            // Waiters re-check under the lock, so waking them before the update is done is safe.
             self.ended.notify_waiters();
         }
         if !success {
             keys.map.remove(key);
             return;
         }
-        keys.seq += 1;
-        let seq = keys.seq;
-        keys.map.insert(
-            key.clone(),
-            Entry::Seen {
-                expires: crate::clock::deadline(now, self.ttl),
-                seq,
-            },
-        );
         keys.order.push_back((seq, key.clone()));
         Self::expire(&mut keys, now);
         while keys.map.len() > self.capacity {
             let Some((seq, key)) = keys.order.pop_front() else {
                 break;
             };
-            if matches!(keys.map.get(&key), Some(Entry::Seen { seq: s, .. }) if *s == seq) {
-                keys.map.remove(&key);
+            if Self::remove_seen(&mut keys, key, seq) {
                 keys.evicted += 1;
             }
         }
