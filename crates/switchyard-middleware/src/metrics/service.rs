@@ -105,6 +105,8 @@ impl Shared {
 pub struct Metrics<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// The handles of the topic label this clone saw last (most subscriptions see one).
+    last: Option<(SmolStr, Arc<TopicHandles>)>,
 }
 
 impl<S: Clone> Clone for Metrics<S> {
@@ -112,6 +114,7 @@ impl<S: Clone> Clone for Metrics<S> {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            last: self.last.clone(),
         }
     }
 }
@@ -127,7 +130,23 @@ impl<S: fmt::Debug> fmt::Debug for Metrics<S> {
 
 impl<S> Metrics<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        Self {
+            inner,
+            shared,
+            last: None,
+        }
+    }
+
+    fn handles_for(&mut self, env: &Envelope) -> Arc<TopicHandles> {
+        let label = self.shared.topic_label.value(env);
+        if let Some((topic, handles)) = &self.last
+            && topic == label
+        {
+            return handles.clone();
+        }
+        let handles = self.shared.handles(label);
+        self.last = Some((SmolStr::new(label), handles.clone()));
+        handles
     }
 }
 
@@ -161,7 +180,7 @@ where
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let handles = self.shared.handles(self.shared.topic_label.value(&env));
+        let handles = self.handles_for(&env);
         let gauge = self.shared.in_flight().clone();
         let timestamp = env.timestamp;
         handles.delivered.increment(1);

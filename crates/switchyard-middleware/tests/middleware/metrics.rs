@@ -165,3 +165,17 @@ async fn cancelled_call_leaves_in_flight() {
     let row = snap.get("a.b", "h").unwrap();
     assert_eq!((row.in_flight, row.delivered, row.acked), (0, 1, 0));
 }
+
+#[tokio::test]
+async fn counts_stay_per_topic_when_topics_alternate() {
+    let layer = MetricsLayer::new("h");
+    let mut svc = layer.layer(by_payload());
+    for i in 0..6 {
+        let mut e = env(if i % 3 == 0 { "a.b" } else { "c.d" });
+        e.payload = "ack".into();
+        svc.ready().await.unwrap().call(e).await.unwrap();
+    }
+    let snap = layer.registry().snapshot();
+    assert_eq!(snap.get("a.b", "h").unwrap().acked, 2);
+    assert_eq!(snap.get("c.d", "h").unwrap().acked, 4);
+}
