@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -20,7 +21,7 @@ use crate::metrics::names;
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
-    policy: RetryPolicy,
+    policy: Arc<RetryPolicy>,
     handler: Option<SmolStr>,
 }
 
@@ -29,7 +30,7 @@ impl<S> Retry<S> {
     pub fn new(inner: S, policy: RetryPolicy, handler: Option<SmolStr>) -> Self {
         Self {
             inner,
-            policy,
+            policy: Arc::new(policy),
             handler,
         }
     }
