@@ -411,3 +411,36 @@ async fn queues_work_as_trait_objects() {
         assert!(q.is_empty());
     }
 }
+
+#[test]
+fn fsync_mode_and_explicit_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.jsonl");
+    let opts = FileDlqOptions {
+        sync: true,
+        ..FileDlqOptions::default()
+    };
+    let q = FileDeadLetterQueue::open(&path, opts).unwrap();
+    let letters: Vec<_> = (0..6)
+        .map(|_| letter("a.b", DeadLetterReason::HandlerFailed, "e", "h"))
+        .collect();
+    for l in &letters {
+        q.put(l.clone());
+    }
+    assert_eq!(q.purge(&DeadLetterFilter::new()).unwrap(), 6);
+    q.put(letters[0].clone());
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 13);
+    q.compact().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    // Still appendable after compaction, and consistent after reopen.
+    q.put(letters[1].clone());
+    assert_eq!(q.write_errors(), 0);
+    drop(q);
+    let q = FileDeadLetterQueue::open(&path, opts).unwrap();
+    let ids: Vec<_> = q
+        .list(&DeadLetterFilter::new())
+        .iter()
+        .map(|l| l.envelope.id)
+        .collect();
+    assert_eq!(ids, vec![letters[0].envelope.id, letters[1].envelope.id]);
+}
