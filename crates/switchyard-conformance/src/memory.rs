@@ -202,10 +202,12 @@ impl Group {
             let mut blocked: HashSet<SmolStr> = HashSet::new();
             let mut chosen = None;
             for (seq, p) in st.ready.iter() {
-                if let Some(k) = &p.key {
-                    if st.busy_keys.contains(k) || blocked.contains(k) {
-                        continue;
-                    }
+                let key_busy = p
+                    .key
+                    .as_ref()
+                    .is_some_and(|k| st.busy_keys.contains(k) || blocked.contains(k));
+                if key_busy {
+                    continue;
                 }
                 if let Some(t) = p.not_before.filter(|t| *t > now) {
                     earliest = Some(earliest.map_or(t, |e| e.min(t)));

@@ -502,7 +502,7 @@ pub async fn concurrent_close<H: Harness>(h: &H) -> Outcome {
     Ok(Verdict::Passed)
 }
 
-/// A handler that fails every third message on its first attempt (nack) keeps going: every
+/// A handler that fails every third message (n % 3 == 1) on its first attempt (nack) keeps going: every
 /// message is acknowledged in the end, the failed ones on attempt 2.
 pub async fn continue_after_handler_errors<H: Harness>(h: &H) -> Outcome {
     if let Some(v) = precheck(h) {
@@ -527,12 +527,12 @@ pub async fn continue_after_handler_errors<H: Harness>(h: &H) -> Outcome {
             .header("n")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let fails = n % 3 == 0 && d.envelope.delivery.attempt == 1;
+        let fails = n % 3 == 1 && d.envelope.delivery.attempt == 1;
         if fails {
             d.nack(None).await?;
         } else {
             check!(
-                n % 3 != 0 || d.envelope.delivery.attempt == 2,
+                n % 3 != 1 || d.envelope.delivery.attempt == 2,
                 "failed message {n} came back as attempt {}",
                 d.envelope.delivery.attempt
             );

@@ -3,7 +3,7 @@
 //! | header | field |
 //! | --- | --- |
 //! | `Nats-Msg-Id` | `id` (also JetStream's dedup key) |
-//! | `Sy-Kind` | `kind` (`event`, `command`, `request`, `reply`) |
+//! | `Sy-Kind` | `kind` (`command`, `request`, `reply`; omitted for `event`) |
 //! | `Sy-Correlation-Id`, `Sy-Causation-Id` | ids |
 //! | `Sy-Source`, `Sy-Target` | component names |
 //! | `Sy-Priority` | `priority` (0–255) |
@@ -59,12 +59,15 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(hi * 16 + lo);
-                i += 3;
-                continue;
-            }
+        let decoded = if bytes[i] == b'%' && i + 2 < bytes.len() {
+            hex(bytes[i + 1]).zip(hex(bytes[i + 2]))
+        } else {
+            None
+        };
+        if let Some((hi, lo)) = decoded {
+            out.push(hi * 16 + lo);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -76,7 +79,9 @@ fn unescape(s: &str) -> String {
 pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(NATS_MESSAGE_ID, env.id.to_string().as_str());
-    h.insert(KIND, env.kind.as_str());
+    if env.kind != Kind::Event {
+        h.insert(KIND, env.kind.as_str());
+    }
     if env.correlation_id != env.id {
         h.insert(CORRELATION, env.correlation_id.to_string().as_str());
     }

@@ -56,8 +56,13 @@ pub(crate) struct Inner {
     publish_done: Notify,
     /// Reply subjects of unsettled deliveries, for [`NatsTransport::in_progress`].
     unsettled: Mutex<HashMap<MessageId, Vec<Subject>>>,
+    /// Topics already routed to a stream (index into `config.streams`), bounded.
+    routes: Mutex<HashMap<Topic, Option<usize>>>,
     next_id: AtomicU64,
 }
+
+/// Most topics remembered by the route cache before it starts over.
+const ROUTE_CACHE: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means a thread panicked while holding it; the map stays valid.
@@ -174,7 +179,14 @@ impl NatsTransport {
                 let counters = events.clone();
                 async move { counters.on_event(event) }
             })
-            .connect(config.url.as_str())
+            .connect(
+                config
+                    .url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect::<Vec<&str>>(),
+            )
             .await
             .map_err(|source| ConnectError::Connect {
                 url: config.url.clone(),
@@ -222,6 +234,7 @@ impl NatsTransport {
                 publishing: AtomicUsize::new(0),
                 publish_done: Notify::new(),
                 unsettled: Mutex::new(HashMap::new()),
+                routes: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -264,12 +277,28 @@ impl NatsTransport {
 
     /// The configured stream a topic is stored in (the first whose patterns match it).
     pub fn stream_for(&self, topic: &Topic) -> Option<String> {
-        self.inner
+        self.route(topic)
+            .and_then(|i| self.inner.config.streams.get(i))
+            .map(|s| sanitize_name(&s.name))
+    }
+
+    /// Index of the stream a topic goes to, cached.
+    fn route(&self, topic: &Topic) -> Option<usize> {
+        if let Some(r) = lock(&self.inner.routes).get(topic) {
+            return *r;
+        }
+        let r = self
+            .inner
             .config
             .streams
             .iter()
-            .find(|s| s.patterns.iter().any(|p| p.matches(topic)))
-            .map(|s| sanitize_name(&s.name))
+            .position(|s| s.patterns.iter().any(|p| p.matches(topic)));
+        let mut cache = lock(&self.inner.routes);
+        if cache.len() >= ROUTE_CACHE {
+            cache.clear();
+        }
+        cache.insert(topic.clone(), r);
+        r
     }
 
     /// Tells JetStream that every unsettled delivery of message `id` is still being worked
@@ -345,7 +374,7 @@ impl Publisher for NatsTransport {
         let _guard = PublishGuard(&self.inner);
         let mut items = Vec::with_capacity(batch.len());
         for env in &batch {
-            if self.stream_for(&env.topic).is_none() {
+            if self.route(&env.topic).is_none() {
                 return Err(TransportError::new(
                     TransportErrorKind::Rejected,
                     format!("no configured stream takes topic {}", env.topic),
@@ -354,11 +383,7 @@ impl Publisher for NatsTransport {
             }
             let subject = topic_subject(&env.topic)
                 .map_err(|reason| TransportError::new(TransportErrorKind::Rejected, reason))?;
-            items.push((
-                Subject::from(subject),
-                codec::encode_headers(env),
-                env.payload.clone(),
-            ));
+            items.push(Subject::from(subject));
         }
         let deadline = Instant::now() + self.inner.config.publish_timeout;
         let mut todo: Vec<usize> = (0..items.len()).collect();
@@ -368,11 +393,11 @@ impl Publisher for NatsTransport {
             let mut failed = Vec::new();
             let mut last_error = None;
             for &i in &todo {
-                let (subject, headers, payload) = &items[i];
+                // Headers are encoded again for a resend rather than kept (and cloned).
                 let publish = Publish::build()
-                    .headers(headers.clone())
-                    .payload(payload.clone());
-                match self.inner.js.send_publish(subject.clone(), publish).await {
+                    .headers(codec::encode_headers(&batch[i]))
+                    .payload(batch[i].payload.clone());
+                match self.inner.js.send_publish(items[i].clone(), publish).await {
                     Ok(ack) => acks.push((i, ack)),
                     Err(e) => {
                         failed.push(i);

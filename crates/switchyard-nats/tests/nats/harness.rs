@@ -96,9 +96,21 @@ impl Drop for NatsServer {
 
 /// Spawns the server and waits (event: its "Server is ready" log line) up to 15 s.
 fn spawn(port: u16, dir: &TempDir) -> Child {
+    spawn_args(&[
+        "-js".into(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-sd".into(),
+        dir.path().display().to_string(),
+    ])
+}
+
+/// Spawns `nats-server` with `args` and waits for "Server is ready" (up to 15 s).
+pub fn spawn_args(args: &[String]) -> Child {
     let mut child = Command::new(SERVER_BIN)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,6 +129,78 @@ fn spawn(port: u16, dir: &TempDir) -> Child {
     rx.recv_timeout(Duration::from_secs(15))
         .expect("nats-server did not become ready");
     child
+}
+
+/// Three JetStream servers on loopback with cluster routes between them. Killed on drop.
+pub struct Cluster {
+    nodes: Vec<(Option<Child>, u16, TempDir)>,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dirs: Vec<TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = Vec::new();
+        // Start all three before waiting on any: JetStream needs the others to be ready.
+        let mut pending = Vec::new();
+        for i in 0..3 {
+            let routes: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", cluster[j]))
+                .collect();
+            let args: Vec<String> = vec![
+                "-js".into(),
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                client[i].to_string(),
+                "-n".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "sy".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", cluster[i]),
+                "--routes".into(),
+                routes.join(","),
+                "-sd".into(),
+                dirs[i].path().display().to_string(),
+            ];
+            pending.push(args);
+        }
+        let handles: Vec<_> = pending
+            .into_iter()
+            .map(|args| std::thread::spawn(move || spawn_args(&args)))
+            .collect();
+        for ((h, port), dir) in handles.into_iter().zip(client).zip(dirs) {
+            nodes.push((Some(h.join().unwrap()), port, dir));
+        }
+        Self { nodes }
+    }
+
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, p, _)| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILL one node.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
 }
 
 /// The conformance harness: the shared server, or one it owns (then it can restart it).

@@ -5,6 +5,7 @@
 //! unreachable, unless `CI=true` (then they fail).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod cluster;
 mod conformance;
 mod fault;
 mod harness;
