@@ -41,5 +41,6 @@ pub use runner::{
 };
 pub use shutdown::{ShutdownSignal, shutdown_signal};
 pub use stage::{
-    FnStage, MapStage, Named, Retry, RetryPolicy, Stage, StageExt, Timeout, map_fn, stage_fn,
+    FnStage, MapStage, Named, Retry, RetryPolicy, ServiceStage, Stage, StageExt, Timeout, map_fn,
+    service_stage, stage_fn,
 };

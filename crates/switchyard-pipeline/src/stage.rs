@@ -289,6 +289,60 @@ impl<In, Out, S: Stage<In, Out>> Stage<In, Out> for Named<S> {
     }
 }
 
+/// Any `tower::Service` as a stage: `poll_ready` then `call` for each input. This is how tower
+/// middleware applies to a stage — for example `switchyard-middleware`'s resilience layers around
+/// a `Service<Envelope, Response = Outcome>`. Build with [`service_stage`].
+#[derive(Debug, Clone)]
+pub struct ServiceStage<S> {
+    service: S,
+    name: Cow<'static, str>,
+}
+
+/// Makes a stage from a `tower::Service<In, Response = Out>`; its errors become `Other` stage
+/// errors counted under the error's type name.
+///
+/// ```
+/// use switchyard_pipeline::{service_stage, Pipeline, StageError};
+/// let svc = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) });
+/// let _p: Pipeline<u32, u32> = Pipeline::new(service_stage("inc", svc));
+/// ```
+pub fn service_stage<S>(name: impl Into<Cow<'static, str>>, service: S) -> ServiceStage<S> {
+    ServiceStage {
+        service,
+        name: name.into(),
+    }
+}
+
+impl<In, S> Stage<In, S::Response> for ServiceStage<S>
+where
+    In: Send + 'static,
+    S: tower::Service<In> + Send + 'static,
+    S::Response: Send,
+    S::Error: Into<switchyard_core::BoxError>,
+    S::Future: Send,
+{
+    fn name(&self) -> Cow<'static, str> {
+        self.name.clone()
+    }
+
+    async fn run(&mut self, input: In) -> Result<S::Response, StageError> {
+        use tower::ServiceExt;
+        let service = self.service.ready().await.map_err(boxed_stage_error)?;
+        service.call(input).await.map_err(boxed_stage_error)
+    }
+}
+
+/// A boxed error as an `Other` stage error, keeping its message and chain.
+fn boxed_stage_error(e: impl Into<switchyard_core::BoxError>) -> StageError {
+    let e: switchyard_core::BoxError = e.into();
+    StageError {
+        kind: StageErrorKind::Other,
+        error_type: "service".into(),
+        message: e.to_string(),
+        source: Some(e),
+    }
+}
+
 /// Wrappers available on every stage.
 pub trait StageExt: Sized {
     /// Fails calls that take longer than `limit` with a `Timeout` error.
@@ -337,6 +391,26 @@ mod tests {
         let mut n = Upper.named("shout");
         assert_eq!(Stage::<String, String>::name(&n), "shout");
         assert_eq!(n.run("b".into()).await.unwrap(), "B");
+    }
+
+    #[tokio::test]
+    async fn tower_services_are_stages() {
+        use tower::ServiceBuilder;
+        let svc = ServiceBuilder::new()
+            .map_request(|x: u32| x * 10)
+            .service_fn(|x: u32| async move {
+                if x == 0 {
+                    Err(std::io::Error::other("zero"))
+                } else {
+                    Ok(x + 1)
+                }
+            });
+        let mut stage = service_stage("svc", svc);
+        assert_eq!(Stage::<u32, u32>::name(&stage), "svc");
+        assert_eq!(stage.run(2).await.unwrap(), 21);
+        let e = stage.run(0).await.unwrap_err();
+        assert_eq!(e.kind, StageErrorKind::Other);
+        assert_eq!(e.message, "zero");
     }
 
     #[tokio::test(start_paused = true)]

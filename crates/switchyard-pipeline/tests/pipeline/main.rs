@@ -454,3 +454,40 @@ async fn bus_sink_and_bus_source_split_a_pipeline_in_two() {
             .all(|l| l.reason == DeadLetterReason::DecodeFailed)
     );
 }
+
+/// `switchyard-middleware`'s resilience stack around an envelope handler, used as a stage: a
+/// handler failing once per message still completes every run, retried by the layer (three
+/// failures in all stay under the default breaker's threshold of five).
+#[tokio::test(start_paused = true)]
+async fn middleware_resilience_layer_wraps_a_stage() {
+    use switchyard_core::{BoxError, Outcome};
+    use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+    use switchyard_pipeline::service_stage;
+    use tower::Layer;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let handler = ResilienceLayer::new("flaky", ResilienceConfig::default()).layer(
+        tower::service_fn(move |_env: Envelope| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n % 2 == 0 {
+                    Err::<Outcome, BoxError>(std::io::Error::other("transient").into())
+                } else {
+                    Ok(Outcome::Ack)
+                }
+            }
+        }),
+    );
+    let (out, collect) = collector::<Outcome>();
+    let pipeline = Pipeline::new(service_stage("flaky", handler)).then(collect);
+    let mut running = Runner::new(pipeline).start().await.unwrap();
+    let topic = Topic::new("jobs.flaky").unwrap();
+    running.spawn_source(IterSource::new(
+        (0..3).map(move |i| Envelope::new(topic.clone(), format!("{i}"))),
+    ));
+    let report = running.run_until(std::future::pending::<()>()).await;
+    assert_eq!((report.monitor.completed, report.monitor.failed), (3, 0));
+    assert_eq!(calls.load(Ordering::SeqCst), 6);
+    assert_eq!(out.lock().unwrap().len(), 3);
+}
