@@ -469,9 +469,10 @@ async fn middleware_resilience_layer_wraps_a_stage() {
     let c = calls.clone();
     let handler = ResilienceLayer::new("flaky", ResilienceConfig::default()).layer(
         tower::service_fn(move |_env: Envelope| {
-            let n = c.fetch_add(1, Ordering::SeqCst);
+            // Odd calls succeed, even calls (each message's first attempt) fail.
+            let odd = c.fetch_add(1, Ordering::SeqCst) % 2;
             async move {
-                if n % 2 == 0 {
+                if odd == 0 {
                     Err::<Outcome, BoxError>(std::io::Error::other("transient").into())
                 } else {
                     Ok(Outcome::Ack)
