@@ -20,7 +20,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert!(validate(-1).unwrap_err().is::<Permanent>());
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("permanent failure")]
 pub struct Permanent(#[source] pub BoxError);
 
 impl Permanent {

@@ -149,7 +149,10 @@ mod tests {
             attempts: 2,
             source: "db down".into(),
         }));
-        assert_eq!(error_chain(&*err), "gave up after 2 attempt(s): db down");
+        assert_eq!(
+            error_chain(&*err),
+            "permanent failure: gave up after 2 attempt(s): db down"
+        );
         assert_eq!(failure_reason(&*err), DeadLetterReason::HandlerFailed);
     }
 

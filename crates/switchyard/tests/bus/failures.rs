@@ -183,7 +183,7 @@ async fn permanent_errors_skip_the_remaining_attempts() {
     let letter = &bus.dead_letters().list()[0];
     assert_eq!(
         (letter.attempts, letter.error.as_str()),
-        (1, "invalid order: invalid order")
+        (1, "permanent failure: invalid order")
     );
 }
 
