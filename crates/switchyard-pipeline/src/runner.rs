@@ -322,6 +322,9 @@ pub struct RunReport {
 
 /// A started pipeline. Feed it directly with [`feed`](Self::feed) or spawn sources, then
 /// [`run_until`](Self::run_until) a shutdown signal.
+///
+/// End it with `run_until` or [`shutdown`](Self::shutdown): dropping it aborts the stage and
+/// source tasks without draining, and stages' `finish` (e.g. an exporter's flush) does not run.
 pub struct RunningPipeline<In> {
     entry: Emit<In>,
     shared: Arc<Shared>,
