@@ -211,7 +211,11 @@ fn patterns(c: &mut Criterion) {
     g.bench_function("10k_patterns/cache_hit_route_only", |b| {
         b.to_async(&rt).iter(|| {
             let (bus, topic) = (bus.clone(), nobody.clone());
-            async move { bus.publish_envelope(Envelope::new(topic, Bytes::from_static(b"{}"))).await.unwrap() }
+            async move {
+                bus.publish_envelope(Envelope::new(topic, Bytes::from_static(b"{}")))
+                    .await
+                    .unwrap()
+            }
         })
     });
     // More distinct topics than the cache holds (4096), so every publish misses.

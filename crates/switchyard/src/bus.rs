@@ -123,7 +123,12 @@ pub struct BusBuilder {
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
+    hooks: Vec<PublishHook>,
 }
+
+/// Runs on every envelope before it is published, sent or scheduled; see
+/// [`BusBuilder::publish_hook`].
+pub type PublishHook = Arc<dyn Fn(&mut Envelope) -> Result<(), PublishError> + Send + Sync>;
 
 /// The bus configuration is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +151,7 @@ impl Default for BusBuilder {
             dead_letters: None,
             lifecycle_events: false,
             transport: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -217,6 +223,34 @@ impl BusBuilder {
         self
     }
 
+    /// Adds a hook that sees every envelope before it is published, sent or scheduled (after
+    /// causation and correlation are set) and may change it or refuse it with an error the
+    /// publisher gets. Hooks run in the order added. Uses: trace propagation
+    /// (`switchyard_middleware::trace::ensure_traceparent`), layer enforcement for components,
+    /// stamping a source or tenant header.
+    ///
+    /// ```
+    /// use switchyard::{Bus, PublishError};
+    /// let bus = Bus::builder()
+    ///     .publish_hook(|env| {
+    ///         if env.payload.len() > 1 << 20 {
+    ///             return Err(PublishError::LayerViolation("payload over 1 MiB".into()));
+    ///         }
+    ///         env.headers.insert("origin", "billing");
+    ///         Ok(())
+    ///     })
+    ///     .build()?;
+    /// # let _ = bus;
+    /// # Ok::<(), switchyard::BuildError>(())
+    /// ```
+    pub fn publish_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut Envelope) -> Result<(), PublishError> + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
         if self.capacity == 0 {
@@ -252,6 +286,7 @@ impl BusBuilder {
                 idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
+                hooks: self.hooks,
                 expected: AtomicUsize::new(0),
                 scheduled: Mutex::new(HashMap::new()),
             }),
@@ -280,6 +315,7 @@ pub(crate) struct BusInner {
     idle: Notify,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
+    hooks: Vec<PublishHook>,
     /// Deliveries counted in `pending` at publish time that have not arrived yet.
     expected: AtomicUsize,
     /// Delayed publishes waiting for their time, so shutdown can report them.
@@ -704,6 +740,10 @@ impl Bus {
         Ok(Subscription::new(shared, self.weak()))
     }
 
+    fn run_hooks(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        self.inner.hooks.iter().try_for_each(|hook| hook(env))
+    }
+
     fn check_running(&self) -> Result<(), PublishError> {
         if self.inner.state.load(Ordering::Acquire) == RUNNING {
             Ok(())
@@ -732,6 +772,7 @@ impl Bus {
     pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
         if let Some(transport) = &self.inner.transport {
             return self.publish_via(transport.as_ref(), env).await;
         }
@@ -870,6 +911,7 @@ impl Bus {
             )));
         }
         inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
         let mut report = WaitReport::default();
@@ -952,6 +994,7 @@ impl Bus {
     ) -> Result<MessageId, PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
         let id = env.id;
         self.inner.pending_add();
         // Holding the table lock while spawning: the task looks itself up first thing, so it
@@ -1031,6 +1074,7 @@ impl Bus {
     pub async fn send_envelope(&self, mut env: Envelope) -> Result<CommandResult, SendError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
         if env.kind == Kind::Event {
             env.kind = Kind::Command;
         }
@@ -1102,6 +1146,29 @@ impl Bus {
     /// [`BusBuilder::dead_letters`].
     pub fn dead_letters(&self) -> &InMemoryDeadLetters {
         &self.inner.memory_dead_letters
+    }
+
+    /// A JSON-serializable snapshot of the bus's own figures: every subscription's counters,
+    /// queue depth and in-flight count, the pending total, and the default dead-letter store's
+    /// size and evictions. Per-handler latency histograms and Prometheus output come from
+    /// `switchyard_middleware::metrics`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = switchyard::Bus::new();
+    /// let json = serde_json::to_string(&bus.metrics_snapshot()).unwrap();
+    /// assert!(json.contains("\"pending\":0"));
+    /// # }
+    /// ```
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let dlq = &self.inner.memory_dead_letters;
+        MetricsSnapshot {
+            pending: self.pending(),
+            subscriptions: self.registry(),
+            dead_letters: dlq.len(),
+            dead_letters_evicted: dlq.evicted(),
+            shutting_down: self.is_shutting_down(),
+        }
     }
 
     /// Sends a dead letter to the configured sink (the default in-memory store, or the one
@@ -1337,6 +1404,21 @@ fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>
             .map(<[_]>::to_vec)
             .collect(),
     )
+}
+
+/// What [`Bus::metrics_snapshot`] returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Accepted messages not yet settled.
+    pub pending: usize,
+    /// Every subscription and command handler, with counters.
+    pub subscriptions: Vec<SubscriptionInfo>,
+    /// Entries in the default in-memory dead-letter store.
+    pub dead_letters: usize,
+    /// Entries that store evicted because it was full.
+    pub dead_letters_evicted: u64,
+    /// True once shutdown started.
+    pub shutting_down: bool,
 }
 
 /// [`Bus::publish_batch`] stopped at an error.

@@ -39,7 +39,8 @@ pub mod testkit;
 mod transport_link;
 
 pub use bus::{
-    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, ShutdownReport, WaitReport,
+    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, MetricsSnapshot, PublishHook,
+    ShutdownReport, WaitReport,
 };
 pub use command::CommandResult;
 pub use handler::{BoxBatchHandler, BoxHandler, Ctx, IntoOutcome, boxed, handler_fn};
