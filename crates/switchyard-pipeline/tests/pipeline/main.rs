@@ -492,3 +492,24 @@ async fn middleware_resilience_layer_wraps_a_stage() {
     assert_eq!(calls.load(Ordering::SeqCst), 6);
     assert_eq!(out.lock().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn several_sources_feed_one_pipeline() {
+    let (out, collect) = collector::<u32>();
+    let mut running = Runner::new(Pipeline::new(map_fn("id", |x: u32| Ok(x))).then(collect))
+        .start()
+        .await
+        .unwrap();
+    running.spawn_source(IterSource::new(0..100u32));
+    running.spawn_source(IterSource::new(1000..1050u32));
+    let manual = running.feed();
+    manual.send(5000).await.unwrap();
+    let report = running.run_until(std::future::pending::<()>()).await;
+    assert_eq!(report.reason, StopReason::SourcesFinished);
+    assert_eq!(report.monitor.completed, 151);
+    let mut got = out.lock().unwrap().clone();
+    got.sort();
+    let mut want: Vec<u32> = (0..100).chain(1000..1050).collect();
+    want.push(5000);
+    assert_eq!(got, want);
+}
