@@ -99,7 +99,10 @@ async fn three_node_cluster_survives_a_killed_node() {
     tokio::time::timeout(WAIT, quarter)
         .await
         .expect("a quarter published");
-    cluster.kill(0);
+    // Kill the node this client is connected to: the client must fail over.
+    let port = t.client().server_info().port;
+    let victim = cluster.node_on(port).unwrap_or(0);
+    cluster.kill(victim);
     for p in publishers {
         tokio::time::timeout(WAIT, p)
             .await
@@ -125,6 +128,27 @@ async fn three_node_cluster_survives_a_killed_node() {
             panic!("{missing} acknowledged messages never delivered");
         });
     consumer.abort();
-    eprintln!("cluster test: {} messages, {:?}", want.len(), t.health());
+    // Resends were absorbed: the stream holds each message once.
+    let client = async_nats::connect(
+        cluster
+            .url()
+            .split(',')
+            .filter(|u| !u.ends_with(&format!(":{port}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream(&setup.namespace)
+        .await
+        .unwrap();
+    let stored = stream.info().await.unwrap().state.messages;
+    assert_eq!(stored as usize, want.len(), "duplicates stored");
+    let health = t.health();
+    assert!(health.disconnects >= 1, "{health:?}");
+    eprintln!(
+        "cluster test: {} messages, killed node {victim}, {health:?}",
+        want.len()
+    );
     let _ = t.close(Instant::now() + Duration::from_secs(5)).await;
 }

@@ -186,6 +186,11 @@ impl Cluster {
             .join(",")
     }
 
+    /// Index of the node listening for clients on `port`.
+    pub fn node_on(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|(_, p, _)| *p == port)
+    }
+
     /// SIGKILL one node.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].0.take() {
