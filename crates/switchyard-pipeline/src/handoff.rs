@@ -407,3 +407,65 @@ mod tests {
         assert_eq!(s3.next().await.unwrap().payload.as_ref(), b"z");
     }
 }
+
+/// The switchyard bus as a hand-off: `.via_bus(BusHandoff::new(bus), topic)` puts a stage's
+/// input on the bus (in memory, or on a durable transport the bus was built with), so the
+/// stage may live in another task, process or machine.
+///
+/// Each `subscribe` registers a bus subscription named `pipeline-handoff:<topic>`. Its handler
+/// waits for room in a bounded channel (capacity 1024), so a slow pipeline backs up into the
+/// subscription's queue and from there to the publisher, under the bus's overflow policy.
+#[derive(Clone, Debug)]
+pub struct BusHandoff {
+    bus: switchyard::Bus,
+}
+
+impl BusHandoff {
+    /// A hand-off over `bus`.
+    pub fn new(bus: switchyard::Bus) -> Self {
+        Self { bus }
+    }
+}
+
+/// Envelopes received through a [`BusHandoff`]; dropping it unsubscribes.
+pub struct BusStream {
+    rx: mpsc::Receiver<Envelope>,
+    _subscription: switchyard::Subscription,
+}
+
+impl Stream for BusStream {
+    type Item = Envelope;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Handoff for BusHandoff {
+    type Stream = BusStream;
+
+    async fn publish(&self, envelope: Envelope) -> Result<(), HandoffError> {
+        Ok(self.bus.publish_envelope(envelope).await?)
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<BusStream, HandoffError> {
+        let (tx, rx) = mpsc::channel(1024);
+        let handler = switchyard::handler_fn(move |env: Envelope| {
+            let tx = tx.clone();
+            async move {
+                tx.send(env).await.map_err(|_| HandoffError::Closed)?;
+                Ok::<_, HandoffError>(switchyard::Outcome::Ack)
+            }
+        });
+        let name = format!("pipeline-handoff:{topic}");
+        let subscription = self
+            .bus
+            .subscribe(&name, topic.as_str(), handler)
+            .start()
+            .await?;
+        Ok(BusStream {
+            rx,
+            _subscription: subscription,
+        })
+    }
+}

@@ -32,7 +32,9 @@ pub mod zmq;
 pub use error::{
     FeedError, HandoffError, SocketError, SourceError, StageError, StageErrorKind, StartError,
 };
-pub use handoff::{BusSink, BusSource, Handoff, InMemoryHandoff, InMemoryStream};
+pub use handoff::{
+    BusHandoff, BusSink, BusSource, BusStream, Handoff, InMemoryHandoff, InMemoryStream,
+};
 pub use monitor::{DEFAULT_WINDOW, Monitor, MonitorSnapshot, OpRecorder, OpSnapshot};
 pub use pipeline::Pipeline;
 pub use runner::{

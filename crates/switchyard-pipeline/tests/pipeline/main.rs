@@ -513,3 +513,36 @@ async fn several_sources_feed_one_pipeline() {
     want.push(5000);
     assert_eq!(got, want);
 }
+
+#[tokio::test]
+async fn via_bus_runs_over_the_switchyard_bus() {
+    let bus = switchyard::Bus::new();
+    let topic = Topic::new("jobs.tripled").unwrap();
+    let (out, collect) = collector::<u32>();
+    let pipeline = Pipeline::new(map_fn("triple", |x: u32| Ok(x * 3)))
+        .via_bus(
+            switchyard_pipeline::BusHandoff::new(bus.clone()),
+            topic.clone(),
+        )
+        .then(collect);
+    let mut running = Runner::new(pipeline)
+        .max_in_flight(8)
+        .start()
+        .await
+        .unwrap();
+    let monitor = running.monitor().clone();
+    running.spawn_source(IterSource::new(0..100u32));
+    assert!(monitor.wait_until(WAIT, |m| m.completed() == 100).await);
+    // the hand-off is an ordinary bus subscription, visible in the registry
+    let reg = bus.registry();
+    let handoff = reg
+        .iter()
+        .find(|s| s.name == "pipeline-handoff:jobs.tripled")
+        .unwrap();
+    assert_eq!(handoff.stats.acked, 100);
+    let report = running.run_until(std::future::ready(())).await;
+    assert_eq!((report.monitor.completed, report.monitor.failed), (100, 0));
+    let mut got = out.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, (0..100).map(|x| x * 3).collect::<Vec<_>>());
+}
