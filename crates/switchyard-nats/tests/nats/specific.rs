@@ -107,3 +107,49 @@ async fn unreachable_server_is_a_connect_error() {
     let r = NatsTransport::connect(NatsConfig::new(format!("nats://127.0.0.1:{port}"))).await;
     assert!(r.is_err());
 }
+
+#[tokio::test]
+async fn max_ack_pending_holds_back_delivery() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new();
+    let config = h.config(&setup).with_max_ack_pending(5).with_pull_batch(10);
+    let t = NatsTransport::connect(config).await.unwrap();
+    let envs: Vec<Envelope> = (0..20)
+        .map(|i| Envelope::new(setup.topic("bp").unwrap(), format!("{i}")))
+        .collect();
+    t.publish(envs).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            tokio::time::timeout(WAIT, sub.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // Five unsettled: the server sends no sixth.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), sub.next())
+            .await
+            .is_err(),
+        "a sixth message arrived past max_ack_pending"
+    );
+    // Settling one lets exactly the next one through.
+    held.remove(0).ack().await.unwrap();
+    held.push(
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    let _ = t.delete_stream(&setup.namespace).await;
+}
