@@ -124,7 +124,16 @@ pub struct BusBuilder {
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
+    wrap: Option<HandlerWrap>,
+    data_dir: Option<std::path::PathBuf>,
+    deferred_error: Option<BuildError>,
+    /// Filled at build, for hooks made before the bus exists (breaker events).
+    bus_slot: Arc<std::sync::OnceLock<Weak<BusInner>>>,
 }
+
+/// Wraps every handler at registration (name, handler) → handler; see
+/// [`BusBuilder::wrap_handlers`].
+pub type HandlerWrap = Arc<dyn Fn(&str, BoxHandler) -> BoxHandler + Send + Sync>;
 
 /// Runs on every envelope before it is published, sent or scheduled; see
 /// [`BusBuilder::publish_hook`].
@@ -137,6 +146,9 @@ pub enum BuildError {
     /// A setting is out of range.
     #[error("invalid bus setting: {0}")]
     Invalid(&'static str),
+    /// The dead-letter queue could not be opened.
+    #[error("cannot open the dead-letter queue: {0}")]
+    DeadLetters(String),
 }
 
 impl Default for BusBuilder {
@@ -152,6 +164,10 @@ impl Default for BusBuilder {
             lifecycle_events: false,
             transport: None,
             hooks: Vec::new(),
+            wrap: None,
+            data_dir: None,
+            deferred_error: None,
+            bus_slot: Arc::default(),
         }
     }
 }
@@ -251,8 +267,45 @@ impl BusBuilder {
         self
     }
 
+    /// Wraps every single-message handler (subscriptions and command handlers) when it is
+    /// registered, outside the subscription's own `.layer`s: a place for middleware every
+    /// handler should have. A later call replaces an earlier one.
+    pub fn wrap_handlers<F>(mut self, wrap: F) -> Self
+    where
+        F: Fn(&str, BoxHandler) -> BoxHandler + Send + Sync + 'static,
+    {
+        self.wrap = Some(Arc::new(wrap));
+        self
+    }
+
+    /// A directory for the bus's own files (the file dead-letter queue of
+    /// `with_default_resilience`). Default: none.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    #[cfg(feature = "middleware")]
+    pub(crate) fn data_dir_ref(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
+    #[cfg(feature = "middleware")]
+    pub(crate) fn defer_error(mut self, e: BuildError) -> Self {
+        self.deferred_error.get_or_insert(e);
+        self
+    }
+
+    #[cfg(feature = "middleware")]
+    pub(crate) fn bus_slot(&self) -> Arc<std::sync::OnceLock<Weak<BusInner>>> {
+        self.bus_slot.clone()
+    }
+
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
+        if let Some(e) = self.deferred_error {
+            return Err(e);
+        }
         if self.capacity == 0 {
             return Err(BuildError::Invalid("queue_capacity must be at least 1"));
         }
@@ -267,7 +320,8 @@ impl BusBuilder {
             Some(s) => s,
             None => memory.clone(),
         };
-        Ok(Bus {
+        let slot = self.bus_slot.clone();
+        let bus = Bus {
             inner: Arc::new(BusInner {
                 router: Router::new(self.cache_capacity),
                 commands: RwLock::new(HashMap::new()),
@@ -287,10 +341,13 @@ impl BusBuilder {
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
                 hooks: self.hooks,
+                wrap: self.wrap,
                 expected: AtomicUsize::new(0),
                 scheduled: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        let _ = slot.set(Arc::downgrade(&bus.inner));
+        Ok(bus)
     }
 }
 
@@ -316,6 +373,7 @@ pub(crate) struct BusInner {
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
+    wrap: Option<HandlerWrap>,
     /// Deliveries counted in `pending` at publish time that have not arrived yet.
     expected: AtomicUsize,
     /// Delayed publishes waiting for their time, so shutdown can report them.
@@ -697,6 +755,10 @@ impl Bus {
                 Some(transport.subscribe(&config.pattern, &config.name).await?)
             }
             _ => None,
+        };
+        let handler = match (handler, &inner.wrap) {
+            (Handler::Single(h), Some(wrap)) => Handler::Single(wrap(&config.name, h)),
+            (other, _) => other,
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
@@ -1242,18 +1304,18 @@ impl Bus {
             .iter()
             .flat_map(|s| std::mem::take(&mut *s.workers.lock().unwrap_or_else(|p| p.into_inner())))
             .collect();
-        let mut timed_out = false;
-        for h in handles.iter_mut() {
-            if tokio::time::timeout_at(until, h).await.is_err() {
-                timed_out = true;
-                break;
+        // A handle is awaited at most once to completion (awaiting it again would panic).
+        let mut running = Vec::new();
+        for mut h in handles.drain(..) {
+            if !running.is_empty() || tokio::time::timeout_at(until, &mut h).await.is_err() {
+                running.push(h);
             }
         }
-        if timed_out {
-            for h in &handles {
+        if !running.is_empty() {
+            for h in &running {
                 h.abort();
             }
-            for h in handles {
+            for h in running {
                 // Cancelled or finished: either way the task no longer touches its queue.
                 let _ = h.await;
             }

@@ -32,6 +32,8 @@ mod command;
 mod handler;
 pub mod lifecycle;
 mod queue;
+#[cfg(feature = "middleware")]
+pub mod resilience;
 mod router;
 pub mod session;
 mod subscription;
@@ -39,8 +41,8 @@ pub mod testkit;
 mod transport_link;
 
 pub use bus::{
-    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, MetricsSnapshot, PublishHook,
-    ShutdownReport, WaitReport,
+    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, HandlerWrap, MetricsSnapshot,
+    PublishHook, ShutdownReport, WaitReport,
 };
 pub use command::CommandResult;
 pub use handler::{BoxBatchHandler, BoxHandler, Ctx, IntoOutcome, boxed, handler_fn};
@@ -51,6 +53,9 @@ pub use subscription::{
     SubscriptionStats,
 };
 pub use switchyard_core::*;
+/// The layers of `switchyard-middleware` (feature `middleware`).
+#[cfg(feature = "middleware")]
+pub use switchyard_middleware as middleware;
 
 /// The README's quick start, compiled as a doc test so it cannot rot.
 #[doc = include_str!("../../../README.md")]

@@ -117,3 +117,31 @@ async fn shutdown_deadline_reports_and_dead_letters_leftovers() {
     ));
     assert_eq!(bus.pending(), 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn deadline_with_some_workers_done_and_some_stuck() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    // registered first, so its (idle) worker is awaited to completion before the stuck one
+    let _idle = bus
+        .on(
+            "idle",
+            |_: Double, _| async move { Ok::<_, std::io::Error>(()) },
+        )
+        .pattern("idle.#")
+        .start()
+        .await
+        .unwrap();
+    let _stuck = bus
+        .on("stuck", |_: Ping, _| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    tokio::task::yield_now().await;
+    let report = bus.shutdown(Duration::from_millis(50)).await.unwrap();
+    assert_eq!(report.left.len(), 1);
+}

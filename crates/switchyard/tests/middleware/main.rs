@@ -224,3 +224,77 @@ async fn a_chain_of_handlers_forms_one_trace_through_the_publish_hook() {
         .collect();
     assert_ne!(spans[0], spans[1], "each hop has its own parent span");
 }
+
+#[tokio::test(start_paused = true)]
+async fn default_resilience_dead_letters_to_a_file_that_replays_after_a_restart() {
+    use switchyard_middleware::dlq::{FileDeadLetterQueue, FileDlqOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let dedup = || ResilienceConfig::default().dedup(DedupConfig::default());
+    // first life: the backend is down, every message ends in the file queue
+    {
+        let bus = Bus::builder()
+            .data_dir(dir.path())
+            .with_resilience(dedup)
+            .build()
+            .unwrap();
+        let breaker_events = Recorder::start(&bus, "switchyard.breaker.#").await.unwrap();
+        let handler = flaky(
+            Arc::new(AtomicBool::new(false)),
+            Arc::default(),
+            Arc::default(),
+        );
+        let _sub = bus
+            .subscribe("orders", "orders.#", handler)
+            .start()
+            .await
+            .unwrap();
+        for i in 0..4 {
+            bus.publish_envelope(order(i)).await.unwrap();
+        }
+        bus.run_until_idle().await;
+        let opened = breaker_events
+            .wait_for(1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(opened[0].topic.as_str(), "switchyard.breaker.opened");
+        bus.shutdown(Duration::from_secs(5)).await.unwrap();
+    }
+    // second life: reopen the file, replay twice into a healthy handler
+    let path = switchyard::resilience::dead_letter_file(dir.path());
+    let dlq = Arc::new(FileDeadLetterQueue::open(&path, FileDlqOptions::default()).unwrap());
+    assert_eq!(dlq.len(), 4, "the dead letters survived the restart");
+    let bus = Bus::builder()
+        .with_resilience(dedup)
+        .dead_letters(dlq.clone())
+        .build()
+        .unwrap();
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = flaky(
+        Arc::new(AtomicBool::new(true)),
+        Arc::default(),
+        handled.clone(),
+    );
+    let _sub = bus
+        .subscribe("orders", "orders.#", handler)
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let republish = move |env: Envelope| {
+        let b = b.clone();
+        async move { b.publish_envelope(env).await }
+    };
+    Replayer::new(&*dlq, &republish)
+        .keep_entries(true)
+        .all()
+        .await;
+    bus.run_until_idle().await;
+    Replayer::new(&*dlq, &republish).all().await;
+    bus.run_until_idle().await;
+    assert_eq!(
+        handled.lock().unwrap().len(),
+        4,
+        "every message processed exactly once"
+    );
+    assert!(dlq.is_empty());
+}
