@@ -27,6 +27,16 @@ use crate::subscription::{
 };
 use crate::transport_link::ErasedTransport;
 
+/// Header carrying the wall-clock time (milliseconds since the Unix epoch) before which a
+/// message delayed through a transport must not be handled.
+pub const DELIVER_AT_HEADER: &str = "deliver-at";
+
+/// When a delayed message is due, if it carries [`DELIVER_AT_HEADER`].
+pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
+    let millis: u64 = env.header(DELIVER_AT_HEADER)?.parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
 /// The message being handled on the current task, so publishes from a handler are recorded
 /// as its consequences (and stay in its session).
 #[derive(Debug, Clone)]
@@ -1029,26 +1039,56 @@ impl Bus {
         Ok(published)
     }
 
-    /// Publishes `msg` after `delay`. Returns the message id at once; until then the message
-    /// counts as pending, and a shutdown before it is due dead-letters and reports it.
+    /// Publishes `msg` after `delay`. Returns the message id once the message is accepted.
+    ///
+    /// In memory, the message waits in the bus: it counts as pending, and a shutdown before it
+    /// is due dead-letters and reports it. On a transport it is handed to the transport at
+    /// once with a `deliver-at` header (wall-clock milliseconds since the Unix epoch), so a
+    /// durable transport keeps it across restarts; a subscription that receives it early
+    /// hands it back with a nack delayed until it is due.
     pub async fn publish_after<M: Message>(
         &self,
         delay: Duration,
         msg: M,
     ) -> Result<MessageId, PublishError> {
-        self.schedule(tokio::time::Instant::now() + delay, msg.to_envelope()?)
+        self.schedule_envelope(tokio::time::Instant::now() + delay, msg.to_envelope()?)
+            .await
     }
 
-    /// Publishes `msg` at `at` (tokio time, so tests can drive it with the virtual clock).
+    /// Publishes `msg` at `at` (tokio time, so tests can drive it with the virtual clock);
+    /// see [`publish_after`](Self::publish_after).
     pub async fn publish_at<M: Message>(
         &self,
         at: tokio::time::Instant,
         msg: M,
     ) -> Result<MessageId, PublishError> {
-        self.schedule(at, msg.to_envelope()?)
+        self.schedule_envelope(at, msg.to_envelope()?).await
     }
 
-    /// Schedules an envelope for `at`.
+    /// Publishes an envelope at `at`; see [`publish_after`](Self::publish_after).
+    pub async fn schedule_envelope(
+        &self,
+        at: tokio::time::Instant,
+        mut env: Envelope,
+    ) -> Result<MessageId, PublishError> {
+        if self.inner.transport.is_none() {
+            return self.schedule(at, env);
+        }
+        let due = std::time::SystemTime::now()
+            + at.saturating_duration_since(tokio::time::Instant::now());
+        let millis = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        env.headers.insert(DELIVER_AT_HEADER, millis.to_string());
+        let id = env.id;
+        self.publish_envelope(env).await?;
+        Ok(id)
+    }
+
+    /// Schedules an envelope for `at`, in memory (the bus holds it until it is due, whether
+    /// or not it runs on a transport). [`schedule_envelope`](Self::schedule_envelope) hands
+    /// it to a transport instead when there is one.
     pub fn schedule(
         &self,
         at: tokio::time::Instant,

@@ -516,6 +516,17 @@ impl SubShared {
             return Err(EnqueueError::Closed);
         };
         bus.pending_expect_delivery();
+        if let Some(due) = crate::bus::deliver_at(&delivery.envelope)
+            && let Ok(early) = due.duration_since(std::time::SystemTime::now())
+            && !early.is_zero()
+        {
+            // Delayed and not due yet: back to the transport until it is.
+            if let Err(e) = delivery.nack(Some(early)).await {
+                tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
+            }
+            bus.pending_settled();
+            return Ok(());
+        }
         if !self.accepts(&delivery.envelope) {
             inc(&self.counters.filtered);
             self.settle(delivery, true).await;

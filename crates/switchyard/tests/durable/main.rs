@@ -141,3 +141,39 @@ async fn in_memory_only_features_are_refused_on_a_transport() {
     assert!(matches!(grouped, Err(SubscribeError::InvalidConfig(_))));
     bus.shutdown(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_message_survives_a_restart_and_is_not_handled_before_it_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = Duration::from_millis(800);
+    let published = std::time::SystemTime::now();
+    {
+        let bus = bus_on_log(dir.path());
+        bus.publish_after(delay, Job { n: 42 }).await.unwrap(); // on disk now
+        bus.shutdown(WAIT).await.unwrap();
+    }
+    let bus = bus_on_log(dir.path());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _worker = bus
+        .on("worker", move |job: Job, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send((job.n, std::time::SystemTime::now()))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let (n, handled_at) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 42);
+    let waited = handled_at.duration_since(published).unwrap();
+    assert!(
+        waited >= delay,
+        "handled after {waited:?}, before it was due ({delay:?})"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
