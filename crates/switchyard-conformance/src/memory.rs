@@ -583,9 +583,7 @@ impl Subscriber for MemoryTransport {
             let d = m.next().await?;
             Some((d, m))
         });
-        Ok(MemorySubscription {
-            inner: Box::pin(stream),
-        })
+        Ok(MemorySubscription::new(stream))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -618,22 +616,7 @@ fn new_group(name: String, private: bool, pattern: &Pattern) -> Arc<Group> {
 
 /// The deliveries of one memory subscription. Ends after the transport is closed and its
 /// group has nothing waiting. Dropping it leaves the group.
-pub struct MemorySubscription {
-    inner: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
-}
-
-impl std::fmt::Debug for MemorySubscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemorySubscription").finish_non_exhaustive()
-    }
-}
-
-impl Stream for MemorySubscription {
-    type Item = Delivery;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
+pub type MemorySubscription = switchyard_core::DeliveryStream;
 
 struct Member {
     inner: Arc<Inner>,

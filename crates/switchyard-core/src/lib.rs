@@ -26,7 +26,9 @@ pub use error::{
 pub use message::{Command, Message};
 pub use outcome::Outcome;
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
-pub use transport::{AckHandle, BoxFuture, Capabilities, Delivery, Publisher, Subscriber};
+pub use transport::{
+    AckHandle, BoxFuture, Capabilities, Delivery, DeliveryStream, Publisher, Subscriber,
+};
 
 pub use bytes::Bytes;
 pub use smol_str::SmolStr;

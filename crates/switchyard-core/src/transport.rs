@@ -71,6 +71,37 @@ pub trait AckHandle: Send + 'static {
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
 }
 
+/// A boxed stream of deliveries: a subscription type transports can share instead of each
+/// wrapping its own stream.
+pub struct DeliveryStream {
+    inner: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
+}
+
+impl DeliveryStream {
+    /// Boxes `stream`.
+    pub fn new(stream: impl Stream<Item = Delivery> + Send + 'static) -> Self {
+        Self {
+            inner: Box::pin(stream),
+        }
+    }
+}
+
+impl Stream for DeliveryStream {
+    type Item = Delivery;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Delivery>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for DeliveryStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeliveryStream").finish_non_exhaustive()
+    }
+}
+
 /// One message handed out by a transport. Settle it with [`ack`](Self::ack),
 /// [`nack`](Self::nack) or [`term`](Self::term); dropping it unsettled means redelivery on
 /// durable transports.

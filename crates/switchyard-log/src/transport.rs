@@ -2,16 +2,13 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fs4::fs_std::FileExt;
-use futures::Stream;
 use switchyard_core::{
     AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, Delivery, Envelope,
     Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic, TransportError,
@@ -600,9 +597,7 @@ impl Subscriber for LogTransport {
             let d = m.next().await?;
             Some((d, m))
         });
-        Ok(LogSubscription {
-            inner: Box::pin(stream),
-        })
+        Ok(LogSubscription::new(stream))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -619,22 +614,7 @@ impl Subscriber for LogTransport {
 
 /// The deliveries of one subscription. Ends when the log is closed. Dropping it leaves the
 /// group; messages it handed out and that are still unsettled are redelivered.
-pub struct LogSubscription {
-    inner: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
-}
-
-impl std::fmt::Debug for LogSubscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogSubscription").finish_non_exhaustive()
-    }
-}
-
-impl Stream for LogSubscription {
-    type Item = Delivery;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.inner.as_mut().poll_next(cx)
-    }
-}
+pub type LogSubscription = switchyard_core::DeliveryStream;
 
 /// One subscription's membership in its groups (one per stream it may read).
 struct Member {
