@@ -420,7 +420,14 @@ impl BusInner {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
                 Some(e.saturating_sub(n))
             });
-        if n > 0 && self.pending.fetch_sub(n, Ordering::AcqRel) == n {
+        // Saturating: deliveries of a publish that reported an error may already have settled.
+        let before = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        if n > 0 && before <= n {
             self.idle.notify_waiters();
         }
     }
@@ -1338,7 +1345,7 @@ impl Bus {
             sub.deactivate();
         }
         for sub in &subs {
-            sub.stop_pump().await;
+            sub.stop_pump(until).await;
         }
         let mut handles: Vec<_> = subs
             .iter()

@@ -149,8 +149,31 @@ impl Waiting {
 
 #[derive(Default)]
 struct Lane {
-    items: Waiting,
+    /// Strictly FIFO: within one key, publish order wins over priority. The head's priority
+    /// only decides which lane goes first.
+    items: LaneItems,
     busy: bool,
+}
+
+#[derive(Default)]
+struct LaneItems(VecDeque<Entry>);
+
+impl LaneItems {
+    fn push(&mut self, entry: Entry) {
+        self.0.push_back(entry);
+    }
+
+    fn first_key(&self) -> Option<Key> {
+        self.0.front().map(|e| (Reverse(e.env.priority), e.seq))
+    }
+
+    fn pop_first(&mut self) -> Option<Entry> {
+        self.0.pop_front()
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Entry> + use<> {
+        std::mem::take(&mut self.0).into_iter()
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -198,7 +221,7 @@ impl State {
             None => self.free.push(entry),
             Some(name) => {
                 let lane = self.lanes.entry(name.clone()).or_default();
-                let is_new_head = lane.items.first_key().is_none_or(|k| key < k);
+                let is_new_head = lane.items.first_key().is_none();
                 lane.items.push(entry);
                 if !lane.busy && is_new_head {
                     self.ready.push(ReadyLane { key, lane: name });
@@ -216,7 +239,8 @@ impl State {
             None => self.free.pop_front_of(key.0),
             Some(name) => {
                 let lane = self.lanes.get_mut(&name)?;
-                let entry = lane.items.pop_front_of(key.0);
+                // A lane is FIFO, so its oldest message is its head.
+                let entry = lane.items.pop_first();
                 if !lane.busy {
                     match lane.items.first_key() {
                         None => {
@@ -574,6 +598,29 @@ mod tests {
         q.complete(a.seq(), a.entry.lane.as_ref());
         let c = q.pop().await.unwrap();
         assert_eq!(tag(&c), "k2");
+    }
+
+    #[tokio::test]
+    async fn within_one_key_publish_order_beats_priority() {
+        let q = Queue::new(10, Overflow::RejectNew);
+        assert!(
+            q.try_push(entry(Priority::NORMAL, Some("k"), "first"))
+                .is_ok()
+        );
+        assert!(
+            q.try_push(entry(Priority::HIGH, Some("k"), "second"))
+                .is_ok()
+        );
+        assert!(q.try_push(entry(Priority::LOW, None, "free")).is_ok());
+        let a = q.pop().await.unwrap();
+        assert_eq!(tag(&a), "first");
+        q.complete(a.seq(), a.entry.lane.as_ref());
+        let b = q.pop().await.unwrap();
+        assert_eq!(
+            tag(&b),
+            "second",
+            "the HIGH message of key k waits for its predecessor"
+        );
     }
 
     #[tokio::test]

@@ -52,17 +52,30 @@ impl<T: Clone> Node<T> {
         }
     }
 
-    /// Removes `id` below this node; returns true when the node became empty.
-    fn remove(&mut self, segs: &[&str], id: u64) -> bool {
+    /// Removes `id` below this node; returns true when the node became empty. `removed` is
+    /// set when `id` was found.
+    fn remove(&mut self, segs: &[&str], id: u64, removed: &mut bool) -> bool {
         match segs.split_first() {
-            None => self.values.retain(|(i, _)| *i != id),
+            None => {
+                let before = self.values.len();
+                self.values.retain(|(i, _)| *i != id);
+                *removed |= self.values.len() < before;
+            }
             Some((&"*", rest)) => {
-                if self.star.as_mut().is_some_and(|n| n.remove(rest, id)) {
+                if self
+                    .star
+                    .as_mut()
+                    .is_some_and(|n| n.remove(rest, id, removed))
+                {
                     self.star = None;
                 }
             }
             Some((&"#", rest)) => {
-                if self.hash.as_mut().is_some_and(|n| n.remove(rest, id)) {
+                if self
+                    .hash
+                    .as_mut()
+                    .is_some_and(|n| n.remove(rest, id, removed))
+                {
                     self.hash = None;
                 }
             }
@@ -70,7 +83,7 @@ impl<T: Clone> Node<T> {
                 if self
                     .children
                     .get_mut(*s)
-                    .is_some_and(|n| n.remove(rest, id))
+                    .is_some_and(|n| n.remove(rest, id, removed))
                 {
                     self.children.remove(*s);
                 }
@@ -147,10 +160,13 @@ impl<T: Clone> Router<T> {
     pub(crate) fn remove(&self, pattern: &Pattern, id: u64) {
         let segs: Vec<&str> = pattern.segments().collect();
         let mut trie = write(&self.trie);
-        trie.remove(&segs, id);
+        let mut removed = false;
+        trie.remove(&segs, id, &mut removed);
         self.generation.fetch_add(1, Ordering::Release);
         drop(trie);
-        self.len.fetch_sub(1, Ordering::Relaxed);
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
         write(&self.cache).clear();
     }
 

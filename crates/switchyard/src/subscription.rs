@@ -377,11 +377,16 @@ impl SubShared {
         *self.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
     }
 
-    /// Waits for the pump to stop (it does once the queue is closed).
-    pub(crate) async fn stop_pump(&self) {
+    /// Waits for the pump to stop (it does once the queue is closed), at most until `until`;
+    /// a pump stuck in a transport call past that is aborted (its delivery stays unsettled,
+    /// so the transport redelivers it).
+    pub(crate) async fn stop_pump(&self, until: tokio::time::Instant) {
         let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(pump) = pump {
-            let _ = pump.await;
+        if let Some(mut pump) = pump
+            && tokio::time::timeout_at(until, &mut pump).await.is_err()
+        {
+            pump.abort();
+            tracing::warn!(subscription = %self.name(), "transport pump did not stop before the deadline");
         }
     }
 
