@@ -353,6 +353,7 @@ impl BusBuilder {
                 hooks: self.hooks,
                 wrap: self.wrap,
                 expected: AtomicUsize::new(0),
+                dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
             }),
         };
@@ -386,6 +387,8 @@ pub(crate) struct BusInner {
     wrap: Option<HandlerWrap>,
     /// Deliveries counted in `pending` at publish time that have not arrived yet.
     expected: AtomicUsize,
+    /// Tasks feeding lower handler-priority groups; shutdown waits for them.
+    dispatchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Delayed publishes waiting for their time, so shutdown can report them.
     scheduled: Mutex<HashMap<MessageId, (Envelope, tokio::task::JoinHandle<()>)>>,
 }
@@ -810,11 +813,17 @@ impl Bus {
                 }
             }
         }
-        inner
-            .subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, shared.clone());
+        {
+            let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the lock shutdown snapshots: either shutdown sees this
+            // subscription, or this sees the shutdown.
+            if inner.state.load(Ordering::SeqCst) != RUNNING {
+                drop(subs);
+                inner.unroute(&shared);
+                return Err(SubscribeError::ShuttingDown);
+            }
+            subs.insert(id, shared.clone());
+        }
         shared.spawn_workers(handler);
         Ok(Subscription::new(shared, self.weak()))
     }
@@ -941,7 +950,7 @@ impl Bus {
     ) {
         let bus = self.clone();
         bus.inner.pending_add();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             for group in groups {
                 for (_, rx) in waiters.drain(..) {
                     let _ = rx.await;
@@ -969,6 +978,13 @@ impl Bus {
             }
             bus.inner.pending_settled();
         });
+        let mut dispatchers = self
+            .inner
+            .dispatchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        dispatchers.retain(|t| !t.is_finished());
+        dispatchers.push(task);
     }
 
     /// Publishes and waits until every matching handler has finished with the message (priority
@@ -1133,6 +1149,14 @@ impl Bus {
             }
             bus.inner.pending_settled();
         });
+        // Checked under the lock shutdown drains: a message scheduled during shutdown is
+        // refused, never left behind unreported.
+        if self.inner.state.load(Ordering::SeqCst) != RUNNING {
+            task.abort();
+            drop(scheduled);
+            self.inner.pending_settled();
+            return Err(PublishError::ShuttingDown);
+        }
         scheduled.insert(id, (env, task));
         Ok(id)
     }
@@ -1315,7 +1339,7 @@ impl Bus {
         let inner = &self.inner;
         if inner
             .state
-            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
             return Err(CloseError::AlreadyShuttingDown);
@@ -1368,6 +1392,17 @@ impl Bus {
             }
             for sub in &subs {
                 self.report_leftovers(sub, &mut report).await;
+            }
+        }
+        // Lower priority groups still being fed find closed queues and dead-letter the rest;
+        // wait for that so nothing is still in their hands when shutdown returns.
+        let dispatchers: Vec<_> =
+            std::mem::take(&mut *inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()));
+        // They only need to reach closed queues: a short grace even past the deadline.
+        let grace = until.max(tokio::time::Instant::now() + Duration::from_millis(100));
+        for mut task in dispatchers {
+            if tokio::time::timeout_at(grace, &mut task).await.is_err() {
+                task.abort();
             }
         }
         report.drained = (inner.settled.load(Ordering::Relaxed) - settled_before)

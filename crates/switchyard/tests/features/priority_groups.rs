@@ -77,3 +77,24 @@ async fn publish_and_wait_honours_groups_too() {
     let names: Vec<_> = spans.lock().unwrap().iter().map(|s| s.0).collect();
     assert_eq!(names, ["high", "low"]);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_waits_for_lower_groups_and_dead_letters_what_they_did_not_get() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let spans: Spans = Arc::default();
+    let _high = timed(&bus, "high", 1, Duration::from_secs(3600), spans.clone()).await;
+    let _low = timed(&bus, "low", 0, Duration::from_millis(1), spans.clone()).await;
+    bus.publish(Tick { n: 1 }).await.unwrap();
+    tokio::task::yield_now().await;
+    let report = bus.shutdown(Duration::from_millis(10)).await.unwrap();
+    assert_eq!(report.left.len(), 1, "high's in-flight copy: {report:?}");
+    let letters = bus.dead_letters().list();
+    assert_eq!(
+        letters.len(),
+        2,
+        "high's copy and the copy low never got: {letters:?}"
+    );
+    assert!(spans.lock().unwrap().is_empty(), "low never ran");
+    assert_eq!(bus.pending(), 0);
+}
