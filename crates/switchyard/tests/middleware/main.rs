@@ -19,6 +19,23 @@ fn order(i: u32) -> Envelope {
     Envelope::new(Topic::new("orders.placed").unwrap(), format!("{i}"))
 }
 
+/// Replays every dead letter through the bus twice (keeping the entries the first time), so
+/// a test can check that dedup makes the second replay a no-op.
+async fn replay_twice(bus: &Bus, dlq: &dyn DeadLetterQueue) {
+    let b = bus.clone();
+    let republish = move |env: Envelope| {
+        let b = b.clone();
+        async move { b.publish_envelope(env).await }
+    };
+    Replayer::new(dlq, &republish)
+        .keep_entries(true)
+        .all()
+        .await;
+    bus.run_until_idle().await;
+    Replayer::new(dlq, &republish).all().await;
+    bus.run_until_idle().await;
+}
+
 /// A handler that fails until `healthy` is set, counting its calls.
 fn flaky(
     healthy: Arc<AtomicBool>,
@@ -150,19 +167,7 @@ async fn dead_letters_replay_through_the_bus_exactly_once_with_dedup() {
     bus.run_until_idle().await;
     assert_eq!(dlq.len(), 5);
     healthy.store(true, Ordering::SeqCst);
-    let b = bus.clone();
-    let republish = move |env: Envelope| {
-        let b = b.clone();
-        async move { b.publish_envelope(env).await }
-    };
-    // replay twice (keeping the entries the first time): dedup makes the second a no-op
-    Replayer::new(&*dlq, &republish)
-        .keep_entries(true)
-        .all()
-        .await;
-    bus.run_until_idle().await;
-    Replayer::new(&*dlq, &republish).all().await;
-    bus.run_until_idle().await;
+    replay_twice(&bus, &*dlq).await;
     let handled = handled.lock().unwrap().clone();
     assert_eq!(
         handled.len(),
@@ -279,18 +284,7 @@ async fn default_resilience_dead_letters_to_a_file_that_replays_after_a_restart(
         .start()
         .await
         .unwrap();
-    let b = bus.clone();
-    let republish = move |env: Envelope| {
-        let b = b.clone();
-        async move { b.publish_envelope(env).await }
-    };
-    Replayer::new(&*dlq, &republish)
-        .keep_entries(true)
-        .all()
-        .await;
-    bus.run_until_idle().await;
-    Replayer::new(&*dlq, &republish).all().await;
-    bus.run_until_idle().await;
+    replay_twice(&bus, &*dlq).await;
     assert_eq!(
         handled.lock().unwrap().len(),
         4,
