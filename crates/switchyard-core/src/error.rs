@@ -133,6 +133,9 @@ pub enum PublishError {
     /// The publisher (component) may not send this message by the layer rules.
     #[error("layer violation: {0}")]
     LayerViolation(String),
+    /// A publish hook refused the message (see `BusBuilder::publish_hook`).
+    #[error("refused: {0}")]
+    Refused(String),
     /// The transport failed to accept the message.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -205,6 +208,7 @@ impl From<PublishError> for SendError {
             PublishError::LayerViolation(v) => Self::Rejected {
                 reason: format!("layer violation: {v}"),
             },
+            PublishError::Refused(reason) => Self::Rejected { reason },
             PublishError::Transport(t) => Self::Transport(t),
         }
     }

@@ -260,7 +260,7 @@ impl BusBuilder {
     /// let bus = Bus::builder()
     ///     .publish_hook(|env| {
     ///         if env.payload.len() > 1 << 20 {
-    ///             return Err(PublishError::LayerViolation("payload over 1 MiB".into()));
+    ///             return Err(PublishError::Refused("payload over 1 MiB".into()));
     ///         }
     ///         env.headers.insert("origin", "billing");
     ///         Ok(())

@@ -102,3 +102,46 @@ async fn lifecycle_events_surround_commands() {
         "both are caused by the command"
     );
 }
+
+#[tokio::test]
+async fn publish_hooks_stamp_and_refuse_before_anything_is_queued() {
+    let bus = Bus::builder()
+        .publish_hook(|env| {
+            if env.payload.len() > 16 {
+                return Err(switchyard::PublishError::Refused(
+                    "payload over 16 bytes".into(),
+                ));
+            }
+            env.headers.insert("origin", "billing");
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let rec = Recorder::start(&bus, "clock.#").await.unwrap();
+    bus.publish_envelope(tick(1, "acme")).await.unwrap();
+    let big = Envelope::new(Topic::new(Tick::TOPIC).unwrap(), vec![b'x'; 17]);
+    match bus.publish_envelope(big).await {
+        Err(switchyard::PublishError::Refused(reason)) => {
+            assert_eq!(reason, "payload over 16 bytes")
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    let _h = bus
+        .handle(|_: crate::Whoami, _| async move { Ok::<_, std::io::Error>("me".to_owned()) })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.send(crate::Whoami).await.unwrap(),
+        "me",
+        "hooks see commands too, and this one passes"
+    );
+    let got = rec.wait_for(1, WAIT).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(
+        rec.envelopes().len(),
+        1,
+        "the refused message never reached a queue"
+    );
+    assert_eq!(got[0].header("origin"), Some("billing"));
+}
