@@ -28,6 +28,16 @@ pub struct WaitTimeout {
     pub timeout: Duration,
 }
 
+/// A fresh subscription name per recorder (`recorder-1`, `recorder-2`, ...): on a transport the
+/// name is the consumer group, and two recorders sharing one would split the messages.
+fn recorder_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!(
+        "recorder-{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// A subscription that records every envelope it receives, in arrival order.
 ///
 /// ```
@@ -62,7 +72,7 @@ impl Recorder {
             }
         });
         let subscription = bus
-            .subscribe("recorder", pattern, handler)
+            .subscribe(&recorder_name(), pattern, handler)
             .queue_capacity(1 << 20)
             .start()
             .await?;

@@ -177,3 +177,17 @@ async fn a_delayed_message_survives_a_restart_and_is_not_handled_before_it_is_du
     );
     bus.shutdown(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_recorders_on_a_transport_each_get_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_on_log(dir.path());
+    let a = Recorder::start(&bus, "jobs.#").await.unwrap();
+    let b = Recorder::start(&bus, "jobs.#").await.unwrap();
+    for n in 0..6 {
+        bus.publish(Job { n }).await.unwrap();
+    }
+    assert_eq!(a.wait_for(6, WAIT).await.unwrap().len(), 6);
+    assert_eq!(b.wait_for(6, WAIT).await.unwrap().len(), 6);
+    bus.shutdown(WAIT).await.unwrap();
+}

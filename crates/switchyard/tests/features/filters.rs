@@ -67,7 +67,7 @@ async fn registry_lists_what_is_registered_and_forgets_what_was_dropped() {
         (switchyard::SubscriptionKind::Command, 2, 7, "block", 0)
     );
     let r = reg.iter().find(|s| s.pattern == "a.#").unwrap();
-    assert_eq!(r.name, "recorder");
+    assert!(r.name.starts_with("recorder-"), "{}", r.name);
     drop(cmd);
     drop(a);
     tokio::time::timeout(WAIT, async {
