@@ -735,7 +735,7 @@ impl SubShared {
             }
             let attempt_no = envs[0].delivery.attempt;
             c.delivered.fetch_add(envs.len() as u64, Ordering::Relaxed);
-            let (reason, error, delay) = match self
+            let (reason, error) = match self
                 .attempt(
                     svc,
                     || envs.clone(),
@@ -749,8 +749,8 @@ impl SubShared {
                     c.acked.fetch_add(envs.len() as u64, Ordering::Relaxed);
                     return Ok(attempt_no);
                 }
-                Attempt::Rejected(reason) => (DeadLetterReason::Rejected, reason, None),
-                Attempt::Undecodable { text, .. } => (DeadLetterReason::DecodeFailed, text, None),
+                Attempt::Rejected(reason) => (DeadLetterReason::Rejected, reason),
+                Attempt::Undecodable { text, .. } => (DeadLetterReason::DecodeFailed, text),
                 Attempt::Failed {
                     reason,
                     error,
@@ -762,10 +762,9 @@ impl SubShared {
                         tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
                         continue;
                     }
-                    (reason, error, delay)
+                    (reason, error)
                 }
             };
-            let _ = delay;
             for env in envs {
                 inc(&c.dead_lettered);
                 bus.dead_letter(self.letter(env, reason, error.clone()));
