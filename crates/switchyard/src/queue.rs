@@ -432,40 +432,46 @@ impl Queue {
             }
         };
         // Fast path: room right away, no clock read, no waiter registration.
-        let mut entry = match self.try_push(entry) {
+        let entry = match self.try_push(entry) {
             Err(PushError::Full(back)) => back,
             other => return other,
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.not_full.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.try_push(entry) {
-                Err(PushError::Full(back)) => entry = back,
-                other => return other,
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.try_push(entry);
-            }
-        }
+        self.wait_for_room(entry, Some(deadline)).await
     }
 
     /// Enqueues, waiting as long as it takes for room (or until the queue closes). For
     /// messages fed by a transport, which keeps the rest: the queue is then a prefetch window
     /// and the overflow policy does not apply.
     #[allow(clippy::result_large_err)] // see `PushError`
-    pub(crate) async fn push_wait(&self, mut entry: Entry) -> Result<(), PushError> {
+    pub(crate) async fn push_wait(&self, entry: Entry) -> Result<(), PushError> {
+        self.wait_for_room(entry, None).await.map(|_| ())
+    }
+
+    /// Retries the push each time a message leaves the queue, until it fits, the queue
+    /// closes, or `deadline` passes (then one last try). Never evicts.
+    #[allow(clippy::result_large_err)] // see `PushError`
+    async fn wait_for_room(
+        &self,
+        mut entry: Entry,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Pushed, PushError> {
         loop {
             let notified = self.not_full.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.try_push_with(entry, false) {
-                Ok(_) => return Ok(()),
                 Err(PushError::Full(back)) => entry = back,
-                Err(closed) => return Err(closed),
+                other => return other,
             }
-            notified.await;
+            match deadline {
+                None => notified.await,
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return self.try_push_with(entry, false);
+                    }
+                }
+            }
         }
     }
 
