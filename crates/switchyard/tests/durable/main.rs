@@ -1,5 +1,5 @@
-//! The bus on the embedded durable log: same API, messages survive a restart, unhandled ones
-//! come back.
+//! The bus on a transport: the embedded durable log (same API, messages survive a restart,
+//! unhandled ones come back) and NATS JetStream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 use std::collections::BTreeSet;
@@ -190,4 +190,64 @@ async fn two_recorders_on_a_transport_each_get_every_message() {
     assert_eq!(a.wait_for(6, WAIT).await.unwrap().len(), 6);
     assert_eq!(b.wait_for(6, WAIT).await.unwrap().len(), 6);
     bus.shutdown(WAIT).await.unwrap();
+}
+
+/// The same bus on NATS JetStream (the machine's server on 127.0.0.1:4222). Skips loudly when
+/// the server is unreachable and CI is not set; under CI it must run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bus_runs_on_nats_jetstream() {
+    use switchyard::Pattern;
+    use switchyard_nats::{NatsConfig, NatsTransport};
+    if std::net::TcpStream::connect("127.0.0.1:4222").is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "NATS must be up on 127.0.0.1:4222 under CI"
+        );
+        eprintln!(
+            "\n*** SKIPPED the_same_bus_runs_on_nats_jetstream: no NATS on 127.0.0.1:4222 ***\n"
+        );
+        return;
+    }
+    let unique = format!("busnats{}", std::process::id());
+    let config = NatsConfig::new("nats://127.0.0.1:4222")
+        .with_stream(&unique, [Pattern::new(&format!("{unique}.#")).unwrap()]);
+    let nats = NatsTransport::connect(config).await.unwrap();
+    let bus = Bus::builder().transport(nats.clone()).build().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _worker = bus
+        .on(&format!("{unique}-worker"), move |job: Job, ctx| {
+            let tx = tx.clone();
+            async move {
+                tx.send((job.n, ctx.envelope().header("origin").map(str::to_owned)))
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .pattern(&format!("{unique}.#"))
+        .start()
+        .await
+        .unwrap();
+    for n in 0..5 {
+        let mut env = Job { n }
+            .to_envelope()
+            .unwrap()
+            .with_header("origin", "nats-test");
+        env.topic = switchyard::Topic::new(&format!("{unique}.created")).unwrap();
+        bus.publish_envelope(env).await.unwrap(); // returns once JetStream acked it
+    }
+    let mut got = BTreeSet::new();
+    while got.len() < 5 {
+        let (n, origin) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            origin.as_deref(),
+            Some("nats-test"),
+            "headers travel through NATS"
+        );
+        got.insert(n);
+    }
+    assert_eq!(got, (0..5).collect::<BTreeSet<_>>());
+    bus.shutdown(WAIT).await.unwrap();
+    let _ = nats.delete_stream(&unique).await;
 }
