@@ -1,7 +1,7 @@
 //! The data-pipeline reference app: a frontend asks the CPM to run the pipeline; the CPM starts
 //! the staging domain; each domain (staging → quality → analytics → insight → report →
 //! recommendation) is a manager, a service, a handler and a processor; processors call plain
-//! modules ([`modules`]) that read and write the in-memory [`Store`] directly;
+//! modules ([`modules`]) that read and write the SQLite [`Store`] directly;
 //! results flow back up one layer at a time, each manager's completion starts the next
 //! domain's manager, and the last one's completion reaches the CPM and the frontend. Status
 //! updates go to the [`StateTracker`], failures to the [`ErrorHandler`], which asks the failing
@@ -115,8 +115,9 @@ pub struct DemoConfig {
     /// tracker, alert manager, resource monitor). Default true; false measures the pipeline
     /// without them (the error handler always runs).
     pub observers: bool,
-    /// Where the CSV is written and read, and where the tables (`store.json`) and reports
-    /// (`report-<run>.md`) are saved at the end. Default none: everything stays in memory.
+    /// Where the CSV is written and read, where the SQLite database (`pipeline.db`) lives,
+    /// and where the tables (`store.json`) and reports (`report-<run>.md`) are exported at the
+    /// end. Default none: everything stays in memory.
     pub data_dir: Option<std::path::PathBuf>,
 }
 
