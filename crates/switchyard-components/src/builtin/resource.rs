@@ -1,8 +1,8 @@
 //! The resource monitor: the process's CPU time, resident memory and open files, compared with
 //! thresholds.
 //!
-//! Read from Linux's `/proc/self` (no extra dependency); elsewhere sampling returns
-//! [`ResourceError::Unsupported`].
+//! Read through `sysinfo` (Linux, macOS, Windows, the BSDs); where it cannot see the process
+//! or its open files, sampling returns [`ResourceError::Unsupported`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +16,6 @@ use super::{SYSTEM_DOMAIN, lock};
 use crate::component::ComponentBuilder;
 use crate::enforce::ComponentBus;
 use crate::role::Role;
-
-/// Clock ticks per second of `/proc/self/stat` times (`USER_HZ`, 100 on every mainstream Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
 
 /// One measurement of the process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,21 +64,9 @@ pub struct ResourceThresholds {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResourceError {
-    /// Not on Linux (no `/proc/self`).
-    #[error("process resources can only be read from /proc on Linux")]
-    Unsupported,
-    /// `/proc` could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: &'static str,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A `/proc` file did not have the expected format.
-    #[error("unexpected format of {0}")]
-    Format(&'static str),
+    /// The platform does not expose this process's figures (or its open files).
+    #[error("process resources are not available on this platform: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Samples the process and checks thresholds. Cheap to clone.
@@ -89,6 +74,7 @@ pub enum ResourceError {
 pub struct ResourceMonitor {
     thresholds: ResourceThresholds,
     last: Arc<Mutex<Option<(Instant, f64)>>>,
+    system: Arc<Mutex<sysinfo::System>>,
 }
 
 impl std::fmt::Debug for ResourceMonitor {
@@ -97,10 +83,6 @@ impl std::fmt::Debug for ResourceMonitor {
             .field("thresholds", &self.thresholds)
             .finish()
     }
-}
-
-fn read(path: &'static str) -> Result<String, ResourceError> {
-    std::fs::read_to_string(path).map_err(|source| ResourceError::Io { path, source })
 }
 
 impl ResourceMonitor {
@@ -112,6 +94,7 @@ impl ResourceMonitor {
         Self {
             thresholds,
             last: Arc::new(Mutex::new(None)),
+            system: Arc::new(Mutex::new(sysinfo::System::new())),
         }
     }
 
@@ -124,37 +107,24 @@ impl ResourceMonitor {
 
     /// Measures the process now.
     pub fn sample(&self) -> Result<ResourceSample, ResourceError> {
-        if !cfg!(target_os = "linux") {
-            return Err(ResourceError::Unsupported);
-        }
-        let stat = read("/proc/self/stat")?;
-        // Fields after the command name (which may hold spaces) start at field 3 (state);
-        // utime and stime are fields 14 and 15.
-        let after = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or(ResourceError::Format("/proc/self/stat"))?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<f64, ResourceError> {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or(ResourceError::Format("/proc/self/stat"))
+        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
+        let pid = Pid::from_u32(std::process::id());
+        let (cpu_seconds, rss_bytes, open_files) = {
+            let mut system = lock(&self.system);
+            let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
+            system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+            let process = system
+                .process(pid)
+                .ok_or(ResourceError::Unsupported("this process is not visible"))?;
+            let open_files = process
+                .open_files()
+                .ok_or(ResourceError::Unsupported("open files are not visible"))?;
+            (
+                process.accumulated_cpu_time() as f64 / 1000.0,
+                process.memory(),
+                open_files as u64,
+            )
         };
-        let cpu_seconds = (ticks(11)? + ticks(12)?) / TICKS_PER_SECOND;
-        let status = read("/proc/self/status")?;
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or(ResourceError::Format("/proc/self/status"))?;
-        let open_files = std::fs::read_dir("/proc/self/fd")
-            .map_err(|source| ResourceError::Io {
-                path: "/proc/self/fd",
-                source,
-            })?
-            .count() as u64;
         let now = Instant::now();
         let cpu_percent = {
             let mut last = lock(&self.last);
@@ -168,7 +138,7 @@ impl ResourceMonitor {
         Ok(ResourceSample {
             cpu_seconds,
             cpu_percent,
-            rss_bytes: rss_kb * 1024,
+            rss_bytes,
             open_files,
         })
     }

@@ -194,3 +194,26 @@ async fn unhealthy_component_is_posted_to_a_webhook() {
     // Evaluating again does not notify again.
     assert!(alerts.evaluate_health(&health).await.is_empty());
 }
+
+#[test]
+fn resource_samples_follow_the_process() {
+    // Other tests of this binary open and close files concurrently, so only bounds that hold
+    // whatever they do are checked.
+    let monitor = ResourceMonitor::new(ResourceThresholds::default());
+    let before = monitor.sample().unwrap();
+    let files: Vec<std::fs::File> = (0..8)
+        .map(|_| std::fs::File::open("Cargo.toml").unwrap())
+        .collect();
+    let during = monitor.sample().unwrap();
+    assert!(
+        during.open_files >= 8 + 3,
+        "8 files plus stdin/stdout/stderr: {during:?}"
+    );
+    assert!(during.rss_bytes > 1 << 20, "{during:?}");
+    assert!(during.cpu_seconds >= before.cpu_seconds);
+    assert!(
+        before.cpu_percent.is_none() && during.cpu_percent.is_some(),
+        "the second sample has a rate"
+    );
+    drop(files);
+}
