@@ -1,20 +1,33 @@
-//! Publish throughput of the log: `Always` (group commit) vs `Never`, with 1 and 16
-//! concurrent publishers, 64-byte payloads; beside it the floor, a raw `write` + `fdatasync`
-//! loop with batches of the same sizes.
+//! Publish throughput of the log under `Durability::Always`, 64-byte payloads.
 //!
-//! Run: `cargo bench -p switchyard-log --bench log`
+//! Run: `cargo bench -p switchyard-log --bench log` (a short criterion part).
 //!
-//! With `SWITCHYARD_LOG_REPORT=1` a second part prints, for `Always` with 1, 8, 16 and 64
-//! outstanding publishes: records/s, p50/p99 publish latency, CPU-seconds per million records,
-//! the mean group-commit batch and the raw floor at that batch size. Set
-//! `SWITCHYARD_BENCH_NATS=host:port` (a JetStream server) and/or
-//! `SWITCHYARD_BENCH_REDIS=host:port` to add those servers, driven through their plain wire
-//! protocols with the same number of outstanding publishes.
+//! With `SWITCHYARD_LOG_REPORT=1` the report compares like with like, in one run:
+//!
+//! 1. **Floor**: one `publish` of B envelopes, awaited, in a loop, against a raw
+//!    `write` + `fdatasync` loop of B records of the log's on-disk record size, for B in 1, 8,
+//!    64, 256. The raw loop runs right before and right after each log run and the log is
+//!    compared with their mean, three times over, because the disk's sync latency drifts.
+//! 2. **Outstanding publishes**: N tasks each publishing one record at a time (N = 1, 8, 64,
+//!    256 publishes in flight) with p50/p99 latency, records per `fdatasync` and CPU-seconds per
+//!    million records; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
+//!    `jetstream { sync_interval: always }`), JetStream with the same N async publishes in
+//!    flight on one connection.
+//! 3. With `SWITCHYARD_BENCH_NATS_INTERVAL=host:port` (a server with the default sync
+//!    interval), the same against the log in `Interval` mode; with
+//!    `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8 clients.
+//!
+//! Envelopes are built before the timed part (building one is the application's work, and its
+//! cost is printed separately); encoding, framing, CRC, the write, the sync and the wake-up
+//! of the publisher are the log's work and are timed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -31,31 +44,41 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Publishes `total` records from `publishers` concurrent tasks, one record per publish.
-/// Returns every publish latency.
+fn envelopes(n: usize) -> Vec<Envelope> {
+    let topic = Topic::new("bench.publish").unwrap();
+    (0..n)
+        .map(|_| Envelope::new(topic.clone(), &PAYLOAD[..]))
+        .collect()
+}
+
+/// Work for `publishers` tasks of `per` envelopes each.
+fn work(publishers: usize, per: usize) -> Vec<Vec<Envelope>> {
+    (0..publishers).map(|_| envelopes(per)).collect()
+}
+
+/// One task per entry of `work` publishes its envelopes one at a time, each awaited before the
+/// next. Returns every publish latency.
 fn drive(
     rt: &tokio::runtime::Runtime,
     log: &LogTransport,
-    publishers: usize,
-    total: usize,
+    work: Vec<Vec<Envelope>>,
 ) -> Vec<Duration> {
-    let per = total.div_ceil(publishers);
     rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..publishers {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                let topic = Topic::new("bench.publish").unwrap();
-                let mut lat = Vec::with_capacity(per);
-                for _ in 0..per {
-                    let env = Envelope::new(topic.clone(), &PAYLOAD[..]);
-                    let t = Instant::now();
-                    log.publish(vec![env]).await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
+        let tasks: Vec<_> = work
+            .into_iter()
+            .map(|envs| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(envs.len());
+                    for env in envs {
+                        let t = Instant::now();
+                        log.publish(vec![env]).await.unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
         let mut all = Vec::new();
         for t in tasks {
             all.extend(t.await.unwrap());
@@ -64,139 +87,100 @@ fn drive(
     })
 }
 
-fn publish(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("log_publish");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(5));
-    for (mode_name, mode) in [("always", Durability::Always), ("never", Durability::Never)] {
-        for publishers in [1usize, 16] {
-            let dir = tempfile::tempdir().unwrap();
-            let log = LogTransport::open(LogConfig::new(dir.path()).with_durability(mode)).unwrap();
-            group.bench_with_input(
-                BenchmarkId::new(mode_name, format!("{publishers}_publishers")),
-                &publishers,
-                |b, &publishers| {
-                    b.iter_custom(|iters| {
-                        let start = Instant::now();
-                        drive(&rt, &log, publishers, iters as usize);
-                        start.elapsed()
-                    })
-                },
-            );
-            rt.block_on(log.close(Instant::now() + Duration::from_secs(30)))
-                .unwrap();
+/// One task publishes each entry of `work` as one batch, each awaited before the next.
+fn drive_batches(
+    rt: &tokio::runtime::Runtime,
+    log: &LogTransport,
+    work: Vec<Vec<Envelope>>,
+) -> Vec<Duration> {
+    rt.block_on(async {
+        let mut lat = Vec::with_capacity(work.len());
+        for b in work {
+            let t = Instant::now();
+            log.publish(b).await.unwrap();
+            lat.push(t.elapsed());
         }
-    }
-    group.finish();
+        lat
+    })
 }
 
-/// Consuming: a new group reads and acks records already in the log.
-fn consume(c: &mut Criterion) {
-    use futures::StreamExt;
-    use switchyard_core::{Pattern, Subscriber};
-    let rt = runtime();
-    let mut group = c.benchmark_group("log_consume");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(5));
-    let dir = tempfile::tempdir().unwrap();
-    let log =
-        LogTransport::open(LogConfig::new(dir.path()).with_durability(Durability::Never)).unwrap();
-    let topic = Topic::new("bench.consume").unwrap();
-    let preload = 200_000usize;
-    rt.block_on(async {
-        for _ in 0..preload / 1000 {
-            let batch = (0..1000)
-                .map(|_| Envelope::new(topic.clone(), &PAYLOAD[..]))
-                .collect();
-            log.publish(batch).await.unwrap();
-        }
-    });
-    let pattern = Pattern::new("bench.#").unwrap();
-    let mut round = 0u64;
-    group.bench_function("ack_each_1_member", |b| {
-        b.iter_custom(|iters| {
-            let n = (iters as usize).min(preload);
-            round += 1;
-            let group_name = format!("g{round}");
-            let start = Instant::now();
-            rt.block_on(async {
-                let mut sub = log.subscribe(&pattern, Some(&group_name)).await.unwrap();
-                for _ in 0..n {
-                    sub.next().await.unwrap().ack().await.unwrap();
-                }
-            });
-            // Scaled when criterion asks for more than the preloaded records.
-            start.elapsed().mul_f64(iters as f64 / n as f64)
-        })
-    });
-    group.finish();
+fn close(rt: &tokio::runtime::Runtime, log: LogTransport) {
     rt.block_on(log.close(Instant::now() + Duration::from_secs(30)))
         .unwrap();
 }
 
-/// Records/s of `write(batch records)` + `fdatasync`, for `rounds` rounds.
-fn raw_rate(batch: usize, rounds: usize) -> f64 {
+fn criterion_part(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("log_publish_always");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    for (publishers, batch) in [(1usize, 1usize), (64, 1), (1, 256)] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogTransport::open(LogConfig::new(dir.path())).unwrap();
+        group.throughput(Throughput::Elements((publishers * batch) as u64));
+        group.bench_function(
+            BenchmarkId::new(format!("{publishers}_publishers"), format!("batch_{batch}")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let w = work(publishers, batch);
+                        let start = Instant::now();
+                        if batch == 1 {
+                            drive(&rt, &log, w);
+                        } else {
+                            drive_batches(&rt, &log, w);
+                        }
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            },
+        );
+        close(&rt, log);
+    }
+    group.finish();
+}
+
+/// The floor: `rounds` times, append `batch` records of `record_bytes` and `fdatasync`.
+/// Returns (records/s, CPU-seconds per million records).
+fn raw_rate(batch: usize, rounds: usize, record_bytes: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.path().join("raw"))
         .unwrap();
-    let buf = vec![1u8; RECORD_BYTES * batch];
+    let buf = vec![1u8; record_bytes * batch];
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
     for _ in 0..rounds {
         f.write_all(&buf).unwrap();
         f.sync_data().unwrap();
     }
-    (batch * rounds) as f64 / start.elapsed().as_secs_f64()
+    let secs = start.elapsed().as_secs_f64();
+    let n = (batch * rounds) as f64;
+    (n / secs, (cpu_seconds() - cpu0) / n * 1e6)
 }
 
-/// Size of one 64-byte-payload envelope as framed on disk (measured by the report).
-const RECORD_BYTES: usize = 160;
-
-/// The floor: append `batch` records of the log's record size, then `fdatasync`.
-fn raw_floor(c: &mut Criterion) {
-    let mut group = c.benchmark_group("raw_write_fdatasync");
-    group.throughput(Throughput::Elements(1));
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(5));
-    for batch in [1usize, 16] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("raw"))
-            .unwrap();
-        let buf = vec![1u8; RECORD_BYTES * batch];
-        group.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
-            b.iter_custom(|iters| {
-                let rounds = (iters as usize).div_ceil(batch);
-                let start = Instant::now();
-                for _ in 0..rounds {
-                    f.write_all(&buf).unwrap();
-                    f.sync_data().unwrap();
-                }
-                start.elapsed()
-            })
-        });
-    }
-    group.finish();
-}
-
-/// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
+/// On-CPU seconds of every live thread of this process (from `/proc/self/task/*/schedstat`,
+/// nanosecond resolution; Linux only, 0 elsewhere). Measured before a log is closed, so its
+/// writer thread is counted.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0.0;
     };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
-    ticks / 100.0
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -207,72 +191,159 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn print_row(name: &str, records: usize, elapsed: Duration, lat: &mut [Duration], extra: &str) {
-    lat.sort_unstable();
-    println!(
-        "{name:<44} {:>10.0} rec/s  p50 {:>8.1} µs  p99 {:>8.1} µs  {extra}",
-        records as f64 / elapsed.as_secs_f64(),
-        percentile(lat, 0.50).as_secs_f64() * 1e6,
-        percentile(lat, 0.99).as_secs_f64() * 1e6,
-    );
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
-/// Runs `per_client` request/response round trips on each of `clients` threads.
-fn drive_threads<F>(clients: usize, per_client: usize, f: F) -> (Duration, Vec<Duration>)
-where
-    F: Fn(usize) -> Box<dyn FnMut() + Send> + Sync,
-{
+/// Result of one measured run.
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_per_m: f64,
+    per_sync: f64,
+}
+
+fn log_run(
+    rt: &tokio::runtime::Runtime,
+    durability: Durability,
+    f: impl FnOnce(&LogTransport) -> Vec<Duration>,
+) -> (Run, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(LogConfig::new(dir.path()).with_durability(durability)).unwrap();
+    drive(rt, &log, work(4, 50)); // warm up: segment created, threads running
+    let before = log.stats();
+    let cpu0 = cpu_seconds();
     let start = Instant::now();
-    let lat = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|i| {
-                let mut op = f(i);
-                s.spawn(move || {
-                    let mut lat = Vec::with_capacity(per_client);
-                    for _ in 0..per_client {
-                        let t = Instant::now();
-                        op();
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect::<Vec<_>>()
-    });
-    (start.elapsed(), lat)
+    let mut lat = f(&log);
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let after = log.stats();
+    close(rt, log);
+    let records = (after.records - before.records) as f64;
+    let syncs = (after.syncs - before.syncs) as f64;
+    lat.sort_unstable();
+    let run = Run {
+        rate: records / secs,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        cpu_per_m: cpu / records * 1e6,
+        per_sync: if syncs > 0.0 {
+            records / syncs
+        } else {
+            f64::NAN
+        },
+    };
+    let record_bytes = (after.bytes - before.bytes) as f64 / records;
+    (run, record_bytes)
 }
 
-/// A minimal NATS client: publish with a reply inbox, wait for the JetStream ack.
-struct Nats {
+/// A pipelined JetStream publisher: one connection, at most `window` publishes awaiting their
+/// ack (what `PublishAsync` with a max-pending of `window` does).
+fn nats_async(addr: &str, window: usize, total: usize) -> Run {
+    let mut admin = NatsSync::connect(addr);
+    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
+    let created = admin.request(
+        "$JS.API.STREAM.CREATE.SWLOGBENCH",
+        br#"{"name":"SWLOGBENCH","subjects":["swlogbench.>"],"storage":"file"}"#,
+    );
+    assert!(
+        !String::from_utf8_lossy(&created).contains("\"error\""),
+        "{}",
+        String::from_utf8_lossy(&created)
+    );
+    let conn = TcpStream::connect(addr).unwrap();
+    conn.set_nodelay(true).unwrap();
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut info = String::new();
+    r.read_line(&mut info).unwrap();
+    let mut w = BufWriter::new(conn);
+    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.swlogasync.* 1\r\n")
+        .unwrap();
+    w.flush().unwrap();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let (tokens_tx, tokens_rx) = std::sync::mpsc::sync_channel::<()>(window);
+    for _ in 0..window {
+        tokens_tx.send(()).unwrap();
+    }
+    let epoch = Instant::now();
+    let reader = {
+        let sent = sent.clone();
+        std::thread::spawn(move || {
+            let mut lat = Vec::with_capacity(total);
+            let mut line = String::new();
+            while lat.len() < total {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                let Some(rest) = line.strip_prefix("MSG ") else {
+                    assert!(!line.starts_with("-ERR"), "nats: {line}");
+                    continue;
+                };
+                let mut parts = rest.split_whitespace();
+                let subject = parts.next().unwrap();
+                let len: usize = parts.last().unwrap().parse().unwrap();
+                let seq: usize = subject.rsplit('.').next().unwrap().parse().unwrap();
+                let mut body = vec![0u8; len + 2];
+                r.read_exact(&mut body).unwrap();
+                assert!(
+                    body.starts_with(b"{\"stream\""),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let now = epoch.elapsed().as_nanos() as u64;
+                lat.push(Duration::from_nanos(
+                    now - sent[seq].load(Ordering::Relaxed),
+                ));
+                let _ = tokens_tx.send(());
+            }
+            lat
+        })
+    };
+    let start = Instant::now();
+    for seq in 0..total {
+        if tokens_rx.try_recv().is_err() {
+            w.flush().unwrap();
+            tokens_rx.recv().unwrap();
+        }
+        sent[seq].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        write!(w, "PUB swlogbench.x _INBOX.swlogasync.{seq} 64\r\n").unwrap();
+        w.write_all(&PAYLOAD).unwrap();
+        w.write_all(b"\r\n").unwrap();
+    }
+    w.flush().unwrap();
+    let mut lat = reader.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
+    lat.sort_unstable();
+    Run {
+        rate: total as f64 / secs,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        cpu_per_m: f64::NAN,
+        per_sync: f64::NAN,
+    }
+}
+
+/// A minimal blocking NATS request client, for stream administration.
+struct NatsSync {
     w: TcpStream,
     r: BufReader<TcpStream>,
-    inbox: String,
 }
 
-impl Nats {
-    fn connect(addr: &str, id: usize) -> Self {
+impl NatsSync {
+    fn connect(addr: &str) -> Self {
         let w = TcpStream::connect(addr).unwrap();
-        w.set_nodelay(true).unwrap();
         let mut r = BufReader::new(w.try_clone().unwrap());
         let mut info = String::new();
         r.read_line(&mut info).unwrap();
-        let inbox = format!("_INBOX.swlogbench.{id}");
-        let mut n = Self { w, r, inbox };
-        let hello = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\n",
-            n.inbox
-        );
-        n.w.write_all(hello.as_bytes()).unwrap();
+        let mut n = Self { w, r };
+        n.w.write_all(b"CONNECT {\"verbose\":false}\r\nSUB _INBOX.swlogadmin 1\r\n")
+            .unwrap();
         n
     }
 
     fn request(&mut self, subject: &str, payload: &[u8]) -> Vec<u8> {
-        let head = format!("PUB {subject} {} {}\r\n", self.inbox, payload.len());
-        let mut msg = head.into_bytes();
+        let mut msg = format!("PUB {subject} _INBOX.swlogadmin {}\r\n", payload.len()).into_bytes();
         msg.extend_from_slice(payload);
         msg.extend_from_slice(b"\r\n");
         self.w.write_all(&msg).unwrap();
@@ -294,161 +365,223 @@ impl Nats {
     }
 }
 
-fn nats_rate(addr: &str, clients: usize, total: usize) {
-    let mut admin = Nats::connect(addr, 999);
-    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-    let created = admin.request(
-        "$JS.API.STREAM.CREATE.SWLOGBENCH",
-        br#"{"name":"SWLOGBENCH","subjects":["swlogbench.>"],"storage":"file"}"#,
-    );
-    assert!(
-        !String::from_utf8_lossy(&created).contains("\"error\""),
-        "{}",
-        String::from_utf8_lossy(&created)
-    );
-    let per = total.div_ceil(clients);
-    let (elapsed, mut lat) = drive_threads(clients, per, |i| {
-        let mut c = Nats::connect(addr, i);
-        Box::new(move || {
-            let ack = c.request("swlogbench.x", &PAYLOAD);
-            assert!(
-                ack.starts_with(b"{\"stream\""),
-                "{}",
-                String::from_utf8_lossy(&ack)
-            );
-        })
-    });
-    print_row(
-        &format!("jetstream {addr} {clients} outstanding"),
-        per * clients,
-        elapsed,
-        &mut lat,
-        "",
-    );
-    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-}
-
-fn redis_rate(addr: &str, clients: usize, total: usize) {
+/// Redis `XADD` round trips from `clients` threads, one outstanding each.
+fn redis_rate(addr: &str, clients: usize, total: usize) -> Run {
     let per = total.div_ceil(clients);
     let mut cmd =
         b"*5\r\n$4\r\nXADD\r\n$10\r\nswlogbench\r\n$1\r\n*\r\n$1\r\np\r\n$64\r\n".to_vec();
     cmd.extend_from_slice(&PAYLOAD);
     cmd.extend_from_slice(b"\r\n");
-    let (elapsed, mut lat) = drive_threads(clients, per, |_| {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_nodelay(true).unwrap();
-        let mut r = BufReader::new(w.try_clone().unwrap());
-        let mut w = w;
-        let cmd = cmd.clone();
-        Box::new(move || {
-            w.write_all(&cmd).unwrap();
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            assert!(line.starts_with('$'), "redis: {line}");
-            line.clear();
-            r.read_line(&mut line).unwrap();
-        })
+    let start = Instant::now();
+    let mut lat: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let cmd = cmd.clone();
+                s.spawn(move || {
+                    let mut w = TcpStream::connect(addr).unwrap();
+                    w.set_nodelay(true).unwrap();
+                    let mut r = BufReader::new(w.try_clone().unwrap());
+                    let mut lat = Vec::with_capacity(per);
+                    let mut line = String::new();
+                    for _ in 0..per {
+                        let t = Instant::now();
+                        w.write_all(&cmd).unwrap();
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        assert!(line.starts_with('$'), "redis: {line}");
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
-    print_row(
-        &format!("redis XADD {addr} {clients} outstanding"),
-        per * clients,
-        elapsed,
-        &mut lat,
-        "",
-    );
+    let secs = start.elapsed().as_secs_f64();
     let mut w = TcpStream::connect(addr).unwrap();
     w.write_all(b"*2\r\n$3\r\nDEL\r\n$10\r\nswlogbench\r\n")
         .unwrap();
+    lat.sort_unstable();
+    Run {
+        rate: (per * clients) as f64 / secs,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        cpu_per_m: f64::NAN,
+        per_sync: f64::NAN,
+    }
+}
+
+fn row(name: &str, r: &Run, extra: &str) {
+    let opt = |v: f64, prec: usize| {
+        if v.is_finite() {
+            format!("{v:.prec$}")
+        } else {
+            "-".to_owned()
+        }
+    };
+    println!(
+        "{name:<22} {:>9.0} rec/s  p50 {:>6.0} µs  p99 {:>6.0} µs  {:>6} CPU-s/M  {:>6} rec/sync  {extra}",
+        r.rate,
+        us(r.p50),
+        us(r.p99),
+        opt(r.cpu_per_m, 2),
+        opt(r.per_sync, 1),
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn report() {
     let rt = runtime();
-    println!("\n== publish report: 64-byte payloads, one record per publish ==");
-    for publishers in [1usize, 8, 16, 64] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = LogTransport::open(LogConfig::new(dir.path())).unwrap();
-        drive(&rt, &log, publishers, 200); // warm up
-        let before = log.stats();
-        let total = if publishers == 1 { 3_000 } else { 20_000 };
-        let cpu0 = cpu_seconds();
-        let start = Instant::now();
-        let mut lat = drive(&rt, &log, publishers, total);
-        let elapsed = start.elapsed();
-        let cpu = cpu_seconds() - cpu0;
-        let after = log.stats();
-        let records = after.records - before.records;
-        let syncs = (after.syncs - before.syncs).max(1);
-        let batch = records as f64 / syncs as f64;
-        let record_bytes = (after.bytes - before.bytes) as f64 / records as f64;
-        let floor = raw_rate(batch.round().max(1.0) as usize, 300);
-        let rate = records as f64 / elapsed.as_secs_f64();
-        print_row(
-            &format!("log Always, {publishers} outstanding"),
-            records as usize,
-            elapsed,
-            &mut lat,
-            &format!(
-                "{:.1} CPU-s/M  batch {batch:.1}  {record_bytes:.0} B/rec  raw floor@batch {floor:.0} rec/s ({:.2}x)",
-                cpu / records as f64 * 1e6,
-                rate / floor
-            ),
-        );
-        rt.block_on(log.close(Instant::now() + Duration::from_secs(30)))
-            .unwrap();
-    }
-    for batch in [1usize, 8, 16, 64, 256] {
-        let cpu0 = cpu_seconds();
-        let rounds = if batch == 1 { 1000 } else { 300 };
-        let rate = raw_rate(batch, rounds);
-        let cpu = cpu_seconds() - cpu0;
-        println!(
-            "raw write+fdatasync, batch {batch:<4}                 {rate:>10.0} rec/s  {:.1} CPU-s/M",
-            cpu / (batch * rounds) as f64 * 1e6
-        );
-    }
+    println!("\n== switchyard-log report: 64-byte payloads, Durability::Always ==");
     {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = LogConfig::new(dir.path()).with_durability(Durability::Never);
-        let log = LogTransport::open(cfg.clone()).unwrap();
-        let topic = Topic::new("bench.open").unwrap();
-        let n = 500_000usize;
-        rt.block_on(async {
-            for _ in 0..n / 1000 {
-                let batch = (0..1000)
-                    .map(|_| Envelope::new(topic.clone(), &PAYLOAD[..]))
-                    .collect();
-                log.publish(batch).await.unwrap();
-            }
-            log.close(Instant::now() + Duration::from_secs(30))
-                .await
-                .unwrap();
-        });
-        drop(log);
-        let start = Instant::now();
-        let log = LogTransport::open(cfg).unwrap();
+        let n = 100_000;
+        let t = Instant::now();
+        let envs = envelopes(n);
+        let build = t.elapsed().as_secs_f64() / n as f64;
+        let t = Instant::now();
+        let bytes: usize = envs
+            .iter()
+            .map(|e| rmp_serde::to_vec(e).unwrap().len())
+            .sum();
+        let encode = t.elapsed().as_secs_f64() / n as f64;
         println!(
-            "open + recovery scan of {n} records ({} MB): {:.0} ms",
-            log.streams()[0].bytes / 1_000_000,
-            start.elapsed().as_secs_f64() * 1e3
+            "Envelope::new {:.0} ns (not timed below), MessagePack encode {:.0} ns, {} B encoded",
+            build * 1e9,
+            encode * 1e9,
+            bytes / n
         );
     }
-    if let Ok(addr) = std::env::var("SWITCHYARD_BENCH_NATS") {
-        for clients in [1usize, 8, 16, 64] {
-            nats_rate(&addr, clients, if clients == 1 { 1_000 } else { 5_000 });
+
+    let only = std::env::var("SWITCHYARD_LOG_REPORT").unwrap_or_default();
+    let run_a = only != "b";
+    let run_b = only != "a";
+    if run_a {
+        println!(
+            "\n-- (a) one publish of B records, awaited, vs raw write+fdatasync of B records --"
+        );
+        println!("   raw = mean of a raw loop right before and right after the log run");
+        let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
+        let mut record_bytes = 200usize;
+        for repeat in 1..=3 {
+            for (batch, rounds) in [(1usize, 1500usize), (8, 1000), (64, 500), (256, 300)] {
+                let (before, _) = raw_rate(batch, rounds, record_bytes);
+                let w = work(rounds, batch);
+                let (run, rb) = log_run(&rt, Durability::Always, |log| drive_batches(&rt, log, w));
+                record_bytes = rb.round() as usize;
+                let (after, raw_cpu) = raw_rate(batch, rounds, record_bytes);
+                let raw = (before + after) / 2.0;
+                let ratio = run.rate / raw;
+                ratios.entry(batch).or_default().push(ratio);
+                row(
+                    &format!("#{repeat} log  B={batch}"),
+                    &run,
+                    &format!(
+                        "raw {raw:>9.0} rec/s ({before:.0}/{after:.0}, {raw_cpu:.2} CPU-s/M)  log/raw {ratio:.2}x"
+                    ),
+                );
+            }
+        }
+        println!("   record size on disk: {record_bytes} B (the raw loop writes the same)");
+        for batch in [1usize, 8, 64, 256] {
+            let r = &ratios[&batch];
+            println!(
+                "   B={batch:<4} log/raw median {:.2}x  (min {:.2}x, max {:.2}x)  target >= 0.5x",
+                median(r.clone()),
+                r.iter().copied().fold(f64::INFINITY, f64::min),
+                r.iter().copied().fold(0.0, f64::max),
+            );
+        }
+    }
+    if !run_b {
+        return;
+    }
+    let nats = std::env::var("SWITCHYARD_BENCH_NATS").ok();
+    let nats_interval = std::env::var("SWITCHYARD_BENCH_NATS_INTERVAL").ok();
+    for (title, durability, server) in [
+        (
+            "Always vs JetStream sync_interval: always",
+            Durability::Always,
+            nats.as_deref(),
+        ),
+        (
+            "Interval(2 min) vs JetStream default sync (2 min)",
+            Durability::Interval(Duration::from_secs(120)),
+            nats_interval.as_deref(),
+        ),
+    ] {
+        if durability != Durability::Always && server.is_none() {
+            continue;
+        }
+        println!("\n-- (b) N outstanding single-record publishes: {title} --");
+        for n in [1usize, 8, 64, 256] {
+            let per = match n {
+                1 => 2000,
+                8 => 1500,
+                64 => 600,
+                _ => 300,
+            };
+            let w = work(n, per);
+            let (run, _) = log_run(&rt, durability, |log| drive(&rt, log, w));
+            row(&format!("log        N={n}"), &run, "");
+            if let Some(addr) = server {
+                let total = match (durability, n) {
+                    (Durability::Always, 1) => 1000,
+                    (Durability::Always, 8) => 3000,
+                    (Durability::Always, _) => 8000,
+                    _ => 50_000,
+                };
+                let js = nats_async(addr, n, total);
+                row(
+                    &format!("jetstream  N={n}"),
+                    &js,
+                    &format!("log/jetstream {:.1}x", run.rate / js.rate),
+                );
+            }
         }
     }
     if let Ok(addr) = std::env::var("SWITCHYARD_BENCH_REDIS") {
-        for clients in [1usize, 8, 16] {
-            redis_rate(&addr, clients, 20_000);
+        println!("\n-- Redis XADD (its own persistence settings; see docs/log.md) --");
+        for clients in [1usize, 8] {
+            row(
+                &format!("redis XADD clients={clients}"),
+                &redis_rate(&addr, clients, 20_000),
+                "",
+            );
         }
+    }
+    if only == "1" {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig::new(dir.path()).with_durability(Durability::Never);
+        let log = LogTransport::open(cfg.clone()).unwrap();
+        let n = 500_000usize;
+        rt.block_on(async {
+            for _ in 0..n / 1000 {
+                log.publish(envelopes(1000)).await.unwrap();
+            }
+        });
+        close(&rt, log);
+        let start = Instant::now();
+        let log = LogTransport::open(cfg).unwrap();
+        println!(
+            "\nopen + recovery scan of {n} records ({} MB): {:.0} ms",
+            log.streams()[0].bytes / 1_000_000,
+            start.elapsed().as_secs_f64() * 1e3
+        );
     }
 }
 
 fn main() {
     let mut c = Criterion::default().configure_from_args();
-    publish(&mut c);
-    consume(&mut c);
-    raw_floor(&mut c);
+    criterion_part(&mut c);
     c.final_summary();
     if std::env::var_os("SWITCHYARD_LOG_REPORT").is_some() {
         report();

@@ -92,8 +92,18 @@ pub(crate) fn offset_of(record: &[u8]) -> Option<u64> {
 }
 
 /// Encodes an envelope for storage.
+#[cfg(test)]
 pub(crate) fn encode(env: &Envelope) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec(env)
+}
+
+/// Appends the stored encoding of an envelope to `out` (the same bytes as `encode`), so one
+/// buffer holds a whole batch.
+pub(crate) fn encode_into(
+    env: &Envelope,
+    out: &mut Vec<u8>,
+) -> Result<(), rmp_serde::encode::Error> {
+    rmp_serde::encode::write(out, env)
 }
 
 /// Decodes a stored envelope.
@@ -112,6 +122,9 @@ mod tests {
         let env =
             Envelope::new(Topic::new("a.b").unwrap(), vec![0u8, 1, 255]).with_header("k", "v");
         let payload = encode(&env).unwrap();
+        let mut into = vec![9u8];
+        encode_into(&env, &mut into).unwrap();
+        assert_eq!(&into[1..], &payload[..]);
         let mut buf = Vec::new();
         frame(7, &payload, &mut buf);
         assert_eq!(

@@ -22,7 +22,7 @@ use crate::error::{OpenError, ReadError};
 use crate::group::{Dispatch, GroupSettings, GroupShared};
 use crate::record;
 use crate::stream::{StreamShared, lock};
-use crate::writer::{PendingCommits, Writer, WriterMsg, WriterStats};
+use crate::writer::{PendingCommits, Records, Writer, WriterMsg, WriterStats};
 
 /// An embedded, durable, append-only log that carries bus messages.
 ///
@@ -458,7 +458,19 @@ impl Publisher for LogTransport {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
-        let mut records = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One buffer for the whole batch, sized from a guess of the encoded size (the fixed
+        // fields of an envelope take about 100 bytes).
+        let guess: usize = batch
+            .iter()
+            .map(|e| 128 + e.topic.as_str().len() + e.payload.len())
+            .sum();
+        let mut records = Records {
+            bytes: Vec::with_capacity(guess),
+            ends: Vec::with_capacity(batch.len()),
+        };
         for env in &batch {
             let stream = self.route(&env.topic).ok_or_else(|| {
                 TransportError::new(
@@ -466,26 +478,24 @@ impl Publisher for LogTransport {
                     format!("no log stream takes topic {}", env.topic),
                 )
             })?;
-            let bytes = record::encode(env).map_err(|e| CodecError {
+            let start = records.bytes.len();
+            record::encode_into(env, &mut records.bytes).map_err(|e| CodecError {
                 direction: CodecDirection::Encode,
                 type_name: "Envelope",
                 source: Box::new(e),
             })?;
-            if bytes.len() > self.inner.config.max_record_bytes as usize {
+            let len = records.bytes.len() - start;
+            if len > self.inner.config.max_record_bytes as usize {
                 return Err(TransportError::new(
                     TransportErrorKind::Rejected,
                     format!(
-                        "encoded message of {} bytes exceeds max_record_bytes {}",
-                        bytes.len(),
+                        "encoded message of {len} bytes exceeds max_record_bytes {}",
                         self.inner.config.max_record_bytes
                     ),
                 )
                 .into());
             }
-            records.push((stream, bytes));
-        }
-        if records.is_empty() {
-            return Ok(());
+            records.ends.push((stream, records.bytes.len()));
         }
         let (reply, rx) = oneshot::channel();
         self.send(WriterMsg::Append { records, reply })

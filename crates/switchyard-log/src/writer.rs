@@ -37,12 +37,31 @@ pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
 /// Where the writer answers an append, flush or close.
 pub(crate) type Reply = oneshot::Sender<Result<(), AppendError>>;
 
-/// Encoded envelopes of one publish: (stream index, payload) in order.
-pub(crate) type Records = Vec<(usize, Vec<u8>)>;
+/// The encoded envelopes of one publish, in order, back to back in one buffer (one
+/// allocation per publish rather than one per record).
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    /// The encodings, concatenated.
+    pub bytes: Vec<u8>,
+    /// (stream index, end of its encoding in `bytes`) of each record.
+    pub ends: Vec<(usize, usize)>,
+}
+
+impl Records {
+    /// (stream index, encoding) of each record, in order.
+    fn iter(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(stream, end)| {
+            let rec = self.bytes.get(start..end).unwrap_or(&[]);
+            start = end;
+            (stream, rec)
+        })
+    }
+}
 
 /// A request to the writer thread.
 pub(crate) enum WriterMsg {
-    /// Append encoded envelopes (stream index, payload) in order.
+    /// Append encoded envelopes in order.
     Append {
         records: Records,
         reply: oneshot::Sender<Result<(), AppendError>>,
@@ -83,9 +102,29 @@ pub(crate) struct Writer {
     last_sync: Instant,
     last_commit: Instant,
     last_retention: Instant,
+    /// Whether the last round appended: then the next request is likely a few microseconds
+    /// away and the thread polls for it briefly before sleeping (see `SPIN`).
+    busy: bool,
+    /// Reused per round: requests taken, appends of the round, streams touched, frames.
+    msgs: Vec<WriterMsg>,
+    appends: Vec<(Records, Reply)>,
+    touched: Vec<bool>,
+    buf: Vec<u8>,
 }
 
 const MAX_BATCH_MSGS: usize = 4096;
+
+/// How long the thread polls for the next request after a round that appended, before it
+/// sleeps. Waking a sleeping thread costs tens of microseconds on some machines (virtual
+/// CPUs that halt when idle), more than a publisher that was just answered takes to come
+/// back; polling costs at most this much CPU per round.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// While gathering a batch, stop waiting once no publish has arrived for this long.
+const STALL: Duration = Duration::from_micros(40);
+
+/// The frame buffer is kept between rounds unless a round made it larger than this.
+const KEEP_BUF: usize = 8 << 20;
 
 impl Writer {
     pub fn new(
@@ -111,6 +150,29 @@ impl Writer {
             last_sync: now,
             last_commit: now,
             last_retention: now,
+            busy: false,
+            msgs: Vec::new(),
+            appends: Vec::new(),
+            touched: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Polls for a request for up to [`SPIN`]; `None` if none came (or the channel closed:
+    /// the blocking receive that follows sees that).
+    fn spin_recv(&self) -> Option<WriterMsg> {
+        let until = Instant::now() + SPIN;
+        loop {
+            for _ in 0..64 {
+                match self.rx.try_recv() {
+                    Ok(m) => return Some(m),
+                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                }
+            }
+            if Instant::now() >= until {
+                return None;
+            }
         }
     }
 
@@ -137,16 +199,20 @@ impl Writer {
     /// The thread's main loop.
     pub fn run(mut self) {
         loop {
-            let first = match self.rx.recv_timeout(self.next_wakeup()) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.sync_all();
-                    self.write_commits();
-                    return;
-                }
+            let spun = if self.busy { self.spin_recv() } else { None };
+            let first = match spun {
+                Some(m) => Some(m),
+                None => match self.rx.recv_timeout(self.next_wakeup()) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        let _ = self.sync_all();
+                        self.write_commits();
+                        return;
+                    }
+                },
             };
-            let mut msgs = Vec::new();
+            let mut msgs = std::mem::take(&mut self.msgs);
             msgs.extend(first);
             while msgs.len() < MAX_BATCH_MSGS {
                 match self.rx.try_recv() {
@@ -155,10 +221,10 @@ impl Writer {
                 }
             }
             self.gather_stragglers(&mut msgs);
-            let mut appends = Vec::new();
+            let mut appends = std::mem::take(&mut self.appends);
             let mut flushes = Vec::new();
             let mut closing = None;
-            for m in msgs {
+            for m in msgs.drain(..) {
                 match m {
                     WriterMsg::Append { records, reply } => appends.push((records, reply)),
                     WriterMsg::Flush { reply } => flushes.push(reply),
@@ -174,9 +240,12 @@ impl Writer {
                     }
                 }
             }
-            if !appends.is_empty() {
-                self.append_batch(appends);
+            self.msgs = msgs;
+            self.busy = !appends.is_empty();
+            if self.busy {
+                self.append_batch(&mut appends);
             }
+            self.appends = appends;
             self.periodic();
             if !flushes.is_empty() || closing.is_some() {
                 let result = self.sync_all();
@@ -194,8 +263,12 @@ impl Writer {
 
     /// Group commit under `Always`: publishers answered by the previous sync come back a few
     /// microseconds apart, so a batch taken the instant the first one arrives is often small
-    /// and the next sync serves few. When this batch has fewer publishes than recent ones,
-    /// wait a little (an eighth of the last sync's duration, at most 1 ms) for the rest.
+    /// and the next sync serves few (with N publishers in flight, batches settle at N/2: one
+    /// half waits for the sync the other half is in). When this batch has fewer publishes
+    /// than recent ones, poll for the rest for at most half the last sync's duration (and at
+    /// most 1 ms), and stop early once none has arrived for [`STALL`]. Polling yields the
+    /// CPU between looks, so the publishers it waits for can run; sleeping instead would
+    /// oversleep by the timer slack (50 µs on Linux), longer than the wait itself.
     fn gather_stragglers(&mut self, msgs: &mut Vec<WriterMsg>) {
         let appends = |m: &[WriterMsg]| {
             m.iter()
@@ -207,26 +280,38 @@ impl Writer {
             return;
         }
         let target = self.batch_peak;
-        let deadline = Instant::now() + (self.last_sync_cost / 8).min(Duration::from_millis(1));
-        while n < target && msgs.len() < MAX_BATCH_MSGS {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        let start = Instant::now();
+        let deadline = start + (self.last_sync_cost / 2).min(Duration::from_millis(1));
+        let mut last_arrival = start;
+        'wait: while n < target && msgs.len() < MAX_BATCH_MSGS {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        let is_append = matches!(m, WriterMsg::Append { .. });
+                        msgs.push(m);
+                        if !is_append {
+                            break 'wait;
+                        }
+                        n += 1;
+                        last_arrival = Instant::now();
+                        if n >= target || msgs.len() >= MAX_BATCH_MSGS {
+                            break 'wait;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => break 'wait,
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline || now.duration_since(last_arrival) >= STALL {
                 break;
             }
-            match self.rx.recv_timeout(left) {
-                Ok(m) => {
-                    let is_append = matches!(m, WriterMsg::Append { .. });
-                    msgs.push(m);
-                    if !is_append {
-                        break;
-                    }
-                    n += 1;
-                }
-                Err(_) => break,
-            }
+            std::thread::yield_now();
         }
-        // The peak decays so a drop in concurrency stops costing waits after a few batches.
-        self.batch_peak = n.max(self.batch_peak - self.batch_peak / 8);
+        // The peak follows increases at once and decays by an eighth (at least one) per
+        // batch, so a drop in concurrency stops costing waits after a few batches.
+        let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
+        self.batch_peak = n.max(decayed);
     }
 
     fn periodic(&mut self) {
@@ -292,24 +377,24 @@ impl Writer {
         }
     }
 
-    fn append_batch(&mut self, appends: Vec<(Records, Reply)>) {
-        let mut per_stream: Vec<Vec<&[u8]>> = vec![Vec::new(); self.streams.len()];
-        for (records, _) in &appends {
-            for (i, payload) in records {
-                if let Some(v) = per_stream.get_mut(*i) {
-                    v.push(payload);
+    /// Writes, syncs (under `Always`) and publishes the records of `appends`, then answers
+    /// every publisher; leaves `appends` empty.
+    fn append_batch(&mut self, appends: &mut Vec<(Records, Reply)>) {
+        let n = self.streams.len();
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.clear();
+        touched.resize(n, false);
+        for (records, _) in appends.iter() {
+            for &(i, _) in &records.ends {
+                if let Some(t) = touched.get_mut(i) {
+                    *t = true;
                 }
             }
         }
         let mut result = Ok(());
         let mut staged = Vec::new();
-        let mut touched = Vec::new();
-        for (i, records) in per_stream.iter().enumerate() {
-            if records.is_empty() {
-                continue;
-            }
-            touched.push(i);
-            match self.write_stream(i, records) {
+        for i in (0..n).filter(|&i| touched[i]) {
+            match self.write_stream(i, appends) {
                 Ok(s) => staged.push(s),
                 Err(e) => {
                     result = Err(e);
@@ -336,12 +421,13 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                for i in touched {
+                for i in (0..n).filter(|&i| touched[i]) {
                     self.discard(i);
                 }
             }
         }
-        for (_, reply) in appends {
+        self.touched = touched;
+        for (_, reply) in appends.drain(..) {
             let _ = reply.send(result.clone());
         }
     }
@@ -395,9 +481,35 @@ impl Writer {
         }
     }
 
+    /// Writes the records of stream `i` in `appends` (in order) with one `write` (more at a
+    /// segment roll), framing them in a buffer kept between rounds.
+    fn write_stream(
+        &mut self,
+        i: usize,
+        appends: &[(Records, Reply)],
+    ) -> Result<Staged, AppendError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let records = appends
+            .iter()
+            .flat_map(|(r, _)| r.iter())
+            .filter(|&(s, _)| s == i)
+            .map(|(_, rec)| rec);
+        let result = self.write_stream_with(i, records, &mut buf);
+        if buf.capacity() <= KEEP_BUF {
+            self.buf = buf;
+        }
+        result
+    }
+
     /// Writes records to a stream, rolling segments as needed. Records before a roll are made
     /// visible at the roll (after a sync under `Always`); the rest are returned staged.
-    fn write_stream(&mut self, i: usize, records: &[&[u8]]) -> Result<Staged, AppendError> {
+    fn write_stream_with<'a>(
+        &mut self,
+        i: usize,
+        records: impl Iterator<Item = &'a [u8]>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Staged, AppendError> {
         let stream = self.streams[i].clone();
         let io = |what: &str, e: std::io::Error| {
             AppendError::Io(format!("{what} in stream {}: {e}", stream.name))
@@ -410,12 +522,11 @@ impl Writer {
                 .ok_or_else(|| AppendError::Io(format!("stream {} has no segment", stream.name)))?;
             (last.file.clone(), last.end(), last.len)
         };
-        let mut buf = Vec::new();
         let mut positions = Vec::new();
         for rec in records {
             let pos = len + buf.len() as u64;
             if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
-                fsio::write_all_at(&file, &buf, len).map_err(|e| io("write", e))?;
+                fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;
                 if self.config.durability != Durability::Never {
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                     file.sync_data().map_err(|e| io("sync", e))?;
@@ -441,10 +552,10 @@ impl Writer {
             positions.push(u32::try_from(pos).map_err(|_| {
                 AppendError::Io(format!("segment of stream {} too large", stream.name))
             })?);
-            record::frame(next, rec, &mut buf);
+            record::frame(next, rec, buf);
             next += 1;
         }
-        fsio::write_all_at(&file, &buf, len).map_err(|e| io("write", e))?;
+        fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;
         self.dirty[i] = true;
         Ok(Staged {
             stream: i,
