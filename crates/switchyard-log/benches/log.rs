@@ -12,7 +12,8 @@
 //!    256 publishes in flight) with p50/p99 latency, records per `fdatasync` and CPU-seconds per
 //!    million records; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
 //!    `jetstream { sync_interval: always }`), JetStream with the same N async publishes in
-//!    flight on one connection.
+//!    flight on one connection (`SWITCHYARD_BENCH_NATS_PID=<pid of that server>` adds the
+//!    server's CPU-seconds per million records).
 //! 3. With `SWITCHYARD_BENCH_NATS_INTERVAL=host:port` (a server with the default sync
 //!    interval), the same against the log in `Interval` mode; with
 //!    `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8 clients.
@@ -183,6 +184,23 @@ fn cpu_seconds() -> f64 {
     ns as f64 / 1e9
 }
 
+/// User + system CPU seconds of another process (`/proc/<pid>/stat`, 10 ms ticks).
+fn process_cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -299,6 +317,8 @@ fn nats_async(addr: &str, window: usize, total: usize) -> Run {
             lat
         })
     };
+    let pid = std::env::var("SWITCHYARD_BENCH_NATS_PID").ok();
+    let cpu0 = pid.as_deref().map(process_cpu_seconds);
     let start = Instant::now();
     for seq in 0..total {
         if tokens_rx.try_recv().is_err() {
@@ -313,13 +333,17 @@ fn nats_async(addr: &str, window: usize, total: usize) -> Run {
     w.flush().unwrap();
     let mut lat = reader.join().unwrap();
     let secs = start.elapsed().as_secs_f64();
+    let cpu = match (pid.as_deref(), cpu0) {
+        (Some(pid), Some(c0)) => process_cpu_seconds(pid) - c0,
+        _ => f64::NAN,
+    };
     let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
     lat.sort_unstable();
     Run {
         rate: total as f64 / secs,
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
-        cpu_per_m: f64::NAN,
+        cpu_per_m: cpu / total as f64 * 1e6,
         per_sync: f64::NAN,
     }
 }
@@ -417,6 +441,7 @@ fn redis_rate(addr: &str, clients: usize, total: usize) -> Run {
 }
 
 fn row(name: &str, r: &Run, extra: &str) {
+    let name = format!("{name:<22}");
     let opt = |v: f64, prec: usize| {
         if v.is_finite() {
             format!("{v:.prec$}")
@@ -522,28 +547,44 @@ fn report() {
             continue;
         }
         println!("\n-- (b) N outstanding single-record publishes: {title} --");
-        for n in [1usize, 8, 64, 256] {
-            let per = match n {
-                1 => 2000,
-                8 => 1500,
-                64 => 600,
-                _ => 300,
-            };
-            let w = work(n, per);
-            let (run, _) = log_run(&rt, durability, |log| drive(&rt, log, w));
-            row(&format!("log        N={n}"), &run, "");
-            if let Some(addr) = server {
-                let total = match (durability, n) {
-                    (Durability::Always, 1) => 1000,
-                    (Durability::Always, 8) => 3000,
-                    (Durability::Always, _) => 8000,
-                    _ => 50_000,
+        let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
+        for repeat in 1..=3 {
+            for n in [1usize, 8, 64, 256] {
+                let per = match n {
+                    1 => 2000,
+                    8 => 1500,
+                    64 => 600,
+                    _ => 300,
                 };
-                let js = nats_async(addr, n, total);
-                row(
-                    &format!("jetstream  N={n}"),
-                    &js,
-                    &format!("log/jetstream {:.1}x", run.rate / js.rate),
+                let w = work(n, per);
+                let (run, _) = log_run(&rt, durability, |log| drive(&rt, log, w));
+                row(&format!("#{repeat} log        N={n}"), &run, "");
+                if let Some(addr) = server {
+                    let total = match (durability, n) {
+                        (Durability::Always, 1) => 1000,
+                        (Durability::Always, 8) => 3000,
+                        (Durability::Always, _) => 8000,
+                        _ => 50_000,
+                    };
+                    let js = nats_async(addr, n, total);
+                    let ratio = run.rate / js.rate;
+                    ratios.entry(n).or_default().push(ratio);
+                    row(
+                        &format!("#{repeat} jetstream  N={n}"),
+                        &js,
+                        &format!("log/jetstream {ratio:.1}x"),
+                    );
+                }
+            }
+        }
+        if server.is_some() {
+            for n in [1usize, 8, 64, 256] {
+                let r = &ratios[&n];
+                println!(
+                    "   N={n:<4} log/jetstream median {:.1}x  (min {:.1}x, max {:.1}x)",
+                    median(r.clone()),
+                    r.iter().copied().fold(f64::INFINITY, f64::min),
+                    r.iter().copied().fold(0.0, f64::max),
                 );
             }
         }

@@ -433,8 +433,12 @@ impl LogTransport {
     }
 
     fn send(&self, msg: WriterMsg) -> Result<(), ()> {
-        let tx = lock(&self.inner.writer_tx).clone().ok_or(())?;
-        tx.send(msg).map_err(|_| ())
+        // Sending on the unbounded channel never blocks, so it is done under the lock rather
+        // than on a clone of the sender (one atomic round trip less per publish).
+        match lock(&self.inner.writer_tx).as_ref() {
+            Some(tx) => tx.send(msg).map_err(|_| ()),
+            None => Err(()),
+        }
     }
 
     fn start_offset(&self, stream: &StreamShared, group: &str, durable: bool) -> u64 {
