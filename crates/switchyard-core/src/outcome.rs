@@ -6,9 +6,6 @@ use crate::envelope::Envelope;
 
 /// The result of handling one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-// `Reply` carries a whole envelope by value: one outcome per handler call, moved once, and
-// boxing would cost an allocation on every reply.
-#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Done; the message is settled.
     Ack,
@@ -24,13 +21,21 @@ pub enum Outcome {
         reason: String,
     },
     /// Done, with a reply for the sender of a command or request.
-    Reply(Envelope),
+    ///
+    /// Boxed, so an `Outcome` (and `Result<Outcome, BoxError>`) stays four words: middleware
+    /// moves the result of every call through its layers, and most calls end in `Ack`.
+    Reply(Box<Envelope>),
 }
 
 impl Outcome {
     /// A retry with the subscription's default delay.
     pub fn retry() -> Self {
         Self::Retry { after: None }
+    }
+
+    /// A reply carrying `envelope` (see [`Envelope::reply`]).
+    pub fn reply(envelope: Envelope) -> Self {
+        Self::Reply(Box::new(envelope))
     }
 
     /// A rejection with a reason.

@@ -21,13 +21,10 @@ impl SplitMix {
     }
 
     pub(crate) fn next_u64(&self) -> u64 {
-        let mut z = self
+        mix(self
             .0
             .fetch_add(Self::GAMMA, Ordering::Relaxed)
-            .wrapping_add(Self::GAMMA);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+            .wrapping_add(Self::GAMMA))
     }
 }
 
@@ -35,4 +32,25 @@ impl SplitMix {
 pub(crate) fn global() -> &'static SplitMix {
     static RNG: OnceLock<SplitMix> = OnceLock::new();
     RNG.get_or_init(SplitMix::from_entropy)
+}
+
+/// A random `u64` from this thread's own generator (seeded once from [`global`]), so
+/// concurrent callers do not contend on one atomic.
+pub(crate) fn thread_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(global().next_u64());
+    }
+    STATE.with(|state| {
+        let z = state.get().wrapping_add(SplitMix::GAMMA);
+        state.set(z);
+        mix(z)
+    })
+}
+
+/// SplitMix64's output function.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -140,7 +140,7 @@ fn command(c: &mut Criterion) {
             "echo",
             "bench.echo",
             handler_fn(|env: Envelope| async move {
-                Ok::<_, std::convert::Infallible>(Outcome::Reply(env.reply(env.payload.clone())))
+                Ok::<_, std::convert::Infallible>(Outcome::reply(env.reply(env.payload.clone())))
             }),
         )
         .start()

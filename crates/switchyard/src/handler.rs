@@ -164,7 +164,7 @@ where
             let ctx = Ctx::new(upgrade(&bus)?, env.clone());
             let output = f(cmd, ctx).await.map_err(Into::into)?;
             let payload = serde_json::to_vec(&output)?;
-            Ok(Outcome::Reply(env.reply(payload)))
+            Ok(Outcome::reply(env.reply(payload)))
         }
     }))
 }

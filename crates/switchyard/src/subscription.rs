@@ -565,7 +565,7 @@ impl SubShared {
         let result = self.call(svc, request, parent).await;
         match result {
             Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
-            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(*r)),
             Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
             Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
                 reason: DeadLetterReason::HandlerFailed,

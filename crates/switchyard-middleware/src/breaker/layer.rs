@@ -25,6 +25,11 @@ impl BreakerLayer {
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle::new(self.shared.clone())
     }
+
+    /// The state every service of this layer shares.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
 }
 
 impl<S> Layer<S> for BreakerLayer {

@@ -44,7 +44,9 @@ mod state;
 
 pub use error::BreakerOpenError;
 pub use layer::BreakerLayer;
+pub(crate) use service::{Admitted, Gate};
 pub use service::{Breaker, BreakerFuture};
+pub(crate) use state::Shared as BreakerShared;
 pub use state::{BreakerEvent, BreakerHandle, BreakerSnapshot, BreakerState};
 
 use std::fmt;

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use switchyard_core::{BoxError, Envelope, Outcome};
-use tokio::time::{Sleep, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tower::Service;
 
 use super::state::{Admission, Shared};
@@ -50,14 +50,8 @@ where
                 admitted,
             } => {
                 let result = std::task::ready!(inner.poll(cx));
-                let failed = shared.config.is_failure(&result);
-                match admitted.take() {
-                    Some(Admitted::Normal(generation)) => shared.record(generation, false, failed),
-                    Some(Admitted::Trial(mut permit)) => {
-                        permit.armed = false;
-                        shared.record(permit.generation, true, failed);
-                    }
-                    None => {}
+                if let Some(admitted) = admitted.take() {
+                    admitted.settle(shared, &result, Instant::now());
                 }
                 Poll::Ready(result)
             }
@@ -70,7 +64,7 @@ where
 }
 
 /// A reserved half-open trial slot; given back if dropped unused.
-struct TrialPermit {
+pub(crate) struct TrialPermit {
     shared: Arc<Shared>,
     generation: u64,
     armed: bool,
@@ -84,53 +78,41 @@ impl Drop for TrialPermit {
     }
 }
 
-enum Admitted {
+/// Leave to make one call through the breaker.
+pub(crate) enum Admitted {
     Normal(u64),
     Trial(TrialPermit),
 }
 
-/// A circuit breaker around one handler. Clones share the breaker state; a clone never
-/// inherits a readiness reservation.
-pub struct Breaker<S> {
-    inner: S,
-    shared: Arc<Shared>,
+impl Admitted {
+    /// Records how the call admitted by this ended.
+    pub(crate) fn settle(self, shared: &Shared, result: &Result<Outcome, BoxError>, now: Instant) {
+        let failed = shared.config.is_failure(result);
+        match self {
+            Self::Normal(generation) => shared.record(generation, false, failed, now),
+            Self::Trial(mut permit) => {
+                permit.armed = false;
+                shared.record(permit.generation, true, failed, now);
+            }
+        }
+    }
+}
+
+/// The admission half of a breaker, shared by [`Breaker`] and the fused resilience service:
+/// waits for the breaker to let a call through and holds the leave until the call is made.
+pub(crate) struct Gate {
+    pub(crate) shared: Arc<Shared>,
     admitted: Option<Admitted>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Breaker<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Breaker")
-            .field("inner", &self.inner)
-            .field("breaker", &self.shared)
-            .finish()
-    }
-}
-
-impl<S: Clone> Clone for Breaker<S> {
-    fn clone(&self) -> Self {
+impl Gate {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-            admitted: None,
-            sleep: None,
-        }
-    }
-}
-
-impl<S> Breaker<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self {
-            inner,
             shared,
             admitted: None,
             sleep: None,
         }
-    }
-
-    /// A handle to this breaker's shared state.
-    pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle::new(self.shared.clone())
     }
 
     fn permit(&self, generation: u64) -> TrialPermit {
@@ -140,32 +122,24 @@ impl<S> Breaker<S> {
             armed: true,
         }
     }
-}
 
-impl<S> Service<Envelope> for Breaker<S>
-where
-    S: Service<Envelope, Response = Outcome, Error = BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = Outcome;
-    type Error = BoxError;
-    type Future = BreakerFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    /// Ready when the breaker admits a call (kept until [`Gate::take`]); pending while it is
+    /// open or every half-open trial slot is taken.
+    pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if matches!(self.admitted, Some(Admitted::Trial(_))) {
-                return self.inner.poll_ready(cx);
+                return Poll::Ready(());
             }
             match self.shared.admit(Some(cx.waker())) {
                 Admission::Normal(generation) => {
                     self.admitted = Some(Admitted::Normal(generation));
                     self.sleep = None;
-                    return self.inner.poll_ready(cx);
+                    return Poll::Ready(());
                 }
                 Admission::Trial(generation) => {
                     self.admitted = Some(Admitted::Trial(self.permit(generation)));
                     self.sleep = None;
-                    return self.inner.poll_ready(cx);
+                    return Poll::Ready(());
                 }
                 Admission::WaitUntil(until) => {
                     self.admitted = None;
@@ -187,34 +161,100 @@ where
         }
     }
 
+    /// The leave obtained by [`Gate::poll_admit`]; without one, decides now and refuses
+    /// when the breaker is not letting calls through.
+    pub(crate) fn take(&mut self) -> Result<Admitted, BreakerOpenError> {
+        if let Some(a) = self.admitted.take() {
+            return Ok(a);
+        }
+        match self.shared.admit(None) {
+            Admission::Normal(generation) => Ok(Admitted::Normal(generation)),
+            Admission::Trial(generation) => Ok(Admitted::Trial(self.permit(generation))),
+            Admission::WaitUntil(_) | Admission::WaitForTrial => {
+                let state = match self.shared.state() {
+                    BreakerState::Closed => BreakerState::Open,
+                    s => s,
+                };
+                Err(BreakerOpenError {
+                    handler: self.shared.name.clone(),
+                    state,
+                })
+            }
+        }
+    }
+}
+
+impl Clone for Gate {
+    /// A clone shares the breaker but never inherits a reservation.
+    fn clone(&self) -> Self {
+        Self::new(self.shared.clone())
+    }
+}
+
+/// A circuit breaker around one handler. Clones share the breaker state; a clone never
+/// inherits a readiness reservation.
+pub struct Breaker<S> {
+    inner: S,
+    gate: Gate,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Breaker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.gate.shared)
+            .finish()
+    }
+}
+
+impl<S: Clone> Clone for Breaker<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+impl<S> Breaker<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            gate: Gate::new(shared),
+        }
+    }
+
+    /// A handle to this breaker's shared state.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle::new(self.gate.shared.clone())
+    }
+}
+
+impl<S> Service<Envelope> for Breaker<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = BreakerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        std::task::ready!(self.gate.poll_admit(cx));
+        self.inner.poll_ready(cx)
+    }
+
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let admitted = match self.admitted.take() {
-            Some(a) => a,
-            // Called without readiness: decide now, failing fast when the breaker is open.
-            None => match self.shared.admit(None) {
-                Admission::Normal(generation) => Admitted::Normal(generation),
-                Admission::Trial(generation) => Admitted::Trial(self.permit(generation)),
-                Admission::WaitUntil(_) | Admission::WaitForTrial => {
-                    let state = match self.shared.state() {
-                        BreakerState::Closed => BreakerState::Open,
-                        s => s,
-                    };
-                    return BreakerFuture {
-                        state: CallState::Refused {
-                            error: Some(BreakerOpenError {
-                                handler: self.shared.name.clone(),
-                                state,
-                            }),
-                        },
-                    };
-                }
+        match self.gate.take() {
+            Ok(admitted) => BreakerFuture {
+                state: CallState::Running {
+                    inner: self.inner.call(env),
+                    shared: self.gate.shared.clone(),
+                    admitted: Some(admitted),
+                },
             },
-        };
-        BreakerFuture {
-            state: CallState::Running {
-                inner: self.inner.call(env),
-                shared: self.shared.clone(),
-                admitted: Some(admitted),
+            Err(error) => BreakerFuture {
+                state: CallState::Refused { error: Some(error) },
             },
         }
     }

@@ -111,6 +111,8 @@ pub struct BreakerSnapshot {
 }
 
 const BUCKETS: u64 = 10;
+const TAG_MASK: u64 = 0xFFFF_FFFF;
+const COUNT_MASK: u64 = 0xFFFF_FFFF;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -148,6 +150,11 @@ pub(crate) struct Shared {
     pub(crate) name: SmolStr,
     pub(crate) config: BreakerConfig,
     epoch: Instant,
+    /// Length of one window bucket, nanoseconds.
+    bucket_nanos: u64,
+    /// Successes of a closed breaker with a count threshold, recorded without the lock (they
+    /// cannot trip it): `bucket index << 32 | count` per slot, slot = index % BUCKETS.
+    successes: [AtomicU64; BUCKETS as usize],
     inner: Mutex<Inner>,
     /// `generation << 2 | state`, updated under the state lock: lets a closed breaker admit
     /// callers without locking.
@@ -172,10 +179,18 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(name: SmolStr, config: BreakerConfig) -> Self {
+        let bucket_nanos = u64::try_from(
+            (config.window / BUCKETS as u32)
+                .max(Duration::from_millis(1))
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX);
         let shared = Self {
             name,
             config,
             epoch: Instant::now(),
+            bucket_nanos,
+            successes: Default::default(),
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 generation: 0,
@@ -199,14 +214,10 @@ impl Shared {
         BreakerState::from_u8((self.mirror.load(Ordering::Acquire) & 0b11) as u8)
     }
 
-    fn bucket_len(&self) -> Duration {
-        (self.config.window / BUCKETS as u32).max(Duration::from_millis(1))
-    }
-
     fn bucket_index(&self, now: Instant) -> u64 {
-        let since = now.saturating_duration_since(self.epoch).as_nanos();
-        let len = self.bucket_len().as_nanos().max(1);
-        u64::try_from(since / len).unwrap_or(u64::MAX)
+        let since =
+            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        since / self.bucket_nanos.max(1)
     }
 
     fn totals(&self, inner: &mut Inner, now: Instant) -> (u32, u32) {
@@ -215,9 +226,44 @@ impl Shared {
         while inner.buckets.front().is_some_and(|b| b.index < oldest) {
             inner.buckets.pop_front();
         }
-        inner.buckets.iter().fold((0u32, 0u32), |(c, f), b| {
+        let (calls, failures) = inner.buckets.iter().fold((0u32, 0u32), |(c, f), b| {
             (c.saturating_add(b.calls), f.saturating_add(b.failures))
-        })
+        });
+        let fast = self.successes.iter().fold(0u32, |sum, slot| {
+            let v = slot.load(Ordering::Relaxed);
+            let tag = v >> 32;
+            let window = (oldest & TAG_MASK)..=(current & TAG_MASK);
+            // Tags are the low 32 bits of the index; a wrapped window is only a counting
+            // blur every 2^32 buckets.
+            if window.contains(&tag) {
+                sum.saturating_add((v & COUNT_MASK) as u32)
+            } else {
+                sum
+            }
+        });
+        (calls.saturating_add(fast), failures)
+    }
+
+    /// Counts a success of a closed breaker with a count threshold without taking the lock.
+    fn count_success(&self, now: Instant) {
+        let index = self.bucket_index(now);
+        let tag = index & TAG_MASK;
+        let slot = &self.successes[(index % BUCKETS) as usize];
+        let mut v = slot.load(Ordering::Relaxed);
+        loop {
+            if v >> 32 == tag && v & COUNT_MASK != COUNT_MASK {
+                slot.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if v >> 32 == tag {
+                return; // 2^32 successes in one bucket: saturated
+            }
+            match slot.compare_exchange_weak(v, tag << 32 | 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now_v) => v = now_v,
+            }
+        }
     }
 
     /// Decides whether a caller may go ahead now, moving open → half-open when the cool-down
@@ -263,9 +309,18 @@ impl Shared {
         }
     }
 
-    /// Records the result of a call admitted under `generation`.
-    pub(crate) fn record(&self, generation: u64, trial: bool, failed: bool) {
-        let now = Instant::now();
+    /// Records the result of a call admitted under `generation`, ending at `now`.
+    pub(crate) fn record(&self, generation: u64, trial: bool, failed: bool, now: Instant) {
+        if !trial
+            && !failed
+            && matches!(self.config.threshold, FailureThreshold::Count(_))
+            && self.mirror.load(Ordering::Acquire) == generation << 2
+        {
+            // Closed (state bits 0) under the same generation: a success cannot trip a count
+            // threshold, so only the window's call count changes.
+            self.count_success(now);
+            return;
+        }
         let mut inner = relock(&self.inner);
         if inner.generation != generation {
             // Admitted before the last state change: its result says nothing about now.
@@ -350,6 +405,9 @@ impl Shared {
             BreakerState::Closed => {
                 inner.open_until = None;
                 inner.buckets.clear();
+                for slot in &self.successes {
+                    slot.store(0, Ordering::Relaxed);
+                }
             }
             BreakerState::HalfOpen => inner.open_until = None,
         }

@@ -38,6 +38,13 @@ impl DedupLayer {
     }
 }
 
+impl DedupLayer {
+    /// The key extractor and the store, for the fused resilience service.
+    pub(crate) fn parts(&self) -> (super::KeyFn, Arc<Store>) {
+        (self.config.key.clone(), self.store.clone())
+    }
+}
+
 impl<S> Layer<S> for DedupLayer {
     type Service = Dedup<S>;
     fn layer(&self, inner: S) -> Self::Service {

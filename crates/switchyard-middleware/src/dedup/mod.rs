@@ -40,6 +40,8 @@ mod store;
 
 pub use layer::DedupLayer;
 pub use service::Dedup;
+pub(crate) use service::{claim, handled};
+pub(crate) use store::Store;
 pub use store::{DedupHandle, DedupKey};
 
 use std::fmt;
@@ -49,7 +51,7 @@ use std::time::Duration;
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
 
-type KeyFn = Arc<dyn Fn(&Envelope) -> Option<DedupKey> + Send + Sync>;
+pub(crate) type KeyFn = Arc<dyn Fn(&Envelope) -> Option<DedupKey> + Send + Sync>;
 
 /// Configuration of the dedup layer. Every default is listed on [`DedupConfig::default`].
 #[derive(Clone)]

@@ -58,13 +58,14 @@ impl<S> Dedup<S> {
 }
 
 /// Forgets an in-flight key if the call is dropped before it ends.
-struct InFlight {
+pub(crate) struct InFlight {
     store: Arc<Store>,
     key: Option<DedupKey>,
 }
 
 impl InFlight {
-    fn finish(mut self, success: bool) {
+    /// Marks the key handled (`success`) or forgets it so a redelivery runs again.
+    pub(crate) fn finish(mut self, success: bool) {
         if let Some(key) = self.key.take() {
             self.store.finish(&key, success);
         }
@@ -77,6 +78,40 @@ impl Drop for InFlight {
             self.store.finish(&key, false);
         }
     }
+}
+
+/// Checks `key` against the store: `None` for a duplicate (counted and logged; ack it
+/// without calling the handler), otherwise the in-flight claim on the key. Waits while
+/// another call with the same key is running.
+pub(crate) async fn claim(
+    store: Arc<Store>,
+    key: DedupKey,
+    env: &Envelope,
+    handler: &str,
+) -> Option<InFlight> {
+    loop {
+        // Created before the check, so an attempt ending in between still wakes it.
+        let ended = store.notified();
+        match store.check(&key) {
+            Check::Proceed => break,
+            Check::Duplicate => {
+                ::metrics::counter!(names::DUPLICATES, "handler" => handler.to_owned())
+                    .increment(1);
+                ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
+                return None;
+            }
+            Check::Wait => ended.await,
+        }
+    }
+    Some(InFlight {
+        store,
+        key: Some(key),
+    })
+}
+
+/// True for the results that mark a dedup key as handled.
+pub(crate) fn handled(result: &Result<Outcome, BoxError>) -> bool {
+    matches!(result, Ok(Outcome::Ack | Outcome::Reply(_)))
 }
 
 impl<S> Service<Envelope> for Dedup<S>
@@ -101,26 +136,11 @@ where
         let store = self.store.clone();
         let handler = self.handler.clone();
         Box::pin(async move {
-            loop {
-                // Created before the check, so an attempt ending in between still wakes it.
-                let ended = store.notified();
-                match store.check(&key) {
-                    Check::Proceed => break,
-                    Check::Duplicate => {
-                        ::metrics::counter!(names::DUPLICATES, "handler" => handler.to_string())
-                            .increment(1);
-                        ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
-                        return Ok(Outcome::Ack);
-                    }
-                    Check::Wait => ended.await,
-                }
-            }
-            let guard = InFlight {
-                store,
-                key: Some(key),
+            let Some(guard) = claim(store, key, &env, &handler).await else {
+                return Ok(Outcome::Ack);
             };
             let result = inner.call(env).await;
-            guard.finish(matches!(result, Ok(Outcome::Ack | Outcome::Reply(_))));
+            guard.finish(handled(&result));
             result
         })
     }

@@ -67,16 +67,25 @@ impl MetricsLayer {
     }
 }
 
+impl MetricsLayer {
+    /// The state every service of this layer counts into.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared
+            .get_or_init(|| {
+                Arc::new(Shared::new(
+                    self.handler.clone(),
+                    self.topic_label.clone(),
+                    self.registry.clone(),
+                ))
+            })
+            .clone()
+    }
+}
+
 impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
+
     fn layer(&self, inner: S) -> Self::Service {
-        let shared = self.shared.get_or_init(|| {
-            Arc::new(Shared::new(
-                self.handler.clone(),
-                self.topic_label.clone(),
-                self.registry.clone(),
-            ))
-        });
-        Metrics::new(inner, shared.clone())
+        Metrics::new(inner, self.shared())
     }
 }

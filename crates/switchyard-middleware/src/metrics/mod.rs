@@ -45,6 +45,7 @@ pub use layer::{MetricsLayer, TopicLabel};
 pub use prometheus::{PrometheusMetrics, build_prometheus, install_prometheus};
 pub use registry::{DurationStats, HandlerStats, MetricsRegistry, MetricsSnapshot};
 pub use service::Metrics;
+pub(crate) use service::{Measured, Shared as MetricsShared, TopicCache};
 
 /// Metric names used across switchyard.
 pub mod names {

@@ -76,9 +76,9 @@ impl MetricsSnapshot {
     }
 }
 
+/// Sum and maximum of a set of durations; the count is the number of calls that ended.
 #[derive(Debug, Default)]
 struct AtomicDurations {
-    count: AtomicU64,
     sum_nanos: AtomicU64,
     max_nanos: AtomicU64,
 }
@@ -86,14 +86,16 @@ struct AtomicDurations {
 impl AtomicDurations {
     fn observe(&self, d: Duration) {
         let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(n, Ordering::Relaxed);
-        self.max_nanos.fetch_max(n, Ordering::Relaxed);
+        // A plain load first: the maximum rarely changes, so the common case writes nothing.
+        if n > self.max_nanos.load(Ordering::Relaxed) {
+            self.max_nanos.fetch_max(n, Ordering::Relaxed);
+        }
     }
 
-    fn load(&self) -> DurationStats {
+    fn load(&self, count: u64) -> DurationStats {
         DurationStats {
-            count: self.count.load(Ordering::Relaxed),
+            count,
             sum_seconds: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
             max_seconds: Duration::from_nanos(self.max_nanos.load(Ordering::Relaxed)).as_secs_f64(),
         }
@@ -101,6 +103,10 @@ impl AtomicDurations {
 }
 
 /// Lock-free counters of one (topic label, handler) pair.
+///
+/// Kept to four atomic additions per call on the happy path (delivered, the outcome, the two
+/// duration sums): the in-flight figure is derived (`delivered` minus the calls that ended or
+/// were abandoned) and the duration counts are the number of calls that ended.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     delivered: AtomicU64,
@@ -108,11 +114,13 @@ pub(crate) struct Counters {
     retried: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
-    in_flight: AtomicU64,
+    abandoned: AtomicU64,
     duration: AtomicDurations,
     end_to_end: AtomicDurations,
 }
 
+/// How a call ended, for [`Counters::finished`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
     Acked,
     Retried,
@@ -120,21 +128,25 @@ pub(crate) enum Ended {
     Failed,
 }
 
+impl Ended {
+    /// The category of a handler result.
+    pub(crate) fn of(result: &Result<switchyard_core::Outcome, switchyard_core::BoxError>) -> Self {
+        use switchyard_core::Outcome;
+        match result {
+            Ok(Outcome::Ack | Outcome::Reply(_)) => Self::Acked,
+            Ok(Outcome::Retry { .. }) => Self::Retried,
+            Ok(Outcome::Reject { .. }) => Self::Rejected,
+            Err(_) => Self::Failed,
+        }
+    }
+}
+
 impl Counters {
     pub(crate) fn started(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn leave(&self) {
-        // Never below zero, even if counters were read mid-update.
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 
     pub(crate) fn finished(&self, ended: Ended, duration: Duration, end_to_end: Duration) {
-        self.leave();
         match ended {
             Ended::Acked => &self.acked,
             Ended::Retried => &self.retried,
@@ -147,21 +159,29 @@ impl Counters {
     }
 
     pub(crate) fn abandoned(&self) {
-        self.leave();
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     fn load(&self, topic: &str, handler: &str) -> HandlerStats {
+        // Separate counters are not read as one picture: in-flight saturates at zero.
+        let acked = self.acked.load(Ordering::Relaxed);
+        let retried = self.retried.load(Ordering::Relaxed);
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        let failed = self.failed.load(Ordering::Relaxed);
+        let abandoned = self.abandoned.load(Ordering::Relaxed);
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let ended = acked + retried + rejected + failed;
         HandlerStats {
             topic: topic.to_owned(),
             handler: handler.to_owned(),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            duration: self.duration.load(),
-            end_to_end: self.end_to_end.load(),
+            delivered,
+            acked,
+            retried,
+            rejected,
+            failed,
+            in_flight: delivered.saturating_sub(ended + abandoned),
+            duration: self.duration.load(ended),
+            end_to_end: self.end_to_end.load(ended),
         }
     }
 }

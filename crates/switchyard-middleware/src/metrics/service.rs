@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram, Label};
 use smol_str::SmolStr;
@@ -16,7 +16,7 @@ use super::registry::{Counters, Ended};
 use super::{MetricsRegistry, TopicLabel, names};
 
 /// Metric handles of one topic label, registered on first use.
-struct TopicHandles {
+pub(crate) struct TopicHandles {
     delivered: Counter,
     acked: Counter,
     retried: Counter,
@@ -24,6 +24,7 @@ struct TopicHandles {
     failed: Counter,
     duration: Histogram,
     end_to_end: Histogram,
+    in_flight: Gauge,
     counters: Arc<Counters>,
 }
 
@@ -91,10 +92,89 @@ impl Shared {
                     failed: ::metrics::counter!(names::FAILED, labels.iter()),
                     duration: ::metrics::histogram!(names::HANDLER_DURATION, labels.iter()),
                     end_to_end: ::metrics::histogram!(names::END_TO_END_LATENCY, labels.iter()),
+                    in_flight: self.in_flight().clone(),
                     counters: self.registry.counters(topic, &self.handler),
                 })
             })
             .clone()
+    }
+}
+
+/// The handles of the topic label a service clone saw last (most subscriptions see one), so
+/// the common case finds them without touching the shared map.
+#[derive(Clone, Default)]
+pub(crate) struct TopicCache {
+    last: Option<(SmolStr, Arc<TopicHandles>)>,
+}
+
+impl TopicCache {
+    /// Starts measuring a call of `env`: counts it delivered and in flight.
+    pub(crate) fn begin(&mut self, shared: &Shared, env: &Envelope) -> Measured {
+        let label = shared.topic_label.value(env);
+        let handles = match &self.last {
+            Some((topic, handles)) if topic == label => handles.clone(),
+            _ => {
+                let handles = shared.handles(label);
+                self.last = Some((SmolStr::new(label), handles.clone()));
+                handles
+            }
+        };
+        handles.delivered.increment(1);
+        handles.counters.started();
+        handles.in_flight.increment(1.0);
+        Measured {
+            handles,
+            timestamp: env.timestamp,
+            armed: true,
+        }
+    }
+}
+
+/// One call being measured. Dropped before [`Measured::finish`], it takes the call out of the
+/// in-flight figures and counts it abandoned.
+pub(crate) struct Measured {
+    handles: Arc<TopicHandles>,
+    timestamp: SystemTime,
+    armed: bool,
+}
+
+impl Measured {
+    /// The envelope's timestamp, where end-to-end latency starts.
+    pub(crate) fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// Records how the call ended: `duration` of the call, and `end_to_end` from the
+    /// envelope's timestamp to the end of the call.
+    pub(crate) fn finish(
+        mut self,
+        result: &Result<Outcome, BoxError>,
+        duration: Duration,
+        end_to_end: Duration,
+    ) {
+        self.armed = false;
+        let h = &self.handles;
+        let ended = Ended::of(result);
+        match ended {
+            Ended::Acked => &h.acked,
+            Ended::Retried => &h.retried,
+            Ended::Rejected => &h.rejected,
+            Ended::Failed => &h.failed,
+        }
+        .increment(1);
+        h.duration.record(duration.as_secs_f64());
+        h.end_to_end.record(end_to_end.as_secs_f64());
+        h.in_flight.decrement(1.0);
+        h.counters.finished(ended, duration, end_to_end);
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handles.in_flight.decrement(1.0);
+            self.handles.counters.abandoned();
+        }
     }
 }
 
@@ -105,8 +185,7 @@ impl Shared {
 pub struct Metrics<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// The handles of the topic label this clone saw last (most subscriptions see one).
-    last: Option<(SmolStr, Arc<TopicHandles>)>,
+    cache: TopicCache,
 }
 
 impl<S: Clone> Clone for Metrics<S> {
@@ -114,7 +193,7 @@ impl<S: Clone> Clone for Metrics<S> {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
-            last: self.last.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -133,35 +212,7 @@ impl<S> Metrics<S> {
         Self {
             inner,
             shared,
-            last: None,
-        }
-    }
-
-    fn handles_for(&mut self, env: &Envelope) -> Arc<TopicHandles> {
-        let label = self.shared.topic_label.value(env);
-        if let Some((topic, handles)) = &self.last
-            && topic == label
-        {
-            return handles.clone();
-        }
-        let handles = self.shared.handles(label);
-        self.last = Some((SmolStr::new(label), handles.clone()));
-        handles
-    }
-}
-
-/// Takes a call out of the in-flight figures when its future is dropped before it ends.
-struct InFlight {
-    gauge: Gauge,
-    handles: Arc<TopicHandles>,
-    armed: bool,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.armed {
-            self.gauge.decrement(1.0);
-            self.handles.counters.abandoned();
+            cache: TopicCache::default(),
         }
     }
 }
@@ -180,38 +231,15 @@ where
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let handles = self.handles_for(&env);
-        let gauge = self.shared.in_flight().clone();
-        let timestamp = env.timestamp;
-        handles.delivered.increment(1);
-        handles.counters.started();
-        gauge.increment(1.0);
+        let measured = self.cache.begin(&self.shared, &env);
         let start = Instant::now();
         let fut = self.inner.call(env);
         Box::pin(async move {
-            let mut guard = InFlight {
-                gauge,
-                handles,
-                armed: true,
-            };
             let result = fut.await;
-            guard.armed = false;
-            let duration = start.elapsed();
             let end_to_end = SystemTime::now()
-                .duration_since(timestamp)
+                .duration_since(measured.timestamp())
                 .unwrap_or_default();
-            let h = &guard.handles;
-            let (counter, ended) = match &result {
-                Ok(Outcome::Ack | Outcome::Reply(_)) => (&h.acked, Ended::Acked),
-                Ok(Outcome::Retry { .. }) => (&h.retried, Ended::Retried),
-                Ok(Outcome::Reject { .. }) => (&h.rejected, Ended::Rejected),
-                Err(_) => (&h.failed, Ended::Failed),
-            };
-            counter.increment(1);
-            h.duration.record(duration.as_secs_f64());
-            h.end_to_end.record(end_to_end.as_secs_f64());
-            guard.gauge.decrement(1.0);
-            h.counters.finished(ended, duration, end_to_end);
+            measured.finish(&result, start.elapsed(), end_to_end);
             result
         })
     }

@@ -1,24 +1,102 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
 use smol_str::SmolStr;
-use tower::Layer;
-use tower::util::Either;
+use switchyard_core::{BoxError, Envelope, Outcome};
+use tower::limit::concurrency::future::ResponseFuture as PermitFuture;
+use tower::{Layer, Service};
 
 use super::ResilienceConfig;
-use crate::breaker::{Breaker, BreakerHandle, BreakerLayer};
-use crate::catch_panic::{CatchPanic, CatchPanicLayer};
-use crate::dedup::{Dedup, DedupHandle, DedupLayer};
+use super::service::{Core, Resilient};
+use crate::breaker::{BreakerHandle, BreakerLayer};
+use crate::dedup::{DedupHandle, DedupLayer};
 use crate::limit::{ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitLayer};
-use crate::metrics::{Metrics, MetricsLayer, MetricsRegistry};
-use crate::retry::{Retry, RetryLayer};
-use crate::timeout::{Timeout, TimeoutLayer};
-use crate::trace::{Trace, TraceLayer};
+use crate::metrics::{MetricsLayer, MetricsRegistry};
+use crate::retry::RetryLayer;
+use crate::timeout::TimeoutLayer;
 
-type Guarded<S> = Timeout<CatchPanic<S>>;
-type Limited<S> = Either<ConcurrencyLimit<Guarded<S>>, Guarded<S>>;
-type Rated<S> = Either<RateLimit<Limited<S>>, Limited<S>>;
-type Retried<S> = Retry<Breaker<Rated<S>>>;
+/// The service [`ResilienceLayer`] wraps a handler in: [`Resilient`] around the handler and
+/// its optional rate and concurrency limits.
+pub type ResilientService<S> = Resilient<Limited<S>>;
 
-/// The service [`ResilienceLayer`] wraps a handler in.
-pub type ResilientService<S> = Trace<Metrics<Either<Dedup<Retried<S>>, Retried<S>>>>;
+/// A handler behind the optional rate limit (outside) and concurrency limit (inside), as one
+/// service: one `match` per call instead of two nested `Either`s, each of which moved the
+/// envelope once more.
+#[derive(Debug, Clone)]
+pub enum Limited<S> {
+    /// No limit.
+    Plain(S),
+    /// A concurrency limit.
+    Concurrency(ConcurrencyLimit<S>),
+    /// A rate limit.
+    Rate(RateLimit<S>),
+    /// Both.
+    Both(RateLimit<ConcurrencyLimit<S>>),
+}
+
+pin_project! {
+    /// The future of [`Limited`]: the handler's own, or with a concurrency permit held
+    /// (`inner` is that future).
+    #[project = LimitedFutureProj]
+    #[allow(missing_docs)]
+    pub enum LimitedFuture<F> {
+        /// Without a permit.
+        Plain {
+            #[pin]
+            inner: F,
+        },
+        /// Holding a concurrency permit until it ends.
+        Permit {
+            #[pin]
+            inner: PermitFuture<F>,
+        },
+    }
+}
+
+impl<F, T, E> Future for LimitedFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LimitedFutureProj::Plain { inner } => inner.poll(cx),
+            LimitedFutureProj::Permit { inner } => inner.poll(cx),
+        }
+    }
+}
+
+impl<S> Service<Envelope> for Limited<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError>,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = LimitedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Plain(s) => s.poll_ready(cx),
+            Self::Concurrency(s) => s.poll_ready(cx),
+            Self::Rate(s) => s.poll_ready(cx),
+            Self::Both(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        match self {
+            Self::Plain(s) => LimitedFuture::Plain { inner: s.call(env) },
+            Self::Concurrency(s) => LimitedFuture::Permit { inner: s.call(env) },
+            Self::Rate(s) => LimitedFuture::Plain { inner: s.call(env) },
+            Self::Both(s) => LimitedFuture::Permit { inner: s.call(env) },
+        }
+    }
+}
 
 /// The whole default stack as one layer, built for one handler.
 ///
@@ -26,7 +104,7 @@ pub type ResilientService<S> = Trace<Metrics<Either<Dedup<Retried<S>>, Retried<S
 /// service this layer makes: use one `ResilienceLayer` per handler.
 #[derive(Debug, Clone)]
 pub struct ResilienceLayer {
-    trace: TraceLayer,
+    handler: SmolStr,
     metrics: MetricsLayer,
     dedup: Option<DedupLayer>,
     retry: RetryLayer,
@@ -45,7 +123,7 @@ impl ResilienceLayer {
             metrics = metrics.with_registry(registry);
         }
         Self {
-            trace: TraceLayer::new(handler.clone()),
+            handler: handler.clone(),
             metrics,
             dedup: config
                 .dedup
@@ -76,24 +154,29 @@ impl ResilienceLayer {
     }
 }
 
-impl<S> Layer<S> for ResilienceLayer {
+impl<S: Clone> Layer<S> for ResilienceLayer {
     type Service = ResilientService<S>;
 
     fn layer(&self, handler: S) -> Self::Service {
-        let guarded = self.timeout.layer(CatchPanicLayer::new().layer(handler));
-        let limited = match self.concurrency {
-            Some(max) => Either::Left(ConcurrencyLimitLayer::new(max).layer(guarded)),
-            None => Either::Right(guarded),
+        let limited = match (&self.rate, self.concurrency) {
+            (None, None) => Limited::Plain(handler),
+            (None, Some(max)) => {
+                Limited::Concurrency(ConcurrencyLimitLayer::new(max).layer(handler))
+            }
+            (Some(rate), None) => Limited::Rate(rate.layer(handler)),
+            (Some(rate), Some(max)) => {
+                Limited::Both(rate.layer(ConcurrencyLimitLayer::new(max).layer(handler)))
+            }
         };
-        let rated = match &self.rate {
-            Some(rate) => Either::Left(rate.layer(limited)),
-            None => Either::Right(limited),
+        let core = Core {
+            handler: self.handler.clone(),
+            metrics: self.metrics.shared(),
+            breaker: self.breaker.shared(),
+            policy: self.retry.policy().clone(),
+            timeout: self.timeout.timeout(),
+            dedup: self.dedup.as_ref().map(DedupLayer::parts),
+            proto: Mutex::new(limited.clone()),
         };
-        let retried = self.retry.layer(self.breaker.layer(rated));
-        let deduped = match &self.dedup {
-            Some(dedup) => Either::Left(dedup.layer(retried)),
-            None => Either::Right(retried),
-        };
-        self.trace.layer(self.metrics.layer(deduped))
+        Resilient::new(limited, Arc::new(core))
     }
 }

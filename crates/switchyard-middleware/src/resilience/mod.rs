@@ -26,8 +26,10 @@
 //! ```
 
 mod layer;
+mod service;
 
-pub use layer::{ResilienceLayer, ResilientService};
+pub use layer::{Limited, LimitedFuture, ResilienceLayer, ResilientService};
+pub use service::{Resilient, ResilientFuture};
 
 use std::time::Duration;
 

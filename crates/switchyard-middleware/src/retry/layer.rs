@@ -26,6 +26,13 @@ impl RetryLayer {
     }
 }
 
+impl RetryLayer {
+    /// The policy.
+    pub(crate) fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+}
+
 impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
     fn layer(&self, inner: S) -> Self::Service {

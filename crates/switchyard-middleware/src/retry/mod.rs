@@ -50,4 +50,5 @@ pub use error::{RetryError, RetryErrorKind, RetryRequested};
 pub use layer::RetryLayer;
 pub use policy::{Jitter, RetryPolicy};
 pub use service::Retry;
+pub(crate) use service::{Verdict, back_off, judge};
 pub use switchyard_core::Permanent;

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
@@ -61,48 +61,93 @@ where
             if env.delivery.first_delivered_at.is_none() {
                 env.delivery.first_delivered_at = Some(SystemTime::now());
             }
-            let max = policy.get_max_attempts();
             let mut made: u32 = 0;
             loop {
                 if made > 0 {
                     inner.ready().await?;
                 }
                 made += 1;
-                let attempt = base.saturating_add(made - 1);
                 let mut this_try = env.clone();
-                this_try.delivery.attempt = attempt;
-                let (hint, failure): (_, BoxError) = match inner.call(this_try).await {
-                    Ok(Outcome::Retry { after }) => (after, Box::new(RetryRequested)),
-                    Ok(done) => return Ok(done),
-                    Err(e) => {
-                        if !policy.get_classifier().is_retryable(&*e) {
-                            return Err(final_error(RetryError::Permanent { attempt, source: e }));
-                        }
-                        (None, e)
+                this_try.delivery.attempt = base.saturating_add(made - 1);
+                let result = inner.call(this_try).await;
+                match judge(&policy, result, base, made) {
+                    Verdict::Done(result) => return result,
+                    Verdict::Again { hint, failure } => {
+                        back_off(&policy, &env, handler.as_deref(), made, hint, &failure).await;
                     }
-                };
-                if made >= max {
-                    return Err(final_error(RetryError::Exhausted {
-                        attempts: made,
-                        source: failure,
-                    }));
                 }
-                let delay = policy.next_delay(made, hint);
-                ::metrics::counter!(
-                    names::RETRIES,
-                    "topic" => env.topic.as_str().to_owned(),
-                    "handler" => handler.as_deref().unwrap_or("").to_owned()
-                )
-                .increment(1);
-                ::tracing::debug!(
-                    message_id = %env.id,
-                    attempt,
-                    delay_ms = delay.as_millis() as u64,
-                    error = %failure,
-                    "retrying"
-                );
-                tokio::time::sleep(delay).await;
             }
         })
     }
+}
+
+/// What the retry policy makes of one attempt's result.
+pub(crate) enum Verdict {
+    /// The message's final result (success, a permanent failure, or attempts exhausted).
+    Done(Result<Outcome, BoxError>),
+    /// Try again after backing off.
+    Again {
+        /// The handler's own `Retry { after }` delay.
+        hint: Option<Duration>,
+        /// Why this attempt failed.
+        failure: BoxError,
+    },
+}
+
+/// Judges the result of attempt number `made` (counted from 1 within this call) of a message
+/// whose delivery attempt was `base` when the call started.
+pub(crate) fn judge(
+    policy: &RetryPolicy,
+    result: Result<Outcome, BoxError>,
+    base: u32,
+    made: u32,
+) -> Verdict {
+    let (hint, failure): (_, BoxError) = match result {
+        Ok(Outcome::Retry { after }) => (after, Box::new(RetryRequested)),
+        Ok(done) => return Verdict::Done(Ok(done)),
+        Err(e) => {
+            if !policy.get_classifier().is_retryable(&*e) {
+                let attempt = base.saturating_add(made - 1);
+                return Verdict::Done(Err(final_error(RetryError::Permanent {
+                    attempt,
+                    source: e,
+                })));
+            }
+            (None, e)
+        }
+    };
+    if made >= policy.get_max_attempts() {
+        return Verdict::Done(Err(final_error(RetryError::Exhausted {
+            attempts: made,
+            source: failure,
+        })));
+    }
+    Verdict::Again { hint, failure }
+}
+
+/// Counts and logs a retry of `env`, then waits the policy's delay after `made` failed
+/// attempts.
+pub(crate) async fn back_off(
+    policy: &RetryPolicy,
+    env: &Envelope,
+    handler: Option<&str>,
+    made: u32,
+    hint: Option<Duration>,
+    failure: &BoxError,
+) {
+    let delay = policy.next_delay(made, hint);
+    ::metrics::counter!(
+        names::RETRIES,
+        "topic" => env.topic.as_str().to_owned(),
+        "handler" => handler.unwrap_or("").to_owned()
+    )
+    .increment(1);
+    ::tracing::debug!(
+        message_id = %env.id,
+        attempt = env.delivery.attempt.max(1).saturating_add(made - 1),
+        delay_ms = delay.as_millis() as u64,
+        error = %failure,
+        "retrying"
+    );
+    tokio::time::sleep(delay).await;
 }

@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
@@ -63,8 +64,8 @@ impl TraceId {
     /// A random, non-zero trace id.
     pub fn random() -> Self {
         loop {
-            let a = rng::global().next_u64().to_be_bytes();
-            let b = rng::global().next_u64().to_be_bytes();
+            let a = rng::thread_u64().to_be_bytes();
+            let b = rng::thread_u64().to_be_bytes();
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&a);
             id[8..].copy_from_slice(&b);
@@ -79,7 +80,7 @@ impl SpanId {
     /// A random, non-zero span id.
     pub fn random() -> Self {
         loop {
-            let id = rng::global().next_u64().to_be_bytes();
+            let id = rng::thread_u64().to_be_bytes();
             if id != [0; 8] {
                 return Self(id);
             }
@@ -108,8 +109,43 @@ pub struct TraceContext {
     flags: u8,
 }
 
-tokio::task_local! {
-    static CURRENT: TraceContext;
+thread_local! {
+    /// The context of the delivery being polled on this thread. Set only for the duration of
+    /// a poll (like a tokio task-local, but a plain `Cell`: it is read and written on every
+    /// delivery, and a task-local's `RefCell` swap cost more than the rest of the trace work).
+    static CURRENT: Cell<Option<TraceContext>> = const { Cell::new(None) };
+}
+
+/// Puts the previous context back when a scope ends, also when it unwinds.
+struct Restore(Option<TraceContext>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        let previous = self.0;
+        let _ = CURRENT.try_with(|c| c.set(previous));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled with a [`TraceContext`] as the current one ([`TraceContext::scope`]).
+    pub struct Scoped<F> {
+        #[pin]
+        inner: F,
+        ctx: TraceContext,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        this.ctx.sync_scope(|| inner.poll(cx))
+    }
 }
 
 impl TraceContext {
@@ -130,6 +166,21 @@ impl TraceContext {
     pub fn new_root() -> Self {
         Self {
             trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            flags: Self::SAMPLED,
+        }
+    }
+
+    /// The root of the trace of a message that arrived without a `traceparent`: the trace id
+    /// is the message's correlation id (so a whole flow is one trace, and its traces and
+    /// correlation ids line up), the span id is random, sampled.
+    pub fn root_for(env: &Envelope) -> Self {
+        let id = env.correlation_id.as_u128();
+        if id == 0 {
+            return Self::new_root();
+        }
+        Self {
+            trace_id: TraceId(id.to_be_bytes()),
             span_id: SpanId::random(),
             flags: Self::SAMPLED,
         }
@@ -180,17 +231,22 @@ impl TraceContext {
     /// The context of the delivery being handled by the current task, inside a
     /// [`TraceLayer`](super::TraceLayer).
     pub fn current() -> Option<Self> {
-        CURRENT.try_with(|c| *c).ok()
+        CURRENT.try_with(Cell::get).ok().flatten()
     }
 
     /// Runs `f` with `self` as the [`current`](TraceContext::current) context.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let previous = CURRENT.try_with(|c| c.replace(Some(self))).ok().flatten();
+        let _restore = Restore(previous);
+        f()
     }
 
     /// Runs `fut` with `self` as the [`current`](TraceContext::current) context.
-    pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
-        CURRENT.scope(self, fut).await
+    pub fn scope<F: std::future::Future>(self, fut: F) -> Scoped<F> {
+        Scoped {
+            inner: fut,
+            ctx: self,
+        }
     }
 }
 

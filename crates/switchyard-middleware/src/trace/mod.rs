@@ -32,16 +32,19 @@ mod context;
 mod layer;
 mod service;
 
-pub use context::{SpanId, TRACEPARENT, TRACESTATE, TraceContext, TraceId, TraceparentError};
+pub use context::{
+    Scoped, SpanId, TRACEPARENT, TRACESTATE, TraceContext, TraceId, TraceparentError,
+};
 pub use layer::TraceLayer;
 pub use service::{Trace, TraceFuture};
+pub(crate) use service::{delivery_span, end_span};
 
 use switchyard_core::Envelope;
 
 /// For the bus's publish path: makes sure `env` carries a `traceparent`. A valid one is kept;
 /// otherwise the current handler's context ([`TraceContext::current`]) is used, so a message
 /// published while handling another joins its trace without any handler code; otherwise a new
-/// trace starts. Returns the context the envelope carries.
+/// trace starts ([`TraceContext::root_for`]: its id is the correlation id). Returns the context the envelope carries.
 ///
 /// Doing this at publish time (rather than leaving it to each subscriber's [`TraceLayer`]) gives
 /// every subscriber of one message the same trace.
@@ -49,7 +52,7 @@ pub fn ensure_traceparent(env: &mut Envelope) -> TraceContext {
     if let Some(ctx) = TraceContext::from_envelope(env) {
         return ctx;
     }
-    let ctx = TraceContext::current().unwrap_or_else(TraceContext::new_root);
+    let ctx = TraceContext::current().unwrap_or_else(|| TraceContext::root_for(env));
     ctx.inject(env);
     ctx
 }
@@ -59,9 +62,14 @@ pub fn ensure_traceparent(env: &mut Envelope) -> TraceContext {
 /// handler's current one ([`TraceContext::current`]) is used, and failing that a new trace is
 /// started. Returns the context written.
 pub fn propagate(parent: &Envelope, child: &mut Envelope) -> TraceContext {
-    let ctx = TraceContext::from_envelope(parent)
-        .or_else(TraceContext::current)
-        .unwrap_or_else(TraceContext::new_root);
+    // Inside the handler of `parent`, the current context is the handler's own span in the
+    // parent's trace (the resilience stack leaves the parent's header as it was published).
+    let current = TraceContext::current();
+    let ctx = match (TraceContext::from_envelope(parent), current) {
+        (Some(p), Some(c)) if p.trace_id() == c.trace_id() => c,
+        (Some(p), _) => p,
+        (None, c) => c.unwrap_or_else(|| TraceContext::root_for(parent)),
+    };
     ctx.inject(child);
     if let Some(state) = parent.header(TRACESTATE) {
         let state = state.to_owned();

@@ -39,26 +39,9 @@ where
 
     fn call(&mut self, mut env: Envelope) -> Self::Future {
         let incoming = TraceContext::from_envelope(&env);
-        let ctx = incoming.map_or_else(TraceContext::new_root, |c| c.child());
+        let ctx = incoming.map_or_else(|| TraceContext::root_for(&env), |c| c.child());
         ctx.inject(&mut env);
-        let span = ::tracing::info_span!(
-            "switchyard.deliver",
-            topic = %env.topic,
-            message_id = %env.id,
-            correlation_id = %env.correlation_id,
-            attempt = env.delivery.attempt,
-            handler = %self.handler,
-            trace_id = %ctx.trace_id(),
-            span_id = %ctx.span_id(),
-            parent_span_id = ::tracing::field::Empty,
-            outcome = ::tracing::field::Empty,
-        );
-        if let Some(parent) = incoming {
-            span.record(
-                "parent_span_id",
-                ::tracing::field::display(parent.span_id()),
-            );
-        }
+        let span = delivery_span(&env, &self.handler, ctx, incoming);
         let inner = &mut self.inner;
         let fut = ctx.sync_scope(|| {
             let _entered = span.enter();
@@ -69,6 +52,53 @@ where
             ctx,
             span,
         }
+    }
+}
+
+/// The `switchyard.deliver` span of one delivery handled at position `ctx` of its trace.
+pub(crate) fn delivery_span(
+    env: &Envelope,
+    handler: &str,
+    ctx: TraceContext,
+    incoming: Option<TraceContext>,
+) -> Span {
+    let span = ::tracing::info_span!(
+        "switchyard.deliver",
+        topic = %env.topic,
+        message_id = %env.id,
+        correlation_id = %env.correlation_id,
+        attempt = env.delivery.attempt,
+        handler = %handler,
+        trace_id = %ctx.trace_id(),
+        span_id = %ctx.span_id(),
+        parent_span_id = ::tracing::field::Empty,
+        outcome = ::tracing::field::Empty,
+    );
+    if let Some(parent) = incoming
+        && !span.is_disabled()
+    {
+        span.record(
+            "parent_span_id",
+            ::tracing::field::display(parent.span_id()),
+        );
+    }
+    span
+}
+
+/// Records how a delivery ended on its span, and logs a failure.
+pub(crate) fn end_span(span: &Span, result: &Result<Outcome, BoxError>) {
+    if !span.is_disabled() {
+        let outcome = match result {
+            Ok(Outcome::Ack) => "ack",
+            Ok(Outcome::Reply(_)) => "reply",
+            Ok(Outcome::Retry { .. }) => "retry",
+            Ok(Outcome::Reject { .. }) => "reject",
+            Err(_) => "error",
+        };
+        span.record("outcome", outcome);
+    }
+    if let Err(e) = result {
+        ::tracing::warn!(error = %e, "handler failed");
     }
 }
 
@@ -94,17 +124,7 @@ where
         let _entered = this.span.enter();
         let inner = this.inner;
         let result = std::task::ready!(this.ctx.sync_scope(|| inner.poll(cx)));
-        let outcome = match &result {
-            Ok(Outcome::Ack) => "ack",
-            Ok(Outcome::Reply(_)) => "reply",
-            Ok(Outcome::Retry { .. }) => "retry",
-            Ok(Outcome::Reject { .. }) => "reject",
-            Err(_) => "error",
-        };
-        this.span.record("outcome", outcome);
-        if let Err(e) = &result {
-            ::tracing::warn!(error = %e, "handler failed");
-        }
+        end_span(this.span, &result);
         Poll::Ready(result)
     }
 }

@@ -6,6 +6,7 @@ mod common;
 mod breaker;
 mod dedup;
 mod dlq;
+mod fused;
 mod limit;
 mod metrics;
 mod panic;

@@ -1,0 +1,251 @@
+//! `ResilienceLayer` runs the stack as one fused service. These tests hold it to the same
+//! behaviour as the separate layers stacked in the documented order: the same scripted
+//! handler, run message by message on the virtual clock, must see the same attempts at the
+//! same instants and end with the same results, counts and breaker history.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard_core::{BoxError, Envelope, Outcome, Permanent, Topic};
+use switchyard_middleware::breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
+use switchyard_middleware::catch_panic::CatchPanicLayer;
+use switchyard_middleware::metrics::{MetricsLayer, MetricsRegistry};
+use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+use switchyard_middleware::retry::{RetryError, RetryLayer, RetryPolicy};
+use switchyard_middleware::timeout::TimeoutLayer;
+use switchyard_middleware::trace::{TraceContext, TraceLayer};
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type Handler = BoxCloneService<Envelope, Outcome, BoxError>;
+
+/// What attempt `attempt` of message `msg` does, decided by a hash of both and the seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    Ack,
+    AckAfter(Duration),
+    Transient,
+    Permanent,
+    Panic,
+    TooSlow,
+    AskRetry,
+    Reject,
+}
+
+fn act(seed: u64, msg: u64, attempt: u32) -> Act {
+    let mut z = seed ^ msg.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(attempt) << 48;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    match (z ^ (z >> 31)) % 100 {
+        0..=44 => Act::Ack,
+        45..=52 => Act::AckAfter(Duration::from_millis(1500)),
+        53..=72 => Act::Transient,
+        73..=77 => Act::Permanent,
+        78..=82 => Act::Panic,
+        83..=87 => Act::TooSlow,
+        88..=94 => Act::AskRetry,
+        _ => Act::Reject,
+    }
+}
+
+/// One attempt as the handler saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    msg: u64,
+    attempt: u32,
+    at: Duration,
+    in_trace: bool,
+}
+
+fn scripted(seed: u64, log: Arc<Mutex<Vec<Seen>>>, origin: Instant) -> Handler {
+    BoxCloneService::new(tower::service_fn(move |env: Envelope| {
+        let log = log.clone();
+        async move {
+            let msg: u64 = std::str::from_utf8(&env.payload).unwrap().parse().unwrap();
+            let attempt = env.delivery.attempt;
+            log.lock().unwrap().push(Seen {
+                msg,
+                attempt,
+                at: origin.elapsed(),
+                in_trace: TraceContext::current().is_some(),
+            });
+            match act(seed, msg, attempt) {
+                Act::Ack => Ok(Outcome::Ack),
+                Act::AckAfter(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(Outcome::Ack)
+                }
+                Act::Transient => Err::<Outcome, BoxError>("connection reset".into()),
+                Act::Permanent => Err(Permanent::new("constraint violated").into()),
+                Act::Panic => panic!("handler bug on {msg}"),
+                Act::TooSlow => {
+                    tokio::time::sleep(Duration::from_secs(45)).await;
+                    Ok(Outcome::Ack)
+                }
+                Act::AskRetry => Ok(Outcome::Retry {
+                    after: Some(Duration::from_secs(2)),
+                }),
+                Act::Reject => Ok(Outcome::reject("bad input")),
+            }
+        }
+    }))
+}
+
+fn summary(result: &Result<Outcome, BoxError>) -> String {
+    match result {
+        Ok(o) => format!("{o:?}"),
+        Err(e) => match RetryError::find(&**e) {
+            Some(r) => format!("{:?} after {}: {}", r.kind(), r.attempts(), r.last_error()),
+            None => format!("error: {e}"),
+        },
+    }
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::default().seed(42)
+}
+
+fn breaker_config() -> BreakerConfig {
+    BreakerConfig::default()
+        .failures(4)
+        .cool_down(Duration::from_secs(20))
+}
+
+struct Run {
+    seen: Vec<Seen>,
+    results: Vec<String>,
+    counts: Vec<(u64, u64, u64, u64, u64, u64)>,
+    times_opened: u64,
+}
+
+async fn drive(
+    mut svc: Handler,
+    log: Arc<Mutex<Vec<Seen>>>,
+    registry: MetricsRegistry,
+    breaker: BreakerHandle,
+    messages: u64,
+) -> Run {
+    let mut results = Vec::new();
+    for msg in 0..messages {
+        let env = Envelope::new(Topic::new("orders.placed").unwrap(), msg.to_string());
+        let ready = svc.ready().await.unwrap();
+        results.push(summary(&ready.call(env).await));
+    }
+    let snapshot = registry.snapshot();
+    Run {
+        seen: std::mem::take(&mut *log.lock().unwrap()),
+        results,
+        counts: snapshot
+            .handlers
+            .iter()
+            .map(|h| {
+                (
+                    h.delivered,
+                    h.acked,
+                    h.retried,
+                    h.rejected,
+                    h.failed,
+                    h.in_flight,
+                )
+            })
+            .collect(),
+        times_opened: breaker.snapshot().times_opened,
+    }
+}
+
+async fn fused(seed: u64, messages: u64) -> Run {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let registry = MetricsRegistry::new();
+    let layer = ResilienceLayer::new(
+        "scripted",
+        ResilienceConfig::default()
+            .retry(policy())
+            .breaker(breaker_config())
+            .registry(registry.clone()),
+    );
+    let breaker = layer.breaker();
+    let origin = Instant::now();
+    let svc = Handler::new(tower::Layer::layer(
+        &layer,
+        scripted(seed, log.clone(), origin),
+    ));
+    drive(svc, log, registry, breaker, messages).await
+}
+
+async fn layered(seed: u64, messages: u64) -> Run {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let registry = MetricsRegistry::new();
+    let breaker = BreakerLayer::new("scripted", breaker_config());
+    let handle = breaker.handle();
+    let origin = Instant::now();
+    let svc = ServiceBuilder::new()
+        .layer(TraceLayer::new("scripted"))
+        .layer(MetricsLayer::new("scripted").with_registry(registry.clone()))
+        .layer(RetryLayer::new(policy()).handler("scripted"))
+        .layer(breaker)
+        .layer(TimeoutLayer::default())
+        .layer(CatchPanicLayer::new())
+        .service(scripted(seed, log.clone(), origin));
+    drive(Handler::new(svc), log, registry, handle, messages).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fused_stack_behaves_like_the_separate_layers() {
+    for seed in [1u64, 2, 3] {
+        let a = fused(seed, 150).await;
+        let b = layered(seed, 150).await;
+        assert!(a.seen.len() > 150, "retries happened: {}", a.seen.len());
+        assert!(
+            a.seen.iter().all(|s| s.in_trace),
+            "every attempt ran in a trace"
+        );
+        assert!(
+            a.times_opened > 0,
+            "the script trips the breaker (seed {seed})"
+        );
+        assert_eq!(a.seen, b.seen, "attempts and their instants (seed {seed})");
+        assert_eq!(a.results, b.results, "results (seed {seed})");
+        assert_eq!(a.counts, b.counts, "metrics (seed {seed})");
+        assert_eq!(
+            a.times_opened, b.times_opened,
+            "breaker openings (seed {seed})"
+        );
+        for kind in ["Exhausted", "Permanent", "Ack", "Reject"] {
+            assert!(
+                a.results.iter().any(|r| r.starts_with(kind)),
+                "seed {seed} exercises {kind}"
+            );
+        }
+    }
+}
+
+/// A handler that ends on its first poll never arms a timer, and one that yields is still
+/// timed out at the configured limit from the start of the call.
+#[tokio::test(start_paused = true)]
+async fn the_lazily_armed_timeout_counts_from_the_start_of_the_call() {
+    let layer = ResilienceLayer::new(
+        "slow",
+        ResilienceConfig::default()
+            .retry(RetryPolicy::default().max_attempts(1))
+            .timeout(Duration::from_secs(5)),
+    );
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_env: Envelope| async {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, BoxError>(Outcome::Ack)
+        }),
+    );
+    let start = Instant::now();
+    let err = svc
+        .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(
+        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
+        "{err:?}"
+    );
+}
