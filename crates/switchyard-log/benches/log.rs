@@ -15,8 +15,11 @@
 //!    flight on one connection (`SWITCHYARD_BENCH_NATS_PID=<pid of that server>` adds the
 //!    server's CPU-seconds per million records).
 //! 3. With `SWITCHYARD_BENCH_NATS_INTERVAL=host:port` (a server with the default sync
-//!    interval), the same against the log in `Interval` mode; with
-//!    `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8 clients.
+//!    interval; `SWITCHYARD_BENCH_NATS_INTERVAL_PID` for its CPU), the same against the log
+//!    in `Interval` mode; with `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8
+//!    clients; then the open + recovery time of a 500,000-record log.
+//!
+//! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3 (for profiling).
 //!
 //! Envelopes are built before the timed part (building one is the application's work, and its
 //! cost is printed separately); encoding, framing, CRC, the write, the sync and the wake-up
@@ -258,7 +261,7 @@ fn log_run(
 
 /// A pipelined JetStream publisher: one connection, at most `window` publishes awaiting their
 /// ack (what `PublishAsync` with a max-pending of `window` does).
-fn nats_async(addr: &str, window: usize, total: usize) -> Run {
+fn nats_async(addr: &str, pid: Option<&str>, window: usize, total: usize) -> Run {
     let mut admin = NatsSync::connect(addr);
     let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
     let created = admin.request(
@@ -317,8 +320,7 @@ fn nats_async(addr: &str, window: usize, total: usize) -> Run {
             lat
         })
     };
-    let pid = std::env::var("SWITCHYARD_BENCH_NATS_PID").ok();
-    let cpu0 = pid.as_deref().map(process_cpu_seconds);
+    let cpu0 = pid.map(process_cpu_seconds);
     let start = Instant::now();
     for seq in 0..total {
         if tokens_rx.try_recv().is_err() {
@@ -333,7 +335,7 @@ fn nats_async(addr: &str, window: usize, total: usize) -> Run {
     w.flush().unwrap();
     let mut lat = reader.join().unwrap();
     let secs = start.elapsed().as_secs_f64();
-    let cpu = match (pid.as_deref(), cpu0) {
+    let cpu = match (pid, cpu0) {
         (Some(pid), Some(c0)) => process_cpu_seconds(pid) - c0,
         _ => f64::NAN,
     };
@@ -529,18 +531,23 @@ fn report() {
     if !run_b {
         return;
     }
-    let nats = std::env::var("SWITCHYARD_BENCH_NATS").ok();
-    let nats_interval = std::env::var("SWITCHYARD_BENCH_NATS_INTERVAL").ok();
-    for (title, durability, server) in [
+    let env = |k: &str| std::env::var(k).ok();
+    let nats = env("SWITCHYARD_BENCH_NATS");
+    let nats_pid = env("SWITCHYARD_BENCH_NATS_PID");
+    let nats_interval = env("SWITCHYARD_BENCH_NATS_INTERVAL");
+    let nats_interval_pid = env("SWITCHYARD_BENCH_NATS_INTERVAL_PID");
+    for (title, durability, server, pid) in [
         (
             "Always vs JetStream sync_interval: always",
             Durability::Always,
             nats.as_deref(),
+            nats_pid.as_deref(),
         ),
         (
             "Interval(2 min) vs JetStream default sync (2 min)",
             Durability::Interval(Duration::from_secs(120)),
             nats_interval.as_deref(),
+            nats_interval_pid.as_deref(),
         ),
     ] {
         if durability != Durability::Always && server.is_none() {
@@ -566,7 +573,7 @@ fn report() {
                         (Durability::Always, _) => 8000,
                         _ => 50_000,
                     };
-                    let js = nats_async(addr, n, total);
+                    let js = nats_async(addr, pid, n, total);
                     let ratio = run.rate / js.rate;
                     ratios.entry(n).or_default().push(ratio);
                     row(
@@ -599,7 +606,7 @@ fn report() {
             );
         }
     }
-    if only == "1" {
+    if only != "a" && only != "b" {
         let dir = tempfile::tempdir().unwrap();
         let cfg = LogConfig::new(dir.path()).with_durability(Durability::Never);
         let log = LogTransport::open(cfg.clone()).unwrap();

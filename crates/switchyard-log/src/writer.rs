@@ -117,7 +117,7 @@ const MAX_BATCH_MSGS: usize = 4096;
 /// How long the thread polls for the next request after a round that appended, before it
 /// sleeps. Waking a sleeping thread costs tens of microseconds on some machines (virtual
 /// CPUs that halt when idle), more than a publisher that was just answered takes to come
-/// back; polling costs at most this much CPU per round.
+/// back; polling (which yields the CPU between looks) costs at most this much CPU per round.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// While gathering a batch, stop waiting once no publish has arrived for this long.
@@ -173,6 +173,8 @@ impl Writer {
             if Instant::now() >= until {
                 return None;
             }
+            // Lets a publisher waiting for this CPU run (on a busy or one-core machine).
+            std::thread::yield_now();
         }
     }
 
