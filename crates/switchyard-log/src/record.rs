@@ -22,18 +22,22 @@ pub(crate) const MAGIC: &[u8; 8] = b"SWYLOG01";
 pub(crate) const HEADER: usize = 16;
 
 fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc, &offset.to_le_bytes());
-    crc32c::crc32c_append(crc, payload)
+    let mut covered = [0u8; 12];
+    covered[..4].copy_from_slice(&len.to_le_bytes());
+    covered[4..].copy_from_slice(&offset.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&covered), payload)
 }
 
 /// Appends one framed record to `out`.
 pub(crate) fn frame(offset: u64, payload: &[u8], out: &mut Vec<u8>) {
     // Callers check the payload against `max_record_bytes` (a u32) before framing.
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(len, offset, payload).to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&checksum(len, offset, payload).to_le_bytes());
+    header[8..].copy_from_slice(&offset.to_le_bytes());
+    out.reserve(HEADER + payload.len());
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
 }
 
@@ -147,6 +151,16 @@ mod tests {
             parse(&bad, Some(7), 1 << 20),
             Parsed::Bad(CorruptionKind::BadChecksum)
         );
+    }
+
+    #[test]
+    fn checksum_covers_len_offset_payload_in_order() {
+        let (len, offset, payload) = (3u32, 0x0102_0304_0506_0708u64, [9u8, 8, 7]);
+        let mut all = Vec::new();
+        all.extend_from_slice(&len.to_le_bytes());
+        all.extend_from_slice(&offset.to_le_bytes());
+        all.extend_from_slice(&payload);
+        assert_eq!(checksum(len, offset, &payload), crc32c::crc32c(&all));
     }
 
     fn payload_of(buf: &[u8]) -> &[u8] {
