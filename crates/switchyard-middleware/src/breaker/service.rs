@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 use switchyard_core::{BoxError, Envelope, Outcome};
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 
 use super::state::{Admission, Shared};
@@ -51,7 +51,7 @@ where
             } => {
                 let result = std::task::ready!(inner.poll(cx));
                 if let Some(admitted) = admitted.take() {
-                    admitted.settle(shared, &result, Instant::now());
+                    admitted.settle(shared, &result, quanta::Instant::now());
                 }
                 Poll::Ready(result)
             }
@@ -86,13 +86,18 @@ pub(crate) enum Admitted {
 
 impl Admitted {
     /// Records how the call admitted by this ended.
-    pub(crate) fn settle(self, shared: &Shared, result: &Result<Outcome, BoxError>, now: Instant) {
+    pub(crate) fn settle(
+        self,
+        shared: &Shared,
+        result: &Result<Outcome, BoxError>,
+        ended: quanta::Instant,
+    ) {
         let failed = shared.config.is_failure(result);
         match self {
-            Self::Normal(generation) => shared.record(generation, false, failed, now),
+            Self::Normal(generation) => shared.record(generation, false, failed, ended),
             Self::Trial(mut permit) => {
                 permit.armed = false;
-                shared.record(permit.generation, true, failed, now);
+                shared.record(permit.generation, true, failed, ended);
             }
         }
     }

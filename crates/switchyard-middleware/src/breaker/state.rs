@@ -153,8 +153,14 @@ pub(crate) struct Shared {
     /// Length of one window bucket, nanoseconds.
     bucket_nanos: u64,
     /// Successes of a closed breaker with a count threshold, recorded without the lock (they
-    /// cannot trip it): `bucket index << 32 | count` per slot, slot = index % BUCKETS.
+    /// cannot trip it): `bucket index << 32 | count` per slot, slot = index % BUCKETS. Their
+    /// buckets follow the time-stamp counter from `counter_epoch` (cheaper to read than the
+    /// tokio clock; the same time except under tokio's paused clock, where only this
+    /// informational count of calls differs).
     successes: [AtomicU64; BUCKETS as usize],
+    counter_epoch: quanta::Instant,
+    /// `2^64 / bucket_nanos`: a bucket index by multiplication instead of division.
+    bucket_reciprocal: u64,
     inner: Mutex<Inner>,
     /// `generation << 2 | state`, updated under the state lock: lets a closed breaker admit
     /// callers without locking.
@@ -191,6 +197,11 @@ impl Shared {
             epoch: Instant::now(),
             bucket_nanos,
             successes: Default::default(),
+            counter_epoch: quanta::Instant::now(),
+            bucket_reciprocal: u64::try_from(
+                u128::from(u64::MAX) / u128::from(bucket_nanos.max(1)),
+            )
+            .unwrap_or(u64::MAX),
             inner: Mutex::new(Inner {
                 state: BreakerState::Closed,
                 generation: 0,
@@ -220,6 +231,14 @@ impl Shared {
         since / self.bucket_nanos.max(1)
     }
 
+    /// The success-ring bucket of `t`.
+    fn counter_index(&self, t: quanta::Instant) -> u64 {
+        let since =
+            u64::try_from(t.duration_since(self.counter_epoch).as_nanos()).unwrap_or(u64::MAX);
+        // floor(since / bucket_nanos), give or take one at a bucket's edge.
+        ((u128::from(since) * u128::from(self.bucket_reciprocal)) >> 64) as u64
+    }
+
     fn totals(&self, inner: &mut Inner, now: Instant) -> (u32, u32) {
         let current = self.bucket_index(now);
         let oldest = current.saturating_sub(BUCKETS - 1);
@@ -229,10 +248,12 @@ impl Shared {
         let (calls, failures) = inner.buckets.iter().fold((0u32, 0u32), |(c, f), b| {
             (c.saturating_add(b.calls), f.saturating_add(b.failures))
         });
+        let ring_now = self.counter_index(quanta::Instant::now());
+        let ring_oldest = ring_now.saturating_sub(BUCKETS - 1);
         let fast = self.successes.iter().fold(0u32, |sum, slot| {
             let v = slot.load(Ordering::Relaxed);
             let tag = v >> 32;
-            let window = (oldest & TAG_MASK)..=(current & TAG_MASK);
+            let window = (ring_oldest & TAG_MASK)..=(ring_now & TAG_MASK);
             // Tags are the low 32 bits of the index; a wrapped window is only a counting
             // blur every 2^32 buckets.
             if window.contains(&tag) {
@@ -245,8 +266,8 @@ impl Shared {
     }
 
     /// Counts a success of a closed breaker with a count threshold without taking the lock.
-    fn count_success(&self, now: Instant) {
-        let index = self.bucket_index(now);
+    fn count_success(&self, now: quanta::Instant) {
+        let index = self.counter_index(now);
         let tag = index & TAG_MASK;
         let slot = &self.successes[(index % BUCKETS) as usize];
         let mut v = slot.load(Ordering::Relaxed);
@@ -309,8 +330,15 @@ impl Shared {
         }
     }
 
-    /// Records the result of a call admitted under `generation`, ending at `now`.
-    pub(crate) fn record(&self, generation: u64, trial: bool, failed: bool, now: Instant) {
+    /// Records the result of a call admitted under `generation`, which ended at `ended` (read
+    /// from the time-stamp counter; the tokio clock is read here only when the lock is taken).
+    pub(crate) fn record(
+        &self,
+        generation: u64,
+        trial: bool,
+        failed: bool,
+        ended: quanta::Instant,
+    ) {
         if !trial
             && !failed
             && matches!(self.config.threshold, FailureThreshold::Count(_))
@@ -318,9 +346,10 @@ impl Shared {
         {
             // Closed (state bits 0) under the same generation: a success cannot trip a count
             // threshold, so only the window's call count changes.
-            self.count_success(now);
+            self.count_success(ended);
             return;
         }
+        let now = Instant::now();
         let mut inner = relock(&self.inner);
         if inner.generation != generation {
             // Admitted before the last state change: its result says nothing about now.

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) topic_label: TopicLabel,
     pub(crate) registry: MetricsRegistry,
     in_flight: OnceLock<Gauge>,
+    /// The first topic label seen, reachable without a reference count: most handlers only
+    /// ever see one.
+    first: OnceLock<(SmolStr, Arc<TopicHandles>)>,
     topics: RwLock<HashMap<SmolStr, Arc<TopicHandles>>>,
 }
 
@@ -57,6 +60,7 @@ impl Shared {
             topic_label,
             registry,
             in_flight: OnceLock::new(),
+            first: OnceLock::new(),
             topics: RwLock::new(HashMap::new()),
         }
     }
@@ -65,6 +69,19 @@ impl Shared {
         self.in_flight.get_or_init(
             || ::metrics::gauge!(names::IN_FLIGHT, "handler" => self.handler.to_string()),
         )
+    }
+
+    /// The handles of `topic`: `First` when it is the first label this state saw.
+    fn topic_ref(&self, topic: &str) -> TopicRef {
+        let handles = self.handles(topic);
+        let (first, _) = self
+            .first
+            .get_or_init(|| (SmolStr::new(topic), handles.clone()));
+        if first == topic {
+            TopicRef::First
+        } else {
+            TopicRef::Other(handles)
+        }
     }
 
     fn handles(&self, topic: &str) -> Arc<TopicHandles> {
@@ -100,8 +117,26 @@ impl Shared {
     }
 }
 
-/// The handles of the topic label a service clone saw last (most subscriptions see one), so
-/// the common case finds them without touching the shared map.
+/// Where a call's metric handles are.
+#[derive(Clone)]
+enum TopicRef {
+    /// The shared state's first topic label.
+    First,
+    /// Any other.
+    Other(Arc<TopicHandles>),
+}
+
+impl TopicRef {
+    fn get<'a>(&'a self, shared: &'a Shared) -> Option<&'a TopicHandles> {
+        match self {
+            Self::First => shared.first.get().map(|(_, h)| &**h),
+            Self::Other(h) => Some(h),
+        }
+    }
+}
+
+/// The handles of the topic label a service clone saw last, for labels other than the
+/// shared state's first, so they are found without touching the shared map.
 #[derive(Clone, Default)]
 pub(crate) struct TopicCache {
     last: Option<(SmolStr, Arc<TopicHandles>)>,
@@ -111,31 +146,34 @@ impl TopicCache {
     /// Starts measuring a call of `env`: counts it delivered and in flight.
     pub(crate) fn begin(&mut self, shared: &Shared, env: &Envelope) -> Measured {
         let label = shared.topic_label.value(env);
-        let handles = match &self.last {
-            Some((topic, handles)) if topic == label => handles.clone(),
+        let topic = match (shared.first.get(), &self.last) {
+            (Some((first, _)), _) if first == label => TopicRef::First,
+            (_, Some((last, handles))) if last == label => TopicRef::Other(handles.clone()),
             _ => {
-                let handles = shared.handles(label);
-                self.last = Some((SmolStr::new(label), handles.clone()));
-                handles
+                let topic = shared.topic_ref(label);
+                if let TopicRef::Other(handles) = &topic {
+                    self.last = Some((SmolStr::new(label), handles.clone()));
+                }
+                topic
             }
         };
-        handles.delivered.increment(1);
-        handles.counters.started();
-        handles.in_flight.increment(1.0);
+        if let Some(h) = topic.get(shared) {
+            h.delivered.increment(1);
+            h.counters.started();
+            h.in_flight.increment(1.0);
+        }
         Measured {
-            handles,
+            topic,
             timestamp: env.timestamp,
-            armed: true,
         }
     }
 }
 
-/// One call being measured. Dropped before [`Measured::finish`], it takes the call out of the
-/// in-flight figures and counts it abandoned.
+/// One call being measured: end it with [`Measured::finish`], or [`Measured::abandon`] when
+/// the call is dropped before it ends.
 pub(crate) struct Measured {
-    handles: Arc<TopicHandles>,
+    topic: TopicRef,
     timestamp: SystemTime,
-    armed: bool,
 }
 
 impl Measured {
@@ -147,13 +185,15 @@ impl Measured {
     /// Records how the call ended: `duration` of the call, and `end_to_end` from the
     /// envelope's timestamp to the end of the call.
     pub(crate) fn finish(
-        mut self,
+        self,
+        shared: &Shared,
         result: &Result<Outcome, BoxError>,
         duration: Duration,
         end_to_end: Duration,
     ) {
-        self.armed = false;
-        let h = &self.handles;
+        let Some(h) = self.topic.get(shared) else {
+            return;
+        };
         let ended = Ended::of(result);
         match ended {
             Ended::Acked => &h.acked,
@@ -167,13 +207,26 @@ impl Measured {
         h.in_flight.decrement(1.0);
         h.counters.finished(ended, duration, end_to_end);
     }
+
+    /// Takes a call that was dropped before it ended out of the in-flight figures.
+    pub(crate) fn abandon(self, shared: &Shared) {
+        if let Some(h) = self.topic.get(shared) {
+            h.in_flight.decrement(1.0);
+            h.counters.abandoned();
+        }
+    }
 }
 
-impl Drop for Measured {
+/// A measured call of the [`Metrics`] service; abandoned if dropped unfinished.
+struct Call {
+    shared: Arc<Shared>,
+    measured: Option<Measured>,
+}
+
+impl Drop for Call {
     fn drop(&mut self) {
-        if self.armed {
-            self.handles.in_flight.decrement(1.0);
-            self.handles.counters.abandoned();
+        if let Some(m) = self.measured.take() {
+            m.abandon(&self.shared);
         }
     }
 }
@@ -231,15 +284,20 @@ where
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let measured = self.cache.begin(&self.shared, &env);
+        let mut call = Call {
+            measured: Some(self.cache.begin(&self.shared, &env)),
+            shared: self.shared.clone(),
+        };
         let start = Instant::now();
         let fut = self.inner.call(env);
         Box::pin(async move {
             let result = fut.await;
-            let end_to_end = SystemTime::now()
-                .duration_since(measured.timestamp())
-                .unwrap_or_default();
-            measured.finish(&result, start.elapsed(), end_to_end);
+            if let Some(measured) = call.measured.take() {
+                let end_to_end = SystemTime::now()
+                    .duration_since(measured.timestamp())
+                    .unwrap_or_default();
+                measured.finish(&call.shared, &result, start.elapsed(), end_to_end);
+            }
             result
         })
     }

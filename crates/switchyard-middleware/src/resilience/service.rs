@@ -19,9 +19,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use pin_project_lite::pin_project;
+use quanta::Instant;
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 use tracing::Span;
 
@@ -54,9 +55,14 @@ impl<S: Clone> Core<S> {
     }
 }
 
-/// Wall-clock time derived from the monotonic clock, so a call reads the clock twice (start
-/// and end) instead of three times, and does its time arithmetic on integers. Re-anchored
-/// once a second, so a step of the system clock shows within a second.
+/// Wall-clock time derived from the time-stamp counter (`quanta`), so a call reads a clock
+/// twice (start and end, about 9 ns each against 22 ns for `clock_gettime`) instead of three
+/// times, and does its time arithmetic on integers. Re-anchored once a second, so a step of
+/// the system clock shows within a second.
+///
+/// Handler durations and end-to-end latencies are therefore real time, also under tokio's
+/// paused clock; deadlines (the timeout, backoff, the breaker's cool-down) stay on the tokio
+/// clock.
 #[derive(Debug, Clone, Copy)]
 struct WallClock {
     at: Instant,
@@ -76,7 +82,7 @@ impl WallClock {
 
     /// Nanoseconds from the anchor to `t`.
     fn offset(&self, t: Instant) -> u64 {
-        nanos(t.saturating_duration_since(self.at))
+        nanos(t.duration_since(self.at))
     }
 
     /// The offset of `now`, re-anchoring first when the anchor is more than a second old.
@@ -190,7 +196,7 @@ where
         let phase = match (admitted, dedup_key) {
             (admitted, Some((key, store))) => self.deduplicated(admitted, env, key, store),
             (Err(refused), _) => {
-                kept = Some(env);
+                kept = Some(Box::new(env));
                 Phase::Judge {
                     result: Some(Err(refused.into())),
                     admitted: None,
@@ -198,12 +204,13 @@ where
             }
             (Ok(admitted), _) => {
                 // The copy for later attempts, only when there can be any.
-                kept = (core.policy.get_max_attempts() > 1).then(|| env.clone());
+                kept = (core.policy.get_max_attempts() > 1).then(|| Box::new(env.clone()));
                 let inner = &mut self.inner;
-                let called = ctx.sync_scope(|| {
+                let called = {
+                    let _current = ctx.enter();
                     let _entered = span.enter();
-                    std::panic::catch_unwind(AssertUnwindSafe(move || inner.call(env)))
-                });
+                    std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(env)))
+                };
                 match called {
                     Ok(call) => Phase::First {
                         call,
@@ -294,7 +301,7 @@ pin_project! {
         core: Arc<Core<S>>,
         // The envelope as delivered, for attempts after the first; `None` when the policy
         // allows one attempt only.
-        kept: Option<Envelope>,
+        kept: Option<Box<Envelope>>,
         base: u32,
         ctx: TraceContext,
         span: Span,
@@ -303,6 +310,16 @@ pin_project! {
         // `start` as an offset from `wall`'s anchor.
         start_offset: u64,
         wall: WallClock,
+    }
+
+    impl<F, S> PinnedDrop for ResilientFuture<F, S> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Dropped before it ended: out of the in-flight figures.
+            if let Some(measured) = this.measured.take() {
+                measured.abandon(&this.core.metrics);
+            }
+        }
     }
 }
 
@@ -319,7 +336,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        let ctx = *this.ctx;
+        // The handler runs with its trace position as the current context.
+        let _current = this.ctx.enter();
         let start = *this.start;
         let core = &**this.core;
         loop {
@@ -329,17 +347,18 @@ where
                     timer,
                     admitted,
                 } => {
-                    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        ctx.sync_scope(|| call.poll(cx))
-                    }));
+                    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.poll(cx)));
                     let result = match polled {
                         Ok(Poll::Ready(result)) => result,
                         Err(payload) => Err(PanicError::from_payload(payload).into()),
                         Ok(Poll::Pending) => {
                             // Armed only once the handler yields: most calls end on their first
-                            // poll and never touch the timer wheel.
+                            // poll and never touch the timer wheel. The limit counts from the
+                            // start of the call.
                             let timer = timer.get_or_insert_with(|| {
-                                Box::pin(sleep_until(crate::clock::deadline(start, core.timeout)))
+                                let left = core.timeout.saturating_sub(start.elapsed());
+                                let now = tokio::time::Instant::now();
+                                Box::pin(sleep_until(crate::clock::deadline(now, left)))
                             });
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
@@ -359,10 +378,11 @@ where
                     admitted.take(),
                 ),
                 PhaseProj::Rest { fut } => {
-                    let result = std::task::ready!(ctx.sync_scope(|| fut.as_mut().poll(cx)));
+                    let result = std::task::ready!(fut.as_mut().poll(cx));
                     this.phase.set(Phase::Done);
                     let end = Instant::now();
                     return Poll::Ready(finish(
+                        &core.metrics,
                         this.measured,
                         this.span,
                         *this.start_offset,
@@ -392,7 +412,7 @@ where
                             service,
                             gate,
                             None,
-                            env,
+                            *env,
                             *this.base,
                             1,
                             Some((hint, failure)),
@@ -409,6 +429,7 @@ where
                 },
             };
             return Poll::Ready(finish(
+                &core.metrics,
                 this.measured,
                 this.span,
                 *this.start_offset,
@@ -422,6 +443,7 @@ where
 
 /// Ends the span and the measurement of a call that ended at `end`.
 fn finish(
+    metrics: &MetricsShared,
     measured: &mut Option<Measured>,
     span: &Span,
     start_offset: u64,
@@ -436,7 +458,7 @@ fn finish(
         let end_unix = wall.unix.saturating_add(end_offset);
         let end_to_end =
             Duration::from_nanos(end_unix.saturating_sub(unix_nanos(measured.timestamp())));
-        measured.finish(&result, duration, end_to_end);
+        measured.finish(metrics, &result, duration, end_to_end);
     }
     result
 }
