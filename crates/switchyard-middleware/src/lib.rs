@@ -16,7 +16,7 @@
 //! | [`timeout`] | [`TimeoutLayer`](timeout::TimeoutLayer) | per-attempt time limit, late results discarded |
 //! | [`catch_panic`] | [`CatchPanicLayer`](catch_panic::CatchPanicLayer) | a panic becomes a [`PanicError`](catch_panic::PanicError) |
 //! | [`dlq`] | — | the [`DeadLetterQueue`](dlq::DeadLetterQueue) trait, in-memory and file-backed queues, replay |
-//! | [`resilience`] | [`ResilienceLayer`](resilience::ResilienceLayer) | all of the above in the order below, with defaults |
+//! | [`resilience`] | [`ResilienceLayer`](resilience::ResilienceLayer) | all of the above in the order below, with defaults, fused into one service |
 //!
 //! ## The order, and why
 //!

@@ -5,6 +5,14 @@
 //! trace → metrics → dedup (optional) → retry → breaker → rate limit (optional) →
 //! concurrency limit (optional) → timeout → panic capture → handler.
 //!
+//! The layer builds one fused service, [`Resilient`], rather than nine stacked ones: the same
+//! behaviour (a test holds it to the separate layers, attempt for attempt on the virtual
+//! clock) at about a quarter of the cost per message. Differences from stacking the separate
+//! layers yourself: the handler's envelope keeps the `traceparent` it was published with (its
+//! own position is [`TraceContext::current`](crate::trace::TraceContext::current)), and
+//! handler durations are measured with the time-stamp counter, so they are real time under
+//! tokio's paused clock.
+//!
 //! Defaults ([`ResilienceConfig::default`]) follow the issue's
 //! `Bus::builder().with_default_resilience()`: 3 attempts with full jitter from 100 ms to
 //! 10 s, 30 s timeout, breaker opening after 5 failures in 60 s with a 30 s cool-down, dedup
