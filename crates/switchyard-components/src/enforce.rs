@@ -207,7 +207,9 @@ impl Enforcer {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(violation = %v, message_id = %env.id,
                     correlation_id = %env.correlation_id, "layer violation refused");
-                Err(PublishError::LayerViolation(v.to_string()))
+                Err(PublishError::LayerViolation(Box::new(
+                    v.to_layer_violation(),
+                )))
             }
             EnforcementMode::Warn => {
                 tracing::warn!(violation = %v, message_id = %env.id,

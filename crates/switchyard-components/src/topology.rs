@@ -129,6 +129,19 @@ pub struct Violation {
     pub rule: Rule,
 }
 
+impl Violation {
+    /// The violation as the bus reports it ([`PublishError::LayerViolation`](switchyard::PublishError::LayerViolation)).
+    pub fn to_layer_violation(&self) -> switchyard::LayerViolation {
+        switchyard::LayerViolation {
+            rule: self.rule.id().to_owned(),
+            from: self.from.name.to_string(),
+            to: self.to.as_ref().map(|to| to.name.to_string()),
+            topic: self.topic.to_string(),
+            detail: self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.to {

@@ -132,13 +132,44 @@ pub enum PublishError {
     ShuttingDown,
     /// The publisher (component) may not send this message by the layer rules.
     #[error("layer violation: {0}")]
-    LayerViolation(String),
+    LayerViolation(Box<LayerViolation>),
     /// A publish hook refused the message (see `BusBuilder::publish_hook`).
     #[error("refused: {0}")]
     Refused(String),
     /// The transport failed to accept the message.
     #[error(transparent)]
     Transport(#[from] TransportError),
+}
+
+/// A publish the component layer rules forbid (raised by `switchyard-components`' runtime
+/// enforcement): which rule, who published, to whom, on which topic.
+///
+/// ```
+/// use switchyard_core::LayerViolation;
+/// let v = LayerViolation {
+///     rule: "one-layer-at-a-time".into(),
+///     from: "shop-manager".into(),
+///     to: Some("shop-processor".into()),
+///     topic: "shop.order.execute".into(),
+///     detail: "`shop-manager` may not send to `shop-processor`".into(),
+/// };
+/// assert_eq!(v.to_string(), "`shop-manager` may not send to `shop-processor`");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct LayerViolation {
+    /// Id of the rule broken, e.g. `one-layer-at-a-time`.
+    pub rule: String,
+    /// Name of the publishing component.
+    pub from: String,
+    /// Name of the component it would reach (`None` when the rule is about the publisher
+    /// alone, such as publishing an undeclared topic).
+    pub to: Option<String>,
+    /// The topic published.
+    pub topic: String,
+    /// The whole explanation, for people: both ends with their roles and domains, and the
+    /// rule in one sentence.
+    pub detail: String,
 }
 
 /// Sending a command or request failed, or its handler failed.

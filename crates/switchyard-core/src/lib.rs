@@ -20,8 +20,8 @@ pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
 };
 pub use error::{
-    BoxError, CloseError, CodecDirection, CodecError, Permanent, PublishError, SendError,
-    SubscribeError, TransportError, TransportErrorKind,
+    BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,
+    SendError, SubscribeError, TransportError, TransportErrorKind,
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;

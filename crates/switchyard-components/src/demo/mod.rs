@@ -867,7 +867,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             attempt: 1,
         };
         match front.publish_to("staging.load.execute", job).await {
-            Err(PublishError::LayerViolation(text)) => Some(text),
+            Err(PublishError::LayerViolation(v)) => Some(v.detail),
             Err(e) => Some(format!("refused: {e}")),
             Ok(()) => Some("not refused (warn mode)".into()),
         }

@@ -39,9 +39,24 @@ async fn strict_mode_refuses_a_manager_publishing_to_a_processor() {
         .publish_to("shop.order.execute", Note { n: 1 })
         .await
         .unwrap_err();
-    let PublishError::LayerViolation(text) = err else {
+    let PublishError::LayerViolation(v) = err else {
         panic!("expected a layer violation, got {err:?}")
     };
+    assert_eq!(
+        (
+            v.rule.as_str(),
+            v.from.as_str(),
+            v.to.as_deref(),
+            v.topic.as_str()
+        ),
+        (
+            "one-layer-at-a-time",
+            "shop-manager",
+            Some("shop-processor"),
+            "shop.order.execute"
+        )
+    );
+    let text = v.to_string();
     assert!(text.contains("`shop-manager`"), "{text}");
     assert!(text.contains("`shop-processor`"), "{text}");
     assert!(text.contains("one-layer-at-a-time"), "{text}");
@@ -85,13 +100,19 @@ async fn strict_mode_refuses_undeclared_topics() {
         .publish_to("shop.audit.log", Note { n: 1 })
         .await
         .unwrap_err();
-    let PublishError::LayerViolation(text) = err else {
+    let PublishError::LayerViolation(v) = err else {
         panic!("expected a layer violation")
     };
-    assert!(
-        text.contains("undeclared-publish") && text.contains("shop.audit.log"),
-        "{text}"
+    assert_eq!(
+        (
+            v.rule.as_str(),
+            v.from.as_str(),
+            v.to.as_deref(),
+            v.topic.as_str()
+        ),
+        ("undeclared-publish", "shop-manager", None, "shop.audit.log")
     );
+    assert!(v.detail.contains("undeclared-publish"), "{v}");
 }
 
 #[tokio::test]
@@ -102,7 +123,9 @@ async fn strict_mode_checks_the_addressed_target() {
     let env =
         Envelope::new("shop.order.submit".parse().unwrap(), "{}").with_target("shop-processor");
     let err = manager.publish_envelope(env).await.unwrap_err();
-    assert!(matches!(err, PublishError::LayerViolation(t) if t.contains("shop-processor")));
+    assert!(
+        matches!(err, PublishError::LayerViolation(v) if v.to.as_deref() == Some("shop-processor"))
+    );
 }
 
 #[tokio::test]

@@ -353,12 +353,11 @@ fn runtime_enforcement_follows_the_same_table() {
         let env = Envelope::new(Topic::new(&topic).unwrap(), "{}");
         match (strict.check(&from, &env), expected) {
             (Ok(()), None) => assert_eq!(strict.stats().violations, 0),
-            (Err(PublishError::LayerViolation(text)), Some(rule)) => {
-                assert!(
-                    text.contains(&from_name) && text.contains(&to_name),
-                    "{text}"
-                );
-                assert!(text.contains(rule.id()), "{text}");
+            (Err(PublishError::LayerViolation(v)), Some(rule)) => {
+                assert_eq!(v.from, from_name, "{v}");
+                assert_eq!(v.to.as_deref(), Some(to_name.as_str()), "{v}");
+                assert_eq!(v.rule, rule.id(), "{v}");
+                assert_eq!(v.topic, topic, "{v}");
                 assert_eq!(strict.stats().refused, 1);
                 assert_eq!(strict.stats().by_rule.get(rule.id()), Some(&1));
             }
