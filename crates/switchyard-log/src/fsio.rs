@@ -51,6 +51,19 @@ pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut pos: u64) -> io::Res
     Ok(())
 }
 
+/// Writes zeros over `from..to`.
+pub(crate) fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        // `n` is at most 64 KiB.
+        write_all_at(file, &ZEROS[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
 /// Makes a directory entry durable (a no-op where directories cannot be synced).
 pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
     #[cfg(unix)]

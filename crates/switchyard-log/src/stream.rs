@@ -175,6 +175,9 @@ fn scan_segment(
                 positions.push(p);
                 pos += total;
             }
+            // Zeros the writer wrote ahead and never used (a segment is trimmed at close
+            // and at a roll; after a crash its tail is still there): the clean end.
+            Parsed::Short | Parsed::Bad(_) if buf[pos..].iter().all(|&b| b == 0) => break,
             Parsed::Short | Parsed::Bad(_) if is_last => {
                 let kind = match record::parse(&buf[pos..], Some(offset), max_record) {
                     Parsed::Bad(k) => k,

@@ -84,10 +84,62 @@ async fn garbage_after_the_last_record_is_truncated() {
     let dir = tempfile::tempdir().unwrap();
     fill(dir.path(), 5, 1 << 20).await;
     let seg = &segments(dir.path())[0];
+    let before = len(seg);
     let mut bytes = fs::read(seg).unwrap();
-    bytes.extend_from_slice(&[0u8; 37]);
+    bytes.extend_from_slice(&[0xAB; 37]);
     fs::write(seg, bytes).unwrap();
+    let log = LogTransport::open(config(dir.path())).unwrap();
+    assert_eq!(len(seg), before, "the garbage is cut at open");
+    close(&log).await;
     assert_eq!(count(dir.path()).await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn zero_tail_is_the_clean_end_and_close_trims_it() {
+    // What a crash leaves: the writer writes zeros ahead of the data so that a sync does
+    // not have to write the file's size; after `kill -9` they are still there.
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 5, 1 << 20).await;
+    let seg = &segments(dir.path())[0];
+    let closed_len = len(seg);
+    let mut bytes = fs::read(seg).unwrap();
+    bytes.extend_from_slice(&[0u8; 10_000]);
+    fs::write(seg, bytes).unwrap();
+    let log = LogTransport::open(config(dir.path())).unwrap();
+    assert_eq!(log.read_range("default", 0, 100).unwrap().len(), 5);
+    assert_eq!(log.streams()[0].bytes, closed_len);
+    publish_all(&log, vec![env("a.b", "after")]).await;
+    assert_eq!(log.read_range("default", 0, 100).unwrap().len(), 6);
+    assert_eq!(
+        len(seg),
+        closed_len + 10_000,
+        "the zeros are written over, not appended to"
+    );
+    close(&log).await;
+    let after = len(seg);
+    assert!(
+        after > closed_len && after < closed_len + 1000,
+        "trimmed at close: {after}"
+    );
+    assert_eq!(count(dir.path()).await.unwrap(), 6);
+}
+
+#[tokio::test]
+async fn a_segment_is_trimmed_at_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    for s in &segs[..segs.len() - 1] {
+        let bytes = fs::read(s).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "{} ends with zeros", s.display());
+        assert!(
+            bytes.len() < 4096 + 1000,
+            "{} is {} bytes",
+            s.display(),
+            bytes.len()
+        );
+    }
 }
 
 #[tokio::test]
@@ -178,4 +230,20 @@ async fn groups_resume_after_recovery() {
     }
     assert!(try_next(&mut sub).is_none());
     close(&log).await;
+}
+
+#[tokio::test]
+async fn the_writer_writes_ahead_and_close_trims() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(config(dir.path())).unwrap();
+    publish_all(&log, vec![env("a.b", "one")]).await;
+    let seg = &segments(dir.path())[0];
+    let visible = log.streams()[0].bytes;
+    assert!(
+        len(seg) >= visible + (1 << 20),
+        "{} bytes on disk",
+        len(seg)
+    );
+    close(&log).await;
+    assert_eq!(len(seg), visible);
 }
