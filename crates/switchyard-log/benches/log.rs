@@ -12,8 +12,9 @@
 //!    256 publishes in flight) with p50/p99 latency, records per `fdatasync` and CPU-seconds per
 //!    million records; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
 //!    `jetstream { sync_interval: always }`), JetStream with the same N async publishes in
-//!    flight on one connection (`SWITCHYARD_BENCH_NATS_PID=<pid of that server>` adds the
-//!    server's CPU-seconds per million records).
+//!    flight on one connection, interleaved with the log in ten slices
+//!    (`SWITCHYARD_BENCH_NATS_PID=<pid of that server>` adds the server's CPU-seconds per
+//!    million records).
 //! 3. With `SWITCHYARD_BENCH_NATS_INTERVAL=host:port` (a server with the default sync
 //!    interval; `SWITCHYARD_BENCH_NATS_INTERVAL_PID` for its CPU), the same against the log
 //!    in `Interval` mode; with `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8
@@ -294,129 +295,192 @@ struct Run {
     per_sync: f64,
 }
 
-fn log_run(
+/// A pipelined JetStream publisher: one connection, at most `window` publishes awaiting their
+/// ack (what `PublishAsync` with a max-pending of `window` does), on a fresh file-stored
+/// stream.
+struct JetStream {
+    admin: NatsSync,
+    w: BufWriter<TcpStream>,
+    r: Option<BufReader<TcpStream>>,
+    window: usize,
+    seq: usize,
+}
+
+impl JetStream {
+    fn new(addr: &str, window: usize) -> Self {
+        let mut admin = NatsSync::connect(addr);
+        let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
+        let created = admin.request(
+            "$JS.API.STREAM.CREATE.SWLOGBENCH",
+            br#"{"name":"SWLOGBENCH","subjects":["swlogbench.>"],"storage":"file"}"#,
+        );
+        assert!(
+            !String::from_utf8_lossy(&created).contains("\"error\""),
+            "{}",
+            String::from_utf8_lossy(&created)
+        );
+        let conn = TcpStream::connect(addr).unwrap();
+        conn.set_nodelay(true).unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut info = String::new();
+        r.read_line(&mut info).unwrap();
+        let mut w = BufWriter::new(conn);
+        w.write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.swlogasync.* 1\r\n",
+        )
+        .unwrap();
+        w.flush().unwrap();
+        Self {
+            admin,
+            w,
+            r: Some(r),
+            window,
+            seq: 0,
+        }
+    }
+
+    /// Publishes `count` messages, keeping up to `window` in flight; returns the seconds it
+    /// took and each publish's latency (publish to ack).
+    fn run(&mut self, count: usize) -> (f64, Vec<Duration>) {
+        let first = self.seq;
+        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+        let (tokens_tx, tokens_rx) = std::sync::mpsc::sync_channel::<()>(self.window);
+        for _ in 0..self.window {
+            tokens_tx.send(()).unwrap();
+        }
+        let epoch = Instant::now();
+        let mut r = self.r.take().unwrap();
+        let reader = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(count);
+                let mut line = String::new();
+                while lat.len() < count {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    let Some(rest) = line.strip_prefix("MSG ") else {
+                        assert!(!line.starts_with("-ERR"), "nats: {line}");
+                        continue;
+                    };
+                    let mut parts = rest.split_whitespace();
+                    let subject = parts.next().unwrap();
+                    let len: usize = parts.last().unwrap().parse().unwrap();
+                    let seq: usize = subject.rsplit('.').next().unwrap().parse().unwrap();
+                    let mut body = vec![0u8; len + 2];
+                    r.read_exact(&mut body).unwrap();
+                    assert!(
+                        body.starts_with(b"{\"stream\""),
+                        "{}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    lat.push(Duration::from_nanos(
+                        now - sent[seq - first].load(Ordering::Relaxed),
+                    ));
+                    let _ = tokens_tx.send(());
+                }
+                (r, lat)
+            })
+        };
+        let start = Instant::now();
+        for k in 0..count {
+            if tokens_rx.try_recv().is_err() {
+                self.w.flush().unwrap();
+                tokens_rx.recv().unwrap();
+            }
+            sent[k].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            write!(
+                self.w,
+                "PUB swlogbench.x _INBOX.swlogasync.{} 64\r\n",
+                first + k
+            )
+            .unwrap();
+            self.w.write_all(&PAYLOAD).unwrap();
+            self.w.write_all(b"\r\n").unwrap();
+        }
+        self.w.flush().unwrap();
+        let (r, lat) = reader.join().unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        self.r = Some(r);
+        self.seq += count;
+        (secs, lat)
+    }
+}
+
+impl Drop for JetStream {
+    fn drop(&mut self) {
+        let _ = self.admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
+    }
+}
+
+/// Part (b) for one N: the log with `n` tasks publishing single records (`per` each) and,
+/// with a server, JetStream with `n` publishes in flight (`js_total` in all), interleaved
+/// in `CHUNKS` slices so a slow spell of the disk hits both.
+fn outstanding(
     rt: &tokio::runtime::Runtime,
     durability: Durability,
-    f: impl FnOnce(&LogTransport) -> Vec<Duration>,
-) -> (Run, f64) {
+    n: usize,
+    per: usize,
+    server: Option<(&str, Option<&str>, usize)>,
+) -> (Run, Option<Run>) {
+    const CHUNKS: usize = 10;
     let dir = tempfile::tempdir().unwrap();
     let log = LogTransport::open(LogConfig::new(dir.path()).with_durability(durability)).unwrap();
-    drive(rt, &log, work(4, 50)); // warm up: segment created, threads running
+    drive(rt, &log, work(4, 50)); // warm up
+    let mut js = server.map(|(addr, pid, total)| {
+        let mut js = JetStream::new(addr, n);
+        js.run(n.min(total)); // warm up
+        (js, pid, total)
+    });
     let before = log.stats();
-    let cpu0 = cpu_seconds();
-    let start = Instant::now();
-    let mut lat = f(&log);
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let (mut log_secs, mut log_cpu, mut js_secs, mut js_cpu) = (0.0, 0.0, 0.0, 0.0);
+    let (mut log_lat, mut js_lat) = (Vec::new(), Vec::new());
+    for _ in 0..CHUNKS {
+        let w = work(n, per / CHUNKS);
+        let cpu0 = cpu_seconds();
+        let start = Instant::now();
+        log_lat.extend(drive(rt, &log, w));
+        log_secs += start.elapsed().as_secs_f64();
+        log_cpu += cpu_seconds() - cpu0;
+        if let Some((js, pid, total)) = js.as_mut() {
+            let c0 = pid.map(process_cpu_seconds);
+            let (s, lat) = js.run(*total / CHUNKS);
+            js_secs += s;
+            js_lat.extend(lat);
+            js_cpu += match (*pid, c0) {
+                (Some(pid), Some(c0)) => process_cpu_seconds(pid) - c0,
+                _ => f64::NAN,
+            };
+        }
+    }
     let after = log.stats();
     close(rt, log);
     let records = (after.records - before.records) as f64;
     let syncs = (after.syncs - before.syncs) as f64;
-    lat.sort_unstable();
-    let run = Run {
-        rate: records / secs,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        cpu_per_m: cpu / records * 1e6,
+    log_lat.sort_unstable();
+    let log_run = Run {
+        rate: records / log_secs,
+        p50: percentile(&log_lat, 0.50),
+        p99: percentile(&log_lat, 0.99),
+        cpu_per_m: log_cpu / records * 1e6,
         per_sync: if syncs > 0.0 {
             records / syncs
         } else {
             f64::NAN
         },
     };
-    let record_bytes = (after.bytes - before.bytes) as f64 / records;
-    (run, record_bytes)
-}
-
-/// A pipelined JetStream publisher: one connection, at most `window` publishes awaiting their
-/// ack (what `PublishAsync` with a max-pending of `window` does).
-fn nats_async(addr: &str, pid: Option<&str>, window: usize, total: usize) -> Run {
-    let mut admin = NatsSync::connect(addr);
-    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-    let created = admin.request(
-        "$JS.API.STREAM.CREATE.SWLOGBENCH",
-        br#"{"name":"SWLOGBENCH","subjects":["swlogbench.>"],"storage":"file"}"#,
-    );
-    assert!(
-        !String::from_utf8_lossy(&created).contains("\"error\""),
-        "{}",
-        String::from_utf8_lossy(&created)
-    );
-    let conn = TcpStream::connect(addr).unwrap();
-    conn.set_nodelay(true).unwrap();
-    let mut r = BufReader::new(conn.try_clone().unwrap());
-    let mut info = String::new();
-    r.read_line(&mut info).unwrap();
-    let mut w = BufWriter::new(conn);
-    w.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.swlogasync.* 1\r\n")
-        .unwrap();
-    w.flush().unwrap();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let (tokens_tx, tokens_rx) = std::sync::mpsc::sync_channel::<()>(window);
-    for _ in 0..window {
-        tokens_tx.send(()).unwrap();
-    }
-    let epoch = Instant::now();
-    let reader = {
-        let sent = sent.clone();
-        std::thread::spawn(move || {
-            let mut lat = Vec::with_capacity(total);
-            let mut line = String::new();
-            while lat.len() < total {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                let Some(rest) = line.strip_prefix("MSG ") else {
-                    assert!(!line.starts_with("-ERR"), "nats: {line}");
-                    continue;
-                };
-                let mut parts = rest.split_whitespace();
-                let subject = parts.next().unwrap();
-                let len: usize = parts.last().unwrap().parse().unwrap();
-                let seq: usize = subject.rsplit('.').next().unwrap().parse().unwrap();
-                let mut body = vec![0u8; len + 2];
-                r.read_exact(&mut body).unwrap();
-                assert!(
-                    body.starts_with(b"{\"stream\""),
-                    "{}",
-                    String::from_utf8_lossy(&body)
-                );
-                let now = epoch.elapsed().as_nanos() as u64;
-                lat.push(Duration::from_nanos(
-                    now - sent[seq].load(Ordering::Relaxed),
-                ));
-                let _ = tokens_tx.send(());
-            }
-            lat
-        })
-    };
-    let cpu0 = pid.map(process_cpu_seconds);
-    let start = Instant::now();
-    for seq in 0..total {
-        if tokens_rx.try_recv().is_err() {
-            w.flush().unwrap();
-            tokens_rx.recv().unwrap();
+    let js_run = js.map(|(_, _, total)| {
+        let published = (total / CHUNKS * CHUNKS) as f64;
+        js_lat.sort_unstable();
+        Run {
+            rate: published / js_secs,
+            p50: percentile(&js_lat, 0.50),
+            p99: percentile(&js_lat, 0.99),
+            cpu_per_m: js_cpu / published * 1e6,
+            per_sync: f64::NAN,
         }
-        sent[seq].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        write!(w, "PUB swlogbench.x _INBOX.swlogasync.{seq} 64\r\n").unwrap();
-        w.write_all(&PAYLOAD).unwrap();
-        w.write_all(b"\r\n").unwrap();
-    }
-    w.flush().unwrap();
-    let mut lat = reader.join().unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = match (pid, cpu0) {
-        (Some(pid), Some(c0)) => process_cpu_seconds(pid) - c0,
-        _ => f64::NAN,
-    };
-    let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-    lat.sort_unstable();
-    Run {
-        rate: total as f64 / secs,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        cpu_per_m: cpu / total as f64 * 1e6,
-        per_sync: f64::NAN,
-    }
+    });
+    (log_run, js_run)
 }
 
 /// A minimal blocking NATS request client, for stream administration.
@@ -617,6 +681,7 @@ fn report() {
             continue;
         }
         println!("\n-- (b) N outstanding single-record publishes: {title} --");
+        println!("   the two run interleaved in 10 slices each");
         let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
         for repeat in 1..=3 {
             for n in [1usize, 8, 64, 256] {
@@ -626,17 +691,16 @@ fn report() {
                     64 => 600,
                     _ => 300,
                 };
-                let w = work(n, per);
-                let (run, _) = log_run(&rt, durability, |log| drive(&rt, log, w));
+                let total = match (durability, n) {
+                    (Durability::Always, 1) => 1000,
+                    (Durability::Always, 8) => 3000,
+                    (Durability::Always, _) => 8000,
+                    _ => 50_000,
+                };
+                let (run, js) =
+                    outstanding(&rt, durability, n, per, server.map(|a| (a, pid, total)));
                 row(&format!("#{repeat} log        N={n}"), &run, "");
-                if let Some(addr) = server {
-                    let total = match (durability, n) {
-                        (Durability::Always, 1) => 1000,
-                        (Durability::Always, 8) => 3000,
-                        (Durability::Always, _) => 8000,
-                        _ => 50_000,
-                    };
-                    let js = nats_async(addr, pid, n, total);
+                if let Some(js) = js {
                     let ratio = run.rate / js.rate;
                     ratios.entry(n).or_default().push(ratio);
                     row(
