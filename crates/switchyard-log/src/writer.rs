@@ -1,11 +1,14 @@
 //! The writer thread: the only code that appends to segments.
 //!
 //! It owns the tail of every stream and stops when it receives `Close` or every sender is
-//! gone. Publishers hand it encoded envelopes and wait on a oneshot; the thread takes every
-//! request queued at that moment as one batch, writes it, syncs each touched segment once
+//! gone. Publishers hand it encoded envelopes (one buffer per publish) and wait on a oneshot;
+//! the thread takes every request queued at that moment as one batch (waiting briefly for
+//! the rest of the previous batch's publishers, see `gather_stragglers`), frames it into one
+//! reused buffer, writes it with one `write` per stream, syncs each touched segment once
 //! (group commit under `Durability::Always`), makes the records visible to consumers and
-//! only then answers. It also writes committed group offsets (every `commit_interval`) and
-//! enforces retention.
+//! only then answers. The last segment of each stream carries zeros written ahead of the
+//! data (`PREALLOC`), trimmed at a roll and at close. It also writes committed group offsets
+//! (every `commit_interval`) and enforces retention.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
