@@ -176,8 +176,12 @@ fn scan_segment(
                 pos += total;
             }
             // Zeros the writer wrote ahead and never used (a segment is trimmed at close
-            // and at a roll; after a crash its tail is still there): the clean end.
-            Parsed::Short | Parsed::Bad(_) if buf[pos..].iter().all(|&b| b == 0) => break,
+            // and at a roll; after a crash its tail is still there): the clean end. A record
+            // never starts with a zero length, so no record is skipped here.
+            Parsed::Short | Parsed::Bad(_) if buf[pos..].iter().all(|&b| b == 0) => {
+                tracing::debug!(path = %path.display(), position = pos, zeros = buf.len() - pos, "log recovery: segment ends in space written ahead");
+                break;
+            }
             Parsed::Short | Parsed::Bad(_) if is_last => {
                 let kind = match record::parse(&buf[pos..], Some(offset), max_record) {
                     Parsed::Bad(k) => k,
