@@ -340,7 +340,7 @@ where
         let _current = this.ctx.enter();
         let start = *this.start;
         let core = &**this.core;
-        loop {
+        let (result, end) = loop {
             let (result, admitted) = match this.phase.as_mut().project() {
                 PhaseProj::First {
                     call,
@@ -380,16 +380,7 @@ where
                 PhaseProj::Rest { fut } => {
                     let result = std::task::ready!(fut.as_mut().poll(cx));
                     this.phase.set(Phase::Done);
-                    let end = Instant::now();
-                    return Poll::Ready(finish(
-                        &core.metrics,
-                        this.measured,
-                        this.span,
-                        *this.start_offset,
-                        this.wall,
-                        end,
-                        result,
-                    ));
+                    break (result, Instant::now());
                 }
                 PhaseProj::Done => return Poll::Ready(Err(POLLED_AFTER_END.into())),
             };
@@ -428,16 +419,17 @@ where
                     None => Err(failure),
                 },
             };
-            return Poll::Ready(finish(
-                &core.metrics,
-                this.measured,
-                this.span,
-                *this.start_offset,
-                this.wall,
-                end,
-                result,
-            ));
-        }
+            break (result, end);
+        };
+        Poll::Ready(finish(
+            &core.metrics,
+            this.measured,
+            this.span,
+            *this.start_offset,
+            this.wall,
+            end,
+            result,
+        ))
     }
 }
 
