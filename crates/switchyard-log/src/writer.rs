@@ -129,8 +129,8 @@ const SPIN: Duration = Duration::from_micros(50);
 /// While gathering a batch, stop waiting once no publish has arrived for this long.
 const STALL: Duration = Duration::from_micros(40);
 
-/// The last segment is extended by writing this many zeros past the end of the data whenever
-/// a write would pass the zeros already there. Overwriting blocks that are already allocated
+/// The last segment is extended by writing this many zeros past the end of the data (but not
+/// past `segment_bytes`) whenever a write would pass the zeros already there. Overwriting blocks that are already allocated
 /// and written does not change the file's size or block map, so the `fdatasync` that makes a
 /// batch durable writes the data and flushes, without also writing the inode (which appending
 /// costs: on the benchmark machine a sync after an append takes 1.4-2x as long). Recovery
@@ -202,7 +202,13 @@ impl Writer {
         if end <= *alloc {
             return;
         }
-        let to = (end + PREALLOC).next_multiple_of(4096);
+        // Not past the segment's size limit: small segments would write mostly zeros.
+        let to = (end + PREALLOC)
+            .min(self.config.segment_bytes)
+            .next_multiple_of(4096);
+        if to <= end {
+            return; // the segment is full; the next write rolls
+        }
         match fsio::write_zeros(file, end, to) {
             Ok(()) => *alloc = to,
             Err(e) => {

@@ -247,3 +247,14 @@ async fn the_writer_writes_ahead_and_close_trims() {
     close(&log).await;
     assert_eq!(len(seg), visible);
 }
+
+#[tokio::test]
+async fn zeros_are_not_written_past_the_segment_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(config(dir.path()).with_segment_bytes(8192)).unwrap();
+    publish_all(&log, vec![env("a.b", "one")]).await;
+    let seg = &segments(dir.path())[0];
+    assert_eq!(len(seg), 8192);
+    close(&log).await;
+    assert_eq!(len(seg), log.streams()[0].bytes);
+}
