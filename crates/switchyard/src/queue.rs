@@ -9,6 +9,7 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -202,7 +203,10 @@ struct State {
     ready: BinaryHeap<ReadyLane>,
     /// seq → (key, lane) of every waiting message; kept only for `DropOldest`.
     order: Option<BTreeMap<u64, (Key, Option<SmolStr>)>>,
-    in_flight: HashMap<u64, Arc<Envelope>>,
+    /// What each worker holds right now (seq, envelope), one slot list per worker, so
+    /// shutdown can report in-flight messages. A single-message worker holds at most one,
+    /// a batch worker up to its batch size; a slot list never shrinks its allocation.
+    in_flight: Vec<Vec<(u64, Arc<Envelope>)>>,
     len: usize,
     next_seq: u64,
     closed: bool,
@@ -269,7 +273,7 @@ impl State {
         None
     }
 
-    fn take(&mut self) -> Option<Entry> {
+    fn take(&mut self, worker: usize) -> Option<Entry> {
         let free = self.free.first_key();
         let laned = self.best_ready();
         let entry = match (free, laned) {
@@ -282,7 +286,10 @@ impl State {
         if let Some(order) = &mut self.order {
             order.remove(&entry.seq);
         }
-        self.in_flight.insert(entry.seq, entry.env.clone());
+        if self.in_flight.len() <= worker {
+            self.in_flight.resize_with(worker + 1, Vec::new);
+        }
+        self.in_flight[worker].push((entry.seq, entry.env.clone()));
         Some(entry)
     }
 
@@ -293,8 +300,12 @@ impl State {
         lane.items.pop_first()
     }
 
-    fn complete(&mut self, seq: u64, lane: Option<&SmolStr>) {
-        self.in_flight.remove(&seq);
+    fn complete(&mut self, worker: usize, seq: u64, lane: Option<&SmolStr>) {
+        if let Some(slots) = self.in_flight.get_mut(worker)
+            && let Some(i) = slots.iter().position(|(s, _)| *s == seq)
+        {
+            slots.swap_remove(i);
+        }
         let Some(name) = lane else { return };
         let Some(l) = self.lanes.get_mut(name) else {
             return;
@@ -340,6 +351,50 @@ pub(crate) struct Queue {
     not_empty: Notify,
     not_full: Notify,
     on_close: Notify,
+    /// Workers registered (or registering) on `not_empty`. Pushes and freed lanes wake a
+    /// worker only when this is non-zero: a worker that keeps finding messages never waits,
+    /// and is not handed permits it does not need. Incremented before the waiter checks the
+    /// state under the lock, read under the lock by whoever changes it, so no wake-up is lost.
+    idle_workers: AtomicUsize,
+    /// Publishers (or transport pumps) registered on `not_full`, the same way.
+    blocked_pushers: AtomicUsize,
+}
+
+/// Counts one registered waiter for as long as it lives (also when its future is dropped).
+struct WaiterCount<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterCount<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for WaiterCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Whom to wake once the lock is released.
+#[derive(Default)]
+struct Wake {
+    /// One waiting publisher: a message left the queue.
+    not_full: bool,
+    /// One idle worker: there is a message it may be able to take.
+    not_empty: bool,
+    /// Every idle worker: the queue is closed and empty, they exit.
+    all_workers: bool,
+}
+
+/// What a non-waiting pop found.
+pub(crate) enum Popped {
+    /// A message, now in flight for the worker that took it.
+    Taken(Taken),
+    /// Nothing this worker may take right now.
+    Empty,
+    /// Closed and empty: the worker stops.
+    Closed,
 }
 
 /// The result of a successful push.
@@ -351,9 +406,11 @@ pub(crate) enum Pushed {
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize, overflow: Overflow) -> Self {
+    /// A queue for `workers` workers (the in-flight slots are numbered `0..workers`).
+    pub(crate) fn new(capacity: usize, overflow: Overflow, workers: usize) -> Self {
         let state = State {
             order: matches!(overflow, Overflow::DropOldest).then(BTreeMap::new),
+            in_flight: (0..workers).map(|_| Vec::new()).collect(),
             ..State::default()
         };
         Self {
@@ -363,6 +420,8 @@ impl Queue {
             not_empty: Notify::new(),
             not_full: Notify::new(),
             on_close: Notify::new(),
+            idle_workers: AtomicUsize::new(0),
+            blocked_pushers: AtomicUsize::new(0),
         }
     }
 
@@ -370,6 +429,17 @@ impl Queue {
         // Nothing panics while the lock is held (plain collection operations), so a poisoned
         // lock still guards consistent data.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, wake: Wake) {
+        if wake.all_workers {
+            self.not_empty.notify_waiters();
+        } else if wake.not_empty {
+            self.not_empty.notify_one();
+        }
+        if wake.not_full {
+            self.not_full.notify_one();
+        }
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -387,7 +457,7 @@ impl Queue {
 
     /// Messages being handled right now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock().in_flight.len()
+        self.lock().in_flight.iter().map(Vec::len).sum()
     }
 
     /// Enqueues without waiting.
@@ -410,8 +480,11 @@ impl Queue {
             evicted = st.remove_oldest();
         }
         st.insert(entry);
+        let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
         drop(st);
-        self.not_empty.notify_one();
+        if wake {
+            self.not_empty.notify_one();
+        }
         Ok(evicted.map_or(Pushed::Queued, |e| Pushed::Evicted(Box::new(e))))
     }
 
@@ -456,6 +529,7 @@ impl Queue {
         mut entry: Entry,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Pushed, PushError> {
+        let _blocked = WaiterCount::new(&self.blocked_pushers);
         loop {
             let notified = self.not_full.notified();
             tokio::pin!(notified);
@@ -475,44 +549,104 @@ impl Queue {
         }
     }
 
-    /// Takes the next message; `None` once the queue is closed and empty.
-    pub(crate) async fn pop(&self) -> Option<Taken> {
+    /// Takes the best message `worker` may take, if any, and notes what to wake.
+    fn take_locked(&self, st: &mut State, worker: usize, wake: &mut Wake) -> Popped {
+        if let Some(entry) = st.take(worker) {
+            wake.not_full = self.blocked_pushers.load(Ordering::SeqCst) > 0;
+            // Another worker may be able to take the next one right away.
+            wake.not_empty = st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0;
+            return Popped::Taken(Taken { entry });
+        }
+        if st.closed && st.len == 0 {
+            return Popped::Closed;
+        }
+        Popped::Empty
+    }
+
+    /// Takes the next message without waiting.
+    pub(crate) fn try_pop(&self, worker: usize) -> Popped {
+        let mut wake = Wake::default();
+        let mut st = self.lock();
+        let popped = self.take_locked(&mut st, worker, &mut wake);
+        drop(st);
+        self.wake(wake);
+        popped
+    }
+
+    /// Takes the next message for `worker` (its in-flight slot records it until
+    /// [`complete`](Self::complete)); `None` once the queue is closed and empty.
+    pub(crate) async fn pop(&self, worker: usize) -> Option<Taken> {
+        // Fast path: a message is there; no waiter registration.
+        match self.try_pop(worker) {
+            Popped::Taken(t) => Some(t),
+            Popped::Closed => None,
+            Popped::Empty => self.pop_waiting(worker).await,
+        }
+    }
+
+    /// [`pop`](Self::pop) after a non-waiting pop found nothing: registers as an idle worker
+    /// first, then looks again, then waits.
+    pub(crate) async fn pop_waiting(&self, worker: usize) -> Option<Taken> {
+        let _idle = WaiterCount::new(&self.idle_workers);
         loop {
             let notified = self.not_empty.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if let Some(entry) = st.take() {
-                    let more = st.len > 0;
-                    drop(st);
-                    self.not_full.notify_one();
-                    if more {
-                        // another worker may be able to take the next one right away
-                        self.not_empty.notify_one();
-                    }
-                    return Some(Taken { entry });
-                }
-                if st.closed && st.len == 0 {
-                    return None;
-                }
+            match self.try_pop(worker) {
+                Popped::Taken(t) => return Some(t),
+                Popped::Closed => return None,
+                Popped::Empty => {}
             }
             notified.await;
         }
     }
 
-    /// Settles a taken message, freeing its lane for the next message of the same key.
-    pub(crate) fn complete(&self, seq: u64, lane: Option<&SmolStr>) {
-        let mut st = self.lock();
-        st.complete(seq, lane);
-        let wake_all = st.closed && st.len == 0;
-        let more = st.len > 0;
-        drop(st);
-        if wake_all {
-            self.not_empty.notify_waiters();
-        } else if more {
-            self.not_empty.notify_one();
+    fn complete_locked(
+        &self,
+        st: &mut State,
+        worker: usize,
+        seq: u64,
+        lane: Option<&SmolStr>,
+        wake: &mut Wake,
+    ) {
+        st.complete(worker, seq, lane);
+        if st.closed && st.len == 0 {
+            wake.all_workers = true;
+        } else if st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0 {
+            // A freed lane may have made its next message available.
+            wake.not_empty = true;
         }
+    }
+
+    /// Settles a taken message, freeing its lane for the next message of the same key.
+    pub(crate) fn complete(&self, worker: usize, seq: u64, lane: Option<&SmolStr>) {
+        let mut wake = Wake::default();
+        let mut st = self.lock();
+        self.complete_locked(&mut st, worker, seq, lane, &mut wake);
+        drop(st);
+        self.wake(wake);
+    }
+
+    /// [`complete`](Self::complete), then a non-waiting [`pop`](Self::pop) for the same
+    /// worker, under one lock: what a worker does between two messages when its handler is
+    /// ready at once.
+    pub(crate) fn complete_and_pop(
+        &self,
+        worker: usize,
+        seq: u64,
+        lane: Option<&SmolStr>,
+    ) -> Popped {
+        let mut wake = Wake::default();
+        let mut st = self.lock();
+        self.complete_locked(&mut st, worker, seq, lane, &mut wake);
+        let popped = self.take_locked(&mut st, worker, &mut wake);
+        drop(st);
+        if matches!(popped, Popped::Empty) {
+            // What is left waits on lanes other workers hold: nobody else could take it now.
+            wake.not_empty = false;
+        }
+        self.wake(wake);
+        popped
     }
 
     /// Stops intake; workers drain what is queued, then `pop` returns `None`.
@@ -541,11 +675,11 @@ impl Queue {
         self.lock().drain_all()
     }
 
-    /// Envelopes of messages being handled right now.
+    /// Envelopes of messages being handled right now, oldest first.
     pub(crate) fn in_flight_envelopes(&self) -> Vec<Arc<Envelope>> {
         let st = self.lock();
-        let mut v: Vec<(u64, Arc<Envelope>)> =
-            st.in_flight.iter().map(|(s, e)| (*s, e.clone())).collect();
+        let mut v: Vec<(u64, Arc<Envelope>)> = st.in_flight.iter().flatten().cloned().collect();
+        drop(st);
         v.sort_by_key(|(s, _)| *s);
         v.into_iter().map(|(_, e)| e).collect()
     }
@@ -573,7 +707,7 @@ mod tests {
 
     #[tokio::test]
     async fn priority_first_then_fifo() {
-        let q = Queue::new(10, Overflow::RejectNew);
+        let q = Queue::new(10, Overflow::RejectNew, 1);
         for (p, t) in [
             (Priority::LOW, "l"),
             (Priority::NORMAL, "n1"),
@@ -584,31 +718,31 @@ mod tests {
         }
         let mut got = vec![];
         for _ in 0..4 {
-            let t = q.pop().await.unwrap();
+            let t = q.pop(0).await.unwrap();
             got.push(tag(&t));
-            q.complete(t.seq(), None);
+            q.complete(0, t.seq(), None);
         }
         assert_eq!(got, ["h", "n1", "n2", "l"]);
     }
 
     #[tokio::test]
     async fn busy_lane_is_skipped_until_completed() {
-        let q = Queue::new(10, Overflow::RejectNew);
+        let q = Queue::new(10, Overflow::RejectNew, 1);
         assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k1")).is_ok());
         assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k2")).is_ok());
         assert!(q.try_push(entry(Priority::NORMAL, None, "free")).is_ok());
-        let a = q.pop().await.unwrap();
+        let a = q.pop(0).await.unwrap();
         assert_eq!(tag(&a), "k1");
-        let b = q.pop().await.unwrap();
+        let b = q.pop(0).await.unwrap();
         assert_eq!(tag(&b), "free", "k2 must wait while k1 is in flight");
-        q.complete(a.seq(), a.entry.lane.as_ref());
-        let c = q.pop().await.unwrap();
+        q.complete(0, a.seq(), a.entry.lane.as_ref());
+        let c = q.pop(0).await.unwrap();
         assert_eq!(tag(&c), "k2");
     }
 
     #[tokio::test]
     async fn within_one_key_publish_order_beats_priority() {
-        let q = Queue::new(10, Overflow::RejectNew);
+        let q = Queue::new(10, Overflow::RejectNew, 1);
         assert!(
             q.try_push(entry(Priority::NORMAL, Some("k"), "first"))
                 .is_ok()
@@ -618,10 +752,10 @@ mod tests {
                 .is_ok()
         );
         assert!(q.try_push(entry(Priority::LOW, None, "free")).is_ok());
-        let a = q.pop().await.unwrap();
+        let a = q.pop(0).await.unwrap();
         assert_eq!(tag(&a), "first");
-        q.complete(a.seq(), a.entry.lane.as_ref());
-        let b = q.pop().await.unwrap();
+        q.complete(0, a.seq(), a.entry.lane.as_ref());
+        let b = q.pop(0).await.unwrap();
         assert_eq!(
             tag(&b),
             "second",
@@ -631,7 +765,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_oldest_evicts_by_age_not_priority() {
-        let q = Queue::new(2, Overflow::DropOldest);
+        let q = Queue::new(2, Overflow::DropOldest, 1);
         assert!(q.try_push(entry(Priority::HIGH, Some("a"), "old")).is_ok());
         assert!(q.try_push(entry(Priority::LOW, None, "mid")).is_ok());
         match q.try_push(entry(Priority::NORMAL, None, "new")) {
@@ -639,5 +773,108 @@ mod tests {
             _ => panic!("expected an eviction"),
         }
         assert_eq!(q.len(), 2);
+    }
+
+    fn taken(p: Popped) -> Taken {
+        match p {
+            Popped::Taken(t) => t,
+            Popped::Empty => panic!("expected a message, got none"),
+            Popped::Closed => panic!("expected a message, queue closed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn complete_and_pop_honours_priority_and_lanes() {
+        let q = Queue::new(10, Overflow::RejectNew, 2);
+        for (p, lane, t) in [
+            (Priority::NORMAL, Some("k"), "k1"),
+            (Priority::NORMAL, Some("k"), "k2"),
+            (Priority::LOW, None, "low"),
+            (Priority::HIGH, None, "high"),
+        ] {
+            assert!(q.try_push(entry(p, lane, t)).is_ok());
+        }
+        // Worker 0 takes the best message; worker 1 holds lane k meanwhile.
+        let a = q.pop(0).await.unwrap();
+        assert_eq!(tag(&a), "high");
+        let b = q.pop(1).await.unwrap();
+        assert_eq!(tag(&b), "k1");
+        assert_eq!(q.in_flight(), 2);
+        // k2 waits for its lane: worker 0 gets the low message instead.
+        let c = taken(q.complete_and_pop(0, a.seq(), None));
+        assert_eq!(tag(&c), "low");
+        // Nothing else is free while lane k is held.
+        assert!(matches!(
+            q.complete_and_pop(0, c.seq(), None),
+            Popped::Empty
+        ));
+        // Freeing the lane hands its next message to the worker that freed it.
+        let d = taken(q.complete_and_pop(1, b.seq(), b.entry.lane.as_ref()));
+        assert_eq!(tag(&d), "k2");
+        assert_eq!(q.in_flight(), 1);
+        q.close();
+        assert!(matches!(
+            q.complete_and_pop(1, d.seq(), d.entry.lane.as_ref()),
+            Popped::Closed
+        ));
+        assert_eq!(q.in_flight(), 0);
+        assert_eq!(q.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn in_flight_slots_report_every_worker_oldest_first() {
+        let q = Queue::new(10, Overflow::RejectNew, 3);
+        for t in ["a", "b", "c", "d"] {
+            assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
+        }
+        // Worker 2 holds two (as a batch worker does), worker 0 one.
+        let first = q.pop(2).await.unwrap();
+        let second = q.pop(0).await.unwrap();
+        let third = q.pop(2).await.unwrap();
+        let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            [first.entry.env.id, second.entry.env.id, third.entry.env.id]
+        );
+        q.complete(2, first.seq(), None);
+        let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
+        assert_eq!(ids, [second.entry.env.id, third.entry.env.id]);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_worker_is_woken_by_a_push_and_a_blocked_publisher_by_a_pop() {
+        let q = Arc::new(Queue::new(
+            1,
+            Overflow::Block {
+                timeout: Duration::from_secs(3600),
+            },
+            1,
+        ));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop(0).await.map(|t| tag(&t)) }
+        });
+        // Wait until the worker has registered as idle, then push.
+        while q.idle_workers.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(q.try_push(entry(Priority::NORMAL, None, "one")).is_ok());
+        assert_eq!(waiting.await.unwrap().as_deref(), Some("one"));
+        // Full: a publisher waits for room until a pop makes some.
+        assert!(q.try_push(entry(Priority::NORMAL, None, "two")).is_ok());
+        let blocked = tokio::spawn({
+            let q = q.clone();
+            async move { q.push(entry(Priority::NORMAL, None, "three")).await.is_ok() }
+        });
+        while q.blocked_pushers.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let two = q.pop(0).await.unwrap();
+        assert_eq!(tag(&two), "two");
+        assert!(blocked.await.unwrap());
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.idle_workers.load(Ordering::SeqCst), 0);
+        assert_eq!(q.blocked_pushers.load(Ordering::SeqCst), 0);
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{Bus, BusInner, Parent};
 use crate::command::{CommandReply, CommandResult};
 use crate::handler::{self, BoxBatchHandler, BoxHandler};
-use crate::queue::{Entry, Overflow, PushError, Pushed, Queue};
+use crate::queue::{Entry, Overflow, Popped, PushError, Pushed, Queue};
 use crate::session::{SESSION_HEADER, SessionSubs};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
@@ -221,7 +221,7 @@ impl SubShared {
         Self {
             id,
             kind,
-            queue: Queue::new(config.capacity, config.overflow),
+            queue: Queue::new(config.capacity, config.overflow, config.workers),
             config,
             counters: Counters::default(),
             workers: Mutex::new(Vec::new()),
@@ -334,14 +334,14 @@ impl SubShared {
     /// Starts the worker tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        for _ in 0..self.config.workers {
+        for worker in 0..self.config.workers {
             self.live_workers.fetch_add(1, Ordering::Relaxed);
             let sub = Arc::clone(self);
             let handler = handler.clone();
             workers.push(tokio::spawn(async move {
                 match handler {
-                    Handler::Single(svc) => sub.run_worker(svc).await,
-                    Handler::Batch(svc) => sub.run_batch_worker(svc).await,
+                    Handler::Single(svc) => sub.run_worker(worker, svc).await,
+                    Handler::Batch(svc) => sub.run_batch_worker(worker, svc).await,
                 }
             }));
         }
@@ -390,16 +390,53 @@ impl SubShared {
         }
     }
 
-    /// One worker: owns a handler clone; stops when the queue is closed and drained.
-    async fn run_worker(self: Arc<Self>, mut svc: BoxHandler) {
+    /// One worker (number `worker`: its in-flight slot in the queue): owns a handler clone;
+    /// stops when the queue is closed and drained.
+    async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
+        // The message handled last, not yet completed in the queue: when the handler is ready
+        // at once, it is completed under the same lock that takes the next one.
+        let mut prev: Option<(u64, Option<SmolStr>, Arc<BusInner>)> = None;
         loop {
             // Wait until the handler can take work before taking a message off the queue: an
             // open breaker or a rate limit then leaves messages queued (where the overflow
             // policy applies) instead of holding one per worker.
-            if let Ok(Err(e)) = AssertUnwindSafe(svc.ready()).catch_unwind().await {
-                tracing::warn!(subscription = %self.name(), error = %e, "handler not ready");
-            }
-            let Some(taken) = self.queue.pop().await else {
+            let ready = {
+                let mut ready = std::pin::pin!(AssertUnwindSafe(svc.ready()).catch_unwind());
+                let result = match futures::poll!(ready.as_mut()) {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => {
+                        // Not ready: settle the last message now, not once the handler is.
+                        if let Some((seq, lane, bus)) = prev.take() {
+                            self.queue.complete(worker, seq, lane.as_ref());
+                            bus.pending_settled();
+                        }
+                        ready.await
+                    }
+                };
+                match result {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(subscription = %self.name(), error = %e, "handler not ready");
+                        false
+                    }
+                    Err(_) => false,
+                }
+            };
+            let popped = match prev.take() {
+                Some((seq, lane, bus)) => {
+                    let popped = self.queue.complete_and_pop(worker, seq, lane.as_ref());
+                    bus.pending_settled();
+                    popped
+                }
+                None => self.queue.try_pop(worker),
+            };
+            // Readiness still holds for the first attempt only if nothing was awaited since.
+            let (taken, ready) = match popped {
+                Popped::Taken(taken) => (Some(taken), ready),
+                Popped::Closed => (None, false),
+                Popped::Empty => (self.queue.pop_waiting(worker).await, false),
+            };
+            let Some(taken) = taken else {
                 break;
             };
             let seq = taken.seq();
@@ -411,27 +448,26 @@ impl SubShared {
                 ..
             } = taken.entry;
             let Some(bus) = self.bus.upgrade() else { break };
-            let ok = self.process(&bus, &mut svc, env, reply).await;
+            let ok = self.process(&bus, &mut svc, env, reply, ready).await;
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
-            self.queue.complete(seq, lane.as_ref());
-            bus.pending_settled();
+            prev = Some((seq, lane, bus));
         }
         self.worker_exited();
     }
 
     /// One batch worker: waits for a first message, then collects more until the batch is
     /// full or `max_wait` has passed since the first, and hands them over together.
-    async fn run_batch_worker(self: Arc<Self>, mut svc: BoxBatchHandler) {
+    async fn run_batch_worker(self: Arc<Self>, worker: usize, mut svc: BoxBatchHandler) {
         let Some(batch) = self.config.batch else {
             return self.worker_exited();
         };
-        while let Some(first) = self.queue.pop().await {
+        while let Some(first) = self.queue.pop(worker).await {
             let deadline = tokio::time::Instant::now() + batch.max_wait;
             let mut taken = vec![first];
             while taken.len() < batch.max_size {
-                match tokio::time::timeout_at(deadline, self.queue.pop()).await {
+                match tokio::time::timeout_at(deadline, self.queue.pop(worker)).await {
                     Ok(Some(t)) => taken.push(t),
                     Ok(None) | Err(_) => break,
                 }
@@ -470,7 +506,7 @@ impl SubShared {
                     };
                     let _ = reply.send(answer);
                 }
-                self.queue.complete(seq, lane.as_ref());
+                self.queue.complete(worker, seq, lane.as_ref());
                 bus.pending_settled();
             }
         }
@@ -481,15 +517,23 @@ impl SubShared {
     /// The request is built only once the handler is ready and moves straight into the
     /// (boxed) handler future: these futures hold pointers, not envelopes, which keeps them
     /// small and cheap to move.
+    ///
+    /// With `ready`, the caller has just seen the handler ready (no await since), so its
+    /// readiness is not polled again.
     async fn call<R: Send + 'static>(
         &self,
         svc: &mut BoxCloneService<R, Outcome, BoxError>,
         request: impl FnOnce() -> R,
         parent: Parent,
+        ready: bool,
     ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
-        let ready = match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
-            Ok(ready) => ready,
-            Err(e) => return Ok(Err(e)),
+        let ready = if ready {
+            svc
+        } else {
+            match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
+                Ok(ready) => ready,
+                Err(e) => return Ok(Err(e)),
+            }
         };
         // `call` only builds the future (publishing is async, so nothing in it needs the
         // task-local); the future itself runs inside the scope below.
@@ -560,12 +604,13 @@ impl SubShared {
         parent: Parent,
         first: &Envelope,
         attempt: u32,
+        ready: bool,
     ) -> Attempt {
         let c = &self.counters;
-        let result = self.call(svc, request, parent).await;
+        let result = self.call(svc, request, parent, ready).await;
         match result {
             Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
-            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(*r)),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
             Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
             Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
                 reason: DeadLetterReason::HandlerFailed,
@@ -609,17 +654,21 @@ impl SubShared {
         }
     }
 
-    /// Handles one message until it is acked, replied, rejected or out of attempts.
+    /// Handles one message until it is acked, replied, rejected or out of attempts. With
+    /// `ready`, the worker saw the handler ready just before it took the message (no await
+    /// since), so the first attempt does not poll readiness again.
     async fn process(
         &self,
         bus: &Arc<BusInner>,
         svc: &mut BoxHandler,
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
+        ready: bool,
     ) -> bool {
         let c = &self.counters;
         let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
         let started = lifecycle.then(std::time::Instant::now);
+        let mut ready = ready && !lifecycle;
         if lifecycle {
             bus.command_started(&env, self.name()).await;
         }
@@ -639,7 +688,14 @@ impl SubShared {
             inc(&c.delivered);
             let attempt = delivery.attempt;
             let outcome = self
-                .attempt(svc, || stamped(delivery), Parent::of(&env), &env, attempt)
+                .attempt(
+                    svc,
+                    || stamped(delivery),
+                    Parent::of(&env),
+                    &env,
+                    attempt,
+                    std::mem::take(&mut ready),
+                )
                 .await;
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
@@ -742,6 +798,7 @@ impl SubShared {
                     Parent::of(&first),
                     &envs[0],
                     attempt_no,
+                    false,
                 )
                 .await
             {
@@ -780,12 +837,12 @@ impl SubShared {
     fn answer(
         &self,
         reply: Option<CommandReply>,
-        result: Result<Option<Envelope>, SendError>,
+        result: Result<Option<Box<Envelope>>, SendError>,
         attempts: u32,
     ) {
         if let Some(tx) = reply {
             let result = result.map(|reply| CommandResult {
-                reply,
+                reply: reply.map(|r| *r),
                 handler: self.config.name.clone(),
                 attempts,
             });
@@ -801,12 +858,11 @@ impl SubShared {
     }
 }
 
-/// How one handler call ended. (Moved once per attempt; boxing the reply would allocate on
-/// every command.)
-#[allow(clippy::large_enum_variant)]
+/// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
+/// box the handler's [`Outcome::Reply`] put it in.
 enum Attempt {
     /// Acked, or replied.
-    Done(Option<Envelope>),
+    Done(Option<Box<Envelope>>),
     /// Refused for good.
     Rejected(String),
     /// The payload did not decode (not retried).

@@ -145,3 +145,50 @@ async fn deadline_with_some_workers_done_and_some_stuck() {
     let report = bus.shutdown(Duration::from_millis(50)).await.unwrap();
     assert_eq!(report.left.len(), 1);
 }
+
+#[tokio::test]
+async fn deadline_reports_what_each_of_several_workers_holds_and_what_waits() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    // Three workers, each stuck on its message after one quick ack, so in-flight slots are
+    // filled, emptied and filled again before the deadline.
+    let sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = started_tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                if p.n > 0 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .workers(3)
+        .start()
+        .await
+        .unwrap();
+    for n in 0..7 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    for _ in 0..4 {
+        assert!(started.recv().await.is_some());
+    }
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    // Message 0 was acked (and settled) before the shutdown began.
+    assert_eq!(report.drained, 0);
+    assert_eq!(
+        report.left.len(),
+        6,
+        "3 in flight + 3 waiting: {:?}",
+        report.left
+    );
+    let letters = bus.dead_letters().list();
+    let mut left = report.left.clone();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    left.sort();
+    lettered.sort();
+    assert_eq!(left, lettered);
+    assert_eq!(bus.pending(), 0);
+    assert_eq!(sub.stats().acked, 1);
+}

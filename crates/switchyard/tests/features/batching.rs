@@ -100,3 +100,34 @@ async fn undecodable_messages_are_left_out_of_the_batch_and_dead_lettered() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].envelope.payload, "garbage");
 }
+
+#[tokio::test]
+async fn shutdown_mid_batch_reports_every_message_of_the_batch_and_the_queue() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let _sub = bus
+        .on_batch("stuck", |_: Vec<Tick>, _| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(())
+        })
+        .batch(3, Duration::from_millis(10))
+        .queue_capacity(100)
+        .start()
+        .await
+        .unwrap();
+    bus.publish_batch((0..5).map(|n| Tick { n })).await.unwrap();
+    let sub_info = || bus.registry().into_iter().find(|s| s.name == "stuck");
+    while sub_info().map(|s| s.in_flight) != Some(3) {
+        tokio::task::yield_now().await;
+    }
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(report.drained, 0);
+    assert_eq!(report.left.len(), 5, "3 in the batch + 2 waiting");
+    let letters = bus.dead_letters().list();
+    let mut left = report.left.clone();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    left.sort();
+    lettered.sort();
+    assert_eq!(left, lettered);
+    assert_eq!(bus.pending(), 0);
+}
