@@ -22,7 +22,7 @@ use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
 use crate::session::{SESSION_HEADER, Session};
 use crate::subscription::{
-    EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
+    CachePadded, EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
     SubscriptionConfig, SubscriptionInfo, SubscriptionKind,
 };
 use crate::transport_link::ErasedTransport;
@@ -345,8 +345,8 @@ impl BusBuilder {
                 retry_delay: self.retry_delay,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),
-                pending: AtomicUsize::new(0),
-                settled: AtomicU64::new(0),
+                pending: CachePadded(AtomicUsize::new(0)),
+                settled: CachePadded(AtomicU64::new(0)),
                 idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
@@ -378,8 +378,8 @@ pub(crate) struct BusInner {
     state: AtomicU8,
     next_id: AtomicU64,
     /// Accepted messages not yet settled (handled, dead-lettered or reported).
-    pending: AtomicUsize,
-    settled: AtomicU64,
+    pending: CachePadded<AtomicUsize>,
+    settled: CachePadded<AtomicU64>,
     idle: Notify,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
@@ -923,7 +923,7 @@ impl Bus {
             } else {
                 (None, None)
             };
-            match sub.enqueue(env.clone(), tx).await {
+            match sub.enqueue(&self.inner, env.clone(), tx).await {
                 Ok(Enqueued::Queued) => {
                     out.delivered += 1;
                     if let Some(rx) = rx {
@@ -1228,7 +1228,7 @@ impl Bus {
             return Err(SendError::NoHandler { topic: env.topic });
         };
         let (tx, rx) = oneshot::channel();
-        match handler.enqueue(Arc::new(env), Some(tx)).await {
+        match handler.enqueue(&self.inner, Arc::new(env), Some(tx)).await {
             Ok(Enqueued::Queued) => {}
             Ok(Enqueued::Filtered) => {
                 return Err(SendError::Rejected {

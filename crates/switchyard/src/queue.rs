@@ -102,6 +102,14 @@ pub(crate) enum PushError {
 
 type Key = (Reverse<Priority>, u64);
 
+/// Most settled envelopes a queue keeps for its next pushes to drop (see `State::spent`).
+const SPENT_MAX: usize = 256;
+/// What `spent` is trimmed to when a worker finds nothing to do, so an idle queue keeps
+/// little: bursts need the room, a queue with no traffic does not.
+const SPENT_IDLE: usize = 16;
+/// Larger payloads are freed by the worker at once, so little memory waits in `spent`.
+const SPENT_MAX_PAYLOAD: usize = 512;
+
 /// Waiting messages in priority order, FIFO within one priority. Only a few priority levels
 /// are in use at once, so a short sorted vector of deques beats an ordered map: entries are
 /// never shifted in memory, push and pop are O(1) within a level. Emptied levels are kept, so
@@ -207,6 +215,14 @@ struct State {
     /// shutdown can report in-flight messages. A single-message worker holds at most one,
     /// a batch worker up to its batch size; a slot list never shrinks its allocation.
     in_flight: Vec<Vec<(u64, Arc<Envelope>)>>,
+    /// Envelopes of settled messages, left for the next push to drop. A publisher allocates
+    /// each envelope and, without this, a worker on another thread frees it: with the system
+    /// allocator that free takes the slow path (the freeing thread's cache for that size is
+    /// full, the allocating thread's is empty), several hundred instructions per message.
+    /// Dropped by the pusher, the memory goes back to the thread that allocates the next
+    /// one. Only small envelopes wait here, at most [`SPENT_MAX`] of them, and at most
+    /// [`SPENT_IDLE`] once a worker finds the queue empty.
+    spent: Vec<Arc<Envelope>>,
     len: usize,
     next_seq: u64,
     closed: bool,
@@ -300,12 +316,30 @@ impl State {
         lane.items.pop_first()
     }
 
-    fn complete(&mut self, worker: usize, seq: u64, lane: Option<&SmolStr>) {
+    /// Frees the lane and the in-flight slot; returns the envelope when the caller should
+    /// drop it (outside the lock) rather than leave it for the next push.
+    fn complete(
+        &mut self,
+        worker: usize,
+        seq: u64,
+        lane: Option<&SmolStr>,
+    ) -> Option<Arc<Envelope>> {
+        let mut done = None;
         if let Some(slots) = self.in_flight.get_mut(worker)
             && let Some(i) = slots.iter().position(|(s, _)| *s == seq)
         {
-            slots.swap_remove(i);
+            let (_, env) = slots.swap_remove(i);
+            if self.spent.len() < SPENT_MAX && env.payload.len() <= SPENT_MAX_PAYLOAD {
+                self.spent.push(env);
+            } else {
+                done = Some(env);
+            }
         }
+        self.release_lane(lane);
+        done
+    }
+
+    fn release_lane(&mut self, lane: Option<&SmolStr>) {
         let Some(name) = lane else { return };
         let Some(l) = self.lanes.get_mut(name) else {
             return;
@@ -481,10 +515,12 @@ impl Queue {
         }
         st.insert(entry);
         let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
+        let spent = st.spent.pop();
         drop(st);
         if wake {
             self.not_empty.notify_one();
         }
+        drop(spent);
         Ok(evicted.map_or(Pushed::Queued, |e| Pushed::Evicted(Box::new(e))))
     }
 
@@ -592,7 +628,18 @@ impl Queue {
             let notified = self.not_empty.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_pop(worker) {
+            let mut wake = Wake::default();
+            let (popped, trimmed) = {
+                let mut st = self.lock();
+                let popped = self.take_locked(&mut st, worker, &mut wake);
+                // About to wait: nothing is flowing, so keep only a few spent envelopes.
+                let trimmed = (matches!(popped, Popped::Empty) && st.spent.len() > SPENT_IDLE)
+                    .then(|| st.spent.split_off(SPENT_IDLE));
+                (popped, trimmed)
+            };
+            self.wake(wake);
+            drop(trimmed);
+            match popped {
                 Popped::Taken(t) => return Some(t),
                 Popped::Closed => return None,
                 Popped::Empty => {}
@@ -608,23 +655,25 @@ impl Queue {
         seq: u64,
         lane: Option<&SmolStr>,
         wake: &mut Wake,
-    ) {
-        st.complete(worker, seq, lane);
+    ) -> Option<Arc<Envelope>> {
+        let done = st.complete(worker, seq, lane);
         if st.closed && st.len == 0 {
             wake.all_workers = true;
         } else if st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0 {
             // A freed lane may have made its next message available.
             wake.not_empty = true;
         }
+        done
     }
 
     /// Settles a taken message, freeing its lane for the next message of the same key.
     pub(crate) fn complete(&self, worker: usize, seq: u64, lane: Option<&SmolStr>) {
         let mut wake = Wake::default();
         let mut st = self.lock();
-        self.complete_locked(&mut st, worker, seq, lane, &mut wake);
+        let done = self.complete_locked(&mut st, worker, seq, lane, &mut wake);
         drop(st);
         self.wake(wake);
+        drop(done);
     }
 
     /// [`complete`](Self::complete), then a non-waiting [`pop`](Self::pop) for the same
@@ -638,7 +687,7 @@ impl Queue {
     ) -> Popped {
         let mut wake = Wake::default();
         let mut st = self.lock();
-        self.complete_locked(&mut st, worker, seq, lane, &mut wake);
+        let done = self.complete_locked(&mut st, worker, seq, lane, &mut wake);
         let popped = self.take_locked(&mut st, worker, &mut wake);
         drop(st);
         if matches!(popped, Popped::Empty) {
@@ -646,6 +695,7 @@ impl Queue {
             wake.not_empty = false;
         }
         self.wake(wake);
+        drop(done);
         popped
     }
 
@@ -876,5 +926,57 @@ mod tests {
         assert_eq!(q.len(), 1);
         assert_eq!(q.idle_workers.load(Ordering::SeqCst), 0);
         assert_eq!(q.blocked_pushers.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn spent_envelopes_are_bounded_trimmed_when_idle_and_small_only() {
+        let q = Arc::new(Queue::new(1000, Overflow::RejectNew, 1));
+        for i in 0..300 {
+            assert!(
+                q.try_push(entry(Priority::NORMAL, None, &i.to_string()))
+                    .is_ok()
+            );
+        }
+        let big = Envelope::new(Topic::new("t").unwrap(), vec![0u8; SPENT_MAX_PAYLOAD + 1]);
+        assert!(q.try_push(Entry::new(Arc::new(big), None, None)).is_ok());
+        let mut last = q.pop(0).await.unwrap();
+        loop {
+            let next = q.complete_and_pop(0, last.seq(), None);
+            match next {
+                Popped::Taken(t) => last = t,
+                _ => panic!("expected a message"),
+            }
+            if q.len() == 0 {
+                break;
+            }
+        }
+        assert_eq!(q.lock().spent.len(), SPENT_MAX, "bounded");
+        // The large one is freed at once, not kept.
+        assert!(matches!(
+            q.complete_and_pop(0, last.seq(), None),
+            Popped::Empty
+        ));
+        assert_eq!(q.lock().spent.len(), SPENT_MAX);
+        assert!(
+            q.lock()
+                .spent
+                .iter()
+                .all(|e| e.payload.len() <= SPENT_MAX_PAYLOAD)
+        );
+        // A push drops one (on the pusher's thread).
+        assert!(q.try_push(entry(Priority::NORMAL, None, "x")).is_ok());
+        assert_eq!(q.lock().spent.len(), SPENT_MAX - 1);
+        let x = q.pop(0).await.unwrap();
+        q.complete(0, x.seq(), None);
+        // A worker about to wait trims what is kept.
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop_waiting(0).await.map(|t| tag(&t)) }
+        });
+        while q.lock().spent.len() > SPENT_IDLE {
+            tokio::task::yield_now().await;
+        }
+        assert!(q.try_push(entry(Priority::NORMAL, None, "y")).is_ok());
+        assert_eq!(waiting.await.unwrap().as_deref(), Some("y"));
     }
 }

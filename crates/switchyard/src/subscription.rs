@@ -91,6 +91,19 @@ pub(crate) struct Counters {
     filtered: AtomicU64,
 }
 
+/// Keeps `T` on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines), so
+/// a value one thread writes on every message does not slow down readers of its neighbours.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -188,7 +201,8 @@ pub(crate) struct SubShared {
     pub(crate) kind: SubscriptionKind,
     pub(crate) config: SubscriptionConfig,
     pub(crate) queue: Queue,
-    counters: Counters,
+    /// Written by the workers on every message: kept off the cache lines publishers read.
+    counters: CachePadded<Counters>,
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     pump: Mutex<Option<JoinHandle<()>>>,
     live_workers: AtomicUsize,
@@ -223,7 +237,7 @@ impl SubShared {
             kind,
             queue: Queue::new(config.capacity, config.overflow, config.workers),
             config,
-            counters: Counters::default(),
+            counters: CachePadded::default(),
             workers: Mutex::new(Vec::new()),
             pump: Mutex::new(None),
             live_workers: AtomicUsize::new(0),
@@ -271,8 +285,10 @@ impl SubShared {
 
     /// Puts a message in the queue under the overflow policy. On success the bus's pending
     /// count includes it until a worker (or shutdown) settles it.
+    /// `bus` is the bus this subscription belongs to (the caller holds it, so it is alive).
     pub(crate) async fn enqueue(
         &self,
+        bus: &BusInner,
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
     ) -> Result<Enqueued, EnqueueError> {
@@ -281,17 +297,13 @@ impl SubShared {
             return Ok(Enqueued::Filtered);
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
-        let Some(bus) = self.bus.upgrade() else {
-            drop((env, reply, lane));
-            return Err(EnqueueError::Closed);
-        };
         bus.pending_add();
         match self.queue.push(Entry::new(env, reply, lane)).await {
             Ok(Pushed::Queued) => Ok(Enqueued::Queued),
             Ok(Pushed::Evicted(old)) => {
                 inc(&self.counters.dropped);
                 self.give_up(
-                    &bus,
+                    bus,
                     *old,
                     DeadLetterReason::Dropped,
                     "evicted: queue full (drop-oldest)".into(),
@@ -396,6 +408,10 @@ impl SubShared {
         // The message handled last, not yet completed in the queue: when the handler is ready
         // at once, it is completed under the same lock that takes the next one.
         let mut prev: Option<(u64, Option<SmolStr>, Arc<BusInner>)> = None;
+        // The bus, kept from one message to the next while they flow (upgrading the weak
+        // handle per message would write a counter the publishers write too); let go before
+        // waiting, so an idle worker does not keep the bus alive.
+        let mut held: Option<Arc<BusInner>> = None;
         loop {
             // Wait until the handler can take work before taking a message off the queue: an
             // open breaker or a rate limit then leaves messages queued (where the overflow
@@ -426,6 +442,7 @@ impl SubShared {
                 Some((seq, lane, bus)) => {
                     let popped = self.queue.complete_and_pop(worker, seq, lane.as_ref());
                     bus.pending_settled();
+                    held = Some(bus);
                     popped
                 }
                 None => self.queue.try_pop(worker),
@@ -434,7 +451,10 @@ impl SubShared {
             let (taken, ready) = match popped {
                 Popped::Taken(taken) => (Some(taken), ready),
                 Popped::Closed => (None, false),
-                Popped::Empty => (self.queue.pop_waiting(worker).await, false),
+                Popped::Empty => {
+                    held = None;
+                    (self.queue.pop_waiting(worker).await, false)
+                }
             };
             let Some(taken) = taken else {
                 break;
@@ -447,7 +467,9 @@ impl SubShared {
                 delivery,
                 ..
             } = taken.entry;
-            let Some(bus) = self.bus.upgrade() else { break };
+            let Some(bus) = held.take().or_else(|| self.bus.upgrade()) else {
+                break;
+            };
             let ok = self.process(&bus, &mut svc, env, reply, ready).await;
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
