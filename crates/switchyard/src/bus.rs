@@ -867,7 +867,7 @@ impl Bus {
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
-            None => self.deliver_group(&targets, &env, false).await,
+            None => self.deliver_events(&targets, &env).await,
             Some(mut groups) => {
                 let later = groups.split_off(1);
                 let mut first = self.deliver_group(&groups[0], &env, true).await;
@@ -905,6 +905,28 @@ impl Bus {
             self.inner.pending_unexpect(expected);
         }
         result
+    }
+
+    /// Queues an event in every subscription of one priority group, without creating a
+    /// future per subscription when each accepts (or refuses) at once; from the first one
+    /// whose overflow policy makes the publisher wait, as [`deliver_group`] does.
+    async fn deliver_events(&self, group: &[Arc<SubShared>], env: &Arc<Envelope>) -> GroupDelivery {
+        let mut out = GroupDelivery::default();
+        for (i, sub) in group.iter().enumerate() {
+            match sub.try_enqueue(&self.inner, env) {
+                Ok(result) => out.record(self, sub, result),
+                Err(entry) => {
+                    let result = sub.finish_enqueue(&self.inner, entry).await;
+                    out.record(self, sub, result);
+                    for sub in &group[i + 1..] {
+                        let result = sub.enqueue(&self.inner, env.clone(), None).await;
+                        out.record(self, sub, result);
+                    }
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Queues `env` in every subscription of one priority group. With `wait`, each accepted
@@ -1529,6 +1551,20 @@ struct GroupDelivery {
     refused: Vec<String>,
     waiters: Vec<Waiter>,
     shutting_down: bool,
+}
+
+impl GroupDelivery {
+    /// Counts one subscription's answer to an event (no reply channel).
+    fn record(&mut self, bus: &Bus, sub: &SubShared, result: Result<Enqueued, EnqueueError>) {
+        match result {
+            Ok(Enqueued::Queued) => self.delivered += 1,
+            Ok(Enqueued::Filtered) => self.filtered += 1,
+            Err(EnqueueError::Full) => self.refused.push(sub.name().to_owned()),
+            // Unsubscribed concurrently: it no longer wants messages. Unless the whole bus
+            // is shutting down.
+            Err(EnqueueError::Closed) => self.shutting_down |= bus.is_shutting_down(),
+        }
+    }
 }
 
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when

@@ -524,6 +524,36 @@ impl Queue {
         Ok(evicted.map_or(Pushed::Queued, |e| Pushed::Evicted(Box::new(e))))
     }
 
+    /// Enqueues if the overflow policy settles the push without waiting: always for
+    /// `RejectNew` and `DropOldest`; for `Block` when there is room; for `Adaptive` when the
+    /// queue is at most half full (where [`push`](Self::push) would not slow the publisher
+    /// down). Otherwise hands the entry back for [`push`](Self::push).
+    #[allow(clippy::result_large_err)] // see `PushError`
+    pub(crate) fn try_push_now(&self, entry: Entry) -> Result<Result<Pushed, PushError>, Entry> {
+        let limit = match self.overflow {
+            Overflow::DropOldest | Overflow::RejectNew => return Ok(self.try_push(entry)),
+            Overflow::Block { .. } => self.capacity,
+            // `push` sleeps when more than half is in use (and below capacity).
+            Overflow::Adaptive { .. } => (self.capacity / 2 + 1).min(self.capacity),
+        };
+        let mut st = self.lock();
+        if st.closed {
+            return Ok(Err(PushError::Closed(entry)));
+        }
+        if st.len >= limit {
+            return Err(entry);
+        }
+        st.insert(entry);
+        let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
+        let spent = st.spent.pop();
+        drop(st);
+        if wake {
+            self.not_empty.notify_one();
+        }
+        drop(spent);
+        Ok(Ok(Pushed::Queued))
+    }
+
     /// Enqueues following the overflow policy, waiting where the policy says so.
     #[allow(clippy::result_large_err)] // see `PushError`
     pub(crate) async fn push(&self, entry: Entry) -> Result<Pushed, PushError> {
@@ -978,5 +1008,36 @@ mod tests {
         }
         assert!(q.try_push(entry(Priority::NORMAL, None, "y")).is_ok());
         assert_eq!(waiting.await.unwrap().as_deref(), Some("y"));
+    }
+
+    #[tokio::test]
+    async fn try_push_now_hands_back_what_the_policy_would_make_wait() {
+        let n = || entry(Priority::NORMAL, None, "m");
+        let adaptive = Overflow::Adaptive {
+            max_delay: Duration::from_millis(5),
+            timeout: Duration::from_secs(1),
+        };
+        // Adaptive: at most half full goes in at once, above that the publisher is slowed.
+        let q = Queue::new(4, adaptive, 1);
+        for _ in 0..3 {
+            // pushed while at most half (2 of 4) is in use
+            assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
+        }
+        assert!(q.try_push_now(n()).is_err(), "above half: slow path");
+        assert_eq!(q.len(), 3);
+        // Block: in at once until full, then the publisher waits.
+        let q = Queue::new(1, Overflow::default(), 1);
+        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
+        assert!(q.try_push_now(n()).is_err());
+        // RejectNew and DropOldest settle at once.
+        let q = Queue::new(1, Overflow::RejectNew, 1);
+        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
+        assert!(matches!(q.try_push_now(n()), Ok(Err(PushError::Full(_)))));
+        let q = Queue::new(1, Overflow::DropOldest, 1);
+        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
+        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Evicted(_)))));
+        // Closed is an answer, not a wait.
+        q.close();
+        assert!(matches!(q.try_push_now(n()), Ok(Err(PushError::Closed(_)))));
     }
 }

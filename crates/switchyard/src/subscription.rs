@@ -298,7 +298,49 @@ impl SubShared {
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
         bus.pending_add();
-        match self.queue.push(Entry::new(env, reply, lane)).await {
+        let pushed = self.queue.push(Entry::new(env, reply, lane)).await;
+        self.pushed(bus, pushed)
+    }
+
+    /// [`enqueue`](Self::enqueue) without waiting, for an event (no reply channel): the
+    /// result when the overflow policy settles it at once, or the entry (already counted
+    /// as pending) when the policy makes the publisher wait or slow down; hand that to
+    /// [`finish_enqueue`](Self::finish_enqueue).
+    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
+    pub(crate) fn try_enqueue(
+        &self,
+        bus: &BusInner,
+        env: &Arc<Envelope>,
+    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
+        if !self.accepts(env) {
+            inc(&self.counters.filtered);
+            return Ok(Ok(Enqueued::Filtered));
+        }
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(env));
+        bus.pending_add();
+        match self.queue.try_push_now(Entry::new(env.clone(), None, lane)) {
+            Ok(pushed) => Ok(self.pushed(bus, pushed)),
+            Err(entry) => Err(entry),
+        }
+    }
+
+    /// Completes a [`try_enqueue`](Self::try_enqueue) that has to wait.
+    pub(crate) async fn finish_enqueue(
+        &self,
+        bus: &BusInner,
+        entry: Entry,
+    ) -> Result<Enqueued, EnqueueError> {
+        let pushed = self.queue.push(entry).await;
+        self.pushed(bus, pushed)
+    }
+
+    /// Accounts for the outcome of a push whose message was counted as pending.
+    fn pushed(
+        &self,
+        bus: &BusInner,
+        pushed: Result<Pushed, PushError>,
+    ) -> Result<Enqueued, EnqueueError> {
+        match pushed {
             Ok(Pushed::Queued) => Ok(Enqueued::Queued),
             Ok(Pushed::Evicted(old)) => {
                 inc(&self.counters.dropped);
