@@ -6,6 +6,12 @@
 //! - `publish/10k_patterns`: publish to a topic while 10,000 patterns are registered, on a
 //!   match-cache hit and on a miss.
 //!
+//! After the criterion groups, an interleaved summary alternates floor and bus rounds of the
+//! 1 -> 1 case (21 rounds of 200,000 events each, same runtime shape as `pubsub/1to1`) and
+//! prints the median rate of each and the median of the per-round ratios: on a machine
+//! whose speed drifts (other work, vCPU placement) that ratio is steadier than one taken
+//! from two separate criterion runs.
+//!
 //! Run: `cargo bench -p switchyard --bench bus`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -14,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use switchyard::{Bus, Envelope, Outcome, Overflow, Topic, handler_fn};
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -239,9 +245,108 @@ fn patterns(c: &mut Criterion) {
     drop(subs);
 }
 
+/// One floor round: `n` payloads through a fresh `mpsc` channel to a spawned consumer.
+async fn floor_round(payload: &Bytes, n: u64) -> Duration {
+    let start = Instant::now();
+    let (tx, mut rx) = mpsc::channel::<Bytes>(1024);
+    let consumer = tokio::spawn(async move {
+        let mut total = 0u64;
+        while let Some(p) = rx.recv().await {
+            total += p.len() as u64;
+        }
+        total
+    });
+    for _ in 0..n {
+        tx.send(payload.clone()).await.unwrap();
+    }
+    drop(tx);
+    assert_eq!(consumer.await.unwrap(), n * payload.len() as u64);
+    start.elapsed()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Floor and bus rounds of the 1 -> 1 case, alternating; prints medians.
+fn interleaved() {
+    const ROUNDS: usize = 21;
+    const N: u64 = 200_000;
+    let rt = runtime();
+    let payload = Bytes::from(vec![7u8; 64]);
+    let seen = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (bus, _sub) = rt.block_on(async {
+        let bus = Bus::builder().queue_capacity(1024).build().unwrap();
+        let (s, d) = (seen.clone(), done.clone());
+        let sub = bus
+            .subscribe(
+                "sink",
+                "bench.event",
+                handler_fn(move |_env: Envelope| {
+                    let (s, d) = (s.clone(), d.clone());
+                    async move {
+                        if s.fetch_add(1, Ordering::Relaxed) + 1 == N {
+                            d.notify_one();
+                        }
+                        Ok::<_, std::convert::Infallible>(Outcome::Ack)
+                    }
+                }),
+            )
+            .overflow(Overflow::Block {
+                timeout: Duration::from_secs(60),
+            })
+            .start()
+            .await
+            .unwrap();
+        (bus, sub)
+    });
+    let topic = Topic::new("bench.event").unwrap();
+    let bus_round = || {
+        rt.block_on(async {
+            seen.store(0, Ordering::Relaxed);
+            let start = Instant::now();
+            for _ in 0..N {
+                bus.publish_envelope(Envelope::new(topic.clone(), payload.clone()))
+                    .await
+                    .unwrap();
+            }
+            done.notified().await;
+            start.elapsed()
+        })
+    };
+    let rate = |d: Duration| N as f64 / d.as_secs_f64() / 1e6;
+    // One warm-up round each, not counted.
+    rt.block_on(floor_round(&payload, N));
+    bus_round();
+    let (mut f, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let floor = rate(rt.block_on(floor_round(&payload, N)));
+        let bus = rate(bus_round());
+        f.push(floor);
+        b.push(bus);
+        r.push(bus / floor);
+    }
+    println!(
+        "interleaved 1to1 ({ROUNDS} rounds x {N} events): mpsc floor {:.2} M/s, bus {:.2} M/s, bus/floor {:.2}x (median of per-round ratios)",
+        median(&mut f),
+        median(&mut b),
+        median(&mut r)
+    );
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     targets = pubsub, command, patterns
 }
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    // Only when benchmarking (`cargo test --benches` runs the groups once, as a test).
+    if std::env::args().any(|a| a == "--bench") {
+        interleaved();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
