@@ -76,47 +76,76 @@ impl MetricsSnapshot {
     }
 }
 
-/// Sum and maximum of a set of durations; the count is the number of calls that ended.
+/// Shards a thread can own, per counter set (plus one shared by every other thread).
+const OWNED_SHARDS: usize = 8;
+
+/// One shard of a counter set: everything a call adds up, on its own cache lines.
 #[derive(Debug, Default)]
-struct AtomicDurations {
-    sum_nanos: AtomicU64,
-    max_nanos: AtomicU64,
-}
-
-impl AtomicDurations {
-    fn observe(&self, d: Duration) {
-        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(n, Ordering::Relaxed);
-        // A plain load first: the maximum rarely changes, so the common case writes nothing.
-        if n > self.max_nanos.load(Ordering::Relaxed) {
-            self.max_nanos.fetch_max(n, Ordering::Relaxed);
-        }
-    }
-
-    fn load(&self, count: u64) -> DurationStats {
-        DurationStats {
-            count,
-            sum_seconds: Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
-            max_seconds: Duration::from_nanos(self.max_nanos.load(Ordering::Relaxed)).as_secs_f64(),
-        }
-    }
-}
-
-/// Lock-free counters of one (topic label, handler) pair.
-///
-/// Kept to four atomic additions per call on the happy path (delivered, the outcome, the two
-/// duration sums): the in-flight figure is derived (`delivered` minus the calls that ended or
-/// were abandoned) and the duration counts are the number of calls that ended.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
+#[repr(align(128))]
+struct Shard {
+    /// Id of the thread that owns this shard (it alone writes it), 0 while nobody does.
+    owner: AtomicU64,
     delivered: AtomicU64,
     acked: AtomicU64,
     retried: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
     abandoned: AtomicU64,
-    duration: AtomicDurations,
-    end_to_end: AtomicDurations,
+    duration_sum: AtomicU64,
+    duration_max: AtomicU64,
+    end_to_end_sum: AtomicU64,
+    end_to_end_max: AtomicU64,
+}
+
+/// Adds `n`: a plain load and store in a shard this thread owns (no other thread writes
+/// it), an atomic addition in the shared one.
+fn add(counter: &AtomicU64, n: u64, owned: bool) {
+    if owned {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    } else {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Raises the maximum to `n` (a plain load first: the maximum rarely changes).
+fn raise(counter: &AtomicU64, n: u64, owned: bool) {
+    if n > counter.load(Ordering::Relaxed) {
+        if owned {
+            counter.store(n, Ordering::Relaxed);
+        } else {
+            counter.fetch_max(n, Ordering::Relaxed);
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// This thread's id for shard ownership: 1, 2, 3... in the order threads first count.
+fn thread_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ID.with(|id| *id)
+}
+
+/// Counters of one (topic label, handler) pair, sharded by thread.
+///
+/// A call's figures go to a shard the counting thread owns, written with plain stores: on the
+/// happy path a call costs no locked instruction here, and workers on different cores do not
+/// pass cache lines back and forth. Threads beyond the owned shards (or whose shard another
+/// thread took) share one shard with atomic additions. In-flight is derived (`delivered`
+/// minus the calls that ended or were abandoned) and the duration counts are the number of
+/// calls that ended. Snapshots add the shards up.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    owned: [Shard; OWNED_SHARDS],
+    shared: Shard,
 }
 
 /// How a call ended, for [`Counters::finished`].
@@ -142,35 +171,74 @@ impl Ended {
 }
 
 impl Counters {
+    /// The shard this thread writes, and whether it owns it.
+    fn shard(&self) -> (&Shard, bool) {
+        let id = thread_id();
+        let shard = &self.owned[(id % OWNED_SHARDS as u64) as usize];
+        let owner = shard.owner.load(Ordering::Relaxed);
+        if owner == id
+            || (owner == 0
+                && shard
+                    .owner
+                    .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+        {
+            (shard, true)
+        } else {
+            (&self.shared, false)
+        }
+    }
+
     pub(crate) fn started(&self) {
-        self.delivered.fetch_add(1, Ordering::Relaxed);
+        let (shard, owned) = self.shard();
+        add(&shard.delivered, 1, owned);
     }
 
     pub(crate) fn finished(&self, ended: Ended, duration: Duration, end_to_end: Duration) {
-        match ended {
-            Ended::Acked => &self.acked,
-            Ended::Retried => &self.retried,
-            Ended::Rejected => &self.rejected,
-            Ended::Failed => &self.failed,
-        }
-        .fetch_add(1, Ordering::Relaxed);
-        self.duration.observe(duration);
-        self.end_to_end.observe(end_to_end);
+        let (shard, owned) = self.shard();
+        let count = match ended {
+            Ended::Acked => &shard.acked,
+            Ended::Retried => &shard.retried,
+            Ended::Rejected => &shard.rejected,
+            Ended::Failed => &shard.failed,
+        };
+        add(count, 1, owned);
+        let (duration, end_to_end) = (nanos(duration), nanos(end_to_end));
+        add(&shard.duration_sum, duration, owned);
+        raise(&shard.duration_max, duration, owned);
+        add(&shard.end_to_end_sum, end_to_end, owned);
+        raise(&shard.end_to_end_max, end_to_end, owned);
     }
 
     pub(crate) fn abandoned(&self) {
-        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        let (shard, owned) = self.shard();
+        add(&shard.abandoned, 1, owned);
     }
 
     fn load(&self, topic: &str, handler: &str) -> HandlerStats {
-        // Separate counters are not read as one picture: in-flight saturates at zero.
-        let acked = self.acked.load(Ordering::Relaxed);
-        let retried = self.retried.load(Ordering::Relaxed);
-        let rejected = self.rejected.load(Ordering::Relaxed);
-        let failed = self.failed.load(Ordering::Relaxed);
-        let abandoned = self.abandoned.load(Ordering::Relaxed);
-        let delivered = self.delivered.load(Ordering::Relaxed);
+        let shards = || self.owned.iter().chain(std::iter::once(&self.shared));
+        let sum = |f: fn(&Shard) -> &AtomicU64| {
+            shards().fold(0u64, |s, shard| {
+                s.wrapping_add(f(shard).load(Ordering::Relaxed))
+            })
+        };
+        let max = |f: fn(&Shard) -> &AtomicU64| {
+            shards().fold(0u64, |m, shard| m.max(f(shard).load(Ordering::Relaxed)))
+        };
+        // Outcomes before `delivered`; separate counters are not read as one picture anyway,
+        // so in-flight saturates at zero.
+        let acked = sum(|s| &s.acked);
+        let retried = sum(|s| &s.retried);
+        let rejected = sum(|s| &s.rejected);
+        let failed = sum(|s| &s.failed);
+        let abandoned = sum(|s| &s.abandoned);
+        let delivered = sum(|s| &s.delivered);
         let ended = acked + retried + rejected + failed;
+        let stats = |sum_nanos: u64, max_nanos: u64| DurationStats {
+            count: ended,
+            sum_seconds: Duration::from_nanos(sum_nanos).as_secs_f64(),
+            max_seconds: Duration::from_nanos(max_nanos).as_secs_f64(),
+        };
         HandlerStats {
             topic: topic.to_owned(),
             handler: handler.to_owned(),
@@ -180,8 +248,8 @@ impl Counters {
             rejected,
             failed,
             in_flight: delivered.saturating_sub(ended + abandoned),
-            duration: self.duration.load(ended),
-            end_to_end: self.end_to_end.load(ended),
+            duration: stats(sum(|s| &s.duration_sum), max(|s| &s.duration_max)),
+            end_to_end: stats(sum(|s| &s.end_to_end_sum), max(|s| &s.end_to_end_max)),
         }
     }
 }
@@ -220,5 +288,60 @@ impl MetricsRegistry {
                 .map(|((topic, handler), c)| c.load(topic, handler))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// More threads than owned shards, all counting at once: the shared shard and the owned
+    /// ones together lose nothing.
+    #[test]
+    fn sharded_counts_add_up_across_threads() {
+        const THREADS: u64 = 3 * OWNED_SHARDS as u64;
+        const CALLS: u64 = 2_000;
+        let counters = Arc::new(Counters::default());
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let counters = counters.clone();
+                std::thread::spawn(move || {
+                    for i in 0..CALLS {
+                        counters.started();
+                        let ended = if i % 4 == 0 {
+                            Ended::Failed
+                        } else {
+                            Ended::Acked
+                        };
+                        counters.finished(
+                            ended,
+                            Duration::from_micros(1),
+                            Duration::from_micros(t + 1),
+                        );
+                    }
+                    counters.started();
+                    counters.abandoned();
+                    counters.started(); // still running when the snapshot is taken
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let stats = counters.load("t", "h");
+        assert_eq!(stats.delivered, THREADS * (CALLS + 2));
+        assert_eq!(stats.acked, THREADS * CALLS * 3 / 4);
+        assert_eq!(stats.failed, THREADS * CALLS / 4);
+        assert_eq!(stats.in_flight, THREADS);
+        assert_eq!(stats.duration.count, THREADS * CALLS);
+        let micros = |s: f64| (s * 1e6).round() as u64;
+        assert_eq!(micros(stats.duration.sum_seconds), THREADS * CALLS);
+        assert_eq!(micros(stats.duration.max_seconds), 1);
+        assert_eq!(micros(stats.end_to_end.max_seconds), THREADS);
+        assert_eq!(
+            micros(stats.end_to_end.sum_seconds),
+            CALLS * THREADS * (THREADS + 1) / 2
+        );
     }
 }
