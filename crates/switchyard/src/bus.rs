@@ -38,21 +38,15 @@ pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
 }
 
 /// The message being handled on the current task, so publishes from a handler are recorded
-/// as its consequences (and stay in its session).
+/// as its consequences (and stay in its session). A pointer to the shared envelope: the
+/// task-local is swapped in and out around every poll of a handler, and its id, correlation
+/// id and session are only read when the handler publishes.
 #[derive(Debug, Clone)]
-pub(crate) struct Parent {
-    pub(crate) id: MessageId,
-    pub(crate) correlation_id: MessageId,
-    pub(crate) session: Option<SmolStr>,
-}
+pub(crate) struct Parent(Arc<Envelope>);
 
 impl Parent {
-    pub(crate) fn of(env: &Envelope) -> Self {
-        Self {
-            id: env.id,
-            correlation_id: env.correlation_id,
-            session: env.header(SESSION_HEADER).map(SmolStr::new),
-        }
+    pub(crate) fn of(env: &Arc<Envelope>) -> Self {
+        Self(Arc::clone(env))
     }
 }
 
@@ -1528,15 +1522,15 @@ fn inherit_parent(env: &mut Envelope) {
     if env.causation_id.is_some() {
         return;
     }
-    let _ = CURRENT.try_with(|parent| {
+    let _ = CURRENT.try_with(|Parent(parent)| {
         env.causation_id = Some(parent.id);
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id;
         }
-        if let Some(session) = &parent.session
+        if let Some(session) = parent.header(SESSION_HEADER)
             && env.header(SESSION_HEADER).is_none()
         {
-            env.headers.insert(SESSION_HEADER, session.clone());
+            env.headers.insert(SESSION_HEADER, session);
         }
     });
 }

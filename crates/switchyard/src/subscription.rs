@@ -843,7 +843,7 @@ impl SubShared {
         mut envs: Vec<Envelope>,
     ) -> Result<u32, (String, u32)> {
         let c = &self.counters;
-        let Some(first) = envs.first().cloned() else {
+        let Some(first) = envs.first().cloned().map(Arc::new) else {
             return Ok(0);
         };
         loop {
