@@ -237,9 +237,10 @@ impl State {
             order.insert(entry.seq, (key, entry.lane.clone()));
         }
         self.len += 1;
-        match entry.lane.clone() {
+        match &entry.lane {
             None => self.free.push(entry),
             Some(name) => {
+                let name = name.clone();
                 let lane = self.lanes.entry(name.clone()).or_default();
                 let is_new_head = lane.items.first_key().is_none();
                 lane.items.push(entry);
@@ -290,13 +291,18 @@ impl State {
     }
 
     fn take(&mut self, worker: usize) -> Option<Entry> {
-        let free = self.free.first_key();
-        let laned = self.best_ready();
-        let entry = match (free, laned) {
-            (Some(f), Some(l)) if l < f => self.take_lane(),
-            (Some(_), _) => self.free.pop_first(),
-            (None, Some(_)) => self.take_lane(),
-            (None, None) => None,
+        let entry = if self.ready.is_empty() {
+            // No lane waits for a worker: the best unkeyed message, without comparing keys.
+            self.free.pop_first()
+        } else {
+            let free = self.free.first_key();
+            let laned = self.best_ready();
+            match (free, laned) {
+                (Some(f), Some(l)) if l < f => self.take_lane(),
+                (Some(_), _) => self.free.pop_first(),
+                (None, Some(_)) => self.take_lane(),
+                (None, None) => None,
+            }
         }?;
         self.len -= 1;
         if let Some(order) = &mut self.order {
