@@ -822,10 +822,15 @@ impl Bus {
         Ok(Subscription::new(shared, self.weak()))
     }
 
+    #[inline]
     fn run_hooks(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        if self.inner.hooks.is_empty() {
+            return Ok(());
+        }
         self.inner.hooks.iter().try_for_each(|hook| hook(env))
     }
 
+    #[inline]
     fn check_running(&self) -> Result<(), PublishError> {
         if self.inner.state.load(Ordering::Acquire) == RUNNING {
             Ok(())
@@ -1564,6 +1569,9 @@ impl GroupDelivery {
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when
 /// they all share one priority (the common case, which then costs no allocation).
 fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
+    if targets.len() < 2 {
+        return None;
+    }
     let uniform = targets
         .windows(2)
         .all(|w| w[0].config.handler_priority == w[1].config.handler_priority);

@@ -274,6 +274,7 @@ impl SubShared {
     }
 
     /// Session scope and filters, checked before queueing.
+    #[inline]
     fn accepts(&self, env: &Envelope) -> bool {
         if let Some(session) = &self.config.session
             && env.header(SESSION_HEADER) != Some(session.as_str())
@@ -335,6 +336,7 @@ impl SubShared {
     }
 
     /// Accounts for the outcome of a push whose message was counted as pending.
+    #[inline]
     fn pushed(
         &self,
         bus: &BusInner,
@@ -898,6 +900,7 @@ impl SubShared {
         DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
     }
 
+    #[inline]
     fn answer(
         &self,
         reply: Option<CommandReply>,
