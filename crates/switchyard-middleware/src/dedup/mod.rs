@@ -40,7 +40,7 @@ mod store;
 
 pub use layer::DedupLayer;
 pub use service::Dedup;
-pub(crate) use service::{claim, handled};
+pub(crate) use service::{InFlight as DedupClaim, TryClaim, claim, handled, try_claim};
 pub(crate) use store::Store;
 pub use store::{DedupHandle, DedupKey};
 

@@ -80,6 +80,37 @@ impl Drop for InFlight {
     }
 }
 
+/// What a look at the store found.
+pub(crate) enum TryClaim {
+    /// First copy: the key is now in flight, held by this claim.
+    Claimed(InFlight),
+    /// Already handled (counted and logged): ack it without calling the handler.
+    Duplicate,
+    /// Another call with the same key is running.
+    Busy,
+}
+
+/// Looks `key` up once, without waiting.
+pub(crate) fn try_claim(
+    store: &Arc<Store>,
+    key: &DedupKey,
+    env: &Envelope,
+    handler: &str,
+) -> TryClaim {
+    match store.check(key) {
+        Check::Proceed => TryClaim::Claimed(InFlight {
+            store: store.clone(),
+            key: Some(key.clone()),
+        }),
+        Check::Duplicate => {
+            ::metrics::counter!(names::DUPLICATES, "handler" => handler.to_owned()).increment(1);
+            ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
+            TryClaim::Duplicate
+        }
+        Check::Wait => TryClaim::Busy,
+    }
+}
+
 /// Checks `key` against the store: `None` for a duplicate (counted and logged; ack it
 /// without calling the handler), otherwise the in-flight claim on the key. Waits while
 /// another call with the same key is running.
@@ -92,21 +123,12 @@ pub(crate) async fn claim(
     loop {
         // Created before the check, so an attempt ending in between still wakes it.
         let ended = store.notified();
-        match store.check(&key) {
-            Check::Proceed => break,
-            Check::Duplicate => {
-                ::metrics::counter!(names::DUPLICATES, "handler" => handler.to_owned())
-                    .increment(1);
-                ::tracing::debug!(message_id = %env.id, ?key, "duplicate acked");
-                return None;
-            }
-            Check::Wait => ended.await,
+        match try_claim(&store, &key, env, handler) {
+            TryClaim::Claimed(claim) => return Some(claim),
+            TryClaim::Duplicate => return None,
+            TryClaim::Busy => ended.await,
         }
     }
-    Some(InFlight {
-        store,
-        key: Some(key),
-    })
 }
 
 /// True for the results that mark a dedup key as handled.

@@ -47,7 +47,7 @@ pub(crate) enum Check {
 }
 
 struct Keys {
-    map: HashMap<DedupKey, Entry>,
+    map: HashMap<DedupKey, Entry, foldhash::fast::RandomState>,
     order: VecDeque<(u64, DedupKey)>,
     seq: u64,
     duplicates: u64,
@@ -77,7 +77,7 @@ impl Store {
             ttl,
             capacity: capacity.max(1),
             keys: Mutex::new(Keys {
-                map: HashMap::new(),
+                map: HashMap::default(),
                 order: VecDeque::new(),
                 seq: 0,
                 duplicates: 0,

@@ -28,7 +28,7 @@ use tracing::Span;
 
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
-use crate::dedup::{DedupKey, KeyFn, Store, claim, handled};
+use crate::dedup::{DedupClaim, DedupKey, KeyFn, Store, TryClaim, claim, handled, try_claim};
 use crate::metrics::{Measured, MetricsShared, TopicCache};
 use crate::retry::{RetryPolicy, Verdict, back_off, judge};
 use crate::timeout::{Timeout, TimeoutError};
@@ -189,12 +189,31 @@ where
         let admitted = self.gate.take();
         let core = self.core.clone();
         let mut kept = None;
-        let dedup_key = core
+        // Dedup: a key seen before is acked here; one being handled by another call waits on
+        // the general path; a new one is claimed and handled below.
+        let mut claimed = None;
+        let dedup = core
             .dedup
             .as_ref()
-            .and_then(|(key_fn, store)| Some((key_fn(&env)?, store.clone())));
-        let phase = match (admitted, dedup_key) {
-            (admitted, Some((key, store))) => self.deduplicated(admitted, env, key, store),
+            .and_then(|(key_fn, store)| Some((key_fn(&env)?, store)));
+        let dedup = match dedup {
+            None => None,
+            Some((key, store)) => match try_claim(store, &key, &env, &core.handler) {
+                TryClaim::Claimed(claim) => {
+                    claimed = Some(claim);
+                    None
+                }
+                TryClaim::Duplicate => Some(None),
+                TryClaim::Busy => Some(Some((key, store.clone()))),
+            },
+        };
+        let phase = match (admitted, dedup) {
+            // A duplicate: acked without calling the handler (nor counting for the breaker).
+            (_, Some(None)) => Phase::Judge {
+                result: Some(Ok(Outcome::Ack)),
+                admitted: None,
+            },
+            (admitted, Some(Some((key, store)))) => self.deduplicated(admitted, env, key, store),
             (Err(refused), _) => {
                 kept = Some(Box::new(env));
                 Phase::Judge {
@@ -228,6 +247,7 @@ where
             phase,
             core,
             kept,
+            claimed,
             base,
             ctx,
             span,
@@ -244,8 +264,8 @@ where
     S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    /// A deduplicated call takes the general path: its claim may have to wait for another
-    /// call with the same key.
+    /// A call whose dedup key another call is handling takes the general path: it waits for
+    /// that call to end, then is a duplicate or claims the key.
     fn deduplicated(
         &mut self,
         admitted: Result<Admitted, BreakerOpenError>,
@@ -302,6 +322,9 @@ pin_project! {
         // The envelope as delivered, for attempts after the first; `None` when the policy
         // allows one attempt only.
         kept: Option<Box<Envelope>>,
+        // The dedup key this call holds in flight, settled with the final result (forgotten
+        // if the call is dropped first).
+        claimed: Option<DedupClaim>,
         base: u32,
         ctx: TraceContext,
         span: Span,
@@ -421,6 +444,9 @@ where
             };
             break (result, end);
         };
+        if let Some(claimed) = this.claimed.take() {
+            claimed.finish(handled(&result));
+        }
         Poll::Ready(finish(
             &core.metrics,
             this.measured,

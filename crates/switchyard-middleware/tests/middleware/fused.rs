@@ -9,6 +9,7 @@ use std::time::Duration;
 use switchyard_core::{BoxError, Envelope, Outcome, Permanent, Topic};
 use switchyard_middleware::breaker::{BreakerConfig, BreakerHandle, BreakerLayer};
 use switchyard_middleware::catch_panic::CatchPanicLayer;
+use switchyard_middleware::dedup::{DedupConfig, DedupLayer};
 use switchyard_middleware::metrics::{MetricsLayer, MetricsRegistry};
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use switchyard_middleware::retry::{RetryError, RetryLayer, RetryPolicy};
@@ -119,18 +120,22 @@ struct Run {
     times_opened: u64,
 }
 
+/// Sends each message once, or twice (the same envelope again) when `twice`.
 async fn drive(
     mut svc: Handler,
     log: Arc<Mutex<Vec<Seen>>>,
     registry: MetricsRegistry,
     breaker: BreakerHandle,
     messages: u64,
+    twice: bool,
 ) -> Run {
     let mut results = Vec::new();
     for msg in 0..messages {
         let env = Envelope::new(Topic::new("orders.placed").unwrap(), msg.to_string());
-        let ready = svc.ready().await.unwrap();
-        results.push(summary(&ready.call(env).await));
+        for _ in 0..if twice { 2 } else { 1 } {
+            let ready = svc.ready().await.unwrap();
+            results.push(summary(&ready.call(env.clone()).await));
+        }
     }
     let snapshot = registry.snapshot();
     Run {
@@ -154,26 +159,27 @@ async fn drive(
     }
 }
 
-async fn fused(seed: u64, messages: u64) -> Run {
+async fn fused(seed: u64, messages: u64, dedup: bool) -> Run {
     let log = Arc::new(Mutex::new(Vec::new()));
     let registry = MetricsRegistry::new();
-    let layer = ResilienceLayer::new(
-        "scripted",
-        ResilienceConfig::default()
-            .retry(policy())
-            .breaker(breaker_config())
-            .registry(registry.clone()),
-    );
+    let mut config = ResilienceConfig::default()
+        .retry(policy())
+        .breaker(breaker_config())
+        .registry(registry.clone());
+    if dedup {
+        config = config.dedup(DedupConfig::default());
+    }
+    let layer = ResilienceLayer::new("scripted", config);
     let breaker = layer.breaker();
     let origin = Instant::now();
     let svc = Handler::new(tower::Layer::layer(
         &layer,
         scripted(seed, log.clone(), origin),
     ));
-    drive(svc, log, registry, breaker, messages).await
+    drive(svc, log, registry, breaker, messages, dedup).await
 }
 
-async fn layered(seed: u64, messages: u64) -> Run {
+async fn layered(seed: u64, messages: u64, dedup: bool) -> Run {
     let log = Arc::new(Mutex::new(Vec::new()));
     let registry = MetricsRegistry::new();
     let breaker = BreakerLayer::new("scripted", breaker_config());
@@ -182,19 +188,20 @@ async fn layered(seed: u64, messages: u64) -> Run {
     let svc = ServiceBuilder::new()
         .layer(TraceLayer::new("scripted"))
         .layer(MetricsLayer::new("scripted").with_registry(registry.clone()))
+        .option_layer(dedup.then(|| DedupLayer::new(DedupConfig::default())))
         .layer(RetryLayer::new(policy()).handler("scripted"))
         .layer(breaker)
         .layer(TimeoutLayer::default())
         .layer(CatchPanicLayer::new())
         .service(scripted(seed, log.clone(), origin));
-    drive(Handler::new(svc), log, registry, handle, messages).await
+    drive(Handler::new(svc), log, registry, handle, messages, dedup).await
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_fused_stack_behaves_like_the_separate_layers() {
-    for seed in [1u64, 2, 3] {
-        let a = fused(seed, 150).await;
-        let b = layered(seed, 150).await;
+    for (seed, dedup) in [(1u64, false), (2, false), (3, false), (4, true), (5, true)] {
+        let a = fused(seed, 150, dedup).await;
+        let b = layered(seed, 150, dedup).await;
         assert!(a.seen.len() > 150, "retries happened: {}", a.seen.len());
         assert!(
             a.seen.iter().all(|s| s.in_trace),
@@ -211,6 +218,20 @@ async fn the_fused_stack_behaves_like_the_separate_layers() {
             a.times_opened, b.times_opened,
             "breaker openings (seed {seed})"
         );
+        if dedup {
+            // Sent twice, handled once: the second copy of an acked message is a duplicate.
+            let deduplicated = (0..150usize)
+                .filter(|&m| {
+                    a.results[2 * m] == "Ack"
+                        && a.results[2 * m + 1] == "Ack"
+                        && a.seen.iter().filter(|s| s.msg == m as u64).count() == 1
+                })
+                .count();
+            assert!(
+                deduplicated > 30,
+                "duplicates acked without a call: {deduplicated}"
+            );
+        }
         for kind in ["Exhausted", "Permanent", "Ack", "Reject"] {
             assert!(
                 a.results.iter().any(|r| r.starts_with(kind)),
