@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group};
-use switchyard::{Bus, Envelope, Outcome, Overflow, Topic, handler_fn};
+use switchyard::{Bus, Envelope, Outcome, Overflow, Subscription, Topic, handler_fn};
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -66,31 +66,12 @@ fn pubsub(c: &mut Criterion) {
         })
     });
 
-    let bus = rt.block_on(async { Bus::builder().queue_capacity(1024).build().unwrap() });
-    let seen = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(Notify::new());
-    let (s, d) = (seen.clone(), done.clone());
-    let _sub = rt.block_on(async {
-        bus.subscribe(
-            "sink",
-            "bench.event",
-            handler_fn(move |_env: Envelope| {
-                let (s, d) = (s.clone(), d.clone());
-                async move {
-                    if s.fetch_add(1, Ordering::Relaxed) + 1 == BATCH {
-                        d.notify_one();
-                    }
-                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
-                }
-            }),
-        )
-        .overflow(Overflow::Block {
-            timeout: Duration::from_secs(60),
-        })
-        .start()
-        .await
-        .unwrap()
-    });
+    let Sink {
+        bus,
+        seen,
+        done,
+        sub: _sub,
+    } = rt.block_on(sink(BATCH));
     let topic = Topic::new("bench.event").unwrap();
     g.bench_function("1to1/bus", |b| {
         b.to_async(&rt).iter_custom(|iters| {
@@ -269,39 +250,60 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A bus with one subscriber on `bench.event` that counts events and signals `done` when
+/// the count reaches `n` (reset `seen` to run another round).
+struct Sink {
+    bus: Bus,
+    seen: Arc<AtomicU64>,
+    done: Arc<Notify>,
+    sub: Subscription,
+}
+
+async fn sink(n: u64) -> Sink {
+    let bus = Bus::builder().queue_capacity(1024).build().unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (s, d) = (seen.clone(), done.clone());
+    let sub = bus
+        .subscribe(
+            "sink",
+            "bench.event",
+            handler_fn(move |_env: Envelope| {
+                let (s, d) = (s.clone(), d.clone());
+                async move {
+                    if s.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        d.notify_one();
+                    }
+                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
+                }
+            }),
+        )
+        .overflow(Overflow::Block {
+            timeout: Duration::from_secs(60),
+        })
+        .start()
+        .await
+        .unwrap();
+    Sink {
+        bus,
+        seen,
+        done,
+        sub,
+    }
+}
+
 /// Floor and bus rounds of the 1 -> 1 case, alternating; prints medians.
 fn interleaved() {
     const ROUNDS: usize = 21;
     const N: u64 = 200_000;
     let rt = runtime();
     let payload = Bytes::from(vec![7u8; 64]);
-    let seen = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(Notify::new());
-    let (bus, _sub) = rt.block_on(async {
-        let bus = Bus::builder().queue_capacity(1024).build().unwrap();
-        let (s, d) = (seen.clone(), done.clone());
-        let sub = bus
-            .subscribe(
-                "sink",
-                "bench.event",
-                handler_fn(move |_env: Envelope| {
-                    let (s, d) = (s.clone(), d.clone());
-                    async move {
-                        if s.fetch_add(1, Ordering::Relaxed) + 1 == N {
-                            d.notify_one();
-                        }
-                        Ok::<_, std::convert::Infallible>(Outcome::Ack)
-                    }
-                }),
-            )
-            .overflow(Overflow::Block {
-                timeout: Duration::from_secs(60),
-            })
-            .start()
-            .await
-            .unwrap();
-        (bus, sub)
-    });
+    let Sink {
+        bus,
+        seen,
+        done,
+        sub: _sub,
+    } = rt.block_on(sink(N));
     let topic = Topic::new("bench.event").unwrap();
     let bus_round = || {
         rt.block_on(async {
