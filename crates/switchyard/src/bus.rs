@@ -341,6 +341,7 @@ impl BusBuilder {
                 next_id: AtomicU64::new(1),
                 pending: CachePadded(AtomicUsize::new(0)),
                 settled: CachePadded(AtomicU64::new(0)),
+                worker_holds: AtomicUsize::new(0),
                 idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
@@ -374,6 +375,10 @@ pub(crate) struct BusInner {
     /// Accepted messages not yet settled (handled, dead-lettered or reported).
     pending: CachePadded<AtomicUsize>,
     settled: CachePadded<AtomicU64>,
+    /// Strong references that workers keep between messages (`subscription::HeldBus`).
+    /// When the strong count is no higher, the application has dropped every handle and the
+    /// workers let go, so the bus is freed even while messages keep flowing.
+    pub(crate) worker_holds: AtomicUsize,
     idle: Notify,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
@@ -429,8 +434,16 @@ impl BusInner {
         }
     }
 
+    /// An accepted message was settled: handled, dead-lettered or reported by shutdown.
     pub(crate) fn pending_settled(&self) {
         self.settled.fetch_add(1, Ordering::Relaxed);
+        self.pending_released();
+    }
+
+    /// Takes back a pending count that was not an accepted message: a publish the queue
+    /// refused (full, or closed by shutdown), or a dispatcher's hold. `run_until_idle` sees
+    /// it; the shutdown report's `drained` (settled messages) does not count it.
+    pub(crate) fn pending_released(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -997,7 +1010,7 @@ impl Bus {
                 }
                 waiters = delivery.waiters;
             }
-            bus.inner.pending_settled();
+            bus.inner.pending_released();
         });
         let mut dispatchers = self
             .inner
@@ -1160,22 +1173,26 @@ impl Bus {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             let Some((env, _)) = entry else { return };
-            if let Err(e) = bus.publish_envelope(env.clone()).await {
-                tracing::warn!(message_id = %id, error = %e, "delayed publish failed; dead-lettered");
-                bus.inner.dead_letter(DeadLetter::new(
-                    env,
-                    DeadLetterReason::Dropped,
-                    format!("delayed publish failed: {e}"),
-                ));
+            match bus.publish_envelope(env.clone()).await {
+                // Handed on: its deliveries are pending (and settled) on their own.
+                Ok(()) => bus.inner.pending_released(),
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "delayed publish failed; dead-lettered");
+                    bus.inner.dead_letter(DeadLetter::new(
+                        env,
+                        DeadLetterReason::Dropped,
+                        format!("delayed publish failed: {e}"),
+                    ));
+                    bus.inner.pending_settled();
+                }
             }
-            bus.inner.pending_settled();
         });
         // Checked under the lock shutdown drains: a message scheduled during shutdown is
         // refused, never left behind unreported.
         if self.inner.state.load(Ordering::SeqCst) != RUNNING {
             task.abort();
             drop(scheduled);
-            self.inner.pending_settled();
+            self.inner.pending_released();
             return Err(PublishError::ShuttingDown);
         }
         scheduled.insert(id, (env, task));

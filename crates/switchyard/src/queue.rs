@@ -290,6 +290,12 @@ impl State {
         None
     }
 
+    /// True when some worker could take a message now (an unkeyed one, or the head of a
+    /// lane no worker holds).
+    fn has_takeable(&mut self) -> bool {
+        self.free.first_key().is_some() || self.best_ready().is_some()
+    }
+
     fn take(&mut self, worker: usize) -> Option<Entry> {
         let entry = if self.ready.is_empty() {
             // No lane waits for a worker: the best unkeyed message, without comparing keys.
@@ -681,6 +687,51 @@ impl Queue {
                 Popped::Empty => {}
             }
             notified.await;
+        }
+    }
+
+    /// Waits as an idle worker until some worker could take a message, without taking it,
+    /// so the worker can check that its handler is ready first (a worker must not take a
+    /// message its handler cannot handle now: it would hold it while a breaker is open,
+    /// instead of leaving it queued). Returns `false` once the queue is closed and empty.
+    pub(crate) async fn wait_for_work(&self) -> bool {
+        let _idle = WaiterCount::new(&self.idle_workers);
+        loop {
+            let notified = self.not_empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (answer, trimmed) = {
+                let mut st = self.lock();
+                let answer = if st.has_takeable() {
+                    Some(true)
+                } else if st.closed && st.len == 0 {
+                    Some(false)
+                } else {
+                    None
+                };
+                // About to wait: nothing is flowing, so keep only a few spent envelopes.
+                let trimmed = (answer.is_none() && st.spent.len() > SPENT_IDLE)
+                    .then(|| st.spent.split_off(SPENT_IDLE));
+                (answer, trimmed)
+            };
+            drop(trimmed);
+            if let Some(answer) = answer {
+                return answer;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes one idle worker if some worker could take a message now: called by a worker
+    /// that was woken for work but whose handler is not ready, so the wake-up is not lost
+    /// to workers whose handler is.
+    pub(crate) fn offer_to_idle(&self) {
+        if self.idle_workers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let work = self.lock().has_takeable();
+        if work {
+            self.not_empty.notify_one();
         }
     }
 

@@ -104,6 +104,38 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
+/// The bus as a worker keeps it from one message to the next, counted in
+/// `BusInner::worker_holds` so a worker can tell when nothing but workers keeps it alive.
+struct HeldBus(Arc<BusInner>);
+
+impl HeldBus {
+    fn new(bus: Arc<BusInner>) -> Self {
+        bus.worker_holds.fetch_add(1, Ordering::AcqRel);
+        Self(bus)
+    }
+
+    /// True when every strong reference to the bus is a worker's: the application dropped
+    /// all its handles, so the workers must let go for the bus to be freed.
+    fn orphaned(&self) -> bool {
+        Arc::strong_count(&self.0) <= self.0.worker_holds.load(Ordering::Acquire)
+    }
+}
+
+impl std::ops::Deref for HeldBus {
+    type Target = Arc<BusInner>;
+    fn deref(&self) -> &Arc<BusInner> {
+        &self.0
+    }
+}
+
+impl Drop for HeldBus {
+    fn drop(&mut self) {
+        // Before the reference itself goes (the field drops after this), so another worker
+        // never sees more holds than references.
+        self.0.worker_holds.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
@@ -354,14 +386,16 @@ impl SubShared {
                 );
                 Ok(Enqueued::Queued)
             }
+            // Refused: never accepted, so not settled either (shutdown does not count it
+            // as drained).
             Err(PushError::Full(entry)) => {
-                bus.pending_settled();
+                bus.pending_released();
                 inc(&self.counters.refused_full);
                 drop(entry);
                 Err(EnqueueError::Full)
             }
             Err(PushError::Closed(entry)) => {
-                bus.pending_settled();
+                bus.pending_released();
                 drop(entry);
                 Err(EnqueueError::Closed)
             }
@@ -451,11 +485,12 @@ impl SubShared {
     async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
         // The message handled last, not yet completed in the queue: when the handler is ready
         // at once, it is completed under the same lock that takes the next one.
-        let mut prev: Option<(u64, Option<SmolStr>, Arc<BusInner>)> = None;
+        let mut prev: Option<(u64, Option<SmolStr>, HeldBus)> = None;
         // The bus, kept from one message to the next while they flow (upgrading the weak
         // handle per message would write a counter the publishers write too); let go before
-        // waiting, so an idle worker does not keep the bus alive.
-        let mut held: Option<Arc<BusInner>> = None;
+        // waiting, so an idle worker does not keep the bus alive, and as soon as workers are
+        // all that keep it alive.
+        let mut held: Option<HeldBus> = None;
         loop {
             // Wait until the handler can take work before taking a message off the queue: an
             // open breaker or a rate limit then leaves messages queued (where the overflow
@@ -470,6 +505,8 @@ impl SubShared {
                             self.queue.complete(worker, seq, lane.as_ref());
                             bus.pending_settled();
                         }
+                        // A wake-up for work this worker cannot do now goes to another.
+                        self.queue.offer_to_idle();
                         ready.await
                     }
                 };
@@ -486,22 +523,27 @@ impl SubShared {
                 Some((seq, lane, bus)) => {
                     let popped = self.queue.complete_and_pop(worker, seq, lane.as_ref());
                     bus.pending_settled();
-                    held = Some(bus);
+                    if !bus.orphaned() {
+                        held = Some(bus);
+                    }
                     popped
                 }
                 None => self.queue.try_pop(worker),
             };
-            // Readiness still holds for the first attempt only if nothing was awaited since.
-            let (taken, ready) = match popped {
-                Popped::Taken(taken) => (Some(taken), ready),
-                Popped::Closed => (None, false),
+            // A message is only taken right after the handler was seen ready (nothing awaited
+            // since), so that readiness holds for its first attempt.
+            let taken = match popped {
+                Popped::Taken(taken) => taken,
+                Popped::Closed => break,
                 Popped::Empty => {
                     held = None;
-                    (self.queue.pop_waiting(worker).await, false)
+                    // Wait for work without taking it: readiness is checked again first (the
+                    // handler may stop being ready while this worker waits).
+                    if self.queue.wait_for_work().await {
+                        continue;
+                    }
+                    break;
                 }
-            };
-            let Some(taken) = taken else {
-                break;
             };
             let seq = taken.seq();
             let Entry {
@@ -511,7 +553,7 @@ impl SubShared {
                 delivery,
                 ..
             } = taken.entry;
-            let Some(bus) = held.take().or_else(|| self.bus.upgrade()) else {
+            let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
             let ok = self.process(&bus, &mut svc, env, reply, ready).await;

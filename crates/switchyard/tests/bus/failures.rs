@@ -248,3 +248,85 @@ async fn a_handler_that_is_not_ready_leaves_messages_queued() {
     bus.run_until_idle().await;
     assert_eq!(gate.handled.load(Ordering::SeqCst), 3);
 }
+
+/// A readiness gate shared by every worker's handler clone, waking each worker that waits.
+#[derive(Clone, Default)]
+struct SharedGate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    wakers: Arc<std::sync::Mutex<Vec<std::task::Waker>>>,
+    handled: Arc<AtomicU32>,
+}
+
+impl SharedGate {
+    fn set(&self, open: bool) {
+        self.open.store(open, Ordering::SeqCst);
+        if open {
+            for w in self.wakers.lock().unwrap().drain(..) {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl tower::Service<switchyard::Envelope> for SharedGate {
+    type Response = Outcome;
+    type Error = switchyard::BoxError;
+    type Future = std::future::Ready<Result<Outcome, switchyard::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.open.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.wakers.lock().unwrap().push(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _env: switchyard::Envelope) -> Self::Future {
+        self.handled.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Outcome::Ack))
+    }
+}
+
+/// Workers that were idle (waiting for messages) when the handler stopped being ready, as
+/// when a breaker opens, must not take messages either: they stay queued.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_workers_do_not_take_messages_once_the_handler_is_not_ready() {
+    let bus = Bus::new();
+    let gate = SharedGate::default();
+    gate.set(true);
+    let sub = bus
+        .subscribe("gated", "test.#", switchyard::boxed(gate.clone()))
+        .workers(3)
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    tokio::time::timeout(crate::WAIT, bus.run_until_idle())
+        .await
+        .unwrap();
+    // Every worker has seen the handler ready and waits for a message.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    gate.set(false);
+    for n in 1..4 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+        let info = sub.info();
+        assert_eq!(
+            (info.depth, info.in_flight),
+            (3, 0),
+            "no worker takes a message while the handler is not ready"
+        );
+    }
+    gate.set(true);
+    tokio::time::timeout(crate::WAIT, bus.run_until_idle())
+        .await
+        .unwrap();
+    assert_eq!(gate.handled.load(Ordering::SeqCst), 4);
+}

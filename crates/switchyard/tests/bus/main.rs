@@ -8,6 +8,7 @@ mod failures;
 mod ordering;
 mod routing;
 mod shutdown;
+mod stress;
 
 use serde::{Deserialize, Serialize};
 use switchyard::{Command, Kind, Message};

@@ -192,3 +192,124 @@ async fn deadline_reports_what_each_of_several_workers_holds_and_what_waits() {
     assert_eq!(bus.pending(), 0);
     assert_eq!(sub.stats().acked, 1);
 }
+
+/// Publishers waiting for room when shutdown begins are refused (`ShuttingDown`): their
+/// messages were never accepted, so they are neither drained nor left.
+#[tokio::test(flavor = "current_thread")]
+async fn publishers_refused_by_shutdown_are_not_counted_as_drained() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let sub = bus
+        .on("slow", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), started_tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                g.acquire()
+                    .await
+                    .map(|permit| permit.forget())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .queue_capacity(1)
+        .overflow(switchyard::Overflow::Block {
+            timeout: Duration::from_secs(3600),
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, started.recv()).await.unwrap(),
+        Some(0)
+    );
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    let blocked: Vec<_> = (2..5)
+        .map(|n| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.publish(Ping { n }).await })
+        })
+        .collect();
+    // Each waiting publish counts as pending: 2 accepted + 3 waiting for room.
+    tokio::time::timeout(WAIT, async {
+        while bus.pending() != 5 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("three publishers wait for room");
+    // Shutdown closes the queue before it first waits; only then may the handler finish.
+    let (report, ()) = tokio::join!(bus.shutdown(WAIT), async {
+        gate.add_permits(10);
+    });
+    let report = report.unwrap();
+    for b in blocked {
+        assert!(matches!(b.await.unwrap(), Err(PublishError::ShuttingDown)));
+    }
+    assert_eq!(sub.stats().acked, 2);
+    assert!(report.left.is_empty());
+    assert_eq!(
+        report.drained, 2,
+        "drained counts the two handled messages, not the refused publishes"
+    );
+    assert_eq!(bus.pending(), 0);
+}
+
+/// Dropped on the bus's own drop (it lives in a publish hook).
+struct DropFlag(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A worker keeps the bus between messages while they flow; it must not keep it alive once
+/// the application has dropped every handle, even if messages keep coming (here a detached
+/// subscription of two workers that publishes its next messages itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_does_not_keep_a_dropped_bus_alive() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel();
+    let flag = DropFlag(Some(dropped_tx));
+    let bus = Bus::builder()
+        .publish_hook(move |_| {
+            let _ = &flag;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let p = progress.clone();
+    bus.on("echo", move |ping: Ping, ctx| {
+        let p = p.clone();
+        async move {
+            if ping.n == 100 {
+                p.notify_one();
+            }
+            // Let other tasks run (and the test runtime shut down if this test fails).
+            tokio::task::yield_now().await;
+            // The next one; fails quietly once the bus is gone.
+            let _ = ctx.publish(Ping { n: ping.n + 1 }).await;
+            Ok::<_, std::io::Error>(())
+        }
+    })
+    .workers(2)
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    // Two chains, so both workers are busy.
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    bus.publish(Ping { n: 1_000_000 }).await.unwrap();
+    tokio::time::timeout(WAIT, progress.notified())
+        .await
+        .expect("the echo loop runs");
+    drop(bus);
+    tokio::time::timeout(WAIT, dropped)
+        .await
+        .expect("the bus is freed once its last handle is dropped")
+        .unwrap();
+}
