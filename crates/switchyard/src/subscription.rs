@@ -27,6 +27,9 @@ use crate::session::{SESSION_HEADER, SessionSubs};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
+/// A worker that never has to wait yields to other tasks after this many messages.
+const YIELD_EVERY: u32 = 128;
+
 /// Extracts the ordering key of a message: messages with equal keys are handled one at a time,
 /// in order; different keys in parallel.
 pub type OrderingKey = Arc<dyn Fn(&Envelope) -> Option<SmolStr> + Send + Sync>;
@@ -491,7 +494,23 @@ impl SubShared {
         // waiting, so an idle worker does not keep the bus alive, and as soon as workers are
         // all that keep it alive.
         let mut held: Option<HeldBus> = None;
+        // Messages taken since this worker last waited or yielded.
+        let mut streak: u32 = 0;
         loop {
+            // Fairness: with a handler that is always ready and a queue that never empties,
+            // nothing here waits, so the worker would never give its thread to other tasks.
+            // Every `YIELD_EVERY` messages it yields, with the last message completed first
+            // (a handled message is never held across a wait). Counting locally costs less
+            // than asking tokio's budget on every message.
+            streak += 1;
+            if streak >= YIELD_EVERY {
+                streak = 0;
+                if let Some((seq, lane, bus)) = prev.take() {
+                    self.queue.complete(worker, seq, lane.as_ref());
+                    bus.pending_settled();
+                }
+                tokio::task::yield_now().await;
+            }
             // Wait until the handler can take work before taking a message off the queue: an
             // open breaker or a rate limit then leaves messages queued (where the overflow
             // policy applies) instead of holding one per worker.
@@ -537,6 +556,7 @@ impl SubShared {
                 Popped::Closed => break,
                 Popped::Empty => {
                     held = None;
+                    streak = 0;
                     // Wait for work without taking it: readiness is checked again first (the
                     // handler may stop being ready while this worker waits).
                     if self.queue.wait_for_work().await {

@@ -344,3 +344,49 @@ async fn shutdown_under_load_accounts_for_every_accepted_message_once() {
     assert!(!left.is_empty(), "the stuck messages are reported");
     assert_eq!(bus.pending(), 0);
 }
+
+/// A worker whose handler is always ready and whose queue stays full never waits on
+/// anything; it must still give its thread to other tasks now and then (tokio's cooperative
+/// budget), or one busy subscription starves everything else on that thread.
+#[tokio::test(flavor = "current_thread")]
+async fn a_busy_worker_lets_other_tasks_run() {
+    const N: usize = 10_000;
+    let bus = Bus::builder().queue_capacity(N).build().unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h = handled.clone();
+    let _sub = bus
+        .subscribe(
+            "busy",
+            "work.item",
+            handler_fn(move |_env: Envelope| {
+                h.fetch_add(1, Ordering::Relaxed);
+                async { Ok::<_, std::convert::Infallible>(Outcome::Ack) }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let topic = Topic::new("work.item").unwrap();
+    for i in 0..N {
+        bus.publish_envelope(Envelope::new(topic.clone(), i.to_string()))
+            .await
+            .unwrap();
+    }
+    // Queued behind the worker, which was woken by the first publish.
+    let other = tokio::spawn({
+        let handled = handled.clone();
+        async move { handled.load(Ordering::Relaxed) }
+    });
+    let seen_by_other = tokio::time::timeout(RUN, other).await.unwrap().unwrap();
+    assert!(
+        seen_by_other < N,
+        "the other task ran only after the worker had handled all {seen_by_other} messages"
+    );
+    tokio::time::timeout(RUN, async {
+        while handled.load(Ordering::Relaxed) < N {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+}
