@@ -471,6 +471,19 @@ impl Queue {
         }
     }
 
+    /// Queues `entry`, releases the lock, wakes an idle worker if there is one, and frees a
+    /// settled envelope on this (the publisher's) thread, outside the lock.
+    fn insert_and_wake(&self, mut st: MutexGuard<'_, State>, entry: Entry) {
+        st.insert(entry);
+        let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
+        let spent = st.spent.pop();
+        drop(st);
+        if wake {
+            self.not_empty.notify_one();
+        }
+        drop(spent);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while the lock is held (plain collection operations), so a poisoned
         // lock still guards consistent data.
@@ -525,14 +538,7 @@ impl Queue {
             }
             evicted = st.remove_oldest();
         }
-        st.insert(entry);
-        let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
-        let spent = st.spent.pop();
-        drop(st);
-        if wake {
-            self.not_empty.notify_one();
-        }
-        drop(spent);
+        self.insert_and_wake(st, entry);
         Ok(evicted.map_or(Pushed::Queued, |e| Pushed::Evicted(Box::new(e))))
     }
 
@@ -548,21 +554,14 @@ impl Queue {
             // `push` sleeps when more than half is in use (and below capacity).
             Overflow::Adaptive { .. } => (self.capacity / 2 + 1).min(self.capacity),
         };
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closed {
             return Ok(Err(PushError::Closed(entry)));
         }
         if st.len >= limit {
             return Err(entry);
         }
-        st.insert(entry);
-        let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
-        let spent = st.spent.pop();
-        drop(st);
-        if wake {
-            self.not_empty.notify_one();
-        }
-        drop(spent);
+        self.insert_and_wake(st, entry);
         Ok(Ok(Pushed::Queued))
     }
 
