@@ -187,44 +187,10 @@ async fn permanent_errors_skip_the_remaining_attempts() {
     );
 }
 
-/// A handler that is not ready until opened (as an open circuit breaker or a rate limit is).
-#[derive(Clone)]
-struct Gated {
-    open: Arc<std::sync::atomic::AtomicBool>,
-    waker: Arc<std::sync::Mutex<Option<std::task::Waker>>>,
-    handled: Arc<AtomicU32>,
-}
-
-impl tower::Service<switchyard::Envelope> for Gated {
-    type Response = Outcome;
-    type Error = switchyard::BoxError;
-    type Future = std::future::Ready<Result<Outcome, switchyard::BoxError>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        if self.open.load(Ordering::SeqCst) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        *self.waker.lock().unwrap() = Some(cx.waker().clone());
-        std::task::Poll::Pending
-    }
-
-    fn call(&mut self, _env: switchyard::Envelope) -> Self::Future {
-        self.handled.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Ok(Outcome::Ack))
-    }
-}
-
 #[tokio::test]
 async fn a_handler_that_is_not_ready_leaves_messages_queued() {
     let bus = Bus::new();
-    let gate = Gated {
-        open: Arc::default(),
-        waker: Arc::default(),
-        handled: Arc::default(),
-    };
+    let gate = SharedGate::default();
     let sub = bus
         .subscribe("gated", "test.#", switchyard::boxed(gate.clone()))
         .workers(2)
@@ -241,15 +207,13 @@ async fn a_handler_that_is_not_ready_leaves_messages_queued() {
         (3, 0),
         "no worker takes a message while the handler is not ready"
     );
-    gate.open.store(true, Ordering::SeqCst);
-    if let Some(w) = gate.waker.lock().unwrap().take() {
-        w.wake();
-    }
+    gate.set(true);
     bus.run_until_idle().await;
     assert_eq!(gate.handled.load(Ordering::SeqCst), 3);
 }
 
-/// A readiness gate shared by every worker's handler clone, waking each worker that waits.
+/// A handler that is not ready until opened (as an open circuit breaker or a rate limit is),
+/// shared by every worker's clone; opening it wakes each worker that waits.
 #[derive(Clone, Default)]
 struct SharedGate {
     open: Arc<std::sync::atomic::AtomicBool>,
