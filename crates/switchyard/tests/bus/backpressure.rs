@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::{Ping, WAIT};
 
 /// A subscription whose handler reports each start and then waits for a permit per message.
-async fn gated(
+pub(crate) async fn gated(
     bus: &Bus,
     capacity: usize,
     overflow: Overflow,

@@ -198,27 +198,14 @@ async fn deadline_reports_what_each_of_several_workers_holds_and_what_waits() {
 #[tokio::test(flavor = "current_thread")]
 async fn publishers_refused_by_shutdown_are_not_counted_as_drained() {
     let bus = Bus::new();
-    let gate = Arc::new(Semaphore::new(0));
-    let (started_tx, mut started) = mpsc::unbounded_channel();
-    let g = gate.clone();
-    let sub = bus
-        .on("slow", move |p: Ping, _| {
-            let (g, tx) = (g.clone(), started_tx.clone());
-            async move {
-                let _ = tx.send(p.n);
-                g.acquire()
-                    .await
-                    .map(|permit| permit.forget())
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .queue_capacity(1)
-        .overflow(switchyard::Overflow::Block {
+    let (sub, gate, mut started) = crate::backpressure::gated(
+        &bus,
+        1,
+        switchyard::Overflow::Block {
             timeout: Duration::from_secs(3600),
-        })
-        .start()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     bus.publish(Ping { n: 0 }).await.unwrap();
     assert_eq!(
         tokio::time::timeout(WAIT, started.recv()).await.unwrap(),
