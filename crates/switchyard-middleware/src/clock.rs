@@ -7,6 +7,11 @@ use tokio::time::Instant;
 /// About 30 years: what "never" means for a deadline.
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
+/// `d` in whole nanoseconds, saturating at `u64::MAX` (about 584 years).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// `now + d`, or a deadline about 30 years away when that would overflow.
 pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
     now.checked_add(d.min(FAR))

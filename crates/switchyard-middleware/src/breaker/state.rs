@@ -185,12 +185,8 @@ fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     pub(crate) fn new(name: SmolStr, config: BreakerConfig) -> Self {
-        let bucket_nanos = u64::try_from(
-            (config.window / BUCKETS as u32)
-                .max(Duration::from_millis(1))
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX);
+        let bucket_nanos =
+            crate::clock::nanos((config.window / BUCKETS as u32).max(Duration::from_millis(1)));
         let shared = Self {
             name,
             config,
@@ -226,15 +222,13 @@ impl Shared {
     }
 
     fn bucket_index(&self, now: Instant) -> u64 {
-        let since =
-            u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let since = crate::clock::nanos(now.saturating_duration_since(self.epoch));
         since / self.bucket_nanos.max(1)
     }
 
     /// The success-ring bucket of `t`.
     fn counter_index(&self, t: quanta::Instant) -> u64 {
-        let since =
-            u64::try_from(t.duration_since(self.counter_epoch).as_nanos()).unwrap_or(u64::MAX);
+        let since = crate::clock::nanos(t.duration_since(self.counter_epoch));
         // floor(since / bucket_nanos), give or take one at a bucket's edge.
         ((u128::from(since) * u128::from(self.bucket_reciprocal)) >> 64) as u64
     }

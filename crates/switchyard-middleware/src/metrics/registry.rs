@@ -121,10 +121,6 @@ fn raise(counter: &AtomicU64, n: u64, owned: bool) {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// This thread's id for shard ownership: 1, 2, 3... in the order threads first count.
 fn thread_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -203,7 +199,10 @@ impl Counters {
             Ended::Failed => &shard.failed,
         };
         add(count, 1, owned);
-        let (duration, end_to_end) = (nanos(duration), nanos(end_to_end));
+        let (duration, end_to_end) = (
+            crate::clock::nanos(duration),
+            crate::clock::nanos(end_to_end),
+        );
         add(&shard.duration_sum, duration, owned);
         raise(&shard.duration_max, duration, owned);
         add(&shard.end_to_end_sum, end_to_end, owned);

@@ -28,6 +28,7 @@ use tracing::Span;
 
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
+use crate::clock::nanos;
 use crate::dedup::{DedupClaim, DedupKey, KeyFn, Store, TryClaim, claim, handled, try_claim};
 use crate::metrics::{Measured, MetricsShared, TopicCache};
 use crate::retry::{RetryPolicy, Verdict, back_off, judge};
@@ -102,10 +103,6 @@ impl WallClock {
     fn wall(&self, offset: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(self.unix.saturating_add(offset))
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {

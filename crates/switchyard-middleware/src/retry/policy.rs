@@ -134,7 +134,7 @@ impl RetryPolicy {
         match self.jitter {
             Jitter::None => cap,
             Jitter::Full => {
-                let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+                let cap_nanos = crate::clock::nanos(cap);
                 let r = self.rng.next_u64();
                 let nanos = if cap_nanos == u64::MAX {
                     r
