@@ -710,7 +710,13 @@ impl SubShared {
             bus.pending_settled();
             return Ok(());
         }
-        let env = Arc::new(delivery.envelope.clone());
+        let mut env = delivery.envelope.clone();
+        // One count: the transport numbers this delivery from 1, and the worker numbers every
+        // call it makes by adding one to what the queued envelope says, as it does for an
+        // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts
+        // already made: one fewer than the delivery's number.
+        env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
+        let env = Arc::new(env);
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
         let mut entry = Entry::new(env, None, lane);
         entry.delivery = Some(Box::new(delivery));

@@ -12,6 +12,8 @@ use switchyard::{Bus, Message, PublishError, SubscribeError};
 use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
+mod attempts;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
