@@ -17,6 +17,7 @@
 //! See `docs/conformance.md` for the list of tests and what each one proves.
 #![forbid(unsafe_code)]
 
+pub mod bus_suite;
 pub mod memory;
 pub mod suite;
 
@@ -318,7 +319,7 @@ pub fn report(
     }
 }
 
-/// Expands into one `#[tokio::test]` per suite function, each building its harness with the
+/// Expands into one `#[tokio::test]` per suite function (of [`suite`] and [`bus_suite`]), each building its harness with the
 /// given expression. A second expression after `restart =` builds the harness for the
 /// restart test (for brokers the test must own to restart).
 ///
@@ -334,6 +335,8 @@ macro_rules! conformance_tests {
             continue_after_handler_errors, in_order_per_key, publisher_close_flushes,
             delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
             wildcards, request_reply, dead_letter_after_max_deliveries);
+        $crate::conformance_tests!(@bus $harness; bus_attempts_count_from_one,
+            bus_message_failing_twice_is_delivered, bus_shutdown_twice_returns_the_first_report);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reconnect_after_restart() {
             let h = $restart;
@@ -342,6 +345,18 @@ macro_rules! conformance_tests {
                 panic!("{e}");
             }
         }
+    };
+    (@bus $harness:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let h = $harness;
+                let r = $crate::bus_suite::$test(&h).await;
+                if let Err(e) = $crate::report(stringify!($test), $crate::Harness::name(&h), r) {
+                    panic!("{e}");
+                }
+            }
+        )*
     };
     (@one $harness:expr; $($test:ident),*) => {
         $(

@@ -350,6 +350,7 @@ impl BusBuilder {
                 expected: AtomicUsize::new(0),
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
+                shutdown_report: tokio::sync::OnceCell::new(),
             }),
         };
         let _ = slot.set(Arc::downgrade(&bus.inner));
@@ -390,6 +391,8 @@ pub(crate) struct BusInner {
     dispatchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Delayed publishes waiting for their time, so shutdown can report them.
     scheduled: Mutex<HashMap<MessageId, (Envelope, tokio::task::JoinHandle<()>)>>,
+    /// The report of the shutdown, once one finished: later calls return it.
+    shutdown_report: tokio::sync::OnceCell<ShutdownReport>,
 }
 
 impl BusInner {
@@ -1373,15 +1376,24 @@ impl Bus {
     /// left: dead-lettered when it lived only in memory, returned to the transport (which
     /// redelivers it) when it came from one. New publishes get `ShuttingDown` from the moment
     /// this is called. Finally closes the transport, flushing pending publishes.
+    ///
+    /// Idempotent: a second call (from any clone) returns the first call's report, and one
+    /// made while the first is still draining waits for it (the first call's `deadline`
+    /// applies). A call cancelled midway is completed by the next one. The error is kept for
+    /// compatibility; a transport that does not close cleanly is logged, not returned.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, CloseError> {
+        let report = self
+            .inner
+            .shutdown_report
+            .get_or_init(|| self.shutdown_once(deadline))
+            .await;
+        Ok(report.clone())
+    }
+
+    /// The work of [`shutdown`](Self::shutdown), run once (again only if a run was cancelled).
+    async fn shutdown_once(&self, deadline: Duration) -> ShutdownReport {
         let inner = &self.inner;
-        if inner
-            .state
-            .compare_exchange(RUNNING, SHUTTING_DOWN, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return Err(CloseError::AlreadyShuttingDown);
-        }
+        inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
         let settled_before = inner.settled.load(Ordering::Relaxed);
         let until = tokio::time::Instant::now() + deadline;
         let mut report = ShutdownReport::default();
@@ -1466,7 +1478,7 @@ impl Bus {
                 "bus shut down with unprocessed messages (dead-lettered or returned to the transport)"
             );
         }
-        Ok(report)
+        report
     }
 
     /// After the drain deadline: settles what one subscription did not handle.

@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod causation;
+mod close_twice;
 mod commands;
 mod failures;
 mod ordering;
