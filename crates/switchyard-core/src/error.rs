@@ -172,7 +172,9 @@ pub struct LayerViolation {
     pub detail: String,
 }
 
-/// Sending a command or request failed, or its handler failed.
+/// Sending a command or request failed, or its handler failed. Also how one event handler's
+/// failure is told by `publish_and_wait`, so the handler-side variants (`Full`, `Rejected`,
+/// `Failed`, `NotProcessed`) are worded for any message, not only commands.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
@@ -189,7 +191,7 @@ pub enum SendError {
         topic: Topic,
     },
     /// The handler's queue is full.
-    #[error("command handler {handler} is full")]
+    #[error("the queue of handler {handler} is full")]
     Full {
         /// The handler's name.
         handler: String,
@@ -197,18 +199,19 @@ pub enum SendError {
     /// The bus is shutting down.
     #[error("bus is shutting down")]
     ShuttingDown,
-    /// The handler refused the command.
-    #[error("command rejected: {reason}")]
+    /// The handler refused the message.
+    #[error("rejected by the handler: {reason}")]
     Rejected {
         /// The handler's reason.
         reason: String,
     },
-    /// The handler failed on every attempt (error or panic); the command was dead-lettered.
-    #[error("command failed after {attempts} attempt(s): {error}")]
+    /// The handler failed on every attempt (error or panic); the message was dead-lettered.
+    #[error("handler failed after {attempts} attempt(s): {error}")]
     Failed {
         /// The last error, as text.
         error: String,
-        /// How many attempts were made.
+        /// How many attempts were made (including those of a retry layer inside the
+        /// handler), as the dead letter says.
         attempts: u32,
     },
     /// The deadline passed before a reply arrived. The handler may still run; its late
@@ -218,9 +221,9 @@ pub enum SendError {
         /// The deadline that passed.
         deadline: Duration,
     },
-    /// The command was dropped without a result (its handler was unregistered or the bus shut
+    /// The message was dropped without a result (its handler was unregistered or the bus shut
     /// down before it ran); it is in the dead-letter queue.
-    #[error("command was not processed: {0}")]
+    #[error("not processed: {0}")]
     NotProcessed(String),
     /// The transport failed.
     #[error(transparent)]

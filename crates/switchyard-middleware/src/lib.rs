@@ -78,9 +78,10 @@
 //!   retry layer continues counting from there on the clones it passes down.
 //! - Treat `switchyard_core::Permanent` as final (the bus does): the retry layer wraps its
 //!   [`RetryError`](retry::RetryError) in it when it gives up, so the message is dead-lettered
-//!   at once (reason from [`dlq::failure_reason`], text from [`dlq::error_chain`], attempts made
-//!   inside the layer from [`RetryError::find`](retry::RetryError::find)) instead of being
-//!   retried again.
+//!   at once (reason from [`dlq::failure_reason`], text from [`dlq::error_chain`], the number
+//!   of the last attempt from [`RetryError::find`](retry::RetryError::find) and
+//!   [`RetryError::last_attempt`](retry::RetryError::last_attempt)) instead of being retried
+//!   again.
 //! - Turn [`BreakerEvent`](breaker::BreakerEvent)s from the observer
 //!   ([`BreakerConfig::on_transition`](breaker::BreakerConfig::on_transition)) into
 //!   `switchyard.breaker.*` events ([`BreakerEvent::topic`](breaker::BreakerEvent::topic)).

@@ -103,7 +103,9 @@ const RUNNING: u8 = 0;
 const SHUTTING_DOWN: u8 = 1;
 const STOPPED: u8 = 2;
 
-/// Configures a [`Bus`]. Every setting has a default, listed on its method.
+/// Configures a [`Bus`]. Every setting has a default, listed on its method. Settings are
+/// resolved in [`build`](Self::build), so the order of the calls does not matter (a later call
+/// of the same method replaces an earlier one).
 ///
 /// ```
 /// use std::time::Duration;
@@ -121,7 +123,9 @@ pub struct BusBuilder {
     capacity: usize,
     overflow: Overflow,
     workers: usize,
-    max_attempts: u32,
+    /// Set by [`max_attempts`](Self::max_attempts); `None`: the default (3, or the retry
+    /// policy's attempts under resilience).
+    max_attempts: Option<u32>,
     retry_delay: Duration,
     cache_capacity: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
@@ -130,9 +134,24 @@ pub struct BusBuilder {
     hooks: Vec<PublishHook>,
     wrap: Option<HandlerWrap>,
     data_dir: Option<std::path::PathBuf>,
-    deferred_error: Option<BuildError>,
-    /// Filled at build, for hooks made before the bus exists (breaker events).
-    bus_slot: Arc<std::sync::OnceLock<Weak<BusInner>>>,
+    #[cfg(feature = "middleware")]
+    pub(crate) resilience: Option<crate::resilience::ResilienceFactory>,
+}
+
+/// The default of [`BusBuilder::max_attempts`] without resilience.
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Wraps a single-message handler in the resilience stack at registration: (name, handler,
+/// attempts the stack makes) → handler. Made in `build` from `with_resilience`.
+pub(crate) type ResilienceWrap = Arc<dyn Fn(&str, BoxHandler, u32) -> BoxHandler + Send + Sync>;
+
+/// What `build` resolved from the resilience settings.
+pub(crate) struct ResolvedResilience {
+    /// Attempts when neither the bus nor the subscription says (the retry policy's).
+    pub(crate) default_attempts: u32,
+    /// The file dead-letter queue under the data directory, if one is due.
+    pub(crate) dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    pub(crate) wrap: ResilienceWrap,
 }
 
 /// Wraps every handler at registration (name, handler) → handler; see
@@ -161,7 +180,7 @@ impl Default for BusBuilder {
             capacity: 1024,
             overflow: Overflow::default(),
             workers: 1,
-            max_attempts: 3,
+            max_attempts: None,
             retry_delay: Duration::from_millis(100),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             dead_letters: None,
@@ -170,8 +189,8 @@ impl Default for BusBuilder {
             hooks: Vec::new(),
             wrap: None,
             data_dir: None,
-            deferred_error: None,
-            bus_slot: Arc::default(),
+            #[cfg(feature = "middleware")]
+            resilience: None,
         }
     }
 }
@@ -195,9 +214,12 @@ impl BusBuilder {
         self
     }
 
-    /// Default attempts before a failing message is dead-lettered. Default 3.
+    /// Default attempts before a failing message is dead-lettered: every call of the handler
+    /// counts, whoever makes it (the bus's worker, or the retry of
+    /// [`with_default_resilience`](Self::with_default_resilience), whose policy it then
+    /// overrides). Default 3, or the retry policy's attempts under resilience.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n;
+        self.max_attempts = Some(n);
         self
     }
 
@@ -215,7 +237,9 @@ impl BusBuilder {
     }
 
     /// Where undeliverable messages go. Default: a bounded in-memory store of 10,000 entries,
-    /// reachable through [`Bus::dead_letters`].
+    /// reachable through [`Bus::dead_letters`] (which is `None` once a sink is given here), or
+    /// under resilience with a [`data_dir`](Self::data_dir), a file queue there. A sink given
+    /// here wins over that file queue.
     pub fn dead_letters(mut self, sink: impl DeadLetterSink) -> Self {
         self.dead_letters = Some(Arc::new(sink));
         self
@@ -273,7 +297,9 @@ impl BusBuilder {
 
     /// Wraps every single-message handler (subscriptions and command handlers) when it is
     /// registered, outside the subscription's own `.layer`s: a place for middleware every
-    /// handler should have. A later call replaces an earlier one.
+    /// handler should have. A later call replaces an earlier one. Under
+    /// [`with_default_resilience`](Self::with_default_resilience) the resilience stack wraps
+    /// the result, whatever the order of the calls.
     pub fn wrap_handlers<F>(mut self, wrap: F) -> Self
     where
         F: Fn(&str, BoxHandler) -> BoxHandler + Send + Sync + 'static,
@@ -283,48 +309,55 @@ impl BusBuilder {
     }
 
     /// A directory for the bus's own files (the file dead-letter queue of
-    /// `with_default_resilience`). Default: none.
+    /// `with_default_resilience`, unless [`dead_letters`](Self::dead_letters) names a sink).
+    /// Default: none.
     pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
     }
 
-    #[cfg(feature = "middleware")]
-    pub(crate) fn data_dir_ref(&self) -> Option<&std::path::Path> {
-        self.data_dir.as_deref()
-    }
-
-    #[cfg(feature = "middleware")]
-    pub(crate) fn defer_error(mut self, e: BuildError) -> Self {
-        self.deferred_error.get_or_insert(e);
-        self
-    }
-
-    #[cfg(feature = "middleware")]
-    pub(crate) fn bus_slot(&self) -> Arc<std::sync::OnceLock<Weak<BusInner>>> {
-        self.bus_slot.clone()
-    }
-
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
-        if let Some(e) = self.deferred_error {
-            return Err(e);
-        }
         if self.capacity == 0 {
             return Err(BuildError::Invalid("queue_capacity must be at least 1"));
         }
         if self.workers == 0 {
             return Err(BuildError::Invalid("workers must be at least 1"));
         }
-        if self.max_attempts == 0 {
+        if self.max_attempts == Some(0) {
             return Err(BuildError::Invalid("max_attempts must be at least 1"));
         }
-        let memory = Arc::new(InMemoryDeadLetters::default());
-        let sink: Arc<dyn DeadLetterSink> = match self.dead_letters {
-            Some(s) => s,
-            None => memory.clone(),
+        // Filled once the bus exists, for the resilience stack's breaker events.
+        let slot: Arc<std::sync::OnceLock<Weak<BusInner>>> = Arc::default();
+        #[cfg(feature = "middleware")]
+        let resilience = match &self.resilience {
+            Some(factory) => Some(crate::resilience::resolve(
+                factory,
+                self.data_dir.as_deref(),
+                self.dead_letters.is_none(),
+                slot.clone(),
+            )?),
+            None => None,
         };
-        let slot = self.bus_slot.clone();
+        #[cfg(not(feature = "middleware"))]
+        let resilience: Option<ResolvedResilience> = None;
+        let max_attempts = self.max_attempts.unwrap_or_else(|| {
+            resilience
+                .as_ref()
+                .map_or(DEFAULT_MAX_ATTEMPTS, |r| r.default_attempts)
+        });
+        let (resilience_wrap, file_dead_letters) = match resilience {
+            Some(r) => (Some(r.wrap), r.dead_letters),
+            None => (None, None),
+        };
+        let (sink, memory): (Arc<dyn DeadLetterSink>, _) =
+            match self.dead_letters.or(file_dead_letters) {
+                Some(s) => (s, None),
+                None => {
+                    let memory = Arc::new(InMemoryDeadLetters::default());
+                    (memory.clone(), Some(memory))
+                }
+            };
         let bus = Bus {
             inner: Arc::new(BusInner {
                 router: Router::new(self.cache_capacity),
@@ -335,7 +368,7 @@ impl BusBuilder {
                 capacity: self.capacity,
                 overflow: self.overflow,
                 workers: self.workers,
-                max_attempts: self.max_attempts,
+                max_attempts,
                 retry_delay: self.retry_delay,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),
@@ -347,6 +380,7 @@ impl BusBuilder {
                 transport: self.transport,
                 hooks: self.hooks,
                 wrap: self.wrap,
+                resilience: resilience_wrap,
                 expected: AtomicUsize::new(0),
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
@@ -365,10 +399,12 @@ pub(crate) struct BusInner {
     /// Every subscription whose workers still run (active or draining).
     subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
     dead_letters: Arc<dyn DeadLetterSink>,
-    memory_dead_letters: Arc<InMemoryDeadLetters>,
+    /// The default store, when no other sink was configured.
+    memory_dead_letters: Option<Arc<InMemoryDeadLetters>>,
     capacity: usize,
     overflow: Overflow,
     workers: usize,
+    /// Attempts per message, whoever makes them (see `register`).
     max_attempts: u32,
     retry_delay: Duration,
     state: AtomicU8,
@@ -385,6 +421,8 @@ pub(crate) struct BusInner {
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
     wrap: Option<HandlerWrap>,
+    /// The resilience stack, around `wrap`'s result on every single-message handler.
+    resilience: Option<ResilienceWrap>,
     /// Deliveries counted in `pending` at publish time that have not arrived yet.
     expected: AtomicUsize,
     /// Tasks feeding lower handler-priority groups; shutdown waits for them.
@@ -768,7 +806,7 @@ impl Bus {
     pub(crate) async fn register(
         &self,
         kind: SubscriptionKind,
-        config: SubscriptionConfig,
+        mut config: SubscriptionConfig,
         handler: Handler,
     ) -> Result<Subscription, SubscribeError> {
         let inner = &self.inner;
@@ -786,9 +824,22 @@ impl Bus {
             }
             _ => None,
         };
-        let handler = match (handler, &inner.wrap) {
-            (Handler::Single(h), Some(wrap)) => Handler::Single(wrap(&config.name, h)),
-            (other, _) => other,
+        let handler = match handler {
+            Handler::Single(mut h) => {
+                if let Some(wrap) = &inner.wrap {
+                    h = wrap(&config.name, h);
+                }
+                if let Some(resilience) = &inner.resilience {
+                    // The stack's retry makes the attempts (with backoff and the breaker); its
+                    // final answer is `Permanent`, so the worker calls it once.
+                    h = resilience(&config.name, h, config.max_attempts);
+                    config.max_attempts = 1;
+                }
+                Handler::Single(h)
+            }
+            // The stack takes one envelope, so batch handlers keep the worker's own retries,
+            // for the same number of attempts.
+            batch @ Handler::Batch(_) => batch,
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
@@ -1316,15 +1367,17 @@ impl Bus {
         self.inner.subs().iter().map(|s| s.info()).collect()
     }
 
-    /// The default in-memory dead-letter store. Empty when a custom sink was configured with
-    /// [`BusBuilder::dead_letters`].
-    pub fn dead_letters(&self) -> &InMemoryDeadLetters {
-        &self.inner.memory_dead_letters
+    /// The default in-memory dead-letter store, where this bus's dead letters go; `None` when
+    /// they go elsewhere: a sink given to [`BusBuilder::dead_letters`], or the file queue of
+    /// `with_default_resilience` under a data directory (read those through your handle on
+    /// the sink). To add a letter wherever they go, use [`dead_letter`](Self::dead_letter).
+    pub fn dead_letters(&self) -> Option<&InMemoryDeadLetters> {
+        self.inner.memory_dead_letters.as_deref()
     }
 
     /// A JSON-serializable snapshot of the bus's own figures: every subscription's counters,
     /// queue depth and in-flight count, the pending total, and the default dead-letter store's
-    /// size and evictions. Per-handler latency histograms and Prometheus output come from
+    /// size and evictions (when it is in use). Per-handler latency histograms and Prometheus output come from
     /// `switchyard_middleware::metrics`.
     ///
     /// ```
@@ -1335,12 +1388,12 @@ impl Bus {
     /// # }
     /// ```
     pub fn metrics_snapshot(&self) -> MetricsSnapshot {
-        let dlq = &self.inner.memory_dead_letters;
+        let dlq = self.dead_letters();
         MetricsSnapshot {
             pending: self.pending(),
             subscriptions: self.registry(),
-            dead_letters: dlq.len(),
-            dead_letters_evicted: dlq.evicted(),
+            dead_letters: dlq.map(InMemoryDeadLetters::len),
+            dead_letters_evicted: dlq.map(InMemoryDeadLetters::evicted),
             shutting_down: self.is_shutting_down(),
         }
     }
@@ -1624,10 +1677,11 @@ pub struct MetricsSnapshot {
     pub pending: usize,
     /// Every subscription and command handler, with counters.
     pub subscriptions: Vec<SubscriptionInfo>,
-    /// Entries in the default in-memory dead-letter store.
-    pub dead_letters: usize,
-    /// Entries that store evicted because it was full.
-    pub dead_letters_evicted: u64,
+    /// Entries in the default in-memory dead-letter store; `None` when another sink takes
+    /// the dead letters (see [`Bus::dead_letters`]).
+    pub dead_letters: Option<usize>,
+    /// Entries that store evicted because it was full; `None` as for `dead_letters`.
+    pub dead_letters_evicted: Option<u64>,
     /// True once shutdown started.
     pub shutting_down: bool,
 }

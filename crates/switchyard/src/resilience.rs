@@ -4,51 +4,89 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use switchyard_core::{Envelope, Topic};
+use switchyard_core::{DeadLetterSink, Envelope, Topic};
 use switchyard_middleware::dlq::{FileDeadLetterQueue, FileDlqOptions};
 use switchyard_middleware::metrics::record;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tower::Layer;
 
-use crate::bus::{BuildError, Bus, BusBuilder, BusInner};
-use crate::handler::boxed;
+use crate::bus::{BuildError, Bus, BusBuilder, BusInner, ResilienceWrap, ResolvedResilience};
+use crate::handler::{BoxHandler, boxed};
 
 /// Where the default file dead-letter queue lives, under the bus's data directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+/// Makes the resilience config of one handler; see [`BusBuilder::with_resilience`].
+pub(crate) type ResilienceFactory = Arc<dyn Fn() -> ResilienceConfig + Send + Sync>;
 
 impl BusBuilder {
     /// The default resilience stack on every subscription and command handler:
     /// `ResilienceLayer` with `ResilienceConfig::default()` (trace, metrics, retry with 3
     /// attempts and full jitter from 100 ms to 10 s, breaker 5 failures / 30 s cool-down,
     /// 30 s timeout, panic capture, dedup off; the order is documented in
-    /// `switchyard_middleware`). The layer does the retrying, so the bus's own attempts are
-    /// set to 1. Breaker changes are published as `switchyard.breaker.opened` /
-    /// `.half_opened` / `.closed` events. With [`data_dir`](Self::data_dir) set, dead letters
-    /// go to a file queue there ([`DEAD_LETTER_FILE`]) that survives restarts.
+    /// `switchyard_middleware`). Breaker changes are published as `switchyard.breaker.opened`
+    /// / `.half_opened` / `.closed` events.
+    ///
+    /// Resolved in [`build`](Self::build), so the order of the builder calls does not matter:
+    /// - **Attempts**: the layer does the retrying, and the worker calls the wrapped handler
+    ///   once. [`max_attempts`](Self::max_attempts) (on the builder or a subscription), when
+    ///   given, sets the layer's attempts; otherwise the retry policy's count is the default.
+    ///   Either way it is the number of calls a failing message gets, and the number the
+    ///   dead letter and `SendError::Failed` report.
+    /// - **Batch handlers** (`on_batch`) are not wrapped (the stack takes one envelope); the
+    ///   worker retries a failed batch itself, for the same number of attempts, waiting
+    ///   [`retry_delay`](Self::retry_delay) between them.
+    /// - **Dead letters**: with [`data_dir`](Self::data_dir) set, they go to a file queue there
+    ///   ([`DEAD_LETTER_FILE`]) that survives restarts, unless
+    ///   [`dead_letters`](Self::dead_letters) names a sink.
+    /// - [`wrap_handlers`](Self::wrap_handlers) still applies, inside the stack.
     pub fn with_default_resilience(self) -> Self {
         self.with_resilience(ResilienceConfig::default)
     }
 
     /// Like [`with_default_resilience`](Self::with_default_resilience) with a config of your
-    /// own, made once per handler by `config`.
+    /// own, made once per handler by `config` (and once more at build, to read the retry
+    /// policy's attempts). A later call replaces an earlier one.
     pub fn with_resilience<F>(mut self, config: F) -> Self
     where
         F: Fn() -> ResilienceConfig + Send + Sync + 'static,
     {
-        if let Some(dir) = self.data_dir_ref() {
-            match FileDeadLetterQueue::open(dir.join(DEAD_LETTER_FILE), FileDlqOptions::default()) {
-                Ok(dlq) => self = self.dead_letters(Arc::new(dlq)),
-                Err(e) => self = self.defer_error(BuildError::DeadLetters(e.to_string())),
-            }
-        }
-        let slot = self.bus_slot();
-        self.max_attempts(1).wrap_handlers(move |name, handler| {
-            let slot = slot.clone();
-            let config =
-                config().on_breaker_transition(move |event| publish_breaker_event(&slot, event));
-            boxed(ResilienceLayer::new(name, config).layer(handler))
-        })
+        self.resilience = Some(Arc::new(config));
+        self
     }
+}
+
+/// Resolves the resilience settings at build: the default attempts, the file dead-letter
+/// queue (opened only when `data_dir` is set and no sink was given), and the wrap.
+pub(crate) fn resolve(
+    factory: &ResilienceFactory,
+    data_dir: Option<&Path>,
+    no_sink_given: bool,
+    slot: Arc<OnceLock<Weak<BusInner>>>,
+) -> Result<ResolvedResilience, BuildError> {
+    let dead_letters: Option<Arc<dyn DeadLetterSink>> = match data_dir {
+        Some(dir) if no_sink_given => {
+            let dlq =
+                FileDeadLetterQueue::open(dir.join(DEAD_LETTER_FILE), FileDlqOptions::default())
+                    .map_err(|e| BuildError::DeadLetters(e.to_string()))?;
+            Some(Arc::new(dlq))
+        }
+        _ => None,
+    };
+    let default_attempts = factory().retry.get_max_attempts().max(1);
+    let factory = factory.clone();
+    let wrap: ResilienceWrap = Arc::new(move |name: &str, handler: BoxHandler, attempts: u32| {
+        let slot = slot.clone();
+        let mut config = factory();
+        config.retry = config.retry.max_attempts(attempts);
+        let config = config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
+        boxed(ResilienceLayer::new(name, config).layer(handler))
+    });
+    Ok(ResolvedResilience {
+        default_attempts,
+        dead_letters,
+        wrap,
+    })
 }
 
 fn publish_breaker_event(
@@ -74,7 +112,8 @@ fn publish_breaker_event(
 
 impl Bus {
     /// Reports the bus's gauges through the `metrics` facade every `every`: queue depth per
-    /// subscription, dead-letter store size and evictions, active sessions. Install a recorder
+    /// subscription, the default dead-letter store's size and evictions (when it is in use),
+    /// active sessions. Install a recorder
     /// first (`switchyard_middleware::metrics::install_prometheus`). Stops when the bus shuts
     /// down.
     pub fn report_metrics(&self, every: Duration) -> tokio::task::JoinHandle<()> {
@@ -96,9 +135,14 @@ impl Bus {
                 sessions.sort_unstable();
                 sessions.dedup();
                 record::active_sessions(sessions.len());
-                record::dlq_size(snapshot.dead_letters);
-                record::dlq_evicted(snapshot.dead_letters_evicted.saturating_sub(evicted_seen));
-                evicted_seen = snapshot.dead_letters_evicted;
+                // Only the default store is known here; another sink reports its own figures.
+                if let (Some(size), Some(evicted)) =
+                    (snapshot.dead_letters, snapshot.dead_letters_evicted)
+                {
+                    record::dlq_size(size);
+                    record::dlq_evicted(evicted.saturating_sub(evicted_seen));
+                    evicted_seen = evicted;
+                }
             }
         })
     }

@@ -751,6 +751,7 @@ impl SubShared {
                 error: "handler asked for a retry".to_owned(),
                 delay: after,
                 permanent: false,
+                last_attempt: attempt,
             },
             Ok(Err(e)) => {
                 let text = error_chain(&*e);
@@ -759,6 +760,7 @@ impl SubShared {
                     None => {
                         inc(&c.failed);
                         let permanent = e.is::<Permanent>();
+                        let last_attempt = attempts_inside(&*e, attempt);
                         tracing::warn!(subscription = %self.name(), message_id = %first.id,
                             correlation_id = %first.correlation_id, attempt, permanent,
                             error = %text, "handler failed");
@@ -767,6 +769,7 @@ impl SubShared {
                             error: text,
                             delay: None,
                             permanent,
+                            last_attempt,
                         }
                     }
                 }
@@ -783,6 +786,7 @@ impl SubShared {
                     error: text,
                     delay: None,
                     permanent: false,
+                    last_attempt: attempt,
                 }
             }
         }
@@ -874,8 +878,15 @@ impl SubShared {
                     error,
                     delay,
                     permanent,
-                } => (reason, error, delay, permanent),
+                    last_attempt,
+                } => {
+                    // A retry layer inside the handler may have made more attempts than this
+                    // one call: the count goes on from its last.
+                    delivery.attempt = last_attempt;
+                    (reason, error, delay, permanent)
+                }
             };
+            let attempt = delivery.attempt;
             if permanent || attempt >= self.config.max_attempts {
                 inc(&c.dead_lettered);
                 self.answer(
@@ -947,6 +958,9 @@ impl SubShared {
                     error,
                     delay,
                     permanent,
+                    // A batch handler takes no retry layer (those take one envelope), and the
+                    // messages of a batch keep their own counts.
+                    last_attempt: _,
                 } => {
                     if !permanent && attempt_no < self.config.max_attempts {
                         inc(&c.retried);
@@ -1009,7 +1023,24 @@ enum Attempt {
         delay: Option<Duration>,
         /// No further attempts (the handler returned [`Permanent`]).
         permanent: bool,
+        /// The number of the last attempt made: this call's, or the last one a retry layer
+        /// inside the handler made.
+        last_attempt: u32,
     },
+}
+
+/// The number of the last attempt a retry layer inside the handler made, when the error
+/// comes from one (`switchyard_middleware::retry::RetryError`); else `attempt`, this call's.
+#[cfg(feature = "middleware")]
+fn attempts_inside(e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
+    switchyard_middleware::retry::RetryError::find(e)
+        .map_or(attempt, |r| r.last_attempt(attempt).max(attempt))
+}
+
+/// Without the `middleware` feature no retry layer is known: this call's number.
+#[cfg(not(feature = "middleware"))]
+fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
+    attempt
 }
 
 fn decode_failure(e: &BoxError) -> Option<String> {

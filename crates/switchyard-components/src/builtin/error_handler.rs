@@ -140,7 +140,7 @@ struct State {
 /// published. A domain completion (`<domain>.<action>.complete`) forgets the flow.
 ///
 /// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
-/// bus's in-memory store (`Bus::dead_letters`).
+/// bus's own sink (`Bus::dead_letter`: its in-memory store, or the sink it was built with).
 #[derive(Clone)]
 pub struct ErrorHandler {
     state: Arc<Mutex<State>>,
@@ -173,7 +173,7 @@ impl ErrorHandler {
         }
     }
 
-    /// Sends dead letters to `sink` instead of the bus's in-memory store.
+    /// Sends dead letters to `sink` instead of the bus's own sink.
     pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
         self.sink = Some(sink);
         self
@@ -326,7 +326,8 @@ impl ErrorHandler {
                     .with_handler(Self::NAME);
                 match &self.sink {
                     Some(s) => s.put(letter),
-                    None => cx.raw_bus().dead_letters().put(letter),
+                    // The bus's configured sink (its default store, or the one it was given).
+                    None => cx.raw_bus().dead_letter(letter),
                 }
                 let gave_up = RetryExhausted {
                     correlation_id: report.correlation_id,

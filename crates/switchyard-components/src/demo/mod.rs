@@ -969,7 +969,8 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         errors: errors.stats(),
         dead_letters: bus
             .dead_letters()
-            .list()
+            .map(|d| d.list())
+            .unwrap_or_default()
             .into_iter()
             .filter(|l| l.handler.as_deref() == Some(ErrorHandler::NAME))
             .collect(),

@@ -111,7 +111,7 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
     let got = exhausted.wait_for(1, WAIT).await.unwrap();
     let ex = RetryExhausted::from_envelope(&got[0]).unwrap();
     assert_eq!((ex.attempts, ex.correlation_id), (3, flow));
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].envelope.correlation_id, flow);
     assert!(letters[0].error.contains(&flow.to_string()));

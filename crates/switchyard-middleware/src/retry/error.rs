@@ -64,6 +64,18 @@ impl RetryError {
         }
     }
 
+    /// The number of the last attempt made, for a call that started at delivery attempt
+    /// `base` (the retry layer numbers its attempts `base`, `base + 1`, ...; 0 counts as 1):
+    /// what a bus reports as the message's attempts when it gives up.
+    pub fn last_attempt(&self, base: u32) -> u32 {
+        match self {
+            Self::Exhausted { attempts, .. } => {
+                base.max(1).saturating_add(attempts.saturating_sub(1))
+            }
+            Self::Permanent { attempt, .. } => *attempt,
+        }
+    }
+
     /// The last underlying error.
     pub fn last_error(&self) -> &BoxError {
         match self {

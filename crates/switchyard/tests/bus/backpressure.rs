@@ -121,7 +121,7 @@ async fn drop_oldest_evicts_counts_and_dead_letters() {
             .expect("drop-oldest never refuses the publisher");
     }
     assert_eq!(sub.stats().dropped, 1);
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, DeadLetterReason::Dropped);
     assert_eq!(

@@ -124,5 +124,5 @@ async fn handler_error_reaches_the_sender_after_attempts() {
         }
         other => panic!("expected Failed, got {other:?}"),
     }
-    assert_eq!(bus.dead_letters().len(), 1);
+    assert_eq!(bus.dead_letters().unwrap().len(), 1);
 }

@@ -39,7 +39,7 @@ async fn panicking_handler_does_not_kill_its_worker() {
         "the next message was handled by the same worker"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].reason, DeadLetterReason::Panicked);
     assert_eq!(letters[0].attempts, 2);
@@ -78,7 +78,7 @@ async fn undecodable_payload_goes_to_dead_letters_with_raw_bytes() {
         1,
         "handler only saw the valid message"
     );
-    let letter = bus.dead_letters().get(id).expect("dead-lettered");
+    let letter = bus.dead_letters().unwrap().get(id).expect("dead-lettered");
     assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
     assert_eq!(&letter.envelope.payload[..], raw, "raw bytes kept");
     assert!(letter.error.contains("decode"), "{}", letter.error);
@@ -111,7 +111,7 @@ async fn errors_are_retried_then_dead_lettered_with_the_attempt_visible() {
     assert_eq!(*attempts.lock().unwrap(), [1, 2, 3]);
     let s = sub.stats();
     assert_eq!((s.failed, s.retried, s.dead_lettered), (3, 2, 1));
-    let letter = &bus.dead_letters().list()[0];
+    let letter = &bus.dead_letters().unwrap().list()[0];
     assert_eq!(letter.reason, DeadLetterReason::HandlerFailed);
     assert!(letter.error.contains("backend down"));
 }
@@ -152,7 +152,7 @@ async fn reject_goes_straight_to_dead_letters() {
     bus.publish(Ping { n: 1 }).await.unwrap();
     bus.run_until_idle().await;
     assert_eq!(sub.stats().rejected, 1);
-    let letter = &bus.dead_letters().list()[0];
+    let letter = &bus.dead_letters().unwrap().list()[0];
     assert_eq!(
         (letter.reason, letter.error.as_str(), letter.attempts),
         (DeadLetterReason::Rejected, "not my type", 1)
@@ -180,7 +180,7 @@ async fn permanent_errors_skip_the_remaining_attempts() {
         1,
         "no retries for a permanent failure"
     );
-    let letter = &bus.dead_letters().list()[0];
+    let letter = &bus.dead_letters().unwrap().list()[0];
     assert_eq!(
         (letter.attempts, letter.error.as_str()),
         (1, "permanent failure: invalid order")

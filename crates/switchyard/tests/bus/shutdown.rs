@@ -49,7 +49,7 @@ async fn shutdown_drains_queued_work_and_refuses_new_publishes() {
         report,
         "a second shutdown returns the first report"
     );
-    assert!(bus.dead_letters().is_empty());
+    assert!(bus.dead_letters().unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -97,7 +97,7 @@ async fn shutdown_deadline_reports_and_dead_letters_leftovers() {
         "1 in flight + 5 waiting events + 1 command: {:?}",
         report.left
     );
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 7);
     assert!(
         letters
@@ -184,7 +184,7 @@ async fn deadline_reports_what_each_of_several_workers_holds_and_what_waits() {
         "3 in flight + 3 waiting: {:?}",
         report.left
     );
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     let mut left = report.left.clone();
     let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
     left.sort();

@@ -96,7 +96,7 @@ async fn undecodable_messages_are_left_out_of_the_batch_and_dead_lettered() {
         .flat_map(|b| b.0.clone())
         .collect();
     assert_eq!(all, [1, 2]);
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].envelope.payload, "garbage");
 }
@@ -123,7 +123,7 @@ async fn shutdown_mid_batch_reports_every_message_of_the_batch_and_the_queue() {
     let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
     assert_eq!(report.drained, 0);
     assert_eq!(report.left.len(), 5, "3 in the batch + 2 waiting");
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     let mut left = report.left.clone();
     let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
     left.sort();

@@ -43,7 +43,7 @@ async fn shutdown_reports_delayed_messages_not_yet_due() {
         .unwrap();
     let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
     assert_eq!(report.left, [id]);
-    let letter = bus.dead_letters().get(id).unwrap();
+    let letter = bus.dead_letters().unwrap().get(id).unwrap();
     assert_eq!(letter.reason, DeadLetterReason::Shutdown);
     assert_eq!(bus.pending(), 0);
 }

@@ -4,6 +4,7 @@
 
 mod batching;
 mod delayed;
+mod failure_reports;
 mod filters;
 mod priority_groups;
 mod sessions;

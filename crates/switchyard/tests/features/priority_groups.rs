@@ -89,7 +89,7 @@ async fn shutdown_waits_for_lower_groups_and_dead_letters_what_they_did_not_get(
     tokio::task::yield_now().await;
     let report = bus.shutdown(Duration::from_millis(10)).await.unwrap();
     assert_eq!(report.left.len(), 1, "high's in-flight copy: {report:?}");
-    let letters = bus.dead_letters().list();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(
         letters.len(),
         2,

@@ -15,6 +15,8 @@ use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use switchyard_middleware::retry::RetryPolicy;
 use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent};
 
+mod resilience_defaults;
+
 fn order(i: u32) -> Envelope {
     Envelope::new(Topic::new("orders.placed").unwrap(), format!("{i}"))
 }

@@ -1,0 +1,235 @@
+//! `with_default_resilience` / `with_resilience` on the bus builder (issue 13, items 2, 3, 5):
+//! batches are retried, settings do not depend on call order, and the attempts the layer
+//! made are the attempts the bus reports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard::{
+    BoxError, Bus, BusBuilder, Command, Envelope, Kind, Message, Outcome, SendError, boxed,
+};
+use switchyard_middleware::dlq::{DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions};
+use switchyard_middleware::resilience::ResilienceConfig;
+use switchyard_middleware::retry::RetryPolicy;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    n: u64,
+}
+impl Message for Row {
+    const TOPIC: &'static str = "rows.added";
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charge {
+    cents: u64,
+}
+impl Message for Charge {
+    const TOPIC: &'static str = "billing.charge";
+    const KIND: Kind = Kind::Command;
+}
+impl Command for Charge {
+    type Output = u64;
+}
+
+/// One way of calling the builder: its name and the calls.
+type Case<F> = (&'static str, F);
+/// A builder made with a data directory.
+type WithDir = fn(&std::path::Path) -> BusBuilder;
+
+/// An event handler that always fails, counting its calls.
+fn always_failing(calls: Arc<AtomicU32>) -> switchyard::BoxHandler {
+    boxed(tower::service_fn(move |_e: Envelope| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Err::<Outcome, BoxError>("backend down".into()) }
+    }))
+}
+
+fn row(n: u64) -> Envelope {
+    Row { n }.to_envelope().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_batch_is_retried_under_default_resilience() {
+    let bus = Bus::builder().with_default_resilience().build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let handled = Arc::new(AtomicU32::new(0));
+    let (c, h) = (calls.clone(), handled.clone());
+    let _sub = bus
+        .on_batch("store", move |rows: Vec<Row>, _| {
+            let call = c.fetch_add(1, Ordering::SeqCst) + 1;
+            let h = h.clone();
+            async move {
+                if call == 1 {
+                    return Err("database briefly unavailable");
+                }
+                h.fetch_add(rows.len() as u32, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .batch(10, Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(Row { n }).await.unwrap();
+    }
+    bus.run_until_idle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the transient failure is retried"
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 3, "the batch went through");
+    assert!(bus.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_dir_after_with_default_resilience_still_gets_the_file_dead_letter_queue() {
+    let cases: [Case<WithDir>; 2] = [
+        ("data_dir first", |d| {
+            Bus::builder().data_dir(d).with_default_resilience()
+        }),
+        ("data_dir last", |d| {
+            Bus::builder().with_default_resilience().data_dir(d)
+        }),
+    ];
+    for (order, builder) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = builder(dir.path()).build().unwrap();
+        assert!(
+            bus.dead_letters().is_none(),
+            "{order}: letters go to the file, not the default store"
+        );
+        let _sub = bus
+            .subscribe("orders", "orders.#", always_failing(Arc::default()))
+            .start()
+            .await
+            .unwrap();
+        let mut env = row(1);
+        env.topic = switchyard::Topic::new("orders.placed").unwrap();
+        bus.publish_envelope(env).await.unwrap();
+        bus.run_until_idle().await;
+        bus.shutdown(Duration::from_secs(1)).await.unwrap();
+        let path = switchyard::resilience::dead_letter_file(dir.path());
+        assert!(path.exists(), "{order}: no dead-letter file at {path:?}");
+        let dlq = FileDeadLetterQueue::open(&path, FileDlqOptions::default()).unwrap();
+        assert_eq!(dlq.len(), 1, "{order}: the dead letter is in the file");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_means_the_same_before_and_after_with_default_resilience() {
+    let cases: [Case<fn() -> BusBuilder>; 2] = [
+        ("max_attempts first", || {
+            Bus::builder().max_attempts(5).with_default_resilience()
+        }),
+        ("max_attempts last", || {
+            Bus::builder().with_default_resilience().max_attempts(5)
+        }),
+    ];
+    for (order, builder) in cases {
+        let bus = builder().build().unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let _sub = bus
+            .subscribe("rows", "rows.#", always_failing(calls.clone()))
+            .start()
+            .await
+            .unwrap();
+        bus.publish_envelope(row(1)).await.unwrap();
+        bus.run_until_idle().await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            5,
+            "{order}: max_attempts(5) calls a failing handler 5 times"
+        );
+        let letters = bus.dead_letters().unwrap().list();
+        assert_eq!(letters.len(), 1, "{order}");
+        assert_eq!(
+            letters[0].attempts, 5,
+            "{order}: the dead letter counts them"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_and_dead_letter_report_the_attempts_the_resilience_layer_made() {
+    let bus = Bus::builder()
+        .with_resilience(|| {
+            ResilienceConfig::default().retry(
+                RetryPolicy::default()
+                    .max_attempts(3)
+                    .initial_delay(Duration::from_millis(10)),
+            )
+        })
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let _h = bus
+        .handle(move |_: Charge, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<u64, _>("card processor down") }
+        })
+        .start()
+        .await
+        .unwrap();
+    let err = bus.send(Charge { cents: 100 }).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    match &err {
+        SendError::Failed { error, attempts } => {
+            assert!(
+                error.contains("gave up after 3 attempt(s)"),
+                "error text: {error}"
+            );
+            assert_eq!(*attempts, 3, "attempts in SendError::Failed ({err})");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3, "attempts in the dead letter");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_given_explicitly_wins_over_the_data_dir_file_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(switchyard::InMemoryDeadLetters::default());
+    let s = sink.clone();
+    let bus = Bus::builder()
+        .dead_letters(s)
+        .data_dir(dir.path())
+        .with_default_resilience()
+        .build()
+        .unwrap();
+    let _sub = bus
+        .subscribe("rows", "rows.#", always_failing(Arc::default()))
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(row(1)).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(sink.len(), 1, "the given sink got the letter");
+    assert!(
+        !switchyard::resilience::dead_letter_file(dir.path()).exists(),
+        "no file queue is opened beside it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriptions_max_attempts_sets_the_resilience_layers_attempts() {
+    let bus = Bus::builder().with_default_resilience().build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let _sub = bus
+        .subscribe("rows", "rows.#", always_failing(calls.clone()))
+        .max_attempts(2)
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(row(1)).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "2 calls, not 2 x 3");
+    assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 2);
+}
