@@ -5,8 +5,9 @@
 //!
 //! A transport crate implements [`Harness`] in its own `tests/` (how to open the transport for
 //! one test, what it can promise) and calls [`conformance_tests!`], which expands into one
-//! `#[tokio::test]` per suite function of [`suite`]. A test whose capability the transport
-//! lacks prints `SKIPPED <test>: <reason>` and passes.
+//! `#[tokio::test]` per suite function of [`suite`] (the transport alone) and [`bus_suite`] (a
+//! `switchyard::Bus` on the transport). A test whose capability the transport lacks prints
+//! `SKIPPED <test>: <reason>` and passes.
 //!
 //! ```ignore
 //! struct Memory;
@@ -319,9 +320,10 @@ pub fn report(
     }
 }
 
-/// Expands into one `#[tokio::test]` per suite function (of [`suite`] and [`bus_suite`]), each building its harness with the
-/// given expression. A second expression after `restart =` builds the harness for the
-/// restart test (for brokers the test must own to restart).
+/// Expands into one `#[tokio::test]` per suite function (of [`suite`] and [`bus_suite`]),
+/// each building its harness with the given expression. A second expression after
+/// `restart =` builds the harness for the restart test (for brokers the test must own to
+/// restart).
 ///
 /// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 #[macro_export]
