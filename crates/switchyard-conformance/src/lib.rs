@@ -17,6 +17,7 @@
 //! See `docs/conformance.md` for the list of tests and what each one proves.
 #![forbid(unsafe_code)]
 
+pub mod lifecycle;
 pub mod memory;
 pub mod suite;
 
@@ -334,6 +335,7 @@ macro_rules! conformance_tests {
             continue_after_handler_errors, in_order_per_key, publisher_close_flushes,
             delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
             wildcards, request_reply, dead_letter_after_max_deliveries);
+        $crate::lifecycle_tests!($harness);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reconnect_after_restart() {
             let h = $restart;

@@ -446,10 +446,11 @@ impl Publisher for NatsTransport {
 
     /// Refuses new publishes, ends every subscription, waits (until `deadline`) for
     /// publishes in flight to get their acknowledgements, then flushes buffered acks.
+    ///
+    /// Idempotent: a second call (or a concurrent one) does the same waits and returns `Ok`
+    /// once everything the first call waits for is done.
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Err(CloseError::AlreadyShuttingDown);
-        }
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);
         let deadline = Instant::from_std(deadline);
         let drained = async {
