@@ -58,7 +58,76 @@ pub(crate) struct Inner {
     unsettled: Mutex<HashMap<MessageId, Vec<Subject>>>,
     /// Topics already routed to a stream (index into `config.streams`), bounded.
     routes: Mutex<HashMap<Topic, Option<usize>>>,
+    /// Groups with live members on this transport, by consumer name: one group reads one
+    /// pattern (a durable consumer has one filter, and a second pattern would replace it).
+    groups: Mutex<HashMap<String, GroupUse>>,
     next_id: AtomicU64,
+}
+
+/// A group in use on this transport: its name as given, its pattern, its live members.
+struct GroupUse {
+    group: String,
+    pattern: Pattern,
+    members: usize,
+}
+
+/// One live member of a group; leaving (drop) frees the group's pattern once it was the last.
+struct GroupMember {
+    inner: Arc<Inner>,
+    consumer: String,
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let mut groups = lock(&self.inner.groups);
+        if let Some(g) = groups.get_mut(&self.consumer) {
+            g.members = g.members.saturating_sub(1);
+            if g.members == 0 {
+                groups.remove(&self.consumer);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Registers one member of `group` reading `pattern`. Refused while the group has live
+    /// members on another pattern, or while another group maps to the same consumer name.
+    fn join_group(
+        self: &Arc<Self>,
+        group: &str,
+        pattern: &Pattern,
+    ) -> Result<GroupMember, SubscribeError> {
+        let consumer = sanitize_name(group);
+        let mut groups = lock(&self.groups);
+        match groups.get_mut(&consumer) {
+            Some(g) if g.group != group => {
+                return Err(SubscribeError::InvalidConfig(
+                    "another group with live members maps to the same NATS consumer name \
+                     (names differ only in characters other than letters, digits, - and _)",
+                ));
+            }
+            Some(g) if g.pattern != *pattern => {
+                return Err(SubscribeError::InvalidConfig(
+                    "group already subscribed with another pattern",
+                ));
+            }
+            Some(g) => g.members += 1,
+            None => {
+                groups.insert(
+                    consumer.clone(),
+                    GroupUse {
+                        group: group.to_owned(),
+                        pattern: pattern.clone(),
+                        members: 1,
+                    },
+                );
+            }
+        }
+        Ok(GroupMember {
+            inner: self.clone(),
+            consumer,
+        })
+    }
 }
 
 /// Most topics remembered by the route cache before it starts over.
@@ -235,6 +304,7 @@ impl NatsTransport {
                 publish_done: Notify::new(),
                 unsettled: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -491,6 +561,10 @@ impl Subscriber for NatsTransport {
     /// One pull consumer per stream that may hold matching topics: durable (named after the
     /// group, starting at the oldest message) for a group, ephemeral (starting at new
     /// messages) without one.
+    ///
+    /// A group reads one pattern: while it has live members on this transport, subscribing
+    /// it with another pattern (or subscribing another group that maps to the same consumer
+    /// name) fails with [`SubscribeError::InvalidConfig`].
     async fn subscribe(
         &self,
         pattern: &Pattern,
@@ -502,6 +576,11 @@ impl Subscriber for NatsTransport {
         if group == Some("") {
             return Err(SubscribeError::InvalidConfig("empty group name"));
         }
+        // Held by the subscription; taken before any await so two concurrent subscribes of
+        // one group cannot both pass the check.
+        let member = group
+            .map(|g| self.inner.join_group(g, pattern))
+            .transpose()?;
         let streams = self.streams_for(pattern);
         if streams.is_empty() {
             return Err(TransportError::new(
@@ -595,7 +674,11 @@ impl Subscriber for NatsTransport {
             // had pulled and removes an ephemeral consumer.
             tasks.push(tokio::spawn(worker.run(consumer)));
         }
-        Ok(NatsSubscription { rx, _tasks: tasks })
+        Ok(NatsSubscription {
+            rx,
+            _tasks: tasks,
+            _member: member,
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -616,6 +699,7 @@ impl Subscriber for NatsTransport {
 pub struct NatsSubscription {
     rx: mpsc::Receiver<Delivery>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _member: Option<GroupMember>,
 }
 
 impl std::fmt::Debug for NatsSubscription {
