@@ -39,7 +39,10 @@ pub async fn close_twice_succeeds<H: Harness>(h: &H) -> Outcome {
     let sent = Envelope::new(setup.topic("close")?, "before close");
     t.publish(vec![sent.clone()]).await?;
     let d = next(&mut sub, "the message published before close").await?;
-    check!(d.envelope.id == sent.id, "got another message than published");
+    check!(
+        d.envelope.id == sent.id,
+        "got another message than published"
+    );
     d.ack().await?;
     t.close(Instant::now() + WAIT).await?;
     if let Err(e) = t.close(Instant::now() + WAIT).await {
@@ -104,7 +107,11 @@ pub async fn group_on_two_patterns<H: Harness>(h: &H) -> Outcome {
     t.publish(vec![on_c.clone()]).await?;
     loop {
         // The message on b may come first (published while the group read only a).
-        let d = next(&mut later, "a new message after the group changed its pattern").await?;
+        let d = next(
+            &mut later,
+            "a new message after the group changed its pattern",
+        )
+        .await?;
         let id = d.envelope.id;
         d.ack().await?;
         if id == on_c.id {
