@@ -699,6 +699,7 @@ impl Subscriber for NatsTransport {
         }
         Ok(NatsSubscription {
             rx,
+            inner: self.inner.clone(),
             _tasks: tasks,
             _member: member,
         })
@@ -716,11 +717,13 @@ impl Subscriber for NatsTransport {
     }
 }
 
-/// The deliveries of one subscription. Ends when the transport is closed. Dropping it stops
-/// pulling; messages it had pulled and not handed out, and deliveries dropped unsettled, are
-/// nacked so they are redelivered at once.
+/// The deliveries of one subscription. Ends when the transport is closed (at once: what it
+/// had pulled and not handed out is nacked, since settling after close is refused). Dropping
+/// it stops pulling; messages it had pulled and not handed out, and deliveries dropped
+/// unsettled, are nacked so they are redelivered at once.
 pub struct NatsSubscription {
     rx: mpsc::Receiver<Delivery>,
+    inner: Arc<Inner>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
     _member: Option<GroupMember>,
 }
@@ -736,6 +739,15 @@ impl std::fmt::Debug for NatsSubscription {
 impl Stream for NatsSubscription {
     type Item = Delivery;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            // Closed: settling would be refused, so hand out nothing more; what waits here
+            // is dropped, i.e. nacked (redelivered at once).
+            self.rx.close();
+            while let Ok(waiting) = self.rx.try_recv() {
+                drop(waiting);
+            }
+            return Poll::Ready(None);
+        }
         self.rx.poll_recv(cx)
     }
 }
@@ -1225,6 +1237,20 @@ impl NatsAck {
         mut self: Box<Self>,
         kind: AckKind,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            // After close nothing promises the ack reaches the server (the caller may drop
+            // the transport next): refuse it. Dropping `self` hands the delivery back (a nack
+            // at once), so it is redelivered without waiting for the ack wait.
+            let id = self.id;
+            return Box::pin(async move {
+                Err(TransportError::new(
+                    TransportErrorKind::Closed,
+                    format!(
+                        "transport closed: delivery of {id} not settled; it will be redelivered"
+                    ),
+                ))
+            });
+        }
         self.forget();
         let acker = self.acker.take();
         Box::pin(async move {
