@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus_suite;
+pub mod lifecycle;
 pub mod memory;
 pub mod suite;
 
@@ -339,6 +340,7 @@ macro_rules! conformance_tests {
             wildcards, request_reply, dead_letter_after_max_deliveries);
         $crate::conformance_tests!(@bus $harness; bus_attempts_count_from_one,
             bus_message_failing_twice_is_delivered, bus_shutdown_twice_returns_the_first_report);
+        $crate::lifecycle_tests!($harness);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reconnect_after_restart() {
             let h = $restart;

@@ -66,6 +66,10 @@ pub struct NatsConfig {
     pub max_ack_pending: usize,
     /// Messages one subscription pulls per request (prefetch). Default: 64.
     pub pull_batch: usize,
+    /// How long one pull request waits on the server. A subscription keeps one open; when it
+    /// is dropped or the transport closed, it reads that request to its end and hands back
+    /// (nacks) what it brought, so this bounds how long that takes. Default: 1 s.
+    pub pull_expires: Duration,
     /// How long one publish may take, retries after a lost connection included, before it
     /// fails. Default: 10 s.
     pub publish_timeout: Duration,
@@ -101,6 +105,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("max_deliver", &self.max_deliver)
             .field("max_ack_pending", &self.max_ack_pending)
             .field("pull_batch", &self.pull_batch)
+            .field("pull_expires", &self.pull_expires)
             .field("publish_timeout", &self.publish_timeout)
             .field("ack_timeout", &self.ack_timeout)
             .field("reconnect_buffer", &self.reconnect_buffer)
@@ -132,6 +137,7 @@ impl NatsConfig {
             max_deliver: 5,
             max_ack_pending: 1024,
             pull_batch: 64,
+            pull_expires: Duration::from_secs(1),
             publish_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(2),
             reconnect_buffer: 8192,
@@ -184,6 +190,12 @@ impl NatsConfig {
     /// Sets the pull batch (prefetch) of each subscription.
     pub fn with_pull_batch(mut self, n: usize) -> Self {
         self.pull_batch = n;
+        self
+    }
+
+    /// Sets how long one pull request waits on the server (at least 10 ms).
+    pub fn with_pull_expires(mut self, expires: Duration) -> Self {
+        self.pull_expires = expires;
         self
     }
 

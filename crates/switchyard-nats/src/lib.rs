@@ -59,4 +59,7 @@ mod transport;
 pub use config::{NatsConfig, Storage, StreamSpec};
 pub use error::{ConnectError, RequestError};
 pub use request::{IncomingRequest, RequestStream};
-pub use transport::{ConnectionState, Health, NatsSubscription, NatsTransport};
+pub use transport::{
+    ConnectionState, Health, INVALID_SUBJECT_TOPIC, NatsSubscription, NatsTransport,
+    RAW_SUBJECT_HEADER,
+};

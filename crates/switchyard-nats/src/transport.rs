@@ -14,7 +14,7 @@ use async_nats::jetstream::context::{Publish, PublishErrorKind};
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, Subject};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use switchyard_core::{
     AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, Delivery,
     Envelope, MessageId, Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic,
@@ -54,11 +54,83 @@ pub(crate) struct Inner {
     counters: Arc<Counters>,
     publishing: AtomicUsize,
     publish_done: Notify,
+    /// Consumer workers still running (pulling, or handing back at the end).
+    workers: AtomicUsize,
+    workers_done: Notify,
     /// Reply subjects of unsettled deliveries, for [`NatsTransport::in_progress`].
     unsettled: Mutex<HashMap<MessageId, Vec<Subject>>>,
     /// Topics already routed to a stream (index into `config.streams`), bounded.
     routes: Mutex<HashMap<Topic, Option<usize>>>,
+    /// Groups with live members on this transport, by consumer name: one group reads one
+    /// pattern (a durable consumer has one filter, and a second pattern would replace it).
+    groups: Mutex<HashMap<String, GroupUse>>,
     next_id: AtomicU64,
+}
+
+/// A group in use on this transport: its name as given, its pattern, its live members.
+struct GroupUse {
+    group: String,
+    pattern: Pattern,
+    members: usize,
+}
+
+/// One live member of a group; leaving (drop) frees the group's pattern once it was the last.
+struct GroupMember {
+    inner: Arc<Inner>,
+    consumer: String,
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let mut groups = lock(&self.inner.groups);
+        if let Some(g) = groups.get_mut(&self.consumer) {
+            g.members = g.members.saturating_sub(1);
+            if g.members == 0 {
+                groups.remove(&self.consumer);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Registers one member of `group` reading `pattern`. Refused while the group has live
+    /// members on another pattern, or while another group maps to the same consumer name.
+    fn join_group(
+        self: &Arc<Self>,
+        group: &str,
+        pattern: &Pattern,
+    ) -> Result<GroupMember, SubscribeError> {
+        let consumer = sanitize_name(group);
+        let mut groups = lock(&self.groups);
+        match groups.get_mut(&consumer) {
+            Some(g) if g.group != group => {
+                return Err(SubscribeError::InvalidConfig(
+                    "another group with live members maps to the same NATS consumer name \
+                     (names differ only in characters other than letters, digits, - and _)",
+                ));
+            }
+            Some(g) if g.pattern != *pattern => {
+                return Err(SubscribeError::InvalidConfig(
+                    "group already subscribed with another pattern",
+                ));
+            }
+            Some(g) => g.members += 1,
+            None => {
+                groups.insert(
+                    consumer.clone(),
+                    GroupUse {
+                        group: group.to_owned(),
+                        pattern: pattern.clone(),
+                        members: 1,
+                    },
+                );
+            }
+        }
+        Ok(GroupMember {
+            inner: self.clone(),
+            consumer,
+        })
+    }
 }
 
 /// Most topics remembered by the route cache before it starts over.
@@ -146,6 +218,19 @@ impl Drop for PublishGuard<'_> {
     }
 }
 
+/// Waits until `count` is zero; `done` is notified whenever it goes down.
+async fn until_zero(count: &AtomicUsize, done: &Notify) {
+    loop {
+        let notified = done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
+    }
+}
+
 fn map_publish_error(e: &async_nats::jetstream::context::PublishError) -> TransportError {
     let kind = match e.kind() {
         PublishErrorKind::TimedOut => TransportErrorKind::Timeout,
@@ -163,6 +248,11 @@ impl NatsTransport {
         if config.pull_batch == 0 || config.max_ack_pending == 0 {
             return Err(ConnectError::InvalidConfig(
                 "pull_batch and max_ack_pending must be at least 1".into(),
+            ));
+        }
+        if config.pull_expires < Duration::from_millis(10) {
+            return Err(ConnectError::InvalidConfig(
+                "pull_expires must be at least 10 ms".into(),
             ));
         }
         if config.request_prefix.is_empty() || config.request_prefix.contains(['*', '>', ' ']) {
@@ -233,8 +323,11 @@ impl NatsTransport {
                 counters,
                 publishing: AtomicUsize::new(0),
                 publish_done: Notify::new(),
+                workers: AtomicUsize::new(0),
+                workers_done: Notify::new(),
                 unsettled: Mutex::new(HashMap::new()),
                 routes: Mutex::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
             }),
         })
@@ -446,27 +539,26 @@ impl Publisher for NatsTransport {
 
     /// Refuses new publishes, ends every subscription, waits (until `deadline`) for
     /// publishes in flight to get their acknowledgements, then flushes buffered acks.
+    ///
+    /// Idempotent: a second call (or a concurrent one) does the same waits and returns `Ok`
+    /// once everything the first call waits for is done.
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return Err(CloseError::AlreadyShuttingDown);
-        }
+        self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);
         let deadline = Instant::from_std(deadline);
-        let drained = async {
-            loop {
-                let notified = self.inner.publish_done.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.inner.publishing.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
+        let drained = until_zero(&self.inner.publishing, &self.inner.publish_done);
         if tokio::time::timeout_at(deadline, drained).await.is_err() {
             return Err(CloseError::Transport(TransportError::new(
                 TransportErrorKind::Timeout,
                 "publishes still in flight at the close deadline",
+            )));
+        }
+        // Every subscription hands back what it pulled (nacks, sent before the flush).
+        let stopped = until_zero(&self.inner.workers, &self.inner.workers_done);
+        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+            return Err(CloseError::Transport(TransportError::new(
+                TransportErrorKind::Timeout,
+                "subscriptions still handing back pulled messages at the close deadline",
             )));
         }
         match tokio::time::timeout_at(deadline, self.inner.client.flush()).await {
@@ -490,6 +582,10 @@ impl Subscriber for NatsTransport {
     /// One pull consumer per stream that may hold matching topics: durable (named after the
     /// group, starting at the oldest message) for a group, ephemeral (starting at new
     /// messages) without one.
+    ///
+    /// A group reads one pattern: while it has live members on this transport, subscribing
+    /// it with another pattern (or subscribing another group that maps to the same consumer
+    /// name) fails with [`SubscribeError::InvalidConfig`].
     async fn subscribe(
         &self,
         pattern: &Pattern,
@@ -501,6 +597,11 @@ impl Subscriber for NatsTransport {
         if group == Some("") {
             return Err(SubscribeError::InvalidConfig("empty group name"));
         }
+        // Held by the subscription; taken before any await so two concurrent subscribes of
+        // one group cannot both pass the check.
+        let member = group
+            .map(|g| self.inner.join_group(g, pattern))
+            .transpose()?;
         let streams = self.streams_for(pattern);
         if streams.is_empty() {
             return Err(TransportError::new(
@@ -567,8 +668,7 @@ impl Subscriber for NatsTransport {
             };
             // Create it now so errors reach the caller and messages published after
             // `subscribe` returns are seen.
-            let consumer = self
-                .inner
+            self.inner
                 .js
                 .create_consumer_on_stream(consumer_config.clone(), &stream_name)
                 .await
@@ -589,12 +689,20 @@ impl Subscriber for NatsTransport {
                 tx: tx.clone(),
                 shutdown: self.inner.shutdown.subscribe(),
                 last_sequence: 0,
+                inbox: self.inner.client.new_inbox(),
+                requests: 0,
             };
             // Not aborted on drop: the worker sees the channel close, hands back what it
             // had pulled and removes an ephemeral consumer.
-            tasks.push(tokio::spawn(worker.run(consumer)));
+            let alive = WorkerGuard::new(&self.inner);
+            tasks.push(tokio::spawn(worker.run(alive)));
         }
-        Ok(NatsSubscription { rx, _tasks: tasks })
+        Ok(NatsSubscription {
+            rx,
+            inner: self.inner.clone(),
+            _tasks: tasks,
+            _member: member,
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -609,12 +717,15 @@ impl Subscriber for NatsTransport {
     }
 }
 
-/// The deliveries of one subscription. Ends when the transport is closed. Dropping it stops
-/// pulling; messages it had pulled and not handed out, and deliveries dropped unsettled, are
-/// nacked so they are redelivered at once.
+/// The deliveries of one subscription. Ends when the transport is closed (at once: what it
+/// had pulled and not handed out is nacked, since settling after close is refused). Dropping
+/// it stops pulling; messages it had pulled and not handed out, and deliveries dropped
+/// unsettled, are nacked so they are redelivered at once.
 pub struct NatsSubscription {
     rx: mpsc::Receiver<Delivery>,
+    inner: Arc<Inner>,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
+    _member: Option<GroupMember>,
 }
 
 impl std::fmt::Debug for NatsSubscription {
@@ -628,16 +739,27 @@ impl std::fmt::Debug for NatsSubscription {
 impl Stream for NatsSubscription {
     type Item = Delivery;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            // Closed: settling would be refused, so hand out nothing more; what waits here
+            // is dropped, i.e. nacked (redelivered at once).
+            self.rx.close();
+            while let Ok(waiting) = self.rx.try_recv() {
+                drop(waiting);
+            }
+            return Poll::Ready(None);
+        }
         self.rx.poll_recv(cx)
     }
 }
 
 /// Pulls one consumer's messages into a subscription's channel.
 ///
-/// Owns: the consumer's message stream and a sender into the subscription. Stops when the
-/// transport closes (shutdown signal), when the subscription is dropped (channel closed,
-/// and the task is aborted), and re-creates the consumer when the server lost it (an
-/// ephemeral consumer after a restart resumes after the last sequence it saw).
+/// Owns: a core subscription on its own inbox, the one pull request it has open at a time,
+/// and a sender into the subscription. Stops when the transport closes (shutdown signal) or
+/// the subscription is dropped (channel closed); then it hands back everything its open pull
+/// request brings (see [`ConsumerWorker::hand_back`]). Re-creates the consumer when the
+/// server lost it (an ephemeral consumer after a restart resumes after the last sequence it
+/// saw).
 struct ConsumerWorker {
     inner: Arc<Inner>,
     stream: String,
@@ -648,98 +770,182 @@ struct ConsumerWorker {
     tx: mpsc::Sender<Delivery>,
     shutdown: watch::Receiver<bool>,
     last_sequence: u64,
+    /// Subject prefix of this worker's inbox: pull request `n` replies to `<inbox>.<n>`.
+    inbox: String,
+    requests: u64,
 }
 
-enum Step {
-    Recreate,
-    Stop,
+/// The pull request a worker has open: JetStream sends up to `remaining` more messages to
+/// `reply` and ends it (a 408 status) at its expiry at the latest.
+struct Pull {
+    reply: Subject,
+    remaining: usize,
+    /// When the server has certainly ended it: expiry plus [`PULL_GRACE`], counted from
+    /// when it was sent (or from the last reconnect, which may have sent it late).
+    ends_by: Instant,
+    /// Connections made when `ends_by` was set.
+    connects: u64,
+}
+
+/// How long past a pull request's expiry it still counts as open (server and client clocks,
+/// a slow server); after that it is taken as lost and a new one is sent.
+const PULL_GRACE: Duration = Duration::from_secs(2);
+
+/// What a message on the inbox is.
+enum Inbound {
+    /// A stored message.
+    Message,
+    /// The open pull request ended (expired, or refused).
+    Ended,
+    /// The consumer is gone (deleted, or no responders for the request).
+    ConsumerGone,
+    /// A heartbeat, or a status for a request that already ended.
+    Ignore,
+}
+
+/// What to do with one stored message.
+// Returned once per message and matched at once: boxing the envelope would cost an
+// allocation per message to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    /// Already settled here: dead-lettered, or skipped without metadata.
+    Done,
+    /// Not for this subscription (a widened consumer reads more than the pattern).
+    Foreign(Acker),
+    /// To hand out.
+    Deliver(Envelope, Acker, Option<Subject>),
+}
+
+/// Topic given to the dead letter of a message whose subject is not a valid topic; the
+/// subject itself is in the [`RAW_SUBJECT_HEADER`] header and in the error text.
+pub const INVALID_SUBJECT_TOPIC: &str = "switchyard.nats.invalid-subject";
+/// Header holding the raw subject of a message dead-lettered because its subject is not a
+/// valid topic.
+pub const RAW_SUBJECT_HEADER: &str = "nats-subject";
+
+/// Counts a running worker for [`Publisher::close`], which waits for every worker to have
+/// handed back what it pulled.
+struct WorkerGuard(Arc<Inner>);
+
+impl WorkerGuard {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.workers.fetch_add(1, Ordering::AcqRel);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.workers.fetch_sub(1, Ordering::AcqRel);
+        self.0.workers_done.notify_waiters();
+    }
 }
 
 impl ConsumerWorker {
-    async fn run(mut self, first: jetstream::consumer::PullConsumer) {
-        let mut consumer = Some(first);
+    async fn run(mut self, _alive: WorkerGuard) {
         let mut backoff = Duration::from_millis(100);
+        let mut sub = loop {
+            match self
+                .inner
+                .client
+                .subscribe(format!("{}.*", self.inbox))
+                .await
+            {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.name, error = %e, "cannot subscribe to the pull inbox; retrying");
+                    if self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        let mut pull: Option<Pull> = None;
+        let mut recreate = false;
         loop {
             if *self.shutdown.borrow() {
                 break;
             }
-            let c = match consumer.take() {
-                Some(c) => c,
-                None => match self.recreate().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.name, stream = %self.stream, error = %e, "cannot re-create consumer; retrying");
-                        if self.pause(backoff).await {
-                            break;
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        continue;
-                    }
-                },
-            };
-            let messages = c
-                .stream()
-                .max_messages_per_batch(self.inner.config.pull_batch)
-                .heartbeat(Duration::from_secs(2))
-                .expires(Duration::from_secs(10))
-                .messages()
-                .await;
-            let mut messages = match messages {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(consumer = %self.name, error = %e, "cannot pull; retrying");
+            if recreate {
+                if let Err(e) = self.recreate().await {
+                    tracing::warn!(consumer = %self.name, stream = %self.stream, error = %e, "cannot re-create consumer; retrying");
                     if self.pause(backoff).await {
                         break;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
-            };
-            backoff = Duration::from_millis(100);
-            let step = loop {
-                let item = tokio::select! {
-                    _ = self.shutdown.changed() => break Step::Stop,
-                    _ = self.tx.closed() => break Step::Stop,
-                    item = messages.next() => item,
-                };
-                match item {
-                    None => break Step::Recreate,
-                    Some(Ok(msg)) => {
-                        if !self.handle(msg).await {
-                            break Step::Stop;
-                        }
+                recreate = false;
+            }
+            let Some(open) = &mut pull else {
+                match self.request().await {
+                    Ok(p) => {
+                        pull = Some(p);
+                        backoff = Duration::from_millis(100);
                     }
-                    Some(Err(e)) => {
-                        use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                        match e.kind() {
-                            K::ConsumerDeleted | K::NoResponders => {
-                                tracing::warn!(consumer = %self.name, error = %e, "consumer gone; re-creating");
-                                break Step::Recreate;
-                            }
-                            _ => {
-                                tracing::debug!(consumer = %self.name, error = %e, "pull error; continuing");
-                                continue;
-                            }
+                    Err(e) => {
+                        tracing::warn!(consumer = %self.name, error = %e, "cannot pull; retrying");
+                        if self.pause(backoff).await {
+                            break;
                         }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
+                continue;
             };
-            match step {
-                Step::Stop => {
-                    // Hand back what was already pulled and not handed out, so it is
-                    // redelivered now and not after the ack wait.
-                    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
-                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let ends_by = open.ends_by;
+            let event = tokio::select! {
+                _ = self.shutdown.wait_for(|closed| *closed) => None,
+                _ = self.tx.closed() => None,
+                _ = tokio::time::sleep_until(ends_by) => Some(None),
+                msg = sub.next() => Some(Some(msg)),
+            };
+            let msg = match event {
+                None => break,
+                Some(None) => {
+                    if !self.extend(open) {
+                        tracing::debug!(consumer = %self.name, "pull request unanswered past its expiry; sending another");
+                        pull = None;
                     }
-                    break;
+                    continue;
                 }
-                Step::Recreate => {
-                    if self.pause(backoff).await {
-                        break;
+                Some(Some(msg)) => msg,
+            };
+            let Some(msg) = msg else {
+                // The client is gone: nothing more can arrive.
+                return;
+            };
+            match self.inbound(&msg, open) {
+                Inbound::Ignore => {}
+                Inbound::Ended => pull = None,
+                Inbound::ConsumerGone => {
+                    tracing::warn!(consumer = %self.name, "consumer gone; re-creating");
+                    pull = None;
+                    recreate = true;
+                }
+                Inbound::Message => {
+                    open.remaining = open.remaining.saturating_sub(1);
+                    if open.remaining == 0 {
+                        pull = None;
+                    }
+                    match self.prepare(msg).await {
+                        Prepared::Done => {}
+                        Prepared::Foreign(acker) => {
+                            // Read only because the consumer filter had to be wider than the
+                            // pattern: moves this consumer on, nothing else.
+                            let _ = acker.ack().await;
+                        }
+                        Prepared::Deliver(envelope, acker, reply) => {
+                            if !self.deliver(envelope, acker, reply).await {
+                                break;
+                            }
+                        }
                     }
                 }
             }
         }
+        self.hand_back(sub, pull).await;
         if !self.durable {
             // Best effort: the server also removes it after its inactive threshold.
             let _ = self
@@ -750,16 +956,138 @@ impl ConsumerWorker {
         }
     }
 
-    /// Waits `d` (backoff before retrying); `true` when shutdown came first.
-    async fn pause(&mut self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.shutdown.changed() => true,
-            _ = self.tx.closed() => true,
-            _ = tokio::time::sleep(d) => *self.shutdown.borrow(),
+    /// Stops pulling and hands back what this worker still has coming. JetStream (2.9) has
+    /// no way to cancel a pull request, and unsubscribing its inbox would lose the messages
+    /// already on their way (the client drops what arrives after the unsubscribe, and the
+    /// server keeps them pending until the ack wait). So no new request is sent, the open
+    /// one is read until it ends (its batch is complete, or it expires after at most
+    /// [`NatsConfig::pull_expires`]), and everything it brought is nacked once it has ended
+    /// (not before: a nacked message could otherwise come straight back to it).
+    async fn hand_back(&mut self, mut sub: async_nats::Subscriber, mut pull: Option<Pull>) {
+        let mut held: Vec<Acker> = Vec::new();
+        while let Some(open) = &mut pull {
+            let msg = tokio::select! {
+                _ = tokio::time::sleep_until(open.ends_by) => {
+                    if !self.extend(open) {
+                        pull = None;
+                    }
+                    continue;
+                }
+                msg = sub.next() => msg,
+            };
+            let Some(msg) = msg else { break };
+            match self.inbound(&msg, open) {
+                Inbound::Ignore => {}
+                Inbound::Ended | Inbound::ConsumerGone => pull = None,
+                Inbound::Message => {
+                    open.remaining = open.remaining.saturating_sub(1);
+                    if open.remaining == 0 {
+                        pull = None;
+                    }
+                    match self.prepare(msg).await {
+                        Prepared::Done => {}
+                        // Not acked even when it does not match: once this member left, the
+                        // group may read another pattern.
+                        Prepared::Foreign(acker) | Prepared::Deliver(_, acker, _) => {
+                            held.push(acker);
+                        }
+                    }
+                }
+            }
+        }
+        drop(sub);
+        if !held.is_empty() {
+            tracing::debug!(consumer = %self.name, count = held.len(), "handing back pulled messages");
+        }
+        for acker in held {
+            let _ = acker.ack_with(AckKind::Nak(None)).await;
         }
     }
 
-    async fn recreate(&self) -> Result<jetstream::consumer::PullConsumer, TransportError> {
+    /// Sends one pull request for `pull_batch` messages.
+    async fn request(&mut self) -> Result<Pull, TransportError> {
+        self.requests += 1;
+        let reply = Subject::from(format!("{}.{}", self.inbox, self.requests));
+        let expires = self.inner.config.pull_expires;
+        let body = format!(
+            "{{\"batch\":{},\"expires\":{}}}",
+            self.inner.config.pull_batch,
+            expires.as_nanos()
+        );
+        self.inner
+            .client
+            .publish_with_reply(
+                format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", self.stream, self.name),
+                reply.clone(),
+                body.into(),
+            )
+            .await
+            .map_err(|e| {
+                TransportError::with_source(
+                    TransportErrorKind::Unavailable,
+                    "cannot send pull request",
+                    e,
+                )
+            })?;
+        Ok(Pull {
+            reply,
+            remaining: self.inner.config.pull_batch,
+            ends_by: Instant::now() + expires + PULL_GRACE,
+            connects: self.inner.counters.connects.load(Ordering::Relaxed),
+        })
+    }
+
+    /// At `open.ends_by`: `true` (and a later `ends_by`) when the connection was down or
+    /// came back since it was set, so the request may have reached the server late.
+    fn extend(&self, open: &mut Pull) -> bool {
+        let connects = self.inner.counters.connects.load(Ordering::Relaxed);
+        let connected = matches!(
+            self.inner.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        if connected && connects == open.connects {
+            return false;
+        }
+        open.connects = connects;
+        open.ends_by = Instant::now() + self.inner.config.pull_expires + PULL_GRACE;
+        true
+    }
+
+    /// Classifies one message of the inbox against the open request.
+    fn inbound(&self, msg: &async_nats::Message, open: &Pull) -> Inbound {
+        use async_nats::StatusCode;
+        let Some(status) = msg.status else {
+            return Inbound::Message;
+        };
+        if status == StatusCode::OK {
+            return Inbound::Message;
+        }
+        if status == StatusCode::IDLE_HEARTBEAT || msg.subject != open.reply {
+            return Inbound::Ignore;
+        }
+        if status == StatusCode::NO_RESPONDERS {
+            return Inbound::ConsumerGone;
+        }
+        if msg.description.as_deref() == Some("Consumer Deleted") {
+            return Inbound::ConsumerGone;
+        }
+        if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
+            tracing::debug!(consumer = %self.name, %status, description = ?msg.description, "pull request ended");
+        }
+        Inbound::Ended
+    }
+
+    /// Waits `d` (backoff before retrying); `true` when shutdown came first.
+    async fn pause(&mut self, d: Duration) -> bool {
+        let stop = tokio::select! {
+            _ = self.shutdown.wait_for(|closed| *closed) => true,
+            _ = self.tx.closed() => true,
+            _ = tokio::time::sleep(d) => false,
+        };
+        stop || *self.shutdown.borrow()
+    }
+
+    async fn recreate(&self) -> Result<(), TransportError> {
         let mut config = self.config.clone();
         if !self.durable && self.last_sequence > 0 {
             config.deliver_policy = DeliverPolicy::ByStartSequence {
@@ -770,6 +1098,7 @@ impl ConsumerWorker {
             .js
             .create_consumer_on_stream(config, &self.stream)
             .await
+            .map(|_| ())
             .map_err(|e| {
                 TransportError::with_source(
                     TransportErrorKind::Unavailable,
@@ -779,63 +1108,90 @@ impl ConsumerWorker {
             })
     }
 
-    /// Turns one JetStream message into a delivery (or a dead letter). `false` when the
-    /// subscription is gone.
-    async fn handle(&mut self, msg: jetstream::Message) -> bool {
+    /// Decodes one stored message, or settles it here: dead-lettered after max deliveries or
+    /// when its subject is not a valid topic (both terminated), skipped without metadata.
+    async fn prepare(&mut self, message: async_nats::Message) -> Prepared {
+        let msg = jetstream::Message {
+            message,
+            context: self.inner.js.clone(),
+        };
         let (delivered, sequence) = match msg.info() {
             Ok(info) => (info.delivered, info.stream_sequence),
             Err(e) => {
                 tracing::warn!(consumer = %self.name, error = %e, "message without JetStream metadata; skipped");
-                return true;
+                return Prepared::Done;
             }
         };
         self.last_sequence = self.last_sequence.max(sequence);
         let reply = msg.message.reply.clone();
         let (message, acker) = msg.split();
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
         let topic = match Topic::new(message.subject.as_str()) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(subject = %message.subject, error = %e, "subject is not a topic; message terminated");
+                // Valid for NATS (`x.#`, a 300-byte subject) but not a topic: nobody can
+                // handle it. Dead-letter it with its raw bytes rather than drop it.
+                let Ok(placeholder) = Topic::from_static(INVALID_SUBJECT_TOPIC) else {
+                    // Not reached: the constant is a valid topic (a unit test checks it).
+                    let _ = acker.ack_with(AckKind::Term).await;
+                    return Prepared::Done;
+                };
+                let mut envelope =
+                    codec::decode(placeholder, message.headers.as_ref(), message.payload);
+                envelope = envelope.with_header(RAW_SUBJECT_HEADER, message.subject.as_str());
+                envelope.delivery.attempt = attempt;
+                let error = format!(
+                    "subject {:?} is not a valid topic: {} (stream {}, sequence {sequence})",
+                    message.subject.as_str(),
+                    e.kind.reason(),
+                    self.stream
+                );
+                self.dead_letter(envelope, DeadLetterReason::DecodeFailed, error);
                 let _ = acker.ack_with(AckKind::Term).await;
-                return true;
+                return Prepared::Done;
             }
         };
         let mut envelope = codec::decode(topic, message.headers.as_ref(), message.payload);
         if !self.pattern.matches(&envelope.topic) {
-            // Read only because the consumer filter had to be wider than the pattern.
-            let _ = acker.ack().await;
-            return true;
+            return Prepared::Foreign(acker);
         }
         let max = self.inner.config.max_deliver;
-        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
         if max > 0 && attempt > max {
             envelope.delivery.attempt = max;
-            let letter = DeadLetter::new(
-                envelope,
-                DeadLetterReason::MaxDeliveries,
-                format!(
-                    "not acknowledged after {max} deliveries (stream {}, sequence {sequence})",
-                    self.stream
-                ),
-            )
-            .with_handler(self.name.as_str());
-            self.inner
-                .counters
-                .dead_lettered
-                .fetch_add(1, Ordering::Relaxed);
-            match &self.inner.config.dead_letters {
-                Some(sink) => sink.put(letter),
-                None => tracing::warn!(
-                    consumer = %self.name,
-                    id = %letter.envelope.id,
-                    "message reached max deliveries and no dead-letter sink is configured; terminated"
-                ),
-            }
+            let error = format!(
+                "not acknowledged after {max} deliveries (stream {}, sequence {sequence})",
+                self.stream
+            );
+            self.dead_letter(envelope, DeadLetterReason::MaxDeliveries, error);
             let _ = acker.ack_with(AckKind::Term).await;
-            return true;
+            return Prepared::Done;
         }
         envelope.delivery.attempt = attempt;
         envelope.delivery.first_delivered_at = (attempt == 1).then(SystemTime::now);
+        Prepared::Deliver(envelope, acker, reply)
+    }
+
+    /// Puts a dead letter into the configured sink (or warns when there is none).
+    fn dead_letter(&self, envelope: Envelope, reason: DeadLetterReason, error: String) {
+        let letter = DeadLetter::new(envelope, reason, error).with_handler(self.name.as_str());
+        self.inner
+            .counters
+            .dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        match &self.inner.config.dead_letters {
+            Some(sink) => sink.put(letter),
+            None => tracing::warn!(
+                consumer = %self.name,
+                id = %letter.envelope.id,
+                error = %letter.error,
+                "message dead-lettered and no dead-letter sink is configured; terminated"
+            ),
+        }
+    }
+
+    /// Hands one delivery to the subscription. `false` when the subscription is gone (the
+    /// delivery, dropped unsettled, is then nacked).
+    async fn deliver(&mut self, envelope: Envelope, acker: Acker, reply: Option<Subject>) -> bool {
         let id = envelope.id;
         if let Some(r) = &reply {
             lock(&self.inner.unsettled)
@@ -849,10 +1205,11 @@ impl ConsumerWorker {
             id,
             reply,
         };
-        self.tx
-            .send(Delivery::new(envelope, Box::new(handle)))
-            .await
-            .is_ok()
+        // On close, a delivery still waiting for room is dropped, i.e. nacked.
+        tokio::select! {
+            sent = self.tx.send(Delivery::new(envelope, Box::new(handle))) => sent.is_ok(),
+            _ = self.shutdown.wait_for(|closed| *closed) => false,
+        }
     }
 }
 
@@ -880,6 +1237,20 @@ impl NatsAck {
         mut self: Box<Self>,
         kind: AckKind,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            // After close nothing promises the ack reaches the server (the caller may drop
+            // the transport next): refuse it. Dropping `self` hands the delivery back (a nack
+            // at once), so it is redelivered without waiting for the ack wait.
+            let id = self.id;
+            return Box::pin(async move {
+                Err(TransportError::new(
+                    TransportErrorKind::Closed,
+                    format!(
+                        "transport closed: delivery of {id} not settled; it will be redelivered"
+                    ),
+                ))
+            });
+        }
         self.forget();
         let acker = self.acker.take();
         Box::pin(async move {
@@ -925,5 +1296,15 @@ impl AckHandle for NatsAck {
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         tracing::debug!(id = %self.id, reason = %reason, "message terminated");
         self.settle(AckKind::Term)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_invalid_subject_topic_is_a_topic() {
+        assert!(Topic::from_static(INVALID_SUBJECT_TOPIC).is_ok());
     }
 }

@@ -257,6 +257,9 @@ impl NatsHarness {
             .with_max_age(Duration::from_secs(3600))
             .with_ack_timeout(Duration::from_secs(1))
             .with_publish_timeout(Duration::from_secs(20))
+            // A closing subscription waits for its open pull request to end: keep closes
+            // short in tests (the default is 1 s).
+            .with_pull_expires(Duration::from_millis(250))
     }
 }
 

@@ -8,5 +8,6 @@
 mod cluster;
 mod conformance;
 mod fault;
+mod groups;
 mod harness;
 mod specific;

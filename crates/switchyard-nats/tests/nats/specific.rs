@@ -4,8 +4,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use switchyard_conformance::Setup;
-use switchyard_core::{Envelope, Pattern, Publisher, Subscriber, Topic};
-use switchyard_nats::{ConnectionState, NatsConfig, NatsTransport};
+use switchyard_core::{
+    DeadLetterReason, Envelope, Pattern, Publisher, Subscriber, Topic, TransportErrorKind,
+};
+use switchyard_nats::{
+    ConnectionState, INVALID_SUBJECT_TOPIC, NatsConfig, NatsTransport, RAW_SUBJECT_HEADER,
+};
 
 use crate::harness::{NatsHarness, shared_unavailable};
 
@@ -149,6 +153,134 @@ async fn max_ack_pending_holds_back_delivery() {
     for d in held {
         d.ack().await.unwrap();
     }
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    let _ = t.delete_stream(&setup.namespace).await;
+}
+
+/// Issue 13, item 11: a stored message whose subject is valid for NATS but not a topic
+/// (`<ns>.x.#`, a 300-byte subject) used to be terminated with only a warning, its bytes
+/// lost. It is dead-lettered now, with its raw payload and subject and the reason, and the
+/// subscription goes on.
+#[tokio::test]
+async fn subject_that_is_not_a_topic_is_dead_lettered() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new();
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let js = async_nats::jetstream::new(t.client().clone());
+    let hash = format!("{}.x.#", setup.namespace);
+    let long = format!("{}.{}", setup.namespace, "a".repeat(300));
+    for (subject, payload) in [(&hash, &b"\x00raw hash"[..]), (&long, &b"raw long"[..])] {
+        js.publish(subject.clone(), bytes::Bytes::copy_from_slice(payload))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let fine = Envelope::new(setup.topic("fine").unwrap(), "fine");
+    t.publish(vec![fine.clone()]).await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        d.envelope.id, fine.id,
+        "only the valid message is handed out"
+    );
+    d.ack().await.unwrap();
+    assert!(
+        setup.dead_letters.wait_for(2, WAIT).await,
+        "the messages with invalid subjects were not dead-lettered"
+    );
+    let letters = setup.dead_letters.list();
+    assert_eq!(letters.len(), 2);
+    for (letter, (subject, payload)) in letters
+        .iter()
+        .zip([(&hash, &b"\x00raw hash"[..]), (&long, &b"raw long"[..])])
+    {
+        assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
+        assert_eq!(&letter.envelope.payload[..], payload);
+        assert_eq!(
+            letter.envelope.header(RAW_SUBJECT_HEADER),
+            Some(subject.as_str())
+        );
+        assert_eq!(letter.envelope.topic.as_str(), INVALID_SUBJECT_TOPIC);
+        assert!(
+            letter.error.contains("not a valid topic"),
+            "{}",
+            letter.error
+        );
+        assert_eq!(letter.attempts, 1);
+    }
+    assert_eq!(t.health().dead_lettered, 2);
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    let _ = t.delete_stream(&setup.namespace).await;
+}
+
+/// Issue 13, item 8: an ack after `close` returned `Ok` although nothing guaranteed it
+/// reached the server (sometimes it did not, and the message came back after reopening).
+/// Settling after close now fails with `TransportErrorKind::Closed`; the delivery is handed
+/// back, so a reopened transport gets it at once rather than after the (100 s) ack wait.
+#[tokio::test]
+async fn settling_after_close_is_a_closed_error() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(100));
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let acked = Envelope::new(setup.topic("acked").unwrap(), "acked after close");
+    let termed = Envelope::new(setup.topic("termed").unwrap(), "terminated after close");
+    t.publish(vec![acked.clone(), termed.clone()])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            tokio::time::timeout(WAIT, sub.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    t.close(Instant::now() + WAIT).await.unwrap();
+    for d in got {
+        let id = d.envelope.id;
+        let r = if id == acked.id {
+            d.ack().await
+        } else {
+            d.term("after close").await
+        };
+        let e = r.expect_err("settling after close succeeded");
+        assert_eq!(e.kind, TransportErrorKind::Closed, "{e}");
+    }
+    assert!(
+        tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "the subscription went on after close"
+    );
+    drop(sub);
+    // Neither settle was kept: a new transport gets both again, long before the ack wait.
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    while ids.len() < 2 {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("a message settled after close did not come back in time")
+            .unwrap();
+        ids.insert(d.envelope.id);
+        d.ack().await.unwrap();
+    }
+    assert!(ids.contains(&acked.id) && ids.contains(&termed.id));
     drop(sub);
     t.close(Instant::now() + WAIT).await.unwrap();
     let _ = t.delete_stream(&setup.namespace).await;
