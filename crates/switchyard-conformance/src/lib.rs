@@ -19,6 +19,7 @@
 
 pub mod memory;
 pub mod suite;
+mod suite_settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -333,7 +334,8 @@ macro_rules! conformance_tests {
             nack_redelivers, ack_wait_redelivers, new_subscriber_continues, concurrent_close,
             continue_after_handler_errors, in_order_per_key, publisher_close_flushes,
             delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
-            wildcards, request_reply, dead_letter_after_max_deliveries);
+            wildcards, request_reply, dead_letter_after_max_deliveries,
+            ack_after_close_is_refused_or_kept);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reconnect_after_restart() {
             let h = $restart;
