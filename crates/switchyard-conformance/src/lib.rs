@@ -22,6 +22,7 @@ pub mod bus_suite;
 pub mod lifecycle;
 pub mod memory;
 pub mod suite;
+mod suite_settle;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -337,7 +338,8 @@ macro_rules! conformance_tests {
             nack_redelivers, ack_wait_redelivers, new_subscriber_continues, concurrent_close,
             continue_after_handler_errors, in_order_per_key, publisher_close_flushes,
             delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
-            wildcards, request_reply, dead_letter_after_max_deliveries);
+            wildcards, request_reply, dead_letter_after_max_deliveries,
+            ack_after_close_is_refused_or_kept);
         $crate::conformance_tests!(@bus $harness; bus_attempts_count_from_one,
             bus_message_failing_twice_is_delivered, bus_shutdown_twice_returns_the_first_report);
         $crate::lifecycle_tests!($harness);

@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::{Failure, Harness, RequestFailure, Setup, Verdict};
 
+pub use crate::suite_settle::ack_after_close_is_refused_or_kept;
+
 /// The longest any single awaited event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 

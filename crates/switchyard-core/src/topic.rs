@@ -6,7 +6,7 @@
 //! `analytics.feature` and `analytics.feature.request`.
 
 use std::fmt;
-use std::str::FromStr;
+use std::str::{FromStr, Split};
 
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -231,24 +231,52 @@ impl Pattern {
         !self.0.contains(['*', '#'])
     }
 
-    /// Matches one topic against this pattern. This is the reference matcher: simple and
-    /// obviously right; the bus's router uses a trie and is checked against it.
+    /// Matches one topic against this pattern.
+    ///
+    /// Takes at most (topic segments + 1) × (pattern segments) steps whatever the number of
+    /// `#` (a pattern like `#.#.#.#.z` must not make one publish slow), and allocates
+    /// nothing. The bus's router uses a trie and is checked against it; it is checked
+    /// against the plain recursive definition in the tests.
     pub fn matches(&self, topic: &Topic) -> bool {
-        let p: Vec<&str> = self.segments().collect();
-        let t: Vec<&str> = topic.segments().collect();
-        matches_segments(&p, &t)
+        matches_segments(self.segments(), topic.segments())
     }
 }
 
-fn matches_segments(p: &[&str], t: &[&str]) -> bool {
-    match p.split_first() {
-        None => t.is_empty(),
-        Some((&"#", rest)) => (0..=t.len()).any(|skip| matches_segments(rest, &t[skip..])),
-        Some((&seg, rest)) => match t.split_first() {
-            Some((&tseg, trest)) => (seg == "*" || seg == tseg) && matches_segments(rest, trest),
-            None => false,
-        },
+/// Glob matching on segments, where `#` is the "any sequence" wildcard and `*` the "any one"
+/// wildcard: the greedy algorithm with backtracking to the most recent `#` only. Going back
+/// further is never needed: whatever an earlier `#` could absorb, the later one can too, so
+/// each topic position is retried at most once per pattern position.
+fn matches_segments<'a>(mut p: Split<'a, char>, mut t: Split<'a, char>) -> bool {
+    // After the most recent `#`: the pattern after it, and the topic where it stopped
+    // absorbing segments.
+    let mut resume: Option<(Split<'a, char>, Split<'a, char>)> = None;
+    loop {
+        let t_here = t.clone();
+        let Some(tseg) = t.next() else {
+            break;
+        };
+        match p.next() {
+            Some("#") => {
+                // Absorb nothing for now; absorb more on a later mismatch.
+                resume = Some((p.clone(), t_here.clone()));
+                t = t_here;
+                continue;
+            }
+            Some(seg) if seg == "*" || seg == tseg => continue,
+            _ => {}
+        }
+        match &mut resume {
+            Some((after_hash, absorbed_to)) => {
+                // The `#` absorbs one more segment; the rest of the pattern starts after it.
+                absorbed_to.next();
+                p = after_hash.clone();
+                t = absorbed_to.clone();
+            }
+            None => return false,
+        }
     }
+    // The topic is used up: what is left of the pattern must match nothing.
+    p.all(|seg| seg == "#")
 }
 
 impl From<Topic> for Pattern {
@@ -294,6 +322,7 @@ impl fmt::Debug for Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Just;
 
     #[test]
     fn validation_kinds() {
@@ -312,6 +341,54 @@ mod tests {
             Some(TopicErrorKind::PartialWildcard)
         );
         assert!(Pattern::new("#.a.*.#").is_ok());
+    }
+
+    /// The obviously right matcher (exponential with many `#`): what `Pattern::matches`
+    /// must agree with.
+    fn reference(p: &[&str], t: &[&str]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((&"#", rest)) => (0..=t.len()).any(|skip| reference(rest, &t[skip..])),
+            Some((&seg, rest)) => match t.split_first() {
+                Some((&tseg, trest)) => (seg == "*" || seg == tseg) && reference(rest, trest),
+                None => false,
+            },
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn matches_agrees_with_reference(
+            p in proptest::collection::vec(
+                proptest::prop_oneof![Just("a"), Just("b"), Just("*"), Just("#")], 1..9),
+            t in proptest::collection::vec(proptest::prop_oneof![Just("a"), Just("b")], 1..12),
+        ) {
+            let pattern = Pattern::new(&p.join(".")).unwrap();
+            let topic = Topic::new(&t.join(".")).unwrap();
+            proptest::prop_assert_eq!(pattern.matches(&topic), reference(&p, &t), "{} vs {}", pattern, topic);
+        }
+    }
+
+    /// Issue 13 item 6: eight `#` against the topic with the most segments (128 one-byte
+    /// segments make 255 bytes) used to take C(n+k, k) steps, practically forever.
+    #[test]
+    fn many_hashes_against_the_longest_topic_finish() {
+        let pattern = Pattern::new("#.#.#.#.#.#.#.#.z").unwrap();
+        let miss = Topic::new(&["a"; 128].join(".")).unwrap();
+        let mut segs = vec!["a"; 127];
+        segs.push("z");
+        let hit = Topic::new(&segs.join(".")).unwrap();
+        assert_eq!(miss.as_str().len(), MAX_TOPIC_LEN);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((pattern.matches(&miss), pattern.matches(&hit)));
+        });
+        // A guard, not a timing claim: the linear matcher takes microseconds.
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("matching did not finish within 5 s");
+        assert_eq!(got, (false, true));
     }
 
     #[test]

@@ -211,6 +211,40 @@ fn scan_segment(
     Ok((file, positions, pos as u64))
 }
 
+/// Loads the committed offsets of every group and brings back to `end` (the end of the
+/// recovered data) any that lie past it, on disk too.
+///
+/// A committed offset past the end means records the group had consumed were lost with
+/// the tail (a power loss under `Interval`/`Never`, which sync offsets more often than
+/// data, or a truncating recovery). New records take those offsets again; left as it was,
+/// the offset would make the group skip them. Written back at once so that a later session
+/// that appends before the group subscribes does not skip them either.
+fn clamp_committed(
+    stream: &str,
+    groups_dir: &Path,
+    end: u64,
+) -> Result<HashMap<String, u64>, OpenError> {
+    let mut committed = crate::offsets::load_all(groups_dir);
+    for (group, offset) in committed.iter_mut() {
+        if *offset <= end {
+            continue;
+        }
+        tracing::warn!(
+            stream,
+            group = %group,
+            committed = *offset,
+            end,
+            "log recovery: committed offset is past the end of the recovered stream (records \
+             the group had consumed were lost); moved back to the end so that no new record \
+             is skipped"
+        );
+        crate::offsets::store(groups_dir, group, end)
+            .map_err(io_err(&crate::offsets::group_file(groups_dir, group)))?;
+        *offset = end;
+    }
+    Ok(committed)
+}
+
 impl StreamShared {
     /// Opens (or creates) the stream in `dir`, recovering its tail.
     pub fn open(
@@ -264,7 +298,8 @@ impl StreamShared {
         if segments.is_empty() {
             segments.push(create_segment(&dir, 0, true).map_err(io_err(&dir))?);
         }
-        let committed = crate::offsets::load_all(&dir.join("groups"));
+        let end = segments.last().map_or(0, Segment::end);
+        let committed = clamp_committed(&name, &dir.join("groups"), end)?;
         Ok(Self {
             name,
             dir,

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -71,6 +71,11 @@ struct Inner {
     /// Woken on every append, settle and close.
     notify: Arc<Notify>,
     closed: AtomicBool,
+    /// Settles hold it shared while they check `closed` and record the settle; `close`
+    /// takes it exclusively to set `closed`. So a settle that was accepted has reached the
+    /// pending commits before the writer writes them for the last time, and one that comes
+    /// later is refused rather than silently forgotten.
+    settle_gate: RwLock<()>,
     groups: Mutex<HashMap<(usize, String), Arc<GroupShared>>>,
     commits: PendingCommits,
     next_ephemeral: AtomicU64,
@@ -269,6 +274,7 @@ impl LogTransport {
                 writer_thread: Mutex::new(Some(handle)),
                 notify,
                 closed: AtomicBool::new(false),
+                settle_gate: RwLock::new(()),
                 groups: Mutex::new(HashMap::new()),
                 commits,
                 next_ephemeral: AtomicU64::new(0),
@@ -512,7 +518,14 @@ impl Publisher for LogTransport {
     }
 
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
-        self.inner.closed.store(true, Ordering::Release);
+        {
+            let _gate = self
+                .inner
+                .settle_gate
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            self.inner.closed.store(true, Ordering::Release);
+        }
         self.inner.notify.notify_waiters();
         let Some(tx) = lock(&self.inner.writer_tx).take() else {
             return Ok(());
@@ -748,12 +761,34 @@ impl Drop for LogAck {
     }
 }
 
+impl LogAck {
+    /// Runs `settle` unless the log is closed. After `close` the committed offsets have been
+    /// written for the last time, so a settle would be lost: it is refused with
+    /// [`TransportErrorKind::Closed`] and the message comes back after reopening.
+    fn if_open(&self, settle: impl FnOnce(&Self)) -> Result<(), TransportError> {
+        let _gate = self
+            .inner
+            .settle_gate
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(TransportError::new(
+                TransportErrorKind::Closed,
+                "log is closed: the delivery was not settled and is delivered again after \
+                 the log is reopened",
+            ));
+        }
+        settle(self);
+        self.inner.notify.notify_waiters();
+        Ok(())
+    }
+}
+
 impl AckHandle for LogAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         self.settled = true;
-        self.group.settle(self.offset, &self.inner.commits);
-        self.inner.notify.notify_waiters();
-        Box::pin(async { Ok(()) })
+        let result = self.if_open(|a| a.group.settle(a.offset, &a.inner.commits));
+        Box::pin(async move { result })
     }
 
     fn nack(
@@ -766,16 +801,16 @@ impl AckHandle for LogAck {
             let now = Instant::now();
             now.checked_add(d.min(MAX_DURATION)).unwrap_or(now)
         });
-        self.group.release(self.offset, self.generation, at);
-        self.inner.notify.notify_waiters();
-        Box::pin(async { Ok(()) })
+        let result = self.if_open(|a| a.group.release(a.offset, a.generation, at));
+        Box::pin(async move { result })
     }
 
     fn term(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         self.settled = true;
-        tracing::debug!(stream = %self.group.stream.name, group = %self.group.name, offset = self.offset, reason = %reason, "message terminated");
-        self.group.settle(self.offset, &self.inner.commits);
-        self.inner.notify.notify_waiters();
-        Box::pin(async { Ok(()) })
+        let result = self.if_open(|a| {
+            tracing::debug!(stream = %a.group.stream.name, group = %a.group.name, offset = a.offset, reason = %reason, "message terminated");
+            a.group.settle(a.offset, &a.inner.commits);
+        });
+        Box::pin(async move { result })
     }
 }

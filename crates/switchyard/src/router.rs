@@ -4,7 +4,7 @@
 //! (miss); changes take the write locks briefly and bump a generation so stale cache entries
 //! are never served.
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -19,6 +19,10 @@ struct Node<T> {
     star: Option<Box<Node<T>>>,
     hash: Option<Box<Node<T>>>,
     values: Vec<(u64, T)>,
+    /// Set on a `#` node that has another `#` above it: only such a node can be reached at
+    /// the same topic position along two routes, so only its visits are remembered (see
+    /// [`Walk::seen`]). Fixed by the node's path, so it never goes stale.
+    nested_hash: bool,
 }
 
 impl<T> Default for Node<T> {
@@ -28,28 +32,55 @@ impl<T> Default for Node<T> {
             star: None,
             hash: None,
             values: Vec::new(),
+            nested_hash: false,
         }
     }
 }
 
+/// One lookup: the topic, the matches found so far, and the visits already made.
+struct Walk<'s, 'o, T> {
+    segs: &'s [&'s str],
+    out: &'o mut Vec<(u64, T)>,
+    /// (address of a nested `#` node, topic position) already walked. Without it a
+    /// pattern like `#.#.#.z` is walked once per way of splitting the topic among its
+    /// `#`s, C(n+k, k) times; with it each pair is walked once, so a lookup takes at most
+    /// (topic segments + 1) × (trie nodes) steps. Allocates only for such patterns.
+    seen: HashSet<(usize, usize)>,
+}
+
 impl<T: Clone> Node<T> {
-    fn insert<'a>(&mut self, mut segs: impl Iterator<Item = &'a str>, id: u64, value: T) {
+    fn insert<'a>(
+        &mut self,
+        mut segs: impl Iterator<Item = &'a str>,
+        under_hash: bool,
+        id: u64,
+        value: T,
+    ) {
         match segs.next() {
             None => self.values.push((id, value)),
             Some("*") => self
                 .star
                 .get_or_insert_with(Default::default)
-                .insert(segs, id, value),
+                .insert(segs, under_hash, id, value),
             Some("#") => self
                 .hash
-                .get_or_insert_with(Default::default)
-                .insert(segs, id, value),
+                .get_or_insert_with(|| {
+                    Box::new(Node {
+                        nested_hash: under_hash,
+                        ..Node::default()
+                    })
+                })
+                .insert(segs, true, id, value),
             Some(s) => self
                 .children
                 .entry(SmolStr::new(s))
                 .or_default()
-                .insert(segs, id, value),
+                .insert(segs, under_hash, id, value),
         }
+    }
+
+    fn is_leaf(&self) -> bool {
+        self.children.is_empty() && self.star.is_none() && self.hash.is_none()
     }
 
     /// Removes `id` below this node; returns true when the node became empty. `removed` is
@@ -95,22 +126,40 @@ impl<T: Clone> Node<T> {
             && self.hash.is_none()
     }
 
-    fn collect(&self, segs: &[&str], out: &mut Vec<(u64, T)>) {
+    /// Adds the values of every pattern below this node that matches the topic from
+    /// position `at` on.
+    fn collect(&self, at: usize, w: &mut Walk<'_, '_, T>) {
         if let Some(h) = &self.hash {
-            for skip in 0..=segs.len() {
-                h.collect(&segs[skip..], out);
-            }
+            h.absorb(at, w);
         }
-        match segs.split_first() {
-            None => out.extend(self.values.iter().cloned()),
-            Some((s, rest)) => {
+        match w.segs.get(at) {
+            None => w.out.extend(self.values.iter().cloned()),
+            Some(s) => {
                 if let Some(c) = self.children.get(*s) {
-                    c.collect(rest, out);
+                    c.collect(at + 1, w);
                 }
                 if let Some(c) = &self.star {
-                    c.collect(rest, out);
+                    c.collect(at + 1, w);
                 }
             }
+        }
+    }
+
+    /// This node is a `#` reached with the topic at `from`: it absorbs zero or more
+    /// segments, and the rest of its patterns go on from each position after them.
+    fn absorb(&self, from: usize, w: &mut Walk<'_, '_, T>) {
+        if self.is_leaf() {
+            // The pattern ends with this `#`: it takes whatever is left of the topic.
+            w.out.extend(self.values.iter().cloned());
+            return;
+        }
+        for at in from..=w.segs.len() {
+            // Seen means an earlier visit walked `at` and every position after it (no
+            // visit is in progress: this node cannot be reached from below itself).
+            if self.nested_hash && !w.seen.insert((std::ptr::from_ref(self).addr(), at)) {
+                break;
+            }
+            self.collect(at, w);
         }
     }
 }
@@ -150,7 +199,7 @@ impl<T: Clone> Router<T> {
 
     pub(crate) fn insert(&self, pattern: &Pattern, id: u64, value: T) {
         let mut trie = write(&self.trie);
-        trie.insert(pattern.segments(), id, value);
+        trie.insert(pattern.segments(), false, id, value);
         self.generation.fetch_add(1, Ordering::Release);
         drop(trie);
         self.len.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +229,14 @@ impl<T: Clone> Router<T> {
         }
         let segs: Vec<&str> = topic.segments().collect();
         let mut found = Vec::new();
-        read(&self.trie).collect(&segs, &mut found);
+        read(&self.trie).collect(
+            0,
+            &mut Walk {
+                segs: &segs,
+                out: &mut found,
+                seen: HashSet::default(),
+            },
+        );
         found.sort_by_key(|(id, _)| *id);
         found.dedup_by_key(|(id, _)| *id);
         let result: Arc<[T]> = found.into_iter().map(|(_, v)| v).collect();
@@ -245,7 +301,80 @@ mod tests {
         prop_oneof![3 => segment(), 1 => Just("*".to_owned()), 1 => Just("#".to_owned())]
     }
 
+    /// The plain recursive definition of a match (exponential with many `#`, fine for the
+    /// small cases of the property test): what the trie must agree with.
+    fn reference(p: &[&str], t: &[&str]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((&"#", rest)) => (0..=t.len()).any(|skip| reference(rest, &t[skip..])),
+            Some((&seg, rest)) => match t.split_first() {
+                Some((&tseg, trest)) => (seg == "*" || seg == tseg) && reference(rest, trest),
+                None => false,
+            },
+        }
+    }
+
+    /// Issue 13 item 6: eight `#` in one pattern against the topic with the most segments
+    /// (128 one-byte segments make 255 bytes) took C(n+k, k) trie steps, practically
+    /// forever, under the trie's read lock.
+    #[test]
+    fn many_hashes_against_the_longest_topic_finish() {
+        let r = Router::new(16);
+        r.insert(&p("#.#.#.#.#.#.#.#.z"), 1, 1);
+        r.insert(&p("#.a.#.a.#.a.#"), 2, 2);
+        r.insert(&p("a.#"), 3, 3);
+        r.insert(&p("#"), 4, 4);
+        let miss = t(&["a"; 128].join("."));
+        let mut segs = vec!["a"; 127];
+        segs.push("z");
+        let hit = t(&segs.join("."));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((r.route(&miss).to_vec(), r.route(&hit).to_vec()));
+        });
+        // A guard, not a timing claim: linear routing takes microseconds.
+        let (miss, hit) = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("routing did not finish within 5 s");
+        assert_eq!(miss, [2, 3, 4]);
+        assert_eq!(hit, [1, 2, 3, 4]);
+    }
+
+    fn long_pattern_segment() -> impl Strategy<Value = String> {
+        prop_oneof![2 => segment(), 1 => Just("*".to_owned()), 2 => Just("#".to_owned())]
+    }
+
     proptest! {
+        /// Patterns heavy in `#` (several per pattern, adjacent ones too) on longer topics,
+        /// against the recursive definition.
+        #[test]
+        fn trie_agrees_with_the_recursive_definition(
+            patterns in prop::collection::vec(prop::collection::vec(long_pattern_segment(), 1..8), 1..12),
+            topics in prop::collection::vec(prop::collection::vec(segment(), 1..14), 1..8),
+        ) {
+            let router = Router::new(4);
+            for (i, pat) in patterns.iter().enumerate() {
+                router.insert(&p(&pat.join(".")), i as u64, i);
+            }
+            for segs in &topics {
+                let topic = t(&segs.join("."));
+                let tsegs: Vec<&str> = segs.iter().map(String::as_str).collect();
+                let expected: Vec<usize> = (0..patterns.len())
+                    .filter(|&i| {
+                        let psegs: Vec<&str> = patterns[i].iter().map(String::as_str).collect();
+                        reference(&psegs, &tsegs)
+                    })
+                    .collect();
+                prop_assert_eq!(&*router.route(&topic), &expected[..]);
+            }
+            // Removing every pattern leaves nothing behind.
+            for (i, pat) in patterns.iter().enumerate() {
+                router.remove(&p(&pat.join(".")), i as u64);
+            }
+            prop_assert_eq!(router.len(), 0);
+            prop_assert!(router.route(&t("a.b.c")).is_empty());
+        }
+
         #[test]
         fn trie_agrees_with_reference(
             patterns in prop::collection::vec(prop::collection::vec(pattern_segment(), 1..5), 1..12),

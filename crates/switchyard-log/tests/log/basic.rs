@@ -650,3 +650,42 @@ async fn close_during_traffic_is_clean() {
     assert!(stored >= accepted, "{stored} stored < {accepted} accepted");
     close(&log).await;
 }
+
+/// Issue 13 item 8: settling a delivery after `close` used to return `Ok` without being
+/// kept (the committed offsets were already written), so an acknowledged message came back
+/// after reopening. Now it is refused with `Closed`, and the message does come back.
+#[tokio::test]
+async fn settling_after_close_is_refused_and_the_message_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(
+        &log,
+        ["one", "two", "three"].map(|p| env("a.b", p)).to_vec(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let (one, two, three) = (
+        next(&mut sub).await,
+        next(&mut sub).await,
+        next(&mut sub).await,
+    );
+    close(&log).await;
+    let refused = [
+        one.ack().await.unwrap_err(),
+        two.term("after close").await.unwrap_err(),
+        three.nack(None).await.unwrap_err(),
+    ];
+    for e in &refused {
+        assert_eq!(e.kind, TransportErrorKind::Closed, "{e}");
+    }
+    drop(sub);
+    drop(log);
+    let log = open(dir.path());
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for want in ["one", "two", "three"] {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), want);
+        d.ack().await.unwrap();
+    }
+    close(&log).await;
+}

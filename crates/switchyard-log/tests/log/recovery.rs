@@ -258,3 +258,65 @@ async fn zeros_are_not_written_past_the_segment_size() {
     close(&log).await;
     assert_eq!(len(seg), log.streams()[0].bytes);
 }
+
+/// Issue 13 item 7: a power loss under `Never`/`Interval` (or a truncating recovery) can
+/// leave a group's committed offset past the end of the recovered data. Here the stream ends
+/// at 50 after the loss while the group's offset file says 100. New records then take the
+/// offsets 50.. again; none of them may be skipped, even when they are published in one
+/// session and consumed in a later one.
+#[tokio::test]
+async fn group_offset_past_a_lost_tail_is_clamped_when_the_stream_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("streams/default/00000000000000000000.log");
+    let log = open(dir.path());
+    publish_all(
+        &log,
+        (0..50).map(|i| env("a.b", &format!("old-{i}"))).collect(),
+    )
+    .await;
+    close(&log).await;
+    drop(log);
+    // The data as the disk will have it after the loss.
+    let before_loss = fs::read(&seg).unwrap();
+    let log = open(dir.path());
+    publish_all(
+        &log,
+        (50..100).map(|i| env("a.b", &format!("old-{i}"))).collect(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for _ in 0..100 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    drop(sub);
+    close(&log).await;
+    drop(log);
+    fs::write(&seg, &before_loss).unwrap();
+
+    // The stream recovers to 50 and the group's offset is brought back to it at once.
+    let log = open(dir.path());
+    assert_eq!(log.streams()[0].next_offset, 50);
+    assert_eq!(log.committed_offset("default", "g"), Some(50));
+    // 40 acknowledged publishes with the group away, then a restart, then 40 more.
+    publish_all(
+        &log,
+        (0..40).map(|i| env("a.b", &format!("new-{i}"))).collect(),
+    )
+    .await;
+    close(&log).await;
+    drop(log);
+    let log = open(dir.path());
+    publish_all(
+        &log,
+        (40..80).map(|i| env("a.b", &format!("new-{i}"))).collect(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for i in 0..80 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), format!("new-{i}"));
+        d.ack().await.unwrap();
+    }
+    assert!(try_next(&mut sub).is_none());
+    close(&log).await;
+}
