@@ -1377,8 +1377,8 @@ impl Bus {
 
     /// A JSON-serializable snapshot of the bus's own figures: every subscription's counters,
     /// queue depth and in-flight count, the pending total, and the default dead-letter store's
-    /// size and evictions (when it is in use). Per-handler latency histograms and Prometheus output come from
-    /// `switchyard_middleware::metrics`.
+    /// size and evictions (when it is in use). Per-handler latency histograms and Prometheus
+    /// output come from `switchyard_middleware::metrics`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

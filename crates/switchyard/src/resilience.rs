@@ -113,9 +113,8 @@ fn publish_breaker_event(
 impl Bus {
     /// Reports the bus's gauges through the `metrics` facade every `every`: queue depth per
     /// subscription, the default dead-letter store's size and evictions (when it is in use),
-    /// active sessions. Install a recorder
-    /// first (`switchyard_middleware::metrics::install_prometheus`). Stops when the bus shuts
-    /// down.
+    /// active sessions. Install a recorder first
+    /// (`switchyard_middleware::metrics::install_prometheus`). Stops when the bus shuts down.
     pub fn report_metrics(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let bus = self.clone();
         tokio::spawn(async move {
