@@ -795,8 +795,11 @@ const PULL_GRACE: Duration = Duration::from_secs(2);
 enum Inbound {
     /// A stored message.
     Message,
-    /// The open pull request ended (expired, or refused).
+    /// The open pull request ended (expired, or its batch is complete).
     Ended,
+    /// The server refused or cut short the open request (a 400 or 409 status, such as
+    /// "Exceeded MaxWaiting"): retrying at once would only be refused again.
+    Refused,
     /// The consumer is gone (deleted, or no responders for the request).
     ConsumerGone,
     /// A heartbeat, or a status for a request that already ended.
@@ -880,10 +883,7 @@ impl ConsumerWorker {
             }
             let Some(open) = &mut pull else {
                 match self.request().await {
-                    Ok(p) => {
-                        pull = Some(p);
-                        backoff = Duration::from_millis(100);
-                    }
+                    Ok(p) => pull = Some(p),
                     Err(e) => {
                         tracing::warn!(consumer = %self.name, error = %e, "cannot pull; retrying");
                         if self.pause(backoff).await {
@@ -918,13 +918,24 @@ impl ConsumerWorker {
             };
             match self.inbound(&msg, open) {
                 Inbound::Ignore => {}
-                Inbound::Ended => pull = None,
+                Inbound::Ended => {
+                    pull = None;
+                    backoff = Duration::from_millis(100);
+                }
+                Inbound::Refused => {
+                    pull = None;
+                    if self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
                 Inbound::ConsumerGone => {
                     tracing::warn!(consumer = %self.name, "consumer gone; re-creating");
                     pull = None;
                     recreate = true;
                 }
                 Inbound::Message => {
+                    backoff = Duration::from_millis(100);
                     open.remaining = open.remaining.saturating_sub(1);
                     if open.remaining == 0 {
                         pull = None;
@@ -978,7 +989,7 @@ impl ConsumerWorker {
             let Some(msg) = msg else { break };
             match self.inbound(&msg, open) {
                 Inbound::Ignore => {}
-                Inbound::Ended | Inbound::ConsumerGone => pull = None,
+                Inbound::Ended | Inbound::Refused | Inbound::ConsumerGone => pull = None,
                 Inbound::Message => {
                     open.remaining = open.remaining.saturating_sub(1);
                     if open.remaining == 0 {
@@ -1071,10 +1082,11 @@ impl ConsumerWorker {
         if msg.description.as_deref() == Some("Consumer Deleted") {
             return Inbound::ConsumerGone;
         }
-        if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
-            tracing::debug!(consumer = %self.name, %status, description = ?msg.description, "pull request ended");
+        if status == StatusCode::TIMEOUT || status == StatusCode::NOT_FOUND {
+            return Inbound::Ended;
         }
-        Inbound::Ended
+        tracing::warn!(consumer = %self.name, %status, description = ?msg.description, "pull request refused; retrying after a pause");
+        Inbound::Refused
     }
 
     /// Waits `d` (backoff before retrying); `true` when shutdown came first.
