@@ -1,0 +1,2 @@
+//! Gateway benchmark (filled in later).
+fn main() {}
