@@ -60,6 +60,9 @@ slow_client = "disconnect"
         jail.clear_env();
         jail.set_env("SWITCHYARD_TRANSPORT__KIND", "nats");
         jail.set_env("SWITCHYARD_TRANSPORT__URL", "nats://127.0.0.1:4333");
+        let e = NodeConfig::load(None).unwrap_err();
+        assert!(e.to_string().contains("transport.streams"), "{e}");
+        jail.set_env("SWITCHYARD_TRANSPORT__STREAMS", "[{name=\"events\",patterns=[\"orders.#\"]}]");
         let c = NodeConfig::load(None).unwrap();
         match &c.transport {
             TransportConfig::Nats(n) => assert_eq!(n.url, "nats://127.0.0.1:4333"),
@@ -140,7 +143,7 @@ fn out_of_range_values_name_key_value_and_allowed() {
             "at least 32 bytes",
         ),
         (
-            "[transport]\nkind = \"nats\"\nurl = \"http://x\"\n",
+            "[transport]\nkind = \"nats\"\nurl = \"http://x\"\n[[transport.streams]]\nname = \"s\"\npatterns = [\"a.#\"]\n",
             "transport.url",
             "http://x",
             "nats://",
