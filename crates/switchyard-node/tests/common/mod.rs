@@ -89,7 +89,10 @@ pub fn client() -> reqwest::Client {
 pub async fn error_of(res: reqwest::Response) -> (u16, String, String) {
     let status = res.status().as_u16();
     let body: serde_json::Value = res.json().await.expect("error body is JSON");
-    let kind = body["error"]["kind"].as_str().expect("error.kind").to_owned();
+    let kind = body["error"]["kind"]
+        .as_str()
+        .expect("error.kind")
+        .to_owned();
     let message = body["error"]["message"]
         .as_str()
         .expect("error.message")

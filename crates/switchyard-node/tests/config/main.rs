@@ -9,7 +9,11 @@ use switchyard_node::{NodeConfig, TransportConfig};
 
 fn invalid(e: ConfigError) -> (String, String, String) {
     match e {
-        ConfigError::Invalid { key, value, allowed } => (key, value, allowed),
+        ConfigError::Invalid {
+            key,
+            value,
+            allowed,
+        } => (key, value, allowed),
         other => panic!("expected Invalid, got {other}"),
     }
 }
@@ -62,7 +66,10 @@ slow_client = "disconnect"
         jail.set_env("SWITCHYARD_TRANSPORT__URL", "nats://127.0.0.1:4333");
         let e = NodeConfig::load(None).unwrap_err();
         assert!(e.to_string().contains("transport.streams"), "{e}");
-        jail.set_env("SWITCHYARD_TRANSPORT__STREAMS", "[{name=\"events\",patterns=[\"orders.#\"]}]");
+        jail.set_env(
+            "SWITCHYARD_TRANSPORT__STREAMS",
+            "[{name=\"events\",patterns=[\"orders.#\"]}]",
+        );
         let c = NodeConfig::load(None).unwrap();
         match &c.transport {
             TransportConfig::Nats(n) => assert_eq!(n.url, "nats://127.0.0.1:4333"),
@@ -83,15 +90,24 @@ fn a_missing_file_is_an_error() {
 fn unknown_keys_and_bad_kinds_are_refused_by_name() {
     let e = NodeConfig::from_toml("[limits]\nmax_body_byte = 5\n").unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("max_body_byte") && text.contains("max_body_bytes"), "{text}");
+    assert!(
+        text.contains("max_body_byte") && text.contains("max_body_bytes"),
+        "{text}"
+    );
 
     let e = NodeConfig::from_toml("[transport]\nkind = \"kafka\"\n").unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("kafka") && text.contains("memory") && text.contains("nats"), "{text}");
+    assert!(
+        text.contains("kafka") && text.contains("memory") && text.contains("nats"),
+        "{text}"
+    );
 
     let e = NodeConfig::from_toml("[ws]\nslow_client = \"block\"\n").unwrap_err();
     let text = e.to_string();
-    assert!(text.contains("block") && text.contains("drop_oldest") && text.contains("disconnect"), "{text}");
+    assert!(
+        text.contains("block") && text.contains("drop_oldest") && text.contains("disconnect"),
+        "{text}"
+    );
 
     let e = NodeConfig::from_toml("listen = \"nowhere\"\n").unwrap_err();
     assert!(e.to_string().contains("listen"), "{e}");
@@ -109,14 +125,24 @@ fn a_public_address_without_auth_is_refused_with_an_explanation() {
 #[test]
 fn out_of_range_values_name_key_value_and_allowed() {
     let cases: &[(&str, &str, &str, &str)] = &[
-        ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes", "0", "at least 1"),
+        (
+            "[limits]\nmax_body_bytes = 0\n",
+            "limits.max_body_bytes",
+            "0",
+            "at least 1",
+        ),
         (
             "[limits]\ndefault_request_timeout_ms = 100\nmax_request_timeout_ms = 10\n",
             "limits.max_request_timeout_ms",
             "10",
             "at least limits.default_request_timeout_ms (100)",
         ),
-        ("[ws]\noutbound_buffer = 0\n", "ws.outbound_buffer", "0", "at least 1"),
+        (
+            "[ws]\noutbound_buffer = 0\n",
+            "ws.outbound_buffer",
+            "0",
+            "at least 1",
+        ),
         (
             "[auth]\nenabled = true\n[[auth.principals]]\nname = \"p\"\n[[auth.tokens]]\nprincipal = \"p\"\nsha256 = \"xyz\"\n",
             "auth.tokens[0].sha256",
@@ -135,7 +161,12 @@ fn out_of_range_values_name_key_value_and_allowed() {
             "\"a..b\"",
             "a topic pattern",
         ),
-        ("[auth]\nenabled = true\n", "auth.enabled", "true", "auth.tokens or auth.jwt"),
+        (
+            "[auth]\nenabled = true\n",
+            "auth.enabled",
+            "true",
+            "auth.tokens or auth.jwt",
+        ),
         (
             "[auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"short\"\n",
             "auth.jwt.secret",

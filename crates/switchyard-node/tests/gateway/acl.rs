@@ -125,7 +125,8 @@ async fn acl_matrix_status_codes_and_no_denied_delivery() {
                 };
                 let status = res.status().as_u16();
                 assert_eq!(
-                    status, want,
+                    status,
+                    want,
                     "{principal} {action:?} {topic:?}: {}",
                     res.text().await.unwrap_or_default()
                 );
@@ -137,7 +138,14 @@ async fn acl_matrix_status_codes_and_no_denied_delivery() {
             }
         }
         // Admin-only endpoints all refuse a principal without the grant.
-        for path in ["/v1/topics", "/v1/dlq", "/v1/status", "/v1/stats", "/metrics", "/v1/topology"] {
+        for path in [
+            "/v1/topics",
+            "/v1/dlq",
+            "/v1/status",
+            "/v1/stats",
+            "/metrics",
+            "/v1/topology",
+        ] {
             let res = http
                 .get(format!("{}{path}", node.url))
                 .bearer_auth(token)
@@ -149,16 +157,23 @@ async fn acl_matrix_status_codes_and_no_denied_delivery() {
             if want == 403 {
                 let (_, kind, message) = error_of(res).await;
                 assert_eq!(kind, "forbidden");
-                assert!(message.contains(principal) && message.contains("admin"), "{message}");
+                assert!(
+                    message.contains(principal) && message.contains("admin"),
+                    "{message}"
+                );
             }
         }
     }
 
     // No credentials, or wrong ones: 401 everywhere, with a reason.
     for (req, reason) in [
-        (http.post(format!("{}/v1/publish/orders.placed", node.url)), "missing bearer token"),
         (
-            http.post(format!("{}/v1/publish/orders.placed", node.url)).bearer_auth("nope"),
+            http.post(format!("{}/v1/publish/orders.placed", node.url)),
+            "missing bearer token",
+        ),
+        (
+            http.post(format!("{}/v1/publish/orders.placed", node.url))
+                .bearer_auth("nope"),
             "unknown bearer token",
         ),
         (
@@ -166,7 +181,10 @@ async fn acl_matrix_status_codes_and_no_denied_delivery() {
                 .header("authorization", "Basic dXNlcjpwYXNz"),
             "Bearer",
         ),
-        (http.get(format!("{}/v1/dlq", node.url)), "missing bearer token"),
+        (
+            http.get(format!("{}/v1/dlq", node.url)),
+            "missing bearer token",
+        ),
     ] {
         let (status, kind, message) = error_of(req.body("{}").send().await.unwrap()).await;
         assert_eq!((status, kind.as_str()), (401, "unauthenticated"));
@@ -174,7 +192,11 @@ async fn acl_matrix_status_codes_and_no_denied_delivery() {
     }
 
     node.bus.run_until_idle().await;
-    assert_eq!(*seen.lock().unwrap(), expected, "only allowed calls reached handlers");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        expected,
+        "only allowed calls reached handlers"
+    );
     assert!(!seen.lock().unwrap().contains_key("secret.event"));
     assert!(!seen.lock().unwrap().contains_key("secret.cmd"));
 
@@ -267,15 +289,45 @@ publish = ["svc.#"]
             .body("{}")
             .send()
     };
-    assert_eq!(publish(token("svc", now + 600, "tests"), "svc.up").await.unwrap().status(), 202);
-    assert_eq!(publish(token("svc", now + 600, "tests"), "other.up").await.unwrap().status(), 403);
-    let (status, _, message) = error_of(publish(token("svc", now - 600, "tests"), "svc.up").await.unwrap()).await;
+    assert_eq!(
+        publish(token("svc", now + 600, "tests"), "svc.up")
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        publish(token("svc", now + 600, "tests"), "other.up")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let (status, _, message) = error_of(
+        publish(token("svc", now - 600, "tests"), "svc.up")
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401);
-    assert!(message.contains("invalid JWT") && message.contains("Expired"), "{message}");
-    let (status, _, message) = error_of(publish(token("svc", now + 600, "evil"), "svc.up").await.unwrap()).await;
+    assert!(
+        message.contains("invalid JWT") && message.contains("Expired"),
+        "{message}"
+    );
+    let (status, _, message) = error_of(
+        publish(token("svc", now + 600, "evil"), "svc.up")
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(message.contains("Issuer"), "{message}");
-    let (status, _, message) = error_of(publish(token("ghost", now + 600, "tests"), "svc.up").await.unwrap()).await;
+    let (status, _, message) = error_of(
+        publish(token("ghost", now + 600, "tests"), "svc.up")
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401);
     assert!(message.contains("unknown principal \"ghost\""), "{message}");
     let forged = jsonwebtoken::encode(
@@ -331,7 +383,10 @@ burst = 3
     }
     let (status, kind, message) = error_of(publish("ta").await.unwrap()).await;
     assert_eq!((status, kind.as_str()), (429, "rate_limited"));
-    assert!(message.contains("limits.publish_rate") && message.contains("\"a\""), "{message}");
+    assert!(
+        message.contains("limits.publish_rate") && message.contains("\"a\""),
+        "{message}"
+    );
     // Another principal has its own bucket.
     assert_eq!(publish("tb").await.unwrap().status(), 202);
     node.stop().await.unwrap();

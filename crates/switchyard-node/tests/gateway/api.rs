@@ -267,8 +267,17 @@ async fn topics_and_subscriptions_list_the_registry() {
         .await
         .unwrap();
     let topics = topics["topics"].as_array().unwrap();
-    assert!(topics.contains(&json!({"pattern": "users.#", "subscriptions": ["mailer"], "kind": "event"})), "{topics:?}");
-    assert!(topics.contains(&json!({"pattern": "users.create", "subscriptions": ["creator"], "kind": "command"})), "{topics:?}");
+    assert!(
+        topics
+            .contains(&json!({"pattern": "users.#", "subscriptions": ["mailer"], "kind": "event"})),
+        "{topics:?}"
+    );
+    assert!(
+        topics.contains(
+            &json!({"pattern": "users.create", "subscriptions": ["creator"], "kind": "command"})
+        ),
+        "{topics:?}"
+    );
 
     let subs: Value = http
         .get(node.url("/v1/subscriptions"))
@@ -288,7 +297,14 @@ async fn topics_and_subscriptions_list_the_registry() {
     assert_eq!(mailer["workers"], 2);
     assert_eq!(mailer["queue_capacity"], 1024);
     assert_eq!(mailer["kind"], "event");
-    for key in ["overflow", "depth", "in_flight", "handled", "failed", "dead_lettered"] {
+    for key in [
+        "overflow",
+        "depth",
+        "in_flight",
+        "handled",
+        "failed",
+        "dead_lettered",
+    ] {
         assert!(mailer.get(key).is_some(), "{key} missing in {mailer}");
     }
     node.stop().await.unwrap();
@@ -308,15 +324,23 @@ async fn after_shutdown_publishes_are_503_and_ready_says_why() {
         .unwrap();
     let res = router.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), 503);
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["kind"], "shutting_down");
     let res = router
-        .oneshot(axum::http::Request::get("/ready").body(axum::body::Body::empty()).unwrap())
+        .oneshot(
+            axum::http::Request::get("/ready")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), 503);
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["reasons"][0], "node is shutting down");
     let _ = Duration::ZERO;

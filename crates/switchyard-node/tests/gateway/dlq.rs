@@ -40,7 +40,10 @@ async fn publish(node: &TestNode, topic: &str, body: &str) -> String {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -53,7 +56,14 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     node.bus.run_until_idle().await;
     let http = client();
 
-    let list: Value = http.get(node.url("/v1/dlq")).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 3);
     let first = &list["items"][0];
     assert_eq!(first["id"], a.as_str());
@@ -110,7 +120,12 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
         .await
         .unwrap();
     assert_eq!(report["replayed"], 0);
-    assert!(report["failed"][0]["error"].as_str().unwrap().contains("no dead letter"));
+    assert!(
+        report["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no dead letter")
+    );
 
     let purged: Value = http
         .post(node.url("/v1/dlq/purge"))
@@ -136,7 +151,14 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     let env = recv(&mut replayed, "the bulk-replayed message").await;
     assert_eq!(env.id.to_string(), c);
     node.bus.run_until_idle().await;
-    let list: Value = http.get(node.url("/v1/dlq")).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["total"], 0);
     let _ = b;
     node.stop().await.unwrap();
@@ -146,8 +168,17 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
 async fn a_selection_must_say_ids_or_all() {
     let node = TestNode::start(MEMORY).await;
     let http = client();
-    for body in [json!({}), json!({"ids": [], "all": true}), json!({"ids": ["x"]})] {
-        let res = http.post(node.url("/v1/dlq/purge")).json(&body).send().await.unwrap();
+    for body in [
+        json!({}),
+        json!({"ids": [], "all": true}),
+        json!({"ids": ["x"]}),
+    ] {
+        let res = http
+            .post(node.url("/v1/dlq/purge"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 400, "{body}");
     }
 }

@@ -61,7 +61,8 @@ async fn oversized_bodies_and_messages_are_413_naming_the_limit() {
 #[tokio::test]
 async fn an_oversized_chunked_body_is_413_too() {
     let node = TestNode::start(SMALL_LIMITS).await;
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..8).map(|_| Ok(vec![b'y'; 400])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..8).map(|_| Ok(vec![b'y'; 400])).collect();
     let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
     let res = client()
         .post(node.url("/v1/publish/a.b"))
@@ -205,7 +206,11 @@ async fn unknown_routes_and_methods_answer_json() {
     let (status, kind, _) = error_of(res).await;
     assert_eq!((status, kind.as_str()), (405, "method_not_allowed"));
 
-    let res = http.get(node.url("/v1/dlq/not-an-id")).send().await.unwrap();
+    let res = http
+        .get(node.url("/v1/dlq/not-an-id"))
+        .send()
+        .await
+        .unwrap();
     let (status, kind, _) = error_of(res).await;
     assert_eq!((status, kind.as_str()), (400, "bad_request"));
 

@@ -9,7 +9,14 @@ use crate::common::{MEMORY, TestNode, client};
 async fn health_ready_and_openapi() {
     let node = TestNode::start(MEMORY).await;
     let http = client();
-    let health: Value = http.get(node.url("/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = http
+        .get(node.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
     let ready = http.get(node.url("/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -22,7 +29,15 @@ async fn health_ready_and_openapi() {
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/publish/{topic}", "/v1/send/{topic}", "/v1/request/{topic}", "/v1/dlq", "/v1/dlq/replay", "/v1/topology", "/metrics"] {
+    for path in [
+        "/v1/publish/{topic}",
+        "/v1/send/{topic}",
+        "/v1/request/{topic}",
+        "/v1/dlq",
+        "/v1/dlq/replay",
+        "/v1/topology",
+        "/metrics",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     assert!(doc["components"]["schemas"].get("MessageJson").is_some());
@@ -36,7 +51,9 @@ async fn metrics_and_stats_show_bus_and_gateway_figures() {
         .subscribe(
             "counter",
             "m.#",
-            handler_fn(|_e: Envelope| async move { Ok::<_, std::convert::Infallible>(Outcome::Ack) }),
+            handler_fn(
+                |_e: Envelope| async move { Ok::<_, std::convert::Infallible>(Outcome::Ack) },
+            ),
         )
         .start()
         .await
@@ -44,26 +61,66 @@ async fn metrics_and_stats_show_bus_and_gateway_figures() {
         .detach();
     let http = client();
     for _ in 0..3 {
-        let res = http.post(node.url("/v1/publish/m.x")).body("{}").send().await.unwrap();
+        let res = http
+            .post(node.url("/v1/publish/m.x"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 202);
     }
     let _ = http.get(node.url("/v1/nope")).send().await.unwrap();
     node.bus.run_until_idle().await;
-    let text = http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let line = |prefix: &str, needles: &[&str]| -> String {
         text.lines()
             .find(|l| l.starts_with(prefix) && needles.iter().all(|n| l.contains(n)))
             .unwrap_or_else(|| panic!("no {prefix} {needles:?} in\n{text}"))
             .to_owned()
     };
-    assert!(line("switchyard_subscription_acked_total", &["subscription=\"counter\""]).ends_with(" 3"));
+    assert!(
+        line(
+            "switchyard_subscription_acked_total",
+            &["subscription=\"counter\""]
+        )
+        .ends_with(" 3")
+    );
     assert!(line("switchyard_delivered_total", &["handler=\"counter\""]).ends_with(" 3"));
-    assert!(line("switchyard_gateway_requests_total", &["route=\"/v1/publish/{topic}\"", "status=\"202\""]).ends_with(" 3"));
-    assert!(line("switchyard_gateway_requests_total", &["route=\"unmatched\"", "status=\"404\""]).ends_with(" 1"));
-    line("switchyard_gateway_request_duration_seconds_bucket", &["route=\"/v1/publish/{topic}\""]);
+    assert!(
+        line(
+            "switchyard_gateway_requests_total",
+            &["route=\"/v1/publish/{topic}\"", "status=\"202\""]
+        )
+        .ends_with(" 3")
+    );
+    assert!(
+        line(
+            "switchyard_gateway_requests_total",
+            &["route=\"unmatched\"", "status=\"404\""]
+        )
+        .ends_with(" 1")
+    );
+    line(
+        "switchyard_gateway_request_duration_seconds_bucket",
+        &["route=\"/v1/publish/{topic}\""],
+    );
     assert!(line("switchyard_ready", &[]).ends_with(" 1"));
 
-    let stats: Value = http.get(node.url("/v1/stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = http
+        .get(node.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let sub = stats["bus"]["subscriptions"]
         .as_array()
         .unwrap()
@@ -76,7 +133,14 @@ async fn metrics_and_stats_show_bus_and_gateway_figures() {
     assert_eq!(stats["handlers"]["handlers"][0]["handler"], "counter");
     assert_eq!(stats["transport"]["kind"], "memory");
 
-    let status: Value = http.get(node.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let status: Value = http
+        .get(node.url("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["transport"], "memory");
     assert_eq!(status["ready"], true);
     assert_eq!(status["published"], 3);
@@ -134,7 +198,10 @@ async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
         .collect();
     assert_eq!(topics, ["orders.placed", "orders.shipped"]);
     assert_eq!(trace["tree"]["roots"][0]["topic"], "orders.placed");
-    assert_eq!(trace["tree"]["roots"][0]["children"][0]["topic"], "orders.shipped");
+    assert_eq!(
+        trace["tree"]["roots"][0]["children"][0]["topic"],
+        "orders.shipped"
+    );
     assert_eq!(trace["messages"][1]["causation_id"], res["id"]);
     let missing = http
         .get(node.url("/v1/trace/01ARZ3NDEKTSV4RRFFQ69G5FAV"))
@@ -152,21 +219,57 @@ async fn topology_exports_the_bus_graph_in_three_formats() {
         .subscribe(
             "mailer",
             "users.#",
-            handler_fn(|_e: Envelope| async move { Ok::<_, std::convert::Infallible>(Outcome::Ack) }),
+            handler_fn(
+                |_e: Envelope| async move { Ok::<_, std::convert::Infallible>(Outcome::Ack) },
+            ),
         )
         .start()
         .await
         .unwrap()
         .detach();
     let http = client();
-    let json: Value = http.get(node.url("/v1/topology")).send().await.unwrap().json().await.unwrap();
+    let json: Value = http
+        .get(node.url("/v1/topology"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(json["source"], "bus");
-    assert!(json["edges"].as_array().unwrap().iter().any(|e| e["pattern"] == "users.#" && e["subscription"] == "mailer"));
-    let mermaid = http.get(node.url("/v1/topology?format=mermaid")).send().await.unwrap().text().await.unwrap();
-    assert!(mermaid.starts_with("flowchart LR") && mermaid.contains("mailer"), "{mermaid}");
-    let dot = http.get(node.url("/v1/topology?format=dot")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        json["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["pattern"] == "users.#" && e["subscription"] == "mailer")
+    );
+    let mermaid = http
+        .get(node.url("/v1/topology?format=mermaid"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("mailer"),
+        "{mermaid}"
+    );
+    let dot = http
+        .get(node.url("/v1/topology?format=dot"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(dot.contains("\"users.#\" -> \"mailer\""), "{dot}");
-    let bad = http.get(node.url("/v1/topology?format=svg")).send().await.unwrap();
+    let bad = http
+        .get(node.url("/v1/topology?format=svg"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
     node.stop().await.unwrap();
 }

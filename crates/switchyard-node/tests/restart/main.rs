@@ -92,7 +92,10 @@ trace_messages = 0
     }
     child.start_kill().unwrap(); // SIGKILL
     let status = child.wait().await.unwrap();
-    assert!(!status.success(), "the node was killed, not stopped: {status:?}");
+    assert!(
+        !status.success(),
+        "the node was killed, not stopped: {status:?}"
+    );
     for p in publishers {
         assert!(p.await.unwrap(), "every publisher was cut off by the kill");
     }

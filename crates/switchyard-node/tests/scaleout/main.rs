@@ -58,7 +58,10 @@ async fn publish(node: &TestNode, topic: &str) -> String {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +94,11 @@ async fn two_nodes_on_one_nats_share_consumer_groups() {
     // 2. Both nodes have "workers": one consumer group, every message handled once in all.
     let sub_a = a
         .bus
-        .subscribe("workers", &format!("{prefix}.jobs.#"), tagged('a', tx_b.clone()))
+        .subscribe(
+            "workers",
+            &format!("{prefix}.jobs.#"),
+            tagged('a', tx_b.clone()),
+        )
         .start()
         .await
         .unwrap();
@@ -133,7 +140,9 @@ async fn two_nodes_on_one_nats_share_consumer_groups() {
         panic!("{who} handled {} again after the run", env.id);
     }
     // Remove the test's stream from the shared server.
-    if let Ok(t) = switchyard_nats::NatsTransport::connect(switchyard_nats::NatsConfig::new(NATS)).await {
+    if let Ok(t) =
+        switchyard_nats::NatsTransport::connect(switchyard_nats::NatsConfig::new(NATS)).await
+    {
         let _ = t.delete_stream(&stream).await;
     }
 }
