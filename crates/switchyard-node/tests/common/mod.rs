@@ -30,6 +30,11 @@ impl TestNode {
     }
 
     pub async fn from_config(config: NodeConfig, setup: impl FnOnce(&Node)) -> Self {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let node = Node::start(config).await.expect("node starts");
         setup(&node);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -40,7 +45,7 @@ impl TestNode {
             let _ = rx.await;
         }));
         Self {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             bus,
             stop: Some(tx),
             task: Some(task),

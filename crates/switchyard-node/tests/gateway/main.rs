@@ -8,3 +8,4 @@ mod api;
 mod dlq;
 mod malformed;
 mod observe;
+mod tls;

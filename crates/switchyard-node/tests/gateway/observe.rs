@@ -273,3 +273,94 @@ async fn topology_exports_the_bus_graph_in_three_formats() {
     assert_eq!(bad.status(), 400);
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_open_breaker_of_a_critical_handler_makes_the_node_not_ready() {
+    let node = TestNode::start(
+        r#"
+[transport]
+kind = "memory"
+[readiness]
+critical_handlers = ["payments"]
+[bus]
+shutdown_timeout_ms = 1000
+"#,
+    )
+    .await;
+    let (tx, mut breaker_events) = tokio::sync::mpsc::unbounded_channel();
+    node.bus
+        .subscribe(
+            "breaker-watch",
+            "switchyard.breaker.#",
+            crate::common::forward(tx),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    node.bus
+        .handle_envelope(
+            "payments",
+            "payments.charge",
+            handler_fn(|_e: Envelope| async move {
+                Err::<Outcome, _>(std::io::Error::other("gateway down"))
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let http = client();
+    assert_eq!(
+        http.get(node.url("/ready")).send().await.unwrap().status(),
+        200
+    );
+    // Failing calls until the breaker opens (5 failures in its window; bounded).
+    let mut opened = None;
+    for _ in 0..10 {
+        // A request, not a send: once the breaker is open the command waits in the queue.
+        let res = http
+            .post(node.url("/v1/request/payments.charge?timeout_ms=2000"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error() || res.status().is_server_error());
+        if let Ok(ev) = breaker_events.try_recv() {
+            opened = Some(ev);
+            break;
+        }
+    }
+    let ev = match opened {
+        Some(ev) => ev,
+        None => crate::common::recv(&mut breaker_events, "the breaker opening").await,
+    };
+    assert_eq!(ev.topic.as_str(), "switchyard.breaker.opened");
+    let res = http.get(node.url("/ready")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["reasons"][0].as_str().unwrap().contains("payments"),
+        "{body}"
+    );
+    let metrics = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_breaker_state")
+                && l.contains("payments")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "switchyard_ready 0"),
+        "{metrics}"
+    );
+}
