@@ -4,6 +4,8 @@
 //! `cargo bench -p switchyard-node --bench gateway` (env BENCH_SCALE=0.1 for a quick run).
 //! The node runs in memory with its defaults (trace buffer and resilience stack on).
 
+#![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 

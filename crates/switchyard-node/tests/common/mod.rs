@@ -1,5 +1,5 @@
 //! Shared by the integration tests: a node on an ephemeral port and an HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 use std::time::Duration;
 

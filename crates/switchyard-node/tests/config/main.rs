@@ -1,6 +1,13 @@
 //! Loading the node config: defaults, file, `SWITCHYARD_*` environment, and errors that name
 //! the key, the value and what is allowed.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)] // tests fail by panicking
+
 use std::path::Path;
 
 use figment::Jail;
