@@ -1,0 +1,937 @@
+//! The node's configuration: one TOML file plus `SWITCHYARD_*` environment overrides.
+//!
+//! [`NodeConfig::load`] merges, lowest priority first: the defaults, the TOML file (when a
+//! path is given; a missing file is an error), then environment variables named
+//! `SWITCHYARD_<SECTION>__<KEY>` (double underscore between levels, case-insensitive), for
+//! example `SWITCHYARD_LISTEN=0.0.0.0:8080` or `SWITCHYARD_TRANSPORT__KIND=nats`. Only
+//! variables whose first segment is a section of this file are read, so `SWITCHYARD_URL` or
+//! `SWITCHYARD_TOKEN` (the operator CLI's) do not disturb a node.
+//!
+//! Unknown keys are refused, and [`NodeConfig::validate`] checks every value, so a node never
+//! starts half-configured: each error names the key, the value and what is allowed.
+//!
+//! With no file and no environment: the embedded log under `./switchyard-data`, listening on
+//! `127.0.0.1:7878`, auth off (allowed only on a loopback address).
+//!
+//! ```toml
+//! listen = "127.0.0.1:7878"
+//!
+//! [transport]
+//! kind = "log"              # memory | log | nats
+//! data_dir = "./switchyard-data"
+//!
+//! [auth]
+//! enabled = true
+//! [[auth.tokens]]
+//! principal = "ingest"
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! [[auth.principals]]
+//! name = "ingest"
+//! publish = ["sensors.#"]
+//!
+//! [limits]
+//! max_body_bytes = 1048576
+//! [limits.publish_rate]
+//! per_second = 1000
+//! burst = 2000
+//!
+//! [ws]
+//! outbound_buffer = 1024
+//! slow_client = "drop_oldest"  # or "disconnect"
+//!
+//! [[ingest.zmq]]
+//! endpoint = "tcp://127.0.0.1:5555"
+//! topic = "sensors.raw"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use switchyard_core::{Pattern, Topic};
+
+/// Prefix of the environment variables read by [`NodeConfig::load`].
+pub const ENV_PREFIX: &str = "SWITCHYARD_";
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// Default data directory of the log transport.
+pub const DEFAULT_DATA_DIR: &str = "./switchyard-data";
+
+/// The whole configuration of a node. Every field has a default (see each one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Address the gateway listens on. Default `127.0.0.1:7878`.
+    pub listen: SocketAddr,
+    /// What carries events: in memory, the embedded log, or NATS JetStream.
+    /// Default: the log under `./switchyard-data`.
+    pub transport: TransportConfig,
+    /// Bearer tokens, JWT and the principals' grants. Default: off.
+    pub auth: AuthConfig,
+    /// Body, message, timeout and rate limits.
+    pub limits: LimitsConfig,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// How much history is kept: dead letters, traces, log retention.
+    pub retention: RetentionConfig,
+    /// TLS: serve HTTPS when a certificate and key are configured. Default: none.
+    pub tls: Option<TlsConfig>,
+    /// Log output of the node process.
+    pub logging: LoggingConfig,
+    /// Ingest sources that feed topics from outside (ZeroMQ PULL endpoints).
+    pub ingest: IngestConfig,
+    /// What `/ready` requires.
+    pub readiness: ReadinessConfig,
+    /// Bus defaults for subscriptions made through the gateway.
+    pub bus: BusConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            transport: TransportConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            ws: WsConfig::default(),
+            retention: RetentionConfig::default(),
+            tls: None,
+            logging: LoggingConfig::default(),
+            ingest: IngestConfig::default(),
+            readiness: ReadinessConfig::default(),
+            bus: BusConfig::default(),
+        }
+    }
+}
+
+/// Which transport carries events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum TransportConfig {
+    /// In process only: nothing survives a restart, nothing is shared between nodes.
+    Memory,
+    /// The embedded durable log (switchyard-log).
+    Log(LogTransportConfig),
+    /// NATS JetStream (switchyard-nats): nodes on one NATS share consumer groups.
+    Nats(NatsTransportConfig),
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self::Log(LogTransportConfig::default())
+    }
+}
+
+impl TransportConfig {
+    /// `memory`, `log` or `nats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Log(_) => "log",
+            Self::Nats(_) => "nats",
+        }
+    }
+}
+
+/// Settings of the embedded log transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LogTransportConfig {
+    /// Directory of the log (and of the node's dead-letter file). Default `./switchyard-data`.
+    pub data_dir: PathBuf,
+    /// When a publish counts as stored: `always` (fsync before 202, the default),
+    /// `interval` (fsync at most `sync_interval_ms` later) or `never` (OS buffers only).
+    pub durability: Durability,
+    /// Sync interval for `durability = "interval"`, milliseconds. Default 100.
+    pub sync_interval_ms: u64,
+    /// Segment size in bytes. Default 64 MiB.
+    pub segment_bytes: u64,
+    /// A delivery not settled within this time is redelivered, milliseconds. Default 30000.
+    pub ack_wait_ms: u64,
+    /// Deliveries before a message is dead-lettered (0: no limit). Default 5.
+    pub max_deliver: u32,
+}
+
+impl Default for LogTransportConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            durability: Durability::Always,
+            sync_interval_ms: 100,
+            segment_bytes: 64 * 1024 * 1024,
+            ack_wait_ms: 30_000,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// Durability of a publish on the log transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// On disk (fsync) before the publish is acknowledged.
+    #[default]
+    Always,
+    /// Written to the OS; synced at most `sync_interval_ms` later.
+    Interval,
+    /// Written to the OS; synced on close only.
+    Never,
+}
+
+/// Settings of the NATS JetStream transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsTransportConfig {
+    /// Server URL. Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Connection name, and prefix of the default stream. Default `switchyard`.
+    pub name: String,
+    /// Streams: each holds the topics matching its patterns; at least one is required (a
+    /// topic no stream holds cannot be published). Default: none.
+    pub streams: Vec<NatsStreamConfig>,
+    /// `file` (default) or `memory` storage.
+    pub storage: NatsStorage,
+    /// Stream replicas. Default 1.
+    pub replicas: usize,
+    /// Messages older than this are removed, seconds (0: keep). Default 0.
+    pub max_age_s: u64,
+    /// A delivery not acked within this time is redelivered, milliseconds. Default 30000.
+    pub ack_wait_ms: u64,
+    /// Deliveries before a message is dead-lettered. Default 5.
+    pub max_deliver: u32,
+}
+
+impl Default for NatsTransportConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            name: "switchyard".to_owned(),
+            streams: Vec::new(),
+            storage: NatsStorage::File,
+            replicas: 1,
+            max_age_s: 0,
+            ack_wait_ms: 30_000,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// One JetStream stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsStreamConfig {
+    /// Stream name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Topic patterns it holds.
+    pub patterns: Vec<String>,
+}
+
+/// JetStream storage kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsStorage {
+    /// On disk.
+    #[default]
+    File,
+    /// In the server's memory.
+    Memory,
+}
+
+/// Authentication and authorization.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuthConfig {
+    /// Require a bearer token or JWT on every `/v1` call. Default `false`: every caller is
+    /// the anonymous principal with every grant (refused on a non-loopback address).
+    pub enabled: bool,
+    /// Static bearer tokens, stored as SHA-256 hashes.
+    pub tokens: Vec<TokenConfig>,
+    /// JWT verification; the `sub` claim names the principal.
+    pub jwt: Option<JwtConfig>,
+    /// Principals and their grants.
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// A static bearer token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The principal this token authenticates as.
+    pub principal: String,
+    /// Lower-case hex SHA-256 of the token (`printf %s TOKEN | sha256sum`).
+    pub sha256: String,
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256` or `RS256`.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret (prefer `secret_env`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Name of an environment variable holding the HS256 secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// RS256: path of the PEM public key.
+    #[serde(default)]
+    pub public_key_pem: Option<PathBuf>,
+    /// Required `iss`, if set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds. Default 30.
+    #[serde(default = "default_leeway")]
+    pub leeway_s: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Supported JWT algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC SHA-256 with a shared secret.
+    HS256,
+    /// RSA SHA-256 with a public key.
+    RS256,
+}
+
+/// One principal's grants: topic patterns per action.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Name (the token's `principal`, the JWT's `sub`).
+    pub name: String,
+    /// Topics it may publish to.
+    pub publish: Vec<String>,
+    /// Patterns it may subscribe to (a subscription pattern must lie inside one of them).
+    pub subscribe: Vec<String>,
+    /// Command topics it may send to, request, or handle remotely.
+    pub send: Vec<String>,
+    /// Registry, dead letters, topology, traces, status, stats.
+    pub admin: bool,
+}
+
+/// Size, time and rate limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// Largest HTTP request body, bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Largest message payload (HTTP body, WebSocket publish, ZeroMQ ingest), bytes.
+    /// Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Default deadline of `POST /v1/request`, milliseconds. Default 5000.
+    pub default_request_timeout_ms: u64,
+    /// Largest `timeout_ms` a request may ask for, milliseconds. Default 60000.
+    pub max_request_timeout_ms: u64,
+    /// Deadline of `POST /v1/send`, milliseconds (a command with no answer by then gets 504).
+    /// Default 30000.
+    pub send_timeout_ms: u64,
+    /// Per-principal publish rate (HTTP and WebSocket publishes). Default: none.
+    pub publish_rate: Option<RateConfig>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_message_bytes: 1024 * 1024,
+            default_request_timeout_ms: 5_000,
+            max_request_timeout_ms: 60_000,
+            send_timeout_ms: 30_000,
+            publish_rate: None,
+        }
+    }
+}
+
+/// A token-bucket rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Sustained publishes per second.
+    pub per_second: u32,
+    /// Publishes allowed back to back. Default: `per_second`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// WebSocket settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WsConfig {
+    /// Outbound messages buffered per connection before the slow-client policy applies.
+    /// Default 1024.
+    pub outbound_buffer: usize,
+    /// What happens when a client does not read fast enough.
+    pub slow_client: SlowClientPolicy,
+    /// Largest incoming frame, bytes. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Ping interval, milliseconds (0: no pings). Default 30000.
+    pub ping_interval_ms: u64,
+    /// Connections open at once, all clients together. Default 10000.
+    pub max_connections: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            outbound_buffer: 1024,
+            slow_client: SlowClientPolicy::DropOldest,
+            max_frame_bytes: 1024 * 1024,
+            ping_interval_ms: 30_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// What to do with a WebSocket client whose outbound buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowClientPolicy {
+    /// Drop the oldest buffered message, count it and tell the client (`{"op":"dropped"}`).
+    #[default]
+    DropOldest,
+    /// Close the connection with code 1008 and a reason.
+    Disconnect,
+}
+
+/// How much history is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetentionConfig {
+    /// Dead letters kept (oldest evicted beyond). Default 10000.
+    pub dead_letters: usize,
+    /// Envelopes kept for `/v1/trace` (0: tracing off). Default 10000.
+    pub trace_messages: usize,
+    /// Log transport: remove the oldest segments while a stream is larger than this, bytes.
+    pub log_max_bytes: Option<u64>,
+    /// Log transport: remove segments older than this, seconds.
+    pub log_max_age_s: Option<u64>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            dead_letters: 10_000,
+            trace_messages: 10_000,
+            log_max_bytes: None,
+            log_max_age_s: None,
+        }
+    }
+}
+
+/// HTTPS with rustls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LoggingConfig {
+    /// `text` (default) or `json` (one JSON object per line).
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,switchyard_node=debug`. Default `info`.
+    /// `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// JSON objects, one per line.
+    Json,
+}
+
+/// Ingest sources.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct IngestConfig {
+    /// ZeroMQ PULL endpoints, each feeding one topic (feature `zmq`).
+    pub zmq: Vec<ZmqIngestConfig>,
+}
+
+/// One ZeroMQ PULL endpoint feeding a topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZmqIngestConfig {
+    /// Endpoint, e.g. `tcp://127.0.0.1:5555`.
+    pub endpoint: String,
+    /// Topic every received message is published to.
+    pub topic: String,
+    /// Bind the endpoint (default) or connect to it.
+    #[serde(default = "default_true")]
+    pub bind: bool,
+    /// Largest message accepted, bytes; larger ones are dead-lettered. Default: the node's
+    /// `limits.max_message_bytes`.
+    #[serde(default)]
+    pub max_message_bytes: Option<usize>,
+    /// Content type given to the messages. Default `application/json`.
+    #[serde(default = "default_json")]
+    pub content_type: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_json() -> String {
+    "application/json".to_owned()
+}
+
+/// What `/ready` requires besides a connected transport.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReadinessConfig {
+    /// Handlers whose open circuit breaker makes the node not ready.
+    pub critical_handlers: Vec<String>,
+}
+
+/// Bus defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// Queue capacity of each subscription. Default 1024.
+    pub queue_capacity: usize,
+    /// Workers per subscription. Default 1.
+    pub workers: usize,
+    /// Shutdown drain deadline, milliseconds. Default 10000.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 1024,
+            workers: 1,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration that cannot be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file given does not exist.
+    #[error("config file {path} not found")]
+    NotFound {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file or an environment variable could not be parsed, or names an unknown key.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("invalid config: {key} = {value}: {allowed}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_body_bytes`.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+}
+
+/// Top-level sections the environment may override (`SWITCHYARD_<SECTION>...`).
+const SECTIONS: &[&str] = &[
+    "listen",
+    "transport",
+    "auth",
+    "limits",
+    "ws",
+    "retention",
+    "tls",
+    "logging",
+    "ingest",
+    "readiness",
+    "bus",
+];
+
+impl NodeConfig {
+    /// Loads the defaults, then the TOML file at `path` (if given; it must exist), then the
+    /// `SWITCHYARD_*` environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env = Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+            let first = key.as_str().split('.').next().unwrap_or_default();
+            SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
+        });
+        Self::load_from(path, env)
+    }
+
+    /// Loads from a TOML string (plus defaults, no environment) and validates.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::extract(Self::base()?.merge(Toml::string(toml)))
+    }
+
+    /// The defaults as the lowest layer, without the transport: the transport's defaults
+    /// belong to its kind (a file choosing `kind = "nats"` must not inherit the log's
+    /// `data_dir`), so they come from the chosen variant, and `kind` defaults to `log`.
+    fn base() -> Result<Figment, ConfigError> {
+        let defaults = figment::value::Value::serialize(NodeConfig::default())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut dict = defaults.into_dict().unwrap_or_default();
+        dict.remove("transport");
+        Ok(Figment::from(Serialized::defaults(dict)))
+    }
+
+    fn load_from(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Self::base()?;
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::NotFound {
+                    path: path.to_path_buf(),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::extract(figment.merge(env))
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let figment = figment.join(Serialized::default("transport.kind", "log"));
+        let config: NodeConfig = figment.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the error names the key, the value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.auth.enabled && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "listen",
+                self.listen,
+                "a non-loopback address needs auth: set auth.enabled = true with tokens or jwt, \
+                 or listen on 127.0.0.1",
+            ));
+        }
+        self.validate_auth()?;
+        let l = &self.limits;
+        positive("limits.max_body_bytes", l.max_body_bytes as u64)?;
+        positive("limits.max_message_bytes", l.max_message_bytes as u64)?;
+        positive(
+            "limits.default_request_timeout_ms",
+            l.default_request_timeout_ms,
+        )?;
+        positive("limits.send_timeout_ms", l.send_timeout_ms)?;
+        if l.max_request_timeout_ms < l.default_request_timeout_ms {
+            return Err(ConfigError::invalid(
+                "limits.max_request_timeout_ms",
+                l.max_request_timeout_ms,
+                format!(
+                    "at least limits.default_request_timeout_ms ({})",
+                    l.default_request_timeout_ms
+                ),
+            ));
+        }
+        if let Some(rate) = l.publish_rate {
+            positive("limits.publish_rate.per_second", u64::from(rate.per_second))?;
+            if rate.burst == Some(0) {
+                return Err(ConfigError::invalid(
+                    "limits.publish_rate.burst",
+                    0,
+                    "at least 1",
+                ));
+            }
+        }
+        positive("ws.outbound_buffer", self.ws.outbound_buffer as u64)?;
+        positive("ws.max_frame_bytes", self.ws.max_frame_bytes as u64)?;
+        positive("ws.max_connections", self.ws.max_connections as u64)?;
+        positive("retention.dead_letters", self.retention.dead_letters as u64)?;
+        positive("bus.queue_capacity", self.bus.queue_capacity as u64)?;
+        positive("bus.workers", self.bus.workers as u64)?;
+        match &self.transport {
+            TransportConfig::Memory => {}
+            TransportConfig::Log(log) => {
+                if log.data_dir.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "transport.data_dir",
+                        "\"\"",
+                        "a directory path",
+                    ));
+                }
+                if log.segment_bytes < 4096 {
+                    return Err(ConfigError::invalid(
+                        "transport.segment_bytes",
+                        log.segment_bytes,
+                        "at least 4096",
+                    ));
+                }
+                positive("transport.ack_wait_ms", log.ack_wait_ms)?;
+                if log.durability == Durability::Interval {
+                    positive("transport.sync_interval_ms", log.sync_interval_ms)?;
+                }
+            }
+            TransportConfig::Nats(nats) => {
+                if !(nats.url.starts_with("nats://")
+                    || nats.url.starts_with("tls://")
+                    || nats.url.starts_with("ws://")
+                    || nats.url.starts_with("wss://"))
+                {
+                    return Err(ConfigError::invalid(
+                        "transport.url",
+                        &nats.url,
+                        "a nats://, tls://, ws:// or wss:// URL",
+                    ));
+                }
+                if nats.streams.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "transport.streams",
+                        "[]",
+                        "at least one stream, e.g. [[transport.streams]] name = \"events\" \
+                         patterns = [\"orders.#\"]; a topic no stream holds cannot be published \
+                         (one stream on \"#\" would also capture NATS's own _INBOX replies)",
+                    ));
+                }
+                positive("transport.replicas", nats.replicas as u64)?;
+                positive("transport.ack_wait_ms", nats.ack_wait_ms)?;
+                for (i, s) in nats.streams.iter().enumerate() {
+                    let ok = !s.name.is_empty()
+                        && s.name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !ok {
+                        return Err(ConfigError::invalid(
+                            format!("transport.streams[{i}].name"),
+                            format!("{:?}", s.name),
+                            "ASCII letters, digits, '-' and '_'",
+                        ));
+                    }
+                    if s.patterns.is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("transport.streams[{i}].patterns"),
+                            "[]",
+                            "at least one topic pattern",
+                        ));
+                    }
+                    for (j, p) in s.patterns.iter().enumerate() {
+                        pattern(&format!("transport.streams[{i}].patterns[{j}]"), p)?;
+                    }
+                }
+            }
+        }
+        for (i, z) in self.ingest.zmq.iter().enumerate() {
+            if !(z.endpoint.starts_with("tcp://") || z.endpoint.starts_with("ipc://")) {
+                return Err(ConfigError::invalid(
+                    format!("ingest.zmq[{i}].endpoint"),
+                    format!("{:?}", z.endpoint),
+                    "a tcp://host:port or ipc://path endpoint",
+                ));
+            }
+            if let Err(e) = Topic::new(&z.topic) {
+                return Err(ConfigError::invalid(
+                    format!("ingest.zmq[{i}].topic"),
+                    format!("{:?}", z.topic),
+                    format!("a topic ({e})"),
+                ));
+            }
+            if z.max_message_bytes == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("ingest.zmq[{i}].max_message_bytes"),
+                    0,
+                    "at least 1",
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        path.display(),
+                        "an existing PEM file",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in a.principals.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.principals[{i}].name"),
+                    "\"\"",
+                    "a non-empty name",
+                ));
+            }
+            if p.name == crate::auth::ANONYMOUS {
+                return Err(ConfigError::invalid(
+                    format!("auth.principals[{i}].name"),
+                    format!("{:?}", p.name),
+                    "any name but the reserved \"anonymous\"",
+                ));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.principals[{i}].name"),
+                    format!("{:?}", p.name),
+                    "a name not used by another principal",
+                ));
+            }
+            for (action, list) in [
+                ("publish", &p.publish),
+                ("subscribe", &p.subscribe),
+                ("send", &p.send),
+            ] {
+                for (j, pat) in list.iter().enumerate() {
+                    pattern(&format!("auth.principals[{i}].{action}[{j}]"), pat)?;
+                }
+            }
+        }
+        for (i, t) in a.tokens.iter().enumerate() {
+            let ok = t.sha256.len() == 64
+                && t.sha256
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].sha256"),
+                    format!("{:?}", t.sha256),
+                    "64 lower-case hex digits (printf %s TOKEN | sha256sum)",
+                ));
+            }
+            if !names.contains(t.principal.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("auth.tokens[{i}].principal"),
+                    format!("{:?}", t.principal),
+                    "the name of a principal in [[auth.principals]]",
+                ));
+            }
+        }
+        if let Some(jwt) = &a.jwt {
+            match jwt.algorithm {
+                JwtAlgorithm::HS256 => {
+                    let secret = match (&jwt.secret, &jwt.secret_env) {
+                        (Some(s), None) => Some(s.clone()),
+                        (None, Some(var)) => std::env::var(var).ok(),
+                        _ => {
+                            return Err(ConfigError::invalid(
+                                "auth.jwt.secret",
+                                "(secret and secret_env)",
+                                "exactly one of auth.jwt.secret or auth.jwt.secret_env for HS256",
+                            ));
+                        }
+                    };
+                    match secret {
+                        Some(s) if s.len() >= 32 => {}
+                        Some(s) => {
+                            return Err(ConfigError::invalid(
+                                "auth.jwt.secret",
+                                format!("({} bytes)", s.len()),
+                                "at least 32 bytes",
+                            ));
+                        }
+                        None => {
+                            return Err(ConfigError::invalid(
+                                "auth.jwt.secret_env",
+                                format!("{:?}", jwt.secret_env.as_deref().unwrap_or_default()),
+                                "the name of a set environment variable",
+                            ));
+                        }
+                    }
+                }
+                JwtAlgorithm::RS256 => match &jwt.public_key_pem {
+                    Some(p) if p.is_file() => {}
+                    Some(p) => {
+                        return Err(ConfigError::invalid(
+                            "auth.jwt.public_key_pem",
+                            p.display(),
+                            "an existing PEM file",
+                        ));
+                    }
+                    None => {
+                        return Err(ConfigError::invalid(
+                            "auth.jwt.public_key_pem",
+                            "(none)",
+                            "a PEM public key path for RS256",
+                        ));
+                    }
+                },
+            }
+        }
+        if a.enabled && a.tokens.is_empty() && a.jwt.is_none() {
+            return Err(ConfigError::invalid(
+                "auth.enabled",
+                true,
+                "auth.tokens or auth.jwt configured (otherwise nobody could authenticate)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        Err(ConfigError::invalid(key, 0, "at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn pattern(key: &str, p: &str) -> Result<(), ConfigError> {
+    Pattern::new(p)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, format!("{p:?}"), format!("a topic pattern ({e})")))
+}

@@ -1,0 +1,96 @@
+//! Readiness: is the transport connected, is a critical breaker open.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use switchyard_middleware::breaker::{BreakerHandle, BreakerState};
+
+/// The transport the bus runs on, kept for health and stats.
+#[derive(Clone)]
+pub(crate) enum TransportHandle {
+    /// In memory.
+    Memory,
+    /// The embedded log.
+    Log(switchyard_log::LogTransport),
+    /// NATS JetStream.
+    Nats(switchyard_nats::NatsTransport),
+}
+
+impl TransportHandle {
+    /// `memory`, `log` or `nats`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Log(_) => "log",
+            Self::Nats(_) => "nats",
+        }
+    }
+
+    /// `None` when connected (or nothing to connect), otherwise why not.
+    pub(crate) fn problem(&self) -> Option<String> {
+        match self {
+            Self::Memory | Self::Log(_) => None,
+            Self::Nats(n) => {
+                let h = n.health();
+                match h.state {
+                    switchyard_nats::ConnectionState::Connected => None,
+                    other => Some(format!("NATS connection is {other:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// Breakers by handler and the transport handle.
+pub(crate) struct Health {
+    pub(crate) transport: TransportHandle,
+    critical: HashSet<String>,
+    breakers: Mutex<BTreeMap<String, BreakerHandle>>,
+}
+
+impl Health {
+    pub(crate) fn new(transport: TransportHandle, critical: &[String]) -> Self {
+        Self {
+            transport,
+            critical: critical.iter().cloned().collect(),
+            breakers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records the breaker of a handler (called when the handler is registered).
+    pub(crate) fn add_breaker(&self, handler: &str, handle: BreakerHandle) {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(handler.to_owned(), handle);
+    }
+
+    /// Every breaker's state by handler.
+    pub(crate) fn breakers(&self) -> Vec<(String, BreakerState)> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, h)| (k.clone(), h.state()))
+            .collect()
+    }
+
+    /// Reasons the node is not ready (empty: ready).
+    pub(crate) fn problems(&self, shutting_down: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if shutting_down {
+            out.push("node is shutting down".to_owned());
+        }
+        if let Some(p) = self.transport.problem() {
+            out.push(p);
+        }
+        for (handler, state) in self.breakers() {
+            if state == BreakerState::Open && self.critical.contains(&handler) {
+                out.push(format!(
+                    "circuit breaker of critical handler {handler:?} is open"
+                ));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,150 @@
+//! `POST /v1/send/{topic}` and `POST /v1/request/{topic}`: commands and requests with their
+//! reply.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use switchyard::{CommandResult, Kind};
+
+use super::publish::envelope;
+use super::{Authed, PathParam, Q, RawBody, json};
+use crate::auth::Action;
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+use crate::wire::{ReplyJson, payload_json};
+
+/// Sends the body as a command to the one handler of `topic` and answers its reply.
+#[utoipa::path(
+    post,
+    path = "/v1/send/{topic}",
+    params(("topic" = String, Path, description = "Command topic")),
+    request_body(content = Object, description = "The command payload (same body and headers as publish)"),
+    responses(
+        (status = 200, description = "The handler's reply", body = ReplyJson),
+        (status = 404, description = "no_handler", body = crate::error::ErrorBody),
+        (status = 422, description = "handler_failed or handler_rejected", body = crate::error::ErrorBody),
+        (status = 504, description = "timeout (limits.send_timeout_ms)", body = crate::error::ErrorBody),
+    ),
+    tag = "messages"
+)]
+pub(crate) async fn send(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    PathParam(topic): PathParam,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let env = envelope(
+        &state,
+        &principal,
+        Action::Send,
+        &topic,
+        Kind::Command,
+        &headers,
+        body,
+    )?;
+    let (id, correlation) = (env.id, env.correlation_id);
+    let deadline = Duration::from_millis(state.config.limits.send_timeout_ms);
+    let result = match tokio::time::timeout(deadline, state.bus.send_envelope(env)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no reply within limits.send_timeout_ms = {} ms",
+                    deadline.as_millis()
+                ),
+            ));
+        }
+    };
+    Ok(json(StatusCode::OK, &reply_json(id, correlation, result)))
+}
+
+/// Query of `POST /v1/request`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RequestQuery {
+    /// Deadline in milliseconds (default `limits.default_request_timeout_ms`).
+    timeout_ms: Option<u64>,
+}
+
+/// A command with a deadline: `504 timeout` past it.
+#[utoipa::path(
+    post,
+    path = "/v1/request/{topic}",
+    params(("topic" = String, Path, description = "Command topic"), RequestQuery),
+    request_body(content = Object, description = "The request payload (same body and headers as publish)"),
+    responses(
+        (status = 200, description = "The handler's reply", body = ReplyJson),
+        (status = 404, description = "no_handler", body = crate::error::ErrorBody),
+        (status = 422, description = "handler_failed or handler_rejected", body = crate::error::ErrorBody),
+        (status = 504, description = "timeout", body = crate::error::ErrorBody),
+    ),
+    tag = "messages"
+)]
+pub(crate) async fn request(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    PathParam(topic): PathParam,
+    Q(query): Q<RequestQuery>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let limits = &state.config.limits;
+    let ms = query
+        .timeout_ms
+        .unwrap_or(limits.default_request_timeout_ms);
+    if ms == 0 || ms > limits.max_request_timeout_ms {
+        return Err(ApiError::new(
+            ErrorKind::BadQuery,
+            format!(
+                "timeout_ms = {ms}: allowed 1 to limits.max_request_timeout_ms = {}",
+                limits.max_request_timeout_ms
+            ),
+        ));
+    }
+    let env = envelope(
+        &state,
+        &principal,
+        Action::Send,
+        &topic,
+        Kind::Request,
+        &headers,
+        body,
+    )?;
+    let (id, correlation) = (env.id, env.correlation_id);
+    let result = state
+        .bus
+        .request_envelope(env, Duration::from_millis(ms))
+        .await?;
+    Ok(json(StatusCode::OK, &reply_json(id, correlation, result)))
+}
+
+pub(crate) fn reply_json(
+    id: switchyard::MessageId,
+    correlation: switchyard::MessageId,
+    result: CommandResult,
+) -> ReplyJson {
+    let (content_type, payload, payload_base64) = match &result.reply {
+        Some(r) => {
+            let (p, b) = payload_json(&r.content_type, &r.payload);
+            (r.content_type.to_string(), p, b)
+        }
+        None => (
+            crate::wire::JSON.to_owned(),
+            Some(serde_json::Value::Null),
+            None,
+        ),
+    };
+    ReplyJson {
+        id: id.to_string(),
+        correlation_id: correlation.to_string(),
+        attempts: result.attempts,
+        content_type,
+        payload,
+        payload_base64,
+    }
+}

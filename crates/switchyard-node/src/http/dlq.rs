@@ -1,0 +1,304 @@
+//! `GET|POST /v1/dlq...`: browse, inspect, replay and purge dead letters.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use switchyard::{DeadLetter, Envelope, Kind, MessageId, Pattern, PublishError};
+use switchyard_middleware::dlq::{DeadLetterFilter, Replayer};
+
+use super::{Admin, JsonBody, PathParam, Q};
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+use crate::wire::{MessageJson, rfc3339};
+
+/// Query of `GET /v1/dlq`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Topic pattern.
+    topic: Option<String>,
+    /// Subscription (handler) that gave up.
+    subscription: Option<String>,
+    /// Items per page (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Items to skip.
+    offset: Option<usize>,
+}
+
+/// One dead letter.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DeadLetterJson {
+    /// Message id.
+    id: String,
+    /// `handler_failed`, `rejected`, `decode_failed`, ...
+    reason: String,
+    /// The error chain.
+    error: String,
+    /// Subscription or handler that gave up.
+    handler: Option<String>,
+    /// Attempts made.
+    attempts: u32,
+    /// RFC 3339.
+    dead_lettered_at: String,
+    /// The message.
+    message: MessageJson,
+}
+
+impl DeadLetterJson {
+    fn from_letter(l: &DeadLetter) -> Self {
+        Self {
+            id: l.envelope.id.to_string(),
+            reason: serde_json::to_value(l.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            error: l.error.clone(),
+            handler: l.handler.as_ref().map(ToString::to_string),
+            attempts: l.attempts,
+            dead_lettered_at: rfc3339(l.dead_lettered_at),
+            message: MessageJson::from_envelope(&l.envelope),
+        }
+    }
+}
+
+/// `{"total", "items"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DeadLettersJson {
+    total: usize,
+    items: Vec<DeadLetterJson>,
+}
+
+fn topic_filter(topic: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
+    let mut f = DeadLetterFilter::new();
+    if let Some(t) = topic {
+        let p =
+            Pattern::new(t).map_err(|e| ApiError::new(ErrorKind::InvalidTopic, e.to_string()))?;
+        f = f.topic(p);
+    }
+    Ok(f)
+}
+
+/// Lists dead letters, oldest first.
+#[utoipa::path(get, path = "/v1/dlq", params(ListQuery), responses((status = 200, body = DeadLettersJson)), tag = "dead letters")]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Q(q): Q<ListQuery>,
+) -> Result<Json<DeadLettersJson>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::new(
+            ErrorKind::BadQuery,
+            format!("limit = {limit}: allowed 1 to 1000"),
+        ));
+    }
+    let mut filter = topic_filter(q.topic.as_deref())?;
+    if let Some(s) = &q.subscription {
+        filter = filter.handler(s.as_str());
+    }
+    let all = state.dlq.list(&filter);
+    let items = all
+        .iter()
+        .skip(q.offset.unwrap_or(0))
+        .take(limit)
+        .map(DeadLetterJson::from_letter)
+        .collect();
+    Ok(Json(DeadLettersJson {
+        total: all.len(),
+        items,
+    }))
+}
+
+fn parse_id(id: &str) -> Result<MessageId, ApiError> {
+    id.parse::<MessageId>().map_err(|_| {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("{id:?} is not a message id (a 26-character ULID)"),
+        )
+    })
+}
+
+/// One dead letter by message id.
+#[utoipa::path(get, path = "/v1/dlq/{id}", params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = DeadLetterJson), (status = 404, body = crate::error::ErrorBody)), tag = "dead letters")]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathParam(id): PathParam,
+) -> Result<Json<DeadLetterJson>, ApiError> {
+    let id = parse_id(&id)?;
+    match state.dlq.get(id) {
+        Some(l) => Ok(Json(DeadLetterJson::from_letter(&l))),
+        None => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no dead letter for message {id}"),
+        )),
+    }
+}
+
+/// Which entries a replay or purge takes: `{"ids": [...]}` or `{"all": true}`, optionally
+/// narrowed by `"topic"` (a pattern).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Selection {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    topic: Option<String>,
+}
+
+enum Selected {
+    Ids(Vec<MessageId>, Option<Pattern>),
+    Filter(DeadLetterFilter),
+}
+
+impl Selection {
+    fn resolve(self) -> Result<Selected, ApiError> {
+        match (self.ids, self.all) {
+            (Some(_), true) => Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "give either \"ids\" or \"all\": true, not both",
+            )),
+            (Some(ids), false) => {
+                let ids = ids.iter().map(|s| parse_id(s)).collect::<Result<_, _>>()?;
+                let topic = match self.topic {
+                    Some(t) => Some(
+                        Pattern::new(&t)
+                            .map_err(|e| ApiError::new(ErrorKind::InvalidTopic, e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                Ok(Selected::Ids(ids, topic))
+            }
+            (None, true) => Ok(Selected::Filter(topic_filter(self.topic.as_deref())?)),
+            (None, false) => Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "say which entries: {\"ids\": [...]} or {\"all\": true}",
+            )),
+        }
+    }
+}
+
+/// One entry a replay could not re-publish.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayFailureJson {
+    id: String,
+    error: String,
+}
+
+/// `{"replayed", "failed"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayJson {
+    replayed: usize,
+    failed: Vec<ReplayFailureJson>,
+}
+
+/// Re-publishes dead letters (same id; commands go to their handler again) and removes the
+/// entries that were accepted.
+#[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson)), tag = "dead letters")]
+pub(crate) async fn replay(
+    State(state): State<AppState>,
+    _admin: Admin,
+    JsonBody(sel): JsonBody<Selection>,
+) -> Result<Json<ReplayJson>, ApiError> {
+    let bus = state.bus.clone();
+    let target = move |env: Envelope| {
+        let bus = bus.clone();
+        async move {
+            match env.kind {
+                Kind::Command | Kind::Request => bus
+                    .send_envelope(env)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| PublishError::Refused(format!("command replay: {e}"))),
+                _ => bus.publish_envelope(env).await,
+            }
+        }
+    };
+    let replayer = Replayer::new(&*state.dlq, &target);
+    let mut out = ReplayJson {
+        replayed: 0,
+        failed: Vec::new(),
+    };
+    match sel.resolve()? {
+        Selected::Ids(ids, topic) => {
+            for id in ids {
+                if let Some(t) = &topic
+                    && state
+                        .dlq
+                        .get(id)
+                        .is_some_and(|l| !t.matches(&l.envelope.topic))
+                {
+                    continue;
+                }
+                match replayer.one(id).await {
+                    Ok(()) => out.replayed += 1,
+                    Err(e) => out.failed.push(ReplayFailureJson {
+                        id: id.to_string(),
+                        error: e.to_string(),
+                    }),
+                }
+            }
+        }
+        Selected::Filter(filter) => {
+            let report = replayer.filtered(&filter).await;
+            out.replayed = report.replayed.len();
+            out.failed = report
+                .failed
+                .into_iter()
+                .map(|f| ReplayFailureJson {
+                    id: f.id.to_string(),
+                    error: f.error,
+                })
+                .collect();
+        }
+    }
+    tracing::info!(
+        replayed = out.replayed,
+        failed = out.failed.len(),
+        "dead letters replayed"
+    );
+    Ok(Json(out))
+}
+
+/// `{"purged"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PurgeJson {
+    purged: usize,
+}
+
+/// Removes dead letters without replaying them.
+#[utoipa::path(post, path = "/v1/dlq/purge", request_body = Selection, responses((status = 200, body = PurgeJson)), tag = "dead letters")]
+pub(crate) async fn purge(
+    State(state): State<AppState>,
+    _admin: Admin,
+    JsonBody(sel): JsonBody<Selection>,
+) -> Result<Json<PurgeJson>, ApiError> {
+    let write_error = |e: switchyard_middleware::dlq::DlqWriteError| {
+        ApiError::new(ErrorKind::Internal, e.to_string())
+    };
+    let purged = match sel.resolve()? {
+        Selected::Ids(ids, topic) => {
+            let mut n = 0;
+            for id in ids {
+                if let Some(t) = &topic
+                    && state
+                        .dlq
+                        .get(id)
+                        .is_some_and(|l| !t.matches(&l.envelope.topic))
+                {
+                    continue;
+                }
+                if state.dlq.remove(id).map_err(write_error)? {
+                    n += 1;
+                }
+            }
+            n
+        }
+        Selected::Filter(filter) => state.dlq.purge(&filter).map_err(write_error)?,
+    };
+    tracing::info!(purged, "dead letters purged");
+    Ok(Json(PurgeJson { purged }))
+}

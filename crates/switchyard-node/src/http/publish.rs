@@ -1,0 +1,162 @@
+//! `POST /v1/publish/{topic}`: an event from an HTTP body.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use switchyard::{Envelope, Kind, Topic};
+
+use super::{Authed, PathParam, RawBody, json};
+use crate::auth::{Action, Principal};
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+use crate::wire::{self, PublishMeta, Published};
+
+/// Publishes the body as an event on `topic`; `202` once the bus accepted it (on the log or
+/// NATS transport: once it is stored).
+#[utoipa::path(
+    post,
+    path = "/v1/publish/{topic}",
+    params(
+        ("topic" = String, Path, description = "Topic, e.g. `orders.placed`"),
+        ("x-message-id" = Option<String>, Header, description = "Dedup id: a ULID becomes the message id, any other string is kept in the `message-id` header"),
+        ("x-correlation-id" = Option<String>, Header, description = "Correlation id"),
+        ("x-causation-id" = Option<String>, Header, description = "Causation id (a message id)"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context"),
+        ("x-priority" = Option<u8>, Header, description = "0-255, default 128"),
+        ("x-source" = Option<String>, Header, description = "Publishing component"),
+    ),
+    request_body(content = Object, description = "The payload: JSON with `application/json`, raw bytes with any other content type"),
+    responses(
+        (status = 202, description = "Accepted", body = Published),
+        (status = 400, description = "invalid_topic, malformed_json or bad_header", body = crate::error::ErrorBody),
+        (status = 401, description = "unauthenticated", body = crate::error::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::error::ErrorBody),
+        (status = 413, description = "too_large", body = crate::error::ErrorBody),
+        (status = 429, description = "rate_limited", body = crate::error::ErrorBody),
+        (status = 503, description = "queue_full, shutting_down or not_ready", body = crate::error::ErrorBody),
+    ),
+    tag = "messages"
+)]
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Authed(principal): Authed,
+    PathParam(topic): PathParam,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let env = envelope(
+        &state,
+        &principal,
+        Action::Publish,
+        &topic,
+        Kind::Event,
+        &headers,
+        body,
+    )?;
+    state.check_publish_rate(&principal)?;
+    let reply = Published {
+        id: env.id.to_string(),
+        correlation_id: env.correlation_id.to_string(),
+    };
+    state.bus.publish_envelope(env).await?;
+    state.metrics.published_one();
+    Ok(json(StatusCode::ACCEPTED, &reply))
+}
+
+/// Validates topic, grant, size, content type and headers, and builds the envelope.
+pub(crate) fn envelope(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    topic: &str,
+    kind: Kind,
+    headers: &HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Envelope, ApiError> {
+    let topic = Topic::new(topic).map_err(|e| ApiError::topic(&e))?;
+    state.auth.authorize(principal, action, topic.as_str())?;
+    let limit = state.config.limits.max_message_bytes;
+    if body.len() > limit {
+        return Err(ApiError::new(
+            ErrorKind::TooLarge,
+            format!(
+                "message payload of {} bytes is larger than limits.max_message_bytes = {limit} bytes",
+                body.len()
+            ),
+        ));
+    }
+    let content_type = match headers.get(CONTENT_TYPE) {
+        None => "application/octet-stream".to_owned(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorKind::BadHeader, "Content-Type is not ASCII"))?
+            .trim()
+            .to_owned(),
+    };
+    if wire::is_json(&content_type)
+        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+    {
+        return Err(ApiError::new(
+            ErrorKind::MalformedJson,
+            format!("body is not valid JSON (Content-Type: {content_type}): {e}"),
+        ));
+    }
+    let meta = publish_meta(headers)?;
+    wire::build_envelope(topic, kind, &content_type, body, meta, principal.name())
+}
+
+/// Reads the optional `x-*` and `traceparent` headers.
+pub(crate) fn publish_meta(headers: &HeaderMap) -> Result<PublishMeta, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(|s| Some(s.trim().to_owned())).map_err(|_| {
+                ApiError::new(ErrorKind::BadHeader, format!("header {name} is not ASCII"))
+            }),
+        }
+    };
+    let priority = match text("x-priority")? {
+        None => None,
+        Some(p) => Some(p.parse::<u8>().map_err(|_| {
+            ApiError::new(
+                ErrorKind::BadHeader,
+                format!("x-priority {p:?} is not an integer from 0 to 255"),
+            )
+        })?),
+    };
+    let mut meta = PublishMeta {
+        message_id: text("x-message-id")?,
+        correlation_id: text("x-correlation-id")?,
+        causation_id: text("x-causation-id")?,
+        traceparent: text("traceparent")?,
+        priority,
+        source: text("x-source")?,
+        headers: Vec::new(),
+    };
+    for (name, value) in headers {
+        if let Some(short) = name.as_str().strip_prefix("x-meta-") {
+            if short.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::BadHeader,
+                    "x-meta- header without a name",
+                ));
+            }
+            let v = value.to_str().map_err(|_| {
+                ApiError::new(ErrorKind::BadHeader, format!("header {name} is not ASCII"))
+            })?;
+            meta.headers.push((short.to_owned(), v.to_owned()));
+        }
+    }
+    if let Some(tp) = &meta.traceparent
+        && tp
+            .parse::<switchyard_middleware::trace::TraceContext>()
+            .is_err()
+    {
+        return Err(ApiError::new(
+            ErrorKind::BadHeader,
+            format!("traceparent {tp:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
+        ));
+    }
+    Ok(meta)
+}

@@ -1,0 +1,20 @@
+//! Process logging for a node binary: text or JSON lines through `tracing-subscriber`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LoggingConfig};
+
+/// Installs the global `tracing` subscriber described by `config` (`RUST_LOG` overrides the
+/// filter). Returns `false` when a subscriber was already installed.
+pub fn init(config: &LoggingConfig) -> bool {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.format {
+        LogFormat::Json => builder.json().with_current_span(false).try_init().is_ok(),
+        LogFormat::Text => builder.try_init().is_ok(),
+    }
+}

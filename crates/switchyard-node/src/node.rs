@@ -1,0 +1,440 @@
+//! [`Node`]: the bus on its configured transport, the gateway router, and serving with a
+//! graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use switchyard::{BoxHandler, Bus, boxed};
+use switchyard_components::Topology;
+use switchyard_middleware::dlq::{
+    DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetterQueue,
+};
+use switchyard_middleware::metrics::MetricsRegistry;
+use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+
+use crate::auth::Auth;
+use crate::config::{NodeConfig, TransportConfig};
+use crate::error::NodeError;
+use crate::health::{Health, TransportHandle};
+use crate::metrics::GatewayMetrics;
+use crate::state::{AppState, PublishRate};
+
+/// Name of the dead-letter file under the log transport's data directory.
+pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
+
+/// A running node: a [`Bus`] on the configured transport and the gateway in front of it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), switchyard_node::NodeError> {
+/// use switchyard_node::{Node, NodeConfig};
+/// let config = NodeConfig::load(None)?;            // defaults + SWITCHYARD_* env
+/// let node = Node::start(config).await?;
+/// let listener = node.bind().await?;               // the configured listen address
+/// node.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+///
+/// To embed the gateway in another axum application, mount [`Node::router`] (for example
+/// with `Router::nest("/bus", node.router())`) and call [`Node::shutdown`] when done.
+pub struct Node {
+    state: AppState,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    #[cfg(feature = "zmq")]
+    ingest: Vec<crate::ingest::Ingest>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("listen", &self.state.config.listen)
+            .field("transport", &self.state.config.transport.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Validates `config`, opens the transport, builds the bus (with the default resilience
+    /// stack on every handler), starts the trace recorder and the ingest sources. Nothing is
+    /// left running when it fails.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        config.validate()?;
+        let auth = Auth::from_config(&config.auth).map_err(|e| NodeError::Auth(e.to_string()))?;
+        let dlq = open_dead_letters(&config)?;
+        let transport = open_transport(&config, &dlq).await?;
+        let health = Arc::new(Health::new(
+            transport.clone(),
+            &config.readiness.critical_handlers,
+        ));
+        let handlers = MetricsRegistry::new();
+        let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
+        let trace = (config.retention.trace_messages > 0)
+            .then(|| Arc::new(TraceBuffer::new(config.retention.trace_messages)));
+        let hook_trace = trace.clone();
+
+        let mut builder = Bus::builder()
+            .queue_capacity(config.bus.queue_capacity)
+            .workers(config.bus.workers)
+            .dead_letters(DlqSink(dlq.clone()))
+            .publish_hook(move |env| {
+                switchyard_middleware::trace::ensure_traceparent(env);
+                if let Some(t) = &hook_trace {
+                    t.record(env);
+                }
+                Ok(())
+            });
+        builder = match &transport {
+            TransportHandle::Memory => builder,
+            TransportHandle::Log(t) => builder.transport(t.clone()),
+            TransportHandle::Nats(t) => builder.transport(t.clone()),
+        };
+        let wrap_health = health.clone();
+        let wrap_registry = handlers.clone();
+        let bus = builder
+            .max_attempts(1)
+            .wrap_handlers(move |name, handler: BoxHandler| {
+                let tx = breaker_tx.clone();
+                let config = ResilienceConfig::default()
+                    .registry(wrap_registry.clone())
+                    .on_breaker_transition(move |event| {
+                        let _ = tx.send(event.clone());
+                    });
+                let layer = ResilienceLayer::new(name, config);
+                wrap_health.add_breaker(name, layer.breaker());
+                boxed(layer.layer(handler))
+            })
+            .build()?;
+
+        #[allow(unused_mut)]
+        let mut background = vec![tokio::spawn(publish_breaker_events(
+            bus.clone(),
+            breaker_rx,
+        ))];
+        let metrics = Arc::new(GatewayMetrics::new());
+        let config = Arc::new(config);
+        let state = AppState {
+            bus: bus.clone(),
+            rate: config
+                .limits
+                .publish_rate
+                .and_then(PublishRate::new)
+                .map(Arc::new),
+            config: config.clone(),
+            auth: Arc::new(auth),
+            metrics,
+            handlers,
+            dlq,
+            trace,
+            topology: Arc::new(RwLock::new(None)),
+            health,
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+        };
+        #[cfg(feature = "zmq")]
+        let ingest = match crate::ingest::start_all(&state).await {
+            Ok(i) => i,
+            Err(e) => {
+                abort_all(&mut background);
+                let _ = bus.shutdown(Duration::from_secs(1)).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            transport = config.transport.kind(),
+            listen = %config.listen,
+            auth = config.auth.enabled,
+            "node started"
+        );
+        Ok(Node {
+            state,
+            background,
+            #[cfg(feature = "zmq")]
+            ingest,
+        })
+    }
+
+    /// The bus: register handlers and subscriptions on it as in any application.
+    pub fn bus(&self) -> &Bus {
+        &self.state.bus
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.state.config
+    }
+
+    /// Declares the component topology `GET /v1/topology` exports (otherwise it exports the
+    /// subscriptions the bus knows).
+    pub fn set_topology(&self, topology: Topology) {
+        *self
+            .state
+            .topology
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(topology);
+    }
+
+    /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.
+    pub fn add_monitor(&self, name: impl Into<String>, monitor: switchyard_pipeline::Monitor) {
+        self.state.metrics.add_monitor(name, monitor);
+    }
+
+    /// The gateway: `/v1/...`, `/metrics`, `/health`, `/ready`, JSON 404 for anything else.
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.state.clone())
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, NodeError> {
+        let addr = self.state.config.listen;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Bind { addr, source })
+    }
+
+    /// Serves the gateway on `listener` (HTTPS when `tls` is configured) until `shutdown`
+    /// resolves; then stops accepting, lets running requests finish, closes WebSocket
+    /// connections, stops the ingest sources and shuts the bus down (drain deadline
+    /// `bus.shutdown_timeout_ms`).
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), NodeError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let router = self.router();
+        let token = self.state.shutdown.clone();
+        let addr = listener.local_addr().ok();
+        let served = match &self.state.config.tls {
+            None => {
+                if let Some(addr) = addr {
+                    tracing::info!(url = %format!("http://{addr}"), "gateway listening");
+                }
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        shutdown.await;
+                        token.cancel();
+                    })
+                    .await
+                    .map_err(NodeError::Serve)
+            }
+            Some(tls) => {
+                let config = crate::tls::rustls_config(tls).await?;
+                let std_listener = listener.into_std().map_err(NodeError::Serve)?;
+                if let Some(addr) = addr {
+                    tracing::info!(url = %format!("https://{addr}"), "gateway listening");
+                }
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                let grace = Duration::from_millis(self.state.config.bus.shutdown_timeout_ms);
+                tokio::spawn(async move {
+                    shutdown.await;
+                    token.cancel();
+                    h.graceful_shutdown(Some(grace));
+                });
+                axum_server::from_tcp_rustls(std_listener, config)
+                    .handle(handle)
+                    .serve(router.into_make_service())
+                    .await
+                    .map_err(NodeError::Serve)
+            }
+        };
+        let stopped = self.shutdown().await;
+        served.and(stopped)
+    }
+
+    /// Stops the node without serving: cancels WebSocket connections, stops the ingest
+    /// sources, shuts the bus down (draining until `bus.shutdown_timeout_ms`).
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        self.state.shutdown.cancel();
+        #[cfg(feature = "zmq")]
+        for ingest in self.ingest.drain(..) {
+            ingest.stop().await;
+        }
+        let deadline = Duration::from_millis(self.state.config.bus.shutdown_timeout_ms);
+        let result = self.state.bus.shutdown(deadline).await;
+        abort_all(&mut self.background);
+        match result {
+            Ok(report) => {
+                tracing::info!(
+                    drained = report.drained,
+                    left = report.left.len(),
+                    nacked = report.nacked.len(),
+                    "node stopped"
+                );
+                Ok(())
+            }
+            Err(e) => Err(NodeError::Shutdown(e.to_string())),
+        }
+    }
+
+    /// The address a listener from [`bind`](Self::bind) would use.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.state.config.listen
+    }
+}
+
+fn abort_all(tasks: &mut Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks.drain(..) {
+        t.abort();
+    }
+}
+
+fn open_dead_letters(config: &NodeConfig) -> Result<Arc<dyn DeadLetterQueue>, NodeError> {
+    let capacity = config.retention.dead_letters;
+    Ok(match &config.transport {
+        TransportConfig::Log(log) => {
+            std::fs::create_dir_all(&log.data_dir)
+                .map_err(|e| NodeError::DeadLetters(format!("{}: {e}", log.data_dir.display())))?;
+            let options = FileDlqOptions {
+                capacity: Some(capacity),
+                ..FileDlqOptions::default()
+            };
+            let dlq = FileDeadLetterQueue::open(log.data_dir.join(DEAD_LETTER_FILE), options)
+                .map_err(|e| NodeError::DeadLetters(e.to_string()))?;
+            Arc::new(dlq)
+        }
+        _ => Arc::new(InMemoryDeadLetterQueue::new(capacity)),
+    })
+}
+
+async fn open_transport(
+    config: &NodeConfig,
+    dlq: &Arc<dyn DeadLetterQueue>,
+) -> Result<TransportHandle, NodeError> {
+    let sink: Arc<dyn switchyard::DeadLetterSink> = Arc::new(DlqSink(dlq.clone()));
+    match &config.transport {
+        TransportConfig::Memory => Ok(TransportHandle::Memory),
+        TransportConfig::Log(c) => {
+            let durability = match c.durability {
+                crate::config::Durability::Always => switchyard_log::Durability::Always,
+                crate::config::Durability::Interval => {
+                    switchyard_log::Durability::Interval(Duration::from_millis(c.sync_interval_ms))
+                }
+                crate::config::Durability::Never => switchyard_log::Durability::Never,
+            };
+            let retention = switchyard_log::Retention {
+                max_bytes: config.retention.log_max_bytes,
+                max_age: config.retention.log_max_age_s.map(Duration::from_secs),
+                delete_consumed: false,
+            };
+            let log_config = switchyard_log::LogConfig::new(c.data_dir.join("log"))
+                .with_durability(durability)
+                .with_segment_bytes(c.segment_bytes)
+                .with_ack_wait(Duration::from_millis(c.ack_wait_ms))
+                .with_max_deliver(c.max_deliver)
+                .with_retention(retention)
+                .with_dead_letters(sink);
+            switchyard_log::LogTransport::open(log_config)
+                .map(TransportHandle::Log)
+                .map_err(|e| NodeError::Transport {
+                    transport: "log",
+                    message: e.to_string(),
+                })
+        }
+        TransportConfig::Nats(c) => {
+            let mut nc = switchyard_nats::NatsConfig::new(c.url.clone())
+                .with_storage(match c.storage {
+                    crate::config::NatsStorage::File => switchyard_nats::Storage::File,
+                    crate::config::NatsStorage::Memory => switchyard_nats::Storage::Memory,
+                })
+                .with_ack_wait(Duration::from_millis(c.ack_wait_ms))
+                .with_max_deliver(c.max_deliver)
+                .with_dead_letters(sink);
+            nc.name = c.name.clone();
+            nc.replicas = c.replicas;
+            if c.max_age_s > 0 {
+                nc = nc.with_max_age(Duration::from_secs(c.max_age_s));
+            }
+            for s in &c.streams {
+                let patterns = s
+                    .patterns
+                    .iter()
+                    .filter_map(|p| switchyard::Pattern::new(p).ok())
+                    .collect::<Vec<_>>();
+                nc = nc.with_stream(s.name.clone(), patterns);
+            }
+            switchyard_nats::NatsTransport::connect(nc)
+                .await
+                .map(TransportHandle::Nats)
+                .map_err(|e| NodeError::Transport {
+                    transport: "nats",
+                    message: e.to_string(),
+                })
+        }
+    }
+}
+
+/// The last envelopes published or sent through this node's bus, for `/v1/trace`. Fed by a
+/// publish hook rather than a `#` subscription (`switchyard_components`' `TraceRecorder`):
+/// it sees commands and requests too, costs no second read of the transport, and works on
+/// NATS where a `#` subscription needs a stream holding every topic.
+pub(crate) struct TraceBuffer {
+    capacity: usize,
+    seen: std::sync::Mutex<std::collections::VecDeque<switchyard::Envelope>>,
+}
+
+impl TraceBuffer {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            seen: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn record(&self, env: &switchyard::Envelope) {
+        let mut q = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            q.pop_front();
+        }
+        q.push_back(env.clone());
+    }
+
+    /// The recorded envelopes of one correlation id, oldest first.
+    pub(crate) fn of(&self, correlation: switchyard::MessageId) -> Vec<switchyard::Envelope> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.correlation_id == correlation)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Lets the bus, a transport (max deliveries) and the ingest pipelines put their dead
+/// letters into the node's queue.
+pub(crate) struct DlqSink(Arc<dyn DeadLetterQueue>);
+
+/// A sink writing into the node's dead-letter queue.
+pub(crate) fn dlq_sink(dlq: &Arc<dyn DeadLetterQueue>) -> DlqSink {
+    DlqSink(dlq.clone())
+}
+
+impl switchyard::DeadLetterSink for DlqSink {
+    fn put(&self, letter: switchyard::DeadLetter) {
+        self.0.put(letter);
+    }
+}
+
+/// Publishes breaker changes as `switchyard.breaker.*` events (as `with_default_resilience`
+/// does), outside the breaker's lock.
+async fn publish_breaker_events(
+    bus: Bus,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<switchyard_middleware::breaker::BreakerEvent>,
+) {
+    while let Some(event) = rx.recv().await {
+        let (Ok(topic), Ok(payload)) = (
+            switchyard::Topic::new(event.topic()),
+            serde_json::to_vec(&event),
+        ) else {
+            continue;
+        };
+        tracing::warn!(handler = %event.handler, to = ?event.to, "circuit breaker changed");
+        let env = switchyard::Envelope::new(topic, payload).with_source(event.handler.clone());
+        if let Err(e) = bus.publish_envelope(env).await {
+            tracing::debug!(error = %e, "breaker event not published");
+        }
+    }
+}
