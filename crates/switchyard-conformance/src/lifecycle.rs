@@ -1,7 +1,8 @@
 //! Lifecycle tests of the suite: closing twice, one group subscribed with two patterns, and a
 //! group member that leaves with messages in hand. Each is a `pub async fn` taking a
-//! [`Harness`], like those of [`suite`](crate::suite), and [`lifecycle_tests!`](crate::lifecycle_tests) expands them
-//! into `#[tokio::test]`s ([`conformance_tests!`](crate::conformance_tests) calls it, so every transport runs them).
+//! [`Harness`], like those of [`suite`](crate::suite), and
+//! [`lifecycle_tests!`](crate::lifecycle_tests) expands them into `#[tokio::test]`s
+//! ([`conformance_tests!`](crate::conformance_tests) calls it, so every transport runs them).
 //!
 //! They hold every transport to what issue 13 found NATS (items 4, 10, 11) getting wrong.
 
