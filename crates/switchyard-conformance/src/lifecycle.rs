@@ -1,7 +1,8 @@
 //! Lifecycle tests of the suite: closing twice, one group subscribed with two patterns, and a
 //! group member that leaves with messages in hand. Each is a `pub async fn` taking a
-//! [`Harness`], like those of [`suite`](crate::suite), and [`lifecycle_tests!`] expands them
-//! into `#[tokio::test]`s ([`conformance_tests!`] calls it, so every transport runs them).
+//! [`Harness`], like those of [`suite`](crate::suite), and
+//! [`lifecycle_tests!`](crate::lifecycle_tests) expands them into `#[tokio::test]`s
+//! ([`conformance_tests!`](crate::conformance_tests) calls it, so every transport runs them).
 //!
 //! They hold every transport to what issue 13 found NATS (items 4, 10, 11) getting wrong.
 
@@ -123,15 +124,16 @@ pub async fn group_on_two_patterns<H: Harness>(h: &H) -> Outcome {
         );
     }
     drop(later);
-    close_quietly(&t).await?;
+    t.close(Instant::now() + WAIT).await?;
     h.cleanup(&setup).await;
     Ok(Verdict::Passed)
 }
 
-/// Two members of one group and a long ack wait (100 s); one member takes a message and is
-/// dropped (with its delivery unsettled) while messages keep coming. The other member gets
-/// every message, each long before the ack wait could have returned it: a leaving member
-/// hands back everything it had pulled.
+/// Seven members of one group, a long ack wait (100 s) and a backlog of 2,000 messages: six
+/// members each take a message and leave (dropped, their delivery unsettled) while the
+/// backlog waits. The remaining member gets every message, all within [`WAIT`], long before
+/// the ack wait could have returned one: a leaving member hands back everything it pulled
+/// (and everything its open pull requests still bring).
 pub async fn dropped_member_hands_back<H: Harness>(h: &H) -> Outcome {
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
@@ -179,7 +181,7 @@ pub async fn dropped_member_hands_back<H: Harness>(h: &H) -> Outcome {
             Err(_) => {
                 return Err(Failure::Check(format!(
                     "{missing} of {N} message(s) did not reach the staying member within \
-                     {WAIT:?} (ack wait {ack_wait:?}): the leaving member kept them"
+                     {WAIT:?} (ack wait {ack_wait:?}): the leaving members kept them"
                 )));
             }
         };
@@ -196,14 +198,9 @@ pub async fn dropped_member_hands_back<H: Harness>(h: &H) -> Outcome {
         "the staying member needed {took:?}, about the ack wait ({ack_wait:?})"
     );
     drop(staying);
-    close_quietly(&t).await?;
+    t.close(Instant::now() + WAIT).await?;
     h.cleanup(&setup).await;
     Ok(Verdict::Passed)
-}
-
-async fn close_quietly<T: Publisher>(t: &T) -> Result<(), Failure> {
-    t.close(Instant::now() + WAIT).await?;
-    Ok(())
 }
 
 /// Expands into one `#[tokio::test]` per test of this module, each building its harness with
