@@ -714,13 +714,15 @@ impl NativeBus {
         started(py, s)
     }
 
-    /// Stops intake, drains until `timeout` seconds, and reports; returns a token.
-    fn shutdown(&self, timeout: f64) -> PyResult<u64> {
+    /// Stops intake (at once, on the calling thread), drains until `timeout` seconds, and
+    /// reports; `(pending, value_or_token)`, the value `(drained, left, nacked)`.
+    fn shutdown(&self, py: Python<'_>, timeout: f64) -> PyResult<(bool, Py<PyAny>)> {
         let deadline = seconds(timeout, "timeout")?;
         let bus = self.bus.clone();
-        Ok(ops::spawn(&self.inbox, async move {
+        let s = ops::start(&self.inbox, async move {
             Done::Shutdown(bus.shutdown(deadline).await)
-        }))
+        });
+        started(py, s)
     }
 
     /// Waits until every accepted message is settled; returns a token.
@@ -732,7 +734,8 @@ impl NativeBus {
         })
     }
 
-    /// Aborts the operation of `token` (its await was cancelled). False when it had finished.
+    /// Forgets the operation of `token` (its await was cancelled): its result is discarded.
+    /// False when it had finished.
     fn cancel(&self, token: u64) -> bool {
         self.inbox.cancel(token)
     }

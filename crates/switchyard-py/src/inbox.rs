@@ -7,7 +7,7 @@
 //! (`loop.add_reader`). The loop's reader callback drains the socket and takes every item in
 //! one call, so a burst costs one wake-up however many items it carries.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchyard::{BoxError, Envelope, Outcome};
 use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
 
 use crate::ops::Done;
 
@@ -59,8 +58,8 @@ pub(crate) struct Inbox {
     reader: UnixStream,
     writer: UnixStream,
     next_token: AtomicU64,
-    /// Operations spawned for Python and not finished, so a cancelled await can abort them.
-    calls: Mutex<HashMap<u64, AbortHandle>>,
+    /// Operations spawned for Python whose result someone still awaits.
+    calls: Mutex<HashSet<u64>>,
 }
 
 impl Inbox {
@@ -77,7 +76,7 @@ impl Inbox {
             reader,
             writer,
             next_token: AtomicU64::new(1),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -131,15 +130,15 @@ impl Inbox {
         self.lock().items.len()
     }
 
-    /// Spawns the task of an operation and remembers it so it can be cancelled. The map is
+    /// Spawns the task of an operation and remembers that Python awaits it. The set is
     /// locked across the spawn: the task's own `untrack` cannot run before the insert.
     pub(crate) fn track_spawn<F>(&self, token: u64, rt: &tokio::runtime::Runtime, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        let handle: AbortHandle = rt.spawn(task).abort_handle();
-        calls.insert(token, handle);
+        drop(rt.spawn(task));
+        calls.insert(token);
     }
 
     /// Forgets a finished operation; true when it was still tracked.
@@ -148,23 +147,16 @@ impl Inbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&token)
-            .is_some()
     }
 
-    /// Aborts a spawned operation whose awaiting Python task was cancelled.
+    /// Forgets an operation whose awaiting Python task was cancelled: its result will be
+    /// discarded. The task itself runs on to its end and is not aborted, because dropping a
+    /// bus publish or send while it waits for queue room leaves the message counted as
+    /// pending (see `tests/bus_contract.rs`); so a cancelled publish still goes in when room
+    /// comes (or fails at its overflow timeout), and a cancelled command still runs, like a
+    /// request past its deadline. False when the operation had already finished.
     pub(crate) fn cancel(&self, token: u64) -> bool {
-        let handle = self
-            .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&token);
-        match handle {
-            Some(h) => {
-                h.abort();
-                true
-            }
-            None => false,
-        }
+        self.untrack(token)
     }
 
     /// Operations spawned for Python and not finished yet.

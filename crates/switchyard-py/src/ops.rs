@@ -4,7 +4,7 @@
 //! the calling thread and never leaves it. One that has to wait is spawned on the runtime; its
 //! result comes back as an [`Item::Done`](crate::inbox::Item::Done) with the token Python
 //! holds, and Python resolves its `asyncio.Future` on the loop thread. A cancelled await
-//! aborts the task ([`Inbox::cancel`]), so nothing stays in flight for an abandoned caller.
+//! forgets the operation ([`Inbox::cancel`]); the task runs on and its result is dropped.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -124,8 +124,8 @@ pub(crate) enum Started {
     Later(u64),
 }
 
-/// Spawns `fut` and reports its result to the inbox under a fresh token. The task is tracked
-/// until it finishes, so Python can abort it when its await is cancelled.
+/// Spawns `fut` and reports its result to the inbox under a fresh token, unless Python
+/// stopped awaiting it meanwhile.
 pub(crate) fn spawn<F>(inbox: &Arc<Inbox>, fut: F) -> u64
 where
     F: Future<Output = Done> + Send + 'static,

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
-from .errors import DecodeFailed, Permanent, Reject, Retry, SwitchyardError
+from .errors import DecodeFailed, EncodeFailed, Permanent, Reject, Retry, SwitchyardError
 
 Envelope = _native.Envelope
 DeadLetter = _native.DeadLetter
@@ -322,6 +322,15 @@ def _native_options(o: dict[str, Any]) -> dict[str, Any]:
 
 def _message(target: Any, payload: Any) -> tuple[str, bytes, Optional[str], Optional[MessageSpec]]:
     """(topic, payload bytes, type name, spec) of a publish or send."""
+    try:
+        return _message_unchecked(target, payload)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, SwitchyardError):
+            raise
+        raise EncodeFailed(f"cannot encode the message: {e}") from e
+
+
+def _message_unchecked(target: Any, payload: Any) -> tuple[str, bytes, Optional[str], Optional[MessageSpec]]:
     if type(target) is str:
         if payload is _NOTHING:
             return target, b"null", None, None
@@ -719,7 +728,8 @@ class Bus(_Registrar):
         running handlers finish for up to ``timeout`` seconds, then cancels the rest and
         reports them (dead-lettered in memory, returned to the transport otherwise)."""
         self._bind_if_running()
-        drained, left, nacked = await self._wait(self._native.shutdown(timeout))
+        pending, value = self._native.shutdown(timeout)
+        drained, left, nacked = (await self._wait(value)) if pending else value
         return ShutdownReport(drained, list(left), list(nacked))
 
     async def __aenter__(self) -> "Bus":

@@ -39,7 +39,7 @@ class InvalidTopic(PublishError, SendError, SubscribeError, ValueError):
     kind: str
 
 
-class EncodeFailed(PublishError, SendError):
+class EncodeFailed(PublishError, SendError, TypeError):
     """The message could not be encoded as JSON."""
 
 
