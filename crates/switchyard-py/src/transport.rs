@@ -91,13 +91,14 @@ impl NativeTransport {
     /// Connects to NATS JetStream at `url`, creating or updating `streams` (name → topic
     /// patterns). An awaitable resolving to the transport.
     #[staticmethod]
-    #[pyo3(signature = (url, *, streams=Vec::new(), max_deliver=None, ack_wait=None))]
+    #[pyo3(signature = (url, *, streams=Vec::new(), max_deliver=None, ack_wait=None, max_age=None))]
     fn connect_nats<'py>(
         py: Python<'py>,
         url: String,
         streams: Vec<(String, Vec<String>)>,
         max_deliver: Option<u32>,
         ack_wait: Option<f64>,
+        max_age: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut config = NatsConfig::new(url);
         for (name, pats) in streams {
@@ -105,6 +106,13 @@ impl NativeTransport {
         }
         if let Some(n) = max_deliver {
             config = config.with_max_deliver(n);
+        }
+        if let Some(a) = max_age {
+            config = config.with_max_age(Duration::try_from_secs_f64(a).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(
+                    "max_age must be a non-negative number of seconds",
+                )
+            })?);
         }
         if let Some(w) = ack_wait {
             config = config.with_ack_wait(Duration::try_from_secs_f64(w).map_err(|_| {

@@ -440,16 +440,19 @@ class Bus(_Registrar):
         streams: Optional[Mapping[str, Iterable[str]]] = None,
         max_deliver: Optional[int] = None,
         ack_wait: Optional[float] = None,
+        max_age: Optional[float] = None,
         **options: Any,
     ) -> "Bus":
         """A bus on NATS JetStream at ``url``, creating or updating ``streams`` (name → topic
         patterns; a topic no stream holds is refused at publish). Processes (Rust or Python)
-        with a subscription of the same name share its messages."""
+        with a subscription of the same name share its messages. ``max_deliver``,
+        ``ack_wait`` and ``max_age`` (seconds) are the consumers' and streams' settings."""
         t = await _native.NativeTransport.connect_nats(
             url,
             streams=[(k, list(v)) for k, v in (streams or {}).items()],
             max_deliver=max_deliver,
             ack_wait=ack_wait,
+            max_age=max_age,
         )
         return cls(_transport=t, **options)
 
