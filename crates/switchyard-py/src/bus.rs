@@ -310,7 +310,7 @@ fn finish(py: Python<'_>, done: Done) -> PyResult<Py<PyAny>> {
 /// `(False, value)` when finished now (or raises), `(True, token)` when Python must await.
 fn started(py: Python<'_>, s: Started) -> PyResult<(bool, Py<PyAny>)> {
     match s {
-        Started::Now(done) => Ok((false, finish(py, done)?)),
+        Started::Now(done) => Ok((false, finish(py, *done)?)),
         Started::Later(token) => Ok((true, token.into_pyobject(py)?.into_any().unbind())),
     }
 }
@@ -488,8 +488,10 @@ impl NativeBus {
         match ops::start(&self.inbox, async move {
             Done::Published(bus.publish_envelope(env).await)
         }) {
-            Started::Now(Done::Published(Ok(()))) => Ok(None),
-            Started::Now(done) => finish(py, done).map(|_| None),
+            Started::Now(done) => match *done {
+                Done::Published(Ok(())) => Ok(None),
+                done => finish(py, done).map(|_| None),
+            },
             Started::Later(token) => Ok(Some(token)),
         }
     }

@@ -25,7 +25,9 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
 
-/// The result of an operation, converted to Python on the loop thread.
+/// The result of an operation, converted to Python on the loop thread. Moved once per
+/// operation (boxed in the inbox), so the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Done {
     /// A publish that had to wait for room.
     Published(Result<(), PublishError>),
@@ -119,7 +121,7 @@ impl Done {
 /// What Python gets back from an operation: finished now, or a token to await.
 pub(crate) enum Started {
     /// Finished on the calling thread.
-    Now(Done),
+    Now(Box<Done>),
     /// Running on tokio; the result arrives in the inbox under this token.
     Later(u64),
 }
@@ -136,7 +138,10 @@ where
         let result = fut.await;
         // Not tracked any more: the await was cancelled meanwhile, nobody wants the result.
         if reporter.untrack(token) {
-            reporter.push(Item::Done { token, result });
+            reporter.push(Item::Done {
+                token,
+                result: Box::new(result),
+            });
         }
     });
     token
@@ -152,7 +157,7 @@ where
     let mut fut: Pin<Box<F>> = Box::pin(fut);
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(done) => Started::Now(done),
+        Poll::Ready(done) => Started::Now(Box::new(done)),
         // Polled again by the task with a real waker, which re-registers it.
         Poll::Pending => Started::Later(spawn(inbox, fut)),
     }
