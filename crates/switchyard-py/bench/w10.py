@@ -1,0 +1,197 @@
+"""W10: 1 -> 1 events with 64-byte payloads from Python, and the command round trip.
+
+Sides, in one run, alternating their order every round:
+
+- ``asyncio.Queue``: a bounded queue (1024, the bus's default capacity) between a producer
+  and one consumer task calling an async handler: the floor, pure Python pass-through.
+- ``switchyard``: ``await bus.publish(topic, payload)`` into a ``Bus()`` with one Python
+  async handler, default settings (1 worker: one call at a time, in order).
+- ``switchyard workers=16``: the same with 16 handler calls in flight (no order).
+- ``bubus`` (if installed): ``bus.dispatch(event)`` with one async handler, then
+  ``wait_until_idle``. Fewer events per round: it is much slower.
+
+Each round times every side once; the result is the median over rounds of each round's
+ratio (so a slow spell of the machine hits both sides of a ratio). Then the command round
+trip ``await bus.send(...)`` to a Python handler and to a Rust handler, p50 / p99.
+
+Run (release build of the extension first):
+
+    pip install ./crates/switchyard-py bubus   # or: maturin develop --release
+    python crates/switchyard-py/bench/w10.py [--events 20000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+
+import switchyard
+from switchyard._switchyard import testing as rust_testing
+
+PAYLOAD = b"x" * 64
+
+
+async def asyncio_queue(n: int) -> float:
+    q: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1024)
+    done = asyncio.Event()
+    seen = 0
+
+    async def handler(payload: bytes) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            done.set()
+
+    async def consumer() -> None:
+        while True:
+            item = await q.get()
+            await handler(item)
+
+    task = asyncio.ensure_future(consumer())
+    start = time.perf_counter()
+    for _ in range(n):
+        await q.put(PAYLOAD)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    task.cancel()
+    return n / elapsed
+
+
+async def switchyard_bus(n: int, workers: int = 1) -> float:
+    bus = switchyard.Bus()
+    done = asyncio.Event()
+    seen = 0
+
+    @bus.on("bench.event", workers=workers)
+    async def handler(payload: bytes) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            done.set()
+
+    publish = bus.publish
+    start = time.perf_counter()
+    for _ in range(n):
+        await publish("bench.event", PAYLOAD)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await bus.shutdown()
+    bus.close()
+    return n / elapsed
+
+
+def make_bubus():
+    try:
+        import bubus  # noqa: F401
+    except ImportError:
+        return None
+    from bubus import BaseEvent, EventBus
+
+    class BenchEvent(BaseEvent):
+        payload: str
+
+    async def run(n: int) -> float:
+        bus = EventBus(max_history_size=100)
+        seen = 0
+
+        async def handler(event: BenchEvent) -> None:
+            nonlocal seen
+            seen += 1
+
+        bus.on(BenchEvent, handler)
+        text = PAYLOAD.decode()
+        start = time.perf_counter()
+        for _ in range(n):
+            bus.dispatch(BenchEvent(payload=text))
+        await bus.wait_until_idle()
+        elapsed = time.perf_counter() - start
+        assert seen == n, (seen, n)
+        await bus.stop(clear=True)
+        return n / elapsed
+
+    return run
+
+
+async def round_trip(k: int) -> dict[str, tuple[float, float]]:
+    bus = switchyard.Bus()
+
+    @bus.handle("bench.cmd")
+    async def handler(payload: bytes) -> int:
+        return 1
+
+    rust_testing.rust_echo_handler(bus._native, "bench.rust_cmd")
+    out = {}
+    for name, topic in (("Python handler", "bench.cmd"), ("Rust handler", "bench.rust_cmd")):
+        for _ in range(200):  # warm up
+            await bus.send(topic, {"n": 1})
+        lat = []
+        for _ in range(k):
+            t0 = time.perf_counter_ns()
+            await bus.send(topic, {"n": 1})
+            lat.append(time.perf_counter_ns() - t0)
+        lat.sort()
+        out[name] = (lat[len(lat) // 2] / 1000, lat[int(len(lat) * 0.99)] / 1000)
+    await bus.shutdown()
+    bus.close()
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--bubus-events", type=int, default=2_000)
+    ap.add_argument("--round-trips", type=int, default=5_000)
+    args = ap.parse_args()
+
+    bubus_run = make_bubus()
+    sides = {
+        "asyncio.Queue": lambda: asyncio_queue(args.events),
+        "switchyard": lambda: switchyard_bus(args.events),
+        "switchyard workers=16": lambda: switchyard_bus(args.events, workers=16),
+    }
+    if bubus_run is not None:
+        sides["bubus"] = lambda: bubus_run(args.bubus_events)
+    else:
+        print("bubus is not installed: skipping it (pip install bubus)")
+
+    # Warm-up round, not counted.
+    for run in sides.values():
+        await run()
+
+    rates: dict[str, list[float]] = {k: [] for k in sides}
+    names = list(sides)
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else list(reversed(names))
+        for name in order:
+            gc.collect()
+            rates[name].append(await sides[name]())
+
+    print(f"W10: 1 -> 1 events, 64-byte payloads, {args.rounds} rounds (order alternating), "
+          f"{args.events} events per round ({args.bubus_events} for bubus); Python {sys.version.split()[0]}")
+    for name in names:
+        rs = rates[name]
+        print(f"  {name:24} median {statistics.median(rs):>12,.0f} ev/s   (min {min(rs):,.0f}, max {max(rs):,.0f})")
+
+    def ratio(a: str, b: str) -> None:
+        per_round = [x / y for x, y in zip(rates[a], rates[b])]
+        print(f"  {a} / {b}: median {statistics.median(per_round):.2f}x  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})")
+
+    print("ratios (median of per-round ratios):")
+    for a in ("switchyard", "switchyard workers=16"):
+        ratio(a, "asyncio.Queue")
+        if "bubus" in rates:
+            ratio(a, "bubus")
+
+    trips = await round_trip(args.round_trips)
+    print(f"command round trip, await bus.send(...) from Python, {args.round_trips} sequential:")
+    for name, (p50, p99) in trips.items():
+        print(f"  to a {name:15} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

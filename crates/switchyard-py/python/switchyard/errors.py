@@ -1,0 +1,164 @@
+"""The exceptions switchyard raises, and the ones a handler raises to steer the bus.
+
+Every error the bus reports is a :class:`SwitchyardError`; its subclasses mirror the Rust
+error enums (``PublishError``, ``SendError``, ``SubscribeError``) and carry their fields as
+attributes. A class that can come from several operations inherits from each, so
+``except PublishError`` and ``except SendError`` both catch :class:`ShuttingDown`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class SwitchyardError(Exception):
+    """Base class of every switchyard error. ``message`` is the Rust error's text."""
+
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+
+class PublishError(SwitchyardError):
+    """``publish`` failed; nothing was delivered unless the subclass says so."""
+
+
+class SendError(SwitchyardError):
+    """``send`` / ``request`` failed, or the command's handler failed."""
+
+
+class SubscribeError(SwitchyardError):
+    """Registering a subscription or command handler failed."""
+
+
+class InvalidTopic(PublishError, SendError, SubscribeError, ValueError):
+    """The topic or pattern is not valid (``kind`` names the rule broken)."""
+
+    kind: str
+
+
+class EncodeFailed(PublishError, SendError, TypeError):
+    """The message could not be encoded as JSON."""
+
+
+class DecodeFailed(SendError):
+    """A payload did not decode into the expected type: the command, in its handler (the
+    command is dead-lettered with its raw bytes), or the reply, at the sender."""
+
+
+class QueueFull(PublishError, SendError):
+    """Queues were full: ``subscriptions`` names those that refused, ``delivered`` says how
+    many other subscriptions accepted the message."""
+
+    subscriptions: list[str]
+    delivered: int
+
+
+class ShuttingDown(PublishError, SendError, SubscribeError):
+    """The bus (or the session) is shutting down and accepts no new work."""
+
+
+class Refused(PublishError):
+    """A publish hook or a layer rule refused the message."""
+
+
+class NoHandler(SendError):
+    """No handler is registered for the command's ``topic``."""
+
+    topic: str
+
+
+class Rejected(SendError):
+    """The handler rejected the command (``reason``); it was dead-lettered."""
+
+    reason: str
+
+
+class HandlerFailed(SendError):
+    """The handler failed on every attempt; ``error`` is the last error (for a Python
+    handler, the exception and its traceback), ``attempts`` how many were made."""
+
+    error: str
+    attempts: int
+
+
+class RequestTimeout(SendError, TimeoutError):
+    """No reply within ``timeout`` seconds; the handler's late reply is discarded."""
+
+    timeout: float
+
+
+class NotProcessed(SendError):
+    """The command was dropped without a result (its handler went away, or the bus shut
+    down before it ran); it is in the dead-letter queue."""
+
+
+class DuplicateHandler(SubscribeError):
+    """The command ``topic`` already has its one handler (``existing``)."""
+
+    topic: str
+    existing: str
+
+
+class InvalidConfig(SubscribeError, ValueError):
+    """A setting is out of range."""
+
+
+class TransportError(PublishError, SendError, SubscribeError):
+    """The transport (log, NATS) failed; ``kind`` is ``unavailable``, ``timeout``,
+    ``rejected``, ``io``, ``corrupt``, ``closed`` or ``unsupported``."""
+
+    kind: str
+
+
+# Raised by handlers to tell the bus what to do with a message.
+
+
+class Reject(Exception):
+    """Raise in a handler to refuse the message for good: it is dead-lettered at once
+    (reason ``rejected``) and a command's sender gets :class:`Rejected`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Raise in a handler to have the message tried again, after ``after`` seconds or the
+    subscription's retry delay. Counts as an attempt."""
+
+    def __init__(self, after: Optional[float] = None) -> None:
+        super().__init__(f"retry requested (after {after}s)" if after is not None else "retry requested")
+        self.after = after
+
+
+class Permanent(Exception):
+    """Raise (or ``raise Permanent(...) from e``) for a failure retrying cannot fix: the
+    message is dead-lettered without the remaining attempts."""
+
+
+__all__ = [
+    "SwitchyardError",
+    "PublishError",
+    "SendError",
+    "SubscribeError",
+    "InvalidTopic",
+    "EncodeFailed",
+    "DecodeFailed",
+    "QueueFull",
+    "ShuttingDown",
+    "Refused",
+    "NoHandler",
+    "Rejected",
+    "HandlerFailed",
+    "RequestTimeout",
+    "NotProcessed",
+    "DuplicateHandler",
+    "InvalidConfig",
+    "TransportError",
+    "Reject",
+    "Retry",
+    "Permanent",
+]

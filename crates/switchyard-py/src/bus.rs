@@ -1,0 +1,925 @@
+//! `NativeBus`: a `switchyard::Bus` driven from Python.
+//!
+//! Python handlers are `tower` services on the Rust side like any other handler: the bus's
+//! worker calls one, which puts an [`Item::Invoke`] in the inbox and waits for the answer the
+//! Python side gives through [`PyReply`]. Retries, dead letters, priorities, lanes, batches and
+//! shutdown are therefore the Rust bus's own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+use switchyard::{
+    BoxError, Bus, CodecDirection, CodecError, Command, Ctx, DeadLetter, DeadLetterReason,
+    Envelope, Kind, Message, Outcome, Overflow, Permanent, Priority, PublishError, Subscription,
+    SubscriptionBuilder, Topic, handler_fn,
+};
+use tokio::sync::oneshot;
+
+use crate::envelope::{PyDeadLetter, PyEnvelope};
+use crate::errors;
+use crate::inbox::{CancelOnDrop, HandlerResult, Inbox, Item};
+use crate::ops::{self, Done, Started};
+use crate::transport::NativeTransport;
+
+/// The error a Python handler raised: its type, message and traceback, as text. This text is
+/// what the dead letter keeps and what a command's sender sees in `HandlerFailed`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct PythonError(pub(crate) String);
+
+fn overflow(kind: &str, timeout: f64, max_delay: f64) -> PyResult<Overflow> {
+    let secs = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "{what} must be a non-negative number of seconds"
+            ))
+        })
+    };
+    Ok(match kind {
+        "block" => Overflow::Block {
+            timeout: secs(timeout, "overflow timeout")?,
+        },
+        "drop_oldest" => Overflow::DropOldest,
+        "reject_new" => Overflow::RejectNew,
+        "adaptive" => Overflow::Adaptive {
+            max_delay: secs(max_delay, "overflow max_delay")?,
+            timeout: secs(timeout, "overflow timeout")?,
+        },
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown overflow policy {other:?} (block, drop_oldest, reject_new, adaptive)"
+            )));
+        }
+    })
+}
+
+fn seconds(s: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds"
+        ))
+    })
+}
+
+/// Answers one invocation of a Python handler. Exactly one of its methods takes effect;
+/// later calls are ignored (the worker has moved on).
+#[pyclass(name = "Reply", module = "switchyard._switchyard", frozen)]
+pub struct PyReply {
+    tx: Mutex<Option<oneshot::Sender<HandlerResult>>>,
+    env: Arc<Envelope>,
+}
+
+impl PyReply {
+    fn send(&self, result: HandlerResult) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match tx {
+            Some(tx) => tx.send(result).is_ok(),
+            None => false,
+        }
+    }
+}
+
+#[pymethods]
+impl PyReply {
+    /// Handled. Returns False when the bus no longer waits for this answer.
+    fn ack(&self) -> bool {
+        self.send(Ok(Outcome::Ack))
+    }
+
+    /// Handled, with a reply payload for the command's sender.
+    fn reply(&self, payload: &[u8]) -> bool {
+        let reply = self.env.reply(bytes::Bytes::copy_from_slice(payload));
+        self.send(Ok(Outcome::reply(reply)))
+    }
+
+    /// Refused for good: dead-lettered at once, the sender gets `Rejected`.
+    fn reject(&self, reason: String) -> bool {
+        self.send(Ok(Outcome::reject(reason)))
+    }
+
+    /// Try again (after `after` seconds, or the subscription's retry delay).
+    #[pyo3(signature = (after=None))]
+    fn retry(&self, after: Option<f64>) -> PyResult<bool> {
+        let after = after.map(|s| seconds(s, "retry after")).transpose()?;
+        Ok(self.send(Ok(Outcome::Retry { after })))
+    }
+
+    /// Failed with `error` (the exception and traceback as text): retried until the
+    /// subscription's attempts run out, then dead-lettered. `permanent` skips the retries.
+    #[pyo3(signature = (error, permanent=false))]
+    fn fail(&self, error: String, permanent: bool) -> bool {
+        let e: BoxError = if permanent {
+            Box::new(Permanent::new(PythonError(error)))
+        } else {
+            Box::new(PythonError(error))
+        };
+        self.send(Err(e))
+    }
+
+    /// The payload did not decode into the handler's type: dead-lettered at once with its
+    /// raw bytes (reason `decode_failed`).
+    fn undecodable(&self, error: String) -> bool {
+        self.send(Err(Box::new(CodecError {
+            direction: CodecDirection::Decode,
+            type_name: "python message",
+            source: Box::new(PythonError(error)),
+        })))
+    }
+}
+
+/// The Rust handler of a Python subscription: hands each message to the loop and waits.
+fn python_handler(inbox: Arc<Inbox>, sub: u64, command: bool) -> switchyard::BoxHandler {
+    handler_fn(move |env: Envelope| {
+        let inbox = inbox.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            let token = inbox.token();
+            let mut guard = CancelOnDrop {
+                inbox: inbox.clone(),
+                token,
+                armed: true,
+            };
+            inbox.push(Item::Invoke {
+                token,
+                sub,
+                env: Arc::new(env),
+                reply: tx,
+                command,
+            });
+            let answer = rx.await;
+            guard.armed = false;
+            match answer {
+                Ok(result) => result,
+                Err(_) => Err::<Outcome, BoxError>(
+                    "the Python handler was dropped without answering".into(),
+                ),
+            }
+        }
+    })
+}
+
+/// Raw bytes as a typed message, for the typed-only parts of the bus API (batches, session
+/// command handlers): the payload is kept as it came, Python decodes it.
+#[derive(Serialize, Deserialize)]
+struct RawPayload(bytes::Bytes);
+
+impl Message for RawPayload {
+    const TOPIC: &'static str = "switchyard.python.raw";
+    const KIND: Kind = Kind::Command;
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(Self(bytes::Bytes::copy_from_slice(bytes)))
+    }
+}
+
+impl Command for RawPayload {
+    type Output = serde_json::Value;
+}
+
+/// Settings of one subscription, as Python passes them.
+#[derive(Default)]
+struct SubOptions {
+    workers: Option<usize>,
+    queue_capacity: Option<usize>,
+    overflow: Option<Overflow>,
+    max_attempts: Option<u32>,
+    retry_delay: Option<Duration>,
+    priority: Option<i32>,
+    ordering_header: Option<String>,
+    header_filters: Vec<(String, String)>,
+    filter: Option<Py<PyAny>>,
+}
+
+impl SubOptions {
+    fn apply(self, mut b: SubscriptionBuilder) -> SubscriptionBuilder {
+        if let Some(n) = self.workers {
+            b = b.workers(n);
+        }
+        if let Some(n) = self.queue_capacity {
+            b = b.queue_capacity(n);
+        }
+        if let Some(o) = self.overflow {
+            b = b.overflow(o);
+        }
+        if let Some(n) = self.max_attempts {
+            b = b.max_attempts(n);
+        }
+        if let Some(d) = self.retry_delay {
+            b = b.retry_delay(d);
+        }
+        if let Some(p) = self.priority {
+            b = b.handler_priority(p);
+        }
+        if let Some(h) = self.ordering_header {
+            b = b.ordering_key(move |env| env.header(&h).map(SmolStr::new));
+        }
+        for (name, value) in self.header_filters {
+            b = b.filter(move |env| env.header(&name) == Some(value.as_str()));
+        }
+        if let Some(f) = self.filter {
+            // Runs under the GIL on the publishing thread; header filters do not need it.
+            b = b.filter(move |env| {
+                Python::attach(|py| {
+                    let view = PyEnvelope::new(Arc::new(env.clone()));
+                    match f.call1(py, (view,)).and_then(|r| r.is_truthy(py)) {
+                        Ok(keep) => keep,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Python filter raised; message filtered out");
+                            e.print(py);
+                            false
+                        }
+                    }
+                })
+            });
+        }
+        b
+    }
+}
+
+/// A running bus and the inbox its Python handlers are served from.
+#[pyclass(name = "NativeBus", module = "switchyard._switchyard", frozen)]
+pub struct NativeBus {
+    bus: Bus,
+    inbox: Arc<Inbox>,
+    subs: Mutex<HashMap<u64, Subscription>>,
+    next_sub: AtomicU64,
+}
+
+/// Builds the envelope of a publish or send.
+#[allow(clippy::too_many_arguments)]
+fn envelope(
+    topic: &str,
+    payload: &[u8],
+    kind: Kind,
+    parent: Option<&Bound<'_, PyEnvelope>>,
+    headers: Option<&Bound<'_, PyDict>>,
+    priority: Option<u8>,
+    type_name: Option<&str>,
+    session: Option<&str>,
+) -> Result<Result<Envelope, PublishError>, PyErr> {
+    let topic = match Topic::new(topic) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(PublishError::InvalidTopic(e))),
+    };
+    let mut env = Envelope::new(topic, bytes::Bytes::copy_from_slice(payload));
+    env.kind = kind;
+    if let Some(t) = type_name {
+        env.type_name = Some(SmolStr::new(t));
+    }
+    if let Some(p) = priority {
+        env.priority = Priority(p);
+    }
+    if let Some(h) = headers {
+        for (k, v) in h.iter() {
+            env.headers
+                .insert(k.extract::<String>()?, v.str()?.to_cow()?.as_ref());
+        }
+    }
+    if let Some(s) = session {
+        env.headers.insert(switchyard::session::SESSION_HEADER, s);
+    }
+    if let Some(parent) = parent {
+        // What the bus's task-local does for Rust handlers: causation, correlation, session.
+        let parent = &parent.get().inner;
+        env = env.caused_by(parent);
+        if let Some(s) = parent.header(switchyard::session::SESSION_HEADER)
+            && env.header(switchyard::session::SESSION_HEADER).is_none()
+        {
+            env.headers.insert(switchyard::session::SESSION_HEADER, s);
+        }
+    }
+    Ok(Ok(env))
+}
+
+/// Turns a finished operation into its value, or raises its error.
+fn finish(py: Python<'_>, done: Done) -> PyResult<Py<PyAny>> {
+    let (ok, value) = done.into_py(py)?;
+    if ok {
+        Ok(value)
+    } else {
+        Err(PyErr::from_value(value.into_bound(py)))
+    }
+}
+
+/// `(False, value)` when finished now (or raises), `(True, token)` when Python must await.
+fn started(py: Python<'_>, s: Started) -> PyResult<(bool, Py<PyAny>)> {
+    match s {
+        Started::Now(done) => Ok((false, finish(py, *done)?)),
+        Started::Later(token) => Ok((true, token.into_pyobject(py)?.into_any().unbind())),
+    }
+}
+
+impl NativeBus {
+    fn register(
+        &self,
+        py: Python<'_>,
+        builder: SubscriptionBuilder,
+        sub_id: u64,
+        detach: bool,
+    ) -> PyResult<u64> {
+        let result = py.detach(|| ops::runtime().block_on(builder.start()));
+        match result {
+            Ok(sub) if detach => {
+                sub.detach();
+                Ok(sub_id)
+            }
+            Ok(sub) => {
+                self.subs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(sub_id, sub);
+                Ok(sub_id)
+            }
+            Err(e) => Err(errors::subscribe_error(py, e)),
+        }
+    }
+}
+
+#[pymethods]
+impl NativeBus {
+    /// A bus in memory, or on `transport` (the embedded log, NATS).
+    #[new]
+    #[pyo3(signature = (*, queue_capacity=1024, workers=1, max_attempts=3, retry_delay=0.1,
+        overflow="block", overflow_timeout=1.0, overflow_max_delay=0.01, lifecycle_events=false,
+        transport=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        queue_capacity: usize,
+        workers: usize,
+        max_attempts: u32,
+        retry_delay: f64,
+        overflow: &str,
+        overflow_timeout: f64,
+        overflow_max_delay: f64,
+        lifecycle_events: bool,
+        transport: Option<&Bound<'_, NativeTransport>>,
+    ) -> PyResult<Self> {
+        let mut builder = Bus::builder()
+            .queue_capacity(queue_capacity)
+            .workers(workers)
+            .max_attempts(max_attempts)
+            .retry_delay(seconds(retry_delay, "retry_delay")?)
+            .overflow(self::overflow(
+                overflow,
+                overflow_timeout,
+                overflow_max_delay,
+            )?)
+            .lifecycle_events(lifecycle_events);
+        if let Some(t) = transport {
+            builder = t.get().attach(py, builder)?;
+        }
+        let _entered = ops::runtime().enter();
+        let bus = builder.build().map_err(|e| errors::build_error(py, e))?;
+        let inbox = Inbox::new().map_err(|e| {
+            errors::raise(
+                py,
+                "SwitchyardError",
+                format!("cannot create the inbox: {e}"),
+                &[],
+            )
+        })?;
+        Ok(Self {
+            bus,
+            inbox,
+            subs: Mutex::new(HashMap::new()),
+            next_sub: AtomicU64::new(1),
+        })
+    }
+
+    /// The descriptor the event loop watches (`loop.add_reader`).
+    fn fileno(&self) -> i32 {
+        self.inbox.fileno()
+    }
+
+    /// Everything the loop has to do: `(invocations, others)`.
+    ///
+    /// Invocations are `(token, sub, envelope, reply, payloads)` with `payloads` a list of
+    /// bytes for batch handlers and `None` otherwise. Others are `(0, token)` to cancel an
+    /// invocation and `(1, token, ok, value)` for a finished operation.
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let items = self.inbox.take();
+        let invokes = PyList::empty(py);
+        let others = PyList::empty(py);
+        for item in items {
+            match item {
+                Item::Invoke {
+                    token,
+                    sub,
+                    env,
+                    reply,
+                    command,
+                } => {
+                    let _ = command;
+                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
+                    let reply = Bound::new(
+                        py,
+                        PyReply {
+                            tx: Mutex::new(Some(reply)),
+                            env,
+                        },
+                    )?;
+                    invokes.append((token, sub, view, reply, py.None()))?;
+                }
+                Item::InvokeBatch {
+                    token,
+                    sub,
+                    env,
+                    payloads,
+                    reply,
+                } => {
+                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
+                    let reply = Bound::new(
+                        py,
+                        PyReply {
+                            tx: Mutex::new(Some(reply)),
+                            env,
+                        },
+                    )?;
+                    let list = PyList::new(py, payloads.iter().map(|p| PyBytes::new(py, p)))?;
+                    invokes.append((token, sub, view, reply, list))?;
+                }
+                Item::Cancel { token } => others.append((0u8, token))?,
+                Item::Done { token, result } => {
+                    let (ok, value) = result.into_py(py)?;
+                    others.append((1u8, token, ok, value))?;
+                }
+            }
+        }
+        Ok((invokes, others))
+    }
+
+    /// Publishes one event. Returns `None` when every matching subscription has queued it,
+    /// raises its error, or returns a token when it has to wait for room.
+    #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
+        type_name=None, session=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &[u8],
+        parent: Option<&Bound<'_, PyEnvelope>>,
+        headers: Option<&Bound<'_, PyDict>>,
+        priority: Option<u8>,
+        type_name: Option<&str>,
+        session: Option<&str>,
+    ) -> PyResult<Option<u64>> {
+        let env = match envelope(
+            topic,
+            payload,
+            Kind::Event,
+            parent,
+            headers,
+            priority,
+            type_name,
+            session,
+        )? {
+            Ok(env) => env,
+            Err(e) => return Err(errors::publish_error(py, e)),
+        };
+        let bus = self.bus.clone();
+        match ops::start(&self.inbox, async move {
+            Done::Published(bus.publish_envelope(env).await)
+        }) {
+            Started::Now(done) => match *done {
+                Done::Published(Ok(())) => Ok(None),
+                done => finish(py, done).map(|_| None),
+            },
+            Started::Later(token) => Ok(Some(token)),
+        }
+    }
+
+    /// Publishes after `delay` seconds (`wait=False`), or publishes and waits until every
+    /// matching handler finished (`wait=True`). Returns `(pending, value_or_token)`.
+    #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
+        type_name=None, session=None, delay=None, wait=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn publish_special(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &[u8],
+        parent: Option<&Bound<'_, PyEnvelope>>,
+        headers: Option<&Bound<'_, PyDict>>,
+        priority: Option<u8>,
+        type_name: Option<&str>,
+        session: Option<&str>,
+        delay: Option<f64>,
+        wait: bool,
+    ) -> PyResult<(bool, Py<PyAny>)> {
+        let env = match envelope(
+            topic,
+            payload,
+            Kind::Event,
+            parent,
+            headers,
+            priority,
+            type_name,
+            session,
+        )? {
+            Ok(env) => env,
+            Err(e) => return Err(errors::publish_error(py, e)),
+        };
+        let bus = self.bus.clone();
+        let s = if wait {
+            ops::start(&self.inbox, async move {
+                Done::Waited(bus.publish_envelope_and_wait(env).await)
+            })
+        } else {
+            let delay = seconds(delay.unwrap_or(0.0), "delay")?;
+            ops::start(&self.inbox, async move {
+                let at = tokio::time::Instant::now() + delay;
+                Done::Scheduled(bus.schedule_envelope(at, env).await)
+            })
+        };
+        started(py, s)
+    }
+
+    /// Sends a command (or, with `timeout`, a request) and returns `(pending, value_or_token)`;
+    /// the value is the reply payload (bytes) or `None`.
+    #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
+        type_name=None, session=None, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &[u8],
+        parent: Option<&Bound<'_, PyEnvelope>>,
+        headers: Option<&Bound<'_, PyDict>>,
+        priority: Option<u8>,
+        type_name: Option<&str>,
+        session: Option<&str>,
+        timeout: Option<f64>,
+    ) -> PyResult<(bool, Py<PyAny>)> {
+        let kind = if timeout.is_some() {
+            Kind::Request
+        } else {
+            Kind::Command
+        };
+        let env = match envelope(
+            topic, payload, kind, parent, headers, priority, type_name, session,
+        )? {
+            Ok(env) => env,
+            Err(e) => return Err(errors::send_error(py, e.into())),
+        };
+        let bus = self.bus.clone();
+        let s = match timeout {
+            None => ops::start(&self.inbox, async move {
+                Done::Sent(bus.send_envelope(env).await)
+            }),
+            Some(t) => {
+                let deadline = seconds(t, "timeout")?;
+                ops::start(&self.inbox, async move {
+                    Done::Sent(bus.request_envelope(env, deadline).await)
+                })
+            }
+        };
+        started(py, s)
+    }
+
+    /// Registers a Python event subscription (`kind="event"`), command handler
+    /// (`kind="command"`) or batch subscription (`batch=(max_size, max_wait)`). Blocks until
+    /// registered (with a transport, until its consumer exists). Returns the subscription id
+    /// the loop's invocations name.
+    #[pyo3(signature = (name, pattern, kind, *, workers=None, queue_capacity=None,
+        overflow=None, overflow_timeout=1.0, overflow_max_delay=0.01, max_attempts=None,
+        retry_delay=None, priority=None, ordering_header=None, headers=None, filter=None,
+        batch=None, session=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        pattern: &str,
+        kind: &str,
+        workers: Option<usize>,
+        queue_capacity: Option<usize>,
+        overflow: Option<&str>,
+        overflow_timeout: f64,
+        overflow_max_delay: f64,
+        max_attempts: Option<u32>,
+        retry_delay: Option<f64>,
+        priority: Option<i32>,
+        ordering_header: Option<String>,
+        headers: Option<&Bound<'_, PyDict>>,
+        filter: Option<Py<PyAny>>,
+        batch: Option<(usize, f64)>,
+        session: Option<&Bound<'_, PySession>>,
+    ) -> PyResult<u64> {
+        let mut header_filters = Vec::new();
+        if let Some(h) = headers {
+            for (k, v) in h.iter() {
+                header_filters.push((k.extract::<String>()?, v.str()?.to_cow()?.into_owned()));
+            }
+        }
+        let options = SubOptions {
+            workers,
+            queue_capacity,
+            overflow: overflow
+                .map(|o| self::overflow(o, overflow_timeout, overflow_max_delay))
+                .transpose()?,
+            max_attempts,
+            retry_delay: retry_delay.map(|d| seconds(d, "retry_delay")).transpose()?,
+            priority,
+            ordering_header,
+            header_filters,
+            filter,
+        };
+        let sub_id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        let inbox = self.inbox.clone();
+        let guard = session.map(|s| s.get().session.lock().unwrap_or_else(|p| p.into_inner()));
+        let session_ref = match &guard {
+            Some(g) => match g.as_ref() {
+                Some(s) => Some(s),
+                None => {
+                    return Err(errors::raise(
+                        py,
+                        "ShuttingDown",
+                        "the session has ended".into(),
+                        &[],
+                    ));
+                }
+            },
+            None => None,
+        };
+        let builder = match (kind, batch, session_ref) {
+            ("event", None, None) => {
+                self.bus
+                    .subscribe(name, pattern, python_handler(inbox, sub_id, false))
+            }
+            ("event", None, Some(s)) => {
+                s.subscribe(name, pattern, python_handler(inbox, sub_id, false))
+            }
+            ("command", None, None) => {
+                self.bus
+                    .handle_envelope(name, pattern, python_handler(inbox, sub_id, true))
+            }
+            ("command", None, Some(s)) => {
+                // `Session` has no raw-envelope command registration; the typed one with a
+                // pass-through payload type does the same job.
+                s.handle(move |cmd: RawPayload, ctx: Ctx| {
+                    session_command(inbox.clone(), sub_id, cmd, ctx)
+                })
+                .pattern(pattern)
+            }
+            ("event", Some((max_size, max_wait)), None) => {
+                let wait = seconds(max_wait, "batch max_wait")?;
+                self.bus
+                    .on_batch(name, move |msgs: Vec<RawPayload>, ctx: Ctx| {
+                        batch_call(inbox.clone(), sub_id, msgs, ctx)
+                    })
+                    .pattern(pattern)
+                    .batch(max_size, wait)
+            }
+            _ => {
+                return Err(errors::raise(
+                    py,
+                    "InvalidConfig",
+                    format!(
+                        "unsupported subscription: kind {kind:?}, batch {batch:?}, in a session: {}",
+                        session.is_some()
+                    ),
+                    &[],
+                ));
+            }
+        };
+        let builder = options.apply(builder);
+        drop(guard);
+        self.register(py, builder, sub_id, session.is_some())
+    }
+
+    /// Unsubscribes (its queue is still drained). False when it was not registered here.
+    fn unsubscribe(&self, sub_id: u64) -> bool {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sub_id)
+            .is_some()
+    }
+
+    /// Starts a session; `(pending, value_or_token)`, the value a `NativeSession`.
+    fn session(&self, py: Python<'_>, id: String) -> PyResult<(bool, Py<PyAny>)> {
+        let bus = self.bus.clone();
+        let inbox = self.inbox.clone();
+        let s = ops::start(&self.inbox, async move {
+            let result = bus.session(id).await;
+            Done::Session(result, bus, inbox)
+        });
+        started(py, s)
+    }
+
+    /// Stops intake (at once, on the calling thread), drains until `timeout` seconds, and
+    /// reports; `(pending, value_or_token)`, the value `(drained, left, nacked)`.
+    fn shutdown(&self, py: Python<'_>, timeout: f64) -> PyResult<(bool, Py<PyAny>)> {
+        let deadline = seconds(timeout, "timeout")?;
+        let bus = self.bus.clone();
+        let s = ops::start(&self.inbox, async move {
+            Done::Shutdown(bus.shutdown(deadline).await)
+        });
+        started(py, s)
+    }
+
+    /// Waits until every accepted message is settled; returns a token.
+    fn idle(&self) -> u64 {
+        let bus = self.bus.clone();
+        ops::spawn(&self.inbox, async move {
+            bus.run_until_idle().await;
+            Done::Idle
+        })
+    }
+
+    /// Forgets the operation of `token` (its await was cancelled): its result is discarded.
+    /// False when it had finished.
+    fn cancel(&self, token: u64) -> bool {
+        self.inbox.cancel(token)
+    }
+
+    /// Operations Python awaits that have not finished (cancelled ones are not counted).
+    fn calls_in_flight(&self) -> usize {
+        self.inbox.calls_in_flight()
+    }
+
+    /// Items waiting for the loop.
+    fn inbox_len(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// Messages accepted and not yet settled.
+    fn pending(&self) -> usize {
+        self.bus.pending()
+    }
+
+    /// True once shutdown started.
+    fn is_shutting_down(&self) -> bool {
+        self.bus.is_shutting_down()
+    }
+
+    /// The registry (every subscription with its counters) as JSON.
+    fn registry_json(&self, py: Python<'_>) -> PyResult<String> {
+        serde_json::to_string(&self.bus.registry())
+            .map_err(|e| errors::raise(py, "SwitchyardError", e.to_string(), &[]))
+    }
+
+    /// The bus's figures (`Bus::metrics_snapshot`) as JSON.
+    fn metrics_json(&self, py: Python<'_>) -> PyResult<String> {
+        serde_json::to_string(&self.bus.metrics_snapshot())
+            .map_err(|e| errors::raise(py, "SwitchyardError", e.to_string(), &[]))
+    }
+
+    /// The default in-memory dead-letter store, oldest first.
+    fn dead_letters(&self) -> Vec<PyDeadLetter> {
+        self.bus
+            .dead_letters()
+            .list()
+            .into_iter()
+            .map(PyDeadLetter::new)
+            .collect()
+    }
+
+    /// Dead-letters a payload a Python batch handler could not decode (reason
+    /// `decode_failed`, raw bytes kept) under a fresh envelope on `topic`.
+    fn dead_letter_raw(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        payload: &[u8],
+        handler: &str,
+        error: String,
+    ) -> PyResult<()> {
+        let topic = Topic::new(topic).map_err(|e| errors::publish_error(py, e.into()))?;
+        let env = Envelope::new(topic, bytes::Bytes::copy_from_slice(payload));
+        self.bus.dead_letter(
+            DeadLetter::new(env, DeadLetterReason::DecodeFailed, error).with_handler(handler),
+        );
+        Ok(())
+    }
+
+    /// What the transport can promise (`None` in memory), as `{name: bool}`.
+    fn transport_name(&self) -> Option<String> {
+        self.bus.transport_capabilities().map(|c| format!("{c:?}"))
+    }
+}
+
+impl NativeBus {
+    /// The bus, for the test helpers.
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The inbox, for the test helpers.
+    pub(crate) fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
+    }
+}
+
+/// Hands a batch to the loop and waits for its answer.
+async fn batch_call(
+    inbox: Arc<Inbox>,
+    sub: u64,
+    msgs: Vec<RawPayload>,
+    ctx: Ctx,
+) -> Result<Outcome, BoxError> {
+    let (tx, rx) = oneshot::channel();
+    let token = inbox.token();
+    let mut guard = CancelOnDrop {
+        inbox: inbox.clone(),
+        token,
+        armed: true,
+    };
+    inbox.push(Item::InvokeBatch {
+        token,
+        sub,
+        env: Arc::new(ctx.envelope().clone()),
+        payloads: msgs.into_iter().map(|m| m.0).collect(),
+        reply: tx,
+    });
+    let answer = rx.await;
+    guard.armed = false;
+    answer.unwrap_or_else(|_| Err("the Python handler was dropped without answering".into()))
+}
+
+/// A session's command handler through the typed API: the answer's reply payload becomes
+/// the typed output (JSON), a rejection a permanent failure.
+async fn session_command(
+    inbox: Arc<Inbox>,
+    sub: u64,
+    _cmd: RawPayload,
+    ctx: Ctx,
+) -> Result<serde_json::Value, BoxError> {
+    let (tx, rx) = oneshot::channel();
+    let token = inbox.token();
+    let mut guard = CancelOnDrop {
+        inbox: inbox.clone(),
+        token,
+        armed: true,
+    };
+    inbox.push(Item::Invoke {
+        token,
+        sub,
+        env: Arc::new(ctx.envelope().clone()),
+        reply: tx,
+        command: true,
+    });
+    let answer = rx.await;
+    guard.armed = false;
+    match answer {
+        Ok(Ok(Outcome::Reply(reply))) => Ok(serde_json::from_slice(&reply.payload)?),
+        Ok(Ok(Outcome::Ack)) => Ok(serde_json::Value::Null),
+        Ok(Ok(Outcome::Reject { reason })) => {
+            Err(Box::new(Permanent::new(format!("rejected: {reason}"))))
+        }
+        Ok(Ok(Outcome::Retry { .. })) => Err("handler asked for a retry".into()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("the Python handler was dropped without answering".into()),
+    }
+}
+
+/// A session: its handlers see only its messages and go away when it ends.
+#[pyclass(name = "NativeSession", module = "switchyard._switchyard", frozen)]
+pub struct PySession {
+    session: Mutex<Option<switchyard::Session>>,
+    id: String,
+    inbox: Arc<Inbox>,
+    _bus: Bus,
+}
+
+impl PySession {
+    pub(crate) fn new(session: switchyard::Session, bus: Bus, inbox: Arc<Inbox>) -> Self {
+        Self {
+            id: session.id().to_owned(),
+            session: Mutex::new(Some(session)),
+            inbox,
+            _bus: bus,
+        }
+    }
+}
+
+#[pymethods]
+impl PySession {
+    /// The session id.
+    #[getter]
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Ends the session: removes its handlers and publishes `switchyard.session.ended`.
+    /// Returns a token, or `None` when it had already ended.
+    fn end(&self) -> Option<u64> {
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(ops::spawn(&self.inbox, async move {
+            Done::SessionEnded(session.end().await)
+        }))
+    }
+}
