@@ -140,7 +140,8 @@ struct State {
 /// published. A domain completion (`<domain>.<action>.complete`) forgets the flow.
 ///
 /// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
-/// bus's in-memory store (`Bus::dead_letters`).
+/// bus's dead-letter sink (`Bus::dead_letter`: the one given to `BusBuilder::dead_letters`,
+/// or the default in-memory store).
 #[derive(Clone)]
 pub struct ErrorHandler {
     state: Arc<Mutex<State>>,
@@ -173,7 +174,7 @@ impl ErrorHandler {
         }
     }
 
-    /// Sends dead letters to `sink` instead of the bus's in-memory store.
+    /// Sends dead letters to `sink` instead of the bus's dead-letter sink.
     pub fn dead_letters(mut self, sink: Arc<dyn DeadLetterSink>) -> Self {
         self.sink = Some(sink);
         self
@@ -326,7 +327,7 @@ impl ErrorHandler {
                     .with_handler(Self::NAME);
                 match &self.sink {
                     Some(s) => s.put(letter),
-                    None => cx.raw_bus().dead_letters().put(letter),
+                    None => cx.raw_bus().dead_letter(letter),
                 }
                 let gave_up = RetryExhausted {
                     correlation_id: report.correlation_id,
