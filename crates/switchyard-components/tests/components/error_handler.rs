@@ -151,10 +151,10 @@ async fn gives_up_into_the_sink_the_bus_was_built_with() {
     let _running = Assembly::new(&bus)
         .component(handler.component())
         .component(
-            ComponentBuilder::new("x-manager", Role::Manager, "x").on_envelope(
-                "x.retry.exhausted",
-                |_, _| async { Ok::<_, std::convert::Infallible>(()) },
-            ),
+            ComponentBuilder::new("x-manager", Role::Manager, "x")
+                .on_envelope("x.retry.exhausted", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                }),
         )
         .start()
         .await
