@@ -20,7 +20,12 @@ pub struct Remote {
     #[arg(long, env = "SWITCHYARD_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Bearer token (or JWT) for a node with auth on.
-    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// A TOML file with `url` and `token` keys, or the node's own config file (the URL is
     /// then derived from its `listen` and `tls`). Default: `$XDG_CONFIG_HOME/switchyard/cli.toml`
@@ -111,7 +116,9 @@ fn read_config(path: &Path) -> Result<ConfigFile, ClientError> {
 /// is reached on loopback.
 fn url_from_listen(listen: &str, tls: bool) -> Result<String, ClientError> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
-        ClientError::Setup(format!("listen = {listen:?} is not an address like 127.0.0.1:7878"))
+        ClientError::Setup(format!(
+            "listen = {listen:?} is not an address like 127.0.0.1:7878"
+        ))
     })?;
     Ok(display_url(addr, tls))
 }
@@ -162,7 +169,11 @@ pub fn resolve(remote: &Remote) -> Result<(Url, Option<String>), ClientError> {
         let p = format!("{}/", url.path());
         url.set_path(&p);
     }
-    let token = remote.token.clone().or(file.token).filter(|t| !t.is_empty());
+    let token = remote
+        .token
+        .clone()
+        .or(file.token)
+        .filter(|t| !t.is_empty());
     Ok((url, token))
 }
 
@@ -420,7 +431,10 @@ mod tests {
         let (u, _) = resolve(&remote(Some("127.0.0.1:9000"), None)).unwrap();
         assert_eq!(u.as_str(), "http://127.0.0.1:9000/");
         let (u, _) = resolve(&remote(Some("https://h.example/bus"), None)).unwrap();
-        assert_eq!(u.join("v1/status").unwrap().as_str(), "https://h.example/bus/v1/status");
+        assert_eq!(
+            u.join("v1/status").unwrap().as_str(),
+            "https://h.example/bus/v1/status"
+        );
         assert!(matches!(
             resolve(&remote(Some("ftp://x"), None)),
             Err(ClientError::Setup(_))
@@ -431,16 +445,26 @@ mod tests {
     fn a_config_file_gives_url_and_token_and_a_flag_wins() {
         let dir = tempfile::tempdir().unwrap();
         let profile = dir.path().join("cli.toml");
-        std::fs::write(&profile, "url = \"http://10.0.0.5:1234\"\ntoken = \"s3cret\"\n").unwrap();
+        std::fs::write(
+            &profile,
+            "url = \"http://10.0.0.5:1234\"\ntoken = \"s3cret\"\n",
+        )
+        .unwrap();
         let (u, t) = resolve(&remote(None, Some(profile.clone()))).unwrap();
-        assert_eq!((u.as_str(), t.as_deref()), ("http://10.0.0.5:1234/", Some("s3cret")));
+        assert_eq!(
+            (u.as_str(), t.as_deref()),
+            ("http://10.0.0.5:1234/", Some("s3cret"))
+        );
         let (u, _) = resolve(&remote(Some("http://127.0.0.1:1"), Some(profile))).unwrap();
         assert_eq!(u.as_str(), "http://127.0.0.1:1/");
 
         // A node config: the URL comes from `listen` (unspecified address → loopback).
         let node = dir.path().join("switchyard.toml");
-        std::fs::write(&node, "listen = \"0.0.0.0:8080\"\n[transport]\nkind = \"memory\"\n")
-            .unwrap();
+        std::fs::write(
+            &node,
+            "listen = \"0.0.0.0:8080\"\n[transport]\nkind = \"memory\"\n",
+        )
+        .unwrap();
         let (u, t) = resolve(&remote(None, Some(node))).unwrap();
         assert_eq!((u.as_str(), t), ("http://127.0.0.1:8080/", None));
     }

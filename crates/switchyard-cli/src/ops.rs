@@ -143,7 +143,11 @@ pub async fn publish(
 }
 
 /// `switchyard send`: prints the reply JSON.
-pub async fn send(client: &Client, args: &MessageArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub async fn send(
+    client: &Client,
+    args: &MessageArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let v = client.call(args.call("send")?).await?.json()?;
     line(out, &v)
 }
@@ -312,9 +316,9 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_owned());
@@ -464,7 +468,13 @@ pub async fn trace(
         Some(t) => write!(out, "{t}")?,
         None => {
             for m in v["messages"].as_array().into_iter().flatten() {
-                writeln!(out, "  {} {} {}", text(m, "timestamp"), text(m, "kind"), text(m, "topic"))?;
+                writeln!(
+                    out,
+                    "  {} {} {}",
+                    text(m, "timestamp"),
+                    text(m, "kind"),
+                    text(m, "topic")
+                )?;
             }
         }
     }
@@ -488,8 +498,17 @@ pub async fn status(client: &Client, as_json: bool, out: &mut impl Write) -> Res
             .collect();
         format!("NOT READY ({})", reasons.join("; "))
     };
-    writeln!(out, "node      {} (switchyard {})", client.base(), text(&v, "version"))?;
-    writeln!(out, "state     {ready}, up {}", uptime(v["uptime_s"].as_u64().unwrap_or(0)))?;
+    writeln!(
+        out,
+        "node      {} (switchyard {})",
+        client.base(),
+        text(&v, "version")
+    )?;
+    writeln!(
+        out,
+        "state     {ready}, up {}",
+        uptime(v["uptime_s"].as_u64().unwrap_or(0))
+    )?;
     writeln!(out, "transport {}", text(&v, "transport"))?;
     for (label, key) in [
         ("subscriptions", "subscriptions"),

@@ -149,7 +149,10 @@ pub async fn follow(client: &Client, what: &Follow, out: &mut impl Write) -> Res
             ),
             "error" => {
                 let kind = v["error"]["kind"].as_str().unwrap_or("error").to_owned();
-                let message = v["error"]["message"].as_str().unwrap_or_default().to_owned();
+                let message = v["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 if v["id"].as_str() == Some("sub-1") || !subscribed {
                     return Err(ClientError::Refused { kind, message }.into());
                 }
