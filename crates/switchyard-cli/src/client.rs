@@ -17,7 +17,7 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:7878";
 pub struct Remote {
     /// The node's base URL, e.g. `http://127.0.0.1:7878` (default: the config file's, else
     /// that one).
-    #[arg(long, env = "SWITCHYARD_URL", value_name = "URL")]
+    #[arg(long, global = true, env = "SWITCHYARD_URL", value_name = "URL")]
     pub url: Option<String>,
     /// Bearer token (or JWT) for a node with auth on.
     #[arg(
@@ -30,10 +30,10 @@ pub struct Remote {
     /// A TOML file with `url` and `token` keys, or the node's own config file (the URL is
     /// then derived from its `listen` and `tls`). Default: `$XDG_CONFIG_HOME/switchyard/cli.toml`
     /// (or `~/.config/switchyard/cli.toml`) when it exists.
-    #[arg(long, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Give up on an HTTP call after this many seconds.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECONDS")]
     pub http_timeout: u64,
 }
 
