@@ -325,6 +325,12 @@ impl Auth {
         }
     }
 
+    /// A 401 denial for a credential the caller could not even present properly (wrong
+    /// scheme); counted and logged like every denial.
+    pub fn refuse(&self, reason: &str) -> Denial {
+        self.unauthenticated(reason)
+    }
+
     fn unauthenticated(&self, reason: &str) -> Denial {
         self.denials.unauthenticated.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason, "authentication refused");

@@ -194,8 +194,8 @@ pub struct NatsTransportConfig {
     pub url: String,
     /// Connection name, and prefix of the default stream. Default `switchyard`.
     pub name: String,
-    /// Streams: each holds the topics matching its patterns. Default: one stream for every
-    /// topic (the transport's default).
+    /// Streams: each holds the topics matching its patterns; at least one is required (a
+    /// topic no stream holds cannot be published). Default: none.
     pub streams: Vec<NatsStreamConfig>,
     /// `file` (default) or `memory` storage.
     pub storage: NatsStorage,
@@ -612,13 +612,22 @@ impl NodeConfig {
 
     /// Loads from a TOML string (plus defaults, no environment) and validates.
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
-        let figment =
-            Figment::from(Serialized::defaults(NodeConfig::default())).merge(Toml::string(toml));
-        Self::extract(figment)
+        Self::extract(Self::base()?.merge(Toml::string(toml)))
+    }
+
+    /// The defaults as the lowest layer, without the transport: the transport's defaults
+    /// belong to its kind (a file choosing `kind = "nats"` must not inherit the log's
+    /// `data_dir`), so they come from the chosen variant, and `kind` defaults to `log`.
+    fn base() -> Result<Figment, ConfigError> {
+        let defaults = figment::value::Value::serialize(NodeConfig::default())
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut dict = defaults.into_dict().unwrap_or_default();
+        dict.remove("transport");
+        Ok(Figment::from(Serialized::defaults(dict)))
     }
 
     fn load_from(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(NodeConfig::default()));
+        let mut figment = Self::base()?;
         if let Some(path) = path {
             if !path.is_file() {
                 return Err(ConfigError::NotFound {
@@ -631,6 +640,7 @@ impl NodeConfig {
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let figment = figment.join(Serialized::default("transport.kind", "log"));
         let config: NodeConfig = figment.extract().map_err(|e| {
             ConfigError::Parse(
                 e.into_iter()
@@ -720,6 +730,15 @@ impl NodeConfig {
                         "transport.url",
                         &nats.url,
                         "a nats://, tls://, ws:// or wss:// URL",
+                    ));
+                }
+                if nats.streams.is_empty() {
+                    return Err(ConfigError::invalid(
+                        "transport.streams",
+                        "[]",
+                        "at least one stream, e.g. [[transport.streams]] name = \"events\" \
+                         patterns = [\"orders.#\"]; a topic no stream holds cannot be published \
+                         (one stream on \"#\" would also capture NATS's own _INBOX replies)",
                     ));
                 }
                 positive("transport.replicas", nats.replicas as u64)?;

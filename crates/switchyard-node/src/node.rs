@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use switchyard::{BoxHandler, Bus, boxed};
 use switchyard_components::Topology;
-use switchyard_components::trace::TraceRecorder;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetterQueue,
 };
@@ -73,13 +72,19 @@ impl Node {
         ));
         let handlers = MetricsRegistry::new();
         let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
+        let trace = (config.retention.trace_messages > 0)
+            .then(|| Arc::new(TraceBuffer::new(config.retention.trace_messages)));
+        let hook_trace = trace.clone();
 
         let mut builder = Bus::builder()
             .queue_capacity(config.bus.queue_capacity)
             .workers(config.bus.workers)
             .dead_letters(DlqSink(dlq.clone()))
-            .publish_hook(|env| {
+            .publish_hook(move |env| {
                 switchyard_middleware::trace::ensure_traceparent(env);
+                if let Some(t) = &hook_trace {
+                    t.record(env);
+                }
                 Ok(())
             });
         builder = match &transport {
@@ -104,22 +109,11 @@ impl Node {
             })
             .build()?;
 
+        #[allow(unused_mut)]
         let mut background = vec![tokio::spawn(publish_breaker_events(
             bus.clone(),
             breaker_rx,
         ))];
-        let trace = if config.retention.trace_messages > 0 {
-            match TraceRecorder::start(&bus, config.retention.trace_messages).await {
-                Ok(t) => Some(Arc::new(t)),
-                Err(e) => {
-                    abort_all(&mut background);
-                    let _ = bus.shutdown(Duration::from_secs(1)).await;
-                    return Err(e.into());
-                }
-            }
-        } else {
-            None
-        };
         let metrics = Arc::new(GatewayMetrics::new());
         let config = Arc::new(config);
         let state = AppState {
@@ -369,6 +363,43 @@ async fn open_transport(
                     message: e.to_string(),
                 })
         }
+    }
+}
+
+/// The last envelopes published or sent through this node's bus, for `/v1/trace`. Fed by a
+/// publish hook rather than a `#` subscription (`switchyard_components`' `TraceRecorder`):
+/// it sees commands and requests too, costs no second read of the transport, and works on
+/// NATS where a `#` subscription needs a stream holding every topic.
+pub(crate) struct TraceBuffer {
+    capacity: usize,
+    seen: std::sync::Mutex<std::collections::VecDeque<switchyard::Envelope>>,
+}
+
+impl TraceBuffer {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            seen: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    fn record(&self, env: &switchyard::Envelope) {
+        let mut q = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= self.capacity {
+            q.pop_front();
+        }
+        q.push_back(env.clone());
+    }
+
+    /// The recorded envelopes of one correlation id, oldest first.
+    pub(crate) fn of(&self, correlation: switchyard::MessageId) -> Vec<switchyard::Envelope> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| e.correlation_id == correlation)
+            .cloned()
+            .collect()
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::Instant;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use switchyard::Bus;
 use switchyard_components::Topology;
-use switchyard_components::trace::TraceRecorder;
 use switchyard_middleware::dlq::DeadLetterQueue;
 use switchyard_middleware::metrics::MetricsRegistry;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ pub(crate) struct AppState {
     /// The dead-letter queue the bus writes to.
     pub(crate) dlq: Arc<dyn DeadLetterQueue>,
     /// Recent envelopes for `/v1/trace` (none when `retention.trace_messages = 0`).
-    pub(crate) trace: Option<Arc<TraceRecorder>>,
+    pub(crate) trace: Option<Arc<crate::node::TraceBuffer>>,
     /// The component topology, when the application registered one.
     pub(crate) topology: Arc<RwLock<Option<Topology>>>,
     /// Per-principal publish rate, when configured.

@@ -180,11 +180,7 @@ pub(crate) async fn trace(
             "tracing is off (retention.trace_messages = 0)",
         ));
     };
-    let envelopes: Vec<_> = recorder
-        .envelopes()
-        .into_iter()
-        .filter(|e| e.correlation_id == correlation)
-        .collect();
+    let envelopes = recorder.of(correlation);
     if envelopes.is_empty() {
         return Err(ApiError::new(
             ErrorKind::NotFound,

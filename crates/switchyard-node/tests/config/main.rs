@@ -1,0 +1,222 @@
+//! Loading the node config: defaults, file, `SWITCHYARD_*` environment, and errors that name
+//! the key, the value and what is allowed.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)] // tests fail by panicking
+
+use std::path::Path;
+
+use figment::Jail;
+use switchyard_node::config::{ConfigError, SlowClientPolicy};
+use switchyard_node::{NodeConfig, TransportConfig};
+
+fn invalid(e: ConfigError) -> (String, String, String) {
+    match e {
+        ConfigError::Invalid {
+            key,
+            value,
+            allowed,
+        } => (key, value, allowed),
+        other => panic!("expected Invalid, got {other}"),
+    }
+}
+
+#[test]
+fn no_file_means_the_log_under_switchyard_data_on_loopback_7878() {
+    Jail::expect_with(|_jail| {
+        let c = NodeConfig::load(None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
+        match &c.transport {
+            TransportConfig::Log(l) => assert_eq!(l.data_dir, Path::new("./switchyard-data")),
+            other => panic!("default transport is the log, got {other:?}"),
+        }
+        assert!(!c.auth.enabled);
+        Ok(())
+    });
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "node.toml",
+            r#"
+listen = "127.0.0.1:9000"
+[transport]
+kind = "log"
+data_dir = "/tmp/from-file"
+[ws]
+slow_client = "disconnect"
+"#,
+        )?;
+        jail.set_env("SWITCHYARD_LISTEN", "127.0.0.1:9100");
+        jail.set_env("SWITCHYARD_LIMITS__MAX_BODY_BYTES", "2048");
+        jail.set_env("SWITCHYARD_TRANSPORT__DATA_DIR", "/tmp/from-env");
+        // The operator CLI's variables are not node settings and must not break loading.
+        jail.set_env("SWITCHYARD_URL", "http://elsewhere");
+        jail.set_env("SWITCHYARD_TOKEN", "secret");
+        let c = NodeConfig::load(Some(Path::new("node.toml"))).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.limits.max_body_bytes, 2048);
+        assert_eq!(c.ws.slow_client, SlowClientPolicy::Disconnect);
+        match &c.transport {
+            TransportConfig::Log(l) => assert_eq!(l.data_dir, Path::new("/tmp/from-env")),
+            other => panic!("{other:?}"),
+        }
+        jail.set_env("SWITCHYARD_TRANSPORT__KIND", "memory");
+        jail.clear_env();
+        jail.set_env("SWITCHYARD_TRANSPORT__KIND", "nats");
+        jail.set_env("SWITCHYARD_TRANSPORT__URL", "nats://127.0.0.1:4333");
+        let e = NodeConfig::load(None).unwrap_err();
+        assert!(e.to_string().contains("transport.streams"), "{e}");
+        jail.set_env(
+            "SWITCHYARD_TRANSPORT__STREAMS",
+            "[{name=\"events\",patterns=[\"orders.#\"]}]",
+        );
+        let c = NodeConfig::load(None).unwrap();
+        match &c.transport {
+            TransportConfig::Nats(n) => assert_eq!(n.url, "nats://127.0.0.1:4333"),
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let e = NodeConfig::load(Some(Path::new("/nonexistent/switchyard.toml"))).unwrap_err();
+    assert!(matches!(e, ConfigError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/switchyard.toml"));
+}
+
+#[test]
+fn unknown_keys_and_bad_kinds_are_refused_by_name() {
+    let e = NodeConfig::from_toml("[limits]\nmax_body_byte = 5\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("max_body_byte") && text.contains("max_body_bytes"),
+        "{text}"
+    );
+
+    let e = NodeConfig::from_toml("[transport]\nkind = \"kafka\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("kafka") && text.contains("memory") && text.contains("nats"),
+        "{text}"
+    );
+
+    let e = NodeConfig::from_toml("[ws]\nslow_client = \"block\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("block") && text.contains("drop_oldest") && text.contains("disconnect"),
+        "{text}"
+    );
+
+    let e = NodeConfig::from_toml("listen = \"nowhere\"\n").unwrap_err();
+    assert!(e.to_string().contains("listen"), "{e}");
+}
+
+#[test]
+fn a_public_address_without_auth_is_refused_with_an_explanation() {
+    let (key, value, allowed) =
+        invalid(NodeConfig::from_toml("listen = \"0.0.0.0:7878\"\n").unwrap_err());
+    assert_eq!(key, "listen");
+    assert_eq!(value, "0.0.0.0:7878");
+    assert!(allowed.contains("auth.enabled"), "{allowed}");
+}
+
+#[test]
+fn out_of_range_values_name_key_value_and_allowed() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "[limits]\nmax_body_bytes = 0\n",
+            "limits.max_body_bytes",
+            "0",
+            "at least 1",
+        ),
+        (
+            "[limits]\ndefault_request_timeout_ms = 100\nmax_request_timeout_ms = 10\n",
+            "limits.max_request_timeout_ms",
+            "10",
+            "at least limits.default_request_timeout_ms (100)",
+        ),
+        (
+            "[ws]\noutbound_buffer = 0\n",
+            "ws.outbound_buffer",
+            "0",
+            "at least 1",
+        ),
+        (
+            "[auth]\nenabled = true\n[[auth.principals]]\nname = \"p\"\n[[auth.tokens]]\nprincipal = \"p\"\nsha256 = \"xyz\"\n",
+            "auth.tokens[0].sha256",
+            "\"xyz\"",
+            "64 lower-case hex digits",
+        ),
+        (
+            "[auth]\nenabled = true\n[[auth.tokens]]\nprincipal = \"ghost\"\nsha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n",
+            "auth.tokens[0].principal",
+            "\"ghost\"",
+            "the name of a principal",
+        ),
+        (
+            "[[auth.principals]]\nname = \"p\"\npublish = [\"a..b\"]\n",
+            "auth.principals[0].publish[0]",
+            "\"a..b\"",
+            "a topic pattern",
+        ),
+        (
+            "[auth]\nenabled = true\n",
+            "auth.enabled",
+            "true",
+            "auth.tokens or auth.jwt",
+        ),
+        (
+            "[auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"short\"\n",
+            "auth.jwt.secret",
+            "(5 bytes)",
+            "at least 32 bytes",
+        ),
+        (
+            "[transport]\nkind = \"nats\"\nurl = \"http://x\"\n[[transport.streams]]\nname = \"s\"\npatterns = [\"a.#\"]\n",
+            "transport.url",
+            "http://x",
+            "nats://",
+        ),
+        (
+            "[[ingest.zmq]]\nendpoint = \"udp://x\"\ntopic = \"a.b\"\n",
+            "ingest.zmq[0].endpoint",
+            "\"udp://x\"",
+            "tcp://",
+        ),
+        (
+            "[[ingest.zmq]]\nendpoint = \"tcp://127.0.0.1:5555\"\ntopic = \"a.*\"\n",
+            "ingest.zmq[0].topic",
+            "\"a.*\"",
+            "a topic",
+        ),
+        (
+            "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+            "tls.cert",
+            "/nonexistent/cert.pem",
+            "an existing PEM file",
+        ),
+    ];
+    for (toml, want_key, want_value, want_allowed) in cases {
+        let (key, value, allowed) = invalid(NodeConfig::from_toml(toml).unwrap_err());
+        assert_eq!(&key, want_key, "{toml}");
+        assert_eq!(&value, want_value, "{toml}");
+        assert!(allowed.contains(want_allowed), "{toml}: {allowed}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_config_does_not_start_a_node() {
+    let mut c = NodeConfig::from_toml("[transport]\nkind = \"memory\"\n").unwrap();
+    c.limits.max_message_bytes = 0;
+    let e = switchyard_node::Node::start(c).await.unwrap_err();
+    assert!(e.to_string().contains("limits.max_message_bytes"), "{e}");
+}

@@ -1,0 +1,184 @@
+//! Dead letters: list, show, replay, purge.
+
+use serde_json::{Value, json};
+use switchyard::{Envelope, Outcome, handler_fn};
+use tokio::sync::mpsc;
+
+use crate::common::{MEMORY, TestNode, client, recv};
+
+/// A subscription that rejects every message until it was replayed once.
+async fn rejecting_until_replayed(node: &TestNode) -> mpsc::UnboundedReceiver<Envelope> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe(
+            "billing",
+            "billing.#",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    if env.header("replay-count").is_none() {
+                        return Ok::<_, std::convert::Infallible>(Outcome::reject("card declined"));
+                    }
+                    let _ = tx.send(env);
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    rx
+}
+
+async fn publish(node: &TestNode, topic: &str, body: &str) -> String {
+    let res = client()
+        .post(node.url(&format!("/v1/publish/{topic}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_shown_replayed_and_purged() {
+    let node = TestNode::start(MEMORY).await;
+    let mut replayed = rejecting_until_replayed(&node).await;
+    let a = publish(&node, "billing.charge", r#"{"amount": 5}"#).await;
+    let b = publish(&node, "billing.refund", r#"{"amount": 6}"#).await;
+    let c = publish(&node, "billing.charge", r#"{"amount": 7}"#).await;
+    node.bus.run_until_idle().await;
+    let http = client();
+
+    let list: Value = http
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 3);
+    let first = &list["items"][0];
+    assert_eq!(first["id"], a.as_str());
+    assert_eq!(first["reason"], "rejected");
+    assert_eq!(first["handler"], "billing");
+    assert!(first["error"].as_str().unwrap().contains("card declined"));
+    assert_eq!(first["message"]["topic"], "billing.charge");
+    assert_eq!(first["message"]["payload"], json!({"amount": 5}));
+    assert!(first["dead_lettered_at"].as_str().unwrap().ends_with('Z'));
+
+    let page: Value = http
+        .get(node.url("/v1/dlq?topic=billing.charge&limit=1&offset=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["id"], c.as_str());
+
+    let one: Value = http
+        .get(node.url(&format!("/v1/dlq/{b}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["message"]["topic"], "billing.refund");
+
+    let report: Value = http
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({"ids": [a]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report, json!({"replayed": 1, "failed": []}));
+    let env = recv(&mut replayed, "the replayed message").await;
+    assert_eq!(env.id.to_string(), a, "a replay keeps the message id");
+    assert_eq!(env.header("replayed-from"), Some("billing"));
+
+    let report: Value = http
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({"ids": ["01ARZ3NDEKTSV4RRFFQ69G5FAV"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["replayed"], 0);
+    assert!(
+        report["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no dead letter")
+    );
+
+    let purged: Value = http
+        .post(node.url("/v1/dlq/purge"))
+        .json(&json!({"all": true, "topic": "billing.refund"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged, json!({"purged": 1}));
+
+    let report: Value = http
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["replayed"], 1);
+    let env = recv(&mut replayed, "the bulk-replayed message").await;
+    assert_eq!(env.id.to_string(), c);
+    node.bus.run_until_idle().await;
+    let list: Value = http
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 0);
+    let _ = b;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_selection_must_say_ids_or_all() {
+    let node = TestNode::start(MEMORY).await;
+    let http = client();
+    for body in [
+        json!({}),
+        json!({"ids": [], "all": true}),
+        json!({"ids": ["x"]}),
+    ] {
+        let res = http
+            .post(node.url("/v1/dlq/purge"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body}");
+    }
+}

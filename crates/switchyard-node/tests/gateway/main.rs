@@ -1,0 +1,12 @@
+//! The HTTP gateway against a node on an ephemeral port, with a real HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod acl;
+mod api;
+mod dlq;
+mod malformed;
+mod observe;
+mod tls;
