@@ -556,3 +556,198 @@ fn serve_demo_shows_live_traffic() {
     assert!(dlq.contains("error-handler"), "{dlq}");
     assert_eq!(served.terminate().code(), Some(0));
 }
+
+/// What a scripted WebSocket server (speaking docs/gateway.md) saw from the client.
+struct Seen {
+    authorization: Option<String>,
+    subscribe: Value,
+}
+
+/// A one-connection WebSocket server on an ephemeral port at `/v1/ws`: answers the
+/// subscribe op with `answer` (after filling in the client's `id`), then sends `then`
+/// frames, then closes (when `close`) or waits for the client to go.
+fn scripted_ws(
+    answer: Value,
+    then: Vec<Value>,
+    close: bool,
+) -> (String, std::thread::JoinHandle<Seen>) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut authorization = None;
+            let mut ws =
+                tokio_tungstenite::accept_hdr_async(stream, |req: &Request, res: Response| {
+                    assert_eq!(req.uri().path(), "/v1/ws");
+                    authorization = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    Ok(res)
+                })
+                .await
+                .unwrap();
+            let first = ws.next().await.unwrap().unwrap();
+            let subscribe: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+            let mut answer = answer;
+            answer["id"] = subscribe["id"].clone();
+            ws.send(Frame::text(answer.to_string())).await.unwrap();
+            for f in then {
+                ws.send(Frame::text(f.to_string())).await.unwrap();
+            }
+            if close {
+                let _ = ws.close(None).await;
+            }
+            // Until the client goes.
+            while let Some(Ok(_)) = ws.next().await {}
+            Seen {
+                authorization,
+                subscribe,
+            }
+        })
+    });
+    (url, handle)
+}
+
+fn message(topic: &str, payload: Value) -> Value {
+    json!({"op": "message", "subscription": "s1", "delivery": "d1", "message": {
+        "id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "topic": topic, "kind": "event",
+        "correlation_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "causation_id": null, "source": null,
+        "target": null, "priority": 128, "timestamp": "2026-01-02T03:04:05.678Z", "headers": {},
+        "content_type": "application/json", "type_name": null, "type_version": 1, "attempt": 0,
+        "payload": payload}})
+}
+
+#[test]
+fn sub_speaks_the_websocket_protocol_and_prints_json_lines() {
+    let (url, server) = scripted_ws(
+        json!({"op": "subscribed", "subscription": "s1"}),
+        vec![
+            message("orders.placed", json!({"n": 1})),
+            json!({"op": "dropped", "count": 3}),
+            message("orders.paid", json!({"n": 2})),
+            message("orders.never", json!({"n": 3})),
+        ],
+        false,
+    );
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["sub", "orders.#", "--group", "billing", "--count", "2"])
+        .args(["--url", &url, "--token", "t0k"])
+        .timeout(WAIT)
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["topic"], "orders.placed");
+    assert_eq!(lines[1]["payload"], json!({"n": 2}));
+    let err = stderr(&out);
+    assert!(err.contains("subscribed to orders.#"), "{err}");
+    assert!(err.contains("dropped 3 message(s)"), "{err}");
+    let seen = server.join().unwrap();
+    assert_eq!(seen.authorization.as_deref(), Some("Bearer t0k"));
+    assert_eq!(seen.subscribe["op"], "subscribe");
+    assert_eq!(seen.subscribe["pattern"], "orders.#");
+    assert_eq!(seen.subscribe["group"], "billing");
+    assert_eq!(seen.subscribe["ack"], "auto");
+}
+
+#[test]
+fn tail_prints_readable_lines_and_a_closed_socket_is_a_failure() {
+    let (url, server) = scripted_ws(
+        json!({"op": "subscribed", "subscription": "s1"}),
+        vec![message("a.b", json!({"x": 1}))],
+        true,
+    );
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["tail", "--url", &url])
+        .timeout(WAIT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with(
+            "2026-01-02T03:04:05.678Z  event   a.b  corr=01ARZ3NDEKTSV4RRFFQ69G5FAV  {\"x\":1}"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("the node closed the WebSocket while following"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.join().unwrap().subscribe["pattern"], "#");
+}
+
+#[test]
+fn a_refused_subscription_exits_1_with_the_reason() {
+    let (url, server) = scripted_ws(
+        json!({"op": "error", "error": {"kind": "forbidden", "message": "principal ingest may not subscribe to secret.#"}}),
+        vec![],
+        false,
+    );
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["sub", "secret.#", "--url", &url])
+        .timeout(WAIT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("forbidden: principal ingest may not subscribe to secret.#"),
+        "{}",
+        stderr(&out)
+    );
+    server.join().unwrap();
+}
+
+#[test]
+#[ignore = "needs the node's WebSocket protocol (crates/switchyard-node/src/ws.rs is a stub on this branch)"]
+fn pub_then_sub_sees_it_through_the_node() {
+    let node = TestNode::start();
+    let mut sub = std::process::Command::new(assert_cmd::cargo::cargo_bin("switchyard"))
+        .args(["sub", "orders.#", "--count", "1", "--url", &node.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Publish only once the subscription is in place (the CLI says so on stderr).
+    let mut err = BufReader::new(sub.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed to orders.#"), "{line}");
+    let published = json_line(&node.run(&["pub", "orders.placed", r#"{"order": 1}"#]));
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = sub.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = sub.kill();
+            panic!("sub did not print the message");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut sub.stdout.take().unwrap(), &mut text).unwrap();
+    let got: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(got["id"], published["id"]);
+    assert_eq!(got["payload"], json!({"order": 1}));
+}
