@@ -195,10 +195,10 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
             _ = tick.tick() => {
                 n += 1;
                 let run_id = format!("demo-{n:05}");
-                if n % UNDECODABLE_EVERY == 0 {
+                if n.is_multiple_of(UNDECODABLE_EVERY) {
                     publish_undecodable(&bus, n).await;
                 }
-                let dataset = if n % MISSING_EVERY == 0 { "missing.csv" } else { DATASET };
+                let dataset = if n.is_multiple_of(MISSING_EVERY) { "missing.csv" } else { DATASET };
                 match app.submit(&run_id, dataset).await {
                     Ok(correlation) => {
                         waiting.insert(correlation, (run_id, Instant::now()));

@@ -2,6 +2,7 @@
 //! test starts (in process on an ephemeral port, or `switchyard serve --listen 127.0.0.1:0`
 //! spawned, reading the bound address from its first line).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback type, not ours
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
