@@ -17,6 +17,14 @@ pub enum DemoError {
     /// A bus operation failed.
     #[error("bus error: {0}")]
     Bus(String),
+    /// The demo ran, but some of its pipeline runs failed (the summary says why).
+    #[error("{failed} of {runs} run(s) failed")]
+    RunsFailed {
+        /// Runs that failed.
+        failed: usize,
+        /// Runs made.
+        runs: usize,
+    },
 }
 
 fn bus_err(e: impl std::fmt::Display) -> DemoError {
@@ -68,6 +76,13 @@ pub async fn run_pipeline(rows: usize, runs: usize) -> Result<(), DemoError> {
         .await
         .map_err(bus_err)?;
     print!("{}", report.summary());
+    let failed = report.runs.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        return Err(DemoError::RunsFailed {
+            failed,
+            runs: report.runs.len(),
+        });
+    }
     Ok(())
 }
 

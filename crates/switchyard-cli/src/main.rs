@@ -1,9 +1,22 @@
-//! `switchyard`: the command line of the switchyard message bus.
+//! `switchyard`: the command line of the switchyard message bus: run a node (`serve`),
+//! operate a running one (`pub`, `sub`, `send`, `request`, `tail`, `dlq`, `topology`,
+//! `trace`, `status`, `bench`), and the in-process demos.
+//!
+//! Exit codes: 0 ok, 1 failure (including an unreachable node and a demo run that failed),
+//! 2 usage.
 #![forbid(unsafe_code)]
 
+mod client;
 mod demo;
+mod ops;
+mod serve;
+mod ws;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use client::{Client, ClientError, Remote};
 
 /// A message bus for Rust systems built from components that talk only through publish/subscribe.
 #[derive(Debug, Parser)]
@@ -18,6 +31,117 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a node: the bus on the configured transport behind the HTTP/WebSocket gateway,
+    /// until SIGINT/SIGTERM (then the bus drains).
+    Serve(serve::ServeArgs),
+    /// Publishes an event; prints `{"id", "correlation_id"}`.
+    #[command(name = "pub")]
+    Pub {
+        #[command(flatten)]
+        message: ops::MessageArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follows a topic pattern over the WebSocket; one JSON line per message.
+    Sub {
+        /// Topic pattern: `*` is one segment, `#` any number.
+        pattern: String,
+        /// Consumer group (subscribers of one group share the messages). Default: this
+        /// client alone gets every message.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// Exit after this many messages.
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+        /// Line format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: ws::LineFormat,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follows every message (`sub '#'`), one readable line each.
+    Tail {
+        /// Exit after this many messages.
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+        /// Line format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ws::LineFormat,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Sends a command to its one handler; prints the reply JSON.
+    Send {
+        #[command(flatten)]
+        message: ops::MessageArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Sends a request with a deadline; prints the reply JSON.
+    Request {
+        #[command(flatten)]
+        message: ops::MessageArgs,
+        /// The node's deadline in milliseconds (default: the node's, 5000).
+        #[arg(long, value_name = "MS")]
+        timeout_ms: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Dead letters: list, show, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: ops::DlqCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The component topology (or the subscriptions the bus knows) as a graph.
+    Topology {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: ops::TopologyFormat,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Every recorded message of one correlation id, as its causal tree.
+    Trace {
+        /// The correlation id (a ULID).
+        correlation_id: String,
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Version, uptime, transport, readiness and counts of the node.
+    Status {
+        /// Print the node's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Publishes many messages through HTTP and reports rate and latency.
+    Bench {
+        /// Topic to publish to.
+        #[arg(long, default_value = "bench.load")]
+        topic: String,
+        /// Messages to publish.
+        #[arg(long, short = 'n', default_value_t = 10_000)]
+        count: u64,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Payload size in bytes (roughly).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Prints a shell completion script: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Runs a demo. Without a kind: a small in-process flow (a publisher, a wildcard
     /// subscriber, a command with a result, a failing handler and a clean shutdown).
     Demo {
@@ -30,6 +154,7 @@ enum Command {
 enum DemoKind {
     /// The layered reference app: frontend → CPM → managers → services → handlers →
     /// processors → modules, with status updates, errors, enforcement and a causal trace.
+    /// Exits 1 when a run failed.
     Pipeline {
         /// Rows of generated data.
         #[arg(long, default_value_t = 600)]
@@ -50,27 +175,152 @@ enum DemoKind {
     },
 }
 
+/// Why a command failed; decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The command ran and failed (exit 1).
+    #[error("{0}")]
+    Failure(String),
+    /// A call to the node failed (exit 1; a bad URL or config file is a usage error).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A demo failed (exit 1).
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
+    /// Writing the output failed (exit 1; a closed pipe ends the command quietly).
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) | CliError::Client(ClientError::Setup(_)) => ExitCode::from(2),
+            CliError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!("switchyard: --log {:?}: {e}; using \"warn\"", cli.log);
+        tracing_subscriber::EnvFilter::new("warn")
+    });
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Demo { kind: None } => demo::run(&mut std::io::stdout()).await,
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            if !matches!(&e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
+                eprintln!("switchyard: {e}");
+            }
+            code
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Serve(args) => {
+            drop(out);
+            serve::run(args).await
+        }
+        Command::Pub { message, remote } => {
+            ops::publish(&Client::new(&remote)?, &message, &mut out).await
+        }
+        Command::Send { message, remote } => {
+            ops::send(&Client::new(&remote)?, &message, &mut out).await
+        }
+        Command::Request {
+            message,
+            timeout_ms,
+            remote,
+        } => ops::request(&Client::new(&remote)?, &message, timeout_ms, &mut out).await,
+        Command::Sub {
+            pattern,
+            group,
+            count,
+            format,
+            remote,
+        } => {
+            let what = ws::Follow {
+                pattern,
+                group,
+                count,
+                format,
+            };
+            ws::follow(&Client::new(&remote)?, &what, &mut out).await
+        }
+        Command::Tail {
+            count,
+            format,
+            remote,
+        } => {
+            let what = ws::Follow {
+                pattern: "#".to_owned(),
+                group: None,
+                count,
+                format,
+            };
+            ws::follow(&Client::new(&remote)?, &what, &mut out).await
+        }
+        Command::Dlq { command, remote } => {
+            ops::dlq(&Client::new(&remote)?, &command, &mut out).await
+        }
+        Command::Topology { format, remote } => {
+            ops::topology(&Client::new(&remote)?, format, &mut out).await
+        }
+        Command::Trace {
+            correlation_id,
+            json,
+            remote,
+        } => ops::trace(&Client::new(&remote)?, &correlation_id, json, &mut out).await,
+        Command::Status { json, remote } => {
+            ops::status(&Client::new(&remote)?, json, &mut out).await
+        }
+        Command::Bench {
+            topic,
+            count,
+            concurrency,
+            size,
+            remote,
+        } => {
+            ops::bench(
+                &Client::new(&remote)?,
+                &topic,
+                count,
+                concurrency,
+                size,
+                &mut out,
+            )
+            .await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut out);
+            Ok(())
+        }
+        Command::Demo { kind: None } => Ok(demo::run(&mut out).await?),
         Command::Demo {
             kind: Some(DemoKind::Pipeline { rows, runs }),
-        } => demo::run_pipeline(rows, runs).await,
+        } => {
+            drop(out);
+            Ok(demo::run_pipeline(rows, runs).await?)
+        }
         Command::Demo {
             kind: Some(DemoKind::Zmq { endpoint, output }),
-        } => demo::run_zmq(endpoint, output).await,
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("switchyard: {e}");
-            std::process::ExitCode::FAILURE
+        } => {
+            drop(out);
+            Ok(demo::run_zmq(endpoint, output).await?)
         }
     }
 }

@@ -78,3 +78,21 @@ fn demo_zmq_is_listed() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("zmq") && text.contains("pipeline"), "{text}");
 }
+
+#[test]
+fn a_failed_demo_run_exits_with_failure() {
+    // Zero rows: the staging domain finds an empty dataset and the run fails.
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["--log", "error", "demo", "pipeline", "--rows", "0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("run-001 FAILED"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 of 1 run(s) failed"),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -774,14 +774,13 @@ impl NativeBus {
             .map_err(|e| errors::raise(py, "SwitchyardError", e.to_string(), &[]))
     }
 
-    /// The default in-memory dead-letter store, oldest first.
+    /// The default in-memory dead-letter store, oldest first; empty when the bus was
+    /// built with another sink (which then holds the letters).
     fn dead_letters(&self) -> Vec<PyDeadLetter> {
         self.bus
             .dead_letters()
-            .list()
-            .into_iter()
-            .map(PyDeadLetter::new)
-            .collect()
+            .map(|store| store.list().into_iter().map(PyDeadLetter::new).collect())
+            .unwrap_or_default()
     }
 
     /// Dead-letters a payload a Python batch handler could not decode (reason

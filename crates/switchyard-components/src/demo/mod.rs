@@ -34,10 +34,11 @@ use crate::builtin::{
     ErrorHandlerStats, HealthChecker, PerformanceTracker, ResourceMonitor, ResourceSample,
     ResourceThresholds, RetryExhausted, RetryPolicy, RetryRequest, Severity, StateTracker,
 };
-use crate::component::{Assembly, ComponentBuilder, ComponentCtx, StartError};
+use crate::component::{Assembly, ComponentBuilder, ComponentCtx, Running, StartError};
 use crate::context::{Completion, ContextConfig, ContextStats, ErrorInfo};
-use crate::enforce::EnforcementStats;
+use crate::enforce::{ComponentBus, EnforcementStats};
 use crate::role::{Role, exhausted_topic, retry_topic, topic_name};
+use crate::topology::Topology;
 use crate::trace::{Trace, TraceRecorder};
 use modules::{ModuleError, Store, Tables};
 
@@ -765,100 +766,229 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// The reference app assembled on a bus the caller owns (a node's, for example): every
+/// component subscribed, the CSV written to its store, ready for [`submit`](Self::submit).
+/// [`run_demo`] is this on a fresh bus, plus a preview, a refused publish and a report.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use switchyard_components::demo::{DemoApp, DemoConfig, DATASET};
+/// let bus = switchyard::Bus::new();
+/// let mut app = DemoApp::start(&bus, &DemoConfig { rows: 60, ..DemoConfig::default() }).await?;
+/// let ok = app.run("run-1", DATASET, Duration::from_secs(10)).await?;
+/// assert!(ok.ok);
+/// let failed = app.run("run-2", "missing.csv", Duration::from_secs(10)).await?;
+/// assert!(!failed.ok); // the error handler gave up: one dead letter
+/// app.stop();
+/// # Ok(()) }
+/// ```
+pub struct DemoApp {
+    running: Running,
+    front: ComponentBus,
+    results: mpsc::UnboundedReceiver<Completion<Value>>,
+    topology: Topology,
+    store: Store,
+    tracker: StateTracker,
+    errors: ErrorHandler,
+    health: HealthChecker,
+    alerts: AlertManager,
+    resources: ResourceMonitor,
+}
+
+impl std::fmt::Debug for DemoApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoApp")
+            .field("components", &self.topology.components().len())
+            .field("errors", &self.errors.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DemoApp {
+    /// Writes the generated CSV (`config.rows`, `config.seed`) to the store (in memory, or
+    /// `config.data_dir`), assembles the frontend, the CPM, the error handler, the observers
+    /// (when `config.observers`) and the four layers of every domain on `bus`, starts them
+    /// and sends one heartbeat. `config.runs`, `show_violation` and `run_timeout` are
+    /// [`run_demo`]'s; the caller decides what to submit.
+    pub async fn start(bus: &Bus, config: &DemoConfig) -> Result<DemoApp, DemoError> {
+        let store = match &config.data_dir {
+            Some(dir) => Store::in_dir(dir),
+            None => Store::new(),
+        };
+        store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
+        let tracker = StateTracker::new(100_000);
+        let errors = ErrorHandler::new(RetryPolicy::attempts(config.max_attempts));
+        let health = HealthChecker::new(Duration::from_secs(60), 0.5);
+        let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
+        let alerts = AlertManager::new(
+            vec![
+                AlertRule {
+                    name: "domain-error-rate".into(),
+                    severity: Severity::Critical,
+                    condition: Condition::ErrorRate {
+                        max_ratio: 0.5,
+                        window: 20,
+                        min_requests: 5,
+                    },
+                },
+                AlertRule {
+                    name: "latency-anomaly".into(),
+                    severity: Severity::Warning,
+                    condition: Condition::Anomaly,
+                },
+                AlertRule {
+                    name: "component-health".into(),
+                    severity: Severity::Warning,
+                    condition: Condition::Unhealthy,
+                },
+            ],
+            vec![Channel::Topic],
+        );
+        let resources = ResourceMonitor::new(ResourceThresholds::default());
+        let (tx, results) = mpsc::unbounded_channel::<Completion<Value>>();
+
+        let to_runner = move |done: Completion<Value>, _cx| {
+            let tx = tx.clone();
+            async move {
+                // The receiver is gone only when the app was dropped; nothing to tell then.
+                let _ = tx.send(done);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        };
+        let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
+            .publishes(PipelineRequest::TOPIC)
+            .on::<Completion<Value>, _, _, _, _>(
+                &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
+                to_runner.clone(),
+            )
+            .on::<Completion<Value>, _, _, _, _>(
+                &topic_name("cpm", "preview", Role::Cpm.result_phase()),
+                to_runner,
+            );
+        let mut assembly = Assembly::new(bus)
+            .contexts(ContextConfig {
+                timeout: config.context_timeout,
+                ..ContextConfig::default()
+            })
+            .component(frontend)
+            .component(cpm())
+            .component(errors.component());
+        if config.observers {
+            assembly = assembly
+                .component(tracker.component())
+                .component(health.component())
+                .component(perf.component())
+                .component(alerts.component())
+                .component(resources.component());
+        }
+        for (i, (d, a)) in DOMAINS.iter().enumerate() {
+            let previous = i.checked_sub(1).map(|p| DOMAINS[p]);
+            let fail = config
+                .fail
+                .as_ref()
+                .filter(|f| f.domain == *d)
+                .map(|f| (f.times, Arc::new(AtomicU32::new(0))));
+            assembly = assembly
+                .component(manager(d, a, previous))
+                .component(relay(d, a, Role::Service, Role::Handler))
+                .component(relay(d, a, Role::Handler, Role::Processor))
+                .component(processor(d, a, store.clone(), fail));
+        }
+        let topology = assembly.topology().map_err(StartError::from)?;
+        let running = assembly.start().await?;
+        let front = running
+            .component_bus("frontend")
+            .ok_or(DemoError::FrontendGone)?;
+        running.heartbeat().await?;
+        Ok(DemoApp {
+            running,
+            front,
+            results,
+            topology,
+            store,
+            tracker,
+            errors,
+            health,
+            alerts,
+            resources,
+        })
+    }
+
+    /// The declared topology (every component, its role and its edges).
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The started assembly (contexts, enforcement, observed edges).
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// The store the processors' modules read and write.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The error handler's counters.
+    pub fn errors(&self) -> ErrorHandlerStats {
+        self.errors.stats()
+    }
+
+    /// The frontend asks the CPM to run the pipeline on `dataset` (a file in the store;
+    /// [`DATASET`] is the generated one, any other name fails in staging). Returns the
+    /// flow's correlation id; its result arrives through [`next_result`](Self::next_result).
+    pub async fn submit(&self, run_id: &str, dataset: &str) -> Result<MessageId, DemoError> {
+        let env = PipelineRequest {
+            run_id: run_id.to_owned(),
+            dataset: dataset.to_owned(),
+        }
+        .to_envelope()?;
+        let correlation_id = env.correlation_id;
+        self.front.publish_envelope(env).await?;
+        Ok(correlation_id)
+    }
+
+    /// The next result the frontend received (a completed or failed flow), in arrival order.
+    /// `None` once the app's components are gone.
+    pub async fn next_result(&mut self) -> Option<Completion<Value>> {
+        self.results.recv().await
+    }
+
+    /// Submits one run and waits up to `timeout` for its result (results of other flows
+    /// arriving meanwhile are skipped).
+    pub async fn run(
+        &mut self,
+        run_id: &str,
+        dataset: &str,
+        timeout: Duration,
+    ) -> Result<RunOutcome, DemoError> {
+        let t0 = Instant::now();
+        let correlation_id = self.submit(run_id, dataset).await?;
+        let done = wait_for(&mut self.results, correlation_id, timeout, run_id).await?;
+        Ok(RunOutcome {
+            run_id: run_id.to_owned(),
+            correlation_id,
+            ok: done.is_ok(),
+            error: done.error.clone(),
+            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Unsubscribes every component.
+    pub fn stop(self) {
+        self.running.stop();
+    }
+}
+
 /// Runs the reference pipeline `config.runs` times on a fresh in-process bus and reports what
 /// happened. Takes well under a second for the defaults.
 pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let bus = Bus::new();
     let recorder = TraceRecorder::start(&bus, 200_000).await?;
-    let store = match &config.data_dir {
-        Some(dir) => Store::in_dir(dir),
-        None => Store::new(),
-    };
-    store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
-    let tracker = StateTracker::new(100_000);
-    let errors = ErrorHandler::new(RetryPolicy::attempts(config.max_attempts));
-    let health = HealthChecker::new(Duration::from_secs(60), 0.5);
-    let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
-    let alerts = AlertManager::new(
-        vec![
-            AlertRule {
-                name: "domain-error-rate".into(),
-                severity: Severity::Critical,
-                condition: Condition::ErrorRate {
-                    max_ratio: 0.5,
-                    window: 20,
-                    min_requests: 5,
-                },
-            },
-            AlertRule {
-                name: "latency-anomaly".into(),
-                severity: Severity::Warning,
-                condition: Condition::Anomaly,
-            },
-            AlertRule {
-                name: "component-health".into(),
-                severity: Severity::Warning,
-                condition: Condition::Unhealthy,
-            },
-        ],
-        vec![Channel::Topic],
-    );
-    let resources = ResourceMonitor::new(ResourceThresholds::default());
-    let (tx, mut rx) = mpsc::unbounded_channel::<Completion<Value>>();
-
-    let to_runner = move |done: Completion<Value>, _cx| {
-        let tx = tx.clone();
-        async move {
-            // The receiver is gone only when run_demo returned; nothing to tell then.
-            let _ = tx.send(done);
-            Ok::<_, std::convert::Infallible>(())
-        }
-    };
-    let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
-        .publishes(PipelineRequest::TOPIC)
-        .on::<Completion<Value>, _, _, _, _>(
-            &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
-            to_runner.clone(),
-        )
-        .on::<Completion<Value>, _, _, _, _>(
-            &topic_name("cpm", "preview", Role::Cpm.result_phase()),
-            to_runner,
-        );
-    let mut assembly = Assembly::new(&bus)
-        .contexts(ContextConfig {
-            timeout: config.context_timeout,
-            ..ContextConfig::default()
-        })
-        .component(frontend)
-        .component(cpm())
-        .component(errors.component());
-    if config.observers {
-        assembly = assembly
-            .component(tracker.component())
-            .component(health.component())
-            .component(perf.component())
-            .component(alerts.component())
-            .component(resources.component());
-    }
-    for (i, (d, a)) in DOMAINS.iter().enumerate() {
-        let previous = i.checked_sub(1).map(|p| DOMAINS[p]);
-        let fail = config
-            .fail
-            .as_ref()
-            .filter(|f| f.domain == *d)
-            .map(|f| (f.times, Arc::new(AtomicU32::new(0))));
-        assembly = assembly
-            .component(manager(d, a, previous))
-            .component(relay(d, a, Role::Service, Role::Handler))
-            .component(relay(d, a, Role::Handler, Role::Processor))
-            .component(processor(d, a, store.clone(), fail));
-    }
-    let topology = assembly.topology().map_err(StartError::from)?;
-    let running = assembly.start().await?;
-    let front = running
-        .component_bus("frontend")
-        .ok_or(DemoError::FrontendGone)?;
-    running.heartbeat().await?;
+    let mut app = DemoApp::start(&bus, &config).await?;
+    let topology = app.topology.clone();
+    let front = app.front.clone();
 
     let violation_demo = if config.show_violation {
         let job = Job {
@@ -877,10 +1007,15 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
 
     // The CPM asks the staging processor directly for a preview of the file.
     let preview = {
-        let cpm_bus = running
+        let cpm_bus = app
+            .running
             .component_bus("cpm")
             .ok_or(DemoError::FrontendGone)?;
-        let ctx = running.contexts().begin(&cpm_bus, "preview", None).await?;
+        let ctx = app
+            .running
+            .contexts()
+            .begin(&cpm_bus, "preview", None)
+            .await?;
         ctx.start().await?;
         let correlation_id = ctx.correlation_id();
         let job = Job {
@@ -893,7 +1028,13 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             job,
         )
         .await?;
-        let done = wait_for(&mut rx, correlation_id, config.run_timeout, "preview").await?;
+        let done = wait_for(
+            &mut app.results,
+            correlation_id,
+            config.run_timeout,
+            "preview",
+        )
+        .await?;
         done.result
     };
 
@@ -901,22 +1042,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let started_all = Instant::now();
     for i in 0..config.runs.max(1) {
         let run_id = format!("run-{:03}", i + 1);
-        let env = PipelineRequest {
-            run_id: run_id.clone(),
-            dataset: DATASET.into(),
-        }
-        .to_envelope()?;
-        let correlation_id = env.correlation_id;
-        let t0 = Instant::now();
-        front.publish_envelope(env).await?;
-        let done = wait_for(&mut rx, correlation_id, config.run_timeout, &run_id).await?;
-        runs.push(RunOutcome {
-            run_id,
-            correlation_id,
-            ok: done.is_ok(),
-            error: done.error.clone(),
-            latency_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        });
+        runs.push(app.run(&run_id, DATASET, config.run_timeout).await?);
     }
     let elapsed = started_all.elapsed();
     // Trailing status updates and completions: wait until the bus is idle (bounded).
@@ -951,6 +1077,16 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         bench.raw_hop_us =
             Some(raw_hop_baseline(messages_per_run.round() as usize, runs.len().min(200)).await?);
     }
+    let DemoApp {
+        running,
+        store,
+        tracker,
+        errors,
+        health,
+        alerts,
+        resources,
+        ..
+    } = app;
     let files_written = store.persist()?;
     let flow = running.topology().retain(|c| c.role() != Role::System);
     let report = DemoReport {

@@ -129,3 +129,44 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
     assert_eq!(handler.stats().gave_up, 1);
     assert_eq!(retries.envelopes().len(), 2);
 }
+
+/// A dead-letter sink that keeps what it gets.
+#[derive(Clone, Default)]
+struct Kept(std::sync::Arc<std::sync::Mutex<Vec<switchyard::DeadLetter>>>);
+
+impl switchyard::DeadLetterSink for Kept {
+    fn put(&self, letter: switchyard::DeadLetter) {
+        self.0.lock().unwrap().push(letter);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_into_the_sink_the_bus_was_built_with() {
+    // A node builds its bus with its own dead-letter queue: the error handler's letters must
+    // land there, not in the bus's unused in-memory store.
+    let kept = Kept::default();
+    let bus = Bus::builder().dead_letters(kept.clone()).build().unwrap();
+    let handler = ErrorHandler::new(RetryPolicy::attempts(1));
+    let exhausted = Recorder::start(&bus, "x.retry.exhausted").await.unwrap();
+    let _running = Assembly::new(&bus)
+        .component(handler.component())
+        .component(
+            ComponentBuilder::new("x-manager", Role::Manager, "x")
+                .on_envelope("x.retry.exhausted", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let flow = MessageId::new();
+    bus.publish_to("x.error", report(flow, false))
+        .await
+        .unwrap();
+    exhausted.wait_for(1, WAIT).await.unwrap();
+    let letters = kept.0.lock().unwrap().clone();
+    assert_eq!(letters.len(), 1, "the configured sink got the letter");
+    assert_eq!(letters[0].envelope.correlation_id, flow);
+    assert_eq!(letters[0].handler.as_deref(), Some(ErrorHandler::NAME));
+    assert!(bus.dead_letters().is_empty());
+}

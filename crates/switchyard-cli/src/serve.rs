@@ -1,0 +1,243 @@
+//! `switchyard serve`: a node on the configured transport behind the gateway, until
+//! SIGINT/SIGTERM; with `--demo`, the layered reference app on the node's bus and a steady
+//! trickle of runs (some of which fail) so there is something to watch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use switchyard::{Bus, Envelope, MessageId, Topic};
+use switchyard_components::demo::{DATASET, DemoApp, DemoConfig, PipelineRequest};
+use switchyard_node::{Node, NodeConfig};
+use tokio::sync::watch;
+
+use crate::CliError;
+use crate::client::display_url;
+
+/// `switchyard serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The node's TOML config (SWITCHYARD_<SECTION>__<KEY> variables override it). Without
+    /// one: the embedded log under ./switchyard-data, 127.0.0.1:7878, auth off.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, overriding the config's `listen` (port 0: any free port; the first
+    /// line printed says which).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Also run the layered reference app on the node's bus, with a steady trickle of runs.
+    #[arg(long)]
+    pub demo: bool,
+    /// With --demo: one run every this many milliseconds.
+    #[arg(long, default_value_t = 1500, value_name = "MS", requires = "demo")]
+    pub demo_interval_ms: u64,
+}
+
+/// Which runs of the trickle fail, and how: every 4th names a dataset the store does not
+/// have (the error handler gives up: a failed run and a dead letter); every 10th is also
+/// preceded by a request whose payload does not decode (a dead letter with the raw bytes).
+const MISSING_EVERY: u64 = 4;
+const UNDECODABLE_EVERY: u64 = 10;
+
+/// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully (the bus drains).
+pub async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let mut config = NodeConfig::load(args.config.as_deref())
+        .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
+    let mut note = "";
+    if args.demo && args.config.is_none() && !transport_in_env() {
+        // The demo is chatty (about 120 messages a run, each hop through every observer):
+        // in memory it shows a live system at once; a configured transport is honoured.
+        config.transport = switchyard_node::TransportConfig::Memory;
+        note = " (the --demo default; configure [transport] to run the demo on the log or NATS)";
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config
+        .validate()
+        .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
+    let tls = config.tls.is_some();
+    let transport = describe_transport(&config);
+    let node = Node::start(config)
+        .await
+        .map_err(|e| CliError::Failure(format!("the node did not start: {e}")))?;
+    let listener = match node.bind().await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = node.shutdown().await;
+            return Err(CliError::Failure(format!("the node did not start: {e}")));
+        }
+    };
+    let addr = listener.local_addr().map_err(CliError::Io)?;
+    let url = display_url(addr, tls);
+    // The first line is for scripts and tests too: it names the bound address.
+    println!("switchyard node listening on {url}");
+    println!("  transport  {transport}{note}");
+    println!("  status     {url}/v1/status");
+    println!("  health     {url}/health   metrics {url}/metrics");
+    println!("  api        {url}/v1/openapi.json");
+    println!(
+        "  try        switchyard tail --url {url}     (in another terminal; Ctrl-C here stops the node)"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let demo = if args.demo {
+        let interval = Duration::from_millis(args.demo_interval_ms.max(10));
+        match start_demo(&node, interval, stop_rx).await {
+            Ok(task) => Some(task),
+            Err(e) => {
+                let _ = node.shutdown().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+
+    let shutdown = async move {
+        wait_for_signal().await;
+        println!("switchyard: stopping (draining the bus)");
+        let _ = stop_tx.send(true);
+        if let Some(task) = demo {
+            let _ = task.await;
+        }
+    };
+    node.serve(listener, shutdown)
+        .await
+        .map_err(|e| CliError::Failure(format!("the node stopped with an error: {e}")))?;
+    println!("switchyard node stopped");
+    Ok(())
+}
+
+/// True when a `SWITCHYARD_TRANSPORT...` variable configures the transport.
+fn transport_in_env() -> bool {
+    std::env::vars_os().any(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| k.to_ascii_uppercase().starts_with("SWITCHYARD_TRANSPORT"))
+    })
+}
+
+fn describe_transport(config: &NodeConfig) -> String {
+    match &config.transport {
+        switchyard_node::TransportConfig::Log(l) => {
+            format!("log (data in {})", l.data_dir.display())
+        }
+        switchyard_node::TransportConfig::Nats(n) => format!("nats ({})", n.url),
+        other => other.kind().to_owned(),
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Starts the reference app on the node's bus, declares its topology to the node, and
+/// spawns the trickle.
+async fn start_demo(
+    node: &Node,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, CliError> {
+    let config = DemoConfig {
+        // Small runs: the trickle goes on for as long as the node runs.
+        rows: 60,
+        ..DemoConfig::default()
+    };
+    let app = DemoApp::start(node.bus(), &config)
+        .await
+        .map_err(|e| CliError::Failure(format!("the demo app did not start: {e}")))?;
+    node.set_topology(app.topology().clone());
+    println!(
+        "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails",
+        app.topology().components().len(),
+        interval.as_millis()
+    );
+    println!(
+        "             (switchyard topology, switchyard dlq list, switchyard trace <correlation>)"
+    );
+    Ok(tokio::spawn(trickle(
+        app,
+        node.bus().clone(),
+        interval,
+        stop,
+    )))
+}
+
+/// Submits a run every `interval` and prints each result as it arrives, until `stop`.
+async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting: HashMap<MessageId, (String, Instant)> = HashMap::new();
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                n += 1;
+                let run_id = format!("demo-{n:05}");
+                if n.is_multiple_of(UNDECODABLE_EVERY) {
+                    publish_undecodable(&bus, n).await;
+                }
+                let dataset = if n.is_multiple_of(MISSING_EVERY) { "missing.csv" } else { DATASET };
+                match app.submit(&run_id, dataset).await {
+                    Ok(correlation) => {
+                        waiting.insert(correlation, (run_id, Instant::now()));
+                    }
+                    Err(e) => println!("demo {run_id} not submitted: {e}"),
+                }
+                // A run whose result never came (the node was restarted mid-flow...).
+                waiting.retain(|_, (_, t0)| t0.elapsed() < Duration::from_secs(120));
+            }
+            done = app.next_result() => {
+                let Some(done) = done else { break };
+                let Some((run_id, t0)) = waiting.remove(&done.correlation_id) else { continue };
+                let ms = t0.elapsed().as_secs_f64() * 1000.0;
+                match &done.error {
+                    None if done.is_ok() => println!(
+                        "demo {run_id} completed in {ms:.0} ms   correlation {}",
+                        done.correlation_id
+                    ),
+                    e => println!(
+                        "demo {run_id} FAILED in {ms:.0} ms   correlation {}: {}",
+                        done.correlation_id,
+                        e.as_ref().map_or_else(|| "failed".to_owned(), |e| format!("{}: {}", e.error_type, e.message))
+                    ),
+                }
+            }
+        }
+    }
+    app.stop();
+}
+
+/// A pipeline request whose payload is not a `PipelineRequest`: the CPM cannot decode it,
+/// so the bus dead-letters it with its raw bytes.
+async fn publish_undecodable(bus: &Bus, n: u64) {
+    let Ok(topic) = Topic::new(<PipelineRequest as switchyard::Message>::TOPIC) else {
+        return;
+    };
+    let payload = format!("{{\"run\": {n}, \"note\": \"not a PipelineRequest\"}}");
+    let env = Envelope::new(topic, payload.into_bytes()).with_source("demo-trickle");
+    if let Err(e) = bus.publish_envelope(env).await {
+        println!("demo: undecodable request not published: {e}");
+    }
+}
