@@ -12,6 +12,7 @@ use switchyard_core::{Envelope, Pattern};
 use crate::config::Recovery;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::fsio;
+use crate::manifest::{self, Loaded, Manifest};
 use crate::record::{self, HEADER, MAGIC, Parsed};
 
 /// One segment file and its index.
@@ -245,6 +246,46 @@ fn clamp_committed(
     Ok(committed)
 }
 
+/// Checks the segment files found (`bases`, sorted) against the stream's manifest, before
+/// anything is scanned or repaired. Returns the manifest, if there is one.
+///
+/// Every segment from the recorded oldest to the recorded newest must be there: the oldest
+/// missing means its records are gone, the newest missing means its offsets would be given
+/// to new records. Both are refused as [`CorruptionKind::MissingSegment`], as is a damaged
+/// manifest ([`CorruptionKind::BadManifest`]); removing the manifest accepts the files as
+/// they are. No manifest (a new stream, or one written before manifests existed) is not an
+/// error: the files are taken as found and the caller writes one.
+fn check_manifest(dir: &Path, bases: &[u64]) -> Result<Option<Manifest>, OpenError> {
+    let path = manifest::path(dir);
+    let missing = |base: u64| Corruption {
+        path: segment_path(dir, base),
+        position: 0,
+        offset: base,
+        kind: CorruptionKind::MissingSegment,
+    };
+    match manifest::load(dir).map_err(io_err(&path))? {
+        Loaded::Missing => {
+            if !bases.is_empty() {
+                tracing::info!(dir = %dir.display(), "log: stream has no manifest; taking its segments as found");
+            }
+            Ok(None)
+        }
+        Loaded::Damaged => Err(Corruption {
+            path,
+            position: 0,
+            offset: 0,
+            kind: CorruptionKind::BadManifest,
+        }
+        .into()),
+        Loaded::Found(m) => match (bases.first(), bases.last()) {
+            (Some(&first), _) if first > m.oldest => Err(missing(m.oldest).into()),
+            (_, Some(&last)) if last < m.newest => Err(missing(m.newest).into()),
+            (None, _) => Err(missing(m.oldest).into()),
+            _ => Ok(Some(m)),
+        },
+    }
+}
+
 impl StreamShared {
     /// Opens (or creates) the stream in `dir`, recovering its tail.
     pub fn open(
@@ -268,6 +309,7 @@ impl StreamShared {
             }
         }
         bases.sort_unstable();
+        let recorded = check_manifest(&dir, &bases)?;
         let mut segments: Vec<Segment> = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
@@ -297,6 +339,13 @@ impl StreamShared {
         }
         if segments.is_empty() {
             segments.push(create_segment(&dir, 0, true).map_err(io_err(&dir))?);
+        }
+        let found = Manifest {
+            oldest: segments.first().map_or(0, |s| s.base),
+            newest: segments.last().map_or(0, |s| s.base),
+        };
+        if recorded != Some(found) {
+            manifest::store(&dir, found).map_err(io_err(&manifest::path(&dir)))?;
         }
         let end = segments.last().map_or(0, Segment::end);
         let committed = clamp_committed(&name, &dir.join("groups"), end)?;
