@@ -414,20 +414,32 @@ impl StreamShared {
 }
 
 /// True when some topic matches both patterns.
+///
+/// A table over (suffix of `a`, suffix of `b`), filled from the ends: at most
+/// (segments of `a` + 1) × (segments of `b` + 1) steps, where trying every way the `#`s of
+/// both could absorb each other's segments took exponential time.
 pub(crate) fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
     let a: Vec<&str> = a.segments().collect();
     let b: Vec<&str> = b.segments().collect();
-    overlap(&a, &b)
-}
-
-fn overlap(a: &[&str], b: &[&str]) -> bool {
-    match (a.first(), b.first()) {
-        (None, None) => true,
-        (Some(&"#"), _) => overlap(&a[1..], b) || (!b.is_empty() && overlap(a, &b[1..])),
-        (_, Some(&"#")) => overlap(a, &b[1..]) || (!a.is_empty() && overlap(&a[1..], b)),
-        (None, _) | (_, None) => false,
-        (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && overlap(&a[1..], &b[1..]),
+    let (la, lb) = (a.len(), b.len());
+    let width = lb + 1;
+    // rest[i * width + j]: whether some topic matches both a[i..] and b[j..].
+    let mut rest = vec![false; (la + 1) * width];
+    for i in (0..=la).rev() {
+        for j in (0..=lb).rev() {
+            let at = |i: usize, j: usize| rest[i * width + j];
+            let value = match (a.get(i), b.get(j)) {
+                (None, None) => true,
+                // `#` matches nothing more, or takes one more segment of the other side.
+                (Some(&"#"), _) => at(i + 1, j) || (j < lb && at(i, j + 1)),
+                (_, Some(&"#")) => at(i, j + 1) || (i < la && at(i + 1, j)),
+                (None, _) | (_, None) => false,
+                (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && at(i + 1, j + 1),
+            };
+            rest[i * width + j] = value;
+        }
     }
+    rest[0]
 }
 
 #[cfg(test)]
@@ -448,5 +460,49 @@ mod tests {
         assert!(!patterns_overlap(&p("a.*"), &p("b.#")));
         assert!(!patterns_overlap(&p("a.*"), &p("a")));
         assert!(patterns_overlap(&p("a.#"), &p("a")));
+        assert!(!patterns_overlap(&p("#.x.#.y"), &p("#.x.#.z")));
+        assert!(patterns_overlap(&p("#.x.#.y"), &p("*.*.#.x.y")));
+    }
+
+    /// The plain recursive definition (exponential with many `#`), for the property test.
+    fn reference(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => reference(&a[1..], b) || (!b.is_empty() && reference(a, &b[1..])),
+            (_, Some(&"#")) => reference(a, &b[1..]) || (!a.is_empty() && reference(&a[1..], b)),
+            (None, _) | (_, None) => false,
+            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && reference(&a[1..], &b[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn overlap_agrees_with_the_recursive_definition(
+            a in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#"]), 1..8),
+            b in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#"]), 1..8),
+        ) {
+            proptest::prop_assert_eq!(
+                patterns_overlap(&p(&a.join(".")), &p(&b.join("."))),
+                reference(&a, &b)
+            );
+        }
+    }
+
+    /// A subscription pattern with many `#` against a stream pattern with several: this took
+    /// exponential time under the subscribe lock (the same defect as issue 13 item 6).
+    #[test]
+    fn overlap_of_many_hashes_finishes() {
+        let stream = p("#.x.#.x.#.x.#.x.#.y");
+        let mut segs = vec!["#"; 100];
+        segs.push("z");
+        let sub = p(&segs.join("."));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(patterns_overlap(&stream, &sub));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("overlap did not finish within 5 s");
+        assert!(!got);
     }
 }
