@@ -21,6 +21,13 @@ pub enum CorruptionKind {
     BadEncoding,
     /// Segments do not follow one another (offsets missing between two segments).
     Gap,
+    /// A segment the stream's manifest says exists is gone: the oldest (offsets before the
+    /// remaining ones are missing) or the newest (its offsets would be given out again).
+    /// `path` and `offset` name the missing file and its base offset.
+    MissingSegment,
+    /// The stream's manifest (`MANIFEST`, the list of its oldest and newest segment) is
+    /// damaged, so the segments cannot be checked against it.
+    BadManifest,
 }
 
 /// Damaged data found somewhere other than the tail of the newest segment, where it cannot

@@ -14,7 +14,10 @@
 //! - **Retention** by size and age, and compaction of segments every group has consumed.
 //! - **Recovery**: a torn tail (after `kill -9` or power loss) is truncated to the last good
 //!   record with a warning saying how many bytes were dropped; damage anywhere else is a typed
-//!   [`Corruption`] error. A file lock stops two processes from opening one log.
+//!   [`Corruption`] error, as is a segment missing at either end of a stream (each stream
+//!   keeps a small manifest of its oldest and newest segment). Group offsets left past the
+//!   recovered end are moved back to it. A file lock stops two processes from opening one
+//!   log.
 //! - **Inspect**: [`LogTransport::streams`], [`LogTransport::group_lags`],
 //!   [`LogTransport::read_range`].
 //!
@@ -26,6 +29,7 @@ mod config;
 mod error;
 mod fsio;
 mod group;
+mod manifest;
 mod offsets;
 mod record;
 mod stream;

@@ -12,6 +12,7 @@ use switchyard_core::{Envelope, Pattern};
 use crate::config::Recovery;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::fsio;
+use crate::manifest::{self, Loaded, Manifest};
 use crate::record::{self, HEADER, MAGIC, Parsed};
 
 /// One segment file and its index.
@@ -245,6 +246,46 @@ fn clamp_committed(
     Ok(committed)
 }
 
+/// Checks the segment files found (`bases`, sorted) against the stream's manifest, before
+/// anything is scanned or repaired. Returns the manifest, if there is one.
+///
+/// Every segment from the recorded oldest to the recorded newest must be there: the oldest
+/// missing means its records are gone, the newest missing means its offsets would be given
+/// to new records. Both are refused as [`CorruptionKind::MissingSegment`], as is a damaged
+/// manifest ([`CorruptionKind::BadManifest`]); removing the manifest accepts the files as
+/// they are. No manifest (a new stream, or one written before manifests existed) is not an
+/// error: the files are taken as found and the caller writes one.
+fn check_manifest(dir: &Path, bases: &[u64]) -> Result<Option<Manifest>, OpenError> {
+    let path = manifest::path(dir);
+    let missing = |base: u64| Corruption {
+        path: segment_path(dir, base),
+        position: 0,
+        offset: base,
+        kind: CorruptionKind::MissingSegment,
+    };
+    match manifest::load(dir).map_err(io_err(&path))? {
+        Loaded::Missing => {
+            if !bases.is_empty() {
+                tracing::info!(dir = %dir.display(), "log: stream has no manifest; taking its segments as found");
+            }
+            Ok(None)
+        }
+        Loaded::Damaged => Err(Corruption {
+            path,
+            position: 0,
+            offset: 0,
+            kind: CorruptionKind::BadManifest,
+        }
+        .into()),
+        Loaded::Found(m) => match (bases.first(), bases.last()) {
+            (Some(&first), _) if first > m.oldest => Err(missing(m.oldest).into()),
+            (_, Some(&last)) if last < m.newest => Err(missing(m.newest).into()),
+            (None, _) => Err(missing(m.oldest).into()),
+            _ => Ok(Some(m)),
+        },
+    }
+}
+
 impl StreamShared {
     /// Opens (or creates) the stream in `dir`, recovering its tail.
     pub fn open(
@@ -268,6 +309,7 @@ impl StreamShared {
             }
         }
         bases.sort_unstable();
+        let recorded = check_manifest(&dir, &bases)?;
         let mut segments: Vec<Segment> = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = segment_path(&dir, base);
@@ -297,6 +339,13 @@ impl StreamShared {
         }
         if segments.is_empty() {
             segments.push(create_segment(&dir, 0, true).map_err(io_err(&dir))?);
+        }
+        let found = Manifest {
+            oldest: segments.first().map_or(0, |s| s.base),
+            newest: segments.last().map_or(0, |s| s.base),
+        };
+        if recorded != Some(found) {
+            manifest::store(&dir, found).map_err(io_err(&manifest::path(&dir)))?;
         }
         let end = segments.last().map_or(0, Segment::end);
         let committed = clamp_committed(&name, &dir.join("groups"), end)?;
@@ -365,20 +414,32 @@ impl StreamShared {
 }
 
 /// True when some topic matches both patterns.
+///
+/// A table over (suffix of `a`, suffix of `b`), filled from the ends: at most
+/// (segments of `a` + 1) × (segments of `b` + 1) steps, where trying every way the `#`s of
+/// both could absorb each other's segments took exponential time.
 pub(crate) fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
     let a: Vec<&str> = a.segments().collect();
     let b: Vec<&str> = b.segments().collect();
-    overlap(&a, &b)
-}
-
-fn overlap(a: &[&str], b: &[&str]) -> bool {
-    match (a.first(), b.first()) {
-        (None, None) => true,
-        (Some(&"#"), _) => overlap(&a[1..], b) || (!b.is_empty() && overlap(a, &b[1..])),
-        (_, Some(&"#")) => overlap(a, &b[1..]) || (!a.is_empty() && overlap(&a[1..], b)),
-        (None, _) | (_, None) => false,
-        (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && overlap(&a[1..], &b[1..]),
+    let (la, lb) = (a.len(), b.len());
+    let width = lb + 1;
+    // rest[i * width + j]: whether some topic matches both a[i..] and b[j..].
+    let mut rest = vec![false; (la + 1) * width];
+    for i in (0..=la).rev() {
+        for j in (0..=lb).rev() {
+            let at = |i: usize, j: usize| rest[i * width + j];
+            let value = match (a.get(i), b.get(j)) {
+                (None, None) => true,
+                // `#` matches nothing more, or takes one more segment of the other side.
+                (Some(&"#"), _) => at(i + 1, j) || (j < lb && at(i, j + 1)),
+                (_, Some(&"#")) => at(i, j + 1) || (i < la && at(i + 1, j)),
+                (None, _) | (_, None) => false,
+                (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && at(i + 1, j + 1),
+            };
+            rest[i * width + j] = value;
+        }
     }
+    rest[0]
 }
 
 #[cfg(test)]
@@ -399,5 +460,49 @@ mod tests {
         assert!(!patterns_overlap(&p("a.*"), &p("b.#")));
         assert!(!patterns_overlap(&p("a.*"), &p("a")));
         assert!(patterns_overlap(&p("a.#"), &p("a")));
+        assert!(!patterns_overlap(&p("#.x.#.y"), &p("#.x.#.z")));
+        assert!(patterns_overlap(&p("#.x.#.y"), &p("*.*.#.x.y")));
+    }
+
+    /// The plain recursive definition (exponential with many `#`), for the property test.
+    fn reference(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => reference(&a[1..], b) || (!b.is_empty() && reference(a, &b[1..])),
+            (_, Some(&"#")) => reference(a, &b[1..]) || (!a.is_empty() && reference(&a[1..], b)),
+            (None, _) | (_, None) => false,
+            (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && reference(&a[1..], &b[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn overlap_agrees_with_the_recursive_definition(
+            a in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#"]), 1..8),
+            b in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "#"]), 1..8),
+        ) {
+            proptest::prop_assert_eq!(
+                patterns_overlap(&p(&a.join(".")), &p(&b.join("."))),
+                reference(&a, &b)
+            );
+        }
+    }
+
+    /// A subscription pattern with many `#` against a stream pattern with several: this took
+    /// exponential time under the subscribe lock (the same defect as issue 13 item 6).
+    #[test]
+    fn overlap_of_many_hashes_finishes() {
+        let stream = p("#.x.#.x.#.x.#.x.#.y");
+        let mut segs = vec!["#"; 100];
+        segs.push("z");
+        let sub = p(&segs.join("."));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(patterns_overlap(&stream, &sub));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("overlap did not finish within 5 s");
+        assert!(!got);
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::config::{Durability, LogConfig};
 use crate::error::AppendError;
 use crate::fsio;
+use crate::manifest::{self, Manifest};
 use crate::offsets;
 use crate::record::{self, MAGIC};
 use crate::stream::{StreamShared, create_segment, lock};
@@ -653,7 +654,22 @@ impl Writer {
                 if let Some(a) = self.alloc_end.get_mut(i) {
                     *a = len;
                 }
-                lock(&stream.index).segments.push(seg);
+                let oldest = {
+                    let mut idx = lock(&stream.index);
+                    idx.segments.push(seg);
+                    idx.first_offset()
+                };
+                // After the file exists: the manifest never names a segment that is not
+                // there. If it cannot be written it lags behind, which open accepts.
+                if let Err(e) = manifest::store(
+                    &stream.dir,
+                    Manifest {
+                        oldest,
+                        newest: next,
+                    },
+                ) {
+                    tracing::warn!(stream = %stream.name, error = %e, "cannot record the new segment in the stream manifest");
+                }
                 tracing::debug!(stream = %stream.name, base = next, "log segment rolled");
             }
             let pos = len + buf.len() as u64;
@@ -684,8 +700,8 @@ impl Writer {
         } else {
             None
         };
-        let removed = {
-            let mut idx = lock(&stream.index);
+        let (n, keep) = {
+            let idx = lock(&stream.index);
             let mut total = idx.bytes();
             let mut n = 0;
             while n + 1 < idx.segments.len() {
@@ -702,8 +718,23 @@ impl Writer {
                 total -= seg.len;
                 n += 1;
             }
-            idx.segments.drain(..n).collect::<Vec<_>>()
+            let keep = Manifest {
+                oldest: idx.segments.get(n).map_or(0, |s| s.base),
+                newest: idx.segments.last().map_or(0, |s| s.base),
+            };
+            (n, keep)
         };
+        if n == 0 {
+            return;
+        }
+        // The manifest names the new oldest segment before any file goes, so a crash in
+        // between leaves extra files (taken as found on open), never a missing one. Only
+        // this thread adds or removes segments, so `n` still holds after the lock.
+        if let Err(e) = manifest::store(&stream.dir, keep) {
+            tracing::warn!(stream = %stream.name, error = %e, "log retention: cannot update the stream manifest; keeping the segments for now");
+            return;
+        }
+        let removed = lock(&stream.index).segments.drain(..n).collect::<Vec<_>>();
         for seg in removed {
             tracing::info!(stream = %stream.name, base = seg.base, records = seg.positions.len(), "log retention: removing segment");
             if let Err(e) = std::fs::remove_file(&seg.path) {

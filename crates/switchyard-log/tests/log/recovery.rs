@@ -320,3 +320,129 @@ async fn group_offset_past_a_lost_tail_is_clamped_when_the_stream_opens() {
     assert!(try_next(&mut sub).is_none());
     close(&log).await;
 }
+
+fn manifest(dir: &Path) -> PathBuf {
+    dir.join("streams/default/MANIFEST")
+}
+
+/// Issue 13 item 9: the newest segment file deleted while the log was closed used to be
+/// accepted, and its offsets handed to new records.
+#[tokio::test]
+async fn missing_newest_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    let segs = segments(dir.path());
+    assert!(segs.len() > 2);
+    let newest = segs.last().unwrap();
+    fs::remove_file(newest).unwrap();
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => {
+            assert_eq!(c.kind, CorruptionKind::MissingSegment);
+            assert_eq!(&c.path, newest);
+        }
+        other => panic!("expected a missing segment, got {other:?}"),
+    }
+    // Nothing was changed by the refusal: the remaining segments are as they were.
+    assert_eq!(segments(dir.path()), segs[..segs.len() - 1]);
+    // The documented way to accept the loss: remove the manifest. The log then takes the
+    // segments as they are, and the offsets of the lost records are given out again.
+    fs::remove_file(manifest(dir.path())).unwrap();
+    let log = LogTransport::open(config(dir.path())).unwrap();
+    let end = log.streams()[0].next_offset;
+    assert!(end < 60 && end > 0, "{end}");
+    close(&log).await;
+    assert!(manifest(dir.path()).exists());
+}
+
+/// Issue 13 item 9: the same for the oldest segment (retention removes oldest segments too,
+/// but it records that in the manifest first).
+#[tokio::test]
+async fn missing_oldest_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    let segs = segments(dir.path());
+    fs::remove_file(&segs[0]).unwrap();
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => {
+            assert_eq!(c.kind, CorruptionKind::MissingSegment);
+            assert_eq!(c.path, segs[0]);
+            assert_eq!(c.offset, 0);
+        }
+        other => panic!("expected a missing segment, got {other:?}"),
+    }
+}
+
+/// Every segment of a stream deleted: refused too, rather than starting again at offset 0.
+#[tokio::test]
+async fn all_segments_missing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 5, 1 << 20).await;
+    for seg in segments(dir.path()) {
+        fs::remove_file(seg).unwrap();
+    }
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => assert_eq!(c.kind, CorruptionKind::MissingSegment),
+        other => panic!("expected a missing segment, got {other:?}"),
+    }
+}
+
+/// A log written before manifests existed (or whose manifest was removed on purpose) opens
+/// as found and gets a manifest, which then guards it.
+#[tokio::test]
+async fn a_log_without_a_manifest_opens_and_gets_one() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 60, 4096).await;
+    fs::remove_file(manifest(dir.path())).unwrap();
+    assert_eq!(count(dir.path()).await.unwrap(), 60);
+    assert!(manifest(dir.path()).exists());
+    let segs = segments(dir.path());
+    fs::remove_file(segs.last().unwrap()).unwrap();
+    assert!(matches!(
+        LogTransport::open(config(dir.path())),
+        Err(OpenError::Corrupt(c)) if c.kind == CorruptionKind::MissingSegment
+    ));
+}
+
+/// A damaged manifest is refused (it can no longer vouch for the segments), with the same
+/// way out: remove it.
+#[tokio::test]
+async fn a_damaged_manifest_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), 10, 1 << 20).await;
+    flip(&manifest(dir.path()), 9);
+    match LogTransport::open(config(dir.path())) {
+        Err(OpenError::Corrupt(c)) => {
+            assert_eq!(c.kind, CorruptionKind::BadManifest);
+            assert_eq!(c.path, manifest(dir.path()));
+        }
+        other => panic!("expected a damaged manifest, got {other:?}"),
+    }
+    fs::remove_file(manifest(dir.path())).unwrap();
+    assert_eq!(count(dir.path()).await.unwrap(), 10);
+}
+
+/// A damaged committed-offset file is not an error: the group starts again from the oldest
+/// record (at-least-once: nothing skipped, some records again), with a warning.
+#[tokio::test]
+async fn a_damaged_group_offset_restarts_the_group_from_the_oldest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(&log, (0..5).map(|i| env("a.b", &i.to_string())).collect()).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for _ in 0..3 {
+        next(&mut sub).await.ack().await.unwrap();
+    }
+    drop(sub);
+    close(&log).await;
+    drop(log);
+    let offset_file = dir.path().join("streams/default/groups/g.offset");
+    flip(&offset_file, 0);
+    let log = open(dir.path());
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for i in 0..5 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), i.to_string());
+        d.ack().await.unwrap();
+    }
+    close(&log).await;
+}
