@@ -205,9 +205,17 @@ mod tests {
         assert_eq!(wake_ups(&inbox), 1, "three pushes, one wake-up");
         assert_eq!(inbox.take().len(), 3);
         inbox.push(Item::Cancel { token: 9 });
-        assert_eq!(wake_ups(&inbox), 1, "a push after take wakes the loop again");
+        assert_eq!(
+            wake_ups(&inbox),
+            1,
+            "a push after take wakes the loop again"
+        );
         inbox.push(Item::Cancel { token: 10 });
-        assert_eq!(wake_ups(&inbox), 0, "not again before the loop took the items");
+        assert_eq!(
+            wake_ups(&inbox),
+            0,
+            "not again before the loop took the items"
+        );
         assert_eq!(inbox.len(), 2);
     }
 
