@@ -139,6 +139,7 @@ impl Node {
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            ws: Arc::new(crate::ws::Hub::default()),
         };
         #[cfg(feature = "zmq")]
         let ingest = match crate::ingest::start_all(&state).await {

@@ -38,11 +38,7 @@ impl<T: Publisher + Subscriber> ErasedTransport for T {
         pattern: &'a Pattern,
         group: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>> {
-        Box::pin(async move {
-            Ok(Subscriber::subscribe(self, pattern, group)
-                .await?
-                .boxed())
-        })
+        Box::pin(async move { Ok(Subscriber::subscribe(self, pattern, group).await?.boxed()) })
     }
 
     fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>> {

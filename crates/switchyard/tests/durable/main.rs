@@ -274,7 +274,10 @@ async fn forwarding(
 }
 
 async fn next_n(rx: &mut mpsc::UnboundedReceiver<u64>) -> u64 {
-    tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap()
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// An ephemeral subscription has no consumer group on the transport: two of the same name

@@ -1,0 +1,2 @@
+//! WebSocket gateway benchmark (filled in below).
+fn main() {}
