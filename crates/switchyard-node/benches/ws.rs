@@ -117,7 +117,10 @@ async fn run(messages: u64, requests: u64) {
     println!("request round trip (one at a time, microseconds):");
     let bus_hist = bus_request(&bus, requests).await;
     let ws_hist = ws_request(&url, requests).await;
-    for (name, h) in [("in-process bus.request_envelope", &bus_hist), ("WebSocket request", &ws_hist)] {
+    for (name, h) in [
+        ("in-process bus.request_envelope", &bus_hist),
+        ("WebSocket request", &ws_hist),
+    ] {
         println!(
             "  {name:<38} p50 {:>7.1}   p99 {:>7.1}   max {:>8.1}",
             h.value_at_quantile(0.5) as f64 / 1000.0,
@@ -147,7 +150,12 @@ async fn bus_publish(bus: &Bus, n: u64) -> f64 {
 
 /// Sends `frames` (each answered by one frame of op `answer_op`) pipelined with at most
 /// `window` unanswered; returns the time from the first send to the last answer.
-async fn pipelined(url: &str, frames: Vec<String>, window: usize, answer_op: &'static str) -> Duration {
+async fn pipelined(
+    url: &str,
+    frames: Vec<String>,
+    window: usize,
+    answer_op: &'static str,
+) -> Duration {
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let (mut sink, mut stream) = ws.split();
     let total = frames.len();
@@ -192,7 +200,12 @@ async fn pipelined(url: &str, frames: Vec<String>, window: usize, answer_op: &'s
 
 async fn ws_publish(url: &str, n: u64) -> f64 {
     let frames = (0..n)
-        .map(|i| format!(r#"{{"op":"publish","topic":"bench.ws","payload":{}}}"#, payload(i)))
+        .map(|i| {
+            format!(
+                r#"{{"op":"publish","topic":"bench.ws","payload":{}}}"#,
+                payload(i)
+            )
+        })
         .collect();
     let took = pipelined(url, frames, WINDOW, "published").await;
     n as f64 / took.as_secs_f64()
@@ -207,7 +220,10 @@ async fn ws_publish_batch(url: &str, n: u64) -> f64 {
                 .iter()
                 .map(|i| format!(r#"{{"topic":"bench.batch","payload":{}}}"#, payload(*i)))
                 .collect();
-            format!(r#"{{"op":"publish_batch","messages":[{}]}}"#, items.join(","))
+            format!(
+                r#"{{"op":"publish_batch","messages":[{}]}}"#,
+                items.join(",")
+            )
         })
         .collect();
     let took = pipelined(url, frames, WINDOW / BATCH, "published_batch").await;
@@ -224,7 +240,9 @@ async fn bus_request(bus: &Bus, n: u64) -> Histogram<u64> {
     for i in 0..n + n / 10 {
         let env = Envelope::new(topic.clone(), payload(i)).with_kind(Kind::Request);
         let started = Instant::now();
-        bus.request_envelope(env, Duration::from_secs(5)).await.unwrap();
+        bus.request_envelope(env, Duration::from_secs(5))
+            .await
+            .unwrap();
         if i >= n / 10 {
             h.record(started.elapsed().as_nanos() as u64).unwrap();
         }

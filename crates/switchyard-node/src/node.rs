@@ -93,7 +93,11 @@ impl Node {
             .max_attempts(1)
             .wrap_handlers(move |name, handler: BoxHandler| {
                 let tx = breaker_tx.clone();
-                let config = ResilienceConfig::default()
+                let mut config = ResilienceConfig::default();
+                if crate::ws::is_subscription(name) {
+                    config = config.breaker(crate::ws::subscription_breaker());
+                }
+                let config = config
                     .registry(wrap_registry.clone())
                     .on_breaker_transition(move |event| {
                         let _ = tx.send(event.clone());

@@ -67,6 +67,23 @@ const DEFAULT_CONCURRENCY: usize = 16;
 /// Most commands a remote handler may get at once.
 const MAX_CONCURRENCY: usize = 1024;
 
+/// Names of the bus subscriptions WebSocket clients make start with this (`ws:<principal>`
+/// for their own, `ws:group:<group>` for groups); remote handlers are `ws-handler:<principal>`.
+pub(crate) const SUBSCRIPTION_PREFIX: &str = "ws:";
+
+/// True for the bus subscription of a WebSocket client (not its remote handlers).
+pub(crate) fn is_subscription(name: &str) -> bool {
+    name.starts_with(SUBSCRIPTION_PREFIX)
+}
+
+/// The breaker of a WebSocket subscription: it never opens. Its "failures" are the client's
+/// nacks, deliveries dropped from a slow client's buffer and acks that did not come in time;
+/// each is redelivered and, past the retry policy, dead-lettered. Counting them would pause
+/// delivery to every member of a group for the cool-down because one client nacks.
+pub(crate) fn subscription_breaker() -> switchyard_middleware::breaker::BreakerConfig {
+    switchyard_middleware::breaker::BreakerConfig::default().failure_predicate(|_| false)
+}
+
 /// Upgrades an authenticated client to the WebSocket protocol.
 pub(crate) async fn ws_handler(
     State(state): State<AppState>,
@@ -139,11 +156,15 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
         calls: JoinSet::new(),
         call_permits: Arc::new(Semaphore::new(MAX_PENDING_CALLS)),
     };
+    // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
+    let closed = closing.cancelled();
+    let node_stopping = state.shutdown.cancelled();
+    tokio::pin!(closed, node_stopping);
     loop {
         let next = tokio::select! {
             biased;
-            _ = closing.cancelled() => break,
-            _ = state.shutdown.cancelled() => {
+            _ = &mut closed => break,
+            _ = &mut node_stopping => {
                 out.close(CLOSE_GOING_AWAY, "node shutting down");
                 break;
             }

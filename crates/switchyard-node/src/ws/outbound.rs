@@ -106,30 +106,38 @@ impl Outbound {
 
     /// Queues an answer, waiting while the answer queue is full.
     pub(crate) async fn answer(&self, text: Utf8Bytes) -> Result<(), Closed> {
-        let mut text = Some(text);
+        let mut text = match self.try_answer(text)? {
+            None => return Ok(()),
+            Some(text) => text,
+        };
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if st.closed {
-                    return Err(Closed);
-                }
-                if st.answers.len() < self.capacity {
-                    if let Some(t) = text.take() {
-                        st.answers.push_back(t);
-                    }
-                    drop(st);
-                    self.wake_writer.notify_one();
-                    return Ok(());
-                }
-            }
+            text = match self.try_answer(text)? {
+                None => return Ok(()),
+                Some(text) => text,
+            };
             tokio::select! {
                 _ = room => {}
                 _ = self.closing.cancelled() => return Err(Closed),
             }
         }
+    }
+
+    /// Queues an answer if there is room; gives it back otherwise.
+    fn try_answer(&self, text: Utf8Bytes) -> Result<Option<Utf8Bytes>, Closed> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Closed);
+        }
+        if st.answers.len() >= self.capacity {
+            return Ok(Some(text));
+        }
+        st.answers.push_back(text);
+        drop(st);
+        self.wake_writer.notify_one();
+        Ok(None)
     }
 
     /// Queues a delivery under the slow-client policy. `Ok` holds the token of a delivery

@@ -52,15 +52,18 @@ impl Target {
         m.len()
     }
 
-    /// The next live member, round robin, preferring one with room in its buffer.
+    /// The next live member, round robin.
     fn pick(&self) -> Option<Member> {
         let m = lock(&self.members);
-        let live: Vec<&Member> = m.iter().filter(|x| !x.conn.is_closed()).collect();
-        if live.is_empty() {
+        let n = m.len();
+        if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(live[start % live.len()].clone())
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &m[(start + k) % n])
+            .find(|x| !x.conn.is_closed())
+            .cloned()
     }
 
     /// The handler: hands `env` to a member and turns how that ended into the outcome.
@@ -107,8 +110,8 @@ pub(crate) enum SubRecord {
     Group { name: String },
 }
 
-/// Group names: what the group's bus subscription and transport consumer group are named
-/// after (`ws-<group>`), so they never collide with an application's subscriptions.
+/// Group names: the group's bus subscription and transport consumer group are named after
+/// them (`ws:group:<group>`), apart from an application's subscriptions.
 fn check_group_name(group: &str) -> Result<(), ApiError> {
     let ok = !group.is_empty()
         && group.len() <= 64
@@ -223,7 +226,7 @@ impl Hub {
             );
             let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone()));
             target.add(conn.clone(), spec.sid.clone());
-            let name = format!("ws:{}", conn.principal.name());
+            let name = format!("{}{}", super::SUBSCRIPTION_PREFIX, conn.principal.name());
             let subscription =
                 start_subscription(state, &name, spec.pattern, target.clone(), workers, true)
                     .await?;
@@ -258,7 +261,7 @@ impl Hub {
         target.add(conn.clone(), spec.sid.clone());
         let subscription = start_subscription(
             state,
-            &format!("ws-{group}"),
+            &format!("{}group:{group}", super::SUBSCRIPTION_PREFIX),
             spec.pattern,
             target.clone(),
             workers,
@@ -343,7 +346,11 @@ pub(crate) async fn handle(
     });
     state
         .bus
-        .handle_envelope(&format!("ws:{}", conn.principal.name()), topic, handler)
+        .handle_envelope(
+            &format!("ws-handler:{}", conn.principal.name()),
+            topic,
+            handler,
+        )
         .workers(concurrency.max(1))
         .start()
         .await

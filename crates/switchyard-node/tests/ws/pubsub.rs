@@ -260,7 +260,7 @@ async fn two_sockets_in_one_group_share_its_messages_and_an_ephemeral_one_gets_a
     // One bus subscription for the group, one for the ephemeral subscriber.
     let names: Vec<String> = node.bus.registry().into_iter().map(|s| s.name).collect();
     assert_eq!(
-        names.iter().filter(|n| *n == "ws-workers").count(),
+        names.iter().filter(|n| *n == "ws:group:workers").count(),
         1,
         "{names:?}"
     );
@@ -309,5 +309,48 @@ async fn an_unacked_delivery_of_a_member_that_disconnects_goes_to_the_other_memb
         .await
         .unwrap();
     assert_eq!(v["total"], 0, "{v}");
+    node.stop().await;
+}
+
+/// A nack is the client's choice, not a handler failure: however many come in, the
+/// subscription keeps delivering (a circuit breaker counting them would pause it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_never_pause_a_subscription() {
+    let node = TestNode::start("").await;
+    let mut c = node.client().await;
+    c.subscribe("jobs.#", json!({"ack": "manual"})).await;
+    for n in 0..3 {
+        node.bus
+            .publish_envelope(event("jobs.run", n))
+            .await
+            .unwrap();
+        // Nacked on every attempt until the retry policy gives up (3 attempts).
+        for attempt in 1..=3 {
+            let m = c.expect("message").await;
+            assert_eq!(m["message"]["payload"]["n"], n);
+            assert_eq!(m["message"]["attempt"], attempt);
+            c.send(json!({"op": "nack", "delivery": m["delivery"], "delay_ms": 1}))
+                .await;
+        }
+    }
+    node.bus
+        .publish_envelope(event("jobs.run", 99))
+        .await
+        .unwrap();
+    let m = c.expect("message").await;
+    assert_eq!(m["message"]["payload"]["n"], 99);
+    c.send(json!({"op": "ack", "delivery": m["delivery"]}))
+        .await;
+    node.bus.run_until_idle().await;
+    let v: Value = reqwest::get(node.http("/v1/dlq"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["total"], 3,
+        "the three nacked to the end are dead letters: {v}"
+    );
     node.stop().await;
 }
