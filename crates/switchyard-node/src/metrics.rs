@@ -32,6 +32,11 @@ pub mod names {
     pub const WS_DROPPED: &str = "switchyard_gateway_ws_dropped_total";
     /// Counter: WebSocket clients disconnected by the slow-client policy.
     pub const WS_SLOW_DISCONNECTS: &str = "switchyard_gateway_ws_slow_disconnects_total";
+    /// Gauge: the most outbound messages one WebSocket connection has had buffered (never more
+    /// than `ws.outbound_buffer`).
+    pub const WS_BUFFER_HIGH_WATER: &str = "switchyard_gateway_ws_buffer_high_water";
+    /// Counter: auto-ack WebSocket deliveries left unsent because their subscriber had gone.
+    pub const WS_ABANDONED: &str = "switchyard_gateway_ws_abandoned_total";
     /// Counter: publishes refused by the per-principal rate limit (labels: principal).
     pub const RATE_LIMITED: &str = "switchyard_gateway_rate_limited_total";
 }
@@ -53,6 +58,8 @@ pub struct GatewayMetrics {
     ws_total: AtomicU64,
     ws_dropped: AtomicU64,
     ws_slow_disconnects: AtomicU64,
+    ws_high_water: AtomicU64,
+    ws_abandoned: AtomicU64,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -86,6 +93,8 @@ impl GatewayMetrics {
             ws_total: AtomicU64::new(0),
             ws_dropped: AtomicU64::new(0),
             ws_slow_disconnects: AtomicU64::new(0),
+            ws_high_water: AtomicU64::new(0),
+            ws_abandoned: AtomicU64::new(0),
         }
     }
 
@@ -147,6 +156,21 @@ impl GatewayMetrics {
         self.record(|| counter!(names::WS_SLOW_DISCONNECTS).increment(1));
     }
 
+    /// Records that one WebSocket connection had `n` outbound messages buffered (kept: the
+    /// largest).
+    pub fn ws_buffered(&self, n: usize) {
+        let n = n as u64;
+        if self.ws_high_water.fetch_max(n, Ordering::Relaxed) < n {
+            self.record(|| gauge!(names::WS_BUFFER_HIGH_WATER).set(n as f64));
+        }
+    }
+
+    /// Counts auto-ack WebSocket deliveries left unsent because their subscriber had gone.
+    pub fn ws_abandoned(&self, n: u64) {
+        self.ws_abandoned.fetch_add(n, Ordering::Relaxed);
+        self.record(|| counter!(names::WS_ABANDONED).increment(n));
+    }
+
     /// Counts one message published through the gateway (HTTP or WebSocket).
     pub fn published_one(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +198,8 @@ impl GatewayMetrics {
             "ws_connections_total": self.ws_total.load(Ordering::Relaxed),
             "ws_dropped": self.ws_dropped.load(Ordering::Relaxed),
             "ws_slow_disconnects": self.ws_slow_disconnects.load(Ordering::Relaxed),
+            "ws_buffer_high_water": self.ws_high_water.load(Ordering::Relaxed),
+            "ws_abandoned": self.ws_abandoned.load(Ordering::Relaxed),
         })
     }
 

@@ -98,7 +98,11 @@ impl Node {
             .max_attempts(1)
             .wrap_handlers(move |name, handler: BoxHandler| {
                 let tx = breaker_tx.clone();
-                let config = ResilienceConfig::default()
+                let mut config = ResilienceConfig::default();
+                if crate::ws::is_subscription(name) {
+                    config = config.breaker(crate::ws::subscription_breaker());
+                }
+                let config = config
                     .registry(wrap_registry.clone())
                     .on_breaker_transition(move |event| {
                         let _ = tx.send(event.clone());
@@ -133,6 +137,7 @@ impl Node {
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            ws: Arc::new(crate::ws::Hub::default()),
         };
         #[cfg(feature = "zmq")]
         let ingest = match crate::ingest::start_all(&state).await {

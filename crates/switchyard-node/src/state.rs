@@ -44,6 +44,8 @@ pub(crate) struct AppState {
     pub(crate) started: Instant,
     /// Cancelled when the node begins shutting down (WebSocket connections close on it).
     pub(crate) shutdown: CancellationToken,
+    /// WebSocket connections and consumer groups.
+    pub(crate) ws: Arc<crate::ws::Hub>,
 }
 
 impl AppState {

@@ -686,6 +686,7 @@ impl Bus {
             session: None,
             handler_priority: 0,
             batch: None,
+            ephemeral: false,
         }
     }
 
@@ -820,7 +821,8 @@ impl Bus {
                         "handler priority groups need the in-memory bus, not a transport",
                     ));
                 }
-                Some(transport.subscribe(&config.pattern, &config.name).await?)
+                let group = (!config.ephemeral).then_some(config.name.as_str());
+                Some(transport.subscribe(&config.pattern, group).await?)
             }
             _ => None,
         };

@@ -58,6 +58,9 @@ pub(crate) struct SubscriptionConfig {
     pub(crate) session: Option<SmolStr>,
     pub(crate) handler_priority: i32,
     pub(crate) batch: Option<BatchConfig>,
+    /// On a transport: subscribe without a consumer group (see
+    /// [`SubscriptionBuilder::ephemeral`]).
+    pub(crate) ephemeral: bool,
 }
 
 /// A predicate applied before a message is queued; messages it refuses are counted as
@@ -1235,6 +1238,23 @@ impl SubscriptionBuilder {
                 self.error.get_or_insert(SubscribeError::InvalidPattern(e));
             }
         }
+        self
+    }
+
+    /// On a transport, subscribes without a consumer group: the subscription shares its
+    /// messages with no one (two of the same name each get every message) and the transport
+    /// keeps nothing for it once it ends. It starts where the transport starts ungrouped
+    /// subscriptions (NATS: new messages only; the log: its configured start position).
+    /// By default a subscription on a transport is a durable consumer group named after it,
+    /// which resumes where it left off. Without a transport every subscription is ephemeral
+    /// anyway. Not for command handlers (they never subscribe to the transport).
+    pub fn ephemeral(mut self) -> Self {
+        if self.kind == SubscriptionKind::Command {
+            self.error.get_or_insert(SubscribeError::InvalidConfig(
+                "command handlers do not subscribe to the transport",
+            ));
+        }
+        self.config.ephemeral = true;
         self
     }
 

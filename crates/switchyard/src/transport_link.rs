@@ -3,7 +3,7 @@
 //! With a transport, `publish` hands events to the transport and returns once it accepted
 //! them (for the log under `Durability::Always`: once they are on disk). Each event
 //! subscription opens a transport subscription whose consumer group is the subscription's
-//! name, and a *pump* task feeds what arrives into the subscription's local queue, which then
+//! name (or, for an ephemeral subscription, no group), and a *pump* task feeds what arrives into the subscription's local queue, which then
 //! acts as a bounded prefetch window. After handling, the delivery is acked (handled) or
 //! terminated (dead-lettered); a message not handled (shutdown deadline, crash) is never
 //! settled, so the transport redelivers it. Commands and requests stay in process: they need
@@ -22,7 +22,7 @@ pub(crate) trait ErasedTransport: Send + Sync + 'static {
     fn subscribe<'a>(
         &'a self,
         pattern: &'a Pattern,
-        group: &'a str,
+        group: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>>;
     fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>>;
     fn capabilities(&self) -> Capabilities;
@@ -36,13 +36,9 @@ impl<T: Publisher + Subscriber> ErasedTransport for T {
     fn subscribe<'a>(
         &'a self,
         pattern: &'a Pattern,
-        group: &'a str,
+        group: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>> {
-        Box::pin(async move {
-            Ok(Subscriber::subscribe(self, pattern, Some(group))
-                .await?
-                .boxed())
-        })
+        Box::pin(async move { Ok(Subscriber::subscribe(self, pattern, group).await?.boxed()) })
     }
 
     fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>> {

@@ -134,11 +134,13 @@ impl FromRequestParts<AppState> for Authed {
             }
         };
         // Browsers cannot set headers on a WebSocket: `?token=` is accepted there only.
+        // Inside the `/v1` nest the path is stripped of its prefix: ask the original URI.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |u| u.0.path());
         let token = header.or_else(|| {
-            parts
-                .uri
-                .path()
-                .ends_with("/v1/ws")
+            path.ends_with("/v1/ws")
                 .then(|| query_token(parts.uri.query()))
                 .flatten()
         });

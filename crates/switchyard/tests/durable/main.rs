@@ -253,3 +253,83 @@ async fn the_same_bus_runs_on_nats_jetstream() {
     bus.shutdown(WAIT).await.unwrap();
     let _ = nats.delete_stream(&unique).await;
 }
+
+/// A subscription that forwards the `n` of every job it handles.
+async fn forwarding(
+    bus: &Bus,
+    name: &str,
+    ephemeral: bool,
+) -> (switchyard::Subscription, mpsc::UnboundedReceiver<u64>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = switchyard::handler_fn(move |env: switchyard::Envelope| {
+        let tx = tx.clone();
+        async move {
+            tx.send(n_of(&env)).map_err(|e| e.to_string())?;
+            Ok::<_, String>(switchyard::Outcome::Ack)
+        }
+    });
+    let mut builder = bus.subscribe(name, "jobs.#", handler);
+    if ephemeral {
+        builder = builder.ephemeral();
+    }
+    (builder.start().await.unwrap(), rx)
+}
+
+async fn next_n(rx: &mut mpsc::UnboundedReceiver<u64>) -> u64 {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// An ephemeral subscription has no consumer group on the transport: two of the same name
+/// each get every message (a group would share them), and one made again after the first
+/// ended does not get what was published in between (a group would resume there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_subscriptions_on_a_transport_share_nothing_and_keep_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(
+        LogConfig::new(dir.path()).with_start(switchyard_log::StartPosition::Latest),
+    )
+    .unwrap();
+    let bus = Bus::builder().transport(log).build().unwrap();
+    let (a, mut rx_a) = forwarding(&bus, "live-view", true).await;
+    let (b, mut rx_b) = forwarding(&bus, "live-view", true).await;
+    for n in 0..10 {
+        bus.publish(Job { n }).await.unwrap();
+    }
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    for _ in 0..10 {
+        got_a.push(next_n(&mut rx_a).await);
+        got_b.push(next_n(&mut rx_b).await);
+    }
+    assert_eq!(got_a, (0..10).collect::<Vec<_>>());
+    assert_eq!(got_b, (0..10).collect::<Vec<_>>());
+    drop((a, b));
+
+    bus.publish(Job { n: 100 }).await.unwrap(); // nobody is subscribed
+    let (_c, mut rx_c) = forwarding(&bus, "live-view", true).await;
+    bus.publish(Job { n: 200 }).await.unwrap();
+    assert_eq!(
+        next_n(&mut rx_c).await,
+        200,
+        "nothing was kept for an ended ephemeral subscription"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_handler_cannot_be_ephemeral() {
+    let bus = Bus::new();
+    let handler = switchyard::handler_fn(|_env: switchyard::Envelope| async {
+        Ok::<_, String>(switchyard::Outcome::Ack)
+    });
+    let err = bus
+        .handle_envelope("h", "jobs.run", handler)
+        .ephemeral()
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubscribeError::InvalidConfig(_)), "{err}");
+}

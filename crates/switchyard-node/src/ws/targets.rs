@@ -1,0 +1,394 @@
+//! What WebSocket clients register on the bus: subscriptions (one connection's own, or a
+//! consumer group shared by several connections) and remote command handlers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use switchyard::{BoxError, Envelope, Outcome, Permanent, SubscribeError, Subscription};
+
+use super::conn::{CallResult, Conn, Handed};
+use super::frames::AckMode;
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+
+/// A subscription's receivers: one connection (an ephemeral subscription) or the members of
+/// a group. The bus subscription's handler hands each message to one of them.
+pub(crate) struct Target {
+    mode: AckMode,
+    /// What it is, for dead-letter reasons and logs.
+    label: String,
+    members: Mutex<Vec<Member>>,
+    next: AtomicUsize,
+    metrics: Arc<crate::metrics::GatewayMetrics>,
+}
+
+#[derive(Clone)]
+struct Member {
+    conn: Arc<Conn>,
+    sid: Arc<str>,
+}
+
+impl Target {
+    fn new(mode: AckMode, label: String, metrics: Arc<crate::metrics::GatewayMetrics>) -> Self {
+        Self {
+            mode,
+            label,
+            members: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    fn add(&self, conn: Arc<Conn>, sid: Arc<str>) {
+        lock(&self.members).push(Member { conn, sid });
+    }
+
+    /// Removes a connection's membership; returns how many members are left.
+    fn remove(&self, conn: u64, sid: &str) -> usize {
+        let mut m = lock(&self.members);
+        m.retain(|x| !(x.conn.id == conn && &*x.sid == sid));
+        m.len()
+    }
+
+    /// The next live member, round robin.
+    fn pick(&self) -> Option<Member> {
+        let m = lock(&self.members);
+        let n = m.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &m[(start + k) % n])
+            .find(|x| !x.conn.is_closed())
+            .cloned()
+    }
+
+    /// The handler: hands `env` to a member and turns how that ended into the outcome.
+    async fn handle(self: Arc<Self>, env: Envelope) -> Result<Outcome, BoxError> {
+        loop {
+            let Some(member) = self.pick() else {
+                return Ok(self.nobody(&env));
+            };
+            match member.conn.deliver(&member.sid, self.mode, &env).await {
+                Handed::Acked => return Ok(Outcome::Ack),
+                Handed::Nacked(after) => return Ok(Outcome::Retry { after }),
+                Handed::Dropped => return Ok(Outcome::retry()),
+                // That member's connection closed: the next one gets it at once.
+                Handed::Gone => continue,
+            }
+        }
+    }
+
+    /// No member is connected: an auto-ack message is counted as abandoned (at most once);
+    /// a manual-ack one is dead-lettered, never lost silently.
+    fn nobody(&self, env: &Envelope) -> Outcome {
+        match self.mode {
+            AckMode::Auto => {
+                self.metrics.ws_abandoned(1);
+                tracing::debug!(target_label = %self.label, message_id = %env.id, "WebSocket subscriber gone: auto-ack delivery abandoned");
+                Outcome::Ack
+            }
+            AckMode::Manual => Outcome::reject(format!(
+                "no connected WebSocket subscriber for {} (it disconnected or unsubscribed before acking)",
+                self.label
+            )),
+        }
+    }
+}
+
+/// A subscription this connection holds.
+pub(crate) enum SubRecord {
+    /// Its own bus subscription (dropped: unsubscribed).
+    Own {
+        target: Arc<Target>,
+        _subscription: Subscription,
+    },
+    /// Membership of a shared group.
+    Group { name: String },
+}
+
+/// Group names: the group's bus subscription and transport consumer group are named after
+/// them (`ws:group:<group>`), apart from an application's subscriptions.
+fn check_group_name(group: &str) -> Result<(), ApiError> {
+    let ok = !group.is_empty()
+        && group.len() <= 64
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::BadRequest,
+            format!("group {group:?}: 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'"),
+        ))
+    }
+}
+
+pub(crate) fn subscribe_error(e: SubscribeError) -> ApiError {
+    let kind = match &e {
+        SubscribeError::InvalidPattern(_) => ErrorKind::InvalidTopic,
+        SubscribeError::ShuttingDown => ErrorKind::ShuttingDown,
+        SubscribeError::InvalidConfig(_) | SubscribeError::DuplicateHandler { .. } => {
+            ErrorKind::BadRequest
+        }
+        SubscribeError::Transport(_) => ErrorKind::NotReady,
+        _ => ErrorKind::Internal,
+    };
+    ApiError::new(kind, e.to_string())
+}
+
+/// Starts the bus subscription feeding `target`.
+async fn start_subscription(
+    state: &AppState,
+    name: &str,
+    pattern: &str,
+    target: Arc<Target>,
+    workers: usize,
+    ephemeral: bool,
+) -> Result<Subscription, ApiError> {
+    let handler = switchyard::handler_fn(move |env: Envelope| target.clone().handle(env));
+    let mut builder = state
+        .bus
+        .subscribe(name, pattern, handler)
+        .workers(workers.max(1));
+    if ephemeral {
+        builder = builder.ephemeral();
+        // The log starts ungrouped subscriptions at its oldest record; an ephemeral
+        // subscriber wants what is published from now on.
+        if state.health.transport.kind() == "log" {
+            let since = SystemTime::now();
+            builder = builder.filter(move |env| env.timestamp >= since);
+        }
+    }
+    builder.start().await.map_err(subscribe_error)
+}
+
+/// Most messages a manual-ack subscription may have unacked.
+pub(crate) const MAX_IN_FLIGHT: usize = 1024;
+/// Unacked messages of a manual-ack subscription by default.
+pub(crate) const DEFAULT_IN_FLIGHT: usize = 16;
+
+/// What a `subscribe` asks for.
+pub(crate) struct SubscribeSpec<'a> {
+    pub(crate) sid: Arc<str>,
+    pub(crate) pattern: &'a str,
+    pub(crate) group: Option<&'a str>,
+    pub(crate) mode: AckMode,
+    pub(crate) max_in_flight: usize,
+}
+
+/// WebSocket connections and consumer groups of one node.
+#[derive(Default)]
+pub struct Hub {
+    groups: tokio::sync::Mutex<HashMap<String, GroupEntry>>,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) next_conn: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.connections.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct GroupEntry {
+    pattern: String,
+    mode: AckMode,
+    target: Arc<Target>,
+    _subscription: Subscription,
+}
+
+impl Hub {
+    /// Subscribes `conn`: its own ephemeral subscription, or membership of a group (made
+    /// on first use, with this pattern and ack mode).
+    pub(crate) async fn subscribe(
+        &self,
+        state: &AppState,
+        conn: &Arc<Conn>,
+        spec: SubscribeSpec<'_>,
+    ) -> Result<SubRecord, ApiError> {
+        let workers = match spec.mode {
+            AckMode::Auto => 1,
+            AckMode::Manual => spec.max_in_flight,
+        };
+        let Some(group) = spec.group else {
+            let label = format!(
+                "subscription {} of WebSocket connection {} ({})",
+                spec.sid,
+                conn.id,
+                conn.principal.name()
+            );
+            let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone()));
+            target.add(conn.clone(), spec.sid.clone());
+            let name = format!("{}{}", super::SUBSCRIPTION_PREFIX, conn.principal.name());
+            let subscription =
+                start_subscription(state, &name, spec.pattern, target.clone(), workers, true)
+                    .await?;
+            return Ok(SubRecord::Own {
+                target,
+                _subscription: subscription,
+            });
+        };
+        check_group_name(group)?;
+        let mut groups = self.groups.lock().await;
+        if let Some(entry) = groups.get(group) {
+            if entry.pattern != spec.pattern || entry.mode != spec.mode {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "group {group:?} is subscribed to pattern {:?} with ack {}; join it with the same pattern and ack",
+                        entry.pattern,
+                        entry.mode.as_str()
+                    ),
+                ));
+            }
+            entry.target.add(conn.clone(), spec.sid.clone());
+            return Ok(SubRecord::Group {
+                name: group.to_owned(),
+            });
+        }
+        let target = Arc::new(Target::new(
+            spec.mode,
+            format!("WebSocket group {group}"),
+            state.metrics.clone(),
+        ));
+        target.add(conn.clone(), spec.sid.clone());
+        let subscription = start_subscription(
+            state,
+            &format!("{}group:{group}", super::SUBSCRIPTION_PREFIX),
+            spec.pattern,
+            target.clone(),
+            workers,
+            false,
+        )
+        .await?;
+        groups.insert(
+            group.to_owned(),
+            GroupEntry {
+                pattern: spec.pattern.to_owned(),
+                mode: spec.mode,
+                target,
+                _subscription: subscription,
+            },
+        );
+        Ok(SubRecord::Group {
+            name: group.to_owned(),
+        })
+    }
+
+    /// Ends a subscription of connection `conn`: drops its own, or leaves its group (the
+    /// group's bus subscription ends with its last member).
+    pub(crate) async fn unsubscribe(&self, conn: u64, sid: &str, record: SubRecord) {
+        match record {
+            SubRecord::Own {
+                target,
+                _subscription,
+            } => {
+                target.remove(conn, sid);
+                drop(_subscription);
+            }
+            SubRecord::Group { name } => {
+                let mut groups = self.groups.lock().await;
+                let left = match groups.get(&name) {
+                    Some(entry) => entry.target.remove(conn, sid),
+                    None => return,
+                };
+                if left == 0 {
+                    let entry = groups.remove(&name);
+                    drop(groups);
+                    drop(entry);
+                }
+            }
+        }
+    }
+}
+
+/// The error a command's sender gets when its remote handler's connection closed before
+/// answering. Permanent: not retried.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "remote handler disconnected before answering (WebSocket connection {conn} of principal {principal:?})"
+)]
+pub(crate) struct RemoteHandlerGone {
+    conn: u64,
+    principal: String,
+}
+
+/// A remote handler's `ok: false`.
+#[derive(Debug, thiserror::Error)]
+#[error("remote handler failed: {0}")]
+pub(crate) struct RemoteHandlerFailed(String);
+
+/// The command frame was evicted from a slow remote handler's buffer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "command not delivered to the remote handler: its outbound buffer was full (slow_client = drop_oldest)"
+)]
+pub(crate) struct RemoteHandlerSlow;
+
+/// Registers `conn` as the handler of command topic `topic`.
+pub(crate) async fn handle(
+    state: &AppState,
+    conn: &Arc<Conn>,
+    topic: &str,
+    concurrency: usize,
+) -> Result<Subscription, ApiError> {
+    let c = conn.clone();
+    let handler = switchyard::handler_fn(move |env: Envelope| {
+        let conn = c.clone();
+        async move { remote_call(conn, env).await }
+    });
+    state
+        .bus
+        .handle_envelope(
+            &format!("ws-handler:{}", conn.principal.name()),
+            topic,
+            handler,
+        )
+        .workers(concurrency.max(1))
+        .start()
+        .await
+        .map_err(subscribe_error)
+}
+
+async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError> {
+    let gone = || -> BoxError {
+        Box::new(Permanent::new(RemoteHandlerGone {
+            conn: conn.id,
+            principal: conn.principal.name().to_owned(),
+        }))
+    };
+    if conn.is_closed() {
+        return Err(gone());
+    }
+    match conn.call(&env).await {
+        None => Err(gone()),
+        Some(CallResult::Ok {
+            payload,
+            content_type,
+        }) => {
+            let mut reply = env.reply(payload);
+            reply.content_type = content_type.into();
+            Ok(Outcome::reply(reply))
+        }
+        Some(CallResult::Failed {
+            error,
+            reject: true,
+        }) => Ok(Outcome::reject(error)),
+        Some(CallResult::Failed {
+            error,
+            reject: false,
+        }) => Err(Box::new(RemoteHandlerFailed(error))),
+        Some(CallResult::Dropped) => Err(Box::new(RemoteHandlerSlow)),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

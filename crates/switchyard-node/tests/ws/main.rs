@@ -1,0 +1,11 @@
+//! The WebSocket gateway against a node on an ephemeral port, with a tokio-tungstenite
+//! client: subscriptions (ephemeral and groups, auto and manual ack), publish, remote
+//! handlers, send/request, slow clients, auth and malformed frames.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+mod auth;
+mod malformed;
+mod pubsub;
+mod remote;
+mod slow;
+mod support;
