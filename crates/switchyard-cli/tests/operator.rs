@@ -719,7 +719,6 @@ fn a_refused_subscription_exits_1_with_the_reason() {
 }
 
 #[test]
-#[ignore = "needs the node's WebSocket protocol (crates/switchyard-node/src/ws.rs is a stub on this branch)"]
 fn pub_then_sub_sees_it_through_the_node() {
     let node = TestNode::start();
     let mut sub = std::process::Command::new(assert_cmd::cargo::cargo_bin("switchyard"))
