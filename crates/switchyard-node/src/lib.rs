@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+mod dashboard;
 mod health;
 mod http;
 #[cfg(feature = "zmq")]

@@ -49,6 +49,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/metrics", get(observe::metrics))
         .route("/health", get(observe::health))
         .route("/ready", get(observe::ready))
+        .route("/", get(crate::dashboard::index))
+        .route("/dashboard/{file}", get(crate::dashboard::file))
         .route_layer(middleware::from_fn(remember_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

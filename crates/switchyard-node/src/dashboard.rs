@@ -1,0 +1,40 @@
+//! The browser dashboard: static HTML/CSS/JS embedded in the binary and served at `/` and
+//! `/dashboard/{file}`. The page holds no data of its own; everything it shows comes from the
+//! admin API (`/v1/stats`, `/v1/subscriptions`, `/v1/topology`, `/v1/dlq`, `/v1/trace`), which
+//! enforces admin auth, so the assets themselves need no credentials.
+
+use axum::extract::Path;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{ApiError, ErrorKind};
+
+const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
+const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
+const APP_JS: &str = include_str!("../assets/dashboard/app.js");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`: the dashboard page.
+pub(crate) async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /dashboard/{file}`: one of the page's assets (404 otherwise).
+pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
+    match file.as_str() {
+        "" | "index.html" => Ok(index().await),
+        "app.css" => Ok(asset("text/css; charset=utf-8", APP_CSS)),
+        "app.js" => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
+        other => Err(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no dashboard asset {other:?}"),
+        )),
+    }
+}

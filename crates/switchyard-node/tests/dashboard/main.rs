@@ -1,0 +1,179 @@
+//! The dashboard in headless Chromium: a node on an ephemeral port with live traffic, a
+//! dead letter and a trace, driven by `tests/browser/dashboard.mjs` (playwright-core).
+//! Screenshots go to `target/dashboard-screenshots/`.
+//!
+//! Needs `/usr/bin/chromium` (or `$CHROMIUM`), `node`, and `npm ci` in `tests/browser/`.
+//! Without them the test skips loudly, unless `CI` is set: then it fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{MEMORY, TestNode, client, recv};
+use switchyard::{Envelope, Outcome, handler_fn};
+use tokio::sync::mpsc;
+
+fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let mut missing = Vec::new();
+    if !chromium.exists() {
+        missing.push(format!(
+            "{} (apt-get install -y chromium)",
+            chromium.display()
+        ));
+    }
+    if !browser_dir.join("node_modules/playwright-core").exists() {
+        missing.push(format!(
+            "{}/node_modules/playwright-core (cd {} && npm ci)",
+            browser_dir.display(),
+            browser_dir.display()
+        ));
+    }
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing.push("node (apt-get install -y nodejs npm)".to_owned());
+    }
+    if missing.is_empty() {
+        Ok((chromium, browser_dir))
+    } else {
+        Err(missing.join(", "))
+    }
+}
+
+async fn publish(
+    http: &reqwest::Client,
+    node: &TestNode,
+    topic: &str,
+    body: &str,
+    correlation: Option<&str>,
+) {
+    let mut req = http
+        .post(node.url(&format!("/v1/publish/{topic}")))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(c) = correlation {
+        req = req.header("x-correlation-id", c);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 202, "publish {topic}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium() {
+    let (chromium, browser_dir) = match prerequisites() {
+        Ok(p) => p,
+        Err(missing) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED dashboard_in_headless_chromium: missing {missing}");
+            return;
+        }
+        Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
+    };
+    let node = TestNode::start(MEMORY).await;
+    // orders: acks everything (the live traffic).
+    node.bus
+        .subscribe(
+            "orders",
+            "orders.#",
+            handler_fn(|_env: Envelope| async { Ok::<_, std::convert::Infallible>(Outcome::Ack) }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    // billing: rejects until the message is replayed (the dead letter the page replays).
+    let (tx, mut replayed) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe(
+            "billing",
+            "billing.#",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    if env.header("replay-count").is_none() {
+                        return Ok::<_, std::convert::Infallible>(Outcome::reject("card declined"));
+                    }
+                    let _ = tx.send(env);
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let http = client();
+    let correlation = ulid::Ulid::new().to_string();
+    publish(
+        &http,
+        &node,
+        "billing.charge",
+        r#"{"amount": 42, "card": "4242"}"#,
+        Some(&correlation),
+    )
+    .await;
+    node.bus.run_until_idle().await;
+
+    // Live traffic for the page to see moving: one order every 100 ms until the test ends.
+    let url = node.url("");
+    let traffic = tokio::spawn(async move {
+        let http = client();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for n in 0u64.. {
+            tick.tick().await;
+            let _ = http
+                .post(format!("{url}/v1/publish/orders.placed"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"order": {n}}}"#))
+                .send()
+                .await;
+        }
+    });
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .env("DASHBOARD_URL", node.url("/"))
+        .env("CORRELATION_ID", &correlation)
+        .env("SCREENSHOT_DIR", &shots)
+        .env("CHROMIUM", &chromium)
+        .current_dir(&browser_dir)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), out)
+        .await
+        .expect("browser script finishes within 180 s")
+        .expect("node runs");
+    traffic.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{stdout}\n{stderr}"
+    );
+
+    // What the page did really happened on the node: the replayed message was handled and the
+    // queue is empty.
+    let env = recv(&mut replayed, "the replayed billing message").await;
+    assert_eq!(env.topic.as_str(), "billing.charge");
+    let dlq: serde_json::Value = http
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dlq["total"], 0, "{dlq}");
+    node.stop().await.unwrap();
+}
