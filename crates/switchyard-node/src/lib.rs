@@ -26,8 +26,8 @@
 
 pub mod auth;
 pub mod config;
-pub mod error;
 mod dashboard;
+pub mod error;
 mod health;
 mod http;
 #[cfg(feature = "zmq")]

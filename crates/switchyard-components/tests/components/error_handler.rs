@@ -168,5 +168,8 @@ async fn gives_up_into_the_sink_the_bus_was_built_with() {
     assert_eq!(letters.len(), 1, "the configured sink got the letter");
     assert_eq!(letters[0].envelope.correlation_id, flow);
     assert_eq!(letters[0].handler.as_deref(), Some(ErrorHandler::NAME));
-    assert!(bus.dead_letters().is_none(), "a bus with its own sink keeps no in-memory store");
+    assert!(
+        bus.dead_letters().is_none(),
+        "a bus with its own sink keeps no in-memory store"
+    );
 }
