@@ -1,4 +1,4 @@
-//! DESIGN.md §7 on one machine: three `nats-server` processes with cluster routes, a stream
+//! A real NATS cluster on one machine: three `nats-server` processes with cluster routes, a stream
 //! replicated R3, one node SIGKILLed mid-stream. Every acknowledged publish is delivered and
 //! stored once.
 
