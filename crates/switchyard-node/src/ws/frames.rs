@@ -224,13 +224,17 @@ impl Op {
     }
 }
 
+/// Why a frame could not be parsed: the frame's `id` when it could be read, and the error
+/// to answer with.
+pub(crate) type FrameError = (Option<Box<RawValue>>, ApiError);
+
 /// The ops a client may send, for error messages.
 const OPS: &str = "subscribe, unsubscribe, publish, publish_batch, ack, nack, handle, unhandle, result, send, request";
 
 impl<'a> ClientFrame<'a> {
     /// Parses a text frame. On failure, the error answer carries the frame's `id` when it
     /// can be read.
-    pub(crate) fn parse(text: &'a str) -> Result<(Self, Op), (Option<Box<RawValue>>, ApiError)> {
+    pub(crate) fn parse(text: &'a str) -> Result<(Self, Op), FrameError> {
         let frame: ClientFrame<'a> = serde_json::from_str(text).map_err(|e| {
             use serde_json::error::Category;
             let error = match e.classify() {
