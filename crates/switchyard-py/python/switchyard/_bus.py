@@ -729,7 +729,8 @@ class Bus(_Registrar):
     async def shutdown(self, timeout: float = 5.0) -> ShutdownReport:
         """Stops intake (publishes and sends get :class:`ShuttingDown`), lets queued and
         running handlers finish for up to ``timeout`` seconds, then cancels the rest and
-        reports them (dead-lettered in memory, returned to the transport otherwise)."""
+        reports them (dead-lettered in memory, returned to the transport otherwise).
+        Idempotent: a second call returns the first call's report."""
         self._bind_if_running()
         pending, value = self._native.shutdown(timeout)
         drained, left, nacked = (await self._wait(value)) if pending else value
