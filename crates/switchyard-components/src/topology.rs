@@ -79,7 +79,8 @@ impl ComponentSpec {
     }
 }
 
-/// True when some topic matches both patterns.
+/// True when some topic matches both patterns ([`Pattern::overlaps`], kept as a function for
+/// existing callers).
 ///
 /// ```
 /// use switchyard::Pattern;
@@ -90,19 +91,7 @@ impl ComponentSpec {
 /// assert!(!patterns_overlap(&p("a.*"), &p("a.b.c")));
 /// ```
 pub fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
-    let a: Vec<&str> = a.segments().collect();
-    let b: Vec<&str> = b.segments().collect();
-    overlap(&a, &b)
-}
-
-fn overlap(a: &[&str], b: &[&str]) -> bool {
-    match (a.split_first(), b.split_first()) {
-        (None, None) => true,
-        (Some((&"#", ar)), _) => overlap(ar, b) || (!b.is_empty() && overlap(a, &b[1..])),
-        (_, Some((&"#", br))) => overlap(a, br) || (!a.is_empty() && overlap(&a[1..], b)),
-        (Some((&x, ar)), Some((&y, br))) => (x == "*" || y == "*" || x == y) && overlap(ar, br),
-        _ => false,
-    }
+    a.overlaps(b)
 }
 
 /// One declared edge: `from` publishes something `to` subscribes to.
@@ -505,6 +494,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The topology compared declarations with a recursive overlap test that took
+    /// exponential time on patterns full of `#`; a declaration like this froze `edges()`.
+    #[test]
+    fn overlap_of_declarations_full_of_hashes_finishes() {
+        let never = p(&[vec!["#"; 40], vec!["y", "a"]].concat().join("."));
+        let b = p(&[vec!["a"; 40], vec!["b"]].concat().join("."));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(patterns_overlap(&never, &b));
+        });
+        // A guard, not a timing claim: the table takes microseconds.
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("overlap did not finish within 5 s");
+        assert!(!got);
     }
 
     #[test]

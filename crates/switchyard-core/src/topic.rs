@@ -240,6 +240,45 @@ impl Pattern {
     pub fn matches(&self, topic: &Topic) -> bool {
         matches_segments(self.segments(), topic.segments())
     }
+
+    /// True when some topic matches both patterns (the question a router, a stream or a
+    /// topology asks when it compares two subscriptions).
+    ///
+    /// A table over (suffix of `self`, suffix of `other`), filled from the ends: at most
+    /// (segments of `self` + 1) × (segments of `other` + 1) steps, however many `#` either
+    /// holds (trying every way the `#`s of both could absorb each other's segments takes
+    /// exponential time).
+    ///
+    /// ```
+    /// use switchyard_core::Pattern;
+    /// let p = |s| Pattern::new(s).unwrap();
+    /// assert!(p("staging.*.processed").overlaps(&p("staging.load.processed")));
+    /// assert!(p("a.#").overlaps(&p("#.z")));
+    /// assert!(!p("a.*").overlaps(&p("a.b.c")));
+    /// ```
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let a: Vec<&str> = self.segments().collect();
+        let b: Vec<&str> = other.segments().collect();
+        let (la, lb) = (a.len(), b.len());
+        let width = lb + 1;
+        // rest[i * width + j]: whether some topic matches both a[i..] and b[j..].
+        let mut rest = vec![false; (la + 1) * width];
+        for i in (0..=la).rev() {
+            for j in (0..=lb).rev() {
+                let at = |i: usize, j: usize| rest[i * width + j];
+                let value = match (a.get(i), b.get(j)) {
+                    (None, None) => true,
+                    // `#` matches nothing more, or takes one more segment of the other side.
+                    (Some(&"#"), _) => at(i + 1, j) || (j < lb && at(i, j + 1)),
+                    (_, Some(&"#")) => at(i, j + 1) || (i < la && at(i + 1, j)),
+                    (None, _) | (_, None) => false,
+                    (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && at(i + 1, j + 1),
+                };
+                rest[i * width + j] = value;
+            }
+        }
+        rest[0]
+    }
 }
 
 /// Glob matching on segments, where `#` is the "any sequence" wildcard and `*` the "any one"
@@ -389,6 +428,58 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("matching did not finish within 5 s");
         assert_eq!(got, (false, true));
+    }
+
+    /// The obviously right overlap test (exponential with many `#`): what
+    /// `Pattern::overlaps` must agree with.
+    fn reference_overlap(p: &[&str], q: &[&str]) -> bool {
+        match (p.split_first(), q.split_first()) {
+            (None, None) => true,
+            (Some((&"#", pr)), _) => {
+                reference_overlap(pr, q) || (!q.is_empty() && reference_overlap(p, &q[1..]))
+            }
+            (_, Some((&"#", qr))) => {
+                reference_overlap(p, qr) || (!p.is_empty() && reference_overlap(&p[1..], q))
+            }
+            (Some((&x, pr)), Some((&y, qr))) => {
+                (x == "*" || y == "*" || x == y) && reference_overlap(pr, qr)
+            }
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn overlaps_agrees_with_reference_and_is_symmetric(
+            p in proptest::collection::vec(
+                proptest::prop_oneof![Just("a"), Just("b"), Just("*"), Just("#")], 1..8),
+            q in proptest::collection::vec(
+                proptest::prop_oneof![Just("a"), Just("b"), Just("*"), Just("#")], 1..8),
+        ) {
+            let (pp, qq) = (Pattern::new(&p.join(".")).unwrap(), Pattern::new(&q.join(".")).unwrap());
+            proptest::prop_assert_eq!(pp.overlaps(&qq), reference_overlap(&p, &q), "{} vs {}", pp, qq);
+            proptest::prop_assert_eq!(pp.overlaps(&qq), qq.overlaps(&pp));
+        }
+    }
+
+    /// The recursive overlap test the NATS transport and the components' topology used took
+    /// exponential time on patterns full of `#` (found with the matcher's issue 13 item 6).
+    #[test]
+    fn overlap_of_patterns_full_of_hashes_finishes() {
+        let many = Pattern::new(&["#"; 60].join(".")).unwrap();
+        let other = Pattern::new(&[vec!["a"; 60], vec!["z"]].concat().join(".")).unwrap();
+        let never = Pattern::new(&[vec!["#"; 60], vec!["y", "a"]].concat().join(".")).unwrap();
+        let b = Pattern::new(&[vec!["a"; 60], vec!["b"]].concat().join(".")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((many.overlaps(&other), never.overlaps(&b)));
+        });
+        // A guard, not a timing claim: the table takes microseconds.
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("overlap did not finish within 5 s");
+        assert_eq!(got, (true, false));
     }
 
     #[test]

@@ -413,33 +413,9 @@ impl StreamShared {
     }
 }
 
-/// True when some topic matches both patterns.
-///
-/// A table over (suffix of `a`, suffix of `b`), filled from the ends: at most
-/// (segments of `a` + 1) × (segments of `b` + 1) steps, where trying every way the `#`s of
-/// both could absorb each other's segments took exponential time.
+/// True when some topic matches both patterns ([`Pattern::overlaps`]).
 pub(crate) fn patterns_overlap(a: &Pattern, b: &Pattern) -> bool {
-    let a: Vec<&str> = a.segments().collect();
-    let b: Vec<&str> = b.segments().collect();
-    let (la, lb) = (a.len(), b.len());
-    let width = lb + 1;
-    // rest[i * width + j]: whether some topic matches both a[i..] and b[j..].
-    let mut rest = vec![false; (la + 1) * width];
-    for i in (0..=la).rev() {
-        for j in (0..=lb).rev() {
-            let at = |i: usize, j: usize| rest[i * width + j];
-            let value = match (a.get(i), b.get(j)) {
-                (None, None) => true,
-                // `#` matches nothing more, or takes one more segment of the other side.
-                (Some(&"#"), _) => at(i + 1, j) || (j < lb && at(i, j + 1)),
-                (_, Some(&"#")) => at(i, j + 1) || (i < la && at(i + 1, j)),
-                (None, _) | (_, None) => false,
-                (Some(x), Some(y)) => (*x == "*" || *y == "*" || x == y) && at(i + 1, j + 1),
-            };
-            rest[i * width + j] = value;
-        }
-    }
-    rest[0]
+    a.overlaps(b)
 }
 
 #[cfg(test)]

@@ -85,28 +85,9 @@ pub(crate) fn pattern_subjects(pattern: &Pattern) -> Subjects {
     }
 }
 
-/// True when some topic could match both patterns (may say true a little too often; never
-/// false when they do overlap).
+/// True when some topic could match both patterns ([`Pattern::overlaps`]).
 pub(crate) fn overlap(p: &Pattern, q: &Pattern) -> bool {
-    let p: Vec<&str> = p.segments().collect();
-    let q: Vec<&str> = q.segments().collect();
-    overlap_segments(&p, &q)
-}
-
-fn overlap_segments(p: &[&str], q: &[&str]) -> bool {
-    match (p.first(), q.first()) {
-        (None, None) => true,
-        (Some(&"#"), _) => {
-            overlap_segments(&p[1..], q) || (!q.is_empty() && overlap_segments(p, &q[1..]))
-        }
-        (_, Some(&"#")) => {
-            overlap_segments(p, &q[1..]) || (!p.is_empty() && overlap_segments(&p[1..], q))
-        }
-        (None, _) | (_, None) => false,
-        (Some(a), Some(b)) => {
-            (*a == "*" || *b == "*" || a == b) && overlap_segments(&p[1..], &q[1..])
-        }
-    }
+    p.overlaps(q)
 }
 
 /// True when every subject matching NATS subject `a` also matches `b`.
