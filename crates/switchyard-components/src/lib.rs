@@ -49,3 +49,8 @@ pub use role::{
 pub use topology::{
     ComponentSpec, Edge, ObservedEdge, Topology, TopologyError, Violation, patterns_overlap,
 };
+
+/// docs/components.md, compiled as doc tests so its examples cannot rot.
+#[doc = include_str!("../../../docs/components.md")]
+#[cfg(doctest)]
+pub struct ComponentsGuide;

@@ -377,3 +377,8 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// docs/conformance.md, compiled as doc tests so its examples cannot rot.
+#[doc = include_str!("../../../docs/conformance.md")]
+#[cfg(doctest)]
+pub struct ConformanceGuide;

@@ -44,3 +44,9 @@ pub use stage::{
     FnStage, MapStage, Named, Retry, RetryPolicy, ServiceStage, Stage, StageExt, Timeout, map_fn,
     service_stage, stage_fn,
 };
+
+/// docs/pipelines.md, compiled as doc tests so its examples cannot rot (its ZeroMQ example
+/// needs the `zmq` feature).
+#[doc = include_str!("../../../docs/pipelines.md")]
+#[cfg(all(doctest, feature = "zmq"))]
+pub struct PipelinesGuide;
