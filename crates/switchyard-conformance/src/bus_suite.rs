@@ -42,6 +42,8 @@ pub struct BusGuarantees {
     /// The attempt number a handler sees counts only the bus's own attempts (the transport
     /// loses no delivery that would be counted).
     pub exact_attempts: bool,
+    /// Subscriptions of one name form a consumer group: each message goes to one of them.
+    pub consumer_groups: bool,
 }
 
 impl BusGuarantees {
@@ -50,6 +52,7 @@ impl BusGuarantees {
         no_duplicates: true,
         ordered: true,
         exact_attempts: true,
+        consumer_groups: true,
     };
 }
 
@@ -91,6 +94,13 @@ impl<H: Harness> BusFactory for OnTransport<H> {
         self.0.unavailable()
     }
 
+    fn guarantees(&self) -> BusGuarantees {
+        BusGuarantees {
+            consumer_groups: self.0.capabilities().core.consumer_groups,
+            ..BusGuarantees::ALL
+        }
+    }
+
     fn builder<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<BusBuilder, BoxError>> {
         Box::pin(async move {
             let transport = self.0.open(setup).await?;
@@ -110,6 +120,13 @@ pub struct InProcess;
 impl BusFactory for InProcess {
     fn name(&self) -> &str {
         "in-process"
+    }
+
+    fn guarantees(&self) -> BusGuarantees {
+        BusGuarantees {
+            consumer_groups: false,
+            ..BusGuarantees::ALL
+        }
     }
 
     fn builder<'a>(&'a self, _setup: &'a Setup) -> BoxFuture<'a, Result<BusBuilder, BoxError>> {
@@ -658,6 +675,84 @@ pub async fn bus_requests_fail_without_handler_and_on_timeout<F: BusFactory>(h: 
         late.map(|_| ())
     );
     bus.shutdown(Duration::from_millis(100)).await?;
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// Two subscriptions of one name share its messages: each of 60 messages is handled once, by
+/// one of them. A third subscription of that name on another pattern is refused while the
+/// group has members (a group reads one pattern).
+pub async fn bus_consumer_group_shares_and_keeps_one_pattern<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    let g = h.guarantees();
+    if !g.consumer_groups {
+        return Ok(Verdict::Skipped(
+            "subscriptions of one name do not form a consumer group on this bus".into(),
+        ));
+    }
+    if !g.no_duplicates {
+        return Ok(Verdict::Skipped(
+            "the transport duplicates deliveries; this test counts handler calls".into(),
+        ));
+    }
+    const COUNT: usize = 60;
+    let setup = Setup::new();
+    let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, Vec<usize>>::new()));
+    let handled = Arc::new(tokio::sync::Notify::new());
+    let member = |which: usize| {
+        let (seen, handled) = (seen.clone(), handled.clone());
+        handler_fn(move |env: Envelope| {
+            lock(&seen).entry(payload_of(&env)).or_default().push(which);
+            handled.notify_waiters();
+            async { Ok::<_, BoxError>(Outcome::Ack) }
+        })
+    };
+    let pattern = setup.pattern("group.#")?;
+    let _a = bus
+        .subscribe("group", pattern.as_str(), member(0))
+        .start()
+        .await?;
+    let _b = bus
+        .subscribe("group", pattern.as_str(), member(1))
+        .start()
+        .await?;
+    let other = bus
+        .subscribe("group", setup.pattern("elsewhere.#")?.as_str(), member(2))
+        .start()
+        .await;
+    check!(
+        matches!(other, Err(switchyard::SubscribeError::InvalidConfig(_))),
+        "a second pattern for the group was accepted: {:?}",
+        other.map(|_| ())
+    );
+    let topic = setup.topic("group.work")?;
+    for n in 0..COUNT {
+        bus.publish_envelope(Envelope::new(topic.clone(), n.to_string()))
+            .await?;
+    }
+    let all_seen = async {
+        loop {
+            let notified = handled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&seen).len() >= COUNT {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, all_seen).await;
+    let seen = lock(&seen).clone();
+    check!(seen.len() == COUNT, "{} of {COUNT} handled", seen.len());
+    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    check!(
+        twice.is_empty(),
+        "handled by more than one member: {twice:?}"
+    );
+    shut(&bus).await?;
     h.cleanup(&setup).await;
     Ok(Verdict::Passed)
 }

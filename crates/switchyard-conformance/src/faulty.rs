@@ -256,6 +256,7 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
             no_duplicates: !self.faults.may_duplicate(),
             ordered: !self.faults.may_reorder(),
             exact_attempts: !self.faults.may_reorder(),
+            consumer_groups: self.harness.capabilities().core.consumer_groups,
         }
     }
 

@@ -378,7 +378,8 @@ macro_rules! bus_suite_tests {
             bus_concurrent_publishers_lose_nothing, bus_concurrent_publishers_duplicate_nothing, bus_keeps_order_per_key,
             bus_retry_outcome_redelivers, bus_refuses_work_after_shutdown,
             bus_shutdown_report_names_what_was_in_flight,
-            bus_requests_fail_without_handler_and_on_timeout);
+            bus_requests_fail_without_handler_and_on_timeout,
+            bus_consumer_group_shares_and_keeps_one_pattern);
     };
     (@each $factory:expr; $($test:ident),*) => {
         $(
