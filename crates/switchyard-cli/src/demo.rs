@@ -67,14 +67,12 @@ impl Message for FeatureComplete {
 
 /// `switchyard demo pipeline`: the components crate's reference app.
 pub async fn run_pipeline(rows: usize, runs: usize) -> Result<(), DemoError> {
-    let config = switchyard_components::demo::DemoConfig {
+    let config = data_pipeline::DemoConfig {
         rows,
         runs,
         ..Default::default()
     };
-    let report = switchyard_components::demo::run_demo(config)
-        .await
-        .map_err(bus_err)?;
+    let report = data_pipeline::run_demo(config).await.map_err(bus_err)?;
     print!("{}", report.summary());
     let failed = report.runs.iter().filter(|r| !r.ok).count();
     if failed > 0 {
@@ -88,13 +86,13 @@ pub async fn run_pipeline(rows: usize, runs: usize) -> Result<(), DemoError> {
 
 /// `switchyard demo zmq`: the pipeline crate's ZeroMQ demo, until SIGINT/SIGTERM.
 pub async fn run_zmq(endpoint: String, output: std::path::PathBuf) -> Result<(), DemoError> {
-    let config = switchyard_pipeline::demo::DemoConfig {
+    let config = data_pipeline::sensors::DemoConfig {
         endpoint,
         output,
         ..Default::default()
     };
     let signal = switchyard_pipeline::shutdown_signal()?;
-    switchyard_pipeline::demo::run_zmq_demo(config, signal)
+    data_pipeline::sensors::run_zmq_demo(config, signal)
         .await
         .map_err(bus_err)?;
     Ok(())

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use data_pipeline::{DATASET, DemoApp, DemoConfig, PipelineRequest};
 use switchyard::{Bus, Envelope, MessageId, Topic};
-use switchyard_components::demo::{DATASET, DemoApp, DemoConfig, PipelineRequest};
 use switchyard_node::{Node, NodeConfig};
 use tokio::sync::watch;
 

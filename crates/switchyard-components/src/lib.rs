@@ -20,7 +20,6 @@
 //!   [`builtin::ResourceMonitor`].
 //! - Topology export as Mermaid and DOT (declared and observed) and [`trace`]: the causal tree
 //!   of one correlation id.
-//! - The data-pipeline reference app: [`demo::run_demo`].
 //!
 //! See `docs/components.md` for a guide.
 #![forbid(unsafe_code)]
@@ -28,7 +27,6 @@
 pub mod builtin;
 mod component;
 mod context;
-pub mod demo;
 mod enforce;
 mod role;
 mod topology;
@@ -51,3 +49,8 @@ pub use role::{
 pub use topology::{
     ComponentSpec, Edge, ObservedEdge, Topology, TopologyError, Violation, patterns_overlap,
 };
+
+/// docs/components.md, compiled as doc tests so its examples cannot rot.
+#[doc = include_str!("../../../docs/components.md")]
+#[cfg(doctest)]
+pub struct ComponentsGuide;

@@ -2,14 +2,17 @@
 //! same on every transport, so its promises that depend on transport semantics (how a
 //! delivery is numbered, what closing twice does) are held here, transport by transport.
 //!
-//! Like [`crate::suite`], every function opens its own transport with a fresh [`Setup`] and
-//! waits only on events bounded by [`WAIT`].
+//! Like [`crate::suite`], every function opens its own bus with a fresh [`Setup`] and waits
+//! only on events bounded by [`WAIT`]. The functions take a [`BusFactory`]: [`OnTransport`]
+//! builds the bus on a harness's transport, [`InProcess`] builds `Bus::new()`'s own in-process
+//! bus, so one list of semantics holds for both ([`bus_suite_tests!`](crate::bus_suite_tests)).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use switchyard::{Bus, BusBuilder, DeadLetterReason, Envelope, Outcome, handler_fn};
-use switchyard_core::BoxError;
+use switchyard_core::{BoxError, BoxFuture, PublishError, SendError};
 
 use crate::suite::WAIT;
 use crate::{Failure, Harness, RecordingDeadLetters, Setup, Verdict};
@@ -28,19 +31,119 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A bus on a fresh transport of `h`, its dead letters going to the returned sink (not the
-/// transport's own, so letters the bus makes are told apart from max-deliver ones).
-async fn bus_on<H: Harness>(
-    h: &H,
+/// What a bus promises beyond delivering every message at least once. A test that needs a
+/// promise the bus does not make skips, saying which, instead of passing silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusGuarantees {
+    /// Each message reaches a subscription's handler once (no duplicate deliveries).
+    pub no_duplicates: bool,
+    /// Messages of one ordering key are handled in publish order.
+    pub ordered: bool,
+    /// The attempt number a handler sees counts only the bus's own attempts (the transport
+    /// loses no delivery that would be counted).
+    pub exact_attempts: bool,
+    /// Subscriptions of one name form a consumer group: each message goes to one of them.
+    pub consumer_groups: bool,
+}
+
+impl BusGuarantees {
+    /// Every promise: what the in-process bus and the bus on a healthy transport make.
+    pub const ALL: Self = Self {
+        no_duplicates: true,
+        ordered: true,
+        exact_attempts: true,
+        consumer_groups: true,
+    };
+}
+
+/// How the suite gets a bus: on a transport, or the in-process one.
+pub trait BusFactory: Send + Sync + 'static {
+    /// Short name for messages (`in-process`, `memory`, `log`, `nats`).
+    fn name(&self) -> &str;
+
+    /// What this bus promises. Default: [`BusGuarantees::ALL`].
+    fn guarantees(&self) -> BusGuarantees {
+        BusGuarantees::ALL
+    }
+
+    /// `Some(reason)` when this bus cannot run here: every test then skips with that reason.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    /// A builder for a fresh bus of `setup` (transport opened, if any).
+    fn builder<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<BusBuilder, BoxError>>;
+
+    /// Removes what the test left behind. Called at the end of each test that passed.
+    fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {
+        let _ = setup;
+        Box::pin(async {})
+    }
+}
+
+/// The bus on a harness's transport (`Bus::builder().transport(..)`).
+#[derive(Debug, Clone)]
+pub struct OnTransport<H>(pub H);
+
+impl<H: Harness> BusFactory for OnTransport<H> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.0.unavailable()
+    }
+
+    fn guarantees(&self) -> BusGuarantees {
+        BusGuarantees {
+            consumer_groups: self.0.capabilities().core.consumer_groups,
+            ..BusGuarantees::ALL
+        }
+    }
+
+    fn builder<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<BusBuilder, BoxError>> {
+        Box::pin(async move {
+            let transport = self.0.open(setup).await?;
+            Ok(Bus::builder().transport(transport))
+        })
+    }
+
+    fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {
+        self.0.cleanup(setup)
+    }
+}
+
+/// `Bus::new()`'s own in-process bus, with no transport under it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InProcess;
+
+impl BusFactory for InProcess {
+    fn name(&self) -> &str {
+        "in-process"
+    }
+
+    fn guarantees(&self) -> BusGuarantees {
+        BusGuarantees {
+            consumer_groups: false,
+            ..BusGuarantees::ALL
+        }
+    }
+
+    fn builder<'a>(&'a self, _setup: &'a Setup) -> BoxFuture<'a, Result<BusBuilder, BoxError>> {
+        Box::pin(async { Ok(Bus::builder()) })
+    }
+}
+
+/// A fresh bus of `f`, its dead letters going to the returned sink (not the transport's own,
+/// so letters the bus makes are told apart from max-deliver ones).
+async fn bus_on<F: BusFactory>(
+    f: &F,
     setup: &Setup,
     configure: impl FnOnce(BusBuilder) -> BusBuilder,
 ) -> Result<(Bus, Arc<RecordingDeadLetters>), Failure> {
-    let transport = h.open(setup).await.map_err(Failure::Harness)?;
+    let builder = f.builder(setup).await.map_err(Failure::Harness)?;
     let letters = Arc::new(RecordingDeadLetters::default());
-    let builder = Bus::builder()
-        .transport(transport)
-        .dead_letters(letters.clone());
-    let bus = configure(builder)
+    let bus = configure(builder.dead_letters(letters.clone()))
         .build()
         .map_err(|e| Failure::Harness(e.into()))?;
     Ok((bus, letters))
@@ -62,9 +165,14 @@ async fn shut(bus: &Bus) -> Result<switchyard::ShutdownReport, Failure> {
 /// A bus with `max_attempts(3)` calls an always-failing handler exactly three times, seeing
 /// attempts 1, 2 and 3, then dead-letters the message saying 3 attempts: the transport's
 /// delivery number and the bus's retries in place make one count, not one each.
-pub async fn bus_attempts_count_from_one<H: Harness>(h: &H) -> TestResult {
+pub async fn bus_attempts_count_from_one<F: BusFactory>(h: &F) -> TestResult {
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
+    }
+    if !h.guarantees().exact_attempts {
+        return Ok(Verdict::Skipped(
+            "the transport loses deliveries, which count as attempts".into(),
+        ));
     }
     let setup = Setup::new();
     let (bus, letters) = bus_on(h, &setup, |b| {
@@ -111,9 +219,14 @@ pub async fn bus_attempts_count_from_one<H: Harness>(h: &H) -> TestResult {
 
 /// Out of 100 messages, one fails on its first two calls: under `max_attempts(3)` it is
 /// handled on its third attempt, the others on their first, and nothing is dead-lettered.
-pub async fn bus_message_failing_twice_is_delivered<H: Harness>(h: &H) -> TestResult {
+pub async fn bus_message_failing_twice_is_delivered<F: BusFactory>(h: &F) -> TestResult {
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
+    }
+    if !h.guarantees().exact_attempts {
+        return Ok(Verdict::Skipped(
+            "the transport loses deliveries, which count as attempts".into(),
+        ));
     }
     let setup = Setup::new();
     let (bus, letters) = bus_on(h, &setup, |b| {
@@ -182,9 +295,14 @@ pub async fn bus_message_failing_twice_is_delivered<H: Harness>(h: &H) -> TestRe
 
 /// Shutting the bus down twice, at once and after, succeeds every time with the first
 /// call's report (the transport is closed once).
-pub async fn bus_shutdown_twice_returns_the_first_report<H: Harness>(h: &H) -> TestResult {
+pub async fn bus_shutdown_twice_returns_the_first_report<F: BusFactory>(h: &F) -> TestResult {
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
+    }
+    if !h.guarantees().no_duplicates {
+        return Ok(Verdict::Skipped(
+            "the transport duplicates deliveries; this test counts handler calls".into(),
+        ));
     }
     let setup = Setup::new();
     let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
@@ -221,6 +339,420 @@ pub async fn bus_shutdown_twice_returns_the_first_report<H: Harness>(h: &H) -> T
         first.left.is_empty() && first.nacked.is_empty(),
         "nothing was left: {first:?}"
     );
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+fn payload_of(env: &Envelope) -> String {
+    String::from_utf8_lossy(&env.payload).into_owned()
+}
+
+/// Four publishers publish 100 messages each at the same time: every message is handled.
+pub async fn bus_concurrent_publishers_lose_nothing<F: BusFactory>(h: &F) -> TestResult {
+    concurrent_publishers(h, false).await
+}
+
+/// Four publishers publish 100 messages each at the same time: every message is handled
+/// exactly once.
+pub async fn bus_concurrent_publishers_duplicate_nothing<F: BusFactory>(h: &F) -> TestResult {
+    if !h.guarantees().no_duplicates {
+        return Ok(Verdict::Skipped(
+            "the transport duplicates deliveries (at least once only)".into(),
+        ));
+    }
+    concurrent_publishers(h, true).await
+}
+
+async fn concurrent_publishers<F: BusFactory>(h: &F, exactly_once: bool) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 100;
+    let setup = Setup::new();
+    let (bus, letters) = bus_on(h, &setup, |b| b).await?;
+    let counts = Arc::new(Mutex::new(BTreeMap::<String, usize>::new()));
+    let handled = Arc::new(tokio::sync::Notify::new());
+    let (c, n) = (counts.clone(), handled.clone());
+    let handler = handler_fn(move |env: Envelope| {
+        *lock(&c).entry(payload_of(&env)).or_default() += 1;
+        n.notify_waiters();
+        async { Ok::<_, BoxError>(Outcome::Ack) }
+    });
+    let _sub = bus
+        .subscribe("worker", setup.all()?.as_str(), handler)
+        .workers(4)
+        .start()
+        .await?;
+    let topic = setup.topic("bus.many")?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..PUBLISHERS {
+        let (bus, topic) = (bus.clone(), topic.clone());
+        tasks.spawn(async move {
+            for n in 0..EACH {
+                bus.publish_envelope(Envelope::new(topic.clone(), format!("{p}-{n}")))
+                    .await?;
+            }
+            Ok::<_, PublishError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| Failure::Task(e.to_string()))??;
+    }
+    let want: BTreeSet<String> = (0..PUBLISHERS)
+        .flat_map(|p| (0..EACH).map(move |n| format!("{p}-{n}")))
+        .collect();
+    // A delivery the transport lost never reached the bus, so the bus can be idle while the
+    // transport still owes it: wait for the handler to have seen every message (or WAIT).
+    let all_seen = async {
+        loop {
+            let notified = handled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&counts).len() >= want.len() {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, all_seen).await;
+    idle(&bus, "every published message to be handled").await?;
+    let counts = lock(&counts).clone();
+    let got: BTreeSet<String> = counts.keys().cloned().collect();
+    let lost: Vec<&String> = want.difference(&got).take(5).collect();
+    check!(
+        lost.is_empty(),
+        "{} lost, e.g. {lost:?}",
+        want.len() - got.len()
+    );
+    if exactly_once {
+        let twice: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        check!(twice.is_empty(), "handled more than once: {twice:?}");
+    }
+    check!(
+        letters.list().is_empty(),
+        "dead letters: {:?}",
+        letters.list()
+    );
+    shut(&bus).await?;
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// With four workers and `ordering_header("key")`, the messages of one key are handled in
+/// the order they were published, whatever the other keys do.
+pub async fn bus_keeps_order_per_key<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    if !h.guarantees().ordered {
+        return Ok(Verdict::Skipped(
+            "the transport hands lost deliveries out again later, out of order".into(),
+        ));
+    }
+    const KEYS: usize = 3;
+    const EACH: usize = 40;
+    let setup = Setup::new();
+    let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, Vec<usize>>::new()));
+    let s = seen.clone();
+    let handler = handler_fn(move |env: Envelope| {
+        let key = env.header("key").unwrap_or("none").to_owned();
+        let n = payload_of(&env).parse().unwrap_or(usize::MAX);
+        let s = s.clone();
+        async move {
+            // Yield so that messages of other keys get a chance to overtake.
+            tokio::task::yield_now().await;
+            lock(&s).entry(key).or_default().push(n);
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    });
+    let _sub = bus
+        .subscribe("worker", setup.all()?.as_str(), handler)
+        .workers(4)
+        .ordering_header("key")
+        .start()
+        .await?;
+    let topic = setup.topic("bus.keyed")?;
+    for n in 0..EACH {
+        for k in 0..KEYS {
+            let env =
+                Envelope::new(topic.clone(), n.to_string()).with_header("key", format!("k{k}"));
+            bus.publish_envelope(env).await?;
+        }
+    }
+    idle(&bus, "every keyed message to be handled").await?;
+    let seen = lock(&seen).clone();
+    check!(seen.len() == KEYS, "keys seen: {:?}", seen.keys());
+    for (key, order) in &seen {
+        check!(
+            *order == (0..EACH).collect::<Vec<_>>(),
+            "key {key} handled in the order {order:?}"
+        );
+    }
+    shut(&bus).await?;
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// A handler that asks for a retry (`Outcome::retry()`) gets the message again, as attempt 2,
+/// and nothing is dead-lettered.
+pub async fn bus_retry_outcome_redelivers<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    if !h.guarantees().exact_attempts {
+        return Ok(Verdict::Skipped(
+            "the transport loses deliveries, which count as attempts".into(),
+        ));
+    }
+    let setup = Setup::new();
+    let (bus, letters) = bus_on(h, &setup, |b| {
+        b.max_attempts(3).retry_delay(Duration::from_millis(1))
+    })
+    .await?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = handler_fn(move |env: Envelope| {
+        let first = {
+            let mut seen = lock(&s);
+            seen.push(env.delivery.attempt);
+            seen.len() == 1
+        };
+        async move {
+            Ok::<_, BoxError>(if first {
+                Outcome::retry()
+            } else {
+                Outcome::Ack
+            })
+        }
+    });
+    let _sub = bus
+        .subscribe("worker", setup.all()?.as_str(), handler)
+        .start()
+        .await?;
+    bus.publish_envelope(Envelope::new(setup.topic("bus.again")?, "x"))
+        .await?;
+    idle(&bus, "the retried message to be handled").await?;
+    let seen = lock(&seen).clone();
+    check!(seen == [1, 2], "attempts seen {seen:?}, expected [1, 2]");
+    check!(
+        letters.list().is_empty(),
+        "dead letters: {:?}",
+        letters.list()
+    );
+    shut(&bus).await?;
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// Once the bus is shut down, publishing and sending are refused with `ShuttingDown`.
+pub async fn bus_refuses_work_after_shutdown<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    let setup = Setup::new();
+    let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
+    shut(&bus).await?;
+    let published = bus
+        .publish_envelope(Envelope::new(setup.topic("bus.late")?, "x"))
+        .await;
+    check!(
+        matches!(published, Err(PublishError::ShuttingDown)),
+        "publish after shutdown: {published:?}"
+    );
+    let sent = bus
+        .send_envelope(Envelope::new(setup.topic("bus.late.cmd")?, "x"))
+        .await;
+    check!(
+        matches!(sent, Err(SendError::ShuttingDown)),
+        "send after shutdown: {:?}",
+        sent.map(|_| ())
+    );
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// Three messages stuck in their handlers when the shutdown deadline passes are exactly the
+/// ones the report names (as left, dead-lettered with reason `Shutdown`, or as nacked back
+/// to the transport).
+pub async fn bus_shutdown_report_names_what_was_in_flight<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    let setup = Setup::new();
+    let (bus, letters) = bus_on(h, &setup, |b| b).await?;
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let handler = handler_fn(move |env: Envelope| {
+        let _ = entered_tx.send(env.id);
+        async { std::future::pending::<Result<Outcome, BoxError>>().await }
+    });
+    let _sub = bus
+        .subscribe("stuck", setup.all()?.as_str(), handler)
+        .workers(3)
+        .start()
+        .await?;
+    let topic = setup.topic("bus.stuck")?;
+    let mut sent = BTreeSet::new();
+    for n in 0..3 {
+        let env = Envelope::new(topic.clone(), n.to_string());
+        sent.insert(env.id);
+        bus.publish_envelope(env).await?;
+    }
+    let mut in_flight = BTreeSet::new();
+    while in_flight.len() < 3 {
+        match tokio::time::timeout(WAIT, entered.recv()).await {
+            Ok(Some(id)) => {
+                in_flight.insert(id);
+            }
+            _ => {
+                return Err(Failure::Timeout {
+                    what: "three handlers to start".into(),
+                    after: WAIT,
+                });
+            }
+        }
+    }
+    check!(in_flight == sent, "in flight {in_flight:?}, sent {sent:?}");
+    let report = bus.shutdown(Duration::from_millis(200)).await?;
+    let named: BTreeSet<_> = report.left.iter().chain(&report.nacked).copied().collect();
+    check!(
+        named == in_flight,
+        "the report names {named:?}, in flight were {in_flight:?}"
+    );
+    let shutdown_letters: BTreeSet<_> = letters
+        .list()
+        .iter()
+        .filter(|l| l.reason == DeadLetterReason::Shutdown)
+        .map(|l| l.envelope.id)
+        .collect();
+    let left: BTreeSet<_> = report.left.iter().copied().collect();
+    check!(
+        shutdown_letters == left,
+        "dead-lettered for shutdown {shutdown_letters:?}, left {left:?}"
+    );
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// A command nobody handles fails at once with `NoHandler`; a request whose handler does not
+/// answer in time fails with `Timeout`.
+pub async fn bus_requests_fail_without_handler_and_on_timeout<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    let setup = Setup::new();
+    let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
+    let none = tokio::time::timeout(
+        WAIT,
+        bus.send_envelope(Envelope::new(setup.topic("bus.nobody")?, "x")),
+    )
+    .await
+    .map_err(|_| Failure::Timeout {
+        what: "a send without handler to fail".into(),
+        after: WAIT,
+    })?;
+    check!(
+        matches!(none, Err(SendError::NoHandler { .. })),
+        "send without handler: {:?}",
+        none.map(|_| ())
+    );
+    let slow = setup.topic("bus.slow")?;
+    let handler = handler_fn(|_env: Envelope| async {
+        std::future::pending::<Result<Outcome, BoxError>>().await
+    });
+    let _h = bus
+        .handle_envelope("slow", slow.as_str(), handler)
+        .start()
+        .await?;
+    let deadline = Duration::from_millis(100);
+    let late = bus
+        .request_envelope(Envelope::new(slow, "x"), deadline)
+        .await;
+    check!(
+        matches!(late, Err(SendError::Timeout { .. })),
+        "request past its deadline: {:?}",
+        late.map(|_| ())
+    );
+    bus.shutdown(Duration::from_millis(100)).await?;
+    h.cleanup(&setup).await;
+    Ok(Verdict::Passed)
+}
+
+/// Two subscriptions of one name share its messages: each of 60 messages is handled once, by
+/// one of them. A third subscription of that name on another pattern is refused while the
+/// group has members (a group reads one pattern).
+pub async fn bus_consumer_group_shares_and_keeps_one_pattern<F: BusFactory>(h: &F) -> TestResult {
+    if let Some(reason) = h.unavailable() {
+        return Ok(Verdict::Skipped(reason));
+    }
+    let g = h.guarantees();
+    if !g.consumer_groups {
+        return Ok(Verdict::Skipped(
+            "subscriptions of one name do not form a consumer group on this bus".into(),
+        ));
+    }
+    if !g.no_duplicates {
+        return Ok(Verdict::Skipped(
+            "the transport duplicates deliveries; this test counts handler calls".into(),
+        ));
+    }
+    const COUNT: usize = 60;
+    let setup = Setup::new();
+    let (bus, _letters) = bus_on(h, &setup, |b| b).await?;
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, Vec<usize>>::new()));
+    let handled = Arc::new(tokio::sync::Notify::new());
+    let member = |which: usize| {
+        let (seen, handled) = (seen.clone(), handled.clone());
+        handler_fn(move |env: Envelope| {
+            lock(&seen).entry(payload_of(&env)).or_default().push(which);
+            handled.notify_waiters();
+            async { Ok::<_, BoxError>(Outcome::Ack) }
+        })
+    };
+    let pattern = setup.pattern("group.#")?;
+    let _a = bus
+        .subscribe("group", pattern.as_str(), member(0))
+        .start()
+        .await?;
+    let _b = bus
+        .subscribe("group", pattern.as_str(), member(1))
+        .start()
+        .await?;
+    let other = bus
+        .subscribe("group", setup.pattern("elsewhere.#")?.as_str(), member(2))
+        .start()
+        .await;
+    check!(
+        matches!(other, Err(switchyard::SubscribeError::InvalidConfig(_))),
+        "a second pattern for the group was accepted: {:?}",
+        other.map(|_| ())
+    );
+    let topic = setup.topic("group.work")?;
+    for n in 0..COUNT {
+        bus.publish_envelope(Envelope::new(topic.clone(), n.to_string()))
+            .await?;
+    }
+    let all_seen = async {
+        loop {
+            let notified = handled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&seen).len() >= COUNT {
+                return;
+            }
+            notified.await;
+        }
+    };
+    let _ = tokio::time::timeout(WAIT, all_seen).await;
+    let seen = lock(&seen).clone();
+    check!(seen.len() == COUNT, "{} of {COUNT} handled", seen.len());
+    let twice: Vec<_> = seen.iter().filter(|(_, by)| by.len() > 1).collect();
+    check!(
+        twice.is_empty(),
+        "handled by more than one member: {twice:?}"
+    );
+    shut(&bus).await?;
     h.cleanup(&setup).await;
     Ok(Verdict::Passed)
 }

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bus_suite;
+pub mod faulty;
 pub mod lifecycle;
 pub mod memory;
 pub mod suite;
@@ -340,8 +341,7 @@ macro_rules! conformance_tests {
             delivery_context_and_cancellation, consumer_groups, durable_new_subscriber_reads_old,
             wildcards, request_reply, dead_letter_after_max_deliveries,
             ack_after_close_is_refused_or_kept);
-        $crate::conformance_tests!(@bus $harness; bus_attempts_count_from_one,
-            bus_message_failing_twice_is_delivered, bus_shutdown_twice_returns_the_first_report);
+        $crate::bus_suite_tests!($crate::bus_suite::OnTransport($harness));
         $crate::lifecycle_tests!($harness);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn reconnect_after_restart() {
@@ -351,18 +351,6 @@ macro_rules! conformance_tests {
                 panic!("{e}");
             }
         }
-    };
-    (@bus $harness:expr; $($test:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                let h = $harness;
-                let r = $crate::bus_suite::$test(&h).await;
-                if let Err(e) = $crate::report(stringify!($test), $crate::Harness::name(&h), r) {
-                    panic!("{e}");
-                }
-            }
-        )*
     };
     (@one $harness:expr; $($test:ident),*) => {
         $(
@@ -377,3 +365,41 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// Expands into one `#[tokio::test]` per function of [`bus_suite`], each building its bus
+/// through the given [`bus_suite::BusFactory`] expression: `bus_suite::InProcess` for
+/// `Bus::new()`'s own bus, `bus_suite::OnTransport(harness)` for the bus on a transport
+/// (which [`conformance_tests!`] does for every harness).
+#[macro_export]
+macro_rules! bus_suite_tests {
+    ($factory:expr) => {
+        $crate::bus_suite_tests!(@each $factory; bus_attempts_count_from_one,
+            bus_message_failing_twice_is_delivered, bus_shutdown_twice_returns_the_first_report,
+            bus_concurrent_publishers_lose_nothing, bus_concurrent_publishers_duplicate_nothing, bus_keeps_order_per_key,
+            bus_retry_outcome_redelivers, bus_refuses_work_after_shutdown,
+            bus_shutdown_report_names_what_was_in_flight,
+            bus_requests_fail_without_handler_and_on_timeout,
+            bus_consumer_group_shares_and_keeps_one_pattern);
+    };
+    (@each $factory:expr; $($test:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let f = $factory;
+                let r = $crate::bus_suite::$test(&f).await;
+                if let Err(e) = $crate::report(
+                    stringify!($test),
+                    $crate::bus_suite::BusFactory::name(&f),
+                    r,
+                ) {
+                    panic!("{e}");
+                }
+            }
+        )*
+    };
+}
+
+/// docs/conformance.md, compiled as doc tests so its examples cannot rot.
+#[doc = include_str!("../../../docs/conformance.md")]
+#[cfg(doctest)]
+pub struct ConformanceGuide;

@@ -26,6 +26,12 @@ use crate::topic::{Topic, TopicError};
 /// assert_eq!(UserCreated::from_envelope(&env)?.id, 7);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a message the bus can carry: it does not implement `Message`",
+    label = "not a `Message`",
+    note = "derive `Serialize` and `Deserialize` for `{Self}` and give it a topic: `impl Message for {Self} {{ const TOPIC: &'static str = \"domain.event\"; }}`",
+    note = "a handler's first argument is the decoded message; for raw envelopes use `Bus::subscribe` with `handler_fn`"
+)]
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Topic the message is published on.
     const TOPIC: &'static str;
@@ -99,6 +105,12 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// }
 /// impl Command for CreateUser { type Output = u64; }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a command: it does not implement `Command`",
+    label = "not a `Command`",
+    note = "`Bus::handle`, `send` and `request` take commands: `impl Command for {Self} {{ type Output = ...; }}` (with `const KIND: Kind = Kind::Command` in its `Message` impl)",
+    note = "for events (any number of subscribers) use `Bus::on` instead"
+)]
 pub trait Command: Message {
     /// What the handler returns.
     type Output: Serialize + DeserializeOwned + Send + 'static;

@@ -45,3 +45,8 @@ pub use auth::{Action, Auth, Principal};
 pub use config::{ConfigError, NodeConfig, TransportConfig};
 pub use error::{ApiError, ErrorKind, NodeError};
 pub use node::{DEAD_LETTER_FILE, Node};
+
+/// docs/gateway.md, compiled as doc tests so its examples cannot rot.
+#[doc = include_str!("../../../docs/gateway.md")]
+#[cfg(doctest)]
+pub struct GatewayGuide;

@@ -10,8 +10,8 @@
 //! - [`Runner`]: one task per stage, at most N runs in flight, per-stage timing into a
 //!   [`Monitor`] (counts, p50/p95/p99 over bounded windows, error types, completed and failed
 //!   runs), failed runs into a dead-letter sink with their raw bytes, graceful drain.
-//! - With the `zmq` feature (default): [`zmq::ZmqSource`] (PULL or SUB, bind or connect),
-//!   [`zmq::ZmqPubSink`], and the demo pipeline [`demo::run_zmq_demo`].
+//! - With the `zmq` feature (off by default): [`zmq::ZmqSource`] (PULL or SUB, bind or
+//!   connect) and [`zmq::ZmqPubSink`].
 //!
 //! See `docs/pipelines.md` in the repository for the guide.
 #![forbid(unsafe_code)]
@@ -24,8 +24,6 @@ pub mod runner;
 pub mod shutdown;
 pub mod stage;
 
-#[cfg(feature = "zmq")]
-pub mod demo;
 #[cfg(feature = "zmq")]
 pub mod zmq;
 
@@ -46,3 +44,9 @@ pub use stage::{
     FnStage, MapStage, Named, Retry, RetryPolicy, ServiceStage, Stage, StageExt, Timeout, map_fn,
     service_stage, stage_fn,
 };
+
+/// docs/pipelines.md, compiled as doc tests so its examples cannot rot (its ZeroMQ example
+/// needs the `zmq` feature).
+#[doc = include_str!("../../../docs/pipelines.md")]
+#[cfg(all(doctest, feature = "zmq"))]
+pub struct PipelinesGuide;

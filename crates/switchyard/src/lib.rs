@@ -61,3 +61,24 @@ pub use switchyard_middleware as middleware;
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The guides under `docs/` that are about this crate and its transports, compiled as doc tests
+/// so their examples cannot rot.
+#[cfg(doctest)]
+pub mod guides {
+    /// docs/bus.md
+    #[doc = include_str!("../../../docs/bus.md")]
+    pub struct Bus;
+    /// docs/features.md
+    #[doc = include_str!("../../../docs/features.md")]
+    pub struct Features;
+    /// docs/middleware.md
+    #[doc = include_str!("../../../docs/middleware.md")]
+    pub struct Middleware;
+    /// docs/log.md
+    #[doc = include_str!("../../../docs/log.md")]
+    pub struct Log;
+    /// docs/nats.md
+    #[doc = include_str!("../../../docs/nats.md")]
+    pub struct Nats;
+}

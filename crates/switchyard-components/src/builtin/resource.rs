@@ -1,8 +1,9 @@
 //! The resource monitor: the process's CPU time, resident memory and open files, compared with
 //! thresholds.
 //!
-//! Read through `sysinfo` (Linux, macOS, Windows, the BSDs); where it cannot see the process
-//! or its open files, sampling returns [`ResourceError::Unsupported`].
+//! Read through `sysinfo` (Linux, macOS, Windows, the BSDs) when the crate's `sysinfo` feature
+//! is on; where it cannot see the process or its open files, or when the feature is off,
+//! sampling returns [`ResourceError::Unsupported`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +75,7 @@ pub enum ResourceError {
 pub struct ResourceMonitor {
     thresholds: ResourceThresholds,
     last: Arc<Mutex<Option<(Instant, f64)>>>,
+    #[cfg(feature = "sysinfo")]
     system: Arc<Mutex<sysinfo::System>>,
 }
 
@@ -94,6 +96,7 @@ impl ResourceMonitor {
         Self {
             thresholds,
             last: Arc::new(Mutex::new(None)),
+            #[cfg(feature = "sysinfo")]
             system: Arc::new(Mutex::new(sysinfo::System::new())),
         }
     }
@@ -105,26 +108,10 @@ impl ResourceMonitor {
             .publishes(ResourceBreach::TOPIC)
     }
 
-    /// Measures the process now.
+    /// Measures the process now (needs the `sysinfo` feature; without it, always
+    /// [`ResourceError::Unsupported`]).
     pub fn sample(&self) -> Result<ResourceSample, ResourceError> {
-        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
-        let pid = Pid::from_u32(std::process::id());
-        let (cpu_seconds, rss_bytes, open_files) = {
-            let mut system = lock(&self.system);
-            let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
-            system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
-            let process = system
-                .process(pid)
-                .ok_or(ResourceError::Unsupported("this process is not visible"))?;
-            let open_files = process
-                .open_files()
-                .ok_or(ResourceError::Unsupported("open files are not visible"))?;
-            (
-                process.accumulated_cpu_time() as f64 / 1000.0,
-                process.memory(),
-                open_files as u64,
-            )
-        };
+        let (cpu_seconds, rss_bytes, open_files) = self.read_process()?;
         let now = Instant::now();
         let cpu_percent = {
             let mut last = lock(&self.last);
@@ -141,6 +128,33 @@ impl ResourceMonitor {
             rss_bytes,
             open_files,
         })
+    }
+
+    #[cfg(feature = "sysinfo")]
+    fn read_process(&self) -> Result<(f64, u64, u64), ResourceError> {
+        use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
+        let pid = Pid::from_u32(std::process::id());
+        let mut system = lock(&self.system);
+        let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
+        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
+        let process = system
+            .process(pid)
+            .ok_or(ResourceError::Unsupported("this process is not visible"))?;
+        let open_files = process
+            .open_files()
+            .ok_or(ResourceError::Unsupported("open files are not visible"))?;
+        Ok((
+            process.accumulated_cpu_time() as f64 / 1000.0,
+            process.memory(),
+            open_files as u64,
+        ))
+    }
+
+    #[cfg(not(feature = "sysinfo"))]
+    fn read_process(&self) -> Result<(f64, u64, u64), ResourceError> {
+        Err(ResourceError::Unsupported(
+            "switchyard-components was built without the `sysinfo` feature",
+        ))
     }
 
     /// The thresholds `sample` is above.

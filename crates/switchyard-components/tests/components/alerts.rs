@@ -83,6 +83,9 @@ async fn error_rate_alert_is_raised_once_deduplicated_and_resolved() {
     assert_eq!(alerts.history().len(), 1);
 }
 
+// Sampling the process needs the `sysinfo` feature (on in the workspace build through the
+// data-pipeline example; alone: `cargo test -p switchyard-components --features sysinfo`).
+#[cfg(feature = "sysinfo")]
 #[tokio::test]
 async fn resource_breach_becomes_an_alert() {
     let bus = Bus::new();
@@ -195,6 +198,7 @@ async fn unhealthy_component_is_posted_to_a_webhook() {
     assert!(alerts.evaluate_health(&health).await.is_empty());
 }
 
+#[cfg(feature = "sysinfo")]
 #[test]
 fn resource_samples_follow_the_process() {
     // Other tests of this binary open and close files concurrently, so only bounds that hold
@@ -216,4 +220,12 @@ fn resource_samples_follow_the_process() {
         "the second sample has a rate"
     );
     drop(files);
+}
+
+#[cfg(not(feature = "sysinfo"))]
+#[test]
+fn without_sysinfo_sampling_says_unsupported() {
+    let monitor = ResourceMonitor::new(ResourceThresholds::default());
+    let err = monitor.sample().unwrap_err();
+    assert!(err.to_string().contains("`sysinfo` feature"), "{err}");
 }

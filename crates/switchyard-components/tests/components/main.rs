@@ -9,7 +9,6 @@ mod enforcement;
 mod error_handler;
 mod export;
 mod no_leak;
-mod pipeline;
 mod rules;
 mod traces;
 

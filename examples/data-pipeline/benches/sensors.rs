@@ -11,7 +11,7 @@
 //! so disk speed does not enter the comparison.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-pipe cargo bench -p switchyard-pipeline --bench pipeline
+//! cargo bench -p data-pipeline --bench sensors   # the sensor pipeline's stages, in examples/data-pipeline
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use switchyard_pipeline::demo::{Enriched, Measurement, SensorStats, export_line, parse, process};
+use data_pipeline::sensors::{Enriched, Measurement, SensorStats, export_line, parse, process};
 use switchyard_pipeline::zmq::ZmqSource;
 use switchyard_pipeline::{Feed, Monitor, Pipeline, Runner, RunningPipeline, map_fn};
 use tokio::sync::Notify;

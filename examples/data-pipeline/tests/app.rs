@@ -1,7 +1,7 @@
 //! The reference app end to end: database contents, report, trace, state machine, retries and
 //! the dead-letter queue.
 
-use switchyard_components::demo::{DATASET, DOMAINS, DemoConfig, FailurePlan, run_demo};
+use data_pipeline::{DATASET, DOMAINS, DemoConfig, FailurePlan, run_demo};
 
 fn config() -> DemoConfig {
     DemoConfig {

@@ -1,4 +1,4 @@
-//! The demo pipeline (feature `zmq`): ZeroMQ PULL source → parse (bytes → [`Reading`]) → process
+//! The sensor pipeline: ZeroMQ PULL source → parse (bytes → [`Reading`]) → process
 //! (→ [`Measurement`]) → metrics (→ [`Enriched`]) → export (JSON lines file).
 //!
 //! It is the seed's hand-written analytics flow with its types lined up. The CLI runs it as
@@ -21,12 +21,11 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::InMemoryDeadLetters;
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{SocketError, StageError, StartError};
-use crate::monitor::Monitor;
-use crate::pipeline::Pipeline;
-use crate::runner::{RunReport, Runner, RunningPipeline};
-use crate::stage::{Stage, map_fn};
-use crate::zmq::{ZmqSocketKind, ZmqSourceBuilder};
+use switchyard_pipeline::zmq::{ZmqSocketKind, ZmqSourceBuilder};
+use switchyard_pipeline::{
+    Monitor, Pipeline, RunReport, Runner, RunningPipeline, SocketError, Stage, StageError,
+    StartError, map_fn,
+};
 
 /// One reading as it arrives on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,7 +171,7 @@ impl<T: Serialize + Send + Sync + 'static> Stage<T, ()> for JsonLinesExporter<T>
         export_line(&input, &mut self.line)?;
         let Some(file) = self.file.as_mut() else {
             return Err(StageError::new(
-                crate::StageErrorKind::Unavailable,
+                switchyard_pipeline::StageErrorKind::Unavailable,
                 "exporter not initialised",
             ));
         };
@@ -226,7 +225,7 @@ impl Default for DemoConfig {
             output: PathBuf::from("zmq-demo.jsonl"),
             max_in_flight: 256,
             dead_letter_capacity: 100_000,
-            drain_timeout: crate::runner::DEFAULT_DRAIN_TIMEOUT,
+            drain_timeout: switchyard_pipeline::DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -356,13 +355,13 @@ mod tests {
         assert_eq!(r.id, 1);
         assert_eq!(
             parse(b"{not json").unwrap_err().kind,
-            crate::StageErrorKind::Decode
+            switchyard_pipeline::StageErrorKind::Decode
         );
         assert_eq!(
             parse(br#"{"id":1,"sensor":" ","value":1}"#)
                 .unwrap_err()
                 .kind,
-            crate::StageErrorKind::Invalid
+            switchyard_pipeline::StageErrorKind::Invalid
         );
         assert!(parse(&[0xff, 0xfe]).is_err());
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_pipeline::demo::{DemoConfig, ZmqDemo};
+use data_pipeline::sensors::{DemoConfig, ZmqDemo};
 use switchyard_pipeline::{ShutdownSignal, StopReason, shutdown_signal};
 use zeromq::{Socket, SocketSend};
 

@@ -1,7 +1,7 @@
 //! ZeroMQ source → parse → process → metrics → export to a JSON-lines file.
 //!
 //! ```text
-//! cargo run -p switchyard-pipeline --example zmq_pipeline -- [ENDPOINT] [OUTPUT]
+//! cargo run -p data-pipeline --bin zmq-pipeline -- [ENDPOINT] [OUTPUT]
 //! ```
 //!
 //! Binds a PULL socket on ENDPOINT (default `tcp://127.0.0.1:5555`) and writes every valid reading,
@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use switchyard_pipeline::demo::{DemoConfig, run_zmq_demo};
+use data_pipeline::sensors::{DemoConfig, run_zmq_demo};
 use switchyard_pipeline::shutdown_signal;
 
 #[tokio::main]

@@ -3,18 +3,18 @@
 //! trace and the enforcement and error counters.
 //!
 //! ```text
-//! cargo run -p switchyard-components --example data_pipeline            # one run
-//! cargo run -p switchyard-components --example data_pipeline -- 200     # 200 runs: benchmark
-//! cargo run -p switchyard-components --example data_pipeline -- 1 fail  # analytics fails twice, then is retried
-//! cargo run -p switchyard-components --example data_pipeline -- 1 dlq   # analytics always fails: dead-lettered
-//! cargo run -p switchyard-components --example data_pipeline -- 1 mermaid  # also print the topology
-//! cargo run -p switchyard-components --example data_pipeline -- 1 dot      # the same in Graphviz DOT
-//! cargo run -p switchyard-components --example data_pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
-//! cargo run -p switchyard-components --example data_pipeline -- 200 rows=5  # benchmark with almost no module work
-//! cargo run -p switchyard-components --example data_pipeline -- 200 bare    # without the observing system components
+//! cargo run -p data-pipeline            # one run
+//! cargo run -p data-pipeline -- 200     # 200 runs: benchmark
+//! cargo run -p data-pipeline -- 1 fail  # analytics fails twice, then is retried
+//! cargo run -p data-pipeline -- 1 dlq   # analytics always fails: dead-lettered
+//! cargo run -p data-pipeline -- 1 mermaid  # also print the topology
+//! cargo run -p data-pipeline -- 1 dot      # the same in Graphviz DOT
+//! cargo run -p data-pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
+//! cargo run -p data-pipeline -- 200 rows=5  # benchmark with almost no module work
+//! cargo run -p data-pipeline -- 200 bare    # without the observing system components
 //! ```
 
-use switchyard_components::demo::{DemoConfig, FailurePlan, run_demo};
+use data_pipeline::{DemoConfig, FailurePlan, run_demo};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
