@@ -4,9 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, Capabilities, CloseError, Command, DeadLetter, DeadLetterReason, DeadLetterSink,
@@ -22,7 +24,7 @@ use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
 use crate::session::{SESSION_HEADER, Session};
 use crate::subscription::{
-    CachePadded, EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
+    EnqueueError, Enqueued, Handler, SubShared, Subscription, SubscriptionBuilder,
     SubscriptionConfig, SubscriptionInfo, SubscriptionKind,
 };
 use crate::transport_link::ErasedTransport;
@@ -372,8 +374,8 @@ impl BusBuilder {
                 retry_delay: self.retry_delay,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),
-                pending: CachePadded(AtomicUsize::new(0)),
-                settled: CachePadded(AtomicU64::new(0)),
+                pending: CachePadded::new(AtomicUsize::new(0)),
+                settled: CachePadded::new(AtomicU64::new(0)),
                 worker_holds: AtomicUsize::new(0),
                 idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
@@ -542,10 +544,7 @@ impl BusInner {
     }
 
     pub(crate) fn forget_subscription(&self, id: u64) {
-        self.subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.subs.lock().remove(&id);
     }
 
     /// Stops routing new messages to `sub`.
@@ -553,7 +552,7 @@ impl BusInner {
         match sub.kind {
             SubscriptionKind::Event => self.router.remove(&sub.config.pattern, sub.id),
             SubscriptionKind::Command => {
-                let mut commands = self.commands.write().unwrap_or_else(|p| p.into_inner());
+                let mut commands = self.commands.write();
                 let Ok(topic) = Topic::new(sub.config.pattern.as_str()) else {
                     return;
                 };
@@ -577,12 +576,7 @@ impl BusInner {
     }
 
     fn subs(&self) -> Vec<Arc<SubShared>> {
-        self.subs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.subs.lock().values().cloned().collect()
     }
 }
 
@@ -856,7 +850,7 @@ impl Bus {
             }
             SubscriptionKind::Command => {
                 let topic = Topic::new(shared.config.pattern.as_str())?;
-                let mut commands = inner.commands.write().unwrap_or_else(|p| p.into_inner());
+                let mut commands = inner.commands.write();
                 let slot = commands.entry(topic.clone()).or_default();
                 let existing = match &shared.config.session {
                     None => slot.global.as_ref(),
@@ -877,7 +871,7 @@ impl Bus {
             }
         }
         {
-            let mut subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut subs = inner.subs.lock();
             // Checked again under the lock shutdown snapshots: either shutdown sees this
             // subscription, or this sees the shutdown.
             if inner.state.load(Ordering::SeqCst) != RUNNING {
@@ -1068,11 +1062,7 @@ impl Bus {
             }
             bus.inner.pending_released();
         });
-        let mut dispatchers = self
-            .inner
-            .dispatchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut dispatchers = self.inner.dispatchers.lock();
         dispatchers.retain(|t| !t.is_finished());
         dispatchers.push(task);
     }
@@ -1214,20 +1204,11 @@ impl Bus {
         self.inner.pending_add();
         // Holding the table lock while spawning: the task looks itself up first thing, so it
         // cannot miss its own entry even when `at` is already past.
-        let mut scheduled = self
-            .inner
-            .scheduled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut scheduled = self.inner.scheduled.lock();
         let bus = self.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let entry = bus
-                .inner
-                .scheduled
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            let entry = bus.inner.scheduled.lock().remove(&id);
             let Some((env, _)) = entry else { return };
             match bus.publish_envelope(env.clone()).await {
                 // Handed on: its deliveries are pending (and settled) on their own.
@@ -1306,11 +1287,7 @@ impl Bus {
             env.kind = Kind::Command;
         }
         let handler = {
-            let commands = self
-                .inner
-                .commands
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let commands = self.inner.commands.read();
             commands.get(&env.topic).and_then(|slot| {
                 env.header(SESSION_HEADER)
                     .and_then(|s| slot.sessions.get(s))
@@ -1453,12 +1430,7 @@ impl Bus {
         let until = tokio::time::Instant::now() + deadline;
         let mut report = ShutdownReport::default();
         // Delayed publishes that are not due yet will not be: report them.
-        let scheduled: Vec<_> = inner
-            .scheduled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
+        let scheduled: Vec<_> = inner.scheduled.lock().drain().collect();
         for (id, (env, task)) in scheduled {
             task.abort();
             report.left.push(id);
@@ -1478,7 +1450,7 @@ impl Bus {
         }
         let mut handles: Vec<_> = subs
             .iter()
-            .flat_map(|s| std::mem::take(&mut *s.workers.lock().unwrap_or_else(|p| p.into_inner())))
+            .flat_map(|s| std::mem::take(&mut *s.workers.lock()))
             .collect();
         // A handle is awaited at most once to completion (awaiting it again would panic).
         let mut running = Vec::new();
@@ -1501,8 +1473,7 @@ impl Bus {
         }
         // Lower priority groups still being fed find closed queues and dead-letter the rest;
         // wait for that so nothing is still in their hands when shutdown returns.
-        let dispatchers: Vec<_> =
-            std::mem::take(&mut *inner.dispatchers.lock().unwrap_or_else(|p| p.into_inner()));
+        let dispatchers: Vec<_> = std::mem::take(&mut *inner.dispatchers.lock());
         // They only need to reach closed queues: a short grace even past the deadline.
         let grace = until.max(tokio::time::Instant::now() + Duration::from_millis(100));
         for mut task in dispatchers {

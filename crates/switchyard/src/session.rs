@@ -9,8 +9,9 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Command, Envelope, Message, PublishError, SendError};
@@ -50,11 +51,11 @@ pub(crate) struct SessionSubs(Mutex<Vec<Arc<SubShared>>>);
 
 impl SessionSubs {
     pub(crate) fn push(&self, sub: Arc<SubShared>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
+        self.0.lock().push(sub);
     }
 
     fn take(&self) -> Vec<Arc<SubShared>> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.0.lock())
     }
 }
 

@@ -8,10 +8,12 @@
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use futures::{FutureExt, StreamExt};
+use crossbeam_utils::CachePadded;
+use futures_util::{FutureExt, StreamExt};
+use parking_lot::Mutex;
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
@@ -95,19 +97,6 @@ pub(crate) struct Counters {
     refused_full: AtomicU64,
     decode_failed: AtomicU64,
     filtered: AtomicU64,
-}
-
-/// Keeps `T` on cache lines of its own (128 bytes: adjacent-line prefetch pairs lines), so
-/// a value one thread writes on every message does not slow down readers of its neighbours.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct CachePadded<T>(pub(crate) T);
-
-impl<T> std::ops::Deref for CachePadded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 /// The bus as a worker keeps it from one message to the next, counted in
@@ -239,7 +228,8 @@ pub(crate) struct SubShared {
     pub(crate) kind: SubscriptionKind,
     pub(crate) config: SubscriptionConfig,
     pub(crate) queue: Queue,
-    /// Written by the workers on every message: kept off the cache lines publishers read.
+    /// Written by the workers on every message: kept off the cache lines publishers read
+    /// (`CachePadded` pads to 128 bytes where adjacent-line prefetch pairs lines).
     counters: CachePadded<Counters>,
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     pump: Mutex<Option<JoinHandle<()>>>,
@@ -429,7 +419,7 @@ impl SubShared {
 
     /// Starts the worker tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = self.workers.lock();
         for worker in 0..self.config.workers {
             self.live_workers.fetch_add(1, Ordering::Relaxed);
             let sub = Arc::clone(self);
@@ -455,7 +445,7 @@ impl SubShared {
     /// stops (dropping the transport subscription) when the queue closes.
     pub(crate) fn spawn_pump(
         self: &Arc<Self>,
-        mut stream: futures::stream::BoxStream<'static, Delivery>,
+        mut stream: futures_util::stream::BoxStream<'static, Delivery>,
     ) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
@@ -470,14 +460,14 @@ impl SubShared {
                 }
             }
         });
-        *self.pump.lock().unwrap_or_else(|p| p.into_inner()) = Some(pump);
+        *self.pump.lock() = Some(pump);
     }
 
     /// Waits for the pump to stop (it does once the queue is closed), at most until `until`;
     /// a pump stuck in a transport call past that is aborted (its delivery stays unsettled,
     /// so the transport redelivers it).
     pub(crate) async fn stop_pump(&self, until: tokio::time::Instant) {
-        let pump = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pump = self.pump.lock().take();
         if let Some(mut pump) = pump
             && tokio::time::timeout_at(until, &mut pump).await.is_err()
         {
@@ -519,7 +509,7 @@ impl SubShared {
             // policy applies) instead of holding one per worker.
             let ready = {
                 let mut ready = std::pin::pin!(AssertUnwindSafe(svc.ready()).catch_unwind());
-                let result = match futures::poll!(ready.as_mut()) {
+                let result = match futures_util::poll!(ready.as_mut()) {
                     std::task::Poll::Ready(result) => result,
                     std::task::Poll::Pending => {
                         // Not ready: settle the last message now, not once the handler is.
