@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 use smol_str::SmolStr;
 use switchyard_core::{
@@ -15,11 +14,12 @@ use switchyard_core::{
     Envelope, InMemoryDeadLetters, Kind, Message, MessageId, Pattern, PublishError, Publisher,
     SendError, SubscribeError, Subscriber, Topic, TransportError, TransportErrorKind,
 };
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::command::CommandResult;
 use crate::handler::{self, BoxHandler, Ctx, IntoOutcome};
 use crate::lifecycle::{CommandFinished, CommandStarted};
+use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
 use crate::session::{SESSION_HEADER, Session};
@@ -374,16 +374,13 @@ impl BusBuilder {
                 retry_delay: self.retry_delay,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),
-                pending: CachePadded::new(AtomicUsize::new(0)),
-                settled: CachePadded::new(AtomicU64::new(0)),
+                pending: Arc::default(),
                 worker_holds: AtomicUsize::new(0),
-                idle: Notify::new(),
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
                 hooks: self.hooks,
                 wrap: self.wrap,
                 resilience: resilience_wrap,
-                expected: AtomicUsize::new(0),
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
                 shutdown_report: tokio::sync::OnceCell::new(),
@@ -411,87 +408,28 @@ pub(crate) struct BusInner {
     retry_delay: Duration,
     state: AtomicU8,
     next_id: AtomicU64,
-    /// Accepted messages not yet settled (handled, dead-lettered or reported).
-    pending: CachePadded<AtomicUsize>,
-    settled: CachePadded<AtomicU64>,
+    /// Accepted messages not yet settled (handled, dead-lettered or reported); each one
+    /// carries its guard (`pending::Accepted`).
+    pub(crate) pending: Arc<Pending>,
     /// Strong references that workers keep between messages (`subscription::HeldBus`).
     /// When the strong count is no higher, the application has dropped every handle and the
     /// workers let go, so the bus is freed even while messages keep flowing.
     pub(crate) worker_holds: AtomicUsize,
-    idle: Notify,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
     wrap: Option<HandlerWrap>,
     /// The resilience stack, around `wrap`'s result on every single-message handler.
     resilience: Option<ResilienceWrap>,
-    /// Deliveries counted in `pending` at publish time that have not arrived yet.
-    expected: AtomicUsize,
     /// Tasks feeding lower handler-priority groups; shutdown waits for them.
     dispatchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Delayed publishes waiting for their time, so shutdown can report them.
-    scheduled: Mutex<HashMap<MessageId, (Envelope, tokio::task::JoinHandle<()>)>>,
+    scheduled: Mutex<HashMap<MessageId, Scheduled>>,
     /// The report of the shutdown, once one finished: later calls return it.
     shutdown_report: tokio::sync::OnceCell<ShutdownReport>,
 }
 
 impl BusInner {
-    pub(crate) fn pending_add(&self) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Counts `n` deliveries a transport will make to local subscriptions.
-    fn pending_expect(&self, n: usize) {
-        self.pending.fetch_add(n, Ordering::AcqRel);
-        self.expected.fetch_add(n, Ordering::AcqRel);
-    }
-
-    /// A delivery arrived from the transport: it is one that was expected (already pending)
-    /// or a new one (published elsewhere, redelivered, or older than this process).
-    pub(crate) fn pending_expect_delivery(&self) {
-        let consumed = self
-            .expected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1))
-            .is_ok();
-        if !consumed {
-            self.pending_add();
-        }
-    }
-
-    /// Takes back an expectation whose publish failed.
-    fn pending_unexpect(&self, n: usize) {
-        let _ = self
-            .expected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                Some(e.saturating_sub(n))
-            });
-        // Saturating: deliveries of a publish that reported an error may already have settled.
-        let before = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                Some(p.saturating_sub(n))
-            })
-            .unwrap_or(0);
-        if n > 0 && before <= n {
-            self.idle.notify_waiters();
-        }
-    }
-
-    /// An accepted message was settled: handled, dead-lettered or reported by shutdown.
-    pub(crate) fn pending_settled(&self) {
-        self.settled.fetch_add(1, Ordering::Relaxed);
-        self.pending_released();
-    }
-
-    /// Takes back a pending count that was not an accepted message: a publish the queue
-    /// refused (full, or closed by shutdown), or a dispatcher's hold. `run_until_idle` sees
-    /// it; the shutdown report's `drained` (settled messages) does not count it.
-    pub(crate) fn pending_released(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
     pub(crate) fn dead_letter(&self, letter: DeadLetter) {
         self.dead_letters.put(letter);
     }
@@ -627,7 +565,7 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("subscriptions", &self.inner.router.len())
-            .field("pending", &self.inner.pending.load(Ordering::Relaxed))
+            .field("pending", &self.inner.pending.count())
             .finish()
     }
 }
@@ -961,10 +899,11 @@ impl Bus {
         env: Envelope,
     ) -> Result<(), PublishError> {
         let expected = self.inner.router.route(&env.topic).len();
-        self.inner.pending_expect(expected);
+        // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
+        let expectation = self.inner.pending.expect(expected);
         let result = transport.publish(env).await;
-        if result.is_err() {
-            self.inner.pending_unexpect(expected);
+        if result.is_ok() {
+            expectation.keep();
         }
         result
     }
@@ -1033,8 +972,10 @@ impl Bus {
         mut waiters: Vec<Waiter>,
     ) {
         let bus = self.clone();
-        bus.inner.pending_add();
+        // Counted as pending until the last group has the message (or the task is aborted).
+        let hold = bus.inner.pending.accept();
         let task = tokio::spawn(async move {
+            let _hold = hold;
             for group in groups {
                 for (_, rx) in waiters.drain(..) {
                     let _ = rx.await;
@@ -1060,7 +1001,6 @@ impl Bus {
                 }
                 waiters = delivery.waiters;
             }
-            bus.inner.pending_released();
         });
         let mut dispatchers = self.inner.dispatchers.lock();
         dispatchers.retain(|t| !t.is_finished());
@@ -1201,7 +1141,7 @@ impl Bus {
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
         let id = env.id;
-        self.inner.pending_add();
+        let accepted = self.inner.pending.accept();
         // Holding the table lock while spawning: the task looks itself up first thing, so it
         // cannot miss its own entry even when `at` is already past.
         let mut scheduled = self.inner.scheduled.lock();
@@ -1209,10 +1149,13 @@ impl Bus {
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let entry = bus.inner.scheduled.lock().remove(&id);
-            let Some((env, _)) = entry else { return };
+            let Some(Scheduled { env, accepted, .. }) = entry else {
+                return;
+            };
             match bus.publish_envelope(env.clone()).await {
-                // Handed on: its deliveries are pending (and settled) on their own.
-                Ok(()) => bus.inner.pending_released(),
+                // Handed on: its deliveries are pending (and settled) on their own, so this
+                // count is released (dropped), not settled.
+                Ok(()) => drop(accepted),
                 Err(e) => {
                     tracing::warn!(message_id = %id, error = %e, "delayed publish failed; dead-lettered");
                     bus.inner.dead_letter(DeadLetter::new(
@@ -1220,7 +1163,7 @@ impl Bus {
                         DeadLetterReason::Dropped,
                         format!("delayed publish failed: {e}"),
                     ));
-                    bus.inner.pending_settled();
+                    accepted.settle(Settled::DeadLettered);
                 }
             }
         });
@@ -1229,10 +1172,17 @@ impl Bus {
         if self.inner.state.load(Ordering::SeqCst) != RUNNING {
             task.abort();
             drop(scheduled);
-            self.inner.pending_released();
+            drop(accepted);
             return Err(PublishError::ShuttingDown);
         }
-        scheduled.insert(id, (env, task));
+        scheduled.insert(
+            id,
+            Scheduled {
+                env,
+                task,
+                accepted,
+            },
+        );
         Ok(id)
     }
 
@@ -1386,22 +1336,14 @@ impl Bus {
 
     /// Messages accepted and not yet settled.
     pub fn pending(&self) -> usize {
-        self.inner.pending.load(Ordering::Acquire)
+        self.inner.pending.count()
     }
 
     /// Waits until every accepted message is settled (handled or dead-lettered), including
     /// retries and messages published by handlers meanwhile. Under a paused tokio clock,
     /// retry delays advance automatically.
     pub async fn run_until_idle(&self) {
-        loop {
-            let notified = self.inner.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.pending() == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.inner.pending.idle().await;
     }
 
     /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
@@ -1426,12 +1368,20 @@ impl Bus {
     async fn shutdown_once(&self, deadline: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
-        let settled_before = inner.settled.load(Ordering::Relaxed);
+        let settled_before = inner.pending.settled();
         let until = tokio::time::Instant::now() + deadline;
         let mut report = ShutdownReport::default();
         // Delayed publishes that are not due yet will not be: report them.
         let scheduled: Vec<_> = inner.scheduled.lock().drain().collect();
-        for (id, (env, task)) in scheduled {
+        for (
+            id,
+            Scheduled {
+                env,
+                task,
+                accepted,
+            },
+        ) in scheduled
+        {
             task.abort();
             report.left.push(id);
             inner.dead_letter(DeadLetter::new(
@@ -1439,7 +1389,7 @@ impl Bus {
                 DeadLetterReason::Shutdown,
                 "delayed publish not due before shutdown",
             ));
-            inner.pending_settled();
+            accepted.settle(Settled::LeftOver);
         }
         let subs = inner.subs();
         for sub in &subs {
@@ -1481,8 +1431,8 @@ impl Bus {
                 task.abort();
             }
         }
-        report.drained = (inner.settled.load(Ordering::Relaxed) - settled_before)
-            .saturating_sub((report.left.len() + report.nacked.len()) as u64);
+        // Leftovers are settled as such, so they are not in this count.
+        report.drained = inner.pending.settled() - settled_before;
         if let Some(transport) = &inner.transport
             && let Err(e) = transport
                 .close(
@@ -1510,8 +1460,9 @@ impl Bus {
     /// After the drain deadline: settles what one subscription did not handle.
     async fn report_leftovers(&self, sub: &SubShared, report: &mut ShutdownReport) {
         let inner = &self.inner;
-        // In-flight messages were cancelled with their worker. Those from a transport lost
-        // their (unsettled) delivery with it, so the transport redelivers them.
+        // In-flight messages were cancelled with their worker (their pending count went with
+        // it). Those from a transport lost their (unsettled) delivery with it, so the
+        // transport redelivers them.
         let fed = inner.transport.is_some() && sub.kind == SubscriptionKind::Event;
         for env in sub.queue.in_flight_envelopes() {
             if fed {
@@ -1527,7 +1478,6 @@ impl Bus {
                     .with_handler(sub.name()),
                 );
             }
-            inner.pending_settled();
         }
         for mut entry in sub.queue.drain_waiting() {
             match entry.delivery.take() {
@@ -1536,7 +1486,7 @@ impl Bus {
                     if let Err(e) = delivery.nack(None).await {
                         tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
                     }
-                    inner.pending_settled();
+                    entry.accepted.settle(Settled::LeftOver);
                 }
                 None => {
                     report.left.push(entry.env.id);
@@ -1596,6 +1546,14 @@ fn inherit_parent(env: &mut Envelope) {
 }
 
 type Waiter = (String, oneshot::Receiver<Result<CommandResult, SendError>>);
+
+/// A delayed publish waiting in memory for its time.
+struct Scheduled {
+    env: Envelope,
+    task: tokio::task::JoinHandle<()>,
+    /// Counted as pending from `schedule` until it is published, fails or is reported.
+    accepted: Accepted,
+}
 
 /// What delivering to one priority group did.
 #[derive(Default)]

@@ -31,6 +31,7 @@ mod bus;
 mod command;
 mod handler;
 pub mod lifecycle;
+mod pending;
 mod queue;
 #[cfg(feature = "middleware")]
 pub mod resilience;

@@ -19,6 +19,7 @@ use switchyard_core::{Delivery, Envelope, Priority};
 use tokio::sync::Notify;
 
 use crate::command::CommandReply;
+use crate::pending::Accepted;
 
 /// What a full subscription queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,9 @@ pub(crate) struct Entry {
     /// after handling, or dropped unsettled (so redelivered) when it is not handled.
     /// Boxed: a delivery holds a whole envelope, and entries move through the queue.
     pub(crate) delivery: Option<Box<Delivery>>,
+    /// The message's place in the bus's pending count, from acceptance until it is settled
+    /// (or, never accepted, dropped with the entry).
+    pub(crate) accepted: Accepted,
     seq: u64,
 }
 
@@ -82,12 +86,14 @@ impl Entry {
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
         lane: Option<SmolStr>,
+        accepted: Accepted,
     ) -> Self {
         Self {
             env,
             reply,
             lane,
             delivery: None,
+            accepted,
             seq: 0,
         }
     }
@@ -831,9 +837,14 @@ mod tests {
     use super::*;
     use switchyard_core::Topic;
 
+    /// A pending count of its own for a test entry.
+    fn accepted() -> Accepted {
+        Arc::new(crate::pending::Pending::default()).accept()
+    }
+
     fn entry(p: Priority, lane: Option<&str>, tag: &str) -> Entry {
         let env = Envelope::new(Topic::new("t").unwrap(), tag.to_owned()).with_priority(p);
-        Entry::new(Arc::new(env), None, lane.map(SmolStr::new))
+        Entry::new(Arc::new(env), None, lane.map(SmolStr::new), accepted())
     }
 
     fn tag(t: &Taken) -> String {
@@ -1023,7 +1034,10 @@ mod tests {
             );
         }
         let big = Envelope::new(Topic::new("t").unwrap(), vec![0u8; SPENT_MAX_PAYLOAD + 1]);
-        assert!(q.try_push(Entry::new(Arc::new(big), None, None)).is_ok());
+        assert!(
+            q.try_push(Entry::new(Arc::new(big), None, None, accepted()))
+                .is_ok()
+        );
         let mut last = q.pop(0).await.unwrap();
         loop {
             let next = q.complete_and_pop(0, last.seq(), None);

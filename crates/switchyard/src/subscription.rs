@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{Bus, BusInner, Parent};
 use crate::command::{CommandReply, CommandResult};
 use crate::handler::{self, BoxBatchHandler, BoxHandler};
+use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Overflow, Popped, PushError, Pushed, Queue};
 use crate::session::{SESSION_HEADER, SessionSubs};
 use tower::util::BoxCloneService;
@@ -129,6 +130,16 @@ impl Drop for HeldBus {
         // never sees more holds than references.
         self.0.worker_holds.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A handled message a worker has not completed in its queue yet: completed (and settled)
+/// under the lock that takes the next one when the handler is ready at once.
+struct Done {
+    seq: u64,
+    lane: Option<SmolStr>,
+    bus: HeldBus,
+    accepted: Accepted,
+    how: Settled,
 }
 
 fn inc(c: &AtomicU64) {
@@ -326,8 +337,9 @@ impl SubShared {
             return Ok(Enqueued::Filtered);
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
-        bus.pending_add();
-        let pushed = self.queue.push(Entry::new(env, reply, lane)).await;
+        // Cancelled while it waits for room, the push drops the entry and with it the count.
+        let entry = Entry::new(env, reply, lane, bus.pending.accept());
+        let pushed = self.queue.push(entry).await;
         self.pushed(bus, pushed)
     }
 
@@ -346,8 +358,8 @@ impl SubShared {
             return Ok(Ok(Enqueued::Filtered));
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(env));
-        bus.pending_add();
-        match self.queue.try_push_now(Entry::new(env.clone(), None, lane)) {
+        let entry = Entry::new(env.clone(), None, lane, bus.pending.accept());
+        match self.queue.try_push_now(entry) {
             Ok(pushed) => Ok(self.pushed(bus, pushed)),
             Err(entry) => Err(entry),
         }
@@ -382,16 +394,14 @@ impl SubShared {
                 );
                 Ok(Enqueued::Queued)
             }
-            // Refused: never accepted, so not settled either (shutdown does not count it
-            // as drained).
+            // Refused: never accepted, so not settled either (dropping the entry releases
+            // its count; shutdown does not count it as drained).
             Err(PushError::Full(entry)) => {
-                bus.pending_released();
                 inc(&self.counters.refused_full);
                 drop(entry);
                 Err(EnqueueError::Full)
             }
             Err(PushError::Closed(entry)) => {
-                bus.pending_released();
                 drop(entry);
                 Err(EnqueueError::Closed)
             }
@@ -414,7 +424,10 @@ impl SubShared {
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
                 .with_handler(self.config.name.clone()),
         );
-        bus.pending_settled();
+        entry.accepted.settle(match reason {
+            DeadLetterReason::Shutdown => Settled::LeftOver,
+            _ => Settled::DeadLettered,
+        });
     }
 
     /// Starts the worker tasks.
@@ -481,7 +494,7 @@ impl SubShared {
     async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
         // The message handled last, not yet completed in the queue: when the handler is ready
         // at once, it is completed under the same lock that takes the next one.
-        let mut prev: Option<(u64, Option<SmolStr>, HeldBus)> = None;
+        let mut prev: Option<Done> = None;
         // The bus, kept from one message to the next while they flow (upgrading the weak
         // handle per message would write a counter the publishers write too); let go before
         // waiting, so an idle worker does not keep the bus alive, and as soon as workers are
@@ -498,9 +511,9 @@ impl SubShared {
             streak += 1;
             if streak >= YIELD_EVERY {
                 streak = 0;
-                if let Some((seq, lane, bus)) = prev.take() {
-                    self.queue.complete(worker, seq, lane.as_ref());
-                    bus.pending_settled();
+                if let Some(done) = prev.take() {
+                    self.queue.complete(worker, done.seq, done.lane.as_ref());
+                    done.accepted.settle(done.how);
                 }
                 tokio::task::yield_now().await;
             }
@@ -513,9 +526,9 @@ impl SubShared {
                     std::task::Poll::Ready(result) => result,
                     std::task::Poll::Pending => {
                         // Not ready: settle the last message now, not once the handler is.
-                        if let Some((seq, lane, bus)) = prev.take() {
-                            self.queue.complete(worker, seq, lane.as_ref());
-                            bus.pending_settled();
+                        if let Some(done) = prev.take() {
+                            self.queue.complete(worker, done.seq, done.lane.as_ref());
+                            done.accepted.settle(done.how);
                         }
                         // A wake-up for work this worker cannot do now goes to another.
                         self.queue.offer_to_idle();
@@ -532,11 +545,13 @@ impl SubShared {
                 }
             };
             let popped = match prev.take() {
-                Some((seq, lane, bus)) => {
-                    let popped = self.queue.complete_and_pop(worker, seq, lane.as_ref());
-                    bus.pending_settled();
-                    if !bus.orphaned() {
-                        held = Some(bus);
+                Some(done) => {
+                    let popped = self
+                        .queue
+                        .complete_and_pop(worker, done.seq, done.lane.as_ref());
+                    done.accepted.settle(done.how);
+                    if !done.bus.orphaned() {
+                        held = Some(done.bus);
                     }
                     popped
                 }
@@ -564,6 +579,7 @@ impl SubShared {
                 reply,
                 lane,
                 delivery,
+                accepted,
                 ..
             } = taken.entry;
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
@@ -573,7 +589,18 @@ impl SubShared {
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
-            prev = Some((seq, lane, bus));
+            let how = if ok {
+                Settled::Acked
+            } else {
+                Settled::DeadLettered
+            };
+            prev = Some(Done {
+                seq,
+                lane,
+                bus,
+                accepted,
+                how,
+            });
         }
         self.worker_exited();
     }
@@ -603,13 +630,19 @@ impl SubShared {
                     reply,
                     lane,
                     delivery,
+                    accepted,
                     ..
                 } = t.entry;
-                settle.push((seq, lane, reply, delivery));
+                settle.push((seq, lane, reply, delivery, accepted));
                 envs.push(Arc::unwrap_or_clone(env));
             }
             let result = self.process_batch(&bus, &mut svc, envs).await;
-            for (seq, lane, reply, delivery) in settle {
+            let how = if result.is_ok() {
+                Settled::Acked
+            } else {
+                Settled::DeadLettered
+            };
+            for (seq, lane, reply, delivery, accepted) in settle {
                 if let Some(delivery) = delivery {
                     self.settle(*delivery, result.is_ok()).await;
                 }
@@ -628,7 +661,7 @@ impl SubShared {
                     let _ = reply.send(answer);
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
-                bus.pending_settled();
+                accepted.settle(how);
             }
         }
         self.worker_exited();
@@ -685,7 +718,7 @@ impl SubShared {
         let Some(bus) = self.bus.upgrade() else {
             return Err(EnqueueError::Closed);
         };
-        bus.pending_expect_delivery();
+        let accepted = bus.pending.arrival();
         if let Some(due) = crate::bus::deliver_at(&delivery.envelope)
             && let Ok(early) = due.duration_since(std::time::SystemTime::now())
             && !early.is_zero()
@@ -694,13 +727,13 @@ impl SubShared {
             if let Err(e) = delivery.nack(Some(early)).await {
                 tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
             }
-            bus.pending_settled();
+            accepted.settle(Settled::Nacked);
             return Ok(());
         }
         if !self.accepts(&delivery.envelope) {
             inc(&self.counters.filtered);
             self.settle(delivery, true).await;
-            bus.pending_settled();
+            accepted.settle(Settled::Acked);
             return Ok(());
         }
         let mut env = delivery.envelope.clone();
@@ -711,15 +744,13 @@ impl SubShared {
         env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
         let env = Arc::new(env);
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
-        let mut entry = Entry::new(env, None, lane);
+        let mut entry = Entry::new(env, None, lane, accepted);
         entry.delivery = Some(Box::new(delivery));
         match self.queue.push_wait(entry).await {
             Ok(()) => Ok(()),
-            Err(_) => {
-                // Closed: the delivery is dropped unsettled and comes back later.
-                bus.pending_settled();
-                Err(EnqueueError::Closed)
-            }
+            // Closed: the delivery is dropped unsettled and comes back later; its count goes
+            // with the entry.
+            Err(_) => Err(EnqueueError::Closed),
         }
     }
 
