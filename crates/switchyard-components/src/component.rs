@@ -166,7 +166,7 @@ pub struct ComponentCtx {
     raw: Bus,
     envelope: Envelope,
     /// Contexts begun while handling this message (failed if the handler returns an error).
-    begun: Arc<std::sync::Mutex<Vec<RequestId>>>,
+    begun: Arc<parking_lot::Mutex<Vec<RequestId>>>,
 }
 
 impl fmt::Debug for ComponentCtx {
@@ -218,8 +218,7 @@ impl ComponentCtx {
 
     /// Fails every context begun while handling this message that is still open.
     async fn fail_begun(&self, error_type: &str, message: String) {
-        let ids: Vec<RequestId> =
-            std::mem::take(&mut *self.begun.lock().unwrap_or_else(|p| p.into_inner()));
+        let ids: Vec<RequestId> = std::mem::take(&mut *self.begun.lock());
         for id in ids {
             if let Some(ctx) = self.context_by_id(id) {
                 let info = crate::context::ErrorInfo {
@@ -282,10 +281,7 @@ impl ComponentCtx {
             .table
             .begin(&self.bus, action, Some(&self.envelope))
             .await?;
-        self.begun
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ctx.id());
+        self.begun.lock().push(ctx.id());
         Ok(ctx)
     }
 
@@ -319,11 +315,7 @@ struct OpenContexts(Option<ComponentCtx>);
 impl Drop for OpenContexts {
     fn drop(&mut self) {
         let Some(cx) = self.0.take() else { return };
-        let none_open = cx
-            .begun
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
+        let none_open = cx.begun.lock().is_empty();
         if none_open {
             return;
         }

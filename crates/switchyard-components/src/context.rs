@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
@@ -396,12 +397,7 @@ struct TableInner {
 
 impl Drop for TableInner {
     fn drop(&mut self) {
-        if let Some(h) = self
-            .sweeper
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(h) = self.sweeper.get_mut().take() {
             h.abort();
         }
     }
@@ -425,12 +421,6 @@ impl fmt::Debug for ContextTable {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere while holding it; the table stays consistent
-    // because every change is made in one step.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl ContextTable {
     /// A table with these settings. Starts the sweeper task, so call it inside a tokio runtime.
     pub fn new(config: ContextConfig) -> Self {
@@ -449,7 +439,7 @@ impl ContextTable {
         let weak = Arc::downgrade(&inner);
         let every = config.sweep_interval.max(Duration::from_millis(1));
         let handle = tokio::spawn(sweep_loop(weak, every));
-        *lock(&inner.sweeper) = Some(handle);
+        *inner.sweeper.lock() = Some(handle);
         Self { inner }
     }
 
@@ -460,7 +450,7 @@ impl ContextTable {
 
     /// Contexts alive now.
     pub fn len(&self) -> usize {
-        lock(&self.inner.state).entries.len()
+        self.inner.state.lock().entries.len()
     }
 
     /// True when no context is alive.
@@ -483,7 +473,9 @@ impl ContextTable {
 
     /// A snapshot of one context.
     pub fn get(&self, id: RequestId) -> Option<Context> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .entries
             .get(&id)
             .map(|e| e.ctx.clone())
@@ -491,7 +483,9 @@ impl ContextTable {
 
     /// Snapshots of every live context.
     pub fn snapshot(&self) -> Vec<Context> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .entries
             .values()
             .map(|e| e.ctx.clone())
@@ -500,7 +494,9 @@ impl ContextTable {
 
     /// The newest live context of `component` in flow `correlation_id`.
     pub fn find(&self, component: &str, correlation_id: MessageId) -> Option<RequestId> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .by_owner
             .get(&(SmolStr::new(component), correlation_id))
             .copied()
@@ -545,7 +541,7 @@ impl ContextTable {
             .or_else(|| created.checked_add(Duration::from_secs(365 * 24 * 3600)))
             .unwrap_or(created);
         {
-            let mut st = lock(&self.inner.state);
+            let mut st = self.inner.state.lock();
             st.by_owner
                 .insert((ctx.component.clone(), correlation_id), id);
             st.deadlines.insert((deadline, id));
@@ -571,7 +567,7 @@ impl ContextTable {
         };
         if let Err(source) = publish_status(bus, parent, &ctx, None, None).await {
             // The caller gets no handle: do not leave the context behind until its timeout.
-            if lock(&self.inner.state).remove(id).is_some() {
+            if self.inner.state.lock().remove(id).is_some() {
                 self.inner.cancelled.fetch_add(1, Ordering::Relaxed);
             }
             return Err(TransitionError::Publish {
@@ -590,7 +586,10 @@ impl ContextTable {
         bus: &ComponentBus,
         parent: Option<&Envelope>,
     ) -> Option<RequestContext> {
-        let correlation_id = lock(&self.inner.state)
+        let correlation_id = self
+            .inner
+            .state
+            .lock()
             .entries
             .get(&id)
             .map(|e| e.ctx.correlation_id)?;
@@ -610,7 +609,7 @@ impl ContextTable {
         id: RequestId,
         to: RequestState,
     ) -> Result<(Context, RequestState), TransitionError> {
-        let mut st = lock(&self.inner.state);
+        let mut st = self.inner.state.lock();
         let Some(entry) = st.entries.get_mut(&id) else {
             return Err(TransitionError::Gone { request_id: id });
         };
@@ -648,7 +647,7 @@ impl ContextTable {
     }
 
     fn update(&self, id: RequestId, f: impl FnOnce(&mut Context)) -> Result<(), TransitionError> {
-        let mut st = lock(&self.inner.state);
+        let mut st = self.inner.state.lock();
         let entry = st
             .entries
             .get_mut(&id)
@@ -681,7 +680,7 @@ async fn sweep_loop(table: Weak<TableInner>, every: Duration) {
 
 async fn expire(inner: &Arc<TableInner>, now: Instant) -> usize {
     let expired: Vec<Entry> = {
-        let mut st = lock(&inner.state);
+        let mut st = inner.state.lock();
         let due: Vec<RequestId> = st
             .deadlines
             .iter()

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use smol_str::SmolStr;
 use switchyard::{Bus, Envelope, Message, PublishError, Topic};
@@ -68,11 +69,6 @@ impl fmt::Debug for Enforcer {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere while holding it; the maps stay usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Enforcer {
     /// An enforcer for `topology`.
     pub fn new(topology: Arc<Topology>, mode: EnforcementMode) -> Self {
@@ -105,18 +101,19 @@ impl Enforcer {
             checked: self.checked.load(Ordering::Relaxed),
             violations: self.violations.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
-            by_rule: lock(&self.by_rule).clone(),
+            by_rule: self.by_rule.lock().clone(),
         }
     }
 
     /// The most recent violations (at most 256), oldest first.
     pub fn recent_violations(&self) -> Vec<Violation> {
-        lock(&self.recent).iter().cloned().collect()
+        self.recent.lock().iter().cloned().collect()
     }
 
     /// Edges seen at runtime with message counts, sorted.
     pub fn observed(&self) -> Vec<ObservedEdge> {
-        lock(&self.observed)
+        self.observed
+            .lock()
             .iter()
             .map(|((from, to, topic), count)| ObservedEdge {
                 from: from.clone(),
@@ -129,7 +126,7 @@ impl Enforcer {
 
     fn routing(&self, source: &ComponentSpec, topic: &Topic) -> Arc<Routing> {
         let key = (source.endpoint.name.clone(), topic.clone());
-        if let Some(r) = lock(&self.cache).get(&key) {
+        if let Some(r) = self.cache.lock().get(&key) {
             return r.clone();
         }
         let mut receivers = Vec::new();
@@ -162,7 +159,7 @@ impl Enforcer {
             receivers,
             violation,
         });
-        let mut cache = lock(&self.cache);
+        let mut cache = self.cache.lock();
         if cache.len() >= CACHE {
             cache.clear();
         }
@@ -192,11 +189,13 @@ impl Enforcer {
             return Ok(());
         };
         self.violations.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.by_rule)
+        *self
+            .by_rule
+            .lock()
             .entry(v.rule.id().to_owned())
             .or_default() += 1;
         {
-            let mut recent = lock(&self.recent);
+            let mut recent = self.recent.lock();
             if recent.len() >= RECENT {
                 recent.pop_front();
             }
@@ -222,7 +221,7 @@ impl Enforcer {
     /// Records that `source` published on `topic` (after the bus accepted it).
     fn observe(&self, source: &ComponentSpec, topic: &Topic) {
         let routing = self.routing(source, topic);
-        let mut observed = lock(&self.observed);
+        let mut observed = self.observed.lock();
         for to in &routing.receivers {
             if *to == source.endpoint.name {
                 continue;

@@ -3,9 +3,10 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::{self, Write as _};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use smol_str::SmolStr;
 use switchyard::{Bus, Envelope, Kind, MessageId, Outcome, SubscribeError, Subscription};
@@ -266,7 +267,7 @@ impl TraceRecorder {
         let handler = switchyard::handler_fn(move |env: Envelope| {
             let s = s.clone();
             async move {
-                let mut q = s.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = s.lock();
                 if q.len() >= cap {
                     q.pop_front();
                 }
@@ -287,7 +288,7 @@ impl TraceRecorder {
 
     /// Envelopes recorded now.
     pub fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.seen.lock().len()
     }
 
     /// True when nothing was recorded.
@@ -297,12 +298,7 @@ impl TraceRecorder {
 
     /// A copy of what was recorded, oldest first.
     pub fn envelopes(&self) -> Vec<Envelope> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.seen.lock().iter().cloned().collect()
     }
 
     /// The causal tree of one correlation id.

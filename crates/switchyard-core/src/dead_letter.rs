@@ -4,10 +4,10 @@
 //! browsing, replay and a file-backed queue.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
@@ -113,9 +113,8 @@ impl InMemoryDeadLetters {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<DeadLetter>> {
-        // A poisoned lock only means another thread panicked while pushing; the deque is intact.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, VecDeque<DeadLetter>> {
+        self.entries.lock()
     }
 
     /// A copy of every entry, oldest first.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures_core::Stream;
 
 use crate::envelope::Envelope;
 use crate::error::{CloseError, PublishError, SubscribeError, TransportError};

@@ -17,11 +17,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures_core::Stream;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use smol_str::SmolStr;
@@ -87,8 +89,8 @@ impl InMemoryHandoff {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
-        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Subscribers> {
+        self.topics.lock()
     }
 }
 
@@ -194,7 +196,7 @@ where
                         },
                         () = stop.stopped() => break,
                     };
-                    let parked_token = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&env.id);
+                    let parked_token = p.lock().remove(&env.id);
                     let token = match parked_token {
                         Some(token) => token,
                         None => match shared.start_run(Some(env.clone())).await {
@@ -258,13 +260,11 @@ where
                     }
                     let id = env.id;
                     // Park before publishing: the envelope may come back before publish returns.
-                    p.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, token);
+                    p.lock().insert(id, token);
                     if let Err(e) = handoff.publish(env).await {
                         let e = StageError::new(StageErrorKind::Unavailable, e.to_string());
                         publish_op.error(e.error_type());
-                        let token = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        let token = p.lock().remove(&id);
                         if let Some(token) = token {
                             token.fail(&n, &e);
                         }

@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use smol_str::SmolStr;
 use tokio::sync::Notify;
@@ -65,11 +66,6 @@ struct OpStats {
     error_types: BTreeMap<SmolStr, u64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means another thread panicked while counting; the numbers are intact.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -112,7 +108,7 @@ impl Monitor {
     /// The recorder for one stage and operation, created on first use. Keep it: recording through
     /// it touches only that operation's lock.
     pub fn op(&self, stage: &str, operation: &str) -> OpRecorder {
-        let mut ops = lock(&self.inner.ops);
+        let mut ops = self.inner.ops.lock();
         let cell = ops
             .entry((SmolStr::new(stage), SmolStr::new(operation)))
             .or_insert_with(|| {
@@ -197,7 +193,10 @@ impl Monitor {
 
     /// A copy of every number, with percentiles computed from the windows.
     pub fn snapshot(&self) -> MonitorSnapshot {
-        let cells: Vec<_> = lock(&self.inner.ops)
+        let cells: Vec<_> = self
+            .inner
+            .ops
+            .lock()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -231,7 +230,7 @@ impl OpRecorder {
     /// One successful call that took `took`.
     pub fn success(&self, took: Duration) {
         let n = nanos(took);
-        let mut s = lock(&self.cell.stats);
+        let mut s = self.cell.stats.lock();
         s.success += 1;
         s.total_nanos += u128::from(n);
         s.max_nanos = s.max_nanos.max(n);
@@ -243,7 +242,7 @@ impl OpRecorder {
 
     /// One failed call, counted under `error_type`. Failed calls do not enter the duration window.
     pub fn error(&self, error_type: &str) {
-        let mut s = lock(&self.cell.stats);
+        let mut s = self.cell.stats.lock();
         s.errors += 1;
         match s.error_types.get_mut(error_type) {
             Some(c) => *c += 1,
@@ -266,7 +265,7 @@ fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 impl OpCell {
     fn snapshot(&self, stage: &str, operation: &str) -> OpSnapshot {
         let (success, errors, total_nanos, max_nanos, mut sorted, error_types) = {
-            let s = lock(&self.stats);
+            let s = self.stats.lock();
             (
                 s.success,
                 s.errors,

@@ -14,11 +14,12 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures_util::FutureExt;
+use parking_lot::Mutex;
 use smol_str::SmolStr;
 use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, Topic};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};

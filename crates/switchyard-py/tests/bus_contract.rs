@@ -5,12 +5,10 @@ use std::time::Duration;
 use switchyard::{Bus, Envelope, Overflow, Topic, handler_fn};
 
 /// Dropping a publish that waits for room (a cancelled Python await would abort it) must not
-/// leave the message counted as pending. It does today: `SubShared::enqueue` counts it before
-/// `queue.push(..).await` and nothing takes the count back when the future is dropped, so
-/// `run_until_idle` never returns. The binding therefore never aborts a started publish or
-/// send (it detaches it); this test documents the bus defect for its owners.
+/// leave the message counted as pending, or `run_until_idle` would never return. The bus
+/// guarantees it: the message's pending count travels with its queue entry and is released
+/// when the publish future drops it.
 #[tokio::test]
-#[ignore = "bus defect: a dropped publish waiting for room leaks its pending count"]
 async fn a_dropped_publish_waiting_for_room_is_not_left_pending() {
     let bus = Bus::new();
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);

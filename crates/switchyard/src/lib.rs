@@ -27,31 +27,44 @@
 //! See the guides in `docs/` and ARCHITECTURE.md for how a message flows.
 #![forbid(unsafe_code)]
 
+mod batch;
+mod builder;
 mod bus;
 mod command;
+mod config;
+mod ctx;
+mod dispatch;
 mod handler;
 pub mod lifecycle;
+mod pending;
+mod publish;
+mod pump;
 mod queue;
+mod reply;
 #[cfg(feature = "middleware")]
 pub mod resilience;
 mod router;
+mod schedule;
 pub mod session;
+mod shutdown;
+mod state;
+mod stats;
 mod subscription;
 pub mod testkit;
 mod transport_link;
 
-pub use bus::{
-    BatchPublishError, BuildError, Bus, BusBuilder, HandlerFailure, HandlerWrap, MetricsSnapshot,
-    PublishHook, ShutdownReport, WaitReport,
-};
-pub use command::CommandResult;
-pub use handler::{BoxBatchHandler, BoxHandler, Ctx, IntoOutcome, boxed, handler_fn};
+pub use builder::{BuildError, BusBuilder};
+pub use bus::{Bus, MetricsSnapshot};
+pub use config::{Filter, OrderingKey, SubscriptionKind};
+pub use ctx::Ctx;
+pub use handler::{BoxBatchHandler, BoxHandler, IntoOutcome, boxed, handler_fn};
+pub use publish::{BatchPublishError, HandlerFailure, WaitReport};
 pub use queue::Overflow;
+pub use reply::CommandResult;
 pub use session::Session;
-pub use subscription::{
-    Filter, OrderingKey, Subscription, SubscriptionBuilder, SubscriptionInfo, SubscriptionKind,
-    SubscriptionStats,
-};
+pub use state::{HandlerWrap, PublishHook, ShutdownReport};
+pub use stats::{SubscriptionInfo, SubscriptionStats};
+pub use subscription::{Subscription, SubscriptionBuilder};
 pub use switchyard_core::*;
 /// The layers of `switchyard-middleware` (feature `middleware`).
 #[cfg(feature = "middleware")]

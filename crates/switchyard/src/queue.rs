@@ -9,15 +9,17 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use smol_str::SmolStr;
 use switchyard_core::{Delivery, Envelope, Priority};
 use tokio::sync::Notify;
 
-use crate::command::CommandReply;
+use crate::pending::Accepted;
+use crate::reply::CommandReply;
 
 /// What a full subscription queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,9 @@ pub(crate) struct Entry {
     /// after handling, or dropped unsettled (so redelivered) when it is not handled.
     /// Boxed: a delivery holds a whole envelope, and entries move through the queue.
     pub(crate) delivery: Option<Box<Delivery>>,
+    /// The message's place in the bus's pending count, from acceptance until it is settled
+    /// (or, never accepted, dropped with the entry).
+    pub(crate) accepted: Accepted,
     seq: u64,
 }
 
@@ -81,12 +86,14 @@ impl Entry {
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
         lane: Option<SmolStr>,
+        accepted: Accepted,
     ) -> Self {
         Self {
             env,
             reply,
             lane,
             delivery: None,
+            accepted,
             seq: 0,
         }
     }
@@ -485,9 +492,7 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while the lock is held (plain collection operations), so a poisoned
-        // lock still guards consistent data.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     fn wake(&self, wake: Wake) {
@@ -828,272 +833,4 @@ impl Taken {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use switchyard_core::Topic;
-
-    fn entry(p: Priority, lane: Option<&str>, tag: &str) -> Entry {
-        let env = Envelope::new(Topic::new("t").unwrap(), tag.to_owned()).with_priority(p);
-        Entry::new(Arc::new(env), None, lane.map(SmolStr::new))
-    }
-
-    fn tag(t: &Taken) -> String {
-        String::from_utf8(t.entry.env.payload.to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn priority_first_then_fifo() {
-        let q = Queue::new(10, Overflow::RejectNew, 1);
-        for (p, t) in [
-            (Priority::LOW, "l"),
-            (Priority::NORMAL, "n1"),
-            (Priority::HIGH, "h"),
-            (Priority::NORMAL, "n2"),
-        ] {
-            assert!(q.try_push(entry(p, None, t)).is_ok());
-        }
-        let mut got = vec![];
-        for _ in 0..4 {
-            let t = q.pop(0).await.unwrap();
-            got.push(tag(&t));
-            q.complete(0, t.seq(), None);
-        }
-        assert_eq!(got, ["h", "n1", "n2", "l"]);
-    }
-
-    #[tokio::test]
-    async fn busy_lane_is_skipped_until_completed() {
-        let q = Queue::new(10, Overflow::RejectNew, 1);
-        assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k1")).is_ok());
-        assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "k2")).is_ok());
-        assert!(q.try_push(entry(Priority::NORMAL, None, "free")).is_ok());
-        let a = q.pop(0).await.unwrap();
-        assert_eq!(tag(&a), "k1");
-        let b = q.pop(0).await.unwrap();
-        assert_eq!(tag(&b), "free", "k2 must wait while k1 is in flight");
-        q.complete(0, a.seq(), a.entry.lane.as_ref());
-        let c = q.pop(0).await.unwrap();
-        assert_eq!(tag(&c), "k2");
-    }
-
-    #[tokio::test]
-    async fn within_one_key_publish_order_beats_priority() {
-        let q = Queue::new(10, Overflow::RejectNew, 1);
-        assert!(
-            q.try_push(entry(Priority::NORMAL, Some("k"), "first"))
-                .is_ok()
-        );
-        assert!(
-            q.try_push(entry(Priority::HIGH, Some("k"), "second"))
-                .is_ok()
-        );
-        assert!(q.try_push(entry(Priority::LOW, None, "free")).is_ok());
-        let a = q.pop(0).await.unwrap();
-        assert_eq!(tag(&a), "first");
-        q.complete(0, a.seq(), a.entry.lane.as_ref());
-        let b = q.pop(0).await.unwrap();
-        assert_eq!(
-            tag(&b),
-            "second",
-            "the HIGH message of key k waits for its predecessor"
-        );
-    }
-
-    #[tokio::test]
-    async fn drop_oldest_evicts_by_age_not_priority() {
-        let q = Queue::new(2, Overflow::DropOldest, 1);
-        assert!(q.try_push(entry(Priority::HIGH, Some("a"), "old")).is_ok());
-        assert!(q.try_push(entry(Priority::LOW, None, "mid")).is_ok());
-        match q.try_push(entry(Priority::NORMAL, None, "new")) {
-            Ok(Pushed::Evicted(e)) => assert_eq!(e.env.payload, "old"),
-            _ => panic!("expected an eviction"),
-        }
-        assert_eq!(q.len(), 2);
-    }
-
-    fn taken(p: Popped) -> Taken {
-        match p {
-            Popped::Taken(t) => t,
-            Popped::Empty => panic!("expected a message, got none"),
-            Popped::Closed => panic!("expected a message, queue closed"),
-        }
-    }
-
-    #[tokio::test]
-    async fn complete_and_pop_honours_priority_and_lanes() {
-        let q = Queue::new(10, Overflow::RejectNew, 2);
-        for (p, lane, t) in [
-            (Priority::NORMAL, Some("k"), "k1"),
-            (Priority::NORMAL, Some("k"), "k2"),
-            (Priority::LOW, None, "low"),
-            (Priority::HIGH, None, "high"),
-        ] {
-            assert!(q.try_push(entry(p, lane, t)).is_ok());
-        }
-        // Worker 0 takes the best message; worker 1 holds lane k meanwhile.
-        let a = q.pop(0).await.unwrap();
-        assert_eq!(tag(&a), "high");
-        let b = q.pop(1).await.unwrap();
-        assert_eq!(tag(&b), "k1");
-        assert_eq!(q.in_flight(), 2);
-        // k2 waits for its lane: worker 0 gets the low message instead.
-        let c = taken(q.complete_and_pop(0, a.seq(), None));
-        assert_eq!(tag(&c), "low");
-        // Nothing else is free while lane k is held.
-        assert!(matches!(
-            q.complete_and_pop(0, c.seq(), None),
-            Popped::Empty
-        ));
-        // Freeing the lane hands its next message to the worker that freed it.
-        let d = taken(q.complete_and_pop(1, b.seq(), b.entry.lane.as_ref()));
-        assert_eq!(tag(&d), "k2");
-        assert_eq!(q.in_flight(), 1);
-        q.close();
-        assert!(matches!(
-            q.complete_and_pop(1, d.seq(), d.entry.lane.as_ref()),
-            Popped::Closed
-        ));
-        assert_eq!(q.in_flight(), 0);
-        assert_eq!(q.len(), 0);
-    }
-
-    #[tokio::test]
-    async fn in_flight_slots_report_every_worker_oldest_first() {
-        let q = Queue::new(10, Overflow::RejectNew, 3);
-        for t in ["a", "b", "c", "d"] {
-            assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
-        }
-        // Worker 2 holds two (as a batch worker does), worker 0 one.
-        let first = q.pop(2).await.unwrap();
-        let second = q.pop(0).await.unwrap();
-        let third = q.pop(2).await.unwrap();
-        let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
-        assert_eq!(
-            ids,
-            [first.entry.env.id, second.entry.env.id, third.entry.env.id]
-        );
-        q.complete(2, first.seq(), None);
-        let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
-        assert_eq!(ids, [second.entry.env.id, third.entry.env.id]);
-        assert_eq!(q.len(), 1);
-    }
-
-    #[tokio::test]
-    async fn an_idle_worker_is_woken_by_a_push_and_a_blocked_publisher_by_a_pop() {
-        let q = Arc::new(Queue::new(
-            1,
-            Overflow::Block {
-                timeout: Duration::from_secs(3600),
-            },
-            1,
-        ));
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { q.pop(0).await.map(|t| tag(&t)) }
-        });
-        // Wait until the worker has registered as idle, then push.
-        while q.idle_workers.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(q.try_push(entry(Priority::NORMAL, None, "one")).is_ok());
-        assert_eq!(waiting.await.unwrap().as_deref(), Some("one"));
-        // Full: a publisher waits for room until a pop makes some.
-        assert!(q.try_push(entry(Priority::NORMAL, None, "two")).is_ok());
-        let blocked = tokio::spawn({
-            let q = q.clone();
-            async move { q.push(entry(Priority::NORMAL, None, "three")).await.is_ok() }
-        });
-        while q.blocked_pushers.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let two = q.pop(0).await.unwrap();
-        assert_eq!(tag(&two), "two");
-        assert!(blocked.await.unwrap());
-        assert_eq!(q.len(), 1);
-        assert_eq!(q.idle_workers.load(Ordering::SeqCst), 0);
-        assert_eq!(q.blocked_pushers.load(Ordering::SeqCst), 0);
-    }
-
-    #[tokio::test]
-    async fn spent_envelopes_are_bounded_trimmed_when_idle_and_small_only() {
-        let q = Arc::new(Queue::new(1000, Overflow::RejectNew, 1));
-        for i in 0..300 {
-            assert!(
-                q.try_push(entry(Priority::NORMAL, None, &i.to_string()))
-                    .is_ok()
-            );
-        }
-        let big = Envelope::new(Topic::new("t").unwrap(), vec![0u8; SPENT_MAX_PAYLOAD + 1]);
-        assert!(q.try_push(Entry::new(Arc::new(big), None, None)).is_ok());
-        let mut last = q.pop(0).await.unwrap();
-        loop {
-            let next = q.complete_and_pop(0, last.seq(), None);
-            match next {
-                Popped::Taken(t) => last = t,
-                _ => panic!("expected a message"),
-            }
-            if q.len() == 0 {
-                break;
-            }
-        }
-        assert_eq!(q.lock().spent.len(), SPENT_MAX, "bounded");
-        // The large one is freed at once, not kept.
-        assert!(matches!(
-            q.complete_and_pop(0, last.seq(), None),
-            Popped::Empty
-        ));
-        assert_eq!(q.lock().spent.len(), SPENT_MAX);
-        assert!(
-            q.lock()
-                .spent
-                .iter()
-                .all(|e| e.payload.len() <= SPENT_MAX_PAYLOAD)
-        );
-        // A push drops one (on the pusher's thread).
-        assert!(q.try_push(entry(Priority::NORMAL, None, "x")).is_ok());
-        assert_eq!(q.lock().spent.len(), SPENT_MAX - 1);
-        let x = q.pop(0).await.unwrap();
-        q.complete(0, x.seq(), None);
-        // A worker about to wait trims what is kept.
-        let waiting = tokio::spawn({
-            let q = q.clone();
-            async move { q.pop_waiting(0).await.map(|t| tag(&t)) }
-        });
-        while q.lock().spent.len() > SPENT_IDLE {
-            tokio::task::yield_now().await;
-        }
-        assert!(q.try_push(entry(Priority::NORMAL, None, "y")).is_ok());
-        assert_eq!(waiting.await.unwrap().as_deref(), Some("y"));
-    }
-
-    #[tokio::test]
-    async fn try_push_now_hands_back_what_the_policy_would_make_wait() {
-        let n = || entry(Priority::NORMAL, None, "m");
-        let adaptive = Overflow::Adaptive {
-            max_delay: Duration::from_millis(5),
-            timeout: Duration::from_secs(1),
-        };
-        // Adaptive: at most half full goes in at once, above that the publisher is slowed.
-        let q = Queue::new(4, adaptive, 1);
-        for _ in 0..3 {
-            // pushed while at most half (2 of 4) is in use
-            assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
-        }
-        assert!(q.try_push_now(n()).is_err(), "above half: slow path");
-        assert_eq!(q.len(), 3);
-        // Block: in at once until full, then the publisher waits.
-        let q = Queue::new(1, Overflow::default(), 1);
-        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
-        assert!(q.try_push_now(n()).is_err());
-        // RejectNew and DropOldest settle at once.
-        let q = Queue::new(1, Overflow::RejectNew, 1);
-        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
-        assert!(matches!(q.try_push_now(n()), Ok(Err(PushError::Full(_)))));
-        let q = Queue::new(1, Overflow::DropOldest, 1);
-        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Queued))));
-        assert!(matches!(q.try_push_now(n()), Ok(Ok(Pushed::Evicted(_)))));
-        // Closed is an answer, not a wait.
-        q.close();
-        assert!(matches!(q.try_push_now(n()), Ok(Err(PushError::Closed(_)))));
-    }
-}
+mod tests;

@@ -10,14 +10,16 @@ use switchyard_middleware::metrics::record;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tower::Layer;
 
-use crate::bus::{BuildError, Bus, BusBuilder, BusInner, ResilienceWrap, ResolvedResilience};
+use crate::builder::{BuildError, BusBuilder, ResolvedResilience};
+use crate::bus::Bus;
 use crate::handler::{BoxHandler, boxed};
+use crate::state::{BusInner, ResilienceWrap};
 
 /// Where the default file dead-letter queue lives, under the bus's data directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
 
 /// Makes the resilience config of one handler; see [`BusBuilder::with_resilience`].
-pub(crate) type ResilienceFactory = Arc<dyn Fn() -> ResilienceConfig + Send + Sync>;
+type ResilienceFactory = Arc<dyn Fn() -> ResilienceConfig + Send + Sync>;
 
 impl BusBuilder {
     /// The default resilience stack on every subscription and command handler:
@@ -51,14 +53,17 @@ impl BusBuilder {
     where
         F: Fn() -> ResilienceConfig + Send + Sync + 'static,
     {
-        self.resilience = Some(Arc::new(config));
+        let factory: ResilienceFactory = Arc::new(config);
+        self.resilience = Some(Arc::new(move |data_dir, no_sink_given, slot| {
+            resolve(&factory, data_dir, no_sink_given, slot)
+        }));
         self
     }
 }
 
 /// Resolves the resilience settings at build: the default attempts, the file dead-letter
 /// queue (opened only when `data_dir` is set and no sink was given), and the wrap.
-pub(crate) fn resolve(
+fn resolve(
     factory: &ResilienceFactory,
     data_dir: Option<&Path>,
     no_sink_given: bool,

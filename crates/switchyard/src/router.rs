@@ -5,9 +5,10 @@
 //! are never served.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smol_str::SmolStr;
 use switchyard_core::{Pattern, Topic};
 
@@ -177,13 +178,11 @@ pub(crate) struct Router<T> {
 }
 
 fn read<X>(l: &RwLock<X>) -> RwLockReadGuard<'_, X> {
-    // Poisoning means a panic while holding the lock; the router's structures are updated
-    // with non-panicking operations, so the data is still consistent.
-    l.read().unwrap_or_else(|p| p.into_inner())
+    l.read()
 }
 
 fn write<X>(l: &RwLock<X>) -> RwLockWriteGuard<'_, X> {
-    l.write().unwrap_or_else(|p| p.into_inner())
+    l.write()
 }
 
 impl<T: Clone> Router<T> {

@@ -9,18 +9,19 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Command, Envelope, Message, PublishError, SendError};
 
 use crate::bus::Bus;
-use crate::handler::{BoxHandler, Ctx, IntoOutcome};
-use crate::subscription::{SubShared, SubscriptionBuilder};
+use crate::ctx::Ctx;
+use crate::handler::{BoxHandler, IntoOutcome};
+use crate::state::SessionSubs;
+use crate::subscription::SubscriptionBuilder;
 
-/// Header carrying the session a message belongs to.
-pub const SESSION_HEADER: &str = "session-id";
+pub use crate::config::SESSION_HEADER;
 
 /// Published when a session starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,20 +43,6 @@ pub struct SessionEnded {
 }
 impl Message for SessionEnded {
     const TOPIC: &'static str = "switchyard.session.ended";
-}
-
-/// The subscriptions a session owns; shared with the builders it hands out.
-#[derive(Default)]
-pub(crate) struct SessionSubs(Mutex<Vec<Arc<SubShared>>>);
-
-impl SessionSubs {
-    pub(crate) fn push(&self, sub: Arc<SubShared>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(sub);
-    }
-
-    fn take(&self) -> Vec<Arc<SubShared>> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
-    }
 }
 
 /// A scope of handlers; see the [module docs](self).
@@ -212,5 +199,14 @@ impl Drop for Session {
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
+impl Bus {
+    /// Starts a session: publishes `switchyard.session.started` and returns its guard.
+    /// See [`Session`].
+    pub async fn session(&self, id: impl Into<SmolStr>) -> Result<Session, PublishError> {
+        self.check_running()?;
+        Session::start(self.clone(), id.into()).await
     }
 }

@@ -6,9 +6,10 @@
 //!   is settled.
 //! - [`Recorder`]: a subscription that records what it receives and lets a test wait for it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchyard_core::{Envelope, Outcome, SubscribeError};
 use tokio::sync::Notify;
 
@@ -66,7 +67,7 @@ impl Recorder {
         let handler = handler_fn(move |env: Envelope| {
             let (s, n) = (s.clone(), n.clone());
             async move {
-                s.lock().unwrap_or_else(|p| p.into_inner()).push(env);
+                s.lock().push(env);
                 n.notify_waiters();
                 Ok::<_, std::convert::Infallible>(Outcome::Ack)
             }
@@ -85,7 +86,7 @@ impl Recorder {
 
     /// Everything recorded so far.
     pub fn envelopes(&self) -> Vec<Envelope> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.seen.lock().clone()
     }
 
     /// Waits until at least `n` envelopes were recorded, at most `timeout`.

@@ -9,8 +9,8 @@
 //! settled, so the transport redelivers it. Commands and requests stay in process: they need
 //! a live handler to answer.
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use switchyard_core::{
     BoxFuture, Capabilities, CloseError, Delivery, Envelope, Pattern, PublishError, Publisher,
     SubscribeError, Subscriber,

@@ -4,18 +4,19 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read as _, Write as _};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::{Bus, Message, PublishError};
 
+use super::SYSTEM_DOMAIN;
 use super::health::{HealthChecker, HealthStatus};
 use super::performance::Anomaly;
 use super::resource::ResourceBreach;
-use super::{SYSTEM_DOMAIN, lock};
 use crate::component::{ComponentBuilder, ComponentCtx};
 use crate::context::{Completion, RequestState, StatusUpdate, unix_ms};
 use crate::role::Role;
@@ -202,7 +203,7 @@ impl AlertManager {
 
     /// Counters.
     pub fn stats(&self) -> AlertStats {
-        let mut s = lock(&self.state).stats;
+        let mut s = self.state.lock().stats;
         s.webhook_ok = self.webhook_ok.load(Ordering::Relaxed);
         s.webhook_failed = self.webhook_failed.load(Ordering::Relaxed);
         s
@@ -210,17 +211,17 @@ impl AlertManager {
 
     /// Active alerts, sorted by rule and subject.
     pub fn active(&self) -> Vec<Alert> {
-        lock(&self.state).active.values().cloned().collect()
+        self.state.lock().active.values().cloned().collect()
     }
 
     /// Every alert raised (the last 1000), oldest first, with its count and state as raised.
     pub fn history(&self) -> Vec<Alert> {
-        lock(&self.state).history.iter().cloned().collect()
+        self.state.lock().history.iter().cloned().collect()
     }
 
     fn fire(&self, rule: &AlertRule, subject: &str, message: String) -> Fired {
         let now = unix_ms(SystemTime::now());
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let key = (rule.name.clone(), subject.to_owned());
         if let Some(a) = st.active.get_mut(&key) {
             a.count += 1;
@@ -249,7 +250,7 @@ impl AlertManager {
     }
 
     fn clear(&self, rule: &AlertRule, subject: &str) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         if st
             .active
             .remove(&(rule.name.clone(), subject.to_owned()))
@@ -330,7 +331,7 @@ impl AlertManager {
                 continue;
             };
             let ratio = {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 let q = st.outcomes.entry(u.domain.clone()).or_default();
                 if q.len() >= window.max(1) {
                     q.pop_front();
@@ -366,7 +367,7 @@ impl AlertManager {
                 continue;
             };
             let p99 = {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 let q = st.latencies.entry(done.component.clone()).or_default();
                 if q.len() >= window.max(1) {
                     q.pop_front();

@@ -2,14 +2,15 @@
 //! domain's manager to retry, and dead-letters the flow when attempts run out.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::{DeadLetter, DeadLetterReason, DeadLetterSink, Message, MessageId};
 
-use super::{SYSTEM_DOMAIN, lock};
+use super::SYSTEM_DOMAIN;
 use crate::component::{ComponentBuilder, ComponentCtx};
 use crate::context::{Completion, ErrorReport};
 use crate::role::{Role, exhausted_topic, retry_topic};
@@ -186,7 +187,7 @@ impl ErrorHandler {
 
     /// Counters.
     pub fn stats(&self) -> ErrorHandlerStats {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let mut s = st.stats;
         s.tracked = st.attempts.len();
         s
@@ -194,12 +195,12 @@ impl ErrorHandler {
 
     /// The last error reports received (at most 1000), oldest first.
     pub fn history(&self) -> Vec<ErrorReport> {
-        lock(&self.state).history.iter().cloned().collect()
+        self.state.lock().history.iter().cloned().collect()
     }
 
     /// Attempts made so far for one flow in one domain.
     pub fn attempts(&self, correlation_id: MessageId, domain: &str) -> u32 {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let key = (correlation_id, SmolStr::new(domain));
         st.attempts
             .get(&key)
@@ -224,7 +225,7 @@ impl ErrorHandler {
                 async move {
                     if done.is_ok() {
                         let key = (done.correlation_id, done.domain.clone());
-                        lock(&me.state).attempts.remove(&key);
+                        me.state.lock().attempts.remove(&key);
                     }
                     Ok::<_, std::convert::Infallible>(())
                 }
@@ -243,7 +244,7 @@ impl ErrorHandler {
         }
         let key = (report.correlation_id, report.domain.clone());
         let decision = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.lock();
             st.stats.errors += 1;
             if st.history.len() >= MAX_HISTORY {
                 st.history.pop_front();

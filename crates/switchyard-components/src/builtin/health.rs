@@ -1,15 +1,16 @@
 //! The health checker: signs of life (heartbeats, status updates) and errors per component.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::Message;
 use tokio::time::Instant;
 
-use super::{SYSTEM_DOMAIN, lock};
+use super::SYSTEM_DOMAIN;
 use crate::component::ComponentBuilder;
 use crate::context::{ErrorReport, StatusUpdate};
 use crate::role::Role;
@@ -101,7 +102,7 @@ impl HealthChecker {
     }
 
     fn touch(&self, component: &SmolStr, f: impl FnOnce(&mut Seen)) {
-        let mut seen = lock(&self.seen);
+        let mut seen = self.seen.lock();
         let s = seen.entry(component.clone()).or_insert_with(|| Seen {
             last: Instant::now(),
             heartbeats: 0,
@@ -150,7 +151,8 @@ impl HealthChecker {
     /// Health of every component seen, sorted by name.
     pub fn report(&self) -> Vec<ComponentHealth> {
         let now = Instant::now();
-        lock(&self.seen)
+        self.seen
+            .lock()
             .iter()
             .map(|(name, s)| {
                 let idle = now.saturating_duration_since(s.last);

@@ -29,8 +29,3 @@ pub use state_tracker::{StateTracker, TrackedRequest};
 
 /// The domain of the built-in components.
 pub const SYSTEM_DOMAIN: &str = "system";
-
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock means a panic elsewhere while holding it; the state stays usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}

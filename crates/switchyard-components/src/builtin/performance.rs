@@ -2,14 +2,15 @@
 //! values that leave their band.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::Message;
 use tokio::time::Instant;
 
-use super::{SYSTEM_DOMAIN, lock};
+use super::SYSTEM_DOMAIN;
 use crate::component::ComponentBuilder;
 use crate::context::Completion;
 use crate::role::Role;
@@ -146,7 +147,7 @@ impl PerformanceTracker {
 
     /// Adds one latency sample; returns the anomaly if it left the band.
     pub fn observe(&self, component: &str, action: &str, latency_ms: f64) -> Option<Anomaly> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         let now = Instant::now();
         let key = (SmolStr::new(component), SmolStr::new(action));
         match st.rates.get_mut(&key) {
@@ -187,7 +188,8 @@ impl PerformanceTracker {
 
     /// The baseline of one (component, action).
     pub fn baseline(&self, component: &str, action: &str) -> Option<Baseline> {
-        lock(&self.state)
+        self.state
+            .lock()
             .baselines
             .get(&(SmolStr::new(component), SmolStr::new(action)))
             .copied()
@@ -195,7 +197,8 @@ impl PerformanceTracker {
 
     /// The rate baseline (completions per second) of one (component, action).
     pub fn rate(&self, component: &str, action: &str) -> Option<Baseline> {
-        lock(&self.state)
+        self.state
+            .lock()
             .rates
             .get(&(SmolStr::new(component), SmolStr::new(action)))
             .map(|(_, b)| *b)
@@ -203,7 +206,8 @@ impl PerformanceTracker {
 
     /// Every baseline, sorted.
     pub fn baselines(&self) -> Vec<((SmolStr, SmolStr), Baseline)> {
-        lock(&self.state)
+        self.state
+            .lock()
             .baselines
             .iter()
             .map(|(k, v)| (k.clone(), *v))
@@ -212,7 +216,7 @@ impl PerformanceTracker {
 
     /// Anomalies flagged (the last 1000).
     pub fn anomalies(&self) -> Vec<Anomaly> {
-        lock(&self.state).anomalies.iter().cloned().collect()
+        self.state.lock().anomalies.iter().cloned().collect()
     }
 
     /// The component to add to an assembly (subscribes to every result phase; publishes

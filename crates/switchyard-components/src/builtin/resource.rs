@@ -5,15 +5,16 @@
 //! is on; where it cannot see the process or its open files, or when the feature is off,
 //! sampling returns [`ResourceError::Unsupported`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use switchyard::{Message, PublishError};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{SYSTEM_DOMAIN, lock};
+use super::SYSTEM_DOMAIN;
 use crate::component::ComponentBuilder;
 use crate::enforce::ComponentBus;
 use crate::role::Role;
@@ -114,7 +115,7 @@ impl ResourceMonitor {
         let (cpu_seconds, rss_bytes, open_files) = self.read_process()?;
         let now = Instant::now();
         let cpu_percent = {
-            let mut last = lock(&self.last);
+            let mut last = self.last.lock();
             let pct = last.and_then(|(t, c)| {
                 let dt = now.saturating_duration_since(t).as_secs_f64();
                 (dt > 0.0).then(|| (cpu_seconds - c) / dt * 100.0)
@@ -134,7 +135,7 @@ impl ResourceMonitor {
     fn read_process(&self) -> Result<(f64, u64, u64), ResourceError> {
         use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate};
         let pid = Pid::from_u32(std::process::id());
-        let mut system = lock(&self.system);
+        let mut system = self.system.lock();
         let kind = ProcessRefreshKind::nothing().with_cpu().with_memory();
         system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), true, kind);
         let process = system

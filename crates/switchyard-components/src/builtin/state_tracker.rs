@@ -1,12 +1,13 @@
 //! The state tracker: the current state of every active request, from status updates.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use smol_str::SmolStr;
 
-use super::{SYSTEM_DOMAIN, lock};
+use super::SYSTEM_DOMAIN;
 use crate::component::ComponentBuilder;
 use crate::context::{RequestId, RequestState, StatusUpdate};
 use crate::role::Role;
@@ -79,7 +80,7 @@ impl StateTracker {
 
     /// Applies one update (what the subscription does).
     pub fn apply(&self, u: StatusUpdate) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.lock();
         st.updates += 1;
         let id = u.request_id;
         let anomaly = match (st.active.get(&id), u.from) {
@@ -128,7 +129,7 @@ impl StateTracker {
 
     /// The current state of one request (active or recently ended).
     pub fn get(&self, id: RequestId) -> Option<TrackedRequest> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         st.active.get(&id).cloned().or_else(|| {
             st.ended
                 .iter()
@@ -140,17 +141,17 @@ impl StateTracker {
 
     /// Every active request.
     pub fn active(&self) -> Vec<TrackedRequest> {
-        lock(&self.state).active.values().cloned().collect()
+        self.state.lock().active.values().cloned().collect()
     }
 
     /// Recently ended requests, oldest first.
     pub fn ended(&self) -> Vec<TrackedRequest> {
-        lock(&self.state).ended.iter().cloned().collect()
+        self.state.lock().ended.iter().cloned().collect()
     }
 
     /// Requests (active or ended) of one component.
     pub fn of_component(&self, component: &str) -> Vec<TrackedRequest> {
-        let st = lock(&self.state);
+        let st = self.state.lock();
         let c = SmolStr::new(component);
         st.active
             .values()
@@ -162,11 +163,11 @@ impl StateTracker {
 
     /// Updates that did not follow the state machine (should be empty).
     pub fn anomalies(&self) -> Vec<String> {
-        lock(&self.state).anomalies.clone()
+        self.state.lock().anomalies.clone()
     }
 
     /// Status updates received.
     pub fn updates(&self) -> u64 {
-        lock(&self.state).updates
+        self.state.lock().updates
     }
 }

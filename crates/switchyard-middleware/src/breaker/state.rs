@@ -1,10 +1,11 @@
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use tokio::time::Instant;
@@ -178,11 +179,6 @@ impl fmt::Debug for Shared {
     }
 }
 
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks (observers run outside them); recover anyway.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Shared {
     pub(crate) fn new(name: SmolStr, config: BreakerConfig) -> Self {
         let bucket_nanos =
@@ -289,7 +285,7 @@ impl Shared {
             return Admission::Normal(mirror >> 2);
         }
         let now = Instant::now();
-        let mut inner = relock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.state == BreakerState::Open {
             match inner.open_until {
                 Some(until) if now < until => {
@@ -317,7 +313,7 @@ impl Shared {
 
     /// Gives back a trial slot that was reserved but never used.
     pub(crate) fn release_trial(&self, generation: u64) {
-        let mut inner = relock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.generation == generation && inner.state == BreakerState::HalfOpen {
             inner.trials_admitted = inner.trials_admitted.saturating_sub(1);
             wake_all(&mut inner);
@@ -344,7 +340,7 @@ impl Shared {
             return;
         }
         let now = Instant::now();
-        let mut inner = relock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.generation != generation {
             // Admitted before the last state change: its result says nothing about now.
             return;
@@ -392,7 +388,7 @@ impl Shared {
 
     pub(crate) fn force(&self, to: BreakerState) {
         let now = Instant::now();
-        let mut inner = relock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.state != to {
             self.transition(&mut inner, to, now);
         }
@@ -402,7 +398,7 @@ impl Shared {
 
     pub(crate) fn snapshot(&self) -> BreakerSnapshot {
         let now = Instant::now();
-        let mut inner = relock(&self.inner);
+        let mut inner = self.inner.lock();
         let (calls, failures) = self.totals(&mut inner, now);
         BreakerSnapshot {
             handler: self.name.clone(),
@@ -447,7 +443,7 @@ impl Shared {
         ::tracing::info!(handler = %self.name, %from, %to, failures, calls, "circuit breaker changed state");
         wake_all(inner);
         if self.config.observer.is_some() {
-            relock(&self.pending_events).push_back(BreakerEvent {
+            self.pending_events.lock().push_back(BreakerEvent {
                 handler: self.name.clone(),
                 from,
                 to,
@@ -465,18 +461,18 @@ impl Shared {
             return;
         };
         loop {
-            let Ok(guard) = self.dispatch.try_lock() else {
+            let Some(guard) = self.dispatch.try_lock() else {
                 return;
             };
             loop {
-                let next = relock(&self.pending_events).pop_front();
+                let next = self.pending_events.lock().pop_front();
                 match next {
                     Some(ev) => observer(&ev),
                     None => break,
                 }
             }
             drop(guard);
-            if relock(&self.pending_events).is_empty() {
+            if self.pending_events.lock().is_empty() {
                 return;
             }
         }

@@ -2,8 +2,8 @@ use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
-use futures::FutureExt;
-use futures::future::{self, CatchUnwind, Either, Map, Ready};
+use futures_util::FutureExt;
+use futures_util::future::{self, CatchUnwind, Either, Map, Ready};
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::Service;
 

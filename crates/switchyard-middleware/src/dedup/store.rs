@@ -1,9 +1,10 @@
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use smol_str::SmolStr;
 use switchyard_core::MessageId;
 use tokio::sync::Notify;
@@ -93,7 +94,7 @@ impl Store {
     }
 
     fn lock(&self) -> MutexGuard<'_, Keys> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+        self.keys.lock()
     }
 
     /// Drops expired keys from the front of the insertion order (one lookup when nothing

@@ -1,6 +1,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
+use parking_lot::{Mutex, MutexGuard};
 use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
 
 use super::index::Index;
@@ -24,7 +24,7 @@ impl InMemoryDeadLetterQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        self.index.lock()
     }
 
     /// Entries ever received (replacements and evicted ones included).

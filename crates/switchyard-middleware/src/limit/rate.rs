@@ -1,10 +1,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tokio::time::{Instant, Sleep, sleep_until};
 use tower::{Layer, Service};
@@ -119,10 +120,7 @@ impl<S: Clone> Clone for RateLimit<S> {
 impl<S> Drop for RateLimit<S> {
     fn drop(&mut self) {
         if self.holds_token {
-            self.bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .give_back();
+            self.bucket.lock().give_back();
         }
     }
 }
@@ -138,11 +136,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         while !self.holds_token {
             let now = Instant::now();
-            let taken = self
-                .bucket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(now);
+            let taken = self.bucket.lock().take(now);
             match taken {
                 Ok(()) => {
                     self.holds_token = true;

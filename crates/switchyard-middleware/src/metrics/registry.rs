@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Count, sum and maximum of a set of durations, in seconds.
@@ -271,7 +272,7 @@ impl MetricsRegistry {
     }
 
     pub(crate) fn counters(&self, topic: &str, handler: &str) -> Arc<Counters> {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = self.rows.lock();
         rows.entry((topic.to_owned(), handler.to_owned()))
             .or_default()
             .clone()
@@ -279,7 +280,7 @@ impl MetricsRegistry {
 
     /// The counts now.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = self.rows.lock();
         MetricsSnapshot {
             taken_at: SystemTime::now(),
             handlers: rows

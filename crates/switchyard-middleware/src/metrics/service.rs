@@ -2,11 +2,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use ::metrics::{Counter, Gauge, Histogram, Label};
+use parking_lot::RwLock;
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tokio::time::Instant;
@@ -85,15 +86,10 @@ impl Shared {
     }
 
     fn handles(&self, topic: &str) -> Arc<TopicHandles> {
-        if let Some(h) = self
-            .topics
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(topic)
-        {
+        if let Some(h) = self.topics.read().get(topic) {
             return h.clone();
         }
-        let mut topics = self.topics.write().unwrap_or_else(|p| p.into_inner());
+        let mut topics = self.topics.write();
         topics
             .entry(SmolStr::new(topic))
             .or_insert_with(|| {

@@ -1,8 +1,9 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};

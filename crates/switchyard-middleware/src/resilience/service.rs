@@ -14,10 +14,11 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use quanta::Instant;
 use smol_str::SmolStr;
@@ -52,7 +53,7 @@ pub(crate) struct Core<S> {
 
 impl<S: Clone> Core<S> {
     fn fresh(&self) -> S {
-        self.proto.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.proto.lock().clone()
     }
 }
 

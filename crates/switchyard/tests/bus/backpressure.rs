@@ -199,3 +199,38 @@ async fn full_subscription_does_not_stop_delivery_to_others() {
     assert_eq!(fast.wait_for(3, WAIT).await.unwrap().len(), 3);
     gate.add_permits(10);
 }
+
+/// A publish whose future is dropped while it waits for room (a caller's timeout, a
+/// `select!` that took another branch) was never accepted: it must not stay counted as
+/// pending, or `run_until_idle` would wait for a message nobody will ever handle.
+#[tokio::test]
+async fn a_publish_dropped_while_waiting_for_room_is_not_left_pending() {
+    let bus = Bus::new();
+    let (sub, gate, mut started) = gated(
+        &bus,
+        1,
+        Overflow::Block {
+            timeout: Duration::from_secs(3600),
+        },
+    )
+    .await;
+    occupy_worker(&bus, &mut started).await;
+    bus.publish(Ping { n: 1 }).await.unwrap(); // fills the queue
+    let blocked = bus.publish(Ping { n: 2 });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), blocked)
+            .await
+            .is_err(),
+        "the third publish waits for room, and is dropped while it does"
+    );
+    assert_eq!(
+        bus.pending(),
+        2,
+        "only the two accepted messages are pending"
+    );
+    gate.add_permits(10);
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .expect("run_until_idle returns once the two accepted messages are handled");
+    assert_eq!(sub.stats().acked, 2);
+}

@@ -1,0 +1,325 @@
+//! [`BusBuilder`]: every setting of a bus, resolved together in `build`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use switchyard_core::{
+    DeadLetterSink, Envelope, InMemoryDeadLetters, PublishError, Publisher, Subscriber,
+};
+
+use crate::bus::Bus;
+use crate::handler::BoxHandler;
+use crate::queue::Overflow;
+use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
+use crate::state::{BusInner, HandlerWrap, PublishHook, RUNNING, ResilienceWrap};
+use crate::transport_link::ErasedTransport;
+
+/// Configures a [`Bus`]. Every setting has a default, listed on its method. Settings are
+/// resolved in [`build`](Self::build), so the order of the calls does not matter (a later call
+/// of the same method replaces an earlier one).
+///
+/// ```
+/// use std::time::Duration;
+/// use switchyard::{Bus, Overflow};
+/// let bus = Bus::builder()
+///     .queue_capacity(1024)
+///     .overflow(Overflow::Block { timeout: Duration::from_secs(1) })
+///     .workers(4)
+///     .build()?;
+/// # let _ = bus;
+/// # Ok::<(), switchyard::BuildError>(())
+/// ```
+#[must_use]
+pub struct BusBuilder {
+    capacity: usize,
+    overflow: Overflow,
+    workers: usize,
+    /// Set by [`max_attempts`](Self::max_attempts); `None`: the default (3, or the retry
+    /// policy's attempts under resilience).
+    max_attempts: Option<u32>,
+    retry_delay: Duration,
+    cache_capacity: usize,
+    dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    lifecycle_events: bool,
+    transport: Option<Arc<dyn ErasedTransport>>,
+    hooks: Vec<PublishHook>,
+    wrap: Option<HandlerWrap>,
+    data_dir: Option<std::path::PathBuf>,
+    /// Set by `with_resilience` (feature `middleware`): resolved in `build`.
+    pub(crate) resilience: Option<ResilienceResolver>,
+}
+
+/// The default of [`BusBuilder::max_attempts`] without resilience.
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// Resolves the resilience settings at build: (data dir, whether no dead-letter sink was
+/// given, the slot the bus will be in) → what they amount to. Made by `with_resilience`.
+pub(crate) type ResilienceResolver = Arc<
+    dyn Fn(
+            Option<&std::path::Path>,
+            bool,
+            Arc<std::sync::OnceLock<Weak<BusInner>>>,
+        ) -> Result<ResolvedResilience, BuildError>
+        + Send
+        + Sync,
+>;
+
+/// What `build` resolved from the resilience settings.
+pub(crate) struct ResolvedResilience {
+    /// Attempts when neither the bus nor the subscription says (the retry policy's).
+    pub(crate) default_attempts: u32,
+    /// The file dead-letter queue under the data directory, if one is due.
+    pub(crate) dead_letters: Option<Arc<dyn DeadLetterSink>>,
+    pub(crate) wrap: ResilienceWrap,
+}
+
+/// The bus configuration is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error("invalid bus setting: {0}")]
+    Invalid(&'static str),
+    /// The dead-letter queue could not be opened.
+    #[error("cannot open the dead-letter queue: {0}")]
+    DeadLetters(String),
+}
+
+impl Default for BusBuilder {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            overflow: Overflow::default(),
+            workers: 1,
+            max_attempts: None,
+            retry_delay: Duration::from_millis(100),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            dead_letters: None,
+            lifecycle_events: false,
+            transport: None,
+            hooks: Vec::new(),
+            wrap: None,
+            data_dir: None,
+            resilience: None,
+        }
+    }
+}
+
+impl BusBuilder {
+    /// Default queue capacity of each subscription. Default 1024.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// Default overflow policy. Default `Block` for at most 1 s.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Default workers per subscription. Default 1 (strict order).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Default attempts before a failing message is dead-lettered: every call of the handler
+    /// counts, whoever makes it (the bus's worker, or the retry of
+    /// [`with_default_resilience`](Self::with_default_resilience), whose policy it then
+    /// overrides). Default 3, or the retry policy's attempts under resilience.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    /// Default delay between attempts when the handler does not say. Default 100 ms.
+    /// (Exponential backoff with jitter is the retry layer of `switchyard-middleware`.)
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.retry_delay = d;
+        self
+    }
+
+    /// Topics kept in the router's match cache. Default 4096.
+    pub fn match_cache_capacity(mut self, n: usize) -> Self {
+        self.cache_capacity = n;
+        self
+    }
+
+    /// Where undeliverable messages go. Default: a bounded in-memory store of 10,000 entries,
+    /// reachable through [`Bus::dead_letters`] (which is `None` once a sink is given here), or
+    /// under resilience with a [`data_dir`](Self::data_dir), a file queue there. A sink given
+    /// here wins over that file queue.
+    pub fn dead_letters(mut self, sink: impl DeadLetterSink) -> Self {
+        self.dead_letters = Some(Arc::new(sink));
+        self
+    }
+
+    /// Publishes `switchyard.command.started` and `switchyard.command.finished` around every
+    /// command and request a handler runs, for observers (dashboards, audits). Default off.
+    pub fn lifecycle_events(mut self, on: bool) -> Self {
+        self.lifecycle_events = on;
+        self
+    }
+
+    /// Carries events on a transport instead of in memory: the embedded log
+    /// (`switchyard_log::LogTransport`, durable) or NATS JetStream. Default: none (in memory).
+    ///
+    /// Each event subscription then consumes through the transport with its name as the
+    /// consumer group: two processes with a subscription of the same name share its messages,
+    /// different names each get every message. Messages are acked after handling, terminated
+    /// when dead-lettered, and redelivered by the transport when a crash or a shutdown
+    /// deadline leaves them unhandled. Commands and requests stay in process. Handler
+    /// priority groups and `publish_and_wait` need the in-memory path and are refused on a
+    /// transport.
+    pub fn transport<T: Publisher + Subscriber>(mut self, transport: T) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Adds a hook that sees every envelope before it is published, sent or scheduled (after
+    /// causation and correlation are set) and may change it or refuse it with an error the
+    /// publisher gets. Hooks run in the order added. Uses: trace propagation
+    /// (`switchyard_middleware::trace::ensure_traceparent`), layer enforcement for components,
+    /// stamping a source or tenant header.
+    ///
+    /// ```
+    /// use switchyard::{Bus, PublishError};
+    /// let bus = Bus::builder()
+    ///     .publish_hook(|env| {
+    ///         if env.payload.len() > 1 << 20 {
+    ///             return Err(PublishError::Refused("payload over 1 MiB".into()));
+    ///         }
+    ///         env.headers.insert("origin", "billing");
+    ///         Ok(())
+    ///     })
+    ///     .build()?;
+    /// # let _ = bus;
+    /// # Ok::<(), switchyard::BuildError>(())
+    /// ```
+    pub fn publish_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut Envelope) -> Result<(), PublishError> + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Wraps every single-message handler (subscriptions and command handlers) when it is
+    /// registered, outside the subscription's own `.layer`s: a place for middleware every
+    /// handler should have. A later call replaces an earlier one. Under
+    /// [`with_default_resilience`](Self::with_default_resilience) the resilience stack wraps
+    /// the result, whatever the order of the calls.
+    pub fn wrap_handlers<F>(mut self, wrap: F) -> Self
+    where
+        F: Fn(&str, BoxHandler) -> BoxHandler + Send + Sync + 'static,
+    {
+        self.wrap = Some(Arc::new(wrap));
+        self
+    }
+
+    /// A directory for the bus's own files (the file dead-letter queue of
+    /// `with_default_resilience`, unless [`dead_letters`](Self::dead_letters) names a sink).
+    /// Default: none.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
+    pub fn build(self) -> Result<Bus, BuildError> {
+        if self.capacity == 0 {
+            return Err(BuildError::Invalid("queue_capacity must be at least 1"));
+        }
+        if self.workers == 0 {
+            return Err(BuildError::Invalid("workers must be at least 1"));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(BuildError::Invalid("max_attempts must be at least 1"));
+        }
+        // Filled once the bus exists, for the resilience stack's breaker events.
+        let slot: Arc<std::sync::OnceLock<Weak<BusInner>>> = Arc::default();
+        let resilience = match &self.resilience {
+            Some(resolve) => Some(resolve(
+                self.data_dir.as_deref(),
+                self.dead_letters.is_none(),
+                slot.clone(),
+            )?),
+            None => None,
+        };
+        let max_attempts = self.max_attempts.unwrap_or_else(|| {
+            resilience
+                .as_ref()
+                .map_or(DEFAULT_MAX_ATTEMPTS, |r| r.default_attempts)
+        });
+        let (resilience_wrap, file_dead_letters) = match resilience {
+            Some(r) => (Some(r.wrap), r.dead_letters),
+            None => (None, None),
+        };
+        let (sink, memory): (Arc<dyn DeadLetterSink>, _) =
+            match self.dead_letters.or(file_dead_letters) {
+                Some(s) => (s, None),
+                None => {
+                    let memory = Arc::new(InMemoryDeadLetters::default());
+                    (memory.clone(), Some(memory))
+                }
+            };
+        let bus = Bus {
+            inner: Arc::new(BusInner {
+                router: Router::new(self.cache_capacity),
+                commands: RwLock::new(HashMap::new()),
+                subs: Mutex::new(BTreeMap::new()),
+                dead_letters: sink,
+                memory_dead_letters: memory,
+                capacity: self.capacity,
+                overflow: self.overflow,
+                workers: self.workers,
+                max_attempts,
+                retry_delay: self.retry_delay,
+                state: AtomicU8::new(RUNNING),
+                next_id: AtomicU64::new(1),
+                pending: Arc::default(),
+                worker_holds: AtomicUsize::new(0),
+                lifecycle_events: self.lifecycle_events,
+                transport: self.transport,
+                hooks: self.hooks,
+                wrap: self.wrap,
+                resilience: resilience_wrap,
+                dispatchers: Mutex::new(Vec::new()),
+                scheduled: Mutex::new(HashMap::new()),
+                shutdown_report: tokio::sync::OnceCell::new(),
+            }),
+        };
+        let _ = slot.set(Arc::downgrade(&bus.inner));
+        Ok(bus)
+    }
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bus {
+    /// A bus with every default (see [`BusBuilder`]).
+    pub fn new() -> Self {
+        Self::from_parts(BusBuilder::default())
+    }
+
+    fn from_parts(b: BusBuilder) -> Self {
+        match b.build() {
+            Ok(bus) => bus,
+            // The default builder is valid by construction (capacity, workers, attempts ≥ 1).
+            Err(_) => unreachable!("default bus settings are valid"),
+        }
+    }
+
+    /// A builder to change the defaults.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+}

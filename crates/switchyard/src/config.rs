@@ -1,0 +1,64 @@
+//! What a subscription is made of: its kind, its settings, its handler.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smol_str::SmolStr;
+use switchyard_core::{Envelope, Pattern};
+
+use crate::handler::{BoxBatchHandler, BoxHandler};
+use crate::queue::Overflow;
+
+/// Header carrying the session a message belongs to.
+pub const SESSION_HEADER: &str = "session-id";
+
+/// Extracts the ordering key of a message: messages with equal keys are handled one at a time,
+/// in order; different keys in parallel.
+pub type OrderingKey = Arc<dyn Fn(&Envelope) -> Option<SmolStr> + Send + Sync>;
+
+/// Whether a subscription receives events or is the one handler of a command topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    /// Receives every matching event.
+    Event,
+    /// The one handler of a command topic.
+    Command,
+}
+
+/// Per-subscription settings; every default is documented on [`crate::BusBuilder`].
+#[derive(Clone)]
+pub(crate) struct SubscriptionConfig {
+    pub(crate) name: SmolStr,
+    pub(crate) pattern: Pattern,
+    pub(crate) workers: usize,
+    pub(crate) capacity: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) ordering_key: Option<OrderingKey>,
+    pub(crate) filters: Vec<Filter>,
+    pub(crate) session: Option<SmolStr>,
+    pub(crate) handler_priority: i32,
+    pub(crate) batch: Option<BatchConfig>,
+    /// On a transport: subscribe without a consumer group (see
+    /// [`SubscriptionBuilder::ephemeral`]).
+    pub(crate) ephemeral: bool,
+}
+
+/// A predicate applied before a message is queued; messages it refuses are counted as
+/// `filtered`, not delivered.
+pub type Filter = Arc<dyn Fn(&Envelope) -> bool + Send + Sync>;
+
+/// How a batch subscription groups messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchConfig {
+    pub(crate) max_size: usize,
+    pub(crate) max_wait: Duration,
+}
+
+/// The handler a subscription's workers call: one message at a time, or batches.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Single(BoxHandler),
+    Batch(BoxBatchHandler),
+}

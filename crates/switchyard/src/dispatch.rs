@@ -1,0 +1,536 @@
+//! The workers: each is a tokio task that owns one clone of the handler. It loops on
+//! `queue.pop()`, calls the handler (retrying in place, so per-key order holds), settles the
+//! message (answer, ack or dead letter, then its pending guard) and frees its lane. It stops
+//! when the queue is closed and empty (drop of the handle, or shutdown), or when shutdown
+//! aborts it at the deadline.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use smol_str::SmolStr;
+use switchyard_core::{
+    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
+    Envelope, Outcome, Permanent, SendError,
+};
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
+
+use crate::config::Handler;
+use crate::handler::BoxHandler;
+use crate::pending::{Accepted, Settled};
+use crate::queue::{Entry, Popped};
+use crate::reply::{CommandReply, CommandResult};
+use crate::state::{BusInner, CURRENT, Parent, SubShared};
+use crate::stats::inc;
+
+/// A worker that never has to wait yields to other tasks after this many messages.
+const YIELD_EVERY: u32 = 128;
+
+/// The bus as a worker keeps it from one message to the next, counted in
+/// `BusInner::worker_holds` so a worker can tell when nothing but workers keeps it alive.
+struct HeldBus(Arc<BusInner>);
+
+impl HeldBus {
+    fn new(bus: Arc<BusInner>) -> Self {
+        bus.worker_holds.fetch_add(1, Ordering::AcqRel);
+        Self(bus)
+    }
+
+    /// True when every strong reference to the bus is a worker's: the application dropped
+    /// all its handles, so the workers must let go for the bus to be freed.
+    fn orphaned(&self) -> bool {
+        Arc::strong_count(&self.0) <= self.0.worker_holds.load(Ordering::Acquire)
+    }
+}
+
+impl std::ops::Deref for HeldBus {
+    type Target = Arc<BusInner>;
+    fn deref(&self) -> &Arc<BusInner> {
+        &self.0
+    }
+}
+
+impl Drop for HeldBus {
+    fn drop(&mut self) {
+        // Before the reference itself goes (the field drops after this), so another worker
+        // never sees more holds than references.
+        self.0.worker_holds.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A handled message a worker has not completed in its queue yet: completed (and settled)
+/// under the lock that takes the next one when the handler is ready at once.
+struct Done {
+    seq: u64,
+    lane: Option<SmolStr>,
+    bus: HeldBus,
+    accepted: Accepted,
+    how: Settled,
+}
+
+impl SubShared {
+    /// Starts the worker tasks.
+    pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
+        let mut workers = self.workers.lock();
+        for worker in 0..self.config.workers {
+            self.live_workers.fetch_add(1, Ordering::Relaxed);
+            let sub = Arc::clone(self);
+            let handler = handler.clone();
+            workers.push(tokio::spawn(async move {
+                match handler {
+                    Handler::Single(svc) => sub.run_worker(worker, svc).await,
+                    Handler::Batch(svc) => sub.run_batch_worker(worker, svc).await,
+                }
+            }));
+        }
+    }
+
+    pub(crate) fn worker_exited(&self) {
+        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(bus) = self.bus.upgrade()
+        {
+            bus.forget_subscription(self.id);
+        }
+    }
+
+    /// One worker (number `worker`: its in-flight slot in the queue): owns a handler clone;
+    /// stops when the queue is closed and drained.
+    async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
+        // The message handled last, not yet completed in the queue: when the handler is ready
+        // at once, it is completed under the same lock that takes the next one.
+        let mut prev: Option<Done> = None;
+        // The bus, kept from one message to the next while they flow (upgrading the weak
+        // handle per message would write a counter the publishers write too); let go before
+        // waiting, so an idle worker does not keep the bus alive, and as soon as workers are
+        // all that keep it alive.
+        let mut held: Option<HeldBus> = None;
+        // Messages taken since this worker last waited or yielded.
+        let mut streak: u32 = 0;
+        loop {
+            // Fairness: with a handler that is always ready and a queue that never empties,
+            // nothing here waits, so the worker would never give its thread to other tasks.
+            // Every `YIELD_EVERY` messages it yields, with the last message completed first
+            // (a handled message is never held across a wait). Counting locally costs less
+            // than asking tokio's budget on every message.
+            streak += 1;
+            if streak >= YIELD_EVERY {
+                streak = 0;
+                if let Some(done) = prev.take() {
+                    self.queue.complete(worker, done.seq, done.lane.as_ref());
+                    done.accepted.settle(done.how);
+                }
+                tokio::task::yield_now().await;
+            }
+            // Wait until the handler can take work before taking a message off the queue: an
+            // open breaker or a rate limit then leaves messages queued (where the overflow
+            // policy applies) instead of holding one per worker.
+            let ready = {
+                let mut ready = std::pin::pin!(AssertUnwindSafe(svc.ready()).catch_unwind());
+                let result = match futures_util::poll!(ready.as_mut()) {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => {
+                        // Not ready: settle the last message now, not once the handler is.
+                        if let Some(done) = prev.take() {
+                            self.queue.complete(worker, done.seq, done.lane.as_ref());
+                            done.accepted.settle(done.how);
+                        }
+                        // A wake-up for work this worker cannot do now goes to another.
+                        self.queue.offer_to_idle();
+                        ready.await
+                    }
+                };
+                match result {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(subscription = %self.name(), error = %e, "handler not ready");
+                        false
+                    }
+                    Err(_) => false,
+                }
+            };
+            let popped = match prev.take() {
+                Some(done) => {
+                    let popped = self
+                        .queue
+                        .complete_and_pop(worker, done.seq, done.lane.as_ref());
+                    done.accepted.settle(done.how);
+                    if !done.bus.orphaned() {
+                        held = Some(done.bus);
+                    }
+                    popped
+                }
+                None => self.queue.try_pop(worker),
+            };
+            // A message is only taken right after the handler was seen ready (nothing awaited
+            // since), so that readiness holds for its first attempt.
+            let taken = match popped {
+                Popped::Taken(taken) => taken,
+                Popped::Closed => break,
+                Popped::Empty => {
+                    held = None;
+                    streak = 0;
+                    // Wait for work without taking it: readiness is checked again first (the
+                    // handler may stop being ready while this worker waits).
+                    if self.queue.wait_for_work().await {
+                        continue;
+                    }
+                    break;
+                }
+            };
+            let seq = taken.seq();
+            let Entry {
+                env,
+                reply,
+                lane,
+                delivery,
+                accepted,
+                ..
+            } = taken.entry;
+            let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
+                break;
+            };
+            let ok = self.process(&bus, &mut svc, env, reply, ready).await;
+            if let Some(delivery) = delivery {
+                self.settle(*delivery, ok).await;
+            }
+            let how = if ok {
+                Settled::Acked
+            } else {
+                Settled::DeadLettered
+            };
+            prev = Some(Done {
+                seq,
+                lane,
+                bus,
+                accepted,
+                how,
+            });
+        }
+        self.worker_exited();
+    }
+
+    /// Calls the handler once, catching panics in readiness, in `call` and in the future.
+    /// The request is built only once the handler is ready and moves straight into the
+    /// (boxed) handler future: these futures hold pointers, not envelopes, which keeps them
+    /// small and cheap to move.
+    ///
+    /// With `ready`, the caller has just seen the handler ready (no await since), so its
+    /// readiness is not polled again.
+    pub(crate) async fn call<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+        ready: bool,
+    ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
+        let ready = if ready {
+            svc
+        } else {
+            match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
+                Ok(ready) => ready,
+                Err(e) => return Ok(Err(e)),
+            }
+        };
+        // `call` only builds the future (publishing is async, so nothing in it needs the
+        // task-local); the future itself runs inside the scope below.
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
+        CURRENT
+            .scope(parent, AssertUnwindSafe(fut).catch_unwind())
+            .await
+    }
+
+    /// Settles a transport delivery after handling: ack when handled, term when it was
+    /// dead-lettered here (so the transport does not redeliver it).
+    pub(crate) async fn settle(&self, delivery: Delivery, handled: bool) {
+        let id = delivery.envelope.id;
+        let result = if handled {
+            delivery.ack().await
+        } else {
+            delivery.term("dead-lettered by the bus").await
+        };
+        if let Err(e) = result {
+            // The transport will redeliver it; dedup or idempotent handlers absorb the repeat.
+            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not settle delivery");
+        }
+    }
+
+    /// One handler call with panic capture, classified.
+    pub(crate) async fn attempt<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+        first: &Envelope,
+        attempt: u32,
+        ready: bool,
+    ) -> Attempt {
+        let c = &self.counters;
+        let result = self.call(svc, request, parent, ready).await;
+        match result {
+            Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+            Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
+            Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
+                reason: DeadLetterReason::HandlerFailed,
+                error: "handler asked for a retry".to_owned(),
+                delay: after,
+                permanent: false,
+                last_attempt: attempt,
+            },
+            Ok(Err(e)) => {
+                let text = error_chain(&*e);
+                match decode_failure(&e) {
+                    Some(display) => Attempt::Undecodable { text, display },
+                    None => {
+                        inc(&c.failed);
+                        let permanent = e.is::<Permanent>();
+                        let last_attempt = attempts_inside(&*e, attempt);
+                        tracing::warn!(subscription = %self.name(), message_id = %first.id,
+                            correlation_id = %first.correlation_id, attempt, permanent,
+                            error = %text, "handler failed");
+                        Attempt::Failed {
+                            reason: DeadLetterReason::HandlerFailed,
+                            error: text,
+                            delay: None,
+                            permanent,
+                            last_attempt,
+                        }
+                    }
+                }
+            }
+            Err(panic) => {
+                inc(&c.failed);
+                inc(&c.panicked);
+                let text = format!("handler panicked: {}", panic_message(&*panic));
+                tracing::error!(subscription = %self.name(), message_id = %first.id,
+                    correlation_id = %first.correlation_id, attempt,
+                    error = %text, "handler panicked; worker continues");
+                Attempt::Failed {
+                    reason: DeadLetterReason::Panicked,
+                    error: text,
+                    delay: None,
+                    permanent: false,
+                    last_attempt: attempt,
+                }
+            }
+        }
+    }
+
+    /// Handles one message until it is acked, replied, rejected or out of attempts. With
+    /// `ready`, the worker saw the handler ready just before it took the message (no await
+    /// since), so the first attempt does not poll readiness again.
+    async fn process(
+        &self,
+        bus: &Arc<BusInner>,
+        svc: &mut BoxHandler,
+        env: Arc<Envelope>,
+        reply: Option<CommandReply>,
+        ready: bool,
+    ) -> bool {
+        let c = &self.counters;
+        let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
+        let started = lifecycle.then(std::time::Instant::now);
+        let mut ready = ready && !lifecycle;
+        if lifecycle {
+            bus.command_started(&env, self.name()).await;
+        }
+        // The shared envelope stays as it was queued; each attempt gets its own copy
+        // stamped with the delivery bookkeeping.
+        let mut delivery = env.delivery;
+        let stamped = |delivery: DeliveryInfo| {
+            let mut copy = Envelope::clone(&env);
+            copy.delivery = delivery;
+            copy
+        };
+        let (ok, error) = loop {
+            delivery.attempt += 1;
+            delivery
+                .first_delivered_at
+                .get_or_insert_with(SystemTime::now);
+            inc(&c.delivered);
+            let attempt = delivery.attempt;
+            let outcome = self
+                .attempt(
+                    svc,
+                    || stamped(delivery),
+                    Parent::of(&env),
+                    &env,
+                    attempt,
+                    std::mem::take(&mut ready),
+                )
+                .await;
+            let (reason, error, delay, permanent) = match outcome {
+                Attempt::Done(r) => {
+                    inc(&c.acked);
+                    self.answer(reply, Ok(r), attempt);
+                    break (true, None);
+                }
+                Attempt::Rejected(reason) => {
+                    inc(&c.rejected);
+                    inc(&c.dead_lettered);
+                    tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, %reason, "handler rejected message");
+                    self.answer(
+                        reply,
+                        Err(SendError::Rejected {
+                            reason: reason.clone(),
+                        }),
+                        attempt,
+                    );
+                    bus.dead_letter(self.letter(
+                        stamped(delivery),
+                        DeadLetterReason::Rejected,
+                        reason.clone(),
+                    ));
+                    break (false, Some(reason));
+                }
+                Attempt::Undecodable { text, display } => {
+                    inc(&c.decode_failed);
+                    inc(&c.dead_lettered);
+                    tracing::warn!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
+                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
+                    bus.dead_letter(self.letter(
+                        stamped(delivery),
+                        DeadLetterReason::DecodeFailed,
+                        text.clone(),
+                    ));
+                    break (false, Some(text));
+                }
+                Attempt::Failed {
+                    reason,
+                    error,
+                    delay,
+                    permanent,
+                    last_attempt,
+                } => {
+                    // A retry layer inside the handler may have made more attempts than this
+                    // one call: the count goes on from its last.
+                    delivery.attempt = last_attempt;
+                    (reason, error, delay, permanent)
+                }
+            };
+            let attempt = delivery.attempt;
+            if permanent || attempt >= self.config.max_attempts {
+                inc(&c.dead_lettered);
+                self.answer(
+                    reply,
+                    Err(SendError::Failed {
+                        error: error.clone(),
+                        attempts: attempt,
+                    }),
+                    attempt,
+                );
+                bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
+                break (false, Some(error));
+            }
+            inc(&c.retried);
+            tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+        };
+        if let Some(started) = started {
+            bus.command_finished(
+                &stamped(delivery),
+                self.name(),
+                ok,
+                error,
+                started.elapsed(),
+            )
+            .await;
+        }
+        ok
+    }
+
+    pub(crate) fn letter(
+        &self,
+        env: Envelope,
+        reason: DeadLetterReason,
+        error: String,
+    ) -> DeadLetter {
+        DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
+    }
+
+    #[inline]
+    fn answer(
+        &self,
+        reply: Option<CommandReply>,
+        result: Result<Option<Box<Envelope>>, SendError>,
+        attempts: u32,
+    ) {
+        if let Some(tx) = reply {
+            let result = result.map(|reply| CommandResult {
+                reply: reply.map(|r| *r),
+                handler: self.config.name.clone(),
+                attempts,
+            });
+            // The sender may have given up (deadline passed); its late result is discarded.
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
+/// box the handler's [`Outcome::Reply`] put it in.
+pub(crate) enum Attempt {
+    /// Acked, or replied.
+    Done(Option<Box<Envelope>>),
+    /// Refused for good.
+    Rejected(String),
+    /// The payload did not decode (not retried).
+    Undecodable { text: String, display: String },
+    /// Error, panic or retry request: try again or dead-letter.
+    Failed {
+        reason: DeadLetterReason,
+        error: String,
+        delay: Option<Duration>,
+        /// No further attempts (the handler returned [`Permanent`]).
+        permanent: bool,
+        /// The number of the last attempt made: this call's, or the last one a retry layer
+        /// inside the handler made.
+        last_attempt: u32,
+    },
+}
+
+/// The number of the last attempt a retry layer inside the handler made, when the error
+/// comes from one (`switchyard_middleware::retry::RetryError`); else `attempt`, this call's.
+#[cfg(feature = "middleware")]
+fn attempts_inside(e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
+    switchyard_middleware::retry::RetryError::find(e)
+        .map_or(attempt, |r| r.last_attempt(attempt).max(attempt))
+}
+
+/// Without the `middleware` feature no retry layer is known: this call's number.
+#[cfg(not(feature = "middleware"))]
+fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
+    attempt
+}
+
+fn decode_failure(e: &BoxError) -> Option<String> {
+    e.downcast_ref::<CodecError>()
+        .filter(|c| c.direction == CodecDirection::Decode)
+        .map(ToString::to_string)
+}
+
+/// The error and its sources, joined with `: `.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,216 @@
+//! The pending count: messages the bus accepted and has not settled yet.
+//!
+//! Every accepted message carries an [`Accepted`] guard from the moment it is counted until it
+//! is settled. The guard is the only way to take the count back: [`Accepted::settle`] says
+//! how the message ended (counted for the shutdown report), and dropping a guard that was
+//! never settled (a publish refused or cancelled while it waited for room, a worker aborted
+//! at the shutdown deadline) releases the count all the same. So a message can neither be
+//! settled twice nor be left counted, and `run_until_idle` cannot hang on a lost count.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
+use tokio::sync::Notify;
+
+/// How an accepted message ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Handled: acked or replied (or, for a transport delivery, not meant for this
+    /// subscription and acked at once).
+    Acked,
+    /// Sent to the dead-letter sink by its handler's failure, a rejection, a decode failure
+    /// or an eviction.
+    DeadLettered,
+    /// Handed back to its transport to come again later (a delayed message not yet due).
+    Nacked,
+    /// Reported by shutdown (left over or returned to the transport): not counted as drained.
+    LeftOver,
+}
+
+/// The counters behind every accepted message of one bus.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// Accepted messages not yet settled, plus the deliveries a transport still owes.
+    count: CachePadded<AtomicUsize>,
+    /// Messages settled other than by shutdown (the shutdown report's `drained`).
+    settled: CachePadded<AtomicU64>,
+    /// Deliveries counted at publish time that have not arrived from the transport yet.
+    expected: AtomicUsize,
+    /// Notified when the count drops to zero.
+    idle: Notify,
+}
+
+impl Pending {
+    /// Counts one accepted message; the guard takes the count back.
+    #[inline]
+    pub(crate) fn accept(self: &Arc<Self>) -> Accepted {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Accepted {
+            pending: Arc::clone(self),
+        }
+    }
+
+    /// Counts `n` deliveries a transport will make to local subscriptions. The count stays
+    /// until each arrives ([`arrival`](Self::arrival)) or the returned expectation is dropped
+    /// without being [kept](Expectation::keep) (the publish failed).
+    pub(crate) fn expect(self: &Arc<Self>, n: usize) -> Expectation {
+        self.count.fetch_add(n, Ordering::AcqRel);
+        self.expected.fetch_add(n, Ordering::AcqRel);
+        Expectation {
+            pending: Arc::clone(self),
+            n,
+        }
+    }
+
+    /// A delivery arrived from the transport: one that was expected (already counted) or a
+    /// new one (published elsewhere, redelivered, or older than this process).
+    pub(crate) fn arrival(self: &Arc<Self>) -> Accepted {
+        let consumed = self
+            .expected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1))
+            .is_ok();
+        if !consumed {
+            self.count.fetch_add(1, Ordering::AcqRel);
+        }
+        Accepted {
+            pending: Arc::clone(self),
+        }
+    }
+
+    /// Messages accepted and not yet settled.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Messages settled so far, other than by shutdown.
+    pub(crate) fn settled(&self) -> u64 {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no accepted message is left unsettled.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    #[inline]
+    fn release(&self, n: usize) {
+        // Saturating: the deliveries of a publish that reported an error may have settled.
+        let before = match n {
+            1 => self.count.fetch_sub(1, Ordering::AcqRel),
+            _ => self
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                    Some(p.saturating_sub(n))
+                })
+                .unwrap_or(0),
+        };
+        if n > 0 && before <= n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// One accepted message's place in the pending count: settle it once with
+/// [`settle`](Self::settle); dropped unsettled, it releases the count without counting the
+/// message as settled.
+#[must_use = "an accepted message must be settled (dropping the guard releases its count)"]
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pending: Arc<Pending>,
+}
+
+impl Accepted {
+    /// The message ended as `how`; its count is released (by the drop that follows).
+    #[inline]
+    pub(crate) fn settle(self, how: Settled) {
+        if how != Settled::LeftOver {
+            self.pending.settled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Accepted {
+    #[inline]
+    fn drop(&mut self) {
+        self.pending.release(1);
+    }
+}
+
+/// Deliveries a transport owes local subscriptions for one publish; see [`Pending::expect`].
+#[must_use = "drop the expectation when the publish failed, keep it when it went out"]
+pub(crate) struct Expectation {
+    pending: Arc<Pending>,
+    n: usize,
+}
+
+impl Expectation {
+    /// The publish went out: the deliveries will arrive and be settled one by one.
+    pub(crate) fn keep(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Expectation {
+    fn drop(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        let n = self.n;
+        let _ = self
+            .pending
+            .expected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                Some(e.saturating_sub(n))
+            });
+        self.pending.release(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_guard_releases_without_settling() {
+        let p = Arc::new(Pending::default());
+        let a = p.accept();
+        let b = p.accept();
+        assert_eq!(p.count(), 2);
+        drop(a);
+        assert_eq!((p.count(), p.settled()), (1, 0));
+        b.settle(Settled::Acked);
+        assert_eq!((p.count(), p.settled()), (0, 1));
+    }
+
+    #[test]
+    fn left_over_is_not_counted_as_settled() {
+        let p = Arc::new(Pending::default());
+        p.accept().settle(Settled::LeftOver);
+        assert_eq!((p.count(), p.settled()), (0, 0));
+    }
+
+    #[test]
+    fn an_expectation_is_released_unless_kept_and_arrivals_consume_it() {
+        let p = Arc::new(Pending::default());
+        drop(p.expect(3));
+        assert_eq!(p.count(), 0);
+        p.expect(2).keep();
+        assert_eq!(p.count(), 2);
+        let first = p.arrival();
+        assert_eq!(p.count(), 2, "an expected delivery is already counted");
+        let second = p.arrival();
+        let extra = p.arrival();
+        assert_eq!(p.count(), 3, "an unexpected delivery is counted on arrival");
+        drop((first, second, extra));
+        assert_eq!(p.count(), 0);
+    }
+}

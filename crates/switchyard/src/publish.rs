@@ -1,0 +1,491 @@
+//! Publishing an event: hooks, routing, handler-priority groups, and queueing in every
+//! matching subscription under its overflow policy (or, on a transport, handing it over).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use switchyard_core::{
+    DeadLetter, DeadLetterReason, Envelope, Message, PublishError, SendError, Topic,
+    TransportError, TransportErrorKind,
+};
+use tokio::sync::oneshot;
+
+use crate::bus::Bus;
+use crate::config::SESSION_HEADER;
+use crate::queue::{Entry, PushError, Pushed};
+use crate::reply::{CommandReply, CommandResult};
+use crate::state::{BusInner, CURRENT, Parent, RUNNING, SubShared};
+use crate::stats::inc;
+use crate::transport_link::ErasedTransport;
+
+/// What an enqueue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued for the workers.
+    Queued,
+    /// A filter (or the session scope) kept it out; counted as `filtered`.
+    Filtered,
+}
+
+/// Why an enqueue failed.
+pub(crate) enum EnqueueError {
+    Full,
+    Closed,
+}
+
+impl SubShared {
+    /// Puts a message in the queue under the overflow policy. On success the bus's pending
+    /// count includes it until a worker (or shutdown) settles it.
+    /// `bus` is the bus this subscription belongs to (the caller holds it, so it is alive).
+    pub(crate) async fn enqueue(
+        &self,
+        bus: &BusInner,
+        env: Arc<Envelope>,
+        reply: Option<CommandReply>,
+    ) -> Result<Enqueued, EnqueueError> {
+        if !self.accepts(&env) {
+            inc(&self.counters.filtered);
+            return Ok(Enqueued::Filtered);
+        }
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        // Cancelled while it waits for room, the push drops the entry and with it the count.
+        let entry = Entry::new(env, reply, lane, bus.pending.accept());
+        let pushed = self.queue.push(entry).await;
+        self.pushed(bus, pushed)
+    }
+
+    /// [`enqueue`](Self::enqueue) without waiting, for an event (no reply channel): the
+    /// result when the overflow policy settles it at once, or the entry (already counted
+    /// as pending) when the policy makes the publisher wait or slow down; hand that to
+    /// [`finish_enqueue`](Self::finish_enqueue).
+    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
+    pub(crate) fn try_enqueue(
+        &self,
+        bus: &BusInner,
+        env: &Arc<Envelope>,
+    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
+        if !self.accepts(env) {
+            inc(&self.counters.filtered);
+            return Ok(Ok(Enqueued::Filtered));
+        }
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(env));
+        let entry = Entry::new(env.clone(), None, lane, bus.pending.accept());
+        match self.queue.try_push_now(entry) {
+            Ok(pushed) => Ok(self.pushed(bus, pushed)),
+            Err(entry) => Err(entry),
+        }
+    }
+
+    /// Completes a [`try_enqueue`](Self::try_enqueue) that has to wait.
+    pub(crate) async fn finish_enqueue(
+        &self,
+        bus: &BusInner,
+        entry: Entry,
+    ) -> Result<Enqueued, EnqueueError> {
+        let pushed = self.queue.push(entry).await;
+        self.pushed(bus, pushed)
+    }
+
+    /// Accounts for the outcome of a push whose message was counted as pending.
+    #[inline]
+    fn pushed(
+        &self,
+        bus: &BusInner,
+        pushed: Result<Pushed, PushError>,
+    ) -> Result<Enqueued, EnqueueError> {
+        match pushed {
+            Ok(Pushed::Queued) => Ok(Enqueued::Queued),
+            Ok(Pushed::Evicted(old)) => {
+                inc(&self.counters.dropped);
+                self.give_up(
+                    bus,
+                    *old,
+                    DeadLetterReason::Dropped,
+                    "evicted: queue full (drop-oldest)".into(),
+                );
+                Ok(Enqueued::Queued)
+            }
+            // Refused: never accepted, so not settled either (dropping the entry releases
+            // its count; shutdown does not count it as drained).
+            Err(PushError::Full(entry)) => {
+                inc(&self.counters.refused_full);
+                drop(entry);
+                Err(EnqueueError::Full)
+            }
+            Err(PushError::Closed(entry)) => {
+                drop(entry);
+                Err(EnqueueError::Closed)
+            }
+        }
+    }
+}
+
+impl Bus {
+    #[inline]
+    pub(crate) fn run_hooks(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        if self.inner.hooks.is_empty() {
+            return Ok(());
+        }
+        self.inner.hooks.iter().try_for_each(|hook| hook(env))
+    }
+
+    #[inline]
+    pub(crate) fn check_running(&self) -> Result<(), PublishError> {
+        if self.inner.state.load(Ordering::Acquire) == RUNNING {
+            Ok(())
+        } else {
+            Err(PublishError::ShuttingDown)
+        }
+    }
+
+    /// Publishes a typed event on `M::TOPIC`. Returns once every matching subscription has
+    /// accepted it (queued), or says which refused it.
+    pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
+        self.publish_envelope(msg.to_envelope()?).await
+    }
+
+    /// Publishes a typed event on another topic than `M::TOPIC`.
+    pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
+        let mut env = msg.to_envelope()?;
+        env.topic = Topic::new(topic)?;
+        self.publish_envelope(env).await
+    }
+
+    /// Publishes an envelope to every subscription whose pattern matches its topic.
+    ///
+    /// When called from a handler, the envelope is recorded as caused by the message being
+    /// handled and inherits its correlation id (unless one was set).
+    pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
+        self.check_running()?;
+        inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
+        if let Some(transport) = &self.inner.transport {
+            return self.publish_via(transport.as_ref(), env).await;
+        }
+        let env = Arc::new(env);
+        let targets = self.inner.router.route(&env.topic);
+        let first = match priority_groups(&targets) {
+            None => self.deliver_events(&targets, &env).await,
+            Some(mut groups) => {
+                let later = groups.split_off(1);
+                let mut first = self.deliver_group(&groups[0], &env, true).await;
+                if !first.shutting_down {
+                    let waiters = std::mem::take(&mut first.waiters);
+                    self.dispatch_later_groups(later, env, waiters);
+                }
+                first
+            }
+        };
+        if first.shutting_down {
+            return Err(PublishError::ShuttingDown);
+        }
+        if first.refused.is_empty() {
+            Ok(())
+        } else {
+            Err(PublishError::Full {
+                subscriptions: first.refused,
+                delivered: first.delivered,
+            })
+        }
+    }
+
+    /// Hands an event to the transport; the local subscriptions it will come back to are
+    /// counted as pending until their deliveries arrive and are settled.
+    async fn publish_via(
+        &self,
+        transport: &dyn ErasedTransport,
+        env: Envelope,
+    ) -> Result<(), PublishError> {
+        let expected = self.inner.router.route(&env.topic).len();
+        // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
+        let expectation = self.inner.pending.expect(expected);
+        let result = transport.publish(env).await;
+        if result.is_ok() {
+            expectation.keep();
+        }
+        result
+    }
+
+    /// Queues an event in every subscription of one priority group, without creating a
+    /// future per subscription when each accepts (or refuses) at once; from the first one
+    /// whose overflow policy makes the publisher wait, as [`deliver_group`] does.
+    async fn deliver_events(&self, group: &[Arc<SubShared>], env: &Arc<Envelope>) -> GroupDelivery {
+        let mut out = GroupDelivery::default();
+        for (i, sub) in group.iter().enumerate() {
+            match sub.try_enqueue(&self.inner, env) {
+                Ok(result) => out.record(self, sub, result),
+                Err(entry) => {
+                    let result = sub.finish_enqueue(&self.inner, entry).await;
+                    out.record(self, sub, result);
+                    for sub in &group[i + 1..] {
+                        let result = sub.enqueue(&self.inner, env.clone(), None).await;
+                        out.record(self, sub, result);
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Queues `env` in every subscription of one priority group. With `wait`, each accepted
+    /// message carries a channel on which its handler's result comes back.
+    async fn deliver_group(
+        &self,
+        group: &[Arc<SubShared>],
+        env: &Arc<Envelope>,
+        wait: bool,
+    ) -> GroupDelivery {
+        let mut out = GroupDelivery::default();
+        for sub in group {
+            let (tx, rx) = if wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            match sub.enqueue(&self.inner, env.clone(), tx).await {
+                Ok(Enqueued::Queued) => {
+                    out.delivered += 1;
+                    if let Some(rx) = rx {
+                        out.waiters.push((sub.name().to_owned(), rx));
+                    }
+                }
+                Ok(Enqueued::Filtered) => out.filtered += 1,
+                Err(EnqueueError::Full) => out.refused.push(sub.name().to_owned()),
+                // Unsubscribed concurrently: it no longer wants messages. Unless the whole
+                // bus is shutting down.
+                Err(EnqueueError::Closed) => out.shutting_down |= self.is_shutting_down(),
+            }
+        }
+        out
+    }
+
+    /// Hands `env` to lower priority groups, each once the group before it has finished.
+    /// Runs in a task: `publish` returns when the first group has accepted the message.
+    fn dispatch_later_groups(
+        &self,
+        groups: Vec<Vec<Arc<SubShared>>>,
+        env: Arc<Envelope>,
+        mut waiters: Vec<Waiter>,
+    ) {
+        let bus = self.clone();
+        // Counted as pending until the last group has the message (or the task is aborted).
+        let hold = bus.inner.pending.accept();
+        let task = tokio::spawn(async move {
+            let _hold = hold;
+            for group in groups {
+                for (_, rx) in waiters.drain(..) {
+                    let _ = rx.await;
+                }
+                let delivery = bus.deliver_group(&group, &env, true).await;
+                for name in delivery.refused {
+                    bus.inner.dead_letter(
+                        DeadLetter::new(
+                            Envelope::clone(&env),
+                            DeadLetterReason::Dropped,
+                            "queue full when its priority group's turn came",
+                        )
+                        .with_handler(name),
+                    );
+                }
+                if delivery.shutting_down {
+                    bus.inner.dead_letter(DeadLetter::new(
+                        Envelope::clone(&env),
+                        DeadLetterReason::Shutdown,
+                        "bus shut down before lower priority groups got the message",
+                    ));
+                    break;
+                }
+                waiters = delivery.waiters;
+            }
+        });
+        let mut dispatchers = self.inner.dispatchers.lock();
+        dispatchers.retain(|t| !t.is_finished());
+        dispatchers.push(task);
+    }
+
+    /// Publishes and waits until every matching handler has finished with the message (priority
+    /// groups in order), reporting each failure. For tests and flows that need the outcome.
+    pub async fn publish_and_wait<M: Message>(&self, msg: M) -> Result<WaitReport, PublishError> {
+        self.publish_envelope_and_wait(msg.to_envelope()?).await
+    }
+
+    /// [`publish_and_wait`](Self::publish_and_wait) for an envelope.
+    pub async fn publish_envelope_and_wait(
+        &self,
+        mut env: Envelope,
+    ) -> Result<WaitReport, PublishError> {
+        self.check_running()?;
+        if self.inner.transport.is_some() {
+            return Err(PublishError::Transport(TransportError::new(
+                TransportErrorKind::Unsupported,
+                "publish_and_wait needs the in-memory bus: a transport delivers asynchronously",
+            )));
+        }
+        inherit_parent(&mut env);
+        self.run_hooks(&mut env)?;
+        let env = Arc::new(env);
+        let targets = self.inner.router.route(&env.topic);
+        let mut report = WaitReport::default();
+        let groups = priority_groups(&targets).unwrap_or_else(|| vec![targets.to_vec()]);
+        for group in &groups {
+            let delivery = self.deliver_group(group, &env, true).await;
+            if delivery.shutting_down {
+                return Err(PublishError::ShuttingDown);
+            }
+            report.filtered += delivery.filtered;
+            for name in delivery.refused {
+                let error = SendError::Full {
+                    handler: name.clone(),
+                };
+                report.failures.push(HandlerFailure {
+                    subscription: name,
+                    error,
+                });
+            }
+            for (name, rx) in delivery.waiters {
+                match rx.await {
+                    Ok(Ok(_)) => report.handled += 1,
+                    Ok(Err(error)) => report.failures.push(HandlerFailure {
+                        subscription: name,
+                        error,
+                    }),
+                    Err(_) => report.failures.push(HandlerFailure {
+                        subscription: name,
+                        error: SendError::NotProcessed(
+                            "the subscription stopped before handling it".into(),
+                        ),
+                    }),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Publishes several messages in order; stops at the first error and says how many went out.
+    pub async fn publish_batch<M: Message>(
+        &self,
+        msgs: impl IntoIterator<Item = M>,
+    ) -> Result<usize, BatchPublishError> {
+        let mut published = 0;
+        for msg in msgs {
+            let result = match msg.to_envelope() {
+                Ok(env) => self.publish_envelope(env).await,
+                Err(e) => Err(e),
+            };
+            result.map_err(|error| BatchPublishError { published, error })?;
+            published += 1;
+        }
+        Ok(published)
+    }
+}
+
+/// What [`Bus::publish_and_wait`] learned from every matching handler.
+#[derive(Debug, Default)]
+pub struct WaitReport {
+    /// Subscriptions that handled the message successfully.
+    pub handled: usize,
+    /// Subscriptions a filter kept the message from.
+    pub filtered: usize,
+    /// Subscriptions whose handler failed, rejected it, or could not decode it.
+    pub failures: Vec<HandlerFailure>,
+}
+
+impl WaitReport {
+    /// `Ok` when no handler failed, else the first failure.
+    pub fn into_result(self) -> Result<usize, HandlerFailure> {
+        match self.failures.into_iter().next() {
+            None => Ok(self.handled),
+            Some(f) => Err(f),
+        }
+    }
+}
+
+/// One handler's failure, as reported by [`Bus::publish_and_wait`].
+#[derive(Debug, thiserror::Error)]
+#[error("subscription {subscription} failed: {error}")]
+pub struct HandlerFailure {
+    /// The subscription's name.
+    pub subscription: String,
+    /// What went wrong.
+    #[source]
+    pub error: SendError,
+}
+
+/// Sets causation and correlation from the message being handled on this task, if any.
+pub(crate) fn inherit_parent(env: &mut Envelope) {
+    if env.causation_id.is_some() {
+        return;
+    }
+    let _ = CURRENT.try_with(|Parent(parent)| {
+        env.causation_id = Some(parent.id);
+        if env.correlation_id == env.id {
+            env.correlation_id = parent.correlation_id;
+        }
+        if let Some(session) = parent.header(SESSION_HEADER)
+            && env.header(SESSION_HEADER).is_none()
+        {
+            env.headers.insert(SESSION_HEADER, session);
+        }
+    });
+}
+
+type Waiter = (String, oneshot::Receiver<Result<CommandResult, SendError>>);
+
+/// What delivering to one priority group did.
+#[derive(Default)]
+struct GroupDelivery {
+    delivered: usize,
+    filtered: usize,
+    refused: Vec<String>,
+    waiters: Vec<Waiter>,
+    shutting_down: bool,
+}
+
+impl GroupDelivery {
+    /// Counts one subscription's answer to an event (no reply channel).
+    fn record(&mut self, bus: &Bus, sub: &SubShared, result: Result<Enqueued, EnqueueError>) {
+        match result {
+            Ok(Enqueued::Queued) => self.delivered += 1,
+            Ok(Enqueued::Filtered) => self.filtered += 1,
+            Err(EnqueueError::Full) => self.refused.push(sub.name().to_owned()),
+            // Unsubscribed concurrently: it no longer wants messages. Unless the whole bus
+            // is shutting down.
+            Err(EnqueueError::Closed) => self.shutting_down |= bus.is_shutting_down(),
+        }
+    }
+}
+
+/// Splits matching subscriptions into handler-priority groups, highest first; `None` when
+/// they all share one priority (the common case, which then costs no allocation).
+fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
+    if targets.len() < 2 {
+        return None;
+    }
+    let uniform = targets
+        .windows(2)
+        .all(|w| w[0].config.handler_priority == w[1].config.handler_priority);
+    if uniform {
+        return None;
+    }
+    let mut sorted: Vec<Arc<SubShared>> = targets.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.config.handler_priority));
+    Some(
+        sorted
+            .chunk_by(|a, b| a.config.handler_priority == b.config.handler_priority)
+            .map(<[_]>::to_vec)
+            .collect(),
+    )
+}
+
+/// [`Bus::publish_batch`] stopped at an error.
+#[derive(Debug, thiserror::Error)]
+#[error("batch publish stopped after {published} message(s): {error}")]
+pub struct BatchPublishError {
+    /// Messages published before the error.
+    pub published: usize,
+    /// The error.
+    #[source]
+    pub error: PublishError,
+}

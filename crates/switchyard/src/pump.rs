@@ -1,0 +1,93 @@
+//! Transport intake: each event subscription on a transport has a pump task that owns the
+//! transport subscription and feeds its deliveries into the subscription's queue (a bounded
+//! prefetch window), waiting for room.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use switchyard_core::Delivery;
+
+use crate::pending::Settled;
+use crate::publish::EnqueueError;
+use crate::queue::Entry;
+use crate::state::{SubShared, deliver_at};
+use crate::stats::inc;
+
+impl SubShared {
+    /// The pump: owns the transport subscription, feeds its deliveries into the queue, and
+    /// stops (dropping the transport subscription) when the queue closes.
+    pub(crate) fn spawn_pump(
+        self: &Arc<Self>,
+        mut stream: futures_util::stream::BoxStream<'static, Delivery>,
+    ) {
+        let sub = Arc::clone(self);
+        let pump = tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = sub.queue.closed() => break,
+                    next = stream.next() => next,
+                };
+                let Some(delivery) = next else { break };
+                if sub.enqueue_delivery(delivery).await.is_err() {
+                    break;
+                }
+            }
+        });
+        *self.pump.lock() = Some(pump);
+    }
+
+    /// Waits for the pump to stop (it does once the queue is closed), at most until `until`;
+    /// a pump stuck in a transport call past that is aborted (its delivery stays unsettled,
+    /// so the transport redelivers it).
+    pub(crate) async fn stop_pump(&self, until: tokio::time::Instant) {
+        let pump = self.pump.lock().take();
+        if let Some(mut pump) = pump
+            && tokio::time::timeout_at(until, &mut pump).await.is_err()
+        {
+            pump.abort();
+            tracing::warn!(subscription = %self.name(), "transport pump did not stop before the deadline");
+        }
+    }
+
+    /// Feeds one delivery from the transport into the queue, waiting for room. Filtered
+    /// deliveries are acked at once (they are not for this subscription).
+    pub(crate) async fn enqueue_delivery(&self, delivery: Delivery) -> Result<(), EnqueueError> {
+        let Some(bus) = self.bus.upgrade() else {
+            return Err(EnqueueError::Closed);
+        };
+        let accepted = bus.pending.arrival();
+        if let Some(due) = deliver_at(&delivery.envelope)
+            && let Ok(early) = due.duration_since(std::time::SystemTime::now())
+            && !early.is_zero()
+        {
+            // Delayed and not due yet: back to the transport until it is.
+            if let Err(e) = delivery.nack(Some(early)).await {
+                tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
+            }
+            accepted.settle(Settled::Nacked);
+            return Ok(());
+        }
+        if !self.accepts(&delivery.envelope) {
+            inc(&self.counters.filtered);
+            self.settle(delivery, true).await;
+            accepted.settle(Settled::Acked);
+            return Ok(());
+        }
+        let mut env = delivery.envelope.clone();
+        // One count: the transport numbers this delivery from 1, and the worker numbers every
+        // call it makes by adding one to what the queued envelope says, as it does for an
+        // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts
+        // already made: one fewer than the delivery's number.
+        env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
+        let env = Arc::new(env);
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let mut entry = Entry::new(env, None, lane, accepted);
+        entry.delivery = Some(Box::new(delivery));
+        match self.queue.push_wait(entry).await {
+            Ok(()) => Ok(()),
+            // Closed: the delivery is dropped unsettled and comes back later; its count goes
+            // with the entry.
+            Err(_) => Err(EnqueueError::Closed),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Shutdown: stop intake, drain until the deadline, then report (and dead-letter or hand
+//! back) what is left. Runs once; later and concurrent calls get the same report.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use switchyard_core::{CloseError, DeadLetter, DeadLetterReason};
+
+use crate::bus::Bus;
+use crate::config::SubscriptionKind;
+use crate::pending::Settled;
+use crate::state::{SHUTTING_DOWN, STOPPED, Scheduled, ShutdownReport, SubShared};
+
+impl Bus {
+    /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
+    /// left: dead-lettered when it lived only in memory, returned to the transport (which
+    /// redelivers it) when it came from one. New publishes get `ShuttingDown` from the moment
+    /// this is called. Finally closes the transport, flushing pending publishes.
+    ///
+    /// Idempotent: a second call (from any clone) returns the first call's report, and one
+    /// made while the first is still draining waits for it (the first call's `deadline`
+    /// applies). A call cancelled midway is completed by the next one. The error is kept for
+    /// compatibility; a transport that does not close cleanly is logged, not returned.
+    pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, CloseError> {
+        let report = self
+            .inner
+            .shutdown_report
+            .get_or_init(|| self.shutdown_once(deadline))
+            .await;
+        Ok(report.clone())
+    }
+
+    /// The work of [`shutdown`](Self::shutdown), run once (again only if a run was cancelled).
+    async fn shutdown_once(&self, deadline: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
+        let settled_before = inner.pending.settled();
+        let until = tokio::time::Instant::now() + deadline;
+        let mut report = ShutdownReport::default();
+        // Delayed publishes that are not due yet will not be: report them.
+        let scheduled: Vec<_> = inner.scheduled.lock().drain().collect();
+        for (
+            id,
+            Scheduled {
+                env,
+                task,
+                accepted,
+            },
+        ) in scheduled
+        {
+            task.abort();
+            report.left.push(id);
+            inner.dead_letter(DeadLetter::new(
+                env,
+                DeadLetterReason::Shutdown,
+                "delayed publish not due before shutdown",
+            ));
+            accepted.settle(Settled::LeftOver);
+        }
+        let subs = inner.subs();
+        for sub in &subs {
+            sub.deactivate();
+        }
+        for sub in &subs {
+            sub.stop_pump(until).await;
+        }
+        let mut handles: Vec<_> = subs
+            .iter()
+            .flat_map(|s| std::mem::take(&mut *s.workers.lock()))
+            .collect();
+        // A handle is awaited at most once to completion (awaiting it again would panic).
+        let mut running = Vec::new();
+        for mut h in handles.drain(..) {
+            if !running.is_empty() || tokio::time::timeout_at(until, &mut h).await.is_err() {
+                running.push(h);
+            }
+        }
+        if !running.is_empty() {
+            for h in &running {
+                h.abort();
+            }
+            for h in running {
+                // Cancelled or finished: either way the task no longer touches its queue.
+                let _ = h.await;
+            }
+            for sub in &subs {
+                self.report_leftovers(sub, &mut report).await;
+            }
+        }
+        // Lower priority groups still being fed find closed queues and dead-letter the rest;
+        // wait for that so nothing is still in their hands when shutdown returns.
+        let dispatchers: Vec<_> = std::mem::take(&mut *inner.dispatchers.lock());
+        // They only need to reach closed queues: a short grace even past the deadline.
+        let grace = until.max(tokio::time::Instant::now() + Duration::from_millis(100));
+        for mut task in dispatchers {
+            if tokio::time::timeout_at(grace, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        // Leftovers are settled as such, so they are not in this count.
+        report.drained = inner.pending.settled() - settled_before;
+        if let Some(transport) = &inner.transport
+            && let Err(e) = transport
+                .close(
+                    std::time::Instant::now()
+                        + until.saturating_duration_since(tokio::time::Instant::now()),
+                )
+                .await
+        {
+            tracing::warn!(error = %e, "transport did not close cleanly");
+        }
+        inner.state.store(STOPPED, Ordering::Release);
+        if report.left.is_empty() && report.nacked.is_empty() {
+            tracing::info!(drained = report.drained, "bus shut down cleanly");
+        } else {
+            tracing::warn!(
+                left = report.left.len(),
+                nacked = report.nacked.len(),
+                drained = report.drained,
+                "bus shut down with unprocessed messages (dead-lettered or returned to the transport)"
+            );
+        }
+        report
+    }
+
+    /// After the drain deadline: settles what one subscription did not handle.
+    async fn report_leftovers(&self, sub: &SubShared, report: &mut ShutdownReport) {
+        let inner = &self.inner;
+        // In-flight messages were cancelled with their worker (their pending count went with
+        // it). Those from a transport lost their (unsettled) delivery with it, so the
+        // transport redelivers them.
+        let fed = inner.transport.is_some() && sub.kind == SubscriptionKind::Event;
+        for env in sub.queue.in_flight_envelopes() {
+            if fed {
+                report.nacked.push(env.id);
+            } else {
+                report.left.push(env.id);
+                inner.dead_letter(
+                    DeadLetter::new(
+                        Arc::unwrap_or_clone(env),
+                        DeadLetterReason::Shutdown,
+                        "in flight at the shutdown deadline",
+                    )
+                    .with_handler(sub.name()),
+                );
+            }
+        }
+        for mut entry in sub.queue.drain_waiting() {
+            match entry.delivery.take() {
+                Some(delivery) => {
+                    report.nacked.push(entry.env.id);
+                    if let Err(e) = delivery.nack(None).await {
+                        tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
+                    }
+                    entry.accepted.settle(Settled::LeftOver);
+                }
+                None => {
+                    report.left.push(entry.env.id);
+                    sub.give_up(
+                        inner,
+                        entry,
+                        DeadLetterReason::Shutdown,
+                        "not processed before the shutdown deadline".into(),
+                    );
+                }
+            }
+        }
+        inner.forget_subscription(sub.id);
+    }
+}

@@ -1,0 +1,308 @@
+//! The shared state everything else works on: the bus's ([`BusInner`]) and each
+//! subscription's ([`SubShared`]), with the few operations every layer needs (routing
+//! bookkeeping, giving a message up to the dead-letter sink). Behaviour lives in the modules
+//! above: `publish`, `command`, `dispatch`, `pump`, `shutdown`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, RwLock};
+use smol_str::SmolStr;
+use switchyard_core::{
+    DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, InMemoryDeadLetters, MessageId,
+    PublishError, SendError, Topic,
+};
+use tokio::task::JoinHandle;
+
+use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
+use crate::handler::BoxHandler;
+use crate::pending::{Accepted, Pending, Settled};
+use crate::queue::{Entry, Overflow, Queue};
+use crate::router::Router;
+use crate::stats::{Counters, SubscriptionInfo, SubscriptionStats, inc};
+use crate::transport_link::ErasedTransport;
+
+/// Header carrying the wall-clock time (milliseconds since the Unix epoch) before which a
+/// message delayed through a transport must not be handled.
+pub const DELIVER_AT_HEADER: &str = "deliver-at";
+
+/// When a delayed message is due, if it carries [`DELIVER_AT_HEADER`].
+pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
+    let millis: u64 = env.header(DELIVER_AT_HEADER)?.parse().ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+/// The message being handled on the current task, so publishes from a handler are recorded
+/// as its consequences (and stay in its session). A pointer to the shared envelope: the
+/// task-local is swapped in and out around every poll of a handler, and its id, correlation
+/// id and session are only read when the handler publishes.
+#[derive(Debug, Clone)]
+pub(crate) struct Parent(pub(crate) Arc<Envelope>);
+
+impl Parent {
+    pub(crate) fn of(env: &Arc<Envelope>) -> Self {
+        Self(Arc::clone(env))
+    }
+}
+
+tokio::task_local! {
+    pub(crate) static CURRENT: Parent;
+}
+
+pub(crate) const RUNNING: u8 = 0;
+
+pub(crate) const SHUTTING_DOWN: u8 = 1;
+
+pub(crate) const STOPPED: u8 = 2;
+
+/// The handlers of one command topic: one global, and one per session at most.
+#[derive(Default)]
+pub(crate) struct CommandSlot {
+    pub(crate) global: Option<Arc<SubShared>>,
+    pub(crate) sessions: HashMap<SmolStr, Arc<SubShared>>,
+}
+
+impl CommandSlot {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.global.is_none() && self.sessions.is_empty()
+    }
+}
+
+/// Wraps a single-message handler in the resilience stack at registration: (name, handler,
+/// attempts the stack makes) → handler. Made in `build` from `with_resilience`.
+pub(crate) type ResilienceWrap = Arc<dyn Fn(&str, BoxHandler, u32) -> BoxHandler + Send + Sync>;
+
+/// Wraps every handler at registration (name, handler) → handler; see
+/// [`BusBuilder::wrap_handlers`].
+pub type HandlerWrap = Arc<dyn Fn(&str, BoxHandler) -> BoxHandler + Send + Sync>;
+
+/// Runs on every envelope before it is published, sent or scheduled; see
+/// [`BusBuilder::publish_hook`].
+pub type PublishHook = Arc<dyn Fn(&mut Envelope) -> Result<(), PublishError> + Send + Sync>;
+
+/// Shared state behind every [`Bus`] clone.
+pub(crate) struct BusInner {
+    pub(crate) router: Router<Arc<SubShared>>,
+    pub(crate) commands: RwLock<HashMap<Topic, CommandSlot>>,
+    /// Every subscription whose workers still run (active or draining).
+    pub(crate) subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
+    pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
+    /// The default store, when no other sink was configured.
+    pub(crate) memory_dead_letters: Option<Arc<InMemoryDeadLetters>>,
+    pub(crate) capacity: usize,
+    pub(crate) overflow: Overflow,
+    pub(crate) workers: usize,
+    /// Attempts per message, whoever makes them (see `register`).
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) state: AtomicU8,
+    pub(crate) next_id: AtomicU64,
+    /// Accepted messages not yet settled (handled, dead-lettered or reported); each one
+    /// carries its guard (`pending::Accepted`).
+    pub(crate) pending: Arc<Pending>,
+    /// Strong references that workers keep between messages (`subscription::HeldBus`).
+    /// When the strong count is no higher, the application has dropped every handle and the
+    /// workers let go, so the bus is freed even while messages keep flowing.
+    pub(crate) worker_holds: AtomicUsize,
+    pub(crate) lifecycle_events: bool,
+    pub(crate) transport: Option<Arc<dyn ErasedTransport>>,
+    pub(crate) hooks: Vec<PublishHook>,
+    pub(crate) wrap: Option<HandlerWrap>,
+    /// The resilience stack, around `wrap`'s result on every single-message handler.
+    pub(crate) resilience: Option<ResilienceWrap>,
+    /// Tasks feeding lower handler-priority groups; shutdown waits for them.
+    pub(crate) dispatchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Delayed publishes waiting for their time, so shutdown can report them.
+    pub(crate) scheduled: Mutex<HashMap<MessageId, Scheduled>>,
+    /// The report of the shutdown, once one finished: later calls return it.
+    pub(crate) shutdown_report: tokio::sync::OnceCell<ShutdownReport>,
+}
+
+impl BusInner {
+    pub(crate) fn dead_letter(&self, letter: DeadLetter) {
+        self.dead_letters.put(letter);
+    }
+
+    pub(crate) fn lifecycle_events(&self) -> bool {
+        self.lifecycle_events
+    }
+
+    pub(crate) fn forget_subscription(&self, id: u64) {
+        self.subs.lock().remove(&id);
+    }
+
+    /// Stops routing new messages to `sub`.
+    pub(crate) fn unroute(&self, sub: &SubShared) {
+        match sub.kind {
+            SubscriptionKind::Event => self.router.remove(&sub.config.pattern, sub.id),
+            SubscriptionKind::Command => {
+                let mut commands = self.commands.write();
+                let Ok(topic) = Topic::new(sub.config.pattern.as_str()) else {
+                    return;
+                };
+                let Some(slot) = commands.get_mut(&topic) else {
+                    return;
+                };
+                match &sub.config.session {
+                    None if slot.global.as_ref().is_some_and(|s| s.id == sub.id) => {
+                        slot.global = None
+                    }
+                    Some(session) if slot.sessions.get(session).is_some_and(|s| s.id == sub.id) => {
+                        slot.sessions.remove(session);
+                    }
+                    _ => {}
+                }
+                if slot.is_empty() {
+                    commands.remove(&topic);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn subs(&self) -> Vec<Arc<SubShared>> {
+        self.subs.lock().values().cloned().collect()
+    }
+}
+
+/// State shared by a subscription's handle, its workers and the router.
+pub(crate) struct SubShared {
+    pub(crate) id: u64,
+    pub(crate) kind: SubscriptionKind,
+    pub(crate) config: SubscriptionConfig,
+    pub(crate) queue: Queue,
+    /// Written by the workers on every message: kept off the cache lines publishers read
+    /// (`CachePadded` pads to 128 bytes where adjacent-line prefetch pairs lines).
+    pub(crate) counters: CachePadded<Counters>,
+    pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) pump: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) live_workers: AtomicUsize,
+    pub(crate) active: AtomicBool,
+    pub(crate) bus: Weak<BusInner>,
+}
+
+impl SubShared {
+    pub(crate) fn new(
+        id: u64,
+        kind: SubscriptionKind,
+        config: SubscriptionConfig,
+        bus: Weak<BusInner>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            queue: Queue::new(config.capacity, config.overflow, config.workers),
+            config,
+            counters: CachePadded::default(),
+            workers: Mutex::new(Vec::new()),
+            pump: Mutex::new(None),
+            live_workers: AtomicUsize::new(0),
+            active: AtomicBool::new(true),
+            bus,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(crate) fn info(&self) -> SubscriptionInfo {
+        SubscriptionInfo {
+            name: self.config.name.to_string(),
+            pattern: self.config.pattern.to_string(),
+            kind: self.kind,
+            workers: self.config.workers,
+            capacity: self.queue.capacity(),
+            overflow: self.queue.overflow().name(),
+            depth: self.queue.len(),
+            in_flight: self.queue.in_flight(),
+            active: self.active.load(Ordering::Relaxed),
+            session: self.config.session.as_ref().map(ToString::to_string),
+            handler_priority: self.config.handler_priority,
+            filters: self.config.filters.len(),
+            batch_size: self.config.batch.map(|b| b.max_size),
+            stats: self.counters.snapshot(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> SubscriptionStats {
+        self.counters.snapshot()
+    }
+
+    /// Session scope and filters, checked before queueing.
+    #[inline]
+    pub(crate) fn accepts(&self, env: &Envelope) -> bool {
+        if let Some(session) = &self.config.session
+            && env.header(SESSION_HEADER) != Some(session.as_str())
+        {
+            return false;
+        }
+        self.config.filters.iter().all(|f| f(env))
+    }
+
+    /// Dead-letters a message that will not be handled, answers its sender and settles it.
+    pub(crate) fn give_up(
+        &self,
+        bus: &BusInner,
+        entry: Entry,
+        reason: DeadLetterReason,
+        error: String,
+    ) {
+        inc(&self.counters.dead_lettered);
+        if let Some(reply) = entry.reply {
+            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
+        }
+        bus.dead_letter(
+            DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
+                .with_handler(self.config.name.clone()),
+        );
+        entry.accepted.settle(match reason {
+            DeadLetterReason::Shutdown => Settled::LeftOver,
+            _ => Settled::DeadLettered,
+        });
+    }
+
+    /// Marks the subscription inactive and stops intake; workers drain the queue and exit.
+    pub(crate) fn deactivate(&self) {
+        self.active.store(false, Ordering::Relaxed);
+        self.queue.close();
+    }
+}
+
+/// The subscriptions a session owns; shared with the builders it hands out.
+#[derive(Default)]
+pub(crate) struct SessionSubs(Mutex<Vec<Arc<SubShared>>>);
+
+impl SessionSubs {
+    pub(crate) fn push(&self, sub: Arc<SubShared>) {
+        self.0.lock().push(sub);
+    }
+
+    pub(crate) fn take(&self) -> Vec<Arc<SubShared>> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+/// A delayed publish waiting in memory for its time.
+pub(crate) struct Scheduled {
+    pub(crate) env: Envelope,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    /// Counted as pending from `schedule` until it is published, fails or is reported.
+    pub(crate) accepted: Accepted,
+}
+
+/// What [`Bus::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Messages settled (handled or dead-lettered by their handler) while draining.
+    pub drained: u64,
+    /// In-memory messages not handled before the deadline (or delayed ones not yet due);
+    /// each was sent to the dead-letter sink with reason `Shutdown`, and command senders got
+    /// `SendError::NotProcessed`.
+    pub left: Vec<MessageId>,
+    /// Messages from a transport not handled before the deadline: never acked, so the
+    /// transport delivers them again (after a restart, on a durable transport).
+    pub nacked: Vec<MessageId>,
+}

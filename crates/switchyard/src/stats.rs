@@ -1,0 +1,112 @@
+//! The figures the bus keeps per subscription: counters, and what the registry shows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::SubscriptionKind;
+
+/// Counters of one subscription. Nothing is dropped without being counted here.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) refused_full: AtomicU64,
+    pub(crate) decode_failed: AtomicU64,
+    pub(crate) filtered: AtomicU64,
+}
+
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A snapshot of one subscription's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionStats {
+    /// Handler calls (attempts), including retries.
+    pub delivered: u64,
+    /// Messages settled successfully (ack or reply).
+    pub acked: u64,
+    /// Attempts that ended in an error or panic.
+    pub failed: u64,
+    /// Attempts that panicked (also counted in `failed`).
+    pub panicked: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Messages the handler rejected.
+    pub rejected: u64,
+    /// Messages sent to the dead-letter sink (any reason).
+    pub dead_lettered: u64,
+    /// Messages evicted by `Overflow::DropOldest`.
+    pub dropped: u64,
+    /// Publishes refused because the queue was full.
+    pub refused_full: u64,
+    /// Messages whose payload could not be decoded.
+    pub decode_failed: u64,
+    /// Messages a filter kept out of the queue.
+    pub filtered: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> SubscriptionStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SubscriptionStats {
+            delivered: g(&self.delivered),
+            acked: g(&self.acked),
+            failed: g(&self.failed),
+            panicked: g(&self.panicked),
+            retried: g(&self.retried),
+            rejected: g(&self.rejected),
+            dead_lettered: g(&self.dead_lettered),
+            dropped: g(&self.dropped),
+            refused_full: g(&self.refused_full),
+            decode_failed: g(&self.decode_failed),
+            filtered: g(&self.filtered),
+        }
+    }
+}
+
+/// What the registry shows about one subscription or command handler.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionInfo {
+    /// Name given at registration.
+    pub name: String,
+    /// Pattern (for command handlers: the command topic).
+    pub pattern: String,
+    /// Event subscription or command handler.
+    #[serde(serialize_with = "kind_name")]
+    pub kind: SubscriptionKind,
+    /// Worker tasks.
+    pub workers: usize,
+    /// Queue capacity.
+    pub capacity: usize,
+    /// Overflow policy name.
+    pub overflow: &'static str,
+    /// Messages waiting.
+    pub depth: usize,
+    /// Messages being handled.
+    pub in_flight: usize,
+    /// False once the handle was dropped and the queue is draining.
+    pub active: bool,
+    /// The session it belongs to, if any.
+    pub session: Option<String>,
+    /// Its handler priority group (higher groups finish before lower ones start).
+    pub handler_priority: i32,
+    /// Number of filters applied before queueing.
+    pub filters: usize,
+    /// Batch size limit, for batch subscriptions.
+    pub batch_size: Option<usize>,
+    /// Counters.
+    pub stats: SubscriptionStats,
+}
+
+fn kind_name<S: serde::Serializer>(k: &SubscriptionKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match k {
+        SubscriptionKind::Event => "event",
+        SubscriptionKind::Command => "command",
+    })
+}
