@@ -59,7 +59,7 @@ try {
 
   // Topology: the graph has both subscriptions.
   await page.click("nav a[data-view=topology]");
-  await page.locator("#topo g.node", { hasText: "billing" }).waitFor({ timeout: T });
+  await page.locator("#topo g.node[aria-label=billing]").waitFor({ timeout: T });
   const nodes = await page.locator("#topo g.node").count();
   if (nodes < 4) throw new Error(`topology has ${nodes} nodes, expected the 2 patterns and 2 subscriptions`);
   await page.screenshot({ path: join(shots, "04-topology.png"), fullPage: true });
