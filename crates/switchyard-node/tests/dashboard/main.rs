@@ -157,6 +157,8 @@ async fn dashboard_in_headless_chromium() {
     });
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
+    // Only this run's screenshots: none left over from an earlier run with other names.
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
