@@ -1,7 +1,8 @@
 //! The browser dashboard: static HTML/CSS/JS embedded in the binary and served at `/` and
 //! `/dashboard/{file}`. The page holds no data of its own; everything it shows comes from the
-//! admin API (`/v1/stats`, `/v1/subscriptions`, `/v1/topology`, `/v1/dlq`, `/v1/trace`), which
-//! enforces admin auth, so the assets themselves need no credentials.
+//! admin API (`/v1/stats`, `/v1/alerts`, `/v1/status`, `/v1/subscriptions`, `/v1/topology`,
+//! `/v1/dlq`, `/v1/trace`; `/health` for liveness), which enforces admin auth, so the assets
+//! themselves need no credentials.
 
 use axum::extract::Path;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};

@@ -24,6 +24,7 @@
 //! the OpenAPI document is served at `/v1/openapi.json`.
 #![forbid(unsafe_code)]
 
+mod alerts;
 pub mod auth;
 pub mod config;
 mod dashboard;
@@ -32,6 +33,7 @@ mod health;
 mod http;
 #[cfg(feature = "zmq")]
 mod ingest;
+mod latency;
 pub mod logging;
 pub mod metrics;
 mod node;

@@ -71,10 +71,14 @@ impl Node {
             &config.readiness.critical_handlers,
         ));
         let handlers = MetricsRegistry::new();
+        let latency = crate::latency::Latencies::default();
+        let wrap_latency = latency.clone();
         let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
         let trace = (config.retention.trace_messages > 0)
             .then(|| Arc::new(TraceBuffer::new(config.retention.trace_messages)));
         let hook_trace = trace.clone();
+        let alerts = Arc::new(crate::alerts::AlertLog::default());
+        let hook_alerts = alerts.clone();
 
         let mut builder = Bus::builder()
             .queue_capacity(config.bus.queue_capacity)
@@ -82,6 +86,7 @@ impl Node {
             .dead_letters(DlqSink(dlq.clone()))
             .publish_hook(move |env| {
                 switchyard_middleware::trace::ensure_traceparent(env);
+                hook_alerts.published(env);
                 if let Some(t) = &hook_trace {
                     t.record(env);
                 }
@@ -109,15 +114,19 @@ impl Node {
                     });
                 let layer = ResilienceLayer::new(name, config);
                 wrap_health.add_breaker(name, layer.breaker());
-                boxed(layer.layer(handler))
+                boxed(layer.layer(wrap_latency.wrap(name, handler)))
             })
             .build()?;
 
         #[allow(unused_mut)]
-        let mut background = vec![tokio::spawn(publish_breaker_events(
-            bus.clone(),
-            breaker_rx,
-        ))];
+        let mut background = vec![
+            tokio::spawn(publish_breaker_events(
+                bus.clone(),
+                breaker_rx,
+                alerts.clone(),
+            )),
+            tokio::spawn(watch_transport(health.clone(), alerts.clone())),
+        ];
         let metrics = Arc::new(GatewayMetrics::new());
         let config = Arc::new(config);
         let state = AppState {
@@ -131,6 +140,8 @@ impl Node {
             auth: Arc::new(auth),
             metrics,
             handlers,
+            latency,
+            alerts,
             dlq,
             trace,
             topology: Arc::new(RwLock::new(None)),
@@ -428,8 +439,10 @@ impl switchyard::DeadLetterSink for DlqSink {
 async fn publish_breaker_events(
     bus: Bus,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<switchyard_middleware::breaker::BreakerEvent>,
+    alerts: Arc<crate::alerts::AlertLog>,
 ) {
     while let Some(event) = rx.recv().await {
+        alerts.breaker(&event);
         let (Ok(topic), Ok(payload)) = (
             switchyard::Topic::new(event.topic()),
             serde_json::to_vec(&event),
@@ -441,5 +454,19 @@ async fn publish_breaker_events(
         if let Err(e) = bus.publish_envelope(env).await {
             tracing::debug!(error = %e, "breaker event not published");
         }
+    }
+}
+
+/// Raises and resolves the `transport_down` alert as the transport's connectivity changes
+/// (checked every second).
+async fn watch_transport(health: Arc<Health>, alerts: Arc<crate::alerts::AlertLog>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        alerts.transport(
+            health.transport.kind(),
+            health.transport.problem().as_deref(),
+        );
     }
 }

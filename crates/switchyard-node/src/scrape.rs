@@ -21,6 +21,7 @@ pub(crate) fn update(state: &AppState) {
     let monitors = state.metrics.monitors();
     let denials = state.auth.denials();
     let breakers = state.health.breakers();
+    let latency = state.latency.snapshot();
     let problems = state.health.problems(state.bus.is_shutting_down());
     state.metrics.record(|| {
         gauge!("switchyard_pending").set(snapshot.pending as f64);
@@ -72,6 +73,15 @@ pub(crate) fn update(state: &AppState) {
                 .set(h.end_to_end.sum_seconds);
             counter!("switchyard_end_to_end_latency_seconds_count", labels.clone())
                 .absolute(h.end_to_end.count);
+        }
+        for h in &latency.handlers {
+            let l = &h.latency;
+            for (q, v) in [("0.5", l.p50_seconds), ("0.95", l.p95_seconds), ("0.99", l.p99_seconds)] {
+                if let Some(s) = v {
+                    gauge!("switchyard_handler_latency_seconds", "handler" => h.handler.clone(), "quantile" => q)
+                        .set(s);
+                }
+            }
         }
         for (handler, st) in &breakers {
             let v = match st {
@@ -168,6 +178,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
         "bus": state.bus.metrics_snapshot(),
         "dead_letters": {"size": state.dlq.len(), "evicted": state.dlq.evicted()},
         "handlers": state.handlers.snapshot(),
+        "latency": state.latency.snapshot(),
         "breakers": state.health.breakers().into_iter().map(|(h, s)| json!({"handler": h, "state": format!("{s:?}")})).collect::<Vec<_>>(),
         "pipelines": pipelines,
         "gateway": state.metrics.gateway_json(),

@@ -30,6 +30,10 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<GatewayMetrics>,
     /// Per-handler counts and durations of the resilience stack.
     pub(crate) handlers: MetricsRegistry,
+    /// Handler call-time histograms (p50/p95/p99 in `/v1/stats`).
+    pub(crate) latency: crate::latency::Latencies,
+    /// Firing and resolved alerts for `/v1/alerts`.
+    pub(crate) alerts: Arc<crate::alerts::AlertLog>,
     /// The dead-letter queue the bus writes to.
     pub(crate) dlq: Arc<dyn DeadLetterQueue>,
     /// Recent envelopes for `/v1/trace` (none when `retention.trace_messages = 0`).

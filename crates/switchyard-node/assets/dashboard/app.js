@@ -15,7 +15,7 @@
       if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
       else e.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const k of kids.flat()) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
+    for (const k of kids.flat(Infinity)) if (k !== null && k !== undefined) e.append(k instanceof Node ? k : String(k));
     return e;
   }
   const fmt = (n) => (n === null || n === undefined || Number.isNaN(n)) ? "–"
@@ -70,22 +70,20 @@
   }
 
   // --- Live overview: poll /v1/stats every second
-  const samples = []; // {t, acked, errors, calls, callSum}
+  const samples = []; // {t, rate, err}
   let last = null;
+  let lastStats = null, lastAlerts = null, lastRows = null;
+  const rates = new Map(); // "topic\0handler" → deliveries/s over the last poll
+  const ms = (s) => s === null || s === undefined ? "–" : s * 1000 < 10 ? (s * 1000).toFixed(2) : fmt(s * 1000);
   function totals(stats) {
     const subs = (stats.bus && stats.bus.subscriptions) || [];
-    const t = { acked: 0, errors: 0, inflight: 0, depth: 0, calls: 0, callSum: 0, callMax: 0 };
+    const t = { acked: 0, errors: 0, inflight: 0, depth: 0 };
     for (const s of subs) {
       const st = s.stats || {};
       t.acked += st.acked || 0;
       t.errors += (st.failed || 0) + (st.rejected || 0) + (st.panicked || 0) + (st.decode_failed || 0);
       t.inflight += s.in_flight || 0;
       t.depth += s.depth || 0;
-    }
-    const handlers = (stats.handlers && stats.handlers.handlers) || [];
-    for (const h of handlers) {
-      const d = h.duration || {};
-      t.calls += d.count || 0; t.callSum += d.sum_seconds || 0; t.callMax = Math.max(t.callMax, d.max_seconds || 0);
     }
     return t;
   }
@@ -99,25 +97,30 @@
       else { down = true; setConn(false, "reconnecting…"); }
       return;
     }
+    lastAlerts = await api("/v1/alerts").catch(() => lastAlerts);
     if (down) { down = false; if (current !== "overview") route(); }
     setConn(true, "live");
     const now = Date.now() / 1000;
     const t = totals(stats);
+    // Observed traffic per (topic, handler): the rate of each handler row's deliveries.
+    const rows = new Map(((stats.handlers && stats.handlers.handlers) || []).map((h) => [h.topic + "\u0000" + h.handler, h.delivered || 0]));
+    if (lastRows && now > lastRows.t) {
+      rates.clear();
+      for (const [k, v] of rows) rates.set(k, Math.max(0, v - (lastRows.map.get(k) || 0)) / (now - lastRows.t));
+    }
+    lastRows = { t: now, map: rows };
+    lastStats = stats;
     if (last && now > last.t) {
       const dt = now - last.t;
       // Counters restart with the node: a drop means a restart, not a negative rate.
       const d = (a, b) => Math.max(0, a - b);
-      const calls = d(t.calls, last.calls);
-      samples.push({
-        t: now,
-        rate: d(t.acked, last.acked) / dt,
-        err: d(t.errors, last.errors) / dt,
-        mean: calls ? (d(t.callSum, last.callSum) / calls) * 1000 : null,
-      });
+      samples.push({ t: now, rate: d(t.acked, last.acked) / dt, err: d(t.errors, last.errors) / dt });
       while (samples.length && samples[0].t < now - HISTORY_S) samples.shift();
     }
     last = Object.assign({ t: now }, t);
     renderOverview(stats, t);
+    if (current === "topology") updateEdgeRates();
+    if (current === "health") loadHealth().catch(showError);
   }
 
   function renderOverview(stats, t) {
@@ -135,8 +138,22 @@
     $("#m-breakers").textContent = fmt(open);
     $("#m-breakers-total").textContent = fmt(breakers.length);
     $("#m-breakers").closest(".card").classList.toggle("alert", open > 0);
-    $("#m-latency").textContent = s && s.mean !== null ? s.mean.toFixed(2) : "–";
-    $("#m-latency-unit").textContent = "mean ms (max " + (t.calls ? (t.callMax * 1000).toFixed(1) : "–") + ")";
+    const L = stats.latency && stats.latency.all;
+    $("#m-latency").textContent = L && L.count ? [L.p50_seconds, L.p95_seconds, L.p99_seconds].map(ms).join(" / ") : "–";
+    $("#m-latency-unit").textContent = "ms over " + fmt(L ? L.count : 0) + " calls since the node started (max " + ms(L && L.max_seconds) + ")";
+    const firing = lastAlerts ? lastAlerts.firing.length : null;
+    $("#m-alerts").textContent = fmt(firing);
+    $("#m-alerts-resolved").textContent = fmt(lastAlerts ? lastAlerts.history.filter((a) => !a.active).length : null);
+    $("#m-alerts").closest(".card").classList.toggle("alert", firing > 0);
+    if (samples.length) {
+      const span = samples[samples.length - 1].t - samples[0].t + 1;
+      const avg = (k) => samples.reduce((n, x) => n + x[k], 0) / samples.length;
+      const handled = avg("rate"), failed = avg("err");
+      const peak = Math.max(...samples.map((x) => x.rate));
+      $("#window-summary").textContent = "Last " + (span >= 899 ? "15 minutes" : Math.max(1, Math.round(span / 60)) + " min (since this tab opened)") + ": " +
+        fmt(handled) + " msg/s handled on average (peak " + fmt(peak) + "), " + fmt(failed) + " failures/s — error rate " +
+        (handled + failed > 0 ? ((100 * failed) / (handled + failed)).toFixed(1) : "0.0") + " %.";
+    }
     $("#m-published").textContent = fmt(stats.gateway ? stats.gateway.published : null);
     drawChart();
 
@@ -184,10 +201,10 @@
     const [head, ...rest] = hash.split("/");
     const [view, query] = head.split("?");
     const arg = rest.join("/");
-    current = ["overview", "subscriptions", "topology", "dlq", "trace"].includes(view) ? view : "overview";
+    current = ["overview", "subscriptions", "topology", "dlq", "trace", "health"].includes(view) ? view : "overview";
     for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + current;
     for (const a of document.querySelectorAll("nav a")) a.toggleAttribute("aria-current", false), a.dataset.view === current && a.setAttribute("aria-current", "page");
-    const load = { overview: () => {}, subscriptions: () => loadSubscriptions(arg), topology: loadTopology, dlq: () => loadDlq(query, arg), trace: () => loadTrace(arg) }[current];
+    const load = { overview: () => {}, subscriptions: () => loadSubscriptions(arg), topology: loadTopology, dlq: () => loadDlq(query, arg), trace: () => loadTrace(arg), health: loadHealth }[current];
     Promise.resolve(load()).catch(showError);
   }
   function showError(e) {
@@ -215,7 +232,9 @@
     const sub = subs.find((s) => s.name === name);
     panel.hidden = !sub;
     if (!sub) return;
-    const kv = Object.entries(sub).filter(([k]) => k !== "stats").concat(Object.entries(sub.stats || {}).map(([k, v]) => ["stats." + k, v]));
+    const lat = ((lastStats && lastStats.latency && lastStats.latency.handlers) || []).find((h) => h.handler === sub.name);
+    const kv = Object.entries(sub).filter(([k]) => k !== "stats").concat(Object.entries(sub.stats || {}).map(([k, v]) => ["stats." + k, v]))
+      .concat(lat ? [["latency p50 / p95 / p99 / max", [lat.p50_seconds, lat.p95_seconds, lat.p99_seconds, lat.max_seconds].map(ms).join(" / ") + " ms over " + fmt(lat.count) + " calls"]] : []);
     panel.replaceChildren(el("h3", {}, "Subscription ", el("code", {}, sub.name)),
       el("dl", { class: "kv" }, kv.map(([k, v]) => [el("dt", {}, k), el("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))])),
       el("p", {}, el("a", { href: "#dlq?subscription=" + encodeURIComponent(sub.name) }, "Its dead letters")));
@@ -238,15 +257,15 @@
       const order = [...byRole.keys()].sort((a, b) => (ROLE_ORDER.indexOf(a) + 99) % 106 - (ROLE_ORDER.indexOf(b) + 99) % 106);
       layers = order.map((r) => ({ name: r, nodes: byRole.get(r) }));
       const bad = new Set(violations.filter((v) => v.to).map((v) => (v.from.name || v.from) + "→" + (v.to.name || v.to) + "→" + v.topic));
-      edges = (topo.edges || []).map((e) => ({ from: e.from, to: e.to, label: e.topic, violation: bad.has(e.from + "→" + e.to + "→" + e.topic) }));
+      edges = (topo.edges || []).map((e) => ({ from: e.from, to: e.to, label: e.topic, violation: bad.has(e.from + "→" + e.to + "→" + e.topic), observe: { pattern: e.topic, handler: null } }));
     } else {
-      $("#topo-source").textContent = "No declared component topology: the graph the bus knows, topic patterns → subscriptions (thick: command handlers).";
+      $("#topo-source").textContent = "No declared component topology: the graph the bus knows, topic patterns → subscriptions (thick: command handlers). Each edge carries the traffic observed on it; green edges have traffic now.";
       const pats = [...new Set((topo.edges || []).map((e) => e.pattern))];
       layers = [
         { name: "Topics", nodes: pats.map((p) => ({ id: "t:" + p, label: p, topic: true })) },
         { name: "Subscriptions", nodes: [...new Set((topo.edges || []).map((e) => e.subscription))].map((s) => ({ id: "s:" + s, label: s, href: "#subscriptions/" + encodeURIComponent(s) })) },
       ];
-      edges = (topo.edges || []).map((e) => ({ from: "t:" + e.pattern, to: "s:" + e.subscription, kind: e.kind }));
+      edges = (topo.edges || []).map((e) => ({ from: "t:" + e.pattern, to: "s:" + e.subscription, kind: e.kind, observe: { pattern: e.pattern, handler: e.subscription } }));
     }
     $("#topo-violations").replaceChildren(...(violations.length ? [el("div", { class: "violations", role: "alert" },
       el("strong", {}, violations.length + " layer violation(s): "),
@@ -256,13 +275,14 @@
 
   function drawGraph(layers, edges) {
     const svg = $("#topo");
-    const colW = 260, rowH = 54, boxW = 200, boxH = 34, padX = 30, padY = 40;
+    const colW = 320, rowH = 54, boxW = 200, boxH = 34, padX = 30, padY = 40;
     const pos = new Map();
     layers.forEach((layer, i) => layer.nodes.forEach((n, j) => pos.set(n.id, { x: padX + i * colW, y: padY + j * rowH, n })));
     const rows = Math.max(1, ...layers.map((l) => l.nodes.length));
     const W = padX * 2 + (layers.length - 1) * colW + boxW, H = padY + rows * rowH;
-    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
-    svg.setAttribute("width", W); svg.setAttribute("height", H);
+    // No viewBox: one unit is one CSS pixel at 100 %; the zoom is the group's transform.
+    svg.style.height = Math.round(Math.min(Math.max(H, 260), Math.max(260, window.innerHeight * 0.7))) + "px";
+    observed.length = 0;
     const kids = [el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, el("path", { d: "M0,0 L10,5 L0,10 z", fill: "currentColor" })))];
     layers.forEach((l, i) => kids.push(el("text", { class: "layer", x: padX + i * colW, y: 22 }, l.name)));
     for (const e of edges) {
@@ -272,9 +292,16 @@
       const back = x2 <= x1;
       const d = back ? `M${a.x + boxW / 2},${a.y + boxH} C${a.x + boxW / 2},${H} ${b.x + boxW / 2},${H} ${b.x + boxW / 2},${b.y + boxH}`
         : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
-      kids.push(el("path", { class: "edge" + (e.kind === "command" ? " command" : "") + (e.violation ? " violation" : ""), d, "marker-end": "url(#arrow)" },
-        el("title", {}, (e.violation ? "LAYER VIOLATION: " : "") + (e.label || e.kind || ""))));
-      if (e.label) kids.push(el("text", { class: "elabel", x: (x1 + x2) / 2 - 30, y: (y1 + y2) / 2 - 4 }, e.label));
+      const title = el("title", {}, (e.violation ? "LAYER VIOLATION: " : "") + (e.label || e.kind || ""));
+      const path = el("path", { class: "edge" + (e.kind === "command" ? " command" : "") + (e.violation ? " violation" : ""), d, "marker-end": "url(#arrow)" }, title);
+      kids.push(path);
+      const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? H - 6 : (y1 + y2) / 2;
+      if (e.label) kids.push(el("text", { class: "elabel", x: mx - 30, y: my - 4 }, e.label));
+      if (e.observe) {
+        const rate = el("text", { class: "rate", x: mx, y: my + (e.label ? 10 : -5), "text-anchor": "middle", "data-test": "edge-rate" }, "");
+        kids.push(rate);
+        observed.push(Object.assign({ path, rate, title, base: title.textContent }, e.observe));
+      }
     }
     for (const { x, y, n } of pos.values()) {
       const g = el("g", { class: "node" + (n.topic ? " topic" : ""), transform: `translate(${x},${y})`, tabindex: n.href ? 0 : null, role: n.href ? "link" : null, "aria-label": n.label },
@@ -287,31 +314,119 @@
       }
       kids.push(g);
     }
-    svg.replaceChildren(...kids);
+    $("#topo-vp").replaceChildren(...kids);
+    applyView();
+    updateEdgeRates();
   }
+
+  // Observed traffic on the drawn edges: every handler row whose topic the edge's pattern
+  // matches (and whose handler is the edge's subscription, when it has one).
+  const observed = [];
+  function topicMatches(pattern, topic) {
+    const p = pattern.split("."), t = topic.split(".");
+    const go = (i, j) => {
+      if (i === p.length) return j === t.length;
+      if (p[i] === "#") return go(i + 1, j) || (j < t.length && go(i, j + 1));
+      return j < t.length && (p[i] === "*" || p[i] === t[j]) && go(i + 1, j + 1);
+    };
+    return go(0, 0);
+  }
+  function updateEdgeRates() {
+    for (const o of observed) {
+      let total = 0;
+      const topics = [];
+      for (const [k, r] of rates) {
+        const [topic, handler] = k.split("\u0000");
+        if ((o.handler === null || o.handler === handler) && topicMatches(o.pattern, topic)) { total += r; topics.push(topic + " " + fmt(r) + "/s"); }
+      }
+      o.rate.textContent = total > 0 ? fmt(total) + " msg/s" : "idle";
+      o.path.classList.toggle("live", total > 0);
+      o.rate.classList.toggle("idle", total === 0);
+      o.title.textContent = o.base + (topics.length ? " — observed: " + topics.join(", ") : " — no traffic in the last second");
+    }
+  }
+
+  // Zoom and pan: a transform on the graph's group; wheel zooms at the pointer, a drag pans,
+  // the buttons and keys (+ − 0 arrows on the focused graph) do the same.
+  const view = { k: 1, x: 0, y: 0 };
+  function applyView() {
+    $("#topo-vp").setAttribute("transform", "translate(" + view.x.toFixed(1) + "," + view.y.toFixed(1) + ") scale(" + view.k.toFixed(3) + ")");
+    $("#zoom-level").textContent = Math.round(view.k * 100) + " %";
+  }
+  function zoomAt(factor, cx, cy) {
+    const k = Math.min(4, Math.max(0.25, view.k * factor));
+    if (cx === undefined) {
+      // The buttons and keys keep the graph's top-left corner in place while it is in view
+      // (a small graph grows to the right and down), otherwise zoom around the middle.
+      const b = $("#topo-vp").getBBox(), svg = $("#topo");
+      const left = view.x + b.x * view.k, top = view.y + b.y * view.k;
+      const inView = left >= 0 && top >= 0 && left < svg.clientWidth && top < svg.clientHeight;
+      cx = inView ? left : svg.clientWidth / 2; cy = inView ? top : svg.clientHeight / 2;
+    }
+    view.x = cx - ((cx - view.x) * k) / view.k;
+    view.y = cy - ((cy - view.y) * k) / view.k;
+    view.k = k;
+    applyView();
+  }
+  function pan(dx, dy) { view.x += dx; view.y += dy; applyView(); }
+  function fit() { view.k = 1; view.x = 0; view.y = 0; applyView(); }
+  function svgPoint(ev) {
+    const m = $("#topo").getScreenCTM();
+    return m ? new DOMPoint(ev.clientX, ev.clientY).matrixTransform(m.inverse()) : { x: 0, y: 0 };
+  }
+  $("#zoom-in").addEventListener("click", () => zoomAt(1.25));
+  $("#zoom-out").addEventListener("click", () => zoomAt(0.8));
+  $("#zoom-fit").addEventListener("click", fit);
+  for (const b of document.querySelectorAll(".zoom .pan")) b.addEventListener("click", () => pan(Number(b.dataset.dx) * 60, Number(b.dataset.dy) * 60));
+  $("#topo").addEventListener("wheel", (ev) => { ev.preventDefault(); const p = svgPoint(ev); zoomAt(ev.deltaY < 0 ? 1.15 : 1 / 1.15, p.x, p.y); }, { passive: false });
+  $("#topo").addEventListener("keydown", (ev) => {
+    if (ev.target !== $("#topo")) return;
+    const keys = { "+": () => zoomAt(1.25), "=": () => zoomAt(1.25), "-": () => zoomAt(0.8), "0": fit,
+      ArrowLeft: () => pan(60, 0), ArrowRight: () => pan(-60, 0), ArrowUp: () => pan(0, 60), ArrowDown: () => pan(0, -60) };
+    if (keys[ev.key]) { ev.preventDefault(); keys[ev.key](); }
+  });
+  let drag = null;
+  $("#topo").addEventListener("pointerdown", (ev) => { if (ev.button !== 0) return; const p = svgPoint(ev); drag = { x: p.x, y: p.y, vx: view.x, vy: view.y, moved: false, id: ev.pointerId }; });
+  $("#topo").addEventListener("pointermove", (ev) => {
+    if (!drag) return;
+    const p = svgPoint(ev);
+    const dx = p.x - drag.x, dy = p.y - drag.y;
+    if (!drag.moved && Math.hypot(dx, dy) < 4) return;
+    if (!drag.moved) { drag.moved = true; $("#topo").setPointerCapture(drag.id); $("#topo").classList.add("dragging"); }
+    view.x = drag.vx + dx; view.y = drag.vy + dy;
+    applyView();
+  });
+  const endDrag = () => { if (drag && drag.moved) { $("#topo").classList.remove("dragging"); const m = drag; setTimeout(() => { if (drag === m) drag = null; }); } else drag = null; };
+  $("#topo").addEventListener("pointerup", endDrag);
+  $("#topo").addEventListener("pointercancel", endDrag);
+  // A drag that ends on a node does not open it.
+  $("#topo").addEventListener("click", (ev) => { if (drag && drag.moved) { ev.stopPropagation(); ev.preventDefault(); drag = null; } }, true);
 
   // --- Dead letters
   let dlqItems = [];
   const selected = new Set();
+  // datetime-local inputs hold local time; the API and the hash hold RFC 3339 (UTC).
+  const toIso = (local) => { const d = new Date(local); return Number.isNaN(d.getTime()) ? null : d.toISOString(); };
+  const toLocal = (iso) => { const d = new Date(iso); return Number.isNaN(d.getTime()) ? "" : new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19); };
   function dlqQuery() {
     const f = new FormData($("#dlq-filter"));
     const q = new URLSearchParams();
-    for (const k of ["topic", "subscription", "limit"]) if (f.get(k)) q.set(k, f.get(k));
+    for (const k of ["topic", "subscription", "error", "limit"]) if (f.get(k)) q.set(k, f.get(k));
+    for (const k of ["since", "until"]) if (f.get(k) && toIso(f.get(k))) q.set(k, toIso(f.get(k)));
     return q;
   }
-  $("#dlq-filter").addEventListener("submit", (ev) => { ev.preventDefault(); const q = dlqQuery(); const e = new FormData(ev.target).get("error"); if (e) q.set("error", e); location.hash = "dlq?" + q.toString(); });
+  $("#dlq-filter").addEventListener("submit", (ev) => { ev.preventDefault(); location.hash = "dlq?" + dlqQuery().toString(); });
   async function loadDlq(query, id) {
     const params = new URLSearchParams(query || "");
     const form = $("#dlq-filter");
     for (const k of ["topic", "subscription", "error"]) form.elements[k].value = params.get(k) || "";
+    for (const k of ["since", "until"]) form.elements[k].value = params.get(k) ? toLocal(params.get(k)) : "";
     if (params.get("limit")) form.elements.limit.value = params.get("limit");
-    const errText = (params.get("error") || "").toLowerCase();
-    params.delete("error");
     const data = await api("/v1/dlq?" + params.toString());
     clearError();
-    dlqItems = (data.items || []).filter((it) => !errText || String(it.error || "").toLowerCase().includes(errText));
+    dlqItems = data.items || [];
     for (const s of [...selected]) if (!dlqItems.some((i) => i.id === s)) selected.delete(s);
-    $("#dlq-total").textContent = "(" + dlqItems.length + (dlqItems.length !== data.total ? " shown of " + data.total : "") + ")";
+    $("#dlq-total").textContent = "(" + dlqItems.length + (dlqItems.length !== data.total ? " shown of " + data.total : "") + (params.toString() ? " matching the filter" : "") + ")";
     const base = "#dlq" + (query ? "?" + query : "") + "/";
     $("#dlq tbody").replaceChildren(...(dlqItems.length ? dlqItems.map((it) => el("tr", { class: it.id === id ? "selected" : null, "data-id": it.id },
       el("td", {}, el("input", { type: "checkbox", "aria-label": "Select " + it.id, checked: selected.has(it.id), onchange: (ev) => { ev.target.checked ? selected.add(it.id) : selected.delete(it.id); syncDlqButtons(); } })),
@@ -413,6 +528,53 @@
     const body = topic ? { all: true, topic } : { all: true };
     purge(body, "Purge ALL dead letters" + (topic ? " on " + topic : "") + "? This cannot be undone.").catch(showError);
   });
+
+  // --- Alerts and health: liveness (/health), readiness and uptime (/v1/status), transport and
+  // breakers (/v1/stats), alerts (/v1/alerts).
+  const when = (t) => t ? new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
+  async function loadHealth() {
+    const [status, live, alerts, stats] = await Promise.all([
+      api("/v1/status"),
+      fetch("/health", { cache: "no-store" }).then((r) => r.ok).catch(() => false),
+      api("/v1/alerts"),
+      lastStats ? Promise.resolve(lastStats) : api("/v1/stats"),
+    ]);
+    clearError();
+    lastAlerts = alerts;
+    const tr = stats.transport || {};
+    const breakers = stats.breakers || [];
+    const open = breakers.filter((b) => b.state === "Open").length;
+    const card = (test, label, value, unit, bad) => el("div", { class: "card" + (bad ? " alert" : ""), "data-test": test },
+      el("span", { class: "label" }, label), el("span", { class: "num" }, value), el("span", { class: "unit" }, unit));
+    $("#health-cards").replaceChildren(
+      card("liveness", "Liveness", live ? "ok" : "down", "/health", !live),
+      card("readiness", "Readiness", status.ready ? "ready" : "not ready", status.ready ? "uptime " + fmt(status.uptime_s) + " s" : status.not_ready.join("; "), !status.ready),
+      card("transport", "Transport " + (tr.kind || status.transport), tr.state || (status.ready ? "connected" : "–"),
+        tr.kind === "nats" ? fmt(tr.reconnects) + " reconnects, " + fmt(tr.publish_failures) + " publish failures" : "in process", tr.state && tr.state !== "Connected"),
+      card("breakers", "Breakers open", fmt(open), "of " + fmt(breakers.length), open > 0),
+      card("alerts-firing", "Alerts firing", fmt(alerts.firing.length), fmt(alerts.history.length) + " in the history", alerts.firing.length > 0));
+    const sev = (s) => el("span", { class: "pill sev-" + s }, s);
+    $("#alerts-firing tbody").replaceChildren(...(alerts.firing.length ? alerts.firing.map((a) => el("tr", { "data-test": "alert-firing" },
+      el("td", {}, sev(a.severity)), el("td", {}, a.rule), el("td", {}, el("code", {}, a.subject)), el("td", {}, a.message),
+      el("td", { class: "r" }, fmt(a.count)), el("td", {}, when(a.first_ms)), el("td", {}, a.source)))
+      : [el("tr", {}, el("td", { colspan: 7, class: "note" }, "No alert firing."))]));
+    $("#alerts-history tbody").replaceChildren(...(alerts.history.length ? alerts.history.map((a) => el("tr", { "data-test": "alert-history" },
+      el("td", {}, el("span", { class: "pill " + (a.active ? "open" : "closed") }, a.active ? "firing" : "resolved")),
+      el("td", {}, sev(a.severity)), el("td", {}, a.rule), el("td", {}, el("code", {}, a.subject)), el("td", {}, a.message),
+      el("td", {}, when(a.first_ms)), el("td", {}, when(a.resolved_ms))))
+      : [el("tr", {}, el("td", { colspan: 7, class: "note" }, "No alert raised since the node started."))]));
+    const lat = new Map(((stats.latency && stats.latency.handlers) || []).map((h) => [h.handler, h]));
+    const br = new Map(breakers.map((b) => [b.handler, b.state]));
+    $("#health-handlers tbody").replaceChildren(...((stats.bus && stats.bus.subscriptions) || []).map((s) => {
+      const l = lat.get(s.name) || {};
+      const state = br.get(s.name);
+      return el("tr", {},
+        el("td", {}, el("a", { href: "#subscriptions/" + encodeURIComponent(s.name) }, s.name)),
+        el("td", {}, state ? el("span", { class: "pill " + state.toLowerCase().replace(/[^a-z]/g, "") }, state) : "–"),
+        el("td", { class: "r" }, fmt((s.stats || {}).acked)), el("td", { class: "r" }, fmt(((s.stats || {}).failed || 0) + ((s.stats || {}).rejected || 0))),
+        el("td", { class: "r" }, ms(l.p50_seconds)), el("td", { class: "r" }, ms(l.p95_seconds)), el("td", { class: "r" }, ms(l.p99_seconds)));
+    }));
+  }
 
   // --- Traces
   $("#trace-form").addEventListener("submit", (ev) => { ev.preventDefault(); const id = new FormData(ev.target).get("id").trim(); if (id) location.hash = "trace/" + id; });

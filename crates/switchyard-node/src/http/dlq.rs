@@ -19,6 +19,12 @@ pub(crate) struct ListQuery {
     topic: Option<String>,
     /// Subscription (handler) that gave up.
     subscription: Option<String>,
+    /// Only errors containing this text (case-sensitive).
+    error: Option<String>,
+    /// Only dead-lettered at or after this time (RFC 3339, `2026-01-02T03:04:05Z`).
+    since: Option<String>,
+    /// Only dead-lettered before this time (RFC 3339).
+    until: Option<String>,
     /// Items per page (default 100, at most 1000).
     limit: Option<usize>,
     /// Items to skip.
@@ -96,6 +102,15 @@ pub(crate) async fn list(
     if let Some(s) = &q.subscription {
         filter = filter.handler(s.as_str());
     }
+    if let Some(e) = &q.error {
+        filter = filter.error_contains(e.as_str());
+    }
+    if let Some(t) = &q.since {
+        filter = filter.since(parse_time("since", t)?);
+    }
+    if let Some(t) = &q.until {
+        filter = filter.until(parse_time("until", t)?);
+    }
     let all = state.dlq.list(&filter);
     let items = all
         .iter()
@@ -107,6 +122,15 @@ pub(crate) async fn list(
         total: all.len(),
         items,
     }))
+}
+
+fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError> {
+    humantime::parse_rfc3339_weak(value).map_err(|e| {
+        ApiError::new(
+            ErrorKind::BadQuery,
+            format!("{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)"),
+        )
+    })
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {

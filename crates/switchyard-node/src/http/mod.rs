@@ -42,6 +42,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/trace/{correlation_id}", get(observe::trace))
         .route("/status", get(observe::status))
         .route("/stats", get(observe::stats))
+        .route("/alerts", get(observe::alerts))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/ws", get(crate::ws::ws_handler));
     Router::new()

@@ -63,6 +63,20 @@ pub(crate) async fn stats(State(state): State<AppState>, _admin: Admin) -> Json<
     Json(crate::scrape::stats_json(&state))
 }
 
+/// Firing alerts and the history of raised and resolved ones: the node's own (a handler's
+/// circuit breaker open, the transport down) and those published on `system.alert.*`.
+#[utoipa::path(get, path = "/v1/alerts", responses((status = 200, body = crate::alerts::AlertsJson)), tag = "observability")]
+pub(crate) async fn alerts(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Json<crate::alerts::AlertsJson> {
+    state.alerts.transport(
+        state.health.transport.kind(),
+        state.health.transport.problem().as_deref(),
+    );
+    Json(state.alerts.snapshot())
+}
+
 /// Node summary.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct StatusJson {

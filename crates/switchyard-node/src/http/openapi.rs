@@ -26,6 +26,7 @@ use super::{command, dlq, observe, publish, registry};
         observe::trace,
         observe::status,
         observe::stats,
+        observe::alerts,
         observe::metrics,
         observe::health,
         observe::ready,

@@ -391,3 +391,61 @@ burst = 3
     assert_eq!(publish("tb").await.unwrap().status(), 202);
     node.stop().await.unwrap();
 }
+
+/// With auth on, the dashboard's page and assets load without credentials (they hold no
+/// data), and every API call the page makes needs an admin token.
+#[tokio::test]
+async fn the_dashboard_needs_an_admin_token_for_every_figure() {
+    let node = TestNode::start(&config()).await;
+    let http = client();
+    for asset in ["/", "/dashboard/app.js", "/dashboard/app.css"] {
+        let res = http.get(node.url(asset)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{asset}");
+    }
+    let js = http
+        .get(node.url("/dashboard/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Every GET the page makes, as written in app.js: `api("/v1/...")`.
+    let mut calls: Vec<String> = js
+        .split("api(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split(['"', '?']).next())
+        .map(str::to_owned)
+        .filter(|p| !p.ends_with('/') && !p.contains("replay") && !p.contains("purge"))
+        .collect();
+    calls.sort();
+    calls.dedup();
+    for needed in [
+        "/v1/stats",
+        "/v1/alerts",
+        "/v1/dlq",
+        "/v1/subscriptions",
+        "/v1/topology",
+    ] {
+        assert!(calls.iter().any(|c| c == needed), "{needed} in {calls:?}");
+    }
+    for path in &calls {
+        let none = http.get(node.url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path} without a token");
+        let publisher = http
+            .get(node.url(path))
+            .bearer_auth("pub-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(publisher.status(), 403, "{path} as a non-admin");
+        let operator = http
+            .get(node.url(path))
+            .bearer_auth("op-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(operator.status(), 200, "{path} as admin");
+    }
+    node.stop().await.unwrap();
+}

@@ -182,3 +182,65 @@ async fn a_selection_must_say_ids_or_all() {
         assert_eq!(res.status(), 400, "{body}");
     }
 }
+
+#[tokio::test]
+async fn dead_letters_are_filtered_by_error_and_time() {
+    let node = TestNode::start(MEMORY).await;
+    let _replayed = rejecting_until_replayed(&node).await;
+    let first = publish(&node, "billing.charge", r#"{"amount": 1}"#).await;
+    node.bus.run_until_idle().await;
+    publish(&node, "billing.charge", r#"{"amount": 2}"#).await;
+    node.bus.run_until_idle().await;
+    let http = client();
+    let list = |query: &'static str| {
+        let http = http.clone();
+        let url = node.url(&format!("/v1/dlq?{query}"));
+        async move {
+            let res = http.get(url).send().await.unwrap();
+            let status = res.status();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, all) = list("").await;
+    assert_eq!(all["total"], 2, "{all}");
+    assert_eq!(all["items"][0]["id"], first.as_str());
+    let at = all["items"][0]["dead_lettered_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    assert_eq!(list("error=declined").await.1["total"], 2);
+    assert_eq!(list("error=timeout").await.1["total"], 0);
+    assert_eq!(
+        list("since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z")
+            .await
+            .1["total"],
+        2
+    );
+    assert_eq!(list("since=2999-01-01T00:00:00Z").await.1["total"], 0);
+    // `since` includes its instant, `until` excludes it.
+    let since: Value = http
+        .get(node.url("/v1/dlq"))
+        .query(&[("since", at.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(since["total"], 2, "since {at}: {since}");
+    let until: Value = http
+        .get(node.url("/v1/dlq"))
+        .query(&[("until", at.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(until["total"], 0, "until {at}: {until}");
+    let (status, body) = list("since=yesterday").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["kind"], "bad_query");
+    node.stop().await.unwrap();
+}

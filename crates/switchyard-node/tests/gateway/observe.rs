@@ -150,6 +150,96 @@ async fn metrics_and_stats_show_bus_and_gateway_figures() {
 }
 
 #[tokio::test]
+async fn stats_and_metrics_show_handler_latency_percentiles() {
+    let node = TestNode::start(MEMORY).await;
+    // Nine quick calls and one that takes at least 50 ms: p99 (rank 10 of 10) is the slow one.
+    node.bus
+        .subscribe(
+            "timed",
+            "lat.#",
+            handler_fn(|e: Envelope| async move {
+                if e.topic.as_str() == "lat.slow" {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok::<_, std::convert::Infallible>(Outcome::Ack)
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let http = client();
+    let empty: Value = http
+        .get(node.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["latency"]["all"]["count"], 0, "{empty}");
+    assert!(empty["latency"]["all"]["p50_seconds"].is_null(), "{empty}");
+    for topic in ["lat.fast"; 9].into_iter().chain(["lat.slow"]) {
+        let res = http
+            .post(node.url(&format!("/v1/publish/{topic}")))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    node.bus.run_until_idle().await;
+    let stats: Value = http
+        .get(node.url("/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let latency = &stats["latency"];
+    assert_eq!(latency["window"], "since_start");
+    let row = latency["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["handler"] == "timed")
+        .unwrap_or_else(|| panic!("no row for the handler in {latency}"));
+    let f = |v: &Value, k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number in {v}"))
+    };
+    assert_eq!(row["count"], 10, "{row}");
+    assert!(f(row, "p50_seconds") <= f(row, "p95_seconds"), "{row}");
+    assert!(f(row, "p95_seconds") <= f(row, "p99_seconds"), "{row}");
+    assert!(f(row, "p99_seconds") >= 0.05, "p99 is the slow call: {row}");
+    assert!(f(row, "p99_seconds") <= f(row, "max_seconds"), "{row}");
+    assert!(f(row, "max_seconds") >= 0.05, "{row}");
+    assert_eq!(latency["all"]["count"], 10, "{latency}");
+    assert_eq!(latency["all"]["p99_seconds"], row["p99_seconds"]);
+
+    let text = http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let p99 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("switchyard_handler_latency_seconds")
+                && l.contains("handler=\"timed\"")
+                && l.contains("quantile=\"0.99\"")
+        })
+        .unwrap_or_else(|| panic!("no p99 gauge in\n{text}"));
+    let v: f64 = p99.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(v >= 0.05, "{p99}");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
     let node = TestNode::start(MEMORY).await;
     let bus = node.bus.clone();
@@ -343,6 +433,20 @@ shutdown_timeout_ms = 1000
         body["reasons"][0].as_str().unwrap().contains("payments"),
         "{body}"
     );
+    // The node raised an alert for it before publishing the event.
+    let alerts: Value = http
+        .get(node.url("/v1/alerts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let firing = &alerts["firing"][0];
+    assert_eq!(firing["rule"], "breaker_open", "{alerts}");
+    assert_eq!(firing["subject"], "payments", "{alerts}");
+    assert_eq!(firing["source"], "node", "{alerts}");
+    assert_eq!(firing["active"], true, "{alerts}");
     let metrics = http
         .get(node.url("/metrics"))
         .send()
@@ -363,4 +467,51 @@ shutdown_timeout_ms = 1000
         metrics.lines().any(|l| l == "switchyard_ready 0"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn alerts_published_on_the_bus_fire_and_resolve() {
+    let node = TestNode::start(MEMORY).await;
+    let http = client();
+    let alerts = || async {
+        http.get(node.url("/v1/alerts"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let empty = alerts().await;
+    assert_eq!(empty["firing"], serde_json::json!([]), "{empty}");
+    assert_eq!(empty["history"], serde_json::json!([]), "{empty}");
+    let publish = |body: &'static str| {
+        http.post(node.url("/v1/publish/system.alert.critical"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for _ in 0..2 {
+        let res = publish(r#"{"rule": "error-rate", "subject": "billing", "message": "40% failing", "active": true}"#)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    let firing = alerts().await;
+    let a = &firing["firing"][0];
+    assert_eq!(a["rule"], "error-rate", "{firing}");
+    assert_eq!(a["severity"], "critical", "the topic's severity: {firing}");
+    assert_eq!(a["source"], "bus", "{firing}");
+    assert_eq!(a["count"], 2, "deduplicated: {firing}");
+    assert!(a["resolved_ms"].is_null(), "{firing}");
+    let res = publish(r#"{"rule": "error-rate", "subject": "billing", "active": false}"#)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let resolved = alerts().await;
+    assert_eq!(resolved["firing"], serde_json::json!([]), "{resolved}");
+    let h = &resolved["history"][0];
+    assert_eq!(h["active"], false, "{resolved}");
+    assert!(h["resolved_ms"].as_u64().unwrap() >= h["first_ms"].as_u64().unwrap());
+    node.stop().await.unwrap();
 }
