@@ -15,6 +15,11 @@ pub type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
 pub type BoxBatchHandler = BoxCloneService<Vec<Envelope>, Outcome, BoxError>;
 
 /// What a handler's `Ok` value means to the bus.
+#[diagnostic::on_unimplemented(
+    message = "a handler's `Ok` value must be `()` or an `Outcome`, not `{Self}`",
+    label = "the bus cannot settle a message with a `{Self}`",
+    note = "return `Ok(())` to ack, or `Ok(Outcome::reject(..))` / `Ok(Outcome::retry())`; a command handler returns its `Command::Output`"
+)]
 pub trait IntoOutcome {
     /// Converts into an [`Outcome`].
     fn into_outcome(self) -> Outcome;
