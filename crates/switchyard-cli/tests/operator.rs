@@ -517,7 +517,16 @@ fn serve_without_config_runs_the_log_node_and_stops_on_sigterm() {
 fn serve_demo_shows_live_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::spawn(dir.path(), &["--demo", "--demo-interval-ms", "200"]);
+    // The first line named the URL (Served::spawn read it); the node answers on it.
+    assert!(
+        served.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        served.url
+    );
     assert_eq!(served.get("/health"), json!({"status": "ok"}));
+    // No config: the demo runs on the embedded log, under the working directory.
+    assert_eq!(served.get("/v1/status")["transport"], "log");
+    assert!(dir.path().join("switchyard-data/log").is_dir());
     let completed = served.line_with("completed in");
     let correlation = completed.rsplit(' ').next().unwrap().to_owned();
     served.line_with("FAILED");
