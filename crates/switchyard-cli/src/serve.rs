@@ -39,6 +39,8 @@ pub struct ServeArgs {
 /// have (the error handler gives up: a failed run and a dead letter); every 10th is also
 /// preceded by a request whose payload does not decode (a dead letter with the raw bytes).
 const MISSING_EVERY: u64 = 4;
+/// Runs of the trickle under way at once at most; a tick with that many is skipped.
+const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
 
 /// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully (the bus drains).
@@ -178,6 +180,11 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
+                // A slow transport (a busy disk under `durability = "always"`) must not
+                // get an ever longer backlog: runs wait for earlier ones to finish.
+                if waiting.len() >= MAX_RUNS_IN_FLIGHT {
+                    continue;
+                }
                 n += 1;
                 let run_id = format!("demo-{n:05}");
                 if n.is_multiple_of(UNDECODABLE_EVERY) {
