@@ -39,19 +39,14 @@ pub struct ServeArgs {
 /// have (the error handler gives up: a failed run and a dead letter); every 10th is also
 /// preceded by a request whose payload does not decode (a dead letter with the raw bytes).
 const MISSING_EVERY: u64 = 4;
+/// Runs of the trickle under way at once at most; a tick with that many is skipped.
+const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
 
 /// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully (the bus drains).
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let mut config = NodeConfig::load(args.config.as_deref())
         .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
-    let mut note = "";
-    if args.demo && args.config.is_none() && !transport_in_env() {
-        // The demo is chatty (about 120 messages a run, each hop through every observer):
-        // in memory it shows a live system at once; a configured transport is honoured.
-        config.transport = switchyard_node::TransportConfig::Memory;
-        note = " (the --demo default; configure [transport] to run the demo on the log or NATS)";
-    }
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -74,7 +69,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let url = display_url(addr, tls);
     // The first line is for scripts and tests too: it names the bound address.
     println!("switchyard node listening on {url}");
-    println!("  transport  {transport}{note}");
+    println!("  transport  {transport}");
     println!("  status     {url}/v1/status");
     println!("  health     {url}/health   metrics {url}/metrics");
     println!("  api        {url}/v1/openapi.json");
@@ -109,14 +104,6 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failure(format!("the node stopped with an error: {e}")))?;
     println!("switchyard node stopped");
     Ok(())
-}
-
-/// True when a `SWITCHYARD_TRANSPORT...` variable configures the transport.
-fn transport_in_env() -> bool {
-    std::env::vars_os().any(|(k, _)| {
-        k.to_str()
-            .is_some_and(|k| k.to_ascii_uppercase().starts_with("SWITCHYARD_TRANSPORT"))
-    })
 }
 
 fn describe_transport(config: &NodeConfig) -> String {
@@ -193,6 +180,11 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
+                // A slow transport (a busy disk under `durability = "always"`) must not
+                // get an ever longer backlog: runs wait for earlier ones to finish.
+                if waiting.len() >= MAX_RUNS_IN_FLIGHT {
+                    continue;
+                }
                 n += 1;
                 let run_id = format!("demo-{n:05}");
                 if n.is_multiple_of(UNDECODABLE_EVERY) {

@@ -443,17 +443,22 @@ impl Served {
         Served { child, url, lines }
     }
 
-    /// Waits for a line containing `needle`.
-    fn line_with(&self, needle: &str) -> String {
+    /// Waits until a line containing `a` and one containing `b` came, in either order.
+    fn lines_with(&self, a: &str, b: &str) -> (String, String) {
         let deadline = Instant::now() + WAIT;
-        loop {
+        let (mut got_a, mut got_b) = (None, None);
+        while got_a.is_none() || got_b.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
+                Ok(l) if got_a.is_none() && l.contains(a) => got_a = Some(l),
+                Ok(l) if got_b.is_none() && l.contains(b) => got_b = Some(l),
                 Ok(_) => continue,
-                Err(e) => panic!("no line with {needle:?}: {e}"),
+                Err(e) => {
+                    panic!("no line with {a:?} ({got_a:?}) and one with {b:?} ({got_b:?}): {e}")
+                }
             }
         }
+        (got_a.unwrap_or_default(), got_b.unwrap_or_default())
     }
 
     fn get(&self, path: &str) -> Value {
@@ -517,10 +522,19 @@ fn serve_without_config_runs_the_log_node_and_stops_on_sigterm() {
 fn serve_demo_shows_live_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let served = Served::spawn(dir.path(), &["--demo", "--demo-interval-ms", "200"]);
+    // The first line named the URL (Served::spawn read it); the node answers on it.
+    assert!(
+        served.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        served.url
+    );
     assert_eq!(served.get("/health"), json!({"status": "ok"}));
-    let completed = served.line_with("completed in");
+    // No config: the demo runs on the embedded log, under the working directory.
+    assert_eq!(served.get("/v1/status")["transport"], "log");
+    assert!(dir.path().join("switchyard-data/log").is_dir());
+    // A completed run and a failed one, in whichever order they finish.
+    let (completed, _failed) = served.lines_with("completed in", "FAILED");
     let correlation = completed.rsplit(' ').next().unwrap().to_owned();
-    served.line_with("FAILED");
     // Demo traffic shows in the node's status: handled messages and dead letters.
     let deadline = Instant::now() + WAIT;
     loop {

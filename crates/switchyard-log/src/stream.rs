@@ -72,6 +72,9 @@ pub(crate) struct StreamShared {
     pub index: Mutex<StreamIndex>,
     /// Group offsets known to be on disk (group name → next offset to consume).
     pub committed: Mutex<HashMap<String, u64>>,
+    /// The offsets file was damaged at open: a group without an offset starts from the
+    /// oldest record whatever the start position (it may have had one; never a skip).
+    pub offsets_damaged: bool,
 }
 
 /// Locks a mutex, recovering from poisoning (state is kept consistent under every lock).
@@ -213,19 +216,27 @@ fn scan_segment(
 }
 
 /// Loads the committed offsets of every group and brings back to `end` (the end of the
-/// recovered data) any that lie past it, on disk too.
+/// recovered data) any that lie past it, on disk too. Returns them, and whether the offsets
+/// file was damaged (the groups it held are unknown: each starts from the oldest record).
 ///
 /// A committed offset past the end means records the group had consumed were lost with
 /// the tail (a power loss under `Interval`/`Never`, which sync offsets more often than
 /// data, or a truncating recovery). New records take those offsets again; left as it was,
 /// the offset would make the group skip them. Written back at once so that a later session
 /// that appends before the group subscribes does not skip them either.
+///
+/// Per-group files of the older layout are folded into the offsets file and removed.
 fn clamp_committed(
     stream: &str,
     groups_dir: &Path,
     end: u64,
-) -> Result<HashMap<String, u64>, OpenError> {
-    let mut committed = crate::offsets::load_all(groups_dir);
+) -> Result<(HashMap<String, u64>, bool), OpenError> {
+    let crate::offsets::Loaded {
+        offsets: mut committed,
+        legacy,
+        damaged,
+    } = crate::offsets::load_all(groups_dir);
+    let mut rewrite = !legacy.is_empty();
     for (group, offset) in committed.iter_mut() {
         if *offset <= end {
             continue;
@@ -239,11 +250,19 @@ fn clamp_committed(
              the group had consumed were lost); moved back to the end so that no new record \
              is skipped"
         );
-        crate::offsets::store(groups_dir, group, end)
-            .map_err(io_err(&crate::offsets::group_file(groups_dir, group)))?;
         *offset = end;
+        rewrite = true;
     }
-    Ok(committed)
+    if rewrite {
+        crate::offsets::store_all(groups_dir, &committed)
+            .map_err(io_err(&crate::offsets::path(groups_dir)))?;
+        for path in legacy {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a per-group offset file of the older layout (the offsets file holds its offset)");
+            }
+        }
+    }
+    Ok((committed, damaged))
 }
 
 /// Checks the segment files found (`bases`, sorted) against the stream's manifest, before
@@ -348,7 +367,7 @@ impl StreamShared {
             manifest::store(&dir, found).map_err(io_err(&manifest::path(&dir)))?;
         }
         let end = segments.last().map_or(0, Segment::end);
-        let committed = clamp_committed(&name, &dir.join("groups"), end)?;
+        let (committed, offsets_damaged) = clamp_committed(&name, &dir.join("groups"), end)?;
         Ok(Self {
             name,
             dir,
@@ -356,6 +375,7 @@ impl StreamShared {
             max_record,
             index: Mutex::new(StreamIndex { segments }),
             committed: Mutex::new(committed),
+            offsets_damaged,
         })
     }
 

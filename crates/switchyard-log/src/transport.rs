@@ -458,6 +458,7 @@ impl LogTransport {
         match (committed, self.inner.config.start) {
             (Some(c), _) => c.clamp(first, next),
             (None, StartPosition::Earliest) => first,
+            (None, StartPosition::Latest) if durable && stream.offsets_damaged => first,
             (None, StartPosition::Latest) => next,
         }
     }

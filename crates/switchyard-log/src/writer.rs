@@ -454,21 +454,29 @@ impl Writer {
         result
     }
 
-    /// Writes pending committed offsets.
+    /// Writes pending committed offsets: one file (one sync) per stream whose groups moved,
+    /// however many groups did.
     fn write_commits(&mut self) {
         self.last_commit = Instant::now();
         let pending: Vec<_> = lock(&self.commits).drain().collect();
+        let mut by_stream: HashMap<usize, Vec<(String, u64)>> = HashMap::new();
         for ((i, group), offset) in pending {
+            by_stream.entry(i).or_default().push((group, offset));
+        }
+        for (i, moved) in by_stream {
             let Some(stream) = self.streams.get(i) else {
                 continue;
             };
-            match offsets::store(&stream.dir.join("groups"), &group, offset) {
-                Ok(()) => {
-                    lock(&stream.committed).insert(group, offset);
-                }
+            let mut all = lock(&stream.committed).clone();
+            all.extend(moved.iter().cloned());
+            match offsets::store_all(&stream.dir.join("groups"), &all) {
+                Ok(()) => *lock(&stream.committed) = all,
                 Err(e) => {
-                    tracing::warn!(stream = %stream.name, group = %group, error = %e, "cannot write committed offset; will retry");
-                    lock(&self.commits).entry((i, group)).or_insert(offset);
+                    tracing::warn!(stream = %stream.name, error = %e, "cannot write committed offsets; will retry");
+                    let mut commits = lock(&self.commits);
+                    for (group, offset) in moved {
+                        commits.entry((i, group)).or_insert(offset);
+                    }
                 }
             }
         }

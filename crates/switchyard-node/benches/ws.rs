@@ -3,7 +3,10 @@
 //!
 //! - publish msgs/s from a Rust client: one `publish` frame per message, pipelined (at most
 //!   `WINDOW` unanswered; each `published` answer frees a slot), and `publish_batch` frames
-//!   of `BATCH` messages; next to `bus.publish_envelope` in process, same node, same run;
+//!   of `BATCH` messages; next to `bus.publish_envelope` in process, same node. The three
+//!   alternate in `RUNS` rounds; the summary gives median rates and the median of the
+//!   per-round ratios in-process / WebSocket (only same-round ratios compare: the machine's
+//!   state changes between runs);
 //! - p50/p99 of `request` over WebSocket (one at a time) next to `bus.request_envelope`.
 //!
 //! Run: `cargo bench -p switchyard-node --bench ws` (`-- --quick` for fewer messages).
@@ -25,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 const WINDOW: usize = 4096;
 /// Messages per `publish_batch` frame.
 const BATCH: usize = 100;
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn payload(n: u64) -> String {
     format!(r#"{{"n":{n},"sensor":"s-17","value":21.5}}"#)
@@ -33,7 +36,7 @@ fn payload(n: u64) -> String {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let messages: u64 = if quick { 20_000 } else { 200_000 };
+    let messages: u64 = if quick { 20_000 } else { 100_000 };
     let requests: u64 = if quick { 2_000 } else { 20_000 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,6 +109,22 @@ async fn run(messages: u64, requests: u64) {
             "  {name:<38} {:>10.0}   {:?}",
             median(runs),
             runs.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
+        );
+    }
+    for (k, name) in [(1, "1 frame/msg"), (2, "publish_batch")] {
+        let ratios: Vec<f64> = rows[0]
+            .1
+            .iter()
+            .zip(&rows[k].1)
+            .map(|(b, w)| b / w)
+            .collect();
+        println!(
+            "  median per-round ratio in-process / WebSocket {name}: {:.2}x   {:?}",
+            median(&ratios),
+            ratios
+                .iter()
+                .map(|r| (r * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
         );
     }
     assert_eq!(

@@ -421,10 +421,10 @@ async fn a_damaged_manifest_is_an_error() {
     assert_eq!(count(dir.path()).await.unwrap(), 10);
 }
 
-/// A damaged committed-offset file is not an error: the group starts again from the oldest
+/// A damaged committed-offsets file is not an error: the groups start again from the oldest
 /// record (at-least-once: nothing skipped, some records again), with a warning.
 #[tokio::test]
-async fn a_damaged_group_offset_restarts_the_group_from_the_oldest_record() {
+async fn a_damaged_offsets_file_restarts_the_groups_from_the_oldest_record() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
     publish_all(&log, (0..5).map(|i| env("a.b", &i.to_string())).collect()).await;
@@ -435,8 +435,8 @@ async fn a_damaged_group_offset_restarts_the_group_from_the_oldest_record() {
     drop(sub);
     close(&log).await;
     drop(log);
-    let offset_file = dir.path().join("streams/default/groups/g.offset");
-    flip(&offset_file, 0);
+    let offsets = dir.path().join("streams/default/groups/OFFSETS");
+    flip(&offsets, 14);
     let log = open(dir.path());
     let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
     for i in 0..5 {
@@ -444,5 +444,81 @@ async fn a_damaged_group_offset_restarts_the_group_from_the_oldest_record() {
         assert_eq!(payload(&d), i.to_string());
         d.ack().await.unwrap();
     }
+    close(&log).await;
+}
+
+/// The committed offsets of every group of a stream are one file, written with one sync per
+/// commit round however many groups moved (one file per group cost a sync each, on the
+/// writer thread, in front of the next appends). Reopened, every group resumes where it was.
+#[tokio::test]
+async fn the_offsets_of_many_groups_are_one_file_and_survive_a_reopen() {
+    const GROUPS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(&log, (0..3).map(|i| env("a.b", &i.to_string())).collect()).await;
+    for g in 0..GROUPS {
+        let mut sub = log
+            .subscribe(&pattern("a.b"), Some(&format!("group-{g}")))
+            .await
+            .unwrap();
+        // Group g settles (g % 3) records.
+        for _ in 0..g % 3 {
+            next(&mut sub).await.ack().await.unwrap();
+        }
+    }
+    log.flush().await.unwrap();
+    let groups_dir = dir.path().join("streams/default/groups");
+    let files: Vec<String> = fs::read_dir(&groups_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        vec!["OFFSETS".to_owned()],
+        "one file for every group"
+    );
+    close(&log).await;
+    drop(log);
+    let log = open(dir.path());
+    for g in 0..GROUPS {
+        assert_eq!(
+            log.committed_offset("default", &format!("group-{g}")),
+            (g % 3 > 0).then_some((g % 3) as u64),
+            "group-{g} (a group that settled nothing has no offset)"
+        );
+    }
+    close(&log).await;
+}
+
+/// Per-group offset files of the older layout are read at open, folded into the offsets
+/// file and removed.
+#[tokio::test]
+async fn per_group_offset_files_of_the_older_layout_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(&log, (0..5).map(|i| env("a.b", &i.to_string())).collect()).await;
+    close(&log).await;
+    drop(log);
+    // `[offset u64 LE][crc32c of those 8 bytes u32 LE]`, as older versions wrote it.
+    let groups_dir = dir.path().join("streams/default/groups");
+    let mut old = 3u64.to_le_bytes().to_vec();
+    old.extend_from_slice(&crc32c::crc32c(&3u64.to_le_bytes()).to_le_bytes());
+    fs::write(groups_dir.join("old%2Dstyle.offset"), &old).unwrap();
+    let log = open(dir.path());
+    assert_eq!(log.committed_offset("default", "old-style"), Some(3));
+    assert!(!groups_dir.join("old%2Dstyle.offset").exists());
+    assert!(groups_dir.join("OFFSETS").exists());
+    let mut sub = log
+        .subscribe(&pattern("a.b"), Some("old-style"))
+        .await
+        .unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!(payload(&d), "3", "resumes at the migrated offset");
+    d.ack().await.unwrap();
+    drop(sub);
+    close(&log).await;
+    drop(log);
+    let log = open(dir.path());
+    assert_eq!(log.committed_offset("default", "old-style"), Some(4));
     close(&log).await;
 }

@@ -195,7 +195,7 @@ impl Op {
             Self::PublishBatch => &["messages"],
             Self::Ack => &["delivery"],
             Self::Nack => &["delivery", "delay_ms"],
-            Self::Handle => &["topic", "concurrency"],
+            Self::Handle => &["topic", "group", "concurrency"],
             Self::Unhandle => &["topic"],
             Self::Result => &[
                 "call",

@@ -1,5 +1,5 @@
 //! `GET /v1/ws`: the WebSocket gateway. The protocol (JSON text frames) is in
-//! docs/gateway-ws.md; in short:
+//! docs/gateway.md ("WebSocket"); in short:
 //!
 //! - `subscribe` / `unsubscribe`: a pattern, ephemeral (this connection's own subscription,
 //!   no consumer group on the transport) or as a member of a named group (several
@@ -7,7 +7,9 @@
 //!   `ack: "auto"` (settled once queued for the client) or `"manual"` (`ack` / `nack`);
 //! - `publish` and `publish_batch`;
 //! - `handle` / `unhandle`: this connection executes a command topic (`command` frames,
-//!   answered with `result`); its disconnect fails the commands it holds at once;
+//!   answered with `result`), alone or as a member of a handler group (see [`handlers`]);
+//!   its disconnect fails the commands it holds at once, or hands them to the group's next
+//!   member;
 //! - `send` / `request`: a command or request with its `reply`.
 //!
 //! Each connection has a reader (this task), a writer task draining a bounded outbound
@@ -17,6 +19,7 @@
 
 mod conn;
 mod frames;
+mod handlers;
 mod outbound;
 mod targets;
 
@@ -35,7 +38,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use switchyard::{Envelope, Kind, Pattern, Subscription, Topic};
+use switchyard::{Envelope, Kind, Pattern, Topic};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +47,7 @@ use self::conn::{CallResult, Conn, Settle};
 use self::frames::{
     ClientFrame, Op, PublishFields, answer, error_frame, error_frame_with, required,
 };
+use self::handlers::{HandleSpec, HandlerRecord};
 use self::outbound::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Closed, LastSeen, Outbound, run_writer,
 };
@@ -215,7 +219,7 @@ struct Session {
     state: AppState,
     conn: Arc<Conn>,
     subs: HashMap<Arc<str>, SubRecord>,
-    handlers: HashMap<String, Subscription>,
+    handlers: HashMap<String, HandlerRecord>,
     next_sid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
@@ -243,7 +247,7 @@ impl Session {
             Op::Unsubscribe => self.unsubscribe(id, &frame).await,
             Op::Ack | Op::Nack => self.settle(op, &frame),
             Op::Handle => self.handle(id, &frame).await,
-            Op::Unhandle => self.unhandle(id, &frame),
+            Op::Unhandle => self.unhandle(id, &frame).await,
             Op::Result => self.result(&mut frame),
             Op::Send | Op::Request => self.call(op, id, &mut frame).await,
         };
@@ -439,15 +443,21 @@ impl Session {
                 format!("a connection handles at most {MAX_HANDLERS} command topics"),
             ));
         }
-        let concurrency = frame.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        if concurrency == 0 || concurrency > MAX_CONCURRENCY {
+        if let Some(concurrency) = frame.concurrency
+            && (concurrency == 0 || concurrency > MAX_CONCURRENCY)
+        {
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 format!("concurrency = {concurrency}: allowed 1 to {MAX_CONCURRENCY}"),
             ));
         }
-        let registration =
-            targets::handle(&self.state, &self.conn, topic.as_str(), concurrency).await?;
+        let spec = HandleSpec {
+            topic: topic.as_str(),
+            group: frame.group.as_deref(),
+            concurrency: frame.concurrency,
+            default_concurrency: DEFAULT_CONCURRENCY,
+        };
+        let registration = self.state.ws.handle(&self.state, &self.conn, spec).await?;
         self.handlers.insert(topic.to_string(), registration);
         #[derive(Serialize)]
         struct Handling<'a> {
@@ -462,14 +472,15 @@ impl Session {
         )))
     }
 
-    fn unhandle(&mut self, id: Option<&RawValue>, frame: &ClientFrame<'_>) -> OpResult {
+    async fn unhandle(&mut self, id: Option<&RawValue>, frame: &ClientFrame<'_>) -> OpResult {
         let topic = required(frame.topic.as_deref(), "unhandle", "topic")?;
-        if self.handlers.remove(topic).is_none() {
+        let Some(record) = self.handlers.remove(topic) else {
             return Err(ApiError::new(
                 ErrorKind::NotFound,
                 format!("this connection does not handle {topic:?}"),
             ));
-        }
+        };
+        self.state.ws.unhandle(self.conn.id, topic, record).await;
         #[derive(Serialize)]
         struct Unhandled<'a> {
             topic: &'a str,
@@ -583,7 +594,9 @@ impl Session {
         for (sid, record) in self.subs.drain() {
             self.state.ws.unsubscribe(self.conn.id, &sid, record).await;
         }
-        self.handlers.clear();
+        for (topic, record) in self.handlers.drain() {
+            self.state.ws.unhandle(self.conn.id, &topic, record).await;
+        }
         self.calls.abort_all();
     }
 }

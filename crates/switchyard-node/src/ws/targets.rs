@@ -1,14 +1,14 @@
-//! What WebSocket clients register on the bus: subscriptions (one connection's own, or a
-//! consumer group shared by several connections) and remote command handlers.
+//! What WebSocket clients subscribe on the bus: one connection's own subscription, or a
+//! consumer group shared by several connections. Remote handlers are in `handlers`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use switchyard::{BoxError, Envelope, Outcome, Permanent, SubscribeError, Subscription};
+use switchyard::{BoxError, Envelope, Outcome, SubscribeError, Subscription};
 
-use super::conn::{CallResult, Conn, Handed};
+use super::conn::{Conn, Handed};
 use super::frames::AckMode;
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
@@ -112,7 +112,7 @@ pub(crate) enum SubRecord {
 
 /// Group names: the group's bus subscription and transport consumer group are named after
 /// them (`ws:group:<group>`), apart from an application's subscriptions.
-fn check_group_name(group: &str) -> Result<(), ApiError> {
+pub(super) fn check_group_name(group: &str) -> Result<(), ApiError> {
     let ok = !group.is_empty()
         && group.len() <= 64
         && group
@@ -128,7 +128,7 @@ fn check_group_name(group: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn subscribe_error(e: SubscribeError) -> ApiError {
+pub(super) fn subscribe_error(e: SubscribeError) -> ApiError {
     let kind = match &e {
         SubscribeError::InvalidPattern(_) => ErrorKind::InvalidTopic,
         SubscribeError::ShuttingDown => ErrorKind::ShuttingDown,
@@ -185,6 +185,9 @@ pub(crate) struct SubscribeSpec<'a> {
 #[derive(Default)]
 pub struct Hub {
     groups: tokio::sync::Mutex<HashMap<String, GroupEntry>>,
+    /// Remote handler groups, by command topic (a topic has one handler on the bus).
+    pub(super) handler_groups:
+        tokio::sync::Mutex<HashMap<String, super::handlers::HandlerGroupEntry>>,
     pub(crate) connections: AtomicUsize,
     pub(crate) next_conn: std::sync::atomic::AtomicU64,
 }
@@ -306,86 +309,6 @@ impl Hub {
                 }
             }
         }
-    }
-}
-
-/// The error a command's sender gets when its remote handler's connection closed before
-/// answering. Permanent: not retried.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "remote handler disconnected before answering (WebSocket connection {conn} of principal {principal:?})"
-)]
-pub(crate) struct RemoteHandlerGone {
-    conn: u64,
-    principal: String,
-}
-
-/// A remote handler's `ok: false`.
-#[derive(Debug, thiserror::Error)]
-#[error("remote handler failed: {0}")]
-pub(crate) struct RemoteHandlerFailed(String);
-
-/// The command frame was evicted from a slow remote handler's buffer.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "command not delivered to the remote handler: its outbound buffer was full (slow_client = drop_oldest)"
-)]
-pub(crate) struct RemoteHandlerSlow;
-
-/// Registers `conn` as the handler of command topic `topic`.
-pub(crate) async fn handle(
-    state: &AppState,
-    conn: &Arc<Conn>,
-    topic: &str,
-    concurrency: usize,
-) -> Result<Subscription, ApiError> {
-    let c = conn.clone();
-    let handler = switchyard::handler_fn(move |env: Envelope| {
-        let conn = c.clone();
-        async move { remote_call(conn, env).await }
-    });
-    state
-        .bus
-        .handle_envelope(
-            &format!("ws-handler:{}", conn.principal.name()),
-            topic,
-            handler,
-        )
-        .workers(concurrency.max(1))
-        .start()
-        .await
-        .map_err(subscribe_error)
-}
-
-async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError> {
-    let gone = || -> BoxError {
-        Box::new(Permanent::new(RemoteHandlerGone {
-            conn: conn.id,
-            principal: conn.principal.name().to_owned(),
-        }))
-    };
-    if conn.is_closed() {
-        return Err(gone());
-    }
-    match conn.call(&env).await {
-        None => Err(gone()),
-        Some(CallResult::Ok {
-            payload,
-            content_type,
-        }) => {
-            let mut reply = env.reply(payload);
-            reply.content_type = content_type.into();
-            Ok(Outcome::reply(reply))
-        }
-        Some(CallResult::Failed {
-            error,
-            reject: true,
-        }) => Ok(Outcome::reject(error)),
-        Some(CallResult::Failed {
-            error,
-            reject: false,
-        }) => Err(Box::new(RemoteHandlerFailed(error))),
-        Some(CallResult::Dropped) => Err(Box::new(RemoteHandlerSlow)),
     }
 }
 

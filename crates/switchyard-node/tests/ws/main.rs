@@ -1,9 +1,12 @@
 //! The WebSocket gateway against a node on an ephemeral port, with a tokio-tungstenite
 //! client: subscriptions (ephemeral and groups, auto and manual ack), publish, remote
-//! handlers, send/request, slow clients, auth and malformed frames.
+//! handlers (alone and as groups), send/request, slow clients, connection limits, auth and
+//! malformed frames.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 mod auth;
+mod handler_groups;
+mod limits;
 mod malformed;
 mod pubsub;
 mod remote;

@@ -354,3 +354,57 @@ async fn nacks_never_pause_a_subscription() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_subscription_works_on_the_log_transport() {
+    let node = TestNode::start_on_log("").await;
+    // Published before anyone subscribed: kept in the log, but not for a subscriber that
+    // comes later without a group.
+    node.bus
+        .publish_envelope(event("log.before", 0))
+        .await
+        .unwrap();
+    let mut sub = node.client().await;
+    let sid = sub.subscribe("log.#", json!({})).await;
+    assert!(
+        node.bus.registry().iter().any(|s| s.name == "ws:anonymous"),
+        "the ephemeral subscription is on the bus"
+    );
+    let mut publisher = node.client().await;
+    for n in 1..=3u64 {
+        let v = publisher
+            .ask(json!({"op": "publish", "id": n, "topic": "log.after", "payload": {"n": n}}))
+            .await;
+        assert_eq!(v["op"], "published", "{v}");
+    }
+    node.bus
+        .publish_envelope(event("log.rust", 4))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let m = sub.expect("message").await;
+        assert_eq!(m["subscription"], sid.as_str());
+        seen.push((
+            m["message"]["topic"].as_str().unwrap().to_owned(),
+            m["message"]["payload"]["n"].as_u64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("log.after".to_owned(), 1),
+            ("log.after".to_owned(), 2),
+            ("log.after".to_owned(), 3),
+            ("log.rust".to_owned(), 4),
+        ],
+        "what was published while subscribed, in order, and not what came before"
+    );
+    // Unsubscribing ends the bus subscription.
+    let v = sub
+        .ask(json!({"op": "unsubscribe", "id": "u", "subscription": sid}))
+        .await;
+    assert_eq!(v["op"], "unsubscribed", "{v}");
+    assert!(!node.bus.registry().iter().any(|s| s.name == "ws:anonymous"));
+    node.stop().await;
+}

@@ -21,11 +21,27 @@ pub struct TestNode {
     pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
+    /// The log's data directory, removed when the node is dropped.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestNode {
     pub async fn start(extra: &str) -> Self {
-        let toml = format!("listen = \"127.0.0.1:0\"\n[transport]\nkind = \"memory\"\n{extra}");
+        Self::start_with("kind = \"memory\"", extra, None).await
+    }
+
+    /// A node on the embedded log, in a fresh temporary directory.
+    pub async fn start_on_log(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let transport = format!(
+            "kind = \"log\"\ndata_dir = {:?}",
+            dir.path().to_str().unwrap()
+        );
+        Self::start_with(&transport, extra, Some(dir)).await
+    }
+
+    async fn start_with(transport: &str, extra: &str, dir: Option<tempfile::TempDir>) -> Self {
+        let toml = format!("listen = \"127.0.0.1:0\"\n[transport]\n{transport}\n{extra}");
         let config = NodeConfig::from_toml(&toml).unwrap();
         let node = Node::start(config).await.unwrap();
         let listener = node.bind().await.unwrap();
@@ -44,6 +60,7 @@ impl TestNode {
             addr,
             stop: Some(stop),
             served: Some(served),
+            _dir: dir,
         }
     }
 

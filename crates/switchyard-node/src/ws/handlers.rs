@@ -1,0 +1,303 @@
+//! Remote handlers: a WebSocket connection executes the commands of a topic, alone or as a
+//! member of a handler group.
+//!
+//! - **Alone** (`handle` without `group`): the connection is the topic's one handler on the
+//!   bus (`ws-handler:<principal>`). Its disconnect fails the commands it holds at once; an
+//!   `ok: false` is retried by the node's policy.
+//! - **Group** (`handle` with `group`): one bus handler for the topic
+//!   (`ws-handler:group:<group>`) hands each command to a live member, round robin. When
+//!   that member disconnects, fails (`ok: false`) or loses the command from its full
+//!   buffer, the command goes to the next member it has not been to: each member gets it
+//!   at most once, and when every member has had it the sender gets a typed error (not
+//!   retried again, so a command never bounces between members). A rejection (`reject:
+//!   true`) is final at once. The group's bus handler ends with its last member.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use switchyard::{BoxError, Envelope, Outcome, Permanent, Subscription};
+
+use super::conn::{CallResult, Conn};
+use super::targets::{Hub, subscribe_error};
+use crate::error::{ApiError, ErrorKind};
+use crate::state::AppState;
+
+/// The error a command's sender gets when its remote handler's connection closed before
+/// answering. Permanent: not retried.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "remote handler disconnected before answering (WebSocket connection {conn} of principal {principal:?})"
+)]
+pub(crate) struct RemoteHandlerGone {
+    conn: u64,
+    principal: String,
+}
+
+/// A remote handler's `ok: false`.
+#[derive(Debug, thiserror::Error)]
+#[error("remote handler failed: {0}")]
+pub(crate) struct RemoteHandlerFailed(String);
+
+/// The command frame was evicted from a slow remote handler's buffer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "command not delivered to the remote handler: its outbound buffer was full (slow_client = drop_oldest)"
+)]
+pub(crate) struct RemoteHandlerSlow;
+
+/// Every member of a handler group had the command and none answered it: each
+/// disconnected, failed or was too slow. Permanent: each member was tried once already.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "remote handler group {group:?}: {tried} member(s) tried once each, none answered ({last})"
+)]
+pub(crate) struct RemoteHandlerGroupFailed {
+    group: String,
+    tried: usize,
+    last: String,
+}
+
+/// A handler group with no live member when a command came (they are leaving).
+#[derive(Debug, thiserror::Error)]
+#[error("remote handler group {group:?} has no connected member")]
+pub(crate) struct RemoteHandlerGroupEmpty {
+    group: String,
+}
+
+/// Registers `conn` as the one handler of command topic `topic`.
+pub(crate) async fn handle(
+    state: &AppState,
+    conn: &Arc<Conn>,
+    topic: &str,
+    concurrency: usize,
+) -> Result<Subscription, ApiError> {
+    let c = conn.clone();
+    let handler = switchyard::handler_fn(move |env: Envelope| {
+        let conn = c.clone();
+        async move { remote_call(conn, env).await }
+    });
+    state
+        .bus
+        .handle_envelope(
+            &format!("ws-handler:{}", conn.principal.name()),
+            topic,
+            handler,
+        )
+        .workers(concurrency.max(1))
+        .start()
+        .await
+        .map_err(subscribe_error)
+}
+
+async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError> {
+    let gone = || -> BoxError {
+        Box::new(Permanent::new(RemoteHandlerGone {
+            conn: conn.id,
+            principal: conn.principal.name().to_owned(),
+        }))
+    };
+    if conn.is_closed() {
+        return Err(gone());
+    }
+    match conn.call(&env).await {
+        None => Err(gone()),
+        Some(CallResult::Ok {
+            payload,
+            content_type,
+        }) => Ok(reply(&env, payload, content_type)),
+        Some(CallResult::Failed {
+            error,
+            reject: true,
+        }) => Ok(Outcome::reject(error)),
+        Some(CallResult::Failed {
+            error,
+            reject: false,
+        }) => Err(Box::new(RemoteHandlerFailed(error))),
+        Some(CallResult::Dropped) => Err(Box::new(RemoteHandlerSlow)),
+    }
+}
+
+fn reply(env: &Envelope, payload: bytes::Bytes, content_type: String) -> Outcome {
+    let mut reply = env.reply(payload);
+    reply.content_type = content_type.into();
+    Outcome::reply(reply)
+}
+
+/// The members of one handler group and the round-robin position.
+struct HandlerGroup {
+    name: String,
+    members: Mutex<Vec<Arc<Conn>>>,
+    next: AtomicUsize,
+}
+
+impl HandlerGroup {
+    /// The next live member that is not in `tried` (connection numbers), round robin.
+    fn pick(&self, tried: &[u64]) -> Option<Arc<Conn>> {
+        let m = lock(&self.members);
+        let n = m.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| &m[(start + k) % n])
+            .find(|c| !c.is_closed() && !tried.contains(&c.id))
+            .cloned()
+    }
+
+    /// Hands `env` to one member after another until one answers; each at most once.
+    async fn call(self: Arc<Self>, env: Envelope) -> Result<Outcome, BoxError> {
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        while let Some(member) = self.pick(&tried) {
+            tried.push(member.id);
+            last = match member.call(&env).await {
+                Some(CallResult::Ok {
+                    payload,
+                    content_type,
+                }) => return Ok(reply(&env, payload, content_type)),
+                Some(CallResult::Failed {
+                    error,
+                    reject: true,
+                }) => return Ok(Outcome::reject(error)),
+                Some(CallResult::Failed {
+                    error,
+                    reject: false,
+                }) => format!("connection {} failed: {error}", member.id),
+                Some(CallResult::Dropped) => format!(
+                    "connection {}: command dropped from its full outbound buffer",
+                    member.id
+                ),
+                None => format!("connection {} disconnected before answering", member.id),
+            };
+            tracing::debug!(group = %self.name, message_id = %env.id, tried = tried.len(), %last, "remote handler group member did not answer; trying the next");
+        }
+        if tried.is_empty() {
+            return Err(Box::new(Permanent::new(RemoteHandlerGroupEmpty {
+                group: self.name.clone(),
+            })));
+        }
+        Err(Box::new(Permanent::new(RemoteHandlerGroupFailed {
+            group: self.name.clone(),
+            tried: tried.len(),
+            last,
+        })))
+    }
+}
+
+/// A handler group of the node: its topic's bus handler and its members.
+pub(crate) struct HandlerGroupEntry {
+    group: Arc<HandlerGroup>,
+    concurrency: usize,
+    _subscription: Subscription,
+}
+
+/// What a `handle` asks for.
+pub(crate) struct HandleSpec<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) group: Option<&'a str>,
+    /// Given by the client (not the default).
+    pub(crate) concurrency: Option<usize>,
+    pub(crate) default_concurrency: usize,
+}
+
+/// A command topic this connection handles.
+pub(crate) enum HandlerRecord {
+    /// The topic's one handler (dropped: unregistered).
+    Own(Subscription),
+    /// Membership of a handler group.
+    Group,
+}
+
+impl Hub {
+    /// Registers `conn` as a handler of `spec.topic`: alone, or as a member of a group (its
+    /// bus handler made on first use; the first member fixes the group's concurrency).
+    pub(crate) async fn handle(
+        &self,
+        state: &AppState,
+        conn: &Arc<Conn>,
+        spec: HandleSpec<'_>,
+    ) -> Result<HandlerRecord, ApiError> {
+        let concurrency = spec.concurrency.unwrap_or(spec.default_concurrency);
+        let Some(name) = spec.group else {
+            return handle(state, conn, spec.topic, concurrency)
+                .await
+                .map(HandlerRecord::Own);
+        };
+        super::targets::check_group_name(name)?;
+        let mut groups = self.handler_groups.lock().await;
+        if let Some(entry) = groups.get(spec.topic) {
+            if entry.group.name != name {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is handled by group {:?}; join that group or handle another topic",
+                        spec.topic, entry.group.name
+                    ),
+                ));
+            }
+            if spec.concurrency.is_some_and(|c| c != entry.concurrency) {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "handler group {name:?} runs {} commands at once (set by its first member); join it with that concurrency or without one",
+                        entry.concurrency
+                    ),
+                ));
+            }
+            lock(&entry.group.members).push(conn.clone());
+            return Ok(HandlerRecord::Group);
+        }
+        let group = Arc::new(HandlerGroup {
+            name: name.to_owned(),
+            members: Mutex::new(vec![conn.clone()]),
+            next: AtomicUsize::new(0),
+        });
+        let g = group.clone();
+        let handler = switchyard::handler_fn(move |env: Envelope| g.clone().call(env));
+        let subscription = state
+            .bus
+            .handle_envelope(&format!("ws-handler:group:{name}"), spec.topic, handler)
+            .workers(concurrency.max(1))
+            .start()
+            .await
+            .map_err(subscribe_error)?;
+        groups.insert(
+            spec.topic.to_owned(),
+            HandlerGroupEntry {
+                group,
+                concurrency,
+                _subscription: subscription,
+            },
+        );
+        Ok(HandlerRecord::Group)
+    }
+
+    /// Ends connection `conn`'s handling of `topic`: unregisters its own handler, or leaves
+    /// the group (whose bus handler ends with its last member).
+    pub(crate) async fn unhandle(&self, conn: u64, topic: &str, record: HandlerRecord) {
+        match record {
+            HandlerRecord::Own(subscription) => drop(subscription),
+            HandlerRecord::Group => {
+                let mut groups = self.handler_groups.lock().await;
+                let left = match groups.get(topic) {
+                    Some(entry) => {
+                        let mut m = lock(&entry.group.members);
+                        m.retain(|c| c.id != conn);
+                        m.len()
+                    }
+                    None => return,
+                };
+                if left == 0 {
+                    let entry = groups.remove(topic);
+                    drop(groups);
+                    drop(entry);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
