@@ -376,10 +376,10 @@ class ConnectedBus:
             fut.set_exception(gateway_error(err, topic=topic, timeout=timeout))
 
     def _check_open(self) -> None:
+        if self._stopping:
+            raise ShuttingDown("the connected bus is shutting down (or shut down)")
         if self._closed is not None:
             raise _closed()
-        if self._stopping:
-            raise ShuttingDown("the connected bus is shutting down")
 
     async def _call(self, head: dict[str, Any], tail: str = "", *, topic: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
         """Sends one op and waits for its answer (or its error op, raised typed)."""
@@ -769,6 +769,7 @@ class ConnectedBus:
         senders get ``handler_failed`` at once): ``report.nacked`` lists those message ids.
         Idempotent: a second call returns the first call's report."""
         if self._shutdown is None:
+            self._stopping = True  # intake stops at once, before the drain task runs
             self._shutdown = self._loop.create_task(self._do_shutdown(timeout))
         return await asyncio.shield(self._shutdown)
 
