@@ -409,3 +409,31 @@ async def test_an_unreachable_node_is_a_transport_error():
     with pytest.raises(switchyard.TransportError) as e:
         await switchyard.Bus.connect("http://127.0.0.1:9", open_timeout=2.0)
     assert e.value.kind == "unavailable"
+
+
+async def test_a_lost_connection_fails_waiting_calls_with_a_transport_error(node, tmp_path):
+    from conftest import start_node
+
+    own = start_node(tmp_path, node.proc.args[0])  # a node of its own, to kill
+    try:
+        bus = await switchyard.Bus.connect(own.url, token=NODE_TOKEN)
+        stuck = asyncio.Event()
+
+        @bus.handle("node.lost.cmd")
+        async def hang(p: dict) -> int:
+            stuck.set()
+            await asyncio.Event().wait()
+            return 0
+
+        sending = asyncio.ensure_future(bus.send("node.lost.cmd", {}))
+        await asyncio.wait_for(stuck.wait(), 5)
+        own.proc.kill()
+        with pytest.raises(switchyard.TransportError) as e:
+            await asyncio.wait_for(sending, 10)
+        assert e.value.kind == "closed"
+        with pytest.raises(switchyard.TransportError):
+            await bus.publish("node.lost.event", {})
+        await bus.shutdown(timeout=0.1)
+    finally:
+        own.proc.kill()
+        own.proc.wait(10)

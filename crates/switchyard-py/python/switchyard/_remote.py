@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import datetime
 import functools
 import inspect
@@ -312,6 +313,15 @@ class ConnectedBus:
         self._shutdown: Optional[asyncio.Future[ShutdownReport]] = None
         #: Deliveries the node dropped for this connection (``drop_oldest``), as it reported.
         self.dropped = 0
+        # Frames nobody awaits (acks, results, unsubscribes) go out through one writer task,
+        # so the reader never waits on the socket: a reader blocked on a full send buffer
+        # would stop reading the node's answers, and the node, whose answer buffer would fill,
+        # would stop reading this connection's frames.
+        self._out: collections.deque[str] = collections.deque()
+        self._out_ready = asyncio.Event()
+        self._out_idle = asyncio.Event()
+        self._out_idle.set()
+        self._writer = self._loop.create_task(self._write())
         self._reader = self._loop.create_task(self._read())
 
     # -- the connection ---------------------------------------------------------------------
@@ -338,7 +348,7 @@ class ConnectedBus:
                     self._on_answer(f)
                     continue
                 if frame is not None:
-                    await ws.send(frame)
+                    self._post(frame)
         except ConnectionClosed as e:
             reason = _closed(f" ({e})")
         except asyncio.CancelledError:
@@ -403,15 +413,33 @@ class ConnectedBus:
             self._calls.pop(cid, None)
 
     def _post(self, frame: str) -> None:
-        """Sends a frame nobody awaits (acks and results from handler tasks, registrations)."""
+        """Queues a frame nobody awaits (acks, results, unsubscribes) for the writer."""
         if self._closed is None:
-            self._loop.create_task(self._send_quiet(frame))
+            self._out.append(frame)
+            self._out_ready.set()
+            self._out_idle.clear()
 
-    async def _send_quiet(self, frame: str) -> None:
+    async def _write(self) -> None:
+        out, ready, ws = self._out, self._out_ready, self._ws
         try:
-            await self._ws.send(frame)
+            while True:
+                while out:
+                    await ws.send(out.popleft())
+                ready.clear()
+                self._out_idle.set()
+                await ready.wait()
         except ConnectionClosed:
-            pass
+            out.clear()
+        finally:
+            self._out_idle.set()
+
+    async def _flush(self, timeout: float) -> None:
+        """Waits until the writer sent what is queued (or ended: the connection closed)."""
+        if self._writer.done():
+            return
+        idle = self._loop.create_task(self._out_idle.wait())
+        await asyncio.wait({idle, self._writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
 
     async def ready(self) -> None:
         """Waits until the node registered every handler added so far; raises the first
@@ -490,7 +518,7 @@ class ConnectedBus:
                 for early in self._early.pop(sid, []):
                     frame = self._on_message(early)
                     if frame is not None:
-                        await self._send_quiet(frame)
+                        self._post(frame)
                 registered.set_result(sid)
 
             self._loop.create_task(go())
@@ -639,7 +667,7 @@ class ConnectedBus:
             frame = settle(None, e)
         else:
             frame = settle(result, None)
-        await self._send_quiet(frame)
+        self._post(frame)
 
     # -- publishing and sending -------------------------------------------------------------
 
@@ -785,6 +813,7 @@ class ConnectedBus:
                 t.cancel()
             if rest:
                 await asyncio.wait(rest, timeout=1.0)
+        await self._flush(5.0)  # the drained handlers' acks go out first
         try:
             await self._ws.close()
         except Exception:
@@ -793,6 +822,7 @@ class ConnectedBus:
             await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             self._reader.cancel()
+        self._writer.cancel()
         self._on_closed(ShuttingDown("shut down"))
         return ShutdownReport(drained, [], [i for i in self._left + self._held if i])
 
