@@ -10,7 +10,8 @@ Sides, in one run, alternating their order every round:
 - ``switchyard through a node``: a ``switchyard serve`` node (memory transport, release
   build) and two ``Bus.connect`` connections: one publishes (``await publish``, answered
   once the node queued the message), the other handles (manual ack; 1 delivery in flight,
-  and 16). Every message crosses two WebSocket connections and the node's bus.
+  and 16; and with 64 publishes awaiting their answers at once). Every message crosses two
+  WebSocket connections and the node's bus.
 - ``bubus`` (if installed): ``bus.dispatch(event)`` with one async handler, then
   ``wait_until_idle``. Fewer events per round: it is much slower.
 
@@ -132,7 +133,7 @@ def node_binary(given: str | None) -> str:
     return str(target / "release" / "switchyard")
 
 
-async def through_node(url: str, n: int, workers: int = 1) -> float:
+async def through_node(url: str, n: int, workers: int = 1, window: int = 1) -> float:
     publisher = await switchyard.Bus.connect(url)
     subscriber = await switchyard.Bus.connect(url)
     done = asyncio.Event()
@@ -148,8 +149,16 @@ async def through_node(url: str, n: int, workers: int = 1) -> float:
     await subscriber.ready()
     publish = publisher.publish
     start = time.perf_counter()
-    for _ in range(n):
-        await publish("bench.node_event", PAYLOAD)
+    if window == 1:
+        for _ in range(n):
+            await publish("bench.node_event", PAYLOAD)
+    else:  # `window` publishes awaiting their answers at once (tasks on one connection)
+        pending: set[asyncio.Future[object]] = set()
+        for _ in range(n):
+            pending.add(asyncio.ensure_future(publish("bench.node_event", PAYLOAD)))
+            if len(pending) >= window:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*pending)
     await done.wait()
     elapsed = time.perf_counter() - start
     await publisher.shutdown()
@@ -262,6 +271,7 @@ async def main() -> None:
         url = node.url
         sides["through a node"] = lambda: through_node(url, args.events)
         sides["through a node, 16 in flight"] = lambda: through_node(url, args.events, workers=16)
+        sides["through a node, 16 in flight, 64 publishes"] = lambda: through_node(url, args.events, workers=16, window=64)
     if bubus_run is not None:
         sides["bubus"] = lambda: bubus_run(args.bubus_events)
     else:
@@ -283,11 +293,11 @@ async def main() -> None:
           f"{args.events} events per round ({args.bubus_events} for bubus); Python {sys.version.split()[0]}")
     for name in names:
         rs = rates[name]
-        print(f"  {name:30} median {statistics.median(rs):>12,.0f} ev/s   (min {min(rs):,.0f}, max {max(rs):,.0f})")
+        print(f"  {name:44} median {statistics.median(rs):>12,.0f} ev/s   (min {min(rs):,.0f}, max {max(rs):,.0f})")
 
     def ratio(a: str, b: str) -> None:
         per_round = [x / y for x, y in zip(rates[a], rates[b])]
-        print(f"  {a} / {b}: median {statistics.median(per_round):.2f}x  (rounds: {', '.join(f'{x:.2f}' for x in per_round)})")
+        print(f"  {a} / {b}: median {statistics.median(per_round):.3g}x  (rounds: {', '.join(f'{x:.3g}' for x in per_round)})")
 
     print("ratios (median of per-round ratios):")
     for a in [x for x in names if x.startswith(("switchyard", "through"))]:
