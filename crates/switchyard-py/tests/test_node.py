@@ -437,3 +437,28 @@ async def test_a_lost_connection_fails_waiting_calls_with_a_transport_error(node
     finally:
         own.proc.kill()
         own.proc.wait(10)
+
+
+async def test_cancelling_an_awaiting_send_leaves_no_call_behind(node, remote):
+    server = await connect(node)
+    stuck, release = asyncio.Event(), asyncio.Event()
+    try:
+
+        @server.handle("node.cancel.cmd")
+        async def slow(p: dict) -> int:
+            stuck.set()
+            await release.wait()
+            return 5
+
+        await server.ready()
+        sending = asyncio.ensure_future(remote.send("node.cancel.cmd", {}))
+        await asyncio.wait_for(stuck.wait(), 5)
+        assert len(remote._calls) == 1
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        assert remote._calls == {}  # the late reply has nothing to wake
+        release.set()
+        assert await remote.send("node.cancel.cmd", {}) == 5  # the connection is fine
+    finally:
+        await server.shutdown()
