@@ -16,7 +16,7 @@ import pytest
 import switchyard
 from conftest import NODE_TOKEN, READER_TOKEN, Collector, NodeProcess
 
-pytestmark = pytest.mark.asyncio
+
 
 
 @switchyard.event("node.users.created")
@@ -462,3 +462,29 @@ async def test_cancelling_an_awaiting_send_leaves_no_call_behind(node, remote):
         assert await remote.send("node.cancel.cmd", {}) == 5  # the connection is fine
     finally:
         await server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kind, cls",
+    [
+        ("no_handler", switchyard.NoHandler),
+        ("timeout", switchyard.RequestTimeout),
+        ("handler_failed", switchyard.HandlerFailed),
+        ("handler_rejected", switchyard.Rejected),
+        ("forbidden", switchyard.Forbidden),
+        ("unauthenticated", switchyard.Unauthenticated),
+        ("invalid_topic", switchyard.InvalidTopic),
+        ("queue_full", switchyard.QueueFull),
+        ("shutting_down", switchyard.ShuttingDown),
+        ("rate_limited", switchyard.RateLimited),
+        ("too_large", switchyard.GatewayError),
+        ("not_ready", switchyard.GatewayError),
+    ],
+)
+def test_every_gateway_error_kind_has_its_exception(kind, cls):
+    from switchyard._remote import gateway_error
+
+    e = gateway_error({"kind": kind, "message": "m"}, topic="t", timeout=0.5)
+    assert type(e) is cls
+    assert e.gateway_kind == kind
+    assert e.message == "m"
