@@ -43,11 +43,14 @@ from ._bus import (
     WaitReport,
     current_envelope,
 )
+from ._remote import ConnectedBus, RemoteEnvelope, RemoteSubscription
 from ._codec import MessageSpec, command, encode, event, spec_of
 from .errors import (
     DecodeFailed,
     DuplicateHandler,
     EncodeFailed,
+    Forbidden,
+    GatewayError,
     HandlerFailed,
     InvalidConfig,
     InvalidTopic,
@@ -56,6 +59,7 @@ from .errors import (
     Permanent,
     PublishError,
     QueueFull,
+    RateLimited,
     Refused,
     Reject,
     Rejected,
@@ -66,11 +70,16 @@ from .errors import (
     SubscribeError,
     SwitchyardError,
     TransportError,
+    Unauthenticated,
+    Unsupported,
 )
 from ._switchyard import __version__
 
 __all__ = [
     "Bus",
+    "ConnectedBus",
+    "RemoteEnvelope",
+    "RemoteSubscription",
     "Session",
     "Subscription",
     "Envelope",
@@ -101,6 +110,11 @@ __all__ = [
     "DuplicateHandler",
     "InvalidConfig",
     "TransportError",
+    "Forbidden",
+    "Unauthenticated",
+    "RateLimited",
+    "GatewayError",
+    "Unsupported",
     "Reject",
     "Retry",
     "Permanent",

@@ -456,8 +456,24 @@ class Bus(_Registrar):
         )
         return cls(_transport=t, **options)
 
-    # `Bus.connect(url, token=...)` (a running `switchyard serve` node over its WebSocket
-    # gateway) will be a third constructor of this same class, with the same methods.
+    @staticmethod
+    async def connect(
+        url: str = "http://127.0.0.1:7878",
+        token: Optional[str] = None,
+        *,
+        open_timeout: float = 10.0,
+        max_frame_bytes: int = 16 * 1024 * 1024,
+    ) -> Any:
+        """A bus connected to a running ``switchyard serve`` node over its WebSocket gateway
+        (``http://host:port`` or ``ws://host:port/v1/ws``; ``token``: the bearer token or JWT
+        when the node has auth on). Returns a :class:`ConnectedBus` with the same methods:
+        ``publish``, ``on`` (manual ack, ``group=`` to share), ``handle`` (commands sent from
+        Rust, HTTP or other clients arrive here), ``send``, ``request``, ``shutdown``. What only
+        an in-process bus has raises :class:`Unsupported`. A refused connection raises
+        :class:`Unauthenticated` (bad token) or :class:`TransportError` (unreachable)."""
+        from ._remote import connect
+
+        return await connect(url, token, open_timeout=open_timeout, max_frame_bytes=max_frame_bytes)
 
     # -- the event loop -----------------------------------------------------------------
 

@@ -113,6 +113,33 @@ class TransportError(PublishError, SendError, SubscribeError):
     kind: str
 
 
+class Forbidden(PublishError, SendError, SubscribeError, PermissionError):
+    """A node refused the operation: the connection's principal lacks the grant (the
+    message names the principal, the action and the topic)."""
+
+
+class Unauthenticated(SwitchyardError, PermissionError):
+    """A node refused the connection: no token, or an unknown or expired one."""
+
+
+class RateLimited(PublishError, SendError):
+    """A node refused the publish: the principal's publish rate is exceeded."""
+
+
+class GatewayError(PublishError, SendError, SubscribeError):
+    """A node refused the operation for a reason no other class names; ``kind`` is the
+    gateway's error kind (``bad_request``, ``too_large``, ``not_ready``, ``internal``, ...)."""
+
+    kind: str
+
+
+class Unsupported(SwitchyardError, NotImplementedError):
+    """The operation or option exists on the in-process bus but not on a bus connected to a
+    node (``feature`` names it)."""
+
+    feature: str
+
+
 # Raised by handlers to tell the bus what to do with a message.
 
 
@@ -158,6 +185,11 @@ __all__ = [
     "DuplicateHandler",
     "InvalidConfig",
     "TransportError",
+    "Forbidden",
+    "Unauthenticated",
+    "RateLimited",
+    "GatewayError",
+    "Unsupported",
     "Reject",
     "Retry",
     "Permanent",
