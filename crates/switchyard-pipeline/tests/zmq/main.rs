@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::{DeadLetterReason, InMemoryDeadLetters};
 use switchyard_pipeline::zmq::{ZmqPubSink, ZmqSource};
 use switchyard_pipeline::{Monitor, Pipeline, Runner, StageError, map_fn};
-use zeromq::{Socket, SocketSend};
+
+mod feed;
+use feed::push_from_rust;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -23,57 +25,6 @@ struct Reading {
     value: f64,
     #[serde(default)]
     unit: Option<String>,
-}
-
-/// The Rust mirror of tests/py/publish.py's generator: (valid, payload) for message `i`.
-fn message(i: u64, bad_every: u64) -> (bool, Vec<u8>) {
-    if bad_every > 0 && i % bad_every == bad_every - 1 {
-        let payload = match (i / bad_every) % 5 {
-            0 => format!(r#"{{"id": {i}, "sensor": "trunc"#).into_bytes(),
-            1 => format!(r#"{{"id": {i}, "value": 1.0}}"#).into_bytes(),
-            2 => {
-                let mut b = vec![0xff, 0xfe];
-                b.extend_from_slice(i.to_string().as_bytes());
-                b
-            }
-            3 => format!(r#"{{"id": {i}, "sensor": "s", "value": "hot"}}"#).into_bytes(),
-            _ => format!(r#"{{"id": {i}, "sensor": "s", "value": 1.0, "unit": "rankine"}}"#)
-                .into_bytes(),
-        };
-        return (false, payload);
-    }
-    let unit = ["c", "f", "k"][(i % 3) as usize];
-    let body = format!(
-        r#"{{"id": {i}, "sensor": "sensor-{}", "value": {}.0, "unit": "{unit}"}}"#,
-        i % 7,
-        20 + i % 13
-    );
-    (true, body.into_bytes())
-}
-
-/// What a publisher sent.
-struct Sent {
-    valid_ids: BTreeSet<u64>,
-    malformed: Vec<Vec<u8>>,
-}
-
-async fn push_from_rust(endpoint: &str, count: u64, bad_every: u64) -> Sent {
-    let mut push = zeromq::PushSocket::new();
-    push.connect(endpoint).await.unwrap();
-    let mut sent = Sent {
-        valid_ids: BTreeSet::new(),
-        malformed: Vec::new(),
-    };
-    for i in 0..count {
-        let (ok, payload) = message(i, bad_every);
-        if ok {
-            sent.valid_ids.insert(i);
-        } else {
-            sent.malformed.push(payload.clone());
-        }
-        push.send(Bytes::from(payload).into()).await.unwrap();
-    }
-    sent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
