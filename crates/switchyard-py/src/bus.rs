@@ -15,17 +15,20 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::{
-    BoxError, Bus, CodecDirection, CodecError, Command, Ctx, DeadLetter, DeadLetterReason,
-    Envelope, Kind, Message, Outcome, Overflow, Permanent, Priority, PublishError, Subscription,
-    SubscriptionBuilder, Topic, handler_fn,
+    BoxError, Bus, CodecError, Command, Ctx, DeadLetter, DeadLetterReason, Envelope, Kind, Message,
+    Outcome, Overflow, Permanent, Priority, PublishError, Subscription, SubscriptionBuilder, Topic,
+    handler_fn,
 };
 use tokio::sync::oneshot;
 
 use crate::envelope::{PyDeadLetter, PyEnvelope};
 use crate::errors;
-use crate::inbox::{CancelOnDrop, HandlerResult, Inbox, Item};
+use crate::inbox::{CancelOnDrop, Inbox, Item};
 use crate::ops::{self, Done, Started};
 use crate::transport::NativeTransport;
+
+mod reply;
+pub use reply::PyReply;
 
 /// The error a Python handler raised: its type, message and traceback, as text. This text is
 /// what the dead letter keeps and what a command's sender sees in `HandlerFailed`.
@@ -65,72 +68,6 @@ fn seconds(s: f64, what: &str) -> PyResult<Duration> {
             "{what} must be a non-negative number of seconds"
         ))
     })
-}
-
-/// Answers one invocation of a Python handler. Exactly one of its methods takes effect;
-/// later calls are ignored (the worker has moved on).
-#[pyclass(name = "Reply", module = "switchyard._switchyard", frozen)]
-pub struct PyReply {
-    tx: Mutex<Option<oneshot::Sender<HandlerResult>>>,
-    env: Arc<Envelope>,
-}
-
-impl PyReply {
-    fn send(&self, result: HandlerResult) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match tx {
-            Some(tx) => tx.send(result).is_ok(),
-            None => false,
-        }
-    }
-}
-
-#[pymethods]
-impl PyReply {
-    /// Handled. Returns False when the bus no longer waits for this answer.
-    fn ack(&self) -> bool {
-        self.send(Ok(Outcome::Ack))
-    }
-
-    /// Handled, with a reply payload for the command's sender.
-    fn reply(&self, payload: &[u8]) -> bool {
-        let reply = self.env.reply(bytes::Bytes::copy_from_slice(payload));
-        self.send(Ok(Outcome::reply(reply)))
-    }
-
-    /// Refused for good: dead-lettered at once, the sender gets `Rejected`.
-    fn reject(&self, reason: String) -> bool {
-        self.send(Ok(Outcome::reject(reason)))
-    }
-
-    /// Try again (after `after` seconds, or the subscription's retry delay).
-    #[pyo3(signature = (after=None))]
-    fn retry(&self, after: Option<f64>) -> PyResult<bool> {
-        let after = after.map(|s| seconds(s, "retry after")).transpose()?;
-        Ok(self.send(Ok(Outcome::Retry { after })))
-    }
-
-    /// Failed with `error` (the exception and traceback as text): retried until the
-    /// subscription's attempts run out, then dead-lettered. `permanent` skips the retries.
-    #[pyo3(signature = (error, permanent=false))]
-    fn fail(&self, error: String, permanent: bool) -> bool {
-        let e: BoxError = if permanent {
-            Box::new(Permanent::new(PythonError(error)))
-        } else {
-            Box::new(PythonError(error))
-        };
-        self.send(Err(e))
-    }
-
-    /// The payload did not decode into the handler's type: dead-lettered at once with its
-    /// raw bytes (reason `decode_failed`).
-    fn undecodable(&self, error: String) -> bool {
-        self.send(Err(Box::new(CodecError {
-            direction: CodecDirection::Decode,
-            type_name: "python message",
-            source: Box::new(PythonError(error)),
-        })))
-    }
 }
 
 /// The Rust handler of a Python subscription: hands each message to the loop and waits.
