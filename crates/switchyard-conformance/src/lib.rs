@@ -23,6 +23,7 @@ pub mod faulty;
 pub mod lifecycle;
 pub mod memory;
 pub mod suite;
+mod suite_durable;
 mod suite_settle;
 
 use std::sync::Arc;

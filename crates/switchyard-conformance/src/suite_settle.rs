@@ -1,26 +1,13 @@
 //! Suite tests about settling deliveries around `close`. Re-exported from [`crate::suite`],
 //! where [`conformance_tests!`](crate::conformance_tests) finds them.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
-use switchyard_core::{CloseError, Envelope, Publisher, Subscriber, TransportErrorKind};
+use switchyard_core::{Envelope, Publisher, Subscriber, TransportErrorKind};
 
-use crate::suite::{WAIT, next};
+use crate::suite::{Outcome, WAIT, close, next, open};
 use crate::{Failure, Harness, Setup, Verdict};
-
-type Outcome = Result<Verdict, Failure>;
-
-async fn open<H: Harness>(h: &H, setup: &Setup) -> Result<H::Transport, Failure> {
-    h.open(setup).await.map_err(Failure::Harness)
-}
-
-async fn close<T: Publisher>(t: &T) -> Result<(), Failure> {
-    match t.close(Instant::now() + WAIT).await {
-        Ok(()) | Err(CloseError::AlreadyShuttingDown) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
 
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), Failure> {
     if cond {
