@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{MEMORY, TestNode, client, recv};
-use switchyard::{Envelope, Outcome, handler_fn};
+use switchyard::{Envelope, Outcome, Pattern, handler_fn};
+use switchyard_components::{ComponentSpec, Role, Topology};
 use tokio::sync::mpsc;
 
 fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
@@ -49,6 +50,20 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
+/// The shop the page shows: the UI publishes orders (declared) and, undeclared, billing
+/// charges; orders is declared to publish billing.
+fn shop() -> Topology {
+    let p = |s: &str| Pattern::new(s).unwrap();
+    let mut ui = ComponentSpec::new("shop-ui", Role::Frontend, "shop");
+    ui.publishes.push(p("orders.#"));
+    let mut orders = ComponentSpec::new("orders", Role::Cpm, "shop");
+    orders.subscribes.push(p("orders.#"));
+    orders.publishes.push(p("billing.#"));
+    let mut billing = ComponentSpec::new("billing", Role::Manager, "shop");
+    billing.subscribes.push(p("billing.#"));
+    Topology::new(vec![ui, orders, billing])
+}
+
 async fn publish(
     http: &reqwest::Client,
     node: &TestNode,
@@ -59,6 +74,7 @@ async fn publish(
     let mut req = http
         .post(node.url(&format!("/v1/publish/{topic}")))
         .header("content-type", "application/json")
+        .header("x-source", "shop-ui")
         .body(body.to_owned());
     if let Some(c) = correlation {
         req = req.header("x-correlation-id", c);
@@ -77,7 +93,7 @@ async fn dashboard_in_headless_chromium() {
         }
         Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
     };
-    let node = TestNode::start(MEMORY).await;
+    let node = TestNode::start_with(MEMORY, |n| n.set_topology(shop())).await;
     // orders: acks everything (the live traffic).
     node.bus
         .subscribe(
@@ -150,6 +166,7 @@ async fn dashboard_in_headless_chromium() {
             let _ = http
                 .post(format!("{url}/v1/publish/orders.placed"))
                 .header("content-type", "application/json")
+                .header("x-source", "shop-ui")
                 .body(format!(r#"{{"order": {n}}}"#))
                 .send()
                 .await;
