@@ -61,15 +61,12 @@ pub(crate) async fn stream(
         first.push(event("stats", &json));
     }
     let live = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(LiveEvent { kind, data }) => return Some((event(kind, &data), rx)),
-                Err(RecvError::Lagged(n)) => {
-                    return Some((event("lagged", &format!("{{\"skipped\":{n}}}")), rx));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
+        let ev = match rx.recv().await {
+            Ok(LiveEvent { kind, data }) => event(kind, &data),
+            Err(RecvError::Lagged(n)) => event("lagged", &format!("{{\"skipped\":{n}}}")),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((ev, rx))
     });
     let shutdown = state.shutdown.clone();
     let events = futures::stream::iter(first)
