@@ -88,8 +88,10 @@
   }
   const ms = (s) => s === null || s === undefined ? "–" : s * 1000 < 10 ? (s * 1000).toFixed(2) : fmt(s * 1000);
 
+  let countdown = null;
   function connect() {
     clearTimeout(retryTimer);
+    clearInterval(countdown);
     if (stream) stream.ctrl.abort();
     const ctrl = new AbortController();
     stream = { ctrl };
@@ -147,8 +149,9 @@
     const until = Date.now() + wait;
     const say = () => banner("Connection to the node lost — reconnecting… (attempt " + attempt + ", next try in " + Math.max(0, Math.ceil((until - Date.now()) / 1000)) + " s)");
     say();
-    const count = setInterval(say, 500);
-    retryTimer = setTimeout(() => { clearInterval(count); banner("Connection to the node lost — reconnecting… (attempt " + attempt + ", trying now)"); connect(); }, wait);
+    clearInterval(countdown);
+    countdown = setInterval(say, 500);
+    retryTimer = setTimeout(() => { clearInterval(countdown); banner("Connection to the node lost — reconnecting… (attempt " + attempt + ", trying now)"); connect(); }, wait);
   }
   async function onEvent(name, data) {
     if (name === "hello") {

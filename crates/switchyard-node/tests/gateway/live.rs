@@ -425,3 +425,63 @@ async fn topology_shows_observed_edges_and_flags_undeclared_ones() {
     assert_eq!(topo["observed"][0]["declared"], Value::Null);
     node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn health_calls_a_nearly_full_queue_degraded() {
+    let node = TestNode::start(MEMORY).await;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    node.bus
+        .subscribe(
+            "slow",
+            "slow.#",
+            handler_fn(move |_e: Envelope| {
+                let g = g.clone();
+                async move {
+                    let _permit = g.acquire().await;
+                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
+                }
+            }),
+        )
+        .queue_capacity(5)
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let topic = switchyard::Topic::new("slow.job").unwrap();
+    for _ in 0..5 {
+        node.bus
+            .publish_envelope(Envelope::new(topic.clone(), b"{}".to_vec()))
+            .await
+            .unwrap();
+    }
+    // One is being handled (held by the gate), four wait: 4 of 5 is 80 %.
+    let health = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let h = get(&node, "/v1/health").await;
+            if h["components"][0]["backlog"] == 4 {
+                return h;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the queue fills");
+    let slow = &health["components"][0];
+    assert_eq!(slow["name"], "slow");
+    assert_eq!(slow["status"], "degraded", "{slow}");
+    assert_eq!(slow["capacity"], 5);
+    assert!(
+        slow["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("backlog 4 of 5"),
+        "{slow}"
+    );
+    assert_eq!(health["status"], "degraded");
+    gate.add_permits(5);
+    node.bus.run_until_idle().await;
+    let health = get(&node, "/v1/health").await;
+    assert_eq!(health["components"][0]["status"], "healthy", "{health}");
+    node.stop().await.unwrap();
+}
