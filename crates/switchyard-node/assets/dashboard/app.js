@@ -421,8 +421,10 @@
         "data-test": e.undeclared ? "edge-undeclared" : null, d, "marker-end": "url(#arrow)" }, title);
       kids.push(path);
       const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? 0.125 * (a.y + b.y + 2 * boxH) + 0.75 * H : (y1 + y2) / 2;
-      if (e.label) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: my - 4, "text-anchor": "middle" }, e.label));
-      const rate = el("text", { class: "rate", x: mx, y: my + (e.label ? 10 : -5), "text-anchor": "middle", "data-test": "edge-rate" }, "");
+      // Labels above a straight edge, below an arc.
+      const ly = back ? my + 14 : my - 4;
+      if (e.label) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: ly, "text-anchor": "middle" }, e.label));
+      const rate = el("text", { class: "rate", x: mx, y: e.label ? ly + 14 : back ? my + 14 : my - 5, "text-anchor": "middle", "data-test": "edge-rate" }, "");
       kids.push(rate);
       drawn.push({ path, rate, title, base, match: e.match });
     }
