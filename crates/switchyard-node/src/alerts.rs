@@ -84,12 +84,33 @@ struct Inner {
 }
 
 /// The node's alert log.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct AlertLog {
     inner: Mutex<Inner>,
+    /// Where raised and resolved alerts are announced (`alert` events of `/v1/stream`).
+    live: Option<std::sync::Arc<crate::live::Live>>,
 }
 
 impl AlertLog {
+    /// A log announcing every change on `live`'s event stream.
+    pub(crate) fn with_live(live: std::sync::Arc<crate::live::Live>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            live: Some(live),
+        }
+    }
+
+    fn announce(&self, alert: &AlertJson) {
+        if let Some(live) = &self.live {
+            live.emit("alert", alert);
+        }
+    }
+
+    /// Alerts firing now.
+    pub(crate) fn firing(&self) -> usize {
+        self.lock().active.len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -117,8 +138,10 @@ impl AlertLog {
                 .rev()
                 .find(|h| h.active && h.rule == a.rule && h.subject == a.subject)
             {
-                *h = a;
+                *h = a.clone();
             }
+            drop(st);
+            self.announce(&a);
             return;
         }
         let alert = AlertJson {
@@ -137,7 +160,9 @@ impl AlertLog {
         if st.history.len() >= MAX_HISTORY {
             st.history.pop_front();
         }
-        st.history.push_back(alert);
+        st.history.push_back(alert.clone());
+        drop(st);
+        self.announce(&alert);
     }
 
     /// Resolves the active alert of `rule` and `subject`, if any.
@@ -159,6 +184,9 @@ impl AlertLog {
         {
             h.active = false;
             h.resolved_ms = Some(now);
+            let resolved = h.clone();
+            drop(st);
+            self.announce(&resolved);
         }
     }
 

@@ -72,7 +72,7 @@ async fn start(state: &AppState, c: &ZmqIngestConfig) -> Result<Ingest, NodeErro
     let monitor = Monitor::new();
     let mut running = Runner::new(Pipeline::new(publish))
         .monitor(monitor.clone())
-        .dead_letters(crate::node::dlq_sink(&state.dlq))
+        .dead_letters(crate::node::dlq_sink(&state.dlq, &state.live))
         .start()
         .await
         .map_err(|e| err(e.to_string()))?;

@@ -34,6 +34,7 @@ mod http;
 #[cfg(feature = "zmq")]
 mod ingest;
 mod latency;
+mod live;
 pub mod logging;
 pub mod metrics;
 mod node;

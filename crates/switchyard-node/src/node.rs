@@ -65,7 +65,8 @@ impl Node {
         config.validate()?;
         let auth = Auth::from_config(&config.auth).map_err(|e| NodeError::Auth(e.to_string()))?;
         let dlq = open_dead_letters(&config)?;
-        let transport = open_transport(&config, &dlq).await?;
+        let live = Arc::new(crate::live::Live::default());
+        let transport = open_transport(&config, &dlq, &live).await?;
         let health = Arc::new(Health::new(
             transport.clone(),
             &config.readiness.critical_handlers,
@@ -77,16 +78,18 @@ impl Node {
         let trace = (config.retention.trace_messages > 0)
             .then(|| Arc::new(TraceBuffer::new(config.retention.trace_messages)));
         let hook_trace = trace.clone();
-        let alerts = Arc::new(crate::alerts::AlertLog::default());
+        let hook_live = live.clone();
+        let alerts = Arc::new(crate::alerts::AlertLog::with_live(live.clone()));
         let hook_alerts = alerts.clone();
 
         let mut builder = Bus::builder()
             .queue_capacity(config.bus.queue_capacity)
             .workers(config.bus.workers)
-            .dead_letters(DlqSink(dlq.clone()))
+            .dead_letters(dlq_sink(&dlq, &live))
             .publish_hook(move |env| {
                 switchyard_middleware::trace::ensure_traceparent(env);
                 hook_alerts.published(env);
+                hook_live.publishes.record(env);
                 if let Some(t) = &hook_trace {
                     t.record(env);
                 }
@@ -118,7 +121,6 @@ impl Node {
             })
             .build()?;
 
-        #[allow(unused_mut)]
         let mut background = vec![
             tokio::spawn(publish_breaker_events(
                 bus.clone(),
@@ -149,7 +151,9 @@ impl Node {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             ws: Arc::new(crate::ws::Hub::default()),
+            live,
         };
+        background.push(tokio::spawn(crate::live::run_sampler(state.clone())));
         #[cfg(feature = "zmq")]
         let ingest = match crate::ingest::start_all(&state).await {
             Ok(i) => i,
@@ -318,8 +322,9 @@ fn open_dead_letters(config: &NodeConfig) -> Result<Arc<dyn DeadLetterQueue>, No
 async fn open_transport(
     config: &NodeConfig,
     dlq: &Arc<dyn DeadLetterQueue>,
+    live: &Arc<crate::live::Live>,
 ) -> Result<TransportHandle, NodeError> {
-    let sink: Arc<dyn switchyard::DeadLetterSink> = Arc::new(DlqSink(dlq.clone()));
+    let sink: Arc<dyn switchyard::DeadLetterSink> = Arc::new(dlq_sink(dlq, live));
     match &config.transport {
         TransportConfig::Memory => Ok(TransportHandle::Memory),
         TransportConfig::Log(c) => {
@@ -420,17 +425,45 @@ impl TraceBuffer {
 }
 
 /// Lets the bus, a transport (max deliveries) and the ingest pipelines put their dead
-/// letters into the node's queue.
-pub(crate) struct DlqSink(Arc<dyn DeadLetterQueue>);
+/// letters into the node's queue, announcing each on the live stream.
+pub(crate) struct DlqSink(Arc<dyn DeadLetterQueue>, Arc<crate::live::Live>);
 
 /// A sink writing into the node's dead-letter queue.
-pub(crate) fn dlq_sink(dlq: &Arc<dyn DeadLetterQueue>) -> DlqSink {
-    DlqSink(dlq.clone())
+pub(crate) fn dlq_sink(dlq: &Arc<dyn DeadLetterQueue>, live: &Arc<crate::live::Live>) -> DlqSink {
+    DlqSink(dlq.clone(), live.clone())
+}
+
+/// The `dead_letter` event of `/v1/stream`: what was dead-lettered, without the payload.
+#[derive(serde::Serialize)]
+struct DeadLetterEvent<'a> {
+    /// The dead letter's id in `/v1/dlq` (the message's id).
+    id: String,
+    correlation_id: String,
+    topic: &'a str,
+    handler: Option<&'a str>,
+    reason: serde_json::Value,
+    error: &'a str,
+    attempts: u32,
+    dead_letters: usize,
 }
 
 impl switchyard::DeadLetterSink for DlqSink {
     fn put(&self, letter: switchyard::DeadLetter) {
+        let event = serde_json::to_value(DeadLetterEvent {
+            id: letter.envelope.id.to_string(),
+            correlation_id: letter.envelope.correlation_id.to_string(),
+            topic: letter.envelope.topic.as_str(),
+            handler: letter.handler.as_deref(),
+            reason: serde_json::to_value(letter.reason).unwrap_or_default(),
+            error: &letter.error,
+            attempts: letter.attempts,
+            dead_letters: 0,
+        });
         self.0.put(letter);
+        if let Ok(mut event) = event {
+            event["dead_letters"] = self.0.len().into();
+            self.1.emit("dead_letter", &event);
+        }
     }
 }
 

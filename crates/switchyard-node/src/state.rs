@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     /// WebSocket connections and consumer groups.
     pub(crate) ws: Arc<crate::ws::Hub>,
+    /// The stats history, the live event stream and the observed publishes.
+    pub(crate) live: Arc<crate::live::Live>,
 }
 
 impl AppState {

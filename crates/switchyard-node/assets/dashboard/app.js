@@ -1,5 +1,6 @@
-// switchyard dashboard: plain JS, no dependencies. Every figure comes from the node's admin
-// API; the page keeps the last 15 minutes of /v1/stats samples in memory for the chart.
+// switchyard dashboard: plain JS; the one library is uPlot (vendored) for the chart. Every
+// figure comes from the node's admin API: the live stream /v1/stream, the 15-minute history
+// /v1/stats/history, and the REST endpoints each view loads.
 "use strict";
 (() => {
   const TOKEN_KEY = "switchyard-token";
@@ -39,16 +40,20 @@
     }
     return body;
   }
-  function askToken(message) {
+  // Sign-in: the dialog opens on the first 401/403; a refused token says so and asks again.
+  function askToken(message, fromStream) {
     const dlg = $("#login");
-    $("#login-error").textContent = message || "";
-    if (!dlg.open) dlg.showModal();
+    const had = sessionStorage.getItem(TOKEN_KEY);
+    $("#login-error").textContent = had ? "The node refused this token: " + (message || "not an admin") : "";
+    if (had && fromStream) sessionStorage.removeItem(TOKEN_KEY);
+    if (!dlg.open) { dlg.showModal(); $("#login-token").focus(); }
   }
   $("#login-form").addEventListener("submit", () => {
     sessionStorage.setItem(TOKEN_KEY, $("#login-token").value.trim());
     $("#login-token").value = "";
-    tick();
-    route();
+    $("#login-error").textContent = "";
+    setConn(false, "signing in…");
+    connect();
   });
 
   function confirmDialog(text) {
@@ -60,73 +65,141 @@
     return new Promise((resolve) => dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true }));
   }
 
-  // --- Connection state
-  let down = false;
+  // --- Live updates: GET /v1/stream (server-sent events read with fetch, so the admin token
+  // goes in the Authorization header). The history comes from GET /v1/stats/history, so a
+  // page opened now shows the last 15 minutes. When the stream breaks (the node stopped or
+  // restarts) the page says so in a banner and reconnects with a growing delay.
+  const samples = []; // /v1/stats/history samples, oldest first
+  let lastStats = null, lastAlerts = null, observedEdges = [];
+  let stream = null; // { ctrl, attempt }
+  let attempt = 0, retryTimer = null, watchdog = null, lastEvent = 0, connected = false;
+  const BACKOFF_MS = [500, 1000, 2000, 4000, 5000];
+  const STALE_MS = 5000; // a sample arrives every second: this long without one means a dead link
   function setConn(ok, text) {
     const c = $("#conn");
     c.classList.toggle("live", ok);
     c.classList.toggle("down", !ok);
     $("#conn-text").textContent = text;
   }
-
-  // --- Live overview: poll /v1/stats every second
-  const samples = []; // {t, rate, err}
-  let last = null;
-  let lastStats = null, lastAlerts = null, lastRows = null;
-  const rates = new Map(); // "topic\0handler" → deliveries/s over the last poll
+  function banner(text) {
+    const b = $("#banner");
+    b.hidden = !text;
+    $("#banner-text").textContent = text || "";
+  }
   const ms = (s) => s === null || s === undefined ? "–" : s * 1000 < 10 ? (s * 1000).toFixed(2) : fmt(s * 1000);
+
+  let countdown = null;
+  function connect() {
+    clearTimeout(retryTimer);
+    clearInterval(countdown);
+    if (stream) stream.ctrl.abort();
+    const ctrl = new AbortController();
+    stream = { ctrl };
+    run(ctrl).catch((e) => {
+      if (ctrl.signal.aborted && stream && stream.ctrl !== ctrl) return; // replaced by a newer one
+      lost(e);
+    });
+  }
+  async function run(ctrl) {
+    const headers = { Accept: "text/event-stream" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = "Bearer " + token;
+    const res = await fetch("/v1/stream", { headers, cache: "no-store", signal: ctrl.signal });
+    if (!res.ok) {
+      let err = { kind: "http_" + res.status, message: res.statusText };
+      try { err = (await res.json()).error || err; } catch (_) { /* not JSON */ }
+      throw new ApiError(res.status, err.kind, err.message);
+    }
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    lastEvent = Date.now();
+    clearInterval(watchdog);
+    watchdog = setInterval(() => { if (Date.now() - lastEvent > STALE_MS) ctrl.abort(); }, 1000);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the node closed the stream");
+      buf += dec.decode(value, { stream: true });
+      let end;
+      while ((end = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        let name = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data += line.slice(5).replace(/^ /, "");
+        }
+        lastEvent = Date.now();
+        if (data) onEvent(name, JSON.parse(data));
+      }
+    }
+  }
+  function lost(e) {
+    clearInterval(watchdog);
+    connected = false;
+    if (e instanceof ApiError && (e.status === 401 || e.status === 403)) {
+      setConn(false, "sign-in needed");
+      banner("");
+      askToken(e.message, true);
+      return; // the sign-in form reconnects
+    }
+    const wait = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+    attempt += 1;
+    setConn(false, "reconnecting…");
+    const until = Date.now() + wait;
+    const say = () => banner("Connection to the node lost — reconnecting… (attempt " + attempt + ", next try in " + Math.max(0, Math.ceil((until - Date.now()) / 1000)) + " s)");
+    say();
+    clearInterval(countdown);
+    countdown = setInterval(say, 500);
+    retryTimer = setTimeout(() => { clearInterval(countdown); banner("Connection to the node lost — reconnecting… (attempt " + attempt + ", trying now)"); connect(); }, wait);
+  }
+  async function onEvent(name, data) {
+    if (name === "hello") {
+      const wasDown = attempt > 0;
+      attempt = 0;
+      connected = true;
+      banner("");
+      setConn(true, "live");
+      const [hist, alerts] = await Promise.all([api("/v1/stats/history").catch(() => null), api("/v1/alerts").catch(() => null)]);
+      if (hist) samples.splice(0, samples.length, ...hist.samples);
+      if (alerts) lastAlerts = alerts;
+      if (lastStats) renderOverview(lastStats);
+      if (wasDown || current !== "overview") route();
+    } else if (name === "stats") {
+      lastStats = data;
+      renderOverview(data);
+      if (current === "health") throttled("health", loadHealth);
+      if (current === "topology") throttled("topology", refreshObserved);
+    } else if (name === "sample") {
+      if (!samples.length || samples[samples.length - 1].t_ms < data.t_ms) samples.push(data);
+      while (samples.length > 900) samples.shift();
+    } else if (name === "alert") {
+      lastAlerts = await api("/v1/alerts").catch(() => lastAlerts);
+      if (lastStats) renderOverview(lastStats);
+      if (current === "health") loadHealth().catch(showError);
+    } else if (name === "dead_letter") {
+      if (current === "dlq" && !replaying) route();
+    }
+  }
+  const lastRun = {};
+  function throttled(key, fn) {
+    const now = Date.now();
+    if (lastRun[key] && now - lastRun[key] < 2000) return;
+    lastRun[key] = now;
+    Promise.resolve(fn()).catch(showError);
+  }
+
   function totals(stats) {
     const subs = (stats.bus && stats.bus.subscriptions) || [];
-    const t = { acked: 0, errors: 0, inflight: 0, depth: 0 };
-    for (const s of subs) {
-      const st = s.stats || {};
-      t.acked += st.acked || 0;
-      t.errors += (st.failed || 0) + (st.rejected || 0) + (st.panicked || 0) + (st.decode_failed || 0);
-      t.inflight += s.in_flight || 0;
-      t.depth += s.depth || 0;
-    }
+    const t = { acked: 0, inflight: 0 };
+    for (const s of subs) { t.acked += (s.stats || {}).acked || 0; t.inflight += s.in_flight || 0; }
     return t;
   }
-
-  async function tick() {
-    let stats;
-    try {
-      stats = await api("/v1/stats");
-    } catch (e) {
-      if (e instanceof ApiError) { setConn(false, e.status === 401 || e.status === 403 ? "sign-in needed" : "error: " + e.message); }
-      else { down = true; setConn(false, "reconnecting…"); }
-      return;
-    }
-    lastAlerts = await api("/v1/alerts").catch(() => lastAlerts);
-    if (down) { down = false; if (current !== "overview") route(); }
-    setConn(true, "live");
-    const now = Date.now() / 1000;
+  function renderOverview(stats) {
     const t = totals(stats);
-    // Observed traffic per (topic, handler): the rate of each handler row's deliveries.
-    const rows = new Map(((stats.handlers && stats.handlers.handlers) || []).map((h) => [h.topic + "\u0000" + h.handler, h.delivered || 0]));
-    if (lastRows && now > lastRows.t) {
-      rates.clear();
-      for (const [k, v] of rows) rates.set(k, Math.max(0, v - (lastRows.map.get(k) || 0)) / (now - lastRows.t));
-    }
-    lastRows = { t: now, map: rows };
-    lastStats = stats;
-    if (last && now > last.t) {
-      const dt = now - last.t;
-      // Counters restart with the node: a drop means a restart, not a negative rate.
-      const d = (a, b) => Math.max(0, a - b);
-      samples.push({ t: now, rate: d(t.acked, last.acked) / dt, err: d(t.errors, last.errors) / dt });
-      while (samples.length && samples[0].t < now - HISTORY_S) samples.shift();
-    }
-    last = Object.assign({ t: now }, t);
-    renderOverview(stats, t);
-    if (current === "topology") updateEdgeRates();
-    if (current === "health") loadHealth().catch(showError);
-  }
-
-  function renderOverview(stats, t) {
     const s = samples[samples.length - 1];
-    $("#m-throughput").textContent = s ? fmt(s.rate) : "–";
-    $("#m-errors").textContent = s ? fmt(s.err) : "–";
+    $("#m-throughput").textContent = s ? fmt(s.handled_per_s) : "–";
+    $("#m-errors").textContent = s ? fmt(s.errors_per_s) : "–";
     $("#m-handled").textContent = fmt(t.acked);
     $("#m-inflight").textContent = fmt(t.inflight);
     $("#m-pending").textContent = fmt(stats.bus ? stats.bus.pending : null);
@@ -145,12 +218,12 @@
     $("#m-alerts").textContent = fmt(firing);
     $("#m-alerts-resolved").textContent = fmt(lastAlerts ? lastAlerts.history.filter((a) => !a.active).length : null);
     $("#m-alerts").closest(".card").classList.toggle("alert", firing > 0);
-    if (samples.length) {
-      const span = samples[samples.length - 1].t - samples[0].t + 1;
+    if (samples.length > 1) {
+      const span = (samples[samples.length - 1].t_ms - samples[0].t_ms) / 1000 + 1;
       const avg = (k) => samples.reduce((n, x) => n + x[k], 0) / samples.length;
-      const handled = avg("rate"), failed = avg("err");
-      const peak = Math.max(...samples.map((x) => x.rate));
-      $("#window-summary").textContent = "Last " + (span >= 899 ? "15 minutes" : Math.max(1, Math.round(span / 60)) + " min (since this tab opened)") + ": " +
+      const handled = avg("handled_per_s"), failed = avg("errors_per_s");
+      const peak = Math.max(...samples.map((x) => x.handled_per_s));
+      $("#window-summary").textContent = "Last " + (span >= 899 ? "15 minutes" : Math.max(1, Math.round(span / 60)) + " min (the node's history since it started)") + ": " +
         fmt(handled) + " msg/s handled on average (peak " + fmt(peak) + "), " + fmt(failed) + " failures/s — error rate " +
         (handled + failed > 0 ? ((100 * failed) / (handled + failed)).toFixed(1) : "0.0") + " %.";
     }
@@ -176,23 +249,39 @@
       : [el("li", { class: "note" }, "No handler with a circuit breaker registered.")]));
   }
 
-  function drawChart() {
-    const svg = $("#chart");
-    const W = 900, H = 160, top = 8, bottom = 18, left = 34;
-    const now = Date.now() / 1000;
-    const max = Math.max(1, ...samples.map((s) => Math.max(s.rate, s.err)));
-    const x = (t) => left + ((t - (now - HISTORY_S)) / HISTORY_S) * (W - left);
-    const y = (v) => H - bottom - (v / max) * (H - top - bottom);
-    const line = (key, cls) => el("polyline", { points: samples.map((s) => x(s.t).toFixed(1) + "," + y(s[key]).toFixed(1)).join(" "), fill: "none", stroke: "var(" + cls + ")", "stroke-width": 1.6, "vector-effect": "non-scaling-stroke" });
-    const kids = [];
-    for (const f of [0, 0.5, 1]) {
-      kids.push(el("line", { class: "grid", x1: left, x2: W, y1: y(max * f), y2: y(max * f), "vector-effect": "non-scaling-stroke" }));
-      kids.push(el("text", { class: "axis", x: 2, y: y(max * f) + 4 }, fmt(max * f)));
-    }
-    for (const m of [15, 10, 5]) kids.push(el("text", { class: "axis", x: x(now - m * 60), y: H - 4 }, "-" + m + "m"));
-    kids.push(line("rate", "--k1"), line("err", "--k2"));
-    svg.replaceChildren(...kids);
+  // --- The chart: uPlot (vendored, MIT), throughput and errors per second over 15 minutes.
+  let chart = null, chartWidth = 0;
+  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+  function makeChart(box) {
+    const fg = css("--muted"), grid = css("--line");
+    const axis = { stroke: fg, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    return new uPlot({
+      width: box.clientWidth, height: 170,
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
+      legend: { live: false },
+      cursor: { drag: { x: false, y: false } },
+      axes: [Object.assign({}, axis), Object.assign({ size: 44, values: (u, v) => v.map((x) => fmt(x)) }, axis)],
+      series: [{}, { label: "handled/s", stroke: css("--k1"), width: 1.6, fill: css("--k1") + "22" },
+        { label: "failures/s", stroke: css("--k2"), width: 1.6 }],
+    }, [[], [], []], box);
   }
+  function drawChart() {
+    const box = $("#chart");
+    if (box.offsetParent === null) return; // hidden: drawn when the overview is shown
+    if (!chart || chartWidth !== box.clientWidth) {
+      if (chart) chart.destroy();
+      chart = makeChart(box);
+      chartWidth = box.clientWidth;
+    }
+    const now = Date.now() / 1000;
+    const xs = samples.map((s) => s.t_ms / 1000);
+    chart.setData([xs, samples.map((s) => s.handled_per_s), samples.map((s) => s.errors_per_s)], false);
+    chart.setScale("x", { min: now - HISTORY_S, max: now });
+    box.dataset.points = String(samples.length);
+  }
+  window.addEventListener("resize", () => drawChart());
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => { if (chart) { chart.destroy(); chart = null; } drawChart(); });
+
 
   // --- Views and hash routing: #overview, #subscriptions[/name], #topology, #dlq[?…][/id], #trace[/id]
   let current = "overview";
@@ -204,7 +293,8 @@
     current = ["overview", "subscriptions", "topology", "dlq", "trace", "health"].includes(view) ? view : "overview";
     for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + current;
     for (const a of document.querySelectorAll("nav a")) a.toggleAttribute("aria-current", false), a.dataset.view === current && a.setAttribute("aria-current", "page");
-    const load = { overview: () => {}, subscriptions: () => loadSubscriptions(arg), topology: loadTopology, dlq: () => loadDlq(query, arg), trace: () => loadTrace(arg), health: loadHealth }[current];
+    const load = { overview: () => { if (lastStats) renderOverview(lastStats); }, subscriptions: () => loadSubscriptions(arg), topology: () => loadTopology(false),
+      dlq: () => loadDlq(query, arg), trace: () => loadTrace(arg), health: () => loadHealth(arg) }[current];
     Promise.resolve(load()).catch(showError);
   }
   function showError(e) {
@@ -241,37 +331,68 @@
     panel.focus();
   }
 
-  // --- Topology: layered SVG
+  // --- Topology: layered SVG. Declared edges (components) or the bus's pattern → subscription
+  // edges, each labelled with the traffic observed on it (`observed` in /v1/topology: publisher
+  // → receiver per topic with recent rates); observed edges no declaration covers are drawn
+  // too, dashed orange, as undeclared.
   const ROLE_ORDER = ["Frontend", "Cpm", "Manager", "Service", "Handler", "Processor", "System"];
-  async function loadTopology() {
+  let topoSignature = "";
+  const drawn = []; // { path, rate, title, base, match(observed) }
+  async function loadTopology(refresh) {
     const topo = await api("/v1/topology?format=json");
     clearError();
+    observedEdges = topo.observed || [];
     let layers, edges, violations = topo.violations || [];
     if (topo.source === "components") {
-      $("#topo-source").textContent = "Declared component topology, layered by role. Arrows: publisher → subscriber, labelled with the topic.";
+      const undeclared = observedEdges.filter((o) => o.declared === false);
+      $("#topo-source").replaceChildren("Declared component topology, layered by role. Arrows: publisher → subscriber, labelled with the declared topic and the traffic observed on it (green while it has traffic). ",
+        el("span", { class: "legend-undeclared" }, "Dashed orange: seen in traffic but not declared"), " (" + undeclared.length + " now).");
       const byRole = new Map();
+      const known = new Set();
       for (const c of topo.components || []) {
         if (!byRole.has(c.role)) byRole.set(c.role, []);
-        byRole.get(c.role).push({ id: c.name, label: c.name, sub: c.domain, href: null });
+        byRole.get(c.role).push({ id: c.name, label: c.name, sub: c.domain, href: "#health/" + encodeURIComponent(c.name) });
+        known.add(c.name);
       }
       const order = [...byRole.keys()].sort((a, b) => (ROLE_ORDER.indexOf(a) + 99) % 106 - (ROLE_ORDER.indexOf(b) + 99) % 106);
       layers = order.map((r) => ({ name: r, nodes: byRole.get(r) }));
+      // Publishers and receivers seen in traffic that the topology does not declare.
+      const extra = [...new Set(undeclared.flatMap((o) => [o.from, o.to]))].filter((n) => !known.has(n));
+      if (extra.length) layers.push({ name: "Not declared", nodes: extra.map((n) => ({ id: n, label: n, sub: "not in the topology", extra: true })) });
       const bad = new Set(violations.filter((v) => v.to).map((v) => (v.from.name || v.from) + "→" + (v.to.name || v.to) + "→" + v.topic));
-      edges = (topo.edges || []).map((e) => ({ from: e.from, to: e.to, label: e.topic, violation: bad.has(e.from + "→" + e.to + "→" + e.topic), observe: { pattern: e.topic, handler: null } }));
+      edges = (topo.edges || []).map((e) => ({ key: "d " + e.from + " " + e.to + " " + e.topic, from: e.from, to: e.to, label: e.topic, violation: bad.has(e.from + "→" + e.to + "→" + e.topic),
+        match: (o) => o.declared && o.from === e.from && o.to === e.to && topicMatches(e.topic, o.topic) }));
+      for (const o of undeclared) edges.push({ key: "u " + o.from + " " + o.to + " " + o.topic, from: o.from, to: o.to, label: "undeclared: " + o.topic, undeclared: true,
+        match: (x) => x.from === o.from && x.to === o.to && x.topic === o.topic });
     } else {
-      $("#topo-source").textContent = "No declared component topology: the graph the bus knows, topic patterns → subscriptions (thick: command handlers). Each edge carries the traffic observed on it; green edges have traffic now.";
-      const pats = [...new Set((topo.edges || []).map((e) => e.pattern))];
+      $("#topo-source").textContent = "No declared component topology: the graph the bus knows, publishers seen in traffic → topic patterns → subscriptions (thick: command handlers). Each edge carries the traffic observed on it; green edges have traffic now.";
+      const regs = topo.edges || [];
+      const pats = [...new Set(regs.map((e) => e.pattern))];
+      const pubs = new Map(); // "from\0pattern" → edge
+      for (const o of observedEdges) for (const r of regs) {
+        if (r.subscription !== o.to || !topicMatches(r.pattern, o.topic)) continue;
+        const k = o.from + "\u0000" + r.pattern;
+        if (!pubs.has(k)) pubs.set(k, { key: "p " + k, from: "p:" + o.from, to: "t:" + r.pattern, observedEdge: true,
+          match: (x) => x.from === o.from && regs.some((q) => q.pattern === r.pattern && q.subscription === x.to) && topicMatches(r.pattern, x.topic) });
+      }
+      const publishers = [...new Set([...pubs.values()].map((e) => e.from.slice(2)))];
       layers = [
+        ...(publishers.length ? [{ name: "Publishers (seen)", nodes: publishers.map((p) => ({ id: "p:" + p, label: p, extra: p.startsWith("(") })) }] : []),
         { name: "Topics", nodes: pats.map((p) => ({ id: "t:" + p, label: p, topic: true })) },
-        { name: "Subscriptions", nodes: [...new Set((topo.edges || []).map((e) => e.subscription))].map((s) => ({ id: "s:" + s, label: s, href: "#subscriptions/" + encodeURIComponent(s) })) },
+        { name: "Subscriptions", nodes: [...new Set(regs.map((e) => e.subscription))].map((s) => ({ id: "s:" + s, label: s, href: "#subscriptions/" + encodeURIComponent(s) })) },
       ];
-      edges = (topo.edges || []).map((e) => ({ from: "t:" + e.pattern, to: "s:" + e.subscription, kind: e.kind, observe: { pattern: e.pattern, handler: e.subscription } }));
+      edges = [...pubs.values(), ...regs.map((e) => ({ key: "r " + e.pattern + " " + e.subscription, from: "t:" + e.pattern, to: "s:" + e.subscription, kind: e.kind,
+        match: (o) => o.to === e.subscription && topicMatches(e.pattern, o.topic) }))];
     }
+    const signature = JSON.stringify([layers.map((l) => l.nodes.map((n) => n.id)), edges.map((e) => e.key), violations.length]);
+    if (refresh && signature === topoSignature) { updateEdgeRates(); return; }
+    topoSignature = signature;
     $("#topo-violations").replaceChildren(...(violations.length ? [el("div", { class: "violations", role: "alert" },
       el("strong", {}, violations.length + " layer violation(s): "),
       el("ul", {}, violations.map((v) => el("li", {}, (v.from.name || v.from) + " (" + (v.from.role || "") + ") → " + (v.to ? (v.to.name || v.to) + " (" + (v.to.role || "") + ")" : "–") + " on " + v.topic + ": " + JSON.stringify(v.rule)))))] : []));
     drawGraph(layers, edges);
   }
+  const refreshObserved = () => loadTopology(true);
 
   function drawGraph(layers, edges) {
     const svg = $("#topo");
@@ -279,32 +400,36 @@
     const pos = new Map();
     layers.forEach((layer, i) => layer.nodes.forEach((n, j) => pos.set(n.id, { x: padX + i * colW, y: padY + j * rowH, n })));
     const rows = Math.max(1, ...layers.map((l) => l.nodes.length));
-    const W = padX * 2 + (layers.length - 1) * colW + boxW, H = padY + rows * rowH;
+    // Edges going back or skipping a layer arc below the nodes (room for them at the bottom).
+    const arcs = edges.some((e) => { const a = pos.get(e.from), b = pos.get(e.to); return a && b && (b.x <= a.x || b.x - a.x > colW); });
+    const W = padX * 2 + (layers.length - 1) * colW + boxW, H = padY + rows * rowH + (arcs ? 50 : 0);
     // No viewBox: one unit is one CSS pixel at 100 %; the zoom is the group's transform.
-    svg.style.height = Math.round(Math.min(Math.max(H, 260), Math.max(260, window.innerHeight * 0.7))) + "px";
-    observed.length = 0;
+    svg.style.height = Math.round(Math.min(Math.max(H + 20, 260), Math.max(260, window.innerHeight * 0.7))) + "px";
+    drawn.length = 0;
     const kids = [el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, el("path", { d: "M0,0 L10,5 L0,10 z", fill: "currentColor" })))];
     layers.forEach((l, i) => kids.push(el("text", { class: "layer", x: padX + i * colW, y: 22 }, l.name)));
     for (const e of edges) {
       const a = pos.get(e.from), b = pos.get(e.to);
       if (!a || !b) continue;
       const x1 = a.x + boxW, y1 = a.y + boxH / 2, x2 = b.x, y2 = b.y + boxH / 2;
-      const back = x2 <= x1;
+      const back = x2 <= x1 || b.x - a.x > colW;
       const d = back ? `M${a.x + boxW / 2},${a.y + boxH} C${a.x + boxW / 2},${H} ${b.x + boxW / 2},${H} ${b.x + boxW / 2},${b.y + boxH}`
         : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
-      const title = el("title", {}, (e.violation ? "LAYER VIOLATION: " : "") + (e.label || e.kind || ""));
-      const path = el("path", { class: "edge" + (e.kind === "command" ? " command" : "") + (e.violation ? " violation" : ""), d, "marker-end": "url(#arrow)" }, title);
+      const base = (e.violation ? "LAYER VIOLATION: " : "") + (e.undeclared ? "NOT DECLARED — seen in traffic: " : "") + (e.label || e.kind || "observed traffic");
+      const title = el("title", {}, base);
+      const path = el("path", { class: "edge" + (e.kind === "command" ? " command" : "") + (e.violation ? " violation" : "") + (e.undeclared ? " undeclared" : ""),
+        "data-test": e.undeclared ? "edge-undeclared" : null, d, "marker-end": "url(#arrow)" }, title);
       kids.push(path);
-      const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? H - 6 : (y1 + y2) / 2;
-      if (e.label) kids.push(el("text", { class: "elabel", x: mx - 30, y: my - 4 }, e.label));
-      if (e.observe) {
-        const rate = el("text", { class: "rate", x: mx, y: my + (e.label ? 10 : -5), "text-anchor": "middle", "data-test": "edge-rate" }, "");
-        kids.push(rate);
-        observed.push(Object.assign({ path, rate, title, base: title.textContent }, e.observe));
-      }
+      const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? 0.125 * (a.y + b.y + 2 * boxH) + 0.75 * H : (y1 + y2) / 2;
+      // Labels above a straight edge, below an arc.
+      const ly = back ? my + 14 : my - 4;
+      if (e.label) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: ly, "text-anchor": "middle" }, e.label));
+      const rate = el("text", { class: "rate", x: mx, y: e.label ? ly + 14 : back ? my + 14 : my - 5, "text-anchor": "middle", "data-test": "edge-rate" }, "");
+      kids.push(rate);
+      drawn.push({ path, rate, title, base, match: e.match });
     }
     for (const { x, y, n } of pos.values()) {
-      const g = el("g", { class: "node" + (n.topic ? " topic" : ""), transform: `translate(${x},${y})`, tabindex: n.href ? 0 : null, role: n.href ? "link" : null, "aria-label": n.label },
+      const g = el("g", { class: "node" + (n.topic ? " topic" : "") + (n.extra ? " extra" : ""), transform: `translate(${x},${y})`, tabindex: n.href ? 0 : null, role: n.href ? "link" : null, "aria-label": n.label },
         el("rect", { width: boxW, height: boxH, rx: 6 }),
         el("text", { x: 10, y: n.sub ? 15 : 22 }, n.label.length > 26 ? n.label.slice(0, 25) + "…" : n.label),
         n.sub ? el("text", { x: 10, y: 29, class: "elabel" }, n.sub) : null, el("title", {}, n.label));
@@ -319,9 +444,6 @@
     updateEdgeRates();
   }
 
-  // Observed traffic on the drawn edges: every handler row whose topic the edge's pattern
-  // matches (and whose handler is the edge's subscription, when it has one).
-  const observed = [];
   function topicMatches(pattern, topic) {
     const p = pattern.split("."), t = topic.split(".");
     const go = (i, j) => {
@@ -332,17 +454,18 @@
     return go(0, 0);
   }
   function updateEdgeRates() {
-    for (const o of observed) {
-      let total = 0;
+    for (const d of drawn) {
+      let rate = 0, count = 0;
       const topics = [];
-      for (const [k, r] of rates) {
-        const [topic, handler] = k.split("\u0000");
-        if ((o.handler === null || o.handler === handler) && topicMatches(o.pattern, topic)) { total += r; topics.push(topic + " " + fmt(r) + "/s"); }
+      for (const o of observedEdges) {
+        if (!d.match || !d.match(o)) continue;
+        rate += o.rate_per_s; count += o.count;
+        topics.push(o.from + " → " + o.to + " on " + o.topic + ": " + fmt(o.rate_per_s) + "/s, " + fmt(o.count) + " in all");
       }
-      o.rate.textContent = total > 0 ? fmt(total) + " msg/s" : "idle";
-      o.path.classList.toggle("live", total > 0);
-      o.rate.classList.toggle("idle", total === 0);
-      o.title.textContent = o.base + (topics.length ? " — observed: " + topics.join(", ") : " — no traffic in the last second");
+      d.rate.textContent = rate > 0 ? fmt(rate) + " msg/s" : count > 0 ? "idle (" + fmt(count) + " seen)" : "idle";
+      d.path.classList.toggle("live", rate > 0);
+      d.rate.classList.toggle("idle", rate === 0);
+      d.title.textContent = d.base + (topics.length ? " — observed: " + topics.join("; ") : " — no traffic seen");
     }
   }
 
@@ -404,6 +527,7 @@
 
   // --- Dead letters
   let dlqItems = [];
+  let replaying = false; // a replay is being followed: dead_letter events do not reload the list
   const selected = new Set();
   // datetime-local inputs hold local time; the API and the hash hold RFC 3339 (UTC).
   const toIso = (local) => { const d = new Date(local); return Number.isNaN(d.getTime()) ? null : d.toISOString(); };
@@ -501,6 +625,9 @@
     const handlers = [...new Set(items.map((i) => i.handler))];
     const acked = (subs) => handlers.reduce((n, h) => n + ((subs.find((s) => s.name === h) || {}).stats || {}).acked || 0, 0);
     const start = acked(before.subscriptions || []);
+    replaying = true;
+    try { await follow(); } finally { replaying = false; }
+    async function follow() {
     for (let i = 0; i < 20; i++) {
       await new Promise((r) => setTimeout(r, 250));
       const [subs, dlq] = await Promise.all([api("/v1/subscriptions").catch(() => null), api("/v1/dlq?limit=1000").catch(() => null)]);
@@ -511,6 +638,7 @@
       if (res.replayed > 0 && gained >= res.replayed) { out.className = "ok"; out.textContent = "Replayed " + res.replayed + ": handled by " + handlers.join(", ") + " ✓"; return; }
     }
     out.textContent = "Replayed " + res.replayed + "; not handled yet (check the subscription).";
+    }
   }
   async function purge(body, text) {
     if (!await confirmDialog(text)) return;
@@ -530,17 +658,31 @@
   });
 
   // --- Alerts and health: liveness (/health), readiness and uptime (/v1/status), transport and
-  // breakers (/v1/stats), alerts (/v1/alerts).
+  // component health (/v1/health), breakers and latency (/v1/stats), alerts (/v1/alerts).
   const when = (t) => t ? new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–";
-  async function loadHealth() {
-    const [status, live, alerts, stats] = await Promise.all([
+  async function loadHealth(focus) {
+    const [status, live, alerts, stats, health] = await Promise.all([
       api("/v1/status"),
       fetch("/health", { cache: "no-store" }).then((r) => r.ok).catch(() => false),
       api("/v1/alerts"),
       lastStats ? Promise.resolve(lastStats) : api("/v1/stats"),
+      api("/v1/health"),
     ]);
     clearError();
     lastAlerts = alerts;
+    const pill = (st) => el("span", { class: "pill health-" + st }, st);
+    const th = health.transport;
+    $("#health-transport").replaceChildren(el("span", {}, "Transport ", el("strong", {}, th.kind), ": "), pill(th.status), " " + th.state,
+      el("span", { class: "note" }, " — overall " + health.status + ", rates over the last " + fmt(health.window_s) + " s"));
+    $("#health-components tbody").replaceChildren(...(health.components.length ? health.components.map((c) => el("tr", { "data-test": "component-health", "data-status": c.status, class: c.name === focus ? "selected" : null },
+      el("td", {}, pill(c.status)),
+      el("td", {}, c.subscriptions.length === 1 ? el("a", { href: "#subscriptions/" + encodeURIComponent(c.subscriptions[0]) }, c.name) : c.name),
+      el("td", {}, c.role || "–"),
+      el("td", { class: "r" }, fmt(c.backlog) + (c.capacity ? " / " + fmt(c.capacity) : "")),
+      el("td", { class: "r" }, fmt(c.handled_per_s)), el("td", { class: "r" }, fmt(c.errors_per_s)),
+      el("td", { class: "r" }, c.dead_lettered ? el("a", { href: "#dlq?subscription=" + encodeURIComponent(c.subscriptions[0] || c.name) }, fmt(c.dead_lettered)) : "0"),
+      el("td", { class: "reasons" }, c.reasons.length ? c.reasons.join("; ") : c.subscriptions.length ? "" : "no subscription on this node")))
+      : [el("tr", {}, el("td", { colspan: 8, class: "note" }, "No component or subscription yet."))]));
     const tr = stats.transport || {};
     const breakers = stats.breakers || [];
     const open = breakers.filter((b) => b.state === "Open").length;
@@ -549,8 +691,10 @@
     $("#health-cards").replaceChildren(
       card("liveness", "Liveness", live ? "ok" : "down", "/health", !live),
       card("readiness", "Readiness", status.ready ? "ready" : "not ready", status.ready ? "uptime " + fmt(status.uptime_s) + " s" : status.not_ready.join("; "), !status.ready),
-      card("transport", "Transport " + (tr.kind || status.transport), tr.state || (status.ready ? "connected" : "–"),
-        tr.kind === "nats" ? fmt(tr.reconnects) + " reconnects, " + fmt(tr.publish_failures) + " publish failures" : "in process", tr.state && tr.state !== "Connected"),
+      card("transport", "Transport " + th.kind, th.status === "healthy" ? "connected" : th.status,
+        tr.kind === "nats" ? tr.state + ", " + fmt(tr.reconnects) + " reconnects, " + fmt(tr.publish_failures) + " publish failures" : th.kind === "memory" ? "in process" : th.state, th.status !== "healthy"),
+      card("components", "Components", fmt(health.components.filter((c) => c.status === "healthy").length) + " / " + fmt(health.components.length),
+        "healthy; " + health.components.filter((c) => c.status === "failing").length + " failing", health.components.some((c) => c.status !== "healthy")),
       card("breakers", "Breakers open", fmt(open), "of " + fmt(breakers.length), open > 0),
       card("alerts-firing", "Alerts firing", fmt(alerts.firing.length), fmt(alerts.history.length) + " in the history", alerts.firing.length > 0));
     const sev = (s) => el("span", { class: "pill sev-" + s }, s);
@@ -612,8 +756,7 @@
       el("ul", { class: "tree", "data-test": "trace-tree" }, (tree.roots || []).map(node)));
   }
 
-  // --- Start: poll every second (the overview updates; other views load on navigation)
+  // --- Start: the live stream (the overview updates on it; other views load on navigation)
   route();
-  tick();
-  setInterval(tick, 1000);
+  connect();
 })();

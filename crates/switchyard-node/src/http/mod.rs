@@ -20,6 +20,7 @@ use crate::state::AppState;
 
 pub(crate) mod command;
 pub(crate) mod dlq;
+pub(crate) mod live;
 pub(crate) mod observe;
 pub(crate) mod openapi;
 pub(crate) mod publish;
@@ -42,6 +43,9 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/trace/{correlation_id}", get(observe::trace))
         .route("/status", get(observe::status))
         .route("/stats", get(observe::stats))
+        .route("/stats/history", get(live::history))
+        .route("/stream", get(live::stream))
+        .route("/health", get(live::health))
         .route("/alerts", get(observe::alerts))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/ws", get(crate::ws::ws_handler));

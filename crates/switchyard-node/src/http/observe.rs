@@ -131,7 +131,9 @@ pub(crate) struct TopologyQuery {
 }
 
 /// The component topology when one was declared (`Node::set_topology`), otherwise the
-/// graph the bus knows: patterns → subscriptions and command topics → handlers.
+/// graph the bus knows: patterns → subscriptions and command topics → handlers. The JSON
+/// form adds `observed`: the edges seen in traffic (publisher → receiver on a topic, with
+/// counts and recent rates), each marked `declared` or not against the declared topology.
 #[utoipa::path(get, path = "/v1/topology", params(TopologyQuery), responses((status = 200)), tag = "observability")]
 pub(crate) async fn topology(
     State(state): State<AppState>,
@@ -151,6 +153,13 @@ pub(crate) async fn topology(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let text = |body: String| ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    let recent = state.live.recent();
+    let observed = crate::live::observed::edges(
+        &state.live.publishes.snapshot(),
+        &recent.publishes,
+        &state.handlers.snapshot(),
+        declared.as_ref(),
+    );
     Ok(match (declared, format) {
         (Some(t), "mermaid") => text(t.to_mermaid()),
         (Some(t), "dot") => text(t.to_dot()),
@@ -161,6 +170,8 @@ pub(crate) async fn topology(
             })).collect::<Vec<_>>(),
             "edges": t.edges(),
             "violations": t.violations(),
+            "observed": observed,
+            "window_s": recent.seconds,
         }))
         .into_response(),
         (None, f) => {
@@ -168,7 +179,12 @@ pub(crate) async fn topology(
             match f {
                 "mermaid" => text(graph.mermaid()),
                 "dot" => text(graph.dot()),
-                _ => Json(graph.json()).into_response(),
+                _ => {
+                    let mut json = graph.json();
+                    json["observed"] = serde_json::to_value(&observed).unwrap_or_default();
+                    json["window_s"] = recent.seconds.into();
+                    Json(json).into_response()
+                }
             }
         }
     })

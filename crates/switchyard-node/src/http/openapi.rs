@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{command, dlq, observe, publish, registry};
+use super::{command, dlq, live, observe, publish, registry};
 
 /// The gateway's OpenAPI document.
 #[derive(OpenApi)]
@@ -27,6 +27,9 @@ use super::{command, dlq, observe, publish, registry};
         observe::status,
         observe::stats,
         observe::alerts,
+        live::stream,
+        live::history,
+        live::health,
         observe::metrics,
         observe::health,
         observe::ready,

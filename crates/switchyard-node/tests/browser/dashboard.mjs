@@ -41,8 +41,9 @@ try {
   const second = await page.textContent("#m-handled");
   step(`handled ${first} -> ${second}`);
   if (Number(second.replace(/,/g, "")) <= Number(first.replace(/,/g, ""))) throw new Error(`handled did not grow: ${first} -> ${second}`);
-  // A few seconds of chart, then the overview.
-  await page.waitForFunction(() => (document.querySelector("#chart polyline")?.getAttribute("points") || "").split(" ").length >= 4, null, { timeout: T });
+  // A few seconds of chart (uPlot on a canvas), then the overview.
+  await page.locator("#chart canvas").first().waitFor({ timeout: T });
+  await page.waitForFunction(() => Number(document.querySelector("#chart").dataset.points || 0) >= 4, null, { timeout: T });
   const dl = await page.textContent("#m-dlq");
   if (dl.trim() !== "1") throw new Error(`dead letters card shows ${dl}, expected 1`);
   await page.locator("#queues tbody tr", { hasText: "billing" }).waitFor({ timeout: T });
@@ -54,13 +55,13 @@ try {
   step(`latency p50/p95/p99 ${latency} ms, 1 alert firing`);
   await shot(page, "01-overview.png", { fullPage: true });
 
-  // The page says so when the node is unreachable, and recovers.
-  await page.route("**/v1/stats", (r) => r.abort("connectionrefused"));
-  await page.locator("#conn.down", { hasText: "reconnecting" }).waitFor({ timeout: T });
-  await shot(page, "02-reconnecting.png");
-  await page.unroute("**/v1/stats");
-  await page.locator("#conn.live").waitFor({ timeout: T });
-  step("reconnecting… shown and recovered");
+  // The history is the node's: a page opened now shows the samples taken before it opened.
+  const fresh = await ctx.newPage();
+  await fresh.goto(url);
+  await fresh.locator("#conn.live").waitFor({ timeout: T });
+  await fresh.waitForFunction(() => Number(document.querySelector("#chart").dataset.points || 0) >= 4, null, { timeout: T });
+  step(`a new tab shows ${await fresh.getAttribute("#chart", "data-points")} samples of history at once`);
+  await fresh.close();
 
   // Subscriptions and one's detail.
   await page.click("nav a[data-view=subscriptions]");
@@ -71,16 +72,19 @@ try {
   await shot(page, "03-subscriptions.png", { fullPage: true });
   step("subscriptions listed");
 
-  // Topology: the graph has both subscriptions.
+  // Topology: the declared components, traffic on the declared edge, and the undeclared
+  // edge seen in traffic (shop-ui publishes billing.charge without declaring it).
   await page.click("nav a[data-view=topology]");
   await page.locator("#topo g.node[aria-label=billing]").waitFor({ timeout: T });
   const nodes = await page.locator("#topo g.node").count();
-  if (nodes < 4) throw new Error(`topology has ${nodes} nodes, expected the 2 patterns and 2 subscriptions`);
-  // The orders edge carries the live traffic.
-  await page.locator("#topo [data-test=edge-rate]", { hasText: "msg/s" }).waitFor({ timeout: T });
+  if (nodes < 3) throw new Error(`topology has ${nodes} nodes, expected the 3 declared components`);
+  await page.locator("#topo [data-test=edge-rate]", { hasText: "msg/s" }).first().waitFor({ timeout: T });
   await page.locator("#topo path.edge.live").first().waitFor({ state: "attached", timeout: T });
+  await page.locator("#topo path.edge.undeclared[data-test=edge-undeclared]").first().waitFor({ state: "attached", timeout: T });
+  await page.locator("#topo text.elabel.undeclared", { hasText: "undeclared: billing.charge" }).waitFor({ timeout: T });
+  await page.locator("#topo-source", { hasText: "not declared" }).waitFor({ timeout: T });
   await shot(page, "04-topology.png", { fullPage: true });
-  step(`topology: ${nodes} nodes, observed rate ${await page.locator("#topo [data-test=edge-rate]", { hasText: "msg/s" }).first().textContent()}`);
+  step(`topology: ${nodes} nodes, observed rate ${await page.locator("#topo [data-test=edge-rate]", { hasText: "msg/s" }).first().textContent()}, undeclared edge shown`);
 
   // Zoom and pan: buttons, the wheel, a drag, and the keyboard.
   const scale = async () => Number((await page.getAttribute("#topo-vp", "transform")).match(/scale\(([\d.]+)\)/)[1]);
@@ -162,6 +166,10 @@ try {
   await page.locator("[data-test=readiness]", { hasText: "ready" }).waitFor({ timeout: T });
   await page.locator("[data-test=liveness]", { hasText: "ok" }).waitFor({ timeout: T });
   await page.locator("[data-test=transport]", { hasText: "memory" }).waitFor({ timeout: T });
+  // Component health: the declared components, orders healthy with its traffic.
+  await page.locator("[data-test=component-health][data-status=healthy]", { hasText: "orders" }).waitFor({ timeout: T });
+  await page.locator("[data-test=component-health]", { hasText: "billing" }).waitFor({ timeout: T });
+  await page.locator("[data-test=transport-health]", { hasText: "connected" }).waitFor({ timeout: T });
   await page.locator("#health-handlers tbody tr", { hasText: "orders" }).waitFor({ timeout: T });
   await shot(page, "11-alerts-health.png", { fullPage: true });
   step("alerts and health shown");

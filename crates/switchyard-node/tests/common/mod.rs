@@ -30,6 +30,16 @@ impl TestNode {
     }
 
     pub async fn from_config(config: NodeConfig, setup: impl FnOnce(&Node)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::from_listener(config, listener, setup).await
+    }
+
+    /// Like `from_config`, serving on `listener` (a node restarted on the same port).
+    pub async fn from_listener(
+        config: NodeConfig,
+        listener: TcpListener,
+        setup: impl FnOnce(&Node),
+    ) -> Self {
         let scheme = if config.tls.is_some() {
             "https"
         } else {
@@ -37,7 +47,6 @@ impl TestNode {
         };
         let node = Node::start(config).await.expect("node starts");
         setup(&node);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let bus = node.bus().clone();
         let (tx, rx) = oneshot::channel::<()>();

@@ -10,10 +10,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{MEMORY, TestNode, client, recv};
-use switchyard::{Envelope, Outcome, handler_fn};
+use switchyard::{Envelope, Outcome, Pattern, handler_fn};
+use switchyard_components::{ComponentSpec, Role, Topology};
+use switchyard_node::NodeConfig;
+use switchyard_node::auth::sha256_hex;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
@@ -49,6 +55,20 @@ fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
     }
 }
 
+/// The shop the page shows: the UI publishes orders (declared) and, undeclared, billing
+/// charges; orders is declared to publish billing.
+fn shop() -> Topology {
+    let p = |s: &str| Pattern::new(s).unwrap();
+    let mut ui = ComponentSpec::new("shop-ui", Role::Frontend, "shop");
+    ui.publishes.push(p("orders.#"));
+    let mut orders = ComponentSpec::new("orders", Role::Cpm, "shop");
+    orders.subscribes.push(p("orders.#"));
+    orders.publishes.push(p("billing.#"));
+    let mut billing = ComponentSpec::new("billing", Role::Manager, "shop");
+    billing.subscribes.push(p("billing.#"));
+    Topology::new(vec![ui, orders, billing])
+}
+
 async fn publish(
     http: &reqwest::Client,
     node: &TestNode,
@@ -59,6 +79,7 @@ async fn publish(
     let mut req = http
         .post(node.url(&format!("/v1/publish/{topic}")))
         .header("content-type", "application/json")
+        .header("x-source", "shop-ui")
         .body(body.to_owned());
     if let Some(c) = correlation {
         req = req.header("x-correlation-id", c);
@@ -66,6 +87,20 @@ async fn publish(
     let res = req.send().await.unwrap();
     assert_eq!(res.status(), 202, "publish {topic}");
 }
+
+/// The screenshot directory, emptied once per run (only this run's screenshots in it).
+fn screenshots() -> PathBuf {
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
+    CLEAN.call_once(|| {
+        let _ = std::fs::remove_dir_all(&shots);
+    });
+    std::fs::create_dir_all(&shots).unwrap();
+    shots
+}
+
+/// One browser at a time: CI has 2 cores.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
@@ -77,7 +112,8 @@ async fn dashboard_in_headless_chromium() {
         }
         Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
     };
-    let node = TestNode::start(MEMORY).await;
+    let _one = BROWSER.lock().await;
+    let node = TestNode::start_with(MEMORY, |n| n.set_topology(shop())).await;
     // orders: acks everything (the live traffic).
     node.bus
         .subscribe(
@@ -150,16 +186,14 @@ async fn dashboard_in_headless_chromium() {
             let _ = http
                 .post(format!("{url}/v1/publish/orders.placed"))
                 .header("content-type", "application/json")
+                .header("x-source", "shop-ui")
                 .body(format!(r#"{{"order": {n}}}"#))
                 .send()
                 .await;
         }
     });
 
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
-    // Only this run's screenshots: none left over from an earlier run with other names.
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
+    let shots = screenshots();
     let out = tokio::process::Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))
         .env("DASHBOARD_URL", node.url("/"))
@@ -196,4 +230,112 @@ async fn dashboard_in_headless_chromium() {
         .unwrap();
     assert_eq!(dlq["total"], 0, "{dlq}");
     node.stop().await.unwrap();
+}
+
+fn admin_config() -> NodeConfig {
+    NodeConfig::from_toml(&format!(
+        r#"
+[transport]
+kind = "memory"
+[auth]
+enabled = true
+[[auth.principals]]
+name = "operator"
+admin = true
+[[auth.tokens]]
+principal = "operator"
+sha256 = "{}"
+"#,
+        sha256_hex(ADMIN_TOKEN.as_bytes())
+    ))
+    .unwrap()
+}
+
+const ADMIN_TOKEN: &str = "dashboard-admin-token";
+
+/// A node with admin auth and one acking subscription, on `listener`.
+async fn auth_node(listener: TcpListener) -> TestNode {
+    let node = TestNode::from_listener(admin_config(), listener, |_| {}).await;
+    node.bus
+        .subscribe(
+            "orders",
+            "orders.#",
+            common::forward(mpsc::unbounded_channel().0),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    node
+}
+
+/// The sign-in dialog (a wrong token refused with a message, the right one shows the
+/// dashboard) and a node restart (the page says it is reconnecting while the node is down,
+/// and is live again, still signed in, once a node serves on the same port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_sign_in_and_node_restart() {
+    let (chromium, browser_dir) = match prerequisites() {
+        Ok(p) => p,
+        Err(missing) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED dashboard_sign_in_and_node_restart: missing {missing}");
+            return;
+        }
+        Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
+    };
+    let _one = BROWSER.lock().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut node = Some(auth_node(listener).await);
+    let url = format!("http://{addr}/");
+    let mut child = tokio::process::Command::new("node")
+        .arg(browser_dir.join("signin_restart.mjs"))
+        .env("DASHBOARD_URL", &url)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SCREENSHOT_DIR", screenshots())
+        .env("CHROMIUM", &chromium)
+        .current_dir(&browser_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let drive = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            println!("{line}");
+            log.push_str(&line);
+            log.push('\n');
+            match line.as_str() {
+                "STOP_NODE" => {
+                    node.take().unwrap().stop().await.unwrap();
+                    stdin.write_all(b"STOPPED\n").await.unwrap();
+                }
+                "START_NODE" => {
+                    // The same port: the page reconnects to the address it was opened on.
+                    let listener = TcpListener::bind(addr)
+                        .await
+                        .expect("the port is free again");
+                    node = Some(auth_node(listener).await);
+                    stdin.write_all(b"STARTED\n").await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), drive)
+        .await
+        .expect("browser script finishes within 120 s");
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{log}\n{stderr}"
+    );
+    assert!(log.contains("signin-restart: ok"), "{log}");
+    if let Some(node) = node {
+        node.stop().await.unwrap();
+    }
 }

@@ -398,7 +398,14 @@ burst = 3
 async fn the_dashboard_needs_an_admin_token_for_every_figure() {
     let node = TestNode::start(&config()).await;
     let http = client();
-    for asset in ["/", "/dashboard/app.js", "/dashboard/app.css"] {
+    for asset in [
+        "/",
+        "/dashboard/app.js",
+        "/dashboard/app.css",
+        "/dashboard/uPlot.iife.min.js",
+        "/dashboard/uPlot.min.css",
+        "/dashboard/uPlot.LICENSE",
+    ] {
         let res = http.get(node.url(asset)).send().await.unwrap();
         assert_eq!(res.status(), 200, "{asset}");
     }
@@ -422,6 +429,8 @@ async fn the_dashboard_needs_an_admin_token_for_every_figure() {
     calls.dedup();
     for needed in [
         "/v1/stats",
+        "/v1/stats/history",
+        "/v1/health",
         "/v1/alerts",
         "/v1/dlq",
         "/v1/subscriptions",

@@ -7,6 +7,7 @@ mod common;
 mod acl;
 mod api;
 mod dlq;
+mod live;
 mod malformed;
 mod observe;
 mod tls;

@@ -36,6 +36,9 @@ async fn health_ready_and_openapi() {
         "/v1/dlq",
         "/v1/dlq/replay",
         "/v1/topology",
+        "/v1/stream",
+        "/v1/stats/history",
+        "/v1/health",
         "/metrics",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
