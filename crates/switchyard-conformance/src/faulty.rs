@@ -256,7 +256,7 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
             no_duplicates: !self.faults.may_duplicate(),
             ordered: !self.faults.may_reorder(),
             exact_attempts: !self.faults.may_reorder(),
-            consumer_groups: self.harness.capabilities().core.consumer_groups,
+            ..crate::bus_suite::BusGuarantees::on_transport(self.harness.capabilities())
         }
     }
 
@@ -268,12 +268,19 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
         &'a self,
         setup: &'a crate::Setup,
     ) -> BoxFuture<'a, Result<switchyard::BusBuilder, switchyard_core::BoxError>> {
+        Box::pin(async move { Ok(self.open(setup).await?.builder) })
+    }
+
+    fn open<'a>(
+        &'a self,
+        setup: &'a crate::Setup,
+    ) -> BoxFuture<'a, Result<crate::bus_suite::OpenedBus, switchyard_core::BoxError>> {
         Box::pin(async move {
             let mut short = setup.clone();
-            short.ack_wait = Self::ACK_WAIT;
+            short.ack_wait = short.ack_wait.min(Self::ACK_WAIT);
             let inner = self.harness.open(&short).await?;
             let faulty = FaultyTransport::with_state(inner, self.faults, self.state.clone());
-            Ok(switchyard::Bus::builder().transport(faulty))
+            Ok(crate::bus_suite::OpenedBus::on(faulty))
         })
     }
 
