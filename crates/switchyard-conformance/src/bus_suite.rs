@@ -296,6 +296,21 @@ async fn bus_and_closer<F: BusFactory>(
     Ok((bus, letters, opened.close_transport))
 }
 
+/// The ack wait of tests whose handlers are stuck on purpose: long, so the transport does not
+/// hand their messages out again while the test runs.
+const STUCK_ACK_WAIT: Duration = Duration::from_secs(120);
+
+/// `Some(reason)` when the bus does not hold exactly the deliveries published (the transport
+/// loses or copies some): tests that compare what the bus holds with what was sent skip.
+fn inexact_deliveries<F: BusFactory>(h: &F) -> Option<String> {
+    let g = h.guarantees();
+    (!g.no_duplicates || !g.exact_attempts).then(|| {
+        "the transport loses or copies deliveries: what the bus holds at shutdown is not what \
+         was published"
+            .to_owned()
+    })
+}
+
 async fn idle(bus: &Bus, what: &str) -> Result<(), Failure> {
     tokio::time::timeout(WAIT, bus.run_until_idle())
         .await
@@ -727,7 +742,11 @@ pub async fn bus_shutdown_report_names_what_was_in_flight<F: BusFactory>(h: &F) 
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
     }
-    let setup = Setup::new();
+    if let Some(reason) = inexact_deliveries(h) {
+        return Ok(Verdict::Skipped(reason));
+    }
+    // No redelivery of the stuck messages while the test runs.
+    let setup = Setup::new().with_ack_wait(STUCK_ACK_WAIT);
     let (bus, letters) = bus_on(h, &setup, |b| b).await?;
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
     let handler = handler_fn(move |env: Envelope| {

@@ -72,11 +72,14 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The ack wait of a new setup.
+    pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
     /// A setup with a fresh namespace and the defaults.
     pub fn new() -> Self {
         Self {
             namespace: format!("t{}", ulid_lower()),
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Self::DEFAULT_ACK_WAIT,
             max_deliver: 5,
             dead_letters: Arc::new(RecordingDeadLetters::default()),
         }
