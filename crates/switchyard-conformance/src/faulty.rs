@@ -9,8 +9,8 @@ use switchyard_core::BoxFuture;
 
 /// The bus on a [`FaultyTransport`] over a harness's transport: the bus suite through a
 /// misbehaving transport ([`bus_suite_tests!`](crate::bus_suite_tests)). The wrapped transport
-/// is opened with a short ack wait ([`ACK_WAIT`](Self::ACK_WAIT)) unless the test chose its
-/// own, so that lost deliveries and acks come back quickly.
+/// is opened with a short ack wait ([`ACK_WAIT`](Self::ACK_WAIT)) when the faults lose
+/// deliveries or acks and the test did not choose its own, so that they come back quickly.
 #[derive(Debug, Clone)]
 pub struct OnFaultyTransport<H> {
     harness: H,
@@ -21,7 +21,10 @@ pub struct OnFaultyTransport<H> {
 
 impl<H: crate::Harness> OnFaultyTransport<H> {
     /// The ack wait of the wrapped transport.
-    pub const ACK_WAIT: Duration = Duration::from_millis(300);
+    pub const ACK_WAIT: Duration = Duration::from_secs(1);
+
+    /// The max deliveries of the wrapped transport when faults lose deliveries or acks.
+    pub const MAX_DELIVER: u32 = 100;
 
     /// `harness`'s transport with `faults`.
     pub fn new(harness: H, faults: Faults) -> Self {
@@ -73,8 +76,14 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
             // A test that chose its ack wait keeps it (one with handlers stuck on purpose
             // wants no redelivery meanwhile); the default one is shortened.
             let mut short = setup.clone();
-            if short.ack_wait == crate::Setup::DEFAULT_ACK_WAIT {
+            if short.ack_wait == crate::Setup::DEFAULT_ACK_WAIT && self.faults.may_reorder() {
                 short.ack_wait = Self::ACK_WAIT;
+            }
+            // Lost deliveries and acks count towards the transport's max_deliver: unless the
+            // test chose its own, a budget the injected faults do not use up, so a message
+            // is not dead-lettered for faults the test did not ask about.
+            if short.max_deliver == crate::Setup::DEFAULT_MAX_DELIVER && self.faults.may_reorder() {
+                short.max_deliver = Self::MAX_DELIVER;
             }
             let inner = self.harness.open(&short).await?;
             let faulty = FaultyTransport::with_counter(inner, self.faults, self.counter.clone());

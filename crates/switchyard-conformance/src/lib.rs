@@ -75,12 +75,15 @@ impl Setup {
     /// The ack wait of a new setup.
     pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 
+    /// The deliveries before dead-lettering of a new setup.
+    pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
     /// A setup with a fresh namespace and the defaults.
     pub fn new() -> Self {
         Self {
             namespace: format!("t{}", ulid_lower()),
             ack_wait: Self::DEFAULT_ACK_WAIT,
-            max_deliver: 5,
+            max_deliver: Self::DEFAULT_MAX_DELIVER,
             dead_letters: Arc::new(RecordingDeadLetters::default()),
         }
     }

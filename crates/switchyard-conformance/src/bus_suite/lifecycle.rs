@@ -21,6 +21,9 @@ use crate::{Failure, Setup, Verdict};
 /// The ack wait of the tests here that wait for one to pass: short, so they stay fast.
 const ACK_WAIT: Duration = Duration::from_millis(500);
 
+/// A max_deliver budget that faults (lost deliveries and acks) do not use up.
+const MANY_DELIVERIES: u32 = 50;
+
 /// How long a shutdown waits for handlers that never finish.
 const SHORT_DRAIN: Duration = Duration::from_millis(200);
 
@@ -141,7 +144,11 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
         ));
     }
     const COUNT: usize = 20;
-    let setup = Setup::new().with_ack_wait(ACK_WAIT);
+    // Deliveries lost to faults count towards max_deliver too: a generous budget, so that
+    // this test is about members, not the dead-letter limit.
+    let setup = Setup::new()
+        .with_ack_wait(ACK_WAIT)
+        .with_max_deliver(MANY_DELIVERIES);
     let (bus, letters) = bus_on(h, &setup, |b| b).await?;
     let pattern = setup.pattern("group.#")?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -169,9 +176,16 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
         let lost: Vec<_> = sent.difference(&tally.ids()).copied().collect();
         return Err(Failure::Check(format!(
             "{} of {COUNT} never reached the remaining member within {WAIT:?} (ack wait \
-             {ACK_WAIT:?}), the dropped member's held message {held} among them: {}; lost: {lost:?}",
+             {ACK_WAIT:?}), the dropped member's held message {held} among them: {}; lost: \
+             {lost:?}; dead-lettered by the transport: {:?}",
             lost.len(),
-            lost.contains(&held)
+            lost.contains(&held),
+            setup
+                .dead_letters
+                .list()
+                .iter()
+                .map(|l| (l.envelope.id, l.attempts))
+                .collect::<Vec<_>>()
         )));
     }
     let foreign: Vec<_> = tally.ids().difference(&sent).copied().collect();
@@ -198,8 +212,9 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
 /// hundred were accepted). Every publish is either accepted or refused with a typed error
 /// (`ShuttingDown`, or a transport `Closed` for one caught between the bus and a closing
 /// transport); once a publisher is refused it is refused for good. No refused message is
-/// handled, every accepted one is handled (once, when the bus promises no duplicates) or
-/// named by the shutdown report, or, on a durable transport, handled by the next bus on it.
+/// handled, every accepted one is handled (once, when the bus promises no duplicates), named
+/// by the shutdown report, dead-lettered by the transport, or, on a durable transport,
+/// handled by the next bus on it.
 pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) -> TestResult {
     if let Some(reason) = h.unavailable() {
         return Ok(Verdict::Skipped(reason));
@@ -217,7 +232,9 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
                 .into(),
         ));
     }
-    let setup = Setup::new().with_ack_wait(Duration::from_secs(1));
+    let setup = Setup::new()
+        .with_ack_wait(Duration::from_secs(1))
+        .with_max_deliver(MANY_DELIVERIES);
     let (bus, letters) = bus_on(h, &setup, |b| b).await?;
     let tally = Arc::new(Tally::default());
     let sub = bus
@@ -300,7 +317,14 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
         let twice = tally.twice();
         check!(twice.is_empty(), "handled more than once: {twice:?}");
     }
-    let reported: BTreeSet<MessageId> = report.left.iter().chain(&report.nacked).copied().collect();
+    // Dead-lettered by the transport (max deliveries) is accounted for, not lost.
+    let reported: BTreeSet<MessageId> = report
+        .left
+        .iter()
+        .chain(&report.nacked)
+        .copied()
+        .chain(setup.dead_letters.list().iter().map(|l| l.envelope.id))
+        .collect();
     let mut missing: BTreeSet<MessageId> = accepted
         .difference(&handled)
         .filter(|id| !reported.contains(id))
@@ -315,7 +339,13 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
             .start()
             .await?;
         later.wait_for(&missing, WAIT).await;
-        missing.retain(|id| !later.ids().contains(id));
+        let dead: BTreeSet<MessageId> = setup
+            .dead_letters
+            .list()
+            .iter()
+            .map(|l| l.envelope.id)
+            .collect();
+        missing.retain(|id| !later.ids().contains(id) && !dead.contains(id));
         next.shutdown(WAIT).await?;
     }
     check!(
