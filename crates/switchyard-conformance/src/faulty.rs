@@ -1,233 +1,30 @@
-//! A fault-injecting transport: wraps any transport and, on its way to the subscriber, drops,
-//! delays and duplicates deliveries and makes acks fail, so the bus's promises can be checked
-//! on a transport that misbehaves the way real ones do (a lost delivery comes back after the
-//! ack wait, a redelivered message arrives twice, an ack is lost on the wire).
-//!
-//! Faults are counted per transport (all its subscriptions together), 1-based: with
-//! `drop_every: Some(5)` the 5th, 10th, ... deliveries are dropped.
+//! The fault-injecting transport of [`switchyard::testkit`] ([`FaultyTransport`], re-exported
+//! here), and [`OnFaultyTransport`]: the bus suite through it, over a harness's transport
+//! ([`faulty_bus_suite_tests!`](crate::faulty_bus_suite_tests)).
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
-use switchyard_core::{
-    AckHandle, BoxFuture, Capabilities, CloseError, Delivery, DeliveryStream, Envelope, Pattern,
-    PublishError, Publisher, SubscribeError, Subscriber, TransportError, TransportErrorKind,
-};
-
-/// Which faults to inject. The default injects none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Faults {
-    /// Every n-th delivery is dropped unsettled before the subscriber sees it: the wrapped
-    /// transport hands it out again after its ack wait.
-    pub drop_every: Option<u64>,
-    /// Every delivery is held this long before it is handed on.
-    pub delay: Option<Duration>,
-    /// Every n-th delivery is handed on twice (the copy settles nothing).
-    pub duplicate_every: Option<u64>,
-    /// Every n-th ack fails with an `Unavailable` error and is not passed on, so the wrapped
-    /// transport hands the message out again after its ack wait.
-    pub fail_ack_every: Option<u64>,
-}
-
-impl Faults {
-    /// True when deliveries may reach the subscriber more than once (duplicates, failed acks).
-    pub fn may_duplicate(&self) -> bool {
-        self.duplicate_every.is_some() || self.fail_ack_every.is_some()
-    }
-
-    /// True when deliveries may reach the subscriber out of publish order (drops and failed
-    /// acks bring a message back later, after others).
-    pub fn may_reorder(&self) -> bool {
-        self.drop_every.is_some() || self.fail_ack_every.is_some()
-    }
-}
-
-/// How many faults were injected so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FaultCounts {
-    /// Deliveries dropped.
-    pub dropped: u64,
-    /// Deliveries handed on twice.
-    pub duplicated: u64,
-    /// Acks made to fail.
-    pub failed_acks: u64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    deliveries: AtomicU64,
-    acks: AtomicU64,
-    dropped: AtomicU64,
-    duplicated: AtomicU64,
-    failed_acks: AtomicU64,
-}
-
-impl State {
-    fn counts(&self) -> FaultCounts {
-        FaultCounts {
-            dropped: self.dropped.load(Ordering::Relaxed),
-            duplicated: self.duplicated.load(Ordering::Relaxed),
-            failed_acks: self.failed_acks.load(Ordering::Relaxed),
-        }
-    }
-}
-
-fn hits(every: Option<u64>, n: u64) -> bool {
-    matches!(every, Some(k) if k > 0 && n.is_multiple_of(k))
-}
-
-/// `T` with [`Faults`] injected between it and its subscribers. Publishing is passed through.
-#[derive(Debug, Clone)]
-pub struct FaultyTransport<T> {
-    inner: T,
-    faults: Faults,
-    state: Arc<State>,
-}
-
-impl<T> FaultyTransport<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, faults: Faults) -> Self {
-        Self::with_state(inner, faults, Arc::default())
-    }
-
-    fn with_state(inner: T, faults: Faults, state: Arc<State>) -> Self {
-        Self {
-            inner,
-            faults,
-            state,
-        }
-    }
-
-    /// The faults this transport injects.
-    pub fn faults(&self) -> Faults {
-        self.faults
-    }
-
-    /// How many faults were injected so far.
-    pub fn counts(&self) -> FaultCounts {
-        self.state.counts()
-    }
-}
-
-impl<T: Publisher> Publisher for FaultyTransport<T> {
-    fn publish(
-        &self,
-        batch: Vec<Envelope>,
-    ) -> impl Future<Output = Result<(), PublishError>> + Send {
-        self.inner.publish(batch)
-    }
-
-    fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send {
-        self.inner.close(deadline)
-    }
-}
-
-impl<T: Subscriber> Subscriber for FaultyTransport<T> {
-    type Stream = DeliveryStream;
-
-    fn subscribe(
-        &self,
-        pattern: &Pattern,
-        group: Option<&str>,
-    ) -> impl Future<Output = Result<DeliveryStream, SubscribeError>> + Send {
-        let inner = self.inner.subscribe(pattern, group);
-        let (faults, state) = (self.faults, self.state.clone());
-        async move {
-            let stream = inner.await?;
-            let faulty = stream
-                .then(move |d| pass(faults, state.clone(), d))
-                .flat_map(futures::stream::iter);
-            Ok(DeliveryStream::new(faulty))
-        }
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        let mut c = self.inner.capabilities();
-        if self.faults.may_reorder() {
-            c.ordered = false;
-        }
-        c
-    }
-}
-
-async fn pass(faults: Faults, state: Arc<State>, d: Delivery) -> Vec<Delivery> {
-    let n = state.deliveries.fetch_add(1, Ordering::Relaxed) + 1;
-    if hits(faults.drop_every, n) {
-        state.dropped.fetch_add(1, Ordering::Relaxed);
-        drop(d);
-        return Vec::new();
-    }
-    if let Some(delay) = faults.delay {
-        tokio::time::sleep(delay).await;
-    }
-    let envelope = d.envelope.clone();
-    let wrapped = Delivery::new(
-        envelope.clone(),
-        Box::new(FaultyAck {
-            inner: d,
-            faults,
-            state: state.clone(),
-        }),
-    );
-    if hits(faults.duplicate_every, n) {
-        state.duplicated.fetch_add(1, Ordering::Relaxed);
-        vec![wrapped, Delivery::unacked(envelope)]
-    } else {
-        vec![wrapped]
-    }
-}
-
-struct FaultyAck {
-    inner: Delivery,
-    faults: Faults,
-    state: Arc<State>,
-}
-
-impl AckHandle for FaultyAck {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        let n = self.state.acks.fetch_add(1, Ordering::Relaxed) + 1;
-        if hits(self.faults.fail_ack_every, n) {
-            self.state.failed_acks.fetch_add(1, Ordering::Relaxed);
-            // The inner delivery is dropped unsettled: the wrapped transport redelivers it.
-            return Box::pin(async {
-                Err(TransportError::new(
-                    TransportErrorKind::Unavailable,
-                    "injected fault: the ack was lost",
-                ))
-            });
-        }
-        Box::pin(self.inner.ack())
-    }
-
-    fn nack(
-        self: Box<Self>,
-        delay: Option<Duration>,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
-        Box::pin(self.inner.nack(delay))
-    }
-
-    fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
-        Box::pin(async move { self.inner.term(&reason).await })
-    }
-}
+pub use switchyard::testkit::{FaultCounter, FaultCounts, Faults, FaultyTransport};
+use switchyard_core::BoxFuture;
 
 /// The bus on a [`FaultyTransport`] over a harness's transport: the bus suite through a
 /// misbehaving transport ([`bus_suite_tests!`](crate::bus_suite_tests)). The wrapped transport
-/// is opened with a short ack wait, so that lost deliveries and acks come back quickly.
+/// is opened with a short ack wait ([`ACK_WAIT`](Self::ACK_WAIT)) when the faults lose
+/// deliveries or acks and the test did not choose its own, so that they come back quickly.
 #[derive(Debug, Clone)]
 pub struct OnFaultyTransport<H> {
     harness: H,
     faults: Faults,
     name: String,
-    state: Arc<State>,
+    counter: FaultCounter,
 }
 
 impl<H: crate::Harness> OnFaultyTransport<H> {
     /// The ack wait of the wrapped transport.
-    pub const ACK_WAIT: Duration = Duration::from_millis(300);
+    pub const ACK_WAIT: Duration = Duration::from_secs(1);
+
+    /// The max deliveries of the wrapped transport when faults lose deliveries or acks.
+    pub const MAX_DELIVER: u32 = 100;
 
     /// `harness`'s transport with `faults`.
     pub fn new(harness: H, faults: Faults) -> Self {
@@ -236,13 +33,13 @@ impl<H: crate::Harness> OnFaultyTransport<H> {
             harness,
             faults,
             name,
-            state: Arc::default(),
+            counter: FaultCounter::new(),
         }
     }
 
     /// How many faults the transports this factory opened injected so far, together.
     pub fn counts(&self) -> FaultCounts {
-        self.state.counts()
+        self.counter.counts()
     }
 }
 
@@ -256,7 +53,7 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
             no_duplicates: !self.faults.may_duplicate(),
             ordered: !self.faults.may_reorder(),
             exact_attempts: !self.faults.may_reorder(),
-            consumer_groups: self.harness.capabilities().core.consumer_groups,
+            ..crate::bus_suite::BusGuarantees::on_transport(self.harness.capabilities())
         }
     }
 
@@ -268,16 +65,197 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
         &'a self,
         setup: &'a crate::Setup,
     ) -> BoxFuture<'a, Result<switchyard::BusBuilder, switchyard_core::BoxError>> {
+        Box::pin(async move { Ok(self.open(setup).await?.builder) })
+    }
+
+    fn open<'a>(
+        &'a self,
+        setup: &'a crate::Setup,
+    ) -> BoxFuture<'a, Result<crate::bus_suite::OpenedBus, switchyard_core::BoxError>> {
         Box::pin(async move {
+            // A test that chose its ack wait keeps it (one with handlers stuck on purpose
+            // wants no redelivery meanwhile); the default one is shortened.
             let mut short = setup.clone();
-            short.ack_wait = Self::ACK_WAIT;
+            if short.ack_wait == crate::Setup::DEFAULT_ACK_WAIT && self.faults.may_reorder() {
+                short.ack_wait = Self::ACK_WAIT;
+            }
+            // Lost deliveries and acks count towards the transport's max_deliver: unless the
+            // test chose its own, a budget the injected faults do not use up, so a message
+            // is not dead-lettered for faults the test did not ask about.
+            if short.max_deliver == crate::Setup::DEFAULT_MAX_DELIVER && self.faults.may_reorder() {
+                short.max_deliver = Self::MAX_DELIVER;
+            }
             let inner = self.harness.open(&short).await?;
-            let faulty = FaultyTransport::with_state(inner, self.faults, self.state.clone());
-            Ok(switchyard::Bus::builder().transport(faulty))
+            let faulty = FaultyTransport::with_counter(inner, self.faults, self.counter.clone());
+            Ok(crate::bus_suite::OpenedBus::on(faulty))
         })
     }
 
     fn cleanup<'a>(&'a self, setup: &'a crate::Setup) -> BoxFuture<'a, ()> {
         self.harness.cleanup(setup)
     }
+}
+
+/// Expands into the bus suite through a [`FaultyTransport`] over the given harness's
+/// transport, once per kind of fault and once with all of them, each module declaring at the
+/// call what the bus still promises under its fault ([`bus_suite_tests!`](crate::bus_suite_tests)
+/// with `guarantees = ..`); a test needing more skips loudly. Plus `faults_are_injected`,
+/// which checks that the faults do happen. The harness expression is evaluated once per test.
+///
+/// What each fault means for the expected outcome:
+///
+/// - `delayed` (every delivery held 2 ms): nothing changes. Every promise of the transport
+///   holds: none lost, none duplicated, per-key order, exact attempt numbers.
+/// - `dropped` (every 3rd delivery lost before the bus sees it): the transport hands it out
+///   again (at once where dropping a delivery hands it back, else after the ack wait), so
+///   nothing is lost and nothing is handled twice; but it comes back after later messages
+///   (no per-key order) and as a later delivery (its attempt number counts the lost one).
+/// - `duplicated` (every 3rd delivery handed on twice): at least once, not exactly once. A
+///   handler sees copies; every message is still handled, and order and attempt counts are
+///   off by the copies.
+/// - `failed_acks` (every 3rd ack lost): the transport hands the message out again after its
+///   ack wait: at least once (handled twice), out of order, the redelivery numbered after the
+///   lost ack.
+/// - `all_faults` (drop 1 in 7, copy 1 in 5, lose 1 ack in 6, 1 ms delay): the sum: only "none
+///   lost" is promised, with what the transport keeps (durability) and its groups.
+///
+/// ```ignore
+/// switchyard_conformance::faulty_bus_suite_tests!(Log::new());
+/// ```
+#[macro_export]
+macro_rules! faulty_bus_suite_tests {
+    ($harness:expr) => {
+        /// Delays only: every promise holds.
+        mod delayed {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::bus_suite_tests!(
+                $crate::faulty::OnFaultyTransport::new(
+                    $harness,
+                    $crate::faulty::Faults {
+                        delay: Some(::std::time::Duration::from_millis(2)),
+                        ..$crate::faulty::Faults::default()
+                    }
+                ),
+                guarantees = $crate::bus_suite::BusGuarantees::on_transport(
+                    $crate::Harness::capabilities(&$harness)
+                )
+            );
+        }
+        /// Lost deliveries come back: none lost, none twice; no order, no exact attempts.
+        mod dropped {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::bus_suite_tests!(
+                $crate::faulty::OnFaultyTransport::new(
+                    $harness,
+                    $crate::faulty::Faults {
+                        drop_every: Some(3),
+                        ..$crate::faulty::Faults::default()
+                    }
+                ),
+                guarantees = $crate::bus_suite::BusGuarantees {
+                    ordered: false,
+                    exact_attempts: false,
+                    ..$crate::bus_suite::BusGuarantees::on_transport($crate::Harness::capabilities(
+                        &$harness
+                    ))
+                }
+            );
+        }
+        /// Copies: at least once; no exactly once, no order, no exact attempts.
+        mod duplicated {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::bus_suite_tests!(
+                $crate::faulty::OnFaultyTransport::new(
+                    $harness,
+                    $crate::faulty::Faults {
+                        duplicate_every: Some(3),
+                        ..$crate::faulty::Faults::default()
+                    }
+                ),
+                guarantees = $crate::bus_suite::BusGuarantees {
+                    no_duplicates: false,
+                    ordered: false,
+                    exact_attempts: false,
+                    ..$crate::bus_suite::BusGuarantees::on_transport($crate::Harness::capabilities(
+                        &$harness
+                    ))
+                }
+            );
+        }
+        /// Lost acks: redelivered after the ack wait; at least once, no order, no exact attempts.
+        mod failed_acks {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::bus_suite_tests!(
+                $crate::faulty::OnFaultyTransport::new(
+                    $harness,
+                    $crate::faulty::Faults {
+                        fail_ack_every: Some(3),
+                        ..$crate::faulty::Faults::default()
+                    }
+                ),
+                guarantees = $crate::bus_suite::BusGuarantees {
+                    no_duplicates: false,
+                    ordered: false,
+                    exact_attempts: false,
+                    ..$crate::bus_suite::BusGuarantees::on_transport($crate::Harness::capabilities(
+                        &$harness
+                    ))
+                }
+            );
+        }
+        /// Every fault at once: none lost is what is left.
+        mod all_faults {
+            #[allow(unused_imports)]
+            use super::*;
+            fn all() -> $crate::faulty::Faults {
+                $crate::faulty::Faults {
+                    drop_every: Some(7),
+                    delay: Some(::std::time::Duration::from_millis(1)),
+                    duplicate_every: Some(5),
+                    fail_ack_every: Some(6),
+                }
+            }
+            $crate::bus_suite_tests!(
+                $crate::faulty::OnFaultyTransport::new($harness, all()),
+                guarantees = $crate::bus_suite::BusGuarantees {
+                    no_duplicates: false,
+                    ordered: false,
+                    exact_attempts: false,
+                    ..$crate::bus_suite::BusGuarantees::on_transport($crate::Harness::capabilities(
+                        &$harness
+                    ))
+                }
+            );
+
+            /// The faults do happen: one run of the concurrent publishers meets every kind,
+            /// and nothing is lost anyway.
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn faults_are_injected() {
+                let f = $crate::faulty::OnFaultyTransport::new($harness, all());
+                let r = $crate::bus_suite::bus_concurrent_publishers_lose_nothing(&f).await;
+                match r {
+                    Ok($crate::Verdict::Passed) => {}
+                    Ok($crate::Verdict::Skipped(reason)) => {
+                        // Unavailable transport: reported loudly, nothing to count.
+                        let _ = $crate::report(
+                            "faults_are_injected",
+                            "faulty",
+                            Ok($crate::Verdict::Skipped(reason)),
+                        );
+                        return;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                let c = f.counts();
+                assert!(
+                    c.dropped > 0 && c.duplicated > 0 && c.failed_acks > 0,
+                    "faults injected: {c:?}"
+                );
+            }
+        }
+    };
 }

@@ -51,6 +51,10 @@ pub struct SuiteCapabilities {
     pub restart: bool,
     /// The harness offers request/reply ([`Harness::request`], [`Harness::serve`]).
     pub request_reply: bool,
+    /// A message's delivery count survives closing and reopening the transport (a
+    /// redelivery after a restart says how many deliveries came before, and `max_deliver`
+    /// counts across restarts).
+    pub durable_delivery_counts: bool,
 }
 
 /// Everything one suite test asks of a fresh transport.
@@ -68,12 +72,18 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The ack wait of a new setup.
+    pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+    /// The deliveries before dead-lettering of a new setup.
+    pub const DEFAULT_MAX_DELIVER: u32 = 5;
+
     /// A setup with a fresh namespace and the defaults.
     pub fn new() -> Self {
         Self {
             namespace: format!("t{}", ulid_lower()),
-            ack_wait: Duration::from_secs(30),
-            max_deliver: 5,
+            ack_wait: Self::DEFAULT_ACK_WAIT,
+            max_deliver: Self::DEFAULT_MAX_DELIVER,
             dead_letters: Arc::new(RecordingDeadLetters::default()),
         }
     }
@@ -304,8 +314,13 @@ pub enum Failure {
     Task(String),
 }
 
-/// Prints the outcome of one suite test: `SKIPPED` lines go to stderr. Returns the failure
-/// so the caller (the generated test) can fail. Used by [`conformance_tests!`].
+/// Prints the outcome of one suite test. Returns the failure so the caller (the generated
+/// test) can fail. Used by [`conformance_tests!`] and [`bus_suite_tests!`].
+///
+/// A skip is loud: its `SKIPPED <transport>::<test>: <reason>` line is written straight to
+/// the process's stderr, past the test harness's output capture, so it shows in a plain
+/// `cargo test` run (where the output of passing tests is otherwise hidden). A skipped test
+/// passes, but never silently.
 pub fn report(
     test: &str,
     transport: &str,
@@ -314,7 +329,13 @@ pub fn report(
     match result {
         Ok(Verdict::Passed) => Ok(()),
         Ok(Verdict::Skipped(reason)) => {
-            eprintln!("SKIPPED {transport}::{test}: {reason}");
+            use std::io::Write;
+            // `eprintln!` would be captured (and dropped) for a passing test: write to the
+            // stream itself. Nothing to do if stderr is gone.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "!!!! SKIPPED {transport}::{test}: {reason}"
+            );
             Ok(())
         }
         Err(e) => {
@@ -371,6 +392,16 @@ macro_rules! conformance_tests {
 /// through the given [`bus_suite::BusFactory`] expression: `bus_suite::InProcess` for
 /// `Bus::new()`'s own bus, `bus_suite::OnTransport(harness)` for the bus on a transport
 /// (which [`conformance_tests!`] does for every harness).
+///
+/// What the bus cannot promise is declared, never found out: by the factory
+/// ([`BusFactory::guarantees`](bus_suite::BusFactory::guarantees)), or at the call with
+/// `guarantees = <BusGuarantees expression>`, which overrides the factory's. A test that needs
+/// a promise not declared is skipped with a loud `SKIPPED` line naming it (see [`report`]).
+///
+/// ```ignore
+/// bus_suite_tests!(OnFaultyTransport::new(Log::new(), faults),
+///     guarantees = BusGuarantees { no_duplicates: false, ..BusGuarantees::ALL });
+/// ```
 #[macro_export]
 macro_rules! bus_suite_tests {
     ($factory:expr) => {
@@ -380,7 +411,15 @@ macro_rules! bus_suite_tests {
             bus_retry_outcome_redelivers, bus_refuses_work_after_shutdown,
             bus_shutdown_report_names_what_was_in_flight,
             bus_requests_fail_without_handler_and_on_timeout,
-            bus_consumer_group_shares_and_keeps_one_pattern);
+            bus_consumer_group_shares_and_keeps_one_pattern,
+            bus_dropped_group_member_hands_its_messages_on,
+            bus_shutdown_racing_publishers_loses_nothing,
+            bus_ack_after_transport_close_is_settled,
+            bus_shutdown_report_accounts_for_every_pending_message,
+            bus_nacked_at_shutdown_come_back);
+    };
+    ($factory:expr, guarantees = $guarantees:expr) => {
+        $crate::bus_suite_tests!($crate::bus_suite::Declared::new($factory, $guarantees));
     };
     (@each $factory:expr; $($test:ident),*) => {
         $(

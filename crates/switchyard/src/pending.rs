@@ -39,6 +39,8 @@ pub(crate) struct Pending {
     expected: AtomicUsize,
     /// Notified when the count drops to zero.
     idle: Notify,
+    /// Notified when `expected` drops to zero: the transport owes nothing more.
+    owed_none: Notify,
 }
 
 impl Pending {
@@ -68,14 +70,41 @@ impl Pending {
     pub(crate) fn arrival(self: &Arc<Self>) -> Accepted {
         let consumed = self
             .expected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1))
-            .is_ok();
-        if !consumed {
-            self.count.fetch_add(1, Ordering::AcqRel);
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
+        match consumed {
+            Ok(1) => self.owed_none.notify_waiters(),
+            Ok(_) => {}
+            Err(_) => {
+                self.count.fetch_add(1, Ordering::AcqRel);
+            }
         }
         Accepted {
             pending: Arc::clone(self),
         }
+    }
+
+    /// Waits until the transport delivered every delivery counted at publish time.
+    pub(crate) async fn owed_delivered(&self) {
+        loop {
+            let notified = self.owed_none.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.expected.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops waiting for the deliveries still owed (shutdown, once intake stopped): their
+    /// count is released. Returns how many there were.
+    pub(crate) fn forget_owed(&self) -> usize {
+        let n = self.expected.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.owed_none.notify_waiters();
+            self.release(n);
+        }
+        n
     }
 
     /// Messages accepted and not yet settled.
@@ -165,12 +194,16 @@ impl Drop for Expectation {
             return;
         }
         let n = self.n;
-        let _ = self
+        let before = self
             .pending
             .expected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
                 Some(e.saturating_sub(n))
-            });
+            })
+            .unwrap_or(0);
+        if before > 0 && before <= n {
+            self.pending.owed_none.notify_waiters();
+        }
         self.pending.release(n);
     }
 }
@@ -212,5 +245,35 @@ mod tests {
         assert_eq!(p.count(), 3, "an unexpected delivery is counted on arrival");
         drop((first, second, extra));
         assert_eq!(p.count(), 0);
+    }
+
+    #[test]
+    fn forgetting_the_owed_releases_their_count() {
+        let p = Arc::new(Pending::default());
+        p.expect(3).keep();
+        let arrived = p.arrival();
+        assert_eq!(p.forget_owed(), 2);
+        assert_eq!(p.count(), 1, "the arrived one is still pending");
+        drop(arrived);
+        assert_eq!((p.count(), p.forget_owed()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn owed_delivered_waits_for_the_last_arrival() {
+        let p = Arc::new(Pending::default());
+        p.expect(2).keep();
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.owed_delivered().await }
+        });
+        let first = p.arrival();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one delivery is still owed");
+        let second = p.arrival();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("owed_delivered returns once the last owed delivery arrived")
+            .expect("the waiter does not panic");
+        drop((first, second));
     }
 }

@@ -196,7 +196,7 @@ impl Bus {
         transport: &dyn ErasedTransport,
         env: Envelope,
     ) -> Result<(), PublishError> {
-        let expected = self.inner.router.route(&env.topic).len();
+        let expected = owed_deliveries(&self.inner.router.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
         let result = transport.publish(env).await;
@@ -455,6 +455,24 @@ impl GroupDelivery {
             Err(EnqueueError::Closed) => self.shutting_down |= bus.is_shutting_down(),
         }
     }
+}
+
+/// How many deliveries a transport makes to these local subscriptions for one message: one
+/// per consumer group (subscriptions of one name share theirs) and one per ephemeral
+/// subscription.
+fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
+    if targets.len() < 2 {
+        return targets.len();
+    }
+    let mut groups: Vec<&str> = targets
+        .iter()
+        .filter(|s| !s.config.ephemeral)
+        .map(|s| s.name())
+        .collect();
+    let ephemeral = targets.len() - groups.len();
+    groups.sort_unstable();
+    groups.dedup();
+    groups.len() + ephemeral
 }
 
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when

@@ -12,11 +12,16 @@ use crate::config::SubscriptionKind;
 use crate::pending::Settled;
 use crate::state::{SHUTTING_DOWN, STOPPED, Scheduled, ShutdownReport, SubShared};
 
+/// The least time the transport gets to close at the end of a shutdown, past its deadline if
+/// need be.
+const TRANSPORT_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 impl Bus {
     /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
     /// left: dead-lettered when it lived only in memory, returned to the transport (which
     /// redelivers it) when it came from one. New publishes get `ShuttingDown` from the moment
-    /// this is called. Finally closes the transport, flushing pending publishes.
+    /// this is called. Finally closes the transport, flushing pending publishes (given at
+    /// least one second for that, even past `deadline`).
     ///
     /// Idempotent: a second call (from any clone) returns the first call's report, and one
     /// made while the first is still draining waits for it (the first call's `deadline`
@@ -57,6 +62,21 @@ impl Bus {
                 "delayed publish not due before shutdown",
             ));
             accepted.settle(Settled::LeftOver);
+        }
+        // What this bus published through its transport for its own subscriptions, and the
+        // transport has not delivered yet, is work it accepted like a queued message: keep the
+        // pumps running until it arrived (or the deadline passed), so a transport that keeps
+        // nothing (in memory) does not lose it when intake stops. A delivery that went to a
+        // member of the group in another process never arrives here: then this waits until
+        // the deadline.
+        if inner.transport.is_some()
+            && tokio::time::timeout_at(until, inner.pending.owed_delivered())
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                "deliveries the transport owes this bus did not arrive before the shutdown deadline"
+            );
         }
         let subs = inner.subs();
         for sub in &subs {
@@ -100,11 +120,25 @@ impl Bus {
         }
         // Leftovers are settled as such, so they are not in this count.
         report.drained = inner.pending.settled() - settled_before;
+        // Deliveries still owed will not arrive here (the pumps stopped): they stay with the
+        // transport (a durable one delivers them to the next consumer of the group), and no
+        // longer count as pending.
+        let owed = inner.pending.forget_owed();
+        if owed > 0 {
+            tracing::warn!(
+                owed,
+                "deliveries the transport owed were left with it at shutdown"
+            );
+        }
+        // The transport gets at least a short grace to flush and close, even when draining
+        // used up the deadline: closed with no time left it cannot finish (the log then keeps
+        // its lock, so the same log cannot be opened again while this bus lives).
+        let close_by = until.max(tokio::time::Instant::now() + TRANSPORT_CLOSE_GRACE);
         if let Some(transport) = &inner.transport
             && let Err(e) = transport
                 .close(
                     std::time::Instant::now()
-                        + until.saturating_duration_since(tokio::time::Instant::now()),
+                        + close_by.saturating_duration_since(tokio::time::Instant::now()),
                 )
                 .await
         {

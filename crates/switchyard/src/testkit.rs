@@ -5,6 +5,9 @@
 //! - [`Bus::run_until_idle`](crate::Bus::run_until_idle): waits until every accepted message
 //!   is settled.
 //! - [`Recorder`]: a subscription that records what it receives and lets a test wait for it.
+//! - [`FaultyTransport`]: wraps a transport and drops, delays and duplicates deliveries and
+//!   loses acks ([`Faults`]), to check what a bus or application promises on a transport that
+//!   misbehaves. `switchyard-conformance` runs its bus suite through it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use switchyard_core::{Envelope, Outcome, SubscribeError};
 use tokio::sync::Notify;
+
+mod faulty;
+pub use faulty::{FaultCounter, FaultCounts, Faults, FaultyTransport};
 
 use crate::bus::Bus;
 use crate::handler::handler_fn;

@@ -26,6 +26,7 @@ impl Harness for Memory {
             dead_letters: true,
             restart: false,
             request_reply: true,
+            durable_delivery_counts: false,
         }
     }
 

@@ -284,6 +284,7 @@ impl Harness for NatsHarness {
             dead_letters: true,
             restart: self.server.is_some(),
             request_reply: true,
+            durable_delivery_counts: true,
         }
     }
 

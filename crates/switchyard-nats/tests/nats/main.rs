@@ -8,6 +8,7 @@
 mod cluster;
 mod conformance;
 mod fault;
+mod faulty;
 mod groups;
 mod harness;
 mod specific;
