@@ -21,7 +21,7 @@ pub use envelope::{
 };
 pub use error::{
     BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,
-    SendError, SubscribeError, TransportError, TransportErrorKind,
+    SendError, SubscribeError, TooLarge, TransportError, TransportErrorKind,
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;
