@@ -15,7 +15,9 @@ pub mod outcome;
 pub mod topic;
 pub mod transport;
 
-pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters};
+pub use dead_letter::{
+    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters,
+};
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
 };

@@ -8,8 +8,8 @@ use pyo3::BoundObject;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use switchyard::{
-    BuildError, CloseError, CodecDirection, PublishError, SendError, SubscribeError,
-    TooLarge, TransportError, TransportErrorKind,
+    BuildError, CloseError, CodecDirection, PublishError, SendError, SubscribeError, TooLarge,
+    TransportError, TransportErrorKind,
 };
 
 /// Builds `switchyard.errors.<class>(message, **fields)` as a `PyErr`.
