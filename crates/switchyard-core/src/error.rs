@@ -136,9 +136,35 @@ pub enum PublishError {
     /// A publish hook refused the message (see `BusBuilder::publish_hook`).
     #[error("refused: {0}")]
     Refused(String),
+    /// The message is larger than the bus or its transport accepts; nothing was delivered.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     /// The transport failed to accept the message.
     #[error(transparent)]
     Transport(#[from] TransportError),
+}
+
+/// A message over a size limit: how big it is, the limit, and whose limit it is.
+///
+/// ```
+/// use switchyard_core::TooLarge;
+/// let e = TooLarge { size: 2_097_152, limit: 1_048_576, limit_of: "the NATS server's max_payload" };
+/// assert_eq!(
+///     e.to_string(),
+///     "message of 2097152 bytes is larger than the NATS server's max_payload (1048576 bytes)"
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("message of {size} bytes is larger than {limit_of} ({limit} bytes)")]
+pub struct TooLarge {
+    /// The message's size in bytes (its payload; transports that limit the whole frame count
+    /// headers too, and say so in `limit_of`).
+    pub size: usize,
+    /// The limit it broke, in bytes.
+    pub limit: usize,
+    /// Whose limit it is, for people: `"the bus's max_message_bytes"`, `"the log's
+    /// max_record_bytes"`, `"the NATS server's max_payload"`.
+    pub limit_of: &'static str,
 }
 
 /// A publish the component layer rules forbid (raised by `switchyard-components`' runtime
@@ -225,6 +251,9 @@ pub enum SendError {
     /// down before it ran); it is in the dead-letter queue.
     #[error("not processed: {0}")]
     NotProcessed(String),
+    /// The command is larger than the bus or its transport accepts; it was not sent.
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
@@ -243,6 +272,7 @@ impl From<PublishError> for SendError {
                 reason: format!("layer violation: {v}"),
             },
             PublishError::Refused(reason) => Self::Rejected { reason },
+            PublishError::TooLarge(t) => Self::TooLarge(t),
             PublishError::Transport(t) => Self::Transport(t),
         }
     }

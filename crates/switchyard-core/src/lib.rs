@@ -15,13 +15,15 @@ pub mod outcome;
 pub mod topic;
 pub mod transport;
 
-pub use dead_letter::{DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters};
+pub use dead_letter::{
+    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters,
+};
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
 };
 pub use error::{
     BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,
-    SendError, SubscribeError, TransportError, TransportErrorKind,
+    SendError, SubscribeError, TooLarge, TransportError, TransportErrorKind,
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;

@@ -42,6 +42,13 @@ pub trait Publisher: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
     /// Flushes pending publishes and closes, waiting at most until `deadline`.
     fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send;
+    /// The largest payload, in bytes, this transport accepts, and whose limit that is (for
+    /// the error message), or `None` when it sets none. The bus refuses a larger message
+    /// with [`PublishError::TooLarge`](crate::PublishError::TooLarge) before handing it
+    /// over, so a publish fails at once instead of at the broker.
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        None
+    }
 }
 
 /// Opens subscriptions that yield [`Delivery`]s.

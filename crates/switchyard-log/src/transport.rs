@@ -11,7 +11,7 @@ use std::time::Duration;
 use fs4::fs_std::FileExt;
 use switchyard_core::{
     AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, Delivery, Envelope,
-    Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic, TransportError,
+    Pattern, PublishError, Publisher, SubscribeError, Subscriber, TooLarge, Topic, TransportError,
     TransportErrorKind,
 };
 use tokio::sync::{Notify, oneshot};
@@ -464,6 +464,17 @@ impl LogTransport {
     }
 }
 
+/// Whose limit a [`TooLarge`] from the log names.
+const LIMIT_OF: &str = "the log's max_record_bytes";
+
+fn too_large(size: usize, limit: usize) -> PublishError {
+    PublishError::TooLarge(TooLarge {
+        size,
+        limit,
+        limit_of: LIMIT_OF,
+    })
+}
+
 impl Publisher for LogTransport {
     async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
         if self.inner.closed.load(Ordering::Acquire) {
@@ -471,6 +482,11 @@ impl Publisher for LogTransport {
         }
         if batch.is_empty() {
             return Ok(());
+        }
+        let limit = self.inner.config.max_record_bytes as usize;
+        // Refused before anything is encoded or allocated for it.
+        if let Some(env) = batch.iter().find(|e| e.payload.len() > limit) {
+            return Err(too_large(env.payload.len(), limit));
         }
         // One buffer for the whole batch, sized from a guess of the encoded size (the fixed
         // fields of an envelope take about 100 bytes).
@@ -496,15 +512,8 @@ impl Publisher for LogTransport {
                 source: Box::new(e),
             })?;
             let len = records.bytes.len() - start;
-            if len > self.inner.config.max_record_bytes as usize {
-                return Err(TransportError::new(
-                    TransportErrorKind::Rejected,
-                    format!(
-                        "encoded message of {len} bytes exceeds max_record_bytes {}",
-                        self.inner.config.max_record_bytes
-                    ),
-                )
-                .into());
+            if len > limit {
+                return Err(too_large(len, limit));
             }
             records.ends.push((stream, records.bytes.len()));
         }
@@ -516,6 +525,10 @@ impl Publisher for LogTransport {
             Ok(Err(e)) => Err(PublishError::Transport(e.into())),
             Err(_) => Err(PublishError::ShuttingDown),
         }
+    }
+
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        Some((self.inner.config.max_record_bytes as usize, LIMIT_OF))
     }
 
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {

@@ -178,6 +178,7 @@ impl From<PublishError> for ApiError {
             PublishError::ShuttingDown => ErrorKind::ShuttingDown,
             PublishError::Refused(_) | PublishError::LayerViolation(_) => ErrorKind::Forbidden,
             PublishError::Encode(_) => ErrorKind::BadRequest,
+            PublishError::TooLarge(_) => ErrorKind::TooLarge,
             PublishError::Transport(_) => ErrorKind::NotReady,
             _ => ErrorKind::Internal,
         };
@@ -197,6 +198,7 @@ impl From<SendError> for ApiError {
             SendError::InvalidTopic(_) => ErrorKind::InvalidTopic,
             SendError::NotProcessed(_) => ErrorKind::HandlerFailed,
             SendError::Codec(_) => ErrorKind::BadRequest,
+            SendError::TooLarge(_) => ErrorKind::TooLarge,
             SendError::Transport(_) => ErrorKind::NotReady,
             _ => ErrorKind::Internal,
         };

@@ -26,6 +26,8 @@ pub mod stage;
 
 #[cfg(feature = "zmq")]
 pub mod zmq;
+#[cfg(feature = "zmq")]
+mod zmtp;
 
 pub use error::{
     FeedError, HandoffError, SocketError, SourceError, StageError, StageErrorKind, StartError,

@@ -9,6 +9,12 @@
 //! frame (the usual `[topic, payload]` of PUB/SUB), the first frame is kept in the envelope's
 //! `zmq.topic` header.
 //!
+//! Size limit: [`ZmqSourceBuilder::max_message_bytes`]. On a PULL source over TCP, an oversize
+//! message is discarded as it arrives (never held whole) and dead-lettered by reference: its
+//! first 256 bytes as payload and headers `zmq.size`, `zmq.limit` and `zmq.peer`, reason
+//! `Rejected`. A SUB source checks the limit after receiving (the `zeromq` crate reads frames
+//! whole), so it bounds what goes on, not the memory a huge frame takes meanwhile.
+//!
 //! Use PUSH/PULL when every message must arrive: PUB/SUB drops messages for subscribers that are not
 //! connected yet ("slow joiners") and when a subscriber falls behind, by ZeroMQ's design.
 
@@ -26,6 +32,7 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqError, ZmqMessage};
 use crate::error::{SocketError, SourceError, StageError, StageErrorKind};
 use crate::runner::{Feed, Source, StopSignal};
 use crate::stage::Stage;
+use crate::zmtp::{HEAD_BYTES, LimitedPull, Received};
 
 /// Topic given to envelopes built from ZeroMQ messages unless [`ZmqSourceBuilder::topic`] says
 /// otherwise.
@@ -33,6 +40,13 @@ pub const DEFAULT_INGRESS_TOPIC: &str = "zmq.ingress";
 
 /// Header holding the first frame of a multi-frame message.
 pub const TOPIC_HEADER: &str = "zmq.topic";
+
+/// Header of an oversize message's dead letter: its size in bytes.
+pub const SIZE_HEADER: &str = "zmq.size";
+/// Header of an oversize message's dead letter: the limit it broke.
+pub const LIMIT_HEADER: &str = "zmq.limit";
+/// Header of an oversize message's dead letter: the peer that sent it.
+pub const PEER_HEADER: &str = "zmq.peer";
 
 /// Which receiving socket a [`ZmqSource`] opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +68,7 @@ pub struct ZmqSourceBuilder<T> {
     name: String,
     topic: Option<Topic>,
     decoder: Decoder<T>,
+    max_message_bytes: Option<usize>,
 }
 
 impl<T> std::fmt::Debug for ZmqSourceBuilder<T> {
@@ -68,13 +83,33 @@ impl<T> std::fmt::Debug for ZmqSourceBuilder<T> {
 enum RecvSocket {
     Pull(zeromq::PullSocket),
     Sub(zeromq::SubSocket),
+    /// PULL with a size limit (see the `zmtp` module).
+    Limited(LimitedPull),
 }
 
 impl RecvSocket {
-    async fn recv(&mut self) -> Result<ZmqMessage, ZmqError> {
-        match self {
-            Self::Pull(s) => s.recv().await,
-            Self::Sub(s) => s.recv().await,
+    async fn recv(&mut self, limit: Option<usize>) -> Result<Received, ZmqError> {
+        let message = match self {
+            Self::Pull(s) => s.recv().await?,
+            Self::Sub(s) => s.recv().await?,
+            Self::Limited(s) => return s.recv().await.ok_or(ZmqError::NoMessage),
+        };
+        let frames = message.into_vec();
+        let size: usize = frames.iter().map(Bytes::len).sum();
+        match limit {
+            Some(limit) if size > limit => {
+                let mut head = Vec::with_capacity(HEAD_BYTES);
+                for f in &frames {
+                    let room = HEAD_BYTES - head.len();
+                    head.extend_from_slice(&f[..f.len().min(room)]);
+                }
+                Ok(Received::Oversize {
+                    size: size as u64,
+                    head: head.into(),
+                    peer: String::new(),
+                })
+            }
+            _ => Ok(Received::Message(frames)),
         }
     }
 
@@ -82,6 +117,10 @@ impl RecvSocket {
         let errors = match self {
             Self::Pull(s) => s.close().await,
             Self::Sub(s) => s.close().await,
+            Self::Limited(s) => {
+                s.close();
+                Vec::new()
+            }
         };
         for e in errors {
             tracing::debug!(error = %e, "closing ZeroMQ socket");
@@ -106,6 +145,7 @@ pub struct ZmqSource<T> {
     name: String,
     topic: Topic,
     decoder: Decoder<T>,
+    limit: Option<usize>,
 }
 
 impl<T> std::fmt::Debug for ZmqSource<T> {
@@ -147,6 +187,7 @@ impl ZmqSourceBuilder<Bytes> {
             name: "zmq-source".to_owned(),
             topic: None,
             decoder: Arc::new(|b: &Bytes| Ok(b.clone())),
+            max_message_bytes: None,
         }
     }
 }
@@ -161,6 +202,23 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
     /// Topic of the envelopes built from received messages (what dead letters show).
     pub fn topic(mut self, topic: Topic) -> Self {
         self.topic = Some(topic);
+        self
+    }
+
+    /// The largest message (all its frames), in bytes, taken into the pipeline; a larger one
+    /// is dead-lettered by reference (its first 256 bytes, its size, the limit and its peer),
+    /// reason `Rejected`. On a PULL source over TCP it is never held whole: its frames are
+    /// discarded as they arrive, so three 256 MiB messages cost no more memory than the limit.
+    /// Default: no limit.
+    ///
+    /// ```no_run
+    /// use switchyard_pipeline::zmq::ZmqSource;
+    /// # async fn f() -> Result<(), switchyard_pipeline::SocketError> {
+    /// let source = ZmqSource::pull().max_message_bytes(1 << 20).bind("tcp://127.0.0.1:5555").await?;
+    /// # let _ = source; Ok(()) }
+    /// ```
+    pub fn max_message_bytes(mut self, limit: usize) -> Self {
+        self.max_message_bytes = Some(limit);
         self
     }
 
@@ -179,6 +237,7 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
             name: self.name,
             topic: self.topic,
             decoder: Arc::new(decoder),
+            max_message_bytes: self.max_message_bytes,
         }
     }
 
@@ -214,15 +273,37 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
             name: self.name,
             topic,
             decoder: self.decoder,
+            limit: self.max_message_bytes,
         })
+    }
+
+    /// The PULL socket with a size limit, when this source has one.
+    fn limited(&self) -> Option<usize> {
+        match self.kind {
+            ZmqSocketKind::Pull => self.max_message_bytes,
+            ZmqSocketKind::Sub { .. } => None,
+        }
     }
 
     /// Binds `endpoint` (e.g. `tcp://127.0.0.1:5555`, or port 0 for any free port).
     pub async fn bind(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
+        if let Some(limit) = self.limited() {
+            let (pull, bound) =
+                LimitedPull::bind(endpoint, limit)
+                    .await
+                    .map_err(|e| SocketError::Bind {
+                        endpoint: endpoint.to_owned(),
+                        source: Box::new(e),
+                    })?;
+            return self.finish(RecvSocket::Limited(pull), bound);
+        }
         let mut socket = self.open().await?;
         let bound = match &mut socket {
             RecvSocket::Pull(s) => s.bind(endpoint).await,
             RecvSocket::Sub(s) => s.bind(endpoint).await,
+            RecvSocket::Limited(_) => Err(ZmqError::Other(
+                "a size-limited socket is opened by LimitedPull",
+            )),
         }
         .map_err(|e| SocketError::Bind {
             endpoint: endpoint.to_owned(),
@@ -233,10 +314,23 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
 
     /// Connects to `endpoint`; resolves once connected.
     pub async fn connect(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
+        if let Some(limit) = self.limited() {
+            let pull =
+                LimitedPull::connect(endpoint, limit)
+                    .await
+                    .map_err(|e| SocketError::Connect {
+                        endpoint: endpoint.to_owned(),
+                        source: Box::new(e),
+                    })?;
+            return self.finish(RecvSocket::Limited(pull), endpoint.to_owned());
+        }
         let mut socket = self.open().await?;
         match &mut socket {
             RecvSocket::Pull(s) => s.connect(endpoint).await,
             RecvSocket::Sub(s) => s.connect(endpoint).await,
+            RecvSocket::Limited(_) => Err(ZmqError::Other(
+                "a size-limited socket is opened by LimitedPull",
+            )),
         }
         .map_err(|e| SocketError::Connect {
             endpoint: endpoint.to_owned(),
@@ -248,8 +342,7 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
 
 /// Builds the envelope for one received message: payload = last frame, first frame of a
 /// multi-frame message in the `zmq.topic` header.
-fn envelope_of(topic: &Topic, message: ZmqMessage) -> Envelope {
-    let frames = message.into_vec();
+fn envelope_of(topic: &Topic, frames: Vec<Bytes>) -> Envelope {
     let payload = frames.last().cloned().unwrap_or_default();
     let mut env = Envelope::new(topic.clone(), payload);
     if let [first, _, ..] = frames.as_slice() {
@@ -271,10 +364,33 @@ impl<T: Send + 'static> Source<T> for ZmqSource<T> {
             let received = tokio::select! {
                 biased;
                 () = stop.stopped() => break Ok(()),
-                received = self.socket.recv() => received,
+                received = self.socket.recv(self.limit) => received,
             };
-            let message = match received {
-                Ok(m) => m,
+            let frames = match received {
+                Ok(Received::Message(frames)) => frames,
+                Ok(Received::Oversize { size, head, peer }) => {
+                    let limit = self.limit.unwrap_or(0);
+                    recv_op.error("too_large");
+                    tracing::warn!(endpoint = %self.endpoint, %peer, size, limit, "ZeroMQ message over max_message_bytes dead-lettered by reference");
+                    let mut env = Envelope::new(self.topic.clone(), head)
+                        .with_header(SIZE_HEADER, size.to_string())
+                        .with_header(LIMIT_HEADER, limit.to_string());
+                    if !peer.is_empty() {
+                        env = env.with_header(PEER_HEADER, peer);
+                    }
+                    feed.dead_letter(
+                        DeadLetter::new(
+                            env,
+                            DeadLetterReason::Rejected,
+                            format!(
+                                "message of {size} bytes is over max_message_bytes ({limit} bytes); \
+                                 discarded on arrival, its first {HEAD_BYTES} bytes kept"
+                            ),
+                        )
+                        .with_handler(self.name.clone()),
+                    );
+                    continue;
+                }
                 Err(ZmqError::NoMessage) => {
                     break Err(SourceError::Receive {
                         endpoint: self.endpoint.clone(),
@@ -289,7 +405,7 @@ impl<T: Send + 'static> Source<T> for ZmqSource<T> {
                 }
             };
             let started = Instant::now();
-            let env = envelope_of(&self.topic, message);
+            let env = envelope_of(&self.topic, frames);
             match (self.decoder)(&env.payload) {
                 Ok(value) => {
                     decode_op.success(started.elapsed());
@@ -457,7 +573,7 @@ mod tests {
     #[test]
     fn single_frame_is_the_payload() {
         let topic = Topic::new("zmq.ingress").unwrap();
-        let env = envelope_of(&topic, ZmqMessage::from(Bytes::from_static(b"{}")));
+        let env = envelope_of(&topic, vec![Bytes::from_static(b"{}")]);
         assert_eq!(env.payload.as_ref(), b"{}");
         assert_eq!(env.header(TOPIC_HEADER), None);
         assert_eq!(env.topic, topic);
@@ -466,8 +582,10 @@ mod tests {
     #[test]
     fn multi_frame_keeps_the_first_frame_as_topic_header() {
         let topic = Topic::new("zmq.ingress").unwrap();
-        let mut m = ZmqMessage::from(Bytes::from_static(b"readings"));
-        m.push_back(Bytes::from_static(b"payload"));
+        let m = vec![
+            Bytes::from_static(b"readings"),
+            Bytes::from_static(b"payload"),
+        ];
         let env = envelope_of(&topic, m);
         assert_eq!(env.payload.as_ref(), b"payload");
         assert_eq!(env.header(TOPIC_HEADER), Some("readings"));

@@ -284,7 +284,7 @@ impl NativeBus {
     #[new]
     #[pyo3(signature = (*, queue_capacity=1024, workers=1, max_attempts=3, retry_delay=0.1,
         overflow="block", overflow_timeout=1.0, overflow_max_delay=0.01, lifecycle_events=false,
-        transport=None))]
+        transport=None, max_message_bytes=switchyard::DEFAULT_MAX_MESSAGE_BYTES))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -297,8 +297,10 @@ impl NativeBus {
         overflow_max_delay: f64,
         lifecycle_events: bool,
         transport: Option<&Bound<'_, NativeTransport>>,
+        max_message_bytes: usize,
     ) -> PyResult<Self> {
         let mut builder = Bus::builder()
+            .max_message_bytes(max_message_bytes)
             .queue_capacity(queue_capacity)
             .workers(workers)
             .max_attempts(max_attempts)

@@ -8,7 +8,7 @@ use pyo3::BoundObject;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use switchyard::{
-    BuildError, CloseError, CodecDirection, PublishError, SendError, SubscribeError,
+    BuildError, CloseError, CodecDirection, PublishError, SendError, SubscribeError, TooLarge,
     TransportError, TransportErrorKind,
 };
 
@@ -85,6 +85,7 @@ pub(crate) fn publish_error(py: Python<'_>, e: PublishError) -> PyErr {
             )
         }
         PublishError::ShuttingDown => raise(py, "ShuttingDown", text, &[]),
+        PublishError::TooLarge(t) => too_large(py, text, t),
         PublishError::Transport(t) => transport_error(py, &t),
         // Refused by a hook or a layer rule, and anything added later.
         _ => raise(py, "Refused", text, &[]),
@@ -141,9 +142,24 @@ pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
             raise(py, "DecodeFailed", text, &[])
         }
         SendError::NotProcessed(_) => raise(py, "NotProcessed", text, &[]),
+        SendError::TooLarge(t) => too_large(py, text, t),
         SendError::Transport(t) => transport_error(py, &t),
         _ => raise(py, "SwitchyardError", text, &[]),
     }
+}
+
+/// A message over a size limit, with both sizes and whose limit it is.
+fn too_large(py: Python<'_>, text: String, t: TooLarge) -> PyErr {
+    raise(
+        py,
+        "TooLarge",
+        text,
+        &[
+            ("size", obj(py, t.size)),
+            ("limit", obj(py, t.limit)),
+            ("limit_of", obj(py, t.limit_of)),
+        ],
+    )
 }
 
 /// Registering a subscription or handler failed.

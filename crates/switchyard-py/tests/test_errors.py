@@ -186,3 +186,24 @@ async def test_encode_failed(bus):
 def test_every_class_is_exported():
     for name in errors.__all__:
         assert getattr(switchyard, name) is getattr(errors, name)
+
+
+async def test_too_large_names_both_sizes_and_nothing_is_delivered():
+    bus = switchyard.Bus(max_message_bytes=1000)
+    seen = []
+
+    @bus.on("files.*")
+    async def files(payload: bytes):
+        seen.append(len(payload))
+
+    with pytest.raises(switchyard.TooLarge) as e:
+        await bus.publish("files.uploaded", b"x" * 1001)
+    assert (e.value.size, e.value.limit) == (1001, 1000)
+    assert e.value.limit_of == "the bus's max_message_bytes"
+    assert isinstance(e.value, switchyard.PublishError)
+    with pytest.raises(switchyard.TooLarge):
+        await bus.send("files.store", b"y" * 2000)
+    await bus.publish("files.uploaded", b"x" * 1000)
+    await bus.idle()
+    assert seen == [1000]
+    await bus.shutdown()

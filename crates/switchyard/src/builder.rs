@@ -42,6 +42,7 @@ pub struct BusBuilder {
     max_attempts: Option<u32>,
     retry_delay: Duration,
     cache_capacity: usize,
+    max_message_bytes: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
@@ -51,6 +52,9 @@ pub struct BusBuilder {
     /// Set by `with_resilience` (feature `middleware`): resolved in `build`.
     pub(crate) resilience: Option<ResilienceResolver>,
 }
+
+/// The default of [`BusBuilder::max_message_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The default of [`BusBuilder::max_attempts`] without resilience.
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -97,6 +101,7 @@ impl Default for BusBuilder {
             max_attempts: None,
             retry_delay: Duration::from_millis(100),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dead_letters: None,
             lifecycle_events: false,
             transport: None,
@@ -140,6 +145,30 @@ impl BusBuilder {
     /// (Exponential backoff with jitter is the retry layer of `switchyard-middleware`.)
     pub fn retry_delay(mut self, d: Duration) -> Self {
         self.retry_delay = d;
+        self
+    }
+
+    /// The largest payload, in bytes, the bus accepts on any publish, send, request or
+    /// schedule: a larger one fails at once with [`PublishError::TooLarge`] (or
+    /// `SendError::TooLarge`), naming both sizes, and nothing is delivered. Checked after the
+    /// publish hooks (so a compressing hook counts its output). On a transport with a limit
+    /// of its own (the log's `max_record_bytes`, the NATS server's `max_payload`) the
+    /// smaller one applies. Default [`DEFAULT_MAX_MESSAGE_BYTES`] (16 MiB); `usize::MAX`
+    /// turns the bus's own limit off.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use switchyard::{Bus, Envelope, PublishError, Topic};
+    /// let bus = Bus::builder().max_message_bytes(1024).build().unwrap();
+    /// let env = Envelope::new(Topic::new("files.uploaded").unwrap(), vec![0u8; 4096]);
+    /// match bus.publish_envelope(env).await {
+    ///     Err(PublishError::TooLarge(e)) => assert_eq!((e.size, e.limit), (4096, 1024)),
+    ///     other => panic!("expected TooLarge, got {other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
         self
     }
 
@@ -240,6 +269,14 @@ impl BusBuilder {
         if self.max_attempts == Some(0) {
             return Err(BuildError::Invalid("max_attempts must be at least 1"));
         }
+        if self.max_message_bytes == 0 {
+            return Err(BuildError::Invalid("max_message_bytes must be at least 1"));
+        }
+        let own_limit = (self.max_message_bytes, "the bus's max_message_bytes");
+        let size_limit = match self.transport.as_ref().and_then(|t| t.max_message_bytes()) {
+            Some(theirs) if theirs.0 < own_limit.0 => theirs,
+            _ => own_limit,
+        };
         // Filled once the bus exists, for the resilience stack's breaker events.
         let slot: Arc<std::sync::OnceLock<Weak<BusInner>>> = Arc::default();
         let resilience = match &self.resilience {
@@ -279,6 +316,7 @@ impl BusBuilder {
                 workers: self.workers,
                 max_attempts,
                 retry_delay: self.retry_delay,
+                size_limit,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),
                 pending: Arc::default(),

@@ -95,6 +95,7 @@ impl Bus {
             subscriptions: self.registry(),
             dead_letters: dlq.map(InMemoryDeadLetters::len),
             dead_letters_evicted: dlq.map(InMemoryDeadLetters::evicted),
+            dead_letter_bytes: dlq.map(InMemoryDeadLetters::bytes),
             shutting_down: self.is_shutting_down(),
         }
     }
@@ -139,8 +140,11 @@ pub struct MetricsSnapshot {
     /// Entries in the default in-memory dead-letter store; `None` when another sink takes
     /// the dead letters (see [`Bus::dead_letters`]).
     pub dead_letters: Option<usize>,
-    /// Entries that store evicted because it was full; `None` as for `dead_letters`.
+    /// Entries that store evicted because it was full (in entries or bytes); `None` as for
+    /// `dead_letters`.
     pub dead_letters_evicted: Option<u64>,
+    /// Bytes that store holds now (it is bounded in bytes too); `None` as for `dead_letters`.
+    pub dead_letter_bytes: Option<usize>,
     /// True once shutdown started.
     pub shutting_down: bool,
 }

@@ -53,7 +53,7 @@ mod subscription;
 pub mod testkit;
 mod transport_link;
 
-pub use builder::{BuildError, BusBuilder};
+pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
 pub use config::{Filter, OrderingKey, SubscriptionKind};
 pub use ctx::Ctx;

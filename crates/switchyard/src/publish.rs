@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use switchyard_core::{
-    DeadLetter, DeadLetterReason, Envelope, Message, PublishError, SendError, Topic,
+    DeadLetter, DeadLetterReason, Envelope, Message, PublishError, SendError, TooLarge, Topic,
     TransportError, TransportErrorKind,
 };
 use tokio::sync::oneshot;
@@ -121,12 +121,23 @@ impl SubShared {
 }
 
 impl Bus {
+    /// Runs the publish hooks, then checks the size limit (so a hook that compresses or
+    /// encrypts is measured by its output): what every publish, send, request and schedule
+    /// goes through before the message is accepted.
     #[inline]
     pub(crate) fn run_hooks(&self, env: &mut Envelope) -> Result<(), PublishError> {
-        if self.inner.hooks.is_empty() {
-            return Ok(());
+        if !self.inner.hooks.is_empty() {
+            self.inner.hooks.iter().try_for_each(|hook| hook(env))?;
         }
-        self.inner.hooks.iter().try_for_each(|hook| hook(env))
+        let (limit, limit_of) = self.inner.size_limit;
+        if env.payload.len() > limit {
+            return Err(PublishError::TooLarge(TooLarge {
+                size: env.payload.len(),
+                limit,
+                limit_of,
+            }));
+        }
+        Ok(())
     }
 
     #[inline]

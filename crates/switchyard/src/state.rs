@@ -98,6 +98,9 @@ pub(crate) struct BusInner {
     /// Attempts per message, whoever makes them (see `register`).
     pub(crate) max_attempts: u32,
     pub(crate) retry_delay: Duration,
+    /// The largest payload accepted, and whose limit it is (`BusBuilder::max_message_bytes`
+    /// or the transport's, whichever is smaller).
+    pub(crate) size_limit: (usize, &'static str),
     pub(crate) state: AtomicU8,
     pub(crate) next_id: AtomicU64,
     /// Accepted messages not yet settled (handled, dead-lettered or reported); each one

@@ -26,6 +26,7 @@ pub(crate) trait ErasedTransport: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<BoxStream<'static, Delivery>, SubscribeError>>;
     fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>>;
     fn capabilities(&self) -> Capabilities;
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)>;
 }
 
 impl<T: Publisher + Subscriber> ErasedTransport for T {
@@ -47,5 +48,9 @@ impl<T: Publisher + Subscriber> ErasedTransport for T {
 
     fn capabilities(&self) -> Capabilities {
         Subscriber::capabilities(self)
+    }
+
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        Publisher::max_message_bytes(self)
     }
 }

@@ -212,6 +212,9 @@ pub struct DemoConfig {
     pub max_in_flight: usize,
     /// Dead letters kept in memory.
     pub dead_letter_capacity: usize,
+    /// The largest reading taken (PULL only): a larger one is dead-lettered by reference,
+    /// never held whole. Default 1 MiB.
+    pub max_message_bytes: usize,
     /// Drain deadline at shutdown.
     pub drain_timeout: Duration,
 }
@@ -225,6 +228,7 @@ impl Default for DemoConfig {
             output: PathBuf::from("zmq-demo.jsonl"),
             max_in_flight: 256,
             dead_letter_capacity: 100_000,
+            max_message_bytes: 1024 * 1024,
             drain_timeout: switchyard_pipeline::DEFAULT_DRAIN_TIMEOUT,
         }
     }
@@ -266,7 +270,9 @@ pub struct DemoReport {
 impl ZmqDemo {
     /// Opens the socket, starts the pipeline and its source.
     pub async fn start(config: DemoConfig) -> Result<Self, DemoError> {
-        let builder = ZmqSourceBuilder::new(config.socket.clone()).name("zmq-source");
+        let builder = ZmqSourceBuilder::new(config.socket.clone())
+            .name("zmq-source")
+            .max_message_bytes(config.max_message_bytes);
         let source = if config.bind {
             builder.bind(&config.endpoint).await?
         } else {

@@ -3,4 +3,5 @@
 
 mod basic;
 mod common;
+mod limits;
 mod recovery;

@@ -1,5 +1,6 @@
 //! ZeroMQ PULL ingest: messages pushed to a configured endpoint are published to its topic;
-//! a message over the size limit is dead-lettered with its bytes and counted.
+//! a message over the size limit is dead-lettered by reference (size, peer, first bytes) and
+//! counted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 #[path = "../common/mod.rs"]
@@ -68,12 +69,14 @@ max_message_bytes = 64
         .await
         .unwrap();
     assert_eq!(dlq["total"], 1);
-    assert_eq!(dlq["items"][0]["reason"], "decode_failed");
+    assert_eq!(dlq["items"][0]["reason"], "rejected");
     assert!(
         dlq["items"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("64 bytes")
+            .contains("100 bytes is over max_message_bytes (64 bytes)"),
+        "{}",
+        dlq["items"][0]["error"]
     );
     assert_eq!(
         dlq["items"][0]["message"]["payload_base64"]

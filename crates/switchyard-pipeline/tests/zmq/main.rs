@@ -13,6 +13,7 @@ use switchyard_pipeline::zmq::{ZmqPubSink, ZmqSource};
 use switchyard_pipeline::{Monitor, Pipeline, Runner, StageError, map_fn};
 
 mod feed;
+mod limit;
 use feed::push_from_rust;
 
 const WAIT: Duration = Duration::from_secs(120);

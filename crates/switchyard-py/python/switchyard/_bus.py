@@ -380,6 +380,7 @@ class Bus(_Registrar):
         overflow_timeout: float = 1.0,
         overflow_max_delay: float = 0.01,
         lifecycle_events: bool = False,
+        max_message_bytes: int = 16 * 1024 * 1024,
         _transport: Any = None,
     ) -> None:
         if overflow not in _OVERFLOWS:
@@ -395,6 +396,7 @@ class Bus(_Registrar):
             overflow_max_delay=overflow_max_delay,
             lifecycle_events=lifecycle_events,
             transport=_transport,
+            max_message_bytes=max_message_bytes,
         )
         self._fd = self._native.fileno()
         self._handlers: dict[int, _Handler] = {}

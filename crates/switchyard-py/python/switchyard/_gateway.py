@@ -23,6 +23,7 @@ from .errors import (
     NoHandler,
     Permanent,
     QueueFull,
+    TooLarge,
     RateLimited,
     Reject,
     Rejected,
@@ -69,6 +70,8 @@ def gateway_error(err: Mapping[str, Any], *, topic: Optional[str] = None, timeou
         e = ShuttingDown(msg)
     elif kind == "rate_limited":
         e = RateLimited(msg)
+    elif kind == "too_large":
+        e = TooLarge(msg, size=None, limit=None, limit_of="the node's limits.max_message_bytes")
     else:
         e = GatewayError(msg, kind=kind)
     e.gateway_kind = kind  # type: ignore[attr-defined]

@@ -60,6 +60,17 @@ class ShuttingDown(PublishError, SendError, SubscribeError):
     """The bus (or the session) is shutting down and accepts no new work."""
 
 
+class TooLarge(PublishError, SendError, ValueError):
+    """The message is larger than the bus or its transport accepts (``size`` and ``limit`` in
+    bytes, ``limit_of`` names whose limit: the bus's ``max_message_bytes``, the log's
+    ``max_record_bytes``, the NATS server's ``max_payload``, or the node's
+    ``limits.max_message_bytes``); nothing was delivered."""
+
+    size: Optional[int]
+    limit: Optional[int]
+    limit_of: Optional[str]
+
+
 class Refused(PublishError):
     """A publish hook or a layer rule refused the message."""
 

@@ -6,6 +6,7 @@ mod causation;
 mod close_twice;
 mod commands;
 mod failures;
+mod limits;
 mod ordering;
 mod routing;
 mod shutdown;

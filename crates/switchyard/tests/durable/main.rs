@@ -333,3 +333,43 @@ async fn a_command_handler_cannot_be_ephemeral() {
         .unwrap_err();
     assert!(matches!(err, SubscribeError::InvalidConfig(_)), "{err}");
 }
+
+/// On the log, the bus applies the smaller of its own limit and the log's `max_record_bytes`,
+/// so a publish is refused before it reaches the writer, naming the log's limit.
+#[tokio::test]
+async fn on_the_log_the_smaller_limit_applies_and_names_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.max_record_bytes = 2048;
+    let bus = Bus::builder()
+        .transport(LogTransport::open(cfg).unwrap())
+        .build()
+        .unwrap();
+    let env = switchyard::Envelope::new(
+        switchyard::Topic::new("jobs.created").unwrap(),
+        vec![0u8; 3000],
+    );
+    match bus.publish_envelope(env).await {
+        Err(PublishError::TooLarge(e)) => {
+            assert_eq!((e.size, e.limit), (3000, 2048));
+            assert_eq!(e.limit_of, "the log's max_record_bytes");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(bus.pending(), 0);
+    // And the bus's own, smaller, limit wins over the log's.
+    let dir2 = tempfile::tempdir().unwrap();
+    let bus2 = Bus::builder()
+        .transport(LogTransport::open(LogConfig::new(dir2.path())).unwrap())
+        .max_message_bytes(100)
+        .build()
+        .unwrap();
+    let env = switchyard::Envelope::new(
+        switchyard::Topic::new("jobs.created").unwrap(),
+        vec![0u8; 101],
+    );
+    match bus2.publish_envelope(env).await {
+        Err(PublishError::TooLarge(e)) => assert_eq!(e.limit_of, "the bus's max_message_bytes"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
