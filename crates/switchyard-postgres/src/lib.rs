@@ -70,3 +70,8 @@ pub enum Error {
     #[error("relay task: {0}")]
     Task(String),
 }
+
+/// docs/postgres.md, compiled as a doc test so its examples cannot rot.
+#[doc = include_str!("../../../docs/postgres.md")]
+#[cfg(doctest)]
+pub struct Guide;
