@@ -99,16 +99,18 @@ impl PgDeadLetterQueue {
     /// most `capacity` entries.
     pub async fn open(pool: PgPool, schema: &Schema, capacity: usize) -> Result<Self, Error> {
         let memory = Arc::new(InMemoryDeadLetterQueue::new(capacity));
-        let rows = sqlx::query(&schema.sql(
-            "SELECT letter::text AS letter FROM {schema}.dead_letters ORDER BY seq",
-        ))
+        let rows = sqlx::query(
+            &schema.sql("SELECT letter::text AS letter FROM {schema}.dead_letters ORDER BY seq"),
+        )
         .fetch_all(&pool)
         .await?;
         for row in rows {
             let text: String = row.try_get("letter")?;
             match serde_json::from_str::<DeadLetter>(&text) {
                 Ok(letter) => memory.put(letter),
-                Err(e) => tracing::error!(schema = %schema, error = %e, "undecodable dead letter skipped"),
+                Err(e) => {
+                    tracing::error!(schema = %schema, error = %e, "undecodable dead letter skipped")
+                }
             }
         }
         let writer = Writer {
@@ -143,9 +145,9 @@ impl PgDeadLetterQueue {
     }
 
     fn send(&self, op: Op) -> Result<(), DlqWriteError> {
-        self.ops.send(op).map_err(|_| {
-            DlqWriteError::from(std::io::Error::other("dead-letter writer stopped"))
-        })
+        self.ops
+            .send(op)
+            .map_err(|_| DlqWriteError::from(std::io::Error::other("dead-letter writer stopped")))
     }
 }
 

@@ -39,25 +39,47 @@ pub struct Outbox {
     schema: Schema,
     channel: Arc<str>,
     insert: Arc<str>,
+    notify: bool,
 }
+
+/// The insert, and the notification PostgreSQL delivers on commit.
+const INSERT_NOTIFY: &str = "WITH ins AS (
+        INSERT INTO {schema}.outbox (id, topic, ordering_key, headers, payload, meta, deliver_at)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb,
+                CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END)
+        RETURNING 1)
+     SELECT pg_notify($8, '') FROM ins";
+
+/// The insert alone (`$8` unused but bound, so both statements take the same arguments).
+const INSERT_QUIET: &str = "INSERT INTO {schema}.outbox
+        (id, topic, ordering_key, headers, payload, meta, deliver_at)
+     SELECT $1, $2, $3, $4::jsonb, $5, $6::jsonb,
+            CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END
+     WHERE $8::text IS NOT NULL";
 
 impl Outbox {
     /// An outbox in `schema` (created by [`migrate`](crate::migrate)).
     pub fn new(schema: Schema) -> Self {
-        let insert = schema.sql(
-            "WITH ins AS (
-                INSERT INTO {schema}.outbox
-                    (id, topic, ordering_key, headers, payload, meta, deliver_at)
-                VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb,
-                        CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END)
-                RETURNING 1)
-             SELECT pg_notify($8, '') FROM ins",
-        );
+        let insert = schema.sql(INSERT_NOTIFY);
         Self {
             channel: schema.channel().into(),
             schema,
             insert: insert.into(),
+            notify: true,
         }
+    }
+
+    /// Whether each insert signals `NOTIFY` (default true). PostgreSQL serializes the commits
+    /// of transactions that sent a notification (a global lock on the notification queue),
+    /// which caps throughput with many concurrent writers; without it, run the relay with a
+    /// short poll interval instead. See docs/postgres.md for measured figures.
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self.insert = self
+            .schema
+            .sql(if on { INSERT_NOTIFY } else { INSERT_QUIET })
+            .into();
+        self
     }
 
     /// The schema.

@@ -109,9 +109,8 @@ impl Relay {
              ORDER BY seq LIMIT $1",
         );
         Self {
-            mark: schema.sql(
-                "UPDATE {schema}.outbox SET sent_at = clock_timestamp() WHERE seq = ANY($1)",
-            ),
+            mark: schema
+                .sql("UPDATE {schema}.outbox SET sent_at = clock_timestamp() WHERE seq = ANY($1)"),
             delete: schema.sql("DELETE FROM {schema}.outbox WHERE seq = ANY($1)"),
             cleanup: schema.sql(
                 "DELETE FROM {schema}.outbox
@@ -297,24 +296,26 @@ impl Relay {
         }
     }
 
-    /// Runs until `stop` turns true (or its sender is dropped). Errors are logged, counted
+    /// Runs until `stop` turns true or its sender is dropped. Errors are logged, counted
     /// and retried after the poll interval; the relay never gives up on its own.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut listener = self.listener().await;
         let mut last_housekeeping: Option<Instant> = None;
         while !*stop.borrow() {
+            // `None`: a full batch, go again at once.
             let wait = match self.pass().await {
-                Ok(Pass::Relayed { full: true, .. }) => continue,
-                Ok(Pass::Relayed { next_due, .. }) => next_due
-                    .map_or(self.config.poll_interval, |d| {
+                Ok(Pass::Relayed { full: true, .. }) => None,
+                Ok(Pass::Relayed { next_due, .. }) => {
+                    Some(next_due.map_or(self.config.poll_interval, |d| {
                         d.min(self.config.poll_interval)
-                    }),
-                Ok(Pass::Busy) => self.config.poll_interval,
+                    }))
+                }
+                Ok(Pass::Busy) => Some(self.config.poll_interval),
                 Err(e) => {
                     tracing::warn!(schema = %self.schema, error = %e, "outbox relay pass failed");
                     ::metrics::counter!(names::OUTBOX_RELAY_ERRORS, "schema" => self.schema.to_string())
                         .increment(1);
-                    self.config.poll_interval
+                    Some(self.config.poll_interval)
                 }
             };
             if last_housekeeping.is_none_or(|t| t.elapsed() >= self.config.poll_interval) {
@@ -326,6 +327,7 @@ impl Relay {
                     tracing::debug!(error = %e, "outbox cleanup failed");
                 }
             }
+            let Some(wait) = wait else { continue };
             let notified = async {
                 match listener.as_mut() {
                     Some(l) => l.recv().await.map(drop),
@@ -333,7 +335,11 @@ impl Relay {
                 }
             };
             tokio::select! {
-                _ = stop.changed() => {}
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {}
                 r = notified => {
                     if let Err(e) = r {
@@ -355,7 +361,8 @@ impl Relay {
     }
 }
 
-/// A running relay; [`stop`](Self::stop) it to end it after its current pass.
+/// A running relay; [`stop`](Self::stop) it to end it after its current pass. Dropping the
+/// handle stops it too (after its current pass, without waiting).
 #[derive(Debug)]
 pub struct RelayHandle {
     stop: watch::Sender<bool>,

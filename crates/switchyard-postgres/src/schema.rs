@@ -10,7 +10,11 @@ use crate::Error;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "outbox", include_str!("../migrations/0001_outbox.sql")),
     (2, "inbox", include_str!("../migrations/0002_inbox.sql")),
-    (3, "dead_letters", include_str!("../migrations/0003_dead_letters.sql")),
+    (
+        3,
+        "dead_letters",
+        include_str!("../migrations/0003_dead_letters.sql"),
+    ),
 ];
 
 /// A validated PostgreSQL schema name (`[a-z_][a-z0-9_]*`, at most 50 bytes), so it can be
@@ -88,9 +92,10 @@ pub async fn migrate(pool: &PgPool, schema: &Schema) -> Result<usize, Error> {
     ))
     .execute(&mut *tx)
     .await?;
-    let applied: Vec<i64> = sqlx::query_scalar(&schema.sql("SELECT version FROM {schema}.migrations"))
-        .fetch_all(&mut *tx)
-        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar(&schema.sql("SELECT version FROM {schema}.migrations"))
+            .fetch_all(&mut *tx)
+            .await?;
     let mut count = 0;
     for (version, name, sql) in MIGRATIONS {
         if applied.contains(version) {

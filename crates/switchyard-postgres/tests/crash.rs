@@ -2,6 +2,7 @@
 //! committed message is handled, none lost, redeliveries absorbed by the inbox, per-key
 //! order kept. The relay runs in a child process: this test binary run again with
 //! `CRASH_CHILD_SCHEMA` set, which makes `crash_child` the relay instead of a no-op.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 mod common;
 
@@ -23,16 +24,27 @@ const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
 /// logged (autocommit) in `deliveries`; the inbox handler writes `received` in its transaction.
 #[tokio::test]
 async fn crash_child() {
-    let Ok(schema) = std::env::var(CHILD_ENV) else { return };
+    let Ok(schema) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let schema = Schema::new(schema).unwrap();
-    let pool = PgPoolOptions::new().max_connections(4).connect(&common::url()).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&common::url())
+        .await
+        .unwrap();
     let inbox = Inbox::new(pool.clone(), schema.clone(), "crash");
     let received = format!("INSERT INTO {schema}.received (id, key, n) VALUES ($1, $2, $3)");
     let handler = inbox.handler(move |p: Ping, tx, env| {
         let received = received.clone();
         let id = env.id.to_string();
         Box::pin(async move {
-            sqlx::query(&received).bind(id).bind(p.key).bind(p.n).execute(&mut *tx).await?;
+            sqlx::query(&received)
+                .bind(id)
+                .bind(p.key)
+                .bind(p.n)
+                .execute(&mut *tx)
+                .await?;
             Ok::<_, sqlx::Error>(())
         })
     });
@@ -43,7 +55,10 @@ async fn crash_child() {
         let log = log.clone();
         let pool = log_pool.clone();
         async move {
-            sqlx::query(&log).bind(env.id.to_string()).execute(&pool).await?;
+            sqlx::query(&log)
+                .bind(env.id.to_string())
+                .execute(&pool)
+                .await?;
             handler.oneshot(env).await
         }
     });
@@ -102,7 +117,9 @@ async fn relay_killed_at_random_points_loses_nothing_and_sends_nothing_twice() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let Some(db) = TestDb::new("crash").await else { return };
+    let Some(db) = TestDb::new("crash").await else {
+        return;
+    };
     db.exec(
         "CREATE TABLE {schema}.received (seq BIGSERIAL, id TEXT NOT NULL, key TEXT NOT NULL, n BIGINT NOT NULL);
          CREATE TABLE {schema}.deliveries (id TEXT NOT NULL)",
@@ -132,7 +149,19 @@ async fn relay_killed_at_random_points_loses_nothing_and_sends_nothing_twice() {
             for _ in 0..1 + rng.below(3) {
                 let key = KEYS[rng.below(KEYS.len() as u64) as usize];
                 let n = next_n.entry(key).or_default();
-                ids.push(outbox.publish_keyed(&mut tx, key, Ping { key: key.into(), n: *n }).await.unwrap());
+                ids.push(
+                    outbox
+                        .publish_keyed(
+                            &mut tx,
+                            key,
+                            Ping {
+                                key: key.into(),
+                                n: *n,
+                            },
+                        )
+                        .await
+                        .unwrap(),
+                );
                 taken.push(key);
                 *n += 1;
             }
@@ -153,7 +182,9 @@ async fn relay_killed_at_random_points_loses_nothing_and_sends_nothing_twice() {
     let mut child = spawn_child(&db.schema).await;
     let want = committed.len() as i64;
     let all_in = common::eventually(Duration::from_secs(30), || async {
-        db.count("SELECT count(DISTINCT id) FROM {schema}.received").await >= want
+        db.count("SELECT count(DISTINCT id) FROM {schema}.received")
+            .await
+            >= want
     })
     .await;
     child.start_kill().unwrap();
@@ -169,10 +200,22 @@ async fn relay_killed_at_random_points_loses_nothing_and_sends_nothing_twice() {
     .unwrap();
     let ids: HashSet<String> = received.iter().map(|r| r.0.clone()).collect();
     assert_eq!(ids, committed, "lost or extra (rolled-back) messages");
-    assert_eq!(received.len(), committed.len(), "a handler ran twice for one message");
+    assert_eq!(
+        received.len(),
+        committed.len(),
+        "a handler ran twice for one message"
+    );
     for key in KEYS {
-        let ns: Vec<i64> = received.iter().filter(|r| r.1 == key).map(|r| r.2).collect();
-        assert_eq!(ns, (0..ns.len() as i64).collect::<Vec<_>>(), "order of key {key}");
+        let ns: Vec<i64> = received
+            .iter()
+            .filter(|r| r.1 == key)
+            .map(|r| r.2)
+            .collect();
+        assert_eq!(
+            ns,
+            (0..ns.len() as i64).collect::<Vec<_>>(),
+            "order of key {key}"
+        );
     }
     let deliveries = db.count("SELECT count(*) FROM {schema}.deliveries").await;
     println!(

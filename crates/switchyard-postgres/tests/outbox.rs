@@ -1,4 +1,5 @@
 //! Outbox, relay and inbox against the local PostgreSQL, each test in its own schema.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 mod common;
 
@@ -39,27 +40,49 @@ fn ping(key: &str, n: i64) -> Ping {
 
 #[tokio::test]
 async fn rolled_back_business_write_publishes_nothing() {
-    let Some(db) = TestDb::new("rollback").await else { return };
-    db.exec("CREATE TABLE {schema}.orders (id BIGINT PRIMARY KEY)").await;
+    let Some(db) = TestDb::new("rollback").await else {
+        return;
+    };
+    db.exec("CREATE TABLE {schema}.orders (id BIGINT PRIMARY KEY)")
+        .await;
     let outbox = Outbox::new(db.schema.clone());
     let orders = format!("INSERT INTO {}.orders (id) VALUES ($1)", db.schema);
 
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query(&orders).bind(1_i64).execute(&mut *tx).await.unwrap();
-    outbox.publish(&mut tx, ping("rolled-back", 1)).await.unwrap();
+    sqlx::query(&orders)
+        .bind(1_i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox
+        .publish(&mut tx, ping("rolled-back", 1))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
 
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query(&orders).bind(2_i64).execute(&mut *tx).await.unwrap();
+    sqlx::query(&orders)
+        .bind(2_i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     outbox.publish(&mut tx, ping("committed", 2)).await.unwrap();
     tx.commit().await.unwrap();
 
     let (bus, mut rx, _sub) = recording_bus().await;
     let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
-    assert_eq!(relay.drain().await.unwrap(), 1, "only the committed row is relayed");
+    assert_eq!(relay.backlog().await.unwrap(), 1);
+    assert_eq!(
+        relay.drain().await.unwrap(),
+        1,
+        "only the committed row is relayed"
+    );
     bus.run_until_idle().await;
     assert_eq!(rx.recv().await.unwrap(), ping("committed", 2));
-    assert!(rx.try_recv().is_err(), "the rolled-back message was published");
+    assert!(
+        rx.try_recv().is_err(),
+        "the rolled-back message was published"
+    );
     assert_eq!(db.count("SELECT count(*) FROM {schema}.outbox").await, 1);
     assert_eq!(relay.backlog().await.unwrap(), 0);
     db.finish().await;
@@ -67,7 +90,9 @@ async fn rolled_back_business_write_publishes_nothing() {
 
 #[tokio::test]
 async fn committed_message_is_handled_exactly_once_with_the_inbox() {
-    let Some(db) = TestDb::new("once").await else { return };
+    let Some(db) = TestDb::new("once").await else {
+        return;
+    };
     db.exec("CREATE TABLE {schema}.orders (id BIGINT PRIMARY KEY); CREATE TABLE {schema}.effects (n BIGINT)")
         .await;
     let outbox = Outbox::new(db.schema.clone());
@@ -90,7 +115,11 @@ async fn committed_message_is_handled_exactly_once_with_the_inbox() {
         })
     };
     let bus = Bus::new();
-    let _sub = bus.subscribe("effects", Ping::TOPIC, handler).start().await.unwrap();
+    let _sub = bus
+        .subscribe("effects", Ping::TOPIC, handler)
+        .start()
+        .await
+        .unwrap();
     // Polling every hour: only the NOTIFY sent on commit can wake the relay in time.
     let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone())
         .poll_interval(Duration::from_secs(3600))
@@ -103,11 +132,17 @@ async fn committed_message_is_handled_exactly_once_with_the_inbox() {
         .unwrap();
     let id = outbox.publish(&mut tx, ping("k", 7)).await.unwrap();
     tx.commit().await.unwrap();
-    tokio::time::timeout(T, done_rx.recv()).await.expect("relayed on NOTIFY").unwrap();
+    tokio::time::timeout(T, done_rx.recv())
+        .await
+        .expect("relayed on NOTIFY")
+        .unwrap();
 
     // The same message again, as a transport redelivering it would: acknowledged, not run.
     // (Its inbox insert waits for the first delivery's commit, so no race.)
-    let row = format!("SELECT meta::text, headers::text, payload FROM {}.outbox", db.schema);
+    let row = format!(
+        "SELECT meta::text, headers::text, payload FROM {}.outbox",
+        db.schema
+    );
     let (meta, headers, payload): (String, String, Vec<u8>) =
         sqlx::query_as(&row).fetch_one(&db.pool).await.unwrap();
     let mut again: switchyard::Envelope = serde_json::from_str(&meta).unwrap();
@@ -126,7 +161,9 @@ async fn committed_message_is_handled_exactly_once_with_the_inbox() {
 
 #[tokio::test]
 async fn a_failing_handler_rolls_back_its_writes_and_its_inbox_mark() {
-    let Some(db) = TestDb::new("fail").await else { return };
+    let Some(db) = TestDb::new("fail").await else {
+        return;
+    };
     db.exec("CREATE TABLE {schema}.effects (n BIGINT)").await;
     let inbox = Inbox::new(db.pool.clone(), db.schema.clone(), "c");
     let effects = format!("INSERT INTO {}.effects (n) VALUES ($1)", db.schema);
@@ -158,7 +195,11 @@ async fn a_failing_handler_rolls_back_its_writes_and_its_inbox_mark() {
     assert_eq!(db.count("SELECT count(*) FROM {schema}.effects").await, 0);
     assert!(!inbox.handled(env.id).await.unwrap());
     fail.store(false, Ordering::SeqCst);
-    bus.publish_envelope_and_wait(env.clone()).await.unwrap().into_result().unwrap();
+    bus.publish_envelope_and_wait(env.clone())
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
     assert_eq!(db.count("SELECT count(*) FROM {schema}.effects").await, 1);
     assert!(inbox.handled(env.id).await.unwrap());
     db.finish().await;
@@ -166,14 +207,19 @@ async fn a_failing_handler_rolls_back_its_writes_and_its_inbox_mark() {
 
 #[tokio::test]
 async fn order_per_key_is_kept_across_relay_restarts() {
-    let Some(db) = TestDb::new("order").await else { return };
+    let Some(db) = TestDb::new("order").await else {
+        return;
+    };
     let outbox = Outbox::new(db.schema.clone());
     let keys = ["a", "b", "c"];
     let per_key = 40;
     for n in 0..per_key {
         let mut tx = db.pool.begin().await.unwrap();
         for key in keys {
-            outbox.publish_keyed(&mut tx, key, ping(key, n)).await.unwrap();
+            outbox
+                .publish_keyed(&mut tx, key, ping(key, n))
+                .await
+                .unwrap();
         }
         tx.commit().await.unwrap();
     }
@@ -228,12 +274,17 @@ async fn order_per_key_is_kept_across_relay_restarts() {
 
 #[tokio::test]
 async fn concurrent_relays_never_send_a_row_twice() {
-    let Some(db) = TestDb::new("concurrent").await else { return };
+    let Some(db) = TestDb::new("concurrent").await else {
+        return;
+    };
     let outbox = Outbox::new(db.schema.clone());
     let total = 300;
     for n in 0..total {
         let mut tx = db.pool.begin().await.unwrap();
-        outbox.publish_keyed(&mut tx, "k", ping("k", n)).await.unwrap();
+        outbox
+            .publish_keyed(&mut tx, "k", ping("k", n))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
     let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
@@ -273,13 +324,19 @@ async fn concurrent_relays_never_send_a_row_twice() {
     }
     assert_eq!(sent, total as usize);
     let seen = seen.lock().clone();
-    assert_eq!(seen, (0..total).collect::<Vec<_>>(), "sent twice or out of order");
+    assert_eq!(
+        seen,
+        (0..total).collect::<Vec<_>>(),
+        "sent twice or out of order"
+    );
     db.finish().await;
 }
 
 #[tokio::test]
 async fn retention_deletes_or_keeps_sent_rows() {
-    let Some(db) = TestDb::new("retention").await else { return };
+    let Some(db) = TestDb::new("retention").await else {
+        return;
+    };
     let outbox = Outbox::new(db.schema.clone());
     let (bus, _rx, _sub) = recording_bus().await;
     let mut conn = db.pool.acquire().await.unwrap();
@@ -287,11 +344,41 @@ async fn retention_deletes_or_keeps_sent_rows() {
     let keep = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone())
         .retention(Retention::Keep(Duration::from_secs(3600)));
     assert_eq!(keep.drain().await.unwrap(), 1);
-    assert_eq!(db.count("SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NOT NULL").await, 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NOT NULL")
+            .await,
+        1
+    );
     outbox.publish(&mut conn, ping("k", 2)).await.unwrap();
-    let delete = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone()).retention(Retention::Delete);
+    let delete =
+        Relay::new(db.pool.clone(), db.schema.clone(), bus.clone()).retention(Retention::Delete);
     assert_eq!(delete.drain().await.unwrap(), 1);
-    assert_eq!(db.count("SELECT count(*) FROM {schema}.outbox").await, 1, "the kept row only");
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.outbox").await,
+        1,
+        "the kept row only"
+    );
     drop(conn);
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn without_notify_the_relay_finds_rows_by_polling() {
+    let Some(db) = TestDb::new("quiet").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone()).notify(false);
+    let (bus, mut rx, _sub) = recording_bus().await;
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone())
+        .poll_interval(Duration::from_millis(50))
+        .spawn();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox.publish(&mut tx, ping("q", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let got = tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("relayed by polling");
+    assert_eq!(got, Some(ping("q", 1)));
+    relay.stop().await.unwrap();
     db.finish().await;
 }

@@ -1,5 +1,5 @@
 //! Shared test helpers: a fresh schema per test on the local PostgreSQL.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,10 @@ impl TestDb {
                 if std::env::var_os("CI").is_some() {
                     panic!("PostgreSQL at {} unreachable under CI: {e}", url());
                 }
-                eprintln!("SKIPPED: PostgreSQL at {} unreachable ({e}); set CI to fail instead", url());
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {} unreachable ({e}); set CI to fail instead",
+                    url()
+                );
                 return None;
             }
         };
