@@ -382,3 +382,20 @@ async fn without_notify_the_relay_finds_rows_by_polling() {
     relay.stop().await.unwrap();
     db.finish().await;
 }
+
+/// Defect: with its stop sender dropped, `run` used to spin (its `changed()` failed at once,
+/// every loop) instead of returning.
+#[tokio::test]
+async fn the_relay_returns_when_its_stop_sender_is_dropped() {
+    let Some(db) = TestDb::new("dropstop").await else {
+        return;
+    };
+    let (bus, _rx, _sub) = recording_bus().await;
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    drop(stop_tx);
+    tokio::time::timeout(T, relay.run(stop_rx))
+        .await
+        .expect("run returned");
+    db.finish().await;
+}
