@@ -1,0 +1,204 @@
+//! The dead-letter queue kept in PostgreSQL.
+
+use std::sync::Arc;
+
+use sqlx::{PgPool, Row};
+use switchyard::{DeadLetter, DeadLetterSink, MessageId};
+use switchyard_middleware::dlq::{
+    DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetterQueue,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Error, Schema};
+
+enum Op {
+    Put(Box<DeadLetter>),
+    Remove(Vec<MessageId>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A [`DeadLetterQueue`] kept in `<schema>.dead_letters`, so dead letters survive restarts.
+///
+/// The trait is synchronous (the bus calls `put` from its workers, which must not wait on a
+/// database), so reads are served from an in-memory copy loaded at [`open`](Self::open), and
+/// writes update the copy at once and go to PostgreSQL in order through a background task
+/// (retried until they succeed while the process lives). [`flush`](Self::flush) waits until
+/// every earlier write is in the database. Like the other queues it holds one entry per
+/// message id and, past `capacity`, evicts the oldest.
+#[derive(Clone)]
+pub struct PgDeadLetterQueue {
+    memory: Arc<InMemoryDeadLetterQueue>,
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+impl std::fmt::Debug for PgDeadLetterQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDeadLetterQueue")
+            .field("len", &self.memory.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    upsert: String,
+    remove: String,
+    trim: String,
+    capacity: i64,
+}
+
+impl Writer {
+    async fn apply(&self, op: &Op) -> Result<(), Error> {
+        match op {
+            Op::Put(letter) => {
+                let json = serde_json::to_string(letter)?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(&self.upsert)
+                    .bind(letter.envelope.id.to_string())
+                    .bind(letter.envelope.topic.as_str())
+                    .bind(serde_json::to_string(&letter.reason)?)
+                    .bind(json)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&self.trim)
+                    .bind(self.capacity)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Op::Remove(ids) => {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                sqlx::query(&self.remove)
+                    .bind(&ids)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Op::Flush(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn run(self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        while let Some(op) = ops.recv().await {
+            let mut backoff = std::time::Duration::from_millis(50);
+            while let Err(e) = self.apply(&op).await {
+                tracing::warn!(error = %e, "dead-letter write to PostgreSQL failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            if let Op::Flush(done) = op {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+impl PgDeadLetterQueue {
+    /// Opens the queue in `schema` (created by [`migrate`](crate::migrate)), loading the
+    /// entries stored there, and starts its writer on the current tokio runtime. Holds at
+    /// most `capacity` entries.
+    pub async fn open(pool: PgPool, schema: &Schema, capacity: usize) -> Result<Self, Error> {
+        let memory = Arc::new(InMemoryDeadLetterQueue::new(capacity));
+        let rows = sqlx::query(
+            &schema.sql("SELECT letter::text AS letter FROM {schema}.dead_letters ORDER BY seq"),
+        )
+        .fetch_all(&pool)
+        .await?;
+        for row in rows {
+            let text: String = row.try_get("letter")?;
+            match serde_json::from_str::<DeadLetter>(&text) {
+                Ok(letter) => memory.put(letter),
+                Err(e) => {
+                    tracing::error!(schema = %schema, error = %e, "undecodable dead letter skipped")
+                }
+            }
+        }
+        let writer = Writer {
+            pool,
+            upsert: schema.sql(
+                "INSERT INTO {schema}.dead_letters (id, topic, reason, letter)
+                 VALUES ($1, $2, $3, $4::jsonb)
+                 ON CONFLICT (id) DO UPDATE SET topic = EXCLUDED.topic, reason = EXCLUDED.reason,
+                     letter = EXCLUDED.letter, stored_at = clock_timestamp(),
+                     seq = nextval(pg_get_serial_sequence('{schema}.dead_letters', 'seq'))",
+            ),
+            remove: schema.sql("DELETE FROM {schema}.dead_letters WHERE id = ANY($1)"),
+            trim: schema.sql(
+                "DELETE FROM {schema}.dead_letters WHERE seq NOT IN
+                 (SELECT seq FROM {schema}.dead_letters ORDER BY seq DESC LIMIT $1)",
+            ),
+            capacity: i64::try_from(capacity.max(1)).unwrap_or(i64::MAX),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer.run(rx));
+        Ok(Self { memory, ops: tx })
+    }
+
+    /// Waits until every write made before this call is stored in PostgreSQL.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Flush(tx))
+            .map_err(|_| Error::Task("dead-letter writer stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Task("dead-letter writer stopped".into()))
+    }
+
+    fn send(&self, op: Op) -> Result<(), DlqWriteError> {
+        self.ops
+            .send(op)
+            .map_err(|_| DlqWriteError::from(std::io::Error::other("dead-letter writer stopped")))
+    }
+}
+
+impl DeadLetterSink for PgDeadLetterQueue {
+    fn put(&self, letter: DeadLetter) {
+        self.memory.put(letter.clone());
+        if self.ops.send(Op::Put(Box::new(letter))).is_err() {
+            tracing::error!("dead-letter writer stopped; entry kept in memory only");
+        }
+    }
+}
+
+impl DeadLetterQueue for PgDeadLetterQueue {
+    fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
+        self.memory.list(filter)
+    }
+
+    fn get(&self, id: MessageId) -> Option<DeadLetter> {
+        self.memory.get(id)
+    }
+
+    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
+        let removed = self.memory.remove(id)?;
+        if removed {
+            self.send(Op::Remove(vec![id]))?;
+        }
+        Ok(removed)
+    }
+
+    fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
+        let all = filter.clone().limit(usize::MAX);
+        let ids: Vec<MessageId> = self
+            .memory
+            .list(&all)
+            .iter()
+            .map(|l| l.envelope.id)
+            .collect();
+        for id in &ids {
+            self.memory.remove(*id)?;
+        }
+        if !ids.is_empty() {
+            self.send(Op::Remove(ids.clone()))?;
+        }
+        Ok(ids.len())
+    }
+
+    fn len(&self) -> usize {
+        self.memory.len()
+    }
+
+    fn evicted(&self) -> u64 {
+        self.memory.evicted()
+    }
+}

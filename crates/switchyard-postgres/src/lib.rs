@@ -1,0 +1,77 @@
+//! PostgreSQL for switchyard: the messages a service owes the world are written in the same
+//! transaction as its business data, and the messages it handles are recorded in the same
+//! transaction as the handler's writes.
+//!
+//! - [`Outbox`]: `outbox.publish(&mut tx, msg)` inserts the envelope into `<schema>.outbox`
+//!   inside the caller's transaction; a rolled-back transaction publishes nothing.
+//! - [`Relay`]: a task that moves committed outbox rows to a [`switchyard::Bus`] (any
+//!   transport), in order, marks them sent (or deletes them), and survives crashes: a row is
+//!   marked in the same transaction that claimed it, so a crash before the commit leaves it to
+//!   be sent again (at-least-once, same message id). Woken by `LISTEN/NOTIFY`, with polling as
+//!   a fallback. One relay works at a time per schema (a transaction-scoped advisory lock), so
+//!   several relay processes never send concurrently and order is kept.
+//! - [`Inbox`]: wraps a handler so the message id is recorded in the transaction the handler
+//!   writes in; a redelivered message is acknowledged without running the handler again.
+//! - [`PgDeadLetterQueue`]: the dead-letter queue (`switchyard_middleware::dlq::DeadLetterQueue`)
+//!   kept in `<schema>.dead_letters`.
+//! - Delayed delivery: [`Outbox::publish_at`] / [`Outbox::schedule`] keep a message in the
+//!   outbox until it is due; the relay publishes it then, across restarts.
+//!
+//! Tables are created by [`migrate`], explicitly, in a configurable [`Schema`].
+//! See `docs/postgres.md`.
+
+#![forbid(unsafe_code)]
+
+mod dlq;
+mod inbox;
+mod outbox;
+mod relay;
+mod row;
+mod schema;
+
+pub use dlq::PgDeadLetterQueue;
+pub use inbox::{Inbox, InboxFuture};
+pub use outbox::{ORDERING_KEY_HEADER, Outbox};
+pub use relay::{Handoff, Relay, RelayConfig, RelayHandle, Retention};
+pub use schema::{Schema, migrate};
+pub use sqlx;
+
+/// Metric names (the `metrics` facade, like the rest of switchyard).
+pub mod names {
+    /// Gauge: outbox rows not sent yet and due (label `schema`).
+    pub const OUTBOX_BACKLOG: &str = "switchyard_outbox_backlog";
+    /// Histogram: seconds from a row's insert to its publish by the relay (label `schema`).
+    pub const OUTBOX_LAG: &str = "switchyard_outbox_lag_seconds";
+    /// Counter: messages the relay handed to the bus (label `schema`).
+    pub const OUTBOX_RELAYED: &str = "switchyard_outbox_relayed_total";
+    /// Counter: relay batches that failed (database or bus error; label `schema`).
+    pub const OUTBOX_RELAY_ERRORS: &str = "switchyard_outbox_relay_errors_total";
+    /// Counter: redelivered messages the inbox acknowledged without running the handler
+    /// (label `consumer`).
+    pub const INBOX_DUPLICATES: &str = "switchyard_inbox_duplicates_total";
+}
+
+/// What can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The schema name is not a plain lower-case identifier.
+    #[error("invalid schema name {0:?}: expected [a-z_][a-z0-9_]*, at most 50 bytes")]
+    InvalidSchema(String),
+    /// The database refused or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// An envelope or dead letter could not be encoded or decoded as JSON.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The message could not be turned into an envelope, or the bus refused it.
+    #[error("publish: {0}")]
+    Publish(#[from] switchyard::PublishError),
+    /// The relay task stopped abnormally (it panicked or was cancelled).
+    #[error("relay task: {0}")]
+    Task(String),
+}
+
+/// docs/postgres.md, compiled as a doc test so its examples cannot rot.
+#[doc = include_str!("../../../docs/postgres.md")]
+#[cfg(doctest)]
+pub struct Guide;

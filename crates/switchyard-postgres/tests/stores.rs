@@ -1,0 +1,213 @@
+//! The PostgreSQL dead-letter queue and delayed delivery, including surviving a restart
+//! (a new pool, queue and relay on the same schema).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::{Ping, TestDb};
+use sqlx::postgres::PgPoolOptions;
+use switchyard::{Bus, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, Message, Topic};
+use switchyard_middleware::dlq::{DeadLetterFilter, DeadLetterQueue, Replayer};
+use switchyard_postgres::{Outbox, PgDeadLetterQueue, Relay};
+use tokio::sync::mpsc;
+
+async fn fresh_pool() -> sqlx::PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&common::url())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dead_letters_round_trip_and_survive_a_restart() {
+    let Some(db) = TestDb::new("dlq").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = (0..3)
+        .map(|i| {
+            let topic = if i == 2 {
+                "billing.charge"
+            } else {
+                "orders.placed"
+            };
+            let env =
+                Envelope::new(Topic::new(topic).unwrap(), vec![i, 255, 0]).with_header("h", "v");
+            DeadLetter::new(env, DeadLetterReason::HandlerFailed, format!("error {i}"))
+                .with_handler("h1")
+        })
+        .collect();
+    for l in &letters {
+        dlq.put(l.clone());
+    }
+    assert!(dlq.remove(letters[0].envelope.id).unwrap());
+    dlq.flush().await.unwrap();
+
+    let pool = fresh_pool().await;
+    let reopened = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    assert_eq!(reopened.len(), 2);
+    assert_eq!(
+        reopened.get(letters[1].envelope.id),
+        Some(letters[1].clone()),
+        "every field kept"
+    );
+    assert_eq!(
+        reopened.get(letters[0].envelope.id),
+        None,
+        "the removal was stored"
+    );
+    let billing = DeadLetterFilter::new().topic("billing.#".parse().unwrap());
+    assert_eq!(reopened.purge(&billing).unwrap(), 1);
+
+    // Replay through the bus: the entry leaves the queue, and the store.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let republish = move |env: Envelope| {
+        let sent = tx
+            .send(env)
+            .map_err(|_| switchyard::PublishError::ShuttingDown);
+        async move { sent }
+    };
+    let report = Replayer::new(&reopened, &republish).all().await;
+    assert_eq!(report.replayed.len(), 1);
+    assert_eq!(rx.recv().await.unwrap().id, letters[1].envelope.id);
+    reopened.flush().await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        0
+    );
+    pool.close().await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn dead_letters_keep_one_entry_per_message_and_the_capacity() {
+    let Some(db) = TestDb::new("dlqcap").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 3)
+        .await
+        .unwrap();
+    let env = Envelope::new(Topic::new("a.b").unwrap(), "x");
+    dlq.put(DeadLetter::new(
+        env.clone(),
+        DeadLetterReason::Rejected,
+        "first",
+    ));
+    dlq.put(DeadLetter::new(
+        env.clone(),
+        DeadLetterReason::Rejected,
+        "second",
+    ));
+    for _ in 0..4 {
+        dlq.put(DeadLetter::new(
+            Envelope::new(Topic::new("a.c").unwrap(), "y"),
+            DeadLetterReason::Dropped,
+            "z",
+        ));
+    }
+    dlq.flush().await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        3
+    );
+    let reopened = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 3)
+        .await
+        .unwrap();
+    assert_eq!(reopened.len(), 3);
+    assert_eq!(reopened.get(env.id), None, "the oldest was evicted");
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn the_bus_dead_letters_into_postgres() {
+    let Some(db) = TestDb::new("busdlq").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let bus = Bus::builder().dead_letters(dlq.clone()).build().unwrap();
+    let _sub = bus
+        .on("fails", |_p: Ping, _ctx| async {
+            Err::<(), _>(std::io::Error::other("nope"))
+        })
+        .max_attempts(1)
+        .start()
+        .await
+        .unwrap();
+    let report = bus
+        .publish_and_wait(Ping {
+            key: "k".into(),
+            n: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.failures.len(), 1);
+    dlq.flush().await.unwrap();
+    let stored: String =
+        sqlx::query_scalar(&format!("SELECT reason FROM {}.dead_letters", db.schema))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, "\"handler_failed\"");
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn delayed_messages_wait_until_due_and_survive_a_restart() {
+    let Some(db) = TestDb::new("delayed").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    let delay = Duration::from_millis(1500);
+    let due = SystemTime::now() + delay;
+    let env = Ping {
+        key: "k".into(),
+        n: 1,
+    }
+    .to_envelope()
+    .unwrap();
+    let id = outbox.schedule(&db.pool, due, env).await.unwrap();
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("rec", move |_p: Ping, ctx| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((ctx.envelope().id, SystemTime::now()));
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    // Not due yet: nothing relayed. Then the process "restarts": a new pool and relay.
+    let early = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
+    assert_eq!(early.drain().await.unwrap(), 0, "relayed before it was due");
+    drop(early);
+    let pool = fresh_pool().await;
+    // Polling every hour: the relay must wake for the due time on its own.
+    let relay = Relay::new(pool.clone(), db.schema.clone(), bus.clone())
+        .poll_interval(Duration::from_secs(3600))
+        .spawn();
+    let (got, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("delivered once due")
+        .unwrap();
+    assert_eq!(got, id);
+    assert!(
+        at >= due,
+        "delivered {:?} early",
+        due.duration_since(at).unwrap_or_default()
+    );
+    relay.stop().await.unwrap();
+    pool.close().await;
+    db.finish().await;
+}
