@@ -17,7 +17,8 @@ pub mod topic;
 pub mod transport;
 
 pub use dead_letter::{
-    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters,
+    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterSink,
+    InMemoryDeadLetters,
 };
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,

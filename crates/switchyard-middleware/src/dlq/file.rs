@@ -7,8 +7,7 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
 
-use super::index::Index;
-use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, OpenDlqError};
+use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters, OpenDlqError};
 use crate::metrics::record;
 
 /// Options of a [`FileDeadLetterQueue`]. Every default is listed on
@@ -44,7 +43,8 @@ enum Record {
 }
 
 struct State {
-    index: Index,
+    /// The live entries: the one in-memory store, bounded like the queue.
+    index: InMemoryDeadLetters,
     writer: BufWriter<File>,
     records: usize,
 }
@@ -91,7 +91,9 @@ impl FileDeadLetterQueue {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut index = Index::new(options.capacity);
+        let index = options
+            .capacity
+            .map_or_else(InMemoryDeadLetters::unbounded, InMemoryDeadLetters::new);
         let mut records = 0usize;
         let mut skipped = 0u64;
         let mut ends_with_newline = true;
@@ -116,7 +118,7 @@ impl FileDeadLetterQueue {
                             index.insert(*letter);
                         }
                         Ok(Record::Remove { id }) => {
-                            index.remove(id);
+                            index.take(id);
                         }
                         Err(e) => {
                             skipped += 1;
@@ -201,11 +203,11 @@ impl FileDeadLetterQueue {
         let tmp = self.path.with_extension("compacting");
         {
             let mut w = BufWriter::new(File::create(&tmp)?);
-            for letter in st.index.values() {
+            for letter in st.index.list() {
                 serde_json::to_writer(
                     &mut w,
                     &Record::Put {
-                        letter: Box::new(letter.clone()),
+                        letter: Box::new(letter),
                     },
                 )?;
                 w.write_all(b"\n")?;
@@ -242,16 +244,16 @@ impl DeadLetterSink for FileDeadLetterQueue {
 
 impl DeadLetterQueue for FileDeadLetterQueue {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
-        self.lock().index.list(filter)
+        self.lock().index.select(filter)
     }
 
     fn get(&self, id: MessageId) -> Option<DeadLetter> {
-        self.lock().index.get(id).cloned()
+        self.lock().index.get(id)
     }
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
         let mut st = self.lock();
-        if st.index.remove(id).is_none() {
+        if st.index.take(id).is_none() {
             return Ok(false);
         }
         record::dlq_size(st.index.len());
@@ -261,10 +263,12 @@ impl DeadLetterQueue for FileDeadLetterQueue {
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         let mut st = self.lock();
-        let ids = st.index.matching_ids(filter);
-        for id in &ids {
-            st.index.remove(*id);
-        }
+        let ids: Vec<MessageId> = st
+            .index
+            .take_matching(filter)
+            .iter()
+            .map(|l| l.envelope.id)
+            .collect();
         record::dlq_size(st.index.len());
         let records: Vec<Record> = ids.iter().map(|&id| Record::Remove { id }).collect();
         self.write(&mut st, &records)?;
@@ -276,6 +280,6 @@ impl DeadLetterQueue for FileDeadLetterQueue {
     }
 
     fn evicted(&self) -> u64 {
-        self.lock().index.evicted
+        self.lock().index.evicted()
     }
 }

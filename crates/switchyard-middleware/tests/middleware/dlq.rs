@@ -9,7 +9,7 @@ use switchyard_core::{
 use switchyard_middleware::dedup::{DedupConfig, DedupLayer};
 use switchyard_middleware::dlq::{
     DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions,
-    InMemoryDeadLetterQueue, REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
+    InMemoryDeadLetters, REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
 };
 use switchyard_middleware::retry::{Permanent, RetryLayer, RetryPolicy};
 use tower::util::BoxCloneSyncService;
@@ -104,7 +104,7 @@ fn filters_on(q: &dyn DeadLetterQueue) {
 
 #[test]
 fn memory_queue_filters_inspects_and_purges() {
-    filters_on(&InMemoryDeadLetterQueue::new(100));
+    filters_on(&InMemoryDeadLetters::new(100));
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn file_queue_filters_inspects_and_purges() {
 
 #[test]
 fn memory_queue_is_bounded_and_counts_evictions() {
-    let q = InMemoryDeadLetterQueue::new(3);
+    let q = InMemoryDeadLetters::new(3);
     let letters: Vec<_> = (0..5)
         .map(|_| letter("a.b", DeadLetterReason::Rejected, "no", "h"))
         .collect();
@@ -134,7 +134,7 @@ fn memory_queue_is_bounded_and_counts_evictions() {
 
 #[test]
 fn same_message_twice_is_one_entry_with_the_newer_story() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     let first = letter("a.b", DeadLetterReason::HandlerFailed, "first", "h");
     let mut second = first.clone();
     second.error = "second".into();
@@ -146,7 +146,7 @@ fn same_message_twice_is_one_entry_with_the_newer_story() {
     assert_eq!(q.get(first.envelope.id).unwrap().error, "second");
     // The replaced entry moved to the end.
     assert_eq!(
-        q.list(&DeadLetterFilter::new()).last().unwrap().envelope.id,
+        q.select(&DeadLetterFilter::new()).last().unwrap().envelope.id,
         first.envelope.id
     );
 }
@@ -247,7 +247,7 @@ fn collecting() -> (
 
 #[tokio::test]
 async fn replay_sets_headers_resets_delivery_and_removes_entries() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     let mut l = letter(
         "billing.charge",
         DeadLetterReason::HandlerFailed,
@@ -288,7 +288,7 @@ async fn replay_sets_headers_resets_delivery_and_removes_entries() {
 
 #[tokio::test]
 async fn replay_filtered_keep_and_failures() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     for t in ["a.x", "a.y", "b.x"] {
         q.put(letter(t, DeadLetterReason::HandlerFailed, "e", "h"));
     }
@@ -393,7 +393,7 @@ async fn dlq_survives_restart_and_replay_processes_each_message_once() {
 async fn queues_work_as_trait_objects() {
     let dir = tempfile::tempdir().unwrap();
     let queues: Vec<Arc<dyn DeadLetterQueue>> = vec![
-        Arc::new(InMemoryDeadLetterQueue::new(10)),
+        Arc::new(InMemoryDeadLetters::new(10)),
         Arc::new(
             FileDeadLetterQueue::open(dir.path().join("q.jsonl"), FileDlqOptions::default())
                 .unwrap(),
