@@ -429,7 +429,11 @@ mod tests {
             assert!(d <= b.cap(failed), "{d:?} > cap {:?}", b.cap(failed));
             distinct.insert(d);
         }
-        assert!(distinct.len() > 150, "jitter barely varies: {}", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "jitter barely varies: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -438,10 +442,18 @@ mod tests {
         let mut distinct = HashSet::new();
         for failed in (1..8).cycle().take(200) {
             let (d, cap) = (b.delay_for(failed), b.cap(failed));
-            assert!(d >= cap / 2 && d <= cap, "{d:?} outside {:?}..={cap:?}", cap / 2);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} outside {:?}..={cap:?}",
+                cap / 2
+            );
             distinct.insert(d);
         }
-        assert!(distinct.len() > 150, "jitter barely varies: {}", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "jitter barely varies: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -466,7 +478,11 @@ mod tests {
         // A clone continues the same generator rather than replaying it.
         let fresh = RetryPolicy::default().seed(42);
         let first = fresh.delay_for(5);
-        assert_ne!(fresh.clone().delay_for(5), first, "clone replayed the sequence");
+        assert_ne!(
+            fresh.clone().delay_for(5),
+            first,
+            "clone replayed the sequence"
+        );
     }
 
     #[test]

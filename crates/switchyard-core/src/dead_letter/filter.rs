@@ -1,8 +1,8 @@
 use std::time::SystemTime;
 
-use smol_str::SmolStr;
 use super::{DeadLetter, DeadLetterReason};
 use crate::topic::Pattern;
+use smol_str::SmolStr;
 
 /// Which dead letters an operation applies to. Every field left `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -4,13 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
+use smol_str::SmolStr;
 
 use super::{DeadLetter, DeadLetterFilter, DeadLetterSink};
 use crate::envelope::MessageId;
 
-/// A bounded in-memory dead-letter store: entries in arrival order, one per message id (a
-/// message dead-lettered again replaces its older entry); when full, the oldest entry is
-/// evicted and counted.
+/// A bounded in-memory dead-letter store: entries in arrival order, one per message and
+/// handler (a message dead-lettered again by the same handler, say after a failed replay,
+/// replaces its older entry; the copies two subscriptions gave up on are two entries); when
+/// full, the oldest entry is evicted and counted.
 ///
 /// It is the bus's default sink ([`DeadLetterSink`]), the pipeline runner's, and, through
 /// `switchyard_middleware::dlq::DeadLetterQueue` (implemented there), a store that can be
@@ -42,49 +44,83 @@ struct Bounds {
     entries: Option<usize>,
 }
 
-/// Entries in insertion order, one per message id.
+/// Entries in insertion order, one per (message id, handler).
 #[derive(Debug, Default)]
 struct Entries {
     by_seq: BTreeMap<u64, DeadLetter>,
-    seq_of: HashMap<MessageId, u64>,
+    /// Per message id: the handler and sequence number of each of its entries.
+    seq_of: HashMap<MessageId, Vec<(Option<SmolStr>, u64)>>,
     next: u64,
     bounds: Bounds,
     evicted: u64,
 }
 
 impl Entries {
-    /// Inserts (replacing an entry of the same message); returns the ids evicted to make room.
-    fn insert(&mut self, letter: DeadLetter) -> Vec<MessageId> {
+    /// Inserts (replacing the entry of the same message and handler); returns the entries
+    /// evicted to make room.
+    fn insert(&mut self, letter: DeadLetter) -> Vec<DeadLetter> {
         let id = letter.envelope.id;
-        self.take(id);
+        let handler = letter.handler.clone();
+        if let Some(seq) = self.unlink(id, |(h, _)| *h == handler) {
+            self.by_seq.remove(&seq);
+        }
         let evicted = self.make_room();
         self.next += 1;
         self.by_seq.insert(self.next, letter);
-        self.seq_of.insert(id, self.next);
+        self.seq_of
+            .entry(id)
+            .or_default()
+            .push((handler, self.next));
         evicted
     }
 
+    /// Forgets the first entry of `id` that `which` picks (from its handler and sequence
+    /// number); returns its sequence number. The entry itself stays in `by_seq`.
+    fn unlink(
+        &mut self,
+        id: MessageId,
+        which: impl Fn(&(Option<SmolStr>, u64)) -> bool,
+    ) -> Option<u64> {
+        let seqs = self.seq_of.get_mut(&id)?;
+        let at = seqs.iter().position(which)?;
+        let (_, seq) = seqs.swap_remove(at);
+        if seqs.is_empty() {
+            self.seq_of.remove(&id);
+        }
+        Some(seq)
+    }
+
     /// Evicts the oldest entries until one more fits in the bounds.
-    fn make_room(&mut self) -> Vec<MessageId> {
+    fn make_room(&mut self) -> Vec<DeadLetter> {
         let mut evicted = Vec::new();
         while self
             .bounds
             .entries
             .is_some_and(|cap| self.by_seq.len() >= cap)
         {
-            let Some((_, oldest)) = self.by_seq.pop_first() else {
+            let Some((seq, oldest)) = self.by_seq.pop_first() else {
                 break;
             };
-            self.seq_of.remove(&oldest.envelope.id);
+            self.unlink(oldest.envelope.id, |(_, s)| *s == seq);
             self.evicted += 1;
-            evicted.push(oldest.envelope.id);
+            evicted.push(oldest);
         }
         evicted
     }
 
-    fn take(&mut self, id: MessageId) -> Option<DeadLetter> {
-        let seq = self.seq_of.remove(&id)?;
-        self.by_seq.remove(&seq)
+    /// Removes every entry of `id`, oldest first.
+    fn take(&mut self, id: MessageId) -> Vec<DeadLetter> {
+        let mut seqs = self.seq_of.remove(&id).unwrap_or_default();
+        seqs.sort_unstable_by_key(|(_, seq)| *seq);
+        seqs.iter()
+            .filter_map(|(_, seq)| self.by_seq.remove(seq))
+            .collect()
+    }
+
+    /// The newest entry of `id`.
+    fn get(&self, id: MessageId) -> Option<&DeadLetter> {
+        let seq = self.seq_of.get(&id)?.iter().map(|(_, seq)| *seq).max()?;
+        self.by_seq.get(&seq)
     }
 
     fn matching(&self, filter: &DeadLetterFilter) -> impl Iterator<Item = &DeadLetter> {
@@ -120,9 +156,9 @@ impl InMemoryDeadLetters {
         self.entries.lock()
     }
 
-    /// Stores `letter` like [`put`](DeadLetterSink::put) and returns the ids of the entries
-    /// evicted to make room for it (for a store that mirrors its changes elsewhere).
-    pub fn insert(&self, letter: DeadLetter) -> Vec<MessageId> {
+    /// Stores `letter` like [`put`](DeadLetterSink::put) and returns the entries evicted to
+    /// make room for it (for a store that mirrors its changes elsewhere).
+    pub fn insert(&self, letter: DeadLetter) -> Vec<DeadLetter> {
         self.total.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(letter)
     }
@@ -141,27 +177,42 @@ impl InMemoryDeadLetters {
             .collect()
     }
 
-    /// The entry for one message id, if present.
+    /// The newest entry of one message id, if present.
     pub fn get(&self, id: MessageId) -> Option<DeadLetter> {
-        let entries = self.lock();
-        entries
-            .seq_of
-            .get(&id)
-            .and_then(|seq| entries.by_seq.get(seq))
-            .cloned()
+        self.lock().get(id).cloned()
     }
 
-    /// Removes and returns the entry of one message id, if present.
-    pub fn take(&self, id: MessageId) -> Option<DeadLetter> {
+    /// Removes and returns every entry of one message id (one per handler that gave up on
+    /// it), oldest first.
+    pub fn take(&self, id: MessageId) -> Vec<DeadLetter> {
         self.lock().take(id)
+    }
+
+    /// Removes and returns the one entry of message `id` that `handler` gave up on.
+    pub fn take_one(&self, id: MessageId, handler: Option<&str>) -> Option<DeadLetter> {
+        let mut entries = self.lock();
+        let seq = entries.unlink(id, |(h, _)| h.as_deref() == handler)?;
+        entries.by_seq.remove(&seq)
     }
 
     /// Removes every entry matching `filter` (its `limit` is ignored) and returns them,
     /// oldest first.
     pub fn take_matching(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
         let mut entries = self.lock();
-        let ids: Vec<MessageId> = entries.matching(filter).map(|l| l.envelope.id).collect();
-        ids.into_iter().filter_map(|id| entries.take(id)).collect()
+        let seqs: Vec<u64> = entries
+            .by_seq
+            .iter()
+            .filter(|(_, l)| filter.matches(l))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut taken = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(letter) = entries.by_seq.remove(&seq) {
+                entries.unlink(letter.envelope.id, |(_, s)| *s == seq);
+                taken.push(letter);
+            }
+        }
+        taken
     }
 
     /// Removes and returns every entry, oldest first.
@@ -216,17 +267,38 @@ mod tests {
     }
 
     #[test]
-    fn the_same_message_again_replaces_its_entry_at_the_back() {
+    fn the_same_message_and_handler_again_replaces_its_entry_at_the_back() {
         let store = InMemoryDeadLetters::new(10);
         let first = letter("a.b", "h");
         store.put(first.clone());
         store.put(letter("a.c", "h"));
-        store.put(first.clone().with_handler("again"));
+        let mut again = first.clone();
+        again.error = "again".into();
+        store.put(again);
         let list = store.list();
         assert_eq!(list.len(), 2);
         assert_eq!(list[1].envelope.id, first.envelope.id);
-        assert_eq!(list[1].handler.as_deref(), Some("again"));
+        assert_eq!(list[1].error, "again");
         assert_eq!(store.total(), 3);
+    }
+
+    #[test]
+    fn copies_another_handler_gave_up_on_are_kept() {
+        let store = InMemoryDeadLetters::new(10);
+        let high = letter("a.b", "high");
+        let low = high.clone().with_handler("low");
+        store.put(high.clone());
+        store.put(low);
+        assert_eq!(store.len(), 2);
+        assert_eq!(
+            store.get(high.envelope.id).and_then(|l| l.handler),
+            Some("low".into()),
+            "get returns the newest"
+        );
+        let taken = store.take(high.envelope.id);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].handler.as_deref(), Some("high"), "oldest first");
+        assert!(store.is_empty());
     }
 
     #[test]
@@ -235,7 +307,9 @@ mod tests {
         let (a, b, c) = (letter("a.a", "h"), letter("a.b", "h"), letter("a.c", "h"));
         assert!(store.insert(a.clone()).is_empty());
         assert!(store.insert(b).is_empty());
-        assert_eq!(store.insert(c), vec![a.envelope.id]);
+        let evicted = store.insert(c);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].envelope.id, a.envelope.id);
         assert_eq!((store.len(), store.evicted()), (2, 1));
         let unbounded = InMemoryDeadLetters::unbounded();
         for _ in 0..100 {
@@ -255,9 +329,13 @@ mod tests {
         assert_eq!(store.select(&billing.clone().limit(2)).len(), 2);
         let one = store.list()[1].envelope.id;
         assert!(store.get(one).is_some());
-        assert_eq!(store.take(one).map(|l| l.envelope.id), Some(one));
-        assert!(store.take(one).is_none());
-        assert_eq!(store.take_matching(&billing).len(), 3);
+        assert_eq!(store.take(one).len(), 1);
+        assert!(store.take(one).is_empty());
+        let two = store.list()[1].clone();
+        assert!(store.take_one(two.envelope.id, Some("other")).is_none());
+        assert_eq!(store.take_one(two.envelope.id, Some("h")), Some(two));
+        assert_eq!(store.take_matching(&billing).len(), 2);
+        assert!(store.select(&billing).is_empty());
         assert_eq!(store.drain().len(), 2);
         assert!(store.is_empty());
     }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
 
 use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters, OpenDlqError};
@@ -38,8 +39,33 @@ impl Default for FileDlqOptions {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Record {
-    Put { letter: Box<DeadLetter> },
-    Remove { id: MessageId },
+    Put {
+        letter: Box<DeadLetter>,
+    },
+    /// Removes every entry of `id`, or with `only`, the one entry of `id` by that handler.
+    Remove {
+        id: MessageId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        only: Option<Only>,
+    },
+}
+
+/// Which handler's entry a `Remove` record is about.
+#[derive(Debug, Serialize, Deserialize)]
+struct Only {
+    handler: Option<SmolStr>,
+}
+
+impl Record {
+    /// Removes exactly this entry (the message, by the handler that gave up on it).
+    fn remove_entry(letter: &DeadLetter) -> Self {
+        Self::Remove {
+            id: letter.envelope.id,
+            only: Some(Only {
+                handler: letter.handler.clone(),
+            }),
+        }
+    }
 }
 
 struct State {
@@ -117,8 +143,11 @@ impl FileDeadLetterQueue {
                         Ok(Record::Put { letter }) => {
                             index.insert(*letter);
                         }
-                        Ok(Record::Remove { id }) => {
+                        Ok(Record::Remove { id, only: None }) => {
                             index.take(id);
+                        }
+                        Ok(Record::Remove { id, only: Some(o) }) => {
+                            index.take_one(id, o.handler.as_deref());
                         }
                         Err(e) => {
                             skipped += 1;
@@ -230,7 +259,7 @@ impl DeadLetterSink for FileDeadLetterQueue {
         };
         let evicted = st.index.insert(letter);
         let mut records = vec![record];
-        records.extend(evicted.iter().map(|&id| Record::Remove { id }));
+        records.extend(evicted.iter().map(Record::remove_entry));
         if let Err(e) = self.write(&mut st, &records) {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
             ::tracing::error!(path = %self.path.display(), error = %e, "dead-letter journal write failed");
@@ -253,26 +282,21 @@ impl DeadLetterQueue for FileDeadLetterQueue {
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
         let mut st = self.lock();
-        if st.index.take(id).is_none() {
+        if st.index.take(id).is_empty() {
             return Ok(false);
         }
         record::dlq_size(st.index.len());
-        self.write(&mut st, &[Record::Remove { id }])?;
+        self.write(&mut st, &[Record::Remove { id, only: None }])?;
         Ok(true)
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         let mut st = self.lock();
-        let ids: Vec<MessageId> = st
-            .index
-            .take_matching(filter)
-            .iter()
-            .map(|l| l.envelope.id)
-            .collect();
+        let taken = st.index.take_matching(filter);
         record::dlq_size(st.index.len());
-        let records: Vec<Record> = ids.iter().map(|&id| Record::Remove { id }).collect();
+        let records: Vec<Record> = taken.iter().map(Record::remove_entry).collect();
         self.write(&mut st, &records)?;
-        Ok(ids.len())
+        Ok(taken.len())
     }
 
     fn len(&self) -> usize {

@@ -14,7 +14,7 @@ impl DeadLetterQueue for InMemoryDeadLetters {
     }
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
-        Ok(self.take(id).is_some())
+        Ok(!self.take(id).is_empty())
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {

@@ -53,11 +53,11 @@ mod replay;
 
 pub use error::{DlqWriteError, OpenDlqError, ReplayError};
 pub use file::{FileDeadLetterQueue, FileDlqOptions};
-pub use switchyard_core::{DeadLetterFilter, InMemoryDeadLetters};
 pub use replay::{
     PublisherRepublish, REPLAY_COUNT, REPLAYED_FROM, ReplayFailure, ReplayReport, Replayer,
     Republish, replay_envelope,
 };
+pub use switchyard_core::{DeadLetterFilter, InMemoryDeadLetters};
 
 use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, MessageId};
 

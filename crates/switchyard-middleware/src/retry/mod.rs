@@ -52,7 +52,7 @@ mod service;
 pub use classify::{Classifier, Retryable, Transient};
 pub use error::{RetryError, RetryErrorKind, RetryRequested};
 pub use layer::RetryLayer;
-pub use switchyard_core::retry::{Backoff, Classify, Jitter, RetryPolicy};
 pub use service::Retry;
 pub(crate) use service::{Verdict, back_off, judge};
 pub use switchyard_core::Permanent;
+pub use switchyard_core::retry::{Backoff, Classify, Jitter, RetryPolicy};

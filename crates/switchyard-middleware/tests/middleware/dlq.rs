@@ -8,8 +8,8 @@ use switchyard_core::{
 };
 use switchyard_middleware::dedup::{DedupConfig, DedupLayer};
 use switchyard_middleware::dlq::{
-    DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions,
-    InMemoryDeadLetters, REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
+    DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
+    REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
 };
 use switchyard_middleware::retry::{Permanent, RetryLayer, RetryPolicy};
 use tower::util::BoxCloneSyncService;
@@ -146,7 +146,11 @@ fn same_message_twice_is_one_entry_with_the_newer_story() {
     assert_eq!(q.get(first.envelope.id).unwrap().error, "second");
     // The replaced entry moved to the end.
     assert_eq!(
-        q.select(&DeadLetterFilter::new()).last().unwrap().envelope.id,
+        q.select(&DeadLetterFilter::new())
+            .last()
+            .unwrap()
+            .envelope
+            .id,
         first.envelope.id
     );
 }
@@ -443,4 +447,39 @@ fn fsync_mode_and_explicit_compaction() {
         .map(|l| l.envelope.id)
         .collect();
     assert_eq!(ids, vec![letters[0].envelope.id, letters[1].envelope.id]);
+}
+
+#[test]
+fn two_handlers_copies_of_one_message_are_two_entries_in_memory_and_on_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.jsonl");
+    let options = FileDlqOptions {
+        capacity: Some(2),
+        ..FileDlqOptions::default()
+    };
+    let high = letter("a.b", DeadLetterReason::Shutdown, "late", "high");
+    let low = high.clone().with_handler("low");
+    let memory = InMemoryDeadLetters::new(10);
+    memory.put(high.clone());
+    memory.put(low.clone());
+    assert_eq!(memory.len(), 2, "one entry per handler");
+    {
+        let q = FileDeadLetterQueue::open(&path, options.clone()).unwrap();
+        q.put(high.clone());
+        q.put(low.clone());
+        // Evicts high's entry only.
+        q.put(letter("a.c", DeadLetterReason::Rejected, "other", "h"));
+        assert_eq!(q.len(), 2);
+    }
+    let q = FileDeadLetterQueue::open(&path, options).unwrap();
+    let handlers: Vec<_> = q
+        .list(&DeadLetterFilter::new())
+        .into_iter()
+        .map(|l| l.handler.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        handlers,
+        ["low", "h"],
+        "the eviction removed only high's copy"
+    );
 }
