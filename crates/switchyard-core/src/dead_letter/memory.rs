@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 use smol_str::SmolStr;
 
-use super::{DeadLetter, DeadLetterFilter, DeadLetterSink};
+use super::{DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterSink};
 use crate::envelope::MessageId;
 
 /// A bounded in-memory dead-letter store: entries in arrival order, one per message and
 /// handler (a message dead-lettered again by the same handler, say after a failed replay,
-/// replaces its older entry; the copies two subscriptions gave up on are two entries); when
-/// full, the oldest entry is evicted and counted.
+/// replaces its older entry; the copies two subscriptions gave up on are two entries),
+/// bounded in entries and in bytes; when either bound is passed, the oldest entries are
+/// evicted and counted ([`evicted`](Self::evicted), [`evicted_bytes`](Self::evicted_bytes)).
+/// A letter's size is its payload, headers, topic and error text ([`DeadLetter::size`]).
 ///
 /// It is the bus's default sink ([`DeadLetterSink`]), the pipeline runner's, and, through
 /// `switchyard_middleware::dlq::DeadLetterQueue` (implemented there), a store that can be
@@ -36,12 +38,22 @@ pub struct InMemoryDeadLetters {
     total: AtomicU64,
 }
 
-/// How much the store may hold. Issue #17's byte bound belongs here, next to the entry count,
-/// and is enforced in [`Entries::make_room`].
-#[derive(Debug, Clone, Copy, Default)]
+/// How much the store may hold; enforced in [`Entries::make_room`].
+#[derive(Debug, Clone, Copy)]
 struct Bounds {
     /// At most this many entries (`None`: unbounded).
     entries: Option<usize>,
+    /// At most this many bytes ([`DeadLetter::size`]), the newest letter aside.
+    bytes: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            entries: None,
+            bytes: usize::MAX,
+        }
+    }
 }
 
 /// Entries in insertion order, one per (message id, handler).
@@ -52,7 +64,10 @@ struct Entries {
     seq_of: HashMap<MessageId, Vec<(Option<SmolStr>, u64)>>,
     next: u64,
     bounds: Bounds,
+    /// The sum of the entries' [`DeadLetter::size`].
+    bytes: usize,
     evicted: u64,
+    evicted_bytes: u64,
 }
 
 impl Entries {
@@ -62,10 +77,11 @@ impl Entries {
         let id = letter.envelope.id;
         let handler = letter.handler.clone();
         if let Some(seq) = self.unlink(id, |(h, _)| *h == handler) {
-            self.by_seq.remove(&seq);
+            self.remove_seq(seq);
         }
-        let evicted = self.make_room();
+        let evicted = self.make_room(letter.size());
         self.next += 1;
+        self.bytes = self.bytes.saturating_add(letter.size());
         self.by_seq.insert(self.next, letter);
         self.seq_of
             .entry(id)
@@ -90,19 +106,34 @@ impl Entries {
         Some(seq)
     }
 
-    /// Evicts the oldest entries until one more fits in the bounds.
-    fn make_room(&mut self) -> Vec<DeadLetter> {
+    /// Removes the entry with sequence number `seq` from `by_seq` and its size from `bytes`
+    /// (the caller unlinks it from `seq_of`).
+    fn remove_seq(&mut self, seq: u64) -> Option<DeadLetter> {
+        let letter = self.by_seq.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(letter.size());
+        Some(letter)
+    }
+
+    /// Evicts the oldest entries until one more, of `size` bytes, fits in the bounds (an empty
+    /// store takes any letter: the newest is always kept).
+    fn make_room(&mut self, size: usize) -> Vec<DeadLetter> {
         let mut evicted = Vec::new();
-        while self
-            .bounds
-            .entries
-            .is_some_and(|cap| self.by_seq.len() >= cap)
+        while !self.by_seq.is_empty()
+            && (self
+                .bounds
+                .entries
+                .is_some_and(|cap| self.by_seq.len() >= cap)
+                || self.bytes.saturating_add(size) > self.bounds.bytes)
         {
-            let Some((seq, oldest)) = self.by_seq.pop_first() else {
+            let Some(&seq) = self.by_seq.keys().next() else {
+                break;
+            };
+            let Some(oldest) = self.remove_seq(seq) else {
                 break;
             };
             self.unlink(oldest.envelope.id, |(_, s)| *s == seq);
             self.evicted += 1;
+            self.evicted_bytes = self.evicted_bytes.saturating_add(oldest.size() as u64);
             evicted.push(oldest);
         }
         evicted
@@ -113,7 +144,7 @@ impl Entries {
         let mut seqs = self.seq_of.remove(&id).unwrap_or_default();
         seqs.sort_unstable_by_key(|(_, seq)| *seq);
         seqs.iter()
-            .filter_map(|(_, seq)| self.by_seq.remove(seq))
+            .filter_map(|(_, seq)| self.remove_seq(*seq))
             .collect()
     }
 
@@ -129,10 +160,33 @@ impl Entries {
 }
 
 impl InMemoryDeadLetters {
-    /// A store holding at most `capacity` entries (at least 1).
+    /// A store holding at most `capacity` entries (at least 1) and
+    /// [`DEFAULT_DEAD_LETTER_BYTES`].
     pub fn new(capacity: usize) -> Self {
+        Self::bounded(capacity, DEFAULT_DEAD_LETTER_BYTES)
+    }
+
+    /// A store holding at most `capacity` entries (at least 1) and `max_bytes` bytes (see
+    /// [`DeadLetter::size`]; `usize::MAX`: no byte bound). The newest letter is always kept,
+    /// so it holds at most `max_bytes` plus one letter (which the bus's `max_message_bytes`
+    /// bounds).
+    ///
+    /// ```
+    /// use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, InMemoryDeadLetters, Topic};
+    /// let dlq = InMemoryDeadLetters::bounded(100, 2_500);
+    /// for _ in 0..3 {
+    ///     let env = Envelope::new(Topic::new("a.b")?, vec![0u8; 1_000]);
+    ///     dlq.put(DeadLetter::new(env, DeadLetterReason::Rejected, "no"));
+    /// }
+    /// assert_eq!(dlq.len(), 2, "a third 1 kB letter would pass 2.5 kB");
+    /// assert_eq!(dlq.evicted(), 1);
+    /// assert!(dlq.bytes() <= 2_500);
+    /// # Ok::<(), switchyard_core::TopicError>(())
+    /// ```
+    pub fn bounded(capacity: usize, max_bytes: usize) -> Self {
         Self::with_bounds(Bounds {
             entries: Some(capacity.max(1)),
+            bytes: max_bytes,
         })
     }
 
@@ -192,7 +246,7 @@ impl InMemoryDeadLetters {
     pub fn take_one(&self, id: MessageId, handler: Option<&str>) -> Option<DeadLetter> {
         let mut entries = self.lock();
         let seq = entries.unlink(id, |(h, _)| h.as_deref() == handler)?;
-        entries.by_seq.remove(&seq)
+        entries.remove_seq(seq)
     }
 
     /// Removes every entry matching `filter` (its `limit` is ignored) and returns them,
@@ -207,7 +261,7 @@ impl InMemoryDeadLetters {
             .collect();
         let mut taken = Vec::with_capacity(seqs.len());
         for seq in seqs {
-            if let Some(letter) = entries.by_seq.remove(&seq) {
+            if let Some(letter) = entries.remove_seq(seq) {
                 entries.unlink(letter.envelope.id, |(_, s)| *s == seq);
                 taken.push(letter);
             }
@@ -219,6 +273,7 @@ impl InMemoryDeadLetters {
     pub fn drain(&self) -> Vec<DeadLetter> {
         let mut entries = self.lock();
         entries.seq_of.clear();
+        entries.bytes = 0;
         std::mem::take(&mut entries.by_seq).into_values().collect()
     }
 
@@ -232,9 +287,24 @@ impl InMemoryDeadLetters {
         self.len() == 0
     }
 
-    /// Entries evicted because the store was full.
+    /// Bytes held now (the sum of [`DeadLetter::size`]).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The byte bound (`usize::MAX` when there is none).
+    pub fn max_bytes(&self) -> usize {
+        self.lock().bounds.bytes
+    }
+
+    /// Entries evicted because the store was full (in entries or in bytes).
     pub fn evicted(&self) -> u64 {
         self.lock().evicted
+    }
+
+    /// Bytes of the entries evicted because a bound was passed.
+    pub fn evicted_bytes(&self) -> u64 {
+        self.lock().evicted_bytes
     }
 
     /// Entries ever received (replacements and evicted ones included).
@@ -338,5 +408,67 @@ mod tests {
         assert!(store.select(&billing).is_empty());
         assert_eq!(store.drain().len(), 2);
         assert!(store.is_empty());
+    }
+
+    fn sized(payload: usize) -> DeadLetter {
+        let env = Envelope::new(Topic::new("a.b").expect("topic"), vec![0u8; payload]);
+        DeadLetter::new(env, DeadLetterReason::HandlerFailed, "boom")
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_the_oldest_and_counts_what_went() {
+        let one = sized(1_000).size();
+        let dlq = InMemoryDeadLetters::bounded(1_000, 3 * one);
+        for _ in 0..10 {
+            dlq.put(sized(1_000));
+            assert!(dlq.bytes() <= 3 * one, "{} > {}", dlq.bytes(), 3 * one);
+        }
+        assert_eq!(dlq.len(), 3);
+        assert_eq!(dlq.total(), 10);
+        assert_eq!(dlq.evicted(), 7);
+        assert_eq!(dlq.evicted_bytes(), 7 * one as u64);
+        assert_eq!(dlq.bytes(), 3 * one);
+        let first = dlq.list()[0].envelope.id;
+        dlq.take(first);
+        assert_eq!(dlq.bytes(), 2 * one, "taking an entry gives its bytes back");
+        dlq.drain();
+        assert_eq!((dlq.len(), dlq.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_letter_larger_than_the_bound_is_kept_alone() {
+        let dlq = InMemoryDeadLetters::bounded(10, 500);
+        dlq.put(sized(100));
+        dlq.put(sized(100));
+        dlq.put(sized(5_000));
+        assert_eq!(
+            dlq.len(),
+            1,
+            "the newest letter stays, everything older goes"
+        );
+        assert_eq!(dlq.list()[0].envelope.payload.len(), 5_000);
+        assert_eq!(dlq.evicted(), 2);
+        // The next small one pushes the big one out.
+        dlq.put(sized(100));
+        assert_eq!(dlq.len(), 1);
+        assert_eq!(dlq.list()[0].envelope.payload.len(), 100);
+    }
+
+    #[test]
+    fn the_entry_bound_still_applies_and_the_default_is_sixty_four_mib() {
+        let dlq = InMemoryDeadLetters::new(2);
+        assert_eq!(dlq.max_bytes(), DEFAULT_DEAD_LETTER_BYTES);
+        for _ in 0..5 {
+            dlq.put(sized(1));
+        }
+        assert_eq!((dlq.len(), dlq.evicted()), (2, 3));
+        assert_eq!(dlq.bytes(), 2 * sized(1).size());
+        let replaced = dlq.list()[0].clone();
+        dlq.put(replaced);
+        assert_eq!(
+            dlq.bytes(),
+            2 * sized(1).size(),
+            "a replaced entry's bytes are not counted twice"
+        );
     }
 }

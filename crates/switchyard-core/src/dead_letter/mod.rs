@@ -80,6 +80,26 @@ impl DeadLetter {
     }
 }
 
+/// The default byte bound of [`InMemoryDeadLetters`]: 64 MiB.
+pub const DEFAULT_DEAD_LETTER_BYTES: usize = 64 * 1024 * 1024;
+
+impl DeadLetter {
+    /// What this letter weighs in a store: payload, header names and values, topic and
+    /// error text, in bytes.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .envelope
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.envelope.payload.len()
+            + headers
+            + self.envelope.topic.as_str().len()
+            + self.error.len()
+    }
+}
+
 /// Receives dead letters. Must not block for long: it is called from bus workers.
 pub trait DeadLetterSink: Send + Sync + 'static {
     /// Stores one dead letter.

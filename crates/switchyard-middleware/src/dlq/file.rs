@@ -119,7 +119,9 @@ impl FileDeadLetterQueue {
         }
         let index = options
             .capacity
-            .map_or_else(InMemoryDeadLetters::unbounded, InMemoryDeadLetters::new);
+            .map_or_else(InMemoryDeadLetters::unbounded, |cap| {
+                InMemoryDeadLetters::bounded(cap, usize::MAX)
+            });
         let mut records = 0usize;
         let mut skipped = 0u64;
         let mut ends_with_newline = true;
