@@ -464,7 +464,7 @@ fn two_handlers_copies_of_one_message_are_two_entries_in_memory_and_on_file() {
     memory.put(low.clone());
     assert_eq!(memory.len(), 2, "one entry per handler");
     {
-        let q = FileDeadLetterQueue::open(&path, options.clone()).unwrap();
+        let q = FileDeadLetterQueue::open(&path, options).unwrap();
         q.put(high.clone());
         q.put(low.clone());
         // Evicts high's entry only.
