@@ -2,7 +2,7 @@
 //!
 //! The small, stable contract every part of switchyard shares: the [`Envelope`], validated
 //! [`Topic`]s and [`Pattern`]s, the handler [`Outcome`], typed [`Message`]s, the error enums,
-//! the dead-letter sink and the transport traits.
+//! the dead-letter sink and store, the retry policy and the transport traits.
 //!
 //! Applications depend on the `switchyard` facade crate, which re-exports all of this.
 #![forbid(unsafe_code)]
@@ -12,11 +12,13 @@ pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod outcome;
+pub mod retry;
 pub mod topic;
 pub mod transport;
 
 pub use dead_letter::{
-    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterReason, DeadLetterSink, InMemoryDeadLetters,
+    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterSink,
+    InMemoryDeadLetters,
 };
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
@@ -27,6 +29,7 @@ pub use error::{
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;
+pub use retry::{Backoff, Classify, Jitter, RetryPolicy};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{
     AckHandle, BoxFuture, Capabilities, Delivery, DeliveryStream, Publisher, Subscriber,

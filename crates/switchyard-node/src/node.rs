@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use switchyard::{BoxHandler, Bus, boxed};
 use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
-    DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetterQueue,
+    DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
 };
 use switchyard_middleware::metrics::MetricsRegistry;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
@@ -315,7 +315,7 @@ fn open_dead_letters(config: &NodeConfig) -> Result<Arc<dyn DeadLetterQueue>, No
                 .map_err(|e| NodeError::DeadLetters(e.to_string()))?;
             Arc::new(dlq)
         }
-        _ => Arc::new(InMemoryDeadLetterQueue::new(capacity)),
+        _ => Arc::new(InMemoryDeadLetters::new(capacity)),
     })
 }
 

@@ -43,8 +43,8 @@ pub use runner::{
 };
 pub use shutdown::{ShutdownSignal, shutdown_signal};
 pub use stage::{
-    FnStage, MapStage, Named, Retry, RetryPolicy, ServiceStage, Stage, StageExt, Timeout, map_fn,
-    service_stage, stage_fn,
+    Backoff, FnStage, Jitter, MapStage, Named, Retry, RetryPolicy, ServiceStage, Stage, StageExt,
+    Timeout, map_fn, retry_on, service_stage, stage_fn, transient,
 };
 
 /// docs/pipelines.md, compiled as doc tests so its examples cannot rot (its ZeroMQ example

@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use crate::error::{StageError, StageErrorKind, short_type_name};
+pub use switchyard_core::retry::{Backoff, Classify, Jitter, RetryPolicy};
 
 /// One step of a pipeline: turns an `In` into an `Out`, or fails.
 ///
@@ -165,63 +166,36 @@ where
     }
 }
 
-/// When to retry and how long to wait between attempts. Defaults: 3 attempts, 10 ms initial
-/// delay doubling up to 1 s, retrying `Timeout`, `Io` and `Unavailable` errors only.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in total, the first included (at least 1).
-    pub max_attempts: u32,
-    /// Delay before the second attempt.
-    pub initial_delay: Duration,
-    /// Upper bound of the delay.
-    pub max_delay: Duration,
-    /// Which errors are worth another attempt.
-    pub retry_on: fn(&StageError) -> bool,
+/// Which stage errors are worth another attempt when the policy has no classifier of its own:
+/// the transient kinds, `Timeout`, `Io` and `Unavailable`.
+pub fn transient(e: &StageError) -> bool {
+    matches!(
+        e.kind,
+        StageErrorKind::Timeout | StageErrorKind::Io | StageErrorKind::Unavailable
+    )
 }
 
-impl RetryPolicy {
-    /// The default policy with `max_attempts` attempts.
-    pub fn attempts(max_attempts: u32) -> Self {
-        Self {
-            max_attempts: max_attempts.max(1),
-            ..Self::default()
-        }
-    }
-
-    /// Sets the initial delay.
-    pub fn initial_delay(mut self, d: Duration) -> Self {
-        self.initial_delay = d;
-        self
-    }
-
-    /// Sets the predicate deciding which errors are retried.
-    pub fn retry_on(mut self, f: fn(&StageError) -> bool) -> Self {
-        self.retry_on = f;
-        self
-    }
-
-    /// The default classification: transient kinds only.
-    pub fn transient(e: &StageError) -> bool {
-        matches!(
-            e.kind,
-            StageErrorKind::Timeout | StageErrorKind::Io | StageErrorKind::Unavailable
-        )
-    }
+/// A [`RetryPolicy`] classifier deciding on stage errors with `f` (for
+/// [`RetryPolicy::classifier`]); any other error is not retried.
+///
+/// ```
+/// use switchyard_pipeline::{retry_on, RetryPolicy, StageErrorKind};
+/// let policy = RetryPolicy::attempts(4).classifier(retry_on(|e| e.kind == StageErrorKind::Io));
+/// # let _ = policy;
+/// ```
+pub fn retry_on(f: fn(&StageError) -> bool) -> impl Classify {
+    move |e: &(dyn std::error::Error + 'static)| e.downcast_ref::<StageError>().is_some_and(f)
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_delay: Duration::from_millis(10),
-            max_delay: Duration::from_secs(1),
-            retry_on: Self::transient,
-        }
-    }
+/// The default classification of a stage's retry: [`transient`] stage errors.
+fn transient_stage_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<StageError>().is_some_and(transient)
 }
 
-/// Retries the inner stage on errors the policy deems transient, with exponential backoff. The
-/// input must be `Clone` (each attempt consumes one copy). Build with [`StageExt::with_retry`].
+/// Retries the inner stage on errors the policy deems worth it ([`transient`] ones unless the
+/// policy has a classifier), waiting the policy's backoff (`switchyard_core::retry`) between
+/// attempts. The input must be `Clone` (each attempt consumes one copy). Build with
+/// [`StageExt::with_retry`].
 #[derive(Debug, Clone)]
 pub struct Retry<S> {
     inner: S,
@@ -243,15 +217,17 @@ where
     }
 
     async fn run(&mut self, input: In) -> Result<Out, StageError> {
-        let mut delay = self.policy.initial_delay;
         let mut attempt = 1;
         loop {
             match self.inner.run(input.clone()).await {
                 Ok(out) => return Ok(out),
-                Err(e) if attempt < self.policy.max_attempts && (self.policy.retry_on)(&e) => {
-                    tracing::debug!(attempt, error = %e, "stage failed; retrying");
+                Err(e)
+                    if attempt < self.policy.get_max_attempts()
+                        && self.policy.is_retryable(&e, &transient_stage_error) =>
+                {
+                    let delay = self.policy.delay_for(attempt);
+                    tracing::debug!(attempt, error = %e, delay_ms = delay.as_millis() as u64, "stage failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.policy.max_delay);
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -350,7 +326,7 @@ pub trait StageExt: Sized {
         Timeout { inner: self, limit }
     }
 
-    /// Retries transient failures under `policy`.
+    /// Retries failures under `policy` (transient ones unless it has a classifier).
     fn with_retry(self, policy: RetryPolicy) -> Retry<Self> {
         Retry {
             inner: self,
@@ -451,5 +427,31 @@ mod tests {
         .with_retry(RetryPolicy::attempts(5));
         assert!(bad.run(1).await.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_waits_the_policys_backoff_and_asks_its_classifier() {
+        let start = tokio::time::Instant::now();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut picky = stage_fn("picky", move |_: u32| {
+            let _ = tx.send(start.elapsed());
+            async { Err::<u32, _>(StageError::invalid("bad row")) }
+        })
+        .with_retry(
+            RetryPolicy::attempts(3)
+                .initial_delay(Duration::from_secs(1))
+                .jitter(Jitter::None)
+                .classifier(retry_on(|e| e.kind == StageErrorKind::Invalid)),
+        );
+        assert!(picky.run(1).await.is_err());
+        let mut at = Vec::new();
+        while let Ok(t) = rx.try_recv() {
+            at.push(t.as_secs());
+        }
+        assert_eq!(
+            at,
+            [0, 1, 3],
+            "invalid is retried by this policy, 1 s then 2 s apart"
+        );
     }
 }

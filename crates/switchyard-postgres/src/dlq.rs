@@ -5,7 +5,7 @@ use std::sync::Arc;
 use sqlx::{PgPool, Row};
 use switchyard::{DeadLetter, DeadLetterSink, MessageId};
 use switchyard_middleware::dlq::{
-    DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetterQueue,
+    DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,7 +27,7 @@ enum Op {
 /// message id and, past `capacity`, evicts the oldest.
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
-    memory: Arc<InMemoryDeadLetterQueue>,
+    memory: Arc<InMemoryDeadLetters>,
     ops: mpsc::UnboundedSender<Op>,
 }
 
@@ -98,7 +98,8 @@ impl PgDeadLetterQueue {
     /// entries stored there, and starts its writer on the current tokio runtime. Holds at
     /// most `capacity` entries.
     pub async fn open(pool: PgPool, schema: &Schema, capacity: usize) -> Result<Self, Error> {
-        let memory = Arc::new(InMemoryDeadLetterQueue::new(capacity));
+        // The table's trim keeps `capacity` rows; the in-memory copy has the same bound only.
+        let memory = Arc::new(InMemoryDeadLetters::bounded(capacity, usize::MAX));
         let rows = sqlx::query(
             &schema.sql("SELECT letter::text AS letter FROM {schema}.dead_letters ORDER BY seq"),
         )
@@ -162,7 +163,7 @@ impl DeadLetterSink for PgDeadLetterQueue {
 
 impl DeadLetterQueue for PgDeadLetterQueue {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
-        self.memory.list(filter)
+        self.memory.select(filter)
     }
 
     fn get(&self, id: MessageId) -> Option<DeadLetter> {
@@ -170,7 +171,7 @@ impl DeadLetterQueue for PgDeadLetterQueue {
     }
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
-        let removed = self.memory.remove(id)?;
+        let removed = !self.memory.take(id).is_empty();
         if removed {
             self.send(Op::Remove(vec![id]))?;
         }
@@ -178,20 +179,14 @@ impl DeadLetterQueue for PgDeadLetterQueue {
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
-        let all = filter.clone().limit(usize::MAX);
-        let ids: Vec<MessageId> = self
-            .memory
-            .list(&all)
-            .iter()
-            .map(|l| l.envelope.id)
-            .collect();
-        for id in &ids {
-            self.memory.remove(*id)?;
-        }
+        let taken = self.memory.take_matching(filter);
+        let mut ids: Vec<MessageId> = taken.iter().map(|l| l.envelope.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
         if !ids.is_empty() {
             self.send(Op::Remove(ids.clone()))?;
         }
-        Ok(ids.len())
+        Ok(taken.len())
     }
 
     fn len(&self) -> usize {

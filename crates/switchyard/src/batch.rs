@@ -127,7 +127,9 @@ impl SubShared {
                 } => {
                     if !permanent && attempt_no < self.config.max_attempts {
                         inc(&c.retried);
-                        tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+                        let delay =
+                            delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt_no));
+                        tokio::time::sleep(delay).await;
                         continue;
                     }
                     (reason, error)

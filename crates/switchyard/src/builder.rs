@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use switchyard_core::{
-    DeadLetterSink, Envelope, InMemoryDeadLetters, PublishError, Publisher, Subscriber,
+    Backoff, DeadLetterSink, Envelope, InMemoryDeadLetters, PublishError, Publisher, RetryPolicy,
+    Subscriber,
 };
 
 use crate::bus::Bus;
@@ -40,7 +41,9 @@ pub struct BusBuilder {
     /// Set by [`max_attempts`](Self::max_attempts); `None`: the default (3, or the retry
     /// policy's attempts under resilience).
     max_attempts: Option<u32>,
-    retry_delay: Duration,
+    /// Set by [`backoff`](Self::backoff) or [`retry_delay`](Self::retry_delay); `None`: the
+    /// default (a fixed 100 ms, or the retry policy's backoff under resilience).
+    backoff: Option<Backoff>,
     cache_capacity: usize,
     max_message_bytes: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
@@ -59,6 +62,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// The default of [`BusBuilder::max_attempts`] without resilience.
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
+/// The default of [`BusBuilder::retry_delay`] without resilience.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// Resolves the resilience settings at build: (data dir, whether no dead-letter sink was
 /// given, the slot the bus will be in) → what they amount to. Made by `with_resilience`.
 pub(crate) type ResilienceResolver = Arc<
@@ -75,6 +81,8 @@ pub(crate) type ResilienceResolver = Arc<
 pub(crate) struct ResolvedResilience {
     /// Attempts when neither the bus nor the subscription says (the retry policy's).
     pub(crate) default_attempts: u32,
+    /// Backoff when neither the bus nor the subscription says (the retry policy's).
+    pub(crate) default_backoff: Backoff,
     /// The file dead-letter queue under the data directory, if one is due.
     pub(crate) dead_letters: Option<Arc<dyn DeadLetterSink>>,
     pub(crate) wrap: ResilienceWrap,
@@ -99,7 +107,7 @@ impl Default for BusBuilder {
             overflow: Overflow::default(),
             workers: 1,
             max_attempts: None,
-            retry_delay: Duration::from_millis(100),
+            backoff: None,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dead_letters: None,
@@ -141,10 +149,10 @@ impl BusBuilder {
         self
     }
 
-    /// Default delay between attempts when the handler does not say. Default 100 ms.
-    /// (Exponential backoff with jitter is the retry layer of `switchyard-middleware`.)
+    /// The same default delay before every retry when the handler does not say: shorthand for
+    /// [`backoff`](Self::backoff)`(Backoff::fixed(d))`. Default 100 ms.
     pub fn retry_delay(mut self, d: Duration) -> Self {
-        self.retry_delay = d;
+        self.backoff = Some(Backoff::fixed(d));
         self
     }
 
@@ -170,6 +178,36 @@ impl BusBuilder {
     pub fn max_message_bytes(mut self, n: usize) -> Self {
         self.max_message_bytes = n;
         self
+    }
+
+    /// Default delays between attempts when the handler does not say (`Retry { after }`
+    /// wins): e.g. exponential with jitter, `Backoff::exponential(Duration::from_millis(50))`.
+    /// Default a fixed 100 ms, or, under [`with_resilience`](Self::with_resilience), the retry
+    /// policy's backoff. It applies to every retry of a message, whoever makes it: the
+    /// worker's, a batch's, or the resilience stack's (whose policy it then overrides).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use switchyard::{Backoff, Bus, Jitter};
+    /// let bus = Bus::builder()
+    ///     .max_attempts(5)
+    ///     .backoff(Backoff::exponential(Duration::from_millis(50)).max_delay(Duration::from_secs(2)).jitter(Jitter::Equal))
+    ///     .build()?;
+    /// # let _ = bus;
+    /// # Ok::<(), switchyard::BuildError>(())
+    /// ```
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// [`max_attempts`](Self::max_attempts) and [`backoff`](Self::backoff) from one
+    /// [`RetryPolicy`] (its classifier and `honor_retry_after` are the middleware's business:
+    /// the bus retries every error not marked `Permanent` and always honours
+    /// `Retry { after }`).
+    pub fn retry_policy(self, policy: &RetryPolicy) -> Self {
+        self.max_attempts(policy.get_max_attempts())
+            .backoff(policy.backoff().clone())
     }
 
     /// Topics kept in the router's match cache. Default 4096.
@@ -292,6 +330,12 @@ impl BusBuilder {
                 .as_ref()
                 .map_or(DEFAULT_MAX_ATTEMPTS, |r| r.default_attempts)
         });
+        let backoff = self.backoff.unwrap_or_else(|| {
+            resilience.as_ref().map_or_else(
+                || Backoff::fixed(DEFAULT_RETRY_DELAY),
+                |r| r.default_backoff.clone(),
+            )
+        });
         let (resilience_wrap, file_dead_letters) = match resilience {
             Some(r) => (Some(r.wrap), r.dead_letters),
             None => (None, None),
@@ -315,7 +359,7 @@ impl BusBuilder {
                 overflow: self.overflow,
                 workers: self.workers,
                 max_attempts,
-                retry_delay: self.retry_delay,
+                backoff,
                 size_limit,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),

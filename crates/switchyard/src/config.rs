@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smol_str::SmolStr;
-use switchyard_core::{Envelope, Pattern};
+use switchyard_core::{Backoff, Envelope, Pattern};
 
 use crate::handler::{BoxBatchHandler, BoxHandler};
 use crate::queue::Overflow;
@@ -34,7 +34,8 @@ pub(crate) struct SubscriptionConfig {
     pub(crate) capacity: usize,
     pub(crate) overflow: Overflow,
     pub(crate) max_attempts: u32,
-    pub(crate) retry_delay: Duration,
+    /// The delays between attempts, whoever makes them (the worker, or the resilience stack).
+    pub(crate) backoff: Backoff,
     pub(crate) ordering_key: Option<OrderingKey>,
     pub(crate) filters: Vec<Filter>,
     pub(crate) session: Option<SmolStr>,

@@ -428,7 +428,8 @@ impl SubShared {
                 break (false, Some(error));
             }
             inc(&c.retried);
-            tokio::time::sleep(delay.unwrap_or(self.config.retry_delay)).await;
+            let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
+            tokio::time::sleep(delay).await;
         };
         if let Some(started) = started {
             bus.command_finished(

@@ -35,9 +35,12 @@ impl BusBuilder {
     ///   given, sets the layer's attempts; otherwise the retry policy's count is the default.
     ///   Either way it is the number of calls a failing message gets, and the number the
     ///   dead letter and `SendError::Failed` report.
+    /// - **Backoff**: [`backoff`](Self::backoff) (on the builder or a subscription), when given,
+    ///   sets the layer's backoff; otherwise the retry policy's is the default. Either way the
+    ///   delays between attempts are the same whoever makes them.
     /// - **Batch handlers** (`on_batch`) are not wrapped (the stack takes one envelope); the
-    ///   worker retries a failed batch itself, for the same number of attempts, waiting
-    ///   [`retry_delay`](Self::retry_delay) between them.
+    ///   worker retries a failed batch itself, for the same number of attempts with the same
+    ///   backoff, and dead-letters it like a single message.
     /// - **Dead letters**: with [`data_dir`](Self::data_dir) set, they go to a file queue there
     ///   ([`DEAD_LETTER_FILE`]) that survives restarts, unless
     ///   [`dead_letters`](Self::dead_letters) names a sink.
@@ -78,17 +81,25 @@ fn resolve(
         }
         _ => None,
     };
-    let default_attempts = factory().retry.get_max_attempts().max(1);
+    let policy = factory().retry;
+    let default_attempts = policy.get_max_attempts().max(1);
+    let default_backoff = policy.backoff().clone();
     let factory = factory.clone();
-    let wrap: ResilienceWrap = Arc::new(move |name: &str, handler: BoxHandler, attempts: u32| {
-        let slot = slot.clone();
-        let mut config = factory();
-        config.retry = config.retry.max_attempts(attempts);
-        let config = config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
-        boxed(ResilienceLayer::new(name, config).layer(handler))
-    });
+    let wrap: ResilienceWrap =
+        Arc::new(move |name: &str, handler: BoxHandler, attempts, backoff| {
+            let slot = slot.clone();
+            let mut config = factory();
+            config.retry = config
+                .retry
+                .max_attempts(attempts)
+                .with_backoff(backoff.clone());
+            let config =
+                config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
+            boxed(ResilienceLayer::new(name, config).layer(handler))
+        });
     Ok(ResolvedResilience {
         default_attempts,
+        default_backoff,
         dead_letters,
         wrap,
     })

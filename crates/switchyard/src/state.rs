@@ -12,8 +12,8 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 use smol_str::SmolStr;
 use switchyard_core::{
-    DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, InMemoryDeadLetters, MessageId,
-    PublishError, SendError, Topic,
+    Backoff, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, InMemoryDeadLetters,
+    MessageId, PublishError, SendError, Topic,
 };
 use tokio::task::JoinHandle;
 
@@ -72,8 +72,10 @@ impl CommandSlot {
 }
 
 /// Wraps a single-message handler in the resilience stack at registration: (name, handler,
-/// attempts the stack makes) → handler. Made in `build` from `with_resilience`.
-pub(crate) type ResilienceWrap = Arc<dyn Fn(&str, BoxHandler, u32) -> BoxHandler + Send + Sync>;
+/// attempts the stack makes, the backoff between them) → handler. Made in `build` from
+/// `with_resilience`.
+pub(crate) type ResilienceWrap =
+    Arc<dyn Fn(&str, BoxHandler, u32, &Backoff) -> BoxHandler + Send + Sync>;
 
 /// Wraps every handler at registration (name, handler) → handler; see
 /// [`BusBuilder::wrap_handlers`].
@@ -97,7 +99,8 @@ pub(crate) struct BusInner {
     pub(crate) workers: usize,
     /// Attempts per message, whoever makes them (see `register`).
     pub(crate) max_attempts: u32,
-    pub(crate) retry_delay: Duration,
+    /// The delays between attempts, whoever makes them (see `register`).
+    pub(crate) backoff: Backoff,
     /// The largest payload accepted, and whose limit it is (`BusBuilder::max_message_bytes`
     /// or the transport's, whichever is smaller).
     pub(crate) size_limit: (usize, &'static str),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, Command, Envelope, Message, Outcome, Pattern, SubscribeError, Topic,
+    Backoff, BoxError, Command, Envelope, Message, Outcome, Pattern, SubscribeError, Topic,
 };
 
 use crate::bus::Bus;
@@ -31,7 +31,7 @@ impl Bus {
             capacity: i.capacity,
             overflow: i.overflow,
             max_attempts: i.max_attempts,
-            retry_delay: i.retry_delay,
+            backoff: i.backoff.clone(),
             ordering_key: None,
             filters: Vec::new(),
             session: None,
@@ -172,15 +172,15 @@ impl Bus {
                     h = wrap(&config.name, h);
                 }
                 if let Some(resilience) = &inner.resilience {
-                    // The stack's retry makes the attempts (with backoff and the breaker); its
-                    // final answer is `Permanent`, so the worker calls it once.
-                    h = resilience(&config.name, h, config.max_attempts);
+                    // The stack's retry makes the attempts (with the backoff and the breaker);
+                    // its final answer is `Permanent`, so the worker calls it once.
+                    h = resilience(&config.name, h, config.max_attempts, &config.backoff);
                     config.max_attempts = 1;
                 }
                 Handler::Single(h)
             }
             // The stack takes one envelope, so batch handlers keep the worker's own retries,
-            // for the same number of attempts.
+            // for the same number of attempts with the same backoff.
             batch @ Handler::Batch(_) => batch,
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -454,9 +454,18 @@ impl SubscriptionBuilder {
         self
     }
 
-    /// Delay before a retry when the handler did not say.
+    /// The same delay before every retry when the handler did not say: shorthand for
+    /// [`backoff`](Self::backoff)`(Backoff::fixed(d))`.
     pub fn retry_delay(mut self, d: Duration) -> Self {
-        self.config.retry_delay = d;
+        self.config.backoff = Backoff::fixed(d);
+        self
+    }
+
+    /// The delays between attempts when the handler did not say (exponential with jitter:
+    /// [`Backoff::exponential`]); the bus's [`BusBuilder::backoff`](crate::BusBuilder::backoff)
+    /// by default. Under resilience it is the stack's retry backoff too.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
         self
     }
 

@@ -410,7 +410,10 @@ impl DemoApp {
         };
         store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
         let tracker = StateTracker::new(100_000);
-        let errors = ErrorHandler::new(RetryPolicy::attempts(config.max_attempts));
+        // Retried at once: the demo's failures are injected, not a dependency recovering.
+        let errors = ErrorHandler::new(
+            RetryPolicy::attempts(config.max_attempts).initial_delay(Duration::ZERO),
+        );
         let health = HealthChecker::new(Duration::from_secs(60), 0.5);
         let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
         let alerts = AlertManager::new(

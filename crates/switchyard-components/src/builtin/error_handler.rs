@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -15,50 +14,11 @@ use crate::component::{ComponentBuilder, ComponentCtx};
 use crate::context::{Completion, ErrorReport};
 use crate::role::{Role, exhausted_topic, retry_topic};
 
-/// How many times a failing flow is tried per domain, and how long to wait between tries.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
-    /// Attempts in total, the first included (at least 1). Default 3.
-    pub max_attempts: u32,
-    /// Delay before the first retry; zero retries at once. Default zero.
-    pub initial_delay: Duration,
-    /// Factor applied to the delay after each retry (exponential backoff). Default 2.
-    pub multiplier: f64,
-    /// Longest delay. Default 30 s.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            initial_delay: Duration::ZERO,
-            multiplier: 2.0,
-            max_delay: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// `max_attempts` attempts, retried at once.
-    pub fn attempts(max_attempts: u32) -> Self {
-        Self {
-            max_attempts,
-            ..Self::default()
-        }
-    }
-
-    /// The delay before attempt `attempt` (2 for the first retry).
-    pub fn delay_before(&self, attempt: u32) -> Duration {
-        if self.initial_delay.is_zero() {
-            return Duration::ZERO;
-        }
-        let exp = attempt.saturating_sub(2).min(63) as i32;
-        let factor = self.multiplier.max(1.0).powi(exp);
-        let secs = (self.initial_delay.as_secs_f64() * factor).min(self.max_delay.as_secs_f64());
-        Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(self.max_delay)
-    }
-}
+/// How many times a failing flow is tried per domain, and how long to wait between tries:
+/// `switchyard_core`'s one retry policy, re-exported here. The error handler uses its attempts
+/// and backoff ([`RetryPolicy::delay_for`]); whether a failure is retryable comes from the
+/// [`ErrorReport`], not from the policy's classifier.
+pub use switchyard::retry::RetryPolicy;
 
 /// Published on `<domain>.retry.request`: the error handler asks the domain's manager to try
 /// the flow again.
@@ -166,10 +126,7 @@ impl ErrorHandler {
     pub fn new(policy: RetryPolicy) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
-            policy: RetryPolicy {
-                max_attempts: policy.max_attempts.max(1),
-                ..policy
-            },
+            policy,
             sink: None,
         }
     }
@@ -181,8 +138,8 @@ impl ErrorHandler {
     }
 
     /// The policy.
-    pub fn policy(&self) -> RetryPolicy {
-        self.policy
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     /// Counters.
@@ -265,7 +222,7 @@ impl ErrorHandler {
                 let n = st.attempts.entry(key.clone()).or_insert(0);
                 *n += 1;
                 let made = *n;
-                if report.retryable && made < self.policy.max_attempts {
+                if report.retryable && made < self.policy.get_max_attempts() {
                     st.stats.retries += 1;
                     Decision::Retry(made + 1)
                 } else {
@@ -288,12 +245,13 @@ impl ErrorHandler {
                     correlation_id: report.correlation_id,
                     domain: report.domain.clone(),
                     attempt,
-                    max_attempts: self.policy.max_attempts,
+                    max_attempts: self.policy.get_max_attempts(),
                     failed_component: report.component.clone(),
                     error_type: report.error_type.clone(),
                     message: report.message.clone(),
                 };
-                let delay = self.policy.delay_before(attempt);
+                // `attempt` is the one about to be made: `attempt - 1` have failed.
+                let delay = self.policy.delay_for(attempt.saturating_sub(1));
                 if delay.is_zero() {
                     return cx.publish_to(&retry_topic(&report.domain), req).await;
                 }

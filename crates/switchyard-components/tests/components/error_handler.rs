@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use switchyard::testkit::Recorder;
-use switchyard::{Bus, Message, MessageId};
+use switchyard::{Bus, Jitter, Message, MessageId};
 use switchyard_components::builtin::{ErrorHandler, RetryExhausted, RetryPolicy, RetryRequest};
 use switchyard_components::{Assembly, ComponentBuilder, ErrorReport, RequestId, Role};
 use tokio::time::Instant;
@@ -28,22 +28,22 @@ fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
 
 #[test]
 fn backoff_delays() {
-    let p = RetryPolicy {
-        max_attempts: 5,
-        initial_delay: Duration::from_secs(1),
-        multiplier: 2.0,
-        max_delay: Duration::from_secs(3),
-    };
-    let d: Vec<Duration> = (2..=5).map(|a| p.delay_before(a)).collect();
+    let p = RetryPolicy::attempts(5)
+        .initial_delay(Duration::from_secs(1))
+        .multiplier(2)
+        .max_delay(Duration::from_secs(3))
+        .jitter(Jitter::None);
+    // After 1, 2, 3, 4 failed attempts.
+    let d: Vec<Duration> = (1..=4).map(|failed| p.delay_for(failed)).collect();
     assert_eq!(d, [1, 2, 3, 3].map(Duration::from_secs));
-    assert_eq!(RetryPolicy::attempts(3).delay_before(2), Duration::ZERO);
-    let huge = RetryPolicy {
-        initial_delay: Duration::MAX,
-        max_delay: Duration::MAX,
-        ..RetryPolicy::default()
-    };
+    let at_once = RetryPolicy::attempts(3).initial_delay(Duration::ZERO);
+    assert_eq!(at_once.delay_for(1), Duration::ZERO);
+    let huge = RetryPolicy::default()
+        .initial_delay(Duration::MAX)
+        .max_delay(Duration::MAX)
+        .jitter(Jitter::None);
     assert!(
-        huge.delay_before(40) > Duration::from_secs(1),
+        huge.delay_for(40) > Duration::from_secs(1),
         "no panic, a long delay"
     );
 }
@@ -51,12 +51,13 @@ fn backoff_delays() {
 #[tokio::test(start_paused = true)]
 async fn retries_with_backoff_then_gives_up_to_the_dlq() {
     let bus = Bus::new();
-    let handler = ErrorHandler::new(RetryPolicy {
-        max_attempts: 3,
-        initial_delay: Duration::from_secs(1),
-        multiplier: 2.0,
-        max_delay: Duration::from_secs(30),
-    });
+    let handler = ErrorHandler::new(
+        RetryPolicy::attempts(3)
+            .initial_delay(Duration::from_secs(1))
+            .multiplier(2)
+            .max_delay(Duration::from_secs(30))
+            .jitter(Jitter::None),
+    );
     let retries = Recorder::start(&bus, "x.retry.request").await.unwrap();
     let exhausted = Recorder::start(&bus, "x.retry.exhausted").await.unwrap();
     let _running = Assembly::new(&bus)

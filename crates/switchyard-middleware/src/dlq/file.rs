@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
 
-use super::index::Index;
-use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, OpenDlqError};
+use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters, OpenDlqError};
 use crate::metrics::record;
 
 /// Options of a [`FileDeadLetterQueue`]. Every default is listed on
@@ -39,12 +39,38 @@ impl Default for FileDlqOptions {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Record {
-    Put { letter: Box<DeadLetter> },
-    Remove { id: MessageId },
+    Put {
+        letter: Box<DeadLetter>,
+    },
+    /// Removes every entry of `id`, or with `only`, the one entry of `id` by that handler.
+    Remove {
+        id: MessageId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        only: Option<Only>,
+    },
+}
+
+/// Which handler's entry a `Remove` record is about.
+#[derive(Debug, Serialize, Deserialize)]
+struct Only {
+    handler: Option<SmolStr>,
+}
+
+impl Record {
+    /// Removes exactly this entry (the message, by the handler that gave up on it).
+    fn remove_entry(letter: &DeadLetter) -> Self {
+        Self::Remove {
+            id: letter.envelope.id,
+            only: Some(Only {
+                handler: letter.handler.clone(),
+            }),
+        }
+    }
 }
 
 struct State {
-    index: Index,
+    /// The live entries: the one in-memory store, bounded like the queue.
+    index: InMemoryDeadLetters,
     writer: BufWriter<File>,
     records: usize,
 }
@@ -91,7 +117,11 @@ impl FileDeadLetterQueue {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut index = Index::new(options.capacity);
+        let index = options
+            .capacity
+            .map_or_else(InMemoryDeadLetters::unbounded, |cap| {
+                InMemoryDeadLetters::bounded(cap, usize::MAX)
+            });
         let mut records = 0usize;
         let mut skipped = 0u64;
         let mut ends_with_newline = true;
@@ -115,8 +145,11 @@ impl FileDeadLetterQueue {
                         Ok(Record::Put { letter }) => {
                             index.insert(*letter);
                         }
-                        Ok(Record::Remove { id }) => {
-                            index.remove(id);
+                        Ok(Record::Remove { id, only: None }) => {
+                            index.take(id);
+                        }
+                        Ok(Record::Remove { id, only: Some(o) }) => {
+                            index.take_one(id, o.handler.as_deref());
                         }
                         Err(e) => {
                             skipped += 1;
@@ -201,11 +234,11 @@ impl FileDeadLetterQueue {
         let tmp = self.path.with_extension("compacting");
         {
             let mut w = BufWriter::new(File::create(&tmp)?);
-            for letter in st.index.values() {
+            for letter in st.index.list() {
                 serde_json::to_writer(
                     &mut w,
                     &Record::Put {
-                        letter: Box::new(letter.clone()),
+                        letter: Box::new(letter),
                     },
                 )?;
                 w.write_all(b"\n")?;
@@ -228,7 +261,7 @@ impl DeadLetterSink for FileDeadLetterQueue {
         };
         let evicted = st.index.insert(letter);
         let mut records = vec![record];
-        records.extend(evicted.iter().map(|&id| Record::Remove { id }));
+        records.extend(evicted.iter().map(Record::remove_entry));
         if let Err(e) = self.write(&mut st, &records) {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
             ::tracing::error!(path = %self.path.display(), error = %e, "dead-letter journal write failed");
@@ -242,33 +275,30 @@ impl DeadLetterSink for FileDeadLetterQueue {
 
 impl DeadLetterQueue for FileDeadLetterQueue {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
-        self.lock().index.list(filter)
+        self.lock().index.select(filter)
     }
 
     fn get(&self, id: MessageId) -> Option<DeadLetter> {
-        self.lock().index.get(id).cloned()
+        self.lock().index.get(id)
     }
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
         let mut st = self.lock();
-        if st.index.remove(id).is_none() {
+        if st.index.take(id).is_empty() {
             return Ok(false);
         }
         record::dlq_size(st.index.len());
-        self.write(&mut st, &[Record::Remove { id }])?;
+        self.write(&mut st, &[Record::Remove { id, only: None }])?;
         Ok(true)
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         let mut st = self.lock();
-        let ids = st.index.matching_ids(filter);
-        for id in &ids {
-            st.index.remove(*id);
-        }
+        let taken = st.index.take_matching(filter);
         record::dlq_size(st.index.len());
-        let records: Vec<Record> = ids.iter().map(|&id| Record::Remove { id }).collect();
+        let records: Vec<Record> = taken.iter().map(Record::remove_entry).collect();
         self.write(&mut st, &records)?;
-        Ok(ids.len())
+        Ok(taken.len())
     }
 
     fn len(&self) -> usize {
@@ -276,6 +306,6 @@ impl DeadLetterQueue for FileDeadLetterQueue {
     }
 
     fn evicted(&self) -> u64 {
-        self.lock().index.evicted
+        self.lock().index.evicted()
     }
 }

@@ -1,88 +1,31 @@
-use std::sync::atomic::{AtomicU64, Ordering};
+//! The core in-memory store, [`InMemoryDeadLetters`], as a browsable [`DeadLetterQueue`].
 
-use parking_lot::{Mutex, MutexGuard};
-use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
+use switchyard_core::{DeadLetter, DeadLetterFilter, InMemoryDeadLetters, MessageId};
 
-use super::index::Index;
-use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError};
-use crate::metrics::record;
+use super::{DeadLetterQueue, DlqWriteError};
 
-/// A bounded in-memory dead-letter queue; when full, the oldest entry is evicted and counted.
-#[derive(Debug)]
-pub struct InMemoryDeadLetterQueue {
-    index: Mutex<Index>,
-    total: AtomicU64,
-}
-
-impl InMemoryDeadLetterQueue {
-    /// A queue holding at most `capacity` entries (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            index: Mutex::new(Index::new(Some(capacity))),
-            total: AtomicU64::new(0),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Index> {
-        self.index.lock()
-    }
-
-    /// Entries ever received (replacements and evicted ones included).
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for InMemoryDeadLetterQueue {
-    /// 10 000 entries.
-    fn default() -> Self {
-        Self::new(10_000)
-    }
-}
-
-impl DeadLetterSink for InMemoryDeadLetterQueue {
-    fn put(&self, letter: DeadLetter) {
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let mut index = self.lock();
-        let evicted = index.insert(letter);
-        if !evicted.is_empty() {
-            record::dlq_evicted(evicted.len() as u64);
-        }
-        record::dlq_size(index.len());
-    }
-}
-
-impl DeadLetterQueue for InMemoryDeadLetterQueue {
+impl DeadLetterQueue for InMemoryDeadLetters {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
-        self.lock().list(filter)
+        self.select(filter)
     }
 
     fn get(&self, id: MessageId) -> Option<DeadLetter> {
-        self.lock().get(id).cloned()
+        InMemoryDeadLetters::get(self, id)
     }
 
     fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
-        let mut index = self.lock();
-        let removed = index.remove(id).is_some();
-        record::dlq_size(index.len());
-        Ok(removed)
+        Ok(!self.take(id).is_empty())
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
-        let mut index = self.lock();
-        let ids = index.matching_ids(filter);
-        for id in &ids {
-            index.remove(*id);
-        }
-        record::dlq_size(index.len());
-        Ok(ids.len())
+        Ok(self.take_matching(filter).len())
     }
 
     fn len(&self) -> usize {
-        self.lock().len()
+        InMemoryDeadLetters::len(self)
     }
 
     fn evicted(&self) -> u64 {
-        self.lock().evicted
+        InMemoryDeadLetters::evicted(self)
     }
 }

@@ -11,7 +11,8 @@
 //! queue twice.
 //!
 //! Two implementations:
-//! - [`InMemoryDeadLetterQueue`]: bounded; when full the oldest entry is evicted and counted;
+//! - [`InMemoryDeadLetters`] (`switchyard_core`'s, the one in-memory store, also the bus's
+//!   default sink): bounded; when full the oldest entry is evicted and counted;
 //! - [`FileDeadLetterQueue`]: an append-only JSON-lines journal (`put` and `remove` records)
 //!   replayed into memory on open, so it survives a restart; compacted on open when mostly
 //!   garbage, or on demand.
@@ -25,13 +26,13 @@
 //!
 //! ```
 //! use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, PublishError, Topic};
-//! use switchyard_middleware::dlq::{DeadLetterFilter, DeadLetterQueue, InMemoryDeadLetterQueue, Replayer};
+//! use switchyard_middleware::dlq::{DeadLetterFilter, DeadLetterQueue, InMemoryDeadLetters, Replayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let dlq = InMemoryDeadLetterQueue::new(1000);
+//! let dlq = InMemoryDeadLetters::new(1000);
 //! let env = Envelope::new(Topic::new("billing.charge")?, "{}");
 //! dlq.put(DeadLetter::new(env, DeadLetterReason::HandlerFailed, "card service down").with_handler("charger"));
-//! assert_eq!(dlq.list(&DeadLetterFilter::new().topic("billing.#".parse()?)).len(), 1);
+//! assert_eq!(DeadLetterQueue::list(&dlq, &DeadLetterFilter::new().topic("billing.#".parse()?)).len(), 1);
 //!
 //! let (tx, rx) = std::sync::mpsc::channel();
 //! let republish = move |env: Envelope| {
@@ -47,24 +48,25 @@
 
 mod error;
 mod file;
-mod filter;
-mod index;
 mod memory;
 mod replay;
 
 pub use error::{DlqWriteError, OpenDlqError, ReplayError};
 pub use file::{FileDeadLetterQueue, FileDlqOptions};
-pub use filter::DeadLetterFilter;
-pub use memory::InMemoryDeadLetterQueue;
 pub use replay::{
     PublisherRepublish, REPLAY_COUNT, REPLAYED_FROM, ReplayFailure, ReplayReport, Replayer,
     Republish, replay_envelope,
 };
+pub use switchyard_core::{DeadLetterFilter, InMemoryDeadLetters};
 
 use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, MessageId};
 
 /// A dead-letter store people can browse and replay from. `put` (from
 /// [`DeadLetterSink`]) is what the bus calls.
+///
+/// [`InMemoryDeadLetters`] has inherent methods of the same names; its inherent `list()`
+/// takes no filter (everything), so call `DeadLetterQueue::list(&store, &filter)` (or its
+/// inherent `select(&filter)`) on the concrete type.
 pub trait DeadLetterQueue: DeadLetterSink {
     /// Entries matching `filter`, oldest first (at most `filter.limit`).
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter>;

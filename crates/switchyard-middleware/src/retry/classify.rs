@@ -10,8 +10,8 @@ use crate::timeout::TimeoutError;
 
 /// A typed error that knows whether trying again may help.
 ///
-/// Register the type with [`Classifier::retryable`] so the retry layer can find it in a boxed
-/// error chain.
+/// Register the type with [`Classifier::retryable`] (and the classifier with
+/// `RetryPolicy::classifier`) so the retry layer can find it in a boxed error chain.
 ///
 /// ```
 /// use switchyard_middleware::retry::{Classifier, Retryable};
@@ -161,6 +161,12 @@ impl Classifier {
             return Some(true);
         }
         self.rules.iter().find_map(|rule| rule(e))
+    }
+}
+
+impl switchyard_core::retry::Classify for Classifier {
+    fn is_retryable(&self, err: &(dyn Error + 'static)) -> bool {
+        Classifier::is_retryable(self, err)
     }
 }
 

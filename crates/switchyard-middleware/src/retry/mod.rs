@@ -3,14 +3,19 @@
 //! The [`Retry`] service calls the inner service up to [`RetryPolicy::max_attempts`] times for
 //! one delivery. Before each attempt it sets `envelope.delivery.attempt` on the clone it passes
 //! down (starting from the attempt number the bus set, 1 when unset), so the handler sees which
-//! attempt it is on. Between attempts it waits
-//! `random(0 ..= min(max_delay, initial_delay * multiplier^(n-1)))` (full jitter), or the
+//! attempt it is on. Between attempts it waits the policy's backoff delay
+//! ([`RetryPolicy::delay_for`]): `random(0 ..= min(max_delay, initial_delay * multiplier^(n-1)))`
+//! with full jitter (the default), the upper half of that range with [`Jitter::Equal`], or the
 //! capped deterministic delay with [`Jitter::None`].
+//!
+//! [`RetryPolicy`], [`Backoff`] and [`Jitter`] are `switchyard_core::retry`'s, re-exported
+//! here: the bus, the pipeline and the components' error handler use the same types.
 //!
 //! What is retried:
 //! - `Outcome::Retry { after }`: always (waiting `after`, capped at `max_delay`, when the
 //!   handler gives one and [`RetryPolicy::honor_retry_after`] is on);
-//! - errors the [`Classifier`] calls retryable: typed errors implementing [`Retryable`] once
+//! - errors the policy's classifier ([`RetryPolicy::classifier`], by default
+//!   `Classifier::default()`) calls retryable: typed errors implementing [`Retryable`] once
 //!   registered, [`Transient`]/[`Permanent`] markers, timeouts (default: retried) and panics
 //!   (default: not retried), everything else by [`Classifier::unknown_retryable`] (default: yes).
 //!
@@ -42,13 +47,12 @@
 mod classify;
 mod error;
 mod layer;
-mod policy;
 mod service;
 
 pub use classify::{Classifier, Retryable, Transient};
 pub use error::{RetryError, RetryErrorKind, RetryRequested};
 pub use layer::RetryLayer;
-pub use policy::{Jitter, RetryPolicy};
 pub use service::Retry;
 pub(crate) use service::{Verdict, back_off, judge};
 pub use switchyard_core::Permanent;
+pub use switchyard_core::retry::{Backoff, Classify, Jitter, RetryPolicy};

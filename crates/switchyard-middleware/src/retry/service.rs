@@ -8,7 +8,7 @@ use smol_str::SmolStr;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::{Service, ServiceExt};
 
-use super::{RetryError, RetryPolicy, RetryRequested};
+use super::{Classifier, RetryError, RetryPolicy, RetryRequested};
 use switchyard_core::Permanent;
 
 /// The layer's answer is final: `Permanent` tells the bus not to attempt the message again.
@@ -106,7 +106,7 @@ pub(crate) fn judge(
         Ok(Outcome::Retry { after }) => (after, Box::new(RetryRequested)),
         Ok(done) => return Verdict::Done(Ok(done)),
         Err(e) => {
-            if !policy.get_classifier().is_retryable(&*e) {
+            if !policy.is_retryable(&*e, &Classifier::default()) {
                 let attempt = base.saturating_add(made - 1);
                 return Verdict::Done(Err(final_error(RetryError::Permanent {
                     attempt,

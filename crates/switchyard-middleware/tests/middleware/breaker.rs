@@ -7,7 +7,7 @@ use switchyard_core::{BoxError, DeadLetterSink, Envelope, Outcome};
 use switchyard_middleware::breaker::{
     BreakerConfig, BreakerEvent, BreakerLayer, BreakerOpenError, BreakerState, FailureThreshold,
 };
-use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetterQueue};
+use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetters};
 use switchyard_middleware::retry::{RetryLayer, RetryPolicy};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -312,7 +312,7 @@ async fn open_breaker_pauses_intake_and_loses_nothing() {
     let msgs = envs("orders.placed", 30);
     let ids: Vec<_> = msgs.iter().map(|e| e.id).collect();
     let queue = queue_of(msgs);
-    let dlq = Arc::new(InMemoryDeadLetterQueue::new(100));
+    let dlq = Arc::new(InMemoryDeadLetters::new(100));
     let driver = tokio::spawn(drive(
         svc,
         queue.clone(),

@@ -8,8 +8,8 @@ use switchyard_core::{
 };
 use switchyard_middleware::dedup::{DedupConfig, DedupLayer};
 use switchyard_middleware::dlq::{
-    DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions,
-    InMemoryDeadLetterQueue, REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
+    DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
+    REPLAY_COUNT, REPLAYED_FROM, ReplayError, Replayer,
 };
 use switchyard_middleware::retry::{Permanent, RetryLayer, RetryPolicy};
 use tower::util::BoxCloneSyncService;
@@ -104,7 +104,7 @@ fn filters_on(q: &dyn DeadLetterQueue) {
 
 #[test]
 fn memory_queue_filters_inspects_and_purges() {
-    filters_on(&InMemoryDeadLetterQueue::new(100));
+    filters_on(&InMemoryDeadLetters::new(100));
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn file_queue_filters_inspects_and_purges() {
 
 #[test]
 fn memory_queue_is_bounded_and_counts_evictions() {
-    let q = InMemoryDeadLetterQueue::new(3);
+    let q = InMemoryDeadLetters::new(3);
     let letters: Vec<_> = (0..5)
         .map(|_| letter("a.b", DeadLetterReason::Rejected, "no", "h"))
         .collect();
@@ -134,7 +134,7 @@ fn memory_queue_is_bounded_and_counts_evictions() {
 
 #[test]
 fn same_message_twice_is_one_entry_with_the_newer_story() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     let first = letter("a.b", DeadLetterReason::HandlerFailed, "first", "h");
     let mut second = first.clone();
     second.error = "second".into();
@@ -146,7 +146,11 @@ fn same_message_twice_is_one_entry_with_the_newer_story() {
     assert_eq!(q.get(first.envelope.id).unwrap().error, "second");
     // The replaced entry moved to the end.
     assert_eq!(
-        q.list(&DeadLetterFilter::new()).last().unwrap().envelope.id,
+        q.select(&DeadLetterFilter::new())
+            .last()
+            .unwrap()
+            .envelope
+            .id,
         first.envelope.id
     );
 }
@@ -247,7 +251,7 @@ fn collecting() -> (
 
 #[tokio::test]
 async fn replay_sets_headers_resets_delivery_and_removes_entries() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     let mut l = letter(
         "billing.charge",
         DeadLetterReason::HandlerFailed,
@@ -288,7 +292,7 @@ async fn replay_sets_headers_resets_delivery_and_removes_entries() {
 
 #[tokio::test]
 async fn replay_filtered_keep_and_failures() {
-    let q = InMemoryDeadLetterQueue::new(10);
+    let q = InMemoryDeadLetters::new(10);
     for t in ["a.x", "a.y", "b.x"] {
         q.put(letter(t, DeadLetterReason::HandlerFailed, "e", "h"));
     }
@@ -393,7 +397,7 @@ async fn dlq_survives_restart_and_replay_processes_each_message_once() {
 async fn queues_work_as_trait_objects() {
     let dir = tempfile::tempdir().unwrap();
     let queues: Vec<Arc<dyn DeadLetterQueue>> = vec![
-        Arc::new(InMemoryDeadLetterQueue::new(10)),
+        Arc::new(InMemoryDeadLetters::new(10)),
         Arc::new(
             FileDeadLetterQueue::open(dir.path().join("q.jsonl"), FileDlqOptions::default())
                 .unwrap(),
@@ -443,4 +447,39 @@ fn fsync_mode_and_explicit_compaction() {
         .map(|l| l.envelope.id)
         .collect();
     assert_eq!(ids, vec![letters[0].envelope.id, letters[1].envelope.id]);
+}
+
+#[test]
+fn two_handlers_copies_of_one_message_are_two_entries_in_memory_and_on_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlq.jsonl");
+    let options = FileDlqOptions {
+        capacity: Some(2),
+        ..FileDlqOptions::default()
+    };
+    let high = letter("a.b", DeadLetterReason::Shutdown, "late", "high");
+    let low = high.clone().with_handler("low");
+    let memory = InMemoryDeadLetters::new(10);
+    memory.put(high.clone());
+    memory.put(low.clone());
+    assert_eq!(memory.len(), 2, "one entry per handler");
+    {
+        let q = FileDeadLetterQueue::open(&path, options).unwrap();
+        q.put(high.clone());
+        q.put(low.clone());
+        // Evicts high's entry only.
+        q.put(letter("a.c", DeadLetterReason::Rejected, "other", "h"));
+        assert_eq!(q.len(), 2);
+    }
+    let q = FileDeadLetterQueue::open(&path, options).unwrap();
+    let handlers: Vec<_> = q
+        .list(&DeadLetterFilter::new())
+        .into_iter()
+        .map(|l| l.handler.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        handlers,
+        ["low", "h"],
+        "the eviction removed only high's copy"
+    );
 }

@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use switchyard_core::{BoxError, DeadLetterReason, DeadLetterSink, Envelope, Outcome};
 use switchyard_middleware::catch_panic::{CatchPanicLayer, PanicError};
-use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetterQueue};
+use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetters};
 use tower::{Layer, ServiceExt};
 
 use crate::common::{drive, env, queue_of};
@@ -26,7 +26,7 @@ async fn panic_in_future_becomes_an_error_and_the_next_message_is_handled() {
     bad.payload = "boom".into();
     let good = env("a.b");
     let queue = queue_of(vec![bad.clone(), good.clone()]);
-    let dlq = Arc::new(InMemoryDeadLetterQueue::new(10));
+    let dlq = Arc::new(InMemoryDeadLetters::new(10));
     // One worker: the same worker must survive the panic to handle the second message.
     let settled = drive(svc, queue, 1, dlq.clone() as Arc<dyn DeadLetterSink>).await;
     assert_eq!(settled.acked(), vec![good.id]);

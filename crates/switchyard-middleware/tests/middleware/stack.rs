@@ -9,7 +9,7 @@ use switchyard_core::{
 use switchyard_middleware::breaker::{BreakerConfig, BreakerLayer, FailureThreshold};
 use switchyard_middleware::catch_panic::CatchPanicLayer;
 use switchyard_middleware::dedup::{DedupConfig, DedupLayer};
-use switchyard_middleware::dlq::{DeadLetterFilter, DeadLetterQueue, InMemoryDeadLetterQueue};
+use switchyard_middleware::dlq::{DeadLetterFilter, DeadLetterQueue, InMemoryDeadLetters};
 use switchyard_middleware::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 use switchyard_middleware::metrics::MetricsLayer;
 use switchyard_middleware::retry::{Permanent, RetryLayer, RetryPolicy};
@@ -22,7 +22,7 @@ use crate::common::{assert_handler, drive, envs, queue_of};
 /// Records every put so a test can prove nothing was dead-lettered twice.
 #[derive(Default)]
 struct CountingSink {
-    inner: InMemoryDeadLetterQueue,
+    inner: InMemoryDeadLetters,
     puts: Mutex<Vec<MessageId>>,
 }
 
@@ -148,12 +148,12 @@ async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
     // Panics show up as panics in the DLQ, permanent errors after one attempt.
     let panicked = sink
         .inner
-        .list(&DeadLetterFilter::new().reason(DeadLetterReason::Panicked));
+        .select(&DeadLetterFilter::new().reason(DeadLetterReason::Panicked));
     assert!(!panicked.is_empty());
     assert!(panicked.iter().all(|l| l.error.contains("handler bug")));
     let permanent = sink
         .inner
-        .list(&DeadLetterFilter::new().error_contains("permanent failure"));
+        .select(&DeadLetterFilter::new().error_contains("permanent failure"));
     assert!(!permanent.is_empty());
     // Metrics sit outside retry: one delivery per message, final outcomes only.
     let row = registry.snapshot().get("load.test", "h").cloned().unwrap();
@@ -174,7 +174,7 @@ async fn permanent_error_goes_straight_to_the_dlq() {
             *c.lock().unwrap() += 1;
             async { Err::<Outcome, BoxError>(Permanent::new("unknown customer").into()) }
         });
-    let dlq = Arc::new(InMemoryDeadLetterQueue::new(10));
+    let dlq = Arc::new(InMemoryDeadLetters::new(10));
     let msgs = envs("a.b", 1);
     let id = msgs[0].id;
     let settled = drive(

@@ -1,6 +1,7 @@
 //! Integration tests of the in-process bus. Each module covers one behaviour of issue [core].
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
+mod backoff;
 mod backpressure;
 mod causation;
 mod close_twice;

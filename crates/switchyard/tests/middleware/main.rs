@@ -10,7 +10,7 @@ use switchyard::testkit::Recorder;
 use switchyard::{BoxError, Bus, Envelope, Outcome, Topic, boxed};
 use switchyard_middleware::breaker::{BreakerConfig, BreakerState};
 use switchyard_middleware::dedup::DedupConfig;
-use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetterQueue, Replayer};
+use switchyard_middleware::dlq::{DeadLetterQueue, InMemoryDeadLetters, Replayer};
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use switchyard_middleware::retry::RetryPolicy;
 use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent};
@@ -137,7 +137,7 @@ async fn an_open_breaker_pauses_the_subscription_instead_of_burning_messages() {
 
 #[tokio::test(start_paused = true)]
 async fn dead_letters_replay_through_the_bus_exactly_once_with_dedup() {
-    let dlq = Arc::new(InMemoryDeadLetterQueue::new(100));
+    let dlq = Arc::new(InMemoryDeadLetters::new(100));
     let bus = Bus::builder()
         .max_attempts(1)
         .dead_letters(dlq.clone())

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard::{
-    BoxError, Bus, BusBuilder, Command, Envelope, Kind, Message, Outcome, SendError, boxed,
+    Backoff, BoxError, Bus, BusBuilder, Command, Envelope, Jitter, Kind, Message, Outcome,
+    SendError, boxed,
 };
 use switchyard_middleware::dlq::{DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions};
 use switchyard_middleware::resilience::ResilienceConfig;
 use switchyard_middleware::retry::RetryPolicy;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
@@ -232,4 +234,88 @@ async fn a_subscriptions_max_attempts_sets_the_resilience_layers_attempts() {
     bus.run_until_idle().await;
     assert_eq!(calls.load(Ordering::SeqCst), 2, "2 calls, not 2 x 3");
     assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 2);
+}
+
+/// Sends the virtual time of every call of an always-failing handler.
+fn timed_failing(tx: tokio::sync::mpsc::UnboundedSender<Instant>) -> switchyard::BoxHandler {
+    boxed(tower::service_fn(move |_e: Envelope| {
+        let _ = tx.send(Instant::now());
+        async { Err::<Outcome, BoxError>("backend down".into()) }
+    }))
+}
+
+/// The waits between the first `n` calls reported on `rx`.
+async fn waits(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>, n: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t = tokio::time::timeout(Duration::from_secs(600), rx.recv())
+            .await
+            .expect("the next attempt came")
+            .expect("the handler is alive");
+        times.push(t);
+    }
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Within tokio's timer resolution (a deadline is rounded up to the next millisecond).
+fn about(got: &[Duration], want_ms: &[u64]) -> bool {
+    got.len() == want_ms.len()
+        && got
+            .iter()
+            .zip(want_ms)
+            .all(|(g, w)| g.abs_diff(Duration::from_millis(*w)) <= Duration::from_millis(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bus_backoff_sets_the_resilience_layers_backoff() {
+    let bus = Bus::builder()
+        .with_default_resilience()
+        .max_attempts(3)
+        .backoff(Backoff::fixed(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus
+        .subscribe("rows", "rows.#", timed_failing(tx))
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(row(1)).await.unwrap();
+    let got = waits(&mut rx, 3).await;
+    assert!(about(&got, &[5_000, 5_000]), "waits {got:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_batch_waits_the_resilience_policys_backoff() {
+    let bus = Bus::builder()
+        .with_resilience(|| {
+            ResilienceConfig::default().retry(
+                RetryPolicy::default()
+                    .max_attempts(3)
+                    .initial_delay(Duration::from_secs(2))
+                    .jitter(Jitter::None),
+            )
+        })
+        .build()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus
+        .on_batch("store", move |_: Vec<Row>, _| {
+            let _ = tx.send(Instant::now());
+            async { Err::<(), _>("database down") }
+        })
+        .batch(10, Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Row { n: 1 }).await.unwrap();
+    let got = waits(&mut rx, 3).await;
+    assert!(
+        about(&got, &[2_000, 4_000]),
+        "a batch waits what a single message would: {got:?}"
+    );
+    bus.run_until_idle().await;
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3, "and is dead-lettered after as many");
 }

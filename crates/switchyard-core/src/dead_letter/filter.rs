@@ -1,7 +1,8 @@
 use std::time::SystemTime;
 
+use super::{DeadLetter, DeadLetterReason};
+use crate::topic::Pattern;
 use smol_str::SmolStr;
-use switchyard_core::{DeadLetter, DeadLetterReason, Pattern};
 
 /// Which dead letters an operation applies to. Every field left `None` matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,0 +1,113 @@
+//! Where messages go when they cannot be handled: the dead-letter sink.
+//!
+//! Core holds the sink trait, the [`DeadLetterFilter`] and the one in-memory store,
+//! [`InMemoryDeadLetters`] (what the bus, the pipeline and a node keep dead letters in when no
+//! file is given); `switchyard-middleware` adds the browsable `DeadLetterQueue` trait (which
+//! the in-memory store implements there), replay and a file-backed queue.
+
+mod filter;
+mod memory;
+
+pub use filter::DeadLetterFilter;
+pub use memory::InMemoryDeadLetters;
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
+
+use crate::envelope::Envelope;
+
+/// Why a message was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterReason {
+    /// The handler returned errors (or retries) until attempts ran out.
+    HandlerFailed,
+    /// The handler panicked on the last attempt.
+    Panicked,
+    /// The handler rejected the message.
+    Rejected,
+    /// The payload could not be decoded into the subscribed type.
+    DecodeFailed,
+    /// A full queue evicted it (drop-oldest policy).
+    Dropped,
+    /// The bus shut down before the message was handled.
+    Shutdown,
+    /// A transport redelivered it the maximum number of times.
+    MaxDeliveries,
+    /// Nobody could take it (e.g. its subscription was removed before it ran).
+    Unroutable,
+}
+
+/// One dead-lettered message with the story of its failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The original envelope, raw payload included.
+    pub envelope: Envelope,
+    /// Broad reason.
+    pub reason: DeadLetterReason,
+    /// The error chain or reason text.
+    pub error: String,
+    /// Subscription or handler that gave up on it.
+    pub handler: Option<SmolStr>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub first_attempt_at: Option<SystemTime>,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: SystemTime,
+}
+
+impl DeadLetter {
+    /// A dead letter for `envelope`, stamped now, with attempts and first attempt taken from the envelope.
+    pub fn new(envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {
+        Self {
+            attempts: envelope.delivery.attempt,
+            first_attempt_at: envelope.delivery.first_delivered_at,
+            envelope,
+            reason,
+            error: error.into(),
+            handler: None,
+            dead_lettered_at: SystemTime::now(),
+        }
+    }
+
+    /// Names the handler.
+    pub fn with_handler(mut self, handler: impl Into<SmolStr>) -> Self {
+        self.handler = Some(handler.into());
+        self
+    }
+}
+
+/// The default byte bound of [`InMemoryDeadLetters`]: 64 MiB.
+pub const DEFAULT_DEAD_LETTER_BYTES: usize = 64 * 1024 * 1024;
+
+impl DeadLetter {
+    /// What this letter weighs in a store: payload, header names and values, topic and
+    /// error text, in bytes.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .envelope
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.envelope.payload.len()
+            + headers
+            + self.envelope.topic.as_str().len()
+            + self.error.len()
+    }
+}
+
+/// Receives dead letters. Must not block for long: it is called from bus workers.
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Stores one dead letter.
+    fn put(&self, letter: DeadLetter);
+}
+
+impl<T: DeadLetterSink> DeadLetterSink for std::sync::Arc<T> {
+    fn put(&self, letter: DeadLetter) {
+        (**self).put(letter)
+    }
+}
