@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod outcome;
+pub mod remote;
 pub mod topic;
 pub mod transport;
 
@@ -27,6 +28,7 @@ pub use error::{
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;
+pub use remote::{CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{
     AckHandle, BoxFuture, Capabilities, Delivery, DeliveryStream, Publisher, Subscriber,

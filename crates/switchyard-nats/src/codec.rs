@@ -34,7 +34,7 @@ const TYPE_NAME: &str = "Sy-Type-Name";
 const TYPE_VERSION: &str = "Sy-Type-Version";
 const USER_PREFIX: &str = "H-";
 
-fn escape(s: &str, name: bool) -> String {
+pub(crate) fn escape(s: &str, name: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         let plain = (0x21..=0x7e).contains(&b) && b != b'%' && !(name && b == b':');
@@ -51,7 +51,7 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     if !s.contains('%') {
         return s.to_owned();
     }

@@ -166,6 +166,20 @@ impl Bus {
             }
             _ => None,
         };
+        // A command handler on a transport that carries commands across processes also
+        // serves its topic to the other processes (not a session's: sessions are local).
+        let remote_commands = match (&inner.transport, kind) {
+            (Some(transport), SubscriptionKind::Command) if config.session.is_none() => {
+                match transport.remote_commands() {
+                    Some(remote) => {
+                        let topic = Topic::new(config.pattern.as_str())?;
+                        Some(remote.serve(&topic).await?)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let handler = match handler {
             Handler::Single(mut h) => {
                 if let Some(wrap) = &inner.wrap {
@@ -228,6 +242,9 @@ impl Bus {
             subs.insert(id, shared.clone());
         }
         shared.spawn_workers(handler);
+        if let Some(commands) = remote_commands {
+            shared.spawn_command_pump(commands);
+        }
         Ok(Subscription::new(shared, self.weak()))
     }
 }

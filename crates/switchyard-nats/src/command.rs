@@ -1,0 +1,294 @@
+//! Commands and requests across processes ([`RemoteCommands`]) over core NATS
+//! request/reply.
+//!
+//! A command on topic `t` is a core NATS request to `<command_prefix>.t`; every bus with a
+//! handler for `t` subscribes to that subject in the queue group `command_group`, so the
+//! server hands each command to exactly one of them, and answers "no responders" at once when
+//! there is none (the sender gets `SendError::NoHandler` without waiting). The request
+//! carries the envelope as usual (see the crate's header table) plus `Sy-Deadline-Ms`, what
+//! is left of the sender's deadline; the handler side stops waiting for its handler then.
+//!
+//! The reply's `Sy-Status` is `ok` or the failure's kind (`no-handler`, `rejected`,
+//! `failed`, `full`, `timeout`, `not-processed`, `shutting-down`, `codec`, `transport`), with
+//! `Sy-Error` (the message), `Sy-Attempts` and `Sy-Handler`. A successful reply that carries
+//! the handler's reply envelope says `Sy-Reply: 1` and carries it as any message (headers
+//! and body). A reply without `Sy-Status` (from a responder that is not switchyard) is taken
+//! as the reply envelope.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Subject};
+use futures::StreamExt;
+use switchyard_core::{
+    BoxFuture, CodecDirection, CodecError, CommandResponder, CommandResult, Envelope,
+    IncomingCommand, IncomingCommands, RemoteCommands, SendError, SubscribeError, Topic,
+    TransportError, TransportErrorKind,
+};
+
+use crate::codec;
+use crate::subject::topic_subject;
+use crate::transport::NatsTransport;
+
+/// Header with the milliseconds left of the sender's deadline.
+pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
+const STATUS: &str = "Sy-Status";
+const ERROR: &str = "Sy-Error";
+const ATTEMPTS: &str = "Sy-Attempts";
+const HANDLER: &str = "Sy-Handler";
+const HAS_REPLY: &str = "Sy-Reply";
+/// Header carrying a reply's topic (a reply travels on an inbox subject).
+pub(crate) const REPLY_TOPIC: &str = "Sy-Topic";
+
+impl NatsTransport {
+    fn command_subject(&self, topic: &Topic) -> Result<String, TransportError> {
+        let s = topic_subject(topic)
+            .map_err(|reason| TransportError::new(TransportErrorKind::Rejected, reason))?;
+        Ok(format!("{}.{s}", self.inner.config.command_prefix))
+    }
+
+    async fn send_command(
+        &self,
+        command: Envelope,
+        deadline: Option<Duration>,
+    ) -> Result<CommandResult, SendError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::ShuttingDown);
+        }
+        let subject = self.command_subject(&command.topic)?;
+        let wait = deadline.unwrap_or(self.inner.config.command_timeout);
+        let mut headers = codec::encode_headers(&command);
+        if let Some(d) = deadline {
+            headers.insert(DEADLINE, d.as_millis().to_string().as_str());
+        }
+        let topic = command.topic;
+        let req = async_nats::Request::new()
+            .headers(headers)
+            .payload(command.payload)
+            .timeout(Some(wait));
+        let msg = match self.inner.client.send_request(subject, req).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                return Err(match e.kind() {
+                    async_nats::client::RequestErrorKind::NoResponders => {
+                        SendError::NoHandler { topic }
+                    }
+                    async_nats::client::RequestErrorKind::TimedOut => {
+                        SendError::Timeout { deadline: wait }
+                    }
+                    _ => SendError::Transport(TransportError::with_source(
+                        TransportErrorKind::Unavailable,
+                        "command request failed",
+                        e,
+                    )),
+                });
+            }
+        };
+        decode_result(topic, msg.headers.as_ref(), msg.payload)
+    }
+
+    async fn serve_commands(&self, topic: &Topic) -> Result<IncomingCommands, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let subject = self.command_subject(topic)?;
+        let sub = self
+            .inner
+            .client
+            .queue_subscribe(subject, self.inner.config.command_group.clone())
+            .await
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Unavailable, "cannot subscribe", e)
+            })?;
+        // The server has the interest before the handler counts as registered.
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
+            })?;
+        let mut closed = self.inner.shutdown.subscribe();
+        let client = self.inner.client.clone();
+        let topic = topic.clone();
+        let stream = sub
+            .take_until(async move {
+                let _ = closed.wait_for(|c| *c).await;
+            })
+            .map(move |msg| {
+                let deadline = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(DEADLINE))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .map(Duration::from_millis);
+                let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
+                let responder = NatsResponder {
+                    client: client.clone(),
+                    reply_to: msg.reply,
+                };
+                IncomingCommand::new(envelope, deadline, Box::new(responder))
+            });
+        Ok(Box::pin(stream))
+    }
+}
+
+impl RemoteCommands for NatsTransport {
+    fn send(
+        &self,
+        command: Envelope,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'_, Result<CommandResult, SendError>> {
+        Box::pin(self.send_command(command, deadline))
+    }
+
+    fn serve<'a>(
+        &'a self,
+        topic: &'a Topic,
+    ) -> BoxFuture<'a, Result<IncomingCommands, SubscribeError>> {
+        Box::pin(self.serve_commands(topic))
+    }
+}
+
+/// Answers one command on its reply subject.
+struct NatsResponder {
+    client: Client,
+    reply_to: Option<Subject>,
+}
+
+impl CommandResponder for NatsResponder {
+    fn respond(
+        self: Box<Self>,
+        result: Result<CommandResult, SendError>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async move {
+            let Some(to) = self.reply_to else {
+                return Ok(());
+            };
+            let (headers, payload) = encode_result(result);
+            self.client
+                .publish_with_headers(to, headers, payload)
+                .await
+                .map_err(|e| {
+                    TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
+                })
+        })
+    }
+}
+
+fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
+    match result {
+        Ok(done) => {
+            let (mut h, payload) = match done.reply {
+                Some(reply) => {
+                    let mut h = codec::encode_headers(&reply);
+                    h.insert(REPLY_TOPIC, reply.topic.as_str());
+                    h.insert(HAS_REPLY, "1");
+                    (h, reply.payload)
+                }
+                None => (HeaderMap::new(), bytes::Bytes::new()),
+            };
+            h.insert(STATUS, "ok");
+            h.insert(HANDLER, codec::escape(&done.handler, false).as_str());
+            h.insert(ATTEMPTS, done.attempts.to_string().as_str());
+            (h, payload)
+        }
+        Err(e) => {
+            let mut h = HeaderMap::new();
+            let status = match &e {
+                SendError::NoHandler { .. } => "no-handler",
+                SendError::Rejected { .. } => "rejected",
+                SendError::Failed { attempts, .. } => {
+                    h.insert(ATTEMPTS, attempts.to_string().as_str());
+                    "failed"
+                }
+                SendError::Full { handler } => {
+                    h.insert(HANDLER, codec::escape(handler, false).as_str());
+                    "full"
+                }
+                SendError::Timeout { deadline } => {
+                    h.insert(DEADLINE, deadline.as_millis().to_string().as_str());
+                    "timeout"
+                }
+                SendError::NotProcessed(_) => "not-processed",
+                SendError::ShuttingDown => "shutting-down",
+                SendError::Codec(_) => "codec",
+                _ => "transport",
+            };
+            h.insert(STATUS, status);
+            let message = match &e {
+                SendError::Rejected { reason } => reason.clone(),
+                SendError::Failed { error, .. } => error.clone(),
+                SendError::NotProcessed(m) => m.clone(),
+                other => other.to_string(),
+            };
+            h.insert(ERROR, codec::escape(&message, false).as_str());
+            (h, bytes::Bytes::new())
+        }
+    }
+}
+
+/// The text of a remote failure, as it was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RemoteError(String);
+
+fn decode_result(
+    topic: Topic,
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<CommandResult, SendError> {
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let text = |name: &str| get(name).map(codec::unescape).unwrap_or_default();
+    let attempts = get(ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let reply_topic = || match get(REPLY_TOPIC).map(Topic::new) {
+        Some(Ok(t)) => t,
+        _ => topic.clone(),
+    };
+    let status = match get(STATUS) {
+        // Not from switchyard: the whole message is the reply.
+        None => {
+            return Ok(CommandResult {
+                reply: Some(codec::decode(reply_topic(), headers, payload)),
+                handler: "remote".into(),
+                attempts: 1,
+            });
+        }
+        Some(s) => s,
+    };
+    let error = text(ERROR);
+    Err(match status {
+        "ok" => {
+            let reply =
+                (get(HAS_REPLY) == Some("1")).then(|| codec::decode(reply_topic(), headers, payload));
+            return Ok(CommandResult {
+                reply,
+                handler: text(HANDLER).into(),
+                attempts,
+            });
+        }
+        "no-handler" => SendError::NoHandler { topic },
+        "rejected" => SendError::Rejected { reason: error },
+        "failed" => SendError::Failed { error, attempts },
+        "full" => SendError::Full {
+            handler: text(HANDLER),
+        },
+        "timeout" => SendError::Timeout {
+            deadline: Duration::from_millis(
+                get(DEADLINE).and_then(|d| d.parse().ok()).unwrap_or(0),
+            ),
+        },
+        "not-processed" => SendError::NotProcessed(error),
+        "shutting-down" => SendError::ShuttingDown,
+        "codec" => SendError::Codec(CodecError {
+            direction: CodecDirection::Decode,
+            type_name: "remote command",
+            source: Box::new(RemoteError(error)),
+        }),
+        _ => SendError::Transport(TransportError::with_source(
+            TransportErrorKind::Unavailable,
+            "the handler's process failed",
+            RemoteError(error),
+        )),
+    })
+}
