@@ -108,28 +108,68 @@ impl NatsTransport {
             .map_err(|e| {
                 TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
             })?;
-        let mut closed = self.inner.shutdown.subscribe();
-        let client = self.inner.client.clone();
-        let topic = topic.clone();
-        let stream = sub
-            .take_until(async move {
-                let _ = closed.wait_for(|c| *c).await;
-            })
-            .map(move |msg| {
-                let deadline = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(DEADLINE))
-                    .and_then(|v| v.as_str().parse().ok())
-                    .map(Duration::from_millis);
-                let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
-                let responder = NatsResponder {
-                    client: client.clone(),
-                    reply_to: msg.reply,
-                };
-                IncomingCommand::new(envelope, deadline, Box::new(responder))
-            });
-        Ok(Box::pin(stream))
+        let (tx, mut rx) = tokio::sync::mpsc::channel(COMMAND_BUFFER);
+        tokio::spawn(forward(
+            sub,
+            tx,
+            self.inner.shutdown.subscribe(),
+            self.inner.client.clone(),
+            topic.clone(),
+        ));
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+    }
+}
+
+/// Commands received and not yet taken by the bus.
+const COMMAND_BUFFER: usize = 256;
+
+/// Feeds the commands of one queue subscription to the bus until the bus stops taking them
+/// (the handler was unregistered) or the transport closes; then drains the subscription
+/// (the server stops sending, what it had sent arrives) and answers every command left
+/// with `no-handler`, as it does for those left in the buffer, so no sender waits for a
+/// handler that is gone.
+async fn forward(
+    mut sub: async_nats::Subscriber,
+    tx: tokio::sync::mpsc::Sender<IncomingCommand>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+    client: Client,
+    topic: Topic,
+) {
+    let incoming = |msg: async_nats::Message| {
+        let deadline = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(DEADLINE))
+            .and_then(|v| v.as_str().parse().ok())
+            .map(Duration::from_millis);
+        let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
+        let responder = NatsResponder {
+            client: client.clone(),
+            reply_to: msg.reply,
+            topic: topic.clone(),
+        };
+        IncomingCommand::new(envelope, deadline, Box::new(responder))
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = tx.closed() => break,
+            _ = closed.wait_for(|c| *c) => break,
+            msg = sub.next() => msg,
+        };
+        let Some(msg) = msg else { break };
+        // Refused: the bus stopped taking commands; the command is dropped (answered).
+        if tx.send(incoming(msg)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    if sub.drain().await.is_ok() {
+        let rest = async {
+            while let Some(msg) = sub.next().await {
+                drop(incoming(msg));
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
     }
 }
 
@@ -150,10 +190,29 @@ impl RemoteCommands for NatsTransport {
     }
 }
 
-/// Answers one command on its reply subject.
+/// Answers one command on its reply subject; dropped unanswered (the handler is gone), it
+/// answers `no-handler`.
 struct NatsResponder {
     client: Client,
     reply_to: Option<Subject>,
+    topic: Topic,
+}
+
+impl Drop for NatsResponder {
+    fn drop(&mut self) {
+        let Some(to) = self.reply_to.take() else {
+            return;
+        };
+        let (headers, payload) = encode_result(Err(SendError::NoHandler {
+            topic: self.topic.clone(),
+        }));
+        let client = self.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.publish_with_headers(to, headers, payload).await;
+            });
+        }
+    }
 }
 
 impl CommandResponder for NatsResponder {
@@ -161,12 +220,15 @@ impl CommandResponder for NatsResponder {
         self: Box<Self>,
         result: Result<CommandResult, SendError>,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let mut this = self;
+        let to = this.reply_to.take();
+        let client = this.client.clone();
         Box::pin(async move {
-            let Some(to) = self.reply_to else {
+            let Some(to) = to else {
                 return Ok(());
             };
             let (headers, payload) = encode_result(result);
-            self.client
+            client
                 .publish_with_headers(to, headers, payload)
                 .await
                 .map_err(|e| {
