@@ -12,4 +12,5 @@ mod fault;
 mod faulty;
 mod groups;
 mod harness;
+mod interop;
 mod specific;
