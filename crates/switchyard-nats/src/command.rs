@@ -10,7 +10,7 @@
 //!
 //! The reply's `Sy-Status` is `ok` or the failure's kind (`no-handler`, `rejected`,
 //! `failed`, `full`, `timeout`, `not-processed`, `shutting-down`, `codec`, `transport`), with
-//! `Sy-Error` (the message), `Sy-Attempts` and `Sy-Handler`. A successful reply that carries
+//! `Sy-Error` (the message, as plain text on one line), `Sy-Attempts` and `Sy-Handler`. A successful reply that carries
 //! the handler's reply envelope says `Sy-Reply: 1` and carries it as any message (headers
 //! and body). A reply without `Sy-Status` (from a responder that is not switchyard) is taken
 //! as the reply envelope.
@@ -284,10 +284,21 @@ fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes:
                 SendError::NotProcessed(m) => m.clone(),
                 other => other.to_string(),
             };
-            h.insert(ERROR, codec::escape(&message, false).as_str());
+            h.insert(ERROR, readable(&message).as_str());
             (h, bytes::Bytes::new())
         }
     }
+}
+
+/// An error message as a header value any client reads as it is: control characters
+/// (line breaks) become spaces, surrounding spaces are trimmed.
+fn readable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
 /// The text of a remote failure, as it was sent.
@@ -318,7 +329,7 @@ fn decode_result(
         }
         Some(s) => s,
     };
-    let error = text(ERROR);
+    let error = get(ERROR).unwrap_or_default().to_owned();
     Err(match status {
         "ok" => {
             let reply =
