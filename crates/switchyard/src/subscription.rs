@@ -158,7 +158,8 @@ impl Bus {
             (Some(transport), SubscriptionKind::Event) => {
                 if config.handler_priority != 0 {
                     return Err(SubscribeError::InvalidConfig(
-                        "handler priority groups need the in-memory bus, not a transport",
+                        "handler priority groups need the in-memory bus: on a transport each subscription \
+                         consumes on its own; use message priority or separate topics instead",
                     ));
                 }
                 let group = (!config.ephemeral).then_some(config.name.as_str());

@@ -302,3 +302,37 @@ async fn the_deadline_travels_and_is_enforced_by_the_handler_side() {
         "{r:?}"
     );
 }
+
+/// Issue 17, item 5: on NATS, `publish_and_wait` and handler priority groups are refused
+/// with a typed error that says why and what to use instead.
+#[tokio::test]
+async fn publish_and_wait_and_priority_groups_are_refused_with_what_to_use_instead() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let (bus, _n) = bus(config(&prefix())).await;
+    match bus.publish_and_wait(Double { n: 1 }).await {
+        Err(switchyard::PublishError::Transport(e)) => {
+            assert_eq!(e.kind, switchyard::TransportErrorKind::Unsupported);
+            assert!(e.message.contains("bus.request"), "{}", e.message);
+        }
+        other => panic!("expected an Unsupported transport error, got {other:?}"),
+    }
+    let grouped = bus
+        .subscribe(
+            "tiered",
+            "calc.#",
+            switchyard::handler_fn(|_env: switchyard::Envelope| async {
+                Ok::<_, switchyard::BoxError>(switchyard::Outcome::Ack)
+            }),
+        )
+        .handler_priority(1)
+        .start()
+        .await;
+    match grouped {
+        Err(switchyard::SubscribeError::InvalidConfig(why)) => {
+            assert!(why.contains("in-memory bus") && why.contains("instead"), "{why}");
+        }
+        other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
+    }
+}
