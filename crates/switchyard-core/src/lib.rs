@@ -28,7 +28,9 @@ pub use error::{
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;
-pub use remote::{CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands};
+pub use remote::{
+    CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands,
+};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{
     AckHandle, BoxFuture, Capabilities, Delivery, DeliveryStream, Publisher, Subscriber,

@@ -101,13 +101,9 @@ impl NatsTransport {
                 TransportError::with_source(TransportErrorKind::Unavailable, "cannot subscribe", e)
             })?;
         // The server has the interest before the handler counts as registered.
-        self.inner
-            .client
-            .flush()
-            .await
-            .map_err(|e| {
-                TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
-            })?;
+        self.inner.client.flush().await.map_err(|e| {
+            TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
+        })?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(COMMAND_BUFFER);
         tokio::spawn(forward(
             sub,
@@ -116,7 +112,9 @@ impl NatsTransport {
             self.inner.client.clone(),
             topic.clone(),
         ));
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
     }
 }
 
@@ -332,8 +330,8 @@ fn decode_result(
     let error = get(ERROR).unwrap_or_default().to_owned();
     Err(match status {
         "ok" => {
-            let reply =
-                (get(HAS_REPLY) == Some("1")).then(|| codec::decode(reply_topic(), headers, payload));
+            let reply = (get(HAS_REPLY) == Some("1"))
+                .then(|| codec::decode(reply_topic(), headers, payload));
             return Ok(CommandResult {
                 reply,
                 handler: text(HANDLER).into(),

@@ -103,7 +103,11 @@ async fn a_local_handler_is_preferred() {
     let (_b, _bn, _bsub) = doubler(config(&p), "b", tx).await;
     for n in 0..20 {
         assert_eq!(a.send(Double { n }).await.unwrap(), n * 2);
-        assert_eq!(rx.recv().await, Some(("a", n)), "a command went to the other bus");
+        assert_eq!(
+            rx.recv().await,
+            Some(("a", n)),
+            "a command went to the other bus"
+        );
     }
 }
 
@@ -115,9 +119,7 @@ async fn a_typed_failure_comes_back_typed() {
     let p = prefix();
     let (handler_bus, _hn) = bus(config(&p)).await;
     let _sub = handler_bus
-        .handle(|c: Double, _ctx| async move {
-            Err::<u64, _>(format!("cannot double {}", c.n))
-        })
+        .handle(|c: Double, _ctx| async move { Err::<u64, _>(format!("cannot double {}", c.n)) })
         .start()
         .await
         .unwrap();
@@ -168,11 +170,17 @@ async fn no_handler_anywhere_fails_fast() {
     let p = prefix();
     let (sender, _sn) = bus(config(&p)).await;
     let start = Instant::now();
-    let r = sender.request(Double { n: 1 }, Duration::from_secs(20)).await;
+    let r = sender
+        .request(Double { n: 1 }, Duration::from_secs(20))
+        .await;
     assert!(matches!(r, Err(SendError::NoHandler { .. })), "{r:?}");
     let r = sender.send(Double { n: 1 }).await;
     assert!(matches!(r, Err(SendError::NoHandler { .. })), "{r:?}");
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -190,7 +198,10 @@ async fn a_dropped_handler_stops_serving() {
     // and never anything but NoHandler.
     let start = Instant::now();
     loop {
-        match sender.request(Double { n: 2 }, Duration::from_secs(5)).await {
+        match sender
+            .request(Double { n: 2 }, Duration::from_secs(5))
+            .await
+        {
             Err(SendError::NoHandler { .. }) => break,
             Ok(4) => assert!(start.elapsed() < Duration::from_secs(5), "still served"),
             other => panic!("expected NoHandler, got {other:?}"),
@@ -242,7 +253,9 @@ async fn a_handler_bus_closed_mid_command_never_hangs_the_sender() {
     assert!(
         matches!(
             result,
-            Err(SendError::NotProcessed(_) | SendError::NoHandler { .. } | SendError::Timeout { .. })
+            Err(SendError::NotProcessed(_)
+                | SendError::NoHandler { .. }
+                | SendError::Timeout { .. })
         ),
         "{result:?}"
     );
@@ -291,12 +304,17 @@ async fn the_deadline_travels_and_is_enforced_by_the_handler_side() {
     let h = reply.headers.unwrap();
     assert_eq!(h.get("Sy-Status").map(|v| v.as_str()), Some("timeout"));
     assert_eq!(h.get("Sy-Deadline-Ms").map(|v| v.as_str()), Some("150"));
-    assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // And through the bus: the sender's own deadline gives it `Timeout` with that deadline.
     let (sender, _sn) = bus(config(&p)).await;
-    let r = sender.request(Double { n: 1 }, Duration::from_millis(200)).await;
+    let r = sender
+        .request(Double { n: 1 }, Duration::from_millis(200))
+        .await;
     assert!(
         matches!(r, Err(SendError::Timeout { deadline }) if deadline == Duration::from_millis(200)),
         "{r:?}"
@@ -331,7 +349,10 @@ async fn publish_and_wait_and_priority_groups_are_refused_with_what_to_use_inste
         .await;
     match grouped {
         Err(switchyard::SubscribeError::InvalidConfig(why)) => {
-            assert!(why.contains("in-memory bus") && why.contains("instead"), "{why}");
+            assert!(
+                why.contains("in-memory bus") && why.contains("instead"),
+                "{why}"
+            );
         }
         other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
     }

@@ -69,7 +69,11 @@ async fn foreign_headers_and_ids_arrive_intact() {
     // A foreign value is not switchyard's percent-encoding: kept byte for byte.
     assert_eq!(env.header("X-Percent"), Some("50%25 off"));
     // JetStream's own headers are not the message's.
-    assert!(env.headers.iter().all(|(k, _)| !k.starts_with("Nats-")), "{:?}", env.headers);
+    assert!(
+        env.headers.iter().all(|(k, _)| !k.starts_with("Nats-")),
+        "{:?}",
+        env.headers
+    );
 }
 
 #[tokio::test]
@@ -108,7 +112,8 @@ async fn republished_headers_and_ids_keep_their_standard_names() {
     let hm = msg.headers.unwrap();
     let get = |k: &str| hm.get(k).map(|v| v.as_str().to_owned());
     assert_eq!(
-        hm.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.to_string()),
+        hm.get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.to_string()),
         Some(got.id.to_string())
     );
     assert_eq!(get("traceparent").as_deref(), Some(TRACEPARENT));
