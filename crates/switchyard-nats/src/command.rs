@@ -104,70 +104,92 @@ impl NatsTransport {
         self.inner.client.flush().await.map_err(|e| {
             TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
         })?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel(COMMAND_BUFFER);
-        tokio::spawn(forward(
-            sub,
-            tx,
-            self.inner.shutdown.subscribe(),
-            self.inner.client.clone(),
-            topic.clone(),
-        ));
-        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+        let mut closed = self.inner.shutdown.subscribe();
+        Ok(Box::pin(Serving {
+            sub: Some(sub),
+            closed: Box::pin(async move {
+                let _ = closed.wait_for(|c| *c).await;
+            }),
+            client: self.inner.client.clone(),
+            topic: topic.clone(),
+            done: false,
+        }))
     }
 }
 
-/// Commands received and not yet taken by the bus.
-const COMMAND_BUFFER: usize = 256;
-
-/// Feeds the commands of one queue subscription to the bus until the bus stops taking them
-/// (the handler was unregistered) or the transport closes; then drains the subscription
-/// (the server stops sending, what it had sent arrives) and answers every command left
-/// with `no-handler`, as it does for those left in the buffer, so no sender waits for a
-/// handler that is gone.
-async fn forward(
-    mut sub: async_nats::Subscriber,
-    tx: tokio::sync::mpsc::Sender<IncomingCommand>,
-    mut closed: tokio::sync::watch::Receiver<bool>,
+/// The commands of one queue subscription, until the transport closes. Dropped (the handler
+/// was unregistered, the bus stopped taking commands), it drains the subscription (the
+/// server stops sending, what it had sent arrives) and answers every command left with
+/// `no-handler`, so no sender waits for a handler that is gone.
+struct Serving {
+    sub: Option<async_nats::Subscriber>,
+    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     client: Client,
     topic: Topic,
-) {
-    let incoming = |msg: async_nats::Message| {
-        let deadline = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(DEADLINE))
-            .and_then(|v| v.as_str().parse().ok())
-            .map(Duration::from_millis);
-        let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
-        let responder = NatsResponder {
-            client: client.clone(),
-            reply_to: msg.reply,
-            topic: topic.clone(),
-        };
-        IncomingCommand::new(envelope, deadline, Box::new(responder))
+    done: bool,
+}
+
+fn incoming(client: &Client, topic: &Topic, msg: async_nats::Message) -> IncomingCommand {
+    let deadline = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(DEADLINE))
+        .and_then(|v| v.as_str().parse().ok())
+        .map(Duration::from_millis);
+    let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
+    let responder = NatsResponder {
+        client: client.clone(),
+        reply_to: msg.reply,
+        topic: topic.clone(),
     };
-    loop {
-        let msg = tokio::select! {
-            _ = tx.closed() => break,
-            _ = closed.wait_for(|c| *c) => break,
-            msg = sub.next() => msg,
+    IncomingCommand::new(envelope, deadline, Box::new(responder))
+}
+
+impl futures::Stream for Serving {
+    type Item = IncomingCommand;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<IncomingCommand>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done || this.closed.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        let Some(sub) = this.sub.as_mut() else {
+            return Poll::Ready(None);
         };
-        let Some(msg) = msg else { break };
-        // Refused: the bus stopped taking commands; the command is dropped (answered).
-        if tx.send(incoming(msg)).await.is_err() {
-            break;
+        match sub.poll_next_unpin(cx) {
+            Poll::Ready(Some(msg)) => Poll::Ready(Some(incoming(&this.client, &this.topic, msg))),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
-    drop(tx);
-    if sub.drain().await.is_ok() {
-        let rest = async {
-            while let Some(msg) = sub.next().await {
-                drop(incoming(msg));
-            }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let Some(mut sub) = self.sub.take() else {
+            return;
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sub.drain().await.is_ok() {
+                    let rest = async {
+                        while let Some(msg) = sub.next().await {
+                            drop(incoming(&client, &topic, msg));
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+                }
+            });
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use switchyard_core::{Command, Envelope, IncomingCommand, IncomingCommands, Kind, SendError};
 use tokio::sync::oneshot;
 
@@ -159,14 +160,22 @@ impl SubShared {
     pub(crate) fn spawn_command_pump(self: &Arc<Self>, mut commands: IncomingCommands) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
+            // The commands being served run here, not in tasks of their own: one hop less.
+            let mut serving = FuturesUnordered::new();
             loop {
-                let next = tokio::select! {
+                tokio::select! {
                     _ = sub.queue.closed() => break,
-                    next = commands.next() => next,
-                };
-                let Some(command) = next else { break };
-                tokio::spawn(Arc::clone(&sub).serve_remote(command));
+                    next = commands.next() => match next {
+                        Some(command) => serving.push(Arc::clone(&sub).serve_remote(command)),
+                        None => break,
+                    },
+                    Some(()) = serving.next(), if !serving.is_empty() => {}
+                }
             }
+            // Withdraw the interest first (the transport answers what it still has), then
+            // answer the commands already queued.
+            drop(commands);
+            while serving.next().await.is_some() {}
         });
         *self.pump.lock() = Some(pump);
     }
