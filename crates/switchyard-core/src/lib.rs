@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod outcome;
+pub mod remote;
 pub mod retry;
 pub mod topic;
 pub mod transport;
@@ -29,6 +30,9 @@ pub use error::{
 };
 pub use message::{Command, Message};
 pub use outcome::Outcome;
+pub use remote::{
+    CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands,
+};
 pub use retry::{Backoff, Classify, Jitter, RetryPolicy};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{

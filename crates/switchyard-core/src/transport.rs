@@ -10,6 +10,7 @@ use futures_core::Stream;
 
 use crate::envelope::Envelope;
 use crate::error::{CloseError, PublishError, SubscribeError, TransportError};
+use crate::remote::RemoteCommands;
 use crate::topic::Pattern;
 
 /// A boxed, sendable future (what object-safe transport handles return).
@@ -63,6 +64,11 @@ pub trait Subscriber: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Self::Stream, SubscribeError>> + Send;
     /// What this transport can promise.
     fn capabilities(&self) -> Capabilities;
+    /// Commands and requests across processes, when this transport can carry them (see
+    /// [`RemoteCommands`]). Default: `None`, so commands stay in the sender's process.
+    fn remote_commands(&self) -> Option<&dyn RemoteCommands> {
+        None
+    }
 }
 
 /// The transport side of settling one delivery. Implemented by each transport.

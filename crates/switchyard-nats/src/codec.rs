@@ -9,10 +9,16 @@
 //! | `Sy-Priority` | `priority` (0–255) |
 //! | `Sy-Timestamp` | `timestamp`, nanoseconds since the Unix epoch |
 //! | `Sy-Content-Type`, `Sy-Type-Name`, `Sy-Type-Version` | payload description |
-//! | `H-<name>` | each user header |
+//! | `<name>` | each user header that NATS carries as it is (`traceparent`, `tracestate`, `X-Correlation-Id`, …) |
+//! | `H-<name>` | each other user header, percent-encoded |
 //!
-//! Header names and values are percent-encoded where NATS would refuse or alter them
-//! (control characters, spaces, non-ASCII, `%`, and `:` in names).
+//! Ids are ULIDs: a foreign `Nats-Msg-Id` or `Sy-Correlation-Id` that is not one is
+//! replaced by a fresh id (opaque ids are not done yet). A user header whose name is an HTTP token outside the reserved prefixes
+//! (`Sy-`, `Nats-`, `H-`) and whose value is printable ASCII travels under its own name;
+//! any other is sent as `H-<name>` with names and values percent-encoded where NATS would
+//! refuse or alter them (control characters, spaces, non-ASCII, `%`, and `:` in names).
+//! On receipt every header outside the reserved prefixes is kept as it came, so headers
+//! from any NATS client reach the envelope and are forwarded on republish.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +40,7 @@ const TYPE_NAME: &str = "Sy-Type-Name";
 const TYPE_VERSION: &str = "Sy-Type-Version";
 const USER_PREFIX: &str = "H-";
 
-fn escape(s: &str, name: bool) -> String {
+pub(crate) fn escape(s: &str, name: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         let plain = (0x21..=0x7e).contains(&b) && b != b'%' && !(name && b == b':');
@@ -51,7 +57,7 @@ fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     if !s.contains('%') {
         return s.to_owned();
     }
@@ -85,7 +91,7 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     if env.correlation_id != env.id {
         h.insert(CORRELATION, env.correlation_id.to_string().as_str());
     }
-    if let Some(c) = env.causation_id {
+    if let Some(c) = &env.causation_id {
         h.insert(CAUSATION, c.to_string().as_str());
     }
     if let Some(s) = &env.source {
@@ -112,10 +118,37 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
         h.insert(TYPE_VERSION, env.type_version.to_string().as_str());
     }
     for (k, v) in env.headers.iter() {
-        let name = format!("{USER_PREFIX}{}", escape(k, true));
-        h.insert(name.as_str(), escape(v, false).as_str());
+        if plain_header(k, v) {
+            h.insert(k, v);
+        } else {
+            let name = format!("{USER_PREFIX}{}", escape(k, true));
+            h.insert(name.as_str(), escape(v, false).as_str());
+        }
     }
     h
+}
+
+/// A header NATS carries as it is and no other client mistakes for one of its own: an HTTP
+/// token name outside the reserved prefixes (`Sy-`, `Nats-`, `H-`) with a printable ASCII
+/// value (no surrounding spaces). Such headers travel under their own name (`traceparent`,
+/// `X-Correlation-Id`); the others under `H-` with percent-encoding.
+fn plain_header(name: &str, value: &str) -> bool {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b);
+    !name.is_empty()
+        && name.bytes().all(token)
+        && !reserved(name)
+        && !value.is_empty()
+        && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ')
+}
+
+/// Names switchyard or NATS own.
+fn reserved(name: &str) -> bool {
+    let starts = |p: &str| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    starts("sy-") || starts("nats-") || starts(USER_PREFIX)
 }
 
 fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -190,10 +223,14 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
     let user: Headers = h
         .iter()
         .filter_map(|(k, vs)| {
-            let name = k.as_ref();
-            let name = std::str::from_utf8(name).ok()?.strip_prefix(USER_PREFIX)?;
-            let v = vs.first()?;
-            Some((unescape(name), unescape(v.as_str())))
+            let name = std::str::from_utf8(k.as_ref()).ok()?;
+            let v = vs.first()?.as_str();
+            match name.strip_prefix(USER_PREFIX) {
+                Some(escaped) => Some((unescape(escaped), unescape(v))),
+                // A foreign header (`traceparent`, `X-Correlation-Id`): kept as it came.
+                None if !reserved(name) => Some((name.to_owned(), v.to_owned())),
+                None => None,
+            }
         })
         .collect();
     env.headers = user;

@@ -83,6 +83,18 @@ pub struct NatsConfig {
     /// `<prefix>.t`, outside every stream (a stream capturing the request subject would
     /// answer it with a publish acknowledgement). Default: `_sy.req`.
     pub request_prefix: String,
+    /// Subject prefix of commands and requests across processes (`bus.send` /
+    /// `bus.request` with no local handler): a command on topic `t` is a core NATS request to
+    /// `<prefix>.t`. Default: `_sy.cmd`.
+    pub command_prefix: String,
+    /// Queue group the command handlers of every process join, so each command is handled
+    /// by exactly one of them. Default: `switchyard`.
+    pub command_group: String,
+    /// How long `bus.send` (no deadline of its own) waits for a command's result from
+    /// another process before `SendError::Timeout`, so a handler process that vanished
+    /// mid-command never leaves the sender waiting forever. `bus.request` uses its own
+    /// deadline. Default: 30 s.
+    pub command_timeout: Duration,
     /// Header whose value is the ordering key. JetStream delivers one consumer's messages in
     /// stream order; the key is kept for the bus's lanes. Default: `ordering-key`.
     pub ordering_header: Option<String>,
@@ -110,6 +122,9 @@ impl std::fmt::Debug for NatsConfig {
             .field("ack_timeout", &self.ack_timeout)
             .field("reconnect_buffer", &self.reconnect_buffer)
             .field("request_prefix", &self.request_prefix)
+            .field("command_prefix", &self.command_prefix)
+            .field("command_group", &self.command_group)
+            .field("command_timeout", &self.command_timeout)
             .field("ordering_header", &self.ordering_header)
             .field("dead_letters", &self.dead_letters.is_some())
             .finish()
@@ -142,6 +157,9 @@ impl NatsConfig {
             ack_timeout: Duration::from_secs(2),
             reconnect_buffer: 8192,
             request_prefix: "_sy.req".to_owned(),
+            command_prefix: "_sy.cmd".to_owned(),
+            command_group: "switchyard".to_owned(),
+            command_timeout: Duration::from_secs(30),
             ordering_header: Some("ordering-key".to_owned()),
             dead_letters: None,
         }
@@ -214,6 +232,13 @@ impl NatsConfig {
     /// Sets the number of commands buffered while disconnected.
     pub fn with_reconnect_buffer(mut self, n: usize) -> Self {
         self.reconnect_buffer = n;
+        self
+    }
+
+    /// Sets how long a command sent without a deadline waits for another process's
+    /// result.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
         self
     }
 

@@ -22,6 +22,18 @@
 //! - **Request/reply** over core NATS with deadlines and fast no-responders:
 //!   [`NatsTransport::request`], [`NatsTransport::respond`].
 //!
+//! ## Commands across processes
+//!
+//! The transport carries commands and requests to handlers in other processes
+//! ([`Subscriber::remote_commands`](switchyard_core::Subscriber::remote_commands)): on a bus
+//! over NATS, `bus.send` / `bus.request` with no handler in the process go as a core NATS
+//! request to `<command_prefix>.<topic>`, which every process with a handler for the topic
+//! serves in the queue group `command_group` (each command handled once). No process
+//! serving the topic: `SendError::NoHandler` at once (the server's no-responders status).
+//! The deadline travels as `Sy-Deadline-Ms` and is enforced on both sides; `send` without a
+//! deadline waits at most [`NatsConfig::command_timeout`]. The handler's typed result or
+//! failure comes back in the reply (`Sy-Status`, `Sy-Error`, `Sy-Attempts`, `Sy-Handler`).
+//!
 //! ## Headers
 //!
 //! `Nats-Msg-Id` = id; `Sy-Kind`, `Sy-Correlation-Id`, `Sy-Causation-Id`, `Sy-Source`,
@@ -50,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+mod command;
 mod config;
 mod error;
 mod request;

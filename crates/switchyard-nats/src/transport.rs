@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     js: jetstream::Context,
     pub(crate) closed: AtomicBool,
-    shutdown: watch::Sender<bool>,
+    pub(crate) shutdown: watch::Sender<bool>,
     counters: Arc<Counters>,
     publishing: AtomicUsize,
     publish_done: Notify,
@@ -262,6 +262,16 @@ impl NatsTransport {
         if config.request_prefix.is_empty() || config.request_prefix.contains(['*', '>', ' ']) {
             return Err(ConnectError::InvalidConfig(
                 "request_prefix must be a plain subject".into(),
+            ));
+        }
+        if config.command_prefix.is_empty() || config.command_prefix.contains(['*', '>', ' ']) {
+            return Err(ConnectError::InvalidConfig(
+                "command_prefix must be a plain subject".into(),
+            ));
+        }
+        if config.command_group.is_empty() || config.command_group.contains([' ', '.']) {
+            return Err(ConnectError::InvalidConfig(
+                "command_group must be a plain name".into(),
             ));
         }
         let counters = Arc::new(Counters::default());
@@ -718,6 +728,12 @@ impl Subscriber for NatsTransport {
             delayed_delivery: false,
             dedup: true,
         }
+    }
+
+    /// Commands and requests across processes over core NATS request/reply (see
+    /// [`command`](crate#commands-across-processes)).
+    fn remote_commands(&self) -> Option<&dyn switchyard_core::RemoteCommands> {
+        Some(self)
     }
 }
 

@@ -1,15 +1,19 @@
 //! Commands and requests: one handler, one result back to the sender.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchyard_core::{Command, Envelope, Kind, SendError};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use switchyard_core::{Command, Envelope, IncomingCommand, IncomingCommands, Kind, SendError};
 use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::reply::CommandResult;
+use crate::state::{BusInner, RUNNING, SubShared};
 
 impl Bus {
     /// Sends a command to its one handler and waits for the typed result.
@@ -54,8 +58,20 @@ impl Bus {
     }
 
     /// Sends a command envelope to the handler of its topic and waits for the result.
-    /// With no handler registered this fails at once with `SendError::NoHandler`.
-    pub async fn send_envelope(&self, mut env: Envelope) -> Result<CommandResult, SendError> {
+    ///
+    /// A handler registered on this bus is used when there is one. Otherwise, on a transport
+    /// that carries commands across processes (NATS), the command goes to one of the
+    /// processes serving its topic; with none (or no such transport) this fails at once with
+    /// `SendError::NoHandler`.
+    pub async fn send_envelope(&self, env: Envelope) -> Result<CommandResult, SendError> {
+        self.dispatch_command(env, None).await
+    }
+
+    async fn dispatch_command(
+        &self,
+        mut env: Envelope,
+        deadline: Option<Duration>,
+    ) -> Result<CommandResult, SendError> {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
@@ -72,36 +88,22 @@ impl Bus {
             })
         };
         let Some(handler) = handler else {
+            if let Some(remote) = self
+                .inner
+                .transport
+                .as_ref()
+                .and_then(|t| t.remote_commands())
+            {
+                return remote.send(env, deadline).await;
+            }
             return Err(SendError::NoHandler { topic: env.topic });
         };
-        let (tx, rx) = oneshot::channel();
-        match handler.enqueue(&self.inner, Arc::new(env), Some(tx)).await {
-            Ok(Enqueued::Queued) => {}
-            Ok(Enqueued::Filtered) => {
-                return Err(SendError::Rejected {
-                    reason: format!("filtered out by handler {}", handler.name()),
-                });
-            }
-            Err(EnqueueError::Full) => {
-                return Err(SendError::Full {
-                    handler: handler.name().to_owned(),
-                });
-            }
-            Err(EnqueueError::Closed) => {
-                self.check_running()?;
-                return Err(SendError::NotProcessed(
-                    "command handler was unregistered".into(),
-                ));
-            }
+        let rx = handler.enqueue_command(&self.inner, env).await;
+        if matches!(rx, Err(SendError::NotProcessed(_))) {
+            self.check_running()?;
         }
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::NotProcessed(
-                "the handler stopped before answering".into(),
-            )),
-        }
+        await_result(rx?).await
     }
-
     /// [`send_envelope`](Self::send_envelope) with a deadline.
     pub async fn request_envelope(
         &self,
@@ -111,9 +113,108 @@ impl Bus {
         if env.kind == Kind::Event || env.kind == Kind::Command {
             env.kind = Kind::Request;
         }
-        match tokio::time::timeout(deadline, self.send_envelope(env)).await {
+        match tokio::time::timeout(deadline, self.dispatch_command(env, Some(deadline))).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
+        }
+    }
+}
+
+async fn await_result(
+    rx: oneshot::Receiver<Result<CommandResult, SendError>>,
+) -> Result<CommandResult, SendError> {
+    match rx.await {
+        Ok(result) => result,
+        Err(_) => Err(SendError::NotProcessed(
+            "the handler stopped before answering".into(),
+        )),
+    }
+}
+
+impl SubShared {
+    /// Queues a command for this handler; the receiver gets its result.
+    async fn enqueue_command(
+        &self,
+        bus: &BusInner,
+        env: Envelope,
+    ) -> Result<oneshot::Receiver<Result<CommandResult, SendError>>, SendError> {
+        let (tx, rx) = oneshot::channel();
+        match self.enqueue(bus, Arc::new(env), Some(tx)).await {
+            Ok(Enqueued::Queued) => Ok(rx),
+            Ok(Enqueued::Filtered) => Err(SendError::Rejected {
+                reason: format!("filtered out by handler {}", self.name()),
+            }),
+            Err(EnqueueError::Full) => Err(SendError::Full {
+                handler: self.name().to_owned(),
+            }),
+            Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
+                "command handler was unregistered".into(),
+            )),
+        }
+    }
+
+    /// Serves this command handler to other processes: the pump takes the commands the
+    /// transport receives for the topic and answers each once this handler has handled it
+    /// (or its deadline passed). It stops, withdrawing the interest, when the handler is
+    /// unregistered or the bus shuts down.
+    pub(crate) fn spawn_command_pump(self: &Arc<Self>, mut commands: IncomingCommands) {
+        let sub = Arc::clone(self);
+        let pump = tokio::spawn(async move {
+            // The commands being served run here, not in tasks of their own: one hop less.
+            let mut serving = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    _ = sub.queue.closed() => break,
+                    next = commands.next() => match next {
+                        Some(command) => serving.push(Arc::clone(&sub).serve_remote(command)),
+                        None => break,
+                    },
+                    Some(()) = serving.next(), if !serving.is_empty() => {}
+                }
+            }
+            // Withdraw the interest first (the transport answers what it still has), then
+            // answer the commands already queued.
+            drop(commands);
+            while serving.next().await.is_some() {}
+        });
+        *self.pump.lock() = Some(pump);
+    }
+
+    async fn serve_remote(self: Arc<Self>, command: IncomingCommand) {
+        let (env, deadline, responder) = command.into_parts();
+        let topic = env.topic.clone();
+        let result = self.handle_remote(env, deadline).await;
+        if let Err(e) = responder.respond(result).await {
+            tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
+        }
+    }
+
+    async fn handle_remote(
+        &self,
+        env: Envelope,
+        deadline: Option<Duration>,
+    ) -> Result<CommandResult, SendError> {
+        let queued = {
+            // A bus that is stopping takes no more commands: the sender may try another
+            // process, so it hears that this one has no handler any more.
+            let Some(bus) = self.bus.upgrade() else {
+                return Err(SendError::NoHandler { topic: env.topic });
+            };
+            if bus.state.load(Ordering::Acquire) != RUNNING {
+                return Err(SendError::NoHandler { topic: env.topic });
+            }
+            let topic = env.topic.clone();
+            match self.enqueue_command(&bus, env).await {
+                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
+                other => other,
+            }
+        };
+        let wait = await_result(queued?);
+        match deadline {
+            None => wait.await,
+            Some(d) => tokio::time::timeout(d, wait)
+                .await
+                .unwrap_or(Err(SendError::Timeout { deadline: d })),
         }
     }
 }

@@ -331,7 +331,10 @@ impl Bus {
         if self.inner.transport.is_some() {
             return Err(PublishError::Transport(TransportError::new(
                 TransportErrorKind::Unsupported,
-                "publish_and_wait needs the in-memory bus: a transport delivers asynchronously",
+                "publish_and_wait needs the in-memory bus: on a transport, handlers (in any process) \
+                 get events asynchronously and report to no publisher; to wait for a \
+                 handler's result use a command (bus.send / bus.request), which works \
+                 across processes on NATS",
             )));
         }
         inherit_parent(&mut env);

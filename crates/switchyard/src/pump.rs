@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use switchyard_core::Delivery;
+use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
 
 use crate::pending::Settled;
 use crate::publish::EnqueueError;
@@ -65,6 +65,23 @@ impl SubShared {
                 tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
             }
             accepted.settle(Settled::Nacked);
+            return Ok(());
+        }
+        if matches!(delivery.envelope.kind, Kind::Command | Kind::Request) {
+            // Published as a command by some client: it is for its one handler, never for
+            // an event handler.
+            inc(&self.counters.dead_lettered);
+            bus.dead_letter(
+                DeadLetter::new(
+                    delivery.envelope.clone(),
+                    DeadLetterReason::Unroutable,
+                    "a command or request published as an event: event handlers do not take \
+                     commands (send it with bus.send / a NATS request to its handler)",
+                )
+                .with_handler(self.config.name.clone()),
+            );
+            self.settle(delivery, false).await;
+            accepted.settle(Settled::DeadLettered);
             return Ok(());
         }
         if !self.accepts(&delivery.envelope) {

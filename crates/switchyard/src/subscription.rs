@@ -158,11 +158,26 @@ impl Bus {
             (Some(transport), SubscriptionKind::Event) => {
                 if config.handler_priority != 0 {
                     return Err(SubscribeError::InvalidConfig(
-                        "handler priority groups need the in-memory bus, not a transport",
+                        "handler priority groups need the in-memory bus: on a transport each subscription \
+                         consumes on its own; use message priority or separate topics instead",
                     ));
                 }
                 let group = (!config.ephemeral).then_some(config.name.as_str());
                 Some(transport.subscribe(&config.pattern, group).await?)
+            }
+            _ => None,
+        };
+        // A command handler on a transport that carries commands across processes also
+        // serves its topic to the other processes (not a session's: sessions are local).
+        let remote_commands = match (&inner.transport, kind) {
+            (Some(transport), SubscriptionKind::Command) if config.session.is_none() => {
+                match transport.remote_commands() {
+                    Some(remote) => {
+                        let topic = Topic::new(config.pattern.as_str())?;
+                        Some(remote.serve(&topic).await?)
+                    }
+                    None => None,
+                }
             }
             _ => None,
         };
@@ -228,6 +243,9 @@ impl Bus {
             subs.insert(id, shared.clone());
         }
         shared.spawn_workers(handler);
+        if let Some(commands) = remote_commands {
+            shared.spawn_command_pump(commands);
+        }
         Ok(Subscription::new(shared, self.weak()))
     }
 }

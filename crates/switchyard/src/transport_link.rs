@@ -6,14 +6,19 @@
 //! name (or, for an ephemeral subscription, no group), and a *pump* task feeds what arrives into the subscription's local queue, which then
 //! acts as a bounded prefetch window. After handling, the delivery is acked (handled) or
 //! terminated (dead-lettered); a message not handled (shutdown deadline, crash) is never
-//! settled, so the transport redelivers it. Commands and requests stay in process: they need
-//! a live handler to answer.
+//! settled, so the transport redelivers it.
+//!
+//! Commands and requests go to a handler in this process when the bus has one; otherwise,
+//! when the transport can carry commands across processes (its
+//! [`remote_commands`](Subscriber::remote_commands), e.g. NATS), to one of the processes
+//! serving the topic, and each command handler registered here also serves the topic for
+//! the other processes. On a transport without that capability they stay in process.
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use switchyard_core::{
     BoxFuture, Capabilities, CloseError, Delivery, Envelope, Pattern, PublishError, Publisher,
-    SubscribeError, Subscriber,
+    RemoteCommands, SubscribeError, Subscriber,
 };
 
 /// The object-safe face of a transport, so the bus can hold one chosen at run time.
@@ -27,6 +32,7 @@ pub(crate) trait ErasedTransport: Send + Sync + 'static {
     fn close(&self, deadline: std::time::Instant) -> BoxFuture<'_, Result<(), CloseError>>;
     fn capabilities(&self) -> Capabilities;
     fn max_message_bytes(&self) -> Option<(usize, &'static str)>;
+    fn remote_commands(&self) -> Option<&dyn RemoteCommands>;
 }
 
 impl<T: Publisher + Subscriber> ErasedTransport for T {
@@ -52,5 +58,9 @@ impl<T: Publisher + Subscriber> ErasedTransport for T {
 
     fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
         Publisher::max_message_bytes(self)
+    }
+
+    fn remote_commands(&self) -> Option<&dyn RemoteCommands> {
+        Subscriber::remote_commands(self)
     }
 }

@@ -6,6 +6,9 @@
 //! rust-peer log-consume <dir> <group> <pattern> <n>    print n messages as JSON lines
 //! rust-peer nats-echo <url> <stream> <prefix> <n>      answer n <prefix>.py.orders with
 //!                                                      <prefix>.rust.confirmed, caused by them
+//! rust-peer nats-interop <url> <stream> <prefix> <n>   print n events of <prefix>.events.#
+//!                                                      (headers included) and serve the
+//!                                                      command <prefix>.double meanwhile
 //! ```
 //!
 //! Every line printed is one JSON object, so the Python side can assert on it.
@@ -55,6 +58,8 @@ fn line(env: &Envelope) -> String {
         "correlation_id": env.correlation_id.to_string(),
         "causation_id": env.causation_id.map(|c| c.to_string()),
         "type_name": env.type_name.as_deref(),
+        "kind": env.kind.as_str(),
+        "headers": env.headers.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "payload": payload,
     })
     .to_string()
@@ -169,6 +174,62 @@ async fn nats_echo(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(), 
     result
 }
 
+/// A command any NATS client can send: a request to `_sy.cmd.<prefix>.double`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Double {
+    n: i64,
+}
+impl Message for Double {
+    const TOPIC: &'static str = "double";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+}
+impl switchyard::Command for Double {
+    type Output = i64;
+}
+
+/// Prints the events a foreign client publishes (kind and headers included) and serves a
+/// command it sends with a plain NATS request.
+async fn nats_interop(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(), Error> {
+    let transport = NatsTransport::connect(
+        NatsConfig::new(url)
+            .with_stream(stream, [Pattern::new(&format!("{prefix}.#"))?])
+            .with_max_age(Duration::from_secs(3600)),
+    )
+    .await?;
+    let bus = Bus::builder().transport(transport).build()?;
+    let counter = Counter::default();
+    let c = counter.clone();
+    let _events = bus
+        .subscribe(
+            "rust-interop",
+            &format!("{prefix}.events.#"),
+            handler_fn(move |env: Envelope| {
+                let c = c.clone();
+                async move {
+                    println!("{}", line(&env));
+                    c.hit();
+                    Ok::<_, std::io::Error>(())
+                }
+            }),
+        )
+        .start()
+        .await?;
+    let _double = bus
+        .handle(|cmd: Double, _ctx| async move {
+            if cmd.n < 0 {
+                return Err(format!("cannot double {}", cmd.n));
+            }
+            Ok(cmd.n * 2)
+        })
+        .pattern(&format!("{prefix}.double"))
+        .start()
+        .await?;
+    println!("{}", serde_json::json!({ "ready": true }));
+    let result = counter.wait(n, Duration::from_secs(30)).await;
+    bus.shutdown(Duration::from_secs(5)).await?;
+    result
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -187,7 +248,11 @@ async fn main() -> ExitCode {
             Some(n) => nats_echo(url, stream, prefix, n).await,
             None => Err("n must be a number".into()),
         },
-        _ => Err("usage: rust-peer log-publish <dir> <n> | log-consume <dir> <group> <pattern> <n> | nats-echo <url> <stream> <prefix> <n>".into()),
+        (Some("nats-interop"), Some(url), Some(stream), Some(prefix), Some(_)) => match num(4) {
+            Some(n) => nats_interop(url, stream, prefix, n).await,
+            None => Err("n must be a number".into()),
+        },
+        _ => Err("usage: rust-peer log-publish <dir> <n> | log-consume <dir> <group> <pattern> <n> | nats-echo <url> <stream> <prefix> <n> | nats-interop <url> <stream> <prefix> <n>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

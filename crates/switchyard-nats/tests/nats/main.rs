@@ -6,9 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod cluster;
+mod commands;
 mod conformance;
 mod fault;
 mod faulty;
 mod groups;
 mod harness;
+mod interop;
 mod specific;

@@ -1,0 +1,387 @@
+//! Commands and requests across processes ([`RemoteCommands`]) over core NATS
+//! request/reply.
+//!
+//! A command on topic `t` is a core NATS request to `<command_prefix>.t`; every bus with a
+//! handler for `t` subscribes to that subject in the queue group `command_group`, so the
+//! server hands each command to exactly one of them, and answers "no responders" at once when
+//! there is none (the sender gets `SendError::NoHandler` without waiting). The request
+//! carries the envelope as usual (see the crate's header table) plus `Sy-Deadline-Ms`, what
+//! is left of the sender's deadline; the handler side stops waiting for its handler then.
+//!
+//! The reply's `Sy-Status` is `ok` or the failure's kind (`no-handler`, `rejected`,
+//! `failed`, `full`, `timeout`, `not-processed`, `shutting-down`, `codec`, `transport`), with
+//! `Sy-Error` (the message, as plain text on one line), `Sy-Attempts` and `Sy-Handler`. A successful reply that carries
+//! the handler's reply envelope says `Sy-Reply: 1` and carries it as any message (headers
+//! and body). A reply without `Sy-Status` (from a responder that is not switchyard) is taken
+//! as the reply envelope.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, Subject};
+use futures::StreamExt;
+use switchyard_core::{
+    BoxFuture, CodecDirection, CodecError, CommandResponder, CommandResult, Envelope,
+    IncomingCommand, IncomingCommands, RemoteCommands, SendError, SubscribeError, Topic,
+    TransportError, TransportErrorKind,
+};
+
+use crate::codec;
+use crate::subject::topic_subject;
+use crate::transport::NatsTransport;
+
+/// Header with the milliseconds left of the sender's deadline.
+pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
+const STATUS: &str = "Sy-Status";
+const ERROR: &str = "Sy-Error";
+const ATTEMPTS: &str = "Sy-Attempts";
+const HANDLER: &str = "Sy-Handler";
+const HAS_REPLY: &str = "Sy-Reply";
+/// Header carrying a reply's topic (a reply travels on an inbox subject).
+pub(crate) const REPLY_TOPIC: &str = "Sy-Topic";
+
+impl NatsTransport {
+    fn command_subject(&self, topic: &Topic) -> Result<String, TransportError> {
+        let s = topic_subject(topic)
+            .map_err(|reason| TransportError::new(TransportErrorKind::Rejected, reason))?;
+        Ok(format!("{}.{s}", self.inner.config.command_prefix))
+    }
+
+    async fn send_command(
+        &self,
+        command: Envelope,
+        deadline: Option<Duration>,
+    ) -> Result<CommandResult, SendError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SendError::ShuttingDown);
+        }
+        let subject = self.command_subject(&command.topic)?;
+        let wait = deadline.unwrap_or(self.inner.config.command_timeout);
+        let mut headers = codec::encode_headers(&command);
+        if let Some(d) = deadline {
+            headers.insert(DEADLINE, d.as_millis().to_string().as_str());
+        }
+        let topic = command.topic;
+        let req = async_nats::Request::new()
+            .headers(headers)
+            .payload(command.payload)
+            .timeout(Some(wait));
+        let msg = match self.inner.client.send_request(subject, req).await {
+            Ok(msg) => msg,
+            Err(e) => {
+                return Err(match e.kind() {
+                    async_nats::client::RequestErrorKind::NoResponders => {
+                        SendError::NoHandler { topic }
+                    }
+                    async_nats::client::RequestErrorKind::TimedOut => {
+                        SendError::Timeout { deadline: wait }
+                    }
+                    _ => SendError::Transport(TransportError::with_source(
+                        TransportErrorKind::Unavailable,
+                        "command request failed",
+                        e,
+                    )),
+                });
+            }
+        };
+        decode_result(topic, msg.headers.as_ref(), msg.payload)
+    }
+
+    async fn serve_commands(&self, topic: &Topic) -> Result<IncomingCommands, SubscribeError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SubscribeError::ShuttingDown);
+        }
+        let subject = self.command_subject(topic)?;
+        let sub = self
+            .inner
+            .client
+            .queue_subscribe(subject, self.inner.config.command_group.clone())
+            .await
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Unavailable, "cannot subscribe", e)
+            })?;
+        // The server has the interest before the handler counts as registered.
+        self.inner.client.flush().await.map_err(|e| {
+            TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
+        })?;
+        let mut closed = self.inner.shutdown.subscribe();
+        Ok(Box::pin(Serving {
+            sub: Some(sub),
+            closed: Box::pin(async move {
+                let _ = closed.wait_for(|c| *c).await;
+            }),
+            client: self.inner.client.clone(),
+            topic: topic.clone(),
+            done: false,
+        }))
+    }
+}
+
+/// The commands of one queue subscription, until the transport closes. Dropped (the handler
+/// was unregistered, the bus stopped taking commands), it drains the subscription (the
+/// server stops sending, what it had sent arrives) and answers every command left with
+/// `no-handler`, so no sender waits for a handler that is gone.
+struct Serving {
+    sub: Option<async_nats::Subscriber>,
+    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    client: Client,
+    topic: Topic,
+    done: bool,
+}
+
+fn incoming(client: &Client, topic: &Topic, msg: async_nats::Message) -> IncomingCommand {
+    let deadline = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(DEADLINE))
+        .and_then(|v| v.as_str().parse().ok())
+        .map(Duration::from_millis);
+    let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
+    let responder = NatsResponder {
+        client: client.clone(),
+        reply_to: msg.reply,
+        topic: topic.clone(),
+    };
+    IncomingCommand::new(envelope, deadline, Box::new(responder))
+}
+
+impl futures::Stream for Serving {
+    type Item = IncomingCommand;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<IncomingCommand>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done || this.closed.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        let Some(sub) = this.sub.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match sub.poll_next_unpin(cx) {
+            Poll::Ready(Some(msg)) => Poll::Ready(Some(incoming(&this.client, &this.topic, msg))),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let Some(mut sub) = self.sub.take() else {
+            return;
+        };
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if sub.drain().await.is_ok() {
+                    let rest = async {
+                        while let Some(msg) = sub.next().await {
+                            drop(incoming(&client, &topic, msg));
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
+                }
+            });
+        }
+    }
+}
+
+impl RemoteCommands for NatsTransport {
+    fn send(
+        &self,
+        command: Envelope,
+        deadline: Option<Duration>,
+    ) -> BoxFuture<'_, Result<CommandResult, SendError>> {
+        Box::pin(self.send_command(command, deadline))
+    }
+
+    fn serve<'a>(
+        &'a self,
+        topic: &'a Topic,
+    ) -> BoxFuture<'a, Result<IncomingCommands, SubscribeError>> {
+        Box::pin(self.serve_commands(topic))
+    }
+}
+
+/// Answers one command on its reply subject; dropped unanswered (the handler is gone), it
+/// answers `no-handler`.
+struct NatsResponder {
+    client: Client,
+    reply_to: Option<Subject>,
+    topic: Topic,
+}
+
+impl Drop for NatsResponder {
+    fn drop(&mut self) {
+        let Some(to) = self.reply_to.take() else {
+            return;
+        };
+        let (headers, payload) = encode_result(Err(SendError::NoHandler {
+            topic: self.topic.clone(),
+        }));
+        let client = self.client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.publish_with_headers(to, headers, payload).await;
+            });
+        }
+    }
+}
+
+impl CommandResponder for NatsResponder {
+    fn respond(
+        self: Box<Self>,
+        result: Result<CommandResult, SendError>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let mut this = self;
+        let to = this.reply_to.take();
+        let client = this.client.clone();
+        Box::pin(async move {
+            let Some(to) = to else {
+                return Ok(());
+            };
+            let (headers, payload) = encode_result(result);
+            client
+                .publish_with_headers(to, headers, payload)
+                .await
+                .map_err(|e| {
+                    TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
+                })
+        })
+    }
+}
+
+fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
+    match result {
+        Ok(done) => {
+            let (mut h, payload) = match done.reply {
+                Some(reply) => {
+                    let mut h = codec::encode_headers(&reply);
+                    h.insert(REPLY_TOPIC, reply.topic.as_str());
+                    h.insert(HAS_REPLY, "1");
+                    (h, reply.payload)
+                }
+                None => (HeaderMap::new(), bytes::Bytes::new()),
+            };
+            h.insert(STATUS, "ok");
+            h.insert(HANDLER, codec::escape(&done.handler, false).as_str());
+            h.insert(ATTEMPTS, done.attempts.to_string().as_str());
+            (h, payload)
+        }
+        Err(e) => {
+            let mut h = HeaderMap::new();
+            let status = match &e {
+                SendError::NoHandler { .. } => "no-handler",
+                SendError::Rejected { .. } => "rejected",
+                SendError::Failed { attempts, .. } => {
+                    h.insert(ATTEMPTS, attempts.to_string().as_str());
+                    "failed"
+                }
+                SendError::Full { handler } => {
+                    h.insert(HANDLER, codec::escape(handler, false).as_str());
+                    "full"
+                }
+                SendError::Timeout { deadline } => {
+                    h.insert(DEADLINE, deadline.as_millis().to_string().as_str());
+                    "timeout"
+                }
+                SendError::NotProcessed(_) => "not-processed",
+                SendError::ShuttingDown => "shutting-down",
+                SendError::Codec(_) => "codec",
+                _ => "transport",
+            };
+            h.insert(STATUS, status);
+            let message = match &e {
+                SendError::Rejected { reason } => reason.clone(),
+                SendError::Failed { error, .. } => error.clone(),
+                SendError::NotProcessed(m) => m.clone(),
+                other => other.to_string(),
+            };
+            h.insert(ERROR, readable(&message).as_str());
+            (h, bytes::Bytes::new())
+        }
+    }
+}
+
+/// An error message as a header value any client reads as it is: control characters
+/// (line breaks) become spaces, surrounding spaces are trimmed.
+fn readable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// The text of a remote failure, as it was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RemoteError(String);
+
+fn decode_result(
+    topic: Topic,
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+) -> Result<CommandResult, SendError> {
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let text = |name: &str| get(name).map(codec::unescape).unwrap_or_default();
+    let attempts = get(ATTEMPTS).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let reply_topic = || match get(REPLY_TOPIC).map(Topic::new) {
+        Some(Ok(t)) => t,
+        _ => topic.clone(),
+    };
+    let status = match get(STATUS) {
+        // Not from switchyard: the whole message is the reply.
+        None => {
+            return Ok(CommandResult {
+                reply: Some(codec::decode(reply_topic(), headers, payload)),
+                handler: "remote".into(),
+                attempts: 1,
+            });
+        }
+        Some(s) => s,
+    };
+    let error = get(ERROR).unwrap_or_default().to_owned();
+    Err(match status {
+        "ok" => {
+            let reply = (get(HAS_REPLY) == Some("1"))
+                .then(|| codec::decode(reply_topic(), headers, payload));
+            return Ok(CommandResult {
+                reply,
+                handler: text(HANDLER).into(),
+                attempts,
+            });
+        }
+        "no-handler" => SendError::NoHandler { topic },
+        "rejected" => SendError::Rejected { reason: error },
+        "failed" => SendError::Failed { error, attempts },
+        "full" => SendError::Full {
+            handler: text(HANDLER),
+        },
+        "timeout" => SendError::Timeout {
+            deadline: Duration::from_millis(
+                get(DEADLINE).and_then(|d| d.parse().ok()).unwrap_or(0),
+            ),
+        },
+        "not-processed" => SendError::NotProcessed(error),
+        "shutting-down" => SendError::ShuttingDown,
+        "codec" => SendError::Codec(CodecError {
+            direction: CodecDirection::Decode,
+            type_name: "remote command",
+            source: Box::new(RemoteError(error)),
+        }),
+        _ => SendError::Transport(TransportError::with_source(
+            TransportErrorKind::Unavailable,
+            "the handler's process failed",
+            RemoteError(error),
+        )),
+    })
+}
