@@ -230,7 +230,12 @@ function setupTabs() {
 function route() {
   const m = location.hash.match(/^#\/run\/(.+)$/);
   $("#view-runs").hidden = !!m; $("#view-run").hidden = !m;
-  if (m) { state.steps = {}; state.detail = null; renderSteps(); loadRun(decodeURIComponent(m[1])); $("#h-run").focus?.(); }
+  if (m) {
+    const runId = decodeURIComponent(m[1]);
+    if (runId !== state.current) selectTab($("#tab-data"));
+    state.steps = {}; state.detail = null; renderSteps(); loadRun(runId);
+    $("#h-run").focus(); // keyboard and screen-reader users land on the run
+  }
   else { state.current = null; loadRuns(); }
 }
 
