@@ -80,7 +80,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let demo = if args.demo {
         let interval = Duration::from_millis(args.demo_interval_ms.max(10));
-        match start_demo(&node, interval, stop_rx).await {
+        match start_demo(&node, &url, interval, stop_rx).await {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = node.shutdown().await;
@@ -142,6 +142,7 @@ async fn wait_for_signal() {
 /// spawns the trickle.
 async fn start_demo(
     node: &Node,
+    node_url: &str,
     interval: Duration,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
@@ -153,7 +154,9 @@ async fn start_demo(
     let app = DemoApp::start(node.bus(), &config)
         .await
         .map_err(|e| CliError::Failure(format!("the demo app did not start: {e}")))?;
-    node.set_topology(app.topology().clone());
+    // The app's browser frontend at /app is its Frontend component through the gateway:
+    // the layer rules apply to gateway traffic too.
+    node.set_topology_enforced(app.topology().clone());
     println!(
         "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails",
         app.topology().components().len(),
@@ -162,6 +165,7 @@ async fn start_demo(
     println!(
         "             (switchyard topology, switchyard dlq list, switchyard trace <correlation>)"
     );
+    println!("  app        {}/app   (the app's own frontend)", node_url);
     Ok(tokio::spawn(trickle(
         app,
         node.bus().clone(),

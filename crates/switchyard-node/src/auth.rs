@@ -340,6 +340,17 @@ impl Auth {
         }
     }
 
+    /// A 403 denial of `action` for `principal` for another reason than its grants (a layer
+    /// rule of the declared topology); counted and logged like every denial.
+    pub fn deny(&self, principal: &Principal, action: Action, reason: String) -> Denial {
+        self.denials.forbidden[action.index()].fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(principal = principal.name(), action = action.as_str(), %reason, "refused by a layer rule");
+        Denial {
+            kind: ErrorKind::Forbidden,
+            reason,
+        }
+    }
+
     /// Allows or refuses (403, counted and logged) `action` on `topic` for `principal`.
     pub fn authorize(
         &self,

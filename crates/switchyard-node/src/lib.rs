@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod alerts;
+mod app_ui;
 pub mod auth;
 pub mod config;
 mod dashboard;

@@ -147,6 +147,7 @@ impl Node {
             dlq,
             trace,
             topology: Arc::new(RwLock::new(None)),
+            layers: Arc::new(RwLock::new(None)),
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -187,14 +188,44 @@ impl Node {
         &self.state.config
     }
 
+    /// Declares the component topology as [`set_topology`](Self::set_topology) does, and
+    /// enforces its layer rules on gateway traffic: every message published, sent or
+    /// requested through the gateway (HTTP or WebSocket) whose source (`x-source`, or the
+    /// principal's name when it names a declared component) is a declared component is
+    /// checked as the components crate checks a component's own publishes. A principal named
+    /// after a component may publish only as that component. A frontend message addressed
+    /// past the CPM is refused with 403 `forbidden`, counted as a denial and in
+    /// [`Node::gateway_enforcement`]. Other sources are not components: their grants apply.
+    pub fn set_topology_enforced(&self, topology: Topology) {
+        *self.state.layers.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::new(switchyard_components::Enforcer::new(
+                Arc::new(topology.clone()),
+                switchyard_components::EnforcementMode::Strict,
+            )));
+        self.set_topology(topology);
+    }
+
     /// Declares the component topology `GET /v1/topology` exports (otherwise it exports the
-    /// subscriptions the bus knows).
+    /// subscriptions the bus knows). Its layer rules are not enforced on gateway traffic
+    /// (only observed: `declared: false` edges); see
+    /// [`set_topology_enforced`](Self::set_topology_enforced).
     pub fn set_topology(&self, topology: Topology) {
         *self
             .state
             .topology
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(topology);
+    }
+
+    /// The gateway's layer-rule counters (checked, violations, refused, per rule) since
+    /// the topology was declared; `None` without one.
+    pub fn gateway_enforcement(&self) -> Option<switchyard_components::EnforcementStats> {
+        self.state
+            .layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| e.stats())
     }
 
     /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.

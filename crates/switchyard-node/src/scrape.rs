@@ -183,6 +183,12 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
         "pipelines": pipelines,
         "gateway": state.metrics.gateway_json(),
         "denials": {"unauthenticated": denials.unauthenticated(), "forbidden": forbidden},
+        "layers": state
+            .layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|e| serde_json::to_value(e.stats()).unwrap_or(Value::Null)),
         "transport": transport,
     })
 }

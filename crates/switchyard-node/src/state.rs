@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use switchyard::Bus;
-use switchyard_components::Topology;
+use switchyard::Envelope;
+use switchyard_components::{Enforcer, Topology};
 use switchyard_middleware::dlq::DeadLetterQueue;
 use switchyard_middleware::metrics::MetricsRegistry;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Auth, Principal};
+use crate::auth::{Action, Auth, Principal};
 use crate::config::{NodeConfig, RateConfig};
 use crate::error::{ApiError, ErrorKind};
 use crate::health::Health;
@@ -40,6 +41,8 @@ pub(crate) struct AppState {
     pub(crate) trace: Option<Arc<crate::node::TraceBuffer>>,
     /// The component topology, when the application registered one.
     pub(crate) topology: Arc<RwLock<Option<Topology>>>,
+    /// Layer rules on gateway traffic: set with the topology (see [`AppState::check_layers`]).
+    pub(crate) layers: Arc<RwLock<Option<Arc<Enforcer>>>>,
     /// Per-principal publish rate, when configured.
     pub(crate) rate: Option<Arc<PublishRate>>,
     /// Transport connectivity and breaker states for `/ready`.
@@ -74,6 +77,65 @@ impl AppState {
                 rate.config.burst.unwrap_or(rate.config.per_second)
             ),
         ))
+    }
+}
+
+impl AppState {
+    /// Checks a message coming in through the gateway against the declared topology's layer
+    /// rules, as the components crate checks a component's own publishes. The publishing
+    /// component is the message's `source` (`x-source`), or the principal's name when it
+    /// names a declared component and no source is given. A principal that is itself a
+    /// declared component may publish only as that component. A source that names no declared
+    /// component is not a component: nothing to check (its grants still apply). A refusal is
+    /// a 403 `forbidden`, counted as a denial and in the gateway's enforcement counters.
+    pub(crate) fn check_layers(
+        &self,
+        principal: &Principal,
+        action: Action,
+        env: &mut Envelope,
+    ) -> Result<(), ApiError> {
+        let Some(enforcer) = self
+            .layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let topology = enforcer.topology();
+        let as_component = topology.component(principal.name()).is_some();
+        let name = match env.source.as_deref() {
+            Some(s) if as_component && s != principal.name() => {
+                return Err(self
+                    .auth
+                    .deny(
+                        principal,
+                        action,
+                        format!(
+                            "principal {:?} is the component {:?} and may not publish as {s:?}",
+                            principal.name(),
+                            principal.name()
+                        ),
+                    )
+                    .into());
+            }
+            Some(s) => s.to_owned(),
+            None if as_component => {
+                env.source = Some(principal.name().into());
+                principal.name().to_owned()
+            }
+            None => return Ok(()),
+        };
+        let Some(spec) = topology.component(&name) else {
+            return Ok(());
+        };
+        match enforcer.check(spec, env) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .auth
+                .deny(principal, action, format!("layer rule: {e}"))
+                .into()),
+        }
     }
 }
 

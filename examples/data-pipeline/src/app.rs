@@ -19,6 +19,7 @@ use switchyard_components::{
 };
 use tokio::sync::mpsc;
 
+use crate::frontend_api::{RunRecord, Runs, RunsSink, now_ms, start_queries};
 use crate::modules::{self, ModuleError, Store};
 use crate::{
     BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineRequest,
@@ -225,9 +226,10 @@ fn processor(
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
                 ctx.start().await?;
-                let injected = fail
-                    .as_ref()
-                    .is_some_and(|(times, n)| n.fetch_add(1, Ordering::Relaxed) < *times);
+                let injected = job.fail.as_deref() == Some(d)
+                    || fail
+                        .as_ref()
+                        .is_some_and(|(times, n)| n.fetch_add(1, Ordering::Relaxed) < *times);
                 let result = if injected {
                     Err(ModuleError {
                         kind: "InjectedFailure".into(),
@@ -252,7 +254,8 @@ fn processor(
 
 /// The CPM: receives the frontend's request, starts staging, follows every domain's
 /// completion, and reports the whole run to the frontend.
-fn cpm() -> ComponentBuilder {
+fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
+    let done_runs = runs.clone();
     let (first_d, first_a) = DOMAINS[0];
     let mut b = ComponentBuilder::new("cpm", Role::Cpm, "cpm")
         .publishes(&topic_name(first_d, first_a, "request"))
@@ -273,57 +276,113 @@ fn cpm() -> ComponentBuilder {
                 Ok::<_, BoxError>(())
             },
         )
-        .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| async move {
-            let ctx = cx.begin("pipeline").await?;
-            ctx.set_metadata("run_id", req.run_id.clone())?;
-            ctx.start().await?;
-            let job = Job {
-                run_id: req.run_id,
-                dataset: req.dataset,
-                attempt: 1,
-            };
-            ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
-                .await?;
-            Ok::<_, BoxError>(())
+        .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| {
+            let (store, runs) = (store.clone(), runs.clone());
+            async move {
+                let (dataset, input) = match (&req.csv, req.rows) {
+                    (Some(text), _) => {
+                        let name = format!("upload-{}.csv", file_safe(&req.run_id));
+                        store.write_file(&name, text.clone())?;
+                        (name, "csv")
+                    }
+                    (None, Some(rows)) => {
+                        let name = format!("generated-{}.csv", file_safe(&req.run_id));
+                        store.write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))?;
+                        (name, "generated")
+                    }
+                    (None, None) => (req.dataset.clone(), "file"),
+                };
+                let ctx = cx.begin("pipeline").await?;
+                ctx.set_metadata("run_id", req.run_id.clone())?;
+                runs.started(RunRecord {
+                    run_id: req.run_id.clone(),
+                    correlation_id: ctx.correlation_id().to_string(),
+                    dataset: dataset.clone(),
+                    input: input.into(),
+                    fail: req.fail.clone(),
+                    started_ms: now_ms(),
+                    finished_ms: None,
+                    status: "running".into(),
+                    error: None,
+                    domains: Vec::new(),
+                    results: BTreeMap::new(),
+                    dead_letters: Vec::new(),
+                });
+                ctx.start().await?;
+                let job = Job {
+                    run_id: req.run_id,
+                    dataset,
+                    attempt: 1,
+                    fail: req.fail,
+                };
+                ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
+                    .await?;
+                Ok::<_, BoxError>(())
+            }
         });
     for (i, (d, a)) in DOMAINS.iter().enumerate() {
         let last = i + 1 == DOMAINS.len();
+        let runs = done_runs.clone();
         b = b.on::<Completion<Value>, _, _, _, _>(
             &topic_name(d, a, Role::Manager.result_phase()),
-            move |done, cx| async move {
-                let Some(ctx) = cx.context() else {
-                    return Ok::<_, BoxError>(());
-                };
-                if !done.is_ok() {
-                    let e = done.error.unwrap_or(ErrorInfo {
-                        error_type: "Unknown".into(),
-                        message: "domain failed".into(),
-                        retryable: false,
-                    });
-                    let info = ErrorInfo {
-                        message: format!("{} failed: {}", done.domain, e.message),
-                        ..e
+            move |done, cx| {
+                let runs = runs.clone();
+                async move {
+                    let Some(ctx) = cx.context() else {
+                        return Ok::<_, BoxError>(());
                     };
-                    ctx.fail_propagated(&info).await?;
-                    return Ok(());
-                }
-                ctx.record(format!("{}_ms", done.domain), done.duration_ms as f64)?;
-                ctx.set_metadata(
-                    done.domain.to_string(),
-                    done.result.map(|v| v.to_string()).unwrap_or_default(),
-                )?;
-                if last {
-                    let summary = ctx
+                    let run_id = ctx
                         .snapshot()
-                        .map(|c| serde_json::to_value(&c.metadata).unwrap_or(Value::Null))
-                        .unwrap_or(Value::Null);
-                    ctx.complete(&summary).await?;
+                        .and_then(|c| c.metadata.get("run_id").cloned())
+                        .unwrap_or_default();
+                    if !done.is_ok() {
+                        let e = done.error.unwrap_or(ErrorInfo {
+                            error_type: "Unknown".into(),
+                            message: "domain failed".into(),
+                            retryable: false,
+                        });
+                        let info = ErrorInfo {
+                            message: format!("{} failed: {}", done.domain, e.message),
+                            ..e
+                        };
+                        runs.finished(&run_id, Some(info.clone()));
+                        ctx.fail_propagated(&info).await?;
+                        return Ok(());
+                    }
+                    runs.domain_done(&run_id, &done.domain, done.duration_ms, done.result.clone());
+                    ctx.record(format!("{}_ms", done.domain), done.duration_ms as f64)?;
+                    ctx.set_metadata(
+                        done.domain.to_string(),
+                        done.result.map(|v| v.to_string()).unwrap_or_default(),
+                    )?;
+                    if last {
+                        let summary = ctx
+                            .snapshot()
+                            .map(|c| serde_json::to_value(&c.metadata).unwrap_or(Value::Null))
+                            .unwrap_or(Value::Null);
+                        runs.finished(&run_id, None);
+                        ctx.complete(&summary).await?;
+                    }
+                    Ok(())
                 }
-                Ok(())
             },
         );
     }
     b
+}
+
+/// A run id as part of a file name.
+fn file_safe(run_id: &str) -> String {
+    run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Waits for the frontend to receive the result of flow `correlation_id`.
@@ -386,6 +445,8 @@ pub struct DemoApp {
     health: HealthChecker,
     alerts: AlertManager,
     resources: ResourceMonitor,
+    runs: Runs,
+    queries: Vec<switchyard::Subscription>,
 }
 
 impl std::fmt::Debug for DemoApp {
@@ -410,9 +471,15 @@ impl DemoApp {
         };
         store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
         let tracker = StateTracker::new(100_000);
+        let runs = Runs::default();
         // Retried at once: the demo's failures are injected, not a dependency recovering.
         let errors = ErrorHandler::new(
             RetryPolicy::attempts(config.max_attempts).initial_delay(Duration::ZERO),
+        )
+        .dead_letters(Arc::new(RunsSink {
+            runs: runs.clone(),
+            bus: bus.clone(),
+        }),
         );
         let health = HealthChecker::new(Duration::from_secs(60), 0.5);
         let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
@@ -453,6 +520,7 @@ impl DemoApp {
         };
         let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
             .publishes(PipelineRequest::TOPIC)
+            .publishes("cpm.query.*")
             .on::<Completion<Value>, _, _, _, _>(
                 &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
                 to_runner.clone(),
@@ -467,7 +535,7 @@ impl DemoApp {
                 ..ContextConfig::default()
             })
             .component(frontend)
-            .component(cpm())
+            .component(cpm(store.clone(), runs.clone()))
             .component(errors.component());
         if config.observers {
             assembly = assembly
@@ -496,6 +564,7 @@ impl DemoApp {
             .component_bus("frontend")
             .ok_or(DemoError::FrontendGone)?;
         running.heartbeat().await?;
+        let queries = start_queries(bus, runs.clone(), store.clone()).await?;
         Ok(DemoApp {
             running,
             front,
@@ -507,7 +576,14 @@ impl DemoApp {
             health,
             alerts,
             resources,
+            runs,
+            queries,
         })
+    }
+
+    /// The CPM's registry of runs (what `cpm.query.runs` answers).
+    pub fn runs(&self) -> &Runs {
+        &self.runs
     }
 
     /// The declared topology (every component, its role and its edges).
@@ -534,11 +610,7 @@ impl DemoApp {
     /// [`DATASET`] is the generated one, any other name fails in staging). Returns the
     /// flow's correlation id; its result arrives through [`next_result`](Self::next_result).
     pub async fn submit(&self, run_id: &str, dataset: &str) -> Result<MessageId, DemoError> {
-        let env = PipelineRequest {
-            run_id: run_id.to_owned(),
-            dataset: dataset.to_owned(),
-        }
-        .to_envelope()?;
+        let env = PipelineRequest::file(run_id, dataset).to_envelope()?;
         let correlation_id = env.correlation_id;
         self.front.publish_envelope(env).await?;
         Ok(correlation_id)
@@ -572,6 +644,7 @@ impl DemoApp {
 
     /// Unsubscribes every component.
     pub fn stop(self) {
+        drop(self.queries);
         self.running.stop();
     }
 }
@@ -590,6 +663,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             run_id: "rogue".into(),
             dataset: DATASET.into(),
             attempt: 1,
+            fail: None,
         };
         match front.publish_to("staging.load.execute", job).await {
             Err(PublishError::LayerViolation(v)) => Some(v.detail),
@@ -617,6 +691,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             run_id: "preview".into(),
             dataset: DATASET.into(),
             attempt: 1,
+            fail: None,
         };
         ctx.publish_to(
             &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),

@@ -17,6 +17,7 @@
 //! ```
 
 mod app;
+pub mod frontend_api;
 pub mod modules;
 pub mod sensors;
 
@@ -53,8 +54,30 @@ pub const DATASET: &str = "sales.csv";
 pub struct PipelineRequest {
     /// Identifies the run (keys every table).
     pub run_id: String,
-    /// The file to process.
+    /// The file to process (ignored when `csv` or `rows` is given).
     pub dataset: String,
+    /// Generate a dataset of this many rows for the run (the demo's generator, seed 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    /// CSV text to stage for the run (header `date,region,product,units,unit_price`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<String>,
+    /// Failure injection: the domain whose processor fails on every attempt of this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+}
+
+impl PipelineRequest {
+    /// A request to process the file `dataset` of the store.
+    pub fn file(run_id: impl Into<String>, dataset: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            dataset: dataset.into(),
+            rows: None,
+            csv: None,
+            fail: None,
+        }
+    }
 }
 
 impl Message for PipelineRequest {
@@ -70,6 +93,9 @@ pub struct Job {
     pub dataset: String,
     /// Attempt number within the domain (1, then 2... after retries).
     pub attempt: u32,
+    /// Failure injection: the domain whose processor fails on every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
 }
 
 impl Message for Job {

@@ -103,7 +103,9 @@ pub(crate) fn envelope(
         ));
     }
     let meta = publish_meta(headers)?;
-    wire::build_envelope(topic, kind, &content_type, body, meta, principal.name())
+    let mut env = wire::build_envelope(topic, kind, &content_type, body, meta, principal.name())?;
+    state.check_layers(principal, action, &mut env)?;
+    Ok(env)
 }
 
 /// Reads the optional `x-*` and `traceparent` headers.

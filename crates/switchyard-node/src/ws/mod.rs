@@ -757,8 +757,11 @@ fn envelope(
             .map(|h| h.into_iter().collect())
             .unwrap_or_default(),
     };
-    wire::build_envelope(topic, kind, &content_type, payload, meta, principal.name()).map_err(|e| {
-        // build_envelope speaks of HTTP headers; here they are fields.
-        ApiError::new(e.kind, e.message.replace("x-causation-id", "causation_id"))
-    })
+    let mut env = wire::build_envelope(topic, kind, &content_type, payload, meta, principal.name())
+        .map_err(|e| {
+            // build_envelope speaks of HTTP headers; here they are fields.
+            ApiError::new(e.kind, e.message.replace("x-causation-id", "causation_id"))
+        })?;
+    state.check_layers(principal, action, &mut env)?;
+    Ok(env)
 }

@@ -274,6 +274,41 @@ impl Store {
     pub fn try_snapshot(&self) -> Result<Tables, ModuleError> {
         self.db(|c| load_tables(c))
     }
+
+    /// The tables of one run only (no files): what the frontend's run view shows.
+    pub fn run_tables(&self, run: &str) -> Result<Tables, ModuleError> {
+        self.db(|c| {
+            let mut t = Tables::default();
+            let key = || run.to_owned();
+            if let Some(v) = get_raw_rows(c, run)? {
+                t.raw_rows.insert(key(), v);
+            }
+            if let Some(v) = get_sales(c, run)? {
+                t.sales.insert(key(), v);
+            }
+            if let Some(v) = get_issues(c, run)? {
+                t.quality_issues.insert(key(), v);
+            }
+            if let Some(v) = get_features(c, run)? {
+                t.features.insert(key(), v);
+            }
+            if let Some(v) = get_insights(c, run)? {
+                t.insights.insert(key(), v);
+            }
+            if let Some(v) = get_recommendations(c, run)? {
+                t.recommendations.insert(key(), v);
+            }
+            let report: Option<String> = c
+                .query_row("SELECT markdown FROM reports WHERE run = ?1", [run], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(md) = report {
+                t.reports.insert(key(), md);
+            }
+            Ok(t)
+        })
+    }
 }
 
 impl From<rusqlite::Error> for ModuleError {

@@ -1,0 +1,359 @@
+//! What the app's browser frontend asks the CPM (served by the node at `/app`, docs/app.md):
+//! the run registry the CPM keeps as it follows each flow, and the CPM's two queries, plain
+//! request/reply commands on the bus the frontend sends through the gateway:
+//! [`RunsQuery`] (`cpm.query.runs`: the history) and [`RunQuery`] (`cpm.query.run`: one run
+//! with its staged rows, quality checks, insights, recommendations, report and dead letters).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchyard::{
+    Bus, Command, DeadLetter, DeadLetterSink, Message, MessageId, SubscribeError, Subscription,
+};
+use switchyard_components::ErrorInfo;
+
+use crate::modules::{Store, Tables};
+
+/// The quality checks of the validation module, in the order a row is checked (a row fails
+/// on its first failing check).
+pub const QUALITY_CHECKS: [(&str, &str); 9] = [
+    ("schema.columns", "five fields per row"),
+    ("schema.date", "date is 2026-01-DD"),
+    ("rule.known_region", "region is a known region"),
+    ("rule.known_product", "product is a known product"),
+    ("schema.integer", "units is an integer"),
+    ("rule.units_non_negative", "units is not negative"),
+    ("schema.required", "unit_price is present"),
+    ("schema.number", "unit_price is a number"),
+    ("rule.price_positive", "unit_price is positive"),
+];
+
+/// The columns of the dataset.
+pub const COLUMNS: [&str; 5] = ["date", "region", "product", "units", "unit_price"];
+
+/// Runs the registry remembers (the oldest are forgotten first).
+const KEEP_RUNS: usize = 500;
+
+/// `cpm.query.runs`: the history of runs, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunsQuery {
+    /// At most this many (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl Message for RunsQuery {
+    const TOPIC: &'static str = "cpm.query.runs";
+}
+
+impl Command for RunsQuery {
+    type Output = Value;
+}
+
+/// `cpm.query.run`: one run with its data; `{"run": null}` for an unknown run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunQuery {
+    /// The run.
+    pub run_id: String,
+    /// Staged rows to preview (default 20, at most 500).
+    #[serde(default)]
+    pub preview_rows: Option<usize>,
+}
+
+impl Message for RunQuery {
+    const TOPIC: &'static str = "cpm.query.run";
+}
+
+impl Command for RunQuery {
+    type Output = Value;
+}
+
+/// A dead letter of a run, as the frontend shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetterInfo {
+    /// The dead message's id (as in `/v1/dlq`).
+    pub id: String,
+    /// Its topic.
+    pub topic: String,
+    /// The handler that gave up.
+    pub handler: Option<String>,
+    /// Why.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// One run as the CPM saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: String,
+    /// Its flow's correlation id (status updates and results carry it).
+    pub correlation_id: String,
+    /// The file staged.
+    pub dataset: String,
+    /// `generated` (rows of the generator), `csv` (text in the request) or `file`.
+    pub input: String,
+    /// The domain whose processor was told to fail, if any.
+    pub fail: Option<String>,
+    /// When the CPM received the request, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    /// The failure.
+    pub error: Option<ErrorInfo>,
+    /// Milliseconds per completed domain, in completion order.
+    pub domains: Vec<(String, u64)>,
+    /// What each completed domain reported.
+    pub results: BTreeMap<String, Value>,
+    /// Dead letters of the run's flow.
+    pub dead_letters: Vec<DeadLetterInfo>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    order: VecDeque<String>,
+    runs: HashMap<String, RunRecord>,
+    by_correlation: HashMap<String, String>,
+}
+
+/// The CPM's registry of runs (shared, cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct Runs(Arc<Mutex<Inner>>);
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Runs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn started(&self, rec: RunRecord) {
+        let mut g = self.lock();
+        if g.order.len() >= KEEP_RUNS
+            && let Some(old) = g.order.pop_front()
+            && let Some(r) = g.runs.remove(&old)
+        {
+            g.by_correlation.remove(&r.correlation_id);
+        }
+        g.by_correlation
+            .insert(rec.correlation_id.clone(), rec.run_id.clone());
+        if g.runs.contains_key(&rec.run_id) {
+            g.order.retain(|r| r != &rec.run_id);
+        }
+        g.order.push_back(rec.run_id.clone());
+        g.runs.insert(rec.run_id.clone(), rec);
+    }
+
+    pub(crate) fn domain_done(&self, run_id: &str, domain: &str, ms: u64, result: Option<Value>) {
+        if let Some(r) = self.lock().runs.get_mut(run_id) {
+            r.domains.push((domain.to_owned(), ms));
+            r.results
+                .insert(domain.to_owned(), result.unwrap_or(Value::Null));
+        }
+    }
+
+    pub(crate) fn finished(&self, run_id: &str, error: Option<ErrorInfo>) {
+        if let Some(r) = self.lock().runs.get_mut(run_id) {
+            r.finished_ms = Some(now_ms());
+            r.status = if error.is_none() {
+                "completed"
+            } else {
+                "failed"
+            }
+            .into();
+            r.error = error;
+        }
+    }
+
+    fn dead_letter(&self, correlation_id: MessageId, info: DeadLetterInfo) {
+        let mut g = self.lock();
+        let key = correlation_id.to_string();
+        if let Some(run) = g.by_correlation.get(&key).cloned()
+            && let Some(r) = g.runs.get_mut(&run)
+        {
+            r.dead_letters.push(info);
+        }
+    }
+
+    /// The run `run_id`.
+    pub fn get(&self, run_id: &str) -> Option<RunRecord> {
+        self.lock().runs.get(run_id).cloned()
+    }
+
+    /// Up to `limit` runs, newest first.
+    pub fn list(&self, limit: usize) -> Vec<RunRecord> {
+        let g = self.lock();
+        g.order
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|r| g.runs.get(r).cloned())
+            .collect()
+    }
+}
+
+/// The error handler's dead-letter sink: notes each dead letter on its run, then hands it to
+/// the bus's own sink (a node's dead-letter queue).
+pub(crate) struct RunsSink {
+    pub(crate) runs: Runs,
+    pub(crate) bus: Bus,
+}
+
+impl DeadLetterSink for RunsSink {
+    fn put(&self, letter: DeadLetter) {
+        self.runs.dead_letter(
+            letter.envelope.correlation_id,
+            DeadLetterInfo {
+                id: letter.envelope.id.to_string(),
+                topic: letter.envelope.topic.as_str().to_owned(),
+                handler: letter.handler.as_ref().map(ToString::to_string),
+                error: letter.error.clone(),
+                attempts: letter.attempts,
+            },
+        );
+        self.bus.dead_letter(letter);
+    }
+}
+
+/// The report's figures as CSV (`section,key,value`).
+pub fn report_csv(t: &Tables, run: &str) -> Option<String> {
+    let f = t.features.get(run)?;
+    let mut s = String::from("section,key,value\n");
+    let staged = t.raw_rows.get(run).map_or(0, Vec::len);
+    let issues = t.quality_issues.get(run).map_or(0, Vec::len);
+    let _ = writeln!(s, "quality,rows_staged,{staged}");
+    let _ = writeln!(s, "quality,valid_rows,{}", f.rows);
+    let _ = writeln!(s, "quality,issues,{issues}");
+    let _ = writeln!(s, "revenue,total,{:.2}", f.total_revenue);
+    let _ = writeln!(s, "revenue,mean_per_row,{:.2}", f.mean_row_revenue);
+    let _ = writeln!(s, "revenue,std_per_row,{:.2}", f.std_row_revenue);
+    for (r, v) in &f.revenue_by_region {
+        let _ = writeln!(s, "revenue_by_region,{r},{v:.2}");
+    }
+    for (p, u) in &f.units_by_product {
+        let _ = writeln!(s, "units_by_product,{p},{u}");
+    }
+    for (i, v) in f.daily_revenue.iter().enumerate() {
+        let _ = writeln!(s, "daily_revenue,day {},{v:.2}", i + 1);
+    }
+    if let Some(ins) = t.insights.get(run) {
+        let _ = writeln!(s, "insight,trend,{}", ins.trend);
+        let _ = writeln!(s, "insight,trend_per_day,{:.2}", ins.trend_per_day);
+        for a in &ins.anomalies {
+            let _ = writeln!(s, "anomaly,day {},{:.2}", a.day + 1, a.revenue);
+        }
+    }
+    for r in t.recommendations.get(run).into_iter().flatten() {
+        let action = r.action.replace('"', "\"\"");
+        let _ = writeln!(s, "recommendation,{},\"{action}\"", r.priority);
+    }
+    Some(s)
+}
+
+/// Everything the frontend shows of one run.
+pub fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
+    let Some(run) = runs.get(&q.run_id) else {
+        return json!({ "run": null });
+    };
+    let t = match store.run_tables(&q.run_id) {
+        Ok(t) => t,
+        Err(e) => return json!({ "run": run, "store_error": e.message }),
+    };
+    let id = &q.run_id;
+    let preview_n = q.preview_rows.unwrap_or(20).min(500);
+    let raw = t.raw_rows.get(id);
+    let issues = t.quality_issues.get(id);
+    let staged = raw.map(|rows| {
+        json!({
+            "rows": rows.len(),
+            "columns": COLUMNS,
+            "preview": rows.iter().take(preview_n).collect::<Vec<_>>(),
+        })
+    });
+    let quality = issues.map(|list| {
+        let mut by_rule: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in list {
+            *by_rule.entry(i.rule.as_str()).or_default() += 1;
+        }
+        let checks: Vec<Value> = QUALITY_CHECKS
+            .iter()
+            .map(|(rule, what)| {
+                let failed = by_rule.get(rule).copied().unwrap_or(0);
+                json!({ "rule": rule, "description": what, "failed": failed, "passed": failed == 0 })
+            })
+            .collect();
+        let failed_rows: Vec<Value> = list
+            .iter()
+            .take(200)
+            .map(|i| {
+                let fields = raw
+                    .and_then(|rows| rows.iter().find(|r| r.line == i.line))
+                    .map(|r| r.fields.clone())
+                    .unwrap_or_default();
+                json!({ "line": i.line, "column": i.column, "rule": i.rule, "value": i.value, "fields": fields })
+            })
+            .collect();
+        json!({
+            "valid": t.sales.get(id).map_or(0, Vec::len),
+            "issues": list.len(),
+            "checks": checks,
+            "failed_rows": failed_rows,
+        })
+    });
+    json!({
+        "run": run,
+        "staged": staged,
+        "quality": quality,
+        "features": t.features.get(id),
+        "insights": t.insights.get(id),
+        "recommendations": t.recommendations.get(id),
+        "report": {
+            "markdown": t.reports.get(id),
+            "csv": report_csv(&t, id),
+        },
+    })
+}
+
+/// Registers the CPM's two queries on `bus`; they end with the returned subscriptions.
+pub(crate) async fn start_queries(
+    bus: &Bus,
+    runs: Runs,
+    store: Store,
+) -> Result<Vec<Subscription>, SubscribeError> {
+    let list = runs.clone();
+    let history = bus
+        .handle::<RunsQuery, _, _, _>(move |q: RunsQuery, _ctx| {
+            let runs = list.clone();
+            async move {
+                let limit = q.limit.unwrap_or(50).min(KEEP_RUNS);
+                Ok::<_, std::convert::Infallible>(json!({ "runs": runs.list(limit) }))
+            }
+        })
+        .start()
+        .await?;
+    let one = bus
+        .handle::<RunQuery, _, _, _>(move |q: RunQuery, _ctx| {
+            let (runs, store) = (runs.clone(), store.clone());
+            async move {
+                // The store is SQLite behind a mutex: read it off the async workers.
+                tokio::task::spawn_blocking(move || run_detail(&store, &runs, &q))
+                    .await
+                    .map_err(|e| switchyard::BoxError::from(e.to_string()))
+            }
+        })
+        .start()
+        .await?;
+    Ok(vec![history, one])
+}
