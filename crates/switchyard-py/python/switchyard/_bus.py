@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
+from ._codec import _identity as _codec_identity
 from .errors import DecodeFailed, EncodeFailed, Permanent, Reject, Retry, SwitchyardError
 
 Envelope = _native.Envelope
@@ -520,8 +521,8 @@ class Bus(_Registrar):
 
     def _drain(self) -> None:
         native = self._native
-        invokes, others = native.take()
         try:
+            invokes, others = native.take()
             handled = 0
             while True:
                 # Invocations answered before this returns: each freed a bus worker, which
@@ -564,11 +565,14 @@ class Bus(_Registrar):
 
     def _invoke(self, h: _Handler, token: int, env: Any, reply: Any) -> bool:
         """Calls the handler; True when it was answered before this returns."""
+        decode = h.decode
         if h.raw_env:
             arg = env
+        elif decode is _codec_identity:
+            arg = env.payload
         else:
             try:
-                arg = h.decode(env.payload)
+                arg = decode(env.payload)
             except Exception as e:
                 reply.undecodable(f"{type(e).__name__}: {e}")
                 return True
@@ -589,7 +593,10 @@ class Bus(_Registrar):
             except BaseException as e:
                 _fail(reply, e)
                 return True
-            _settle(h, reply, result)
+            if h.command:
+                _settle(h, reply, result)
+            else:
+                reply.ack()
             return True
         finally:
             _CURRENT.reset(ctx)
