@@ -262,7 +262,7 @@ fn spin_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
             return true;
         }
         n = n.wrapping_add(1);
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             if start.elapsed() >= limit {
                 return false;
             }
