@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::envelope::{PyDeadLetter, PyEnvelope};
 use crate::errors;
-use crate::inbox::{CancelOnDrop, Inbox, Item};
+use crate::inbox::{CancelOnDrop, HandlerResult, Inbox, Item};
 use crate::ops::{self, Done, Started};
 use crate::transport::NativeTransport;
 
@@ -82,14 +82,14 @@ fn python_handler(inbox: Arc<Inbox>, sub: u64, command: bool) -> switchyard::Box
                 token,
                 armed: true,
             };
-            inbox.push(Item::Invoke {
+            let active = inbox.push(Item::Invoke {
                 token,
                 sub,
                 env: Arc::new(env),
                 reply: tx,
                 command,
             });
-            let answer = rx.await;
+            let answer = answer(&inbox, active, rx).await;
             guard.armed = false;
             match answer {
                 Ok(result) => result,
@@ -99,6 +99,19 @@ fn python_handler(inbox: Arc<Inbox>, sub: u64, command: bool) -> switchyard::Box
             }
         }
     })
+}
+
+/// The Python answer to an invocation pushed into the inbox (`active`: the loop was draining
+/// when it was pushed, so a handler that finishes at once answers within microseconds).
+async fn answer(
+    inbox: &Inbox,
+    active: bool,
+    mut rx: oneshot::Receiver<HandlerResult>,
+) -> Result<HandlerResult, oneshot::error::RecvError> {
+    if active && let Some(Ok(answer)) = inbox.spin_recv(&mut rx) {
+        return Ok(answer);
+    }
+    rx.await
 }
 
 /// Raw bytes as a typed message, for the typed-only parts of the bus API (batches, session
@@ -253,6 +266,62 @@ fn started(py: Python<'_>, s: Started) -> PyResult<(bool, Py<PyAny>)> {
 }
 
 impl NativeBus {
+    /// Items as the loop takes them: `(invocations, others)`.
+    fn convert<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<Item>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let invokes = PyList::empty(py);
+        let others = PyList::empty(py);
+        for item in items {
+            match item {
+                Item::Invoke {
+                    token,
+                    sub,
+                    env,
+                    reply,
+                    command,
+                } => {
+                    let _ = command;
+                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
+                    let reply = Bound::new(
+                        py,
+                        PyReply {
+                            tx: Mutex::new(Some(reply)),
+                            env,
+                        },
+                    )?;
+                    invokes.append((token, sub, view, reply, py.None()))?;
+                }
+                Item::InvokeBatch {
+                    token,
+                    sub,
+                    env,
+                    payloads,
+                    reply,
+                } => {
+                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
+                    let reply = Bound::new(
+                        py,
+                        PyReply {
+                            tx: Mutex::new(Some(reply)),
+                            env,
+                        },
+                    )?;
+                    let list = PyList::new(py, payloads.iter().map(|p| PyBytes::new(py, p)))?;
+                    invokes.append((token, sub, view, reply, list))?;
+                }
+                Item::Cancel { token } => others.append((0u8, token))?,
+                Item::Done { token, result } => {
+                    let (ok, value) = result.into_py(py)?;
+                    others.append((1u8, token, ok, value))?;
+                }
+            }
+        }
+        Ok((invokes, others))
+    }
+
     fn register(
         &self,
         py: Python<'_>,
@@ -342,61 +411,34 @@ impl NativeBus {
     /// Invocations are `(token, sub, envelope, reply, payloads)` with `payloads` a list of
     /// bytes for batch handlers and `None` otherwise. Others are `(0, token)` to cancel an
     /// invocation and `(1, token, ok, value)` for a finished operation.
+    ///
+    /// The loop is draining from here until `rest`: pushes do not wake it meanwhile.
     fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.inbox.take();
-        let invokes = PyList::empty(py);
-        let others = PyList::empty(py);
-        for item in items {
-            match item {
-                Item::Invoke {
-                    token,
-                    sub,
-                    env,
-                    reply,
-                    command,
-                } => {
-                    let _ = command;
-                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
-                    let reply = Bound::new(
-                        py,
-                        PyReply {
-                            tx: Mutex::new(Some(reply)),
-                            env,
-                        },
-                    )?;
-                    invokes.append((token, sub, view, reply, py.None()))?;
-                }
-                Item::InvokeBatch {
-                    token,
-                    sub,
-                    env,
-                    payloads,
-                    reply,
-                } => {
-                    let view = Bound::new(py, PyEnvelope::new(env.clone()))?;
-                    let reply = Bound::new(
-                        py,
-                        PyReply {
-                            tx: Mutex::new(Some(reply)),
-                            env,
-                        },
-                    )?;
-                    let list = PyList::new(py, payloads.iter().map(|p| PyBytes::new(py, p)))?;
-                    invokes.append((token, sub, view, reply, list))?;
-                }
-                Item::Cancel { token } => others.append((0u8, token))?,
-                Item::Done { token, result } => {
-                    let (ok, value) = result.into_py(py)?;
-                    others.append((1u8, token, ok, value))?;
-                }
-            }
-        }
-        Ok((invokes, others))
+        self.convert(py, items)
+    }
+
+    /// Like `take` while draining: waits up to `spin_us` microseconds (GIL released) for
+    /// an item when none is queued. Empty lists when none came.
+    fn take_wait<'py>(
+        &self,
+        py: Python<'py>,
+        spin_us: u64,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let inbox = self.inbox.clone();
+        let items = py.detach(move || inbox.take_wait(Duration::from_micros(spin_us)));
+        self.convert(py, items)
+    }
+
+    /// The loop stops draining (after `take`): later items wake it through the descriptor.
+    fn rest(&self) {
+        self.inbox.rest();
     }
 
     /// Publishes one event. Returns `None` when every matching subscription has queued it,
-    /// raises its error, or returns a token when it has to wait for room.
-    #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
+    /// raises its error, or returns a token when it has to wait for room. The options may
+    /// be passed by position (cheaper than by keyword on this, the hot path).
+    #[pyo3(signature = (topic, payload, parent=None, headers=None, priority=None,
         type_name=None, session=None))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
@@ -799,14 +841,14 @@ async fn session_command(
         token,
         armed: true,
     };
-    inbox.push(Item::Invoke {
+    let active = inbox.push(Item::Invoke {
         token,
         sub,
         env: Arc::new(ctx.envelope().clone()),
         reply: tx,
         command: true,
     });
-    let answer = rx.await;
+    let answer = answer(&inbox, active, rx).await;
     guard.armed = false;
     match answer {
         Ok(Ok(Outcome::Reply(reply))) => Ok(serde_json::from_slice(&reply.payload)?),

@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
+from ._codec import _identity as _codec_identity
 from .errors import DecodeFailed, EncodeFailed, Permanent, Reject, Retry, SwitchyardError
 
 Envelope = _native.Envelope
@@ -346,6 +347,13 @@ def _message_unchecked(target: Any, payload: Any) -> tuple[str, bytes, Optional[
     return spec.topic, encode(target), spec.name, spec
 
 
+#: Most invocations one reader callback runs before it lets other tasks have the loop.
+_DRAIN_BUDGET = 256
+#: How long (microseconds, GIL released) the loop waits for the next invocation after it
+#: answered one at once, before it goes back to asyncio.
+_NEXT_WAIT_US = 50
+
+
 def _drain_ref(ref: "weakref.ReferenceType[Bus]") -> None:
     bus = ref()
     if bus is not None:
@@ -512,14 +520,33 @@ class Bus(_Registrar):
             self._native.cancel(token)
 
     def _drain(self) -> None:
-        invokes, others = self._native.take()
+        native = self._native
+        try:
+            invokes, others = native.take()
+            handled = 0
+            while True:
+                # Invocations answered before this returns: each freed a bus worker, which
+                # hands over its next message within microseconds if one is queued.
+                answered = self._run(invokes, others)
+                handled += len(invokes)
+                if not answered or handled >= _DRAIN_BUDGET:
+                    break
+                invokes, others = native.take_wait(_NEXT_WAIT_US)
+                if not invokes and not others:
+                    break
+        finally:
+            native.rest()
+
+    def _run(self, invokes: list[Any], others: list[Any]) -> bool:
         handlers = self._handlers
+        answered = False
         for token, sub, env, reply, payloads in invokes:
             h = handlers.get(sub)
             if h is None:
                 reply.fail("no Python handler is registered for this subscription", True)
             elif payloads is None:
-                self._invoke(h, token, env, reply)
+                if self._invoke(h, token, env, reply):
+                    answered = True
             else:
                 self._invoke_batch(h, token, env, reply, payloads)
         for item in others:
@@ -534,16 +561,21 @@ class Bus(_Registrar):
                 task = self._tasks.pop(item[1], None)
                 if task is not None:
                     task.cancel()
+        return answered
 
-    def _invoke(self, h: _Handler, token: int, env: Any, reply: Any) -> None:
+    def _invoke(self, h: _Handler, token: int, env: Any, reply: Any) -> bool:
+        """Calls the handler; True when it was answered before this returns."""
+        decode = h.decode
         if h.raw_env:
             arg = env
+        elif decode is _codec_identity:
+            arg = env.payload
         else:
             try:
-                arg = h.decode(env.payload)
+                arg = decode(env.payload)
             except Exception as e:
                 reply.undecodable(f"{type(e).__name__}: {e}")
-                return
+                return True
         ctx = _CURRENT.set(env)
         try:
             try:
@@ -552,16 +584,20 @@ class Bus(_Registrar):
                 if type(result) is _CoroutineType:
                     yielded = result.send(None)
                     self._suspend(h, token, reply, result, yielded)
-                    return
+                    return False
                 if inspect.isawaitable(result):
                     self._suspend(h, token, reply, None, result)
-                    return
+                    return False
             except StopIteration as stop:
                 result = stop.value
             except BaseException as e:
                 _fail(reply, e)
-                return
-            _settle(h, reply, result)
+                return True
+            if h.command:
+                _settle(h, reply, result)
+            else:
+                reply.ack()
+            return True
         finally:
             _CURRENT.reset(ctx)
 
@@ -641,15 +677,20 @@ class Bus(_Registrar):
         ``delay``: publish after that many seconds (returns the message id). ``wait``: return
         once every matching handler finished, with a :class:`WaitReport`.
         """
+        if type(target) is str and type(payload) is bytes and delay is None and not wait:
+            # The common case, kept to one native call when the queues have room.
+            if _get_running_loop() is not self._loop:
+                self._bind(_get_running_loop())
+            token = self._native.publish(target, payload, _CURRENT.get(), headers, priority, None, _session)
+            if token is None:
+                return None
+            return await self._wait(token)
         topic, body, type_name, _ = _message(target, payload)
         loop = _get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
         if delay is None and not wait:
-            token = self._native.publish(
-                topic, body, parent=_CURRENT.get(), headers=headers, priority=priority,
-                type_name=type_name, session=_session,
-            )
+            token = self._native.publish(topic, body, _CURRENT.get(), headers, priority, type_name, _session)
             if token is None:
                 return None
             return await self._wait(token)
