@@ -52,6 +52,7 @@ mod stats;
 mod subscription;
 pub mod testkit;
 mod transport_link;
+mod upcast;
 
 pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
@@ -65,6 +66,7 @@ pub use session::Session;
 pub use state::{HandlerWrap, PublishHook, ShutdownReport};
 pub use stats::{SubscriptionInfo, SubscriptionStats};
 pub use subscription::{Subscription, SubscriptionBuilder};
+pub use upcast::Upcast;
 pub use switchyard_core::*;
 /// The layers of `switchyard-middleware` (feature `middleware`).
 #[cfg(feature = "middleware")]
