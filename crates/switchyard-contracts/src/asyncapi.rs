@@ -126,9 +126,9 @@ pub fn export(registry: &Registry, info: &Info) -> Value {
         let msg_key = key(&ty.name);
         let chan_key = key(&ty.topic);
         messages.insert(msg_key.clone(), message(ty, &mut schemas));
-        let chan = channels.entry(chan_key.clone()).or_insert_with(|| {
-            json!({"address": ty.topic, "messages": {}})
-        });
+        let chan = channels
+            .entry(chan_key.clone())
+            .or_insert_with(|| json!({"address": ty.topic, "messages": {}}));
         if let Some(Value::Object(m)) = chan.get_mut("messages") {
             m.insert(
                 msg_key.clone(),

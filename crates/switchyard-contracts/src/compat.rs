@@ -196,8 +196,15 @@ fn accepts_anything(s: &Value) -> bool {
         Value::Object(m) => m.keys().all(|k| {
             matches!(
                 k.as_str(),
-                "$schema" | "title" | "description" | "default" | "examples" | "$defs"
-                    | "definitions" | "$id" | "$comment"
+                "$schema"
+                    | "title"
+                    | "description"
+                    | "default"
+                    | "examples"
+                    | "$defs"
+                    | "definitions"
+                    | "$id"
+                    | "$comment"
             )
         }),
         _ => false,
@@ -229,7 +236,11 @@ fn values(s: &Value) -> Option<Vec<&Value>> {
 fn types(s: &Value) -> Option<BTreeSet<String>> {
     match s.get("type") {
         Some(Value::String(t)) => Some([t.clone()].into()),
-        Some(Value::Array(a)) => Some(a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        ),
         _ => values(s).map(|vs| vs.into_iter().map(|v| json_type(v).to_owned()).collect()),
     }
 }
@@ -371,11 +382,19 @@ impl Checker<'_> {
                 continue;
             }
             let detail = if wp.contains_key(f) {
-                format!("field `{f}` is optional in the {writer} schema but required (no default) in the {reader} schema")
+                format!(
+                    "field `{f}` is optional in the {writer} schema but required (no default) in the {reader} schema"
+                )
             } else {
-                format!("field `{f}` is required (no default) in the {reader} schema and absent from the {writer} schema")
+                format!(
+                    "field `{f}` is required (no default) in the {reader} schema and absent from the {writer} schema"
+                )
             };
-            self.issue(&format!("{path}/{f}"), IssueKind::MissingRequiredField, detail);
+            self.issue(
+                &format!("{path}/{f}"),
+                IssueKind::MissingRequiredField,
+                detail,
+            );
         }
         for (f, rs) in rp {
             if let Some(ws) = wp.get(f) {

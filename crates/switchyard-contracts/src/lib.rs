@@ -18,9 +18,9 @@ mod upcast;
 pub use compat::{Compatibility, Issue, IssueKind, Mode, ParseModeError, check_compatibility};
 pub use contract::Contract;
 pub use registry::{MessageType, Registry, RegistryError};
-pub use upcast::{UpcastError, Upcasters};
 /// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency.
 pub use schemars::{self, JsonSchema};
+pub use upcast::{UpcastError, Upcasters};
 
 /// The guide (docs/contracts.md), compiled as doc tests so it cannot rot.
 #[doc = include_str!("../../../docs/contracts.md")]

@@ -160,7 +160,11 @@ impl Registry {
     /// registered types its pattern matches (under the subscription's name).
     pub fn observe_bus(&mut self, bus: &Bus) -> Result<&mut Self, RegistryError> {
         for sub in bus.registry() {
-            self.declare_component(&sub.name, [sub.pattern.as_str()], std::iter::empty::<&str>())?;
+            self.declare_component(
+                &sub.name,
+                [sub.pattern.as_str()],
+                std::iter::empty::<&str>(),
+            )?;
         }
         Ok(self)
     }

@@ -59,11 +59,11 @@ pub enum UpcastError {
 /// use switchyard_contracts::Upcasters;
 ///
 /// let ups = Upcasters::new()
-///     .step("OrderPlaced", 1, |mut v| { v["currency"] = json!("EUR"); Ok(v) })
+///     .step("OrderPlaced", 1, |mut v| { v["currency"] = json!("EUR"); Ok::<_, String>(v) })
 ///     .step("OrderPlaced", 2, |mut v| {
 ///         let cents = v["amount"].as_f64().unwrap_or(0.0) * 100.0;
 ///         v["amount_cents"] = json!(cents as u64);
-///         Ok(v)
+///         Ok::<_, String>(v)
 ///     });
 /// let v3 = ups.upcast_value("OrderPlaced", 1, 3, json!({"amount": 2.5}))?;
 /// assert_eq!(v3, json!({"amount": 2.5, "currency": "EUR", "amount_cents": 250}));
@@ -165,11 +165,10 @@ impl switchyard::Upcast for Upcasters {
         if !self.has(type_name) {
             return Ok(None);
         }
-        let value: Value =
-            serde_json::from_slice(payload).map_err(|source| UpcastError::Json {
-                type_name: type_name.to_owned(),
-                source,
-            })?;
+        let value: Value = serde_json::from_slice(payload).map_err(|source| UpcastError::Json {
+            type_name: type_name.to_owned(),
+            source,
+        })?;
         let value = self.upcast_value(type_name, from, to, value)?;
         Ok(Some(Bytes::from(serde_json::to_vec(&value)?)))
     }

@@ -66,11 +66,11 @@ pub use session::Session;
 pub use state::{HandlerWrap, PublishHook, ShutdownReport};
 pub use stats::{SubscriptionInfo, SubscriptionStats};
 pub use subscription::{Subscription, SubscriptionBuilder};
-pub use upcast::Upcast;
 pub use switchyard_core::*;
 /// The layers of `switchyard-middleware` (feature `middleware`).
 #[cfg(feature = "middleware")]
 pub use switchyard_middleware as middleware;
+pub use upcast::Upcast;
 
 /// The README's quick start, compiled as a doc test so it cannot rot.
 #[doc = include_str!("../../../README.md")]

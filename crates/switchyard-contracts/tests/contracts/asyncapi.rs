@@ -43,11 +43,17 @@ fn the_export_has_the_required_asyncapi_3_fields_and_its_refs_resolve() {
     assert_eq!(doc["info"]["title"], "signup");
     assert_eq!(doc["info"]["version"], "1.2.0");
     assert_eq!(doc["servers"]["switchyard"]["protocol"], "ws");
-    assert_eq!(doc["channels"]["customers.signed_up"]["address"], "customers.signed_up");
+    assert_eq!(
+        doc["channels"]["customers.signed_up"]["address"],
+        "customers.signed_up"
+    );
     let msg = &doc["components"]["messages"]["CustomerSignedUp"];
     assert_eq!(msg["contentType"], "application/json");
     assert_eq!(msg["headers"]["properties"]["type_version"]["const"], 4);
-    assert_eq!(msg["payload"]["properties"]["address"]["$ref"], "#/components/schemas/Address");
+    assert_eq!(
+        msg["payload"]["properties"]["address"]["$ref"],
+        "#/components/schemas/Address"
+    );
     assert!(doc["components"]["schemas"]["Payment"]["oneOf"].is_array());
     let ops = doc["operations"].as_object().unwrap();
     let mut names: Vec<&str> = ops.keys().map(String::as_str).collect();
@@ -64,7 +70,12 @@ fn the_export_has_the_required_asyncapi_3_fields_and_its_refs_resolve() {
     for (name, op) in ops {
         let action = op["action"].as_str().unwrap();
         assert!(action == "send" || action == "receive", "{name}");
-        assert!(op["channel"]["$ref"].as_str().unwrap().starts_with("#/channels/"));
+        assert!(
+            op["channel"]["$ref"]
+                .as_str()
+                .unwrap()
+                .starts_with("#/channels/")
+        );
     }
     // Every reference points at something in the document (AsyncAPI resolves them against
     // the whole document, so a schema's own `#/$defs/..` would dangle).

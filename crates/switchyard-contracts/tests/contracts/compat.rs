@@ -92,7 +92,8 @@ mod variant_added {
 
 #[test]
 fn a_field_added_with_a_default_is_fully_compatible() {
-    let (b, f, full, kinds) = verdicts(&schema::<v1::User>(), &schema::<added_with_default::User>());
+    let (b, f, full, kinds) =
+        verdicts(&schema::<v1::User>(), &schema::<added_with_default::User>());
     assert!(b && f && full, "{kinds:?}");
 }
 
@@ -106,8 +107,14 @@ fn a_field_added_without_a_default_breaks_backward_only() {
     let report = check_compatibility(&old, &new, Mode::Backward);
     assert_eq!(report.issues[0].path, "/email");
     let text = report.to_string();
-    assert!(text.contains("INCOMPATIBLE (backward): 1 problem"), "{text}");
-    assert!(text.contains("/email: field `email` is required (no default) in the new schema"), "{text}");
+    assert!(
+        text.contains("INCOMPATIBLE (backward): 1 problem"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/email: field `email` is required (no default) in the new schema"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -126,7 +133,11 @@ fn a_type_change_breaks_both_directions() {
     assert_eq!(kinds, [IssueKind::TypeChanged, IssueKind::TypeChanged]);
     let r = check_compatibility(&old, &new, Mode::Backward);
     assert_eq!(r.issues[0].path, "/id");
-    assert!(r.issues[0].detail.contains("may write integer"), "{}", r.issues[0].detail);
+    assert!(
+        r.issues[0].detail.contains("may write integer"),
+        "{}",
+        r.issues[0].detail
+    );
 }
 
 #[test]

@@ -98,7 +98,10 @@ async fn a_typed_publish_carries_type_name_and_version_in_the_envelope() {
         .unwrap();
     bus.publish(CustomerSignedUp {
         id: 1,
-        address: Address { city: "Oslo".into(), zip: None },
+        address: Address {
+            city: "Oslo".into(),
+            zip: None,
+        },
         tier: Tier::Pro,
         payment: Payment::Cash,
         tags: vec![],
@@ -117,7 +120,9 @@ async fn a_typed_publish_carries_type_name_and_version_in_the_envelope() {
 async fn the_registry_knows_topic_kind_version_schema_producers_and_consumers() {
     let bus = Bus::new();
     let _sub = bus
-        .on("mailer", |_: CustomerSignedUp, _| async { Ok::<_, std::io::Error>(()) })
+        .on("mailer", |_: CustomerSignedUp, _| async {
+            Ok::<_, std::io::Error>(())
+        })
         .start()
         .await
         .unwrap();
@@ -143,12 +148,24 @@ async fn the_registry_knows_topic_kind_version_schema_producers_and_consumers() 
     assert_eq!(ev.version, 4);
     assert_eq!(ev.schema, CustomerSignedUp::schema());
     assert_eq!(ev.producers.iter().collect::<Vec<_>>(), ["signup-api"]);
-    assert!(ev.consumers.contains("mailer") && ev.consumers.contains("audit"), "{:?}", ev.consumers);
+    assert!(
+        ev.consumers.contains("mailer") && ev.consumers.contains("audit"),
+        "{:?}",
+        ev.consumers
+    );
     let cmd = reg.get("BlockCustomer").unwrap();
     assert_eq!(cmd.kind, "command");
     assert!(cmd.producers.contains("audit"));
-    assert!(!cmd.consumers.contains("mailer"), "mailer's pattern does not match the command topic");
-    assert_eq!(cmd.consumers.len(), 2, "audit and the command handler: {:?}", cmd.consumers);
+    assert!(
+        !cmd.consumers.contains("mailer"),
+        "mailer's pattern does not match the command topic"
+    );
+    assert_eq!(
+        cmd.consumers.len(),
+        2,
+        "audit and the command handler: {:?}",
+        cmd.consumers
+    );
     assert!(reg.produces::<Unregistered>("x").is_err());
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchyard::{Bus, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, Message, Publisher, Topic};
+use switchyard::{
+    Bus, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, Message, Publisher, Topic,
+};
 use switchyard_contracts::{Contract, JsonSchema, Upcasters};
 use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
@@ -107,12 +109,20 @@ fn bus_on_fixture(
     (b.build().unwrap(), rx)
 }
 
-async fn handled(bus: &Bus) -> (switchyard::Subscription, mpsc::UnboundedReceiver<(OrderPlaced, u32)>) {
+async fn handled(
+    bus: &Bus,
+) -> (
+    switchyard::Subscription,
+    mpsc::UnboundedReceiver<(OrderPlaced, u32)>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let sub = bus
         .on("billing", move |o: OrderPlaced, ctx| {
             let tx = tx.clone();
-            async move { tx.send((o, ctx.envelope().type_version)).map_err(|e| e.to_string()) }
+            async move {
+                tx.send((o, ctx.envelope().type_version))
+                    .map_err(|e| e.to_string())
+            }
         })
         .start()
         .await
@@ -126,19 +136,49 @@ async fn v1_messages_from_an_older_builds_log_reach_a_v3_handler_through_the_cha
     let (bus, mut letters) = bus_on_fixture(dir.path(), Some(upcasters()));
     let (_sub, mut rx) = handled(&bus).await;
     // A current message published next to the old ones is decoded as it is.
-    bus.publish(OrderPlaced { order: "B-1".into(), amount_cents: 700, currency: "NOK".into() })
-        .await
-        .unwrap();
+    bus.publish(OrderPlaced {
+        order: "B-1".into(),
+        amount_cents: 700,
+        currency: "NOK".into(),
+    })
+    .await
+    .unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap());
+        got.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     assert_eq!(
         got,
         [
-            (OrderPlaced { order: "A-1".into(), amount_cents: 1250, currency: "EUR".into() }, 1),
-            (OrderPlaced { order: "A-2".into(), amount_cents: 99, currency: "EUR".into() }, 1),
-            (OrderPlaced { order: "B-1".into(), amount_cents: 700, currency: "NOK".into() }, 3),
+            (
+                OrderPlaced {
+                    order: "A-1".into(),
+                    amount_cents: 1250,
+                    currency: "EUR".into()
+                },
+                1
+            ),
+            (
+                OrderPlaced {
+                    order: "A-2".into(),
+                    amount_cents: 99,
+                    currency: "EUR".into()
+                },
+                1
+            ),
+            (
+                OrderPlaced {
+                    order: "B-1".into(),
+                    amount_cents: 700,
+                    currency: "NOK".into()
+                },
+                3
+            ),
         ]
     );
     bus.shutdown(WAIT).await.unwrap();
@@ -151,7 +191,10 @@ async fn without_upcasters_the_old_messages_are_dead_lettered_as_undecodable() {
     let (bus, mut letters) = bus_on_fixture(dir.path(), None);
     let (_sub, mut rx) = handled(&bus).await;
     for _ in 0..2 {
-        let l = tokio::time::timeout(WAIT, letters.recv()).await.unwrap().unwrap();
+        let l = tokio::time::timeout(WAIT, letters.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(l.reason, DeadLetterReason::DecodeFailed);
         assert_eq!(l.envelope.type_version, 1);
     }
@@ -162,13 +205,17 @@ async fn without_upcasters_the_old_messages_are_dead_lettered_as_undecodable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_chain_dead_letters_with_the_missing_step_named() {
     let dir = tempfile::tempdir().unwrap();
-    let only_first = Upcasters::new().step("OrderPlaced", 1, |v| Ok::<_, String>(v));
+    let only_first = Upcasters::new().step("OrderPlaced", 1, Ok::<_, String>);
     let (bus, mut letters) = bus_on_fixture(dir.path(), Some(only_first));
     let (_sub, _rx) = handled(&bus).await;
-    let l = tokio::time::timeout(WAIT, letters.recv()).await.unwrap().unwrap();
+    let l = tokio::time::timeout(WAIT, letters.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(l.reason, DeadLetterReason::DecodeFailed);
     assert!(
-        l.error.contains("no upcaster for `OrderPlaced` from version 2"),
+        l.error
+            .contains("no upcaster for `OrderPlaced` from version 2"),
         "{}",
         l.error
     );
@@ -180,7 +227,13 @@ fn an_upcaster_for_another_type_leaves_the_payload_alone() {
     use switchyard::Upcast;
     let ups = upcasters();
     assert!(ups.upcast("Other", 1, 3, b"{}").unwrap().is_none());
-    let out = ups.upcast("OrderPlaced", 1, 3, br#"{"order":"x","amount":1}"#).unwrap().unwrap();
+    let out = ups
+        .upcast("OrderPlaced", 1, 3, br#"{"order":"x","amount":1}"#)
+        .unwrap()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(v, json!({"order": "x", "amount_cents": 100, "currency": "EUR"}));
+    assert_eq!(
+        v,
+        json!({"order": "x", "amount_cents": 100, "currency": "EUR"})
+    );
 }
