@@ -86,3 +86,24 @@ fn the_export_has_the_required_asyncapi_3_fields_and_its_refs_resolve() {
         assert!(doc.pointer(&r[1..]).is_some(), "dangling {r}");
     }
 }
+
+#[test]
+fn the_export_validates_against_the_official_asyncapi_3_schema() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../fixtures/asyncapi-3.0.0.schema.json")).unwrap();
+    let validator = jsonschema::draft7::new(&schema).unwrap();
+    let info = asyncapi::Info {
+        server: Some(("localhost:8080".into(), "http".into())),
+        ..asyncapi::Info::default()
+    };
+    let doc = asyncapi::export(&registry(), &info);
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The validator does reject a broken document (so the check above can fail).
+    let mut broken = doc.clone();
+    broken["operations"]["signup.send.CustomerSignedUp"]["action"] = "publish".into();
+    assert!(!validator.is_valid(&broken));
+}
