@@ -147,6 +147,7 @@ impl Node {
             dlq,
             trace,
             topology: Arc::new(RwLock::new(None)),
+            contracts: Arc::default(),
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -195,6 +196,15 @@ impl Node {
             .topology
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(topology);
+    }
+
+    /// Declares the message contracts `GET /v1/asyncapi.json` exports (see docs/contracts.md).
+    pub fn set_contracts(&self, registry: switchyard_contracts::Registry) {
+        *self
+            .state
+            .contracts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = registry;
     }
 
     /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.

@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) trace: Option<Arc<crate::node::TraceBuffer>>,
     /// The component topology, when the application registered one.
     pub(crate) topology: Arc<RwLock<Option<Topology>>>,
+    /// The message contracts `/v1/asyncapi.json` exports (`Node::set_contracts`).
+    pub(crate) contracts: Arc<RwLock<switchyard_contracts::Registry>>,
     /// Per-principal publish rate, when configured.
     pub(crate) rate: Option<Arc<PublishRate>>,
     /// Transport connectivity and breaker states for `/ready`.
