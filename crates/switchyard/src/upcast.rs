@@ -14,7 +14,9 @@ use crate::state::BusInner;
 /// [`BusBuilder::upcaster`](crate::BusBuilder::upcaster).
 ///
 /// Typed handlers consult it only when a message's `type_version` is lower than the version
-/// of the type they decode, so messages at the current version cost one integer comparison.
+/// of the type they decode and its `type_name` is that type's, so messages at the current
+/// version cost one integer comparison. A message with no `type_name` (published raw, e.g.
+/// through the gateway, where `type_version` is just the default 1) is decoded as it is.
 pub trait Upcast: Send + Sync + 'static {
     /// Brings `payload`, written as version `from` of `type_name`, up to version `to`.
     /// `Ok(None)` when nothing is registered for the type (the payload is decoded as it is);
@@ -31,6 +33,7 @@ pub trait Upcast: Send + Sync + 'static {
 /// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
 pub(crate) fn decode<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
     if env.type_version < T::VERSION
+        && env.type_name.as_deref() == Some(T::type_name())
         && let Some(inner) = bus.upgrade()
         && let Some(up) = &inner.upcast
     {

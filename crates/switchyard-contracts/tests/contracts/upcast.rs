@@ -237,3 +237,29 @@ fn an_upcaster_for_another_type_leaves_the_payload_alone() {
         json!({"order": "x", "amount_cents": 100, "currency": "EUR"})
     );
 }
+
+/// Defect found in review: a raw publish (gateway, `publish_envelope`) has no `type_name` and
+/// the default `type_version` 1, so it was upcast from v1 as if an older build wrote it, and
+/// a current-shaped payload failed the v2 → v3 step and was dead-lettered.
+#[tokio::test]
+async fn a_raw_message_without_a_type_name_is_not_upcast() {
+    let (tx, _letters) = mpsc::unbounded_channel();
+    let bus = Bus::builder()
+        .upcaster(upcasters())
+        .dead_letters(Letters(tx))
+        .build()
+        .unwrap();
+    let (_sub, mut rx) = handled(&bus).await;
+    let raw = Envelope::new(
+        Topic::new("orders.placed").unwrap(),
+        serde_json::to_vec(&json!({"order": "G-1", "amount_cents": 5, "currency": "SEK"})).unwrap(),
+    );
+    assert_eq!((raw.type_name.as_deref(), raw.type_version), (None, 1));
+    bus.publish_envelope(raw).await.unwrap();
+    let (got, version) = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.order, "G-1");
+    assert_eq!((got.amount_cents, version), (5, 1));
+}
