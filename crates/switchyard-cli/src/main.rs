@@ -1,6 +1,7 @@
 //! `switchyard`: the command line of the switchyard message bus: run a node (`serve`),
 //! operate a running one (`pub`, `sub`, `send`, `request`, `tail`, `dlq`, `topology`,
-//! `trace`, `status`, `bench`), and the in-process demos.
+//! `trace`, `status`, `bench`), check and export message contracts (`schema`), and the
+//! in-process demos.
 //!
 //! Exit codes: 0 ok, 1 failure (including an unreachable node and a demo run that failed),
 //! 2 usage.
@@ -9,6 +10,7 @@
 mod client;
 mod demo;
 mod ops;
+mod schema;
 mod serve;
 mod ws;
 
@@ -134,6 +136,13 @@ enum Command {
         /// Payload size in bytes (roughly).
         #[arg(long, default_value_t = 64)]
         size: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Message contracts: `check OLD NEW` (schema compatibility, for CI), `export` (AsyncAPI).
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
         #[command(flatten)]
         remote: Remote,
     },
@@ -305,6 +314,20 @@ async fn run(command: Command) -> Result<(), CliError> {
             )
             .await
         }
+        Command::Schema {
+            command:
+                schema::SchemaCommand::Check {
+                    old,
+                    new,
+                    mode,
+                    json,
+                },
+            ..
+        } => schema::check(&old, &new, mode, json, &mut out),
+        Command::Schema {
+            command: schema::SchemaCommand::Export { out: to },
+            remote,
+        } => schema::export(&Client::new(&remote)?, to.as_deref(), &mut out).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut out);
             Ok(())

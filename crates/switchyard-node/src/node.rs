@@ -148,6 +148,7 @@ impl Node {
             trace,
             topology: Arc::new(RwLock::new(None)),
             layers: Arc::new(RwLock::new(None)),
+            contracts: Arc::default(),
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -226,6 +227,15 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|e| e.stats())
+    }
+
+    /// Declares the message contracts `GET /v1/asyncapi.json` exports (see docs/contracts.md).
+    pub fn set_contracts(&self, registry: switchyard_contracts::Registry) {
+        *self
+            .state
+            .contracts
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = registry;
     }
 
     /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.

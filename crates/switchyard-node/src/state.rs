@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) topology: Arc<RwLock<Option<Topology>>>,
     /// Layer rules on gateway traffic: set with the topology (see [`AppState::check_layers`]).
     pub(crate) layers: Arc<RwLock<Option<Arc<Enforcer>>>>,
+    /// The message contracts `/v1/asyncapi.json` exports (`Node::set_contracts`).
+    pub(crate) contracts: Arc<RwLock<switchyard_contracts::Registry>>,
     /// Per-principal publish rate, when configured.
     pub(crate) rate: Option<Arc<PublishRate>>,
     /// Transport connectivity and breaker states for `/ready`.

@@ -51,6 +51,7 @@ pub struct BusBuilder {
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
     wrap: Option<HandlerWrap>,
+    upcast: Option<Arc<dyn crate::upcast::Upcast>>,
     data_dir: Option<std::path::PathBuf>,
     /// Set by `with_resilience` (feature `middleware`): resolved in `build`.
     pub(crate) resilience: Option<ResilienceResolver>,
@@ -115,6 +116,7 @@ impl Default for BusBuilder {
             transport: None,
             hooks: Vec::new(),
             wrap: None,
+            upcast: None,
             data_dir: None,
             resilience: None,
         }
@@ -288,6 +290,14 @@ impl BusBuilder {
         self
     }
 
+    /// Upcasts messages written at an older [`Message::VERSION`](switchyard_core::Message::VERSION)
+    /// before typed handlers decode them (see `switchyard-contracts`' `Upcasters`). A later
+    /// call replaces an earlier one. Without one, older messages are decoded as they are.
+    pub fn upcaster(mut self, upcast: impl crate::upcast::Upcast) -> Self {
+        self.upcast = Some(Arc::new(upcast));
+        self
+    }
+
     /// A directory for the bus's own files (the file dead-letter queue of
     /// `with_default_resilience`, unless [`dead_letters`](Self::dead_letters) names a sink).
     /// Default: none.
@@ -369,6 +379,7 @@ impl BusBuilder {
                 transport: self.transport,
                 hooks: self.hooks,
                 wrap: self.wrap,
+                upcast: self.upcast,
                 resilience: resilience_wrap,
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),

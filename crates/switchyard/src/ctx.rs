@@ -85,7 +85,7 @@ where
         let f = f.clone();
         let bus = bus.clone();
         async move {
-            let msg = T::from_envelope(&env)?;
+            let msg = crate::upcast::decode::<T>(&bus, &env)?;
             let ctx = Ctx::new(upgrade(&bus)?, env);
             f(msg, ctx)
                 .await
@@ -107,7 +107,7 @@ where
         let f = f.clone();
         let bus = bus.clone();
         async move {
-            let cmd = C::from_envelope(&env)?;
+            let cmd = crate::upcast::decode::<C>(&bus, &env)?;
             let ctx = Ctx::new(upgrade(&bus)?, env.clone());
             let output = f(cmd, ctx).await.map_err(Into::into)?;
             let payload = serde_json::to_vec(&output)?;
@@ -133,13 +133,14 @@ where
     BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
         let (f, bus, name) = (f.clone(), bus.clone(), name.clone());
         async move {
-            let bus = upgrade(&bus)?;
+            let weak = bus;
+            let bus = upgrade(&weak)?;
             let Some(first) = envs.first().cloned() else {
                 return Ok(Outcome::Ack);
             };
             let mut msgs = Vec::with_capacity(envs.len());
             for env in envs {
-                match T::from_envelope(&env) {
+                match crate::upcast::decode::<T>(&weak, &env) {
                     Ok(m) => msgs.push(m),
                     Err(e) => bus.inner().dead_letter(
                         DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())

@@ -52,6 +52,7 @@ mod stats;
 mod subscription;
 pub mod testkit;
 mod transport_link;
+mod upcast;
 
 pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
@@ -69,6 +70,7 @@ pub use switchyard_core::*;
 /// The layers of `switchyard-middleware` (feature `middleware`).
 #[cfg(feature = "middleware")]
 pub use switchyard_middleware as middleware;
+pub use upcast::Upcast;
 
 /// The README's quick start, compiled as a doc test so it cannot rot.
 #[doc = include_str!("../../../README.md")]

@@ -117,6 +117,8 @@ pub(crate) struct BusInner {
     pub(crate) transport: Option<Arc<dyn ErasedTransport>>,
     pub(crate) hooks: Vec<PublishHook>,
     pub(crate) wrap: Option<HandlerWrap>,
+    /// Upcasts older message versions before typed handlers decode them (`upcast`).
+    pub(crate) upcast: Option<std::sync::Arc<dyn crate::upcast::Upcast>>,
     /// The resilience stack, around `wrap`'s result on every single-message handler.
     pub(crate) resilience: Option<ResilienceWrap>,
     /// Tasks feeding lower handler-priority groups; shutdown waits for them.

@@ -479,8 +479,7 @@ impl DemoApp {
         .dead_letters(Arc::new(RunsSink {
             runs: runs.clone(),
             bus: bus.clone(),
-        }),
-        );
+        }));
         let health = HealthChecker::new(Duration::from_secs(60), 0.5);
         let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
         let alerts = AlertManager::new(

@@ -18,6 +18,7 @@ use crate::auth::{Action, Principal};
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
 
+pub(crate) mod asyncapi;
 pub(crate) mod command;
 pub(crate) mod dlq;
 pub(crate) mod live;
@@ -48,6 +49,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health", get(live::health))
         .route("/alerts", get(observe::alerts))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/asyncapi.json", get(asyncapi::asyncapi_json))
         .route("/ws", get(crate::ws::ws_handler));
     Router::new()
         .nest("/v1", v1)

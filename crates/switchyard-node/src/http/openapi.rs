@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{command, dlq, live, observe, publish, registry};
+use super::{asyncapi, command, dlq, live, observe, publish, registry};
 
 /// The gateway's OpenAPI document.
 #[derive(OpenApi)]
@@ -18,6 +18,7 @@ use super::{command, dlq, live, observe, publish, registry};
         command::request,
         registry::topics,
         registry::subscriptions,
+        asyncapi::asyncapi_json,
         dlq::list,
         dlq::show,
         dlq::replay,

@@ -6,6 +6,7 @@ mod common;
 
 mod acl;
 mod api;
+mod asyncapi;
 mod dlq;
 mod live;
 mod malformed;

@@ -1,0 +1,90 @@
+//! `switchyard schema`: `check OLD NEW` compares two JSON Schemas (exit 0 compatible, 1
+//! incompatible, 2 unreadable input); `export` writes the node's AsyncAPI document.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use serde_json::Value;
+use switchyard_contracts::{Mode, check_compatibility};
+
+use crate::CliError;
+use crate::client::Client;
+
+/// What `switchyard schema` does.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Checks whether NEW is compatible with OLD (JSON Schema files). Prints a report; exits 0
+    /// when compatible, 1 when not, 2 when a file cannot be read or is not JSON.
+    Check {
+        /// The schema in use (a JSON Schema file).
+        old: PathBuf,
+        /// The proposed schema.
+        new: PathBuf,
+        /// backward: new readers read old data; forward: old readers read new data; full: both.
+        #[arg(long, default_value = "backward", value_parser = parse_mode)]
+        mode: Mode,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the node's AsyncAPI 3.0 document (`GET /v1/asyncapi.json`).
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+        .map_err(|e: switchyard_contracts::ParseModeError| e.to_string())
+}
+
+fn read_schema(path: &Path) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{} is not JSON: {e}", path.display())))
+}
+
+/// `switchyard schema check`.
+pub fn check(
+    old: &Path,
+    new: &Path,
+    mode: Mode,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let verdict = check_compatibility(&read_schema(old)?, &read_schema(new)?, mode);
+    if json {
+        let v = serde_json::to_value(&verdict).map_err(|e| CliError::Failure(e.to_string()))?;
+        writeln!(out, "{v}")?;
+    } else {
+        write!(out, "{verdict}")?;
+    }
+    if verdict.is_compatible() {
+        Ok(())
+    } else {
+        Err(CliError::Failure(format!(
+            "{} is not {mode} compatible with {}",
+            new.display(),
+            old.display()
+        )))
+    }
+}
+
+/// `switchyard schema export`.
+pub async fn export(
+    client: &Client,
+    to: Option<&Path>,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let doc = client.get_json("v1/asyncapi.json").await?;
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
+    match to {
+        Some(path) => std::fs::write(path, text + "\n")?,
+        None => writeln!(out, "{text}")?,
+    }
+    Ok(())
+}

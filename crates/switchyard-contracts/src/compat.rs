@@ -1,0 +1,481 @@
+//! Compatibility between two versions of a JSON Schema, in the sense schema registries use:
+//!
+//! - **backward**: a consumer on the NEW schema reads data written with the OLD one;
+//! - **forward**: a consumer on the OLD schema reads data written with the NEW one;
+//! - **full**: both.
+//!
+//! Both come down to one question, "can a reader of schema R read what a writer of schema W
+//! writes?", answered structurally: every field R requires must always be written by W (a
+//! field with a default, or an `Option`, is not required); every type W may write must be one
+//! R accepts (`integer` widens to `number`); every enum value or variant W may write must be
+//! one R knows; a closed object in R (`additionalProperties: false`) must not receive fields it
+//! does not list. Unknown extra fields are otherwise ignored, as serde does.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Which direction(s) to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// New readers read old data.
+    Backward,
+    /// Old readers read new data.
+    Forward,
+    /// Both.
+    Full,
+}
+
+/// The text is not `backward`, `forward` or `full`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compatibility mode `{0}` (expected backward, forward or full)")]
+pub struct ParseModeError(pub String);
+
+impl FromStr for Mode {
+    type Err = ParseModeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "backward" => Ok(Self::Backward),
+            "forward" => Ok(Self::Forward),
+            "full" => Ok(Self::Full),
+            _ => Err(ParseModeError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Backward => "backward",
+            Self::Forward => "forward",
+            Self::Full => "full",
+        })
+    }
+}
+
+/// What breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueKind {
+    /// The reader requires a field the writer does not always write (a new field with no
+    /// default, read backward; a required field removed, read forward).
+    MissingRequiredField,
+    /// The writer may write a type the reader does not accept.
+    TypeChanged,
+    /// The writer may write an enum value or variant the reader does not know (a variant
+    /// removed, read backward; a variant added, read forward).
+    UnknownEnumValue,
+    /// The writer writes a field the reader's closed object forbids.
+    ForbiddenField,
+}
+
+/// One incompatibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issue {
+    /// The direction that breaks: `backward` (new reads old) or `forward` (old reads new).
+    pub direction: Mode,
+    /// Where, as a JSON-pointer-like path into the payload (`/customer/address/zip`; `*`
+    /// for array items).
+    pub path: String,
+    /// What kind of break.
+    pub kind: IssueKind,
+    /// A sentence for humans.
+    pub detail: String,
+}
+
+/// The verdict of [`check_compatibility`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Compatibility {
+    /// The mode checked.
+    pub mode: Mode,
+    /// Every break found; empty when compatible.
+    pub issues: Vec<Issue>,
+}
+
+impl Compatibility {
+    /// True when nothing breaks.
+    pub fn is_compatible(&self) -> bool {
+        self.issues.is_empty()
+    }
+}
+
+impl fmt::Display for Compatibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_compatible() {
+            return writeln!(f, "compatible ({})", self.mode);
+        }
+        let n = self.issues.len();
+        writeln!(
+            f,
+            "INCOMPATIBLE ({}): {n} problem{}",
+            self.mode,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for i in &self.issues {
+            let path = if i.path.is_empty() { "/" } else { &i.path };
+            writeln!(f, "  [{}] {path}: {}", i.direction, i.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks whether `new` is compatible with `old` under `mode`.
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard_contracts::{check_compatibility, IssueKind, Mode};
+///
+/// let old = json!({"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]});
+/// let new = json!({"type": "object",
+///     "properties": {"id": {"type": "integer"}, "email": {"type": "string"}},
+///     "required": ["id", "email"]});
+/// let verdict = check_compatibility(&old, &new, Mode::Backward);
+/// assert!(!verdict.is_compatible());
+/// assert_eq!(verdict.issues[0].kind, IssueKind::MissingRequiredField);
+/// assert!(check_compatibility(&old, &new, Mode::Forward).is_compatible());
+/// ```
+pub fn check_compatibility(old: &Value, new: &Value, mode: Mode) -> Compatibility {
+    let mut issues = Vec::new();
+    if matches!(mode, Mode::Backward | Mode::Full) {
+        let mut c = Checker {
+            reader_root: new,
+            writer_root: old,
+            reader: "new",
+            writer: "old",
+            direction: Mode::Backward,
+            out: &mut issues,
+        };
+        c.reads(new, old, "", 0);
+    }
+    if matches!(mode, Mode::Forward | Mode::Full) {
+        let mut c = Checker {
+            reader_root: old,
+            writer_root: new,
+            reader: "old",
+            writer: "new",
+            direction: Mode::Forward,
+            out: &mut issues,
+        };
+        c.reads(old, new, "", 0);
+    }
+    Compatibility { mode, issues }
+}
+
+/// Deeper than this, recursive schemas are assumed compatible.
+const MAX_DEPTH: usize = 64;
+
+struct Checker<'a> {
+    reader_root: &'a Value,
+    writer_root: &'a Value,
+    reader: &'static str,
+    writer: &'static str,
+    direction: Mode,
+    out: &'a mut Vec<Issue>,
+}
+
+fn resolve<'a>(root: &'a Value, mut s: &'a Value) -> &'a Value {
+    for _ in 0..32 {
+        match s.get("$ref").and_then(Value::as_str) {
+            Some(r) if r.starts_with('#') => match root.pointer(&r[1..]) {
+                Some(t) => s = t,
+                None => return s,
+            },
+            _ => return s,
+        }
+    }
+    s
+}
+
+fn accepts_anything(s: &Value) -> bool {
+    match s {
+        Value::Bool(b) => *b,
+        Value::Object(m) => m.keys().all(|k| {
+            matches!(
+                k.as_str(),
+                "$schema"
+                    | "title"
+                    | "description"
+                    | "default"
+                    | "examples"
+                    | "$defs"
+                    | "definitions"
+                    | "$id"
+                    | "$comment"
+            )
+        }),
+        _ => false,
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The values a schema restricts itself to (`enum` or `const`).
+fn values(s: &Value) -> Option<Vec<&Value>> {
+    if let Some(c) = s.get("const") {
+        return Some(vec![c]);
+    }
+    s.get("enum")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+}
+
+fn types(s: &Value) -> Option<BTreeSet<String>> {
+    match s.get("type") {
+        Some(Value::String(t)) => Some([t.clone()].into()),
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => values(s).map(|vs| vs.into_iter().map(|v| json_type(v).to_owned()).collect()),
+    }
+}
+
+fn variants(s: &Value) -> Option<&Vec<Value>> {
+    s.get("oneOf")
+        .or_else(|| s.get("anyOf"))
+        .and_then(Value::as_array)
+}
+
+fn props(s: &Value) -> Option<&serde_json::Map<String, Value>> {
+    s.get("properties").and_then(Value::as_object)
+}
+
+fn required(s: &Value) -> BTreeSet<&str> {
+    s.get("required")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What identifies a variant of a oneOf/anyOf: its constant values, the single required
+/// property of an externally tagged variant, or the constant of an internally tagged one.
+fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
+    let v = resolve(root, v);
+    if let Some(vs) = values(v) {
+        return vs.into_iter().map(show).collect();
+    }
+    if let Some(p) = props(v) {
+        for (_, ps) in p {
+            if let Some(c) = resolve(root, ps).get("const") {
+                return vec![show(c)];
+            }
+        }
+        let req = required(v);
+        if p.len() == 1 && req.len() == 1 {
+            return req.into_iter().map(str::to_owned).collect();
+        }
+    }
+    Vec::new()
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, path: &str, kind: IssueKind, detail: String) {
+        self.out.push(Issue {
+            direction: self.direction,
+            path: path.to_owned(),
+            kind,
+            detail,
+        });
+    }
+
+    /// Can a reader of `r` read what a writer of `w` writes?
+    fn reads(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let r = resolve(self.reader_root, r);
+        let w = resolve(self.writer_root, w);
+        if accepts_anything(r) || w == &Value::Bool(false) {
+            return;
+        }
+        if variants(r).is_some() || variants(w).is_some() {
+            return self.reads_variants(r, w, path, depth);
+        }
+        if let Some(rv) = values(r) {
+            match values(w) {
+                Some(wv) => {
+                    for v in wv {
+                        if !rv.contains(&v) {
+                            let (reader, writer) = (self.reader, self.writer);
+                            self.issue(
+                                path,
+                                IssueKind::UnknownEnumValue,
+                                format!("the {writer} schema may write `{}`, which the {reader} schema does not accept", show(v)),
+                            );
+                        }
+                    }
+                }
+                None => {
+                    let (reader, writer) = (self.reader, self.writer);
+                    self.issue(
+                        path,
+                        IssueKind::UnknownEnumValue,
+                        format!("the {reader} schema accepts only fixed values, the {writer} schema writes any"),
+                    );
+                }
+            }
+            return;
+        }
+        if let Some(rt) = types(r) {
+            let wt = types(w);
+            let bad: Vec<String> = match &wt {
+                None => vec!["anything".to_owned()],
+                Some(wt) => wt
+                    .iter()
+                    .filter(|t| {
+                        !(rt.contains(*t) || (t.as_str() == "integer" && rt.contains("number")))
+                    })
+                    .cloned()
+                    .collect(),
+            };
+            if !bad.is_empty() {
+                let (reader, writer) = (self.reader, self.writer);
+                let rt: Vec<_> = rt.into_iter().collect();
+                self.issue(
+                    path,
+                    IssueKind::TypeChanged,
+                    format!(
+                        "type changed: the {writer} schema may write {}, the {reader} schema accepts {}",
+                        bad.join(" or "),
+                        rt.join(" or ")
+                    ),
+                );
+                return;
+            }
+        }
+        self.reads_object(r, w, path, depth);
+        if let (Some(ri), Some(wi)) = (r.get("items"), w.get("items")) {
+            self.reads(ri, wi, &format!("{path}/*"), depth + 1);
+        }
+    }
+
+    fn reads_object(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
+        let (reader, writer) = (self.reader, self.writer);
+        let empty = serde_json::Map::new();
+        let rp = props(r).unwrap_or(&empty);
+        let wp = props(w).unwrap_or(&empty);
+        let wreq = required(w);
+        for f in required(r) {
+            if wreq.contains(f) {
+                continue;
+            }
+            let detail = if wp.contains_key(f) {
+                format!(
+                    "field `{f}` is optional in the {writer} schema but required (no default) in the {reader} schema"
+                )
+            } else {
+                format!(
+                    "field `{f}` is required (no default) in the {reader} schema and absent from the {writer} schema"
+                )
+            };
+            self.issue(
+                &format!("{path}/{f}"),
+                IssueKind::MissingRequiredField,
+                detail,
+            );
+        }
+        for (f, rs) in rp {
+            if let Some(ws) = wp.get(f) {
+                self.reads(rs, ws, &format!("{path}/{f}"), depth + 1);
+            }
+        }
+        if r.get("additionalProperties") == Some(&Value::Bool(false)) {
+            for f in wp.keys().filter(|f| !rp.contains_key(*f)) {
+                self.issue(
+                    &format!("{path}/{f}"),
+                    IssueKind::ForbiddenField,
+                    format!("the {writer} schema writes field `{f}`, which the {reader} schema's closed object does not allow"),
+                );
+            }
+        }
+    }
+
+    fn reads_variants(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
+        let rvs: Vec<&Value> = match variants(r) {
+            Some(v) => v.iter().collect(),
+            None => vec![r],
+        };
+        let wvs: Vec<&Value> = match variants(w) {
+            Some(v) => v.iter().collect(),
+            None => vec![w],
+        };
+        let (reader, writer) = (self.reader, self.writer);
+        for wv in wvs {
+            let keys = variant_keys(self.writer_root, wv);
+            if keys.is_empty() {
+                // Unlabelled (e.g. `null` or a struct in an Option): some reader variant must
+                // read it cleanly.
+                if !rvs.iter().any(|rv| self.clean(rv, wv, path, depth)) {
+                    let mut trial = Vec::new();
+                    if let Some(rv) = rvs.first() {
+                        self.collect(rv, wv, path, depth, &mut trial);
+                    }
+                    if trial.is_empty() {
+                        self.issue(path, IssueKind::TypeChanged, format!("no variant of the {reader} schema accepts what the {writer} schema writes"));
+                    } else {
+                        self.out.extend(trial);
+                    }
+                }
+                continue;
+            }
+            for k in keys {
+                let matching = rvs
+                    .iter()
+                    .find(|rv| variant_keys(self.reader_root, rv).contains(&k));
+                match matching {
+                    Some(rv) => {
+                        let wr = resolve(self.writer_root, wv);
+                        if values(wr).is_none() {
+                            self.reads(rv, wv, &format!("{path}/{k}"), depth + 1);
+                        }
+                    }
+                    None => self.issue(
+                        path,
+                        IssueKind::UnknownEnumValue,
+                        format!("the {writer} schema may write variant `{k}`, which the {reader} schema does not know"),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, r: &Value, w: &Value, path: &str, depth: usize, into: &mut Vec<Issue>) {
+        let mut sub = Checker {
+            reader_root: self.reader_root,
+            writer_root: self.writer_root,
+            reader: self.reader,
+            writer: self.writer,
+            direction: self.direction,
+            out: into,
+        };
+        sub.reads(r, w, path, depth + 1);
+    }
+
+    fn clean(&mut self, r: &Value, w: &Value, path: &str, depth: usize) -> bool {
+        let mut trial = Vec::new();
+        self.collect(r, w, path, depth, &mut trial);
+        trial.is_empty()
+    }
+}

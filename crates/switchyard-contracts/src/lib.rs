@@ -1,0 +1,28 @@
+//! # switchyard-contracts
+//!
+//! Message contracts for switchyard: every [`Message`](switchyard_core::Message) that also
+//! derives [`schemars::JsonSchema`] is a [`Contract`] and describes itself as JSON Schema with
+//! its name and version; a [`Registry`] collects message types with their topics, kinds,
+//! versions, schemas, producers and consumers; [`Upcasters`] bring old versions of a message
+//! up to the one a handler decodes; [`check_compatibility`] tells whether two schema versions
+//! are backward / forward / fully compatible; [`asyncapi`] exports the registry as an
+//! AsyncAPI 3.0 document.
+#![forbid(unsafe_code)]
+
+pub mod asyncapi;
+mod compat;
+mod contract;
+mod registry;
+mod upcast;
+
+pub use compat::{Compatibility, Issue, IssueKind, Mode, ParseModeError, check_compatibility};
+pub use contract::Contract;
+pub use registry::{MessageType, Registry, RegistryError};
+/// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency.
+pub use schemars::{self, JsonSchema};
+pub use upcast::{UpcastError, Upcasters};
+
+/// The guide (docs/contracts.md), compiled as doc tests so it cannot rot.
+#[doc = include_str!("../../../docs/contracts.md")]
+#[cfg(doctest)]
+pub struct Guide;

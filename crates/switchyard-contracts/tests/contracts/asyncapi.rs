@@ -1,0 +1,109 @@
+//! The AsyncAPI 3.0 export: required fields and every `$ref` resolving inside the document.
+
+use serde_json::Value;
+use switchyard_contracts::{Registry, asyncapi};
+
+use crate::schema::{BlockCustomer, CustomerSignedUp};
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    reg.register::<CustomerSignedUp>()
+        .unwrap()
+        .register::<BlockCustomer>()
+        .unwrap()
+        .declare_component("signup", ["customers.block"], ["customers.signed_up"])
+        .unwrap()
+        .declare_component("mailer", ["customers.*"], Vec::<String>::new())
+        .unwrap();
+    reg
+}
+
+fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r);
+            }
+            m.values().for_each(|v| refs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_export_has_the_required_asyncapi_3_fields_and_its_refs_resolve() {
+    let info = asyncapi::Info {
+        title: "signup".into(),
+        version: "1.2.0".into(),
+        server: Some(("localhost:8080".into(), "ws".into())),
+    };
+    let doc = asyncapi::export(&registry(), &info);
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(doc["info"]["title"], "signup");
+    assert_eq!(doc["info"]["version"], "1.2.0");
+    assert_eq!(doc["servers"]["switchyard"]["protocol"], "ws");
+    assert_eq!(
+        doc["channels"]["customers.signed_up"]["address"],
+        "customers.signed_up"
+    );
+    let msg = &doc["components"]["messages"]["CustomerSignedUp"];
+    assert_eq!(msg["contentType"], "application/json");
+    assert_eq!(msg["headers"]["properties"]["type_version"]["const"], 4);
+    assert_eq!(
+        msg["payload"]["properties"]["address"]["$ref"],
+        "#/components/schemas/Address"
+    );
+    assert!(doc["components"]["schemas"]["Payment"]["oneOf"].is_array());
+    let ops = doc["operations"].as_object().unwrap();
+    let mut names: Vec<&str> = ops.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "mailer.receive.BlockCustomer",
+            "mailer.receive.CustomerSignedUp",
+            "signup.receive.BlockCustomer",
+            "signup.send.CustomerSignedUp",
+        ]
+    );
+    for (name, op) in ops {
+        let action = op["action"].as_str().unwrap();
+        assert!(action == "send" || action == "receive", "{name}");
+        assert!(
+            op["channel"]["$ref"]
+                .as_str()
+                .unwrap()
+                .starts_with("#/channels/")
+        );
+    }
+    // Every reference points at something in the document (AsyncAPI resolves them against
+    // the whole document, so a schema's own `#/$defs/..` would dangle).
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 8, "{all:?}");
+    for r in all {
+        assert!(doc.pointer(&r[1..]).is_some(), "dangling {r}");
+    }
+}
+
+#[test]
+fn the_export_validates_against_the_official_asyncapi_3_schema() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../fixtures/asyncapi-3.0.0.schema.json")).unwrap();
+    let validator = jsonschema::draft7::new(&schema).unwrap();
+    let info = asyncapi::Info {
+        server: Some(("localhost:8080".into(), "http".into())),
+        ..asyncapi::Info::default()
+    };
+    let doc = asyncapi::export(&registry(), &info);
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The validator does reject a broken document (so the check above can fail).
+    let mut broken = doc.clone();
+    broken["operations"]["signup.send.CustomerSignedUp"]["action"] = "publish".into();
+    assert!(!validator.is_valid(&broken));
+}

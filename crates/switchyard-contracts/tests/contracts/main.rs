@@ -1,0 +1,8 @@
+//! switchyard-contracts: schema derivation, the registry, upcasters on messages from an
+//! older build's log, compatibility verdicts, the AsyncAPI export.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
+mod asyncapi;
+mod compat;
+mod schema;
+mod upcast;

@@ -1,0 +1,52 @@
+//! The decode hook for schema evolution: a message written at an older
+//! [`Message::VERSION`](switchyard_core::Message::VERSION) is brought up to the version a typed
+//! handler decodes before it is decoded. The registry of upcasters lives in
+//! `switchyard-contracts`; the bus only knows this trait.
+
+use std::sync::Weak;
+
+use bytes::Bytes;
+use switchyard_core::{BoxError, CodecDirection, CodecError, Envelope, Message};
+
+use crate::state::BusInner;
+
+/// Rewrites the payload of an older version of a message type into a newer one; set with
+/// [`BusBuilder::upcaster`](crate::BusBuilder::upcaster).
+///
+/// Typed handlers consult it only when a message's `type_version` is lower than the version
+/// of the type they decode and its `type_name` is that type's, so messages at the current
+/// version cost one integer comparison. A message with no `type_name` (published raw, e.g.
+/// through the gateway, where `type_version` is just the default 1) is decoded as it is.
+pub trait Upcast: Send + Sync + 'static {
+    /// Brings `payload`, written as version `from` of `type_name`, up to version `to`.
+    /// `Ok(None)` when nothing is registered for the type (the payload is decoded as it is);
+    /// an error dead-letters the message as undecodable.
+    fn upcast(
+        &self,
+        type_name: &str,
+        from: u32,
+        to: u32,
+        payload: &[u8],
+    ) -> Result<Option<Bytes>, BoxError>;
+}
+
+/// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
+pub(crate) fn decode<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
+    if env.type_version < T::VERSION
+        && env.type_name.as_deref() == Some(T::type_name())
+        && let Some(inner) = bus.upgrade()
+        && let Some(up) = &inner.upcast
+    {
+        let upcast = up
+            .upcast(T::type_name(), env.type_version, T::VERSION, &env.payload)
+            .map_err(|source| CodecError {
+                direction: CodecDirection::Decode,
+                type_name: std::any::type_name::<T>(),
+                source,
+            })?;
+        if let Some(bytes) = upcast {
+            return T::decode(&bytes);
+        }
+    }
+    T::from_envelope(env)
+}
