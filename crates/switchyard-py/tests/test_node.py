@@ -477,7 +477,7 @@ async def test_cancelling_an_awaiting_send_leaves_no_call_behind(node, remote):
         ("queue_full", switchyard.QueueFull),
         ("shutting_down", switchyard.ShuttingDown),
         ("rate_limited", switchyard.RateLimited),
-        ("too_large", switchyard.GatewayError),
+        ("too_large", switchyard.TooLarge),
         ("not_ready", switchyard.GatewayError),
     ],
 )
