@@ -6,37 +6,35 @@
 //! queries get `no_handler` and the page says so.
 
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use crate::error::{ApiError, ErrorKind};
+use crate::assets::{Asset, lookup};
+use crate::error::ApiError;
 
-const INDEX_HTML: &str = include_str!("../assets/app/index.html");
-const APP_CSS: &str = include_str!("../assets/app/app.css");
-const APP_JS: &str = include_str!("../assets/app/app.js");
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+const FILES: &[Asset] = &[
     (
-        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
-        body,
-    )
-        .into_response()
-}
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../assets/app/index.html"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/app/app.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/app/app.js"),
+    ),
+];
 
 /// `GET /app`: the page.
-pub(crate) async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+pub(crate) async fn index() -> Result<Response, ApiError> {
+    lookup(FILES, "app", "index.html")
 }
 
 /// `GET /app/{file}`: one of the page's assets (404 otherwise).
 pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
-    match file.as_str() {
-        "" | "index.html" => Ok(index().await),
-        "app.css" => Ok(asset("text/css; charset=utf-8", APP_CSS)),
-        "app.js" => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
-        other => Err(ApiError::new(
-            ErrorKind::NotFound,
-            format!("no app asset {other:?}"),
-        )),
-    }
+    lookup(FILES, "app", &file)
 }

@@ -7,43 +7,50 @@
 //! auth, so the assets themselves need no credentials.
 
 use axum::extract::Path;
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use crate::error::{ApiError, ErrorKind};
+use crate::assets::{Asset, lookup};
+use crate::error::ApiError;
 
-const INDEX_HTML: &str = include_str!("../assets/dashboard/index.html");
-const APP_CSS: &str = include_str!("../assets/dashboard/app.css");
-const APP_JS: &str = include_str!("../assets/dashboard/app.js");
-const UPLOT_JS: &str = include_str!("../assets/dashboard/vendor/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../assets/dashboard/vendor/uPlot.min.css");
-const UPLOT_LICENSE: &str = include_str!("../assets/dashboard/vendor/uPlot.LICENSE");
-
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+const FILES: &[Asset] = &[
     (
-        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, "no-cache")],
-        body,
-    )
-        .into_response()
-}
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../assets/dashboard/index.html"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard/app.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/app.js"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard/vendor/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../assets/dashboard/vendor/uPlot.LICENSE"),
+    ),
+];
 
 /// `GET /`: the dashboard page.
-pub(crate) async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+pub(crate) async fn index() -> Result<Response, ApiError> {
+    lookup(FILES, "dashboard", "index.html")
 }
 
 /// `GET /dashboard/{file}`: one of the page's assets (404 otherwise).
 pub(crate) async fn file(Path(file): Path<String>) -> Result<Response, ApiError> {
-    match file.as_str() {
-        "" | "index.html" => Ok(index().await),
-        "app.css" => Ok(asset("text/css; charset=utf-8", APP_CSS)),
-        "app.js" => Ok(asset("text/javascript; charset=utf-8", APP_JS)),
-        "uPlot.iife.min.js" => Ok(asset("text/javascript; charset=utf-8", UPLOT_JS)),
-        "uPlot.min.css" => Ok(asset("text/css; charset=utf-8", UPLOT_CSS)),
-        "uPlot.LICENSE" => Ok(asset("text/plain; charset=utf-8", UPLOT_LICENSE)),
-        other => Err(ApiError::new(
-            ErrorKind::NotFound,
-            format!("no dashboard asset {other:?}"),
-        )),
-    }
+    lookup(FILES, "dashboard", &file)
 }

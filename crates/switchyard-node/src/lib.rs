@@ -26,6 +26,7 @@
 
 mod alerts;
 mod app_ui;
+mod assets;
 pub mod auth;
 pub mod config;
 mod dashboard;
