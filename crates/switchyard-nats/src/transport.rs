@@ -467,6 +467,9 @@ impl NatsTransport {
     }
 }
 
+/// Whose limit a `TooLarge` from this transport names.
+const MAX_PAYLOAD: &str = "the NATS server's max_payload";
+
 impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
     /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
@@ -476,6 +479,15 @@ impl Publisher for NatsTransport {
     async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
+        }
+        // Refused here, at once, rather than by the server after the publish timeout.
+        let limit = self.inner.client.server_info().max_payload;
+        if let Some(env) = batch.iter().find(|e| limit > 0 && e.payload.len() > limit) {
+            return Err(PublishError::TooLarge(switchyard_core::TooLarge {
+                size: env.payload.len(),
+                limit,
+                limit_of: MAX_PAYLOAD,
+            }));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);
         let _guard = PublishGuard(&self.inner);
@@ -556,6 +568,13 @@ impl Publisher for NatsTransport {
     ///
     /// Idempotent: a second call (or a concurrent one) does the same waits and returns `Ok`
     /// once everything the first call waits for is done.
+    /// The server's `max_payload` (1 MiB unless the server is configured otherwise), so the
+    /// bus refuses a larger message before sending it.
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        let limit = self.inner.client.server_info().max_payload;
+        (limit > 0).then_some((limit, MAX_PAYLOAD))
+    }
+
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);

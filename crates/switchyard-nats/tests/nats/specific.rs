@@ -285,3 +285,38 @@ async fn settling_after_close_is_a_closed_error() {
     t.close(Instant::now() + WAIT).await.unwrap();
     let _ = t.delete_stream(&setup.namespace).await;
 }
+
+/// A publish over the server's `max_payload` (1 MiB by default) fails at once with a typed
+/// error naming both sizes, instead of "didn't receive ack in time" after the publish timeout;
+/// the bus on NATS refuses it the same way before handing it over.
+#[tokio::test]
+async fn a_publish_over_max_payload_is_too_large_at_once() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new();
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let (limit, whose) = Publisher::max_message_bytes(&t).expect("the server has a max_payload");
+    assert_eq!(whose, "the NATS server's max_payload");
+    let big = Envelope::new(setup.topic("big").unwrap(), vec![0u8; 2 * 1024 * 1024]);
+    let started = Instant::now();
+    match t.publish(vec![big.clone()]).await {
+        Err(switchyard_core::PublishError::TooLarge(e)) => {
+            assert_eq!((e.size, e.limit), (2 * 1024 * 1024, limit));
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    let bus = switchyard::Bus::builder().transport(t).build().unwrap();
+    match bus.publish_envelope(big).await {
+        Err(switchyard_core::PublishError::TooLarge(e)) => {
+            assert_eq!(e.limit_of, "the NATS server's max_payload");
+        }
+        other => panic!("expected TooLarge from the bus, got {other:?}"),
+    }
+    let _ = bus.shutdown(WAIT).await;
+}
