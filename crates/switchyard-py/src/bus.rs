@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use switchyard::{
     BoxError, Bus, CodecError, Command, Ctx, DeadLetter, DeadLetterReason, Envelope, Kind, Message,
-    Outcome, Overflow, Permanent, Priority, PublishError, Subscription, SubscriptionBuilder, Topic,
+    Outcome, Permanent, Priority, PublishError, Subscription, SubscriptionBuilder, Topic,
     handler_fn,
 };
 use tokio::sync::oneshot;
@@ -27,7 +27,9 @@ use crate::inbox::{CancelOnDrop, HandlerResult, Inbox, Item};
 use crate::ops::{self, Done, Started};
 use crate::transport::NativeTransport;
 
+mod options;
 mod reply;
+use options::{SubOptions, overflow, seconds};
 pub use reply::PyReply;
 
 /// The error a Python handler raised: its type, message and traceback, as text. This text is
@@ -35,40 +37,6 @@ pub use reply::PyReply;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct PythonError(pub(crate) String);
-
-fn overflow(kind: &str, timeout: f64, max_delay: f64) -> PyResult<Overflow> {
-    let secs = |s: f64, what: &str| {
-        Duration::try_from_secs_f64(s).map_err(|_| {
-            pyo3::exceptions::PyValueError::new_err(format!(
-                "{what} must be a non-negative number of seconds"
-            ))
-        })
-    };
-    Ok(match kind {
-        "block" => Overflow::Block {
-            timeout: secs(timeout, "overflow timeout")?,
-        },
-        "drop_oldest" => Overflow::DropOldest,
-        "reject_new" => Overflow::RejectNew,
-        "adaptive" => Overflow::Adaptive {
-            max_delay: secs(max_delay, "overflow max_delay")?,
-            timeout: secs(timeout, "overflow timeout")?,
-        },
-        other => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "unknown overflow policy {other:?} (block, drop_oldest, reject_new, adaptive)"
-            )));
-        }
-    })
-}
-
-fn seconds(s: f64, what: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err(format!(
-            "{what} must be a non-negative number of seconds"
-        ))
-    })
-}
 
 /// The Rust handler of a Python subscription: hands each message to the loop and waits.
 fn python_handler(inbox: Arc<Inbox>, sub: u64, command: bool) -> switchyard::BoxHandler {
@@ -130,66 +98,6 @@ impl Message for RawPayload {
 
 impl Command for RawPayload {
     type Output = serde_json::Value;
-}
-
-/// Settings of one subscription, as Python passes them.
-#[derive(Default)]
-struct SubOptions {
-    workers: Option<usize>,
-    queue_capacity: Option<usize>,
-    overflow: Option<Overflow>,
-    max_attempts: Option<u32>,
-    retry_delay: Option<Duration>,
-    priority: Option<i32>,
-    ordering_header: Option<String>,
-    header_filters: Vec<(String, String)>,
-    filter: Option<Py<PyAny>>,
-}
-
-impl SubOptions {
-    fn apply(self, mut b: SubscriptionBuilder) -> SubscriptionBuilder {
-        if let Some(n) = self.workers {
-            b = b.workers(n);
-        }
-        if let Some(n) = self.queue_capacity {
-            b = b.queue_capacity(n);
-        }
-        if let Some(o) = self.overflow {
-            b = b.overflow(o);
-        }
-        if let Some(n) = self.max_attempts {
-            b = b.max_attempts(n);
-        }
-        if let Some(d) = self.retry_delay {
-            b = b.retry_delay(d);
-        }
-        if let Some(p) = self.priority {
-            b = b.handler_priority(p);
-        }
-        if let Some(h) = self.ordering_header {
-            b = b.ordering_key(move |env| env.header(&h).map(SmolStr::new));
-        }
-        for (name, value) in self.header_filters {
-            b = b.filter(move |env| env.header(&name) == Some(value.as_str()));
-        }
-        if let Some(f) = self.filter {
-            // Runs under the GIL on the publishing thread; header filters do not need it.
-            b = b.filter(move |env| {
-                Python::attach(|py| {
-                    let view = PyEnvelope::new(Arc::new(env.clone()));
-                    match f.call1(py, (view,)).and_then(|r| r.is_truthy(py)) {
-                        Ok(keep) => keep,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Python filter raised; message filtered out");
-                            e.print(py);
-                            false
-                        }
-                    }
-                })
-            });
-        }
-        b
-    }
 }
 
 /// A running bus and the inbox its Python handlers are served from.

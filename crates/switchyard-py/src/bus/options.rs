@@ -1,0 +1,101 @@
+//! What Python passes as settings, turned into the bus's: overflow policies, durations in
+//! seconds, and a subscription's options.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use smol_str::SmolStr;
+use switchyard::{Overflow, SubscriptionBuilder};
+
+use crate::envelope::PyEnvelope;
+
+/// The overflow policy Python names, with its timeouts in seconds.
+pub(crate) fn overflow(kind: &str, timeout: f64, max_delay: f64) -> PyResult<Overflow> {
+    let secs = seconds;
+    Ok(match kind {
+        "block" => Overflow::Block {
+            timeout: secs(timeout, "overflow timeout")?,
+        },
+        "drop_oldest" => Overflow::DropOldest,
+        "reject_new" => Overflow::RejectNew,
+        "adaptive" => Overflow::Adaptive {
+            max_delay: secs(max_delay, "overflow max_delay")?,
+            timeout: secs(timeout, "overflow timeout")?,
+        },
+        other => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown overflow policy {other:?} (block, drop_oldest, reject_new, adaptive)"
+            )));
+        }
+    })
+}
+
+/// `s` seconds as a duration; a negative or non-finite value names `what`.
+pub(crate) fn seconds(s: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds"
+        ))
+    })
+}
+
+/// Settings of one subscription, as Python passes them.
+#[derive(Default)]
+pub(super) struct SubOptions {
+    pub(super) workers: Option<usize>,
+    pub(super) queue_capacity: Option<usize>,
+    pub(super) overflow: Option<Overflow>,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) retry_delay: Option<Duration>,
+    pub(super) priority: Option<i32>,
+    pub(super) ordering_header: Option<String>,
+    pub(super) header_filters: Vec<(String, String)>,
+    pub(super) filter: Option<Py<PyAny>>,
+}
+
+impl SubOptions {
+    pub(super) fn apply(self, mut b: SubscriptionBuilder) -> SubscriptionBuilder {
+        if let Some(n) = self.workers {
+            b = b.workers(n);
+        }
+        if let Some(n) = self.queue_capacity {
+            b = b.queue_capacity(n);
+        }
+        if let Some(o) = self.overflow {
+            b = b.overflow(o);
+        }
+        if let Some(n) = self.max_attempts {
+            b = b.max_attempts(n);
+        }
+        if let Some(d) = self.retry_delay {
+            b = b.retry_delay(d);
+        }
+        if let Some(p) = self.priority {
+            b = b.handler_priority(p);
+        }
+        if let Some(h) = self.ordering_header {
+            b = b.ordering_key(move |env| env.header(&h).map(SmolStr::new));
+        }
+        for (name, value) in self.header_filters {
+            b = b.filter(move |env| env.header(&name) == Some(value.as_str()));
+        }
+        if let Some(f) = self.filter {
+            // Runs under the GIL on the publishing thread; header filters do not need it.
+            b = b.filter(move |env| {
+                Python::attach(|py| {
+                    let view = PyEnvelope::new(Arc::new(env.clone()));
+                    match f.call1(py, (view,)).and_then(|r| r.is_truthy(py)) {
+                        Ok(keep) => keep,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Python filter raised; message filtered out");
+                            e.print(py);
+                            false
+                        }
+                    }
+                })
+            });
+        }
+        b
+    }
+}
