@@ -73,17 +73,19 @@ impl LimitedPull {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(CHANNEL);
         let task = tokio::spawn(async move {
-            let mut peers: Vec<JoinHandle<()>> = Vec::new();
+            // Dropped with this task (when the source closes), a JoinSet aborts every peer's
+            // task, so no connection outlives the source.
+            let mut peers = tokio::task::JoinSet::new();
             loop {
+                while peers.try_join_next().is_some() {}
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        peers.retain(|p| !p.is_finished());
                         let tx = tx.clone();
-                        peers.push(tokio::spawn(async move {
+                        peers.spawn(async move {
                             if let Err(e) = serve(stream, peer.to_string(), limit, &tx).await {
                                 tracing::debug!(%peer, error = %e, "ZeroMQ peer left");
                             }
-                        }));
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "ZeroMQ accept failed");
@@ -93,9 +95,6 @@ impl LimitedPull {
                 if tx.is_closed() {
                     break;
                 }
-            }
-            for p in peers {
-                p.abort();
             }
         });
         Ok((Self { rx, task }, format!("tcp://{local}")))
