@@ -406,6 +406,14 @@
     // No viewBox: one unit is one CSS pixel at 100 %; the zoom is the group's transform.
     svg.style.height = Math.round(Math.min(Math.max(H + 20, 260), Math.max(260, window.innerHeight * 0.7))) + "px";
     drawn.length = 0;
+    graphSize.w = W; graphSize.h = H;
+    const placed = [];
+    const placeLabel = (cx, baseline, w, h) => {
+      const r = { x: cx - w / 2, y: baseline - 12, w, h };
+      if (placed.some((q) => r.x < q.x + q.w && q.x < r.x + r.w && r.y < q.y + q.h && q.y < r.y + r.h)) return false;
+      placed.push(r);
+      return true;
+    };
     const kids = [el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, el("path", { d: "M0,0 L10,5 L0,10 z", fill: "currentColor" })))];
     layers.forEach((l, i) => kids.push(el("text", { class: "layer", x: padX + i * colW, y: 22 }, l.name)));
     for (const e of edges) {
@@ -423,9 +431,12 @@
       const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? 0.125 * (a.y + b.y + 2 * boxH) + 0.75 * H : (y1 + y2) / 2;
       // Labels above a straight edge, below an arc.
       const ly = back ? my + 14 : my - 4;
-      if (e.label) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: ly, "text-anchor": "middle" }, e.label));
+      // A label that would overlap one already placed is left out (a large graph's arcs meet
+      // near the bottom); the edge's tooltip still names its topic and rate.
+      const shown = placeLabel(mx, e.label ? ly : back ? my + 14 : my - 5, Math.max((e.label || "").length, 10) * 6.5, e.label ? 28 : 14);
+      if (e.label && shown) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: ly, "text-anchor": "middle" }, e.label));
       const rate = el("text", { class: "rate", x: mx, y: e.label ? ly + 14 : back ? my + 14 : my - 5, "text-anchor": "middle", "data-test": "edge-rate" }, "");
-      kids.push(rate);
+      if (shown) kids.push(rate);
       drawn.push({ path, rate, title, base, match: e.match });
     }
     for (const { x, y, n } of pos.values()) {
@@ -440,6 +451,7 @@
       kids.push(g);
     }
     $("#topo-vp").replaceChildren(...kids);
+    if (!view.touched) fitScale();
     applyView();
     updateEdgeRates();
   }
@@ -471,7 +483,14 @@
 
   // Zoom and pan: a transform on the graph's group; wheel zooms at the pointer, a drag pans,
   // the buttons and keys (+ − 0 arrows on the focused graph) do the same.
-  const view = { k: 1, x: 0, y: 0 };
+  // Until the user zooms or pans, the graph is fitted to the view (never enlarged past 100 %).
+  const view = { k: 1, x: 0, y: 0, touched: false };
+  const graphSize = { w: 0, h: 0 };
+  function fitScale() {
+    const svg = $("#topo");
+    const k = graphSize.w ? Math.min(1, svg.clientWidth / graphSize.w, svg.clientHeight / graphSize.h) : 1;
+    view.k = Math.max(0.25, k); view.x = 0; view.y = 0;
+  }
   function applyView() {
     $("#topo-vp").setAttribute("transform", "translate(" + view.x.toFixed(1) + "," + view.y.toFixed(1) + ") scale(" + view.k.toFixed(3) + ")");
     $("#zoom-level").textContent = Math.round(view.k * 100) + " %";
@@ -489,10 +508,11 @@
     view.x = cx - ((cx - view.x) * k) / view.k;
     view.y = cy - ((cy - view.y) * k) / view.k;
     view.k = k;
+    view.touched = true;
     applyView();
   }
-  function pan(dx, dy) { view.x += dx; view.y += dy; applyView(); }
-  function fit() { view.k = 1; view.x = 0; view.y = 0; applyView(); }
+  function pan(dx, dy) { view.x += dx; view.y += dy; view.touched = true; applyView(); }
+  function fit() { fitScale(); view.touched = false; applyView(); }
   function svgPoint(ev) {
     const m = $("#topo").getScreenCTM();
     return m ? new DOMPoint(ev.clientX, ev.clientY).matrixTransform(m.inverse()) : { x: 0, y: 0 };
@@ -516,7 +536,7 @@
     const dx = p.x - drag.x, dy = p.y - drag.y;
     if (!drag.moved && Math.hypot(dx, dy) < 4) return;
     if (!drag.moved) { drag.moved = true; $("#topo").setPointerCapture(drag.id); $("#topo").classList.add("dragging"); }
-    view.x = drag.vx + dx; view.y = drag.vy + dy;
+    view.x = drag.vx + dx; view.y = drag.vy + dy; view.touched = true;
     applyView();
   });
   const endDrag = () => { if (drag && drag.moved) { $("#topo").classList.remove("dragging"); const m = drag; setTimeout(() => { if (drag === m) drag = null; }); } else drag = null; };

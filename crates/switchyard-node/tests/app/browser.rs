@@ -5,78 +5,30 @@
 //! (`/usr/bin/chromium` or `$CHROMIUM`, `node`, `npm ci` in `tests/browser/`); without them
 //! the test skips loudly, unless `CI` is set: then it fails.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::{AppNode, FRONTEND_TOKEN, config};
 
-fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let mut missing = Vec::new();
-    if !chromium.exists() {
-        missing.push(format!(
-            "{} (apt-get install -y chromium)",
-            chromium.display()
-        ));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (npm ci)",
-            browser_dir.display()
-        ));
-    }
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        missing.push("node (apt-get install -y nodejs npm)".to_owned());
-    }
-    if missing.is_empty() {
-        Ok((chromium, browser_dir))
-    } else {
-        Err(missing.join(", "))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_in_headless_chromium() {
-    let (chromium, browser_dir) = match prerequisites() {
-        Ok(p) => p,
-        Err(missing) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED app_in_headless_chromium: missing {missing}");
-            return;
-        }
-        Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
+    let Some(browser) = crate::browser_common::browser_or_skip("app_in_headless_chromium") else {
+        return;
     };
     let node = AppNode::start(config()).await;
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/app-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir.join("app.mjs"))
-        .env("APP_URL", node.url(&format!("/app?token={FRONTEND_TOKEN}")))
-        .env("SCREENSHOT_DIR", &shots)
-        .env("CHROMIUM", &chromium)
-        .current_dir(&browser_dir)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out)
-        .await
-        .expect("browser script finishes within 120 s")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "browser script failed:\n{stdout}\n{stderr}"
-    );
+    let shots = crate::browser_common::fresh_screenshot_dir("app-screenshots");
+    let url = node.url(&format!("/app?token={FRONTEND_TOKEN}"));
+    let stdout = browser
+        .run(
+            "app.mjs",
+            &[
+                ("APP_URL", url.as_str()),
+                ("SCREENSHOT_DIR", shots.to_str().unwrap()),
+            ],
+            Duration::from_secs(120),
+        )
+        .await;
 
     // The numbers the page showed (the script prints them as `seen <key> <value>`) are the
     // store's.

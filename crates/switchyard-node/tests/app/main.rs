@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 mod browser;
+#[path = "../common/browser.rs"]
+mod browser_common;
 #[path = "../common/mod.rs"]
 mod common;
 

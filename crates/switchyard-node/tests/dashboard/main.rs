@@ -6,10 +6,12 @@
 //! Without them the test skips loudly, unless `CI` is set: then it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
+#[path = "../common/browser.rs"]
+mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,39 +23,6 @@ use switchyard_node::auth::sha256_hex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-fn prerequisites() -> Result<(PathBuf, PathBuf), String> {
-    let chromium = std::env::var_os("CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let mut missing = Vec::new();
-    if !chromium.exists() {
-        missing.push(format!(
-            "{} (apt-get install -y chromium)",
-            chromium.display()
-        ));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        missing.push(format!(
-            "{}/node_modules/playwright-core (cd {} && npm ci)",
-            browser_dir.display(),
-            browser_dir.display()
-        ));
-    }
-    if std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        missing.push("node (apt-get install -y nodejs npm)".to_owned());
-    }
-    if missing.is_empty() {
-        Ok((chromium, browser_dir))
-    } else {
-        Err(missing.join(", "))
-    }
-}
 
 /// The shop the page shows: the UI publishes orders (declared) and, undeclared, billing
 /// charges; orders is declared to publish billing.
@@ -90,13 +59,9 @@ async fn publish(
 
 /// The screenshot directory, emptied once per run (only this run's screenshots in it).
 fn screenshots() -> PathBuf {
-    static CLEAN: std::sync::Once = std::sync::Once::new();
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
-    CLEAN.call_once(|| {
-        let _ = std::fs::remove_dir_all(&shots);
-    });
-    std::fs::create_dir_all(&shots).unwrap();
-    shots
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| browser::fresh_screenshot_dir("dashboard-screenshots"))
+        .clone()
 }
 
 /// One browser at a time: CI has 2 cores.
@@ -104,13 +69,8 @@ static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
-    let (chromium, browser_dir) = match prerequisites() {
-        Ok(p) => p,
-        Err(missing) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED dashboard_in_headless_chromium: missing {missing}");
-            return;
-        }
-        Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
+    let Some(browser) = browser::browser_or_skip("dashboard_in_headless_chromium") else {
+        return;
     };
     let _one = BROWSER.lock().await;
     let node = TestNode::start_with(MEMORY, |n| n.set_topology(shop())).await;
@@ -194,27 +154,19 @@ async fn dashboard_in_headless_chromium() {
     });
 
     let shots = screenshots();
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir.join("dashboard.mjs"))
-        .env("DASHBOARD_URL", node.url("/"))
-        .env("CORRELATION_ID", &correlation)
-        .env("SCREENSHOT_DIR", &shots)
-        .env("CHROMIUM", &chromium)
-        .current_dir(&browser_dir)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), out)
-        .await
-        .expect("browser script finishes within 180 s")
-        .expect("node runs");
+    let out = browser
+        .run(
+            "dashboard.mjs",
+            &[
+                ("DASHBOARD_URL", node.url("/").as_str()),
+                ("CORRELATION_ID", correlation.as_str()),
+                ("SCREENSHOT_DIR", shots.to_str().unwrap()),
+            ],
+            Duration::from_secs(180),
+        )
+        .await;
     traffic.abort();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "browser script failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.contains("dashboard: ok"), "{out}");
 
     // What the page did really happened on the node: the replayed message was handled and the
     // queue is empty.
@@ -274,13 +226,8 @@ async fn auth_node(listener: TcpListener) -> TestNode {
 /// and is live again, still signed in, once a node serves on the same port).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_sign_in_and_node_restart() {
-    let (chromium, browser_dir) = match prerequisites() {
-        Ok(p) => p,
-        Err(missing) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED dashboard_sign_in_and_node_restart: missing {missing}");
-            return;
-        }
-        Err(missing) => panic!("CI is set but the browser test cannot run: missing {missing}"),
+    let Some(browser) = browser::browser_or_skip("dashboard_sign_in_and_node_restart") else {
+        return;
     };
     let _one = BROWSER.lock().await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -288,12 +235,12 @@ async fn dashboard_sign_in_and_node_restart() {
     let mut node = Some(auth_node(listener).await);
     let url = format!("http://{addr}/");
     let mut child = tokio::process::Command::new("node")
-        .arg(browser_dir.join("signin_restart.mjs"))
+        .arg(browser.dir.join("signin_restart.mjs"))
         .env("DASHBOARD_URL", &url)
         .env("ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SCREENSHOT_DIR", screenshots())
-        .env("CHROMIUM", &chromium)
-        .current_dir(&browser_dir)
+        .env("CHROMIUM", &browser.chromium)
+        .current_dir(&browser.dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
