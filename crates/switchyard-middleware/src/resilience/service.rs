@@ -3,8 +3,10 @@
 //! Stacked as separate tower services, the layers cost about 6,000 instructions per message on
 //! the happy path: every layer moved the ~200-byte envelope and result, boxed its future, read
 //! the clock and took its own reference counts. [`Resilient`] does the same work in one
-//! future: it reads the clock twice per message (start and end; the wall clock comes from an
-//! anchor), arms the timeout only when the handler yields, counts a closed breaker's successes
+//! future: it reads the time-stamp counter twice per message (start and end; the wall clock
+//! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
+//! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
+//! yields, counts a closed breaker's successes
 //! without a lock, and allocates nothing unless an attempt fails. Attempts after the first run
 //! in a boxed `async` block built from the same pieces as the separate layers
 //! (`judge`, `back_off`, `Gate`, `Timeout`, `CatchPanic`), so the two paths cannot drift
@@ -178,6 +180,11 @@ where
         let span = delivery_span(&env, &self.core.handler, ctx, incoming);
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = Instant::now();
+        // The timeout's deadline counts from here on the tokio clock, like every deadline of
+        // the stack: subtracting `start`'s real elapsed time from a tokio instant mixed the two
+        // clocks, so under a paused clock a timeout fired early by however long the machine
+        // took between the call and the handler's first yield.
+        let timeout_base = tokio::time::Instant::now();
         let start_offset = self.wall.offset_fresh(start);
         let base = env.delivery.attempt.max(1);
         if env.delivery.first_delivered_at.is_none() {
@@ -250,7 +257,7 @@ where
             ctx,
             span,
             measured: Some(measured),
-            start,
+            timeout_base,
             start_offset,
             wall: self.wall,
         }
@@ -327,8 +334,9 @@ pin_project! {
         ctx: TraceContext,
         span: Span,
         measured: Option<Measured>,
-        start: Instant,
-        // `start` as an offset from `wall`'s anchor.
+        // The start on the tokio clock, which the timeout's deadline counts from.
+        timeout_base: tokio::time::Instant,
+        // The start (a time-stamp counter reading) as an offset from `wall`'s anchor.
         start_offset: u64,
         wall: WallClock,
     }
@@ -359,7 +367,6 @@ where
         let _entered = this.span.enter();
         // The handler runs with its trace position as the current context.
         let _current = this.ctx.enter();
-        let start = *this.start;
         let core = &**this.core;
         let (result, end) = loop {
             let (result, admitted) = match this.phase.as_mut().project() {
@@ -376,10 +383,9 @@ where
                             // Armed only once the handler yields: most calls end on their first
                             // poll and never touch the timer wheel. The limit counts from the
                             // start of the call.
+                            let base = *this.timeout_base;
                             let timer = timer.get_or_insert_with(|| {
-                                let left = core.timeout.saturating_sub(start.elapsed());
-                                let now = tokio::time::Instant::now();
-                                Box::pin(sleep_until(crate::clock::deadline(now, left)))
+                                Box::pin(sleep_until(crate::clock::deadline(base, core.timeout)))
                             });
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;

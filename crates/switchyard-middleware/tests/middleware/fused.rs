@@ -241,6 +241,44 @@ async fn the_fused_stack_behaves_like_the_separate_layers() {
     }
 }
 
+/// The timeout counts on the tokio clock only. A handler that works 3 ms of real time before
+/// it yields is still timed out exactly at the limit under the paused clock (before: the
+/// deadline was the tokio clock minus the real time spent, so it fired at 4.997 s, and the
+/// fused stack's attempts drifted by a millisecond from the separate layers' whenever the
+/// machine was slow: `the_fused_stack_behaves_like_the_separate_layers` failed under load).
+#[tokio::test(start_paused = true)]
+async fn the_timeout_counts_on_the_tokio_clock_only() {
+    let layer = ResilienceLayer::new(
+        "busy",
+        ResilienceConfig::default()
+            .retry(RetryPolicy::default().max_attempts(1))
+            .timeout(Duration::from_secs(5)),
+    );
+    let svc = tower::Layer::layer(
+        &layer,
+        tower::service_fn(|_env: Envelope| async {
+            // Synchronous work before the first yield: real time passes, virtual time not.
+            let busy = std::time::Instant::now();
+            while busy.elapsed() < Duration::from_millis(3) {
+                std::hint::spin_loop();
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, BoxError>(Outcome::Ack)
+        }),
+    );
+    let start = Instant::now();
+    let err = svc
+        .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(
+        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
+        "{err:?}"
+    );
+}
+
 /// A handler that ends on its first poll never arms a timer, and one that yields is still
 /// timed out at the configured limit from the start of the call.
 #[tokio::test(start_paused = true)]
