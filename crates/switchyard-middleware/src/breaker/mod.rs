@@ -9,9 +9,11 @@
 //! A call made without readiness while the breaker is open fails fast with
 //! [`BreakerOpenError`] (retryable).
 //!
-//! What counts as a failure: any error, and `Outcome::Retry` unless
-//! [`BreakerConfig::count_retry_outcomes`] is off. `Ack`, `Reply` and `Reject` are successes
-//! (a rejection is a verdict on the message, not on the handler's health). A custom predicate
+//! What counts as a failure: any error except a message that does not decode (a
+//! [`CodecError`] of direction `Decode`, anywhere in the error's chain), and `Outcome::Retry`
+//! unless [`BreakerConfig::count_retry_outcomes`] is off. `Ack`, `Reply` and `Reject` are
+//! successes (a rejection is a verdict on the message, not on the handler's health; so is a
+//! payload that does not decode: it is dead-lettered and does not count at all). A custom predicate
 //! can replace this ([`BreakerConfig::failure_predicate`]).
 //!
 //! State is visible through a cheap-clone [`BreakerHandle`] and every transition is published
@@ -53,7 +55,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::{BoxError, Outcome};
+use switchyard_core::{BoxError, CodecDirection, CodecError, Outcome};
 
 /// When the breaker opens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,9 +177,26 @@ impl BreakerConfig {
             return p(result);
         }
         match result {
-            Err(_) => true,
+            // A message that does not decode is bad input, not a sign the handler or what it
+            // depends on is unhealthy: it goes to the dead-letter queue and does not count.
+            Err(e) => !is_decode_failure(&**e),
             Ok(Outcome::Retry { .. }) => self.count_retry_outcomes,
             Ok(_) => false,
         }
     }
+}
+
+/// Whether `e` (or an error it wraps) is a [`CodecError`] raised while decoding the input.
+fn is_decode_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<CodecError>()
+            .is_some_and(|c| c.direction == CodecDirection::Decode)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

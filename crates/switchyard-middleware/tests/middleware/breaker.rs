@@ -343,3 +343,45 @@ async fn open_breaker_pauses_intake_and_loses_nothing() {
     assert_eq!(handle.state(), BreakerState::Closed);
     assert!(transitions(&events).contains(&(BreakerState::HalfOpen, BreakerState::Closed)));
 }
+
+/// Undecodable messages are bad input, not an unhealthy handler: a run of them does not open
+/// the breaker (before, each counted as a failure, and the demo's one undecodable request in
+/// ten opened the reference app's CPM breaker). Real errors still open it.
+#[tokio::test]
+async fn undecodable_messages_do_not_open_the_breaker() {
+    use switchyard_core::{CodecDirection, CodecError};
+    let broken = Arc::new(AtomicBool::new(false));
+    let flag = broken.clone();
+    let layer = BreakerLayer::new("decoder", BreakerConfig::default().failures(3));
+    let handle = layer.handle();
+    let mut svc = layer.layer(tower::service_fn(move |_e: Envelope| {
+        let broken = flag.load(Ordering::SeqCst);
+        async move {
+            if broken {
+                return Err::<Outcome, BoxError>("dependency down".into());
+            }
+            Err(CodecError {
+                direction: CodecDirection::Decode,
+                type_name: "Order",
+                source: "expected value at line 1 column 1".into(),
+            }
+            .into())
+        }
+    }));
+    for _ in 0..10 {
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(env("a.b"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("Order"), "{err}");
+    }
+    assert_eq!(handle.state(), BreakerState::Closed, "10 decode failures");
+    broken.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let _ = svc.ready().await.unwrap().call(env("a.b")).await;
+    }
+    assert_eq!(handle.state(), BreakerState::Open, "3 real failures");
+}
