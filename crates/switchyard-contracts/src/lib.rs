@@ -14,6 +14,7 @@ mod compat;
 mod contract;
 mod registry;
 mod upcast;
+mod validate;
 
 pub use compat::{Compatibility, Issue, IssueKind, Mode, ParseModeError, check_compatibility};
 pub use contract::Contract;
@@ -21,6 +22,9 @@ pub use registry::{MessageType, Registry, RegistryError};
 /// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency.
 pub use schemars::{self, JsonSchema};
 pub use upcast::{UpcastError, Upcasters};
+pub use validate::{
+    Enforcement, ParseEnforcementError, ValidationIssue, Validator, ValidatorError, Verdict,
+};
 
 /// The guide (docs/contracts.md), compiled as doc tests so it cannot rot.
 #[doc = include_str!("../../../docs/contracts.md")]

@@ -6,3 +6,4 @@ mod asyncapi;
 mod compat;
 mod schema;
 mod upcast;
+mod validate;

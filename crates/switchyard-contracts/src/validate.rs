@@ -1,0 +1,313 @@
+//! Validation at the boundary: messages that arrive from outside (the node's gateway, foreign
+//! publishers) checked against the registered JSON Schema of their topic, per topic pattern
+//! `off`, `warn` or `enforce`.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use switchyard::{Envelope, Message, Topic};
+//! use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
+//!
+//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! struct OrderPlaced { order: u64, amount: f64 }
+//! impl Message for OrderPlaced { const TOPIC: &'static str = "orders.placed"; }
+//! impl Contract for OrderPlaced {}
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<OrderPlaced>()?;
+//! let validator = Validator::new(&registry)?.mode("audit.#", Enforcement::Warn)?;
+//!
+//! let bad = Envelope::new(Topic::new("orders.placed")?, r#"{"order": 7, "amount": "ten"}"#);
+//! match validator.check(&bad) {
+//!     Verdict::Invalid { enforcement, issues, .. } => {
+//!         assert_eq!(enforcement, Enforcement::Enforce);
+//!         assert_eq!(issues[0].path, "/amount");
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use switchyard_core::{Envelope, Pattern, Topic};
+
+use crate::registry::{Registry, RegistryError};
+
+/// What happens to a message that does not match its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Not checked.
+    Off,
+    /// Checked; an invalid message is logged and counted, and still delivered.
+    Warn,
+    /// Checked; an invalid message is dead-lettered with its validation errors, never delivered.
+    Enforce,
+}
+
+impl Enforcement {
+    /// `off`, `warn` or `enforce`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Warn => "warn",
+            Self::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is not `off`, `warn` or `enforce`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid validation mode {0:?}: expected off, warn or enforce")]
+pub struct ParseEnforcementError(pub String);
+
+impl FromStr for Enforcement {
+    type Err = ParseEnforcementError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "warn" => Ok(Self::Warn),
+            "enforce" => Ok(Self::Enforce),
+            _ => Err(ParseEnforcementError(s.to_owned())),
+        }
+    }
+}
+
+/// One reason a message is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValidationIssue {
+    /// JSON pointer into the payload (`""` for the whole payload, `/amount`, `/items/0/sku`).
+    pub path: String,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+impl fmt::Display for ValidationIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(payload)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.reason)
+    }
+}
+
+/// The result of checking one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Not checked: validation is off for the topic, no schema is registered for it, or the
+    /// message is of an older version of its type (upcasters bring it to the current one).
+    Unchecked,
+    /// Matches the schema of `type_name`.
+    Valid {
+        /// The registered type it matched.
+        type_name: String,
+    },
+    /// Does not match.
+    Invalid {
+        /// The mode of the topic: `Warn` (deliver) or `Enforce` (dead-letter).
+        enforcement: Enforcement,
+        /// The registered type it was checked against.
+        type_name: String,
+        /// Every reason, in the payload's order.
+        issues: Vec<ValidationIssue>,
+    },
+}
+
+impl Verdict {
+    /// Whether the message may be delivered (everything except an enforced invalid one).
+    pub fn deliver(&self) -> bool {
+        !matches!(
+            self,
+            Self::Invalid {
+                enforcement: Enforcement::Enforce,
+                ..
+            }
+        )
+    }
+
+    /// One line naming the type and every issue, for a dead letter or an error response.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Self::Invalid {
+                type_name, issues, ..
+            } => Some(format!(
+                "invalid against the schema of {type_name}: {}",
+                issues
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A schema that could not be compiled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidatorError {
+    /// The registered schema of a type is not a valid JSON Schema.
+    #[error("the schema of {type_name} does not compile: {reason}")]
+    Schema {
+        /// The type.
+        type_name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A topic pattern is not valid.
+    #[error(transparent)]
+    Pattern(#[from] RegistryError),
+}
+
+struct Compiled {
+    topic: String,
+    type_name: String,
+    version: u32,
+    schema: jsonschema::Validator,
+}
+
+/// Checks messages against the registered schemas of their topic.
+///
+/// Built from a [`Registry`]; every topic is `enforce` unless a pattern says otherwise (the
+/// first matching pattern of [`mode`](Self::mode) wins, then [`default_mode`](Self::default_mode)).
+/// A message with a `type_name` is checked against that type (when its version is the
+/// registered one or newer; older ones are left to the upcasters); one without (a foreign
+/// publisher's) against the types registered for its topic, valid when it matches any.
+pub struct Validator {
+    compiled: Vec<Compiled>,
+    modes: Vec<(Pattern, Enforcement)>,
+    default: Enforcement,
+}
+
+impl fmt::Debug for Validator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Validator")
+            .field(
+                "types",
+                &self
+                    .compiled
+                    .iter()
+                    .map(|c| &c.type_name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("modes", &self.modes)
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+impl Validator {
+    /// Compiles the schema of every registered type.
+    pub fn new(registry: &Registry) -> Result<Self, ValidatorError> {
+        let mut compiled = Vec::new();
+        for ty in registry.types() {
+            let schema =
+                jsonschema::validator_for(&ty.schema).map_err(|e| ValidatorError::Schema {
+                    type_name: ty.name.clone(),
+                    reason: e.to_string(),
+                })?;
+            compiled.push(Compiled {
+                topic: ty.topic.clone(),
+                type_name: ty.name.clone(),
+                version: ty.version,
+                schema,
+            });
+        }
+        Ok(Self {
+            compiled,
+            modes: Vec::new(),
+            default: Enforcement::Enforce,
+        })
+    }
+
+    /// The mode of topics matching `pattern` (`*` and `#` wildcards); earlier calls win.
+    pub fn mode(mut self, pattern: &str, enforcement: Enforcement) -> Result<Self, ValidatorError> {
+        let p = Pattern::new(pattern).map_err(|source| RegistryError::Topic {
+            input: pattern.to_owned(),
+            source,
+        })?;
+        self.modes.push((p, enforcement));
+        Ok(self)
+    }
+
+    /// The mode of topics no pattern matches (default `enforce`).
+    pub fn default_mode(mut self, enforcement: Enforcement) -> Self {
+        self.default = enforcement;
+        self
+    }
+
+    /// The mode that applies to `topic`.
+    pub fn enforcement(&self, topic: &Topic) -> Enforcement {
+        self.modes
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map_or(self.default, |(_, e)| *e)
+    }
+
+    /// Checks one message.
+    pub fn check(&self, env: &Envelope) -> Verdict {
+        let enforcement = self.enforcement(&env.topic);
+        if enforcement == Enforcement::Off {
+            return Verdict::Unchecked;
+        }
+        let candidates: Vec<&Compiled> = self
+            .compiled
+            .iter()
+            .filter(|c| c.topic == env.topic.as_str())
+            .filter(|c| env.type_name.as_deref().is_none_or(|n| n == c.type_name))
+            .collect();
+        if candidates.is_empty() {
+            return Verdict::Unchecked;
+        }
+        if env.type_name.is_some() && candidates.iter().all(|c| env.type_version < c.version) {
+            return Verdict::Unchecked;
+        }
+        let payload: serde_json::Value = match serde_json::from_slice(&env.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                return Verdict::Invalid {
+                    enforcement,
+                    type_name: candidates[0].type_name.clone(),
+                    issues: vec![ValidationIssue {
+                        path: String::new(),
+                        reason: format!("not JSON: {e}"),
+                    }],
+                };
+            }
+        };
+        let mut first_failure = None;
+        for c in candidates {
+            let issues: Vec<ValidationIssue> = c
+                .schema
+                .iter_errors(&payload)
+                .map(|e| ValidationIssue {
+                    path: e.instance_path().to_string(),
+                    reason: e.to_string(),
+                })
+                .collect();
+            if issues.is_empty() {
+                return Verdict::Valid {
+                    type_name: c.type_name.clone(),
+                };
+            }
+            first_failure.get_or_insert((c.type_name.clone(), issues));
+        }
+        let (type_name, issues) = first_failure.unwrap_or_default();
+        Verdict::Invalid {
+            enforcement,
+            type_name,
+            issues,
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Boundary validation: messages checked against the registered schema of their topic, per
+//! topic pattern off / warn / enforce.
+
+use serde::{Deserialize, Serialize};
+use switchyard::{Envelope, Message, Topic};
+use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Line {
+    sku: String,
+    qty: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct OrderPlaced {
+    order: u64,
+    lines: Vec<Line>,
+}
+impl Message for OrderPlaced {
+    const TOPIC: &'static str = "orders.placed";
+    const VERSION: u32 = 2;
+}
+impl Contract for OrderPlaced {}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct Audit {
+    who: String,
+}
+impl Message for Audit {
+    const TOPIC: &'static str = "audit.login";
+}
+impl Contract for Audit {}
+
+fn validator() -> Validator {
+    let mut registry = Registry::new();
+    registry.register::<OrderPlaced>().unwrap();
+    registry.register::<Audit>().unwrap();
+    Validator::new(&registry)
+        .unwrap()
+        .mode("audit.#", Enforcement::Warn)
+        .unwrap()
+        .mode("orders.internal.#", Enforcement::Off)
+        .unwrap()
+}
+
+fn foreign(topic: &str, payload: &str) -> Envelope {
+    Envelope::new(Topic::new(topic).unwrap(), payload.to_owned())
+}
+
+#[test]
+fn a_matching_payload_is_valid() {
+    let v = validator();
+    let env = foreign(
+        "orders.placed",
+        r#"{"order": 1, "lines": [{"sku": "a", "qty": 2}]}"#,
+    );
+    assert!(matches!(v.check(&env), Verdict::Valid { .. }));
+    // A typed publish of the current version carries its type name and is checked as that.
+    let env = OrderPlaced {
+        order: 2,
+        lines: vec![],
+    }
+    .to_envelope()
+    .unwrap();
+    let verdict = v.check(&env);
+    assert!(verdict.deliver());
+    assert!(
+        matches!(verdict, Verdict::Valid { type_name } if type_name == OrderPlaced::type_name())
+    );
+}
+
+#[test]
+fn every_issue_is_named_with_its_path_and_enforced_topics_are_not_delivered() {
+    let v = validator();
+    let env = foreign(
+        "orders.placed",
+        r#"{"order": "seven", "lines": [{"sku": "a", "qty": -1}]}"#,
+    );
+    let verdict = v.check(&env);
+    assert!(!verdict.deliver());
+    let Verdict::Invalid {
+        enforcement,
+        issues,
+        ..
+    } = &verdict
+    else {
+        panic!("{verdict:?}");
+    };
+    assert_eq!(*enforcement, Enforcement::Enforce);
+    let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+    assert!(paths.contains(&"/order"), "{issues:?}");
+    assert!(paths.contains(&"/lines/0/qty"), "{issues:?}");
+    let text = verdict.describe().unwrap();
+    assert!(text.contains("/order") && text.contains("seven"), "{text}");
+    // A missing required field is named too.
+    let Verdict::Invalid { issues, .. } = v.check(&foreign("orders.placed", r#"{"order": 1}"#))
+    else {
+        panic!("missing field accepted");
+    };
+    assert!(issues[0].reason.contains("lines"), "{issues:?}");
+}
+
+#[test]
+fn a_payload_that_is_not_json_is_invalid() {
+    let v = validator();
+    let Verdict::Invalid { issues, .. } = v.check(&foreign("orders.placed", "\u{1}binary")) else {
+        panic!("binary accepted");
+    };
+    assert_eq!(issues[0].path, "");
+    assert!(issues[0].reason.starts_with("not JSON"), "{issues:?}");
+}
+
+#[test]
+fn warn_topics_deliver_off_topics_and_unknown_topics_are_unchecked() {
+    let v = validator();
+    let verdict = v.check(&foreign("audit.login", r#"{"who": 5}"#));
+    assert!(verdict.deliver(), "warn delivers");
+    assert!(matches!(
+        verdict,
+        Verdict::Invalid {
+            enforcement: Enforcement::Warn,
+            ..
+        }
+    ));
+    assert_eq!(
+        v.enforcement(&Topic::new("orders.internal.x").unwrap()),
+        Enforcement::Off
+    );
+    assert_eq!(
+        v.check(&foreign("nothing.registered", "not even json")),
+        Verdict::Unchecked
+    );
+    // The default mode covers the topics no pattern names.
+    let off = validator().default_mode(Enforcement::Off);
+    assert_eq!(
+        off.check(&foreign("orders.placed", "{}")),
+        Verdict::Unchecked
+    );
+    assert!(matches!(
+        off.check(&foreign("audit.login", "{}")),
+        Verdict::Invalid {
+            enforcement: Enforcement::Warn,
+            ..
+        }
+    ));
+}
+
+/// An older version of a registered type is left to the upcasters, not checked against the
+/// current schema.
+#[test]
+fn an_older_version_is_left_to_the_upcasters() {
+    let v = validator();
+    let mut env = foreign("orders.placed", r#"{"order": 1, "items": []}"#);
+    env.type_name = Some(OrderPlaced::type_name().into());
+    env.type_version = 1;
+    assert_eq!(v.check(&env), Verdict::Unchecked);
+    env.type_version = 2;
+    assert!(!v.check(&env).deliver());
+}
