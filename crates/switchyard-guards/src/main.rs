@@ -1,0 +1,225 @@
+//! The workloads of the instruction-count guards (issue 18: W1, W2, W4), one per run:
+//! `instructions <workload> <n>` builds a bus on a current-thread runtime, runs a fixed
+//! warm-up, then `n` more messages, and exits. `.ci/instructions` runs it under
+//! `valgrind --tool=callgrind` with `n` and with `n = 0` and divides the difference of the
+//! two totals by `n`: instructions per message, without the runtime's and the bus's setup and
+//! teardown. A current-thread runtime keeps the interleaving of publisher and worker (and so
+//! the count) the same from run to run.
+//!
+//! Workloads (64-byte payloads; "per message" is per publish or per round trip):
+//! - `w1_typed`, `w1_envelope`: one publisher, one subscriber (`bus.on` + `bus.publish`, or
+//!   `subscribe` + `publish_envelope`);
+//! - `w2_fanout8_typed`, `w2_fanout8_envelope`: one publisher, eight subscriptions on the
+//!   topic (eight deliveries per message);
+//! - `w4_roundtrip_typed`, `w4_roundtrip_envelope`: `bus.send` / `send_envelope` to the one
+//!   handler, which answers; the client is a task on the same runtime.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use switchyard::{Bus, Command, Envelope, Kind, Message, Outcome, Overflow, Topic, handler_fn};
+use tokio::sync::Notify;
+
+/// Messages before the measured ones (caches, pools and the queue's allocation warm).
+const WARMUP: u64 = 2_000;
+const TOPIC: &str = "bench.event";
+const COMMAND: &str = "bench.double";
+
+/// A typed event whose JSON encoding is 64 bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tick {
+    seq: u64,
+    body: String,
+}
+
+impl Message for Tick {
+    const TOPIC: &'static str = TOPIC;
+}
+
+impl Tick {
+    fn new(seq: u64) -> Self {
+        // {"seq":<10 digits>,"body":"..."}: 64 bytes in all.
+        Tick {
+            seq: 1_000_000_000 + seq,
+            body: "x".repeat(36),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Double {
+    n: u64,
+}
+
+impl Message for Double {
+    const TOPIC: &'static str = COMMAND;
+    const KIND: Kind = Kind::Command;
+}
+
+impl Command for Double {
+    type Output = u64;
+}
+
+/// Counts deliveries and wakes the driver when a target count is reached.
+#[derive(Clone)]
+struct Counter {
+    seen: Arc<AtomicU64>,
+    target: Arc<AtomicU64>,
+    done: Arc<Notify>,
+}
+
+impl Counter {
+    fn new() -> Self {
+        Counter {
+            seen: Arc::new(AtomicU64::new(0)),
+            target: Arc::new(AtomicU64::new(u64::MAX)),
+            done: Arc::new(Notify::new()),
+        }
+    }
+
+    fn hit(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target.load(Ordering::Relaxed) {
+            self.done.notify_one();
+        }
+    }
+
+    /// Arms the counter for `deliveries` more deliveries.
+    fn arm(&self, deliveries: u64) {
+        let now = self.seen.load(Ordering::Relaxed);
+        self.target.store(now + deliveries, Ordering::Relaxed);
+    }
+}
+
+fn block() -> Overflow {
+    Overflow::Block {
+        timeout: Duration::from_secs(60),
+    }
+}
+
+fn bus() -> Bus {
+    Bus::builder().queue_capacity(1024).build().unwrap()
+}
+
+/// Events, `subscribers` subscriptions, typed or envelope API.
+async fn events(typed: bool, subscribers: usize, n: u64) {
+    let bus = bus();
+    let counter = Counter::new();
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        let c = counter.clone();
+        let name = format!("sink{i}");
+        let builder = if typed {
+            bus.on(&name, move |_t: Tick, _ctx| {
+                let c = c.clone();
+                async move {
+                    c.hit();
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+        } else {
+            bus.subscribe(
+                &name,
+                TOPIC,
+                handler_fn(move |_env: Envelope| {
+                    let c = c.clone();
+                    async move {
+                        c.hit();
+                        Ok::<_, std::convert::Infallible>(Outcome::Ack)
+                    }
+                }),
+            )
+        };
+        subs.push(builder.overflow(block()).start().await.unwrap());
+    }
+    let topic = Topic::new(TOPIC).unwrap();
+    let payload = Bytes::from(vec![b'7'; 64]);
+    for (start, count) in [(0, WARMUP), (WARMUP, n)] {
+        if count == 0 {
+            continue;
+        }
+        counter.arm(count * subscribers as u64);
+        for i in start..start + count {
+            if typed {
+                bus.publish(Tick::new(i)).await.unwrap();
+            } else {
+                bus.publish_envelope(Envelope::new(topic.clone(), payload.clone()))
+                    .await
+                    .unwrap();
+            }
+        }
+        counter.done.notified().await;
+    }
+    drop(subs);
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// Sequential command round trips from a task on the runtime.
+async fn roundtrip(typed: bool, n: u64) {
+    let bus = bus();
+    let _handler = if typed {
+        bus.handle(|c: Double, _ctx| async move { Ok::<_, std::convert::Infallible>(c.n * 2) })
+            .start()
+            .await
+            .unwrap()
+    } else {
+        bus.handle_envelope(
+            "echo",
+            COMMAND,
+            handler_fn(|env: Envelope| async move {
+                Ok::<_, std::convert::Infallible>(Outcome::reply(env.reply(env.payload.clone())))
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+    };
+    let client = bus.clone();
+    tokio::spawn(async move {
+        let topic = Topic::new(COMMAND).unwrap();
+        let payload = Bytes::from(vec![b'7'; 64]);
+        for i in 0..WARMUP + n {
+            if typed {
+                assert_eq!(client.send(Double { n: i }).await.unwrap(), i * 2);
+            } else {
+                let r = client
+                    .send_envelope(Envelope::new(topic.clone(), payload.clone()))
+                    .await
+                    .unwrap();
+                assert_eq!(r.reply.unwrap().payload.len(), 64);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(workload), Some(n)) = (args.next(), args.next()) else {
+        eprintln!(
+            "usage: instructions <w1_typed|w1_envelope|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope> <n>"
+        );
+        std::process::exit(2);
+    };
+    let n: u64 = n.parse().expect("n: a number");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match workload.as_str() {
+            "w1_typed" => events(true, 1, n).await,
+            "w1_envelope" => events(false, 1, n).await,
+            "w2_fanout8_typed" => events(true, 8, n).await,
+            "w2_fanout8_envelope" => events(false, 8, n).await,
+            "w4_roundtrip_typed" => roundtrip(true, n).await,
+            "w4_roundtrip_envelope" => roundtrip(false, n).await,
+            other => panic!("unknown workload {other}"),
+        }
+    });
+}
