@@ -38,6 +38,9 @@ pub enum ErrorKind {
     TooLarge,
     /// 415: the content type is not accepted here.
     UnsupportedContentType,
+    /// 422: the message does not match the registered schema of its topic (validation
+    /// `enforce`); it was dead-lettered with the validation errors.
+    InvalidMessage,
     /// 422: the handler failed after its attempts.
     HandlerFailed,
     /// 422: the handler rejected the command.
@@ -71,7 +74,9 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::HandlerFailed | Self::HandlerRejected => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidMessage | Self::HandlerFailed | Self::HandlerRejected => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::ShuttingDown | Self::QueueFull | Self::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -96,6 +101,7 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge => "too_large",
             Self::UnsupportedContentType => "unsupported_content_type",
+            Self::InvalidMessage => "invalid_message",
             Self::HandlerFailed => "handler_failed",
             Self::HandlerRejected => "handler_rejected",
             Self::RateLimited => "rate_limited",

@@ -149,6 +149,7 @@ impl Node {
             topology: Arc::new(RwLock::new(None)),
             layers: Arc::new(RwLock::new(None)),
             contracts: Arc::default(),
+            validator: Arc::default(),
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -227,6 +228,20 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|e| e.stats())
+    }
+
+    /// Validates messages coming in through the gateway (HTTP and WebSocket publishes, commands
+    /// and requests) against the registered schemas of their topics, per topic `off`, `warn`
+    /// or `enforce` (see docs/contracts.md, "Validation at the boundary"). An enforced invalid
+    /// message is dead-lettered with its validation errors and refused with 422
+    /// `invalid_message`; a `warn` one is logged, counted
+    /// (`switchyard_gateway_invalid_total{mode="warn"}`) and delivered.
+    pub fn set_validation(&self, validator: switchyard_contracts::Validator) {
+        *self
+            .state
+            .validator
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(validator));
     }
 
     /// Declares the message contracts `GET /v1/asyncapi.json` exports (see docs/contracts.md).

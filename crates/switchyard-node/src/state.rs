@@ -45,6 +45,9 @@ pub(crate) struct AppState {
     pub(crate) layers: Arc<RwLock<Option<Arc<Enforcer>>>>,
     /// The message contracts `/v1/asyncapi.json` exports (`Node::set_contracts`).
     pub(crate) contracts: Arc<RwLock<switchyard_contracts::Registry>>,
+    /// Schema validation of gateway traffic (`Node::set_validation`; see
+    /// [`AppState::check_contract`]).
+    pub(crate) validator: Arc<RwLock<Option<Arc<switchyard_contracts::Validator>>>>,
     /// Per-principal publish rate, when configured.
     pub(crate) rate: Option<Arc<PublishRate>>,
     /// Transport connectivity and breaker states for `/ready`.
@@ -60,6 +63,41 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Checks a message coming in through the gateway against the registered schema of its
+    /// topic. `enforce`: an invalid message is dead-lettered (reason `rejected`, the error
+    /// naming every path and reason) and the client gets 422 `invalid_message` with the same
+    /// text; it is never delivered. `warn`: logged, counted, delivered.
+    pub(crate) fn check_contract(&self, env: &Envelope) -> Result<(), ApiError> {
+        let Some(validator) = self
+            .validator
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let verdict = validator.check(env);
+        let Some(text) = verdict.describe() else {
+            return Ok(());
+        };
+        let topic = env.topic.as_str();
+        if verdict.deliver() {
+            ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "warn").increment(1);
+            tracing::warn!(topic, id = %env.id, "delivered although {text}");
+            return Ok(());
+        }
+        ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "enforce").increment(1);
+        self.bus.dead_letter(switchyard_core::DeadLetter::new(
+            env.clone(),
+            switchyard_core::DeadLetterReason::Rejected,
+            format!("gateway: {text}"),
+        ));
+        Err(ApiError::new(
+            crate::error::ErrorKind::InvalidMessage,
+            format!("message {} on {topic} was dead-lettered, {text}", env.id),
+        ))
+    }
+
     /// Refuses (429) a publish over the principal's rate.
     pub(crate) fn check_publish_rate(&self, principal: &Principal) -> Result<(), ApiError> {
         let Some(rate) = &self.rate else {

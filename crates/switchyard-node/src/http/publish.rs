@@ -33,6 +33,7 @@ use crate::wire::{self, PublishMeta, Published};
         (status = 401, description = "unauthenticated", body = crate::error::ErrorBody),
         (status = 403, description = "forbidden", body = crate::error::ErrorBody),
         (status = 413, description = "too_large", body = crate::error::ErrorBody),
+        (status = 422, description = "invalid_message: the payload does not match the registered schema of the topic (dead-lettered)", body = crate::error::ErrorBody),
         (status = 429, description = "rate_limited", body = crate::error::ErrorBody),
         (status = 503, description = "queue_full, shutting_down or not_ready", body = crate::error::ErrorBody),
     ),
@@ -105,6 +106,7 @@ pub(crate) fn envelope(
     let meta = publish_meta(headers)?;
     let mut env = wire::build_envelope(topic, kind, &content_type, body, meta, principal.name())?;
     state.check_layers(principal, action, &mut env)?;
+    state.check_contract(&env)?;
     Ok(env)
 }
 

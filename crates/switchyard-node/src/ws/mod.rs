@@ -763,5 +763,6 @@ fn envelope(
             ApiError::new(e.kind, e.message.replace("x-causation-id", "causation_id"))
         })?;
     state.check_layers(principal, action, &mut env)?;
+    state.check_contract(&env)?;
     Ok(env)
 }

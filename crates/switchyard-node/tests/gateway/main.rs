@@ -12,3 +12,4 @@ mod live;
 mod malformed;
 mod observe;
 mod tls;
+mod validation;
