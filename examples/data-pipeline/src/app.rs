@@ -30,31 +30,28 @@ pub(crate) fn total_len<T>(m: &BTreeMap<String, Vec<T>>) -> usize {
     m.values().map(Vec::len).sum()
 }
 
-type Work = Arc<dyn Fn(&Store, &Job) -> Result<Value, ModuleError> + Send + Sync>;
-
-fn work_of(domain: &str) -> Work {
+/// The module of `domain`'s processor, called on the store.
+async fn work(domain: &str, s: &Store, j: &Job) -> Result<Value, ModuleError> {
+    let run = &j.run_id;
     match domain {
-        "staging" => Arc::new(|s: &Store, j: &Job| {
-            modules::stage(s, &j.run_id, &j.dataset).map(|n| json!({ "rows_staged": n }))
+        "staging" => modules::stage(s, run, &j.dataset)
+            .await
+            .map(|n| json!({ "rows_staged": n })),
+        "quality" => modules::validate(s, run)
+            .await
+            .map(|(v, i)| json!({ "valid": v, "issues": i })),
+        "analytics" => modules::compute_features(s, run).await.map(|f| {
+            json!({ "rows": f.rows, "total_revenue": f.total_revenue, "days": f.daily_revenue.len() })
         }),
-        "quality" => Arc::new(|s: &Store, j: &Job| {
-            modules::validate(s, &j.run_id).map(|(v, i)| json!({ "valid": v, "issues": i }))
-        }),
-        "analytics" => Arc::new(|s: &Store, j: &Job| {
-            modules::compute_features(s, &j.run_id).map(|f| {
-                json!({ "rows": f.rows, "total_revenue": f.total_revenue, "days": f.daily_revenue.len() })
-            })
-        }),
-        "insight" => Arc::new(|s: &Store, j: &Job| {
-            modules::detect_insights(s, &j.run_id, 2.5)
-                .map(|i| json!({ "anomalies": i.anomalies.len(), "trend": i.trend }))
-        }),
-        "report" => Arc::new(|s: &Store, j: &Job| {
-            modules::render_report(s, &j.run_id).map(|n| json!({ "bytes": n }))
-        }),
-        _ => Arc::new(|s: &Store, j: &Job| {
-            modules::recommend(s, &j.run_id).map(|r| json!({ "recommendations": r.len() }))
-        }),
+        "insight" => modules::detect_insights(s, run, 2.5)
+            .await
+            .map(|i| json!({ "anomalies": i.anomalies.len(), "trend": i.trend })),
+        "report" => modules::render_report(s, run)
+            .await
+            .map(|n| json!({ "bytes": n })),
+        _ => modules::recommend(s, run)
+            .await
+            .map(|r| json!({ "recommendations": r.len() })),
     }
 }
 
@@ -195,7 +192,6 @@ fn processor(
     store: Store,
     fail: Option<(u32, Arc<AtomicU32>)>,
 ) -> ComponentBuilder {
-    let work = work_of(d);
     let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
     if d == DOMAINS[0].0 {
         let store = store.clone();
@@ -206,7 +202,7 @@ fn processor(
                 async move {
                     let ctx = cx.begin("preview").await?;
                     ctx.start().await?;
-                    match modules::preview(&store, &job.dataset) {
+                    match modules::preview(&store, &job.dataset).await {
                         Ok((lines, header)) => {
                             ctx.complete(&json!({ "lines": lines, "header": header }))
                                 .await?
@@ -221,7 +217,7 @@ fn processor(
     b.on::<Job, _, _, _, _>(
         &topic_name(d, a, Role::Processor.request_phase()),
         move |job, cx| {
-            let (work, store, fail) = (work.clone(), store.clone(), fail.clone());
+            let (store, fail) = (store.clone(), fail.clone());
             async move {
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
@@ -240,7 +236,7 @@ fn processor(
                         retryable: true,
                     })
                 } else {
-                    work(&store, &job)
+                    work(d, &store, &job).await
                 };
                 match result {
                     Ok(v) => ctx.complete(&v).await?,
@@ -282,12 +278,14 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                 let (dataset, input) = match (&req.csv, req.rows) {
                     (Some(text), _) => {
                         let name = format!("upload-{}.csv", file_safe(&req.run_id));
-                        store.write_file(&name, text.clone())?;
+                        store.write_file(&name, text.clone()).await?;
                         (name, "csv")
                     }
                     (None, Some(rows)) => {
                         let name = format!("generated-{}.csv", file_safe(&req.run_id));
-                        store.write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))?;
+                        store
+                            .write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))
+                            .await?;
                         (name, "generated")
                     }
                     (None, None) => (req.dataset.clone(), "file"),
@@ -459,17 +457,32 @@ impl std::fmt::Debug for DemoApp {
 }
 
 impl DemoApp {
-    /// Writes the generated CSV (`config.rows`, `config.seed`) to the store (in memory, or
-    /// `config.data_dir`), assembles the frontend, the CPM, the error handler, the observers
+    /// Opens the store `config.database_url` names (SQLite in memory or in
+    /// `config.data_dir` by default; PostgreSQL for a `postgres://` URL, migrated), then
+    /// [`start_on`](Self::start_on) it.
+    pub async fn start(bus: &Bus, config: &DemoConfig) -> Result<DemoApp, DemoError> {
+        let store = Store::open(
+            config.database_url.as_deref(),
+            &config.database_schema,
+            config.data_dir.clone(),
+        )
+        .await?;
+        Self::start_on(bus, config, store).await
+    }
+
+    /// Writes the generated CSV (`config.rows`, `config.seed`) to `store` (its `files` table,
+    /// or its directory), assembles the frontend, the CPM, the error handler, the observers
     /// (when `config.observers`) and the four layers of every domain on `bus`, starts them
     /// and sends one heartbeat. `config.runs`, `show_violation` and `run_timeout` are
     /// [`run_demo`]'s; the caller decides what to submit.
-    pub async fn start(bus: &Bus, config: &DemoConfig) -> Result<DemoApp, DemoError> {
-        let store = match &config.data_dir {
-            Some(dir) => Store::in_dir(dir),
-            None => Store::new(),
-        };
-        store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
+    pub async fn start_on(
+        bus: &Bus,
+        config: &DemoConfig,
+        store: Store,
+    ) -> Result<DemoApp, DemoError> {
+        store
+            .write_file(DATASET, modules::generate_csv(config.rows, config.seed))
+            .await?;
         let tracker = StateTracker::new(100_000);
         let runs = Runs::default();
         // Retried at once: the demo's failures are injected, not a dependency recovering.
@@ -756,12 +769,12 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         resources,
         ..
     } = app;
-    let files_written = store.persist()?;
+    let files_written = store.persist().await?;
     let flow = running.topology().retain(|c| c.role() != Role::System);
     let report = DemoReport {
         files_written,
         preview,
-        tables: store.snapshot(),
+        tables: store.snapshot().await,
         trace,
         topology_mermaid: topology.to_mermaid(),
         topology_dot: topology.to_dot(),

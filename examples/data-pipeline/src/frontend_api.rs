@@ -263,11 +263,11 @@ pub fn report_csv(t: &Tables, run: &str) -> Option<String> {
 }
 
 /// Everything the frontend shows of one run.
-pub fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
+pub async fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
     let Some(run) = runs.get(&q.run_id) else {
         return json!({ "run": null });
     };
-    let t = match store.run_tables(&q.run_id) {
+    let t = match store.run_tables(&q.run_id).await {
         Ok(t) => t,
         Err(e) => return json!({ "run": run, "store_error": e.message }),
     };
@@ -314,6 +314,7 @@ pub fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
     });
     json!({
         "run": run,
+        "store": store.kind(),
         "staged": staged,
         "quality": quality,
         "features": t.features.get(id),
@@ -333,12 +334,15 @@ pub(crate) async fn start_queries(
     store: Store,
 ) -> Result<Vec<Subscription>, SubscribeError> {
     let list = runs.clone();
+    let kind = store.kind();
     let history = bus
         .handle::<RunsQuery, _, _, _>(move |q: RunsQuery, _ctx| {
             let runs = list.clone();
             async move {
                 let limit = q.limit.unwrap_or(50).min(KEEP_RUNS);
-                Ok::<_, std::convert::Infallible>(json!({ "runs": runs.list(limit) }))
+                Ok::<_, std::convert::Infallible>(
+                    json!({ "runs": runs.list(limit), "store": kind }),
+                )
             }
         })
         .start()
@@ -346,12 +350,7 @@ pub(crate) async fn start_queries(
     let one = bus
         .handle::<RunQuery, _, _, _>(move |q: RunQuery, _ctx| {
             let (runs, store) = (runs.clone(), store.clone());
-            async move {
-                // The store is SQLite behind a mutex: read it off the async workers.
-                tokio::task::spawn_blocking(move || run_detail(&store, &runs, &q))
-                    .await
-                    .map_err(|e| switchyard::BoxError::from(e.to_string()))
-            }
+            async move { Ok::<_, std::convert::Infallible>(run_detail(&store, &runs, &q).await) }
         })
         .start()
         .await?;

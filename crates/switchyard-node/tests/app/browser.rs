@@ -89,7 +89,7 @@ async fn app_in_headless_chromium() {
             .to_owned()
     };
     let run = seen("run");
-    let t = node.app.store().run_tables(&run).unwrap();
+    let t = node.app.store().run_tables(&run).await.unwrap();
     assert_eq!(seen("staged"), t.raw_rows[&run].len().to_string());
     assert_eq!(seen("valid"), t.sales[&run].len().to_string());
     assert_eq!(seen("issues"), t.quality_issues[&run].len().to_string());
