@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use crate::frontend_api::{RunRecord, Runs, RunsSink, now_ms, start_queries};
 use crate::modules::{self, ModuleError, Store};
 use crate::{
-    BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineRequest,
-    RunOutcome, raw_hop_baseline,
+    BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineCancel,
+    PipelineRequest, RunOutcome, raw_hop_baseline,
 };
 
 pub(crate) fn total_len<T>(m: &BTreeMap<String, Vec<T>>) -> usize {
@@ -79,26 +79,42 @@ async fn manager_begin(cx: &ComponentCtx, d: &str, a: &str, job: Job) -> Result<
 
 /// A domain manager: starts on `trigger`, submits to its service, completes when the service
 /// reports success, resubmits on the error handler's retry request, fails when it gives up.
+/// A run the CPM cancelled takes no further step: the manager neither starts on it nor
+/// resubmits it (its open context ends cancelled).
 fn manager(
     d: &'static str,
     a: &'static str,
     previous: Option<(&'static str, &'static str)>,
+    runs: Runs,
 ) -> ComponentBuilder {
     let mut b = ComponentBuilder::new(name(d, Role::Manager), Role::Manager, d)
         .publishes(&topic_name(d, a, Role::Service.request_phase()));
+    let start_runs = runs.clone();
     b = match previous {
-        None => b.on::<Job, _, _, _, _>(&topic_name(d, a, "request"), move |job, cx| async move {
-            manager_begin(&cx, d, a, job).await
+        None => b.on::<Job, _, _, _, _>(&topic_name(d, a, "request"), move |job, cx| {
+            let runs = start_runs.clone();
+            async move {
+                if runs.is_cancelled(&job.run_id) {
+                    return Ok(());
+                }
+                manager_begin(&cx, d, a, job).await
+            }
         }),
         Some((pd, pa)) => b.on::<Completion<Value>, _, _, _, _>(
             &topic_name(pd, pa, Role::Manager.result_phase()),
-            move |done, cx| async move {
-                if !done.is_ok() {
-                    return Ok(());
+            move |done, cx| {
+                let runs = start_runs.clone();
+                async move {
+                    if !done.is_ok() {
+                        return Ok(());
+                    }
+                    let mut job = job_of(&done.metadata)?;
+                    if runs.is_cancelled(&job.run_id) {
+                        return Ok(());
+                    }
+                    job.attempt = 1;
+                    manager_begin(&cx, d, a, job).await
                 }
-                let mut job = job_of(&done.metadata)?;
-                job.attempt = 1;
-                manager_begin(&cx, d, a, job).await
             },
         ),
     };
@@ -120,19 +136,27 @@ fn manager(
             Ok(())
         },
     )
-    .on::<RetryRequest, _, _, _, _>(&retry_topic(d), move |req, cx| async move {
-        let Some(ctx) = cx.context() else {
-            return Ok::<_, BoxError>(());
-        };
-        let Some(snapshot) = ctx.snapshot() else {
-            return Ok(());
-        };
-        let mut job = job_of(&snapshot.metadata)?;
-        job.attempt = req.attempt;
-        ctx.record("attempts", f64::from(req.attempt))?;
-        ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
-            .await?;
-        Ok(())
+    .on::<RetryRequest, _, _, _, _>(&retry_topic(d), move |req, cx| {
+        let runs = runs.clone();
+        async move {
+            let Some(ctx) = cx.context() else {
+                return Ok::<_, BoxError>(());
+            };
+            let Some(snapshot) = ctx.snapshot() else {
+                return Ok(());
+            };
+            let mut job = job_of(&snapshot.metadata)?;
+            if runs.is_cancelled(&job.run_id) {
+                ctx.cancel(format!("run {} was cancelled", job.run_id))
+                    .await?;
+                return Ok(());
+            }
+            job.attempt = req.attempt;
+            ctx.record("attempts", f64::from(req.attempt))?;
+            ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+                .await?;
+            Ok(())
+        }
     })
     .on::<RetryExhausted, _, _, _, _>(&exhausted_topic(d), move |ex, cx| async move {
         if let Some(ctx) = cx.context() {
@@ -272,6 +296,23 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                 Ok::<_, BoxError>(())
             },
         )
+        .on::<PipelineCancel, _, _, _, _>(PipelineCancel::TOPIC, {
+            let runs = runs.clone();
+            move |c, cx| {
+                let runs = runs.clone();
+                async move {
+                    // Marks the run cancelled (managers check it before each further step),
+                    // then ends the CPM's context of the run as cancelled.
+                    if let Some(id) = runs.cancel(&c.run_id)
+                        && let Some(ctx) = cx.context_by_id(id)
+                    {
+                        ctx.cancel(format!("run {} cancelled by the frontend", c.run_id))
+                            .await?;
+                    }
+                    Ok::<_, BoxError>(())
+                }
+            }
+        })
         .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| {
             let (store, runs) = (store.clone(), runs.clone());
             async move {
@@ -292,6 +333,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                 };
                 let ctx = cx.begin("pipeline").await?;
                 ctx.set_metadata("run_id", req.run_id.clone())?;
+                runs.set_request(&req.run_id, ctx.id());
                 runs.started(RunRecord {
                     run_id: req.run_id.clone(),
                     correlation_id: ctx.correlation_id().to_string(),
@@ -532,6 +574,7 @@ impl DemoApp {
         };
         let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
             .publishes(PipelineRequest::TOPIC)
+            .publishes(PipelineCancel::TOPIC)
             .publishes("cpm.query.*")
             .on::<Completion<Value>, _, _, _, _>(
                 &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
@@ -565,7 +608,7 @@ impl DemoApp {
                 .filter(|f| f.domain == *d)
                 .map(|f| (f.times, Arc::new(AtomicU32::new(0))));
             assembly = assembly
-                .component(manager(d, a, previous))
+                .component(manager(d, a, previous, runs.clone()))
                 .component(relay(d, a, Role::Service, Role::Handler))
                 .component(relay(d, a, Role::Handler, Role::Processor))
                 .component(processor(d, a, store.clone(), fail));

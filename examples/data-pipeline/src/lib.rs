@@ -86,6 +86,19 @@ impl Message for PipelineRequest {
     const TOPIC: &'static str = "cpm.pipeline.request";
 }
 
+/// What the frontend sends to the CPM on `cpm.pipeline.cancel`: stop a running run. The run
+/// becomes `cancelled`; the domain step under way finishes, and no further step of the run is
+/// taken (no next domain, no retry). A run that is not running is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineCancel {
+    /// The run.
+    pub run_id: String,
+}
+
+impl Message for PipelineCancel {
+    const TOPIC: &'static str = "cpm.pipeline.cancel";
+}
+
 /// The request passed down every domain chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {

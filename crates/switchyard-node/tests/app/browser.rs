@@ -115,5 +115,15 @@ async fn app_in_headless_chromium() {
     let rec = node.app.runs().get(&failed).unwrap();
     assert_eq!(rec.status, "failed");
     assert_eq!(seen("dead_letter"), rec.dead_letters[0].id);
+    // The run cancelled from the page: the page showed what the CPM's registry holds.
+    let cancelled = seen("cancelled_run");
+    assert_eq!(seen("cancelled_status"), "cancelled");
+    let rec = node.app.runs().get(&cancelled).unwrap();
+    assert_eq!(rec.status, "cancelled");
+    assert!(
+        rec.domains.len() < data_pipeline::DOMAINS.len(),
+        "{:?}",
+        rec.domains
+    );
     node.stop().await;
 }

@@ -36,7 +36,7 @@ kind = "memory"
 enabled = true
 [[auth.principals]]
 name = "frontend"
-publish = ["cpm.pipeline.request", "staging.#"]
+publish = ["cpm.pipeline.request", "cpm.pipeline.cancel", "staging.#"]
 send = ["cpm.query.*"]
 subscribe = ["*.status.update", "cpm.pipeline.complete"]
 [[auth.principals]]
@@ -575,4 +575,113 @@ async fn on_postgres_the_page_reads_its_numbers_from_the_postgres_store() {
     assert_eq!(n("reports").await, 1);
     node.stop().await;
     pg.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_is_cancelled_and_takes_no_further_step() {
+    let node = AppNode::start(config()).await;
+    let mut ws = live(&node).await;
+    // A large generated run, so that it is still under way when the cancel arrives.
+    let correlation = start_run(
+        &node,
+        json!({"run_id": "cancel-1", "dataset": "", "rows": 50000}),
+    )
+    .await;
+    let mut steps = Vec::new();
+    await_step(&mut ws, &correlation, &mut steps, "staging", "running").await;
+    let res = client()
+        .post(node.url("/v1/publish/cpm.pipeline.cancel"))
+        .bearer_auth(FRONTEND_TOKEN)
+        .header("x-source", "frontend")
+        .json(&json!({"run_id": "cancel-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // The CPM's context of the run ends cancelled (its status update on the live socket).
+    loop {
+        let f = next_frame(&mut ws).await;
+        let p = &f["message"]["payload"];
+        if p["correlation_id"] == correlation.as_str()
+            && p["role"] == "cpm"
+            && p["to"] == "cancelled"
+        {
+            break;
+        }
+        if p["correlation_id"] == correlation.as_str() && p["role"] == "manager" {
+            steps.push((
+                p["domain"].as_str().unwrap().to_owned(),
+                p["to"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let d = query(&node, "cpm.query.run", json!({"run_id": "cancel-1"})).await;
+    assert_eq!(d["run"]["status"], "cancelled", "{}", d["run"]);
+    assert_eq!(d["run"]["error"]["error_type"], "Cancelled");
+    assert!(d["run"]["finished_ms"].as_u64().is_some());
+    // The step under way finishes; the next domain's manager never starts the run. The step
+    // under way is the one whose manager is running and not yet ended.
+    let running: Vec<String> = steps
+        .iter()
+        .filter(|(d, s)| {
+            s == "running"
+                && !steps.iter().any(|(e, t)| {
+                    e == d && ["completed", "failed", "cancelled"].contains(&t.as_str())
+                })
+        })
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert_eq!(running.len(), 1, "{steps:?}");
+    let last = &running[0];
+    await_step(&mut ws, &correlation, &mut steps, last, "completed").await;
+    let next = DOMAINS
+        .iter()
+        .position(|(d, _)| d == last)
+        .and_then(|i| DOMAINS.get(i + 1))
+        .map(|(d, _)| *d);
+    // Another run through every domain: by its end, a next step of the cancelled run would
+    // have started (the managers take their triggers in order).
+    let other = start_run(
+        &node,
+        json!({"run_id": "after-1", "dataset": "", "rows": 30}),
+    )
+    .await;
+    loop {
+        let f = next_frame(&mut ws).await;
+        let m = &f["message"];
+        let p = &m["payload"];
+        if p["correlation_id"] == correlation.as_str() && p["role"] == "manager" {
+            assert_ne!(p["domain"].as_str(), next, "a step after the cancel: {p}");
+        }
+        if m["topic"] == "cpm.pipeline.complete" && p["correlation_id"] == other.as_str() {
+            assert_eq!(p["status"], "completed", "{p}");
+            break;
+        }
+    }
+    let d = query(&node, "cpm.query.run", json!({"run_id": "cancel-1"})).await;
+    assert_eq!(
+        d["run"]["status"], "cancelled",
+        "a late completion does not overwrite it"
+    );
+    assert!(d["report"]["markdown"].is_null());
+    assert!((d["run"]["domains"].as_array().unwrap().len()) < DOMAINS.len());
+    // Cancelling a run that is not running changes nothing.
+    let res = client()
+        .post(node.url("/v1/publish/cpm.pipeline.cancel"))
+        .bearer_auth(FRONTEND_TOKEN)
+        .header("x-source", "frontend")
+        .json(&json!({"run_id": "after-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let runs = query(&node, "cpm.query.runs", json!({})).await;
+    let after = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "after-1")
+        .unwrap();
+    assert_eq!(after["status"], "completed");
+    node.stop().await;
 }
