@@ -65,13 +65,16 @@ impl Message for FeatureComplete {
     const TOPIC: &'static str = "analytics.feature.complete";
 }
 
-/// `switchyard demo pipeline`: the components crate's reference app.
+/// `switchyard demo pipeline`: the components crate's reference app, on the database
+/// `DATABASE_URL` names (SQLite in memory when unset; PostgreSQL for `postgres://...`, tables
+/// in the schema `DATABASE_SCHEMA`, default `data_pipeline`).
 pub async fn run_pipeline(rows: usize, runs: usize) -> Result<(), DemoError> {
     let config = data_pipeline::DemoConfig {
         rows,
         runs,
         ..Default::default()
-    };
+    }
+    .with_env_database();
     let report = data_pipeline::run_demo(config).await.map_err(bus_err)?;
     print!("{}", report.summary());
     let failed = report.runs.iter().filter(|r| !r.ok).count();

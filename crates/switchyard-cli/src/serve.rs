@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use data_pipeline::modules::Store;
 use data_pipeline::{DATASET, DemoApp, DemoConfig, PipelineRequest};
 use switchyard::{Bus, Envelope, MessageId, Topic};
 use switchyard_node::{Node, NodeConfig};
@@ -55,6 +56,13 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
     let tls = config.tls.is_some();
     let transport = describe_transport(&config);
+    // The demo's database first: an unsupported DATABASE_URL or an unreachable database
+    // stops here, before the node starts (never a node without its app).
+    let demo_store = if args.demo {
+        Some(open_demo_store(&demo_config()).await?)
+    } else {
+        None
+    };
     let node = Node::start(config)
         .await
         .map_err(|e| CliError::Failure(format!("the node did not start: {e}")))?;
@@ -78,9 +86,9 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let demo = if args.demo {
+    let demo = if let Some(store) = demo_store {
         let interval = Duration::from_millis(args.demo_interval_ms.max(10));
-        match start_demo(&node, &url, interval, stop_rx).await {
+        match start_demo(&node, &url, interval, stop_rx, store).await {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = node.shutdown().await;
@@ -138,20 +146,39 @@ async fn wait_for_signal() {
     }
 }
 
-/// Starts the reference app on the node's bus, declares its topology to the node, and
-/// spawns the trickle.
+/// The demo app's settings: small runs (the trickle goes on for as long as the node runs), on
+/// the database of `DATABASE_URL` / `DATABASE_SCHEMA` (SQLite in memory when unset).
+fn demo_config() -> DemoConfig {
+    DemoConfig {
+        rows: 60,
+        ..DemoConfig::default()
+    }
+    .with_env_database()
+}
+
+/// Opens (and migrates) the demo's database.
+async fn open_demo_store(config: &DemoConfig) -> Result<Store, CliError> {
+    Store::open(
+        config.database_url.as_deref(),
+        &config.database_schema,
+        config.data_dir.clone(),
+    )
+    .await
+    .map_err(|e| CliError::Failure(format!("the demo app did not start: {e}")))
+}
+
+/// Starts the reference app on the node's bus and `store`, declares its topology to the
+/// node, and spawns the trickle.
 async fn start_demo(
     node: &Node,
     node_url: &str,
     interval: Duration,
     stop: watch::Receiver<bool>,
+    store: Store,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
-    let config = DemoConfig {
-        // Small runs: the trickle goes on for as long as the node runs.
-        rows: 60,
-        ..DemoConfig::default()
-    };
-    let app = DemoApp::start(node.bus(), &config)
+    let config = demo_config();
+    let store_desc = store.describe();
+    let app = DemoApp::start_on(node.bus(), &config, store)
         .await
         .map_err(|e| CliError::Failure(format!("the demo app did not start: {e}")))?;
     // The app's browser frontend at /app is its Frontend component through the gateway:
@@ -166,6 +193,7 @@ async fn start_demo(
         "             (switchyard topology, switchyard dlq list, switchyard trace <correlation>)"
     );
     println!("  app        {}/app   (the app's own frontend)", node_url);
+    println!("  store      {store_desc}   (DATABASE_URL picks it)");
     Ok(tokio::spawn(trickle(
         app,
         node.bus().clone(),

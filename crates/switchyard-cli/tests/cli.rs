@@ -56,6 +56,7 @@ fn demo_pipeline_runs_the_layered_reference_app() {
     let out = Command::cargo_bin("switchyard")
         .unwrap()
         .args(["--log", "error", "demo", "pipeline", "--rows", "120"])
+        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     assert!(
@@ -85,6 +86,7 @@ fn a_failed_demo_run_exits_with_failure() {
     let out = Command::cargo_bin("switchyard")
         .unwrap()
         .args(["--log", "error", "demo", "pipeline", "--rows", "0"])
+        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -95,4 +97,46 @@ fn a_failed_demo_run_exits_with_failure() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn an_unsupported_database_url_stops_the_demo_and_the_node_naming_it_without_its_password() {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["--log", "error", "demo", "pipeline", "--rows", "20"])
+        .env("DATABASE_URL", "mysql://app:s3cret@db.example/x")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mysql://app:***@db.example/x"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    // `serve --demo` on an unreachable PostgreSQL: refused before the node listens.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args([
+            "--log",
+            "error",
+            "serve",
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .env_remove("SWITCHYARD_TRANSPORT__KIND")
+        .env("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:1/test")
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    assert!(
+        stderr.contains("postgres://app:***@127.0.0.1:1/test"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }

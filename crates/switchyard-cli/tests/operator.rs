@@ -421,6 +421,8 @@ impl Served {
             .args(extra)
             .current_dir(dir)
             .env_remove("SWITCHYARD_TRANSPORT__KIND")
+            // The demo's default database (SQLite in memory), whatever the environment says.
+            .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

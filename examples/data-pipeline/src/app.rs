@@ -22,39 +22,36 @@ use tokio::sync::mpsc;
 use crate::frontend_api::{RunRecord, Runs, RunsSink, now_ms, start_queries};
 use crate::modules::{self, ModuleError, Store};
 use crate::{
-    BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineRequest,
-    RunOutcome, raw_hop_baseline,
+    BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineCancel,
+    PipelineRequest, RunOutcome, raw_hop_baseline,
 };
 
 pub(crate) fn total_len<T>(m: &BTreeMap<String, Vec<T>>) -> usize {
     m.values().map(Vec::len).sum()
 }
 
-type Work = Arc<dyn Fn(&Store, &Job) -> Result<Value, ModuleError> + Send + Sync>;
-
-fn work_of(domain: &str) -> Work {
+/// The module of `domain`'s processor, called on the store.
+async fn work(domain: &str, s: &Store, j: &Job) -> Result<Value, ModuleError> {
+    let run = &j.run_id;
     match domain {
-        "staging" => Arc::new(|s: &Store, j: &Job| {
-            modules::stage(s, &j.run_id, &j.dataset).map(|n| json!({ "rows_staged": n }))
+        "staging" => modules::stage(s, run, &j.dataset)
+            .await
+            .map(|n| json!({ "rows_staged": n })),
+        "quality" => modules::validate(s, run)
+            .await
+            .map(|(v, i)| json!({ "valid": v, "issues": i })),
+        "analytics" => modules::compute_features(s, run).await.map(|f| {
+            json!({ "rows": f.rows, "total_revenue": f.total_revenue, "days": f.daily_revenue.len() })
         }),
-        "quality" => Arc::new(|s: &Store, j: &Job| {
-            modules::validate(s, &j.run_id).map(|(v, i)| json!({ "valid": v, "issues": i }))
-        }),
-        "analytics" => Arc::new(|s: &Store, j: &Job| {
-            modules::compute_features(s, &j.run_id).map(|f| {
-                json!({ "rows": f.rows, "total_revenue": f.total_revenue, "days": f.daily_revenue.len() })
-            })
-        }),
-        "insight" => Arc::new(|s: &Store, j: &Job| {
-            modules::detect_insights(s, &j.run_id, 2.5)
-                .map(|i| json!({ "anomalies": i.anomalies.len(), "trend": i.trend }))
-        }),
-        "report" => Arc::new(|s: &Store, j: &Job| {
-            modules::render_report(s, &j.run_id).map(|n| json!({ "bytes": n }))
-        }),
-        _ => Arc::new(|s: &Store, j: &Job| {
-            modules::recommend(s, &j.run_id).map(|r| json!({ "recommendations": r.len() }))
-        }),
+        "insight" => modules::detect_insights(s, run, 2.5)
+            .await
+            .map(|i| json!({ "anomalies": i.anomalies.len(), "trend": i.trend })),
+        "report" => modules::render_report(s, run)
+            .await
+            .map(|n| json!({ "bytes": n })),
+        _ => modules::recommend(s, run)
+            .await
+            .map(|r| json!({ "recommendations": r.len() })),
     }
 }
 
@@ -82,26 +79,42 @@ async fn manager_begin(cx: &ComponentCtx, d: &str, a: &str, job: Job) -> Result<
 
 /// A domain manager: starts on `trigger`, submits to its service, completes when the service
 /// reports success, resubmits on the error handler's retry request, fails when it gives up.
+/// A run the CPM cancelled takes no further step: the manager neither starts on it nor
+/// resubmits it (its open context ends cancelled).
 fn manager(
     d: &'static str,
     a: &'static str,
     previous: Option<(&'static str, &'static str)>,
+    runs: Runs,
 ) -> ComponentBuilder {
     let mut b = ComponentBuilder::new(name(d, Role::Manager), Role::Manager, d)
         .publishes(&topic_name(d, a, Role::Service.request_phase()));
+    let start_runs = runs.clone();
     b = match previous {
-        None => b.on::<Job, _, _, _, _>(&topic_name(d, a, "request"), move |job, cx| async move {
-            manager_begin(&cx, d, a, job).await
+        None => b.on::<Job, _, _, _, _>(&topic_name(d, a, "request"), move |job, cx| {
+            let runs = start_runs.clone();
+            async move {
+                if runs.is_cancelled(&job.run_id) {
+                    return Ok(());
+                }
+                manager_begin(&cx, d, a, job).await
+            }
         }),
         Some((pd, pa)) => b.on::<Completion<Value>, _, _, _, _>(
             &topic_name(pd, pa, Role::Manager.result_phase()),
-            move |done, cx| async move {
-                if !done.is_ok() {
-                    return Ok(());
+            move |done, cx| {
+                let runs = start_runs.clone();
+                async move {
+                    if !done.is_ok() {
+                        return Ok(());
+                    }
+                    let mut job = job_of(&done.metadata)?;
+                    if runs.is_cancelled(&job.run_id) {
+                        return Ok(());
+                    }
+                    job.attempt = 1;
+                    manager_begin(&cx, d, a, job).await
                 }
-                let mut job = job_of(&done.metadata)?;
-                job.attempt = 1;
-                manager_begin(&cx, d, a, job).await
             },
         ),
     };
@@ -123,19 +136,27 @@ fn manager(
             Ok(())
         },
     )
-    .on::<RetryRequest, _, _, _, _>(&retry_topic(d), move |req, cx| async move {
-        let Some(ctx) = cx.context() else {
-            return Ok::<_, BoxError>(());
-        };
-        let Some(snapshot) = ctx.snapshot() else {
-            return Ok(());
-        };
-        let mut job = job_of(&snapshot.metadata)?;
-        job.attempt = req.attempt;
-        ctx.record("attempts", f64::from(req.attempt))?;
-        ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
-            .await?;
-        Ok(())
+    .on::<RetryRequest, _, _, _, _>(&retry_topic(d), move |req, cx| {
+        let runs = runs.clone();
+        async move {
+            let Some(ctx) = cx.context() else {
+                return Ok::<_, BoxError>(());
+            };
+            let Some(snapshot) = ctx.snapshot() else {
+                return Ok(());
+            };
+            let mut job = job_of(&snapshot.metadata)?;
+            if runs.is_cancelled(&job.run_id) {
+                ctx.cancel(format!("run {} was cancelled", job.run_id))
+                    .await?;
+                return Ok(());
+            }
+            job.attempt = req.attempt;
+            ctx.record("attempts", f64::from(req.attempt))?;
+            ctx.publish_to(&topic_name(d, a, Role::Service.request_phase()), job)
+                .await?;
+            Ok(())
+        }
     })
     .on::<RetryExhausted, _, _, _, _>(&exhausted_topic(d), move |ex, cx| async move {
         if let Some(ctx) = cx.context() {
@@ -195,7 +216,6 @@ fn processor(
     store: Store,
     fail: Option<(u32, Arc<AtomicU32>)>,
 ) -> ComponentBuilder {
-    let work = work_of(d);
     let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
     if d == DOMAINS[0].0 {
         let store = store.clone();
@@ -206,7 +226,7 @@ fn processor(
                 async move {
                     let ctx = cx.begin("preview").await?;
                     ctx.start().await?;
-                    match modules::preview(&store, &job.dataset) {
+                    match modules::preview(&store, &job.dataset).await {
                         Ok((lines, header)) => {
                             ctx.complete(&json!({ "lines": lines, "header": header }))
                                 .await?
@@ -221,7 +241,7 @@ fn processor(
     b.on::<Job, _, _, _, _>(
         &topic_name(d, a, Role::Processor.request_phase()),
         move |job, cx| {
-            let (work, store, fail) = (work.clone(), store.clone(), fail.clone());
+            let (store, fail) = (store.clone(), fail.clone());
             async move {
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
@@ -240,7 +260,7 @@ fn processor(
                         retryable: true,
                     })
                 } else {
-                    work(&store, &job)
+                    work(d, &store, &job).await
                 };
                 match result {
                     Ok(v) => ctx.complete(&v).await?,
@@ -276,24 +296,44 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                 Ok::<_, BoxError>(())
             },
         )
+        .on::<PipelineCancel, _, _, _, _>(PipelineCancel::TOPIC, {
+            let runs = runs.clone();
+            move |c, cx| {
+                let runs = runs.clone();
+                async move {
+                    // Marks the run cancelled (managers check it before each further step),
+                    // then ends the CPM's context of the run as cancelled.
+                    if let Some(id) = runs.cancel(&c.run_id)
+                        && let Some(ctx) = cx.context_by_id(id)
+                    {
+                        ctx.cancel(format!("run {} cancelled by the frontend", c.run_id))
+                            .await?;
+                    }
+                    Ok::<_, BoxError>(())
+                }
+            }
+        })
         .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| {
             let (store, runs) = (store.clone(), runs.clone());
             async move {
                 let (dataset, input) = match (&req.csv, req.rows) {
                     (Some(text), _) => {
                         let name = format!("upload-{}.csv", file_safe(&req.run_id));
-                        store.write_file(&name, text.clone())?;
+                        store.write_file(&name, text.clone()).await?;
                         (name, "csv")
                     }
                     (None, Some(rows)) => {
                         let name = format!("generated-{}.csv", file_safe(&req.run_id));
-                        store.write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))?;
+                        store
+                            .write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))
+                            .await?;
                         (name, "generated")
                     }
                     (None, None) => (req.dataset.clone(), "file"),
                 };
                 let ctx = cx.begin("pipeline").await?;
                 ctx.set_metadata("run_id", req.run_id.clone())?;
+                runs.set_request(&req.run_id, ctx.id());
                 runs.started(RunRecord {
                     run_id: req.run_id.clone(),
                     correlation_id: ctx.correlation_id().to_string(),
@@ -459,17 +499,32 @@ impl std::fmt::Debug for DemoApp {
 }
 
 impl DemoApp {
-    /// Writes the generated CSV (`config.rows`, `config.seed`) to the store (in memory, or
-    /// `config.data_dir`), assembles the frontend, the CPM, the error handler, the observers
+    /// Opens the store `config.database_url` names (SQLite in memory or in
+    /// `config.data_dir` by default; PostgreSQL for a `postgres://` URL, migrated), then
+    /// [`start_on`](Self::start_on) it.
+    pub async fn start(bus: &Bus, config: &DemoConfig) -> Result<DemoApp, DemoError> {
+        let store = Store::open(
+            config.database_url.as_deref(),
+            &config.database_schema,
+            config.data_dir.clone(),
+        )
+        .await?;
+        Self::start_on(bus, config, store).await
+    }
+
+    /// Writes the generated CSV (`config.rows`, `config.seed`) to `store` (its `files` table,
+    /// or its directory), assembles the frontend, the CPM, the error handler, the observers
     /// (when `config.observers`) and the four layers of every domain on `bus`, starts them
     /// and sends one heartbeat. `config.runs`, `show_violation` and `run_timeout` are
     /// [`run_demo`]'s; the caller decides what to submit.
-    pub async fn start(bus: &Bus, config: &DemoConfig) -> Result<DemoApp, DemoError> {
-        let store = match &config.data_dir {
-            Some(dir) => Store::in_dir(dir),
-            None => Store::new(),
-        };
-        store.write_file(DATASET, modules::generate_csv(config.rows, config.seed))?;
+    pub async fn start_on(
+        bus: &Bus,
+        config: &DemoConfig,
+        store: Store,
+    ) -> Result<DemoApp, DemoError> {
+        store
+            .write_file(DATASET, modules::generate_csv(config.rows, config.seed))
+            .await?;
         let tracker = StateTracker::new(100_000);
         let runs = Runs::default();
         // Retried at once: the demo's failures are injected, not a dependency recovering.
@@ -519,6 +574,7 @@ impl DemoApp {
         };
         let frontend = ComponentBuilder::new("frontend", Role::Frontend, "frontend")
             .publishes(PipelineRequest::TOPIC)
+            .publishes(PipelineCancel::TOPIC)
             .publishes("cpm.query.*")
             .on::<Completion<Value>, _, _, _, _>(
                 &topic_name("cpm", "pipeline", Role::Cpm.result_phase()),
@@ -552,7 +608,7 @@ impl DemoApp {
                 .filter(|f| f.domain == *d)
                 .map(|f| (f.times, Arc::new(AtomicU32::new(0))));
             assembly = assembly
-                .component(manager(d, a, previous))
+                .component(manager(d, a, previous, runs.clone()))
                 .component(relay(d, a, Role::Service, Role::Handler))
                 .component(relay(d, a, Role::Handler, Role::Processor))
                 .component(processor(d, a, store.clone(), fail));
@@ -756,12 +812,12 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
         resources,
         ..
     } = app;
-    let files_written = store.persist()?;
+    let files_written = store.persist().await?;
     let flow = running.topology().retain(|c| c.role() != Role::System);
     let report = DemoReport {
         files_written,
         preview,
-        tables: store.snapshot(),
+        tables: store.snapshot().await,
         trace,
         topology_mermaid: topology.to_mermaid(),
         topology_dot: topology.to_dot(),

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchyard::{
     Bus, Command, DeadLetter, DeadLetterSink, Message, MessageId, SubscribeError, Subscription,
 };
-use switchyard_components::ErrorInfo;
+use switchyard_components::{ErrorInfo, RequestId};
 
 use crate::modules::{Store, Tables};
 
@@ -104,7 +104,7 @@ pub struct RunRecord {
     pub started_ms: u64,
     /// When it finished.
     pub finished_ms: Option<u64>,
-    /// `running`, `completed` or `failed`.
+    /// `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
     /// The failure.
     pub error: Option<ErrorInfo>,
@@ -121,6 +121,8 @@ struct Inner {
     order: VecDeque<String>,
     runs: HashMap<String, RunRecord>,
     by_correlation: HashMap<String, String>,
+    /// The CPM's request context of each run (to cancel it).
+    requests: HashMap<String, RequestId>,
 }
 
 /// The CPM's registry of runs (shared, cheap to clone).
@@ -146,6 +148,7 @@ impl Runs {
             && let Some(r) = g.runs.remove(&old)
         {
             g.by_correlation.remove(&r.correlation_id);
+            g.requests.remove(&old);
         }
         g.by_correlation
             .insert(rec.correlation_id.clone(), rec.run_id.clone());
@@ -164,8 +167,40 @@ impl Runs {
         }
     }
 
+    pub(crate) fn set_request(&self, run_id: &str, id: RequestId) {
+        self.lock().requests.insert(run_id.to_owned(), id);
+    }
+
+    /// Marks a running run cancelled; returns the CPM's context of it (`None`: unknown, or
+    /// not running).
+    pub(crate) fn cancel(&self, run_id: &str) -> Option<RequestId> {
+        let mut g = self.lock();
+        let r = g.runs.get_mut(run_id).filter(|r| r.status == "running")?;
+        r.status = "cancelled".into();
+        r.finished_ms = Some(now_ms());
+        r.error = Some(ErrorInfo {
+            error_type: "Cancelled".into(),
+            message: "cancelled by the frontend".into(),
+            retryable: false,
+        });
+        g.requests.get(run_id).copied()
+    }
+
+    /// Whether `run_id` was cancelled.
+    pub fn is_cancelled(&self, run_id: &str) -> bool {
+        self.lock()
+            .runs
+            .get(run_id)
+            .is_some_and(|r| r.status == "cancelled")
+    }
+
     pub(crate) fn finished(&self, run_id: &str, error: Option<ErrorInfo>) {
-        if let Some(r) = self.lock().runs.get_mut(run_id) {
+        if let Some(r) = self
+            .lock()
+            .runs
+            .get_mut(run_id)
+            .filter(|r| r.status != "cancelled")
+        {
             r.finished_ms = Some(now_ms());
             r.status = if error.is_none() {
                 "completed"
@@ -263,11 +298,11 @@ pub fn report_csv(t: &Tables, run: &str) -> Option<String> {
 }
 
 /// Everything the frontend shows of one run.
-pub fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
+pub async fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
     let Some(run) = runs.get(&q.run_id) else {
         return json!({ "run": null });
     };
-    let t = match store.run_tables(&q.run_id) {
+    let t = match store.run_tables(&q.run_id).await {
         Ok(t) => t,
         Err(e) => return json!({ "run": run, "store_error": e.message }),
     };
@@ -314,6 +349,7 @@ pub fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
     });
     json!({
         "run": run,
+        "store": store.kind(),
         "staged": staged,
         "quality": quality,
         "features": t.features.get(id),
@@ -333,12 +369,15 @@ pub(crate) async fn start_queries(
     store: Store,
 ) -> Result<Vec<Subscription>, SubscribeError> {
     let list = runs.clone();
+    let kind = store.kind();
     let history = bus
         .handle::<RunsQuery, _, _, _>(move |q: RunsQuery, _ctx| {
             let runs = list.clone();
             async move {
                 let limit = q.limit.unwrap_or(50).min(KEEP_RUNS);
-                Ok::<_, std::convert::Infallible>(json!({ "runs": runs.list(limit) }))
+                Ok::<_, std::convert::Infallible>(
+                    json!({ "runs": runs.list(limit), "store": kind }),
+                )
             }
         })
         .start()
@@ -346,12 +385,7 @@ pub(crate) async fn start_queries(
     let one = bus
         .handle::<RunQuery, _, _, _>(move |q: RunQuery, _ctx| {
             let (runs, store) = (runs.clone(), store.clone());
-            async move {
-                // The store is SQLite behind a mutex: read it off the async workers.
-                tokio::task::spawn_blocking(move || run_detail(&store, &runs, &q))
-                    .await
-                    .map_err(|e| switchyard::BoxError::from(e.to_string()))
-            }
+            async move { Ok::<_, std::convert::Infallible>(run_detail(&store, &runs, &q).await) }
         })
         .start()
         .await?;

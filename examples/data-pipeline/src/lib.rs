@@ -1,7 +1,8 @@
 //! The data-pipeline reference app: a frontend asks the CPM to run the pipeline; the CPM starts
 //! the staging domain; each domain (staging → quality → analytics → insight → report →
 //! recommendation) is a manager, a service, a handler and a processor; processors call plain
-//! modules ([`modules`]) that read and write the SQLite [`Store`] directly;
+//! modules ([`modules`]) that read and write the [`Store`] (SQLite, or PostgreSQL when
+//! `DATABASE_URL` names one) directly;
 //! results flow back up one layer at a time, each manager's completion starts the next
 //! domain's manager, and the last one's completion reaches the CPM and the frontend. Status
 //! updates go to the [`StateTracker`], failures to the [`ErrorHandler`], which asks the failing
@@ -20,6 +21,7 @@ mod app;
 pub mod frontend_api;
 pub mod modules;
 pub mod sensors;
+pub mod testdb;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -84,6 +86,19 @@ impl Message for PipelineRequest {
     const TOPIC: &'static str = "cpm.pipeline.request";
 }
 
+/// What the frontend sends to the CPM on `cpm.pipeline.cancel`: stop a running run. The run
+/// becomes `cancelled`; the domain step under way finishes, and no further step of the run is
+/// taken (no next domain, no retry). A run that is not running is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineCancel {
+    /// The run.
+    pub run_id: String,
+}
+
+impl Message for PipelineCancel {
+    const TOPIC: &'static str = "cpm.pipeline.cancel";
+}
+
 /// The request passed down every domain chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
@@ -139,6 +154,14 @@ pub struct DemoConfig {
     /// and where the tables (`store.json`) and reports (`report-<run>.md`) are exported at the
     /// end. Default none: everything stays in memory.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The database, as a `DATABASE_URL`: none (default) or `sqlite:PATH` is SQLite (in
+    /// `data_dir` or memory when no path is given), `postgres://...` is PostgreSQL (tables
+    /// in `database_schema`, migrations run at start). Any other scheme, or a database that
+    /// does not answer, fails [`DemoApp::start`] with [`DemoError::Store`].
+    /// [`Store::url_from_env`](modules::Store::url_from_env) reads `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// The PostgreSQL schema of the app's tables. Default `data_pipeline`.
+    pub database_schema: String,
 }
 
 impl Default for DemoConfig {
@@ -154,7 +177,26 @@ impl Default for DemoConfig {
             show_violation: true,
             data_dir: None,
             observers: true,
+            database_url: None,
+            database_schema: "data_pipeline".into(),
         }
+    }
+}
+
+impl DemoConfig {
+    /// `self` with the database of the environment: `DATABASE_URL` (when set and not empty)
+    /// and `DATABASE_SCHEMA` (the PostgreSQL schema, when set and not empty).
+    pub fn with_env_database(mut self) -> Self {
+        if let Some(url) = modules::Store::url_from_env() {
+            self.database_url = Some(url);
+        }
+        if let Some(schema) = std::env::var("DATABASE_SCHEMA")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        {
+            self.database_schema = schema;
+        }
+        self
     }
 }
 
@@ -188,6 +230,9 @@ pub enum DemoError {
     /// A request context of the demo could not be created or started.
     #[error(transparent)]
     Context(#[from] switchyard_components::TransitionError),
+    /// The database could not be opened (unsupported URL, unreachable, migrations refused).
+    #[error("store: {0}")]
+    Store(#[from] modules::StoreError),
 }
 
 /// The outcome of one pipeline run.

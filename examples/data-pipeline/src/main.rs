@@ -12,7 +12,11 @@
 //! cargo run -p data-pipeline -- 1 out=/tmp/pipeline  # CSV, tables and report on disk
 //! cargo run -p data-pipeline -- 200 rows=5  # benchmark with almost no module work
 //! cargo run -p data-pipeline -- 200 bare    # without the observing system components
+//! DATABASE_URL=postgres://postgres@127.0.0.1/test cargo run -p data-pipeline  # on PostgreSQL
 //! ```
+//!
+//! `DATABASE_URL` picks the database: unset or `sqlite:PATH` is SQLite, `postgres://...` is
+//! PostgreSQL (tables in the schema `DATABASE_SCHEMA`, default `data_pipeline`).
 
 use data_pipeline::{DemoConfig, FailurePlan, run_demo};
 
@@ -38,13 +42,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .find_map(|a| a.strip_prefix("out="))
         .map(Into::into);
-    let report = run_demo(DemoConfig {
-        runs,
-        fail,
-        data_dir,
-        observers: !has("bare"),
-        ..DemoConfig::default()
-    })
+    let report = run_demo(
+        DemoConfig {
+            runs,
+            fail,
+            data_dir,
+            observers: !has("bare"),
+            ..DemoConfig::default()
+        }
+        .with_env_database(),
+    )
     .await?;
     println!("{}", report.summary());
     if has("mermaid") {

@@ -1,7 +1,67 @@
 //! The reference app end to end: database contents, report, trace, state machine, retries and
-//! the dead-letter queue.
+//! the dead-letter queue; every test once on SQLite and once on PostgreSQL (a fresh schema of
+//! the local `test` database; skipped loudly when it is unreachable and CI is unset).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-use data_pipeline::{DATASET, DOMAINS, DemoConfig, FailurePlan, run_demo};
+use data_pipeline::modules::{Store, StoreError};
+use data_pipeline::testdb::{self, TestPg};
+use data_pipeline::{DATASET, DOMAINS, DemoApp, DemoConfig, DemoError, FailurePlan, run_demo};
+
+/// The database a test runs on.
+enum Db {
+    Sqlite,
+    Postgres(TestPg),
+}
+
+impl Db {
+    /// `c` on this database.
+    fn config(&self, c: DemoConfig) -> DemoConfig {
+        match self {
+            Db::Sqlite => c,
+            Db::Postgres(pg) => DemoConfig {
+                database_url: Some(testdb::url()),
+                database_schema: pg.schema().to_owned(),
+                ..c
+            },
+        }
+    }
+
+    fn pg(&self) -> Option<&TestPg> {
+        match self {
+            Db::Sqlite => None,
+            Db::Postgres(pg) => Some(pg),
+        }
+    }
+}
+
+/// Defines, for each `async fn name(db: &Db) { ... }`, a module `name` with two tests:
+/// `sqlite` and `postgres`.
+macro_rules! on_both_stores {
+    ($(async fn $name:ident($db:ident: &Db) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            async fn body($db: &Db) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                body(&Db::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(pg) = TestPg::new(stringify!($name)).await else {
+                    return;
+                };
+                let db = Db::Postgres(pg);
+                body(&db).await;
+                if let Db::Postgres(pg) = db {
+                    pg.finish().await;
+                }
+            }
+        }
+    )*};
+}
 
 fn config() -> DemoConfig {
     DemoConfig {
@@ -10,9 +70,9 @@ fn config() -> DemoConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pipeline_runs_end_to_end() {
-    let report = run_demo(config()).await.unwrap();
+on_both_stores! {
+    async fn the_pipeline_runs_end_to_end(db: &Db) {
+    let report = run_demo(db.config(config())).await.unwrap();
     assert_eq!(report.runs.len(), 1);
     let run = &report.runs[0];
     assert!(run.ok, "{:?}", run.error);
@@ -53,6 +113,23 @@ async fn the_pipeline_runs_end_to_end() {
     let recs = &t.recommendations[&run.run_id];
     assert!(recs.iter().any(|r| r.action == "investigate day 18"));
     assert!(recs.iter().any(|r| r.priority == "high"));
+    // On PostgreSQL, the rows are in the test's schema, as plain SQL sees them.
+    if let Some(pg) = db.pg() {
+        let n = |table: &str| {
+            let sql = format!("SELECT COUNT(*) FROM {{schema}}.{table} WHERE run = 'run-001'");
+            async move { pg.count(&sql).await }
+        };
+        assert_eq!(n("raw_rows").await, 600);
+        assert_eq!(n("sales").await, 576);
+        assert_eq!(n("quality_issues").await, 24);
+        assert_eq!(n("anomalies").await, 1);
+        assert_eq!(n("reports").await, 1);
+        assert_eq!(n("recommendations").await, recs.len() as i64);
+        let total = pg
+            .count("SELECT ROUND(total_revenue)::BIGINT FROM {schema}.features WHERE run = 'run-001'")
+            .await;
+        assert_eq!(total, f.total_revenue.round() as i64);
+    }
 
     // Lifecycle: every context ended, every status update followed the state machine.
     assert_eq!(report.contexts_left, 0);
@@ -97,9 +174,8 @@ async fn the_pipeline_runs_end_to_end() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trace_of_one_request_is_the_expected_causal_tree() {
-    let report = run_demo(config()).await.unwrap();
+    async fn the_trace_of_one_request_is_the_expected_causal_tree(db: &Db) {
+    let report = run_demo(db.config(config())).await.unwrap();
     let t = report
         .trace
         .pruned(|n| !n.topic.ends_with(".status.update"));
@@ -151,15 +227,14 @@ async fn the_trace_of_one_request_is_the_expected_causal_tree() {
     assert!(all.iter().all(|n| n.at_ms >= 0.0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_injected_failure_is_retried_and_the_pipeline_completes() {
-    let report = run_demo(DemoConfig {
+    async fn an_injected_failure_is_retried_and_the_pipeline_completes(db: &Db) {
+    let report = run_demo(db.config(DemoConfig {
         fail: Some(FailurePlan {
             domain: "analytics".into(),
             times: 2,
         }),
         ..config()
-    })
+    }))
     .await
     .unwrap();
     assert!(report.runs[0].ok, "{:?}", report.runs[0].error);
@@ -180,16 +255,15 @@ async fn an_injected_failure_is_retried_and_the_pipeline_completes() {
     assert!(report.tables.reports.contains_key(&report.runs[0].run_id));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_max_attempts_the_flow_lands_in_the_dlq_with_its_correlation_id() {
-    let report = run_demo(DemoConfig {
+    async fn after_max_attempts_the_flow_lands_in_the_dlq_with_its_correlation_id(db: &Db) {
+    let report = run_demo(db.config(DemoConfig {
         fail: Some(FailurePlan {
             domain: "analytics".into(),
             times: u32::MAX,
         }),
         max_attempts: 3,
         ..config()
-    })
+    }))
     .await
     .unwrap();
     let run = &report.runs[0];
@@ -223,14 +297,13 @@ async fn after_max_attempts_the_flow_lands_in_the_dlq_with_its_correlation_id() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_runs_give_benchmark_figures() {
-    let report = run_demo(DemoConfig {
+    async fn several_runs_give_benchmark_figures(db: &Db) {
+    let report = run_demo(db.config(DemoConfig {
         runs: 5,
         rows: 100,
         show_violation: false,
         ..DemoConfig::default()
-    })
+    }))
     .await
     .unwrap();
     assert_eq!(report.runs.len(), 5);
@@ -242,16 +315,15 @@ async fn several_runs_give_benchmark_figures() {
     assert_eq!(report.enforcement.violations, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_data_directory_the_csv_tables_and_report_are_files() {
+    async fn with_a_data_directory_the_csv_tables_and_report_are_files(db: &Db) {
     let dir =
         std::env::temp_dir().join(format!("switchyard-demo-{}", switchyard::MessageId::new()));
-    let report = run_demo(DemoConfig {
+    let report = run_demo(db.config(DemoConfig {
         rows: 100,
         data_dir: Some(dir.clone()),
         show_violation: false,
         ..DemoConfig::default()
-    })
+    }))
     .await
     .unwrap();
     let run = &report.runs[0];
@@ -276,4 +348,86 @@ async fn with_a_data_directory_the_csv_tables_and_report_are_files() {
     );
     assert_eq!(report.files_written.len(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+}
+
+#[tokio::test]
+async fn database_url_selects_the_store() {
+    // Unset or empty: SQLite in memory; sqlite: URLs: SQLite there.
+    for url in [None, Some(""), Some("sqlite::memory:"), Some("sqlite:")] {
+        let store = Store::open(url, "data_pipeline", None).await.unwrap();
+        assert_eq!(store.kind(), "sqlite", "{url:?}");
+        assert_eq!(store.describe(), "sqlite::memory:", "{url:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("switchyard-url-{}", switchyard::MessageId::new()));
+    let file = dir.join("app.db");
+    let url = format!("sqlite:{}", file.display());
+    let store = Store::open(Some(&url), "data_pipeline", None)
+        .await
+        .unwrap();
+    assert_eq!(store.kind(), "sqlite");
+    assert!(file.is_file(), "opened at start, not on first use");
+    let store = Store::open(Some(&format!("sqlite://{}", file.display())), "x", None)
+        .await
+        .unwrap();
+    assert_eq!(store.describe(), url);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // An unsupported scheme: an error naming the URL without its password.
+    let err = Store::open(Some("mysql://app:s3cret@db/x"), "data_pipeline", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedScheme { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("mysql://app:***@db/x"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    // The app does not start on it.
+    let err = DemoApp::start(
+        &switchyard::Bus::new(),
+        &DemoConfig {
+            database_url: Some("redis://localhost".into()),
+            ..DemoConfig::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DemoError::Store(_)), "{err}");
+    assert!(err.to_string().contains("redis://localhost"), "{err}");
+
+    // An unreachable PostgreSQL server: an error, without the password (port 1: refused).
+    let err = Store::open(
+        Some("postgres://app:s3cret@127.0.0.1:1/test"),
+        "data_pipeline",
+        None,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{msg}");
+    assert!(msg.contains("postgres://app:***@127.0.0.1:1/test"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let err = Store::open(Some(&testdb::url()), "Bad-Schema", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidSchema(_)), "{err}");
+
+    // A postgres:// URL: PostgreSQL, migrated.
+    let Some(pg) = TestPg::new("select").await else {
+        return;
+    };
+    let store = Store::open(Some(&testdb::url()), pg.schema(), None)
+        .await
+        .unwrap();
+    assert_eq!(store.kind(), "postgres");
+    assert!(
+        store.describe().contains(pg.schema()),
+        "{}",
+        store.describe()
+    );
+    assert_eq!(
+        pg.count("SELECT COUNT(*) FROM {schema}.app_migrations")
+            .await,
+        1
+    );
+    pg.finish().await;
 }

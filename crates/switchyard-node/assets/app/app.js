@@ -56,6 +56,7 @@ function connect() {
     if (p.role === "manager" && state.detail?.run?.correlation_id === p.correlation_id) {
       state.steps[p.domain] = p.to; renderSteps();
     }
+    if (p.role === "cpm" && p.to === "cancelled" && state.current && state.detail?.run?.correlation_id === p.correlation_id) loadRun(state.current, true);
     if (p.role === "cpm" && p.domain === "cpm" && p.action === "pipeline" && state.runs.length) {
       const r = state.runs.find((x) => x.correlation_id === p.correlation_id);
       if (!r) loadRuns();
@@ -130,12 +131,28 @@ async function loadRun(runId, quiet) {
   } catch (e) { $("#run-loading").textContent = "Could not load the run."; showError(e.message); }
 }
 
+// Asks the CPM to cancel the open run, then reloads it until it is no longer running.
+async function cancelRun() {
+  const btn = $("#cancel-run"), runId = state.current;
+  try {
+    btn.disabled = true;
+    await tell("cpm.pipeline.cancel", { run_id: runId });
+    for (let i = 0; i < 20 && state.current === runId; i++) {
+      await loadRun(runId, true);
+      if (state.detail?.run?.status !== "running") break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } catch (e) { showError(e.message); }
+  finally { btn.disabled = false; }
+}
+
 function renderRun(d) {
   const r = d.run;
+  $("#cancel-run").hidden = r.status !== "running";
   const dur = r.finished_ms ? r.finished_ms - r.started_ms : null;
   $("#run-summary").innerHTML = `<span class="outcome-${esc(r.status)}" id="run-status">${esc(r.status)}</span> · input ${esc(r.input)} (${esc(r.dataset)}) · started ${fmtTime(r.started_ms)} · duration ${fmtMs(dur)} · correlation <code>${esc(r.correlation_id)}</code>`;
   const fail = $("#run-failure");
-  fail.hidden = !r.error; fail.textContent = r.error ? `Failed: ${r.error.error_type}: ${r.error.message}` : "";
+  fail.hidden = !r.error; fail.textContent = !r.error ? "" : r.status === "cancelled" ? "Cancelled by the frontend: no further step of this run is taken." : `Failed: ${r.error.error_type}: ${r.error.message}`;
   const dl = $("#dead-letters");
   dl.hidden = !r.dead_letters.length;
   dl.querySelector("tbody").innerHTML = r.dead_letters.map((x) => `<tr><td><code>${esc(x.id)}</code></td><td>${esc(x.topic)}</td><td>${esc(x.handler)}</td><td class="num">${x.attempts}</td><td>${esc(x.error)}</td></tr>`).join("");
@@ -245,6 +262,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("#csv-row").hidden = !csv; $("#rows").disabled = csv;
   };
   $("#start-form").onsubmit = startRun;
+  $("#cancel-run").onclick = cancelRun;
   $("#token-form").onsubmit = (e) => { e.preventDefault(); state.token = $("#token").value; sessionStorage.setItem("frontend-token", state.token); $("#token-form").hidden = true; state.ws?.close(); route(); };
   setupTabs(); connect();
   window.addEventListener("hashchange", route); route();

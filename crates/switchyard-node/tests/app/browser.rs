@@ -41,7 +41,7 @@ async fn app_in_headless_chromium() {
             .to_owned()
     };
     let run = seen("run");
-    let t = node.app.store().run_tables(&run).unwrap();
+    let t = node.app.store().run_tables(&run).await.unwrap();
     assert_eq!(seen("staged"), t.raw_rows[&run].len().to_string());
     assert_eq!(seen("valid"), t.sales[&run].len().to_string());
     assert_eq!(seen("issues"), t.quality_issues[&run].len().to_string());
@@ -67,5 +67,15 @@ async fn app_in_headless_chromium() {
     let rec = node.app.runs().get(&failed).unwrap();
     assert_eq!(rec.status, "failed");
     assert_eq!(seen("dead_letter"), rec.dead_letters[0].id);
+    // The run cancelled from the page: the page showed what the CPM's registry holds.
+    let cancelled = seen("cancelled_run");
+    assert_eq!(seen("cancelled_status"), "cancelled");
+    let rec = node.app.runs().get(&cancelled).unwrap();
+    assert_eq!(rec.status, "cancelled");
+    assert!(
+        rec.domains.len() < data_pipeline::DOMAINS.len(),
+        "{:?}",
+        rec.domains
+    );
     node.stop().await;
 }

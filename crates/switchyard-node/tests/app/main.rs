@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{client, error_of};
+use data_pipeline::testdb::{self, TestPg};
 use data_pipeline::{DOMAINS, DemoApp, DemoConfig};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -37,7 +38,7 @@ kind = "memory"
 enabled = true
 [[auth.principals]]
 name = "frontend"
-publish = ["cpm.pipeline.request", "staging.#"]
+publish = ["cpm.pipeline.request", "cpm.pipeline.cancel", "staging.#"]
 send = ["cpm.query.*"]
 subscribe = ["*.status.update", "cpm.pipeline.complete"]
 [[auth.principals]]
@@ -66,16 +67,20 @@ pub(crate) struct AppNode {
 
 impl AppNode {
     pub async fn start(config: NodeConfig) -> Self {
-        let node = Node::start(config).await.unwrap();
-        let app = DemoApp::start(
-            node.bus(),
-            &DemoConfig {
+        Self::start_with(
+            config,
+            DemoConfig {
                 rows: 60,
                 ..DemoConfig::default()
             },
         )
         .await
-        .unwrap();
+    }
+
+    /// The node with the app started on `demo` (its database, for one).
+    pub async fn start_with(config: NodeConfig, demo: DemoConfig) -> Self {
+        let node = Node::start(config).await.unwrap();
+        let app = DemoApp::start(node.bus(), &demo).await.unwrap();
         node.set_topology_enforced(app.topology().clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -265,7 +270,7 @@ async fn a_generated_run_moves_through_every_domain_and_its_data_matches_the_sto
         json!({"run_id": "api-1", "preview_rows": 5}),
     )
     .await;
-    let t = node.app.store().run_tables("api-1").unwrap();
+    let t = node.app.store().run_tables("api-1").await.unwrap();
     assert_eq!(d["staged"]["rows"], t.raw_rows["api-1"].len());
     assert_eq!(t.raw_rows["api-1"].len(), 90);
     assert_eq!(d["staged"]["preview"].as_array().unwrap().len(), 5);
@@ -457,6 +462,7 @@ async fn a_frontend_message_past_the_cpm_is_refused_and_counted() {
         node.app
             .store()
             .run_tables("rogue")
+            .await
             .unwrap()
             .raw_rows
             .is_empty()
@@ -489,5 +495,195 @@ async fn the_page_and_its_assets_are_served_without_credentials() {
     let (status, kind, _) =
         error_of(http.get(node.url("/app/nope.js")).send().await.unwrap()).await;
     assert_eq!((status, kind.as_str()), (404, "not_found"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_page_reads_its_numbers_from_the_postgres_store() {
+    let Some(pg) = TestPg::new("node_app").await else {
+        return;
+    };
+    let node = AppNode::start_with(
+        config(),
+        DemoConfig {
+            rows: 60,
+            database_url: Some(testdb::url()),
+            database_schema: pg.schema().to_owned(),
+            ..DemoConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(node.app.store().kind(), "postgres");
+    let mut ws = live(&node).await;
+    let correlation = start_run(&node, json!({"run_id": "pg-1", "dataset": "", "rows": 90})).await;
+    let (done, _) = follow(&mut ws, &correlation).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // The history: the one run, and the store it ran on.
+    let runs = query(&node, "cpm.query.runs", json!({})).await;
+    assert_eq!(runs["store"], "postgres", "{runs}");
+    let listed: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["pg-1"]);
+    assert_eq!(runs["runs"][0]["status"], "completed");
+    // Every run the page lists has its rows in the PostgreSQL schema.
+    assert_eq!(
+        pg.count("SELECT COUNT(DISTINCT run) FROM {schema}.batches")
+            .await,
+        1
+    );
+
+    // The run view's numbers are the PostgreSQL tables', counted by SQL.
+    let d = query(&node, "cpm.query.run", json!({"run_id": "pg-1"})).await;
+    assert_eq!(d["store"], "postgres");
+    let n = |table: &str| {
+        let sql = format!("SELECT COUNT(*) FROM {{schema}}.{table} WHERE run = 'pg-1'");
+        let pg = &pg;
+        async move { pg.count(&sql).await }
+    };
+    let (staged, valid, issues) = (
+        n("raw_rows").await,
+        n("sales").await,
+        n("quality_issues").await,
+    );
+    assert_eq!(staged, 90);
+    assert_eq!(d["staged"]["rows"], staged);
+    assert_eq!(d["quality"]["valid"], valid);
+    assert_eq!(d["quality"]["issues"], issues);
+    assert!(issues > 0, "the generator makes bad rows");
+    assert_eq!(valid + issues, staged);
+    let failed_checks: i64 = d["quality"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["failed"].as_i64().unwrap())
+        .sum();
+    assert_eq!(failed_checks, issues);
+    let cents = pg
+        .count(
+            "SELECT ROUND(total_revenue * 100)::BIGINT FROM {schema}.features WHERE run = 'pg-1'",
+        )
+        .await;
+    let page_cents = (d["features"]["total_revenue"].as_f64().unwrap() * 100.0).round() as i64;
+    assert_eq!(page_cents, cents);
+    assert_eq!(
+        d["recommendations"].as_array().unwrap().len() as i64,
+        n("recommendations").await
+    );
+    assert_eq!(n("reports").await, 1);
+    node.stop().await;
+    pg.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_is_cancelled_and_takes_no_further_step() {
+    let node = AppNode::start(config()).await;
+    let mut ws = live(&node).await;
+    // A large generated run, so that it is still under way when the cancel arrives.
+    let correlation = start_run(
+        &node,
+        json!({"run_id": "cancel-1", "dataset": "", "rows": 50000}),
+    )
+    .await;
+    let mut steps = Vec::new();
+    await_step(&mut ws, &correlation, &mut steps, "staging", "running").await;
+    let res = client()
+        .post(node.url("/v1/publish/cpm.pipeline.cancel"))
+        .bearer_auth(FRONTEND_TOKEN)
+        .header("x-source", "frontend")
+        .json(&json!({"run_id": "cancel-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    // The CPM's context of the run ends cancelled (its status update on the live socket).
+    loop {
+        let f = next_frame(&mut ws).await;
+        let p = &f["message"]["payload"];
+        if p["correlation_id"] == correlation.as_str()
+            && p["role"] == "cpm"
+            && p["to"] == "cancelled"
+        {
+            break;
+        }
+        if p["correlation_id"] == correlation.as_str() && p["role"] == "manager" {
+            steps.push((
+                p["domain"].as_str().unwrap().to_owned(),
+                p["to"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let d = query(&node, "cpm.query.run", json!({"run_id": "cancel-1"})).await;
+    assert_eq!(d["run"]["status"], "cancelled", "{}", d["run"]);
+    assert_eq!(d["run"]["error"]["error_type"], "Cancelled");
+    assert!(d["run"]["finished_ms"].as_u64().is_some());
+    // The step under way finishes; the next domain's manager never starts the run. The step
+    // under way is the one whose manager is running and not yet ended.
+    let running: Vec<String> = steps
+        .iter()
+        .filter(|(d, s)| {
+            s == "running"
+                && !steps.iter().any(|(e, t)| {
+                    e == d && ["completed", "failed", "cancelled"].contains(&t.as_str())
+                })
+        })
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert_eq!(running.len(), 1, "{steps:?}");
+    let last = &running[0];
+    await_step(&mut ws, &correlation, &mut steps, last, "completed").await;
+    let next = DOMAINS
+        .iter()
+        .position(|(d, _)| d == last)
+        .and_then(|i| DOMAINS.get(i + 1))
+        .map(|(d, _)| *d);
+    // Another run through every domain: by its end, a next step of the cancelled run would
+    // have started (the managers take their triggers in order).
+    let other = start_run(
+        &node,
+        json!({"run_id": "after-1", "dataset": "", "rows": 30}),
+    )
+    .await;
+    loop {
+        let f = next_frame(&mut ws).await;
+        let m = &f["message"];
+        let p = &m["payload"];
+        if p["correlation_id"] == correlation.as_str() && p["role"] == "manager" {
+            assert_ne!(p["domain"].as_str(), next, "a step after the cancel: {p}");
+        }
+        if m["topic"] == "cpm.pipeline.complete" && p["correlation_id"] == other.as_str() {
+            assert_eq!(p["status"], "completed", "{p}");
+            break;
+        }
+    }
+    let d = query(&node, "cpm.query.run", json!({"run_id": "cancel-1"})).await;
+    assert_eq!(
+        d["run"]["status"], "cancelled",
+        "a late completion does not overwrite it"
+    );
+    assert!(d["report"]["markdown"].is_null());
+    assert!((d["run"]["domains"].as_array().unwrap().len()) < DOMAINS.len());
+    // Cancelling a run that is not running changes nothing.
+    let res = client()
+        .post(node.url("/v1/publish/cpm.pipeline.cancel"))
+        .bearer_auth(FRONTEND_TOKEN)
+        .header("x-source", "frontend")
+        .json(&json!({"run_id": "after-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let runs = query(&node, "cpm.query.runs", json!({})).await;
+    let after = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == "after-1")
+        .unwrap();
+    assert_eq!(after["status"], "completed");
     node.stop().await;
 }

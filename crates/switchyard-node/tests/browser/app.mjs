@@ -96,17 +96,34 @@ try {
   seen("dead_letter", await page.textContent("#dead-letters tbody tr td code"));
   await shot(page, "05-failed-run.png", { fullPage: true });
 
+  // A large run, cancelled while it runs: the Cancel button shows on a running run only.
+  await page.goto(url + "#/");
+  await page.locator("#runs").waitFor({ timeout: T });
+  await page.selectOption("#fail", "");
+  await page.fill("#rows", "50000");
+  await page.fill("#run-id", "ui-cancel");
+  await page.click("#start");
+  await page.waitForURL(/#\/run\/ui-cancel$/, { timeout: T });
+  await page.locator("#run-status.outcome-running").waitFor({ timeout: T });
+  await page.click("#cancel-run");
+  await page.locator("#run-status.outcome-cancelled").waitFor({ timeout: T });
+  if (!(await page.locator("#cancel-run").isHidden())) throw new Error("Cancel button still shown on a cancelled run");
+  seen("cancelled_run", "ui-cancel");
+  seen("cancelled_status", await page.textContent("#run-status"));
+  await shot(page, "06-cancelled-run.png", { fullPage: true });
+  step("run cancelled");
+
   // History: both runs with durations and outcomes.
   await page.click("text=← All runs");
   await page.locator("#runs tr[data-run=ui-fail] .outcome-failed").waitFor({ timeout: T });
   await page.locator("#runs tr[data-run=ui-ok] .outcome-completed").waitFor({ timeout: T });
-  await shot(page, "06-history.png");
+  await shot(page, "07-history.png");
 
   // Narrow screen.
   await page.setViewportSize({ width: 390, height: 800 });
   await page.goto(url + "#/run/ui-ok");
   await page.locator("#run-status.outcome-completed").waitFor({ timeout: T });
-  await shot(page, "07-narrow-run.png", { fullPage: true });
+  await shot(page, "08-narrow-run.png", { fullPage: true });
   if (errors.length) throw new Error("page errors: " + errors.join("; "));
   step("done");
 } finally {
