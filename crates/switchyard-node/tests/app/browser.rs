@@ -26,7 +26,7 @@ async fn app_in_headless_chromium() {
                 ("APP_URL", url.as_str()),
                 ("SCREENSHOT_DIR", shots.to_str().unwrap()),
             ],
-            Duration::from_secs(120),
+            Duration::from_secs(300),
         )
         .await;
 

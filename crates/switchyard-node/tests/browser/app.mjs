@@ -10,7 +10,9 @@ import { join } from "node:path";
 const url = process.env.APP_URL;
 const shots = process.env.SCREENSHOT_DIR;
 const profile = mkdtempSync(join(tmpdir(), "switchyard-app-"));
-const T = 15000;
+// Generous: a run with a failure switch waits out its retries' backoff, and CI runs the app tests
+// beside this one on 2 cores.
+const T = 45000;
 const step = (s) => console.log("app: " + s);
 const seen = (k, v) => console.log(`app: seen ${k} ${String(v).trim()}`);
 async function shot(page, name, opts = {}) {
