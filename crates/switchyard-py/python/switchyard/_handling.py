@@ -80,89 +80,69 @@ def _fail(reply: Any, e: BaseException) -> None:
 
 
 def invoke_many(bus: Any, h: Any, token: int, envs: list[Any], replies: Any) -> bool:
-    """Runs ``h`` on each message of a prefetch hand-over, in order, answering each through
-    ``replies``; stops after a message that did not succeed (the bus retries it before the
-    ones after it, which it hands over again). True when every answer was given before this
-    returns; False when a handler suspended (a task runs the rest, then answers)."""
-    fn, arity, decode, raw = h.fn, h.arity, h.decode, h.raw_env
-    identity = decode is _codec_identity
+    """Runs ``h`` on each message of a prefetch hand-over, in order, and answers them
+    through ``replies``; stops after a message that raised (the bus retries it before the
+    ones after it, which it hands over again). True when answered before this returns;
+    False when a handler suspended (a task runs the rest, then answers).
+
+    The hand-over runs as one coroutine: a handler coroutine that finishes without
+    suspending costs no ``StopIteration`` of its own, only the hand-over's one."""
+    coro = _many(h, envs, replies)
     current = _CURRENT
-    for i, env in enumerate(envs):
-        if raw:
-            arg = env
-        elif identity:
-            arg = env.payload
-        else:
-            try:
-                arg = decode(env.payload)
-            except Exception as e:
-                replies.undecodable(f"{type(e).__name__}: {e}")
-                break
-        ctx = current.set(env)
-        try:
-            try:
-                result = fn(arg, env) if arity == 2 else (fn(arg) if arity == 1 else fn())
-                if type(result) is _CoroutineType:
-                    yielded = result.send(None)
-                    _suspend_many(bus, h, token, envs, i + 1, replies, _resume(result, yielded))
-                    return False
-                if inspect.isawaitable(result):
-                    _suspend_many(bus, h, token, envs, i + 1, replies, result)
-                    return False
-            except StopIteration:
-                pass
-            except BaseException as e:
-                _fail(replies, e)
-                break
-        finally:
-            current.reset(ctx)
-        replies.ack()
-    replies.finish()
-    return True
-
-
-def _suspend_many(bus: Any, h: Any, token: int, envs: list[Any], i: int, replies: Any, awaiting: Any) -> None:
-    # Created while the suspended message's envelope is current: the task keeps it.
+    prev = current.get()
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        current.set(prev)
+        return True
+    except BaseException:
+        current.set(prev)
+        raise
     loop = bus._loop
     if loop is None:
         loop = asyncio.get_running_loop()
-    task = loop.create_task(_many_rest(h, envs, i, replies, awaiting))
+    # Created while the suspended message's envelope is current: the task keeps it.
+    task = loop.create_task(_continue(coro, yielded))
+    current.set(prev)
     bus._tasks[token] = task
     task.add_done_callback(functools.partial(_many_done, bus, token, replies))
+    return False
 
 
-async def _many_rest(h: Any, envs: list[Any], i: int, replies: Any, awaiting: Any) -> None:
-    """The rest of a hand-over once a handler suspended: awaits it, then runs the messages
-    after it one by one (awaiting each), stopping after one that did not succeed."""
-    try:
-        await awaiting
-    except BaseException as e:
-        _fail(replies, e)
-        if isinstance(e, asyncio.CancelledError):
-            raise
-        return
-    replies.ack()
+async def _many(h: Any, envs: list[Any], replies: Any) -> None:
     fn, arity, decode, raw = h.fn, h.arity, h.decode, h.raw_env
-    for env in envs[i:]:
-        try:
-            arg = env if raw else decode(env.payload)
-        except Exception as e:
-            replies.undecodable(f"{type(e).__name__}: {e}")
-            return
-        _CURRENT.set(env)
-        try:
-            result = fn(arg, env) if arity == 2 else (fn(arg) if arity == 1 else fn())
-            if inspect.isawaitable(result):
-                await result
-        except BaseException as e:
-            _fail(replies, e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            return
-        replies.ack()
+    identity = decode is _codec_identity
+    set_current = _CURRENT.set
+    acked = 0
+    try:
+        for env in envs:
+            if raw:
+                arg = env
+            elif identity:
+                arg = env.payload
+            else:
+                try:
+                    arg = decode(env.payload)
+                except Exception as e:
+                    replies.undecodable(f"{type(e).__name__}: {e}")
+                    return
+            # Set, not reset: after a suspension this runs in the task's own context.
+            set_current(env)
+            try:
+                result = fn(arg, env) if arity == 2 else (fn(arg) if arity == 1 else fn())
+                if result is not None and (type(result) is _CoroutineType or inspect.isawaitable(result)):
+                    await result
+            except BaseException as e:
+                _fail(replies, e)
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+                return
+            acked += 1
+    finally:
+        replies.finish(acked)
 
 
 def _many_done(bus: Any, token: int, replies: Any, task: "asyncio.Task[Any]") -> None:
     bus._tasks.pop(token, None)
-    # Cancelled before it ran: nothing answered; the bus no longer waits anyway.
+    # Cancelled before it resumed: the hand-over coroutine never ran its `finally`.
     replies.finish()

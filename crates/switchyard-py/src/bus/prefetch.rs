@@ -46,10 +46,12 @@ pub(super) fn python_prefetch_handler(inbox: Arc<Inbox>, sub: u64) -> BoxPrefetc
     }))
 }
 
-/// Answers the messages of one prefetch hand-over, in order: each answering method answers
-/// the next message (the same methods as [`PyReply`], so the same Python code settles
-/// either), and `finish` sends the answers given so far. Messages left unanswered were not
-/// handled: the bus hands them over again after the last answered one is settled.
+/// Answers the messages of one prefetch hand-over, in order. The loop runs the handler on
+/// each message until one does not succeed; it records that one's answer with one of the
+/// methods below (the same as [`PyReply`](super::PyReply)'s, so the same Python code
+/// settles either), then `finish(acked)` sends `acked` acks (the messages before it)
+/// followed by the recorded answer. Messages after those were not handled: the bus hands
+/// them over again once the answered ones are settled.
 #[pyclass(name = "Replies", module = "switchyard._switchyard", frozen)]
 pub struct PyReplies {
     pub(super) tx: Mutex<Option<oneshot::Sender<Vec<HandlerResult>>>>,
@@ -70,14 +72,11 @@ impl PyReplies {
 
 #[pymethods]
 impl PyReplies {
-    /// The next message is handled. False when every message was answered already.
-    fn ack(&self) -> bool {
-        self.push(Ok(Outcome::Ack))
-    }
-
-    /// The next message is handled, with a reply payload.
-    fn reply(&self, payload: &[u8]) -> bool {
-        let n = self.answers.lock().unwrap_or_else(|p| p.into_inner()).len();
+    /// The failed message is handled after all, with a reply payload (for the message
+    /// after the acked ones; used by command handlers).
+    #[pyo3(signature = (payload, acked=0))]
+    fn reply(&self, payload: &[u8], acked: usize) -> bool {
+        let n = self.answers.lock().unwrap_or_else(|p| p.into_inner()).len() + acked;
         match self.envs.get(n) {
             Some(env) => {
                 let reply = env.reply(bytes::Bytes::copy_from_slice(payload));
@@ -87,19 +86,19 @@ impl PyReplies {
         }
     }
 
-    /// The next message is refused for good (dead-lettered at once).
+    /// The message is refused for good (dead-lettered at once).
     fn reject(&self, reason: String) -> bool {
         self.push(Ok(Outcome::reject(reason)))
     }
 
-    /// The next message is tried again (after `after` seconds, or the retry delay).
+    /// The message is tried again (after `after` seconds, or the retry delay).
     #[pyo3(signature = (after=None))]
     fn retry(&self, after: Option<f64>) -> PyResult<bool> {
         let after = after.map(|s| seconds(s, "retry after")).transpose()?;
         Ok(self.push(Ok(Outcome::Retry { after })))
     }
 
-    /// The next message failed with `error` (exception and traceback as text).
+    /// The message failed with `error` (exception and traceback as text).
     #[pyo3(signature = (error, permanent=false))]
     fn fail(&self, error: String, permanent: bool) -> bool {
         let e: BoxError = if permanent {
@@ -110,7 +109,7 @@ impl PyReplies {
         self.push(Err(e))
     }
 
-    /// The next message's payload did not decode (dead-lettered at once, raw bytes kept).
+    /// The message's payload did not decode (dead-lettered at once, raw bytes kept).
     fn undecodable(&self, error: String) -> bool {
         self.push(Err(Box::new(CodecError {
             direction: CodecDirection::Decode,
@@ -119,14 +118,71 @@ impl PyReplies {
         })))
     }
 
-    /// Sends the answers given so far to the bus (once; later calls do nothing). False when
-    /// the bus no longer waits for them.
-    fn finish(&self) -> bool {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let answers = std::mem::take(&mut *self.answers.lock().unwrap_or_else(|p| p.into_inner()));
-        match tx {
-            Some(tx) => tx.send(answers).is_ok(),
-            None => false,
-        }
+    /// Sends the answers to the bus: `acked` acks, then the recorded answers (at most one
+    /// per message handed over). Once; later calls do nothing and return False, as when the
+    /// bus no longer waits for them.
+    #[pyo3(signature = (acked=0))]
+    fn finish(&self, acked: usize) -> bool {
+        let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return false;
+        };
+        let recorded = std::mem::take(&mut *self.answers.lock().unwrap_or_else(|p| p.into_inner()));
+        let acked = acked.min(self.envs.len());
+        let mut answers: Vec<HandlerResult> = Vec::with_capacity(acked + recorded.len());
+        answers.extend((0..acked).map(|_| Ok(Outcome::Ack)));
+        answers.extend(recorded);
+        answers.truncate(self.envs.len());
+        tx.send(answers).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard::Topic;
+
+    fn replies(n: usize) -> (PyReplies, oneshot::Receiver<Vec<HandlerResult>>) {
+        let (tx, rx) = oneshot::channel();
+        let envs = (0..n)
+            .map(|_| {
+                Arc::new(Envelope::new(
+                    Topic::new("t.x").unwrap(),
+                    bytes::Bytes::new(),
+                ))
+            })
+            .collect();
+        let r = PyReplies {
+            tx: Mutex::new(Some(tx)),
+            answers: Mutex::new(Vec::new()),
+            envs,
+        };
+        (r, rx)
+    }
+
+    #[test]
+    fn finish_sends_the_acks_then_the_recorded_answer_once() {
+        let (r, mut rx) = replies(4);
+        assert!(r.fail("boom".into(), false));
+        assert!(r.finish(2));
+        let answers = rx.try_recv().unwrap();
+        assert_eq!(
+            answers.len(),
+            3,
+            "two acks and the failure; the 4th not handled"
+        );
+        assert!(matches!(answers[0], Ok(Outcome::Ack)));
+        assert!(matches!(answers[1], Ok(Outcome::Ack)));
+        assert!(matches!(&answers[2], Err(e) if e.to_string() == "boom"));
+        assert!(!r.finish(4), "a second finish sends nothing");
+    }
+
+    #[test]
+    fn finish_never_answers_more_messages_than_were_handed_over() {
+        let (r, mut rx) = replies(2);
+        assert!(r.reject("no".into()));
+        assert!(r.finish(2));
+        let answers = rx.try_recv().unwrap();
+        assert_eq!(answers.len(), 2);
+        assert!(answers.iter().all(|a| matches!(a, Ok(Outcome::Ack))));
     }
 }
