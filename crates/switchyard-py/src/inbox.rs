@@ -389,7 +389,7 @@ mod tests {
     fn spin_recv_returns_an_answer_and_gives_up_when_the_loop_rests() {
         let inbox = Inbox::new().unwrap();
         let _ = inbox.take();
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel::<HandlerResult>();
         tx.send(Ok(Outcome::Ack)).unwrap();
         assert!(matches!(
             inbox.spin_recv(&mut rx),
