@@ -5,7 +5,9 @@ Sides, in one run, alternating their order every round:
 - ``asyncio.Queue``: a bounded queue (1024, the bus's default capacity) between a producer
   and one consumer task calling an async handler: the floor, pure Python pass-through.
 - ``switchyard``: ``await bus.publish(topic, payload)`` into a ``Bus()`` with one Python
-  async handler, default settings (1 worker: one call at a time, in order).
+  async handler, default settings (1 worker: one call at a time, in order; the worker hands
+  the loop up to 64 queued messages at once).
+- ``switchyard prefetch=1``: the same, the worker handing over one message at a time.
 - ``switchyard workers=16``: the same with 16 handler calls in flight (no order).
 - ``switchyard through a node``: a ``switchyard serve`` node (memory transport, release
   build) and two ``Bus.connect`` connections: one publishes (``await publish``, answered
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import inspect
 import os
 import statistics
 import subprocess
@@ -75,12 +78,13 @@ async def asyncio_queue(n: int) -> float:
     return n / elapsed
 
 
-async def switchyard_bus(n: int, workers: int = 1) -> float:
+async def switchyard_bus(n: int, workers: int = 1, prefetch: int | None = None) -> float:
     bus = switchyard.Bus()
     done = asyncio.Event()
     seen = 0
+    options = {} if prefetch is None else {"prefetch": prefetch}
 
-    @bus.on("bench.event", workers=workers)
+    @bus.on("bench.event", workers=workers, **options)
     async def handler(payload: bytes) -> None:
         nonlocal seen
         seen += 1
@@ -267,6 +271,8 @@ async def main() -> None:
         "switchyard": lambda: switchyard_bus(args.events),
         "switchyard workers=16": lambda: switchyard_bus(args.events, workers=16),
     }
+    if "prefetch" in inspect.signature(switchyard.Bus.on).parameters:
+        sides["switchyard prefetch=1"] = lambda: switchyard_bus(args.events, prefetch=1)
     if node is not None:
         url = node.url
         sides["through a node"] = lambda: through_node(url, args.events)

@@ -28,8 +28,10 @@ use crate::ops::{self, Done, Started};
 use crate::transport::NativeTransport;
 
 mod options;
+mod prefetch;
 mod reply;
 use options::{SubOptions, overflow, seconds};
+pub use prefetch::PyReplies;
 pub use reply::PyReply;
 
 /// The error a Python handler raised: its type, message and traceback, as text. This text is
@@ -202,6 +204,26 @@ impl NativeBus {
                     )?;
                     invokes.append((token, sub, view, reply, py.None()))?;
                 }
+                Item::InvokeMany {
+                    token,
+                    sub,
+                    envs,
+                    reply,
+                } => {
+                    let views = PyList::empty(py);
+                    for env in &envs {
+                        views.append(Bound::new(py, PyEnvelope::new(env.clone()))?)?;
+                    }
+                    let replies = Bound::new(
+                        py,
+                        PyReplies {
+                            tx: Mutex::new(Some(reply)),
+                            answers: Mutex::new(Vec::with_capacity(envs.len())),
+                            envs,
+                        },
+                    )?;
+                    invokes.append((token, sub, views, replies, true))?;
+                }
                 Item::InvokeBatch {
                     token,
                     sub,
@@ -317,7 +339,8 @@ impl NativeBus {
     /// Everything the loop has to do: `(invocations, others)`.
     ///
     /// Invocations are `(token, sub, envelope, reply, payloads)` with `payloads` a list of
-    /// bytes for batch handlers and `None` otherwise. Others are `(0, token)` to cancel an
+    /// bytes for batch handlers and `None` otherwise; for a prefetch hand-over they are
+    /// `(token, sub, [envelope, ...], replies, True)`. Others are `(0, token)` to cancel an
     /// invocation and `(1, token, ok, value)` for a finished operation.
     ///
     /// The loop is draining from here until `rest`: pushes do not wake it meanwhile.
@@ -474,14 +497,16 @@ impl NativeBus {
         started(py, s)
     }
 
-    /// Registers a Python event subscription (`kind="event"`), command handler
-    /// (`kind="command"`) or batch subscription (`batch=(max_size, max_wait)`). Blocks until
+    /// Registers a Python event subscription (`kind="event"`; with `prefetch` > 1 up to
+    /// that many queued messages are handed over at once, answered through `Replies`),
+    /// command handler (`kind="command"`) or batch subscription (`batch=(max_size,
+    /// max_wait)`). Blocks until
     /// registered (with a transport, until its consumer exists). Returns the subscription id
     /// the loop's invocations name.
     #[pyo3(signature = (name, pattern, kind, *, workers=None, queue_capacity=None,
         overflow=None, overflow_timeout=1.0, overflow_max_delay=0.01, max_attempts=None,
         retry_delay=None, priority=None, ordering_header=None, headers=None, filter=None,
-        batch=None, session=None))]
+        batch=None, session=None, prefetch=1))]
     #[allow(clippy::too_many_arguments)]
     fn subscribe(
         &self,
@@ -502,6 +527,7 @@ impl NativeBus {
         filter: Option<Py<PyAny>>,
         batch: Option<(usize, f64)>,
         session: Option<&Bound<'_, PySession>>,
+        prefetch: usize,
     ) -> PyResult<u64> {
         let mut header_filters = Vec::new();
         if let Some(h) = headers {
@@ -540,6 +566,12 @@ impl NativeBus {
             None => None,
         };
         let builder = match (kind, batch, session_ref) {
+            ("event", None, None) if prefetch > 1 => self.bus.subscribe_prefetch(
+                name,
+                pattern,
+                prefetch::python_prefetch_handler(inbox, sub_id),
+                prefetch,
+            ),
             ("event", None, None) => {
                 self.bus
                     .subscribe(name, pattern, python_handler(inbox, sub_id, false))

@@ -43,6 +43,14 @@ pub(crate) enum Item {
         reply: oneshot::Sender<HandlerResult>,
         command: bool,
     },
+    /// Call the Python handler of prefetch subscription `sub` with several messages, one
+    /// after the other, answering each (see `bus::python_prefetch_handler`).
+    InvokeMany {
+        token: u64,
+        sub: u64,
+        envs: Vec<Arc<Envelope>>,
+        reply: oneshot::Sender<Vec<HandlerResult>>,
+    },
     /// Call a Python batch handler with several payloads (`env` is the first message).
     InvokeBatch {
         token: u64,
@@ -192,10 +200,7 @@ impl Inbox {
     /// [`ANSWER_SPIN`] without parking (a handler that finishes at once answers within
     /// microseconds, and parking would cost a thread wake-up per message), while the loop
     /// stays active; `None` when it did not come (await the receiver then).
-    pub(crate) fn spin_recv(
-        &self,
-        rx: &mut oneshot::Receiver<HandlerResult>,
-    ) -> Option<Result<HandlerResult, ()>> {
+    pub(crate) fn spin_recv<T>(&self, rx: &mut oneshot::Receiver<T>) -> Option<Result<T, ()>> {
         let mut answer = None;
         spin_until(ANSWER_SPIN, || {
             match rx.try_recv() {
@@ -384,7 +389,7 @@ mod tests {
     fn spin_recv_returns_an_answer_and_gives_up_when_the_loop_rests() {
         let inbox = Inbox::new().unwrap();
         let _ = inbox.take();
-        let (tx, mut rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel::<HandlerResult>();
         tx.send(Ok(Outcome::Ack)).unwrap();
         assert!(matches!(
             inbox.spin_recv(&mut rx),

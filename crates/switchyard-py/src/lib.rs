@@ -28,6 +28,7 @@ fn _switchyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bus::NativeBus>()?;
     m.add_class::<bus::PySession>()?;
     m.add_class::<bus::PyReply>()?;
+    m.add_class::<bus::PyReplies>()?;
     m.add_class::<envelope::PyEnvelope>()?;
     m.add_class::<envelope::PyDeadLetter>()?;
     m.add_class::<transport::NativeTransport>()?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use smol_str::SmolStr;
 use switchyard_core::{Backoff, Envelope, Pattern};
 
-use crate::handler::{BoxBatchHandler, BoxHandler};
+use crate::handler::{BoxBatchHandler, BoxHandler, BoxPrefetchHandler};
 use crate::queue::Overflow;
 
 /// Header carrying the session a message belongs to.
@@ -62,4 +62,9 @@ pub(crate) struct BatchConfig {
 pub(crate) enum Handler {
     Single(BoxHandler),
     Batch(BoxBatchHandler),
+    /// One message at a time, handed over up to `max` at once (see `prefetch.rs`).
+    Prefetch {
+        handler: BoxPrefetchHandler,
+        max: usize,
+    },
 }

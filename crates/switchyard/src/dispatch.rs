@@ -83,6 +83,9 @@ impl SubShared {
                 match handler {
                     Handler::Single(svc) => sub.run_worker(worker, svc).await,
                     Handler::Batch(svc) => sub.run_batch_worker(worker, svc).await,
+                    Handler::Prefetch { handler, max } => {
+                        sub.run_prefetch_worker(worker, handler, max).await
+                    }
                 }
             }));
         }
@@ -98,7 +101,7 @@ impl SubShared {
 
     /// One worker (number `worker`: its in-flight slot in the queue): owns a handler clone;
     /// stops when the queue is closed and drained.
-    async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
+    pub(crate) async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
         // The message handled last, not yet completed in the queue: when the handler is ready
         // at once, it is completed under the same lock that takes the next one.
         let mut prev: Option<Done> = None;
@@ -192,7 +195,7 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
-            let ok = self.process(&bus, &mut svc, env, reply, ready).await;
+            let ok = self.process(&bus, &mut svc, env, reply, ready, None).await;
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
@@ -219,13 +222,13 @@ impl SubShared {
     ///
     /// With `ready`, the caller has just seen the handler ready (no await since), so its
     /// readiness is not polled again.
-    pub(crate) async fn call<R: Send + 'static>(
+    pub(crate) async fn call<R: Send + 'static, T: Send + 'static>(
         &self,
-        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        svc: &mut BoxCloneService<R, T, BoxError>,
         request: impl FnOnce() -> R,
         parent: Parent,
         ready: bool,
-    ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
+    ) -> Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>> {
         let ready = if ready {
             svc
         } else {
@@ -267,8 +270,18 @@ impl SubShared {
         attempt: u32,
         ready: bool,
     ) -> Attempt {
-        let c = &self.counters;
         let result = self.call(svc, request, parent, ready).await;
+        self.classify(result, first, attempt)
+    }
+
+    /// How one handler call ended (as [`SubShared::call`] returns it), counted and logged.
+    pub(crate) fn classify(
+        &self,
+        result: Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>,
+        first: &Envelope,
+        attempt: u32,
+    ) -> Attempt {
+        let c = &self.counters;
         match result {
             Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
             Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
@@ -321,14 +334,16 @@ impl SubShared {
 
     /// Handles one message until it is acked, replied, rejected or out of attempts. With
     /// `ready`, the worker saw the handler ready just before it took the message (no await
-    /// since), so the first attempt does not poll readiness again.
-    async fn process(
+    /// since), so the first attempt does not poll readiness again. With `first`, the first
+    /// attempt was already made (by a prefetching worker's call): this is how it ended.
+    pub(crate) async fn process(
         &self,
         bus: &Arc<BusInner>,
         svc: &mut BoxHandler,
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
         ready: bool,
+        mut first: Option<Attempt>,
     ) -> bool {
         let c = &self.counters;
         let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
@@ -352,16 +367,20 @@ impl SubShared {
                 .get_or_insert_with(SystemTime::now);
             inc(&c.delivered);
             let attempt = delivery.attempt;
-            let outcome = self
-                .attempt(
-                    svc,
-                    || stamped(delivery),
-                    Parent::of(&env),
-                    &env,
-                    attempt,
-                    std::mem::take(&mut ready),
-                )
-                .await;
+            let outcome = match first.take() {
+                Some(made) => made,
+                None => {
+                    self.attempt(
+                        svc,
+                        || stamped(delivery),
+                        Parent::of(&env),
+                        &env,
+                        attempt,
+                        std::mem::take(&mut ready),
+                    )
+                    .await
+                }
+            };
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);

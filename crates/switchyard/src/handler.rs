@@ -14,6 +14,28 @@ pub type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
 /// A type-erased batch handler: gets several envelopes at once.
 pub type BoxBatchHandler = BoxCloneService<Vec<Envelope>, Outcome, BoxError>;
 
+/// A type-erased prefetch handler ([`Bus::subscribe_prefetch`](crate::Bus::subscribe_prefetch)):
+/// gets several messages of one subscription at once, in queue order, handles them one by
+/// one, and answers each: the answer's element `i` is how message `i` ended. It may answer
+/// only a prefix (stopping after a message that failed, so that it is retried before the
+/// next one is handled): the messages left unanswered were not handled and are handed over
+/// again. An `Err` of the call as a whole counts as the first message's failure.
+pub type BoxPrefetchHandler =
+    BoxCloneService<Vec<Envelope>, Vec<Result<Outcome, BoxError>>, BoxError>;
+
+/// A prefetch handler seen as a one-message handler (a call with one message): what the
+/// worker retries a failed message with, and what layers wrap.
+pub(crate) fn prefetch_one(handler: BoxPrefetchHandler) -> BoxHandler {
+    use tower::ServiceExt;
+    BoxCloneService::new(handler.map_request(|env: Envelope| vec![env]).map_result(
+        |answers: Result<Vec<Result<Outcome, BoxError>>, BoxError>| {
+            answers?.into_iter().next().unwrap_or_else(|| {
+                Err("the prefetch handler gave no answer for the message".into())
+            })
+        },
+    ))
+}
+
 /// What a handler's `Ok` value means to the bus.
 #[diagnostic::on_unimplemented(
     message = "a handler's `Ok` value must be `()` or an `Outcome`, not `{Self}`",

@@ -37,6 +37,7 @@ mod dispatch;
 mod handler;
 pub mod lifecycle;
 mod pending;
+mod prefetch;
 mod publish;
 mod pump;
 mod queue;
@@ -58,7 +59,9 @@ pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
 pub use config::{Filter, OrderingKey, SubscriptionKind};
 pub use ctx::Ctx;
-pub use handler::{BoxBatchHandler, BoxHandler, IntoOutcome, boxed, handler_fn};
+pub use handler::{
+    BoxBatchHandler, BoxHandler, BoxPrefetchHandler, IntoOutcome, boxed, handler_fn,
+};
 pub use publish::{BatchPublishError, HandlerFailure, WaitReport};
 pub use queue::Overflow;
 pub use reply::CommandResult;

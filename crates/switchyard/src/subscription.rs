@@ -117,6 +117,39 @@ impl Bus {
         )
     }
 
+    /// Subscribes a prefetch handler ([`BoxPrefetchHandler`](crate::BoxPrefetchHandler)) to a
+    /// pattern: each worker hands it up to `max` queued messages at once (those already
+    /// queued when it takes the first; it does not wait for more), and settles each message
+    /// by its own answer, as a [`subscribe`](Self::subscribe) handler's would be: a failed
+    /// message is retried in place (one message per call) before the worker hands over the
+    /// ones after it, so with one worker the order holds. For handlers across a costly
+    /// hand-over (another thread, another language runtime): one hand-over per `max`
+    /// messages instead of one per message.
+    ///
+    /// Messages handed over and not answered yet count as in flight (a shutdown at its
+    /// deadline reports them as left or nacked, like any in-flight message). With bus-wide
+    /// middleware or a [`layer`](SubscriptionBuilder::layer), or with lifecycle events,
+    /// the handler gets one message per call (layers wrap one message).
+    pub fn subscribe_prefetch(
+        &self,
+        name: &str,
+        pattern: &str,
+        handler: crate::BoxPrefetchHandler,
+        max: usize,
+    ) -> SubscriptionBuilder {
+        let (p, mut error) = parse_pattern(pattern, true);
+        if max == 0 {
+            error.get_or_insert(SubscribeError::InvalidConfig("prefetch must be at least 1"));
+        }
+        SubscriptionBuilder::with_error(
+            self.clone(),
+            SubscriptionKind::Event,
+            self.config(name, p),
+            Handler::Prefetch { handler, max },
+            error,
+        )
+    }
+
     /// Subscribes a typed batch handler: it gets up to `max_size` messages at once (set with
     /// `.batch(max_size, max_wait)`; default 100 messages or 50 ms). The batch succeeds or
     /// fails as a whole; undecodable messages are dead-lettered and left out of it.
@@ -182,6 +215,15 @@ impl Bus {
             _ => None,
         };
         let handler = match handler {
+            // Layers take one envelope: with bus-wide ones the handler gets one at a time.
+            Handler::Prefetch { handler: h, .. }
+                if inner.wrap.is_some() || inner.resilience.is_some() =>
+            {
+                Handler::Single(handler::prefetch_one(h))
+            }
+            other => other,
+        };
+        let handler = match handler {
             Handler::Single(mut h) => {
                 if let Some(wrap) = &inner.wrap {
                     h = wrap(&config.name, h);
@@ -197,6 +239,7 @@ impl Bus {
             // The stack takes one envelope, so batch handlers keep the worker's own retries,
             // for the same number of attempts with the same backoff.
             batch @ Handler::Batch(_) => batch,
+            prefetch @ Handler::Prefetch { .. } => prefetch,
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
@@ -382,7 +425,7 @@ impl SubscriptionBuilder {
     /// waiting at most `max_wait` after the first for the batch to fill.
     pub fn batch(mut self, max_size: usize, max_wait: Duration) -> Self {
         match (&self.handler, max_size) {
-            (Handler::Single(_), _) => {
+            (Handler::Single(_) | Handler::Prefetch { .. }, _) => {
                 self.error.get_or_insert(SubscribeError::InvalidConfig(
                     "batch() needs a batch handler (Bus::on_batch)",
                 ));
@@ -512,6 +555,10 @@ impl SubscriptionBuilder {
     {
         match self.handler {
             Handler::Single(h) => self.handler = Handler::Single(handler::layered(h, layer)),
+            // Layers take one envelope: the handler then gets one message per call.
+            Handler::Prefetch { handler: h, .. } => {
+                self.handler = Handler::Single(handler::layered(handler::prefetch_one(h), layer));
+            }
             Handler::Batch(_) => {
                 self.error.get_or_insert(SubscribeError::InvalidConfig(
                     "layers wrap single-message handlers",

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import json
 import os
-import traceback
 import types
 import typing
 import weakref
@@ -18,19 +16,14 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
 from ._codec import _identity as _codec_identity
-from .errors import DecodeFailed, EncodeFailed, Permanent, Reject, Retry, SwitchyardError
+from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _resume, _settle, invoke_many
+from .errors import DecodeFailed, EncodeFailed, SwitchyardError
 
 Envelope = _native.Envelope
 DeadLetter = _native.DeadLetter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The envelope of the message whose handler is running in this task, if any: messages
-#: published or sent from it record it as their cause and keep its correlation id and
-#: session (the Python counterpart of the Rust bus's task-local).
-_CURRENT: contextvars.ContextVar[Optional[Any]] = contextvars.ContextVar("switchyard_current", default=None)
-
-_CoroutineType = types.CoroutineType
 _get_running_loop = asyncio.get_running_loop
 
 
@@ -61,35 +54,6 @@ class WaitReport:
     handled: int
     filtered: int
     failures: list[tuple[str, SwitchyardError]]
-
-
-def _describe(e: BaseException) -> str:
-    """An exception as the dead letter keeps it: type and message, then the traceback."""
-    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    return f"{type(e).__name__}: {e}\n{tb}"
-
-
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Continues a coroutine whose first step already ran (and suspended on ``yielded``)
-    inside a Task: what Python 3.12's eager tasks do, for 3.10 and later."""
-    while True:
-        try:
-            value = yield yielded
-        except BaseException as exc:  # cancellation and throw() go through
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _continue(coro: Any, yielded: Any) -> Any:
-    return await _resume(coro, yielded)
 
 
 class _Handler:
@@ -169,6 +133,9 @@ class Subscription:
 
 _OVERFLOWS = ("block", "drop_oldest", "reject_new", "adaptive")
 
+#: Most queued messages a worker hands the loop at once (``on(prefetch=)``).
+_PREFETCH = 64
+
 
 class _Registrar:
     """``on`` / ``handle`` / ``on_batch``, shared by :class:`Bus` and :class:`Session`."""
@@ -238,6 +205,7 @@ class _Registrar:
         ordering_header: Optional[str] = None,
         headers: Optional[Mapping[str, str]] = None,
         filter: Optional[Callable[[Any], bool]] = None,
+        prefetch: int = _PREFETCH,
     ) -> Any:
         """Subscribes ``fn`` (or, as a decorator, the decorated function) to a pattern
         (``"analytics.#"``) or a message class's topic.
@@ -247,15 +215,19 @@ class _Registrar:
         or the :class:`Envelope` when it has none; a second parameter gets the envelope.
         ``workers`` handler calls run at once (default 1: one at a time, in order);
         ``priority`` is the handler priority group (higher groups finish first);
-        ``headers`` / ``filter`` keep messages out before they are queued; the others are the
-        queue's and retry settings (defaults from the bus). Returns the :class:`Subscription`.
+        ``headers`` / ``filter`` keep messages out before they are queued; ``prefetch``: a
+        worker hands the loop up to that many queued messages at once (each still one handler
+        call, in order, with its own outcome; 1: one at a time); the others are the queue's
+        and retry settings (defaults from the bus). Returns the :class:`Subscription`.
         """
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
         return self._register(
             "event", target, fn, name=name, type=type, batch=None,
             options=dict(workers=workers, queue_capacity=queue_capacity, overflow=overflow,
                          overflow_timeout=overflow_timeout, max_attempts=max_attempts,
                          retry_delay=retry_delay, priority=priority, ordering_header=ordering_header,
-                         headers=headers, filter=filter),
+                         headers=headers, filter=filter, prefetch=prefetch),
         )
 
     def handle(
@@ -526,9 +498,9 @@ class Bus(_Registrar):
             handled = 0
             while True:
                 # Invocations answered before this returns: each freed a bus worker, which
-                # hands over its next message within microseconds if one is queued.
-                answered = self._run(invokes, others)
-                handled += len(invokes)
+                # hands over its next message(s) within microseconds if any are queued.
+                answered, n = self._run(invokes, others)
+                handled += n
                 if not answered or handled >= _DRAIN_BUDGET:
                     break
                 invokes, others = native.take_wait(_NEXT_WAIT_US)
@@ -537,15 +509,25 @@ class Bus(_Registrar):
         finally:
             native.rest()
 
-    def _run(self, invokes: list[Any], others: list[Any]) -> bool:
+    def _run(self, invokes: list[Any], others: list[Any]) -> tuple[bool, int]:
+        """Runs what the loop took: whether some invocation was answered before this
+        returns, and how many messages the invocations carried."""
         handlers = self._handlers
         answered = False
+        n = 0
         for token, sub, env, reply, payloads in invokes:
             h = handlers.get(sub)
+            n += 1
             if h is None:
                 reply.fail("no Python handler is registered for this subscription", True)
+                if payloads is True:
+                    reply.finish()
             elif payloads is None:
                 if self._invoke(h, token, env, reply):
+                    answered = True
+            elif payloads is True:  # a prefetch hand-over: `env` is a list of envelopes
+                n += len(env) - 1
+                if invoke_many(self, h, token, env, reply):
                     answered = True
             else:
                 self._invoke_batch(h, token, env, reply, payloads)
@@ -561,7 +543,7 @@ class Bus(_Registrar):
                 task = self._tasks.pop(item[1], None)
                 if task is not None:
                     task.cancel()
-        return answered
+        return answered, n
 
     def _invoke(self, h: _Handler, token: int, env: Any, reply: Any) -> bool:
         """Calls the handler; True when it was answered before this returns."""
@@ -815,31 +797,6 @@ class Bus(_Registrar):
 
 def _native_dead_letter(bus: Bus, topic: str, payload: bytes, handler: str, error: str) -> None:
     bus._native.dead_letter_raw(topic, payload, handler, error)
-
-
-def _settle(h: _Handler, reply: Any, result: Any) -> None:
-    if h.command:
-        try:
-            body = b"null" if result is None else encode(result)
-        except Exception as e:
-            reply.fail(f"the handler's result could not be encoded: {_describe(e)}", True)
-            return
-        reply.reply(body)
-    else:
-        reply.ack()
-
-
-def _fail(reply: Any, e: BaseException) -> None:
-    if isinstance(e, Reject):
-        reply.reject(e.reason)
-    elif isinstance(e, Retry):
-        reply.retry(e.after)
-    elif isinstance(e, Permanent):
-        reply.fail(_describe(e), True)
-    elif isinstance(e, asyncio.CancelledError):
-        reply.fail("the Python handler was cancelled")
-    else:
-        reply.fail(_describe(e))
 
 
 def _decode_result(returns: Any, value: Optional[bytes]) -> Any:

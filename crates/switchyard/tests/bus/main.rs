@@ -9,6 +9,7 @@ mod commands;
 mod failures;
 mod limits;
 mod ordering;
+mod prefetch;
 mod routing;
 mod shutdown;
 mod stress;
