@@ -118,7 +118,9 @@ impl ConsumerWorker {
         let mut pull: Option<Pull> = None;
         let mut recreate = false;
         loop {
-            if *self.shutdown.borrow() {
+            // A dropped subscription never re-creates its consumer (it may be gone because
+            // the group was deleted for good).
+            if *self.shutdown.borrow() || self.tx.is_closed() {
                 break;
             }
             if recreate {
