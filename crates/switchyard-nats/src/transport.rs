@@ -30,7 +30,8 @@ use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, t
 
 mod retention;
 mod worker;
-use worker::{ConsumerWorker, WorkerGuard};
+use worker::ConsumerWorker;
+pub(crate) use worker::WorkerGuard;
 pub use worker::{INVALID_SUBJECT_TOPIC, RAW_SUBJECT_HEADER};
 
 /// A switchyard transport over NATS JetStream.
@@ -445,6 +446,28 @@ impl NatsTransport {
         Ok(subjects.len())
     }
 
+    /// A round trip through the server on this connection: once it returns, the server has
+    /// processed everything this connection sent before it (subscriptions,
+    /// unsubscriptions). `Client::flush` only writes the socket. A request to a fresh inbox
+    /// subject, which nobody serves: the server answers "no responders" at once.
+    pub(crate) async fn server_round_trip(&self) -> Result<(), TransportError> {
+        let request = async_nats::Request::new().timeout(Some(self.inner.config.ack_timeout));
+        match self
+            .inner
+            .client
+            .send_request(self.inner.client.new_inbox(), request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(TransportError::with_source(
+                TransportErrorKind::Unavailable,
+                "no round trip through the server",
+                e,
+            )),
+        }
+    }
+
     /// Deletes a stream (tests and tooling).
     pub async fn delete_stream(&self, name: &str) -> Result<(), TransportError> {
         self.inner
@@ -606,6 +629,19 @@ impl Publisher for NatsTransport {
                 TransportErrorKind::Timeout,
                 "subscriptions still handing back pulled messages at the close deadline",
             )));
+        }
+        // The server has processed the unsubscriptions of the command handlers (drained
+        // above) before close returns: no command is routed to this process afterwards.
+        match tokio::time::timeout_at(deadline, self.server_round_trip()).await {
+            Ok(Ok(())) => {}
+            // Not connected: the server dropped this connection's subscriptions anyway.
+            Ok(Err(e)) => tracing::debug!(error = %e, "no round trip at close"),
+            Err(_) => {
+                return Err(CloseError::Transport(TransportError::new(
+                    TransportErrorKind::Timeout,
+                    "the server did not confirm the unsubscriptions before the deadline",
+                )));
+            }
         }
         match tokio::time::timeout_at(deadline, self.inner.client.flush()).await {
             Ok(Ok(())) => Ok(()),

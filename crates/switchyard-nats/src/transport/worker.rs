@@ -79,10 +79,10 @@ pub const RAW_SUBJECT_HEADER: &str = "nats-subject";
 
 /// Counts a running worker for [`Publisher::close`], which waits for every worker to have
 /// handed back what it pulled.
-pub(super) struct WorkerGuard(Arc<Inner>);
+pub(crate) struct WorkerGuard(Arc<Inner>);
 
 impl WorkerGuard {
-    pub(super) fn new(inner: &Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
         inner.workers.fetch_add(1, Ordering::AcqRel);
         Self(inner.clone())
     }
