@@ -66,18 +66,49 @@ impl StreamSpec {
     }
 }
 
+/// Default [`Retention::max_age`]: 7 days.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default [`Retention::max_bytes`]: 1 GiB per stream.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
 /// How long records are kept. Only whole, closed segments are removed; the segment being
-/// written is never removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// written is never removed (so a stream may exceed `max_bytes` by up to one segment, and
+/// keep records older than `max_age` while they are in the segment being written).
+///
+/// The default is bounded (7 days, 1 GiB per stream), so a log never grows forever unless
+/// that is chosen explicitly with [`Retention::unlimited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Remove the oldest segments while a stream holds more than this many bytes.
-    /// Default: no limit.
+    /// Remove the oldest segments while a stream holds more than this many bytes. `None`: no
+    /// size limit. Default: 1 GiB ([`DEFAULT_MAX_BYTES`]).
     pub max_bytes: Option<u64>,
-    /// Remove segments whose last write is older than this. Default: no limit.
+    /// Remove segments whose last write is older than this. `None`: no age limit.
+    /// Default: 7 days ([`DEFAULT_MAX_AGE`]).
     pub max_age: Option<Duration>,
     /// Compaction: remove segments every durable consumer group has fully acknowledged (only
     /// when at least one durable group exists). Default: `false`.
     pub delete_consumed: bool,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_bytes: Some(DEFAULT_MAX_BYTES),
+            max_age: Some(DEFAULT_MAX_AGE),
+            delete_consumed: false,
+        }
+    }
+}
+
+impl Retention {
+    /// Keeps every record: no size or age limit, no compaction.
+    pub fn unlimited() -> Self {
+        Self {
+            max_bytes: None,
+            max_age: None,
+            delete_consumed: false,
+        }
+    }
 }
 
 /// Configuration of a [`LogTransport`](crate::LogTransport). Build it with
@@ -97,7 +128,7 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// Largest encoded envelope accepted. Default: 8 MiB.
     pub max_record_bytes: u32,
-    /// Retention and compaction. Default: keep everything.
+    /// Retention and compaction. Default: [`Retention::default`] (7 days, 1 GiB per stream).
     pub retention: Retention,
     /// How often retention is checked by the writer. Default: 1 s.
     pub retention_check_interval: Duration,

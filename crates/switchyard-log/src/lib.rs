@@ -36,6 +36,9 @@ mod stream;
 mod transport;
 mod writer;
 
-pub use config::{Durability, LogConfig, Recovery, Retention, StartPosition, StreamSpec};
+pub use config::{
+    DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, Durability, LogConfig, Recovery, Retention, StartPosition,
+    StreamSpec,
+};
 pub use error::{Corruption, CorruptionKind, OpenError, ReadError};
 pub use transport::{GroupLag, LogStats, LogSubscription, LogTransport, StoredRecord, StreamInfo};

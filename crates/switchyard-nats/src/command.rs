@@ -28,7 +28,7 @@ use switchyard_core::{
 
 use crate::codec;
 use crate::subject::topic_subject;
-use crate::transport::NatsTransport;
+use crate::transport::{NatsTransport, WorkerGuard};
 
 /// Header with the milliseconds left of the sender's deadline.
 pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
@@ -100,12 +100,13 @@ impl NatsTransport {
             .map_err(|e| {
                 TransportError::with_source(TransportErrorKind::Unavailable, "cannot subscribe", e)
             })?;
-        // The server has the interest before the handler counts as registered.
-        self.inner.client.flush().await.map_err(|e| {
-            TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
-        })?;
+        // The server has the interest before the handler counts as registered (a flush only
+        // writes the socket: a request from another connection could be routed before the
+        // server read the subscription, and get no responders).
+        self.server_round_trip().await?;
         let mut closed = self.inner.shutdown.subscribe();
         Ok(Box::pin(Serving {
+            inner: self.inner.clone(),
             sub: Some(sub),
             closed: Box::pin(async move {
                 let _ = closed.wait_for(|c| *c).await;
@@ -122,6 +123,7 @@ impl NatsTransport {
 /// server stops sending, what it had sent arrives) and answers every command left with
 /// `no-handler`, so no sender waits for a handler that is gone.
 struct Serving {
+    inner: std::sync::Arc<crate::transport::Inner>,
     sub: Option<async_nats::Subscriber>,
     closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     client: Client,
@@ -178,9 +180,20 @@ impl Drop for Serving {
             return;
         };
         let (client, topic) = (self.client.clone(), self.topic.clone());
+        // Counted until drained, so closing the transport waits for it: no command is
+        // routed to this process once close has returned.
+        let guard = WorkerGuard::new(&self.inner);
+        let transport = NatsTransport {
+            inner: self.inner.clone(),
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                let _guard = guard;
                 if sub.drain().await.is_ok() {
+                    // The server has processed the unsubscription once this returns, and the
+                    // client, woken by the answer, ends the drained subscription (otherwise
+                    // it only does at its next wake-up, seconds later when idle).
+                    let _ = transport.server_round_trip().await;
                     let rest = async {
                         while let Some(msg) = sub.next().await {
                             drop(incoming(&client, &topic, msg));

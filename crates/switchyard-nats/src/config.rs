@@ -5,6 +5,15 @@ use std::time::Duration;
 
 use switchyard_core::{DeadLetterSink, Pattern};
 
+/// Default [`NatsConfig::max_age`]: 7 days.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default [`NatsConfig::max_bytes`]: 1 GiB per stream.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+/// Default [`NatsConfig::ephemeral_inactive_threshold`]: 5 minutes.
+pub const DEFAULT_EPHEMERAL_INACTIVE: Duration = Duration::from_secs(5 * 60);
+/// Default [`NatsConfig::durable_inactive_threshold`]: 30 days.
+pub const DEFAULT_DURABLE_INACTIVE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Where a stream keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Storage {
@@ -51,8 +60,24 @@ pub struct NatsConfig {
     pub storage: Storage,
     /// Replicas of each stream (3 in a 3-node cluster). Default: 1.
     pub replicas: usize,
-    /// Messages older than this are removed. Default: none (kept until limits).
+    /// Messages older than this are removed from each stream. `None` keeps them however old
+    /// (unlimited: choose it explicitly with [`NatsConfig::with_unlimited_retention`]).
+    /// Default: 7 days ([`DEFAULT_MAX_AGE`]).
     pub max_age: Option<Duration>,
+    /// Each stream removes its oldest messages while it holds more than this many bytes.
+    /// `None`: no size limit. Default: 1 GiB ([`DEFAULT_MAX_BYTES`]).
+    pub max_bytes: Option<u64>,
+    /// An ephemeral consumer (a subscription without a group) that has had no pull request
+    /// for this long is removed by the server: the one a crashed process left behind goes
+    /// away by itself (a live subscription always has a pull open, and removes its consumer
+    /// when dropped). Default: 5 minutes ([`DEFAULT_EPHEMERAL_INACTIVE`]).
+    pub ephemeral_inactive_threshold: Duration,
+    /// A durable consumer (a group) that no process has read from for this long is removed
+    /// by the server; when the group subscribes again it starts over from the oldest message
+    /// the stream still holds. `None` keeps it until deleted with
+    /// [`NatsTransport::delete_group`](crate::NatsTransport::delete_group).
+    /// Default: 30 days ([`DEFAULT_DURABLE_INACTIVE`]).
+    pub durable_inactive_threshold: Option<Duration>,
     /// Window in which JetStream drops a second message with the same `Nats-Msg-Id`.
     /// Default: 2 minutes (JetStream's own default).
     pub duplicate_window: Duration,
@@ -112,6 +137,15 @@ impl std::fmt::Debug for NatsConfig {
             .field("storage", &self.storage)
             .field("replicas", &self.replicas)
             .field("max_age", &self.max_age)
+            .field("max_bytes", &self.max_bytes)
+            .field(
+                "ephemeral_inactive_threshold",
+                &self.ephemeral_inactive_threshold,
+            )
+            .field(
+                "durable_inactive_threshold",
+                &self.durable_inactive_threshold,
+            )
             .field("duplicate_window", &self.duplicate_window)
             .field("ack_wait", &self.ack_wait)
             .field("max_deliver", &self.max_deliver)
@@ -146,7 +180,10 @@ impl NatsConfig {
             streams: Vec::new(),
             storage: Storage::File,
             replicas: 1,
-            max_age: None,
+            max_age: Some(DEFAULT_MAX_AGE),
+            max_bytes: Some(DEFAULT_MAX_BYTES),
+            ephemeral_inactive_threshold: DEFAULT_EPHEMERAL_INACTIVE,
+            durable_inactive_threshold: Some(DEFAULT_DURABLE_INACTIVE),
             duplicate_window: Duration::from_secs(120),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
@@ -184,6 +221,34 @@ impl NatsConfig {
     /// Sets the maximum age of stored messages.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
+        self
+    }
+
+    /// Sets the size limit of each stream, bytes.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = Some(max_bytes);
+        self
+    }
+
+    /// Removes the age and size limits of the streams: they keep every message until it is
+    /// deleted by other means. For streams that must never lose a message to retention.
+    pub fn with_unlimited_retention(mut self) -> Self {
+        self.max_age = None;
+        self.max_bytes = None;
+        self
+    }
+
+    /// Sets after how long without a pull request the server removes an ephemeral consumer.
+    pub fn with_ephemeral_inactive_threshold(mut self, threshold: Duration) -> Self {
+        self.ephemeral_inactive_threshold = threshold;
+        self
+    }
+
+    /// Sets after how long without a reader the server removes a group's durable consumer
+    /// (`None`: never; remove it with
+    /// [`NatsTransport::delete_group`](crate::NatsTransport::delete_group)).
+    pub fn with_durable_inactive_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.durable_inactive_threshold = threshold;
         self
     }
 

@@ -69,7 +69,10 @@ mod request;
 mod subject;
 mod transport;
 
-pub use config::{NatsConfig, Storage, StreamSpec};
+pub use config::{
+    DEFAULT_DURABLE_INACTIVE, DEFAULT_EPHEMERAL_INACTIVE, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
+    NatsConfig, Storage, StreamSpec,
+};
 pub use error::{ConnectError, RequestError};
 pub use request::{IncomingRequest, RequestStream};
 pub use transport::{

@@ -28,8 +28,10 @@ use crate::config::{NatsConfig, Storage};
 use crate::error::ConnectError;
 use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
 
+mod retention;
 mod worker;
-use worker::{ConsumerWorker, WorkerGuard};
+use worker::ConsumerWorker;
+pub(crate) use worker::WorkerGuard;
 pub use worker::{INVALID_SUBJECT_TOPIC, RAW_SUBJECT_HEADER};
 
 /// A switchyard transport over NATS JetStream.
@@ -247,8 +249,23 @@ fn map_publish_error(e: &async_nats::jetstream::context::PublishError) -> Transp
 }
 
 impl NatsTransport {
-    /// Connects to `config.url` and creates or updates every configured stream.
+    /// Connects to `config.url` and creates or updates every configured stream. An existing
+    /// stream gets the configured age and size limits (a change is logged as a warning; a
+    /// tighter limit removes older messages at once).
     pub async fn connect(config: NatsConfig) -> Result<Self, ConnectError> {
+        if config.max_age == Some(Duration::ZERO) || config.max_bytes == Some(0) {
+            return Err(ConnectError::InvalidConfig(
+                "max_age and max_bytes must be above zero (None: unlimited)".into(),
+            ));
+        }
+        if config.ephemeral_inactive_threshold < Duration::from_secs(1)
+            || config.durable_inactive_threshold == Some(Duration::ZERO)
+        {
+            return Err(ConnectError::InvalidConfig(
+                "consumer inactive thresholds must be at least 1 s (durable: None for never)"
+                    .into(),
+            ));
+        }
         if config.pull_batch == 0 || config.max_ack_pending == 0 {
             return Err(ConnectError::InvalidConfig(
                 "pull_batch and max_ack_pending must be at least 1".into(),
@@ -307,6 +324,7 @@ impl NatsTransport {
                     }
                 }
             }
+            let (max_age, max_bytes) = retention::stream_limits(&config);
             let stream_config = stream::Config {
                 name: sanitize_name(&spec.name),
                 subjects,
@@ -315,16 +333,12 @@ impl NatsTransport {
                     Storage::Memory => stream::StorageType::Memory,
                 },
                 num_replicas: config.replicas.max(1),
-                max_age: config.max_age.unwrap_or_default(),
+                max_age,
+                max_bytes,
                 duplicate_window: config.duplicate_window,
                 ..Default::default()
             };
-            js.create_or_update_stream(stream_config)
-                .await
-                .map_err(|source| ConnectError::Stream {
-                    stream: spec.name.clone(),
-                    source,
-                })?;
+            retention::ensure_stream(&js, &spec.name, stream_config).await?;
         }
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
@@ -430,6 +444,28 @@ impl NatsTransport {
                 })?;
         }
         Ok(subjects.len())
+    }
+
+    /// A round trip through the server on this connection: once it returns, the server has
+    /// processed everything this connection sent before it (subscriptions,
+    /// unsubscriptions). `Client::flush` only writes the socket. A request to a fresh inbox
+    /// subject, which nobody serves: the server answers "no responders" at once.
+    pub(crate) async fn server_round_trip(&self) -> Result<(), TransportError> {
+        let request = async_nats::Request::new().timeout(Some(self.inner.config.ack_timeout));
+        match self
+            .inner
+            .client
+            .send_request(self.inner.client.new_inbox(), request)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(TransportError::with_source(
+                TransportErrorKind::Unavailable,
+                "no round trip through the server",
+                e,
+            )),
+        }
     }
 
     /// Deletes a stream (tests and tooling).
@@ -594,6 +630,19 @@ impl Publisher for NatsTransport {
                 "subscriptions still handing back pulled messages at the close deadline",
             )));
         }
+        // The server has processed the unsubscriptions of the command handlers (drained
+        // above) before close returns: no command is routed to this process afterwards.
+        match tokio::time::timeout_at(deadline, self.server_round_trip()).await {
+            Ok(Ok(())) => {}
+            // Not connected: the server dropped this connection's subscriptions anyway.
+            Ok(Err(e)) => tracing::debug!(error = %e, "no round trip at close"),
+            Err(_) => {
+                return Err(CloseError::Transport(TransportError::new(
+                    TransportErrorKind::Timeout,
+                    "the server did not confirm the unsubscriptions before the deadline",
+                )));
+            }
+        }
         match tokio::time::timeout_at(deadline, self.inner.client.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(CloseError::Transport(TransportError::with_source(
@@ -692,11 +741,7 @@ impl Subscriber for NatsTransport {
                 },
                 max_ack_pending: c.max_ack_pending as i64,
                 filter_subject: filter,
-                inactive_threshold: if durable {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(60)
-                },
+                inactive_threshold: retention::inactive_threshold(&c, durable),
                 ..Default::default()
             };
             // Create it now so errors reach the caller and messages published after

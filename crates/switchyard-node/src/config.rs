@@ -46,6 +46,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -203,8 +204,22 @@ pub struct NatsTransportConfig {
     pub storage: NatsStorage,
     /// Stream replicas. Default 1.
     pub replicas: usize,
-    /// Messages older than this are removed, seconds (0: keep). Default 0.
+    /// Each stream removes messages older than this, seconds (0: no age limit, kept however
+    /// old). Default 604800 (7 days).
     pub max_age_s: u64,
+    /// Each stream removes its oldest messages while it holds more than this, bytes (0: no
+    /// size limit). JetStream reserves this much of the server's storage per stream.
+    /// Default 1073741824 (1 GiB).
+    pub max_bytes: u64,
+    /// The server removes the consumer of a subscription without a group after this long
+    /// without a reader (what a crashed node leaves behind), seconds; at least 1.
+    /// Default 300.
+    pub ephemeral_inactive_s: u64,
+    /// The server removes a consumer group's durable consumer after this long without a
+    /// reader, seconds (0: never; the group then resumes where it was however long it was
+    /// away). A group that comes back after removal starts from the oldest stored message.
+    /// Default 2592000 (30 days).
+    pub durable_inactive_s: u64,
     /// A delivery not acked within this time is redelivered, milliseconds. Default 30000.
     pub ack_wait_ms: u64,
     /// Deliveries before a message is dead-lettered. Default 5.
@@ -219,10 +234,45 @@ impl Default for NatsTransportConfig {
             streams: Vec::new(),
             storage: NatsStorage::File,
             replicas: 1,
-            max_age_s: 0,
+            max_age_s: switchyard_nats::DEFAULT_MAX_AGE.as_secs(),
+            max_bytes: switchyard_nats::DEFAULT_MAX_BYTES,
+            ephemeral_inactive_s: switchyard_nats::DEFAULT_EPHEMERAL_INACTIVE.as_secs(),
+            durable_inactive_s: switchyard_nats::DEFAULT_DURABLE_INACTIVE.as_secs(),
             ack_wait_ms: 30_000,
             max_deliver: 5,
         }
+    }
+}
+
+impl NatsTransportConfig {
+    /// The NATS transport's configuration these settings give (streams, storage, retention,
+    /// consumer thresholds; 0 becomes no limit where the key allows it), without a dead-letter
+    /// sink. Call it on a validated config: a pattern that does not parse is left out.
+    pub fn nats_config(&self) -> switchyard_nats::NatsConfig {
+        let mut nc = switchyard_nats::NatsConfig::new(self.url.clone())
+            .with_storage(match self.storage {
+                NatsStorage::File => switchyard_nats::Storage::File,
+                NatsStorage::Memory => switchyard_nats::Storage::Memory,
+            })
+            .with_ack_wait(Duration::from_millis(self.ack_wait_ms))
+            .with_max_deliver(self.max_deliver)
+            .with_ephemeral_inactive_threshold(Duration::from_secs(self.ephemeral_inactive_s))
+            .with_durable_inactive_threshold(
+                (self.durable_inactive_s > 0).then(|| Duration::from_secs(self.durable_inactive_s)),
+            );
+        nc.name = self.name.clone();
+        nc.replicas = self.replicas;
+        nc.max_age = (self.max_age_s > 0).then(|| Duration::from_secs(self.max_age_s));
+        nc.max_bytes = (self.max_bytes > 0).then_some(self.max_bytes);
+        for s in &self.streams {
+            let patterns = s
+                .patterns
+                .iter()
+                .filter_map(|p| Pattern::new(p).ok())
+                .collect::<Vec<_>>();
+            nc = nc.with_stream(s.name.clone(), patterns);
+        }
+        nc
     }
 }
 
@@ -423,10 +473,23 @@ pub struct RetentionConfig {
     pub dead_letters: usize,
     /// Envelopes kept for `/v1/trace` (0: tracing off). Default 10000.
     pub trace_messages: usize,
-    /// Log transport: remove the oldest segments while a stream is larger than this, bytes.
-    pub log_max_bytes: Option<u64>,
-    /// Log transport: remove segments older than this, seconds.
-    pub log_max_age_s: Option<u64>,
+    /// Log transport: remove the oldest closed segments while a stream is larger than this,
+    /// bytes (0: no size limit). Default 1073741824 (1 GiB).
+    pub log_max_bytes: u64,
+    /// Log transport: remove closed segments last written longer ago than this, seconds (0:
+    /// no age limit). Default 604800 (7 days).
+    pub log_max_age_s: u64,
+}
+
+impl RetentionConfig {
+    /// The log transport's retention these settings give (0 becomes no limit).
+    pub fn log_retention(&self) -> switchyard_log::Retention {
+        switchyard_log::Retention {
+            max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
+            max_age: (self.log_max_age_s > 0).then(|| Duration::from_secs(self.log_max_age_s)),
+            delete_consumed: false,
+        }
+    }
 }
 
 impl Default for RetentionConfig {
@@ -434,8 +497,8 @@ impl Default for RetentionConfig {
         Self {
             dead_letters: 10_000,
             trace_messages: 10_000,
-            log_max_bytes: None,
-            log_max_age_s: None,
+            log_max_bytes: switchyard_log::DEFAULT_MAX_BYTES,
+            log_max_age_s: switchyard_log::DEFAULT_MAX_AGE.as_secs(),
         }
     }
 }
@@ -644,14 +707,42 @@ impl NodeConfig {
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
         let figment = figment.join(Serialized::default("transport.kind", "log"));
         let config: NodeConfig = figment.extract().map_err(|e| {
-            ConfigError::Parse(
+            ConfigError::Parse(transport_error(&figment).unwrap_or_else(|| {
                 e.into_iter()
                     .map(|e| e.to_string())
                     .collect::<Vec<_>>()
-                    .join("; "),
-            )
+                    .join("; ")
+            }))
         })?;
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The transport is an internally tagged enum, which serde reads whole, so an error in one of
+/// its values names only `transport`. Extracting the chosen kind's own table again gives the
+/// error with its key (`transport.max_bytes: invalid value ...`); `None` when the transport
+/// table is not what failed.
+fn transport_error(figment: &Figment) -> Option<String> {
+    let mut dict = figment.find_value("transport").ok()?.into_dict()?;
+    let kind = dict.remove("kind")?.into_string()?;
+    let table = Figment::from(Serialized::defaults(dict));
+    let error = match kind.as_str() {
+        "log" => table.extract::<LogTransportConfig>().err(),
+        "nats" => table.extract::<NatsTransportConfig>().err(),
+        _ => None,
+    }?;
+    Some(
+        error
+            .into_iter()
+            .map(|e| {
+                let key = std::iter::once("transport")
+                    .chain(e.path.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                format!("{key}: {}", e.kind)
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
 }

@@ -391,17 +391,12 @@ async fn open_transport(
                 }
                 crate::config::Durability::Never => switchyard_log::Durability::Never,
             };
-            let retention = switchyard_log::Retention {
-                max_bytes: config.retention.log_max_bytes,
-                max_age: config.retention.log_max_age_s.map(Duration::from_secs),
-                delete_consumed: false,
-            };
             let log_config = switchyard_log::LogConfig::new(c.data_dir.join("log"))
                 .with_durability(durability)
                 .with_segment_bytes(c.segment_bytes)
                 .with_ack_wait(Duration::from_millis(c.ack_wait_ms))
                 .with_max_deliver(c.max_deliver)
-                .with_retention(retention)
+                .with_retention(config.retention.log_retention())
                 .with_dead_letters(sink);
             switchyard_log::LogTransport::open(log_config)
                 .map(TransportHandle::Log)
@@ -411,27 +406,7 @@ async fn open_transport(
                 })
         }
         TransportConfig::Nats(c) => {
-            let mut nc = switchyard_nats::NatsConfig::new(c.url.clone())
-                .with_storage(match c.storage {
-                    crate::config::NatsStorage::File => switchyard_nats::Storage::File,
-                    crate::config::NatsStorage::Memory => switchyard_nats::Storage::Memory,
-                })
-                .with_ack_wait(Duration::from_millis(c.ack_wait_ms))
-                .with_max_deliver(c.max_deliver)
-                .with_dead_letters(sink);
-            nc.name = c.name.clone();
-            nc.replicas = c.replicas;
-            if c.max_age_s > 0 {
-                nc = nc.with_max_age(Duration::from_secs(c.max_age_s));
-            }
-            for s in &c.streams {
-                let patterns = s
-                    .patterns
-                    .iter()
-                    .filter_map(|p| switchyard::Pattern::new(p).ok())
-                    .collect::<Vec<_>>();
-                nc = nc.with_stream(s.name.clone(), patterns);
-            }
+            let nc = c.nats_config().with_dead_letters(sink);
             switchyard_nats::NatsTransport::connect(nc)
                 .await
                 .map(TransportHandle::Nats)

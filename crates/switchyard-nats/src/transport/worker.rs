@@ -79,10 +79,10 @@ pub const RAW_SUBJECT_HEADER: &str = "nats-subject";
 
 /// Counts a running worker for [`Publisher::close`], which waits for every worker to have
 /// handed back what it pulled.
-pub(super) struct WorkerGuard(Arc<Inner>);
+pub(crate) struct WorkerGuard(Arc<Inner>);
 
 impl WorkerGuard {
-    pub(super) fn new(inner: &Arc<Inner>) -> Self {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
         inner.workers.fetch_add(1, Ordering::AcqRel);
         Self(inner.clone())
     }
@@ -118,7 +118,9 @@ impl ConsumerWorker {
         let mut pull: Option<Pull> = None;
         let mut recreate = false;
         loop {
-            if *self.shutdown.borrow() {
+            // A dropped subscription never re-creates its consumer (it may be gone because
+            // the group was deleted for good).
+            if *self.shutdown.borrow() || self.tx.is_closed() {
                 break;
             }
             if recreate {

@@ -357,3 +357,82 @@ async fn publish_and_wait_and_priority_groups_are_refused_with_what_to_use_inste
         other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Replies `n` on every command it gets.
+fn replies(n: u64) -> switchyard::BoxHandler {
+    switchyard::handler_fn(move |env: switchyard::Envelope| async move {
+        let reply = env.reply(n.to_string());
+        Ok::<_, std::convert::Infallible>(switchyard::Outcome::reply(reply))
+    })
+}
+
+/// Once registering a handler has returned, a command sent from another connection reaches
+/// it: registration waits until the server has the interest (a flush only writes the socket,
+/// and the other connection's request could be routed before the server read the
+/// subscription, answering no responders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_is_reachable_from_another_connection_once_registered() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix();
+    let (handler_bus, _hn) = bus(config(&p)).await;
+    let (sender, _sn) = bus(config(&p)).await;
+    for i in 0..40u64 {
+        let topic = format!("calc.reach{i}");
+        handler_bus
+            .handle_envelope(&format!("h{i}"), &topic, replies(i))
+            .start()
+            .await
+            .unwrap()
+            .detach();
+        let r = sender
+            .send_envelope(switchyard::Envelope::new(
+                switchyard::Topic::new(&topic).unwrap(),
+                "",
+            ))
+            .await;
+        let reply = r.unwrap_or_else(|e| panic!("command {i}: {e:?}"));
+        assert_eq!(
+            reply.reply.unwrap().payload.as_ref(),
+            i.to_string().as_bytes()
+        );
+    }
+}
+
+/// Once a handler bus has shut down, no command is routed to it any more: the sender gets
+/// `NoHandler` at once, never a wait for the command timeout (the unsubscriptions are
+/// confirmed by the server before the transport's close returns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_handler_bus_shut_down_the_sender_gets_no_handler_at_once() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix();
+    let (sender, _sn) = bus(config(&p).with_command_timeout(Duration::from_secs(20))).await;
+    for i in 0..10u64 {
+        let (handler_bus, _hn) = bus(config(&p)).await;
+        let topic = switchyard::Topic::new(&format!("calc.gone{i}")).unwrap();
+        handler_bus
+            .handle_envelope("h", topic.as_str(), replies(i))
+            .start()
+            .await
+            .unwrap()
+            .detach();
+        sender
+            .send_envelope(switchyard::Envelope::new(topic.clone(), ""))
+            .await
+            .unwrap();
+        handler_bus.shutdown(Duration::from_secs(5)).await.unwrap();
+        let start = Instant::now();
+        let r = sender
+            .send_envelope(switchyard::Envelope::new(topic.clone(), ""))
+            .await;
+        assert!(matches!(r, Err(SendError::NoHandler { .. })), "{i}: {r:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{i}: {:?}",
+            start.elapsed()
+        );
+    }
+}

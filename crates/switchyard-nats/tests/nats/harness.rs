@@ -255,6 +255,9 @@ impl NatsHarness {
             .with_max_deliver(setup.max_deliver)
             .with_dead_letters(setup.dead_letters.clone())
             .with_max_age(Duration::from_secs(3600))
+            // JetStream reserves a stream's max_bytes of the server's storage: keep the
+            // reservations of test streams small.
+            .with_max_bytes(64 << 20)
             .with_ack_timeout(Duration::from_secs(1))
             .with_publish_timeout(Duration::from_secs(20))
             // A closing subscription waits for its open pull request to end: keep closes

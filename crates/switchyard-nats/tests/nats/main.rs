@@ -13,4 +13,5 @@ mod faulty;
 mod groups;
 mod harness;
 mod interop;
+mod retention;
 mod specific;

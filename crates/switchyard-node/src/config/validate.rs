@@ -93,6 +93,17 @@ impl NodeConfig {
                     ));
                 }
                 positive("transport.replicas", nats.replicas as u64)?;
+                positive("transport.ephemeral_inactive_s", nats.ephemeral_inactive_s)?;
+                if nats.max_age_s > 0 && nats.max_age_s < NATS_DUPLICATE_WINDOW_S {
+                    return Err(ConfigError::invalid(
+                        "transport.max_age_s",
+                        nats.max_age_s,
+                        format!(
+                            "0 (no age limit) or at least {NATS_DUPLICATE_WINDOW_S}: JetStream \
+                             refuses an age limit below the duplicate window (2 min)"
+                        ),
+                    ));
+                }
                 positive("transport.ack_wait_ms", nats.ack_wait_ms)?;
                 for (i, s) in nats.streams.iter().enumerate() {
                     let ok = !s.name.is_empty()
@@ -272,6 +283,9 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+/// JetStream's duplicate window the node's streams use (the `NatsConfig` default), seconds.
+const NATS_DUPLICATE_WINDOW_S: u64 = 120;
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {

@@ -9,6 +9,7 @@
 )] // tests fail by panicking
 
 use std::path::Path;
+use std::time::Duration;
 
 use figment::Jail;
 use switchyard_node::config::{ConfigError, SlowClientPolicy};
@@ -187,6 +188,18 @@ fn out_of_range_values_name_key_value_and_allowed() {
             "nats://",
         ),
         (
+            "[transport]\nkind = \"nats\"\nephemeral_inactive_s = 0\n[[transport.streams]]\nname = \"s\"\npatterns = [\"a.#\"]\n",
+            "transport.ephemeral_inactive_s",
+            "0",
+            "at least 1",
+        ),
+        (
+            "[transport]\nkind = \"nats\"\nmax_age_s = 60\n[[transport.streams]]\nname = \"s\"\npatterns = [\"a.#\"]\n",
+            "transport.max_age_s",
+            "60",
+            "0 (no age limit) or at least 120",
+        ),
+        (
             "[[ingest.zmq]]\nendpoint = \"udp://x\"\ntopic = \"a.b\"\n",
             "ingest.zmq[0].endpoint",
             "\"udp://x\"",
@@ -219,4 +232,109 @@ async fn an_invalid_config_does_not_start_a_node() {
     c.limits.max_message_bytes = 0;
     let e = switchyard_node::Node::start(c).await.unwrap_err();
     assert!(e.to_string().contains("limits.max_message_bytes"), "{e}");
+}
+
+/// A NATS transport config with `keys` in its `[transport]` table.
+fn nats_toml(keys: &str) -> String {
+    format!(
+        "[transport]\nkind = \"nats\"\n{keys}[[transport.streams]]\nname = \"s\"\npatterns = [\"a.#\"]\n"
+    )
+}
+
+fn nats(c: &NodeConfig) -> &switchyard_node::config::NatsTransportConfig {
+    match &c.transport {
+        TransportConfig::Nats(n) => n,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn retention_is_bounded_by_default_for_nats_and_the_log() {
+    let c = NodeConfig::from_toml(&nats_toml("")).unwrap();
+    let nc = nats(&c).nats_config();
+    assert_eq!(nc.max_age, Some(Duration::from_secs(7 * 24 * 3600)));
+    assert_eq!(nc.max_bytes, Some(1 << 30));
+    assert_eq!(nc.ephemeral_inactive_threshold, Duration::from_secs(300));
+    assert_eq!(
+        nc.durable_inactive_threshold,
+        Some(Duration::from_secs(30 * 24 * 3600))
+    );
+    let r = NodeConfig::from_toml("").unwrap().retention.log_retention();
+    assert_eq!(r.max_bytes, Some(1 << 30));
+    assert_eq!(r.max_age, Some(Duration::from_secs(7 * 24 * 3600)));
+}
+
+#[test]
+fn retention_keys_come_from_the_file_and_the_environment_and_zero_means_unlimited() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "node.toml",
+            &(nats_toml(
+                "max_age_s = 3600\nmax_bytes = 0\nephemeral_inactive_s = 30\ndurable_inactive_s = 0\n",
+            ) + "[retention]\nlog_max_bytes = 8192\nlog_max_age_s = 0\n"),
+        )?;
+        jail.set_env("SWITCHYARD_TRANSPORT__MAX_AGE_S", "600");
+        let c = NodeConfig::load(Some(Path::new("node.toml"))).unwrap();
+        let nc = nats(&c).nats_config();
+        assert_eq!(nc.max_age, Some(Duration::from_secs(600)), "env wins");
+        assert_eq!(nc.max_bytes, None, "0 is no size limit");
+        assert_eq!(nc.ephemeral_inactive_threshold, Duration::from_secs(30));
+        assert_eq!(nc.durable_inactive_threshold, None, "0 is never");
+        let r = c.retention.log_retention();
+        assert_eq!(r.max_bytes, Some(8192));
+        assert_eq!(r.max_age, None);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_negative_or_non_numeric_retention_value_names_the_key_and_the_value() {
+    let e = NodeConfig::from_toml(&nats_toml("max_bytes = -1\n")).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("transport.max_bytes") && text.contains("-1") && text.contains("u64"),
+        "{text}"
+    );
+    let e = NodeConfig::from_toml("[retention]\nlog_max_age_s = \"week\"\n").unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("log_max_age_s") && text.contains("week"),
+        "{text}"
+    );
+}
+
+/// The node's log retention from the config removes old segments: small limits, several
+/// segments' worth of records, then only about what the limit allows is kept.
+#[tokio::test]
+async fn log_retention_from_the_config_removes_old_segments() {
+    use switchyard::{Envelope, Publisher, Topic};
+    let dir = tempfile::tempdir().unwrap();
+    let c = NodeConfig::from_toml("[retention]\nlog_max_bytes = 8192\n").unwrap();
+    let log = switchyard_log::LogTransport::open(
+        switchyard_log::LogConfig::new(dir.path())
+            .with_segment_bytes(4096)
+            .with_retention(c.retention.log_retention()),
+    )
+    .unwrap();
+    let topic = Topic::new("r.x").unwrap();
+    for _ in 0..10 {
+        let batch = (0..10)
+            .map(|_| Envelope::new(topic.clone(), vec![7u8; 200]))
+            .collect();
+        log.publish(batch).await.unwrap();
+    }
+    log.enforce_retention().await.unwrap();
+    let info = log
+        .streams()
+        .into_iter()
+        .find(|s| s.name == "default")
+        .unwrap();
+    assert!(info.first_offset > 0, "old segments removed: {info:?}");
+    assert!(
+        info.bytes <= 8192 + 4096,
+        "at most the limit plus one segment: {info:?}"
+    );
+    log.close(std::time::Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
 }

@@ -9,11 +9,11 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use switchyard::Envelope;
 use tokio::sync::mpsc;
 
-use common::{TestNode, client};
+use common::{TestNode, client, error_of};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
@@ -41,6 +41,7 @@ fn config(stream: &str, prefix: &str) -> String {
 kind = "nats"
 url = "{NATS}"
 storage = "memory"
+max_bytes = 67108864
 [[transport.streams]]
 name = "{stream}"
 patterns = ["{prefix}.#"]
@@ -156,4 +157,111 @@ fn tagged(who: char, tx: mpsc::UnboundedSender<(char, Envelope)>) -> switchyard:
             Ok::<_, std::convert::Infallible>(switchyard::Outcome::Ack)
         }
     })
+}
+
+/// Node to node: a command or request sent through node A's gateway is executed by a handler
+/// on node B (both on NATS; A has no handler of its own), with B's result or typed failure
+/// back; once B is stopped, A answers `no_handler` at once rather than waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_through_node_a_is_handled_on_node_b() {
+    if !nats_available().await {
+        return;
+    }
+    let suffix = switchyard::MessageId::new().to_string();
+    let stream = format!("SYCMD_{suffix}");
+    let prefix = format!("c{suffix}");
+    let a = TestNode::start(&config(&stream, &prefix)).await;
+    let b = TestNode::start(&config(&stream, &prefix)).await;
+    let create = format!("{prefix}.invoices.create");
+    let delete = format!("{prefix}.invoices.delete");
+    b.bus
+        .handle_envelope(
+            "billing",
+            &create,
+            switchyard::handler_fn(|env: Envelope| async move {
+                let input: Value = serde_json::from_slice(&env.payload)?;
+                let reply = env.reply(serde_json::to_vec(
+                    &json!({"handled_by": "b", "amount": input["amount"]}),
+                )?);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(switchyard::Outcome::reply(reply))
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    b.bus
+        .handle_envelope(
+            "billing-guard",
+            &delete,
+            switchyard::handler_fn(|_env: Envelope| async move {
+                Ok::<_, std::convert::Infallible>(switchyard::Outcome::reject(
+                    "invoices are never deleted",
+                ))
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let http = client();
+
+    for path in [
+        format!("/v1/send/{create}"),
+        format!("/v1/request/{create}?timeout_ms=5000"),
+    ] {
+        let res = http
+            .post(a.url(&path))
+            .header("content-type", "application/json")
+            .body(r#"{"amount": 42}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(
+            body["payload"],
+            json!({"handled_by": "b", "amount": 42}),
+            "{path}"
+        );
+    }
+
+    // B's typed failure reaches A's caller as the same typed error.
+    let res = http
+        .post(a.url(&format!("/v1/send/{delete}")))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let (status, kind, message) = error_of(res).await;
+    assert_eq!((status, kind.as_str()), (422, "handler_rejected"));
+    assert!(message.contains("never deleted"), "{message}");
+
+    // B gone: no process serves the topic, and A says so promptly.
+    b.stop().await.unwrap();
+    for path in [
+        format!("/v1/send/{create}"),
+        format!("/v1/request/{create}?timeout_ms=20000"),
+    ] {
+        let started = std::time::Instant::now();
+        let res = http.post(a.url(&path)).body("{}").send().await.unwrap();
+        let (status, kind, message) = error_of(res).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (404, "no_handler"),
+            "{path}: {message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path}: no_handler took {:?}",
+            started.elapsed()
+        );
+    }
+    a.stop().await.unwrap();
+    if let Ok(t) =
+        switchyard_nats::NatsTransport::connect(switchyard_nats::NatsConfig::new(NATS)).await
+    {
+        let _ = t.delete_stream(&stream).await;
+    }
 }
