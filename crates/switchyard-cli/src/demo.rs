@@ -193,6 +193,7 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     for env in &seen {
         let cause = env
             .causation_id
+            .clone()
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
         writeln!(

@@ -239,7 +239,7 @@ impl ComponentCtx {
 
     /// The flow this message belongs to.
     pub fn correlation_id(&self) -> MessageId {
-        self.envelope.correlation_id
+        self.envelope.correlation_id.clone()
     }
 
     /// The component's checked publisher.

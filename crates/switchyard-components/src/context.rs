@@ -27,15 +27,26 @@ pub use messages::{Completion, CompletionStatus, ErrorInfo, ErrorReport, StatusU
 /// context the result belongs to even when a retry started a newer one.
 pub const REQUEST_HEADER: &str = "x-request-id";
 
-/// Identifies one request context.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RequestId(pub MessageId);
+/// Identifies one request context: a ULID that switchyard makes (so, unlike message ids,
+/// always a ULID, kept as its 128 bits and `Copy`). It travels as its text, like a
+/// [`MessageId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u128);
 
 impl RequestId {
     /// A fresh id.
     pub fn new() -> Self {
-        Self(MessageId::new())
+        Self::from_message_id(&MessageId::new()).unwrap_or(Self(0))
+    }
+
+    /// The request id a ULID message id spells; `None` for any other id.
+    pub fn from_message_id(id: &MessageId) -> Option<Self> {
+        id.as_u128().map(Self)
+    }
+
+    /// The id as a message id (to correlate the messages of a context begun without a parent).
+    pub fn to_message_id(self) -> MessageId {
+        MessageId::from_u128(self.0)
     }
 }
 
@@ -47,7 +58,41 @@ impl Default for RequestId {
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.to_message_id(), f)
+    }
+}
+
+/// A string that is not a request id (a ULID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid request id {input:?}: expected a 26-character ULID")]
+pub struct RequestIdError {
+    /// The refused string.
+    pub input: String,
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = RequestIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<MessageId>()
+            .ok()
+            .and_then(|id| Self::from_message_id(&id))
+            .ok_or_else(|| RequestIdError {
+                input: s.to_owned(),
+            })
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_message_id().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = MessageId::deserialize(d)?;
+        Self::from_message_id(&id)
+            .ok_or_else(|| serde::de::Error::custom(format!("request id {id} is not a ULID")))
     }
 }
 
@@ -237,7 +282,10 @@ impl TableState {
     fn remove(&mut self, id: RequestId) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
         self.deadlines.remove(&(entry.deadline, id));
-        let key = (entry.ctx.component.clone(), entry.ctx.correlation_id);
+        let key = (
+            entry.ctx.component.clone(),
+            entry.ctx.correlation_id.clone(),
+        );
         if self.by_owner.get(&key) == Some(&id) {
             self.by_owner.remove(&key);
         }
@@ -392,15 +440,15 @@ impl ContextTable {
     ) -> Result<RequestContext, TransitionError> {
         let now = SystemTime::now();
         let id = RequestId::new();
-        let correlation_id = parent.map(|p| p.correlation_id).unwrap_or(id.0);
+        let correlation_id =
+            parent.map_or_else(|| id.to_message_id(), |p| p.correlation_id.clone());
         let spec = bus.spec();
         let parent_request = parent
             .and_then(|p| p.header(REQUEST_HEADER))
-            .and_then(|h| h.parse::<MessageId>().ok())
-            .map(RequestId);
+            .and_then(|h| h.parse::<RequestId>().ok());
         let ctx = Context {
             request_id: id,
-            correlation_id,
+            correlation_id: correlation_id.clone(),
             component: spec.endpoint.name.clone(),
             role: spec.role(),
             domain: spec.endpoint.domain.clone(),
@@ -421,7 +469,7 @@ impl ContextTable {
         {
             let mut st = self.inner.state.lock();
             st.by_owner
-                .insert((ctx.component.clone(), correlation_id), id);
+                .insert((ctx.component.clone(), correlation_id.clone()), id);
             st.deadlines.insert((deadline, id));
             st.entries.insert(
                 id,
@@ -470,7 +518,7 @@ impl ContextTable {
             .lock()
             .entries
             .get(&id)
-            .map(|e| e.ctx.correlation_id)?;
+            .map(|e| e.ctx.correlation_id.clone())?;
         Some(RequestContext {
             id,
             correlation_id,
@@ -612,7 +660,7 @@ async fn publish_status(
 ) -> Result<(), PublishError> {
     let update = StatusUpdate {
         request_id: ctx.request_id,
-        correlation_id: ctx.correlation_id,
+        correlation_id: ctx.correlation_id.clone(),
         component: ctx.component.clone(),
         role: ctx.role,
         domain: ctx.domain.clone(),
@@ -637,7 +685,7 @@ async fn publish_in<M: Message>(
     env.topic = switchyard::Topic::new(topic)?;
     let env = match parent {
         Some(p) => env.caused_by(p),
-        None => env.with_correlation_id(ctx.correlation_id),
+        None => env.with_correlation_id(ctx.correlation_id.clone()),
     };
     bus.publish_envelope(env).await
 }
@@ -650,7 +698,7 @@ fn completion<T>(ctx: &Context, status: CompletionStatus) -> Completion<T> {
         .unwrap_or(0);
     Completion {
         request_id: ctx.request_id,
-        correlation_id: ctx.correlation_id,
+        correlation_id: ctx.correlation_id.clone(),
         component: ctx.component.clone(),
         role: ctx.role,
         domain: ctx.domain.clone(),
@@ -675,7 +723,7 @@ async fn publish_failure(
     publish_status(bus, parent, ctx, Some(from), Some(info.message.clone())).await?;
     let report = ErrorReport {
         request_id: ctx.request_id,
-        correlation_id: ctx.correlation_id,
+        correlation_id: ctx.correlation_id.clone(),
         component: ctx.component.clone(),
         role: ctx.role,
         domain: ctx.domain.clone(),
@@ -725,7 +773,7 @@ impl RequestContext {
 
     /// The flow it belongs to.
     pub fn correlation_id(&self) -> MessageId {
-        self.correlation_id
+        self.correlation_id.clone()
     }
 
     /// A snapshot (None once it ended).
@@ -853,7 +901,7 @@ impl RequestContext {
         env.topic = switchyard::Topic::new(topic)?;
         let env = match &self.parent {
             Some(p) => env.caused_by(p),
-            None => env.with_correlation_id(self.correlation_id),
+            None => env.with_correlation_id(self.correlation_id.clone()),
         }
         .with_header(REQUEST_HEADER, self.id.to_string());
         self.bus.publish_envelope(env).await

@@ -38,8 +38,8 @@ pub use component::{
 };
 pub use context::{
     Completion, CompletionStatus, Context, ContextConfig, ContextMetrics, ContextStats,
-    ContextTable, ErrorInfo, ErrorReport, REQUEST_HEADER, RequestContext, RequestId, RequestState,
-    StatusUpdate, TransitionError,
+    ContextTable, ErrorInfo, ErrorReport, REQUEST_HEADER, RequestContext, RequestId,
+    RequestIdError, RequestState, StatusUpdate, TransitionError,
 };
 pub use enforce::{ComponentBus, EnforcementMode, EnforcementStats, Enforcer};
 pub use role::{

@@ -89,14 +89,14 @@ impl Trace {
             .iter()
             .filter(|e| e.correlation_id == correlation_id)
             .collect();
-        mine.sort_by_key(|e| (e.timestamp, e.id));
+        mine.sort_by_key(|e| (e.timestamp, e.id.clone()));
         let mut seen = HashSet::new();
-        mine.retain(|e| seen.insert(e.id));
-        let ids: HashSet<MessageId> = mine.iter().map(|e| e.id).collect();
+        mine.retain(|e| seen.insert(e.id.clone()));
+        let ids: HashSet<MessageId> = mine.iter().map(|e| e.id.clone()).collect();
         let mut children: HashMap<MessageId, Vec<&Envelope>> = HashMap::new();
         let mut roots = Vec::new();
         for e in &mine {
-            match e.causation_id {
+            match e.causation_id.clone() {
                 Some(p) if ids.contains(&p) && p != e.id => children.entry(p).or_default().push(e),
                 _ => roots.push(*e),
             }
@@ -149,7 +149,7 @@ impl Trace {
             out
         }
         Trace {
-            correlation_id: self.correlation_id,
+            correlation_id: self.correlation_id.clone(),
             roots: prune(&self.roots, &keep),
             span_ms: self.span_ms,
         }
@@ -202,7 +202,7 @@ fn node(
             .unwrap_or_default()
     };
     TraceNode {
-        id: e.id,
+        id: e.id.clone(),
         topic: SmolStr::new(e.topic.as_str()),
         kind: e.kind,
         source: e.source.clone(),

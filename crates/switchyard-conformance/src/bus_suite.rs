@@ -533,7 +533,7 @@ pub async fn bus_shutdown_report_names_what_was_in_flight<F: BusFactory>(h: &F) 
     let mut sent = BTreeSet::new();
     for n in 0..3 {
         let env = Envelope::new(topic.clone(), n.to_string());
-        sent.insert(env.id);
+        sent.insert(env.id.clone());
         bus.publish_envelope(env).await?;
     }
     let mut in_flight = BTreeSet::new();
@@ -552,7 +552,7 @@ pub async fn bus_shutdown_report_names_what_was_in_flight<F: BusFactory>(h: &F) 
     }
     check!(in_flight == sent, "in flight {in_flight:?}, sent {sent:?}");
     let report = bus.shutdown(Duration::from_millis(200)).await?;
-    let named: BTreeSet<_> = report.left.iter().chain(&report.nacked).copied().collect();
+    let named: BTreeSet<_> = report.left.iter().chain(&report.nacked).cloned().collect();
     check!(
         named == in_flight,
         "the report names {named:?}, in flight were {in_flight:?}"
@@ -561,9 +561,9 @@ pub async fn bus_shutdown_report_names_what_was_in_flight<F: BusFactory>(h: &F) 
         .list()
         .iter()
         .filter(|l| l.reason == DeadLetterReason::Shutdown)
-        .map(|l| l.envelope.id)
+        .map(|l| l.envelope.id.clone())
         .collect();
-    let left: BTreeSet<_> = report.left.iter().copied().collect();
+    let left: BTreeSet<_> = report.left.iter().cloned().collect();
     check!(
         shutdown_letters == left,
         "dead-lettered for shutdown {shutdown_letters:?}, left {left:?}"

@@ -113,7 +113,7 @@ pub async fn group_on_two_patterns<H: Harness>(h: &H) -> Outcome {
             "a new message after the group changed its pattern",
         )
         .await?;
-        let id = d.envelope.id;
+        let id = d.envelope.id.clone();
         d.ack().await?;
         if id == on_c.id {
             break;
@@ -153,7 +153,7 @@ pub async fn dropped_member_hands_back<H: Harness>(h: &H) -> Outcome {
     let envs: Vec<Envelope> = (0..N)
         .map(|i| Envelope::new(topic.clone(), format!("{i}")))
         .collect();
-    let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
     let mut leaving = Vec::new();
     for _ in 0..LEAVING {
         leaving.push(t.subscribe(&setup.all()?, Some("members")).await?);
@@ -189,7 +189,7 @@ pub async fn dropped_member_hands_back<H: Harness>(h: &H) -> Outcome {
             want.contains(&d.envelope.id),
             "the staying member got a message nobody published"
         );
-        seen.insert(d.envelope.id);
+        seen.insert(d.envelope.id.clone());
         d.ack().await?;
     }
     let took = started.elapsed();

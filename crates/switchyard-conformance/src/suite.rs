@@ -110,7 +110,7 @@ where
             &format!("{} more message(s)", want.difference(&seen).count()),
         )
         .await?;
-        seen.insert(d.envelope.id);
+        seen.insert(d.envelope.id.clone());
         d.ack().await?;
     }
     Ok(seen)
@@ -228,7 +228,7 @@ pub async fn concurrent_publishers<H: Harness>(h: &H) -> Outcome {
             let mut ids = Vec::with_capacity(EACH);
             for i in 0..EACH {
                 let e = env(topic.clone(), format!("{p}-{i}"));
-                ids.push(e.id);
+                ids.push(e.id.clone());
                 t.publish(vec![e]).await?;
             }
             Ok::<_, switchyard_core::PublishError>(ids)
@@ -238,7 +238,7 @@ pub async fn concurrent_publishers<H: Harness>(h: &H) -> Outcome {
         let mut seen = HashSet::new();
         while seen.len() < PUBLISHERS * EACH {
             let d = next(&mut sub, "the 5,000 messages").await?;
-            seen.insert(d.envelope.id);
+            seen.insert(d.envelope.id.clone());
             d.ack().await?;
         }
         Ok::<_, Failure>(seen)
@@ -272,7 +272,7 @@ pub async fn many_topics<H: Harness>(h: &H) -> Outcome {
         let envs: Vec<Envelope> = (0..EACH)
             .map(|i| env(topic.clone(), format!("{i}")))
             .collect();
-        let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+        let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
         readers.push(tokio::spawn(async move {
             let mut seen = HashSet::new();
             while seen.len() < EACH {
@@ -283,7 +283,7 @@ pub async fn many_topics<H: Harness>(h: &H) -> Outcome {
                         d.envelope.topic
                     )));
                 }
-                seen.insert(d.envelope.id);
+                seen.insert(d.envelope.id.clone());
                 d.ack().await?;
             }
             Ok::<_, Failure>((seen, want))
@@ -415,17 +415,17 @@ pub async fn new_subscriber_continues<H: Harness>(h: &H) -> Outcome {
     let envs: Vec<Envelope> = (0..20)
         .map(|i| Ok(env(setup.topic("cont")?, format!("{i}"))))
         .collect::<Result<_, Failure>>()?;
-    let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
     t.publish(envs).await?;
     let mut acked = HashSet::new();
     for _ in 0..10 {
         let d = next(&mut first, "the first half").await?;
-        acked.insert(d.envelope.id);
+        acked.insert(d.envelope.id.clone());
         d.ack().await?;
     }
     drop(first);
     let mut second = t.subscribe(&setup.all()?, Some("g")).await?;
-    let rest: HashSet<MessageId> = want.difference(&acked).copied().collect();
+    let rest: HashSet<MessageId> = want.difference(&acked).cloned().collect();
     let mut seen = HashSet::new();
     while !rest.is_subset(&seen) {
         let d = next(&mut second, "the rest").await?;
@@ -434,7 +434,7 @@ pub async fn new_subscriber_continues<H: Harness>(h: &H) -> Outcome {
             "message {} acknowledged by the first member came again",
             d.envelope.id
         );
-        seen.insert(d.envelope.id);
+        seen.insert(d.envelope.id.clone());
         d.ack().await?;
     }
     drop(second);
@@ -524,7 +524,7 @@ pub async fn continue_after_handler_errors<H: Harness>(h: &H) -> Outcome {
     let envs: Vec<Envelope> = (0..30)
         .map(|i| Ok(env(setup.topic("errors")?, format!("{i}")).with_header("n", i.to_string())))
         .collect::<Result<_, Failure>>()?;
-    let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
     t.publish(envs).await?;
     let mut done = HashSet::new();
     while done.len() < want.len() {
@@ -543,7 +543,7 @@ pub async fn continue_after_handler_errors<H: Harness>(h: &H) -> Outcome {
                 "failed message {n} came back as attempt {}",
                 d.envelope.delivery.attempt
             );
-            done.insert(d.envelope.id);
+            done.insert(d.envelope.id.clone());
             d.ack().await?;
         }
     }
@@ -633,7 +633,7 @@ pub async fn publisher_close_flushes<H: Harness>(h: &H) -> Outcome {
         publishers.push(tokio::spawn(async move {
             for i in 0..50 {
                 let e = env(topic.clone(), format!("{p}-{i}"));
-                let id = e.id;
+                let id = e.id.clone();
                 if t.publish(vec![e]).await.is_err() {
                     break;
                 }
@@ -669,7 +669,7 @@ pub async fn publisher_close_flushes<H: Harness>(h: &H) -> Outcome {
     while !want.is_subset(&seen) {
         match tokio::time::timeout(WAIT, sub.next()).await {
             Ok(Some(d)) => {
-                seen.insert(d.envelope.id);
+                seen.insert(d.envelope.id.clone());
                 let _ = d.ack().await;
             }
             Ok(None) => break,
@@ -690,7 +690,7 @@ pub async fn publisher_close_flushes<H: Harness>(h: &H) -> Outcome {
         );
         let t = open(h, &setup).await?;
         let mut sub = t.subscribe(&setup.all()?, Some("g")).await?;
-        let rest: HashSet<MessageId> = want.difference(&seen).copied().collect();
+        let rest: HashSet<MessageId> = want.difference(&seen).cloned().collect();
         drain_until(&mut sub, &rest).await?;
         drop(sub);
         close(&t).await?;
@@ -751,7 +751,7 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
     let b = t.subscribe(&setup.all()?, Some("b")).await?;
     let topic = setup.topic("groups")?;
     let envs: Vec<Envelope> = (0..N).map(|i| env(topic.clone(), format!("{i}"))).collect();
-    let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
 
     // Each member holds its first message until the other member got one too, so both
     // take part whatever the transport's prefetch.
@@ -788,7 +788,7 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
                         )));
                     }
                 }
-                lock(&a_seen).push((idx, d.envelope.id));
+                lock(&a_seen).push((idx, d.envelope.id.clone()));
                 d.ack().await?;
                 progress.notify_waiters();
             }
@@ -811,7 +811,7 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
             n.as_mut().enable();
             let all = lock(&a_seen)
                 .iter()
-                .map(|(_, id)| *id)
+                .map(|(_, id)| id.clone())
                 .collect::<HashSet<_>>()
                 == want;
             if all || members.iter().any(JoinHandle::is_finished) {
@@ -836,8 +836,8 @@ pub async fn consumer_groups<H: Harness>(h: &H) -> Outcome {
     }
     check!(finished, "group a did not get every message in time");
     let seen = lock(&a_seen).clone();
-    let ids: Vec<MessageId> = seen.iter().map(|(_, id)| *id).collect();
-    let unique: HashSet<MessageId> = ids.iter().copied().collect();
+    let ids: Vec<MessageId> = seen.iter().map(|(_, id)| id.clone()).collect();
+    let unique: HashSet<MessageId> = ids.iter().cloned().collect();
     check!(unique == want, "group a did not get every message");
     check!(
         ids.len() == unique.len(),

@@ -28,7 +28,7 @@ pub async fn durable_new_subscriber_reads_old<H: Harness>(h: &H) -> Outcome {
     let envs: Vec<Envelope> = (0..10)
         .map(|i| Ok(env(setup.topic("old")?, format!("{i}"))))
         .collect::<Result<_, Failure>>()?;
-    let want: HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let want: HashSet<MessageId> = envs.iter().map(|e| e.id.clone()).collect();
     t.publish(envs).await?;
     close(&t).await?;
     drop(t);
@@ -63,14 +63,14 @@ pub async fn reconnect_after_restart<H: Harness>(h: &H) -> Outcome {
         let envs: Vec<Envelope> = (0..10)
             .map(|i| env(topic.clone(), format!("{i}")))
             .collect();
-        want.extend(envs.iter().map(|e| e.id));
+        want.extend(envs.iter().map(|e| e.id.clone()));
         t.publish(envs).await?;
     }
     let mut sub = t.subscribe(&setup.all()?, Some("g")).await?;
     let mut seen = HashSet::new();
     for _ in 0..10 {
         let d = next(&mut sub, "messages before the restart").await?;
-        seen.insert(d.envelope.id);
+        seen.insert(d.envelope.id.clone());
         d.ack().await?;
     }
     drop(sub);
@@ -93,7 +93,7 @@ pub async fn reconnect_after_restart<H: Harness>(h: &H) -> Outcome {
         want.insert(e.id);
     }
     let mut sub = t.subscribe(&setup.all()?, Some("g")).await?;
-    let rest: HashSet<MessageId> = want.difference(&seen).copied().collect();
+    let rest: HashSet<MessageId> = want.difference(&seen).cloned().collect();
     drain_until(&mut sub, &rest).await?;
     drop(sub);
     close(&t).await?;

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,64 +10,9 @@ use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 use ulid::Ulid;
 
+pub use crate::id::{MessageId, MessageIdError};
+
 use crate::topic::Topic;
-
-/// A message id: a ULID, so ids sort by creation time.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct MessageId(Ulid);
-
-impl MessageId {
-    /// A fresh id.
-    pub fn new() -> Self {
-        Self(Ulid::new())
-    }
-
-    /// The id as a 128-bit number.
-    pub fn as_u128(self) -> u128 {
-        self.0.0
-    }
-
-    /// Rebuilds an id from a 128-bit number.
-    pub fn from_u128(v: u128) -> Self {
-        Self(Ulid(v))
-    }
-}
-
-impl Default for MessageId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", self.0)
-    }
-}
-
-/// A string that is not a valid message id.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid message id {input:?}: expected a 26-character ULID")]
-pub struct MessageIdError {
-    /// The refused string.
-    pub input: String,
-}
-
-impl FromStr for MessageId {
-    type Err = MessageIdError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ulid::from_string(s).map(Self).map_err(|_| MessageIdError {
-            input: s.to_owned(),
-        })
-    }
-}
 
 /// What kind of message an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -268,9 +212,9 @@ impl Envelope {
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
         // One clock read for both the id's time part and the timestamp.
         let now = SystemTime::now();
-        let id = MessageId(Ulid::from_datetime(now));
+        let id = MessageId::from_ulid(Ulid::from_datetime(now));
         Self {
-            id,
+            id: id.clone(),
             topic,
             kind: Kind::Event,
             correlation_id: id,
@@ -327,8 +271,8 @@ impl Envelope {
     /// Makes this message a consequence of `parent`: causation is the parent's id and the
     /// correlation id is inherited from the parent.
     pub fn caused_by(mut self, parent: &Envelope) -> Self {
-        self.causation_id = Some(parent.id);
-        self.correlation_id = parent.correlation_id;
+        self.causation_id = Some(parent.id.clone());
+        self.correlation_id = parent.correlation_id.clone();
         self
     }
 
@@ -397,6 +341,6 @@ mod tests {
     fn message_id_parses_its_display() {
         let id = MessageId::new();
         assert_eq!(id.to_string().parse::<MessageId>().unwrap(), id);
-        assert!("nope".parse::<MessageId>().is_err());
+        assert!("no pe".parse::<MessageId>().is_err());
     }
 }

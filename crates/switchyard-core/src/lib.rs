@@ -10,6 +10,7 @@
 pub mod dead_letter;
 pub mod envelope;
 pub mod error;
+pub mod id;
 pub mod message;
 pub mod outcome;
 pub mod remote;

@@ -12,9 +12,13 @@
 //! | `<name>` | each user header that NATS carries as it is (`traceparent`, `tracestate`, `X-Correlation-Id`, …) |
 //! | `H-<name>` | each other user header, percent-encoded |
 //!
-//! Ids are ULIDs: a foreign `Nats-Msg-Id` or `Sy-Correlation-Id` that is not one is
-//! replaced by a fresh id (opaque ids are not done yet). A user header whose name is an HTTP token outside the reserved prefixes
-//! (`Sy-`, `Nats-`, `H-`) and whose value is printable ASCII travels under its own name;
+//! Ids are opaque strings: a foreign `Nats-Msg-Id`, `Sy-Correlation-Id` or `Sy-Causation-Id`
+//! (a UUID, `corr-42`) is kept byte for byte and sent on unchanged. Only a value that is not
+//! a valid id (empty, over 256 bytes, or with bytes outside visible ASCII) is not used: the
+//! message then gets a fresh id, its own id as correlation, no causation.
+//!
+//! A user header whose name is an HTTP token outside the reserved prefixes (`Sy-`, `Nats-`,
+//! `H-`) and whose value is printable ASCII travels under its own name;
 //! any other is sent as `H-<name>` with names and values percent-encoded where NATS would
 //! refuse or alter them (control characters, spaces, non-ASCII, `%`, and `:` in names).
 //! On receipt every header outside the reserved prefixes is kept as it came, so headers
@@ -188,14 +192,14 @@ fn kind(s: &str) -> Kind {
 }
 
 /// Rebuilds an envelope. Messages from publishers that are not switchyard get defaults: a
-/// fresh id, kind event, the current time.
+/// fresh id (when they have no valid `Nats-Msg-Id`), kind event, the current time.
 pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) -> Envelope {
     let mut env = Envelope::new(topic, payload);
     let Some(h) = headers else {
         return env;
     };
     if let Some(id) = parse_id(h.get(NATS_MESSAGE_ID).map(|v| v.as_str())) {
-        env.id = id;
+        env.id = id.clone();
         env.correlation_id = id;
     }
     if let Some(k) = get(h, KIND) {
@@ -266,5 +270,29 @@ mod tests {
         let h = encode_headers(&env);
         let back = decode(env.topic.clone(), Some(&h), env.payload.clone());
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn foreign_ids_roundtrip_and_invalid_ones_are_not_used() {
+        let topic = Topic::new("a.b").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(NATS_MESSAGE_ID, "550e8400-e29b-41d4-a716-446655440000");
+        h.insert(CAUSATION, "cause-7");
+        let env = decode(topic.clone(), Some(&h), Bytes::new());
+        assert_eq!(env.id.to_string(), "550e8400-e29b-41d4-a716-446655440000");
+        assert_eq!(
+            env.correlation_id, env.id,
+            "no correlation header: its own id"
+        );
+        assert_eq!(env.causation_id.as_ref().unwrap().to_string(), "cause-7");
+        let again = encode_headers(&env);
+        assert_eq!(decode(topic.clone(), Some(&again), Bytes::new()), env);
+
+        let mut h = HeaderMap::new();
+        h.insert(NATS_MESSAGE_ID, "x".repeat(MessageId::MAX_LEN + 1).as_str());
+        h.insert(CORRELATION, "corr-42");
+        let env = decode(topic, Some(&h), Bytes::new());
+        assert!(env.id.is_ulid(), "an over-long id is replaced");
+        assert_eq!(env.correlation_id.to_string(), "corr-42");
     }
 }

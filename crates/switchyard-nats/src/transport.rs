@@ -425,9 +425,9 @@ impl NatsTransport {
     /// Tells JetStream that every unsettled delivery of message `id` is still being worked
     /// on (`+WPI`): its ack wait starts again. For handlers that run longer than the ack
     /// wait. Returns how many deliveries were extended.
-    pub async fn in_progress(&self, id: MessageId) -> Result<usize, TransportError> {
+    pub async fn in_progress(&self, id: &MessageId) -> Result<usize, TransportError> {
         let subjects = lock(&self.inner.unsettled)
-            .get(&id)
+            .get(id)
             .cloned()
             .unwrap_or_default();
         for s in &subjects {

@@ -17,7 +17,7 @@ pub const JSON: &str = "application/json";
 /// How a message is shown everywhere (WebSocket deliveries, DLQ entries, traces).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageJson {
-    /// Message id (a ULID).
+    /// Message id: a ULID when switchyard made it, else the client's id as it was given.
     pub id: String,
     /// Topic.
     pub topic: String,
@@ -63,7 +63,7 @@ impl MessageJson {
             topic: env.topic.to_string(),
             kind: env.kind.as_str().to_owned(),
             correlation_id: env.correlation_id.to_string(),
-            causation_id: env.causation_id.map(|c| c.to_string()),
+            causation_id: env.causation_id.as_ref().map(ToString::to_string),
             source: env.source.as_ref().map(ToString::to_string),
             target: env.target.as_ref().map(ToString::to_string),
             priority: env.priority.0,
@@ -113,8 +113,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// topic and payload.
 #[derive(Debug, Clone, Default)]
 pub struct PublishMeta {
-    /// `x-message-id`: dedup id; a ULID is kept as the message id, any other string goes to
-    /// the `message-id` header (and the transport's dedup key).
+    /// `x-message-id`: the message id (and the transport's dedup key), kept as given; a value
+    /// that is not a valid id (empty, over 256 bytes, not visible ASCII) goes to the
+    /// `message-id` header instead.
     pub message_id: Option<String>,
     /// `x-correlation-id`.
     pub correlation_id: Option<String>,
@@ -130,10 +131,10 @@ pub struct PublishMeta {
     pub headers: Vec<(String, String)>,
 }
 
-/// Header where a non-ULID dedup id is kept.
+/// Header where an `x-message-id` that is not a valid message id is kept.
 pub const MESSAGE_ID_HEADER: &str = "message-id";
 
-/// Header of a non-ULID correlation id given by a client.
+/// Header where an `x-correlation-id` that is not a valid message id is kept.
 pub const CORRELATION_HEADER: &str = "correlation-id";
 
 /// Builds the envelope of a gateway publish, send or request. `principal` is stamped in the
@@ -150,9 +151,9 @@ pub fn build_envelope(
     env.content_type = content_type.into();
     if let Some(id) = meta.message_id {
         match id.parse::<MessageId>() {
-            Ok(ulid) => {
-                env.id = ulid;
-                env.correlation_id = ulid;
+            Ok(id) => {
+                env.id = id.clone();
+                env.correlation_id = id;
             }
             Err(_) => env.headers.insert(MESSAGE_ID_HEADER, id.as_str()),
         }
@@ -164,12 +165,9 @@ pub fn build_envelope(
         }
     }
     if let Some(c) = meta.causation_id {
-        let id = c.parse::<MessageId>().map_err(|_| {
-            ApiError::new(
-                ErrorKind::BadHeader,
-                format!("x-causation-id {c:?} is not a message id (a 26-character ULID)"),
-            )
-        })?;
+        let id = c
+            .parse::<MessageId>()
+            .map_err(|e| ApiError::new(ErrorKind::BadHeader, format!("x-causation-id: {e}")))?;
         env.causation_id = Some(id);
     }
     if let Some(tp) = meta.traceparent {

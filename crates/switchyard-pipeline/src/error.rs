@@ -228,7 +228,7 @@ pub struct FeedError<T> {
 impl<T> fmt::Debug for FeedError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FeedError")
-            .field("origin", &self.origin.as_ref().map(|e| e.id))
+            .field("origin", &self.origin.as_ref().map(|e| e.id.clone()))
             .finish_non_exhaustive()
     }
 }

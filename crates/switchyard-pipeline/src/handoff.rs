@@ -255,12 +255,12 @@ where
                         }
                     };
                     if let Some(origin) = token.origin() {
-                        env.correlation_id = origin.correlation_id;
-                        env.causation_id = Some(origin.id);
+                        env.correlation_id = origin.correlation_id.clone();
+                        env.causation_id = Some(origin.id.clone());
                     }
-                    let id = env.id;
+                    let id = env.id.clone();
                     // Park before publishing: the envelope may come back before publish returns.
-                    p.lock().insert(id, token);
+                    p.lock().insert(id.clone(), token);
                     if let Err(e) = handoff.publish(env).await {
                         let e = StageError::new(StageErrorKind::Unavailable, e.to_string());
                         publish_op.error(e.error_type());

@@ -92,7 +92,10 @@ async fn phase(
                 } else {
                     tx.commit().await.expect("commit");
                     let env = msg.to_envelope().expect("envelope");
-                    times.committed.lock().insert(env.id, Instant::now());
+                    times
+                        .committed
+                        .lock()
+                        .insert(env.id.clone(), Instant::now());
                     bus.publish_envelope(env).await.expect("publish");
                 }
             }
@@ -163,7 +166,7 @@ async fn main() {
             let times = times.clone();
             async move {
                 let mut h = times.handled.lock();
-                h.insert(ctx.envelope().id, Instant::now());
+                h.insert(ctx.envelope().id.clone(), Instant::now());
                 if h.len() >= *times.want.lock() {
                     times.done.notify_one();
                 }

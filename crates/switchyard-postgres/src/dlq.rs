@@ -166,21 +166,21 @@ impl DeadLetterQueue for PgDeadLetterQueue {
         self.memory.select(filter)
     }
 
-    fn get(&self, id: MessageId) -> Option<DeadLetter> {
+    fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.memory.get(id)
     }
 
-    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
+    fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
         let removed = !self.memory.take(id).is_empty();
         if removed {
-            self.send(Op::Remove(vec![id]))?;
+            self.send(Op::Remove(vec![id.clone()]))?;
         }
         Ok(removed)
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         let taken = self.memory.take_matching(filter);
-        let mut ids: Vec<MessageId> = taken.iter().map(|l| l.envelope.id).collect();
+        let mut ids: Vec<MessageId> = taken.iter().map(|l| l.envelope.id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
         if !ids.is_empty() {

@@ -193,7 +193,7 @@ async fn a_failing_handler_rolls_back_its_writes_and_its_inbox_mark() {
     let report = bus.publish_envelope_and_wait(env.clone()).await.unwrap();
     assert_eq!(report.failures.len(), 1);
     assert_eq!(db.count("SELECT count(*) FROM {schema}.effects").await, 0);
-    assert!(!inbox.handled(env.id).await.unwrap());
+    assert!(!inbox.handled(env.id.clone()).await.unwrap());
     fail.store(false, Ordering::SeqCst);
     bus.publish_envelope_and_wait(env.clone())
         .await

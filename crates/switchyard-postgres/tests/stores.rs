@@ -45,7 +45,7 @@ async fn dead_letters_round_trip_and_survive_a_restart() {
     for l in &letters {
         dlq.put(l.clone());
     }
-    assert!(dlq.remove(letters[0].envelope.id).unwrap());
+    assert!(dlq.remove(&letters[0].envelope.id).unwrap());
     dlq.flush().await.unwrap();
 
     let pool = fresh_pool().await;
@@ -54,12 +54,12 @@ async fn dead_letters_round_trip_and_survive_a_restart() {
         .unwrap();
     assert_eq!(reopened.len(), 2);
     assert_eq!(
-        reopened.get(letters[1].envelope.id),
+        reopened.get(&letters[1].envelope.id),
         Some(letters[1].clone()),
         "every field kept"
     );
     assert_eq!(
-        reopened.get(letters[0].envelope.id),
+        reopened.get(&letters[0].envelope.id),
         None,
         "the removal was stored"
     );
@@ -121,7 +121,7 @@ async fn dead_letters_keep_one_entry_per_message_and_the_capacity() {
         .await
         .unwrap();
     assert_eq!(reopened.len(), 3);
-    assert_eq!(reopened.get(env.id), None, "the oldest was evicted");
+    assert_eq!(reopened.get(&env.id), None, "the oldest was evicted");
     db.finish().await;
 }
 
@@ -181,7 +181,7 @@ async fn delayed_messages_wait_until_due_and_survive_a_restart() {
         .on("rec", move |_p: Ping, ctx| {
             let tx = tx.clone();
             async move {
-                let _ = tx.send((ctx.envelope().id, SystemTime::now()));
+                let _ = tx.send((ctx.envelope().id.clone(), SystemTime::now()));
                 Ok::<_, std::io::Error>(())
             }
         })

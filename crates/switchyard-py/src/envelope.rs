@@ -24,7 +24,7 @@ impl PyEnvelope {
 
 #[pymethods]
 impl PyEnvelope {
-    /// The message id (a ULID string).
+    /// The message id: a ULID string when switchyard made it, else the foreign id as it came.
     #[getter]
     fn id(&self) -> String {
         self.inner.id.to_string()
@@ -51,7 +51,7 @@ impl PyEnvelope {
     /// The id of the message whose handler published this one, if any.
     #[getter]
     fn causation_id(&self) -> Option<String> {
-        self.inner.causation_id.map(|c| c.to_string())
+        self.inner.causation_id.as_ref().map(ToString::to_string)
     }
 
     /// The raw payload (JSON unless the publisher sent other bytes).

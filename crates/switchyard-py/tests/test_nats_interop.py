@@ -21,6 +21,7 @@ from nats.errors import NoRespondersError  # noqa: E402
 
 URL = "nats://127.0.0.1:4222"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+MSG_ID = str(uuid.uuid4())
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -71,6 +72,8 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         assert time.monotonic() - start < 2
 
         js = nc.jetstream()
+        echoes = await nc.subscribe(f"{prefix}.echo.>")
+        await nc.flush()
         # A command published on an event topic is never handed to an event handler.
         await js.publish(f"{prefix}.events.orders", b'{"sneaky": true}', headers={"Sy-Kind": "command"})
         # The event, with the headers a service in another language sets.
@@ -82,6 +85,9 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
                 "tracestate": "vendor=opaque",
                 "X-Correlation-Id": "abc-123",
                 "X-Percent": "50%25 off",
+                # Foreign ids: a UUID message id, a correlation id of this service's own.
+                "Nats-Msg-Id": MSG_ID,
+                "Sy-Correlation-Id": "corr-42",
             },
         )
         got = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30))
@@ -93,6 +99,14 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         assert headers["tracestate"] == "vendor=opaque"
         assert headers["X-Correlation-Id"] == "abc-123"
         assert headers["X-Percent"] == "50%25 off"
+        # The ids arrive as they were sent ...
+        assert got["id"] == MSG_ID
+        assert got["correlation_id"] == "corr-42"
+        # ... and come back unchanged on what the Rust handler publishes in turn.
+        echo = await echoes.next_msg(timeout=30)
+        assert echo.subject == f"{prefix}.echo.orders"
+        assert echo.headers["Sy-Correlation-Id"] == "corr-42"
+        assert echo.headers["Sy-Causation-Id"] == MSG_ID
 
 
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -40,8 +40,8 @@ impl Ctx {
     }
 
     /// The correlation id of the flow this message belongs to.
-    pub fn correlation_id(&self) -> MessageId {
-        self.envelope.correlation_id
+    pub fn correlation_id(&self) -> &MessageId {
+        &self.envelope.correlation_id
     }
 
     /// Delivery attempt, 1-based.

@@ -248,7 +248,7 @@ impl SubShared {
     /// Settles a transport delivery after handling: ack when handled, term when it was
     /// dead-lettered here (so the transport does not redeliver it).
     pub(crate) async fn settle(&self, delivery: Delivery, handled: bool) {
-        let id = delivery.envelope.id;
+        let id = delivery.envelope.id.clone();
         let result = if handled {
             delivery.ack().await
         } else {

@@ -433,9 +433,9 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
         return;
     }
     let _ = CURRENT.try_with(|Parent(parent)| {
-        env.causation_id = Some(parent.id);
+        env.causation_id = Some(parent.id.clone());
         if env.correlation_id == env.id {
-            env.correlation_id = parent.correlation_id;
+            env.correlation_id = parent.correlation_id.clone();
         }
         if let Some(session) = parent.header(SESSION_HEADER)
             && env.header(SESSION_HEADER).is_none()

@@ -54,7 +54,7 @@ impl Bus {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         env.headers.insert(DELIVER_AT_HEADER, millis.to_string());
-        let id = env.id;
+        let id = env.id.clone();
         self.publish_envelope(env).await?;
         Ok(id)
     }
@@ -70,7 +70,8 @@ impl Bus {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
-        let id = env.id;
+        let id = env.id.clone();
+        let key = id.clone();
         let accepted = self.inner.pending.accept();
         // Holding the table lock while spawning: the task looks itself up first thing, so it
         // cannot miss its own entry even when `at` is already past.
@@ -78,7 +79,7 @@ impl Bus {
         let bus = self.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let entry = bus.inner.scheduled.lock().remove(&id);
+            let entry = bus.inner.scheduled.lock().remove(&key);
             let Some(Scheduled { env, accepted, .. }) = entry else {
                 return;
             };
@@ -87,7 +88,7 @@ impl Bus {
                 // count is released (dropped), not settled.
                 Ok(()) => drop(accepted),
                 Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "delayed publish failed; dead-lettered");
+                    tracing::warn!(message_id = %key, error = %e, "delayed publish failed; dead-lettered");
                     bus.inner.dead_letter(DeadLetter::new(
                         env,
                         DeadLetterReason::Dropped,
@@ -106,7 +107,7 @@ impl Bus {
             return Err(PublishError::ShuttingDown);
         }
         scheduled.insert(
-            id,
+            id.clone(),
             Scheduled {
                 env,
                 task,

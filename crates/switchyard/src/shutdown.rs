@@ -167,9 +167,9 @@ impl Bus {
         let fed = inner.transport.is_some() && sub.kind == SubscriptionKind::Event;
         for env in sub.queue.in_flight_envelopes() {
             if fed {
-                report.nacked.push(env.id);
+                report.nacked.push(env.id.clone());
             } else {
-                report.left.push(env.id);
+                report.left.push(env.id.clone());
                 inner.dead_letter(
                     DeadLetter::new(
                         Arc::unwrap_or_clone(env),
@@ -183,14 +183,14 @@ impl Bus {
         for mut entry in sub.queue.drain_waiting() {
             match entry.delivery.take() {
                 Some(delivery) => {
-                    report.nacked.push(entry.env.id);
+                    report.nacked.push(entry.env.id.clone());
                     if let Err(e) = delivery.nack(None).await {
                         tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
                     }
                     entry.accepted.settle(Settled::LeftOver);
                 }
                 None => {
-                    report.left.push(entry.env.id);
+                    report.left.push(entry.env.id.clone());
                     sub.give_up(
                         inner,
                         entry,

@@ -666,7 +666,7 @@ impl DemoApp {
     /// flow's correlation id; its result arrives through [`next_result`](Self::next_result).
     pub async fn submit(&self, run_id: &str, dataset: &str) -> Result<MessageId, DemoError> {
         let env = PipelineRequest::file(run_id, dataset).to_envelope()?;
-        let correlation_id = env.correlation_id;
+        let correlation_id = env.correlation_id.clone();
         self.front.publish_envelope(env).await?;
         Ok(correlation_id)
     }
@@ -687,7 +687,7 @@ impl DemoApp {
     ) -> Result<RunOutcome, DemoError> {
         let t0 = Instant::now();
         let correlation_id = self.submit(run_id, dataset).await?;
-        let done = wait_for(&mut self.results, correlation_id, timeout, run_id).await?;
+        let done = wait_for(&mut self.results, correlation_id.clone(), timeout, run_id).await?;
         Ok(RunOutcome {
             run_id: run_id.to_owned(),
             correlation_id,
@@ -773,7 +773,10 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     // Trailing status updates and completions: wait until the bus is idle (bounded).
     let _ = tokio::time::timeout(Duration::from_secs(5), bus.run_until_idle()).await;
 
-    let first = runs.first().map(|r| r.correlation_id).unwrap_or_default();
+    let first = runs
+        .first()
+        .map(|r| r.correlation_id.clone())
+        .unwrap_or_default();
     let trace = recorder.trace(first);
     let recorded = recorder.envelopes();
     let in_runs = recorded

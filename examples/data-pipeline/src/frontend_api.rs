@@ -249,7 +249,7 @@ pub(crate) struct RunsSink {
 impl DeadLetterSink for RunsSink {
     fn put(&self, letter: DeadLetter) {
         self.runs.dead_letter(
-            letter.envelope.correlation_id,
+            letter.envelope.correlation_id.clone(),
             DeadLetterInfo {
                 id: letter.envelope.id.to_string(),
                 topic: letter.envelope.topic.as_str().to_owned(),

@@ -56,7 +56,7 @@ fn line(env: &Envelope) -> String {
         "topic": env.topic.as_str(),
         "id": env.id.to_string(),
         "correlation_id": env.correlation_id.to_string(),
-        "causation_id": env.causation_id.map(|c| c.to_string()),
+        "causation_id": env.causation_id.as_ref().map(ToString::to_string),
         "type_name": env.type_name.as_deref(),
         "kind": env.kind.as_str(),
         "headers": env.headers.iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -199,14 +199,28 @@ async fn nats_interop(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(
     let bus = Bus::builder().transport(transport).build()?;
     let counter = Counter::default();
     let c = counter.clone();
+    // Each event is echoed on <prefix>.echo.<rest>, published from the handler: the echo
+    // carries the event's correlation id and has the event's id as its causation.
+    let (b, echo_prefix) = (bus.clone(), format!("{prefix}.echo"));
     let _events = bus
         .subscribe(
             "rust-interop",
             &format!("{prefix}.events.#"),
             handler_fn(move |env: Envelope| {
-                let c = c.clone();
+                let (c, b) = (c.clone(), b.clone());
+                let echo = env
+                    .topic
+                    .as_str()
+                    .split_once(".events.")
+                    .map(|(_, rest)| format!("{echo_prefix}.{rest}"));
                 async move {
                     println!("{}", line(&env));
+                    if let Some(echo) = echo {
+                        let topic = Topic::new(&echo).map_err(std::io::Error::other)?;
+                        b.publish_envelope(Envelope::new(topic, env.payload.clone()))
+                            .await
+                            .map_err(std::io::Error::other)?;
+                    }
                     c.hit();
                     Ok::<_, std::io::Error>(())
                 }

@@ -199,7 +199,7 @@ impl ErrorHandler {
             Retry(u32),
             GiveUp(u32),
         }
-        let key = (report.correlation_id, report.domain.clone());
+        let key = (report.correlation_id.clone(), report.domain.clone());
         let decision = {
             let mut st = self.state.lock();
             st.stats.errors += 1;
@@ -280,7 +280,7 @@ impl ErrorHandler {
                 let envelope = cx
                     .envelope()
                     .clone()
-                    .with_correlation_id(report.correlation_id);
+                    .with_correlation_id(report.correlation_id.clone());
                 let letter = DeadLetter::new(envelope, DeadLetterReason::HandlerFailed, text)
                     .with_handler(Self::NAME);
                 match &self.sink {

@@ -84,7 +84,7 @@ async fn legal_transitions_publish_status_updates_and_a_completion() {
             let u = StatusUpdate::from_envelope(e).unwrap();
             assert_eq!(u.request_id, ctx.id());
             assert_eq!(e.correlation_id, parent.correlation_id);
-            assert_eq!(e.causation_id, Some(parent.id));
+            assert_eq!(e.causation_id, Some(parent.id.clone()));
             assert_eq!(e.source.as_deref(), Some("shop-manager"));
             (u.from, u.to)
         })
@@ -233,7 +233,7 @@ async fn results_find_the_exact_context_through_the_request_header() {
     let first = table.begin(&cbus, "order", Some(&parent)).await.unwrap();
     let second = table.begin(&cbus, "order", Some(&parent)).await.unwrap();
     assert_eq!(
-        table.find("shop-service", parent.correlation_id),
+        table.find("shop-service", parent.correlation_id.clone()),
         Some(second.id())
     );
     first

@@ -79,7 +79,7 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
 
     // First failure: retry after 1 s.
     let t0 = Instant::now();
-    bus.publish_to("x.error", report(flow, false))
+    bus.publish_to("x.error", report(flow.clone(), false))
         .await
         .unwrap();
     let got = retries.wait_for(1, WAIT).await.unwrap();
@@ -87,18 +87,20 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
     let req = RetryRequest::from_envelope(&got[0]).unwrap();
     assert_eq!(
         (req.attempt, req.max_attempts, req.correlation_id),
-        (2, 3, flow)
+        (2, 3, flow.clone())
     );
     assert_eq!(got[0].source.as_deref(), Some(ErrorHandler::NAME));
 
     // A propagated failure is only recorded.
-    bus.publish_to("x.error", report(flow, true)).await.unwrap();
+    bus.publish_to("x.error", report(flow.clone(), true))
+        .await
+        .unwrap();
     bus.run_until_idle().await;
-    assert_eq!(handler.attempts(flow, "x"), 1);
+    assert_eq!(handler.attempts(flow.clone(), "x"), 1);
 
     // Second failure: retry after 2 s.
     let t1 = Instant::now();
-    bus.publish_to("x.error", report(flow, false))
+    bus.publish_to("x.error", report(flow.clone(), false))
         .await
         .unwrap();
     let got = retries.wait_for(2, WAIT).await.unwrap();
@@ -106,12 +108,12 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
     assert_eq!(RetryRequest::from_envelope(&got[1]).unwrap().attempt, 3);
 
     // Third failure: gives up, dead-letters with the correlation id, tells the manager.
-    bus.publish_to("x.error", report(flow, false))
+    bus.publish_to("x.error", report(flow.clone(), false))
         .await
         .unwrap();
     let got = exhausted.wait_for(1, WAIT).await.unwrap();
     let ex = RetryExhausted::from_envelope(&got[0]).unwrap();
-    assert_eq!((ex.attempts, ex.correlation_id), (3, flow));
+    assert_eq!((ex.attempts, ex.correlation_id), (3, flow.clone()));
     let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].envelope.correlation_id, flow);
@@ -161,7 +163,7 @@ async fn gives_up_into_the_sink_the_bus_was_built_with() {
         .await
         .unwrap();
     let flow = MessageId::new();
-    bus.publish_to("x.error", report(flow, false))
+    bus.publish_to("x.error", report(flow.clone(), false))
         .await
         .unwrap();
     exhausted.wait_for(1, WAIT).await.unwrap();

@@ -30,7 +30,7 @@ fn tree_from_envelopes() {
         a.clone(),
         a.clone(),
     ];
-    let t = Trace::build(root.correlation_id, &recorded);
+    let t = Trace::build(root.correlation_id.clone(), &recorded);
     assert_eq!(t.len(), 4);
     assert_eq!(t.roots.len(), 1);
     let r = &t.roots[0];
@@ -106,7 +106,7 @@ async fn trace_of_a_live_flow_through_components() {
     let ui = running.component_bus("ui").unwrap();
     let mut request = Note { n: 5 }.to_envelope().unwrap();
     request.topic = Topic::new("cpm.order.request").unwrap();
-    let correlation = request.correlation_id;
+    let correlation = request.correlation_id.clone();
     ui.publish_envelope(request).await.unwrap();
     let got = tokio::time::timeout(WAIT, rx.recv())
         .await

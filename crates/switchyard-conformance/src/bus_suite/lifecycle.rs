@@ -41,14 +41,14 @@ impl Tally {
     }
 
     fn ids(&self) -> BTreeSet<MessageId> {
-        lock(&self.seen).keys().copied().collect()
+        lock(&self.seen).keys().cloned().collect()
     }
 
     fn twice(&self) -> Vec<MessageId> {
         lock(&self.seen)
             .iter()
             .filter(|(_, n)| **n > 1)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id.clone())
             .collect()
     }
 
@@ -162,7 +162,7 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
     let mut sent = BTreeSet::new();
     for n in 0..COUNT {
         let env = Envelope::new(topic.clone(), n.to_string());
-        sent.insert(env.id);
+        sent.insert(env.id.clone());
         bus.publish_envelope(env).await?;
     }
     let held = entered(&mut rx, "the member that will be dropped to take a message").await?;
@@ -173,7 +173,7 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
         .await?;
     drop(dying);
     if !tally.wait_for(&sent, WAIT).await {
-        let lost: Vec<_> = sent.difference(&tally.ids()).copied().collect();
+        let lost: Vec<_> = sent.difference(&tally.ids()).cloned().collect();
         return Err(Failure::Check(format!(
             "{} of {COUNT} never reached the remaining member within {WAIT:?} (ack wait \
              {ACK_WAIT:?}), the dropped member's held message {held} among them: {}; lost: \
@@ -184,11 +184,11 @@ pub async fn bus_dropped_group_member_hands_its_messages_on<F: BusFactory>(h: &F
                 .dead_letters
                 .list()
                 .iter()
-                .map(|l| (l.envelope.id, l.attempts))
+                .map(|l| (l.envelope.id.clone(), l.attempts))
                 .collect::<Vec<_>>()
         )));
     }
-    let foreign: Vec<_> = tally.ids().difference(&sent).copied().collect();
+    let foreign: Vec<_> = tally.ids().difference(&sent).cloned().collect();
     check!(
         foreign.is_empty(),
         "handled messages nobody sent: {foreign:?}"
@@ -254,7 +254,7 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
             let mut refused = Vec::new();
             for n in 0..EACH {
                 let env = Envelope::new(topic.clone(), format!("{p}-{n}"));
-                let id = env.id;
+                let id = env.id.clone();
                 match bus.publish_envelope(env).await {
                     Ok(()) if refused.is_empty() => {
                         accepted.push(id);
@@ -322,13 +322,19 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
         .left
         .iter()
         .chain(&report.nacked)
-        .copied()
-        .chain(setup.dead_letters.list().iter().map(|l| l.envelope.id))
+        .cloned()
+        .chain(
+            setup
+                .dead_letters
+                .list()
+                .iter()
+                .map(|l| l.envelope.id.clone()),
+        )
         .collect();
     let mut missing: BTreeSet<MessageId> = accepted
         .difference(&handled)
         .filter(|id| !reported.contains(id))
-        .copied()
+        .cloned()
         .collect();
     if !missing.is_empty() && g.durable {
         // Accepted by the transport after this bus stopped reading: still there for the next.
@@ -343,7 +349,7 @@ pub async fn bus_shutdown_racing_publishers_loses_nothing<F: BusFactory>(h: &F) 
             .dead_letters
             .list()
             .iter()
-            .map(|l| l.envelope.id)
+            .map(|l| l.envelope.id.clone())
             .collect();
         missing.retain(|id| !later.ids().contains(id) && !dead.contains(id));
         next.shutdown(WAIT).await?;
@@ -476,7 +482,7 @@ pub async fn bus_shutdown_report_accounts_for_every_pending_message<F: BusFactor
     let mut sent = BTreeSet::new();
     for n in 0..COUNT {
         let env = Envelope::new(topic.clone(), n.to_string());
-        sent.insert(env.id);
+        sent.insert(env.id.clone());
         bus.publish_envelope(env).await?;
     }
     for _ in 0..WORKERS {
@@ -489,8 +495,8 @@ pub async fn bus_shutdown_report_accounts_for_every_pending_message<F: BusFactor
         "{pending} pending with {COUNT} published and none settled"
     );
     let report = bus.shutdown(SHORT_DRAIN).await?;
-    let named: Vec<MessageId> = report.left.iter().chain(&report.nacked).copied().collect();
-    let unique: BTreeSet<MessageId> = named.iter().copied().collect();
+    let named: Vec<MessageId> = report.left.iter().chain(&report.nacked).cloned().collect();
+    let unique: BTreeSet<MessageId> = named.iter().cloned().collect();
     check!(
         unique.len() == named.len(),
         "the report names a message twice: {report:?}"
@@ -513,9 +519,9 @@ pub async fn bus_shutdown_report_accounts_for_every_pending_message<F: BusFactor
         .list()
         .iter()
         .filter(|l| l.reason == DeadLetterReason::Shutdown)
-        .map(|l| l.envelope.id)
+        .map(|l| l.envelope.id.clone())
         .collect();
-    let left: BTreeSet<MessageId> = report.left.iter().copied().collect();
+    let left: BTreeSet<MessageId> = report.left.iter().cloned().collect();
     check!(
         shutdown_letters == left,
         "dead-lettered for shutdown {shutdown_letters:?}, left {left:?}"
@@ -561,13 +567,13 @@ pub async fn bus_nacked_at_shutdown_come_back<F: BusFactory>(h: &F) -> TestResul
     let mut sent = BTreeSet::new();
     for n in 0..COUNT {
         let env = Envelope::new(topic.clone(), n.to_string());
-        sent.insert(env.id);
+        sent.insert(env.id.clone());
         bus.publish_envelope(env).await?;
     }
     entered(&mut rx, "the handler to start").await?;
     holds(&sub, COUNT).await?;
     let report = bus.shutdown(SHORT_DRAIN).await?;
-    let nacked: BTreeSet<MessageId> = report.nacked.iter().copied().collect();
+    let nacked: BTreeSet<MessageId> = report.nacked.iter().cloned().collect();
     check!(
         nacked == sent && report.left.is_empty(),
         "a bus on a transport hands every unhandled delivery back; report {report:?}, sent \

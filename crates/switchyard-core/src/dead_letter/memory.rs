@@ -74,9 +74,9 @@ impl Entries {
     /// Inserts (replacing the entry of the same message and handler); returns the entries
     /// evicted to make room.
     fn insert(&mut self, letter: DeadLetter) -> Vec<DeadLetter> {
-        let id = letter.envelope.id;
+        let id = letter.envelope.id.clone();
         let handler = letter.handler.clone();
-        if let Some(seq) = self.unlink(id, |(h, _)| *h == handler) {
+        if let Some(seq) = self.unlink(&id, |(h, _)| *h == handler) {
             self.remove_seq(seq);
         }
         let evicted = self.make_room(letter.size());
@@ -94,14 +94,14 @@ impl Entries {
     /// number); returns its sequence number. The entry itself stays in `by_seq`.
     fn unlink(
         &mut self,
-        id: MessageId,
+        id: &MessageId,
         which: impl Fn(&(Option<SmolStr>, u64)) -> bool,
     ) -> Option<u64> {
-        let seqs = self.seq_of.get_mut(&id)?;
+        let seqs = self.seq_of.get_mut(id)?;
         let at = seqs.iter().position(which)?;
         let (_, seq) = seqs.swap_remove(at);
         if seqs.is_empty() {
-            self.seq_of.remove(&id);
+            self.seq_of.remove(id);
         }
         Some(seq)
     }
@@ -131,7 +131,7 @@ impl Entries {
             let Some(oldest) = self.remove_seq(seq) else {
                 break;
             };
-            self.unlink(oldest.envelope.id, |(_, s)| *s == seq);
+            self.unlink(&oldest.envelope.id, |(_, s)| *s == seq);
             self.evicted += 1;
             self.evicted_bytes = self.evicted_bytes.saturating_add(oldest.size() as u64);
             evicted.push(oldest);
@@ -140,8 +140,8 @@ impl Entries {
     }
 
     /// Removes every entry of `id`, oldest first.
-    fn take(&mut self, id: MessageId) -> Vec<DeadLetter> {
-        let mut seqs = self.seq_of.remove(&id).unwrap_or_default();
+    fn take(&mut self, id: &MessageId) -> Vec<DeadLetter> {
+        let mut seqs = self.seq_of.remove(id).unwrap_or_default();
         seqs.sort_unstable_by_key(|(_, seq)| *seq);
         seqs.iter()
             .filter_map(|(_, seq)| self.remove_seq(*seq))
@@ -149,8 +149,8 @@ impl Entries {
     }
 
     /// The newest entry of `id`.
-    fn get(&self, id: MessageId) -> Option<&DeadLetter> {
-        let seq = self.seq_of.get(&id)?.iter().map(|(_, seq)| *seq).max()?;
+    fn get(&self, id: &MessageId) -> Option<&DeadLetter> {
+        let seq = self.seq_of.get(id)?.iter().map(|(_, seq)| *seq).max()?;
         self.by_seq.get(&seq)
     }
 
@@ -232,18 +232,18 @@ impl InMemoryDeadLetters {
     }
 
     /// The newest entry of one message id, if present.
-    pub fn get(&self, id: MessageId) -> Option<DeadLetter> {
+    pub fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.lock().get(id).cloned()
     }
 
     /// Removes and returns every entry of one message id (one per handler that gave up on
     /// it), oldest first.
-    pub fn take(&self, id: MessageId) -> Vec<DeadLetter> {
+    pub fn take(&self, id: &MessageId) -> Vec<DeadLetter> {
         self.lock().take(id)
     }
 
     /// Removes and returns the one entry of message `id` that `handler` gave up on.
-    pub fn take_one(&self, id: MessageId, handler: Option<&str>) -> Option<DeadLetter> {
+    pub fn take_one(&self, id: &MessageId, handler: Option<&str>) -> Option<DeadLetter> {
         let mut entries = self.lock();
         let seq = entries.unlink(id, |(h, _)| h.as_deref() == handler)?;
         entries.remove_seq(seq)
@@ -262,7 +262,7 @@ impl InMemoryDeadLetters {
         let mut taken = Vec::with_capacity(seqs.len());
         for seq in seqs {
             if let Some(letter) = entries.remove_seq(seq) {
-                entries.unlink(letter.envelope.id, |(_, s)| *s == seq);
+                entries.unlink(&letter.envelope.id, |(_, s)| *s == seq);
                 taken.push(letter);
             }
         }
@@ -361,11 +361,11 @@ mod tests {
         store.put(low);
         assert_eq!(store.len(), 2);
         assert_eq!(
-            store.get(high.envelope.id).and_then(|l| l.handler),
+            store.get(&high.envelope.id).and_then(|l| l.handler),
             Some("low".into()),
             "get returns the newest"
         );
-        let taken = store.take(high.envelope.id);
+        let taken = store.take(&high.envelope.id);
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].handler.as_deref(), Some("high"), "oldest first");
         assert!(store.is_empty());
@@ -397,13 +397,13 @@ mod tests {
         let billing = DeadLetterFilter::new().topic("billing.#".parse().expect("pattern"));
         assert_eq!(store.select(&billing).len(), 3);
         assert_eq!(store.select(&billing.clone().limit(2)).len(), 2);
-        let one = store.list()[1].envelope.id;
-        assert!(store.get(one).is_some());
-        assert_eq!(store.take(one).len(), 1);
-        assert!(store.take(one).is_empty());
+        let one = store.list()[1].envelope.id.clone();
+        assert!(store.get(&one).is_some());
+        assert_eq!(store.take(&one).len(), 1);
+        assert!(store.take(&one).is_empty());
         let two = store.list()[1].clone();
-        assert!(store.take_one(two.envelope.id, Some("other")).is_none());
-        assert_eq!(store.take_one(two.envelope.id, Some("h")), Some(two));
+        assert!(store.take_one(&two.envelope.id, Some("other")).is_none());
+        assert_eq!(store.take_one(&two.envelope.id, Some("h")), Some(two));
         assert_eq!(store.take_matching(&billing).len(), 2);
         assert!(store.select(&billing).is_empty());
         assert_eq!(store.drain().len(), 2);
@@ -428,8 +428,8 @@ mod tests {
         assert_eq!(dlq.evicted(), 7);
         assert_eq!(dlq.evicted_bytes(), 7 * one as u64);
         assert_eq!(dlq.bytes(), 3 * one);
-        let first = dlq.list()[0].envelope.id;
-        dlq.take(first);
+        let first = dlq.list()[0].envelope.id.clone();
+        dlq.take(&first);
         assert_eq!(dlq.bytes(), 2 * one, "taking an entry gives its bytes back");
         dlq.drain();
         assert_eq!((dlq.len(), dlq.bytes()), (0, 0));

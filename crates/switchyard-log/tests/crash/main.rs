@@ -71,7 +71,7 @@ fn crash_child() {
                                 .with_header("ordering-key", format!("k{}", (i + j as u64) % 5))
                         })
                         .collect();
-                    let ids: Vec<_> = batch.iter().map(|e| e.id).collect();
+                    let ids: Vec<_> = batch.iter().map(|e| e.id.clone()).collect();
                     log.publish(batch).await.unwrap();
                     for id in ids {
                         println!("CONFIRMED {id}");

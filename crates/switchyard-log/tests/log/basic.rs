@@ -29,7 +29,7 @@ async fn publish_then_subscribe_in_order() {
     assert!(try_next(&mut sub).is_none());
     // Live messages arrive too.
     let live = env("a.c", "live");
-    let id = live.id;
+    let id = live.id.clone();
     let (d, _) = tokio::join!(next(&mut sub), log.publish(vec![live]));
     assert_eq!(d.envelope.id, id);
     let caps = log.capabilities();
@@ -122,14 +122,20 @@ async fn nack_redelivers_now_or_after_the_delay() {
     publish_all(&log, vec![env("a.b", "x")]).await;
     let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
     let d = next(&mut sub).await;
-    let id = d.envelope.id;
+    let id = d.envelope.id.clone();
     d.nack(None).await.unwrap();
     let d = try_next(&mut sub).expect("immediate redelivery");
-    assert_eq!((d.envelope.id, d.envelope.delivery.attempt), (id, 2));
+    assert_eq!(
+        (d.envelope.id.clone(), d.envelope.delivery.attempt),
+        (id.clone(), 2)
+    );
     d.nack(Some(Duration::from_secs(3))).await.unwrap();
     assert!(try_next(&mut sub).is_none(), "not before the delay");
     let d = next(&mut sub).await;
-    assert_eq!((d.envelope.id, d.envelope.delivery.attempt), (id, 3));
+    assert_eq!(
+        (d.envelope.id.clone(), d.envelope.delivery.attempt),
+        (id, 3)
+    );
     assert!(d.envelope.delivery.first_delivered_at.is_some());
     d.ack().await.unwrap();
     // Under paused time a close deadline would fire while the writer syncs; drop instead.
@@ -473,6 +479,33 @@ async fn every_envelope_field_survives_storage() {
     got.delivery = sent.delivery;
     assert_eq!(got, sent);
     d.ack().await.unwrap();
+    close(&log).await;
+}
+
+/// Foreign (non-ULID) ids are stored as the text they are (ids were always stored as
+/// strings in the MessagePack record, so the format is unchanged and older logs read the
+/// same) and come back byte for byte after a reopen.
+#[tokio::test]
+async fn text_ids_survive_a_write_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = env("a.b", "x").with_correlation_id("corr-42".parse().unwrap());
+    sent.id = "550e8400-e29b-41d4-a716-446655440000".parse().unwrap();
+    sent.causation_id = Some("cause-7".parse().unwrap());
+    let ulid = env("a.b", "y");
+    {
+        let log = open(dir.path());
+        publish_all(&log, vec![sent.clone(), ulid.clone()]).await;
+        close(&log).await;
+    }
+    let log = open(dir.path());
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for want in [&sent, &ulid] {
+        let d = next(&mut sub).await;
+        assert_eq!(d.envelope.id.to_string(), want.id.to_string());
+        assert_eq!(d.envelope.correlation_id, want.correlation_id);
+        assert_eq!(d.envelope.causation_id, want.causation_id);
+        d.ack().await.unwrap();
+    }
     close(&log).await;
 }
 

@@ -135,8 +135,8 @@ async fn run(ops: Vec<Op>) {
                     })
                     .collect();
                 for e in &batch {
-                    h.offsets.insert(e.id, m.published.len() as u64);
-                    m.published.push((e.id, key));
+                    h.offsets.insert(e.id.clone(), m.published.len() as u64);
+                    m.published.push((e.id.clone(), key));
                 }
                 h.log.as_ref().unwrap().publish(batch).await.unwrap();
             }

@@ -67,7 +67,7 @@ impl Default for DedupConfig {
         Self {
             ttl: Duration::from_secs(600),
             capacity: 100_000,
-            key: Arc::new(|env: &Envelope| Some(DedupKey::Id(env.id))),
+            key: Arc::new(|env: &Envelope| Some(DedupKey::Id(env.id.clone()))),
         }
     }
 }
@@ -96,7 +96,7 @@ impl DedupConfig {
 
     /// Deduplicates by message id (the default).
     pub fn by_id(mut self) -> Self {
-        self.key = Arc::new(|env: &Envelope| Some(DedupKey::Id(env.id)));
+        self.key = Arc::new(|env: &Envelope| Some(DedupKey::Id(env.id.clone())));
         self
     }
 

@@ -60,7 +60,7 @@ impl Record {
     /// Removes exactly this entry (the message, by the handler that gave up on it).
     fn remove_entry(letter: &DeadLetter) -> Self {
         Self::Remove {
-            id: letter.envelope.id,
+            id: letter.envelope.id.clone(),
             only: Some(Only {
                 handler: letter.handler.clone(),
             }),
@@ -146,10 +146,10 @@ impl FileDeadLetterQueue {
                             index.insert(*letter);
                         }
                         Ok(Record::Remove { id, only: None }) => {
-                            index.take(id);
+                            index.take(&id);
                         }
                         Ok(Record::Remove { id, only: Some(o) }) => {
-                            index.take_one(id, o.handler.as_deref());
+                            index.take_one(&id, o.handler.as_deref());
                         }
                         Err(e) => {
                             skipped += 1;
@@ -278,17 +278,23 @@ impl DeadLetterQueue for FileDeadLetterQueue {
         self.lock().index.select(filter)
     }
 
-    fn get(&self, id: MessageId) -> Option<DeadLetter> {
+    fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.lock().index.get(id)
     }
 
-    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
+    fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
         let mut st = self.lock();
         if st.index.take(id).is_empty() {
             return Ok(false);
         }
         record::dlq_size(st.index.len());
-        self.write(&mut st, &[Record::Remove { id, only: None }])?;
+        self.write(
+            &mut st,
+            &[Record::Remove {
+                id: id.clone(),
+                only: None,
+            }],
+        )?;
         Ok(true)
     }
 

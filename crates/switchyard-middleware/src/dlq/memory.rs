@@ -9,11 +9,11 @@ impl DeadLetterQueue for InMemoryDeadLetters {
         self.select(filter)
     }
 
-    fn get(&self, id: MessageId) -> Option<DeadLetter> {
+    fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         InMemoryDeadLetters::get(self, id)
     }
 
-    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
+    fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
         Ok(!self.take(id).is_empty())
     }
 

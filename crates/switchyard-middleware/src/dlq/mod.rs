@@ -71,9 +71,9 @@ pub trait DeadLetterQueue: DeadLetterSink {
     /// Entries matching `filter`, oldest first (at most `filter.limit`).
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter>;
     /// The entry of one message.
-    fn get(&self, id: MessageId) -> Option<DeadLetter>;
+    fn get(&self, id: &MessageId) -> Option<DeadLetter>;
     /// Removes one entry; `Ok(false)` when it was not there.
-    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError>;
+    fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError>;
     /// Removes every entry matching `filter` (its `limit` is ignored); returns how many.
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError>;
     /// Entries held now.
@@ -90,10 +90,10 @@ impl<T: DeadLetterQueue> DeadLetterQueue for std::sync::Arc<T> {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
         (**self).list(filter)
     }
-    fn get(&self, id: MessageId) -> Option<DeadLetter> {
+    fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         (**self).get(id)
     }
-    fn remove(&self, id: MessageId) -> Result<bool, DlqWriteError> {
+    fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
         (**self).remove(id)
     }
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {

@@ -106,7 +106,7 @@ where
 
     /// Replays the entry of one message.
     pub async fn one(&self, id: MessageId) -> Result<(), ReplayError> {
-        let letter = self.queue.get(id).ok_or(ReplayError::NotFound(id))?;
+        let letter = self.queue.get(&id).ok_or(ReplayError::NotFound(id))?;
         self.replay_letter(&letter).await
     }
 
@@ -120,7 +120,7 @@ where
     pub async fn filtered(&self, filter: &DeadLetterFilter) -> ReplayReport {
         let mut report = ReplayReport::default();
         for letter in self.queue.list(filter) {
-            let id = letter.envelope.id;
+            let id = letter.envelope.id.clone();
             match self.replay_letter(&letter).await {
                 Ok(()) => report.replayed.push(id),
                 Err(e) => report.failed.push(ReplayFailure {
@@ -133,15 +133,21 @@ where
     }
 
     async fn replay_letter(&self, letter: &DeadLetter) -> Result<(), ReplayError> {
-        let id = letter.envelope.id;
+        let id = &letter.envelope.id;
         self.target
             .republish(replay_envelope(letter))
             .await
-            .map_err(|source| ReplayError::Publish { id, source })?;
+            .map_err(|source| ReplayError::Publish {
+                id: id.clone(),
+                source,
+            })?;
         if !self.keep {
             self.queue
                 .remove(id)
-                .map_err(|source| ReplayError::Remove { id, source })?;
+                .map_err(|source| ReplayError::Remove {
+                    id: id.clone(),
+                    source,
+                })?;
         }
         ::tracing::info!(message_id = %id, topic = %letter.envelope.topic, "dead letter replayed");
         Ok(())

@@ -2,7 +2,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
-use switchyard_core::Envelope;
+use switchyard_core::{Envelope, MessageId};
 
 use crate::rng;
 
@@ -210,8 +210,12 @@ impl TraceContext {
     /// The root of the trace of a message that arrived without a `traceparent`: the trace id
     /// is the message's correlation id (so a whole flow is one trace, and its traces and
     /// correlation ids line up), the span id is random, sampled.
+    ///
+    /// A ULID correlation id gives its 128 bits, a UUID (32 hex digits, hyphens ignored)
+    /// its 128 bits, and any other foreign id a stable 128-bit hash of its text (FNV-1a),
+    /// so every process derives the same trace id for one flow.
     pub fn root_for(env: &Envelope) -> Self {
-        let id = env.correlation_id.as_u128();
+        let id = trace_bits(&env.correlation_id);
         if id == 0 {
             return Self::new_root();
         }
@@ -379,6 +383,40 @@ impl FromStr for TraceContext {
     }
 }
 
+/// The 128 bits a correlation id contributes as a trace id (see [`TraceContext::root_for`]).
+fn trace_bits(id: &MessageId) -> u128 {
+    if let Some(bits) = id.as_u128() {
+        return bits;
+    }
+    id.with_str(|s| uuid_bits(s).unwrap_or_else(|| fnv1a_128(s.as_bytes())))
+}
+
+/// The value of a UUID written as 32 hex digits, with or without hyphens.
+fn uuid_bits(s: &str) -> Option<u128> {
+    let mut v: u128 = 0;
+    let mut digits = 0;
+    for c in s.chars() {
+        if c == '-' {
+            continue;
+        }
+        v = (v << 4) | u128::from(c.to_digit(16)?);
+        digits += 1;
+        if digits > 32 {
+            return None;
+        }
+    }
+    (digits == 32).then_some(v)
+}
+
+/// 128-bit FNV-1a: stable across processes and versions (unlike `std`'s hashers).
+fn fnv1a_128(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u128::from(*b)).wrapping_mul(PRIME))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -429,6 +467,31 @@ mod tests {
         assert_ne!(TraceContext::new_root().trace_id(), root.trace_id());
         let printed: TraceContext = child.to_string().parse().unwrap();
         assert_eq!(printed, child);
+    }
+
+    #[test]
+    fn root_for_derives_one_trace_from_any_correlation_id() {
+        let env = |c: &str| {
+            Envelope::new(switchyard_core::Topic::new("a.b").unwrap(), "")
+                .with_correlation_id(c.parse().unwrap())
+        };
+        let ulid = MessageId::new();
+        let root = TraceContext::root_for(&env(&ulid.to_string()));
+        assert_eq!(root.trace_id().0, ulid.as_u128().unwrap().to_be_bytes());
+        let uuid = TraceContext::root_for(&env("4bf92f35-77b3-4da6-a3ce-929d0e0e4736"));
+        assert_eq!(
+            uuid.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        // A foreign id that is neither: the same trace in every process, for every message.
+        let (a, b) = (
+            TraceContext::root_for(&env("corr-42")),
+            TraceContext::root_for(&env("corr-42")),
+        );
+        assert_eq!(a.trace_id(), b.trace_id());
+        assert_ne!(a.span_id(), b.span_id());
+        let other = TraceContext::root_for(&env("corr-43"));
+        assert_ne!(a.trace_id(), other.trace_id());
     }
 
     #[tokio::test]

@@ -310,7 +310,7 @@ async fn open_breaker_pauses_intake_and_loses_nothing() {
         .service(switchable(healthy.clone(), calls.clone()));
     crate::common::assert_handler(&svc);
     let msgs = envs("orders.placed", 30);
-    let ids: Vec<_> = msgs.iter().map(|e| e.id).collect();
+    let ids: Vec<_> = msgs.iter().map(|e| e.id.clone()).collect();
     let queue = queue_of(msgs);
     let dlq = Arc::new(InMemoryDeadLetters::new(100));
     let driver = tokio::spawn(drive(

@@ -48,6 +48,32 @@ async fn duplicates_are_acked_without_calling_the_handler() {
     assert!(handle.contains(&DedupKey::Id(e.id)));
 }
 
+/// A foreign id (a UUID from another client, kept as text) is a key like any other: two
+/// copies that arrive as separate envelopes with the same id are handled once.
+#[tokio::test(start_paused = true)]
+async fn a_foreign_text_id_is_deduplicated() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let layer = DedupLayer::new(DedupConfig::default());
+    let handle = layer.handle();
+    let svc = layer.layer(counting(calls.clone()));
+    let copy = || {
+        let mut e = env("a.b");
+        e.id = "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14".parse().unwrap();
+        e
+    };
+    let (first, second) = (copy(), copy());
+    assert!(!first.id.is_ulid());
+    svc.clone().oneshot(first).await.unwrap();
+    svc.clone().oneshot(second).await.unwrap();
+    let mut other = env("a.b");
+    other.id = "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c15".parse().unwrap();
+    svc.clone().oneshot(other).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(handle.duplicates(), 1);
+    let key = DedupKey::Id("6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14".parse().unwrap());
+    assert!(handle.contains(&key));
+}
+
 #[tokio::test(start_paused = true)]
 async fn failures_do_not_mark_the_key() {
     let calls = Arc::new(AtomicU32::new(0));

@@ -90,15 +90,15 @@ fn filters_on(q: &dyn DeadLetterQueue) {
         vec!["billing.charge", "billing.refund"]
     );
 
-    assert_eq!(q.get(old.envelope.id), Some(old.clone()));
+    assert_eq!(q.get(&old.envelope.id), Some(old.clone()));
     assert_eq!(
         q.purge(&DeadLetterFilter::new().handler("mailer")).unwrap(),
         2
     );
     assert_eq!(q.len(), 2);
-    assert!(q.remove(old.envelope.id).unwrap());
-    assert!(!q.remove(old.envelope.id).unwrap());
-    assert_eq!(q.get(old.envelope.id), None);
+    assert!(q.remove(&old.envelope.id).unwrap());
+    assert!(!q.remove(&old.envelope.id).unwrap());
+    assert_eq!(q.get(&old.envelope.id), None);
     assert_eq!(q.len(), 1);
 }
 
@@ -128,8 +128,8 @@ fn memory_queue_is_bounded_and_counts_evictions() {
     assert_eq!(q.len(), 3);
     assert_eq!(q.evicted(), 2);
     assert_eq!(q.total(), 5);
-    assert!(q.get(letters[0].envelope.id).is_none());
-    assert!(q.get(letters[4].envelope.id).is_some());
+    assert!(q.get(&letters[0].envelope.id).is_none());
+    assert!(q.get(&letters[4].envelope.id).is_some());
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn same_message_twice_is_one_entry_with_the_newer_story() {
     q.put(letter("a.c", DeadLetterReason::Rejected, "other", "h"));
     q.put(second.clone());
     assert_eq!(q.len(), 2);
-    assert_eq!(q.get(first.envelope.id).unwrap().error, "second");
+    assert_eq!(q.get(&first.envelope.id).unwrap().error, "second");
     // The replaced entry moved to the end.
     assert_eq!(
         q.select(&DeadLetterFilter::new())
@@ -174,7 +174,7 @@ fn file_queue_survives_reopen_and_a_torn_tail() {
         for l in &letters {
             q.put(l.clone());
         }
-        q.remove(letters[3].envelope.id).unwrap();
+        q.remove(&letters[3].envelope.id).unwrap();
     }
     // A crash in the middle of a write leaves half a line.
     std::fs::OpenOptions::new()
@@ -186,8 +186,8 @@ fn file_queue_survives_reopen_and_a_torn_tail() {
     let q = FileDeadLetterQueue::open(&path, FileDlqOptions::default()).unwrap();
     assert_eq!(q.skipped_lines(), 1);
     assert_eq!(q.len(), 9);
-    assert!(q.get(letters[3].envelope.id).is_none());
-    let back = q.get(letters[7].envelope.id).unwrap();
+    assert!(q.get(&letters[3].envelope.id).is_none());
+    let back = q.get(&letters[7].envelope.id).unwrap();
     assert_eq!(
         back, letters[7],
         "every field, payload included, round-trips"
@@ -198,7 +198,7 @@ fn file_queue_survives_reopen_and_a_torn_tail() {
     drop(q);
     let q = FileDeadLetterQueue::open(&path, FileDlqOptions::default()).unwrap();
     assert_eq!(q.len(), 10);
-    assert_eq!(q.get(extra.envelope.id), Some(extra));
+    assert_eq!(q.get(&extra.envelope.id), Some(extra));
 }
 
 #[test]
@@ -229,9 +229,12 @@ fn file_queue_bounded_and_compacted() {
     let ids: Vec<_> = q
         .list(&DeadLetterFilter::new())
         .iter()
-        .map(|l| l.envelope.id)
+        .map(|l| l.envelope.id.clone())
         .collect();
-    let want: Vec<_> = letters[35..].iter().map(|l| l.envelope.id).collect();
+    let want: Vec<_> = letters[35..]
+        .iter()
+        .map(|l| l.envelope.id.clone())
+        .collect();
     assert_eq!(ids, want);
 }
 
@@ -270,7 +273,7 @@ async fn replay_sets_headers_resets_delivery_and_removes_entries() {
     let (sent, republish) = collecting();
 
     Replayer::new(&q, &republish)
-        .one(l.envelope.id)
+        .one(l.envelope.id.clone())
         .await
         .unwrap();
     let replayed = sent.lock().unwrap()[0].clone();
@@ -321,7 +324,7 @@ async fn dlq_survives_restart_and_replay_processes_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dlq.jsonl");
     let msgs = envs("orders.placed", 20);
-    let mut ids: Vec<_> = msgs.iter().map(|e| e.id).collect();
+    let mut ids: Vec<_> = msgs.iter().map(|e| e.id.clone()).collect();
     ids.sort();
 
     // Run 1: the handler is broken; permanent errors go straight to the DLQ.
@@ -444,9 +447,15 @@ fn fsync_mode_and_explicit_compaction() {
     let ids: Vec<_> = q
         .list(&DeadLetterFilter::new())
         .iter()
-        .map(|l| l.envelope.id)
+        .map(|l| l.envelope.id.clone())
         .collect();
-    assert_eq!(ids, vec![letters[0].envelope.id, letters[1].envelope.id]);
+    assert_eq!(
+        ids,
+        vec![
+            letters[0].envelope.id.clone(),
+            letters[1].envelope.id.clone()
+        ]
+    );
 }
 
 #[test]

@@ -29,9 +29,9 @@ async fn panic_in_future_becomes_an_error_and_the_next_message_is_handled() {
     let dlq = Arc::new(InMemoryDeadLetters::new(10));
     // One worker: the same worker must survive the panic to handle the second message.
     let settled = drive(svc, queue, 1, dlq.clone() as Arc<dyn DeadLetterSink>).await;
-    assert_eq!(settled.acked(), vec![good.id]);
+    assert_eq!(settled.acked(), vec![good.id.clone()]);
     assert_eq!(*handled.lock().unwrap(), vec![good.id]);
-    let letter = dlq.get(bad.id).unwrap();
+    let letter = dlq.get(&bad.id).unwrap();
     assert_eq!(letter.reason, DeadLetterReason::Panicked);
     assert!(
         letter.error.contains(&format!("cannot parse {}", bad.id)),

@@ -28,7 +28,7 @@ struct CountingSink {
 
 impl DeadLetterSink for CountingSink {
     fn put(&self, letter: DeadLetter) {
-        self.puts.lock().unwrap().push(letter.envelope.id);
+        self.puts.lock().unwrap().push(letter.envelope.id.clone());
         self.inner.put(letter);
     }
 }
@@ -77,7 +77,7 @@ async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
     let handler = tower::service_fn(move |e: Envelope| {
         let s = s.clone();
         async move {
-            let r = roll(e.id, e.delivery.attempt, 1);
+            let r = roll(e.id.clone(), e.delivery.attempt, 1);
             match r {
                 0..=1 => Err::<Outcome, BoxError>(Permanent::new("bad message").into()),
                 2 => panic!("handler bug on {}", e.id),
@@ -118,7 +118,7 @@ async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
         .layer(CatchPanicLayer::new())
         .service(handler);
     let msgs = envs("load.test", N);
-    let all: HashSet<MessageId> = msgs.iter().map(|e| e.id).collect();
+    let all: HashSet<MessageId> = msgs.iter().map(|e| e.id.clone()).collect();
     let sink = Arc::new(CountingSink::default());
 
     let settled = drive(
@@ -130,13 +130,13 @@ async fn ten_thousand_messages_with_random_failures_all_accounted_for() {
     .await;
 
     let acked = settled.acked();
-    let acked_set: HashSet<_> = acked.iter().copied().collect();
+    let acked_set: HashSet<_> = acked.iter().cloned().collect();
     assert_eq!(acked.len(), acked_set.len(), "a message was acked twice");
     let puts = sink.puts.lock().unwrap().clone();
-    let dead: HashSet<_> = puts.iter().copied().collect();
+    let dead: HashSet<_> = puts.iter().cloned().collect();
     assert_eq!(puts.len(), dead.len(), "a message was dead-lettered twice");
     assert!(acked_set.is_disjoint(&dead));
-    let union: HashSet<_> = acked_set.union(&dead).copied().collect();
+    let union: HashSet<_> = acked_set.union(&dead).cloned().collect();
     assert_eq!(union, all, "every message acked or dead-lettered");
     assert_eq!(sink.inner.len(), dead.len());
     // Plausible split for ~30 % failures per attempt with 3 attempts.
@@ -176,7 +176,7 @@ async fn permanent_error_goes_straight_to_the_dlq() {
         });
     let dlq = Arc::new(InMemoryDeadLetters::new(10));
     let msgs = envs("a.b", 1);
-    let id = msgs[0].id;
+    let id = msgs[0].id.clone();
     let settled = drive(
         svc,
         queue_of(msgs),
@@ -186,7 +186,7 @@ async fn permanent_error_goes_straight_to_the_dlq() {
     .await;
     assert!(settled.acked().is_empty());
     assert_eq!(*calls.lock().unwrap(), 1);
-    let letter = dlq.get(id).unwrap();
+    let letter = dlq.get(&id).unwrap();
     assert_eq!(letter.reason, DeadLetterReason::HandlerFailed);
     assert!(
         letter.error.contains("unknown customer"),

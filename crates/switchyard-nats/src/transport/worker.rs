@@ -457,10 +457,10 @@ impl ConsumerWorker {
     /// Hands one delivery to the subscription. `false` when the subscription is gone (the
     /// delivery, dropped unsettled, is then nacked).
     async fn deliver(&mut self, envelope: Envelope, acker: Acker, reply: Option<Subject>) -> bool {
-        let id = envelope.id;
+        let id = envelope.id.clone();
         if let Some(r) = &reply {
             lock(&self.inner.unsettled)
-                .entry(id)
+                .entry(id.clone())
                 .or_default()
                 .push(r.clone());
         }
@@ -506,7 +506,7 @@ impl NatsAck {
             // After close nothing promises the ack reaches the server (the caller may drop
             // the transport next): refuse it. Dropping `self` hands the delivery back (a nack
             // at once), so it is redelivered without waiting for the ack wait.
-            let id = self.id;
+            let id = self.id.clone();
             return Box::pin(async move {
                 Err(TransportError::new(
                     TransportErrorKind::Closed,

@@ -60,7 +60,7 @@ async fn three_node_cluster_survives_a_killed_node() {
         let progress = progress.clone();
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
-                seen.lock().unwrap().insert(d.envelope.id);
+                seen.lock().unwrap().insert(d.envelope.id.clone());
                 let _ = d.ack().await;
                 progress.notify_waiters();
             }

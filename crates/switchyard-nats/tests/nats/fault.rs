@@ -42,7 +42,7 @@ async fn kill_mid_stream_loses_nothing_acknowledged() {
             let mut failures = 0;
             for i in 0..EACH {
                 let e = Envelope::new(topic.clone(), format!("{p}-{i}"));
-                let id = e.id;
+                let id = e.id.clone();
                 // A publish that fails is retried by the caller with the same envelope, as
                 // an application would; dedup keeps one copy.
                 loop {
@@ -69,7 +69,7 @@ async fn kill_mid_stream_loses_nothing_acknowledged() {
         tokio::spawn(async move {
             while let Some(d) = sub.next().await {
                 deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                seen.lock().unwrap().insert(d.envelope.id);
+                seen.lock().unwrap().insert(d.envelope.id.clone());
                 let _ = d.ack().await;
                 progress.notify_waiters();
             }

@@ -189,11 +189,12 @@ async fn a_command_is_never_handed_to_an_event_handler() {
     assert!(rx.try_recv().is_err());
 }
 
-/// Ids are opaque strings: a foreign UUID `Nats-Msg-Id` and correlation id are kept as they
-/// are. Not done: `MessageId` is still a ULID (`Copy`); making it opaque touches every crate
-/// (work in progress on branch `dist-opaque-ids-wip`).
+/// Ids are opaque strings: a foreign UUID `Nats-Msg-Id`, correlation and causation id are
+/// kept as they are, and a Rust republish carries them on under their standard names (the
+/// message forwarded as it is keeps its `Nats-Msg-Id`; a follow-up caused by it has the
+/// foreign correlation id and the UUID as its causation). Failed before MessageId became an
+/// opaque string: each foreign id was replaced by a fresh ULID.
 #[tokio::test]
-#[ignore = "issue 17 item 2, opaque ids: not done yet (MessageId is a ULID)"]
 async fn foreign_ids_are_kept_as_they_are() {
     if shared_unavailable().is_some() {
         return;
@@ -201,14 +202,55 @@ async fn foreign_ids_are_kept_as_they_are() {
     let h = NatsHarness::shared();
     let setup = Setup::new();
     let nats = NatsTransport::connect(h.config(&setup)).await.unwrap();
-    let mut sub = nats.subscribe(&setup.all().unwrap(), None).await.unwrap();
+    let mut sub = nats
+        .subscribe(&setup.pattern("ids").unwrap(), None)
+        .await
+        .unwrap();
     foreign_publish(
         setup.topic("ids").unwrap().to_string(),
-        &[("Nats-Msg-Id", UUID), ("Sy-Correlation-Id", "corr-42")],
+        &[
+            ("Nats-Msg-Id", UUID),
+            ("Sy-Correlation-Id", "corr-42"),
+            ("Sy-Causation-Id", "cause-7"),
+        ],
         "{}",
     )
     .await;
     let env = next(&mut sub).await;
     assert_eq!(env.id.to_string(), UUID, "foreign Nats-Msg-Id replaced");
     assert_eq!(env.correlation_id.to_string(), "corr-42");
+    assert_eq!(
+        env.causation_id.as_ref().map(|c| c.to_string()).as_deref(),
+        Some("cause-7")
+    );
+
+    let client = async_nats::connect(SHARED_URL).await.unwrap();
+    let out = setup.topic("out").unwrap();
+    let mut raw = client.subscribe(out.to_string()).await.unwrap();
+    client.flush().await.unwrap();
+    let mut fwd = env.clone();
+    fwd.topic = out.clone();
+    let follow_up = Envelope::new(out, "{}").caused_by(&env);
+    nats.publish(vec![fwd, follow_up.clone()]).await.unwrap();
+    let mut read = async || {
+        let msg = tokio::time::timeout(Duration::from_secs(10), raw.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let hm = msg.headers.unwrap();
+        let get = |k: &str| hm.get(k).map(|v| v.as_str().to_owned());
+        // The standard name's constant: a `&str` key does not find it in async-nats' map.
+        let id = hm.get(async_nats::header::NATS_MESSAGE_ID);
+        (
+            id.map(|v| v.as_str().to_owned()),
+            get("Sy-Correlation-Id"),
+            get("Sy-Causation-Id"),
+        )
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(read().await, (some(UUID), some("corr-42"), some("cause-7")));
+    assert_eq!(
+        read().await,
+        (some(&follow_up.id.to_string()), some("corr-42"), some(UUID))
+    );
 }

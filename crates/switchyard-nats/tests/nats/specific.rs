@@ -89,13 +89,13 @@ async fn in_progress_extends_the_ack_wait() {
     // redelivery.
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(2500) {
-        assert_eq!(t.in_progress(e.id).await.unwrap(), 1);
+        assert_eq!(t.in_progress(&e.id).await.unwrap(), 1);
         if let Ok(again) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
             panic!("redelivered while in progress: {again:?}");
         }
     }
     d.ack().await.unwrap();
-    assert_eq!(t.in_progress(e.id).await.unwrap(), 0);
+    assert_eq!(t.in_progress(&e.id).await.unwrap(), 0);
     drop(sub);
     t.close(Instant::now() + WAIT).await.unwrap();
     let _ = t.delete_stream(&setup.namespace).await;
@@ -251,7 +251,7 @@ async fn settling_after_close_is_a_closed_error() {
     }
     t.close(Instant::now() + WAIT).await.unwrap();
     for d in got {
-        let id = d.envelope.id;
+        let id = d.envelope.id.clone();
         let r = if id == acked.id {
             d.ack().await
         } else {
@@ -277,7 +277,7 @@ async fn settling_after_close_is_a_closed_error() {
             .await
             .expect("a message settled after close did not come back in time")
             .unwrap();
-        ids.insert(d.envelope.id);
+        ids.insert(d.envelope.id.clone());
         d.ack().await.unwrap();
     }
     assert!(ids.contains(&acked.id) && ids.contains(&termed.id));

@@ -46,7 +46,7 @@ pub(crate) async fn send(
         &headers,
         body,
     )?;
-    let (id, correlation) = (env.id, env.correlation_id);
+    let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let deadline = Duration::from_millis(state.config.limits.send_timeout_ms);
     let result = match tokio::time::timeout(deadline, state.bus.send_envelope(env)).await {
         Ok(r) => r?,
@@ -115,7 +115,7 @@ pub(crate) async fn request(
         &headers,
         body,
     )?;
-    let (id, correlation) = (env.id, env.correlation_id);
+    let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let result = state
         .bus
         .request_envelope(env, Duration::from_millis(ms))

@@ -134,12 +134,8 @@ fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
-    id.parse::<MessageId>().map_err(|_| {
-        ApiError::new(
-            ErrorKind::BadRequest,
-            format!("{id:?} is not a message id (a 26-character ULID)"),
-        )
-    })
+    id.parse::<MessageId>()
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))
 }
 
 /// One dead letter by message id.
@@ -151,7 +147,7 @@ pub(crate) async fn show(
     PathParam(id): PathParam,
 ) -> Result<Json<DeadLetterJson>, ApiError> {
     let id = parse_id(&id)?;
-    match state.dlq.get(id) {
+    match state.dlq.get(&id) {
         Some(l) => Ok(Json(DeadLetterJson::from_letter(&l))),
         None => Err(ApiError::new(
             ErrorKind::NotFound,
@@ -252,12 +248,12 @@ pub(crate) async fn replay(
                 if let Some(t) = &topic
                     && state
                         .dlq
-                        .get(id)
+                        .get(&id)
                         .is_some_and(|l| !t.matches(&l.envelope.topic))
                 {
                     continue;
                 }
-                match replayer.one(id).await {
+                match replayer.one(id.clone()).await {
                     Ok(()) => out.replayed += 1,
                     Err(e) => out.failed.push(ReplayFailureJson {
                         id: id.to_string(),
@@ -310,12 +306,12 @@ pub(crate) async fn purge(
                 if let Some(t) = &topic
                     && state
                         .dlq
-                        .get(id)
+                        .get(&id)
                         .is_some_and(|l| !t.matches(&l.envelope.topic))
                 {
                     continue;
                 }
-                if state.dlq.remove(id).map_err(write_error)? {
+                if state.dlq.remove(&id).map_err(write_error)? {
                     n += 1;
                 }
             }

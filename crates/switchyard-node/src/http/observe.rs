@@ -198,26 +198,23 @@ pub(crate) async fn trace(
     _admin: Admin,
     PathParam(id): PathParam,
 ) -> Result<Json<Value>, ApiError> {
-    let correlation = id.parse::<MessageId>().map_err(|_| {
-        ApiError::new(
-            ErrorKind::BadRequest,
-            format!("{id:?} is not a correlation id (a 26-character ULID)"),
-        )
-    })?;
+    let correlation = id
+        .parse::<MessageId>()
+        .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("correlation id: {e}")))?;
     let Some(recorder) = &state.trace else {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             "tracing is off (retention.trace_messages = 0)",
         ));
     };
-    let envelopes = recorder.of(correlation);
+    let envelopes = recorder.of(correlation.clone());
     if envelopes.is_empty() {
         return Err(ApiError::new(
             ErrorKind::NotFound,
             format!("no recorded message with correlation id {correlation}"),
         ));
     }
-    let tree = switchyard_components::trace::Trace::build(correlation, &envelopes);
+    let tree = switchyard_components::trace::Trace::build(correlation.clone(), &envelopes);
     Ok(Json(json!({
         "correlation_id": correlation.to_string(),
         "messages": envelopes.iter().map(MessageJson::from_envelope).collect::<Vec<_>>(),

@@ -19,7 +19,7 @@ use crate::wire::{self, PublishMeta, Published};
     path = "/v1/publish/{topic}",
     params(
         ("topic" = String, Path, description = "Topic, e.g. `orders.placed`"),
-        ("x-message-id" = Option<String>, Header, description = "Dedup id: a ULID becomes the message id, any other string is kept in the `message-id` header"),
+        ("x-message-id" = Option<String>, Header, description = "Message id (and dedup key), kept as given: any 1-256 visible ASCII characters; another value is kept in the `message-id` header"),
         ("x-correlation-id" = Option<String>, Header, description = "Correlation id"),
         ("x-causation-id" = Option<String>, Header, description = "Causation id (a message id)"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context"),

@@ -619,7 +619,7 @@ async fn run_call(
     env: Envelope,
     deadline: Duration,
 ) -> Result<ReplyFrame, ApiError> {
-    let (id, correlation) = (env.id, env.correlation_id);
+    let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let kind = env.kind;
     let result = if kind == Kind::Request {
         bus.request_envelope(env, deadline).await?

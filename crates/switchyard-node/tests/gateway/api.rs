@@ -90,12 +90,39 @@ async fn raw_bytes_keep_their_content_type_and_dedup_ids_are_kept() {
         .post(node.url("/v1/publish/blobs.text"))
         .body("plain")
         .header("x-message-id", "order-42")
+        .header("x-correlation-id", "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["id"], "order-42");
     let env = recv(&mut rx, "the second message").await;
-    assert_eq!(env.header("message-id"), Some("order-42"));
+    assert_eq!(
+        env.id.to_string(),
+        "order-42",
+        "a foreign id is the message id"
+    );
+    assert_eq!(
+        env.correlation_id.to_string(),
+        "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14",
+        "a foreign correlation id is kept as it is"
+    );
+    assert_eq!(env.header("message-id"), None);
+    assert_eq!(env.header("correlation-id"), None);
+
+    // Not a valid id (a space): kept in a header, the message gets an id of its own.
+    let res = http
+        .post(node.url("/v1/publish/blobs.text"))
+        .body("plain")
+        .header("x-message-id", "order 42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let env = recv(&mut rx, "the third message").await;
+    assert!(env.id.is_ulid());
+    assert_eq!(env.header("message-id"), Some("order 42"));
     assert_eq!(env.content_type.as_str(), "application/octet-stream");
     node.stop().await.unwrap();
 }

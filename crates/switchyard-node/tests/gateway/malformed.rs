@@ -177,7 +177,7 @@ async fn bad_headers_are_400_bad_header() {
     let http = client();
     for (name, value, needle) in [
         ("x-priority", "300", "0 to 255"),
-        ("x-causation-id", "not-an-id", "ULID"),
+        ("x-causation-id", "not an id", "visible ASCII"),
         ("traceparent", "garbage", "traceparent"),
     ] {
         let res = http
@@ -207,12 +207,16 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!((status, kind.as_str()), (405, "method_not_allowed"));
 
     let res = http
-        .get(node.url("/v1/dlq/not-an-id"))
+        .get(node.url("/v1/dlq/not%20an%20id"))
         .send()
         .await
         .unwrap();
     let (status, kind, _) = error_of(res).await;
     assert_eq!((status, kind.as_str()), (400, "bad_request"));
+    // A foreign id that is not a ULID is an id like any other: just not there.
+    let res = http.get(node.url("/v1/dlq/corr-42")).send().await.unwrap();
+    let (status, kind, _) = error_of(res).await;
+    assert_eq!((status, kind.as_str()), (404, "not_found"));
 
     let body: Value = http
         .get(node.url("/v1/dlq/01ARZ3NDEKTSV4RRFFQ69G5FAV"))

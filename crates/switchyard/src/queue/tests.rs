@@ -142,14 +142,29 @@ async fn in_flight_slots_report_every_worker_oldest_first() {
     let first = q.pop(2).await.unwrap();
     let second = q.pop(0).await.unwrap();
     let third = q.pop(2).await.unwrap();
-    let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
+    let ids: Vec<_> = q
+        .in_flight_envelopes()
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
     assert_eq!(
         ids,
-        [first.entry.env.id, second.entry.env.id, third.entry.env.id]
+        [
+            first.entry.env.id.clone(),
+            second.entry.env.id.clone(),
+            third.entry.env.id.clone()
+        ]
     );
     q.complete(2, first.seq(), None);
-    let ids: Vec<_> = q.in_flight_envelopes().iter().map(|e| e.id).collect();
-    assert_eq!(ids, [second.entry.env.id, third.entry.env.id]);
+    let ids: Vec<_> = q
+        .in_flight_envelopes()
+        .iter()
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        [second.entry.env.id.clone(), third.entry.env.id.clone()]
+    );
     assert_eq!(q.len(), 1);
 }
 

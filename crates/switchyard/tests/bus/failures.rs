@@ -69,7 +69,7 @@ async fn undecodable_payload_goes_to_dead_letters_with_raw_bytes() {
         .unwrap();
     let raw: &[u8] = &[0xff, b'{', b'n', 0x00];
     let env = Envelope::new(Topic::new(Ping::TOPIC).unwrap(), raw.to_vec());
-    let id = env.id;
+    let id = env.id.clone();
     bus.publish_envelope(env).await.unwrap();
     bus.publish(Ping { n: 1 }).await.unwrap();
     bus.run_until_idle().await;
@@ -78,7 +78,7 @@ async fn undecodable_payload_goes_to_dead_letters_with_raw_bytes() {
         1,
         "handler only saw the valid message"
     );
-    let letter = bus.dead_letters().unwrap().get(id).expect("dead-lettered");
+    let letter = bus.dead_letters().unwrap().get(&id).expect("dead-lettered");
     assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
     assert_eq!(&letter.envelope.payload[..], raw, "raw bytes kept");
     assert!(letter.error.contains("decode"), "{}", letter.error);

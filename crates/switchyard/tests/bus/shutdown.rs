@@ -105,7 +105,7 @@ async fn shutdown_deadline_reports_and_dead_letters_leftovers() {
             .all(|l| l.reason == DeadLetterReason::Shutdown)
     );
     let mut left = report.left.clone();
-    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id.clone()).collect();
     left.sort();
     lettered.sort();
     assert_eq!(
@@ -186,7 +186,7 @@ async fn deadline_reports_what_each_of_several_workers_holds_and_what_waits() {
     );
     let letters = bus.dead_letters().unwrap().list();
     let mut left = report.left.clone();
-    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id.clone()).collect();
     left.sort();
     lettered.sort();
     assert_eq!(left, lettered);

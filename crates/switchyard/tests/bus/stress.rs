@@ -301,7 +301,7 @@ async fn shutdown_under_load_accounts_for_every_accepted_message_once() {
                 let mut accepted = Vec::new();
                 for i in 0..PER_PUBLISHER {
                     let env = message(&topic, p, i);
-                    let id = env.id;
+                    let id = env.id.clone();
                     match bus.publish_envelope(env).await {
                         Ok(()) => accepted.push((id, p * PER_PUBLISHER + i)),
                         Err(PublishError::ShuttingDown) => break,
@@ -323,9 +323,9 @@ async fn shutdown_under_load_accounts_for_every_accepted_message_once() {
     for p in publishers {
         accepted.extend(tokio::time::timeout(RUN, p).await.unwrap().unwrap());
     }
-    let left: HashSet<MessageId> = report.left.iter().copied().collect();
+    let left: HashSet<MessageId> = report.left.iter().cloned().collect();
     assert_eq!(left.len(), report.left.len(), "reported twice");
-    let accepted_ids: HashSet<MessageId> = accepted.iter().map(|(id, _)| *id).collect();
+    let accepted_ids: HashSet<MessageId> = accepted.iter().map(|(id, _)| id.clone()).collect();
     for (id, n) in &accepted {
         let handled = tally.seen[*n as usize].load(Ordering::SeqCst);
         let reported = left.contains(id) as u8;
@@ -339,7 +339,7 @@ async fn shutdown_under_load_accounts_for_every_accepted_message_once() {
         left.is_subset(&accepted_ids),
         "a refused message was reported"
     );
-    let lettered: HashSet<MessageId> = letters.list().iter().map(|(_, id, _)| *id).collect();
+    let lettered: HashSet<MessageId> = letters.list().iter().map(|(_, id, _)| id.clone()).collect();
     assert_eq!(lettered, left, "reported and dead-lettered agree");
     assert!(!left.is_empty(), "the stuck messages are reported");
     assert_eq!(bus.pending(), 0);

@@ -125,7 +125,7 @@ async fn shutdown_mid_batch_reports_every_message_of_the_batch_and_the_queue() {
     assert_eq!(report.left.len(), 5, "3 in the batch + 2 waiting");
     let letters = bus.dead_letters().unwrap().list();
     let mut left = report.left.clone();
-    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id).collect();
+    let mut lettered: Vec<_> = letters.iter().map(|l| l.envelope.id.clone()).collect();
     left.sort();
     lettered.sort();
     assert_eq!(left, lettered);

@@ -42,8 +42,8 @@ async fn shutdown_reports_delayed_messages_not_yet_due() {
         .await
         .unwrap();
     let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
-    assert_eq!(report.left, [id]);
-    let letter = bus.dead_letters().unwrap().get(id).unwrap();
+    assert_eq!(report.left, std::slice::from_ref(&id));
+    let letter = bus.dead_letters().unwrap().get(&id).unwrap();
     assert_eq!(letter.reason, DeadLetterReason::Shutdown);
     assert_eq!(bus.pending(), 0);
 }

@@ -1,0 +1,403 @@
+//! Message ids: opaque strings, a ULID when switchyard makes one.
+//!
+//! An id that switchyard creates is a [ULID](https://github.com/ulid/spec) (26 characters,
+//! sorts by creation time). An id that arrives from elsewhere (a UUID `Nats-Msg-Id`, a
+//! client's `corr-42`) is kept exactly as it is: `id.to_string()` gives back the very string
+//! it was parsed from, so correlation survives the language boundary.
+//!
+//! A valid id is 1 to [`MessageId::MAX_LEN`] bytes of visible ASCII (`!` to `~`: no spaces,
+//! no control characters, no non-ASCII), so it is a valid header value on every transport
+//! (NATS, HTTP) and in a log line without escaping.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// Length of a ULID in its canonical text form.
+const ULID_LEN: usize = 26;
+
+/// A message id: an opaque string, stored as the 128 bits of a ULID when it is one.
+///
+/// Ids that switchyard makes ([`MessageId::new`]) are ULIDs, so they sort by creation time.
+/// Any other id (a UUID, `corr-42`) is kept as it came. Cloning is cheap (a copy of 16 bytes
+/// or an `Arc` increment), and the type is 24 bytes.
+///
+/// Equality, hashing and ordering agree with the string form: two ids are equal exactly
+/// when their strings are, and they order as their strings do (for ULIDs, that is creation
+/// order).
+///
+/// ```
+/// use switchyard_core::MessageId;
+/// let made = MessageId::new();
+/// assert!(made.is_ulid());
+/// let foreign: MessageId = "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14".parse()?;
+/// assert_eq!(foreign.to_string(), "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14");
+/// assert!("has space".parse::<MessageId>().is_err());
+/// # Ok::<(), switchyard_core::MessageIdError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageId(Repr);
+
+/// A canonical ULID string is stored as its bits; any other string as text. Every accepted
+/// string has exactly one representation, so the derived `Eq`/`Hash` match string equality.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    /// The ULID's 128 bits, big-endian (bytes, not `u128`, to keep the alignment at 8).
+    Ulid([u8; 16]),
+    /// Anything else, exactly as it came.
+    Text(Arc<str>),
+}
+
+// Small enough to stay cheap in every envelope (three ids per envelope).
+const _: () = assert!(std::mem::size_of::<MessageId>() <= 24);
+
+impl MessageId {
+    /// The longest id accepted, in bytes.
+    pub const MAX_LEN: usize = 256;
+
+    /// A fresh ULID.
+    pub fn new() -> Self {
+        Self::from_ulid(Ulid::new())
+    }
+
+    /// The id of a ULID.
+    pub(crate) fn from_ulid(ulid: Ulid) -> Self {
+        Self(Repr::Ulid(ulid.0.to_be_bytes()))
+    }
+
+    /// Rebuilds a ULID id from its 128-bit number.
+    pub fn from_u128(v: u128) -> Self {
+        Self(Repr::Ulid(v.to_be_bytes()))
+    }
+
+    /// The 128-bit number of a ULID id; `None` for a foreign id that is not a ULID.
+    pub fn as_u128(&self) -> Option<u128> {
+        match &self.0 {
+            Repr::Ulid(b) => Some(u128::from_be_bytes(*b)),
+            Repr::Text(_) => None,
+        }
+    }
+
+    /// True when the id is a ULID (every id switchyard makes, and foreign ids that happen to
+    /// be canonical ULIDs).
+    pub fn is_ulid(&self) -> bool {
+        matches!(self.0, Repr::Ulid(_))
+    }
+
+    /// Parses any valid id, keeping it exactly as it is (the same as [`str::parse`]).
+    ///
+    /// A canonical ULID (26 characters of upper-case Crockford base32) is stored as its
+    /// bits; any other valid string as text. Either way `to_string()` returns `s`.
+    pub fn parse_opaque(s: &str) -> Result<Self, MessageIdError> {
+        validate(s)?;
+        if let Some(ulid) = canonical_ulid(s) {
+            return Ok(Self::from_ulid(ulid));
+        }
+        Ok(Self(Repr::Text(Arc::from(s))))
+    }
+
+    /// Calls `f` with the id's string form, without allocating for a ULID.
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match &self.0 {
+            Repr::Ulid(b) => {
+                let mut buf = [0u8; ULID_LEN];
+                f(Ulid(u128::from_be_bytes(*b)).array_to_str(&mut buf))
+            }
+            Repr::Text(t) => f(t),
+        }
+    }
+}
+
+/// The ULID `s` spells, if `s` is the canonical spelling of one. `Ulid::from_string` also
+/// accepts lower case and a first character above `7` (dropping bits), which would not
+/// print back the same; such strings stay text.
+fn canonical_ulid(s: &str) -> Option<Ulid> {
+    if s.len() != ULID_LEN {
+        return None;
+    }
+    let ulid = Ulid::from_string(s).ok()?;
+    let mut buf = [0u8; ULID_LEN];
+    (ulid.array_to_str(&mut buf) == s).then_some(ulid)
+}
+
+fn validate(s: &str) -> Result<(), MessageIdError> {
+    if s.is_empty() {
+        return Err(MessageIdError::Empty);
+    }
+    if s.len() > MessageId::MAX_LEN {
+        return Err(MessageIdError::TooLong {
+            len: s.len(),
+            max: MessageId::MAX_LEN,
+        });
+    }
+    if let Some(at) = s.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(MessageIdError::InvalidByte {
+            input: s.to_owned(),
+            at,
+        });
+    }
+    Ok(())
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (&self.0, &other.0) {
+            // Canonical ULIDs are fixed-length strings over an alphabet in ASCII order, so
+            // their bits order as their strings do.
+            (Repr::Ulid(a), Repr::Ulid(b)) => a.cmp(b),
+            (Repr::Text(a), Repr::Text(b)) => a.cmp(b),
+            _ => self.with_str(|a| other.with_str(|b| a.cmp(b))),
+        }
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_str(|s| f.pad(s))
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_str(|s| write!(f, "MessageId({s})"))
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = MessageIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_opaque(s)
+    }
+}
+
+impl TryFrom<&str> for MessageId {
+    type Error = MessageIdError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::parse_opaque(s)
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = MessageIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        validate(&s)?;
+        if let Some(ulid) = canonical_ulid(&s) {
+            return Ok(Self::from_ulid(ulid));
+        }
+        Ok(Self(Repr::Text(Arc::from(s))))
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.with_str(|id| s.serialize_str(id))
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MessageId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a message id string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MessageId, E> {
+                MessageId::parse_opaque(v).map_err(E::custom)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<MessageId, E> {
+                let s = std::str::from_utf8(v)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))?;
+                self.visit_str(s)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A string that is not a valid message id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageIdError {
+    /// The string is empty.
+    #[error("invalid message id: empty")]
+    Empty,
+    /// The string is longer than [`MessageId::MAX_LEN`].
+    #[error("invalid message id: {len} bytes, the limit is {max}")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The string has a byte outside visible ASCII (a space, a control character, non-ASCII).
+    #[error(
+        "invalid message id {input:?}: byte {at} is not visible ASCII \
+         (ids are 1 to 256 characters from '!' to '~', no spaces)"
+    )]
+    InvalidByte {
+        /// The refused string.
+        input: String,
+        /// Index of the first refused byte.
+        at: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+
+    fn hash(id: &MessageId) -> u64 {
+        let mut h = DefaultHasher::new();
+        id.hash(&mut h);
+        h.finish()
+    }
+
+    #[test]
+    fn made_ids_are_ulids_that_parse_back() {
+        let id = MessageId::new();
+        assert!(id.is_ulid());
+        let s = id.to_string();
+        assert_eq!(s.len(), 26);
+        let back: MessageId = s.parse().unwrap();
+        assert_eq!(back, id);
+        assert_eq!(back.as_u128(), id.as_u128());
+    }
+
+    #[test]
+    fn foreign_ids_are_kept_as_they_are() {
+        for s in [
+            "6f1c2a9e-4b7d-4c3e-9a51-0d2e8f7b3c14",
+            "corr-42",
+            "x",
+            "01arz3ndektsv4rrffq69g5fav", // a ULID in lower case: kept lower case
+            "81ARZ3NDEKTSV4RRFFQ69G5FAV", // overflows 128 bits: not a ULID
+            "01ARZ3NDEKTSV4RRFFQ69G5FAVX",
+        ] {
+            let id: MessageId = s.parse().unwrap();
+            assert_eq!(id.to_string(), s);
+            assert!(!id.is_ulid(), "{s}");
+            assert_eq!(id.as_u128(), None);
+        }
+        let ulid: MessageId = "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap();
+        assert!(ulid.is_ulid());
+        assert_eq!(ulid.to_string(), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    }
+
+    #[test]
+    fn invalid_ids_are_refused_with_the_reason() {
+        assert_eq!("".parse::<MessageId>(), Err(MessageIdError::Empty));
+        let long = "a".repeat(MessageId::MAX_LEN + 1);
+        assert_eq!(
+            long.parse::<MessageId>(),
+            Err(MessageIdError::TooLong { len: 257, max: 256 })
+        );
+        assert!("a".repeat(MessageId::MAX_LEN).parse::<MessageId>().is_ok());
+        for (s, at) in [
+            ("has space", 3),
+            ("tab\t", 3),
+            ("new\nline", 3),
+            ("grüße", 2),
+        ] {
+            match s.parse::<MessageId>() {
+                Err(MessageIdError::InvalidByte { input, at: got }) => {
+                    assert_eq!((input.as_str(), got), (s, at));
+                }
+                other => panic!("{s:?}: {other:?}"),
+            }
+        }
+        let msg = "a b".parse::<MessageId>().unwrap_err().to_string();
+        assert!(
+            msg.contains("\"a b\"") && msg.contains("visible ASCII"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn serde_is_a_plain_string_and_reads_ids_written_before() {
+        // The JSON an id had when MessageId was a bare ULID.
+        let old = "\"01ARZ3NDEKTSV4RRFFQ69G5FAV\"";
+        let id: MessageId = serde_json::from_str(old).unwrap();
+        assert!(id.is_ulid());
+        assert_eq!(serde_json::to_string(&id).unwrap(), old);
+        let text: MessageId = serde_json::from_str("\"corr-42\"").unwrap();
+        assert_eq!(serde_json::to_string(&text).unwrap(), "\"corr-42\"");
+        let err = serde_json::from_str::<MessageId>("\"a b\"").unwrap_err();
+        assert!(err.to_string().contains("visible ASCII"), "{err}");
+        assert!(serde_json::from_str::<MessageId>("7").is_err());
+    }
+
+    #[test]
+    fn display_honours_padding() {
+        let id: MessageId = "ab".parse().unwrap();
+        assert_eq!(format!("{id:>4}|{id:<4}|"), "  ab|ab  |");
+        assert_eq!(format!("{id:?}"), "MessageId(ab)");
+    }
+
+    #[test]
+    fn made_ids_sort_by_creation() {
+        let a = MessageId::from_u128(1 << 90);
+        let b = MessageId::from_u128((1 << 90) + 1);
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+    }
+
+    fn id_string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Arbitrary visible ASCII, 1..=256 bytes.
+            "[!-~]{1,256}",
+            // Things that look like ULIDs (canonical or not).
+            "[0-9A-Za-z]{26}",
+            "[0-7][0-9A-HJKMNP-TV-Z]{25}",
+            any::<u128>().prop_map(|v| Ulid(v).to_string()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_accepted_id_prints_back_byte_identically(s in id_string()) {
+            let id: MessageId = s.parse().unwrap();
+            prop_assert_eq!(id.to_string(), s.clone());
+            let owned = MessageId::try_from(s.clone()).unwrap();
+            prop_assert_eq!(&owned, &id);
+            let json = serde_json::to_string(&id).unwrap();
+            prop_assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        }
+
+        #[test]
+        fn eq_hash_and_order_follow_the_string(a in id_string(), b in id_string()) {
+            let (x, y): (MessageId, MessageId) = (a.parse().unwrap(), b.parse().unwrap());
+            prop_assert_eq!(x == y, a == b);
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            if x == y {
+                prop_assert_eq!(hash(&x), hash(&y));
+            }
+        }
+
+        #[test]
+        fn ulid_and_text_ids_order_as_strings(v in any::<u128>(), t in "[!-~]{1,40}") {
+            let u = MessageId::from_u128(v);
+            let x: MessageId = t.parse().unwrap();
+            prop_assert_eq!(u.cmp(&x), u.to_string().cmp(&t));
+        }
+    }
+}
