@@ -7,14 +7,11 @@
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use switchyard::{
-    BoxError, BoxPrefetchHandler, CodecDirection, CodecError, Envelope, Outcome, Permanent,
-};
+use switchyard::{BoxError, BoxPrefetchHandler, Envelope, Outcome};
 use tokio::sync::oneshot;
 use tower::service_fn;
 use tower::util::BoxCloneService;
 
-use super::{PythonError, seconds};
 use crate::inbox::{CancelOnDrop, HandlerResult, Inbox, Item};
 
 /// The Rust handler of a prefetching Python subscription: hands the messages to the loop
@@ -94,28 +91,18 @@ impl PyReplies {
     /// The message is tried again (after `after` seconds, or the retry delay).
     #[pyo3(signature = (after=None))]
     fn retry(&self, after: Option<f64>) -> PyResult<bool> {
-        let after = after.map(|s| seconds(s, "retry after")).transpose()?;
-        Ok(self.push(Ok(Outcome::Retry { after })))
+        Ok(self.push(super::reply::retry_answer(after)?))
     }
 
     /// The message failed with `error` (exception and traceback as text).
     #[pyo3(signature = (error, permanent=false))]
     fn fail(&self, error: String, permanent: bool) -> bool {
-        let e: BoxError = if permanent {
-            Box::new(Permanent::new(PythonError(error)))
-        } else {
-            Box::new(PythonError(error))
-        };
-        self.push(Err(e))
+        self.push(super::reply::failed_answer(error, permanent))
     }
 
     /// The message's payload did not decode (dead-lettered at once, raw bytes kept).
     fn undecodable(&self, error: String) -> bool {
-        self.push(Err(Box::new(CodecError {
-            direction: CodecDirection::Decode,
-            type_name: "python message",
-            source: Box::new(PythonError(error)),
-        })))
+        self.push(super::reply::undecodable_answer(error))
     }
 
     /// Sends the answers to the bus: `acked` acks, then the recorded answers (at most one

@@ -48,29 +48,45 @@ impl PyReply {
     /// Try again (after `after` seconds, or the subscription's retry delay).
     #[pyo3(signature = (after=None))]
     fn retry(&self, after: Option<f64>) -> PyResult<bool> {
-        let after = after.map(|s| seconds(s, "retry after")).transpose()?;
-        Ok(self.send(Ok(Outcome::Retry { after })))
+        Ok(self.send(retry_answer(after)?))
     }
 
     /// Failed with `error` (the exception and traceback as text): retried until the
     /// subscription's attempts run out, then dead-lettered. `permanent` skips the retries.
     #[pyo3(signature = (error, permanent=false))]
     fn fail(&self, error: String, permanent: bool) -> bool {
-        let e: BoxError = if permanent {
-            Box::new(Permanent::new(PythonError(error)))
-        } else {
-            Box::new(PythonError(error))
-        };
-        self.send(Err(e))
+        self.send(failed_answer(error, permanent))
     }
 
     /// The payload did not decode into the handler's type: dead-lettered at once with its
     /// raw bytes (reason `decode_failed`).
     fn undecodable(&self, error: String) -> bool {
-        self.send(Err(Box::new(CodecError {
-            direction: CodecDirection::Decode,
-            type_name: "python message",
-            source: Box::new(PythonError(error)),
-        })))
+        self.send(undecodable_answer(error))
     }
+}
+
+/// `retry(after)` of a Python handler's answer, shared by [`PyReply`] and the prefetch
+/// hand-over's replies.
+pub(crate) fn retry_answer(after: Option<f64>) -> PyResult<HandlerResult> {
+    let after = after.map(|s| seconds(s, "retry after")).transpose()?;
+    Ok(Ok(Outcome::Retry { after }))
+}
+
+/// `fail(error, permanent)`: the exception and traceback as text, `Permanent` when asked.
+pub(crate) fn failed_answer(error: String, permanent: bool) -> HandlerResult {
+    let e: BoxError = if permanent {
+        Box::new(Permanent::new(PythonError(error)))
+    } else {
+        Box::new(PythonError(error))
+    };
+    Err(e)
+}
+
+/// `undecodable(error)`: a decode failure (dead-lettered at once with the raw bytes).
+pub(crate) fn undecodable_answer(error: String) -> HandlerResult {
+    Err(Box::new(CodecError {
+        direction: CodecDirection::Decode,
+        type_name: "python message",
+        source: Box::new(PythonError(error)),
+    }))
 }
