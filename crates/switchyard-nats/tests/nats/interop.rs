@@ -31,6 +31,19 @@ async fn foreign_publish(subject: String, headers: &[(&str, &str)], payload: &'s
         .unwrap();
 }
 
+/// A plain client's subscription the server already has: `flush` only writes the socket, so
+/// a message published right after from another connection could be routed before the server
+/// read the SUB (seen in CI under load: the forwarded message never arrived). A request to an
+/// inbox nobody serves comes back (no responders) only after the server processed the SUB.
+async fn raw_subscribe(client: &async_nats::Client, subject: String) -> async_nats::Subscriber {
+    let sub = client.subscribe(subject).await.unwrap();
+    match client.request(client.new_inbox(), "".into()).await {
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
+        other => panic!("a round trip through the server: {other:?}"),
+    }
+    sub
+}
+
 async fn next(sub: &mut switchyard_nats::NatsSubscription) -> Envelope {
     let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
@@ -100,8 +113,7 @@ async fn republished_headers_and_ids_keep_their_standard_names() {
     // client does.
     let client = async_nats::connect(SHARED_URL).await.unwrap();
     let out = setup.topic("out").unwrap();
-    let mut raw = client.subscribe(out.to_string()).await.unwrap();
-    client.flush().await.unwrap();
+    let mut raw = raw_subscribe(&client, out.to_string()).await;
     let mut fwd = got.clone();
     fwd.topic = out;
     nats.publish(vec![fwd]).await.unwrap();
@@ -226,8 +238,7 @@ async fn foreign_ids_are_kept_as_they_are() {
 
     let client = async_nats::connect(SHARED_URL).await.unwrap();
     let out = setup.topic("out").unwrap();
-    let mut raw = client.subscribe(out.to_string()).await.unwrap();
-    client.flush().await.unwrap();
+    let mut raw = raw_subscribe(&client, out.to_string()).await;
     let mut fwd = env.clone();
     fwd.topic = out.clone();
     let follow_up = Envelope::new(out, "{}").caused_by(&env);
