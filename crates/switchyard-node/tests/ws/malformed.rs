@@ -83,7 +83,7 @@ async fn malformed_frames_get_an_error_op_and_the_connection_stays() {
             Some(json!(12)),
         ),
         (
-            r#"{"op":"publish","id":13,"topic":"a.b","payload":1,"causation_id":"not-a-ulid"}"#,
+            r#"{"op":"publish","id":13,"topic":"a.b","payload":1,"causation_id":"not a ulid"}"#,
             "bad_header",
             Some(json!(13)),
         ),

@@ -110,12 +110,24 @@ async fn bound_limited_pull_takes_small_messages_and_dead_letters_big_ones_by_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connected_limited_pull_keeps_the_topic_frame() {
     let mut push = zeromq::PushSocket::new();
+    let mut events = push.monitor();
     let bound = push.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
     let source = ZmqSource::pull()
         .max_message_bytes(64)
         .connect(&bound)
         .await
         .unwrap();
+    // The PUSH side has the peer once it reports it accepted (the source's connect returns
+    // when its own side is up: a send before this fails with "Not connected to peers").
+    loop {
+        let event = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut events))
+            .await
+            .expect("the PUSH socket accepts the source within the wait")
+            .expect("the monitor stays open");
+        if matches!(event, zeromq::SocketEvent::Accepted(..)) {
+            break;
+        }
+    }
     let (running, seen, dlq) = run(source).await;
     // Multi-frame: the payload is the last frame. Then one over 64 bytes (dead-lettered with
     // its topic frame among its first bytes) and one more that arrives.
