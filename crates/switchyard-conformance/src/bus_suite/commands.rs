@@ -1,8 +1,8 @@
 //! Commands and requests: one handler, one result back to the sender, on every bus.
 //!
 //! Where the factory reaches other processes ([`BusFactory::second_bus`]: NATS, a connection of
-//! its own per bus), the handler runs on the second bus and the sender on the first, so every
-//! command crosses the transport; elsewhere (in process, memory, the log) both are one bus and
+//! its own per bus), the handlers run on the factory's bus and the sender is the second bus,
+//! which has no handler of its own, so every command crosses the transport; elsewhere (in process, memory, the log) both are one bus and
 //! the tests hold the in-process path. Tests that only mean something across processes (two
 //! handler buses sharing a topic, the deadline reaching the remote side) skip loudly there.
 //!
@@ -37,9 +37,9 @@ const SHORT_DEADLINE: Duration = Duration::from_millis(200);
 
 /// The handler side and the sending side of a test.
 struct Sides {
-    /// Where the handlers are registered: the second bus when there is one.
+    /// Where the handlers are registered: the factory's bus.
     handler: Bus,
-    /// Where commands are sent from: the first bus (the same as `handler` in one process).
+    /// Where commands are sent from: the second bus when there is one, else `handler`.
     sender: Bus,
     /// True when `handler` and `sender` are two buses on two connections.
     remote: bool,
