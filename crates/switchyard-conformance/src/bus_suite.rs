@@ -27,10 +27,18 @@ macro_rules! check {
 
 type TestResult = Result<Verdict, Failure>;
 
+mod commands;
 mod factory;
 mod lifecycle;
+pub use commands::{
+    bus_command_failures_come_back_typed, bus_command_reaches_its_handler_and_returns_its_result,
+    bus_command_without_handler_fails_fast, bus_handler_shut_down_never_hangs_the_sender,
+    bus_request_deadline_reaches_the_remote_side, bus_request_past_its_deadline_times_out,
+    bus_two_handler_buses_share_each_command_once,
+};
 pub use factory::{
     BusFactory, BusGuarantees, CloseTransport, Declared, InProcess, OnTransport, OpenedBus,
+    ServeCommands,
 };
 pub use lifecycle::{
     bus_ack_after_transport_close_is_settled, bus_dropped_group_member_hands_its_messages_on,

@@ -37,6 +37,29 @@ impl<H: crate::Harness> OnFaultyTransport<H> {
         }
     }
 
+    /// The harness's transport for `setup` (ack wait and max deliveries adjusted to the
+    /// faults) behind a [`FaultyTransport`].
+    async fn open_faulty(
+        &self,
+        setup: &crate::Setup,
+    ) -> Result<crate::bus_suite::OpenedBus, switchyard_core::BoxError> {
+        // A test that chose its ack wait keeps it (one with handlers stuck on purpose
+        // wants no redelivery meanwhile); the default one is shortened.
+        let mut short = setup.clone();
+        if short.ack_wait == crate::Setup::DEFAULT_ACK_WAIT && self.faults.may_reorder() {
+            short.ack_wait = Self::ACK_WAIT;
+        }
+        // Lost deliveries and acks count towards the transport's max_deliver: unless the
+        // test chose its own, a budget the injected faults do not use up, so a message
+        // is not dead-lettered for faults the test did not ask about.
+        if short.max_deliver == crate::Setup::DEFAULT_MAX_DELIVER && self.faults.may_reorder() {
+            short.max_deliver = Self::MAX_DELIVER;
+        }
+        let inner = self.harness.open(&short).await?;
+        let faulty = FaultyTransport::with_counter(inner, self.faults, self.counter.clone());
+        Ok(crate::bus_suite::OpenedBus::on(faulty))
+    }
+
     /// How many faults the transports this factory opened injected so far, together.
     pub fn counts(&self) -> FaultCounts {
         self.counter.counts()
@@ -72,23 +95,21 @@ impl<H: crate::Harness> crate::bus_suite::BusFactory for OnFaultyTransport<H> {
         &'a self,
         setup: &'a crate::Setup,
     ) -> BoxFuture<'a, Result<crate::bus_suite::OpenedBus, switchyard_core::BoxError>> {
-        Box::pin(async move {
-            // A test that chose its ack wait keeps it (one with handlers stuck on purpose
-            // wants no redelivery meanwhile); the default one is shortened.
-            let mut short = setup.clone();
-            if short.ack_wait == crate::Setup::DEFAULT_ACK_WAIT && self.faults.may_reorder() {
-                short.ack_wait = Self::ACK_WAIT;
-            }
-            // Lost deliveries and acks count towards the transport's max_deliver: unless the
-            // test chose its own, a budget the injected faults do not use up, so a message
-            // is not dead-lettered for faults the test did not ask about.
-            if short.max_deliver == crate::Setup::DEFAULT_MAX_DELIVER && self.faults.may_reorder() {
-                short.max_deliver = Self::MAX_DELIVER;
-            }
-            let inner = self.harness.open(&short).await?;
-            let faulty = FaultyTransport::with_counter(inner, self.faults, self.counter.clone());
-            Ok(crate::bus_suite::OpenedBus::on(faulty))
-        })
+        Box::pin(self.open_faulty(setup))
+    }
+
+    /// Another connection through the same faults, when the harness declares
+    /// [`cross_process`](crate::SuiteCapabilities::cross_process). The faults are on
+    /// deliveries and acks; commands pass through (`FaultyTransport` forwards
+    /// `remote_commands`).
+    fn second_bus<'a>(
+        &'a self,
+        setup: &'a crate::Setup,
+    ) -> Option<BoxFuture<'a, Result<crate::bus_suite::OpenedBus, switchyard_core::BoxError>>> {
+        if !self.harness.capabilities().cross_process {
+            return None;
+        }
+        Some(Box::pin(self.open_faulty(setup)))
     }
 
     fn cleanup<'a>(&'a self, setup: &'a crate::Setup) -> BoxFuture<'a, ()> {

@@ -55,6 +55,11 @@ pub struct SuiteCapabilities {
     /// redelivery after a restart says how many deliveries came before, and `max_deliver`
     /// counts across restarts).
     pub durable_delivery_counts: bool,
+    /// Opening the same [`Setup`] again gives another connection to the same broker, and the
+    /// transport carries commands and requests between connections
+    /// ([`Subscriber::remote_commands`]): a bus on each is another process, as far as the
+    /// bus can tell. Off for a transport whose commands stay in process.
+    pub cross_process: bool,
 }
 
 /// Everything one suite test asks of a fresh transport.
@@ -416,7 +421,13 @@ macro_rules! bus_suite_tests {
             bus_shutdown_racing_publishers_loses_nothing,
             bus_ack_after_transport_close_is_settled,
             bus_shutdown_report_accounts_for_every_pending_message,
-            bus_nacked_at_shutdown_come_back);
+            bus_nacked_at_shutdown_come_back,
+            bus_command_reaches_its_handler_and_returns_its_result,
+            bus_command_failures_come_back_typed, bus_request_past_its_deadline_times_out,
+            bus_command_without_handler_fails_fast,
+            bus_two_handler_buses_share_each_command_once,
+            bus_handler_shut_down_never_hangs_the_sender,
+            bus_request_deadline_reaches_the_remote_side);
     };
     ($factory:expr, guarantees = $guarantees:expr) => {
         $crate::bus_suite_tests!($crate::bus_suite::Declared::new($factory, $guarantees));

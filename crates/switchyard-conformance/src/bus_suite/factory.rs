@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use switchyard::{Bus, BusBuilder};
-use switchyard_core::{BoxError, BoxFuture, CloseError};
+use switchyard_core::{BoxError, BoxFuture, CloseError, IncomingCommands, SubscribeError, Topic};
 
 use crate::{Harness, Setup};
 
@@ -76,24 +76,37 @@ impl BusGuarantees {
 pub type CloseTransport =
     Arc<dyn Fn(std::time::Instant) -> BoxFuture<'static, Result<(), CloseError>> + Send + Sync>;
 
+/// Serves one command topic straight from the transport under a bus
+/// ([`RemoteCommands::serve`](switchyard_core::RemoteCommands::serve)), as the handler side of
+/// another process's bus does: how the suite sees what reaches the remote side of a command.
+pub type ServeCommands = Arc<
+    dyn Fn(Topic) -> BoxFuture<'static, Result<IncomingCommands, SubscribeError>> + Send + Sync,
+>;
+
 /// A fresh bus's builder and, when a transport is under it, a way to close that transport.
 pub struct OpenedBus {
     /// The builder (transport set, if any).
     pub builder: BusBuilder,
     /// Closes the transport behind the bus's back; `None` without a transport.
     pub close_transport: Option<CloseTransport>,
+    /// Serves command topics from the transport; `None` when the transport does not carry
+    /// commands across processes (no `remote_commands`).
+    pub serve_commands: Option<ServeCommands>,
 }
 
 impl std::fmt::Debug for OpenedBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenedBus")
             .field("close_transport", &self.close_transport.is_some())
+            .field("serve_commands", &self.serve_commands.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl OpenedBus {
-    /// `builder` over `transport`, which [`close_transport`](Self::close_transport) closes.
+    /// `builder` over `transport`, which [`close_transport`](Self::close_transport) closes
+    /// and whose command topics [`serve_commands`](Self::serve_commands) serves (when it
+    /// carries commands across processes).
     pub fn on<T>(transport: T) -> Self
     where
         T: switchyard_core::Publisher + switchyard_core::Subscriber + Clone,
@@ -103,9 +116,25 @@ impl OpenedBus {
             let t = closer.clone();
             Box::pin(async move { switchyard_core::Publisher::close(&t, deadline).await })
         });
+        let serve_commands = transport.remote_commands().is_some().then(|| {
+            let server = transport.clone();
+            let serve: ServeCommands = Arc::new(move |topic: Topic| {
+                let t = server.clone();
+                Box::pin(async move {
+                    match t.remote_commands() {
+                        Some(remote) => remote.serve(&topic).await,
+                        None => Err(SubscribeError::InvalidConfig(
+                            "the transport no longer carries commands across processes",
+                        )),
+                    }
+                })
+            });
+            serve
+        });
         Self {
             builder: Bus::builder().transport(transport),
             close_transport: Some(close_transport),
+            serve_commands,
         }
     }
 }
@@ -135,8 +164,22 @@ pub trait BusFactory: Send + Sync + 'static {
             Ok(OpenedBus {
                 builder: self.builder(setup).await?,
                 close_transport: None,
+                serve_commands: None,
             })
         })
+    }
+
+    /// Another bus on the same transport as the buses [`open`](Self::open) makes for
+    /// `setup`, over a connection of its own: another process, as far as the buses can tell
+    /// (commands sent on one reach handlers on the other). `None` when this bus does not reach
+    /// other processes (in process, or a single-process transport): the cross-process tests
+    /// then skip, saying so. Default: `None`.
+    fn second_bus<'a>(
+        &'a self,
+        setup: &'a Setup,
+    ) -> Option<BoxFuture<'a, Result<OpenedBus, BoxError>>> {
+        let _ = setup;
+        None
     }
 
     /// Removes what the test left behind. Called at the end of each test that passed.
@@ -172,6 +215,20 @@ impl<H: Harness> BusFactory for OnTransport<H> {
 
     fn open<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<OpenedBus, BoxError>> {
         Box::pin(async move { Ok(OpenedBus::on(self.0.open(setup).await?)) })
+    }
+
+    /// Opens the harness's transport again (a connection of its own) when the harness
+    /// declares [`cross_process`](crate::SuiteCapabilities::cross_process).
+    fn second_bus<'a>(
+        &'a self,
+        setup: &'a Setup,
+    ) -> Option<BoxFuture<'a, Result<OpenedBus, BoxError>>> {
+        if !self.0.capabilities().cross_process {
+            return None;
+        }
+        Some(Box::pin(async move {
+            Ok(OpenedBus::on(self.0.open(setup).await?))
+        }))
     }
 
     fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {
@@ -234,6 +291,13 @@ impl<F: BusFactory> BusFactory for Declared<F> {
 
     fn open<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, Result<OpenedBus, BoxError>> {
         self.factory.open(setup)
+    }
+
+    fn second_bus<'a>(
+        &'a self,
+        setup: &'a Setup,
+    ) -> Option<BoxFuture<'a, Result<OpenedBus, BoxError>>> {
+        self.factory.second_bus(setup)
     }
 
     fn cleanup<'a>(&'a self, setup: &'a Setup) -> BoxFuture<'a, ()> {

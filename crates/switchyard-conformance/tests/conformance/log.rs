@@ -46,6 +46,8 @@ impl Harness for Log {
             request_reply: false,
             // The log keeps delivery counts in memory: a reopened log counts from 1 again.
             durable_delivery_counts: false,
+            // One process: commands on the log stay in the process that sends them.
+            cross_process: false,
         }
     }
 

@@ -27,6 +27,8 @@ impl Harness for Memory {
             restart: false,
             request_reply: true,
             durable_delivery_counts: false,
+            // One process: a second memory transport is another, unconnected one.
+            cross_process: false,
         }
     }
 

@@ -288,6 +288,8 @@ impl Harness for NatsHarness {
             restart: self.server.is_some(),
             request_reply: true,
             durable_delivery_counts: true,
+            // Each open is a connection of its own; commands travel over core NATS.
+            cross_process: true,
         }
     }
 

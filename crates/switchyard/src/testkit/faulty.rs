@@ -192,6 +192,13 @@ impl<T: Subscriber> Subscriber for FaultyTransport<T> {
         }
         c
     }
+
+    /// The wrapped transport's: the faults are on deliveries and acks, and commands across
+    /// processes are neither, so they pass through untouched (hiding the capability would
+    /// keep a faulty NATS bus's commands in process).
+    fn remote_commands(&self) -> Option<&dyn switchyard_core::RemoteCommands> {
+        self.inner.remote_commands()
+    }
 }
 
 async fn pass(faults: Faults, state: Arc<State>, d: Delivery) -> Vec<Delivery> {
