@@ -470,9 +470,7 @@ pub(crate) async fn start_queries(
         .handle::<RunQuery, _, _, _>(move |q: RunQuery, _ctx| {
             let (runs, store) = (runs.clone(), store.clone());
             async move {
-                Ok::<_, std::convert::Infallible>(
-                    run_detail(&store, &runs, performance, &q).await,
-                )
+                Ok::<_, std::convert::Infallible>(run_detail(&store, &runs, performance, &q).await)
             }
         })
         .start()
