@@ -334,6 +334,16 @@ on_both_stores! {
     )
     .await
     .unwrap();
+    // The CPM's subscription declares a System → CPM edge, which the layer rules allow.
+    let t = app.topology();
+    assert!(
+        t.edges().iter().any(|e| e.from == "performance-tracker"
+            && e.to == "cpm"
+            && e.topic == "system.performance.anomaly"),
+        "{:?}",
+        t.edges()
+    );
+    assert!(t.violations().is_empty(), "{:?}", t.violations());
     let timeout = std::time::Duration::from_secs(20);
     // Warm-up: one latency sample per step and run; none can be flagged yet.
     for i in 0..warmup {
