@@ -19,7 +19,9 @@ use switchyard_components::{
 };
 use tokio::sync::mpsc;
 
-use crate::frontend_api::{RunRecord, Runs, RunsSink, now_ms, start_queries};
+use crate::frontend_api::{
+    RunRecord, Runs, RunsSink, now_ms, on_performance_anomalies, start_queries,
+};
 use crate::modules::{self, ModuleError, Store};
 use crate::{
     BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineCancel,
@@ -215,6 +217,7 @@ fn processor(
     a: &'static str,
     store: Store,
     fail: Option<(u32, Arc<AtomicU32>)>,
+    slow_delay: Duration,
 ) -> ComponentBuilder {
     let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
     if d == DOMAINS[0].0 {
@@ -246,6 +249,10 @@ fn processor(
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
                 ctx.start().await?;
+                if job.slow.as_deref() == Some(d) {
+                    // Latency injection: the step takes longer than its baseline.
+                    tokio::time::sleep(slow_delay).await;
+                }
                 let injected = job.fail.as_deref() == Some(d)
                     || fail
                         .as_ref()
@@ -340,6 +347,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     dataset: dataset.clone(),
                     input: input.into(),
                     fail: req.fail.clone(),
+                    slow: req.slow.clone(),
                     started_ms: now_ms(),
                     finished_ms: None,
                     status: "running".into(),
@@ -347,6 +355,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     domains: Vec::new(),
                     results: BTreeMap::new(),
                     dead_letters: Vec::new(),
+                    performance_anomalies: Vec::new(),
                 });
                 ctx.start().await?;
                 let job = Job {
@@ -354,6 +363,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     dataset,
                     attempt: 1,
                     fail: req.fail,
+                    slow: req.slow,
                 };
                 ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
                     .await?;
@@ -408,7 +418,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
             },
         );
     }
-    b
+    on_performance_anomalies(b, done_runs)
 }
 
 /// A run id as part of a file name.
@@ -536,7 +546,8 @@ impl DemoApp {
             bus: bus.clone(),
         }));
         let health = HealthChecker::new(Duration::from_secs(60), 0.5);
-        let perf = PerformanceTracker::new(0.2, 6.0, 50.0, 20);
+        let p = config.performance;
+        let perf = PerformanceTracker::new(p.alpha, p.k, p.floor_ms, p.warmup);
         let alerts = AlertManager::new(
             vec![
                 AlertRule {
@@ -611,7 +622,7 @@ impl DemoApp {
                 .component(manager(d, a, previous, runs.clone()))
                 .component(relay(d, a, Role::Service, Role::Handler))
                 .component(relay(d, a, Role::Handler, Role::Processor))
-                .component(processor(d, a, store.clone(), fail));
+                .component(processor(d, a, store.clone(), fail, config.slow_delay));
         }
         let topology = assembly.topology().map_err(StartError::from)?;
         let running = assembly.start().await?;
@@ -619,7 +630,8 @@ impl DemoApp {
             .component_bus("frontend")
             .ok_or(DemoError::FrontendGone)?;
         running.heartbeat().await?;
-        let queries = start_queries(bus, runs.clone(), store.clone()).await?;
+        let perf_settings = config.observers.then_some(config.performance);
+        let queries = start_queries(bus, runs.clone(), store.clone(), perf_settings).await?;
         Ok(DemoApp {
             running,
             front,
@@ -665,7 +677,14 @@ impl DemoApp {
     /// [`DATASET`] is the generated one, any other name fails in staging). Returns the
     /// flow's correlation id; its result arrives through [`next_result`](Self::next_result).
     pub async fn submit(&self, run_id: &str, dataset: &str) -> Result<MessageId, DemoError> {
-        let env = PipelineRequest::file(run_id, dataset).to_envelope()?;
+        self.submit_request(PipelineRequest::file(run_id, dataset))
+            .await
+    }
+
+    /// The frontend sends `request` to the CPM (generated rows, CSV text, the failure and
+    /// latency switches). Returns the flow's correlation id.
+    pub async fn submit_request(&self, request: PipelineRequest) -> Result<MessageId, DemoError> {
+        let env = request.to_envelope()?;
         let correlation_id = env.correlation_id.clone();
         self.front.publish_envelope(env).await?;
         Ok(correlation_id)
@@ -719,6 +738,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             dataset: DATASET.into(),
             attempt: 1,
             fail: None,
+            slow: None,
         };
         match front.publish_to("staging.load.execute", job).await {
             Err(PublishError::LayerViolation(v)) => Some(v.detail),
@@ -747,6 +767,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             dataset: DATASET.into(),
             attempt: 1,
             fail: None,
+            slow: None,
         };
         ctx.publish_to(
             &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),

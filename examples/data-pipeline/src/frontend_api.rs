@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 use switchyard::{
     Bus, Command, DeadLetter, DeadLetterSink, Message, MessageId, SubscribeError, Subscription,
 };
-use switchyard_components::{ErrorInfo, RequestId};
+use switchyard_components::builtin::Anomaly;
+use switchyard_components::{ComponentBuilder, ErrorInfo, RequestId};
 
 use crate::modules::{Store, Tables};
+use crate::{DOMAINS, PerformanceSettings};
 
 /// The quality checks of the validation module, in the order a row is checked (a row fails
 /// on its first failing check).
@@ -87,6 +89,50 @@ pub struct DeadLetterInfo {
     pub attempts: u32,
 }
 
+/// A step of a run that left its latency baseline: the performance tracker's
+/// [`Anomaly`] on `system.performance.anomaly`, tied to the run by its correlation id.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PerformanceFlag {
+    /// The domain of the component: one of the pipeline's (`analytics`), or `cpm` for the
+    /// CPM's context of the whole run; `None` for another component.
+    pub domain: Option<String>,
+    /// The component whose step it was (`analytics-processor`).
+    pub component: String,
+    /// Its action (`features`).
+    pub action: String,
+    /// The metric (`latency_ms`).
+    pub metric: String,
+    /// What the step took.
+    pub value: f64,
+    /// The baseline's mean before this step.
+    pub mean: f64,
+    /// The baseline's mean absolute deviation before this step.
+    pub deviation: f64,
+}
+
+impl From<Anomaly> for PerformanceFlag {
+    fn from(a: Anomaly) -> Self {
+        let domain = DOMAINS
+            .iter()
+            .find(|(d, _)| {
+                a.component
+                    .strip_prefix(d)
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
+            .map(|(d, _)| (*d).to_owned())
+            .or_else(|| (a.component == "cpm").then(|| "cpm".to_owned()));
+        Self {
+            domain,
+            component: a.component.to_string(),
+            action: a.action.to_string(),
+            metric: a.metric,
+            value: a.value,
+            mean: a.mean,
+            deviation: a.deviation,
+        }
+    }
+}
+
 /// One run as the CPM saw it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
@@ -100,6 +146,8 @@ pub struct RunRecord {
     pub input: String,
     /// The domain whose processor was told to fail, if any.
     pub fail: Option<String>,
+    /// The domain whose processor was told to be slow, if any.
+    pub slow: Option<String>,
     /// When the CPM received the request, ms since the Unix epoch.
     pub started_ms: u64,
     /// When it finished.
@@ -114,6 +162,8 @@ pub struct RunRecord {
     pub results: BTreeMap<String, Value>,
     /// Dead letters of the run's flow.
     pub dead_letters: Vec<DeadLetterInfo>,
+    /// The run's steps the performance tracker flagged, in arrival order.
+    pub performance_anomalies: Vec<PerformanceFlag>,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +272,17 @@ impl Runs {
         }
     }
 
+    /// Notes a performance anomaly on the run of `correlation_id` (whatever its status: the
+    /// flag of the last domain may arrive after the run's result); other flows' are ignored.
+    fn performance_anomaly(&self, correlation_id: &MessageId, anomaly: Anomaly) {
+        let mut g = self.lock();
+        if let Some(run) = g.by_correlation.get(&correlation_id.to_string()).cloned()
+            && let Some(r) = g.runs.get_mut(&run)
+        {
+            r.performance_anomalies.push(anomaly.into());
+        }
+    }
+
     /// The run `run_id`.
     pub fn get(&self, run_id: &str) -> Option<RunRecord> {
         self.lock().runs.get(run_id).cloned()
@@ -262,6 +323,19 @@ impl DeadLetterSink for RunsSink {
     }
 }
 
+/// The CPM's subscription to the performance tracker's anomalies (a System → CPM edge, which
+/// the layer rules allow): each is noted on the run whose correlation id its envelope
+/// carries (the tracker publishes it from the handler of the step's completion).
+pub(crate) fn on_performance_anomalies(b: ComponentBuilder, runs: Runs) -> ComponentBuilder {
+    b.on::<Anomaly, _, _, _, _>(Anomaly::TOPIC, move |a, cx| {
+        let runs = runs.clone();
+        async move {
+            runs.performance_anomaly(&cx.correlation_id(), a);
+            Ok::<_, std::convert::Infallible>(())
+        }
+    })
+}
+
 /// The report's figures as CSV (`section,key,value`).
 pub fn report_csv(t: &Tables, run: &str) -> Option<String> {
     let f = t.features.get(run)?;
@@ -297,14 +371,22 @@ pub fn report_csv(t: &Tables, run: &str) -> Option<String> {
     Some(s)
 }
 
-/// Everything the frontend shows of one run.
-pub async fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
+/// Everything the frontend shows of one run; `performance` is the tracker's settings (`None`:
+/// no tracker runs, `"performance_tracker": null`).
+pub async fn run_detail(
+    store: &Store,
+    runs: &Runs,
+    performance: Option<PerformanceSettings>,
+    q: &RunQuery,
+) -> Value {
     let Some(run) = runs.get(&q.run_id) else {
         return json!({ "run": null });
     };
     let t = match store.run_tables(&q.run_id).await {
         Ok(t) => t,
-        Err(e) => return json!({ "run": run, "store_error": e.message }),
+        Err(e) => {
+            return json!({ "run": run, "performance_tracker": performance, "store_error": e.message });
+        }
     };
     let id = &q.run_id;
     let preview_n = q.preview_rows.unwrap_or(20).min(500);
@@ -349,6 +431,7 @@ pub async fn run_detail(store: &Store, runs: &Runs, q: &RunQuery) -> Value {
     });
     json!({
         "run": run,
+        "performance_tracker": performance,
         "store": store.kind(),
         "staged": staged,
         "quality": quality,
@@ -367,6 +450,7 @@ pub(crate) async fn start_queries(
     bus: &Bus,
     runs: Runs,
     store: Store,
+    performance: Option<PerformanceSettings>,
 ) -> Result<Vec<Subscription>, SubscribeError> {
     let list = runs.clone();
     let kind = store.kind();
@@ -385,7 +469,9 @@ pub(crate) async fn start_queries(
     let one = bus
         .handle::<RunQuery, _, _, _>(move |q: RunQuery, _ctx| {
             let (runs, store) = (runs.clone(), store.clone());
-            async move { Ok::<_, std::convert::Infallible>(run_detail(&store, &runs, &q).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(run_detail(&store, &runs, performance, &q).await)
+            }
         })
         .start()
         .await?;

@@ -67,6 +67,10 @@ pub struct PipelineRequest {
     /// Failure injection: the domain whose processor fails on every attempt of this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<String>,
+    /// Latency injection: the domain whose processor waits [`DemoConfig::slow_delay`] before
+    /// its work in this run (the performance tracker then flags the domain's steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<String>,
 }
 
 impl PipelineRequest {
@@ -78,6 +82,7 @@ impl PipelineRequest {
             rows: None,
             csv: None,
             fail: None,
+            slow: None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub struct Job {
     /// Failure injection: the domain whose processor fails on every attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail: Option<String>,
+    /// Latency injection: the domain whose processor waits before its work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow: Option<String>,
 }
 
 impl Message for Job {
@@ -124,6 +132,33 @@ pub struct FailurePlan {
     pub domain: String,
     /// How many executions fail before it works (`u32::MAX`: always).
     pub times: u32,
+}
+
+/// The performance tracker's settings: an EWMA latency baseline per (component, action);
+/// once it has `warmup` samples, a step further than `k` deviations (and at least `floor_ms`)
+/// from its mean is flagged as an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PerformanceSettings {
+    /// Smoothing factor of the baselines (0 < alpha ≤ 1). Default 0.2.
+    pub alpha: f64,
+    /// The band, in mean absolute deviations. Default 6.
+    pub k: f64,
+    /// The smallest distance from the mean that is flagged, in ms. Default 50.
+    pub floor_ms: f64,
+    /// Samples of a (component, action) before it can be flagged (one per run and step).
+    /// Default 20.
+    pub warmup: u64,
+}
+
+impl Default for PerformanceSettings {
+    fn default() -> Self {
+        Self {
+            alpha: 0.2,
+            k: 6.0,
+            floor_ms: 50.0,
+            warmup: 20,
+        }
+    }
 }
 
 /// Settings of [`run_demo`].
@@ -162,6 +197,11 @@ pub struct DemoConfig {
     pub database_url: Option<String>,
     /// The PostgreSQL schema of the app's tables. Default `data_pipeline`.
     pub database_schema: String,
+    /// The performance tracker's baselines and thresholds.
+    pub performance: PerformanceSettings,
+    /// How long the processor a request names in `slow` waits before its work. Default
+    /// 400 ms.
+    pub slow_delay: Duration,
 }
 
 impl Default for DemoConfig {
@@ -179,6 +219,8 @@ impl Default for DemoConfig {
             observers: true,
             database_url: None,
             database_schema: "data_pipeline".into(),
+            performance: PerformanceSettings::default(),
+            slow_delay: Duration::from_millis(400),
         }
     }
 }

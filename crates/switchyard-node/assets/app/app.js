@@ -72,10 +72,10 @@ async function loadRuns() {
     const tb = $("#runs tbody");
     tb.innerHTML = state.runs.map((r) => `<tr data-run="${esc(r.run_id)}">
       <td><a href="#/run/${encodeURIComponent(r.run_id)}">${esc(r.run_id)}</a></td>
-      <td>${esc(r.input)}${r.fail ? ` · fail ${esc(r.fail)}` : ""}</td>
+      <td>${esc(r.input)}${r.fail ? ` · fail ${esc(r.fail)}` : ""}${r.slow ? ` · slow ${esc(r.slow)}` : ""}</td>
       <td>${fmtTime(r.started_ms)}</td>
       <td class="num">${fmtMs(r.finished_ms ? r.finished_ms - r.started_ms : null)}</td>
-      <td class="outcome-${esc(r.status)}">${esc(r.status)}${r.error ? ": " + esc(r.error.message) : ""}</td></tr>`).join("")
+      <td class="outcome-${esc(r.status)}">${esc(r.status)}${r.error ? ": " + esc(r.error.message) : ""}${perfBadge(r)}</td></tr>`).join("")
       || `<tr><td colspan="5" class="muted">No runs yet.</td></tr>`;
     $("#runs").hidden = false; $("#runs-loading").hidden = true;
   } catch (e) { $("#runs-loading").textContent = "Could not load the runs."; showError(e.message); }
@@ -96,7 +96,8 @@ async function startRun(ev) {
       if (!file) throw new Error("Choose a CSV file first.");
       req.csv = await file.text();
     } else req.rows = Math.max(1, parseInt($("#rows").value, 10) || 120);
-    if (fail && fail !== "missing") req.fail = fail;
+    if (fail.startsWith("slow:")) req.slow = fail.slice(5);
+    else if (fail && fail !== "missing") req.fail = fail;
     await tell("cpm.pipeline.request", req);
     st.textContent = `Run ${runId} started.`;
     location.hash = `#/run/${encodeURIComponent(runId)}`;
@@ -105,11 +106,36 @@ async function startRun(ev) {
 }
 
 // ---- one run -------------------------------------------------------------------------------
+// The performance tracker's latency anomalies of a run (what the CPM's registry noted).
+const flagsOf = (r) => r?.performance_anomalies || [];
+function perfBadge(r) {
+  const n = flagsOf(r).length;
+  return n ? ` <span class="flag" title="latency anomalies">⚠ ${n} slow step${n > 1 ? "s" : ""}</span>` : "";
+}
+function ms(v) { return v >= 10 ? String(Math.round(v)) : v.toFixed(1); }
+function flagText(f) { return `${f.component} ${f.action} took ${ms(f.value)} ms, baseline ${ms(f.mean)} ± ${ms(f.deviation)} ms`; }
+
 function renderSteps() {
+  const flags = flagsOf(state.detail?.run);
   $("#steps").innerHTML = DOMAINS.map((d) => {
     const s = state.steps[d] || "pending";
-    return `<li class="${esc(s)}"><span class="visually">${esc(d)}</span>: <span data-step="${esc(d)}">${esc(s)}</span></li>`;
+    const mine = flags.filter((f) => f.domain === d);
+    const flag = mine.length ? ` <span class="flag" data-flag="${esc(d)}" title="${esc(mine.map(flagText).join("; "))}">⚠ slow</span>` : "";
+    return `<li class="${esc(s)}${mine.length ? " slow" : ""}"><span class="visually">${esc(d)}</span>: <span data-step="${esc(d)}">${esc(s)}</span>${flag}</li>`;
   }).join("");
+}
+
+function renderPerformance(d) {
+  const r = d.run, t = d.performance_tracker, flags = flagsOf(r);
+  // Domains in pipeline order (the whole run last), each domain's layers bottom up.
+  const LAYERS = ["processor", "handler", "service", "manager"];
+  const order = (f) => { const i = DOMAINS.indexOf(f.domain); return (i < 0 ? DOMAINS.length : i) * 10 + LAYERS.findIndex((l) => f.component.endsWith("-" + l)); };
+  const empty = $("#perf-empty"), list = $("#perf-flags");
+  list.hidden = !flags.length; empty.hidden = !!flags.length;
+  if (!t) empty.textContent = "The performance tracker is not running on this app.";
+  else empty.textContent = `No step of this run left its latency baseline${r.status === "running" ? " so far" : ""}. A step is flagged when it is more than ${t.k} deviations and at least ${t.floor_ms} ms from the mean of its (component, action), once that baseline has ${t.warmup} samples.`;
+  list.innerHTML = [...flags].sort((a, b) => order(a) - order(b)).map((f) =>
+    `<li data-flag="${esc(f.component)}"><b>${esc(f.domain === "cpm" ? "whole run" : f.domain || f.component)}</b>: ${esc(flagText(f))}</li>`).join("");
 }
 
 async function loadRun(runId, quiet) {
@@ -156,7 +182,7 @@ function renderRun(d) {
   const dl = $("#dead-letters");
   dl.hidden = !r.dead_letters.length;
   dl.querySelector("tbody").innerHTML = r.dead_letters.map((x) => `<tr><td><code>${esc(x.id)}</code></td><td>${esc(x.topic)}</td><td>${esc(x.handler)}</td><td class="num">${x.attempts}</td><td>${esc(x.error)}</td></tr>`).join("");
-  renderData(d); renderInsights(d); renderReport(d);
+  renderPerformance(d); renderData(d); renderInsights(d); renderReport(d);
 }
 
 function renderData(d) {

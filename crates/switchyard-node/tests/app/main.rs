@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{client, error_of};
 use data_pipeline::testdb::{self, TestPg};
-use data_pipeline::{DOMAINS, DemoApp, DemoConfig};
+use data_pipeline::{DOMAINS, DemoApp, DemoConfig, PerformanceSettings};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchyard_node::auth::sha256_hex;
@@ -685,5 +685,74 @@ async fn a_running_run_is_cancelled_and_takes_no_further_step() {
         .find(|r| r["run_id"] == "after-1")
         .unwrap();
     assert_eq!(after["status"], "completed");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_domain_run_carries_its_latency_flags_in_the_run_query() {
+    let warmup = 3;
+    let node = AppNode::start_with(
+        config(),
+        DemoConfig {
+            rows: 60,
+            performance: PerformanceSettings {
+                warmup,
+                ..PerformanceSettings::default()
+            },
+            ..DemoConfig::default()
+        },
+    )
+    .await;
+    let mut ws = live(&node).await;
+    // Warm-up: one latency sample per step and run, none flagged.
+    for i in 0..warmup {
+        let c = start_run(
+            &node,
+            json!({"run_id": format!("warm-{i}"), "dataset": "", "rows": 60}),
+        )
+        .await;
+        assert_eq!(follow(&mut ws, &c).await.0["status"], "completed");
+    }
+    let c = start_run(
+        &node,
+        json!({"run_id": "slow-1", "dataset": "", "rows": 60, "slow": "analytics"}),
+    )
+    .await;
+    assert_eq!(follow(&mut ws, &c).await.0["status"], "completed");
+    // The tracker's anomalies travel on their own topic: wait until every handler ran.
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        node.app.running().bus().run_until_idle(),
+    )
+    .await
+    .unwrap();
+
+    let d = query(&node, "cpm.query.run", json!({"run_id": "slow-1"})).await;
+    assert_eq!(d["performance_tracker"]["warmup"], warmup);
+    assert_eq!(d["run"]["slow"], "analytics");
+    let flags = d["run"]["performance_anomalies"].as_array().unwrap();
+    for role in ["processor", "handler", "service", "manager"] {
+        let f = flags
+            .iter()
+            .find(|f| f["component"] == format!("analytics-{role}"))
+            .unwrap_or_else(|| panic!("analytics-{role} not flagged: {flags:?}"));
+        assert_eq!(f["domain"], "analytics");
+        assert_eq!(f["action"], "features");
+        assert_eq!(f["metric"], "latency_ms");
+        let (value, mean) = (f["value"].as_f64().unwrap(), f["mean"].as_f64().unwrap());
+        let deviation = f["deviation"].as_f64().unwrap();
+        assert!(value >= 400.0, "{f}");
+        assert!(value - mean > (6.0 * deviation).max(50.0), "{f}");
+    }
+    // The flags are the run's own: the warm-up runs have none, in the history either.
+    let runs = query(&node, "cpm.query.runs", json!({})).await;
+    for r in runs["runs"].as_array().unwrap() {
+        let n = r["performance_anomalies"].as_array().unwrap().len();
+        if r["run_id"] == "slow-1" {
+            assert_eq!(n, flags.len());
+        } else {
+            assert_eq!(n, 0, "{r}");
+        }
+    }
     node.stop().await;
 }

@@ -56,6 +56,10 @@ try {
   }
   step("run completed, every domain completed");
   seen("run", "ui-ok");
+  // The first run: the latency baselines are still warming up, nothing can be flagged.
+  await page.locator("#perf-empty").waitFor({ timeout: T });
+  if (await page.locator("#perf-flags li").count()) throw new Error("a warm-up run shows performance flags");
+  seen("perf_empty", await page.textContent("#perf-empty"));
   await page.locator("#n-staged").waitFor({ timeout: T });
   seen("staged", await page.textContent("#n-staged"));
   seen("valid", await page.textContent("#n-valid"));
@@ -98,6 +102,23 @@ try {
   seen("dead_letter", await page.textContent("#dead-letters tbody tr td code"));
   await shot(page, "05-failed-run.png", { fullPage: true });
 
+  // A slow run: the analytics processor waits 400 ms; the node's tracker has a warm-up of two
+  // samples, which the two runs before gave it, so the analytics steps are flagged.
+  await page.goto(url + "#/");
+  await page.locator("#runs").waitFor({ timeout: T });
+  await page.fill("#run-id", "ui-slow");
+  await page.selectOption("#fail", "slow:analytics");
+  await page.click("#start");
+  await page.waitForURL(/#\/run\/ui-slow$/, { timeout: T });
+  await page.locator("#run-status.outcome-completed").waitFor({ timeout: T });
+  await page.locator("#perf-flags li[data-flag=analytics-processor]").waitFor({ timeout: T });
+  await page.locator("#steps [data-flag=analytics]").waitFor({ timeout: T });
+  if (!(await page.locator("#perf-empty").isHidden())) throw new Error("empty state shown beside flags");
+  seen("slow_run", "ui-slow");
+  seen("slow_flag", await page.textContent("#perf-flags li[data-flag=analytics-processor]"));
+  await shot(page, "06-slow-run.png", { fullPage: true });
+  step("slow run flagged");
+
   // A large run, cancelled while it runs: the Cancel button shows on a running run only.
   await page.goto(url + "#/");
   await page.locator("#runs").waitFor({ timeout: T });
@@ -112,20 +133,21 @@ try {
   if (!(await page.locator("#cancel-run").isHidden())) throw new Error("Cancel button still shown on a cancelled run");
   seen("cancelled_run", "ui-cancel");
   seen("cancelled_status", await page.textContent("#run-status"));
-  await shot(page, "06-cancelled-run.png", { fullPage: true });
+  await shot(page, "07-cancelled-run.png", { fullPage: true });
   step("run cancelled");
 
   // History: both runs with durations and outcomes.
   await page.click("text=← All runs");
   await page.locator("#runs tr[data-run=ui-fail] .outcome-failed").waitFor({ timeout: T });
   await page.locator("#runs tr[data-run=ui-ok] .outcome-completed").waitFor({ timeout: T });
-  await shot(page, "07-history.png");
+  await page.locator("#runs tr[data-run=ui-slow] .flag").waitFor({ timeout: T });
+  await shot(page, "08-history.png");
 
   // Narrow screen.
   await page.setViewportSize({ width: 390, height: 800 });
   await page.goto(url + "#/run/ui-ok");
   await page.locator("#run-status.outcome-completed").waitFor({ timeout: T });
-  await shot(page, "08-narrow-run.png", { fullPage: true });
+  await shot(page, "09-narrow-run.png", { fullPage: true });
   if (errors.length) throw new Error("page errors: " + errors.join("; "));
   step("done");
 } finally {
