@@ -267,7 +267,8 @@ async fn nats_interop(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(
 }
 
 /// The registry of `nats-interop`: `<prefix>.events.orders` carries `{id: integer, sku:
-/// string}` from a publisher in another language (so it is described by hand).
+/// string}` and the command `<prefix>.double` `{n: integer}`, from a client in another
+/// language (so they are described by hand).
 fn foreign_orders(prefix: &str) -> Result<Registry, Error> {
     let mut registry = Registry::new();
     registry.insert(MessageType {
@@ -280,6 +281,20 @@ fn foreign_orders(prefix: &str) -> Result<Registry, Error> {
             "type": "object",
             "properties": { "id": { "type": "integer" }, "sku": { "type": "string" } },
             "required": ["id", "sku"]
+        }),
+        producers: Default::default(),
+        consumers: Default::default(),
+    })?;
+    registry.insert(MessageType {
+        name: "Double".into(),
+        topic: format!("{prefix}.double"),
+        kind: "command".into(),
+        version: 1,
+        content_type: "application/json".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer" } },
+            "required": ["n"]
         }),
         producers: Default::default(),
         consumers: Default::default(),
