@@ -1,5 +1,5 @@
-//! Validation at the boundary: messages that arrive from outside (the node's gateway, foreign
-//! publishers) checked against the registered JSON Schema of their topic, per topic pattern
+//! Validation at the boundary: messages that arrive from outside (the node's gateway, a bus's
+//! transport intake through [`Validator::intake_check`]) checked against the registered JSON Schema of their topic, per topic pattern
 //! `off`, `warn` or `enforce`.
 //!
 //! ```
@@ -31,6 +31,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use switchyard::IntakeVerdict;
 use switchyard_core::{Envelope, Pattern, Topic};
 
 use crate::registry::{Registry, RegistryError};
@@ -153,6 +154,24 @@ impl Verdict {
     }
 }
 
+impl From<&Verdict> for IntakeVerdict {
+    /// `Invalid` under `Enforce` rejects, under `Warn` warns, with
+    /// [`describe`](Verdict::describe) as the text; anything else is accepted.
+    fn from(verdict: &Verdict) -> Self {
+        match (verdict, verdict.describe()) {
+            (
+                Verdict::Invalid {
+                    enforcement: Enforcement::Enforce,
+                    ..
+                },
+                Some(text),
+            ) => Self::Reject(text),
+            (Verdict::Invalid { .. }, Some(text)) => Self::Warn(text),
+            _ => Self::Accept,
+        }
+    }
+}
+
 /// A schema that could not be compiled.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -253,6 +272,32 @@ impl Validator {
             .iter()
             .find(|(p, _)| p.matches(topic))
             .map_or(self.default, |(_, e)| *e)
+    }
+
+    /// The bus's intake check made of this validator: every message a bus takes in from its
+    /// transport (e.g. NATS, from publishers that are not switchyard) is checked against the
+    /// registered schemas, per topic `off` / `warn` / `enforce`; an enforced invalid one is
+    /// dead-lettered with every issue (path and reason), never delivered.
+    ///
+    /// ```
+    /// # use switchyard_contracts::{Registry, Validator};
+    /// # let registry = Registry::new();
+    /// let bus = switchyard::Bus::builder()
+    ///     .intake_check(Validator::new(&registry)?.intake_check())
+    ///     .build()?;
+    /// # let _ = bus;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// A validator shared with something else (the node's gateway) plugs in through
+    /// [`intake_verdict`](Self::intake_verdict): `move |env| shared.intake_verdict(env)`.
+    pub fn intake_check(self) -> impl Fn(&Envelope) -> IntakeVerdict + Send + Sync + 'static {
+        move |env| self.intake_verdict(env)
+    }
+
+    /// [`check`](Self::check) as the bus's intake check sees it.
+    pub fn intake_verdict(&self, env: &Envelope) -> IntakeVerdict {
+        IntakeVerdict::from(&self.check(env))
     }
 
     /// Checks one message.

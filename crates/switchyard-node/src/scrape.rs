@@ -50,6 +50,8 @@ pub(crate) fn update(state: &AppState) {
                 ("switchyard_subscription_refused_full_total", st.refused_full),
                 ("switchyard_subscription_decode_failed_total", st.decode_failed),
                 ("switchyard_subscription_filtered_total", st.filtered),
+                ("switchyard_subscription_intake_warned_total", st.intake_warned),
+                ("switchyard_subscription_intake_rejected_total", st.intake_rejected),
             ] {
                 counter!(name, l()).absolute(v);
             }

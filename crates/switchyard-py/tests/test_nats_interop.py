@@ -65,6 +65,10 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         reply = await nc.request(f"_sy.cmd.{prefix}.double", b'{"n": -1}', timeout=10)
         assert reply.headers["Sy-Status"] == "failed"
         assert "cannot double -1" in reply.headers["Sy-Error"]
+        # A command that does not match its registered schema is refused before the handler.
+        reply = await nc.request(f"_sy.cmd.{prefix}.double", b'{"n": "x"}', timeout=10)
+        assert reply.headers["Sy-Status"] == "rejected"
+        assert "/n" in reply.headers["Sy-Error"], reply.headers
         # Nobody serves this command: no responders, at once.
         start = time.monotonic()
         with pytest.raises(NoRespondersError):
@@ -76,6 +80,9 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         await nc.flush()
         # A command published on an event topic is never handed to an event handler.
         await js.publish(f"{prefix}.events.orders", b'{"sneaky": true}', headers={"Sy-Kind": "command"})
+        # An event that does not match the schema the Rust process registered for the topic
+        # is dead-lettered there, with the path of what is wrong, and never handled.
+        await js.publish(f"{prefix}.events.orders", json.dumps({"id": "seven", "sku": "py-7"}).encode())
         # The event, with the headers a service in another language sets.
         await js.publish(
             f"{prefix}.events.orders",
@@ -108,8 +115,20 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         assert echo.headers["Sy-Correlation-Id"] == "corr-42"
         assert echo.headers["Sy-Causation-Id"] == MSG_ID
 
-
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        rest = [json.loads(line) for line in (await proc.stdout.read()).decode().splitlines()]
+        assert [line for line in rest if "dead_letter" not in line] == [], "the invalid event was handled"
+        letters = [
+            line["dead_letter"] for line in rest
+            if "dead_letter" in line and line["dead_letter"]["topic"] == f"{prefix}.events.orders"
+        ]
+        # The sneaky command (unroutable), then the invalid event (rejected at the intake).
+        assert [letter["reason"] for letter in letters] == ["Unroutable", "Rejected"], letters
+        assert "/id" in letters[1]["error"] and "ForeignOrder" in letters[1]["error"], letters
+        refused = [line["dead_letter"] for line in rest
+                   if "dead_letter" in line and line["dead_letter"]["topic"] == f"{prefix}.double"
+                   and line["dead_letter"]["reason"] == "Rejected"]
+        assert len(refused) == 1 and "/n" in refused[0]["error"], refused
     finally:
         await nc.close()
         if proc.returncode is None:

@@ -13,6 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::handler::BoxHandler;
+use crate::intake::{IntakeCheck, IntakeVerdict};
 use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
 use crate::state::{BusInner, HandlerWrap, PublishHook, RUNNING, ResilienceWrap};
@@ -50,6 +51,7 @@ pub struct BusBuilder {
     lifecycle_events: bool,
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
+    intake: Option<IntakeCheck>,
     wrap: Option<HandlerWrap>,
     upcast: Option<Arc<dyn crate::upcast::Upcast>>,
     data_dir: Option<std::path::PathBuf>,
@@ -115,6 +117,7 @@ impl Default for BusBuilder {
             lifecycle_events: false,
             transport: None,
             hooks: Vec::new(),
+            intake: None,
             wrap: None,
             upcast: None,
             data_dir: None,
@@ -277,6 +280,42 @@ impl BusBuilder {
         self
     }
 
+    /// Checks every envelope the bus takes in from its [transport](Self::transport) before
+    /// it is queued for a handler: the boundary where messages from other processes (and
+    /// from publishers that are not switchyard, e.g. a plain NATS client) come in. A later
+    /// call replaces an earlier one. Default: none (nothing is checked, and the intake costs
+    /// one `Option` test).
+    ///
+    /// [`IntakeVerdict::Accept`] delivers; [`IntakeVerdict::Warn`] logs the text
+    /// (`tracing::warn!`) and delivers; [`IntakeVerdict::Reject`] never delivers: the envelope
+    /// goes to the dead-letter sink with reason `Rejected` and the text as its error, and the
+    /// transport delivery is terminated so it is not redelivered (a command served to
+    /// another process is answered with `SendError::Rejected`). The check runs once per
+    /// subscription that receives the message (each consumer group has its own delivery),
+    /// after the subscription's filters (a filtered message is not for it and is acked
+    /// unchecked); messages published in process do not pass it (use a
+    /// [`publish_hook`](Self::publish_hook) there). `switchyard-contracts`'
+    /// `Validator::intake_check` validates against the registered JSON Schemas.
+    ///
+    /// ```
+    /// use switchyard::{Bus, IntakeVerdict};
+    /// let bus = Bus::builder()
+    ///     .intake_check(|env| match env.payload.first() {
+    ///         Some(b'{') => IntakeVerdict::Accept,
+    ///         _ => IntakeVerdict::Reject("payload is not a JSON object".into()),
+    ///     })
+    ///     .build()?;
+    /// # let _ = bus;
+    /// # Ok::<(), switchyard::BuildError>(())
+    /// ```
+    pub fn intake_check<F>(mut self, check: F) -> Self
+    where
+        F: Fn(&Envelope) -> IntakeVerdict + Send + Sync + 'static,
+    {
+        self.intake = Some(Arc::new(check));
+        self
+    }
+
     /// Wraps every single-message handler (subscriptions and command handlers) when it is
     /// registered, outside the subscription's own `.layer`s: a place for middleware every
     /// handler should have. A later call replaces an earlier one. Under
@@ -378,6 +417,7 @@ impl BusBuilder {
                 lifecycle_events: self.lifecycle_events,
                 transport: self.transport,
                 hooks: self.hooks,
+                intake: self.intake,
                 wrap: self.wrap,
                 upcast: self.upcast,
                 resilience: resilience_wrap,

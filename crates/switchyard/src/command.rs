@@ -6,14 +6,19 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use switchyard_core::{Command, Envelope, IncomingCommand, IncomingCommands, Kind, SendError};
+use switchyard_core::{
+    Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
+    SendError,
+};
 use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
+use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::reply::CommandResult;
 use crate::state::{BusInner, RUNNING, SubShared};
+use crate::stats::inc;
 
 impl Bus {
     /// Sends a command to its one handler and waits for the typed result.
@@ -202,6 +207,25 @@ impl SubShared {
             };
             if bus.state.load(Ordering::Acquire) != RUNNING {
                 return Err(SendError::NoHandler { topic: env.topic });
+            }
+            if let Some(check) = &bus.intake {
+                match check(&env) {
+                    IntakeVerdict::Accept => {}
+                    IntakeVerdict::Warn(why) => {
+                        inc(&self.counters.intake_warned);
+                        tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
+                    }
+                    IntakeVerdict::Reject(why) => {
+                        // Answered as a rejection, and kept in the dead-letter sink.
+                        inc(&self.counters.intake_rejected);
+                        inc(&self.counters.dead_lettered);
+                        bus.dead_letter(
+                            DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
+                                .with_handler(self.config.name.clone()),
+                        );
+                        return Err(SendError::Rejected { reason: why });
+                    }
+                }
             }
             let topic = env.topic.clone();
             match self.enqueue_command(&bus, env).await {

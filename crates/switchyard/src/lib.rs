@@ -35,6 +35,7 @@ mod config;
 mod ctx;
 mod dispatch;
 mod handler;
+mod intake;
 pub mod lifecycle;
 mod pending;
 mod prefetch;
@@ -62,6 +63,7 @@ pub use ctx::Ctx;
 pub use handler::{
     BoxBatchHandler, BoxHandler, BoxPrefetchHandler, IntoOutcome, boxed, handler_fn,
 };
+pub use intake::IntakeVerdict;
 pub use publish::{BatchPublishError, HandlerFailure, WaitReport};
 pub use queue::Overflow;
 pub use reply::CommandResult;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
 
+use crate::intake::IntakeVerdict;
 use crate::pending::Settled;
 use crate::publish::EnqueueError;
 use crate::queue::Entry;
@@ -50,7 +51,8 @@ impl SubShared {
     }
 
     /// Feeds one delivery from the transport into the queue, waiting for room. Filtered
-    /// deliveries are acked at once (they are not for this subscription).
+    /// deliveries are acked at once (they are not for this subscription); the others pass
+    /// the bus's intake check, if it has one, and a rejected one is dead-lettered.
     pub(crate) async fn enqueue_delivery(&self, delivery: Delivery) -> Result<(), EnqueueError> {
         let Some(bus) = self.bus.upgrade() else {
             return Err(EnqueueError::Closed);
@@ -89,6 +91,33 @@ impl SubShared {
             self.settle(delivery, true).await;
             accepted.settle(Settled::Acked);
             return Ok(());
+        }
+        if let Some(check) = &bus.intake {
+            match check(&delivery.envelope) {
+                IntakeVerdict::Accept => {}
+                IntakeVerdict::Warn(why) => {
+                    inc(&self.counters.intake_warned);
+                    tracing::warn!(
+                        subscription = %self.name(),
+                        topic = %delivery.envelope.topic,
+                        message_id = %delivery.envelope.id,
+                        "intake check: {why}"
+                    );
+                }
+                IntakeVerdict::Reject(why) => {
+                    // Dead-lettered before the delivery is settled: a crash in between
+                    // redelivers it (and it is rejected again), it is never lost.
+                    inc(&self.counters.intake_rejected);
+                    inc(&self.counters.dead_lettered);
+                    bus.dead_letter(
+                        DeadLetter::new(delivery.envelope.clone(), DeadLetterReason::Rejected, why)
+                            .with_handler(self.config.name.clone()),
+                    );
+                    self.settle(delivery, false).await;
+                    accepted.settle(Settled::DeadLettered);
+                    return Ok(());
+                }
+            }
         }
         let mut env = delivery.envelope.clone();
         // One count: the transport numbers this delivery from 1, and the worker numbers every

@@ -116,6 +116,8 @@ pub(crate) struct BusInner {
     pub(crate) lifecycle_events: bool,
     pub(crate) transport: Option<Arc<dyn ErasedTransport>>,
     pub(crate) hooks: Vec<PublishHook>,
+    /// Checks what arrives from the transport before it is queued (`pump`).
+    pub(crate) intake: Option<crate::intake::IntakeCheck>,
     pub(crate) wrap: Option<HandlerWrap>,
     /// Upcasts older message versions before typed handlers decode them (`upcast`).
     pub(crate) upcast: Option<std::sync::Arc<dyn crate::upcast::Upcast>>,

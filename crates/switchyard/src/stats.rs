@@ -18,6 +18,8 @@ pub(crate) struct Counters {
     pub(crate) refused_full: AtomicU64,
     pub(crate) decode_failed: AtomicU64,
     pub(crate) filtered: AtomicU64,
+    pub(crate) intake_warned: AtomicU64,
+    pub(crate) intake_rejected: AtomicU64,
 }
 
 pub(crate) fn inc(c: &AtomicU64) {
@@ -49,6 +51,11 @@ pub struct SubscriptionStats {
     pub decode_failed: u64,
     /// Messages a filter kept out of the queue.
     pub filtered: u64,
+    /// Messages from the transport the bus's intake check let through with a warning.
+    pub intake_warned: u64,
+    /// Messages from the transport the bus's intake check rejected (dead-lettered, also
+    /// counted in `dead_lettered`).
+    pub intake_rejected: u64,
 }
 
 impl Counters {
@@ -66,6 +73,8 @@ impl Counters {
             refused_full: g(&self.refused_full),
             decode_failed: g(&self.decode_failed),
             filtered: g(&self.filtered),
+            intake_warned: g(&self.intake_warned),
+            intake_rejected: g(&self.intake_rejected),
         }
     }
 }

@@ -8,7 +8,11 @@
 //!                                                      <prefix>.rust.confirmed, caused by them
 //! rust-peer nats-interop <url> <stream> <prefix> <n>   print n events of <prefix>.events.#
 //!                                                      (headers included) and serve the
-//!                                                      command <prefix>.double meanwhile
+//!                                                      command <prefix>.double meanwhile;
+//!                                                      <prefix>.events.orders must match
+//!                                                      the ForeignOrder schema (others are
+//!                                                      dead-lettered); at the end print
+//!                                                      every dead letter
 //! ```
 //!
 //! Every line printed is one JSON object, so the Python side can assert on it.
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchyard::{Bus, Ctx, Envelope, Message, Pattern, Topic, handler_fn};
+use switchyard_contracts::{MessageType, Registry, Validator};
 use switchyard_log::{LogConfig, LogTransport};
 use switchyard_nats::{NatsConfig, NatsTransport};
 use tokio::sync::Notify;
@@ -196,7 +201,12 @@ async fn nats_interop(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(
             .with_max_age(Duration::from_secs(3600)),
     )
     .await?;
-    let bus = Bus::builder().transport(transport).build()?;
+    // Foreign orders are validated at the intake: an invalid one is dead-lettered, with
+    // the path of each issue, and never reaches the handler.
+    let bus = Bus::builder()
+        .transport(transport)
+        .intake_check(Validator::new(&foreign_orders(prefix)?)?.intake_check())
+        .build()?;
     let counter = Counter::default();
     let c = counter.clone();
     // Each event is echoed on <prefix>.echo.<rest>, published from the handler: the echo
@@ -241,7 +251,55 @@ async fn nats_interop(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(
     println!("{}", serde_json::json!({ "ready": true }));
     let result = counter.wait(n, Duration::from_secs(30)).await;
     bus.shutdown(Duration::from_secs(5)).await?;
+    for letter in bus.dead_letters().map(|d| d.list()).unwrap_or_default() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dead_letter": {
+                    "topic": letter.envelope.topic.as_str(),
+                    "reason": format!("{:?}", letter.reason),
+                    "error": letter.error,
+                }
+            })
+        );
+    }
     result
+}
+
+/// The registry of `nats-interop`: `<prefix>.events.orders` carries `{id: integer, sku:
+/// string}` and the command `<prefix>.double` `{n: integer}`, from a client in another
+/// language (so they are described by hand).
+fn foreign_orders(prefix: &str) -> Result<Registry, Error> {
+    let mut registry = Registry::new();
+    registry.insert(MessageType {
+        name: "ForeignOrder".into(),
+        topic: format!("{prefix}.events.orders"),
+        kind: "event".into(),
+        version: 1,
+        content_type: "application/json".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": { "id": { "type": "integer" }, "sku": { "type": "string" } },
+            "required": ["id", "sku"]
+        }),
+        producers: Default::default(),
+        consumers: Default::default(),
+    })?;
+    registry.insert(MessageType {
+        name: "Double".into(),
+        topic: format!("{prefix}.double"),
+        kind: "command".into(),
+        version: 1,
+        content_type: "application/json".into(),
+        schema: serde_json::json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer" } },
+            "required": ["n"]
+        }),
+        producers: Default::default(),
+        consumers: Default::default(),
+    })?;
+    Ok(registry)
 }
 
 #[tokio::main]

@@ -2,7 +2,7 @@
 //! topic pattern off / warn / enforce.
 
 use serde::{Deserialize, Serialize};
-use switchyard::{Envelope, Message, Topic};
+use switchyard::{Envelope, IntakeVerdict, Message, Topic};
 use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -156,4 +156,103 @@ fn an_older_version_is_left_to_the_upcasters() {
     assert_eq!(v.check(&env), Verdict::Unchecked);
     env.type_version = 2;
     assert!(!v.check(&env).deliver());
+}
+
+#[test]
+fn the_intake_verdict_rejects_enforced_warns_warned_and_accepts_the_rest() {
+    let v = validator();
+    let bad = v.intake_verdict(&foreign("orders.placed", r#"{"order": "x", "lines": []}"#));
+    let IntakeVerdict::Reject(text) = bad else {
+        panic!("{bad:?}");
+    };
+    assert!(text.contains("/order"), "{text}");
+    assert!(text.contains("OrderPlaced"), "{text}");
+    assert!(matches!(
+        v.intake_verdict(&foreign("audit.login", r#"{"who": 5}"#)),
+        IntakeVerdict::Warn(t) if t.contains("/who")
+    ));
+    assert_eq!(
+        v.intake_verdict(&foreign(
+            "orders.placed",
+            r#"{"order": 1, "lines": [{"sku": "a", "qty": 2}]}"#
+        )),
+        IntakeVerdict::Accept
+    );
+    assert_eq!(
+        v.intake_verdict(&foreign("orders.internal.x", "not json")),
+        IntakeVerdict::Accept
+    );
+}
+
+/// The validator plugged into a bus on a transport (the embedded log): what arrives without a
+/// type name, as from a foreign publisher, is checked per topic mode before it is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_with_the_validator_as_intake_check_dead_letters_invalid_foreign_messages() {
+    let wait = std::time::Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    let bus = switchyard::Bus::builder()
+        .transport(log)
+        .intake_check(validator().intake_check())
+        .build()
+        .unwrap();
+    let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let sub = bus
+        .subscribe(
+            "seen",
+            "#",
+            switchyard::handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move { tx.send(env.payload).map_err(|e| e.to_string()) }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let invalid = foreign(
+        "orders.placed",
+        r#"{"order": 1, "lines": [{"sku": 7, "qty": 2}]}"#,
+    );
+    let invalid_id = invalid.id.clone();
+    for env in [
+        invalid,
+        foreign("audit.login", r#"{"who": 5}"#),
+        foreign("orders.internal.x", "not json"),
+        foreign(
+            "orders.placed",
+            r#"{"order": 2, "lines": [{"sku": "a", "qty": 2}]}"#,
+        ),
+    ] {
+        bus.publish_envelope(env).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(
+            tokio::time::timeout(wait, handled.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    tokio::time::timeout(wait, bus.run_until_idle())
+        .await
+        .unwrap();
+    assert!(
+        handled.try_recv().is_err(),
+        "the invalid one is not handled"
+    );
+    assert!(got.iter().all(|p| !p.starts_with(br#"{"order": 1"#)));
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].envelope.id, invalid_id);
+    assert_eq!(letters[0].reason, switchyard::DeadLetterReason::Rejected);
+    assert!(
+        letters[0].error.contains("/lines/0/sku"),
+        "{}",
+        letters[0].error
+    );
+    let stats = sub.stats();
+    assert_eq!((stats.intake_rejected, stats.intake_warned), (1, 1));
+    bus.shutdown(wait).await.unwrap();
 }

@@ -17,7 +17,11 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 
 /// Publishes `payload` on `subject` with `headers` as a plain NATS client would (through
 /// JetStream, waiting for the store's acknowledgement).
-async fn foreign_publish(subject: String, headers: &[(&str, &str)], payload: &'static str) {
+pub(crate) async fn foreign_publish(
+    subject: String,
+    headers: &[(&str, &str)],
+    payload: &'static str,
+) {
     let client = async_nats::connect(SHARED_URL).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let mut h = async_nats::HeaderMap::new();

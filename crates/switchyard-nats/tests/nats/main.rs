@@ -15,3 +15,4 @@ mod harness;
 mod interop;
 mod retention;
 mod specific;
+mod validation;

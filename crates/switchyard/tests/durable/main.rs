@@ -13,6 +13,7 @@ use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
 mod attempts;
+mod intake;
 
 const WAIT: Duration = Duration::from_secs(10);
 
