@@ -59,11 +59,30 @@ async fn start(state: &AppState, c: &ZmqIngestConfig) -> Result<Ingest, NodeErro
     let bus = state.bus.clone();
     let content_type = c.content_type.clone();
     let publish_topic = topic.clone();
+    let validator = state.validator.clone();
     let publish = stage_fn("publish", move |payload: Bytes| {
         let bus = bus.clone();
         let mut env = Envelope::new(publish_topic.clone(), payload);
         env.content_type = content_type.as_str().into();
+        // Schema validation (`Node::set_validation`), as on the gateway: an enforced invalid
+        // message fails the stage, so the runner dead-letters it with the errors.
+        let verdict = validator
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|v| v.check(&env));
         async move {
+            if let Some(verdict) = verdict
+                && let Some(text) = verdict.describe()
+            {
+                if !verdict.deliver() {
+                    return Err(StageError::new(
+                        StageErrorKind::Invalid,
+                        format!("zeromq ingest: {text}"),
+                    ));
+                }
+                tracing::warn!(topic = %env.topic, "ingested although {text}");
+            }
             bus.publish_envelope(env)
                 .await
                 .map_err(|e| StageError::new(StageErrorKind::Invalid, e.to_string()))

@@ -82,7 +82,22 @@ impl Node {
         let alerts = Arc::new(crate::alerts::AlertLog::with_live(live.clone()));
         let hook_alerts = alerts.clone();
 
+        // Schema validation (`Node::set_validation`): the gateway checks what clients send, and
+        // the bus's transport intake checks what arrives over the log or NATS (foreign
+        // publishers, other nodes). One slot, read at each check.
+        let validator: Arc<RwLock<Option<Arc<switchyard_contracts::Validator>>>> = Arc::default();
+        let intake_validator = validator.clone();
         let mut builder = Bus::builder()
+            .intake_check(move |env| {
+                match intake_validator
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    Some(v) => v.intake_verdict(env),
+                    None => switchyard::IntakeVerdict::Accept,
+                }
+            })
             .queue_capacity(config.bus.queue_capacity)
             .workers(config.bus.workers)
             .dead_letters(dlq_sink(&dlq, &live))
@@ -149,7 +164,7 @@ impl Node {
             topology: Arc::new(RwLock::new(None)),
             layers: Arc::new(RwLock::new(None)),
             contracts: Arc::default(),
-            validator: Arc::default(),
+            validator,
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -231,11 +246,14 @@ impl Node {
     }
 
     /// Validates messages coming in through the gateway (HTTP and WebSocket publishes, commands
-    /// and requests) against the registered schemas of their topics, per topic `off`, `warn`
-    /// or `enforce` (see docs/contracts.md, "Validation at the boundary"). An enforced invalid
-    /// message is dead-lettered with its validation errors and refused with 422
-    /// `invalid_message`; a `warn` one is logged, counted
-    /// (`switchyard_gateway_invalid_total{mode="warn"}`) and delivered.
+    /// and requests), over the transport (the bus's intake: on the log or NATS, what other
+    /// processes and foreign publishers put there) and through the ZeroMQ ingest, against the
+    /// registered schemas of their topics, per topic `off`, `warn` or `enforce` (see
+    /// docs/contracts.md, "Validation at the boundary"). An enforced invalid message is
+    /// dead-lettered with its validation errors, never delivered; through the gateway it is
+    /// refused with 422 `invalid_message`. A `warn` one is logged, counted
+    /// (`switchyard_gateway_invalid_total{mode="warn"}`, the subscriptions' `intake_warned`)
+    /// and delivered.
     pub fn set_validation(&self, validator: switchyard_contracts::Validator) {
         *self
             .state

@@ -173,3 +173,63 @@ async fn an_invalid_websocket_publish_is_refused_the_same_way() {
     node.bus.run_until_idle().await;
     assert!(rx.try_recv().is_err(), "the invalid message was delivered");
 }
+
+/// On a transport, what arrives over it is checked too (the bus's intake): a message put on
+/// the embedded log without the gateway (here by the node's own bus, as another process or a
+/// foreign publisher would) is dead-lettered with the path when it comes back, never handled.
+#[tokio::test]
+async fn on_the_log_the_transport_intake_is_validated_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[transport]\nkind = \"log\"\ndata_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    let validator = Validator::new(&registry()).unwrap();
+    let node = TestNode::start_with(&toml, |n| n.set_validation(validator)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = node
+        .bus
+        .subscribe(
+            "orders",
+            "orders.#",
+            handler_fn(move |e: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(e);
+                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let topic = switchyard::Topic::new("orders.placed").unwrap();
+    node.bus
+        .publish_envelope(Envelope::new(topic.clone(), r#"{"order": "x"}"#))
+        .await
+        .unwrap();
+    node.bus
+        .publish_envelope(Envelope::new(topic, r#"{"order": 1, "amount": 2.5}"#))
+        .await
+        .unwrap();
+    let got = recv(&mut rx, "the valid order").await;
+    assert_eq!(&got.payload[..], br#"{"order": 1, "amount": 2.5}"#);
+    node.bus.run_until_idle().await;
+    assert!(rx.try_recv().is_err(), "the invalid order was handled");
+    let dlq: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dlq["total"], 1, "{dlq}");
+    assert!(
+        dlq["items"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("/order"),
+        "{dlq}"
+    );
+}

@@ -105,3 +105,81 @@ max_message_bytes = 64
     let _ = push.close().await;
     node.stop().await.unwrap();
 }
+
+/// With `Node::set_validation`, an ingested message that violates the registered schema of its
+/// topic is dead-lettered with the path and reason, never published; a valid one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingested_messages_are_validated_against_the_registered_schema() {
+    use switchyard_contracts::{MessageType, Registry, Validator};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let toml = format!(
+        r#"
+[transport]
+kind = "memory"
+[[ingest.zmq]]
+endpoint = "{endpoint}"
+topic = "sensors.raw"
+"#
+    );
+    let mut registry = Registry::new();
+    registry
+        .insert(MessageType {
+            name: "Reading".into(),
+            topic: "sensors.raw".into(),
+            kind: "event".into(),
+            version: 1,
+            content_type: "application/json".into(),
+            schema: serde_json::json!({
+                "type": "object",
+                "properties": {"t": {"type": "number"}},
+                "required": ["t"]
+            }),
+            producers: Default::default(),
+            consumers: Default::default(),
+        })
+        .unwrap();
+    let validator = Validator::new(&registry).unwrap();
+    let node = TestNode::start_with(&toml, |n| n.set_validation(validator)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe("readings", "sensors.#", forward(tx))
+        .start()
+        .await
+        .unwrap()
+        .detach();
+
+    let mut push = zeromq::PushSocket::new();
+    push.connect(&endpoint).await.unwrap();
+    push.send(ZmqMessage::from(Bytes::from_static(b"{\"t\":\"hot\"}")))
+        .await
+        .unwrap();
+    push.send(ZmqMessage::from(Bytes::from_static(b"{\"t\":22.0}")))
+        .await
+        .unwrap();
+    let got = recv(&mut rx, "the valid reading").await;
+    assert_eq!(&got.payload[..], b"{\"t\":22.0}");
+    node.bus.run_until_idle().await;
+    assert!(rx.try_recv().is_err(), "the invalid reading was published");
+
+    let dlq: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dlq["total"], 1, "{dlq}");
+    let error = dlq["items"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("/t") && error.contains("zeromq ingest"),
+        "{error}"
+    );
+    let _ = push.close().await;
+    node.stop().await.unwrap();
+}
