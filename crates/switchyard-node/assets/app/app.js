@@ -52,11 +52,15 @@ function connect() {
     if (f.op === "error") { showError(`live updates: ${f.error.kind}: ${f.error.message}`); return; }
     if (f.op !== "message") return;
     const m = f.message, p = m.payload || {};
-    if (m.topic === "cpm.pipeline.complete") { loadRuns(); if (state.current && state.detail?.run?.correlation_id === p.correlation_id) loadRun(state.current, true); return; }
+    // The open run's end: reload it. While its first load is still in flight (no detail yet),
+    // reload too: that load may have read the run before it ended, and only the latest load
+    // is shown (`loadSeq`), so the page never stays on "running".
+    const openRun = () => state.current && (!state.detail || state.detail.run?.correlation_id === p.correlation_id);
+    if (m.topic === "cpm.pipeline.complete") { loadRuns(); if (openRun()) loadRun(state.current, true); return; }
     if (p.role === "manager" && state.detail?.run?.correlation_id === p.correlation_id) {
       state.steps[p.domain] = p.to; renderSteps();
     }
-    if (p.role === "cpm" && p.to === "cancelled" && state.current && state.detail?.run?.correlation_id === p.correlation_id) loadRun(state.current, true);
+    if (p.role === "cpm" && p.to === "cancelled" && openRun()) loadRun(state.current, true);
     if (p.role === "cpm" && p.domain === "cpm" && p.action === "pipeline" && state.runs.length) {
       const r = state.runs.find((x) => x.correlation_id === p.correlation_id);
       if (!r) loadRuns();
@@ -138,7 +142,9 @@ function renderPerformance(d) {
     `<li data-flag="${esc(f.component)}"><b>${esc(f.domain === "cpm" ? "whole run" : f.domain || f.component)}</b>: ${esc(flagText(f))}</li>`).join("");
 }
 
+let loadSeq = 0;
 async function loadRun(runId, quiet) {
+  const seq = ++loadSeq;
   state.current = runId;
   if (!quiet) { $("#run-loading").hidden = false; $("#run-loading").textContent = "Loading…"; $("#run-body").hidden = true; }
   $("#h-run").textContent = `Run ${runId}`;
@@ -146,7 +152,8 @@ async function loadRun(runId, quiet) {
     let d = await query("cpm.query.run", { run_id: runId, preview_rows: 20 });
     // A run just started may not be registered yet: the CPM gets the request first.
     for (let i = 0; !d.run && i < 10; i++) { await new Promise((r) => setTimeout(r, 200)); d = await query("cpm.query.run", { run_id: runId }); }
-    if (state.current !== runId) return;
+    // A newer load (the run ended meanwhile) wins over this one.
+    if (state.current !== runId || seq !== loadSeq) return;
     if (!d.run) { $("#run-loading").textContent = `No run named ${runId}.`; return; }
     state.detail = d;
     const r = d.run;
