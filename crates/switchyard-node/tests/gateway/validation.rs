@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchyard::{Envelope, Outcome, handler_fn};
+use switchyard::Envelope;
 use switchyard_contracts::{Enforcement, MessageType, Registry, Validator};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::common::{MEMORY, TestNode, client, error_of, recv};
+use crate::common::{MEMORY, TestNode, client, error_of, forward, recv};
 
 fn registry() -> Registry {
     let mut reg = Registry::new();
@@ -49,17 +49,7 @@ async fn node() -> (
     let (tx, rx) = mpsc::unbounded_channel();
     let sub = node
         .bus
-        .subscribe(
-            "everything",
-            "#",
-            handler_fn(move |e: Envelope| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(e);
-                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
-                }
-            }),
-        )
+        .subscribe("everything", "#", forward(tx))
         .start()
         .await
         .unwrap();
@@ -189,17 +179,7 @@ async fn on_the_log_the_transport_intake_is_validated_too() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _sub = node
         .bus
-        .subscribe(
-            "orders",
-            "orders.#",
-            handler_fn(move |e: Envelope| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(e);
-                    Ok::<_, std::convert::Infallible>(Outcome::Ack)
-                }
-            }),
-        )
+        .subscribe("orders", "orders.#", forward(tx))
         .start()
         .await
         .unwrap();

@@ -13,14 +13,19 @@ use zeromq::{Socket, SocketSend, ZmqMessage};
 
 use common::{TestNode, client, forward, recv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushed_messages_are_published_and_oversized_ones_dead_lettered() {
+/// A loopback TCP endpoint on a port that was free a moment ago, for the node to bind.
+fn free_endpoint() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
+    format!("tcp://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_messages_are_published_and_oversized_ones_dead_lettered() {
+    let endpoint = free_endpoint();
     let toml = format!(
         r#"
 [transport]
@@ -111,12 +116,7 @@ max_message_bytes = 64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingested_messages_are_validated_against_the_registered_schema() {
     use switchyard_contracts::{MessageType, Registry, Validator};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let endpoint = free_endpoint();
     let toml = format!(
         r#"
 [transport]
