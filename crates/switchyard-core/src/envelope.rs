@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -146,13 +146,31 @@ impl<K: Into<SmolStr>, V: Into<SmolStr>> FromIterator<(K, V)> for Headers {
     }
 }
 
-/// Delivery bookkeeping: which attempt this is and when the first one happened.
+/// Delivery bookkeeping: which attempt this is, when the first one happened, and by when
+/// the sender wants the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeliveryInfo {
     /// 1 on the first delivery, 2 on the first retry, and so on. 0 before any delivery.
     pub attempt: u32,
     /// When the message was first handed to a handler.
     pub first_delivered_at: Option<SystemTime>,
+    /// The sender's deadline, for a request (`bus.request`, or a command sent with a
+    /// deadline from another process: what was left of it when it arrived). `None` for
+    /// events and for commands sent without one. Past it the sender has stopped waiting;
+    /// a handler may check it to skip or cut short work nobody waits for. An instant of
+    /// this process's clock, so it is not serialized (a transport carries what is left of
+    /// it instead, e.g. NATS's `Sy-Deadline-Ms`).
+    #[serde(skip)]
+    pub deadline: Option<Instant>,
+}
+
+impl DeliveryInfo {
+    /// What is left of [`deadline`](Self::deadline) now (zero once it has passed), or
+    /// `None` without one.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
 }
 
 /// Content type used by the default JSON codec.

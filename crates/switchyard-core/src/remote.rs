@@ -68,7 +68,11 @@ pub trait CommandResponder: Send + 'static {
 pub struct IncomingCommand {
     /// The command.
     pub envelope: Envelope,
-    /// What is left of the sender's deadline when it arrived, if it set one.
+    /// What is left of the sender's deadline when it arrived, if it set one: the receiving
+    /// bus answers `SendError::Timeout` once it is up, and shows it to the handler
+    /// (`DeliveryInfo::deadline`, unless the transport already set that on the envelope).
+    /// `None`: the bus waits for the handler's result however long it takes (commands sent
+    /// without a deadline, and durable commands, which are settled only once handled).
     pub deadline: Option<Duration>,
     responder: Box<dyn CommandResponder>,
 }

@@ -118,6 +118,8 @@ impl Bus {
         if env.kind == Kind::Event || env.kind == Kind::Command {
             env.kind = Kind::Request;
         }
+        // The handler sees it (`Ctx::deadline`); a transport carries what is left of it.
+        env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
         match tokio::time::timeout(deadline, self.dispatch_command(env, Some(deadline))).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
@@ -196,9 +198,13 @@ impl SubShared {
 
     async fn handle_remote(
         &self,
-        env: Envelope,
+        mut env: Envelope,
         deadline: Option<Duration>,
     ) -> Result<CommandResult, SendError> {
+        if let (Some(d), None) = (deadline, env.delivery.deadline) {
+            // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
+            env.delivery.deadline = std::time::Instant::now().checked_add(d);
+        }
         let queued = {
             // A bus that is stopping takes no more commands: the sender may try another
             // process, so it hears that this one has no handler any more.

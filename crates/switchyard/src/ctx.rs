@@ -49,6 +49,22 @@ impl Ctx {
         self.envelope.delivery.attempt
     }
 
+    /// The sender's deadline for the command being handled: set for `bus.request` (in this
+    /// process, or from another one over a transport that carries commands, where it is
+    /// what was left of the sender's deadline when the command arrived). `None` for events
+    /// and for commands sent without a deadline. Past it the sender has its
+    /// `SendError::Timeout` and the result is discarded, so a handler may skip or cut short
+    /// the work.
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.envelope.delivery.deadline
+    }
+
+    /// What is left of [`deadline`](Self::deadline) now: zero once it has passed, `None`
+    /// without a deadline.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.envelope.delivery.remaining()
+    }
+
     /// The bus.
     pub fn bus(&self) -> &Bus {
         &self.bus

@@ -436,3 +436,68 @@ async fn after_a_handler_bus_shut_down_the_sender_gets_no_handler_at_once() {
         );
     }
 }
+
+/// Issue 17: a handler in another process sees the sender's deadline (`Ctx::deadline`):
+/// what was left of it when the command arrived (`Sy-Deadline-Ms`), so never later than
+/// the sender's own; a command sent without one has none.
+#[tokio::test]
+async fn the_handler_in_another_process_sees_the_deadline() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix();
+    let (handler_bus, _hn) = bus(config(&p)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = handler_bus
+        .handle(move |c: Double, ctx: switchyard::Ctx| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ctx.deadline()).map_err(|e| e.to_string())?;
+                Ok::<_, String>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let (sender, _sn) = bus(config(&p)).await;
+    let before = std::time::Instant::now();
+    sender
+        .request(Double { n: 1 }, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let after = std::time::Instant::now();
+    let deadline = rx.recv().await.unwrap().expect("no deadline seen");
+    assert!(
+        deadline <= after + Duration::from_secs(20),
+        "the handler's deadline is later than the sender's"
+    );
+    assert!(
+        deadline > before + Duration::from_secs(15),
+        "the handler's deadline is far earlier than the sender's"
+    );
+    sender.send(Double { n: 2 }).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), None, "send without a deadline");
+
+    // A raw client's `Sy-Deadline-Ms` reaches the handler as well.
+    let client = async_nats::connect(SHARED_URL).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Sy-Kind", "request");
+    headers.insert("Sy-Deadline-Ms", "3000");
+    let sent = std::time::Instant::now();
+    client
+        .send_request(
+            format!("{p}.calc.double"),
+            async_nats::Request::new()
+                .headers(headers)
+                .payload("{\"n\":3}".into())
+                .timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let deadline = rx.recv().await.unwrap().expect("no deadline seen");
+    assert!(deadline <= std::time::Instant::now() + Duration::from_secs(3));
+    assert!(
+        deadline > sent + Duration::from_secs(2),
+        "deadline too early"
+    );
+}

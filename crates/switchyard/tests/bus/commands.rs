@@ -126,3 +126,46 @@ async fn handler_error_reaches_the_sender_after_attempts() {
     }
     assert_eq!(bus.dead_letters().unwrap().len(), 1);
 }
+
+/// Issue 17: the handler sees the sender's deadline (`Ctx::deadline`): a request's, within
+/// its bound, and none for a command sent without one.
+#[tokio::test]
+async fn the_handler_sees_the_requests_deadline() {
+    let bus = Bus::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, ctx: switchyard::Ctx| {
+            let tx = tx.clone();
+            async move {
+                tx.send((ctx.deadline(), ctx.remaining()))
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let before = std::time::Instant::now();
+    bus.request(Double { n: 1 }, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let after = std::time::Instant::now();
+    let (deadline, remaining) = rx.recv().await.unwrap();
+    let deadline = deadline.expect("a request's handler sees its deadline");
+    assert!(
+        deadline >= before + Duration::from_secs(30) && deadline <= after + Duration::from_secs(30),
+        "deadline not 30 s after the request"
+    );
+    let remaining = remaining.unwrap();
+    assert!(
+        remaining <= Duration::from_secs(30) && remaining > Duration::from_secs(25),
+        "{remaining:?}"
+    );
+
+    bus.send(Double { n: 2 }).await.unwrap();
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        (None, None),
+        "a command sent without a deadline has none"
+    );
+}
