@@ -37,6 +37,8 @@ const ERROR: &str = "Sy-Error";
 const ATTEMPTS: &str = "Sy-Attempts";
 const HANDLER: &str = "Sy-Handler";
 const HAS_REPLY: &str = "Sy-Reply";
+/// Header of a durable command naming the inbox its sender waits on for the result.
+pub(crate) const REPLY_TO: &str = "Sy-Reply-To";
 /// Header carrying a reply's topic (a reply travels on an inbox subject).
 pub(crate) const REPLY_TOPIC: &str = "Sy-Topic";
 
@@ -54,6 +56,9 @@ impl NatsTransport {
     ) -> Result<CommandResult, SendError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(SendError::ShuttingDown);
+        }
+        if self.is_durable(&command.topic) {
+            return self.send_durable(command, deadline).await;
         }
         let subject = self.command_subject(&command.topic)?;
         let wait = deadline.unwrap_or(self.inner.config.command_timeout);
@@ -105,7 +110,7 @@ impl NatsTransport {
         // server read the subscription, and get no responders).
         self.server_round_trip().await?;
         let mut closed = self.inner.shutdown.subscribe();
-        Ok(Box::pin(Serving {
+        let serving = Serving {
             inner: self.inner.clone(),
             sub: Some(sub),
             closed: Box::pin(async move {
@@ -114,7 +119,14 @@ impl NatsTransport {
             client: self.inner.client.clone(),
             topic: topic.clone(),
             done: false,
-        }))
+        };
+        if self.is_durable(topic) {
+            // Durable commands from the stream, and core requests from senders that do not
+            // take the topic as durable.
+            let durable = self.serve_durable(topic).await?;
+            return Ok(Box::pin(futures::stream::select(serving, durable)));
+        }
+        Ok(Box::pin(serving))
     }
 }
 
@@ -271,7 +283,7 @@ impl CommandResponder for NatsResponder {
     }
 }
 
-fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
+pub(crate) fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
     match result {
         Ok(done) => {
             let (mut h, payload) = match done.reply {
@@ -339,7 +351,7 @@ fn readable(message: &str) -> String {
 #[error("{0}")]
 struct RemoteError(String);
 
-fn decode_result(
+pub(crate) fn decode_result(
     topic: Topic,
     headers: Option<&HeaderMap>,
     payload: bytes::Bytes,

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use switchyard_core::{DeadLetterSink, Pattern};
 
+/// Default [`NatsConfig::durable_command_stream`].
+pub const DEFAULT_DURABLE_COMMAND_STREAM: &str = "SY_COMMANDS";
+
 /// Default [`NatsConfig::max_age`]: 7 days.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default [`NatsConfig::max_bytes`]: 1 GiB per stream.
@@ -115,6 +118,27 @@ pub struct NatsConfig {
     /// Queue group the command handlers of every process join, so each command is handled
     /// by exactly one of them. Default: `switchyard`.
     pub command_group: String,
+    /// Command topics whose commands are durable: instead of a core NATS request (which
+    /// needs a handler process running now), `bus.send` / `bus.request` put the command in
+    /// the work-queue stream [`durable_command_stream`](Self::durable_command_stream), and
+    /// every process with a handler for the topic takes commands from it through one
+    /// shared durable consumer. A command sent while no handler process runs is handled
+    /// once one starts; each is handled by one process and acknowledged once handled, and
+    /// redelivered (after `ack_wait`) when its handler process dies mid-command. The
+    /// sender waits for the result as for any command (its deadline, or
+    /// [`command_timeout`](Self::command_timeout)); past it the sender gets
+    /// `SendError::Timeout`, never `NoHandler`, and the command still runs once. Senders
+    /// and handlers must list the same topics. See `docs/nats.md`. Default: none.
+    pub durable_commands: Vec<Pattern>,
+    /// Name of the work-queue stream holding durable commands, created on connect when
+    /// [`durable_commands`](Self::durable_commands) is not empty, with the storage,
+    /// replicas and retention limits of the other streams. Default: `SY_COMMANDS`
+    /// ([`DEFAULT_DURABLE_COMMAND_STREAM`]).
+    pub durable_command_stream: String,
+    /// Subject prefix of durable commands: a durable command on topic `t` is stored under
+    /// `<prefix>.t`. Must not overlap `command_prefix` or `request_prefix`.
+    /// Default: `_sy.dcmd`.
+    pub durable_command_prefix: String,
     /// How long `bus.send` (no deadline of its own) waits for a command's result from
     /// another process before `SendError::Timeout`, so a handler process that vanished
     /// mid-command never leaves the sender waiting forever. `bus.request` uses its own
@@ -159,6 +183,9 @@ impl std::fmt::Debug for NatsConfig {
             .field("command_prefix", &self.command_prefix)
             .field("command_group", &self.command_group)
             .field("command_timeout", &self.command_timeout)
+            .field("durable_commands", &self.durable_commands)
+            .field("durable_command_stream", &self.durable_command_stream)
+            .field("durable_command_prefix", &self.durable_command_prefix)
             .field("ordering_header", &self.ordering_header)
             .field("dead_letters", &self.dead_letters.is_some())
             .finish()
@@ -197,6 +224,9 @@ impl NatsConfig {
             command_prefix: "_sy.cmd".to_owned(),
             command_group: "switchyard".to_owned(),
             command_timeout: Duration::from_secs(30),
+            durable_commands: Vec::new(),
+            durable_command_stream: DEFAULT_DURABLE_COMMAND_STREAM.to_owned(),
+            durable_command_prefix: "_sy.dcmd".to_owned(),
             ordering_header: Some("ordering-key".to_owned()),
             dead_letters: None,
         }
@@ -304,6 +334,19 @@ impl NatsConfig {
     /// result.
     pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// Makes the commands of the topics matching `patterns` durable (see
+    /// [`durable_commands`](Self::durable_commands)).
+    pub fn with_durable_commands(mut self, patterns: impl IntoIterator<Item = Pattern>) -> Self {
+        self.durable_commands.extend(patterns);
+        self
+    }
+
+    /// Sets the name of the work-queue stream of durable commands.
+    pub fn with_durable_command_stream(mut self, name: impl Into<String>) -> Self {
+        self.durable_command_stream = name.into();
         self
     }
 

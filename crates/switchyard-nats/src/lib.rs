@@ -34,6 +34,12 @@
 //! deadline waits at most [`NatsConfig::command_timeout`]. The handler's typed result or
 //! failure comes back in the reply (`Sy-Status`, `Sy-Error`, `Sy-Attempts`, `Sy-Handler`).
 //!
+//! Commands of the topics in [`NatsConfig::durable_commands`] are durable instead: they go
+//! through a JetStream work-queue stream, read by one shared durable consumer per topic, so
+//! a command sent while no handler process runs is handled once one starts (the sender gets
+//! `SendError::Timeout` if it stopped waiting first), each is handled once, acknowledged
+//! after handling, and redelivered when its handler process dies mid-command.
+//!
 //! ## Headers
 //!
 //! `Nats-Msg-Id` = id; `Sy-Kind`, `Sy-Correlation-Id`, `Sy-Causation-Id`, `Sy-Source`,
@@ -70,8 +76,8 @@ mod subject;
 mod transport;
 
 pub use config::{
-    DEFAULT_DURABLE_INACTIVE, DEFAULT_EPHEMERAL_INACTIVE, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
-    NatsConfig, Storage, StreamSpec,
+    DEFAULT_DURABLE_COMMAND_STREAM, DEFAULT_DURABLE_INACTIVE, DEFAULT_EPHEMERAL_INACTIVE,
+    DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, NatsConfig, Storage, StreamSpec,
 };
 pub use error::{ConnectError, RequestError};
 pub use request::{IncomingRequest, RequestStream};

@@ -28,6 +28,7 @@ use crate::config::{NatsConfig, Storage};
 use crate::error::ConnectError;
 use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
 
+mod durable;
 mod retention;
 mod worker;
 use worker::ConsumerWorker;
@@ -291,6 +292,7 @@ impl NatsTransport {
                 "command_group must be a plain name".into(),
             ));
         }
+        durable::validate(&config)?;
         let counters = Arc::new(Counters::default());
         let events = counters.clone();
         let client = ConnectOptions::new()
@@ -340,6 +342,7 @@ impl NatsTransport {
             };
             retention::ensure_stream(&js, &spec.name, stream_config).await?;
         }
+        durable::ensure_stream(&js, &config).await?;
         let (shutdown, _) = watch::channel(false);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -769,6 +772,7 @@ impl Subscriber for NatsTransport {
                 last_sequence: 0,
                 inbox: self.inner.client.new_inbox(),
                 requests: 0,
+                strip: 0,
             };
             // Not aborted on drop: the worker sees the channel close, hands back what it
             // had pulled and removes an ephemeral consumer.

@@ -205,6 +205,7 @@ impl SubShared {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
         }
+        let env_topic = env.topic.clone();
         let queued = {
             // A bus that is stopping takes no more commands: the sender may try another
             // process, so it hears that this one has no handler any more.
@@ -239,12 +240,28 @@ impl SubShared {
                 other => other,
             }
         };
+        let topic = env_topic;
         let wait = await_result(queued?);
-        match deadline {
+        let result = match deadline {
             None => wait.await,
             Some(d) => tokio::time::timeout(d, wait)
                 .await
                 .unwrap_or(Err(SendError::Timeout { deadline: d })),
+        };
+        match result {
+            // Dropped unhandled because this bus is stopping: as for a command arriving
+            // now, this process has no handler any more (a transport may hand the command
+            // to another process: a durable command is redelivered).
+            Err(SendError::NotProcessed(_)) if !self.bus_running() => {
+                Err(SendError::NoHandler { topic })
+            }
+            other => other,
         }
+    }
+
+    fn bus_running(&self) -> bool {
+        self.bus
+            .upgrade()
+            .is_some_and(|bus| bus.state.load(Ordering::Acquire) == RUNNING)
     }
 }

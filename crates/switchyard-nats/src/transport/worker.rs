@@ -24,6 +24,10 @@ pub(super) struct ConsumerWorker {
     /// Subject prefix of this worker's inbox: pull request `n` replies to `<inbox>.<n>`.
     pub(super) inbox: String,
     pub(super) requests: u64,
+    /// Bytes to strip from each subject to get its topic: 0 for a subscription; for durable
+    /// commands the length of `<durable_command_prefix>.`, and each envelope also gets its
+    /// deadline and reply inbox (see [`ConsumerWorker::command_fields`]).
+    pub(super) strip: usize,
 }
 
 /// The pull request a worker has open: JetStream sends up to `remaining` more messages to
@@ -380,8 +384,12 @@ impl ConsumerWorker {
             message,
             context: self.inner.js.clone(),
         };
-        let (delivered, sequence) = match msg.info() {
-            Ok(info) => (info.delivered, info.stream_sequence),
+        let (delivered, sequence, published) = match msg.info() {
+            Ok(info) => (
+                info.delivered,
+                info.stream_sequence,
+                SystemTime::from(info.published),
+            ),
             Err(e) => {
                 tracing::warn!(consumer = %self.name, error = %e, "message without JetStream metadata; skipped");
                 return Prepared::Done;
@@ -391,7 +399,7 @@ impl ConsumerWorker {
         let reply = msg.message.reply.clone();
         let (message, acker) = msg.split();
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
-        let topic = match Topic::new(message.subject.as_str()) {
+        let topic = match Topic::new(message.subject.get(self.strip..).unwrap_or_default()) {
             Ok(t) => t,
             Err(e) => {
                 // Valid for NATS (`x.#`, a 300-byte subject) but not a topic: nobody can
@@ -417,6 +425,9 @@ impl ConsumerWorker {
             }
         };
         let mut envelope = codec::decode(topic, message.headers.as_ref(), message.payload);
+        if self.strip > 0 {
+            command_fields(&mut envelope, message.headers.as_ref(), published);
+        }
         if !self.pattern.matches(&envelope.topic) {
             return Prepared::Foreign(acker);
         }
@@ -475,6 +486,33 @@ impl ConsumerWorker {
             sent = self.tx.send(Delivery::new(envelope, Box::new(handle))) => sent.is_ok(),
             _ = self.shutdown.wait_for(|closed| *closed) => false,
         }
+    }
+}
+
+/// The fields a durable command carries besides the envelope: its deadline (what was left
+/// of the sender's when it was stored, less the time it waited in the stream, measured
+/// from the server's storage time) and the sender's reply inbox, kept as the `Sy-Reply-To`
+/// header (no header of that name reaches an envelope otherwise: `Sy-` is reserved) for
+/// the responder to take out.
+fn command_fields(
+    envelope: &mut Envelope,
+    headers: Option<&async_nats::HeaderMap>,
+    stored: SystemTime,
+) {
+    let Some(h) = headers else { return };
+    let left = h
+        .get(crate::command::DEADLINE)
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    if let Some(left) = left {
+        let waited = SystemTime::now().duration_since(stored).unwrap_or_default();
+        envelope.delivery.deadline =
+            std::time::Instant::now().checked_add(left.saturating_sub(waited));
+    }
+    if let Some(to) = h.get(crate::command::REPLY_TO) {
+        envelope
+            .headers
+            .insert(crate::command::REPLY_TO, to.as_str());
     }
 }
 

@@ -8,6 +8,7 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod durable_commands;
 mod fault;
 mod faulty;
 mod groups;
