@@ -70,7 +70,7 @@ impl SubShared {
                             attempts: *attempts,
                         }),
                     };
-                    let _ = reply.send(answer);
+                    reply.answer(answer).await;
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
                 accepted.settle(how);

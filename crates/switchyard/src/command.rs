@@ -16,7 +16,7 @@ use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
-use crate::reply::CommandResult;
+use crate::reply::{CommandReply, CommandResult, RemoteReply, RemoteSlot};
 use crate::state::{BusInner, RUNNING, SubShared};
 use crate::stats::inc;
 
@@ -146,8 +146,20 @@ impl SubShared {
         env: Envelope,
     ) -> Result<oneshot::Receiver<Result<CommandResult, SendError>>, SendError> {
         let (tx, rx) = oneshot::channel();
-        match self.enqueue(bus, Arc::new(env), Some(tx)).await {
-            Ok(Enqueued::Queued) => Ok(rx),
+        self.enqueue_reply(bus, env, CommandReply::Local(tx))
+            .await
+            .map(|()| rx)
+    }
+
+    /// Queues a command whose result goes to `reply`.
+    async fn enqueue_reply(
+        &self,
+        bus: &BusInner,
+        env: Envelope,
+        reply: CommandReply,
+    ) -> Result<(), SendError> {
+        match self.enqueue(bus, Arc::new(env), Some(reply)).await {
+            Ok(Enqueued::Queued) => Ok(()),
             Ok(Enqueued::Filtered) => Err(SendError::Rejected {
                 reason: format!("filtered out by handler {}", self.name()),
             }),
@@ -161,9 +173,10 @@ impl SubShared {
     }
 
     /// Serves this command handler to other processes: the pump takes the commands the
-    /// transport receives for the topic and answers each once this handler has handled it
-    /// (or its deadline passed). It stops, withdrawing the interest, when the handler is
-    /// unregistered or the bus shuts down.
+    /// transport receives for the topic and queues each with its responder, which the worker
+    /// answers once this handler has handled it (the pump answers failures to queue it, and
+    /// `timeout` when its deadline passes first). It stops, withdrawing the interest, when
+    /// the handler is unregistered or the bus shuts down.
     pub(crate) fn spawn_command_pump(self: &Arc<Self>, mut commands: IncomingCommands) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
@@ -187,81 +200,103 @@ impl SubShared {
         *self.pump.lock() = Some(pump);
     }
 
+    /// Serves one command from another process: queued with its responder, which the worker
+    /// answers itself once the handler is done (no hand-off back here). This task answers
+    /// only what happens before the command is queued, and `timeout` at the deadline when the
+    /// worker has not answered by then; without a deadline it is done once the command is
+    /// queued.
     async fn serve_remote(self: Arc<Self>, command: IncomingCommand) {
         let (env, deadline, responder) = command.into_parts();
         let topic = env.topic.clone();
-        let result = self.handle_remote(env, deadline).await;
-        if let Err(e) = responder.respond(result).await {
+        let slot = RemoteSlot::new(responder);
+        let answered = match self.queue_remote(env, deadline, &slot).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                if let Some(responder) = slot.take()
+                    && let Err(e) = responder.respond(Err(e)).await
+                {
+                    tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
+                }
+                return;
+            }
+        };
+        let (Some(d), Some(answered)) = (deadline, answered) else {
+            return;
+        };
+        // The handler side stops waiting at the deadline too: `timeout`, unless the worker
+        // answered first (then the slot is empty).
+        if tokio::time::timeout(d, answered).await.is_err()
+            && let Some(responder) = slot.take()
+            && let Err(e) = responder
+                .respond(Err(SendError::Timeout { deadline: d }))
+                .await
+        {
             tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
         }
     }
 
-    async fn handle_remote(
+    /// Queues a remote command, its reply going to `slot`. Returns, when the command has a
+    /// deadline, a receiver that completes once the worker answered (or dropped) it.
+    async fn queue_remote(
         &self,
         mut env: Envelope,
         deadline: Option<Duration>,
-    ) -> Result<CommandResult, SendError> {
+        slot: &Arc<RemoteSlot>,
+    ) -> Result<Option<oneshot::Receiver<()>>, SendError> {
         if let (Some(d), None) = (deadline, env.delivery.deadline) {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
         }
-        let env_topic = env.topic.clone();
-        let queued = {
-            // A bus that is stopping takes no more commands: the sender may try another
-            // process, so it hears that this one has no handler any more.
-            let Some(bus) = self.bus.upgrade() else {
-                return Err(SendError::NoHandler { topic: env.topic });
-            };
-            if bus.state.load(Ordering::Acquire) != RUNNING {
-                return Err(SendError::NoHandler { topic: env.topic });
-            }
-            if let Some(check) = &bus.intake {
-                match check(&env) {
-                    IntakeVerdict::Accept => {}
-                    IntakeVerdict::Warn(why) => {
-                        inc(&self.counters.intake_warned);
-                        tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
-                    }
-                    IntakeVerdict::Reject(why) => {
-                        // Answered as a rejection, and kept in the dead-letter sink.
-                        inc(&self.counters.intake_rejected);
-                        inc(&self.counters.dead_lettered);
-                        bus.dead_letter(
-                            DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
-                                .with_handler(self.config.name.clone()),
-                        );
-                        return Err(SendError::Rejected { reason: why });
-                    }
+        // A bus that is stopping takes no more commands: the sender may try another
+        // process, so it hears that this one has no handler any more.
+        let Some(bus) = self.bus.upgrade() else {
+            return Err(SendError::NoHandler { topic: env.topic });
+        };
+        if bus.state.load(Ordering::Acquire) != RUNNING {
+            return Err(SendError::NoHandler { topic: env.topic });
+        }
+        if let Some(check) = &bus.intake {
+            match check(&env) {
+                IntakeVerdict::Accept => {}
+                IntakeVerdict::Warn(why) => {
+                    inc(&self.counters.intake_warned);
+                    tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
+                }
+                IntakeVerdict::Reject(why) => {
+                    // Answered as a rejection, and kept in the dead-letter sink.
+                    inc(&self.counters.intake_rejected);
+                    inc(&self.counters.dead_lettered);
+                    bus.dead_letter(
+                        DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
+                            .with_handler(self.config.name.clone()),
+                    );
+                    return Err(SendError::Rejected { reason: why });
                 }
             }
-            let topic = env.topic.clone();
-            match self.enqueue_command(&bus, env).await {
-                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
-                other => other,
-            }
-        };
-        let topic = env_topic;
-        let wait = await_result(queued?);
-        let result = match deadline {
-            None => wait.await,
-            Some(d) => tokio::time::timeout(d, wait)
-                .await
-                .unwrap_or(Err(SendError::Timeout { deadline: d })),
-        };
-        match result {
-            // Dropped unhandled because this bus is stopping: as for a command arriving
-            // now, this process has no handler any more (a transport may hand the command
-            // to another process: a durable command is redelivered).
-            Err(SendError::NotProcessed(_)) if !self.bus_running() => {
-                Err(SendError::NoHandler { topic })
-            }
-            other => other,
         }
-    }
-
-    fn bus_running(&self) -> bool {
-        self.bus
-            .upgrade()
-            .is_some_and(|bus| bus.state.load(Ordering::Acquire) == RUNNING)
+        let (done, answered) = match deadline {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let topic = env.topic.clone();
+        let reply = CommandReply::Remote(RemoteReply {
+            slot: Arc::clone(slot),
+            _done: done,
+            bus: self.bus.clone(),
+            topic: topic.clone(),
+            handler: self.config.name.clone(),
+        });
+        match self.enqueue_reply(&bus, env, reply).await {
+            Ok(()) => {
+                slot.set_queued();
+                Ok(answered)
+            }
+            // Unregistered meanwhile: this process has no handler any more.
+            Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
+            Err(e) => Err(e),
+        }
     }
 }

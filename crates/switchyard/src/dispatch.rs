@@ -384,7 +384,7 @@ impl SubShared {
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok(r), attempt);
+                    self.answer(reply, Ok(r), attempt).await;
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -398,7 +398,8 @@ impl SubShared {
                             reason: reason.clone(),
                         }),
                         attempt,
-                    );
+                    )
+                    .await;
                     bus.dead_letter(self.letter(
                         stamped(delivery),
                         DeadLetterReason::Rejected,
@@ -411,7 +412,8 @@ impl SubShared {
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
-                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
+                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt)
+                        .await;
                     bus.dead_letter(self.letter(
                         stamped(delivery),
                         DeadLetterReason::DecodeFailed,
@@ -442,7 +444,8 @@ impl SubShared {
                         attempts: attempt,
                     }),
                     attempt,
-                );
+                )
+                .await;
                 bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
                 break (false, Some(error));
             }
@@ -472,21 +475,20 @@ impl SubShared {
         DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
     }
 
-    #[inline]
-    fn answer(
+    async fn answer(
         &self,
         reply: Option<CommandReply>,
         result: Result<Option<Box<Envelope>>, SendError>,
         attempts: u32,
     ) {
-        if let Some(tx) = reply {
+        if let Some(reply) = reply {
             let result = result.map(|reply| CommandResult {
                 reply: reply.map(|r| *r),
                 handler: self.config.name.clone(),
                 attempts,
             });
             // The sender may have given up (deadline passed); its late result is discarded.
-            let _ = tx.send(result);
+            reply.answer(result).await;
         }
     }
 }

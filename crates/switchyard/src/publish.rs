@@ -255,7 +255,10 @@ impl Bus {
             } else {
                 (None, None)
             };
-            match sub.enqueue(&self.inner, env.clone(), tx).await {
+            match sub
+                .enqueue(&self.inner, env.clone(), tx.map(CommandReply::from))
+                .await
+            {
                 Ok(Enqueued::Queued) => {
                     out.delivered += 1;
                     if let Some(rx) = rx {

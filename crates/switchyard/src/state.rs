@@ -262,7 +262,7 @@ impl SubShared {
     ) {
         inc(&self.counters.dead_lettered);
         if let Some(reply) = entry.reply {
-            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
+            reply.answer_now(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
