@@ -6,12 +6,13 @@
 //! versions, schemas, producers and consumers; [`Upcasters`] bring old versions of a message
 //! up to the one a handler decodes; [`check_compatibility`] tells whether two schema versions
 //! are backward / forward / fully compatible; [`asyncapi`] exports the registry as an
-//! AsyncAPI 3.0 document.
+//! AsyncAPI 3.0 document; [`python`] writes the registered messages as Python dataclasses.
 #![forbid(unsafe_code)]
 
 pub mod asyncapi;
 mod compat;
 mod contract;
+pub mod python;
 mod registry;
 mod upcast;
 mod validate;
