@@ -20,7 +20,9 @@ mod validate;
 pub use compat::{Compatibility, Issue, IssueKind, Mode, ParseModeError, check_compatibility};
 pub use contract::Contract;
 pub use registry::{MessageType, Registry, RegistryError};
-/// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency.
+/// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency: outside this crate add
+/// `#[schemars(crate = "switchyard_contracts::schemars")]` next to the derive (as
+/// `examples/data-pipeline` does).
 pub use schemars::{self, JsonSchema};
 pub use upcast::{UpcastError, Upcasters};
 pub use validate::{
