@@ -40,6 +40,8 @@ class Job:
     attempt: int
     #: Failure injection: the domain whose processor fails on every attempt.
     fail: Optional[str] = None
+    #: Hold injection: the domain whose processor waits until the run is cancelled.
+    hold: Optional[str] = None
     #: Latency injection: the domain whose processor waits before its work.
     slow: Optional[str] = None
 
@@ -75,6 +77,10 @@ class PipelineRequest:
     csv: Optional[str] = None
     #: Failure injection: the domain whose processor fails on every attempt of this run.
     fail: Optional[str] = None
+    #: Hold injection: the domain whose processor waits until the run is cancelled before its
+    #: work (at most [`DemoConfig::hold_limit`]), so a run can be cancelled while it is
+    #: certainly under way.
+    hold: Optional[str] = None
     #: Generate a dataset of this many rows for the run (the demo's generator, seed 7).
     rows: Optional[int] = None
     #: Latency injection: the domain whose processor waits [`DemoConfig::slow_delay`] before

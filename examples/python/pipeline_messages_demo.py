@@ -26,7 +26,7 @@ async def main() -> None:
     async def cpm(req: PipelineRequest, env: switchyard.Envelope) -> None:
         print(f"cpm <- {env.topic} {env.type_name} {json.loads(env.payload)}")
         requests.append(env.correlation_id)
-        job = Job(run_id=req.run_id, dataset=req.dataset, attempt=1, fail=req.fail, slow=req.slow)
+        job = Job(run_id=req.run_id, dataset=req.dataset, attempt=1, fail=req.fail, hold=req.hold, slow=req.slow)
         await bus.publish("staging.load.request", job)
 
     @bus.on("staging.load.request", name="staging-manager")
