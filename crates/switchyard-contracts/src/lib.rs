@@ -6,12 +6,13 @@
 //! versions, schemas, producers and consumers; [`Upcasters`] bring old versions of a message
 //! up to the one a handler decodes; [`check_compatibility`] tells whether two schema versions
 //! are backward / forward / fully compatible; [`asyncapi`] exports the registry as an
-//! AsyncAPI 3.0 document.
+//! AsyncAPI 3.0 document; [`python`] writes the registered messages as Python dataclasses.
 #![forbid(unsafe_code)]
 
 pub mod asyncapi;
 mod compat;
 mod contract;
+pub mod python;
 mod registry;
 mod upcast;
 mod validate;
@@ -19,7 +20,9 @@ mod validate;
 pub use compat::{Compatibility, Issue, IssueKind, Mode, ParseModeError, check_compatibility};
 pub use contract::Contract;
 pub use registry::{MessageType, Registry, RegistryError};
-/// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency.
+/// Re-exported so `#[derive(JsonSchema)]` needs no extra dependency: outside this crate add
+/// `#[schemars(crate = "switchyard_contracts::schemars")]` next to the derive (as
+/// `examples/data-pipeline` does).
 pub use schemars::{self, JsonSchema};
 pub use upcast::{UpcastError, Upcasters};
 pub use validate::{

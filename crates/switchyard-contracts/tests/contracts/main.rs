@@ -4,6 +4,7 @@
 
 mod asyncapi;
 mod compat;
+mod python;
 mod schema;
 mod upcast;
 mod validate;
