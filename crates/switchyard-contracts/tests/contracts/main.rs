@@ -4,6 +4,7 @@
 
 mod asyncapi;
 mod compat;
+mod encrypt;
 mod schema;
 mod upcast;
 mod validate;
