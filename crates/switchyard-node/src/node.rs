@@ -110,6 +110,13 @@ impl Node {
                 }
                 Ok(())
             });
+        // Payload encryption: ciphertext on the transport, plaintext in the process (the
+        // memory transport stores nothing, so it encrypts nothing).
+        if let Some(enc) = &config.encryption
+            && !matches!(transport, TransportHandle::Memory)
+        {
+            builder = builder.transport_codec(enc.build()?);
+        }
         builder = match &transport {
             TransportHandle::Memory => builder,
             TransportHandle::Log(t) => builder.transport(t.clone()),
