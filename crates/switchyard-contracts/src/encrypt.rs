@@ -203,14 +203,25 @@ impl Keyring {
         self.keys.iter().map(|(id, _)| id.as_str())
     }
 
+    fn find(&self, id: &str) -> Result<&(String, XChaCha20Poly1305), EncryptionError> {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == id)
+            .ok_or_else(|| self.unknown(id))
+    }
+
+    fn unknown(&self, id: &str) -> EncryptionError {
+        EncryptionError::UnknownKey {
+            id: id.to_owned(),
+            known: self.ids().collect::<Vec<_>>().join(", "),
+        }
+    }
+
     fn position(&self, id: &str) -> Result<usize, EncryptionError> {
         self.keys
             .iter()
             .position(|(k, _)| k == id)
-            .ok_or_else(|| EncryptionError::UnknownKey {
-                id: id.to_owned(),
-                known: self.ids().collect::<Vec<_>>().join(", "),
-            })
+            .ok_or_else(|| self.unknown(id))
     }
 }
 
@@ -318,7 +329,7 @@ impl Encryption {
                 _ => Ok(()),
             };
         };
-        let (id, cipher) = &self.keyring.keys[self.keyring.position(id)?];
+        let (id, cipher) = self.keyring.find(id)?;
         let len = env.payload.len();
         if len < NONCE_BYTES + TAG_BYTES {
             return Err(EncryptionError::Truncated {
