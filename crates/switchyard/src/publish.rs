@@ -229,8 +229,22 @@ impl Bus {
     async fn publish_via(
         &self,
         transport: &dyn ErasedTransport,
-        env: Envelope,
+        mut env: Envelope,
     ) -> Result<(), PublishError> {
+        if !self.inner.codecs.is_empty() {
+            self.inner
+                .codecs
+                .iter()
+                .try_for_each(|codec| codec.encode(&mut env))?;
+            let (limit, limit_of) = self.inner.size_limit;
+            if env.payload.len() > limit {
+                return Err(PublishError::TooLarge(TooLarge {
+                    size: env.payload.len(),
+                    limit,
+                    limit_of,
+                }));
+            }
+        }
         let expected = owed_deliveries(&self.inner.router.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);

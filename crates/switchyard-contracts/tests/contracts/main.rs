@@ -4,6 +4,7 @@
 
 mod asyncapi;
 mod compat;
+mod encrypt;
 mod python;
 mod schema;
 mod upcast;
