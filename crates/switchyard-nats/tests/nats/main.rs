@@ -9,6 +9,7 @@ mod cluster;
 mod commands;
 mod conformance;
 mod durable_commands;
+mod encryption;
 mod fault;
 mod faulty;
 mod groups;
