@@ -30,8 +30,10 @@ use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use bytes::Bytes;
 use smol_str::SmolStr;
-use switchyard_core::{DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, Priority, Topic};
+use switchyard_core::{DeliveryInfo, Envelope, JSON, Kind, MessageId, Priority, Topic};
 
+/// `Nats-Msg-Id` as a name to match ([`NATS_MESSAGE_ID`] is the header name to send).
+const MSG_ID: &str = "Nats-Msg-Id";
 const KIND: &str = "Sy-Kind";
 const CORRELATION: &str = "Sy-Correlation-Id";
 const CAUSATION: &str = "Sy-Causation-Id";
@@ -155,10 +157,6 @@ fn reserved(name: &str) -> bool {
     starts("sy-") || starts("nats-") || starts(USER_PREFIX)
 }
 
-fn get<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).map(|v| v.as_str())
-}
-
 fn parse_id(s: Option<&str>) -> Option<MessageId> {
     s.and_then(|s| s.parse().ok())
 }
@@ -198,46 +196,60 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
     let Some(h) = headers else {
         return env;
     };
-    if let Some(id) = parse_id(h.get(NATS_MESSAGE_ID).map(|v| v.as_str())) {
+    // One pass over the headers (a lookup by name builds the name and hashes it, per field).
+    let mut id = None;
+    let mut correlation = None;
+    let mut causation = None;
+    let mut user = Vec::new();
+    for (k, vs) in h.iter() {
+        let (Ok(name), Some(v)) = (std::str::from_utf8(AsRef::<[u8]>::as_ref(k)), vs.first())
+        else {
+            continue;
+        };
+        let v = v.as_str();
+        match name {
+            MSG_ID => id = parse_id(Some(v)),
+            KIND => env.kind = kind(v),
+            CORRELATION => correlation = parse_id(Some(v)),
+            CAUSATION => causation = parse_id(Some(v)),
+            SOURCE => env.source = Some(SmolStr::new(unescape(v))),
+            TARGET => env.target = Some(SmolStr::new(unescape(v))),
+            PRIORITY => {
+                if let Ok(p) = v.parse() {
+                    env.priority = Priority(p);
+                }
+            }
+            TIMESTAMP => {
+                if let Some(t) = parse_time(v) {
+                    env.timestamp = t;
+                }
+            }
+            CONTENT_TYPE => env.content_type = SmolStr::new(unescape(v)),
+            TYPE_NAME => env.type_name = Some(SmolStr::new(unescape(v))),
+            TYPE_VERSION => {
+                if let Ok(t) = v.parse() {
+                    env.type_version = t;
+                }
+            }
+            _ => match name.strip_prefix(USER_PREFIX) {
+                Some(escaped) => user.push((unescape(escaped), unescape(v))),
+                // A foreign header (`traceparent`, `X-Correlation-Id`): kept as it came.
+                None if !reserved(name) => user.push((name.to_owned(), v.to_owned())),
+                None => {}
+            },
+        }
+    }
+    if let Some(id) = id {
         env.id = id.clone();
         env.correlation_id = id;
     }
-    if let Some(k) = get(h, KIND) {
-        env.kind = kind(k);
-    }
-    if let Some(c) = parse_id(get(h, CORRELATION)) {
+    if let Some(c) = correlation {
         env.correlation_id = c;
     }
-    env.causation_id = parse_id(get(h, CAUSATION));
-    env.source = get(h, SOURCE).map(|s| SmolStr::new(unescape(s)));
-    env.target = get(h, TARGET).map(|s| SmolStr::new(unescape(s)));
-    if let Some(p) = get(h, PRIORITY).and_then(|p| p.parse().ok()) {
-        env.priority = Priority(p);
+    env.causation_id = causation;
+    if !user.is_empty() {
+        env.headers = user.into_iter().collect();
     }
-    if let Some(t) = get(h, TIMESTAMP).and_then(parse_time) {
-        env.timestamp = t;
-    }
-    if let Some(c) = get(h, CONTENT_TYPE) {
-        env.content_type = SmolStr::new(unescape(c));
-    }
-    env.type_name = get(h, TYPE_NAME).map(|s| SmolStr::new(unescape(s)));
-    if let Some(v) = get(h, TYPE_VERSION).and_then(|v| v.parse().ok()) {
-        env.type_version = v;
-    }
-    let user: Headers = h
-        .iter()
-        .filter_map(|(k, vs)| {
-            let name = std::str::from_utf8(k.as_ref()).ok()?;
-            let v = vs.first()?.as_str();
-            match name.strip_prefix(USER_PREFIX) {
-                Some(escaped) => Some((unescape(escaped), unescape(v))),
-                // A foreign header (`traceparent`, `X-Correlation-Id`): kept as it came.
-                None if !reserved(name) => Some((name.to_owned(), v.to_owned())),
-                None => None,
-            }
-        })
-        .collect();
-    env.headers = user;
     env.delivery = DeliveryInfo::default();
     env
 }
@@ -245,6 +257,17 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_id_name_matched_is_the_one_sent() {
+        let mut h = HeaderMap::new();
+        h.insert(NATS_MESSAGE_ID, "x");
+        let names: Vec<Vec<u8>> = h
+            .iter()
+            .map(|(k, _)| AsRef::<[u8]>::as_ref(k).to_vec())
+            .collect();
+        assert_eq!(names, vec![MSG_ID.as_bytes().to_vec()]);
+    }
 
     #[test]
     fn escape_roundtrip() {
