@@ -297,7 +297,7 @@ async fn a_command_whose_handler_process_dies_is_redelivered_to_another() {
         return;
     }
     let names = Names::new();
-    let config = || names.config().with_ack_wait(Duration::from_secs(1));
+    let config = || names.config().with_ack_wait(Duration::from_secs(2));
 
     // The first handler process: its own runtime on its own thread, stuck in the handler.
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -348,7 +348,7 @@ async fn a_command_whose_handler_process_dies_is_redelivered_to_another() {
     // the ack wait), so it does not get it until the first dies.
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (_h, _hn, _sub) = doubler(config(), "survivor", tx).await;
-    let quiet = tokio::time::timeout(Duration::from_millis(2500), rx.recv()).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
     assert!(
         quiet.is_err(),
         "handled twice while the first bus held it: {quiet:?}"
