@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
-    SendError,
+    RemoteCommands, SendError,
 };
 use tokio::sync::oneshot;
 
@@ -16,8 +16,9 @@ use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
-use crate::reply::CommandResult;
-use crate::state::{BusInner, RUNNING, SubShared};
+use crate::queue::Entry;
+use crate::reply::{AnswerRx, CommandResult};
+use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
 impl Bus {
@@ -69,14 +70,24 @@ impl Bus {
     /// processes serving its topic; with none (or no such transport) this fails at once with
     /// `SendError::NoHandler`.
     pub async fn send_envelope(&self, env: Envelope) -> Result<CommandResult, SendError> {
-        self.dispatch_command(env, None).await
+        // Everything up to the wait is synchronous: the envelope moves once into its shared
+        // allocation instead of through every nested future's state.
+        let start = self.start_command(env)?;
+        self.finish_command(start, None).await
     }
 
     async fn dispatch_command(
         &self,
-        mut env: Envelope,
+        env: Envelope,
         deadline: Option<Duration>,
     ) -> Result<CommandResult, SendError> {
+        let start = self.start_command(env)?;
+        self.finish_command(start, deadline).await
+    }
+
+    /// Checks, hooks, finds the handler and queues the command when its queue takes it
+    /// without waiting: all a send does before it waits.
+    fn start_command(&self, mut env: Envelope) -> Result<Start<'_>, SendError> {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
@@ -99,16 +110,52 @@ impl Bus {
                 .as_ref()
                 .and_then(|t| t.remote_commands())
             {
-                return remote.send(env, deadline).await;
+                return Ok(Start::Remote(remote, Box::new(env)));
             }
             return Err(SendError::NoHandler { topic: env.topic });
         };
-        let rx = handler.enqueue_command(&self.inner, env).await;
-        if matches!(rx, Err(SendError::NotProcessed(_))) {
+        let (tx, rx) = oneshot::channel();
+        match handler.try_enqueue_command(&self.inner, env, tx) {
+            Ok(result) => {
+                self.command_enqueued(&handler, result)?;
+                Ok(Start::Queued(handler, rx))
+            }
+            Err(entry) => Ok(Start::Wait(handler, entry, rx)),
+        }
+    }
+
+    /// Waits for room (when the queue made the sender wait) and then for the answer.
+    async fn finish_command(
+        &self,
+        start: Start<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<CommandResult, SendError> {
+        let (handler, rx) = match start {
+            Start::Queued(handler, rx) => (handler, rx),
+            Start::Wait(handler, entry, rx) => {
+                // Boxed: the rare wait for room does not make every send's future larger.
+                let result = Box::pin(handler.finish_enqueue(&self.inner, entry)).await;
+                self.command_enqueued(&handler, result)?;
+                (handler, rx)
+            }
+            Start::Remote(remote, env) => return remote.send(*env, deadline).await,
+        };
+        await_answer(rx, &handler).await
+    }
+
+    /// The sender's view of how queueing a command went.
+    fn command_enqueued(
+        &self,
+        handler: &SubShared,
+        result: Result<Enqueued, EnqueueError>,
+    ) -> Result<(), SendError> {
+        let result = enqueue_result(handler, result);
+        if matches!(result, Err(SendError::NotProcessed(_))) {
             self.check_running()?;
         }
-        await_result(rx?).await
+        result
     }
+
     /// [`send_envelope`](Self::send_envelope) with a deadline.
     pub async fn request_envelope(
         &self,
@@ -125,39 +172,47 @@ impl Bus {
     }
 }
 
-async fn await_result(
-    rx: oneshot::Receiver<Result<CommandResult, SendError>>,
-) -> Result<CommandResult, SendError> {
+/// Where a command goes, decided without waiting ([`Bus::start_command`]).
+enum Start<'a> {
+    /// Queued for a handler on this bus; its answer comes on the receiver.
+    Queued(Arc<SubShared>, AnswerRx),
+    /// For a handler on this bus whose full queue makes the sender wait for room.
+    Wait(Arc<SubShared>, Entry, AnswerRx),
+    /// No handler here: the transport carries it to another process.
+    Remote(&'a dyn RemoteCommands, Box<Envelope>),
+}
+
+/// Waits for the answer of `handler` to a queued command.
+async fn await_answer(rx: AnswerRx, handler: &SubShared) -> Result<CommandResult, SendError> {
     match rx.await {
-        Ok(result) => result,
+        Ok(Ok(answer)) => Ok(answer.into_result(handler.config.name.clone())),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(SendError::NotProcessed(
             "the handler stopped before answering".into(),
         )),
     }
 }
 
-impl SubShared {
-    /// Queues a command for this handler; the receiver gets its result.
-    async fn enqueue_command(
-        &self,
-        bus: &BusInner,
-        env: Envelope,
-    ) -> Result<oneshot::Receiver<Result<CommandResult, SendError>>, SendError> {
-        let (tx, rx) = oneshot::channel();
-        match self.enqueue(bus, Arc::new(env), Some(tx)).await {
-            Ok(Enqueued::Queued) => Ok(rx),
-            Ok(Enqueued::Filtered) => Err(SendError::Rejected {
-                reason: format!("filtered out by handler {}", self.name()),
-            }),
-            Err(EnqueueError::Full) => Err(SendError::Full {
-                handler: self.name().to_owned(),
-            }),
-            Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
-                "command handler was unregistered".into(),
-            )),
-        }
+/// How queueing a command in `handler` went, as the sender hears it.
+fn enqueue_result(
+    handler: &SubShared,
+    result: Result<Enqueued, EnqueueError>,
+) -> Result<(), SendError> {
+    match result {
+        Ok(Enqueued::Queued) => Ok(()),
+        Ok(Enqueued::Filtered) => Err(SendError::Rejected {
+            reason: format!("filtered out by handler {}", handler.name()),
+        }),
+        Err(EnqueueError::Full) => Err(SendError::Full {
+            handler: handler.name().to_owned(),
+        }),
+        Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
+            "command handler was unregistered".into(),
+        )),
     }
+}
 
+impl SubShared {
     /// Serves this command handler to other processes: the pump takes the commands the
     /// transport receives for the topic and answers each once this handler has handled it
     /// (or its deadline passed). It stops, withdrawing the interest, when the handler is
@@ -228,12 +283,17 @@ impl SubShared {
                 }
             }
             let topic = env.topic.clone();
-            match self.enqueue_command(&bus, env).await {
+            let (tx, rx) = oneshot::channel();
+            let result = match self.try_enqueue_command(&bus, env, tx) {
+                Ok(result) => result,
+                Err(entry) => self.finish_enqueue(&bus, entry).await,
+            };
+            match enqueue_result(self, result) {
                 Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
-                other => other,
+                other => other.map(|()| rx),
             }
         };
-        let wait = await_result(queued?);
+        let wait = await_answer(queued?, self);
         match deadline {
             None => wait.await,
             Some(d) => tokio::time::timeout(d, wait)

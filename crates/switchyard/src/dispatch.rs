@@ -22,7 +22,7 @@ use crate::config::Handler;
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
-use crate::reply::{CommandReply, CommandResult};
+use crate::reply::{Answer, CommandReply};
 use crate::state::{BusInner, CURRENT, Parent, SubShared};
 use crate::stats::inc;
 
@@ -480,13 +480,9 @@ impl SubShared {
         attempts: u32,
     ) {
         if let Some(tx) = reply {
-            let result = result.map(|reply| CommandResult {
-                reply: reply.map(|r| *r),
-                handler: self.config.name.clone(),
-                attempts,
-            });
+            // The reply stays in the handler's box; the sender adds the handler's name.
             // The sender may have given up (deadline passed); its late result is discarded.
-            let _ = tx.send(result);
+            let _ = tx.send(result.map(|reply| Answer { reply, attempts }));
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::queue::{Entry, PushError, Pushed};
-use crate::reply::{CommandReply, CommandResult};
+use crate::reply::{AnswerRx, CommandReply};
 use crate::state::{BusInner, CURRENT, Parent, RUNNING, SubShared};
 use crate::stats::inc;
 use crate::transport_link::ErasedTransport;
@@ -70,6 +70,27 @@ impl SubShared {
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(env));
         let entry = Entry::new(env.clone(), None, lane, bus.pending.accept());
+        match self.queue.try_push_now(entry) {
+            Ok(pushed) => Ok(self.pushed(bus, pushed)),
+            Err(entry) => Err(entry),
+        }
+    }
+
+    /// [`try_enqueue`](Self::try_enqueue) for a command: the envelope is moved into its
+    /// shared allocation only once it is accepted, and its result goes back on `reply`.
+    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
+    pub(crate) fn try_enqueue_command(
+        &self,
+        bus: &BusInner,
+        env: Envelope,
+        reply: CommandReply,
+    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
+        if !self.accepts(&env) {
+            inc(&self.counters.filtered);
+            return Ok(Ok(Enqueued::Filtered));
+        }
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let entry = Entry::new(Arc::new(env), Some(reply), lane, bus.pending.accept());
         match self.queue.try_push_now(entry) {
             Ok(pushed) => Ok(self.pushed(bus, pushed)),
             Err(entry) => Err(entry),
@@ -445,7 +466,7 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     });
 }
 
-type Waiter = (String, oneshot::Receiver<Result<CommandResult, SendError>>);
+type Waiter = (String, AnswerRx);
 
 /// What delivering to one priority group did.
 #[derive(Default)]

@@ -88,7 +88,9 @@ pub type PublishHook = Arc<dyn Fn(&mut Envelope) -> Result<(), PublishError> + S
 /// Shared state behind every [`Bus`] clone.
 pub(crate) struct BusInner {
     pub(crate) router: Router<Arc<SubShared>>,
-    pub(crate) commands: RwLock<HashMap<Topic, CommandSlot>>,
+    /// Looked up on every send: a cheap hash (topics are not attacker-chosen keys here any
+    /// more than the router's are).
+    pub(crate) commands: RwLock<rustc_hash::FxHashMap<Topic, CommandSlot>>,
     /// Every subscription whose workers still run (active or draining).
     pub(crate) subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
     pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
