@@ -44,8 +44,7 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Short type name carried in the envelope (the last path segment of the Rust type).
     fn type_name() -> &'static str {
-        let full = std::any::type_name::<Self>();
-        full.rsplit("::").next().unwrap_or(full)
+        short_type_name(std::any::type_name::<Self>())
     }
 
     /// Encodes the message (JSON by default).
@@ -114,4 +113,45 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 pub trait Command: Message {
     /// What the handler returns.
     type Output: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// What follows the last `::` of a type path (all of it when there is none): the
+/// `rsplit("::").next()` of it, without building a substring searcher on every message.
+fn short_type_name(full: &'static str) -> &'static str {
+    let bytes = full.as_bytes();
+    let mut end = bytes.len();
+    while end >= 2 {
+        if bytes[end - 1] == b':' && bytes[end - 2] == b':' {
+            // After an ASCII `:`, so on a character boundary.
+            return &full[end..];
+        }
+        end -= 1;
+    }
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_short_type_name_is_what_follows_the_last_path_separator() {
+        for full in [
+            "app::orders::CreateOrder",
+            "CreateOrder",
+            "a:::b",
+            "::x",
+            "x::",
+            "app::Wrapper<other::Inner>",
+            "app::Ünïcode",
+            ":",
+            "",
+        ] {
+            assert_eq!(
+                short_type_name(full),
+                full.rsplit("::").next().unwrap_or(full),
+                "{full:?}"
+            );
+        }
+    }
 }
