@@ -62,6 +62,7 @@ impl SubShared {
                     let answer = match &result {
                         Ok(attempts) => Ok(Answer {
                             reply: None,
+                            typed: None,
                             attempts: *attempts,
                         }),
                         Err((error, attempts)) => Err(SendError::Failed {
@@ -69,7 +70,7 @@ impl SubShared {
                             attempts: *attempts,
                         }),
                     };
-                    let _ = reply.send(answer);
+                    reply.send(answer);
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
                 accepted.settle(how);
@@ -109,7 +110,7 @@ impl SubShared {
                 )
                 .await
             {
-                Attempt::Done(_) => {
+                Attempt::Done(..) => {
                     c.acked.fetch_add(envs.len() as u64, Ordering::Relaxed);
                     return Ok(attempt_no);
                 }

@@ -10,14 +10,15 @@ use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
     RemoteCommands, SendError,
 };
-use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
-use crate::reply::{AnswerRx, CommandResult};
+use std::any::TypeId;
+
+use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
@@ -46,14 +47,24 @@ impl Bus {
         env: Envelope,
         deadline: Option<Duration>,
     ) -> Result<C::Output, SendError> {
-        let result = match deadline {
-            None => self.send_envelope(env).await?,
-            Some(d) => self.request_envelope(env, d).await?,
+        // A typed handler in this process hands its output over as it is (when its output
+        // type is this one); from anywhere else the reply is decoded.
+        let wanted: WantedType = TypeId::of::<C::Output>;
+        let finished = match deadline {
+            None => {
+                let start = self.start_command(env, Some(wanted))?;
+                self.finish_command(start, None).await?
+            }
+            Some(d) => self.request_within(env, d, Some(wanted)).await?,
         };
-        let payload = result
-            .reply
-            .map(|r| r.payload)
-            .unwrap_or_else(|| "null".into());
+        let reply = match finished {
+            Finished::Local(answer, _) => match answer.typed.map(|t| t.downcast::<C::Output>()) {
+                Some(Ok(output)) => return Ok(*output),
+                _ => answer.reply.map(|r| r.payload),
+            },
+            Finished::Remote(result) => result.reply.map(|r| r.payload),
+        };
+        let payload = reply.unwrap_or_else(|| "null".into());
         serde_json::from_slice(&payload).map_err(|e| {
             SendError::Codec(switchyard_core::CodecError {
                 direction: switchyard_core::CodecDirection::Decode,
@@ -72,22 +83,18 @@ impl Bus {
     pub async fn send_envelope(&self, env: Envelope) -> Result<CommandResult, SendError> {
         // Everything up to the wait is synchronous: the envelope moves once into its shared
         // allocation instead of through every nested future's state.
-        let start = self.start_command(env)?;
-        self.finish_command(start, None).await
-    }
-
-    async fn dispatch_command(
-        &self,
-        env: Envelope,
-        deadline: Option<Duration>,
-    ) -> Result<CommandResult, SendError> {
-        let start = self.start_command(env)?;
-        self.finish_command(start, deadline).await
+        let start = self.start_command(env, None)?;
+        Ok(self.finish_command(start, None).await?.into_result())
     }
 
     /// Checks, hooks, finds the handler and queues the command when its queue takes it
     /// without waiting: all a send does before it waits.
-    fn start_command(&self, mut env: Envelope) -> Result<Start<'_>, SendError> {
+    /// `typed`: the output type the sender takes as it is from a typed handler.
+    fn start_command(
+        &self,
+        mut env: Envelope,
+        typed: Option<WantedType>,
+    ) -> Result<Start<'_>, SendError> {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
@@ -114,7 +121,7 @@ impl Bus {
             }
             return Err(SendError::NoHandler { topic: env.topic });
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = CommandReply::channel(typed);
         match handler.try_enqueue_command(&self.inner, env, tx) {
             Ok(result) => {
                 self.command_enqueued(&handler, result)?;
@@ -124,12 +131,13 @@ impl Bus {
         }
     }
 
-    /// Waits for room (when the queue made the sender wait) and then for the answer.
+    /// Waits for room (when the queue made the sender wait) and then for the answer: the
+    /// result, and the typed output if the handler handed one over.
     async fn finish_command(
         &self,
         start: Start<'_>,
         deadline: Option<Duration>,
-    ) -> Result<CommandResult, SendError> {
+    ) -> Result<Finished, SendError> {
         let (handler, rx) = match start {
             Start::Queued(handler, rx) => (handler, rx),
             Start::Wait(handler, entry, rx) => {
@@ -138,9 +146,13 @@ impl Bus {
                 self.command_enqueued(&handler, result)?;
                 (handler, rx)
             }
-            Start::Remote(remote, env) => return remote.send(*env, deadline).await,
+            Start::Remote(remote, env) => {
+                return Ok(Finished::Remote(Box::new(
+                    remote.send(*env, deadline).await?,
+                )));
+            }
         };
-        await_answer(rx, &handler).await
+        Ok(Finished::Local(await_answer(rx).await?, handler))
     }
 
     /// The sender's view of how queueing a command went.
@@ -159,13 +171,30 @@ impl Bus {
     /// [`send_envelope`](Self::send_envelope) with a deadline.
     pub async fn request_envelope(
         &self,
-        mut env: Envelope,
+        env: Envelope,
         deadline: Duration,
     ) -> Result<CommandResult, SendError> {
+        Ok(self
+            .request_within(env, deadline, None)
+            .await?
+            .into_result())
+    }
+
+    /// A request: a command with a deadline; `typed` as in `start_command`.
+    async fn request_within(
+        &self,
+        mut env: Envelope,
+        deadline: Duration,
+        typed: Option<WantedType>,
+    ) -> Result<Finished, SendError> {
         if env.kind == Kind::Event || env.kind == Kind::Command {
             env.kind = Kind::Request;
         }
-        match tokio::time::timeout(deadline, self.dispatch_command(env, Some(deadline))).await {
+        let send = async {
+            let start = self.start_command(env, typed)?;
+            self.finish_command(start, Some(deadline)).await
+        };
+        match tokio::time::timeout(deadline, send).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
         }
@@ -182,11 +211,27 @@ enum Start<'a> {
     Remote(&'a dyn RemoteCommands, Box<Envelope>),
 }
 
-/// Waits for the answer of `handler` to a queued command.
-async fn await_answer(rx: AnswerRx, handler: &SubShared) -> Result<CommandResult, SendError> {
+/// How a command ended, kept small until the caller takes what it needs of it.
+enum Finished {
+    /// Answered by a handler on this bus.
+    Local(Answer, Arc<SubShared>),
+    /// Answered from another process.
+    Remote(Box<CommandResult>),
+}
+
+impl Finished {
+    fn into_result(self) -> CommandResult {
+        match self {
+            Self::Local(answer, handler) => answer.into_result(handler.config.name.clone()),
+            Self::Remote(result) => *result,
+        }
+    }
+}
+
+/// Waits for the answer to a queued command.
+async fn await_answer(rx: AnswerRx) -> Result<Answer, SendError> {
     match rx.await {
-        Ok(Ok(answer)) => Ok(answer.into_result(handler.config.name.clone())),
-        Ok(Err(e)) => Err(e),
+        Ok(answer) => answer,
         Err(_) => Err(SendError::NotProcessed(
             "the handler stopped before answering".into(),
         )),
@@ -283,7 +328,7 @@ impl SubShared {
                 }
             }
             let topic = env.topic.clone();
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = CommandReply::channel(None);
             let result = match self.try_enqueue_command(&bus, env, tx) {
                 Ok(result) => result,
                 Err(entry) => self.finish_enqueue(&bus, entry).await,
@@ -293,7 +338,11 @@ impl SubShared {
                 other => other.map(|()| rx),
             }
         };
-        let wait = await_answer(queued?, self);
+        // Answered across processes: the reply envelope, never a typed output.
+        let wait = async {
+            let answer = await_answer(queued?).await?;
+            Ok(answer.into_result(self.config.name.clone()))
+        };
         match deadline {
             None => wait.await,
             Some(d) => tokio::time::timeout(d, wait)

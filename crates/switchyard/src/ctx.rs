@@ -95,7 +95,9 @@ where
     }))
 }
 
-/// A typed command handler: decodes `C`, calls `f`, encodes its output as the reply.
+/// A typed command handler: decodes `C`, calls `f`, encodes its output as the reply (or, for
+/// a typed sender in this process, hands the output over as it is: see
+/// [`offer_typed`](crate::state::offer_typed)).
 pub(crate) fn typed_command<C, F, Fut, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
     C: Command,
@@ -113,6 +115,12 @@ where
             let reply_to = ReplyTo::of(&env);
             let ctx = Ctx::new(upgrade(&bus)?, env);
             let output = f(cmd, ctx).await.map_err(Into::into)?;
+            // A typed sender in this process takes the output as it is: no reply envelope,
+            // no encoding and decoding. Any other sender gets the JSON reply.
+            let output = match crate::state::offer_typed(output) {
+                Ok(()) => return Ok(Outcome::Ack),
+                Err(output) => output,
+            };
             let payload = serde_json::to_vec(&output)?;
             Ok(Outcome::reply(reply_to.reply(payload)))
         }

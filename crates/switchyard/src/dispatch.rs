@@ -22,7 +22,7 @@ use crate::config::Handler;
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
-use crate::reply::{Answer, CommandReply};
+use crate::reply::{Answer, CommandReply, TypedValue};
 use crate::state::{BusInner, CURRENT, Parent, SubShared};
 use crate::stats::inc;
 
@@ -229,20 +229,41 @@ impl SubShared {
         parent: Parent,
         ready: bool,
     ) -> Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>> {
+        self.call_typed(svc, request, parent, ready).await.0
+    }
+
+    /// [`call`](Self::call), and the typed output the handler left in `parent` for a typed
+    /// sender ([`Parent::expecting`]), if any.
+    pub(crate) async fn call_typed<R: Send + 'static, T: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, T, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+        ready: bool,
+    ) -> (
+        Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>>,
+        Option<TypedValue>,
+    ) {
         let ready = if ready {
             svc
         } else {
-            match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
-                Ok(ready) => ready,
-                Err(e) => return Ok(Err(e)),
+            match AssertUnwindSafe(svc.ready()).catch_unwind().await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(e)) => return (Ok(Err(e)), None),
+                Err(panic) => return (Err(panic), None),
             }
         };
         // `call` only builds the future (publishing is async, so nothing in it needs the
         // task-local); the future itself runs inside the scope below.
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
-        CURRENT
-            .scope(parent, AssertUnwindSafe(fut).catch_unwind())
-            .await
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request()))) {
+            Ok(fut) => fut,
+            Err(panic) => return (Err(panic), None),
+        };
+        let mut scoped =
+            std::pin::pin!(CURRENT.scope(parent, AssertUnwindSafe(fut).catch_unwind()));
+        let result = scoped.as_mut().await;
+        let typed = scoped.as_mut().take_value().and_then(Parent::into_typed);
+        (result, typed)
     }
 
     /// Settles a transport delivery after handling: ack when handled, term when it was
@@ -270,8 +291,12 @@ impl SubShared {
         attempt: u32,
         ready: bool,
     ) -> Attempt {
-        let result = self.call(svc, request, parent, ready).await;
-        self.classify(result, first, attempt)
+        let (result, typed) = self.call_typed(svc, request, parent, ready).await;
+        match self.classify(result, first, attempt) {
+            // The handler's returned reply, when it made one, else its typed output.
+            Attempt::Done(reply, _) => Attempt::Done(reply, typed),
+            other => other,
+        }
     }
 
     /// How one handler call ended (as [`SubShared::call`] returns it), counted and logged.
@@ -283,8 +308,8 @@ impl SubShared {
     ) -> Attempt {
         let c = &self.counters;
         match result {
-            Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
-            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+            Ok(Ok(Outcome::Ack)) => Attempt::Done(None, None),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r), None),
             Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
             Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
                 reason: DeadLetterReason::HandlerFailed,
@@ -355,6 +380,8 @@ impl SubShared {
         // The shared envelope stays as it was queued; each attempt gets its own copy
         // stamped with the delivery bookkeeping.
         let mut delivery = env.delivery;
+        // A typed sender in this process takes the typed handler's output as it is.
+        let wanted = reply.as_ref().and_then(|r| r.typed);
         let stamped = |delivery: DeliveryInfo| {
             let mut copy = Envelope::clone(&env);
             copy.delivery = delivery;
@@ -373,7 +400,7 @@ impl SubShared {
                     self.attempt(
                         svc,
                         || stamped(delivery),
-                        Parent::of(&env),
+                        Parent::expecting(&env, wanted),
                         &env,
                         attempt,
                         std::mem::take(&mut ready),
@@ -382,9 +409,9 @@ impl SubShared {
                 }
             };
             let (reason, error, delay, permanent) = match outcome {
-                Attempt::Done(r) => {
+                Attempt::Done(r, typed) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok(r), attempt);
+                    self.answer(reply, Ok((r, typed)), attempt);
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -476,13 +503,16 @@ impl SubShared {
     fn answer(
         &self,
         reply: Option<CommandReply>,
-        result: Result<Option<Box<Envelope>>, SendError>,
+        result: Result<(Option<Box<Envelope>>, Option<TypedValue>), SendError>,
         attempts: u32,
     ) {
         if let Some(tx) = reply {
             // The reply stays in the handler's box; the sender adds the handler's name.
-            // The sender may have given up (deadline passed); its late result is discarded.
-            let _ = tx.send(result.map(|reply| Answer { reply, attempts }));
+            tx.send(result.map(|(reply, typed)| Answer {
+                reply,
+                typed,
+                attempts,
+            }));
         }
     }
 }
@@ -490,8 +520,9 @@ impl SubShared {
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
 /// box the handler's [`Outcome::Reply`] put it in.
 pub(crate) enum Attempt {
-    /// Acked, or replied.
-    Done(Option<Box<Envelope>>),
+    /// Acked, or replied: with an envelope, or with the typed output a typed sender in this
+    /// process takes as it is.
+    Done(Option<Box<Envelope>>, Option<TypedValue>),
     /// Refused for good.
     Rejected(String),
     /// The payload did not decode (not retried).

@@ -8,7 +8,6 @@ use switchyard_core::{
     DeadLetter, DeadLetterReason, Envelope, Message, PublishError, SendError, TooLarge, Topic,
     TransportError, TransportErrorKind,
 };
-use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
@@ -271,7 +270,7 @@ impl Bus {
         let mut out = GroupDelivery::default();
         for sub in group {
             let (tx, rx) = if wait {
-                let (tx, rx) = oneshot::channel();
+                let (tx, rx) = CommandReply::channel(None);
                 (Some(tx), Some(rx))
             } else {
                 (None, None)
@@ -453,7 +452,7 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     if env.causation_id.is_some() {
         return;
     }
-    let _ = CURRENT.try_with(|Parent(parent)| {
+    let _ = CURRENT.try_with(|Parent { env: parent, .. }| {
         env.causation_id = Some(parent.id.clone());
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id.clone();

@@ -1,23 +1,34 @@
 //! What a command's one handler sends back: the result, and the channel it travels on.
 
+use std::any::{Any, TypeId};
+
 use smol_str::SmolStr;
 use switchyard_core::{Envelope, SendError};
 use tokio::sync::oneshot;
 
 pub use switchyard_core::CommandResult;
 
-/// What a worker sends back for a handled command: the reply as the handler boxed it and
-/// the attempts it took. The sender knows the handler's name, so it is not sent; the channel
-/// carries two words instead of a whole [`CommandResult`] with its envelope inline, which
-/// every move through the channel and the waiting futures would copy.
-#[derive(Debug)]
+/// A typed handler's output handed to a typed sender in this process as it is, not encoded.
+pub(crate) type TypedValue = Box<dyn Any + Send>;
+
+/// The type a typed sender waits for (`TypeId::of::<C::Output>`), as a function pointer: one
+/// word in every queue entry rather than a 16-byte `TypeId`.
+pub(crate) type WantedType = fn() -> TypeId;
+
+/// What a worker sends back for a handled command: the reply as the handler boxed it (or its
+/// typed output, for a typed sender in this process) and the attempts it took. The sender
+/// knows the handler's name, so it is not sent; the channel carries a few words instead of a
+/// whole [`CommandResult`] with its envelope inline, which every move through the channel
+/// and the waiting futures would copy.
 pub(crate) struct Answer {
     pub(crate) reply: Option<Box<Envelope>>,
+    pub(crate) typed: Option<TypedValue>,
     pub(crate) attempts: u32,
 }
 
 impl Answer {
-    /// The public result, for the handler named `handler`.
+    /// The public result, for the handler named `handler` (a typed output, which only a
+    /// typed sender asks for, is dropped).
     pub(crate) fn into_result(self, handler: SmolStr) -> CommandResult {
         CommandResult {
             reply: self.reply.map(|r| *r),
@@ -30,8 +41,26 @@ impl Answer {
 /// What travels back on a command's channel.
 pub(crate) type Answered = Result<Answer, SendError>;
 
-/// The channel a worker answers a command on.
-pub(crate) type CommandReply = oneshot::Sender<Answered>;
+/// The channel a worker answers a command on, and the output type its sender takes without
+/// encoding (a typed `send` in this process), if any.
+pub(crate) struct CommandReply {
+    tx: oneshot::Sender<Answered>,
+    pub(crate) typed: Option<WantedType>,
+}
+
+impl CommandReply {
+    /// A reply channel and its receiving end.
+    pub(crate) fn channel(typed: Option<WantedType>) -> (Self, AnswerRx) {
+        let (tx, rx) = oneshot::channel();
+        (Self { tx, typed }, rx)
+    }
+
+    /// Sends the answer; a sender that gave up (deadline passed) discards it.
+    #[inline]
+    pub(crate) fn send(self, answer: Answered) {
+        let _ = self.tx.send(answer);
+    }
+}
 
 /// The sender's end of [`CommandReply`].
 pub(crate) type AnswerRx = oneshot::Receiver<Answered>;

@@ -3,6 +3,8 @@
 //! bookkeeping, giving a message up to the dead-letter sink). Behaviour lives in the modules
 //! above: `publish`, `command`, `dispatch`, `pump`, `shutdown`.
 
+use std::any::TypeId;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,6 +23,7 @@ use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::{Entry, Overflow, Queue};
+use crate::reply::{TypedValue, WantedType};
 use crate::router::Router;
 use crate::stats::{Counters, SubscriptionInfo, SubscriptionStats, inc};
 use crate::transport_link::ErasedTransport;
@@ -39,12 +42,60 @@ pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
 /// as its consequences (and stay in its session). A pointer to the shared envelope: the
 /// task-local is swapped in and out around every poll of a handler, and its id, correlation
 /// id and session are only read when the handler publishes.
-#[derive(Debug, Clone)]
-pub(crate) struct Parent(pub(crate) Arc<Envelope>);
+pub(crate) struct Parent {
+    pub(crate) env: Arc<Envelope>,
+    /// For a command whose sender in this process waits for a typed result: where the
+    /// typed handler leaves its output instead of encoding a reply.
+    typed: Option<TypedSlot>,
+}
+
+/// The output a typed sender waits for, handed over by the handler (see [`offer_typed`]).
+struct TypedSlot {
+    wanted: WantedType,
+    value: Cell<Option<TypedValue>>,
+}
 
 impl Parent {
     pub(crate) fn of(env: &Arc<Envelope>) -> Self {
-        Self(Arc::clone(env))
+        Self {
+            env: Arc::clone(env),
+            typed: None,
+        }
+    }
+
+    /// The parent of an attempt at a command whose sender takes an output of type `wanted`
+    /// as it is.
+    pub(crate) fn expecting(env: &Arc<Envelope>, wanted: Option<WantedType>) -> Self {
+        Self {
+            env: Arc::clone(env),
+            typed: wanted.map(|wanted| TypedSlot {
+                wanted,
+                value: Cell::new(None),
+            }),
+        }
+    }
+
+    /// The typed output a handler left, if any.
+    pub(crate) fn into_typed(self) -> Option<TypedValue> {
+        self.typed.and_then(|slot| slot.value.into_inner())
+    }
+}
+
+/// In a handler: hands `output` to the sender waiting for it typed (replacing an output a
+/// previous call of the same attempt left), or gives it back when no sender takes an `O`.
+pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
+    let mut output = Some(output);
+    let _ = CURRENT.try_with(|p| {
+        if let Some(slot) = &p.typed
+            && (slot.wanted)() == TypeId::of::<O>()
+            && let Some(output) = output.take()
+        {
+            slot.value.set(Some(Box::new(output)));
+        }
+    });
+    match output {
+        None => Ok(()),
+        Some(output) => Err(output),
     }
 }
 
@@ -264,7 +315,7 @@ impl SubShared {
     ) {
         inc(&self.counters.dead_lettered);
         if let Some(reply) = entry.reply {
-            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
+            reply.send(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
