@@ -101,6 +101,8 @@ impl Bus {
         if env.kind == Kind::Event {
             env.kind = Kind::Command;
         }
+        // Shared from here on: moved once, into the allocation the queue entry points to.
+        let env = Arc::new(env);
         let handler = {
             let commands = self.inner.commands.read();
             commands.get(&env.topic).and_then(|slot| {
@@ -117,9 +119,11 @@ impl Bus {
                 .as_ref()
                 .and_then(|t| t.remote_commands())
             {
-                return Ok(Start::Remote(remote, Box::new(env)));
+                return Ok(Start::Remote(remote, env));
             }
-            return Err(SendError::NoHandler { topic: env.topic });
+            return Err(SendError::NoHandler {
+                topic: env.topic.clone(),
+            });
         };
         let (tx, rx) = CommandReply::channel(typed);
         match handler.try_enqueue_command(&self.inner, env, tx) {
@@ -147,8 +151,10 @@ impl Bus {
                 (handler, rx)
             }
             Start::Remote(remote, env) => {
+                // Not shared with anyone: unwrapped without a copy of its fields.
+                let env = Arc::unwrap_or_clone(env);
                 return Ok(Finished::Remote(Box::new(
-                    remote.send(*env, deadline).await?,
+                    remote.send(env, deadline).await?,
                 )));
             }
         };
@@ -208,7 +214,7 @@ enum Start<'a> {
     /// For a handler on this bus whose full queue makes the sender wait for room.
     Wait(Arc<SubShared>, Entry, AnswerRx),
     /// No handler here: the transport carries it to another process.
-    Remote(&'a dyn RemoteCommands, Box<Envelope>),
+    Remote(&'a dyn RemoteCommands, Arc<Envelope>),
 }
 
 /// How a command ended, kept small until the caller takes what it needs of it.
@@ -329,7 +335,7 @@ impl SubShared {
             }
             let topic = env.topic.clone();
             let (tx, rx) = CommandReply::channel(None);
-            let result = match self.try_enqueue_command(&bus, env, tx) {
+            let result = match self.try_enqueue_command(&bus, Arc::new(env), tx) {
                 Ok(result) => result,
                 Err(entry) => self.finish_enqueue(&bus, entry).await,
             };

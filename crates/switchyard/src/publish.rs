@@ -75,13 +75,12 @@ impl SubShared {
         }
     }
 
-    /// [`try_enqueue`](Self::try_enqueue) for a command: the envelope is moved into its
-    /// shared allocation only once it is accepted, and its result goes back on `reply`.
+    /// [`try_enqueue`](Self::try_enqueue) for a command, whose result goes back on `reply`.
     #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
     pub(crate) fn try_enqueue_command(
         &self,
         bus: &BusInner,
-        env: Envelope,
+        env: Arc<Envelope>,
         reply: CommandReply,
     ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
         if !self.accepts(&env) {
@@ -89,7 +88,7 @@ impl SubShared {
             return Ok(Ok(Enqueued::Filtered));
         }
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
-        let entry = Entry::new(Arc::new(env), Some(reply), lane, bus.pending.accept());
+        let entry = Entry::new(env, Some(reply), lane, bus.pending.accept());
         match self.queue.try_push_now(entry) {
             Ok(pushed) => Ok(self.pushed(bus, pushed)),
             Err(entry) => Err(entry),
