@@ -110,7 +110,7 @@ impl SubShared {
                 )
                 .await
             {
-                Attempt::Done(..) => {
+                Attempt::Done(_) => {
                     c.acked.fetch_add(envs.len() as u64, Ordering::Relaxed);
                     return Ok(attempt_no);
                 }

@@ -22,8 +22,8 @@ use crate::config::Handler;
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
-use crate::reply::{Answer, CommandReply, TypedValue};
-use crate::state::{BusInner, CURRENT, Parent, SubShared};
+use crate::reply::{Answer, CommandReply, TypedValue, WantedType};
+use crate::state::{BusInner, CURRENT, Parent, SubShared, TYPED, TypedSlot};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages.
@@ -229,41 +229,20 @@ impl SubShared {
         parent: Parent,
         ready: bool,
     ) -> Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>> {
-        self.call_typed(svc, request, parent, ready).await.0
-    }
-
-    /// [`call`](Self::call), and the typed output the handler left in `parent` for a typed
-    /// sender ([`Parent::expecting`]), if any.
-    pub(crate) async fn call_typed<R: Send + 'static, T: Send + 'static>(
-        &self,
-        svc: &mut BoxCloneService<R, T, BoxError>,
-        request: impl FnOnce() -> R,
-        parent: Parent,
-        ready: bool,
-    ) -> (
-        Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>>,
-        Option<TypedValue>,
-    ) {
         let ready = if ready {
             svc
         } else {
-            match AssertUnwindSafe(svc.ready()).catch_unwind().await {
-                Ok(Ok(ready)) => ready,
-                Ok(Err(e)) => return (Ok(Err(e)), None),
-                Err(panic) => return (Err(panic), None),
+            match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
+                Ok(ready) => ready,
+                Err(e) => return Ok(Err(e)),
             }
         };
         // `call` only builds the future (publishing is async, so nothing in it needs the
         // task-local); the future itself runs inside the scope below.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request()))) {
-            Ok(fut) => fut,
-            Err(panic) => return (Err(panic), None),
-        };
-        let mut scoped =
-            std::pin::pin!(CURRENT.scope(parent, AssertUnwindSafe(fut).catch_unwind()));
-        let result = scoped.as_mut().await;
-        let typed = scoped.as_mut().take_value().and_then(Parent::into_typed);
-        (result, typed)
+        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
+        CURRENT
+            .scope(parent, AssertUnwindSafe(fut).catch_unwind())
+            .await
     }
 
     /// Settles a transport delivery after handling: ack when handled, term when it was
@@ -291,12 +270,28 @@ impl SubShared {
         attempt: u32,
         ready: bool,
     ) -> Attempt {
-        let (result, typed) = self.call_typed(svc, request, parent, ready).await;
-        match self.classify(result, first, attempt) {
-            // The handler's returned reply, when it made one, else its typed output.
-            Attempt::Done(reply, _) => Attempt::Done(reply, typed),
-            other => other,
-        }
+        let result = self.call(svc, request, parent, ready).await;
+        self.classify(result, first, attempt)
+    }
+
+    /// [`attempt`](Self::attempt) at a command whose sender takes an output of type `wanted`
+    /// as it is, and that output if the handler left it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn attempt_typed<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+        first: &Envelope,
+        attempt: u32,
+        ready: bool,
+        wanted: WantedType,
+    ) -> (Attempt, Option<TypedValue>) {
+        let call = self.call(svc, request, parent, ready);
+        let mut scoped = std::pin::pin!(TYPED.scope(TypedSlot::new(wanted), call));
+        let result = scoped.as_mut().await;
+        let typed = scoped.as_mut().take_value().and_then(TypedSlot::into_value);
+        (self.classify(result, first, attempt), typed)
     }
 
     /// How one handler call ended (as [`SubShared::call`] returns it), counted and logged.
@@ -308,8 +303,8 @@ impl SubShared {
     ) -> Attempt {
         let c = &self.counters;
         match result {
-            Ok(Ok(Outcome::Ack)) => Attempt::Done(None, None),
-            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r), None),
+            Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
             Ok(Ok(Outcome::Reject { reason })) => Attempt::Rejected(reason),
             Ok(Ok(Outcome::Retry { after })) => Attempt::Failed {
                 reason: DeadLetterReason::HandlerFailed,
@@ -382,6 +377,7 @@ impl SubShared {
         let mut delivery = env.delivery;
         // A typed sender in this process takes the typed handler's output as it is.
         let wanted = reply.as_ref().and_then(|r| r.typed);
+        let mut typed = None;
         let stamped = |delivery: DeliveryInfo| {
             let mut copy = Envelope::clone(&env);
             copy.delivery = delivery;
@@ -396,22 +392,39 @@ impl SubShared {
             let attempt = delivery.attempt;
             let outcome = match first.take() {
                 Some(made) => made,
-                None => {
-                    self.attempt(
-                        svc,
-                        || stamped(delivery),
-                        Parent::expecting(&env, wanted),
-                        &env,
-                        attempt,
-                        std::mem::take(&mut ready),
-                    )
-                    .await
-                }
+                None => match wanted {
+                    None => {
+                        self.attempt(
+                            svc,
+                            || stamped(delivery),
+                            Parent::of(&env),
+                            &env,
+                            attempt,
+                            std::mem::take(&mut ready),
+                        )
+                        .await
+                    }
+                    Some(wanted) => {
+                        let (made, output) = self
+                            .attempt_typed(
+                                svc,
+                                || stamped(delivery),
+                                Parent::of(&env),
+                                &env,
+                                attempt,
+                                std::mem::take(&mut ready),
+                                wanted,
+                            )
+                            .await;
+                        typed = output;
+                        made
+                    }
+                },
             };
             let (reason, error, delay, permanent) = match outcome {
-                Attempt::Done(r, typed) => {
+                Attempt::Done(r) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok((r, typed)), attempt);
+                    self.answer(reply, Ok((r, typed.take())), attempt);
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -520,9 +533,9 @@ impl SubShared {
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
 /// box the handler's [`Outcome::Reply`] put it in.
 pub(crate) enum Attempt {
-    /// Acked, or replied: with an envelope, or with the typed output a typed sender in this
-    /// process takes as it is.
-    Done(Option<Box<Envelope>>, Option<TypedValue>),
+    /// Acked, or replied (a typed output for a typed sender comes beside it: see
+    /// [`SubShared::attempt_typed`]).
+    Done(Option<Box<Envelope>>),
     /// Refused for good.
     Rejected(String),
     /// The payload did not decode (not retried).

@@ -106,7 +106,7 @@ impl SubShared {
     }
 
     /// Accounts for the outcome of a push whose message was counted as pending.
-    #[inline]
+    #[inline(always)]
     fn pushed(
         &self,
         bus: &BusInner,
@@ -451,7 +451,7 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     if env.causation_id.is_some() {
         return;
     }
-    let _ = CURRENT.try_with(|Parent { env: parent, .. }| {
+    let _ = CURRENT.try_with(|Parent(parent)| {
         env.causation_id = Some(parent.id.clone());
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id.clone();

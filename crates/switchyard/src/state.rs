@@ -42,42 +42,34 @@ pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
 /// as its consequences (and stay in its session). A pointer to the shared envelope: the
 /// task-local is swapped in and out around every poll of a handler, and its id, correlation
 /// id and session are only read when the handler publishes.
-pub(crate) struct Parent {
-    pub(crate) env: Arc<Envelope>,
-    /// For a command whose sender in this process waits for a typed result: where the
-    /// typed handler leaves its output instead of encoding a reply.
-    typed: Option<TypedSlot>,
+#[derive(Debug, Clone)]
+pub(crate) struct Parent(pub(crate) Arc<Envelope>);
+
+impl Parent {
+    pub(crate) fn of(env: &Arc<Envelope>) -> Self {
+        Self(Arc::clone(env))
+    }
 }
 
-/// The output a typed sender waits for, handed over by the handler (see [`offer_typed`]).
-struct TypedSlot {
+/// For an attempt at a command whose sender in this process waits for a typed result: where
+/// the typed handler leaves its output instead of encoding a reply. A task-local of its own,
+/// set only around such attempts, so every other handler call stays as it was.
+pub(crate) struct TypedSlot {
     wanted: WantedType,
     value: Cell<Option<TypedValue>>,
 }
 
-impl Parent {
-    pub(crate) fn of(env: &Arc<Envelope>) -> Self {
+impl TypedSlot {
+    pub(crate) fn new(wanted: WantedType) -> Self {
         Self {
-            env: Arc::clone(env),
-            typed: None,
+            wanted,
+            value: Cell::new(None),
         }
     }
 
-    /// The parent of an attempt at a command whose sender takes an output of type `wanted`
-    /// as it is.
-    pub(crate) fn expecting(env: &Arc<Envelope>, wanted: Option<WantedType>) -> Self {
-        Self {
-            env: Arc::clone(env),
-            typed: wanted.map(|wanted| TypedSlot {
-                wanted,
-                value: Cell::new(None),
-            }),
-        }
-    }
-
-    /// The typed output a handler left, if any.
-    pub(crate) fn into_typed(self) -> Option<TypedValue> {
-        self.typed.and_then(|slot| slot.value.into_inner())
+    /// The output a handler left, if any.
+    pub(crate) fn into_value(self) -> Option<TypedValue> {
+        self.value.into_inner()
     }
 }
 
@@ -85,9 +77,8 @@ impl Parent {
 /// previous call of the same attempt left), or gives it back when no sender takes an `O`.
 pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
-    let _ = CURRENT.try_with(|p| {
-        if let Some(slot) = &p.typed
-            && (slot.wanted)() == TypeId::of::<O>()
+    let _ = TYPED.try_with(|slot| {
+        if (slot.wanted)() == TypeId::of::<O>()
             && let Some(output) = output.take()
         {
             slot.value.set(Some(Box::new(output)));
@@ -101,6 +92,7 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
 
 tokio::task_local! {
     pub(crate) static CURRENT: Parent;
+    pub(crate) static TYPED: TypedSlot;
 }
 
 pub(crate) const RUNNING: u8 = 0;
