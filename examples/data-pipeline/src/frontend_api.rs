@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard::{
@@ -16,6 +18,7 @@ use switchyard::{
 };
 use switchyard_components::builtin::Anomaly;
 use switchyard_components::{ComponentBuilder, ErrorInfo, RequestId};
+use switchyard_contracts::{Contract, JsonSchema};
 
 use crate::modules::{Store, Tables};
 use crate::{DOMAINS, PerformanceSettings};
@@ -41,12 +44,15 @@ pub const COLUMNS: [&str; 5] = ["date", "region", "product", "units", "unit_pric
 const KEEP_RUNS: usize = 500;
 
 /// `cpm.query.runs`: the history of runs, newest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct RunsQuery {
     /// At most this many (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<usize>,
 }
+
+impl Contract for RunsQuery {}
 
 impl Message for RunsQuery {
     const TOPIC: &'static str = "cpm.query.runs";
@@ -57,7 +63,8 @@ impl Command for RunsQuery {
 }
 
 /// `cpm.query.run`: one run with its data; `{"run": null}` for an unknown run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct RunQuery {
     /// The run.
     pub run_id: String,
@@ -65,6 +72,8 @@ pub struct RunQuery {
     #[serde(default)]
     pub preview_rows: Option<usize>,
 }
+
+impl Contract for RunQuery {}
 
 impl Message for RunQuery {
     const TOPIC: &'static str = "cpm.query.run";
@@ -177,7 +186,11 @@ struct Inner {
 
 /// The CPM's registry of runs (shared, cheap to clone).
 #[derive(Debug, Clone, Default)]
-pub struct Runs(Arc<Mutex<Inner>>);
+pub struct Runs {
+    inner: Arc<Mutex<Inner>>,
+    /// Woken whenever a run is cancelled (for [`Runs::until_cancelled`]).
+    cancelled: Arc<Notify>,
+}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -188,7 +201,7 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Runs {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn started(&self, rec: RunRecord) {
@@ -233,7 +246,24 @@ impl Runs {
             message: "cancelled by the frontend".into(),
             retryable: false,
         });
-        g.requests.get(run_id).copied()
+        let id = g.requests.get(run_id).copied();
+        drop(g);
+        self.cancelled.notify_waiters();
+        id
+    }
+
+    /// Resolves once `run_id` is cancelled (at once if it already is).
+    pub async fn until_cancelled(&self, run_id: &str) {
+        loop {
+            let notified = self.cancelled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a cancel between the check and the wait wakes it.
+            notified.as_mut().enable();
+            if self.is_cancelled(run_id) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether `run_id` was cancelled.

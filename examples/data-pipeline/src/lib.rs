@@ -18,6 +18,7 @@
 //! ```
 
 mod app;
+pub mod contracts;
 pub mod frontend_api;
 pub mod modules;
 pub mod sensors;
@@ -32,6 +33,7 @@ use switchyard::{Bus, DeadLetter, Message, MessageId, PublishError, SubscribeErr
 use switchyard_components::builtin::{Alert, ComponentHealth, ErrorHandlerStats, ResourceSample};
 use switchyard_components::trace::Trace;
 use switchyard_components::{ContextStats, EnforcementStats, ErrorInfo, StartError};
+use switchyard_contracts::{Contract, JsonSchema};
 use tokio::sync::mpsc;
 
 pub use app::{DemoApp, run_demo};
@@ -52,7 +54,8 @@ pub const DOMAINS: [(&str, &str); 6] = [
 pub const DATASET: &str = "sales.csv";
 
 /// What the frontend sends to the CPM on `cpm.pipeline.request`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct PipelineRequest {
     /// Identifies the run (keys every table).
     pub run_id: String,
@@ -71,6 +74,11 @@ pub struct PipelineRequest {
     /// its work in this run (the performance tracker then flags the domain's steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<String>,
+    /// Hold injection: the domain whose processor waits until the run is cancelled before its
+    /// work (at most [`DemoConfig::hold_limit`]), so a run can be cancelled while it is
+    /// certainly under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 impl PipelineRequest {
@@ -83,9 +91,12 @@ impl PipelineRequest {
             csv: None,
             fail: None,
             slow: None,
+            hold: None,
         }
     }
 }
+
+impl Contract for PipelineRequest {}
 
 impl Message for PipelineRequest {
     const TOPIC: &'static str = "cpm.pipeline.request";
@@ -94,18 +105,22 @@ impl Message for PipelineRequest {
 /// What the frontend sends to the CPM on `cpm.pipeline.cancel`: stop a running run. The run
 /// becomes `cancelled`; the domain step under way finishes, and no further step of the run is
 /// taken (no next domain, no retry). A run that is not running is left as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct PipelineCancel {
     /// The run.
     pub run_id: String,
 }
+
+impl Contract for PipelineCancel {}
 
 impl Message for PipelineCancel {
     const TOPIC: &'static str = "cpm.pipeline.cancel";
 }
 
 /// The request passed down every domain chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct Job {
     /// The run.
     pub run_id: String,
@@ -119,7 +134,12 @@ pub struct Job {
     /// Latency injection: the domain whose processor waits before its work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<String>,
+    /// Hold injection: the domain whose processor waits until the run is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
+
+impl Contract for Job {}
 
 impl Message for Job {
     const TOPIC: &'static str = "pipeline.job.request";
@@ -202,6 +222,9 @@ pub struct DemoConfig {
     /// How long the processor a request names in `slow` waits before its work. Default
     /// 400 ms.
     pub slow_delay: Duration,
+    /// The longest the processor a request names in `hold` waits for the run to be
+    /// cancelled before it goes on. Default 60 s.
+    pub hold_limit: Duration,
 }
 
 impl Default for DemoConfig {
@@ -221,6 +244,7 @@ impl Default for DemoConfig {
             database_schema: "data_pipeline".into(),
             performance: PerformanceSettings::default(),
             slow_delay: Duration::from_millis(400),
+            hold_limit: Duration::from_secs(60),
         }
     }
 }
@@ -275,6 +299,9 @@ pub enum DemoError {
     /// The database could not be opened (unsupported URL, unreachable, migrations refused).
     #[error("store: {0}")]
     Store(#[from] modules::StoreError),
+    /// The app's message contracts could not be registered.
+    #[error("contracts: {0}")]
+    Contracts(#[from] switchyard_contracts::RegistryError),
 }
 
 /// The outcome of one pipeline run.
