@@ -193,11 +193,13 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
 mod mp {
     use std::time::{SystemTime, UNIX_EPOCH};
 
+    #[inline]
     pub fn nil(out: &mut Vec<u8>) {
         out.push(0xc0);
     }
 
     /// `len` must fit in a u32 (callers check record sizes against a u32 limit).
+    #[inline]
     fn len_marker(
         out: &mut Vec<u8>,
         len: usize,
@@ -222,19 +224,23 @@ mod mp {
         }
     }
 
+    #[inline]
     pub fn array_len(out: &mut Vec<u8>, len: usize) {
         len_marker(out, len, Some((0x90, 16)), None, 0xdc, 0xdd);
     }
 
+    #[inline]
     pub fn map_len(out: &mut Vec<u8>, len: usize) {
         len_marker(out, len, Some((0x80, 16)), None, 0xde, 0xdf);
     }
 
+    #[inline]
     pub fn str(out: &mut Vec<u8>, s: &str) {
         len_marker(out, s.len(), Some((0xa0, 32)), Some(0xd9), 0xda, 0xdb);
         out.extend_from_slice(s.as_bytes());
     }
 
+    #[inline]
     pub fn opt_str(out: &mut Vec<u8>, s: Option<&str>) {
         match s {
             Some(s) => str(out, s),
@@ -242,11 +248,13 @@ mod mp {
         }
     }
 
+    #[inline]
     pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
         len_marker(out, b.len(), None, Some(0xc4), 0xc5, 0xc6);
         out.extend_from_slice(b);
     }
 
+    #[inline]
     pub fn uint(out: &mut Vec<u8>, v: u64) {
         match v {
             0..=0x7f => out.push(v as u8),
@@ -268,6 +276,7 @@ mod mp {
 
     /// serde's form of a `SystemTime`: `[secs_since_epoch, nanos_since_epoch]`; `None`
     /// before the epoch.
+    #[inline]
     pub fn time(out: &mut Vec<u8>, t: SystemTime) -> Option<()> {
         let d = t.duration_since(UNIX_EPOCH).ok()?;
         array_len(out, 2);
