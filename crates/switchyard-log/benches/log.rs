@@ -24,7 +24,8 @@
 //!    clients; then the open + recovery time of a 500,000-record log.
 //!
 //! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3, without the criterion part
-//! (for profiling).
+//! (for profiling). Both sides write under the system temporary directory: `TMPDIR=/dev/shm`
+//! puts them on tmpfs, where a sync costs nothing and only the CPU is compared.
 //!
 //! Envelopes are built before the timed part (building one is the application's work, and its
 //! cost is printed separately); encoding, framing, CRC, the write, the sync and the wake-up
