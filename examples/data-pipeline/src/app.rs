@@ -217,7 +217,7 @@ fn processor(
     a: &'static str,
     store: Store,
     fail: Option<(u32, Arc<AtomicU32>)>,
-    slow_delay: Duration,
+    (slow_delay, hold_limit, runs): (Duration, Duration, Runs),
 ) -> ComponentBuilder {
     let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
     if d == DOMAINS[0].0 {
@@ -244,7 +244,7 @@ fn processor(
     b.on::<Job, _, _, _, _>(
         &topic_name(d, a, Role::Processor.request_phase()),
         move |job, cx| {
-            let (store, fail) = (store.clone(), fail.clone());
+            let (store, fail, runs) = (store.clone(), fail.clone(), runs.clone());
             async move {
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
@@ -252,6 +252,11 @@ fn processor(
                 if job.slow.as_deref() == Some(d) {
                     // Latency injection: the step takes longer than its baseline.
                     tokio::time::sleep(slow_delay).await;
+                }
+                if job.hold.as_deref() == Some(d) {
+                    // Hold injection: the step stays under way until the run is cancelled.
+                    let _ =
+                        tokio::time::timeout(hold_limit, runs.until_cancelled(&job.run_id)).await;
                 }
                 let injected = job.fail.as_deref() == Some(d)
                     || fail
@@ -364,6 +369,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     attempt: 1,
                     fail: req.fail,
                     slow: req.slow,
+                    hold: req.hold,
                 };
                 ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
                     .await?;
@@ -622,7 +628,13 @@ impl DemoApp {
                 .component(manager(d, a, previous, runs.clone()))
                 .component(relay(d, a, Role::Service, Role::Handler))
                 .component(relay(d, a, Role::Handler, Role::Processor))
-                .component(processor(d, a, store.clone(), fail, config.slow_delay));
+                .component(processor(
+                    d,
+                    a,
+                    store.clone(),
+                    fail,
+                    (config.slow_delay, config.hold_limit, runs.clone()),
+                ));
         }
         let topology = assembly.topology().map_err(StartError::from)?;
         let running = assembly.start().await?;
@@ -739,6 +751,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             attempt: 1,
             fail: None,
             slow: None,
+            hold: None,
         };
         match front.publish_to("staging.load.execute", job).await {
             Err(PublishError::LayerViolation(v)) => Some(v.detail),
@@ -768,6 +781,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             attempt: 1,
             fail: None,
             slow: None,
+            hold: None,
         };
         ctx.publish_to(
             &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),

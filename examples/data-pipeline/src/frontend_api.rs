@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard::{
@@ -177,7 +179,11 @@ struct Inner {
 
 /// The CPM's registry of runs (shared, cheap to clone).
 #[derive(Debug, Clone, Default)]
-pub struct Runs(Arc<Mutex<Inner>>);
+pub struct Runs {
+    inner: Arc<Mutex<Inner>>,
+    /// Woken whenever a run is cancelled (for [`Runs::until_cancelled`]).
+    cancelled: Arc<Notify>,
+}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -188,7 +194,7 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Runs {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn started(&self, rec: RunRecord) {
@@ -233,7 +239,24 @@ impl Runs {
             message: "cancelled by the frontend".into(),
             retryable: false,
         });
-        g.requests.get(run_id).copied()
+        let id = g.requests.get(run_id).copied();
+        drop(g);
+        self.cancelled.notify_waiters();
+        id
+    }
+
+    /// Resolves once `run_id` is cancelled (at once if it already is).
+    pub async fn until_cancelled(&self, run_id: &str) {
+        loop {
+            let notified = self.cancelled.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a cancel between the check and the wait wakes it.
+            notified.as_mut().enable();
+            if self.is_cancelled(run_id) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether `run_id` was cancelled.

@@ -71,6 +71,11 @@ pub struct PipelineRequest {
     /// its work in this run (the performance tracker then flags the domain's steps).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<String>,
+    /// Hold injection: the domain whose processor waits until the run is cancelled before its
+    /// work (at most [`DemoConfig::hold_limit`]), so a run can be cancelled while it is
+    /// certainly under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 impl PipelineRequest {
@@ -83,6 +88,7 @@ impl PipelineRequest {
             csv: None,
             fail: None,
             slow: None,
+            hold: None,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct Job {
     /// Latency injection: the domain whose processor waits before its work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow: Option<String>,
+    /// Hold injection: the domain whose processor waits until the run is cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 impl Message for Job {
@@ -202,6 +211,9 @@ pub struct DemoConfig {
     /// How long the processor a request names in `slow` waits before its work. Default
     /// 400 ms.
     pub slow_delay: Duration,
+    /// The longest the processor a request names in `hold` waits for the run to be
+    /// cancelled before it goes on. Default 60 s.
+    pub hold_limit: Duration,
 }
 
 impl Default for DemoConfig {
@@ -221,6 +233,7 @@ impl Default for DemoConfig {
             database_schema: "data_pipeline".into(),
             performance: PerformanceSettings::default(),
             slow_delay: Duration::from_millis(400),
+            hold_limit: Duration::from_secs(60),
         }
     }
 }

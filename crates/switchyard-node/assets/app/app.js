@@ -101,6 +101,7 @@ async function startRun(ev) {
       req.csv = await file.text();
     } else req.rows = Math.max(1, parseInt($("#rows").value, 10) || 120);
     if (fail.startsWith("slow:")) req.slow = fail.slice(5);
+    else if (fail.startsWith("hold:")) req.hold = fail.slice(5);
     else if (fail && fail !== "missing") req.fail = fail;
     await tell("cpm.pipeline.request", req);
     st.textContent = `Run ${runId} started.`;

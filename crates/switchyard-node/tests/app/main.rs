@@ -583,10 +583,11 @@ async fn on_postgres_the_page_reads_its_numbers_from_the_postgres_store() {
 async fn a_running_run_is_cancelled_and_takes_no_further_step() {
     let node = AppNode::start(config()).await;
     let mut ws = live(&node).await;
-    // A large generated run, so that it is still under way when the cancel arrives.
+    // A run whose staging step holds until the run is cancelled, so it is certainly still
+    // under way when the cancel arrives.
     let correlation = start_run(
         &node,
-        json!({"run_id": "cancel-1", "dataset": "", "rows": 50000}),
+        json!({"run_id": "cancel-1", "dataset": "", "rows": 200, "hold": "staging"}),
     )
     .await;
     let mut steps = Vec::new();

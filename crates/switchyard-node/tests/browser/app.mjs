@@ -119,11 +119,11 @@ try {
   await shot(page, "06-slow-run.png", { fullPage: true });
   step("slow run flagged");
 
-  // A large run, cancelled while it runs: the Cancel button shows on a running run only.
+  // A run held in its analytics step until it is cancelled (so it is certainly still running
+  // when the cancel arrives): the Cancel button shows on a running run only.
   await page.goto(url + "#/");
   await page.locator("#runs").waitFor({ timeout: T });
-  await page.selectOption("#fail", "");
-  await page.fill("#rows", "50000");
+  await page.selectOption("#fail", "hold:analytics");
   await page.fill("#run-id", "ui-cancel");
   await page.click("#start");
   await page.waitForURL(/#\/run\/ui-cancel$/, { timeout: T });
