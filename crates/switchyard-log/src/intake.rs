@@ -10,7 +10,9 @@
 //!
 //! Requests other than appends (flush, retention, close) are rare and keep a oneshot reply.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -365,6 +367,81 @@ impl Intake {
         drop(control);
         for (_, w) in waiters {
             w.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// The encodings of the publish being submitted on this thread, reused so a publish
+    /// allocates nothing of its own.
+    static SCRATCH: Cell<Records> = const {
+        Cell::new(Records {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        })
+    };
+}
+
+/// The scratch buffer is kept unless a publish made it larger than this.
+const KEEP_SCRATCH: usize = 1 << 20;
+
+/// Runs `f` on this thread's scratch buffer (emptied), or on a new one while a thread is
+/// being torn down.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Records) -> R) -> R {
+    let mut out = SCRATCH.try_with(Cell::take).unwrap_or_default();
+    out.clear();
+    let r = f(&mut out);
+    if out.bytes.capacity() <= KEEP_SCRATCH {
+        let _ = SCRATCH.try_with(|s| s.set(out));
+    }
+    r
+}
+
+/// Waits for the writer to settle one publish's ticket. Dropped before, it tells the intake
+/// (the records are still written; nobody is woken for them).
+pub(crate) struct Settled<'a> {
+    intake: &'a Intake,
+    ticket: u64,
+    /// The waker was left with the records in this very poll.
+    first: bool,
+    done: bool,
+}
+
+impl<'a> Settled<'a> {
+    /// Waits for `ticket`, whose waker was left with its records in the current poll.
+    pub fn new(intake: &'a Intake, ticket: u64) -> Self {
+        Self {
+            intake,
+            ticket,
+            first: true,
+            done: false,
+        }
+    }
+}
+
+impl Future for Settled<'_> {
+    type Output = Result<(), Unsettled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let first = std::mem::replace(&mut self.first, false);
+        let result = if first && !self.intake.is_settled(self.ticket) {
+            // The writer holds this poll's waker already: nothing to update. Settling stores
+            // the new mark before waking, so a settle racing with this check wakes us again.
+            Poll::Pending
+        } else {
+            self.intake.poll_ticket(self.ticket, cx)
+        };
+        if result.is_ready() {
+            self.done = true;
+        }
+        result
+    }
+}
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.intake.abandon(self.ticket);
         }
     }
 }

@@ -1,12 +1,10 @@
 //! [`LogTransport`]: the handle users and the bus hold; implements the core transport traits.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,7 +20,7 @@ use tokio::time::Instant;
 use crate::config::{LogConfig, StartPosition, valid_stream_name};
 use crate::error::{OpenError, ReadError};
 use crate::group::{Dispatch, GroupSettings, GroupShared};
-use crate::intake::{Control, Intake, Records, Unsettled};
+use crate::intake::{Control, Intake, Records, Settled, Unsettled, with_scratch};
 use crate::record;
 use crate::stream::{StreamShared, lock};
 use crate::writer::{PendingCommits, Writer, WriterStats};
@@ -490,69 +488,6 @@ impl LogTransport {
     }
 }
 
-thread_local! {
-    /// The encodings of the publish being submitted on this thread, reused so a publish
-    /// allocates nothing of its own.
-    static SCRATCH: Cell<Records> = const {
-        Cell::new(Records {
-            bytes: Vec::new(),
-            ends: Vec::new(),
-        })
-    };
-}
-
-/// The scratch buffer is kept unless a publish made it larger than this.
-const KEEP_SCRATCH: usize = 1 << 20;
-
-/// Runs `f` on this thread's scratch buffer (emptied), or on a new one while a thread is
-/// being torn down.
-fn with_scratch<R>(f: impl FnOnce(&mut Records) -> R) -> R {
-    let mut out = SCRATCH.try_with(Cell::take).unwrap_or_default();
-    out.clear();
-    let r = f(&mut out);
-    if out.bytes.capacity() <= KEEP_SCRATCH {
-        let _ = SCRATCH.try_with(|s| s.set(out));
-    }
-    r
-}
-
-/// Waits for the writer to settle one publish's ticket. Dropped before, it tells the intake
-/// (the records are still written; nobody is woken for them).
-struct Settled<'a> {
-    intake: &'a Intake,
-    ticket: u64,
-    /// The waker was left with the records in this very poll.
-    first: bool,
-    done: bool,
-}
-
-impl Future for Settled<'_> {
-    type Output = Result<(), Unsettled>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let first = std::mem::replace(&mut self.first, false);
-        let result = if first && !self.intake.is_settled(self.ticket) {
-            // The writer holds this poll's waker already: nothing to update. Settling stores
-            // the new mark before waking, so a settle racing with this check wakes us again.
-            Poll::Pending
-        } else {
-            self.intake.poll_ticket(self.ticket, cx)
-        };
-        if result.is_ready() {
-            self.done = true;
-        }
-        result
-    }
-}
-
-impl Drop for Settled<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.intake.abandon(self.ticket);
-        }
-    }
-}
-
 /// Whose limit a [`TooLarge`] from the log names.
 const LIMIT_OF: &str = "the log's max_record_bytes";
 
@@ -588,13 +523,7 @@ impl Publisher for LogTransport {
                 .ok_or(PublishError::ShuttingDown)
         })?;
         drop(batch);
-        let settled = Settled {
-            intake: &self.inner.intake,
-            ticket,
-            first: true,
-            done: false,
-        };
-        match settled.await {
+        match Settled::new(&self.inner.intake, ticket).await {
             Ok(()) => Ok(()),
             Err(Unsettled::Failed(e)) => Err(PublishError::Transport(e.into())),
             Err(Unsettled::Stopped) => Err(PublishError::ShuttingDown),
