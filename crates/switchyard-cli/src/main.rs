@@ -139,7 +139,8 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Message contracts: `check OLD NEW` (schema compatibility, for CI), `export` (AsyncAPI).
+    /// Message contracts: `check OLD NEW` (schema compatibility, for CI), `export` (AsyncAPI,
+    /// or `--lang python` dataclasses).
     Schema {
         #[command(subcommand)]
         command: schema::SchemaCommand,
@@ -325,9 +326,17 @@ async fn run(command: Command) -> Result<(), CliError> {
             ..
         } => schema::check(&old, &new, mode, json, &mut out),
         Command::Schema {
-            command: schema::SchemaCommand::Export { out: to },
+            command:
+                schema::SchemaCommand::Export {
+                    out: to,
+                    lang,
+                    from,
+                },
             remote,
-        } => schema::export(&Client::new(&remote)?, to.as_deref(), &mut out).await,
+        } => {
+            let client = || Ok(Client::new(&remote)?);
+            schema::export(client, from.as_deref(), lang, to.as_deref(), &mut out).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut out);
             Ok(())

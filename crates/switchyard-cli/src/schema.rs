@@ -1,12 +1,14 @@
 //! `switchyard schema`: `check OLD NEW` compares two JSON Schemas (exit 0 compatible, 1
-//! incompatible, 2 unreadable input); `export` writes the node's AsyncAPI document.
+//! incompatible, 2 unreadable input); `export` writes the node's AsyncAPI document, or with
+//! `--lang python` its messages as Python dataclasses (from the node, or from a document file
+//! with `--from`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
-use switchyard_contracts::{Mode, check_compatibility};
+use switchyard_contracts::{Mode, check_compatibility, python};
 
 use crate::CliError;
 use crate::client::Client;
@@ -28,12 +30,29 @@ pub enum SchemaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Writes the node's AsyncAPI 3.0 document (`GET /v1/asyncapi.json`).
+    /// Writes the node's AsyncAPI 3.0 document (`GET /v1/asyncapi.json`), or with `--lang
+    /// python` its message types as Python dataclasses for the `switchyard` package.
     Export {
         /// Write to this file instead of standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
+        /// What to write: the AsyncAPI document, or Python code.
+        #[arg(long, value_enum, default_value_t = Lang::Asyncapi)]
+        lang: Lang,
+        /// Read the AsyncAPI document from this file (one `switchyard schema export` wrote)
+        /// instead of asking the node.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
     },
+}
+
+/// What `switchyard schema export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// The AsyncAPI 3.0 document (JSON).
+    Asyncapi,
+    /// One `@dataclass` per message (with `TOPIC`, `VERSION`, `KIND`) and its nested types.
+    Python,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -74,14 +93,28 @@ pub fn check(
     }
 }
 
-/// `switchyard schema export`.
+/// `switchyard schema export`: the document from `from` (a file) or the node `client()`
+/// connects to, written as `lang` to `to` or `out`.
 pub async fn export(
-    client: &Client,
+    client: impl FnOnce() -> Result<Client, CliError>,
+    from: Option<&Path>,
+    lang: Lang,
     to: Option<&Path>,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let doc = client.get_json("v1/asyncapi.json").await?;
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?;
+    let doc = match from {
+        Some(path) => read_schema(path)?,
+        None => client()?.get_json("v1/asyncapi.json").await?,
+    };
+    let text = match lang {
+        Lang::Asyncapi => {
+            serde_json::to_string_pretty(&doc).map_err(|e| CliError::Failure(e.to_string()))?
+        }
+        Lang::Python => python::from_asyncapi(&doc)
+            .map_err(|e| CliError::Failure(format!("no Python code: {e}")))?
+            .trim_end()
+            .to_owned(),
+    };
     match to {
         Some(path) => std::fs::write(path, text + "\n")?,
         None => writeln!(out, "{text}")?,

@@ -184,6 +184,10 @@ async fn start_demo(
     // The app's browser frontend at /app is its Frontend component through the gateway:
     // the layer rules apply to gateway traffic too.
     node.set_topology_enforced(app.topology().clone());
+    // Its message types, for `GET /v1/asyncapi.json` and `switchyard schema export`.
+    let contracts = data_pipeline::contracts::registry()
+        .map_err(|e| CliError::Failure(format!("the demo app's contracts: {e}")))?;
+    node.set_contracts(contracts);
     println!(
         "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails",
         app.topology().components().len(),

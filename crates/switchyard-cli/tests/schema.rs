@@ -73,3 +73,65 @@ fn unreadable_input_and_bad_arguments_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("unknown compatibility mode"), "{err}");
 }
+
+fn export(args: &[&str]) -> (i32, String, String) {
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["schema", "export"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+const PIPELINE_DOC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/data-pipeline/asyncapi.json"
+);
+
+#[test]
+fn export_lang_python_from_a_document_writes_the_committed_pipeline_messages() {
+    let (code, out, err) = export(&["--lang", "python", "--from", PIPELINE_DOC]);
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/python/pipeline_messages.py"
+    ))
+    .unwrap();
+    assert_eq!(out, committed);
+    assert!(out.contains("class PipelineRequest:"), "{out}");
+    // To a file: the same text.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.py");
+    let (code, out, err) = export(&[
+        "--lang",
+        "python",
+        "--from",
+        PIPELINE_DOC,
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), committed);
+    // The document itself, from the file, as it is.
+    let (code, out, _) = export(&["--from", PIPELINE_DOC]);
+    assert_eq!(code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(PIPELINE_DOC).unwrap()).unwrap();
+    assert_eq!(doc, committed);
+}
+
+#[test]
+fn export_lang_python_of_something_that_is_not_a_document_fails_with_the_reason() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema/");
+    let (code, out, err) = export(&["--lang", "python", "--from", &format!("{dir}user-v1.json")]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("components.messages"), "{err}");
+    let (code, _, err) = export(&["--lang", "cobol", "--from", PIPELINE_DOC]);
+    assert_eq!(code, 2, "{err}");
+}

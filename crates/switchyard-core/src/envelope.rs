@@ -12,6 +12,7 @@ use ulid::Ulid;
 
 pub use crate::id::{MessageId, MessageIdError};
 
+use crate::local::Local;
 use crate::topic::Topic;
 
 /// What kind of message an envelope carries.
@@ -205,6 +206,11 @@ pub struct Envelope {
     pub payload: Bytes,
     /// Attempt number and first delivery time.
     pub delivery: DeliveryInfo,
+    /// The typed value `payload` was encoded from, while the message stays in the process
+    /// that published it (see [`Local`]): typed handlers take it instead of decoding. Never
+    /// serialized or compared.
+    #[serde(skip)]
+    pub local: Local,
 }
 
 impl Envelope {
@@ -229,6 +235,7 @@ impl Envelope {
             type_version: 1,
             payload: payload.into(),
             delivery: DeliveryInfo::default(),
+            local: Local::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod id;
+pub mod local;
 pub mod message;
 pub mod outcome;
 pub mod remote;
@@ -29,6 +30,7 @@ pub use error::{
     BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,
     SendError, SubscribeError, TooLarge, TransportError, TransportErrorKind,
 };
+pub use local::Local;
 pub use message::{Command, Message};
 pub use outcome::Outcome;
 pub use remote::{

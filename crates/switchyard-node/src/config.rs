@@ -42,8 +42,16 @@
 //! [[ingest.zmq]]
 //! endpoint = "tcp://127.0.0.1:5555"
 //! topic = "sensors.raw"
+//!
+//! [encryption]              # payloads of these topics are ciphertext in the log / NATS
+//! topics = ["payments.#"]
+//! active = "2026-12"        # the key that encrypts; the others still decrypt
+//! [encryption.keys]         # id = base64 of 32 bytes (`openssl rand -base64 32`)
+//! "2026-11" = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+//! "2026-12" = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,6 +100,8 @@ pub struct NodeConfig {
     pub readiness: ReadinessConfig,
     /// Bus defaults for subscriptions made through the gateway.
     pub bus: BusConfig,
+    /// Payload encryption on the transport (log or NATS). Default: none.
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl Default for NodeConfig {
@@ -108,6 +118,7 @@ impl Default for NodeConfig {
             ingest: IngestConfig::default(),
             readiness: ReadinessConfig::default(),
             bus: BusConfig::default(),
+            encryption: None,
         }
     }
 }
@@ -614,6 +625,92 @@ impl Default for BusConfig {
     }
 }
 
+/// Payload encryption (`switchyard_contracts::Encryption`): payloads of matching topics are
+/// encrypted (XChaCha20-Poly1305) before they reach the transport, so the log's segment files
+/// and NATS streams hold ciphertext; handlers, WebSocket subscribers and the gateway see
+/// plaintext. A message that does not decrypt (unknown key id, wrong key, plaintext on an
+/// encrypted topic) is dead-lettered as it arrived. Nothing is encrypted on the `memory`
+/// transport (nothing is at rest).
+///
+/// From the environment: `SWITCHYARD_ENCRYPTION__TOPICS='["payments.#"]'`,
+/// `SWITCHYARD_ENCRYPTION__KEYS__K2=<base64>`, `SWITCHYARD_ENCRYPTION__ACTIVE=k2` (key ids
+/// read from variable names are lower-cased: use lower-case ids).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EncryptionConfig {
+    /// Topic patterns whose payloads are encrypted (`*` and `#` wildcards).
+    pub topics: Vec<String>,
+    /// Keys by id: base64 of 32 random bytes. Keep a retired key while messages encrypted
+    /// with it may still be read (log, stream, dead letters).
+    pub keys: BTreeMap<String, String>,
+    /// The id of the key that encrypts; may be left out when there is one key.
+    #[serde(default)]
+    pub active: Option<String>,
+    /// Deliver messages that arrive unencrypted on an encrypted topic instead of
+    /// dead-lettering them (while switching encryption on over existing data). Default false.
+    #[serde(default)]
+    pub accept_plaintext: bool,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    /// Names the keys, never their bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("topics", &self.topics)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .field("accept_plaintext", &self.accept_plaintext)
+            .finish()
+    }
+}
+
+impl EncryptionConfig {
+    /// The encryption this section describes; the error names the key at fault.
+    pub fn build(&self) -> Result<switchyard_contracts::Encryption, ConfigError> {
+        use switchyard_contracts::{Encryption, Keyring};
+        let invalid = |key: String, e: switchyard_contracts::EncryptionError| {
+            ConfigError::invalid(key, "(hidden)", e.to_string())
+        };
+        let mut ring = Keyring::new();
+        for (id, key) in &self.keys {
+            ring = ring
+                .with_base64_key(id, key)
+                .map_err(|e| invalid(format!("encryption.keys.{id}"), e))?;
+        }
+        match &self.active {
+            Some(id) => {
+                ring = ring
+                    .with_active(id)
+                    .map_err(|e| ConfigError::invalid("encryption.active", id, e.to_string()))?;
+            }
+            None if self.keys.len() > 1 => {
+                return Err(ConfigError::invalid(
+                    "encryption.active",
+                    "(unset)",
+                    "the id of the key that encrypts, required with more than one key",
+                ));
+            }
+            None => {}
+        }
+        let mut enc = Encryption::new(ring)
+            .map_err(|_| ConfigError::invalid("encryption.keys", "{}", "at least one key"))?;
+        if self.topics.is_empty() {
+            return Err(ConfigError::invalid(
+                "encryption.topics",
+                "[]",
+                "at least one topic pattern",
+            ));
+        }
+        for t in &self.topics {
+            enc = enc
+                .topic(t)
+                .map_err(|e| ConfigError::invalid("encryption.topics", t, e.to_string()))?;
+        }
+        Ok(enc.accept_plaintext(self.accept_plaintext))
+    }
+}
+
 /// A configuration that cannot be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -662,6 +759,7 @@ const SECTIONS: &[&str] = &[
     "ingest",
     "readiness",
     "bus",
+    "encryption",
 ];
 
 impl NodeConfig {

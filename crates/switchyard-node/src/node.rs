@@ -110,6 +110,17 @@ impl Node {
                 }
                 Ok(())
             });
+        // Payload encryption: ciphertext on the transport, plaintext in the process (the
+        // memory transport stores nothing, so it encrypts nothing).
+        if let Some(enc) = &config.encryption {
+            if matches!(transport, TransportHandle::Memory) {
+                tracing::info!(
+                    "encryption: the memory transport stores nothing, so nothing is encrypted"
+                );
+            } else {
+                builder = builder.transport_codec(enc.build()?);
+            }
+        }
         builder = match &transport {
             TransportHandle::Memory => builder,
             TransportHandle::Log(t) => builder.transport(t.clone()),

@@ -207,14 +207,14 @@ filter = "warn"
     return cfg
 
 
-def start_node(tmp: Path, binary: str) -> NodeProcess:
-    """Starts `switchyard serve` on an ephemeral port and waits for its first line, which
-    names the bound address."""
+def start_node(tmp: Path, binary: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
+    """Starts `switchyard serve` (with `extra_args`) on an ephemeral port and waits for its
+    first line, which names the bound address."""
     import threading
 
     stderr_path = tmp / "node.stderr"
     proc = subprocess.Popen(
-        [binary, "serve", "--config", str(_node_config(tmp)), "--listen", "127.0.0.1:0"],
+        [binary, "serve", "--config", str(_node_config(tmp)), "--listen", "127.0.0.1:0", *extra_args],
         cwd=tmp,
         stdout=subprocess.PIPE,
         stderr=open(stderr_path, "wb"),
@@ -239,16 +239,22 @@ def start_node(tmp: Path, binary: str) -> NodeProcess:
     return NodeProcess(proc, url, stderr_path)
 
 
-@pytest.fixture(scope="session")
-def node(tmp_path_factory: pytest.TempPathFactory):
-    """A `switchyard serve` node (memory transport, auth on) for the whole session, killed at
-    the end. Without a buildable binary the node tests skip loudly, unless CI is set."""
+def node_binary() -> str:
+    """The `switchyard` CLI; skips loudly when it cannot be built, unless CI is set."""
     binary = switchyard_binary()
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("the switchyard CLI could not be built and CI is set")
         print("SKIPPING NODE TESTS: the switchyard CLI could not be built")
         pytest.skip("SKIPPING NODE TESTS: the switchyard CLI could not be built")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory):
+    """A `switchyard serve` node (memory transport, auth on) for the whole session, killed at
+    the end. Without a buildable binary the node tests skip loudly, unless CI is set."""
+    binary = node_binary()
     n = start_node(tmp_path_factory.mktemp("node"), binary)
     yield n
     n.proc.kill()

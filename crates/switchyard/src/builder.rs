@@ -13,7 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::handler::BoxHandler;
-use crate::intake::{IntakeCheck, IntakeVerdict};
+use crate::intake::{Codecs, IntakeCheck, IntakeVerdict, TransportCodec};
 use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
 use crate::state::{BusInner, HandlerWrap, PublishHook, RUNNING, ResilienceWrap};
@@ -52,6 +52,7 @@ pub struct BusBuilder {
     transport: Option<Arc<dyn ErasedTransport>>,
     hooks: Vec<PublishHook>,
     intake: Option<IntakeCheck>,
+    codecs: Codecs,
     wrap: Option<HandlerWrap>,
     upcast: Option<Arc<dyn crate::upcast::Upcast>>,
     data_dir: Option<std::path::PathBuf>,
@@ -118,6 +119,7 @@ impl Default for BusBuilder {
             transport: None,
             hooks: Vec::new(),
             intake: None,
+            codecs: Vec::new(),
             wrap: None,
             upcast: None,
             data_dir: None,
@@ -316,6 +318,21 @@ impl BusBuilder {
         self
     }
 
+    /// Adds a [`TransportCodec`]: events are encoded just before the bus hands them to its
+    /// [transport](Self::transport) and decoded as they arrive from it, before filters, the
+    /// [intake check](Self::intake_check) and handlers see them; what the transport stores is
+    /// the encoded form. Codecs encode in the order added and decode in the reverse order
+    /// (add a compressing codec before an encrypting one). A message that does not decode
+    /// is dead-lettered as it arrived (reason `DecodeFailed`), never delivered. Without a
+    /// transport the codecs never run. `switchyard-contracts`' `Encryption` is one.
+    ///
+    /// The size limit ([`max_message_bytes`](Self::max_message_bytes)) is checked again on
+    /// the encoded payload.
+    pub fn transport_codec(mut self, codec: impl TransportCodec) -> Self {
+        self.codecs.push(Arc::new(codec));
+        self
+    }
+
     /// Wraps every single-message handler (subscriptions and command handlers) when it is
     /// registered, outside the subscription's own `.layer`s: a place for middleware every
     /// handler should have. A later call replaces an earlier one. Under
@@ -418,6 +435,7 @@ impl BusBuilder {
                 transport: self.transport,
                 hooks: self.hooks,
                 intake: self.intake,
+                codecs: self.codecs,
                 wrap: self.wrap,
                 upcast: self.upcast,
                 resilience: resilience_wrap,

@@ -58,7 +58,7 @@ impl Ctx {
     /// set), also from tasks the handler spawned.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), switchyard_core::PublishError> {
         let env = msg.to_envelope()?.caused_by(&self.envelope);
-        self.bus.publish_envelope(env).await
+        self.bus.publish_local(env, Some(msg)).await
     }
 
     /// Sends a command as a consequence of the message being handled.

@@ -3,10 +3,16 @@
 //!
 //! The bus knows nothing of schemas; `switchyard-contracts`' `Validator::intake_check` is the
 //! check that validates foreign messages against the registered JSON Schemas.
+//!
+//! A [`TransportCodec`] (see [`BusBuilder::transport_codec`](crate::BusBuilder::transport_codec))
+//! is the reversible step around the transport: it encodes what the bus hands to the transport
+//! and decodes what comes back before anything (filters, the intake check, handlers) sees it.
+//! `switchyard-contracts`' `Encryption` is one: payloads are ciphertext in the log and in NATS
+//! streams, plaintext for handlers.
 
 use std::sync::Arc;
 
-use switchyard_core::Envelope;
+use switchyard_core::{Envelope, PublishError};
 
 /// What the [intake check](crate::BusBuilder::intake_check) says about one envelope that
 /// arrived over the transport.
@@ -25,3 +31,38 @@ pub enum IntakeVerdict {
 
 /// The check as the bus keeps it.
 pub(crate) type IntakeCheck = Arc<dyn Fn(&Envelope) -> IntakeVerdict + Send + Sync>;
+
+/// A reversible transformation of the events a bus carries on its
+/// [transport](crate::BusBuilder::transport): [`encode`](Self::encode) runs on each event just
+/// before it is handed to the transport (after the publish hooks), [`decode`](Self::decode) on
+/// each envelope that arrives from it, before the subscription's filters, the
+/// [intake check](crate::BusBuilder::intake_check) and the handler see it. What is at rest in
+/// the transport (the log's segment files, a NATS stream) is the encoded form.
+///
+/// Only events on a transport pass through it: an in-memory bus never encodes (nothing leaves
+/// the process), and commands and requests sent to another process travel over the
+/// transport's request/reply path unencoded (they are not stored).
+pub trait TransportCodec: Send + Sync + 'static {
+    /// Encodes one event on its way to the transport. An error is what the publisher gets;
+    /// nothing is published.
+    fn encode(&self, env: &mut Envelope) -> Result<(), PublishError>;
+
+    /// Decodes one envelope that arrived from the transport. An error (its text says why)
+    /// means the message is never delivered: the envelope *as it arrived* (raw bytes) goes
+    /// to the dead-letter sink with reason `DecodeFailed` and the text as its error, and the
+    /// delivery is terminated so it is not redelivered.
+    fn decode(&self, env: &mut Envelope) -> Result<(), String>;
+}
+
+impl<T: TransportCodec + ?Sized> TransportCodec for Arc<T> {
+    fn encode(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        (**self).encode(env)
+    }
+
+    fn decode(&self, env: &mut Envelope) -> Result<(), String> {
+        (**self).decode(env)
+    }
+}
+
+/// The codecs as the bus keeps them, in the order added.
+pub(crate) type Codecs = Vec<Arc<dyn TransportCodec>>;

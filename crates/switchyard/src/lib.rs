@@ -63,7 +63,7 @@ pub use ctx::Ctx;
 pub use handler::{
     BoxBatchHandler, BoxHandler, BoxPrefetchHandler, IntoOutcome, boxed, handler_fn,
 };
-pub use intake::IntakeVerdict;
+pub use intake::{IntakeVerdict, TransportCodec};
 pub use publish::{BatchPublishError, HandlerFailure, WaitReport};
 pub use queue::Overflow;
 pub use reply::CommandResult;

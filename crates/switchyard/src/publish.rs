@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use switchyard_core::{
-    DeadLetter, DeadLetterReason, Envelope, Message, PublishError, SendError, TooLarge, Topic,
-    TransportError, TransportErrorKind,
+    DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
+    Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::oneshot;
 
@@ -152,26 +152,50 @@ impl Bus {
     /// Publishes a typed event on `M::TOPIC`. Returns once every matching subscription has
     /// accepted it (queued), or says which refused it.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
-        self.publish_envelope(msg.to_envelope()?).await
+        let env = msg.to_envelope()?;
+        self.publish_local(env, Some(msg)).await
     }
 
     /// Publishes a typed event on another topic than `M::TOPIC`.
     pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
         let mut env = msg.to_envelope()?;
         env.topic = Topic::new(topic)?;
-        self.publish_envelope(env).await
+        self.publish_local(env, Some(msg)).await
     }
 
     /// Publishes an envelope to every subscription whose pattern matches its topic.
     ///
     /// When called from a handler, the envelope is recorded as caused by the message being
     /// handled and inherits its correlation id (unless one was set).
-    pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
+    pub fn publish_envelope(
+        &self,
+        env: Envelope,
+    ) -> impl Future<Output = Result<(), PublishError>> + '_ {
+        // The one async layer is `publish_local`'s (not an `async fn` here: a second layer
+        // would copy the envelope once more per publish).
+        self.publish_local(env, None::<()>)
+    }
+
+    /// [`Bus::publish_envelope`] of `env`, encoded from `msg` when there is one: on the
+    /// in-process path (no transport) and when no publish hook could have rewritten the
+    /// payload, `msg` travels beside it ([`Envelope::local`]) and the first typed handler
+    /// takes it instead of decoding the payload. One async layer for every publish: each
+    /// layer would copy the envelope into its own future.
+    pub(crate) async fn publish_local<M: Send + 'static>(
+        &self,
+        mut env: Envelope,
+        msg: Option<M>,
+    ) -> Result<(), PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
         if let Some(transport) = &self.inner.transport {
             return self.publish_via(transport.as_ref(), env).await;
+        }
+        if let Some(msg) = msg
+            && self.inner.hooks.is_empty()
+        {
+            env.local = Local::new(msg, &env.payload);
         }
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
@@ -205,8 +229,22 @@ impl Bus {
     async fn publish_via(
         &self,
         transport: &dyn ErasedTransport,
-        env: Envelope,
+        mut env: Envelope,
     ) -> Result<(), PublishError> {
+        if !self.inner.codecs.is_empty() {
+            self.inner
+                .codecs
+                .iter()
+                .try_for_each(|codec| codec.encode(&mut env))?;
+            let (limit, limit_of) = self.inner.size_limit;
+            if env.payload.len() > limit {
+                return Err(PublishError::TooLarge(TooLarge {
+                    size: env.payload.len(),
+                    limit,
+                    limit_of,
+                }));
+            }
+        }
         let expected = owed_deliveries(&self.inner.router.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);

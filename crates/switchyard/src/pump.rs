@@ -86,21 +86,56 @@ impl SubShared {
             accepted.settle(Settled::DeadLettered);
             return Ok(());
         }
-        if !self.accepts(&delivery.envelope) {
+        // Decoded (e.g. decrypted) before anything looks at the payload; the delivery keeps
+        // the envelope as it arrived, which is what a dead letter carries.
+        let decoded = if bus.codecs.is_empty() {
+            None
+        } else {
+            let mut env = delivery.envelope.clone();
+            let failed = bus
+                .codecs
+                .iter()
+                .rev()
+                .find_map(|codec| codec.decode(&mut env).err());
+            if let Some(why) = failed {
+                inc(&self.counters.decode_failed);
+                inc(&self.counters.dead_lettered);
+                tracing::warn!(
+                    subscription = %self.name(),
+                    topic = %delivery.envelope.topic,
+                    message_id = %delivery.envelope.id,
+                    "could not decode a message from the transport: {why}"
+                );
+                bus.dead_letter(
+                    DeadLetter::new(
+                        delivery.envelope.clone(),
+                        DeadLetterReason::DecodeFailed,
+                        why,
+                    )
+                    .with_handler(self.config.name.clone()),
+                );
+                self.settle(delivery, false).await;
+                accepted.settle(Settled::DeadLettered);
+                return Ok(());
+            }
+            Some(env)
+        };
+        let arrived = decoded.as_ref().unwrap_or(&delivery.envelope);
+        if !self.accepts(arrived) {
             inc(&self.counters.filtered);
             self.settle(delivery, true).await;
             accepted.settle(Settled::Acked);
             return Ok(());
         }
         if let Some(check) = &bus.intake {
-            match check(&delivery.envelope) {
+            match check(arrived) {
                 IntakeVerdict::Accept => {}
                 IntakeVerdict::Warn(why) => {
                     inc(&self.counters.intake_warned);
                     tracing::warn!(
                         subscription = %self.name(),
-                        topic = %delivery.envelope.topic,
-                        message_id = %delivery.envelope.id,
+                        topic = %arrived.topic,
+                        message_id = %arrived.id,
                         "intake check: {why}"
                     );
                 }
@@ -119,7 +154,7 @@ impl SubShared {
                 }
             }
         }
-        let mut env = delivery.envelope.clone();
+        let mut env = decoded.unwrap_or_else(|| delivery.envelope.clone());
         // One count: the transport numbers this delivery from 1, and the worker numbers every
         // call it makes by adding one to what the queued envelope says, as it does for an
         // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts

@@ -118,6 +118,8 @@ pub(crate) struct BusInner {
     pub(crate) hooks: Vec<PublishHook>,
     /// Checks what arrives from the transport before it is queued (`pump`).
     pub(crate) intake: Option<crate::intake::IntakeCheck>,
+    /// Encode events for the transport and decode what arrives (`publish_via`, `pump`).
+    pub(crate) codecs: crate::intake::Codecs,
     pub(crate) wrap: Option<HandlerWrap>,
     /// Upcasts older message versions before typed handlers decode them (`upcast`).
     pub(crate) upcast: Option<std::sync::Arc<dyn crate::upcast::Upcast>>,

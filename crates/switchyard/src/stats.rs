@@ -47,7 +47,8 @@ pub struct SubscriptionStats {
     pub dropped: u64,
     /// Publishes refused because the queue was full.
     pub refused_full: u64,
-    /// Messages whose payload could not be decoded.
+    /// Messages whose payload could not be decoded (into the handler's type, or by a
+    /// transport codec such as decryption).
     pub decode_failed: u64,
     /// Messages a filter kept out of the queue.
     pub filtered: u64,

@@ -32,6 +32,10 @@ pub trait Upcast: Send + Sync + 'static {
 
 /// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
 pub(crate) fn decode<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
+    // Published as a `T` in this process: the value itself, once (see `Local`).
+    if let Some(msg) = env.local.take::<T>(&env.payload) {
+        return Ok(msg);
+    }
     if env.type_version < T::VERSION
         && env.type_name.as_deref() == Some(T::type_name())
         && let Some(inner) = bus.upgrade()

@@ -18,6 +18,7 @@ use switchyard::{
 };
 use switchyard_components::builtin::Anomaly;
 use switchyard_components::{ComponentBuilder, ErrorInfo, RequestId};
+use switchyard_contracts::{Contract, JsonSchema};
 
 use crate::modules::{Store, Tables};
 use crate::{DOMAINS, PerformanceSettings};
@@ -43,12 +44,15 @@ pub const COLUMNS: [&str; 5] = ["date", "region", "product", "units", "unit_pric
 const KEEP_RUNS: usize = 500;
 
 /// `cpm.query.runs`: the history of runs, newest first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct RunsQuery {
     /// At most this many (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<usize>,
 }
+
+impl Contract for RunsQuery {}
 
 impl Message for RunsQuery {
     const TOPIC: &'static str = "cpm.query.runs";
@@ -59,7 +63,8 @@ impl Command for RunsQuery {
 }
 
 /// `cpm.query.run`: one run with its data; `{"run": null}` for an unknown run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct RunQuery {
     /// The run.
     pub run_id: String,
@@ -67,6 +72,8 @@ pub struct RunQuery {
     #[serde(default)]
     pub preview_rows: Option<usize>,
 }
+
+impl Contract for RunQuery {}
 
 impl Message for RunQuery {
     const TOPIC: &'static str = "cpm.query.run";

@@ -18,6 +18,7 @@
 //! ```
 
 mod app;
+pub mod contracts;
 pub mod frontend_api;
 pub mod modules;
 pub mod sensors;
@@ -32,6 +33,7 @@ use switchyard::{Bus, DeadLetter, Message, MessageId, PublishError, SubscribeErr
 use switchyard_components::builtin::{Alert, ComponentHealth, ErrorHandlerStats, ResourceSample};
 use switchyard_components::trace::Trace;
 use switchyard_components::{ContextStats, EnforcementStats, ErrorInfo, StartError};
+use switchyard_contracts::{Contract, JsonSchema};
 use tokio::sync::mpsc;
 
 pub use app::{DemoApp, run_demo};
@@ -52,7 +54,8 @@ pub const DOMAINS: [(&str, &str); 6] = [
 pub const DATASET: &str = "sales.csv";
 
 /// What the frontend sends to the CPM on `cpm.pipeline.request`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct PipelineRequest {
     /// Identifies the run (keys every table).
     pub run_id: String,
@@ -93,6 +96,8 @@ impl PipelineRequest {
     }
 }
 
+impl Contract for PipelineRequest {}
+
 impl Message for PipelineRequest {
     const TOPIC: &'static str = "cpm.pipeline.request";
 }
@@ -100,18 +105,22 @@ impl Message for PipelineRequest {
 /// What the frontend sends to the CPM on `cpm.pipeline.cancel`: stop a running run. The run
 /// becomes `cancelled`; the domain step under way finishes, and no further step of the run is
 /// taken (no next domain, no retry). A run that is not running is left as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct PipelineCancel {
     /// The run.
     pub run_id: String,
 }
+
+impl Contract for PipelineCancel {}
 
 impl Message for PipelineCancel {
     const TOPIC: &'static str = "cpm.pipeline.cancel";
 }
 
 /// The request passed down every domain chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "switchyard_contracts::schemars")]
 pub struct Job {
     /// The run.
     pub run_id: String,
@@ -129,6 +138,8 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
 }
+
+impl Contract for Job {}
 
 impl Message for Job {
     const TOPIC: &'static str = "pipeline.job.request";
@@ -288,6 +299,9 @@ pub enum DemoError {
     /// The database could not be opened (unsupported URL, unreachable, migrations refused).
     #[error("store: {0}")]
     Store(#[from] modules::StoreError),
+    /// The app's message contracts could not be registered.
+    #[error("contracts: {0}")]
+    Contracts(#[from] switchyard_contracts::RegistryError),
 }
 
 /// The outcome of one pipeline run.

@@ -4,6 +4,8 @@
 
 mod asyncapi;
 mod compat;
+mod encrypt;
+mod python;
 mod schema;
 mod upcast;
 mod validate;

@@ -8,6 +8,7 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod encryption;
 mod fault;
 mod faulty;
 mod groups;

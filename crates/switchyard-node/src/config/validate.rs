@@ -15,6 +15,9 @@ impl NodeConfig {
             ));
         }
         self.validate_auth()?;
+        if let Some(enc) = &self.encryption {
+            enc.build()?;
+        }
         let l = &self.limits;
         positive("limits.max_body_bytes", l.max_body_bytes as u64)?;
         positive("limits.max_message_bytes", l.max_message_bytes as u64)?;

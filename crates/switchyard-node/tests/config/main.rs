@@ -338,3 +338,59 @@ async fn log_retention_from_the_config_removes_old_segments() {
         .await
         .unwrap();
 }
+
+const K1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+#[test]
+fn the_encryption_section_reads_keys_and_topics_from_the_file_and_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "node.toml",
+            &format!("[encryption]\ntopics = [\"payments.#\"]\n[encryption.keys]\nk1 = \"{K1}\"\n"),
+        )?;
+        // Rotation from the environment: a second key, made the active one.
+        jail.set_env("SWITCHYARD_ENCRYPTION__KEYS__K2", K2);
+        jail.set_env("SWITCHYARD_ENCRYPTION__ACTIVE", "k2");
+        let c = NodeConfig::load(Some(Path::new("node.toml"))).unwrap();
+        let section = c.encryption.as_ref().unwrap();
+        assert_eq!(section.topics, ["payments.#"]);
+        let enc = section.build().unwrap();
+        assert_eq!(enc.keyring().ids().collect::<Vec<_>>(), ["k1", "k2"]);
+        assert_eq!(enc.keyring().active_id(), Some("k2"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(K1) && !debug.contains(K2), "{debug}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_invalid_encryption_section_names_the_key_at_fault() {
+    let load = |section: &str| NodeConfig::from_toml(&format!("[encryption]\n{section}"));
+    let keys = format!("[encryption.keys]\nk1 = \"{K1}\"\nk2 = \"{K2}\"\n");
+    let (key, _, allowed) = invalid(load(&format!("topics = [\"a.#\"]\n{keys}")).unwrap_err());
+    assert_eq!(key, "encryption.active");
+    assert!(
+        allowed.contains("required with more than one key"),
+        "{allowed}"
+    );
+    let (key, _, allowed) =
+        invalid(load(&format!("topics = [\"a.#\"]\nactive = \"k3\"\n{keys}")).unwrap_err());
+    assert_eq!(key, "encryption.active");
+    assert!(allowed.contains("no key k3"), "{allowed}");
+    let (key, value, allowed) =
+        invalid(load("topics = [\"a.#\"]\n[encryption.keys]\nshort = \"AQID\"\n").unwrap_err());
+    assert_eq!(
+        (key.as_str(), value.as_str()),
+        ("encryption.keys.short", "(hidden)")
+    );
+    assert!(allowed.contains("3 bytes, a key has 32"), "{allowed}");
+    let (key, _, _) =
+        invalid(load("topics = [\"a.#\"]\n[encryption.keys]\nk1 = \"not base64!\"\n").unwrap_err());
+    assert_eq!(key, "encryption.keys.k1");
+    let (key, _, _) =
+        invalid(load(&format!("topics = []\n[encryption.keys]\nk1 = \"{K1}\"\n")).unwrap_err());
+    assert_eq!(key, "encryption.topics");
+    let (key, _, _) = invalid(load("topics = [\"a.#\"]\n[encryption.keys]\n").unwrap_err());
+    assert_eq!(key, "encryption.keys");
+}

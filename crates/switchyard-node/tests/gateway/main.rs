@@ -8,6 +8,7 @@ mod acl;
 mod api;
 mod asyncapi;
 mod dlq;
+mod encryption;
 mod live;
 mod malformed;
 mod observe;

@@ -8,6 +8,7 @@ mod close_twice;
 mod commands;
 mod failures;
 mod limits;
+mod local;
 mod ordering;
 mod prefetch;
 mod routing;

@@ -253,3 +253,128 @@ async fn messages_this_bus_publishes_are_checked_when_they_come_back_over_the_tr
     assert!(handled.try_recv().is_err());
     bus.shutdown(WAIT).await.unwrap();
 }
+
+/// Appends `A` on the way out, strips it on the way in.
+struct Suffix;
+impl switchyard::TransportCodec for Suffix {
+    fn encode(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        let mut p = env.payload.to_vec();
+        p.push(b'A');
+        env.payload = p.into();
+        Ok(())
+    }
+    fn decode(&self, env: &mut Envelope) -> Result<(), String> {
+        match env.payload.strip_suffix(b"A") {
+            Some(rest) => {
+                env.payload = rest.to_vec().into();
+                Ok(())
+            }
+            None => Err("no A suffix".into()),
+        }
+    }
+}
+
+/// Reverses the bytes and prefixes `B:` on the way out, undoes both on the way in (so it
+/// does not commute with `Suffix`: decoding in the wrong order fails).
+struct Prefix;
+impl switchyard::TransportCodec for Prefix {
+    fn encode(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        let reversed: Vec<u8> = env.payload.iter().rev().copied().collect();
+        env.payload = [b"B:", &reversed[..]].concat().into();
+        Ok(())
+    }
+    fn decode(&self, env: &mut Envelope) -> Result<(), String> {
+        match env.payload.strip_prefix(b"B:") {
+            Some(rest) => {
+                env.payload = rest.iter().rev().copied().collect::<Vec<u8>>().into();
+                Ok(())
+            }
+            None => Err("no B: prefix".into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_codecs_encode_in_order_decode_in_reverse_and_an_undecodable_message_is_dead_lettered_raw()
+ {
+    let (wire, mut settled) = wire();
+    // The intake check sees what the codecs decoded: it refuses anything that is not JSON.
+    let bus = Bus::builder()
+        .transport(wire.clone())
+        .transport_codec(Suffix)
+        .transport_codec(Prefix)
+        .intake_check(|env: &Envelope| match env.payload.first() {
+            Some(b'{') => IntakeVerdict::Accept,
+            _ => IntakeVerdict::Reject("not decoded".into()),
+        })
+        .build()
+        .unwrap();
+    let (sub, mut handled) = start(&bus).await;
+    // Through the bus: encoded as B:<reversed json + A>, decoded back (in reverse order)
+    // before the check and the handler.
+    bus.publish(Job { n: 4 }).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, handled.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        4
+    );
+    // Straight onto the wire: one without the suffix, one not encoded at all.
+    let topic = Topic::new("jobs.created").unwrap();
+    let no_suffix = Envelope::new(topic.clone(), r#"B:{"n": 5}"#);
+    let plain = Envelope::new(topic, r#"{"n": 6}"#);
+    wire.publish(vec![no_suffix.clone(), plain.clone()])
+        .await
+        .unwrap();
+    let mut hows: Vec<&str> = settlements(&mut settled, 3)
+        .await
+        .into_iter()
+        .map(|(_, how)| how)
+        .collect();
+    hows.sort_unstable();
+    assert_eq!(hows, ["ack", "term", "term"]);
+    bus.run_until_idle().await;
+    assert!(
+        handled.try_recv().is_err(),
+        "undecodable ones are never handled"
+    );
+    let mut letters = bus.dead_letters().unwrap().list();
+    letters.sort_by_key(|l| l.envelope.payload.clone());
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!(
+        letters[0].envelope.payload, no_suffix.payload,
+        "kept as it arrived"
+    );
+    assert_eq!(letters[0].error, "no A suffix");
+    assert_eq!(letters[1].envelope.payload, plain.payload);
+    assert_eq!(letters[1].error, "no B: prefix");
+    for l in &letters {
+        assert_eq!(l.reason, DeadLetterReason::DecodeFailed);
+        assert_eq!(l.handler.as_deref(), Some("worker"));
+    }
+    let stats = sub.stats();
+    assert_eq!(
+        (
+            stats.decode_failed,
+            stats.dead_lettered,
+            stats.intake_rejected
+        ),
+        (2, 2, 0)
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_in_memory_bus_never_runs_its_codecs() {
+    let bus = Bus::builder().transport_codec(Prefix).build().unwrap();
+    let (_sub, mut handled) = start(&bus).await;
+    bus.publish(Job { n: 8 }).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, handled.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        8
+    );
+}

@@ -1,0 +1,375 @@
+//! Issue 19, item 6: payload encryption. On a bus with a transport (the embedded log here;
+//! NATS in switchyard-nats' tests) payloads of encrypted topics are ciphertext at rest and
+//! plaintext for handlers; keys rotate; a wrong or missing key dead-letters the message as it
+//! arrived.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard::{
+    Bus, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, Message, Publisher, Topic,
+};
+use switchyard_contracts::{Encryption, EncryptionError, KEY_HEADER, Keyring};
+use switchyard_log::{LogConfig, LogTransport};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+const MARKER: &str = "MARKER-4111-1111-1111-1111";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CardCharged {
+    card: String,
+    cents: u64,
+}
+impl Message for CardCharged {
+    const TOPIC: &'static str = "payments.charged";
+}
+
+fn charge(n: u64) -> CardCharged {
+    CardCharged {
+        card: MARKER.to_owned(),
+        cents: n,
+    }
+}
+
+fn keys(list: &[(&str, u8)]) -> Keyring {
+    list.iter().fold(Keyring::new(), |ring, (id, byte)| {
+        ring.with_key(id, &[*byte; 32]).unwrap()
+    })
+}
+
+fn encryption(ring: Keyring) -> Encryption {
+    Encryption::new(ring).unwrap().topic("payments.#").unwrap()
+}
+
+struct Letters(mpsc::UnboundedSender<DeadLetter>);
+impl DeadLetterSink for Letters {
+    fn put(&self, letter: DeadLetter) {
+        let _ = self.0.send(letter);
+    }
+}
+
+fn open_log(dir: &Path) -> LogTransport {
+    LogTransport::open(LogConfig::new(dir)).unwrap()
+}
+
+/// A bus on `log` (with `enc` as its codec, if any) and a typed handler whose messages come
+/// out of the receiver.
+async fn typed_bus(
+    log: LogTransport,
+    enc: Option<Encryption>,
+    group: &str,
+) -> (
+    Bus,
+    switchyard::Subscription,
+    mpsc::UnboundedReceiver<CardCharged>,
+    mpsc::UnboundedReceiver<DeadLetter>,
+) {
+    let (dtx, drx) = mpsc::unbounded_channel();
+    let mut b = Bus::builder().transport(log).dead_letters(Letters(dtx));
+    if let Some(enc) = enc {
+        b = b.transport_codec(enc);
+    }
+    let bus = b.build().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = bus
+        .on(group, move |c: CardCharged, _ctx| {
+            let tx = tx.clone();
+            async move { tx.send(c).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    (bus, sub, rx, drx)
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out")
+        .expect("channel closed")
+}
+
+/// Every stored record of the stream holding `payments.charged`.
+fn stored(log: &LogTransport) -> Vec<Envelope> {
+    let stream = log
+        .stream_for(&Topic::new(CardCharged::TOPIC).unwrap())
+        .unwrap()
+        .to_owned();
+    log.read_range(&stream, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.envelope)
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether any file under `dir` contains `needle`, and how many files were read.
+fn grep_files(dir: &Path, needle: &[u8]) -> (bool, usize) {
+    let mut found = false;
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            let (f, n) = grep_files(&entry.path(), needle);
+            found |= f;
+            files += n;
+        } else {
+            files += 1;
+            found |= contains(&std::fs::read(entry.path()).unwrap(), needle);
+        }
+    }
+    (found, files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_handler_gets_the_decrypted_value_of_an_encrypted_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, sub, mut rx, _letters) = typed_bus(
+        open_log(dir.path()),
+        Some(encryption(keys(&[("k1", 1)]))),
+        "billing",
+    )
+    .await;
+    bus.publish(charge(1250)).await.unwrap();
+    assert_eq!(next(&mut rx).await, charge(1250));
+    assert_eq!(sub.stats().decode_failed, 0);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// Publishes a payload with the marker on a log-backed bus, with or without encryption, and
+/// greps every file under the log directory for it.
+async fn marker_on_disk(encrypted: bool) -> (bool, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let enc = encrypted.then(|| encryption(keys(&[("k1", 1)])));
+    let (bus, _sub, mut rx, _letters) = typed_bus(open_log(dir.path()), enc, "billing").await;
+    bus.publish(charge(7)).await.unwrap();
+    // Handled (so it went through the log and came back), then closed (so it is on disk).
+    assert_eq!(next(&mut rx).await, charge(7));
+    bus.shutdown(WAIT).await.unwrap();
+    grep_files(dir.path(), MARKER.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_files_hold_ciphertext_only_when_the_topic_is_encrypted() {
+    let (found, files) = marker_on_disk(false).await;
+    assert!(files > 0);
+    assert!(
+        found,
+        "without encryption the marker is on disk (the grep works)"
+    );
+    let (found, files) = marker_on_disk(true).await;
+    assert!(files > 0);
+    assert!(
+        !found,
+        "with encryption the plaintext marker is nowhere on disk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_rotation_old_messages_still_decrypt_and_new_ones_use_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before the rotation: k1 is the only key; a message is written and not yet consumed.
+    let bus = Bus::builder()
+        .transport(open_log(dir.path()))
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .build()
+        .unwrap();
+    bus.publish(charge(1)).await.unwrap();
+    bus.shutdown(WAIT).await.unwrap();
+
+    // After: k2 is added and active, k1 kept to decrypt.
+    let log = open_log(dir.path());
+    let ring = keys(&[("k1", 1), ("k2", 2)]);
+    assert_eq!(ring.active_id(), Some("k2"));
+    let (bus, sub, mut rx, _letters) =
+        typed_bus(log.clone(), Some(encryption(ring)), "billing").await;
+    assert_eq!(next(&mut rx).await, charge(1), "the k1 message decrypts");
+    bus.publish(charge(2)).await.unwrap();
+    assert_eq!(next(&mut rx).await, charge(2));
+    assert_eq!(sub.stats().decode_failed, 0);
+
+    let at_rest = stored(&log);
+    let ids: Vec<Option<&str>> = at_rest.iter().map(|e| e.header(KEY_HEADER)).collect();
+    assert_eq!(ids, [Some("k1"), Some("k2")]);
+    assert!(
+        at_rest
+            .iter()
+            .all(|e| !contains(&e.payload, MARKER.as_bytes()))
+    );
+    bus.shutdown(WAIT).await.unwrap();
+
+    // Once k1 is retired (dropped from the keyring), its message no longer decrypts.
+    let ring = keys(&[("k2", 2)]);
+    let (bus, _sub, mut rx, mut letters) =
+        typed_bus(open_log(dir.path()), Some(encryption(ring)), "audit").await;
+    let letter = next(&mut letters).await;
+    assert_eq!(letter.envelope.header(KEY_HEADER), Some("k1"));
+    assert_eq!(next(&mut rx).await, charge(2));
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_key_dead_letters_the_raw_message_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    // Written by other processes: one with another key under the reader's id, one with a key
+    // the reader does not have, one in plaintext, and one the reader can open.
+    let sealed = |ring: Keyring, n: u64| {
+        let mut env = charge(n).to_envelope().unwrap();
+        encryption(ring).seal(&mut env).unwrap();
+        env
+    };
+    let wrong = sealed(keys(&[("k1", 66)]), 1);
+    let missing = sealed(keys(&[("k9", 9)]), 2);
+    let plain = charge(3).to_envelope().unwrap();
+    let good = sealed(keys(&[("k1", 1)]), 4);
+    log.publish(vec![wrong.clone(), missing.clone(), plain.clone(), good])
+        .await
+        .unwrap();
+
+    let (bus, sub, mut rx, mut letters) =
+        typed_bus(log.clone(), Some(encryption(keys(&[("k1", 1)]))), "billing").await;
+    assert_eq!(next(&mut rx).await, charge(4));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut letters).await);
+    }
+    got.sort_by_key(|l| l.envelope.id.clone());
+    let mut expected = [&wrong, &missing, &plain];
+    expected.sort_by_key(|e| e.id.clone());
+    for (letter, raw) in got.iter().zip(expected) {
+        assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
+        assert_eq!(letter.handler.as_deref(), Some("billing"));
+        assert_eq!(
+            letter.envelope.payload, raw.payload,
+            "the raw bytes are kept"
+        );
+        assert_eq!(letter.envelope.header(KEY_HEADER), raw.header(KEY_HEADER));
+        let why = &letter.error;
+        if letter.envelope.id == wrong.id {
+            assert!(
+                why.contains("does not decrypt with key k1: wrong key"),
+                "{why}"
+            );
+        } else if letter.envelope.id == missing.id {
+            assert!(
+                why.contains("no key k9 in the keyring (it has: k1)"),
+                "{why}"
+            );
+        } else {
+            assert!(why.contains("not encrypted"), "{why}");
+        }
+    }
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .unwrap();
+    assert!(rx.try_recv().is_err(), "none of them reached the handler");
+    let stats = sub.stats();
+    assert_eq!((stats.decode_failed, stats.dead_lettered), (3, 3));
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_plaintext_lets_unencrypted_messages_through_while_switching_encryption_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    log.publish(vec![charge(5).to_envelope().unwrap()])
+        .await
+        .unwrap();
+    let enc = encryption(keys(&[("k1", 1)])).accept_plaintext(true);
+    let (bus, _sub, mut rx, _letters) = typed_bus(log, Some(enc), "billing").await;
+    assert_eq!(next(&mut rx).await, charge(5));
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// The in-memory path does not encrypt: nothing leaves the process, nothing is at rest.
+#[tokio::test]
+async fn an_in_memory_bus_never_encrypts() {
+    let bus = Bus::builder()
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .build()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _sub = bus
+        .subscribe(
+            "raw",
+            "payments.#",
+            switchyard::handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move { tx.send(env).map_err(|e| e.to_string()) }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    bus.publish(charge(6)).await.unwrap();
+    let env = next(&mut rx).await;
+    assert_eq!(env.header(KEY_HEADER), None);
+    assert!(contains(&env.payload, MARKER.as_bytes()));
+}
+
+#[test]
+fn sealing_binds_the_topic_and_rotation_keeps_old_keys() {
+    let old = encryption(keys(&[("k1", 1)]));
+    let mut env = charge(8).to_envelope().unwrap();
+    old.seal(&mut env).unwrap();
+    assert_eq!(env.content_type, switchyard_contracts::SEALED_CONTENT_TYPE);
+    // Sealing twice (a dead letter replayed as it was) does not encrypt again.
+    let once = env.payload.clone();
+    old.seal(&mut env).unwrap();
+    assert_eq!(env.payload, once);
+
+    let rotated = encryption(keys(&[("k1", 1), ("k2", 2)]));
+    let mut moved = env.clone();
+    moved.topic = Topic::new("payments.refunded").unwrap();
+    assert_eq!(
+        rotated.open(&mut moved),
+        Err(EncryptionError::Decrypt { id: "k1".into() }),
+        "a sealed payload moved to another topic does not open"
+    );
+    rotated.open(&mut env).unwrap();
+    assert_eq!(env.content_type, "application/json");
+    assert_eq!(env.header(KEY_HEADER), None);
+    assert_eq!(
+        serde_json::from_slice::<CardCharged>(&env.payload).unwrap(),
+        charge(8)
+    );
+
+    let mut fresh = charge(9).to_envelope().unwrap();
+    rotated.seal(&mut fresh).unwrap();
+    assert_eq!(fresh.header(KEY_HEADER), Some("k2"));
+    let pinned = keys(&[("k1", 1), ("k2", 2)]).with_active("k1").unwrap();
+    assert_eq!(pinned.active_id(), Some("k1"));
+
+    assert!(matches!(
+        Keyring::new().with_key("k1", &[0; 16]),
+        Err(EncryptionError::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        Keyring::new().with_key("bad id", &[0; 32]),
+        Err(EncryptionError::InvalidKeyId(_))
+    ));
+    assert!(matches!(
+        keys(&[("k1", 1)]).with_key("k1", &[2; 32]),
+        Err(EncryptionError::DuplicateKey(_))
+    ));
+    assert!(matches!(
+        Encryption::new(Keyring::new()),
+        Err(EncryptionError::NoKeys)
+    ));
+    let b64 = Keyring::new()
+        .with_base64_key("k1", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=")
+        .unwrap();
+    let mut env = charge(10).to_envelope().unwrap();
+    encryption(b64).seal(&mut env).unwrap();
+    old.open(&mut env).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<CardCharged>(&env.payload).unwrap(),
+        charge(10)
+    );
+}
