@@ -141,6 +141,8 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
         type_version,
         payload,
         delivery,
+        // The in-process typed value: `#[serde(skip)]`, never stored.
+        local: _,
     } = env;
     let DeliveryInfo {
         attempt,
