@@ -308,8 +308,12 @@ impl Envelope {
 
     /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.
     pub fn reply(&self, payload: impl Into<Bytes>) -> Envelope {
-        let mut reply = Envelope::new(self.topic.clone(), payload).caused_by(self);
+        // Filled in place (not through the by-value `caused_by`, which moves the whole
+        // envelope once more): handlers build one of these per command.
+        let mut reply = Envelope::new(self.topic.clone(), payload);
         reply.kind = Kind::Reply;
+        reply.causation_id = Some(self.id.clone());
+        reply.correlation_id = self.correlation_id.clone();
         reply.target = self.source.clone();
         reply
     }

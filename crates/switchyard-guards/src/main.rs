@@ -12,7 +12,9 @@
 //! - `w2_fanout8_typed`, `w2_fanout8_envelope`: one publisher, eight subscriptions on the
 //!   topic (eight deliveries per message);
 //! - `w4_roundtrip_typed`, `w4_roundtrip_envelope`: `bus.send` / `send_envelope` to the one
-//!   handler, which answers; the client is a task on the same runtime.
+//!   handler, which answers; the client is a task on the same runtime;
+//! - `w4_floor_mpsc_oneshot` (not guarded, for comparison): the same round trip over a
+//!   `tokio::sync::mpsc` and a `oneshot`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -198,11 +200,32 @@ async fn roundtrip(typed: bool, n: u64) {
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// The floor of the round trip, for comparison (not guarded): `mpsc` + `oneshot` to a task
+/// that doubles the number, the client a task on the same runtime.
+async fn roundtrip_floor(n: u64) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, tokio::sync::oneshot::Sender<u64>)>(1024);
+    let server = tokio::spawn(async move {
+        while let Some((v, reply)) = rx.recv().await {
+            let _ = reply.send(v * 2);
+        }
+    });
+    tokio::spawn(async move {
+        for i in 0..WARMUP + n {
+            let (rtx, rrx) = tokio::sync::oneshot::channel();
+            tx.send((i, rtx)).await.unwrap();
+            assert_eq!(rrx.await.unwrap(), i * 2);
+        }
+    })
+    .await
+    .unwrap();
+    server.await.unwrap();
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(workload), Some(n)) = (args.next(), args.next()) else {
         eprintln!(
-            "usage: instructions <w1_typed|w1_envelope|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope> <n>"
+            "usage: instructions <w1_typed|w1_envelope|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope|w4_floor_mpsc_oneshot> <n>"
         );
         std::process::exit(2);
     };
@@ -219,6 +242,7 @@ fn main() {
             "w2_fanout8_envelope" => events(false, 8, n).await,
             "w4_roundtrip_typed" => roundtrip(true, n).await,
             "w4_roundtrip_envelope" => roundtrip(false, n).await,
+            "w4_floor_mpsc_oneshot" => roundtrip_floor(n).await,
             other => panic!("unknown workload {other}"),
         }
     });

@@ -5,12 +5,15 @@
 //! With `SWITCHYARD_LOG_REPORT=1` the report compares like with like, in one run:
 //!
 //! 1. **Floor**: one `publish` of B envelopes, awaited, in a loop, against a raw
-//!    `write` + `fdatasync` loop of B records of the log's on-disk record size, for B in 1, 8,
+//!    `write` + `fdatasync` loop of B records of the log's on-disk record size (into a
+//!    pre-allocated file, as the log writes ahead of its data), for B in 1, 8,
 //!    64, 256. The two run interleaved in ten slices each, so a slow spell of the disk (its
 //!    sync latency drifts a lot) hits both; three times over.
 //! 2. **Outstanding publishes**: N tasks each publishing one record at a time (N = 1, 8, 64,
 //!    256 publishes in flight) with p50/p99 latency, records per `fdatasync` and CPU-seconds per
-//!    million records; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
+//!    million records, against the floor of raw `write` + `fdatasync` of N records per round
+//!    into a pre-allocated file: the two alternate in ten slices, and the report gives the
+//!    median of the per-slice ratios over three repeats; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
 //!    `jetstream { sync_interval: always }`), JetStream with the same N async publishes in
 //!    flight on one connection, interleaved with the log in ten slices
 //!    (`SWITCHYARD_BENCH_NATS_PID=<pid of that server>` adds the server's CPU-seconds per
@@ -20,7 +23,9 @@
 //!    in `Interval` mode; with `SWITCHYARD_BENCH_REDIS=host:port`, Redis `XADD` from 1 and 8
 //!    clients; then the open + recovery time of a 500,000-record log.
 //!
-//! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3 (for profiling).
+//! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3, without the criterion part
+//! (for profiling). Both sides write under the system temporary directory: `TMPDIR=/dev/shm`
+//! puts them on tmpfs, where a sync costs nothing and only the CPU is compared.
 //!
 //! Envelopes are built before the timed part (building one is the application's work, and its
 //! cost is printed separately); encoding, framing, CRC, the write, the sync and the wake-up
@@ -147,36 +152,54 @@ fn criterion_part(c: &mut Criterion) {
     group.finish();
 }
 
-/// The floor: a file appended to with `write` of `batch` records of `record_bytes`, then
-/// `fdatasync`, round after round.
+/// The floor: `batch` records of `record_bytes` written with one positional `write` into a
+/// file pre-allocated (written with zeros and synced beforehand, as the log pre-allocates its
+/// segment), then `fdatasync`, round after round; it wraps around at the end of the file.
 struct Raw {
     _dir: tempfile::TempDir,
     file: std::fs::File,
     buf: Vec<u8>,
+    at: u64,
 }
+
+/// Size of the floor's pre-allocated file.
+const RAW_FILE: u64 = 64 << 20;
 
 impl Raw {
     fn new(batch: usize, record_bytes: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
             .open(dir.path().join("raw"))
             .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..RAW_FILE / zeros.len() as u64 {
+            file.write_all(&zeros).unwrap();
+        }
+        file.sync_all().unwrap();
         Self {
             _dir: dir,
             file,
             buf: vec![1u8; record_bytes * batch],
+            at: 0,
         }
     }
 
     /// Runs `rounds` rounds; returns (seconds, CPU-seconds).
     fn run(&mut self, rounds: usize) -> (f64, f64) {
+        use std::os::unix::fs::FileExt;
         let cpu0 = cpu_seconds();
         let start = Instant::now();
         for _ in 0..rounds {
-            self.file.write_all(&self.buf).unwrap();
+            if self.at + self.buf.len() as u64 > RAW_FILE {
+                self.at = 0;
+            }
+            self.file.write_all_at(&self.buf, self.at).unwrap();
             self.file.sync_data().unwrap();
+            self.at += self.buf.len() as u64;
         }
         (start.elapsed().as_secs_f64(), cpu_seconds() - cpu0)
     }
@@ -413,20 +436,35 @@ impl Drop for JetStream {
     }
 }
 
-/// Part (b) for one N: the log with `n` tasks publishing single records (`per` each) and,
-/// with a server, JetStream with `n` publishes in flight (`js_total` in all), interleaved
-/// in `CHUNKS` slices so a slow spell of the disk hits both.
+/// What [`outstanding`] measured: the log, JetStream (with a server), and the floor.
+struct Outstanding {
+    log: Run,
+    js: Option<Run>,
+    /// Raw write + fdatasync of `n` records per round into a pre-allocated file.
+    raw_rate: f64,
+    /// Log rate / floor rate of each slice (the two run back to back in every slice).
+    ratios: Vec<f64>,
+}
+
+/// Part (b) for one N: the log with `n` tasks publishing single records (`per` each), the
+/// floor (rounds of `n` records written and synced into a pre-allocated file, as many
+/// records as the log's slice) and, with a server, JetStream with `n` publishes in flight
+/// (`js_total` in all), interleaved in `CHUNKS` slices so a slow spell of the disk hits all.
 fn outstanding(
     rt: &tokio::runtime::Runtime,
     durability: Durability,
     n: usize,
     per: usize,
     server: Option<(&str, Option<&str>, usize)>,
-) -> (Run, Option<Run>) {
+) -> Outstanding {
     const CHUNKS: usize = 10;
     let dir = tempfile::tempdir().unwrap();
     let log = LogTransport::open(LogConfig::new(dir.path()).with_durability(durability)).unwrap();
-    drive(rt, &log, work(4, 50)); // warm up
+    drive(rt, &log, work(4, 50)); // warm up; also gives the record size
+    let warm = log.stats();
+    let record_bytes = (warm.bytes / warm.records.max(1)) as usize;
+    let mut raw = Raw::new(n, record_bytes);
+    raw.run(5);
     let mut js = server.map(|(addr, pid, total)| {
         let mut js = JetStream::new(addr, n);
         js.run(n.min(total)); // warm up
@@ -434,14 +472,22 @@ fn outstanding(
     });
     let before = log.stats();
     let (mut log_secs, mut log_cpu, mut js_secs, mut js_cpu) = (0.0, 0.0, 0.0, 0.0);
+    let (mut raw_secs, mut raw_records) = (0.0, 0usize);
     let (mut log_lat, mut js_lat) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::with_capacity(CHUNKS);
     for _ in 0..CHUNKS {
+        let (rs, _) = raw.run(per / CHUNKS);
+        raw_secs += rs;
+        raw_records += per / CHUNKS * n;
         let w = work(n, per / CHUNKS);
         let cpu0 = cpu_seconds();
         let start = Instant::now();
         log_lat.extend(drive(rt, &log, w));
-        log_secs += start.elapsed().as_secs_f64();
+        let ls = start.elapsed().as_secs_f64();
+        log_secs += ls;
         log_cpu += cpu_seconds() - cpu0;
+        // Same record count on both sides, so the rate ratio is the time ratio.
+        ratios.push(rs / ls);
         if let Some((js, pid, total)) = js.as_mut() {
             let c0 = pid.map(process_cpu_seconds);
             let (s, lat) = js.run(*total / CHUNKS);
@@ -480,7 +526,12 @@ fn outstanding(
             per_sync: f64::NAN,
         }
     });
-    (log_run, js_run)
+    Outstanding {
+        log: log_run,
+        js: js_run,
+        raw_rate: raw_records as f64 / raw_secs,
+        ratios,
+    }
 }
 
 /// A minimal blocking NATS request client, for stream administration.
@@ -681,8 +732,12 @@ fn report() {
             continue;
         }
         println!("\n-- (b) N outstanding single-record publishes: {title} --");
-        println!("   the two run interleaved in 10 slices each");
+        println!(
+            "   interleaved in 10 slices each with the floor (raw write + fdatasync of N records \
+             per round into a pre-allocated file, as many records as the log's slice)"
+        );
         let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
+        let mut floor_ratios: HashMap<usize, Vec<f64>> = HashMap::new();
         for repeat in 1..=3 {
             for n in [1usize, 8, 64, 256] {
                 let per = match n {
@@ -697,9 +752,21 @@ fn report() {
                     (Durability::Always, _) => 8000,
                     _ => 50_000,
                 };
-                let (run, js) =
-                    outstanding(&rt, durability, n, per, server.map(|a| (a, pid, total)));
-                row(&format!("#{repeat} log        N={n}"), &run, "");
+                let Outstanding {
+                    log: run,
+                    js,
+                    raw_rate,
+                    ratios: slices,
+                } = outstanding(&rt, durability, n, per, server.map(|a| (a, pid, total)));
+                row(
+                    &format!("#{repeat} log        N={n}"),
+                    &run,
+                    &format!(
+                        "raw {raw_rate:>9.0} rec/s  log/raw slice median {:.2}x",
+                        median(slices.clone())
+                    ),
+                );
+                floor_ratios.entry(n).or_default().extend(slices);
                 if let Some(js) = js {
                     let ratio = run.rate / js.rate;
                     ratios.entry(n).or_default().push(ratio);
@@ -710,6 +777,17 @@ fn report() {
                     );
                 }
             }
+        }
+        for n in [1usize, 8, 64, 256] {
+            let r = &floor_ratios[&n];
+            println!(
+                "   N={n:<4} log/raw median of {} slice ratios {:.2}x  (min {:.2}x, max {:.2}x){}",
+                r.len(),
+                median(r.clone()),
+                r.iter().copied().fold(f64::INFINITY, f64::min),
+                r.iter().copied().fold(0.0, f64::max),
+                if n == 256 { "  target >= 0.5x" } else { "" },
+            );
         }
         if server.is_some() {
             for n in [1usize, 8, 64, 256] {
@@ -755,9 +833,12 @@ fn report() {
 }
 
 fn main() {
-    let mut c = Criterion::default().configure_from_args();
-    criterion_part(&mut c);
-    c.final_summary();
+    let only = std::env::var("SWITCHYARD_LOG_REPORT").unwrap_or_default();
+    if only != "a" && only != "b" {
+        let mut c = Criterion::default().configure_from_args();
+        criterion_part(&mut c);
+        c.final_summary();
+    }
     if std::env::var_os("SWITCHYARD_LOG_REPORT").is_some() {
         report();
     }

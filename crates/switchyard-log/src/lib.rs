@@ -29,6 +29,7 @@ mod config;
 mod error;
 mod fsio;
 mod group;
+mod intake;
 mod manifest;
 mod offsets;
 mod record;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,9 +20,10 @@ use tokio::time::Instant;
 use crate::config::{LogConfig, StartPosition, valid_stream_name};
 use crate::error::{OpenError, ReadError};
 use crate::group::{Dispatch, GroupSettings, GroupShared};
+use crate::intake::{Control, Intake, Records, Settled, Unsettled, with_scratch};
 use crate::record;
 use crate::stream::{StreamShared, lock};
-use crate::writer::{PendingCommits, Records, Writer, WriterMsg, WriterStats};
+use crate::writer::{PendingCommits, Writer, WriterStats};
 
 /// An embedded, durable, append-only log that carries bus messages.
 ///
@@ -66,7 +67,8 @@ struct Inner {
     settings: GroupSettings,
     /// Configured streams in match order, then the catch-all stream (if any).
     streams: Vec<Arc<StreamShared>>,
-    writer_tx: Mutex<Option<Sender<WriterMsg>>>,
+    /// Where publishes and requests go to the writer thread.
+    intake: Arc<Intake>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Woken on every append, settle and close.
     notify: Arc<Notify>,
@@ -85,8 +87,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Disconnecting the channel makes the writer sync, write offsets and stop.
-        lock(&self.writer_tx).take();
+        // Makes the writer sync, write offsets and stop (if it has not stopped already).
+        self.intake.disconnect();
         let handle = lock(&self.writer_thread).take();
         if handle.is_some_and(|h| h.join().is_err()) {
             tracing::error!("log writer thread panicked");
@@ -245,10 +247,10 @@ impl LogTransport {
         }
         let notify = Arc::new(Notify::new());
         let commits: PendingCommits = Arc::default();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let intake = Arc::new(Intake::new());
         let stats = Arc::new(WriterStats::default());
         let writer = Writer::new(
-            rx,
+            intake.clone(),
             streams.clone(),
             config.clone(),
             commits.clone(),
@@ -270,7 +272,7 @@ impl LogTransport {
                 config,
                 settings,
                 streams,
-                writer_tx: Mutex::new(Some(tx)),
+                intake,
                 writer_thread: Mutex::new(Some(handle)),
                 notify,
                 closed: AtomicBool::new(false),
@@ -410,8 +412,7 @@ impl LogTransport {
     /// Syncs every stream and writes committed offsets now.
     pub async fn flush(&self) -> Result<(), TransportError> {
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Flush { reply })
-            .map_err(|_| TransportError::new(TransportErrorKind::Closed, "log is closed"))?;
+        self.request(Control::Flush(reply))?;
         match rx.await {
             Ok(r) => r.map_err(Into::into),
             Err(_) => Err(TransportError::new(
@@ -427,8 +428,7 @@ impl LogTransport {
     pub async fn enforce_retention(&self) -> Result<(), TransportError> {
         self.flush().await?;
         let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Retention { reply })
-            .map_err(|_| TransportError::new(TransportErrorKind::Closed, "log is closed"))?;
+        self.request(Control::Retention(reply))?;
         match rx.await {
             Ok(r) => r.map_err(Into::into),
             Err(_) => Err(TransportError::new(
@@ -438,13 +438,37 @@ impl LogTransport {
         }
     }
 
-    fn send(&self, msg: WriterMsg) -> Result<(), ()> {
-        // Sending on the unbounded channel never blocks, so it is done under the lock rather
-        // than on a clone of the sender (one atomic round trip less per publish).
-        match lock(&self.inner.writer_tx).as_ref() {
-            Some(tx) => tx.send(msg).map_err(|_| ()),
-            None => Err(()),
+    fn request(&self, c: Control) -> Result<(), TransportError> {
+        self.inner
+            .intake
+            .request(c)
+            .map_err(|_| TransportError::new(TransportErrorKind::Closed, "log is closed"))
+    }
+
+    /// Routes and encodes `batch` into `out`, refusing it whole if one envelope cannot be
+    /// stored.
+    fn encode(&self, batch: &[Envelope], out: &mut Records) -> Result<(), PublishError> {
+        let limit = self.inner.config.max_record_bytes as usize;
+        for env in batch {
+            let stream = self.route(&env.topic).ok_or_else(|| {
+                TransportError::new(
+                    TransportErrorKind::Rejected,
+                    format!("no log stream takes topic {}", env.topic),
+                )
+            })?;
+            let start = out.bytes.len();
+            record::encode_into(env, &mut out.bytes).map_err(|e| CodecError {
+                direction: CodecDirection::Encode,
+                type_name: "Envelope",
+                source: Box::new(e),
+            })?;
+            let len = out.bytes.len() - start;
+            if len > limit {
+                return Err(too_large(len, limit));
+            }
+            out.ends.push((stream, out.bytes.len()));
         }
+        Ok(())
     }
 
     fn start_offset(&self, stream: &StreamShared, group: &str, durable: bool) -> u64 {
@@ -488,42 +512,21 @@ impl Publisher for LogTransport {
         if let Some(env) = batch.iter().find(|e| e.payload.len() > limit) {
             return Err(too_large(env.payload.len(), limit));
         }
-        // One buffer for the whole batch, sized from a guess of the encoded size (the fixed
-        // fields of an envelope take about 100 bytes).
-        let guess: usize = batch
-            .iter()
-            .map(|e| 128 + e.topic.as_str().len() + e.payload.len())
-            .sum();
-        let mut records = Records {
-            bytes: Vec::with_capacity(guess),
-            ends: Vec::with_capacity(batch.len()),
-        };
-        for env in &batch {
-            let stream = self.route(&env.topic).ok_or_else(|| {
-                TransportError::new(
-                    TransportErrorKind::Rejected,
-                    format!("no log stream takes topic {}", env.topic),
-                )
-            })?;
-            let start = records.bytes.len();
-            record::encode_into(env, &mut records.bytes).map_err(|e| CodecError {
-                direction: CodecDirection::Encode,
-                type_name: "Envelope",
-                source: Box::new(e),
-            })?;
-            let len = records.bytes.len() - start;
-            if len > limit {
-                return Err(too_large(len, limit));
-            }
-            records.ends.push((stream, records.bytes.len()));
-        }
-        let (reply, rx) = oneshot::channel();
-        self.send(WriterMsg::Append { records, reply })
-            .map_err(|_| PublishError::ShuttingDown)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PublishError::Transport(e.into())),
-            Err(_) => Err(PublishError::ShuttingDown),
+        // The task's waker, left with the records so the writer can wake it (awaiting a
+        // ready future: this is still the first poll, on this thread).
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let ticket = with_scratch(|out| {
+            self.encode(&batch, out)?;
+            self.inner
+                .intake
+                .submit(&out.bytes, &out.ends, waker)
+                .ok_or(PublishError::ShuttingDown)
+        })?;
+        drop(batch);
+        match Settled::new(&self.inner.intake, ticket).await {
+            Ok(()) => Ok(()),
+            Err(Unsettled::Failed(e)) => Err(PublishError::Transport(e.into())),
+            Err(Unsettled::Stopped) => Err(PublishError::ShuttingDown),
         }
     }
 
@@ -541,12 +544,9 @@ impl Publisher for LogTransport {
             self.inner.closed.store(true, Ordering::Release);
         }
         self.inner.notify.notify_waiters();
-        let Some(tx) = lock(&self.inner.writer_tx).take() else {
-            return Ok(());
-        };
         let (reply, rx) = oneshot::channel();
-        let sent = tx.send(WriterMsg::Close { reply });
-        drop(tx);
+        // Refused when the log is already closing or closed.
+        let sent = self.inner.intake.request(Control::Close(reply));
         let result = match sent {
             Ok(()) => match tokio::time::timeout_at(Instant::from_std(deadline), rx).await {
                 Ok(Ok(r)) => r.map_err(|e| CloseError::Transport(e.into())),

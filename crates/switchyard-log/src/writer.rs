@@ -1,26 +1,27 @@
 //! The writer thread: the only code that appends to segments.
 //!
-//! It owns the tail of every stream and stops when it receives `Close` or every sender is
-//! gone. Publishers hand it encoded envelopes (one buffer per publish) and wait on a oneshot;
-//! the thread takes every request queued at that moment as one batch (waiting briefly for
-//! the rest of the previous batch's publishers, see `gather_stragglers`), frames it into one
-//! reused buffer, writes it with one `write` per stream, syncs each touched segment once
-//! (group commit under `Durability::Always`), makes the records visible to consumers and
-//! only then answers. The last segment of each stream carries zeros written ahead of the
-//! data (`PREALLOC`), trimmed at a roll and at close. It also writes committed group offsets
-//! (every `commit_interval`) and enforces retention.
+//! It owns the tail of every stream and stops when it is asked to close or every handle is
+//! gone. Publishers leave encoded envelopes in the [`Intake`] and wait for their ticket to be
+//! settled; each round the thread takes everything there as one batch (waiting briefly for
+//! the rest of the previous batch's publishers, see `gather`), frames it into one reused
+//! buffer, writes it with one `write` per stream, syncs each touched segment once (group
+//! commit under `Durability::Always`), makes the records visible to consumers and only then
+//! settles the batch's tickets and wakes their publishers. The last segment of each stream
+//! carries zeros written ahead of the data (`PREALLOC`), trimmed at a roll and at close. It
+//! also writes committed group offsets (every `commit_interval`) and enforces retention.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use crate::config::{Durability, LogConfig};
 use crate::error::AppendError;
 use crate::fsio;
+use crate::intake::{Control, Intake, Records};
 use crate::manifest::{self, Manifest};
 use crate::offsets;
 use crate::record::{self, MAGIC};
@@ -38,52 +39,6 @@ pub(crate) struct WriterStats {
 /// Committed offsets waiting to be written: (stream index, group) → offset.
 pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
 
-/// Where the writer answers an append, flush or close.
-pub(crate) type Reply = oneshot::Sender<Result<(), AppendError>>;
-
-/// The encoded envelopes of one publish, in order, back to back in one buffer (one
-/// allocation per publish rather than one per record).
-#[derive(Debug, Default)]
-pub(crate) struct Records {
-    /// The encodings, concatenated.
-    pub bytes: Vec<u8>,
-    /// (stream index, end of its encoding in `bytes`) of each record.
-    pub ends: Vec<(usize, usize)>,
-}
-
-impl Records {
-    /// (stream index, encoding) of each record, in order.
-    fn iter(&self) -> impl Iterator<Item = (usize, &[u8])> {
-        let mut start = 0;
-        self.ends.iter().map(move |&(stream, end)| {
-            let rec = self.bytes.get(start..end).unwrap_or(&[]);
-            start = end;
-            (stream, rec)
-        })
-    }
-}
-
-/// A request to the writer thread.
-pub(crate) enum WriterMsg {
-    /// Append encoded envelopes in order.
-    Append {
-        records: Records,
-        reply: oneshot::Sender<Result<(), AppendError>>,
-    },
-    /// Sync everything and write pending commits.
-    Flush {
-        reply: oneshot::Sender<Result<(), AppendError>>,
-    },
-    /// Enforce retention now.
-    Retention {
-        reply: oneshot::Sender<Result<(), AppendError>>,
-    },
-    /// Flush, then stop.
-    Close {
-        reply: oneshot::Sender<Result<(), AppendError>>,
-    },
-}
-
 /// Records written to the last segment of a stream but not yet visible.
 struct Staged {
     stream: usize,
@@ -92,26 +47,26 @@ struct Staged {
 }
 
 pub(crate) struct Writer {
-    pub rx: Receiver<WriterMsg>,
+    pub intake: Arc<Intake>,
     pub streams: Vec<Arc<StreamShared>>,
     pub config: LogConfig,
     pub commits: PendingCommits,
     pub notify: Arc<Notify>,
     pub stats: Arc<WriterStats>,
     dirty: Vec<bool>,
-    /// Recent largest number of publishes in one batch (see `gather_stragglers`).
+    /// Recent largest number of publishes in one batch (see `gather`).
     batch_peak: usize,
     /// How long the last group-commit sync took.
     last_sync_cost: Duration,
     last_sync: Instant,
     last_commit: Instant,
     last_retention: Instant,
-    /// Whether the last round appended: then the next request is likely a few microseconds
-    /// away and the thread polls for it briefly before sleeping (see `SPIN`).
-    busy: bool,
-    /// Reused per round: requests taken, appends of the round, streams touched, frames.
-    msgs: Vec<WriterMsg>,
-    appends: Vec<(Records, Reply)>,
+    /// Whether the last round appended: then the next publish is likely a few microseconds
+    /// away (see `next_round`).
+    appended: bool,
+    /// Reused per round: the batch taken, wakers to wake, streams touched, frames.
+    batch: Records,
+    wake: Vec<Waker>,
     touched: Vec<bool>,
     buf: Vec<u8>,
     /// Size on disk of the last segment of each stream: past its visible end the file holds
@@ -119,16 +74,21 @@ pub(crate) struct Writer {
     alloc_end: Vec<u64>,
 }
 
-const MAX_BATCH_MSGS: usize = 4096;
-
 /// How long the thread polls for the next request after a round that appended, before it
-/// sleeps. Waking a sleeping thread costs tens of microseconds on some machines (virtual
+/// sleeps (only while batches are small, see `next_round`). Waking a sleeping thread costs tens of microseconds on some machines (virtual
 /// CPUs that halt when idle), more than a publisher that was just answered takes to come
 /// back; polling (which yields the CPU between looks) costs at most this much CPU per round.
 const SPIN: Duration = Duration::from_micros(50);
 
 /// While gathering a batch, stop waiting once no publish has arrived for this long.
 const STALL: Duration = Duration::from_micros(40);
+
+/// Batches of up to this many publishes are followed by polling (`SPIN`); larger ones by
+/// sleeping until the next batch is full (`gather`), which leaves the CPU to the publishers.
+const SPIN_MAX_PEAK: usize = 8;
+
+/// Longest wait for the rest of a batch.
+const MAX_GATHER: Duration = Duration::from_millis(1);
 
 /// The last segment is extended by writing this many zeros past the end of the data (but not
 /// past `segment_bytes`) whenever a write would pass the zeros already there. Overwriting blocks that are already allocated
@@ -143,7 +103,7 @@ const KEEP_BUF: usize = 8 << 20;
 
 impl Writer {
     pub fn new(
-        rx: Receiver<WriterMsg>,
+        intake: Arc<Intake>,
         streams: Vec<Arc<StreamShared>>,
         config: LogConfig,
         commits: PendingCommits,
@@ -153,7 +113,7 @@ impl Writer {
         let now = Instant::now();
         let n = streams.len();
         Self {
-            rx,
+            intake,
             streams,
             config,
             commits,
@@ -165,9 +125,9 @@ impl Writer {
             last_sync: now,
             last_commit: now,
             last_retention: now,
-            busy: false,
-            msgs: Vec::new(),
-            appends: Vec::new(),
+            appended: false,
+            batch: Records::default(),
+            wake: Vec::new(),
             touched: Vec::new(),
             buf: Vec::new(),
             alloc_end: Vec::new(),
@@ -249,20 +209,18 @@ impl Writer {
         result
     }
 
-    /// Polls for a request for up to [`SPIN`]; `None` if none came (or the channel closed:
-    /// the blocking receive that follows sees that).
-    fn spin_recv(&self) -> Option<WriterMsg> {
+    /// Polls for work for up to [`SPIN`]; whether some came.
+    fn spin(&self) -> bool {
         let until = Instant::now() + SPIN;
         loop {
             for _ in 0..64 {
-                match self.rx.try_recv() {
-                    Ok(m) => return Some(m),
-                    Err(TryRecvError::Disconnected) => return None,
-                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                if self.intake.has_pending() {
+                    return true;
                 }
+                std::hint::spin_loop();
             }
             if Instant::now() >= until {
-                return None;
+                return false;
             }
             // Lets a publisher waiting for this CPU run (on a busy or one-core machine).
             std::thread::yield_now();
@@ -291,59 +249,48 @@ impl Writer {
 
     /// The thread's main loop.
     pub fn run(mut self) {
+        // However the thread ends, publishers still waiting are told rather than left hanging.
+        let _stop = StopOnExit(self.intake.clone());
         loop {
-            let spun = if self.busy { self.spin_recv() } else { None };
-            let first = match spun {
-                Some(m) => Some(m),
-                None => match self.rx.recv_timeout(self.next_wakeup()) {
-                    Ok(m) => Some(m),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        let _ = self.sync_all();
-                        let _ = self.trim_all();
-                        self.write_commits();
-                        return;
-                    }
-                },
-            };
-            let mut msgs = std::mem::take(&mut self.msgs);
-            msgs.extend(first);
-            while msgs.len() < MAX_BATCH_MSGS {
-                match self.rx.try_recv() {
-                    Ok(m) => msgs.push(m),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
+            if !self.next_round() {
+                self.appended = false;
+                self.periodic();
+                continue;
             }
-            self.gather_stragglers(&mut msgs);
-            let mut appends = std::mem::take(&mut self.appends);
+            let mut batch = std::mem::take(&mut self.batch);
+            let taken = self.intake.take(&mut batch);
+            let publishes = (taken.end - taken.start) as usize;
+            self.appended = publishes > 0;
+            if self.appended {
+                let result = self.append_batch(&batch);
+                self.intake.settle(taken.end, result, &mut self.wake);
+                // The peak follows increases at once and decays by an eighth (at least one)
+                // per batch, so a drop in concurrency stops costing waits after a few batches.
+                let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
+                self.batch_peak = publishes.max(decayed);
+            }
+            batch.clear();
+            if batch.bytes.capacity() <= KEEP_BUF {
+                self.batch = batch;
+            }
+            self.periodic();
             let mut flushes = Vec::new();
             let mut closing = None;
-            for m in msgs.drain(..) {
-                match m {
-                    WriterMsg::Append { records, reply } => appends.push((records, reply)),
-                    WriterMsg::Flush { reply } => flushes.push(reply),
-                    WriterMsg::Retention { reply } => {
+            for c in taken.control {
+                match c {
+                    Control::Flush(reply) => flushes.push(reply),
+                    Control::Retention(reply) => {
                         for i in 0..self.streams.len() {
                             self.enforce_retention(i);
                         }
                         let _ = reply.send(Ok(()));
                     }
-                    WriterMsg::Close { reply } => {
-                        closing = Some(reply);
-                        break;
-                    }
+                    Control::Close(reply) => closing = Some(reply),
                 }
             }
-            self.msgs = msgs;
-            self.busy = !appends.is_empty();
-            if self.busy {
-                self.append_batch(&mut appends);
-            }
-            self.appends = appends;
-            self.periodic();
-            if !flushes.is_empty() || closing.is_some() {
+            if !flushes.is_empty() || closing.is_some() || taken.disconnected {
                 let mut result = self.sync_all();
-                if closing.is_some() && result.is_ok() {
+                if (closing.is_some() || taken.disconnected) && result.is_ok() {
                     result = self.trim_all();
                 }
                 self.write_commits();
@@ -354,61 +301,74 @@ impl Writer {
                     let _ = reply.send(result);
                     return;
                 }
+                if taken.disconnected {
+                    return;
+                }
             }
         }
+    }
+
+    /// Waits until there is work for a round (publishes or requests); `false` when none
+    /// came before the next periodic task is due.
+    ///
+    /// After a round that appended, the publishers just answered are about to come back.
+    /// With small batches the thread polls for them briefly ([`SPIN`]): waking a sleeping
+    /// thread costs tens of microseconds on some machines (virtual CPUs that halt when
+    /// idle), more than a publisher takes to come back. With large batches under `Always`
+    /// it sleeps until the batch is as full as recent ones (`gather`): polling would take
+    /// CPU from the publishers, and one wake-up per batch is cheap.
+    fn next_round(&mut self) -> bool {
+        let always = self.config.durability == Durability::Always;
+        if self.appended {
+            if always && self.batch_peak > SPIN_MAX_PEAK {
+                let (n, other) = self.gather();
+                if n > 0 || other {
+                    return true;
+                }
+            } else if self.spin() {
+                if always {
+                    self.gather();
+                }
+                return true;
+            }
+        }
+        if !self.intake.wait_any(self.next_wakeup()) {
+            return false;
+        }
+        if always {
+            self.gather();
+        }
+        true
     }
 
     /// Group commit under `Always`: publishers answered by the previous sync come back a few
     /// microseconds apart, so a batch taken the instant the first one arrives is often small
     /// and the next sync serves few (with N publishers in flight, batches settle at N/2: one
-    /// half waits for the sync the other half is in). When this batch has fewer publishes
-    /// than recent ones, poll for the rest for at most half the last sync's duration (and at
-    /// most 1 ms), and stop early once none has arrived for [`STALL`]. Polling yields the
-    /// CPU between looks, so the publishers it waits for can run; sleeping instead would
-    /// oversleep by the timer slack (50 µs on Linux), longer than the wait itself.
-    fn gather_stragglers(&mut self, msgs: &mut Vec<WriterMsg>) {
-        let appends = |m: &[WriterMsg]| {
-            m.iter()
-                .filter(|m| matches!(m, WriterMsg::Append { .. }))
-                .count()
-        };
-        let mut n = appends(msgs);
-        if self.config.durability != Durability::Always || n == 0 {
-            return;
-        }
+    /// half waits for the sync the other half is in). When the open batch has fewer
+    /// publishes than recent ones, sleep until it has as many (the publish that completes it
+    /// wakes the thread) for at most as long as the last sync took (waiting that long costs
+    /// what a second sync for the rest would; at most [`MAX_GATHER`]), and stop early once
+    /// none has arrived for [`STALL`]. Returns the open batch's publishes and whether a
+    /// request waits.
+    fn gather(&mut self) -> (usize, bool) {
         let target = self.batch_peak;
+        let (mut n, mut other) = self.intake.open();
         let start = Instant::now();
-        let deadline = start + (self.last_sync_cost / 2).min(Duration::from_millis(1));
-        let mut last_arrival = start;
-        'wait: while n < target && msgs.len() < MAX_BATCH_MSGS {
-            loop {
-                match self.rx.try_recv() {
-                    Ok(m) => {
-                        let is_append = matches!(m, WriterMsg::Append { .. });
-                        msgs.push(m);
-                        if !is_append {
-                            break 'wait;
-                        }
-                        n += 1;
-                        last_arrival = Instant::now();
-                        if n >= target || msgs.len() >= MAX_BATCH_MSGS {
-                            break 'wait;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => break 'wait,
-                }
-            }
+        let deadline = start + self.last_sync_cost.min(MAX_GATHER);
+        let (mut seen, mut last_arrival) = (n, start);
+        while n < target && !other {
             let now = Instant::now();
-            if now >= deadline || now.duration_since(last_arrival) >= STALL {
+            if n > seen {
+                seen = n;
+                last_arrival = now;
+            }
+            let until = deadline.min(last_arrival + STALL);
+            if now >= until {
                 break;
             }
-            std::thread::yield_now();
+            (n, other) = self.intake.wait_for(target, until - now);
         }
-        // The peak follows increases at once and decays by an eighth (at least one) per
-        // batch, so a drop in concurrency stops costing waits after a few batches.
-        let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
-        self.batch_peak = n.max(decayed);
+        (n, other)
     }
 
     fn periodic(&mut self) {
@@ -482,24 +442,22 @@ impl Writer {
         }
     }
 
-    /// Writes, syncs (under `Always`) and publishes the records of `appends`, then answers
-    /// every publisher; leaves `appends` empty.
-    fn append_batch(&mut self, appends: &mut Vec<(Records, Reply)>) {
+    /// Writes, syncs (under `Always`) and publishes the records of `batch`; the result is
+    /// every publisher's.
+    fn append_batch(&mut self, batch: &Records) -> Result<(), AppendError> {
         let n = self.streams.len();
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
         touched.resize(n, false);
-        for (records, _) in appends.iter() {
-            for &(i, _) in &records.ends {
-                if let Some(t) = touched.get_mut(i) {
-                    *t = true;
-                }
+        for &(i, _) in &batch.ends {
+            if let Some(t) = touched.get_mut(i) {
+                *t = true;
             }
         }
         let mut result = Ok(());
         let mut staged = Vec::new();
         for i in (0..n).filter(|&i| touched[i]) {
-            match self.write_stream(i, appends) {
+            match self.write_stream(i, batch) {
                 Ok(s) => staged.push(s),
                 Err(e) => {
                     result = Err(e);
@@ -532,9 +490,7 @@ impl Writer {
             }
         }
         self.touched = touched;
-        for (_, reply) in appends.drain(..) {
-            let _ = reply.send(result.clone());
-        }
+        result
     }
 
     fn sync_all_one(&mut self, i: usize) -> Result<(), AppendError> {
@@ -593,20 +549,12 @@ impl Writer {
         }
     }
 
-    /// Writes the records of stream `i` in `appends` (in order) with one `write` (more at a
+    /// Writes the records of stream `i` in `batch` (in order) with one `write` (more at a
     /// segment roll), framing them in a buffer kept between rounds.
-    fn write_stream(
-        &mut self,
-        i: usize,
-        appends: &[(Records, Reply)],
-    ) -> Result<Staged, AppendError> {
+    fn write_stream(&mut self, i: usize, batch: &Records) -> Result<Staged, AppendError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let records = appends
-            .iter()
-            .flat_map(|(r, _)| r.iter())
-            .filter(|&(s, _)| s == i)
-            .map(|(_, rec)| rec);
+        let records = batch.iter().filter(|&(s, _)| s == i).map(|(_, rec)| rec);
         let result = self.write_stream_with(i, records, &mut buf);
         if buf.capacity() <= KEEP_BUF {
             self.buf = buf;
@@ -749,5 +697,14 @@ impl Writer {
                 tracing::warn!(path = %seg.path.display(), error = %e, "cannot remove segment");
             }
         }
+    }
+}
+
+/// Stops the intake when the writer thread ends, however it ends.
+struct StopOnExit(Arc<Intake>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }

@@ -18,7 +18,9 @@
 //!
 //! Publishers and clients are tasks spawned on the runtime under test. Run:
 //! `cargo bench -p switchyard --bench compare` (about a minute). Built and run as a test
-//! (`cargo test --benches`), it makes one quick pass with small sizes.
+//! (`cargo test --benches`), it makes one quick pass with small sizes. With
+//! `SWITCHYARD_BENCH_ONLY` set to a comma-separated list of `one_to_one`, `fan_out`,
+//! `round_trip` and `memory`, only those comparisons run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -36,6 +38,12 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 const TOPIC: &str = "bench.event";
 const COMMAND: &str = "bench.double";
 const MEM_ENV: &str = "SWITCHYARD_BENCH_MEMORY";
+const ONLY_ENV: &str = "SWITCHYARD_BENCH_ONLY";
+
+/// Whether the comparison `name` runs (all do unless `SWITCHYARD_BENCH_ONLY` lists some).
+fn selected(name: &str) -> bool {
+    std::env::var(ONLY_ENV).map_or(true, |only| only.split(',').any(|o| o.trim() == name))
+}
 
 /// A typed event whose JSON encoding is 64 bytes (the same as `switchyard-guards`'s).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -606,14 +614,22 @@ fn main() {
     );
     println!("| workload | runtime | floor | bus | bus/floor |\n|---|---|---|---|---|");
     let mt = multi_thread();
-    one_to_one("2 workers", &mt, sizes);
     let ct = current_thread();
-    one_to_one("current thread", &ct, sizes);
-    fan_out(&mt, sizes, 8);
-    fan_out(&mt, sizes, 64);
+    if selected("one_to_one") {
+        one_to_one("2 workers", &mt, sizes);
+        one_to_one("current thread", &ct, sizes);
+    }
+    if selected("fan_out") {
+        fan_out(&mt, sizes, 8);
+        fan_out(&mt, sizes, 64);
+    }
     println!();
-    round_trip("2 workers", &mt, sizes);
-    round_trip("current thread", &ct, sizes);
+    if selected("round_trip") {
+        round_trip("2 workers", &mt, sizes);
+        round_trip("current thread", &ct, sizes);
+    }
     println!();
-    memory(sizes);
+    if selected("memory") {
+        memory(sizes);
+    }
 }

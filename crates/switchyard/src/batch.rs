@@ -12,7 +12,7 @@ use crate::dispatch::Attempt;
 use crate::handler::BoxBatchHandler;
 use crate::pending::Settled;
 use crate::queue::Entry;
-use crate::reply::CommandResult;
+use crate::reply::Answer;
 use crate::state::{BusInner, Parent, SubShared};
 use crate::stats::inc;
 
@@ -60,9 +60,9 @@ impl SubShared {
                 }
                 if let Some(reply) = reply {
                     let answer = match &result {
-                        Ok(attempts) => Ok(CommandResult {
+                        Ok(attempts) => Ok(Answer {
                             reply: None,
-                            handler: self.config.name.clone(),
+                            typed: None,
                             attempts: *attempts,
                         }),
                         Err((error, attempts)) => Err(SendError::Failed {
@@ -70,7 +70,7 @@ impl SubShared {
                             attempts: *attempts,
                         }),
                     };
-                    reply.answer(answer).await;
+                    reply.send(answer);
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
                 accepted.settle(how);

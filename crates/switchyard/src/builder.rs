@@ -417,7 +417,7 @@ impl BusBuilder {
         let bus = Bus {
             inner: Arc::new(BusInner {
                 router: Router::new(self.cache_capacity),
-                commands: RwLock::new(HashMap::new()),
+                commands: RwLock::new(Default::default()),
                 subs: Mutex::new(BTreeMap::new()),
                 dead_letters: sink,
                 memory_dead_letters: memory,

@@ -8,16 +8,18 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
-    SendError,
+    RemoteCommands, SendError,
 };
-use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
-use crate::reply::{CommandReply, CommandResult, RemoteReply, RemoteSlot};
-use crate::state::{BusInner, RUNNING, SubShared};
+use crate::queue::Entry;
+use std::any::TypeId;
+
+use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
+use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
 impl Bus {
@@ -45,14 +47,24 @@ impl Bus {
         env: Envelope,
         deadline: Option<Duration>,
     ) -> Result<C::Output, SendError> {
-        let result = match deadline {
-            None => self.send_envelope(env).await?,
-            Some(d) => self.request_envelope(env, d).await?,
+        // A typed handler in this process hands its output over as it is (when its output
+        // type is this one); from anywhere else the reply is decoded.
+        let wanted: WantedType = TypeId::of::<C::Output>;
+        let finished = match deadline {
+            None => {
+                let start = self.start_command(env, Some(wanted))?;
+                self.finish_command(start, None).await?
+            }
+            Some(d) => self.request_within(env, d, Some(wanted)).await?,
         };
-        let payload = result
-            .reply
-            .map(|r| r.payload)
-            .unwrap_or_else(|| "null".into());
+        let reply = match finished {
+            Finished::Local(answer, _) => match answer.typed.map(|t| t.downcast::<C::Output>()) {
+                Some(Ok(output)) => return Ok(*output),
+                _ => answer.reply.map(|r| r.payload),
+            },
+            Finished::Remote(result) => result.reply.map(|r| r.payload),
+        };
+        let payload = reply.unwrap_or_else(|| "null".into());
         serde_json::from_slice(&payload).map_err(|e| {
             SendError::Codec(switchyard_core::CodecError {
                 direction: switchyard_core::CodecDirection::Decode,
@@ -69,20 +81,28 @@ impl Bus {
     /// processes serving its topic; with none (or no such transport) this fails at once with
     /// `SendError::NoHandler`.
     pub async fn send_envelope(&self, env: Envelope) -> Result<CommandResult, SendError> {
-        self.dispatch_command(env, None).await
+        // Everything up to the wait is synchronous: the envelope moves once into its shared
+        // allocation instead of through every nested future's state.
+        let start = self.start_command(env, None)?;
+        Ok(self.finish_command(start, None).await?.into_result())
     }
 
-    async fn dispatch_command(
+    /// Checks, hooks, finds the handler and queues the command when its queue takes it
+    /// without waiting: all a send does before it waits.
+    /// `typed`: the output type the sender takes as it is from a typed handler.
+    fn start_command(
         &self,
         mut env: Envelope,
-        deadline: Option<Duration>,
-    ) -> Result<CommandResult, SendError> {
+        typed: Option<WantedType>,
+    ) -> Result<Start<'_>, SendError> {
         self.check_running()?;
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
         if env.kind == Kind::Event {
             env.kind = Kind::Command;
         }
+        // Shared from here on: moved once, into the allocation the queue entry points to.
+        let env = Arc::new(env);
         let handler = {
             let commands = self.inner.commands.read();
             commands.get(&env.topic).and_then(|slot| {
@@ -99,84 +119,157 @@ impl Bus {
                 .as_ref()
                 .and_then(|t| t.remote_commands())
             {
-                return remote.send(env, deadline).await;
+                return Ok(Start::Remote(remote, env));
             }
-            return Err(SendError::NoHandler { topic: env.topic });
+            return Err(SendError::NoHandler {
+                topic: env.topic.clone(),
+            });
         };
-        let rx = handler.enqueue_command(&self.inner, env).await;
-        if matches!(rx, Err(SendError::NotProcessed(_))) {
+        let (tx, rx) = CommandReply::channel(typed);
+        match handler.try_enqueue_command(&self.inner, env, tx) {
+            Ok(result) => {
+                self.command_enqueued(&handler, result)?;
+                Ok(Start::Queued(handler, rx))
+            }
+            Err(entry) => Ok(Start::Wait(handler, entry, rx)),
+        }
+    }
+
+    /// Waits for room (when the queue made the sender wait) and then for the answer: the
+    /// result, and the typed output if the handler handed one over.
+    async fn finish_command(
+        &self,
+        start: Start<'_>,
+        deadline: Option<Duration>,
+    ) -> Result<Finished, SendError> {
+        let (handler, rx) = match start {
+            Start::Queued(handler, rx) => (handler, rx),
+            Start::Wait(handler, entry, rx) => {
+                // Boxed: the rare wait for room does not make every send's future larger.
+                let result = Box::pin(handler.finish_enqueue(&self.inner, entry)).await;
+                self.command_enqueued(&handler, result)?;
+                (handler, rx)
+            }
+            Start::Remote(remote, env) => {
+                // Not shared with anyone: unwrapped without a copy of its fields.
+                let env = Arc::unwrap_or_clone(env);
+                return Ok(Finished::Remote(Box::new(
+                    remote.send(env, deadline).await?,
+                )));
+            }
+        };
+        Ok(Finished::Local(await_answer(rx).await?, handler))
+    }
+
+    /// The sender's view of how queueing a command went.
+    fn command_enqueued(
+        &self,
+        handler: &SubShared,
+        result: Result<Enqueued, EnqueueError>,
+    ) -> Result<(), SendError> {
+        let result = enqueue_result(handler, result);
+        if matches!(result, Err(SendError::NotProcessed(_))) {
             self.check_running()?;
         }
-        await_result(rx?).await
+        result
     }
+
     /// [`send_envelope`](Self::send_envelope) with a deadline.
     pub async fn request_envelope(
         &self,
-        mut env: Envelope,
+        env: Envelope,
         deadline: Duration,
     ) -> Result<CommandResult, SendError> {
+        Ok(self
+            .request_within(env, deadline, None)
+            .await?
+            .into_result())
+    }
+
+    /// A request: a command with a deadline; `typed` as in `start_command`.
+    async fn request_within(
+        &self,
+        mut env: Envelope,
+        deadline: Duration,
+        typed: Option<WantedType>,
+    ) -> Result<Finished, SendError> {
         if env.kind == Kind::Event || env.kind == Kind::Command {
             env.kind = Kind::Request;
         }
         // The handler sees it (`Ctx::deadline`); a transport carries what is left of it.
         env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
-        match tokio::time::timeout(deadline, self.dispatch_command(env, Some(deadline))).await {
+        let send = async {
+            let start = self.start_command(env, typed)?;
+            self.finish_command(start, Some(deadline)).await
+        };
+        match tokio::time::timeout(deadline, send).await {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
         }
     }
 }
 
-async fn await_result(
-    rx: oneshot::Receiver<Result<CommandResult, SendError>>,
-) -> Result<CommandResult, SendError> {
+/// Where a command goes, decided without waiting ([`Bus::start_command`]).
+enum Start<'a> {
+    /// Queued for a handler on this bus; its answer comes on the receiver.
+    Queued(Arc<SubShared>, AnswerRx),
+    /// For a handler on this bus whose full queue makes the sender wait for room.
+    Wait(Arc<SubShared>, Entry, AnswerRx),
+    /// No handler here: the transport carries it to another process.
+    Remote(&'a dyn RemoteCommands, Arc<Envelope>),
+}
+
+/// How a command ended, kept small until the caller takes what it needs of it.
+enum Finished {
+    /// Answered by a handler on this bus.
+    Local(Answer, Arc<SubShared>),
+    /// Answered from another process.
+    Remote(Box<CommandResult>),
+}
+
+impl Finished {
+    fn into_result(self) -> CommandResult {
+        match self {
+            Self::Local(answer, handler) => answer.into_result(handler.config.name.clone()),
+            Self::Remote(result) => *result,
+        }
+    }
+}
+
+/// Waits for the answer to a queued command.
+async fn await_answer(rx: AnswerRx) -> Result<Answer, SendError> {
     match rx.await {
-        Ok(result) => result,
+        Ok(answer) => answer,
         Err(_) => Err(SendError::NotProcessed(
             "the handler stopped before answering".into(),
         )),
     }
 }
 
+/// How queueing a command in `handler` went, as the sender hears it.
+fn enqueue_result(
+    handler: &SubShared,
+    result: Result<Enqueued, EnqueueError>,
+) -> Result<(), SendError> {
+    match result {
+        Ok(Enqueued::Queued) => Ok(()),
+        Ok(Enqueued::Filtered) => Err(SendError::Rejected {
+            reason: format!("filtered out by handler {}", handler.name()),
+        }),
+        Err(EnqueueError::Full) => Err(SendError::Full {
+            handler: handler.name().to_owned(),
+        }),
+        Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
+            "command handler was unregistered".into(),
+        )),
+    }
+}
+
 impl SubShared {
-    /// Queues a command for this handler; the receiver gets its result.
-    async fn enqueue_command(
-        &self,
-        bus: &BusInner,
-        env: Envelope,
-    ) -> Result<oneshot::Receiver<Result<CommandResult, SendError>>, SendError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue_reply(bus, env, CommandReply::Local(tx))
-            .await
-            .map(|()| rx)
-    }
-
-    /// Queues a command whose result goes to `reply`.
-    async fn enqueue_reply(
-        &self,
-        bus: &BusInner,
-        env: Envelope,
-        reply: CommandReply,
-    ) -> Result<(), SendError> {
-        match self.enqueue(bus, Arc::new(env), Some(reply)).await {
-            Ok(Enqueued::Queued) => Ok(()),
-            Ok(Enqueued::Filtered) => Err(SendError::Rejected {
-                reason: format!("filtered out by handler {}", self.name()),
-            }),
-            Err(EnqueueError::Full) => Err(SendError::Full {
-                handler: self.name().to_owned(),
-            }),
-            Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
-                "command handler was unregistered".into(),
-            )),
-        }
-    }
-
     /// Serves this command handler to other processes: the pump takes the commands the
-    /// transport receives for the topic and queues each with its responder, which the worker
-    /// answers once this handler has handled it (the pump answers failures to queue it, and
-    /// `timeout` when its deadline passes first). It stops, withdrawing the interest, when
-    /// the handler is unregistered or the bus shuts down.
+    /// transport receives for the topic and answers each once this handler has handled it
+    /// (or its deadline passed). It stops, withdrawing the interest, when the handler is
+    /// unregistered or the bus shuts down.
     pub(crate) fn spawn_command_pump(self: &Arc<Self>, mut commands: IncomingCommands) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
@@ -200,103 +293,89 @@ impl SubShared {
         *self.pump.lock() = Some(pump);
     }
 
-    /// Serves one command from another process: queued with its responder, which the worker
-    /// answers itself once the handler is done (no hand-off back here). This task answers
-    /// only what happens before the command is queued, and `timeout` at the deadline when the
-    /// worker has not answered by then; without a deadline it is done once the command is
-    /// queued.
     async fn serve_remote(self: Arc<Self>, command: IncomingCommand) {
         let (env, deadline, responder) = command.into_parts();
         let topic = env.topic.clone();
-        let slot = RemoteSlot::new(responder);
-        let answered = match self.queue_remote(env, deadline, &slot).await {
-            Ok(answered) => answered,
-            Err(e) => {
-                if let Some(responder) = slot.take()
-                    && let Err(e) = responder.respond(Err(e)).await
-                {
-                    tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
-                }
-                return;
-            }
-        };
-        let (Some(d), Some(answered)) = (deadline, answered) else {
-            return;
-        };
-        // The handler side stops waiting at the deadline too: `timeout`, unless the worker
-        // answered first (then the slot is empty).
-        if tokio::time::timeout(d, answered).await.is_err()
-            && let Some(responder) = slot.take()
-            && let Err(e) = responder
-                .respond(Err(SendError::Timeout { deadline: d }))
-                .await
-        {
+        let result = self.handle_remote(env, deadline).await;
+        if let Err(e) = responder.respond(result).await {
             tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
         }
     }
 
-    /// Queues a remote command, its reply going to `slot`. Returns, when the command has a
-    /// deadline, a receiver that completes once the worker answered (or dropped) it.
-    async fn queue_remote(
+    async fn handle_remote(
         &self,
         mut env: Envelope,
         deadline: Option<Duration>,
-        slot: &Arc<RemoteSlot>,
-    ) -> Result<Option<oneshot::Receiver<()>>, SendError> {
+    ) -> Result<CommandResult, SendError> {
         if let (Some(d), None) = (deadline, env.delivery.deadline) {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
         }
-        // A bus that is stopping takes no more commands: the sender may try another
-        // process, so it hears that this one has no handler any more.
-        let Some(bus) = self.bus.upgrade() else {
-            return Err(SendError::NoHandler { topic: env.topic });
-        };
-        if bus.state.load(Ordering::Acquire) != RUNNING {
-            return Err(SendError::NoHandler { topic: env.topic });
-        }
-        if let Some(check) = &bus.intake {
-            match check(&env) {
-                IntakeVerdict::Accept => {}
-                IntakeVerdict::Warn(why) => {
-                    inc(&self.counters.intake_warned);
-                    tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
+        let env_topic = env.topic.clone();
+        let queued = {
+            // A bus that is stopping takes no more commands: the sender may try another
+            // process, so it hears that this one has no handler any more.
+            let Some(bus) = self.bus.upgrade() else {
+                return Err(SendError::NoHandler { topic: env.topic });
+            };
+            if bus.state.load(Ordering::Acquire) != RUNNING {
+                return Err(SendError::NoHandler { topic: env.topic });
+            }
+            if let Some(check) = &bus.intake {
+                match check(&env) {
+                    IntakeVerdict::Accept => {}
+                    IntakeVerdict::Warn(why) => {
+                        inc(&self.counters.intake_warned);
+                        tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
+                    }
+                    IntakeVerdict::Reject(why) => {
+                        // Answered as a rejection, and kept in the dead-letter sink.
+                        inc(&self.counters.intake_rejected);
+                        inc(&self.counters.dead_lettered);
+                        bus.dead_letter(
+                            DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
+                                .with_handler(self.config.name.clone()),
+                        );
+                        return Err(SendError::Rejected { reason: why });
+                    }
                 }
-                IntakeVerdict::Reject(why) => {
-                    // Answered as a rejection, and kept in the dead-letter sink.
-                    inc(&self.counters.intake_rejected);
-                    inc(&self.counters.dead_lettered);
-                    bus.dead_letter(
-                        DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
-                            .with_handler(self.config.name.clone()),
-                    );
-                    return Err(SendError::Rejected { reason: why });
-                }
             }
-        }
-        let (done, answered) = match deadline {
-            Some(_) => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+            let topic = env.topic.clone();
+            let (tx, rx) = CommandReply::channel(None);
+            let result = match self.try_enqueue_command(&bus, Arc::new(env), tx) {
+                Ok(result) => result,
+                Err(entry) => self.finish_enqueue(&bus, entry).await,
+            };
+            match enqueue_result(self, result) {
+                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
+                other => other.map(|()| rx),
             }
-            None => (None, None),
         };
-        let topic = env.topic.clone();
-        let reply = CommandReply::Remote(RemoteReply {
-            slot: Arc::clone(slot),
-            _done: done,
-            bus: self.bus.clone(),
-            topic: topic.clone(),
-            handler: self.config.name.clone(),
-        });
-        match self.enqueue_reply(&bus, env, reply).await {
-            Ok(()) => {
-                slot.set_queued();
-                Ok(answered)
+        // Answered across processes: the reply envelope, never a typed output.
+        let wait = async {
+            let answer = await_answer(queued?).await?;
+            Ok(answer.into_result(self.config.name.clone()))
+        };
+        let result = match deadline {
+            None => wait.await,
+            Some(d) => tokio::time::timeout(d, wait)
+                .await
+                .unwrap_or(Err(SendError::Timeout { deadline: d })),
+        };
+        match result {
+            // Dropped unhandled because this bus is stopping: as for a command arriving
+            // now, this process has no handler any more (a transport may hand the command
+            // to another process: a durable command is redelivered).
+            Err(SendError::NotProcessed(_)) if !self.bus_running() => {
+                Err(SendError::NoHandler { topic: env_topic })
             }
-            // Unregistered meanwhile: this process has no handler any more.
-            Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
-            Err(e) => Err(e),
+            other => other,
         }
+    }
+
+    fn bus_running(&self) -> bool {
+        self.bus
+            .upgrade()
+            .is_some_and(|bus| bus.state.load(Ordering::Acquire) == RUNNING)
     }
 }

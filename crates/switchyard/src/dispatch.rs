@@ -22,8 +22,8 @@ use crate::config::Handler;
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
-use crate::reply::{CommandReply, CommandResult};
-use crate::state::{BusInner, CURRENT, Parent, SubShared};
+use crate::reply::{Answer, CommandReply, TypedValue, WantedType};
+use crate::state::{BusInner, CURRENT, Parent, SubShared, TYPED, TypedSlot};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages.
@@ -274,6 +274,26 @@ impl SubShared {
         self.classify(result, first, attempt)
     }
 
+    /// [`attempt`](Self::attempt) at a command whose sender takes an output of type `wanted`
+    /// as it is, and that output if the handler left it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn attempt_typed<R: Send + 'static>(
+        &self,
+        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        request: impl FnOnce() -> R,
+        parent: Parent,
+        first: &Envelope,
+        attempt: u32,
+        ready: bool,
+        wanted: WantedType,
+    ) -> (Attempt, Option<TypedValue>) {
+        let call = self.call(svc, request, parent, ready);
+        let mut scoped = std::pin::pin!(TYPED.scope(TypedSlot::new(wanted), call));
+        let result = scoped.as_mut().await;
+        let typed = scoped.as_mut().take_value().and_then(TypedSlot::into_value);
+        (self.classify(result, first, attempt), typed)
+    }
+
     /// How one handler call ended (as [`SubShared::call`] returns it), counted and logged.
     pub(crate) fn classify(
         &self,
@@ -355,6 +375,9 @@ impl SubShared {
         // The shared envelope stays as it was queued; each attempt gets its own copy
         // stamped with the delivery bookkeeping.
         let mut delivery = env.delivery;
+        // A typed sender in this process takes the typed handler's output as it is.
+        let wanted = reply.as_ref().and_then(|r| r.typed);
+        let mut typed = None;
         let stamped = |delivery: DeliveryInfo| {
             let mut copy = Envelope::clone(&env);
             copy.delivery = delivery;
@@ -369,22 +392,39 @@ impl SubShared {
             let attempt = delivery.attempt;
             let outcome = match first.take() {
                 Some(made) => made,
-                None => {
-                    self.attempt(
-                        svc,
-                        || stamped(delivery),
-                        Parent::of(&env),
-                        &env,
-                        attempt,
-                        std::mem::take(&mut ready),
-                    )
-                    .await
-                }
+                None => match wanted {
+                    None => {
+                        self.attempt(
+                            svc,
+                            || stamped(delivery),
+                            Parent::of(&env),
+                            &env,
+                            attempt,
+                            std::mem::take(&mut ready),
+                        )
+                        .await
+                    }
+                    Some(wanted) => {
+                        let (made, output) = self
+                            .attempt_typed(
+                                svc,
+                                || stamped(delivery),
+                                Parent::of(&env),
+                                &env,
+                                attempt,
+                                std::mem::take(&mut ready),
+                                wanted,
+                            )
+                            .await;
+                        typed = output;
+                        made
+                    }
+                },
             };
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok(r), attempt).await;
+                    self.answer(reply, Ok((r, typed.take())), attempt);
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -398,8 +438,7 @@ impl SubShared {
                             reason: reason.clone(),
                         }),
                         attempt,
-                    )
-                    .await;
+                    );
                     bus.dead_letter(self.letter(
                         stamped(delivery),
                         DeadLetterReason::Rejected,
@@ -412,8 +451,7 @@ impl SubShared {
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
-                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt)
-                        .await;
+                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
                     bus.dead_letter(self.letter(
                         stamped(delivery),
                         DeadLetterReason::DecodeFailed,
@@ -444,8 +482,7 @@ impl SubShared {
                         attempts: attempt,
                     }),
                     attempt,
-                )
-                .await;
+                );
                 bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
                 break (false, Some(error));
             }
@@ -475,20 +512,20 @@ impl SubShared {
         DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
     }
 
-    async fn answer(
+    #[inline]
+    fn answer(
         &self,
         reply: Option<CommandReply>,
-        result: Result<Option<Box<Envelope>>, SendError>,
+        result: Result<(Option<Box<Envelope>>, Option<TypedValue>), SendError>,
         attempts: u32,
     ) {
-        if let Some(reply) = reply {
-            let result = result.map(|reply| CommandResult {
-                reply: reply.map(|r| *r),
-                handler: self.config.name.clone(),
+        if let Some(tx) = reply {
+            // The reply stays in the handler's box; the sender adds the handler's name.
+            tx.send(result.map(|(reply, typed)| Answer {
+                reply,
+                typed,
                 attempts,
-            });
-            // The sender may have given up (deadline passed); its late result is discarded.
-            reply.answer(result).await;
+            }));
         }
     }
 }
@@ -496,7 +533,8 @@ impl SubShared {
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
 /// box the handler's [`Outcome::Reply`] put it in.
 pub(crate) enum Attempt {
-    /// Acked, or replied.
+    /// Acked, or replied (a typed output for a typed sender comes beside it: see
+    /// [`SubShared::attempt_typed`]).
     Done(Option<Box<Envelope>>),
     /// Refused for good.
     Rejected(String),

@@ -39,6 +39,10 @@ pub(crate) struct Pending {
     expected: AtomicUsize,
     /// Notified when the count drops to zero.
     idle: Notify,
+    /// Tasks in [`idle`](Self::idle): a count that drops to zero notifies only when there
+    /// are some (`notify_waiters` takes a lock, and with traffic that ebbs to zero after each
+    /// message, as sequential commands do, it would take it once per message).
+    idle_waiters: AtomicUsize,
     /// Notified when `expected` drops to zero: the transport owes nothing more.
     owed_none: Notify,
 }
@@ -119,11 +123,16 @@ impl Pending {
 
     /// Waits until no accepted message is left unsettled.
     pub(crate) async fn idle(&self) {
+        // Registered before the count is read (both sequentially consistent, as the count's
+        // decrement and the release's read of this): a release that reads no waiter comes
+        // before that read of the count, which then sees its decrement.
+        self.idle_waiters.fetch_add(1, Ordering::SeqCst);
+        let _registered = Unregister(&self.idle_waiters);
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.count() == 0 {
+            if self.count.load(Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;
@@ -134,17 +143,26 @@ impl Pending {
     fn release(&self, n: usize) {
         // Saturating: the deliveries of a publish that reported an error may have settled.
         let before = match n {
-            1 => self.count.fetch_sub(1, Ordering::AcqRel),
+            1 => self.count.fetch_sub(1, Ordering::SeqCst),
             _ => self
                 .count
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
                     Some(p.saturating_sub(n))
                 })
                 .unwrap_or(0),
         };
-        if n > 0 && before <= n {
+        if n > 0 && before <= n && self.idle_waiters.load(Ordering::SeqCst) > 0 {
             self.idle.notify_waiters();
         }
+    }
+}
+
+/// Takes one registration back when dropped (also when the waiting future is dropped).
+struct Unregister<'a>(&'a AtomicUsize);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -256,6 +274,31 @@ mod tests {
         assert_eq!(p.count(), 1, "the arrived one is still pending");
         drop(arrived);
         assert_eq!((p.count(), p.forget_owed()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn idle_wakes_when_the_last_message_settles() {
+        let p = Arc::new(Pending::default());
+        let a = p.accept();
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.idle().await }
+        });
+        // Until the waiter has registered, settling would not need to notify anyone.
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while p.idle_waiters.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiter registers");
+        assert!(!waiter.is_finished(), "one message is still pending");
+        a.settle(Settled::Acked);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("idle returns once the count drops to zero")
+            .expect("the waiter does not panic");
+        assert_eq!(p.idle_waiters.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

@@ -8,12 +8,11 @@ use switchyard_core::{
     DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
     Topic, TransportError, TransportErrorKind,
 };
-use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::queue::{Entry, PushError, Pushed};
-use crate::reply::{CommandReply, CommandResult};
+use crate::reply::{AnswerRx, CommandReply};
 use crate::state::{BusInner, CURRENT, Parent, RUNNING, SubShared};
 use crate::stats::inc;
 use crate::transport_link::ErasedTransport;
@@ -76,6 +75,26 @@ impl SubShared {
         }
     }
 
+    /// [`try_enqueue`](Self::try_enqueue) for a command, whose result goes back on `reply`.
+    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
+    pub(crate) fn try_enqueue_command(
+        &self,
+        bus: &BusInner,
+        env: Arc<Envelope>,
+        reply: CommandReply,
+    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
+        if !self.accepts(&env) {
+            inc(&self.counters.filtered);
+            return Ok(Ok(Enqueued::Filtered));
+        }
+        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let entry = Entry::new(env, Some(reply), lane, bus.pending.accept());
+        match self.queue.try_push_now(entry) {
+            Ok(pushed) => Ok(self.pushed(bus, pushed)),
+            Err(entry) => Err(entry),
+        }
+    }
+
     /// Completes a [`try_enqueue`](Self::try_enqueue) that has to wait.
     pub(crate) async fn finish_enqueue(
         &self,
@@ -87,7 +106,7 @@ impl SubShared {
     }
 
     /// Accounts for the outcome of a push whose message was counted as pending.
-    #[inline]
+    #[inline(always)]
     fn pushed(
         &self,
         bus: &BusInner,
@@ -288,15 +307,12 @@ impl Bus {
         let mut out = GroupDelivery::default();
         for sub in group {
             let (tx, rx) = if wait {
-                let (tx, rx) = oneshot::channel();
+                let (tx, rx) = CommandReply::channel(None);
                 (Some(tx), Some(rx))
             } else {
                 (None, None)
             };
-            match sub
-                .enqueue(&self.inner, env.clone(), tx.map(CommandReply::from))
-                .await
-            {
+            match sub.enqueue(&self.inner, env.clone(), tx).await {
                 Ok(Enqueued::Queued) => {
                     out.delivered += 1;
                     if let Some(rx) = rx {
@@ -486,7 +502,7 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     });
 }
 
-type Waiter = (String, oneshot::Receiver<Result<CommandResult, SendError>>);
+type Waiter = (String, AnswerRx);
 
 /// What delivering to one priority group did.
 #[derive(Default)]

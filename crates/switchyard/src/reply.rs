@@ -1,147 +1,66 @@
 //! What a command's one handler sends back: the result, and the channel it travels on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::any::{Any, TypeId};
 
-use parking_lot::Mutex;
-use switchyard_core::{CommandResponder, SendError, Topic};
+use smol_str::SmolStr;
+use switchyard_core::{Envelope, SendError};
 use tokio::sync::oneshot;
 
 pub use switchyard_core::CommandResult;
 
-use crate::state::{BusInner, RUNNING};
+/// A typed handler's output handed to a typed sender in this process as it is, not encoded.
+pub(crate) type TypedValue = Box<dyn Any + Send>;
 
-/// Where a worker answers a command: the sender in this process, or the transport's
-/// responder of a command from another process, answered by the worker itself (no hand-off
-/// back to the task that received it).
-pub(crate) enum CommandReply {
-    /// A sender in this process waits on the channel.
-    Local(oneshot::Sender<Result<CommandResult, SendError>>),
-    /// A command from another process.
-    Remote(RemoteReply),
+/// The type a typed sender waits for (`TypeId::of::<C::Output>`), as a function pointer: one
+/// word in every queue entry rather than a 16-byte `TypeId`.
+pub(crate) type WantedType = fn() -> TypeId;
+
+/// What a worker sends back for a handled command: the reply as the handler boxed it (or its
+/// typed output, for a typed sender in this process) and the attempts it took. The sender
+/// knows the handler's name, so it is not sent; the channel carries a few words instead of a
+/// whole [`CommandResult`] with its envelope inline, which every move through the channel
+/// and the waiting futures would copy.
+pub(crate) struct Answer {
+    pub(crate) reply: Option<Box<Envelope>>,
+    pub(crate) typed: Option<TypedValue>,
+    pub(crate) attempts: u32,
 }
 
-impl From<oneshot::Sender<Result<CommandResult, SendError>>> for CommandReply {
-    fn from(tx: oneshot::Sender<Result<CommandResult, SendError>>) -> Self {
-        Self::Local(tx)
+impl Answer {
+    /// The public result, for the handler named `handler` (a typed output, which only a
+    /// typed sender asks for, is dropped).
+    pub(crate) fn into_result(self, handler: SmolStr) -> CommandResult {
+        CommandResult {
+            reply: self.reply.map(|r| *r),
+            handler,
+            attempts: self.attempts,
+        }
     }
+}
+
+/// What travels back on a command's channel.
+pub(crate) type Answered = Result<Answer, SendError>;
+
+/// The channel a worker answers a command on, and the output type its sender takes without
+/// encoding (a typed `send` in this process), if any.
+pub(crate) struct CommandReply {
+    tx: oneshot::Sender<Answered>,
+    pub(crate) typed: Option<WantedType>,
 }
 
 impl CommandReply {
-    /// Sends the result (a sender that gave up discards it).
-    pub(crate) async fn answer(self, result: Result<CommandResult, SendError>) {
-        match self {
-            Self::Local(tx) => {
-                let _ = tx.send(result);
-            }
-            Self::Remote(remote) => remote.answer(result).await,
-        }
+    /// A reply channel and its receiving end.
+    pub(crate) fn channel(typed: Option<WantedType>) -> (Self, AnswerRx) {
+        let (tx, rx) = oneshot::channel();
+        (Self { tx, typed }, rx)
     }
 
-    /// [`answer`](Self::answer) from code that cannot wait: a remote answer is sent from a
-    /// task of its own.
-    pub(crate) fn answer_now(self, result: Result<CommandResult, SendError>) {
-        match self {
-            Self::Local(tx) => {
-                let _ = tx.send(result);
-            }
-            Self::Remote(remote) => {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(remote.answer(result));
-                }
-            }
-        }
+    /// Sends the answer; a sender that gave up (deadline passed) discards it.
+    #[inline]
+    pub(crate) fn send(self, answer: Answered) {
+        let _ = self.tx.send(answer);
     }
 }
 
-/// The responder of one remote command, answered once: by the worker with the result, by
-/// the task serving it with an early failure or at the deadline, whichever comes first.
-pub(crate) struct RemoteSlot {
-    responder: Mutex<Option<Box<dyn CommandResponder>>>,
-    /// Set once the command is queued: from then on a reply dropped unanswered answers.
-    queued: AtomicBool,
-}
-
-impl RemoteSlot {
-    pub(crate) fn new(responder: Box<dyn CommandResponder>) -> Arc<Self> {
-        Arc::new(Self {
-            responder: Mutex::new(Some(responder)),
-            queued: AtomicBool::new(false),
-        })
-    }
-
-    /// The responder, unless the command was answered already.
-    pub(crate) fn take(&self) -> Option<Box<dyn CommandResponder>> {
-        self.responder.lock().take()
-    }
-
-    pub(crate) fn set_queued(&self) {
-        self.queued.store(true, Ordering::Release);
-    }
-}
-
-/// A remote command's reply as queued with the command.
-pub(crate) struct RemoteReply {
-    pub(crate) slot: Arc<RemoteSlot>,
-    /// Dropped once answered (or dropped): wakes the task serving the command when it waits
-    /// for the deadline. `None` without a deadline (nobody waits).
-    pub(crate) _done: Option<oneshot::Sender<()>>,
-    pub(crate) bus: Weak<BusInner>,
-    pub(crate) topic: Topic,
-    pub(crate) handler: smol_str::SmolStr,
-}
-
-impl RemoteReply {
-    fn bus_running(&self) -> bool {
-        self.bus
-            .upgrade()
-            .is_some_and(|bus| bus.state.load(Ordering::Acquire) == RUNNING)
-    }
-
-    async fn answer(self, result: Result<CommandResult, SendError>) {
-        let Some(responder) = self.slot.take() else {
-            return;
-        };
-        let result = match result {
-            // Not handled because this bus is stopping: as for a command arriving now, this
-            // process has no handler any more (a transport may hand the command to another
-            // process: a durable command is redelivered).
-            Err(SendError::NotProcessed(_)) if !self.bus_running() => Err(SendError::NoHandler {
-                topic: self.topic.clone(),
-            }),
-            other => other,
-        };
-        if let Err(e) = responder.respond(result).await {
-            tracing::warn!(handler = %self.handler, topic = %self.topic, error = %e, "could not answer a remote command");
-        }
-    }
-}
-
-impl Drop for RemoteReply {
-    /// Dropped unanswered once queued (the handler stopped before answering): answered as a
-    /// local sender would learn it, `NotProcessed`, or `NoHandler` when the bus is stopping
-    /// (this process has no handler any more; a transport may hand the command to another).
-    fn drop(&mut self) {
-        if !self.slot.queued.load(Ordering::Acquire) {
-            // Not queued: the serving task answers the failure to queue it.
-            return;
-        }
-        let Some(responder) = self.slot.take() else {
-            return;
-        };
-        let result = if self.bus_running() {
-            Err(SendError::NotProcessed(
-                "the handler stopped before answering".into(),
-            ))
-        } else {
-            Err(SendError::NoHandler {
-                topic: self.topic.clone(),
-            })
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = responder.respond(result).await;
-            });
-        }
-    }
-}
+/// The sender's end of [`CommandReply`].
+pub(crate) type AnswerRx = oneshot::Receiver<Answered>;

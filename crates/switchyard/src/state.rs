@@ -3,6 +3,8 @@
 //! bookkeeping, giving a message up to the dead-letter sink). Behaviour lives in the modules
 //! above: `publish`, `command`, `dispatch`, `pump`, `shutdown`.
 
+use std::any::TypeId;
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,6 +23,7 @@ use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::{Entry, Overflow, Queue};
+use crate::reply::{TypedValue, WantedType};
 use crate::router::Router;
 use crate::stats::{Counters, SubscriptionInfo, SubscriptionStats, inc};
 use crate::transport_link::ErasedTransport;
@@ -48,8 +51,48 @@ impl Parent {
     }
 }
 
+/// For an attempt at a command whose sender in this process waits for a typed result: where
+/// the typed handler leaves its output instead of encoding a reply. A task-local of its own,
+/// set only around such attempts, so every other handler call stays as it was.
+pub(crate) struct TypedSlot {
+    wanted: WantedType,
+    value: Cell<Option<TypedValue>>,
+}
+
+impl TypedSlot {
+    pub(crate) fn new(wanted: WantedType) -> Self {
+        Self {
+            wanted,
+            value: Cell::new(None),
+        }
+    }
+
+    /// The output a handler left, if any.
+    pub(crate) fn into_value(self) -> Option<TypedValue> {
+        self.value.into_inner()
+    }
+}
+
+/// In a handler: hands `output` to the sender waiting for it typed (replacing an output a
+/// previous call of the same attempt left), or gives it back when no sender takes an `O`.
+pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
+    let mut output = Some(output);
+    let _ = TYPED.try_with(|slot| {
+        if (slot.wanted)() == TypeId::of::<O>()
+            && let Some(output) = output.take()
+        {
+            slot.value.set(Some(Box::new(output)));
+        }
+    });
+    match output {
+        None => Ok(()),
+        Some(output) => Err(output),
+    }
+}
+
 tokio::task_local! {
     pub(crate) static CURRENT: Parent;
+    pub(crate) static TYPED: TypedSlot;
 }
 
 pub(crate) const RUNNING: u8 = 0;
@@ -88,7 +131,9 @@ pub type PublishHook = Arc<dyn Fn(&mut Envelope) -> Result<(), PublishError> + S
 /// Shared state behind every [`Bus`] clone.
 pub(crate) struct BusInner {
     pub(crate) router: Router<Arc<SubShared>>,
-    pub(crate) commands: RwLock<HashMap<Topic, CommandSlot>>,
+    /// Looked up on every send: a cheap hash (topics are not attacker-chosen keys here any
+    /// more than the router's are).
+    pub(crate) commands: RwLock<rustc_hash::FxHashMap<Topic, CommandSlot>>,
     /// Every subscription whose workers still run (active or draining).
     pub(crate) subs: Mutex<BTreeMap<u64, Arc<SubShared>>>,
     pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
@@ -264,7 +309,7 @@ impl SubShared {
     ) {
         inc(&self.counters.dead_lettered);
         if let Some(reply) = entry.reply {
-            reply.answer_now(Err(SendError::NotProcessed(error.clone())));
+            reply.send(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)

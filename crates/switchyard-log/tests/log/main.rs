@@ -3,5 +3,6 @@
 
 mod basic;
 mod common;
+mod handover;
 mod limits;
 mod recovery;

@@ -127,6 +127,99 @@ async fn handler_error_reaches_the_sender_after_attempts() {
     assert_eq!(bus.dead_letters().unwrap().len(), 1);
 }
 
+/// An output that has no JSON form: encoding it fails, decoding it fails.
+#[derive(Debug, PartialEq)]
+struct Opaque(u64);
+
+impl serde::Serialize for Opaque {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Opaque has no JSON form"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Opaque {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("Opaque has no JSON form"))
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MakeOpaque {
+    n: u64,
+}
+
+impl switchyard::Message for MakeOpaque {
+    const TOPIC: &'static str = "opaque.make";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+}
+
+impl switchyard::Command for MakeOpaque {
+    type Output = Opaque;
+}
+
+#[tokio::test]
+async fn a_typed_send_in_process_takes_the_output_as_it_is() {
+    let bus = Bus::builder()
+        .max_attempts(1)
+        .retry_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let _h = bus
+        .handle(|c: MakeOpaque, _| async move { Ok::<_, std::io::Error>(Opaque(c.n)) })
+        .start()
+        .await
+        .unwrap();
+    // Typed sender and typed handler in one process: the output is never encoded.
+    assert_eq!(bus.send(MakeOpaque { n: 7 }).await.unwrap(), Opaque(7));
+    assert_eq!(
+        bus.request(MakeOpaque { n: 8 }, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Opaque(8)
+    );
+    // A raw envelope sender gets a reply envelope, so the output has to be encoded: here
+    // that fails, and the failure is the handler's.
+    let cmd = switchyard::Message::to_envelope(&MakeOpaque { n: 9 }).unwrap();
+    match bus.send_envelope(cmd).await {
+        Err(SendError::Failed { error, .. }) => {
+            assert!(error.contains("no JSON form"), "{error}")
+        }
+        other => panic!("expected the encoding failure, got {other:?}"),
+    }
+}
+
+/// A sender that expects the doubled number as an `i64`, on `Double`'s topic.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DoubleSigned {
+    n: u64,
+}
+
+impl switchyard::Message for DoubleSigned {
+    const TOPIC: &'static str = "math.double";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+}
+
+impl switchyard::Command for DoubleSigned {
+    type Output = i64;
+}
+
+#[tokio::test]
+async fn a_typed_sender_of_another_output_type_gets_the_encoded_reply() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|cmd: Double, _ctx| async move { Ok::<_, std::io::Error>(cmd.n * 2) })
+        .start()
+        .await
+        .unwrap();
+    // The handler's output is a u64, the sender's an i64: it travels as JSON and decodes.
+    assert_eq!(bus.send(DoubleSigned { n: 21 }).await.unwrap(), 42_i64);
+    // And a raw sender gets the JSON reply as before.
+    let cmd = switchyard::Message::to_envelope(&Double { n: 5 }).unwrap();
+    let result = bus.send_envelope(cmd).await.unwrap();
+    assert_eq!(result.reply.unwrap().payload.as_ref(), b"10");
+    assert_eq!(result.attempts, 1);
+}
+
 /// Issue 17: the handler sees the sender's deadline (`Ctx::deadline`): a request's, within
 /// its bound, and none for a command sent without one.
 #[tokio::test]
