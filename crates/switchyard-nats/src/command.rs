@@ -272,15 +272,24 @@ impl CommandResponder for NatsResponder {
             let Some(to) = to else {
                 return Ok(());
             };
-            let (headers, payload) = encode_result(result);
-            client
-                .publish_with_headers(to, headers, payload)
-                .await
-                .map_err(|e| {
-                    TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
-                })
+            publish_result(&client, to, result).await
         })
     }
+}
+
+/// Publishes a command's result (or failure) to the sender's reply subject.
+pub(crate) async fn publish_result(
+    client: &async_nats::Client,
+    to: Subject,
+    result: Result<CommandResult, SendError>,
+) -> Result<(), TransportError> {
+    let (headers, payload) = encode_result(result);
+    client
+        .publish_with_headers(to, headers, payload)
+        .await
+        .map_err(|e| {
+            TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
+        })
 }
 
 pub(crate) fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {

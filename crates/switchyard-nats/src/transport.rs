@@ -725,28 +725,7 @@ impl Subscriber for NatsTransport {
                 ),
             };
             let c = self.inner.config.clone();
-            let consumer_config = pull::Config {
-                durable_name: durable.then(|| name.clone()),
-                name: Some(name.clone()),
-                deliver_policy: if durable {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::New
-                },
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: c.ack_wait,
-                // One delivery more than allowed: that one is dead-lettered by us, with the
-                // raw message, and terminated.
-                max_deliver: if c.max_deliver == 0 {
-                    -1
-                } else {
-                    i64::from(c.max_deliver) + 1
-                },
-                max_ack_pending: c.max_ack_pending as i64,
-                filter_subject: filter,
-                inactive_threshold: retention::inactive_threshold(&c, durable),
-                ..Default::default()
-            };
+            let consumer_config = consumer_config(&c, &name, filter, durable);
             // Create it now so errors reach the caller and messages published after
             // `subscribe` returns are seen.
             self.inner
@@ -837,6 +816,39 @@ impl Stream for NatsSubscription {
             return Poll::Ready(None);
         }
         self.rx.poll_recv(cx)
+    }
+}
+
+/// A pull consumer's settings: a durable one (a group, or a durable command topic) reads the
+/// stream from its start and outlives its process for the durable inactive threshold; an
+/// ephemeral one reads what comes after it was made.
+pub(crate) fn consumer_config(
+    c: &NatsConfig,
+    name: &str,
+    filter: String,
+    durable: bool,
+) -> pull::Config {
+    pull::Config {
+        durable_name: durable.then(|| name.to_owned()),
+        name: Some(name.to_owned()),
+        deliver_policy: if durable {
+            DeliverPolicy::All
+        } else {
+            DeliverPolicy::New
+        },
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: c.ack_wait,
+        // One delivery more than allowed: that one is dead-lettered by us, with the raw
+        // message, and terminated.
+        max_deliver: if c.max_deliver == 0 {
+            -1
+        } else {
+            i64::from(c.max_deliver) + 1
+        },
+        max_ack_pending: c.max_ack_pending as i64,
+        filter_subject: filter,
+        inactive_threshold: retention::inactive_threshold(c, durable),
+        ..Default::default()
     }
 }
 

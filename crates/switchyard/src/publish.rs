@@ -148,6 +148,12 @@ impl Bus {
         if !self.inner.hooks.is_empty() {
             self.inner.hooks.iter().try_for_each(|hook| hook(env))?;
         }
+        self.check_size(env)
+    }
+
+    /// The bus's message size limit (its own or its transport's, the smaller).
+    #[inline]
+    fn check_size(&self, env: &Envelope) -> Result<(), PublishError> {
         let (limit, limit_of) = self.inner.size_limit;
         if env.payload.len() > limit {
             return Err(PublishError::TooLarge(TooLarge {
@@ -255,14 +261,7 @@ impl Bus {
                 .codecs
                 .iter()
                 .try_for_each(|codec| codec.encode(&mut env))?;
-            let (limit, limit_of) = self.inner.size_limit;
-            if env.payload.len() > limit {
-                return Err(PublishError::TooLarge(TooLarge {
-                    size: env.payload.len(),
-                    limit,
-                    limit_of,
-                }));
-            }
+            self.check_size(&env)?;
         }
         let expected = owed_deliveries(&self.inner.router.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.

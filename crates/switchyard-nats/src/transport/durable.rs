@@ -23,7 +23,7 @@ use switchyard_core::{
 };
 
 use super::*;
-use crate::command::{DEADLINE, REPLY_TO, decode_result, encode_result};
+use crate::command::{DEADLINE, REPLY_TO, decode_result, publish_result};
 
 impl NatsTransport {
     /// Whether commands of `topic` are durable here.
@@ -140,23 +140,7 @@ impl NatsTransport {
         let stream = sanitize_name(&self.inner.config.durable_command_stream);
         let name = consumer_name(topic);
         let c = &self.inner.config;
-        let consumer_config = pull::Config {
-            durable_name: Some(name.clone()),
-            name: Some(name.clone()),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: c.ack_wait,
-            // One delivery more than allowed: that one is dead-lettered by the worker.
-            max_deliver: if c.max_deliver == 0 {
-                -1
-            } else {
-                i64::from(c.max_deliver) + 1
-            },
-            max_ack_pending: c.max_ack_pending as i64,
-            filter_subject: subject,
-            inactive_threshold: retention::inactive_threshold(c, true),
-            ..Default::default()
-        };
+        let consumer_config = consumer_config(c, &name, subject, true);
         self.inner
             .js
             .create_consumer_on_stream(consumer_config.clone(), &stream)
@@ -318,14 +302,8 @@ impl CommandResponder for DurableResponder {
             let Some(to) = reply_to else {
                 return Ok(());
             };
-            let (headers, payload) = encode_result(result);
             // Nobody listens any more when the sender gave up: the server drops it.
-            client
-                .publish_with_headers(to, headers, payload)
-                .await
-                .map_err(|e| {
-                    TransportError::with_source(TransportErrorKind::Unavailable, "cannot reply", e)
-                })
+            publish_result(&client, to, result).await
         })
     }
 }
