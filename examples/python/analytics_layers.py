@@ -228,8 +228,10 @@ async def main() -> None:
     for pipeline_id, data in requests.items():
         await bus.publish(MessageType.FEATURE_REQUEST.value, ProcessingMessage(pipeline_id, {"data": data}))
 
-    for _ in requests:
-        topic, msg, env = await asyncio.wait_for(results.get(), 5)
+    # The two flows run concurrently (p-2 fails early, so it may well arrive first): the
+    # results are printed in pipeline order.
+    arrived = [await asyncio.wait_for(results.get(), 5) for _ in requests]
+    for topic, msg, env in sorted(arrived, key=lambda r: r[1].pipeline_id):
         print(f"cpm <- {topic} pipeline={msg.pipeline_id} content={msg.content}")
     await bus.idle()
     for pipeline_id in requests:
