@@ -318,28 +318,7 @@ impl NatsTransport {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.ack_timeout);
         for spec in &config.streams {
-            let mut subjects: Vec<String> = Vec::new();
-            for p in &spec.patterns {
-                for s in pattern_subjects(p).list {
-                    if !subjects.contains(&s) {
-                        subjects.push(s);
-                    }
-                }
-            }
-            let (max_age, max_bytes) = retention::stream_limits(&config);
-            let stream_config = stream::Config {
-                name: sanitize_name(&spec.name),
-                subjects,
-                storage: match config.storage {
-                    Storage::File => stream::StorageType::File,
-                    Storage::Memory => stream::StorageType::Memory,
-                },
-                num_replicas: config.replicas.max(1),
-                max_age,
-                max_bytes,
-                duplicate_window: config.duplicate_window,
-                ..Default::default()
-            };
+            let stream_config = retention::stream_config(&config, &spec.name, &spec.patterns, None);
             retention::ensure_stream(&js, &spec.name, stream_config).await?;
         }
         durable::ensure_stream(&js, &config).await?;

@@ -317,29 +317,14 @@ pub(super) async fn ensure_stream(
     if config.durable_commands.is_empty() {
         return Ok(());
     }
-    let mut subjects: Vec<String> = Vec::new();
-    for p in &config.durable_commands {
-        for s in pattern_subjects(p).list {
-            let s = format!("{}.{s}", config.durable_command_prefix);
-            if !subjects.contains(&s) {
-                subjects.push(s);
-            }
-        }
-    }
-    let (max_age, max_bytes) = retention::stream_limits(config);
     let stream_config = stream::Config {
-        name: sanitize_name(&config.durable_command_stream),
-        subjects,
         retention: stream::RetentionPolicy::WorkQueue,
-        storage: match config.storage {
-            Storage::File => stream::StorageType::File,
-            Storage::Memory => stream::StorageType::Memory,
-        },
-        num_replicas: config.replicas.max(1),
-        max_age,
-        max_bytes,
-        duplicate_window: config.duplicate_window,
-        ..Default::default()
+        ..retention::stream_config(
+            config,
+            &config.durable_command_stream,
+            &config.durable_commands,
+            Some(&config.durable_command_prefix),
+        )
     };
     retention::ensure_stream(js, &config.durable_command_stream, stream_config).await
 }

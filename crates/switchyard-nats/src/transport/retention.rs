@@ -40,6 +40,42 @@ pub(super) async fn ensure_stream(
     Ok(())
 }
 
+/// A stream's settings: the subjects of `patterns` (each under `prefix` when given), the
+/// storage, replicas, duplicate window and retention limits of the configuration.
+pub(super) fn stream_config(
+    config: &NatsConfig,
+    name: &str,
+    patterns: &[Pattern],
+    prefix: Option<&str>,
+) -> stream::Config {
+    let mut subjects: Vec<String> = Vec::new();
+    for p in patterns {
+        for s in pattern_subjects(p).list {
+            let s = match prefix {
+                Some(prefix) => format!("{prefix}.{s}"),
+                None => s,
+            };
+            if !subjects.contains(&s) {
+                subjects.push(s);
+            }
+        }
+    }
+    let (max_age, max_bytes) = stream_limits(config);
+    stream::Config {
+        name: sanitize_name(name),
+        subjects,
+        storage: match config.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: config.replicas.max(1),
+        max_age,
+        max_bytes,
+        duplicate_window: config.duplicate_window,
+        ..Default::default()
+    }
+}
+
 /// The stream limits from the configuration: `max_age` (zero: unlimited, JetStream's
 /// convention) and `max_bytes` (-1: unlimited).
 pub(super) fn stream_limits(config: &NatsConfig) -> (Duration, i64) {
