@@ -308,13 +308,41 @@ impl Envelope {
 
     /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.
     pub fn reply(&self, payload: impl Into<Bytes>) -> Envelope {
+        self.reply_address().reply(payload)
+    }
+
+    /// What a reply to this message takes from it, kept apart so that the message itself can
+    /// be handed on (to a handler) and the reply made afterwards.
+    pub fn reply_address(&self) -> ReplyAddress {
+        ReplyAddress {
+            topic: self.topic.clone(),
+            id: self.id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// Where a reply to a message goes ([`Envelope::reply_address`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAddress {
+    topic: Topic,
+    id: MessageId,
+    correlation_id: MessageId,
+    source: Option<SmolStr>,
+}
+
+impl ReplyAddress {
+    /// The reply: kind `Reply`, the message's topic, caused by and correlated with it,
+    /// addressed to its source.
+    pub fn reply(self, payload: impl Into<Bytes>) -> Envelope {
         // Filled in place (not through the by-value `caused_by`, which moves the whole
         // envelope once more): handlers build one of these per command.
-        let mut reply = Envelope::new(self.topic.clone(), payload);
+        let mut reply = Envelope::new(self.topic, payload);
         reply.kind = Kind::Reply;
-        reply.causation_id = Some(self.id.clone());
-        reply.correlation_id = self.correlation_id.clone();
-        reply.target = self.source.clone();
+        reply.causation_id = Some(self.id);
+        reply.correlation_id = self.correlation_id;
+        reply.target = self.source;
         reply
     }
 }
@@ -341,6 +369,26 @@ impl fmt::Debug for Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_made_from_the_address_is_addressed_to_the_message() {
+        let mut cmd = Envelope::new(Topic::new("users.create").unwrap(), "{}")
+            .with_kind(Kind::Command)
+            .caused_by(&Envelope::new(Topic::new("flow.start").unwrap(), "{}"));
+        cmd.source = Some("frontend".into());
+        let address = cmd.reply_address();
+        let handed_on = cmd.clone(); // the message can go its way; the address stays
+        let got = address.reply(b"42".to_vec());
+        assert_eq!(got.kind, Kind::Reply);
+        assert_eq!(got.topic, handed_on.topic);
+        assert_eq!(got.causation_id, Some(handed_on.id.clone()));
+        assert_eq!(got.correlation_id, handed_on.correlation_id);
+        assert_eq!(got.target.as_deref(), Some("frontend"));
+        assert_eq!(got.source, None);
+        assert_eq!(&got.payload[..], b"42");
+        assert_ne!(got.id, handed_on.id, "the reply has an id of its own");
+        assert_eq!(handed_on.reply("42").causation_id, got.causation_id);
+    }
 
     #[test]
     fn headers_copy_on_write() {

@@ -24,7 +24,7 @@ pub use dead_letter::{
     InMemoryDeadLetters,
 };
 pub use envelope::{
-    DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority,
+    DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority, ReplyAddress,
 };
 pub use error::{
     BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,

@@ -6,8 +6,8 @@ use std::sync::Weak;
 
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Kind, Message, MessageId, Outcome,
-    SendError, Topic,
+    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
+    SendError,
 };
 use tower::service_fn;
 use tower::util::BoxCloneService;
@@ -128,7 +128,7 @@ where
             let cmd = crate::upcast::decode::<C>(&bus, &env)?;
             // What the reply needs of the command, so the handler gets the envelope itself
             // rather than a copy of it.
-            let reply_to = ReplyTo::of(&env);
+            let reply_to = env.reply_address();
             let ctx = Ctx::new(upgrade(&bus)?, env);
             let output = f(cmd, ctx).await.map_err(Into::into)?;
             // A typed sender in this process takes the output as it is: no reply envelope,
@@ -141,35 +141,6 @@ where
             Ok(Outcome::reply(reply_to.reply(payload)))
         }
     }))
-}
-
-/// The fields of a command that its reply takes over, as [`Envelope::reply`] sets them.
-struct ReplyTo {
-    topic: Topic,
-    id: MessageId,
-    correlation_id: MessageId,
-    source: Option<SmolStr>,
-}
-
-impl ReplyTo {
-    fn of(env: &Envelope) -> Self {
-        Self {
-            topic: env.topic.clone(),
-            id: env.id.clone(),
-            correlation_id: env.correlation_id.clone(),
-            source: env.source.clone(),
-        }
-    }
-
-    /// The reply, as `env.reply(payload)` would have made it.
-    fn reply(self, payload: Vec<u8>) -> Envelope {
-        let mut reply = Envelope::new(self.topic, payload);
-        reply.kind = Kind::Reply;
-        reply.causation_id = Some(self.id);
-        reply.correlation_id = self.correlation_id;
-        reply.target = self.source;
-        reply
-    }
 }
 
 /// A typed batch handler: decodes every message; undecodable ones are dead-lettered with
@@ -213,27 +184,4 @@ where
                 .map_err(Into::into)
         }
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_typed_reply_is_addressed_as_envelope_reply_addresses_it() {
-        let mut cmd = Envelope::new(Topic::new("users.create").unwrap(), "{}")
-            .with_kind(Kind::Command)
-            .caused_by(&Envelope::new(Topic::new("flow.start").unwrap(), "{}"));
-        cmd.source = Some("frontend".into());
-        let expected = cmd.reply("42");
-        let got = ReplyTo::of(&cmd).reply(b"42".to_vec());
-        assert_eq!(got.kind, expected.kind);
-        assert_eq!(got.topic, expected.topic);
-        assert_eq!(got.causation_id, expected.causation_id);
-        assert_eq!(got.correlation_id, expected.correlation_id);
-        assert_eq!(got.target, expected.target);
-        assert_eq!(got.source, expected.source);
-        assert_eq!(got.payload, expected.payload);
-        assert_ne!(got.id, cmd.id, "the reply has an id of its own");
-    }
 }
