@@ -311,6 +311,7 @@ impl SubShared {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
         }
+        // For the sender's `NoHandler` once the envelope is queued (or dropped unhandled).
         let env_topic = env.topic.clone();
         let queued = {
             // A bus that is stopping takes no more commands: the sender may try another
@@ -340,14 +341,15 @@ impl SubShared {
                     }
                 }
             }
-            let topic = env.topic.clone();
             let (tx, rx) = CommandReply::channel(None);
             let result = match self.try_enqueue_command(&bus, Arc::new(env), tx) {
                 Ok(result) => result,
                 Err(entry) => self.finish_enqueue(&bus, entry).await,
             };
             match enqueue_result(self, result) {
-                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
+                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler {
+                    topic: env_topic.clone(),
+                }),
                 other => other.map(|()| rx),
             }
         };

@@ -72,18 +72,16 @@ impl SubShared {
         if matches!(delivery.envelope.kind, Kind::Command | Kind::Request) {
             // Published as a command by some client: it is for its one handler, never for
             // an event handler.
-            inc(&self.counters.dead_lettered);
-            bus.dead_letter(
-                DeadLetter::new(
-                    delivery.envelope.clone(),
-                    DeadLetterReason::Unroutable,
-                    "a command or request published as an event: event handlers do not take \
-                     commands (send it with bus.send / a NATS request to its handler)",
-                )
-                .with_handler(self.config.name.clone()),
-            );
-            self.settle(delivery, false).await;
-            accepted.settle(Settled::DeadLettered);
+            self.dead_letter_delivery(
+                &bus,
+                delivery,
+                accepted,
+                DeadLetterReason::Unroutable,
+                "a command or request published as an event: event handlers do not take \
+                 commands (send it with bus.send / a NATS request to its handler)"
+                    .into(),
+            )
+            .await;
             return Ok(());
         }
         // Decoded (e.g. decrypted) before anything looks at the payload; the delivery keeps
@@ -99,23 +97,20 @@ impl SubShared {
                 .find_map(|codec| codec.decode(&mut env).err());
             if let Some(why) = failed {
                 inc(&self.counters.decode_failed);
-                inc(&self.counters.dead_lettered);
                 tracing::warn!(
                     subscription = %self.name(),
                     topic = %delivery.envelope.topic,
                     message_id = %delivery.envelope.id,
                     "could not decode a message from the transport: {why}"
                 );
-                bus.dead_letter(
-                    DeadLetter::new(
-                        delivery.envelope.clone(),
-                        DeadLetterReason::DecodeFailed,
-                        why,
-                    )
-                    .with_handler(self.config.name.clone()),
-                );
-                self.settle(delivery, false).await;
-                accepted.settle(Settled::DeadLettered);
+                self.dead_letter_delivery(
+                    &bus,
+                    delivery,
+                    accepted,
+                    DeadLetterReason::DecodeFailed,
+                    why,
+                )
+                .await;
                 return Ok(());
             }
             Some(env)
@@ -143,13 +138,14 @@ impl SubShared {
                     // Dead-lettered before the delivery is settled: a crash in between
                     // redelivers it (and it is rejected again), it is never lost.
                     inc(&self.counters.intake_rejected);
-                    inc(&self.counters.dead_lettered);
-                    bus.dead_letter(
-                        DeadLetter::new(delivery.envelope.clone(), DeadLetterReason::Rejected, why)
-                            .with_handler(self.config.name.clone()),
-                    );
-                    self.settle(delivery, false).await;
-                    accepted.settle(Settled::DeadLettered);
+                    self.dead_letter_delivery(
+                        &bus,
+                        delivery,
+                        accepted,
+                        DeadLetterReason::Rejected,
+                        why,
+                    )
+                    .await;
                     return Ok(());
                 }
             }
@@ -170,5 +166,25 @@ impl SubShared {
             // with the entry.
             Err(_) => Err(EnqueueError::Closed),
         }
+    }
+
+    /// Gives up a delivery before it is queued: dead-lettered as it arrived (raw bytes),
+    /// then terminated at the transport and its pending count settled. Dead-lettered first:
+    /// a crash in between redelivers it (and it is given up again), it is never lost.
+    async fn dead_letter_delivery(
+        &self,
+        bus: &crate::state::BusInner,
+        delivery: Delivery,
+        accepted: crate::pending::Accepted,
+        reason: DeadLetterReason,
+        why: String,
+    ) {
+        inc(&self.counters.dead_lettered);
+        bus.dead_letter(
+            DeadLetter::new(delivery.envelope.clone(), reason, why)
+                .with_handler(self.config.name.clone()),
+        );
+        self.settle(delivery, false).await;
+        accepted.settle(Settled::DeadLettered);
     }
 }
