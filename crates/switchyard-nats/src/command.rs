@@ -292,7 +292,7 @@ pub(crate) async fn publish_result(
         })
 }
 
-pub(crate) fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
+fn encode_result(result: Result<CommandResult, SendError>) -> (HeaderMap, bytes::Bytes) {
     match result {
         Ok(done) => {
             let (mut h, payload) = match done.reply {
