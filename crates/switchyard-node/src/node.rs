@@ -128,6 +128,7 @@ impl Node {
         };
         let wrap_health = health.clone();
         let wrap_registry = handlers.clone();
+        let wrap_live = live.clone();
         let bus = builder
             .max_attempts(1)
             .wrap_handlers(move |name, handler: BoxHandler| {
@@ -143,7 +144,7 @@ impl Node {
                     });
                 let layer = ResilienceLayer::new(name, config);
                 wrap_health.add_breaker(name, layer.breaker());
-                boxed(layer.layer(wrap_latency.wrap(name, handler)))
+                boxed(layer.layer(wrap_latency.wrap(name, handler, wrap_live.clone())))
             })
             .build()?;
 
@@ -519,7 +520,18 @@ impl switchyard::DeadLetterSink for DlqSink {
             attempts: letter.attempts,
             dead_letters: 0,
         });
+        // A replayed message dead-lettered again: recorded once it is in the queue.
+        let replayed = self.1.replays.active().then(|| {
+            (
+                letter.envelope.id.clone(),
+                letter.handler.clone(),
+                letter.error.clone(),
+            )
+        });
         self.0.put(letter);
+        if let Some((id, handler, error)) = replayed {
+            self.1.replay_dead_lettered(&id, handler.as_deref(), &error);
+        }
         if let Ok(mut event) = event {
             event["dead_letters"] = self.0.len().into();
             self.1.emit("dead_letter", &event);

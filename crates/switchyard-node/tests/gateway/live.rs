@@ -12,13 +12,13 @@ use switchyard_node::auth::sha256_hex;
 use crate::common::{MEMORY, TestNode, client};
 
 /// Reads server-sent events from a response.
-struct Events {
+pub(crate) struct Events {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
 }
 
 impl Events {
-    async fn open(node: &TestNode, token: Option<&str>) -> Events {
+    pub(crate) async fn open(node: &TestNode, token: Option<&str>) -> Events {
         let mut req = client().get(node.url("/v1/stream"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -36,7 +36,7 @@ impl Events {
     }
 
     /// The next event (name, data), `None` when the stream ended.
-    async fn next(&mut self) -> Option<(String, Value)> {
+    pub(crate) async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -60,7 +60,7 @@ impl Events {
     }
 
     /// Skips events until one named `name` satisfies `pred` (10 s at most).
-    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let wait = async {
             loop {
                 match self.next().await {
