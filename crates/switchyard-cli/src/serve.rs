@@ -38,8 +38,15 @@ pub struct ServeArgs {
 
 /// Which runs of the trickle fail, and how: every 4th names a dataset the store does not
 /// have (the error handler gives up: a failed run and a dead letter); every 10th is also
-/// preceded by a request whose payload does not decode (a dead letter with the raw bytes).
+/// preceded by a request whose payload does not decode (a dead letter with the raw bytes);
+/// and the 2nd of every [`OUTAGE_EVERY`] meets a simulated outage of the report step's
+/// upstream (its retries fail too: a failed run and a dead letter of the report request,
+/// whose replay succeeds).
 const MISSING_EVERY: u64 = 4;
+/// See [`MISSING_EVERY`].
+const OUTAGE_EVERY: u64 = 8;
+/// The domain whose upstream the outage runs find unavailable.
+const OUTAGE_DOMAIN: &str = "report";
 /// Runs of the trickle under way at once at most; a tick with that many is skipped.
 const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
@@ -189,7 +196,7 @@ async fn start_demo(
         .map_err(|e| CliError::Failure(format!("the demo app's contracts: {e}")))?;
     node.set_contracts(contracts);
     println!(
-        "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails",
+        "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails (a missing file), every {OUTAGE_EVERY}th an upstream outage in {OUTAGE_DOMAIN} (replay its dead letter)",
         app.topology().components().len(),
         interval.as_millis()
     );
@@ -227,7 +234,11 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
                     publish_undecodable(&bus, n).await;
                 }
                 let dataset = if n.is_multiple_of(MISSING_EVERY) { "missing.csv" } else { DATASET };
-                match app.submit(&run_id, dataset).await {
+                let request = PipelineRequest {
+                    outage: (n % OUTAGE_EVERY == 2).then(|| OUTAGE_DOMAIN.to_owned()),
+                    ..PipelineRequest::file(&run_id, dataset)
+                };
+                match app.submit_request(request).await {
                     Ok(correlation) => {
                         waiting.insert(correlation, (run_id, Instant::now()));
                     }
