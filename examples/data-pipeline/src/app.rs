@@ -756,15 +756,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let front = app.front.clone();
 
     let violation_demo = if config.show_violation {
-        let job = Job {
-            run_id: "rogue".into(),
-            dataset: DATASET.into(),
-            attempt: 1,
-            fail: None,
-            slow: None,
-            hold: None,
-            outage: None,
-        };
+        let job = Job::new("rogue", DATASET);
         match front.publish_to("staging.load.execute", job).await {
             Err(PublishError::LayerViolation(v)) => Some(v.detail),
             Err(e) => Some(format!("refused: {e}")),
@@ -787,15 +779,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             .await?;
         ctx.start().await?;
         let correlation_id = ctx.correlation_id();
-        let job = Job {
-            run_id: "preview".into(),
-            dataset: DATASET.into(),
-            attempt: 1,
-            fail: None,
-            slow: None,
-            hold: None,
-            outage: None,
-        };
+        let job = Job::new("preview", DATASET);
         ctx.publish_to(
             &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),
             job,

@@ -150,6 +150,21 @@ pub struct Job {
     pub outage: Option<String>,
 }
 
+impl Job {
+    /// The first attempt of run `run_id` on `dataset`, with no injection.
+    pub fn new(run_id: impl Into<String>, dataset: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            dataset: dataset.into(),
+            attempt: 1,
+            fail: None,
+            slow: None,
+            hold: None,
+            outage: None,
+        }
+    }
+}
+
 impl Contract for Job {}
 
 impl Message for Job {

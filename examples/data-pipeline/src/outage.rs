@@ -55,13 +55,8 @@ mod tests {
 
     fn job(outage: Option<&str>) -> Job {
         Job {
-            run_id: "r".into(),
-            dataset: "d.csv".into(),
-            attempt: 1,
-            fail: None,
-            slow: None,
-            hold: None,
             outage: outage.map(Into::into),
+            ..Job::new("r", "d.csv")
         }
     }
 
