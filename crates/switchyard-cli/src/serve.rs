@@ -47,6 +47,9 @@ const MISSING_EVERY: u64 = 4;
 const OUTAGE_EVERY: u64 = 8;
 /// The domain whose upstream the outage runs find unavailable.
 const OUTAGE_DOMAIN: &str = "report";
+/// Every demo component sends a heartbeat this often (the health checker calls one silent
+/// for a minute unresponsive).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Runs of the trickle under way at once at most; a tick with that many is skipped.
 const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
@@ -195,6 +198,9 @@ async fn start_demo(
     let contracts = data_pipeline::contracts::registry()
         .map_err(|e| CliError::Failure(format!("the demo app's contracts: {e}")))?;
     node.set_contracts(contracts);
+    // Component health on the dashboard includes the app's health checker (heartbeats,
+    // status updates, errors); the trickle keeps every component's heartbeat going.
+    node.set_health_checker(app.health().clone());
     println!(
         "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails (a missing file), every {OUTAGE_EVERY}th an upstream outage in {OUTAGE_DOMAIN} (replay its dead letter)",
         app.topology().components().len(),
@@ -219,6 +225,7 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: HashMap<MessageId, (String, Instant)> = HashMap::new();
     let mut n = 0u64;
+    let heartbeats = app.running().start_heartbeats(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -265,6 +272,7 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
             }
         }
     }
+    drop(heartbeats);
     app.stop();
 }
 

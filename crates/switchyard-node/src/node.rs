@@ -182,6 +182,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             ws: Arc::new(crate::ws::Hub::default()),
             live,
+            checker: Arc::default(),
         };
         background.push(tokio::spawn(crate::live::run_sampler(state.clone())));
         #[cfg(feature = "zmq")]
@@ -281,6 +282,20 @@ impl Node {
             .contracts
             .write()
             .unwrap_or_else(|p| p.into_inner()) = registry;
+    }
+
+    /// Attaches the application's health checker (a `switchyard_components` assembly's
+    /// [`HealthChecker`](switchyard_components::builtin::HealthChecker), fed by its
+    /// components' heartbeats, status updates and errors): `GET /v1/health` then shows its
+    /// view of each declared component it has seen (`heartbeat`), and calls a component it
+    /// finds unresponsive failing and one it finds degraded degraded. Keep the components'
+    /// heartbeats going (`Running::start_heartbeats`), or idle ones turn unresponsive.
+    pub fn set_health_checker(&self, checker: switchyard_components::builtin::HealthChecker) {
+        *self
+            .state
+            .checker
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(checker);
     }
 
     /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.

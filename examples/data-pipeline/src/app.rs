@@ -691,6 +691,11 @@ impl DemoApp {
         &self.store
     }
 
+    /// The health checker (heartbeats, status updates, errors per component).
+    pub fn health(&self) -> &HealthChecker {
+        &self.health
+    }
+
     /// The error handler's counters.
     pub fn errors(&self) -> ErrorHandlerStats {
         self.errors.stats()

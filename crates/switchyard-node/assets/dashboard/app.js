@@ -718,8 +718,10 @@
       el("td", { class: "r" }, fmt(c.backlog) + (c.capacity ? " / " + fmt(c.capacity) : "")),
       el("td", { class: "r" }, fmt(c.handled_per_s)), el("td", { class: "r" }, fmt(c.errors_per_s)),
       el("td", { class: "r" }, c.dead_lettered ? el("a", { href: "#dlq?subscription=" + encodeURIComponent(c.subscriptions[0] || c.name) }, fmt(c.dead_lettered)) : "0"),
+      el("td", { class: "r", "data-test": "last-seen", title: c.heartbeat ? c.heartbeat.heartbeats + " heartbeat(s), " + c.heartbeat.updates + " status update(s)" : "no health checker report" },
+        c.heartbeat ? fmt(c.heartbeat.last_seen_ms / 1000) + " s ago" : "–"),
       el("td", { class: "reasons" }, c.reasons.length ? c.reasons.join("; ") : c.subscriptions.length ? "" : "no subscription on this node")))
-      : [el("tr", {}, el("td", { colspan: 8, class: "note" }, "No component or subscription yet."))]));
+      : [el("tr", {}, el("td", { colspan: 9, class: "note" }, "No component or subscription yet."))]));
     const tr = stats.transport || {};
     const breakers = stats.breakers || [];
     const open = breakers.filter((b) => b.state === "Open").length;

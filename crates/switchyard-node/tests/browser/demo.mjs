@@ -112,8 +112,11 @@ try {
   await page.locator("[data-test=readiness]", { hasText: "ready" }).waitFor({ timeout: T });
   await page.locator("[data-test=transport]", { hasText: "log" }).waitFor({ timeout: T });
   await page.locator("[data-test=component-health]", { hasText: "cpm" }).first().waitFor({ timeout: T });
+  // The app's health checker feeds it: every component has been seen (heartbeats).
+  const seen = await page.locator("[data-test=component-health] [data-test=last-seen]", { hasText: "s ago" }).count();
+  if (seen < 20) throw new Error(`only ${seen} components show when the health checker last saw them`);
   await shot(page, "demo-06-health.png");
-  step("health: ready on the log");
+  step(`health: ready on the log, ${seen} components seen by the health checker`);
 
   // The app page: the trickle's runs are in the history, completed ones and failed ones.
   await page.goto(url + "/app");
