@@ -115,14 +115,14 @@ impl FailedRequest {
             id: env.id.clone(),
             topic: env.topic.as_str().to_owned(),
             kind: env.kind,
-            causation_id: env.causation_id.clone(),
-            source: env.source.as_ref().map(ToString::to_string),
+            causation_id: env.causation_id().cloned(),
+            source: env.source().map(str::to_owned),
             headers: env
-                .headers
+                .headers()
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            content_type: env.content_type.to_string(),
+            content_type: env.content_type().to_owned(),
             type_name: env.type_name.as_ref().map(ToString::to_string),
             type_version: env.type_version,
             payload,
@@ -136,12 +136,12 @@ impl FailedRequest {
             .with_kind(self.kind)
             .with_correlation_id(correlation_id);
         env.id = self.id.clone();
-        env.causation_id = self.causation_id.clone();
-        env.source = self.source.as_deref().map(Into::into);
+        env.set_causation_id(self.causation_id.clone());
+        env.set_source(self.source.as_deref().map(Into::into));
         for (k, v) in &self.headers {
-            env.headers.insert(k.as_str(), v.as_str());
+            env.headers_mut().insert(k.as_str(), v.as_str());
         }
-        env.content_type = self.content_type.as_str().into();
+        env.set_content_type(self.content_type.as_str());
         env.type_name = self.type_name.as_deref().map(Into::into);
         env.type_version = self.type_version;
         Ok(env)
