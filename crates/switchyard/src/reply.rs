@@ -6,6 +6,8 @@ use smol_str::SmolStr;
 use switchyard_core::{Envelope, SendError};
 use tokio::sync::oneshot;
 
+use crate::remote_reply::RemoteReply;
+
 pub use switchyard_core::CommandResult;
 
 /// A typed handler's output handed to a typed sender in this process as it is, not encoded.
@@ -44,21 +46,43 @@ pub(crate) type Answered = Result<Answer, SendError>;
 /// The channel a worker answers a command on, and the output type its sender takes without
 /// encoding (a typed `send` in this process), if any.
 pub(crate) struct CommandReply {
-    tx: oneshot::Sender<Answered>,
+    to: ReplyTo,
     pub(crate) typed: Option<WantedType>,
+}
+
+/// Where the answer goes.
+enum ReplyTo {
+    /// A sender in this process waits on the channel.
+    Local(oneshot::Sender<Answered>),
+    /// A command from another process: the worker answers through the transport itself.
+    Remote(Box<RemoteReply>),
 }
 
 impl CommandReply {
     /// A reply channel and its receiving end.
     pub(crate) fn channel(typed: Option<WantedType>) -> (Self, AnswerRx) {
         let (tx, rx) = oneshot::channel();
-        (Self { tx, typed }, rx)
+        let to = ReplyTo::Local(tx);
+        (Self { to, typed }, rx)
+    }
+
+    /// The reply to a command from another process, answered through the transport.
+    pub(crate) fn remote(reply: RemoteReply) -> Self {
+        Self {
+            to: ReplyTo::Remote(Box::new(reply)),
+            typed: None,
+        }
     }
 
     /// Sends the answer; a sender that gave up (deadline passed) discards it.
     #[inline]
     pub(crate) fn send(self, answer: Answered) {
-        let _ = self.tx.send(answer);
+        match self.to {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(answer);
+            }
+            ReplyTo::Remote(remote) => remote.send(answer),
+        }
     }
 }
 
