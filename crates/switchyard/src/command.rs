@@ -13,6 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
+use crate::inline::InlineRun;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
@@ -126,7 +127,15 @@ impl Bus {
             });
         };
         let (tx, rx) = CommandReply::channel(typed);
-        match handler.try_enqueue_command(&self.inner, env, tx) {
+        let Some(lane) = handler.admit(&env) else {
+            return Err(filtered(&handler));
+        };
+        // Run on this task when the handler is free (`inline.rs`), else queued.
+        let tx = match handler.try_inline(&self.inner, &env, lane.as_ref(), tx) {
+            Ok(run) => return Ok(Start::Inline(handler, run, rx)),
+            Err(tx) => tx,
+        };
+        match handler.try_push_command(&self.inner, env, tx, lane) {
             Ok(result) => {
                 self.command_enqueued(&handler, result)?;
                 Ok(Start::Queued(handler, rx))
@@ -148,6 +157,10 @@ impl Bus {
                 // Boxed: the rare wait for room does not make every send's future larger.
                 let result = Box::pin(handler.finish_enqueue(&self.inner, entry)).await;
                 self.command_enqueued(&handler, result)?;
+                (handler, rx)
+            }
+            Start::Inline(handler, run, rx) => {
+                run.await;
                 (handler, rx)
             }
             Start::Remote(remote, env) => {
@@ -215,6 +228,8 @@ enum Start<'a> {
     Queued(Arc<SubShared>, AnswerRx),
     /// For a handler on this bus whose full queue makes the sender wait for room.
     Wait(Arc<SubShared>, Entry, AnswerRx),
+    /// Being handled on the sender's task (`inline.rs`); its answer comes on the receiver.
+    Inline(Arc<SubShared>, InlineRun, AnswerRx),
     /// No handler here: the transport carries it to another process.
     Remote(&'a dyn RemoteCommands, Arc<Envelope>),
 }
@@ -253,15 +268,20 @@ fn enqueue_result(
 ) -> Result<(), SendError> {
     match result {
         Ok(Enqueued::Queued) => Ok(()),
-        Ok(Enqueued::Filtered) => Err(SendError::Rejected {
-            reason: format!("filtered out by handler {}", handler.name()),
-        }),
+        Ok(Enqueued::Filtered) => Err(filtered(handler)),
         Err(EnqueueError::Full) => Err(SendError::Full {
             handler: handler.name().to_owned(),
         }),
         Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
             "command handler was unregistered".into(),
         )),
+    }
+}
+
+/// What the sender of a command the handler's filters (or session scope) kept out hears.
+fn filtered(handler: &SubShared) -> SendError {
+    SendError::Rejected {
+        reason: format!("filtered out by handler {}", handler.name()),
     }
 }
 

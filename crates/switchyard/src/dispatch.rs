@@ -18,7 +18,7 @@ use switchyard_core::{
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use crate::config::Handler;
+use crate::config::{Handler, SubscriptionKind};
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
@@ -74,6 +74,10 @@ struct Done {
 impl SubShared {
     /// Starts the worker tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
+        // A command's sender may run a one-message handler itself when a worker is free.
+        if let (SubscriptionKind::Command, Handler::Single(svc)) = (self.kind, &handler) {
+            self.inline_handlers.enable(svc);
+        }
         let mut workers = self.workers.lock();
         for worker in 0..self.config.workers {
             self.live_workers.fetch_add(1, Ordering::Relaxed);

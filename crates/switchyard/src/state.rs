@@ -238,6 +238,8 @@ pub(crate) struct SubShared {
     pub(crate) live_workers: AtomicUsize,
     pub(crate) active: AtomicBool,
     pub(crate) bus: Weak<BusInner>,
+    /// Handler clones for commands run on their sender's task (`inline.rs`).
+    pub(crate) inline_handlers: crate::inline::InlineHandlers,
 }
 
 impl SubShared {
@@ -258,6 +260,7 @@ impl SubShared {
             live_workers: AtomicUsize::new(0),
             active: AtomicBool::new(true),
             bus,
+            inline_handlers: crate::inline::InlineHandlers::default(),
         }
     }
 
