@@ -374,7 +374,10 @@ impl SubShared {
         let started = lifecycle.then(std::time::Instant::now);
         let mut ready = ready && !lifecycle;
         if lifecycle {
-            bus.command_started(&env, self.name()).await;
+            // Boxed, as the lifecycle's other futures and the retry's sleep: they are rare,
+            // and inline they would make every handling's future (which an inline command
+            // run allocates, `inline.rs`) several times larger.
+            Box::pin(bus.command_started(&env, self.name())).await;
         }
         // The shared envelope stays as it was queued; each attempt gets its own copy
         // stamped with the delivery bookkeeping.
@@ -492,16 +495,16 @@ impl SubShared {
             }
             inc(&c.retried);
             let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
-            tokio::time::sleep(delay).await;
+            Box::pin(tokio::time::sleep(delay)).await;
         };
         if let Some(started) = started {
-            bus.command_finished(
+            Box::pin(bus.command_finished(
                 &stamped(delivery),
                 self.name(),
                 ok,
                 error,
                 started.elapsed(),
-            )
+            ))
             .await;
         }
         ok

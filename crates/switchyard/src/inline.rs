@@ -192,8 +192,8 @@ async fn run(
             Poll::Ready(handled) => Some(handled),
             // It waits: from now on, shutdown's deadline may stop it.
             Poll::Pending => {
-                let aborted = sub.queue.inline_aborted().fuse();
-                let mut aborted = std::pin::pin!(aborted);
+                // Boxed: only a run that waits needs it.
+                let mut aborted = Box::pin(sub.queue.inline_aborted().fuse());
                 tokio::select! {
                     biased;
                     handled = process.as_mut() => Some(handled),

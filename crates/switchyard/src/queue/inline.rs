@@ -55,7 +55,9 @@ impl Queue {
         };
         st.busy -= 1;
         st.inline_runs -= 1;
-        let idle = st.inline_runs == 0;
+        // Only shutdown waits for the last run, and only once the queue is closed: an open
+        // queue's runs need not take the `Notify`'s lock.
+        let idle = st.inline_runs == 0 && st.closed;
         st.release_lane(lane);
         if st.closed && st.len == 0 {
             wake.all_workers = true;
@@ -70,7 +72,7 @@ impl Queue {
         drop(done);
     }
 
-    /// Resolves once no inline run is going on.
+    /// Resolves once no inline run is going on; for a closed queue (see `finish_inline`).
     pub(crate) async fn inline_finished(&self) {
         loop {
             let notified = self.inline_idle.notified();
