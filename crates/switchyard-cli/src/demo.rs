@@ -192,8 +192,7 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     let seen = audit.envelopes();
     for env in &seen {
         let cause = env
-            .causation_id
-            .clone()
+            .causation_id()
             .map(|c| c.to_string())
             .unwrap_or_else(|| "-".into());
         writeln!(

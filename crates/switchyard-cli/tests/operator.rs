@@ -186,7 +186,7 @@ fn pub_prints_the_id_and_the_message_reaches_the_bus() {
     assert_eq!(v["correlation_id"], "01ARZ3NDEKTSV4RRFFQ69G5FAV");
     assert_eq!(got[0].topic.as_str(), "orders.placed");
     assert_eq!(&got[0].payload[..], br#"{"order": 42}"#);
-    assert_eq!(got[0].headers.get("tenant"), Some("acme"));
+    assert_eq!(got[0].headers().get("tenant"), Some("acme"));
 }
 
 #[test]

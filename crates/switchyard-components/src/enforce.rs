@@ -174,7 +174,7 @@ impl Enforcer {
         self.checked.fetch_add(1, Ordering::Relaxed);
         let routing = self.routing(source, &env.topic);
         let mut violation = routing.violation.clone();
-        if let Some(target) = env.target.as_deref()
+        if let Some(target) = env.target()
             && let Some(t) = self.topology.component(target)
             && let Err(rule) = check_edge(&source.endpoint, &t.endpoint)
         {
@@ -303,7 +303,7 @@ impl ComponentBus {
         at: tokio::time::Instant,
         mut env: Envelope,
     ) -> Result<switchyard::MessageId, PublishError> {
-        env.source = Some(self.spec.endpoint.name.clone());
+        env.set_source(Some(self.spec.endpoint.name.clone()));
         self.enforcer.check(&self.spec, &env)?;
         let topic = env.topic.clone();
         let id = self.bus.schedule(at, env)?;
@@ -313,7 +313,7 @@ impl ComponentBus {
 
     /// Stamps `source`, checks the edge(s) against the topology, then publishes.
     pub async fn publish_envelope(&self, mut env: Envelope) -> Result<(), PublishError> {
-        env.source = Some(self.spec.endpoint.name.clone());
+        env.set_source(Some(self.spec.endpoint.name.clone()));
         self.enforcer.check(&self.spec, &env)?;
         let topic = env.topic.clone();
         let result = self.bus.publish_envelope(env).await;

@@ -96,7 +96,7 @@ impl Trace {
         let mut children: HashMap<MessageId, Vec<&Envelope>> = HashMap::new();
         let mut roots = Vec::new();
         for e in &mine {
-            match e.causation_id.clone() {
+            match e.causation_id().cloned() {
                 Some(p) if ids.contains(&p) && p != e.id => children.entry(p).or_default().push(e),
                 _ => roots.push(*e),
             }
@@ -205,8 +205,8 @@ fn node(
         id: e.id.clone(),
         topic: SmolStr::new(e.topic.as_str()),
         kind: e.kind,
-        source: e.source.clone(),
-        target: e.target.clone(),
+        source: e.source().map(Into::into),
+        target: e.target().map(Into::into),
         at_ms: ms_between(root_at, e.timestamp),
         since_parent_ms: ms_between(parent_at, e.timestamp),
         children: kids,

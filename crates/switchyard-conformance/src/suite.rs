@@ -143,7 +143,7 @@ pub async fn roundtrip<H: Harness>(h: &H) -> Outcome {
     .with_target("svc-b")
     .with_priority(Priority::HIGH)
     .with_kind(Kind::Command);
-    sent.content_type = SmolStr::new("application/octet-stream");
+    sent.set_content_type(SmolStr::new("application/octet-stream"));
     sent.type_name = Some(SmolStr::new("demo.Thing"));
     sent.type_version = 3;
     t.publish(vec![sent.clone()]).await?;
@@ -167,22 +167,22 @@ pub async fn roundtrip<H: Harness>(h: &H) -> Outcome {
         "correlation id changed"
     );
     check!(
-        got.causation_id == sent.causation_id,
+        got.causation_id() == sent.causation_id(),
         "causation id changed"
     );
-    check!(got.source == sent.source, "source {:?}", got.source);
-    check!(got.target == sent.target, "target {:?}", got.target);
+    check!(got.source() == sent.source(), "source {:?}", got.source());
+    check!(got.target() == sent.target(), "target {:?}", got.target());
     check!(got.priority == sent.priority, "priority {:?}", got.priority);
     check!(
-        got.headers == sent.headers,
+        got.headers() == sent.headers(),
         "headers {:?} != {:?}",
-        got.headers,
-        sent.headers
+        got.headers(),
+        sent.headers()
     );
     check!(
-        got.content_type == sent.content_type,
+        got.content_type() == sent.content_type(),
         "content type {:?}",
-        got.content_type
+        got.content_type()
     );
     check!(
         got.type_name == sent.type_name,
@@ -721,7 +721,7 @@ pub async fn delivery_context_and_cancellation<H: Harness>(h: &H) -> Outcome {
         d.envelope.correlation_id == sent.correlation_id,
         "correlation lost"
     );
-    check!(d.envelope.source == sent.source, "source lost");
+    check!(d.envelope.source() == sent.source(), "source lost");
     check!(
         d.envelope.delivery.attempt == 1,
         "attempt {}",

@@ -219,7 +219,7 @@ pub async fn request_reply<H: Harness>(h: &H) -> Outcome {
     );
     check!(reply.kind == Kind::Reply, "reply kind {:?}", reply.kind);
     check!(
-        reply.causation_id == Some(req.id),
+        reply.causation_id() == Some(&req.id),
         "reply not caused by the request"
     );
     check!(

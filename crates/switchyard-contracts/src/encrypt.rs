@@ -34,7 +34,7 @@ use bytes::Bytes;
 use chacha20poly1305::aead::common::Generate as _;
 use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use switchyard::TransportCodec;
-use switchyard_core::{Envelope, Pattern, PublishError, Topic};
+use switchyard_core::{Envelope, Pattern, PublishError, SmolStr, Topic};
 
 /// The header naming the key a payload was encrypted with. Present only while the payload is
 /// ciphertext (on the transport, in a dead letter of a message that could not be opened).
@@ -312,9 +312,10 @@ impl Encryption {
             .map_err(|e| EncryptionError::Seal(e.to_string()))?;
         out.extend_from_slice(&tag);
         env.payload = Bytes::from(out);
-        env.headers.insert(KEY_HEADER, id.as_str());
-        let plain_type = std::mem::replace(&mut env.content_type, SEALED_CONTENT_TYPE.into());
-        env.headers.insert(CONTENT_TYPE_HEADER, plain_type);
+        env.headers_mut().insert(KEY_HEADER, id.as_str());
+        let plain_type = SmolStr::from(env.content_type());
+        env.set_content_type(SEALED_CONTENT_TYPE);
+        env.headers_mut().insert(CONTENT_TYPE_HEADER, plain_type);
         Ok(())
     }
 
@@ -352,9 +353,9 @@ impl Encryption {
             )
             .map_err(|_| EncryptionError::Decrypt { id: id.clone() })?;
         env.payload = Bytes::from(plain);
-        env.headers.remove(KEY_HEADER);
-        if let Some(content_type) = env.headers.remove(CONTENT_TYPE_HEADER) {
-            env.content_type = content_type;
+        env.headers_mut().remove(KEY_HEADER);
+        if let Some(content_type) = env.headers_mut().remove(CONTENT_TYPE_HEADER) {
+            env.set_content_type(content_type);
         }
         Ok(())
     }

@@ -15,6 +15,8 @@ pub use crate::id::{MessageId, MessageIdError};
 use crate::local::Local;
 use crate::topic::Topic;
 
+mod wire;
+
 /// What kind of message an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -89,7 +91,7 @@ impl<'de> Deserialize<'de> for Headers {
 
 impl Headers {
     /// No headers.
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         Self(None)
     }
 
@@ -106,7 +108,13 @@ impl Headers {
 
     /// Removes one header and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<SmolStr> {
-        Arc::make_mut(self.0.as_mut()?).remove(name)
+        let map = Arc::make_mut(self.0.as_mut()?);
+        let removed = map.remove(name);
+        if map.is_empty() {
+            // Back to no map, so that the emptied headers equal fresh ones.
+            self.0 = None;
+        }
+        removed
     }
 
     /// All headers in name order.
@@ -181,6 +189,13 @@ pub const JSON: &str = "application/json";
 ///
 /// Cloning is cheap: strings are inline or shared, the payload is [`Bytes`].
 ///
+/// The fields every message uses are public; the rarely set ones (causation id, source,
+/// target, free headers, a content type other than JSON) live behind one optional box, read
+/// and written through methods ([`source`](Self::source), [`set_source`](Self::set_source),
+/// [`headers_mut`](Self::headers_mut), ...), so a message that sets none of them carries one
+/// null pointer for all of them. The serialized form is the same either way: every field, in
+/// the order of the methods' names below.
+///
 /// ```
 /// use switchyard_core::{Envelope, Kind, Topic};
 /// let env = Envelope::new(Topic::new("users.created")?, "{\"id\":7}")
@@ -189,9 +204,10 @@ pub const JSON: &str = "application/json";
 /// assert_eq!(env.kind, Kind::Event);
 /// assert_eq!(env.correlation_id, env.id); // a new message starts its own correlation
 /// assert_eq!(env.header("tenant"), Some("acme"));
+/// assert_eq!(env.source(), Some("user-service"));
 /// # Ok::<(), switchyard_core::TopicError>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone)]
 pub struct Envelope {
     /// Unique id of this message.
     pub id: MessageId,
@@ -202,21 +218,12 @@ pub struct Envelope {
     /// Id shared by every message of one end-to-end flow. A new message starts its own
     /// (equal to `id`); a message published while handling another inherits that one's.
     pub correlation_id: MessageId,
-    /// Id of the message whose handler published this one (set automatically by the bus).
-    pub causation_id: Option<MessageId>,
-    /// Name of the component that published it.
-    pub source: Option<SmolStr>,
-    /// Name of the component it is addressed to, if any.
-    pub target: Option<SmolStr>,
     /// Urgency among waiting messages.
     pub priority: Priority,
     /// When it was created.
     pub timestamp: SystemTime,
-    /// String headers; unknown ones are kept.
-    pub headers: Headers,
-    /// MIME type of the payload (`application/json` by default).
-    pub content_type: SmolStr,
-    /// Rust or schema type name of the payload, for schema evolution.
+    /// Rust or schema type name of the payload, for schema evolution. Inline rather than
+    /// with the rare fields: every typed message carries one.
     pub type_name: Option<SmolStr>,
     /// Schema version of the payload type.
     pub type_version: u32,
@@ -227,9 +234,34 @@ pub struct Envelope {
     /// The typed value `payload` was encoded from, while the message stays in the process
     /// that published it (see [`Local`]): typed handlers take it instead of decoding. Never
     /// serialized or compared.
-    #[serde(skip)]
     pub local: Local,
+    /// The rare fields; `None` while all of them have their defaults.
+    rare: Option<Box<Rare>>,
 }
+
+/// The fields few messages set, boxed together behind [`Envelope::rare`].
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Rare {
+    causation_id: Option<MessageId>,
+    source: Option<SmolStr>,
+    target: Option<SmolStr>,
+    headers: Headers,
+    /// `None` for [`JSON`], so the common content type costs nothing.
+    content_type: Option<SmolStr>,
+}
+
+/// What an envelope without rare fields reads.
+static NO_RARE: Rare = Rare {
+    causation_id: None,
+    source: None,
+    target: None,
+    headers: Headers::new(),
+    content_type: None,
+};
+
+// The per-message price of an envelope (ARCHITECTURE.md, "Memory per queued message"):
+// fail the build rather than grow it unnoticed.
+const _: () = assert!(std::mem::size_of::<Envelope>() <= 216);
 
 impl Envelope {
     /// A new event on `topic` carrying `payload`, with a fresh id that is also its correlation id.
@@ -242,18 +274,90 @@ impl Envelope {
             topic,
             kind: Kind::Event,
             correlation_id: id,
-            causation_id: None,
-            source: None,
-            target: None,
             priority: Priority::NORMAL,
             timestamp: now,
-            headers: Headers::new(),
-            content_type: SmolStr::new_static(JSON),
             type_name: None,
             type_version: 1,
             payload: payload.into(),
             delivery: DeliveryInfo::default(),
             local: Local::default(),
+            rare: None,
+        }
+    }
+
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Id of the message whose handler published this one (set automatically by the bus).
+    pub fn causation_id(&self) -> Option<&MessageId> {
+        self.rare().causation_id.as_ref()
+    }
+
+    /// Sets (or clears) the causation id.
+    pub fn set_causation_id(&mut self, id: Option<MessageId>) {
+        if id.is_some() || self.rare.is_some() {
+            self.rare_mut().causation_id = id;
+        }
+    }
+
+    /// Name of the component that published it.
+    pub fn source(&self) -> Option<&str> {
+        self.rare().source.as_deref()
+    }
+
+    /// Sets (or clears) the source component.
+    pub fn set_source(&mut self, source: Option<SmolStr>) {
+        if source.is_some() || self.rare.is_some() {
+            self.rare_mut().source = source;
+        }
+    }
+
+    /// Name of the component it is addressed to, if any.
+    pub fn target(&self) -> Option<&str> {
+        self.rare().target.as_deref()
+    }
+
+    /// Sets (or clears) the target component.
+    pub fn set_target(&mut self, target: Option<SmolStr>) {
+        if target.is_some() || self.rare.is_some() {
+            self.rare_mut().target = target;
+        }
+    }
+
+    /// String headers; unknown ones are kept.
+    pub fn headers(&self) -> &Headers {
+        &self.rare().headers
+    }
+
+    /// The headers, to change them.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.rare_mut().headers
+    }
+
+    /// Replaces all headers.
+    pub fn set_headers(&mut self, headers: Headers) {
+        if !headers.is_empty() || self.rare.is_some() {
+            self.rare_mut().headers = headers;
+        }
+    }
+
+    /// MIME type of the payload (`application/json` by default).
+    pub fn content_type(&self) -> &str {
+        self.rare().content_type.as_deref().unwrap_or(JSON)
+    }
+
+    /// Sets the MIME type of the payload.
+    pub fn set_content_type(&mut self, content_type: impl Into<SmolStr>) {
+        let content_type = content_type.into();
+        if content_type != JSON {
+            self.rare_mut().content_type = Some(content_type);
+        } else if let Some(rare) = &mut self.rare {
+            rare.content_type = None;
         }
     }
 
@@ -265,19 +369,25 @@ impl Envelope {
 
     /// Sets one header.
     pub fn with_header(mut self, name: impl Into<SmolStr>, value: impl Into<SmolStr>) -> Self {
-        self.headers.insert(name, value);
+        self.headers_mut().insert(name, value);
         self
     }
 
     /// Sets the source component.
     pub fn with_source(mut self, source: impl Into<SmolStr>) -> Self {
-        self.source = Some(source.into());
+        self.set_source(Some(source.into()));
         self
     }
 
     /// Sets the target component.
     pub fn with_target(mut self, target: impl Into<SmolStr>) -> Self {
-        self.target = Some(target.into());
+        self.set_target(Some(target.into()));
+        self
+    }
+
+    /// Sets the MIME type of the payload.
+    pub fn with_content_type(mut self, content_type: impl Into<SmolStr>) -> Self {
+        self.set_content_type(content_type);
         self
     }
 
@@ -296,14 +406,14 @@ impl Envelope {
     /// Makes this message a consequence of `parent`: causation is the parent's id and the
     /// correlation id is inherited from the parent.
     pub fn caused_by(mut self, parent: &Envelope) -> Self {
-        self.causation_id = Some(parent.id.clone());
+        self.set_causation_id(Some(parent.id.clone()));
         self.correlation_id = parent.correlation_id.clone();
         self
     }
 
     /// The value of one header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)
+        self.headers().get(name)
     }
 
     /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.
@@ -318,10 +428,29 @@ impl Envelope {
             topic: self.topic.clone(),
             id: self.id.clone(),
             correlation_id: self.correlation_id.clone(),
-            source: self.source.clone(),
+            source: self.rare().source.clone(),
         }
     }
 }
+
+impl PartialEq for Envelope {
+    /// Field by field, `local` excepted; rare fields at their defaults equal absent ones.
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.topic == other.topic
+            && self.kind == other.kind
+            && self.correlation_id == other.correlation_id
+            && self.priority == other.priority
+            && self.timestamp == other.timestamp
+            && self.type_name == other.type_name
+            && self.type_version == other.type_version
+            && self.payload == other.payload
+            && self.delivery == other.delivery
+            && self.rare() == other.rare()
+    }
+}
+
+impl Eq for Envelope {}
 
 /// Where a reply to a message goes ([`Envelope::reply_address`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,9 +469,10 @@ impl ReplyAddress {
         // envelope once more): handlers build one of these per command.
         let mut reply = Envelope::new(self.topic, payload);
         reply.kind = Kind::Reply;
-        reply.causation_id = Some(self.id);
         reply.correlation_id = self.correlation_id;
-        reply.target = self.source;
+        let rare = reply.rare_mut();
+        rare.causation_id = Some(self.id);
+        rare.target = self.source;
         reply
     }
 }
@@ -354,11 +484,11 @@ impl fmt::Debug for Envelope {
             .field("topic", &self.topic)
             .field("kind", &self.kind)
             .field("correlation_id", &self.correlation_id)
-            .field("causation_id", &self.causation_id)
-            .field("source", &self.source)
-            .field("target", &self.target)
+            .field("causation_id", &self.causation_id())
+            .field("source", &self.source())
+            .field("target", &self.target())
             .field("priority", &self.priority)
-            .field("headers", &self.headers)
+            .field("headers", self.headers())
             .field("type_name", &self.type_name)
             .field("payload_len", &self.payload.len())
             .field("attempt", &self.delivery.attempt)
@@ -375,26 +505,26 @@ mod tests {
         let mut cmd = Envelope::new(Topic::new("users.create").unwrap(), "{}")
             .with_kind(Kind::Command)
             .caused_by(&Envelope::new(Topic::new("flow.start").unwrap(), "{}"));
-        cmd.source = Some("frontend".into());
+        cmd.set_source(Some("frontend".into()));
         let address = cmd.reply_address();
         let handed_on = cmd.clone(); // the message can go its way; the address stays
         let got = address.reply(b"42".to_vec());
         assert_eq!(got.kind, Kind::Reply);
         assert_eq!(got.topic, handed_on.topic);
-        assert_eq!(got.causation_id, Some(handed_on.id.clone()));
+        assert_eq!(got.causation_id(), Some(&handed_on.id));
         assert_eq!(got.correlation_id, handed_on.correlation_id);
-        assert_eq!(got.target.as_deref(), Some("frontend"));
-        assert_eq!(got.source, None);
+        assert_eq!(got.target(), Some("frontend"));
+        assert_eq!(got.source(), None);
         assert_eq!(&got.payload[..], b"42");
         assert_ne!(got.id, handed_on.id, "the reply has an id of its own");
-        assert_eq!(handed_on.reply("42").causation_id, got.causation_id);
+        assert_eq!(handed_on.reply("42").causation_id(), got.causation_id());
     }
 
     #[test]
     fn headers_copy_on_write() {
         let a = Envelope::new(Topic::new("a.b").unwrap(), "x").with_header("k", "1");
         let mut b = a.clone();
-        b.headers.insert("k", "2");
+        b.headers_mut().insert("k", "2");
         assert_eq!(a.header("k"), Some("1"));
         assert_eq!(b.header("k"), Some("2"));
     }

@@ -85,7 +85,7 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
         env.type_name = Some(SmolStr::new_static(Self::type_name()));
         env.type_version = Self::VERSION;
         if Self::CONTENT_TYPE != JSON {
-            env.content_type = SmolStr::new_static(Self::CONTENT_TYPE);
+            env.set_content_type(SmolStr::new_static(Self::CONTENT_TYPE));
         }
         Ok(env)
     }

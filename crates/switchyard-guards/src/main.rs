@@ -9,6 +9,8 @@
 //! Workloads (64-byte payloads; "per message" is per publish or per round trip):
 //! - `w1_typed`, `w1_envelope`: one publisher, one subscriber (`bus.on` + `bus.publish`, or
 //!   `subscribe` + `publish_envelope`);
+//! - `w1_envelope_resilient`: `w1_envelope` on a bus built `with_default_resilience` (the
+//!   stack's cost per message is its difference to `w1_envelope`);
 //! - `w2_fanout8_typed`, `w2_fanout8_envelope`: one publisher, eight subscriptions on the
 //!   topic (eight deliveries per message);
 //! - `w4_roundtrip_typed`, `w4_roundtrip_envelope`: `bus.send` / `send_envelope` to the one
@@ -106,9 +108,18 @@ fn bus() -> Bus {
     Bus::builder().queue_capacity(1024).build().unwrap()
 }
 
-/// Events, `subscribers` subscriptions, typed or envelope API.
-async fn events(typed: bool, subscribers: usize, n: u64) {
-    let bus = bus();
+/// Events, `subscribers` subscriptions, typed or envelope API, on a bare bus or one built
+/// `with_default_resilience`.
+async fn events(typed: bool, subscribers: usize, n: u64, resilient: bool) {
+    let bus = if resilient {
+        Bus::builder()
+            .queue_capacity(1024)
+            .with_default_resilience()
+            .build()
+            .unwrap()
+    } else {
+        bus()
+    };
     let counter = Counter::new();
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -225,7 +236,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(workload), Some(n)) = (args.next(), args.next()) else {
         eprintln!(
-            "usage: instructions <w1_typed|w1_envelope|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope|w4_floor_mpsc_oneshot> <n>"
+            "usage: instructions <w1_typed|w1_envelope|w1_envelope_resilient|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope|w4_floor_mpsc_oneshot> <n>"
         );
         std::process::exit(2);
     };
@@ -236,10 +247,11 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         match workload.as_str() {
-            "w1_typed" => events(true, 1, n).await,
-            "w1_envelope" => events(false, 1, n).await,
-            "w2_fanout8_typed" => events(true, 8, n).await,
-            "w2_fanout8_envelope" => events(false, 8, n).await,
+            "w1_typed" => events(true, 1, n, false).await,
+            "w1_envelope" => events(false, 1, n, false).await,
+            "w1_envelope_resilient" => events(false, 1, n, true).await,
+            "w2_fanout8_typed" => events(true, 8, n, false).await,
+            "w2_fanout8_envelope" => events(false, 8, n, false).await,
             "w4_roundtrip_typed" => roundtrip(true, n).await,
             "w4_roundtrip_envelope" => roundtrip(false, n).await,
             "w4_floor_mpsc_oneshot" => roundtrip_floor(n).await,

@@ -109,7 +109,7 @@ pub(crate) fn encode(env: &Envelope) -> Result<Vec<u8>, rmp_serde::encode::Error
 /// instructions, a third of a publish's CPU with 256 in flight, spent mostly on one small
 /// write call per field. `decode` still reads them with `rmp_serde`;
 /// `tests::hand_encoding_is_byte_for_byte_rmp_serde` holds the two together over arbitrary
-/// envelopes, and the envelope is destructured whole, so a new field fails to compile here.
+/// envelopes, and `tests::records_are_byte_for_byte_the_earlier_format` both to fixed bytes.
 /// A timestamp before 1970 (which serde refuses) goes through `rmp_serde` for its error.
 pub(crate) fn encode_into(
     env: &Envelope,
@@ -130,20 +130,19 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
         topic,
         kind,
         correlation_id,
-        causation_id,
-        source,
-        target,
         priority,
         timestamp,
-        headers,
-        content_type,
         type_name,
         type_version,
         payload,
         delivery,
         // The in-process typed value: `#[serde(skip)]`, never stored.
         local: _,
+        // The rare fields, private: read below through their methods.
+        ..
     } = env;
+    let (causation_id, source, target) = (env.causation_id(), env.source(), env.target());
+    let (headers, content_type) = (env.headers(), env.content_type());
     let DeliveryInfo {
         attempt,
         first_delivered_at,
@@ -171,8 +170,8 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
         Some(c) => c.with_str(|s| mp::str(out, s)),
         None => mp::nil(out),
     }
-    mp::opt_str(out, source.as_deref());
-    mp::opt_str(out, target.as_deref());
+    mp::opt_str(out, source);
+    mp::opt_str(out, target);
     mp::uint(out, u64::from(priority.0));
     mp::time(out, *timestamp)?;
     mp::map_len(out, headers.len());
@@ -438,15 +437,15 @@ mod tests {
                         env.correlation_id = correlation.unwrap_or_else(|| id.clone());
                         env.id = id;
                         env.kind = kind;
-                        env.causation_id = causation;
-                        env.source = source.map(Into::into);
-                        env.target = target.map(Into::into);
+                        env.set_causation_id(causation);
+                        env.set_source(source.map(Into::into));
+                        env.set_target(target.map(Into::into));
                         env.priority = Priority(priority);
                         env.timestamp = timestamp;
                         for (k, v) in headers {
-                            env.headers.insert(k, v);
+                            env.headers_mut().insert(k, v);
                         }
-                        env.content_type = content_type.into();
+                        env.set_content_type(content_type);
                         env.type_name = type_name.map(Into::into);
                         env.type_version = version;
                         env.delivery.attempt = attempt;
@@ -465,6 +464,42 @@ mod tests {
                 prop_assert_eq!(&out[1..], &rmp_serde::to_vec(&env).unwrap()[..]);
                 prop_assert!(encode_fast(&env, &mut Vec::new()).is_some(), "took the fast path");
                 prop_assert_eq!(decode(&out[1..]).unwrap(), env);
+            }
+        }
+
+        /// Records written before the envelope's rare fields moved behind a box (bytes from
+        /// `rmp_serde` at that commit): both encodings still write them, and they read back.
+        #[test]
+        fn records_are_byte_for_byte_the_earlier_format() {
+            const FULL: &str = "9fba30314a38543543593454514b46463034484d415357394e463659ad6f72646572732e706c61636564a7636f6d6d616e64a7636f72722d3432ba3030303030303030303030303030303030303030303030303037a762696c6c696e67b07368697070696e672d73657276696365ccc092ce6ab13b80ce075bcd1582a674656e616e74a461636d65a7782d7472616365a930302d6162632d3031b36170706c69636174696f6e2f6d73677061636ba6506c6163656403c4077b226e223a377d920292ce6ab13b8105";
+            const MINIMAL: &str = "9fba3030303030303030303030303030303030303030303030303031a3612e62a56576656e74ba3030303030303030303030303030303030303030303030303031c0c0c0cc8092ce6ab13b800080b06170706c69636174696f6e2f6a736f6ec001c401789200c0";
+            let at = |s, n| UNIX_EPOCH + Duration::new(s, n);
+            let mut full = Envelope::new(Topic::new("orders.placed").unwrap(), &b"{\"n\":7}"[..])
+                .with_kind(Kind::Command)
+                .with_priority(Priority::HIGH)
+                .with_source("billing")
+                .with_target("shipping-service")
+                .with_header("tenant", "acme")
+                .with_header("x-trace", "00-abc-01")
+                .with_content_type("application/msgpack")
+                .with_correlation_id(MessageId::parse_opaque("corr-42").unwrap());
+            full.id = MessageId::from_u128(0x0192_3456_789a_bcde_f012_3456_789a_bcde);
+            full.set_causation_id(Some(MessageId::from_u128(7)));
+            (full.timestamp, full.type_name) =
+                (at(1_790_000_000, 123_456_789), Some("Placed".into()));
+            (full.type_version, full.delivery.attempt) = (3, 2);
+            full.delivery.first_delivered_at = Some(at(1_790_000_001, 5));
+            let mut minimal = Envelope::new(Topic::new("a.b").unwrap(), &b"x"[..]);
+            (minimal.id, minimal.correlation_id) =
+                (MessageId::from_u128(1), MessageId::from_u128(1));
+            minimal.timestamp = at(1_790_000_000, 0);
+            for (env, hex) in [(full, FULL), (minimal, MINIMAL)] {
+                let mut fast = Vec::new();
+                encode_into(&env, &mut fast).unwrap();
+                let hex_of = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                assert_eq!(hex_of(&fast), hex);
+                assert_eq!(hex_of(&rmp_serde::to_vec(&env).unwrap()), hex);
+                assert_eq!(decode(&fast).unwrap(), env);
             }
         }
 

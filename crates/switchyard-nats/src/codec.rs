@@ -97,13 +97,13 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     if env.correlation_id != env.id {
         h.insert(CORRELATION, env.correlation_id.to_string().as_str());
     }
-    if let Some(c) = &env.causation_id {
+    if let Some(c) = env.causation_id() {
         h.insert(CAUSATION, c.to_string().as_str());
     }
-    if let Some(s) = &env.source {
+    if let Some(s) = env.source() {
         h.insert(SOURCE, escape(s, false).as_str());
     }
-    if let Some(t) = &env.target {
+    if let Some(t) = env.target() {
         h.insert(TARGET, escape(t, false).as_str());
     }
     if env.priority != Priority::NORMAL {
@@ -114,8 +114,8 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
         Err(e) => format!("-{}", e.duration().as_nanos()),
     };
     h.insert(TIMESTAMP, ts.as_str());
-    if env.content_type != JSON {
-        h.insert(CONTENT_TYPE, escape(&env.content_type, false).as_str());
+    if env.content_type() != JSON {
+        h.insert(CONTENT_TYPE, escape(env.content_type(), false).as_str());
     }
     if let Some(t) = &env.type_name {
         h.insert(TYPE_NAME, escape(t, false).as_str());
@@ -123,7 +123,7 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     if env.type_version != 1 {
         h.insert(TYPE_VERSION, env.type_version.to_string().as_str());
     }
-    for (k, v) in env.headers.iter() {
+    for (k, v) in env.headers().iter() {
         if plain_header(k, v) {
             h.insert(k, v);
         } else {
@@ -212,8 +212,8 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
             KIND => env.kind = kind(v),
             CORRELATION => correlation = parse_id(Some(v)),
             CAUSATION => causation = parse_id(Some(v)),
-            SOURCE => env.source = Some(SmolStr::new(unescape(v))),
-            TARGET => env.target = Some(SmolStr::new(unescape(v))),
+            SOURCE => env.set_source(Some(SmolStr::new(unescape(v)))),
+            TARGET => env.set_target(Some(SmolStr::new(unescape(v)))),
             PRIORITY => {
                 if let Ok(p) = v.parse() {
                     env.priority = Priority(p);
@@ -224,7 +224,7 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
                     env.timestamp = t;
                 }
             }
-            CONTENT_TYPE => env.content_type = SmolStr::new(unescape(v)),
+            CONTENT_TYPE => env.set_content_type(SmolStr::new(unescape(v))),
             TYPE_NAME => env.type_name = Some(SmolStr::new(unescape(v))),
             TYPE_VERSION => {
                 if let Ok(t) = v.parse() {
@@ -246,9 +246,9 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
     if let Some(c) = correlation {
         env.correlation_id = c;
     }
-    env.causation_id = causation;
+    env.set_causation_id(causation);
     if !user.is_empty() {
-        env.headers = user.into_iter().collect();
+        env.set_headers(user.into_iter().collect());
     }
     env.delivery = DeliveryInfo::default();
     env
@@ -289,7 +289,7 @@ mod tests {
             .with_kind(Kind::Reply);
         env.type_name = Some("T".into());
         env.type_version = 9;
-        env.content_type = "text/plain".into();
+        env.set_content_type("text/plain");
         let h = encode_headers(&env);
         let back = decode(env.topic.clone(), Some(&h), env.payload.clone());
         assert_eq!(back, env);
@@ -307,7 +307,7 @@ mod tests {
             env.correlation_id, env.id,
             "no correlation header: its own id"
         );
-        assert_eq!(env.causation_id.as_ref().unwrap().to_string(), "cause-7");
+        assert_eq!(env.causation_id().unwrap().to_string(), "cause-7");
         let again = encode_headers(&env);
         assert_eq!(decode(topic.clone(), Some(&again), Bytes::new()), env);
 

@@ -63,7 +63,7 @@ async fn start(state: &AppState, c: &ZmqIngestConfig) -> Result<Ingest, NodeErro
     let publish = stage_fn("publish", move |payload: Bytes| {
         let bus = bus.clone();
         let mut env = Envelope::new(publish_topic.clone(), payload);
-        env.content_type = content_type.as_str().into();
+        env.set_content_type(content_type.as_str());
         // Schema validation (`Node::set_validation`), as on the gateway: an enforced invalid
         // message fails the stage, so the runner dead-letters it with the errors.
         let verdict = validator

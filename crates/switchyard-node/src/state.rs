@@ -144,7 +144,7 @@ impl AppState {
         };
         let topology = enforcer.topology();
         let as_component = topology.component(principal.name()).is_some();
-        let name = match env.source.as_deref() {
+        let name = match env.source() {
             Some(s) if as_component && s != principal.name() => {
                 return Err(self
                     .auth
@@ -161,7 +161,7 @@ impl AppState {
             }
             Some(s) => s.to_owned(),
             None if as_component => {
-                env.source = Some(principal.name().into());
+                env.set_source(Some(principal.name().into()));
                 principal.name().to_owned()
             }
             None => return Ok(()),

@@ -57,23 +57,23 @@ pub struct MessageJson {
 impl MessageJson {
     /// The JSON view of an envelope.
     pub fn from_envelope(env: &Envelope) -> Self {
-        let (payload, payload_base64) = payload_json(&env.content_type, &env.payload);
+        let (payload, payload_base64) = payload_json(env.content_type(), &env.payload);
         Self {
             id: env.id.to_string(),
             topic: env.topic.to_string(),
             kind: env.kind.as_str().to_owned(),
             correlation_id: env.correlation_id.to_string(),
-            causation_id: env.causation_id.as_ref().map(ToString::to_string),
-            source: env.source.as_ref().map(ToString::to_string),
-            target: env.target.as_ref().map(ToString::to_string),
+            causation_id: env.causation_id().map(ToString::to_string),
+            source: env.source().map(ToString::to_string),
+            target: env.target().map(ToString::to_string),
             priority: env.priority.0,
             timestamp: rfc3339(env.timestamp),
             headers: env
-                .headers
+                .headers()
                 .iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
-            content_type: env.content_type.to_string(),
+            content_type: env.content_type().to_string(),
             type_name: env.type_name.as_ref().map(ToString::to_string),
             type_version: env.type_version,
             attempt: env.delivery.attempt,
@@ -148,41 +148,41 @@ pub fn build_envelope(
     principal: &str,
 ) -> Result<Envelope, ApiError> {
     let mut env = Envelope::new(topic, payload).with_kind(kind);
-    env.content_type = content_type.into();
+    env.set_content_type(content_type);
     if let Some(id) = meta.message_id {
         match id.parse::<MessageId>() {
             Ok(id) => {
                 env.id = id.clone();
                 env.correlation_id = id;
             }
-            Err(_) => env.headers.insert(MESSAGE_ID_HEADER, id.as_str()),
+            Err(_) => env.headers_mut().insert(MESSAGE_ID_HEADER, id.as_str()),
         }
     }
     if let Some(c) = meta.correlation_id {
         match c.parse::<MessageId>() {
             Ok(id) => env.correlation_id = id,
-            Err(_) => env.headers.insert(CORRELATION_HEADER, c.as_str()),
+            Err(_) => env.headers_mut().insert(CORRELATION_HEADER, c.as_str()),
         }
     }
     if let Some(c) = meta.causation_id {
         let id = c
             .parse::<MessageId>()
             .map_err(|e| ApiError::new(ErrorKind::BadHeader, format!("x-causation-id: {e}")))?;
-        env.causation_id = Some(id);
+        env.set_causation_id(Some(id));
     }
     if let Some(tp) = meta.traceparent {
-        env.headers.insert("traceparent", tp.as_str());
+        env.headers_mut().insert("traceparent", tp.as_str());
     }
     if let Some(p) = meta.priority {
         env.priority = Priority(p);
     }
     if let Some(s) = meta.source {
-        env.source = Some(s.into());
+        env.set_source(Some(s.into()));
     }
     for (k, v) in meta.headers {
-        env.headers.insert(k.as_str(), v.as_str());
+        env.headers_mut().insert(k.as_str(), v.as_str());
     }
-    env.headers.insert("principal", principal);
+    env.headers_mut().insert("principal", principal);
     Ok(env)
 }
 

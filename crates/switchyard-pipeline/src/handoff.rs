@@ -256,7 +256,7 @@ where
                     };
                     if let Some(origin) = token.origin() {
                         env.correlation_id = origin.correlation_id.clone();
-                        env.causation_id = Some(origin.id.clone());
+                        env.set_causation_id(Some(origin.id.clone()));
                     }
                     let id = env.id.clone();
                     // Park before publishing: the envelope may come back before publish returns.

@@ -346,7 +346,7 @@ fn envelope_of(topic: &Topic, frames: Vec<Bytes>) -> Envelope {
     let payload = frames.last().cloned().unwrap_or_default();
     let mut env = Envelope::new(topic.clone(), payload);
     if let [first, _, ..] = frames.as_slice() {
-        env.headers
+        env.headers_mut()
             .insert(TOPIC_HEADER, String::from_utf8_lossy(first).as_ref());
     }
     env

@@ -12,9 +12,9 @@ pub(crate) struct Columns {
 }
 
 pub(crate) fn split(env: &Envelope) -> Result<Columns, Error> {
-    let headers = serde_json::to_string(&env.headers)?;
+    let headers = serde_json::to_string(&env.headers())?;
     let mut rest = env.clone();
-    rest.headers = Headers::new();
+    rest.set_headers(Headers::new());
     rest.payload = Bytes::new();
     rest.delivery = Default::default();
     Ok(Columns {
@@ -25,7 +25,7 @@ pub(crate) fn split(env: &Envelope) -> Result<Columns, Error> {
 
 pub(crate) fn join(meta: &str, headers: &str, payload: Vec<u8>) -> Result<Envelope, Error> {
     let mut env: Envelope = serde_json::from_str(meta)?;
-    env.headers = serde_json::from_str(headers)?;
+    env.set_headers(serde_json::from_str(headers)?);
     env.payload = Bytes::from(payload);
     Ok(env)
 }

@@ -146,7 +146,7 @@ async fn committed_message_is_handled_exactly_once_with_the_inbox() {
     let (meta, headers, payload): (String, String, Vec<u8>) =
         sqlx::query_as(&row).fetch_one(&db.pool).await.unwrap();
     let mut again: switchyard::Envelope = serde_json::from_str(&meta).unwrap();
-    again.headers = serde_json::from_str(&headers).unwrap();
+    again.set_headers(serde_json::from_str(&headers).unwrap());
     again.payload = payload.into();
     assert_eq!(again.id, id);
     let report = bus.publish_envelope_and_wait(again).await.unwrap();

@@ -137,12 +137,13 @@ fn envelope(
     }
     if let Some(h) = headers {
         for (k, v) in h.iter() {
-            env.headers
+            env.headers_mut()
                 .insert(k.extract::<String>()?, v.str()?.to_cow()?.as_ref());
         }
     }
     if let Some(s) = session {
-        env.headers.insert(switchyard::session::SESSION_HEADER, s);
+        env.headers_mut()
+            .insert(switchyard::session::SESSION_HEADER, s);
     }
     if let Some(parent) = parent {
         // What the bus's task-local does for Rust handlers: causation, correlation, session.
@@ -151,7 +152,8 @@ fn envelope(
         if let Some(s) = parent.header(switchyard::session::SESSION_HEADER)
             && env.header(switchyard::session::SESSION_HEADER).is_none()
         {
-            env.headers.insert(switchyard::session::SESSION_HEADER, s);
+            env.headers_mut()
+                .insert(switchyard::session::SESSION_HEADER, s);
         }
     }
     Ok(Ok(env))

@@ -51,7 +51,7 @@ impl PyEnvelope {
     /// The id of the message whose handler published this one, if any.
     #[getter]
     fn causation_id(&self) -> Option<String> {
-        self.inner.causation_id.as_ref().map(ToString::to_string)
+        self.inner.causation_id().map(ToString::to_string)
     }
 
     /// The raw payload (JSON unless the publisher sent other bytes).
@@ -64,7 +64,7 @@ impl PyEnvelope {
     #[getter]
     fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, v) in self.inner.headers.iter() {
+        for (k, v) in self.inner.headers().iter() {
             d.set_item(k, v)?;
         }
         Ok(d)
@@ -104,7 +104,7 @@ impl PyEnvelope {
     /// The component that published it, if set.
     #[getter]
     fn source(&self) -> Option<&str> {
-        self.inner.source.as_deref()
+        self.inner.source()
     }
 
     /// When it was created, seconds since the Unix epoch.

@@ -11,6 +11,8 @@
 //! - **command round trip** with the client a task on the runtime (as handlers call `send`),
 //!   both flavours: `send_envelope` and typed `send` against `mpsc` + `oneshot` and a `kameo`
 //!   actor's `ask`;
+//! - **the default resilience stack** through the bus, 1 -> 1 envelope events, per message:
+//!   a bare bus against one built `with_default_resilience`, the median per-round difference;
 //! - **memory per queued message**, 1,000,000 queued behind a handler that does not finish:
 //!   envelope and typed against an `mpsc` of `Bytes`, each side in a fresh child process
 //!   (freed memory that the allocator keeps would hide the next side's growth), RSS delta
@@ -20,7 +22,7 @@
 //! `cargo bench -p switchyard --bench compare` (about a minute). Built and run as a test
 //! (`cargo test --benches`), it makes one quick pass with small sizes. With
 //! `SWITCHYARD_BENCH_ONLY` set to a comma-separated list of `one_to_one`, `fan_out`,
-//! `round_trip` and `memory`, only those comparisons run.
+//! `resilience`, `round_trip` and `memory`, only those comparisons run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -208,9 +210,14 @@ fn counting_bus(
     typed: bool,
     subscribers: usize,
     capacity: usize,
+    resilient: bool,
 ) -> (Bus, Counter, Vec<switchyard::Subscription>) {
     rt.block_on(async {
-        let bus = Bus::builder().queue_capacity(capacity).build().unwrap();
+        let mut builder = Bus::builder().queue_capacity(capacity);
+        if resilient {
+            builder = builder.with_default_resilience();
+        }
+        let bus = builder.build().unwrap();
         let counter = Counter::new();
         let mut subs = Vec::new();
         for i in 0..subscribers {
@@ -283,7 +290,7 @@ fn bus_round(
 fn one_to_one(flavour: &str, rt: &Runtime, s: &Sizes) {
     let n = s.events;
     for typed in [true, false] {
-        let (bus, counter, _subs) = counting_bus(rt, typed, 1, 1024);
+        let (bus, counter, _subs) = counting_bus(rt, typed, 1, 1024, false);
         let floor: Side<'_> = if typed {
             Box::new(|| {
                 on_task(rt, async move {
@@ -375,7 +382,7 @@ fn fan_out(rt: &Runtime, s: &Sizes, fanout: usize) {
     let n = s.fanout_deliveries / fanout as u64;
     let capacity = (n as usize).next_power_of_two();
     for typed in [true, false] {
-        let (bus, counter, _subs) = counting_bus(rt, typed, fanout, capacity);
+        let (bus, counter, _subs) = counting_bus(rt, typed, fanout, capacity, false);
         let floor: Side<'_> = if typed {
             Box::new(|| on_task(rt, broadcast_round(n, fanout, |i| Arc::new(Tick::new(i)))))
         } else {
@@ -400,6 +407,33 @@ fn fan_out(rt: &Runtime, s: &Sizes, fanout: usize) {
             ratio(&t[0], &t[1]),
         );
     }
+}
+
+/// What the default resilience stack adds per message through the bus: 1 -> 1 envelope
+/// events, a bare bus against the same bus built `with_default_resilience` (trace, metrics
+/// with no recorder installed, retry, breaker, timeout, panic capture), interleaved; the
+/// added time is the median of the per-round differences per message.
+fn resilience(flavour: &str, rt: &Runtime, s: &Sizes) {
+    let n = s.events;
+    let (bare, bare_counter, _bare_subs) = counting_bus(rt, false, 1, 1024, false);
+    let (wrapped, wrapped_counter, _wrapped_subs) = counting_bus(rt, false, 1, 1024, true);
+    let mut sides = [
+        Box::new(|| bus_round(rt, &bare, &bare_counter, false, n, 1)) as Side<'_>,
+        Box::new(|| bus_round(rt, &wrapped, &wrapped_counter, false, n, 1)) as Side<'_>,
+    ];
+    let t = interleave(s.rounds, &mut sides);
+    let per = |v: &[f64]| median(v) * 1e9 / n as f64;
+    let added: Vec<f64> = t[0]
+        .iter()
+        .zip(&t[1])
+        .map(|(bare, wrapped)| (wrapped - bare) * 1e9 / n as f64)
+        .collect();
+    println!(
+        "| default resilience stack, 1 -> 1 envelope, per message | {flavour} | bare bus {:.0} ns | {:.0} ns | {:+.0} ns |",
+        per(&t[0]),
+        per(&t[1]),
+        median(&added),
+    );
 }
 
 /// Command round trips with the client a task on `rt`: mpsc + oneshot, kameo ask, bus
@@ -622,6 +656,10 @@ fn main() {
     if selected("fan_out") {
         fan_out(&mt, sizes, 8);
         fan_out(&mt, sizes, 64);
+    }
+    if selected("resilience") {
+        resilience("2 workers", &mt, sizes);
+        resilience("current thread", &ct, sizes);
     }
     println!();
     if selected("round_trip") {

@@ -267,7 +267,7 @@ impl BusBuilder {
     ///         if env.payload.len() > 1 << 20 {
     ///             return Err(PublishError::Refused("payload over 1 MiB".into()));
     ///         }
-    ///         env.headers.insert("origin", "billing");
+    ///         env.headers_mut().insert("origin", "billing");
     ///         Ok(())
     ///     })
     ///     .build()?;

@@ -507,18 +507,18 @@ pub struct HandlerFailure {
 
 /// Sets causation and correlation from the message being handled on this task, if any.
 pub(crate) fn inherit_parent(env: &mut Envelope) {
-    if env.causation_id.is_some() {
+    if env.causation_id().is_some() {
         return;
     }
     let _ = CURRENT.try_with(|Parent(parent)| {
-        env.causation_id = Some(parent.id.clone());
+        env.set_causation_id(Some(parent.id.clone()));
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id.clone();
         }
         if let Some(session) = parent.header(SESSION_HEADER)
             && env.header(SESSION_HEADER).is_none()
         {
-            env.headers.insert(SESSION_HEADER, session);
+            env.headers_mut().insert(SESSION_HEADER, session);
         }
     });
 }

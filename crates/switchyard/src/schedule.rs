@@ -53,7 +53,8 @@ impl Bus {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        env.headers.insert(DELIVER_AT_HEADER, millis.to_string());
+        env.headers_mut()
+            .insert(DELIVER_AT_HEADER, millis.to_string());
         let id = env.id.clone();
         self.publish_envelope(env).await?;
         Ok(id)

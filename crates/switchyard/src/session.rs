@@ -74,7 +74,7 @@ impl Session {
             session_id: id.to_string(),
         }
         .to_envelope()?;
-        started.headers.insert(SESSION_HEADER, id.clone());
+        started.headers_mut().insert(SESSION_HEADER, id.clone());
         bus.publish_envelope(started).await?;
         Ok(Self {
             bus,
@@ -126,7 +126,7 @@ impl Session {
 
     /// Tags an envelope with this session.
     pub fn tag(&self, mut env: Envelope) -> Envelope {
-        env.headers.insert(SESSION_HEADER, self.id.clone());
+        env.headers_mut().insert(SESSION_HEADER, self.id.clone());
         env
     }
 

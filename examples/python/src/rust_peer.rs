@@ -61,10 +61,10 @@ fn line(env: &Envelope) -> String {
         "topic": env.topic.as_str(),
         "id": env.id.to_string(),
         "correlation_id": env.correlation_id.to_string(),
-        "causation_id": env.causation_id.as_ref().map(ToString::to_string),
+        "causation_id": env.causation_id().map(ToString::to_string),
         "type_name": env.type_name.as_deref(),
         "kind": env.kind.as_str(),
-        "headers": env.headers.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "headers": env.headers().iter().collect::<std::collections::BTreeMap<_, _>>(),
         "payload": payload,
     })
     .to_string()

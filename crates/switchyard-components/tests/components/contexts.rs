@@ -84,8 +84,8 @@ async fn legal_transitions_publish_status_updates_and_a_completion() {
             let u = StatusUpdate::from_envelope(e).unwrap();
             assert_eq!(u.request_id, ctx.id());
             assert_eq!(e.correlation_id, parent.correlation_id);
-            assert_eq!(e.causation_id, Some(parent.id.clone()));
-            assert_eq!(e.source.as_deref(), Some("shop-manager"));
+            assert_eq!(e.causation_id(), Some(&parent.id));
+            assert_eq!(e.source(), Some("shop-manager"));
             (u.from, u.to)
         })
         .collect();
@@ -244,7 +244,7 @@ async fn results_find_the_exact_context_through_the_request_header() {
     let c = Completion::<String>::from_envelope(&got[0]).unwrap();
     assert_eq!(c.parent_request, Some(first.id()));
     assert_eq!(c.correlation_id, parent.correlation_id);
-    assert_eq!(got[0].source.as_deref(), Some("shop-handler"));
+    assert_eq!(got[0].source(), Some("shop-handler"));
 }
 
 #[tokio::test]

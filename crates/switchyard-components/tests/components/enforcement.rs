@@ -74,7 +74,7 @@ async fn strict_mode_refuses_a_manager_publishing_to_a_processor() {
         "the refused message was not delivered"
     );
     assert_eq!(got[0].topic.as_str(), "shop.order.submit");
-    assert_eq!(got[0].source.as_deref(), Some("shop-manager"));
+    assert_eq!(got[0].source(), Some("shop-manager"));
 
     let stats = running.enforcement();
     assert_eq!((stats.checked, stats.violations, stats.refused), (2, 1, 1));
@@ -139,7 +139,7 @@ async fn warn_mode_delivers_counts_and_logs() {
         .await
         .unwrap();
     let got = rec.wait_for(1, WAIT).await.unwrap();
-    assert_eq!(got[0].source.as_deref(), Some("shop-manager"));
+    assert_eq!(got[0].source(), Some("shop-manager"));
     let stats = running.enforcement();
     assert_eq!((stats.violations, stats.refused), (1, 0));
     assert_eq!(

@@ -89,7 +89,7 @@ async fn retries_with_backoff_then_gives_up_to_the_dlq() {
         (req.attempt, req.max_attempts, req.correlation_id),
         (2, 3, flow.clone())
     );
-    assert_eq!(got[0].source.as_deref(), Some(ErrorHandler::NAME));
+    assert_eq!(got[0].source(), Some(ErrorHandler::NAME));
 
     // A propagated failure is only recorded.
     bus.publish_to("x.error", report(flow.clone(), true))

@@ -318,7 +318,10 @@ fn sealing_binds_the_topic_and_rotation_keeps_old_keys() {
     let old = encryption(keys(&[("k1", 1)]));
     let mut env = charge(8).to_envelope().unwrap();
     old.seal(&mut env).unwrap();
-    assert_eq!(env.content_type, switchyard_contracts::SEALED_CONTENT_TYPE);
+    assert_eq!(
+        env.content_type(),
+        switchyard_contracts::SEALED_CONTENT_TYPE
+    );
     // Sealing twice (a dead letter replayed as it was) does not encrypt again.
     let once = env.payload.clone();
     old.seal(&mut env).unwrap();
@@ -333,7 +336,7 @@ fn sealing_binds_the_topic_and_rotation_keeps_old_keys() {
         "a sealed payload moved to another topic does not open"
     );
     rotated.open(&mut env).unwrap();
-    assert_eq!(env.content_type, "application/json");
+    assert_eq!(env.content_type(), "application/json");
     assert_eq!(env.header(KEY_HEADER), None);
     assert_eq!(
         serde_json::from_slice::<CardCharged>(&env.payload).unwrap(),

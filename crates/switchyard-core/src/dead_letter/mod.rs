@@ -89,7 +89,7 @@ impl DeadLetter {
     pub fn size(&self) -> usize {
         let headers: usize = self
             .envelope
-            .headers
+            .headers()
             .iter()
             .map(|(k, v)| k.len() + v.len())
             .sum();

@@ -490,7 +490,7 @@ async fn text_ids_survive_a_write_and_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut sent = env("a.b", "x").with_correlation_id("corr-42".parse().unwrap());
     sent.id = "550e8400-e29b-41d4-a716-446655440000".parse().unwrap();
-    sent.causation_id = Some("cause-7".parse().unwrap());
+    sent.set_causation_id(Some("cause-7".parse().unwrap()));
     let ulid = env("a.b", "y");
     {
         let log = open(dir.path());
@@ -503,7 +503,7 @@ async fn text_ids_survive_a_write_and_a_reopen() {
         let d = next(&mut sub).await;
         assert_eq!(d.envelope.id.to_string(), want.id.to_string());
         assert_eq!(d.envelope.correlation_id, want.correlation_id);
-        assert_eq!(d.envelope.causation_id, want.causation_id);
+        assert_eq!(d.envelope.causation_id(), want.causation_id());
         d.ack().await.unwrap();
     }
     close(&log).await;

@@ -53,8 +53,8 @@ pub fn replay_envelope(letter: &DeadLetter) -> Envelope {
         .unwrap_or(0)
         .saturating_add(1);
     let from = letter.handler.as_deref().unwrap_or("unknown").to_owned();
-    env.headers.insert(REPLAYED_FROM, from);
-    env.headers.insert(REPLAY_COUNT, count.to_string());
+    env.headers_mut().insert(REPLAYED_FROM, from);
+    env.headers_mut().insert(REPLAY_COUNT, count.to_string());
     env
 }
 

@@ -264,7 +264,7 @@ impl TraceContext {
     pub fn inject(&self, env: &mut Envelope) {
         let buf = self.encode();
         if let Ok(value) = std::str::from_utf8(&buf) {
-            env.headers.insert(TRACEPARENT, value);
+            env.headers_mut().insert(TRACEPARENT, value);
         }
     }
 

@@ -73,7 +73,7 @@ pub fn propagate(parent: &Envelope, child: &mut Envelope) -> TraceContext {
     ctx.inject(child);
     if let Some(state) = parent.header(TRACESTATE) {
         let state = state.to_owned();
-        child.headers.insert(TRACESTATE, state);
+        child.headers_mut().insert(TRACESTATE, state);
     }
     ctx
 }

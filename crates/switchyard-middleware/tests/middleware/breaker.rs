@@ -205,11 +205,8 @@ async fn rejections_do_not_count_but_retry_outcomes_do() {
         })
     }));
     for _ in 0..5 {
-        let e = env("a.b");
-        let e = switchyard_core::Envelope {
-            payload: "reject".into(),
-            ..e
-        };
+        let mut e = env("a.b");
+        e.payload = "reject".into();
         svc.ready().await.unwrap().call(e).await.unwrap();
     }
     assert_eq!(handle.state(), BreakerState::Closed);

@@ -205,7 +205,7 @@ fn consumer_name(topic: &Topic) -> String {
 fn durable_incoming(transport: &NatsTransport, delivery: Delivery) -> IncomingCommand {
     let mut envelope = delivery.envelope.clone();
     let reply_to = envelope
-        .headers
+        .headers_mut()
         .remove(REPLY_TO)
         .map(|s| Subject::from(s.as_str()));
     // The bus counts its attempt on top of the ones before (redeliveries).

@@ -511,7 +511,7 @@ fn command_fields(
     }
     if let Some(to) = h.get(crate::command::REPLY_TO) {
         envelope
-            .headers
+            .headers_mut()
             .insert(crate::command::REPLY_TO, to.as_str());
     }
 }

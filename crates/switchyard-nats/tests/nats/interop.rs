@@ -87,9 +87,9 @@ async fn foreign_headers_and_ids_arrive_intact() {
     assert_eq!(env.header("X-Percent"), Some("50%25 off"));
     // JetStream's own headers are not the message's.
     assert!(
-        env.headers.iter().all(|(k, _)| !k.starts_with("Nats-")),
+        env.headers().iter().all(|(k, _)| !k.starts_with("Nats-")),
         "{:?}",
-        env.headers
+        env.headers()
     );
 }
 
@@ -153,7 +153,7 @@ async fn republished_headers_and_ids_keep_their_standard_names() {
     assert_eq!(forwarded.header("X-Correlation-Id"), Some("abc-123"));
     let back2 = next(&mut sub).await;
     assert_eq!(back2.id, env.id);
-    assert_eq!(back2.headers, env.headers);
+    assert_eq!(back2.headers(), env.headers());
     assert_eq!(back2.kind, Kind::Event);
 }
 
@@ -236,7 +236,7 @@ async fn foreign_ids_are_kept_as_they_are() {
     assert_eq!(env.id.to_string(), UUID, "foreign Nats-Msg-Id replaced");
     assert_eq!(env.correlation_id.to_string(), "corr-42");
     assert_eq!(
-        env.causation_id.as_ref().map(|c| c.to_string()).as_deref(),
+        env.causation_id().map(|c| c.to_string()).as_deref(),
         Some("cause-7")
     );
 

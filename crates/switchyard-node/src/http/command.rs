@@ -130,8 +130,8 @@ pub(crate) fn reply_json(
 ) -> ReplyJson {
     let (content_type, payload, payload_base64) = match &result.reply {
         Some(r) => {
-            let (p, b) = payload_json(&r.content_type, &r.payload);
-            (r.content_type.to_string(), p, b)
+            let (p, b) = payload_json(r.content_type(), &r.payload);
+            (r.content_type().to_string(), p, b)
         }
         None => (
             crate::wire::JSON.to_owned(),

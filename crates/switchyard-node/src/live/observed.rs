@@ -29,8 +29,8 @@ impl PublishCounts {
     /// Counts one publish (called by the bus's publish hook).
     pub(crate) fn record(&self, env: &Envelope) {
         let source = env
-            .source
-            .clone()
+            .source()
+            .map(SmolStr::new)
             .unwrap_or_else(|| SmolStr::new_static(NO_SOURCE));
         let topic = SmolStr::new(env.topic.as_str());
         let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());

@@ -119,7 +119,7 @@ async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError
 
 fn reply(env: &Envelope, payload: bytes::Bytes, content_type: String) -> Outcome {
     let mut reply = env.reply(payload);
-    reply.content_type = content_type.into();
+    reply.set_content_type(content_type);
     Outcome::reply(reply)
 }
 

@@ -60,7 +60,7 @@ async fn marker_on_disk(encryption: &str) -> (bool, usize) {
         body.as_bytes(),
         "the subscriber gets plaintext"
     );
-    assert_eq!(got.content_type, "application/json");
+    assert_eq!(got.content_type(), "application/json");
     assert_eq!(got.header(switchyard_contracts::KEY_HEADER), None);
     node.stop().await.unwrap();
     grep_files(dir.path(), MARKER.as_bytes())

@@ -60,7 +60,7 @@ max_message_bytes = 64
     let first = recv(&mut rx, "the first reading").await;
     assert_eq!(first.topic.as_str(), "sensors.raw");
     assert_eq!(&first.payload[..], b"{\"t\":21.5}");
-    assert_eq!(first.content_type.as_str(), "application/json");
+    assert_eq!(first.content_type(), "application/json");
     let second = recv(&mut rx, "the third message (the second was too large)").await;
     assert_eq!(&second.payload[..], b"{\"t\":22.0}");
 

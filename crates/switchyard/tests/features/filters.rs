@@ -98,7 +98,8 @@ async fn lifecycle_events_surround_commands() {
     assert_eq!(finished.topic, "id.whoami");
     assert_eq!(finished.attempts, 1);
     assert_eq!(
-        got[1].causation_id, got[0].causation_id,
+        got[1].causation_id(),
+        got[0].causation_id(),
         "both are caused by the command"
     );
 }
@@ -112,7 +113,7 @@ async fn publish_hooks_stamp_and_refuse_before_anything_is_queued() {
                     "payload over 16 bytes".into(),
                 ));
             }
-            env.headers.insert("origin", "billing");
+            env.headers_mut().insert("origin", "billing");
             Ok(())
         })
         .build()
