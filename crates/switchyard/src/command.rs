@@ -126,15 +126,14 @@ impl Bus {
                 topic: env.topic.clone(),
             });
         };
-        let (tx, rx) = CommandReply::channel(typed);
         let Some(lane) = handler.admit(&env) else {
             return Err(filtered(&handler));
         };
         // Run on this task when the handler is free (`inline.rs`), else queued.
-        let tx = match handler.try_inline(&self.inner, &env, lane.as_ref(), tx) {
-            Ok(run) => return Ok(Start::Inline(handler, run, rx)),
-            Err(tx) => tx,
-        };
+        if let Some(run) = handler.try_inline(&self.inner, &env, lane.as_ref(), typed) {
+            return Ok(Start::Inline(handler, run));
+        }
+        let (tx, rx) = CommandReply::channel(typed);
         match handler.try_push_command(&self.inner, env, tx, lane) {
             Ok(result) => {
                 self.command_enqueued(&handler, result)?;
@@ -159,9 +158,9 @@ impl Bus {
                 self.command_enqueued(&handler, result)?;
                 (handler, rx)
             }
-            Start::Inline(handler, run, rx) => {
-                run.await;
-                (handler, rx)
+            Start::Inline(handler, run) => {
+                let answer = run.await.unwrap_or_else(|| Err(stopped()))?;
+                return Ok(Finished::Local(answer, handler));
             }
             Start::Remote(remote, env) => {
                 // Not shared with anyone: unwrapped without a copy of its fields.
@@ -228,8 +227,8 @@ enum Start<'a> {
     Queued(Arc<SubShared>, AnswerRx),
     /// For a handler on this bus whose full queue makes the sender wait for room.
     Wait(Arc<SubShared>, Entry, AnswerRx),
-    /// Being handled on the sender's task (`inline.rs`); its answer comes on the receiver.
-    Inline(Arc<SubShared>, InlineRun, AnswerRx),
+    /// Being handled on the sender's task (`inline.rs`), which gives the answer.
+    Inline(Arc<SubShared>, InlineRun),
     /// No handler here: the transport carries it to another process.
     Remote(&'a dyn RemoteCommands, Arc<Envelope>),
 }
@@ -255,10 +254,13 @@ impl Finished {
 async fn await_answer(rx: AnswerRx) -> Result<Answer, SendError> {
     match rx.await {
         Ok(answer) => answer,
-        Err(_) => Err(SendError::NotProcessed(
-            "the handler stopped before answering".into(),
-        )),
+        Err(_) => Err(stopped()),
     }
+}
+
+/// What the sender of a command whose handling was stopped (at the shutdown deadline) hears.
+fn stopped() -> SendError {
+    SendError::NotProcessed("the handler stopped before answering".into())
 }
 
 /// How queueing a command in `handler` went, as the sender hears it.

@@ -29,7 +29,7 @@ use tower::Service;
 
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
-use crate::reply::CommandReply;
+use crate::reply::{Answered, CommandReply, WantedType};
 use crate::state::{BusInner, SubShared};
 
 /// The handler clones inline runs use: made from the workers' handler on demand, kept for
@@ -66,16 +66,20 @@ impl InlineHandlers {
     }
 }
 
-/// A command being handled on its sender's task. Awaiting it runs the handler; dropping it
-/// before it finished hands the rest of the run to a task of its own.
-pub(crate) struct InlineRun(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+/// The boxed handling of an inline command: its answer, `None` when shutdown stopped it.
+type Run = Pin<Box<dyn Future<Output = Option<Answered>> + Send>>;
+
+/// A command being handled on its sender's task. Awaiting it runs the handler and gives the
+/// answer (`None` when shutdown stopped it); dropping it before it finished hands the rest
+/// of the run to a task of its own.
+pub(crate) struct InlineRun(Option<Run>);
 
 impl Future for InlineRun {
-    type Output = ();
+    type Output = Option<Answered>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answered>> {
         let Some(run) = self.0.as_mut() else {
-            return Poll::Ready(());
+            return Poll::Ready(None);
         };
         let poll = run.as_mut().poll(cx);
         if poll.is_ready() {
@@ -146,14 +150,12 @@ impl SubShared {
         bus: &Arc<BusInner>,
         env: &Arc<Envelope>,
         lane: Option<&SmolStr>,
-        reply: CommandReply,
-    ) -> Result<InlineRun, CommandReply> {
-        let Some(mut svc) = self.inline_handlers.take() else {
-            return Err(reply);
-        };
+        typed: Option<WantedType>,
+    ) -> Option<InlineRun> {
+        let mut svc = self.inline_handlers.take()?;
         let Some(seq) = self.queue.try_take_inline(env, lane) else {
             self.inline_handlers.give_back(svc, self.config.workers);
-            return Err(reply);
+            return None;
         };
         // Polled once: a handler that cannot take the command now (an open breaker, a rate
         // limit) leaves it to the queue, as a worker would. Nothing waits on this waker.
@@ -163,7 +165,7 @@ impl SubShared {
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
             self.inline_handlers.give_back(svc, self.config.workers);
             self.queue.finish_inline(seq, lane, false);
-            return Err(reply);
+            return None;
         }
         let slot = Slot {
             sub: Arc::clone(self),
@@ -171,8 +173,8 @@ impl SubShared {
             lane: lane.cloned(),
             accepted: Some(bus.pending.accept()),
         };
-        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), reply);
-        Ok(InlineRun(Some(Box::pin(run))))
+        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), typed);
+        Some(InlineRun(Some(Box::pin(run))))
     }
 }
 
@@ -182,11 +184,14 @@ async fn run(
     bus: Arc<BusInner>,
     mut svc: BoxHandler,
     env: Arc<Envelope>,
-    reply: CommandReply,
-) {
+    typed: Option<WantedType>,
+) -> Option<Answered> {
     let sub = &slot.sub;
+    // No channel: the handling hands the answer back.
+    let reply = CommandReply::kept(typed);
+    let mut answer = None;
     let ended = {
-        let process = sub.process(&bus, &mut svc, env, Some(reply), true, None);
+        let process = sub.process(&bus, &mut svc, env, Some(reply), true, None, &mut answer);
         let mut process = std::pin::pin!(process);
         match futures_util::poll!(process.as_mut()) {
             Poll::Ready(handled) => Some(handled),
@@ -204,4 +209,5 @@ async fn run(
     };
     sub.inline_handlers.give_back(svc, sub.config.workers);
     slot.finish(ended);
+    answer
 }

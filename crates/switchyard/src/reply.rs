@@ -41,10 +41,11 @@ impl Answer {
 /// What travels back on a command's channel.
 pub(crate) type Answered = Result<Answer, SendError>;
 
-/// The channel a worker answers a command on, and the output type its sender takes without
-/// encoding (a typed `send` in this process), if any.
+/// The channel a worker answers a command on (none for a command run on its sender's task,
+/// which takes the answer back from the handling itself), and the output type its sender
+/// takes without encoding (a typed `send` in this process), if any.
 pub(crate) struct CommandReply {
-    tx: oneshot::Sender<Answered>,
+    tx: Option<oneshot::Sender<Answered>>,
     pub(crate) typed: Option<WantedType>,
 }
 
@@ -52,13 +53,31 @@ impl CommandReply {
     /// A reply channel and its receiving end.
     pub(crate) fn channel(typed: Option<WantedType>) -> (Self, AnswerRx) {
         let (tx, rx) = oneshot::channel();
-        (Self { tx, typed }, rx)
+        (
+            Self {
+                tx: Some(tx),
+                typed,
+            },
+            rx,
+        )
     }
 
-    /// Sends the answer; a sender that gave up (deadline passed) discards it.
+    /// No channel: the answer is handed back by [`send`](Self::send) (`inline.rs`).
+    pub(crate) fn kept(typed: Option<WantedType>) -> Self {
+        Self { tx: None, typed }
+    }
+
+    /// Sends the answer; a sender that gave up (deadline passed) discards it. Without a
+    /// channel the answer is returned.
     #[inline]
-    pub(crate) fn send(self, answer: Answered) {
-        let _ = self.tx.send(answer);
+    pub(crate) fn send(self, answer: Answered) -> Option<Answered> {
+        match self.tx {
+            Some(tx) => {
+                let _ = tx.send(answer);
+                None
+            }
+            None => Some(answer),
+        }
     }
 }
 

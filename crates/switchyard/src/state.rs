@@ -312,7 +312,8 @@ impl SubShared {
     ) {
         inc(&self.counters.dead_lettered);
         if let Some(reply) = entry.reply {
-            reply.send(Err(SendError::NotProcessed(error.clone())));
+            // A queued command's reply always has a channel: nothing comes back.
+            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
