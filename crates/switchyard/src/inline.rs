@@ -50,6 +50,17 @@ impl InlineHandlers {
         self.0.lock().proto = Some(handler.clone());
     }
 
+    /// No more inline runs: the clones are dropped (a handler may hold a clone of the bus,
+    /// which holds this subscription: kept here, they would keep the bus alive once its
+    /// workers exited). A run going on drops its clone when it ends.
+    pub(crate) fn disable(&self) {
+        let dropped = {
+            let mut pool = self.0.lock();
+            (pool.proto.take(), std::mem::take(&mut pool.spare))
+        };
+        drop(dropped);
+    }
+
     fn take(&self) -> Option<BoxHandler> {
         let mut pool = self.0.lock();
         match pool.spare.pop() {
@@ -60,9 +71,12 @@ impl InlineHandlers {
 
     fn give_back(&self, handler: BoxHandler, max: usize) {
         let mut pool = self.0.lock();
-        if pool.spare.len() < max {
+        if pool.proto.is_some() && pool.spare.len() < max {
             pool.spare.push(handler);
+            return;
         }
+        drop(pool);
+        drop(handler);
     }
 }
 

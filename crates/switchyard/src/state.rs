@@ -329,6 +329,7 @@ impl SubShared {
     pub(crate) fn deactivate(&self) {
         self.active.store(false, Ordering::Relaxed);
         self.queue.close();
+        self.inline_handlers.disable();
     }
 }
 

@@ -365,3 +365,33 @@ async fn a_request_deadline_applies_to_an_inline_command_which_still_finishes() 
         "handled; the late reply discarded"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_handler_clones_for_inline_runs_go_at_shutdown() {
+    let bus = Bus::new();
+    // What a handler captures (a clone of the bus, say) must not outlive the shutdown.
+    let token = Arc::new(());
+    let held = token.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            let _held = &held;
+            async move { Ok::<_, std::io::Error>(c.n) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    tokio::spawn(async move { b.send(Double { n: 1 }).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(Arc::strong_count(&token) > 1);
+    bus.shutdown(WAIT).await.unwrap();
+    // The handle (like the bus's command table) still holds the subscription's state.
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "every handler clone was dropped"
+    );
+    drop(h);
+}
