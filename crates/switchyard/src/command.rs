@@ -159,7 +159,11 @@ impl Bus {
                 (handler, rx)
             }
             Start::Inline(handler, run) => {
-                let answer = run.await.unwrap_or_else(|| Err(stopped()))?;
+                let answer = run.await.unwrap_or_else(|| Err(stopped()));
+                // A handler that never waits makes a send that never waits: the sender's task
+                // yields now and then (tokio's budget), as it did waiting on the answer.
+                tokio::task::consume_budget().await;
+                let answer = answer?;
                 return Ok(Finished::Local(answer, handler));
             }
             Start::Remote(remote, env) => {

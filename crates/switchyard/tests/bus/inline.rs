@@ -395,3 +395,30 @@ async fn the_handler_clones_for_inline_runs_go_at_shutdown() {
     );
     drop(h);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sender_of_inline_commands_lets_other_tasks_run() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n) })
+        .start()
+        .await
+        .unwrap();
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    let b = bus.clone();
+    // The sender starts first; the other task only runs when the sender yields.
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while !flag.load(Ordering::SeqCst) && sent < 100_000 {
+            b.send(Double { n: sent }).await.unwrap();
+            sent += 1;
+        }
+        sent
+    });
+    let ran = other_ran.clone();
+    tokio::spawn(async move { ran.store(true, Ordering::SeqCst) });
+    let sent = sender.await.unwrap();
+    assert!(other_ran.load(Ordering::SeqCst));
+    assert!(sent < 100_000, "the sender never yielded ({sent} sends)");
+}
