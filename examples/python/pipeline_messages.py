@@ -42,6 +42,8 @@ class Job:
     fail: Optional[str] = None
     #: Hold injection: the domain whose processor waits until the run is cancelled.
     hold: Optional[str] = None
+    #: Outage injection: the domain whose processor fails each request message once.
+    outage: Optional[str] = None
     #: Latency injection: the domain whose processor waits before its work.
     slow: Optional[str] = None
 
@@ -81,6 +83,11 @@ class PipelineRequest:
     #: work (at most [`DemoConfig::hold_limit`]), so a run can be cancelled while it is
     #: certainly under way.
     hold: Optional[str] = None
+    #: Outage injection: the domain whose upstream is unavailable during this run. Its
+    #: processor fails every request message of the run the first time it sees it (so the
+    #: retries fail too and the error handler dead-letters the request); replaying that dead
+    #: letter (the same message again) succeeds.
+    outage: Optional[str] = None
     #: Generate a dataset of this many rows for the run (the demo's generator, seed 7).
     rows: Optional[int] = None
     #: Latency injection: the domain whose processor waits [`DemoConfig::slow_delay`] before

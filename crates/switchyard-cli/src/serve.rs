@@ -38,8 +38,18 @@ pub struct ServeArgs {
 
 /// Which runs of the trickle fail, and how: every 4th names a dataset the store does not
 /// have (the error handler gives up: a failed run and a dead letter); every 10th is also
-/// preceded by a request whose payload does not decode (a dead letter with the raw bytes).
+/// preceded by a request whose payload does not decode (a dead letter with the raw bytes);
+/// and the 2nd of every [`OUTAGE_EVERY`] meets a simulated outage of the report step's
+/// upstream (its retries fail too: a failed run and a dead letter of the report request,
+/// whose replay succeeds).
 const MISSING_EVERY: u64 = 4;
+/// See [`MISSING_EVERY`].
+const OUTAGE_EVERY: u64 = 8;
+/// The domain whose upstream the outage runs find unavailable.
+const OUTAGE_DOMAIN: &str = "report";
+/// Every demo component sends a heartbeat this often (the health checker calls one silent
+/// for a minute unresponsive).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 /// Runs of the trickle under way at once at most; a tick with that many is skipped.
 const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
@@ -188,8 +198,11 @@ async fn start_demo(
     let contracts = data_pipeline::contracts::registry()
         .map_err(|e| CliError::Failure(format!("the demo app's contracts: {e}")))?;
     node.set_contracts(contracts);
+    // Component health on the dashboard includes the app's health checker (heartbeats,
+    // status updates, errors); the trickle keeps every component's heartbeat going.
+    node.set_health_checker(app.health().clone());
     println!(
-        "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails",
+        "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails (a missing file), every {OUTAGE_EVERY}th an upstream outage in {OUTAGE_DOMAIN} (replay its dead letter)",
         app.topology().components().len(),
         interval.as_millis()
     );
@@ -212,6 +225,7 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: HashMap<MessageId, (String, Instant)> = HashMap::new();
     let mut n = 0u64;
+    let heartbeats = app.running().start_heartbeats(HEARTBEAT_EVERY);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -227,7 +241,11 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
                     publish_undecodable(&bus, n).await;
                 }
                 let dataset = if n.is_multiple_of(MISSING_EVERY) { "missing.csv" } else { DATASET };
-                match app.submit(&run_id, dataset).await {
+                let request = PipelineRequest {
+                    outage: (n % OUTAGE_EVERY == 2).then(|| OUTAGE_DOMAIN.to_owned()),
+                    ..PipelineRequest::file(&run_id, dataset)
+                };
+                match app.submit_request(request).await {
                     Ok(correlation) => {
                         waiting.insert(correlation, (run_id, Instant::now()));
                     }
@@ -254,6 +272,7 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
             }
         }
     }
+    drop(heartbeats);
     app.stop();
 }
 

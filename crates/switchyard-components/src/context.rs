@@ -20,7 +20,9 @@ use crate::role::{Role, error_topic, status_topic, topic_name};
 
 mod messages;
 mod request_id;
-pub use messages::{Completion, CompletionStatus, ErrorInfo, ErrorReport, StatusUpdate};
+pub use messages::{
+    Completion, CompletionStatus, ErrorInfo, ErrorReport, FailedRequest, StatusUpdate,
+};
 pub use request_id::{RequestId, RequestIdError};
 
 /// Header carrying the id of the request context a message was published for (set by
@@ -666,6 +668,13 @@ async fn publish_failure(
         propagated,
         retryable: info.retryable,
         at_ms: unix_ms(ctx.updated_at),
+        // An original failure carries the message it failed on (a propagated one's is a
+        // lower layer's result, not worth replaying).
+        failed_request: if propagated {
+            None
+        } else {
+            parent.and_then(FailedRequest::of)
+        },
     };
     publish_in(bus, parent, ctx, &error_topic(&ctx.domain), report).await?;
     let mut done = completion::<serde_json::Value>(ctx, CompletionStatus::Failed);

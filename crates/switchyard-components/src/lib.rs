@@ -38,7 +38,7 @@ pub use component::{
 };
 pub use context::{
     Completion, CompletionStatus, Context, ContextConfig, ContextMetrics, ContextStats,
-    ContextTable, ErrorInfo, ErrorReport, REQUEST_HEADER, RequestContext, RequestId,
+    ContextTable, ErrorInfo, ErrorReport, FailedRequest, REQUEST_HEADER, RequestContext, RequestId,
     RequestIdError, RequestState, StatusUpdate, TransitionError,
 };
 pub use enforce::{ComponentBus, EnforcementMode, EnforcementStats, Enforcer};

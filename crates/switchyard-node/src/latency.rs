@@ -157,11 +157,20 @@ impl Latencies {
             .clone()
     }
 
-    /// `handler`, timing each call into the histogram of `name`.
-    pub(crate) fn wrap(&self, name: &str, handler: BoxHandler) -> BoxHandler {
+    /// `handler`, timing each call into the histogram of `name`, and reporting the result
+    /// of a delivery of a replayed message to `live`'s replay tracker (one atomic load per
+    /// call while no replay is watched).
+    pub(crate) fn wrap(
+        &self,
+        name: &str,
+        handler: BoxHandler,
+        live: Arc<crate::live::Live>,
+    ) -> BoxHandler {
         boxed(Timed {
             inner: handler,
             histogram: self.histogram(name),
+            name: name.into(),
+            live,
         })
     }
 
@@ -192,11 +201,14 @@ impl Latencies {
     }
 }
 
-/// A handler whose calls are timed.
+/// A handler whose calls are timed (and, for replayed messages, followed).
 #[derive(Clone)]
 struct Timed {
     inner: BoxHandler,
     histogram: Arc<Histogram>,
+    /// The handler's (subscription's) name.
+    name: Arc<str>,
+    live: Arc<crate::live::Live>,
 }
 
 impl tower::Service<Envelope> for Timed {
@@ -210,11 +222,19 @@ impl tower::Service<Envelope> for Timed {
 
     fn call(&mut self, env: Envelope) -> Self::Future {
         let started = Instant::now();
+        let watched = self
+            .live
+            .replays
+            .active()
+            .then(|| (env.id.clone(), self.live.clone(), self.name.clone()));
         let call = self.inner.call(env);
         let histogram = self.histogram.clone();
         Box::pin(async move {
             let out = call.await;
             histogram.record(started.elapsed());
+            if let Some((id, live, name)) = watched {
+                live.replay_delivered(&id, &name, &out);
+            }
             out
         })
     }

@@ -128,6 +128,7 @@ impl Node {
         };
         let wrap_health = health.clone();
         let wrap_registry = handlers.clone();
+        let wrap_live = live.clone();
         let bus = builder
             .max_attempts(1)
             .wrap_handlers(move |name, handler: BoxHandler| {
@@ -143,7 +144,7 @@ impl Node {
                     });
                 let layer = ResilienceLayer::new(name, config);
                 wrap_health.add_breaker(name, layer.breaker());
-                boxed(layer.layer(wrap_latency.wrap(name, handler)))
+                boxed(layer.layer(wrap_latency.wrap(name, handler, wrap_live.clone())))
             })
             .build()?;
 
@@ -181,6 +182,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             ws: Arc::new(crate::ws::Hub::default()),
             live,
+            checker: Arc::default(),
         };
         background.push(tokio::spawn(crate::live::run_sampler(state.clone())));
         #[cfg(feature = "zmq")]
@@ -280,6 +282,20 @@ impl Node {
             .contracts
             .write()
             .unwrap_or_else(|p| p.into_inner()) = registry;
+    }
+
+    /// Attaches the application's health checker (a `switchyard_components` assembly's
+    /// [`HealthChecker`](switchyard_components::builtin::HealthChecker), fed by its
+    /// components' heartbeats, status updates and errors): `GET /v1/health` then shows its
+    /// view of each declared component it has seen (`heartbeat`), and calls a component it
+    /// finds unresponsive failing and one it finds degraded degraded. Keep the components'
+    /// heartbeats going (`Running::start_heartbeats`), or idle ones turn unresponsive.
+    pub fn set_health_checker(&self, checker: switchyard_components::builtin::HealthChecker) {
+        *self
+            .state
+            .checker
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(checker);
     }
 
     /// Reports a pipeline monitor in `/metrics` and `/v1/stats` under `name`.
@@ -519,7 +535,18 @@ impl switchyard::DeadLetterSink for DlqSink {
             attempts: letter.attempts,
             dead_letters: 0,
         });
+        // A replayed message dead-lettered again: recorded once it is in the queue.
+        let replayed = self.1.replays.active().then(|| {
+            (
+                letter.envelope.id.clone(),
+                letter.handler.clone(),
+                letter.error.clone(),
+            )
+        });
         self.0.put(letter);
+        if let Some((id, handler, error)) = replayed {
+            self.1.replay_dead_lettered(&id, handler.as_deref(), &error);
+        }
         if let Ok(mut event) = event {
             event["dead_letters"] = self.0.len().into();
             self.1.emit("dead_letter", &event);

@@ -60,6 +60,8 @@ pub(crate) struct AppState {
     pub(crate) ws: Arc<crate::ws::Hub>,
     /// The stats history, the live event stream and the observed publishes.
     pub(crate) live: Arc<crate::live::Live>,
+    /// The application's health checker (`Node::set_health_checker`), for `/v1/health`.
+    pub(crate) checker: Arc<RwLock<Option<switchyard_components::builtin::HealthChecker>>>,
 }
 
 impl AppState {

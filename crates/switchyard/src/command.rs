@@ -10,6 +10,7 @@ use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
     RemoteCommands, SendError,
 };
+use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
@@ -19,6 +20,7 @@ use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
 use std::any::TypeId;
 
+use crate::remote_reply::{RemoteReply, RemoteSlot, respond_soon};
 use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
@@ -293,9 +295,10 @@ fn filtered(handler: &SubShared) -> SendError {
 
 impl SubShared {
     /// Serves this command handler to other processes: the pump takes the commands the
-    /// transport receives for the topic and answers each once this handler has handled it
-    /// (or its deadline passed). It stops, withdrawing the interest, when the handler is
-    /// unregistered or the bus shuts down.
+    /// transport receives for the topic and queues each with its responder, which the worker
+    /// answers once this handler has handled it (the pump answers the failures to queue it,
+    /// and `timeout` when its deadline passes first). It stops, withdrawing the interest,
+    /// when the handler is unregistered or the bus shuts down.
     pub(crate) fn spawn_command_pump(self: &Arc<Self>, mut commands: IncomingCommands) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
@@ -312,98 +315,110 @@ impl SubShared {
                 }
             }
             // Withdraw the interest first (the transport answers what it still has), then
-            // answer the commands already queued.
+            // finish queueing (and watching the deadlines of) the commands being served.
             drop(commands);
             while serving.next().await.is_some() {}
         });
         *self.pump.lock() = Some(pump);
     }
 
+    /// Serves one command from another process: queued with its responder, which the worker
+    /// answers itself once the handler is done (no hand-off back here). This task answers
+    /// only what happens before the command is queued, and `timeout` at the deadline when the
+    /// worker has not answered by then; without a deadline it is done once the command is
+    /// queued.
     async fn serve_remote(self: Arc<Self>, command: IncomingCommand) {
         let (env, deadline, responder) = command.into_parts();
         let topic = env.topic.clone();
-        let result = self.handle_remote(env, deadline).await;
-        if let Err(e) = responder.respond(result).await {
-            tracing::warn!(handler = %self.name(), %topic, error = %e, "could not answer a remote command");
+        let slot = RemoteSlot::new(responder);
+        let failed = match self.queue_remote(env, deadline, &slot).await {
+            Ok(None) => return,
+            Ok(Some((d, answered))) => {
+                // The handler side stops waiting at the deadline too: `timeout`, unless the
+                // worker answered first (then the slot is empty).
+                if tokio::time::timeout(d, answered).await.is_ok() {
+                    return;
+                }
+                SendError::Timeout { deadline: d }
+            }
+            Err(e) => e,
+        };
+        if let Some(responder) = slot.take() {
+            respond_soon(
+                responder.respond(Err(failed)),
+                self.config.name.clone(),
+                topic,
+            );
         }
     }
 
-    async fn handle_remote(
+    /// Queues a remote command, its reply going to `slot`. Returns, when the command has a
+    /// deadline, the deadline and a receiver that completes once the worker answered (or
+    /// dropped) it.
+    async fn queue_remote(
         &self,
         mut env: Envelope,
         deadline: Option<Duration>,
-    ) -> Result<CommandResult, SendError> {
+        slot: &Arc<RemoteSlot>,
+    ) -> Result<Option<(Duration, oneshot::Receiver<()>)>, SendError> {
         if let (Some(d), None) = (deadline, env.delivery.deadline) {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
         }
-        // For the sender's `NoHandler` once the envelope is queued (or dropped unhandled).
-        let env_topic = env.topic.clone();
-        let queued = {
-            // A bus that is stopping takes no more commands: the sender may try another
-            // process, so it hears that this one has no handler any more.
-            let Some(bus) = self.bus.upgrade() else {
-                return Err(SendError::NoHandler { topic: env.topic });
-            };
-            if bus.state.load(Ordering::Acquire) != RUNNING {
-                return Err(SendError::NoHandler { topic: env.topic });
-            }
-            if let Some(check) = &bus.intake {
-                match check(&env) {
-                    IntakeVerdict::Accept => {}
-                    IntakeVerdict::Warn(why) => {
-                        inc(&self.counters.intake_warned);
-                        tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
-                    }
-                    IntakeVerdict::Reject(why) => {
-                        // Answered as a rejection, and kept in the dead-letter sink.
-                        inc(&self.counters.intake_rejected);
-                        inc(&self.counters.dead_lettered);
-                        bus.dead_letter(
-                            DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
-                                .with_handler(self.config.name.clone()),
-                        );
-                        return Err(SendError::Rejected { reason: why });
-                    }
+        // A bus that is stopping takes no more commands: the sender may try another
+        // process, so it hears that this one has no handler any more.
+        let Some(bus) = self.bus.upgrade() else {
+            return Err(SendError::NoHandler { topic: env.topic });
+        };
+        if bus.state.load(Ordering::Acquire) != RUNNING {
+            return Err(SendError::NoHandler { topic: env.topic });
+        }
+        if let Some(check) = &bus.intake {
+            match check(&env) {
+                IntakeVerdict::Accept => {}
+                IntakeVerdict::Warn(why) => {
+                    inc(&self.counters.intake_warned);
+                    tracing::warn!(handler = %self.name(), topic = %env.topic, message_id = %env.id, "intake check: {why}");
+                }
+                IntakeVerdict::Reject(why) => {
+                    // Answered as a rejection, and kept in the dead-letter sink.
+                    inc(&self.counters.intake_rejected);
+                    inc(&self.counters.dead_lettered);
+                    bus.dead_letter(
+                        DeadLetter::new(env, DeadLetterReason::Rejected, why.clone())
+                            .with_handler(self.config.name.clone()),
+                    );
+                    return Err(SendError::Rejected { reason: why });
                 }
             }
-            let (tx, rx) = CommandReply::channel(None);
-            let result = match self.try_enqueue_command(&bus, Arc::new(env), tx) {
-                Ok(result) => result,
-                Err(entry) => self.finish_enqueue(&bus, entry).await,
-            };
-            match enqueue_result(self, result) {
-                Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler {
-                    topic: env_topic.clone(),
-                }),
-                other => other.map(|()| rx),
-            }
-        };
-        // Answered across processes: the reply envelope, never a typed output.
-        let wait = async {
-            let answer = await_answer(queued?).await?;
-            Ok(answer.into_result(self.config.name.clone()))
-        };
-        let result = match deadline {
-            None => wait.await,
-            Some(d) => tokio::time::timeout(d, wait)
-                .await
-                .unwrap_or(Err(SendError::Timeout { deadline: d })),
-        };
-        match result {
-            // Dropped unhandled because this bus is stopping: as for a command arriving
-            // now, this process has no handler any more (a transport may hand the command
-            // to another process: a durable command is redelivered).
-            Err(SendError::NotProcessed(_)) if !self.bus_running() => {
-                Err(SendError::NoHandler { topic: env_topic })
-            }
-            other => other,
         }
-    }
-
-    fn bus_running(&self) -> bool {
-        self.bus
-            .upgrade()
-            .is_some_and(|bus| bus.state.load(Ordering::Acquire) == RUNNING)
+        let (done, answered) = match deadline {
+            Some(d) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some((d, rx)))
+            }
+            None => (None, None),
+        };
+        let topic = env.topic.clone();
+        let reply = CommandReply::remote(RemoteReply {
+            slot: Arc::clone(slot),
+            done,
+            bus: self.bus.clone(),
+            topic: topic.clone(),
+            handler: self.config.name.clone(),
+        });
+        let result = match self.try_enqueue_command(&bus, Arc::new(env), reply) {
+            Ok(result) => result,
+            Err(entry) => self.finish_enqueue(&bus, entry).await,
+        };
+        match enqueue_result(self, result) {
+            Ok(()) => {
+                slot.set_queued();
+                Ok(answered)
+            }
+            // Unregistered meanwhile: this process has no handler any more.
+            Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -43,6 +43,7 @@ mod prefetch;
 mod publish;
 mod pump;
 mod queue;
+mod remote_reply;
 mod reply;
 #[cfg(feature = "middleware")]
 pub mod resilience;

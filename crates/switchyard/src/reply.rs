@@ -6,6 +6,8 @@ use smol_str::SmolStr;
 use switchyard_core::{Envelope, SendError};
 use tokio::sync::oneshot;
 
+use crate::remote_reply::RemoteReply;
+
 pub use switchyard_core::CommandResult;
 
 /// A typed handler's output handed to a typed sender in this process as it is, not encoded.
@@ -45,38 +47,59 @@ pub(crate) type Answered = Result<Answer, SendError>;
 /// which takes the answer back from the handling itself), and the output type its sender
 /// takes without encoding (a typed `send` in this process), if any.
 pub(crate) struct CommandReply {
-    tx: Option<oneshot::Sender<Answered>>,
+    to: ReplyTo,
     pub(crate) typed: Option<WantedType>,
+}
+
+/// Where the answer goes.
+enum ReplyTo {
+    /// A sender in this process waits on the channel.
+    Local(oneshot::Sender<Answered>),
+    /// A command from another process: the worker answers through the transport itself.
+    Remote(Box<RemoteReply>),
+    /// A command run on its sender's task (`inline.rs`): the answer is handed back by
+    /// [`CommandReply::send`].
+    Kept,
 }
 
 impl CommandReply {
     /// A reply channel and its receiving end.
     pub(crate) fn channel(typed: Option<WantedType>) -> (Self, AnswerRx) {
         let (tx, rx) = oneshot::channel();
-        (
-            Self {
-                tx: Some(tx),
-                typed,
-            },
-            rx,
-        )
+        let to = ReplyTo::Local(tx);
+        (Self { to, typed }, rx)
+    }
+
+    /// The reply to a command from another process, answered through the transport.
+    pub(crate) fn remote(reply: RemoteReply) -> Self {
+        Self {
+            to: ReplyTo::Remote(Box::new(reply)),
+            typed: None,
+        }
     }
 
     /// No channel: the answer is handed back by [`send`](Self::send) (`inline.rs`).
     pub(crate) fn kept(typed: Option<WantedType>) -> Self {
-        Self { tx: None, typed }
+        Self {
+            to: ReplyTo::Kept,
+            typed,
+        }
     }
 
-    /// Sends the answer; a sender that gave up (deadline passed) discards it. Without a
-    /// channel the answer is returned.
+    /// Sends the answer; a sender that gave up (deadline passed) discards it. A kept reply's
+    /// answer is returned.
     #[inline]
     pub(crate) fn send(self, answer: Answered) -> Option<Answered> {
-        match self.tx {
-            Some(tx) => {
+        match self.to {
+            ReplyTo::Local(tx) => {
                 let _ = tx.send(answer);
                 None
             }
-            None => Some(answer),
+            ReplyTo::Remote(remote) => {
+                remote.send(answer);
+                None
+            }
+            ReplyTo::Kept => Some(answer),
         }
     }
 }

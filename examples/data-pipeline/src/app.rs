@@ -23,6 +23,7 @@ use crate::frontend_api::{
     RunRecord, Runs, RunsSink, now_ms, on_performance_anomalies, start_queries,
 };
 use crate::modules::{self, ModuleError, Store};
+use crate::outage::Outages;
 use crate::{
     BenchStats, DATASET, DOMAINS, DemoConfig, DemoError, DemoReport, Job, PipelineCancel,
     PipelineRequest, RunOutcome, raw_hop_baseline,
@@ -217,7 +218,7 @@ fn processor(
     a: &'static str,
     store: Store,
     fail: Option<(u32, Arc<AtomicU32>)>,
-    (slow_delay, hold_limit, runs): (Duration, Duration, Runs),
+    (slow_delay, hold_limit, runs, outages): (Duration, Duration, Runs, Outages),
 ) -> ComponentBuilder {
     let mut b = ComponentBuilder::new(name(d, Role::Processor), Role::Processor, d);
     if d == DOMAINS[0].0 {
@@ -245,6 +246,7 @@ fn processor(
         &topic_name(d, a, Role::Processor.request_phase()),
         move |job, cx| {
             let (store, fail, runs) = (store.clone(), fail.clone(), runs.clone());
+            let outages = outages.clone();
             async move {
                 let ctx = cx.begin(a).await?;
                 ctx.set_metadata("run_id", job.run_id.clone())?;
@@ -271,6 +273,8 @@ fn processor(
                         ),
                         retryable: true,
                     })
+                } else if let Some(e) = outages.failure(d, &job, &cx.envelope().id) {
+                    Err(e)
                 } else {
                     work(d, &store, &job).await
                 };
@@ -370,6 +374,7 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     fail: req.fail,
                     slow: req.slow,
                     hold: req.hold,
+                    outage: req.outage,
                 };
                 ctx.publish_to(&topic_name(first_d, first_a, "request"), job)
                     .await?;
@@ -543,6 +548,7 @@ impl DemoApp {
             .await?;
         let tracker = StateTracker::new(100_000);
         let runs = Runs::default();
+        let outages = Outages::default();
         // Retried at once: the demo's failures are injected, not a dependency recovering.
         let errors = ErrorHandler::new(
             RetryPolicy::attempts(config.max_attempts).initial_delay(Duration::ZERO),
@@ -633,7 +639,12 @@ impl DemoApp {
                     a,
                     store.clone(),
                     fail,
-                    (config.slow_delay, config.hold_limit, runs.clone()),
+                    (
+                        config.slow_delay,
+                        config.hold_limit,
+                        runs.clone(),
+                        outages.clone(),
+                    ),
                 ));
         }
         let topology = assembly.topology().map_err(StartError::from)?;
@@ -678,6 +689,11 @@ impl DemoApp {
     /// The store the processors' modules read and write.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The health checker (heartbeats, status updates, errors per component).
+    pub fn health(&self) -> &HealthChecker {
+        &self.health
     }
 
     /// The error handler's counters.
@@ -745,14 +761,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
     let front = app.front.clone();
 
     let violation_demo = if config.show_violation {
-        let job = Job {
-            run_id: "rogue".into(),
-            dataset: DATASET.into(),
-            attempt: 1,
-            fail: None,
-            slow: None,
-            hold: None,
-        };
+        let job = Job::new("rogue", DATASET);
         match front.publish_to("staging.load.execute", job).await {
             Err(PublishError::LayerViolation(v)) => Some(v.detail),
             Err(e) => Some(format!("refused: {e}")),
@@ -775,14 +784,7 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             .await?;
         ctx.start().await?;
         let correlation_id = ctx.correlation_id();
-        let job = Job {
-            run_id: "preview".into(),
-            dataset: DATASET.into(),
-            attempt: 1,
-            fail: None,
-            slow: None,
-            hold: None,
-        };
+        let job = Job::new("preview", DATASET);
         ctx.publish_to(
             &topic_name(DOMAINS[0].0, "preview", Role::Processor.request_phase()),
             job,
@@ -871,7 +873,10 @@ pub async fn run_demo(config: DemoConfig) -> Result<DemoReport, DemoError> {
             .map(|d| d.list())
             .unwrap_or_default()
             .into_iter()
-            .filter(|l| l.handler.as_deref() == Some(ErrorHandler::NAME))
+            .filter(|l| {
+                runs.iter()
+                    .any(|r| r.correlation_id == l.envelope.correlation_id)
+            })
             .collect(),
         health: health.report(),
         alerts: {

@@ -21,6 +21,7 @@ mod app;
 pub mod contracts;
 pub mod frontend_api;
 pub mod modules;
+mod outage;
 pub mod sensors;
 pub mod testdb;
 
@@ -79,6 +80,12 @@ pub struct PipelineRequest {
     /// certainly under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// Outage injection: the domain whose upstream is unavailable during this run. Its
+    /// processor fails every request message of the run the first time it sees it (so the
+    /// retries fail too and the error handler dead-letters the request); replaying that dead
+    /// letter (the same message again) succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<String>,
 }
 
 impl PipelineRequest {
@@ -92,6 +99,7 @@ impl PipelineRequest {
             fail: None,
             slow: None,
             hold: None,
+            outage: None,
         }
     }
 }
@@ -137,6 +145,24 @@ pub struct Job {
     /// Hold injection: the domain whose processor waits until the run is cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// Outage injection: the domain whose processor fails each request message once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outage: Option<String>,
+}
+
+impl Job {
+    /// The first attempt of run `run_id` on `dataset`, with no injection.
+    pub fn new(run_id: impl Into<String>, dataset: impl Into<String>) -> Self {
+        Self {
+            run_id: run_id.into(),
+            dataset: dataset.into(),
+            attempt: 1,
+            fail: None,
+            slow: None,
+            hold: None,
+            outage: None,
+        }
+    }
 }
 
 impl Contract for Job {}
@@ -438,7 +464,7 @@ pub struct DemoReport {
     pub status_updates: u64,
     /// Error handler counters.
     pub errors: ErrorHandlerStats,
-    /// Dead letters written by the error handler.
+    /// Dead letters of the runs (the requests the error handler gave up on).
     pub dead_letters: Vec<DeadLetter>,
     /// Health per component.
     pub health: Vec<ComponentHealth>,

@@ -288,7 +288,17 @@ on_both_stores! {
         "{}",
         letter.error
     );
-    assert_eq!(letter.envelope.topic.as_str(), "analytics.error");
+    // The dead letter is the request the analytics processor failed on (its last attempt):
+    // replaying it runs that step again.
+    assert_eq!(
+        letter.envelope.topic.as_str(),
+        "analytics.features.execute"
+    );
+    assert_eq!(
+        letter.handler.as_deref(),
+        Some("analytics-processor:analytics.features.execute")
+    );
+    assert_eq!(letter.attempts, 3);
     // Nothing after analytics ran; nothing leaked.
     assert!(!report.tables.insights.contains_key(&run.run_id));
     assert!(!report.tables.features.contains_key(&run.run_id));
@@ -409,6 +419,63 @@ on_both_stores! {
             (Some("cpm"), "pipeline")
         );
     }
+    app.stop();
+}
+
+    async fn an_upstream_outage_is_dead_lettered_as_the_request_whose_replay_reruns_the_step(db: &Db) {
+    let bus = switchyard::Bus::new();
+    let config = db.config(DemoConfig {
+        rows: 60,
+        max_attempts: 2,
+        ..config()
+    });
+    let mut app = DemoApp::start(&bus, &config).await.unwrap();
+    let timeout = std::time::Duration::from_secs(20);
+    let outage = PipelineRequest {
+        outage: Some("report".into()),
+        ..PipelineRequest::file("outage-1", DATASET)
+    };
+    let correlation = app.submit_request(outage).await.unwrap();
+    let done = tokio::time::timeout(timeout, async {
+        loop {
+            let d = app.next_result().await.unwrap();
+            if d.correlation_id == correlation {
+                return d;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!done.is_ok());
+    let err = done.error.unwrap();
+    assert_eq!(err.error_type, "UpstreamUnavailable");
+    assert!(err.message.contains("gave up after 2 attempt(s)"), "{}", err.message);
+    tokio::time::timeout(timeout, bus.run_until_idle())
+        .await
+        .unwrap();
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.envelope.topic.as_str(), "report.render.execute");
+    assert_eq!(letter.envelope.correlation_id, correlation);
+    assert_eq!(
+        letter.handler.as_deref(),
+        Some("report-processor:report.render.execute")
+    );
+    assert!(letter.error.contains("UpstreamUnavailable"), "{}", letter.error);
+    let tables = app.store().run_tables("outage-1").await.unwrap();
+    assert!(tables.features.contains_key("outage-1"), "analytics ran before the report");
+    assert!(!tables.reports.contains_key("outage-1"), "no report in the outage");
+
+    // The replay: the same message again. The report step runs and writes the report; it
+    // is not dead-lettered again.
+    bus.publish_envelope(letter.envelope.clone()).await.unwrap();
+    tokio::time::timeout(timeout, bus.run_until_idle())
+        .await
+        .unwrap();
+    let tables = app.store().run_tables("outage-1").await.unwrap();
+    assert!(tables.reports.contains_key("outage-1"), "the replayed step rendered the report");
+    assert_eq!(bus.dead_letters().unwrap().list().len(), 1);
     app.stop();
 }
 

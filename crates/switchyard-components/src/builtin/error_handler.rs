@@ -1,5 +1,5 @@
 //! The error handler: applies a retry policy to reported failures by asking the failing
-//! domain's manager to retry, and dead-letters the flow when attempts run out.
+//! domain's manager to retry, and dead-letters the failed request when attempts run out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,6 +19,23 @@ use crate::role::{Role, exhausted_topic, retry_topic};
 /// and backoff ([`RetryPolicy::delay_for`]); whether a failure is retryable comes from the
 /// [`ErrorReport`], not from the policy's classifier.
 pub use switchyard::retry::RetryPolicy;
+
+/// The subscription of `component` on this bus whose pattern takes `topic`
+/// (`<component>:<pattern>`), or else the component's name.
+fn failed_subscription(
+    bus: &switchyard::Bus,
+    component: &str,
+    topic: &switchyard::Topic,
+) -> String {
+    let prefix = format!("{component}:");
+    bus.registry()
+        .into_iter()
+        .find(|s| {
+            s.name.starts_with(&prefix)
+                && switchyard::Pattern::new(&s.pattern).is_ok_and(|p| p.matches(topic))
+        })
+        .map_or_else(|| component.to_owned(), |s| s.name)
+}
 
 /// Published on `<domain>.retry.request`: the error handler asks the domain's manager to try
 /// the flow again.
@@ -96,9 +113,13 @@ struct State {
 /// Consumes `*.error` and applies the [`RetryPolicy`] per (correlation id, domain):
 /// an original (not propagated), retryable failure is answered with `<domain>.retry.request`
 /// (at once, or after the policy's backoff delay through the bus's delayed delivery) until
-/// attempts run out; then the error envelope goes to the dead-letter sink (reason
-/// `HandlerFailed`, error text with the correlation id) and `<domain>.retry.exhausted` is
-/// published. A domain completion (`<domain>.<action>.complete`) forgets the flow.
+/// attempts run out; then the request the failing component was handling (carried by the
+/// report, [`ErrorReport::failed_request`]) goes to the dead-letter sink under the
+/// component's subscription, so that replaying it re-runs that step (a report without it:
+/// the error envelope, under `error-handler`), reason `HandlerFailed`, error text with the
+/// correlation id; and `<domain>.retry.exhausted` is published. When a step of a flow given
+/// up fails again (its replay did), the request is dead-lettered again at once. A domain
+/// completion (`<domain>.<action>.complete`) forgets the flow.
 ///
 /// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
 /// bus's own sink (`Bus::dead_letter`: its in-memory store, or the sink it was built with).
@@ -189,6 +210,49 @@ impl ErrorHandler {
             })
     }
 
+    /// Dead-letters a flow given up after `attempts`: the request the failing component
+    /// was handling when the report carries it (replaying it re-runs that step; the dead
+    /// letter names the component's subscription on its topic), else the error report
+    /// itself (handler `error-handler`). The error text names the flow, the domain, the
+    /// component and the error.
+    fn dead_letter(&self, report: &ErrorReport, cx: &ComponentCtx, attempts: u32) {
+        let text = format!(
+            "correlation {}: {} in {} failed after {attempts} attempt(s): {}: {}",
+            report.correlation_id,
+            report.domain,
+            report.component,
+            report.error_type,
+            report.message
+        );
+        tracing::warn!(correlation_id = %report.correlation_id, %text, "giving up: dead-lettered");
+        let request = report.failed_request.as_ref().and_then(|r| {
+            r.to_envelope(report.correlation_id.clone())
+                .inspect_err(|e| tracing::warn!(error = %e, "failed request not re-addressable"))
+                .ok()
+        });
+        let mut letter = match request {
+            Some(env) => {
+                let handler = failed_subscription(cx.raw_bus(), &report.component, &env.topic);
+                DeadLetter::new(env, DeadLetterReason::HandlerFailed, text).with_handler(handler)
+            }
+            // The error envelope, filed under the flow it belongs to.
+            None => {
+                let envelope = cx
+                    .envelope()
+                    .clone()
+                    .with_correlation_id(report.correlation_id.clone());
+                DeadLetter::new(envelope, DeadLetterReason::HandlerFailed, text)
+                    .with_handler(Self::NAME)
+            }
+        };
+        letter.attempts = attempts;
+        match &self.sink {
+            Some(s) => s.put(letter),
+            // The bus's configured sink (its default store, or the one it was given).
+            None => cx.raw_bus().dead_letter(letter),
+        }
+    }
+
     async fn on_error(
         &self,
         report: ErrorReport,
@@ -198,6 +262,9 @@ impl ErrorHandler {
             Record,
             Retry(u32),
             GiveUp(u32),
+            /// A step of a flow already given up failed again: a replayed dead letter (or a
+            /// late duplicate). Dead-lettered again at once, the manager not told again.
+            DeadLetterAgain(u32),
         }
         let key = (report.correlation_id.clone(), report.domain.clone());
         let decision = {
@@ -207,7 +274,13 @@ impl ErrorHandler {
                 st.history.pop_front();
             }
             st.history.push_back(report.clone());
-            if report.propagated || st.given_up.contains_key(&key) {
+            let again = st.given_up.get(&key).copied();
+            if let (false, Some(made), Some(_)) = (report.propagated, again, &report.failed_request)
+            {
+                st.stats.gave_up += 1;
+                st.given_up.insert(key, made + 1);
+                Decision::DeadLetterAgain(made + 1)
+            } else if report.propagated || again.is_some() {
                 st.stats.propagated += u64::from(report.propagated);
                 Decision::Record
             } else {
@@ -266,28 +339,12 @@ impl ErrorHandler {
                     )
                     .map(|_| ())
             }
+            Decision::DeadLetterAgain(attempts) => {
+                self.dead_letter(&report, &cx, attempts);
+                Ok(())
+            }
             Decision::GiveUp(attempts) => {
-                let text = format!(
-                    "correlation {}: {} in {} failed after {attempts} attempt(s): {}: {}",
-                    report.correlation_id,
-                    report.domain,
-                    report.component,
-                    report.error_type,
-                    report.message
-                );
-                tracing::warn!(correlation_id = %report.correlation_id, %text, "giving up: dead-lettered");
-                // The error envelope, filed under the flow it belongs to.
-                let envelope = cx
-                    .envelope()
-                    .clone()
-                    .with_correlation_id(report.correlation_id.clone());
-                let letter = DeadLetter::new(envelope, DeadLetterReason::HandlerFailed, text)
-                    .with_handler(Self::NAME);
-                match &self.sink {
-                    Some(s) => s.put(letter),
-                    // The bus's configured sink (its default store, or the one it was given).
-                    None => cx.raw_bus().dead_letter(letter),
-                }
+                self.dead_letter(&report, &cx, attempts);
                 let gave_up = RetryExhausted {
                     correlation_id: report.correlation_id,
                     domain: report.domain.clone(),

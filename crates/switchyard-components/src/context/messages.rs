@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
-use switchyard::{Message, MessageId};
+use switchyard::{Envelope, Kind, Message, MessageId, Topic, TopicError};
 
 use super::{RequestId, RequestState};
 use crate::role::Role;
@@ -65,10 +65,87 @@ pub struct ErrorReport {
     pub retryable: bool,
     /// When, in ms since the Unix epoch.
     pub at_ms: u64,
+    /// The message the component was handling when it failed: set on original failures
+    /// whose message has a JSON payload, so that the error handler can dead-letter the very
+    /// request (whose replay re-runs the step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_request: Option<FailedRequest>,
 }
 
 impl Message for ErrorReport {
     const TOPIC: &'static str = "component.error";
+}
+
+/// A copy of the message a component failed on, carried by its [`ErrorReport`]: enough to
+/// publish it again as it was (same id, topic, kind, headers and payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedRequest {
+    /// Its id (kept by a replay).
+    pub id: MessageId,
+    /// Its topic.
+    pub topic: String,
+    /// Event, command or request.
+    pub kind: Kind,
+    /// The message that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<MessageId>,
+    /// Its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Its headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Its content type.
+    pub content_type: String,
+    /// Its type name, for upcasting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    /// Its type version.
+    #[serde(default)]
+    pub type_version: u32,
+    /// Its payload, as JSON.
+    pub payload: serde_json::Value,
+}
+
+impl FailedRequest {
+    /// A copy of `env`; `None` when its payload is not JSON (it is not carried then).
+    pub fn of(env: &Envelope) -> Option<Self> {
+        let payload = serde_json::from_slice(&env.payload).ok()?;
+        Some(Self {
+            id: env.id.clone(),
+            topic: env.topic.as_str().to_owned(),
+            kind: env.kind,
+            causation_id: env.causation_id().cloned(),
+            source: env.source().map(str::to_owned),
+            headers: env
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            content_type: env.content_type().to_owned(),
+            type_name: env.type_name.as_ref().map(ToString::to_string),
+            type_version: env.type_version,
+            payload,
+        })
+    }
+
+    /// The message again, in the flow `correlation_id`.
+    pub fn to_envelope(&self, correlation_id: MessageId) -> Result<Envelope, TopicError> {
+        let payload = serde_json::to_vec(&self.payload).unwrap_or_default();
+        let mut env = Envelope::new(Topic::new(&self.topic)?, payload)
+            .with_kind(self.kind)
+            .with_correlation_id(correlation_id);
+        env.id = self.id.clone();
+        env.set_causation_id(self.causation_id.clone());
+        env.set_source(self.source.as_deref().map(Into::into));
+        for (k, v) in &self.headers {
+            env.headers_mut().insert(k.as_str(), v.as_str());
+        }
+        env.set_content_type(self.content_type.as_str());
+        env.type_name = self.type_name.as_deref().map(Into::into);
+        env.type_version = self.type_version;
+        Ok(env)
+    }
 }
 
 /// Error details in a failed [`Completion`].

@@ -23,6 +23,7 @@ fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
         propagated,
         retryable: true,
         at_ms: 0,
+        failed_request: None,
     }
 }
 
@@ -175,4 +176,149 @@ async fn gives_up_into_the_sink_the_bus_was_built_with() {
         bus.dead_letters().is_none(),
         "a bus with its own sink keeps no in-memory store"
     );
+}
+
+/// What the processor of the replay tests handles.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Load {
+    batch: u32,
+}
+
+impl Message for Load {
+    const TOPIC: &'static str = "x.load.execute";
+}
+
+/// An assembly of the error handler (one attempt), a manager for its retry topics and
+/// `x-processor` on `x.load.execute`, which fails the first delivery of every message id
+/// (an upstream outage) and completes when the same id comes again, unless `always_fail`.
+async fn replayable(bus: &Bus, always_fail: bool) -> (switchyard_components::Running, Recorder) {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
+    let done = Recorder::start(bus, "x.load.processed").await.unwrap();
+    let running = Assembly::new(bus)
+        .component(ErrorHandler::new(RetryPolicy::attempts(1)).component())
+        .component(
+            ComponentBuilder::new("x-manager", Role::Manager, "x")
+                .on_envelope("x.retry.request", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                })
+                .on_envelope("x.retry.exhausted", |_, _| async {
+                    Ok::<_, std::convert::Infallible>(())
+                }),
+        )
+        .component(
+            ComponentBuilder::new("x-processor", Role::Processor, "x").on::<Load, _, _, _, _>(
+                Load::TOPIC,
+                move |load, cx| {
+                    let seen = seen.clone();
+                    async move {
+                        let again = !seen.lock().unwrap().insert(cx.envelope().id.clone());
+                        let ctx = cx.begin("load").await?;
+                        ctx.start().await?;
+                        if again && !always_fail {
+                            ctx.complete(&load.batch).await?;
+                        } else {
+                            ctx.fail("UpstreamUnavailable", "the upstream store is down", true)
+                                .await?;
+                        }
+                        Ok::<_, switchyard::BoxError>(())
+                    }
+                },
+            ),
+        )
+        .start()
+        .await
+        .unwrap();
+    (running, done)
+}
+
+#[tokio::test(start_paused = true)]
+async fn giving_up_dead_letters_the_failed_request_whose_replay_reruns_the_step() {
+    let kept = Kept::default();
+    let bus = Bus::builder().dead_letters(kept.clone()).build().unwrap();
+    let (_running, done) = replayable(&bus, false).await;
+    let sent = Load { batch: 7 }.to_envelope().unwrap();
+    bus.publish_envelope(sent.clone()).await.unwrap();
+    bus.run_until_idle().await;
+
+    let letters = kept.0.lock().unwrap().clone();
+    assert_eq!(letters.len(), 1, "given up after one attempt");
+    let letter = &letters[0];
+    // The dead letter is the message the processor failed on, not the error report.
+    assert_eq!(letter.envelope.id, sent.id);
+    assert_eq!(letter.envelope.topic.as_str(), "x.load.execute");
+    assert_eq!(letter.envelope.correlation_id, sent.correlation_id);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&letter.envelope.payload).unwrap(),
+        serde_json::json!({"batch": 7})
+    );
+    assert_eq!(
+        letter.handler.as_deref(),
+        Some("x-processor:x.load.execute"),
+        "the subscription that failed"
+    );
+    assert!(
+        letter.error.contains("UpstreamUnavailable"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(letter.attempts, 1);
+    assert!(letter.error.contains(&sent.correlation_id.to_string()));
+    assert!(done.envelopes().iter().all(|e| {
+        serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()["status"] != "completed"
+    }));
+
+    // Replaying it (as the node's replay does: same envelope, same id) re-runs the step.
+    bus.publish_envelope(letter.envelope.clone()).await.unwrap();
+    bus.run_until_idle().await;
+    let completed = done
+        .envelopes()
+        .iter()
+        .filter(|e| {
+            serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()["status"]
+                == "completed"
+        })
+        .count();
+    assert_eq!(completed, 1, "the replayed step completed");
+    assert_eq!(kept.0.lock().unwrap().len(), 1, "not dead-lettered again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replayed_request_that_fails_again_is_dead_lettered_again() {
+    let kept = Kept::default();
+    let bus = Bus::builder().dead_letters(kept.clone()).build().unwrap();
+    let (_running, _done) = replayable(&bus, true).await;
+    let sent = Load { batch: 8 }.to_envelope().unwrap();
+    bus.publish_envelope(sent.clone()).await.unwrap();
+    bus.run_until_idle().await;
+    let first = kept.0.lock().unwrap()[0].clone();
+
+    bus.publish_envelope(first.envelope.clone()).await.unwrap();
+    bus.run_until_idle().await;
+    let letters = kept.0.lock().unwrap().clone();
+    assert_eq!(
+        letters.len(),
+        2,
+        "the flow was given up on, the replay failed again"
+    );
+    assert_eq!(letters[1].envelope.id, sent.id);
+    assert_eq!(letters[1].attempts, 2);
+    assert!(letters[1].error.contains("UpstreamUnavailable"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_report_without_the_request_dead_letters_the_report_as_before() {
+    let kept = Kept::default();
+    let bus = Bus::builder().dead_letters(kept.clone()).build().unwrap();
+    let (_running, _done) = replayable(&bus, true).await;
+    let flow = MessageId::new();
+    bus.publish_to("x.error", report(flow.clone(), false))
+        .await
+        .unwrap();
+    bus.run_until_idle().await;
+    let letters = kept.0.lock().unwrap().clone();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].envelope.topic.as_str(), "x.error");
+    assert_eq!(letters[0].handler.as_deref(), Some(ErrorHandler::NAME));
 }

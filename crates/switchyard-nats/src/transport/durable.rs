@@ -213,7 +213,7 @@ fn durable_incoming(transport: &NatsTransport, delivery: Delivery) -> IncomingCo
     let progress = keep_in_progress(transport, envelope.id.clone());
     let responder = DurableResponder {
         delivery: Some(delivery),
-        client: transport.inner.client.clone(),
+        inner: transport.inner.clone(),
         reply_to,
         progress,
     };
@@ -241,7 +241,7 @@ fn keep_in_progress(transport: &NatsTransport, id: MessageId) -> tokio::task::Ab
 /// good. Dropped unanswered (the bus stopped serving), the delivery is handed back.
 struct DurableResponder {
     delivery: Option<Delivery>,
-    client: Client,
+    inner: Arc<Inner>,
     reply_to: Option<Subject>,
     progress: tokio::task::AbortHandle,
 }
@@ -288,8 +288,12 @@ impl CommandResponder for DurableResponder {
         self.progress.abort();
         let delivery = self.delivery.take();
         let reply_to = self.reply_to.take();
-        let client = self.client.clone();
+        let client = self.inner.client.clone();
+        // The bus may finish this on a task of its own once the handler's worker moved on:
+        // counted, so closing the transport waits for the command to be settled.
+        let alive = WorkerGuard::new(&self.inner);
         Box::pin(async move {
+            let _alive = alive;
             let Some(delivery) = delivery else {
                 return Ok(());
             };

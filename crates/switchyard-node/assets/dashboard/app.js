@@ -179,6 +179,8 @@
       if (current === "health") loadHealth().catch(showError);
     } else if (name === "dead_letter") {
       if (current === "dlq" && !replaying) route();
+    } else if (name === "replay") {
+      if (followed && followed.ids.includes(data.id)) showReplays([data]);
     }
   }
   const lastRun = {};
@@ -630,35 +632,50 @@
     panel.focus();
   }
 
+  // The last replay made from this page: its ids are followed through GET /v1/dlq/replays
+  // (and the node's `replay` events), which report each subscription's handling of the very
+  // message re-published and its dead-lettering again.
+  let followed = null;
+  function replayText(st) {
+    const subs = (o) => [...new Set(st.outcomes.filter((x) => x.outcome === o).map((x) => x.subscription || "the bus"))].join(", ");
+    const last = (o) => [...st.outcomes].reverse().find((x) => x.outcome === o) || {};
+    if (st.status === "dead_lettered") return { done: true, ok: false, text: "dead-lettered again: " + (last("dead_lettered").error || "") };
+    if (st.status === "failed") { const f = st.outcomes.find((x) => x.outcome !== "handled"); return { done: false, ok: false, text: f.outcome + " by " + (f.subscription || "the bus") + ": " + (f.error || "") }; }
+    if (st.status === "handled") return { done: true, ok: true, text: "handled by " + subs("handled") + " ✓" };
+    if (st.status === "unknown") return { done: true, ok: false, text: "not followed by this node" };
+    return { done: false, ok: true, text: "waiting for the handler…" };
+  }
+  function showReplays(states) {
+    if (!followed) return true;
+    for (const st of states) followed.states[st.id] = st;
+    const parts = followed.ids.map((id) => ({ id, r: replayText(followed.states[id] || { status: "pending", outcomes: [] }) }));
+    const out = $("#dlq-result");
+    out.className = parts.every((p) => p.r.ok) ? "ok" : "error";
+    const head = "Replayed " + followed.res.replayed + (followed.res.failed.length ? ", failed: " + followed.res.failed.map((f) => f.id + " (" + f.error + ")").join(", ") : "");
+    out.textContent = head + (parts.length === 1 ? ": " + parts[0].r.text : parts.length ? ": " + parts.map((p) => p.id.slice(-8) + " " + p.r.text).join("; ") : ".");
+    return parts.every((p) => p.r.done);
+  }
   async function replay(ids) {
     if (!await confirmDialog("Replay " + ids.length + " dead letter(s)? Events are published again, commands sent to their handler again.")) return;
-    const items = ids.map((id) => dlqItems.find((i) => i.id === id)).filter(Boolean);
-    const before = await api("/v1/subscriptions").catch(() => ({ subscriptions: [] }));
     const res = await api("/v1/dlq/replay", { method: "POST", json: { ids } });
+    res.failed = res.failed || [];
     ids.forEach((i) => selected.delete(i));
-    const out = $("#dlq-result");
-    out.className = res.failed && res.failed.length ? "error" : "ok";
-    out.textContent = "Replayed " + res.replayed + (res.failed && res.failed.length ? ", failed: " + res.failed.map((f) => f.id + " (" + f.error + ")").join(", ") : "") + ". Waiting for the handler…";
+    followed = { ids: ids.filter((id) => !res.failed.some((f) => f.id === id)), res, states: {} };
+    const mine = followed;
+    showReplays([]);
     const listHash = location.hash.split("/")[0];
-    if (location.hash !== listHash) location.hash = listHash; else await loadDlq((listHash.split("?")[1] || ""), null).catch(() => {});
-    // Follow the result: handled once the handler's acked counter moves and the ids are not back in the queue.
-    const handlers = [...new Set(items.map((i) => i.handler))];
-    const acked = (subs) => handlers.reduce((n, h) => n + ((subs.find((s) => s.name === h) || {}).stats || {}).acked || 0, 0);
-    const start = acked(before.subscriptions || []);
     replaying = true;
-    try { await follow(); } finally { replaying = false; }
-    async function follow() {
-    for (let i = 0; i < 20; i++) {
-      await new Promise((r) => setTimeout(r, 250));
-      const [subs, dlq] = await Promise.all([api("/v1/subscriptions").catch(() => null), api("/v1/dlq?limit=1000").catch(() => null)]);
-      if (!subs || !dlq) continue;
-      const back = ids.filter((id) => (dlq.items || []).some((x) => x.id === id));
-      if (back.length) { out.className = "error"; out.textContent = "Replayed " + res.replayed + "; dead-lettered again: " + back.join(", "); route(); return; }
-      const gained = acked(subs.subscriptions || []) - start;
-      if (res.replayed > 0 && gained >= res.replayed) { out.className = "ok"; out.textContent = "Replayed " + res.replayed + ": handled by " + handlers.join(", ") + " ✓"; return; }
-    }
-    out.textContent = "Replayed " + res.replayed + "; not handled yet (check the subscription).";
-    }
+    try {
+      if (location.hash !== listHash) location.hash = listHash; else await loadDlq((listHash.split("?")[1] || ""), null).catch(() => {});
+      // Follow the exact ids until each is handled or dead-lettered again (20 s at most;
+      // `replay` events update the line later too).
+      for (let i = 0; i < 80 && mine === followed && mine.ids.length; i++) {
+        const got = await api("/v1/dlq/replays?ids=" + mine.ids.map(encodeURIComponent).join(",")).catch(() => null);
+        if (got && mine === followed && showReplays(got.replays)) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    } finally { replaying = false; }
+    if (mine === followed && mine.ids.some((id) => (mine.states[id] || {}).status === "dead_lettered")) route();
   }
   async function purge(body, text) {
     if (!await confirmDialog(text)) return;
@@ -701,8 +718,10 @@
       el("td", { class: "r" }, fmt(c.backlog) + (c.capacity ? " / " + fmt(c.capacity) : "")),
       el("td", { class: "r" }, fmt(c.handled_per_s)), el("td", { class: "r" }, fmt(c.errors_per_s)),
       el("td", { class: "r" }, c.dead_lettered ? el("a", { href: "#dlq?subscription=" + encodeURIComponent(c.subscriptions[0] || c.name) }, fmt(c.dead_lettered)) : "0"),
+      el("td", { class: "r", "data-test": "last-seen", title: c.heartbeat ? c.heartbeat.heartbeats + " heartbeat(s), " + c.heartbeat.updates + " status update(s)" : "no health checker report" },
+        c.heartbeat ? fmt(c.heartbeat.last_seen_ms / 1000) + " s ago" : "–"),
       el("td", { class: "reasons" }, c.reasons.length ? c.reasons.join("; ") : c.subscriptions.length ? "" : "no subscription on this node")))
-      : [el("tr", {}, el("td", { colspan: 8, class: "note" }, "No component or subscription yet."))]));
+      : [el("tr", {}, el("td", { colspan: 9, class: "note" }, "No component or subscription yet."))]));
     const tr = stats.transport || {};
     const breakers = stats.breakers || [];
     const open = breakers.filter((b) => b.state === "Open").length;

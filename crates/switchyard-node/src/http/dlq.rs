@@ -216,7 +216,7 @@ pub(crate) struct ReplayJson {
 }
 
 /// Re-publishes dead letters (same id; commands go to their handler again) and removes the
-/// entries that were accepted.
+/// entries that were accepted. What becomes of each is followed: `GET /v1/dlq/replays`.
 #[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson)), tag = "dead letters")]
 pub(crate) async fn replay(
     State(state): State<AppState>,
@@ -224,8 +224,11 @@ pub(crate) async fn replay(
     JsonBody(sel): JsonBody<Selection>,
 ) -> Result<Json<ReplayJson>, ApiError> {
     let bus = state.bus.clone();
+    let live = state.live.clone();
     let target = move |env: Envelope| {
         let bus = bus.clone();
+        // Watched before it is re-published, so that no delivery is missed.
+        live.replays.watch(&env.id, env.topic.as_str());
         async move {
             match env.kind {
                 Kind::Command | Kind::Request => bus
@@ -281,6 +284,50 @@ pub(crate) async fn replay(
         "dead letters replayed"
     );
     Ok(Json(out))
+}
+
+/// Query of `GET /v1/dlq/replays`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplaysQuery {
+    /// Message ids, comma-separated (at most 1000).
+    ids: String,
+}
+
+/// `{"replays": [...]}`, one per id asked, in the order asked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplaysJson {
+    replays: Vec<crate::live::replays::ReplayState>,
+}
+
+/// What became of replayed dead letters: per id, each subscription's handling of the
+/// re-published message (`handled`, `failed`, `rejected`, `retry`) and whether it was
+/// dead-lettered again, as this node saw it within 5 minutes of the replay. `status` sums it
+/// up: `pending`, `handled`, `failed`, `dead_lettered`, or `unknown` for an id this node did
+/// not replay (or no longer remembers: it keeps the last 1024 replays). The same states are
+/// `replay` events on `GET /v1/stream`.
+#[utoipa::path(get, path = "/v1/dlq/replays", params(ReplaysQuery),
+    responses((status = 200, body = ReplaysJson), (status = 400, body = crate::error::ErrorBody)), tag = "dead letters")]
+pub(crate) async fn replays(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Q(q): Q<ReplaysQuery>,
+) -> Result<Json<ReplaysJson>, ApiError> {
+    let ids = q
+        .ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_id)
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::new(
+            ErrorKind::BadQuery,
+            format!("{} id(s): give 1 to 1000, comma-separated", ids.len()),
+        ));
+    }
+    let replays = ids.iter().map(|id| state.live.replays.get(id)).collect();
+    Ok(Json(ReplaysJson { replays }))
 }
 
 /// `{"purged"}`.

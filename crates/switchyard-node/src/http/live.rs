@@ -113,7 +113,9 @@ pub(crate) async fn history(
 /// Health of the transport and of each component (a declared component groups its
 /// subscriptions; without a topology each subscription is one): `failing` with an open
 /// breaker or half its recent deliveries failing, `degraded` with a queue 80 % full, a
-/// half-open breaker or 5 % failing, otherwise `healthy`; with the reasons.
+/// half-open breaker or 5 % failing, otherwise `healthy`; with the reasons. With the
+/// application's health checker attached, its view of each component too (`heartbeat`; an
+/// unresponsive component is `failing`).
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, body = HealthJson)), tag = "observability")]
 pub(crate) async fn health(State(state): State<AppState>, _admin: Admin) -> Json<HealthJson> {
     let topology = state
@@ -125,11 +127,19 @@ pub(crate) async fn health(State(state): State<AppState>, _admin: Admin) -> Json
         state.health.transport.kind(),
         state.health.transport.problem(),
     );
+    let checked = state
+        .checker
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|c| c.report())
+        .unwrap_or_default();
     Json(crate::live::health::report(
         &state.bus.registry(),
         &state.health.breakers(),
         &state.live.recent(),
         topology.as_ref(),
         transport,
+        &checked,
     ))
 }

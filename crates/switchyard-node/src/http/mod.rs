@@ -39,6 +39,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/dlq", get(dlq::list))
         .route("/dlq/replay", post(dlq::replay))
         .route("/dlq/purge", post(dlq::purge))
+        .route("/dlq/replays", get(dlq::replays))
         .route("/dlq/{id}", get(dlq::show))
         .route("/topology", get(observe::topology))
         .route("/trace/{correlation_id}", get(observe::trace))

@@ -22,6 +22,7 @@ use super::{asyncapi, command, dlq, live, observe, publish, registry};
         dlq::list,
         dlq::show,
         dlq::replay,
+        dlq::replays,
         dlq::purge,
         observe::topology,
         observe::trace,

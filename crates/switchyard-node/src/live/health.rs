@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use switchyard::SubscriptionInfo;
 use switchyard_components::Topology;
+use switchyard_components::builtin::{ComponentHealth, HealthStatus};
 use switchyard_middleware::breaker::BreakerState;
 
 use super::Recent;
@@ -61,6 +62,25 @@ pub(crate) struct ComponentHealthJson {
     pub(crate) dead_lettered: u64,
     /// Its handlers' breakers that are open.
     pub(crate) breakers_open: Vec<String>,
+    /// What the application's health checker (heartbeats, status updates, errors) says of
+    /// it, when one is attached (`Node::set_health_checker`) and has seen it.
+    pub(crate) heartbeat: Option<HeartbeatJson>,
+}
+
+/// The health checker's view of one component.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct HeartbeatJson {
+    /// `healthy`, `degraded` (too many of its requests failed) or `unresponsive` (no sign of
+    /// life within the checker's staleness limit).
+    pub(crate) status: &'static str,
+    /// Milliseconds since its last heartbeat, status update or error.
+    pub(crate) last_seen_ms: u64,
+    /// Heartbeats received.
+    pub(crate) heartbeats: u64,
+    /// Status updates received.
+    pub(crate) updates: u64,
+    /// Original errors received.
+    pub(crate) errors: u64,
 }
 
 /// The transport's health.
@@ -89,13 +109,16 @@ pub(crate) struct HealthJson {
     pub(crate) components: Vec<ComponentHealthJson>,
 }
 
-/// Judges every component from the subscriptions, breakers and recent rates.
+/// Judges every component from the subscriptions, breakers and recent rates, and from the
+/// health checker's `checked` components when one is attached: an unresponsive component is
+/// failing, a degraded one degraded.
 pub(crate) fn report(
     subscriptions: &[SubscriptionInfo],
     breakers: &[(String, BreakerState)],
     recent: &Recent,
     topology: Option<&Topology>,
     transport: TransportHealthJson,
+    checked: &[ComponentHealth],
 ) -> HealthJson {
     let breakers: HashMap<&str, BreakerState> =
         breakers.iter().map(|(h, s)| (h.as_str(), *s)).collect();
@@ -162,6 +185,11 @@ pub(crate) fn report(
             _ => {}
         }
     }
+    for h in checked {
+        if let Some(c) = groups.get_mut(h.component.as_str()) {
+            judge_heartbeat(c, h);
+        }
+    }
     let mut components: Vec<_> = groups.into_values().collect();
     components.sort_by(|a, b| b.status.cmp(&a.status).then_with(|| a.name.cmp(&b.name)));
     let status = components
@@ -176,6 +204,44 @@ pub(crate) fn report(
         transport,
         components,
     }
+}
+
+/// Adds the health checker's view of a component, and its verdict.
+fn judge_heartbeat(c: &mut ComponentHealthJson, h: &ComponentHealth) {
+    let (status, verdict) = match h.status {
+        HealthStatus::Healthy => ("healthy", None),
+        HealthStatus::Degraded => (
+            "degraded",
+            Some((
+                Status::Degraded,
+                format!(
+                    "health checker: too many of its requests failed ({} errors)",
+                    h.errors
+                ),
+            )),
+        ),
+        HealthStatus::Unresponsive => (
+            "unresponsive",
+            Some((
+                Status::Failing,
+                format!(
+                    "health checker: no heartbeat or status update for {:.0} s",
+                    h.last_seen_ms as f64 / 1000.0
+                ),
+            )),
+        ),
+    };
+    if let Some((s, reason)) = verdict {
+        c.status = c.status.max(s);
+        c.reasons.push(reason);
+    }
+    c.heartbeat = Some(HeartbeatJson {
+        status,
+        last_seen_ms: h.last_seen_ms,
+        heartbeats: h.heartbeats,
+        updates: h.updates,
+        errors: h.errors,
+    });
 }
 
 fn empty(name: &str, spec: Option<&switchyard_components::ComponentSpec>) -> ComponentHealthJson {
@@ -193,6 +259,7 @@ fn empty(name: &str, spec: Option<&switchyard_components::ComponentSpec>) -> Com
         errors_per_s: 0.0,
         dead_lettered: 0,
         breakers_open: Vec::new(),
+        heartbeat: None,
     }
 }
 

@@ -18,6 +18,7 @@ use crate::state::AppState;
 
 pub(crate) mod health;
 pub(crate) mod observed;
+pub(crate) mod replays;
 
 /// One sample every this long.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -57,7 +58,7 @@ pub(crate) struct Sample {
 /// One server-sent event: its name and its JSON data, serialized once for every subscriber.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveEvent {
-    /// `sample`, `stats`, `alert` or `dead_letter`.
+    /// `sample`, `stats`, `alert`, `dead_letter` or `replay`.
     pub(crate) kind: &'static str,
     /// The JSON data.
     pub(crate) data: Arc<str>,
@@ -99,6 +100,8 @@ pub(crate) struct Live {
     events: broadcast::Sender<LiveEvent>,
     /// Publishes per (source, topic), fed by the bus's publish hook.
     pub(crate) publishes: observed::PublishCounts,
+    /// What became of replayed dead letters (`GET /v1/dlq/replays`).
+    pub(crate) replays: replays::Replays,
 }
 
 impl Default for Live {
@@ -107,6 +110,7 @@ impl Default for Live {
             inner: Mutex::new(Inner::default()),
             events: broadcast::channel(EVENT_BUFFER).0,
             publishes: observed::PublishCounts::default(),
+            replays: replays::Replays::default(),
         }
     }
 }
@@ -143,6 +147,32 @@ impl Live {
                 kind,
                 data: json.into(),
             });
+        }
+    }
+
+    /// Records what `subscription` made of a delivery of `id` when `id` is a watched
+    /// replay, and announces it as a `replay` event.
+    pub(crate) fn replay_delivered(
+        &self,
+        id: &switchyard::MessageId,
+        subscription: &str,
+        result: &Result<switchyard::Outcome, switchyard::BoxError>,
+    ) {
+        if let Some(state) = self.replays.delivered(id, subscription, result) {
+            self.emit("replay", &state);
+        }
+    }
+
+    /// Records that `id` was dead-lettered again when it is a watched replay, and announces
+    /// it as a `replay` event.
+    pub(crate) fn replay_dead_lettered(
+        &self,
+        id: &switchyard::MessageId,
+        handler: Option<&str>,
+        error: &str,
+    ) {
+        if let Some(state) = self.replays.dead_lettered(id, handler, error) {
+            self.emit("replay", &state);
         }
     }
 

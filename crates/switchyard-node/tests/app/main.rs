@@ -380,7 +380,13 @@ async fn a_failure_switch_fails_the_run_with_a_dead_letter() {
     assert_eq!(done_domains, ["staging", "quality", "analytics"]);
     let letters = run["dead_letters"].as_array().unwrap();
     assert_eq!(letters.len(), 1, "{run}");
-    assert_eq!(letters[0]["handler"], "error-handler");
+    // The insight request the processor failed on, under its subscription (a replay re-runs
+    // that step).
+    assert_eq!(
+        letters[0]["handler"],
+        "insight-processor:insight.detect.execute"
+    );
+    assert_eq!(letters[0]["topic"], "insight.detect.execute");
     assert!(d["report"]["markdown"].is_null());
     // The same dead letter is in the node's queue (what an operator sees).
     let id = letters[0]["id"].as_str().unwrap();

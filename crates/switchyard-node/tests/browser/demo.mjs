@@ -86,13 +86,37 @@ try {
   await shot(page, "demo-04-trace.png");
   step(`trace of a failed run: ${traced} messages, the failure marked`);
 
+  // Replay: a run of the trickle met a simulated outage of the report step's upstream; its
+  // retries failed too and the error handler dead-lettered the report request. Replaying it
+  // runs the step again, and the node reports the very message handled.
+  await page.click("nav a[data-view=dlq]");
+  const outage = page.locator("#dlq tbody tr", { hasText: "UpstreamUnavailable" }).first();
+  await outage.waitFor({ timeout: T });
+  const outageId = await outage.getAttribute("data-id");
+  await outage.locator("td:nth-child(2) a").click();
+  await page.locator("#dlq-detail", { hasText: "report-processor" }).waitFor({ timeout: T });
+  await page.locator("#dlq-detail", { hasText: "report.render.execute" }).waitFor({ timeout: T });
+  await page.click("#dlq-detail button:text-is('Replay this message')");
+  await page.locator("#confirm[open]").waitFor({ timeout: T });
+  await page.click("#confirm-ok");
+  await page.locator("#dlq-result", { hasText: /handled by .*report-processor/ }).waitFor({ timeout: T });
+  const result = await page.textContent("#dlq-result");
+  if (/again|failed/.test(result)) throw new Error(`the replay was not handled cleanly: ${result}`);
+  // It left the queue (the list reloaded without it).
+  await page.waitForFunction((id) => !document.querySelector(`#dlq tbody tr[data-id="${id}"]`), outageId, { timeout: T });
+  await shot(page, "demo-05-replayed.png");
+  step(`replayed the outage's dead letter: ${result}`);
+
   // Health: the demo's node runs on the embedded log and is ready.
   await page.click("nav a[data-view=health]");
   await page.locator("[data-test=readiness]", { hasText: "ready" }).waitFor({ timeout: T });
   await page.locator("[data-test=transport]", { hasText: "log" }).waitFor({ timeout: T });
   await page.locator("[data-test=component-health]", { hasText: "cpm" }).first().waitFor({ timeout: T });
-  await shot(page, "demo-05-health.png");
-  step("health: ready on the log");
+  // The app's health checker feeds it: every component has been seen (heartbeats).
+  const seen = await page.locator("[data-test=component-health] [data-test=last-seen]", { hasText: "s ago" }).count();
+  if (seen < 20) throw new Error(`only ${seen} components show when the health checker last saw them`);
+  await shot(page, "demo-06-health.png");
+  step(`health: ready on the log, ${seen} components seen by the health checker`);
 
   // The app page: the trickle's runs are in the history, completed ones and failed ones.
   await page.goto(url + "/app");
@@ -100,7 +124,7 @@ try {
   await page.locator("#runs .outcome-completed").first().waitFor({ timeout: T });
   await page.locator("#runs .outcome-failed").first().waitFor({ timeout: T });
   const runs = await page.locator("#runs tr[data-run]").count();
-  await shot(page, "demo-06-app-history.png");
+  await shot(page, "demo-07-app-history.png");
   step(`app page: ${runs} runs of the trickle listed`);
 
   if (errors.length) throw new Error("page errors: " + errors.join("; "));

@@ -6,19 +6,20 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 use switchyard::{Envelope, Outcome, Pattern, handler_fn};
-use switchyard_components::{ComponentSpec, Role, Topology};
+use switchyard_components::builtin::HealthChecker;
+use switchyard_components::{Assembly, ComponentBuilder, ComponentSpec, Role, Topology};
 use switchyard_node::auth::sha256_hex;
 
 use crate::common::{MEMORY, TestNode, client};
 
 /// Reads server-sent events from a response.
-struct Events {
+pub(crate) struct Events {
     body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
     buf: String,
 }
 
 impl Events {
-    async fn open(node: &TestNode, token: Option<&str>) -> Events {
+    pub(crate) async fn open(node: &TestNode, token: Option<&str>) -> Events {
         let mut req = client().get(node.url("/v1/stream"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -36,7 +37,7 @@ impl Events {
     }
 
     /// The next event (name, data), `None` when the stream ended.
-    async fn next(&mut self) -> Option<(String, Value)> {
+    pub(crate) async fn next(&mut self) -> Option<(String, Value)> {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
@@ -60,7 +61,7 @@ impl Events {
     }
 
     /// Skips events until one named `name` satisfies `pred` (10 s at most).
-    async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let wait = async {
             loop {
                 match self.next().await {
@@ -483,5 +484,78 @@ async fn health_calls_a_nearly_full_queue_degraded() {
     node.bus.run_until_idle().await;
     let health = get(&node, "/v1/health").await;
     assert_eq!(health["components"][0]["status"], "healthy", "{health}");
+    node.stop().await.unwrap();
+}
+
+/// The app of the health-checker test: the checker and one worker component.
+fn checked_app(bus: &switchyard::Bus, checker: &HealthChecker) -> Assembly {
+    Assembly::new(bus).component(checker.component()).component(
+        ComponentBuilder::new("shop-worker", Role::Processor, "shop")
+            .on_envelope("shop.work.execute", |_, _| async {
+                Ok::<_, std::convert::Infallible>(())
+            }),
+    )
+}
+
+#[tokio::test]
+async fn health_shows_the_health_checkers_view_and_a_silent_component_fails() {
+    let checker = HealthChecker::new(Duration::from_millis(300), 0.5);
+    let topology = checked_app(&switchyard::Bus::new(), &checker)
+        .topology()
+        .unwrap();
+    let attached = checker.clone();
+    let node = TestNode::start_with(MEMORY, move |n| {
+        n.set_topology(topology);
+        n.set_health_checker(attached);
+    })
+    .await;
+    let running = checked_app(&node.bus, &checker).start().await.unwrap();
+    let worker = |h: &Value| {
+        h["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "shop-worker")
+            .cloned()
+            .unwrap_or_else(|| panic!("no shop-worker in {h}"))
+    };
+
+    // A heartbeat: the checker has seen it, and says so.
+    running.heartbeat().await.unwrap();
+    node.bus.run_until_idle().await;
+    let w = worker(&get(&node, "/v1/health").await);
+    assert_eq!(w["status"], "healthy", "{w}");
+    assert_eq!(w["heartbeat"]["status"], "healthy", "{w}");
+    assert_eq!(w["heartbeat"]["heartbeats"], 1, "{w}");
+
+    // Silent for longer than the checker's 300 ms: unresponsive, so failing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let w = loop {
+        let w = worker(&get(&node, "/v1/health").await);
+        if w["heartbeat"]["status"] == "unresponsive" {
+            break w;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never unresponsive: {w}"
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(w["status"], "failing", "{w}");
+    assert!(
+        w["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("health checker: no heartbeat"),
+        "{w}"
+    );
+
+    // Alive again with the next heartbeat.
+    running.heartbeat().await.unwrap();
+    node.bus.run_until_idle().await;
+    let w = worker(&get(&node, "/v1/health").await);
+    assert_eq!(w["status"], "healthy", "{w}");
+    assert_eq!(w["heartbeat"]["heartbeats"], 2, "{w}");
+    running.stop();
     node.stop().await.unwrap();
 }

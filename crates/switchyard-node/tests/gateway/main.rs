@@ -12,5 +12,6 @@ mod encryption;
 mod live;
 mod malformed;
 mod observe;
+mod replays;
 mod tls;
 mod validation;
