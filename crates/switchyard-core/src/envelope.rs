@@ -193,8 +193,9 @@ pub const JSON: &str = "application/json";
 /// target, free headers, a content type other than JSON) live behind one optional box, read
 /// and written through methods ([`source`](Self::source), [`set_source`](Self::set_source),
 /// [`headers_mut`](Self::headers_mut), ...), so a message that sets none of them carries one
-/// null pointer for all of them. The serialized form is the same either way: every field, in
-/// the order of the methods' names below.
+/// null pointer for all of them. The serialized form is flat and the same either way: `id`,
+/// `topic`, `kind`, `correlation_id`, `causation_id`, `source`, `target`, `priority`,
+/// `timestamp`, `headers`, `content_type`, `type_name`, `type_version`, `payload`, `delivery`.
 ///
 /// ```
 /// use switchyard_core::{Envelope, Kind, Topic};

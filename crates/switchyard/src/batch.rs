@@ -70,7 +70,8 @@ impl SubShared {
                             attempts: *attempts,
                         }),
                     };
-                    reply.send(answer);
+                    // A queued command's reply always has a channel: nothing comes back.
+                    let _ = reply.send(answer);
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
                 accepted.settle(how);

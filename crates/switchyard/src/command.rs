@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
+use crate::inline::InlineRun;
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
@@ -127,8 +128,15 @@ impl Bus {
                 topic: env.topic.clone(),
             });
         };
+        let Some(lane) = handler.admit(&env) else {
+            return Err(filtered(&handler));
+        };
+        // Run on this task when the handler is free (`inline.rs`), else queued.
+        if let Some(run) = handler.try_inline(&self.inner, &env, lane.as_ref(), typed) {
+            return Ok(Start::Inline(handler, run));
+        }
         let (tx, rx) = CommandReply::channel(typed);
-        match handler.try_enqueue_command(&self.inner, env, tx) {
+        match handler.try_push_command(&self.inner, env, tx, lane) {
             Ok(result) => {
                 self.command_enqueued(&handler, result)?;
                 Ok(Start::Queued(handler, rx))
@@ -151,6 +159,14 @@ impl Bus {
                 let result = Box::pin(handler.finish_enqueue(&self.inner, entry)).await;
                 self.command_enqueued(&handler, result)?;
                 (handler, rx)
+            }
+            Start::Inline(handler, run) => {
+                let answer = run.await.unwrap_or_else(|| Err(stopped()));
+                // A handler that never waits makes a send that never waits: the sender's task
+                // yields now and then (tokio's budget), as it did waiting on the answer.
+                tokio::task::consume_budget().await;
+                let answer = answer?;
+                return Ok(Finished::Local(answer, handler));
             }
             Start::Remote(remote, env) => {
                 // Not shared with anyone: unwrapped without a copy of its fields.
@@ -217,6 +233,8 @@ enum Start<'a> {
     Queued(Arc<SubShared>, AnswerRx),
     /// For a handler on this bus whose full queue makes the sender wait for room.
     Wait(Arc<SubShared>, Entry, AnswerRx),
+    /// Being handled on the sender's task (`inline.rs`), which gives the answer.
+    Inline(Arc<SubShared>, InlineRun),
     /// No handler here: the transport carries it to another process.
     Remote(&'a dyn RemoteCommands, Arc<Envelope>),
 }
@@ -242,10 +260,13 @@ impl Finished {
 async fn await_answer(rx: AnswerRx) -> Result<Answer, SendError> {
     match rx.await {
         Ok(answer) => answer,
-        Err(_) => Err(SendError::NotProcessed(
-            "the handler stopped before answering".into(),
-        )),
+        Err(_) => Err(stopped()),
     }
+}
+
+/// What the sender of a command whose handling was stopped (at the shutdown deadline) hears.
+fn stopped() -> SendError {
+    SendError::NotProcessed("the handler stopped before answering".into())
 }
 
 /// How queueing a command in `handler` went, as the sender hears it.
@@ -255,15 +276,20 @@ fn enqueue_result(
 ) -> Result<(), SendError> {
     match result {
         Ok(Enqueued::Queued) => Ok(()),
-        Ok(Enqueued::Filtered) => Err(SendError::Rejected {
-            reason: format!("filtered out by handler {}", handler.name()),
-        }),
+        Ok(Enqueued::Filtered) => Err(filtered(handler)),
         Err(EnqueueError::Full) => Err(SendError::Full {
             handler: handler.name().to_owned(),
         }),
         Err(EnqueueError::Closed) => Err(SendError::NotProcessed(
             "command handler was unregistered".into(),
         )),
+    }
+}
+
+/// What the sender of a command the handler's filters (or session scope) kept out hears.
+fn filtered(handler: &SubShared) -> SendError {
+    SendError::Rejected {
+        reason: format!("filtered out by handler {}", handler.name()),
     }
 }
 

@@ -18,11 +18,11 @@ use switchyard_core::{
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use crate::config::Handler;
+use crate::config::{Handler, SubscriptionKind};
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
-use crate::reply::{Answer, CommandReply, TypedValue, WantedType};
+use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
 use crate::state::{BusInner, CURRENT, Parent, SubShared, TYPED, TypedSlot};
 use crate::stats::inc;
 
@@ -74,6 +74,10 @@ struct Done {
 impl SubShared {
     /// Starts the worker tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
+        // A command's sender may run a one-message handler itself when a worker is free.
+        if let (SubscriptionKind::Command, Handler::Single(svc)) = (self.kind, &handler) {
+            self.inline_handlers.enable(svc);
+        }
         let mut workers = self.workers.lock();
         for worker in 0..self.config.workers {
             self.live_workers.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +199,9 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
-            let ok = self.process(&bus, &mut svc, env, reply, ready, None).await;
+            let ok = self
+                .process(&bus, &mut svc, env, reply, ready, None, &mut None)
+                .await;
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
@@ -356,6 +362,9 @@ impl SubShared {
     /// `ready`, the worker saw the handler ready just before it took the message (no await
     /// since), so the first attempt does not poll readiness again. With `first`, the first
     /// attempt was already made (by a prefetching worker's call): this is how it ended.
+    /// Returns whether it was handled; the answer goes to `kept` when `reply` has no channel
+    /// (an out-parameter rather than a larger return value: the workers' path stays as it was).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn process(
         &self,
         bus: &Arc<BusInner>,
@@ -364,13 +373,17 @@ impl SubShared {
         reply: Option<CommandReply>,
         ready: bool,
         mut first: Option<Attempt>,
+        kept: &mut Option<Answered>,
     ) -> bool {
         let c = &self.counters;
         let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
         let started = lifecycle.then(std::time::Instant::now);
         let mut ready = ready && !lifecycle;
         if lifecycle {
-            bus.command_started(&env, self.name()).await;
+            // Boxed, as the lifecycle's other futures and the retry's sleep: they are rare,
+            // and inline they would make every handling's future (which an inline command
+            // run allocates, `inline.rs`) several times larger.
+            Box::pin(bus.command_started(&env, self.name())).await;
         }
         // The shared envelope stays as it was queued; each attempt gets its own copy
         // stamped with the delivery bookkeeping.
@@ -424,7 +437,7 @@ impl SubShared {
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
-                    self.answer(reply, Ok((r, typed.take())), attempt);
+                    *kept = self.answer(reply, Ok((r, typed.take())), attempt);
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {
@@ -432,7 +445,7 @@ impl SubShared {
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, %reason, "handler rejected message");
-                    self.answer(
+                    *kept = self.answer(
                         reply,
                         Err(SendError::Rejected {
                             reason: reason.clone(),
@@ -451,7 +464,7 @@ impl SubShared {
                     inc(&c.dead_lettered);
                     tracing::warn!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, error = %text, "undecodable payload dead-lettered");
-                    self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
+                    *kept = self.answer(reply, Err(SendError::NotProcessed(display)), attempt);
                     bus.dead_letter(self.letter(
                         stamped(delivery),
                         DeadLetterReason::DecodeFailed,
@@ -475,7 +488,7 @@ impl SubShared {
             let attempt = delivery.attempt;
             if permanent || attempt >= self.config.max_attempts {
                 inc(&c.dead_lettered);
-                self.answer(
+                *kept = self.answer(
                     reply,
                     Err(SendError::Failed {
                         error: error.clone(),
@@ -488,16 +501,16 @@ impl SubShared {
             }
             inc(&c.retried);
             let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
-            tokio::time::sleep(delay).await;
+            Box::pin(tokio::time::sleep(delay)).await;
         };
         if let Some(started) = started {
-            bus.command_finished(
+            Box::pin(bus.command_finished(
                 &stamped(delivery),
                 self.name(),
                 ok,
                 error,
                 started.elapsed(),
-            )
+            ))
             .await;
         }
         ok
@@ -512,21 +525,20 @@ impl SubShared {
         DeadLetter::new(env, reason, error).with_handler(self.config.name.clone())
     }
 
+    /// Answers the command's sender; the answer comes back when the reply has no channel.
     #[inline]
     fn answer(
         &self,
         reply: Option<CommandReply>,
         result: Result<(Option<Box<Envelope>>, Option<TypedValue>), SendError>,
         attempts: u32,
-    ) {
-        if let Some(tx) = reply {
-            // The reply stays in the handler's box; the sender adds the handler's name.
-            tx.send(result.map(|(reply, typed)| Answer {
-                reply,
-                typed,
-                attempts,
-            }));
-        }
+    ) -> Option<Answered> {
+        // The reply stays in the handler's box; the sender adds the handler's name.
+        reply?.send(result.map(|(reply, typed)| Answer {
+            reply,
+            typed,
+            attempts,
+        }))
     }
 }
 

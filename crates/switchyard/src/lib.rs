@@ -35,6 +35,7 @@ mod config;
 mod ctx;
 mod dispatch;
 mod handler;
+mod inline;
 mod intake;
 pub mod lifecycle;
 mod pending;

@@ -100,7 +100,7 @@ impl SubShared {
                 } = t.entry;
                 let made = self.classify(answer, &env, env.delivery.attempt + 1);
                 let ok = self
-                    .process(&bus, &mut one, env, reply, false, Some(made))
+                    .process(&bus, &mut one, env, reply, false, Some(made), &mut None)
                     .await;
                 if let Some(delivery) = delivery {
                     self.settle(*delivery, ok).await;

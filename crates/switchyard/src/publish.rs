@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use smol_str::SmolStr;
 use switchyard_core::{
     DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
     Topic, TransportError, TransportErrorKind,
@@ -83,11 +84,32 @@ impl SubShared {
         env: Arc<Envelope>,
         reply: CommandReply,
     ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
-        if !self.accepts(&env) {
-            inc(&self.counters.filtered);
-            return Ok(Ok(Enqueued::Filtered));
+        match self.admit(&env) {
+            Some(lane) => self.try_push_command(bus, env, reply, lane),
+            None => Ok(Ok(Enqueued::Filtered)),
         }
-        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+    }
+
+    /// The session scope and filters: `None` when they keep `env` out (counted as
+    /// `filtered`), else its ordering key (lane).
+    #[allow(clippy::option_option)]
+    pub(crate) fn admit(&self, env: &Envelope) -> Option<Option<SmolStr>> {
+        if !self.accepts(env) {
+            inc(&self.counters.filtered);
+            return None;
+        }
+        Some(self.config.ordering_key.as_ref().and_then(|k| k(env)))
+    }
+
+    /// [`try_enqueue_command`](Self::try_enqueue_command) for an admitted command.
+    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
+    pub(crate) fn try_push_command(
+        &self,
+        bus: &BusInner,
+        env: Arc<Envelope>,
+        reply: CommandReply,
+        lane: Option<SmolStr>,
+    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
         let entry = Entry::new(env, Some(reply), lane, bus.pending.accept());
         match self.queue.try_push_now(entry) {
             Ok(pushed) => Ok(self.pushed(bus, pushed)),

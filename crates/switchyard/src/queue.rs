@@ -233,6 +233,17 @@ struct State {
     len: usize,
     next_seq: u64,
     closed: bool,
+    /// The worker limit: at most this many messages of this subscription are handled at
+    /// once, by workers or by senders running a command inline (`queue/inline.rs`).
+    limit: usize,
+    /// Slots in use: workers holding at least one taken message, plus inline runs.
+    busy: usize,
+    /// Commands run on their sender's task (seq, envelope): in flight like a worker's.
+    inline: Vec<(u64, Arc<Envelope>)>,
+    /// Inline runs not finished yet (an aborted one stays in `inline` for the report).
+    inline_runs: usize,
+    /// Set at the shutdown deadline: inline runs stop, as aborted workers do.
+    abort_inline: bool,
 }
 
 impl State {
@@ -300,10 +311,16 @@ impl State {
     /// True when some worker could take a message now (an unkeyed one, or the head of a
     /// lane no worker holds).
     fn has_takeable(&mut self) -> bool {
-        self.free.first_key().is_some() || self.best_ready().is_some()
+        self.busy < self.limit && (self.free.first_key().is_some() || self.best_ready().is_some())
     }
 
     fn take(&mut self, worker: usize) -> Option<Entry> {
+        // A worker that holds nothing takes a slot: none is free while inline runs hold
+        // them all. (Without inline runs a worker with nothing in hand always finds one.)
+        let holds = self.in_flight.get(worker).is_some_and(|s| !s.is_empty());
+        if !holds && self.busy >= self.limit {
+            return None;
+        }
         let entry = if self.ready.is_empty() {
             // No lane waits for a worker: the best unkeyed message, without comparing keys.
             self.free.pop_first()
@@ -325,6 +342,9 @@ impl State {
             self.in_flight.resize_with(worker + 1, Vec::new);
         }
         self.in_flight[worker].push((entry.seq, entry.env.clone()));
+        if !holds {
+            self.busy += 1;
+        }
         Some(entry)
     }
 
@@ -348,6 +368,9 @@ impl State {
             && let Some(i) = slots.iter().position(|(s, _)| *s == seq)
         {
             let (_, env) = slots.swap_remove(i);
+            if slots.is_empty() {
+                self.busy -= 1;
+            }
             if self.spent.len() < SPENT_MAX && env.payload.len() <= SPENT_MAX_PAYLOAD {
                 self.spent.push(env);
             } else {
@@ -404,6 +427,10 @@ pub(crate) struct Queue {
     not_empty: Notify,
     not_full: Notify,
     on_close: Notify,
+    /// Notified when the last inline run finishes (shutdown waits for it).
+    inline_idle: Notify,
+    /// Notified when shutdown aborts the inline runs at its deadline.
+    inline_abort: Notify,
     /// Workers registered (or registering) on `not_empty`. Pushes and freed lanes wake a
     /// worker only when this is non-zero: a worker that keeps finding messages never waits,
     /// and is not handed permits it does not need. Incremented before the waiter checks the
@@ -464,6 +491,7 @@ impl Queue {
         let state = State {
             order: matches!(overflow, Overflow::DropOldest).then(BTreeMap::new),
             in_flight: (0..workers).map(|_| Vec::new()).collect(),
+            limit: workers.max(1),
             ..State::default()
         };
         Self {
@@ -473,6 +501,8 @@ impl Queue {
             not_empty: Notify::new(),
             not_full: Notify::new(),
             on_close: Notify::new(),
+            inline_idle: Notify::new(),
+            inline_abort: Notify::new(),
             idle_workers: AtomicUsize::new(0),
             blocked_pushers: AtomicUsize::new(0),
         }
@@ -521,7 +551,8 @@ impl Queue {
 
     /// Messages being handled right now.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock().in_flight.iter().map(Vec::len).sum()
+        let st = self.lock();
+        st.in_flight.iter().map(Vec::len).sum::<usize>() + st.inline.len()
     }
 
     /// Enqueues without waiting.
@@ -819,7 +850,13 @@ impl Queue {
     /// Envelopes of messages being handled right now, oldest first.
     pub(crate) fn in_flight_envelopes(&self) -> Vec<Arc<Envelope>> {
         let st = self.lock();
-        let mut v: Vec<(u64, Arc<Envelope>)> = st.in_flight.iter().flatten().cloned().collect();
+        let mut v: Vec<(u64, Arc<Envelope>)> = st
+            .in_flight
+            .iter()
+            .flatten()
+            .chain(&st.inline)
+            .cloned()
+            .collect();
         drop(st);
         v.sort_by_key(|(s, _)| *s);
         v.into_iter().map(|(_, e)| e).collect()
@@ -831,6 +868,8 @@ impl Taken {
         self.entry.seq
     }
 }
+
+mod inline;
 
 #[cfg(test)]
 mod tests;

@@ -43,8 +43,9 @@ impl Answer {
 /// What travels back on a command's channel.
 pub(crate) type Answered = Result<Answer, SendError>;
 
-/// The channel a worker answers a command on, and the output type its sender takes without
-/// encoding (a typed `send` in this process), if any.
+/// The channel a worker answers a command on (none for a command run on its sender's task,
+/// which takes the answer back from the handling itself), and the output type its sender
+/// takes without encoding (a typed `send` in this process), if any.
 pub(crate) struct CommandReply {
     to: ReplyTo,
     pub(crate) typed: Option<WantedType>,
@@ -56,6 +57,9 @@ enum ReplyTo {
     Local(oneshot::Sender<Answered>),
     /// A command from another process: the worker answers through the transport itself.
     Remote(Box<RemoteReply>),
+    /// A command run on its sender's task (`inline.rs`): the answer is handed back by
+    /// [`CommandReply::send`].
+    Kept,
 }
 
 impl CommandReply {
@@ -74,14 +78,28 @@ impl CommandReply {
         }
     }
 
-    /// Sends the answer; a sender that gave up (deadline passed) discards it.
+    /// No channel: the answer is handed back by [`send`](Self::send) (`inline.rs`).
+    pub(crate) fn kept(typed: Option<WantedType>) -> Self {
+        Self {
+            to: ReplyTo::Kept,
+            typed,
+        }
+    }
+
+    /// Sends the answer; a sender that gave up (deadline passed) discards it. A kept reply's
+    /// answer is returned.
     #[inline]
-    pub(crate) fn send(self, answer: Answered) {
+    pub(crate) fn send(self, answer: Answered) -> Option<Answered> {
         match self.to {
             ReplyTo::Local(tx) => {
                 let _ = tx.send(answer);
+                None
             }
-            ReplyTo::Remote(remote) => remote.send(answer),
+            ReplyTo::Remote(remote) => {
+                remote.send(answer);
+                None
+            }
+            ReplyTo::Kept => Some(answer),
         }
     }
 }

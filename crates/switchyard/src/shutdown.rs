@@ -96,7 +96,23 @@ impl Bus {
                 running.push(h);
             }
         }
-        if !running.is_empty() {
+        // Commands run on their senders' tasks (`inline.rs`) drain like workers until the
+        // deadline; then they are stopped as the workers are aborted.
+        let mut stopped_inline = false;
+        for sub in &subs {
+            if tokio::time::timeout_at(until, sub.queue.inline_finished())
+                .await
+                .is_err()
+            {
+                sub.queue.abort_inline();
+                stopped_inline = true;
+            }
+        }
+        if !running.is_empty() || stopped_inline {
+            for sub in &subs {
+                // Stopped: each run ends at its next poll, its message left in flight.
+                sub.queue.inline_finished().await;
+            }
             for h in &running {
                 h.abort();
             }
@@ -161,8 +177,8 @@ impl Bus {
     /// After the drain deadline: settles what one subscription did not handle.
     async fn report_leftovers(&self, sub: &SubShared, report: &mut ShutdownReport) {
         let inner = &self.inner;
-        // In-flight messages were cancelled with their worker (their pending count went with
-        // it). Those from a transport lost their (unsettled) delivery with it, so the
+        // In-flight messages were cancelled with their worker or inline run (their pending
+        // count went with it). Those from a transport lost their (unsettled) delivery with it, so the
         // transport redelivers them.
         let fed = inner.transport.is_some() && sub.kind == SubscriptionKind::Event;
         for env in sub.queue.in_flight_envelopes() {

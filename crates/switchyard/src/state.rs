@@ -238,6 +238,8 @@ pub(crate) struct SubShared {
     pub(crate) live_workers: AtomicUsize,
     pub(crate) active: AtomicBool,
     pub(crate) bus: Weak<BusInner>,
+    /// Handler clones for commands run on their sender's task (`inline.rs`).
+    pub(crate) inline_handlers: crate::inline::InlineHandlers,
 }
 
 impl SubShared {
@@ -258,6 +260,7 @@ impl SubShared {
             live_workers: AtomicUsize::new(0),
             active: AtomicBool::new(true),
             bus,
+            inline_handlers: crate::inline::InlineHandlers::default(),
         }
     }
 
@@ -309,7 +312,8 @@ impl SubShared {
     ) {
         inc(&self.counters.dead_lettered);
         if let Some(reply) = entry.reply {
-            reply.send(Err(SendError::NotProcessed(error.clone())));
+            // A queued command's reply always has a channel: nothing comes back.
+            let _ = reply.send(Err(SendError::NotProcessed(error.clone())));
         }
         bus.dead_letter(
             DeadLetter::new(Arc::unwrap_or_clone(entry.env), reason, error)
@@ -325,6 +329,7 @@ impl SubShared {
     pub(crate) fn deactivate(&self) {
         self.active.store(false, Ordering::Relaxed);
         self.queue.close();
+        self.inline_handlers.disable();
     }
 }
 

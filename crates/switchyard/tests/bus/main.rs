@@ -7,6 +7,7 @@ mod causation;
 mod close_twice;
 mod commands;
 mod failures;
+mod inline;
 mod limits;
 mod local;
 mod ordering;

@@ -1,0 +1,227 @@
+//! Commands run on their sender's task: when a command handler has a free worker slot and
+//! nothing queued ahead, the sender takes the slot and runs the handler itself, instead of
+//! queueing the command and waking a worker (two task switches and a wake-up saved).
+//!
+//! The run is the worker's (`SubShared::process`: attempts, retries, layers, panic capture,
+//! lifecycle events, dead letters, the answer), only on another task. What holds as on the
+//! queue path:
+//! - the worker limit: the run holds one of the handler's worker slots (`queue/inline.rs`), so
+//!   a handler with `workers(n)` never handles more than `n` commands at once;
+//! - order: a slot is only taken when nothing waits in the queue and no worker holds the
+//!   command's lane, and messages queued meanwhile go to a worker once the slot is free;
+//! - accounting: the command is pending from the moment it is taken, in flight for the
+//!   shutdown report, and settled like a worker's message;
+//! - an accepted command is handled even when its sender stops waiting: a run whose sender's
+//!   future is dropped (a request's deadline, a `select!`) goes on in a task of its own;
+//! - shutdown waits for runs until its deadline, then stops them as it aborts workers: the
+//!   command is reported left over and dead-lettered, its sender gets `NotProcessed`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use smol_str::SmolStr;
+use switchyard_core::Envelope;
+use tower::Service;
+
+use crate::handler::BoxHandler;
+use crate::pending::{Accepted, Settled};
+use crate::reply::{Answered, CommandReply, WantedType};
+use crate::state::{BusInner, SubShared};
+
+/// The handler clones inline runs use: made from the workers' handler on demand, kept for
+/// the next run (at most as many as the handler has workers).
+#[derive(Default)]
+pub(crate) struct InlineHandlers(Mutex<Spare>);
+
+#[derive(Default)]
+struct Spare {
+    /// The handler to clone; `None` for handlers that never run inline (events, batches).
+    proto: Option<BoxHandler>,
+    spare: Vec<BoxHandler>,
+}
+
+impl InlineHandlers {
+    /// Lets commands run inline with clones of `handler`.
+    pub(crate) fn enable(&self, handler: &BoxHandler) {
+        self.0.lock().proto = Some(handler.clone());
+    }
+
+    /// No more inline runs: the clones are dropped (a handler may hold a clone of the bus,
+    /// which holds this subscription: kept here, they would keep the bus alive once its
+    /// workers exited). A run going on drops its clone when it ends.
+    pub(crate) fn disable(&self) {
+        let dropped = {
+            let mut pool = self.0.lock();
+            (pool.proto.take(), std::mem::take(&mut pool.spare))
+        };
+        drop(dropped);
+    }
+
+    fn take(&self) -> Option<BoxHandler> {
+        let mut pool = self.0.lock();
+        match pool.spare.pop() {
+            Some(h) => Some(h),
+            None => pool.proto.clone(),
+        }
+    }
+
+    fn give_back(&self, handler: BoxHandler, max: usize) {
+        let mut pool = self.0.lock();
+        if pool.proto.is_some() && pool.spare.len() < max {
+            pool.spare.push(handler);
+            return;
+        }
+        drop(pool);
+        drop(handler);
+    }
+}
+
+/// The boxed handling of an inline command: its answer, `None` when shutdown stopped it.
+type Run = Pin<Box<dyn Future<Output = Option<Answered>> + Send>>;
+
+/// A command being handled on its sender's task. Awaiting it runs the handler and gives the
+/// answer (`None` when shutdown stopped it); dropping it before it finished hands the rest
+/// of the run to a task of its own.
+pub(crate) struct InlineRun(Option<Run>);
+
+impl Future for InlineRun {
+    type Output = Option<Answered>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answered>> {
+        let Some(run) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let poll = run.as_mut().poll(cx);
+        if poll.is_ready() {
+            self.0 = None;
+        }
+        poll
+    }
+}
+
+impl Drop for InlineRun {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            // The sender stopped waiting: the command was accepted, so it is handled all the
+            // same (its answer is discarded), as a queued one would be. Without a runtime
+            // (being dropped with it) it goes as a worker's message would: its slot and
+            // count are released by the run's guard.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(run);
+            }
+        }
+    }
+}
+
+/// An inline run's slot and pending count: given back when the run ends, or when its future
+/// is dropped unfinished.
+struct Slot {
+    sub: Arc<SubShared>,
+    seq: u64,
+    lane: Option<SmolStr>,
+    accepted: Option<Accepted>,
+}
+
+impl Slot {
+    /// The run ended: `Some(handled)` as the worker settles a message, `None` when shutdown
+    /// stopped it (in flight for the report; the count goes unsettled, as an aborted
+    /// worker's).
+    fn finish(mut self, ended: Option<bool>) {
+        let accepted = self.accepted.take();
+        self.sub
+            .queue
+            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none());
+        if let (Some(accepted), Some(handled)) = (accepted, ended) {
+            accepted.settle(if handled {
+                Settled::Acked
+            } else {
+                Settled::DeadLettered
+            });
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.accepted.take().is_some() {
+            self.sub
+                .queue
+                .finish_inline(self.seq, self.lane.as_ref(), false);
+        }
+    }
+}
+
+impl SubShared {
+    /// Takes a worker slot for a command whose handler can take it right now, and returns its
+    /// run; `None` (the command is queued instead) when the handler does not run inline, a
+    /// rule stands in the way (see `Queue::try_take_inline`) or the handler is not ready.
+    pub(crate) fn try_inline(
+        self: &Arc<Self>,
+        bus: &Arc<BusInner>,
+        env: &Arc<Envelope>,
+        lane: Option<&SmolStr>,
+        typed: Option<WantedType>,
+    ) -> Option<InlineRun> {
+        let mut svc = self.inline_handlers.take()?;
+        let Some(seq) = self.queue.try_take_inline(env, lane) else {
+            self.inline_handlers.give_back(svc, self.config.workers);
+            return None;
+        };
+        // Polled once: a handler that cannot take the command now (an open breaker, a rate
+        // limit) leaves it to the queue, as a worker would. Nothing waits on this waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
+        if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
+            self.inline_handlers.give_back(svc, self.config.workers);
+            self.queue.finish_inline(seq, lane, false);
+            return None;
+        }
+        let slot = Slot {
+            sub: Arc::clone(self),
+            seq,
+            lane: lane.cloned(),
+            accepted: Some(bus.pending.accept()),
+        };
+        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), typed);
+        Some(InlineRun(Some(Box::pin(run))))
+    }
+}
+
+/// Handles the command as a worker would, with the handler seen ready just now.
+async fn run(
+    slot: Slot,
+    bus: Arc<BusInner>,
+    mut svc: BoxHandler,
+    env: Arc<Envelope>,
+    typed: Option<WantedType>,
+) -> Option<Answered> {
+    let sub = &slot.sub;
+    // No channel: the handling hands the answer back.
+    let reply = CommandReply::kept(typed);
+    let mut answer = None;
+    let ended = {
+        let process = sub.process(&bus, &mut svc, env, Some(reply), true, None, &mut answer);
+        let mut process = std::pin::pin!(process);
+        match futures_util::poll!(process.as_mut()) {
+            Poll::Ready(handled) => Some(handled),
+            // It waits: from now on, shutdown's deadline may stop it.
+            Poll::Pending => {
+                // Boxed: only a run that waits needs it.
+                let mut aborted = Box::pin(sub.queue.inline_aborted().fuse());
+                tokio::select! {
+                    biased;
+                    handled = process.as_mut() => Some(handled),
+                    () = aborted.as_mut() => None,
+                }
+            }
+        }
+    };
+    sub.inline_handlers.give_back(svc, sub.config.workers);
+    slot.finish(ended);
+    answer
+}

@@ -1,0 +1,106 @@
+//! Worker slots taken by a command's sender, which then runs the handler on its own task
+//! (`crate::inline`). Such a run counts against the worker limit like a worker holding a
+//! message, holds its lane like one, and is in flight for the shutdown report.
+
+use std::sync::Arc;
+
+use smol_str::SmolStr;
+use switchyard_core::Envelope;
+
+use super::{Lane, Queue, Wake};
+
+impl Queue {
+    /// Takes a worker slot for `env`, to be handled on its sender's task, when no rule
+    /// stands in the way: the queue is open, nothing waits in it (so nothing is overtaken),
+    /// a slot is free (the worker limit holds) and no worker holds the message's lane.
+    /// Returns the in-flight number to hand back to [`finish_inline`](Self::finish_inline).
+    pub(crate) fn try_take_inline(
+        &self,
+        env: &Arc<Envelope>,
+        lane: Option<&SmolStr>,
+    ) -> Option<u64> {
+        let mut st = self.lock();
+        if st.closed || st.len > 0 || st.busy >= st.limit || st.abort_inline {
+            return None;
+        }
+        if let Some(name) = lane {
+            if st.lanes.contains_key(name) {
+                return None;
+            }
+            st.lanes.insert(
+                name.clone(),
+                Lane {
+                    busy: true,
+                    ..Lane::default()
+                },
+            );
+        }
+        st.next_seq += 1;
+        let seq = st.next_seq;
+        st.busy += 1;
+        st.inline_runs += 1;
+        st.inline.push((seq, Arc::clone(env)));
+        Some(seq)
+    }
+
+    /// Gives back the slot of inline run `seq`: its lane is freed, and a worker is woken when
+    /// messages were queued meanwhile. With `aborted` (shutdown's deadline stopped it), the
+    /// message stays recorded in flight, for the shutdown report.
+    pub(crate) fn finish_inline(&self, seq: u64, lane: Option<&SmolStr>, aborted: bool) {
+        let mut wake = Wake::default();
+        let mut st = self.lock();
+        let done = match st.inline.iter().position(|(s, _)| *s == seq) {
+            Some(i) if !aborted => Some(st.inline.swap_remove(i).1),
+            _ => None,
+        };
+        st.busy -= 1;
+        st.inline_runs -= 1;
+        // Only shutdown waits for the last run, and only once the queue is closed: an open
+        // queue's runs need not take the `Notify`'s lock.
+        let idle = st.inline_runs == 0 && st.closed;
+        st.release_lane(lane);
+        if st.closed && st.len == 0 {
+            wake.all_workers = true;
+        } else if st.len > 0 && self.idle_workers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            wake.not_empty = true;
+        }
+        drop(st);
+        self.wake(wake);
+        if idle {
+            self.inline_idle.notify_waiters();
+        }
+        drop(done);
+    }
+
+    /// Resolves once no inline run is going on; for a closed queue (see `finish_inline`).
+    pub(crate) async fn inline_finished(&self) {
+        loop {
+            let notified = self.inline_idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().inline_runs == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops the inline runs (shutdown's deadline passed) and refuses new ones.
+    pub(crate) fn abort_inline(&self) {
+        self.lock().abort_inline = true;
+        self.inline_abort.notify_waiters();
+    }
+
+    /// Resolves once [`abort_inline`](Self::abort_inline) was called.
+    pub(crate) async fn inline_aborted(&self) {
+        loop {
+            let notified = self.inline_abort.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().abort_inline {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

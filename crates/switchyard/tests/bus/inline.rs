@@ -1,0 +1,424 @@
+//! Commands run on their sender's task when the handler has a free worker and nothing is
+//! queued ahead (issue 18, `inline.rs`): the worker limit, order, panic isolation, shutdown,
+//! a dropped sender future and deadlines behave as on the queue path.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard::testkit::VirtualClock;
+use switchyard::{Bus, DeadLetterReason, SendError};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{Double, WAIT};
+
+/// The task a handler call ran on, as the handler saw it.
+type Tasks = Arc<Mutex<Vec<Option<tokio::task::Id>>>>;
+
+/// Waits (yielding, at most [`WAIT`]) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+/// Messages waiting in the queue of the handler named `name`.
+fn depth(bus: &Bus, name: &str) -> usize {
+    bus.registry()
+        .into_iter()
+        .find(|s| s.name == name)
+        .map_or(0, |s| s.depth)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_free_handler_runs_the_command_on_the_senders_task() {
+    let bus = Bus::new();
+    let tasks: Tasks = Arc::default();
+    let seen = tasks.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            seen.lock().unwrap().push(tokio::task::try_id());
+            async move { Ok::<_, std::io::Error>(c.n * 2) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move {
+        let out = b.send(Double { n: 21 }).await;
+        (tokio::task::id(), out)
+    });
+    let (sender_task, out) = sender.await.unwrap();
+    assert_eq!(out.unwrap(), 42);
+    assert_eq!(*tasks.lock().unwrap(), vec![Some(sender_task)]);
+    assert_eq!(
+        (h.stats().acked, h.info().in_flight, bus.pending()),
+        (1, 0, 0)
+    );
+}
+
+/// `workers` handler calls at most run at once, however many senders try: the others wait
+/// in the queue and are handled by the workers once a slot is free.
+async fn worker_limit_holds(workers: usize) {
+    const SENDERS: u64 = 12;
+    let bus = Bus::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (r, m, g) = (running.clone(), most.clone(), gate.clone());
+    let h = bus
+        .handle(move |c: Double, _| {
+            let (r, m, g, tx) = (r.clone(), m.clone(), g.clone(), entered_tx.clone());
+            async move {
+                m.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let _ = tx.send(c.n);
+                g.acquire().await.map_err(|e| e.to_string())?.forget();
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .workers(workers)
+        .queue_capacity(64)
+        .start()
+        .await
+        .unwrap();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|n| {
+            let b = bus.clone();
+            tokio::spawn(async move { b.send(Double { n }).await })
+        })
+        .collect();
+    for _ in 0..workers {
+        tokio::time::timeout(WAIT, entered.recv()).await.unwrap();
+    }
+    until("the other senders queued their commands", || {
+        depth(&bus, "math.double") == SENDERS as usize - workers
+    })
+    .await;
+    assert!(entered.try_recv().is_err(), "no call beyond the limit");
+    assert_eq!(running.load(Ordering::SeqCst), workers);
+    gate.add_permits(SENDERS as usize);
+    for (n, sender) in senders.into_iter().enumerate() {
+        assert_eq!(sender.await.unwrap().unwrap(), n as u64 * 2);
+    }
+    bus.run_until_idle().await;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        workers,
+        "never more than {workers} at once"
+    );
+    assert_eq!((h.stats().acked, h.info().in_flight), (SENDERS, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_never_handles_two_commands_at_once() {
+    worker_limit_holds(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_limit_holds_under_concurrent_inline_sends() {
+    worker_limit_holds(3).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_queued_command_is_not_overtaken_by_a_later_inline_one() {
+    let bus = Bus::new();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (o, g) = (order.clone(), gate.clone());
+    let _h = bus
+        .handle(move |c: Double, _| {
+            o.lock().unwrap().push(c.n);
+            let (g, tx) = (g.clone(), entered_tx.clone());
+            async move {
+                let _ = tx.send(c.n);
+                if c.n == 1 {
+                    g.acquire().await.map_err(|e| e.to_string())?.forget();
+                }
+                Ok::<_, String>(c.n)
+            }
+        })
+        .workers(1)
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    // 1 runs here, inline; 2 is queued behind it; 1 finishes and, before the worker had a
+    // chance to take 2, 3 is sent from this task: the free slot must not let it pass 2.
+    let (first, queued) = tokio::join!(bus.send(Double { n: 1 }), async {
+        assert_eq!(entered.recv().await, Some(1));
+        let queued = tokio::spawn(async move { b.send(Double { n: 2 }).await });
+        until("2 is queued", || depth(&bus, "math.double") == 1).await;
+        gate.add_permits(1);
+        // Handed out as it is, awaited below once 3 was sent.
+        Some(queued)
+    });
+    assert_eq!(first.unwrap(), 1);
+    assert_eq!(bus.send(Double { n: 3 }).await.unwrap(), 3);
+    assert_eq!(queued.unwrap().await.unwrap().unwrap(), 2);
+    assert_eq!(*order.lock().unwrap(), vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panic_in_an_inline_handler_is_isolated_and_reported() {
+    let bus = Bus::new();
+    let tasks: Tasks = Arc::default();
+    let seen = tasks.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            seen.lock().unwrap().push(tokio::task::try_id());
+            async move {
+                assert!(c.n != 0, "boom");
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .max_attempts(1)
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move {
+        let failed = b.send(Double { n: 0 }).await;
+        let fine = b.send(Double { n: 5 }).await;
+        (tokio::task::id(), failed, fine)
+    });
+    let (sender_task, failed, fine) = sender.await.expect("the sender's task survives");
+    match failed {
+        Err(SendError::Failed { error, attempts }) => {
+            assert!(error.contains("boom"), "{error}");
+            assert_eq!(attempts, 1);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert_eq!(fine.unwrap(), 5);
+    assert_eq!(
+        *tasks.lock().unwrap(),
+        vec![Some(sender_task); 2],
+        "both ran inline"
+    );
+    let stats = h.stats();
+    assert_eq!(
+        (stats.panicked, stats.dead_lettered, stats.acked),
+        (1, 1, 1)
+    );
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Panicked);
+    assert_eq!((h.info().in_flight, bus.pending()), (0, 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_waits_for_an_inline_command() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let (g, tx) = (g.clone(), entered_tx.clone());
+            async move {
+                let _ = tx.send(c.n);
+                g.acquire().await.map_err(|e| e.to_string())?.forget();
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
+    assert_eq!(entered.recv().await, Some(4));
+    let b = bus.clone();
+    let shutdown = tokio::spawn(async move { b.shutdown(WAIT).await });
+    until("shutdown began", || bus.is_shutting_down()).await;
+    assert!(matches!(
+        bus.send(Double { n: 1 }).await,
+        Err(SendError::ShuttingDown)
+    ));
+    // The queue is closed and the worker gone: only the inline run is left to drain.
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished(), "shutdown waits for the inline run");
+    gate.add_permits(1);
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!(report.drained, 1);
+    assert!(report.left.is_empty());
+    assert_eq!(sender.await.unwrap().unwrap(), 8);
+    assert_eq!(bus.pending(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_command_past_the_shutdown_deadline_is_left_and_dead_lettered() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
+    assert_eq!(entered.recv().await, Some(4));
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    assert_eq!(report.drained, 0);
+    assert_eq!(report.left.len(), 1, "{report:?}");
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+    assert_eq!(letters[0].envelope.id, report.left[0]);
+    assert_eq!(letters[0].handler.as_deref(), Some("math.double"));
+    assert!(matches!(
+        sender.await.unwrap(),
+        Err(SendError::NotProcessed(_))
+    ));
+    assert_eq!(bus.pending(), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_sender_future_leaves_the_command_to_finish() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            let (g, tx, done) = (g.clone(), entered_tx.clone(), done_tx.clone());
+            async move {
+                let _ = tx.send(c.n);
+                g.acquire().await.map_err(|e| e.to_string())?.forget();
+                let _ = done.send(c.n);
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    // The send starts the run in its first poll; the sender then stops waiting.
+    tokio::select! {
+        biased;
+        out = bus.send(Double { n: 7 }) => panic!("the handler waits at the gate: {out:?}"),
+        n = entered.recv() => assert_eq!(n, Some(7)),
+    }
+    assert_eq!(bus.pending(), 1, "still accepted");
+    gate.add_permits(1);
+    assert_eq!(
+        tokio::time::timeout(WAIT, done.recv()).await.unwrap(),
+        Some(7),
+        "the command is handled after its sender went away"
+    );
+    bus.run_until_idle().await;
+    assert_eq!((h.stats().acked, h.info().in_flight), (1, 0));
+    gate.add_permits(1);
+    assert_eq!(
+        tokio::time::timeout(WAIT, bus.send(Double { n: 1 }))
+            .await
+            .unwrap()
+            .unwrap(),
+        2,
+        "the slot was given back"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_deadline_applies_to_an_inline_command_which_still_finishes() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let saw_deadline = Arc::new(AtomicBool::new(false));
+    let saw = saw_deadline.clone();
+    let h = bus
+        .handle(move |c: Double, ctx| {
+            saw.store(ctx.deadline().is_some(), Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    match bus
+        .request(Double { n: 1 }, Duration::from_millis(200))
+        .await
+    {
+        Err(SendError::Timeout { deadline }) => assert_eq!(deadline, Duration::from_millis(200)),
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(saw_deadline.load(Ordering::SeqCst), "Ctx::deadline is set");
+    bus.run_until_idle().await;
+    assert_eq!(
+        (h.stats().acked, bus.pending()),
+        (1, 0),
+        "handled; the late reply discarded"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_handler_clones_for_inline_runs_go_at_shutdown() {
+    let bus = Bus::new();
+    // What a handler captures (a clone of the bus, say) must not outlive the shutdown.
+    let token = Arc::new(());
+    let held = token.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            let _held = &held;
+            async move { Ok::<_, std::io::Error>(c.n) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    tokio::spawn(async move { b.send(Double { n: 1 }).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(Arc::strong_count(&token) > 1);
+    bus.shutdown(WAIT).await.unwrap();
+    // The handle (like the bus's command table) still holds the subscription's state.
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "every handler clone was dropped"
+    );
+    drop(h);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_sender_of_inline_commands_lets_other_tasks_run() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|c: Double, _| async move { Ok::<_, std::io::Error>(c.n) })
+        .start()
+        .await
+        .unwrap();
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    let b = bus.clone();
+    // The sender starts first; the other task only runs when the sender yields.
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while !flag.load(Ordering::SeqCst) && sent < 100_000 {
+            b.send(Double { n: sent }).await.unwrap();
+            sent += 1;
+        }
+        sent
+    });
+    let ran = other_ran.clone();
+    tokio::spawn(async move { ran.store(true, Ordering::SeqCst) });
+    let sent = sender.await.unwrap();
+    assert!(other_ran.load(Ordering::SeqCst));
+    assert!(sent < 100_000, "the sender never yielded ({sent} sends)");
+}
