@@ -132,7 +132,9 @@ impl Bus {
             return Err(filtered(&handler));
         };
         // Run on this task when the handler is free (`inline.rs`), else queued.
-        if let Some(run) = handler.try_inline(&self.inner, &env, lane.as_ref(), typed) {
+        if let Ok(run) =
+            handler.try_inline(&self.inner, &env, lane.as_ref(), CommandReply::kept(typed))
+        {
             return Ok(Start::Inline(handler, run));
         }
         let (tx, rx) = CommandReply::channel(typed);
@@ -322,21 +324,34 @@ impl SubShared {
         *self.pump.lock() = Some(pump);
     }
 
-    /// Serves one command from another process: queued with its responder, which the worker
-    /// answers itself once the handler is done (no hand-off back here). This task answers
-    /// only what happens before the command is queued, and `timeout` at the deadline when the
-    /// worker has not answered by then; without a deadline it is done once the command is
-    /// queued.
+    /// Serves one command from another process: run here, in the pump, when the handler has
+    /// a free worker slot and nothing queued ahead (`inline.rs`), else queued with its
+    /// responder; either way the handling answers it itself (no hand-off back here). This
+    /// task answers only what happens before the command is taken, and `timeout` at the
+    /// deadline when the handling has not answered by then (an inline run then goes on in a
+    /// task of its own, as a queued command stays with its worker); a queued command without
+    /// a deadline is done with here once queued.
     async fn serve_remote(self: Arc<Self>, command: IncomingCommand) {
         let (env, deadline, responder) = command.into_parts();
         let topic = env.topic.clone();
         let slot = RemoteSlot::new(responder);
         let failed = match self.queue_remote(env, deadline, &slot).await {
-            Ok(None) => return,
-            Ok(Some((d, answered))) => {
+            Ok(Taken::Queued(None)) => return,
+            Ok(Taken::Inline(run, None)) => {
+                // Answered by the run (or, stopped by shutdown, by its dropped reply).
+                let _ = run.await;
+                return;
+            }
+            Ok(Taken::Queued(Some((d, answered)))) => {
                 // The handler side stops waiting at the deadline too: `timeout`, unless the
                 // worker answered first (then the slot is empty).
                 if tokio::time::timeout(d, answered).await.is_ok() {
+                    return;
+                }
+                SendError::Timeout { deadline: d }
+            }
+            Ok(Taken::Inline(run, Some((d, _)))) => {
+                if tokio::time::timeout(d, run).await.is_ok() {
                     return;
                 }
                 SendError::Timeout { deadline: d }
@@ -352,15 +367,14 @@ impl SubShared {
         }
     }
 
-    /// Queues a remote command, its reply going to `slot`. Returns, when the command has a
-    /// deadline, the deadline and a receiver that completes once the worker answered (or
-    /// dropped) it.
+    /// Runs a remote command inline or queues it, its reply going to `slot`; with a deadline,
+    /// a receiver that completes once the handling answered (or dropped) it comes with it.
     async fn queue_remote(
-        &self,
+        self: &Arc<Self>,
         mut env: Envelope,
         deadline: Option<Duration>,
         slot: &Arc<RemoteSlot>,
-    ) -> Result<Option<(Duration, oneshot::Receiver<()>)>, SendError> {
+    ) -> Result<Taken, SendError> {
         if let (Some(d), None) = (deadline, env.delivery.deadline) {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
             env.delivery.deadline = std::time::Instant::now().checked_add(d);
@@ -407,18 +421,40 @@ impl SubShared {
             topic: topic.clone(),
             handler: self.config.name.clone(),
         });
-        let result = match self.try_enqueue_command(&bus, Arc::new(env), reply) {
+        let env = Arc::new(env);
+        let Some(lane) = self.admit(&env) else {
+            return Err(filtered(self));
+        };
+        // From here a reply dropped unanswered answers (`RemoteReply`'s drop); a command
+        // refused below is answered here instead, before the slot is marked.
+        let reply = match self.try_inline(&bus, &env, lane.as_ref(), reply) {
+            Ok(run) => {
+                slot.set_queued();
+                return Ok(Taken::Inline(run, answered));
+            }
+            Err(reply) => reply,
+        };
+        let result = match self.try_push_command(&bus, env, reply, lane) {
             Ok(result) => result,
             Err(entry) => self.finish_enqueue(&bus, entry).await,
         };
         match enqueue_result(self, result) {
             Ok(()) => {
                 slot.set_queued();
-                Ok(answered)
+                Ok(Taken::Queued(answered))
             }
             // Unregistered meanwhile: this process has no handler any more.
             Err(SendError::NotProcessed(_)) => Err(SendError::NoHandler { topic }),
             Err(e) => Err(e),
         }
     }
+}
+
+/// How a remote command was taken ([`SubShared::queue_remote`]), with its deadline and a
+/// receiver that completes once it was answered, when it has a deadline.
+enum Taken {
+    /// Queued for a worker, which answers it.
+    Queued(Option<(Duration, oneshot::Receiver<()>)>),
+    /// Being handled in the pump (`inline.rs`); the run answers it.
+    Inline(InlineRun, Option<(Duration, oneshot::Receiver<()>)>),
 }

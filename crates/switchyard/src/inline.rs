@@ -29,7 +29,7 @@ use tower::Service;
 
 use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
-use crate::reply::{Answered, CommandReply, WantedType};
+use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
 
 /// The handler clones inline runs use: made from the workers' handler on demand, kept for
@@ -157,19 +157,24 @@ impl Drop for Slot {
 
 impl SubShared {
     /// Takes a worker slot for a command whose handler can take it right now, and returns its
-    /// run; `None` (the command is queued instead) when the handler does not run inline, a
-    /// rule stands in the way (see `Queue::try_take_inline`) or the handler is not ready.
+    /// run, which answers on `reply` as the worker would (a [kept](CommandReply::kept) reply's
+    /// answer is the run's output); `Err(reply)` (the command is queued instead) when the
+    /// handler does not run inline, a rule stands in the way (see `Queue::try_take_inline`)
+    /// or the handler is not ready.
+    #[allow(clippy::result_large_err)] // the reply goes back by value, to be queued
     pub(crate) fn try_inline(
         self: &Arc<Self>,
         bus: &Arc<BusInner>,
         env: &Arc<Envelope>,
         lane: Option<&SmolStr>,
-        typed: Option<WantedType>,
-    ) -> Option<InlineRun> {
-        let mut svc = self.inline_handlers.take()?;
+        reply: CommandReply,
+    ) -> Result<InlineRun, CommandReply> {
+        let Some(mut svc) = self.inline_handlers.take() else {
+            return Err(reply);
+        };
         let Some(seq) = self.queue.try_take_inline(env, lane) else {
             self.inline_handlers.give_back(svc, self.config.workers);
-            return None;
+            return Err(reply);
         };
         // Polled once: a handler that cannot take the command now (an open breaker, a rate
         // limit) leaves it to the queue, as a worker would. Nothing waits on this waker.
@@ -179,7 +184,7 @@ impl SubShared {
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
             self.inline_handlers.give_back(svc, self.config.workers);
             self.queue.finish_inline(seq, lane, false);
-            return None;
+            return Err(reply);
         }
         let slot = Slot {
             sub: Arc::clone(self),
@@ -187,8 +192,8 @@ impl SubShared {
             lane: lane.cloned(),
             accepted: Some(bus.pending.accept()),
         };
-        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), typed);
-        Some(InlineRun(Some(Box::pin(run))))
+        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), reply);
+        Ok(InlineRun(Some(Box::pin(run))))
     }
 }
 
@@ -198,11 +203,10 @@ async fn run(
     bus: Arc<BusInner>,
     mut svc: BoxHandler,
     env: Arc<Envelope>,
-    typed: Option<WantedType>,
+    reply: CommandReply,
 ) -> Option<Answered> {
     let sub = &slot.sub;
-    // No channel: the handling hands the answer back.
-    let reply = CommandReply::kept(typed);
+    // A kept reply (a sender on this task): the handling hands the answer back.
     let mut answer = None;
     let ended = {
         let process = sub.process(&bus, &mut svc, env, Some(reply), true, None, &mut answer);

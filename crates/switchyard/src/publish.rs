@@ -76,20 +76,6 @@ impl SubShared {
         }
     }
 
-    /// [`try_enqueue`](Self::try_enqueue) for a command, whose result goes back on `reply`.
-    #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
-    pub(crate) fn try_enqueue_command(
-        &self,
-        bus: &BusInner,
-        env: Arc<Envelope>,
-        reply: CommandReply,
-    ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
-        match self.admit(&env) {
-            Some(lane) => self.try_push_command(bus, env, reply, lane),
-            None => Ok(Ok(Enqueued::Filtered)),
-        }
-    }
-
     /// The session scope and filters: `None` when they keep `env` out (counted as
     /// `filtered`), else its ordering key (lane).
     #[allow(clippy::option_option)]
@@ -101,7 +87,8 @@ impl SubShared {
         Some(self.config.ordering_key.as_ref().and_then(|k| k(env)))
     }
 
-    /// [`try_enqueue_command`](Self::try_enqueue_command) for an admitted command.
+    /// [`try_enqueue`](Self::try_enqueue) for a command [admitted](Self::admit), whose result
+    /// goes back on `reply`.
     #[allow(clippy::result_large_err)] // the entry goes back by value, as in `PushError`
     pub(crate) fn try_push_command(
         &self,

@@ -501,3 +501,97 @@ async fn the_handler_in_another_process_sees_the_deadline() {
         "deadline too early"
     );
 }
+
+/// Issue 17: a remote command for a handler with a free worker slot is handled at once (in
+/// the pump, `inline.rs`), and one arriving while it runs waits in the queue: `workers(1)`
+/// holds for remote commands run that way as for queued ones.
+#[tokio::test]
+async fn a_remote_command_on_a_free_handler_is_handled_and_a_second_respects_the_worker_limit() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix();
+    let (handler_bus, _hn) = bus(config(&p)).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    // Each call waits for one permit: the test lets the handler finish.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let active = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let sub = {
+        let (gate, active, most) = (gate.clone(), active.clone(), most.clone());
+        handler_bus
+            .handle(move |c: Double, _ctx| {
+                let (tx, gate) = (started_tx.clone(), gate.clone());
+                let (active, most) = (active.clone(), most.clone());
+                async move {
+                    let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tx.send(c.n).map_err(|e| e.to_string())?;
+                    gate.acquire().await.map_err(|e| e.to_string())?.forget();
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, String>(c.n * 2)
+                }
+            })
+            .workers(1)
+            .start()
+            .await
+            .unwrap()
+    };
+    let (sender, _sn) = bus(config(&p)).await;
+    let wait = Duration::from_secs(10);
+
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.send(Double { n: 1 }).await }
+    });
+    let n = tokio::time::timeout(wait, started.recv()).await.unwrap();
+    assert_eq!(n, Some(1));
+
+    // The second arrives while the first holds the one worker slot: it is queued, not run.
+    let second = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            sender
+                .request(Double { n: 2 }, Duration::from_secs(20))
+                .await
+        }
+    });
+    tokio::time::timeout(wait, async {
+        while sub.info().depth != 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the second command never reached the handler's queue");
+    assert!(
+        started.try_recv().is_err(),
+        "the second ran beside the first"
+    );
+
+    gate.add_permits(1);
+    assert_eq!(
+        tokio::time::timeout(wait, first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        2
+    );
+    let n = tokio::time::timeout(wait, started.recv()).await.unwrap();
+    assert_eq!(n, Some(2));
+    gate.add_permits(1);
+    assert_eq!(
+        tokio::time::timeout(wait, second)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "more than one command at once"
+    );
+    assert_eq!(sub.info().depth, 0);
+}
