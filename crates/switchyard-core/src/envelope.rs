@@ -434,9 +434,11 @@ impl Envelope {
     }
 }
 
-impl PartialEq for Envelope {
-    /// Field by field, `local` excepted; rare fields at their defaults equal absent ones.
-    fn eq(&self, other: &Self) -> bool {
+impl Envelope {
+    /// Whether `other` is the same message with the same content: equal in every field but
+    /// the delivery bookkeeping (and `local`, which is never compared). A payload sharing
+    /// `other`'s buffer is equal without reading it.
+    pub fn same_message(&self, other: &Self) -> bool {
         self.id == other.id
             && self.topic == other.topic
             && self.kind == other.kind
@@ -445,9 +447,17 @@ impl PartialEq for Envelope {
             && self.timestamp == other.timestamp
             && self.type_name == other.type_name
             && self.type_version == other.type_version
-            && self.payload == other.payload
-            && self.delivery == other.delivery
+            && ((self.payload.as_ptr() == other.payload.as_ptr()
+                && self.payload.len() == other.payload.len())
+                || self.payload == other.payload)
             && self.rare() == other.rare()
+    }
+}
+
+impl PartialEq for Envelope {
+    /// Field by field, `local` excepted; rare fields at their defaults equal absent ones.
+    fn eq(&self, other: &Self) -> bool {
+        self.same_message(other) && self.delivery == other.delivery
     }
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dead_letter;
+pub mod delivered;
 pub mod envelope;
 pub mod error;
 pub mod id;

@@ -47,8 +47,8 @@ def test_llmgine_bus():
 def test_pipeline_messages_demo():
     lines = run("pipeline_messages_demo.py")
     assert lines == [
-        "cpm <- cpm.pipeline.request PipelineRequest {'run_id': 'run-1', 'dataset': 'sales.csv', 'csv': None, 'fail': 'analytics', 'hold': None, 'rows': 120, 'slow': None}",
-        "staging-manager <- staging.load.request Job: Job(run_id='run-1', dataset='sales.csv', attempt=1, fail='analytics', hold=None, slow=None)",
+        "cpm <- cpm.pipeline.request PipelineRequest {'run_id': 'run-1', 'dataset': 'sales.csv', 'csv': None, 'fail': 'analytics', 'hold': None, 'outage': None, 'rows': 120, 'slow': None}",
+        "staging-manager <- staging.load.request Job: Job(run_id='run-1', dataset='sales.csv', attempt=1, fail='analytics', hold=None, outage=None, slow=None)",
         "same correlation: True",
         "cancel: PipelineCancel(run_id='run-1')",
         "message types: ['Job', 'PipelineCancel', 'PipelineRequest', 'RunQuery', 'RunsQuery']",

@@ -23,7 +23,7 @@ use crate::handler::BoxHandler;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
-use crate::state::{BusInner, CURRENT, Parent, SubShared, TYPED, TypedSlot};
+use crate::state::{BusInner, Parent, SubShared, TYPED, TypedSlot};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages.
@@ -243,12 +243,13 @@ impl SubShared {
                 Err(e) => return Ok(Err(e)),
             }
         };
-        // `call` only builds the future (publishing is async, so nothing in it needs the
-        // task-local); the future itself runs inside the scope below.
-        let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
-        CURRENT
-            .scope(parent, AssertUnwindSafe(fut).catch_unwind())
-            .await
+        // `call` runs inside the scope too: middleware may take the delivered envelope there
+        // (the resilience stack keeps it for retries instead of copying).
+        switchyard_core::delivered::scope(parent.0, async move {
+            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
+            AssertUnwindSafe(fut).catch_unwind().await
+        })
+        .await
     }
 
     /// Settles a transport delivery after handling: ack when handled, term when it was

@@ -14,7 +14,7 @@ use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
-use crate::state::{BusInner, CURRENT, Parent, RUNNING, SubShared};
+use crate::state::{BusInner, RUNNING, SubShared};
 use crate::stats::inc;
 use crate::transport_link::ErasedTransport;
 
@@ -497,7 +497,7 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     if env.causation_id().is_some() {
         return;
     }
-    let _ = CURRENT.try_with(|Parent(parent)| {
+    let _ = switchyard_core::delivered::with(|parent| {
         env.set_causation_id(Some(parent.id.clone()));
         if env.correlation_id == env.id {
             env.correlation_id = parent.correlation_id.clone();

@@ -39,9 +39,10 @@ pub(crate) fn deliver_at(env: &Envelope) -> Option<std::time::SystemTime> {
 }
 
 /// The message being handled on the current task, so publishes from a handler are recorded
-/// as its consequences (and stay in its session). A pointer to the shared envelope: the
-/// task-local is swapped in and out around every poll of a handler, and its id, correlation
-/// id and session are only read when the handler publishes.
+/// as its consequences (and stay in its session), and middleware can keep it without a copy.
+/// A pointer to the shared envelope, set as `switchyard_core::delivered` around every call
+/// and poll of a handler; its id, correlation id and session are only read when the handler
+/// publishes.
 #[derive(Debug, Clone)]
 pub(crate) struct Parent(pub(crate) Arc<Envelope>);
 
@@ -91,7 +92,6 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
 }
 
 tokio::task_local! {
-    pub(crate) static CURRENT: Parent;
     pub(crate) static TYPED: TypedSlot;
 }
 

@@ -7,7 +7,11 @@
 //! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
 //! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
 //! yields, counts a closed breaker's successes
-//! without a lock, and allocates nothing unless an attempt fails. Attempts after the first run
+//! without a lock, and allocates nothing unless an attempt fails. Under the bus it keeps the
+//! delivered envelope for retries by taking the bus's shared pointer to it
+//! ([`switchyard_core::delivered`]), and copies it only when a retry happens; called outside
+//! the bus (or with an envelope the bus did not deliver as it is), it keeps a copy of its own
+//! when the policy allows retries. Attempts after the first run
 //! in a boxed `async` block built from the same pieces as the separate layers
 //! (`judge`, `back_off`, `Gate`, `Timeout`, `CatchPanic`), so the two paths cannot drift
 //! apart.
@@ -24,7 +28,7 @@ use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use quanta::Instant;
 use smol_str::SmolStr;
-use switchyard_core::{BoxError, Envelope, Outcome};
+use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 use tracing::Span;
@@ -37,6 +41,40 @@ use crate::metrics::{Measured, MetricsShared, TopicCache};
 use crate::retry::{RetryPolicy, Verdict, back_off, judge};
 use crate::timeout::{Timeout, TimeoutError};
 use crate::trace::{TraceContext, delivery_span, end_span};
+
+/// The envelope as delivered, kept for attempts after the first.
+enum Kept {
+    /// A copy of its own: the call was made outside the bus, or with an envelope the bus did
+    /// not deliver as it is (a layer outside this one changed it).
+    Copy(Box<Envelope>),
+    /// The bus's shared envelope, and the delivery bookkeeping of this call's first attempt
+    /// (the shared one is as queued, before the bus and this stack stamped it).
+    Shared(Arc<Envelope>, DeliveryInfo),
+}
+
+impl Kept {
+    /// Keeps `env`: the bus's envelope when it is this message with this content, else a copy.
+    fn of(env: &Envelope) -> Self {
+        switchyard_core::delivered::with(|d| d.same_message(env).then(|| Arc::clone(d)))
+            .flatten()
+            .map_or_else(
+                || Self::Copy(Box::new(env.clone())),
+                |shared| Self::Shared(shared, env.delivery),
+            )
+    }
+
+    /// The envelope as the first attempt got it.
+    fn into_envelope(self) -> Envelope {
+        match self {
+            Self::Copy(env) => *env,
+            Self::Shared(shared, delivery) => {
+                let mut env = Envelope::clone(&shared);
+                env.delivery = delivery;
+                env
+            }
+        }
+    }
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Outcome, BoxError>> + Send>>;
 
@@ -220,15 +258,15 @@ where
             },
             (admitted, Some(Some((key, store)))) => self.deduplicated(admitted, env, key, store),
             (Err(refused), _) => {
-                kept = Some(Box::new(env));
+                kept = Some(Kept::Copy(Box::new(env)));
                 Phase::Judge {
                     result: Some(Err(refused.into())),
                     admitted: None,
                 }
             }
             (Ok(admitted), _) => {
-                // The copy for later attempts, only when there can be any.
-                kept = (core.policy.get_max_attempts() > 1).then(|| Box::new(env.clone()));
+                // The envelope for later attempts, only when there can be any.
+                kept = (core.policy.get_max_attempts() > 1).then(|| Kept::of(&env));
                 let inner = &mut self.inner;
                 let called = {
                     let _current = ctx.enter();
@@ -326,7 +364,7 @@ pin_project! {
         core: Arc<Core<S>>,
         // The envelope as delivered, for attempts after the first; `None` when the policy
         // allows one attempt only.
-        kept: Option<Box<Envelope>>,
+        kept: Option<Kept>,
         // The dedup key this call holds in flight, settled with the final result (forgotten
         // if the call is dropped first).
         claimed: Option<DedupClaim>,
@@ -430,7 +468,7 @@ where
                             service,
                             gate,
                             None,
-                            *env,
+                            env.into_envelope(),
                             *this.base,
                             1,
                             Some((hint, failure)),

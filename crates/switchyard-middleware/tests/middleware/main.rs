@@ -5,6 +5,7 @@ mod common;
 
 mod breaker;
 mod dedup;
+mod delivered;
 mod dlq;
 mod fused;
 mod limit;

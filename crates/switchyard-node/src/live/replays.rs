@@ -130,7 +130,10 @@ impl Replays {
             Ok(Outcome::Ack | Outcome::Reply(_)) => ("handled", None),
             Ok(Outcome::Reject { reason }) => ("rejected", Some(reason.clone())),
             Ok(Outcome::Retry { .. }) => ("retry", Some("the handler asked for a retry".into())),
-            Err(e) => ("failed", Some(error_chain(&**e))),
+            Err(e) => (
+                "failed",
+                Some(switchyard_middleware::dlq::error_chain(&**e)),
+            ),
         };
         self.record(id, Some(subscription.to_owned()), outcome, error)
     }
@@ -212,18 +215,6 @@ fn json_of(id: &MessageId, entry: &Entry) -> ReplayState {
         replayed_at: Some(crate::wire::rfc3339(entry.replayed_at)),
         outcomes: entry.outcomes.clone(),
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

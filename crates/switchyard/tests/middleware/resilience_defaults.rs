@@ -319,3 +319,71 @@ async fn a_failing_batch_waits_the_resilience_policys_backoff() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3, "and is dead-lettered after as many");
 }
+
+/// What a handler saw of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    payload: bytes::Bytes,
+    header: Option<String>,
+    added: Option<String>,
+    attempt: u32,
+    first_delivered_at: Option<std::time::SystemTime>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_under_the_bus_sees_the_envelope_as_delivered_after_the_handler_changed_its_copy() {
+    // Issue 18: the stack keeps the bus's shared envelope for retries instead of a copy; a
+    // retry must still get the message as delivered, not the handler's changes to its own.
+    let bus = Bus::builder().with_default_resilience().build().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handler = boxed(tower::service_fn(move |mut e: Envelope| {
+        let _ = tx.send(Seen {
+            payload: e.payload.clone(),
+            header: e.header("origin").map(str::to_owned),
+            added: e.header("added").map(str::to_owned),
+            attempt: e.delivery.attempt,
+            first_delivered_at: e.delivery.first_delivered_at,
+        });
+        // The handler changes its copy before failing.
+        e.payload = bytes::Bytes::from_static(b"changed");
+        e.headers_mut().insert("origin", "changed");
+        e.headers_mut().insert("added", "by the handler");
+        e.delivery.attempt = 99;
+        async { Err::<Outcome, BoxError>("backend down".into()) }
+    }));
+    let _sub = bus
+        .subscribe("rows", "rows.#", handler)
+        .start()
+        .await
+        .unwrap();
+    let mut env = row(7);
+    env.headers_mut().insert("origin", "publisher");
+    let payload = env.payload.clone();
+    bus.publish_envelope(env).await.unwrap();
+    bus.run_until_idle().await;
+    let mut seen = Vec::new();
+    while let Ok(s) = rx.try_recv() {
+        seen.push(s);
+    }
+    assert_eq!(
+        seen.iter().map(|s| s.attempt).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "three attempts, numbered: {seen:?}"
+    );
+    let first_delivered_at = seen[0].first_delivered_at;
+    assert!(first_delivered_at.is_some(), "stamped on delivery");
+    for s in &seen {
+        assert_eq!(s.payload, payload, "payload as delivered: {s:?}");
+        assert_eq!(
+            s.header.as_deref(),
+            Some("publisher"),
+            "header as delivered"
+        );
+        assert_eq!(s.added, None, "no header the handler added");
+        assert_eq!(
+            s.first_delivered_at, first_delivered_at,
+            "same first delivery"
+        );
+    }
+    assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 3);
+}

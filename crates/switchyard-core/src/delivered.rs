@@ -1,0 +1,138 @@
+//! The message a handler is being called with, as the bus delivered it.
+//!
+//! While the bus calls a handler (and polls its future), it makes the envelope it delivered
+//! available here as a shared pointer. The bus uses it to record a handler's publishes as
+//! consequences of that message; middleware may use it to keep the delivered message without
+//! copying it (the resilience stack keeps it for retries this way).
+//!
+//! The envelope is the one queued, before the bus stamps the delivery bookkeeping
+//! ([`Envelope::delivery`]) on the copy it hands the handler: compare with
+//! [`Envelope::same_message`], and take the delivery fields from the handler's copy.
+//!
+//! Like a task-local, without a runtime: a thread-local swapped in around every poll of the
+//! scoped future (and back out after it, also when the poll panics).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use crate::Envelope;
+
+thread_local! {
+    static DELIVERED: RefCell<Option<Arc<Envelope>>> = const { RefCell::new(None) };
+}
+
+/// Runs `fut` with `env` as the delivered message: [`with`] and [`current`] see it while
+/// `fut` is polled (and only then).
+pub fn scope<F: Future>(env: Arc<Envelope>, fut: F) -> Scope<F> {
+    Scope {
+        env: Some(env),
+        fut,
+    }
+}
+
+pin_project! {
+    /// A future run with a delivered message ([`scope`]).
+    #[derive(Debug)]
+    pub struct Scope<F> {
+        env: Option<Arc<Envelope>>,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: Future> Future for Scope<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = Entered::new(this.env);
+        this.fut.poll(cx)
+    }
+}
+
+/// The scope's envelope swapped into the thread-local, swapped back out on drop (the outer
+/// scope's, if any, is back then).
+struct Entered<'a> {
+    slot: &'a mut Option<Arc<Envelope>>,
+    swapped: bool,
+}
+
+impl<'a> Entered<'a> {
+    fn new(slot: &'a mut Option<Arc<Envelope>>) -> Self {
+        let swapped = swap(slot);
+        Self { slot, swapped }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if self.swapped {
+            swap(self.slot);
+        }
+    }
+}
+
+/// Swaps `slot` with the thread-local; `false` when it could not (the thread is ending, or
+/// inside [`with`], which never polls a scope).
+fn swap(slot: &mut Option<Arc<Envelope>>) -> bool {
+    DELIVERED
+        .try_with(|d| match d.try_borrow_mut() {
+            Ok(mut d) => {
+                std::mem::swap(&mut *d, slot);
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false)
+}
+
+/// Calls `f` with the delivered message, if the current task is handling one.
+pub fn with<R>(f: impl FnOnce(&Arc<Envelope>) -> R) -> Option<R> {
+    DELIVERED
+        .try_with(|d| d.try_borrow().ok()?.as_ref().map(f))
+        .ok()
+        .flatten()
+}
+
+/// The delivered message, if the current task is handling one.
+pub fn current() -> Option<Arc<Envelope>> {
+    with(Arc::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Topic;
+
+    fn env(p: &str) -> Arc<Envelope> {
+        Arc::new(Envelope::new(Topic::new("a.b").unwrap(), p.to_owned()))
+    }
+
+    #[test]
+    fn set_only_while_polled_and_nested_scopes_restore_the_outer_one() {
+        let outer = env("outer");
+        let inner = env("inner");
+        let (o, i) = (outer.id.clone(), inner.id.clone());
+        let fut = scope(outer, async move {
+            let before = current().map(|e| e.id.clone());
+            let nested = scope(inner, async { current().map(|e| e.id.clone()) }).await;
+            let after = current().map(|e| e.id.clone());
+            (before, nested, after)
+        });
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready((before, nested, after)) = fut.as_mut().poll(&mut cx) else {
+            panic!("ready at once");
+        };
+        assert_eq!(before, Some(o.clone()));
+        assert_eq!(nested, Some(i));
+        assert_eq!(after, Some(o));
+        assert!(current().is_none(), "nothing outside the scope");
+    }
+}
