@@ -165,6 +165,66 @@ async fn a_queued_command_is_not_overtaken_by_a_later_inline_one() {
     assert_eq!(*order.lock().unwrap(), vec![1, 2, 3]);
 }
 
+/// A command whose ordering lane is held is queued, even with a worker free, whether an
+/// inline run holds the lane (2 behind 1) or a worker does (3 behind 2); each runs once the
+/// one before it in the lane ends, in order, one at a time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_whose_lane_is_held_is_queued_even_with_a_worker_free() {
+    let bus = Bus::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let gates = Arc::new([Semaphore::new(0), Semaphore::new(0)]);
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let (r, m, o, g) = (running.clone(), most.clone(), order.clone(), gates.clone());
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let (r, m, o, g, tx) = (
+                r.clone(),
+                m.clone(),
+                o.clone(),
+                g.clone(),
+                entered_tx.clone(),
+            );
+            async move {
+                m.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                o.lock().unwrap().push(c.n);
+                let _ = tx.send(c.n);
+                if let Some(gate) = usize::try_from(c.n).ok().and_then(|n| g.get(n - 1)) {
+                    gate.acquire().await.map_err(|e| e.to_string())?.forget();
+                }
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, String>(c.n)
+            }
+        })
+        .workers(2)
+        .ordering_key(|_| Some("one lane".into()))
+        .start()
+        .await
+        .unwrap();
+    let (b2, b3) = (bus.clone(), bus.clone());
+    let (first, (second, third)) = tokio::join!(bus.send(Double { n: 1 }), async {
+        // 1 runs inline on this task and holds the lane: 2 is queued behind it.
+        assert_eq!(entered.recv().await, Some(1));
+        let second = tokio::spawn(async move { b2.send(Double { n: 2 }).await });
+        until("2 is queued", || depth(&bus, "math.double") == 1).await;
+        gates[0].add_permits(1);
+        // A worker takes 2 once 1 ended and holds the lane: 3 is queued behind it.
+        assert_eq!(entered.recv().await, Some(2));
+        let third = tokio::spawn(async move { b3.send(Double { n: 3 }).await });
+        until("3 is queued", || depth(&bus, "math.double") == 1).await;
+        gates[1].add_permits(1);
+        (second.await.unwrap(), third.await.unwrap())
+    });
+    assert_eq!((first.unwrap(), second.unwrap(), third.unwrap()), (1, 2, 3));
+    assert_eq!(*order.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two commands of one lane ran at once"
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_in_an_inline_handler_is_isolated_and_reported() {
     let bus = Bus::new();
