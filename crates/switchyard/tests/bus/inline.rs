@@ -482,3 +482,104 @@ async fn a_sender_of_inline_commands_lets_other_tasks_run() {
     assert!(other_ran.load(Ordering::SeqCst));
     assert!(sent < 100_000, "the sender never yielded ({sent} sends)");
 }
+
+/// A handler that is not ready until its gate opens (a breaker, a rate limit): `poll_ready`
+/// is `Pending` while closed, with the waker kept to wake once it opens. Records the tasks
+/// its calls ran on and whether any came while it was closed.
+#[derive(Clone)]
+struct Gated {
+    open: Arc<AtomicBool>,
+    wakers: Arc<Mutex<Vec<std::task::Waker>>>,
+    calls_while_closed: Arc<AtomicUsize>,
+    tasks: Tasks,
+}
+
+impl Gated {
+    fn release(&self) {
+        self.open.store(true, Ordering::SeqCst);
+        for waker in self.wakers.lock().unwrap().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+impl tower::Service<switchyard::Envelope> for Gated {
+    type Response = switchyard::Outcome;
+    type Error = switchyard::BoxError;
+    type Future = std::future::Ready<Result<switchyard::Outcome, switchyard::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), switchyard::BoxError>> {
+        if self.open.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.wakers.lock().unwrap().push(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, env: switchyard::Envelope) -> Self::Future {
+        if !self.open.load(Ordering::SeqCst) {
+            self.calls_while_closed.fetch_add(1, Ordering::SeqCst);
+        }
+        self.tasks.lock().unwrap().push(tokio::task::try_id());
+        let reply = env.reply(env.payload.clone());
+        std::future::ready(Ok(switchyard::Outcome::reply(reply)))
+    }
+}
+
+/// A command whose handler is not ready is not run inline (the sender polls readiness once)
+/// but queued, and a worker runs it once the handler is ready: never while it is not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_to_a_handler_not_ready_is_queued_and_runs_once_ready() {
+    let bus = Bus::new();
+    let gated = Gated {
+        open: Arc::default(),
+        wakers: Arc::default(),
+        calls_while_closed: Arc::default(),
+        tasks: Arc::default(),
+    };
+    let h = bus
+        .handle_envelope(
+            "gated",
+            "gated.echo",
+            tower::util::BoxCloneService::new(gated.clone()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move {
+        let env = switchyard::Envelope::new(switchyard::Topic::new("gated.echo").unwrap(), "hi");
+        let out = b.send_envelope(env).await;
+        (tokio::task::id(), out)
+    });
+    until("the command is queued", || depth(&bus, "gated") == 1).await;
+    // Give the sender and the worker every chance to run it while the handler is not ready.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !sender.is_finished(),
+        "answered while the handler was not ready"
+    );
+    assert!(
+        gated.tasks.lock().unwrap().is_empty(),
+        "handled while not ready"
+    );
+    gated.release();
+    let (sender_task, out) = tokio::time::timeout(WAIT, sender)
+        .await
+        .expect("the queued command did not run once the handler was ready")
+        .unwrap();
+    assert_eq!(&out.unwrap().reply.unwrap().payload[..], b"hi");
+    let tasks = gated.tasks.lock().unwrap().clone();
+    assert_eq!(tasks.len(), 1, "handled {} times", tasks.len());
+    assert_ne!(tasks[0], Some(sender_task), "ran on the sender's task");
+    assert_eq!(gated.calls_while_closed.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        (h.stats().acked, bus.pending(), depth(&bus, "gated")),
+        (1, 0, 0)
+    );
+}
