@@ -8,7 +8,6 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
-use ulid::Ulid;
 
 pub use crate::id::{MessageId, MessageIdError};
 
@@ -269,7 +268,7 @@ impl Envelope {
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
         // One clock read for both the id's time part and the timestamp.
         let now = SystemTime::now();
-        let id = MessageId::from_ulid(Ulid::from_datetime(now));
+        let id = MessageId::made_at(now);
         Self {
             id: id.clone(),
             topic,
