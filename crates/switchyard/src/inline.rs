@@ -16,12 +16,14 @@
 //! - shutdown waits for runs until its deadline, then stops them as it aborts workers: the
 //!   command is reported left over and dead-lettered, its sender gets `NotProcessed`.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use parking_lot::Mutex;
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
@@ -33,7 +35,8 @@ use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
 
 /// The handler clones inline runs use: made from the workers' handler on demand, kept for
-/// the next run (at most as many as the handler has workers).
+/// the next run (at most as many as the handler has workers); and, beside them, the emptied
+/// allocations of finished runs, so a run does not allocate and free its ~1 KB box.
 #[derive(Default)]
 pub(crate) struct InlineHandlers(Mutex<Spare>);
 
@@ -42,7 +45,14 @@ struct Spare {
     /// The handler to clone; `None` for handlers that never run inline (events, batches).
     proto: Option<BoxHandler>,
     spare: Vec<BoxHandler>,
+    /// Emptied run boxes, a `Vec<Cell<F>>` for the one future type `F` of `run` (its type
+    /// cannot be named, so it is kept as `Any`; see [`Recycle`]).
+    cells: Option<Box<dyn Any + Send>>,
 }
+
+/// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
+/// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
+type Cell<F> = Pin<Box<OptionFuture<F>>>;
 
 impl InlineHandlers {
     /// Lets commands run inline with clones of `handler`.
@@ -56,56 +66,116 @@ impl InlineHandlers {
     pub(crate) fn disable(&self) {
         let dropped = {
             let mut pool = self.0.lock();
-            (pool.proto.take(), std::mem::take(&mut pool.spare))
+            (
+                pool.proto.take(),
+                std::mem::take(&mut pool.spare),
+                pool.cells.take(),
+            )
         };
         drop(dropped);
     }
 
-    fn take(&self) -> Option<BoxHandler> {
+    /// A handler clone and, when one was kept, an empty run box of type `Cell<F>` (`F` is
+    /// inferred from `_run`, the function whose future it holds).
+    fn take<F, A>(&self, _run: fn(A) -> F) -> Option<(BoxHandler, Option<Cell<F>>)>
+    where
+        F: Future<Output = RunOutput> + Send + 'static,
+    {
         let mut pool = self.0.lock();
-        match pool.spare.pop() {
-            Some(h) => Some(h),
-            None => pool.proto.clone(),
-        }
+        let handler = match pool.spare.pop() {
+            Some(h) => h,
+            None => pool.proto.clone()?,
+        };
+        let cell = pool
+            .cells
+            .as_mut()
+            .and_then(|cells| cells.downcast_mut::<Vec<Cell<F>>>())
+            .and_then(Vec::pop);
+        Some((handler, cell))
     }
 
-    fn give_back(&self, handler: BoxHandler, max: usize) {
+    /// Keeps `handler` and the emptied `cell` for the next run.
+    fn give_back<F>(&self, handler: BoxHandler, cell: Option<Cell<F>>, max: usize)
+    where
+        F: Future<Output = RunOutput> + Send + 'static,
+    {
         let mut pool = self.0.lock();
-        if pool.proto.is_some() && pool.spare.len() < max {
-            pool.spare.push(handler);
+        if pool.proto.is_none() {
+            // Disabled: nothing is kept (dropped after the lock).
+            drop(pool);
+            drop((handler, cell));
             return;
         }
-        drop(pool);
-        drop(handler);
+        if pool.spare.len() < max {
+            pool.spare.push(handler);
+        }
+        if let Some(cell) = cell {
+            let cells = pool
+                .cells
+                .get_or_insert_with(|| Box::new(Vec::<Cell<F>>::new()));
+            if let Some(cells) = cells.downcast_mut::<Vec<Cell<F>>>()
+                && cells.len() < max
+            {
+                cells.push(cell);
+            }
+        }
     }
 }
 
-/// The boxed handling of an inline command: its answer, `None` when shutdown stopped it.
-type Run = Pin<Box<dyn Future<Output = Option<Answered>> + Send>>;
+/// What a run gives: its answer (`None` when shutdown stopped it) and the handler clone it
+/// used, to keep for the next run.
+type RunOutput = (Option<Answered>, BoxHandler);
+
+/// An inline command's handling in its box (a `Cell`, always filled while it goes on).
+trait Run: Future<Output = Option<RunOutput>> + Send {
+    /// The run has finished: its box is emptied and kept, with `handler`, for the next run.
+    fn recycle(self: Pin<Box<Self>>, sub: &SubShared, handler: BoxHandler);
+}
+
+impl<F> Run for OptionFuture<F>
+where
+    F: Future<Output = RunOutput> + Send + 'static,
+{
+    fn recycle(mut self: Pin<Box<Self>>, sub: &SubShared, handler: BoxHandler) {
+        self.as_mut().set(None.into());
+        sub.inline_handlers
+            .give_back::<F>(handler, Some(self), sub.config.workers);
+    }
+}
 
 /// A command being handled on its sender's task. Awaiting it runs the handler and gives the
 /// answer (`None` when shutdown stopped it); dropping it before it finished hands the rest
 /// of the run to a task of its own.
-pub(crate) struct InlineRun(Option<Run>);
+pub(crate) struct InlineRun(Option<(BoxedRun, Arc<SubShared>)>);
+
+/// A run in its box, its type erased.
+type BoxedRun = Pin<Box<dyn Run>>;
 
 impl Future for InlineRun {
     type Output = Option<Answered>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answered>> {
-        let Some(run) = self.0.as_mut() else {
+        let Some((run, _)) = self.0.as_mut() else {
             return Poll::Ready(None);
         };
-        let poll = run.as_mut().poll(cx);
-        if poll.is_ready() {
-            self.0 = None;
+        let Poll::Ready(output) = run.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        // A filled box gives `Some`; its handler and the box are kept for the next run.
+        let Some((run, sub)) = self.0.take() else {
+            return Poll::Ready(None);
+        };
+        let (answer, handler) = output.unzip();
+        if let Some(handler) = handler {
+            run.recycle(&sub, handler);
         }
-        poll
+        Poll::Ready(answer.flatten())
     }
 }
 
 impl Drop for InlineRun {
     fn drop(&mut self) {
-        if let Some(run) = self.0.take() {
+        if let Some((run, _)) = self.0.take() {
             // The sender stopped waiting: the command was accepted, so it is handled all the
             // same (its answer is discarded), as a queued one would be. Without a runtime
             // (being dropped with it) it goes as a worker's message would: its slot and
@@ -169,11 +239,12 @@ impl SubShared {
         lane: Option<&SmolStr>,
         reply: CommandReply,
     ) -> Result<InlineRun, CommandReply> {
-        let Some(mut svc) = self.inline_handlers.take() else {
+        let Some((mut svc, cell)) = self.inline_handlers.take(run) else {
             return Err(reply);
         };
         let Some(seq) = self.queue.try_take_inline(env, lane) else {
-            self.inline_handlers.give_back(svc, self.config.workers);
+            self.inline_handlers
+                .give_back(svc, cell, self.config.workers);
             return Err(reply);
         };
         // Polled once: a handler that cannot take the command now (an open breaker, a rate
@@ -182,7 +253,8 @@ impl SubShared {
         let ready =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
-            self.inline_handlers.give_back(svc, self.config.workers);
+            self.inline_handlers
+                .give_back(svc, cell, self.config.workers);
             self.queue.finish_inline(seq, lane, false);
             return Err(reply);
         }
@@ -192,19 +264,31 @@ impl SubShared {
             lane: lane.cloned(),
             accepted: Some(bus.pending.accept()),
         };
-        let run = run(slot, Arc::clone(bus), svc, Arc::clone(env), reply);
-        Ok(InlineRun(Some(Box::pin(run))))
+        let run_of = run((slot, Arc::clone(bus), svc, Arc::clone(env), reply));
+        // A kept box is refilled where it is; a new one only when none was kept.
+        let cell = match cell {
+            Some(mut cell) => {
+                cell.as_mut().set(Some(run_of).into());
+                cell
+            }
+            None => Box::pin(OptionFuture::from(Some(run_of))),
+        };
+        Ok(InlineRun(Some((cell, Arc::clone(self)))))
     }
 }
 
-/// Handles the command as a worker would, with the handler seen ready just now.
+/// Handles the command as a worker would, with the handler seen ready just now; gives the
+/// answer and the handler back. One tuple argument, so that `InlineHandlers::take` can name
+/// the future's type through `run`'s.
 async fn run(
-    slot: Slot,
-    bus: Arc<BusInner>,
-    mut svc: BoxHandler,
-    env: Arc<Envelope>,
-    reply: CommandReply,
-) -> Option<Answered> {
+    (slot, bus, mut svc, env, reply): (
+        Slot,
+        Arc<BusInner>,
+        BoxHandler,
+        Arc<Envelope>,
+        CommandReply,
+    ),
+) -> RunOutput {
     let sub = &slot.sub;
     // A kept reply (a sender on this task): the handling hands the answer back.
     let mut answer = None;
@@ -225,7 +309,6 @@ async fn run(
             }
         }
     };
-    sub.inline_handlers.give_back(svc, sub.config.workers);
     slot.finish(ended);
-    answer
+    (answer, svc)
 }
