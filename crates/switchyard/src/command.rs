@@ -350,7 +350,7 @@ impl SubShared {
                 }
                 SendError::Timeout { deadline: d }
             }
-            Ok(Taken::Inline(run, Some((d, _)))) => {
+            Ok(Taken::Inline(run, Some(d))) => {
                 if tokio::time::timeout(d, run).await.is_ok() {
                     return;
                 }
@@ -406,17 +406,12 @@ impl SubShared {
                 }
             }
         }
-        let (done, answered) = match deadline {
-            Some(d) => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some((d, rx)))
-            }
-            None => (None, None),
-        };
         let topic = env.topic.clone();
+        // Without `done`: an inline run is watched through its own future; a channel for
+        // the worker to signal is only made below, for a command that is queued.
         let reply = CommandReply::remote(RemoteReply {
             slot: Arc::clone(slot),
-            done,
+            done: None,
             bus: self.bus.clone(),
             topic: topic.clone(),
             handler: self.config.name.clone(),
@@ -427,13 +422,18 @@ impl SubShared {
         };
         // From here a reply dropped unanswered answers (`RemoteReply`'s drop); a command
         // refused below is answered here instead, before the slot is marked.
-        let reply = match self.try_inline(&bus, &env, lane.as_ref(), reply) {
+        let mut reply = match self.try_inline(&bus, &env, lane.as_ref(), reply) {
             Ok(run) => {
                 slot.set_queued();
-                return Ok(Taken::Inline(run, answered));
+                return Ok(Taken::Inline(run, deadline));
             }
             Err(reply) => reply,
         };
+        let answered = deadline.map(|d| {
+            let (tx, rx) = oneshot::channel();
+            reply.set_done(tx);
+            (d, rx)
+        });
         let result = match self.try_push_command(&bus, env, reply, lane) {
             Ok(result) => result,
             Err(entry) => self.finish_enqueue(&bus, entry).await,
@@ -450,11 +450,12 @@ impl SubShared {
     }
 }
 
-/// How a remote command was taken ([`SubShared::queue_remote`]), with its deadline and a
-/// receiver that completes once it was answered, when it has a deadline.
+/// How a remote command was taken ([`SubShared::queue_remote`]), with its deadline (and, when
+/// queued, a receiver that completes once it was answered), when it has a deadline.
 enum Taken {
     /// Queued for a worker, which answers it.
     Queued(Option<(Duration, oneshot::Receiver<()>)>),
-    /// Being handled in the pump (`inline.rs`); the run answers it.
-    Inline(InlineRun, Option<(Duration, oneshot::Receiver<()>)>),
+    /// Being handled in the pump (`inline.rs`); the run answers it, and the pump waits on
+    /// the run itself until the deadline.
+    Inline(InlineRun, Option<Duration>),
 }

@@ -86,6 +86,14 @@ impl CommandReply {
         }
     }
 
+    /// For a command from another process with a deadline, queued: `done` completes once the
+    /// worker answered (or dropped) it, so the pump stops watching the deadline.
+    pub(crate) fn set_done(&mut self, done: oneshot::Sender<()>) {
+        if let ReplyTo::Remote(remote) = &mut self.to {
+            remote.done = Some(done);
+        }
+    }
+
     /// Sends the answer; a sender that gave up (deadline passed) discards it. A kept reply's
     /// answer is returned.
     #[inline]
