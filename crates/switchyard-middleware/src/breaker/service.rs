@@ -131,6 +131,15 @@ impl Gate {
     /// Ready when the breaker admits a call (kept until [`Gate::take`]); pending while it is
     /// open or every half-open trial slot is taken.
     pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // A closed breaker, nothing reserved and no cool-down timer: one atomic load (what
+        // `admit` does first), without the general path's bookkeeping.
+        if self.sleep.is_none()
+            && !matches!(self.admitted, Some(Admitted::Trial(_)))
+            && let Some(generation) = self.shared.admit_closed()
+        {
+            self.admitted = Some(Admitted::Normal(generation));
+            return Poll::Ready(());
+        }
         loop {
             if matches!(self.admitted, Some(Admitted::Trial(_))) {
                 return Poll::Ready(());

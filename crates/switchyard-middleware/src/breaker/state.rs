@@ -277,12 +277,19 @@ impl Shared {
         }
     }
 
+    /// The generation of a closed breaker (a caller may go ahead, nothing else to do), read
+    /// without the lock; `None` in any other state.
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<u64> {
+        let mirror = self.mirror.load(Ordering::Acquire);
+        (mirror & 0b11 == u64::from(BreakerState::Closed.to_u8())).then_some(mirror >> 2)
+    }
+
     /// Decides whether a caller may go ahead now, moving open → half-open when the cool-down
     /// is over. Registers `waker` when the caller must wait.
     pub(crate) fn admit(&self, waker: Option<&Waker>) -> Admission {
-        let mirror = self.mirror.load(Ordering::Acquire);
-        if mirror & 0b11 == u64::from(BreakerState::Closed.to_u8()) {
-            return Admission::Normal(mirror >> 2);
+        if let Some(generation) = self.admit_closed() {
+            return Admission::Normal(generation);
         }
         let now = Instant::now();
         let mut inner = self.inner.lock();
