@@ -438,6 +438,7 @@ impl Envelope {
     /// Whether `other` is the same message with the same content: equal in every field but
     /// the delivery bookkeeping (and `local`, which is never compared). A payload sharing
     /// `other`'s buffer is equal without reading it.
+    #[inline]
     pub fn same_message(&self, other: &Self) -> bool {
         self.id == other.id
             && self.topic == other.topic

@@ -86,6 +86,7 @@ pub(crate) enum Admitted {
 
 impl Admitted {
     /// Records how the call admitted by this ended.
+    #[inline]
     pub(crate) fn settle(
         self,
         shared: &Shared,
@@ -130,6 +131,7 @@ impl Gate {
 
     /// Ready when the breaker admits a call (kept until [`Gate::take`]); pending while it is
     /// open or every half-open trial slot is taken.
+    #[inline]
     pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // A closed breaker, nothing reserved and no cool-down timer: one atomic load (what
         // `admit` does first), without the general path's bookkeeping.
@@ -177,6 +179,7 @@ impl Gate {
 
     /// The leave obtained by [`Gate::poll_admit`]; without one, decides now and refuses
     /// when the breaker is not letting calls through.
+    #[inline]
     pub(crate) fn take(&mut self) -> Result<Admitted, BreakerOpenError> {
         if let Some(a) = self.admitted.take() {
             return Ok(a);

@@ -223,6 +223,7 @@ impl Shared {
     }
 
     /// The success-ring bucket of `t`.
+    #[inline]
     fn counter_index(&self, t: quanta::Instant) -> u64 {
         let since = crate::clock::nanos(t.duration_since(self.counter_epoch));
         // floor(since / bucket_nanos), give or take one at a bucket's edge.
@@ -256,6 +257,7 @@ impl Shared {
     }
 
     /// Counts a success of a closed breaker with a count threshold without taking the lock.
+    #[inline]
     fn count_success(&self, now: quanta::Instant) {
         let index = self.counter_index(now);
         let tag = index & TAG_MASK;
@@ -329,6 +331,7 @@ impl Shared {
 
     /// Records the result of a call admitted under `generation`, which ended at `ended` (read
     /// from the time-stamp counter; the tokio clock is read here only when the lock is taken).
+    #[inline]
     pub(crate) fn record(
         &self,
         generation: u64,
@@ -346,6 +349,12 @@ impl Shared {
             self.count_success(ended);
             return;
         }
+        self.record_locked(generation, trial, failed);
+    }
+
+    /// [`Shared::record`] under the state lock: every result but a closed breaker's success
+    /// with a count threshold.
+    fn record_locked(&self, generation: u64, trial: bool, failed: bool) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         if inner.generation != generation {

@@ -86,6 +86,7 @@ pub(crate) fn delivery_span(
 }
 
 /// Records how a delivery ended on its span, and logs a failure.
+#[inline]
 pub(crate) fn end_span(span: &Span, result: &Result<Outcome, BoxError>) {
     if !span.is_disabled() {
         let outcome = match result {
