@@ -78,6 +78,7 @@ impl TraceId {
 
 impl SpanId {
     /// A random, non-zero span id.
+    #[inline]
     pub fn random() -> Self {
         loop {
             let id = rng::thread_u64().to_be_bytes();
@@ -259,6 +260,7 @@ impl TraceContext {
     }
 
     /// The context in the envelope's `traceparent` header, if present and valid.
+    #[inline]
     pub fn from_envelope(env: &Envelope) -> Option<Self> {
         env.header(TRACEPARENT)?.parse().ok()
     }

@@ -56,6 +56,7 @@ where
 }
 
 /// The `switchyard.deliver` span of one delivery handled at position `ctx` of its trace.
+#[inline]
 pub(crate) fn delivery_span(
     env: &Envelope,
     handler: &str,
