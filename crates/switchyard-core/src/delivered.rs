@@ -63,6 +63,7 @@ struct Entered<'a> {
 }
 
 impl<'a> Entered<'a> {
+    #[inline]
     fn new(slot: &'a mut Option<Arc<Envelope>>) -> Self {
         let swapped = swap(slot);
         Self { slot, swapped }
@@ -70,6 +71,7 @@ impl<'a> Entered<'a> {
 }
 
 impl Drop for Entered<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.swapped {
             swap(self.slot);
@@ -79,6 +81,7 @@ impl Drop for Entered<'_> {
 
 /// Swaps `slot` with the thread-local; `false` when it could not (the thread is ending, or
 /// inside [`with`], which never polls a scope).
+#[inline]
 fn swap(slot: &mut Option<Arc<Envelope>>) -> bool {
     DELIVERED
         .try_with(|d| match d.try_borrow_mut() {
@@ -92,6 +95,7 @@ fn swap(slot: &mut Option<Arc<Envelope>>) -> bool {
 }
 
 /// Calls `f` with the delivered message, if the current task is handling one.
+#[inline]
 pub fn with<R>(f: impl FnOnce(&Arc<Envelope>) -> R) -> Option<R> {
     DELIVERED
         .try_with(|d| d.try_borrow().ok()?.as_ref().map(f))

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// `d` in whole nanoseconds, saturating at `u64::MAX` (about 584 years).
+#[inline]
 pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -36,6 +36,7 @@ pub(crate) fn global() -> &'static SplitMix {
 
 /// A random `u64` from this thread's own generator (seeded once from [`global`]), so
 /// concurrent callers do not contend on one atomic.
+#[inline]
 pub(crate) fn thread_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {

@@ -172,6 +172,7 @@ impl BreakerConfig {
         self
     }
 
+    #[inline]
     pub(crate) fn is_failure(&self, result: &Result<Outcome, BoxError>) -> bool {
         if let Some(p) = &self.failure_predicate {
             return p(result);

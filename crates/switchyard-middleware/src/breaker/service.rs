@@ -86,6 +86,7 @@ pub(crate) enum Admitted {
 
 impl Admitted {
     /// Records how the call admitted by this ended.
+    #[inline]
     pub(crate) fn settle(
         self,
         shared: &Shared,
@@ -130,7 +131,17 @@ impl Gate {
 
     /// Ready when the breaker admits a call (kept until [`Gate::take`]); pending while it is
     /// open or every half-open trial slot is taken.
+    #[inline]
     pub(crate) fn poll_admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // A closed breaker, nothing reserved and no cool-down timer: one atomic load (what
+        // `admit` does first), without the general path's bookkeeping.
+        if self.sleep.is_none()
+            && !matches!(self.admitted, Some(Admitted::Trial(_)))
+            && let Some(generation) = self.shared.admit_closed()
+        {
+            self.admitted = Some(Admitted::Normal(generation));
+            return Poll::Ready(());
+        }
         loop {
             if matches!(self.admitted, Some(Admitted::Trial(_))) {
                 return Poll::Ready(());
@@ -168,6 +179,7 @@ impl Gate {
 
     /// The leave obtained by [`Gate::poll_admit`]; without one, decides now and refuses
     /// when the breaker is not letting calls through.
+    #[inline]
     pub(crate) fn take(&mut self) -> Result<Admitted, BreakerOpenError> {
         if let Some(a) = self.admitted.take() {
             return Ok(a);

@@ -223,6 +223,7 @@ impl Shared {
     }
 
     /// The success-ring bucket of `t`.
+    #[inline]
     fn counter_index(&self, t: quanta::Instant) -> u64 {
         let since = crate::clock::nanos(t.duration_since(self.counter_epoch));
         // floor(since / bucket_nanos), give or take one at a bucket's edge.
@@ -256,6 +257,7 @@ impl Shared {
     }
 
     /// Counts a success of a closed breaker with a count threshold without taking the lock.
+    #[inline]
     fn count_success(&self, now: quanta::Instant) {
         let index = self.counter_index(now);
         let tag = index & TAG_MASK;
@@ -277,12 +279,19 @@ impl Shared {
         }
     }
 
+    /// The generation of a closed breaker (a caller may go ahead, nothing else to do), read
+    /// without the lock; `None` in any other state.
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<u64> {
+        let mirror = self.mirror.load(Ordering::Acquire);
+        (mirror & 0b11 == u64::from(BreakerState::Closed.to_u8())).then_some(mirror >> 2)
+    }
+
     /// Decides whether a caller may go ahead now, moving open → half-open when the cool-down
     /// is over. Registers `waker` when the caller must wait.
     pub(crate) fn admit(&self, waker: Option<&Waker>) -> Admission {
-        let mirror = self.mirror.load(Ordering::Acquire);
-        if mirror & 0b11 == u64::from(BreakerState::Closed.to_u8()) {
-            return Admission::Normal(mirror >> 2);
+        if let Some(generation) = self.admit_closed() {
+            return Admission::Normal(generation);
         }
         let now = Instant::now();
         let mut inner = self.inner.lock();
@@ -322,6 +331,7 @@ impl Shared {
 
     /// Records the result of a call admitted under `generation`, which ended at `ended` (read
     /// from the time-stamp counter; the tokio clock is read here only when the lock is taken).
+    #[inline]
     pub(crate) fn record(
         &self,
         generation: u64,
@@ -339,6 +349,12 @@ impl Shared {
             self.count_success(ended);
             return;
         }
+        self.record_locked(generation, trial, failed);
+    }
+
+    /// [`Shared::record`] under the state lock: every result but a closed breaker's success
+    /// with a count threshold.
+    fn record_locked(&self, generation: u64, trial: bool, failed: bool) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         if inner.generation != generation {

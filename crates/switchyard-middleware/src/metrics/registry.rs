@@ -100,6 +100,7 @@ struct Shard {
 
 /// Adds `n`: a plain load and store in a shard this thread owns (no other thread writes
 /// it), an atomic addition in the shared one.
+#[inline]
 fn add(counter: &AtomicU64, n: u64, owned: bool) {
     if owned {
         counter.store(
@@ -112,6 +113,7 @@ fn add(counter: &AtomicU64, n: u64, owned: bool) {
 }
 
 /// Raises the maximum to `n` (a plain load first: the maximum rarely changes).
+#[inline]
 fn raise(counter: &AtomicU64, n: u64, owned: bool) {
     if n > counter.load(Ordering::Relaxed) {
         if owned {
@@ -123,6 +125,7 @@ fn raise(counter: &AtomicU64, n: u64, owned: bool) {
 }
 
 /// This thread's id for shard ownership: 1, 2, 3... in the order threads first count.
+#[inline]
 fn thread_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
@@ -156,6 +159,7 @@ pub(crate) enum Ended {
 
 impl Ended {
     /// The category of a handler result.
+    #[inline]
     pub(crate) fn of(result: &Result<switchyard_core::Outcome, switchyard_core::BoxError>) -> Self {
         use switchyard_core::Outcome;
         match result {
@@ -169,6 +173,7 @@ impl Ended {
 
 impl Counters {
     /// The shard this thread writes, and whether it owns it.
+    #[inline]
     fn shard(&self) -> (&Shard, bool) {
         let id = thread_id();
         let shard = &self.owned[(id % OWNED_SHARDS as u64) as usize];
@@ -186,11 +191,13 @@ impl Counters {
         }
     }
 
+    #[inline]
     pub(crate) fn started(&self) {
         let (shard, owned) = self.shard();
         add(&shard.delivered, 1, owned);
     }
 
+    #[inline]
     pub(crate) fn finished(&self, ended: Ended, duration: Duration, end_to_end: Duration) {
         let (shard, owned) = self.shard();
         let count = match ended {

@@ -123,6 +123,7 @@ enum TopicRef {
 }
 
 impl TopicRef {
+    #[inline]
     fn get<'a>(&'a self, shared: &'a Shared) -> Option<&'a TopicHandles> {
         match self {
             Self::First => shared.first.get().map(|(_, h)| &**h),
@@ -140,6 +141,7 @@ pub(crate) struct TopicCache {
 
 impl TopicCache {
     /// Starts measuring a call of `env`: counts it delivered and in flight.
+    #[inline]
     pub(crate) fn begin(&mut self, shared: &Shared, env: &Envelope) -> Measured {
         let label = shared.topic_label.value(env);
         let topic = match (shared.first.get(), &self.last) {
@@ -180,6 +182,7 @@ impl Measured {
 
     /// Records how the call ended: `duration` of the call, and `end_to_end` from the
     /// envelope's timestamp to the end of the call.
+    #[inline]
     pub(crate) fn finish(
         self,
         shared: &Shared,

@@ -175,6 +175,7 @@ impl<S: Clone> Layer<S> for ResilienceLayer {
             breaker: self.breaker.shared(),
             policy: self.retry.policy().clone(),
             timeout: self.timeout.timeout(),
+            clock: quanta::Clock::new(),
             dedup: self.dedup.as_ref().map(DedupLayer::parts),
             proto: Mutex::new(limited.clone()),
         };

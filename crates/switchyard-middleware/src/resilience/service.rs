@@ -15,6 +15,12 @@
 //! in a boxed `async` block built from the same pieces as the separate layers
 //! (`judge`, `back_off`, `Gate`, `Timeout`, `CatchPanic`), so the two paths cannot drift
 //! apart.
+//!
+//! `Resilient` is generic, so its `call` and `poll` are compiled in the crate that names the
+//! handler type (the bus); without LTO, a non-generic function of this crate is inlined there
+//! only when marked `#[inline]`. The small functions the happy path calls once per message
+//! (metrics, breaker, trace, `judge`) are marked for that reason: each was an out-of-line
+//! call with its own prologue, about 210 instructions per message together.
 
 use std::fmt;
 use std::future::Future;
@@ -26,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
-use quanta::Instant;
+use quanta::{Clock, Instant};
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tokio::time::{Sleep, sleep_until};
@@ -54,6 +60,7 @@ enum Kept {
 
 impl Kept {
     /// Keeps `env`: the bus's envelope when it is this message with this content, else a copy.
+    #[inline]
     fn of(env: &Envelope) -> Self {
         switchyard_core::delivered::with(|d| d.same_message(env).then(|| Arc::clone(d)))
             .flatten()
@@ -85,6 +92,10 @@ pub(crate) struct Core<S> {
     pub(crate) breaker: Arc<BreakerShared>,
     pub(crate) policy: RetryPolicy,
     pub(crate) timeout: Duration,
+    /// The time-stamp counter, read raw (`Clock::raw`) at the start and end of a call and
+    /// scaled only for the differences: the global `quanta::Instant::now` also checks a
+    /// thread-local override and a once-cell and scales every reading.
+    pub(crate) clock: Clock,
     pub(crate) dedup: Option<(KeyFn, Arc<Store>)>,
     /// A copy of the inner service as built, cloned for attempts after the first (the call's
     /// own service went into the first attempt).
@@ -107,7 +118,8 @@ impl<S: Clone> Core<S> {
 /// clock.
 #[derive(Debug, Clone, Copy)]
 struct WallClock {
-    at: Instant,
+    /// A raw reading of [`Core::clock`].
+    at: u64,
     /// Nanoseconds since the Unix epoch at `at`.
     unix: u64,
 }
@@ -115,21 +127,24 @@ struct WallClock {
 impl WallClock {
     const REANCHOR: u64 = 1_000_000_000;
 
-    fn new() -> Self {
+    fn new(clock: &Clock) -> Self {
         Self {
-            at: Instant::now(),
+            at: clock.raw(),
             unix: unix_nanos(SystemTime::now()),
         }
     }
 
-    /// Nanoseconds from the anchor to `t`.
-    fn offset(&self, t: Instant) -> u64 {
-        nanos(t.duration_since(self.at))
+    /// Nanoseconds from the anchor to the raw reading `t` (0 when `t` is not later).
+    #[inline]
+    fn offset(&self, clock: &Clock, t: u64) -> u64 {
+        clock.delta_as_nanos(self.at, t)
     }
 
-    /// The offset of `now`, re-anchoring first when the anchor is more than a second old.
-    fn offset_fresh(&mut self, now: Instant) -> u64 {
-        let offset = self.offset(now);
+    /// The offset of the raw reading `now`, re-anchoring first when the anchor is more than a
+    /// second old.
+    #[inline]
+    fn offset_fresh(&mut self, clock: &Clock, now: u64) -> u64 {
+        let offset = self.offset(clock, now);
         if offset <= Self::REANCHOR {
             return offset;
         }
@@ -146,6 +161,7 @@ impl WallClock {
     }
 }
 
+#[inline]
 fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, nanos)
 }
@@ -164,12 +180,13 @@ pub struct Resilient<S> {
 impl<S> Resilient<S> {
     pub(crate) fn new(inner: S, core: Arc<Core<S>>) -> Self {
         let gate = Gate::new(core.breaker.clone());
+        let wall = WallClock::new(&core.clock);
         Self {
             inner,
             core,
             gate,
             topics: TopicCache::default(),
-            wall: WallClock::new(),
+            wall,
         }
     }
 }
@@ -217,13 +234,13 @@ where
         let ctx = incoming.map_or_else(|| TraceContext::root_for(&env), |c| c.child());
         let span = delivery_span(&env, &self.core.handler, ctx, incoming);
         let measured = self.topics.begin(&self.core.metrics, &env);
-        let start = Instant::now();
+        let start = self.core.clock.raw();
         // The timeout's deadline counts from here on the tokio clock, like every deadline of
         // the stack: subtracting `start`'s real elapsed time from a tokio instant mixed the two
         // clocks, so under a paused clock a timeout fired early by however long the machine
         // took between the call and the handler's first yield.
         let timeout_base = tokio::time::Instant::now();
-        let start_offset = self.wall.offset_fresh(start);
+        let start_offset = self.wall.offset_fresh(&self.core.clock, start);
         let base = env.delivery.attempt.max(1);
         if env.delivery.first_delivered_at.is_none() {
             env.delivery.first_delivered_at = Some(self.wall.wall(start_offset));
@@ -445,18 +462,26 @@ where
                 PhaseProj::Rest { fut } => {
                     let result = std::task::ready!(fut.as_mut().poll(cx));
                     this.phase.set(Phase::Done);
-                    break (result, Instant::now());
+                    break (result, core.clock.raw());
                 }
                 PhaseProj::Done => return Poll::Ready(Err(POLLED_AFTER_END.into())),
             };
             // The first attempt ended. Setting the phase drops its call, and with it the late
             // result of a call that timed out.
             this.phase.set(Phase::Done);
-            let end = Instant::now();
+            let end = core.clock.raw();
             if let Some(admitted) = admitted {
-                admitted.settle(&core.breaker, &result, end);
+                admitted.settle(&core.breaker, &result, core.clock.scaled(end));
             }
-            let result = match judge(&core.policy, result, *this.base, 1) {
+            let verdict = match result {
+                // Every outcome but `Retry` is final whatever the policy (`judge` says so too,
+                // after moving it through its verdict).
+                Ok(outcome) if !matches!(outcome, Outcome::Retry { .. }) => {
+                    Verdict::Done(Ok(outcome))
+                }
+                result => judge(&core.policy, result, *this.base, 1),
+            };
+            let result = match verdict {
                 Verdict::Done(result) => result,
                 Verdict::Again { hint, failure } => match this.kept.take() {
                     Some(env) => {
@@ -490,7 +515,7 @@ where
             claimed.finish(handled(&result));
         }
         Poll::Ready(finish(
-            &core.metrics,
+            core,
             this.measured,
             this.span,
             *this.start_offset,
@@ -501,24 +526,24 @@ where
     }
 }
 
-/// Ends the span and the measurement of a call that ended at `end`.
-fn finish(
-    metrics: &MetricsShared,
+/// Ends the span and the measurement of a call that ended at `end` (a raw clock reading).
+fn finish<S>(
+    core: &Core<S>,
     measured: &mut Option<Measured>,
     span: &Span,
     start_offset: u64,
     wall: &WallClock,
-    end: Instant,
+    end: u64,
     result: Result<Outcome, BoxError>,
 ) -> Result<Outcome, BoxError> {
     end_span(span, &result);
     if let Some(measured) = measured.take() {
-        let end_offset = wall.offset(end);
+        let end_offset = wall.offset(&core.clock, end);
         let duration = Duration::from_nanos(end_offset.saturating_sub(start_offset));
         let end_unix = wall.unix.saturating_add(end_offset);
         let end_to_end =
             Duration::from_nanos(end_unix.saturating_sub(unix_nanos(measured.timestamp())));
-        measured.finish(metrics, &result, duration, end_to_end);
+        measured.finish(&core.metrics, &result, duration, end_to_end);
     }
     result
 }

@@ -96,6 +96,7 @@ pub(crate) enum Verdict {
 
 /// Judges the result of attempt number `made` (counted from 1 within this call) of a message
 /// whose delivery attempt was `base` when the call started.
+#[inline]
 pub(crate) fn judge(
     policy: &RetryPolicy,
     result: Result<Outcome, BoxError>,

@@ -78,6 +78,7 @@ impl TraceId {
 
 impl SpanId {
     /// A random, non-zero span id.
+    #[inline]
     pub fn random() -> Self {
         loop {
             let id = rng::thread_u64().to_be_bytes();
@@ -156,6 +157,7 @@ impl Slot {
 pub(crate) struct Restore(Slot);
 
 impl Drop for Restore {
+    #[inline]
     fn drop(&mut self) {
         let previous = self.0;
         let _ = CURRENT.try_with(|c| c.set(previous));
@@ -214,6 +216,7 @@ impl TraceContext {
     /// A ULID correlation id gives its 128 bits, a UUID (32 hex digits, hyphens ignored)
     /// its 128 bits, and any other foreign id a stable 128-bit hash of its text (FNV-1a),
     /// so every process derives the same trace id for one flow.
+    #[inline]
     pub fn root_for(env: &Envelope) -> Self {
         let id = trace_bits(&env.correlation_id);
         if id == 0 {
@@ -227,6 +230,7 @@ impl TraceContext {
     }
 
     /// A child position in the same trace: same trace id and flags, a new span id.
+    #[inline]
     pub fn child(&self) -> Self {
         Self {
             trace_id: self.trace_id,
@@ -256,6 +260,7 @@ impl TraceContext {
     }
 
     /// The context in the envelope's `traceparent` header, if present and valid.
+    #[inline]
     pub fn from_envelope(env: &Envelope) -> Option<Self> {
         env.header(TRACEPARENT)?.parse().ok()
     }

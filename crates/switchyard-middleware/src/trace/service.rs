@@ -56,6 +56,7 @@ where
 }
 
 /// The `switchyard.deliver` span of one delivery handled at position `ctx` of its trace.
+#[inline]
 pub(crate) fn delivery_span(
     env: &Envelope,
     handler: &str,
@@ -86,6 +87,7 @@ pub(crate) fn delivery_span(
 }
 
 /// Records how a delivery ended on its span, and logs a failure.
+#[inline]
 pub(crate) fn end_span(span: &Span, result: &Result<Outcome, BoxError>) {
     if !span.is_disabled() {
         let outcome = match result {
