@@ -559,16 +559,20 @@ fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
 
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when
 /// they all share one priority (the common case, which then costs no allocation).
+#[inline]
 fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
-    if targets.len() < 2 {
+    let (first, rest) = targets.split_first()?;
+    let p = first.config.handler_priority;
+    if rest.iter().all(|s| s.config.handler_priority == p) {
         return None;
     }
-    let uniform = targets
-        .windows(2)
-        .all(|w| w[0].config.handler_priority == w[1].config.handler_priority);
-    if uniform {
-        return None;
-    }
+    group_by_priority(targets)
+}
+
+/// [`priority_groups`] when the targets' priorities differ (rare: out of line).
+#[cold]
+#[inline(never)]
+fn group_by_priority(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
     let mut sorted: Vec<Arc<SubShared>> = targets.to_vec();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.config.handler_priority));
     Some(
