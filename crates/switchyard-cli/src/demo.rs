@@ -32,7 +32,7 @@ fn bus_err(e: impl std::fmt::Display) -> DemoError {
 }
 
 /// A frontend asks for a feature to be computed.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct FeatureRequested {
     dataset: String,
     feature: String,
@@ -42,7 +42,7 @@ impl Message for FeatureRequested {
 }
 
 /// The command a manager sends to the service that computes it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct ComputeFeature {
     dataset: String,
     feature: String,
@@ -56,7 +56,7 @@ impl Command for ComputeFeature {
 }
 
 /// Published when the feature is ready.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct FeatureComplete {
     feature: String,
     value: f64,

@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "right-token";
 const READER_TOKEN: &str = "reader-token";
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct CreateUser {
     name: String,
 }

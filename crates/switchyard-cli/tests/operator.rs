@@ -17,7 +17,7 @@ use switchyard_node::{Node, NodeConfig};
 /// Generous bound for anything to happen; polling stops as soon as it does.
 const WAIT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct CreateUser {
     name: String,
 }
@@ -29,7 +29,7 @@ impl switchyard::Command for CreateUser {
     type Output = Value;
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Explode {}
 impl Message for Explode {
     const TOPIC: &'static str = "users.explode";

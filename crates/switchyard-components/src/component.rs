@@ -340,7 +340,7 @@ impl Drop for OpenContexts {
 /// use switchyard::Message;
 /// use switchyard_components::{ComponentBuilder, Role};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Clone, Serialize, Deserialize)]
 /// struct Job { id: u32 }
 /// impl Message for Job { const TOPIC: &'static str = "analytics.feature.submit"; }
 ///
@@ -399,7 +399,7 @@ impl ComponentBuilder {
     /// # use serde::{Deserialize, Serialize};
     /// # use switchyard::{BoxError, Message};
     /// # use switchyard_components::{ComponentBuilder, Role};
-    /// # #[derive(Serialize, Deserialize)] struct Job { id: u32 }
+    /// # #[derive(Clone, Serialize, Deserialize)] struct Job { id: u32 }
     /// # impl Message for Job { const TOPIC: &'static str = "shop.order.submit"; }
     /// let service = ComponentBuilder::new("shop-service", Role::Service, "shop")
     ///     .publishes("shop.order.dispatch")

@@ -26,7 +26,7 @@ use switchyard_contracts::{Contract, Encryption, JsonSchema, Keyring, Registry, 
 use switchyard_log::{Durability, LogConfig, LogTransport};
 use tokio::sync::Notify;
 
-#[derive(Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 struct Reading {
     id: u64,
     data: String,

@@ -104,7 +104,7 @@ fn message(ty: &MessageType, schemas: &mut Map<String, Value>) -> Value {
 /// use switchyard_contracts::{asyncapi, Contract, JsonSchema, Registry};
 /// use switchyard_core::Message;
 ///
-/// #[derive(Serialize, Deserialize, JsonSchema)]
+/// #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 /// struct UserCreated { id: u64 }
 /// impl Message for UserCreated { const TOPIC: &'static str = "users.created"; }
 /// impl Contract for UserCreated {}

@@ -17,7 +17,7 @@ use switchyard_core::Message;
 /// use switchyard_contracts::{Contract, JsonSchema};
 /// use switchyard_core::Message;
 ///
-/// #[derive(Serialize, Deserialize, JsonSchema)]
+/// #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 /// struct UserCreated { id: u64, email: String }
 /// impl Message for UserCreated { const TOPIC: &'static str = "users.created"; const VERSION: u32 = 2; }
 /// impl Contract for UserCreated {}

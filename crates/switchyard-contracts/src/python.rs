@@ -16,7 +16,7 @@
 //! use switchyard_contracts::{python, Contract, JsonSchema, Registry};
 //! use switchyard_core::Message;
 //!
-//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 //! struct UserCreated { id: u64, email: Option<String> }
 //! impl Message for UserCreated { const TOPIC: &'static str = "users.created"; const VERSION: u32 = 2; }
 //! impl Contract for UserCreated {}

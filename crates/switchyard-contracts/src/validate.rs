@@ -7,7 +7,7 @@
 //! use switchyard::{Envelope, Message, Topic};
 //! use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
 //!
-//! #[derive(Serialize, Deserialize, JsonSchema)]
+//! #[derive(Clone, Serialize, Deserialize, JsonSchema)]
 //! struct OrderPlaced { order: u64, amount: f64 }
 //! impl Message for OrderPlaced { const TOPIC: &'static str = "orders.placed"; }
 //! impl Contract for OrderPlaced {}

@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -10,13 +10,17 @@ use bytes::Bytes;
 /// ([`Envelope::local`](crate::Envelope::local)) while the message stays in the process that
 /// published it.
 ///
-/// A typed handler of the same type takes the value instead of decoding the payload: the
-/// first one to ask gets it, every later reader (another subscriber, a retry, a replay)
-/// decodes the payload as usual. The payload is always there too, so transports, raw
-/// envelope handlers, hooks and dead letters see exactly what they saw without it. The bus
-/// attaches a value after its publish hooks ran and only on its in-process path; nothing
-/// serializes it, so it never crosses a transport, and envelopes compare equal whatever it
-/// holds.
+/// The value is shared: every copy of the envelope (one per subscription of a fan-out, one
+/// per delivery attempt) points to the one value. A typed handler of the same type gets its
+/// own clone of it instead of decoding the payload ([`Local::take`]), on every attempt, so a
+/// handler that changes its copy changes nothing another handler or a retry sees: each gets
+/// what decoding the payload would have given. The last holder of the value gets it moved
+/// out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
+///
+/// The payload is always there too, so transports, raw envelope handlers, hooks and dead
+/// letters see exactly what they saw without it. The bus attaches a value after its publish
+/// hooks ran (only when there are none) and only on its in-process path; nothing serializes
+/// it, so it never crosses a transport, and envelopes compare equal whatever it holds.
 ///
 /// A layer that rewrites `payload` on the way to a typed handler must clear it
 /// ([`Local::clear`]); as a guard, a value is only handed over while the payload has the
@@ -26,64 +30,68 @@ use bytes::Bytes;
 /// use switchyard_core::{Bytes, Local};
 /// let payload = Bytes::from_static(b"7");
 /// let local = Local::new(7u32, &payload);
-/// let copy = local.clone(); // shares the one value
+/// let mut copy = local.clone(); // shares the one value
 /// assert_eq!(copy.take::<u64>(&payload), None); // another type: nothing
-/// assert_eq!(copy.take::<u32>(&payload), Some(7));
-/// assert_eq!(local.take::<u32>(&payload), None); // taken once
+/// assert_eq!(copy.take::<u32>(&payload), Some(7)); // a clone of the value
+/// assert!(copy.is_empty()); // this copy let go of it
+/// let mut last = local;
+/// assert_eq!(last.take::<u32>(&payload), Some(7)); // the last holder: moved out
 /// ```
 #[derive(Clone, Default)]
 pub struct Local(Option<Arc<dyn Slot>>);
 
-trait Slot: Send + Sync {
-    /// Moves the value into `out` when `out` is an `Option` of its type.
-    fn take_into(&self, out: &mut dyn Any);
-    /// The encoded payload's length when the value was attached.
-    fn payload_len(&self) -> usize;
+trait Slot: Any + Send + Sync {
+    /// The value (a `Value<T>`) as [`Any`], to look at its type, when the payload still has
+    /// the length it had when the value was attached.
+    fn value_for(&self, payload_len: usize) -> Option<&dyn Any>;
+    /// Itself as [`Any`], to take it out of the `Arc` when it is the last holder.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
 struct Value<T> {
-    value: Mutex<Option<T>>,
+    value: T,
     payload_len: usize,
 }
 
-impl<T: Send + 'static> Slot for Value<T> {
-    fn take_into(&self, out: &mut dyn Any) {
-        if let Some(out) = out.downcast_mut::<Option<T>>() {
-            *out = self
-                .value
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
-        }
+impl<T: Clone + Send + Sync + 'static> Slot for Value<T> {
+    fn value_for(&self, payload_len: usize) -> Option<&dyn Any> {
+        (self.payload_len == payload_len).then_some(self)
     }
 
-    fn payload_len(&self) -> usize {
-        self.payload_len
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
     }
 }
 
 impl Local {
     /// Carries `value`, the value `payload` was encoded from.
-    pub fn new<T: Send + 'static>(value: T, payload: &Bytes) -> Self {
+    pub fn new<T: Clone + Send + Sync + 'static>(value: T, payload: &Bytes) -> Self {
         Self(Some(Arc::new(Value {
-            value: Mutex::new(Some(value)),
+            value,
             payload_len: payload.len(),
         })))
     }
 
-    /// Takes the value if it is a `T`, nobody took it yet and `payload` has the length it
-    /// was encoded to.
-    pub fn take<T: 'static>(&self, payload: &Bytes) -> Option<T> {
+    /// The value, if it is a `T` and `payload` has the length it was encoded to: a clone of
+    /// the shared value, or the value itself when no other copy of this `Local` holds it.
+    /// This copy lets go of it either way (it is then [empty](Self::is_empty)); other copies
+    /// keep theirs.
+    pub fn take<T: Clone + Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<T> {
         let slot = self.0.as_ref()?;
-        if slot.payload_len() != payload.len() {
-            return None;
+        let value = slot.value_for(payload.len())?.downcast_ref::<Value<T>>()?;
+        if Arc::strong_count(slot) > 1 {
+            let value = value.value.clone();
+            self.0 = None;
+            return Some(value);
         }
-        let mut out: Option<T> = None;
-        slot.take_into(&mut out);
-        out
+        // The only holder: nobody can clone this `Arc` any more (there are no weak
+        // references), so it unwraps; the downcast was checked above.
+        let slot = self.0.take()?;
+        let value = slot.into_any().downcast::<Value<T>>().ok()?;
+        Arc::try_unwrap(value).ok().map(|v| v.value)
     }
 
-    /// Whether no value is attached (taken values still count as attached).
+    /// Whether no value is attached (none was, it was cleared, or this copy took it).
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
@@ -120,9 +128,38 @@ mod tests {
     #[test]
     fn a_rewritten_payload_is_decoded_not_taken() {
         let payload = Bytes::from_static(b"{\"n\":1}");
-        let local = Local::new(String::from("one"), &payload);
+        let mut local = Local::new(String::from("one"), &payload);
         assert_eq!(local.take::<String>(&Bytes::from_static(b"{}")), None);
+        assert!(!local.is_empty(), "a refused take keeps the value");
         assert_eq!(local.take::<String>(&payload).as_deref(), Some("one"));
+    }
+
+    #[test]
+    fn another_type_keeps_the_value() {
+        let payload = Bytes::from_static(b"1");
+        let mut local = Local::new(1u8, &payload);
+        assert_eq!(local.take::<u16>(&payload), None);
+        assert_eq!(local.take::<u8>(&payload), Some(1));
+    }
+
+    #[test]
+    fn every_copy_gets_the_original_and_the_last_one_moves_it() {
+        let payload = Bytes::from_static(b"[1]");
+        let original = Arc::new(());
+        let mut a = Local::new((vec![1u8], Arc::clone(&original)), &payload);
+        let mut b = a.clone();
+        let mut c = a.clone();
+        let (mut got_a, _) = a.take::<(Vec<u8>, Arc<()>)>(&payload).unwrap();
+        got_a.push(2);
+        let (got_b, _) = b.take::<(Vec<u8>, Arc<()>)>(&payload).unwrap();
+        assert_eq!(got_b, vec![1], "a copy's change is not seen by another");
+        // `c` is the last holder: the value moves out, no clone of the `Arc` inside it.
+        let before = Arc::strong_count(&original);
+        let (got_c, moved) = c.take::<(Vec<u8>, Arc<()>)>(&payload).unwrap();
+        assert_eq!(got_c, vec![1]);
+        assert_eq!(Arc::strong_count(&original), before);
+        drop(moved);
+        assert!(a.is_empty() && b.is_empty() && c.is_empty());
     }
 
     #[test]

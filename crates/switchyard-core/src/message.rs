@@ -13,11 +13,18 @@ use crate::topic::{Topic, TopicError};
 ///
 /// The codec is JSON unless `encode` / `decode` / `CONTENT_TYPE` are overridden.
 ///
+/// A message is `Clone`: inside the process that published it, a typed handler gets a clone
+/// of the published value instead of decoding the payload (each subscriber of a fan-out and
+/// each retry its own copy, so a handler that changes its copy changes nothing another one
+/// sees; see [`Local`](crate::Local)), the way `tokio::sync::broadcast` requires `T: Clone`.
+/// A clone costs a fraction of a JSON decode: a typed publish of a 64-byte message to 8
+/// subscribers went from 32,024 to 22,131 instructions (the guard `w2_fanout8_typed`).
+///
 /// ```
 /// use serde::{Deserialize, Serialize};
 /// use switchyard_core::Message;
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Clone, Serialize, Deserialize)]
 /// struct UserCreated { id: u64 }
 /// impl Message for UserCreated { const TOPIC: &'static str = "users.created"; }
 ///
@@ -29,10 +36,10 @@ use crate::topic::{Topic, TopicError};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a message the bus can carry: it does not implement `Message`",
     label = "not a `Message`",
-    note = "derive `Serialize` and `Deserialize` for `{Self}` and give it a topic: `impl Message for {Self} {{ const TOPIC: &'static str = \"domain.event\"; }}`",
+    note = "derive `Clone`, `Serialize` and `Deserialize` for `{Self}` and give it a topic: `impl Message for {Self} {{ const TOPIC: &'static str = \"domain.event\"; }}`",
     note = "a handler's first argument is the decoded message; for raw envelopes use `Bus::subscribe` with `handler_fn`"
 )]
-pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Topic the message is published on.
     const TOPIC: &'static str;
     /// Schema version, carried in the envelope for schema evolution.
@@ -73,9 +80,10 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
         })
     }
 
-    /// The topic as a validated [`Topic`].
+    /// The topic as a validated [`Topic`]. [`Self::TOPIC`] is judged once, when the type is
+    /// compiled, not on every call (an invalid one gives its `TopicError` on every call).
     fn topic() -> Result<Topic, TopicError> {
-        Topic::from_static(Self::TOPIC)
+        crate::topic::static_topic::<Self>()
     }
 
     /// Encodes into a fresh envelope on [`Self::TOPIC`], with type name, version and content type set.
@@ -102,7 +110,7 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// use serde::{Deserialize, Serialize};
 /// use switchyard_core::{Command, Kind, Message};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Clone, Serialize, Deserialize)]
 /// struct CreateUser { name: String }
 /// impl Message for CreateUser {
 ///     const TOPIC: &'static str = "users.create";
@@ -126,7 +134,7 @@ mod tests {
     use super::*;
 
     mod inner {
-        #[derive(serde::Serialize, serde::Deserialize)]
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
         pub struct Placed {
             pub n: u32,
         }
@@ -134,10 +142,22 @@ mod tests {
             const TOPIC: &'static str = "orders.placed";
         }
 
-        #[derive(serde::Serialize, serde::Deserialize)]
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
         pub struct Wrapped<T>(pub T);
         impl<T: crate::Message> crate::Message for Wrapped<T> {
             const TOPIC: &'static str = "orders.wrapped";
+        }
+
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Bad;
+        impl crate::Message for Bad {
+            const TOPIC: &'static str = "orders..bad";
+        }
+
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
+        pub struct Accented;
+        impl crate::Message for Accented {
+            const TOPIC: &'static str = "commandes.passée";
         }
     }
 
@@ -148,5 +168,28 @@ mod tests {
         assert_eq!(env.type_name.as_deref(), Some("Placed"));
         // A generic type: what follows the last `::` (its last argument's name), as before.
         assert_eq!(inner::Wrapped::<inner::Placed>::type_name(), "Placed>");
+    }
+
+    #[test]
+    fn the_static_topic_gives_what_validating_it_gives() {
+        use crate::TopicErrorKind;
+        assert_eq!(inner::Placed::topic().unwrap().as_str(), "orders.placed");
+        assert_eq!(
+            inner::Bad::topic(),
+            Topic::from_static("orders..bad"),
+            "the same typed error as validating at run time"
+        );
+        assert_eq!(
+            inner::Bad::topic().unwrap_err().kind,
+            TopicErrorKind::EmptySegment
+        );
+        assert!(matches!(
+            inner::Bad.to_envelope(),
+            Err(crate::PublishError::InvalidTopic(e)) if e.kind == TopicErrorKind::EmptySegment
+        ));
+        assert_eq!(
+            inner::Accented::topic().unwrap().as_str(),
+            "commandes.passée"
+        );
     }
 }

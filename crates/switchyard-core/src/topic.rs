@@ -71,37 +71,58 @@ impl TopicError {
 }
 
 fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
-    if s.is_empty() {
-        return Err(TopicError::new(s, TopicErrorKind::Empty));
-    }
-    if s.len() > MAX_TOPIC_LEN {
-        return Err(TopicError::new(s, TopicErrorKind::TooLong));
-    }
     validate_ascii(s, allow_wildcards)
 }
 
 /// [`validate_segments`] in one pass over the bytes, falling back to it at the first
-/// non-ASCII byte: every typed publish validates its topic, and the general path (a `str`
-/// split and a `char` scan per segment) cost about 500 instructions per message. Gives the
-/// same verdicts (test `the_ascii_validator_agrees_with_the_general_one`).
+/// non-ASCII byte: the general path (a `str` split and a `char` scan per segment) cost about
+/// 500 instructions per message. Gives the same verdicts (test
+/// `the_ascii_validator_agrees_with_the_general_one`).
 fn validate_ascii(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
+    match ascii_verdict(s, allow_wildcards) {
+        Verdict::Valid => Ok(()),
+        Verdict::Invalid(kind) => Err(TopicError::new(s, kind)),
+        Verdict::NotAscii => validate_segments(s, allow_wildcards),
+    }
+}
+
+/// What [`validate`] says of a string, found without allocating (a `const fn`, so a
+/// message type's static topic is judged once, at compile time: [`static_topic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A valid topic (or pattern).
+    Valid,
+    /// Refused, for this reason.
+    Invalid(TopicErrorKind),
+    /// Has a non-ASCII byte: [`validate_segments`] judges it.
+    NotAscii,
+}
+
+/// [`validate`]'s rules over the bytes of an ASCII string, in one pass.
+pub(crate) const fn ascii_verdict(s: &str, allow_wildcards: bool) -> Verdict {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return Verdict::Invalid(TopicErrorKind::Empty);
+    }
+    if bytes.len() > MAX_TOPIC_LEN {
+        return Verdict::Invalid(TopicErrorKind::TooLong);
+    }
     let (mut len, mut space, mut wild) = (0usize, false, false);
-    for &b in s.as_bytes().iter().chain(std::iter::once(&b'.')) {
+    let mut i = 0;
+    // One step past the end: a `.` that closes the last segment.
+    while i <= bytes.len() {
+        let b = if i == bytes.len() { b'.' } else { bytes[i] };
+        i += 1;
         match b {
             b'.' => {
-                let kind = if len == 0 {
-                    Some(TopicErrorKind::EmptySegment)
+                if len == 0 {
+                    return Verdict::Invalid(TopicErrorKind::EmptySegment);
                 } else if space {
-                    Some(TopicErrorKind::Whitespace)
+                    return Verdict::Invalid(TopicErrorKind::Whitespace);
                 } else if wild && !allow_wildcards {
-                    Some(TopicErrorKind::WildcardInTopic)
+                    return Verdict::Invalid(TopicErrorKind::WildcardInTopic);
                 } else if wild && len != 1 {
-                    Some(TopicErrorKind::PartialWildcard)
-                } else {
-                    None
-                };
-                if let Some(kind) = kind {
-                    return Err(TopicError::new(s, kind));
+                    return Verdict::Invalid(TopicErrorKind::PartialWildcard);
                 }
                 (len, space, wild) = (0, false, false);
                 continue;
@@ -110,12 +131,27 @@ fn validate_ascii(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
             // `u8::is_ascii_whitespace` leaves out).
             b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r' => space = true,
             b'*' | b'#' => wild = true,
-            0x80.. => return validate_segments(s, allow_wildcards),
+            0x80.. => return Verdict::NotAscii,
             _ => {}
         }
         len += 1;
     }
-    Ok(())
+    Verdict::Valid
+}
+
+/// The topic of a message type, `T::TOPIC`: judged once per type at compile time
+/// ([`ascii_verdict`] in a constant), so a typed publish does not validate it again. An
+/// invalid topic gives the same error as [`Topic::from_static`] (built then, on the error
+/// path); a non-ASCII one is validated on each call.
+pub(crate) fn static_topic<T: crate::Message>() -> Result<Topic, TopicError> {
+    struct Judged<T>(std::marker::PhantomData<T>);
+    impl<T: crate::Message> Judged<T> {
+        const VERDICT: Verdict = ascii_verdict(T::TOPIC, false);
+    }
+    match Judged::<T>::VERDICT {
+        Verdict::Valid => Ok(Topic(SmolStr::new_static(T::TOPIC))),
+        Verdict::Invalid(_) | Verdict::NotAscii => Topic::from_static(T::TOPIC),
+    }
 }
 
 /// The per-segment rules, for any topic (the path of topics with non-ASCII characters).

@@ -20,7 +20,7 @@ use switchyard::{Bus, Message, MessageId};
 use switchyard_postgres::{Outbox, Relay, Retention, Schema, migrate};
 use tokio::sync::Notify;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Placed {
     order: i64,
 }

@@ -33,7 +33,7 @@ pub type InboxFuture<'t, O, E> = Pin<Box<dyn Future<Output = Result<O, E>> + Sen
 ///
 /// ```no_run
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Serialize, Deserialize)] struct OrderPlaced { id: i64 }
+/// # #[derive(Clone, Serialize, Deserialize)] struct OrderPlaced { id: i64 }
 /// # impl switchyard::Message for OrderPlaced { const TOPIC: &'static str = "orders.placed"; }
 /// # async fn demo(pool: sqlx::PgPool, bus: switchyard::Bus) -> Result<(), Box<dyn std::error::Error>> {
 /// use switchyard_postgres::{Inbox, Schema};

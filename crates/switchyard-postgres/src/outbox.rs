@@ -20,7 +20,7 @@ pub const ORDERING_KEY_HEADER: &str = "ordering-key";
 ///
 /// ```no_run
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Serialize, Deserialize)] struct OrderPlaced { id: i64 }
+/// # #[derive(Clone, Serialize, Deserialize)] struct OrderPlaced { id: i64 }
 /// # impl switchyard::Message for OrderPlaced { const TOPIC: &'static str = "orders.placed"; }
 /// # async fn demo(pool: sqlx::PgPool) -> Result<(), switchyard_postgres::Error> {
 /// use switchyard_postgres::{Outbox, Schema};

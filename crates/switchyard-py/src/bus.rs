@@ -86,7 +86,7 @@ async fn answer(
 
 /// Raw bytes as a typed message, for the typed-only parts of the bus API (batches, session
 /// command handlers): the payload is kept as it came, Python decodes it.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct RawPayload(bytes::Bytes);
 
 impl Message for RawPayload {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use switchyard::testkit::Recorder;
 use switchyard::{Bus, Command, Kind, Message};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Progress {
     percent: u8,
 }
@@ -13,7 +13,7 @@ impl Message for Progress {
     const TOPIC: &'static str = "jobs.progress";
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Plan;
 impl Message for Plan {
     const TOPIC: &'static str = "jobs.plan";

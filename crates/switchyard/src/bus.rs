@@ -18,7 +18,7 @@ use crate::stats::SubscriptionInfo;
 /// use serde::{Deserialize, Serialize};
 /// use switchyard::{Bus, Message};
 ///
-/// #[derive(Serialize, Deserialize)]
+/// #[derive(Clone, Serialize, Deserialize)]
 /// struct UserCreated { id: u64 }
 /// impl Message for UserCreated { const TOPIC: &'static str = "users.created"; }
 ///

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
-    RemoteCommands, SendError,
+    Local, RemoteCommands, SendError,
 };
 use tokio::sync::oneshot;
 
@@ -30,6 +30,9 @@ impl Bus {
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         let mut env = cmd.to_envelope()?;
         env.kind = Kind::Command;
+        // A typed handler in this process gets the command as it is (see `Local`); a publish
+        // hook clears it, nothing sends it over a transport.
+        env.local = Local::new(cmd, &env.payload);
         self.send_typed::<C>(env, None).await
     }
 
@@ -42,6 +45,7 @@ impl Bus {
     ) -> Result<C::Output, SendError> {
         let mut env = cmd.to_envelope()?;
         env.kind = Kind::Request;
+        env.local = Local::new(cmd, &env.payload);
         self.send_typed::<C>(env, Some(deadline)).await
     }
 

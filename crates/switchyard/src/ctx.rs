@@ -79,7 +79,8 @@ impl Ctx {
 
     /// Sends a command as a consequence of the message being handled.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let env = cmd.to_envelope()?.caused_by(&self.envelope);
+        let mut env = cmd.to_envelope()?.caused_by(&self.envelope);
+        env.local = switchyard_core::Local::new(cmd, &env.payload);
         self.bus.send_typed::<C>(env, None).await
     }
 }
@@ -97,11 +98,11 @@ where
     O: IntoOutcome,
     E: Into<BoxError>,
 {
-    BoxCloneService::new(service_fn(move |env: Envelope| {
+    BoxCloneService::new(service_fn(move |mut env: Envelope| {
         let f = f.clone();
         let bus = bus.clone();
         async move {
-            let msg = crate::upcast::decode::<T>(&bus, &env)?;
+            let msg = crate::upcast::decode::<T>(&bus, &mut env)?;
             let ctx = Ctx::new(upgrade(&bus)?, env);
             f(msg, ctx)
                 .await
@@ -121,11 +122,11 @@ where
     Fut: Future<Output = Result<C::Output, E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    BoxCloneService::new(service_fn(move |env: Envelope| {
+    BoxCloneService::new(service_fn(move |mut env: Envelope| {
         let f = f.clone();
         let bus = bus.clone();
         async move {
-            let cmd = crate::upcast::decode::<C>(&bus, &env)?;
+            let cmd = crate::upcast::decode::<C>(&bus, &mut env)?;
             // What the reply needs of the command, so the handler gets the envelope itself
             // rather than a copy of it.
             let reply_to = env.reply_address();
@@ -166,8 +167,8 @@ where
                 return Ok(Outcome::Ack);
             };
             let mut msgs = Vec::with_capacity(envs.len());
-            for env in envs {
-                match crate::upcast::decode::<T>(&weak, &env) {
+            for mut env in envs {
+                match crate::upcast::decode::<T>(&weak, &mut env) {
                     Ok(m) => msgs.push(m),
                     Err(e) => bus.inner().dead_letter(
                         DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())

@@ -302,7 +302,27 @@ impl SubShared {
     }
 
     /// How one handler call ended (as [`SubShared::call`] returns it), counted and logged.
+    /// Inlined for the common answers (ack, reply); the rest, which builds texts and logs,
+    /// stays out of line in [`classify_rare`](Self::classify_rare), so the per-message path
+    /// neither calls nor moves the whole result.
+    #[inline(always)]
     pub(crate) fn classify(
+        &self,
+        result: Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>,
+        first: &Envelope,
+        attempt: u32,
+    ) -> Attempt {
+        match result {
+            Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
+            Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+            other => self.classify_rare(other, first, attempt),
+        }
+    }
+
+    /// [`classify`](Self::classify) of everything but an ack or a reply.
+    #[cold]
+    #[inline(never)]
+    fn classify_rare(
         &self,
         result: Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>,
         first: &Envelope,
@@ -438,7 +458,10 @@ impl SubShared {
             let (reason, error, delay, permanent) = match outcome {
                 Attempt::Done(r) => {
                     inc(&c.acked);
-                    *kept = self.answer(reply, Ok((r, typed.take())), attempt);
+                    // An event has no one to answer (and a reply to it is dropped).
+                    if reply.is_some() {
+                        *kept = self.answer(reply, Ok((r, typed.take())), attempt);
+                    }
                     break (true, None);
                 }
                 Attempt::Rejected(reason) => {

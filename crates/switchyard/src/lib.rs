@@ -10,7 +10,7 @@
 //! use serde::{Deserialize, Serialize};
 //! use switchyard::{Bus, Command, Kind, Message};
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Clone, Serialize, Deserialize)]
 //! struct CreateUser { name: String }
 //! impl Message for CreateUser { const TOPIC: &'static str = "users.create"; const KIND: Kind = Kind::Command; }
 //! impl Command for CreateUser { type Output = u64; }

@@ -155,6 +155,9 @@ impl Bus {
     #[inline]
     pub(crate) fn run_hooks(&self, env: &mut Envelope) -> Result<(), PublishError> {
         if !self.inner.hooks.is_empty() {
+            // A hook may rewrite the payload: a value carried beside it (an envelope passed
+            // on from a handler) no longer matches it for sure, so typed handlers decode.
+            env.local.clear();
             self.inner.hooks.iter().try_for_each(|hook| hook(env))?;
         }
         self.check_size(env)
@@ -212,10 +215,10 @@ impl Bus {
 
     /// [`Bus::publish_envelope`] of `env`, encoded from `msg` when there is one: on the
     /// in-process path (no transport) and when no publish hook could have rewritten the
-    /// payload, `msg` travels beside it ([`Envelope::local`]) and the first typed handler
-    /// takes it instead of decoding the payload. One async layer for every publish: each
+    /// payload, `msg` travels beside it ([`Envelope::local`]) and every typed handler of
+    /// its type gets a clone of it instead of decoding the payload. One async layer for every publish: each
     /// layer would copy the envelope into its own future.
-    pub(crate) async fn publish_local<M: Send + 'static>(
+    pub(crate) async fn publish_local<M: Clone + Send + Sync + 'static>(
         &self,
         mut env: Envelope,
         msg: Option<M>,
@@ -556,16 +559,20 @@ fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
 
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when
 /// they all share one priority (the common case, which then costs no allocation).
+#[inline]
 fn priority_groups(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
-    if targets.len() < 2 {
+    let (first, rest) = targets.split_first()?;
+    let p = first.config.handler_priority;
+    if rest.iter().all(|s| s.config.handler_priority == p) {
         return None;
     }
-    let uniform = targets
-        .windows(2)
-        .all(|w| w[0].config.handler_priority == w[1].config.handler_priority);
-    if uniform {
-        return None;
-    }
+    group_by_priority(targets)
+}
+
+/// [`priority_groups`] when the targets' priorities differ (rare: out of line).
+#[cold]
+#[inline(never)]
+fn group_by_priority(targets: &[Arc<SubShared>]) -> Option<Vec<Vec<Arc<SubShared>>>> {
     let mut sorted: Vec<Arc<SubShared>> = targets.to_vec();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.config.handler_priority));
     Some(

@@ -31,8 +31,14 @@ pub trait Upcast: Send + Sync + 'static {
 }
 
 /// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
-pub(crate) fn decode<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
-    // Published as a `T` in this process: the value itself, once (see `Local`).
+///
+/// A `T` published in this process carries its value beside the payload: the handler gets a
+/// clone of it (or the value itself when `env` is its last holder) instead of decoding, the
+/// same value decoding would give. `env` lets go of it (see `Local::take`).
+pub(crate) fn decode<T: Message>(
+    bus: &Weak<BusInner>,
+    env: &mut Envelope,
+) -> Result<T, CodecError> {
     if let Some(msg) = env.local.take::<T>(&env.payload) {
         return Ok(msg);
     }

@@ -30,7 +30,7 @@ use switchyard_nats::{NatsConfig, NatsTransport};
 use tokio::sync::Notify;
 
 /// The same fields as the Python `OrderPlaced` dataclass of the tests and examples.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct OrderPlaced {
     id: u64,
     sku: String,
@@ -43,7 +43,7 @@ impl Message for OrderPlaced {
 }
 
 /// What the Rust side answers an order with.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct OrderConfirmed {
     id: u64,
     by: String,
@@ -180,7 +180,7 @@ async fn nats_echo(url: &str, stream: &str, prefix: &str, n: u64) -> Result<(), 
 }
 
 /// A command any NATS client can send: a request to `_sy.cmd.<prefix>.double`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Double {
     n: i64,
 }

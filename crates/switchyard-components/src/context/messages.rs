@@ -207,6 +207,6 @@ impl<T> Completion<T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Message for Completion<T> {
+impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Message for Completion<T> {
     const TOPIC: &'static str = "component.result.complete";
 }

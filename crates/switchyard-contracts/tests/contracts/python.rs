@@ -184,7 +184,7 @@ fn the_output_is_deterministic_and_the_same_from_the_asyncapi_document() {
 
 #[test]
 fn a_property_that_cannot_be_a_python_field_is_an_error_not_a_lost_field() {
-    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[derive(Clone, Serialize, Deserialize, JsonSchema)]
     struct Bad {
         #[serde(rename = "from")]
         origin: String,

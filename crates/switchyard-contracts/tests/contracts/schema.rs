@@ -169,7 +169,7 @@ async fn the_registry_knows_topic_kind_version_schema_producers_and_consumers() 
     assert!(reg.produces::<Unregistered>("x").is_err());
 }
 
-#[derive(Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Serialize, Deserialize, JsonSchema)]
 struct Unregistered {}
 impl Message for Unregistered {
     const TOPIC: &'static str = "nowhere";

@@ -5,13 +5,13 @@ use serde::{Deserialize, Serialize};
 use switchyard::{Envelope, IntakeVerdict, Message, Topic};
 use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Line {
     sku: String,
     qty: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct OrderPlaced {
     order: u64,
     lines: Vec<Line>,
@@ -22,7 +22,7 @@ impl Message for OrderPlaced {
 }
 impl Contract for OrderPlaced {}
 
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Audit {
     who: String,
 }

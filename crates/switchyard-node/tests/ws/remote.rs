@@ -8,7 +8,7 @@ use switchyard::{Command, Envelope, Message, Outcome, SendError};
 
 use crate::support::{TestNode, WAIT};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct CreateUser {
     name: String,
 }

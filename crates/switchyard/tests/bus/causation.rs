@@ -4,17 +4,17 @@ use switchyard::{Bus, Message, MessageId};
 
 use crate::WAIT;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct One;
 impl Message for One {
     const TOPIC: &'static str = "chain.one";
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Two;
 impl Message for Two {
     const TOPIC: &'static str = "chain.two";
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Three;
 impl Message for Three {
     const TOPIC: &'static str = "chain.three";

@@ -143,7 +143,7 @@ impl<'de> serde::Deserialize<'de> for Opaque {
     }
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct MakeOpaque {
     n: u64,
 }
@@ -189,7 +189,7 @@ async fn a_typed_send_in_process_takes_the_output_as_it_is() {
 }
 
 /// A sender that expects the doubled number as an `i64`, on `Double`'s topic.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct DoubleSigned {
     n: u64,
 }

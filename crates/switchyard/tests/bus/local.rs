@@ -1,56 +1,82 @@
-//! Typed messages stay typed in process (issue 18): a typed publish hands its value to the
-//! first typed handler instead of encoding and decoding it, and every other reader decodes
-//! the payload, which is always there.
+//! Typed messages stay typed in process (issue 18): a typed publish hands every typed handler
+//! of its type a clone of the published value instead of decoding the payload, on every
+//! attempt; the payload is always there, unchanged, for every other reader.
+//!
+//! The message types here count their decodes (one counter per type, `Counted<K>`, so tests
+//! running in parallel do not share one) or cannot be decoded at all (`Opaque`), so each test
+//! fails where a handler decoded what it should have been handed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use switchyard::testkit::Recorder;
-use switchyard::{Bus, Message, Outcome};
+use switchyard::{Bus, Command, DeadLetterReason, Envelope, Kind, Message, Outcome, Topic};
 use tokio::sync::mpsc;
 
 use crate::WAIT;
 
-/// How many times a `Counted` was decoded from bytes.
-static DECODES: AtomicUsize = AtomicUsize::new(0);
+/// How many times a `Counted<K>` was decoded from bytes, per `K`.
+static DECODES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
 
-#[derive(Debug, Serialize, PartialEq)]
-struct Counted {
-    n: u64,
+fn decodes<const K: usize>() -> usize {
+    DECODES[K].load(Ordering::SeqCst)
 }
 
-impl<'de> Deserialize<'de> for Counted {
+/// An event whose decodes are counted. `log` is what handlers change in their copy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct Counted<const K: usize> {
+    n: u64,
+    log: Vec<String>,
+}
+
+impl<const K: usize> Counted<K> {
+    fn new(n: u64) -> Self {
+        Self { n, log: vec![] }
+    }
+}
+
+impl<'de, const K: usize> Deserialize<'de> for Counted<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Raw {
             n: u64,
+            log: Vec<String>,
         }
-        DECODES.fetch_add(1, Ordering::SeqCst);
-        Raw::deserialize(d).map(|r| Counted { n: r.n })
+        DECODES[K].fetch_add(1, Ordering::SeqCst);
+        Raw::deserialize(d).map(|r| Counted { n: r.n, log: r.log })
     }
 }
 
-impl Message for Counted {
+impl<const K: usize> Message for Counted<K> {
     const TOPIC: &'static str = "local.counted";
 }
 
-/// A typed subscription that sends every value it gets (and fails the first attempt of each
-/// message when `fail_first`).
-async fn typed(
+/// A typed subscription that changes its copy of every message (appends its name to `log`)
+/// and sends what it got before changing it; with `fail_first`, the first attempt of each
+/// message changes its copy and asks for a retry.
+async fn typed<const K: usize>(
     bus: &Bus,
-    name: &str,
+    name: &'static str,
     fail_first: bool,
-) -> (mpsc::UnboundedReceiver<u64>, switchyard::Subscription) {
+) -> (
+    mpsc::UnboundedReceiver<Counted<K>>,
+    switchyard::Subscription,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let sub = bus
-        .on(name, move |m: Counted, ctx| {
+        .on(name, move |mut m: Counted<K>, ctx| {
             let tx = tx.clone();
             async move {
+                let got = m.clone();
+                m.log.push(name.to_owned());
                 if fail_first && ctx.envelope().delivery.attempt == 1 {
                     return Ok::<_, String>(Outcome::retry());
                 }
-                tx.send(m.n).map_err(|e| e.to_string())?;
+                tx.send(got).map_err(|e| e.to_string())?;
+                // Changed after sending too, in case another handler still shares it.
+                m.log.push(format!("{name} again"));
+                drop(m);
                 Ok(Outcome::Ack)
             }
         })
@@ -61,7 +87,7 @@ async fn typed(
     (rx, sub)
 }
 
-async fn received(rx: &mut mpsc::UnboundedReceiver<u64>, n: usize) -> Vec<u64> {
+async fn received<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
     let mut got = Vec::new();
     while got.len() < n {
         got.push(
@@ -71,72 +97,239 @@ async fn received(rx: &mut mpsc::UnboundedReceiver<u64>, n: usize) -> Vec<u64> {
                 .unwrap(),
         );
     }
-    got.sort_unstable();
     got
 }
 
-/// One test, so that the one decode counter sees one scenario at a time.
-#[tokio::test]
-async fn a_typed_publish_hands_its_value_to_the_first_typed_handler() {
-    const N: u64 = 20;
-    let expected: Vec<u64> = (0..N).collect();
+fn sorted<const K: usize>(mut got: Vec<Counted<K>>) -> Vec<Counted<K>> {
+    got.sort_unstable_by_key(|m| m.n);
+    got
+}
 
-    // One typed subscriber beside a raw one: nothing is decoded, the raw one sees the JSON.
+const N: u64 = 20;
+
+fn originals<const K: usize>() -> Vec<Counted<K>> {
+    (0..N).map(Counted::new).collect()
+}
+
+#[tokio::test]
+async fn a_fan_out_gives_every_typed_subscriber_its_own_copy_without_decoding() {
     let bus = Bus::new();
-    let raw = Recorder::start(&bus, Counted::TOPIC).await.unwrap();
-    let (mut rx, _s) = typed(&bus, "one", false).await;
-    let before = DECODES.load(Ordering::SeqCst);
+    let raw = Recorder::start(&bus, Counted::<0>::TOPIC).await.unwrap();
+    let (mut a, _sa) = typed::<0>(&bus, "a", false).await;
+    let (mut b, _sb) = typed::<0>(&bus, "b", false).await;
+    let (mut c, _sc) = typed::<0>(&bus, "c", false).await;
+    let before = decodes::<0>();
     for n in 0..N {
-        bus.publish(Counted { n }).await.unwrap();
+        bus.publish(Counted::<0>::new(n)).await.unwrap();
     }
-    assert_eq!(received(&mut rx, N as usize).await, expected);
+    for rx in [&mut a, &mut b, &mut c] {
+        // Each one saw the value as published, whatever the others did to theirs.
+        assert_eq!(sorted(received(rx, N as usize).await), originals::<0>());
+    }
+    assert_eq!(decodes::<0>() - before, 0, "decoded in process");
+    // The raw subscriber beside them gets the JSON bytes as encoded.
     let envs = raw.wait_for(N as usize, WAIT).await.unwrap();
-    assert_eq!(&envs[3].payload[..], br#"{"n":3}"#);
+    let env = envs.iter().find(|e| e.payload.starts_with(br#"{"n":3,"#));
+    assert_eq!(&env.unwrap().payload[..], br#"{"n":3,"log":[]}"#);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_gets_a_fresh_copy_of_the_original_without_decoding() {
+    let bus = Bus::new();
+    let (mut rx, _s) = typed::<1>(&bus, "retried", true).await;
+    let (mut other, _o) = typed::<1>(&bus, "other", false).await;
+    let before = decodes::<1>();
+    for n in 0..N {
+        bus.publish(Counted::<1>::new(n)).await.unwrap();
+    }
+    // The first attempt appended to its copy before failing; the retry does not see it.
     assert_eq!(
-        DECODES.load(Ordering::SeqCst) - before,
-        0,
-        "decoded in process"
+        sorted(received(&mut rx, N as usize).await),
+        originals::<1>()
+    );
+    assert_eq!(
+        sorted(received(&mut other, N as usize).await),
+        originals::<1>()
+    );
+    assert_eq!(decodes::<1>() - before, 0, "decoded in process");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn another_type_on_the_same_topic_decodes_the_payload() {
+    let bus = Bus::new();
+    let (mut same, _s) = typed::<2>(&bus, "same", false).await;
+    let (mut other, _o) = typed::<3>(&bus, "other", false).await;
+    let (before_same, before_other) = (decodes::<2>(), decodes::<3>());
+    for n in 0..N {
+        bus.publish(Counted::<2>::new(n)).await.unwrap();
+    }
+    assert_eq!(
+        sorted(received(&mut same, N as usize).await),
+        originals::<2>()
+    );
+    assert_eq!(
+        sorted(received(&mut other, N as usize).await),
+        originals::<3>()
+    );
+    assert_eq!(decodes::<2>() - before_same, 0);
+    assert_eq!(
+        decodes::<3>() - before_other,
+        N as usize,
+        "a `Counted<3>` decodes"
     );
     bus.shutdown(WAIT).await.unwrap();
+}
 
-    // Two typed subscribers: one takes the value, the other decodes.
-    let bus = Bus::new();
-    let (mut a, _sa) = typed(&bus, "a", false).await;
-    let (mut b, _sb) = typed(&bus, "b", false).await;
-    let before = DECODES.load(Ordering::SeqCst);
-    for n in 0..N {
-        bus.publish(Counted { n }).await.unwrap();
-    }
-    assert_eq!(received(&mut a, N as usize).await, expected);
-    assert_eq!(received(&mut b, N as usize).await, expected);
-    assert_eq!(DECODES.load(Ordering::SeqCst) - before, N as usize);
-    bus.shutdown(WAIT).await.unwrap();
-
-    // A retried message: the first attempt took the value, the second decodes the payload.
-    let bus = Bus::new();
-    let (mut rx, _s) = typed(&bus, "retried", true).await;
-    let before = DECODES.load(Ordering::SeqCst);
-    for n in 0..N {
-        bus.publish(Counted { n }).await.unwrap();
-    }
-    assert_eq!(received(&mut rx, N as usize).await, expected);
-    assert_eq!(DECODES.load(Ordering::SeqCst) - before, N as usize);
-    bus.shutdown(WAIT).await.unwrap();
-
-    // A publish hook may rewrite the payload: then every handler decodes what it left.
+#[tokio::test]
+async fn with_a_publish_hook_handlers_decode_what_it_left() {
+    // A hook that rewrites the payload: every handler gets what it wrote.
     let bus = Bus::builder()
         .publish_hook(|env| {
-            env.payload = br#"{"n":99}"#.as_slice().into();
+            env.payload = br#"{"n":99,"log":["hook"]}"#.as_slice().into();
             Ok(())
         })
         .build()
         .unwrap();
-    let (mut rx, _s) = typed(&bus, "hooked", false).await;
-    let before = DECODES.load(Ordering::SeqCst);
+    let (mut a, _a) = typed::<4>(&bus, "a", false).await;
+    let (mut b, _b) = typed::<4>(&bus, "b", false).await;
+    let before = decodes::<4>();
     for n in 0..N {
-        bus.publish(Counted { n }).await.unwrap();
+        bus.publish(Counted::<4>::new(n)).await.unwrap();
     }
-    assert_eq!(received(&mut rx, N as usize).await, vec![99; N as usize]);
-    assert_eq!(DECODES.load(Ordering::SeqCst) - before, N as usize);
+    let rewritten = Counted::<4> {
+        n: 99,
+        log: vec!["hook".into()],
+    };
+    for rx in [&mut a, &mut b] {
+        assert_eq!(
+            received(rx, N as usize).await,
+            vec![rewritten.clone(); N as usize]
+        );
+    }
+    assert_eq!(decodes::<4>() - before, 2 * N as usize);
+    bus.shutdown(WAIT).await.unwrap();
+
+    // A hook that changes the payload to one of the same length: decoded all the same (the
+    // value is attached only when no hook ran).
+    let bus = Bus::builder()
+        .publish_hook(|env| {
+            env.payload = env.payload.to_ascii_uppercase().to_ascii_lowercase().into();
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let (mut rx, _s) = typed::<5>(&bus, "kept", false).await;
+    let before = decodes::<5>();
+    for n in 0..N {
+        bus.publish(Counted::<5>::new(n)).await.unwrap();
+    }
+    assert_eq!(
+        sorted(received(&mut rx, N as usize).await),
+        originals::<5>()
+    );
+    assert_eq!(decodes::<5>() - before, N as usize);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// An event that encodes but never decodes: a handler can only have it handed over.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct Opaque(u64);
+
+impl<'de> Deserialize<'de> for Opaque {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("opaque: never decoded"))
+    }
+}
+
+impl Message for Opaque {
+    const TOPIC: &'static str = "local.opaque";
+}
+
+#[tokio::test]
+async fn undecodable_values_reach_every_subscriber_and_only_payloads_are_dead_lettered() {
+    let bus = Bus::new();
+    let mut rxs = Vec::new();
+    let mut subs = Vec::new();
+    for name in ["one", "two", "three"] {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sub = bus
+            .on(name, move |m: Opaque, _| {
+                let tx = tx.clone();
+                async move { tx.send(m.0).map_err(|e| e.to_string()) }
+            })
+            .start()
+            .await
+            .unwrap();
+        rxs.push(rx);
+        subs.push(sub);
+    }
+    bus.publish(Opaque(7)).await.unwrap();
+    for rx in &mut rxs {
+        assert_eq!(received(rx, 1).await, vec![7]);
+    }
+    // The same bytes published as an envelope carry no value: each handler decodes, fails,
+    // and dead-letters the raw bytes as before.
+    let env = Envelope::new(Topic::new(Opaque::TOPIC).unwrap(), b"7".to_vec());
+    let id = env.id.clone();
+    bus.publish_envelope(env).await.unwrap();
+    bus.run_until_idle().await;
+    let letters = bus.dead_letters().unwrap().take(&id);
+    assert_eq!(letters.len(), 3);
+    for letter in letters {
+        assert_eq!(letter.reason, DeadLetterReason::DecodeFailed);
+        assert_eq!(&letter.envelope.payload[..], b"7");
+    }
+    assert!(bus.dead_letters().unwrap().is_empty());
+    for rx in &mut rxs {
+        assert!(rx.try_recv().is_err(), "no value for the envelope");
+    }
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A command that encodes but never decodes.
+#[derive(Debug, Clone, Serialize)]
+struct OpaqueDouble(u64);
+
+impl<'de> Deserialize<'de> for OpaqueDouble {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("opaque: never decoded"))
+    }
+}
+
+impl Message for OpaqueDouble {
+    const TOPIC: &'static str = "local.opaque.double";
+    const KIND: Kind = Kind::Command;
+}
+
+impl Command for OpaqueDouble {
+    type Output = u64;
+}
+
+#[tokio::test]
+async fn a_typed_send_hands_the_command_over_without_decoding() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|c: OpaqueDouble, _| async move { Ok::<_, String>(c.0 * 2) })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(OpaqueDouble(21)).await.unwrap(), 42);
+    assert_eq!(
+        bus.request(OpaqueDouble(4), WAIT).await.unwrap(),
+        8,
+        "a request too"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+
+    // With a publish hook, the handler decodes what the hook left: here it cannot.
+    let bus = Bus::builder().publish_hook(|_env| Ok(())).build().unwrap();
+    let _h = bus
+        .handle(|c: OpaqueDouble, _| async move { Ok::<_, String>(c.0 * 2) })
+        .start()
+        .await
+        .unwrap();
+    assert!(bus.send(OpaqueDouble(21)).await.is_err());
     bus.shutdown(WAIT).await.unwrap();
 }

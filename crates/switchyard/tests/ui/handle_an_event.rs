@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard::{Bus, Ctx, Message};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct UserCreated {
     id: u64,
 }

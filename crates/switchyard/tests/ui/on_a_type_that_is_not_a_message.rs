@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard::{Bus, Ctx};
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Ping {
     n: u32,
 }
