@@ -95,7 +95,13 @@ fn resolve(
                 .with_backoff(backoff.clone());
             let config =
                 config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
-            boxed(ResilienceLayer::new(name, config).layer(handler))
+            // The stack is the outermost wrap of the handler (see `register`): the bus calls it
+            // with the envelope it delivered, only the delivery bookkeeping restamped.
+            boxed(
+                ResilienceLayer::new(name, config)
+                    .called_as_delivered()
+                    .layer(handler),
+            )
         });
     Ok(ResolvedResilience {
         default_attempts,

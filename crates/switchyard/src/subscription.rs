@@ -230,7 +230,9 @@ impl Bus {
                 }
                 if let Some(resilience) = &inner.resilience {
                     // The stack's retry makes the attempts (with the backoff and the breaker);
-                    // its final answer is `Permanent`, so the worker calls it once.
+                    // its final answer is `Permanent`, so the worker calls it once. It stays
+                    // the outermost wrap: it is built `called_as_delivered` (it keeps the
+                    // delivered envelope for retries without comparing it with its request).
                     h = resilience(&config.name, h, config.max_attempts, &config.backoff);
                     config.max_attempts = 1;
                 }

@@ -113,6 +113,7 @@ pub struct ResilienceLayer {
     rate: Option<RateLimitLayer>,
     concurrency: Option<usize>,
     timeout: TimeoutLayer,
+    called_as_delivered: bool,
 }
 
 impl ResilienceLayer {
@@ -136,7 +137,21 @@ impl ResilienceLayer {
                 .map(|(rate, per, burst)| RateLimitLayer::new(rate, per).burst(burst)),
             concurrency: config.concurrency,
             timeout: TimeoutLayer::new(config.timeout),
+            called_as_delivered: false,
         }
+    }
+
+    /// Declares that every call of the services this layer makes comes straight from the bus,
+    /// with the envelope the bus delivered ([`switchyard_core::delivered`]) as it is, only its
+    /// delivery bookkeeping restamped: no layer outside the stack can have changed it. The
+    /// stack then keeps the delivered envelope for retries without first comparing it with
+    /// the one it was called with (about 100 instructions per message). The bus sets this on
+    /// the stack it wraps outermost around a handler (`BusBuilder::with_default_resilience`);
+    /// leave it off anywhere else. Debug builds still compare, and panic if the declaration is
+    /// false.
+    pub fn called_as_delivered(mut self) -> Self {
+        self.called_as_delivered = true;
+        self
     }
 
     /// The breaker's handle (state, trip, reset).
@@ -178,6 +193,7 @@ impl<S: Clone> Layer<S> for ResilienceLayer {
             clock: quanta::Clock::new(),
             dedup: self.dedup.as_ref().map(DedupLayer::parts),
             proto: Mutex::new(limited.clone()),
+            called_as_delivered: self.called_as_delivered,
         };
         Resilient::new(limited, Arc::new(core))
     }

@@ -11,7 +11,9 @@
 //! delivered envelope for retries by taking the bus's shared pointer to it
 //! ([`switchyard_core::delivered`]), and copies it only when a retry happens; called outside
 //! the bus (or with an envelope the bus did not deliver as it is), it keeps a copy of its own
-//! when the policy allows retries. Attempts after the first run
+//! when the policy allows retries. The bus's own stack is built
+//! [`called_as_delivered`](super::ResilienceLayer::called_as_delivered) and skips the
+//! comparison that tells the two cases apart (debug builds still make it, as a check). Attempts after the first run
 //! in a boxed `async` block built from the same pieces as the separate layers
 //! (`judge`, `back_off`, `Gate`, `Timeout`, `CatchPanic`), so the two paths cannot drift
 //! apart.
@@ -60,11 +62,24 @@ enum Kept {
 
 impl Kept {
     /// Keeps `env`: the bus's envelope when it is this message with this content, else a copy.
+    /// With `as_delivered` ([`ResilienceLayer::called_as_delivered`](super::ResilienceLayer::called_as_delivered))
+    /// the caller vouches that it is, and release builds skip the comparison.
     #[inline]
-    fn of(env: &Envelope) -> Self {
-        switchyard_core::delivered::with(|d| d.same_message(env).then(|| Arc::clone(d)))
-            .flatten()
-            .map_or_else(
+    fn of(env: &Envelope, as_delivered: bool) -> Self {
+        switchyard_core::delivered::with(|d| {
+            let same = if as_delivered {
+                debug_assert!(
+                    d.same_message(env),
+                    "a stack declared called_as_delivered got an envelope the bus did not deliver as it is"
+                );
+                true
+            } else {
+                d.same_message(env)
+            };
+            same.then(|| Arc::clone(d))
+        })
+        .flatten()
+        .map_or_else(
                 || Self::Copy(Box::new(env.clone())),
                 |shared| Self::Shared(shared, env.delivery),
             )
@@ -100,6 +115,9 @@ pub(crate) struct Core<S> {
     /// A copy of the inner service as built, cloned for attempts after the first (the call's
     /// own service went into the first attempt).
     pub(crate) proto: Mutex<S>,
+    /// The bus calls this stack with the envelope it delivered, as it is
+    /// ([`ResilienceLayer::called_as_delivered`](super::ResilienceLayer::called_as_delivered)).
+    pub(crate) called_as_delivered: bool,
 }
 
 impl<S: Clone> Core<S> {
@@ -283,7 +301,8 @@ where
             }
             (Ok(admitted), _) => {
                 // The envelope for later attempts, only when there can be any.
-                kept = (core.policy.get_max_attempts() > 1).then(|| Kept::of(&env));
+                kept = (core.policy.get_max_attempts() > 1)
+                    .then(|| Kept::of(&env, core.called_as_delivered));
                 let inner = &mut self.inner;
                 let called = {
                     let _current = ctx.enter();

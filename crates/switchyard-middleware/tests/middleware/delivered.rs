@@ -24,6 +24,15 @@ struct Seen {
 /// with 3 attempts, with `scoped` as the delivered envelope (if any) while the call is made
 /// and polled, as the bus does.
 async fn attempts(env: Envelope, scoped: Option<Arc<Envelope>>) -> Vec<Seen> {
+    attempts_on(env, scoped, false).await
+}
+
+/// [`attempts`], on a stack built `called_as_delivered` when `as_delivered`.
+async fn attempts_on(
+    env: Envelope,
+    scoped: Option<Arc<Envelope>>,
+    as_delivered: bool,
+) -> Vec<Seen> {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     let handler = tower::service_fn(move |mut e: Envelope| {
@@ -41,7 +50,11 @@ async fn attempts(env: Envelope, scoped: Option<Arc<Envelope>>) -> Vec<Seen> {
             .max_attempts(3)
             .initial_delay(Duration::from_millis(1)),
     );
-    let svc = ResilienceLayer::new("delivered", config).layer(handler);
+    let mut layer = ResilienceLayer::new("delivered", config);
+    if as_delivered {
+        layer = layer.called_as_delivered();
+    }
+    let svc = layer.layer(handler);
     let result = match scoped {
         Some(shared) => delivered::scope(shared, svc.oneshot(env)).await,
         None => svc.oneshot(env).await,
@@ -56,13 +69,21 @@ fn message(payload: &str) -> Envelope {
 
 #[tokio::test(start_paused = true)]
 async fn the_stack_keeps_the_delivered_envelope_and_retries_see_it_as_delivered() {
+    for as_delivered in [false, true] {
+        keeps_the_delivered_envelope(as_delivered).await;
+    }
+}
+
+/// Both ways (compared, or vouched for by `called_as_delivered`, as the bus does), the stack
+/// keeps the delivered envelope and every attempt gets it with the first delivery's stamp.
+async fn keeps_the_delivered_envelope(as_delivered: bool) {
     // As the bus does: the shared envelope is as queued (not yet stamped), the handler's
     // copy is stamped with its first delivery.
     let queued = Arc::new(message("as published"));
     let mut first = Envelope::clone(&queued);
     first.delivery.attempt = 1;
     first.delivery.first_delivered_at = Some(std::time::SystemTime::now());
-    let seen = attempts(first, Some(queued.clone())).await;
+    let seen = attempts_on(first, Some(queued.clone()), as_delivered).await;
     assert_eq!(
         seen.iter().map(|s| s.attempt).collect::<Vec<_>>(),
         [1, 2, 3]
