@@ -14,17 +14,20 @@ use bytes::Bytes;
 /// per delivery attempt) points to the one value. A typed handler of the same type gets its
 /// own clone of it instead of decoding the payload ([`Local::take`]), on every attempt, so a
 /// handler that changes its copy changes nothing another handler or a retry sees: each gets
-/// what decoding the payload would have given. The last holder of the value gets it moved
-/// out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
+/// the value as it was published (for the usual derived types, what decoding the payload
+/// gives; see [`Message`](crate::Message) for what differs). The last holder of the value
+/// gets it moved out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
 ///
 /// The payload is always there too, so transports, raw envelope handlers, hooks and dead
 /// letters see exactly what they saw without it. The bus attaches a value after its publish
 /// hooks ran (only when there are none) and only on its in-process path; nothing serializes
 /// it, so it never crosses a transport, and envelopes compare equal whatever it holds.
 ///
-/// A layer that rewrites `payload` on the way to a typed handler must clear it
-/// ([`Local::clear`]); as a guard, a value is only handed over while the payload has the
-/// length it was encoded to.
+/// A value is only handed over while the envelope's payload is the very buffer it was
+/// encoded to (same bytes in memory, same length; the value keeps a reference to that buffer,
+/// so it cannot be freed and reused meanwhile): a payload rewritten on the way (by a layer,
+/// or a handler that passes a changed copy of its envelope on) is decoded, whatever its
+/// length. A layer that rewrites `payload` may also clear the value ([`Local::clear`]).
 ///
 /// ```
 /// use switchyard_core::{Bytes, Local};
@@ -41,21 +44,25 @@ use bytes::Bytes;
 pub struct Local(Option<Arc<dyn Slot>>);
 
 trait Slot: Any + Send + Sync {
-    /// The value (a `Value<T>`) as [`Any`], to look at its type, when the payload still has
-    /// the length it had when the value was attached.
-    fn value_for(&self, payload_len: usize) -> Option<&dyn Any>;
+    /// The value (a `Value<T>`) as [`Any`], to look at its type, when `payload` is still the
+    /// buffer the value was encoded to.
+    fn value_for(&self, payload: &Bytes) -> Option<&dyn Any>;
     /// Itself as [`Any`], to take it out of the `Arc` when it is the last holder.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
 struct Value<T> {
     value: T,
-    payload_len: usize,
+    /// The payload it was encoded to: kept so that its buffer stays this payload's.
+    payload: Bytes,
 }
 
 impl<T: Clone + Send + Sync + 'static> Slot for Value<T> {
-    fn value_for(&self, payload_len: usize) -> Option<&dyn Any> {
-        (self.payload_len == payload_len).then_some(self)
+    fn value_for(&self, payload: &Bytes) -> Option<&dyn Any> {
+        // `Bytes` never changes in place and `self.payload` keeps its buffer alive, so the
+        // same address and length mean the same bytes.
+        (self.payload.as_ptr() == payload.as_ptr() && self.payload.len() == payload.len())
+            .then_some(self)
     }
 
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
@@ -68,17 +75,17 @@ impl Local {
     pub fn new<T: Clone + Send + Sync + 'static>(value: T, payload: &Bytes) -> Self {
         Self(Some(Arc::new(Value {
             value,
-            payload_len: payload.len(),
+            payload: payload.clone(),
         })))
     }
 
-    /// The value, if it is a `T` and `payload` has the length it was encoded to: a clone of
+    /// The value, if it is a `T` and `payload` is the buffer it was encoded to: a clone of
     /// the shared value, or the value itself when no other copy of this `Local` holds it.
     /// This copy lets go of it either way (it is then [empty](Self::is_empty)); other copies
     /// keep theirs.
     pub fn take<T: Clone + Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<T> {
         let slot = self.0.as_ref()?;
-        let value = slot.value_for(payload.len())?.downcast_ref::<Value<T>>()?;
+        let value = slot.value_for(payload)?.downcast_ref::<Value<T>>()?;
         if Arc::strong_count(slot) > 1 {
             let value = value.value.clone();
             self.0 = None;
@@ -132,6 +139,26 @@ mod tests {
         assert_eq!(local.take::<String>(&Bytes::from_static(b"{}")), None);
         assert!(!local.is_empty(), "a refused take keeps the value");
         assert_eq!(local.take::<String>(&payload).as_deref(), Some("one"));
+    }
+
+    #[test]
+    fn a_same_length_rewrite_is_decoded_not_taken() {
+        let payload = Bytes::from(b"{\"n\":\"4111\"}".to_vec());
+        let mut local = Local::new(String::from("4111"), &payload);
+        // The same length, other bytes (masked), as a handler passing a changed copy on.
+        let masked = Bytes::from(b"{\"n\":\"****\"}".to_vec());
+        assert_eq!(masked.len(), payload.len());
+        assert_eq!(local.take::<String>(&masked), None);
+        // Equal bytes in another buffer are not the buffer it was encoded to either.
+        assert_eq!(
+            local.take::<String>(&Bytes::copy_from_slice(&payload)),
+            None
+        );
+        // A clone of the payload shares its buffer: handed over.
+        assert_eq!(
+            local.take::<String>(&payload.clone()).as_deref(),
+            Some("4111")
+        );
     }
 
     #[test]

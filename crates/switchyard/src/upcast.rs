@@ -33,8 +33,9 @@ pub trait Upcast: Send + Sync + 'static {
 /// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
 ///
 /// A `T` published in this process carries its value beside the payload: the handler gets a
-/// clone of it (or the value itself when `env` is its last holder) instead of decoding, the
-/// same value decoding would give. `env` lets go of it (see `Local::take`).
+/// clone of it (or the value itself when `env` is its last holder) instead of decoding (the
+/// value as published; see `Message` for how it can differ from a decode). `env` lets go of
+/// it (see `Local::take`).
 pub(crate) fn decode<T: Message>(
     bus: &Weak<BusInner>,
     env: &mut Envelope,

@@ -333,3 +333,69 @@ async fn a_typed_send_hands_the_command_over_without_decoding() {
     assert!(bus.send(OpaqueDouble(21)).await.is_err());
     bus.shutdown(WAIT).await.unwrap();
 }
+
+/// A card number: the review's case of a handler that masks a payload and passes it on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Card {
+    number: String,
+}
+
+impl Message for Card {
+    const TOPIC: &'static str = "local.cards.raw";
+}
+
+/// A raw handler masks the digits of the payload (same length) and publishes the changed copy
+/// of its envelope on another topic: the typed handler there gets what that payload says,
+/// not the value the first publish carried beside the original payload. Failed before the
+/// value was tied to the payload's buffer (the guard compared lengths only, and the copy kept
+/// the value): the audit handler got the unmasked number.
+#[tokio::test]
+async fn a_passed_on_envelope_with_a_rewritten_payload_is_decoded_not_handed_the_old_value() {
+    let bus = Bus::new();
+    let republisher = bus.clone();
+    let _redactor = bus
+        .subscribe(
+            "redactor",
+            Card::TOPIC,
+            switchyard::handler_fn(move |env: Envelope| {
+                let bus = republisher.clone();
+                async move {
+                    let mut out = env.clone();
+                    out.topic = Topic::new("local.cards.redacted").unwrap();
+                    let masked: Vec<u8> = env
+                        .payload
+                        .iter()
+                        .map(|b| if b.is_ascii_digit() { b'*' } else { *b })
+                        .collect();
+                    out.payload = masked.into();
+                    bus.publish_envelope(out).await?;
+                    Ok::<_, switchyard::BoxError>(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _audit = bus
+        .on("audit", move |c: Card, _ctx| {
+            let tx = tx.clone();
+            async move { tx.send(c).map_err(|e| e.to_string()) }
+        })
+        .pattern("local.cards.redacted")
+        .start()
+        .await
+        .unwrap();
+
+    bus.publish(Card {
+        number: "4111111111111111".into(),
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.number, "****************");
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
