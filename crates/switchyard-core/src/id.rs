@@ -143,7 +143,9 @@ fn ulid_at(now: SystemTime) -> Ulid {
             last.set((start, end, bits + 1));
             return Ulid(bits + 1);
         }
-        let ulid = Ulid::from_datetime(now);
+        // A fresh draw, told apart from a forked parent's (see `salted`): one system call per
+        // millisecond and thread.
+        let ulid = Ulid(salted(Ulid::from_datetime(now).0, std::process::id()));
         // The millisecond the ULID's time part names (before the epoch: the epoch's, which
         // `from_datetime` uses too; then the window is empty and every id draws afresh).
         let ms = UNIX_EPOCH.checked_add(Duration::from_millis(ulid.timestamp_ms()));
@@ -153,6 +155,23 @@ fn ulid_at(now: SystemTime) -> Ulid {
         last.set((start, end, ulid.0));
         ulid
     })
+}
+
+/// `bits` (a freshly drawn ULID) with `pid` folded into its random part. A process forked
+/// from another starts with a copy of its parent's random generator (rand's thread generator
+/// does not reseed after `fork`, e.g. Python's `multiprocessing`), so parent and child would
+/// otherwise draw the same random parts and, in the same millisecond, the same ids, which
+/// dedup and the NATS duplicate window would then drop as repeats. The mix is a bijection of
+/// the 32-bit process id into the low 64 bits, so two processes never fold in the same salt;
+/// the time part is untouched. (A child's ids in the very millisecond of the fork continue
+/// its parent's run, until its first fresh draw.)
+fn salted(bits: u128, pid: u32) -> u128 {
+    // splitmix64's finalizer: a bijection on u64 that spreads every input bit.
+    let mut z = u64::from(pid).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    bits ^ u128::from(z)
 }
 
 /// The ULID `s` spells, if `s` is the canonical spelling of one. `Ulid::from_string` also
@@ -305,6 +324,22 @@ pub enum MessageIdError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_same_draw_in_two_processes_gives_two_ids() {
+        // A forked child draws what its parent draws; the process id tells them apart, and
+        // leaves the time part as it was.
+        let drawn = Ulid::from_datetime(std::time::SystemTime::now()).0;
+        let parent = salted(drawn, 4242);
+        let child = salted(drawn, 4243);
+        assert_ne!(parent, child);
+        assert_eq!(parent >> 80, drawn >> 80);
+        assert_eq!(child >> 80, drawn >> 80);
+        // Every process id folds in its own salt.
+        let salts: std::collections::HashSet<u128> =
+            (1..=100_000u32).map(|pid| salted(0, pid)).collect();
+        assert_eq!(salts.len(), 100_000);
+    }
 
     #[test]
     fn ids_of_one_millisecond_are_distinct_increasing_ulids_of_that_millisecond() {
