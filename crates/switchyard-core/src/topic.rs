@@ -70,15 +70,11 @@ impl TopicError {
     }
 }
 
-fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
-    validate_ascii(s, allow_wildcards)
-}
-
 /// [`validate_segments`] in one pass over the bytes, falling back to it at the first
 /// non-ASCII byte: the general path (a `str` split and a `char` scan per segment) cost about
 /// 500 instructions per message. Gives the same verdicts (test
 /// `the_ascii_validator_agrees_with_the_general_one`).
-fn validate_ascii(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
+fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
     match ascii_verdict(s, allow_wildcards) {
         Verdict::Valid => Ok(()),
         Verdict::Invalid(kind) => Err(TopicError::new(s, kind)),

@@ -46,7 +46,7 @@ struct Spare {
     proto: Option<BoxHandler>,
     spare: Vec<BoxHandler>,
     /// Emptied run boxes, a `Vec<Cell<F>>` for the one future type `F` of `run` (its type
-    /// cannot be named, so it is kept as `Any`; see [`Recycle`]).
+    /// cannot be named, so it is kept as `Any`; see [`Run::recycle`]).
     cells: Option<Box<dyn Any + Send>>,
 }
 
