@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use switchyard::{Bus, DeadLetterReason, Envelope, Message, Outcome, Topic};
 
-use crate::Ping;
+use crate::{Ping, ReadyGate};
 
 #[tokio::test]
 async fn panicking_handler_does_not_kill_its_worker() {
@@ -212,23 +212,17 @@ async fn a_handler_that_is_not_ready_leaves_messages_queued() {
     assert_eq!(gate.handled.load(Ordering::SeqCst), 3);
 }
 
-/// A handler that is not ready until opened (as an open circuit breaker or a rate limit is),
-/// shared by every worker's clone; opening it wakes each worker that waits.
+/// A handler that is not ready until opened ([`ReadyGate`]), shared by every worker's clone;
+/// counts what it handled.
 #[derive(Clone, Default)]
 struct SharedGate {
-    open: Arc<std::sync::atomic::AtomicBool>,
-    wakers: Arc<std::sync::Mutex<Vec<std::task::Waker>>>,
+    gate: ReadyGate,
     handled: Arc<AtomicU32>,
 }
 
 impl SharedGate {
     fn set(&self, open: bool) {
-        self.open.store(open, Ordering::SeqCst);
-        if open {
-            for w in self.wakers.lock().unwrap().drain(..) {
-                w.wake();
-            }
-        }
+        self.gate.set(open);
     }
 }
 
@@ -241,11 +235,7 @@ impl tower::Service<switchyard::Envelope> for SharedGate {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        if self.open.load(Ordering::SeqCst) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        self.wakers.lock().unwrap().push(cx.waker().clone());
-        std::task::Poll::Pending
+        self.gate.poll(cx)
     }
 
     fn call(&mut self, _env: switchyard::Envelope) -> Self::Future {

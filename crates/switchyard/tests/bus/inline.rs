@@ -10,7 +10,7 @@ use switchyard::testkit::VirtualClock;
 use switchyard::{Bus, DeadLetterReason, SendError};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::{Double, WAIT};
+use crate::{Double, ReadyGate, WAIT};
 
 /// The task a handler call ran on, as the handler saw it.
 type Tasks = Arc<Mutex<Vec<Option<tokio::task::Id>>>>;
@@ -488,19 +488,9 @@ async fn a_sender_of_inline_commands_lets_other_tasks_run() {
 /// its calls ran on and whether any came while it was closed.
 #[derive(Clone)]
 struct Gated {
-    open: Arc<AtomicBool>,
-    wakers: Arc<Mutex<Vec<std::task::Waker>>>,
+    gate: ReadyGate,
     calls_while_closed: Arc<AtomicUsize>,
     tasks: Tasks,
-}
-
-impl Gated {
-    fn release(&self) {
-        self.open.store(true, Ordering::SeqCst);
-        for waker in self.wakers.lock().unwrap().drain(..) {
-            waker.wake();
-        }
-    }
 }
 
 impl tower::Service<switchyard::Envelope> for Gated {
@@ -512,15 +502,11 @@ impl tower::Service<switchyard::Envelope> for Gated {
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), switchyard::BoxError>> {
-        if self.open.load(Ordering::SeqCst) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        self.wakers.lock().unwrap().push(cx.waker().clone());
-        std::task::Poll::Pending
+        self.gate.poll(cx)
     }
 
     fn call(&mut self, env: switchyard::Envelope) -> Self::Future {
-        if !self.open.load(Ordering::SeqCst) {
+        if !self.gate.is_open() {
             self.calls_while_closed.fetch_add(1, Ordering::SeqCst);
         }
         self.tasks.lock().unwrap().push(tokio::task::try_id());
@@ -535,8 +521,7 @@ impl tower::Service<switchyard::Envelope> for Gated {
 async fn a_command_to_a_handler_not_ready_is_queued_and_runs_once_ready() {
     let bus = Bus::new();
     let gated = Gated {
-        open: Arc::default(),
-        wakers: Arc::default(),
+        gate: ReadyGate::default(),
         calls_while_closed: Arc::default(),
         tasks: Arc::default(),
     };
@@ -568,7 +553,7 @@ async fn a_command_to_a_handler_not_ready_is_queued_and_runs_once_ready() {
         gated.tasks.lock().unwrap().is_empty(),
         "handled while not ready"
     );
-    gated.release();
+    gated.gate.set(true);
     let (sender_task, out) = tokio::time::timeout(WAIT, sender)
         .await
         .expect("the queued command did not run once the handler was ready")

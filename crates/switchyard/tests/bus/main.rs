@@ -45,3 +45,42 @@ impl Command for Double {
 
 /// Longest wait for an expected event.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Readiness for test handlers that must not be ready until a test says so (as an open
+/// circuit breaker or a rate limit is not): `poll` is `Pending` while closed, keeping the
+/// waker; opening wakes every task that waits. Clones share one gate, so every worker's
+/// clone of a handler sees it open.
+#[derive(Clone, Default)]
+pub struct ReadyGate {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    wakers: std::sync::Arc<std::sync::Mutex<Vec<std::task::Waker>>>,
+}
+
+impl ReadyGate {
+    /// Opens (waking the waiters) or closes the gate.
+    pub fn set(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+        if open {
+            for waker in self.wakers.lock().unwrap().drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether it is open.
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A handler's `poll_ready`: ready while open, else pending until opened.
+    pub fn poll(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), switchyard::BoxError>> {
+        if self.is_open() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.wakers.lock().unwrap().push(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
