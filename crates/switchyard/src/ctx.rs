@@ -175,30 +175,31 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
-        let (f, bus, name) = (f.clone(), bus.clone(), name.clone());
-        async move {
-            let weak = bus;
-            let bus = upgrade(&weak)?;
-            let Some(first) = envs.first().cloned() else {
-                return Ok(Outcome::Ack);
-            };
-            let mut msgs = Vec::with_capacity(envs.len());
-            for mut env in envs {
-                match crate::upcast::decode::<T>(&weak, &mut env) {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => bus.inner().dead_letter(
-                        DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())
-                            .with_handler(name.clone()),
-                    ),
-                }
+        // Decoded and handed to `f` in `call`, as in `typed_event` (the worker calls it
+        // inside the panic capture too).
+        let bus_handle = match upgrade(&bus) {
+            Ok(bus) => bus,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        let Some(first) = envs.first().cloned() else {
+            return Either::Left(ready(Ok(Outcome::Ack)));
+        };
+        let mut msgs = Vec::with_capacity(envs.len());
+        for mut env in envs {
+            match crate::upcast::decode::<T>(&bus, &mut env) {
+                Ok(m) => msgs.push(m),
+                Err(e) => bus_handle.inner().dead_letter(
+                    DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())
+                        .with_handler(name.clone()),
+                ),
             }
-            if msgs.is_empty() {
-                return Ok(Outcome::Ack);
-            }
-            f(msgs, Ctx::new(bus, first))
-                .await
-                .map(IntoOutcome::into_outcome)
-                .map_err(Into::into)
         }
+        if msgs.is_empty() {
+            return Either::Left(ready(Ok(Outcome::Ack)));
+        }
+        Either::Right(
+            f(msgs, Ctx::new(bus_handle, first))
+                .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
+        )
     }))
 }

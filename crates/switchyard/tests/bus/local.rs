@@ -411,11 +411,12 @@ impl Clone for CloneCounter {
     }
 }
 
-/// A typed handler's closure is cloned when its workers start, not once per message: its
-/// captures are often reference counts that every subscription shares (a counter, a pool,
-/// a channel), which a per-message clone and drop writes from every worker's thread. Failed
-/// before the typed wrapper called the handler in `call`: it cloned the closure into the
-/// future of every call (N more clones for N messages, per handler).
+/// A typed handler's closure (event, command, batch) is cloned when its workers start, not
+/// once per message: its captures are often reference counts that every subscription shares
+/// (a counter, a pool, a channel), which a per-message clone and drop writes from every
+/// worker's thread. Failed before the typed wrappers called the handler in `call`: they
+/// cloned the closure into the future of every call (N more clones for N messages, per
+/// handler).
 #[tokio::test]
 async fn typed_handlers_are_not_cloned_per_message() {
     let bus = Bus::new();
@@ -432,6 +433,23 @@ async fn typed_handlers_are_not_cloned_per_message() {
         .start()
         .await
         .unwrap();
+    let (batch_tx, mut batches) = mpsc::unbounded_channel();
+    let batched = CloneCounter(std::sync::Arc::clone(&clones));
+    let _batch = bus
+        .on_batch("batched", move |ms: Vec<Counted<6>>, _ctx| {
+            let _keep = &batched;
+            let tx = batch_tx.clone();
+            async move {
+                for m in ms {
+                    tx.send(m.n).map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .batch(1, Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
     let doubled = CloneCounter(std::sync::Arc::clone(&clones));
     let _command = bus
         .handle(move |c: OpaqueDouble, _ctx| {
@@ -444,6 +462,7 @@ async fn typed_handlers_are_not_cloned_per_message() {
     // A first message each, so anything made lazily for a handler exists before counting.
     bus.publish(Counted::<6>::new(0)).await.unwrap();
     assert_eq!(received(&mut rx, 1).await, vec![0]);
+    assert_eq!(received(&mut batches, 1).await, vec![0]);
     assert_eq!(bus.send(OpaqueDouble(1)).await.unwrap(), 2);
     let before = clones.load(Ordering::SeqCst);
     for n in 1..=N {
@@ -452,6 +471,10 @@ async fn typed_handlers_are_not_cloned_per_message() {
     }
     assert_eq!(
         sorted_n(received(&mut rx, N as usize).await),
+        (1..=N).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sorted_n(received(&mut batches, N as usize).await),
         (1..=N).collect::<Vec<_>>()
     );
     assert_eq!(
