@@ -84,7 +84,11 @@ impl Local {
         if !value.encoded_to(payload) {
             return None;
         }
-        if self.0.as_ref().is_some_and(|slot| Arc::strong_count(slot) > 1) {
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|slot| Arc::strong_count(slot) > 1)
+        {
             let value = value.value.clone();
             self.0 = None;
             return Some(value);

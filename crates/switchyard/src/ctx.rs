@@ -96,8 +96,10 @@ fn upgrade(bus: &Weak<BusInner>) -> Result<Bus, BoxError> {
 ///
 /// The message is decoded (or taken: see `upcast::decode`) and handed to `f` in `call` itself,
 /// which the bus runs inside the delivered scope and the panic capture as it does the polls:
-/// the future is then `f`'s own, mapped, with no clone of `f` or of the bus's `Weak` per call
-/// (atomics on counts every handler of the bus shares) and no async block moving it.
+/// the future is then `f`'s own, mapped, with no clone of `f` (whose captures are often
+/// reference counts every subscription shares, written from every worker's thread) or of the
+/// bus's `Weak` per call, and no async block moving it. `f`'s synchronous part therefore runs
+/// when the handler is called, not when its future is first polled.
 pub(crate) fn typed_event<T, F, Fut, O, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
     T: Message,
@@ -144,19 +146,17 @@ where
         // What the reply needs of the command, so the handler gets the envelope itself
         // rather than a copy of it.
         let reply_to = env.reply_address();
-        Either::Right(
-            f(cmd, Ctx::new(bus, env)).map(move |output| {
-                let output = output.map_err(Into::into)?;
-                // A typed sender in this process takes the output as it is: no reply
-                // envelope, no encoding and decoding. Any other sender gets the JSON reply.
-                let output = match crate::state::offer_typed(output) {
-                    Ok(()) => return Ok(Outcome::Ack),
-                    Err(output) => output,
-                };
-                let payload = serde_json::to_vec(&output)?;
-                Ok(Outcome::reply(reply_to.reply(payload)))
-            }),
-        )
+        Either::Right(f(cmd, Ctx::new(bus, env)).map(move |output| {
+            let output = output.map_err(Into::into)?;
+            // A typed sender in this process takes the output as it is: no reply
+            // envelope, no encoding and decoding. Any other sender gets the JSON reply.
+            let output = match crate::state::offer_typed(output) {
+                Ok(()) => return Ok(Outcome::Ack),
+                Err(output) => output,
+            };
+            let payload = serde_json::to_vec(&output)?;
+            Ok(Outcome::reply(reply_to.reply(payload)))
+        }))
     }))
 }
 
