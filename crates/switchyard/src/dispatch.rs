@@ -15,7 +15,6 @@ use switchyard_core::{
     BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
     Envelope, Outcome, Permanent, SendError,
 };
-use tower::ServiceExt;
 
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, SingleHandler};

@@ -3,7 +3,6 @@
 //! in `ctx`.)
 
 use std::future::Future;
-#[cfg(feature = "middleware")]
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -79,6 +78,44 @@ impl SingleHandler {
     pub(crate) fn resilient(stack: ResilientHandler) -> Self {
         Self::Resilient(Box::new(Stacked { stack, kept: None }))
     }
+}
+
+impl SingleHandler {
+    /// Waits until the handler is ready, as `tower::ServiceExt::ready` (which this shadows
+    /// for the workers), with a poll that always inlines into the worker's loop.
+    #[inline(always)]
+    pub(crate) fn ready(&mut self) -> Ready<'_> {
+        Ready(Some(self))
+    }
+}
+
+/// The future of [`SingleHandler::ready`].
+pub(crate) struct Ready<'a>(Option<&'a mut SingleHandler>);
+
+impl<'a> Future for Ready<'a> {
+    type Output = Result<&'a mut SingleHandler, BoxError>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(svc) = this.0.take() else {
+            return Poll::Ready(Err(polled_after_ready()));
+        };
+        match Callee::poll_ready(&mut *svc, cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(svc)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.0 = Some(svc);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_ready() -> BoxError {
+    "readiness polled after it was ready".into()
 }
 
 impl Clone for SingleHandler {
@@ -213,11 +250,15 @@ impl Callee<Envelope> for SingleHandler {
     #[inline(always)]
     fn recycle(&mut self, ended: SingleFuture) {
         #[cfg(feature = "middleware")]
-        match (self, ended) {
-            (Self::Resilient(s), SingleFuture::Stacked(InBox(slot))) if slot.is_none() => {
-                s.kept = Some(slot);
+        match ended {
+            SingleFuture::Boxed(fut) => drop(fut),
+            SingleFuture::Stacked(InBox(slot)) => {
+                if let Self::Resilient(s) = self
+                    && slot.is_none()
+                {
+                    s.kept = Some(slot);
+                }
             }
-            (_, ended) => drop(ended),
         }
         #[cfg(not(feature = "middleware"))]
         drop(ended);
