@@ -82,40 +82,24 @@ impl SingleHandler {
 
 impl SingleHandler {
     /// Waits until the handler is ready, as `tower::ServiceExt::ready` (which this shadows
-    /// for the workers), with a poll that always inlines into the worker's loop.
+    /// for the workers) but giving nothing back: a poll small enough to inline into the
+    /// worker's loop.
     #[inline(always)]
     pub(crate) fn ready(&mut self) -> Ready<'_> {
-        Ready(Some(self))
+        Ready(self)
     }
 }
 
 /// The future of [`SingleHandler::ready`].
-pub(crate) struct Ready<'a>(Option<&'a mut SingleHandler>);
+pub(crate) struct Ready<'a>(&'a mut SingleHandler);
 
-impl<'a> Future for Ready<'a> {
-    type Output = Result<&'a mut SingleHandler, BoxError>;
+impl Future for Ready<'_> {
+    type Output = Result<(), BoxError>;
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Some(svc) = this.0.take() else {
-            return Poll::Ready(Err(polled_after_ready()));
-        };
-        match Callee::poll_ready(&mut *svc, cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(svc)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                this.0 = Some(svc);
-                Poll::Pending
-            }
-        }
+        Callee::poll_ready(&mut *self.get_mut().0, cx)
     }
-}
-
-#[cold]
-#[inline(never)]
-fn polled_after_ready() -> BoxError {
-    "readiness polled after it was ready".into()
 }
 
 impl Clone for SingleHandler {
