@@ -33,7 +33,8 @@ impl Bus {
         // A typed handler in this process gets the command as it is (see `Local`); a publish
         // hook clears it, nothing sends it over a transport.
         env.local = Local::new(cmd, &env.payload);
-        self.send_typed::<C>(env, None).await
+        // Moved once into its shared allocation: the nested futures carry a pointer.
+        self.send_typed::<C>(Arc::new(env), None).await
     }
 
     /// Sends a request: a command with a deadline. Past the deadline the caller gets
@@ -46,14 +47,16 @@ impl Bus {
         let mut env = cmd.to_envelope()?;
         env.kind = Kind::Request;
         env.local = Local::new(cmd, &env.payload);
-        self.send_typed::<C>(env, Some(deadline)).await
+        self.send_typed::<C>(Arc::new(env), Some(deadline)).await
     }
 
+    /// `env`: an envelope, or one already put in its `Arc` (the futures then carry a pointer).
     pub(crate) async fn send_typed<C: Command>(
         &self,
-        env: Envelope,
+        env: impl Into<Arc<Envelope>>,
         deadline: Option<Duration>,
     ) -> Result<C::Output, SendError> {
+        let env = env.into();
         // A typed handler in this process hands its output over as it is (when its output
         // type is this one); from anywhere else the reply is decoded.
         let wanted: WantedType = TypeId::of::<C::Output>;
@@ -87,32 +90,49 @@ impl Bus {
     /// that carries commands across processes (NATS), the command goes to one of the
     /// processes serving its topic; with none (or no such transport) this fails at once with
     /// `SendError::NoHandler`.
-    pub async fn send_envelope(&self, env: Envelope) -> Result<CommandResult, SendError> {
-        // Everything up to the wait is synchronous: the envelope moves once into its shared
-        // allocation instead of through every nested future's state.
-        let start = self.start_command(env, None)?;
-        Ok(self.finish_command(start, None).await?.into_result())
+    ///
+    /// Nothing is checked or sent before the returned future is first polled.
+    pub fn send_envelope(
+        &self,
+        env: Envelope,
+    ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
+        // The envelope moves once, now, into the shared allocation the handling points to:
+        // the future carries a pointer, not the envelope, through every nested state (an
+        // `async fn` would copy it into its own state and again into each call).
+        let env = Arc::new(env);
+        async move {
+            // Everything up to the wait is synchronous.
+            let start = self.start_command(env, None)?;
+            Ok(self.finish_command(start, None).await?.into_result())
+        }
     }
 
     /// Checks, hooks, finds the handler and queues the command when its queue takes it
     /// without waiting: all a send does before it waits.
     /// `typed`: the output type the sender takes as it is from a typed handler.
+    /// `env` is not shared yet (it was just put in its `Arc`), so it is changed in place.
     fn start_command(
         &self,
-        mut env: Envelope,
+        mut env: Arc<Envelope>,
         typed: Option<WantedType>,
     ) -> Result<Start<'_>, SendError> {
         self.check_running()?;
-        inherit_parent(&mut env);
-        self.run_hooks(&mut env)?;
-        if env.kind == Kind::Event {
-            env.kind = Kind::Command;
+        {
+            // Unshared: `make_mut` hands out the envelope itself, it never copies here.
+            let env = Arc::make_mut(&mut env);
+            inherit_parent(env);
+            self.run_hooks(env)?;
+            if env.kind == Kind::Event {
+                env.kind = Kind::Command;
+            }
         }
-        // Shared from here on: moved once, into the allocation the queue entry points to.
-        let env = Arc::new(env);
         let handler = {
             let commands = self.inner.commands.read();
             commands.get(&env.topic).and_then(|slot| {
+                // The session header is only looked for when a session has a handler here.
+                if slot.sessions.is_empty() {
+                    return slot.global.clone();
+                }
                 env.header(SESSION_HEADER)
                     .and_then(|s| slot.sessions.get(s))
                     .or(slot.global.as_ref())
@@ -205,7 +225,7 @@ impl Bus {
         deadline: Duration,
     ) -> Result<CommandResult, SendError> {
         Ok(self
-            .request_within(env, deadline, None)
+            .request_within(Arc::new(env), deadline, None)
             .await?
             .into_result())
     }
@@ -213,15 +233,19 @@ impl Bus {
     /// A request: a command with a deadline; `typed` as in `start_command`.
     async fn request_within(
         &self,
-        mut env: Envelope,
+        mut env: Arc<Envelope>,
         deadline: Duration,
         typed: Option<WantedType>,
     ) -> Result<Finished, SendError> {
-        if env.kind == Kind::Event || env.kind == Kind::Command {
-            env.kind = Kind::Request;
+        {
+            // Not shared yet: changed in place, never copied.
+            let env = Arc::make_mut(&mut env);
+            if env.kind == Kind::Event || env.kind == Kind::Command {
+                env.kind = Kind::Request;
+            }
+            // The handler sees it (`Ctx::deadline`); a transport carries what is left of it.
+            env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
         }
-        // The handler sees it (`Ctx::deadline`); a transport carries what is left of it.
-        env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
         let send = async {
             let start = self.start_command(env, typed)?;
             self.finish_command(start, Some(deadline)).await
@@ -254,6 +278,7 @@ enum Finished {
 }
 
 impl Finished {
+    #[inline(always)] // see `Answer::into_result`
     fn into_result(self) -> CommandResult {
         match self {
             Self::Local(answer, handler) => answer.into_result(handler.config.name.clone()),

@@ -31,6 +31,7 @@ pub(crate) struct Answer {
 impl Answer {
     /// The public result, for the handler named `handler` (a typed output, which only a
     /// typed sender asks for, is dropped).
+    #[inline(always)] // built in the caller's place: the reply is copied once, out of its box
     pub(crate) fn into_result(self, handler: SmolStr) -> CommandResult {
         CommandResult {
             reply: self.reply.map(|r| *r),
