@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
-use crate::inline::InlineRun;
+use crate::inline::{InlineRun, Refused};
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
@@ -156,18 +156,19 @@ impl Bus {
             return Err(filtered(&handler));
         };
         // Run on this task when the handler is free (`inline.rs`), else queued.
-        if let Ok(run) =
-            handler.try_inline(&self.inner, &env, lane.as_ref(), CommandReply::kept(typed))
-        {
-            return Ok(Start::Inline(handler, run));
-        }
+        let (handler, env) =
+            match handler.try_inline(&self.inner, env, lane.as_ref(), CommandReply::kept(typed)) {
+                Ok(run) => return Ok(Start::Inline(run)),
+                Err(Refused { sub, env, .. }) => (sub, env),
+            };
         let (tx, rx) = CommandReply::channel(typed);
         match handler.try_push_command(&self.inner, env, tx, lane) {
             Ok(result) => {
                 self.command_enqueued(&handler, result)?;
                 Ok(Start::Queued(handler, rx))
             }
-            Err(entry) => Ok(Start::Wait(handler, entry, rx)),
+            // Boxed: the rare wait for room does not make every start larger.
+            Err(entry) => Ok(Start::Wait(handler, Box::new(entry), rx)),
         }
     }
 
@@ -182,17 +183,19 @@ impl Bus {
             Start::Queued(handler, rx) => (handler, rx),
             Start::Wait(handler, entry, rx) => {
                 // Boxed: the rare wait for room does not make every send's future larger.
-                let result = Box::pin(handler.finish_enqueue(&self.inner, entry)).await;
+                let result = Box::pin(handler.finish_enqueue(&self.inner, *entry)).await;
                 self.command_enqueued(&handler, result)?;
                 (handler, rx)
             }
-            Start::Inline(handler, run) => {
-                let answer = run.await.unwrap_or_else(|| Err(stopped()));
+            Start::Inline(run) => {
+                let (answer, handler) = run.await;
                 // A handler that never waits makes a send that never waits: the sender's task
                 // yields now and then (tokio's budget), as it did waiting on the answer.
                 tokio::task::consume_budget().await;
-                let answer = answer?;
-                return Ok(Finished::Local(answer, handler));
+                let (Some(answer), Some(handler)) = (answer, handler) else {
+                    return Err(stopped());
+                };
+                return Ok(Finished::Local(answer?, handler));
             }
             Start::Remote(remote, env) => {
                 // Not shared with anyone: unwrapped without a copy of its fields.
@@ -262,9 +265,10 @@ enum Start<'a> {
     /// Queued for a handler on this bus; its answer comes on the receiver.
     Queued(Arc<SubShared>, AnswerRx),
     /// For a handler on this bus whose full queue makes the sender wait for room.
-    Wait(Arc<SubShared>, Entry, AnswerRx),
-    /// Being handled on the sender's task (`inline.rs`), which gives the answer.
-    Inline(Arc<SubShared>, InlineRun),
+    Wait(Arc<SubShared>, Box<Entry>, AnswerRx),
+    /// Being handled on the sender's task (`inline.rs`), which gives the answer and the
+    /// handler back.
+    Inline(InlineRun),
     /// No handler here: the transport carries it to another process.
     Remote(&'a dyn RemoteCommands, Arc<Envelope>),
 }
@@ -451,12 +455,12 @@ impl SubShared {
         };
         // From here a reply dropped unanswered answers (`RemoteReply`'s drop); a command
         // refused below is answered here instead, before the slot is marked.
-        let mut reply = match self.try_inline(&bus, &env, lane.as_ref(), reply) {
+        let (env, mut reply) = match Arc::clone(self).try_inline(&bus, env, lane.as_ref(), reply) {
             Ok(run) => {
                 slot.set_queued();
                 return Ok(Taken::Inline(run, deadline));
             }
-            Err(reply) => reply,
+            Err(Refused { env, reply, .. }) => (env, reply),
         };
         let answered = deadline.map(|d| {
             let (tx, rx) = oneshot::channel();

@@ -144,32 +144,43 @@ where
 }
 
 /// A command being handled on its sender's task. Awaiting it runs the handler and gives the
-/// answer (`None` when shutdown stopped it); dropping it before it finished hands the rest
-/// of the run to a task of its own.
+/// answer (`None` when shutdown stopped it) and the handler's subscription, which it holds
+/// meanwhile (`None` when polled again after that); dropping it before it finished hands the
+/// rest of the run to a task of its own.
 pub(crate) struct InlineRun(Option<(BoxedRun, Arc<SubShared>)>);
+
+/// What [`InlineRun`] gives: the answer and the subscription handed back.
+pub(crate) type InlineOutput = (Option<Answered>, Option<Arc<SubShared>>);
+
+/// A command [`SubShared::try_inline`] did not take, handed back to be queued.
+pub(crate) struct Refused {
+    pub(crate) sub: Arc<SubShared>,
+    pub(crate) env: Arc<Envelope>,
+    pub(crate) reply: CommandReply,
+}
 
 /// A run in its box, its type erased.
 type BoxedRun = Pin<Box<dyn Run>>;
 
 impl Future for InlineRun {
-    type Output = Option<Answered>;
+    type Output = InlineOutput;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Answered>> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<InlineOutput> {
         let Some((run, _)) = self.0.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready((None, None));
         };
         let Poll::Ready(output) = run.as_mut().poll(cx) else {
             return Poll::Pending;
         };
         // A filled box gives `Some`; its handler and the box are kept for the next run.
         let Some((run, sub)) = self.0.take() else {
-            return Poll::Ready(None);
+            return Poll::Ready((None, None));
         };
         let (answer, handler) = output.unzip();
         if let Some(handler) = handler {
             run.recycle(&sub, handler);
         }
-        Poll::Ready(answer.flatten())
+        Poll::Ready((answer.flatten(), Some(sub)))
     }
 }
 
@@ -228,24 +239,33 @@ impl Drop for Slot {
 impl SubShared {
     /// Takes a worker slot for a command whose handler can take it right now, and returns its
     /// run, which answers on `reply` as the worker would (a [kept](CommandReply::kept) reply's
-    /// answer is the run's output); `Err(reply)` (the command is queued instead) when the
-    /// handler does not run inline, a rule stands in the way (see `Queue::try_take_inline`)
-    /// or the handler is not ready.
-    #[allow(clippy::result_large_err)] // the reply goes back by value, to be queued
+    /// answer is the run's output) and holds `self` until it hands it back; the command back
+    /// (it is queued instead) when the handler does not run inline, a rule stands in the way
+    /// (see `Queue::try_take_inline`) or the handler is not ready. Everything is passed by
+    /// value, so a run moves the sender's pointers instead of counting them up and down.
+    #[allow(clippy::result_large_err)] // the command goes back by value, to be queued
     pub(crate) fn try_inline(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         bus: &Arc<BusInner>,
-        env: &Arc<Envelope>,
+        env: Arc<Envelope>,
         lane: Option<&SmolStr>,
         reply: CommandReply,
-    ) -> Result<InlineRun, CommandReply> {
+    ) -> Result<InlineRun, Refused> {
         let Some((mut svc, cell)) = self.inline_handlers.take(run) else {
-            return Err(reply);
+            return Err(Refused {
+                sub: self,
+                env,
+                reply,
+            });
         };
-        let Some(seq) = self.queue.try_take_inline(env, lane) else {
+        let Some(seq) = self.queue.try_take_inline(&env, lane) else {
             self.inline_handlers
                 .give_back(svc, cell, self.config.workers);
-            return Err(reply);
+            return Err(Refused {
+                sub: self,
+                env,
+                reply,
+            });
         };
         // Polled once: a handler that cannot take the command now (an open breaker, a rate
         // limit) leaves it to the queue, as a worker would. Nothing waits on this waker.
@@ -256,15 +276,19 @@ impl SubShared {
             self.inline_handlers
                 .give_back(svc, cell, self.config.workers);
             self.queue.finish_inline(seq, lane, false);
-            return Err(reply);
+            return Err(Refused {
+                sub: self,
+                env,
+                reply,
+            });
         }
         let slot = Slot {
-            sub: Arc::clone(self),
+            sub: Arc::clone(&self),
             seq,
             lane: lane.cloned(),
             accepted: Some(bus.pending.accept()),
         };
-        let run_of = run((slot, Arc::clone(bus), svc, Arc::clone(env), reply));
+        let run_of = run((slot, Arc::clone(bus), svc, env, reply));
         // A kept box is refilled where it is; a new one only when none was kept.
         let cell = match cell {
             Some(mut cell) => {
@@ -273,7 +297,7 @@ impl SubShared {
             }
             None => Box::pin(OptionFuture::from(Some(run_of))),
         };
-        Ok(InlineRun(Some((cell, Arc::clone(self)))))
+        Ok(InlineRun(Some((cell, self))))
     }
 }
 
