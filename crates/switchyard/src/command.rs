@@ -221,16 +221,21 @@ impl Bus {
         result
     }
 
-    /// [`send_envelope`](Self::send_envelope) with a deadline.
-    pub async fn request_envelope(
+    /// [`send_envelope`](Self::send_envelope) with a deadline (which starts when the returned
+    /// future is first polled).
+    pub fn request_envelope(
         &self,
         env: Envelope,
         deadline: Duration,
-    ) -> Result<CommandResult, SendError> {
-        Ok(self
-            .request_within(Arc::new(env), deadline, None)
-            .await?
-            .into_result())
+    ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
+        // As in `send_envelope`: the future carries a pointer, not the envelope.
+        let env = Arc::new(env);
+        async move {
+            Ok(self
+                .request_within(env, deadline, None)
+                .await?
+                .into_result())
+        }
     }
 
     /// A request: a command with a deadline; `typed` as in `start_command`.

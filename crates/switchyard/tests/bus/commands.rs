@@ -262,3 +262,63 @@ async fn the_handler_sees_the_requests_deadline() {
         "a command sent without a deadline has none"
     );
 }
+
+/// `send_envelope` and `request_envelope` put the envelope in its shared allocation when
+/// called, but send nothing until polled: a future dropped unpolled reaches no handler, and a
+/// request's deadline starts at its first poll, not at the call.
+#[tokio::test(flavor = "current_thread")]
+async fn an_envelope_command_goes_nowhere_until_its_future_is_polled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use switchyard::{Envelope, Outcome, Topic, handler_fn};
+
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let _h = bus
+        .handle_envelope(
+            "echo",
+            "env.echo",
+            handler_fn(move |env: Envelope| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok::<_, std::convert::Infallible>(Outcome::reply(
+                        env.reply(env.payload.clone()),
+                    ))
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let topic = Topic::new("env.echo").unwrap();
+
+    drop(bus.send_envelope(Envelope::new(topic.clone(), "dropped")));
+    drop(bus.request_envelope(
+        Envelope::new(topic.clone(), "dropped too"),
+        Duration::from_secs(1),
+    ));
+    bus.run_until_idle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "an unpolled send reached the handler"
+    );
+
+    // Made now, polled after more than its deadline: the deadline counts from the poll.
+    let request =
+        bus.request_envelope(Envelope::new(topic.clone(), "late"), Duration::from_secs(1));
+    clock.advance(Duration::from_secs(5)).await;
+    let result = request
+        .await
+        .expect("the deadline started before the first poll");
+    assert_eq!(&result.reply.unwrap().payload[..], b"late");
+    let result = bus
+        .send_envelope(Envelope::new(topic, "sent"))
+        .await
+        .unwrap();
+    assert_eq!(&result.reply.unwrap().payload[..], b"sent");
+    assert_eq!(result.handler, "echo");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
