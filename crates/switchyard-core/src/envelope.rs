@@ -418,14 +418,7 @@ impl Envelope {
 
     /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.
     pub fn reply(&self, payload: impl Into<Bytes>) -> Envelope {
-        // Built from borrowed fields, without an intermediate `ReplyAddress`.
-        reply_to(
-            self.topic.clone(),
-            self.id.clone(),
-            self.correlation_id.clone(),
-            self.rare().source.clone(),
-            payload.into(),
-        )
+        self.reply_address().reply(payload)
     }
 
     /// What a reply to this message takes from it, kept apart so that the message itself can
@@ -484,48 +477,15 @@ impl ReplyAddress {
     /// The reply: kind `Reply`, the message's topic, caused by and correlated with it,
     /// addressed to its source.
     pub fn reply(self, payload: impl Into<Bytes>) -> Envelope {
-        reply_to(
-            self.topic,
-            self.id,
-            self.correlation_id,
-            self.source,
-            payload.into(),
-        )
-    }
-}
-
-/// A reply to the message `id` on `topic`: built as one struct literal, in the place it is
-/// returned to (not through `Envelope::new` and field writes, nor the by-value `caused_by`,
-/// each of which costs a move of the whole envelope or a clone of its id): handlers build
-/// one of these per command.
-fn reply_to(
-    topic: Topic,
-    id: MessageId,
-    correlation_id: MessageId,
-    source: Option<SmolStr>,
-    payload: Bytes,
-) -> Envelope {
-    // One clock read for both the id's time part and the timestamp.
-    let now = SystemTime::now();
-    Envelope {
-        id: MessageId::made_at(now),
-        topic,
-        kind: Kind::Reply,
-        correlation_id,
-        priority: Priority::NORMAL,
-        timestamp: now,
-        type_name: None,
-        type_version: 1,
-        payload,
-        delivery: DeliveryInfo::default(),
-        local: Local::default(),
-        rare: Some(Box::new(Rare {
-            causation_id: Some(id),
-            source: None,
-            target: source,
-            headers: Headers::new(),
-            content_type: None,
-        })),
+        // Filled in place (not through the by-value `caused_by`, which moves the whole
+        // envelope once more): handlers build one of these per command.
+        let mut reply = Envelope::new(self.topic, payload);
+        reply.kind = Kind::Reply;
+        reply.correlation_id = self.correlation_id;
+        let rare = reply.rare_mut();
+        rare.causation_id = Some(self.id);
+        rare.target = self.source;
+        reply
     }
 }
 
