@@ -87,6 +87,7 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
+    #[inline]
     pub(super) fn push(&mut self, entry: Slot) {
         let p = Reverse(entry.env.priority);
         match self.levels.binary_search_by_key(&p, |(k, _)| *k) {
@@ -95,27 +96,32 @@ impl Waiting {
         }
     }
 
+    #[inline]
     pub(super) fn first_level(&self) -> Option<usize> {
         self.levels.iter().position(|(_, q)| !q.is_empty())
     }
 
     /// Key of the message that would come out next.
+    #[inline]
     pub(super) fn first_key(&self) -> Option<Key> {
         let (p, q) = &self.levels[self.first_level()?];
         q.front().map(|e| (*p, e.seq))
     }
 
+    #[inline]
     pub(super) fn pop_first(&mut self) -> Option<Slot> {
         let i = self.first_level()?;
         self.levels[i].1.pop_front()
     }
 
     /// Removes the oldest message of one priority level (drop-oldest).
+    #[inline]
     pub(super) fn pop_front_of(&mut self, p: Reverse<Priority>) -> Option<Slot> {
         let i = self.levels.binary_search_by_key(&p, |(k, _)| *k).ok()?;
         self.levels[i].1.pop_front()
     }
 
+    #[inline]
     pub(super) fn drain(&mut self) -> impl Iterator<Item = Slot> + use<> {
         std::mem::take(&mut self.levels)
             .into_iter()
@@ -135,18 +141,22 @@ pub(super) struct Lane {
 pub(super) struct LaneItems(VecDeque<Slot>);
 
 impl LaneItems {
+    #[inline]
     pub(super) fn push(&mut self, entry: Slot) {
         self.0.push_back(entry);
     }
 
+    #[inline]
     pub(super) fn first_key(&self) -> Option<Key> {
         self.0.front().map(|e| (Reverse(e.env.priority), e.seq))
     }
 
+    #[inline]
     pub(super) fn pop_first(&mut self) -> Option<Slot> {
         self.0.pop_front()
     }
 
+    #[inline]
     pub(super) fn drain(&mut self) -> impl Iterator<Item = Slot> + use<> {
         std::mem::take(&mut self.0).into_iter()
     }
