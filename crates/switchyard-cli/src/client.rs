@@ -22,6 +22,7 @@ pub struct Remote {
     /// Bearer token (or JWT) for a node with auth on.
     #[arg(
         long,
+        global = true,
         env = "SWITCHYARD_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN"

@@ -356,3 +356,43 @@ async fn run(command: Command) -> Result<(), CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    /// Every connection flag is accepted after a nested subcommand (`dlq list`) as well as
+    /// before it, the token included.
+    #[test]
+    fn connection_flags_are_accepted_after_a_nested_subcommand() {
+        for args in [
+            [
+                "switchyard",
+                "dlq",
+                "list",
+                "--token",
+                "t0k",
+                "--url",
+                "http://n:1",
+            ],
+            [
+                "switchyard",
+                "dlq",
+                "--token",
+                "t0k",
+                "--url",
+                "http://n:1",
+                "list",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Dlq { remote, .. } = cli.command else {
+                panic!("parsed as {:?}", cli.command);
+            };
+            assert_eq!(remote.token.as_deref(), Some("t0k"), "{args:?}");
+            assert_eq!(remote.url.as_deref(), Some("http://n:1"), "{args:?}");
+        }
+    }
+}

@@ -2,6 +2,8 @@
 //! types with their schemas under `components`, and a `send` / `receive` operation per
 //! producer / consumer.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::{Map, Value, json};
 
 use crate::registry::{MessageType, Registry};
@@ -41,44 +43,91 @@ fn key(s: &str) -> String {
         .collect()
 }
 
+/// The keys handed out in one map of the document (channels, messages, operations or
+/// schemas). Each distinct thing gets one key and no two share one: a name is reduced to
+/// [`key`]'s characters, so two names (`orders/eu` and `orders_eu`, or a component
+/// `billing svc` beside `billing_svc`) can reduce to the same text, and without this the
+/// second would silently replace the first. A later one gets `_2`, `_3`, ... appended.
+#[derive(Default)]
+struct Keys {
+    /// What each thing got, by what identifies it.
+    given: HashMap<String, String>,
+    taken: HashSet<String>,
+}
+
+impl Keys {
+    /// The key of the thing identified by `id`, `base` (already reduced by [`key`]) or
+    /// `base` with the first free suffix.
+    fn of(&mut self, id: &str, base: String) -> String {
+        if let Some(k) = self.given.get(id) {
+            return k.clone();
+        }
+        let mut k = base.clone();
+        let mut n = 2;
+        while self.taken.contains(&k) {
+            k = format!("{base}_{n}");
+            n += 1;
+        }
+        self.taken.insert(k.clone());
+        self.given.insert(id.to_owned(), k.clone());
+        k
+    }
+}
+
 /// Moves `$defs` / `definitions` of a message schema into `components.schemas` and points
-/// the `$ref`s there (AsyncAPI resolves references against the whole document).
-fn hoist(schema: &Value, schemas: &mut Map<String, Value>) -> Value {
+/// the `$ref`s there (AsyncAPI resolves references against the whole document). Two message
+/// types often share a definition (the same `Address`): it is kept once. Two different
+/// definitions of one name (each type's own `Address`) each get a key of their own, and each
+/// message's references point at its own.
+fn hoist(schema: &Value, schemas: &mut Map<String, Value>, keys: &mut Keys) -> Value {
     let mut schema = schema.clone();
-    if let Value::Object(m) = &mut schema {
-        m.remove("$schema");
-        for defs in ["$defs", "definitions"] {
-            if let Some(Value::Object(d)) = m.remove(defs) {
-                for (name, mut s) in d {
-                    rewrite_refs(&mut s);
-                    schemas.entry(key(&name)).or_insert(s);
-                }
-            }
+    let Value::Object(m) = &mut schema else {
+        return schema;
+    };
+    m.remove("$schema");
+    let mut defs = Vec::new();
+    for section in ["$defs", "definitions"] {
+        if let Some(Value::Object(d)) = m.remove(section) {
+            defs.extend(d);
         }
     }
-    rewrite_refs(&mut schema);
+    // A definition is identified by its name and its text as the type declared it.
+    let renamed: HashMap<String, String> = defs
+        .iter()
+        .map(|(name, s)| (name.clone(), keys.of(&format!("{name}\0{s}"), key(name))))
+        .collect();
+    for (name, mut s) in defs {
+        rewrite_refs(&mut s, &renamed);
+        if let Some(k) = renamed.get(&name) {
+            schemas.entry(k.clone()).or_insert(s);
+        }
+    }
+    rewrite_refs(&mut schema, &renamed);
     schema
 }
 
-fn rewrite_refs(v: &mut Value) {
+/// Points local `$ref`s (`#/$defs/<name>`, `#/definitions/<name>`) at the keys the
+/// definitions got under `components.schemas`.
+fn rewrite_refs(v: &mut Value, renamed: &HashMap<String, String>) {
     match v {
         Value::Object(m) => {
             if let Some(Value::String(r)) = m.get_mut("$ref") {
                 for prefix in ["#/$defs/", "#/definitions/"] {
                     if let Some(name) = r.strip_prefix(prefix) {
-                        *r = format!("#/components/schemas/{}", key(name));
+                        let k = renamed.get(name).cloned().unwrap_or_else(|| key(name));
+                        *r = format!("#/components/schemas/{k}");
                         break;
                     }
                 }
             }
-            m.values_mut().for_each(rewrite_refs);
+            m.values_mut().for_each(|v| rewrite_refs(v, renamed));
         }
-        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        Value::Array(a) => a.iter_mut().for_each(|v| rewrite_refs(v, renamed)),
         _ => {}
     }
 }
 
-fn message(ty: &MessageType, schemas: &mut Map<String, Value>) -> Value {
+fn message(ty: &MessageType, schemas: &mut Map<String, Value>, keys: &mut Keys) -> Value {
     json!({
         "name": ty.name,
         "title": ty.name,
@@ -91,7 +140,7 @@ fn message(ty: &MessageType, schemas: &mut Map<String, Value>) -> Value {
                 "type_version": {"type": "integer", "const": ty.version},
             }
         },
-        "payload": hoist(&ty.schema, schemas),
+        "payload": hoist(&ty.schema, schemas, keys),
         "x-switchyard-kind": ty.kind,
         "x-switchyard-version": ty.version,
     })
@@ -122,10 +171,16 @@ pub fn export(registry: &Registry, info: &Info) -> Value {
     let mut operations = Map::new();
     let mut messages = Map::new();
     let mut schemas = Map::new();
+    // Keys per map of the document, so no two topics, types, operations or definitions
+    // share one (see `Keys`).
+    let mut chan_keys = Keys::default();
+    let mut msg_keys = Keys::default();
+    let mut op_keys = Keys::default();
+    let mut schema_keys = Keys::default();
     for ty in registry.types() {
-        let msg_key = key(&ty.name);
-        let chan_key = key(&ty.topic);
-        messages.insert(msg_key.clone(), message(ty, &mut schemas));
+        let msg_key = msg_keys.of(&ty.name, key(&ty.name));
+        let chan_key = chan_keys.of(&ty.topic, key(&ty.topic));
+        messages.insert(msg_key.clone(), message(ty, &mut schemas, &mut schema_keys));
         let chan = channels
             .entry(chan_key.clone())
             .or_insert_with(|| json!({"address": ty.topic, "messages": {}}));
@@ -137,8 +192,12 @@ pub fn export(registry: &Registry, info: &Info) -> Value {
         }
         for (action, who) in [("send", &ty.producers), ("receive", &ty.consumers)] {
             for component in who {
-                operations.insert(
+                let op_key = op_keys.of(
+                    &format!("{component}\0{action}\0{}", ty.name),
                     format!("{}.{action}.{msg_key}", key(component)),
+                );
+                operations.insert(
+                    op_key,
                     json!({
                         "action": action,
                         "channel": {"$ref": format!("#/channels/{chan_key}")},

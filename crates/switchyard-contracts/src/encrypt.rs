@@ -241,6 +241,13 @@ impl Keyring {
 ///   [`accept_plaintext`](Self::accept_plaintext) (for switching encryption on over a log
 ///   that already holds plaintext).
 ///
+/// - Dead letters (on a bus with a transport): a message of an encrypted topic is dead-lettered
+///   sealed, whether it could not be opened (kept as it arrived) or its handler failed or
+///   rejected it (sealed again before the dead-letter sink stores it), so the dead-letter
+///   queue holds no plaintext of an encrypted topic. Browsing shows the ciphertext with its
+///   key id; [`open`](Self::open) reads it, and a replay publishes it as it is (sealing leaves
+///   a sealed payload alone), to be opened on its way back in.
+///
 /// Only what goes through the transport is sealed: on a bus without a transport, nothing is.
 #[derive(Debug, Clone)]
 pub struct Encryption {
@@ -380,5 +387,11 @@ impl TransportCodec for Encryption {
     fn decode(&self, env: &mut Envelope) -> Result<(), String> {
         self.open(env)
             .map_err(|e| format!("payload decryption failed: {e}"))
+    }
+
+    /// `true`: a message of an encrypted topic whose handler failed is dead-lettered sealed,
+    /// not in plaintext (sealing leaves a sealed payload as it is, so a replay works).
+    fn encodes_dead_letters(&self) -> bool {
+        true
     }
 }

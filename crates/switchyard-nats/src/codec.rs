@@ -2,7 +2,8 @@
 //!
 //! | header | field |
 //! | --- | --- |
-//! | `Nats-Msg-Id` | `id` (also JetStream's dedup key) |
+//! | `Nats-Msg-Id` | `id` (also JetStream's dedup key); for a replayed dead letter `<id>.replay-<n>` |
+//! | `Sy-Id` | `id`, only when `Nats-Msg-Id` is not the id (a replay) |
 //! | `Sy-Kind` | `kind` (`command`, `request`, `reply`; omitted for `event`) |
 //! | `Sy-Correlation-Id`, `Sy-Causation-Id` | ids |
 //! | `Sy-Source`, `Sy-Target` | component names |
@@ -30,10 +31,13 @@ use async_nats::HeaderMap;
 use async_nats::header::NATS_MESSAGE_ID;
 use bytes::Bytes;
 use smol_str::SmolStr;
+use switchyard_core::dead_letter::REPLAY_COUNT;
 use switchyard_core::{DeliveryInfo, Envelope, JSON, Kind, MessageId, Priority, Topic};
 
 /// `Nats-Msg-Id` as a name to match ([`NATS_MESSAGE_ID`] is the header name to send).
 const MSG_ID: &str = "Nats-Msg-Id";
+/// The id, when `Nats-Msg-Id` carries another dedup key (a replay).
+const ID: &str = "Sy-Id";
 const KIND: &str = "Sy-Kind";
 const CORRELATION: &str = "Sy-Correlation-Id";
 const CAUSATION: &str = "Sy-Causation-Id";
@@ -90,7 +94,19 @@ pub(crate) fn unescape(s: &str) -> String {
 /// The headers carrying `env`'s fields.
 pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(NATS_MESSAGE_ID, env.id.to_string().as_str());
+    // A replayed dead letter keeps its id, which JetStream saw when it was first published:
+    // within the duplicate window the replay would be dropped as a repeat of it (and the
+    // dead letter, replayed "successfully", removed). Its dedup key adds the replay count, so
+    // a replay is stored once (its own resends are still dropped) and the id travels in
+    // `Sy-Id`.
+    let id = env.id.to_string();
+    match replay_count(env) {
+        Some(n) => {
+            h.insert(NATS_MESSAGE_ID, format!("{id}.replay-{n}").as_str());
+            h.insert(ID, id.as_str());
+        }
+        None => h.insert(NATS_MESSAGE_ID, id.as_str()),
+    }
     if env.kind != Kind::Event {
         h.insert(KIND, env.kind.as_str());
     }
@@ -189,6 +205,11 @@ fn kind(s: &str) -> Kind {
     }
 }
 
+/// The replay count of a replayed dead letter ([`REPLAY_COUNT`], a number), if it is one.
+fn replay_count(env: &Envelope) -> Option<u32> {
+    env.header(REPLAY_COUNT).and_then(|n| n.parse().ok())
+}
+
 /// Rebuilds an envelope. Messages from publishers that are not switchyard get defaults: a
 /// fresh id (when they have no valid `Nats-Msg-Id`), kind event, the current time.
 pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) -> Envelope {
@@ -198,6 +219,7 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
     };
     // One pass over the headers (a lookup by name builds the name and hashes it, per field).
     let mut id = None;
+    let mut own_id = None;
     let mut correlation = None;
     let mut causation = None;
     let mut user = Vec::new();
@@ -209,6 +231,7 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
         let v = v.as_str();
         match name {
             MSG_ID => id = parse_id(Some(v)),
+            ID => own_id = parse_id(Some(v)),
             KIND => env.kind = kind(v),
             CORRELATION => correlation = parse_id(Some(v)),
             CAUSATION => causation = parse_id(Some(v)),
@@ -239,7 +262,8 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
             },
         }
     }
-    if let Some(id) = id {
+    // A replay's `Nats-Msg-Id` is its dedup key; `Sy-Id` is then its id.
+    if let Some(id) = own_id.or(id) {
         env.id = id.clone();
         env.correlation_id = id;
     }

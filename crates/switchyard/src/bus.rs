@@ -102,7 +102,9 @@ impl Bus {
 
     /// Sends a dead letter to the configured sink (the default in-memory store, or the one
     /// given to [`BusBuilder::dead_letters`]); for components that give up on a message
-    /// themselves, such as a flow-level error handler.
+    /// themselves, such as a flow-level error handler. On a bus with a transport, codecs that
+    /// keep dead letters encoded ([`TransportCodec::encodes_dead_letters`](crate::TransportCodec::encodes_dead_letters))
+    /// encode it first, as they do the bus's own dead letters.
     pub fn dead_letter(&self, letter: DeadLetter) {
         self.inner.dead_letter(letter);
     }

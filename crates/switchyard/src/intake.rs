@@ -52,6 +52,21 @@ pub trait TransportCodec: Send + Sync + 'static {
     /// to the dead-letter sink with reason `DecodeFailed` and the text as its error, and the
     /// delivery is terminated so it is not redelivered.
     fn decode(&self, env: &mut Envelope) -> Result<(), String>;
+
+    /// Whether dead letters are kept encoded too: `true` makes the bus (on a transport) run
+    /// [`encode`](Self::encode) on every dead letter's envelope before the dead-letter sink
+    /// stores it, so a message that is encoded at rest in the transport (an encrypted topic)
+    /// is not stored decoded (in plaintext) in the dead-letter queue when its handler fails.
+    /// A dead letter of a message that did not decode is kept as it arrived, already encoded.
+    ///
+    /// Only for a codec whose `encode` leaves an already encoded envelope as it is (as
+    /// `switchyard-contracts`' `Encryption` does: a payload with a key id is not sealed again),
+    /// since replaying such a dead letter publishes it encoded. Default `false`: dead letters
+    /// are stored decoded. When `encode` fails on a dead letter, it is stored as it is (it is
+    /// never lost) and the failure is logged.
+    fn encodes_dead_letters(&self) -> bool {
+        false
+    }
 }
 
 impl<T: TransportCodec + ?Sized> TransportCodec for Arc<T> {
@@ -61,6 +76,10 @@ impl<T: TransportCodec + ?Sized> TransportCodec for Arc<T> {
 
     fn decode(&self, env: &mut Envelope) -> Result<(), String> {
         (**self).decode(env)
+    }
+
+    fn encodes_dead_letters(&self) -> bool {
+        (**self).encodes_dead_letters()
     }
 }
 

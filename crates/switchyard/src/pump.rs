@@ -180,7 +180,7 @@ impl SubShared {
         why: String,
     ) {
         inc(&self.counters.dead_lettered);
-        bus.dead_letter(
+        bus.dead_letter_as_arrived(
             DeadLetter::new(delivery.envelope.clone(), reason, why)
                 .with_handler(self.config.name.clone()),
         );

@@ -179,7 +179,31 @@ pub(crate) struct BusInner {
 }
 
 impl BusInner {
-    pub(crate) fn dead_letter(&self, letter: DeadLetter) {
+    /// Stores a dead letter, encoded first by the codecs that keep dead letters encoded
+    /// ([`TransportCodec::encodes_dead_letters`](crate::TransportCodec::encodes_dead_letters)),
+    /// on a bus with a transport (without one, codecs never run).
+    pub(crate) fn dead_letter(&self, mut letter: DeadLetter) {
+        if self.transport.is_some() {
+            for codec in self.codecs.iter().filter(|c| c.encodes_dead_letters()) {
+                let mut encoded = letter.envelope.clone();
+                match codec.encode(&mut encoded) {
+                    Ok(()) => letter.envelope = encoded,
+                    // Kept as it is: a dead letter is never lost.
+                    Err(e) => tracing::error!(
+                        message_id = %letter.envelope.id,
+                        topic = %letter.envelope.topic,
+                        error = %e,
+                        "could not encode a dead letter: it is stored decoded"
+                    ),
+                }
+            }
+        }
+        self.dead_letters.put(letter);
+    }
+
+    /// Stores a dead letter whose envelope is as it arrived from the transport (still
+    /// encoded), without encoding it again.
+    pub(crate) fn dead_letter_as_arrived(&self, letter: DeadLetter) {
         self.dead_letters.put(letter);
     }
 

@@ -107,3 +107,137 @@ fn the_export_validates_against_the_official_asyncapi_3_schema() {
     broken["operations"]["signup.send.CustomerSignedUp"]["action"] = "publish".into();
     assert!(!validator.is_valid(&broken));
 }
+
+/// Two definitions of one name, for two message types.
+mod eu {
+    use serde::{Deserialize, Serialize};
+    use switchyard_contracts::JsonSchema;
+
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Address {
+        pub street: String,
+    }
+}
+
+mod us {
+    use serde::{Deserialize, Serialize};
+    use switchyard_contracts::JsonSchema;
+
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Address {
+        pub zip: u32,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, switchyard_contracts::JsonSchema)]
+struct EuOrderPlaced {
+    ship_to: eu::Address,
+}
+impl switchyard::Message for EuOrderPlaced {
+    // `/` is allowed in a topic, and is not in a document key.
+    const TOPIC: &'static str = "orders/eu.placed";
+}
+impl switchyard_contracts::Contract for EuOrderPlaced {}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, switchyard_contracts::JsonSchema)]
+struct UsOrderPlaced {
+    ship_to: us::Address,
+}
+impl switchyard::Message for UsOrderPlaced {
+    const TOPIC: &'static str = "orders_eu.placed";
+}
+impl switchyard_contracts::Contract for UsOrderPlaced {}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, switchyard_contracts::JsonSchema)]
+struct EuOrderShipped {
+    ship_to: eu::Address,
+}
+impl switchyard::Message for EuOrderShipped {
+    const TOPIC: &'static str = "orders/eu.shipped";
+}
+impl switchyard_contracts::Contract for EuOrderShipped {}
+
+#[test]
+fn names_that_reduce_to_the_same_key_keep_their_own_channel_operation_and_schema() {
+    let mut reg = Registry::new();
+    reg.register::<EuOrderPlaced>()
+        .unwrap()
+        .register::<UsOrderPlaced>()
+        .unwrap()
+        .produces::<EuOrderPlaced>("billing svc")
+        .unwrap()
+        .produces::<EuOrderPlaced>("billing_svc")
+        .unwrap()
+        // Shares its definition of `eu::Address`: kept once.
+        .register::<EuOrderShipped>()
+        .unwrap()
+        // A third `Address`, of its own.
+        .register::<CustomerSignedUp>()
+        .unwrap();
+    let doc = asyncapi::export(&reg, &asyncapi::Info::default());
+
+    // Each topic has its own channel, holding only its own message.
+    let channels = doc["channels"].as_object().unwrap();
+    let mut addresses: Vec<&str> = channels
+        .values()
+        .map(|c| c["address"].as_str().unwrap())
+        .collect();
+    addresses.sort_unstable();
+    assert_eq!(
+        addresses,
+        [
+            "customers.signed_up",
+            "orders/eu.placed",
+            "orders/eu.shipped",
+            "orders_eu.placed"
+        ]
+    );
+    for channel in channels.values() {
+        assert_eq!(
+            channel["messages"].as_object().unwrap().len(),
+            1,
+            "{channel}"
+        );
+    }
+
+    // Both producers have their own operation.
+    let summaries: Vec<&str> = doc["operations"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|op| op["summary"].as_str().unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert!(summaries.contains(&"billing svc sends EuOrderPlaced"));
+    assert!(summaries.contains(&"billing_svc sends EuOrderPlaced"));
+
+    // Each message's address resolves to its own definition.
+    let resolve = |msg: &str| {
+        let r = doc["components"]["messages"][msg]["payload"]["properties"]["ship_to"]["$ref"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        doc.pointer(&r[1..]).unwrap().clone()
+    };
+    assert_eq!(
+        resolve("EuOrderPlaced")["properties"]["street"]["type"],
+        "string"
+    );
+    assert_eq!(
+        resolve("UsOrderPlaced")["properties"]["zip"]["type"],
+        "integer"
+    );
+    assert_eq!(resolve("EuOrderShipped"), resolve("EuOrderPlaced"));
+    let addresses = doc["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("Address"))
+        .count();
+    assert_eq!(addresses, 3, "{}", doc["components"]["schemas"]);
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in all {
+        assert!(doc.pointer(&r[1..]).is_some(), "dangling {r}");
+    }
+}

@@ -376,3 +376,57 @@ fn sealing_binds_the_topic_and_rotation_keeps_old_keys() {
         charge(10)
     );
 }
+
+/// A message of an encrypted topic that its handler rejects is dead-lettered sealed, not in
+/// plaintext; it opens with the keyring, and replayed as it is, it reaches the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_message_of_an_encrypted_topic_is_dead_lettered_sealed_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dtx, mut letters) = mpsc::unbounded_channel();
+    let bus = Bus::builder()
+        .transport(open_log(dir.path()))
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .dead_letters(Letters(dtx))
+        .build()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let rejected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _sub = bus
+        .on("billing", move |c: CardCharged, _ctx| {
+            let (tx, rejected) = (tx.clone(), rejected.clone());
+            async move {
+                // The first delivery is rejected, the replay is taken.
+                if !rejected.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(switchyard::Outcome::reject("card declined"));
+                }
+                tx.send(c).map_err(|e| e.to_string())?;
+                Ok::<_, String>(switchyard::Outcome::Ack)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(charge(13)).await.unwrap();
+
+    let letter = next(&mut letters).await;
+    assert_eq!(letter.reason, DeadLetterReason::Rejected);
+    assert_eq!(letter.envelope.header(KEY_HEADER), Some("k1"));
+    assert!(
+        !contains(&letter.envelope.payload, MARKER.as_bytes()),
+        "no plaintext in the dead letter"
+    );
+    let mut opened = letter.envelope.clone();
+    encryption(keys(&[("k1", 1)])).open(&mut opened).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<CardCharged>(&opened.payload).unwrap(),
+        charge(13)
+    );
+
+    bus.publish_envelope(letter.envelope).await.unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        charge(13),
+        "the replay opens on its way in"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}

@@ -18,6 +18,14 @@ use smol_str::SmolStr;
 
 use crate::envelope::Envelope;
 
+/// Header set on a replayed message: the handler that dead-lettered it (`unknown` when the
+/// dead letter names none).
+pub const REPLAYED_FROM: &str = "replayed-from";
+/// Header set on a replayed message: how many times it has been replayed. A replay keeps the
+/// message's id; transports that drop a repeated id as a duplicate (NATS JetStream's
+/// duplicate window) tell a replay from a resend by this count.
+pub const REPLAY_COUNT: &str = "replay-count";
+
 /// Why a message was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,11 +7,7 @@ use switchyard_core::{
 
 use super::{DeadLetterFilter, DeadLetterQueue, ReplayError};
 
-/// Header set on a replayed message: the handler that dead-lettered it (`unknown` when the
-/// dead letter names none).
-pub const REPLAYED_FROM: &str = "replayed-from";
-/// Header set on a replayed message: how many times it has been replayed.
-pub const REPLAY_COUNT: &str = "replay-count";
+pub use switchyard_core::dead_letter::{REPLAY_COUNT, REPLAYED_FROM};
 
 /// Where replayed messages go: usually the bus's publish.
 ///

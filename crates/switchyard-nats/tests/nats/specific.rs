@@ -47,6 +47,50 @@ async fn same_id_twice_is_stored_once() {
     let _ = t.delete_stream(&setup.namespace).await;
 }
 
+/// A replayed dead letter keeps its id, which JetStream saw when it was first published:
+/// within the duplicate window it is stored again all the same (once, however often it is
+/// resent), and delivered with its id.
+#[tokio::test]
+async fn a_replay_of_a_stored_id_is_stored_again_and_keeps_its_id() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let h = NatsHarness::shared();
+    let setup = Setup::new();
+    let t = NatsTransport::connect(h.config(&setup)).await.unwrap();
+    let first = Envelope::new(setup.topic("replayed").unwrap(), "first");
+    t.publish(vec![first.clone()]).await.unwrap();
+    let mut replay = first.clone();
+    replay.payload = "replay".into();
+    replay
+        .headers_mut()
+        .insert(switchyard_core::dead_letter::REPLAY_COUNT, "1");
+    // The replay, and a resend of it (a publish retried after a lost ack).
+    t.publish(vec![replay.clone()]).await.unwrap();
+    t.publish(vec![replay.clone()]).await.unwrap();
+    assert_eq!(t.health().duplicates, 1, "only the resend is a duplicate");
+
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    for want in ["first", "replay"] {
+        let d = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&d.envelope.payload[..], want.as_bytes());
+        assert_eq!(d.envelope.id, first.id, "{want} keeps the id");
+        d.ack().await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "the resent replay was delivered"
+    );
+    drop(sub);
+    t.close(Instant::now() + WAIT).await.unwrap();
+    let _ = t.delete_stream(&setup.namespace).await;
+}
+
 #[tokio::test]
 async fn topic_without_stream_is_refused() {
     if shared_unavailable().is_some() {
