@@ -234,7 +234,7 @@ impl Bus {
         {
             env.local = Local::new(msg, &env.payload);
         }
-        let env = Arc::new(env);
+        let env = crate::queue::spare::shared(env);
         let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
             None => match self.try_deliver_events(&targets, &env) {

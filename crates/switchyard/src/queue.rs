@@ -434,8 +434,9 @@ impl Queue {
         }
     }
 
-    /// Queues `entry`, releases the lock, wakes an idle worker if there is one, and frees a
-    /// settled envelope on this (the publisher's) thread, outside the lock.
+    /// Queues `entry`, releases the lock, wakes an idle worker if there is one, and leaves a
+    /// settled envelope on this (the publisher's) thread, outside the lock, for the next
+    /// publish to reuse its block ([`spare`]).
     fn insert_and_wake(&self, mut st: MutexGuard<'_, State>, entry: Entry) {
         st.insert(entry);
         let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
@@ -444,7 +445,9 @@ impl Queue {
         if wake {
             self.not_empty.notify_one();
         }
-        drop(spent);
+        if let Some(spent) = spent {
+            spare::keep(spent);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -796,6 +799,7 @@ impl Taken {
 }
 
 mod inline;
+pub(crate) mod spare;
 mod waiting;
 
 #[cfg(test)]
