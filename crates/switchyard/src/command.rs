@@ -108,8 +108,9 @@ impl Bus {
         if env.kind == Kind::Event {
             env.kind = Kind::Command;
         }
-        // Shared from here on: moved once, into the allocation the queue entry points to.
-        let env = Arc::new(env);
+        // Shared from here on: moved once, into the allocation the queue entry points to
+        // (a settled message's block when this thread kept one, `queue/spare.rs`).
+        let env = crate::queue::spare::shared(env);
         let handler = {
             let commands = self.inner.commands.read();
             commands.get(&env.topic).and_then(|slot| {
@@ -420,7 +421,7 @@ impl SubShared {
             topic: topic.clone(),
             handler: self.config.name.clone(),
         });
-        let env = Arc::new(env);
+        let env = crate::queue::spare::shared(env);
         let Some(lane) = self.admit(&env) else {
             return Err(filtered(self));
         };
