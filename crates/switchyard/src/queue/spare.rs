@@ -5,7 +5,8 @@
 //! (`State::spent`), which dropped them there. Instead the pusher leaves the last one here,
 //! and the next publish on the thread writes its envelope into that block when nothing else
 //! holds it (`Arc::get_mut`): a write of the envelope instead of a `malloc` and a `free`.
-//! Only envelopes that wait in `spent` come here (small payloads), one per thread at most.
+//! Only envelopes that wait in `spent` come here (small payloads), one per thread at most,
+//! and only while nothing else holds them.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -16,9 +17,23 @@ thread_local! {
     static SPARE: Cell<Option<Arc<Envelope>>> = const { Cell::new(None) };
 }
 
-/// Keeps `env`'s block for this thread's next [`shared`] (the one kept before is dropped).
+/// Keeps `env`'s block for this thread's next [`shared`] (the one kept before is dropped)
+/// when nothing else holds it; else lets go of it. A typed value carried beside the payload
+/// is dropped now, so that the thread never holds an application's value (whose `Drop` might
+/// need what is gone when thread-locals are destroyed), only bytes.
 #[inline]
-pub(crate) fn keep(env: Arc<Envelope>) {
+pub(crate) fn keep(mut env: Arc<Envelope>) {
+    // A plain load first: a fan-out's envelope is usually still held by other queues, and
+    // `get_mut` alone would lock and unlock the weak count to find that out.
+    if Arc::strong_count(&env) != 1 {
+        return;
+    }
+    let Some(block) = Arc::get_mut(&mut env) else {
+        return;
+    };
+    if !block.local.is_empty() {
+        block.local.clear();
+    }
     let before = SPARE.with(|spare| spare.replace(Some(env)));
     drop(before);
 }
@@ -60,6 +75,24 @@ mod tests {
         let after = shared(env("after"));
         assert_ne!(Arc::as_ptr(&after), block);
         assert_eq!(&after.payload[..], b"after");
+    }
+
+    #[test]
+    fn a_kept_envelope_lets_go_of_its_typed_value_at_once() {
+        #[derive(Clone)]
+        struct Value(Arc<()>);
+        let alive = Arc::new(());
+        let mut e = env("typed");
+        e.local = switchyard_core::Local::new(Value(Arc::clone(&alive)), &e.payload);
+        assert_eq!(Arc::strong_count(&alive), 2);
+        keep(Arc::new(e));
+        assert_eq!(
+            Arc::strong_count(&alive),
+            1,
+            "the value is dropped when kept"
+        );
+        let next = shared(env("next"));
+        assert_eq!(&next.payload[..], b"next");
     }
 
     #[test]
