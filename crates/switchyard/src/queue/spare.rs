@@ -79,8 +79,9 @@ mod tests {
 
     #[test]
     fn a_kept_envelope_lets_go_of_its_typed_value_at_once() {
+        /// Holds a count on `alive` for as long as it lives.
         #[derive(Clone)]
-        struct Value(Arc<()>);
+        struct Value(#[allow(dead_code)] Arc<()>);
         let alive = Arc::new(());
         let mut e = env("typed");
         e.local = switchyard_core::Local::new(Value(Arc::clone(&alive)), &e.payload);
