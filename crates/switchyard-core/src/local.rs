@@ -43,13 +43,11 @@ use bytes::Bytes;
 #[derive(Clone, Default)]
 pub struct Local(Option<Arc<dyn Slot>>);
 
-trait Slot: Any + Send + Sync {
-    /// The value (a `Value<T>`) as [`Any`], to look at its type, when `payload` is still the
-    /// buffer the value was encoded to.
-    fn value_for(&self, payload: &Bytes) -> Option<&dyn Any>;
-    /// Itself as [`Any`], to take it out of the `Arc` when it is the last holder.
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-}
+/// A `Value<T>` of some `T`, looked at as [`Any`] (trait upcasting) to find its type: one
+/// indirect call (`type_id`) per [`Local::take`].
+trait Slot: Any + Send + Sync {}
+
+impl<T: Send + Sync + 'static> Slot for Value<T> {}
 
 struct Value<T> {
     value: T,
@@ -57,16 +55,13 @@ struct Value<T> {
     payload: Bytes,
 }
 
-impl<T: Clone + Send + Sync + 'static> Slot for Value<T> {
-    fn value_for(&self, payload: &Bytes) -> Option<&dyn Any> {
-        // `Bytes` never changes in place and `self.payload` keeps its buffer alive, so the
-        // same address and length mean the same bytes.
-        (self.payload.as_ptr() == payload.as_ptr() && self.payload.len() == payload.len())
-            .then_some(self)
-    }
-
-    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
-        self
+impl<T> Value<T> {
+    /// Whether `payload` is the buffer this value was encoded to. `Bytes` never changes in
+    /// place and `self.payload` keeps its buffer alive, so the same address and length mean
+    /// the same bytes.
+    #[inline]
+    fn encoded_to(&self, payload: &Bytes) -> bool {
+        self.payload.as_ptr() == payload.as_ptr() && self.payload.len() == payload.len()
     }
 }
 
@@ -84,17 +79,24 @@ impl Local {
     /// This copy lets go of it either way (it is then [empty](Self::is_empty)); other copies
     /// keep theirs.
     pub fn take<T: Clone + Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<T> {
-        let slot = self.0.as_ref()?;
-        let value = slot.value_for(payload)?.downcast_ref::<Value<T>>()?;
-        if Arc::strong_count(slot) > 1 {
+        let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
+        let value = slot.downcast_ref::<Value<T>>()?;
+        if !value.encoded_to(payload) {
+            return None;
+        }
+        if self
+            .0
+            .as_ref()
+            .is_some_and(|slot| Arc::strong_count(slot) > 1)
+        {
             let value = value.value.clone();
             self.0 = None;
             return Some(value);
         }
         // The only holder: nobody can clone this `Arc` any more (there are no weak
         // references), so it unwraps; the downcast was checked above.
-        let slot = self.0.take()?;
-        let value = slot.into_any().downcast::<Value<T>>().ok()?;
+        let slot: Arc<dyn Any + Send + Sync> = self.0.take()?;
+        let value = slot.downcast::<Value<T>>().ok()?;
         Arc::try_unwrap(value).ok().map(|v| v.value)
     }
 

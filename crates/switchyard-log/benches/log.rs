@@ -24,7 +24,7 @@
 //!    clients; then the open + recovery time of a 500,000-record log.
 //!
 //! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3, without the criterion part
-//! (for profiling). Both sides write under the system temporary directory: `TMPDIR=/dev/shm`
+//! (for profiling); `SWITCHYARD_LOG_N=256` (a comma-separated list) limits part 2 to those N. Both sides write under the system temporary directory: `TMPDIR=/dev/shm`
 //! puts them on tmpfs, where a sync costs nothing and only the CPU is compared.
 //!
 //! Envelopes are built before the timed part (building one is the application's work, and its
@@ -714,6 +714,11 @@ fn report() {
     let nats_pid = env("SWITCHYARD_BENCH_NATS_PID");
     let nats_interval = env("SWITCHYARD_BENCH_NATS_INTERVAL");
     let nats_interval_pid = env("SWITCHYARD_BENCH_NATS_INTERVAL_PID");
+    // `SWITCHYARD_LOG_N=256` (a comma-separated list) runs only those N (for profiling).
+    let ns: Vec<usize> = env("SWITCHYARD_LOG_N")
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 8, 64, 256]);
     for (title, durability, server, pid) in [
         (
             "Always vs JetStream sync_interval: always",
@@ -739,7 +744,7 @@ fn report() {
         let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
         let mut floor_ratios: HashMap<usize, Vec<f64>> = HashMap::new();
         for repeat in 1..=3 {
-            for n in [1usize, 8, 64, 256] {
+            for &n in &ns {
                 let per = match n {
                     1 => 2000,
                     8 => 1500,
@@ -778,7 +783,7 @@ fn report() {
                 }
             }
         }
-        for n in [1usize, 8, 64, 256] {
+        for &n in &ns {
             let r = &floor_ratios[&n];
             println!(
                 "   N={n:<4} log/raw median of {} slice ratios {:.2}x  (min {:.2}x, max {:.2}x){}",
@@ -790,7 +795,7 @@ fn report() {
             );
         }
         if server.is_some() {
-            for n in [1usize, 8, 64, 256] {
+            for &n in &ns {
                 let r = &ratios[&n];
                 println!(
                     "   N={n:<4} log/jetstream median {:.1}x  (min {:.1}x, max {:.1}x)",

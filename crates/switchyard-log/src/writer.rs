@@ -332,7 +332,12 @@ impl Writer {
                 return true;
             }
         }
-        if !self.intake.wait_any(self.next_wakeup()) {
+        // A relay of wake-ups nobody took is woken here once overdue, so sleep no longer.
+        let mut timeout = self.next_wakeup();
+        if let Some(left) = self.intake.relay_overdue() {
+            timeout = timeout.min(left);
+        }
+        if !self.intake.wait_any(timeout) {
             return false;
         }
         if always {
@@ -357,6 +362,7 @@ impl Writer {
         let deadline = start + self.last_sync_cost.min(MAX_GATHER);
         let (mut seen, mut last_arrival) = (n, start);
         while n < target && !other {
+            self.intake.relay_overdue();
             let now = Instant::now();
             if n > seen {
                 seen = n;

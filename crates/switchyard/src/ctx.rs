@@ -4,6 +4,9 @@
 use std::future::Future;
 use std::sync::Weak;
 
+use futures_util::FutureExt;
+use futures_util::future::{Either, ready};
+
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
@@ -90,6 +93,13 @@ fn upgrade(bus: &Weak<BusInner>) -> Result<Bus, BoxError> {
 }
 
 /// A typed event handler: decodes `T` (decode failures go to the dead-letter queue) and calls `f`.
+///
+/// The message is decoded (or taken: see `upcast::decode`) and handed to `f` in `call` itself,
+/// which the bus runs inside the delivered scope and the panic capture as it does the polls:
+/// the future is then `f`'s own, mapped, with no clone of `f` (whose captures are often
+/// reference counts every subscription shares, written from every worker's thread) or of the
+/// bus's `Weak` per call, and no async block moving it. `f`'s synchronous part therefore runs
+/// when the handler is called, not when its future is first polled.
 pub(crate) fn typed_event<T, F, Fut, O, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
     T: Message,
@@ -99,22 +109,24 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |mut env: Envelope| {
-        let f = f.clone();
-        let bus = bus.clone();
-        async move {
-            let msg = crate::upcast::decode::<T>(&bus, &mut env)?;
-            let ctx = Ctx::new(upgrade(&bus)?, env);
-            f(msg, ctx)
-                .await
-                .map(IntoOutcome::into_outcome)
-                .map_err(Into::into)
-        }
+        let msg = match crate::upcast::decode::<T>(&bus, &mut env) {
+            Ok(msg) => msg,
+            Err(e) => return Either::Left(ready(Err(e.into()))),
+        };
+        let bus = match upgrade(&bus) {
+            Ok(bus) => bus,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        Either::Right(
+            f(msg, Ctx::new(bus, env))
+                .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
+        )
     }))
 }
 
 /// A typed command handler: decodes `C`, calls `f`, encodes its output as the reply (or, for
 /// a typed sender in this process, hands the output over as it is: see
-/// [`offer_typed`](crate::state::offer_typed)).
+/// [`offer_typed`](crate::state::offer_typed)). Called in `call`, as in [`typed_event`].
 pub(crate) fn typed_command<C, F, Fut, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
     C: Command,
@@ -123,24 +135,28 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |mut env: Envelope| {
-        let f = f.clone();
-        let bus = bus.clone();
-        async move {
-            let cmd = crate::upcast::decode::<C>(&bus, &mut env)?;
-            // What the reply needs of the command, so the handler gets the envelope itself
-            // rather than a copy of it.
-            let reply_to = env.reply_address();
-            let ctx = Ctx::new(upgrade(&bus)?, env);
-            let output = f(cmd, ctx).await.map_err(Into::into)?;
-            // A typed sender in this process takes the output as it is: no reply envelope,
-            // no encoding and decoding. Any other sender gets the JSON reply.
+        let cmd = match crate::upcast::decode::<C>(&bus, &mut env) {
+            Ok(cmd) => cmd,
+            Err(e) => return Either::Left(ready(Err(e.into()))),
+        };
+        let bus = match upgrade(&bus) {
+            Ok(bus) => bus,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        // What the reply needs of the command, so the handler gets the envelope itself
+        // rather than a copy of it.
+        let reply_to = env.reply_address();
+        Either::Right(f(cmd, Ctx::new(bus, env)).map(move |output| {
+            let output = output.map_err(Into::into)?;
+            // A typed sender in this process takes the output as it is: no reply
+            // envelope, no encoding and decoding. Any other sender gets the JSON reply.
             let output = match crate::state::offer_typed(output) {
                 Ok(()) => return Ok(Outcome::Ack),
                 Err(output) => output,
             };
             let payload = serde_json::to_vec(&output)?;
             Ok(Outcome::reply(reply_to.reply(payload)))
-        }
+        }))
     }))
 }
 
@@ -159,30 +175,31 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
-        let (f, bus, name) = (f.clone(), bus.clone(), name.clone());
-        async move {
-            let weak = bus;
-            let bus = upgrade(&weak)?;
-            let Some(first) = envs.first().cloned() else {
-                return Ok(Outcome::Ack);
-            };
-            let mut msgs = Vec::with_capacity(envs.len());
-            for mut env in envs {
-                match crate::upcast::decode::<T>(&weak, &mut env) {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => bus.inner().dead_letter(
-                        DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())
-                            .with_handler(name.clone()),
-                    ),
-                }
+        // Decoded and handed to `f` in `call`, as in `typed_event` (the worker calls it
+        // inside the panic capture too).
+        let bus_handle = match upgrade(&bus) {
+            Ok(bus) => bus,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        let Some(first) = envs.first().cloned() else {
+            return Either::Left(ready(Ok(Outcome::Ack)));
+        };
+        let mut msgs = Vec::with_capacity(envs.len());
+        for mut env in envs {
+            match crate::upcast::decode::<T>(&bus, &mut env) {
+                Ok(m) => msgs.push(m),
+                Err(e) => bus_handle.inner().dead_letter(
+                    DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.to_string())
+                        .with_handler(name.clone()),
+                ),
             }
-            if msgs.is_empty() {
-                return Ok(Outcome::Ack);
-            }
-            f(msgs, Ctx::new(bus, first))
-                .await
-                .map(IntoOutcome::into_outcome)
-                .map_err(Into::into)
         }
+        if msgs.is_empty() {
+            return Either::Left(ready(Ok(Outcome::Ack)));
+        }
+        Either::Right(
+            f(msgs, Ctx::new(bus_handle, first))
+                .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
+        )
     }))
 }

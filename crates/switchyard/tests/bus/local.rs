@@ -399,3 +399,93 @@ async fn a_passed_on_envelope_with_a_rewritten_payload_is_decoded_not_handed_the
     assert_eq!(got.number, "****************");
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// Counts its clones: captured by a handler closure, it tells how often the bus cloned the
+/// closure.
+struct CloneCounter(std::sync::Arc<AtomicUsize>);
+
+impl Clone for CloneCounter {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Self(std::sync::Arc::clone(&self.0))
+    }
+}
+
+/// A typed handler's closure (event, command, batch) is cloned when its workers start, not
+/// once per message: its captures are often reference counts that every subscription shares
+/// (a counter, a pool, a channel), which a per-message clone and drop writes from every
+/// worker's thread. Failed before the typed wrappers called the handler in `call`: they
+/// cloned the closure into the future of every call (N more clones for N messages, per
+/// handler).
+#[tokio::test]
+async fn typed_handlers_are_not_cloned_per_message() {
+    let bus = Bus::new();
+    let clones = std::sync::Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let captured = CloneCounter(std::sync::Arc::clone(&clones));
+    let _event = bus
+        .on("counted", move |m: Counted<6>, _ctx| {
+            let _keep = &captured;
+            let tx = tx.clone();
+            async move { tx.send(m.n).map_err(|e| e.to_string()) }
+        })
+        .workers(2)
+        .start()
+        .await
+        .unwrap();
+    let (batch_tx, mut batches) = mpsc::unbounded_channel();
+    let batched = CloneCounter(std::sync::Arc::clone(&clones));
+    let _batch = bus
+        .on_batch("batched", move |ms: Vec<Counted<6>>, _ctx| {
+            let _keep = &batched;
+            let tx = batch_tx.clone();
+            async move {
+                for m in ms {
+                    tx.send(m.n).map_err(|e| e.to_string())?;
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .batch(1, Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
+    let doubled = CloneCounter(std::sync::Arc::clone(&clones));
+    let _command = bus
+        .handle(move |c: OpaqueDouble, _ctx| {
+            let _keep = &doubled;
+            async move { Ok::<_, String>(c.0 * 2) }
+        })
+        .start()
+        .await
+        .unwrap();
+    // A first message each, so anything made lazily for a handler exists before counting.
+    bus.publish(Counted::<6>::new(0)).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![0]);
+    assert_eq!(received(&mut batches, 1).await, vec![0]);
+    assert_eq!(bus.send(OpaqueDouble(1)).await.unwrap(), 2);
+    let before = clones.load(Ordering::SeqCst);
+    for n in 1..=N {
+        bus.publish(Counted::<6>::new(n)).await.unwrap();
+        assert_eq!(bus.send(OpaqueDouble(n)).await.unwrap(), 2 * n);
+    }
+    assert_eq!(
+        sorted_n(received(&mut rx, N as usize).await),
+        (1..=N).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sorted_n(received(&mut batches, N as usize).await),
+        (1..=N).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        clones.load(Ordering::SeqCst) - before,
+        0,
+        "a handler closure cloned per message"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+fn sorted_n(mut got: Vec<u64>) -> Vec<u64> {
+    got.sort_unstable();
+    got
+}
