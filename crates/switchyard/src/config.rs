@@ -6,7 +6,7 @@ use std::time::Duration;
 use smol_str::SmolStr;
 use switchyard_core::{Backoff, Envelope, Pattern};
 
-use crate::handler::{BoxBatchHandler, BoxHandler, BoxPrefetchHandler};
+use crate::handler::{BoxBatchHandler, BoxHandler, BoxPrefetchHandler, SingleHandler};
 use crate::queue::Overflow;
 
 /// Header carrying the session a message belongs to.
@@ -61,6 +61,9 @@ pub(crate) struct BatchConfig {
 #[derive(Clone)]
 pub(crate) enum Handler {
     Single(BoxHandler),
+    /// One message at a time, as registration made it (inside the resilience stack): what
+    /// the workers call.
+    Stacked(SingleHandler),
     Batch(BoxBatchHandler),
     /// One message at a time, handed over up to `max` at once (see `prefetch.rs`).
     Prefetch {

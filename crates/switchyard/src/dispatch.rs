@@ -15,11 +15,9 @@ use switchyard_core::{
     BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
     Envelope, Outcome, Permanent, SendError,
 };
-use tower::util::BoxCloneService;
-use tower::{Service, ServiceExt};
 
 use crate::config::{Handler, SubscriptionKind};
-use crate::handler::BoxHandler;
+use crate::handler::{Callee, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -75,7 +73,11 @@ impl SubShared {
     /// Starts the worker tasks.
     pub(crate) fn spawn_workers(self: &Arc<Self>, handler: Handler) {
         // A command's sender may run a one-message handler itself when a worker is free.
-        if let (SubscriptionKind::Command, Handler::Single(svc)) = (self.kind, &handler) {
+        let handler = match handler {
+            Handler::Single(svc) => Handler::Stacked(SingleHandler::Boxed(svc)),
+            other => other,
+        };
+        if let (SubscriptionKind::Command, Handler::Stacked(svc)) = (self.kind, &handler) {
             self.inline_handlers.enable(svc);
         }
         let mut workers = self.workers.lock();
@@ -85,7 +87,8 @@ impl SubShared {
             let handler = handler.clone();
             workers.push(tokio::spawn(async move {
                 match handler {
-                    Handler::Single(svc) => sub.run_worker(worker, svc).await,
+                    Handler::Single(svc) => sub.run_worker(worker, svc.into()).await,
+                    Handler::Stacked(svc) => sub.run_worker(worker, svc).await,
                     Handler::Batch(svc) => sub.run_batch_worker(worker, svc).await,
                     Handler::Prefetch { handler, max } => {
                         sub.run_prefetch_worker(worker, handler, max).await
@@ -105,7 +108,7 @@ impl SubShared {
 
     /// One worker (number `worker`: its in-flight slot in the queue): owns a handler clone;
     /// stops when the queue is closed and drained.
-    pub(crate) async fn run_worker(self: Arc<Self>, worker: usize, mut svc: BoxHandler) {
+    pub(crate) async fn run_worker(self: Arc<Self>, worker: usize, mut svc: SingleHandler) {
         // The message handled last, not yet completed in the queue: when the handler is ready
         // at once, it is completed under the same lock that takes the next one.
         let mut prev: Option<Done> = None;
@@ -223,31 +226,37 @@ impl SubShared {
 
     /// Calls the handler once, catching panics in readiness, in `call` and in the future.
     /// The request is built only once the handler is ready and moves straight into the
-    /// (boxed) handler future: these futures hold pointers, not envelopes, which keeps them
-    /// small and cheap to move.
+    /// handler's future, which stays small and cheap to move: a boxed handler's is a pointer,
+    /// and the resilience stack's ([`SingleHandler::Resilient`]) runs in the box its handler
+    /// keeps for its calls, handed back once the call ended ([`Callee::recycle`]).
     ///
     /// With `ready`, the caller has just seen the handler ready (no await since), so its
     /// readiness is not polled again.
-    pub(crate) async fn call<R: Send + 'static, T: Send + 'static>(
+    pub(crate) async fn call<S, R, T>(
         &self,
-        svc: &mut BoxCloneService<R, T, BoxError>,
+        svc: &mut S,
         request: impl FnOnce() -> R,
         parent: Parent,
         ready: bool,
-    ) -> Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>> {
-        let ready = if ready {
-            svc
-        } else {
-            match AssertUnwindSafe(svc.ready()).catch_unwind().await? {
-                Ok(ready) => ready,
-                Err(e) => return Ok(Err(e)),
+    ) -> Result<Result<T, BoxError>, Box<dyn std::any::Any + Send>>
+    where
+        S: Callee<R, Response = T, Error = BoxError>,
+    {
+        if !ready {
+            let ready = std::future::poll_fn(|cx| svc.poll_ready(cx));
+            if let Err(e) = AssertUnwindSafe(ready).catch_unwind().await? {
+                return Ok(Err(e));
             }
-        };
+        }
         // `call` runs inside the scope too: middleware may take the delivered envelope there
         // (the resilience stack keeps it for retries instead of copying).
         switchyard_core::delivered::scope(parent.0, async move {
-            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| ready.call(request())))?;
-            AssertUnwindSafe(fut).catch_unwind().await
+            let mut fut = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_in(request())))?;
+            let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
+            let result = AssertUnwindSafe(polled).catch_unwind().await;
+            // What the call was made of goes back to the handler for the next call.
+            svc.recycle(fut);
+            result
         })
         .await
     }
@@ -268,15 +277,18 @@ impl SubShared {
     }
 
     /// One handler call with panic capture, classified.
-    pub(crate) async fn attempt<R: Send + 'static>(
+    pub(crate) async fn attempt<S, R>(
         &self,
-        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        svc: &mut S,
         request: impl FnOnce() -> R,
         parent: Parent,
         first: &Envelope,
         attempt: u32,
         ready: bool,
-    ) -> Attempt {
+    ) -> Attempt
+    where
+        S: Callee<R, Response = Outcome, Error = BoxError>,
+    {
         let result = self.call(svc, request, parent, ready).await;
         self.classify(result, first, attempt)
     }
@@ -284,16 +296,19 @@ impl SubShared {
     /// [`attempt`](Self::attempt) at a command whose sender takes an output of type `wanted`
     /// as it is, and that output if the handler left it.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn attempt_typed<R: Send + 'static>(
+    pub(crate) async fn attempt_typed<S, R>(
         &self,
-        svc: &mut BoxCloneService<R, Outcome, BoxError>,
+        svc: &mut S,
         request: impl FnOnce() -> R,
         parent: Parent,
         first: &Envelope,
         attempt: u32,
         ready: bool,
         wanted: WantedType,
-    ) -> (Attempt, Option<TypedValue>) {
+    ) -> (Attempt, Option<TypedValue>)
+    where
+        S: Callee<R, Response = Outcome, Error = BoxError>,
+    {
         let call = self.call(svc, request, parent, ready);
         let mut scoped = std::pin::pin!(TYPED.scope(TypedSlot::new(wanted), call));
         let result = scoped.as_mut().await;
@@ -389,7 +404,7 @@ impl SubShared {
     pub(crate) async fn process(
         &self,
         bus: &Arc<BusInner>,
-        svc: &mut BoxHandler,
+        svc: &mut SingleHandler,
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
         ready: bool,

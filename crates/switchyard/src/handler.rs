@@ -3,13 +3,271 @@
 //! in `ctx`.)
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use switchyard_core::{BoxError, Envelope, Outcome};
-use tower::service_fn;
 use tower::util::BoxCloneService;
+use tower::{Service, service_fn};
 
 /// A type-erased handler, as the bus stores it: cloned once per worker.
 pub type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
+
+/// A one-message handler as the workers (and inline command runs) hold and call it: a
+/// [`BoxHandler`], or the resilience stack around one, held as it is with the box its calls'
+/// futures run in ([`Callee`]).
+pub(crate) enum SingleHandler {
+    /// Any handler, boxed (with the layers and `wrap_handlers` already applied).
+    Boxed(BoxHandler),
+    /// The resilience stack (`BusBuilder::with_resilience`) around a boxed handler. Boxed
+    /// itself, so the handler stays two words, as cheap to move as a [`BoxHandler`] (inline
+    /// command runs move it in and out of their pool).
+    #[cfg(feature = "middleware")]
+    Resilient(Box<Stacked>),
+}
+
+/// The resilience stack and the box its last call's future ran in, kept for the next call
+/// (`None` until the first call, and after a call that was dropped unfinished).
+#[cfg(feature = "middleware")]
+pub(crate) struct Stacked {
+    stack: ResilientHandler,
+    kept: Option<StackBox>,
+}
+
+#[cfg(feature = "middleware")]
+impl Stacked {
+    /// The stack's readiness; out of line, like [`call`](Self::call).
+    #[inline(never)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.stack.poll_ready(cx)
+    }
+
+    /// Calls the stack, its future in the kept box. Out of line: the workers' code for a
+    /// plain handler stays as small as it was.
+    #[inline(never)]
+    fn call(&mut self, env: Envelope) -> InBox {
+        let fut = self.stack.call(env);
+        InBox(match self.kept.take() {
+            Some(mut slot) => {
+                slot.set(Some(fut));
+                slot
+            }
+            None => Box::pin(Some(fut)),
+        })
+    }
+}
+
+/// The resilience stack around a boxed handler, as the bus builds it.
+#[cfg(feature = "middleware")]
+pub(crate) type ResilientHandler = switchyard_middleware::resilience::ResilientService<BoxHandler>;
+
+/// The future of one call of the stack.
+#[cfg(feature = "middleware")]
+type StackFuture = <ResilientHandler as Service<Envelope>>::Future;
+
+/// The box a stack's call runs in: filled in place by a call (`Pin::set`), emptied when the
+/// call ends, and handed back to the handler for the next call ([`Callee::recycle`]). So a
+/// call neither allocates nor frees, its future is polled without a dynamic call, and
+/// nothing of a finished call (its span, say) outlives it.
+#[cfg(feature = "middleware")]
+pub(crate) type StackBox = Pin<Box<Option<StackFuture>>>;
+
+#[cfg(feature = "middleware")]
+impl SingleHandler {
+    /// The resilience stack, held as it is.
+    pub(crate) fn resilient(stack: ResilientHandler) -> Self {
+        Self::Resilient(Box::new(Stacked { stack, kept: None }))
+    }
+}
+
+impl SingleHandler {
+    /// Waits until the handler is ready, as `tower::ServiceExt::ready` (which this shadows
+    /// for the workers) but giving nothing back: a poll small enough to inline into the
+    /// worker's loop.
+    #[inline(always)]
+    pub(crate) fn ready(&mut self) -> Ready<'_> {
+        Ready(self)
+    }
+}
+
+/// The future of [`SingleHandler::ready`].
+pub(crate) struct Ready<'a>(&'a mut SingleHandler);
+
+impl Future for Ready<'_> {
+    type Output = Result<(), BoxError>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Callee::poll_ready(&mut *self.get_mut().0, cx)
+    }
+}
+
+impl Clone for SingleHandler {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Boxed(s) => Self::Boxed(s.clone()),
+            // A clone makes a box of its own at its first call.
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => Self::resilient(s.stack.clone()),
+        }
+    }
+}
+
+impl From<BoxHandler> for SingleHandler {
+    fn from(handler: BoxHandler) -> Self {
+        Self::Boxed(handler)
+    }
+}
+
+/// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
+/// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
+/// can reuse what it was made of (a [`SingleHandler::Resilient`] its box).
+pub(crate) trait Callee<R> {
+    /// What a successful call gives.
+    type Response;
+    /// What a failed call gives (the bus's handlers all give a [`BoxError`]).
+    type Error;
+    /// The future of one call.
+    type Future: Future<Output = Result<Self::Response, Self::Error>> + Unpin;
+
+    /// As `tower::Service::poll_ready`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// As `tower::Service::call`, once `poll_ready` said ready.
+    fn call_in(&mut self, request: R) -> Self::Future;
+
+    /// Takes back the future of a call that ended.
+    #[inline]
+    fn recycle(&mut self, ended: Self::Future) {
+        drop(ended);
+    }
+}
+
+impl<R, T, E> Callee<R> for BoxCloneService<R, T, E> {
+    type Response = T;
+    type Error = E;
+    type Future = <Self as Service<R>>::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        Service::poll_ready(self, cx)
+    }
+
+    #[inline]
+    fn call_in(&mut self, request: R) -> Self::Future {
+        Service::call(self, request)
+    }
+}
+
+/// The future of a [`SingleHandler`] call: the boxed handler's, or the stack's in its box.
+#[cfg(feature = "middleware")]
+pub(crate) enum SingleFuture {
+    /// A boxed handler's.
+    Boxed(<BoxHandler as Service<Envelope>>::Future),
+    /// The stack's.
+    Stacked(InBox),
+}
+
+#[cfg(feature = "middleware")]
+impl Future for SingleFuture {
+    type Output = Result<Outcome, BoxError>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Both are `Unpin` (a box, and a box).
+        match self.get_mut() {
+            Self::Boxed(fut) => fut.as_mut().poll(cx),
+            Self::Stacked(fut) => fut.poll_stack(cx),
+        }
+    }
+}
+
+/// The future of a [`SingleHandler`] call: the boxed handler's.
+#[cfg(not(feature = "middleware"))]
+pub(crate) type SingleFuture = <BoxHandler as Service<Envelope>>::Future;
+
+/// A stack's call running in its box; the box is emptied when the call ends. Dropped
+/// unfinished, it drops the call with the box, as a boxed future would be.
+#[cfg(feature = "middleware")]
+pub(crate) struct InBox(StackBox);
+
+#[cfg(feature = "middleware")]
+impl InBox {
+    /// Polls the call; out of line, so a plain handler's poll stays small.
+    #[inline(never)]
+    fn poll_stack(&mut self, cx: &mut Context<'_>) -> Poll<Result<Outcome, BoxError>> {
+        let Some(fut) = self.0.as_mut().as_pin_mut() else {
+            return Poll::Ready(Err("handler call polled after it ended".into()));
+        };
+        let result = std::task::ready!(fut.poll(cx));
+        self.0.set(None);
+        Poll::Ready(result)
+    }
+}
+
+impl Callee<Envelope> for SingleHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = SingleFuture;
+
+    #[inline(always)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Boxed(s) => Service::poll_ready(s, cx),
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline(always)]
+    fn call_in(&mut self, env: Envelope) -> SingleFuture {
+        match self {
+            #[cfg(feature = "middleware")]
+            Self::Boxed(s) => SingleFuture::Boxed(s.call(env)),
+            #[cfg(not(feature = "middleware"))]
+            Self::Boxed(s) => s.call(env),
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => SingleFuture::Stacked(s.call(env)),
+        }
+    }
+
+    #[inline(always)]
+    fn recycle(&mut self, ended: SingleFuture) {
+        #[cfg(feature = "middleware")]
+        match ended {
+            SingleFuture::Boxed(fut) => drop(fut),
+            SingleFuture::Stacked(InBox(slot)) => {
+                if let Self::Resilient(s) = self
+                    && slot.is_none()
+                {
+                    s.kept = Some(slot);
+                }
+            }
+        }
+        #[cfg(not(feature = "middleware"))]
+        drop(ended);
+    }
+}
+
+/// As a `tower::Service` (what a `.layer` given after registration would wrap).
+impl Service<Envelope> for SingleHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Outcome, BoxError>>;
+
+    #[inline(always)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Callee::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        match self {
+            Self::Boxed(s) => s.call(env),
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => Box::pin(s.stack.call(env)),
+        }
+    }
+}
 
 /// A type-erased batch handler: gets several envelopes at once.
 pub type BoxBatchHandler = BoxCloneService<Vec<Envelope>, Outcome, BoxError>;

@@ -29,7 +29,7 @@ use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Service;
 
-use crate::handler::BoxHandler;
+use crate::handler::SingleHandler;
 use crate::pending::{Accepted, Settled};
 use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
@@ -43,8 +43,8 @@ pub(crate) struct InlineHandlers(Mutex<Spare>);
 #[derive(Default)]
 struct Spare {
     /// The handler to clone; `None` for handlers that never run inline (events, batches).
-    proto: Option<BoxHandler>,
-    spare: Vec<BoxHandler>,
+    proto: Option<SingleHandler>,
+    spare: Vec<SingleHandler>,
     /// Emptied run boxes, a `Vec<Cell<F>>` for the one future type `F` of `run` (its type
     /// cannot be named, so it is kept as `Any`; see [`Run::recycle`]).
     cells: Option<Box<dyn Any + Send>>,
@@ -56,7 +56,7 @@ type Cell<F> = Pin<Box<OptionFuture<F>>>;
 
 impl InlineHandlers {
     /// Lets commands run inline with clones of `handler`.
-    pub(crate) fn enable(&self, handler: &BoxHandler) {
+    pub(crate) fn enable(&self, handler: &SingleHandler) {
         self.0.lock().proto = Some(handler.clone());
     }
 
@@ -77,7 +77,7 @@ impl InlineHandlers {
 
     /// A handler clone and, when one was kept, an empty run box of type `Cell<F>` (`F` is
     /// inferred from `_run`, the function whose future it holds).
-    fn take<F, A>(&self, _run: fn(A) -> F) -> Option<(BoxHandler, Option<Cell<F>>)>
+    fn take<F, A>(&self, _run: fn(A) -> F) -> Option<(SingleHandler, Option<Cell<F>>)>
     where
         F: Future<Output = RunOutput> + Send + 'static,
     {
@@ -95,7 +95,7 @@ impl InlineHandlers {
     }
 
     /// Keeps `handler` and the emptied `cell` for the next run.
-    fn give_back<F>(&self, handler: BoxHandler, cell: Option<Cell<F>>, max: usize)
+    fn give_back<F>(&self, handler: SingleHandler, cell: Option<Cell<F>>, max: usize)
     where
         F: Future<Output = RunOutput> + Send + 'static,
     {
@@ -124,19 +124,19 @@ impl InlineHandlers {
 
 /// What a run gives: its answer (`None` when shutdown stopped it) and the handler clone it
 /// used, to keep for the next run.
-type RunOutput = (Option<Answered>, BoxHandler);
+type RunOutput = (Option<Answered>, SingleHandler);
 
 /// An inline command's handling in its box (a `Cell`, always filled while it goes on).
 trait Run: Future<Output = Option<RunOutput>> + Send {
     /// The run has finished: its box is emptied and kept, with `handler`, for the next run.
-    fn recycle(self: Pin<Box<Self>>, sub: &SubShared, handler: BoxHandler);
+    fn recycle(self: Pin<Box<Self>>, sub: &SubShared, handler: SingleHandler);
 }
 
 impl<F> Run for OptionFuture<F>
 where
     F: Future<Output = RunOutput> + Send + 'static,
 {
-    fn recycle(mut self: Pin<Box<Self>>, sub: &SubShared, handler: BoxHandler) {
+    fn recycle(mut self: Pin<Box<Self>>, sub: &SubShared, handler: SingleHandler) {
         self.as_mut().set(None.into());
         sub.inline_handlers
             .give_back::<F>(handler, Some(self), sub.config.workers);
@@ -284,7 +284,7 @@ async fn run(
     (slot, bus, mut svc, env, reply): (
         Slot,
         Arc<BusInner>,
-        BoxHandler,
+        SingleHandler,
         Arc<Envelope>,
         CommandReply,
     ),

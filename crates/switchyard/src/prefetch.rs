@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use switchyard_core::Envelope;
 
-use crate::handler::{BoxPrefetchHandler, prefetch_one};
+use crate::handler::{BoxPrefetchHandler, SingleHandler, prefetch_one};
 use crate::pending::Settled;
 use crate::queue::{Entry, Popped, Taken};
 use crate::state::{Parent, SubShared};
@@ -29,7 +29,7 @@ impl SubShared {
         max: usize,
     ) {
         // Failed messages are retried with one message per call.
-        let mut one = prefetch_one(svc.clone());
+        let mut one = SingleHandler::Boxed(prefetch_one(svc.clone()));
         if self.bus.upgrade().is_some_and(|b| b.lifecycle_events()) {
             // Lifecycle events are published around each attempt: one message per call.
             return self.run_worker(worker, one).await;

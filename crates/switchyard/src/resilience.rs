@@ -12,7 +12,7 @@ use tower::Layer;
 
 use crate::builder::{BuildError, BusBuilder, ResolvedResilience};
 use crate::bus::Bus;
-use crate::handler::{BoxHandler, boxed};
+use crate::handler::{BoxHandler, SingleHandler};
 use crate::state::{BusInner, ResilienceWrap};
 
 /// Where the default file dead-letter queue lives, under the bus's data directory.
@@ -97,7 +97,8 @@ fn resolve(
                 config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
             // The stack is the outermost wrap of the handler (see `register`): the bus calls it
             // with the envelope it delivered, only the delivery bookkeeping restamped.
-            boxed(
+            // Held as it is, not boxed: its calls' futures run in a place it keeps.
+            SingleHandler::resilient(
                 ResilienceLayer::new(name, config)
                     .called_as_delivered()
                     .layer(handler),

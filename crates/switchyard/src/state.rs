@@ -20,7 +20,7 @@ use switchyard_core::{
 use tokio::task::JoinHandle;
 
 use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
-use crate::handler::BoxHandler;
+use crate::handler::{BoxHandler, SingleHandler};
 use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::{Entry, Overflow, Queue};
 use crate::reply::{TypedValue, WantedType};
@@ -115,10 +115,10 @@ impl CommandSlot {
 }
 
 /// Wraps a single-message handler in the resilience stack at registration: (name, handler,
-/// attempts the stack makes, the backoff between them) → handler. Made in `build` from
-/// `with_resilience`.
+/// attempts the stack makes, the backoff between them) → the stack, held as it is (not boxed
+/// again: the workers await its future in place). Made in `build` from `with_resilience`.
 pub(crate) type ResilienceWrap =
-    Arc<dyn Fn(&str, BoxHandler, u32, &Backoff) -> BoxHandler + Send + Sync>;
+    Arc<dyn Fn(&str, BoxHandler, u32, &Backoff) -> SingleHandler + Send + Sync>;
 
 /// Wraps every handler at registration (name, handler) → handler; see
 /// [`BusBuilder::wrap_handlers`].

@@ -228,16 +228,22 @@ impl Bus {
                 if let Some(wrap) = &inner.wrap {
                     h = wrap(&config.name, h);
                 }
-                if let Some(resilience) = &inner.resilience {
-                    // The stack's retry makes the attempts (with the backoff and the breaker);
-                    // its final answer is `Permanent`, so the worker calls it once. It stays
-                    // the outermost wrap: it is built `called_as_delivered` (it keeps the
-                    // delivered envelope for retries without comparing it with its request).
-                    h = resilience(&config.name, h, config.max_attempts, &config.backoff);
-                    config.max_attempts = 1;
+                match &inner.resilience {
+                    Some(resilience) => {
+                        // The stack's retry makes the attempts (with the backoff and the
+                        // breaker); its final answer is `Permanent`, so the worker calls it
+                        // once. It stays the outermost wrap: it is built `called_as_delivered`
+                        // (it keeps the delivered envelope for retries without comparing it
+                        // with its request), and the workers hold it as it is.
+                        let stack =
+                            resilience(&config.name, h, config.max_attempts, &config.backoff);
+                        config.max_attempts = 1;
+                        Handler::Stacked(stack)
+                    }
+                    None => Handler::Single(h),
                 }
-                Handler::Single(h)
             }
+            stacked @ Handler::Stacked(_) => stacked,
             // The stack takes one envelope, so batch handlers keep the worker's own retries,
             // for the same number of attempts with the same backoff.
             batch @ Handler::Batch(_) => batch,
@@ -427,7 +433,7 @@ impl SubscriptionBuilder {
     /// waiting at most `max_wait` after the first for the batch to fill.
     pub fn batch(mut self, max_size: usize, max_wait: Duration) -> Self {
         match (&self.handler, max_size) {
-            (Handler::Single(_) | Handler::Prefetch { .. }, _) => {
+            (Handler::Single(_) | Handler::Stacked(_) | Handler::Prefetch { .. }, _) => {
                 self.error.get_or_insert(SubscribeError::InvalidConfig(
                     "batch() needs a batch handler (Bus::on_batch)",
                 ));
@@ -557,6 +563,10 @@ impl SubscriptionBuilder {
     {
         match self.handler {
             Handler::Single(h) => self.handler = Handler::Single(handler::layered(h, layer)),
+            // Only registration stacks a handler; boxed, it takes layers like any other.
+            Handler::Stacked(h) => {
+                self.handler = Handler::Single(handler::layered(handler::boxed(h), layer));
+            }
             // Layers take one envelope: the handler then gets one message per call.
             Handler::Prefetch { handler: h, .. } => {
                 self.handler = Handler::Single(handler::layered(handler::prefetch_one(h), layer));

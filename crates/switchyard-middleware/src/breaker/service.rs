@@ -142,6 +142,14 @@ impl Gate {
             self.admitted = Some(Admitted::Normal(generation));
             return Poll::Ready(());
         }
+        self.poll_admit_slow(cx)
+    }
+
+    /// [`poll_admit`](Self::poll_admit) past its fast path (a reservation, a timer, or a
+    /// breaker that is not simply closed): out of line, so the fast path inlines into every
+    /// readiness check.
+    #[inline(never)]
+    fn poll_admit_slow(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if matches!(self.admitted, Some(Admitted::Trial(_))) {
                 return Poll::Ready(());

@@ -71,6 +71,22 @@ where
     }
 }
 
+impl<S> Limited<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError>,
+{
+    /// The readiness of a limited handler; out of line, so an unlimited one's inlines.
+    #[inline(never)]
+    fn poll_ready_limited(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Self::Plain(s) => s.poll_ready(cx),
+            Self::Concurrency(s) => s.poll_ready(cx),
+            Self::Rate(s) => s.poll_ready(cx),
+            Self::Both(s) => s.poll_ready(cx),
+        }
+    }
+}
+
 impl<S> Service<Envelope> for Limited<S>
 where
     S: Service<Envelope, Response = Outcome, Error = BoxError>,
@@ -79,12 +95,11 @@ where
     type Error = BoxError;
     type Future = LimitedFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
             Self::Plain(s) => s.poll_ready(cx),
-            Self::Concurrency(s) => s.poll_ready(cx),
-            Self::Rate(s) => s.poll_ready(cx),
-            Self::Both(s) => s.poll_ready(cx),
+            limited => limited.poll_ready_limited(cx),
         }
     }
 

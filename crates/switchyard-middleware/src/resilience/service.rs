@@ -239,6 +239,7 @@ where
     type Error = BoxError;
     type Future = ResilientFuture<S::Future, S>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         std::task::ready!(self.gate.poll_admit(cx));
         self.inner.poll_ready(cx)

@@ -387,3 +387,72 @@ async fn a_retry_under_the_bus_sees_the_envelope_as_delivered_after_the_handler_
     }
     assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 3);
 }
+
+/// The bus holds the stack as it is and runs each call's future in a box the handler clone
+/// keeps from call to call: message after message (some waiting before they answer, some
+/// failing once and retried by the stack), on a worker and on commands run by their senders
+/// or queued, every call ends as its handler said and nothing is left over from the last.
+#[tokio::test(start_paused = true)]
+async fn calls_through_the_stack_end_as_the_handler_said_message_after_message() {
+    let bus = Bus::builder().with_default_resilience().build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let handled = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (c, h) = (calls.clone(), handled.clone());
+    let _sub = bus
+        .subscribe(
+            "rows",
+            "rows.#",
+            boxed(tower::service_fn(move |e: Envelope| {
+                c.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                async move {
+                    let n = serde_json::from_slice::<Row>(&e.payload)?.n;
+                    if n % 2 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    if n % 3 == 0 && e.delivery.attempt == 1 {
+                        return Err::<Outcome, BoxError>(format!("row {n} fails once").into());
+                    }
+                    h.lock().push(n);
+                    Ok(Outcome::Ack)
+                }
+            })),
+        )
+        .start()
+        .await
+        .unwrap();
+    for n in 0..20 {
+        bus.publish_envelope(row(n)).await.unwrap();
+    }
+    bus.run_until_idle().await;
+    let mut got = handled.lock().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "every row handled once");
+    // Rows 0, 3, 6, 9, 12, 15 and 18 took a second attempt.
+    assert_eq!(calls.load(Ordering::SeqCst), 27);
+    assert!(bus.dead_letters().unwrap().list().is_empty());
+
+    let _charges = bus
+        .handle(|c: Charge, _| async move {
+            if c.cents % 2 == 1 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, BoxError>(c.cents * 2)
+        })
+        .workers(2)
+        .start()
+        .await
+        .unwrap();
+    // One after another: each runs on its sender's task, in the handler clone's kept box.
+    for cents in 0..10 {
+        assert_eq!(bus.send(Charge { cents }).await.unwrap(), cents * 2);
+    }
+    // Together: two run inline (two workers), the rest queue for the workers.
+    let sends = (10..30).map(|cents| {
+        let bus = bus.clone();
+        async move { (cents, bus.send(Charge { cents }).await) }
+    });
+    for (cents, answer) in futures::future::join_all(sends).await {
+        assert_eq!(answer.unwrap(), cents * 2, "charge {cents}");
+    }
+}
