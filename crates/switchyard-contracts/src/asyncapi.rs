@@ -91,10 +91,19 @@ fn hoist(schema: &Value, schemas: &mut Map<String, Value>, keys: &mut Keys) -> V
             defs.extend(d);
         }
     }
-    // A definition is identified by its name and its text as the type declared it.
+    // A definition is identified by its name and text as the type declared it, with those
+    // of every definition it refers to (directly or not): two `Address`es of the same text
+    // whose `Country`s differ are two definitions.
+    let texts: HashMap<&str, &Value> = defs.iter().map(|(n, s)| (n.as_str(), s)).collect();
     let renamed: HashMap<String, String> = defs
         .iter()
-        .map(|(name, s)| (name.clone(), keys.of(&format!("{name}\0{s}"), key(name))))
+        .map(|(name, _)| {
+            let id = reachable(name, &texts)
+                .into_iter()
+                .map(|n| format!("{n}\0{}\0", texts[n]))
+                .collect::<String>();
+            (name.clone(), keys.of(&id, key(name)))
+        })
         .collect();
     for (name, mut s) in defs {
         rewrite_refs(&mut s, &renamed);
@@ -104,6 +113,46 @@ fn hoist(schema: &Value, schemas: &mut Map<String, Value>, keys: &mut Keys) -> V
     }
     rewrite_refs(&mut schema, &renamed);
     schema
+}
+
+/// `name` and the names of the definitions in `texts` it refers to, directly or through
+/// others: `name` first, the rest sorted.
+fn reachable<'a>(name: &'a str, texts: &HashMap<&'a str, &'a Value>) -> Vec<&'a str> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![name];
+    while let Some(n) = todo.pop() {
+        let Some((&n, def)) = texts.get_key_value(n) else {
+            continue;
+        };
+        if n != name && !seen.insert(n) {
+            continue;
+        }
+        local_refs(def, &mut |r| {
+            if r != name && !seen.contains(r) {
+                todo.push(r);
+            }
+        });
+    }
+    std::iter::once(name).chain(seen).collect()
+}
+
+/// Calls `found` with the name of every local `$ref` (`#/$defs/<name>`,
+/// `#/definitions/<name>`) in `v`.
+fn local_refs<'v>(v: &'v Value, found: &mut impl FnMut(&'v str)) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref")
+                && let Some(name) = r
+                    .strip_prefix("#/$defs/")
+                    .or_else(|| r.strip_prefix("#/definitions/"))
+            {
+                found(name);
+            }
+            m.values().for_each(|v| local_refs(v, found));
+        }
+        Value::Array(a) => a.iter().for_each(|v| local_refs(v, found)),
+        _ => {}
+    }
 }
 
 /// Points local `$ref`s (`#/$defs/<name>`, `#/definitions/<name>`) at the keys the

@@ -241,12 +241,13 @@ impl Keyring {
 ///   [`accept_plaintext`](Self::accept_plaintext) (for switching encryption on over a log
 ///   that already holds plaintext).
 ///
-/// - Dead letters (on a bus with a transport): a message of an encrypted topic is dead-lettered
+/// - Dead letters (on a bus with a transport): an event of an encrypted topic is dead-lettered
 ///   sealed, whether it could not be opened (kept as it arrived) or its handler failed or
 ///   rejected it (sealed again before the dead-letter sink stores it), so the dead-letter
 ///   queue holds no plaintext of an encrypted topic. Browsing shows the ciphertext with its
 ///   key id; [`open`](Self::open) reads it, and a replay publishes it as it is (sealing leaves
-///   a sealed payload alone), to be opened on its way back in.
+///   a sealed payload alone), to be opened on its way back in. Commands and requests are never
+///   sealed (they do not pass through the transport's storage), nor are their dead letters.
 ///
 /// Only what goes through the transport is sealed: on a bus without a transport, nothing is.
 #[derive(Debug, Clone)]

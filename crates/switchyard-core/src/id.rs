@@ -11,6 +11,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +26,7 @@ const ULID_LEN: usize = 26;
 ///
 /// Ids that switchyard makes ([`MessageId::new`]) are ULIDs, so they sort by creation time.
 /// Any other id (a UUID, `corr-42`) is kept as it came. Cloning is cheap (a copy of 16 bytes
-/// or an `Arc` increment), and the type is 24 bytes.
+/// or an `Arc` increment), and the type is 16 bytes.
 ///
 /// Equality, hashing and ordering agree with the string form: two ids are equal exactly
 /// when their strings are, and they order as their strings do (for ULIDs, that is creation
@@ -45,16 +46,49 @@ pub struct MessageId(Repr);
 
 /// A canonical ULID string is stored as its bits; any other string as text. Every accepted
 /// string has exactly one representation, so the derived `Eq`/`Hash` match string equality.
+///
+/// 16 bytes: the text is behind a thin pointer (`Arc<String>`: foreign ids pay a second
+/// allocation), so it fits beside the bits' niche (see [`Bits`]) and no tag word is needed.
+/// Every envelope holds two ids inline; at 24 bytes each, an envelope took 216 bytes and
+/// its `Arc` a 240-byte heap block, now 200 and 224 (ARCHITECTURE.md, "Memory per queued
+/// message").
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Repr {
-    /// The ULID's 128 bits, big-endian (bytes, not `u128`, to keep the alignment at 8).
-    Ulid([u8; 16]),
-    /// Anything else, exactly as it came.
-    Text(Arc<str>),
+    /// The ULID's 128 bits.
+    Ulid(Bits),
+    /// Anything else, exactly as it came (and the one ULID [`Bits`] cannot hold).
+    Text(Arc<String>),
 }
 
-// Small enough to stay cheap in every envelope (three ids per envelope).
-const _: () = assert!(std::mem::size_of::<MessageId>() <= 24);
+/// A ULID's 128 bits as two words (not `u128`, to keep the alignment at 8), the low one
+/// stored XOR [`RESERVED_LOW`] in a `NonZeroU64`: that zero is the niche that tells text
+/// from bits. A ULID whose low word is `RESERVED_LOW` (one in 2^64) is kept as its text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Bits {
+    high: u64,
+    low: NonZeroU64,
+}
+
+/// The low word no [`Bits`] can hold (arbitrary, so that round test values are not it).
+const RESERVED_LOW: u64 = 0xA5C3_96E1_7B2D_4F08;
+
+impl Bits {
+    /// The bits of `v`, unless its low word is the reserved one.
+    #[inline]
+    fn new(v: u128) -> Option<Self> {
+        #[allow(clippy::cast_possible_truncation)] // the two halves, on purpose
+        let (high, low) = ((v >> 64) as u64, v as u64);
+        NonZeroU64::new(low ^ RESERVED_LOW).map(|low| Self { high, low })
+    }
+
+    #[inline]
+    fn get(self) -> u128 {
+        (u128::from(self.high) << 64) | u128::from(self.low.get() ^ RESERVED_LOW)
+    }
+}
+
+// Small enough to stay cheap in every envelope (two ids inline per envelope).
+const _: () = assert!(std::mem::size_of::<MessageId>() == 16);
 
 impl MessageId {
     /// The longest id accepted, in bytes.
@@ -71,27 +105,39 @@ impl MessageId {
     }
 
     /// The id of a ULID.
+    #[inline]
     pub(crate) fn from_ulid(ulid: Ulid) -> Self {
-        Self(Repr::Ulid(ulid.0.to_be_bytes()))
+        match Bits::new(ulid.0) {
+            Some(bits) => Self(Repr::Ulid(bits)),
+            None => Self::reserved(ulid),
+        }
+    }
+
+    /// The one ULID in 2^64 that [`Bits`] cannot hold, as its text (out of line).
+    #[cold]
+    #[inline(never)]
+    fn reserved(ulid: Ulid) -> Self {
+        Self(Repr::Text(Arc::new(ulid.to_string())))
     }
 
     /// Rebuilds a ULID id from its 128-bit number.
     pub fn from_u128(v: u128) -> Self {
-        Self(Repr::Ulid(v.to_be_bytes()))
+        Self::from_ulid(Ulid(v))
     }
 
     /// The 128-bit number of a ULID id; `None` for a foreign id that is not a ULID.
     pub fn as_u128(&self) -> Option<u128> {
         match &self.0 {
-            Repr::Ulid(b) => Some(u128::from_be_bytes(*b)),
-            Repr::Text(_) => None,
+            Repr::Ulid(b) => Some(b.get()),
+            // A canonical ULID kept as text is the reserved one.
+            Repr::Text(t) => canonical_ulid(t).map(|u| u.0),
         }
     }
 
     /// True when the id is a ULID (every id switchyard makes, and foreign ids that happen to
     /// be canonical ULIDs).
     pub fn is_ulid(&self) -> bool {
-        matches!(self.0, Repr::Ulid(_))
+        self.as_u128().is_some()
     }
 
     /// Parses any valid id, keeping it exactly as it is (the same as [`str::parse`]).
@@ -103,7 +149,7 @@ impl MessageId {
         if let Some(ulid) = canonical_ulid(s) {
             return Ok(Self::from_ulid(ulid));
         }
-        Ok(Self(Repr::Text(Arc::from(s))))
+        Ok(Self(Repr::Text(Arc::new(s.to_owned()))))
     }
 
     /// Calls `f` with the id's string form, without allocating for a ULID.
@@ -111,7 +157,7 @@ impl MessageId {
         match &self.0 {
             Repr::Ulid(b) => {
                 let mut buf = [0u8; ULID_LEN];
-                f(Ulid(u128::from_be_bytes(*b)).array_to_str(&mut buf))
+                f(Ulid(b.get()).array_to_str(&mut buf))
             }
             Repr::Text(t) => f(t),
         }
@@ -216,7 +262,7 @@ impl Ord for MessageId {
         match (&self.0, &other.0) {
             // Canonical ULIDs are fixed-length strings over an alphabet in ASCII order, so
             // their bits order as their strings do.
-            (Repr::Ulid(a), Repr::Ulid(b)) => a.cmp(b),
+            (Repr::Ulid(a), Repr::Ulid(b)) => a.get().cmp(&b.get()),
             (Repr::Text(a), Repr::Text(b)) => a.cmp(b),
             _ => self.with_str(|a| other.with_str(|b| a.cmp(b))),
         }
@@ -262,7 +308,7 @@ impl TryFrom<String> for MessageId {
         if let Some(ulid) = canonical_ulid(&s) {
             return Ok(Self::from_ulid(ulid));
         }
-        Ok(Self(Repr::Text(Arc::from(s))))
+        Ok(Self(Repr::Text(Arc::new(s))))
     }
 }
 
@@ -386,6 +432,30 @@ mod tests {
         let back: MessageId = s.parse().unwrap();
         assert_eq!(back, id);
         assert_eq!(back.as_u128(), id.as_u128());
+    }
+
+    /// The one low word the 16-byte form cannot hold as bits: such a ULID is kept as its
+    /// text and still behaves as the ULID it is, whichever way it was made.
+    #[test]
+    fn the_ulid_with_the_reserved_low_word_is_still_a_ulid() {
+        let v = (0x0190_0000_0000_0001_u128 << 64) | u128::from(RESERVED_LOW);
+        let made = MessageId::from_u128(v);
+        let parsed: MessageId = Ulid(v).to_string().parse().unwrap();
+        let from_string = MessageId::try_from(Ulid(v).to_string()).unwrap();
+        for id in [&made, &parsed, &from_string] {
+            assert!(id.is_ulid());
+            assert_eq!(id.as_u128(), Some(v));
+            assert_eq!(id.to_string(), Ulid(v).to_string());
+            assert_eq!(*id, made);
+            assert_eq!(hash(id), hash(&made));
+        }
+        // It orders among ULID ids by its number, as their strings do.
+        let below = MessageId::from_u128(v - 1);
+        let above = MessageId::from_u128(v + 1);
+        assert!(below < made && made < above);
+        assert!(above > made && made > below);
+        assert_eq!(below.as_u128(), Some(v - 1));
+        assert_eq!(above.as_u128(), Some(v + 1));
     }
 
     #[test]

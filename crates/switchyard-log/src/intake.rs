@@ -284,17 +284,21 @@ impl Intake {
     /// A publish stopped waiting for `ticket` before taking its outcome (its future was
     /// dropped): its records are still written, but nobody is woken or told for it.
     pub fn abandon(&self, ticket: u64) {
-        // A publish dropped after the writer woke it may hold the relay for others.
-        self.run_relay();
-        let mut st = self.state();
-        if self.settled.load(Ordering::Acquire) > ticket {
-            if take_failure(&mut st.failures, ticket).is_some() {
-                self.failed
-                    .store(!st.failures.is_empty(), Ordering::Release);
+        {
+            let mut st = self.state();
+            if self.settled.load(Ordering::Acquire) > ticket {
+                if take_failure(&mut st.failures, ticket).is_some() {
+                    self.failed
+                        .store(!st.failures.is_empty(), Ordering::Release);
+                }
+            } else if let Ok(i) = st.waiters.binary_search_by_key(&ticket, |w| w.0) {
+                st.waiters.remove(i);
             }
-        } else if let Ok(i) = st.waiters.binary_search_by_key(&ticket, |w| w.0) {
-            st.waiters.remove(i);
         }
+        // A publish dropped after the writer woke it may hold the relay for others. Run after
+        // the lock, not before: a settle between the two (the publish dropped while its batch
+        // was being settled) has left the relay by then.
+        self.run_relay();
     }
 
     /// Writer: whether anything waits for it (without the lock).

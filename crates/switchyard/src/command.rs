@@ -18,6 +18,7 @@ use crate::inline::{InlineRun, Refused};
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
+use crate::queue::spare::shared;
 use std::any::TypeId;
 
 use crate::remote_reply::{RemoteReply, RemoteSlot, respond_soon};
@@ -33,8 +34,9 @@ impl Bus {
         // A typed handler in this process gets the command as it is (see `Local`); a publish
         // hook clears it, nothing sends it over a transport.
         env.local = Local::new(cmd, &env.payload);
-        // Moved once into its shared allocation: the nested futures carry a pointer.
-        self.send_typed::<C>(Arc::new(env), None).await
+        // Moved once into its shared allocation (as in `send_envelope`): the nested futures
+        // carry a pointer.
+        self.send_typed::<C>(shared(env), None).await
     }
 
     /// Sends a request: a command with a deadline. Past the deadline the caller gets
@@ -47,16 +49,16 @@ impl Bus {
         let mut env = cmd.to_envelope()?;
         env.kind = Kind::Request;
         env.local = Local::new(cmd, &env.payload);
-        self.send_typed::<C>(Arc::new(env), Some(deadline)).await
+        self.send_typed::<C>(shared(env), Some(deadline)).await
     }
 
     /// `env`: an envelope, or one already put in its `Arc` (the futures then carry a pointer).
     pub(crate) async fn send_typed<C: Command>(
         &self,
-        env: impl Into<Arc<Envelope>>,
+        env: impl IntoShared,
         deadline: Option<Duration>,
     ) -> Result<C::Output, SendError> {
-        let env = env.into();
+        let env = env.into_shared();
         // A typed handler in this process hands its output over as it is (when its output
         // type is this one); from anywhere else the reply is decoded.
         let wanted: WantedType = TypeId::of::<C::Output>;
@@ -98,8 +100,9 @@ impl Bus {
     ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
         // The envelope moves once, now, into the shared allocation the handling points to:
         // the future carries a pointer, not the envelope, through every nested state (an
-        // `async fn` would copy it into its own state and again into each call).
-        let env = Arc::new(env);
+        // `async fn` would copy it into its own state and again into each call). The block
+        // is a settled message's when this thread kept one (`queue/spare.rs`).
+        let env = shared(env);
         async move {
             // Everything up to the wait is synchronous.
             let start = self.start_command(env, None)?;
@@ -229,7 +232,7 @@ impl Bus {
         deadline: Duration,
     ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
         // As in `send_envelope`: the future carries a pointer, not the envelope.
-        let env = Arc::new(env);
+        let env = shared(env);
         async move {
             Ok(self
                 .request_within(env, deadline, None)
@@ -262,6 +265,24 @@ impl Bus {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
         }
+    }
+}
+
+/// An envelope to send, or one already in its `Arc` ([`Bus::send_typed`]).
+pub(crate) trait IntoShared {
+    /// The envelope in its `Arc` (a kept block when there is one, `queue/spare.rs`).
+    fn into_shared(self) -> Arc<Envelope>;
+}
+
+impl IntoShared for Envelope {
+    fn into_shared(self) -> Arc<Envelope> {
+        shared(self)
+    }
+}
+
+impl IntoShared for Arc<Envelope> {
+    fn into_shared(self) -> Arc<Envelope> {
+        self
     }
 }
 
@@ -454,7 +475,7 @@ impl SubShared {
             topic: topic.clone(),
             handler: self.config.name.clone(),
         });
-        let env = Arc::new(env);
+        let env = shared(env);
         let Some(lane) = self.admit(&env) else {
             return Err(filtered(self));
         };

@@ -54,9 +54,11 @@ pub trait TransportCodec: Send + Sync + 'static {
     fn decode(&self, env: &mut Envelope) -> Result<(), String>;
 
     /// Whether dead letters are kept encoded too: `true` makes the bus (on a transport) run
-    /// [`encode`](Self::encode) on every dead letter's envelope before the dead-letter sink
-    /// stores it, so a message that is encoded at rest in the transport (an encrypted topic)
-    /// is not stored decoded (in plaintext) in the dead-letter queue when its handler fails.
+    /// [`encode`](Self::encode) on every dead-lettered event's envelope before the
+    /// dead-letter sink stores it, so a message that is encoded at rest in the transport (an
+    /// encrypted topic) is not stored decoded (in plaintext) in the dead-letter queue when its
+    /// handler fails. Commands and requests, which never pass through a codec, are stored as
+    /// they are (a replay sends them to their handler as they are).
     /// A dead letter of a message that did not decode is kept as it arrived, already encoded.
     ///
     /// Only for a codec whose `encode` leaves an already encoded envelope as it is (as

@@ -234,10 +234,13 @@ impl Bus {
         {
             env.local = Local::new(msg, &env.payload);
         }
-        let env = Arc::new(env);
+        let env = crate::queue::spare::shared(env);
         let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
-            None => self.deliver_events(&targets, &env).await,
+            None => match self.try_deliver_events(&targets, &env) {
+                Ok(done) => done,
+                Err(blocked) => self.finish_deliver_events(&targets, &env, blocked).await,
+            },
             Some(mut groups) => {
                 let later = groups.split_off(1);
                 let mut first = self.deliver_group(&groups[0], &env, true).await;
@@ -285,24 +288,45 @@ impl Bus {
         result
     }
 
-    /// Queues an event in every subscription of one priority group, without creating a
-    /// future per subscription when each accepts (or refuses) at once; from the first one
-    /// whose overflow policy makes the publisher wait, as [`deliver_group`] does.
-    async fn deliver_events(&self, group: &[Arc<SubShared>], env: &Arc<Envelope>) -> GroupDelivery {
+    /// Queues an event in every subscription of one priority group, without waiting and
+    /// without a future: done when each accepts (or refuses) at once, the usual case; else
+    /// stopped at the first one whose overflow policy makes the publisher wait, for
+    /// [`finish_deliver_events`](Self::finish_deliver_events).
+    #[inline]
+    fn try_deliver_events(
+        &self,
+        group: &[Arc<SubShared>],
+        env: &Arc<Envelope>,
+    ) -> Result<GroupDelivery, Box<Blocked>> {
         let mut out = GroupDelivery::default();
         for (i, sub) in group.iter().enumerate() {
             match sub.try_enqueue(&self.inner, env) {
                 Ok(result) => out.record(self, sub, result),
                 Err(entry) => {
-                    let result = sub.finish_enqueue(&self.inner, entry).await;
-                    out.record(self, sub, result);
-                    for sub in &group[i + 1..] {
-                        let result = sub.enqueue(&self.inner, env.clone(), None).await;
-                        out.record(self, sub, result);
-                    }
-                    break;
+                    // Boxed: the rare path, kept out of the common one's result.
+                    return Err(Box::new(Blocked { out, at: i, entry }));
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Finishes a [`try_deliver_events`](Self::try_deliver_events) that stopped at a
+    /// subscription whose policy makes the publisher wait: waits there, then queues in the
+    /// rest of the group the same way (as [`deliver_group`](Self::deliver_group) does).
+    async fn finish_deliver_events(
+        &self,
+        group: &[Arc<SubShared>],
+        env: &Arc<Envelope>,
+        blocked: Box<Blocked>,
+    ) -> GroupDelivery {
+        let Blocked { mut out, at, entry } = *blocked;
+        let sub = &group[at];
+        let result = sub.finish_enqueue(&self.inner, entry).await;
+        out.record(self, sub, result);
+        for sub in &group[at + 1..] {
+            let result = sub.enqueue(&self.inner, env.clone(), None).await;
+            out.record(self, sub, result);
         }
         out
     }
@@ -514,6 +538,15 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
 }
 
 type Waiter = (String, AnswerRx);
+
+/// Where [`Bus::try_deliver_events`] stopped: what it delivered so far, the index of the
+/// subscription whose policy makes the publisher wait, and the entry for it (already
+/// counted as pending).
+struct Blocked {
+    out: GroupDelivery,
+    at: usize,
+    entry: Entry,
+}
 
 /// What delivering to one priority group did.
 #[derive(Default)]

@@ -5,8 +5,8 @@
 //! key) is handed to at most one worker at a time, so messages of one key are handled in order
 //! while different keys run in parallel. Unkeyed messages go to any free worker.
 
-use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 use smol_str::SmolStr;
-use switchyard_core::{Delivery, Envelope, Priority};
+use switchyard_core::{Delivery, Envelope};
 use tokio::sync::Notify;
 
 use crate::pending::Accepted;
 use crate::reply::CommandReply;
+use waiting::{Key, Lane, ReadyLane, Slot, Waiting};
 
 /// What a full subscription queue does with a new message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +108,6 @@ pub(crate) enum PushError {
     Closed(Entry),
 }
 
-type Key = (Reverse<Priority>, u64);
-
 /// Most settled envelopes a queue keeps for its next pushes to drop (see `State::spent`).
 const SPENT_MAX: usize = 256;
 /// What `spent` is trimmed to when a worker finds nothing to do, so an idle queue keeps
@@ -116,100 +115,6 @@ const SPENT_MAX: usize = 256;
 const SPENT_IDLE: usize = 16;
 /// Larger payloads are freed by the worker at once, so little memory waits in `spent`.
 const SPENT_MAX_PAYLOAD: usize = 512;
-
-/// Waiting messages in priority order, FIFO within one priority. Only a few priority levels
-/// are in use at once, so a short sorted vector of deques beats an ordered map: entries are
-/// never shifted in memory, push and pop are O(1) within a level. Emptied levels are kept, so
-/// a queue that keeps draining does not reallocate its deque on every message.
-#[derive(Default)]
-struct Waiting {
-    levels: Vec<(Reverse<Priority>, VecDeque<Entry>)>,
-}
-
-impl Waiting {
-    fn push(&mut self, entry: Entry) {
-        let p = Reverse(entry.env.priority);
-        match self.levels.binary_search_by_key(&p, |(k, _)| *k) {
-            Ok(i) => self.levels[i].1.push_back(entry),
-            Err(i) => self.levels.insert(i, (p, VecDeque::from([entry]))),
-        }
-    }
-
-    fn first_level(&self) -> Option<usize> {
-        self.levels.iter().position(|(_, q)| !q.is_empty())
-    }
-
-    /// Key of the message that would come out next.
-    fn first_key(&self) -> Option<Key> {
-        let (p, q) = &self.levels[self.first_level()?];
-        q.front().map(|e| (*p, e.seq))
-    }
-
-    fn pop_first(&mut self) -> Option<Entry> {
-        let i = self.first_level()?;
-        self.levels[i].1.pop_front()
-    }
-
-    /// Removes the oldest message of one priority level (drop-oldest).
-    fn pop_front_of(&mut self, p: Reverse<Priority>) -> Option<Entry> {
-        let i = self.levels.binary_search_by_key(&p, |(k, _)| *k).ok()?;
-        self.levels[i].1.pop_front()
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = Entry> + use<> {
-        std::mem::take(&mut self.levels)
-            .into_iter()
-            .flat_map(|(_, q)| q)
-    }
-}
-
-#[derive(Default)]
-struct Lane {
-    /// Strictly FIFO: within one key, publish order wins over priority. The head's priority
-    /// only decides which lane goes first.
-    items: LaneItems,
-    busy: bool,
-}
-
-#[derive(Default)]
-struct LaneItems(VecDeque<Entry>);
-
-impl LaneItems {
-    fn push(&mut self, entry: Entry) {
-        self.0.push_back(entry);
-    }
-
-    fn first_key(&self) -> Option<Key> {
-        self.0.front().map(|e| (Reverse(e.env.priority), e.seq))
-    }
-
-    fn pop_first(&mut self) -> Option<Entry> {
-        self.0.pop_front()
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = Entry> + use<> {
-        std::mem::take(&mut self.0).into_iter()
-    }
-}
-
-#[derive(PartialEq, Eq)]
-struct ReadyLane {
-    key: Key,
-    lane: SmolStr,
-}
-
-impl Ord for ReadyLane {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        // BinaryHeap is a max-heap; the smallest key (highest priority, oldest) must come out first.
-        other.key.cmp(&self.key)
-    }
-}
-
-impl PartialOrd for ReadyLane {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
 
 #[derive(Default)]
 struct State {
@@ -247,21 +152,24 @@ struct State {
 }
 
 impl State {
-    fn insert(&mut self, mut entry: Entry) {
+    fn insert(&mut self, entry: Entry) {
         self.next_seq += 1;
-        entry.seq = self.next_seq;
-        let key = (Reverse(entry.env.priority), entry.seq);
+        let seq = self.next_seq;
+        let key = (Reverse(entry.env.priority), seq);
+        let (slot, lane) = Slot::new(entry, seq);
         if let Some(order) = &mut self.order {
-            order.insert(entry.seq, (key, entry.lane.clone()));
+            order.insert(seq, (key, lane.clone()));
         }
         self.len += 1;
-        match &entry.lane {
-            None => self.free.push(entry),
+        match lane {
+            None => self.free.push(slot),
             Some(name) => {
-                let name = name.clone();
-                let lane = self.lanes.entry(name.clone()).or_default();
+                let lane = match self.lanes.get_mut(&name) {
+                    Some(lane) => lane,
+                    None => self.lanes.entry(name.clone()).or_default(),
+                };
                 let is_new_head = lane.items.first_key().is_none();
-                lane.items.push(entry);
+                lane.items.push(slot);
                 if !lane.busy && is_new_head {
                     self.ready.push(ReadyLane { key, lane: name });
                 }
@@ -275,20 +183,26 @@ impl State {
         let (_, (key, lane)) = self.order.as_mut()?.pop_first()?;
         self.len -= 1;
         match lane {
-            None => self.free.pop_front_of(key.0),
+            None => self.free.pop_front_of(key.0).map(|s| s.into_entry(None)),
             Some(name) => {
                 let lane = self.lanes.get_mut(&name)?;
                 // A lane is FIFO, so its oldest message is its head.
-                let entry = lane.items.pop_first();
+                let slot = lane.items.pop_first();
                 if !lane.busy {
                     match lane.items.first_key() {
                         None => {
                             self.lanes.remove(&name);
                         }
-                        Some(key) => self.ready.push(ReadyLane { key, lane: name }),
+                        Some(key) => {
+                            let ready = ReadyLane {
+                                key,
+                                lane: name.clone(),
+                            };
+                            self.ready.push(ready);
+                        }
                     }
                 }
-                entry
+                slot.map(|s| s.into_entry(Some(name)))
             }
         }
     }
@@ -321,38 +235,40 @@ impl State {
         if !holds && self.busy >= self.limit {
             return None;
         }
-        let entry = if self.ready.is_empty() {
+        let (slot, lane) = if self.ready.is_empty() {
             // No lane waits for a worker: the best unkeyed message, without comparing keys.
-            self.free.pop_first()
+            (self.free.pop_first()?, None)
         } else {
             let free = self.free.first_key();
             let laned = self.best_ready();
             match (free, laned) {
-                (Some(f), Some(l)) if l < f => self.take_lane(),
-                (Some(_), _) => self.free.pop_first(),
-                (None, Some(_)) => self.take_lane(),
-                (None, None) => None,
+                (Some(f), Some(l)) if l < f => self.take_lane()?,
+                (Some(_), _) => (self.free.pop_first()?, None),
+                (None, Some(_)) => self.take_lane()?,
+                (None, None) => return None,
             }
-        }?;
+        };
         self.len -= 1;
         if let Some(order) = &mut self.order {
-            order.remove(&entry.seq);
+            order.remove(&slot.seq);
         }
         if self.in_flight.len() <= worker {
             self.in_flight.resize_with(worker + 1, Vec::new);
         }
-        self.in_flight[worker].push((entry.seq, entry.env.clone()));
+        self.in_flight[worker].push((slot.seq, slot.env.clone()));
         if !holds {
             self.busy += 1;
         }
-        Some(entry)
+        Some(slot.into_entry(lane))
     }
 
-    fn take_lane(&mut self) -> Option<Entry> {
+    /// The head of the best ready lane, which becomes busy, and the lane's name.
+    fn take_lane(&mut self) -> Option<(Slot, Option<SmolStr>)> {
         let top = self.ready.pop()?;
         let lane = self.lanes.get_mut(&top.lane)?;
         lane.busy = true;
-        lane.items.pop_first()
+        let slot = lane.items.pop_first()?;
+        Some((slot, Some(top.lane)))
     }
 
     /// Frees the lane and the in-flight slot; returns the envelope when the caller should
@@ -381,8 +297,18 @@ impl State {
         done
     }
 
+    /// Frees `lane` (if the message had one) for its next message.
+    #[inline]
     fn release_lane(&mut self, lane: Option<&SmolStr>) {
-        let Some(name) = lane else { return };
+        if let Some(name) = lane {
+            self.release_named_lane(name);
+        }
+    }
+
+    /// [`release_lane`](Self::release_lane) of a keyed message (out of line: unkeyed
+    /// messages, the most common, do not pay for the call).
+    #[inline(never)]
+    fn release_named_lane(&mut self, name: &SmolStr) {
         let Some(l) = self.lanes.get_mut(name) else {
             return;
         };
@@ -399,9 +325,9 @@ impl State {
     }
 
     fn drain_all(&mut self) -> Vec<Entry> {
-        let mut out: Vec<Entry> = self.free.drain().collect();
-        for lane in self.lanes.values_mut() {
-            out.extend(lane.items.drain());
+        let mut out: Vec<Entry> = self.free.drain().map(|s| s.into_entry(None)).collect();
+        for (name, lane) in &mut self.lanes {
+            out.extend(lane.items.drain().map(|s| s.into_entry(Some(name.clone()))));
         }
         self.lanes.retain(|_, l| l.busy);
         self.ready.clear();
@@ -508,8 +434,9 @@ impl Queue {
         }
     }
 
-    /// Queues `entry`, releases the lock, wakes an idle worker if there is one, and frees a
-    /// settled envelope on this (the publisher's) thread, outside the lock.
+    /// Queues `entry`, releases the lock, wakes an idle worker if there is one, and leaves a
+    /// settled envelope on this (the publisher's) thread, outside the lock, for the next
+    /// publish to reuse its block ([`spare`]).
     fn insert_and_wake(&self, mut st: MutexGuard<'_, State>, entry: Entry) {
         st.insert(entry);
         let wake = self.idle_workers.load(Ordering::SeqCst) > 0;
@@ -518,7 +445,9 @@ impl Queue {
         if wake {
             self.not_empty.notify_one();
         }
-        drop(spent);
+        if let Some(spent) = spent {
+            spare::keep(spent);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -870,6 +799,8 @@ impl Taken {
 }
 
 mod inline;
+pub(crate) mod spare;
+mod waiting;
 
 #[cfg(test)]
 mod tests;

@@ -180,10 +180,12 @@ pub(crate) struct BusInner {
 
 impl BusInner {
     /// Stores a dead letter, encoded first by the codecs that keep dead letters encoded
-    /// ([`TransportCodec::encodes_dead_letters`](crate::TransportCodec::encodes_dead_letters)),
-    /// on a bus with a transport (without one, codecs never run).
+    /// ([`TransportCodec::encodes_dead_letters`](crate::TransportCodec::encodes_dead_letters))
+    /// when it is an event on a bus with a transport (without one, codecs never run).
     pub(crate) fn dead_letter(&self, mut letter: DeadLetter) {
-        if self.transport.is_some() {
+        // Only events: they are what codecs encode on the way out (a command or request never
+        // passes through one, so a replayed command must not come back encoded).
+        if self.transport.is_some() && letter.envelope.kind == switchyard_core::Kind::Event {
             for codec in self.codecs.iter().filter(|c| c.encodes_dead_letters()) {
                 let mut encoded = letter.envelope.clone();
                 match codec.encode(&mut encoded) {

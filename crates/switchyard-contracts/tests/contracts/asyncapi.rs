@@ -241,3 +241,74 @@ fn names_that_reduce_to_the_same_key_keep_their_own_channel_operation_and_schema
         assert!(doc.pointer(&r[1..]).is_some(), "dangling {r}");
     }
 }
+
+/// Two `Address`es of the same text, each referring to a `Country` of its own type.
+mod nested_a {
+    use serde::{Deserialize, Serialize};
+    use switchyard_contracts::JsonSchema;
+
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Country {
+        pub iso: String,
+    }
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Address {
+        pub country: Country,
+    }
+}
+
+mod nested_b {
+    use serde::{Deserialize, Serialize};
+    use switchyard_contracts::JsonSchema;
+
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Country {
+        pub code: u32,
+    }
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct Address {
+        pub country: Country,
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, switchyard_contracts::JsonSchema)]
+struct ParcelA {
+    to: nested_a::Address,
+}
+impl switchyard::Message for ParcelA {
+    const TOPIC: &'static str = "parcels.a";
+}
+impl switchyard_contracts::Contract for ParcelA {}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, switchyard_contracts::JsonSchema)]
+struct ParcelB {
+    to: nested_b::Address,
+}
+impl switchyard::Message for ParcelB {
+    const TOPIC: &'static str = "parcels.b";
+}
+impl switchyard_contracts::Contract for ParcelB {}
+
+/// A definition is the same as another only when what it refers to is the same too (found by
+/// review: two `Address`es of the same text were shared, and the second type's address
+/// pointed at the first type's `Country`).
+#[test]
+fn nested_definitions_resolve_to_their_own_types_definitions() {
+    let mut reg = Registry::new();
+    reg.register::<ParcelA>()
+        .unwrap()
+        .register::<ParcelB>()
+        .unwrap();
+    let doc = asyncapi::export(&reg, &asyncapi::Info::default());
+    let follow = |v: &Value| {
+        doc.pointer(&v["$ref"].as_str().unwrap()[1..])
+            .unwrap()
+            .clone()
+    };
+    let country = |msg: &str| {
+        let address = follow(&doc["components"]["messages"][msg]["payload"]["properties"]["to"]);
+        follow(&address["properties"]["country"])
+    };
+    assert_eq!(country("ParcelA")["properties"]["iso"]["type"], "string");
+    assert_eq!(country("ParcelB")["properties"]["code"]["type"], "integer");
+}

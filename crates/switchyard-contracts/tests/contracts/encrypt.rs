@@ -430,3 +430,62 @@ async fn a_rejected_message_of_an_encrypted_topic_is_dead_lettered_sealed_and_re
     );
     bus.shutdown(WAIT).await.unwrap();
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Refund {
+    card: String,
+    cents: u64,
+}
+impl Message for Refund {
+    const TOPIC: &'static str = "payments.refund";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+}
+impl switchyard::Command for Refund {
+    type Output = u64;
+}
+
+/// A command is never sealed (it does not pass through the transport's storage), so its dead
+/// letter is not either: replayed as the node replays a command (`send_envelope`), it reaches
+/// its handler (found by review: the letter was sealed and the replay handed the handler
+/// ciphertext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_command_of_an_encrypted_topic_is_dead_lettered_as_it_is_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dtx, mut letters) = mpsc::unbounded_channel();
+    let bus = Bus::builder()
+        .transport(open_log(dir.path()))
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .dead_letters(Letters(dtx))
+        .build()
+        .unwrap();
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _handler = bus
+        .handle(move |r: Refund, _ctx| {
+            let failed = failed.clone();
+            async move {
+                if !failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return Err("the first try fails".to_string());
+                }
+                Ok::<_, String>(r.cents)
+            }
+        })
+        .max_attempts(1)
+        .start()
+        .await
+        .unwrap();
+    let refund = Refund {
+        card: MARKER.to_owned(),
+        cents: 7,
+    };
+    assert!(bus.send(refund.clone()).await.is_err());
+    let letter = next(&mut letters).await;
+    assert_eq!(letter.reason, DeadLetterReason::HandlerFailed);
+    assert_eq!(letter.envelope.header(KEY_HEADER), None);
+    assert_eq!(
+        serde_json::from_slice::<Refund>(&letter.envelope.payload).unwrap(),
+        refund
+    );
+    let replayed = bus.send_envelope(letter.envelope).await.unwrap();
+    assert_eq!(&replayed.reply.unwrap().payload[..], b"7");
+    bus.shutdown(WAIT).await.unwrap();
+}

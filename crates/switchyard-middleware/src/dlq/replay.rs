@@ -95,6 +95,10 @@ where
     }
 
     /// Keeps entries in the queue after re-publishing them (default: removed).
+    ///
+    /// A kept entry replayed again carries the same replay count as before: on NATS its
+    /// second replay within the stream's duplicate window has the same dedup key as the
+    /// first and is dropped by JetStream as a repeat (it still counts as replayed here).
     pub fn keep_entries(mut self, keep: bool) -> Self {
         self.keep = keep;
         self

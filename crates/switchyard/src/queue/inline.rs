@@ -69,7 +69,10 @@ impl Queue {
         if idle {
             self.inline_idle.notify_waiters();
         }
-        drop(done);
+        // On the sender's thread: its next command may reuse the block.
+        if let Some(done) = done {
+            super::spare::keep(done);
+        }
     }
 
     /// Resolves once no inline run is going on; for a closed queue (see `finish_inline`).

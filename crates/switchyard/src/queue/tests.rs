@@ -1,6 +1,6 @@
 //! Unit tests of the queue: ordering, lanes, overflow policies, waiting.
 use super::*;
-use switchyard_core::Topic;
+use switchyard_core::{Priority, Topic};
 
 /// A pending count of its own for a test entry.
 fn accepted() -> Accepted {
@@ -288,4 +288,40 @@ async fn try_push_now_hands_back_what_the_policy_would_make_wait() {
     // Closed is an answer, not a wait.
     q.close();
     assert!(matches!(q.try_push_now(n()), Ok(Err(PushError::Closed(_)))));
+}
+
+/// A message keeps what it came with through the queue (its slot stores the lane only as
+/// the lane's name and a reply only in its box): taken, evicted and drained entries carry
+/// their lane and their reply channel again.
+#[tokio::test]
+async fn entries_keep_their_lane_and_reply_through_the_queue() {
+    let command = |lane: Option<&str>, tag: &str| {
+        let mut e = entry(Priority::NORMAL, lane, tag);
+        let (tx, rx) = CommandReply::channel(None);
+        e.reply = Some(tx);
+        (e, rx)
+    };
+    let q = Queue::new(3, Overflow::DropOldest, 1);
+    let (c1, _rx1) = command(Some("k"), "c1");
+    assert!(q.try_push(c1).is_ok());
+    assert!(q.try_push(entry(Priority::NORMAL, Some("k"), "e2")).is_ok());
+    let (c3, _rx3) = command(None, "c3");
+    assert!(q.try_push(c3).is_ok());
+    let t = q.pop(0).await.unwrap();
+    assert_eq!(tag(&t), "c1");
+    assert_eq!(t.entry.lane.as_deref(), Some("k"));
+    assert!(t.entry.reply.is_some());
+    // The queue is at 2 of 3: two more pushes evict the oldest waiting one, e2 (keyed).
+    assert!(q.try_push(entry(Priority::NORMAL, None, "e4")).is_ok());
+    let Ok(Pushed::Evicted(old)) = q.try_push(entry(Priority::NORMAL, None, "e5")) else {
+        panic!("a full drop-oldest queue evicts");
+    };
+    assert_eq!(&old.env.payload[..], b"e2");
+    assert_eq!(old.lane.as_deref(), Some("k"));
+    assert!(old.reply.is_none());
+    let left = q.drain_waiting();
+    let tags: Vec<_> = left.iter().map(|e| e.env.payload.clone()).collect();
+    assert_eq!(tags, ["c3", "e4", "e5"]);
+    assert!(left[0].reply.is_some() && left[0].lane.is_none());
+    assert!(left[1].reply.is_none());
 }

@@ -234,3 +234,49 @@ async fn a_publish_dropped_while_waiting_for_room_is_not_left_pending() {
         .expect("run_until_idle returns once the two accepted messages are handled");
     assert_eq!(sub.stats().acked, 2);
 }
+
+/// A publisher that has to wait for room in one subscription queues the message in the
+/// subscriptions after it once the wait is over, whether the wait ends in room or in a
+/// time-out (then the error counts them as delivered).
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_waiting_in_one_subscription_still_delivers_to_the_next() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (slow, gate, mut started) = gated(
+        &bus,
+        1,
+        Overflow::Block {
+            timeout: Duration::from_millis(100),
+        },
+    )
+    .await;
+    let fast = switchyard::testkit::Recorder::start(&bus, "test.ping")
+        .await
+        .unwrap();
+    occupy_worker(&bus, &mut started).await;
+    bus.publish(Ping { n: 1 }).await.unwrap(); // fills slow's queue
+    match bus.publish(Ping { n: 2 }).await {
+        Err(PublishError::Full {
+            subscriptions,
+            delivered,
+        }) => {
+            assert_eq!(subscriptions, ["slow"]);
+            assert_eq!(delivered, 1, "the subscription after the full one got it");
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // Room appears while the publisher waits: both get the message.
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish(Ping { n: 3 }).await })
+    };
+    tokio::task::yield_now().await;
+    gate.add_permits(1);
+    publisher.await.unwrap().unwrap();
+    let seen = fast.wait_for(4, WAIT).await.unwrap();
+    assert_eq!(seen.len(), 4);
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    assert_eq!(slow.stats().acked, 3, "0, 1 and 3: 2 was refused");
+    assert_eq!(slow.stats().refused_full, 1);
+}
