@@ -78,7 +78,7 @@ impl SubShared {
             other => other,
         };
         if let (SubscriptionKind::Command, Handler::Stacked(svc)) = (self.kind, &handler) {
-            self.inline_handlers.enable(svc);
+            self.queue.enable_inline(svc);
         }
         let mut workers = self.workers.lock();
         for worker in 0..self.config.workers {

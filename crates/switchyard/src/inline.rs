@@ -16,7 +16,6 @@
 //! - shutdown waits for runs until its deadline, then stops them as it aborts workers: the
 //!   command is reported left over and dead-lettered, its sender gets `NotProcessed`.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +23,6 @@ use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
-use parking_lot::Mutex;
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Service;
@@ -32,114 +30,31 @@ use tower::Service;
 use crate::handler::SingleHandler;
 use crate::pending::{Accepted, Settled};
 use crate::reply::{Answered, CommandReply};
+use crate::queue::inline::Kept;
 use crate::state::{BusInner, SubShared};
 
-/// The handler clones inline runs use: made from the workers' handler on demand, kept for
-/// the next run (at most as many as the handler has workers); and, beside them, the emptied
-/// allocations of finished runs, so a run does not allocate and free its ~1 KB box.
-#[derive(Default)]
-pub(crate) struct InlineHandlers(Mutex<Spare>);
-
-#[derive(Default)]
-struct Spare {
-    /// The handler to clone; `None` for handlers that never run inline (events, batches).
-    proto: Option<SingleHandler>,
-    spare: Vec<SingleHandler>,
-    /// Emptied run boxes, a `Vec<Cell<F>>` for the one future type `F` of `run` (its type
-    /// cannot be named, so it is kept as `Any`; see [`Run::recycle`]).
-    cells: Option<Box<dyn Any + Send>>,
-}
-
-/// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
-/// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
-type Cell<F> = Pin<Box<OptionFuture<F>>>;
-
-impl InlineHandlers {
-    /// Lets commands run inline with clones of `handler`.
-    pub(crate) fn enable(&self, handler: &SingleHandler) {
-        self.0.lock().proto = Some(handler.clone());
-    }
-
-    /// No more inline runs: the clones are dropped (a handler may hold a clone of the bus,
-    /// which holds this subscription: kept here, they would keep the bus alive once its
-    /// workers exited). A run going on drops its clone when it ends.
-    pub(crate) fn disable(&self) {
-        let dropped = {
-            let mut pool = self.0.lock();
-            (
-                pool.proto.take(),
-                std::mem::take(&mut pool.spare),
-                pool.cells.take(),
-            )
-        };
-        drop(dropped);
-    }
-
-    /// A handler clone and, when one was kept, an empty run box of type `Cell<F>` (`F` is
-    /// inferred from `_run`, the function whose future it holds).
-    fn take<F, A>(&self, _run: fn(A) -> F) -> Option<(SingleHandler, Option<Cell<F>>)>
-    where
-        F: Future<Output = RunOutput> + Send + 'static,
-    {
-        let mut pool = self.0.lock();
-        let handler = match pool.spare.pop() {
-            Some(h) => h,
-            None => pool.proto.clone()?,
-        };
-        let cell = pool
-            .cells
-            .as_mut()
-            .and_then(|cells| cells.downcast_mut::<Vec<Cell<F>>>())
-            .and_then(Vec::pop);
-        Some((handler, cell))
-    }
-
-    /// Keeps `handler` and the emptied `cell` for the next run.
-    fn give_back<F>(&self, handler: SingleHandler, cell: Option<Cell<F>>, max: usize)
-    where
-        F: Future<Output = RunOutput> + Send + 'static,
-    {
-        let mut pool = self.0.lock();
-        if pool.proto.is_none() {
-            // Disabled: nothing is kept (dropped after the lock).
-            drop(pool);
-            drop((handler, cell));
-            return;
-        }
-        if pool.spare.len() < max {
-            pool.spare.push(handler);
-        }
-        if let Some(cell) = cell {
-            let cells = pool
-                .cells
-                .get_or_insert_with(|| Box::new(Vec::<Cell<F>>::new()));
-            if let Some(cells) = cells.downcast_mut::<Vec<Cell<F>>>()
-                && cells.len() < max
-            {
-                cells.push(cell);
-            }
-        }
-    }
-}
-
-/// What a run gives: its answer (`None` when shutdown stopped it) and the handler clone it
-/// used, to keep for the next run.
-type RunOutput = (Option<Answered>, SingleHandler);
+/// What a run gives: its answer (`None` when shutdown stopped it), the handler clone it
+/// used, its slot, and how it ended (as [`Slot::finish`] takes it). The slot is given back
+/// once the run's box is emptied, so that the clone and the box are kept for the next run
+/// under the lock the slot's release takes anyway.
+type RunOutput = (Option<Answered>, SingleHandler, Slot, Option<bool>);
 
 /// An inline command's handling in its box (a `Cell`, always filled while it goes on).
 trait Run: Future<Output = Option<RunOutput>> + Send {
-    /// The run has finished: its box is emptied and kept, with `handler`, for the next run.
-    fn recycle(self: Pin<Box<Self>>, sub: &SubShared, handler: SingleHandler);
+    /// The run has finished with `output`: its box is emptied, its slot given back and, with
+    /// it, its handler and box kept for the next run. Gives the answer.
+    fn end(self: Pin<Box<Self>>, output: RunOutput) -> Option<Answered>;
 }
 
 impl<F> Run for OptionFuture<F>
 where
     F: Future<Output = RunOutput> + Send + 'static,
 {
-    fn recycle(mut self: Pin<Box<Self>>, sub: &SubShared, handler: SingleHandler) {
+    fn end(mut self: Pin<Box<Self>>, output: RunOutput) -> Option<Answered> {
+        let (answer, handler, slot, ended) = output;
         self.as_mut().set(None.into());
-        sub.inline_handlers
-            .give_back::<F>(handler, Some(self), sub.config.workers);
+        slot.finish(ended, Some((handler, Some(self))));
+        answer
     }
 }
 
@@ -176,11 +91,8 @@ impl Future for InlineRun {
         let Some((run, sub)) = self.0.take() else {
             return Poll::Ready((None, None));
         };
-        let (answer, handler) = output.unzip();
-        if let Some(handler) = handler {
-            run.recycle(&sub, handler);
-        }
-        Poll::Ready((answer.flatten(), Some(sub)))
+        let answer = output.and_then(|output| run.end(output));
+        Poll::Ready((answer, Some(sub)))
     }
 }
 
@@ -192,7 +104,12 @@ impl Drop for InlineRun {
             // (being dropped with it) it goes as a worker's message would: its slot and
             // count are released by the run's guard.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(run);
+                runtime.spawn(async move {
+                    let mut run = run;
+                    if let Some(output) = run.as_mut().await {
+                        run.end(output);
+                    }
+                });
             }
         }
     }
@@ -211,11 +128,12 @@ impl Slot {
     /// The run ended: `Some(handled)` as the worker settles a message, `None` when shutdown
     /// stopped it (in flight for the report; the count goes unsettled, as an aborted
     /// worker's).
-    fn finish(mut self, ended: Option<bool>) {
+    /// `kept`: the run's handler clone and emptied box, kept for the next run.
+    fn finish<F: Send + 'static>(mut self, ended: Option<bool>, kept: Option<Kept<F>>) {
         let accepted = self.accepted.take();
         self.sub
             .queue
-            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none());
+            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), kept);
         if let (Some(accepted), Some(handled)) = (accepted, ended) {
             accepted.settle(if handled {
                 Settled::Acked
@@ -231,7 +149,7 @@ impl Drop for Slot {
         if self.accepted.take().is_some() {
             self.sub
                 .queue
-                .finish_inline(self.seq, self.lane.as_ref(), false);
+                .finish_inline::<()>(self.seq, self.lane.as_ref(), false, None);
         }
     }
 }
@@ -251,16 +169,7 @@ impl SubShared {
         lane: Option<&SmolStr>,
         reply: CommandReply,
     ) -> Result<InlineRun, Refused> {
-        let Some((mut svc, cell)) = self.inline_handlers.take(run) else {
-            return Err(Refused {
-                sub: self,
-                env,
-                reply,
-            });
-        };
-        let Some(seq) = self.queue.try_take_inline(&env, lane) else {
-            self.inline_handlers
-                .give_back(svc, cell, self.config.workers);
+        let Some((seq, (mut svc, cell))) = self.queue.try_take_inline(&env, lane, run) else {
             return Err(Refused {
                 sub: self,
                 env,
@@ -273,9 +182,7 @@ impl SubShared {
         let ready =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
-            self.inline_handlers
-                .give_back(svc, cell, self.config.workers);
-            self.queue.finish_inline(seq, lane, false);
+            self.queue.finish_inline(seq, lane, false, Some((svc, cell)));
             return Err(Refused {
                 sub: self,
                 env,
@@ -333,6 +240,5 @@ async fn run(
             }
         }
     };
-    slot.finish(ended);
-    (answer, svc)
+    (answer, svc, slot, ended)
 }

@@ -149,6 +149,8 @@ struct State {
     inline_runs: usize,
     /// Set at the shutdown deadline: inline runs stop, as aborted workers do.
     abort_inline: bool,
+    /// The handler clones and run boxes inline runs take and give back (`queue/inline.rs`).
+    runs: inline::Spare,
 }
 
 impl State {
@@ -798,7 +800,7 @@ impl Taken {
     }
 }
 
-mod inline;
+pub(crate) mod inline;
 pub(crate) mod spare;
 mod waiting;
 

@@ -264,8 +264,6 @@ pub(crate) struct SubShared {
     pub(crate) live_workers: AtomicUsize,
     pub(crate) active: AtomicBool,
     pub(crate) bus: Weak<BusInner>,
-    /// Handler clones for commands run on their sender's task (`inline.rs`).
-    pub(crate) inline_handlers: crate::inline::InlineHandlers,
 }
 
 impl SubShared {
@@ -286,7 +284,6 @@ impl SubShared {
             live_workers: AtomicUsize::new(0),
             active: AtomicBool::new(true),
             bus,
-            inline_handlers: crate::inline::InlineHandlers::default(),
         }
     }
 
@@ -355,7 +352,7 @@ impl SubShared {
     pub(crate) fn deactivate(&self) {
         self.active.store(false, Ordering::Relaxed);
         self.queue.close();
-        self.inline_handlers.disable();
+        self.queue.disable_inline();
     }
 }
 
