@@ -16,6 +16,8 @@
 //! - shutdown waits for runs until its deadline, then stops them as it aborts workers: the
 //!   command is reported left over and dead-lettered, its sender gets `NotProcessed`.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,31 +32,68 @@ use tower::Service;
 use crate::handler::SingleHandler;
 use crate::pending::{Accepted, Settled};
 use crate::reply::{Answered, CommandReply};
-use crate::queue::inline::Kept;
 use crate::state::{BusInner, SubShared};
 
-/// What a run gives: its answer (`None` when shutdown stopped it), the handler clone it
-/// used, its slot, and how it ended (as [`Slot::finish`] takes it). The slot is given back
-/// once the run's box is emptied, so that the clone and the box are kept for the next run
-/// under the lock the slot's release takes anyway.
-type RunOutput = (Option<Answered>, SingleHandler, Slot, Option<bool>);
+/// What a run gives: its answer (`None` when shutdown stopped it).
+type RunOutput = Option<Answered>;
+
+/// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
+/// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
+type Cell<F> = Pin<Box<OptionFuture<F>>>;
+
+/// Emptied run boxes kept on this thread for its next runs (at most this many).
+const KEPT_CELLS: usize = 2;
+
+thread_local! {
+    /// The emptied boxes of runs finished on this thread, a `Vec<Cell<F>>` for the one
+    /// future type `F` of [`run`] (its type cannot be named, so it is kept as `Any`): a
+    /// run's ~1 KB box is not allocated and freed per command, and taking or keeping one
+    /// takes no lock. Kept per thread rather than per handler, as `run` is one type for
+    /// every handler; at most [`KEPT_CELLS`] per thread.
+    static CELLS: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// An empty run box of type `Cell<F>` kept on this thread, if any (`F` is inferred from
+/// `_run`, the function whose future it holds).
+fn take_cell<F: 'static, A>(_run: fn(A) -> F) -> Option<Cell<F>> {
+    CELLS
+        .try_with(|cells| {
+            cells
+                .borrow_mut()
+                .as_mut()
+                .and_then(|cells| cells.downcast_mut::<Vec<Cell<F>>>())
+                .and_then(Vec::pop)
+        })
+        .ok()
+        .flatten()
+}
+
+/// Keeps the emptied `cell` on this thread for its next run (dropped when enough are kept).
+fn keep_cell<F: 'static>(cell: Cell<F>) {
+    let _ = CELLS.try_with(|cells| {
+        let mut cells = cells.borrow_mut();
+        let cells = cells.get_or_insert_with(|| Box::new(Vec::<Cell<F>>::new()));
+        if let Some(cells) = cells.downcast_mut::<Vec<Cell<F>>>()
+            && cells.len() < KEPT_CELLS
+        {
+            cells.push(cell);
+        }
+    });
+}
 
 /// An inline command's handling in its box (a `Cell`, always filled while it goes on).
 trait Run: Future<Output = Option<RunOutput>> + Send {
-    /// The run has finished with `output`: its box is emptied, its slot given back and, with
-    /// it, its handler and box kept for the next run. Gives the answer.
-    fn end(self: Pin<Box<Self>>, output: RunOutput) -> Option<Answered>;
+    /// The run has finished: its box is emptied and kept for the next run on this thread.
+    fn recycle(self: Pin<Box<Self>>);
 }
 
 impl<F> Run for OptionFuture<F>
 where
     F: Future<Output = RunOutput> + Send + 'static,
 {
-    fn end(mut self: Pin<Box<Self>>, output: RunOutput) -> Option<Answered> {
-        let (answer, handler, slot, ended) = output;
+    fn recycle(mut self: Pin<Box<Self>>) {
         self.as_mut().set(None.into());
-        slot.finish(ended, Some((handler, Some(self))));
-        answer
+        keep_cell::<F>(self);
     }
 }
 
@@ -91,8 +130,8 @@ impl Future for InlineRun {
         let Some((run, sub)) = self.0.take() else {
             return Poll::Ready((None, None));
         };
-        let answer = output.and_then(|output| run.end(output));
-        Poll::Ready((answer, Some(sub)))
+        run.recycle();
+        Poll::Ready((output.flatten(), Some(sub)))
     }
 }
 
@@ -104,12 +143,7 @@ impl Drop for InlineRun {
             // (being dropped with it) it goes as a worker's message would: its slot and
             // count are released by the run's guard.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let mut run = run;
-                    if let Some(output) = run.as_mut().await {
-                        run.end(output);
-                    }
-                });
+                runtime.spawn(run);
             }
         }
     }
@@ -128,12 +162,12 @@ impl Slot {
     /// The run ended: `Some(handled)` as the worker settles a message, `None` when shutdown
     /// stopped it (in flight for the report; the count goes unsettled, as an aborted
     /// worker's).
-    /// `kept`: the run's handler clone and emptied box, kept for the next run.
-    fn finish<F: Send + 'static>(mut self, ended: Option<bool>, kept: Option<Kept<F>>) {
+    /// `handler`: the run's handler clone, kept for the next run.
+    fn finish(mut self, ended: Option<bool>, handler: SingleHandler) {
         let accepted = self.accepted.take();
         self.sub
             .queue
-            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), kept);
+            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), Some(handler));
         if let (Some(accepted), Some(handled)) = (accepted, ended) {
             accepted.settle(if handled {
                 Settled::Acked
@@ -149,7 +183,7 @@ impl Drop for Slot {
         if self.accepted.take().is_some() {
             self.sub
                 .queue
-                .finish_inline::<()>(self.seq, self.lane.as_ref(), false, None);
+                .finish_inline(self.seq, self.lane.as_ref(), false, None);
         }
     }
 }
@@ -169,7 +203,7 @@ impl SubShared {
         lane: Option<&SmolStr>,
         reply: CommandReply,
     ) -> Result<InlineRun, Refused> {
-        let Some((seq, (mut svc, cell))) = self.queue.try_take_inline(&env, lane, run) else {
+        let Some((seq, mut svc)) = self.queue.try_take_inline(&env, lane) else {
             return Err(Refused {
                 sub: self,
                 env,
@@ -182,13 +216,15 @@ impl SubShared {
         let ready =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
-            self.queue.finish_inline(seq, lane, false, Some((svc, cell)));
+            self.queue.finish_inline(seq, lane, false, Some(svc));
             return Err(Refused {
                 sub: self,
                 env,
                 reply,
             });
         }
+        // Taken before the run is made, so that the run is written into it.
+        let kept = take_cell(run);
         let slot = Slot {
             sub: Arc::clone(&self),
             seq,
@@ -197,7 +233,7 @@ impl SubShared {
         };
         let run_of = run((slot, Arc::clone(bus), svc, env, reply));
         // A kept box is refilled where it is; a new one only when none was kept.
-        let cell = match cell {
+        let cell = match kept {
             Some(mut cell) => {
                 cell.as_mut().set(Some(run_of).into());
                 cell
@@ -209,7 +245,7 @@ impl SubShared {
 }
 
 /// Handles the command as a worker would, with the handler seen ready just now; gives the
-/// answer and the handler back. One tuple argument, so that `InlineHandlers::take` can name
+/// answer. One tuple argument, so that `take_cell` can name
 /// the future's type through `run`'s.
 async fn run(
     (slot, bus, mut svc, env, reply): (
@@ -240,5 +276,6 @@ async fn run(
             }
         }
     };
-    (answer, svc, slot, ended)
+    slot.finish(ended, svc);
+    answer
 }

@@ -2,78 +2,34 @@
 //! (`crate::inline`). Such a run counts against the worker limit like a worker holding a
 //! message, holds its lane like one, and is in flight for the shutdown report.
 
-use std::any::Any;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::OptionFuture;
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
 
 use super::{Lane, Queue, Wake};
 use crate::handler::SingleHandler;
 
-/// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
-/// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
-pub(crate) type Cell<F> = Pin<Box<OptionFuture<F>>>;
-
 /// The handler clones inline runs use, kept in the queue's state so that a run takes and
 /// gives back its clone under the lock it takes for its slot anyway: made from the workers'
-/// handler on demand, kept for the next run (at most as many as the handler has workers);
-/// and, beside them, the emptied boxes of finished runs, so a run does not allocate and free
-/// its ~1 KB box.
+/// handler on demand and kept for the next run (at most as many as the handler has workers).
 #[derive(Default)]
 pub(super) struct Spare {
     /// The handler to clone; `None` for handlers that never run inline (events, batches)
     /// and once the subscription is deactivated.
     proto: Option<SingleHandler>,
     spare: Vec<SingleHandler>,
-    /// Emptied run boxes, a `Vec<Cell<F>>` for the one future type `F` of the run (its type
-    /// cannot be named, so it is kept as `Any`).
-    cells: Option<Box<dyn Any + Send>>,
 }
 
-/// What a finished run gives back for the next one: its handler clone and its emptied box.
-pub(crate) type Kept<F> = (SingleHandler, Option<Cell<F>>);
-
 impl Spare {
-    /// Keeps `kept` for the next run; what is not kept is handed back, to be dropped after
-    /// the lock (a handler may hold a clone of the bus).
-    fn give_back<F: Send + 'static>(&mut self, kept: Kept<F>, max: usize) -> Option<Kept<F>> {
-        if self.proto.is_none() {
-            return Some(kept);
+    /// Keeps `handler` for the next run; one that is not kept is handed back, to be dropped
+    /// after the lock (a handler may hold a clone of the bus).
+    fn give_back(&mut self, handler: SingleHandler, max: usize) -> Option<SingleHandler> {
+        if self.proto.is_none() || self.spare.len() >= max {
+            return Some(handler);
         }
-        let (handler, cell) = kept;
-        let handler = if self.spare.len() < max {
-            self.spare.push(handler);
-            None
-        } else {
-            Some(handler)
-        };
-        let cell = match cell {
-            Some(cell) => {
-                let cells = self
-                    .cells
-                    .get_or_insert_with(|| Box::new(Vec::<Cell<F>>::new()));
-                match cells.downcast_mut::<Vec<Cell<F>>>() {
-                    Some(cells) if cells.len() < max => {
-                        cells.push(cell);
-                        None
-                    }
-                    _ => Some(cell),
-                }
-            }
-            None => None,
-        };
-        match (handler, cell) {
-            (Some(handler), cell) => Some((handler, cell)),
-            (None, Some(cell)) => {
-                // Rare (more boxes than slots): dropped after the lock.
-                drop(cell);
-                None
-            }
-            (None, None) => None,
-        }
+        self.spare.push(handler);
+        None
     }
 }
 
@@ -81,16 +37,13 @@ impl Queue {
     /// Takes a worker slot for `env`, to be handled on its sender's task, when no rule
     /// stands in the way: the queue is open, nothing waits in it (so nothing is overtaken),
     /// a slot is free (the worker limit holds) and no worker holds the message's lane.
-    /// Returns the in-flight number to hand back to [`finish_inline`](Self::finish_inline),
-    /// a handler clone to run it with and, when one was kept, an empty run box of type
-    /// `Cell<F>` (`F` is inferred from `_run`, the function whose future it holds); `None`
-    /// too when the handler does not run inline.
-    pub(crate) fn try_take_inline<F: Send + 'static, A>(
+    /// Returns the in-flight number to hand back to [`finish_inline`](Self::finish_inline)
+    /// and a handler clone to run it with; `None` too when the handler does not run inline.
+    pub(crate) fn try_take_inline(
         &self,
         env: &Arc<Envelope>,
         lane: Option<&SmolStr>,
-        _run: fn(A) -> F,
-    ) -> Option<(u64, Kept<F>)> {
+    ) -> Option<(u64, SingleHandler)> {
         let mut st = self.lock();
         if st.closed || st.len > 0 || st.busy >= st.limit || st.abort_inline {
             return None;
@@ -99,16 +52,11 @@ impl Queue {
             Some(h) => h,
             None => st.runs.proto.clone()?,
         };
-        let cell = st
-            .runs
-            .cells
-            .as_mut()
-            .and_then(|cells| cells.downcast_mut::<Vec<Cell<F>>>())
-            .and_then(Vec::pop);
+
         if let Some(name) = lane {
             if st.lanes.contains_key(name) {
                 let limit = st.limit;
-                let dropped = st.runs.give_back((handler, cell), limit);
+                let dropped = st.runs.give_back(handler, limit);
                 drop(st);
                 drop(dropped);
                 return None;
@@ -126,7 +74,7 @@ impl Queue {
         st.busy += 1;
         st.inline_runs += 1;
         st.inline.push((seq, Arc::clone(env)));
-        Some((seq, (handler, cell)))
+        Some((seq, handler))
     }
 
     /// Lets commands run inline with clones of `handler`.
@@ -145,13 +93,13 @@ impl Queue {
     /// Gives back the slot of inline run `seq`: its lane is freed, and a worker is woken when
     /// messages were queued meanwhile. With `aborted` (shutdown's deadline stopped it), the
     /// message stays recorded in flight, for the shutdown report. `kept` (the run's handler
-    /// clone and emptied box) is kept for the next run, under the same lock.
-    pub(crate) fn finish_inline<F: Send + 'static>(
+    /// clone) is kept for the next run, under the same lock.
+    pub(crate) fn finish_inline(
         &self,
         seq: u64,
         lane: Option<&SmolStr>,
         aborted: bool,
-        kept: Option<Kept<F>>,
+        kept: Option<SingleHandler>,
     ) {
         let mut wake = Wake::default();
         let mut st = self.lock();
