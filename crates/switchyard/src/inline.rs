@@ -126,7 +126,8 @@ impl Future for InlineRun {
         let Poll::Ready(output) = run.as_mut().poll(cx) else {
             return Poll::Pending;
         };
-        // A filled box gives `Some`; its handler and the box are kept for the next run.
+        // A filled box gives `Some`; the emptied box is kept for this thread's next run (the
+        // handler clone went back with the slot, at the run's end).
         let Some((run, sub)) = self.0.take() else {
             return Poll::Ready((None, None));
         };
@@ -245,8 +246,8 @@ impl SubShared {
 }
 
 /// Handles the command as a worker would, with the handler seen ready just now; gives the
-/// answer. One tuple argument, so that `take_cell` can name
-/// the future's type through `run`'s.
+/// answer; its slot and handler clone are given back as it ends. One tuple argument, so
+/// that `take_cell` can name the future's type through `run`'s.
 async fn run(
     (slot, bus, mut svc, env, reply): (
         Slot,
