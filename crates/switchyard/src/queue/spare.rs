@@ -5,12 +5,16 @@
 //! (`State::spent`), which dropped them there. Instead the pusher leaves the last one here,
 //! and the next publish on the thread writes its envelope into that block when nothing else
 //! holds it (`Arc::get_mut`): a write of the envelope instead of a `malloc` and a `free`.
-//! Only envelopes that wait in `spent` come here (small payloads), one per thread at most,
-//! and only while nothing else holds them.
+//! The queue's settled envelopes (`spent`) and finished inline commands come here, one per
+//! thread at most and only while nothing else holds them; the block is kept, not the message:
+//! its payload and typed value are let go of at once, so a thread never holds on to a
+//! payload (a command of any size runs inline) until its next publish, which may never come.
+//! Without the thread's locals (being destroyed), nothing is kept and a new block is made.
 
 use std::cell::Cell;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use switchyard_core::Envelope;
 
 thread_local! {
@@ -18,9 +22,10 @@ thread_local! {
 }
 
 /// Keeps `env`'s block for this thread's next [`shared`] (the one kept before is dropped)
-/// when nothing else holds it; else lets go of it. A typed value carried beside the payload
-/// is dropped now, so that the thread never holds an application's value (whose `Drop` might
-/// need what is gone when thread-locals are destroyed), only bytes.
+/// when nothing else holds it; else lets go of it. The payload and a typed value carried
+/// beside it are dropped now: the thread keeps the allocation, not the message (an
+/// application's value, whose `Drop` might need what is gone when thread-locals are
+/// destroyed, or a large payload until the thread's next publish).
 #[inline]
 pub(crate) fn keep(mut env: Arc<Envelope>) {
     // A plain load first: a fan-out's envelope is usually still held by other queues, and
@@ -34,7 +39,9 @@ pub(crate) fn keep(mut env: Arc<Envelope>) {
     if !block.local.is_empty() {
         block.local.clear();
     }
-    let before = SPARE.with(|spare| spare.replace(Some(env)));
+    block.payload = Bytes::new();
+    // `try_with`: during the thread's teardown the spare is gone, and the block is let go of.
+    let before = SPARE.try_with(|spare| spare.replace(Some(env)));
     drop(before);
 }
 
@@ -42,7 +49,7 @@ pub(crate) fn keep(mut env: Arc<Envelope>) {
 /// old envelope is dropped), else a new one.
 #[inline]
 pub(crate) fn shared(env: Envelope) -> Arc<Envelope> {
-    match SPARE.with(Cell::take) {
+    match SPARE.try_with(Cell::take).ok().flatten() {
         Some(mut spare) => match Arc::get_mut(&mut spare) {
             Some(block) => {
                 *block = env;
@@ -61,6 +68,20 @@ mod tests {
 
     fn env(payload: &'static str) -> Envelope {
         Envelope::new(Topic::new("t").unwrap(), payload)
+    }
+
+    /// Found by review: an inline command's envelope, of any size, came here with its
+    /// payload, which then stayed alive until the thread's next publish.
+    #[test]
+    fn a_kept_block_lets_go_of_its_payload_at_once() {
+        let big = Envelope::new(Topic::new("t").unwrap(), vec![b' '; 1 << 20]);
+        keep(Arc::new(big));
+        let kept = SPARE.with(Cell::take).expect("the block is kept");
+        assert_eq!(
+            kept.payload.len(),
+            0,
+            "the thread keeps the block, not the payload"
+        );
     }
 
     #[test]
