@@ -770,11 +770,13 @@ mod tests {
         let n = RELAY_MIN + 2;
         let (_, counts, end) = batch_of(&intake, n);
         intake.settle(end, Ok(()), &mut Vec::new());
+        // Before `left` is measured: a clock read after it could come late (a preempted
+        // thread), making the loop below look shorter than `left`.
+        let started = std::time::Instant::now();
         let left = intake.relay_overdue().expect("a relay is waiting");
         assert!(left <= RELAY_WAIT);
         assert_eq!(woken(&counts).iter().sum::<usize>(), 1);
         // The writer looks again until the wait is over (bounded: it must end).
-        let started = std::time::Instant::now();
         while intake.relay_overdue().is_some() {
             assert!(started.elapsed() < Duration::from_secs(30), "never overdue");
             std::thread::yield_now();

@@ -149,7 +149,8 @@ struct State {
     inline_runs: usize,
     /// Set at the shutdown deadline: inline runs stop, as aborted workers do.
     abort_inline: bool,
-    /// The handler clones and run boxes inline runs take and give back (`queue/inline.rs`).
+    /// The handler clones inline runs take and give back (`queue/inline.rs`; their run boxes
+    /// are kept per thread, in `crate::inline`).
     runs: inline::Spare,
 }
 

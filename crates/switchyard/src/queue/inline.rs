@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use smol_str::SmolStr;
 use switchyard_core::Envelope;
 
@@ -16,8 +17,10 @@ use crate::handler::SingleHandler;
 #[derive(Default)]
 pub(super) struct Spare {
     /// The handler to clone; `None` for handlers that never run inline (events, batches)
-    /// and once the subscription is deactivated.
-    proto: Option<SingleHandler>,
+    /// and once the subscription is deactivated. Shared behind a lock of its own, so that a
+    /// clone is made after the queue's lock: a handler's `Clone` is the application's code,
+    /// which must not run under it.
+    proto: Option<Arc<Mutex<SingleHandler>>>,
     spare: Vec<SingleHandler>,
 }
 
@@ -44,13 +47,29 @@ impl Queue {
         env: &Arc<Envelope>,
         lane: Option<&SmolStr>,
     ) -> Option<(u64, SingleHandler)> {
+        let free = |st: &super::State| {
+            !(st.closed || st.len > 0 || st.busy >= st.limit || st.abort_inline)
+        };
         let mut st = self.lock();
-        if st.closed || st.len > 0 || st.busy >= st.limit || st.abort_inline {
+        if !free(&st) {
             return None;
         }
         let handler = match st.runs.spare.pop() {
             Some(h) => h,
-            None => st.runs.proto.clone()?,
+            None => {
+                // A new clone (at most one per worker of the handler), made without the lock
+                // and checked again after it.
+                let proto = st.runs.proto.clone()?;
+                drop(st);
+                let handler = proto.lock().clone();
+                st = self.lock();
+                if !free(&st) || st.runs.proto.is_none() {
+                    drop(st);
+                    drop(handler);
+                    return None;
+                }
+                handler
+            }
         };
 
         if let Some(name) = lane {
@@ -79,7 +98,8 @@ impl Queue {
 
     /// Lets commands run inline with clones of `handler`.
     pub(crate) fn enable_inline(&self, handler: &SingleHandler) {
-        self.lock().runs.proto = Some(handler.clone());
+        let proto = Arc::new(Mutex::new(handler.clone()));
+        self.lock().runs.proto = Some(proto);
     }
 
     /// No more inline runs: the clones are dropped (a handler may hold a clone of the bus,

@@ -283,6 +283,9 @@ async fn an_envelope_command_goes_nowhere_until_its_future_is_polled() {
             handler_fn(move |env: Envelope| {
                 seen.fetch_add(1, Ordering::SeqCst);
                 async move {
+                    // Not done on the first poll: a deadline that had run out before it
+                    // would be seen (a timeout polls its future before its timer).
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     Ok::<_, std::convert::Infallible>(Outcome::reply(
                         env.reply(env.payload.clone()),
                     ))
