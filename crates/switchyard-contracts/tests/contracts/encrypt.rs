@@ -377,18 +377,24 @@ fn sealing_binds_the_topic_and_rotation_keeps_old_keys() {
     );
 }
 
+/// A bus on a log in `dir`, encrypting `payments.#` with key `k1`, and its dead letters.
+fn sealing_bus(dir: &Path) -> (Bus, mpsc::UnboundedReceiver<DeadLetter>) {
+    let (dtx, letters) = mpsc::unbounded_channel();
+    let bus = Bus::builder()
+        .transport(open_log(dir))
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .dead_letters(Letters(dtx))
+        .build()
+        .unwrap();
+    (bus, letters)
+}
+
 /// A message of an encrypted topic that its handler rejects is dead-lettered sealed, not in
 /// plaintext; it opens with the keyring, and replayed as it is, it reaches the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_message_of_an_encrypted_topic_is_dead_lettered_sealed_and_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let (dtx, mut letters) = mpsc::unbounded_channel();
-    let bus = Bus::builder()
-        .transport(open_log(dir.path()))
-        .transport_codec(encryption(keys(&[("k1", 1)])))
-        .dead_letters(Letters(dtx))
-        .build()
-        .unwrap();
+    let (bus, mut letters) = sealing_bus(dir.path());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let rejected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _sub = bus
@@ -451,13 +457,7 @@ impl switchyard::Command for Refund {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_command_of_an_encrypted_topic_is_dead_lettered_as_it_is_and_replays() {
     let dir = tempfile::tempdir().unwrap();
-    let (dtx, mut letters) = mpsc::unbounded_channel();
-    let bus = Bus::builder()
-        .transport(open_log(dir.path()))
-        .transport_codec(encryption(keys(&[("k1", 1)])))
-        .dead_letters(Letters(dtx))
-        .build()
-        .unwrap();
+    let (bus, mut letters) = sealing_bus(dir.path());
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _handler = bus
         .handle(move |r: Refund, _ctx| {
