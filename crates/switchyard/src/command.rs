@@ -52,13 +52,12 @@ impl Bus {
         self.send_typed::<C>(shared(env), Some(deadline)).await
     }
 
-    /// `env`: an envelope, or one already put in its `Arc` (the futures then carry a pointer).
+    /// `env` already in its `Arc` ([`shared`]): the futures carry a pointer.
     pub(crate) async fn send_typed<C: Command>(
         &self,
-        env: impl IntoShared,
+        env: Arc<Envelope>,
         deadline: Option<Duration>,
     ) -> Result<C::Output, SendError> {
-        let env = env.into_shared();
         // A typed handler in this process hands its output over as it is (when its output
         // type is this one); from anywhere else the reply is decoded.
         let wanted: WantedType = TypeId::of::<C::Output>;
@@ -265,24 +264,6 @@ impl Bus {
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
         }
-    }
-}
-
-/// An envelope to send, or one already in its `Arc` ([`Bus::send_typed`]).
-pub(crate) trait IntoShared {
-    /// The envelope in its `Arc` (a kept block when there is one, `queue/spare.rs`).
-    fn into_shared(self) -> Arc<Envelope>;
-}
-
-impl IntoShared for Envelope {
-    fn into_shared(self) -> Arc<Envelope> {
-        shared(self)
-    }
-}
-
-impl IntoShared for Arc<Envelope> {
-    fn into_shared(self) -> Arc<Envelope> {
-        self
     }
 }
 

@@ -84,12 +84,25 @@ impl Ctx {
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         let mut env = cmd.to_envelope()?.caused_by(&self.envelope);
         env.local = switchyard_core::Local::new(cmd, &env.payload);
-        self.bus.send_typed::<C>(env, None).await
+        self.bus
+            .send_typed::<C>(crate::queue::spare::shared(env), None)
+            .await
     }
 }
 
 fn upgrade(bus: &Weak<BusInner>) -> Result<Bus, BoxError> {
     Bus::from_weak(bus).ok_or_else(|| BoxError::from("bus was dropped"))
+}
+
+/// What a typed handler's call needs before it calls the user's closure: the message decoded
+/// (or taken: see `upcast::decode`) and the bus its `Ctx` holds.
+#[inline]
+fn decode_for_call<T: Message>(
+    bus: &Weak<BusInner>,
+    env: &mut Envelope,
+) -> Result<(T, Bus), BoxError> {
+    let msg = crate::upcast::decode::<T>(bus, env)?;
+    Ok((msg, upgrade(bus)?))
 }
 
 /// A typed event handler: decodes `T` (decode failures go to the dead-letter queue) and calls `f`.
@@ -109,12 +122,8 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |mut env: Envelope| {
-        let msg = match crate::upcast::decode::<T>(&bus, &mut env) {
-            Ok(msg) => msg,
-            Err(e) => return Either::Left(ready(Err(e.into()))),
-        };
-        let bus = match upgrade(&bus) {
-            Ok(bus) => bus,
+        let (msg, bus) = match decode_for_call::<T>(&bus, &mut env) {
+            Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e))),
         };
         Either::Right(
@@ -135,12 +144,8 @@ where
     E: Into<BoxError>,
 {
     BoxCloneService::new(service_fn(move |mut env: Envelope| {
-        let cmd = match crate::upcast::decode::<C>(&bus, &mut env) {
-            Ok(cmd) => cmd,
-            Err(e) => return Either::Left(ready(Err(e.into()))),
-        };
-        let bus = match upgrade(&bus) {
-            Ok(bus) => bus,
+        let (cmd, bus) = match decode_for_call::<C>(&bus, &mut env) {
+            Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e))),
         };
         // What the reply needs of the command, so the handler gets the envelope itself

@@ -141,7 +141,9 @@ impl Session {
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         let mut env = self.tag(cmd.to_envelope()?);
         env.kind = switchyard_core::Kind::Command;
-        self.bus.send_typed::<C>(env, None).await
+        self.bus
+            .send_typed::<C>(crate::queue::spare::shared(env), None)
+            .await
     }
 
     /// Ends the session now and waits until `switchyard.session.ended` is published.
