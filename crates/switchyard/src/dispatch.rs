@@ -17,7 +17,7 @@ use switchyard_core::{
 };
 
 use crate::config::{Handler, SubscriptionKind};
-use crate::handler::{Callee, SingleHandler};
+use crate::handler::{Callee, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -202,9 +202,52 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
-            let ok = self
-                .process(&bus, &mut svc, env, reply, ready, None, &mut None)
+            // A message nobody waits for, with the handler seen ready just now and no
+            // lifecycle events to publish: its first attempt is made here, without the async
+            // layers of `process` (which takes over only when that attempt did not succeed).
+            let ok = if ready
+                && reply.is_none()
+                && !(bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event)
+            {
+                let mut stamp = env.delivery;
+                stamp.attempt += 1;
+                stamp.first_delivered_at.get_or_insert_with(SystemTime::now);
+                inc(&self.counters.delivered);
+                let started = switchyard_core::delivered::scope(
+                    Arc::clone(&env),
+                    std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(start_call(&mut svc, &env, stamp, cx))
+                    }),
+                )
                 .await;
+                let result = match started {
+                    Started::Ended(result) => result,
+                    Started::Pending(fut) => self.finish_call(&mut svc, fut, &env).await,
+                };
+                match result {
+                    // An event has no one to answer (and a reply to it is dropped).
+                    Ok(Ok(Outcome::Ack | Outcome::Reply(_))) => {
+                        inc(&self.counters.acked);
+                        true
+                    }
+                    other => {
+                        let made = self.classify_rare(other, &env, stamp.attempt);
+                        self.process(
+                            &bus,
+                            &mut svc,
+                            env,
+                            None,
+                            false,
+                            Some((made, stamp)),
+                            &mut None,
+                        )
+                        .await
+                    }
+                }
+            } else {
+                self.process(&bus, &mut svc, env, reply, ready, None, &mut None)
+                    .await
+            };
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
@@ -255,6 +298,23 @@ impl SubShared {
             let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
             let result = AssertUnwindSafe(polled).catch_unwind().await;
             // What the call was made of goes back to the handler for the next call.
+            svc.recycle(fut);
+            result
+        })
+        .await
+    }
+
+    /// The rest of a call [`start_call`] left pending: polled to its end inside the delivered
+    /// scope and a panic capture, then handed back to the handler.
+    async fn finish_call(
+        &self,
+        svc: &mut SingleHandler,
+        mut fut: SingleFuture,
+        env: &Arc<Envelope>,
+    ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
+        switchyard_core::delivered::scope(Arc::clone(env), async move {
+            let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
+            let result = AssertUnwindSafe(polled).catch_unwind().await;
             svc.recycle(fut);
             result
         })
@@ -397,7 +457,8 @@ impl SubShared {
     /// Handles one message until it is acked, replied, rejected or out of attempts. With
     /// `ready`, the worker saw the handler ready just before it took the message (no await
     /// since), so the first attempt does not poll readiness again. With `first`, the first
-    /// attempt was already made (by a prefetching worker's call): this is how it ended.
+    /// attempt was already made (by the worker, or a prefetching worker's call): how it
+    /// ended, and the delivery bookkeeping it was made with (its count already taken).
     /// Returns whether it was handled; the answer goes to `kept` when `reply` has no channel
     /// (an out-parameter rather than a larger return value: the workers' path stays as it was).
     #[allow(clippy::too_many_arguments)]
@@ -408,7 +469,7 @@ impl SubShared {
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
         ready: bool,
-        mut first: Option<Attempt>,
+        mut first: Option<(Attempt, DeliveryInfo)>,
         kept: &mut Option<Answered>,
     ) -> bool {
         let c = &self.counters;
@@ -433,14 +494,19 @@ impl SubShared {
             copy
         };
         let (ok, error) = loop {
-            delivery.attempt += 1;
-            delivery
-                .first_delivered_at
-                .get_or_insert_with(SystemTime::now);
-            inc(&c.delivered);
+            if let Some((_, stamp)) = &first {
+                // Stamped and counted by the caller, which made this attempt.
+                delivery = *stamp;
+            } else {
+                delivery.attempt += 1;
+                delivery
+                    .first_delivered_at
+                    .get_or_insert_with(SystemTime::now);
+                inc(&c.delivered);
+            }
             let attempt = delivery.attempt;
             let outcome = match first.take() {
-                Some(made) => made,
+                Some((made, _)) => made,
                 None => match wanted {
                     None => {
                         self.attempt(
@@ -578,6 +644,42 @@ impl SubShared {
             typed,
             attempts,
         }))
+    }
+}
+
+/// How [`start_call`] left a call: ended (as [`SubShared::call`] returns it), or pending
+/// with its future.
+enum Started {
+    Ended(Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>),
+    Pending(SingleFuture),
+}
+
+/// A first attempt's call and first poll, at once (the caller runs it inside the delivered
+/// scope): the handler gets its copy of `env` stamped with `delivery`, and a panic in the
+/// call or the poll is captured as [`SubShared::call`] captures it. A call ended at its
+/// first poll is handed back to the handler ([`Callee::recycle`]) here.
+fn start_call(
+    svc: &mut SingleHandler,
+    env: &Envelope,
+    delivery: DeliveryInfo,
+    cx: &mut std::task::Context<'_>,
+) -> Started {
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut copy = Envelope::clone(env);
+        copy.delivery = delivery;
+        let mut fut = svc.call_in(copy);
+        match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(result) => {
+                svc.recycle(fut);
+                Ok(result)
+            }
+            std::task::Poll::Pending => Err(fut),
+        }
+    }));
+    match polled {
+        Ok(Ok(result)) => Started::Ended(Ok(result)),
+        Ok(Err(fut)) => Started::Pending(fut),
+        Err(panic) => Started::Ended(Err(panic)),
     }
 }
 

@@ -15,6 +15,7 @@ use crate::handler::{BoxPrefetchHandler, SingleHandler, prefetch_one};
 use crate::pending::Settled;
 use crate::queue::{Entry, Popped, Taken};
 use crate::state::{Parent, SubShared};
+use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages.
 const YIELD_EVERY: usize = 128;
@@ -98,9 +99,22 @@ impl SubShared {
                     accepted,
                     ..
                 } = t.entry;
-                let made = self.classify(answer, &env, env.delivery.attempt + 1);
+                // The bookkeeping the handler saw, counted as delivered here.
+                let mut stamp = env.delivery;
+                stamp.attempt += 1;
+                stamp.first_delivered_at.get_or_insert(now);
+                inc(&self.counters.delivered);
+                let made = self.classify(answer, &env, stamp.attempt);
                 let ok = self
-                    .process(&bus, &mut one, env, reply, false, Some(made), &mut None)
+                    .process(
+                        &bus,
+                        &mut one,
+                        env,
+                        reply,
+                        false,
+                        Some((made, stamp)),
+                        &mut None,
+                    )
                     .await;
                 if let Some(delivery) = delivery {
                     self.settle(*delivery, ok).await;
