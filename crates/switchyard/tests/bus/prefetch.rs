@@ -291,3 +291,50 @@ async fn messages_handed_over_and_not_answered_at_the_deadline_are_reported_left
     );
     assert_eq!(bus.pending(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_keeps_the_first_attempts_first_delivered_at() {
+    let bus = Bus::new();
+    // Each message the handler got: its attempt and `first_delivered_at`.
+    let seen: Arc<Mutex<Vec<(u32, Option<std::time::SystemTime>)>>> = Arc::default();
+    let log = seen.clone();
+    let handler: BoxPrefetchHandler =
+        BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
+            let log = log.clone();
+            async move {
+                let mut answers = Vec::new();
+                for env in &envs {
+                    let attempt = env.delivery.attempt;
+                    log.lock()
+                        .unwrap()
+                        .push((attempt, env.delivery.first_delivered_at));
+                    answers.push(if attempt == 1 {
+                        Err::<Outcome, BoxError>("once".into())
+                    } else {
+                        Ok(Outcome::Ack)
+                    });
+                }
+                Ok::<_, BoxError>(answers)
+            }
+        }));
+    let _sub = bus
+        .subscribe_prefetch("pf", Ping::TOPIC, handler, 4)
+        .retry_delay(Duration::from_millis(10))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "the first attempt and its retry: {seen:?}");
+    assert_eq!((seen[0].0, seen[1].0), (1, 2));
+    assert!(seen[0].1.is_some(), "stamped on the first delivery");
+    assert_eq!(
+        seen[1].1, seen[0].1,
+        "the retry says when the message was first delivered"
+    );
+    let stats = &bus.registry()[0].stats;
+    assert_eq!((stats.delivered, stats.retried, stats.acked), (2, 1, 1));
+}
