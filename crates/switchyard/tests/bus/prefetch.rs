@@ -296,7 +296,8 @@ async fn messages_handed_over_and_not_answered_at_the_deadline_are_reported_left
 async fn a_retry_keeps_the_first_attempts_first_delivered_at() {
     let bus = Bus::new();
     // Each message the handler got: its attempt and `first_delivered_at`.
-    let seen: Arc<Mutex<Vec<(u32, Option<std::time::SystemTime>)>>> = Arc::default();
+    type Seen = Arc<Mutex<Vec<(u32, Option<std::time::SystemTime>)>>>;
+    let seen = Seen::default();
     let log = seen.clone();
     let handler: BoxPrefetchHandler =
         BoxCloneService::new(service_fn(move |envs: Vec<Envelope>| {
