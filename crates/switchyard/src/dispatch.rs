@@ -657,30 +657,33 @@ enum Started {
 /// A first attempt's call and first poll, at once (the caller runs it inside the delivered
 /// scope): the handler gets its copy of `env` stamped with `delivery`, and a panic in the
 /// call or the poll is captured as [`SubShared::call`] captures it. A call ended at its
-/// first poll is handed back to the handler ([`Callee::recycle`]) here.
+/// first poll (also by a panic) is handed back to the handler ([`Callee::recycle`]) here,
+/// outside the capture, as `call` does: a future that panicked is not dropped while the
+/// panic unwinds.
 fn start_call(
     svc: &mut SingleHandler,
     env: &Envelope,
     delivery: DeliveryInfo,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
-    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+    let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut copy = Envelope::clone(env);
         copy.delivery = delivery;
-        let mut fut = svc.call_in(copy);
-        match std::pin::Pin::new(&mut fut).poll(cx) {
-            std::task::Poll::Ready(result) => {
-                svc.recycle(fut);
-                Ok(result)
-            }
-            std::task::Poll::Pending => Err(fut),
-        }
+        svc.call_in(copy)
     }));
-    match polled {
-        Ok(Ok(result)) => Started::Ended(Ok(result)),
-        Ok(Err(fut)) => Started::Pending(fut),
-        Err(panic) => Started::Ended(Err(panic)),
-    }
+    let mut fut = match made {
+        Ok(fut) => fut,
+        Err(panic) => return Started::Ended(Err(panic)),
+    };
+    let polled =
+        std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(&mut fut).poll(cx)));
+    let result = match polled {
+        Ok(std::task::Poll::Pending) => return Started::Pending(fut),
+        Ok(std::task::Poll::Ready(result)) => Ok(result),
+        Err(panic) => Err(panic),
+    };
+    svc.recycle(fut);
+    Started::Ended(result)
 }
 
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
