@@ -144,7 +144,7 @@ impl Session {
         // Typed, as `Bus::send`: a typed handler of `C` takes the command as it is.
         let mut env = self.tag(C::blank_envelope()?);
         env.kind = switchyard_core::Kind::Command;
-        env.local = switchyard_core::Local::unencoded(cmd);
+        env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await
