@@ -45,6 +45,29 @@ type Cell<F> = Pin<Box<OptionFuture<F>>>;
 /// Emptied run boxes kept on this thread for its next runs (at most this many).
 const KEPT_CELLS: usize = 2;
 
+/// A sender's task yields after this many inline runs on its thread ([`yield_due`]), as a
+/// worker that never waits does after as many messages.
+pub(crate) const YIELD_EVERY: u32 = 128;
+
+thread_local! {
+    /// Inline runs finished on this thread, modulo [`YIELD_EVERY`].
+    static RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts an inline run finished on this thread; true every [`YIELD_EVERY`]th: its sender
+/// then yields, so that a sender whose handler never waits does not keep the thread from
+/// other tasks.
+#[inline]
+pub(crate) fn yield_due() -> bool {
+    RUNS.try_with(|runs| {
+        let n = runs.get() + 1;
+        let due = n >= YIELD_EVERY;
+        runs.set(if due { 0 } else { n });
+        due
+    })
+    .unwrap_or(false)
+}
+
 thread_local! {
     /// The emptied boxes of runs finished on this thread, a `Vec<Cell<F>>` for the one
     /// future type `F` of [`run`] (its type cannot be named, so it is kept as `Any`): a
