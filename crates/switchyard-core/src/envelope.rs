@@ -285,6 +285,29 @@ impl Envelope {
         }
     }
 
+    /// Whether the payload is still to be made from a typed value carried
+    /// [unencoded](Local::unencoded): the payload is empty and
+    /// [`encode_payload`](Self::encode_payload) would fill it. Only the bus's in-process path
+    /// makes such envelopes, for typed handlers of the value's type; it encodes them where they
+    /// leave that path (dead letters, serialization, [`Ctx::envelope`](https://docs.rs/switchyard)).
+    #[inline]
+    pub fn needs_encoding(&self) -> bool {
+        self.payload.is_empty() && self.local.is_unencoded()
+    }
+
+    /// Fills the payload from the typed value carried beside it, if it was carried
+    /// [unencoded](Local::unencoded) (see [`needs_encoding`](Self::needs_encoding)); does
+    /// nothing otherwise. The value is encoded once for all copies of the envelope, and
+    /// typed handlers still take it after this. An encoding error leaves the payload empty.
+    pub fn encode_payload(&mut self) -> Result<(), crate::CodecError> {
+        if self.needs_encoding()
+            && let Some(encoded) = self.local.encoded()
+        {
+            self.payload = encoded?;
+        }
+        Ok(())
+    }
+
     fn rare(&self) -> &Rare {
         self.rare.as_deref().unwrap_or(&NO_RARE)
     }

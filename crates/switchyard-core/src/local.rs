@@ -1,10 +1,13 @@
 //! A typed value travelling beside its encoded payload inside one process.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+
+use crate::error::CodecError;
+use crate::message::Message;
 
 /// The value a typed message was encoded from, carried beside the payload
 /// ([`Envelope::local`](crate::Envelope::local)) while the message stays in the process that
@@ -18,10 +21,16 @@ use bytes::Bytes;
 /// gives; see [`Message`](crate::Message) for what differs). The last holder of the value
 /// gets it moved out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
 ///
-/// The payload is always there too, so transports, raw envelope handlers, hooks and dead
-/// letters see exactly what they saw without it. The bus attaches a value after its publish
-/// hooks ran (only when there are none) and only on its in-process path; nothing serializes
-/// it, so it never crosses a transport, and envelopes compare equal whatever it holds.
+/// The payload is there too, so transports, raw envelope handlers, hooks and dead letters
+/// see exactly what they saw without it, with one exception: when every subscription a
+/// typed publish reaches is a typed handler of its type (and nothing else could read the
+/// bytes: no transport, hook, layer, filter or ordering key), the bus attaches the value
+/// [unencoded](Local::unencoded) and the payload stays empty until something needs it
+/// ([`Envelope::encode_payload`](crate::Envelope::encode_payload): dead letters,
+/// serialization, [`Ctx::envelope`](https://docs.rs/switchyard)). The bus attaches a value
+/// after its publish hooks ran (only when there are none) and only on its in-process path;
+/// nothing serializes the value itself, so it never crosses a transport, and envelopes
+/// compare equal whatever it holds.
 ///
 /// A value is only handed over while the envelope's payload is the very buffer it was
 /// encoded to (same bytes in memory, same length; the value keeps a reference to that buffer,
@@ -44,24 +53,70 @@ use bytes::Bytes;
 pub struct Local(Option<Arc<dyn Slot>>);
 
 /// A `Value<T>` of some `T`, looked at as [`Any`] (trait upcasting) to find its type: one
-/// indirect call (`type_id`) per [`Local::take`].
-trait Slot: Any + Send + Sync {}
+/// indirect call (`type_id`) per [`Local::take`]; and its encoding, made on demand.
+trait Slot: Any + Send + Sync {
+    /// The value's encoding: the payload it was encoded to, or (for a value attached
+    /// unencoded) its encoding made now, once for every copy.
+    fn encoded(&self) -> Result<Bytes, CodecError>;
+    /// Whether the value was attached unencoded (copies of its envelope may hold an empty
+    /// payload, whether or not another copy had it encoded since).
+    fn unencoded(&self) -> bool;
+    /// The value's type.
+    fn value_type(&self) -> TypeId;
+}
 
-impl<T: Send + Sync + 'static> Slot for Value<T> {}
+impl<T: Send + Sync + 'static> Slot for Value<T> {
+    fn encoded(&self) -> Result<Bytes, CodecError> {
+        match &self.encoding {
+            Encoding::Given(payload) => Ok(payload.clone()),
+            Encoding::Lazy(once, encode) => {
+                if let Some(bytes) = once.get() {
+                    return Ok(bytes.clone());
+                }
+                // Two copies encoding at once both encode; the first result is kept (the
+                // value, and so its encoding, is the same).
+                let bytes = encode(&self.value)?;
+                Ok(once.get_or_init(|| bytes).clone())
+            }
+        }
+    }
+
+    fn unencoded(&self) -> bool {
+        matches!(self.encoding, Encoding::Lazy(..))
+    }
+
+    fn value_type(&self) -> TypeId {
+        TypeId::of::<T>()
+    }
+}
 
 struct Value<T> {
     value: T,
-    /// The payload it was encoded to: kept so that its buffer stays this payload's.
-    payload: Bytes,
+    encoding: Encoding<T>,
+}
+
+/// The payload a value goes with.
+enum Encoding<T> {
+    /// The payload it was encoded to ([`Local::new`]): kept so that its buffer stays this
+    /// payload's.
+    Given(Bytes),
+    /// Attached unencoded ([`Local::unencoded`]): its encoding once made, and how to make it.
+    Lazy(OnceLock<Bytes>, fn(&T) -> Result<Bytes, CodecError>),
 }
 
 impl<T> Value<T> {
     /// Whether `payload` is the buffer this value was encoded to. `Bytes` never changes in
-    /// place and `self.payload` keeps its buffer alive, so the same address and length mean
-    /// the same bytes.
+    /// place and the value keeps its payload's buffer alive, so the same address and length
+    /// mean the same bytes. A value attached unencoded also goes with the empty payload its
+    /// envelope's copies carry until they ask for the encoding (whether or not another copy
+    /// asked already).
     #[inline]
     fn encoded_to(&self, payload: &Bytes) -> bool {
-        self.payload.as_ptr() == payload.as_ptr() && self.payload.len() == payload.len()
+        let same = |own: &Bytes| own.as_ptr() == payload.as_ptr() && own.len() == payload.len();
+        match &self.encoding {
+            Encoding::Given(own) => same(own),
+            Encoding::Lazy(once, _) => payload.is_empty() || once.get().is_some_and(same),
+        }
     }
 }
 
@@ -70,27 +125,83 @@ impl Local {
     pub fn new<T: Clone + Send + Sync + 'static>(value: T, payload: &Bytes) -> Self {
         Self(Some(Arc::new(Value {
             value,
-            payload: payload.clone(),
+            encoding: Encoding::Given(payload.clone()),
         })))
     }
 
-    /// The value, if it is a `T` and `payload` is the buffer it was encoded to: a clone of
-    /// the shared value, or the value itself when no other copy of this `Local` holds it.
-    /// This copy lets go of it either way (it is then [empty](Self::is_empty)); other copies
-    /// keep theirs.
+    /// Carries a typed message not encoded yet: its envelope's payload stays empty until
+    /// something needs the bytes ([`Envelope::encode_payload`](crate::Envelope::encode_payload),
+    /// which the bus calls where a message leaves the typed path: a dead letter, a
+    /// serialization, a handler asking for the envelope). The value is encoded at most once,
+    /// whichever copy of the envelope asks first; typed handlers of its type take the value
+    /// as with [`new`](Self::new), before and after.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use switchyard_core::{Envelope, Local, Message, Topic};
+    /// #[derive(Clone, Serialize, Deserialize)]
+    /// struct Tick { n: u32 }
+    /// impl Message for Tick { const TOPIC: &'static str = "ticks"; }
+    ///
+    /// let mut env = Tick::blank_envelope()?;
+    /// env.local = Local::unencoded(Tick { n: 7 });
+    /// assert!(env.payload.is_empty() && env.needs_encoding());
+    /// let mut copy = env.clone();
+    /// copy.encode_payload()?;
+    /// assert_eq!(&copy.payload[..], br#"{"n":7}"#);
+    /// assert_eq!(copy.local.take::<Tick>(&copy.payload).map(|t| t.n), Some(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unencoded<M: Message>(value: M) -> Self {
+        Self(Some(Arc::new(Value {
+            value,
+            encoding: Encoding::Lazy(OnceLock::new(), M::encode),
+        })))
+    }
+
+    /// The value's encoding, if a value is attached: the payload it came with, or for one
+    /// attached [unencoded](Self::unencoded) its encoding (made now if no copy made it yet).
+    pub fn encoded(&self) -> Option<Result<Bytes, CodecError>> {
+        self.0.as_ref().map(|slot| slot.encoded())
+    }
+
+    /// The type of the attached value, if any.
+    pub fn value_type(&self) -> Option<TypeId> {
+        self.0.as_ref().map(|slot| slot.value_type())
+    }
+
+    /// Whether the attached value was attached [unencoded](Self::unencoded) (its encoding is
+    /// made once, for every copy, when one asks; a copy's envelope keeps an empty payload
+    /// until it asks).
+    pub fn is_unencoded(&self) -> bool {
+        self.0.as_ref().is_some_and(|slot| slot.unencoded())
+    }
+
+    /// The value, if it is a `T` and `payload` is the buffer it was encoded to (for a value
+    /// attached [unencoded](Self::unencoded) and not encoded yet: an empty payload): a clone
+    /// of the shared value, or the value itself when no other copy of this `Local` holds it.
+    /// This copy lets go of it either way (it is then [empty](Self::is_empty)), except a
+    /// value attached unencoded, which it keeps (cloned out, never moved) so that its
+    /// envelope can still be encoded; other copies keep theirs.
     pub fn take<T: Clone + Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<T> {
         let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
         let value = slot.downcast_ref::<Value<T>>()?;
         if !value.encoded_to(payload) {
             return None;
         }
-        if self
-            .0
-            .as_ref()
-            .is_some_and(|slot| Arc::strong_count(slot) > 1)
+        // A value attached unencoded stays with this copy: its envelope can still make its
+        // payload ([`Envelope::encode_payload`](crate::Envelope::encode_payload)).
+        let keep = matches!(value.encoding, Encoding::Lazy(..));
+        if keep
+            || self
+                .0
+                .as_ref()
+                .is_some_and(|slot| Arc::strong_count(slot) > 1)
         {
             let value = value.value.clone();
-            self.0 = None;
+            if !keep {
+                self.0 = None;
+            }
             return Some(value);
         }
         // The only holder: nobody can clone this `Arc` any more (there are no weak
@@ -200,5 +311,57 @@ mod tests {
         assert!(local.is_empty());
         assert_eq!(local.take::<u8>(&payload), None);
         assert_eq!(Local::default(), local);
+    }
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Tick {
+        n: u32,
+    }
+
+    impl crate::Message for Tick {
+        const TOPIC: &'static str = "local.tick";
+    }
+
+    #[test]
+    fn an_unencoded_value_serializes_as_its_encoding_and_stays_takeable() {
+        let mut env = <Tick as crate::Message>::blank_envelope().unwrap();
+        env.local = Local::unencoded(Tick { n: 3 });
+        assert!(env.needs_encoding());
+        let mut encoded = env.clone();
+        encoded.encode_payload().unwrap();
+        assert_eq!(&encoded.payload[..], br#"{"n":3}"#);
+        // The unencoded envelope is written with the bytes, exactly as its encoded copy.
+        assert_eq!(
+            serde_json::to_string(&env).unwrap(),
+            serde_json::to_string(&encoded).unwrap()
+        );
+        // Both copies still hand the value over, and keep it (they can still be encoded).
+        let mut lazy_copy = env.clone();
+        assert_eq!(
+            lazy_copy.local.take::<Tick>(&Bytes::new()).map(|t| t.n),
+            Some(3)
+        );
+        assert!(lazy_copy.needs_encoding(), "the copy kept the value");
+        let payload = encoded.payload.clone();
+        assert_eq!(encoded.local.take::<Tick>(&payload).map(|t| t.n), Some(3));
+        // A payload rewritten to other bytes is decoded, not handed the value.
+        assert_eq!(
+            env.local
+                .take::<Tick>(&Bytes::from_static(b"{}"))
+                .map(|t| t.n),
+            None
+        );
+    }
+
+    #[test]
+    fn an_envelope_carrying_its_payload_is_never_reencoded() {
+        let payload = Bytes::from_static(b"{\"n\":1}");
+        let mut env =
+            crate::Envelope::new(crate::Topic::new("local.tick").unwrap(), payload.clone());
+        env.local = Local::new(Tick { n: 1 }, &payload);
+        assert!(!env.needs_encoding());
+        // A payload emptied on purpose stays empty: only unencoded values are encoded.
+        env.payload = Bytes::new();
+        env.encode_payload().unwrap();
+        assert!(env.payload.is_empty());
     }
 }

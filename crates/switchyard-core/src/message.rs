@@ -95,20 +95,36 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
 
     /// Encodes into a fresh envelope on [`Self::TOPIC`], with type name, version and content type set.
     fn to_envelope(&self) -> Result<Envelope, crate::PublishError> {
-        let mut env = Envelope::new(Self::topic()?, self.encode()?);
-        env.kind = Self::KIND;
-        env.type_name = Some(SmolStr::new_static(Self::type_name()));
-        env.type_version = Self::VERSION;
-        if Self::CONTENT_TYPE != JSON {
-            env.set_content_type(SmolStr::new_static(Self::CONTENT_TYPE));
-        }
-        Ok(env)
+        let topic = Self::topic()?;
+        Ok(typed_fields::<Self>(Envelope::new(topic, self.encode()?)))
+    }
+
+    /// The envelope [`to_envelope`](Self::to_envelope) fills, with an empty payload: a new
+    /// id, this type's topic, kind, type name, version and content type. The bus starts
+    /// from it for a typed message it carries [unencoded](crate::Local::unencoded).
+    fn blank_envelope() -> Result<Envelope, TopicError> {
+        Ok(typed_fields::<Self>(Envelope::new(
+            Self::topic()?,
+            Bytes::new(),
+        )))
     }
 
     /// Decodes the payload of an envelope.
     fn from_envelope(env: &Envelope) -> Result<Self, CodecError> {
         Self::decode(&env.payload)
     }
+}
+
+/// `env` with `M`'s kind, type name, version and content type.
+#[inline(always)]
+fn typed_fields<M: Message>(mut env: Envelope) -> Envelope {
+    env.kind = M::KIND;
+    env.type_name = Some(SmolStr::new_static(M::type_name()));
+    env.type_version = M::VERSION;
+    if M::CONTENT_TYPE != JSON {
+        env.set_content_type(SmolStr::new_static(M::CONTENT_TYPE));
+    }
+    env
 }
 
 /// A message with exactly one handler that returns an `Output`.

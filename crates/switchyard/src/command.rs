@@ -26,14 +26,31 @@ use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
+/// Encodes the payload of a typed command carried unencoded ([`Envelope::needs_encoding`])
+/// unless `handler` takes its value as it is: before it reaches anything that reads bytes.
+/// `env` is not shared yet (as in `start_command`).
+#[inline]
+fn encode_unless_taken(
+    env: &mut Arc<Envelope>,
+    handler: Option<&SubShared>,
+) -> Result<(), SendError> {
+    if env.needs_encoding()
+        && !handler.is_some_and(|h| env.local.value_type().is_some_and(|ty| h.config.takes(ty)))
+    {
+        Arc::make_mut(env).encode_payload()?;
+    }
+    Ok(())
+}
+
 impl Bus {
     /// Sends a command to its one handler and waits for the typed result.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env = cmd.to_envelope()?;
+        let mut env = C::blank_envelope()?;
         env.kind = Kind::Command;
-        // A typed handler in this process gets the command as it is (see `Local`); a publish
-        // hook clears it, nothing sends it over a transport.
-        env.local = Local::new(cmd, &env.payload);
+        // A typed handler in this process gets the command as it is (see `Local`), unencoded
+        // unless something on the way reads the bytes (`start_command`); a publish hook
+        // clears it, nothing sends it over a transport.
+        env.local = Local::unencoded(cmd);
         // Moved once into its shared allocation (as in `send_envelope`): the nested futures
         // carry a pointer.
         self.send_typed::<C>(shared(env), None).await
@@ -46,9 +63,9 @@ impl Bus {
         cmd: C,
         deadline: Duration,
     ) -> Result<C::Output, SendError> {
-        let mut env = cmd.to_envelope()?;
+        let mut env = C::blank_envelope()?;
         env.kind = Kind::Request;
-        env.local = Local::new(cmd, &env.payload);
+        env.local = Local::unencoded(cmd);
         self.send_typed::<C>(shared(env), Some(deadline)).await
     }
 
@@ -123,6 +140,10 @@ impl Bus {
             // Unshared: `make_mut` hands out the envelope itself, it never copies here.
             let env = Arc::make_mut(&mut env);
             inherit_parent(env);
+            if !self.inner.hooks.is_empty() {
+                // Hooks read (and may rewrite) the bytes.
+                env.encode_payload()?;
+            }
             self.run_hooks(env)?;
             if env.kind == Kind::Event {
                 env.kind = Kind::Command;
@@ -148,12 +169,16 @@ impl Bus {
                 .as_ref()
                 .and_then(|t| t.remote_commands())
             {
+                encode_unless_taken(&mut env, None)?;
                 return Ok(Start::Remote(remote, env));
             }
             return Err(SendError::NoHandler {
                 topic: env.topic.clone(),
             });
         };
+        // A typed command carried unencoded stays so only for a typed handler of its type
+        // with nothing on the way that reads the bytes.
+        encode_unless_taken(&mut env, Some(&handler))?;
         let Some(lane) = handler.admit(&env) else {
             return Err(filtered(&handler));
         };

@@ -1,5 +1,6 @@
 //! What a subscription is made of: its kind, its settings, its handler.
 
+use std::any::TypeId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,20 @@ pub(crate) struct SubscriptionConfig {
     /// On a transport: subscribe without a consumer group (see
     /// [`SubscriptionBuilder::ephemeral`]).
     pub(crate) ephemeral: bool,
+    /// The message type whose published value the handler takes as it is (a typed `on`
+    /// handler), while nothing between the queue and that handler reads the payload (no
+    /// layer, bus-wide wrap, filter or ordering key; see [`SubscriptionConfig::takes`]): a
+    /// publish of that type reaching only such subscriptions leaves its payload unencoded.
+    pub(crate) takes_value: Option<TypeId>,
+}
+
+impl SubscriptionConfig {
+    /// Whether a publish of `ty` may reach this subscription without its payload: its
+    /// handler takes the value, and nothing else on the way reads the bytes.
+    #[inline]
+    pub(crate) fn takes(&self, ty: TypeId) -> bool {
+        self.takes_value == Some(ty) && self.filters.is_empty() && self.ordering_key.is_none()
+    }
 }
 
 /// A predicate applied before a message is queued; messages it refuses are counted as

@@ -2,7 +2,7 @@
 //! message and hand it over with one.
 
 use std::future::Future;
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
@@ -25,16 +25,36 @@ use crate::state::BusInner;
 pub struct Ctx {
     bus: Bus,
     envelope: Envelope,
+    /// The envelope with its payload encoded, made at the first [`envelope`](Self::envelope)
+    /// call for a message the bus carried unencoded ([`Envelope::needs_encoding`]).
+    encoded: OnceLock<Box<Envelope>>,
 }
 
 impl Ctx {
     pub(crate) fn new(bus: Bus, envelope: Envelope) -> Self {
-        Self { bus, envelope }
+        Self {
+            bus,
+            envelope,
+            encoded: OnceLock::new(),
+        }
     }
 
-    /// The envelope being handled.
+    /// The envelope being handled, with its payload: a typed message the bus carried
+    /// unencoded (every subscription it reached was a typed handler of its type, see
+    /// [`Bus::publish`]) is encoded at the first call, once for all its handlers.
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        if !self.envelope.needs_encoding() {
+            return &self.envelope;
+        }
+        self.encoded.get_or_init(|| {
+            let mut encoded = self.envelope.clone();
+            if let Err(e) = encoded.encode_payload() {
+                // It encoded when published elsewhere; should it not here, the handler sees
+                // the empty payload, and the reason is logged.
+                tracing::warn!(message_id = %encoded.id, error = %e, "could not encode the message for Ctx::envelope");
+            }
+            Box::new(encoded)
+        })
     }
 
     /// One header of the message being handled.
@@ -76,14 +96,16 @@ impl Ctx {
     /// Publishes `msg` as a consequence of the message being handled (causation and correlation
     /// set), also from tasks the handler spawned.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), switchyard_core::PublishError> {
-        let env = msg.to_envelope()?.caused_by(&self.envelope);
-        self.bus.publish_local(env, Some(msg)).await
+        let env = M::blank_envelope()?.caused_by(&self.envelope);
+        self.bus
+            .publish_local(env, crate::publish::Typed(msg))
+            .await
     }
 
     /// Sends a command as a consequence of the message being handled.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env = cmd.to_envelope()?.caused_by(&self.envelope);
-        env.local = switchyard_core::Local::new(cmd, &env.payload);
+        let mut env = C::blank_envelope()?.caused_by(&self.envelope);
+        env.local = switchyard_core::Local::unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await

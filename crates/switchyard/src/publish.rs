@@ -188,16 +188,25 @@ impl Bus {
 
     /// Publishes a typed event on `M::TOPIC`. Returns once every matching subscription has
     /// accepted it (queued), or says which refused it.
+    ///
+    /// When every subscription it reaches is a typed handler of `M` (with nothing between
+    /// queue and handler that reads the payload: no layer, bus-wide wrap, filter or ordering
+    /// key; and no transport or publish hook on the bus), the message is not encoded at all:
+    /// the handlers take the value ([`Local::unencoded`]), and the bytes are made only if the
+    /// message is dead-lettered or a handler asks for its envelope. The size limit
+    /// ([`BusBuilder::max_message_bytes`](crate::BusBuilder::max_message_bytes)) applies to
+    /// encoded messages, so such a message is not measured.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
-        let env = msg.to_envelope()?;
-        self.publish_local(env, Some(msg)).await
+        let env = M::blank_envelope()?;
+        self.publish_local(env, Typed(msg)).await
     }
 
-    /// Publishes a typed event on another topic than `M::TOPIC`.
+    /// Publishes a typed event on another topic than `M::TOPIC` (encoded or not, as
+    /// [`publish`](Self::publish)).
     pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
-        let mut env = msg.to_envelope()?;
+        let mut env = M::blank_envelope()?;
         env.topic = Topic::new(topic)?;
-        self.publish_local(env, Some(msg)).await
+        self.publish_local(env, Typed(msg)).await
     }
 
     /// Publishes an envelope to every subscription whose pattern matches its topic.
@@ -210,32 +219,37 @@ impl Bus {
     ) -> impl Future<Output = Result<(), PublishError>> + '_ {
         // The one async layer is `publish_local`'s (not an `async fn` here: a second layer
         // would copy the envelope once more per publish).
-        self.publish_local(env, None::<()>)
+        self.publish_local(env, NoValue)
     }
 
-    /// [`Bus::publish_envelope`] of `env`, encoded from `msg` when there is one: on the
-    /// in-process path (no transport) and when no publish hook could have rewritten the
-    /// payload, `msg` travels beside it ([`Envelope::local`]) and every typed handler of
-    /// its type gets a clone of it instead of decoding the payload. One async layer for every publish: each
-    /// layer would copy the envelope into its own future.
-    pub(crate) async fn publish_local<M: Clone + Send + Sync + 'static>(
+    /// [`Bus::publish_envelope`] of `env`, or for a typed publish ([`Typed`]) of the
+    /// envelope `M::blank_envelope` made for it: encoded where anything may read the bytes
+    /// (a hook, a transport, a subscription that is not a plain typed handler of `M`), with
+    /// the value beside the payload on the in-process path when no publish hook could have
+    /// rewritten the payload (typed handlers of its type take it instead of decoding), and
+    /// not encoded at all when only such handlers get it. One async layer for every publish:
+    /// each layer would copy the envelope into its own future.
+    pub(crate) async fn publish_local<V: Published>(
         &self,
         mut env: Envelope,
-        msg: Option<M>,
+        value: V,
     ) -> Result<(), PublishError> {
         self.check_running()?;
         inherit_parent(&mut env);
+        let bytes_read_on_the_way = self.inner.transport.is_some() || !self.inner.hooks.is_empty();
+        if bytes_read_on_the_way {
+            value.encode_into(&mut env)?;
+        }
         self.run_hooks(&mut env)?;
         if let Some(transport) = &self.inner.transport {
             return self.publish_via(transport.as_ref(), env).await;
         }
-        if let Some(msg) = msg
-            && self.inner.hooks.is_empty()
-        {
-            env.local = Local::new(msg, &env.payload);
+        let targets = self.inner.router.route(&env.topic);
+        // With hooks, the payload is what they made of it: no value goes beside it.
+        if !bytes_read_on_the_way && value.attach(&mut env, &targets)? {
+            self.check_size(&env)?;
         }
         let env = crate::queue::spare::shared(env);
-        let targets = self.inner.router.route(&env.topic);
         let first = match priority_groups(&targets) {
             None => match self.try_deliver_events(&targets, &env) {
                 Ok(done) => done,
@@ -517,6 +531,63 @@ pub struct HandlerFailure {
     /// What went wrong.
     #[source]
     pub error: SendError,
+}
+
+/// What a publish carries beside its envelope: nothing ([`NoValue`], an envelope publish) or
+/// the typed message it is made from ([`Typed`]).
+pub(crate) trait Published {
+    /// Fills the payload, for a publish whose bytes something on the way reads.
+    fn encode_into(&self, env: &mut Envelope) -> Result<(), PublishError>;
+    /// On the in-process path with no hooks: attaches the value to the envelope, encoded
+    /// unless every subscription in `targets` takes it as it is. Returns whether it encoded
+    /// the payload now (to be measured against the size limit).
+    fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError>;
+}
+
+/// An envelope publish: the payload is what the caller gave.
+pub(crate) struct NoValue;
+
+impl Published for NoValue {
+    // An envelope passed on as it was delivered may still carry a typed value unencoded
+    // (`Envelope::needs_encoding`): it gets its bytes as a typed publish would.
+    #[inline(always)]
+    fn encode_into(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        Ok(env.encode_payload()?)
+    }
+
+    #[inline(always)]
+    fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError> {
+        if env.needs_encoding()
+            && let Some(ty) = env.local.value_type()
+            && !targets.iter().all(|sub| sub.config.takes(ty))
+        {
+            env.encode_payload()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// A typed publish: the envelope came from `M::blank_envelope` (empty payload).
+pub(crate) struct Typed<M>(pub(crate) M);
+
+impl<M: Message> Published for Typed<M> {
+    fn encode_into(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        env.payload = self.0.encode()?;
+        Ok(())
+    }
+
+    #[inline]
+    fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError> {
+        let ty = std::any::TypeId::of::<M>();
+        if targets.iter().all(|sub| sub.config.takes(ty)) {
+            env.local = Local::unencoded(self.0);
+            return Ok(false);
+        }
+        env.payload = self.0.encode()?;
+        env.local = Local::new(self.0, &env.payload);
+        Ok(true)
+    }
 }
 
 /// Sets causation and correlation from the message being handled on this task, if any.

@@ -38,6 +38,7 @@ impl Bus {
             handler_priority: 0,
             batch: None,
             ephemeral: false,
+            takes_value: None,
         }
     }
 
@@ -57,10 +58,12 @@ impl Bus {
     {
         let (pattern, error) = Self::typed_pattern::<M>();
         let handler = ctx::typed_event::<M, F, Fut, O, E>(self.weak(), f);
+        let mut config = self.config(name, pattern);
+        config.takes_value = Some(std::any::TypeId::of::<M>());
         SubscriptionBuilder::with_error(
             self.clone(),
             SubscriptionKind::Event,
-            self.config(name, pattern),
+            config,
             Handler::Single(handler),
             error,
         )
@@ -90,7 +93,8 @@ impl Bus {
     {
         let (pattern, error) = Self::typed_pattern::<C>();
         let handler = ctx::typed_command::<C, F, Fut, E>(self.weak(), f);
-        let config = self.config(C::TOPIC, pattern);
+        let mut config = self.config(C::TOPIC, pattern);
+        config.takes_value = Some(std::any::TypeId::of::<C>());
         SubscriptionBuilder::with_error(
             self.clone(),
             SubscriptionKind::Command,
@@ -223,6 +227,10 @@ impl Bus {
             }
             other => other,
         };
+        if inner.wrap.is_some() || !matches!(handler, Handler::Single(_)) {
+            // Bus-wide layers may read the payload; batch handlers are not typed `on` ones.
+            config.takes_value = None;
+        }
         let handler = match handler {
             Handler::Single(mut h) => {
                 if let Some(wrap) = &inner.wrap {
@@ -561,6 +569,8 @@ impl SubscriptionBuilder {
             tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
         <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
     {
+        // A layer may read the payload: publishes reach this handler encoded.
+        self.config.takes_value = None;
         match self.handler {
             Handler::Single(h) => self.handler = Handler::Single(handler::layered(h, layer)),
             // Only registration stacks a handler; boxed, it takes layers like any other.

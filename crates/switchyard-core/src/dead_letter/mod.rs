@@ -69,13 +69,21 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A dead letter for `envelope`, stamped now, with attempts and first attempt taken from the envelope.
-    pub fn new(envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {
+    ///
+    /// A typed message the bus carried [unencoded](crate::Local::unencoded) is encoded here:
+    /// a dead letter always holds the message's bytes. Should that encoding fail, the letter
+    /// keeps the empty payload and its error says why.
+    pub fn new(mut envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {
+        let mut error = error.into();
+        if let Err(e) = envelope.encode_payload() {
+            error = format!("{error} (and its payload could not be encoded: {e})");
+        }
         Self {
             attempts: envelope.delivery.attempt,
             first_attempt_at: envelope.delivery.first_delivered_at,
             envelope,
             reason,
-            error: error.into(),
+            error,
             handler: None,
             dead_lettered_at: SystemTime::now(),
         }

@@ -55,6 +55,19 @@ struct In {
 
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A typed value carried unencoded is written as its encoding: the bytes the payload
+        // would hold, never an empty payload in its place.
+        let encoded;
+        let payload = if self.needs_encoding() {
+            encoded = self
+                .local
+                .encoded()
+                .transpose()
+                .map_err(serde::ser::Error::custom)?;
+            encoded.as_ref().unwrap_or(&self.payload)
+        } else {
+            &self.payload
+        };
         let rare = self.rare();
         Out {
             id: &self.id,
@@ -70,7 +83,7 @@ impl Serialize for Envelope {
             content_type: self.content_type(),
             type_name: self.type_name.as_deref(),
             type_version: self.type_version,
-            payload: &self.payload,
+            payload,
             delivery: &self.delivery,
         }
         .serialize(s)

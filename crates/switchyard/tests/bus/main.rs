@@ -15,6 +15,7 @@ mod prefetch;
 mod routing;
 mod shutdown;
 mod stress;
+mod unencoded;
 
 use serde::{Deserialize, Serialize};
 use switchyard::{Command, Kind, Message};

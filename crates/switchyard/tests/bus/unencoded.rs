@@ -1,0 +1,350 @@
+//! Typed messages are not serialized in process (issue 18): a typed publish that reaches only
+//! typed handlers of its type (nothing else reads the bytes) is never encoded; the bytes are
+//! made once, only where they are needed (a raw subscriber, a layer or filter, a dead letter,
+//! `Ctx::envelope`).
+//!
+//! `Enc<K>` counts its encodes per `K` (tests run in parallel) and cannot be decoded, so a
+//! handler that decoded instead of taking the value fails the test by dead-lettering.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use switchyard::testkit::Recorder;
+use switchyard::{Bus, DeadLetterReason, Message, Outcome, PublishError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::WAIT;
+
+static ENCODES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+
+fn encodes<const K: usize>() -> usize {
+    ENCODES[K].load(Ordering::SeqCst)
+}
+
+/// An event whose encodes are counted and which no handler can decode.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+struct Enc<const K: usize> {
+    n: u64,
+    text: String,
+}
+
+impl<const K: usize> Enc<K> {
+    fn new(n: u64) -> Self {
+        Self {
+            n,
+            text: format!("value {n}"),
+        }
+    }
+}
+
+impl<'de, const K: usize> Deserialize<'de> for Enc<K> {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "Enc is never decoded in these tests",
+        ))
+    }
+}
+
+impl<const K: usize> Message for Enc<K> {
+    const TOPIC: &'static str = "unencoded.enc";
+
+    fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
+        ENCODES[K].fetch_add(1, Ordering::SeqCst);
+        serde_json::to_vec(self)
+            .map(switchyard::Bytes::from)
+            .map_err(|e| switchyard::CodecError {
+                direction: switchyard::CodecDirection::Encode,
+                type_name: "Enc",
+                source: Box::new(e),
+            })
+    }
+}
+
+/// A typed subscription sending what it gets (and, with `envelope`, the payload it sees).
+async fn typed<const K: usize>(
+    bus: &Bus,
+    name: &'static str,
+    envelope: bool,
+) -> (
+    mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    switchyard::Subscription,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = bus
+        .on(name, move |m: Enc<K>, ctx| {
+            let tx = tx.clone();
+            async move {
+                assert_eq!(m.text, format!("value {}", m.n));
+                let payload = if envelope {
+                    ctx.envelope().payload.to_vec()
+                } else {
+                    Vec::new()
+                };
+                tx.send((m.n, payload)).map_err(|e| e.to_string())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    (rx, sub)
+}
+
+async fn received<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    got
+}
+
+fn json<const K: usize>(n: u64) -> Vec<u8> {
+    serde_json::to_vec(&Enc::<K>::new(n)).unwrap()
+}
+
+#[tokio::test]
+async fn a_publish_reaching_only_typed_handlers_of_its_type_is_never_encoded() {
+    let bus = Bus::new();
+    let (mut a, _sa) = typed::<0>(&bus, "a", false).await;
+    let (mut b, _sb) = typed::<0>(&bus, "b", false).await;
+    for n in 0..20 {
+        bus.publish(Enc::<0>::new(n)).await.unwrap();
+    }
+    for rx in [&mut a, &mut b] {
+        let got: Vec<u64> = received(rx, 20).await.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, (0..20).collect::<Vec<_>>());
+    }
+    bus.run_until_idle().await;
+    assert_eq!(encodes::<0>(), 0, "nothing needed the bytes");
+    assert!(bus.dead_letters().unwrap().is_empty());
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_raw_subscriber_gets_the_payload_encoded_once_per_publish() {
+    let bus = Bus::new();
+    let raw = Recorder::start(&bus, Enc::<1>::TOPIC).await.unwrap();
+    let (mut a, _sa) = typed::<1>(&bus, "a", false).await;
+    let (mut b, _sb) = typed::<1>(&bus, "b", false).await;
+    for n in 0..5 {
+        bus.publish(Enc::<1>::new(n)).await.unwrap();
+    }
+    received(&mut a, 5).await;
+    received(&mut b, 5).await;
+    let envs = raw.wait_for(5, WAIT).await.unwrap();
+    let payloads: Vec<Vec<u8>> = envs.iter().map(|e| e.payload.to_vec()).collect();
+    assert_eq!(payloads, (0..5).map(json::<1>).collect::<Vec<_>>());
+    assert_eq!(encodes::<1>(), 5, "one encoding per publish, shared by all");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_layer_or_a_filter_on_the_way_gets_the_payload() {
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = tx.clone();
+    let _filtered = bus
+        .on("filtered", move |m: Enc<2>, _| {
+            let tx = tx.clone();
+            async move { tx.send(m.n).map_err(|e| e.to_string()) }
+        })
+        // A filter reads the bytes: it must see them.
+        .filter(move |env| {
+            let _ = seen.send(1000 + env.payload.len() as u64);
+            !env.payload.is_empty()
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Enc::<2>::new(3)).await.unwrap();
+    let mut got = received(&mut rx, 2).await;
+    got.sort_unstable();
+    assert_eq!(got, vec![3, 1000 + json::<2>(3).len() as u64]);
+    assert_eq!(encodes::<2>(), 1);
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _layered = bus
+        .on("layered", move |m: Enc<3>, _| {
+            let tx = tx.clone();
+            async move { tx.send(m.n).map_err(|e| e.to_string()) }
+        })
+        .layer(tower::layer::layer_fn(|inner| inner))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Enc::<3>::new(4)).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![4]);
+    assert_eq!(encodes::<3>(), 1, "a layer may read the payload: encoded");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn ctx_envelope_and_dead_letters_get_the_bytes_made_once() {
+    let bus = Bus::new();
+    let (mut a, _sa) = typed::<4>(&bus, "a", true).await;
+    let (mut b, _sb) = typed::<4>(&bus, "b", true).await;
+    let _rejects = bus
+        .on("rejects", |_: Enc<4>, _| async {
+            Ok::<_, String>(Outcome::reject("not today"))
+        })
+        .start()
+        .await
+        .unwrap();
+    let value = Enc::<4>::new(9);
+    bus.publish(value.clone()).await.unwrap();
+    for rx in [&mut a, &mut b] {
+        assert_eq!(received(rx, 1).await, vec![(9, json::<4>(9))]);
+    }
+    bus.run_until_idle().await;
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Rejected);
+    assert_eq!(&letters[0].envelope.payload[..], &json::<4>(9)[..]);
+    assert_eq!(
+        encodes::<4>(),
+        1,
+        "two handlers asked for the envelope and one message was dead-lettered: one encoding"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_made_before_another_asked_for_the_bytes_still_takes_the_value() {
+    let bus = Bus::new();
+    // "first" asks for the envelope (encoding the value); "second" waits for that, then asks
+    // for a retry: its second attempt's copy was made from the queued, still empty, envelope.
+    let (asked_tx, asked_rx) = oneshot::channel::<()>();
+    let asked_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(asked_tx)));
+    let _first = bus
+        .on("first", move |_: Enc<5>, ctx| {
+            let payload_len = ctx.envelope().payload.len();
+            let tx = asked_tx.lock().unwrap().take();
+            async move {
+                assert!(payload_len > 0);
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Some(asked_rx)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _second = bus
+        .on("second", move |m: Enc<5>, ctx| {
+            let wait = asked.lock().unwrap().take();
+            let tx = tx.clone();
+            async move {
+                if let Some(wait) = wait {
+                    tokio::time::timeout(WAIT, wait).await.unwrap().unwrap();
+                }
+                if ctx.attempt() == 1 {
+                    return Ok::<_, String>(Outcome::retry());
+                }
+                tx.send(m.n).map_err(|e| e.to_string())?;
+                Ok(Outcome::Ack)
+            }
+        })
+        .retry_delay(Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Enc::<5>::new(11)).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![11]);
+    bus.run_until_idle().await;
+    assert!(
+        bus.dead_letters().unwrap().is_empty(),
+        "nothing was decoded"
+    );
+    assert_eq!(encodes::<5>(), 1);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_size_limit_measures_encoded_messages_only() {
+    let bus = Bus::builder().max_message_bytes(16).build().unwrap();
+    let (mut a, _sa) = typed::<6>(&bus, "a", false).await;
+    // Only a typed handler of its type: not encoded, so not measured.
+    bus.publish(Enc::<6>::new(1)).await.unwrap();
+    assert_eq!(received(&mut a, 1).await, vec![(1, vec![])]);
+    // With a raw reader it is encoded, and too large.
+    let _raw = Recorder::start(&bus, Enc::<6>::TOPIC).await.unwrap();
+    let err = bus.publish(Enc::<6>::new(2)).await.unwrap_err();
+    assert!(matches!(err, PublishError::TooLarge(_)), "{err:?}");
+    assert_eq!(encodes::<6>(), 1);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A command whose encodes are counted (in slot 7) and which cannot be decoded.
+#[derive(Debug, Clone, Serialize)]
+struct EncCmd(u64);
+
+impl<'de> Deserialize<'de> for EncCmd {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "EncCmd is never decoded in these tests",
+        ))
+    }
+}
+
+impl Message for EncCmd {
+    const TOPIC: &'static str = "unencoded.cmd";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+
+    fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
+        ENCODES[7].fetch_add(1, Ordering::SeqCst);
+        Ok(serde_json::to_vec(&self.0).unwrap().into())
+    }
+}
+
+impl switchyard::Command for EncCmd {
+    type Output = u64;
+}
+
+#[tokio::test]
+async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_bytes() {
+    let bus = Bus::new();
+    let sub = bus
+        .handle(|c: EncCmd, ctx| async move {
+            // A handler may still publish and send from its context.
+            assert_eq!(ctx.attempt(), 1);
+            Ok::<_, String>(c.0 + 1)
+        })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(EncCmd(1)).await.unwrap(), 2);
+    assert_eq!(bus.request(EncCmd(2), WAIT).await.unwrap(), 3);
+    assert_eq!(
+        encodes::<7>(),
+        0,
+        "a typed handler of its type took the value"
+    );
+    drop(sub);
+    bus.run_until_idle().await;
+    // A raw handler reads the bytes: they are made for it.
+    let _raw = bus
+        .handle_envelope(
+            "raw",
+            EncCmd::TOPIC,
+            switchyard::handler_fn(|env: switchyard::Envelope| async move {
+                let n: u64 = serde_json::from_slice(&env.payload).map_err(|e| e.to_string())?;
+                Ok::<_, String>(Outcome::reply(
+                    env.reply(serde_json::to_vec(&(n * 10)).unwrap()),
+                ))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(EncCmd(4)).await.unwrap(), 40);
+    assert_eq!(encodes::<7>(), 1);
+    bus.shutdown(WAIT).await.unwrap();
+}
