@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::WAIT;
 
-static ENCODES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+static ENCODES: [AtomicUsize; 10] = [const { AtomicUsize::new(0) }; 10];
 
 fn encodes<const K: usize>() -> usize {
     ENCODES[K].load(Ordering::SeqCst)
@@ -346,5 +346,59 @@ async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_
         .unwrap();
     assert_eq!(bus.send(EncCmd(4)).await.unwrap(), 40);
     assert_eq!(encodes::<7>(), 1);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A command that cannot be decoded (its encodes counted in slot 9).
+#[derive(Debug, Clone, Serialize)]
+struct SessionCmd(u64);
+
+impl<'de> Deserialize<'de> for SessionCmd {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("never decoded"))
+    }
+}
+
+impl Message for SessionCmd {
+    const TOPIC: &'static str = "unencoded.session_cmd";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+
+    fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
+        ENCODES[9].fetch_add(1, Ordering::SeqCst);
+        Ok(serde_json::to_vec(&self.0).unwrap().into())
+    }
+}
+
+impl switchyard::Command for SessionCmd {
+    type Output = u64;
+}
+
+#[tokio::test]
+async fn a_session_hands_typed_messages_over_as_the_bus_does() {
+    let bus = Bus::new();
+    let session = bus.session("s-1").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _events = session
+        .on("events", move |m: Enc<8>, _| {
+            let tx = tx.clone();
+            async move { tx.send(m.n).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let _commands = session
+        .handle(|c: SessionCmd, _| async move { Ok::<_, String>(c.0 * 3) })
+        .start()
+        .await
+        .unwrap();
+    session.publish(Enc::<8>::new(5)).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![5]);
+    assert_eq!(session.send(SessionCmd(7)).await.unwrap(), 21);
+    bus.run_until_idle().await;
+    assert!(
+        bus.dead_letters().unwrap().is_empty(),
+        "nothing was decoded"
+    );
+    assert_eq!((encodes::<8>(), encodes::<9>()), (0, 0));
     bus.shutdown(WAIT).await.unwrap();
 }
