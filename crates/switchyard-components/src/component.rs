@@ -181,7 +181,7 @@ impl fmt::Debug for ComponentCtx {
 impl ComponentCtx {
     fn new(bus: ComponentBus, table: ContextTable, ctx: Ctx) -> Self {
         let raw = ctx.bus().clone();
-        Self::from_parts(bus, table, raw, ctx.envelope().clone())
+        Self::from_parts(bus, table, raw, ctx.into_envelope())
     }
 
     fn from_parts(bus: ComponentBus, table: ContextTable, raw: Bus, envelope: Envelope) -> Self {

@@ -237,6 +237,10 @@ pub struct Envelope {
     pub local: Local,
     /// The rare fields; `None` while all of them have their defaults.
     rare: Option<Box<Rare>>,
+    /// The payload is still to be made from the value in `local`
+    /// ([`set_unencoded`](Self::set_unencoded)); cleared once this copy made it. (In the
+    /// padding after `kind`, `priority` and `type_version`: it costs no byte.)
+    unencoded: bool,
 }
 
 /// The fields few messages set, boxed together behind [`Envelope::rare`].
@@ -282,28 +286,66 @@ impl Envelope {
             delivery: DeliveryInfo::default(),
             local: Local::default(),
             rare: None,
+            unencoded: false,
         }
     }
 
-    /// Whether the payload is still to be made from a typed value carried
-    /// [unencoded](Local::unencoded): the payload is empty and
-    /// [`encode_payload`](Self::encode_payload) would fill it. Only the bus's in-process path
-    /// makes such envelopes, for typed handlers of the value's type; it encodes them where they
-    /// leave that path (dead letters, serialization, [`Ctx::envelope`](https://docs.rs/switchyard)).
-    #[inline]
-    pub fn needs_encoding(&self) -> bool {
-        self.payload.is_empty() && self.local.is_unencoded()
+    /// Carries `value` instead of its encoding: the payload is emptied and made from the value
+    /// only when something needs the bytes ([`encode_payload`](Self::encode_payload), which
+    /// dead letters, serialization and the bus call), once for every copy of the envelope;
+    /// typed handlers of `M` take the value ([`Local::unencoded`]). The bus does this for a
+    /// typed publish or send that only typed handlers of its type read.
+    ///
+    /// ```
+    /// use serde::{Deserialize, Serialize};
+    /// use switchyard_core::{Message, Topic};
+    /// #[derive(Clone, Serialize, Deserialize)]
+    /// struct Tick { n: u32 }
+    /// impl Message for Tick { const TOPIC: &'static str = "ticks"; }
+    ///
+    /// let mut env = Tick::blank_envelope()?;
+    /// env.set_unencoded(Tick { n: 7 });
+    /// assert!(env.payload.is_empty() && env.needs_encoding());
+    /// let mut copy = env.clone();
+    /// copy.encode_payload()?;
+    /// assert_eq!(&copy.payload[..], br#"{"n":7}"#);
+    /// assert_eq!(copy.local.take::<Tick>(&copy.payload).map(|t| t.n), Some(7));
+    /// // This copy has its bytes: emptied on purpose, it stays empty.
+    /// copy.payload = Default::default();
+    /// assert!(!copy.needs_encoding());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_unencoded<M: crate::Message>(&mut self, value: M) {
+        self.payload = Bytes::new();
+        self.local = Local::unencoded(value);
+        self.unencoded = true;
     }
 
-    /// Fills the payload from the typed value carried beside it, if it was carried
-    /// [unencoded](Local::unencoded) (see [`needs_encoding`](Self::needs_encoding)); does
-    /// nothing otherwise. The value is encoded once for all copies of the envelope, and
-    /// typed handlers still take it after this. An encoding error leaves the payload empty.
+    /// Whether this copy's payload is still to be made from the value carried
+    /// [unencoded](Self::set_unencoded) (its payload is then empty): what
+    /// [`encode_payload`](Self::encode_payload) would fill. The bus makes such envelopes only
+    /// for typed handlers of the value's type, and fills them where they leave that path
+    /// (dead letters, serialization, [`Ctx::envelope`](https://docs.rs/switchyard), an
+    /// envelope passed on to a publish or send). Such a copy compares unequal to an encoded
+    /// one (`==` and [`same_message`](Self::same_message) compare payloads).
+    #[inline]
+    pub fn needs_encoding(&self) -> bool {
+        self.unencoded && self.payload.is_empty()
+    }
+
+    /// Fills the payload from the value carried [unencoded](Self::set_unencoded), if this copy
+    /// still needs it ([`needs_encoding`](Self::needs_encoding)); does nothing otherwise. The
+    /// value is encoded once for every copy of the envelope (copies asking at the same moment
+    /// may each run the encoder; the first result is kept for all), and typed handlers still
+    /// take it after this. On an encoding error the payload stays empty (and this copy still
+    /// needs encoding).
     pub fn encode_payload(&mut self) -> Result<(), crate::CodecError> {
-        if self.needs_encoding()
-            && let Some(encoded) = self.local.encoded()
-        {
-            self.payload = encoded?;
+        if self.needs_encoding() {
+            // No value (a hook let go of it): nothing to make bytes from.
+            if let Some(encoded) = self.local.encoded() {
+                self.payload = encoded?;
+            }
+            self.unencoded = false;
         }
         Ok(())
     }
@@ -526,6 +568,7 @@ impl fmt::Debug for Envelope {
             .field("headers", self.headers())
             .field("type_name", &self.type_name)
             .field("payload_len", &self.payload.len())
+            .field("unencoded", &self.needs_encoding())
             .field("attempt", &self.delivery.attempt)
             .finish()
     }

@@ -25,7 +25,7 @@ use crate::message::Message;
 /// see exactly what they saw without it, with one exception: when every subscription a
 /// typed publish reaches is a typed handler of its type (and nothing else could read the
 /// bytes: no transport, hook, layer, filter or ordering key), the bus attaches the value
-/// [unencoded](Local::unencoded) and the payload stays empty until something needs it
+/// [unencoded](crate::Envelope::set_unencoded) and the payload stays empty until something needs it
 /// ([`Envelope::encode_payload`](crate::Envelope::encode_payload): dead letters,
 /// serialization, [`Ctx::envelope`](https://docs.rs/switchyard)). The bus attaches a value
 /// after its publish hooks ran (only when there are none) and only on its in-process path;
@@ -129,29 +129,11 @@ impl Local {
         })))
     }
 
-    /// Carries a typed message not encoded yet: its envelope's payload stays empty until
-    /// something needs the bytes ([`Envelope::encode_payload`](crate::Envelope::encode_payload),
-    /// which the bus calls where a message leaves the typed path: a dead letter, a
-    /// serialization, a handler asking for the envelope). The value is encoded at most once,
-    /// whichever copy of the envelope asks first; typed handlers of its type take the value
-    /// as with [`new`](Self::new), before and after.
-    ///
-    /// ```
-    /// use serde::{Deserialize, Serialize};
-    /// use switchyard_core::{Envelope, Local, Message, Topic};
-    /// #[derive(Clone, Serialize, Deserialize)]
-    /// struct Tick { n: u32 }
-    /// impl Message for Tick { const TOPIC: &'static str = "ticks"; }
-    ///
-    /// let mut env = Tick::blank_envelope()?;
-    /// env.local = Local::unencoded(Tick { n: 7 });
-    /// assert!(env.payload.is_empty() && env.needs_encoding());
-    /// let mut copy = env.clone();
-    /// copy.encode_payload()?;
-    /// assert_eq!(&copy.payload[..], br#"{"n":7}"#);
-    /// assert_eq!(copy.local.take::<Tick>(&copy.payload).map(|t| t.n), Some(7));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
+    /// Carries a typed message not encoded yet (attach it with
+    /// [`Envelope::set_unencoded`](crate::Envelope::set_unencoded), which also marks the
+    /// envelope's payload as still to be made): typed handlers of its type take the value as
+    /// with [`new`](Self::new), while the envelope's payload is empty and after it was made
+    /// from the value ([`encoded`](Self::encoded), once for every copy).
     pub fn unencoded<M: Message>(value: M) -> Self {
         Self(Some(Arc::new(Value {
             value,
@@ -160,7 +142,9 @@ impl Local {
     }
 
     /// The value's encoding, if a value is attached: the payload it came with, or for one
-    /// attached [unencoded](Self::unencoded) its encoding (made now if no copy made it yet).
+    /// attached [unencoded](Self::unencoded) its encoding (made now if no copy made it yet;
+    /// copies asking at the same moment may each run the encoder, and the first result is
+    /// kept for all).
     pub fn encoded(&self) -> Option<Result<Bytes, CodecError>> {
         self.0.as_ref().map(|slot| slot.encoded())
     }
@@ -324,7 +308,7 @@ mod tests {
     #[test]
     fn an_unencoded_value_serializes_as_its_encoding_and_stays_takeable() {
         let mut env = <Tick as crate::Message>::blank_envelope().unwrap();
-        env.local = Local::unencoded(Tick { n: 3 });
+        env.set_unencoded(Tick { n: 3 });
         assert!(env.needs_encoding());
         let mut encoded = env.clone();
         encoded.encode_payload().unwrap();

@@ -169,7 +169,10 @@ impl BusBuilder {
     /// publish hooks (so a compressing hook counts its output). On a transport with a limit
     /// of its own (the log's `max_record_bytes`, the NATS server's `max_payload`) the
     /// smaller one applies. Default [`DEFAULT_MAX_MESSAGE_BYTES`] (16 MiB); `usize::MAX`
-    /// turns the bus's own limit off.
+    /// turns the bus's own limit off. It measures encoded messages: a typed message that
+    /// only typed handlers of its type read is not encoded in process (see
+    /// [`Bus::publish`](crate::Bus::publish)), so it is not measured; it is measured where it
+    /// gets encoded on its way (for a raw handler, a filter, a layer, a hook or a transport).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
-    Local, RemoteCommands, SendError,
+    RemoteCommands, SendError,
 };
 use tokio::sync::oneshot;
 
@@ -26,31 +26,20 @@ use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
-/// Encodes the payload of a typed command carried unencoded ([`Envelope::needs_encoding`])
-/// unless `handler` takes its value as it is: before it reaches anything that reads bytes.
-/// `env` is not shared yet (as in `start_command`).
-#[inline]
-fn encode_unless_taken(
-    env: &mut Arc<Envelope>,
-    handler: Option<&SubShared>,
-) -> Result<(), SendError> {
-    if env.needs_encoding()
-        && !handler.is_some_and(|h| env.local.value_type().is_some_and(|ty| h.config.takes(ty)))
-    {
-        Arc::make_mut(env).encode_payload()?;
-    }
-    Ok(())
-}
-
 impl Bus {
     /// Sends a command to its one handler and waits for the typed result.
+    ///
+    /// To a typed [`handle`](crate::Bus::handle) handler of `C` (no layer or filter) the
+    /// command is handed over as it is, never encoded (so not measured against the size
+    /// limit, and an encoding error shows only where bytes are made, as for
+    /// [`publish`](crate::Bus::publish)); to anything else it is encoded first.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         let mut env = C::blank_envelope()?;
         env.kind = Kind::Command;
         // A typed handler in this process gets the command as it is (see `Local`), unencoded
         // unless something on the way reads the bytes (`start_command`); a publish hook
         // clears it, nothing sends it over a transport.
-        env.local = Local::unencoded(cmd);
+        env.set_unencoded(cmd);
         // Moved once into its shared allocation (as in `send_envelope`): the nested futures
         // carry a pointer.
         self.send_typed::<C>(shared(env), None).await
@@ -65,7 +54,7 @@ impl Bus {
     ) -> Result<C::Output, SendError> {
         let mut env = C::blank_envelope()?;
         env.kind = Kind::Request;
-        env.local = Local::unencoded(cmd);
+        env.set_unencoded(cmd);
         self.send_typed::<C>(shared(env), Some(deadline)).await
     }
 
@@ -126,6 +115,26 @@ impl Bus {
         }
     }
 
+    /// Encodes the payload of a typed command carried unencoded ([`Envelope::needs_encoding`])
+    /// unless `handler` takes its value as it is, before it reaches anything that reads
+    /// bytes, and measures it then against the size limit. `env` is not shared yet (as in
+    /// `start_command`).
+    #[inline]
+    fn encode_unless_taken(
+        &self,
+        env: &mut Arc<Envelope>,
+        handler: Option<&SubShared>,
+    ) -> Result<(), SendError> {
+        if env.needs_encoding()
+            && !handler.is_some_and(|h| env.local.value_type().is_some_and(|ty| h.config.takes(ty)))
+        {
+            let env = Arc::make_mut(env);
+            env.encode_payload()?;
+            self.check_size(env)?;
+        }
+        Ok(())
+    }
+
     /// Checks, hooks, finds the handler and queues the command when its queue takes it
     /// without waiting: all a send does before it waits.
     /// `typed`: the output type the sender takes as it is from a typed handler.
@@ -169,7 +178,7 @@ impl Bus {
                 .as_ref()
                 .and_then(|t| t.remote_commands())
             {
-                encode_unless_taken(&mut env, None)?;
+                self.encode_unless_taken(&mut env, None)?;
                 return Ok(Start::Remote(remote, env));
             }
             return Err(SendError::NoHandler {
@@ -178,7 +187,7 @@ impl Bus {
         };
         // A typed command carried unencoded stays so only for a typed handler of its type
         // with nothing on the way that reads the bytes.
-        encode_unless_taken(&mut env, Some(&handler))?;
+        self.encode_unless_taken(&mut env, Some(&handler))?;
         let Some(lane) = handler.admit(&env) else {
             return Err(filtered(&handler));
         };
@@ -217,8 +226,12 @@ impl Bus {
             Start::Inline(run) => {
                 let (answer, handler) = run.await;
                 // A handler that never waits makes a send that never waits: the sender's task
-                // yields now and then (tokio's budget), as it did waiting on the answer.
-                tokio::task::consume_budget().await;
+                // yields now and then, as it did waiting on the answer (every
+                // `inline::YIELD_EVERY` runs on this thread: a counter in a thread-local costs
+                // less than asking tokio's budget on every command).
+                if crate::inline::yield_due() {
+                    tokio::task::yield_now().await;
+                }
                 let (Some(answer), Some(handler)) = (answer, handler) else {
                     return Err(stopped());
                 };

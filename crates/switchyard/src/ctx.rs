@@ -41,7 +41,8 @@ impl Ctx {
 
     /// The envelope being handled, with its payload: a typed message the bus carried
     /// unencoded (every subscription it reached was a typed handler of its type, see
-    /// [`Bus::publish`]) is encoded at the first call, once for all its handlers.
+    /// [`Bus::publish`]) is encoded at the first call, once for all its handlers. Should
+    /// that encoding fail, the payload is empty and the error is logged (`warn`).
     pub fn envelope(&self) -> &Envelope {
         if !self.envelope.needs_encoding() {
             return &self.envelope;
@@ -55,6 +56,21 @@ impl Ctx {
             }
             Box::new(encoded)
         })
+    }
+
+    /// The envelope being handled, with its payload (as [`envelope`](Self::envelope) gives
+    /// it), taken out of the context: no copy is made.
+    pub fn into_envelope(self) -> Envelope {
+        match self.encoded.into_inner() {
+            Some(encoded) => *encoded,
+            None => {
+                let mut envelope = self.envelope;
+                if let Err(e) = envelope.encode_payload() {
+                    tracing::warn!(message_id = %envelope.id, error = %e, "could not encode the message for Ctx::into_envelope");
+                }
+                envelope
+            }
+        }
     }
 
     /// One header of the message being handled.
@@ -105,7 +121,7 @@ impl Ctx {
     /// Sends a command as a consequence of the message being handled.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         let mut env = C::blank_envelope()?.caused_by(&self.envelope);
-        env.local = switchyard_core::Local::unencoded(cmd);
+        env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await

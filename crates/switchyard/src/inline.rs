@@ -30,12 +30,13 @@ use switchyard_core::Envelope;
 use tower::Service;
 
 use crate::handler::SingleHandler;
-use crate::pending::{Accepted, Settled};
+use crate::pending::Settled;
 use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
 
-/// What a run gives: its answer (`None` when shutdown stopped it).
-type RunOutput = Option<Answered>;
+/// What a run gives: its answer (`None` when shutdown stopped it) and the handler's
+/// subscription, moved out of the run's slot (`None` only if the slot had lost it).
+type RunOutput = InlineOutput;
 
 /// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
 /// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
@@ -43,6 +44,29 @@ type Cell<F> = Pin<Box<OptionFuture<F>>>;
 
 /// Emptied run boxes kept on this thread for its next runs (at most this many).
 const KEPT_CELLS: usize = 2;
+
+/// A sender's task yields after this many inline runs on its thread ([`yield_due`]), as a
+/// worker that never waits does after as many messages.
+pub(crate) const YIELD_EVERY: u32 = 128;
+
+thread_local! {
+    /// Inline runs finished on this thread, modulo [`YIELD_EVERY`].
+    static RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts an inline run finished on this thread; true every [`YIELD_EVERY`]th: its sender
+/// then yields, so that a sender whose handler never waits does not keep the thread from
+/// other tasks.
+#[inline]
+pub(crate) fn yield_due() -> bool {
+    RUNS.try_with(|runs| {
+        let n = runs.get() + 1;
+        let due = n >= YIELD_EVERY;
+        runs.set(if due { 0 } else { n });
+        due
+    })
+    .unwrap_or(false)
+}
 
 thread_local! {
     /// The emptied boxes of runs finished on this thread, a `Vec<Cell<F>>` for the one
@@ -98,10 +122,10 @@ where
 }
 
 /// A command being handled on its sender's task. Awaiting it runs the handler and gives the
-/// answer (`None` when shutdown stopped it) and the handler's subscription, which it holds
-/// meanwhile (`None` when polled again after that); dropping it before it finished hands the
-/// rest of the run to a task of its own.
-pub(crate) struct InlineRun(Option<(BoxedRun, Arc<SubShared>)>);
+/// answer (`None` when shutdown stopped it) and the handler's subscription, which the run's
+/// slot holds meanwhile (`None` when polled again after that); dropping it before it finished
+/// hands the rest of the run to a task of its own.
+pub(crate) struct InlineRun(Option<BoxedRun>);
 
 /// What [`InlineRun`] gives: the answer and the subscription handed back.
 pub(crate) type InlineOutput = (Option<Answered>, Option<Arc<SubShared>>);
@@ -120,7 +144,7 @@ impl Future for InlineRun {
     type Output = InlineOutput;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<InlineOutput> {
-        let Some((run, _)) = self.0.as_mut() else {
+        let Some(run) = self.0.as_mut() else {
             return Poll::Ready((None, None));
         };
         let Poll::Ready(output) = run.as_mut().poll(cx) else {
@@ -128,17 +152,16 @@ impl Future for InlineRun {
         };
         // A filled box gives `Some`; the emptied box is kept for this thread's next run (the
         // handler clone went back with the slot, at the run's end).
-        let Some((run, sub)) = self.0.take() else {
-            return Poll::Ready((None, None));
-        };
-        run.recycle();
-        Poll::Ready((output.flatten(), Some(sub)))
+        if let Some(run) = self.0.take() {
+            run.recycle();
+        }
+        Poll::Ready(output.unwrap_or((None, None)))
     }
 }
 
 impl Drop for InlineRun {
     fn drop(&mut self) {
-        if let Some((run, _)) = self.0.take() {
+        if let Some(run) = self.0.take() {
             // The sender stopped waiting: the command was accepted, so it is handled all the
             // same (its answer is discarded), as a queued one would be. Without a runtime
             // (being dropped with it) it goes as a worker's message would: its slot and
@@ -151,40 +174,53 @@ impl Drop for InlineRun {
 }
 
 /// An inline run's slot and pending count: given back when the run ends, or when its future
-/// is dropped unfinished.
+/// is dropped unfinished. It holds the run's references to the handler's subscription (handed
+/// back to the sender at the end: the sender's own, moved in, not counted again) and to the
+/// bus, and is the command's pending guard itself ([`Pending::accept_held`]): a run counts no
+/// reference of its own.
+///
+/// [`Pending::accept_held`]: crate::pending::Pending::accept_held
 struct Slot {
-    sub: Arc<SubShared>,
+    /// `None` once handed back by [`finish`](Self::finish).
+    sub: Option<Arc<SubShared>>,
+    bus: Arc<BusInner>,
     seq: u64,
     lane: Option<SmolStr>,
-    accepted: Option<Accepted>,
+    /// The command is counted pending until the slot is finished or dropped.
+    counted: bool,
 }
 
 impl Slot {
     /// The run ended: `Some(handled)` as the worker settles a message, `None` when shutdown
     /// stopped it (in flight for the report; the count goes unsettled, as an aborted
-    /// worker's).
+    /// worker's). Gives the subscription back.
     /// `handler`: the run's handler clone, kept for the next run.
-    fn finish(mut self, ended: Option<bool>, handler: SingleHandler) {
-        let accepted = self.accepted.take();
-        self.sub
-            .queue
-            .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), Some(handler));
-        if let (Some(accepted), Some(handled)) = (accepted, ended) {
-            accepted.settle(if handled {
-                Settled::Acked
-            } else {
-                Settled::DeadLettered
-            });
+    fn finish(mut self, ended: Option<bool>, handler: SingleHandler) -> Option<Arc<SubShared>> {
+        let counted = std::mem::take(&mut self.counted);
+        let sub = self.sub.take();
+        if let Some(sub) = &sub {
+            sub.queue
+                .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), Some(handler));
         }
+        if counted {
+            match ended {
+                Some(true) => self.bus.pending.settle_held(Settled::Acked),
+                Some(false) => self.bus.pending.settle_held(Settled::DeadLettered),
+                None => self.bus.pending.release_held(),
+            }
+        }
+        sub
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.accepted.take().is_some() {
-            self.sub
-                .queue
-                .finish_inline(self.seq, self.lane.as_ref(), false, None);
+        if std::mem::take(&mut self.counted) {
+            if let Some(sub) = &self.sub {
+                sub.queue
+                    .finish_inline(self.seq, self.lane.as_ref(), false, None);
+            }
+            self.bus.pending.release_held();
         }
     }
 }
@@ -226,13 +262,15 @@ impl SubShared {
         }
         // Taken before the run is made, so that the run is written into it.
         let kept = take_cell(run);
+        bus.pending.accept_held();
         let slot = Slot {
-            sub: Arc::clone(&self),
+            sub: Some(self),
+            bus: Arc::clone(bus),
             seq,
             lane: lane.cloned(),
-            accepted: Some(bus.pending.accept()),
+            counted: true,
         };
-        let run_of = run((slot, Arc::clone(bus), svc, env, reply));
+        let run_of = run((slot, svc, env, reply));
         // A kept box is refilled where it is; a new one only when none was kept.
         let cell = match kept {
             Some(mut cell) => {
@@ -241,27 +279,32 @@ impl SubShared {
             }
             None => Box::pin(OptionFuture::from(Some(run_of))),
         };
-        Ok(InlineRun(Some((cell, self))))
+        Ok(InlineRun(Some(cell)))
     }
 }
 
 /// Handles the command as a worker would, with the handler seen ready just now; gives the
-/// answer; its slot and handler clone are given back as it ends. One tuple argument, so
-/// that `take_cell` can name the future's type through `run`'s.
+/// answer and the subscription; its slot and handler clone are given back as it ends. One
+/// tuple argument, so that `take_cell` can name the future's type through `run`'s.
 async fn run(
-    (slot, bus, mut svc, env, reply): (
-        Slot,
-        Arc<BusInner>,
-        SingleHandler,
-        Arc<Envelope>,
-        CommandReply,
-    ),
+    (slot, mut svc, env, reply): (Slot, SingleHandler, Arc<Envelope>, CommandReply),
 ) -> RunOutput {
-    let sub = &slot.sub;
+    let Some(sub) = slot.sub.as_ref() else {
+        // Never: the slot holds the subscription until it is finished.
+        return (None, None);
+    };
     // A kept reply (a sender on this task): the handling hands the answer back.
     let mut answer = None;
     let ended = {
-        let process = sub.process(&bus, &mut svc, env, Some(reply), true, None, &mut answer);
+        let process = sub.process(
+            &slot.bus,
+            &mut svc,
+            env,
+            Some(reply),
+            true,
+            None,
+            &mut answer,
+        );
         let mut process = std::pin::pin!(process);
         match futures_util::poll!(process.as_mut()) {
             Poll::Ready(handled) => Some(handled),
@@ -277,6 +320,6 @@ async fn run(
             }
         }
     };
-    slot.finish(ended, svc);
-    answer
+    let sub = slot.finish(ended, svc);
+    (answer, sub)
 }

@@ -6,6 +6,9 @@
 //! never settled (a publish refused or cancelled while it waited for room, a worker aborted
 //! at the shutdown deadline) releases the count all the same. So a message can neither be
 //! settled twice nor be left counted, and `run_until_idle` cannot hang on a lost count.
+//! One holder is its message's guard itself: an inline command run's slot (`inline.rs`),
+//! which holds the bus anyway and takes the count back once, when it finishes or is dropped
+//! ([`Pending::accept_held`]), so a command run on its sender's task counts no reference.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +58,33 @@ impl Pending {
         Accepted {
             pending: Arc::clone(self),
         }
+    }
+
+    /// Counts one accepted message whose holder keeps the bus anyway and is its guard itself
+    /// (an inline command run's slot, `inline.rs`): no [`Accepted`] and no reference count of
+    /// its own. The holder takes the count back exactly once, with
+    /// [`settle_held`](Self::settle_held) or [`release_held`](Self::release_held), also when
+    /// it is dropped unfinished.
+    #[inline]
+    pub(crate) fn accept_held(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A message counted by [`accept_held`](Self::accept_held) ended as `how` (as
+    /// [`Accepted::settle`] and the guard's drop).
+    #[inline]
+    pub(crate) fn settle_held(&self, how: Settled) {
+        if how != Settled::LeftOver {
+            self.settled.fetch_add(1, Ordering::Relaxed);
+        }
+        self.release(1);
+    }
+
+    /// A message counted by [`accept_held`](Self::accept_held) is let go of unsettled (as
+    /// an [`Accepted`] dropped unsettled).
+    #[inline]
+    pub(crate) fn release_held(&self) {
+        self.release(1);
     }
 
     /// Counts `n` deliveries a transport will make to local subscriptions. The count stays

@@ -165,7 +165,7 @@ impl Bus {
 
     /// The bus's message size limit (its own or its transport's, the smaller).
     #[inline]
-    fn check_size(&self, env: &Envelope) -> Result<(), PublishError> {
+    pub(crate) fn check_size(&self, env: &Envelope) -> Result<(), PublishError> {
         let (limit, limit_of) = self.inner.size_limit;
         if env.payload.len() > limit {
             return Err(PublishError::TooLarge(TooLarge {
@@ -195,7 +195,9 @@ impl Bus {
     /// the handlers take the value ([`Local::unencoded`]), and the bytes are made only if the
     /// message is dead-lettered or a handler asks for its envelope. The size limit
     /// ([`BusBuilder::max_message_bytes`](crate::BusBuilder::max_message_bytes)) applies to
-    /// encoded messages, so such a message is not measured.
+    /// encoded messages, so such a message is not measured; nor does an encoding error fail
+    /// the publish then: it shows where the bytes are made (a dead letter keeps an empty
+    /// payload and its error says why; [`Ctx::envelope`](crate::Ctx::envelope) logs it).
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
         let env = M::blank_envelope()?;
         self.publish_local(env, Typed(msg)).await
@@ -444,6 +446,8 @@ impl Bus {
             )));
         }
         inherit_parent(&mut env);
+        // An envelope passed on as it was delivered gets its bytes (every reader may see it).
+        env.encode_payload()?;
         self.run_hooks(&mut env)?;
         let env = Arc::new(env);
         let targets = self.inner.router.route(&env.topic);
@@ -581,7 +585,7 @@ impl<M: Message> Published for Typed<M> {
     fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError> {
         let ty = std::any::TypeId::of::<M>();
         if targets.iter().all(|sub| sub.config.takes(ty)) {
-            env.local = Local::unencoded(self.0);
+            env.set_unencoded(self.0);
             return Ok(false);
         }
         env.payload = self.0.encode()?;

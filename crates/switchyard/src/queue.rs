@@ -154,6 +154,15 @@ struct State {
     runs: inline::Spare,
 }
 
+/// What completing a message leaves to drop outside the queue's lock.
+#[derive(Default)]
+struct Done {
+    /// The envelope, when it is not left for the next push.
+    env: Option<Arc<Envelope>>,
+    /// The value of a message carried unencoded, taken out of an envelope left for reuse.
+    value: switchyard_core::Local,
+}
+
 impl State {
     fn insert(&mut self, entry: Entry) {
         self.next_seq += 1;
@@ -274,26 +283,30 @@ impl State {
         Some((slot, Some(top.lane)))
     }
 
-    /// Frees the lane and the in-flight slot; returns the envelope when the caller should
-    /// drop it (outside the lock) rather than leave it for the next push.
-    fn complete(
-        &mut self,
-        worker: usize,
-        seq: u64,
-        lane: Option<&SmolStr>,
-    ) -> Option<Arc<Envelope>> {
-        let mut done = None;
+    /// Frees the lane and the in-flight slot; returns what the caller should drop (outside the
+    /// lock): the envelope, unless it is left for the next push, or the value of one carried
+    /// unencoded (whose size nothing measured) that is left without it.
+    fn complete(&mut self, worker: usize, seq: u64, lane: Option<&SmolStr>) -> Done {
+        let mut done = Done::default();
         if let Some(slots) = self.in_flight.get_mut(worker)
             && let Some(i) = slots.iter().position(|(s, _)| *s == seq)
         {
-            let (_, env) = slots.swap_remove(i);
+            let (_, mut env) = slots.swap_remove(i);
             if slots.is_empty() {
                 self.busy -= 1;
             }
-            if self.spent.len() < SPENT_MAX && env.payload.len() <= SPENT_MAX_PAYLOAD {
+            // A message carried unencoded has no payload to measure but keeps its value,
+            // of any size: it is left for the next push only without its value (taken out
+            // when this is the last holder), else let go of.
+            let keepable = !env.needs_encoding()
+                || Arc::get_mut(&mut env).is_some_and(|e| {
+                    done.value = std::mem::take(&mut e.local);
+                    true
+                });
+            if keepable && self.spent.len() < SPENT_MAX && env.payload.len() <= SPENT_MAX_PAYLOAD {
                 self.spent.push(env);
             } else {
-                done = Some(env);
+                done.env = Some(env);
             }
         }
         self.release_lane(lane);
@@ -709,7 +722,7 @@ impl Queue {
         seq: u64,
         lane: Option<&SmolStr>,
         wake: &mut Wake,
-    ) -> Option<Arc<Envelope>> {
+    ) -> Done {
         let done = st.complete(worker, seq, lane);
         if st.closed && st.len == 0 {
             wake.all_workers = true;

@@ -132,15 +132,19 @@ impl Session {
 
     /// Publishes an event in this session.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
+        // Typed, as `Bus::publish`: session handlers of its type take the value as it is.
+        let env = self.tag(M::blank_envelope()?);
         self.bus
-            .publish_envelope(self.tag(msg.to_envelope()?))
+            .publish_local(env, crate::publish::Typed(msg))
             .await
     }
 
     /// Sends a command in this session (its session handler first, else the global one).
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env = self.tag(cmd.to_envelope()?);
+        // Typed, as `Bus::send`: a typed handler of `C` takes the command as it is.
+        let mut env = self.tag(C::blank_envelope()?);
         env.kind = switchyard_core::Kind::Command;
+        env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await

@@ -70,7 +70,7 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A dead letter for `envelope`, stamped now, with attempts and first attempt taken from the envelope.
     ///
-    /// A typed message the bus carried [unencoded](crate::Local::unencoded) is encoded here:
+    /// A typed message the bus carried [unencoded](Envelope::set_unencoded) is encoded here:
     /// a dead letter always holds the message's bytes. Should that encoding fail, the letter
     /// keeps the empty payload and its error says why.
     pub fn new(mut envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {

@@ -129,6 +129,7 @@ impl<'de> Deserialize<'de> for Envelope {
             delivery,
             local: Local::default(),
             rare: (rare != super::NO_RARE).then(|| Box::new(rare)),
+            unencoded: false,
         })
     }
 }

@@ -158,10 +158,12 @@ impl ResilienceLayer {
 
     /// Declares that every call of the services this layer makes comes straight from the bus,
     /// with the envelope the bus delivered ([`switchyard_core::delivered`]) as it is, only its
-    /// delivery bookkeeping restamped: no layer outside the stack can have changed it. The
-    /// stack then keeps the delivered envelope for retries without first comparing it with
-    /// the one it was called with (about 100 instructions per message). The bus sets this on
-    /// the stack it wraps outermost around a handler (`BusBuilder::with_default_resilience`);
+    /// delivery bookkeeping restamped (no layer outside the stack can have changed it), and
+    /// polls the call's future in that same delivered scope. The stack then leaves the
+    /// delivered envelope where it is, without comparing it with the one it was called with
+    /// (about 100 instructions per message) nor taking a reference to it (two atomic
+    /// operations), and copies it from the scope only when a retry happens. The bus sets this
+    /// on the stack it wraps outermost around a handler (`BusBuilder::with_default_resilience`);
     /// leave it off anywhere else. Debug builds still compare, and panic if the declaration is
     /// false.
     pub fn called_as_delivered(mut self) -> Self {

@@ -4,16 +4,16 @@
 //! the happy path: every layer moved the ~200-byte envelope and result, boxed its future, read
 //! the clock and took its own reference counts. [`Resilient`] does the same work in one
 //! future: it reads the time-stamp counter twice per message (start and end; the wall clock
-//! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
-//! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
-//! yields, counts a closed breaker's successes
-//! without a lock, and allocates nothing unless an attempt fails. Under the bus it keeps the
-//! delivered envelope for retries by taking the bus's shared pointer to it
-//! ([`switchyard_core::delivered`]), and copies it only when a retry happens; called outside
-//! the bus (or with an envelope the bus did not deliver as it is), it keeps a copy of its own
-//! when the policy allows retries. The bus's own stack is built
-//! [`called_as_delivered`](super::ResilienceLayer::called_as_delivered) and skips the
-//! comparison that tells the two cases apart (debug builds still make it, as a check). Attempts after the first run
+//! comes from an anchor), reads the tokio clock and arms the timeout only when the handler
+//! yields (every deadline is on the tokio clock, so a paused clock stays exact), counts a
+//! closed breaker's successes without a lock, and allocates nothing unless an attempt fails.
+//! Under the bus it leaves the delivered envelope where the bus keeps it
+//! ([`switchyard_core::delivered`]) and takes a copy from there only when a retry happens: the
+//! bus's own stack is built [`called_as_delivered`](super::ResilienceLayer::called_as_delivered),
+//! and its calls are polled in the bus's delivered scope (debug builds check that the envelope
+//! is the delivered one). Called outside the bus, it takes the shared pointer to the
+//! delivered envelope when there is one and it is the message it was called with, and keeps
+//! a copy of its own otherwise, when the policy allows retries. Attempts after the first run
 //! in a boxed `async` block built from the same pieces as the separate layers
 //! (`judge`, `back_off`, `Gate`, `Timeout`, `CatchPanic`), so the two paths cannot drift
 //! apart.
@@ -58,6 +58,17 @@ enum Kept {
     /// The bus's shared envelope, and the delivery bookkeeping of this call's first attempt
     /// (the shared one is as queued, before the bus and this stack stamped it).
     Shared(Arc<Envelope>, DeliveryInfo),
+    /// The bus's shared envelope, left where it is: a stack
+    /// [`called_as_delivered`](super::ResilienceLayer::called_as_delivered) is polled in the
+    /// bus's delivered scope, so a retry takes the envelope from there
+    /// ([`switchyard_core::delivered::with`]) and a call that never fails touches neither it
+    /// nor its reference count. `at` (the shared envelope's address) and `timestamp` tell
+    /// that it is still the same one; `delivery` is the first attempt's bookkeeping.
+    InScope {
+        at: usize,
+        timestamp: SystemTime,
+        delivery: DeliveryInfo,
+    },
 }
 
 impl Kept {
@@ -66,34 +77,51 @@ impl Kept {
     /// the caller vouches that it is, and release builds skip the comparison.
     #[inline]
     fn of(env: &Envelope, as_delivered: bool) -> Self {
-        switchyard_core::delivered::with(|d| {
-            let same = if as_delivered {
+        if as_delivered {
+            let at = switchyard_core::delivered::with(|d| {
                 debug_assert!(
                     d.same_message(env),
                     "a stack declared called_as_delivered got an envelope the bus did not deliver as it is"
                 );
-                true
-            } else {
-                d.same_message(env)
+                Arc::as_ptr(d).addr()
+            });
+            return match at {
+                Some(at) => Self::InScope {
+                    at,
+                    timestamp: env.timestamp,
+                    delivery: env.delivery,
+                },
+                None => Self::Copy(Box::new(env.clone())),
             };
-            same.then(|| Arc::clone(d))
-        })
-        .flatten()
-        .map_or_else(
+        }
+        switchyard_core::delivered::with(|d| d.same_message(env).then(|| Arc::clone(d)))
+            .flatten()
+            .map_or_else(
                 || Self::Copy(Box::new(env.clone())),
                 |shared| Self::Shared(shared, env.delivery),
             )
     }
 
-    /// The envelope as the first attempt got it.
-    fn into_envelope(self) -> Envelope {
+    /// The envelope as the first attempt got it; `None` when it was left in the delivered
+    /// scope and the call is no longer polled in that scope (the bus never does that).
+    fn into_envelope(self) -> Option<Envelope> {
+        let stamped = |shared: &Envelope, delivery| {
+            let mut env = Envelope::clone(shared);
+            env.delivery = delivery;
+            env
+        };
         match self {
-            Self::Copy(env) => *env,
-            Self::Shared(shared, delivery) => {
-                let mut env = Envelope::clone(&shared);
-                env.delivery = delivery;
-                env
-            }
+            Self::Copy(env) => Some(*env),
+            Self::Shared(shared, delivery) => Some(stamped(&shared, delivery)),
+            Self::InScope {
+                at,
+                timestamp,
+                delivery,
+            } => switchyard_core::delivered::with(|d| {
+                (Arc::as_ptr(d).addr() == at && d.timestamp == timestamp)
+                    .then(|| stamped(d, delivery))
+            })
+            .flatten(),
         }
     }
 }
@@ -254,11 +282,6 @@ where
         let span = delivery_span(&env, &self.core.handler, ctx, incoming);
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = self.core.clock.raw();
-        // The timeout's deadline counts from here on the tokio clock, like every deadline of
-        // the stack: subtracting `start`'s real elapsed time from a tokio instant mixed the two
-        // clocks, so under a paused clock a timeout fired early by however long the machine
-        // took between the call and the handler's first yield.
-        let timeout_base = tokio::time::Instant::now();
         let start_offset = self.wall.offset_fresh(&self.core.clock, start);
         let base = env.delivery.attempt.max(1);
         if env.delivery.first_delivered_at.is_none() {
@@ -332,7 +355,6 @@ where
             ctx,
             span,
             measured: Some(measured),
-            timeout_base,
             start_offset,
             wall: self.wall,
         }
@@ -409,8 +431,6 @@ pin_project! {
         ctx: TraceContext,
         span: Span,
         measured: Option<Measured>,
-        // The start on the tokio clock, which the timeout's deadline counts from.
-        timeout_base: tokio::time::Instant,
         // The start (a time-stamp counter reading) as an offset from `wall`'s anchor.
         start_offset: u64,
         wall: WallClock,
@@ -456,11 +476,16 @@ where
                         Err(payload) => Err(PanicError::from_payload(payload).into()),
                         Ok(Poll::Pending) => {
                             // Armed only once the handler yields: most calls end on their first
-                            // poll and never touch the timer wheel. The limit counts from the
-                            // start of the call.
-                            let base = *this.timeout_base;
+                            // poll and never read the tokio clock nor touch the timer wheel. The
+                            // limit counts from the start of the call.
+                            let (wall, start_offset) = (*this.wall, *this.start_offset);
                             let timer = timer.get_or_insert_with(|| {
-                                Box::pin(sleep_until(crate::clock::deadline(base, core.timeout)))
+                                let elapsed = wall
+                                    .offset(&core.clock, core.clock.raw())
+                                    .saturating_sub(start_offset);
+                                let deadline =
+                                    first_deadline(core.timeout, Duration::from_nanos(elapsed));
+                                Box::pin(sleep_until(deadline))
                             });
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
@@ -503,31 +528,41 @@ where
             };
             let result = match verdict {
                 Verdict::Done(result) => result,
-                Verdict::Again { hint, failure } => match this.kept.take() {
-                    Some(env) => {
-                        let core = this.core.clone();
-                        let service = core.fresh();
-                        let gate = Gate::new(core.breaker.clone());
-                        let rest = attempts(
-                            core,
-                            service,
-                            gate,
-                            None,
-                            env.into_envelope(),
-                            *this.base,
-                            1,
-                            Some((hint, failure)),
-                        );
-                        this.phase.set(Phase::Rest {
-                            fut: Box::pin(rest),
-                        });
-                        // Poll the rest now: it registers its backoff timer.
-                        continue;
+                Verdict::Again { hint, failure } => {
+                    match this.kept.take().and_then(Kept::into_envelope) {
+                        Some(env) => {
+                            let core = this.core.clone();
+                            let service = core.fresh();
+                            let gate = Gate::new(core.breaker.clone());
+                            let rest = attempts(
+                                core,
+                                service,
+                                gate,
+                                None,
+                                env,
+                                *this.base,
+                                1,
+                                Some((hint, failure)),
+                            );
+                            this.phase.set(Phase::Rest {
+                                fut: Box::pin(rest),
+                            });
+                            // Poll the rest now: it registers its backoff timer.
+                            continue;
+                        }
+                        // `judge` allows another attempt only when the policy has more than one, and
+                        // then the envelope was kept; without it the failure is final. (Left in the
+                        // delivered scope, it is gone only when the call is polled outside that
+                        // scope, which the bus, the one caller vouching for it, never does.)
+                        None => {
+                            debug_assert!(
+                                core.policy.get_max_attempts() <= 1,
+                                "a call of a stack declared called_as_delivered was polled outside its delivered scope"
+                            );
+                            Err(failure)
+                        }
                     }
-                    // `judge` allows another attempt only when the policy has more than one, and
-                    // then the envelope was kept; without it the failure is final.
-                    None => Err(failure),
-                },
+                }
             };
             break (result, end);
         };
@@ -544,6 +579,28 @@ where
             result,
         ))
     }
+}
+
+/// The deadline, on the tokio clock, of a first attempt's `timeout`, computed when the handler
+/// first yields, `elapsed` of real time after the call started: so a call that ends on its
+/// first poll (most do) never reads the tokio clock. Like every deadline of the stack it is on
+/// the tokio clock, counted from the start of the call. A running tokio clock is the real one,
+/// so the call started `elapsed` before now. A paused one (`test-util`) only moves while the
+/// runtime idles or is advanced, never during a poll, so it has not moved since the call
+/// started (the call and its first poll are one step of the caller): subtracting real time
+/// from it would fire the timeout early by however long the machine took (see
+/// `the_timeout_counts_on_the_tokio_clock_only`). A paused clock is told by two readings in a
+/// row being equal; a running clock too coarse to tell two readings apart is taken for a
+/// paused one, and then the limit counts from the first yield.
+fn first_deadline(timeout: Duration, elapsed: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let paused = tokio::time::Instant::now() == now;
+    let start = if paused {
+        now
+    } else {
+        now.checked_sub(elapsed).unwrap_or(now)
+    };
+    crate::clock::deadline(start, timeout)
 }
 
 /// Ends the span and the measurement of a call that ended at `end` (a raw clock reading).

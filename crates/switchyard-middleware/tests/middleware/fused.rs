@@ -244,11 +244,16 @@ async fn the_fused_stack_behaves_like_the_separate_layers() {
 /// How long, on the tokio clock, the fused stack with a 5 s timeout takes to time out a
 /// handler that first works `busy` of real time without yielding, then yields and sleeps.
 async fn time_to_timeout(busy: Duration) -> Duration {
+    time_to_time_out(busy, Duration::from_secs(5)).await
+}
+
+/// [`time_to_timeout`] with a `timeout` of choice.
+async fn time_to_time_out(busy: Duration, timeout: Duration) -> Duration {
     let layer = ResilienceLayer::new(
         "slow",
         ResilienceConfig::default()
             .retry(RetryPolicy::default().max_attempts(1))
-            .timeout(Duration::from_secs(5)),
+            .timeout(timeout),
     );
     let svc = tower::Layer::layer(
         &layer,
@@ -295,5 +300,19 @@ async fn the_timeout_counts_on_the_tokio_clock_only() {
     assert_eq!(
         time_to_timeout(Duration::from_millis(3)).await,
         Duration::from_secs(5)
+    );
+}
+
+/// On a running clock too, the limit counts from the start of the call, not from the
+/// handler's first yield (when the stack first reads the tokio clock): a handler that works
+/// 400 ms of real time before it yields, under a 200 ms timeout, is timed out as soon as it
+/// yields, not 200 ms later.
+#[tokio::test]
+async fn on_a_running_clock_the_timeout_counts_from_the_start_of_the_call() {
+    let took = time_to_time_out(Duration::from_millis(400), Duration::from_millis(200)).await;
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(
+        took < Duration::from_millis(550),
+        "timed out {took:?} after the call started: counted from the first yield"
     );
 }

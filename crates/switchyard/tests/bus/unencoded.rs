@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::WAIT;
 
-static ENCODES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
+static ENCODES: [AtomicUsize; 10] = [const { AtomicUsize::new(0) }; 10];
 
 fn encodes<const K: usize>() -> usize {
     ENCODES[K].load(Ordering::SeqCst)
@@ -346,5 +346,263 @@ async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_
         .unwrap();
     assert_eq!(bus.send(EncCmd(4)).await.unwrap(), 40);
     assert_eq!(encodes::<7>(), 1);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A command that cannot be decoded (its encodes counted in slot 9).
+#[derive(Debug, Clone, Serialize)]
+struct SessionCmd(u64);
+
+impl<'de> Deserialize<'de> for SessionCmd {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("never decoded"))
+    }
+}
+
+impl Message for SessionCmd {
+    const TOPIC: &'static str = "unencoded.session_cmd";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+
+    fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
+        ENCODES[9].fetch_add(1, Ordering::SeqCst);
+        Ok(serde_json::to_vec(&self.0).unwrap().into())
+    }
+}
+
+impl switchyard::Command for SessionCmd {
+    type Output = u64;
+}
+
+#[tokio::test]
+async fn a_session_hands_typed_messages_over_as_the_bus_does() {
+    let bus = Bus::new();
+    let session = bus.session("s-1").await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _events = session
+        .on("events", move |m: Enc<8>, _| {
+            let tx = tx.clone();
+            async move { tx.send(m.n).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let _commands = session
+        .handle(|c: SessionCmd, _| async move { Ok::<_, String>(c.0 * 3) })
+        .start()
+        .await
+        .unwrap();
+    session.publish(Enc::<8>::new(5)).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![5]);
+    assert_eq!(session.send(SessionCmd(7)).await.unwrap(), 21);
+    bus.run_until_idle().await;
+    assert!(
+        bus.dead_letters().unwrap().is_empty(),
+        "nothing was decoded"
+    );
+    assert_eq!((encodes::<8>(), encodes::<9>()), (0, 0));
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+// Found by review (each failed on db32d88).
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BigCmd(String);
+
+impl Message for BigCmd {
+    const TOPIC: &'static str = "unencoded.big";
+    const KIND: switchyard::Kind = switchyard::Kind::Command;
+}
+
+impl switchyard::Command for BigCmd {
+    type Output = u64;
+}
+
+#[tokio::test]
+async fn a_typed_send_encoded_for_a_raw_or_filtered_handler_is_measured() {
+    let bus = Bus::builder().max_message_bytes(16).build().unwrap();
+    let raw = bus
+        .handle_envelope(
+            "raw",
+            BigCmd::TOPIC,
+            switchyard::handler_fn(|env: switchyard::Envelope| async move {
+                let n = env.payload.len() as u64;
+                Ok::<_, String>(Outcome::reply(env.reply(serde_json::to_vec(&n).unwrap())))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let got = bus.send(BigCmd("x".repeat(100))).await;
+    assert!(
+        matches!(got, Err(switchyard::SendError::TooLarge(_))),
+        "{got:?}"
+    );
+    drop(raw);
+    bus.run_until_idle().await;
+    let _filtered = bus
+        .handle(|c: BigCmd, _| async move { Ok::<_, String>(c.0.len() as u64) })
+        .filter(|_| true)
+        .start()
+        .await
+        .unwrap();
+    let got = bus.send(BigCmd("x".repeat(100))).await;
+    assert!(
+        matches!(got, Err(switchyard::SendError::TooLarge(_))),
+        "{got:?}"
+    );
+    // Small enough: handled.
+    assert_eq!(bus.send(BigCmd("x".repeat(3))).await.unwrap(), 3);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A value whose liveness is observable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Large {
+    text: String,
+    /// Held only to be counted: its strong count says how many copies are alive.
+    #[serde(skip)]
+    #[allow(dead_code)]
+    alive: std::sync::Arc<()>,
+}
+
+impl Message for Large {
+    const TOPIC: &'static str = "unencoded.large";
+}
+
+#[tokio::test]
+async fn settled_unencoded_values_are_not_kept_for_reuse() {
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _s = bus
+        .on("large", move |m: Large, _| {
+            let tx = tx.clone();
+            async move { tx.send(m.text.len()).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let alive = std::sync::Arc::new(());
+    for _ in 0..8 {
+        bus.publish(Large {
+            text: "y".repeat(100_000),
+            alive: alive.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(received(&mut rx, 8).await, vec![100_000; 8]);
+    // Settled means completed in the queue, where the envelope is kept for reuse or let go.
+    bus.run_until_idle().await;
+    assert_eq!(
+        std::sync::Arc::strong_count(&alive),
+        1,
+        "settled values of 100 kB are still held"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_emptied_payload_of_an_encoded_copy_stays_empty() {
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _s = bus
+        .on("meta", move |_: crate::Ping, ctx| {
+            // What the Postgres outbox does: the rest of the envelope without its payload.
+            let mut rest = ctx.envelope().clone();
+            rest.payload = switchyard::Bytes::new();
+            let mut plain = rest.clone();
+            plain.local = Default::default();
+            let pair = (
+                serde_json::to_string(&rest).unwrap(),
+                serde_json::to_string(&plain).unwrap(),
+            );
+            let tx = tx.clone();
+            async move { tx.send(pair).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(crate::Ping { n: 424242 }).await.unwrap();
+    let (rest, plain) = received(&mut rx, 1).await.remove(0);
+    assert_eq!(rest, plain, "the emptied payload was written back");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_passed_on_envelope_reaches_raw_readers_with_its_bytes() {
+    let bus = Bus::new();
+    let rec = Recorder::start(&bus, "unencoded.forwarded").await.unwrap();
+    let b = bus.clone();
+    let _s = bus
+        .on("forward", move |_: crate::Ping, _| {
+            let b = b.clone();
+            async move {
+                let mut env = (*switchyard::delivered::current().unwrap()).clone();
+                env.topic = switchyard::Topic::new("unencoded.forwarded").unwrap();
+                let mut again = env.clone();
+                again.id = switchyard::MessageId::new();
+                b.publish_envelope_and_wait(env)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                b.publish_envelope(again).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(crate::Ping { n: 5 }).await.unwrap();
+    let got = rec.wait_for(2, WAIT).await.unwrap();
+    for env in got {
+        assert_eq!(&env.payload[..], br#"{"n":5}"#);
+    }
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A value JSON cannot encode (a map with non-string keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Unencodable {
+    m: std::collections::BTreeMap<(u8, u8), u8>,
+}
+
+impl Message for Unencodable {
+    const TOPIC: &'static str = "unencoded.unencodable";
+}
+
+#[tokio::test]
+async fn an_encode_error_shows_where_the_bytes_are_made() {
+    let bus = Bus::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _s = bus
+        .on("typed", move |m: Unencodable, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m.m.len()).map_err(|e| e.to_string())?;
+                Ok::<_, String>(Outcome::reject("no"))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let value = Unencodable {
+        m: [((1, 2), 3)].into_iter().collect(),
+    };
+    // Only a typed handler of its type reads it: not encoded, so no error here ...
+    bus.publish(value.clone()).await.unwrap();
+    assert_eq!(received(&mut rx, 1).await, vec![1]);
+    bus.run_until_idle().await;
+    // ... but its dead letter says why it has no bytes.
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].envelope.payload.is_empty());
+    assert!(
+        letters[0].error.contains("could not be encoded"),
+        "{}",
+        letters[0].error
+    );
+    // With a raw reader it is encoded at the publish, which fails as before.
+    let _raw = Recorder::start(&bus, Unencodable::TOPIC).await.unwrap();
+    let err = bus.publish(value).await.unwrap_err();
+    assert!(matches!(err, PublishError::Encode(_)), "{err:?}");
     bus.shutdown(WAIT).await.unwrap();
 }
