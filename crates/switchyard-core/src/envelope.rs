@@ -293,7 +293,7 @@ impl Envelope {
     /// Carries `value` instead of its encoding: the payload is emptied and made from the value
     /// only when something needs the bytes ([`encode_payload`](Self::encode_payload), which
     /// dead letters, serialization and the bus call), once for every copy of the envelope;
-    /// typed handlers of `M` take the value ([`Local::unencoded`]). The bus does this for a
+    /// typed handlers of `M` take the value (see [`Local`]). The bus does this for a
     /// typed publish or send that only typed handlers of its type read.
     ///
     /// ```

@@ -100,7 +100,7 @@ enum Encoding<T> {
     /// The payload it was encoded to ([`Local::new`]): kept so that its buffer stays this
     /// payload's.
     Given(Bytes),
-    /// Attached unencoded ([`Local::unencoded`]): its encoding once made, and how to make it.
+    /// Attached unencoded (`Local::unencoded`): its encoding once made, and how to make it.
     Lazy(OnceLock<Bytes>, fn(&T) -> Result<Bytes, CodecError>),
 }
 
@@ -134,7 +134,7 @@ impl Local {
     /// envelope's payload as still to be made): typed handlers of its type take the value as
     /// with [`new`](Self::new), while the envelope's payload is empty and after it was made
     /// from the value ([`encoded`](Self::encoded), once for every copy).
-    pub fn unencoded<M: Message>(value: M) -> Self {
+    pub(crate) fn unencoded<M: Message>(value: M) -> Self {
         Self(Some(Arc::new(Value {
             value,
             encoding: Encoding::Lazy(OnceLock::new(), M::encode),
@@ -142,7 +142,7 @@ impl Local {
     }
 
     /// The value's encoding, if a value is attached: the payload it came with, or for one
-    /// attached [unencoded](Self::unencoded) its encoding (made now if no copy made it yet;
+    /// attached [unencoded](crate::Envelope::set_unencoded) its encoding (made now if no copy made it yet;
     /// copies asking at the same moment may each run the encoder, and the first result is
     /// kept for all).
     pub fn encoded(&self) -> Option<Result<Bytes, CodecError>> {
@@ -154,7 +154,7 @@ impl Local {
         self.0.as_ref().map(|slot| slot.value_type())
     }
 
-    /// Whether the attached value was attached [unencoded](Self::unencoded) (its encoding is
+    /// Whether the attached value was attached [unencoded](crate::Envelope::set_unencoded) (its encoding is
     /// made once, for every copy, when one asks; a copy's envelope keeps an empty payload
     /// until it asks).
     pub fn is_unencoded(&self) -> bool {
@@ -162,7 +162,7 @@ impl Local {
     }
 
     /// The value, if it is a `T` and `payload` is the buffer it was encoded to (for a value
-    /// attached [unencoded](Self::unencoded) and not encoded yet: an empty payload): a clone
+    /// attached [unencoded](crate::Envelope::set_unencoded) and not encoded yet: an empty payload): a clone
     /// of the shared value, or the value itself when no other copy of this `Local` holds it.
     /// This copy lets go of it either way (it is then [empty](Self::is_empty)), except a
     /// value attached unencoded, which it keeps (cloned out, never moved) so that its

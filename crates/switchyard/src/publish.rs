@@ -192,7 +192,7 @@ impl Bus {
     /// When every subscription it reaches is a typed handler of `M` (with nothing between
     /// queue and handler that reads the payload: no layer, bus-wide wrap, filter or ordering
     /// key; and no transport or publish hook on the bus), the message is not encoded at all:
-    /// the handlers take the value ([`Local::unencoded`]), and the bytes are made only if the
+    /// the handlers take the value ([`Envelope::set_unencoded`]), and the bytes are made only if the
     /// message is dead-lettered or a handler asks for its envelope. The size limit
     /// ([`BusBuilder::max_message_bytes`](crate::BusBuilder::max_message_bytes)) applies to
     /// encoded messages, so such a message is not measured; nor does an encoding error fail

@@ -283,6 +283,9 @@ where
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = self.core.clock.raw();
         let start_offset = self.wall.offset_fresh(&self.core.clock, start);
+        // The timeout counts from here, on the tokio clock (which a test may pause and
+        // advance, also from inside the handler before its first yield).
+        let timeout_base = tokio::time::Instant::now();
         let base = env.delivery.attempt.max(1);
         if env.delivery.first_delivered_at.is_none() {
             env.delivery.first_delivered_at = Some(self.wall.wall(start_offset));
@@ -294,10 +297,19 @@ where
         // Dedup: a key seen before is acked here; one being handled by another call waits on
         // the general path; a new one is claimed and handled below.
         let mut claimed = None;
-        let dedup = core
-            .dedup
-            .as_ref()
-            .and_then(|(key_fn, store)| Some((key_fn(&env)?, store)));
+        let dedup = core.dedup.as_ref().and_then(|(key_fn, store)| {
+            // A key function may read the payload: for a typed message the bus carried
+            // unencoded it sees a copy with its bytes (an encoding error leaves them empty);
+            // the handler still gets the message as delivered.
+            let key = if env.needs_encoding() {
+                let mut encoded = env.clone();
+                let _ = encoded.encode_payload();
+                key_fn(&encoded)
+            } else {
+                key_fn(&env)
+            };
+            Some((key?, store))
+        });
         let dedup = match dedup {
             None => None,
             Some((key, store)) => match try_claim(store, &key, &env, &core.handler) {
@@ -356,6 +368,7 @@ where
             span,
             measured: Some(measured),
             start_offset,
+            timeout_base,
             wall: self.wall,
         }
     }
@@ -433,6 +446,8 @@ pin_project! {
         measured: Option<Measured>,
         // The start (a time-stamp counter reading) as an offset from `wall`'s anchor.
         start_offset: u64,
+        // The start on the tokio clock, which the timeout counts from.
+        timeout_base: tokio::time::Instant,
         wall: WallClock,
     }
 
@@ -476,16 +491,11 @@ where
                         Err(payload) => Err(PanicError::from_payload(payload).into()),
                         Ok(Poll::Pending) => {
                             // Armed only once the handler yields: most calls end on their first
-                            // poll and never read the tokio clock nor touch the timer wheel. The
-                            // limit counts from the start of the call.
-                            let (wall, start_offset) = (*this.wall, *this.start_offset);
+                            // poll and never touch the timer wheel. The limit counts from the
+                            // start of the call.
+                            let base = *this.timeout_base;
                             let timer = timer.get_or_insert_with(|| {
-                                let elapsed = wall
-                                    .offset(&core.clock, core.clock.raw())
-                                    .saturating_sub(start_offset);
-                                let deadline =
-                                    first_deadline(core.timeout, Duration::from_nanos(elapsed));
-                                Box::pin(sleep_until(deadline))
+                                Box::pin(sleep_until(crate::clock::deadline(base, core.timeout)))
                             });
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
@@ -579,28 +589,6 @@ where
             result,
         ))
     }
-}
-
-/// The deadline, on the tokio clock, of a first attempt's `timeout`, computed when the handler
-/// first yields, `elapsed` of real time after the call started: so a call that ends on its
-/// first poll (most do) never reads the tokio clock. Like every deadline of the stack it is on
-/// the tokio clock, counted from the start of the call. A running tokio clock is the real one,
-/// so the call started `elapsed` before now. A paused one (`test-util`) only moves while the
-/// runtime idles or is advanced, never during a poll, so it has not moved since the call
-/// started (the call and its first poll are one step of the caller): subtracting real time
-/// from it would fire the timeout early by however long the machine took (see
-/// `the_timeout_counts_on_the_tokio_clock_only`). A paused clock is told by two readings in a
-/// row being equal; a running clock too coarse to tell two readings apart is taken for a
-/// paused one, and then the limit counts from the first yield.
-fn first_deadline(timeout: Duration, elapsed: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    let paused = tokio::time::Instant::now() == now;
-    let start = if paused {
-        now
-    } else {
-        now.checked_sub(elapsed).unwrap_or(now)
-    };
-    crate::clock::deadline(start, timeout)
 }
 
 /// Ends the span and the measurement of a call that ended at `end` (a raw clock reading).

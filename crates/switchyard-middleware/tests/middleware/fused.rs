@@ -316,3 +316,61 @@ async fn on_a_running_clock_the_timeout_counts_from_the_start_of_the_call() {
         "timed out {took:?} after the call started: counted from the first yield"
     );
 }
+
+fn slow_stack(
+    advance_first: Duration,
+) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future: Send> {
+    let layer = ResilienceLayer::new(
+        "slow",
+        ResilienceConfig::default()
+            .retry(RetryPolicy::default().max_attempts(1))
+            .timeout(Duration::from_secs(5)),
+    );
+    tower::Layer::layer(
+        &layer,
+        tower::service_fn(move |_env: Envelope| async move {
+            if !advance_first.is_zero() {
+                tokio::time::advance(advance_first).await;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, BoxError>(Outcome::Ack)
+        }),
+    )
+}
+
+/// the call is made at t=0, its future first polled at t=3 s (paused clock):
+/// a 5 s timeout must fire at t=5 s (counted from the call), as on a running clock.
+#[tokio::test(start_paused = true)]
+async fn paused_timeout_counts_from_the_call_not_the_first_poll() {
+    let mut svc = slow_stack(Duration::ZERO);
+    let start = Instant::now();
+    let fut = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Envelope::new(Topic::new("a.b").unwrap(), "x"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = fut.await.unwrap_err();
+    assert!(
+        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
+        "{err:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+/// a handler that moves the virtual clock 6 s before its first yield is past its
+/// 5 s limit when it yields: timed out then (t=6 s), not at t=11 s.
+#[tokio::test(start_paused = true)]
+async fn paused_timeout_when_the_handler_advances_the_clock_before_yielding() {
+    let svc = slow_stack(Duration::from_secs(6));
+    let start = Instant::now();
+    let err = svc
+        .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
+        "{err:?}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(6));
+}

@@ -325,3 +325,31 @@ async fn an_envelope_command_goes_nowhere_until_its_future_is_polled() {
     assert_eq!(result.handler, "echo");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// through the bus, on the virtual clock: a handler that moves the clock 6 s before
+/// its first yield is past its 5 s limit when it yields, so the send fails at t = 6 s.
+#[tokio::test(start_paused = true)]
+async fn virtual_clock_timeout_counts_from_the_start_of_the_call() {
+    use switchyard::middleware::resilience::ResilienceConfig;
+    use switchyard::middleware::retry::RetryPolicy;
+    let bus = Bus::builder()
+        .with_resilience(|| {
+            ResilienceConfig::default()
+                .retry(RetryPolicy::default().max_attempts(1))
+                .timeout(Duration::from_secs(5))
+        })
+        .build()
+        .unwrap();
+    let _h = bus
+        .handle(|c: Double, _| async move {
+            tokio::time::advance(Duration::from_secs(6)).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, std::io::Error>(c.n)
+        })
+        .start()
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let err = bus.send(Double { n: 1 }).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(6), "{err:?}");
+}

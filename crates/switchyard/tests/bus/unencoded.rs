@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::WAIT;
 
-static ENCODES: [AtomicUsize; 10] = [const { AtomicUsize::new(0) }; 10];
+static ENCODES: [AtomicUsize; 11] = [const { AtomicUsize::new(0) }; 11];
 
 fn encodes<const K: usize>() -> usize {
     ENCODES[K].load(Ordering::SeqCst)
@@ -604,5 +604,34 @@ async fn an_encode_error_shows_where_the_bytes_are_made() {
     let _raw = Recorder::start(&bus, Unencodable::TOPIC).await.unwrap();
     let err = bus.publish(value).await.unwrap_err();
     assert!(matches!(err, PublishError::Encode(_)), "{err:?}");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// a resilience stack's dedup key read from the payload (a content hash, say) sees an
+/// empty payload for a typed publish carried unencoded: every message after the first is
+/// acked as a duplicate, never handled.
+#[tokio::test]
+async fn resilience_dedup_keyed_on_the_payload_sees_every_typed_message() {
+    use switchyard::middleware::dedup::{DedupConfig, DedupKey};
+    use switchyard::middleware::resilience::ResilienceConfig;
+    let bus = Bus::builder()
+        .with_resilience(|| {
+            ResilienceConfig::default().dedup(
+                DedupConfig::default()
+                    .key_fn(|e| Some(DedupKey::from(&*String::from_utf8_lossy(&e.payload)))),
+            )
+        })
+        .build()
+        .unwrap();
+    let (mut a, _sa) = typed::<10>(&bus, "a", false).await;
+    for n in 0..3 {
+        bus.publish(Enc::<10>::new(n)).await.unwrap();
+    }
+    bus.run_until_idle().await;
+    let mut got = Vec::new();
+    while let Ok((n, _)) = a.try_recv() {
+        got.push(n);
+    }
+    assert_eq!(got, vec![0, 1, 2], "messages acked as duplicates unhandled");
     bus.shutdown(WAIT).await.unwrap();
 }
