@@ -313,7 +313,15 @@ impl SubShared {
         env: &Arc<Envelope>,
     ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
         switchyard_core::delivered::scope(Arc::clone(env), async move {
-            let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
+            // start_call polled it just now, with this task's waker: wait for that wake
+            // instead of polling again at once.
+            let mut waited = false;
+            let polled = std::future::poll_fn(|cx| {
+                if !std::mem::replace(&mut waited, true) {
+                    return std::task::Poll::Pending;
+                }
+                std::pin::Pin::new(&mut fut).poll(cx)
+            });
             let result = AssertUnwindSafe(polled).catch_unwind().await;
             svc.recycle(fut);
             result

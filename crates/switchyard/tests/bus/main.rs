@@ -11,6 +11,7 @@ mod inline;
 mod limits;
 mod local;
 mod ordering;
+mod polls;
 mod prefetch;
 mod routing;
 mod shutdown;
