@@ -14,7 +14,7 @@ use switchyard::testkit::Recorder;
 use switchyard::{Bus, Command, DeadLetterReason, Envelope, Kind, Message, Outcome, Topic};
 use tokio::sync::mpsc;
 
-use crate::WAIT;
+use crate::{WAIT, received};
 
 /// How many times a `Counted<K>` was decoded from bytes, per `K`.
 static DECODES: [AtomicUsize; 8] = [const { AtomicUsize::new(0) }; 8];
@@ -85,19 +85,6 @@ async fn typed<const K: usize>(
         .await
         .unwrap();
     (rx, sub)
-}
-
-async fn received<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        got.push(
-            tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    got
 }
 
 fn sorted<const K: usize>(mut got: Vec<Counted<K>>) -> Vec<Counted<K>> {

@@ -48,6 +48,20 @@ impl Command for Double {
 /// Longest wait for an expected event.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The next `n` items from `rx`, each waited for at most [`WAIT`].
+pub async fn received<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    got
+}
+
 /// Readiness for test handlers that must not be ready until a test says so (as an open
 /// circuit breaker or a rate limit is not): `poll` is `Pending` while closed, keeping the
 /// waker; opening wakes every task that waits. Clones share one gate, so every worker's

@@ -14,7 +14,7 @@ use switchyard::testkit::Recorder;
 use switchyard::{Bus, DeadLetterReason, Message, Outcome, PublishError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::WAIT;
+use crate::{WAIT, received};
 
 static ENCODES: [AtomicUsize; 11] = [const { AtomicUsize::new(0) }; 11];
 
@@ -88,19 +88,6 @@ async fn typed<const K: usize>(
         .await
         .unwrap();
     (rx, sub)
-}
-
-async fn received<T>(rx: &mut mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        got.push(
-            tokio::time::timeout(WAIT, rx.recv())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    got
 }
 
 fn json<const K: usize>(n: u64) -> Vec<u8> {
@@ -282,11 +269,11 @@ async fn the_size_limit_measures_encoded_messages_only() {
     bus.shutdown(WAIT).await.unwrap();
 }
 
-/// A command whose encodes are counted (in slot 7) and which cannot be decoded.
+/// A command whose encodes are counted (in slot `K`) and which cannot be decoded.
 #[derive(Debug, Clone, Serialize)]
-struct EncCmd(u64);
+struct EncCmd<const K: usize>(u64);
 
-impl<'de> Deserialize<'de> for EncCmd {
+impl<'de, const K: usize> Deserialize<'de> for EncCmd<K> {
     fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
         Err(serde::de::Error::custom(
             "EncCmd is never decoded in these tests",
@@ -294,17 +281,17 @@ impl<'de> Deserialize<'de> for EncCmd {
     }
 }
 
-impl Message for EncCmd {
+impl<const K: usize> Message for EncCmd<K> {
     const TOPIC: &'static str = "unencoded.cmd";
     const KIND: switchyard::Kind = switchyard::Kind::Command;
 
     fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
-        ENCODES[7].fetch_add(1, Ordering::SeqCst);
+        ENCODES[K].fetch_add(1, Ordering::SeqCst);
         Ok(serde_json::to_vec(&self.0).unwrap().into())
     }
 }
 
-impl switchyard::Command for EncCmd {
+impl<const K: usize> switchyard::Command for EncCmd<K> {
     type Output = u64;
 }
 
@@ -312,7 +299,7 @@ impl switchyard::Command for EncCmd {
 async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_bytes() {
     let bus = Bus::new();
     let sub = bus
-        .handle(|c: EncCmd, ctx| async move {
+        .handle(|c: EncCmd<7>, ctx| async move {
             // A handler may still publish and send from its context.
             assert_eq!(ctx.attempt(), 1);
             Ok::<_, String>(c.0 + 1)
@@ -320,8 +307,8 @@ async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_
         .start()
         .await
         .unwrap();
-    assert_eq!(bus.send(EncCmd(1)).await.unwrap(), 2);
-    assert_eq!(bus.request(EncCmd(2), WAIT).await.unwrap(), 3);
+    assert_eq!(bus.send(EncCmd::<7>(1)).await.unwrap(), 2);
+    assert_eq!(bus.request(EncCmd::<7>(2), WAIT).await.unwrap(), 3);
     assert_eq!(
         encodes::<7>(),
         0,
@@ -333,7 +320,7 @@ async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_
     let _raw = bus
         .handle_envelope(
             "raw",
-            EncCmd::TOPIC,
+            EncCmd::<7>::TOPIC,
             switchyard::handler_fn(|env: switchyard::Envelope| async move {
                 let n: u64 = serde_json::from_slice(&env.payload).map_err(|e| e.to_string())?;
                 Ok::<_, String>(Outcome::reply(
@@ -344,33 +331,9 @@ async fn a_typed_command_to_a_typed_handler_is_never_encoded_and_a_raw_one_gets_
         .start()
         .await
         .unwrap();
-    assert_eq!(bus.send(EncCmd(4)).await.unwrap(), 40);
+    assert_eq!(bus.send(EncCmd::<7>(4)).await.unwrap(), 40);
     assert_eq!(encodes::<7>(), 1);
     bus.shutdown(WAIT).await.unwrap();
-}
-
-/// A command that cannot be decoded (its encodes counted in slot 9).
-#[derive(Debug, Clone, Serialize)]
-struct SessionCmd(u64);
-
-impl<'de> Deserialize<'de> for SessionCmd {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("never decoded"))
-    }
-}
-
-impl Message for SessionCmd {
-    const TOPIC: &'static str = "unencoded.session_cmd";
-    const KIND: switchyard::Kind = switchyard::Kind::Command;
-
-    fn encode(&self) -> Result<switchyard::Bytes, switchyard::CodecError> {
-        ENCODES[9].fetch_add(1, Ordering::SeqCst);
-        Ok(serde_json::to_vec(&self.0).unwrap().into())
-    }
-}
-
-impl switchyard::Command for SessionCmd {
-    type Output = u64;
 }
 
 #[tokio::test]
@@ -387,13 +350,13 @@ async fn a_session_hands_typed_messages_over_as_the_bus_does() {
         .await
         .unwrap();
     let _commands = session
-        .handle(|c: SessionCmd, _| async move { Ok::<_, String>(c.0 * 3) })
+        .handle(|c: EncCmd<9>, _| async move { Ok::<_, String>(c.0 * 3) })
         .start()
         .await
         .unwrap();
     session.publish(Enc::<8>::new(5)).await.unwrap();
     assert_eq!(received(&mut rx, 1).await, vec![5]);
-    assert_eq!(session.send(SessionCmd(7)).await.unwrap(), 21);
+    assert_eq!(session.send(EncCmd::<9>(7)).await.unwrap(), 21);
     bus.run_until_idle().await;
     assert!(
         bus.dead_letters().unwrap().is_empty(),
