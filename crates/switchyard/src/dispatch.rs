@@ -298,7 +298,7 @@ impl SubShared {
             let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
             let result = AssertUnwindSafe(polled).catch_unwind().await;
             // What the call was made of goes back to the handler for the next call.
-            svc.recycle(fut);
+            recycle_caught(svc, fut);
             result
         })
         .await
@@ -323,7 +323,7 @@ impl SubShared {
                 std::pin::Pin::new(&mut fut).poll(cx)
             });
             let result = AssertUnwindSafe(polled).catch_unwind().await;
-            svc.recycle(fut);
+            recycle_caught(svc, fut);
             result
         })
         .await
@@ -690,8 +690,20 @@ fn start_call(
         Ok(std::task::Poll::Ready(result)) => Ok(result),
         Err(panic) => Err(panic),
     };
-    svc.recycle(fut);
+    recycle_caught(svc, fut);
     Started::Ended(result)
+}
+
+/// Hands an ended call back to the handler ([`Callee::recycle`]), which drops or keeps its
+/// future: a panic in the future's `Drop` is caught and logged, so a handler cannot kill its
+/// worker (the message keeps the outcome its call gave).
+#[inline]
+fn recycle_caught<S: Callee<R>, R>(svc: &mut S, fut: S::Future) {
+    if std::panic::catch_unwind(AssertUnwindSafe(|| svc.recycle(fut))).is_err() {
+        tracing::error!(
+            "a handler's future panicked while it was dropped; the message keeps the outcome its call gave"
+        );
+    }
 }
 
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the

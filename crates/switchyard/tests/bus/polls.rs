@@ -122,3 +122,54 @@ async fn an_unencoded_event_failing_in_a_typed_handler_is_dead_lettered_with_byt
         assert_eq!(l.attempts, 2);
     }
 }
+
+/// A future whose `Drop` panics (after it returned `Ready`).
+struct DropPanics(bool);
+
+impl Future for DropPanics {
+    type Output = Result<Outcome, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(Outcome::Ack))
+    }
+}
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        if self.0 && !std::thread::panicking() {
+            panic!("drop panics");
+        }
+    }
+}
+
+/// A panic in a handler future's `Drop` does not kill its worker: the messages behind it are
+/// handled and the bus goes idle (it hung with `pending` stuck before).
+#[tokio::test]
+async fn a_future_whose_drop_panics_does_not_kill_its_worker() {
+    let bus = bus(1);
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let sub = bus
+        .subscribe(
+            "drop-panic",
+            Ping::TOPIC,
+            switchyard::boxed(tower::service_fn(move |_env: Envelope| {
+                // The second call's future panics when dropped.
+                DropPanics(c.fetch_add(1, Ordering::SeqCst) == 1)
+            })),
+        )
+        .workers(1)
+        .start()
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .expect("the worker handled the messages behind the panicking drop");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(sub.stats().acked, 3);
+    assert_eq!(bus.pending(), 0);
+    bus.shutdown(WAIT).await.unwrap();
+}
