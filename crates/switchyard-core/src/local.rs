@@ -58,9 +58,6 @@ trait Slot: Any + Send + Sync {
     /// The value's encoding: the payload it was encoded to, or (for a value attached
     /// unencoded) its encoding made now, once for every copy.
     fn encoded(&self) -> Result<Bytes, CodecError>;
-    /// Whether the value was attached unencoded (copies of its envelope may hold an empty
-    /// payload, whether or not another copy had it encoded since).
-    fn unencoded(&self) -> bool;
     /// The value's type.
     fn value_type(&self) -> TypeId;
 }
@@ -79,10 +76,6 @@ impl<T: Send + Sync + 'static> Slot for Value<T> {
                 Ok(once.get_or_init(|| bytes).clone())
             }
         }
-    }
-
-    fn unencoded(&self) -> bool {
-        matches!(self.encoding, Encoding::Lazy(..))
     }
 
     fn value_type(&self) -> TypeId {
@@ -152,13 +145,6 @@ impl Local {
     /// The type of the attached value, if any.
     pub fn value_type(&self) -> Option<TypeId> {
         self.0.as_ref().map(|slot| slot.value_type())
-    }
-
-    /// Whether the attached value was attached [unencoded](crate::Envelope::set_unencoded) (its encoding is
-    /// made once, for every copy, when one asks; a copy's envelope keeps an empty payload
-    /// until it asks).
-    pub fn is_unencoded(&self) -> bool {
-        self.0.as_ref().is_some_and(|slot| slot.unencoded())
     }
 
     /// The value, if it is a `T` and `payload` is the buffer it was encoded to (for a value
