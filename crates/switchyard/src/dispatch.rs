@@ -205,14 +205,8 @@ impl SubShared {
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
-            let ok = if ready
-                && reply.is_none()
-                && !(bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event)
-            {
-                let mut stamp = env.delivery;
-                stamp.attempt += 1;
-                stamp.first_delivered_at.get_or_insert_with(SystemTime::now);
-                inc(&self.counters.delivered);
+            let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, &env) {
+                let stamp = self.next_attempt(env.delivery, SystemTime::now);
                 let started = switchyard_core::delivered::scope(
                     Arc::clone(&env),
                     std::future::poll_fn(|cx| {
@@ -327,6 +321,21 @@ impl SubShared {
             result
         })
         .await
+    }
+
+    /// The delivery bookkeeping of the next attempt at a message stamped `prev` so far: one
+    /// attempt more, the first delivery time set if it was not (from `now`), counted as
+    /// delivered.
+    #[inline]
+    pub(crate) fn next_attempt(
+        &self,
+        mut prev: DeliveryInfo,
+        now: impl FnOnce() -> SystemTime,
+    ) -> DeliveryInfo {
+        prev.attempt += 1;
+        prev.first_delivered_at.get_or_insert_with(now);
+        inc(&self.counters.delivered);
+        prev
     }
 
     /// Settles a transport delivery after handling: ack when handled, term when it was
@@ -481,7 +490,7 @@ impl SubShared {
         kept: &mut Option<Answered>,
     ) -> bool {
         let c = &self.counters;
-        let lifecycle = bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event;
+        let lifecycle = publishes_lifecycle(bus, &env);
         let started = lifecycle.then(std::time::Instant::now);
         let mut ready = ready && !lifecycle;
         if lifecycle {
@@ -496,21 +505,13 @@ impl SubShared {
         // A typed sender in this process takes the typed handler's output as it is.
         let wanted = reply.as_ref().and_then(|r| r.typed);
         let mut typed = None;
-        let stamped = |delivery: DeliveryInfo| {
-            let mut copy = Envelope::clone(&env);
-            copy.delivery = delivery;
-            copy
-        };
+        let stamped = |delivery: DeliveryInfo| stamped_copy(&env, delivery);
         let (ok, error) = loop {
             if let Some((_, stamp)) = &first {
                 // Stamped and counted by the caller, which made this attempt.
                 delivery = *stamp;
             } else {
-                delivery.attempt += 1;
-                delivery
-                    .first_delivered_at
-                    .get_or_insert_with(SystemTime::now);
-                inc(&c.delivered);
+                delivery = self.next_attempt(delivery, SystemTime::now);
             }
             let attempt = delivery.attempt;
             let outcome = match first.take() {
@@ -675,9 +676,7 @@ fn start_call(
     cx: &mut std::task::Context<'_>,
 ) -> Started {
     let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut copy = Envelope::clone(env);
-        copy.delivery = delivery;
-        svc.call_in(copy)
+        svc.call_in(stamped_copy(env, delivery))
     }));
     let mut fut = match made {
         Ok(fut) => fut,
@@ -692,6 +691,21 @@ fn start_call(
     };
     recycle_caught(svc, fut);
     Started::Ended(result)
+}
+
+/// A handler's own copy of the queued `env`, stamped with the attempt's bookkeeping.
+#[inline]
+fn stamped_copy(env: &Envelope, delivery: DeliveryInfo) -> Envelope {
+    let mut copy = Envelope::clone(env);
+    copy.delivery = delivery;
+    copy
+}
+
+/// Whether handling `env` publishes lifecycle events (commands and requests, when the bus
+/// has them on).
+#[inline]
+fn publishes_lifecycle(bus: &BusInner, env: &Envelope) -> bool {
+    bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event
 }
 
 /// Hands an ended call back to the handler ([`Callee::recycle`]), which drops or keeps its

@@ -15,7 +15,6 @@ use crate::handler::{BoxPrefetchHandler, SingleHandler, prefetch_one};
 use crate::pending::Settled;
 use crate::queue::{Entry, Popped, Taken};
 use crate::state::{Parent, SubShared};
-use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages.
 const YIELD_EVERY: usize = 128;
@@ -100,10 +99,7 @@ impl SubShared {
                     ..
                 } = t.entry;
                 // The bookkeeping the handler saw, counted as delivered here.
-                let mut stamp = env.delivery;
-                stamp.attempt += 1;
-                stamp.first_delivered_at.get_or_insert(now);
-                inc(&self.counters.delivered);
+                let stamp = self.next_attempt(env.delivery, || now);
                 let made = self.classify(answer, &env, stamp.attempt);
                 let ok = self
                     .process(
