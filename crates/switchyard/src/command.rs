@@ -227,7 +227,7 @@ impl Bus {
                 let (answer, handler) = run.await;
                 // A handler that never waits makes a send that never waits: the sender's task
                 // yields now and then, as it did waiting on the answer (every
-                // `inline::YIELD_EVERY` runs on this thread: a counter in a thread-local costs
+                // `dispatch::YIELD_EVERY` runs on this thread: a counter in a thread-local costs
                 // less than asking tokio's budget on every command).
                 if crate::inline::yield_due() {
                     tokio::task::yield_now().await;

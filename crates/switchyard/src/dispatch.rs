@@ -24,8 +24,9 @@ use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
 use crate::state::{BusInner, Parent, SubShared, TYPED, TypedSlot};
 use crate::stats::inc;
 
-/// A worker that never has to wait yields to other tasks after this many messages.
-const YIELD_EVERY: u32 = 128;
+/// A worker that never has to wait yields to other tasks after this many messages (so does
+/// a prefetching worker, and a sender after as many commands run on its thread, `inline.rs`).
+pub(crate) const YIELD_EVERY: u32 = 128;
 
 /// The bus as a worker keeps it from one message to the next, counted in
 /// `BusInner::worker_holds` so a worker can tell when nothing but workers keeps it alive.

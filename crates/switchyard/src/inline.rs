@@ -29,14 +29,11 @@ use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Service;
 
+use crate::dispatch::YIELD_EVERY;
 use crate::handler::SingleHandler;
 use crate::pending::Settled;
 use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
-
-/// What a run gives: its answer (`None` when shutdown stopped it) and the handler's
-/// subscription, moved out of the run's slot (`None` only if the slot had lost it).
-type RunOutput = InlineOutput;
 
 /// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
 /// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
@@ -45,17 +42,13 @@ type Cell<F> = Pin<Box<OptionFuture<F>>>;
 /// Emptied run boxes kept on this thread for its next runs (at most this many).
 const KEPT_CELLS: usize = 2;
 
-/// A sender's task yields after this many inline runs on its thread ([`yield_due`]), as a
-/// worker that never waits does after as many messages.
-pub(crate) const YIELD_EVERY: u32 = 128;
-
 thread_local! {
     /// Inline runs finished on this thread, modulo [`YIELD_EVERY`].
     static RUNS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Counts an inline run finished on this thread; true every [`YIELD_EVERY`]th: its sender
-/// then yields, so that a sender whose handler never waits does not keep the thread from
+/// Counts an inline run finished on this thread; true every [`YIELD_EVERY`]th (the workers'
+/// rule): its sender then yields, so that a sender whose handler never waits does not keep the thread from
 /// other tasks.
 #[inline]
 pub(crate) fn yield_due() -> bool {
@@ -106,14 +99,14 @@ fn keep_cell<F: 'static>(cell: Cell<F>) {
 }
 
 /// An inline command's handling in its box (a `Cell`, always filled while it goes on).
-trait Run: Future<Output = Option<RunOutput>> + Send {
+trait Run: Future<Output = Option<InlineOutput>> + Send {
     /// The run has finished: its box is emptied and kept for the next run on this thread.
     fn recycle(self: Pin<Box<Self>>);
 }
 
 impl<F> Run for OptionFuture<F>
 where
-    F: Future<Output = RunOutput> + Send + 'static,
+    F: Future<Output = InlineOutput> + Send + 'static,
 {
     fn recycle(mut self: Pin<Box<Self>>) {
         self.as_mut().set(None.into());
@@ -288,7 +281,7 @@ impl SubShared {
 /// tuple argument, so that `take_cell` can name the future's type through `run`'s.
 async fn run(
     (slot, mut svc, env, reply): (Slot, SingleHandler, Arc<Envelope>, CommandReply),
-) -> RunOutput {
+) -> InlineOutput {
     let Some(sub) = slot.sub.as_ref() else {
         // Never: the slot holds the subscription until it is finished.
         return (None, None);

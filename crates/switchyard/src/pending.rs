@@ -74,10 +74,16 @@ impl Pending {
     /// [`Accepted::settle`] and the guard's drop).
     #[inline]
     pub(crate) fn settle_held(&self, how: Settled) {
+        self.count_settled(how);
+        self.release(1);
+    }
+
+    /// Counts a message that ended as `how` among the settled ones (a left-over is not).
+    #[inline]
+    fn count_settled(&self, how: Settled) {
         if how != Settled::LeftOver {
             self.settled.fetch_add(1, Ordering::Relaxed);
         }
-        self.release(1);
     }
 
     /// A message counted by [`accept_held`](Self::accept_held) is let go of unsettled (as
@@ -209,9 +215,7 @@ impl Accepted {
     /// The message ended as `how`; its count is released (by the drop that follows).
     #[inline]
     pub(crate) fn settle(self, how: Settled) {
-        if how != Settled::LeftOver {
-            self.pending.settled.fetch_add(1, Ordering::Relaxed);
-        }
+        self.pending.count_settled(how);
     }
 }
 

@@ -11,13 +11,11 @@ use std::time::SystemTime;
 
 use switchyard_core::Envelope;
 
+use crate::dispatch::YIELD_EVERY;
 use crate::handler::{BoxPrefetchHandler, SingleHandler, prefetch_one};
 use crate::pending::Settled;
 use crate::queue::{Entry, Popped, Taken};
 use crate::state::{Parent, SubShared};
-
-/// A worker that never has to wait yields to other tasks after this many messages.
-const YIELD_EVERY: usize = 128;
 
 impl SubShared {
     /// One prefetching worker (number `worker`, its in-flight slot): stops when the queue is
@@ -37,7 +35,7 @@ impl SubShared {
         let max = max.max(1);
         // Taken and not handled yet (left unanswered by the last hand-over), oldest first.
         let mut left: VecDeque<Taken> = VecDeque::new();
-        let mut streak = 0;
+        let mut streak: u32 = 0;
         loop {
             if streak >= YIELD_EVERY {
                 streak = 0;
