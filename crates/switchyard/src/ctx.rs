@@ -47,15 +47,8 @@ impl Ctx {
         if !self.envelope.needs_encoding() {
             return &self.envelope;
         }
-        self.encoded.get_or_init(|| {
-            let mut encoded = self.envelope.clone();
-            if let Err(e) = encoded.encode_payload() {
-                // It encoded when published elsewhere; should it not here, the handler sees
-                // the empty payload, and the reason is logged.
-                tracing::warn!(message_id = %encoded.id, error = %e, "could not encode the message for Ctx::envelope");
-            }
-            Box::new(encoded)
-        })
+        self.encoded
+            .get_or_init(|| Box::new(with_payload(self.envelope.clone())))
     }
 
     /// The envelope being handled, with its payload (as [`envelope`](Self::envelope) gives
@@ -63,13 +56,7 @@ impl Ctx {
     pub fn into_envelope(self) -> Envelope {
         match self.encoded.into_inner() {
             Some(encoded) => *encoded,
-            None => {
-                let mut envelope = self.envelope;
-                if let Err(e) = envelope.encode_payload() {
-                    tracing::warn!(message_id = %envelope.id, error = %e, "could not encode the message for Ctx::into_envelope");
-                }
-                envelope
-            }
+            None => with_payload(self.envelope),
         }
     }
 
@@ -126,6 +113,16 @@ impl Ctx {
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await
     }
+}
+
+/// `env` with its payload made, if it was carried unencoded. It encoded when published
+/// elsewhere; should it not here, the handler sees the empty payload, and the reason is
+/// logged.
+fn with_payload(mut env: Envelope) -> Envelope {
+    if let Err(e) = env.encode_payload() {
+        tracing::warn!(message_id = %env.id, error = %e, "could not encode the message for its handler's context");
+    }
+    env
 }
 
 fn upgrade(bus: &Weak<BusInner>) -> Result<Bus, BoxError> {

@@ -4,9 +4,10 @@
 //! the happy path: every layer moved the ~200-byte envelope and result, boxed its future, read
 //! the clock and took its own reference counts. [`Resilient`] does the same work in one
 //! future: it reads the time-stamp counter twice per message (start and end; the wall clock
-//! comes from an anchor), reads the tokio clock and arms the timeout only when the handler
-//! yields (every deadline is on the tokio clock, so a paused clock stays exact), counts a
-//! closed breaker's successes without a lock, and allocates nothing unless an attempt fails.
+//! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
+//! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
+//! yields, counts a closed breaker's successes without a lock, and allocates nothing unless
+//! an attempt fails.
 //! Under the bus it leaves the delivered envelope where the bus keeps it
 //! ([`switchyard_core::delivered`]) and takes a copy from there only when a retry happens: the
 //! bus's own stack is built [`called_as_delivered`](super::ResilienceLayer::called_as_delivered),
@@ -282,10 +283,12 @@ where
         let span = delivery_span(&env, &self.core.handler, ctx, incoming);
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = self.core.clock.raw();
-        let start_offset = self.wall.offset_fresh(&self.core.clock, start);
-        // The timeout counts from here, on the tokio clock (which a test may pause and
-        // advance, also from inside the handler before its first yield).
+        // The timeout's deadline counts from here on the tokio clock, like every deadline of
+        // the stack: subtracting `start`'s real elapsed time from a tokio instant mixed the two
+        // clocks, so under a paused clock a timeout fired early by however long the machine
+        // took between the call and the handler's first yield.
         let timeout_base = tokio::time::Instant::now();
+        let start_offset = self.wall.offset_fresh(&self.core.clock, start);
         let base = env.delivery.attempt.max(1);
         if env.delivery.first_delivered_at.is_none() {
             env.delivery.first_delivered_at = Some(self.wall.wall(start_offset));
@@ -367,8 +370,8 @@ where
             ctx,
             span,
             measured: Some(measured),
-            start_offset,
             timeout_base,
+            start_offset,
             wall: self.wall,
         }
     }
@@ -444,10 +447,10 @@ pin_project! {
         ctx: TraceContext,
         span: Span,
         measured: Option<Measured>,
+        // The start on the tokio clock, which the timeout's deadline counts from.
+        timeout_base: tokio::time::Instant,
         // The start (a time-stamp counter reading) as an offset from `wall`'s anchor.
         start_offset: u64,
-        // The start on the tokio clock, which the timeout counts from.
-        timeout_base: tokio::time::Instant,
         wall: WallClock,
     }
 
