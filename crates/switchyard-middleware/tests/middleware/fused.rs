@@ -249,35 +249,54 @@ async fn time_to_timeout(busy: Duration) -> Duration {
 
 /// [`time_to_timeout`] with a `timeout` of choice.
 async fn time_to_time_out(busy: Duration, timeout: Duration) -> Duration {
+    let svc = slow_stack(timeout, busy, Duration::ZERO);
+    let start = Instant::now();
+    let err = svc
+        .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
+        .await
+        .unwrap_err();
+    assert_timed_out(&err);
+    start.elapsed()
+}
+
+/// The fused stack (one attempt, `timeout`) around a handler that first works `busy` of real
+/// time without yielding (real time passes, virtual time not), or moves the virtual clock by
+/// `advance_first` before its first yield, then sleeps a minute.
+fn slow_stack(
+    timeout: Duration,
+    busy: Duration,
+    advance_first: Duration,
+) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future: Send> {
     let layer = ResilienceLayer::new(
         "slow",
         ResilienceConfig::default()
             .retry(RetryPolicy::default().max_attempts(1))
             .timeout(timeout),
     );
-    let svc = tower::Layer::layer(
+    tower::Layer::layer(
         &layer,
         tower::service_fn(move |_env: Envelope| async move {
-            // Synchronous work before the first yield: real time passes, virtual time not.
             let started = std::time::Instant::now();
             while started.elapsed() < busy {
                 std::hint::spin_loop();
             }
-            tokio::task::yield_now().await;
+            if advance_first.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::advance(advance_first).await;
+            }
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, BoxError>(Outcome::Ack)
         }),
-    );
-    let start = Instant::now();
-    let err = svc
-        .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
-        .await
-        .unwrap_err();
+    )
+}
+
+/// `err` is the stack's timeout.
+fn assert_timed_out(err: &BoxError) {
     assert!(
-        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
+        format!("{:?}", RetryError::find(&**err)).contains("Timeout"),
         "{err:?}"
     );
-    start.elapsed()
 }
 
 /// A handler that yields is timed out at the configured limit from the start of the call
@@ -317,32 +336,11 @@ async fn on_a_running_clock_the_timeout_counts_from_the_start_of_the_call() {
     );
 }
 
-fn slow_stack(
-    advance_first: Duration,
-) -> impl Service<Envelope, Response = Outcome, Error = BoxError, Future: Send> {
-    let layer = ResilienceLayer::new(
-        "slow",
-        ResilienceConfig::default()
-            .retry(RetryPolicy::default().max_attempts(1))
-            .timeout(Duration::from_secs(5)),
-    );
-    tower::Layer::layer(
-        &layer,
-        tower::service_fn(move |_env: Envelope| async move {
-            if !advance_first.is_zero() {
-                tokio::time::advance(advance_first).await;
-            }
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            Ok::<_, BoxError>(Outcome::Ack)
-        }),
-    )
-}
-
 /// the call is made at t=0, its future first polled at t=3 s (paused clock):
 /// a 5 s timeout must fire at t=5 s (counted from the call), as on a running clock.
 #[tokio::test(start_paused = true)]
 async fn paused_timeout_counts_from_the_call_not_the_first_poll() {
-    let mut svc = slow_stack(Duration::ZERO);
+    let mut svc = slow_stack(Duration::from_secs(5), Duration::ZERO, Duration::ZERO);
     let start = Instant::now();
     let fut = svc
         .ready()
@@ -351,10 +349,7 @@ async fn paused_timeout_counts_from_the_call_not_the_first_poll() {
         .call(Envelope::new(Topic::new("a.b").unwrap(), "x"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let err = fut.await.unwrap_err();
-    assert!(
-        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
-        "{err:?}"
-    );
+    assert_timed_out(&err);
     assert_eq!(start.elapsed(), Duration::from_secs(5));
 }
 
@@ -362,15 +357,16 @@ async fn paused_timeout_counts_from_the_call_not_the_first_poll() {
 /// 5 s limit when it yields: timed out then (t=6 s), not at t=11 s.
 #[tokio::test(start_paused = true)]
 async fn paused_timeout_when_the_handler_advances_the_clock_before_yielding() {
-    let svc = slow_stack(Duration::from_secs(6));
+    let svc = slow_stack(
+        Duration::from_secs(5),
+        Duration::ZERO,
+        Duration::from_secs(6),
+    );
     let start = Instant::now();
     let err = svc
         .oneshot(Envelope::new(Topic::new("a.b").unwrap(), "x"))
         .await
         .unwrap_err();
-    assert!(
-        format!("{:?}", RetryError::find(&*err)).contains("Timeout"),
-        "{err:?}"
-    );
+    assert_timed_out(&err);
     assert_eq!(start.elapsed(), Duration::from_secs(6));
 }
