@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(&*b.route(&t("x.y")), &[20, 21]);
         // A router dropped and another made (its address may be the same) starts afresh.
         drop(a);
-        let c = Router::new(8);
+        let c: Router<i32> = Router::new(8);
         assert!(c.route(&t("x.y")).is_empty());
     }
 
