@@ -128,11 +128,7 @@ impl<'de> Deserialize<'de> for Envelope {
             payload,
             delivery,
             local: Local::default(),
-            rare: if rare == super::NO_RARE {
-                super::RareSlot::default()
-            } else {
-                super::RareSlot::filled(rare)
-            },
+            rare: (rare != super::NO_RARE).then(|| Box::new(rare)),
             unencoded: false,
         })
     }
