@@ -7,7 +7,9 @@
 //! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
 //! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
 //! yields, counts a closed breaker's successes without a lock, and allocates nothing unless
-//! an attempt fails.
+//! an attempt fails (or a tracing subscriber wants the delivery span, or dedup is on: those
+//! are boxed, so the future the caller moves into place on every call stays small; a span
+//! no subscriber wants is dropped at the call instead of being entered at every poll).
 //! Under the bus it leaves the delivered envelope where the bus keeps it
 //! ([`switchyard_core::delivered`]) and takes a copy from there only when a retry happens: the
 //! bus's own stack is built [`called_as_delivered`](super::ResilienceLayer::called_as_delivered),
