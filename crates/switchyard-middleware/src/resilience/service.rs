@@ -537,7 +537,7 @@ where
             this.phase.set(Phase::Done);
             let end = core.clock.raw();
             if let Some(admitted) = admitted {
-                admitted.settle(&core.breaker, &result, core.clock.scaled(end));
+                admitted.settle_raw(&core.breaker, &result, &core.clock, end);
             }
             let verdict = match result {
                 // Every outcome but `Retry` is final whatever the policy (`judge` says so too,
