@@ -246,7 +246,7 @@ impl Bus {
         if let Some(transport) = &self.inner.transport {
             return self.publish_via(transport.as_ref(), env).await;
         }
-        let targets = self.inner.route(&env.topic);
+        let targets = self.inner.router.route(&env.topic);
         // With hooks, the payload is what they made of it: no value goes beside it.
         if !bytes_read_on_the_way && value.attach(&mut env, &targets)? {
             self.check_size(&env)?;
@@ -294,7 +294,7 @@ impl Bus {
                 .try_for_each(|codec| codec.encode(&mut env))?;
             self.check_size(&env)?;
         }
-        let expected = owed_deliveries(&self.inner.route(&env.topic));
+        let expected = owed_deliveries(&self.inner.router.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
         let result = transport.publish(env).await;
@@ -450,7 +450,7 @@ impl Bus {
         env.encode_payload()?;
         self.run_hooks(&mut env)?;
         let env = Arc::new(env);
-        let targets = self.inner.route(&env.topic);
+        let targets = self.inner.router.route(&env.topic);
         let mut report = WaitReport::default();
         let groups = priority_groups(&targets).unwrap_or_else(|| vec![targets.to_vec()]);
         for group in &groups {
