@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use smol_str::SmolStr;
+use switchyard_core::message::set_typed_fields;
 use switchyard_core::{
     DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
-    Topic, TransportError, TransportErrorKind,
+    Topic, TopicError, TransportError, TransportErrorKind,
 };
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
+use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
 use crate::state::{BusInner, RUNNING, SubShared};
@@ -199,15 +201,15 @@ impl Bus {
     /// the publish then: it shows where the bytes are made (a dead letter keeps an empty
     /// payload and its error says why; [`Ctx::envelope`](crate::Ctx::envelope) logs it).
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
-        let env = M::blank_envelope()?;
+        let env = blank_shared::<M>()?;
         self.publish_local(env, Typed(msg)).await
     }
 
     /// Publishes a typed event on another topic than `M::TOPIC` (encoded or not, as
     /// [`publish`](Self::publish)).
     pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
-        let mut env = M::blank_envelope()?;
-        env.topic = Topic::new(topic)?;
+        let mut env = blank_shared::<M>()?;
+        Arc::make_mut(&mut env).topic = Topic::new(topic)?;
         self.publish_local(env, Typed(msg)).await
     }
 
@@ -229,29 +231,40 @@ impl Bus {
     /// (a hook, a transport, a subscription that is not a plain typed handler of `M`), with
     /// the value beside the payload on the in-process path when no publish hook could have
     /// rewritten the payload (typed handlers of its type take it instead of decoding), and
-    /// not encoded at all when only such handlers get it. One async layer for every publish:
-    /// each layer would copy the envelope into its own future.
+    /// not encoded at all when only such handlers get it. One async layer for every publish.
+    ///
+    /// `env` is the envelope, or (a typed publish) the envelope already in its `Arc`
+    /// ([`blank_shared`]), not shared yet: changed in place. A typed publish passes only a
+    /// pointer through the caller's layers into this future (issue 18: its 200-byte envelope
+    /// passed by value was copied at each layer the compiler did not see through, and which
+    /// those were changed with unrelated code elsewhere: the typed workloads moved by
+    /// +60..+210 instructions). An envelope publish's future takes the envelope itself (put
+    /// in its `Arc` first, the future copied into the caller's costs more).
     pub(crate) async fn publish_local<V: Published>(
         &self,
-        mut env: Envelope,
+        env: impl IntoShared,
         value: V,
     ) -> Result<(), PublishError> {
         self.check_running()?;
-        inherit_parent(&mut env);
+        let mut env = env.into_shared();
+        // Unshared: `make_mut` hands out the envelope itself, it never copies here.
+        let unshared = Arc::make_mut(&mut env);
+        inherit_parent(unshared);
         let bytes_read_on_the_way = self.inner.transport.is_some() || !self.inner.hooks.is_empty();
         if bytes_read_on_the_way {
-            value.encode_into(&mut env)?;
+            value.encode_into(unshared)?;
         }
-        self.run_hooks(&mut env)?;
+        self.run_hooks(unshared)?;
         if let Some(transport) = &self.inner.transport {
-            return self.publish_via(transport.as_ref(), env).await;
+            return self
+                .publish_via(transport.as_ref(), Arc::unwrap_or_clone(env))
+                .await;
         }
-        let targets = self.inner.router.route(&env.topic);
+        let targets = self.inner.router.route(&unshared.topic);
         // With hooks, the payload is what they made of it: no value goes beside it.
-        if !bytes_read_on_the_way && value.attach(&mut env, &targets)? {
-            self.check_size(&env)?;
+        if !bytes_read_on_the_way && value.attach(unshared, &targets)? {
+            self.check_size(unshared)?;
         }
-        let env = crate::queue::spare::shared(env);
         let first = match priority_groups(&targets) {
             None => match self.try_deliver_events(&targets, &env) {
                 Ok(done) => done,
@@ -592,6 +605,37 @@ impl<M: Message> Published for Typed<M> {
         env.local = Local::new(self.0, &env.payload);
         Ok(true)
     }
+}
+
+/// An envelope to publish, or one already in its shared allocation (not shared yet).
+pub(crate) trait IntoShared {
+    /// The envelope in its `Arc` ([`shared`]), unshared.
+    fn into_shared(self) -> Arc<Envelope>;
+}
+
+impl IntoShared for Envelope {
+    #[inline(always)]
+    fn into_shared(self) -> Arc<Envelope> {
+        shared(self)
+    }
+}
+
+impl IntoShared for Arc<Envelope> {
+    #[inline(always)]
+    fn into_shared(self) -> Arc<Envelope> {
+        self
+    }
+}
+
+/// `M::blank_envelope` in its shared allocation ([`shared`]), made in place (see
+/// [`set_typed_fields`]). Out of line on purpose (issue 18): the 200-byte envelope is made
+/// and moved into its block here, and only the pointer crosses the publish's async layers,
+/// whatever the compiler inlines around it.
+#[inline(never)]
+pub(crate) fn blank_shared<M: Message>() -> Result<Arc<Envelope>, TopicError> {
+    let mut env = Envelope::new(M::topic()?, bytes::Bytes::new());
+    set_typed_fields::<M>(&mut env);
+    Ok(shared(env))
 }
 
 /// Sets causation and correlation from the message being handled on this task, if any.
