@@ -14,7 +14,10 @@ pub use crate::id::{MessageId, MessageIdError};
 use crate::local::Local;
 use crate::topic::Topic;
 
+mod rare;
 mod wire;
+
+use rare::RareSlot;
 
 /// What kind of message an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -235,8 +238,8 @@ pub struct Envelope {
     /// that published it (see [`Local`]): typed handlers take it instead of decoding. Never
     /// serialized or compared.
     pub local: Local,
-    /// The rare fields; `None` while all of them have their defaults.
-    rare: Option<Box<Rare>>,
+    /// The rare fields; empty while all of them have their defaults.
+    rare: RareSlot,
     /// The payload is still to be made from the value in `local`
     /// ([`set_unencoded`](Self::set_unencoded)); cleared once this copy made it. (In the
     /// padding after `kind`, `priority` and `type_version`: it costs no byte.)
@@ -244,7 +247,7 @@ pub struct Envelope {
 }
 
 /// The fields few messages set, boxed together behind [`Envelope::rare`].
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
 struct Rare {
     causation_id: Option<MessageId>,
     source: Option<SmolStr>,
@@ -285,7 +288,7 @@ impl Envelope {
             payload: payload.into(),
             delivery: DeliveryInfo::default(),
             local: Local::default(),
-            rare: None,
+            rare: RareSlot::default(),
             unencoded: false,
         }
     }
@@ -351,11 +354,11 @@ impl Envelope {
     }
 
     fn rare(&self) -> &Rare {
-        self.rare.as_deref().unwrap_or(&NO_RARE)
+        self.rare.get().unwrap_or(&NO_RARE)
     }
 
     fn rare_mut(&mut self) -> &mut Rare {
-        self.rare.get_or_insert_with(Box::default)
+        self.rare.get_or_fill()
     }
 
     /// Id of the message whose handler published this one (set automatically by the bus).
@@ -421,7 +424,7 @@ impl Envelope {
         let content_type = content_type.into();
         if content_type != JSON {
             self.rare_mut().content_type = Some(content_type);
-        } else if let Some(rare) = &mut self.rare {
+        } else if let Some(rare) = self.rare.get_mut() {
             rare.content_type = None;
         }
     }
@@ -541,16 +544,39 @@ pub struct ReplyAddress {
 impl ReplyAddress {
     /// The reply: kind `Reply`, the message's topic, caused by and correlated with it,
     /// addressed to its source.
+    #[inline]
     pub fn reply(self, payload: impl Into<Bytes>) -> Envelope {
-        // Filled in place (not through the by-value `caused_by`, which moves the whole
-        // envelope once more): handlers build one of these per command.
-        let mut reply = Envelope::new(self.topic, payload);
-        reply.kind = Kind::Reply;
-        reply.correlation_id = self.correlation_id;
-        let rare = reply.rare_mut();
-        rare.causation_id = Some(self.id);
-        rare.target = self.source;
-        reply
+        self.reply_with(payload.into())
+    }
+
+    /// [`reply`](Self::reply), not generic: compiled once, here, rather than into every
+    /// caller's crate (where its size would move the inlining of unrelated paths).
+    #[inline(never)]
+    fn reply_with(self, payload: Bytes) -> Envelope {
+        // Built with its fields (not through `Envelope::new` and the by-value `caused_by`,
+        // which move the whole envelope again): handlers build one of these per command. The
+        // rare box for the causation id and target is usually the one the thread's last
+        // reply let go of.
+        let now = SystemTime::now();
+        Envelope {
+            id: MessageId::made_at(now),
+            topic: self.topic,
+            kind: Kind::Reply,
+            correlation_id: self.correlation_id,
+            priority: Priority::NORMAL,
+            timestamp: now,
+            type_name: None,
+            type_version: 1,
+            payload,
+            delivery: DeliveryInfo::default(),
+            local: Local::default(),
+            rare: RareSlot::filled(Rare {
+                causation_id: Some(self.id),
+                target: self.source,
+                ..Rare::default()
+            }),
+            unencoded: false,
+        }
     }
 }
 

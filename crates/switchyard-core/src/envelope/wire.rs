@@ -128,7 +128,11 @@ impl<'de> Deserialize<'de> for Envelope {
             payload,
             delivery,
             local: Local::default(),
-            rare: (rare != super::NO_RARE).then(|| Box::new(rare)),
+            rare: if rare == super::NO_RARE {
+                super::RareSlot::default()
+            } else {
+                super::RareSlot::filled(rare)
+            },
             unencoded: false,
         })
     }
