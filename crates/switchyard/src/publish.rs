@@ -260,7 +260,7 @@ impl Bus {
                 .publish_via(transport.as_ref(), Arc::unwrap_or_clone(env))
                 .await;
         }
-        let targets = self.inner.router.route(&unshared.topic);
+        let targets = self.inner.route(&unshared.topic);
         // With hooks, the payload is what they made of it: no value goes beside it.
         if !bytes_read_on_the_way && value.attach(unshared, &targets)? {
             self.check_size(unshared)?;
@@ -307,7 +307,7 @@ impl Bus {
                 .try_for_each(|codec| codec.encode(&mut env))?;
             self.check_size(&env)?;
         }
-        let expected = owed_deliveries(&self.inner.router.route(&env.topic));
+        let expected = owed_deliveries(&self.inner.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
         let result = transport.publish(env).await;
@@ -463,7 +463,7 @@ impl Bus {
         env.encode_payload()?;
         self.run_hooks(&mut env)?;
         let env = Arc::new(env);
-        let targets = self.inner.router.route(&env.topic);
+        let targets = self.inner.route(&env.topic);
         let mut report = WaitReport::default();
         let groups = priority_groups(&targets).unwrap_or_else(|| vec![targets.to_vec()]);
         for group in &groups {

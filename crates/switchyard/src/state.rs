@@ -179,6 +179,14 @@ pub(crate) struct BusInner {
 }
 
 impl BusInner {
+    /// The subscriptions whose pattern matches `topic` ([`Router::route`]). Not generic, so
+    /// it is compiled once, here, rather than into every crate that instantiates a generic
+    /// publish (where its code would shift the inlining of unrelated paths).
+    #[inline(never)]
+    pub(crate) fn route(&self, topic: &Topic) -> Arc<[Arc<SubShared>]> {
+        self.router.route(topic)
+    }
+
     /// Stores a dead letter, encoded first by the codecs that keep dead letters encoded
     /// ([`TransportCodec::encodes_dead_letters`](crate::TransportCodec::encodes_dead_letters))
     /// when it is an event on a bus with a transport (without one, codecs never run).
