@@ -10,7 +10,7 @@ use futures_util::future::{Either, ready};
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
-    SendError,
+    ReplyAddress, SendError,
 };
 use tower::service_fn;
 use tower::util::BoxCloneService;
@@ -190,14 +190,26 @@ where
             let output = output.map_err(Into::into)?;
             // A typed sender in this process takes the output as it is: no reply
             // envelope, no encoding and decoding. Any other sender gets the JSON reply.
-            let output = match crate::state::offer_typed(output) {
-                Ok(()) => return Ok(Outcome::Ack),
-                Err(output) => output,
-            };
-            let payload = serde_json::to_vec(&output)?;
-            Ok(Outcome::reply(reply_to.reply(payload)))
+            match crate::state::offer_typed(output) {
+                Ok(()) => Ok(Outcome::Ack),
+                Err(output) => encoded_reply(reply_to, &output),
+            }
         }))
     }))
+}
+
+/// The JSON reply to a sender that does not take a typed command's output as it is. Out of
+/// line: kept small, the closure around it stays inlined into its future's poll whatever
+/// else the crate holds (issue 18: w4_roundtrip_typed moved +16 with an unrelated change
+/// when it was not).
+#[cold]
+#[inline(never)]
+fn encoded_reply<O: serde::Serialize>(
+    reply_to: ReplyAddress,
+    output: &O,
+) -> Result<Outcome, BoxError> {
+    let payload = serde_json::to_vec(output)?;
+    Ok(Outcome::reply(reply_to.reply(payload)))
 }
 
 /// A typed batch handler: decodes every message; undecodable ones are dead-lettered with
