@@ -101,7 +101,10 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
 
     /// The envelope [`to_envelope`](Self::to_envelope) fills, with an empty payload: a new
     /// id, this type's topic, kind, type name, version and content type. The bus starts
-    /// from it for a typed message it carries [unencoded](Envelope::set_unencoded).
+    /// from this envelope for a typed message it carries
+    /// [unencoded](Envelope::set_unencoded); its `publish`, `send` and `request` make it in
+    /// place, with [`Envelope::new`] on [`topic`](Self::topic) and [`set_typed_fields`]
+    /// (what this default does), rather than calling this method.
     fn blank_envelope() -> Result<Envelope, TopicError> {
         let mut env = Envelope::new(Self::topic()?, Bytes::new());
         set_typed_fields::<Self>(&mut env);
