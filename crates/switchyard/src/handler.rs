@@ -11,6 +11,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, service_fn};
 
 pub use crate::held::BoxHandler;
+pub(crate) use crate::held::Callee;
 use crate::held::HeldCall;
 
 /// A one-message handler as the workers (and inline command runs) hold and call it: a
@@ -116,30 +117,6 @@ impl Clone for SingleHandler {
 impl From<BoxHandler> for SingleHandler {
     fn from(handler: BoxHandler) -> Self {
         Self::Boxed(handler)
-    }
-}
-
-/// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
-/// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
-/// can reuse what it was made of (a [`SingleHandler::Resilient`] its box).
-pub(crate) trait Callee<R> {
-    /// What a successful call gives.
-    type Response;
-    /// What a failed call gives (the bus's handlers all give a [`BoxError`]).
-    type Error;
-    /// The future of one call.
-    type Future: Future<Output = Result<Self::Response, Self::Error>> + Unpin;
-
-    /// As `tower::Service::poll_ready`.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
-
-    /// As `tower::Service::call`, once `poll_ready` said ready.
-    fn call_in(&mut self, request: R) -> Self::Future;
-
-    /// Takes back the future of a call that ended.
-    #[inline]
-    fn recycle(&mut self, ended: Self::Future) {
-        drop(ended);
     }
 }
 

@@ -17,7 +17,29 @@ use futures_util::future::BoxFuture;
 use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::Service;
 
-use crate::handler::Callee;
+/// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
+/// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
+/// can reuse what it was made of (a [`BoxHandler`] or the resilience stack its box).
+pub(crate) trait Callee<R> {
+    /// What a successful call gives.
+    type Response;
+    /// What a failed call gives (the bus's handlers all give a [`BoxError`]).
+    type Error;
+    /// The future of one call.
+    type Future: Future<Output = Result<Self::Response, Self::Error>> + Unpin;
+
+    /// As `tower::Service::poll_ready`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// As `tower::Service::call`, once `poll_ready` said ready.
+    fn call_in(&mut self, request: R) -> Self::Future;
+
+    /// Takes back the future of a call that ended.
+    #[inline]
+    fn recycle(&mut self, ended: Self::Future) {
+        drop(ended);
+    }
+}
 
 /// A type-erased handler, as the bus stores it: cloned once per worker.
 ///
