@@ -149,6 +149,16 @@ struct State {
     inline_runs: usize,
     /// Set at the shutdown deadline: inline runs stop, as aborted workers do.
     abort_inline: bool,
+    /// `not_full.notify_one` calls a blocked pusher has not answered yet (by trying again,
+    /// see [`Queue::wait_for_room`]). A worker taking messages wakes a pusher only while
+    /// more are blocked than this: while the woken one has not run (its thread busy, often
+    /// with the very worker that woke it), every further take used to notify again and
+    /// store a permit nobody needed. Every try of a blocked pusher lowers it (by one, to
+    /// zero at least), also one no notification was meant for: it may come out low (an
+    /// extra wake-up, harmless), never high, since every notification ends in a try (the
+    /// woken pusher's; one dropped unanswered is handed on by tokio to the next waiter, or
+    /// kept as a permit the next waiter takes before its first try).
+    pushers_woken: usize,
     /// The handler clones inline runs take and give back (`queue/inline.rs`; their run boxes
     /// are kept per thread, in `crate::inline`).
     runs: inline::Spare,
@@ -240,6 +250,7 @@ impl State {
         self.busy < self.limit && (self.free.first_key().is_some() || self.best_ready().is_some())
     }
 
+    #[inline(always)]
     fn take(&mut self, worker: usize) -> Option<Entry> {
         // A worker that holds nothing takes a slot: none is free while inline runs hold
         // them all. (Without inline runs a worker with nothing in hand always finds one.)
@@ -286,6 +297,7 @@ impl State {
     /// Frees the lane and the in-flight slot; returns what the caller should drop (outside the
     /// lock): the envelope, unless it is left for the next push, or the value of one carried
     /// unencoded (whose size nothing measured) that is left without it.
+    #[inline(always)]
     fn complete(&mut self, worker: usize, seq: u64, lane: Option<&SmolStr>) -> Done {
         let mut done = Done::default();
         if let Some(slots) = self.in_flight.get_mut(worker)
@@ -503,12 +515,17 @@ impl Queue {
     /// Enqueues without waiting.
     #[allow(clippy::result_large_err)] // see `PushError`
     pub(crate) fn try_push(&self, entry: Entry) -> Result<Pushed, PushError> {
-        self.try_push_with(entry, matches!(self.overflow, Overflow::DropOldest))
+        self.try_push_with(entry, matches!(self.overflow, Overflow::DropOldest), false)
     }
 
+    /// `waiter`: the try of a pusher blocked in [`wait_for_room`](Self::wait_for_room),
+    /// which answers one wake-up (`State::pushers_woken`).
     #[allow(clippy::result_large_err)] // see `PushError`
-    fn try_push_with(&self, entry: Entry, evict: bool) -> Result<Pushed, PushError> {
+    fn try_push_with(&self, entry: Entry, evict: bool, waiter: bool) -> Result<Pushed, PushError> {
         let mut st = self.lock();
+        if waiter {
+            st.pushers_woken = st.pushers_woken.saturating_sub(1);
+        }
         if st.closed {
             return Err(PushError::Closed(entry));
         }
@@ -592,7 +609,7 @@ impl Queue {
             let notified = self.not_full.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_push_with(entry, false) {
+            match self.try_push_with(entry, false, true) {
                 Err(PushError::Full(back)) => entry = back,
                 other => return other,
             }
@@ -600,7 +617,7 @@ impl Queue {
                 None => notified.await,
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return self.try_push_with(entry, false);
+                        return self.try_push_with(entry, false, true);
                     }
                 }
             }
@@ -608,9 +625,14 @@ impl Queue {
     }
 
     /// Takes the best message `worker` may take, if any, and notes what to wake.
+    #[inline(always)]
     fn take_locked(&self, st: &mut State, worker: usize, wake: &mut Wake) -> Popped {
         if let Some(entry) = st.take(worker) {
-            wake.not_full = self.blocked_pushers.load(Ordering::SeqCst) > 0;
+            // One wake-up per blocked pusher not woken yet (see `State::pushers_woken`).
+            if self.blocked_pushers.load(Ordering::SeqCst) > st.pushers_woken {
+                st.pushers_woken += 1;
+                wake.not_full = true;
+            }
             // Another worker may be able to take the next one right away.
             wake.not_empty = st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0;
             return Popped::Taken(Taken { entry });
@@ -715,6 +737,7 @@ impl Queue {
         }
     }
 
+    #[inline(always)]
     fn complete_locked(
         &self,
         st: &mut State,

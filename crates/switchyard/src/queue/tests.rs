@@ -325,3 +325,91 @@ async fn entries_keep_their_lane_and_reply_through_the_queue() {
     assert!(left[0].reply.is_some() && left[0].lane.is_none());
     assert!(left[1].reply.is_none());
 }
+
+fn blocking(capacity: usize) -> Arc<Queue> {
+    let timeout = Duration::from_secs(60);
+    Arc::new(Queue::new(capacity, Overflow::Block { timeout }, 1))
+}
+
+/// Spawns a publisher pushing `tag`, which blocks on a full queue: `true` once it got in.
+fn blocked_push(q: &Arc<Queue>, tag: &'static str) -> tokio::task::JoinHandle<bool> {
+    let q = Arc::clone(q);
+    tokio::spawn(async move {
+        matches!(
+            q.push(entry(Priority::NORMAL, None, tag)).await,
+            Ok(Pushed::Queued)
+        )
+    })
+}
+
+async fn until_blocked(q: &Queue, n: usize) {
+    while q.blocked_pushers.load(Ordering::SeqCst) < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A worker that takes several messages before a woken publisher runs (on one thread, the
+/// worker keeps it from running) wakes it once: every take notified `not_full` again, and
+/// the extra notifications were stored as a permit no publisher needed.
+#[tokio::test]
+async fn a_blocked_pusher_is_woken_once_however_many_messages_leave_before_it_runs() {
+    let q = blocking(2);
+    for t in ["1", "2"] {
+        assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
+    }
+    let blocked = blocked_push(&q, "3");
+    until_blocked(&q, 1).await;
+    // Both leave without this task yielding: the publisher has not run in between.
+    let one = taken(q.try_pop(0));
+    let two = taken(q.complete_and_pop(0, one.seq(), None));
+    let extra = q.not_full.notified();
+    tokio::pin!(extra);
+    assert!(
+        !extra.as_mut().enable(),
+        "a second wake-up was sent to a publisher already woken"
+    );
+    assert!(blocked.await.unwrap());
+    assert_eq!(q.lock().pushers_woken, 0, "the woken publisher answered");
+    q.complete(0, two.seq(), None);
+}
+
+/// Two messages leaving wake two blocked publishers, also when neither runs in between.
+#[tokio::test(start_paused = true)]
+async fn each_blocked_pusher_gets_a_wake_up_of_its_own() {
+    let q = blocking(2);
+    for t in ["1", "2"] {
+        assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
+    }
+    let a = blocked_push(&q, "a");
+    let b = blocked_push(&q, "b");
+    until_blocked(&q, 2).await;
+    let one = taken(q.try_pop(0));
+    let two = taken(q.complete_and_pop(0, one.seq(), None));
+    // With the clock paused, a publisher left waiting would time out (`Full`) instead.
+    assert!(a.await.unwrap() && b.await.unwrap());
+    q.complete(0, two.seq(), None);
+}
+
+/// A publisher cancelled after its wake-up and before it ran: tokio hands the notification
+/// to the next blocked publisher, so the count of wake-ups sent never stays too high (a
+/// publisher that blocks later is still woken).
+#[tokio::test(start_paused = true)]
+async fn a_wake_up_of_a_cancelled_pusher_goes_to_the_next_and_is_not_counted_twice() {
+    let q = blocking(1);
+    assert!(q.try_push(entry(Priority::NORMAL, None, "1")).is_ok());
+    let a = blocked_push(&q, "a");
+    until_blocked(&q, 1).await;
+    let b = blocked_push(&q, "b");
+    until_blocked(&q, 2).await;
+    let one = taken(q.try_pop(0));
+    a.abort();
+    assert!(a.await.unwrap_err().is_cancelled());
+    assert!(b.await.unwrap(), "the wake-up meant for a went to b");
+    q.complete(0, one.seq(), None);
+    let c = blocked_push(&q, "c");
+    until_blocked(&q, 1).await;
+    let two = taken(q.try_pop(0));
+    assert_eq!(tag(&two), "b");
+    assert!(c.await.unwrap(), "a later publisher is woken too");
+    assert_eq!(q.lock().pushers_woken, 0);
+}
