@@ -161,10 +161,7 @@ async fn in_flight_slots_report_every_worker_oldest_first() {
         .iter()
         .map(|e| e.id.clone())
         .collect();
-    assert_eq!(
-        ids,
-        [second.env().id.clone(), third.env().id.clone()]
-    );
+    assert_eq!(ids, [second.env().id.clone(), third.env().id.clone()]);
     assert_eq!(q.len(), 1);
 }
 
