@@ -126,6 +126,7 @@ impl MessageId {
     }
 
     /// The 128-bit number of a ULID id; `None` for a foreign id that is not a ULID.
+    #[inline]
     pub fn as_u128(&self) -> Option<u128> {
         match &self.0 {
             Repr::Ulid(b) => Some(b.get()),

@@ -93,6 +93,28 @@ impl Admitted {
         result: &Result<Outcome, BoxError>,
         ended: quanta::Instant,
     ) {
+        self.settle_in(shared, result, |s| s.counter_index(ended));
+    }
+
+    /// [`settle`](Self::settle) for a call that ended at the raw reading `end` of `clock`.
+    #[inline]
+    pub(crate) fn settle_raw(
+        self,
+        shared: &Shared,
+        result: &Result<Outcome, BoxError>,
+        clock: &quanta::Clock,
+        end: u64,
+    ) {
+        self.settle_in(shared, result, |s| s.counter_index_raw(clock, end));
+    }
+
+    #[inline]
+    fn settle_in(
+        self,
+        shared: &Shared,
+        result: &Result<Outcome, BoxError>,
+        ended: impl FnOnce(&Shared) -> u64,
+    ) {
         let failed = shared.config.is_failure(result);
         match self {
             Self::Normal(generation) => shared.record(generation, false, failed, ended),

@@ -160,6 +160,8 @@ pub(crate) struct Shared {
     /// informational count of calls differs).
     successes: [AtomicU64; BUCKETS as usize],
     counter_epoch: quanta::Instant,
+    /// `counter_epoch` as a raw time-stamp counter reading.
+    counter_epoch_raw: u64,
     /// `2^64 / bucket_nanos`: a bucket index by multiplication instead of division.
     bucket_reciprocal: u64,
     inner: Mutex<Inner>,
@@ -181,6 +183,9 @@ impl fmt::Debug for Shared {
 
 impl Shared {
     pub(crate) fn new(name: SmolStr, config: BreakerConfig) -> Self {
+        let clock = quanta::Clock::new();
+        let counter_epoch_raw = clock.raw();
+        let counter_epoch = clock.scaled(counter_epoch_raw);
         let bucket_nanos =
             crate::clock::nanos((config.window / BUCKETS as u32).max(Duration::from_millis(1)));
         let shared = Self {
@@ -189,7 +194,8 @@ impl Shared {
             epoch: Instant::now(),
             bucket_nanos,
             successes: Default::default(),
-            counter_epoch: quanta::Instant::now(),
+            counter_epoch,
+            counter_epoch_raw,
             bucket_reciprocal: u64::try_from(
                 u128::from(u64::MAX) / u128::from(bucket_nanos.max(1)),
             )
@@ -224,8 +230,22 @@ impl Shared {
 
     /// The success-ring bucket of `t`.
     #[inline]
-    fn counter_index(&self, t: quanta::Instant) -> u64 {
-        let since = crate::clock::nanos(t.duration_since(self.counter_epoch));
+    pub(crate) fn counter_index(&self, t: quanta::Instant) -> u64 {
+        self.counter_bucket(crate::clock::nanos(t.duration_since(self.counter_epoch)))
+    }
+
+    /// The success-ring bucket of the raw reading `raw` of `clock` (a `quanta::Clock`, all of
+    /// which share one calibration): the same bucket as [`counter_index`](Self::counter_index)
+    /// of that reading scaled (give or take a nanosecond), without scaling it to an instant
+    /// and going through a `Duration`.
+    #[inline]
+    pub(crate) fn counter_index_raw(&self, clock: &quanta::Clock, raw: u64) -> u64 {
+        self.counter_bucket(clock.delta_as_nanos(self.counter_epoch_raw, raw))
+    }
+
+    /// The success-ring bucket `since` nanoseconds after the counter's epoch.
+    #[inline]
+    fn counter_bucket(&self, since: u64) -> u64 {
         // floor(since / bucket_nanos), give or take one at a bucket's edge.
         ((u128::from(since) * u128::from(self.bucket_reciprocal)) >> 64) as u64
     }
@@ -258,8 +278,7 @@ impl Shared {
 
     /// Counts a success of a closed breaker with a count threshold without taking the lock.
     #[inline]
-    fn count_success(&self, now: quanta::Instant) {
-        let index = self.counter_index(now);
+    fn count_success(&self, index: u64) {
         let tag = index & TAG_MASK;
         let slot = &self.successes[(index % BUCKETS) as usize];
         let mut v = slot.load(Ordering::Relaxed);
@@ -329,15 +348,18 @@ impl Shared {
         }
     }
 
-    /// Records the result of a call admitted under `generation`, which ended at `ended` (read
-    /// from the time-stamp counter; the tokio clock is read here only when the lock is taken).
+    /// Records the result of a call admitted under `generation`, which ended in the
+    /// success-ring bucket `ended` gives ([`counter_index`](Self::counter_index) or
+    /// [`counter_index_raw`](Self::counter_index_raw) of a time-stamp counter reading, worked
+    /// out only for a success it counts; the tokio clock is read here only when the lock is
+    /// taken).
     #[inline]
     pub(crate) fn record(
         &self,
         generation: u64,
         trial: bool,
         failed: bool,
-        ended: quanta::Instant,
+        ended: impl FnOnce(&Self) -> u64,
     ) {
         if !trial
             && !failed
@@ -346,7 +368,7 @@ impl Shared {
         {
             // Closed (state bits 0) under the same generation: a success cannot trip a count
             // threshold, so only the window's call count changes.
-            self.count_success(ended);
+            self.count_success(ended(self));
             return;
         }
         self.record_locked(generation, trial, failed);

@@ -201,8 +201,9 @@ impl Measured {
             Ended::Failed => &h.failed,
         }
         .increment(1);
-        h.duration.record(duration.as_secs_f64());
-        h.end_to_end.record(end_to_end.as_secs_f64());
+        // As `Duration`s: converted to seconds only when a recorder is installed.
+        h.duration.record(duration);
+        h.end_to_end.record(end_to_end);
         h.in_flight.decrement(1.0);
         h.counters.finished(ended, duration, end_to_end);
     }

@@ -7,7 +7,9 @@
 //! comes from an anchor) and the tokio clock once (the timeout's base, so every deadline is on
 //! the tokio clock and a paused clock stays exact), arms the timeout only when the handler
 //! yields, counts a closed breaker's successes without a lock, and allocates nothing unless
-//! an attempt fails.
+//! an attempt fails (or a tracing subscriber wants the delivery span, or dedup is on: those
+//! are boxed, so the future the caller moves into place on every call stays small; a span
+//! no subscriber wants is dropped at the call instead of being entered at every poll).
 //! Under the bus it leaves the delivered envelope where the bus keeps it
 //! ([`switchyard_core::delivered`]) and takes a copy from there only when a retry happens: the
 //! bus's own stack is built [`called_as_delivered`](super::ResilienceLayer::called_as_delivered),
@@ -317,7 +319,7 @@ where
             None => None,
             Some((key, store)) => match try_claim(store, &key, &env, &core.handler) {
                 TryClaim::Claimed(claim) => {
-                    claimed = Some(claim);
+                    claimed = Some(Box::new(claim));
                     None
                 }
                 TryClaim::Duplicate => Some(None),
@@ -361,6 +363,9 @@ where
                 }
             }
         };
+        // A span no subscriber wants is not kept: the future stays smaller (it is moved into
+        // place on every call) and its polls skip entering it.
+        let span = (!span.is_disabled()).then(|| Box::new(span));
         ResilientFuture {
             phase,
             core,
@@ -371,8 +376,8 @@ where
             span,
             measured: Some(measured),
             timeout_base,
-            start_offset,
-            wall: self.wall,
+            start,
+            start_unix: self.wall.unix.saturating_add(start_offset),
         }
     }
 }
@@ -441,17 +446,20 @@ pin_project! {
         // allows one attempt only.
         kept: Option<Kept>,
         // The dedup key this call holds in flight, settled with the final result (forgotten
-        // if the call is dropped first).
-        claimed: Option<DedupClaim>,
+        // if the call is dropped first). Boxed: dedup is off by default, and the future is
+        // moved into its place on every call (a smaller one is copied in fewer instructions).
+        claimed: Option<Box<DedupClaim>>,
         base: u32,
         ctx: TraceContext,
-        span: Span,
+        // The delivery span, when a subscriber wants it.
+        span: Option<Box<Span>>,
         measured: Option<Measured>,
         // The start on the tokio clock, which the timeout's deadline counts from.
         timeout_base: tokio::time::Instant,
-        // The start (a time-stamp counter reading) as an offset from `wall`'s anchor.
-        start_offset: u64,
-        wall: WallClock,
+        // The start: a raw time-stamp counter reading, and the same instant in nanoseconds
+        // since the Unix epoch (from the service's wall-clock anchor).
+        start: u64,
+        start_unix: u64,
     }
 
     impl<F, S> PinnedDrop for ResilientFuture<F, S> {
@@ -477,7 +485,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_deref().map(Span::enter);
         // The handler runs with its trace position as the current context.
         let _current = this.ctx.enter();
         let core = &**this.core;
@@ -529,7 +537,7 @@ where
             this.phase.set(Phase::Done);
             let end = core.clock.raw();
             if let Some(admitted) = admitted {
-                admitted.settle(&core.breaker, &result, core.clock.scaled(end));
+                admitted.settle_raw(&core.breaker, &result, &core.clock, end);
             }
             let verdict = match result {
                 // Every outcome but `Retry` is final whatever the policy (`judge` says so too,
@@ -580,14 +588,14 @@ where
             break (result, end);
         };
         if let Some(claimed) = this.claimed.take() {
-            claimed.finish(handled(&result));
+            (*claimed).finish(handled(&result));
         }
         Poll::Ready(finish(
             core,
             this.measured,
-            this.span,
-            *this.start_offset,
-            this.wall,
+            this.span.as_deref(),
+            *this.start,
+            *this.start_unix,
             end,
             result,
         ))
@@ -598,17 +606,17 @@ where
 fn finish<S>(
     core: &Core<S>,
     measured: &mut Option<Measured>,
-    span: &Span,
-    start_offset: u64,
-    wall: &WallClock,
+    span: Option<&Span>,
+    start: u64,
+    start_unix: u64,
     end: u64,
     result: Result<Outcome, BoxError>,
 ) -> Result<Outcome, BoxError> {
     end_span(span, &result);
     if let Some(measured) = measured.take() {
-        let end_offset = wall.offset(&core.clock, end);
-        let duration = Duration::from_nanos(end_offset.saturating_sub(start_offset));
-        let end_unix = wall.unix.saturating_add(end_offset);
+        let elapsed = core.clock.delta_as_nanos(start, end);
+        let duration = Duration::from_nanos(elapsed);
+        let end_unix = start_unix.saturating_add(elapsed);
         let end_to_end =
             Duration::from_nanos(end_unix.saturating_sub(unix_nanos(measured.timestamp())));
         measured.finish(&core.metrics, &result, duration, end_to_end);

@@ -389,10 +389,15 @@ impl FromStr for TraceContext {
 }
 
 /// The 128 bits a correlation id contributes as a trace id (see [`TraceContext::root_for`]).
+/// Inlined into the stack's call (compiled in the bus's crate): a ULID's bits are a load.
+#[inline]
 fn trace_bits(id: &MessageId) -> u128 {
-    if let Some(bits) = id.as_u128() {
-        return bits;
-    }
+    id.as_u128().unwrap_or_else(|| foreign_trace_bits(id))
+}
+
+/// [`trace_bits`] of an id that is not a ULID.
+#[inline(never)]
+fn foreign_trace_bits(id: &MessageId) -> u128 {
     id.with_str(|s| uuid_bits(s).unwrap_or_else(|| fnv1a_128(s.as_bytes())))
 }
 

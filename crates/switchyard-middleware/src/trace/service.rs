@@ -86,10 +86,11 @@ pub(crate) fn delivery_span(
     span
 }
 
-/// Records how a delivery ended on its span, and logs a failure.
+/// Records how a delivery ended on its span (`None`: the span was disabled and not kept),
+/// and logs a failure.
 #[inline]
-pub(crate) fn end_span(span: &Span, result: &Result<Outcome, BoxError>) {
-    if !span.is_disabled() {
+pub(crate) fn end_span(span: Option<&Span>, result: &Result<Outcome, BoxError>) {
+    if let Some(span) = span.filter(|s| !s.is_disabled()) {
         let outcome = match result {
             Ok(Outcome::Ack) => "ack",
             Ok(Outcome::Reply(_)) => "reply",
@@ -126,7 +127,7 @@ where
         let _entered = this.span.enter();
         let inner = this.inner;
         let result = std::task::ready!(this.ctx.sync_scope(|| inner.poll(cx)));
-        end_span(this.span, &result);
+        end_span(Some(this.span), &result);
         Poll::Ready(result)
     }
 }

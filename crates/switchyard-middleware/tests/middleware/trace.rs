@@ -185,3 +185,91 @@ async fn ensure_traceparent_keeps_continues_or_starts() {
         root.trace_id()
     );
 }
+
+/// Outcomes recorded on `switchyard.deliver` spans after they were made.
+#[derive(Clone, Default)]
+struct Outcomes(Arc<Mutex<Vec<String>>>);
+
+impl<S> tracing_subscriber::Layer<S> for Outcomes
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        if ctx
+            .span(id)
+            .is_some_and(|s| s.name() == "switchyard.deliver")
+        {
+            let mut fields = BTreeMap::new();
+            values.record(&mut Fields(&mut fields));
+            if let Some(outcome) = fields.remove("outcome") {
+                self.0.lock().unwrap().push(outcome);
+            }
+        }
+    }
+}
+
+/// The fused stack keeps its delivery span only when a subscriber wants it (a disabled one is
+/// dropped at the call): with one, the span has the identifying fields, the handler runs
+/// inside it, and the outcome is recorded on it when the call ends.
+#[tokio::test]
+async fn fused_stack_span_with_a_subscriber() {
+    use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+
+    let capture = Capture::default();
+    let outcomes = Outcomes::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(capture.clone())
+            .with(outcomes.clone()),
+    );
+    let inside: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let seen = inside.clone();
+    let svc = ResilienceLayer::new("shipper", ResilienceConfig::default()).layer(
+        tower::service_fn(move |_e: Envelope| {
+            let seen = seen.clone();
+            async move {
+                tokio::task::yield_now().await;
+                let current = tracing::Span::current();
+                seen.lock()
+                    .unwrap()
+                    .push(current.metadata().map(|m| m.name().to_owned()));
+                Ok::<_, BoxError>(Outcome::Ack)
+            }
+        }),
+    );
+    let e = env("orders.placed");
+    // As in `delivery_span_has_the_identifying_fields`: a callsite's cached interest may be
+    // "never" for a moment while other tests run without a subscriber.
+    for _ in 0..3 {
+        tracing::callsite::rebuild_interest_cache();
+        svc.clone().oneshot(e.clone()).await.unwrap();
+        if capture
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.0 == "switchyard.deliver")
+        {
+            break;
+        }
+    }
+    let spans = capture.0.lock().unwrap();
+    let (_, fields) = spans.iter().find(|s| s.0 == "switchyard.deliver").unwrap();
+    assert_eq!(fields["topic"], "orders.placed");
+    assert_eq!(fields["handler"], "shipper");
+    let inside = inside.lock().unwrap();
+    assert_eq!(
+        inside.last().cloned().flatten().as_deref(),
+        Some("switchyard.deliver"),
+        "the handler is polled inside the delivery span, after a yield too"
+    );
+    assert_eq!(
+        outcomes.0.lock().unwrap().last().map(String::as_str),
+        Some("ack")
+    );
+}
