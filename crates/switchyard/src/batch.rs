@@ -44,7 +44,7 @@ impl SubShared {
                     delivery,
                     accepted,
                     ..
-                } = t.into_entry();
+                } = t.entry;
                 settle.push((seq, lane, reply, delivery, accepted));
                 envs.push(Arc::unwrap_or_clone(env));
             }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
-use crate::inline::{InlineOutput, InlineRun, Refused};
+use crate::inline::{InlineRun, Refused};
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
@@ -225,7 +225,7 @@ impl Bus {
                 (handler, rx)
             }
             Start::Inline(run) => {
-                let output = run.await;
+                let (answer, handler) = run.await;
                 // A handler that never waits makes a send that never waits: the sender's task
                 // yields now and then, as it did waiting on the answer (every
                 // `dispatch::YIELD_EVERY` runs on this thread: a counter in a thread-local costs
@@ -233,11 +233,10 @@ impl Bus {
                 if crate::inline::yield_due() {
                     tokio::task::yield_now().await;
                 }
-                return match output {
-                    InlineOutput::Answered(answer, handler) => Ok(Finished::Local(answer, handler)),
-                    InlineOutput::Failed(e) => Err(*e),
-                    InlineOutput::NoAnswer => Err(stopped()),
+                let (Some(answer), Some(handler)) = (answer, handler) else {
+                    return Err(stopped());
                 };
+                return Ok(Finished::Local(answer?, handler));
             }
             Start::Remote(remote, env) => {
                 // Not shared with anyone: unwrapped without a copy of its fields.

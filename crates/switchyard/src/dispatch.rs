@@ -199,7 +199,7 @@ impl SubShared {
                 delivery,
                 accepted,
                 ..
-            } = taken.into_entry();
+            } = taken.entry;
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };

@@ -26,13 +26,13 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
 use smol_str::SmolStr;
-use switchyard_core::{Envelope, SendError};
+use switchyard_core::Envelope;
 use tower::Service;
 
 use crate::dispatch::YIELD_EVERY;
 use crate::handler::SingleHandler;
 use crate::pending::Settled;
-use crate::reply::{Answer, Answered, CommandReply};
+use crate::reply::{Answered, CommandReply};
 use crate::state::{BusInner, SubShared};
 
 /// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
@@ -115,36 +115,13 @@ where
 }
 
 /// A command being handled on its sender's task. Awaiting it runs the handler and gives the
-/// answer (none when shutdown stopped it) and the handler's subscription, which the run's
-/// slot holds meanwhile ([`InlineOutput`]); dropping it before it finished hands the rest of
-/// the run to a task of its own.
+/// answer (`None` when shutdown stopped it) and the handler's subscription, which the run's
+/// slot holds meanwhile (`None` when polled again after that); dropping it before it finished
+/// hands the rest of the run to a task of its own.
 pub(crate) struct InlineRun(Option<BoxedRun>);
 
-/// What [`InlineRun`] gives, in a few words: the sender's future moves it several times on
-/// its way out (an `Option<Answered>` beside the subscription took 136 bytes, each move a
-/// `memcpy`, because of the inline [`SendError`]; the error is boxed here instead, and only
-/// a failed command pays for the box).
-pub(crate) enum InlineOutput {
-    /// Answered: the answer and the handler's subscription, handed back.
-    Answered(Answer, Arc<SubShared>),
-    /// The handling ended with this error for the sender.
-    Failed(Box<SendError>),
-    /// No answer here: shutdown stopped the run, the answer went elsewhere (a remote
-    /// command's reply), or the run was polled again after it ended.
-    NoAnswer,
-}
-
-impl InlineOutput {
-    /// The answer as the worker would have sent it (`None`: none came) and the subscription.
-    #[inline]
-    fn of(answer: Option<Answered>, sub: Option<Arc<SubShared>>) -> Self {
-        match (answer, sub) {
-            (Some(Ok(answer)), Some(sub)) => Self::Answered(answer, sub),
-            (Some(Err(e)), _) => Self::Failed(Box::new(e)),
-            _ => Self::NoAnswer,
-        }
-    }
-}
+/// What [`InlineRun`] gives: the answer and the subscription handed back.
+pub(crate) type InlineOutput = (Option<Answered>, Option<Arc<SubShared>>);
 
 /// A command [`SubShared::try_inline`] did not take, handed back to be queued.
 pub(crate) struct Refused {
@@ -161,7 +138,7 @@ impl Future for InlineRun {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<InlineOutput> {
         let Some(run) = self.0.as_mut() else {
-            return Poll::Ready(InlineOutput::NoAnswer);
+            return Poll::Ready((None, None));
         };
         let Poll::Ready(output) = run.as_mut().poll(cx) else {
             return Poll::Pending;
@@ -171,7 +148,7 @@ impl Future for InlineRun {
         if let Some(run) = self.0.take() {
             run.recycle();
         }
-        Poll::Ready(output.unwrap_or(InlineOutput::NoAnswer))
+        Poll::Ready(output.unwrap_or((None, None)))
     }
 }
 
@@ -307,7 +284,7 @@ async fn run(
 ) -> InlineOutput {
     let Some(sub) = slot.sub.as_ref() else {
         // Never: the slot holds the subscription until it is finished.
-        return InlineOutput::NoAnswer;
+        return (None, None);
     };
     // A kept reply (a sender on this task): the handling hands the answer back.
     let mut answer = None;
@@ -337,5 +314,5 @@ async fn run(
         }
     };
     let sub = slot.finish(ended, svc);
-    InlineOutput::of(answer, sub)
+    (answer, sub)
 }

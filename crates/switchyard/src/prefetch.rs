@@ -65,13 +65,13 @@ impl SubShared {
             let envs: Vec<Envelope> = taken
                 .iter()
                 .map(|t| {
-                    let mut env = Envelope::clone(t.env());
+                    let mut env = Envelope::clone(&t.entry.env);
                     env.delivery.attempt += 1;
                     env.delivery.first_delivered_at.get_or_insert(now);
                     env
                 })
                 .collect();
-            let parent = Parent::of(taken[0].env());
+            let parent = Parent::of(&taken[0].entry.env);
             let answers = match self.call(&mut svc, || envs, parent, false).await {
                 Ok(Ok(answers)) => answers.into_iter().map(Ok).collect(),
                 // The call as a whole failed: the first message's failure.
@@ -95,7 +95,7 @@ impl SubShared {
                     delivery,
                     accepted,
                     ..
-                } = t.into_entry();
+                } = t.entry;
                 // The bookkeeping the handler saw, counted as delivered here.
                 let stamp = self.next_attempt(env.delivery, || now);
                 let made = self.classify(answer, &env, stamp.attempt);

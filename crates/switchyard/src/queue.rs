@@ -251,7 +251,7 @@ impl State {
     }
 
     #[inline(always)]
-    fn take(&mut self, worker: usize) -> Option<Taken> {
+    fn take(&mut self, worker: usize) -> Option<Entry> {
         // A worker that holds nothing takes a slot: none is free while inline runs hold
         // them all. (Without inline runs a worker with nothing in hand always finds one.)
         let holds = self.in_flight.get(worker).is_some_and(|s| !s.is_empty());
@@ -282,7 +282,7 @@ impl State {
         if !holds {
             self.busy += 1;
         }
-        Some(Taken { slot, lane })
+        Some(slot.into_entry(lane))
     }
 
     /// The head of the best ready lane, which becomes busy, and the lane's name.
@@ -368,13 +368,9 @@ impl State {
     }
 }
 
-/// A taken message: settle it with [`Queue::complete`]. Kept as it waited (its compact
-/// [`Slot`](waiting::Slot) and its lane) until the worker takes it apart
-/// ([`into_entry`](Self::into_entry)): a pop hands over 56 bytes instead of building a
-/// 72-byte [`Entry`] that is moved again through every layer of the return.
+/// A taken message: settle it with [`Queue::complete`].
 pub(crate) struct Taken {
-    slot: Slot,
-    lane: Option<SmolStr>,
+    pub(crate) entry: Entry,
 }
 
 /// The bounded, lane-aware queue of one subscription.
@@ -631,7 +627,7 @@ impl Queue {
     /// Takes the best message `worker` may take, if any, and notes what to wake.
     #[inline(always)]
     fn take_locked(&self, st: &mut State, worker: usize, wake: &mut Wake) -> Popped {
-        if let Some(taken) = st.take(worker) {
+        if let Some(entry) = st.take(worker) {
             // One wake-up per blocked pusher not woken yet (see `State::pushers_woken`).
             if self.blocked_pushers.load(Ordering::SeqCst) > st.pushers_woken {
                 st.pushers_woken += 1;
@@ -639,7 +635,7 @@ impl Queue {
             }
             // Another worker may be able to take the next one right away.
             wake.not_empty = st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0;
-            return Popped::Taken(taken);
+            return Popped::Taken(Taken { entry });
         }
         if st.closed && st.len == 0 {
             return Popped::Closed;
@@ -837,24 +833,7 @@ impl Queue {
 
 impl Taken {
     pub(crate) fn seq(&self) -> u64 {
-        self.slot.seq
-    }
-
-    /// The message's envelope.
-    pub(crate) fn env(&self) -> &Arc<Envelope> {
-        &self.slot.env
-    }
-
-    /// The message's lane (ordering key), if it has one.
-    #[cfg(test)]
-    pub(crate) fn lane(&self) -> Option<&SmolStr> {
-        self.lane.as_ref()
-    }
-
-    /// The message as an [`Entry`], to take apart.
-    #[inline(always)]
-    pub(crate) fn into_entry(self) -> Entry {
-        self.slot.into_entry(self.lane)
+        self.entry.seq
     }
 }
 

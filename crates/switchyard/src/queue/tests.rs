@@ -13,7 +13,7 @@ fn entry(p: Priority, lane: Option<&str>, tag: &str) -> Entry {
 }
 
 fn tag(t: &Taken) -> String {
-    String::from_utf8(t.env().payload.to_vec()).unwrap()
+    String::from_utf8(t.entry.env.payload.to_vec()).unwrap()
 }
 
 #[tokio::test]
@@ -46,7 +46,7 @@ async fn busy_lane_is_skipped_until_completed() {
     assert_eq!(tag(&a), "k1");
     let b = q.pop(0).await.unwrap();
     assert_eq!(tag(&b), "free", "k2 must wait while k1 is in flight");
-    q.complete(0, a.seq(), a.lane());
+    q.complete(0, a.seq(), a.entry.lane.as_ref());
     let c = q.pop(0).await.unwrap();
     assert_eq!(tag(&c), "k2");
 }
@@ -65,7 +65,7 @@ async fn within_one_key_publish_order_beats_priority() {
     assert!(q.try_push(entry(Priority::LOW, None, "free")).is_ok());
     let a = q.pop(0).await.unwrap();
     assert_eq!(tag(&a), "first");
-    q.complete(0, a.seq(), a.lane());
+    q.complete(0, a.seq(), a.entry.lane.as_ref());
     let b = q.pop(0).await.unwrap();
     assert_eq!(
         tag(&b),
@@ -120,12 +120,12 @@ async fn complete_and_pop_honours_priority_and_lanes() {
         Popped::Empty
     ));
     // Freeing the lane hands its next message to the worker that freed it.
-    let d = taken(q.complete_and_pop(1, b.seq(), b.lane()));
+    let d = taken(q.complete_and_pop(1, b.seq(), b.entry.lane.as_ref()));
     assert_eq!(tag(&d), "k2");
     assert_eq!(q.in_flight(), 1);
     q.close();
     assert!(matches!(
-        q.complete_and_pop(1, d.seq(), d.lane()),
+        q.complete_and_pop(1, d.seq(), d.entry.lane.as_ref()),
         Popped::Closed
     ));
     assert_eq!(q.in_flight(), 0);
@@ -150,9 +150,9 @@ async fn in_flight_slots_report_every_worker_oldest_first() {
     assert_eq!(
         ids,
         [
-            first.env().id.clone(),
-            second.env().id.clone(),
-            third.env().id.clone()
+            first.entry.env.id.clone(),
+            second.entry.env.id.clone(),
+            third.entry.env.id.clone()
         ]
     );
     q.complete(2, first.seq(), None);
@@ -161,7 +161,10 @@ async fn in_flight_slots_report_every_worker_oldest_first() {
         .iter()
         .map(|e| e.id.clone())
         .collect();
-    assert_eq!(ids, [second.env().id.clone(), third.env().id.clone()]);
+    assert_eq!(
+        ids,
+        [second.entry.env.id.clone(), third.entry.env.id.clone()]
+    );
     assert_eq!(q.len(), 1);
 }
 
@@ -306,8 +309,8 @@ async fn entries_keep_their_lane_and_reply_through_the_queue() {
     assert!(q.try_push(c3).is_ok());
     let t = q.pop(0).await.unwrap();
     assert_eq!(tag(&t), "c1");
-    assert_eq!(t.lane().map(SmolStr::as_str), Some("k"));
-    assert!(t.into_entry().reply.is_some());
+    assert_eq!(t.entry.lane.as_deref(), Some("k"));
+    assert!(t.entry.reply.is_some());
     // The queue is at 2 of 3: two more pushes evict the oldest waiting one, e2 (keyed).
     assert!(q.try_push(entry(Priority::NORMAL, None, "e4")).is_ok());
     let Ok(Pushed::Evicted(old)) = q.try_push(entry(Priority::NORMAL, None, "e5")) else {
