@@ -178,11 +178,15 @@ thread_local! {
 /// A fresh ULID for `now`, monotonic per thread as the ULID spec allows: within one
 /// millisecond a thread's next ULID is its last one plus one (unique, and sorting in creation
 /// order), and only the first of each millisecond draws 80 fresh random bits and works out
-/// the millisecond. A message id is made for every message (and every reply), often
-/// thousands per millisecond; a draw from the thread's random generator for each cost more
-/// than the rest of the id. Two threads start each millisecond from independent random
-/// points, so their runs of ids do not meet (a run of n ids overlaps another's with a chance
-/// of about n^2 / 2^80).
+/// the millisecond ([`fresh_ulid`], out of line so that the usual case saves no registers
+/// for it). A message id is made for every message (and every reply), often thousands per
+/// millisecond; a draw from the thread's random generator for each cost more than the rest
+/// of the id. Two threads start each millisecond from independent random points, so their
+/// runs of ids do not meet (a run of n ids overlaps another's with a chance of about
+/// n^2 / 2^80). The window is kept as two instants rather than a millisecond number:
+/// comparing instants is cheaper than converting `now` (`duration_since` is ~55
+/// instructions).
+#[inline]
 fn ulid_at(now: SystemTime) -> Ulid {
     LAST_ULID.with(|last| {
         let (start, end, bits) = last.get();
@@ -190,18 +194,24 @@ fn ulid_at(now: SystemTime) -> Ulid {
             last.set((start, end, bits + 1));
             return Ulid(bits + 1);
         }
-        // A fresh draw, told apart from a forked parent's (see `salted`): one system call per
-        // millisecond and thread.
-        let ulid = Ulid(salted(Ulid::from_datetime(now).0, std::process::id()));
-        // The millisecond the ULID's time part names (before the epoch: the epoch's, which
-        // `from_datetime` uses too; then the window is empty and every id draws afresh).
-        let ms = UNIX_EPOCH.checked_add(Duration::from_millis(ulid.timestamp_ms()));
-        let (start, end) = ms
-            .and_then(|start| Some((start, start.checked_add(Duration::from_millis(1))?)))
-            .unwrap_or((UNIX_EPOCH, UNIX_EPOCH));
-        last.set((start, end, ulid.0));
-        ulid
+        fresh_ulid(now, last)
     })
+}
+
+/// The first ULID of a millisecond on this thread: a fresh draw, told apart from a forked
+/// parent's (see [`salted`]); one system call per millisecond and thread.
+#[cold]
+#[inline(never)]
+fn fresh_ulid(now: SystemTime, last: &std::cell::Cell<(SystemTime, SystemTime, u128)>) -> Ulid {
+    let ulid = Ulid(salted(Ulid::from_datetime(now).0, std::process::id()));
+    // The millisecond the ULID's time part names (before the epoch: the epoch's, which
+    // `from_datetime` uses too; then the window is empty and every id draws afresh).
+    let ms = UNIX_EPOCH.checked_add(Duration::from_millis(ulid.timestamp_ms()));
+    let (start, end) = ms
+        .and_then(|start| Some((start, start.checked_add(Duration::from_millis(1))?)))
+        .unwrap_or((UNIX_EPOCH, UNIX_EPOCH));
+    last.set((start, end, ulid.0));
+    ulid
 }
 
 /// `bits` (a freshly drawn ULID) with `pid` folded into its random part. A process forked
