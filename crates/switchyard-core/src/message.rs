@@ -102,7 +102,6 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
     /// The envelope [`to_envelope`](Self::to_envelope) fills, with an empty payload: a new
     /// id, this type's topic, kind, type name, version and content type. The bus starts
     /// from it for a typed message it carries [unencoded](Envelope::set_unencoded).
-    #[inline] // built in the sender's place: the envelope is not returned through a copy
     fn blank_envelope() -> Result<Envelope, TopicError> {
         Ok(typed_fields::<Self>(Envelope::new(
             Self::topic()?,
