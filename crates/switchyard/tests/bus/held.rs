@@ -73,26 +73,36 @@ where
     }))
 }
 
-/// One worker: every call's future runs in the same box (it ran in a new box per call
-/// before: 20 addresses).
-#[tokio::test(flavor = "current_thread")]
-async fn a_workers_calls_run_in_one_box() {
-    let bus = Bus::new();
+/// Publishes `n` messages to a [`probing`] handler with `workers` workers, waits until they
+/// are handled, and returns where each call's future was polled (one per message).
+async fn probe<W>(bus: &Bus, workers: usize, n: u64, wait: W) -> Vec<usize>
+where
+    W: Fn() -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> + Clone + Send + Sync + 'static,
+{
     let seen = Seen::default();
     let _sub = bus
-        .subscribe("probe", Ping::TOPIC, probing(seen.clone(), || None))
-        .workers(1)
+        .subscribe("probe", Ping::TOPIC, probing(seen.clone(), wait))
+        .workers(workers)
         .start()
         .await
         .unwrap();
-    for n in 0..20 {
+    for n in 0..n {
         bus.publish(Ping { n }).await.unwrap();
     }
     tokio::time::timeout(WAIT, bus.run_until_idle())
         .await
         .unwrap();
     let addresses = seen.addresses();
-    assert_eq!(addresses.len(), 20);
+    assert_eq!(addresses.len() as u64, n);
+    addresses
+}
+
+/// One worker: every call's future runs in the same box (it ran in a new box per call
+/// before: 20 addresses).
+#[tokio::test(flavor = "current_thread")]
+async fn a_workers_calls_run_in_one_box() {
+    let bus = Bus::new();
+    let addresses = probe(&bus, 1, 20, || None).await;
     assert!(
         addresses.iter().all(|a| *a == addresses[0]),
         "every call ran in the first call's box: {addresses:x?}"
@@ -105,7 +115,6 @@ async fn a_workers_calls_run_in_one_box() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_workers_clone_keeps_a_box_of_its_own() {
     let bus = Bus::new();
-    let seen = Seen::default();
     // Every call waits until another call is in flight too: the two workers' calls overlap.
     let barrier = Arc::new(tokio::sync::Barrier::new(2));
     let wait = move || {
@@ -114,20 +123,7 @@ async fn each_workers_clone_keeps_a_box_of_its_own() {
             barrier.wait().await;
         }) as Pin<Box<dyn Future<Output = ()> + Send>>)
     };
-    let _sub = bus
-        .subscribe("probe", Ping::TOPIC, probing(seen.clone(), wait))
-        .workers(2)
-        .start()
-        .await
-        .unwrap();
-    for n in 0..10 {
-        bus.publish(Ping { n }).await.unwrap();
-    }
-    tokio::time::timeout(WAIT, bus.run_until_idle())
-        .await
-        .unwrap();
-    let addresses = seen.addresses();
-    assert_eq!(addresses.len(), 10);
+    let addresses = probe(&bus, 2, 10, wait).await;
     let mut distinct = addresses.clone();
     distinct.sort_unstable();
     distinct.dedup();
