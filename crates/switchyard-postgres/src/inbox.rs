@@ -9,7 +9,6 @@ use smol_str::SmolStr;
 use sqlx::{PgConnection, PgPool};
 use switchyard::{BoxError, BoxHandler, Envelope, IntoOutcome, Message, MessageId, Outcome};
 use tower::service_fn;
-use tower::util::BoxCloneService;
 
 use crate::{Error, Schema, names};
 
@@ -138,7 +137,7 @@ impl Inbox {
         E: Into<BoxError> + 'static,
     {
         let inbox = self.clone();
-        BoxCloneService::new(service_fn(move |env: Envelope| {
+        BoxHandler::new(service_fn(move |env: Envelope| {
             let f = f.clone();
             let inbox = inbox.clone();
             async move {

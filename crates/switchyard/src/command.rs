@@ -109,6 +109,7 @@ impl Bus {
     /// `SendError::NoHandler`.
     ///
     /// Nothing is checked or sent before the returned future is first polled.
+    #[inline] // the caller builds the future in its own state, not in a temporary it copies
     pub fn send_envelope(
         &self,
         env: Envelope,

@@ -156,7 +156,7 @@ where
     O: IntoOutcome,
     E: Into<BoxError>,
 {
-    BoxCloneService::new(service_fn(move |mut env: Envelope| {
+    BoxHandler::new(service_fn(move |mut env: Envelope| {
         let (msg, bus) = match decode_for_call::<T>(&bus, &mut env) {
             Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e))),
@@ -178,7 +178,7 @@ where
     Fut: Future<Output = Result<C::Output, E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    BoxCloneService::new(service_fn(move |mut env: Envelope| {
+    BoxHandler::new(service_fn(move |mut env: Envelope| {
         let (cmd, bus) = match decode_for_call::<C>(&bus, &mut env) {
             Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e))),

@@ -264,9 +264,11 @@ impl SubShared {
 
     /// Calls the handler once, catching panics in readiness, in `call` and in the future.
     /// The request is built only once the handler is ready and moves straight into the
-    /// handler's future, which stays small and cheap to move: a boxed handler's is a pointer,
-    /// and the resilience stack's ([`SingleHandler::Resilient`]) runs in the box its handler
+    /// handler's future, which stays small and cheap to move: a [`BoxHandler`]'s and the
+    /// resilience stack's ([`SingleHandler::Resilient`]) each run in the box their handler
     /// keeps for its calls, handed back once the call ended ([`Callee::recycle`]).
+    ///
+    /// [`BoxHandler`]: crate::BoxHandler
     ///
     /// With `ready`, the caller has just seen the handler ready (no await since), so its
     /// readiness is not polled again.

@@ -10,17 +10,18 @@ use switchyard_core::{BoxError, Envelope, Outcome};
 use tower::util::BoxCloneService;
 use tower::{Service, service_fn};
 
-/// A type-erased handler, as the bus stores it: cloned once per worker.
-pub type BoxHandler = BoxCloneService<Envelope, Outcome, BoxError>;
+pub use crate::held::BoxHandler;
+pub(crate) use crate::held::Callee;
+use crate::held::HeldCall;
 
 /// A one-message handler as the workers (and inline command runs) hold and call it: a
-/// [`BoxHandler`], or the resilience stack around one, held as it is with the box its calls'
-/// futures run in ([`Callee`]).
+/// [`BoxHandler`] (which keeps the box its calls' futures run in), or the resilience stack
+/// around one, held as it is with the box its calls' futures run in ([`Callee`]).
 pub(crate) enum SingleHandler {
     /// Any handler, boxed (with the layers and `wrap_handlers` already applied).
     Boxed(BoxHandler),
     /// The resilience stack (`BusBuilder::with_resilience`) around a boxed handler. Boxed
-    /// itself, so the handler stays two words, as cheap to move as a [`BoxHandler`] (inline
+    /// itself, so the handler stays no bigger than a [`BoxHandler`] (inline
     /// command runs move it in and out of their pool).
     #[cfg(feature = "middleware")]
     Resilient(Box<Stacked>),
@@ -119,30 +120,6 @@ impl From<BoxHandler> for SingleHandler {
     }
 }
 
-/// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
-/// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
-/// can reuse what it was made of (a [`SingleHandler::Resilient`] its box).
-pub(crate) trait Callee<R> {
-    /// What a successful call gives.
-    type Response;
-    /// What a failed call gives (the bus's handlers all give a [`BoxError`]).
-    type Error;
-    /// The future of one call.
-    type Future: Future<Output = Result<Self::Response, Self::Error>> + Unpin;
-
-    /// As `tower::Service::poll_ready`.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
-
-    /// As `tower::Service::call`, once `poll_ready` said ready.
-    fn call_in(&mut self, request: R) -> Self::Future;
-
-    /// Takes back the future of a call that ended.
-    #[inline]
-    fn recycle(&mut self, ended: Self::Future) {
-        drop(ended);
-    }
-}
-
 impl<R, T, E> Callee<R> for BoxCloneService<R, T, E> {
     type Response = T;
     type Error = E;
@@ -162,8 +139,8 @@ impl<R, T, E> Callee<R> for BoxCloneService<R, T, E> {
 /// The future of a [`SingleHandler`] call: the boxed handler's, or the stack's in its box.
 #[cfg(feature = "middleware")]
 pub(crate) enum SingleFuture {
-    /// A boxed handler's.
-    Boxed(<BoxHandler as Service<Envelope>>::Future),
+    /// A boxed handler's, in the box the handler keeps.
+    Boxed(HeldCall),
     /// The stack's.
     Stacked(InBox),
 }
@@ -176,15 +153,15 @@ impl Future for SingleFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Both are `Unpin` (a box, and a box).
         match self.get_mut() {
-            Self::Boxed(fut) => fut.as_mut().poll(cx),
+            Self::Boxed(fut) => Pin::new(fut).poll(cx),
             Self::Stacked(fut) => fut.poll_stack(cx),
         }
     }
 }
 
-/// The future of a [`SingleHandler`] call: the boxed handler's.
+/// The future of a [`SingleHandler`] call: the boxed handler's, in the box it keeps.
 #[cfg(not(feature = "middleware"))]
-pub(crate) type SingleFuture = <BoxHandler as Service<Envelope>>::Future;
+pub(crate) type SingleFuture = HeldCall;
 
 /// A stack's call running in its box; the box is emptied when the call ends. Dropped
 /// unfinished, it drops the call with the box, as a boxed future would be.
@@ -213,7 +190,7 @@ impl Callee<Envelope> for SingleHandler {
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self {
-            Self::Boxed(s) => Service::poll_ready(s, cx),
+            Self::Boxed(s) => Callee::poll_ready(s, cx),
             #[cfg(feature = "middleware")]
             Self::Resilient(s) => s.poll_ready(cx),
         }
@@ -223,9 +200,9 @@ impl Callee<Envelope> for SingleHandler {
     fn call_in(&mut self, env: Envelope) -> SingleFuture {
         match self {
             #[cfg(feature = "middleware")]
-            Self::Boxed(s) => SingleFuture::Boxed(s.call(env)),
+            Self::Boxed(s) => SingleFuture::Boxed(s.call_in(env)),
             #[cfg(not(feature = "middleware"))]
-            Self::Boxed(s) => s.call(env),
+            Self::Boxed(s) => s.call_in(env),
             #[cfg(feature = "middleware")]
             Self::Resilient(s) => SingleFuture::Stacked(s.call(env)),
         }
@@ -234,18 +211,18 @@ impl Callee<Envelope> for SingleHandler {
     #[inline(always)]
     fn recycle(&mut self, ended: SingleFuture) {
         #[cfg(feature = "middleware")]
-        match ended {
-            SingleFuture::Boxed(fut) => drop(fut),
-            SingleFuture::Stacked(InBox(slot)) => {
-                if let Self::Resilient(s) = self
-                    && slot.is_none()
-                {
-                    s.kept = Some(slot);
-                }
+        match (self, ended) {
+            (Self::Boxed(s), SingleFuture::Boxed(fut)) => s.recycle(fut),
+            (Self::Resilient(s), SingleFuture::Stacked(InBox(slot))) if slot.is_none() => {
+                s.kept = Some(slot);
             }
+            (_, ended) => drop(ended),
         }
         #[cfg(not(feature = "middleware"))]
-        drop(ended);
+        {
+            let Self::Boxed(s) = self;
+            s.recycle(ended);
+        }
     }
 }
 
@@ -262,7 +239,7 @@ impl Service<Envelope> for SingleHandler {
 
     fn call(&mut self, env: Envelope) -> Self::Future {
         match self {
-            Self::Boxed(s) => s.call(env),
+            Self::Boxed(s) => Service::call(s, env),
             #[cfg(feature = "middleware")]
             Self::Resilient(s) => Box::pin(s.stack.call(env)),
         }
@@ -285,7 +262,7 @@ pub type BoxPrefetchHandler =
 /// worker retries a failed message with, and what layers wrap.
 pub(crate) fn prefetch_one(handler: BoxPrefetchHandler) -> BoxHandler {
     use tower::ServiceExt;
-    BoxCloneService::new(handler.map_request(|env: Envelope| vec![env]).map_result(
+    BoxHandler::new(handler.map_request(|env: Envelope| vec![env]).map_result(
         |answers: Result<Vec<Result<Outcome, BoxError>>, BoxError>| {
             answers?.into_iter().next().unwrap_or_else(|| {
                 Err("the prefetch handler gave no answer for the message".into())
@@ -333,7 +310,7 @@ where
     O: IntoOutcome,
     E: Into<BoxError>,
 {
-    BoxCloneService::new(service_fn(move |env: Envelope| {
+    BoxHandler::new(service_fn(move |env: Envelope| {
         let fut = f(env);
         async move { fut.await.map(IntoOutcome::into_outcome).map_err(Into::into) }
     }))
@@ -345,7 +322,7 @@ where
     S: tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneService::new(service)
+    BoxHandler::new(service)
 }
 
 /// Applies a `tower::Layer` to a boxed handler and boxes the result again.
@@ -356,5 +333,5 @@ where
         tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
     <L::Service as tower::Service<Envelope>>::Future: Send + 'static,
 {
-    BoxCloneService::new(layer.layer(handler))
+    BoxHandler::new(layer.layer(handler))
 }

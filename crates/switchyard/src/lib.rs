@@ -35,6 +35,7 @@ mod config;
 mod ctx;
 mod dispatch;
 mod handler;
+mod held;
 mod inline;
 mod intake;
 pub mod lifecycle;

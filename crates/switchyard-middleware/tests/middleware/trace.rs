@@ -118,18 +118,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
     }
 }
 
-#[tokio::test]
-async fn delivery_span_has_the_identifying_fields() {
-    let capture = Capture::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
-    let mut e = env("orders.placed");
-    e.delivery.attempt = 2;
-    let svc = TraceLayer::new("shipper").layer(tower::service_fn(|_e: Envelope| async {
-        Ok::<_, BoxError>(Outcome::Ack)
-    }));
-    // Other tests run traced code concurrently with no subscriber, which can leave a callsite's
-    // cached interest at "never" for a moment; recompute it and try again (three tries).
+/// Calls `svc` with `e` until `capture` has seen a `switchyard.deliver` span. Other tests run
+/// traced code concurrently with no subscriber, which can leave a callsite's cached interest
+/// at "never" for a moment; the interest is recomputed and the call tried again (three tries).
+async fn deliver_until_spanned<S>(svc: &S, e: &Envelope, capture: &Capture)
+where
+    S: tower::Service<Envelope, Response = Outcome, Error = BoxError> + Clone,
+{
     for _ in 0..3 {
         tracing::callsite::rebuild_interest_cache();
         svc.clone().oneshot(e.clone()).await.unwrap();
@@ -143,6 +138,19 @@ async fn delivery_span_has_the_identifying_fields() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn delivery_span_has_the_identifying_fields() {
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let mut e = env("orders.placed");
+    e.delivery.attempt = 2;
+    let svc = TraceLayer::new("shipper").layer(tower::service_fn(|_e: Envelope| async {
+        Ok::<_, BoxError>(Outcome::Ack)
+    }));
+    deliver_until_spanned(&svc, &e, &capture).await;
     let spans = capture.0.lock().unwrap();
     let (name, fields) = spans.iter().find(|s| s.0 == "switchyard.deliver").unwrap();
     assert_eq!(name, "switchyard.deliver");
@@ -243,21 +251,7 @@ async fn fused_stack_span_with_a_subscriber() {
         }),
     );
     let e = env("orders.placed");
-    // As in `delivery_span_has_the_identifying_fields`: a callsite's cached interest may be
-    // "never" for a moment while other tests run without a subscriber.
-    for _ in 0..3 {
-        tracing::callsite::rebuild_interest_cache();
-        svc.clone().oneshot(e.clone()).await.unwrap();
-        if capture
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.0 == "switchyard.deliver")
-        {
-            break;
-        }
-    }
+    deliver_until_spanned(&svc, &e, &capture).await;
     let spans = capture.0.lock().unwrap();
     let (_, fields) = spans.iter().find(|s| s.0 == "switchyard.deliver").unwrap();
     assert_eq!(fields["topic"], "orders.placed");

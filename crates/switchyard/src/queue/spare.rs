@@ -46,8 +46,10 @@ pub(crate) fn keep(mut env: Arc<Envelope>) {
 }
 
 /// `env` in an `Arc`: the spare block when this thread has one that nothing else holds (its
-/// old envelope is dropped), else a new one.
-#[inline]
+/// old envelope is dropped), else a new one. Always inlined: the caller's envelope is then
+/// written into the block from where it was built, not first copied into this call's
+/// argument (which the compiler did whenever the codegen units left this out of line).
+#[inline(always)]
 pub(crate) fn shared(env: Envelope) -> Arc<Envelope> {
     match SPARE.try_with(Cell::take).ok().flatten() {
         Some(mut spare) => match Arc::get_mut(&mut spare) {

@@ -413,3 +413,74 @@ async fn a_wake_up_of_a_cancelled_pusher_goes_to_the_next_and_is_not_counted_twi
     assert!(c.await.unwrap(), "a later publisher is woken too");
     assert_eq!(q.lock().pushers_woken, 0);
 }
+
+/// Eight publishers on a full queue of one, every third push cancelled after a few
+/// microseconds (before or after its wake-up), against a worker taking on other threads:
+/// no publisher waits out its timeout (`Full`) while messages leave, and afterwards a
+/// publisher that blocks is still woken, so the count of wake-ups sent never stays high.
+/// (Found by review; it fails when a try that finds no room leaves `pushers_woken` as is.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushers_cancelled_while_blocked_on_many_threads_never_strand_the_others() {
+    const PUSHERS: usize = 8;
+    const PER: usize = 100;
+    for _ in 0..10 {
+        let timeout = Duration::from_secs(10);
+        let q = Arc::new(Queue::new(1, Overflow::Block { timeout }, 1));
+        let worker = {
+            let q = Arc::clone(&q);
+            tokio::spawn(async move {
+                for i in 0..PUSHERS * PER {
+                    let t = q.pop(0).await.expect("the queue stays open");
+                    if i % 2 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    q.complete(0, t.seq(), None);
+                }
+            })
+        };
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move {
+                    let (mut tries, mut queued) = (0usize, 0);
+                    while queued < PER {
+                        tries += 1;
+                        let push = q.push(entry(Priority::NORMAL, None, "x"));
+                        let result = if (tries + p) % 3 == 0 {
+                            let wait = Duration::from_micros(((tries * 7 + p) % 40) as u64);
+                            match tokio::time::timeout(wait, push).await {
+                                Ok(result) => result,
+                                Err(_) => continue, // cancelled while blocked
+                            }
+                        } else {
+                            push.await
+                        };
+                        assert!(
+                            result.is_ok(),
+                            "a publisher was refused while messages left"
+                        );
+                        queued += 1;
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), worker)
+            .await
+            .expect("every message was taken")
+            .unwrap();
+        assert!(q.try_push(entry(Priority::NORMAL, None, "full")).is_ok());
+        let late = blocked_push(&q, "late");
+        until_blocked(&q, 1).await;
+        let t = taken(q.try_pop(0));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), late)
+                .await
+                .expect("a publisher blocking afterwards is woken")
+                .unwrap()
+        );
+        q.complete(0, t.seq(), None);
+    }
+}

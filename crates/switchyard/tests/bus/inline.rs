@@ -526,11 +526,7 @@ async fn a_command_to_a_handler_not_ready_is_queued_and_runs_once_ready() {
         tasks: Arc::default(),
     };
     let h = bus
-        .handle_envelope(
-            "gated",
-            "gated.echo",
-            tower::util::BoxCloneService::new(gated.clone()),
-        )
+        .handle_envelope("gated", "gated.echo", switchyard::boxed(gated.clone()))
         .start()
         .await
         .unwrap();

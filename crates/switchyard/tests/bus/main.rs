@@ -7,6 +7,7 @@ mod causation;
 mod close_twice;
 mod commands;
 mod failures;
+mod held;
 mod inline;
 mod limits;
 mod local;

@@ -1,0 +1,236 @@
+//! [`BoxHandler`]: a type-erased handler that keeps the box its calls' futures run in.
+//!
+//! `tower::util::BoxCloneService` boxes every call's future: a `malloc`, a `free` and a
+//! dynamic `drop` per message. A `BoxHandler` holds the concrete service and, beside it, the
+//! box its last call's future ran in: the workers' call ([`Callee::call_in`]) fills that box
+//! in place (`Pin::set`), a poll is one dynamic call, and the box is handed back once the
+//! call ended ([`Callee::recycle`]), emptied there, ready for the next call. As a
+//! `tower::Service` (for layers and any other caller) it boxes its futures as before.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use switchyard_core::{BoxError, Envelope, Outcome};
+use tower::Service;
+
+/// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
+/// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
+/// can reuse what it was made of (a [`BoxHandler`] or the resilience stack its box).
+pub(crate) trait Callee<R> {
+    /// What a successful call gives.
+    type Response;
+    /// What a failed call gives (the bus's handlers all give a [`BoxError`]).
+    type Error;
+    /// The future of one call.
+    type Future: Future<Output = Result<Self::Response, Self::Error>> + Unpin;
+
+    /// As `tower::Service::poll_ready`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>>;
+
+    /// As `tower::Service::call`, once `poll_ready` said ready.
+    fn call_in(&mut self, request: R) -> Self::Future;
+
+    /// Takes back the future of a call that ended.
+    #[inline]
+    fn recycle(&mut self, ended: Self::Future) {
+        drop(ended);
+    }
+}
+
+/// A type-erased handler, as the bus stores it: cloned once per worker.
+///
+/// Made by [`handler_fn`](crate::handler_fn), [`boxed`](crate::boxed) or
+/// [`BoxHandler::new`] from any `tower::Service<Envelope, Response = Outcome, Error =
+/// BoxError>` that is `Clone + Send`. It is itself such a service, so layers wrap it and
+/// anything else may call it (its `call` boxes the future). The bus's workers call it
+/// without a heap allocation per message: each clone keeps the box its last call's future
+/// ran in and refills it in place.
+pub struct BoxHandler {
+    held: Box<dyn Erased>,
+    /// The box of this handler's last call that ended, emptied; `None` before the first call,
+    /// after a call dropped unfinished, and in a fresh clone.
+    kept: Option<Pin<Box<dyn Slot>>>,
+}
+
+impl BoxHandler {
+    /// Erases `service`'s type.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        Self {
+            held: Box::new(Held(service)),
+            kept: None,
+        }
+    }
+}
+
+/// A `tower` boxed service as a handler (boxed once more: its calls' futures are still
+/// boxed by it).
+impl From<tower::util::BoxCloneService<Envelope, Outcome, BoxError>> for BoxHandler {
+    fn from(service: tower::util::BoxCloneService<Envelope, Outcome, BoxError>) -> Self {
+        Self::new(service)
+    }
+}
+
+impl Clone for BoxHandler {
+    /// A clone of the service; it makes a box of its own at its first call.
+    fn clone(&self) -> Self {
+        Self {
+            held: self.held.clone_box(),
+            kept: None,
+        }
+    }
+}
+
+impl fmt::Debug for BoxHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxHandler")
+            .field("kept", &self.kept.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service<Envelope> for BoxHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Outcome, BoxError>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.held.poll_ready(cx)
+    }
+
+    /// Calls the service, its future in a box of its own (as `BoxCloneService` does).
+    #[inline]
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        self.held.call_boxed(env)
+    }
+}
+
+/// The future of a [`BoxHandler`] call made by a worker: the call running in the handler's
+/// kept box. Dropped unfinished, it drops the call with the box, as a boxed future would be.
+pub(crate) struct HeldCall(Pin<Box<dyn Slot>>);
+
+impl Future for HeldCall {
+    type Output = Result<Outcome, BoxError>;
+
+    #[inline(always)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().0.as_mut().poll_call(cx)
+    }
+}
+
+impl Callee<Envelope> for BoxHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = HeldCall;
+
+    #[inline(always)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.held.poll_ready(cx)
+    }
+
+    #[inline(always)]
+    fn call_in(&mut self, env: Envelope) -> HeldCall {
+        HeldCall(self.held.call_held(env, self.kept.take()))
+    }
+
+    /// Empties the call's box (its future is dropped here, where the worker catches a panic
+    /// of its `Drop`) and keeps it for the next call. Also after a poll that panicked.
+    #[inline(always)]
+    fn recycle(&mut self, ended: HeldCall) {
+        let mut slot = ended.0;
+        slot.as_mut().clear();
+        self.kept = Some(slot);
+    }
+}
+
+/// A box a call's future runs in: `Option<F>` for the concrete future type `F`, `None` while
+/// no call runs in it.
+trait Slot: Send {
+    /// Polls the call; an empty slot answers an error.
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Outcome, BoxError>>;
+
+    /// Moves the future in `fresh` (an `Option<F>` of this slot's type, not yet polled) into
+    /// the slot, dropping what the slot held. Leaves `fresh` as it is if it is of another
+    /// type.
+    fn refill(self: Pin<&mut Self>, fresh: &mut dyn Any);
+
+    /// Drops the future in the slot, if any.
+    fn clear(self: Pin<&mut Self>);
+}
+
+impl<F> Slot for Option<F>
+where
+    F: Future<Output = Result<Outcome, BoxError>> + Send + 'static,
+{
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Outcome, BoxError>> {
+        match self.as_pin_mut() {
+            Some(fut) => fut.poll(cx),
+            None => Poll::Ready(Err("handler call polled after it ended".into())),
+        }
+    }
+
+    #[inline]
+    fn refill(mut self: Pin<&mut Self>, fresh: &mut dyn Any) {
+        if let Some(fresh) = fresh.downcast_mut::<Option<F>>() {
+            self.set(fresh.take());
+        }
+    }
+
+    #[inline]
+    fn clear(mut self: Pin<&mut Self>) {
+        self.set(None);
+    }
+}
+
+/// The service a [`BoxHandler`] holds, type-erased.
+trait Erased: Send {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+
+    /// Calls the service, its future in `kept` if that box fits it, else in a new box.
+    fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>>;
+
+    /// Calls the service, its future boxed on its own.
+    fn call_boxed(&mut self, env: Envelope) -> BoxFuture<'static, Result<Outcome, BoxError>>;
+
+    fn clone_box(&self) -> Box<dyn Erased>;
+}
+
+/// The concrete service behind a [`BoxHandler`].
+struct Held<S>(S);
+
+impl<S> Erased for Held<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>> {
+        let mut fresh = Some(self.0.call(env));
+        if let Some(mut slot) = kept {
+            slot.as_mut().refill(&mut fresh);
+            if fresh.is_none() {
+                return slot;
+            }
+        }
+        Box::pin(fresh)
+    }
+
+    fn call_boxed(&mut self, env: Envelope) -> BoxFuture<'static, Result<Outcome, BoxError>> {
+        Box::pin(self.0.call(env))
+    }
+
+    fn clone_box(&self) -> Box<dyn Erased> {
+        Box::new(Held(self.0.clone()))
+    }
+}
