@@ -628,10 +628,10 @@ impl IntoShared for Arc<Envelope> {
 }
 
 /// `M::blank_envelope` in its shared allocation ([`shared`]), made in place (see
-/// [`set_typed_fields`]). Out of line on purpose (issue 18): the 200-byte envelope is made
-/// and moved into its block here, and only the pointer crosses the publish's async layers,
-/// whatever the compiler inlines around it.
-#[inline(never)]
+/// [`set_typed_fields`]). Issue 18: the 200-byte envelope is made and moved into its block
+/// here, and only the pointer crosses the publish's async layers, whatever the compiler
+/// inlines around it.
+#[inline]
 pub(crate) fn blank_shared<M: Message>() -> Result<Arc<Envelope>, TopicError> {
     let mut env = Envelope::new(M::topic()?, bytes::Bytes::new());
     set_typed_fields::<M>(&mut env);
