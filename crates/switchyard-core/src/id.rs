@@ -198,6 +198,28 @@ fn ulid_at(now: SystemTime) -> Ulid {
     })
 }
 
+/// Forgets this thread's run of ids: its next id is a fresh draw, even within the
+/// millisecond of the last one.
+///
+/// Call it in a child process right after `fork`, before it makes an id. The child starts with
+/// a copy of its parent's thread state, so within the millisecond of the fork its ids would
+/// otherwise continue the parent's run, the very ids the parent makes next (and so would a
+/// second child's), which dedup and the NATS duplicate window then drop as repeats. A fresh
+/// draw is told apart from the parent's by the process id folded into it. The Python package
+/// registers it with `os.register_at_fork(after_in_child=..)`; Rust code that forks and keeps
+/// running (rather than `exec`-ing) calls it itself.
+///
+/// ```
+/// use switchyard_core::{id::forget_run, MessageId};
+/// let a = MessageId::new();
+/// forget_run(); // as a forked child would, first thing
+/// let b = MessageId::new();
+/// assert_ne!(a, b);
+/// ```
+pub fn forget_run() {
+    LAST_ULID.with(|last| last.set((UNIX_EPOCH, UNIX_EPOCH, 0)));
+}
+
 /// The first ULID of a millisecond on this thread: a fresh draw, told apart from a forked
 /// parent's (see [`salted`]); one system call per millisecond and thread.
 #[cold]
@@ -220,8 +242,8 @@ fn fresh_ulid(now: SystemTime, last: &std::cell::Cell<(SystemTime, SystemTime, u
 /// otherwise draw the same random parts and, in the same millisecond, the same ids, which
 /// dedup and the NATS duplicate window would then drop as repeats. The mix is a bijection of
 /// the 32-bit process id into the low 64 bits, so two processes never fold in the same salt;
-/// the time part is untouched. (A child's ids in the very millisecond of the fork continue
-/// its parent's run, until its first fresh draw.)
+/// the time part is untouched. (A child's ids in the very millisecond of the fork would
+/// continue its parent's run: [`forget_run`] after the fork starts the child's own.)
 fn salted(bits: u128, pid: u32) -> u128 {
     // splitmix64's finalizer: a bijection on u64 that spreads every input bit.
     let mut z = u64::from(pid).wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -423,6 +445,18 @@ mod tests {
         // A later millisecond draws afresh: its ids sort after.
         let later = MessageId::made_at(now + std::time::Duration::from_millis(1));
         assert!(later > ids[999]);
+    }
+    /// After `forget_run` (a forked child's first step), the next id of the same millisecond is
+    /// a fresh draw, not the last id plus one (which a forked parent makes next too).
+    #[test]
+    fn after_forget_run_the_next_id_does_not_continue_the_run() {
+        let now = std::time::SystemTime::now();
+        let last = MessageId::made_at(now).as_u128().unwrap();
+        assert_eq!(MessageId::made_at(now).as_u128(), Some(last + 1), "a run");
+        forget_run();
+        let fresh = MessageId::made_at(now).as_u128().unwrap();
+        assert_eq!(fresh >> 80, last >> 80, "the same millisecond");
+        assert_ne!(fresh, last + 2, "continued the run after forget_run");
     }
     use proptest::prelude::*;
     use std::collections::hash_map::DefaultHasher;

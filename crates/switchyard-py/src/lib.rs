@@ -38,7 +38,21 @@ fn _switchyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
     testing.add_function(wrap_pyfunction!(testing::rust_echo_handler, &testing)?)?;
     testing.add_function(wrap_pyfunction!(testing::rust_publish, &testing)?)?;
     testing.add_function(wrap_pyfunction!(testing::rust_send, &testing)?)?;
+    testing.add_function(wrap_pyfunction!(testing::new_message_id, &testing)?)?;
     m.add_submodule(&testing)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // A forked child (`multiprocessing`) must not continue its parent's run of message ids.
+    let after_in_child = wrap_pyfunction!(forget_id_run, m)?;
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("after_in_child", after_in_child)?;
+    py.import("os")?
+        .call_method("register_at_fork", (), Some(&kwargs))?;
     Ok(())
+}
+
+/// Run in a forked child by `os.register_at_fork`: its next message id is a fresh draw
+/// (`switchyard::id::forget_run`).
+#[pyfunction]
+fn forget_id_run() {
+    switchyard::id::forget_run();
 }

@@ -169,3 +169,9 @@ pub fn rust_send(bus: &Bound<'_, NativeBus>, topic: String, payload: Vec<u8>) ->
         Done::Sent(rust_bus.send_envelope(env).await)
     })
 }
+
+/// A new message id, as the bus makes one for every message (to check ids across processes).
+#[pyfunction]
+pub fn new_message_id() -> String {
+    switchyard::MessageId::new().to_string()
+}

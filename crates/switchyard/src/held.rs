@@ -57,12 +57,17 @@ pub struct BoxHandler {
 }
 
 impl BoxHandler {
-    /// Erases `service`'s type.
+    /// Erases `service`'s type. A `BoxHandler` given here comes back as a clone of itself, not
+    /// wrapped once more (which would box each of its calls through its
+    /// `tower::Service::call`).
     pub fn new<S>(service: S) -> Self
     where
         S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
+        if let Some(handler) = (&service as &dyn Any).downcast_ref::<Self>() {
+            return handler.clone();
+        }
         Self {
             held: Box::new(Held(service)),
             kept: None,
@@ -147,7 +152,9 @@ impl Callee<Envelope> for BoxHandler {
     fn recycle(&mut self, ended: HeldCall) {
         let mut slot = ended.0;
         slot.as_mut().clear();
-        self.kept = Some(slot);
+        if slot.kept() {
+            self.kept = Some(slot);
+        }
     }
 }
 
@@ -164,6 +171,10 @@ trait Slot: Send {
 
     /// Drops the future in the slot, if any.
     fn clear(self: Pin<&mut Self>);
+
+    /// Whether a handler keeps this box for its next call (a future of at most
+    /// [`KEPT_UP_TO`] bytes).
+    fn kept(&self) -> bool;
 }
 
 impl<F> Slot for Option<F>
@@ -188,6 +199,11 @@ where
     fn clear(mut self: Pin<&mut Self>) {
         self.set(None);
     }
+
+    #[inline]
+    fn kept(&self) -> bool {
+        size_of::<Self>() <= KEPT_UP_TO
+    }
 }
 
 /// The service a [`BoxHandler`] holds, type-erased.
@@ -203,6 +219,14 @@ trait Erased: Send {
     fn clone_box(&self) -> Box<dyn Erased>;
 }
 
+/// The largest call future (as `Option<F>`, in bytes) whose box a handler keeps between
+/// calls. Every handler clone (one per worker, and the inline runs' pool) keeps its box for
+/// the life of the subscription; a handler whose futures are large (a database client's are
+/// often tens of kilobytes) would hold that much per clone for good, and for such a future
+/// the `malloc`/`free` saved is small beside the work it does. A larger one gets a box of its
+/// own per call, as before, and [`recycle`](Callee::recycle) frees it.
+const KEPT_UP_TO: usize = 4096;
+
 /// The concrete service behind a [`BoxHandler`].
 struct Held<S>(S);
 
@@ -217,6 +241,10 @@ where
 
     fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>> {
         let mut fresh = Some(self.0.call(env));
+        if size_of::<Option<S::Future>>() > KEPT_UP_TO {
+            // Not kept between calls (see `KEPT_UP_TO`): a box of its own, freed at `recycle`.
+            return Box::pin(fresh);
+        }
         if let Some(mut slot) = kept {
             slot.as_mut().refill(&mut fresh);
             if fresh.is_none() {

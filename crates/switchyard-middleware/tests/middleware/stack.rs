@@ -249,8 +249,10 @@ async fn resilience_layer_wires_the_default_stack_and_its_handles() {
     );
 }
 
-/// The bus boxes handlers as `BoxCloneService<Envelope, Outcome, BoxError>` and re-boxes after
-/// each layer: the stack must accept and produce that.
+/// A layer over the bus's handlers sees a boxed `tower::Service<Envelope, Response = Outcome,
+/// Error = BoxError>` and its result is boxed again (`switchyard::BoxHandler`, which boxes
+/// its calls for such callers as `BoxCloneService` does): the stack must accept and produce
+/// a boxed service, here tower's own.
 #[tokio::test(start_paused = true)]
 async fn layers_compose_over_the_bus_boxed_handler() {
     use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};

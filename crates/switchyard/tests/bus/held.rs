@@ -29,18 +29,18 @@ impl Seen {
 
 /// A handler's future of a known size: records its address at its first poll, then waits on
 /// `wait` (if any) and acks.
-struct Probe {
-    _pad: [u8; 512],
+struct Probe<const N: usize> {
+    _pad: [u8; N],
     seen: Seen,
     recorded: bool,
     wait: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl Future for Probe {
+impl<const N: usize> Future for Probe<N> {
     type Output = Result<Outcome, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let address = &*self as *const Probe as usize;
+        let address = &*self as *const Probe<N> as usize;
         let this = self.get_mut();
         if !std::mem::replace(&mut this.recorded, true) {
             this.seen.0.lock().unwrap().push(address);
@@ -54,7 +54,7 @@ impl Future for Probe {
 
 /// A handler whose calls make [`Probe`]s (waiting on what `wait` makes), each call first
 /// taking a block of a `Probe`'s size and keeping it for the rest of the test.
-fn probing<W>(seen: Seen, wait: W) -> BoxHandler
+fn probing<const N: usize, W>(seen: Seen, wait: W) -> BoxHandler
 where
     W: Fn() -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> + Clone + Send + Sync + 'static,
 {
@@ -63,9 +63,9 @@ where
         // `with_capacity`, not `vec![0; n]`: glibc's `calloc` skips the cache of freed blocks.
         hog.lock()
             .unwrap()
-            .push(Vec::with_capacity(std::mem::size_of::<Probe>()));
-        Probe {
-            _pad: [0; 512],
+            .push(Vec::with_capacity(std::mem::size_of::<Probe<N>>()));
+        Probe::<N> {
+            _pad: [0; N],
             seen: seen.clone(),
             recorded: false,
             wait: wait(),
@@ -73,15 +73,18 @@ where
     }))
 }
 
-/// Publishes `n` messages to a [`probing`] handler with `workers` workers, waits until they
-/// are handled, and returns where each call's future was polled (one per message).
-async fn probe<W>(bus: &Bus, workers: usize, n: u64, wait: W) -> Vec<usize>
-where
-    W: Fn() -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> + Clone + Send + Sync + 'static,
-{
+/// Publishes `n` messages to the handler `make` makes (a [`probing`] one recording in the
+/// `Seen` it is given) with `workers` workers, waits until they are handled, and returns where
+/// each call's future was polled (one per message).
+async fn probe(
+    bus: &Bus,
+    workers: usize,
+    n: u64,
+    make: impl FnOnce(Seen) -> BoxHandler,
+) -> Vec<usize> {
     let seen = Seen::default();
     let _sub = bus
-        .subscribe("probe", Ping::TOPIC, probing(seen.clone(), wait))
+        .subscribe("probe", Ping::TOPIC, make(seen.clone()))
         .workers(workers)
         .start()
         .await
@@ -102,7 +105,7 @@ where
 #[tokio::test(flavor = "current_thread")]
 async fn a_workers_calls_run_in_one_box() {
     let bus = Bus::new();
-    let addresses = probe(&bus, 1, 20, || None).await;
+    let addresses = probe(&bus, 1, 20, |seen| probing::<512, _>(seen, || None)).await;
     assert!(
         addresses.iter().all(|a| *a == addresses[0]),
         "every call ran in the first call's box: {addresses:x?}"
@@ -123,7 +126,7 @@ async fn each_workers_clone_keeps_a_box_of_its_own() {
             barrier.wait().await;
         }) as Pin<Box<dyn Future<Output = ()> + Send>>)
     };
-    let addresses = probe(&bus, 2, 10, wait).await;
+    let addresses = probe(&bus, 2, 10, |seen| probing::<512, _>(seen, wait)).await;
     let mut distinct = addresses.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -131,6 +134,41 @@ async fn each_workers_clone_keeps_a_box_of_its_own() {
         distinct.len(),
         2,
         "one box per worker, kept across its calls: {addresses:x?}"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A `BoxHandler` boxed again (`switchyard::boxed`, as a node's latency wrap or any generic
+/// code may do) is not wrapped a second time: its calls still run in one box (wrapped, the
+/// inner handler's `tower::Service::call` boxed each call: 20 addresses).
+#[tokio::test(flavor = "current_thread")]
+async fn a_box_handler_boxed_again_keeps_its_calls_in_one_box() {
+    let bus = Bus::new();
+    let addresses = probe(&bus, 1, 20, |seen| {
+        switchyard::boxed(switchyard::boxed(probing::<512, _>(seen, || None)))
+    })
+    .await;
+    assert!(
+        addresses.iter().all(|a| *a == addresses[0]),
+        "every call ran in the first call's box: {addresses:x?}"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A handler whose futures are large (here 8 KiB) gets a box per call, freed when the call
+/// ends, instead of keeping one that large per worker for the life of the subscription
+/// (kept, all 20 calls ran at one address).
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_futures_box_is_not_kept_between_calls() {
+    let bus = Bus::new();
+    let addresses = probe(&bus, 1, 20, |seen| probing::<8192, _>(seen, || None)).await;
+    let mut distinct = addresses.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        20,
+        "each call ran in a box of its own: {addresses:x?}"
     );
     bus.shutdown(WAIT).await.unwrap();
 }
