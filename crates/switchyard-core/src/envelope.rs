@@ -306,7 +306,7 @@ impl Envelope {
     /// struct Tick { n: u32 }
     /// impl Message for Tick { const TOPIC: &'static str = "ticks"; }
     ///
-    /// let mut env = Tick::blank_envelope()?;
+    /// let mut env = switchyard_core::message::blank_envelope::<Tick>()?;
     /// env.set_unencoded(Tick { n: 7 });
     /// assert!(env.payload.is_empty() && env.needs_encoding());
     /// let mut copy = env.clone();

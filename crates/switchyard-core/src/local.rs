@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn an_unencoded_value_serializes_as_its_encoding_and_stays_takeable() {
-        let mut env = <Tick as crate::Message>::blank_envelope().unwrap();
+        let mut env = crate::message::blank_envelope::<Tick>().unwrap();
         env.set_unencoded(Tick { n: 3 });
         assert!(env.needs_encoding());
         let mut encoded = env.clone();

@@ -99,22 +99,40 @@ pub trait Message: Clone + Serialize + DeserializeOwned + Send + Sync + 'static 
         Ok(typed_fields::<Self>(Envelope::new(topic, self.encode()?)))
     }
 
-    /// The envelope [`to_envelope`](Self::to_envelope) fills, with an empty payload: a new
-    /// id, this type's topic, kind, type name, version and content type. The bus starts
-    /// from this envelope for a typed message it carries
-    /// [unencoded](Envelope::set_unencoded); its `publish`, `send` and `request` make it in
-    /// place, with [`Envelope::new`] on [`topic`](Self::topic) and [`set_typed_fields`]
-    /// (what this default does), rather than calling this method.
-    fn blank_envelope() -> Result<Envelope, TopicError> {
-        let mut env = Envelope::new(Self::topic()?, Bytes::new());
-        set_typed_fields::<Self>(&mut env);
-        Ok(env)
-    }
-
     /// Decodes the payload of an envelope.
     fn from_envelope(env: &Envelope) -> Result<Self, CodecError> {
         Self::decode(&env.payload)
     }
+}
+
+/// The envelope [`Message::to_envelope`] fills, with an empty payload: a new id, `M`'s topic,
+/// kind, type name, version and content type. What the bus starts from for a typed message
+/// it carries [unencoded](Envelope::set_unencoded) (its `publish`, `send` and `request` make
+/// the same envelope in place, with [`Envelope::new`] on [`Message::topic`] and
+/// [`set_typed_fields`]; `Ctx` and `Session` call this).
+///
+/// A free function, not a `Message` method, so that no type can change what it makes: every
+/// way of publishing a message gives it the same envelope. (A trait method with a default
+/// body could be overridden, and the bus's in-place paths would not see the override.)
+///
+/// ```compile_fail
+/// use bytes::Bytes;
+/// use serde::{Deserialize, Serialize};
+/// use switchyard_core::{Envelope, Message, TopicError};
+/// #[derive(Clone, Serialize, Deserialize)]
+/// struct Tagged;
+/// impl Message for Tagged {
+///     const TOPIC: &'static str = "tagged";
+///     // Not a method of `Message`: nothing to override.
+///     fn blank_envelope() -> Result<Envelope, TopicError> {
+///         Ok(Envelope::new(Self::topic()?, Bytes::new()))
+///     }
+/// }
+/// ```
+pub fn blank_envelope<M: Message>() -> Result<Envelope, TopicError> {
+    let mut env = Envelope::new(M::topic()?, Bytes::new());
+    set_typed_fields::<M>(&mut env);
+    Ok(env)
 }
 
 /// `env` with `M`'s kind, type name, version and content type.
@@ -125,7 +143,7 @@ fn typed_fields<M: Message>(mut env: Envelope) -> Envelope {
 }
 
 /// Gives `env` `M`'s kind, type name, version and content type: with a new envelope on
-/// [`M::topic`](Message::topic), what [`Message::blank_envelope`] makes by default. In
+/// [`M::topic`](Message::topic), what [`blank_envelope`] makes. In
 /// place, for a caller that builds the envelope where it keeps it (the bus's typed send: a
 /// 200-byte envelope returned through layers is copied at each one the compiler does not
 /// see through).

@@ -26,12 +26,12 @@ use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
-/// A typed command's envelope in its shared allocation ([`shared`]): `C::blank_envelope` of
+/// A typed command's envelope in its shared allocation ([`shared`]): `blank_envelope::<C>` of
 /// `kind`, carrying `cmd` [unencoded](Envelope::set_unencoded).
 ///
 /// Issue 18: the 200-byte envelope is made in place and moved into its block here, and only
 /// the pointer crosses the send's async layers. Made in `send` itself from
-/// `C::blank_envelope()?` (a `Result` unwrapped, then moved on), whether that was inlined and
+/// `blank_envelope::<C>()?` (a `Result` unwrapped, then moved on), whether that was inlined and
 /// the envelope copied three more times changed with unrelated code elsewhere in the crate:
 /// w4_roundtrip_typed moved by +100. (Inlined: out of line it cost ~25 more per send.)
 #[inline]

@@ -99,7 +99,7 @@ impl Ctx {
     /// Publishes `msg` as a consequence of the message being handled (causation and correlation
     /// set), also from tasks the handler spawned.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), switchyard_core::PublishError> {
-        let env = M::blank_envelope()?.caused_by(&self.envelope);
+        let env = switchyard_core::message::blank_envelope::<M>()?.caused_by(&self.envelope);
         self.bus
             .publish_local(env, crate::publish::Typed(msg))
             .await
@@ -107,7 +107,7 @@ impl Ctx {
 
     /// Sends a command as a consequence of the message being handled.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env = C::blank_envelope()?.caused_by(&self.envelope);
+        let mut env = switchyard_core::message::blank_envelope::<C>()?.caused_by(&self.envelope);
         env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)

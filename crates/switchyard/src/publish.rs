@@ -227,7 +227,7 @@ impl Bus {
     }
 
     /// [`Bus::publish_envelope`] of `env`, or for a typed publish ([`Typed`]) of the
-    /// envelope `M::blank_envelope` made for it: encoded where anything may read the bytes
+    /// envelope `blank_envelope::<M>` describes: encoded where anything may read the bytes
     /// (a hook, a transport, a subscription that is not a plain typed handler of `M`), with
     /// the value beside the payload on the in-process path when no publish hook could have
     /// rewritten the payload (typed handlers of its type take it instead of decoding), and
@@ -585,7 +585,7 @@ impl Published for NoValue {
     }
 }
 
-/// A typed publish: the envelope came from `M::blank_envelope` (empty payload).
+/// A typed publish: the envelope `blank_envelope::<M>` describes (empty payload).
 pub(crate) struct Typed<M>(pub(crate) M);
 
 impl<M: Message> Published for Typed<M> {
@@ -627,7 +627,7 @@ impl IntoShared for Arc<Envelope> {
     }
 }
 
-/// `M::blank_envelope` in its shared allocation ([`shared`]), made in place (see
+/// `blank_envelope::<M>` in its shared allocation ([`shared`]), made in place (see
 /// [`set_typed_fields`]). Issue 18: the 200-byte envelope is made and moved into its block
 /// here, and only the pointer crosses the publish's async layers, whatever the compiler
 /// inlines around it.

@@ -133,7 +133,7 @@ impl Session {
     /// Publishes an event in this session.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
         // Typed, as `Bus::publish`: session handlers of its type take the value as it is.
-        let env = self.tag(M::blank_envelope()?);
+        let env = self.tag(switchyard_core::message::blank_envelope::<M>()?);
         self.bus
             .publish_local(env, crate::publish::Typed(msg))
             .await
@@ -142,7 +142,7 @@ impl Session {
     /// Sends a command in this session (its session handler first, else the global one).
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
         // Typed, as `Bus::send`: a typed handler of `C` takes the command as it is.
-        let mut env = self.tag(C::blank_envelope()?);
+        let mut env = self.tag(switchyard_core::message::blank_envelope::<C>()?);
         env.kind = switchyard_core::Kind::Command;
         env.set_unencoded(cmd);
         self.bus
