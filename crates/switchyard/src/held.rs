@@ -151,8 +151,7 @@ impl Callee<Envelope> for BoxHandler {
     #[inline(always)]
     fn recycle(&mut self, ended: HeldCall) {
         let mut slot = ended.0;
-        slot.as_mut().clear();
-        if slot.kept() {
+        if slot.as_mut().clear() {
             self.kept = Some(slot);
         }
     }
@@ -169,12 +168,10 @@ trait Slot: Send {
     /// type.
     fn refill(self: Pin<&mut Self>, fresh: &mut dyn Any);
 
-    /// Drops the future in the slot, if any.
-    fn clear(self: Pin<&mut Self>);
-
-    /// Whether a handler keeps this box for its next call (a future of at most
-    /// [`KEPT_UP_TO`] bytes).
-    fn kept(&self) -> bool;
+    /// Drops the future in the slot, if any, and says whether a handler keeps this box for
+    /// its next call (a future of at most [`KEPT_UP_TO`] bytes): one dynamic call per ended
+    /// call for both.
+    fn clear(self: Pin<&mut Self>) -> bool;
 }
 
 impl<F> Slot for Option<F>
@@ -196,12 +193,8 @@ where
     }
 
     #[inline]
-    fn clear(mut self: Pin<&mut Self>) {
+    fn clear(mut self: Pin<&mut Self>) -> bool {
         self.set(None);
-    }
-
-    #[inline]
-    fn kept(&self) -> bool {
         size_of::<Self>() <= KEPT_UP_TO
     }
 }
