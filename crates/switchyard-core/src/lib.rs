@@ -17,6 +17,7 @@ pub mod message;
 pub mod outcome;
 pub mod remote;
 pub mod retry;
+pub mod shared;
 pub mod topic;
 pub mod transport;
 
@@ -37,6 +38,7 @@ pub use outcome::Outcome;
 pub use remote::{
     CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands,
 };
+pub use shared::{MessageArg, Shared};
 pub use retry::{Backoff, Classify, Jitter, RetryPolicy};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{

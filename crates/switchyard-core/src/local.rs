@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::error::CodecError;
 use crate::message::Message;
+use crate::shared::Shared;
 
 /// The value a typed message was encoded from, carried beside the payload
 /// ([`Envelope::local`](crate::Envelope::local)) while the message stays in the process that
@@ -83,13 +84,13 @@ impl<T: Send + Sync + 'static> Slot for Value<T> {
     }
 }
 
-struct Value<T> {
-    value: T,
-    encoding: Encoding<T>,
+pub(crate) struct Value<T> {
+    pub(crate) value: T,
+    pub(crate) encoding: Encoding<T>,
 }
 
 /// The payload a value goes with.
-enum Encoding<T> {
+pub(crate) enum Encoding<T> {
     /// The payload it was encoded to ([`Local::new`]): kept so that its buffer stays this
     /// payload's.
     Given(Bytes),
@@ -179,6 +180,40 @@ impl Local {
         let slot: Arc<dyn Any + Send + Sync> = self.0.take()?;
         let value = slot.downcast::<Value<T>>().ok()?;
         Arc::try_unwrap(value).ok().map(|v| v.value)
+    }
+
+    /// The value shared, without a copy of it: a [`Shared`] holding the attached value
+    /// itself, if it is a `T` and `payload` is the buffer it was encoded to (as for
+    /// [`take`](Self::take)). This copy lets go of it (it is then [empty](Self::is_empty)),
+    /// except a value attached unencoded, which it keeps so that its envelope can still be
+    /// encoded; other copies keep theirs. No `T` is cloned or moved, whoever else holds it.
+    ///
+    /// ```
+    /// use switchyard_core::{Bytes, Local, Shared};
+    /// let payload = Bytes::from_static(b"\"seven\"");
+    /// let local = Local::new(String::from("seven"), &payload);
+    /// let (mut a, mut b) = (local.clone(), local);
+    /// let first: Shared<String> = a.take_shared(&payload).unwrap();
+    /// let second: Shared<String> = b.take_shared(&payload).unwrap();
+    /// assert!(Shared::ptr_eq(&first, &second)); // one value, two holders
+    /// assert!(a.is_empty() && b.is_empty());
+    /// ```
+    pub fn take_shared<T: Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<Shared<T>> {
+        let slot = self.0.as_ref()?;
+        let any: &(dyn Any + Send + Sync) = &**slot;
+        let value = any.downcast_ref::<Value<T>>()?;
+        if !value.encoded_to(payload) {
+            return None;
+        }
+        // A value attached unencoded stays with this copy, as in `take`.
+        let slot: Arc<dyn Slot> = if matches!(value.encoding, Encoding::Lazy(..)) {
+            Arc::clone(slot)
+        } else {
+            self.0.take()?
+        };
+        // The downcast was checked above: the `Arc` itself is handed over.
+        let slot: Arc<dyn Any + Send + Sync> = slot;
+        slot.downcast::<Value<T>>().ok().map(Shared::from_value)
     }
 
     /// Whether no value is attached (none was, it was cleared, or this copy took it).

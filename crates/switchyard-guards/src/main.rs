@@ -13,6 +13,8 @@
 //!   stack's cost per message is its difference to `w1_envelope`);
 //! - `w2_fanout8_typed`, `w2_fanout8_envelope`: one publisher, eight subscriptions on the
 //!   topic (eight deliveries per message);
+//! - `w2_fanout8_shared`: `w2_fanout8_typed` with handlers that take the message shared
+//!   (`|t: Shared<Tick>, ctx|`: one value for all eight, no clone per delivery);
 //! - `w4_roundtrip_typed`, `w4_roundtrip_envelope`: `bus.send` / `send_envelope` to the one
 //!   handler, which answers; the client is a task on the same runtime;
 //! - `w4_floor_mpsc_oneshot` (not guarded, for comparison): the same round trip over a
@@ -25,7 +27,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use switchyard::{Bus, Command, Envelope, Kind, Message, Outcome, Overflow, Topic, handler_fn};
+use switchyard::{
+    Bus, Command, Envelope, Kind, Message, Outcome, Overflow, Shared, Topic, handler_fn,
+};
 use tokio::sync::Notify;
 
 /// Messages before the measured ones (caches, pools and the queue's allocation warm).
@@ -129,17 +133,36 @@ fn resilient_bus() -> Bus {
         .unwrap()
 }
 
-/// Events, `subscribers` subscriptions, typed or envelope API, on a bare bus or one built
-/// `with_default_resilience`.
-async fn events(typed: bool, subscribers: usize, n: u64, resilient: bool) {
+/// The API a workload's subscribers and publisher use.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    /// `bus.on(|t: Tick, ctx|)` and `bus.publish`.
+    Typed,
+    /// `bus.on(|t: Shared<Tick>, ctx|)` and `bus.publish`.
+    Shared,
+    /// `subscribe` with `handler_fn` and `publish_envelope`.
+    Envelope,
+}
+
+/// Events, `subscribers` subscriptions, typed (owned or shared) or envelope API, on a bare
+/// bus or one built `with_default_resilience`.
+async fn events(api: Api, subscribers: usize, n: u64, resilient: bool) {
     let bus = if resilient { resilient_bus() } else { bus() };
     let counter = Counter::new();
     let mut subs = Vec::new();
     for i in 0..subscribers {
         let c = counter.clone();
         let name = format!("sink{i}");
-        let builder = if typed {
+        let builder = if api == Api::Typed {
             bus.on(&name, move |_t: Tick, _ctx| {
+                let c = c.clone();
+                async move {
+                    c.hit();
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+        } else if api == Api::Shared {
+            bus.on(&name, move |_t: Shared<Tick>, _ctx| {
                 let c = c.clone();
                 async move {
                     c.hit();
@@ -169,7 +192,7 @@ async fn events(typed: bool, subscribers: usize, n: u64, resilient: bool) {
         }
         counter.arm(count * subscribers as u64);
         for i in start..start + count {
-            if typed {
+            if api != Api::Envelope {
                 bus.publish(Tick::new(i)).await.unwrap();
             } else {
                 bus.publish_envelope(Envelope::new(topic.clone(), payload.clone()))
@@ -249,7 +272,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(workload), Some(n)) = (args.next(), args.next()) else {
         eprintln!(
-            "usage: instructions <w1_typed|w1_envelope|w1_envelope_resilient|w2_fanout8_typed|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope|w4_floor_mpsc_oneshot> <n>"
+            "usage: instructions <w1_typed|w1_envelope|w1_envelope_resilient|w2_fanout8_typed|w2_fanout8_shared|w2_fanout8_envelope|w4_roundtrip_typed|w4_roundtrip_envelope|w4_floor_mpsc_oneshot> <n>"
         );
         std::process::exit(2);
     };
@@ -260,11 +283,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         match workload.as_str() {
-            "w1_typed" => events(true, 1, n, false).await,
-            "w1_envelope" => events(false, 1, n, false).await,
-            "w1_envelope_resilient" => events(false, 1, n, true).await,
-            "w2_fanout8_typed" => events(true, 8, n, false).await,
-            "w2_fanout8_envelope" => events(false, 8, n, false).await,
+            "w1_typed" => events(Api::Typed, 1, n, false).await,
+            "w1_envelope" => events(Api::Envelope, 1, n, false).await,
+            "w1_envelope_resilient" => events(Api::Envelope, 1, n, true).await,
+            "w2_fanout8_typed" => events(Api::Typed, 8, n, false).await,
+            "w2_fanout8_shared" => events(Api::Shared, 8, n, false).await,
+            "w2_fanout8_envelope" => events(Api::Envelope, 8, n, false).await,
             "w4_roundtrip_typed" => roundtrip(true, n).await,
             "w4_roundtrip_envelope" => roundtrip(false, n).await,
             "w4_floor_mpsc_oneshot" => roundtrip_floor(n).await,

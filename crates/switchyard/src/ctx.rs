@@ -9,7 +9,8 @@ use futures_util::future::{Either, ready};
 
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageId, Outcome,
+    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageArg, MessageId,
+    Outcome,
     ReplyAddress, SendError,
 };
 use tower::service_fn;
@@ -132,7 +133,7 @@ fn upgrade(bus: &Weak<BusInner>) -> Result<Bus, BoxError> {
 /// What a typed handler's call needs before it calls the user's closure: the message decoded
 /// (or taken: see `upcast::decode`) and the bus its `Ctx` holds.
 #[inline]
-fn decode_for_call<T: Message>(
+fn decode_for_call<T: MessageArg>(
     bus: &Weak<BusInner>,
     env: &mut Envelope,
 ) -> Result<(T, Bus), BoxError> {
@@ -140,7 +141,8 @@ fn decode_for_call<T: Message>(
     Ok((msg, upgrade(bus)?))
 }
 
-/// A typed event handler: decodes `T` (decode failures go to the dead-letter queue) and calls `f`.
+/// A typed event handler: decodes `T` (a message, or a [`Shared`](switchyard_core::Shared)
+/// one; decode failures go to the dead-letter queue) and calls `f`.
 ///
 /// The message is decoded (or taken: see `upcast::decode`) and handed to `f` in `call` itself,
 /// which the bus runs inside the delivered scope and the panic capture as it does the polls:
@@ -150,7 +152,7 @@ fn decode_for_call<T: Message>(
 /// when the handler is called, not when its future is first polled.
 pub(crate) fn typed_event<T, F, Fut, O, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
-    T: Message,
+    T: MessageArg,
     F: Fn(T, Ctx) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<O, E>> + Send + 'static,
     O: IntoOutcome,

@@ -89,10 +89,12 @@ impl Session {
         &self.id
     }
 
-    /// Subscribes a typed handler that sees only this session's messages.
+    /// Subscribes a typed handler that sees only this session's messages. As with
+    /// [`Bus::on`], it takes the message itself (`M`) or shared
+    /// ([`Shared<M>`](switchyard_core::Shared)).
     pub fn on<M, F, Fut, O, E>(&self, name: &str, f: F) -> SubscriptionBuilder
     where
-        M: Message,
+        M: switchyard_core::MessageArg,
         F: Fn(M, Ctx) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<O, E>> + Send + 'static,
         O: IntoOutcome,

@@ -6,7 +6,9 @@
 use std::sync::Weak;
 
 use bytes::Bytes;
-use switchyard_core::{BoxError, CodecDirection, CodecError, Envelope, Message};
+use switchyard_core::{BoxError, CodecDirection, CodecError, Envelope, Message, MessageArg};
+#[cfg(doc)]
+use switchyard_core::Shared;
 
 use crate::state::BusInner;
 
@@ -30,19 +32,27 @@ pub trait Upcast: Send + Sync + 'static {
     ) -> Result<Option<Bytes>, BoxError>;
 }
 
-/// Decodes `T` from `env`, upcasting first when the envelope is older than `T`.
+/// Decodes what a typed handler takes (`A`: a message `T`, or a [`Shared`] one) from `env`,
+/// upcasting first when the envelope is older than `T`.
 ///
-/// A `T` published in this process carries its value beside the payload: the handler gets a
-/// clone of it (or the value itself when `env` is its last holder) instead of decoding (the
-/// value as published; see `Message` for how it can differ from a decode). `env` lets go of
-/// it (see `Local::take`).
-pub(crate) fn decode<T: Message>(
+/// A `T` published in this process carries its value beside the payload: a handler taking
+/// `T` gets a clone of it (or the value itself when `env` is its last holder), one taking
+/// `Shared<T>` the value itself, shared, instead of decoding (the value as published; see
+/// `Message` for how it can differ from a decode). `env` lets go of it (see `Local::take`
+/// and `Local::take_shared`). Otherwise the payload is decoded, once.
+pub(crate) fn decode<A: MessageArg>(
     bus: &Weak<BusInner>,
     env: &mut Envelope,
-) -> Result<T, CodecError> {
-    if let Some(msg) = env.local.take::<T>(&env.payload) {
+) -> Result<A, CodecError> {
+    if let Some(msg) = A::take(&mut env.local, &env.payload) {
         return Ok(msg);
     }
+    decode_payload::<A::Message>(bus, env).map(A::from_decoded)
+}
+
+/// Decodes `T` from `env`'s payload, upcast first when the envelope is older than `T`.
+#[inline(always)]
+fn decode_payload<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
     if env.type_version < T::VERSION
         && env.type_name.as_deref() == Some(T::type_name())
         && let Some(inner) = bus.upgrade()

@@ -15,6 +15,7 @@ mod ordering;
 mod polls;
 mod prefetch;
 mod routing;
+mod shared;
 mod shutdown;
 mod stress;
 mod unencoded;
