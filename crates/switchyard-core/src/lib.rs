@@ -38,8 +38,8 @@ pub use outcome::Outcome;
 pub use remote::{
     CommandResponder, CommandResult, IncomingCommand, IncomingCommands, RemoteCommands,
 };
-pub use shared::{MessageArg, Shared};
 pub use retry::{Backoff, Classify, Jitter, RetryPolicy};
+pub use shared::{MessageArg, Shared};
 pub use topic::{MAX_TOPIC_LEN, Pattern, Topic, TopicError, TopicErrorKind};
 pub use transport::{
     AckHandle, BoxFuture, Capabilities, Delivery, DeliveryStream, Publisher, Subscriber,

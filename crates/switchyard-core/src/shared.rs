@@ -284,7 +284,10 @@ mod tests {
         let mut copy = env.clone();
         let shared = copy.local.take_shared::<Counted>(&Bytes::new()).unwrap();
         assert_eq!(shared.as_ref().0, "u");
-        assert!(copy.needs_encoding(), "the copy kept the value to encode it");
+        assert!(
+            copy.needs_encoding(),
+            "the copy kept the value to encode it"
+        );
         copy.encode_payload().unwrap();
         assert_eq!(&copy.payload[..], b"\"u\"");
         let again = env.local.take_shared::<Counted>(&Bytes::new()).unwrap();
@@ -301,6 +304,9 @@ mod tests {
         assert_eq!(clones(), before + 1, "b was not alone");
         assert_eq!(Shared::unwrap_or_clone(a), Counted("x".into()));
         assert_eq!(clones(), before + 1, "a was alone");
-        assert_eq!(format!("{:?}", Shared::new(Counted("d".into()))), "Counted(\"d\")");
+        assert_eq!(
+            format!("{:?}", Shared::new(Counted("d".into()))),
+            "Counted(\"d\")"
+        );
     }
 }

@@ -133,42 +133,40 @@ fn resilient_bus() -> Bus {
         .unwrap()
 }
 
-/// The API a workload's subscribers and publisher use.
-#[derive(Clone, Copy, PartialEq)]
-enum Api {
-    /// `bus.on(|t: Tick, ctx|)` and `bus.publish`.
-    Typed,
-    /// `bus.on(|t: Shared<Tick>, ctx|)` and `bus.publish`.
-    Shared,
-    /// `subscribe` with `handler_fn` and `publish_envelope`.
-    Envelope,
+/// A typed subscription counting its messages, taking them `shared` (`Shared<Tick>`) or its
+/// own copy (`Tick`). Out of `events`, whose future (and so its count) stays as it was
+/// before the shared workload.
+fn typed_sink(bus: &Bus, name: &str, c: Counter, shared: bool) -> switchyard::SubscriptionBuilder {
+    if shared {
+        bus.on(name, move |_t: Shared<Tick>, _ctx| {
+            let c = c.clone();
+            async move {
+                c.hit();
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+    } else {
+        bus.on(name, move |_t: Tick, _ctx| {
+            let c = c.clone();
+            async move {
+                c.hit();
+                Ok::<_, std::convert::Infallible>(())
+            }
+        })
+    }
 }
 
-/// Events, `subscribers` subscriptions, typed (owned or shared) or envelope API, on a bare
+/// Events, `subscribers` subscriptions, typed (owned, or `shared`) or envelope API, on a bare
 /// bus or one built `with_default_resilience`.
-async fn events(api: Api, subscribers: usize, n: u64, resilient: bool) {
+async fn events(typed: bool, shared: bool, subscribers: usize, n: u64, resilient: bool) {
     let bus = if resilient { resilient_bus() } else { bus() };
     let counter = Counter::new();
     let mut subs = Vec::new();
     for i in 0..subscribers {
         let c = counter.clone();
         let name = format!("sink{i}");
-        let builder = if api == Api::Typed {
-            bus.on(&name, move |_t: Tick, _ctx| {
-                let c = c.clone();
-                async move {
-                    c.hit();
-                    Ok::<_, std::convert::Infallible>(())
-                }
-            })
-        } else if api == Api::Shared {
-            bus.on(&name, move |_t: Shared<Tick>, _ctx| {
-                let c = c.clone();
-                async move {
-                    c.hit();
-                    Ok::<_, std::convert::Infallible>(())
-                }
-            })
+        let builder = if typed {
+            typed_sink(&bus, &name, c, shared)
         } else {
             bus.subscribe(
                 &name,
@@ -192,7 +190,7 @@ async fn events(api: Api, subscribers: usize, n: u64, resilient: bool) {
         }
         counter.arm(count * subscribers as u64);
         for i in start..start + count {
-            if api != Api::Envelope {
+            if typed {
                 bus.publish(Tick::new(i)).await.unwrap();
             } else {
                 bus.publish_envelope(Envelope::new(topic.clone(), payload.clone()))
@@ -283,12 +281,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         match workload.as_str() {
-            "w1_typed" => events(Api::Typed, 1, n, false).await,
-            "w1_envelope" => events(Api::Envelope, 1, n, false).await,
-            "w1_envelope_resilient" => events(Api::Envelope, 1, n, true).await,
-            "w2_fanout8_typed" => events(Api::Typed, 8, n, false).await,
-            "w2_fanout8_shared" => events(Api::Shared, 8, n, false).await,
-            "w2_fanout8_envelope" => events(Api::Envelope, 8, n, false).await,
+            "w1_typed" => events(true, false, 1, n, false).await,
+            "w1_envelope" => events(false, false, 1, n, false).await,
+            "w1_envelope_resilient" => events(false, false, 1, n, true).await,
+            "w2_fanout8_typed" => events(true, false, 8, n, false).await,
+            "w2_fanout8_shared" => events(true, true, 8, n, false).await,
+            "w2_fanout8_envelope" => events(false, false, 8, n, false).await,
             "w4_roundtrip_typed" => roundtrip(true, n).await,
             "w4_roundtrip_envelope" => roundtrip(false, n).await,
             "w4_floor_mpsc_oneshot" => roundtrip_floor(n).await,

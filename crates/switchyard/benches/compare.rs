@@ -5,7 +5,8 @@
 //! - **1 -> 1 events**, 64-byte payloads, on a two-worker and a current-thread runtime:
 //!   typed `bus.on` / `bus.publish` against a `tokio::sync::mpsc` of the same struct, and
 //!   `subscribe` / `publish_envelope` against an `mpsc` of `Bytes`;
-//! - **fan-out 1 -> 8 and 1 -> 64**, per delivery, typed and envelope, against
+//! - **fan-out 1 -> 8 and 1 -> 64**, per delivery, typed (handlers taking their own copy, and
+//!   taking it shared: `Shared<Tick>`) and envelope, against
 //!   `tokio::sync::broadcast` (of `Arc<Tick>` / `Bytes`, capacity above a round so nothing
 //!   lags; the bus's queues likewise never fill);
 //! - **command round trip** with the client a task on the runtime (as handlers call `send`),
@@ -33,7 +34,9 @@ use bytes::Bytes;
 use kameo::Actor;
 use kameo::actor::Spawn;
 use serde::{Deserialize, Serialize};
-use switchyard::{Bus, Command, Envelope, Kind, Message, Outcome, Overflow, Topic, handler_fn};
+use switchyard::{
+    Bus, Command, Envelope, Kind, Message, Outcome, Overflow, Shared, Topic, handler_fn,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
@@ -230,10 +233,28 @@ impl Counter {
     }
 }
 
-/// A bus with `subscribers` subscriptions on `TOPIC` (typed or envelope handlers) that count.
+/// The handlers of a bus under test.
+#[derive(Clone, Copy, PartialEq)]
+enum Sink {
+    /// `bus.on(|t: Tick, ctx|)`: each its own copy.
+    Typed,
+    /// `bus.on(|t: Shared<Tick>, ctx|)`: the published value, shared.
+    Shared,
+    /// `subscribe` with `handler_fn`.
+    Envelope,
+}
+
+impl Sink {
+    fn of(typed: bool) -> Self {
+        if typed { Sink::Typed } else { Sink::Envelope }
+    }
+}
+
+/// A bus with `subscribers` subscriptions on `TOPIC` (typed, shared or envelope handlers)
+/// that count.
 fn counting_bus(
     rt: &Runtime,
-    typed: bool,
+    sink: Sink,
     subscribers: usize,
     capacity: usize,
     resilient: bool,
@@ -249,8 +270,13 @@ fn counting_bus(
         for i in 0..subscribers {
             let c = Arc::clone(&counter.0[i]);
             let name = format!("sink{i}");
-            let builder = if typed {
+            let builder = if sink == Sink::Typed {
                 bus.on(&name, move |_t: Tick, _ctx| {
+                    c.hit();
+                    std::future::ready(Ok::<_, std::convert::Infallible>(()))
+                })
+            } else if sink == Sink::Shared {
+                bus.on(&name, move |_t: Shared<Tick>, _ctx| {
                     c.hit();
                     std::future::ready(Ok::<_, std::convert::Infallible>(()))
                 })
@@ -303,7 +329,7 @@ fn bus_round(rt: &Runtime, bus: &Bus, counter: &Counter, typed: bool, n: u64) ->
 fn one_to_one(flavour: &str, rt: &Runtime, s: &Sizes) {
     let n = s.events;
     for typed in [true, false] {
-        let (bus, counter, _subs) = counting_bus(rt, typed, 1, 1024, false);
+        let (bus, counter, _subs) = counting_bus(rt, Sink::of(typed), 1, 1024, false);
         let floor: Side<'_> = if typed {
             Box::new(|| {
                 on_task(rt, async move {
@@ -390,12 +416,15 @@ async fn broadcast_round<T: Clone + Send + 'static>(
     start.elapsed()
 }
 
-/// Fan-out 1 -> `fanout` on the two-worker runtime, per delivery.
+/// Fan-out 1 -> `fanout` on the two-worker runtime, per delivery: typed handlers taking their
+/// own copy and taking it shared, against a broadcast of `Arc<Tick>`; envelope handlers
+/// against a broadcast of `Bytes`.
 fn fan_out(rt: &Runtime, s: &Sizes, fanout: usize) {
     let n = s.fanout_deliveries / fanout as u64;
     let capacity = (n as usize).next_power_of_two();
-    for typed in [true, false] {
-        let (bus, counter, _subs) = counting_bus(rt, typed, fanout, capacity, false);
+    for sink in [Sink::Typed, Sink::Shared, Sink::Envelope] {
+        let typed = sink != Sink::Envelope;
+        let (bus, counter, _subs) = counting_bus(rt, sink, fanout, capacity, false);
         let floor: Side<'_> = if typed {
             Box::new(|| on_task(rt, broadcast_round(n, fanout, |i| Arc::new(Tick::new(i)))))
         } else {
@@ -413,7 +442,11 @@ fn fan_out(rt: &Runtime, s: &Sizes, fanout: usize) {
         let per = |v: &[f64]| median(v) * 1e9 / (n * fanout as u64) as f64;
         println!(
             "| fan-out 1 -> {fanout} {}, per delivery | 2 workers | broadcast of {} {:.0} ns | {:.0} ns | {:.2}x |",
-            if typed { "typed" } else { "envelope" },
+            match sink {
+                Sink::Typed => "typed",
+                Sink::Shared => "typed shared (`Shared<Tick>`)",
+                Sink::Envelope => "envelope",
+            },
             if typed { "Arc<Tick>" } else { "Bytes" },
             per(&t[0]),
             per(&t[1]),
@@ -428,8 +461,8 @@ fn fan_out(rt: &Runtime, s: &Sizes, fanout: usize) {
 /// added time is the median of the per-round differences per message.
 fn resilience(flavour: &str, rt: &Runtime, s: &Sizes) {
     let n = s.events;
-    let (bare, bare_counter, _bare_subs) = counting_bus(rt, false, 1, 1024, false);
-    let (wrapped, wrapped_counter, _wrapped_subs) = counting_bus(rt, false, 1, 1024, true);
+    let (bare, bare_counter, _bare_subs) = counting_bus(rt, Sink::Envelope, 1, 1024, false);
+    let (wrapped, wrapped_counter, _wrapped_subs) = counting_bus(rt, Sink::Envelope, 1, 1024, true);
     let mut sides = [
         Box::new(|| bus_round(rt, &bare, &bare_counter, false, n)) as Side<'_>,
         Box::new(|| bus_round(rt, &wrapped, &wrapped_counter, false, n)) as Side<'_>,

@@ -10,8 +10,7 @@ use futures_util::future::{Either, ready};
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageArg, MessageId,
-    Outcome,
-    ReplyAddress, SendError,
+    Outcome, ReplyAddress, SendError,
 };
 use tower::service_fn;
 use tower::util::BoxCloneService;

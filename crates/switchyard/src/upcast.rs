@@ -6,9 +6,9 @@
 use std::sync::Weak;
 
 use bytes::Bytes;
-use switchyard_core::{BoxError, CodecDirection, CodecError, Envelope, Message, MessageArg};
 #[cfg(doc)]
 use switchyard_core::Shared;
+use switchyard_core::{BoxError, CodecDirection, CodecError, Envelope, Message, MessageArg};
 
 use crate::state::BusInner;
 
@@ -40,6 +40,10 @@ pub trait Upcast: Send + Sync + 'static {
 /// `Shared<T>` the value itself, shared, instead of decoding (the value as published; see
 /// `Message` for how it can differ from a decode). `env` lets go of it (see `Local::take`
 /// and `Local::take_shared`). Otherwise the payload is decoded, once.
+///
+/// Inlined into the handler's call (the take is a few instructions); the decode stays out
+/// of line.
+#[inline]
 pub(crate) fn decode<A: MessageArg>(
     bus: &Weak<BusInner>,
     env: &mut Envelope,
@@ -51,7 +55,7 @@ pub(crate) fn decode<A: MessageArg>(
 }
 
 /// Decodes `T` from `env`'s payload, upcast first when the envelope is older than `T`.
-#[inline(always)]
+#[inline(never)]
 fn decode_payload<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {
     if env.type_version < T::VERSION
         && env.type_name.as_deref() == Some(T::type_name())

@@ -169,7 +169,10 @@ async fn retries_see_the_same_value_as_the_first_attempt() {
     let (beside, _) = received(&mut other, 1).await.pop().unwrap();
     assert_eq!(attempts[0].1, 1);
     assert_eq!(attempts[1].1, 2);
-    assert!(Shared::ptr_eq(&attempts[0].0, &attempts[1].0), "the retry holds the same value");
+    assert!(
+        Shared::ptr_eq(&attempts[0].0, &attempts[1].0),
+        "the retry holds the same value"
+    );
     assert!(Shared::ptr_eq(&attempts[0].0, &beside));
     assert_eq!(*attempts[1].0, Cloned::new(2));
     assert_eq!(clones::<1>() - clones_before, 0, "no clone for the retry");
@@ -201,7 +204,11 @@ async fn beside_a_handler_taking_its_own_copy_only_that_one_clones() {
     assert!(Shared::ptr_eq(&x, &y));
     assert_eq!(*x, Cloned::new(3), "the own copy's change is not seen");
     assert_eq!(changed.body, "body 3 changed");
-    assert_eq!(clones::<2>() - clones_before, 1, "one clone: the own copy's");
+    assert_eq!(
+        clones::<2>() - clones_before,
+        1,
+        "one clone: the own copy's"
+    );
     bus.shutdown(WAIT).await.unwrap();
 }
 
@@ -219,7 +226,11 @@ async fn an_envelope_of_the_encoded_bytes_is_decoded_once_per_delivery() {
     let (y, _) = received(&mut b, 1).await.pop().unwrap();
     assert_eq!(*x, Cloned::new(4));
     assert_eq!(*y, Cloned::new(4));
-    assert_eq!(decodes::<3>() - decodes_before, 2, "one decode per delivery");
+    assert_eq!(
+        decodes::<3>() - decodes_before,
+        2,
+        "one decode per delivery"
+    );
     bus.shutdown(WAIT).await.unwrap();
 }
 
@@ -227,7 +238,10 @@ async fn an_envelope_of_the_encoded_bytes_is_decoded_once_per_delivery() {
 async fn an_undecodable_payload_is_dead_lettered_with_its_raw_bytes() {
     let bus = Bus::new();
     let (mut rx, _s) = shared::<4>(&bus, "strict", false).await;
-    let env = Envelope::new(Topic::new(Cloned::<4>::TOPIC).unwrap(), b"not json".to_vec());
+    let env = Envelope::new(
+        Topic::new(Cloned::<4>::TOPIC).unwrap(),
+        b"not json".to_vec(),
+    );
     let id = env.id.clone();
     bus.publish_envelope(env).await.unwrap();
     bus.run_until_idle().await;
