@@ -21,6 +21,8 @@ use crate::shared::Shared;
 /// the value as it was published (for the usual derived types, what decoding the payload
 /// gives; see [`Message`](crate::Message) for what differs). The last holder of the value
 /// gets it moved out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
+/// A typed handler taking [`Shared<T>`](crate::Shared) gets the value itself instead, shared
+/// and immutable, with no clone ([`Local::take_shared`]).
 ///
 /// The payload is there too, so transports, raw envelope handlers, hooks and dead letters
 /// see exactly what they saw without it, with one exception: when every subscription a
