@@ -68,6 +68,20 @@ impl TypedSlot {
         }
     }
 
+    /// A slot already holding the output `value` a call left before it was scoped again
+    /// (an inline run's first call, waiting, goes on in the run: `inline.rs`).
+    pub(crate) fn holding(wanted: WantedType, value: Option<TypedValue>) -> Self {
+        Self {
+            wanted,
+            value: Cell::new(value),
+        }
+    }
+
+    /// Takes the output a handler left, if any.
+    pub(crate) fn take(&self) -> Option<TypedValue> {
+        self.value.take()
+    }
+
     /// The output a handler left, if any.
     pub(crate) fn into_value(self) -> Option<TypedValue> {
         self.value.into_inner()
