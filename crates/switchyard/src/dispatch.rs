@@ -674,7 +674,9 @@ pub(crate) enum Started {
 /// call or the poll is captured as [`SubShared::call`] captures it. A call ended at its
 /// first poll (also by a panic) is handed back to the handler ([`Callee::recycle`]) here,
 /// outside the capture, as `call` does: a future that panicked is not dropped while the
-/// panic unwinds.
+/// panic unwinds. Out of line, the envelope's copy inlined into it, for both its callers
+/// (the worker's first attempt at an event, an inline command's first attempt).
+#[inline(never)]
 pub(crate) fn start_call(
     svc: &mut SingleHandler,
     env: &Envelope,
@@ -702,9 +704,7 @@ pub(crate) fn start_call(
 /// A handler's own copy of the queued `env`, stamped with the attempt's bookkeeping.
 #[inline]
 fn stamped_copy(env: &Envelope, delivery: DeliveryInfo) -> Envelope {
-    let mut copy = Envelope::clone(env);
-    copy.delivery = delivery;
-    copy
+    env.copy_with_delivery(delivery)
 }
 
 /// Whether handling `env` publishes lifecycle events (commands and requests, when the bus
