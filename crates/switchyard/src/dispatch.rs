@@ -21,7 +21,7 @@ use crate::handler::{Callee, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
-use crate::state::{BusInner, Parent, SubShared, TYPED, TypedSlot};
+use crate::state::{BusInner, Parent, SubShared, TypedSlot};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages (so does
@@ -392,10 +392,10 @@ impl SubShared {
     where
         S: Callee<R, Response = Outcome, Error = BoxError>,
     {
-        let call = self.call(svc, request, parent, ready);
-        let mut scoped = std::pin::pin!(TYPED.scope(TypedSlot::new(wanted), call));
-        let result = scoped.as_mut().await;
-        let typed = scoped.as_mut().take_value().and_then(TypedSlot::into_value);
+        let mut call = std::pin::pin!(self.call(svc, request, parent, ready));
+        let mut slot = TypedSlot::new(wanted, None);
+        let result = std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx))).await;
+        let typed = slot.into_value();
         (self.classify(result, first, attempt), typed)
     }
 

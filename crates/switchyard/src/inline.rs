@@ -37,7 +37,7 @@ use crate::dispatch::{Attempt, Started, YIELD_EVERY, publishes_lifecycle, start_
 use crate::handler::{SingleFuture, SingleHandler};
 use crate::pending::Settled;
 use crate::reply::{Answer, Answered, CommandReply, TypedValue};
-use crate::state::{BusInner, SubShared, TYPED, TypedSlot};
+use crate::state::{BusInner, SubShared, TypedSlot};
 use crate::stats::inc;
 
 /// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
@@ -255,10 +255,11 @@ impl Taken {
         let (started, typed) = match reply.typed {
             None => (call(), None),
             // A typed sender here takes the typed handler's output as it is.
-            Some(wanted) => TYPED.sync_scope(TypedSlot::new(wanted), || {
-                let started = call();
-                (started, TYPED.try_with(TypedSlot::take).ok().flatten())
-            }),
+            Some(wanted) => {
+                let mut slot = TypedSlot::new(wanted, None);
+                let started = slot.within(call);
+                (started, slot.into_value())
+            }
         };
         let begun = match started {
             // The envelope is let go of before the slot is given back, which keeps its block
@@ -455,13 +456,12 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                     let (result, typed) = match reply.typed {
                         None => (call.await, None),
                         Some(wanted) => {
-                            let mut scoped = std::pin::pin!(
-                                TYPED.scope(TypedSlot::holding(wanted, typed), call)
-                            );
-                            let result = scoped.as_mut().await;
-                            let typed =
-                                scoped.as_mut().take_value().and_then(TypedSlot::into_value);
-                            (result, typed)
+                            let mut call = std::pin::pin!(call);
+                            let mut slot = TypedSlot::new(wanted, typed);
+                            let result =
+                                std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx)))
+                                    .await;
+                            (result, slot.into_value())
                         }
                     };
                     let made = match result {
