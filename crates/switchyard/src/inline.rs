@@ -161,6 +161,14 @@ enum Begun {
     Calling(SingleFuture, DeliveryInfo, Option<TypedValue>),
 }
 
+/// How [`SubShared::try_inline_now`] left a command it took.
+pub(crate) enum Handled {
+    /// Its first attempt ended it: the answer and the subscription handed back.
+    Now(InlineOutput),
+    /// It goes on in its run, to be awaited.
+    Later(InlineRun),
+}
+
 /// What [`InlineRun`] gives: the answer and the subscription handed back.
 pub(crate) type InlineOutput = (Option<Answered>, Option<Arc<SubShared>>);
 
@@ -228,6 +236,7 @@ impl Taken {
     /// The first attempt, made now with the task's context `cx`: the answer when the call
     /// ended acked or replied at its first poll; else the run that goes on from there, in
     /// its box (polled by the caller at once).
+    #[inline(always)] // built in place by `try_inline_now`, not moved into a call
     fn first_attempt(self, cx: &mut Context<'_>) -> Result<InlineOutput, BoxedRun> {
         let Taken {
             slot,
@@ -391,6 +400,39 @@ impl SubShared {
         lane: Option<&SmolStr>,
         reply: CommandReply,
     ) -> Result<InlineRun, Refused> {
+        self.take_slot(bus, env, lane, reply)
+            .map(|taken| InlineRun(Stage::Taken(taken)))
+    }
+
+    /// [`try_inline`](Self::try_inline), with the first attempt made at once, with the
+    /// sender's task context `cx` (as the run's first poll would make it): the answer, when
+    /// it ended there, without the run's future being moved through the send's layers.
+    #[allow(clippy::result_large_err)] // the command goes back by value, to be queued
+    pub(crate) fn try_inline_now(
+        self: Arc<Self>,
+        bus: &Arc<BusInner>,
+        env: Arc<Envelope>,
+        lane: Option<&SmolStr>,
+        reply: CommandReply,
+        cx: &mut Context<'_>,
+    ) -> Result<Handled, Refused> {
+        let taken = self.take_slot(bus, env, lane, reply)?;
+        Ok(match taken.first_attempt(cx) {
+            Ok(output) => Handled::Now(output),
+            Err(run) => Handled::Later(InlineRun(Stage::Running(run))),
+        })
+    }
+
+    /// The slot and what the run is made of (see [`try_inline`](Self::try_inline)).
+    #[allow(clippy::result_large_err)] // the command goes back by value, to be queued
+    #[inline(always)]
+    fn take_slot(
+        self: Arc<Self>,
+        bus: &Arc<BusInner>,
+        env: Arc<Envelope>,
+        lane: Option<&SmolStr>,
+        reply: CommandReply,
+    ) -> Result<Taken, Refused> {
         let Some((seq, mut svc)) = self.queue.try_take_inline(&env, lane) else {
             return Err(Refused {
                 sub: self,
@@ -419,12 +461,12 @@ impl SubShared {
             lane: lane.cloned(),
             counted: true,
         };
-        Ok(InlineRun(Stage::Taken(Taken {
+        Ok(Taken {
             slot,
             svc,
             env,
             reply,
-        })))
+        })
     }
 }
 

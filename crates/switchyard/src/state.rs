@@ -135,7 +135,9 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
     let _ = TYPED.try_with(|t| {
         let mut slot = t.take();
-        if slot.wanted.is_some_and(|wanted| wanted() == TypeId::of::<O>())
+        if slot
+            .wanted
+            .is_some_and(|wanted| wanted() == TypeId::of::<O>())
             && let Some(output) = output.take()
         {
             slot.value = Some(Box::new(output));
