@@ -324,8 +324,16 @@ impl Bus {
             env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
         }
         let send = async {
-            let start = with_context(|cx| self.start_command(env, typed, cx)).await?;
-            self.finish_command(start, Some(deadline)).await
+            match with_context(|cx| self.start_command(env, typed, cx)).await? {
+                // Answered already (`inline.rs`), as in `send_envelope`.
+                Start::Answered(output) => {
+                    if crate::inline::yield_due() {
+                        tokio::task::yield_now().await;
+                    }
+                    inline_finished(output)
+                }
+                start => self.finish_command(start, Some(deadline)).await,
+            }
         };
         match tokio::time::timeout(deadline, send).await {
             Ok(result) => result,

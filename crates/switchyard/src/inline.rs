@@ -2,7 +2,11 @@
 //! nothing queued ahead, the sender takes the slot and runs the handler itself, instead of
 //! queueing the command and waking a worker (two task switches and a wake-up saved).
 //!
-//! The run is the worker's (`SubShared::process`: attempts, retries, layers, panic capture,
+//! The first attempt is made at once, with the sender's task context (`try_inline_now`, or
+//! an [`InlineRun`]'s first poll): the handler is called and its future polled once, inside
+//! the delivered scope and the panic capture, as a worker's first attempt at an event. Acked
+//! or replied there, the command is answered and settled on the spot. Anything else goes on
+//! in the run, the worker's (`SubShared::process`: attempts, retries, layers, panic capture,
 //! lifecycle events, dead letters, the answer), only on another task. What holds as on the
 //! queue path:
 //! - the worker limit: the run holds one of the handler's worker slots (`queue/inline.rs`), so
