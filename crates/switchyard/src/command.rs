@@ -22,7 +22,7 @@ use crate::queue::spare::shared;
 use std::any::TypeId;
 
 use crate::remote_reply::{RemoteReply, RemoteSlot, respond_soon};
-use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
+use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType, take_output};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
@@ -92,10 +92,12 @@ impl Bus {
             Some(d) => self.request_within(env, d, Some(wanted)).await?,
         };
         let reply = match finished {
-            Finished::Local(answer, _) => match answer.typed.map(|t| t.downcast::<C::Output>()) {
-                Some(Ok(output)) => return Ok(*output),
-                _ => answer.reply.map(|r| r.payload),
-            },
+            Finished::Local(answer, _) => {
+                if let Some(output) = answer.typed.and_then(take_output::<C::Output>) {
+                    return Ok(output);
+                }
+                answer.reply.map(|r| r.payload)
+            }
             Finished::Remote(result) => result.reply.map(|r| r.payload),
         };
         let payload = reply.unwrap_or_else(|| "null".into());

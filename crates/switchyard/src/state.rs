@@ -140,7 +140,7 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
             .is_some_and(|wanted| wanted() == TypeId::of::<O>())
             && let Some(output) = output.take()
         {
-            slot.value = Some(Box::new(output));
+            slot.value = Some(crate::reply::box_output(output));
         }
         t.set(slot);
     });
