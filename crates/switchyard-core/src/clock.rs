@@ -1,0 +1,423 @@
+//! Message times: the system clock, read through the CPU's time-stamp counter.
+//!
+//! Every message gets a wall-clock time when it is made (its [`timestamp`] and the time part
+//! of its [`MessageId`]) and when it is first handed to a handler
+//! ([`first_delivered_at`]). [`now`] gives those times. A plain `SystemTime::now()` costs
+//! about 34 ns on a Linux machine with the `tsc` clock source (the vDSO's `clock_gettime`)
+//! against about 10 ns for reading the counter, and a round trip reads the clock three times:
+//! in process, those reads were about a sixth of a message's time on the bus.
+//!
+//! # How it reads
+//!
+//! Each thread keeps an *anchor*: a counter reading and the `SystemTime::now()` taken just
+//! before it. A read within [`ANCHOR_SPAN`] of counter time after the anchor is the anchor's
+//! system time plus the counter's elapsed time, converted to nanoseconds with
+//! [`quanta`]'s calibration and shortened by one part in 1024 (below). A later read, or one
+//! whose counter reads lower than the anchor's (a thread moved to a core whose counter lags),
+//! takes a new anchor from the system clock and returns its time. So:
+//!
+//! - **A step of the system clock** (NTP stepping it, an administrator setting it) shows up
+//!   in every thread's readings within [`ANCHOR_SPAN`] of it; a slew (NTP's gradual
+//!   correction, at most 500 ppm) changes the rate only within a span, where it moves a
+//!   reading by at most 0.5 µs.
+//! - **A reading is never later than the anchor's system time plus the counter's elapsed
+//!   time**, and runs slow against it by 1/1024 (≈ 977 ppm, at most ≈ 1 µs at the span's
+//!   end). So it is not later than the system clock read at the same moment unless the
+//!   counter's calibrated rate is off from the system clock's by more than that (quanta's
+//!   calibration is good to a few ppm, NTP slews by at most 500 ppm), and the next anchor
+//!   steps forward to the system clock rather than back: the readings of one thread go on
+//!   increasing across anchors, which keeps a thread's [`MessageId`]s in creation order.
+//!   The price is that a reading may trail the system clock by about 1.5 µs at most (the bias,
+//!   a slew against it, and the few nanoseconds between the anchor's two reads).
+//! - **Where quanta has no counter** (a CPU without an invariant time-stamp counter, an
+//!   architecture other than x86-64 and AArch64), quanta's clock is the monotonic clock,
+//!   which costs as much as the system clock: [`now`] is then `SystemTime::now()` itself.
+//!
+//! The span is 1 ms, the resolution of a ULID's time part: a new anchor costs one system
+//! clock read per thread and millisecond of use (≤ 0.003% of a busy thread's time), and a
+//! longer span would save nothing measurable while letting a clock step show later.
+//!
+//! The first read in a process calibrates the counter (quanta's one-off loop, shared with
+//! every other quanta clock in the process: about a millisecond, at most 200 ms).
+//!
+//! Not for timeouts and deadlines: those use monotonic instants (tokio's or `std`'s), which
+//! a step of the system clock does not move.
+//!
+//! [`timestamp`]: crate::Envelope::timestamp
+//! [`first_delivered_at`]: crate::DeliveryInfo::first_delivered_at
+//! [`MessageId`]: crate::MessageId
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// How long (in counter time) one thread's anchor serves before [`now`] takes a new one
+/// from the system clock: the longest a step of the system clock takes to show up.
+pub const ANCHOR_SPAN: Duration = Duration::from_millis(1);
+
+/// [`ANCHOR_SPAN`] in nanoseconds.
+const SPAN_NANOS: u64 = 1_000_000;
+
+/// Readings run slow by one part in `2^SLOW_SHIFT` of the time since their anchor (see the
+/// module docs): 1/1024, about 977 ppm, twice the fastest NTP slew.
+const SLOW_SHIFT: u32 = 10;
+
+/// The wall-clock time now, for a message's times (see the [module docs](self)): within
+/// about 1.5 µs of `SystemTime::now()` and, where the CPU has an invariant time-stamp
+/// counter, about three times cheaper.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// let before = SystemTime::now();
+/// let t = switchyard_core::clock::now();
+/// let after = SystemTime::now();
+/// assert!(t + Duration::from_millis(1) >= before && t <= after + Duration::from_millis(1));
+/// ```
+#[inline]
+pub fn now() -> SystemTime {
+    match counter() {
+        Some(clock) => ANCHOR.with(|anchor| read(clock, anchor)),
+        None => SystemTime::now(),
+    }
+}
+
+/// Where the clock's readings come from: a counter and the system clock (the real one is
+/// quanta's clock; tests inject their own).
+trait Source {
+    /// The counter now, in its own ticks.
+    fn raw(&self) -> u64;
+    /// Nanoseconds from counter reading `start` to the later `end`.
+    fn nanos_between(&self, start: u64, end: u64) -> u64;
+    /// The system clock now.
+    fn system(&self) -> SystemTime;
+}
+
+impl Source for quanta::Clock {
+    #[inline]
+    fn raw(&self) -> u64 {
+        quanta::Clock::raw(self)
+    }
+
+    #[inline]
+    fn nanos_between(&self, start: u64, end: u64) -> u64 {
+        self.delta_as_nanos(start, end)
+    }
+
+    fn system(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A counter reading and the system time taken just before it.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    raw: u64,
+    at: SystemTime,
+}
+
+thread_local! {
+    /// This thread's anchor (none before its first read).
+    static ANCHOR: Cell<Option<Anchor>> = const { Cell::new(None) };
+}
+
+/// The process's counter clock, or `None` where quanta has none (made and calibrated on
+/// first use).
+#[inline]
+fn counter() -> Option<&'static quanta::Clock> {
+    static CLOCK: OnceLock<Option<quanta::Clock>> = OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            let clock = quanta::Clock::new();
+            counts_ticks(&clock).then_some(clock)
+        })
+        .as_ref()
+}
+
+/// Whether `clock` reads a counter rather than the monotonic clock. Quanta does not say,
+/// but a monotonic clock's raw readings are nanoseconds (its conversion is the identity)
+/// and a counter's are ticks, converted by its calibrated ratio. (A counter ticking at
+/// exactly 1 GHz would be taken for the monotonic clock: then readings are
+/// `SystemTime::now()`, correct and no faster.)
+fn counts_ticks(clock: &quanta::Clock) -> bool {
+    const PROBE: u64 = 1 << 40;
+    clock.delta_as_nanos(0, PROBE) != PROBE
+}
+
+/// One reading of `source` against the thread's `anchor` (see the module docs).
+#[inline]
+fn read(source: &impl Source, anchor: &Cell<Option<Anchor>>) -> SystemTime {
+    let raw = source.raw();
+    if let Some(a) = anchor.get()
+        && raw >= a.raw
+    {
+        let elapsed = source.nanos_between(a.raw, raw);
+        if elapsed < SPAN_NANOS
+            && let Some(t) =
+                a.at.checked_add(Duration::from_nanos(elapsed - (elapsed >> SLOW_SHIFT)))
+        {
+            return t;
+        }
+    }
+    reanchor(source, anchor)
+}
+
+/// Takes a new anchor (the system clock, then the counter: the counter reading is the later
+/// one, so readings against the anchor are never ahead of it) and returns its time.
+#[cold]
+#[inline(never)]
+fn reanchor(source: &impl Source, anchor: &Cell<Option<Anchor>>) -> SystemTime {
+    let at = source.system();
+    anchor.set(Some(Anchor {
+        raw: source.raw(),
+        at,
+    }));
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::MessageId;
+
+    /// A counter ticking once per nanosecond and a system clock, both set by the test.
+    struct Fake {
+        raw: Cell<u64>,
+        system: Cell<SystemTime>,
+        /// System clock reads so far (new anchors).
+        anchors: Cell<u32>,
+    }
+
+    impl Fake {
+        fn new(system: SystemTime) -> Self {
+            Self {
+                raw: Cell::new(1_000),
+                system: Cell::new(system),
+                anchors: Cell::new(0),
+            }
+        }
+
+        /// Both clocks move on by `nanos`.
+        fn advance(&self, nanos: u64) {
+            self.raw.set(self.raw.get() + nanos);
+            self.system
+                .set(self.system.get() + Duration::from_nanos(nanos));
+        }
+    }
+
+    impl Source for Fake {
+        fn raw(&self) -> u64 {
+            self.raw.get()
+        }
+        fn nanos_between(&self, start: u64, end: u64) -> u64 {
+            end - start
+        }
+        fn system(&self) -> SystemTime {
+            self.anchors.set(self.anchors.get() + 1);
+            self.system.get()
+        }
+    }
+
+    /// 2026-01-01T00:00:00Z plus `nanos`.
+    fn at(nanos: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_767_225_600) + Duration::from_nanos(nanos)
+    }
+
+    fn slow(nanos: u64) -> Duration {
+        Duration::from_nanos(nanos - (nanos >> SLOW_SHIFT))
+    }
+
+    #[test]
+    fn the_first_read_anchors_and_later_ones_add_the_counters_time_slowed_by_1_in_1024() {
+        let fake = Fake::new(at(0));
+        let anchor = Cell::new(None);
+        assert_eq!(read(&fake, &anchor), at(0));
+        assert_eq!(fake.anchors.get(), 1);
+        for step in [1, 300, 20_000, 500_000] {
+            fake.advance(step);
+            let elapsed = fake.raw.get() - 1_000;
+            assert_eq!(read(&fake, &anchor), at(0) + slow(elapsed));
+        }
+        assert_eq!(
+            fake.anchors.get(),
+            1,
+            "no system clock read within the span"
+        );
+    }
+
+    #[test]
+    fn a_reading_is_never_later_than_the_anchor_plus_the_counters_elapsed_time() {
+        let fake = Fake::new(at(0));
+        let anchor = Cell::new(None);
+        read(&fake, &anchor);
+        for _ in 0..2_000 {
+            fake.advance(fastrand::u64(1..2_000));
+            let Some(a) = anchor.get() else {
+                panic!("anchored")
+            };
+            let t = read(&fake, &anchor);
+            let bound = a.at + Duration::from_nanos(fake.raw.get() - a.raw);
+            assert!(t <= bound, "{t:?} later than {bound:?}");
+            // And, the fake's clocks agreeing, never later than its system clock.
+            assert!(t <= fake.system.get());
+        }
+    }
+
+    #[test]
+    fn a_step_of_the_system_clock_shows_up_within_the_span() {
+        let fake = Fake::new(at(0));
+        let anchor = Cell::new(None);
+        read(&fake, &anchor);
+        // The system clock steps back by a minute: readings go on from the old anchor
+        // until the span is over, then follow it.
+        fake.system.set(fake.system.get() - Duration::from_secs(60));
+        fake.advance(999_999);
+        assert_eq!(read(&fake, &anchor), at(0) + slow(999_999));
+        fake.advance(1);
+        assert_eq!(
+            read(&fake, &anchor),
+            at(1_000_000) - Duration::from_secs(60)
+        );
+        // Forward by an hour: the same.
+        fake.system
+            .set(fake.system.get() + Duration::from_secs(3_600));
+        fake.advance(SPAN_NANOS);
+        assert_eq!(
+            read(&fake, &anchor),
+            at(2_000_000) + Duration::from_secs(3_540)
+        );
+        assert_eq!(fake.anchors.get(), 3);
+    }
+
+    #[test]
+    fn a_counter_reading_below_the_anchors_takes_a_new_anchor() {
+        let fake = Fake::new(at(0));
+        let anchor = Cell::new(None);
+        read(&fake, &anchor);
+        fake.advance(50);
+        // Another core's counter, 100 ticks behind, so 50 below the anchor's reading: not
+        // the anchor's time, nor a huge elapsed time, but the system clock.
+        fake.raw.set(fake.raw.get() - 100);
+        assert_eq!(read(&fake, &anchor), at(50));
+        assert_eq!(fake.anchors.get(), 2);
+    }
+
+    #[test]
+    fn anchors_step_forward_when_the_clocks_agree() {
+        // Readings run slow, so the next anchor is never behind the last reading: one
+        // thread's times only grow.
+        let fake = Fake::new(at(0));
+        let anchor = Cell::new(None);
+        let mut last = read(&fake, &anchor);
+        for _ in 0..10_000 {
+            fake.advance(fastrand::u64(1..3_000));
+            let t = read(&fake, &anchor);
+            assert!(t >= last, "{t:?} before {last:?}");
+            last = t;
+        }
+        assert!(fake.anchors.get() > 5, "{} anchors", fake.anchors.get());
+    }
+
+    #[test]
+    fn ids_stay_unique_when_a_new_anchor_steps_back() {
+        // The system clock runs 10% slower than the counter (far more than the 1/1024 the
+        // readings are slowed by), so every new anchor steps back, by about 100 µs, and now
+        // and then across a millisecond's boundary. The thread's run of ids (a fresh draw per
+        // millisecond, +1 within it) must not repeat an id: within the millisecond the run
+        // goes on, and a step back into the previous millisecond draws afresh.
+        crate::id::forget_run();
+        // Starting 50 µs into a millisecond, every tenth anchor is stepped back across one.
+        let fake = Fake::new(at(50_000));
+        let anchor = Cell::new(None);
+        let mut seen = HashSet::new();
+        let (mut back, mut back_across_ms, mut last, mut last_ms) = (0, 0, at(0), 0);
+        for _ in 0..200_000 {
+            fake.raw.set(fake.raw.get() + 250);
+            fake.system
+                .set(fake.system.get() + Duration::from_nanos(225));
+            let t = read(&fake, &anchor);
+            let id = MessageId::made_at(t);
+            let Some(ms) = id.as_u128().and_then(|b| u64::try_from(b >> 80).ok()) else {
+                panic!("a ULID")
+            };
+            let want = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).ok();
+            assert_eq!(
+                Some(u128::from(ms)),
+                want,
+                "the id's time part is its reading's millisecond"
+            );
+            back += u32::from(t < last);
+            back_across_ms += u32::from(ms < last_ms);
+            (last, last_ms) = (t, ms);
+            assert!(seen.insert(id), "an id repeated");
+        }
+        assert!(back > 40, "stepped back {back} times");
+        assert!(
+            back_across_ms > 0,
+            "never stepped back across a millisecond"
+        );
+    }
+
+    #[test]
+    fn a_run_of_ids_goes_on_when_a_new_anchor_steps_back_within_its_millisecond() {
+        crate::id::forget_run();
+        // Anchored 0.9 ms into a millisecond; the next anchor, in the next millisecond, finds
+        // the system clock 3 µs behind the last reading (more than the 1/1024 slowing makes
+        // up for).
+        let fake = Fake::new(at(900_000));
+        let anchor = Cell::new(None);
+        let first = MessageId::made_at(read(&fake, &anchor));
+        fake.advance(SPAN_NANOS - 1);
+        let t2 = read(&fake, &anchor);
+        assert_eq!(t2, at(1_899_023));
+        let second = MessageId::made_at(t2);
+        fake.raw.set(fake.raw.get() + 1);
+        fake.system.set(at(1_897_000));
+        let t3 = read(&fake, &anchor);
+        assert_eq!(
+            (t3, fake.anchors.get()),
+            (at(1_897_000), 2),
+            "a new anchor, back"
+        );
+        let third = MessageId::made_at(t3);
+        let (Some(a), Some(b), Some(c)) = (first.as_u128(), second.as_u128(), third.as_u128())
+        else {
+            panic!("ULIDs")
+        };
+        assert_ne!(b, a + 1, "a new millisecond draws afresh");
+        assert_eq!(
+            c,
+            b + 1,
+            "one run within the millisecond, in creation order"
+        );
+    }
+
+    #[test]
+    fn now_agrees_with_the_system_clock_within_a_millisecond() {
+        // This machine's counter: a generous bound (the design's is ~1.5 µs), and the
+        // counter detection and the process-wide clock exercised.
+        for _ in 0..1_000 {
+            let before = SystemTime::now();
+            let t = now();
+            let after = SystemTime::now();
+            assert!(t + ANCHOR_SPAN >= before, "{t:?} long before {before:?}");
+            assert!(t <= after + ANCHOR_SPAN, "{t:?} long after {after:?}");
+        }
+    }
+
+    #[test]
+    fn a_monotonic_clock_is_told_from_a_counter() {
+        let (mock, _) = quanta::Clock::mock();
+        assert!(
+            !counts_ticks(&mock),
+            "a mock (as the monotonic clock) converts 1:1"
+        );
+    }
+
+    #[test]
+    fn the_span_constants_agree() {
+        assert_eq!(ANCHOR_SPAN.as_nanos(), u128::from(SPAN_NANOS));
+    }
+}
