@@ -13,7 +13,9 @@ use switchyard_core::{Envelope, MessageId, Topic, clock};
 
 fn reads(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
-    g.bench_function("SystemTime::now", |b| b.iter(|| black_box(SystemTime::now())));
+    g.bench_function("SystemTime::now", |b| {
+        b.iter(|| black_box(SystemTime::now()))
+    });
     g.bench_function("clock::now", |b| b.iter(|| black_box(clock::now())));
     g.finish();
     let mut g = c.benchmark_group("made");

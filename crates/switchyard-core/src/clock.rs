@@ -62,8 +62,8 @@ const SPAN_NANOS: u64 = 1_000_000;
 /// module docs): 1/1024, about 977 ppm, twice the fastest NTP slew.
 const SLOW_SHIFT: u32 = 10;
 
-/// The wall-clock time now, for a message's times (see the [module docs](self)): within
-/// about 1.5 µs of `SystemTime::now()` and, where the CPU has an invariant time-stamp
+/// The wall-clock time now, for a message's times (see the [module docs](self)): at most
+/// about 1.5 µs behind `SystemTime::now()` and, where the CPU has an invariant time-stamp
 /// counter, about three times cheaper.
 ///
 /// ```
@@ -73,10 +73,16 @@ const SLOW_SHIFT: u32 = 10;
 /// let after = SystemTime::now();
 /// assert!(t + Duration::from_millis(1) >= before && t <= after + Duration::from_millis(1));
 /// ```
-#[inline]
+// Out of line, as `SystemTime::now` is: inlined, its ~40 instructions made the functions that
+// build an envelope too big to inline in turn (`Envelope::new` then copied its 200 bytes out
+// once more per message: +58 instructions in `w1_envelope`).
+#[inline(never)]
 pub fn now() -> SystemTime {
     match counter() {
-        Some(clock) => ANCHOR.with(|anchor| read(clock, anchor)),
+        Some(c) => ANCHOR
+            .try_with(|anchor| read(&c.clock, c.scale, anchor))
+            // While the thread's locals are torn down (none to tear down here, in fact).
+            .unwrap_or_else(|_| SystemTime::now()),
         None => SystemTime::now(),
     }
 }
@@ -86,8 +92,6 @@ pub fn now() -> SystemTime {
 trait Source {
     /// The counter now, in its own ticks.
     fn raw(&self) -> u64;
-    /// Nanoseconds from counter reading `start` to the later `end`.
-    fn nanos_between(&self, start: u64, end: u64) -> u64;
     /// The system clock now.
     fn system(&self) -> SystemTime;
 }
@@ -98,13 +102,65 @@ impl Source for quanta::Clock {
         quanta::Clock::raw(self)
     }
 
-    #[inline]
-    fn nanos_between(&self, start: u64, end: u64) -> u64 {
-        self.delta_as_nanos(start, end)
-    }
-
     fn system(&self) -> SystemTime {
         SystemTime::now()
+    }
+}
+
+/// The counter's ticks in nanoseconds, slowed by 1/1024: `ticks × mult / 2^32`, for fewer
+/// than `span_ticks` ticks (the span), where the product cannot overflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Scale {
+    mult: u64,
+    span_ticks: u64,
+}
+
+impl Scale {
+    /// The scale of a counter whose 2^32 ticks take `per_2_32` nanoseconds (`None` if that
+    /// cannot be used: zero, or so slow a counter that the span's product would overflow).
+    fn new(per_2_32: u64) -> Option<Self> {
+        let mult = per_2_32 - (per_2_32 >> SLOW_SHIFT);
+        let span_ticks =
+            u64::try_from((u128::from(SPAN_NANOS) << 32) / u128::from(per_2_32.max(1))).ok()?;
+        (mult > 0 && span_ticks.checked_mul(mult).is_some()).then_some(Self { mult, span_ticks })
+    }
+
+    /// `ticks` (fewer than `span_ticks`) in slowed nanoseconds (fewer than [`SPAN_NANOS`]).
+    #[inline]
+    fn nanos(self, ticks: u64) -> u64 {
+        ticks.wrapping_mul(self.mult) >> 32
+    }
+}
+
+/// Quanta's counter clock and its scale.
+#[derive(Debug)]
+struct Counter {
+    clock: quanta::Clock,
+    scale: Scale,
+}
+
+impl Counter {
+    /// Quanta's clock (calibrated on first use in the process) if it reads a counter.
+    /// Quanta does not say whether it does, but where it has none its clock is the monotonic
+    /// clock, whose raw readings are nanoseconds (its conversion is the identity), while a
+    /// counter's are ticks converted by the calibrated ratio. (A counter ticking at exactly
+    /// 1 GHz would be taken for the monotonic clock: then readings are `SystemTime::now()`,
+    /// correct and no faster.)
+    fn new() -> Option<Self> {
+        Self::of(quanta::Clock::new())
+    }
+
+    /// [`new`](Self::new) with `clock`.
+    fn of(clock: quanta::Clock) -> Option<Self> {
+        const PROBE: u64 = 1 << 32;
+        let per_2_32 = clock.delta_as_nanos(0, PROBE);
+        if per_2_32 == PROBE {
+            return None;
+        }
+        Some(Self {
+            scale: Scale::new(per_2_32)?,
+            clock,
+        })
     }
 }
 
@@ -120,40 +176,23 @@ thread_local! {
     static ANCHOR: Cell<Option<Anchor>> = const { Cell::new(None) };
 }
 
-/// The process's counter clock, or `None` where quanta has none (made and calibrated on
-/// first use).
+/// The process's counter, or `None` where quanta has none (made on first use).
 #[inline]
-fn counter() -> Option<&'static quanta::Clock> {
-    static CLOCK: OnceLock<Option<quanta::Clock>> = OnceLock::new();
-    CLOCK
-        .get_or_init(|| {
-            let clock = quanta::Clock::new();
-            counts_ticks(&clock).then_some(clock)
-        })
-        .as_ref()
+fn counter() -> Option<&'static Counter> {
+    static COUNTER: OnceLock<Option<Counter>> = OnceLock::new();
+    COUNTER.get_or_init(Counter::new).as_ref()
 }
 
-/// Whether `clock` reads a counter rather than the monotonic clock. Quanta does not say,
-/// but a monotonic clock's raw readings are nanoseconds (its conversion is the identity)
-/// and a counter's are ticks, converted by its calibrated ratio. (A counter ticking at
-/// exactly 1 GHz would be taken for the monotonic clock: then readings are
-/// `SystemTime::now()`, correct and no faster.)
-fn counts_ticks(clock: &quanta::Clock) -> bool {
-    const PROBE: u64 = 1 << 40;
-    clock.delta_as_nanos(0, PROBE) != PROBE
-}
-
-/// One reading of `source` against the thread's `anchor` (see the module docs).
+/// One reading of `source` against the thread's `anchor` (see the module docs). A counter
+/// reading below the anchor's wraps to a huge tick count, so it takes a new anchor too.
 #[inline]
-fn read(source: &impl Source, anchor: &Cell<Option<Anchor>>) -> SystemTime {
+fn read(source: &impl Source, scale: Scale, anchor: &Cell<Option<Anchor>>) -> SystemTime {
     let raw = source.raw();
-    if let Some(a) = anchor.get()
-        && raw >= a.raw
-    {
-        let elapsed = source.nanos_between(a.raw, raw);
-        if elapsed < SPAN_NANOS
-            && let Some(t) =
-                a.at.checked_add(Duration::from_nanos(elapsed - (elapsed >> SLOW_SHIFT)))
+    if let Some(a) = anchor.get() {
+        let ticks = raw.wrapping_sub(a.raw);
+        if ticks < scale.span_ticks
+            && let Ok(nanos) = u32::try_from(scale.nanos(ticks))
+            && let Some(t) = a.at.checked_add(Duration::new(0, nanos))
         {
             return t;
         }
@@ -211,9 +250,6 @@ mod tests {
         fn raw(&self) -> u64 {
             self.raw.get()
         }
-        fn nanos_between(&self, start: u64, end: u64) -> u64 {
-            end - start
-        }
         fn system(&self) -> SystemTime {
             self.anchors.set(self.anchors.get() + 1);
             self.system.get()
@@ -225,20 +261,26 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_767_225_600) + Duration::from_nanos(nanos)
     }
 
+    /// The fake's counter: one tick a nanosecond.
+    const NS: Scale = Scale {
+        mult: (1 << 32) - (1 << 22),
+        span_ticks: SPAN_NANOS,
+    };
+
     fn slow(nanos: u64) -> Duration {
-        Duration::from_nanos(nanos - (nanos >> SLOW_SHIFT))
+        Duration::from_nanos(nanos * 1023 / 1024)
     }
 
     #[test]
     fn the_first_read_anchors_and_later_ones_add_the_counters_time_slowed_by_1_in_1024() {
         let fake = Fake::new(at(0));
         let anchor = Cell::new(None);
-        assert_eq!(read(&fake, &anchor), at(0));
+        assert_eq!(read(&fake, NS, &anchor), at(0));
         assert_eq!(fake.anchors.get(), 1);
         for step in [1, 300, 20_000, 500_000] {
             fake.advance(step);
             let elapsed = fake.raw.get() - 1_000;
-            assert_eq!(read(&fake, &anchor), at(0) + slow(elapsed));
+            assert_eq!(read(&fake, NS, &anchor), at(0) + slow(elapsed));
         }
         assert_eq!(
             fake.anchors.get(),
@@ -251,13 +293,13 @@ mod tests {
     fn a_reading_is_never_later_than_the_anchor_plus_the_counters_elapsed_time() {
         let fake = Fake::new(at(0));
         let anchor = Cell::new(None);
-        read(&fake, &anchor);
+        read(&fake, NS, &anchor);
         for _ in 0..2_000 {
             fake.advance(fastrand::u64(1..2_000));
             let Some(a) = anchor.get() else {
                 panic!("anchored")
             };
-            let t = read(&fake, &anchor);
+            let t = read(&fake, NS, &anchor);
             let bound = a.at + Duration::from_nanos(fake.raw.get() - a.raw);
             assert!(t <= bound, "{t:?} later than {bound:?}");
             // And, the fake's clocks agreeing, never later than its system clock.
@@ -269,15 +311,15 @@ mod tests {
     fn a_step_of_the_system_clock_shows_up_within_the_span() {
         let fake = Fake::new(at(0));
         let anchor = Cell::new(None);
-        read(&fake, &anchor);
+        read(&fake, NS, &anchor);
         // The system clock steps back by a minute: readings go on from the old anchor
         // until the span is over, then follow it.
         fake.system.set(fake.system.get() - Duration::from_secs(60));
         fake.advance(999_999);
-        assert_eq!(read(&fake, &anchor), at(0) + slow(999_999));
+        assert_eq!(read(&fake, NS, &anchor), at(0) + slow(999_999));
         fake.advance(1);
         assert_eq!(
-            read(&fake, &anchor),
+            read(&fake, NS, &anchor),
             at(1_000_000) - Duration::from_secs(60)
         );
         // Forward by an hour: the same.
@@ -285,7 +327,7 @@ mod tests {
             .set(fake.system.get() + Duration::from_secs(3_600));
         fake.advance(SPAN_NANOS);
         assert_eq!(
-            read(&fake, &anchor),
+            read(&fake, NS, &anchor),
             at(2_000_000) + Duration::from_secs(3_540)
         );
         assert_eq!(fake.anchors.get(), 3);
@@ -295,12 +337,12 @@ mod tests {
     fn a_counter_reading_below_the_anchors_takes_a_new_anchor() {
         let fake = Fake::new(at(0));
         let anchor = Cell::new(None);
-        read(&fake, &anchor);
+        read(&fake, NS, &anchor);
         fake.advance(50);
         // Another core's counter, 100 ticks behind, so 50 below the anchor's reading: not
         // the anchor's time, nor a huge elapsed time, but the system clock.
         fake.raw.set(fake.raw.get() - 100);
-        assert_eq!(read(&fake, &anchor), at(50));
+        assert_eq!(read(&fake, NS, &anchor), at(50));
         assert_eq!(fake.anchors.get(), 2);
     }
 
@@ -310,10 +352,10 @@ mod tests {
         // thread's times only grow.
         let fake = Fake::new(at(0));
         let anchor = Cell::new(None);
-        let mut last = read(&fake, &anchor);
+        let mut last = read(&fake, NS, &anchor);
         for _ in 0..10_000 {
             fake.advance(fastrand::u64(1..3_000));
-            let t = read(&fake, &anchor);
+            let t = read(&fake, NS, &anchor);
             assert!(t >= last, "{t:?} before {last:?}");
             last = t;
         }
@@ -337,7 +379,7 @@ mod tests {
             fake.raw.set(fake.raw.get() + 250);
             fake.system
                 .set(fake.system.get() + Duration::from_nanos(225));
-            let t = read(&fake, &anchor);
+            let t = read(&fake, NS, &anchor);
             let id = MessageId::made_at(t);
             let Some(ms) = id.as_u128().and_then(|b| u64::try_from(b >> 80).ok()) else {
                 panic!("a ULID")
@@ -368,14 +410,14 @@ mod tests {
         // up for).
         let fake = Fake::new(at(900_000));
         let anchor = Cell::new(None);
-        let first = MessageId::made_at(read(&fake, &anchor));
+        let first = MessageId::made_at(read(&fake, NS, &anchor));
         fake.advance(SPAN_NANOS - 1);
-        let t2 = read(&fake, &anchor);
-        assert_eq!(t2, at(1_899_023));
+        let t2 = read(&fake, NS, &anchor);
+        assert_eq!(t2, at(1_899_022));
         let second = MessageId::made_at(t2);
         fake.raw.set(fake.raw.get() + 1);
         fake.system.set(at(1_897_000));
-        let t3 = read(&fake, &anchor);
+        let t3 = read(&fake, NS, &anchor);
         assert_eq!(
             (t3, fake.anchors.get()),
             (at(1_897_000), 2),
@@ -411,13 +453,28 @@ mod tests {
     fn a_monotonic_clock_is_told_from_a_counter() {
         let (mock, _) = quanta::Clock::mock();
         assert!(
-            !counts_ticks(&mock),
+            Counter::of(mock).is_none(),
             "a mock (as the monotonic clock) converts 1:1"
         );
     }
 
     #[test]
-    fn the_span_constants_agree() {
+    fn the_scale_converts_ticks_slowed_within_the_span() {
+        assert_eq!(Scale::new(1 << 32), Some(NS));
         assert_eq!(ANCHOR_SPAN.as_nanos(), u128::from(SPAN_NANOS));
+        assert_eq!(Scale::new(0), None);
+        // A 3 GHz counter: 3,000,000 ticks a millisecond.
+        let Some(ghz3) = Scale::new((1 << 32) / 3) else {
+            panic!("usable")
+        };
+        assert!(ghz3.span_ticks.abs_diff(3_000_000) <= 1, "{ghz3:?}");
+        let ms = ghz3.nanos(ghz3.span_ticks);
+        assert!(ms.abs_diff(SPAN_NANOS * 1023 / 1024) <= 1, "{ms}");
+        // A slow counter (1 MHz): the span's product still fits.
+        let Some(mhz) = Scale::new(1_000 << 32) else {
+            panic!("usable")
+        };
+        assert_eq!(mhz.span_ticks, 1_000);
+        assert_eq!(mhz.nanos(999), 999 * 1_000 * 1023 / 1024);
     }
 }
