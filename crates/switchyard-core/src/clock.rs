@@ -23,8 +23,9 @@
 //! - **A reading is never later than the anchor's system time plus the counter's elapsed
 //!   time**, and runs slow against it by 1/1024 (≈ 977 ppm, at most ≈ 1 µs at the span's
 //!   end). So it is not later than the system clock read at the same moment unless the
-//!   counter's calibrated rate is off from the system clock's by more than that (quanta's
-//!   calibration is good to a few ppm, NTP slews by at most 500 ppm), and the next anchor
+//!   counter's calibrated rate is off from the system clock's by more than that (quanta
+//!   calibrates against the monotonic clock to a mean error of 10 ns over a loop of at least
+//!   0.5 ms, tens of ppm at worst; NTP slews by at most 500 ppm), and the next anchor
 //!   steps forward to the system clock rather than back: the readings of one thread go on
 //!   increasing across anchors, which keeps a thread's [`MessageId`]s in creation order.
 //!   The price is that a reading may trail the system clock by about 1.5 µs at most (the bias,
@@ -38,7 +39,8 @@
 //! longer span would save nothing measurable while letting a clock step show later.
 //!
 //! The first read in a process calibrates the counter (quanta's one-off loop, shared with
-//! every other quanta clock in the process: about a millisecond, at most 200 ms).
+//! every other quanta clock in the process: at least 0.5 ms, at most 200 ms); building a bus
+//! makes that read, so the first publish does not pay it.
 //!
 //! Not for timeouts and deadlines: those use monotonic instants (tokio's or `std`'s), which
 //! a step of the system clock does not move.
