@@ -3,7 +3,7 @@
 //! other reads a message makes with it (a fresh id, a whole envelope).
 //!
 //! Run: `cargo bench -p switchyard-core --bench clock`.
-#![allow(missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
 use std::time::SystemTime;
@@ -20,7 +20,7 @@ fn reads(c: &mut Criterion) {
     g.finish();
     let mut g = c.benchmark_group("made");
     g.bench_function("MessageId::new", |b| b.iter(|| black_box(MessageId::new())));
-    let topic = Topic::new("bench.event").unwrap_or_else(|e| panic!("{e}"));
+    let topic = Topic::new("bench.event").unwrap();
     g.bench_function("Envelope::new", |b| {
         b.iter(|| black_box(Envelope::new(topic.clone(), &b"x"[..])))
     });
