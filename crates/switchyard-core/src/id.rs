@@ -94,9 +94,9 @@ impl MessageId {
     /// The longest id accepted, in bytes.
     pub const MAX_LEN: usize = 256;
 
-    /// A fresh ULID.
+    /// A fresh ULID (its time part from [`clock::now`](crate::clock::now)).
     pub fn new() -> Self {
-        Self::made_at(SystemTime::now())
+        Self::made_at(crate::clock::now())
     }
 
     /// A fresh ULID whose time part is `now`'s millisecond (see [`ulid_at`]).

@@ -7,6 +7,7 @@
 //! Applications depend on the `switchyard` facade crate, which re-exports all of this.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod dead_letter;
 pub mod delivered;
 pub mod envelope;

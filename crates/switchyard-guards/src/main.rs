@@ -108,20 +108,22 @@ fn block() -> Overflow {
     }
 }
 
-fn bus() -> Bus {
-    Bus::builder().queue_capacity(1024).build().unwrap()
-}
-
-/// A bus built `with_default_resilience`, after a throwaway resilience stack: making it runs
-/// quanta's one-off calibration of the time-stamp counter (the breaker reads
-/// `quanta::Instant::now`, the stack makes a `quanta::Clock`), a loop that runs for a stretch
-/// of wall time, so its instruction count differs from run to run; the stacks of the
-/// workload's subscriptions reuse the calibration. `.ci/instructions` leaves this function
-/// out of the count (`--toggle-collect`): never inlined, so callgrind sees its entry and exit.
+/// The workload's bus (built `with_default_resilience` when `resilient`), after quanta's
+/// one-off calibration of the time-stamp counter: a loop that runs for a stretch of wall
+/// time, so its instruction count differs from run to run. The message clock's first read
+/// (`clock::now`, which stamps every message) runs it; so would the resilience stack (the
+/// breaker reads `quanta::Instant::now`, the stack makes a `quanta::Clock`), and a throwaway
+/// stack is made here too; all of them share the one calibration. `.ci/instructions` leaves
+/// this function out of the count (`--toggle-collect`): never inlined, so callgrind sees its
+/// entry and exit.
 #[inline(never)]
-fn resilient_bus() -> Bus {
+fn calibrated_bus(resilient: bool) -> Bus {
     use switchyard::middleware::resilience::{ResilienceConfig, ResilienceLayer};
     use tower::Layer;
+    std::hint::black_box(switchyard::clock::now());
+    if !resilient {
+        return Bus::builder().queue_capacity(1024).build().unwrap();
+    }
     let calibrate = ResilienceLayer::new("calibrate", ResilienceConfig::default());
     drop(calibrate.layer(handler_fn(|_env: Envelope| async {
         Ok::<_, std::convert::Infallible>(Outcome::Ack)
@@ -159,7 +161,7 @@ fn typed_sink(bus: &Bus, name: &str, c: Counter, shared: bool) -> switchyard::Su
 /// Events, `subscribers` subscriptions, typed (owned, or `shared`) or envelope API, on a bare
 /// bus or one built `with_default_resilience`.
 async fn events(typed: bool, shared: bool, subscribers: usize, n: u64, resilient: bool) {
-    let bus = if resilient { resilient_bus() } else { bus() };
+    let bus = calibrated_bus(resilient);
     let counter = Counter::new();
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -206,7 +208,7 @@ async fn events(typed: bool, shared: bool, subscribers: usize, n: u64, resilient
 
 /// Sequential command round trips from a task on the runtime.
 async fn roundtrip(typed: bool, n: u64) {
-    let bus = bus();
+    let bus = calibrated_bus(false);
     let _handler = if typed {
         bus.handle(|c: Double, _ctx| async move { Ok::<_, std::convert::Infallible>(c.n * 2) })
             .start()

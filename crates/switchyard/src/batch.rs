@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use switchyard_core::{DeadLetterReason, Envelope, SendError};
 
@@ -96,7 +95,7 @@ impl SubShared {
                 env.delivery.attempt += 1;
                 env.delivery
                     .first_delivered_at
-                    .get_or_insert_with(SystemTime::now);
+                    .get_or_insert_with(switchyard_core::clock::now);
             }
             let attempt_no = envs[0].delivery.attempt;
             c.delivered.fetch_add(envs.len() as u64, Ordering::Relaxed);

@@ -367,6 +367,9 @@ impl BusBuilder {
 
     /// Builds the bus. Must be called inside a tokio runtime before handlers are started.
     pub fn build(self) -> Result<Bus, BuildError> {
+        // The message clock's one-off calibration (quanta's loop, once per process) here
+        // rather than in the first publish.
+        std::hint::black_box(switchyard_core::clock::now());
         if self.capacity == 0 {
             return Err(BuildError::Invalid("queue_capacity must be at least 1"));
         }

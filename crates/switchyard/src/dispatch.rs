@@ -207,7 +207,7 @@ impl SubShared {
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
             let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, &env) {
-                let stamp = self.next_attempt(env.delivery, SystemTime::now);
+                let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
                 let started = switchyard_core::delivered::scope(
                     Arc::clone(&env),
                     std::future::poll_fn(|cx| {
@@ -517,7 +517,7 @@ impl SubShared {
                 // Stamped and counted by the caller, which made this attempt.
                 delivery = *stamp;
             } else {
-                delivery = self.next_attempt(delivery, SystemTime::now);
+                delivery = self.next_attempt(delivery, switchyard_core::clock::now);
             }
             let attempt = delivery.attempt;
             let outcome = match first.take() {

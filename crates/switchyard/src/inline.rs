@@ -33,8 +33,6 @@ use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Service;
 
-use std::time::SystemTime;
-
 use switchyard_core::{DeliveryInfo, Outcome, delivered};
 
 use crate::dispatch::{Attempt, Started, YIELD_EVERY, publishes_lifecycle, start_call};
@@ -262,7 +260,7 @@ impl Taken {
             }
             .boxed(Begun::Fresh));
         }
-        let stamp = sub.next_attempt(env.delivery, SystemTime::now);
+        let stamp = sub.next_attempt(env.delivery, switchyard_core::clock::now);
         let mut call =
             || delivered::within(Arc::clone(&env), || start_call(&mut svc, &env, stamp, cx));
         let (started, typed) = match reply.typed {

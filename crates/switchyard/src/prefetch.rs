@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use switchyard_core::Envelope;
 
@@ -61,7 +60,7 @@ impl SubShared {
             }
             let Some(bus) = self.bus.upgrade() else { break };
             // What the handler sees: each message's first attempt.
-            let now = SystemTime::now();
+            let now = switchyard_core::clock::now();
             let envs: Vec<Envelope> = taken
                 .iter()
                 .map(|t| {

@@ -443,7 +443,7 @@ impl ConsumerWorker {
             return Prepared::Done;
         }
         envelope.delivery.attempt = attempt;
-        envelope.delivery.first_delivered_at = (attempt == 1).then(SystemTime::now);
+        envelope.delivery.first_delivered_at = (attempt == 1).then(switchyard_core::clock::now);
         Prepared::Deliver(envelope, acker, reply)
     }
 
