@@ -680,10 +680,10 @@ impl Writer {
             positions: Vec::new(),
             len: visible_len,
         });
-        let first = visible_end + st.positions.len() as u64;
+        let mut next = visible_end + st.positions.len() as u64;
         let mut len = st.len;
         let positions = &mut st.positions;
-        for (next, rec) in (first..).zip(records) {
+        for rec in records {
             let pos = len + buf.len() as u64;
             if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
                 fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;
@@ -734,6 +734,7 @@ impl Writer {
                 AppendError::Io(format!("segment of stream {} too large", stream.name))
             })?);
             record::frame(next, rec, buf);
+            next += 1;
         }
         fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;
         st.len = len + buf.len() as u64;
