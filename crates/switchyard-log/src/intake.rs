@@ -124,10 +124,10 @@ const RELAY_MIN: usize = 16;
 /// publishers itself.
 pub(crate) const RELAY_WAIT: Duration = Duration::from_micros(200);
 
-/// What the writer took at the end of a round.
+/// What the writer took for one round.
 pub(crate) struct Taken {
-    /// The ticket after the last publish taken (the round's first ticket is the end of the
-    /// round before: records taken early, `Intake::take_early`, belong to this one).
+    /// Tickets of the publishes whose records were taken.
+    pub start: u64,
     pub end: u64,
     pub control: Vec<Control>,
     /// Every handle is gone.
@@ -348,26 +348,15 @@ impl Intake {
     pub fn take(&self, spare: &mut Records) -> Taken {
         let mut st = self.state();
         std::mem::swap(&mut st.records, spare);
+        let start = st.next_ticket - st.publishes as u64;
         st.publishes = 0;
         self.pending.store(false, Ordering::Release);
         Taken {
+            start,
             end: st.next_ticket,
             control: std::mem::take(&mut st.control),
             disconnected: st.disconnected,
         }
-    }
-
-    /// Writer: takes the records of the open batch (swapped with `spare`, which must be
-    /// empty) to write them before the rest of the round; their tickets are settled with the
-    /// round's. Requests stay for the round's end. Returns how many publishes it took.
-    pub fn take_early(&self, spare: &mut Records) -> usize {
-        let mut st = self.state();
-        std::mem::swap(&mut st.records, spare);
-        let publishes = std::mem::replace(&mut st.publishes, 0);
-        if st.control.is_empty() && !st.disconnected {
-            self.pending.store(false, Ordering::Release);
-        }
-        publishes
     }
 
     /// Writer: settles every ticket below `end` with `result` and wakes their publishers
@@ -605,7 +594,7 @@ mod tests {
         assert_eq!((t0, t1), (0, 1));
         let mut batch = Records::default();
         let taken = intake.take(&mut batch);
-        assert_eq!(taken.end, 2);
+        assert_eq!((taken.start, taken.end), (0, 2));
         assert_eq!(batch.iter().collect::<Vec<_>>(), vec![(0, &b"rec"[..]); 2]);
         // A publish after the take belongs to the next batch.
         let (c2, w2) = waker();
@@ -707,8 +696,8 @@ mod tests {
         let mut batch = Records::default();
         let taken = intake.take(&mut batch);
         assert_eq!(
-            (batch.ends.len(), taken.end, taken.control.len()),
-            (1, t0 + 1, 1)
+            (taken.start, taken.end, taken.control.len()),
+            (t0, t0 + 1, 1)
         );
     }
 

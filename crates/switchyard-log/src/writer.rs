@@ -3,13 +3,10 @@
 //! It owns the tail of every stream and stops when it is asked to close or every handle is
 //! gone. Publishers leave encoded envelopes in the [`Intake`] and wait for their ticket to be
 //! settled; each round the thread takes everything there as one batch (waiting briefly for
-//! the rest of the previous batch's publishers, see `gather`, and meanwhile writing the
-//! records that arrived so far in parts), frames it into one reused buffer, writes it with
-//! one `write` per stream, syncs each touched segment once (group commit under
-//! `Durability::Always`), makes the records visible to consumers and only then settles the
-//! round's tickets and wakes their publishers. A record written early is neither visible nor
-//! settled before its round's sync; if any write or the sync of a round fails, the round's
-//! bytes are cut from the files and every publish of the round fails. The last segment of each stream
+//! the rest of the previous batch's publishers, see `gather`), frames it into one reused
+//! buffer, writes it with one `write` per stream, syncs each touched segment once (group
+//! commit under `Durability::Always`), makes the records visible to consumers and only then
+//! settles the batch's tickets and wakes their publishers. The last segment of each stream
 //! carries zeros written ahead of the data (`PREALLOC`), trimmed at a roll and at close. It
 //! also writes committed group offsets (every `commit_interval`) and enforces retention.
 
@@ -24,7 +21,7 @@ use tokio::sync::Notify;
 use crate::config::{Durability, LogConfig};
 use crate::error::AppendError;
 use crate::fsio;
-use crate::intake::{Control, Intake, Records, Taken};
+use crate::intake::{Control, Intake, Records};
 use crate::manifest::{self, Manifest};
 use crate::offsets;
 use crate::record::{self, MAGIC};
@@ -67,22 +64,11 @@ pub(crate) struct Writer {
     /// Whether the last round appended: then the next publish is likely a few microseconds
     /// away (see `next_round`).
     appended: bool,
-    /// Reused per round: the batch taken, wakers to wake, frames.
+    /// Reused per round: the batch taken, wakers to wake, streams touched, frames.
     batch: Records,
     wake: Vec<Waker>,
+    touched: Vec<bool>,
     buf: Vec<u8>,
-    /// Records of the round written but not synced nor visible yet, per stream (`None`:
-    /// the stream has no write in this round). A round's records may be written in parts
-    /// (early arrivals while the rest of the round comes back, see `gather`); it is synced,
-    /// made visible and settled as one.
-    round: Vec<Option<Staged>>,
-    /// The first write of the round that failed: the whole round fails with it.
-    round_error: Option<AppendError>,
-    /// The ticket of the round's first publish.
-    round_start: u64,
-    /// Tests: every sync fails.
-    #[cfg(test)]
-    fail_syncs: bool,
     /// Size on disk of the last segment of each stream: past its visible end the file holds
     /// zeros written ahead of time (see [`PREALLOC`]).
     alloc_end: Vec<u64>,
@@ -103,12 +89,6 @@ const SPIN_MAX_PEAK: usize = 8;
 
 /// Longest wait for the rest of a batch.
 const MAX_GATHER: Duration = Duration::from_millis(1);
-
-/// While gathering a round of more than this many publishes, the records that arrived so
-/// far are framed and written (not synced) in parts of about a quarter of the round, at
-/// least this many, while the rest comes back: only the sync and the last part's write
-/// are left in series after the round's last publish (see `gather`).
-const EARLY_MIN: usize = 16;
 
 /// The last segment is extended by writing this many zeros past the end of the data (but not
 /// past `segment_bytes`) whenever a write would pass the zeros already there. Overwriting blocks that are already allocated
@@ -148,12 +128,8 @@ impl Writer {
             appended: false,
             batch: Records::default(),
             wake: Vec::new(),
+            touched: Vec::new(),
             buf: Vec::new(),
-            round: (0..n).map(|_| None).collect(),
-            round_error: None,
-            round_start: 0,
-            #[cfg(test)]
-            fail_syncs: false,
             alloc_end: Vec::new(),
         }
         .with_alloc_ends()
@@ -281,7 +257,22 @@ impl Writer {
                 self.periodic();
                 continue;
             }
-            let taken = self.end_round();
+            let mut batch = std::mem::take(&mut self.batch);
+            let taken = self.intake.take(&mut batch);
+            let publishes = (taken.end - taken.start) as usize;
+            self.appended = publishes > 0;
+            if self.appended {
+                let result = self.append_batch(&batch);
+                self.intake.settle(taken.end, result, &mut self.wake);
+                // The peak follows increases at once and decays by an eighth (at least one)
+                // per batch, so a drop in concurrency stops costing waits after a few batches.
+                let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
+                self.batch_peak = publishes.max(decayed);
+            }
+            batch.clear();
+            if batch.bytes.capacity() <= KEEP_BUF {
+                self.batch = batch;
+            }
             self.periodic();
             let mut flushes = Vec::new();
             let mut closing = None;
@@ -315,45 +306,6 @@ impl Writer {
                 }
             }
         }
-    }
-
-    /// Takes what is left of the round (and the requests), writes it, syncs the round
-    /// (under `Always`), makes it visible and settles its publishes with the result.
-    fn end_round(&mut self) -> Taken {
-        let mut batch = std::mem::take(&mut self.batch);
-        let taken = self.intake.take(&mut batch);
-        let publishes = (taken.end - self.round_start) as usize;
-        self.appended = publishes > 0;
-        if self.appended {
-            self.write_part(&batch);
-            let result = self.finish_round();
-            self.intake.settle(taken.end, result, &mut self.wake);
-            self.round_start = taken.end;
-            // The peak follows increases at once and decays by an eighth (at least one)
-            // per batch, so a drop in concurrency stops costing waits after a few batches.
-            let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
-            self.batch_peak = publishes.max(decayed);
-        }
-        self.keep_batch(batch);
-        taken
-    }
-
-    fn keep_batch(&mut self, mut batch: Records) {
-        batch.clear();
-        if batch.bytes.capacity() <= KEEP_BUF {
-            self.batch = batch;
-        }
-    }
-
-    /// Takes the records that arrived so far in the round and writes them (no sync, not
-    /// visible, not settled: that is for the end of the round). Returns how many publishes
-    /// it took.
-    fn write_early(&mut self) -> usize {
-        let mut batch = std::mem::take(&mut self.batch);
-        let publishes = self.intake.take_early(&mut batch);
-        self.write_part(&batch);
-        self.keep_batch(batch);
-        publishes
     }
 
     /// Waits until there is work for a round (publishes or requests); `false` when none
@@ -401,44 +353,28 @@ impl Writer {
     /// publishes than recent ones, sleep until it has as many (the publish that completes it
     /// wakes the thread) for at most as long as the last sync took (waiting that long costs
     /// what a second sync for the rest would; at most [`MAX_GATHER`]), and stop early once
-    /// none has arrived for [`STALL`]. Meanwhile, with rounds of more than [`EARLY_MIN`]
-    /// publishes, the records that arrived are written in parts of a quarter of the round
-    /// (at least `EARLY_MIN`), so the write of all but the last part overlaps with the
-    /// arrivals. Returns the round's publishes so far and whether a request waits.
+    /// none has arrived for [`STALL`]. Returns the open batch's publishes and whether a
+    /// request waits.
     fn gather(&mut self) -> (usize, bool) {
         let target = self.batch_peak;
-        let part = if target > EARLY_MIN {
-            (target / 4).max(EARLY_MIN)
-        } else {
-            usize::MAX
-        };
-        // Publishes of the round taken and written already.
-        let mut early = 0;
         let (mut n, mut other) = self.intake.open();
         let start = Instant::now();
         let deadline = start + self.last_sync_cost.min(MAX_GATHER);
         let (mut seen, mut last_arrival) = (n, start);
-        while early + n < target && !other {
+        while n < target && !other {
             self.intake.relay_overdue();
             let now = Instant::now();
-            if early + n > seen {
-                seen = early + n;
+            if n > seen {
+                seen = n;
                 last_arrival = now;
             }
             let until = deadline.min(last_arrival + STALL);
             if now >= until {
                 break;
             }
-            if n >= part {
-                early += self.write_early();
-                (n, other) = self.intake.open();
-                continue;
-            }
-            // Wake for the next part, or for the end of the round.
-            let wait = (target - early).min(part);
-            (n, other) = self.intake.wait_for(wait, until - now);
+            (n, other) = self.intake.wait_for(target, until - now);
         }
-        (early + n, other)
+        (n, other)
     }
 
     fn periodic(&mut self) {
@@ -512,40 +448,33 @@ impl Writer {
         }
     }
 
-    /// Writes the records of `batch` (a part of the round, in order) after the round's
-    /// earlier parts, with one `write` per stream (more at a segment roll). After a failed
-    /// write the rest of the round is not written: the round fails.
-    fn write_part(&mut self, batch: &Records) {
-        if self.round_error.is_some() || batch.ends.is_empty() {
-            return;
-        }
+    /// Writes, syncs (under `Always`) and publishes the records of `batch`; the result is
+    /// every publisher's.
+    fn append_batch(&mut self, batch: &Records) -> Result<(), AppendError> {
         let n = self.streams.len();
-        for i in 0..n {
-            if !batch.ends.iter().any(|&(s, _)| s == i) {
-                continue;
-            }
-            if let Err(e) = self.write_stream(i, batch) {
-                self.round_error = Some(e);
-                return;
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.clear();
+        touched.resize(n, false);
+        for &(i, _) in &batch.ends {
+            if let Some(t) = touched.get_mut(i) {
+                *t = true;
             }
         }
-    }
-
-    /// Syncs (under `Always`) every stream the round wrote and makes its records visible,
-    /// or, if a write or a sync failed, drops them from the files; the result is every
-    /// publisher's of the round.
-    fn finish_round(&mut self) -> Result<(), AppendError> {
-        let mut result = match self.round_error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        };
-        let touched: Vec<usize> = (0..self.round.len())
-            .filter(|&i| self.round[i].is_some())
-            .collect();
+        let mut result = Ok(());
+        let mut staged = Vec::new();
+        for i in (0..n).filter(|&i| touched[i]) {
+            match self.write_stream(i, batch) {
+                Ok(s) => staged.push(s),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
         if result.is_ok() && self.config.durability == Durability::Always {
             let started = Instant::now();
-            for &i in &touched {
-                if let Err(e) = self.sync_all_one(i) {
+            for s in &staged {
+                if let Err(e) = self.sync_all_one(s.stream) {
                     result = Err(e);
                     break;
                 }
@@ -554,23 +483,19 @@ impl Writer {
         }
         match &result {
             Ok(()) => {
-                for i in touched {
-                    if let Some(s) = self.round.get_mut(i).and_then(Option::take) {
-                        self.publish(s);
-                    }
+                for s in staged {
+                    self.publish(s);
                 }
                 self.notify.notify_waiters();
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
-                for i in touched {
-                    if let Some(r) = self.round.get_mut(i) {
-                        *r = None;
-                    }
+                for i in (0..n).filter(|&i| touched[i]) {
                     self.discard(i);
                 }
             }
         }
+        self.touched = touched;
         result
     }
 
@@ -581,10 +506,6 @@ impl Writer {
         let file = lock(&stream.index).segments.last().map(|s| s.file.clone());
         if let Some(file) = file {
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            #[cfg(test)]
-            if self.fail_syncs {
-                return Err(AppendError::Io(format!("sync of {}: failed", stream.name)));
-            }
             file.sync_data()
                 .map_err(|e| AppendError::Io(format!("sync of {}: {e}", stream.name)))?;
         }
@@ -634,40 +555,32 @@ impl Writer {
         }
     }
 
-    /// Writes the records of stream `i` in `batch` (in order) after the ones the round staged
-    /// already, with one `write` (more at a segment roll), framing them in a buffer kept
-    /// between rounds.
-    fn write_stream(&mut self, i: usize, batch: &Records) -> Result<(), AppendError> {
+    /// Writes the records of stream `i` in `batch` (in order) with one `write` (more at a
+    /// segment roll), framing them in a buffer kept between rounds.
+    fn write_stream(&mut self, i: usize, batch: &Records) -> Result<Staged, AppendError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let records = batch.iter().filter(|&(s, _)| s == i).map(|(_, rec)| rec);
-        let mut staged = self.round.get_mut(i).and_then(Option::take);
-        let result = self.write_stream_with(i, records, &mut buf, &mut staged);
-        // Kept even after an error: the round's bytes in this stream are dropped at its end.
-        if let Some(r) = self.round.get_mut(i) {
-            *r = staged;
-        }
+        let result = self.write_stream_with(i, records, &mut buf);
         if buf.capacity() <= KEEP_BUF {
             self.buf = buf;
         }
         result
     }
 
-    /// Writes records to a stream after the round's `staged` ones (`None`: none yet), rolling
-    /// segments as needed. Records before a roll are made visible at the roll (after a sync
-    /// under `Always`); the rest are left staged.
+    /// Writes records to a stream, rolling segments as needed. Records before a roll are made
+    /// visible at the roll (after a sync under `Always`); the rest are returned staged.
     fn write_stream_with<'a>(
         &mut self,
         i: usize,
         records: impl Iterator<Item = &'a [u8]>,
         buf: &mut Vec<u8>,
-        staged: &mut Option<Staged>,
-    ) -> Result<(), AppendError> {
+    ) -> Result<Staged, AppendError> {
         let stream = self.streams[i].clone();
         let io = |what: &str, e: std::io::Error| {
             AppendError::Io(format!("{what} in stream {}: {e}", stream.name))
         };
-        let (mut file, visible_end, visible_len) = {
+        let (mut file, mut next, mut len) = {
             let idx = lock(&stream.index);
             let last = idx
                 .segments
@@ -675,14 +588,7 @@ impl Writer {
                 .ok_or_else(|| AppendError::Io(format!("stream {} has no segment", stream.name)))?;
             (last.file.clone(), last.end(), last.len)
         };
-        let st = staged.get_or_insert_with(|| Staged {
-            stream: i,
-            positions: Vec::new(),
-            len: visible_len,
-        });
-        let mut next = visible_end + st.positions.len() as u64;
-        let mut len = st.len;
-        let positions = &mut st.positions;
+        let mut positions = Vec::new();
         for rec in records {
             let pos = len + buf.len() as u64;
             if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
@@ -693,12 +599,11 @@ impl Writer {
                     self.stats.syncs.fetch_add(1, Ordering::Relaxed);
                     file.sync_data().map_err(|e| io("sync", e))?;
                 }
-                let before_roll = Staged {
+                self.publish(Staged {
                     stream: i,
-                    positions: std::mem::take(positions),
+                    positions: std::mem::take(&mut positions),
                     len: pos,
-                };
-                self.publish(before_roll);
+                });
                 buf.clear();
                 let seg = create_segment(
                     &stream.dir,
@@ -737,10 +642,13 @@ impl Writer {
             next += 1;
         }
         fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;
-        st.len = len + buf.len() as u64;
         self.dirty[i] = true;
-        self.extend_ahead(i, &file, st.len);
-        Ok(())
+        self.extend_ahead(i, &file, len + buf.len() as u64);
+        Ok(Staged {
+            stream: i,
+            positions,
+            len: len + buf.len() as u64,
+        })
     }
 
     /// Removes whole closed segments that retention no longer keeps.
@@ -806,6 +714,3 @@ impl Drop for StopOnExit {
         self.0.stop();
     }
 }
-
-#[cfg(test)]
-mod tests;
