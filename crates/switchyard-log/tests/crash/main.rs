@@ -231,10 +231,9 @@ fn kill_9_loses_no_confirmed_publish() {
         return;
     }
     run_cycles(50, 4);
-    // Rounds of up to 64 publishes: the 16 KiB segments roll inside rounds, and when syncs
-    // are fast the writer writes rounds in parts before their sync (rarely here: the parts
-    // themselves are tested in the writer's unit tests). In this test, not a second one: two
-    // crash tests at once in one process disturb each other (docs/log.md, "Tests").
+    // Rounds of up to 64 publishes, with the 16 KiB segments rolling inside a round. In this
+    // test, not a second one: two crash tests at once in one process disturb each other
+    // (docs/log.md, "Tests").
     run_cycles(30, 64);
 }
 
