@@ -35,6 +35,15 @@ pub fn scope<F: Future>(env: Arc<Envelope>, fut: F) -> Scope<F> {
     }
 }
 
+/// Calls `f` with `env` as the delivered message: [`with`] and [`current`] see it during the
+/// call (and only then), as they do while a [`scope`]'s future is polled. For a caller that
+/// polls a handler's future once itself, without a future around it.
+pub fn within<R>(env: Arc<Envelope>, f: impl FnOnce() -> R) -> R {
+    let mut slot = Some(env);
+    let _entered = Entered::new(&mut slot);
+    f()
+}
+
 pin_project! {
     /// A future run with a delivered message ([`scope`]).
     #[derive(Debug)]
@@ -116,6 +125,18 @@ mod tests {
 
     fn env(p: &str) -> Arc<Envelope> {
         Arc::new(Envelope::new(Topic::new("a.b").unwrap(), p.to_owned()))
+    }
+
+    #[test]
+    fn within_sets_it_for_the_call_only_and_restores_the_outer_one() {
+        let (outer, inner) = (env("outer"), env("inner"));
+        let (o, i) = (outer.id.clone(), inner.id.clone());
+        let (nested, after) = within(outer, || {
+            let nested = within(inner, || current().map(|e| e.id.clone()));
+            (nested, current().map(|e| e.id.clone()))
+        });
+        assert_eq!((nested, after), (Some(i), Some(o)));
+        assert!(current().is_none(), "nothing outside the call");
     }
 
     #[test]

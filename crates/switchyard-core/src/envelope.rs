@@ -293,6 +293,30 @@ impl Envelope {
         }
     }
 
+    /// A copy of this envelope with `delivery` as its delivery bookkeeping: what a bus hands
+    /// its handler for one attempt. The same as `clone()` followed by setting
+    /// [`delivery`](Self::delivery), made in place in the caller (always inlined: the
+    /// derived `clone`, called out of line, builds the copy in a temporary and copies it
+    /// out).
+    #[inline(always)]
+    pub fn copy_with_delivery(&self, delivery: DeliveryInfo) -> Envelope {
+        Envelope {
+            id: self.id.clone(),
+            topic: self.topic.clone(),
+            kind: self.kind,
+            correlation_id: self.correlation_id.clone(),
+            priority: self.priority,
+            timestamp: self.timestamp,
+            type_name: self.type_name.clone(),
+            type_version: self.type_version,
+            payload: self.payload.clone(),
+            delivery,
+            local: self.local.clone(),
+            rare: self.rare.clone(),
+            unencoded: self.unencoded,
+        }
+    }
+
     /// Carries `value` instead of its encoding: the payload is emptied and made from the value
     /// only when something needs the bytes ([`encode_payload`](Self::encode_payload), which
     /// dead letters, serialization and the bus call), once for every copy of the envelope;

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
-use crate::inline::{InlineRun, Refused};
+use crate::inline::{Handled, InlineOutput, InlineRun, Refused};
 use crate::intake::IntakeVerdict;
 use crate::publish::{EnqueueError, Enqueued, inherit_parent};
 use crate::queue::Entry;
@@ -22,7 +22,7 @@ use crate::queue::spare::shared;
 use std::any::TypeId;
 
 use crate::remote_reply::{RemoteReply, RemoteSlot, respond_soon};
-use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType};
+use crate::reply::{Answer, AnswerRx, CommandReply, CommandResult, WantedType, take_output};
 use crate::state::{RUNNING, SubShared};
 use crate::stats::inc;
 
@@ -79,17 +79,25 @@ impl Bus {
         // type is this one); from anywhere else the reply is decoded.
         let wanted: WantedType = TypeId::of::<C::Output>;
         let finished = match deadline {
-            None => {
-                let start = self.start_command(env, Some(wanted))?;
-                self.finish_command(start, None).await?
-            }
+            None => match with_context(|cx| self.start_command(env, Some(wanted), cx)).await? {
+                // Answered already (`inline.rs`): no wait, no future for it.
+                Start::Answered(output) => {
+                    if crate::inline::yield_due() {
+                        tokio::task::yield_now().await;
+                    }
+                    inline_finished(output)?
+                }
+                start => self.finish_command(start, None).await?,
+            },
             Some(d) => self.request_within(env, d, Some(wanted)).await?,
         };
         let reply = match finished {
-            Finished::Local(answer, _) => match answer.typed.map(|t| t.downcast::<C::Output>()) {
-                Some(Ok(output)) => return Ok(*output),
-                _ => answer.reply.map(|r| r.payload),
-            },
+            Finished::Local(answer, _) => {
+                if let Some(output) = answer.typed.and_then(take_output::<C::Output>) {
+                    return Ok(output);
+                }
+                answer.reply.map(|r| r.payload)
+            }
             Finished::Remote(result) => result.reply.map(|r| r.payload),
         };
         let payload = reply.unwrap_or_else(|| "null".into());
@@ -122,8 +130,17 @@ impl Bus {
         let env = shared(env);
         async move {
             // Everything up to the wait is synchronous.
-            let start = self.start_command(env, None)?;
-            Ok(self.finish_command(start, None).await?.into_result())
+            let finished = match with_context(|cx| self.start_command(env, None, cx)).await? {
+                // Answered already (`inline.rs`): no wait, no future for it.
+                Start::Answered(output) => {
+                    if crate::inline::yield_due() {
+                        tokio::task::yield_now().await;
+                    }
+                    inline_finished(output)?
+                }
+                start => self.finish_command(start, None).await?,
+            };
+            Ok(finished.into_result())
         }
     }
 
@@ -151,10 +168,13 @@ impl Bus {
     /// without waiting: all a send does before it waits.
     /// `typed`: the output type the sender takes as it is from a typed handler.
     /// `env` is not shared yet (it was just put in its `Arc`), so it is changed in place.
+    /// `cx`: the sending task's, with which a command run on this task makes its first
+    /// attempt at once (`inline.rs`).
     fn start_command(
         &self,
         mut env: Arc<Envelope>,
         typed: Option<WantedType>,
+        cx: &mut std::task::Context<'_>,
     ) -> Result<Start<'_>, SendError> {
         self.check_running()?;
         {
@@ -204,11 +224,13 @@ impl Bus {
             return Err(filtered(&handler));
         };
         // Run on this task when the handler is free (`inline.rs`), else queued.
-        let (handler, env) =
-            match handler.try_inline(&self.inner, env, lane.as_ref(), CommandReply::kept(typed)) {
-                Ok(run) => return Ok(Start::Inline(run)),
-                Err(Refused { sub, env, .. }) => (sub, env),
-            };
+        let kept = CommandReply::kept(typed);
+        let (handler, env) = match handler.try_inline_now(&self.inner, env, lane.as_ref(), kept, cx)
+        {
+            Ok(Handled::Now(output)) => return Ok(Start::Answered(output)),
+            Ok(Handled::Later(run)) => return Ok(Start::Inline(run)),
+            Err(Refused { sub, env, .. }) => (sub, env),
+        };
         let (tx, rx) = CommandReply::channel(typed);
         match handler.try_push_command(&self.inner, env, tx, lane) {
             Ok(result) => {
@@ -227,27 +249,17 @@ impl Bus {
         start: Start<'_>,
         deadline: Option<Duration>,
     ) -> Result<Finished, SendError> {
-        let (handler, rx) = match start {
-            Start::Queued(handler, rx) => (handler, rx),
+        let output = match start {
+            Start::Answered(output) => output,
+            Start::Inline(run) => run.await,
+            Start::Queued(handler, rx) => {
+                return Ok(Finished::Local(await_answer(rx).await?, handler));
+            }
             Start::Wait(handler, entry, rx) => {
                 // Boxed: the rare wait for room does not make every send's future larger.
                 let result = Box::pin(handler.finish_enqueue(&self.inner, *entry)).await;
                 self.command_enqueued(&handler, result)?;
-                (handler, rx)
-            }
-            Start::Inline(run) => {
-                let (answer, handler) = run.await;
-                // A handler that never waits makes a send that never waits: the sender's task
-                // yields now and then, as it did waiting on the answer (every
-                // `dispatch::YIELD_EVERY` runs on this thread: a counter in a thread-local costs
-                // less than asking tokio's budget on every command).
-                if crate::inline::yield_due() {
-                    tokio::task::yield_now().await;
-                }
-                let (Some(answer), Some(handler)) = (answer, handler) else {
-                    return Err(stopped());
-                };
-                return Ok(Finished::Local(answer?, handler));
+                return Ok(Finished::Local(await_answer(rx).await?, handler));
             }
             Start::Remote(remote, env) => {
                 // Not shared with anyone: unwrapped without a copy of its fields.
@@ -257,7 +269,14 @@ impl Bus {
                 )));
             }
         };
-        Ok(Finished::Local(await_answer(rx).await?, handler))
+        // Handled on this task (`inline.rs`). A handler that never waits makes a send that
+        // never waits: the sender's task yields now and then, as it did waiting on the answer
+        // (every `dispatch::YIELD_EVERY` runs on this thread: a counter in a thread-local
+        // costs less than asking tokio's budget on every command).
+        if crate::inline::yield_due() {
+            tokio::task::yield_now().await;
+        }
+        inline_finished(output)
     }
 
     /// The sender's view of how queueing a command went.
@@ -307,8 +326,16 @@ impl Bus {
             env.delivery.deadline = std::time::Instant::now().checked_add(deadline);
         }
         let send = async {
-            let start = self.start_command(env, typed)?;
-            self.finish_command(start, Some(deadline)).await
+            match with_context(|cx| self.start_command(env, typed, cx)).await? {
+                // Answered already (`inline.rs`), as in `send_envelope`.
+                Start::Answered(output) => {
+                    if crate::inline::yield_due() {
+                        tokio::task::yield_now().await;
+                    }
+                    inline_finished(output)
+                }
+                start => self.finish_command(start, Some(deadline)).await,
+            }
         };
         match tokio::time::timeout(deadline, send).await {
             Ok(result) => result,
@@ -323,6 +350,8 @@ enum Start<'a> {
     Queued(Arc<SubShared>, AnswerRx),
     /// For a handler on this bus whose full queue makes the sender wait for room.
     Wait(Arc<SubShared>, Box<Entry>, AnswerRx),
+    /// Handled on the sender's task (`inline.rs`) at once: the answer and the handler.
+    Answered(InlineOutput),
     /// Being handled on the sender's task (`inline.rs`), which gives the answer and the
     /// handler back.
     Inline(InlineRun),
@@ -346,6 +375,43 @@ impl Finished {
             Self::Remote(result) => *result,
         }
     }
+}
+
+/// A future that calls `f` with the task's context at its first poll, and is ready with
+/// what `f` gives (it is never polled again: it stays pending if it is).
+fn with_context<F, R>(f: F) -> WithContext<F>
+where
+    F: FnOnce(&mut std::task::Context<'_>) -> R + Unpin,
+{
+    WithContext(Some(f))
+}
+
+/// The future of [`with_context`].
+struct WithContext<F>(Option<F>);
+
+impl<F, R> Future for WithContext<F>
+where
+    F: FnOnce(&mut std::task::Context<'_>) -> R + Unpin,
+{
+    type Output = R;
+
+    #[inline(always)]
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<R> {
+        match self.get_mut().0.take() {
+            Some(f) => std::task::Poll::Ready(f(cx)),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// How a command run on its sender's task ended, as the sender hears it (`None`s: shutdown
+/// stopped it).
+#[inline(always)]
+fn inline_finished(output: InlineOutput) -> Result<Finished, SendError> {
+    let (Some(answer), Some(handler)) = output else {
+        return Err(stopped());
+    };
+    Ok(Finished::Local(answer?, handler))
 }
 
 /// Waits for the answer to a queued command.

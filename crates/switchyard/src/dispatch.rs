@@ -21,7 +21,7 @@ use crate::handler::{Callee, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
-use crate::state::{BusInner, Parent, SubShared, TYPED, TypedSlot};
+use crate::state::{BusInner, Parent, SubShared, TypedSlot};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages (so does
@@ -217,7 +217,7 @@ impl SubShared {
                 .await;
                 let result = match started {
                     Started::Ended(result) => result,
-                    Started::Pending(fut) => self.finish_call(&mut svc, fut, &env).await,
+                    Started::Pending(fut) => self.finish_call(&mut svc, fut, &env, true).await,
                 };
                 match result {
                     // An event has no one to answer (and a reply to it is dropped).
@@ -302,17 +302,20 @@ impl SubShared {
     }
 
     /// The rest of a call [`start_call`] left pending: polled to its end inside the delivered
-    /// scope and a panic capture, then handed back to the handler.
-    async fn finish_call(
+    /// scope and a panic capture, then handed back to the handler. `just_polled`: start_call
+    /// polled it just now, in this poll of this task, so the first poll here only waits for
+    /// its wake.
+    pub(crate) async fn finish_call(
         &self,
         svc: &mut SingleHandler,
         mut fut: SingleFuture,
         env: &Arc<Envelope>,
+        just_polled: bool,
     ) -> Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>> {
         switchyard_core::delivered::scope(Arc::clone(env), async move {
             // start_call polled it just now, with this task's waker: wait for that wake
             // instead of polling again at once.
-            let mut waited = false;
+            let mut waited = !just_polled;
             let polled = std::future::poll_fn(|cx| {
                 if !std::mem::replace(&mut waited, true) {
                     return std::task::Poll::Pending;
@@ -389,10 +392,10 @@ impl SubShared {
     where
         S: Callee<R, Response = Outcome, Error = BoxError>,
     {
-        let call = self.call(svc, request, parent, ready);
-        let mut scoped = std::pin::pin!(TYPED.scope(TypedSlot::new(wanted), call));
-        let result = scoped.as_mut().await;
-        let typed = scoped.as_mut().take_value().and_then(TypedSlot::into_value);
+        let mut call = std::pin::pin!(self.call(svc, request, parent, ready));
+        let mut slot = TypedSlot::new(wanted, None);
+        let result = std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx))).await;
+        let typed = slot.into_value();
         (self.classify(result, first, attempt), typed)
     }
 
@@ -417,7 +420,7 @@ impl SubShared {
     /// [`classify`](Self::classify) of everything but an ack or a reply.
     #[cold]
     #[inline(never)]
-    fn classify_rare(
+    pub(crate) fn classify_rare(
         &self,
         result: Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>,
         first: &Envelope,
@@ -661,7 +664,7 @@ impl SubShared {
 
 /// How [`start_call`] left a call: ended (as [`SubShared::call`] returns it), or pending
 /// with its future.
-enum Started {
+pub(crate) enum Started {
     Ended(Result<Result<Outcome, BoxError>, Box<dyn std::any::Any + Send>>),
     Pending(SingleFuture),
 }
@@ -671,8 +674,10 @@ enum Started {
 /// call or the poll is captured as [`SubShared::call`] captures it. A call ended at its
 /// first poll (also by a panic) is handed back to the handler ([`Callee::recycle`]) here,
 /// outside the capture, as `call` does: a future that panicked is not dropped while the
-/// panic unwinds.
-fn start_call(
+/// panic unwinds. Out of line, the envelope's copy inlined into it, for both its callers
+/// (the worker's first attempt at an event, an inline command's first attempt).
+#[inline(never)]
+pub(crate) fn start_call(
     svc: &mut SingleHandler,
     env: &Envelope,
     delivery: DeliveryInfo,
@@ -699,15 +704,13 @@ fn start_call(
 /// A handler's own copy of the queued `env`, stamped with the attempt's bookkeeping.
 #[inline]
 fn stamped_copy(env: &Envelope, delivery: DeliveryInfo) -> Envelope {
-    let mut copy = Envelope::clone(env);
-    copy.delivery = delivery;
-    copy
+    env.copy_with_delivery(delivery)
 }
 
 /// Whether handling `env` publishes lifecycle events (commands and requests, when the bus
 /// has them on).
 #[inline]
-fn publishes_lifecycle(bus: &BusInner, env: &Envelope) -> bool {
+pub(crate) fn publishes_lifecycle(bus: &BusInner, env: &Envelope) -> bool {
     bus.lifecycle_events() && env.kind != switchyard_core::Kind::Event
 }
 

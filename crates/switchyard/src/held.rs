@@ -157,16 +157,23 @@ impl Callee<Envelope> for BoxHandler {
     }
 }
 
-/// A box a call's future runs in: `Option<F>` for the concrete future type `F`, `None` while
+/// A box a call's future runs in: a [`CallOf`] of the concrete service, empty while
 /// no call runs in it.
 trait Slot: Send {
     /// Polls the call; an empty slot answers an error.
     fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Outcome, BoxError>>;
 
-    /// Moves the future in `fresh` (an `Option<F>` of this slot's type, not yet polled) into
-    /// the slot, dropping what the slot held. Leaves `fresh` as it is if it is of another
-    /// type.
-    fn refill(self: Pin<&mut Self>, fresh: &mut dyn Any);
+    /// Calls `held` (the [`Held`] service whose calls' futures this slot holds) with `env`,
+    /// its future written into the slot (dropping what the slot held); `env` back, untouched,
+    /// if `held` is another service. For a future larger than an envelope: the envelope is
+    /// moved into this call, the future is not moved out of another place.
+    #[allow(clippy::result_large_err)] // the envelope goes back by value, to be called with
+    fn refill(self: Pin<&mut Self>, held: &mut dyn Any, env: Envelope) -> Result<(), Envelope>;
+
+    /// Moves the future in `fresh` (an `Option` of this slot's future type, not yet polled)
+    /// into the slot, dropping what the slot held; leaves `fresh` as it is if it is of
+    /// another type. For a future no larger than an envelope.
+    fn refill_made(self: Pin<&mut Self>, fresh: &mut dyn Any);
 
     /// Drops the future in the slot, if any, and says whether a handler keeps this box for
     /// its next call (a future of at most [`KEPT_UP_TO`] bytes): one dynamic call per ended
@@ -174,27 +181,52 @@ trait Slot: Send {
     fn clear(self: Pin<&mut Self>) -> bool;
 }
 
-impl<F> Slot for Option<F>
+pin_project_lite::pin_project! {
+    /// The box of a call of `S`: its future while the call runs, `None` between calls.
+    struct CallOf<S>
+    where
+        S: Service<Envelope>,
+    {
+        #[pin]
+        call: Option<S::Future>,
+    }
+}
+
+impl<S> Slot for CallOf<S>
 where
-    F: Future<Output = Result<Outcome, BoxError>> + Send + 'static,
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Outcome, BoxError>> {
-        match self.as_pin_mut() {
+        match self.project().call.as_pin_mut() {
             Some(fut) => fut.poll(cx),
             None => Poll::Ready(Err("handler call polled after it ended".into())),
         }
     }
 
     #[inline]
-    fn refill(mut self: Pin<&mut Self>, fresh: &mut dyn Any) {
-        if let Some(fresh) = fresh.downcast_mut::<Option<F>>() {
-            self.set(fresh.take());
+    fn refill(mut self: Pin<&mut Self>, held: &mut dyn Any, env: Envelope) -> Result<(), Envelope> {
+        let Some(held) = held.downcast_mut::<Held<S>>() else {
+            return Err(env);
+        };
+        // Written into the box from the call (the future is not moved out of another
+        // `Option` first: a handler's future holding its envelope is ~450 bytes).
+        self.set(CallOf {
+            call: Some(held.0.call(env)),
+        });
+        Ok(())
+    }
+
+    #[inline]
+    fn refill_made(mut self: Pin<&mut Self>, fresh: &mut dyn Any) {
+        if let Some(fresh) = fresh.downcast_mut::<Option<S::Future>>() {
+            self.set(CallOf { call: fresh.take() });
         }
     }
 
     #[inline]
     fn clear(mut self: Pin<&mut Self>) -> bool {
-        self.set(None);
+        self.set(CallOf { call: None });
         size_of::<Self>() <= KEPT_UP_TO
     }
 }
@@ -212,7 +244,7 @@ trait Erased: Send {
     fn clone_box(&self) -> Box<dyn Erased>;
 }
 
-/// The largest call future (as `Option<F>`, in bytes) whose box a handler keeps between
+/// The largest call future (as [`CallOf`], in bytes) whose box a handler keeps between
 /// calls. Every handler clone (one per worker, and the inline runs' pool) keeps its box for
 /// the life of the subscription; a handler whose futures are large (a database client's are
 /// often tens of kilobytes) would hold that much per clone for good, and for such a future
@@ -233,18 +265,30 @@ where
     }
 
     fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>> {
-        let mut fresh = Some(self.0.call(env));
-        if size_of::<Option<S::Future>>() > KEPT_UP_TO {
-            // Not kept between calls (see `KEPT_UP_TO`): a box of its own, freed at `recycle`.
-            return Box::pin(fresh);
-        }
-        if let Some(mut slot) = kept {
-            slot.as_mut().refill(&mut fresh);
-            if fresh.is_none() {
-                return slot;
+        // A future larger than `KEPT_UP_TO` gets a box of its own, freed at `recycle` (its box
+        // is not kept, so `kept` is `None` then).
+        if size_of::<CallOf<S>>() <= size_of::<Envelope>() {
+            // A small future: made here and moved into the box (moving the envelope into the
+            // box's call instead would cost as much).
+            let mut fresh = Some(self.0.call(env));
+            if let Some(mut slot) = kept {
+                slot.as_mut().refill_made(&mut fresh);
+                if fresh.is_none() {
+                    return slot;
+                }
             }
+            return Box::pin(CallOf::<S> { call: fresh });
         }
-        Box::pin(fresh)
+        let env = match kept {
+            Some(mut slot) => match slot.as_mut().refill(self, env) {
+                Ok(()) => return slot,
+                Err(env) => env,
+            },
+            None => env,
+        };
+        Box::pin(CallOf::<S> {
+            call: Some(self.0.call(env)),
+        })
     }
 
     fn call_boxed(&mut self, env: Envelope) -> BoxFuture<'static, Result<Outcome, BoxError>> {

@@ -2,7 +2,11 @@
 //! nothing queued ahead, the sender takes the slot and runs the handler itself, instead of
 //! queueing the command and waking a worker (two task switches and a wake-up saved).
 //!
-//! The run is the worker's (`SubShared::process`: attempts, retries, layers, panic capture,
+//! The first attempt is made at once, with the sender's task context (`try_inline_now`, or
+//! an [`InlineRun`]'s first poll): the handler is called and its future polled once, inside
+//! the delivered scope and the panic capture, as a worker's first attempt at an event. Acked
+//! or replied there, the command is answered and settled on the spot. Anything else goes on
+//! in the run, the worker's (`SubShared::process`: attempts, retries, layers, panic capture,
 //! lifecycle events, dead letters, the answer), only on another task. What holds as on the
 //! queue path:
 //! - the worker limit: the run holds one of the handler's worker slots (`queue/inline.rs`), so
@@ -29,11 +33,16 @@ use smol_str::SmolStr;
 use switchyard_core::Envelope;
 use tower::Service;
 
-use crate::dispatch::YIELD_EVERY;
-use crate::handler::SingleHandler;
+use std::time::SystemTime;
+
+use switchyard_core::{DeliveryInfo, Outcome, delivered};
+
+use crate::dispatch::{Attempt, Started, YIELD_EVERY, publishes_lifecycle, start_call};
+use crate::handler::{SingleFuture, SingleHandler};
 use crate::pending::Settled;
-use crate::reply::{Answered, CommandReply};
-use crate::state::{BusInner, SubShared};
+use crate::reply::{Answer, Answered, CommandReply, TypedValue};
+use crate::state::{BusInner, SubShared, TypedSlot};
+use crate::stats::inc;
 
 /// A run's box: the run while it goes on, empty (`None`) once it was kept for the next run.
 /// Pinned, so the run can wait in it; refilled in place with `Pin::set`.
@@ -118,7 +127,51 @@ where
 /// answer (`None` when shutdown stopped it) and the handler's subscription, which the run's
 /// slot holds meanwhile (`None` when polled again after that); dropping it before it finished
 /// hands the rest of the run to a task of its own.
-pub(crate) struct InlineRun(Option<BoxedRun>);
+///
+/// Its first poll makes the first attempt itself, on the stack, as a worker does for an
+/// event: the handler is called and its future polled once, inside the delivered scope and
+/// the panic capture. Acked or replied then (a handler that does not wait), the command is
+/// answered and settled there. Only a call that waits, or an attempt that did not succeed,
+/// is handed to the run in its box (the worker's `SubShared::process`, with its retries,
+/// lifecycle events, dead letters and shutdown's deadline), polled at once.
+pub(crate) struct InlineRun(Stage);
+
+/// Where an [`InlineRun`] is.
+enum Stage {
+    /// Its slot taken, not polled yet.
+    Taken(Taken),
+    /// Handled in its box.
+    Running(BoxedRun),
+    /// Finished (or being changed from one stage to the next).
+    Done,
+}
+
+/// A command whose worker slot its sender took: what the run is made of.
+struct Taken {
+    slot: Slot,
+    svc: SingleHandler,
+    env: Arc<Envelope>,
+    reply: CommandReply,
+}
+
+/// How far an inline command got before its run was boxed.
+enum Begun {
+    /// Nothing done yet: the run makes every attempt.
+    Fresh,
+    /// The first attempt ended neither acked nor replied: how, and its delivery bookkeeping.
+    Made(Attempt, DeliveryInfo),
+    /// The first attempt's call waits: its future, its delivery bookkeeping, and the typed
+    /// output it left so far.
+    Calling(SingleFuture, DeliveryInfo, Option<TypedValue>),
+}
+
+/// How [`SubShared::try_inline_now`] left a command it took.
+pub(crate) enum Handled {
+    /// Its first attempt ended it: the answer and the subscription handed back.
+    Now(InlineOutput),
+    /// It goes on in its run, to be awaited.
+    Later(InlineRun),
+}
 
 /// What [`InlineRun`] gives: the answer and the subscription handed back.
 pub(crate) type InlineOutput = (Option<Answered>, Option<Arc<SubShared>>);
@@ -137,15 +190,29 @@ impl Future for InlineRun {
     type Output = InlineOutput;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<InlineOutput> {
-        let Some(run) = self.0.as_mut() else {
-            return Poll::Ready((None, None));
+        let run = match &mut self.0 {
+            Stage::Running(run) => run,
+            Stage::Done => return Poll::Ready((None, None)),
+            Stage::Taken(_) => {
+                let Stage::Taken(taken) = std::mem::replace(&mut self.0, Stage::Done) else {
+                    return Poll::Ready((None, None));
+                };
+                match taken.first_attempt(cx) {
+                    Ok(output) => return Poll::Ready(output),
+                    Err(run) => self.0 = Stage::Running(run),
+                }
+                let Stage::Running(run) = &mut self.0 else {
+                    return Poll::Ready((None, None));
+                };
+                run
+            }
         };
         let Poll::Ready(output) = run.as_mut().poll(cx) else {
             return Poll::Pending;
         };
         // A filled box gives `Some`; the emptied box is kept for this thread's next run (the
         // handler clone went back with the slot, at the run's end).
-        if let Some(run) = self.0.take() {
+        if let Stage::Running(run) = std::mem::replace(&mut self.0, Stage::Done) {
             run.recycle();
         }
         Poll::Ready(output.unwrap_or((None, None)))
@@ -154,16 +221,120 @@ impl Future for InlineRun {
 
 impl Drop for InlineRun {
     fn drop(&mut self) {
-        if let Some(run) = self.0.take() {
-            // The sender stopped waiting: the command was accepted, so it is handled all the
-            // same (its answer is discarded), as a queued one would be. Without a runtime
-            // (being dropped with it) it goes as a worker's message would: its slot and
-            // count are released by the run's guard.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(run);
-            }
+        let run = match std::mem::replace(&mut self.0, Stage::Done) {
+            Stage::Running(run) => run,
+            Stage::Taken(taken) => taken.boxed(Begun::Fresh),
+            Stage::Done => return,
+        };
+        // The sender stopped waiting: the command was accepted, so it is handled all the
+        // same (its answer is discarded), as a queued one would be. Without a runtime
+        // (being dropped with it) it goes as a worker's message would: its slot and
+        // count are released by the run's guard.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(run);
         }
     }
+}
+
+impl Taken {
+    /// The first attempt, made now with the task's context `cx`: the answer when the call
+    /// ended acked or replied at its first poll; else the run that goes on from there, in
+    /// its box (polled by the caller at once).
+    #[inline(always)] // built in place by `try_inline_now`, not moved into a call
+    fn first_attempt(self, cx: &mut Context<'_>) -> Result<InlineOutput, BoxedRun> {
+        let Taken {
+            slot,
+            mut svc,
+            env,
+            reply,
+        } = self;
+        let Some(sub) = slot.sub.as_deref() else {
+            // Never: the slot holds the subscription until it is finished.
+            return Ok((None, None));
+        };
+        if publishes_lifecycle(&slot.bus, &env) {
+            // Its events are published around the attempts: all of it in the run.
+            return Err(Taken {
+                slot,
+                svc,
+                env,
+                reply,
+            }
+            .boxed(Begun::Fresh));
+        }
+        let stamp = sub.next_attempt(env.delivery, SystemTime::now);
+        let mut call =
+            || delivered::within(Arc::clone(&env), || start_call(&mut svc, &env, stamp, cx));
+        let (started, typed) = match reply.typed {
+            None => (call(), None),
+            // A typed sender here takes the typed handler's output as it is.
+            Some(wanted) => {
+                let mut slot = TypedSlot::new(wanted, None);
+                let started = slot.within(call);
+                (started, slot.into_value())
+            }
+        };
+        let begun = match started {
+            // The envelope is let go of before the slot is given back, which keeps its block
+            // for this thread's next command when it is the last holder (`queue/spare.rs`).
+            Started::Ended(Ok(Ok(Outcome::Ack))) => {
+                drop(env);
+                return Ok(answered(slot, svc, reply, None, typed, stamp.attempt));
+            }
+            Started::Ended(Ok(Ok(Outcome::Reply(r)))) => {
+                drop(env);
+                return Ok(answered(slot, svc, reply, Some(r), typed, stamp.attempt));
+            }
+            Started::Ended(other) => {
+                Begun::Made(sub.classify_rare(other, &env, stamp.attempt), stamp)
+            }
+            Started::Pending(fut) => Begun::Calling(fut, stamp, typed),
+        };
+        Err(Taken {
+            slot,
+            svc,
+            env,
+            reply,
+        }
+        .boxed(begun))
+    }
+
+    /// The run, in a box kept on this thread if there is one.
+    fn boxed(self, begun: Begun) -> BoxedRun {
+        // Taken before the run is made, so that the run is written into it.
+        let kept = take_cell(run);
+        let run_of = run((self, begun));
+        // A kept box is refilled where it is; a new one only when none was kept.
+        match kept {
+            Some(mut cell) => {
+                cell.as_mut().set(Some(run_of).into());
+                cell
+            }
+            None => Box::pin(OptionFuture::from(Some(run_of))),
+        }
+    }
+}
+
+/// A command acked or replied at its first attempt: answered, its slot given back, settled.
+#[inline]
+fn answered(
+    slot: Slot,
+    svc: SingleHandler,
+    reply: CommandReply,
+    r: Option<Box<Envelope>>,
+    typed: Option<TypedValue>,
+    attempts: u32,
+) -> InlineOutput {
+    if let Some(sub) = &slot.sub {
+        inc(&sub.counters.acked);
+    }
+    let answer = reply.send(Ok(Answer {
+        reply: r,
+        typed,
+        attempts,
+    }));
+    let sub = slot.finish(Some(true), svc);
+    (answer, sub)
 }
 
 /// An inline run's slot and pending count: given back when the run ends, or when its future
@@ -233,6 +404,39 @@ impl SubShared {
         lane: Option<&SmolStr>,
         reply: CommandReply,
     ) -> Result<InlineRun, Refused> {
+        self.take_slot(bus, env, lane, reply)
+            .map(|taken| InlineRun(Stage::Taken(taken)))
+    }
+
+    /// [`try_inline`](Self::try_inline), with the first attempt made at once, with the
+    /// sender's task context `cx` (as the run's first poll would make it): the answer, when
+    /// it ended there, without the run's future being moved through the send's layers.
+    #[allow(clippy::result_large_err)] // the command goes back by value, to be queued
+    pub(crate) fn try_inline_now(
+        self: Arc<Self>,
+        bus: &Arc<BusInner>,
+        env: Arc<Envelope>,
+        lane: Option<&SmolStr>,
+        reply: CommandReply,
+        cx: &mut Context<'_>,
+    ) -> Result<Handled, Refused> {
+        let taken = self.take_slot(bus, env, lane, reply)?;
+        Ok(match taken.first_attempt(cx) {
+            Ok(output) => Handled::Now(output),
+            Err(run) => Handled::Later(InlineRun(Stage::Running(run))),
+        })
+    }
+
+    /// The slot and what the run is made of (see [`try_inline`](Self::try_inline)).
+    #[allow(clippy::result_large_err)] // the command goes back by value, to be queued
+    #[inline(always)]
+    fn take_slot(
+        self: Arc<Self>,
+        bus: &Arc<BusInner>,
+        env: Arc<Envelope>,
+        lane: Option<&SmolStr>,
+        reply: CommandReply,
+    ) -> Result<Taken, Refused> {
         let Some((seq, mut svc)) = self.queue.try_take_inline(&env, lane) else {
             return Err(Refused {
                 sub: self,
@@ -253,8 +457,6 @@ impl SubShared {
                 reply,
             });
         }
-        // Taken before the run is made, so that the run is written into it.
-        let kept = take_cell(run);
         bus.pending.accept_held();
         let slot = Slot {
             sub: Some(self),
@@ -263,25 +465,26 @@ impl SubShared {
             lane: lane.cloned(),
             counted: true,
         };
-        let run_of = run((slot, svc, env, reply));
-        // A kept box is refilled where it is; a new one only when none was kept.
-        let cell = match kept {
-            Some(mut cell) => {
-                cell.as_mut().set(Some(run_of).into());
-                cell
-            }
-            None => Box::pin(OptionFuture::from(Some(run_of))),
-        };
-        Ok(InlineRun(Some(cell)))
+        Ok(Taken {
+            slot,
+            svc,
+            env,
+            reply,
+        })
     }
 }
 
-/// Handles the command as a worker would, with the handler seen ready just now; gives the
-/// answer and the subscription; its slot and handler clone are given back as it ends. One
-/// tuple argument, so that `take_cell` can name the future's type through `run`'s.
-async fn run(
-    (slot, mut svc, env, reply): (Slot, SingleHandler, Arc<Envelope>, CommandReply),
-) -> InlineOutput {
+/// Handles the command as a worker would, with the handler seen ready just now, from where
+/// `begun` says the first attempt got; gives the answer and the subscription; its slot and
+/// handler clone are given back as it ends. One tuple argument, so that `take_cell` can name
+/// the future's type through `run`'s.
+async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
+    let Taken {
+        slot,
+        mut svc,
+        env,
+        reply,
+    } = taken;
     let Some(sub) = slot.sub.as_ref() else {
         // Never: the slot holds the subscription until it is finished.
         return (None, None);
@@ -289,15 +492,56 @@ async fn run(
     // A kept reply (a sender on this task): the handling hands the answer back.
     let mut answer = None;
     let ended = {
-        let process = sub.process(
-            &slot.bus,
-            &mut svc,
-            env,
-            Some(reply),
-            true,
-            None,
-            &mut answer,
-        );
+        let process = async {
+            let first = match begun {
+                Begun::Fresh => None,
+                Begun::Made(made, stamp) => Some((made, stamp)),
+                Begun::Calling(fut, stamp, typed) => {
+                    // Polled by `first_attempt` just now, with this task's waker.
+                    let call = sub.finish_call(&mut svc, fut, &env, true);
+                    let (result, typed) = match reply.typed {
+                        None => (call.await, None),
+                        Some(wanted) => {
+                            let mut call = std::pin::pin!(call);
+                            let mut slot = TypedSlot::new(wanted, typed);
+                            let result =
+                                std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx)))
+                                    .await;
+                            (result, slot.into_value())
+                        }
+                    };
+                    let made = match result {
+                        Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
+                        Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
+                        other => sub.classify_rare(other, &env, stamp.attempt),
+                    };
+                    if let Attempt::Done(r) = made {
+                        // Let go of before the slot is given back (see `first_attempt`).
+                        drop(env);
+                        inc(&sub.counters.acked);
+                        answer = reply.send(Ok(Answer {
+                            reply: r,
+                            typed,
+                            attempts: stamp.attempt,
+                        }));
+                        return true;
+                    }
+                    Some((made, stamp))
+                }
+            };
+            // After a first attempt, the handler's readiness is polled again before the next.
+            let ready = first.is_none();
+            sub.process(
+                &slot.bus,
+                &mut svc,
+                env,
+                Some(reply),
+                ready,
+                first,
+                &mut answer,
+            )
+            .await
+        };
         let mut process = std::pin::pin!(process);
         match futures_util::poll!(process.as_mut()) {
             Poll::Ready(handled) => Some(handled),

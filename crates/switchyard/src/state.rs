@@ -53,46 +53,101 @@ impl Parent {
 }
 
 /// For an attempt at a command whose sender in this process waits for a typed result: where
-/// the typed handler leaves its output instead of encoding a reply. A task-local of its own,
-/// set only around such attempts, so every other handler call stays as it was.
+/// the typed handler leaves its output instead of encoding a reply. Set only around the calls
+/// and polls of such attempts ([`within`](Self::within)), so every other handler call stays
+/// as it was.
+#[derive(Default)]
 pub(crate) struct TypedSlot {
-    wanted: WantedType,
-    value: Cell<Option<TypedValue>>,
+    /// The type the sender takes; `None` outside such an attempt.
+    wanted: Option<WantedType>,
+    value: Option<TypedValue>,
+}
+
+thread_local! {
+    /// The slot of the attempt being called or polled on this thread: a thread-local swapped
+    /// in and out around each call and poll (as `switchyard_core::delivered`), rather than a
+    /// tokio task-local, whose scope costs several times more per command.
+    static TYPED: Cell<TypedSlot> = Cell::new(TypedSlot::default());
 }
 
 impl TypedSlot {
-    pub(crate) fn new(wanted: WantedType) -> Self {
+    /// A slot for an attempt whose sender takes a `wanted`, holding the output `value` a call
+    /// left already, if any (an inline run's first call, waiting, goes on in the run:
+    /// `inline.rs`).
+    pub(crate) fn new(wanted: WantedType, value: Option<TypedValue>) -> Self {
         Self {
-            wanted,
-            value: Cell::new(None),
+            wanted: Some(wanted),
+            value,
         }
     }
 
     /// The output a handler left, if any.
     pub(crate) fn into_value(self) -> Option<TypedValue> {
-        self.value.into_inner()
+        self.value
     }
+
+    /// Calls `f` with this slot as the one a handler's [`offer_typed`] fills (the outer one,
+    /// if any, is back after it, also when `f` panics).
+    #[inline]
+    pub(crate) fn within<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let _entered = TypedEntered::new(self);
+        f()
+    }
+}
+
+/// A slot swapped into the thread-local, swapped back out on drop.
+struct TypedEntered<'a> {
+    slot: &'a mut TypedSlot,
+    swapped: bool,
+}
+
+impl<'a> TypedEntered<'a> {
+    #[inline]
+    fn new(slot: &'a mut TypedSlot) -> Self {
+        let swapped = swap_typed(slot);
+        Self { slot, swapped }
+    }
+}
+
+impl Drop for TypedEntered<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.swapped {
+            swap_typed(self.slot);
+        }
+    }
+}
+
+/// Swaps `slot` with the thread-local; `false` when the thread is ending.
+#[inline]
+fn swap_typed(slot: &mut TypedSlot) -> bool {
+    TYPED
+        .try_with(|t| {
+            let outer = t.replace(std::mem::take(slot));
+            *slot = outer;
+        })
+        .is_ok()
 }
 
 /// In a handler: hands `output` to the sender waiting for it typed (replacing an output a
 /// previous call of the same attempt left), or gives it back when no sender takes an `O`.
 pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
-    let _ = TYPED.try_with(|slot| {
-        if (slot.wanted)() == TypeId::of::<O>()
+    let _ = TYPED.try_with(|t| {
+        let mut slot = t.take();
+        if slot
+            .wanted
+            .is_some_and(|wanted| wanted() == TypeId::of::<O>())
             && let Some(output) = output.take()
         {
-            slot.value.set(Some(Box::new(output)));
+            slot.value = Some(crate::reply::box_output(output));
         }
+        t.set(slot);
     });
     match output {
         None => Ok(()),
         Some(output) => Err(output),
     }
-}
-
-tokio::task_local! {
-    pub(crate) static TYPED: TypedSlot;
 }
 
 pub(crate) const RUNNING: u8 = 0;

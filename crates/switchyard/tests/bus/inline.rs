@@ -564,3 +564,59 @@ async fn a_command_to_a_handler_not_ready_is_queued_and_runs_once_ready() {
         (1, 0, 0)
     );
 }
+
+/// The first attempt of an inline command is made at the send's first poll, outside the
+/// run's future; what does not end there goes on in the run. Every way on: an attempt that
+/// fails at once, one that waits and then fails, one that waits and then answers; each
+/// retried in place, on the sender's task, with the typed output handed over at the end and
+/// the attempts counted once each.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_command_whose_first_attempts_fail_or_wait_is_retried_on_the_senders_task() {
+    let bus = Bus::builder()
+        .max_attempts(3)
+        .backoff(switchyard::Backoff::fixed(Duration::from_millis(1)))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Tasks = Arc::default();
+    let (c, seen) = (calls.clone(), tasks.clone());
+    let h = bus
+        .handle(move |cmd: Double, ctx| {
+            let call = c.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(tokio::task::try_id());
+            async move {
+                // n = 0: fails at once, then answers at once; n = 1: waits and fails, then
+                // waits and answers.
+                if cmd.n % 2 == 1 {
+                    tokio::task::yield_now().await;
+                }
+                if ctx.attempt() == 1 {
+                    return Err(format!("call {call} fails"));
+                }
+                Ok(cmd.n * 2 + 100)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in [0, 1] {
+        let b = bus.clone();
+        let sender = tokio::spawn(async move {
+            let out = b.send(Double { n }).await;
+            (tokio::task::id(), out)
+        });
+        let (sender_task, out) = sender.await.unwrap();
+        assert_eq!(out.unwrap(), n * 2 + 100);
+        let seen = std::mem::take(&mut *tasks.lock().unwrap());
+        assert_eq!(
+            seen,
+            vec![Some(sender_task); 2],
+            "both attempts inline (n = {n})"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    let stats = h.stats();
+    assert_eq!((stats.acked, stats.failed, stats.retried), (2, 2, 2));
+    assert_eq!((h.info().in_flight, bus.pending()), (0, 0));
+    assert!(bus.dead_letters().unwrap().list().is_empty());
+}
