@@ -548,11 +548,19 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
             Poll::Pending => {
                 // Boxed: only a run that waits needs it.
                 let mut aborted = Box::pin(sub.queue.inline_aborted().fuse());
-                tokio::select! {
-                    biased;
-                    handled = process.as_mut() => Some(handled),
-                    () = aborted.as_mut() => None,
-                }
+                // The run was polled just now with this task's waker: the first poll here
+                // only arms the abort, the run's next poll waits for a wake (a `select!`
+                // polled it again at once, a second poll per waiting command; review rev1).
+                let mut just_polled = true;
+                std::future::poll_fn(|cx| {
+                    if !std::mem::take(&mut just_polled)
+                        && let Poll::Ready(handled) = process.as_mut().poll(cx)
+                    {
+                        return Poll::Ready(Some(handled));
+                    }
+                    aborted.as_mut().poll(cx).map(|()| None)
+                })
+                .await
             }
         }
     };

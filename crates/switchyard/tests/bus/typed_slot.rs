@@ -1,8 +1,8 @@
-//! The typed output slot of a command attempt (`state.rs` `TypedSlot`): only the handler of
+//! Inline command attempts. The typed output slot (`state.rs` `TypedSlot`): only the handler of
 //! the message it was made for fills it, also when another command runs nested inline in that
 //! attempt; none is left on the thread after a panic, a dropped sender or a thread change.
 //! (From review rev1 of issue 18; the first and last tests failed before the slot knew its
-//! owner.)
+//! owner.) And a waiting inline call is polled once per wake.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -311,4 +311,48 @@ async fn a_typed_sender_gets_its_own_handlers_reply_not_a_nested_commands_output
         .await
         .unwrap();
     assert_eq!(bus.send(Outer { n: 1 }).await.unwrap(), 100);
+}
+
+/// An inline command whose first call waits is not polled again before it is woken (the run
+/// polled it twice in a row: (2, 3) before the fix).
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_call_that_waits_is_not_polled_again_before_its_wake() {
+    let bus = Bus::new();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (p, w, o) = (polls.clone(), waker.clone(), open.clone());
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let gate = Gate {
+                polls: p.clone(),
+                waker: w.clone(),
+                open: o.clone(),
+            };
+            async move {
+                gate.await;
+                Ok::<_, std::io::Error>(c.n * 2)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
+    tokio::time::timeout(WAIT, async {
+        while waker.lock().unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let before_wake = polls.load(Ordering::SeqCst);
+    open.store(1, Ordering::SeqCst);
+    waker.lock().unwrap().take().unwrap().wake();
+    assert_eq!(sender.await.unwrap().unwrap(), 8);
+    assert_eq!(
+        (before_wake, polls.load(Ordering::SeqCst)),
+        (1, 2),
+        "(polls before the wake, polls in all)"
+    );
 }
