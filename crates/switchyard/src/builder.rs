@@ -448,6 +448,7 @@ impl BusBuilder {
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
                 shutdown_report: tokio::sync::OnceCell::new(),
+                handed_back: Mutex::new(Vec::new()),
             }),
         };
         let _ = slot.set(Arc::downgrade(&bus.inner));

@@ -158,13 +158,21 @@ impl SubShared {
         env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
         let env = Arc::new(env);
         let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let id = env.id.clone();
         let mut entry = Entry::new(env, None, lane, accepted);
         entry.delivery = Some(Box::new(delivery));
         match self.queue.push_wait(entry).await {
             Ok(()) => Ok(()),
             // Closed: the delivery is dropped unsettled and comes back later; its count goes
-            // with the entry.
-            Err(_) => Err(EnqueueError::Closed),
+            // with the entry. Closed by a shutdown (which waited for the deliveries owed until
+            // they arrived, not until they were queued), the report names it as handed back:
+            // a transport that keeps nothing loses it when it closes.
+            Err(_) => {
+                if bus.state.load(std::sync::atomic::Ordering::Acquire) != crate::state::RUNNING {
+                    bus.handed_back.lock().push(id);
+                }
+                Err(EnqueueError::Closed)
+            }
         }
     }
 

@@ -89,6 +89,7 @@ impl Bus {
         for sub in &subs {
             sub.stop_pump(until).await;
         }
+        report.nacked.append(&mut inner.handed_back.lock());
         let mut handles: Vec<_> = subs
             .iter()
             .flat_map(|s| std::mem::take(&mut *s.workers.lock()))

@@ -243,6 +243,10 @@ pub(crate) struct BusInner {
     pub(crate) scheduled: Mutex<HashMap<MessageId, Scheduled>>,
     /// The report of the shutdown, once one finished: later calls return it.
     pub(crate) shutdown_report: tokio::sync::OnceCell<ShutdownReport>,
+    /// Deliveries a pump had taken from the transport when the shutdown closed its queue:
+    /// dropped unsettled (so given back to the transport), named by the shutdown report with
+    /// the other messages handed back (`ShutdownReport::nacked`).
+    pub(crate) handed_back: Mutex<Vec<MessageId>>,
 }
 
 impl BusInner {
