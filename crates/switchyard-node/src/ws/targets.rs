@@ -160,11 +160,23 @@ async fn start_subscription(
         // The log starts ungrouped subscriptions at its oldest record; an ephemeral
         // subscriber wants what is published from now on.
         if state.health.transport.kind() == "log" {
-            let since = SystemTime::now();
-            builder = builder.filter(move |env| env.timestamp >= since);
+            builder = builder.filter(published_from_now());
         }
     }
     builder.start().await.map_err(subscribe_error)
+}
+
+/// Keeps the messages stamped from now on. Message times come from the message clock
+/// (`switchyard::clock`), which trails the system clock by up to about a microsecond and
+/// differs by as much between threads: compared with a system clock reading taken just
+/// before, a message made just after could look older and be skipped (review rev2: 9,965 of
+/// 10,000). So "now" is taken a millisecond early: a message published within that
+/// millisecond before the subscribe may come too; none published after it is missed.
+fn published_from_now() -> impl Fn(&Envelope) -> bool + Send + Sync + 'static {
+    let since = SystemTime::now()
+        .checked_sub(std::time::Duration::from_millis(1))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    move |env| env.timestamp >= since
 }
 
 /// Most messages a manual-ack subscription may have unacked.
@@ -314,4 +326,19 @@ impl Hub {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ephemeral_log_subscriber_keeps_every_message_made_after_it_subscribed() {
+        let topic = switchyard::Topic::new("t.x").unwrap();
+        for _ in 0..10_000 {
+            let keep = published_from_now();
+            let env = Envelope::new(topic.clone(), "x");
+            assert!(keep(&env), "a message made after the subscribe was skipped");
+        }
+    }
 }
