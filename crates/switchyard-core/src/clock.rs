@@ -23,13 +23,21 @@
 //! - **A reading is never later than the anchor's system time plus the counter's elapsed
 //!   time**, and runs slow against it by 1/1024 (≈ 977 ppm, at most ≈ 1 µs at the span's
 //!   end). So it is not later than the system clock read at the same moment unless the
-//!   counter's calibrated rate is off from the system clock's by more than that (quanta
-//!   calibrates against the monotonic clock to a mean error of 10 ns over a loop of at least
-//!   0.5 ms, tens of ppm at worst; NTP slews by at most 500 ppm), and the next anchor
-//!   steps forward to the system clock rather than back: the readings of one thread go on
-//!   increasing across anchors, which keeps a thread's [`MessageId`]s in creation order.
-//!   The price is that a reading may trail the system clock by about 1.5 µs at most (the bias,
-//!   a slew against it, and the few nanoseconds between the anchor's two reads).
+//!   counter's calibrated rate is off from the system clock's by more than that, and the next
+//!   anchor steps forward to the system clock rather than back: the readings of one thread go
+//!   on increasing across anchors, which keeps a thread's [`MessageId`]s in creation order.
+//!   The price is that a reading may trail the system clock by about 1.5 µs (the bias, a slew
+//!   against it, and the few nanoseconds between the anchor's two reads). How far off the
+//!   calibrated rate can be is not bounded by quanta: it calibrates against the monotonic
+//!   clock (itself slewed by NTP, so the slew then and now may differ by up to 1000 ppm), and
+//!   a preemption between its reads skews the ratio; measured on the 2-core VM no reading was
+//!   ever ahead of a later `SystemTime::now()` (25 processes of 11 M reads, review rev2), but
+//!   code must not compare message times strictly with system clock reads.
+//! - **These promises assume the cores' counters agree**, as the kernel requires before it
+//!   uses `tsc` as its clock source. Where they do not (quanta may still trust the counter), a
+//!   thread moved to a core whose counter lags by less than the time since its anchor reads
+//!   earlier than before (ids stay unique: `id.rs` continues or redraws the run), and one moved
+//!   to a core ahead reads later than the system clock by the difference, until its next anchor.
 //! - **Where quanta has no counter** (a CPU without an invariant time-stamp counter, an
 //!   architecture other than x86-64 and AArch64), quanta's clock is the monotonic clock,
 //!   which costs as much as the system clock: [`now`] is then `SystemTime::now()` itself.

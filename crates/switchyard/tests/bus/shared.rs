@@ -255,7 +255,7 @@ async fn an_undecodable_payload_is_dead_lettered_with_its_raw_bytes() {
 }
 
 #[tokio::test]
-async fn a_session_handler_takes_the_value_shared() {
+async fn a_session_handler_takes_shared_the_value_it_decodes() {
     let bus = Bus::new();
     let session = bus.session("job-9").await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
