@@ -195,11 +195,11 @@ impl SingleHandler {
     ) -> SingleFuture {
         match self {
             #[cfg(feature = "middleware")]
-            Self::Boxed(s) => SingleFuture::Boxed(s.call_queued(env, delivery)),
+            Self::Boxed(s) if s.has_queued() => SingleFuture::Boxed(s.call_queued(env, delivery)),
             #[cfg(not(feature = "middleware"))]
-            Self::Boxed(s) => s.call_queued(env, delivery),
-            #[cfg(feature = "middleware")]
-            Self::Resilient(s) => SingleFuture::Stacked(s.call(env.copy_with_delivery(delivery))),
+            Self::Boxed(s) if s.has_queued() => s.call_queued(env, delivery),
+            // One place the copy is made, for every other handler.
+            _ => Callee::<Envelope>::call_in(self, env.copy_with_delivery(delivery)),
         }
     }
 }

@@ -102,18 +102,19 @@ impl BoxHandler {
         }
     }
 
+    /// Whether the service has a queued call (see [`queued`](Self::queued)).
+    #[inline(always)]
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued
+    }
+
     /// A worker's call at the queued `env` for an attempt stamped `delivery`, in the kept
     /// box: the service's own queued call if it has one (see [`queued`](Self::queued)),
     /// else a call with `env`'s copy stamped with `delivery` (as
     /// [`Envelope::copy_with_delivery`] makes it).
     #[inline(always)]
     pub(crate) fn call_queued(&mut self, env: &Arc<Envelope>, delivery: DeliveryInfo) -> HeldCall {
-        let kept = self.kept.take();
-        HeldCall(if self.queued {
-            self.held.call_held_queued(env, delivery, kept)
-        } else {
-            self.held.call_held(env.copy_with_delivery(delivery), kept)
-        })
+        HeldCall(self.held.call_held_queued(env, delivery, self.kept.take()))
     }
 }
 
