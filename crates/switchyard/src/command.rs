@@ -59,7 +59,11 @@ impl Bus {
     }
 
     /// Sends a request: a command with a deadline. Past the deadline the caller gets
-    /// `SendError::Timeout`; the handler's late reply is discarded.
+    /// `SendError::Timeout`; the handler's late reply is discarded. The deadline bounds the
+    /// waiting: a handler run on the sender's task that answers without ever waiting
+    /// (synchronous work, however long) answers before the deadline is looked at, so its
+    /// answer is returned (as `tokio::time::timeout` returns a future that is ready at its
+    /// first poll).
     pub async fn request<C: Command>(
         &self,
         cmd: C,

@@ -129,8 +129,9 @@ where
 /// Its first poll makes the first attempt itself, on the stack, as a worker does for an
 /// event: the handler is called and its future polled once, inside the delivered scope and
 /// the panic capture. Acked or replied then (a handler that does not wait), the command is
-/// answered and settled there. Only a call that waits, or an attempt that did not succeed,
-/// is handed to the run in its box (the worker's `SubShared::process`, with its retries,
+/// answered and settled there. Only a call that waits, an attempt that did not succeed, or
+/// (the whole command) one on a bus that publishes lifecycle events is handed to the run in
+/// its box (the worker's `SubShared::process`, with its retries,
 /// lifecycle events, dead letters and shutdown's deadline), polled at once.
 pub(crate) struct InlineRun(Stage);
 
@@ -267,7 +268,7 @@ impl Taken {
             None => (call(), None),
             // A typed sender here takes the typed handler's output as it is.
             Some(wanted) => {
-                let mut slot = TypedSlot::new(wanted, None);
+                let mut slot = TypedSlot::new(wanted, &env, None);
                 let started = slot.within(call);
                 (started, slot.into_value())
             }
@@ -501,7 +502,7 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                         None => (call.await, None),
                         Some(wanted) => {
                             let mut call = std::pin::pin!(call);
-                            let mut slot = TypedSlot::new(wanted, typed);
+                            let mut slot = TypedSlot::new(wanted, &env, typed);
                             let result =
                                 std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx)))
                                     .await;
@@ -547,11 +548,19 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
             Poll::Pending => {
                 // Boxed: only a run that waits needs it.
                 let mut aborted = Box::pin(sub.queue.inline_aborted().fuse());
-                tokio::select! {
-                    biased;
-                    handled = process.as_mut() => Some(handled),
-                    () = aborted.as_mut() => None,
-                }
+                // The run was polled just now with this task's waker: the first poll here
+                // only arms the abort, the run's next poll waits for a wake (a `select!`
+                // polled it again at once, a second poll per waiting command; review rev1).
+                let mut just_polled = true;
+                std::future::poll_fn(|cx| {
+                    if !std::mem::take(&mut just_polled)
+                        && let Poll::Ready(handled) = process.as_mut().poll(cx)
+                    {
+                        return Poll::Ready(Some(handled));
+                    }
+                    aborted.as_mut().poll(cx).map(|()| None)
+                })
+                .await
             }
         }
     };

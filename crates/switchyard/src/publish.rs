@@ -310,6 +310,14 @@ impl Bus {
         let expected = owed_deliveries(&self.inner.route(&env.topic));
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
+        // A shutdown begun since `check_running` may have looked for owed deliveries already
+        // and found none: this one would then come back after its pumps stopped, accepted and
+        // lost. Counted first, the state read after (a fence on each side, as in
+        // `shutdown_once`): either this publish sees the shutdown and is refused (nothing
+        // published, its count dropped with `expectation`), or the shutdown sees the count and
+        // waits for the delivery.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.check_running()?;
         let result = transport.publish(env).await;
         if result.is_ok() {
             expectation.keep();

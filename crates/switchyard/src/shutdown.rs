@@ -40,6 +40,10 @@ impl Bus {
     async fn shutdown_once(&self, deadline: Duration) -> ShutdownReport {
         let inner = &self.inner;
         inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
+        // Pairs with the fence in `publish_via`: a publish that counted its owed deliveries
+        // before this point is seen by the wait for them below; one that did not sees this
+        // state and is refused.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let settled_before = inner.pending.settled();
         let until = tokio::time::Instant::now() + deadline;
         let mut report = ShutdownReport::default();

@@ -53,13 +53,18 @@ impl Parent {
 }
 
 /// For an attempt at a command whose sender in this process waits for a typed result: where
-/// the typed handler leaves its output instead of encoding a reply. Set only around the calls
-/// and polls of such attempts ([`within`](Self::within)), so every other handler call stays
-/// as it was.
+/// the typed handler leaves its output instead of encoding a reply. Swapped in around the
+/// calls and polls of such attempts ([`within`](Self::within)); a handler call nested in one
+/// (a command sent from the handler and run inline, on the same thread) sees the slot too, so
+/// the slot also says whose it is: only the handler of the message it was made for fills it
+/// ([`offer_typed`] compares the delivered message with `owner`).
 #[derive(Default)]
 pub(crate) struct TypedSlot {
     /// The type the sender takes; `None` outside such an attempt.
     wanted: Option<WantedType>,
+    /// The address of the message the attempt handles (its shared envelope, alive for the
+    /// whole attempt, so the address is not reused meanwhile).
+    owner: usize,
     value: Option<TypedValue>,
 }
 
@@ -74,9 +79,14 @@ impl TypedSlot {
     /// A slot for an attempt whose sender takes a `wanted`, holding the output `value` a call
     /// left already, if any (an inline run's first call, waiting, goes on in the run:
     /// `inline.rs`).
-    pub(crate) fn new(wanted: WantedType, value: Option<TypedValue>) -> Self {
+    pub(crate) fn new(
+        wanted: WantedType,
+        owner: &Arc<Envelope>,
+        value: Option<TypedValue>,
+    ) -> Self {
         Self {
             wanted: Some(wanted),
+            owner: Arc::as_ptr(owner) as usize,
             value,
         }
     }
@@ -130,7 +140,8 @@ fn swap_typed(slot: &mut TypedSlot) -> bool {
 }
 
 /// In a handler: hands `output` to the sender waiting for it typed (replacing an output a
-/// previous call of the same attempt left), or gives it back when no sender takes an `O`.
+/// previous call of the same attempt left), or gives it back when no sender takes an `O`, or
+/// the slot is another message's (this handler runs nested in that one's attempt).
 pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
     let _ = TYPED.try_with(|t| {
@@ -138,6 +149,7 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
         if slot
             .wanted
             .is_some_and(|wanted| wanted() == TypeId::of::<O>())
+            && switchyard_core::delivered::with(|env| Arc::as_ptr(env) as usize) == Some(slot.owner)
             && let Some(output) = output.take()
         {
             slot.value = Some(crate::reply::box_output(output));

@@ -18,6 +18,7 @@ mod routing;
 mod shared;
 mod shutdown;
 mod stress;
+mod typed_slot;
 mod unencoded;
 
 use serde::{Deserialize, Serialize};
