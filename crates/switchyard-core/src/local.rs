@@ -218,6 +218,50 @@ impl Local {
         slot.downcast::<Value<T>>().ok().map(Shared::from_value)
     }
 
+    /// A clone of the value, if it is a `T` and `payload` is the buffer it was encoded to (as
+    /// for [`take`](Self::take)), leaving this `Local` as it is: what [`take`](Self::take) gives
+    /// while another copy holds the value, read from a copy that is not changed (the queued
+    /// envelope a bus hands its typed handlers without copying it).
+    ///
+    /// ```
+    /// use switchyard_core::{Bytes, Local};
+    /// let payload = Bytes::from_static(b"7");
+    /// let local = Local::new(7u32, &payload);
+    /// assert_eq!(local.cloned::<u32>(&payload), Some(7));
+    /// assert_eq!(local.cloned::<u64>(&payload), None);
+    /// assert!(!local.is_empty());
+    /// ```
+    #[inline]
+    pub fn cloned<T: Clone + Send + Sync + 'static>(&self, payload: &Bytes) -> Option<T> {
+        let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
+        let value = slot.downcast_ref::<Value<T>>()?;
+        value.encoded_to(payload).then(|| value.value.clone())
+    }
+
+    /// The value shared, if it is a `T` and `payload` is the buffer it was encoded to (as for
+    /// [`take_shared`](Self::take_shared)), leaving this `Local` as it is (a reference count
+    /// more; no `T` is cloned or moved).
+    ///
+    /// ```
+    /// use switchyard_core::{Bytes, Local, Shared};
+    /// let payload = Bytes::from_static(b"7");
+    /// let local = Local::new(7u32, &payload);
+    /// let a: Shared<u32> = local.shared(&payload).unwrap();
+    /// let b: Shared<u32> = local.shared(&payload).unwrap();
+    /// assert!(Shared::ptr_eq(&a, &b) && !local.is_empty());
+    /// ```
+    #[inline]
+    pub fn shared<T: Send + Sync + 'static>(&self, payload: &Bytes) -> Option<Shared<T>> {
+        let slot = self.0.as_ref()?;
+        let any: &(dyn Any + Send + Sync) = &**slot;
+        if !any.downcast_ref::<Value<T>>()?.encoded_to(payload) {
+            return None;
+        }
+        let slot: Arc<dyn Slot> = Arc::clone(slot);
+        let slot: Arc<dyn Any + Send + Sync> = slot;
+        slot.downcast::<Value<T>>().ok().map(Shared::from_value)
+    }
+
     /// Whether no value is attached (none was, it was cleared, or this copy took it).
     pub fn is_empty(&self) -> bool {
         self.0.is_none()

@@ -172,6 +172,11 @@ pub trait MessageArg: sealed::Sealed + Send + Sized + 'static {
     /// ([`Local::take`] or [`Local::take_shared`]).
     fn take(local: &mut Local, payload: &Bytes) -> Option<Self>;
 
+    /// The value published in this process, if it is in `local` for `payload`, leaving
+    /// `local` as it is ([`Local::cloned`] or [`Local::shared`]): what [`take`](Self::take)
+    /// gives from a copy of `local`.
+    fn get(local: &Local, payload: &Bytes) -> Option<Self>;
+
     /// Wraps a message decoded from the payload.
     fn from_decoded(message: Self::Message) -> Self;
 }
@@ -182,6 +187,11 @@ impl<M: Message> MessageArg for M {
     #[inline(always)]
     fn take(local: &mut Local, payload: &Bytes) -> Option<Self> {
         local.take::<M>(payload)
+    }
+
+    #[inline(always)]
+    fn get(local: &Local, payload: &Bytes) -> Option<Self> {
+        local.cloned::<M>(payload)
     }
 
     #[inline(always)]
@@ -196,6 +206,11 @@ impl<M: Message> MessageArg for Shared<M> {
     #[inline(always)]
     fn take(local: &mut Local, payload: &Bytes) -> Option<Self> {
         local.take_shared::<M>(payload)
+    }
+
+    #[inline(always)]
+    fn get(local: &Local, payload: &Bytes) -> Option<Self> {
+        local.shared::<M>(payload)
     }
 
     #[inline]

@@ -2,18 +2,21 @@
 //! message and hand it over with one.
 
 use std::future::Future;
-use std::sync::{OnceLock, Weak};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, ready};
 
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, Command, DeadLetter, DeadLetterReason, Envelope, Message, MessageArg, MessageId,
-    Outcome, ReplyAddress, SendError,
+    BoxError, Command, DeadLetter, DeadLetterReason, DeliveryInfo, Envelope, Message, MessageArg,
+    MessageId, Outcome, ReplyAddress, SendError,
 };
-use tower::service_fn;
 use tower::util::BoxCloneService;
+use tower::{Service, service_fn};
 
 use crate::bus::Bus;
 use crate::handler::{BoxBatchHandler, BoxHandler, IntoOutcome};
@@ -24,17 +27,89 @@ use crate::state::BusInner;
 #[derive(Clone)]
 pub struct Ctx {
     bus: Bus,
-    envelope: Envelope,
+    envelope: Handled,
     /// The envelope with its payload encoded, made at the first [`envelope`](Self::envelope)
-    /// call for a message the bus carried unencoded ([`Envelope::needs_encoding`]).
+    /// call for a message the bus carried unencoded ([`Envelope::needs_encoding`]); or, for
+    /// a context over the queued envelope, the attempt's copy of it, made at that call.
     encoded: OnceLock<Box<Envelope>>,
+}
+
+/// The message a [`Ctx`] is about.
+#[derive(Clone)]
+enum Handled {
+    /// The handler's own copy of the envelope, stamped with the attempt's bookkeeping.
+    Own(Envelope),
+    /// The envelope as it is queued, shared, with the attempt's bookkeeping beside it: a
+    /// typed handler nothing wraps (see `BoxHandler::queued`). Its copy is made only when
+    /// asked for ([`Ctx::envelope`]).
+    Queued {
+        env: Arc<Envelope>,
+        delivery: DeliveryInfo,
+        /// What the handler's copy would have done to its `local` as the handler took its
+        /// value from there (`Local::take`): done to the copy when one is made, so it is the
+        /// copy a handler given one got. `None` when the value was decoded.
+        let_go: Option<fn(&mut Envelope)>,
+    },
+}
+
+impl Handled {
+    /// The envelope (as queued, for [`Queued`](Self::Queued): its fields but
+    /// [`delivery`](Envelope::delivery) are the attempt's copy's).
+    #[inline(always)]
+    fn base(&self) -> &Envelope {
+        match self {
+            Self::Own(env) => env,
+            Self::Queued { env, .. } => env,
+        }
+    }
+
+    /// The attempt's delivery bookkeeping.
+    #[inline(always)]
+    fn delivery(&self) -> &DeliveryInfo {
+        match self {
+            Self::Own(env) => &env.delivery,
+            Self::Queued { delivery, .. } => delivery,
+        }
+    }
+
+    /// The attempt's copy of a queued envelope, as the handler would have had it.
+    fn stamped(
+        env: &Envelope,
+        delivery: DeliveryInfo,
+        let_go: Option<fn(&mut Envelope)>,
+    ) -> Envelope {
+        let mut copy = env.copy_with_delivery(delivery);
+        if let Some(let_go) = let_go {
+            let_go(&mut copy);
+        }
+        copy
+    }
 }
 
 impl Ctx {
     pub(crate) fn new(bus: Bus, envelope: Envelope) -> Self {
         Self {
             bus,
-            envelope,
+            envelope: Handled::Own(envelope),
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// A context over the queued `env`, for an attempt stamped `delivery`; `let_go` as
+    /// [`Handled::Queued`] has it.
+    pub(crate) fn queued(
+        bus: Bus,
+        env: Arc<Envelope>,
+        delivery: DeliveryInfo,
+        let_go: Option<fn(&mut Envelope)>,
+    ) -> Self {
+        Self {
+            bus,
+            envelope: Handled::Queued {
+                env,
+                delivery,
+                let_go,
+            },
             encoded: OnceLock::new(),
         }
     }
@@ -44,35 +119,50 @@ impl Ctx {
     /// [`Bus::publish`]) is encoded at the first call, once for all its handlers. Should
     /// that encoding fail, the payload is empty and the error is logged (`warn`).
     pub fn envelope(&self) -> &Envelope {
-        if !self.envelope.needs_encoding() {
-            return &self.envelope;
+        match &self.envelope {
+            Handled::Own(env) if !env.needs_encoding() => env,
+            Handled::Own(env) => self
+                .encoded
+                .get_or_init(|| Box::new(with_payload(env.clone()))),
+            Handled::Queued {
+                env,
+                delivery,
+                let_go,
+            } => self
+                .encoded
+                .get_or_init(|| Box::new(with_payload(Handled::stamped(env, *delivery, *let_go)))),
         }
-        self.encoded
-            .get_or_init(|| Box::new(with_payload(self.envelope.clone())))
     }
 
     /// The envelope being handled, with its payload (as [`envelope`](Self::envelope) gives
-    /// it), taken out of the context: no copy is made.
+    /// it), taken out of the context: no further copy is made.
     pub fn into_envelope(self) -> Envelope {
         match self.encoded.into_inner() {
             Some(encoded) => *encoded,
-            None => with_payload(self.envelope),
+            None => match self.envelope {
+                Handled::Own(env) => with_payload(env),
+                Handled::Queued {
+                    env,
+                    delivery,
+                    let_go,
+                } => with_payload(Handled::stamped(&env, delivery, let_go)),
+            },
         }
     }
 
     /// One header of the message being handled.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.envelope.header(name)
+        self.envelope.base().header(name)
     }
 
     /// The correlation id of the flow this message belongs to.
     pub fn correlation_id(&self) -> &MessageId {
-        &self.envelope.correlation_id
+        &self.envelope.base().correlation_id
     }
 
     /// Delivery attempt, 1-based.
     pub fn attempt(&self) -> u32 {
-        self.envelope.delivery.attempt
+        self.envelope.delivery().attempt
     }
 
     /// The sender's deadline for the command being handled: set for `bus.request` (in this
@@ -82,13 +172,13 @@ impl Ctx {
     /// `SendError::Timeout` and the result is discarded, so a handler may skip or cut short
     /// the work.
     pub fn deadline(&self) -> Option<std::time::Instant> {
-        self.envelope.delivery.deadline
+        self.envelope.delivery().deadline
     }
 
     /// What is left of [`deadline`](Self::deadline) now: zero once it has passed, `None`
     /// without a deadline.
     pub fn remaining(&self) -> Option<std::time::Duration> {
-        self.envelope.delivery.remaining()
+        self.envelope.delivery().remaining()
     }
 
     /// The bus.
@@ -99,7 +189,7 @@ impl Ctx {
     /// Publishes `msg` as a consequence of the message being handled (causation and correlation
     /// set), also from tasks the handler spawned.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), switchyard_core::PublishError> {
-        let env = switchyard_core::message::blank_envelope::<M>()?.caused_by(&self.envelope);
+        let env = switchyard_core::message::blank_envelope::<M>()?.caused_by(self.envelope.base());
         self.bus
             .publish_local(env, crate::publish::Typed(msg))
             .await
@@ -107,7 +197,8 @@ impl Ctx {
 
     /// Sends a command as a consequence of the message being handled.
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env = switchyard_core::message::blank_envelope::<C>()?.caused_by(&self.envelope);
+        let mut env =
+            switchyard_core::message::blank_envelope::<C>()?.caused_by(self.envelope.base());
         env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
@@ -149,6 +240,12 @@ fn decode_for_call<T: MessageArg>(
 /// reference counts every subscription shares, written from every worker's thread) or of the
 /// bus's `Weak` per call, and no async block moving it. `f`'s synchronous part therefore runs
 /// when the handler is called, not when its future is first polled.
+///
+/// The workers call it at the queued envelope itself ([`TypedEvent::call_queued`]): the value
+/// is cloned (or shared) from there and the [`Ctx`] holds the queued envelope with the
+/// attempt's bookkeeping, with no copy of the envelope unless the handler asks for one. Under
+/// a layer, `wrap_handlers` or the resilience stack it is called with a copy, as a
+/// `tower::Service`.
 pub(crate) fn typed_event<T, F, Fut, O, E>(bus: Weak<BusInner>, f: F) -> BoxHandler
 where
     T: MessageArg,
@@ -157,16 +254,121 @@ where
     O: IntoOutcome,
     E: Into<BoxError>,
 {
-    BoxHandler::new(service_fn(move |mut env: Envelope| {
-        let (msg, bus) = match decode_for_call::<T>(&bus, &mut env) {
+    BoxHandler::queued(
+        TypedEvent {
+            bus,
+            f,
+            arg: PhantomData,
+        },
+        TypedEvent::call_queued,
+    )
+}
+
+/// The service of [`typed_event`].
+struct TypedEvent<T, F> {
+    bus: Weak<BusInner>,
+    f: F,
+    arg: PhantomData<fn() -> T>,
+}
+
+impl<T, F: Clone> Clone for TypedEvent<T, F> {
+    fn clone(&self) -> Self {
+        Self {
+            bus: self.bus.clone(),
+            f: self.f.clone(),
+            arg: PhantomData,
+        }
+    }
+}
+
+/// The future of a typed handler's call: the decode's error, or `f`'s future with its
+/// output made an [`Outcome`].
+type TypedFuture<Fut> = Either<futures_util::future::Ready<Result<Outcome, BoxError>>, Finish<Fut>>;
+
+impl<T, F, Fut, O, E> Service<Envelope> for TypedEvent<T, F>
+where
+    T: MessageArg,
+    F: Fn(T, Ctx) -> Fut,
+    Fut: Future<Output = Result<O, E>>,
+    O: IntoOutcome,
+    E: Into<BoxError>,
+{
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = TypedFuture<Fut>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, mut env: Envelope) -> Self::Future {
+        let (msg, bus) = match decode_for_call::<T>(&self.bus, &mut env) {
             Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e))),
         };
-        Either::Right(
-            f(msg, Ctx::new(bus, env))
-                .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
-        )
-    }))
+        Either::Right(Finish {
+            fut: (self.f)(msg, Ctx::new(bus, env)),
+        })
+    }
+}
+
+impl<T, F, Fut, O, E> TypedEvent<T, F>
+where
+    T: MessageArg,
+    F: Fn(T, Ctx) -> Fut,
+    Fut: Future<Output = Result<O, E>>,
+    O: IntoOutcome,
+    E: Into<BoxError>,
+{
+    /// A call at the queued `env` for an attempt stamped `delivery`: the value taken as from
+    /// a copy of `env` (`upcast::decode_queued`), the [`Ctx`] over `env` itself.
+    #[inline]
+    fn call_queued(&mut self, env: &Arc<Envelope>, delivery: DeliveryInfo) -> TypedFuture<Fut> {
+        let (msg, taken) = match crate::upcast::decode_queued::<T>(&self.bus, env) {
+            Ok(decoded) => decoded,
+            Err(e) => return Either::Left(ready(Err(e.into()))),
+        };
+        let bus = match upgrade(&self.bus) {
+            Ok(bus) => bus,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        let let_go = taken.then_some(let_go::<T> as fn(&mut Envelope));
+        Either::Right(Finish {
+            fut: (self.f)(msg, Ctx::queued(bus, Arc::clone(env), delivery, let_go)),
+        })
+    }
+}
+
+/// What taking a `T` from an envelope's copy did to the copy's `local` (see `Local::take`).
+fn let_go<T: MessageArg>(env: &mut Envelope) {
+    drop(T::take(&mut env.local, &env.payload));
+}
+
+pin_project_lite::pin_project! {
+    /// A typed handler's future, its output made an [`Outcome`].
+    struct Finish<Fut> {
+        #[pin]
+        fut: Fut,
+    }
+}
+
+impl<Fut, O, E> Future for Finish<Fut>
+where
+    Fut: Future<Output = Result<O, E>>,
+    O: IntoOutcome,
+    E: Into<BoxError>,
+{
+    type Output = Result<Outcome, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .fut
+            .poll(cx)
+            .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into))
+    }
 }
 
 /// A typed command handler: decodes `C`, calls `f`, encodes its output as the reply (or, for

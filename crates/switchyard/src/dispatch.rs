@@ -17,7 +17,7 @@ use switchyard_core::{
 };
 
 use crate::config::{Handler, SubscriptionKind};
-use crate::handler::{Callee, SingleFuture, SingleHandler};
+use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -295,7 +295,7 @@ impl SubShared {
             let polled = std::future::poll_fn(|cx| std::pin::Pin::new(&mut fut).poll(cx));
             let result = AssertUnwindSafe(polled).catch_unwind().await;
             // What the call was made of goes back to the handler for the next call.
-            recycle_caught(svc, fut);
+            recycle_caught::<S, R>(svc, fut);
             result
         })
         .await
@@ -323,7 +323,7 @@ impl SubShared {
                 std::pin::Pin::new(&mut fut).poll(cx)
             });
             let result = AssertUnwindSafe(polled).catch_unwind().await;
-            recycle_caught(svc, fut);
+            recycle_caught::<_, Envelope>(svc, fut);
             result
         })
         .await
@@ -526,7 +526,7 @@ impl SubShared {
                     None => {
                         self.attempt(
                             svc,
-                            || stamped(delivery),
+                            || Queued(&env, delivery),
                             Parent::of(&env),
                             &env,
                             attempt,
@@ -538,7 +538,7 @@ impl SubShared {
                         let (made, output) = self
                             .attempt_typed(
                                 svc,
-                                || stamped(delivery),
+                                || Queued(&env, delivery),
                                 Parent::of(&env),
                                 &env,
                                 attempt,
@@ -670,22 +670,22 @@ pub(crate) enum Started {
 }
 
 /// A first attempt's call and first poll, at once (the caller runs it inside the delivered
-/// scope): the handler gets its copy of `env` stamped with `delivery`, and a panic in the
-/// call or the poll is captured as [`SubShared::call`] captures it. A call ended at its
-/// first poll (also by a panic) is handed back to the handler ([`Callee::recycle`]) here,
-/// outside the capture, as `call` does: a future that panicked is not dropped while the
-/// panic unwinds. Out of line, the envelope's copy inlined into it, for both its callers
+/// scope): the handler is called at `env` for an attempt stamped `delivery`
+/// ([`SingleHandler::call_queued`]: a typed handler nothing wraps takes `env` as it is, any
+/// other gets its own copy stamped with `delivery`), and a panic in the call or the poll is
+/// captured as [`SubShared::call`] captures it. A call ended at its first poll (also by a
+/// panic) is handed back to the handler ([`Callee::recycle`]) here, outside the capture, as
+/// `call` does: a future that panicked is not dropped while the panic unwinds. Out of line,
+/// the call inlined into it, for both its callers
 /// (the worker's first attempt at an event, an inline command's first attempt).
 #[inline(never)]
 pub(crate) fn start_call(
     svc: &mut SingleHandler,
-    env: &Envelope,
+    env: &Arc<Envelope>,
     delivery: DeliveryInfo,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
-    let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        svc.call_in(stamped_copy(env, delivery))
-    }));
+    let made = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_queued(env, delivery)));
     let mut fut = match made {
         Ok(fut) => fut,
         Err(panic) => return Started::Ended(Err(panic)),
@@ -697,7 +697,7 @@ pub(crate) fn start_call(
         Ok(std::task::Poll::Ready(result)) => Ok(result),
         Err(panic) => Err(panic),
     };
-    recycle_caught(svc, fut);
+    recycle_caught::<_, Envelope>(svc, fut);
     Started::Ended(result)
 }
 

@@ -99,7 +99,7 @@ impl Future for Ready<'_> {
 
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Callee::poll_ready(&mut *self.get_mut().0, cx)
+        Callee::<Envelope>::poll_ready(&mut *self.get_mut().0, cx)
     }
 }
 
@@ -182,6 +182,56 @@ impl InBox {
     }
 }
 
+impl SingleHandler {
+    /// A worker's call at the queued `env` for an attempt stamped `delivery`: a typed
+    /// handler nothing wraps takes it as it is (see [`BoxHandler::call_queued`]); any other
+    /// handler (wrapped by a layer, `wrap_handlers` or the resilience stack, or not typed) is
+    /// called with its own copy of `env` stamped with `delivery`.
+    #[inline(always)]
+    pub(crate) fn call_queued(
+        &mut self,
+        env: &std::sync::Arc<Envelope>,
+        delivery: switchyard_core::DeliveryInfo,
+    ) -> SingleFuture {
+        match self {
+            #[cfg(feature = "middleware")]
+            Self::Boxed(s) if s.has_queued() => SingleFuture::Boxed(s.call_queued(env, delivery)),
+            #[cfg(not(feature = "middleware"))]
+            Self::Boxed(s) if s.has_queued() => s.call_queued(env, delivery),
+            // One place the copy is made, for every other handler.
+            _ => Callee::<Envelope>::call_in(self, env.copy_with_delivery(delivery)),
+        }
+    }
+}
+
+/// A request for [`SingleHandler`]: the queued envelope and an attempt's delivery
+/// bookkeeping, called as [`SingleHandler::call_queued`].
+pub(crate) struct Queued<'a>(
+    pub(crate) &'a std::sync::Arc<Envelope>,
+    pub(crate) switchyard_core::DeliveryInfo,
+);
+
+impl Callee<Queued<'_>> for SingleHandler {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = SingleFuture;
+
+    #[inline(always)]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Callee::<Envelope>::poll_ready(self, cx)
+    }
+
+    #[inline(always)]
+    fn call_in(&mut self, request: Queued<'_>) -> SingleFuture {
+        self.call_queued(request.0, request.1)
+    }
+
+    #[inline(always)]
+    fn recycle(&mut self, ended: SingleFuture) {
+        Callee::<Envelope>::recycle(self, ended);
+    }
+}
+
 impl Callee<Envelope> for SingleHandler {
     type Response = Outcome;
     type Error = BoxError;
@@ -234,7 +284,7 @@ impl Service<Envelope> for SingleHandler {
 
     #[inline(always)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Callee::poll_ready(self, cx)
+        Callee::<Envelope>::poll_ready(self, cx)
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {

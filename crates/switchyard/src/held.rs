@@ -11,10 +11,11 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use switchyard_core::{BoxError, Envelope, Outcome};
+use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tower::Service;
 
 /// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
@@ -54,6 +55,9 @@ pub struct BoxHandler {
     /// The box of this handler's last call that ended, emptied; `None` before the first call,
     /// after a call dropped unfinished, and in a fresh clone.
     kept: Option<Pin<Box<dyn Slot>>>,
+    /// The service has a queued call ([`BoxHandler::queued`]): known here, so a handler
+    /// without one is called with its copy made inline, as before there were queued calls.
+    queued: bool,
 }
 
 impl BoxHandler {
@@ -69,11 +73,55 @@ impl BoxHandler {
             return handler.clone();
         }
         Self {
-            held: Box::new(Held(service)),
+            held: Box::new(Held {
+                svc: service,
+                queued: None,
+            }),
             kept: None,
+            queued: false,
         }
     }
+
+    /// Erases `service`'s type, as [`new`](Self::new), with `queued`: how the service is
+    /// called with the queued envelope and an attempt's delivery bookkeeping instead of a
+    /// stamped copy of it ([`call_queued`](Self::call_queued); a typed handler's, which
+    /// needs no copy). Its future is of the same type as `service`'s calls', so both kinds
+    /// of call run in the one box.
+    pub(crate) fn queued<S>(service: S, queued: QueuedFn<S>) -> Self
+    where
+        S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        Self {
+            held: Box::new(Held {
+                svc: service,
+                queued: Some(queued),
+            }),
+            kept: None,
+            queued: true,
+        }
+    }
+
+    /// Whether the service has a queued call (see [`queued`](Self::queued)).
+    #[inline(always)]
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued
+    }
+
+    /// A worker's call at the queued `env` for an attempt stamped `delivery`, in the kept
+    /// box: the service's own queued call if it has one (see [`queued`](Self::queued)),
+    /// else a call with `env`'s copy stamped with `delivery` (as
+    /// [`Envelope::copy_with_delivery`] makes it).
+    #[inline(always)]
+    pub(crate) fn call_queued(&mut self, env: &Arc<Envelope>, delivery: DeliveryInfo) -> HeldCall {
+        HeldCall(self.held.call_held_queued(env, delivery, self.kept.take()))
+    }
 }
+
+/// How a service is called with the queued envelope and an attempt's delivery bookkeeping
+/// (see [`BoxHandler::queued`]).
+pub(crate) type QueuedFn<S> =
+    fn(&mut S, &Arc<Envelope>, DeliveryInfo) -> <S as Service<Envelope>>::Future;
 
 /// A `tower` boxed service as a handler (boxed once more: its calls' futures are still
 /// boxed by it).
@@ -89,6 +137,7 @@ impl Clone for BoxHandler {
         Self {
             held: self.held.clone_box(),
             kept: None,
+            queued: self.queued,
         }
     }
 }
@@ -170,6 +219,16 @@ trait Slot: Send {
     #[allow(clippy::result_large_err)] // the envelope goes back by value, to be called with
     fn refill(self: Pin<&mut Self>, held: &mut dyn Any, env: Envelope) -> Result<(), Envelope>;
 
+    /// Calls `held`'s queued call (see [`BoxHandler::queued`]) with `env` and `delivery`, its
+    /// future written into the slot; false (nothing called) if `held` is another service or
+    /// has no queued call.
+    fn refill_queued(
+        self: Pin<&mut Self>,
+        held: &mut dyn Any,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+    ) -> bool;
+
     /// Moves the future in `fresh` (an `Option` of this slot's future type, not yet polled)
     /// into the slot, dropping what the slot held; leaves `fresh` as it is if it is of
     /// another type. For a future no larger than an envelope.
@@ -212,9 +271,28 @@ where
         // Written into the box from the call (the future is not moved out of another
         // `Option` first: a handler's future holding its envelope is ~450 bytes).
         self.set(CallOf {
-            call: Some(held.0.call(env)),
+            call: Some(held.svc.call(env)),
         });
         Ok(())
+    }
+
+    #[inline]
+    fn refill_queued(
+        mut self: Pin<&mut Self>,
+        held: &mut dyn Any,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+    ) -> bool {
+        let Some(held) = held.downcast_mut::<Held<S>>() else {
+            return false;
+        };
+        let Some(queued) = held.queued else {
+            return false;
+        };
+        self.set(CallOf {
+            call: Some(queued(&mut held.svc, env, delivery)),
+        });
+        true
     }
 
     #[inline]
@@ -238,6 +316,16 @@ trait Erased: Send {
     /// Calls the service, its future in `kept` if that box fits it, else in a new box.
     fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>>;
 
+    /// Calls the service at the queued `env` for an attempt stamped `delivery` (see
+    /// [`BoxHandler::call_queued`]), its future in `kept` if that box fits it, else in a new
+    /// box.
+    fn call_held_queued(
+        &mut self,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+        kept: Option<Pin<Box<dyn Slot>>>,
+    ) -> Pin<Box<dyn Slot>>;
+
     /// Calls the service, its future boxed on its own.
     fn call_boxed(&mut self, env: Envelope) -> BoxFuture<'static, Result<Outcome, BoxError>>;
 
@@ -252,8 +340,11 @@ trait Erased: Send {
 /// own per call, as before, and [`recycle`](Callee::recycle) frees it.
 const KEPT_UP_TO: usize = 4096;
 
-/// The concrete service behind a [`BoxHandler`].
-struct Held<S>(S);
+/// The concrete service behind a [`BoxHandler`], and its queued call if it has one.
+struct Held<S: Service<Envelope>> {
+    svc: S,
+    queued: Option<QueuedFn<S>>,
+}
 
 impl<S> Erased for Held<S>
 where
@@ -261,7 +352,7 @@ where
     S::Future: Send + 'static,
 {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx)
+        self.svc.poll_ready(cx)
     }
 
     fn call_held(&mut self, env: Envelope, kept: Option<Pin<Box<dyn Slot>>>) -> Pin<Box<dyn Slot>> {
@@ -270,7 +361,7 @@ where
         if size_of::<CallOf<S>>() <= size_of::<Envelope>() {
             // A small future: made here and moved into the box (moving the envelope into the
             // box's call instead would cost as much).
-            let mut fresh = Some(self.0.call(env));
+            let mut fresh = Some(self.svc.call(env));
             if let Some(mut slot) = kept {
                 slot.as_mut().refill_made(&mut fresh);
                 if fresh.is_none() {
@@ -287,15 +378,39 @@ where
             None => env,
         };
         Box::pin(CallOf::<S> {
-            call: Some(self.0.call(env)),
+            call: Some(self.svc.call(env)),
+        })
+    }
+
+    fn call_held_queued(
+        &mut self,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+        kept: Option<Pin<Box<dyn Slot>>>,
+    ) -> Pin<Box<dyn Slot>> {
+        let Some(queued) = self.queued else {
+            return self.call_held(env.copy_with_delivery(delivery), kept);
+        };
+        // The request is small: the future is written into the kept box from the call,
+        // whatever its size.
+        if let Some(mut slot) = kept
+            && slot.as_mut().refill_queued(self, env, delivery)
+        {
+            return slot;
+        }
+        Box::pin(CallOf::<S> {
+            call: Some(queued(&mut self.svc, env, delivery)),
         })
     }
 
     fn call_boxed(&mut self, env: Envelope) -> BoxFuture<'static, Result<Outcome, BoxError>> {
-        Box::pin(self.0.call(env))
+        Box::pin(self.svc.call(env))
     }
 
     fn clone_box(&self) -> Box<dyn Erased> {
-        Box::new(Held(self.0.clone()))
+        Box::new(Held {
+            svc: self.svc.clone(),
+            queued: self.queued,
+        })
     }
 }

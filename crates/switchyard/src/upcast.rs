@@ -54,6 +54,21 @@ pub(crate) fn decode<A: MessageArg>(
     decode_payload::<A::Message>(bus, env).map(A::from_decoded)
 }
 
+/// Decodes what a typed handler takes from the queued `env`, which stays as it is: as
+/// [`decode`] from a copy of `env` (the value published in this process, cloned or shared; else
+/// the payload decoded), and whether the value was taken from `env.local` (a copy would have
+/// let go of it, see `Local::take`).
+#[inline]
+pub(crate) fn decode_queued<A: MessageArg>(
+    bus: &Weak<BusInner>,
+    env: &Envelope,
+) -> Result<(A, bool), CodecError> {
+    if let Some(msg) = A::get(&env.local, &env.payload) {
+        return Ok((msg, true));
+    }
+    decode_payload::<A::Message>(bus, env).map(|msg| (A::from_decoded(msg), false))
+}
+
 /// Decodes `T` from `env`'s payload, upcast first when the envelope is older than `T`.
 #[inline(never)]
 fn decode_payload<T: Message>(bus: &Weak<BusInner>, env: &Envelope) -> Result<T, CodecError> {

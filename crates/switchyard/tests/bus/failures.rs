@@ -284,3 +284,96 @@ async fn idle_workers_do_not_take_messages_once_the_handler_is_not_ready() {
         .unwrap();
     assert_eq!(gate.handled.load(Ordering::SeqCst), 4);
 }
+
+/// What a typed handler's context shows on each attempt, read while the handler runs.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    attempt: u32,
+    correlation: switchyard::MessageId,
+    header: Option<String>,
+    env_attempt: u32,
+    env_id: switchyard::MessageId,
+    env_correlation: switchyard::MessageId,
+    first_delivered_at: Option<std::time::SystemTime>,
+    payload: Vec<u8>,
+}
+
+/// A typed handler's `Ctx` is the attempt's: on a retry it shows that attempt's number (also
+/// in `envelope().delivery`), the first delivery time of the first attempt, and the
+/// message's correlation id and headers, whether the value came with the message (`publish`)
+/// or was decoded (`publish_envelope`).
+#[tokio::test]
+async fn a_typed_handlers_ctx_sees_each_attempts_delivery_and_the_correlation_id() {
+    let bus = Bus::builder()
+        .max_attempts(2)
+        .retry_delay(Duration::ZERO)
+        .build()
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+    let s = seen.clone();
+    let _sub = bus
+        .on("retried", move |p: Ping, ctx| {
+            let s = s.clone();
+            async move {
+                let env = ctx.envelope();
+                s.lock().unwrap().push(Seen {
+                    attempt: ctx.attempt(),
+                    correlation: ctx.correlation_id().clone(),
+                    header: ctx.header("tenant").map(str::to_owned),
+                    env_attempt: env.delivery.attempt,
+                    env_id: env.id.clone(),
+                    env_correlation: env.correlation_id.clone(),
+                    first_delivered_at: env.delivery.first_delivered_at,
+                    payload: env.payload.to_vec(),
+                });
+                Ok::<_, std::io::Error>(if ctx.attempt() < 2 {
+                    Outcome::retry()
+                } else {
+                    assert_eq!(p.n, 5, "the retry sees the value as published");
+                    Outcome::Ack
+                })
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    // Published typed: the value travels with the message.
+    bus.publish(Ping { n: 5 }).await.unwrap();
+    bus.run_until_idle().await;
+    // Published as an envelope with a correlation id and a header: the payload is decoded.
+    let flow = Envelope::new(Topic::new("other").unwrap(), "{}");
+    let env = Envelope::new(Topic::new(Ping::TOPIC).unwrap(), r#"{"n":5}"#)
+        .with_header("tenant", "acme")
+        .with_correlation_id(flow.id.clone());
+    let id = env.id.clone();
+    bus.publish_envelope(env).await.unwrap();
+    bus.run_until_idle().await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "two attempts at each message: {seen:?}");
+    for pair in seen.chunks(2) {
+        let (first, second) = (&pair[0], &pair[1]);
+        assert_eq!((first.attempt, second.attempt), (1, 2));
+        assert_eq!((first.env_attempt, second.env_attempt), (1, 2));
+        assert!(first.first_delivered_at.is_some());
+        assert_eq!(second.first_delivered_at, first.first_delivered_at);
+        assert_eq!(first.env_id, second.env_id);
+        for s in pair {
+            assert_eq!(s.correlation, s.env_correlation);
+            assert_eq!(s.payload, br#"{"n":5}"#);
+        }
+    }
+    // A new message starts its own flow; the enveloped one is in `flow`'s.
+    assert_eq!(seen[0].correlation, seen[0].env_id);
+    assert_eq!(seen[1].correlation, seen[0].env_id);
+    assert_eq!(
+        (seen[0].header.as_deref(), seen[1].header.as_deref()),
+        (None, None)
+    );
+    assert_eq!(seen[2].env_id, id);
+    assert_eq!(seen[2].correlation, flow.id);
+    assert_eq!(seen[3].correlation, flow.id);
+    assert_eq!(seen[2].header.as_deref(), Some("acme"));
+    assert_eq!(seen[3].header.as_deref(), Some("acme"));
+}
