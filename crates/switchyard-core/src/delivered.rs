@@ -7,7 +7,9 @@
 //!
 //! The envelope is the one queued, before the bus stamps the delivery bookkeeping
 //! ([`Envelope::delivery`]) on the copy it hands the handler: compare with
-//! [`Envelope::same_message`], and take the delivery fields from the handler's copy.
+//! [`Envelope::same_message`], and take the delivery fields from the handler's copy (a typed
+//! handler nothing wraps gets no copy: its `Ctx` has them, `attempt()` or
+//! `envelope().delivery`).
 //!
 //! Like a task-local, without a runtime: a thread-local swapped in around every poll of the
 //! scoped future (and back out after it, also when the poll panics).

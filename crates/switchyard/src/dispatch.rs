@@ -506,7 +506,9 @@ impl SubShared {
             Box::pin(bus.command_started(&env, self.name())).await;
         }
         // The shared envelope stays as it was queued; each attempt gets its own copy
-        // stamped with the delivery bookkeeping.
+        // stamped with the delivery bookkeeping, except a typed event handler nothing wraps,
+        // which takes the queued envelope and the attempt's bookkeeping beside it
+        // (`SingleHandler::call_queued`).
         let mut delivery = env.delivery;
         // A typed sender in this process takes the typed handler's output as it is.
         let wanted = reply.as_ref().and_then(|r| r.typed);

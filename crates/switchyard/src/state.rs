@@ -57,14 +57,15 @@ impl Parent {
 /// calls and polls of such attempts ([`within`](Self::within)); a handler call nested in one
 /// (a command sent from the handler and run inline, on the same thread) sees the slot too, so
 /// the slot also says whose it is: only the handler of the message it was made for fills it
-/// ([`offer_typed`] compares the delivered message with `owner`).
+/// ([`offer_typed`] compares the delivered message's id with `owner`: the id, not the shared
+/// envelope's address, since a layer may run its inner handler in a delivered scope of its own
+/// copy, review rev3).
 #[derive(Default)]
 pub(crate) struct TypedSlot {
     /// The type the sender takes; `None` outside such an attempt.
     wanted: Option<WantedType>,
-    /// The address of the message the attempt handles (its shared envelope, alive for the
-    /// whole attempt, so the address is not reused meanwhile).
-    owner: usize,
+    /// The id of the message the attempt handles.
+    owner: Option<MessageId>,
     value: Option<TypedValue>,
 }
 
@@ -86,7 +87,7 @@ impl TypedSlot {
     ) -> Self {
         Self {
             wanted: Some(wanted),
-            owner: Arc::as_ptr(owner) as usize,
+            owner: Some(owner.id.clone()),
             value,
         }
     }
@@ -149,7 +150,8 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
         if slot
             .wanted
             .is_some_and(|wanted| wanted() == TypeId::of::<O>())
-            && switchyard_core::delivered::with(|env| Arc::as_ptr(env) as usize) == Some(slot.owner)
+            && switchyard_core::delivered::with(|env| slot.owner.as_ref() == Some(&env.id))
+                == Some(true)
             && let Some(output) = output.take()
         {
             slot.value = Some(crate::reply::box_output(output));

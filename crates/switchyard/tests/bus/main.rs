@@ -14,6 +14,7 @@ mod local;
 mod ordering;
 mod polls;
 mod prefetch;
+mod queued_ctx;
 mod routing;
 mod shared;
 mod shutdown;

@@ -81,7 +81,7 @@ impl Future for Gate {
 
 /// An output with no JSON form: a sender gets it only if it was handed over as it is.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Opaque(u64);
+pub struct Opaque(pub u64);
 impl Serialize for Opaque {
     fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
         Err(serde::ser::Error::custom("Opaque has no JSON form"))
