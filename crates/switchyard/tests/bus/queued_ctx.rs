@@ -91,7 +91,7 @@ async fn a_typed_output_reaches_its_sender_through_the_resilience_stack() {
             let k = c2.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::task::yield_now().await;
-                if k % 3 == 0 {
+                if k.is_multiple_of(3) {
                     return Err(std::io::Error::other("first"));
                 }
                 Ok::<_, std::io::Error>(Opaque(c.n))
