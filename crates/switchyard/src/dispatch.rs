@@ -392,10 +392,8 @@ impl SubShared {
     where
         S: Callee<R, Response = Outcome, Error = BoxError>,
     {
-        let mut slot = TypedSlot::new(wanted, &parent.0, None);
-        let mut call = std::pin::pin!(self.call(svc, request, parent, ready));
-        let result = std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx))).await;
-        let typed = slot.into_value();
+        let slot = TypedSlot::new(wanted, &parent.0, None);
+        let (result, typed) = slot.around(self.call(svc, request, parent, ready)).await;
         (self.classify(result, first, attempt), typed)
     }
 

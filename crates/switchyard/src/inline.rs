@@ -500,20 +500,9 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                     let call = sub.finish_call(&mut svc, fut, &env, true);
                     let (result, typed) = match reply.typed {
                         None => (call.await, None),
-                        Some(wanted) => {
-                            let mut call = std::pin::pin!(call);
-                            let mut slot = TypedSlot::new(wanted, &env, typed);
-                            let result =
-                                std::future::poll_fn(|cx| slot.within(|| call.as_mut().poll(cx)))
-                                    .await;
-                            (result, slot.into_value())
-                        }
+                        Some(wanted) => TypedSlot::new(wanted, &env, typed).around(call).await,
                     };
-                    let made = match result {
-                        Ok(Ok(Outcome::Ack)) => Attempt::Done(None),
-                        Ok(Ok(Outcome::Reply(r))) => Attempt::Done(Some(r)),
-                        other => sub.classify_rare(other, &env, stamp.attempt),
-                    };
+                    let made = sub.classify(result, &env, stamp.attempt);
                     if let Attempt::Done(r) = made {
                         // Let go of before the slot is given back (see `first_attempt`).
                         drop(env);

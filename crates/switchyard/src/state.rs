@@ -97,6 +97,18 @@ impl TypedSlot {
         self.value
     }
 
+    /// Awaits `call` with this slot swapped in around each of its polls: its output and the
+    /// typed output a handler left.
+    #[inline]
+    pub(crate) async fn around<F: std::future::Future>(
+        mut self,
+        call: F,
+    ) -> (F::Output, Option<TypedValue>) {
+        let mut call = std::pin::pin!(call);
+        let result = std::future::poll_fn(|cx| self.within(|| call.as_mut().poll(cx))).await;
+        (result, self.value)
+    }
+
     /// Calls `f` with this slot as the one a handler's [`offer_typed`] fills (the outer one,
     /// if any, is back after it, also when `f` panics).
     #[inline]
