@@ -116,6 +116,14 @@ impl<T> Value<T> {
     }
 }
 
+/// `slot` as the [`Shared`] value it holds, once its type was checked as a `Value<T>` (the
+/// `Arc` itself is handed over).
+#[inline]
+fn shared_of<T: Send + Sync + 'static>(slot: Arc<dyn Slot>) -> Option<Shared<T>> {
+    let slot: Arc<dyn Any + Send + Sync> = slot;
+    slot.downcast::<Value<T>>().ok().map(Shared::from_value)
+}
+
 impl Local {
     /// Carries `value`, the value `payload` was encoded from.
     pub fn new<T: Clone + Send + Sync + 'static>(value: T, payload: &Bytes) -> Self {
@@ -157,11 +165,7 @@ impl Local {
     /// value attached unencoded, which it keeps (cloned out, never moved) so that its
     /// envelope can still be encoded; other copies keep theirs.
     pub fn take<T: Clone + Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<T> {
-        let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
-        let value = slot.downcast_ref::<Value<T>>()?;
-        if !value.encoded_to(payload) {
-            return None;
-        }
+        let value = self.value::<T>(payload)?;
         // A value attached unencoded stays with this copy: its envelope can still make its
         // payload ([`Envelope::encode_payload`](crate::Envelope::encode_payload)).
         let keep = matches!(value.encoding, Encoding::Lazy(..));
@@ -201,21 +205,22 @@ impl Local {
     /// assert!(a.is_empty() && b.is_empty());
     /// ```
     pub fn take_shared<T: Send + Sync + 'static>(&mut self, payload: &Bytes) -> Option<Shared<T>> {
-        let slot = self.0.as_ref()?;
-        let any: &(dyn Any + Send + Sync) = &**slot;
-        let value = any.downcast_ref::<Value<T>>()?;
-        if !value.encoded_to(payload) {
-            return None;
-        }
+        let keep = matches!(self.value::<T>(payload)?.encoding, Encoding::Lazy(..));
         // A value attached unencoded stays with this copy, as in `take`.
-        let slot: Arc<dyn Slot> = if matches!(value.encoding, Encoding::Lazy(..)) {
-            Arc::clone(slot)
+        let slot = if keep {
+            Arc::clone(self.0.as_ref()?)
         } else {
             self.0.take()?
         };
-        // The downcast was checked above: the `Arc` itself is handed over.
-        let slot: Arc<dyn Any + Send + Sync> = slot;
-        slot.downcast::<Value<T>>().ok().map(Shared::from_value)
+        shared_of(slot)
+    }
+
+    /// The attached value, if it is a `T` and `payload` is the buffer it was encoded to.
+    #[inline]
+    fn value<T: Send + Sync + 'static>(&self, payload: &Bytes) -> Option<&Value<T>> {
+        let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
+        let value = slot.downcast_ref::<Value<T>>()?;
+        value.encoded_to(payload).then_some(value)
     }
 
     /// A clone of the value, if it is a `T` and `payload` is the buffer it was encoded to (as
@@ -233,9 +238,7 @@ impl Local {
     /// ```
     #[inline]
     pub fn cloned<T: Clone + Send + Sync + 'static>(&self, payload: &Bytes) -> Option<T> {
-        let slot: &(dyn Any + Send + Sync) = &**self.0.as_ref()?;
-        let value = slot.downcast_ref::<Value<T>>()?;
-        value.encoded_to(payload).then(|| value.value.clone())
+        self.value::<T>(payload).map(|value| value.value.clone())
     }
 
     /// The value shared, if it is a `T` and `payload` is the buffer it was encoded to (as for
@@ -252,14 +255,8 @@ impl Local {
     /// ```
     #[inline]
     pub fn shared<T: Send + Sync + 'static>(&self, payload: &Bytes) -> Option<Shared<T>> {
-        let slot = self.0.as_ref()?;
-        let any: &(dyn Any + Send + Sync) = &**slot;
-        if !any.downcast_ref::<Value<T>>()?.encoded_to(payload) {
-            return None;
-        }
-        let slot: Arc<dyn Slot> = Arc::clone(slot);
-        let slot: Arc<dyn Any + Send + Sync> = slot;
-        slot.downcast::<Value<T>>().ok().map(Shared::from_value)
+        self.value::<T>(payload)?;
+        shared_of(Arc::clone(self.0.as_ref()?))
     }
 
     /// Whether no value is attached (none was, it was cleared, or this copy took it).
