@@ -62,8 +62,8 @@ impl Drop for HeldBus {
 
 /// A handled message a worker has not completed in its queue yet: completed (and settled)
 /// under the lock that takes the next one when the handler is ready at once.
+/// (Its envelope and seq: in the worker's `Lending`.)
 struct Done {
-    seq: u64,
     lane: Option<SmolStr>,
     bus: HeldBus,
     accepted: Accepted,
@@ -120,6 +120,8 @@ impl SubShared {
         let mut held: Option<HeldBus> = None;
         // Messages taken since this worker last waited or yielded.
         let mut streak: u32 = 0;
+        // The message being handled: the queue lends its envelope (keeping no reference).
+        let mut lending = self.queue.lending(worker);
         loop {
             // Fairness: with a handler that is always ready and a queue that never empties,
             // nothing here waits, so the worker would never give its thread to other tasks.
@@ -130,7 +132,7 @@ impl SubShared {
             if streak >= YIELD_EVERY {
                 streak = 0;
                 if let Some(done) = prev.take() {
-                    self.queue.complete(worker, done.seq, done.lane.as_ref());
+                    self.queue.complete_lent(&mut lending, done.lane.as_ref());
                     done.accepted.settle(done.how);
                 }
                 tokio::task::yield_now().await;
@@ -145,7 +147,7 @@ impl SubShared {
                     std::task::Poll::Pending => {
                         // Not ready: settle the last message now, not once the handler is.
                         if let Some(done) = prev.take() {
-                            self.queue.complete(worker, done.seq, done.lane.as_ref());
+                            self.queue.complete_lent(&mut lending, done.lane.as_ref());
                             done.accepted.settle(done.how);
                         }
                         // A wake-up for work this worker cannot do now goes to another.
@@ -166,14 +168,14 @@ impl SubShared {
                 Some(done) => {
                     let popped = self
                         .queue
-                        .complete_and_pop(worker, done.seq, done.lane.as_ref());
+                        .complete_and_pop(&mut lending, done.lane.as_ref());
                     done.accepted.settle(done.how);
                     if !done.bus.orphaned() {
                         held = Some(done.bus);
                     }
                     popped
                 }
-                None => self.queue.try_pop(worker),
+                None => self.queue.try_pop_lent(&lending),
             };
             // A message is only taken right after the handler was seen ready (nothing awaited
             // since), so that readiness holds for its first attempt.
@@ -200,24 +202,26 @@ impl SubShared {
                 accepted,
                 ..
             } = taken.entry;
+            // The queue's own reference, lent (it keeps none while this worker holds it).
+            let env = lending.hold(seq, env);
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
-            let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, &env) {
+            let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
                 let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
                 let started = switchyard_core::delivered::scope(
-                    Arc::clone(&env),
+                    Arc::clone(env),
                     std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(start_call(&mut svc, &env, stamp, cx))
+                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, cx))
                     }),
                 )
                 .await;
                 let result = match started {
                     Started::Ended(result) => result,
-                    Started::Pending(fut) => self.finish_call(&mut svc, fut, &env, true).await,
+                    Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
                 };
                 match result {
                     // An event has no one to answer (and a reply to it is dropped).
@@ -226,11 +230,11 @@ impl SubShared {
                         true
                     }
                     other => {
-                        let made = self.classify_rare(other, &env, stamp.attempt);
+                        let made = self.classify_rare(other, env, stamp.attempt);
                         self.process(
                             &bus,
                             &mut svc,
-                            env,
+                            Arc::clone(env),
                             None,
                             false,
                             Some((made, stamp)),
@@ -240,8 +244,16 @@ impl SubShared {
                     }
                 }
             } else {
-                self.process(&bus, &mut svc, env, reply, ready, None, &mut None)
-                    .await
+                self.process(
+                    &bus,
+                    &mut svc,
+                    Arc::clone(env),
+                    reply,
+                    ready,
+                    None,
+                    &mut None,
+                )
+                .await
             };
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
@@ -252,7 +264,6 @@ impl SubShared {
                 Settled::DeadLettered
             };
             prev = Some(Done {
-                seq,
                 lane,
                 bus,
                 accepted,

@@ -125,8 +125,10 @@ struct State {
     order: Option<BTreeMap<u64, (Key, Option<SmolStr>)>>,
     /// What each worker holds right now (seq, envelope), one slot list per worker, so
     /// shutdown can report in-flight messages. A single-message worker holds at most one,
-    /// a batch worker up to its batch size; a slot list never shrinks its allocation.
-    in_flight: Vec<Vec<(u64, Arc<Envelope>)>>,
+    /// a batch worker up to its batch size; a slot list never shrinks its allocation. The
+    /// envelope is `None` while it is lent to the worker ([`Lending`]: the queue keeps no copy
+    /// of its own), and comes back if the worker drops it unfinished.
+    in_flight: Vec<Vec<(u64, Option<Arc<Envelope>>)>>,
     /// Envelopes of settled messages, left for the next push to drop. A publisher allocates
     /// each envelope and, without this, a worker on another thread frees it: with the system
     /// allocator that free takes the slow path (the freeing thread's cache for that size is
@@ -250,8 +252,10 @@ impl State {
         self.busy < self.limit && (self.free.first_key().is_some() || self.best_ready().is_some())
     }
 
+    /// Takes the best message `worker` may take. `lend`: the worker gets the queue's own
+    /// reference to the envelope and wraps it in a [`Lending`] (no copy kept in the slot).
     #[inline(always)]
-    fn take(&mut self, worker: usize) -> Option<Entry> {
+    fn take(&mut self, worker: usize, lend: bool) -> Option<Entry> {
         // A worker that holds nothing takes a slot: none is free while inline runs hold
         // them all. (Without inline runs a worker with nothing in hand always finds one.)
         let holds = self.in_flight.get(worker).is_some_and(|s| !s.is_empty());
@@ -278,7 +282,8 @@ impl State {
         if self.in_flight.len() <= worker {
             self.in_flight.resize_with(worker + 1, Vec::new);
         }
-        self.in_flight[worker].push((slot.seq, slot.env.clone()));
+        let kept = (!lend).then(|| slot.env.clone());
+        self.in_flight[worker].push((slot.seq, kept));
         if !holds {
             self.busy += 1;
         }
@@ -296,17 +301,29 @@ impl State {
 
     /// Frees the lane and the in-flight slot; returns what the caller should drop (outside the
     /// lock): the envelope, unless it is left for the next push, or the value of one carried
-    /// unencoded (whose size nothing measured) that is left without it.
+    /// unencoded (whose size nothing measured) that is left without it. `back`: the envelope
+    /// lent to the worker ([`Lending`]), given back.
     #[inline(always)]
-    fn complete(&mut self, worker: usize, seq: u64, lane: Option<&SmolStr>) -> Done {
+    fn complete(
+        &mut self,
+        worker: usize,
+        seq: u64,
+        lane: Option<&SmolStr>,
+        back: Option<Arc<Envelope>>,
+    ) -> Done {
         let mut done = Done::default();
         if let Some(slots) = self.in_flight.get_mut(worker)
             && let Some(i) = slots.iter().position(|(s, _)| *s == seq)
         {
-            let (_, mut env) = slots.swap_remove(i);
+            let (_, kept) = slots.swap_remove(i);
             if slots.is_empty() {
                 self.busy -= 1;
             }
+            // One of the two: the slot's copy, or the one lent to the worker.
+            let Some(mut env) = kept.or(back) else {
+                self.release_lane(lane);
+                return done;
+            };
             // A message carried unencoded has no payload to measure but keeps its value,
             // of any size: it is left for the next push only without its value (taken out
             // when this is the last holder), else let go of.
@@ -323,6 +340,19 @@ impl State {
         }
         self.release_lane(lane);
         done
+    }
+
+    /// A lent envelope dropped unfinished ([`Lending`]'s drop) goes back into its slot, for the
+    /// shutdown report.
+    #[cold]
+    fn restore(&mut self, worker: usize, seq: u64, env: Arc<Envelope>) {
+        if let Some(slot) = self
+            .in_flight
+            .get_mut(worker)
+            .and_then(|slots| slots.iter_mut().find(|(s, _)| *s == seq))
+        {
+            slot.1.get_or_insert(env);
+        }
     }
 
     /// Frees `lane` (if the message had one) for its next message.
@@ -368,9 +398,51 @@ impl State {
     }
 }
 
-/// A taken message: settle it with [`Queue::complete`].
+/// A taken message: settle it with [`Queue::complete`] (or, taken lent,
+/// [`Queue::complete_lent`] or [`Queue::complete_and_pop`]).
 pub(crate) struct Taken {
     pub(crate) entry: Entry,
+}
+
+/// What a single-message worker holds of the message it handles when the queue keeps no
+/// reference to its envelope ([`Queue::try_pop_lent`], [`Queue::complete_and_pop`]): the
+/// queue's own, lent, so taking and completing a message touch its reference count no more
+/// than moving it does. One per worker, for all its messages: [`hold`](Self::hold) when
+/// taken, given back when completed ([`Queue::complete_lent`], [`Queue::complete_and_pop`]).
+/// Dropped holding one (its worker aborted at the shutdown deadline, or unwinding), it puts
+/// the envelope back into the worker's in-flight slot, so the shutdown report still names
+/// the message and dead-letters it.
+pub(crate) struct Lending<'q> {
+    queue: &'q Queue,
+    worker: usize,
+    /// The message held: its seq and envelope (`None` between messages).
+    seq: u64,
+    env: Option<Arc<Envelope>>,
+}
+
+impl Lending<'_> {
+    /// Holds `env`, of message `seq` taken lent, until it is completed; the envelope, to
+    /// handle the message with.
+    #[inline]
+    pub(crate) fn hold(&mut self, seq: u64, env: Arc<Envelope>) -> &Arc<Envelope> {
+        self.seq = seq;
+        self.env.insert(env)
+    }
+
+    /// The message held (its seq and envelope), given back.
+    #[inline]
+    fn give_back(&mut self) -> (u64, Option<Arc<Envelope>>) {
+        (self.seq, self.env.take())
+    }
+}
+
+impl Drop for Lending<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(env) = self.env.take() {
+            self.queue.restore(self.worker, self.seq, env);
+        }
+    }
 }
 
 /// The bounded, lane-aware queue of one subscription.
@@ -626,8 +698,8 @@ impl Queue {
 
     /// Takes the best message `worker` may take, if any, and notes what to wake.
     #[inline(always)]
-    fn take_locked(&self, st: &mut State, worker: usize, wake: &mut Wake) -> Popped {
-        if let Some(entry) = st.take(worker) {
+    fn take_locked(&self, st: &mut State, worker: usize, lend: bool, wake: &mut Wake) -> Popped {
+        if let Some(entry) = st.take(worker, lend) {
             // One wake-up per blocked pusher not woken yet (see `State::pushers_woken`).
             if self.blocked_pushers.load(Ordering::SeqCst) > st.pushers_woken {
                 st.pushers_woken += 1;
@@ -645,12 +717,41 @@ impl Queue {
 
     /// Takes the next message without waiting.
     pub(crate) fn try_pop(&self, worker: usize) -> Popped {
+        self.try_pop_with(worker, false)
+    }
+
+    /// [`try_pop`](Self::try_pop), the envelope lent: the worker holds it in its
+    /// [`Lending`] at once ([`Lending::hold`]) and completes the message with
+    /// [`complete_lent`](Self::complete_lent) or [`complete_and_pop`](Self::complete_and_pop).
+    pub(crate) fn try_pop_lent(&self, lending: &Lending<'_>) -> Popped {
+        self.try_pop_with(lending.worker, true)
+    }
+
+    #[inline(always)]
+    fn try_pop_with(&self, worker: usize, lend: bool) -> Popped {
         let mut wake = Wake::default();
         let mut st = self.lock();
-        let popped = self.take_locked(&mut st, worker, &mut wake);
+        let popped = self.take_locked(&mut st, worker, lend, &mut wake);
         drop(st);
         self.wake(wake);
         popped
+    }
+
+    /// What `worker` holds of the messages it takes lent (none yet).
+    pub(crate) fn lending(&self, worker: usize) -> Lending<'_> {
+        Lending {
+            queue: self,
+            worker,
+            seq: 0,
+            env: None,
+        }
+    }
+
+    /// [`Lending`]'s drop while it held a message: its envelope goes back into its slot.
+    #[cold]
+    #[inline(never)]
+    fn restore(&self, worker: usize, seq: u64, env: Arc<Envelope>) {
+        self.lock().restore(worker, seq, env);
     }
 
     /// Takes the next message for `worker` (its in-flight slot records it until
@@ -675,7 +776,7 @@ impl Queue {
             let mut wake = Wake::default();
             let (popped, trimmed) = {
                 let mut st = self.lock();
-                let popped = self.take_locked(&mut st, worker, &mut wake);
+                let popped = self.take_locked(&mut st, worker, false, &mut wake);
                 // About to wait: nothing is flowing, so keep only a few spent envelopes.
                 let trimmed = (matches!(popped, Popped::Empty) && st.spent.len() > SPENT_IDLE)
                     .then(|| st.spent.split_off(SPENT_IDLE));
@@ -744,9 +845,10 @@ impl Queue {
         worker: usize,
         seq: u64,
         lane: Option<&SmolStr>,
+        back: Option<Arc<Envelope>>,
         wake: &mut Wake,
     ) -> Done {
-        let done = st.complete(worker, seq, lane);
+        let done = st.complete(worker, seq, lane, back);
         if st.closed && st.len == 0 {
             wake.all_workers = true;
         } else if st.len > 0 && self.idle_workers.load(Ordering::SeqCst) > 0 {
@@ -758,27 +860,45 @@ impl Queue {
 
     /// Settles a taken message, freeing its lane for the next message of the same key.
     pub(crate) fn complete(&self, worker: usize, seq: u64, lane: Option<&SmolStr>) {
+        self.complete_with(worker, seq, lane, None);
+    }
+
+    /// [`complete`](Self::complete) of the message `lending` holds, its envelope given back.
+    pub(crate) fn complete_lent(&self, lending: &mut Lending<'_>, lane: Option<&SmolStr>) {
+        let (seq, back) = lending.give_back();
+        self.complete_with(lending.worker, seq, lane, back);
+    }
+
+    #[inline(always)]
+    fn complete_with(
+        &self,
+        worker: usize,
+        seq: u64,
+        lane: Option<&SmolStr>,
+        back: Option<Arc<Envelope>>,
+    ) {
         let mut wake = Wake::default();
         let mut st = self.lock();
-        let done = self.complete_locked(&mut st, worker, seq, lane, &mut wake);
+        let done = self.complete_locked(&mut st, worker, seq, lane, back, &mut wake);
         drop(st);
         self.wake(wake);
         drop(done);
     }
 
-    /// [`complete`](Self::complete), then a non-waiting [`pop`](Self::pop) for the same
-    /// worker, under one lock: what a worker does between two messages when its handler is
-    /// ready at once.
+    /// [`complete_lent`](Self::complete_lent), then a non-waiting
+    /// [`try_pop_lent`](Self::try_pop_lent) for the same worker, under one lock: what a
+    /// worker does between two messages when its handler is ready at once.
     pub(crate) fn complete_and_pop(
         &self,
-        worker: usize,
-        seq: u64,
+        lending: &mut Lending<'_>,
         lane: Option<&SmolStr>,
     ) -> Popped {
+        let worker = lending.worker;
+        let (seq, back) = lending.give_back();
         let mut wake = Wake::default();
         let mut st = self.lock();
-        let done = self.complete_locked(&mut st, worker, seq, lane, &mut wake);
-        let popped = self.take_locked(&mut st, worker, &mut wake);
+        let done = self.complete_locked(&mut st, worker, seq, lane, back, &mut wake);
+        let popped = self.take_locked(&mut st, worker, true, &mut wake);
         drop(st);
         if matches!(popped, Popped::Empty) {
             // What is left waits on lanes other workers hold: nobody else could take it now.
@@ -815,15 +935,17 @@ impl Queue {
         self.lock().drain_all()
     }
 
-    /// Envelopes of messages being handled right now, oldest first.
+    /// Envelopes of messages being handled right now, oldest first (for the shutdown report,
+    /// once the workers ended: an envelope lent to a worker ([`Lending`]) is there once the
+    /// worker dropped it).
     pub(crate) fn in_flight_envelopes(&self) -> Vec<Arc<Envelope>> {
         let st = self.lock();
         let mut v: Vec<(u64, Arc<Envelope>)> = st
             .in_flight
             .iter()
             .flatten()
-            .chain(&st.inline)
-            .cloned()
+            .filter_map(|(seq, env)| Some((*seq, Arc::clone(env.as_ref()?))))
+            .chain(st.inline.iter().cloned())
             .collect();
         drop(st);
         v.sort_by_key(|(s, _)| *s);

@@ -16,6 +16,28 @@ fn tag(t: &Taken) -> String {
     String::from_utf8(t.entry.env.payload.to_vec()).unwrap()
 }
 
+/// Holds `p`'s message in `l`, as a worker does with a message taken lent: its tag and lane.
+fn hold(l: &mut Lending<'_>, p: Popped) -> (String, Option<SmolStr>) {
+    let t = taken(p);
+    let lane = t.entry.lane.clone();
+    let env = l.hold(t.seq(), t.entry.env);
+    (String::from_utf8(env.payload.to_vec()).unwrap(), lane)
+}
+
+/// `try_pop_lent` for `l`'s worker, held in `l`.
+fn pop_lent(l: &mut Lending<'_>) -> (String, Option<SmolStr>) {
+    let q = l.queue;
+    let p = q.try_pop_lent(l);
+    hold(l, p)
+}
+
+/// `complete_and_pop` of what `l` holds, the next message held in `l`.
+fn complete_and_hold(l: &mut Lending<'_>, lane: Option<&SmolStr>) -> (String, Option<SmolStr>) {
+    let q = l.queue;
+    let p = q.complete_and_pop(l, lane);
+    hold(l, p)
+}
+
 #[tokio::test]
 async fn priority_first_then_fifo() {
     let q = Queue::new(10, Overflow::RejectNew, 1);
@@ -105,31 +127,60 @@ async fn complete_and_pop_honours_priority_and_lanes() {
     ] {
         assert!(q.try_push(entry(p, lane, t)).is_ok());
     }
+    let (mut w0, mut w1) = (q.lending(0), q.lending(1));
     // Worker 0 takes the best message; worker 1 holds lane k meanwhile.
-    let a = q.pop(0).await.unwrap();
-    assert_eq!(tag(&a), "high");
-    let b = q.pop(1).await.unwrap();
-    assert_eq!(tag(&b), "k1");
+    assert_eq!(pop_lent(&mut w0).0, "high");
+    let (b, b_lane) = pop_lent(&mut w1);
+    assert_eq!(b, "k1");
     assert_eq!(q.in_flight(), 2);
     // k2 waits for its lane: worker 0 gets the low message instead.
-    let c = taken(q.complete_and_pop(0, a.seq(), None));
-    assert_eq!(tag(&c), "low");
+    assert_eq!(complete_and_hold(&mut w0, None).0, "low");
     // Nothing else is free while lane k is held.
-    assert!(matches!(
-        q.complete_and_pop(0, c.seq(), None),
-        Popped::Empty
-    ));
+    assert!(matches!(q.complete_and_pop(&mut w0, None), Popped::Empty));
     // Freeing the lane hands its next message to the worker that freed it.
-    let d = taken(q.complete_and_pop(1, b.seq(), b.entry.lane.as_ref()));
-    assert_eq!(tag(&d), "k2");
+    let (d, d_lane) = complete_and_hold(&mut w1, b_lane.as_ref());
+    assert_eq!(d, "k2");
     assert_eq!(q.in_flight(), 1);
     q.close();
     assert!(matches!(
-        q.complete_and_pop(1, d.seq(), d.entry.lane.as_ref()),
+        q.complete_and_pop(&mut w1, d_lane.as_ref()),
         Popped::Closed
     ));
     assert_eq!(q.in_flight(), 0);
     assert_eq!(q.len(), 0);
+}
+
+/// A message taken lent: the queue keeps no reference to its envelope while the worker
+/// holds it, takes it back on completion (for the next push to drop), and gets it back into
+/// the in-flight slot when the worker drops it unfinished (aborted at the shutdown deadline),
+/// so the shutdown report still names it.
+#[test]
+fn a_lent_envelope_comes_back_completed_or_dropped() {
+    let q = Queue::new(10, Overflow::RejectNew, 2);
+    for t in ["a", "b"] {
+        assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
+    }
+    let mut w = q.lending(0);
+    assert_eq!(pop_lent(&mut w).0, "a");
+    let held = w.env.as_ref().map(Arc::strong_count);
+    assert_eq!(held, Some(1), "the queue keeps no reference of its own");
+    assert!(q.in_flight_envelopes().is_empty());
+    assert_eq!(q.in_flight(), 1);
+    q.complete_lent(&mut w, None);
+    assert_eq!((q.in_flight(), q.lock().spent.len()), (0, 1));
+    assert_eq!(pop_lent(&mut w).0, "b");
+    drop(w);
+    let left: Vec<_> = q
+        .in_flight_envelopes()
+        .iter()
+        .map(|e| e.payload.clone())
+        .collect();
+    assert_eq!(
+        left,
+        ["b"],
+        "dropped unfinished, it is in flight for the report"
+    );
+    assert_eq!(q.in_flight(), 1);
 }
 
 #[tokio::test]
@@ -218,23 +269,14 @@ async fn spent_envelopes_are_bounded_trimmed_when_idle_and_small_only() {
         q.try_push(Entry::new(Arc::new(big), None, None, accepted()))
             .is_ok()
     );
-    let mut last = q.pop(0).await.unwrap();
-    loop {
-        let next = q.complete_and_pop(0, last.seq(), None);
-        match next {
-            Popped::Taken(t) => last = t,
-            _ => panic!("expected a message"),
-        }
-        if q.len() == 0 {
-            break;
-        }
+    let mut w = q.lending(0);
+    pop_lent(&mut w);
+    while q.len() > 0 {
+        complete_and_hold(&mut w, None);
     }
     assert_eq!(q.lock().spent.len(), SPENT_MAX, "bounded");
     // The large one is freed at once, not kept.
-    assert!(matches!(
-        q.complete_and_pop(0, last.seq(), None),
-        Popped::Empty
-    ));
+    assert!(matches!(q.complete_and_pop(&mut w, None), Popped::Empty));
     assert_eq!(q.lock().spent.len(), SPENT_MAX);
     assert!(
         q.lock()
@@ -360,8 +402,9 @@ async fn a_blocked_pusher_is_woken_once_however_many_messages_leave_before_it_ru
     let blocked = blocked_push(&q, "3");
     until_blocked(&q, 1).await;
     // Both leave without this task yielding: the publisher has not run in between.
-    let one = taken(q.try_pop(0));
-    let two = taken(q.complete_and_pop(0, one.seq(), None));
+    let mut w = q.lending(0);
+    pop_lent(&mut w);
+    complete_and_hold(&mut w, None);
     let extra = q.not_full.notified();
     tokio::pin!(extra);
     assert!(
@@ -370,7 +413,7 @@ async fn a_blocked_pusher_is_woken_once_however_many_messages_leave_before_it_ru
     );
     assert!(blocked.await.unwrap());
     assert_eq!(q.lock().pushers_woken, 0, "the woken publisher answered");
-    q.complete(0, two.seq(), None);
+    q.complete_lent(&mut w, None);
 }
 
 /// Two messages leaving wake two blocked publishers, also when neither runs in between.
@@ -383,11 +426,12 @@ async fn each_blocked_pusher_gets_a_wake_up_of_its_own() {
     let a = blocked_push(&q, "a");
     let b = blocked_push(&q, "b");
     until_blocked(&q, 2).await;
-    let one = taken(q.try_pop(0));
-    let two = taken(q.complete_and_pop(0, one.seq(), None));
+    let mut w = q.lending(0);
+    pop_lent(&mut w);
+    complete_and_hold(&mut w, None);
     // With the clock paused, a publisher left waiting would time out (`Full`) instead.
     assert!(a.await.unwrap() && b.await.unwrap());
-    q.complete(0, two.seq(), None);
+    q.complete_lent(&mut w, None);
 }
 
 /// A publisher cancelled after its wake-up and before it ran: tokio hands the notification
