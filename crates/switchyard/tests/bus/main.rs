@@ -9,6 +9,7 @@ mod commands;
 mod failures;
 mod held;
 mod inline;
+mod inline_shutdown;
 mod limits;
 mod local;
 mod ordering;
