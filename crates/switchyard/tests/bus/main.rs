@@ -15,6 +15,7 @@ mod ordering;
 mod polls;
 mod prefetch;
 mod queued_ctx;
+mod rev1_attack;
 mod routing;
 mod shared;
 mod shutdown;
