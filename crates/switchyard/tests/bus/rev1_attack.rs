@@ -614,3 +614,137 @@ async fn a_panicking_drop_of_an_inline_run_stopped_at_shutdown_does_not_reach_th
         "sender: {sender:?}; report: {report:?}; dead letters: {letters}"
     );
 }
+
+/// docs/bus.md "Message times" on one thread (publisher, handler and sender share it): the
+/// first delivery is not before the message was made, nor a reply before its command, nor
+/// a retry's first delivery time changed; strictly, as one thread's readings only grow.
+#[tokio::test(flavor = "current_thread")]
+async fn on_one_thread_deliveries_and_replies_are_not_stamped_before_their_message() {
+    let bus = Bus::new();
+    let _h = bus
+        .handle_envelope(
+            "replier",
+            Double::TOPIC,
+            switchyard::handler_fn(|env: switchyard::Envelope| async move {
+                let at = env.delivery.first_delivered_at;
+                assert!(
+                    at.is_some_and(|at| at >= env.timestamp),
+                    "delivered before made"
+                );
+                let reply = switchyard::Envelope::new(
+                    switchyard::Topic::new("rev1.reply").unwrap(),
+                    &b"1"[..],
+                );
+                Ok::<_, std::io::Error>(Outcome::reply(reply))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    for n in 0..20_000u64 {
+        let env = Double { n }.to_envelope().unwrap();
+        let made = env.timestamp;
+        let result = bus.send_envelope(env).await.unwrap();
+        let reply = result.reply.expect("a reply");
+        assert!(
+            reply.timestamp >= made,
+            "reply {:?} before its command {made:?}",
+            reply.timestamp
+        );
+    }
+}
+
+/// A typed command evicted from a full queue by `DropOldest` (it travelled unencoded to its
+/// typed handler): its sender hears `NotProcessed` at once, and the dead letter holds its
+/// bytes (a dead letter always does).
+#[tokio::test(flavor = "current_thread")]
+async fn a_typed_command_evicted_by_drop_oldest_answers_its_sender_and_keeps_its_bytes() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(c.n);
+                g.acquire().await.map_err(|e| e.to_string())?.forget();
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .queue_capacity(1)
+        .overflow(Overflow::DropOldest)
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let first = tokio::spawn(async move { b.send(Double { n: 1 }).await });
+    assert_eq!(received(&mut entered, 1).await, [1]);
+    let b = bus.clone();
+    let evicted = tokio::spawn(async move { b.send(Double { n: 2 }).await });
+    until("n = 2 is queued", || {
+        bus.registry()
+            .iter()
+            .any(|s| s.name == "math.double" && s.depth == 1)
+    })
+    .await;
+    let b = bus.clone();
+    let third = tokio::spawn(async move { b.send(Double { n: 3 }).await });
+    let evicted = tokio::time::timeout(WAIT, evicted).await.unwrap().unwrap();
+    assert!(
+        matches!(evicted, Err(SendError::NotProcessed(_))),
+        "{evicted:?}"
+    );
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Dropped);
+    assert_eq!(&letters[0].envelope.payload[..], br#"{"n":2}"#);
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    assert_eq!(third.await.unwrap().unwrap(), 6);
+    bus.run_until_idle().await;
+    assert_eq!(bus.pending(), 0);
+}
+
+/// A send waiting for room in a full `Block` queue, dropped: it was never accepted, so it
+/// is not handled, not counted pending, and the handler's slot and queue stay consistent.
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_dropped_while_waiting_for_room_is_not_handled_nor_left_pending() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut entered) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let h = bus
+        .handle(move |c: Double, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(c.n);
+                g.acquire().await.map_err(|e| e.to_string())?.forget();
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .queue_capacity(1)
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let first = tokio::spawn(async move { b.send(Double { n: 1 }).await });
+    assert_eq!(received(&mut entered, 1).await, [1]);
+    let b = bus.clone();
+    let second = tokio::spawn(async move { b.send(Double { n: 2 }).await });
+    until("n = 2 is queued", || bus.pending() == 2).await;
+    {
+        let send = bus.send(Double { n: 3 });
+        tokio::pin!(send);
+        assert!(futures_util::poll!(send.as_mut()).is_pending());
+    }
+    assert_eq!(bus.pending(), 2, "the dropped send was never accepted");
+    gate.add_permits(10);
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    assert_eq!(second.await.unwrap().unwrap(), 4);
+    bus.run_until_idle().await;
+    assert_eq!(received(&mut entered, 1).await, [2]);
+    assert!(entered.try_recv().is_err(), "n = 3 was not handled");
+    assert_eq!((h.stats().acked, bus.pending()), (2, 0));
+    assert_eq!(bus.send(Double { n: 4 }).await.unwrap(), 8);
+}
