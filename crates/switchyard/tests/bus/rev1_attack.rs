@@ -748,3 +748,166 @@ async fn a_send_dropped_while_waiting_for_room_is_not_handled_nor_left_pending()
     assert_eq!((h.stats().acked, bus.pending()), (2, 0));
     assert_eq!(bus.send(Double { n: 4 }).await.unwrap(), 8);
 }
+
+/// Inline runs and workers racing on two threads, with lanes: never more than `workers`
+/// calls at once, never two calls of one key at once, and every command answered with its
+/// own output. Some calls wait (so some commands queue and workers take them while inline
+/// runs finish), some answer at once (inline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_runs_and_workers_racing_keep_the_worker_limit_and_the_lanes() {
+    const WORKERS: usize = 2;
+    const SENDERS: u64 = 6;
+    const EACH: u64 = 400;
+    const KEYS: usize = 3;
+    let bus = Bus::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let per_key: Arc<[AtomicUsize; KEYS]> = Arc::new(std::array::from_fn(|_| AtomicUsize::new(0)));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (r, m, k, o) = (
+        running.clone(),
+        most.clone(),
+        per_key.clone(),
+        overlaps.clone(),
+    );
+    let _h = bus
+        .handle(move |c: Double, ctx| {
+            let (r, m, k, o) = (r.clone(), m.clone(), k.clone(), o.clone());
+            let key: usize = ctx.header("key").unwrap().parse().unwrap();
+            async move {
+                m.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                if k[key].fetch_add(1, Ordering::SeqCst) != 0 {
+                    o.fetch_add(1, Ordering::SeqCst);
+                }
+                if c.n % 3 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                k[key].fetch_sub(1, Ordering::SeqCst);
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, String>(c.n * 2)
+            }
+        })
+        .workers(WORKERS)
+        .ordering_header("key")
+        .queue_capacity(1024)
+        .start()
+        .await
+        .unwrap();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let b = bus.clone();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let n = s * EACH + i;
+                    let env = Double { n }
+                        .to_envelope()
+                        .unwrap()
+                        .with_header("key", (n as usize % KEYS).to_string());
+                    let out = b.send_envelope(env).await.unwrap();
+                    let reply = out.reply.expect("a reply");
+                    assert_eq!(&reply.payload[..], (n * 2).to_string().as_bytes());
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    bus.run_until_idle().await;
+    assert!(
+        most.load(Ordering::SeqCst) <= WORKERS,
+        "{} at once",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "two calls of one key at once"
+    );
+    assert_eq!(bus.pending(), 0);
+}
+
+/// The worker counterpart of the inline test above: a handler future whose `Drop` panics,
+/// aborted with its worker at the shutdown deadline; the message is named in the report and
+/// dead-lettered, and the sender hears `NotProcessed`. (Coverage: passes, the inline run
+/// does not.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_drop_of_a_worker_call_stopped_at_shutdown_is_reported() {
+    struct DropPanics;
+    impl Drop for DropPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("drop panics");
+            }
+        }
+    }
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("dropper", move |p: Ping, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = DropPanics;
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 4 }).await.unwrap();
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1 && letters == 1,
+        "report: {report:?}; dead letters: {letters}"
+    );
+}
+
+/// As the inline test above, with the sender gone before the deadline (the run goes on in a
+/// task of its own): the command is still named in the report and dead-lettered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_drop_of_a_detached_inline_run_stopped_at_shutdown_is_reported() {
+    struct DropPanics;
+    impl Drop for DropPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("drop panics");
+            }
+        }
+    }
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = DropPanics;
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    {
+        let send = bus.send(Double { n: 4 });
+        tokio::pin!(send);
+        assert!(futures_util::poll!(send.as_mut()).is_pending());
+    }
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1 && letters == 1,
+        "report: {report:?}; dead letters: {letters}"
+    );
+}
