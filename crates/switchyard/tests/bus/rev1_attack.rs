@@ -779,7 +779,7 @@ async fn inline_runs_and_workers_racing_keep_the_worker_limit_and_the_lanes() {
                 if k[key].fetch_add(1, Ordering::SeqCst) != 0 {
                     o.fetch_add(1, Ordering::SeqCst);
                 }
-                if c.n % 3 == 0 {
+                if c.n.is_multiple_of(3) {
                     tokio::task::yield_now().await;
                 }
                 k[key].fetch_sub(1, Ordering::SeqCst);
