@@ -948,8 +948,54 @@ fn clock_readings_stay_within_microseconds_of_the_system_clock_and_grow_per_thre
     for t in threads {
         let (behind, ahead, back) = t.join().unwrap();
         eprintln!("behind by at most {behind:?}, ahead by at most {ahead:?}, {back} steps back");
-        assert!(behind <= TOLERANCE, "a reading trailed the system clock by {behind:?}");
-        assert!(ahead <= TOLERANCE, "a reading was ahead of the system clock by {ahead:?}");
+        assert!(
+            behind <= TOLERANCE,
+            "a reading trailed the system clock by {behind:?}"
+        );
+        assert!(
+            ahead <= TOLERANCE,
+            "a reading was ahead of the system clock by {ahead:?}"
+        );
         assert_eq!(back, 0, "a thread's readings went back");
     }
+}
+
+/// An inline command on a bus that publishes lifecycle events (its whole handling goes to
+/// the run, `inline.rs` `first_attempt`): a typed sender gets its output after a first
+/// attempt that waits and fails and a second that waits and answers; the events say
+/// started, then finished ok after 2 attempts.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_typed_command_with_lifecycle_events_and_a_retry_answers_its_output() {
+    let bus = Bus::builder()
+        .lifecycle_events(true)
+        .max_attempts(3)
+        .backoff(switchyard::Backoff::fixed(Duration::from_millis(1)))
+        .build()
+        .unwrap();
+    let rec = switchyard::testkit::Recorder::start(&bus, "switchyard.command.#")
+        .await
+        .unwrap();
+    let h = bus
+        .handle(|c: Double, ctx| async move {
+            tokio::task::yield_now().await;
+            if ctx.attempt() == 1 {
+                return Err("first fails".to_owned());
+            }
+            Ok(c.n * 2)
+        })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(Double { n: 21 }).await.unwrap(), 42);
+    let got = rec.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(got[0].topic.as_str(), "switchyard.command.started");
+    assert_eq!(got[1].topic.as_str(), "switchyard.command.finished");
+    let finished: switchyard::lifecycle::CommandFinished =
+        serde_json::from_slice(&got[1].payload).unwrap();
+    assert!(finished.ok);
+    assert_eq!(finished.attempts, 2);
+    bus.run_until_idle().await;
+    let stats = h.stats();
+    assert_eq!((stats.acked, stats.retried), (1, 1));
+    assert_eq!((h.info().in_flight, bus.pending()), (0, 0));
 }
