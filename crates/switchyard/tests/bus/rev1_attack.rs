@@ -999,3 +999,56 @@ async fn an_inline_typed_command_with_lifecycle_events_and_a_retry_answers_its_o
     assert_eq!((stats.acked, stats.retried), (1, 1));
     assert_eq!((h.info().in_flight, bus.pending()), (0, 0));
 }
+
+/// A typed handler taking the queued envelope, run inline with retries: `ctx.envelope()`
+/// (a copy made for the attempt) shows each attempt's number (1, 2, 3, as `ctx.attempt()`)
+/// and the first attempt's delivery time on every attempt, not before the message was
+/// made; the first attempt fails at once, the second after waiting, the third answers.
+#[tokio::test(flavor = "current_thread")]
+async fn inline_retries_show_each_attempts_bookkeeping_in_ctx_envelope() {
+    let bus = Bus::builder()
+        .max_attempts(3)
+        .backoff(switchyard::Backoff::fixed(Duration::from_millis(1)))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let _h = bus
+        .handle(move |c: Double, ctx| {
+            let env = ctx.envelope();
+            s.lock().unwrap().push((
+                ctx.attempt(),
+                env.delivery.attempt,
+                env.delivery.first_delivered_at,
+                env.timestamp,
+                env.id.clone(),
+            ));
+            async move {
+                match ctx.attempt() {
+                    1 => Err("fails at once".to_owned()),
+                    2 => {
+                        tokio::task::yield_now().await;
+                        Err("fails after waiting".to_owned())
+                    }
+                    _ => Ok(c.n * 2),
+                }
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(bus.send(Double { n: 5 }).await.unwrap(), 10);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    let first_at = seen[0].2.expect("first_delivered_at");
+    assert!(
+        first_at >= seen[0].3,
+        "first delivery before the message was made"
+    );
+    for (i, (attempt, env_attempt, at, _, id)) in seen.iter().enumerate() {
+        let want = u32::try_from(i + 1).unwrap();
+        assert_eq!((*attempt, *env_attempt), (want, want));
+        assert_eq!(*at, Some(first_at));
+        assert_eq!(*id, seen[0].4, "one message");
+    }
+}
