@@ -1052,3 +1052,48 @@ async fn inline_retries_show_each_attempts_bookkeeping_in_ctx_envelope() {
         assert_eq!(*id, seen[0].4, "one message");
     }
 }
+
+/// A dead letter holds the message's bytes (docs/bus.md); the typed value the bus carried
+/// beside them is of no use to it, and a dead-letter store bounded by bytes
+/// (`DEFAULT_DEAD_LETTER_BYTES`) does not weigh it. Found kept: the letter's envelope still
+/// holds the value (`DeadLetter::new` encodes the payload but leaves `local`).
+#[tokio::test(flavor = "current_thread")]
+async fn a_dead_letter_does_not_keep_the_typed_value_alive() {
+    let bus = Bus::new();
+    let _sub = bus
+        .on("fails", |_t: Tracked, _ctx| async move {
+            Ok::<_, String>(Outcome::reject("no"))
+        })
+        .start()
+        .await
+        .unwrap();
+    let alive = Arc::new(());
+    bus.publish(Tracked {
+        n: 1,
+        tenant: "acme".into(),
+        alive: Some(Arc::clone(&alive)),
+    })
+    .await
+    .unwrap();
+    bus.run_until_idle().await;
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        &letters[0].envelope.payload[..],
+        br#"{"n":1,"tenant":"acme"}"#
+    );
+    drop(letters);
+    until("the worker waits again", || {
+        bus.registry().into_iter().all(|s| s.in_flight == 0)
+    })
+    .await;
+    tokio::task::yield_now().await;
+    let held = Arc::strong_count(&alive);
+    drop(bus.dead_letters().unwrap().drain());
+    let after_drain = Arc::strong_count(&alive);
+    assert_eq!(
+        (held, after_drain),
+        (1, 1),
+        "holders of the value with the letter in the store, and once it was drained from it"
+    );
+}
