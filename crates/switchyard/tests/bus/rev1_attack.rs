@@ -1097,3 +1097,43 @@ async fn a_dead_letter_does_not_keep_the_typed_value_alive() {
         "holders of the value with the letter in the store, and once it was drained from it"
     );
 }
+
+/// docs/bus.md "Shutdown": queued and in-flight work drains *until the deadline*; what is
+/// left is dead-lettered and named. An inline run is polled only by its sender's task, so a
+/// sender that holds its `send` future without polling it for a while (here: it awaits the
+/// shutdown itself; in an application, a `select!` loop busy in another branch) leaves the
+/// run unpolled: at the deadline `abort_inline` wakes it, but nothing polls it, and
+/// shutdown then waits for `inline_finished` with no deadline. A worker's message would be
+/// aborted with its task. FAILED when written: the shutdown does not return.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_keeps_its_deadline_when_an_inline_runs_sender_does_not_poll_it() {
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let send = bus.send(Double { n: 4 });
+    tokio::pin!(send);
+    assert!(futures_util::poll!(send.as_mut()).is_pending());
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    // The sender's task is busy with something else (the shutdown) and holds `send`.
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        bus.shutdown(Duration::from_millis(100)),
+    )
+    .await
+    .expect("shutdown returns within its deadline (100 ms, here given 30 s)")
+    .unwrap();
+    assert_eq!(report.left.len(), 1, "{report:?}");
+    assert!(matches!(send.await, Err(SendError::NotProcessed(_))));
+}
