@@ -1137,3 +1137,80 @@ async fn shutdown_keeps_its_deadline_when_an_inline_runs_sender_does_not_poll_it
     assert_eq!(report.left.len(), 1, "{report:?}");
     assert!(matches!(send.await, Err(SendError::NotProcessed(_))));
 }
+
+/// A command handler whose handle is dropped while a command runs inline: its queue closes
+/// and its idle workers exit, which forgets the subscription, though the inline run goes
+/// on. docs/bus.md: dropping the handle unsubscribes and its queue is still drained; a later
+/// shutdown drains in-flight work until its deadline, then dead-letters and names what is
+/// left, and the sender gets `NotProcessed`. A worker holding the message would keep the
+/// subscription known to the shutdown. FAILED when written: the shutdown neither waits for
+/// nor names the run, and the sender is never answered.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_run_of_a_dropped_handler_is_still_seen_by_shutdown() {
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    drop(h);
+    // The idle worker sees its queue closed and exits: the bus forgets the subscription.
+    until("the subscription is forgotten", || {
+        bus.registry().iter().all(|s| s.name != "math.double")
+    })
+    .await;
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(30), sender).await;
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1
+            && letters == 1
+            && matches!(answered, Ok(Ok(Err(SendError::NotProcessed(_))))),
+        "report: {report:?}; dead letters: {letters}; sender: {answered:?}; pending: {}",
+        bus.pending()
+    );
+}
+
+/// The worker counterpart of the test above (coverage: passes): a message held by a worker
+/// when its handle is dropped keeps the subscription known, and the shutdown names and
+/// dead-letters it at its deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_message_of_a_dropped_handler_is_seen_by_shutdown() {
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let sub = bus
+        .on("dropped", move |p: Ping, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 4 }).await.unwrap();
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    drop(sub);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1 && letters == 1 && bus.pending() == 0,
+        "report: {report:?}; dead letters: {letters}; pending: {}",
+        bus.pending()
+    );
+}
