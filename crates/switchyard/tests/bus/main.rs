@@ -16,6 +16,7 @@ mod polls;
 mod prefetch;
 mod queued_ctx;
 mod rev1_attack;
+mod rev1_coverage;
 mod routing;
 mod shared;
 mod shutdown;
