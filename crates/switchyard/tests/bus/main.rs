@@ -16,6 +16,8 @@ mod ordering;
 mod polls;
 mod prefetch;
 mod queued_ctx;
+mod rev1_attack;
+mod rev1_coverage;
 mod routing;
 mod shared;
 mod shutdown;
