@@ -362,8 +362,7 @@ impl Slot {
         let counted = std::mem::take(&mut self.counted);
         let sub = self.sub.take();
         if let Some(sub) = &sub {
-            sub.queue
-                .finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), Some(handler));
+            sub.finish_inline(self.seq, self.lane.as_ref(), ended.is_none(), Some(handler));
         }
         if counted {
             match ended {
@@ -380,8 +379,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if std::mem::take(&mut self.counted) {
             if let Some(sub) = &self.sub {
-                sub.queue
-                    .finish_inline(self.seq, self.lane.as_ref(), false, None);
+                sub.finish_inline(self.seq, self.lane.as_ref(), false, None);
             }
             self.bus.pending.release_held();
         }
@@ -449,7 +447,7 @@ impl SubShared {
         let ready =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.poll_ready(&mut cx)));
         if !matches!(ready, Ok(Poll::Ready(Ok(())))) {
-            self.queue.finish_inline(seq, lane, false, Some(svc));
+            self.finish_inline(seq, lane, false, Some(svc));
             return Err(Refused {
                 sub: self,
                 env,
@@ -541,13 +539,19 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                 // only arms the abort, the run's next poll waits for a wake (a `select!`
                 // polled it again at once, a second poll per waiting command; review rev1).
                 let mut just_polled = true;
+                // Stopped first: a run the shutdown reported in flight (its sender had not
+                // polled it by then) must not call its handler again, as an aborted worker's
+                // message is not handled either.
                 std::future::poll_fn(|cx| {
+                    if aborted.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
                     if !std::mem::take(&mut just_polled)
                         && let Poll::Ready(handled) = process.as_mut().poll(cx)
                     {
                         return Poll::Ready(Some(handled));
                     }
-                    aborted.as_mut().poll(cx).map(|()| None)
+                    Poll::Pending
                 })
                 .await
             }
