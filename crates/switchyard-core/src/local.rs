@@ -260,11 +260,13 @@ impl Local {
     }
 
     /// Whether no value is attached (none was, it was cleared, or this copy took it).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
     /// Drops the attached value, if any.
+    #[inline]
     pub fn clear(&mut self) {
         self.0 = None;
     }
