@@ -304,11 +304,13 @@ impl Local {
     }
 
     /// Whether no value is attached (none was, it was cleared, or this copy took it).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
     /// Drops the attached value, if any.
+    #[inline]
     pub fn clear(&mut self) {
         // The last holder of a value attached unencoded that owns nothing keeps its block on
         // this thread for the next one (`KEPT`); anything else is dropped.

@@ -99,10 +99,36 @@ impl SubShared {
         }
     }
 
+    /// A worker stopped (its queue closed and drained). The last one forgets the
+    /// subscription, unless a command still runs inline on its sender's task: then that run,
+    /// the last to end, forgets it ([`finish_inline`](Self::finish_inline)), so that a
+    /// shutdown still sees the run, waits for it until its deadline and names it when it is
+    /// stopped (review rev1). The queue's lock orders the two checks: whichever of the last
+    /// worker and the last run comes second sees the other gone.
     pub(crate) fn worker_exited(&self) {
-        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(bus) = self.bus.upgrade()
-        {
+        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 && !self.queue.inline_running() {
+            self.forget();
+        }
+    }
+
+    /// Gives back the slot of inline run `seq` (see `Queue::finish_inline`); the last run of a
+    /// closed queue whose workers all exited forgets the subscription (see
+    /// [`worker_exited`](Self::worker_exited)).
+    pub(crate) fn finish_inline(
+        &self,
+        seq: u64,
+        lane: Option<&SmolStr>,
+        aborted: bool,
+        kept: Option<SingleHandler>,
+    ) {
+        let last = self.queue.finish_inline(seq, lane, aborted, kept);
+        if last && self.live_workers.load(Ordering::Acquire) == 0 {
+            self.forget();
+        }
+    }
+
+    fn forget(&self) {
+        if let Some(bus) = self.bus.upgrade() {
             bus.forget_subscription(self.id);
         }
     }

@@ -16,6 +16,10 @@ use crate::state::{SHUTTING_DOWN, STOPPED, Scheduled, ShutdownReport, SubShared}
 /// need be.
 const TRANSPORT_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long past its deadline the shutdown waits for the inline command runs it stopped to
+/// end: each ends at its sender's next poll.
+const INLINE_STOP_GRACE: Duration = Duration::from_millis(100);
+
 impl Bus {
     /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
     /// left: dead-lettered when it lived only in memory, returned to the transport (which
@@ -114,9 +118,22 @@ impl Bus {
             }
         }
         if !running.is_empty() || stopped_inline {
+            // Stopped: each run ends at its next poll, its message left in flight. Its sender
+            // polls it, not this task: one that does not poll it for a while (busy in another
+            // branch of a `select!`, or awaiting this shutdown) does not hold the shutdown past
+            // a short grace (review rev1). Its message is reported in flight all the same, and
+            // the run, stopped, never calls its handler again.
+            let grace = until.max(tokio::time::Instant::now() + INLINE_STOP_GRACE);
             for sub in &subs {
-                // Stopped: each run ends at its next poll, its message left in flight.
-                sub.queue.inline_finished().await;
+                if tokio::time::timeout_at(grace, sub.queue.inline_finished())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        subscription = %sub.name(),
+                        "a command run on its sender's task was stopped at the shutdown deadline, but its sender has not polled it since: reported in flight"
+                    );
+                }
             }
             for h in &running {
                 h.abort();

@@ -113,14 +113,15 @@ impl Queue {
     /// Gives back the slot of inline run `seq`: its lane is freed, and a worker is woken when
     /// messages were queued meanwhile. With `aborted` (shutdown's deadline stopped it), the
     /// message stays recorded in flight, for the shutdown report. `kept` (the run's handler
-    /// clone) is kept for the next run, under the same lock.
+    /// clone) is kept for the next run, under the same lock. Returns whether this was the
+    /// last run of a closed queue.
     pub(crate) fn finish_inline(
         &self,
         seq: u64,
         lane: Option<&SmolStr>,
         aborted: bool,
         kept: Option<SingleHandler>,
-    ) {
+    ) -> bool {
         let mut wake = Wake::default();
         let mut st = self.lock();
         let limit = st.limit;
@@ -150,6 +151,12 @@ impl Queue {
         if let Some(done) = done {
             super::spare::keep(done);
         }
+        idle
+    }
+
+    /// Whether a command runs inline right now.
+    pub(crate) fn inline_running(&self) -> bool {
+        self.lock().inline_runs > 0
     }
 
     /// Resolves once no inline run is going on; for a closed queue (see `finish_inline`).

@@ -3,18 +3,21 @@
 
 mod backoff;
 mod backpressure;
+mod carried_values;
 mod causation;
 mod close_twice;
 mod commands;
 mod failures;
 mod held;
 mod inline;
+mod inline_shutdown;
 mod limits;
 mod local;
 mod ordering;
 mod polls;
 mod prefetch;
 mod queued_ctx;
+mod review_coverage;
 mod routing;
 mod shared;
 mod shutdown;
