@@ -312,14 +312,20 @@ impl Local {
     /// Drops the attached value, if any.
     #[inline]
     pub fn clear(&mut self) {
-        // The last holder of a value attached unencoded that owns nothing keeps its block on
-        // this thread for the next one (`KEPT`); anything else is dropped.
-        if let Some(mut slot) = self.0.take()
-            && Arc::strong_count(&slot) == 1
-            && Arc::get_mut(&mut slot).is_some_and(|value| value.emptied())
-        {
-            let _ = KEPT.try_with(move |k| k.set(Some(slot)));
+        if let Some(slot) = self.0.take() {
+            let_go(slot);
         }
+    }
+}
+
+/// Drops a value [cleared](Local::clear) from its `Local`, except that its last holder keeps
+/// the block of a value attached unencoded that owns nothing on this thread, for the next one
+/// (`KEPT`). Out of line: `clear` stays a test of an empty `Local` where it is inlined.
+#[inline(never)]
+fn let_go(mut slot: Arc<dyn Slot>) {
+    if Arc::strong_count(&slot) == 1 && Arc::get_mut(&mut slot).is_some_and(|value| value.emptied())
+    {
+        let _ = KEPT.try_with(move |k| k.set(Some(slot)));
     }
 }
 
