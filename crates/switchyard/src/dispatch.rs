@@ -237,7 +237,7 @@ impl SubShared {
                 let started = switchyard_core::delivered::scope(
                     Arc::clone(&env),
                     std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(start_call(&mut svc, &env, stamp, cx))
+                        std::task::Poll::Ready(start_call(&mut svc, &env, stamp, &bus, cx))
                     }),
                 )
                 .await;
@@ -552,7 +552,7 @@ impl SubShared {
                     None => {
                         self.attempt(
                             svc,
-                            || Queued(&env, delivery),
+                            || Queued(&env, delivery, bus),
                             Parent::of(&env),
                             &env,
                             attempt,
@@ -564,7 +564,7 @@ impl SubShared {
                         let (made, output) = self
                             .attempt_typed(
                                 svc,
-                                || Queued(&env, delivery),
+                                || Queued(&env, delivery, bus),
                                 Parent::of(&env),
                                 &env,
                                 attempt,
@@ -709,9 +709,10 @@ pub(crate) fn start_call(
     svc: &mut SingleHandler,
     env: &Arc<Envelope>,
     delivery: DeliveryInfo,
+    bus: &Arc<BusInner>,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
-    let made = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_queued(env, delivery)));
+    let made = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_queued(env, delivery, bus)));
     let mut fut = match made {
         Ok(fut) => fut,
         Err(panic) => return Started::Ended(Err(panic)),
