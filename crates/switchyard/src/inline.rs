@@ -272,8 +272,11 @@ impl Taken {
             .boxed(Begun::Fresh));
         }
         let stamp = sub.next_attempt(env.delivery, switchyard_core::clock::now);
-        let mut call =
-            || delivered::within(Arc::clone(&env), || start_call(&mut svc, &env, stamp, cx));
+        let mut call = || {
+            delivered::within(Arc::clone(&env), || {
+                start_call(&mut svc, &env, stamp, &slot.bus, cx)
+            })
+        };
         let (started, typed) = match reply.typed {
             None => (call(), None),
             // A typed sender here takes the typed handler's output as it is.
