@@ -1,6 +1,7 @@
 //! A typed value travelling beside its encoded payload inside one process.
 
 use std::any::{Any, TypeId};
+use std::cell::Cell;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -63,6 +64,10 @@ trait Slot: Any + Send + Sync {
     fn encoded(&self) -> Result<Bytes, CodecError>;
     /// The value's type.
     fn value_type(&self) -> TypeId;
+    /// Lets go of the encoding made of a value attached unencoded, and says whether its
+    /// allocation may be kept for the next value of its type ([`KEPT`]): only when the
+    /// value owns nothing (its type has no drop glue), so that keeping it keeps nothing alive.
+    fn emptied(&mut self) -> bool;
 }
 
 impl<T: Send + Sync + 'static> Slot for Value<T> {
@@ -84,6 +89,29 @@ impl<T: Send + Sync + 'static> Slot for Value<T> {
     fn value_type(&self) -> TypeId {
         TypeId::of::<T>()
     }
+
+    fn emptied(&mut self) -> bool {
+        if std::mem::needs_drop::<T>() {
+            return false;
+        }
+        match &mut self.encoding {
+            Encoding::Lazy(once, _) => {
+                drop(once.take());
+                true
+            }
+            Encoding::Given(_) => false,
+        }
+    }
+}
+
+thread_local! {
+    /// The allocation of the last value attached [unencoded](Local::unencoded) that was
+    /// [cleared](Local::clear) on this thread by its last holder, for the next value of its
+    /// type attached unencoded here (issue 18: a typed command run on its sender's task made
+    /// and freed one per round trip). Only a value whose type has no drop glue is kept
+    /// ([`Slot::emptied`]): the thread keeps a few bytes, never anything the value owned, nor
+    /// its encoding.
+    static KEPT: Cell<Option<Arc<dyn Slot>>> = const { Cell::new(None) };
 }
 
 pub(crate) struct Value<T> {
@@ -139,6 +167,22 @@ impl Local {
     /// with [`new`](Self::new), while the envelope's payload is empty and after it was made
     /// from the value ([`encoded`](Self::encoded), once for every copy).
     pub(crate) fn unencoded<M: Message>(value: M) -> Self {
+        // A type with drop glue never finds a kept block (see `KEPT`): not looked for.
+        if !std::mem::needs_drop::<M>()
+            && let Some(mut kept) = KEPT.try_with(Cell::take).ok().flatten()
+        {
+            if let Some(slot) = Arc::get_mut(&mut kept) {
+                let slot: &mut (dyn Any + Send + Sync) = slot;
+                if let Some(block) = slot.downcast_mut::<Value<M>>() {
+                    // Its encoding is already `Lazy(<empty>, M::encode)`: a kept block is one
+                    // made here, for an `M`, and emptied when kept (`Slot::emptied`).
+                    block.value = value;
+                    return Self(Some(kept));
+                }
+            }
+            // Another type's: left for the next value of that type.
+            let _ = KEPT.try_with(|k| k.set(Some(kept)));
+        }
         Self(Some(Arc::new(Value {
             value,
             encoding: Encoding::Lazy(OnceLock::new(), M::encode),
@@ -260,13 +304,28 @@ impl Local {
     }
 
     /// Whether no value is attached (none was, it was cleared, or this copy took it).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.is_none()
     }
 
     /// Drops the attached value, if any.
+    #[inline]
     pub fn clear(&mut self) {
-        self.0 = None;
+        if let Some(slot) = self.0.take() {
+            let_go(slot);
+        }
+    }
+}
+
+/// Drops a value [cleared](Local::clear) from its `Local`, except that its last holder keeps
+/// the block of a value attached unencoded that owns nothing on this thread, for the next one
+/// (`KEPT`). Out of line: `clear` stays a test of an empty `Local` where it is inlined.
+#[inline(never)]
+fn let_go(mut slot: Arc<dyn Slot>) {
+    if Arc::strong_count(&slot) == 1 && Arc::get_mut(&mut slot).is_some_and(|value| value.emptied())
+    {
+        let _ = KEPT.try_with(move |k| k.set(Some(slot)));
     }
 }
 
@@ -411,5 +470,62 @@ mod tests {
         env.payload = Bytes::new();
         env.encode_payload().unwrap();
         assert!(env.payload.is_empty());
+    }
+
+    /// Where `local`'s value is (its block).
+    fn block(local: &Local) -> *const () {
+        Arc::as_ptr(local.0.as_ref().unwrap()).cast::<()>()
+    }
+
+    #[test]
+    fn a_cleared_unencoded_value_that_owns_nothing_leaves_its_block_for_the_next_one() {
+        drop(KEPT.with(Cell::take));
+        let mut first = Local::unencoded(Tick { n: 1 });
+        let at = block(&first);
+        // Its encoding made, then let go of with the block kept.
+        assert_eq!(&first.encoded().unwrap().unwrap()[..], br#"{"n":1}"#);
+        first.clear();
+        assert!(first.is_empty());
+        let mut second = Local::unencoded(Tick { n: 2 });
+        assert_eq!(block(&second), at, "the kept block is reused");
+        assert_eq!(
+            &second.encoded().unwrap().unwrap()[..],
+            br#"{"n":2}"#,
+            "the first value's encoding went with it"
+        );
+        assert_eq!(second.take::<Tick>(&Bytes::new()).map(|t| t.n), Some(2));
+        // The block was taken: the next value gets one of its own.
+        let third = Local::unencoded(Tick { n: 3 });
+        assert_ne!(block(&third), at);
+    }
+
+    #[test]
+    fn a_value_still_held_elsewhere_or_owning_something_is_not_kept() {
+        /// A message that owns something (its type has drop glue).
+        #[derive(Clone, serde::Serialize, serde::Deserialize)]
+        struct Owning(String);
+        impl crate::Message for Owning {
+            const TOPIC: &'static str = "local.owning";
+        }
+        drop(KEPT.with(Cell::take));
+        let mut owning = Local::unencoded(Owning("x".into()));
+        owning.clear();
+        assert!(
+            KEPT.with(Cell::take).is_none(),
+            "a value owning a String is dropped, not kept"
+        );
+        // Another holder (a copy of the envelope): the value stays with it, unchanged.
+        let mut cleared = Local::unencoded(Tick { n: 4 });
+        let held = cleared.clone();
+        cleared.clear();
+        assert!(KEPT.with(Cell::take).is_none(), "still held: not kept");
+        let next = Local::unencoded(Tick { n: 5 });
+        assert_ne!(block(&next), block(&held));
+        assert_eq!(held.cloned::<Tick>(&Bytes::new()).map(|t| t.n), Some(4));
+        // A value attached with its payload is never kept.
+        let payload = Bytes::from_static(b"{\"n\":6}");
+        let mut given = Local::new(Tick { n: 6 }, &payload);
+        given.clear();
+        assert!(KEPT.with(Cell::take).is_none());
     }
 }

@@ -1,7 +1,9 @@
 //! Commands and requests: one handler, one result back to the sender.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -131,20 +133,9 @@ impl Bus {
         // the future carries a pointer, not the envelope, through every nested state (an
         // `async fn` would copy it into its own state and again into each call). The block
         // is a settled message's when this thread kept one (`queue/spare.rs`).
-        let env = shared(env);
-        async move {
-            // Everything up to the wait is synchronous.
-            let finished = match with_context(|cx| self.start_command(env, None, cx)).await? {
-                // Answered already (`inline.rs`): no wait, no future for it.
-                Start::Answered(output) => {
-                    if crate::inline::yield_due() {
-                        tokio::task::yield_now().await;
-                    }
-                    inline_finished(output)?
-                }
-                start => self.finish_command(start, None).await?,
-            };
-            Ok(finished.into_result())
+        SendEnvelope {
+            bus: self,
+            state: SendState::Start(shared(env)),
         }
     }
 
@@ -381,6 +372,63 @@ impl Finished {
     }
 }
 
+/// The future of [`Bus::send_envelope`], written out rather than an `async` block: a command
+/// answered at its first poll (`inline.rs`) gives its [`CommandResult`] straight out of
+/// `poll`, built from the reply's box where the caller takes it (an `async` block moved the
+/// ~200-byte reply through its own locals and output three more times). A command that waits
+/// (queued, sent to another process, or run on in its box) or a sender due to yield goes on
+/// in a boxed future: those paths wait anyway.
+struct SendEnvelope<'a> {
+    bus: &'a Bus,
+    state: SendState<'a>,
+}
+
+/// Where a [`SendEnvelope`] is.
+enum SendState<'a> {
+    /// Not polled yet: nothing checked or sent.
+    Start(Arc<Envelope>),
+    /// Waiting for room, the answer, or a turn (after yielding).
+    Waiting(Pin<Box<dyn Future<Output = Result<Finished, SendError>> + Send + 'a>>),
+    /// Finished (polled again after that, it stays pending).
+    Done,
+}
+
+impl Future for SendEnvelope<'_> {
+    type Output = Result<CommandResult, SendError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut waiting = match std::mem::replace(&mut this.state, SendState::Done) {
+            SendState::Start(env) => match this.bus.start_command(env, None, cx) {
+                Err(e) => return Poll::Ready(Err(e)),
+                // Answered already (`inline.rs`): no wait, no future for it.
+                Ok(Start::Answered(output)) => {
+                    if !crate::inline::yield_due() {
+                        return Poll::Ready(inline_result(output));
+                    }
+                    // Every `YIELD_EVERY`th run on this thread: the sender's task yields, as
+                    // `send_typed` does.
+                    Box::pin(async move {
+                        tokio::task::yield_now().await;
+                        inline_finished(output)
+                    }) as Pin<Box<dyn Future<Output = _> + Send + '_>>
+                }
+                Ok(start) => Box::pin(this.bus.finish_command(start, None)),
+            },
+            SendState::Waiting(waiting) => waiting,
+            SendState::Done => return Poll::Pending,
+        };
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(finished) => Poll::Ready(finished.map(Finished::into_result)),
+            Poll::Pending => {
+                this.state = SendState::Waiting(waiting);
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// A future that calls `f` with the task's context at its first poll, and is ready with
 /// what `f` gives (it is never polled again: it stays pending if it is).
 fn with_context<F, R>(f: F) -> WithContext<F>
@@ -416,6 +464,25 @@ fn inline_finished(output: InlineOutput) -> Result<Finished, SendError> {
         return Err(stopped());
     };
     Ok(Finished::Local(answer?, handler))
+}
+
+/// [`inline_finished`] as the public result, built in place: the reply is copied once, out
+/// of its box.
+#[inline(always)]
+fn inline_result(output: InlineOutput) -> Result<CommandResult, SendError> {
+    let (Some(answer), Some(handler)) = output else {
+        return Err(stopped());
+    };
+    let answer = answer?;
+    let mut result = CommandResult {
+        reply: None,
+        handler: handler.config.name.clone(),
+        attempts: answer.attempts,
+    };
+    if let Some(reply) = answer.reply {
+        result.reply = Some(*reply);
+    }
+    Ok(result)
 }
 
 /// Waits for the answer to a queued command.

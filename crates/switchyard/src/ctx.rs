@@ -323,16 +323,22 @@ where
     E: Into<BoxError>,
 {
     /// A call at the queued `env` for an attempt stamped `delivery`: the value taken as from
-    /// a copy of `env` (`upcast::decode_queued`), the [`Ctx`] over `env` itself.
+    /// a copy of `env` (`upcast::decode_queued`), the [`Ctx`] over `env` itself, holding
+    /// `bus`, the bus the worker holds (a reference more, where upgrading this handler's
+    /// weak handle would check that the bus is still there, which the worker knows).
     #[inline]
-    fn call_queued(&mut self, env: &Arc<Envelope>, delivery: DeliveryInfo) -> TypedFuture<Fut> {
+    fn call_queued(
+        &mut self,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
+    ) -> TypedFuture<Fut> {
         let (msg, taken) = match crate::upcast::decode_queued::<T>(&self.bus, env) {
             Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e.into()))),
         };
-        let bus = match upgrade(&self.bus) {
-            Ok(bus) => bus,
-            Err(e) => return Either::Left(ready(Err(e))),
+        let bus = Bus {
+            inner: Arc::clone(bus),
         };
         let let_go = taken.then_some(let_go::<T> as fn(&mut Envelope));
         Either::Right(Finish {

@@ -192,23 +192,27 @@ impl SingleHandler {
         &mut self,
         env: &std::sync::Arc<Envelope>,
         delivery: switchyard_core::DeliveryInfo,
+        bus: &std::sync::Arc<crate::state::BusInner>,
     ) -> SingleFuture {
         match self {
             #[cfg(feature = "middleware")]
-            Self::Boxed(s) if s.has_queued() => SingleFuture::Boxed(s.call_queued(env, delivery)),
+            Self::Boxed(s) if s.has_queued() => {
+                SingleFuture::Boxed(s.call_queued(env, delivery, bus))
+            }
             #[cfg(not(feature = "middleware"))]
-            Self::Boxed(s) if s.has_queued() => s.call_queued(env, delivery),
+            Self::Boxed(s) if s.has_queued() => s.call_queued(env, delivery, bus),
             // One place the copy is made, for every other handler.
             _ => Callee::<Envelope>::call_in(self, env.copy_with_delivery(delivery)),
         }
     }
 }
 
-/// A request for [`SingleHandler`]: the queued envelope and an attempt's delivery
-/// bookkeeping, called as [`SingleHandler::call_queued`].
+/// A request for [`SingleHandler`]: the queued envelope, an attempt's delivery bookkeeping
+/// and the bus the caller holds, called as [`SingleHandler::call_queued`].
 pub(crate) struct Queued<'a>(
     pub(crate) &'a std::sync::Arc<Envelope>,
     pub(crate) switchyard_core::DeliveryInfo,
+    pub(crate) &'a std::sync::Arc<crate::state::BusInner>,
 );
 
 impl Callee<Queued<'_>> for SingleHandler {
@@ -223,7 +227,7 @@ impl Callee<Queued<'_>> for SingleHandler {
 
     #[inline(always)]
     fn call_in(&mut self, request: Queued<'_>) -> SingleFuture {
-        self.call_queued(request.0, request.1)
+        self.call_queued(request.0, request.1, request.2)
     }
 
     #[inline(always)]

@@ -18,6 +18,8 @@ use futures_util::future::BoxFuture;
 use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tower::Service;
 
+use crate::state::BusInner;
+
 /// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
 /// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
 /// can reuse what it was made of (a [`BoxHandler`] or the resilience stack its box).
@@ -111,17 +113,26 @@ impl BoxHandler {
     /// A worker's call at the queued `env` for an attempt stamped `delivery`, in the kept
     /// box: the service's own queued call if it has one (see [`queued`](Self::queued)),
     /// else a call with `env`'s copy stamped with `delivery` (as
-    /// [`Envelope::copy_with_delivery`] makes it).
+    /// [`Envelope::copy_with_delivery`] makes it). `bus` is the bus the caller holds (the
+    /// handler's context gets a reference of it).
     #[inline(always)]
-    pub(crate) fn call_queued(&mut self, env: &Arc<Envelope>, delivery: DeliveryInfo) -> HeldCall {
-        HeldCall(self.held.call_held_queued(env, delivery, self.kept.take()))
+    pub(crate) fn call_queued(
+        &mut self,
+        env: &Arc<Envelope>,
+        delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
+    ) -> HeldCall {
+        HeldCall(
+            self.held
+                .call_held_queued(env, delivery, bus, self.kept.take()),
+        )
     }
 }
 
-/// How a service is called with the queued envelope and an attempt's delivery bookkeeping
-/// (see [`BoxHandler::queued`]).
+/// How a service is called with the queued envelope, an attempt's delivery bookkeeping and
+/// the bus its caller holds (see [`BoxHandler::queued`]).
 pub(crate) type QueuedFn<S> =
-    fn(&mut S, &Arc<Envelope>, DeliveryInfo) -> <S as Service<Envelope>>::Future;
+    fn(&mut S, &Arc<Envelope>, DeliveryInfo, &Arc<BusInner>) -> <S as Service<Envelope>>::Future;
 
 /// A `tower` boxed service as a handler (boxed once more: its calls' futures are still
 /// boxed by it).
@@ -227,6 +238,7 @@ trait Slot: Send {
         held: &mut dyn Any,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
     ) -> bool;
 
     /// Moves the future in `fresh` (an `Option` of this slot's future type, not yet polled)
@@ -282,6 +294,7 @@ where
         held: &mut dyn Any,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
     ) -> bool {
         let Some(held) = held.downcast_mut::<Held<S>>() else {
             return false;
@@ -290,7 +303,7 @@ where
             return false;
         };
         self.set(CallOf {
-            call: Some(queued(&mut held.svc, env, delivery)),
+            call: Some(queued(&mut held.svc, env, delivery, bus)),
         });
         true
     }
@@ -323,6 +336,7 @@ trait Erased: Send {
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
         kept: Option<Pin<Box<dyn Slot>>>,
     ) -> Pin<Box<dyn Slot>>;
 
@@ -386,6 +400,7 @@ where
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
+        bus: &Arc<BusInner>,
         kept: Option<Pin<Box<dyn Slot>>>,
     ) -> Pin<Box<dyn Slot>> {
         let Some(queued) = self.queued else {
@@ -394,12 +409,12 @@ where
         // The request is small: the future is written into the kept box from the call,
         // whatever its size.
         if let Some(mut slot) = kept
-            && slot.as_mut().refill_queued(self, env, delivery)
+            && slot.as_mut().refill_queued(self, env, delivery, bus)
         {
             return slot;
         }
         Box::pin(CallOf::<S> {
-            call: Some(queued(&mut self.svc, env, delivery)),
+            call: Some(queued(&mut self.svc, env, delivery, bus)),
         })
     }
 

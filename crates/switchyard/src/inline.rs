@@ -206,8 +206,18 @@ impl Future for InlineRun {
                 run
             }
         };
-        let Poll::Ready(output) = run.as_mut().poll(cx) else {
-            return Poll::Pending;
+        // A panic out of the run (none is expected: the handler's polls and drops are
+        // captured inside it) leaves it done, so that its drop does not spawn the panicked
+        // run again; its slot and count are released as the box is dropped.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.as_mut().poll(cx)));
+        let output = match polled {
+            Ok(Poll::Ready(output)) => output,
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(panic) => {
+                self.0 = Stage::Done;
+                std::panic::resume_unwind(panic)
+            }
         };
         // A filled box gives `Some`; the emptied box is kept for this thread's next run (the
         // handler clone went back with the slot, at the run's end).
@@ -262,8 +272,11 @@ impl Taken {
             .boxed(Begun::Fresh));
         }
         let stamp = sub.next_attempt(env.delivery, switchyard_core::clock::now);
-        let mut call =
-            || delivered::within(Arc::clone(&env), || start_call(&mut svc, &env, stamp, cx));
+        let mut call = || {
+            delivered::within(Arc::clone(&env), || {
+                start_call(&mut svc, &env, stamp, &slot.bus, cx)
+            })
+        };
         let (started, typed) = match reply.typed {
             None => (call(), None),
             // A typed sender here takes the typed handler's output as it is.
@@ -528,9 +541,11 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
             )
             .await
         };
-        let mut process = std::pin::pin!(process);
+        // In an `Option`, so that a run stopped at the shutdown deadline drops the handler's
+        // future under a panic capture (see below).
+        let mut process = std::pin::pin!(OptionFuture::from(Some(process)));
         match futures_util::poll!(process.as_mut()) {
-            Poll::Ready(handled) => Some(handled),
+            Poll::Ready(handled) => handled,
             // It waits: from now on, shutdown's deadline may stop it.
             Poll::Pending => {
                 // Boxed: only a run that waits needs it.
@@ -542,14 +557,27 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                 // Stopped first: a run the shutdown reported in flight (its sender had not
                 // polled it by then) must not call its handler again, as an aborted worker's
                 // message is not handled either.
+                // The handler's future is dropped here, on the sender's task: a `Drop` of
+                // the application's that panics stays in the bus, as it does for a worker's
+                // call aborted with its task (review rev1), and the run ends stopped, its
+                // message in flight for the report.
                 std::future::poll_fn(|cx| {
                     if aborted.as_mut().poll(cx).is_ready() {
+                        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            || process.as_mut().set(None.into()),
+                        ));
+                        if dropped.is_err() {
+                            tracing::error!(
+                                subscription = %sub.name(),
+                                "a command handler's future panicked while it was dropped at the shutdown deadline"
+                            );
+                        }
                         return Poll::Ready(None);
                     }
                     if !std::mem::take(&mut just_polled)
                         && let Poll::Ready(handled) = process.as_mut().poll(cx)
                     {
-                        return Poll::Ready(Some(handled));
+                        return Poll::Ready(handled);
                     }
                     Poll::Pending
                 })

@@ -602,7 +602,7 @@ impl<M: Message> Published for Typed<M> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError> {
         let ty = std::any::TypeId::of::<M>();
         if targets.iter().all(|sub| sub.config.takes(ty)) {

@@ -324,10 +324,12 @@ impl State {
                 self.release_lane(lane);
                 return done;
             };
-            // A message carried unencoded has no payload to measure but keeps its value,
-            // of any size: it is left for the next push only without its value (taken out
-            // when this is the last holder), else let go of.
-            let keepable = !env.needs_encoding()
+            // A message carried with its value (unencoded, or encoded beside it) keeps a
+            // value of any size that nothing measured: it is left for the next push only
+            // without its value (taken out when this is the last holder), else let go of,
+            // so no value of a handled message waits in `spent` (review rev1: a handler's
+            // `Shared<M>` was not the last holder).
+            let keepable = env.local.is_empty()
                 || Arc::get_mut(&mut env).is_some_and(|e| {
                     done.value = std::mem::take(&mut e.local);
                     true

@@ -4,7 +4,7 @@
 //! above: `publish`, `command`, `dispatch`, `pump`, `shutdown`.
 
 use std::any::TypeId;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -73,7 +73,15 @@ thread_local! {
     /// The slot of the attempt being called or polled on this thread: a thread-local swapped
     /// in and out around each call and poll (as `switchyard_core::delivered`), rather than a
     /// tokio task-local, whose scope costs several times more per command.
-    static TYPED: Cell<TypedSlot> = Cell::new(TypedSlot::default());
+    /// A `RefCell` (borrowed only inside this module, never across a call out of it): the
+    /// slot is swapped and filled in place, not moved out of a `Cell` and back.
+    static TYPED: RefCell<TypedSlot> = const {
+        RefCell::new(TypedSlot {
+            wanted: None,
+            owner: None,
+            value: None,
+        })
+    };
 }
 
 impl TypedSlot {
@@ -145,11 +153,15 @@ impl Drop for TypedEntered<'_> {
 #[inline]
 fn swap_typed(slot: &mut TypedSlot) -> bool {
     TYPED
-        .try_with(|t| {
-            let outer = t.replace(std::mem::take(slot));
-            *slot = outer;
+        .try_with(|t| match t.try_borrow_mut() {
+            Ok(mut t) => {
+                std::mem::swap(&mut *t, slot);
+                true
+            }
+            // Never: nothing holds the borrow across a call out of this module.
+            Err(_) => false,
         })
-        .is_ok()
+        .unwrap_or(false)
 }
 
 /// In a handler: hands `output` to the sender waiting for it typed (replacing an output a
@@ -158,7 +170,9 @@ fn swap_typed(slot: &mut TypedSlot) -> bool {
 pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
     let _ = TYPED.try_with(|t| {
-        let mut slot = t.take();
+        let Ok(mut slot) = t.try_borrow_mut() else {
+            return;
+        };
         if slot
             .wanted
             .is_some_and(|wanted| wanted() == TypeId::of::<O>())
@@ -168,7 +182,6 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
         {
             slot.value = Some(crate::reply::box_output(output));
         }
-        t.set(slot);
     });
     match output {
         None => Ok(()),

@@ -72,11 +72,14 @@ impl DeadLetter {
     ///
     /// A typed message the bus carried [unencoded](Envelope::set_unencoded) is encoded here:
     /// a dead letter always holds the message's bytes. Should that encoding fail, the letter
-    /// keeps the empty payload and its error says why.
+    /// keeps the empty payload (and the value, its only form) and its error says why. Once
+    /// the letter has the bytes, the value the bus carried beside them is let go of: a store
+    /// bounded by bytes ([`size`](Self::size)) does not weigh it, and a replay decodes.
     pub fn new(mut envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {
         let mut error = error.into();
-        if let Err(e) = envelope.encode_payload() {
-            error = format!("{error} (and its payload could not be encoded: {e})");
+        match envelope.encode_payload() {
+            Ok(()) => envelope.local.clear(),
+            Err(e) => error = format!("{error} (and its payload could not be encoded: {e})"),
         }
         Self {
             attempts: envelope.delivery.attempt,

@@ -483,6 +483,47 @@ async fn a_sender_of_inline_commands_lets_other_tasks_run() {
     assert!(sent < 100_000, "the sender never yielded ({sent} sends)");
 }
 
+/// `send_envelope`'s future (written out, not an `async` block) yields as typed `send` does,
+/// and a command answered across its yield still gets its own reply.
+#[tokio::test(flavor = "current_thread")]
+async fn an_envelope_sender_of_inline_commands_lets_other_tasks_run() {
+    use switchyard::{Envelope, Outcome, Topic, handler_fn};
+    let bus = Bus::new();
+    let _h = bus
+        .handle_envelope(
+            "echo",
+            "inline.echo",
+            handler_fn(|env: Envelope| async move {
+                Ok::<_, std::io::Error>(Outcome::reply(env.reply(env.payload.clone())))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    let b = bus.clone();
+    // The sender starts first; the other task only runs when the sender yields.
+    let sender = tokio::spawn(async move {
+        let topic = Topic::new("inline.echo").unwrap();
+        let mut sent = 0u64;
+        while !flag.load(Ordering::SeqCst) && sent < 100_000 {
+            let env = Envelope::new(topic.clone(), sent.to_string());
+            let result = b.send_envelope(env).await.unwrap();
+            let reply = result.reply.expect("a reply");
+            assert_eq!(reply.payload, sent.to_string().as_bytes(), "send {sent}");
+            assert_eq!(result.handler, "echo");
+            sent += 1;
+        }
+        sent
+    });
+    let ran = other_ran.clone();
+    tokio::spawn(async move { ran.store(true, Ordering::SeqCst) });
+    let sent = sender.await.unwrap();
+    assert!(other_ran.load(Ordering::SeqCst));
+    assert!(sent < 100_000, "the sender never yielded ({sent} sends)");
+}
+
 /// A handler that is not ready until its gate opens (a breaker, a rate limit): `poll_ready`
 /// is `Pending` while closed, with the waker kept to wake once it opens. Records the tasks
 /// its calls ran on and whether any came while it was closed.

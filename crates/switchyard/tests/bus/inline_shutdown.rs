@@ -1,5 +1,5 @@
 //! Shutdown and commands run on their sender's task (`inline.rs`): found by review rev1.
-//! Both tests failed before their fix.
+//! Each test failed before its fix, except the worker counterparts, which say so.
 
 use std::time::Duration;
 
@@ -133,5 +133,130 @@ async fn a_worker_message_of_a_dropped_handler_is_seen_by_shutdown() {
         report.left.len() == 1 && letters == 1 && bus.pending() == 0,
         "report: {report:?}; dead letters: {letters}; pending: {}",
         bus.pending()
+    );
+}
+
+/// A handler future whose `Drop` panics, stopped at the shutdown deadline while it runs on
+/// its sender's task: the panic must stay in the bus (panic isolation, as for a worker,
+/// `polls.rs`), the sender gets `NotProcessed`, not a panic of its own task.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_drop_of_an_inline_run_stopped_at_shutdown_does_not_reach_the_sender() {
+    struct DropPanics;
+    impl Drop for DropPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("drop panics");
+            }
+        }
+    }
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = DropPanics;
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let b = bus.clone();
+    let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let sender = sender.await.map_err(|e| e.to_string());
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        matches!(sender, Ok(Err(SendError::NotProcessed(_))))
+            && report.left.len() == 1
+            && letters == 1,
+        "sender: {sender:?}; report: {report:?}; dead letters: {letters}"
+    );
+}
+
+/// The worker counterpart of the inline test above: a handler future whose `Drop` panics,
+/// aborted with its worker at the shutdown deadline; the message is named in the report and
+/// dead-lettered, and the sender hears `NotProcessed`. (Coverage: passes, the inline run
+/// does not.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_drop_of_a_worker_call_stopped_at_shutdown_is_reported() {
+    struct DropPanics;
+    impl Drop for DropPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("drop panics");
+            }
+        }
+    }
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("dropper", move |p: Ping, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = DropPanics;
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 4 }).await.unwrap();
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1 && letters == 1,
+        "report: {report:?}; dead letters: {letters}"
+    );
+}
+
+/// As the inline test above, with the sender gone before the deadline (the run goes on in a
+/// task of its own): the command is still named in the report and dead-lettered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_drop_of_a_detached_inline_run_stopped_at_shutdown_is_reported() {
+    struct DropPanics;
+    impl Drop for DropPanics {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("drop panics");
+            }
+        }
+    }
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = DropPanics;
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    {
+        let send = bus.send(Double { n: 4 });
+        tokio::pin!(send);
+        assert!(futures_util::poll!(send.as_mut()).is_pending());
+    }
+    assert_eq!(received(&mut entered, 1).await, [4]);
+    let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list().len();
+    assert!(
+        report.left.len() == 1 && letters == 1,
+        "report: {report:?}; dead letters: {letters}"
     );
 }

@@ -3,6 +3,7 @@
 
 mod backoff;
 mod backpressure;
+mod carried_values;
 mod causation;
 mod close_twice;
 mod commands;
@@ -16,8 +17,7 @@ mod ordering;
 mod polls;
 mod prefetch;
 mod queued_ctx;
-mod rev1_attack;
-mod rev1_coverage;
+mod review_coverage;
 mod routing;
 mod shared;
 mod shutdown;

@@ -1,5 +1,6 @@
 //! Review rev1 (issue 18, the hot paths of the last stops), by attack: the attacks that found
-//! no defect (they pass), kept for the coverage they add; the defects are in `rev1_attack.rs`.
+//! no defect (they pass), kept for the coverage they add; the defects it found are tested in
+//! `carried_values.rs` and `inline_shutdown.rs`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
