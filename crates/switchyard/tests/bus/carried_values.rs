@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use switchyard::{Bus, Message, Outcome, Shared};
 use tokio::sync::mpsc;
 
-use crate::{WAIT, received};
+use crate::{received, until};
 
 /// An event whose value counts how many of it are alive (a field the encoding skips), so a
 /// test sees when the bus lets go of the value it carried beside the payload.
@@ -23,17 +23,6 @@ pub struct Tracked {
 }
 impl Message for Tracked {
     const TOPIC: &'static str = "rev1.tracked";
-}
-
-/// Waits (yielding, at most [`WAIT`]) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
 }
 
 /// docs/bus.md, `Shared<T>`: "The last holder can take the value out". A handler that keeps

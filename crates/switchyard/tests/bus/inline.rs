@@ -10,21 +10,10 @@ use switchyard::testkit::VirtualClock;
 use switchyard::{Bus, DeadLetterReason, SendError};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::{Double, ReadyGate, WAIT};
+use crate::{Double, ReadyGate, WAIT, until};
 
 /// The task a handler call ran on, as the handler saw it.
 type Tasks = Arc<Mutex<Vec<Option<tokio::task::Id>>>>;
-
-/// Waits (yielding, at most [`WAIT`]) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
 
 /// Messages waiting in the queue of the handler named `name`.
 fn depth(bus: &Bus, name: &str) -> usize {

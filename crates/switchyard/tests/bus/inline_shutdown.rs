@@ -4,20 +4,40 @@
 use std::time::Duration;
 
 use switchyard::testkit::VirtualClock;
-use switchyard::{Bus, SendError};
-use tokio::sync::mpsc;
+use switchyard::{Bus, SendError, Subscription};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 
-use crate::{Double, Ping, WAIT, received};
+use crate::{Double, Ping, received, until};
 
-/// Waits (yielding, at most [`WAIT`]) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::task::yield_now().await;
+/// A handler future's part whose `Drop` panics (unless the thread already unwinds).
+struct DropPanics;
+
+impl Drop for DropPanics {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("drop panics");
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+    }
+}
+
+/// Starts a `Double` handler that reports each command's input on the returned receiver and
+/// then never finishes; with `drop_panics`, its future panics when it is dropped.
+async fn stuck_doubler(bus: &Bus, drop_panics: bool) -> (Subscription, UnboundedReceiver<u64>) {
+    let (entered_tx, entered) = mpsc::unbounded_channel();
+    let handle = bus
+        .handle(move |c: Double, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = if drop_panics { Some(DropPanics) } else { None };
+                let _ = tx.send(c.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(c.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    (handle, entered)
 }
 
 /// docs/bus.md "Shutdown": in-flight work drains *until the deadline*; what is left is
@@ -29,19 +49,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 async fn shutdown_keeps_its_deadline_when_an_inline_runs_sender_does_not_poll_it() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let _h = bus
-        .handle(move |c: Double, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _ = tx.send(c.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(c.n)
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_h, mut entered) = stuck_doubler(&bus, false).await;
     let send = bus.send(Double { n: 4 });
     tokio::pin!(send);
     assert!(futures_util::poll!(send.as_mut()).is_pending());
@@ -70,19 +78,7 @@ async fn shutdown_keeps_its_deadline_when_an_inline_runs_sender_does_not_poll_it
 async fn an_inline_run_of_a_dropped_handler_is_still_seen_by_shutdown() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let h = bus
-        .handle(move |c: Double, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _ = tx.send(c.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(c.n)
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (h, mut entered) = stuck_doubler(&bus, false).await;
     let b = bus.clone();
     let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
     assert_eq!(received(&mut entered, 1).await, [4]);
@@ -141,30 +137,9 @@ async fn a_worker_message_of_a_dropped_handler_is_seen_by_shutdown() {
 /// `polls.rs`), the sender gets `NotProcessed`, not a panic of its own task.
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_drop_of_an_inline_run_stopped_at_shutdown_does_not_reach_the_sender() {
-    struct DropPanics;
-    impl Drop for DropPanics {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("drop panics");
-            }
-        }
-    }
     let _clock = switchyard::testkit::VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let _h = bus
-        .handle(move |c: Double, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _guard = DropPanics;
-                let _ = tx.send(c.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(c.n)
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_h, mut entered) = stuck_doubler(&bus, true).await;
     let b = bus.clone();
     let sender = tokio::spawn(async move { b.send(Double { n: 4 }).await });
     assert_eq!(received(&mut entered, 1).await, [4]);
@@ -185,14 +160,6 @@ async fn a_panicking_drop_of_an_inline_run_stopped_at_shutdown_does_not_reach_th
 /// does not.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_drop_of_a_worker_call_stopped_at_shutdown_is_reported() {
-    struct DropPanics;
-    impl Drop for DropPanics {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("drop panics");
-            }
-        }
-    }
     let _clock = switchyard::testkit::VirtualClock::pause();
     let bus = Bus::new();
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
@@ -223,30 +190,9 @@ async fn a_panicking_drop_of_a_worker_call_stopped_at_shutdown_is_reported() {
 /// task of its own): the command is still named in the report and dead-lettered.
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_drop_of_a_detached_inline_run_stopped_at_shutdown_is_reported() {
-    struct DropPanics;
-    impl Drop for DropPanics {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                panic!("drop panics");
-            }
-        }
-    }
     let _clock = switchyard::testkit::VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let _h = bus
-        .handle(move |c: Double, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _guard = DropPanics;
-                let _ = tx.send(c.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(c.n)
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_h, mut entered) = stuck_doubler(&bus, true).await;
     {
         let send = bus.send(Double { n: 4 });
         tokio::pin!(send);

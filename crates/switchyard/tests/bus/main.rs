@@ -55,6 +55,18 @@ impl Command for Double {
 /// Longest wait for an expected event.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Waits (yielding to other tasks, at most [`WAIT`]) until `done` holds; panics naming
+/// `what` when it does not.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
 /// The next `n` items from `rx`, each waited for at most [`WAIT`].
 pub async fn received<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, n: usize) -> Vec<T> {
     let mut got = Vec::new();

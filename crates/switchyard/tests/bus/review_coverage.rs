@@ -11,18 +11,7 @@ use serde::{Deserialize, Serialize};
 use switchyard::{Bus, DeadLetterReason, Message, Outcome, Overflow, SendError, Shared};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::{Double, Ping, WAIT, received};
-
-/// Waits (yielding, at most [`WAIT`]) until `done` holds.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !done() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
-}
+use crate::{Double, Ping, WAIT, received, until};
 
 /// A command handled inline whose future panics after a first `Pending` (the panic is in the
 /// run's box, not in the first poll on the sender's stack): the panic is isolated, the sender
