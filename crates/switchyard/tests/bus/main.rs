@@ -17,6 +17,7 @@ mod ordering;
 mod polls;
 mod prefetch;
 mod queued_ctx;
+mod rev2_attack;
 mod review_coverage;
 mod routing;
 mod shared;
