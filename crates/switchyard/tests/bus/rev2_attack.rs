@@ -470,3 +470,95 @@ async fn shutdown_with_inline_runs_a_queued_command_and_the_handle_dropped() {
     }
     assert_eq!(bus.pending(), 0);
 }
+
+/// Commands queued to workers that hold them lent (the `process` path: a sender waits),
+/// some stuck, raced by a shutdown from another task: every sender gets its answer or
+/// `NotProcessed`, exactly the unanswered ones are named and dead-lettered once, nothing is
+/// pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_racing_queued_commands_answers_every_sender_once() {
+    const N: u64 = 60;
+    let bus = Bus::new();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let e = entered.clone();
+    let _h = bus
+        .handle(move |c: Double, _| {
+            let e = e.clone();
+            async move {
+                if c.n % 9 == 4 {
+                    e.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                tokio::task::yield_now().await;
+                Ok::<_, std::io::Error>(c.n * 2)
+            }
+        })
+        .workers(3)
+        .queue_capacity(256)
+        .start()
+        .await
+        .unwrap();
+    let mut senders = Vec::new();
+    for n in 0..N {
+        let b = bus.clone();
+        senders.push((n, tokio::spawn(async move { b.send(Double { n }).await })));
+    }
+    until("two stuck commands held by workers", || {
+        entered.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    let report = bus.shutdown(Duration::from_millis(50)).await.unwrap();
+    let mut not_processed = 0;
+    for (n, s) in senders {
+        match tokio::time::timeout(WAIT, s).await.unwrap().unwrap() {
+            Ok(out) => assert_eq!(out, n * 2),
+            Err(switchyard::SendError::NotProcessed(_)) => not_processed += 1,
+            // Not sent before the shutdown's call (documented: never accepted).
+            Err(switchyard::SendError::ShuttingDown) => {}
+            Err(e) => panic!("{n}: {e:?}"),
+        }
+    }
+    let ids: BTreeSet<_> = report.left.iter().cloned().collect();
+    assert_eq!(ids.len(), report.left.len(), "named twice: {report:?}");
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), report.left.len());
+    assert_eq!(not_processed, report.left.len(), "{report:?}");
+    assert_eq!(bus.pending(), 0);
+}
+
+/// A lent envelope whose worker waits out a retry's backoff when the shutdown deadline
+/// passes (its first attempt panicked): the message is named and dead-lettered once, with its
+/// bytes; nothing is pending.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_during_a_retry_backoff_of_a_lent_envelope() {
+    let _clock = switchyard::testkit::VirtualClock::pause();
+    let bus = Bus::new();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let _sub = bus
+        .on("backoff", move |p: Ping, _| {
+            a.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if p.n == 7 {
+                    panic!("first attempts panic");
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .max_attempts(5)
+        .retry_delay(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 7 }).await.unwrap();
+    bus.publish(Ping { n: 8 }).await.unwrap();
+    until("the first attempt", || attempts.load(Ordering::SeqCst) >= 1).await;
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    let letters = bus.dead_letters().unwrap().list();
+    let mut lettered: Vec<u64> = letters.iter().map(|l| n_of(&l.envelope)).collect();
+    lettered.sort_unstable();
+    assert_eq!(lettered, [7, 8], "{report:?}");
+    assert_eq!(report.left.len(), 2, "{report:?}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(bus.pending(), 0);
+}
