@@ -1,4 +1,4 @@
-//! Review rev2: attacks on this session's hot-path changes (the lent envelope of a
+//! Review rev2 (stop 33): attacks on the hot-path changes of issue 18 (the lent envelope of a
 //! single-message worker, `SendEnvelope`, the kept `Local` block, shutdown with inline runs).
 
 use std::collections::BTreeSet;
