@@ -126,7 +126,7 @@ struct State {
     /// What each worker holds right now (seq, envelope), one slot list per worker, so
     /// shutdown can report in-flight messages. A single-message worker holds at most one,
     /// a batch worker up to its batch size; a slot list never shrinks its allocation. The
-    /// envelope is `None` while it is lent to the worker ([`Lending`]: the queue keeps no copy
+    /// envelope is `None` while it is lent to the worker ([`Lending`](lending::Lending): the queue keeps no copy
     /// of its own), and comes back if the worker drops it unfinished.
     in_flight: Vec<Vec<(u64, Option<Arc<Envelope>>)>>,
     /// Envelopes of settled messages, left for the next push to drop. A publisher allocates
@@ -253,7 +253,7 @@ impl State {
     }
 
     /// Takes the best message `worker` may take. `lend`: the worker gets the queue's own
-    /// reference to the envelope and wraps it in a [`Lending`] (no copy kept in the slot).
+    /// reference to the envelope and wraps it in a [`Lending`](lending::Lending) (no copy kept in the slot).
     #[inline(always)]
     fn take(&mut self, worker: usize, lend: bool) -> Option<Entry> {
         // A worker that holds nothing takes a slot: none is free while inline runs hold
@@ -302,7 +302,7 @@ impl State {
     /// Frees the lane and the in-flight slot; returns what the caller should drop (outside the
     /// lock): the envelope, unless it is left for the next push, or the value of one carried
     /// unencoded (whose size nothing measured) that is left without it. `back`: the envelope
-    /// lent to the worker ([`Lending`]), given back.
+    /// lent to the worker ([`Lending`](lending::Lending)), given back.
     #[inline(always)]
     fn complete(
         &mut self,
@@ -342,19 +342,6 @@ impl State {
         }
         self.release_lane(lane);
         done
-    }
-
-    /// A lent envelope dropped unfinished ([`Lending`]'s drop) goes back into its slot, for the
-    /// shutdown report.
-    #[cold]
-    fn restore(&mut self, worker: usize, seq: u64, env: Arc<Envelope>) {
-        if let Some(slot) = self
-            .in_flight
-            .get_mut(worker)
-            .and_then(|slots| slots.iter_mut().find(|(s, _)| *s == seq))
-        {
-            slot.1.get_or_insert(env);
-        }
     }
 
     /// Frees `lane` (if the message had one) for its next message.
@@ -404,47 +391,6 @@ impl State {
 /// [`Queue::complete_lent`] or [`Queue::complete_and_pop`]).
 pub(crate) struct Taken {
     pub(crate) entry: Entry,
-}
-
-/// What a single-message worker holds of the message it handles when the queue keeps no
-/// reference to its envelope ([`Queue::try_pop_lent`], [`Queue::complete_and_pop`]): the
-/// queue's own, lent, so taking and completing a message touch its reference count no more
-/// than moving it does. One per worker, for all its messages: [`hold`](Self::hold) when
-/// taken, given back when completed ([`Queue::complete_lent`], [`Queue::complete_and_pop`]).
-/// Dropped holding one (its worker aborted at the shutdown deadline, or unwinding), it puts
-/// the envelope back into the worker's in-flight slot, so the shutdown report still names
-/// the message and dead-letters it.
-pub(crate) struct Lending<'q> {
-    queue: &'q Queue,
-    worker: usize,
-    /// The message held: its seq and envelope (`None` between messages).
-    seq: u64,
-    env: Option<Arc<Envelope>>,
-}
-
-impl Lending<'_> {
-    /// Holds `env`, of message `seq` taken lent, until it is completed; the envelope, to
-    /// handle the message with.
-    #[inline]
-    pub(crate) fn hold(&mut self, seq: u64, env: Arc<Envelope>) -> &Arc<Envelope> {
-        self.seq = seq;
-        self.env.insert(env)
-    }
-
-    /// The message held (its seq and envelope), given back.
-    #[inline]
-    fn give_back(&mut self) -> (u64, Option<Arc<Envelope>>) {
-        (self.seq, self.env.take())
-    }
-}
-
-impl Drop for Lending<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        if let Some(env) = self.env.take() {
-            self.queue.restore(self.worker, self.seq, env);
-        }
-    }
 }
 
 /// The bounded, lane-aware queue of one subscription.
@@ -722,13 +668,6 @@ impl Queue {
         self.try_pop_with(worker, false)
     }
 
-    /// [`try_pop`](Self::try_pop), the envelope lent: the worker holds it in its
-    /// [`Lending`] at once ([`Lending::hold`]) and completes the message with
-    /// [`complete_lent`](Self::complete_lent) or [`complete_and_pop`](Self::complete_and_pop).
-    pub(crate) fn try_pop_lent(&self, lending: &Lending<'_>) -> Popped {
-        self.try_pop_with(lending.worker, true)
-    }
-
     #[inline(always)]
     fn try_pop_with(&self, worker: usize, lend: bool) -> Popped {
         let mut wake = Wake::default();
@@ -737,23 +676,6 @@ impl Queue {
         drop(st);
         self.wake(wake);
         popped
-    }
-
-    /// What `worker` holds of the messages it takes lent (none yet).
-    pub(crate) fn lending(&self, worker: usize) -> Lending<'_> {
-        Lending {
-            queue: self,
-            worker,
-            seq: 0,
-            env: None,
-        }
-    }
-
-    /// [`Lending`]'s drop while it held a message: its envelope goes back into its slot.
-    #[cold]
-    #[inline(never)]
-    fn restore(&self, worker: usize, seq: u64, env: Arc<Envelope>) {
-        self.lock().restore(worker, seq, env);
     }
 
     /// Takes the next message for `worker` (its in-flight slot records it until
@@ -865,12 +787,6 @@ impl Queue {
         self.complete_with(worker, seq, lane, None);
     }
 
-    /// [`complete`](Self::complete) of the message `lending` holds, its envelope given back.
-    pub(crate) fn complete_lent(&self, lending: &mut Lending<'_>, lane: Option<&SmolStr>) {
-        let (seq, back) = lending.give_back();
-        self.complete_with(lending.worker, seq, lane, back);
-    }
-
     #[inline(always)]
     fn complete_with(
         &self,
@@ -885,30 +801,6 @@ impl Queue {
         drop(st);
         self.wake(wake);
         drop(done);
-    }
-
-    /// [`complete_lent`](Self::complete_lent), then a non-waiting
-    /// [`try_pop_lent`](Self::try_pop_lent) for the same worker, under one lock: what a
-    /// worker does between two messages when its handler is ready at once.
-    pub(crate) fn complete_and_pop(
-        &self,
-        lending: &mut Lending<'_>,
-        lane: Option<&SmolStr>,
-    ) -> Popped {
-        let worker = lending.worker;
-        let (seq, back) = lending.give_back();
-        let mut wake = Wake::default();
-        let mut st = self.lock();
-        let done = self.complete_locked(&mut st, worker, seq, lane, back, &mut wake);
-        let popped = self.take_locked(&mut st, worker, true, &mut wake);
-        drop(st);
-        if matches!(popped, Popped::Empty) {
-            // What is left waits on lanes other workers hold: nobody else could take it now.
-            wake.not_empty = false;
-        }
-        self.wake(wake);
-        drop(done);
-        popped
     }
 
     /// Stops intake; workers drain what is queued, then `pop` returns `None`.
@@ -938,7 +830,7 @@ impl Queue {
     }
 
     /// Envelopes of messages being handled right now, oldest first (for the shutdown report,
-    /// once the workers ended: an envelope lent to a worker ([`Lending`]) is there once the
+    /// once the workers ended: an envelope lent to a worker ([`Lending`](lending::Lending)) is there once the
     /// worker dropped it).
     pub(crate) fn in_flight_envelopes(&self) -> Vec<Arc<Envelope>> {
         let st = self.lock();
@@ -962,6 +854,7 @@ impl Taken {
 }
 
 pub(crate) mod inline;
+mod lending;
 pub(crate) mod spare;
 mod waiting;
 

@@ -1,4 +1,5 @@
 //! Unit tests of the queue: ordering, lanes, overflow policies, waiting.
+use super::lending::Lending;
 use super::*;
 use switchyard_core::{Priority, Topic};
 
