@@ -40,6 +40,26 @@ async fn stuck_doubler(bus: &Bus, drop_panics: bool) -> (Subscription, Unbounded
     (handle, entered)
 }
 
+/// The event counterpart of [`stuck_doubler`]: a `Ping` subscription whose handler reports
+/// each event and never finishes (its future panicking when dropped, with `drop_panics`).
+async fn stuck_pinger(bus: &Bus, drop_panics: bool) -> (Subscription, UnboundedReceiver<u64>) {
+    let (entered_tx, entered) = mpsc::unbounded_channel();
+    let sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = entered_tx.clone();
+            async move {
+                let _guard = if drop_panics { Some(DropPanics) } else { None };
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    (sub, entered)
+}
+
 /// docs/bus.md "Shutdown": in-flight work drains *until the deadline*; what is left is
 /// dead-lettered and named. An inline run is polled only by its sender's task, so a sender
 /// that holds its `send` future without polling it (here it awaits the shutdown itself; in an
@@ -107,19 +127,7 @@ async fn an_inline_run_of_a_dropped_handler_is_still_seen_by_shutdown() {
 async fn a_worker_message_of_a_dropped_handler_is_seen_by_shutdown() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let sub = bus
-        .on("dropped", move |p: Ping, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (sub, mut entered) = stuck_pinger(&bus, false).await;
     bus.publish(Ping { n: 4 }).await.unwrap();
     assert_eq!(received(&mut entered, 1).await, [4]);
     drop(sub);
@@ -162,20 +170,7 @@ async fn a_panicking_drop_of_an_inline_run_stopped_at_shutdown_does_not_reach_th
 async fn a_panicking_drop_of_a_worker_call_stopped_at_shutdown_is_reported() {
     let _clock = switchyard::testkit::VirtualClock::pause();
     let bus = Bus::new();
-    let (entered_tx, mut entered) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("dropper", move |p: Ping, _| {
-            let tx = entered_tx.clone();
-            async move {
-                let _guard = DropPanics;
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut entered) = stuck_pinger(&bus, true).await;
     bus.publish(Ping { n: 4 }).await.unwrap();
     assert_eq!(received(&mut entered, 1).await, [4]);
     let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
