@@ -12,5 +12,6 @@ mod limit;
 mod metrics;
 mod panic;
 mod retry;
+mod review_rev3;
 mod stack;
 mod trace;

@@ -13,5 +13,6 @@ mod live;
 mod malformed;
 mod observe;
 mod replays;
+mod review_rev3;
 mod tls;
 mod validation;
