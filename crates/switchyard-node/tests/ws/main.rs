@@ -10,5 +10,6 @@ mod limits;
 mod malformed;
 mod pubsub;
 mod remote;
+mod review_rev3;
 mod slow;
 mod support;
