@@ -6,3 +6,4 @@ mod common;
 mod handover;
 mod limits;
 mod recovery;
+mod review_rev3;
