@@ -442,3 +442,100 @@ async fn undecodable_gateway_publishes_are_dead_lettered_with_their_exact_bytes(
     }
     node.stop().await.unwrap();
 }
+
+/// A subscription that rejects a first delivery and forwards a replayed one.
+async fn rejecting_first(node: &TestNode, name: &'static str, tx: mpsc::UnboundedSender<String>) {
+    node.bus
+        .subscribe(
+            name,
+            "billing.#",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    if env.header("replay-count").is_none() {
+                        return Ok::<_, std::convert::Infallible>(Outcome::reject("declined"));
+                    }
+                    let _ = tx.send(name.to_owned());
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+}
+
+/// One event rejected by two subscriptions is two entries (one per handler, same id). A
+/// replay of `{"all": true}` must publish the message once: each subscription handles it
+/// once, not once per entry.
+#[tokio::test]
+#[ignore = "defect: replaying all re-publishes a message once per entry (one per handler), so every subscription gets it twice"]
+async fn replaying_all_publishes_a_message_with_two_entries_once() {
+    let node = TestNode::start(MEMORY).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    rejecting_first(&node, "billing-a", tx.clone()).await;
+    rejecting_first(&node, "billing-b", tx).await;
+    let id = publish_json(&node, "billing.charge").await;
+    node.bus.run_until_idle().await;
+    let list: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 2, "one entry per handler: {list}");
+
+    let res = client()
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = res.json().await.unwrap();
+    node.bus.run_until_idle().await;
+    let mut handled = Vec::new();
+    while let Ok(name) = rx.try_recv() {
+        handled.push(name);
+    }
+    handled.sort();
+    assert_eq!(
+        dlq_status(&node, &id).await,
+        404,
+        "both entries left the queue"
+    );
+    assert_eq!(
+        handled,
+        vec!["billing-a".to_owned(), "billing-b".to_owned()],
+        "each subscription handles the replayed message once (report {report})"
+    );
+    node.stop().await.unwrap();
+}
+
+/// The same two entries replayed by id: the message is published once and both entries
+/// leave the queue.
+#[tokio::test]
+async fn replaying_by_id_publishes_a_message_with_two_entries_once() {
+    let node = TestNode::start(MEMORY).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    rejecting_first(&node, "billing-a", tx.clone()).await;
+    rejecting_first(&node, "billing-b", tx).await;
+    let id = publish_json(&node, "billing.charge").await;
+    node.bus.run_until_idle().await;
+    let report = replay_ids(&node, &[&id]).await;
+    assert_eq!(report, json!({"replayed": 1, "failed": []}));
+    node.bus.run_until_idle().await;
+    let mut handled = Vec::new();
+    while let Ok(name) = rx.try_recv() {
+        handled.push(name);
+    }
+    handled.sort();
+    assert_eq!(
+        handled,
+        vec!["billing-a".to_owned(), "billing-b".to_owned()]
+    );
+    assert_eq!(dlq_status(&node, &id).await, 404);
+    node.stop().await.unwrap();
+}
