@@ -178,3 +178,50 @@ async fn a_websocket_request_times_out_at_its_deadline() {
     gate.add_permits(1);
     node.stop().await;
 }
+
+/// "`nack` ... counts as an attempt of the node's retry policy (3 attempts, then the message
+/// is dead-lettered with its reason)", on the log transport too: three nacks dead-letter the
+/// message once, and it is not delivered a fourth time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nacks_dead_letter_a_log_message_once() {
+    let node = TestNode::start_on_log("").await;
+    let mut c = node.client().await;
+    c.subscribe("jobs.#", json!({"group": "g", "ack": "manual"}))
+        .await;
+    node.bus
+        .publish_envelope(event("jobs.run", 1))
+        .await
+        .unwrap();
+    let mut id = None;
+    for attempt in 1..=3u64 {
+        let m = c.expect("message").await;
+        assert_eq!(m["message"]["attempt"], attempt, "{m}");
+        id = Some(m["message"]["id"].as_str().unwrap().to_owned());
+        c.send(json!({"op": "nack", "delivery": m["delivery"]}))
+            .await;
+    }
+    let id = id.unwrap();
+    let url = node.http("/v1/dlq");
+    let items = eventually("the message is dead-lettered", || {
+        let url = url.clone();
+        async move {
+            let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            let items = v["items"].as_array()?.clone();
+            (!items.is_empty()).then_some(items)
+        }
+    })
+    .await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["id"], id.as_str());
+    // Nothing more for the client: a publish after it is the next frame it sees.
+    node.bus
+        .publish_envelope(event("jobs.run", 2))
+        .await
+        .unwrap();
+    let m = c.expect("message").await;
+    assert_eq!(
+        m["message"]["payload"]["n"], 2,
+        "no fourth delivery of the first: {m}"
+    );
+    node.stop().await;
+}
