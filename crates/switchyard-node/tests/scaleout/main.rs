@@ -265,3 +265,5 @@ async fn a_command_through_node_a_is_handled_on_node_b() {
         let _ = t.delete_stream(&stream).await;
     }
 }
+
+mod review_rev3;
