@@ -11,6 +11,7 @@ mod fused;
 mod limit;
 mod metrics;
 mod panic;
+mod recycle;
 mod retry;
 mod review_rev3;
 mod stack;
