@@ -254,7 +254,13 @@ pub(crate) async fn replay(
     };
     match sel.resolve()? {
         Selected::Ids(ids, topic) => {
+            // An id named twice (a page of entries lists a message once per entry) is
+            // replayed once: `one` takes all its entries.
+            let mut seen = std::collections::HashSet::new();
             for id in ids {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
                 if let Some(t) = &topic
                     && state
                         .dlq
