@@ -23,8 +23,9 @@ enum Op {
 /// database), so reads are served from an in-memory copy loaded at [`open`](Self::open), and
 /// writes update the copy at once and go to PostgreSQL in order through a background task
 /// (retried until they succeed while the process lives). [`flush`](Self::flush) waits until
-/// every earlier write is in the database. Like the other queues it holds one entry per
-/// message id and, past `capacity`, evicts the oldest.
+/// every earlier write is in the database. In memory it holds, like the other queues, one
+/// entry per message and handler; the table holds one row per message id (the newest put),
+/// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
     memory: Arc<InMemoryDeadLetters>,
