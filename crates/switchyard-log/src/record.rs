@@ -21,6 +21,12 @@ pub(crate) const MAGIC: &[u8; 8] = b"SWYLOG01";
 /// Bytes before the payload of each record.
 pub(crate) const HEADER: usize = 16;
 
+/// The longest record the format holds: the highest `max_record_bytes` a log can be
+/// configured with. Reading and recovery check stored records against this, not against the
+/// configured limit, which applies to publishes: a log reopened with a lower limit still
+/// reads the records written under a higher one.
+pub(crate) const MAX_LEN: u32 = u32::MAX / 4;
+
 fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
     let mut covered = [0u8; 12];
     covered[..4].copy_from_slice(&len.to_le_bytes());
