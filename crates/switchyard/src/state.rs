@@ -169,9 +169,11 @@ fn swap_typed(slot: &mut TypedSlot) -> bool {
 /// the slot is another message's (this handler runs nested in that one's attempt).
 pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
     let mut output = Some(output);
-    let _ = TYPED.try_with(|t| {
+    // A replaced output is dropped after the borrow ends: its `Drop` is the application's
+    // code, which may send a typed command handled on this thread (and offer its output).
+    let _replaced = TYPED.try_with(|t| {
         let Ok(mut slot) = t.try_borrow_mut() else {
-            return;
+            return None;
         };
         if slot
             .wanted
@@ -180,8 +182,9 @@ pub(crate) fn offer_typed<O: Send + 'static>(output: O) -> Result<(), O> {
                 == Some(true)
             && let Some(output) = output.take()
         {
-            slot.value = Some(crate::reply::box_output(output));
+            return slot.value.replace(crate::reply::box_output(output));
         }
+        None
     });
     match output {
         None => Ok(()),
