@@ -56,18 +56,63 @@ impl Stacked {
             None => Box::pin(Some(fut)),
         })
     }
+
+    /// Takes back an ended call's box: the handler's future goes back to the handler inside
+    /// the stack (into the box that handler keeps), the rest of the call is dropped, and the
+    /// emptied box is kept for the next call. Out of line, like [`call`](Self::call).
+    #[inline(never)]
+    fn recycle(&mut self, mut slot: StackBox) {
+        if let Some(ended) = slot.as_mut().as_pin_mut() {
+            self.stack.recycle(ended);
+        }
+        slot.set(None);
+        self.kept = Some(slot);
+    }
+}
+
+/// The handler as the resilience stack calls it: in the box the handler keeps (a worker's
+/// call, [`Callee::call_in`]), its future handed back by the stack once a call ended with it
+/// ([`Recycle`](switchyard_middleware::resilience::Recycle)). One type around every handler
+/// type: the stack is compiled once.
+#[cfg(feature = "middleware")]
+#[derive(Clone)]
+pub(crate) struct InKept(pub(crate) BoxHandler);
+
+#[cfg(feature = "middleware")]
+impl Service<Envelope> for InKept {
+    type Response = Outcome;
+    type Error = BoxError;
+    type Future = HeldCall;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Callee::<Envelope>::poll_ready(&mut self.0, cx)
+    }
+
+    #[inline]
+    fn call(&mut self, env: Envelope) -> HeldCall {
+        self.0.call_in(env)
+    }
+}
+
+#[cfg(feature = "middleware")]
+impl switchyard_middleware::resilience::Recycle for InKept {
+    #[inline]
+    fn recycle(&mut self, ended: HeldCall) {
+        Callee::<Envelope>::recycle(&mut self.0, ended);
+    }
 }
 
 /// The resilience stack around a boxed handler, as the bus builds it.
 #[cfg(feature = "middleware")]
-pub(crate) type ResilientHandler = switchyard_middleware::resilience::ResilientService<BoxHandler>;
+pub(crate) type ResilientHandler = switchyard_middleware::resilience::ResilientService<InKept>;
 
 /// The future of one call of the stack.
 #[cfg(feature = "middleware")]
 type StackFuture = <ResilientHandler as Service<Envelope>>::Future;
 
-/// The box a stack's call runs in: filled in place by a call (`Pin::set`), emptied when the
-/// call ends, and handed back to the handler for the next call ([`Callee::recycle`]). So a
+/// The box a stack's call runs in: filled in place by a call (`Pin::set`), handed back to
+/// the handler once the call ended ([`Callee::recycle`]) and emptied there. So a
 /// call neither allocates nor frees, its future is polled without a dynamic call, and
 /// nothing of a finished call (its span, say) outlives it.
 #[cfg(feature = "middleware")]
@@ -163,8 +208,9 @@ impl Future for SingleFuture {
 #[cfg(not(feature = "middleware"))]
 pub(crate) type SingleFuture = HeldCall;
 
-/// A stack's call running in its box; the box is emptied when the call ends. Dropped
-/// unfinished, it drops the call with the box, as a boxed future would be.
+/// A stack's call running in its box, emptied when it is handed back to the handler
+/// ([`Callee::recycle`]). Dropped unfinished, it drops the call with the box, as a boxed
+/// future would be.
 #[cfg(feature = "middleware")]
 pub(crate) struct InBox(StackBox);
 
@@ -176,9 +222,7 @@ impl InBox {
         let Some(fut) = self.0.as_mut().as_pin_mut() else {
             return Poll::Ready(Err("handler call polled after it ended".into()));
         };
-        let result = std::task::ready!(fut.poll(cx));
-        self.0.set(None);
-        Poll::Ready(result)
+        fut.poll(cx)
     }
 }
 
@@ -267,9 +311,7 @@ impl Callee<Envelope> for SingleHandler {
         #[cfg(feature = "middleware")]
         match (self, ended) {
             (Self::Boxed(s), SingleFuture::Boxed(fut)) => s.recycle(fut),
-            (Self::Resilient(s), SingleFuture::Stacked(InBox(slot))) if slot.is_none() => {
-                s.kept = Some(slot);
-            }
+            (Self::Resilient(s), SingleFuture::Stacked(InBox(slot))) => s.recycle(slot),
             (_, ended) => drop(ended),
         }
         #[cfg(not(feature = "middleware"))]

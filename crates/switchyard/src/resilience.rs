@@ -101,7 +101,7 @@ fn resolve(
             SingleHandler::resilient(
                 ResilienceLayer::new(name, config)
                     .called_as_delivered()
-                    .layer(handler),
+                    .layer(crate::handler::InKept(handler)),
             )
         });
     Ok(ResolvedResilience {

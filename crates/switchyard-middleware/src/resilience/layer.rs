@@ -71,6 +71,28 @@ where
     }
 }
 
+/// A service that takes back the future of a call that ended, to reuse what it was made of
+/// (the bus's handlers keep the box their calls' futures run in). [`Resilient::recycle`]
+/// hands the first attempt's future of an ended call back through this.
+pub trait Recycle: Service<Envelope> {
+    /// Takes back `ended`, the future of a call of this service that ended (or that is
+    /// dropped unfinished: it is dropped either way).
+    fn recycle(&mut self, ended: Self::Future);
+}
+
+impl<S> Recycle for Limited<S>
+where
+    S: Recycle + Service<Envelope, Response = Outcome, Error = BoxError>,
+{
+    /// An unlimited service's own future goes back to it; a limited one's is dropped.
+    #[inline]
+    fn recycle(&mut self, ended: LimitedFuture<S::Future>) {
+        if let (Self::Plain(s), LimitedFuture::Plain { inner }) = (self, ended) {
+            s.recycle(inner);
+        }
+    }
+}
+
 impl<S> Limited<S>
 where
     S: Service<Envelope, Response = Outcome, Error = BoxError>,

@@ -36,7 +36,7 @@
 mod layer;
 mod service;
 
-pub use layer::{Limited, LimitedFuture, ResilienceLayer, ResilientService};
+pub use layer::{Limited, LimitedFuture, Recycle, ResilienceLayer, ResilientService};
 pub use service::{Resilient, ResilientFuture};
 
 use std::time::Duration;

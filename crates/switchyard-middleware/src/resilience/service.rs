@@ -44,6 +44,7 @@ use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 use tracing::Span;
 
+use super::layer::Recycle;
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
 use crate::clock::nanos;
@@ -490,16 +491,27 @@ where
         let _current = this.ctx.enter();
         let core = &**this.core;
         let (result, end) = loop {
-            let (result, admitted) = match this.phase.as_mut().project() {
+            // `keep`: the first attempt's call ended on its own; it stays in the phase until
+            // the future is dropped or recycled ([`Resilient::recycle`]).
+            let (result, admitted, keep) = match this.phase.as_mut().project() {
+                // The call ended (its admission was settled) and was kept.
+                PhaseProj::First { admitted: None, .. } => {
+                    return Poll::Ready(Err(POLLED_AFTER_END.into()));
+                }
                 PhaseProj::First {
                     call,
                     timer,
                     admitted,
                 } => {
                     let polled = std::panic::catch_unwind(AssertUnwindSafe(|| call.poll(cx)));
-                    let result = match polled {
-                        Ok(Poll::Ready(result)) => result,
-                        Err(payload) => Err(PanicError::from_payload(payload).into()),
+                    let (result, keep) = match polled {
+                        Ok(Poll::Ready(result)) => {
+                            if timer.is_some() {
+                                *timer = None;
+                            }
+                            (result, true)
+                        }
+                        Err(payload) => (Err(PanicError::from_payload(payload).into()), false),
                         Ok(Poll::Pending) => {
                             // Armed only once the handler yields: most calls end on their first
                             // poll and never touch the timer wheel. The limit counts from the
@@ -511,19 +523,20 @@ where
                             if timer.as_mut().poll(cx).is_pending() {
                                 return Poll::Pending;
                             }
-                            Err(TimeoutError {
+                            let timed_out = TimeoutError {
                                 timeout: core.timeout,
-                            }
-                            .into())
+                            };
+                            (Err(timed_out.into()), false)
                         }
                     };
-                    (result, admitted.take())
+                    (result, admitted.take(), keep)
                 }
                 PhaseProj::Judge { result, admitted } => (
                     result
                         .take()
                         .unwrap_or_else(|| Err(POLLED_AFTER_END.into())),
                     admitted.take(),
+                    false,
                 ),
                 PhaseProj::Rest { fut } => {
                     let result = std::task::ready!(fut.as_mut().poll(cx));
@@ -533,8 +546,11 @@ where
                 PhaseProj::Done => return Poll::Ready(Err(POLLED_AFTER_END.into())),
             };
             // The first attempt ended. Setting the phase drops its call, and with it the late
-            // result of a call that timed out.
-            this.phase.set(Phase::Done);
+            // result of a call that timed out; a call that ended on its own is kept for
+            // `Resilient::recycle` (a retry's phase drops it).
+            if !keep {
+                this.phase.set(Phase::Done);
+            }
             let end = core.clock.raw();
             if let Some(admitted) = admitted {
                 admitted.settle_raw(&core.breaker, &result, &core.clock, end);
@@ -599,6 +615,39 @@ where
             end,
             result,
         ))
+    }
+}
+
+impl<F: Unpin, S> ResilientFuture<F, S> {
+    /// The first attempt's future, when the call ended with it (see [`Resilient::recycle`]);
+    /// the phase is left done.
+    #[inline]
+    fn take_first(self: Pin<&mut Self>) -> Option<F> {
+        let phase = self.project().phase.get_mut();
+        if !matches!(phase, Phase::First { admitted: None, .. }) {
+            return None;
+        }
+        match std::mem::replace(phase, Phase::Done) {
+            Phase::First { call, .. } => Some(call),
+            _ => None,
+        }
+    }
+}
+
+impl<S: Recycle> Resilient<S>
+where
+    S::Future: Unpin,
+{
+    /// Takes back the future of a call of this service that ended (`ended`, still in its
+    /// place): the handler's future of its first attempt, when that attempt ended the call,
+    /// goes back to the inner service ([`Recycle`]), so that the handler can reuse what it
+    /// was made of (the bus's handlers keep the box their futures run in). Whatever else
+    /// `ended` holds stays there, dropped with it.
+    #[inline]
+    pub fn recycle(&mut self, ended: Pin<&mut ResilientFuture<S::Future, S>>) {
+        if let Some(call) = ended.take_first() {
+            self.inner.recycle(call);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod fused;
 mod limit;
 mod metrics;
 mod panic;
+mod recycle;
 mod retry;
 mod stack;
 mod trace;
