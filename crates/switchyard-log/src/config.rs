@@ -126,7 +126,8 @@ pub struct LogConfig {
     pub durability: Durability,
     /// A segment is closed and a new one started once it reaches this size. Default: 64 MiB.
     pub segment_bytes: u64,
-    /// Largest encoded envelope accepted. Default: 8 MiB.
+    /// Largest encoded envelope a publish may write (1 B to 1 GiB). Default: 8 MiB. Records
+    /// already in the log are read whatever their size: lowering it does not hide them.
     pub max_record_bytes: u32,
     /// Retention and compaction. Default: [`Retention::default`] (7 days, 1 GiB per stream).
     pub retention: Retention,

@@ -19,7 +19,7 @@
 //!
 //! Requests other than appends (flush, retention, close) are rare and keep a oneshot reply.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -461,8 +461,8 @@ impl Intake {
 thread_local! {
     /// The encodings of the publish being submitted on this thread, reused so a publish
     /// allocates nothing of its own.
-    static SCRATCH: Cell<Records> = const {
-        Cell::new(Records {
+    static SCRATCH: RefCell<Records> = const {
+        RefCell::new(Records {
             bytes: Vec::new(),
             ends: Vec::new(),
         })
@@ -472,16 +472,30 @@ thread_local! {
 /// The scratch buffer is kept unless a publish made it larger than this.
 const KEEP_SCRATCH: usize = 1 << 20;
 
-/// Runs `f` on this thread's scratch buffer (emptied), or on a new one while a thread is
-/// being torn down.
+/// Runs `f` on this thread's scratch buffer (emptied), used in place; on a new one while a
+/// thread is being torn down (or, never in this crate, when `f` itself asks for scratch).
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Records) -> R) -> R {
-    let mut out = SCRATCH.try_with(Cell::take).unwrap_or_default();
-    out.clear();
-    let r = f(&mut out);
-    if out.bytes.capacity() <= KEEP_SCRATCH {
-        let _ = SCRATCH.try_with(|s| s.set(out));
+    let mut f = Some(f);
+    let done = SCRATCH
+        .try_with(|s| {
+            let mut out = s.try_borrow_mut().ok()?;
+            // Taken only with the buffer in hand: a `None` here leaves `f` for the fallback.
+            let f = f.take()?;
+            out.clear();
+            let r = f(&mut out);
+            if out.bytes.capacity() > KEEP_SCRATCH {
+                *out = Records::default();
+            }
+            Some(r)
+        })
+        .ok()
+        .flatten();
+    match (done, f) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f(&mut Records::default()),
+        // `done` is `None` only where `f` was not taken.
+        (None, None) => unreachable!("the scratch closure took `f` and returned nothing"),
     }
-    r
 }
 
 /// Waits for the writer to settle one publish's ticket. Dropped before, it tells the intake

@@ -21,6 +21,12 @@ pub(crate) const MAGIC: &[u8; 8] = b"SWYLOG01";
 /// Bytes before the payload of each record.
 pub(crate) const HEADER: usize = 16;
 
+/// The longest record the format holds: the highest `max_record_bytes` a log can be
+/// configured with. Reading and recovery check stored records against this, not against the
+/// configured limit, which applies to publishes: a log reopened with a lower limit still
+/// reads the records written under a higher one.
+pub(crate) const MAX_LEN: u32 = u32::MAX / 4;
+
 fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
     let mut covered = [0u8; 12];
     covered[..4].copy_from_slice(&len.to_le_bytes());
@@ -28,17 +34,41 @@ fn checksum(len: u32, offset: u64, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&covered), payload)
 }
 
-/// Appends one framed record to `out`.
-pub(crate) fn frame(offset: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// The CRC of a record's 4 length bytes, which every checksum starts with, kept for the next
+/// record of the same length (the records of a batch often all have one size).
+#[derive(Debug, Default)]
+pub(crate) struct LenCrc(Option<(u32, u32)>);
+
+impl LenCrc {
+    fn of(&mut self, len: u32) -> u32 {
+        match self.0 {
+            Some((l, crc)) if l == len => crc,
+            _ => {
+                let crc = crc32c::crc32c(&len.to_le_bytes());
+                self.0 = Some((len, crc));
+                crc
+            }
+        }
+    }
+}
+
+/// Appends one framed record to `out`, in one pass: the header and payload are copied in,
+/// then one CRC call covers the offset and payload where they now lie side by side, seeded
+/// with the CRC of the length (`seed`): the same checksum as [`checksum`].
+pub(crate) fn frame(offset: u64, payload: &[u8], out: &mut Vec<u8>, seed: &mut LenCrc) {
     // Callers check the payload against `max_record_bytes` (a u32) before framing.
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-    let mut header = [0u8; HEADER];
-    header[..4].copy_from_slice(&len.to_le_bytes());
-    header[4..8].copy_from_slice(&checksum(len, offset, payload).to_le_bytes());
-    header[8..].copy_from_slice(&offset.to_le_bytes());
+    let (l, o) = (len.to_le_bytes(), offset.to_le_bytes());
+    let at = out.len();
     out.reserve(HEADER + payload.len());
-    out.extend_from_slice(&header);
+    out.extend_from_slice(&[
+        l[0], l[1], l[2], l[3], 0, 0, 0, 0, o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7],
+    ]);
     out.extend_from_slice(payload);
+    let crc = crc32c::crc32c_append(seed.of(len), out.get(at + 8..).unwrap_or(&[]));
+    if let Some(c) = out.get_mut(at + 4..at + 8) {
+        c.copy_from_slice(&crc.to_le_bytes());
+    }
 }
 
 /// Result of parsing one record.
@@ -124,6 +154,11 @@ pub(crate) fn encode_into(
 }
 
 /// The hand-written encoding; `None` where it defers to `rmp_serde`.
+///
+/// Written for the usual envelope (ULID ids, short strings, small numbers): those fields take
+/// one capacity check and one store each, the ids are spelled in Crockford base32 straight
+/// from their 128 bits, and only the rare forms (long strings, foreign ids) go through the
+/// general markers out of line.
 fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
     let Envelope {
         id,
@@ -149,31 +184,44 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
         // The sender's deadline, an instant of this process: `#[serde(skip)]`, never stored.
         deadline: _,
     } = delivery;
-    let headers_len: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    // Before anything is written: a time before 1970 defers to `rmp_serde` (for its error).
+    let timestamp = mp::since_epoch(*timestamp)?;
+    let first_delivered_at = match first_delivered_at {
+        Some(t) => Some(mp::since_epoch(*t)?),
+        None => None,
+    };
+    let headers_len: usize = if headers.is_empty() {
+        0
+    } else {
+        headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum()
+    };
+    let topic = topic.as_str();
     out.reserve(
         // Ids, kind, numbers, times and markers take under 200 bytes.
-        200 + topic.as_str().len() + headers_len + content_type.len() + payload.len(),
+        200 + topic.len() + headers_len + content_type.len() + payload.len(),
     );
-    mp::array_len(out, 15);
-    let id_at = out.len();
-    id.with_str(|s| mp::str(out, s));
-    let id_end = out.len();
-    mp::str(out, topic.as_str());
+    // A fixarray of 15, then the id.
+    out.push(0x9f);
+    let id_spelled = mp::id(out, id);
+    mp::str(out, topic);
     mp::str(out, kind.as_str());
-    if correlation_id == id {
-        // Most messages start their own correlation: copy rather than spell the id again.
-        out.extend_from_within(id_at..id_end);
-    } else {
-        correlation_id.with_str(|s| mp::str(out, s));
+    match id_spelled {
+        // Most messages start their own correlation: the id's bytes again.
+        Some(at) if correlation_id == id => out.extend_from_within(at..at + 27),
+        _ => {
+            mp::id(out, correlation_id);
+        }
     }
     match causation_id {
-        Some(c) => c.with_str(|s| mp::str(out, s)),
+        Some(c) => {
+            mp::id(out, c);
+        }
         None => mp::nil(out),
     }
     mp::opt_str(out, source);
     mp::opt_str(out, target);
     mp::uint(out, u64::from(priority.0));
-    mp::time(out, *timestamp)?;
+    mp::time(out, timestamp);
     mp::map_len(out, headers.len());
     for (k, v) in headers.iter() {
         mp::str(out, k);
@@ -183,10 +231,11 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
     mp::opt_str(out, type_name.as_deref());
     mp::uint(out, u64::from(*type_version));
     mp::bin(out, payload);
-    mp::array_len(out, 2);
+    // The delivery info: a fixarray of 2.
+    out.push(0x92);
     mp::uint(out, u64::from(*attempt));
     match first_delivered_at {
-        Some(t) => mp::time(out, *t)?,
+        Some(t) => mp::time(out, t),
         None => mp::nil(out),
     }
     Some(())
@@ -194,52 +243,106 @@ fn encode_fast(env: &Envelope, out: &mut Vec<u8>) -> Option<()> {
 
 /// MessagePack markers, each in the smallest form (as `rmp` writes them).
 mod mp {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use switchyard_core::MessageId;
+
+    /// Crockford's base32, as ULIDs are spelled.
+    const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
     #[inline]
     pub fn nil(out: &mut Vec<u8>) {
         out.push(0xc0);
     }
 
+    /// Every pair of Crockford characters, by the 10 bits they spell.
+    static PAIRS: [[u8; 2]; 1024] = {
+        let mut t = [[0u8; 2]; 1024];
+        let mut i = 0;
+        while i < 1024 {
+            t[i] = [CROCKFORD[i >> 5], CROCKFORD[i & 31]];
+            i += 1;
+        }
+        t
+    };
+
+    /// The 12 characters of a 60-bit group, most significant first, two at a time.
+    #[inline(always)]
+    fn sixty_bits(v: u64, chars: &mut [u8]) {
+        for (i, pair) in chars.chunks_exact_mut(2).take(6).enumerate() {
+            let bits = (v >> (50 - 10 * i)) & 1023;
+            pair.copy_from_slice(&PAIRS[bits as usize]);
+        }
+    }
+
+    /// Spells a ULID (as `Ulid::array_to_str` does) into `s` (27 bytes), behind its fixstr
+    /// marker: the top 8 bits, then two groups of 60.
+    #[inline(always)]
+    pub fn ulid(v: u128, s: &mut [u8]) {
+        const LOW60: u128 = (1 << 60) - 1;
+        let [a, b] = PAIRS[(v >> 120) as usize & 1023];
+        if let Some(head) = s.get_mut(..3) {
+            head.copy_from_slice(&[0xa0 | 26, a, b]);
+        }
+        if let Some(mid) = s.get_mut(3..15) {
+            sixty_bits(((v >> 60) & LOW60) as u64, mid);
+        }
+        if let Some(low) = s.get_mut(15..27) {
+            sixty_bits((v & LOW60) as u64, low);
+        }
+    }
+
+    /// Writes an id as its string; gives back where its bytes start when it is a ULID.
+    #[inline(always)]
+    pub fn id(out: &mut Vec<u8>, id: &MessageId) -> Option<usize> {
+        match id.as_u128() {
+            Some(v) => {
+                let at = out.len();
+                out.extend_from_slice(&[0; 27]);
+                ulid(v, out.get_mut(at..).unwrap_or_default());
+                Some(at)
+            }
+            None => {
+                id.with_str(|s| str(out, s));
+                None
+            }
+        }
+    }
+
     /// `len` must fit in a u32 (callers check record sizes against a u32 limit).
-    #[inline]
-    fn len_marker(
-        out: &mut Vec<u8>,
-        len: usize,
-        fix: Option<(u8, usize)>,
-        m8: Option<u8>,
-        m16: u8,
-        m32: u8,
-    ) {
-        match fix {
-            Some((base, max)) if len < max => out.push(base | len as u8),
-            _ => match (m8, len) {
-                (Some(m), 0..=0xff) => out.extend_from_slice(&[m, len as u8]),
-                (_, 0..=0xffff) => {
-                    out.push(m16);
-                    out.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out.push(m32);
-                    out.extend_from_slice(&(len as u32).to_be_bytes());
-                }
-            },
+    #[cold]
+    #[inline(never)]
+    fn long_marker(out: &mut Vec<u8>, len: usize, m8: Option<u8>, m16: u8, m32: u8) {
+        match (m8, len) {
+            (Some(m), 0..=0xff) => out.extend_from_slice(&[m, len as u8]),
+            (_, 0..=0xffff) => {
+                out.push(m16);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(m32);
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+            }
         }
     }
 
     #[inline]
-    pub fn array_len(out: &mut Vec<u8>, len: usize) {
-        len_marker(out, len, Some((0x90, 16)), None, 0xdc, 0xdd);
-    }
-
-    #[inline]
     pub fn map_len(out: &mut Vec<u8>, len: usize) {
-        len_marker(out, len, Some((0x80, 16)), None, 0xde, 0xdf);
+        if len < 16 {
+            out.push(0x80 | len as u8);
+        } else {
+            long_marker(out, len, None, 0xde, 0xdf);
+        }
     }
 
     #[inline]
     pub fn str(out: &mut Vec<u8>, s: &str) {
-        len_marker(out, s.len(), Some((0xa0, 32)), Some(0xd9), 0xda, 0xdb);
+        let len = s.len();
+        if len < 32 {
+            out.push(0xa0 | len as u8);
+        } else {
+            long_marker(out, len, Some(0xd9), 0xda, 0xdb);
+        }
         out.extend_from_slice(s.as_bytes());
     }
 
@@ -253,22 +356,35 @@ mod mp {
 
     #[inline]
     pub fn bin(out: &mut Vec<u8>, b: &[u8]) {
-        len_marker(out, b.len(), None, Some(0xc4), 0xc5, 0xc6);
+        let len = b.len();
+        if len < 256 {
+            out.extend_from_slice(&[0xc4, len as u8]);
+        } else {
+            long_marker(out, len, None, 0xc5, 0xc6);
+        }
         out.extend_from_slice(b);
     }
 
     #[inline]
     pub fn uint(out: &mut Vec<u8>, v: u64) {
+        if v < 0x80 {
+            out.push(v as u8);
+        } else {
+            uint_long(out, v);
+        }
+    }
+
+    #[inline(always)]
+    fn uint_long(out: &mut Vec<u8>, v: u64) {
         match v {
-            0..=0x7f => out.push(v as u8),
-            0x80..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
+            0..=0xff => out.extend_from_slice(&[0xcc, v as u8]),
             0x100..=0xffff => {
-                out.push(0xcd);
-                out.extend_from_slice(&(v as u16).to_be_bytes());
+                let b = (v as u16).to_be_bytes();
+                out.extend_from_slice(&[0xcd, b[0], b[1]]);
             }
             0x1_0000..=0xffff_ffff => {
-                out.push(0xce);
-                out.extend_from_slice(&(v as u32).to_be_bytes());
+                let b = (v as u32).to_be_bytes();
+                out.extend_from_slice(&[0xce, b[0], b[1], b[2], b[3]]);
             }
             _ => {
                 out.push(0xcf);
@@ -277,15 +393,31 @@ mod mp {
         }
     }
 
-    /// serde's form of a `SystemTime`: `[secs_since_epoch, nanos_since_epoch]`; `None`
-    /// before the epoch.
+    /// `t` as serde's `SystemTime` reads it; `None` before the epoch (which serde refuses).
     #[inline]
-    pub fn time(out: &mut Vec<u8>, t: SystemTime) -> Option<()> {
-        let d = t.duration_since(UNIX_EPOCH).ok()?;
-        array_len(out, 2);
-        uint(out, d.as_secs());
-        uint(out, u64::from(d.subsec_nanos()));
-        Some(())
+    pub fn since_epoch(t: SystemTime) -> Option<Duration> {
+        t.duration_since(UNIX_EPOCH).ok()
+    }
+
+    /// serde's form of a `SystemTime`: `[secs_since_epoch, nanos_since_epoch]`; with both
+    /// numbers in the 4-byte form (every time from 1970-01-01T18:12:16 to 2106 but those in
+    /// the first 65,536 ns of a second) as one write.
+    #[inline]
+    pub fn time(out: &mut Vec<u8>, d: Duration) {
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        match u32::try_from(secs) {
+            Ok(s) if s > 0xffff && nanos > 0xffff => {
+                let (s, n) = (s.to_be_bytes(), nanos.to_be_bytes());
+                out.extend_from_slice(&[
+                    0x92, 0xce, s[0], s[1], s[2], s[3], 0xce, n[0], n[1], n[2], n[3],
+                ]);
+            }
+            _ => {
+                out.push(0x92);
+                uint(out, secs);
+                uint(out, u64::from(nanos));
+            }
+        }
     }
 }
 
@@ -309,7 +441,7 @@ mod tests {
         encode_into(&env, &mut into).unwrap();
         assert_eq!(&into[1..], &payload[..]);
         let mut buf = Vec::new();
-        frame(7, &payload, &mut buf);
+        frame(7, &payload, &mut buf, &mut LenCrc::default());
         assert_eq!(
             parse(&buf, Some(7), 1 << 20),
             Parsed::Record { total: buf.len() }
@@ -330,6 +462,33 @@ mod tests {
             parse(&bad, Some(7), 1 << 20),
             Parsed::Bad(CorruptionKind::BadChecksum)
         );
+    }
+
+    #[test]
+    fn one_len_crc_frames_records_of_different_lengths_right() {
+        let mut seed = LenCrc::default();
+        let mut buf = Vec::new();
+        for (offset, payload) in [
+            (3u64, &b"abc"[..]),
+            (4, b"xyz"),
+            (5, b"longer one"),
+            (6, b"q"),
+        ] {
+            let at = buf.len();
+            frame(offset, payload, &mut buf, &mut seed);
+            // The header as the format defines it (the earlier two-call checksum).
+            let len = payload.len() as u32;
+            let crc = checksum(len, offset, payload);
+            assert_eq!(buf[at..at + 4], len.to_le_bytes());
+            assert_eq!(buf[at + 4..at + 8], crc.to_le_bytes());
+            assert_eq!(buf[at + 8..at + 16], offset.to_le_bytes());
+            assert_eq!(
+                parse(&buf[at..], Some(offset), 1 << 20),
+                Parsed::Record {
+                    total: HEADER + payload.len()
+                }
+            );
+        }
     }
 
     #[test]
@@ -500,6 +659,21 @@ mod tests {
                 assert_eq!(hex_of(&fast), hex);
                 assert_eq!(hex_of(&rmp_serde::to_vec(&env).unwrap()), hex);
                 assert_eq!(decode(&fast).unwrap(), env);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn ulids_are_spelled_as_the_ulid_crate_spells_them(
+                v in prop_oneof![Just(0u128), Just(u128::MAX), any::<u128>()]
+            ) {
+                let mut spelled = [0u8; 27];
+                mp::ulid(v, &mut spelled);
+                prop_assert_eq!(spelled[0], 0xa0 | 26);
+                MessageId::from_u128(v).with_str(|s| {
+                    prop_assert_eq!(&spelled[1..], s.as_bytes());
+                    Ok(())
+                })?;
             }
         }
 

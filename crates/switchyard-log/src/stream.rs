@@ -13,7 +13,7 @@ use crate::config::Recovery;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::fsio;
 use crate::manifest::{self, Loaded, Manifest};
-use crate::record::{self, HEADER, MAGIC, Parsed};
+use crate::record::{self, HEADER, MAGIC, MAX_LEN, Parsed};
 
 /// One segment file and its index.
 #[derive(Debug)]
@@ -68,7 +68,6 @@ pub(crate) struct StreamShared {
     pub dir: PathBuf,
     /// Topics this stream takes (empty for the catch-all stream).
     pub patterns: Vec<Pattern>,
-    pub max_record: u32,
     pub index: Mutex<StreamIndex>,
     /// Group offsets known to be on disk (group name → next offset to consume).
     pub committed: Mutex<HashMap<String, u64>>,
@@ -120,14 +119,14 @@ pub(crate) fn create_segment(dir: &Path, base: u64, sync: bool) -> std::io::Resu
 
 /// Looks for a good record after a damaged one: if there is one, the damage is not a torn
 /// tail. `from` is the position of the damaged record; `next` the offset it should have had.
-fn later_good_record(buf: &[u8], from: usize, next: u64, max_record: u32) -> bool {
+fn later_good_record(buf: &[u8], from: usize, next: u64) -> bool {
     let mut pos = from + 1;
     while pos + HEADER <= buf.len() {
         let rest = &buf[pos..];
         let plausible = record::offset_of(rest).is_some_and(|o| {
             o >= next && o <= next.saturating_add((buf.len() - from) as u64 / HEADER as u64)
         });
-        if plausible && matches!(record::parse(rest, None, max_record), Parsed::Record { .. }) {
+        if plausible && matches!(record::parse(rest, None, MAX_LEN), Parsed::Record { .. }) {
             return true;
         }
         pos += 1;
@@ -142,7 +141,6 @@ fn scan_segment(
     path: &Path,
     base: u64,
     is_last: bool,
-    max_record: u32,
     recovery: Recovery,
 ) -> Result<(File, Vec<u32>, u64), OpenError> {
     let file = OpenOptions::new()
@@ -172,7 +170,7 @@ fn scan_segment(
     let mut pos = MAGIC.len();
     while pos < buf.len() {
         let offset = base + positions.len() as u64;
-        match record::parse(&buf[pos..], Some(offset), max_record) {
+        match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
             Parsed::Record { total } => {
                 let p = u32::try_from(pos)
                     .map_err(|_| corrupt(pos, offset, CorruptionKind::BadLength))?;
@@ -187,12 +185,11 @@ fn scan_segment(
                 break;
             }
             Parsed::Short | Parsed::Bad(_) if is_last => {
-                let kind = match record::parse(&buf[pos..], Some(offset), max_record) {
+                let kind = match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
                     Parsed::Bad(k) => k,
                     _ => CorruptionKind::Truncated,
                 };
-                if recovery == Recovery::Strict && later_good_record(&buf, pos, offset, max_record)
-                {
+                if recovery == Recovery::Strict && later_good_record(&buf, pos, offset) {
                     return Err(corrupt(pos, offset, kind).into());
                 }
                 let dropped = buf.len() - pos;
@@ -311,7 +308,6 @@ impl StreamShared {
         name: String,
         dir: PathBuf,
         patterns: Vec<Pattern>,
-        max_record: u32,
         recovery: Recovery,
     ) -> Result<Self, OpenError> {
         fs::create_dir_all(dir.join("groups")).map_err(io_err(&dir))?;
@@ -342,7 +338,7 @@ impl StreamShared {
                 .into());
             }
             let is_last = i + 1 == bases.len();
-            let (file, positions, len) = scan_segment(&path, base, is_last, max_record, recovery)?;
+            let (file, positions, len) = scan_segment(&path, base, is_last, recovery)?;
             let modified = file
                 .metadata()
                 .and_then(|m| m.modified())
@@ -372,7 +368,6 @@ impl StreamShared {
             name,
             dir,
             patterns,
-            max_record,
             index: Mutex::new(StreamIndex { segments }),
             committed: Mutex::new(committed),
             offsets_damaged,
@@ -412,7 +407,7 @@ impl StreamShared {
                 offset,
                 kind,
             };
-            match record::parse(&buf[pos..], Some(offset), self.max_record) {
+            match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
                 Parsed::Record { total } => {
                     let env = record::decode(record::payload(&buf[pos..pos + total]))
                         .map_err(|_| corrupt(CorruptionKind::BadEncoding))?;

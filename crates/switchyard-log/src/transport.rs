@@ -173,7 +173,7 @@ fn validate(config: &LogConfig) -> Result<(), OpenError> {
             config.segment_bytes
         ));
     }
-    if config.max_record_bytes == 0 || config.max_record_bytes > u32::MAX / 4 {
+    if config.max_record_bytes == 0 || config.max_record_bytes > crate::record::MAX_LEN {
         return bad("max_record_bytes must be within 1..1 GiB".to_owned());
     }
     if config.max_ack_pending == 0 {
@@ -241,7 +241,6 @@ impl LogTransport {
                 name,
                 sdir,
                 patterns,
-                config.max_record_bytes,
                 config.recovery,
             )?));
         }

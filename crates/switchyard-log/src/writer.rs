@@ -589,6 +589,7 @@ impl Writer {
             (last.file.clone(), last.end(), last.len)
         };
         let mut positions = Vec::new();
+        let mut seed = record::LenCrc::default();
         for rec in records {
             let pos = len + buf.len() as u64;
             if pos >= self.config.segment_bytes && pos > MAGIC.len() as u64 {
@@ -638,7 +639,7 @@ impl Writer {
             positions.push(u32::try_from(pos).map_err(|_| {
                 AppendError::Io(format!("segment of stream {} too large", stream.name))
             })?);
-            record::frame(next, rec, buf);
+            record::frame(next, rec, buf, &mut seed);
             next += 1;
         }
         fsio::write_all_at(&file, buf, len).map_err(|e| io("write", e))?;

@@ -256,7 +256,9 @@ impl Drop for Expectation {
         if before > 0 && before <= n {
             self.pending.owed_none.notify_waiters();
         }
-        self.pending.release(n);
+        // Only what was still owed: a delivery that arrived meanwhile took its count over
+        // (`arrival`), and its guard releases it.
+        self.pending.release(n.min(before));
     }
 }
 
@@ -352,5 +354,111 @@ mod tests {
             .expect("owed_delivered returns once the last owed delivery arrived")
             .expect("the waiter does not panic");
         drop((first, second));
+    }
+
+    #[test]
+    fn an_expectation_dropped_after_an_arrival_releases_only_what_is_still_owed() {
+        // A publish that reported an error after the transport delivered one of its two
+        // deliveries: the arrived one's guard holds its count. Before, the expectation's drop
+        // released both (clamped at zero) and the guard's release then wrapped the count
+        // around to `usize::MAX`, so `run_until_idle` never returned.
+        let p = Arc::new(Pending::default());
+        let expectation = p.expect(2);
+        let arrived = p.arrival();
+        drop(expectation);
+        assert_eq!(p.count(), 1, "the arrived delivery is still pending");
+        arrived.settle(Settled::Acked);
+        assert_eq!((p.count(), p.settled()), (0, 1));
+    }
+
+    /// Accepts on one thread, settles on another, while a third reads the count: with a guard
+    /// held throughout, it must never read zero. (For a count split across counters, as
+    /// tried on branch h-pend: with `accepted` read before `released`, an accept and a release
+    /// between the two reads made them equal, and this test failed within seconds. A
+    /// rendezvous channel keeps accepts and releases a message or two apart.)
+    #[test]
+    fn the_idle_check_never_sees_zero_while_a_message_is_pending() {
+        const N: usize = 200_000;
+        let p = Arc::new(Pending::default());
+        let anchor = p.accept();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checker = std::thread::spawn({
+            let (p, stop) = (p.clone(), stop.clone());
+            move || {
+                let mut checks = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    assert!(p.count() >= 1, "idle while a message is pending");
+                    checks += 1;
+                }
+                checks
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Accepted>(0);
+        let settler = std::thread::spawn(move || {
+            for accepted in rx {
+                accepted.settle(Settled::Acked);
+            }
+        });
+        for _ in 0..N {
+            tx.send(p.accept()).expect("the settler runs");
+        }
+        drop(tx);
+        settler.join().expect("the settler does not panic");
+        stop.store(true, Ordering::Release);
+        let checks = checker.join().expect("the idle check never saw zero");
+        assert!(checks > 0);
+        assert_eq!((p.count(), p.settled()), (1, N as u64));
+        anchor.settle(Settled::Acked);
+        assert_eq!(p.count(), 0);
+    }
+
+    /// Many rounds of messages settled by two threads while a task waits for idle: the wait
+    /// returns every time (no missed last release), and only once all were settled.
+    #[test]
+    fn idle_returns_after_the_last_release_of_two_threads() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let p = Arc::new(Pending::default());
+        for round in 0..2_000 {
+            let n = 1 + round % 7;
+            let guards: Vec<Accepted> = (0..n).map(|_| p.accept()).collect();
+            let settled_before = p.settled();
+            let waiter = rt.spawn({
+                let p = p.clone();
+                async move { p.idle().await }
+            });
+            let (a, b): (Vec<_>, Vec<_>) = guards
+                .into_iter()
+                .enumerate()
+                .partition(|(i, _)| i % 2 == 0);
+            let threads: Vec<_> = [a, b]
+                .into_iter()
+                .map(|half| {
+                    std::thread::spawn(move || {
+                        for (_, g) in half {
+                            g.settle(Settled::Acked);
+                        }
+                    })
+                })
+                .collect();
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+                    .await
+                    .expect("idle returns after the last release")
+                    .expect("the waiter does not panic");
+            });
+            assert_eq!(
+                p.settled() - settled_before,
+                n as u64,
+                "idle returned before every message was settled (round {round})"
+            );
+            for t in threads {
+                t.join().expect("a settler does not panic");
+            }
+        }
+        assert_eq!(p.count(), 0);
     }
 }

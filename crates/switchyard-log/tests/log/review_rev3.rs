@@ -14,7 +14,6 @@ use crate::common::*;
 /// error); the recovery takes it for a torn tail ("bad length") and truncates it, with only
 /// a warning.
 #[tokio::test]
-#[ignore = "defect: reopening with a smaller max_record_bytes truncates an acknowledged record at the tail as if torn"]
 async fn a_smaller_max_record_bytes_on_reopen_does_not_truncate_acknowledged_records() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
@@ -50,7 +49,6 @@ async fn a_smaller_max_record_bytes_on_reopen_does_not_truncate_acknowledged_rec
 /// The same with the large record in the middle: the open fails, and the error must not
 /// claim the (intact) segment is corrupt without naming the limit that refused it.
 #[tokio::test]
-#[ignore = "defect: a record over a lowered max_record_bytes in the middle of a segment is reported as Corrupt(BadLength), not as the limit"]
 async fn a_smaller_max_record_bytes_with_a_large_record_in_the_middle_names_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());

@@ -496,3 +496,53 @@ async fn replaying_by_id_publishes_a_message_with_two_entries_once() {
     assert_eq!(dlq_status(&node, &id).await, 404);
     node.stop().await.unwrap();
 }
+
+/// `x-message-id`: "any 1-256 visible ASCII characters ... a value that is not a valid id
+/// (a space, non-ASCII) is kept in the `message-id` header and the message gets a ULID";
+/// the same for a 257-character value, and for `x-correlation-id`.
+#[tokio::test]
+async fn an_invalid_x_message_id_is_kept_in_a_header_and_replaced() {
+    let node = TestNode::start(MEMORY).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe("ids", "ids.#", crate::common::forward(tx))
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let long = "x".repeat(257);
+    let max = "y".repeat(256);
+    for (given, valid) in [
+        ("order 42", false),
+        (long.as_str(), false),
+        (max.as_str(), true),
+        ("order-42", true),
+    ] {
+        let res = client()
+            .post(node.url("/v1/publish/ids.a"))
+            .header("content-type", "application/json")
+            .header("x-message-id", given)
+            .header("x-correlation-id", given)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "{given}");
+        let body: Value = res.json().await.unwrap();
+        let env = recv(&mut rx, "the published message").await;
+        assert_eq!(body["id"].as_str(), Some(env.id.to_string().as_str()));
+        if valid {
+            assert_eq!(env.id.to_string(), given);
+            assert_eq!(env.correlation_id.to_string(), given);
+        } else {
+            assert_ne!(env.id.to_string(), given);
+            assert_eq!(env.header("message-id"), Some(given), "kept in a header");
+            assert_eq!(
+                env.header("correlation-id"),
+                Some(given),
+                "kept in a header"
+            );
+        }
+    }
+    node.stop().await.unwrap();
+}

@@ -9,6 +9,7 @@ mod close_twice;
 mod commands;
 mod failures;
 mod held;
+mod idle_race;
 mod inline;
 mod inline_shutdown;
 mod lent_and_kept;
