@@ -15,5 +15,6 @@ mod panic;
 mod recycle;
 mod retry;
 mod review_rev3;
+mod review_rev4;
 mod stack;
 mod trace;
