@@ -7,3 +7,4 @@ mod handover;
 mod limits;
 mod recovery;
 mod review_rev3;
+mod review_rev4;
