@@ -16,6 +16,7 @@ use switchyard_middleware::retry::RetryPolicy;
 use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent};
 
 mod resilience_defaults;
+mod review_rev4;
 
 fn order(i: u32) -> Envelope {
     Envelope::new(Topic::new("orders.placed").unwrap(), format!("{i}"))
