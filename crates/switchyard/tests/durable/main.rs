@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 mod attempts;
 mod intake;
+mod review_rev4;
 mod shutdown_race;
 
 const WAIT: Duration = Duration::from_secs(10);
