@@ -23,8 +23,8 @@ pub mod topic;
 pub mod transport;
 
 pub use dead_letter::{
-    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterReason, DeadLetterSink,
-    InMemoryDeadLetters,
+    DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterKey, DeadLetterReason,
+    DeadLetterSink, InMemoryDeadLetters,
 };
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority, ReplyAddress,

@@ -172,6 +172,7 @@ impl Node {
             latency,
             alerts,
             dlq,
+            replaying: Arc::default(),
             trace,
             topology: Arc::new(RwLock::new(None)),
             layers: Arc::new(RwLock::new(None)),

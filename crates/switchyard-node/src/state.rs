@@ -37,6 +37,10 @@ pub(crate) struct AppState {
     pub(crate) alerts: Arc<crate::alerts::AlertLog>,
     /// The dead-letter queue the bus writes to.
     pub(crate) dlq: Arc<dyn DeadLetterQueue>,
+    /// Held for the whole of a `POST /v1/dlq/replay`: replays on this node run one after
+    /// the other, so two requests naming the same entries do not both re-publish them (the
+    /// second finds them gone).
+    pub(crate) replaying: Arc<tokio::sync::Mutex<()>>,
     /// Recent envelopes for `/v1/trace` (none when `retention.trace_messages = 0`).
     pub(crate) trace: Option<Arc<crate::node::TraceBuffer>>,
     /// The component topology, when the application registered one.

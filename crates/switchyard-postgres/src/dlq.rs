@@ -5,7 +5,7 @@ use std::sync::Arc;
 use sqlx::{PgPool, Row};
 use switchyard::{DeadLetter, DeadLetterSink, MessageId};
 use switchyard_middleware::dlq::{
-    DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters,
+    DeadLetterFilter, DeadLetterKey, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,8 +23,9 @@ enum Op {
 /// database), so reads are served from an in-memory copy loaded at [`open`](Self::open), and
 /// writes update the copy at once and go to PostgreSQL in order through a background task
 /// (retried until they succeed while the process lives). [`flush`](Self::flush) waits until
-/// every earlier write is in the database. Like the other queues it holds one entry per
-/// message id and, past `capacity`, evicts the oldest.
+/// every earlier write is in the database. In memory it holds, like the other queues, one
+/// entry per message and handler; the table holds one row per message id (the newest put),
+/// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
     memory: Arc<InMemoryDeadLetters>,
@@ -145,6 +146,28 @@ impl PgDeadLetterQueue {
             .map_err(|_| Error::Task("dead-letter writer stopped".into()))
     }
 
+    /// Mirrors in the table the removal of `taken` from the in-memory copy. The table holds
+    /// one row per message id (the newest put) and writes are applied in order, so: a
+    /// message with no entry left loses its row; one that still has an entry (another
+    /// handler's, or one put while a replay ran) has its newest entry written again.
+    fn forget(&self, taken: &[DeadLetter]) -> Result<(), DlqWriteError> {
+        let mut ids: Vec<MessageId> = taken.iter().map(|l| l.envelope.id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (gone, kept): (Vec<MessageId>, Vec<MessageId>) = ids
+            .into_iter()
+            .partition(|id| self.memory.get(id).is_none());
+        if !gone.is_empty() {
+            self.send(Op::Remove(gone))?;
+        }
+        for id in kept {
+            if let Some(letter) = self.memory.get(&id) {
+                self.send(Op::Put(Box::new(letter)))?;
+            }
+        }
+        Ok(())
+    }
+
     fn send(&self, op: Op) -> Result<(), DlqWriteError> {
         self.ops
             .send(op)
@@ -166,8 +189,16 @@ impl DeadLetterQueue for PgDeadLetterQueue {
         self.memory.select(filter)
     }
 
+    fn entries(&self, filter: &DeadLetterFilter) -> Vec<(DeadLetterKey, DeadLetter)> {
+        self.memory.select_keyed(filter)
+    }
+
     fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.memory.get(id)
+    }
+
+    fn entries_of(&self, id: &MessageId) -> Vec<(DeadLetterKey, DeadLetter)> {
+        self.memory.entries_of(id)
     }
 
     fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
@@ -178,14 +209,15 @@ impl DeadLetterQueue for PgDeadLetterQueue {
         Ok(removed)
     }
 
+    fn remove_entries(&self, keys: &[DeadLetterKey]) -> Result<usize, DlqWriteError> {
+        let taken = self.memory.take_keys(keys);
+        self.forget(&taken)?;
+        Ok(taken.len())
+    }
+
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         let taken = self.memory.take_matching(filter);
-        let mut ids: Vec<MessageId> = taken.iter().map(|l| l.envelope.id.clone()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if !ids.is_empty() {
-            self.send(Op::Remove(ids.clone()))?;
-        }
+        self.forget(&taken)?;
         Ok(taken.len())
     }
 

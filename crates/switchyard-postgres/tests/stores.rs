@@ -211,3 +211,68 @@ async fn delayed_messages_wait_until_due_and_survive_a_restart() {
     pool.close().await;
     db.finish().await;
 }
+
+/// A replayed message dead-lettered again before the re-publish returns keeps its new entry,
+/// in memory and in the table (review rev3); and a purge of one handler's entry keeps the
+/// message's row while another handler's entry is left.
+#[tokio::test]
+async fn a_replay_dead_lettered_again_is_kept_across_a_restart() {
+    let Some(db) = TestDb::new("dlqagain").await else {
+        return;
+    };
+    let dlq = std::sync::Arc::new(
+        PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+            .await
+            .unwrap(),
+    );
+    let env = Envelope::new(Topic::new("billing.charge").unwrap(), "{}");
+    let id = env.id.clone();
+    dlq.put(DeadLetter::new(env.clone(), DeadLetterReason::Rejected, "declined").with_handler("a"));
+    dlq.put(DeadLetter::new(env, DeadLetterReason::Rejected, "declined").with_handler("b"));
+    let sink = dlq.clone();
+    let failing_again = move |e: Envelope| {
+        sink.put(
+            DeadLetter::new(e, DeadLetterReason::Rejected, "declined again").with_handler("a"),
+        );
+        async { Ok::<(), switchyard::PublishError>(()) }
+    };
+    Replayer::new(&*dlq, &failing_again)
+        .one(id.clone())
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1, "a's new entry; b's entry was replayed");
+    assert_eq!(dlq.get(&id).unwrap().error, "declined again");
+    dlq.flush().await.unwrap();
+
+    let pool = fresh_pool().await;
+    let reopened = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let entry = reopened
+        .get(&id)
+        .expect("the entry of the failed replay survives a restart");
+    assert_eq!(entry.error, "declined again");
+    assert_eq!(entry.envelope.header("replay-count"), Some("1"));
+
+    // Two handlers' entries; purging one keeps the row for the other.
+    let env = Envelope::new(Topic::new("billing.refund").unwrap(), "{}");
+    reopened.put(DeadLetter::new(env.clone(), DeadLetterReason::Rejected, "no").with_handler("a"));
+    reopened.put(DeadLetter::new(env.clone(), DeadLetterReason::Rejected, "no").with_handler("b"));
+    assert_eq!(
+        reopened
+            .purge(&DeadLetterFilter::new().handler("b"))
+            .unwrap(),
+        1
+    );
+    reopened.flush().await.unwrap();
+    let again = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.get(&env.id).and_then(|l| l.handler).as_deref(),
+        Some("a"),
+        "a's entry is still stored"
+    );
+    pool.close().await;
+    db.finish().await;
+}

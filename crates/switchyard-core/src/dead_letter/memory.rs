@@ -9,6 +9,14 @@ use smol_str::SmolStr;
 use super::{DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterSink};
 use crate::envelope::MessageId;
 
+/// The key of one entry of a store: which entry, not which message. A message
+/// dead-lettered again (say by the replay of its entry) gets a new entry with a new key, even
+/// when it replaces the older entry of the same message and handler, so removing by key
+/// ([`InMemoryDeadLetters::take_keys`]) never removes an entry added after the key was read.
+/// Keys are not reused within a store's life; they are not kept across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeadLetterKey(u64);
+
 /// A bounded in-memory dead-letter store: entries in arrival order, one per message and
 /// handler (a message dead-lettered again by the same handler, say after a failed replay,
 /// replaces its older entry; the copies two subscriptions gave up on are two entries),
@@ -231,6 +239,50 @@ impl InMemoryDeadLetters {
             .collect()
     }
 
+    /// Like [`select`](Self::select), each entry with its [`DeadLetterKey`].
+    pub fn select_keyed(&self, filter: &DeadLetterFilter) -> Vec<(DeadLetterKey, DeadLetter)> {
+        self.lock()
+            .by_seq
+            .iter()
+            .filter(|(_, l)| filter.matches(l))
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .map(|(seq, l)| (DeadLetterKey(*seq), l.clone()))
+            .collect()
+    }
+
+    /// Every entry of one message id (one per handler that gave up on it) with its key,
+    /// oldest first.
+    pub fn entries_of(&self, id: &MessageId) -> Vec<(DeadLetterKey, DeadLetter)> {
+        let entries = self.lock();
+        let mut seqs: Vec<u64> = entries
+            .seq_of
+            .get(id)
+            .map(|v| v.iter().map(|(_, seq)| *seq).collect())
+            .unwrap_or_default();
+        seqs.sort_unstable();
+        seqs.into_iter()
+            .filter_map(|seq| Some((DeadLetterKey(seq), entries.by_seq.get(&seq)?.clone())))
+            .collect()
+    }
+
+    /// Removes the entries with these keys and returns them, oldest first. A key whose entry
+    /// is gone (removed, evicted, or replaced by a newer entry of the same message and
+    /// handler) is skipped: entries added after the keys were read are never removed.
+    pub fn take_keys(&self, keys: &[DeadLetterKey]) -> Vec<DeadLetter> {
+        let mut seqs: Vec<u64> = keys.iter().map(|k| k.0).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut entries = self.lock();
+        let mut taken = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(letter) = entries.remove_seq(seq) {
+                entries.unlink(&letter.envelope.id, |(_, s)| *s == seq);
+                taken.push(letter);
+            }
+        }
+        taken
+    }
+
     /// The newest entry of one message id, if present.
     pub fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.lock().get(id).cloned()
@@ -369,6 +421,41 @@ mod tests {
         assert_eq!(taken.len(), 2);
         assert_eq!(taken[0].handler.as_deref(), Some("high"), "oldest first");
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn taking_by_key_leaves_an_entry_added_after_the_keys_were_read() {
+        let store = InMemoryDeadLetters::new(10);
+        let first = letter("a.b", "h");
+        let id = first.envelope.id.clone();
+        store.put(first.clone());
+        store.put(first.clone().with_handler("other"));
+        let keys: Vec<DeadLetterKey> = store.entries_of(&id).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            store.select_keyed(&DeadLetterFilter::new()).len(),
+            2,
+            "the same entries through select_keyed"
+        );
+        // Dead-lettered again by `h` (a replay failing again): replaces h's entry, new key.
+        let mut again = first;
+        again.error = "again".into();
+        store.put(again);
+        let taken = store.take_keys(&keys);
+        assert_eq!(
+            taken.len(),
+            1,
+            "only `other`'s entry is still the one listed"
+        );
+        assert_eq!(taken[0].handler.as_deref(), Some("other"));
+        let left = store.list();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].error, "again");
+        assert!(
+            store.take_keys(&keys).is_empty(),
+            "taking twice takes nothing"
+        );
+        assert_eq!(store.bytes(), left[0].size());
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod filter;
 mod memory;
 
 pub use filter::DeadLetterFilter;
-pub use memory::InMemoryDeadLetters;
+pub use memory::{DeadLetterKey, InMemoryDeadLetters};
 
 use std::time::SystemTime;
 

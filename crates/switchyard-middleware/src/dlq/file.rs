@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
-use switchyard_core::{DeadLetter, DeadLetterSink, MessageId};
+use switchyard_core::{DeadLetter, DeadLetterKey, DeadLetterSink, MessageId};
 
 use super::{DeadLetterFilter, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters, OpenDlqError};
 use crate::metrics::record;
@@ -278,8 +278,16 @@ impl DeadLetterQueue for FileDeadLetterQueue {
         self.lock().index.select(filter)
     }
 
+    fn entries(&self, filter: &DeadLetterFilter) -> Vec<(DeadLetterKey, DeadLetter)> {
+        self.lock().index.select_keyed(filter)
+    }
+
     fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         self.lock().index.get(id)
+    }
+
+    fn entries_of(&self, id: &MessageId) -> Vec<(DeadLetterKey, DeadLetter)> {
+        self.lock().index.entries_of(id)
     }
 
     fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
@@ -296,6 +304,21 @@ impl DeadLetterQueue for FileDeadLetterQueue {
             }],
         )?;
         Ok(true)
+    }
+
+    fn remove_entries(&self, keys: &[DeadLetterKey]) -> Result<usize, DlqWriteError> {
+        let mut st = self.lock();
+        let taken = st.index.take_keys(keys);
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        record::dlq_size(st.index.len());
+        // One `remove` of (id, handler) per entry, written under the same lock as the puts:
+        // reading the journal back applies it to the same entry (a later put of that message
+        // and handler comes after it in the file).
+        let records: Vec<Record> = taken.iter().map(Record::remove_entry).collect();
+        self.write(&mut st, &records)?;
+        Ok(taken.len())
     }
 
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {

@@ -6,9 +6,13 @@
 //! [`get`](DeadLetterQueue::get) one by message id, [`remove`](DeadLetterQueue::remove),
 //! [`purge`](DeadLetterQueue::purge), and replay through a [`Replayer`].
 //!
-//! Entries are keyed by message id: when the same message is dead-lettered again (say a
-//! replay failed again), the newer entry replaces the older one, so a message is never in the
-//! queue twice.
+//! The queue holds one entry per message and handler: when the same message is
+//! dead-lettered again by the same handler (say a replay failed again), the newer entry
+//! replaces the older one; when two subscriptions gave up on one message, it has two entries
+//! (one id). Each entry has a [`DeadLetterKey`] (from [`entries`](DeadLetterQueue::entries)
+//! and [`entries_of`](DeadLetterQueue::entries_of)): an entry that replaces another gets a
+//! new key, and [`remove_entries`](DeadLetterQueue::remove_entries) removes exactly the
+//! entries whose keys it is given, never one added after the keys were read.
 //!
 //! Two implementations:
 //! - [`InMemoryDeadLetters`] (`switchyard_core`'s, the one in-memory store, also the bus's
@@ -17,12 +21,19 @@
 //!   replayed into memory on open, so it survives a restart; compacted on open when mostly
 //!   garbage, or on demand.
 //!
-//! Replay re-publishes each selected entry through a [`Republish`] target (the bus, or a
-//! transport through [`PublisherRepublish`]) with the same message id, a fresh delivery count
-//! and a [`REPLAYED_FROM`] header (plus [`REPLAY_COUNT`]); the entry is removed once the
-//! publish is accepted (unless [`Replayer::keep_entries`]). Because the id is kept, a handler
-//! behind the dedup layer handles a replayed message at most once even if it is replayed
-//! twice.
+//! Replay re-publishes each selected message once through a [`Republish`] target (the bus,
+//! or a transport through [`PublisherRepublish`]) with the same message id, a fresh delivery
+//! count and a [`REPLAYED_FROM`] header (plus [`REPLAY_COUNT`]). A message with several
+//! entries (several subscriptions gave up on it) is published once, and all the entries the
+//! replay selected are removed once the publish is accepted (unless
+//! [`Replayer::keep_entries`]); they are removed by key, so when the replayed message fails
+//! again and is dead-lettered before the publish returns, its new entry stays in the queue.
+//!
+//! A replay is a publish to the message's topic: **every** subscription on that topic gets
+//! the message again, including those that handled it fine the first time (not only the
+//! ones that dead-lettered it). A handler behind the dedup layer handles it at most once
+//! within the dedup window, because the id is kept; a handler without one must tolerate the
+//! repeat (or the replay should be narrowed to a topic only the failing subscription reads).
 //!
 //! ```
 //! use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, PublishError, Topic};
@@ -57,7 +68,7 @@ pub use replay::{
     PublisherRepublish, REPLAY_COUNT, REPLAYED_FROM, ReplayFailure, ReplayReport, Replayer,
     Republish, replay_envelope,
 };
-pub use switchyard_core::{DeadLetterFilter, InMemoryDeadLetters};
+pub use switchyard_core::{DeadLetterFilter, DeadLetterKey, InMemoryDeadLetters};
 
 use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, MessageId};
 
@@ -70,10 +81,18 @@ use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, MessageId};
 pub trait DeadLetterQueue: DeadLetterSink {
     /// Entries matching `filter`, oldest first (at most `filter.limit`).
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter>;
-    /// The entry of one message.
+    /// Like [`list`](Self::list), each entry with its key.
+    fn entries(&self, filter: &DeadLetterFilter) -> Vec<(DeadLetterKey, DeadLetter)>;
+    /// The newest entry of one message (it has one per handler that gave up on it).
     fn get(&self, id: &MessageId) -> Option<DeadLetter>;
-    /// Removes one entry; `Ok(false)` when it was not there.
+    /// Every entry of one message with its key, oldest first.
+    fn entries_of(&self, id: &MessageId) -> Vec<(DeadLetterKey, DeadLetter)>;
+    /// Removes every entry of one message; `Ok(false)` when there was none.
     fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError>;
+    /// Removes exactly the entries with these keys; returns how many were still there. An
+    /// entry added since the keys were read (a newer one replacing a listed one included)
+    /// stays.
+    fn remove_entries(&self, keys: &[DeadLetterKey]) -> Result<usize, DlqWriteError>;
     /// Removes every entry matching `filter` (its `limit` is ignored); returns how many.
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError>;
     /// Entries held now.
@@ -90,11 +109,20 @@ impl<T: DeadLetterQueue> DeadLetterQueue for std::sync::Arc<T> {
     fn list(&self, filter: &DeadLetterFilter) -> Vec<DeadLetter> {
         (**self).list(filter)
     }
+    fn entries(&self, filter: &DeadLetterFilter) -> Vec<(DeadLetterKey, DeadLetter)> {
+        (**self).entries(filter)
+    }
     fn get(&self, id: &MessageId) -> Option<DeadLetter> {
         (**self).get(id)
     }
+    fn entries_of(&self, id: &MessageId) -> Vec<(DeadLetterKey, DeadLetter)> {
+        (**self).entries_of(id)
+    }
     fn remove(&self, id: &MessageId) -> Result<bool, DlqWriteError> {
         (**self).remove(id)
+    }
+    fn remove_entries(&self, keys: &[DeadLetterKey]) -> Result<usize, DlqWriteError> {
+        (**self).remove_entries(keys)
     }
     fn purge(&self, filter: &DeadLetterFilter) -> Result<usize, DlqWriteError> {
         (**self).purge(filter)

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
@@ -5,7 +6,7 @@ use switchyard_core::{
     BoxFuture, DeadLetter, DeliveryInfo, Envelope, MessageId, PublishError, Publisher,
 };
 
-use super::{DeadLetterFilter, DeadLetterQueue, ReplayError};
+use super::{DeadLetterFilter, DeadLetterKey, DeadLetterQueue, ReplayError};
 
 pub use switchyard_core::dead_letter::{REPLAY_COUNT, REPLAYED_FROM};
 
@@ -63,7 +64,7 @@ pub struct ReplayFailure {
     pub error: String,
 }
 
-/// What a bulk replay did.
+/// What a bulk replay did, per message (a message with several entries counts once).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayReport {
     /// Messages re-published, in order.
@@ -104,24 +105,30 @@ where
         self
     }
 
-    /// Replays the entry of one message.
+    /// Replays one message: publishes it once (from its newest entry) and removes the
+    /// entries it had when the replay started (one per handler that gave up on it). An entry
+    /// added while the publish runs (the replay failing again) stays.
     pub async fn one(&self, id: MessageId) -> Result<(), ReplayError> {
-        let letter = self.queue.get(&id).ok_or(ReplayError::NotFound(id))?;
-        self.replay_letter(&letter).await
+        let entries = self.queue.entries_of(&id);
+        if entries.is_empty() {
+            return Err(ReplayError::NotFound(id));
+        }
+        self.replay_entries(&entries).await
     }
 
-    /// Replays every entry, oldest first.
+    /// Replays every message, oldest first (see [`filtered`](Self::filtered)).
     pub async fn all(&self) -> ReplayReport {
         self.filtered(&DeadLetterFilter::default()).await
     }
 
-    /// Replays the entries matching `filter` (up to its limit), oldest first. A failed entry
-    /// does not stop the others.
+    /// Replays the messages of the entries matching `filter` (up to its limit, in entries),
+    /// oldest first: each message once, however many of its entries matched, and those
+    /// entries are removed (by key: an entry added while the replay runs stays). A failed
+    /// message does not stop the others.
     pub async fn filtered(&self, filter: &DeadLetterFilter) -> ReplayReport {
         let mut report = ReplayReport::default();
-        for letter in self.queue.list(filter) {
-            let id = letter.envelope.id.clone();
-            match self.replay_letter(&letter).await {
+        for (id, entries) in by_message(self.queue.entries(filter)) {
+            match self.replay_entries(&entries).await {
                 Ok(()) => report.replayed.push(id),
                 Err(e) => report.failed.push(ReplayFailure {
                     id,
@@ -132,7 +139,15 @@ where
         report
     }
 
-    async fn replay_letter(&self, letter: &DeadLetter) -> Result<(), ReplayError> {
+    /// Publishes the message of `entries` (all of one message id, oldest first) once, from
+    /// the newest, then removes exactly these entries.
+    async fn replay_entries(
+        &self,
+        entries: &[(DeadLetterKey, DeadLetter)],
+    ) -> Result<(), ReplayError> {
+        let Some((_, letter)) = entries.last() else {
+            return Ok(());
+        };
         let id = &letter.envelope.id;
         self.target
             .republish(replay_envelope(letter))
@@ -142,14 +157,38 @@ where
                 source,
             })?;
         if !self.keep {
+            let keys: Vec<DeadLetterKey> = entries.iter().map(|(key, _)| *key).collect();
             self.queue
-                .remove(id)
+                .remove_entries(&keys)
                 .map_err(|source| ReplayError::Remove {
                     id: id.clone(),
                     source,
                 })?;
         }
-        ::tracing::info!(message_id = %id, topic = %letter.envelope.topic, "dead letter replayed");
+        ::tracing::info!(message_id = %id, topic = %letter.envelope.topic, entries = entries.len(), "dead letter replayed");
         Ok(())
     }
+}
+
+/// Groups entries (oldest first) by message id, in the order each id first appears.
+fn by_message(
+    entries: Vec<(DeadLetterKey, DeadLetter)>,
+) -> Vec<(MessageId, Vec<(DeadLetterKey, DeadLetter)>)> {
+    let mut groups: Vec<(MessageId, Vec<(DeadLetterKey, DeadLetter)>)> = Vec::new();
+    let mut at: HashMap<MessageId, usize> = HashMap::new();
+    for (key, letter) in entries {
+        let id = letter.envelope.id.clone();
+        match at.get(&id) {
+            Some(&i) => {
+                if let Some((_, group)) = groups.get_mut(i) {
+                    group.push((key, letter));
+                }
+            }
+            None => {
+                at.insert(id.clone(), groups.len());
+                groups.push((id, vec![(key, letter)]));
+            }
+        }
+    }
+    groups
 }

@@ -7,6 +7,7 @@ mod breaker;
 mod dedup;
 mod delivered;
 mod dlq;
+mod dlq_entries;
 mod fused;
 mod limit;
 mod metrics;

@@ -48,13 +48,11 @@ async fn replay_fails_again_and_stays(q: Arc<dyn DeadLetterQueue>) {
 }
 
 #[tokio::test]
-#[ignore = "defect: Replayer removes every entry of the id after the re-publish, including the entry of the replay failing again"]
 async fn a_replay_that_fails_again_before_the_publish_returns_stays_in_the_memory_queue() {
     replay_fails_again_and_stays(Arc::new(InMemoryDeadLetters::new(10))).await;
 }
 
 #[tokio::test]
-#[ignore = "defect: Replayer removes every entry of the id after the re-publish, including the entry of the replay failing again"]
 async fn a_replay_that_fails_again_before_the_publish_returns_stays_in_the_file_queue() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dlq.jsonl");

@@ -216,7 +216,11 @@ pub(crate) struct ReplayJson {
 }
 
 /// Re-publishes dead letters (same id; commands go to their handler again) and removes the
-/// entries that were accepted. What becomes of each is followed: `GET /v1/dlq/replays`.
+/// entries that were accepted. Each message is published once, however many subscriptions
+/// dead-lettered it (its entries all leave the queue), and every subscription on its topic
+/// gets it again, those that handled it fine included. An entry added while the replay runs
+/// (the replayed message failing again) stays. Replays on one node run one at a time. What
+/// becomes of each is followed: `GET /v1/dlq/replays`.
 #[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson)), tag = "dead letters")]
 pub(crate) async fn replay(
     State(state): State<AppState>,
@@ -240,6 +244,9 @@ pub(crate) async fn replay(
             }
         }
     };
+    // One replay at a time on this node: two requests for the same entries would otherwise
+    // both read them before either removed them, and both re-publish.
+    let _replaying = state.replaying.lock().await;
     let replayer = Replayer::new(&*state.dlq, &target);
     let mut out = ReplayJson {
         replayed: 0,
@@ -247,7 +254,13 @@ pub(crate) async fn replay(
     };
     match sel.resolve()? {
         Selected::Ids(ids, topic) => {
+            // An id named twice (a page of entries lists a message once per entry) is
+            // replayed once: `one` takes all its entries.
+            let mut seen = std::collections::HashSet::new();
             for id in ids {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
                 if let Some(t) = &topic
                     && state
                         .dlq

@@ -245,3 +245,117 @@ async fn dead_letters_are_filtered_by_error_and_time() {
     assert_eq!(body["error"]["kind"], "bad_query");
     node.stop().await.unwrap();
 }
+
+/// A replay is a publish to the message's topic: a subscription that handled the message
+/// fine the first time gets it again (docs/gateway.md, "Dead letters"), once, beside the
+/// subscription that dead-lettered it.
+#[tokio::test]
+async fn a_replay_reaches_the_subscriptions_that_handled_the_message_too() {
+    let node = TestNode::start(MEMORY).await;
+    let mut failed = rejecting_until_replayed(&node).await;
+    let (tx, mut fine) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe("audit", "billing.#", crate::common::forward(tx))
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let id = publish(&node, "billing.charge", r#"{"amount": 5}"#).await;
+    let first = recv(&mut fine, "audit's first delivery").await;
+    assert_eq!(first.header("replay-count"), None);
+    node.bus.run_until_idle().await;
+    let res = client()
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"replayed": 1, "failed": []})
+    );
+    let again = recv(&mut failed, "billing's replayed delivery").await;
+    let audit = recv(&mut fine, "audit's replayed delivery").await;
+    for env in [&again, &audit] {
+        assert_eq!(env.id.to_string(), id);
+        assert_eq!(env.header("replay-count"), Some("1"));
+        assert_eq!(env.header("replayed-from"), Some("billing"));
+    }
+    node.bus.run_until_idle().await;
+    assert!(
+        fine.try_recv().is_err(),
+        "audit got it twice in all, not more"
+    );
+    assert!(failed.try_recv().is_err());
+    node.stop().await.unwrap();
+}
+
+/// A message two subscriptions dead-lettered is listed twice (one entry each, one id); a
+/// replay naming its id twice, as a page of `GET /v1/dlq` ids does (`switchyard dlq replay
+/// --all`), publishes it once and reports it once, not once replayed and once "no dead letter".
+#[tokio::test]
+async fn an_id_named_twice_in_a_replay_is_replayed_once() {
+    let node = TestNode::start(MEMORY).await;
+    let mut a = rejecting_until_replayed(&node).await;
+    let (tx, mut b) = mpsc::unbounded_channel();
+    node.bus
+        .subscribe(
+            "billing-b",
+            "billing.#",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    if env.header("replay-count").is_none() {
+                        return Ok::<_, std::convert::Infallible>(Outcome::reject("declined"));
+                    }
+                    let _ = tx.send(env);
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let id = publish(&node, "billing.charge", "{}").await;
+    node.bus.run_until_idle().await;
+    let list: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![id.as_str(), id.as_str()], "{list}");
+    let res = client()
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({ "ids": ids }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"replayed": 1, "failed": []})
+    );
+    recv(&mut a, "billing's replayed delivery").await;
+    recv(&mut b, "billing-b's replayed delivery").await;
+    node.bus.run_until_idle().await;
+    assert!(a.try_recv().is_err() && b.try_recv().is_err(), "once each");
+    let left: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(left["total"], 0, "{left}");
+    node.stop().await.unwrap();
+}

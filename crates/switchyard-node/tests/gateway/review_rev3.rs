@@ -428,7 +428,6 @@ async fn rejecting_first(node: &TestNode, name: &'static str, tx: mpsc::Unbounde
 /// replay of `{"all": true}` must publish the message once: each subscription handles it
 /// once, not once per entry.
 #[tokio::test]
-#[ignore = "defect: replaying all re-publishes a message once per entry (one per handler), so every subscription gets it twice"]
 async fn replaying_all_publishes_a_message_with_two_entries_once() {
     let node = TestNode::start(MEMORY).await;
     let (tx, mut rx) = mpsc::unbounded_channel();

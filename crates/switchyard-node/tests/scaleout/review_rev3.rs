@@ -65,7 +65,6 @@ async fn a_repeated_x_message_id_is_delivered_once_on_nats() {
 /// the consumer may already have the message, reject it and dead-letter it again; the
 /// replay then removes every entry of the id, the new one included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a replay removes every entry of the id after the re-publish returns; a replay dead-lettered again before that is lost from the DLQ"]
 async fn a_replay_dead_lettered_again_stays_in_the_queue_on_nats() {
     if !crate::nats_available().await {
         return;
