@@ -1,5 +1,6 @@
 //! The relay: moves committed outbox rows to the bus.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgListener, PgRow};
@@ -15,6 +16,9 @@ use crate::{Error, Schema, names};
 /// How long a key's oldest due row waits before the relay queues for the key's lock instead
 /// of only trying it (see `Relay::wait_for_starving`).
 const STARVE_AFTER: Duration = Duration::from_millis(500);
+
+/// How often the relay looks for starving keys, at most.
+const STARVING_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Keys the relay queues for in one pass, at most.
 const STARVING_KEYS_PER_PASS: i64 = 4;
@@ -102,6 +106,8 @@ pub struct Relay {
     schema: Schema,
     bus: Bus,
     config: RelayConfig,
+    /// When the last pass looked for starving keys (shared by clones, which share the work).
+    starving_checked: Arc<Mutex<Option<Instant>>>,
     claim: String,
     reread: String,
     starving: String,
@@ -178,6 +184,7 @@ impl Relay {
             schema,
             bus,
             config: RelayConfig::default(),
+            starving_checked: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -289,7 +296,7 @@ impl Relay {
             self.reread(&mut locks, &keys, limit, &mut rows).await?;
         }
         locks.rollback().await?;
-        if !full {
+        if !full && self.starving_due() {
             self.wait_for_starving(tx, &keys, limit, &mut rows).await?;
         }
         rows.sort_unstable_by_key(|(seq, _)| *seq);
@@ -297,6 +304,21 @@ impl Relay {
         full |= rows.len() > self.config.batch_size;
         rows.truncate(self.config.batch_size);
         Ok((rows.into_iter().map(|(_, row)| row).collect(), full))
+    }
+
+    /// Whether to look for starving keys in this pass: at most every [`STARVING_CHECK_EVERY`]
+    /// (a key starves only after [`STARVE_AFTER`], so looking in every pass of a busy relay
+    /// would only add a statement to each).
+    fn starving_due(&self) -> bool {
+        let mut last = self
+            .starving_checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < STARVING_CHECK_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// Reads the due rows of `keys` (whose locks the caller holds) into `rows`.
