@@ -99,6 +99,19 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// GETs `path` on `node` and reads the answer as JSON.
+#[allow(dead_code)] // not every test binary that shares this module reads JSON this way
+pub async fn get_json(node: &TestNode, path: &str) -> serde_json::Value {
+    client()
+        .get(node.url(path))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// Reads an error answer: (status, kind, message).
 pub async fn error_of(res: reqwest::Response) -> (u16, String, String) {
     let status = res.status().as_u16();

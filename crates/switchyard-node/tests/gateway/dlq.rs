@@ -4,14 +4,22 @@ use serde_json::{Value, json};
 use switchyard::{Envelope, Outcome, handler_fn};
 use tokio::sync::mpsc;
 
-use crate::common::{MEMORY, TestNode, client, recv};
+use crate::common::{MEMORY, TestNode, client, get_json, recv};
 
 /// A subscription that rejects every message until it was replayed once.
 async fn rejecting_until_replayed(node: &TestNode) -> mpsc::UnboundedReceiver<Envelope> {
+    rejecting_until_replayed_as(node, "billing").await
+}
+
+/// [`rejecting_until_replayed`], named `name`.
+async fn rejecting_until_replayed_as(
+    node: &TestNode,
+    name: &str,
+) -> mpsc::UnboundedReceiver<Envelope> {
     let (tx, rx) = mpsc::unbounded_channel();
     node.bus
         .subscribe(
-            "billing",
+            name,
             "billing.#",
             handler_fn(move |env: Envelope| {
                 let tx = tx.clone();
@@ -297,36 +305,10 @@ async fn a_replay_reaches_the_subscriptions_that_handled_the_message_too() {
 async fn an_id_named_twice_in_a_replay_is_replayed_once() {
     let node = TestNode::start(MEMORY).await;
     let mut a = rejecting_until_replayed(&node).await;
-    let (tx, mut b) = mpsc::unbounded_channel();
-    node.bus
-        .subscribe(
-            "billing-b",
-            "billing.#",
-            handler_fn(move |env: Envelope| {
-                let tx = tx.clone();
-                async move {
-                    if env.header("replay-count").is_none() {
-                        return Ok::<_, std::convert::Infallible>(Outcome::reject("declined"));
-                    }
-                    let _ = tx.send(env);
-                    Ok(Outcome::Ack)
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap()
-        .detach();
+    let mut b = rejecting_until_replayed_as(&node, "billing-b").await;
     let id = publish(&node, "billing.charge", "{}").await;
     node.bus.run_until_idle().await;
-    let list: Value = client()
-        .get(node.url("/v1/dlq"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&node, "/v1/dlq").await;
     let ids: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -348,14 +330,7 @@ async fn an_id_named_twice_in_a_replay_is_replayed_once() {
     recv(&mut b, "billing-b's replayed delivery").await;
     node.bus.run_until_idle().await;
     assert!(a.try_recv().is_err() && b.try_recv().is_err(), "once each");
-    let left: Value = client()
-        .get(node.url("/v1/dlq"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let left: Value = get_json(&node, "/v1/dlq").await;
     assert_eq!(left["total"], 0, "{left}");
     node.stop().await.unwrap();
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use switchyard::{Envelope, Outcome, handler_fn};
 use tokio::sync::mpsc;
 
-use crate::common::{MEMORY, TestNode, client, recv};
+use crate::common::{MEMORY, TestNode, client, get_json, recv};
 use crate::live::Events;
 
 /// `billing` on `billing.#`, rejecting everything (so every delivery is dead-lettered).
@@ -160,14 +160,7 @@ async fn raw_bytes_dead_lettered_before_a_restart_are_replayed_intact_after_it()
         .await
         .unwrap()
         .detach();
-    let item: Value = client()
-        .get(node.url(&format!("/v1/dlq/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let item: Value = get_json(&node, &format!("/v1/dlq/{id}")).await;
     assert_eq!(item["message"]["content_type"], "application/x-custom");
     assert!(item["message"]["payload_base64"].is_string(), "{item}");
     let report = replay_ids(&node, &[&id]).await;
@@ -374,14 +367,7 @@ async fn undecodable_gateway_publishes_are_dead_lettered_with_their_exact_bytes(
         events
             .until("dead_letter", |v| v["topic"] == "orders.placed")
             .await;
-        let item: Value = client()
-            .get(node.url(&format!("/v1/dlq/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let item: Value = get_json(&node, &format!("/v1/dlq/{id}")).await;
         let message = &item["message"];
         let stored = match message["payload_base64"].as_str() {
             Some(b64) => base64::engine::general_purpose::STANDARD
@@ -435,14 +421,7 @@ async fn replaying_all_publishes_a_message_with_two_entries_once() {
     rejecting_first(&node, "billing-b", tx).await;
     let id = publish_json(&node, "billing.charge").await;
     node.bus.run_until_idle().await;
-    let list: Value = client()
-        .get(node.url("/v1/dlq"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&node, "/v1/dlq").await;
     assert_eq!(list["total"], 2, "one entry per handler: {list}");
 
     let res = client()

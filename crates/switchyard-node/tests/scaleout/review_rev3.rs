@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use switchyard::{Envelope, Outcome, handler_fn};
 use tokio::sync::mpsc;
 
-use crate::common::{TestNode, client, forward};
+use crate::common::{TestNode, client, forward, get_json};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -109,14 +109,7 @@ async fn a_replay_dead_lettered_again_stays_in_the_queue_on_nats() {
         // Its dead letter is there once the bus is idle (the rejection settled).
         let status = loop {
             node.bus.run_until_idle().await;
-            let item: Value = client()
-                .get(node.url(&format!("/v1/dlq/{id}")))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let item: Value = get_json(&node, &format!("/v1/dlq/{id}")).await;
             if item["message"]["headers"]["replay-count"]
                 .as_str()
                 .unwrap_or("0")
@@ -146,14 +139,7 @@ async fn a_replay_dead_lettered_again_stays_in_the_queue_on_nats() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             if !back {
-                let all: Value = client()
-                    .get(node.url("/v1/dlq"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let all: Value = get_json(&node, "/v1/dlq").await;
                 eprintln!("round {round}: GET /v1/dlq/{id} is 404; the queue holds {all}");
                 lost = Some(round);
                 break;
