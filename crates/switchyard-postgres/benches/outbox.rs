@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p switchyard-postgres --bench outbox` (PostgreSQL on 127.0.0.1:5432, db
 //! `test`, or `SWITCHYARD_PG_URL`; `BENCH_ROUNDS`, `BENCH_TXS` override the defaults; `BENCH_NOTIFY=0` writes without
-//! `NOTIFY`, the relay polling every 5 ms).
+//! `NOTIFY`, the relay polling every 5 ms; `BENCH_KEYS=n` writes with `publish_keyed` over n
+//! ordering keys).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ async fn phase(
     let insert: Arc<str> =
         format!("INSERT INTO {schema}.orders (v) VALUES ($1) RETURNING id").into();
     let notify = std::env::var("BENCH_NOTIFY").map_or(true, |v| v != "0");
+    let keys = env_usize("BENCH_KEYS", 0);
     let ob = Outbox::new(schema.clone()).notify(notify);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -86,7 +88,14 @@ async fn phase(
                     .expect("insert");
                 let msg = Placed { order };
                 if outbox {
-                    let id = ob.publish(&mut tx, msg).await.expect("outbox");
+                    let id = match keys {
+                        0 => ob.publish(&mut tx, msg).await,
+                        n => {
+                            let key = format!("k{}", order.rem_euclid(n as i64));
+                            ob.publish_keyed(&mut tx, &key, msg).await
+                        }
+                    }
+                    .expect("outbox");
                     tx.commit().await.expect("commit");
                     times.committed.lock().insert(id, Instant::now());
                 } else {

@@ -45,8 +45,9 @@ pub struct Outbox {
 /// The insert, and the notification PostgreSQL delivers on commit.
 const INSERT_NOTIFY: &str = "WITH ins AS (
         INSERT INTO {schema}.outbox (id, topic, ordering_key, headers, payload, meta, deliver_at)
-        VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb,
-                CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END)
+        SELECT $1, $2, $3, $4::jsonb, $5, $6::jsonb,
+               CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END
+        FROM ({key_lock}) AS key_lock
         RETURNING 1)
      SELECT pg_notify($8, '') FROM ins";
 
@@ -55,12 +56,34 @@ const INSERT_QUIET: &str = "INSERT INTO {schema}.outbox
         (id, topic, ordering_key, headers, payload, meta, deliver_at)
      SELECT $1, $2, $3, $4::jsonb, $5, $6::jsonb,
             CASE WHEN $7::float8 IS NULL THEN NULL ELSE to_timestamp($7::float8) END
+     FROM ({key_lock}) AS key_lock
      WHERE $8::text IS NOT NULL";
+
+/// Spliced into both inserts as `FROM ({key_lock})`: a keyed, undelayed row first takes its key's
+/// advisory lock SHARED for the rest of the transaction, so the relay (which tries the same
+/// lock EXCLUSIVE, never waiting) can tell that no transaction that wrote the key is still open
+/// (see [`Relay`](crate::Relay) and docs/postgres.md, Outbox, Order). Shared: writers never
+/// block each other, so writers of several keys cannot deadlock on these locks. The lock is
+/// evaluated in a subquery, before the row's `seq` is drawn (`EXPLAIN VERBOSE`: the lock in
+/// the inner `Result`, `nextval` in the `Subquery Scan` above it), so a writer holds the lock
+/// before its row has a sequence number.
+const KEY_LOCK: &str = "SELECT CASE WHEN $3::text IS NOT NULL AND $7::float8 IS NULL
+        THEN pg_advisory_xact_lock_shared({lock_id}) END";
+
+/// The advisory lock id of an ordering key in a schema (SQL; `{key}` is a text expression).
+/// Shared by the writers and the relay, which must agree on it exactly.
+pub(crate) const KEY_LOCK_ID: &str = "hashtextextended('switchyard-outbox:{schema}:' || {key}, 0)";
+
+/// `sql` with the key lock spliced in.
+fn with_key_lock(sql: &str) -> String {
+    let lock = KEY_LOCK.replace("{lock_id}", &KEY_LOCK_ID.replace("{key}", "$3::text"));
+    sql.replace("{key_lock}", &lock)
+}
 
 impl Outbox {
     /// An outbox in `schema` (created by [`migrate`](crate::migrate)).
     pub fn new(schema: Schema) -> Self {
-        let insert = schema.sql(INSERT_NOTIFY);
+        let insert = schema.sql(&with_key_lock(INSERT_NOTIFY));
         Self {
             channel: schema.channel().into(),
             schema,
@@ -77,7 +100,11 @@ impl Outbox {
         self.notify = on;
         self.insert = self
             .schema
-            .sql(if on { INSERT_NOTIFY } else { INSERT_QUIET })
+            .sql(&with_key_lock(if on {
+                INSERT_NOTIFY
+            } else {
+                INSERT_QUIET
+            }))
             .into();
         self
     }

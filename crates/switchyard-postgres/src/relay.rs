@@ -1,15 +1,35 @@
 //! The relay: moves committed outbox rows to the bus.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{Acquire, PgPool, Row};
 use switchyard::Bus;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::outbox::KEY_LOCK_ID;
 use crate::row::join;
 use crate::{Error, Schema, names};
+
+/// How long a key's oldest due row waits before the relay queues for the key's lock instead
+/// of only trying it (see `Relay::wait_for_starving`).
+const STARVE_AFTER: Duration = Duration::from_millis(500);
+
+/// How often the relay looks for starving keys, at most.
+const STARVING_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Keys the relay queues for in one pass, at most.
+const STARVING_KEYS_PER_PASS: i64 = 4;
+
+/// SQLSTATE `lock_not_available` (raised when `lock_timeout` expires).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// The columns the relay reads of a row.
+const ROW_COLUMNS: &str = "seq, ordering_key, deliver_at IS NOT NULL AS delayed,
+    headers::text AS headers, payload, meta::text AS meta,
+    extract(epoch FROM clock_timestamp() - created_at)::float8 AS lag";
 
 /// What happens to a row once the relay has handed its message to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +66,10 @@ pub struct RelayConfig {
     pub handoff: Handoff,
     /// Wake on `LISTEN/NOTIFY` (default true); polling alone otherwise.
     pub listen: bool,
+    /// The longest the relay queues, per pass, for the lock of a key whose writers keep
+    /// overlapping (default 200 ms); writers of that key queue behind it meanwhile. Keep it
+    /// below PostgreSQL's `deadlock_timeout` (default 1 s): see docs/postgres.md, Order.
+    pub key_wait: Duration,
 }
 
 impl Default for RelayConfig {
@@ -56,6 +80,7 @@ impl Default for RelayConfig {
             retention: Retention::Keep(Duration::from_secs(3600)),
             handoff: Handoff::Accepted,
             listen: true,
+            key_wait: Duration::from_millis(200),
         }
     }
 }
@@ -81,7 +106,12 @@ pub struct Relay {
     schema: Schema,
     bus: Bus,
     config: RelayConfig,
+    /// When the last pass looked for starving keys (shared by clones, which share the work).
+    starving_checked: Arc<Mutex<Option<Instant>>>,
     claim: String,
+    reread: String,
+    starving: String,
+    lock_key: String,
     mark: String,
     delete: String,
     cleanup: String,
@@ -101,14 +131,39 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// A relay from `schema`'s outbox to `bus`, with the default [`RelayConfig`].
     pub fn new(pool: PgPool, schema: Schema, bus: Bus) -> Self {
-        let claim = schema.sql(
-            "SELECT seq, headers::text AS headers, payload, meta::text AS meta,
-                    extract(epoch FROM clock_timestamp() - created_at)::float8 AS lag
-             FROM {schema}.outbox
+        let lock_id = KEY_LOCK_ID.replace("{key}", "ordering_key");
+        // A keyed, undelayed row is a candidate only if the relay gets its key's lock
+        // exclusively (see `pass`); rows of keys it cannot lock do not take up the batch.
+        let claim = schema.sql(&format!(
+            "SELECT {ROW_COLUMNS}
+             FROM {{schema}}.outbox
              WHERE sent_at IS NULL AND (deliver_at IS NULL OR deliver_at <= now())
-             ORDER BY seq LIMIT $1",
+               AND (ordering_key IS NULL OR deliver_at IS NOT NULL
+                    OR pg_try_advisory_xact_lock({lock_id}))
+             ORDER BY seq LIMIT $1"
+        ));
+        let reread = schema.sql(&format!(
+            "SELECT {ROW_COLUMNS}
+             FROM {{schema}}.outbox
+             WHERE sent_at IS NULL AND deliver_at IS NULL AND ordering_key = ANY($1)
+             ORDER BY seq LIMIT $2"
+        ));
+        let starving = schema.sql(
+            "SELECT ordering_key FROM {schema}.outbox
+             WHERE sent_at IS NULL AND deliver_at IS NULL AND ordering_key IS NOT NULL
+               AND NOT (ordering_key = ANY($1))
+             GROUP BY ordering_key
+             HAVING min(created_at) < now() - make_interval(secs => $2)
+             ORDER BY min(seq) LIMIT $3",
         );
+        let lock_key = schema.sql(&format!(
+            "SELECT pg_advisory_xact_lock({})",
+            KEY_LOCK_ID.replace("{key}", "$1::text")
+        ));
         Self {
+            reread,
+            starving,
+            lock_key,
             mark: schema
                 .sql("UPDATE {schema}.outbox SET sent_at = clock_timestamp() WHERE seq = ANY($1)"),
             delete: schema.sql("DELETE FROM {schema}.outbox WHERE seq = ANY($1)"),
@@ -129,6 +184,7 @@ impl Relay {
             schema,
             bus,
             config: RelayConfig::default(),
+            starving_checked: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -153,6 +209,12 @@ impl Relay {
     /// What happens to sent rows.
     pub fn retention(mut self, r: Retention) -> Self {
         self.config.retention = r;
+        self
+    }
+
+    /// The longest the relay queues for a starving key's lock ([`RelayConfig::key_wait`]).
+    pub fn key_wait(mut self, d: Duration) -> Self {
+        self.config.key_wait = d;
         self
     }
 
@@ -190,9 +252,148 @@ impl Relay {
         }
     }
 
+    /// Claims up to `limit` due rows, in `seq` order, such that every key among them goes
+    /// out in `seq` order; `full` when the candidate batch was full (more may be waiting).
+    ///
+    /// A keyed row (not delayed) is taken only if the relay gets its key's advisory lock
+    /// EXCLUSIVE, which it tries without waiting: writers hold it SHARED from before their
+    /// row's `seq` is drawn until they end, so success means no transaction that wrote the key
+    /// is still open, and none can start writing it until the lock is released. The key's rows
+    /// are then read again in a new statement (a new snapshot under READ COMMITTED, taken
+    /// after the lock): every row of the key with a lower `seq` than a later writer's is
+    /// committed and seen. Keys whose lock is taken are held back for a later pass. The locks
+    /// are taken in a savepoint that is rolled back as soon as the rows are read, so no writer
+    /// waits while the relay publishes (a handler that writes the same key from inside the
+    /// relay's `Handoff::Handled` publish would otherwise deadlock with it).
+    async fn claim(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        limit: i64,
+    ) -> Result<(Vec<PgRow>, bool), Error> {
+        let mut locks = tx.begin().await?;
+        let candidates = sqlx::query(&self.claim)
+            .bind(limit)
+            .fetch_all(&mut *locks)
+            .await?;
+        let mut full = candidates.len() >= self.config.batch_size;
+        let mut keys: Vec<String> = Vec::new();
+        let mut rows: Vec<(i64, PgRow)> = Vec::with_capacity(candidates.len());
+        for row in candidates {
+            let key: Option<String> = row.try_get("ordering_key")?;
+            let delayed: bool = row.try_get("delayed")?;
+            match key {
+                Some(key) if !delayed => {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                _ => rows.push((row.try_get("seq")?, row)),
+            }
+        }
+        if !keys.is_empty() {
+            // After the locks: this statement's snapshot sees every row of these keys that
+            // can precede a row not yet committed.
+            self.reread(&mut locks, &keys, limit, &mut rows).await?;
+        }
+        locks.rollback().await?;
+        if !full && self.starving_due() {
+            self.wait_for_starving(tx, &keys, limit, &mut rows).await?;
+        }
+        rows.sort_unstable_by_key(|(seq, _)| *seq);
+        // A prefix of the rows in `seq` order is a prefix of each key's rows.
+        full |= rows.len() > self.config.batch_size;
+        rows.truncate(self.config.batch_size);
+        Ok((rows.into_iter().map(|(_, row)| row).collect(), full))
+    }
+
+    /// Whether to look for starving keys in this pass: at most every [`STARVING_CHECK_EVERY`]
+    /// (a key starves only after [`STARVE_AFTER`], so looking in every pass of a busy relay
+    /// would only add a statement to each).
+    fn starving_due(&self) -> bool {
+        let mut last = self
+            .starving_checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < STARVING_CHECK_EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Reads the due rows of `keys` (whose locks the caller holds) into `rows`.
+    async fn reread(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        keys: &[String],
+        limit: i64,
+        rows: &mut Vec<(i64, PgRow)>,
+    ) -> Result<(), Error> {
+        let keyed = sqlx::query(&self.reread)
+            .bind(keys)
+            .bind(limit)
+            .fetch_all(conn)
+            .await?;
+        for row in keyed {
+            rows.push((row.try_get("seq")?, row));
+        }
+        Ok(())
+    }
+
+    /// Writers hold a key's lock shared and never wait for each other, so a key written by a
+    /// stream of overlapping transactions is never free when the relay only tries its lock.
+    /// For a few keys whose oldest row has waited longer than [`STARVE_AFTER`], the relay
+    /// queues for the lock (PostgreSQL then queues later writers of the key behind it) for at
+    /// most [`RelayConfig::key_wait`], one key at a time and holding no other key's lock,
+    /// reads the key's rows and lets go. With `key_wait` below PostgreSQL's `deadlock_timeout`
+    /// (default 200 ms against 1 s), if a writer queued behind the relay is part of a wait
+    /// cycle, the relay gives up before the deadlock detector could abort that writer.
+    async fn wait_for_starving(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        taken: &[String],
+        limit: i64,
+        rows: &mut Vec<(i64, PgRow)>,
+    ) -> Result<(), Error> {
+        let starving: Vec<String> = sqlx::query_scalar(&self.starving)
+            .bind(taken)
+            .bind(STARVE_AFTER.as_secs_f64())
+            .bind(STARVING_KEYS_PER_PASS)
+            .fetch_all(&mut **tx)
+            .await?;
+        // `lock_timeout = 0` would mean no limit.
+        let key_wait = format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.config.key_wait.as_millis().max(1)
+        );
+        for key in starving {
+            let mut wait = tx.begin().await?;
+            sqlx::query(&key_wait).execute(&mut *wait).await?;
+            match sqlx::query(&self.lock_key)
+                .bind(&key)
+                .execute(&mut *wait)
+                .await
+            {
+                Ok(_) => {
+                    self.reread(&mut wait, std::slice::from_ref(&key), limit, rows)
+                        .await?;
+                }
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                {
+                    tracing::debug!(schema = %self.schema, key, "outbox key still written; held back");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            wait.rollback().await?;
+        }
+        Ok(())
+    }
+
     /// One transaction: take the schema's relay lock, claim up to a batch of due rows in
-    /// order, hand them to the bus, mark (or delete) those handed over, commit. A failure
-    /// to publish stops the batch there, so later rows (and later rows of the same key) wait.
+    /// order (see `claim`), hand them to the bus, mark (or delete) those handed over, commit.
+    /// A failure to publish stops the batch there, so later rows (and later rows of the same
+    /// key) wait.
     async fn pass(&self) -> Result<Pass, Error> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -204,11 +405,7 @@ impl Relay {
             return Ok(Pass::Busy);
         }
         let limit = i64::try_from(self.config.batch_size).unwrap_or(i64::MAX);
-        let rows = sqlx::query(&self.claim)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        let full = rows.len() >= self.config.batch_size;
+        let (rows, full) = self.claim(&mut tx, limit).await?;
         let label = self.schema.to_string();
         let mut done: Vec<i64> = Vec::with_capacity(rows.len());
         let mut failure = None;
