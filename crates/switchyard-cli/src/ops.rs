@@ -377,23 +377,38 @@ async fn replay(client: &Client, sel: &Selection, out: &mut impl Write) -> Resul
         while seen < total {
             let want = batch.min((total - seen) as usize);
             let page = client.call(list(skip, want)).await?.json()?;
-            let ids: Vec<&str> = page["items"]
+            // One row per entry: a message several subscriptions gave up on has several.
+            let rows: Vec<&str> = page["items"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|i| i["id"].as_str())
                 .collect();
-            if ids.is_empty() {
+            if rows.is_empty() {
                 break;
             }
-            let v = client
-                .call(Call::post("v1/dlq/replay").json(&json!({"ids": ids})))
-                .await?
-                .json()?;
-            let failed_before = tally.failed.len();
-            tally.add(&v)?;
-            skip += tally.failed.len() - failed_before;
-            seen += ids.len() as u64;
+            // Each message once; one that already failed in this run is not sent again
+            // (its entries stay in the queue, ahead of the next page).
+            let mut ids: Vec<&str> = Vec::new();
+            for &id in &rows {
+                if !ids.contains(&id) && !tally.failed.iter().any(|(f, _)| f == id) {
+                    ids.push(id);
+                }
+            }
+            if !ids.is_empty() {
+                let v = client
+                    .call(Call::post("v1/dlq/replay").json(&json!({"ids": ids})))
+                    .await?
+                    .json()?;
+                tally.add(&v)?;
+            }
+            // Every row of a message that failed stays where it was: skip them all.
+            let failed = &tally.failed;
+            skip += rows
+                .iter()
+                .filter(|&&id| failed.iter().any(|(f, _)| f == id))
+                .count();
+            seen += rows.len() as u64;
             bar.set_position(seen);
         }
         bar.finish_and_clear();
