@@ -181,7 +181,10 @@ impl FileDeadLetterQueue {
         let needs_compaction = {
             let st = queue.lock();
             let dead = st.records.saturating_sub(st.index.len());
-            dead > options.compact_threshold && dead > st.index.len()
+            // Entries a lower capacity evicted while the journal was read are rewritten
+            // away at once: their puts are still in the journal, and a later open with a
+            // higher capacity would bring them back.
+            st.index.evicted() > 0 || (dead > options.compact_threshold && dead > st.index.len())
         };
         if needs_compaction {
             queue.compact().map_err(|e| OpenDlqError::Io {

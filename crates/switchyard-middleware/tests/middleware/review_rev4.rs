@@ -169,7 +169,6 @@ async fn a_removal_by_key_read_back_after_restarts_removes_only_what_it_removed(
 /// ("the oldest are evicted (and counted) beyond it") comes back when the queue is opened
 /// again with a higher one: the eviction on open is not written to the journal.
 #[test]
-#[ignore = "defect: entries evicted by a lower capacity on reopen come back with a higher capacity (eviction on open not journaled)"]
 fn entries_evicted_on_reopen_with_a_lower_capacity_stay_gone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dlq.jsonl");
