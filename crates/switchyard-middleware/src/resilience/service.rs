@@ -539,8 +539,16 @@ where
                     false,
                 ),
                 PhaseProj::Rest { fut } => {
-                    let result = std::task::ready!(fut.as_mut().poll(cx));
-                    this.phase.set(Phase::Done);
+                    // A later attempt's handler future is dropped inside: its `Drop` is
+                    // application code, and a panic out of it ends the call as a panic.
+                    let polled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+                    let result = match polled {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(result)) => result,
+                        Err(payload) => Err(PanicError::from_payload(payload).into()),
+                    };
+                    end_phase(this.phase.as_mut());
                     break (result, core.clock.raw());
                 }
                 PhaseProj::Done => return Poll::Ready(Err(POLLED_AFTER_END.into())),
@@ -549,7 +557,7 @@ where
             // result of a call that timed out; a call that ended on its own is kept for
             // `Resilient::recycle` (a retry's phase drops it).
             if !keep {
-                this.phase.set(Phase::Done);
+                end_phase(this.phase.as_mut());
             }
             let end = core.clock.raw();
             if let Some(admitted) = admitted {
@@ -571,6 +579,8 @@ where
                             let core = this.core.clone();
                             let service = core.fresh();
                             let gate = Gate::new(core.breaker.clone());
+                            // The first attempt's call, kept when it ended on its own.
+                            end_phase(this.phase.as_mut());
                             let rest = attempts(
                                 core,
                                 service,
@@ -648,6 +658,18 @@ where
         if let Some(call) = ended.take_first() {
             self.inner.recycle(call);
         }
+    }
+}
+
+/// Sets the phase done, dropping what it held (a handler's future, whose `Drop` is
+/// application code) under a panic capture: a panic out of that drop is logged, and the
+/// call's result stands (the phase is done either way: an assignment whose drop panics
+/// still writes the new value).
+#[cold]
+fn end_phase<F>(mut phase: Pin<&mut Phase<F>>) {
+    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| phase.set(Phase::Done))) {
+        let panic = PanicError::from_payload(payload);
+        tracing::warn!(error = %panic, "a handler's future panicked while it was dropped");
     }
 }
 

@@ -367,7 +367,6 @@ mod recycle_drop {
     /// panics. Expected (panic capture): the call ends with an error, no unwind out of the
     /// stack's future.
     #[tokio::test(start_paused = true)]
-    #[ignore = "defect: a handler future's panicking Drop at a timeout unwinds out of ResilientFuture::poll (not captured)"]
     async fn a_panicking_drop_at_a_timeout_is_captured() {
         let handler = Handler {
             hang: true,
@@ -391,7 +390,6 @@ mod recycle_drop {
     /// begins; its `Drop` panics. Expected the same: an error (or the retry's result), no
     /// unwind.
     #[tokio::test(start_paused = true)]
-    #[ignore = "defect: a handler future's panicking Drop when a retry begins unwinds out of ResilientFuture::poll (not captured)"]
     async fn a_panicking_drop_when_a_retry_begins_is_captured() {
         let handler = Handler::default();
         let config = ResilienceConfig::default().retry(RetryPolicy::default().max_attempts(2));
