@@ -122,6 +122,19 @@ impl Entries {
         Some(letter)
     }
 
+    /// Removes the entries with these sequence numbers (those still there) from both
+    /// indexes and returns them, in the order given.
+    fn take_seqs(&mut self, seqs: impl IntoIterator<Item = u64>) -> Vec<DeadLetter> {
+        let mut taken = Vec::new();
+        for seq in seqs {
+            if let Some(letter) = self.remove_seq(seq) {
+                self.unlink(&letter.envelope.id, |(_, s)| *s == seq);
+                taken.push(letter);
+            }
+        }
+        taken
+    }
+
     /// Evicts the oldest entries until one more, of `size` bytes, fits in the bounds (an empty
     /// store takes any letter: the newest is always kept).
     fn make_room(&mut self, size: usize) -> Vec<DeadLetter> {
@@ -272,15 +285,7 @@ impl InMemoryDeadLetters {
         let mut seqs: Vec<u64> = keys.iter().map(|k| k.0).collect();
         seqs.sort_unstable();
         seqs.dedup();
-        let mut entries = self.lock();
-        let mut taken = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            if let Some(letter) = entries.remove_seq(seq) {
-                entries.unlink(&letter.envelope.id, |(_, s)| *s == seq);
-                taken.push(letter);
-            }
-        }
-        taken
+        self.lock().take_seqs(seqs)
     }
 
     /// The newest entry of one message id, if present.
@@ -311,14 +316,7 @@ impl InMemoryDeadLetters {
             .filter(|(_, l)| filter.matches(l))
             .map(|(seq, _)| *seq)
             .collect();
-        let mut taken = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            if let Some(letter) = entries.remove_seq(seq) {
-                entries.unlink(&letter.envelope.id, |(_, s)| *s == seq);
-                taken.push(letter);
-            }
-        }
-        taken
+        entries.take_seqs(seqs)
     }
 
     /// Removes and returns every entry, oldest first.
