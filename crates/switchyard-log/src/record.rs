@@ -93,13 +93,13 @@ fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Parses the record starting at `buf[0]`, which must carry `expected` as its offset (any
-/// offset when `expected` is `None`).
-pub(crate) fn parse(buf: &[u8], expected: Option<u64>, max_len: u32) -> Parsed {
+/// offset when `expected` is `None`). Its length is checked against [`MAX_LEN`].
+pub(crate) fn parse(buf: &[u8], expected: Option<u64>) -> Parsed {
     let (Some(len), Some(crc), Some(offset)) = (u32_at(buf, 0), u32_at(buf, 4), u64_at(buf, 8))
     else {
         return Parsed::Short;
     };
-    if len == 0 || len > max_len {
+    if len == 0 || len > MAX_LEN {
         return Parsed::Bad(CorruptionKind::BadLength);
     }
     let total = HEADER + len as usize;
@@ -442,24 +442,15 @@ mod tests {
         assert_eq!(&into[1..], &payload[..]);
         let mut buf = Vec::new();
         frame(7, &payload, &mut buf, &mut LenCrc::default());
-        assert_eq!(
-            parse(&buf, Some(7), 1 << 20),
-            Parsed::Record { total: buf.len() }
-        );
-        assert_eq!(
-            parse(&buf, Some(8), 1 << 20),
-            Parsed::Bad(CorruptionKind::BadOffset)
-        );
-        assert_eq!(
-            parse(&buf[..buf.len() - 1], Some(7), 1 << 20),
-            Parsed::Short
-        );
+        assert_eq!(parse(&buf, Some(7)), Parsed::Record { total: buf.len() });
+        assert_eq!(parse(&buf, Some(8)), Parsed::Bad(CorruptionKind::BadOffset));
+        assert_eq!(parse(&buf[..buf.len() - 1], Some(7)), Parsed::Short);
         assert_eq!(decode(payload_of(&buf)).unwrap(), env);
         let mut bad = buf.clone();
         let last = bad.len() - 1;
         bad[last] ^= 0x40;
         assert_eq!(
-            parse(&bad, Some(7), 1 << 20),
+            parse(&bad, Some(7)),
             Parsed::Bad(CorruptionKind::BadChecksum)
         );
     }
@@ -483,7 +474,7 @@ mod tests {
             assert_eq!(buf[at + 4..at + 8], crc.to_le_bytes());
             assert_eq!(buf[at + 8..at + 16], offset.to_le_bytes());
             assert_eq!(
-                parse(&buf[at..], Some(offset), 1 << 20),
+                parse(&buf[at..], Some(offset)),
                 Parsed::Record {
                     total: HEADER + payload.len()
                 }

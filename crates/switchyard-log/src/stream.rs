@@ -13,7 +13,7 @@ use crate::config::Recovery;
 use crate::error::{Corruption, CorruptionKind, OpenError, ReadError};
 use crate::fsio;
 use crate::manifest::{self, Loaded, Manifest};
-use crate::record::{self, HEADER, MAGIC, MAX_LEN, Parsed};
+use crate::record::{self, HEADER, MAGIC, Parsed};
 
 /// One segment file and its index.
 #[derive(Debug)]
@@ -126,7 +126,7 @@ fn later_good_record(buf: &[u8], from: usize, next: u64) -> bool {
         let plausible = record::offset_of(rest).is_some_and(|o| {
             o >= next && o <= next.saturating_add((buf.len() - from) as u64 / HEADER as u64)
         });
-        if plausible && matches!(record::parse(rest, None, MAX_LEN), Parsed::Record { .. }) {
+        if plausible && matches!(record::parse(rest, None), Parsed::Record { .. }) {
             return true;
         }
         pos += 1;
@@ -170,7 +170,7 @@ fn scan_segment(
     let mut pos = MAGIC.len();
     while pos < buf.len() {
         let offset = base + positions.len() as u64;
-        match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
+        match record::parse(&buf[pos..], Some(offset)) {
             Parsed::Record { total } => {
                 let p = u32::try_from(pos)
                     .map_err(|_| corrupt(pos, offset, CorruptionKind::BadLength))?;
@@ -185,7 +185,7 @@ fn scan_segment(
                 break;
             }
             Parsed::Short | Parsed::Bad(_) if is_last => {
-                let kind = match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
+                let kind = match record::parse(&buf[pos..], Some(offset)) {
                     Parsed::Bad(k) => k,
                     _ => CorruptionKind::Truncated,
                 };
@@ -407,7 +407,7 @@ impl StreamShared {
                 offset,
                 kind,
             };
-            match record::parse(&buf[pos..], Some(offset), MAX_LEN) {
+            match record::parse(&buf[pos..], Some(offset)) {
                 Parsed::Record { total } => {
                     let env = record::decode(record::payload(&buf[pos..pos + total]))
                         .map_err(|_| corrupt(CorruptionKind::BadEncoding))?;
