@@ -11,14 +11,15 @@ use switchyard_middleware::dlq::{
 
 use crate::common::env;
 
-fn letter(e: &Envelope, handler: &str) -> DeadLetter {
+/// A rejection of `e` by `handler` (also used by `review_rev4`).
+pub(crate) fn letter(e: &Envelope, handler: &str) -> DeadLetter {
     DeadLetter::new(e.clone(), DeadLetterReason::Rejected, "declined").with_handler(handler)
 }
 
-type Published = Arc<Mutex<Vec<Envelope>>>;
+pub(crate) type Published = Arc<Mutex<Vec<Envelope>>>;
 
-/// Records what it publishes.
-fn recording() -> (
+/// Records what it publishes (also used by `review_rev4`).
+pub(crate) fn recording() -> (
     Published,
     impl Fn(Envelope) -> futures::future::Ready<Result<(), PublishError>> + Send + Sync,
 ) {

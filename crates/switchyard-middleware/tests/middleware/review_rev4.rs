@@ -2,33 +2,16 @@
 //! file journal across restarts (and capacity changes), a `limit` cutting a message's
 //! entries, `keep_entries`, and a purge racing a replay.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use switchyard_core::{DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, PublishError};
+use switchyard_core::{DeadLetter, DeadLetterSink, Envelope, PublishError};
 use switchyard_middleware::dlq::{
     DeadLetterFilter, DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
     REPLAY_COUNT, Replayer,
 };
 
 use crate::common::env;
-
-fn letter(e: &Envelope, handler: &str) -> DeadLetter {
-    DeadLetter::new(e.clone(), DeadLetterReason::Rejected, "declined").with_handler(handler)
-}
-
-type Published = Arc<Mutex<Vec<Envelope>>>;
-
-fn recording() -> (
-    Published,
-    impl Fn(Envelope) -> futures::future::Ready<Result<(), PublishError>> + Send + Sync,
-) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    (seen, move |e: Envelope| {
-        sink.lock().unwrap().push(e);
-        futures::future::ready(Ok(()))
-    })
-}
+use crate::dlq_entries::{letter, recording};
 
 fn handlers(q: &dyn DeadLetterQueue) -> Vec<(String, String)> {
     q.list(&DeadLetterFilter::new())
