@@ -52,7 +52,7 @@ use self::outbound::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Closed, LastSeen, Outbound, run_writer,
 };
 pub use self::targets::Hub;
-use self::targets::{DEFAULT_IN_FLIGHT, MAX_IN_FLIGHT, SubRecord, SubscribeSpec};
+use self::targets::{DEFAULT_IN_FLIGHT, Gate, MAX_IN_FLIGHT, SubRecord, SubscribeSpec};
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, ErrorKind};
 use crate::http::Authed;
@@ -159,6 +159,7 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
         next_sid: 0,
         calls: JoinSet::new(),
         call_permits: Arc::new(Semaphore::new(MAX_PENDING_CALLS)),
+        opening: None,
     };
     // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
     let closed = closing.cancelled();
@@ -223,6 +224,8 @@ struct Session {
     next_sid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
+    /// The gate of the subscription just made, opened once its `subscribed` answer is queued.
+    opening: Option<Arc<Gate>>,
 }
 
 /// What an op answers: a frame, or nothing (`ack`, `nack`, `result`, and `send`/`request`
@@ -251,11 +254,17 @@ impl Session {
             Op::Result => self.result(&mut frame),
             Op::Send | Op::Request => self.call(op, id, &mut frame).await,
         };
-        match result {
+        let sent = match result {
             Ok(Some(text)) => self.send(text).await,
             Ok(None) => Ok(()),
             Err(e) => self.send(error_frame(id, &e)).await,
+        };
+        // Whether or not the answer could be queued (if not, the connection is ending and its
+        // deliveries go to other members or back to the bus).
+        if let Some(gate) = self.opening.take() {
+            gate.open();
         }
+        sent
     }
 
     async fn publish(&self, id: Option<&RawValue>, fields: PublishFields<'_>) -> OpResult {
@@ -366,12 +375,14 @@ impl Session {
             mode: frame.ack.unwrap_or_default(),
             max_in_flight,
         };
-        let record = self
+        let (record, ready) = self
             .state
             .ws
             .subscribe(&self.state, &self.conn, spec)
             .await?;
         self.subs.insert(sid.clone(), record);
+        // Opened by `on_text` once this answer is queued: the client learns the id first.
+        self.opening = Some(ready);
         #[derive(Serialize)]
         struct Subscribed<'a> {
             subscription: &'a str,
