@@ -48,12 +48,16 @@ impl Gate {
         self.opened.notify_waiters();
     }
 
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
     /// Returns once the gate is open.
     async fn passed(&self) {
         loop {
             // Made before the check: `notify_waiters` reaches a `Notified` from its creation.
             let opened = self.opened.notified();
-            if self.open.load(Ordering::Acquire) {
+            if self.is_open() {
                 return;
             }
             opened.await;
@@ -112,9 +116,11 @@ impl Target {
             };
             // A member just added waits for its `subscribed` answer to be queued (or for its
             // connection to end: then the message goes to the next member).
-            tokio::select! {
-                () = member.ready.passed() => {}
-                () = member.conn.closing.cancelled() => continue,
+            if !member.ready.is_open() {
+                tokio::select! {
+                    () = member.ready.passed() => {}
+                    () = member.conn.closing.cancelled() => continue,
+                }
             }
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
