@@ -52,7 +52,7 @@ use self::outbound::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Closed, LastSeen, Outbound, run_writer,
 };
 pub use self::targets::Hub;
-use self::targets::{DEFAULT_IN_FLIGHT, Gate, MAX_IN_FLIGHT, SubRecord, SubscribeSpec};
+use self::targets::{DEFAULT_IN_FLIGHT, MAX_IN_FLIGHT, SubRecord, SubscribeSpec};
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, ErrorKind};
 use crate::http::Authed;
@@ -159,7 +159,7 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
         next_sid: 0,
         calls: JoinSet::new(),
         call_permits: Arc::new(Semaphore::new(MAX_PENDING_CALLS)),
-        opening: None,
+        announcing: false,
     };
     // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
     let closed = closing.cancelled();
@@ -224,8 +224,8 @@ struct Session {
     next_sid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
-    /// The gate of the subscription just made, opened once its `subscribed` answer is queued.
-    opening: Option<Arc<Gate>>,
+    /// A `subscribe` holds deliveries back until its answer is queued (see `Outbound::announcing`).
+    announcing: bool,
 }
 
 /// What an op answers: a frame, or nothing (`ack`, `nack`, `result`, and `send`/`request`
@@ -259,10 +259,9 @@ impl Session {
             Ok(None) => Ok(()),
             Err(e) => self.send(error_frame(id, &e)).await,
         };
-        // Whether or not the answer could be queued (if not, the connection is ending and its
-        // deliveries go to other members or back to the bus).
-        if let Some(gate) = self.opening.take() {
-            gate.open();
+        // The answer (or error) of a subscribe is queued, or the connection is ending.
+        if std::mem::take(&mut self.announcing) {
+            self.conn.out.announced();
         }
         sent
     }
@@ -375,14 +374,17 @@ impl Session {
             mode: frame.ack.unwrap_or_default(),
             max_in_flight,
         };
-        let (record, ready) = self
+        // The subscription may deliver at once (a group's backlog): its messages wait in the
+        // outbound buffer until `on_text` has queued this op's answer, so the client learns
+        // the id first.
+        self.conn.out.announcing();
+        self.announcing = true;
+        let record = self
             .state
             .ws
             .subscribe(&self.state, &self.conn, spec)
             .await?;
         self.subs.insert(sid.clone(), record);
-        // Opened by `on_text` once this answer is queued: the client learns the id first.
-        self.opening = Some(ready);
         #[derive(Serialize)]
         struct Subscribed<'a> {
             subscription: &'a str,

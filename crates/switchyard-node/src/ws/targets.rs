@@ -2,12 +2,11 @@
 //! consumer group shared by several connections. Remote handlers are in `handlers`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use switchyard::{BoxError, Envelope, Outcome, SubscribeError, Subscription};
-use tokio::sync::Notify;
 
 use super::conn::{Conn, Handed};
 use super::frames::AckMode;
@@ -29,40 +28,6 @@ pub(crate) struct Target {
 struct Member {
     conn: Arc<Conn>,
     sid: Arc<str>,
-    /// Opened once the client has been told the subscription id (its `subscribed` answer
-    /// is queued): no message of the subscription is queued for the client before it.
-    ready: Arc<Gate>,
-}
-
-/// A one-way gate: closed when made, opened once; waiters pass once it is open.
-#[derive(Default)]
-pub(crate) struct Gate {
-    open: AtomicBool,
-    opened: Notify,
-}
-
-impl Gate {
-    /// Lets every waiter, present and future, pass.
-    pub(crate) fn open(&self) {
-        self.open.store(true, Ordering::Release);
-        self.opened.notify_waiters();
-    }
-
-    fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
-    }
-
-    /// Returns once the gate is open.
-    async fn passed(&self) {
-        loop {
-            // Made before the check: `notify_waiters` reaches a `Notified` from its creation.
-            let opened = self.opened.notified();
-            if self.is_open() {
-                return;
-            }
-            opened.await;
-        }
-    }
 }
 
 impl Target {
@@ -76,15 +41,8 @@ impl Target {
         }
     }
 
-    /// Adds a member whose deliveries wait until the returned gate is opened.
-    fn add(&self, conn: Arc<Conn>, sid: Arc<str>) -> Arc<Gate> {
-        let ready = Arc::new(Gate::default());
-        lock(&self.members).push(Member {
-            conn,
-            sid,
-            ready: ready.clone(),
-        });
-        ready
+    fn add(&self, conn: Arc<Conn>, sid: Arc<str>) {
+        lock(&self.members).push(Member { conn, sid });
     }
 
     /// Removes a connection's membership; returns how many members are left.
@@ -114,14 +72,6 @@ impl Target {
             let Some(member) = self.pick() else {
                 return Ok(self.nobody(&env));
             };
-            // A member just added waits for its `subscribed` answer to be queued (or for its
-            // connection to end: then the message goes to the next member).
-            if !member.ready.is_open() {
-                tokio::select! {
-                    () = member.ready.passed() => {}
-                    () = member.conn.closing.cancelled() => continue,
-                }
-            }
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
                 Handed::Nacked(after) => return Ok(Outcome::Retry { after }),
@@ -277,7 +227,7 @@ impl Hub {
         state: &AppState,
         conn: &Arc<Conn>,
         spec: SubscribeSpec<'_>,
-    ) -> Result<(SubRecord, Arc<Gate>), ApiError> {
+    ) -> Result<SubRecord, ApiError> {
         let workers = match spec.mode {
             AckMode::Auto => 1,
             AckMode::Manual => spec.max_in_flight,
@@ -290,16 +240,15 @@ impl Hub {
                 conn.principal.name()
             );
             let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone()));
-            let ready = target.add(conn.clone(), spec.sid.clone());
+            target.add(conn.clone(), spec.sid.clone());
             let name = format!("{}{}", super::SUBSCRIPTION_PREFIX, conn.principal.name());
             let subscription =
                 start_subscription(state, &name, spec.pattern, target.clone(), workers, true)
                     .await?;
-            let record = SubRecord::Own {
+            return Ok(SubRecord::Own {
                 target,
                 _subscription: subscription,
-            };
-            return Ok((record, ready));
+            });
         };
         check_group_name(group)?;
         let mut groups = self.groups.lock().await;
@@ -314,18 +263,17 @@ impl Hub {
                     ),
                 ));
             }
-            let ready = entry.target.add(conn.clone(), spec.sid.clone());
-            let record = SubRecord::Group {
+            entry.target.add(conn.clone(), spec.sid.clone());
+            return Ok(SubRecord::Group {
                 name: group.to_owned(),
-            };
-            return Ok((record, ready));
+            });
         }
         let target = Arc::new(Target::new(
             spec.mode,
             format!("WebSocket group {group}"),
             state.metrics.clone(),
         ));
-        let ready = target.add(conn.clone(), spec.sid.clone());
+        target.add(conn.clone(), spec.sid.clone());
         let subscription = start_subscription(
             state,
             &format!("{}group:{group}", super::SUBSCRIPTION_PREFIX),
@@ -344,10 +292,9 @@ impl Hub {
                 _subscription: subscription,
             },
         );
-        let record = SubRecord::Group {
+        Ok(SubRecord::Group {
             name: group.to_owned(),
-        };
-        Ok((record, ready))
+        })
     }
 
     /// Ends a subscription of connection `conn`: drops its own, or leaves its group (the
