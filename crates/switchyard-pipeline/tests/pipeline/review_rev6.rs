@@ -251,7 +251,6 @@ fn a_monitor_with_a_tiny_window_never_panics() {
 /// Observed: `wait_until` returns false at its timeout (paused clock: at once).
 /// Suspected cause: src/monitor.rs:231-255, `OpRecorder::success`/`error` do not notify
 /// `inner.changed` (only the `record_*` run counters do).
-#[ignore = "defect: Monitor::wait_until is not woken by operation counters (OpRecorder::success/error)"]
 #[tokio::test(start_paused = true)]
 async fn wait_until_wakes_on_operation_counters() {
     let m = Monitor::new();
