@@ -342,3 +342,30 @@ async fn timeout_inside_retry_retries_hangs_but_not_invalid_input() {
     );
     assert_eq!(report.monitor.op("flaky", "run").unwrap().errors, 1);
 }
+
+/// A fan-out with no branches cannot hang a run: it is refused at start, or each run
+/// settles (completed or failed) and the pipeline drains.
+#[tokio::test]
+async fn a_fan_out_with_no_branches_never_leaves_runs_in_flight() {
+    let p: Pipeline<u32, u32> = Pipeline::new(map_fn("id", |x: u32| Ok(x))).fan_out(vec![]);
+    let running = match Runner::new(p)
+        .drain_timeout(Duration::from_secs(2))
+        .start()
+        .await
+    {
+        Err(_) => return,
+        Ok(r) => r,
+    };
+    let monitor = running.monitor().clone();
+    let feed = running.feed();
+    for i in 0..3 {
+        feed.send(i).await.unwrap();
+    }
+    let settled = monitor.wait_until(WAIT, |m| m.settled() == 3).await;
+    let report = running.shutdown().await;
+    assert!(
+        settled && report.drained,
+        "runs left in flight: {}",
+        report.monitor
+    );
+}
