@@ -1,0 +1,362 @@
+//! Shutdown: blocked publishers, retries in backoff, stuck lanes, an adaptive slow-down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use switchyard::testkit::VirtualClock;
+use switchyard::{
+    Bus, DeadLetterReason, Envelope, Outcome, Overflow, PublishError, SendError, Topic, handler_fn,
+};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{BoxErr, letters_with, pass};
+use crate::{Double, Ping, WAIT};
+
+/// docs/bus.md "Shutdown": "From the call on, publishes and sends get `ShuttingDown`."
+/// Publishers already waiting for room in a full `Block` queue (with a long timeout) are
+/// woken by the shutdown and refused, not left waiting for their block timeout; what was
+/// accepted before drains and is counted once.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_refuses_publishers_blocked_on_a_full_queue() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let sub = bus
+        .on("slow", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                pass(&g).await
+            }
+        })
+        .queue_capacity(1)
+        .overflow(Overflow::Block {
+            timeout: Duration::from_secs(3600),
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    bus.publish(Ping { n: 1 }).await.unwrap(); // fills the queue
+    let publishers: Vec<_> = (2..5)
+        .map(|n| {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.publish(Ping { n }).await })
+        })
+        .collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        publishers.iter().all(|p| !p.is_finished()),
+        "they wait for room"
+    );
+    let t0 = clock.now();
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown(Duration::from_secs(7200)).await })
+    };
+    for p in publishers {
+        let got = tokio::time::timeout(WAIT, p).await;
+        match got {
+            Ok(Ok(Err(PublishError::ShuttingDown))) => {}
+            other => panic!("a blocked publisher should be refused by the shutdown, got {other:?}"),
+        }
+    }
+    assert!(clock.now() - t0 < WAIT);
+    gate.add_permits(100);
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!(report.drained, 2, "{report:?}");
+    assert!(report.left.is_empty());
+    let mut handled = vec![0];
+    while let Ok(n) = started.try_recv() {
+        handled.push(n);
+    }
+    assert_eq!(handled, [0, 1], "only the accepted messages were handled");
+    assert_eq!(sub.stats().acked, 2);
+    assert!(bus.dead_letters().unwrap().is_empty());
+}
+
+/// A message waiting in its retry backoff when the shutdown starts, with a deadline longer
+/// than the backoff: it is retried (the retry still happens during the drain), handled, and
+/// counted once in `drained` though it took two attempts.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_lets_a_retry_in_backoff_finish_within_the_deadline() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (tx, mut failed) = mpsc::unbounded_channel();
+    let c = calls.clone();
+    let sub = bus
+        .on("flaky", move |_: Ping, ctx| {
+            let (c, tx) = (c.clone(), tx.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                if ctx.attempt() == 1 {
+                    let _ = tx.send(());
+                    return Err("first attempt fails".to_owned());
+                }
+                Ok(())
+            }
+        })
+        .retry_delay(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    failed.recv().await.unwrap();
+    let report = bus.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(report.drained, 1, "{report:?}");
+    assert!(report.left.is_empty());
+    assert_eq!(sub.stats().acked, 1);
+    assert!(bus.dead_letters().unwrap().is_empty());
+    assert_eq!(bus.pending(), 0);
+}
+
+/// The same with a deadline shorter than the backoff: the message is left (named once,
+/// dead-lettered with reason `Shutdown` after 1 attempt), not handled a second time, and
+/// not counted as drained.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_deadline_during_a_retry_backoff_leaves_the_message_once() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (tx, mut failed) = mpsc::unbounded_channel();
+    let c = calls.clone();
+    let _sub = bus
+        .subscribe(
+            "flaky",
+            "test.ping",
+            handler_fn(move |_env: Envelope| {
+                let (c, tx) = (c.clone(), tx.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = tx.send(());
+                    Err::<Outcome, _>("always fails".to_owned())
+                }
+            }),
+        )
+        .retry_delay(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let env = Envelope::new(Topic::new("test.ping").unwrap(), "{\"n\":1}");
+    let id = env.id.clone();
+    bus.publish_envelope(env).await.unwrap();
+    failed.recv().await.unwrap();
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no attempt after the deadline"
+    );
+    assert_eq!(report.left, std::slice::from_ref(&id), "{report:?}");
+    assert_eq!(report.drained, 0);
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, DeadLetterReason::Shutdown);
+    assert_eq!(letters[0].envelope.id, id);
+    assert_eq!(bus.pending(), 0);
+}
+
+/// A queued (not inline) command waiting in its retry backoff at the shutdown deadline: its
+/// sender gets `NotProcessed`, it is named in `report.left` and dead-lettered once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_queued_command_in_its_retry_backoff_at_the_deadline_answers_not_processed() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut calls) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _h = bus
+        .handle(move |d: Double, ctx| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send((d.n, ctx.attempt()));
+                if d.n == 0 {
+                    pass(&g).await?; // occupies the one worker
+                    return Ok(0);
+                }
+                Err::<u64, String>("fails".into())
+            }
+        })
+        .retry_delay(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let first = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n: 0 }).await })
+    };
+    assert_eq!(calls.recv().await, Some((0, 1)));
+    let second = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n: 1 }).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(1); // the first answers, the worker takes the second from the queue
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    assert_eq!(calls.recv().await, Some((1, 1)));
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    match second.await.unwrap() {
+        Err(SendError::NotProcessed(_)) => {}
+        other => panic!("expected NotProcessed, got {other:?}"),
+    }
+    assert_eq!(report.left.len(), 1, "{report:?}");
+    assert_eq!(letters_with(&bus, DeadLetterReason::Shutdown), report.left);
+    assert!(calls.try_recv().is_err(), "no attempt after the deadline");
+}
+
+/// Shutdown deadline with keyed lanes: one lane's head is stuck (its handler never ends),
+/// two more of that key wait behind it, and another key's three messages are released once
+/// the shutdown has started. The other key is drained; the stuck lane's three messages are each named once in `left` and dead-lettered
+/// once; `drained` counts exactly the handled ones.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_deadline_with_a_stuck_lane_names_each_of_its_messages_once() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let _sub = bus
+        .subscribe(
+            "lanes",
+            "orders.#",
+            handler_fn(move |env: Envelope| {
+                let (tx, g) = (tx.clone(), g.clone());
+                async move {
+                    let key = env.header("key").unwrap_or_default().to_owned();
+                    if key == "a" {
+                        std::future::pending::<()>().await;
+                    }
+                    pass(&g).await?;
+                    let _ = tx.send(env.id.clone());
+                    Ok::<_, BoxErr>(Outcome::Ack)
+                }
+            }),
+        )
+        .workers(2)
+        .ordering_header("key")
+        .start()
+        .await
+        .unwrap();
+    let topic = Topic::new("orders.placed").unwrap();
+    let mut stuck = HashSet::new();
+    let mut flowing = HashSet::new();
+    for (i, key) in ["a", "b", "a", "b", "a", "b"].into_iter().enumerate() {
+        let env = Envelope::new(topic.clone(), i.to_string()).with_header("key", key);
+        if key == "a" {
+            stuck.insert(env.id.clone());
+        } else {
+            flowing.insert(env.id.clone());
+        }
+        bus.publish_envelope(env).await.unwrap();
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown(Duration::from_secs(1)).await })
+    };
+    tokio::task::yield_now().await;
+    gate.add_permits(3); // key b drains during the shutdown
+    let got: HashSet<_> = crate::received(&mut handled, 3).await.into_iter().collect();
+    assert_eq!(got, flowing);
+    let report = shutdown.await.unwrap().unwrap();
+    assert_eq!(report.drained, 3, "{report:?}");
+    let left: HashSet<_> = report.left.iter().cloned().collect();
+    assert_eq!(
+        left.len(),
+        report.left.len(),
+        "a message named twice: {report:?}"
+    );
+    assert_eq!(left, stuck);
+    let mut letters = letters_with(&bus, DeadLetterReason::Shutdown);
+    letters.sort();
+    let mut expected: Vec<_> = stuck.into_iter().collect();
+    expected.sort();
+    assert_eq!(letters, expected);
+    assert_eq!(bus.pending(), 0);
+}
+
+/// Shutdown while a publisher sleeps in `Adaptive`'s slow-down (the queue above half full):
+/// whatever the publisher is told, it is true. `Ok` means the message is handled during the
+/// drain (or named in `left`); `ShuttingDown` means it is not handled; the report's
+/// `drained` equals the messages handled after the call.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_during_an_adaptive_slow_down_tells_the_publisher_the_truth() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _sub = bus
+        .on("adaptive", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                pass(&g).await
+            }
+        })
+        .queue_capacity(4)
+        .overflow(Overflow::Adaptive {
+            max_delay: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    for n in 1..=3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    let t0 = clock.now();
+    let slowed = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish(Ping { n: 4 }).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown(Duration::from_secs(600)).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(100);
+    let told = tokio::time::timeout(Duration::from_secs(300), slowed)
+        .await
+        .expect("the slowed publisher is answered")
+        .unwrap();
+    let report = shutdown.await.unwrap().unwrap();
+    let mut handled = vec![0];
+    while let Ok(n) = started.try_recv() {
+        handled.push(n);
+    }
+    let waited = clock.now() - t0;
+    match told {
+        Ok(()) => {
+            assert_eq!(handled, [0, 1, 2, 3, 4], "{report:?}");
+            assert_eq!(report.drained, 5, "{report:?}");
+        }
+        Err(PublishError::ShuttingDown) => {
+            assert_eq!(handled, [0, 1, 2, 3], "{report:?}");
+            assert_eq!(report.drained, 4, "{report:?}");
+        }
+        other => panic!("{other:?} after {waited:?}"),
+    }
+    assert!(report.left.is_empty(), "{report:?}");
+    assert!(bus.dead_letters().unwrap().is_empty());
+}
