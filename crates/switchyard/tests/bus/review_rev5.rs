@@ -28,6 +28,7 @@ pub(super) fn letters_with(bus: &Bus, reason: DeadLetterReason) -> Vec<MessageId
 }
 
 mod backpressure;
+mod boundaries;
 mod order_and_time;
 mod outcomes;
 mod shutdown;

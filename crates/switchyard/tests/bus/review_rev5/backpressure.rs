@@ -9,7 +9,7 @@ use switchyard::testkit::VirtualClock;
 use switchyard::{Bus, DeadLetterReason, Envelope, Overflow, PublishError, SendError};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::pass;
+use super::{letters_with, pass};
 use crate::{Double, Ping, WAIT};
 
 /// Backpressure for commands (docs/bus.md: a full queue tells the publisher): a command
@@ -254,5 +254,120 @@ async fn run_until_idle_counts_filtered_and_evicted_messages_as_settled() {
     assert_eq!(handled, [0, 6]);
     let s = sub.stats();
     assert_eq!((s.filtered, s.dropped, s.acked), (2, 3, 2), "{s:?}");
+    assert_eq!(bus.pending(), 0);
+}
+
+/// `publish_and_wait` whose copy is evicted by `DropOldest` before a worker takes it: the
+/// waiter is answered (a failure for that subscription, not a hang), the dead letter says
+/// `Dropped`, and nothing stays pending.
+#[tokio::test(flavor = "current_thread")]
+async fn publish_and_wait_whose_copy_is_evicted_by_drop_oldest_is_answered() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let sub = bus
+        .on("lossy", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                pass(&g).await
+            }
+        })
+        .queue_capacity(1)
+        .overflow(Overflow::DropOldest)
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    let waiter = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish_and_wait(Ping { n: 1 }).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    bus.publish(Ping { n: 2 }).await.unwrap(); // evicts 1
+    let report = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("the waiter of an evicted copy is answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.handled, 0, "{report:?}");
+    assert_eq!(report.failures.len(), 1, "{report:?}");
+    assert_eq!(report.failures[0].subscription, "lossy");
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    let mut handled = vec![0];
+    while let Ok(n) = started.try_recv() {
+        handled.push(n);
+    }
+    assert_eq!(handled, [0, 2]);
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, DeadLetterReason::Dropped);
+    assert_eq!(sub.stats().dropped, 1);
+    assert_eq!(bus.pending(), 0);
+}
+
+/// Handler priority groups with backpressure: the higher group's copy is evicted by
+/// `DropOldest` (so that group is done with it: dead-lettered), and the lower group then
+/// gets the event and handles it once (docs/features.md: "every handler of a higher group
+/// finishes (ack, dead-letter or give up) before the next group gets the event").
+#[tokio::test(flavor = "current_thread")]
+async fn a_lower_priority_group_gets_an_event_the_higher_group_evicted() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _high = bus
+        .on("high", move |p: Ping, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(p.n);
+                pass(&g).await
+            }
+        })
+        .handler_priority(10)
+        .queue_capacity(1)
+        .overflow(Overflow::DropOldest)
+        .start()
+        .await
+        .unwrap();
+    let low_seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let l = low_seen.clone();
+    let low = bus
+        .on("low", move |p: Ping, _| {
+            let l = l.clone();
+            async move {
+                l.lock().unwrap().push(p.n);
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    bus.publish(Ping { n: 2 }).await.unwrap(); // evicts 1 from "high"
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        *low_seen.lock().unwrap(),
+        [1],
+        "1 is done in the higher group (dead-lettered), so the lower group has it"
+    );
+    gate.add_permits(10);
+    bus.run_until_idle().await;
+    let mut low_got = low_seen.lock().unwrap().clone();
+    low_got.sort();
+    assert_eq!(low_got, [0, 1, 2], "each once");
+    assert_eq!(low.stats().acked, 3);
+    assert_eq!(letters_with(&bus, DeadLetterReason::Dropped).len(), 1);
     assert_eq!(bus.pending(), 0);
 }

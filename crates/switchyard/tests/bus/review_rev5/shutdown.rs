@@ -360,3 +360,115 @@ async fn shutdown_during_an_adaptive_slow_down_tells_the_publisher_the_truth() {
     assert!(report.left.is_empty(), "{report:?}");
     assert!(bus.dead_letters().unwrap().is_empty());
 }
+
+/// `publish_and_wait` to two subscriptions, one that answers and one whose handler never
+/// ends, across a shutdown deadline: the waiter is answered (not left hanging), the stuck
+/// subscription's copy is reported as a failure that says it was not processed, the other
+/// as handled; the copy is named in `left` and dead-lettered once.
+#[tokio::test(flavor = "current_thread")]
+async fn publish_and_wait_across_a_shutdown_deadline_reports_the_stuck_copy() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _stuck = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let _quick = bus
+        .on("quick", |_: Ping, _| async move { Ok::<_, String>(()) })
+        .start()
+        .await
+        .unwrap();
+    let waiter = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish_and_wait(Ping { n: 1 }).await })
+    };
+    assert_eq!(started.recv().await, Some(1));
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    let waited = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("publish_and_wait is answered after the shutdown")
+        .unwrap()
+        .expect("the publish was accepted before the shutdown");
+    assert_eq!(waited.handled, 1, "{waited:?}");
+    assert_eq!(waited.failures.len(), 1, "{waited:?}");
+    assert_eq!(waited.failures[0].subscription, "stuck");
+    assert!(
+        matches!(waited.failures[0].error, SendError::NotProcessed(_)),
+        "{waited:?}"
+    );
+    assert_eq!(report.left.len(), 1, "{report:?}");
+    assert_eq!(letters_with(&bus, DeadLetterReason::Shutdown), report.left);
+}
+
+/// Senders waiting for room in a full `Block` command queue (long timeout) when the
+/// shutdown starts: like publishers, they are refused with `ShuttingDown` at once, not after
+/// their block timeout; the accepted commands are answered during the drain.
+#[tokio::test(flavor = "current_thread")]
+async fn shutdown_refuses_senders_blocked_on_a_full_command_queue() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let _h = bus
+        .handle(move |d: Double, _| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(d.n);
+                pass(&g).await?;
+                Ok::<_, String>(d.n * 2)
+            }
+        })
+        .queue_capacity(1)
+        .overflow(Overflow::Block {
+            timeout: Duration::from_secs(3600),
+        })
+        .start()
+        .await
+        .unwrap();
+    let send = |n| {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n }).await })
+    };
+    let first = send(1);
+    assert_eq!(started.recv().await, Some(1));
+    let second = send(2); // queued
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let blocked: Vec<_> = (3..6).map(send).collect();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        blocked.iter().all(|b| !b.is_finished()),
+        "they wait for room"
+    );
+    let t0 = clock.now();
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown(Duration::from_secs(7200)).await })
+    };
+    for b in blocked {
+        match tokio::time::timeout(WAIT, b).await {
+            Ok(Ok(Err(SendError::ShuttingDown))) => {}
+            other => panic!("a blocked sender should be refused by the shutdown, got {other:?}"),
+        }
+    }
+    assert!(clock.now() - t0 < WAIT);
+    gate.add_permits(100);
+    assert_eq!(first.await.unwrap().unwrap(), 2);
+    assert_eq!(second.await.unwrap().unwrap(), 4);
+    let report = shutdown.await.unwrap().unwrap();
+    assert!(report.left.is_empty(), "{report:?}");
+    assert_eq!(report.drained, 2, "{report:?}");
+}
