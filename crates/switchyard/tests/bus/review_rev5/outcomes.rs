@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use switchyard::testkit::VirtualClock;
 use switchyard::{
-    Bus, DeadLetterReason, Envelope, Outcome, SendError, SubscribeError, Topic, handler_fn,
+    Bus, DeadLetterReason, Envelope, Outcome, Overflow, SendError, SubscribeError, Topic,
+    handler_fn,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -359,4 +360,78 @@ async fn dedup_on_the_bus_with_retries_handles_a_message_once_then_again_after_t
         "handled again after the TTL"
     );
     assert_eq!(bus.pending(), 0);
+}
+
+/// The registry's live figures settle back to zero after commands handled inline and
+/// queued, with panics, errors, rejections, replies and a `DropOldest` eviction: `depth` and
+/// `in_flight` are 0, `pending` is 0, and the counters count each command once
+/// (`acked` + dead-lettered = commands sent; `delivered` = attempts made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_figures_settle_after_inline_and_queued_commands_with_mixed_outcomes() {
+    let bus = Bus::builder()
+        .retry_delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let h = bus
+        .handle(move |d: Double, ctx| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                if d.n.is_multiple_of(7) {
+                    tokio::task::yield_now().await;
+                }
+                match (d.n % 5, ctx.attempt()) {
+                    (1, 1) => panic!("panics once"),
+                    (2, _) => Err("always fails".to_owned()),
+                    _ => Ok(d.n * 2),
+                }
+            }
+        })
+        .workers(3)
+        .queue_capacity(4)
+        .overflow(Overflow::DropOldest)
+        .start()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..60u64)
+        .map(|n| {
+            let bus = bus.clone();
+            tokio::spawn(async move { (n, bus.send(Double { n }).await) })
+        })
+        .collect();
+    let (mut ok, mut failed, mut dropped) = (0u64, 0u64, 0u64);
+    for s in sends {
+        let (n, got) = tokio::time::timeout(WAIT, s).await.unwrap().unwrap();
+        match got {
+            Ok(v) => {
+                assert_eq!(v, n * 2);
+                ok += 1;
+            }
+            Err(SendError::Failed { attempts, .. }) => {
+                assert_eq!((n % 5, attempts), (2, 3));
+                failed += 1;
+            }
+            Err(SendError::NotProcessed(_)) => dropped += 1,
+            Err(e) => panic!("{n}: {e:?}"),
+        }
+    }
+    bus.run_until_idle().await;
+    let info = h.info();
+    assert_eq!((info.depth, info.in_flight), (0, 0), "{info:?}");
+    assert_eq!(bus.pending(), 0);
+    let s = info.stats;
+    assert_eq!(s.acked, ok, "{s:?}");
+    assert_eq!(s.dropped, dropped, "{s:?}");
+    assert_eq!(s.dead_lettered, failed + dropped, "{s:?}");
+    assert_eq!(
+        s.delivered,
+        u64::from(attempts.load(Ordering::SeqCst)),
+        "{s:?}"
+    );
+    assert_eq!(ok + failed + dropped, 60);
+    let snapshot = bus.metrics_snapshot();
+    assert_eq!(snapshot.pending, 0);
+    assert_eq!(snapshot.dead_letters, Some((failed + dropped) as usize));
 }

@@ -472,3 +472,120 @@ async fn shutdown_refuses_senders_blocked_on_a_full_command_queue() {
     assert!(report.left.is_empty(), "{report:?}");
     assert_eq!(report.drained, 2, "{report:?}");
 }
+
+/// A handler that shuts its own bus down (awaiting the shutdown in the handler): the
+/// shutdown cannot drain the message whose handler is running it, so at the deadline that
+/// worker is aborted, and with it the first shutdown call's future. A second call from
+/// outside must still return a report (docs/bus.md: a call made while the first is still
+/// draining "waits for it"; it cannot wait forever for a call that was dropped), and the
+/// message is accounted for once (handled, or named in `left`).
+///
+/// Defect (same cause as `a_shutdown_cancelled_midway_is_completed_by_the_next_call`):
+/// expected the message named in `left` and dead-lettered; observed
+/// `handled false, named 0: ShutdownReport { drained: 0, left: [], nacked: [] }, dead
+/// letters []`: the accepted message is neither handled, dead-lettered nor reported. The
+/// first call took the worker handles (shutdown.rs:97-99), aborted its own worker at the
+/// deadline (shutdown.rs:138-143) and so was dropped; the outer call then re-ran
+/// `shutdown_once` with no handles, so `report_leftovers` (only called when something was
+/// still running, shutdown.rs:120/145) never ran.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "defect: a handler awaiting its own bus's shutdown loses its message from the report (left [], no dead letter)"]
+async fn a_handler_awaiting_its_own_bus_shutdown_does_not_wedge_later_calls() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("quitter", move |p: Ping, ctx| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                let report = ctx.bus().shutdown(Duration::from_secs(1)).await;
+                let _ = tx.send(100 + u64::from(report.is_ok()));
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(1));
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        bus.shutdown(Duration::from_secs(5)),
+    )
+    .await
+    .expect("a later shutdown call returns")
+    .unwrap();
+    let handled = started.try_recv().is_ok();
+    let named = report.left.len();
+    assert_eq!(
+        usize::from(handled) + named,
+        1,
+        "handled {handled}, named {named}: {report:?}, dead letters {:?}",
+        bus.dead_letters().unwrap().list()
+    );
+    assert_eq!(bus.pending(), 0);
+}
+
+/// docs (`Bus::shutdown`): "A call cancelled midway is completed by the next one." A first
+/// call cancelled while it drains (a `timeout` around it, shorter than its deadline), with
+/// one message stuck in its handler and two waiting; the next call must report them: each
+/// named once in `left` and dead-lettered with reason `Shutdown`.
+///
+/// Defect: observed `ShutdownReport { drained: 0, left: [], nacked: [] }, dead letters []`
+/// (`left: 0, right: 3`), and afterwards `bus.pending()` stays 3 (so `run_until_idle`
+/// never returns) while the registry shows the subscription with 2 waiting and 1 in flight:
+/// its worker was never aborted. Cause: `shutdown_once` moves every worker's `JoinHandle`
+/// out of its subscription (`std::mem::take(&mut *s.workers.lock())`, shutdown.rs:97-99)
+/// into the call's own future; a cancelled call drops them (detaching the workers), and the
+/// next call, finding no handles and no stopped inline run, skips the abort and
+/// `report_leftovers` (the `if !running.is_empty() || stopped_inline` at shutdown.rs:120),
+/// so three accepted messages are neither handled, dead-lettered nor reported, against
+/// ARCHITECTURE.md "An accepted publish is handled, dead-lettered, or reported by shutdown".
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "defect: a shutdown call cancelled midway loses the workers' handles; the next call reports nothing (left [], 3 messages pending forever)"]
+async fn a_shutdown_cancelled_midway_is_completed_by_the_next_call() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    assert_eq!(started.recv().await, Some(0));
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        bus.shutdown(Duration::from_secs(10)),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the first call is cancelled while it drains"
+    );
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        bus.shutdown(Duration::from_secs(1)),
+    )
+    .await
+    .expect("the next call returns")
+    .unwrap();
+    let letters = letters_with(&bus, DeadLetterReason::Shutdown);
+    assert_eq!(report.left.len(), 3, "{report:?}, dead letters {letters:?}");
+    let mut left = report.left.clone();
+    left.sort();
+    let mut letters = letters;
+    letters.sort();
+    assert_eq!(left, letters);
+    assert_eq!(bus.pending(), 0);
+}
