@@ -589,3 +589,139 @@ async fn a_shutdown_cancelled_midway_is_completed_by_the_next_call() {
     assert_eq!(left, letters);
     assert_eq!(bus.pending(), 0);
 }
+
+/// The same cancelled first call, with a queue still draining (each message takes 1 s of
+/// virtual time; no message is stuck): the next call must wait for the drain, as the first
+/// would have, so when it returns every message was handled and nothing is pending.
+///
+/// Defect (cause as in `a_shutdown_cancelled_midway_is_completed_by_the_next_call`: the
+/// handles went with the cancelled call, so the next call waits for no worker). Observed:
+/// `when the second call returned: handled 2, pending 3, ShutdownReport { drained: 0,
+/// left: [], nacked: [] }` (`left: (2, 3, 0), right: (5, 0, 0)`): the shutdown returned
+/// while three messages were still queued, and reported nothing.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "defect: after a cancelled shutdown call, the next call returns before the queue has drained"]
+async fn the_call_after_a_cancelled_shutdown_waits_for_the_drain() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let _sub = bus
+        .on("slow", move |_: Ping, _| {
+            let h = h.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..5 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    let first = tokio::time::timeout(
+        Duration::from_millis(2500),
+        bus.shutdown(Duration::from_secs(100)),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the first call is cancelled while it drains"
+    );
+    let report = bus.shutdown(Duration::from_secs(100)).await.unwrap();
+    let done = handled.load(Ordering::SeqCst);
+    assert_eq!(
+        (done, bus.pending(), report.left.len()),
+        (5, 0, 0),
+        "when the second call returned: handled {done}, pending {}, {report:?}",
+        bus.pending()
+    );
+}
+
+/// A delayed publish not yet due when the shutdown starts is reported in `left` and
+/// dead-lettered (`Bus::publish_after`: "a shutdown before it is due dead-letters and
+/// reports it"), also when the first shutdown call was
+/// cancelled and a second one completed it.
+///
+/// Defect: the report is built in the cancelled call's future; the delayed publish was
+/// dead-lettered by the first call but the report the caller gets does not name it.
+/// Observed: `the report names what was dead-lettered: ShutdownReport { drained: 0, left:
+/// [], nacked: [] }  left: [] right: [MessageId(..)]` (shutdown.rs:55-72 push it into the
+/// call's local `report`; the stuck message is lost as in the tests above).
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "defect: a delayed publish dead-lettered by a cancelled shutdown call is missing from the next call's report"]
+async fn a_delayed_publish_is_reported_after_a_cancelled_shutdown_call() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    bus.publish_after(Duration::from_secs(3600), Ping { n: 1 })
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        bus.shutdown(Duration::from_secs(10)),
+    )
+    .await;
+    assert!(first.is_err());
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    let letters = letters_with(&bus, DeadLetterReason::Shutdown);
+    let mut left = report.left.clone();
+    left.sort();
+    let mut letters_sorted = letters.clone();
+    letters_sorted.sort();
+    assert_eq!(
+        left, letters_sorted,
+        "the report names what was dead-lettered: {report:?}"
+    );
+    assert_eq!(report.left.len(), 2, "{report:?}");
+}
+
+/// Control for the two tests above: without a cancelled call, a delayed publish not yet due
+/// and a stuck message are both named in `left` and dead-lettered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_delayed_publish_and_a_stuck_message_are_reported_by_one_shutdown() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 0 }).await.unwrap();
+    assert_eq!(started.recv().await, Some(0));
+    bus.publish_after(Duration::from_secs(3600), Ping { n: 1 })
+        .await
+        .unwrap();
+    let report = bus.shutdown(Duration::from_secs(1)).await.unwrap();
+    let mut left = report.left.clone();
+    left.sort();
+    let mut letters = letters_with(&bus, DeadLetterReason::Shutdown);
+    letters.sort();
+    assert_eq!(left, letters);
+    assert_eq!(report.left.len(), 2, "{report:?}");
+    assert_eq!(bus.pending(), 0);
+}
