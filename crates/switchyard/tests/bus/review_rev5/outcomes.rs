@@ -435,3 +435,132 @@ async fn registry_figures_settle_after_inline_and_queued_commands_with_mixed_out
     assert_eq!(snapshot.pending, 0);
     assert_eq!(snapshot.dead_letters, Some((failed + dropped) as usize));
 }
+
+/// The envelope reply of a typed handler is the same whether the command ran inline (the
+/// handler free) or queued (the handler busy): same payload, handler name and attempts, a
+/// reply that records the command as its cause and keeps its correlation id.
+#[tokio::test(flavor = "current_thread")]
+async fn an_envelope_reply_is_the_same_inline_and_queued() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = gate.clone();
+    let h = bus
+        .handle(move |d: Double, ctx| {
+            let (g, tx) = (g.clone(), tx.clone());
+            async move {
+                let _ = tx.send(d.n);
+                if d.n == 0 {
+                    pass(&g).await?;
+                }
+                if ctx.attempt() == 1 && d.n == 3 {
+                    return Err("once".to_owned());
+                }
+                Ok(d.n * 2)
+            }
+        })
+        .retry_delay(Duration::from_millis(1))
+        .start()
+        .await
+        .unwrap();
+    let command = |n: u64| {
+        Envelope::new(Topic::new("math.double").unwrap(), format!("{{\"n\":{n}}}"))
+            .with_kind(switchyard::Kind::Command)
+    };
+    let inline = command(3);
+    let inline_id = inline.id.clone();
+    let inline_result = bus.send_envelope(inline).await.unwrap();
+    // now make it busy so the next one queues
+    let busy = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n: 0 }).await })
+    };
+    crate::received(&mut started, 3).await; // 3 (twice), then 0
+    let queued = command(3);
+    let queued_id = queued.id.clone();
+    let queued_send = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send_envelope(queued).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!queued_send.is_finished(), "it waits in the queue");
+    gate.add_permits(1);
+    busy.await.unwrap().unwrap();
+    let queued_result = queued_send.await.unwrap().unwrap();
+    for (result, id) in [(&inline_result, &inline_id), (&queued_result, &queued_id)] {
+        assert_eq!(result.handler, h.name());
+        assert_eq!(result.attempts, 2, "{result:?}");
+        let reply = result.reply.as_ref().expect("a typed handler replies");
+        assert_eq!(&reply.payload[..], b"6");
+        assert_eq!(reply.causation_id(), Some(id), "{reply:?}");
+        assert_eq!(&reply.correlation_id, id, "{reply:?}");
+    }
+    assert_eq!(
+        inline_result.reply.as_ref().unwrap().content_type(),
+        queued_result.reply.as_ref().unwrap().content_type()
+    );
+}
+
+/// A `publish_and_wait` and a queued `send` whose futures are dropped after their message was
+/// accepted: both messages are still handled once, nothing stays pending, and the handler's
+/// slot is free for the next send.
+#[tokio::test(flavor = "current_thread")]
+async fn dropped_waiters_do_not_cancel_accepted_messages() {
+    let bus = Bus::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let handled = Arc::new(AtomicU32::new(0));
+    let (g, h) = (gate.clone(), handled.clone());
+    let (g2, h2) = (gate.clone(), handled.clone());
+    let _sub = bus
+        .on("ev", move |_: Ping, _| {
+            let (g, h) = (g.clone(), h.clone());
+            async move {
+                pass(&g).await?;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let _cmd = bus
+        .handle(move |d: Double, _| {
+            let (g, h) = (g2.clone(), h2.clone());
+            async move {
+                pass(&g).await?;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>(d.n)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let waiter = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish_and_wait(Ping { n: 1 }).await })
+    };
+    let sender = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n: 1 }).await })
+    };
+    let second = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.send(Double { n: 2 }).await })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(bus.pending(), 3);
+    waiter.abort();
+    second.abort(); // the queued one
+    let _ = waiter.await;
+    let _ = second.await;
+    gate.add_permits(10);
+    assert_eq!(sender.await.unwrap().unwrap(), 1);
+    bus.run_until_idle().await;
+    assert_eq!(handled.load(Ordering::SeqCst), 3);
+    assert_eq!(bus.pending(), 0);
+    assert_eq!(bus.send(Double { n: 7 }).await.unwrap(), 7);
+}
