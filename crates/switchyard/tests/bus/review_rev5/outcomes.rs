@@ -564,3 +564,101 @@ async fn dropped_waiters_do_not_cancel_accepted_messages() {
     assert_eq!(bus.pending(), 0);
     assert_eq!(bus.send(Double { n: 7 }).await.unwrap(), 7);
 }
+
+/// The bus's own retries and a breaker layer: the first attempt fails and opens the breaker
+/// (one failure); the retry, due long before the cool-down ends, must wait for readiness
+/// (tower's contract: `call` only after `poll_ready`; docs/bus.md "A worker takes a message
+/// only right after its handler reported ready") rather than burn its attempts on
+/// `BreakerOpenError`. Once the cool-down ends the trial call succeeds: acked after 2
+/// attempts, no dead letter.
+#[tokio::test(flavor = "current_thread")]
+async fn a_bus_retry_waits_for_an_open_breaker_instead_of_burning_attempts() {
+    use switchyard::middleware::breaker::{BreakerConfig, BreakerLayer, BreakerState};
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let breaker = BreakerLayer::new(
+        "fragile",
+        BreakerConfig::default()
+            .failures(1)
+            .cool_down(Duration::from_secs(10))
+            .trial_calls(1),
+    );
+    let state = breaker.handle();
+    let sub = bus
+        .subscribe(
+            "fragile",
+            "test.ping",
+            handler_fn(move |_env: Envelope| {
+                let c = c.clone();
+                async move {
+                    if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return Err::<Outcome, BoxErr>("down once".into());
+                    }
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .layer(breaker)
+        .max_attempts(3)
+        .retry_delay(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Ping { n: 1 }).await.unwrap();
+    bus.run_until_idle().await;
+    let letters = bus.dead_letters().unwrap().list();
+    assert!(
+        letters.is_empty(),
+        "burnt on the open breaker: {:?}",
+        letters
+            .iter()
+            .map(|l| (&l.error, l.attempts))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(sub.stats().acked, 1);
+    assert_eq!(state.state(), BreakerState::Closed);
+}
+
+/// A command sent while its handler's breaker is open is not run inline (which would call
+/// without readiness and fail fast): docs/bus.md "When the handler ... is not ready (an
+/// open breaker ...), the command is queued". It waits for the cool-down and is answered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_to_a_handler_behind_an_open_breaker_waits_for_the_cool_down() {
+    use switchyard::middleware::breaker::{BreakerConfig, BreakerLayer, BreakerState};
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let breaker = BreakerLayer::new(
+        "fragile",
+        BreakerConfig::default()
+            .failures(1)
+            .cool_down(Duration::from_secs(10))
+            .trial_calls(1),
+    );
+    let state = breaker.handle();
+    let _h = bus
+        .handle(|d: Double, _| async move {
+            if d.n == 0 {
+                return Err("down".to_owned());
+            }
+            Ok(d.n * 2)
+        })
+        .layer(breaker)
+        .max_attempts(1)
+        .start()
+        .await
+        .unwrap();
+    let first = bus.send(Double { n: 0 }).await;
+    assert!(matches!(first, Err(SendError::Failed { .. })), "{first:?}");
+    assert_eq!(state.state(), BreakerState::Open);
+    let t0 = clock.now();
+    assert_eq!(bus.send(Double { n: 4 }).await.unwrap(), 8);
+    assert!(
+        clock.now() - t0 >= Duration::from_secs(9),
+        "{:?}",
+        clock.now() - t0
+    );
+    assert_eq!(state.state(), BreakerState::Closed);
+}
