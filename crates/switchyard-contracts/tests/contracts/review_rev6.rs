@@ -409,3 +409,85 @@ fn seal_open_round_trips_every_size_and_restores_the_content_type() {
         assert_eq!(env.content_type(), "application/octet-stream");
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Priced {
+    cents: u64,
+}
+impl Message for Priced {
+    const TOPIC: &'static str = "shop.priced";
+    const VERSION: u32 = 2;
+}
+
+struct Letters(tokio::sync::mpsc::UnboundedSender<switchyard::DeadLetter>);
+impl switchyard::DeadLetterSink for Letters {
+    fn put(&self, letter: switchyard::DeadLetter) {
+        let _ = self.0.send(letter);
+    }
+}
+
+fn v1_priced(payload: &str) -> Envelope {
+    let mut env = Envelope::new(Topic::new("shop.priced").unwrap(), payload.to_owned());
+    env.type_name = Some("Priced".into());
+    env.type_version = 1;
+    env
+}
+
+/// An upcaster step that panics, or one that returns a shape the handler cannot decode,
+/// dead-letters that message with its original bytes (the handler never runs on it), and
+/// the bus keeps handling the next messages; an upcaster given a payload that is not JSON
+/// does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_or_wrong_upcaster_dead_letters_and_the_bus_goes_on() {
+    let (dtx, mut letters) = tokio::sync::mpsc::unbounded_channel();
+    let upcasters = switchyard_contracts::Upcasters::new().step_for::<Priced, _, _>(1, |v| match v
+        .get("mode")
+        .and_then(Value::as_str)
+    {
+        Some("panic") => panic!("upcaster exploded"),
+        Some("wrong") => Ok::<_, String>(json!({"cents": "not a number"})),
+        _ => Ok(json!({"cents": v["euros"].as_u64().unwrap_or(0) * 100})),
+    });
+    let bus = switchyard::Bus::builder()
+        .upcaster(upcasters)
+        .dead_letters(Letters(dtx))
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let (htx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus
+        .on("priced", move |p: Priced, _ctx| {
+            let htx = htx.clone();
+            async move { htx.send(p.cents).map_err(|e| e.to_string()) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let bad = [
+        r#"{"mode": "panic"}"#,
+        r#"{"mode": "wrong"}"#,
+        "not json at all",
+    ];
+    for payload in bad {
+        bus.publish_envelope(v1_priced(payload)).await.unwrap();
+        let letter = tokio::time::timeout(std::time::Duration::from_secs(10), letters.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{payload:?} was not dead-lettered"))
+            .unwrap();
+        assert_eq!(letter.envelope.payload.as_ref(), payload.as_bytes());
+        assert_eq!(letter.envelope.type_version, 1, "kept as it was written");
+    }
+    bus.publish_envelope(v1_priced(r#"{"euros": 3}"#))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), handled.recv())
+        .await
+        .expect("the bus stopped handling after a bad upcast");
+    assert_eq!(got, Some(300));
+    assert!(
+        handled.try_recv().is_err(),
+        "a bad message reached the handler"
+    );
+    bus.publish(Priced { cents: 7 }).await.unwrap();
+    assert_eq!(handled.recv().await, Some(7));
+}

@@ -487,3 +487,143 @@ async fn a_responder_is_reachable_from_another_connection_once_respond_returned(
         serve.await.unwrap();
     }
 }
+
+struct Letters(tokio::sync::mpsc::UnboundedSender<switchyard::DeadLetter>);
+impl switchyard::DeadLetterSink for Letters {
+    fn put(&self, letter: switchyard::DeadLetter) {
+        let _ = self.0.send(letter);
+    }
+}
+
+/// A command from a plain NATS client whose body does not decode into the handler's type is
+/// answered at once with a typed status and dead-lettered on the handler's side with its raw
+/// bytes (nothing is lost, nothing runs).
+#[tokio::test]
+async fn an_undecodable_remote_command_is_dead_lettered_with_its_raw_bytes() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix("dlq");
+    let (tx, mut letters) = tokio::sync::mpsc::unbounded_channel();
+    let nats = NatsTransport::connect(config(&p)).await.unwrap();
+    let handler_bus = Bus::builder()
+        .transport(nats)
+        .max_attempts(1)
+        .dead_letters(Letters(tx))
+        .build()
+        .unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let r2 = ran.clone();
+    let _sub = handler_bus
+        .handle(move |c: Double, _ctx| {
+            r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Ok::<_, String>(c.n * 2) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let raw = async_nats::connect(SHARED_URL).await.unwrap();
+    let body: &[u8] = b"\xff\x00 not json {";
+    let reply = raw
+        .send_request(
+            format!("{p}.calc.double"),
+            async_nats::Request::new()
+                .payload(bytes::Bytes::from_static(body))
+                .timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Sy-Status"))
+        .map(|v| v.as_str().to_owned());
+    assert!(
+        matches!(
+            status.as_deref(),
+            Some("not-processed" | "codec" | "rejected" | "failed")
+        ),
+        "{status:?}"
+    );
+    let letter = tokio::time::timeout(Duration::from_secs(10), letters.recv())
+        .await
+        .expect("the undecodable command was not dead-lettered")
+        .unwrap();
+    assert_eq!(letter.envelope.payload.as_ref(), body, "{letter:?}");
+    assert_eq!(letter.envelope.topic.as_str(), "calc.double");
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The raw request API with a zero deadline: `Timeout` at once, never a hang or a panic.
+#[tokio::test]
+async fn a_raw_request_with_a_zero_deadline_times_out_at_once() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix("rzero");
+    let server = NatsTransport::connect(config(&p)).await.unwrap();
+    let _stream = server
+        .respond(&Pattern::new("svc.slow").unwrap(), None)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.request(
+            Envelope::new(Topic::new("svc.slow").unwrap(), "q"),
+            Duration::ZERO,
+        ),
+    )
+    .await
+    .expect("a zero deadline hung");
+    assert!(
+        matches!(
+            r,
+            Err(RequestError::Timeout { .. } | RequestError::NoResponders { .. })
+        ),
+        "{r:?}"
+    );
+}
+
+/// A plain client's `Sy-Deadline-Ms: 0` (already expired) to a handler that never ends: the
+/// handler side answers `timeout` at once, it does not hold the request open.
+#[tokio::test]
+async fn a_zero_deadline_header_is_answered_timeout_at_once() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let p = prefix("hzero");
+    let (handler_bus, _hn) = bus(config(&p)).await;
+    let _sub = handler_bus
+        .handle(|_c: Double, _ctx| async move {
+            std::future::pending::<()>().await;
+            Ok::<u64, String>(0)
+        })
+        .start()
+        .await
+        .unwrap();
+    let raw = async_nats::connect(SHARED_URL).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Sy-Deadline-Ms", "0");
+    let start = Instant::now();
+    let reply = raw
+        .send_request(
+            format!("{p}.calc.double"),
+            async_nats::Request::new()
+                .headers(headers)
+                .payload("{\"n\":1}".into())
+                .timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Sy-Status"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(status.as_deref(), Some("timeout"));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}

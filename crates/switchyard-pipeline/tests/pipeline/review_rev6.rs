@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use switchyard_core::{DeadLetterReason, InMemoryDeadLetters, Topic};
 use switchyard_pipeline::{
-    InMemoryHandoff, IterSource, Monitor, Pipeline, Runner, Stage, StageError, StartError, map_fn,
-    stage_fn,
+    InMemoryHandoff, IterSource, Monitor, Pipeline, RetryPolicy, Runner, Stage, StageError,
+    StageExt, StartError, map_fn, stage_fn,
 };
 use tokio::sync::Mutex;
 
@@ -166,16 +166,12 @@ async fn shutdown_mid_stream_settles_every_accepted_run() {
     assert_eq!(sorted.len(), got.len(), "a run was exported twice");
 }
 
-/// Shutdown while runs wait behind a bus hand-off in a stuck stage: at the drain deadline
-/// each of them is failed into the dead letters with reason `Shutdown` (one letter per run),
-/// none is dropped, and accepted = settled.
-#[tokio::test]
-async fn shutdown_with_runs_across_a_bus_hop_dead_letters_each_once() {
+/// Runs six values through `via_bus(bus)` into a stuck stage and shuts down: checks below.
+async fn shutdown_across_a_hop<H: switchyard_pipeline::Handoff + Clone>(bus: H) {
     let release = Arc::new(Mutex::new(()));
     let guard = release.clone().lock_owned().await;
     let r = release.clone();
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
-    let bus = InMemoryHandoff::new();
     let p = Pipeline::new(map_fn("before", |x: u32| Ok(x)))
         .via_bus(bus.clone(), Topic::new("rev6.hop").unwrap())
         .then(stage_fn("stuck", move |x: u32| {
@@ -222,6 +218,20 @@ async fn shutdown_with_runs_across_a_bus_hop_dead_letters_each_once() {
     // After shutdown the feed refuses and gives the value back.
     let refused = feed.send(99).await.unwrap_err();
     assert_eq!(refused.value, 99);
+}
+
+/// Shutdown while runs wait behind a bus hand-off in a stuck stage: at the drain deadline
+/// each of them is failed into the dead letters with reason `Shutdown` (one letter per run),
+/// none is dropped, and accepted = settled.
+#[tokio::test]
+async fn shutdown_with_runs_across_a_bus_hop_dead_letters_each_once() {
+    shutdown_across_a_hop(InMemoryHandoff::new()).await;
+}
+
+/// The same over a real `switchyard::Bus` (`BusHandoff`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_runs_across_a_switchyard_bus_hop_dead_letters_each_once() {
+    shutdown_across_a_hop(switchyard_pipeline::BusHandoff::new(switchyard::Bus::new())).await;
 }
 
 /// A monitor with a window of 0 (or 1) never panics on recording or snapshotting, and keeps
@@ -272,5 +282,89 @@ async fn wait_until_wakes_on_operation_counters() {
     assert!(
         waiter.await.unwrap(),
         "the waiter was not woken by the op counter"
+    );
+}
+
+/// Timeout inside retry (paused clock): a call that hangs is cut at its limit with kind
+/// `Timeout` and retried; the third call answers and the run completes. An `Invalid` error is
+/// not transient: one call, the run fails, dead-lettered once with the stage's name.
+#[tokio::test(start_paused = true)]
+async fn timeout_inside_retry_retries_hangs_but_not_invalid_input() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let flaky = stage_fn("flaky", move |x: u32| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if x == 0 {
+                return Err(StageError::invalid("zero is not allowed"));
+            }
+            if n < 2 {
+                std::future::pending::<()>().await;
+            }
+            Ok(x)
+        }
+    })
+    .with_timeout(Duration::from_secs(1))
+    .with_retry(RetryPolicy::attempts(4))
+    .named("flaky");
+    let dlq = Arc::new(InMemoryDeadLetters::new(10));
+    let running = Runner::new(Pipeline::new(flaky))
+        .max_in_flight(1)
+        .dead_letters(dlq.clone())
+        .start()
+        .await
+        .unwrap();
+    let feed = running.feed();
+    let monitor = running.monitor().clone();
+    feed.send(5).await.unwrap();
+    assert!(monitor.wait_until(WAIT * 10, |m| m.completed() == 1).await);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "two timeouts, then the answer"
+    );
+    feed.send(0).await.unwrap();
+    assert!(monitor.wait_until(WAIT, |m| m.failed() == 1).await);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "invalid input is not retried"
+    );
+    let report = running.shutdown().await;
+    let letters = dlq.list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].handler.as_deref(), Some("flaky"));
+    assert!(
+        letters[0].error.contains("zero is not allowed"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(report.monitor.op("flaky", "run").unwrap().errors, 1);
+}
+
+/// A fan-out with no branches cannot hang a run: it is refused at start, or each run
+/// settles (completed or failed) and the pipeline drains.
+#[tokio::test]
+async fn a_fan_out_with_no_branches_never_leaves_runs_in_flight() {
+    let p: Pipeline<u32, u32> = Pipeline::new(map_fn("id", |x: u32| Ok(x))).fan_out(vec![]);
+    let running = match Runner::new(p)
+        .drain_timeout(Duration::from_secs(2))
+        .start()
+        .await
+    {
+        Err(_) => return,
+        Ok(r) => r,
+    };
+    let monitor = running.monitor().clone();
+    let feed = running.feed();
+    for i in 0..3 {
+        feed.send(i).await.unwrap();
+    }
+    let settled = monitor.wait_until(WAIT, |m| m.settled() == 3).await;
+    let report = running.shutdown().await;
+    assert!(
+        settled && report.drained,
+        "runs left in flight: {}",
+        report.monitor
     );
 }
