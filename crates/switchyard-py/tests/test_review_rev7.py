@@ -681,6 +681,58 @@ def test_a_forked_child_can_use_a_bus_of_its_own(tmp_path):
     assert lines[1] == "({'tag': 'child', 'n': 2}, [b'x'])", (lines[1], out.stderr[-2000:])
 
 
+EXIT_PROBE = r"""
+import asyncio, sys, threading, switchyard
+mode = sys.argv[1]
+flowing = threading.Event()
+
+async def main():
+    bus = switchyard.Bus(queue_capacity=100000)
+    handled = [0]
+
+    @bus.on("exit.flow", workers=4)
+    async def h(env):
+        handled[0] += 1
+        if handled[0] >= 2000:
+            flowing.set()
+        await asyncio.sleep(0)
+
+    @bus.handle("exit.cmd")
+    async def stuck(env):
+        await asyncio.Event().wait()
+
+    asyncio.ensure_future(bus.send("exit.cmd", {}))
+
+    async def pump():
+        while True:
+            await bus.publish("exit.flow", b"x")
+
+    if mode == "exit":
+        pumps = [asyncio.ensure_future(pump()) for _ in range(2)]
+        if not await asyncio.to_thread(flowing.wait, 30):
+            sys.exit(9)
+        sys.exit(3)
+    await asyncio.gather(pump(), pump())
+
+if mode == "exit":
+    asyncio.run(main())
+else:  # a daemon thread still publishing and handling when the interpreter exits
+    threading.Thread(target=lambda: asyncio.run(main()), daemon=True).start()
+    if not flowing.wait(30):
+        sys.exit(9)
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "daemon"])
+def test_the_interpreter_exits_cleanly_with_handlers_and_commands_in_flight(tmp_path, mode):
+    script = tmp_path / "exit_probe.py"
+    script.write_text(EXIT_PROBE)
+    for _ in range(3):
+        out = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=60)
+        assert out.returncode == (3 if mode == "exit" else 0), out.stderr[-2000:]
+        assert "panicked" not in out.stderr and "Fatal Python error" not in out.stderr, out.stderr[-2000:]
+
+
 # -- NATS ------------------------------------------------------------------------------------
 
 
