@@ -9,7 +9,8 @@
 //! field with a default, or an `Option`, is not required); every type W may write must be one
 //! R accepts (`integer` widens to `number`); every enum value or variant W may write must be
 //! one R knows; a closed object in R (`additionalProperties: false`) must not receive fields it
-//! does not list. Unknown extra fields are otherwise ignored, as serde does.
+//! does not list, and a map's values (an `additionalProperties` schema) must be read by R's
+//! value schema. Unknown extra fields are otherwise ignored, as serde does.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -79,7 +80,7 @@ pub struct Issue {
     /// The direction that breaks: `backward` (new reads old) or `forward` (old reads new).
     pub direction: Mode,
     /// Where, as a JSON-pointer-like path into the payload (`/customer/address/zip`; `*`
-    /// for array items).
+    /// for array items and map values).
     pub path: String,
     /// What kind of break.
     pub kind: IssueKind,
@@ -251,6 +252,14 @@ fn variants(s: &Value) -> Option<&Vec<Value>> {
         .and_then(Value::as_array)
 }
 
+/// The schema of the entries a map writes under keys it does not list (`additionalProperties`
+/// given as a schema, or `true`: any value). `None` when the schema lists its fields only:
+/// absent `additionalProperties` is serde's open struct, which writes no other keys.
+fn map_values(s: &Value) -> Option<&Value> {
+    s.get("additionalProperties")
+        .filter(|a| **a != Value::Bool(false))
+}
+
 fn props(s: &Value) -> Option<&serde_json::Map<String, Value>> {
     s.get("properties").and_then(Value::as_object)
 }
@@ -401,13 +410,41 @@ impl Checker<'_> {
                 self.reads(rs, ws, &format!("{path}/{f}"), depth + 1);
             }
         }
-        if r.get("additionalProperties") == Some(&Value::Bool(false)) {
-            for f in wp.keys().filter(|f| !rp.contains_key(*f)) {
-                self.issue(
-                    &format!("{path}/{f}"),
-                    IssueKind::ForbiddenField,
-                    format!("the {writer} schema writes field `{f}`, which the {reader} schema's closed object does not allow"),
-                );
+        // A map (or a struct with a schema for its extra fields): what the writer writes
+        // under keys the reader does not list is read with the reader's
+        // `additionalProperties` schema; `false` (a closed object) forbids such keys.
+        let w_extra = map_values(w);
+        match r.get("additionalProperties") {
+            Some(Value::Bool(false)) => {
+                for f in wp.keys().filter(|f| !rp.contains_key(*f)) {
+                    self.issue(
+                        &format!("{path}/{f}"),
+                        IssueKind::ForbiddenField,
+                        format!("the {writer} schema writes field `{f}`, which the {reader} schema's closed object does not allow"),
+                    );
+                }
+                if w_extra.is_some() {
+                    self.issue(
+                        &format!("{path}/*"),
+                        IssueKind::ForbiddenField,
+                        format!("the {writer} schema writes entries under any key, which the {reader} schema's closed object does not allow"),
+                    );
+                }
+            }
+            Some(ra) => {
+                for (f, ws) in wp.iter().filter(|(f, _)| !rp.contains_key(*f)) {
+                    self.reads(ra, ws, &format!("{path}/{f}"), depth + 1);
+                }
+                if let Some(wa) = w_extra {
+                    self.reads(ra, wa, &format!("{path}/*"), depth + 1);
+                }
+            }
+            None => {}
+        }
+        // A map writer may write any key, including the ones the reader lists as fields.
+        if let Some(wa) = w_extra {
+            for (f, rs) in rp.iter().filter(|(f, _)| !wp.contains_key(*f)) {
+                self.reads(rs, wa, &format!("{path}/{f}"), depth + 1);
             }
         }
     }

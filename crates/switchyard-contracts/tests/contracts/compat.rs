@@ -197,3 +197,34 @@ fn identical_and_widening_changes_are_compatible() {
     assert_eq!("FULL".parse::<Mode>().unwrap(), Mode::Full);
     assert!("sideways".parse::<Mode>().is_err());
 }
+
+/// Map values (`additionalProperties` schemas) are compared like any other type: widened
+/// `integer` → `number` values break forward only; a map written into a closed object breaks;
+/// a struct's unlisted field read by a map reader must fit the map's value schema.
+#[test]
+fn map_values_are_compared() {
+    use std::collections::BTreeMap;
+    let ints = schema::<BTreeMap<String, i64>>();
+    let floats = schema::<BTreeMap<String, f64>>();
+    assert!(
+        verdicts(&ints, &floats).0,
+        "widening must not break backward"
+    );
+    assert!(!verdicts(&ints, &floats).1, "widening must break forward");
+    assert!(check_compatibility(&ints, &ints, Mode::Full).is_compatible());
+
+    let closed =
+        serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
+    let back = check_compatibility(&ints, &closed, Mode::Backward);
+    assert_eq!(
+        back.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::ForbiddenField],
+        "{back}"
+    );
+
+    let strukt = serde_json::json!({"type": "object", "properties": {"n": {"type": "string"}}, "required": ["n"]});
+    let back = check_compatibility(&strukt, &ints, Mode::Backward);
+    assert_eq!(back.issues.len(), 1, "{back}");
+    assert_eq!(back.issues[0].path, "/n");
+    assert_eq!(back.issues[0].kind, IssueKind::TypeChanged);
+}

@@ -107,14 +107,9 @@ fn a_required_field_made_optional_breaks_forward_only() {
     );
 }
 
-/// DEFECT. `BTreeMap<String, i64>` → `BTreeMap<String, String>` breaks both directions
-/// (serde cannot read either side's data with the other's type: the docs' "type changed
-/// breaks both"), but the map's value schema (`additionalProperties`) is never compared.
-///
-/// Expected: `(backward, forward) == (false, false)`. Observed: `(true, true)`.
-/// Suspected cause: src/compat.rs:374-404 `reads_object` looks at `additionalProperties`
-/// only when it is `false` (a closed object), never at its schema.
-#[ignore = "defect: a map's value type change (additionalProperties schema) is reported compatible"]
+/// Was a defect (fixed): `BTreeMap<String, i64>` → `BTreeMap<String, String>` breaks both
+/// directions (serde cannot read either side's data with the other's type: the docs' "type
+/// changed breaks both"); the map's value schema (`additionalProperties`) is now compared.
 #[test]
 fn a_map_value_type_change_breaks_both_directions() {
     assert_eq!(
