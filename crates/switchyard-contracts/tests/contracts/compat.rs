@@ -228,3 +228,36 @@ fn map_values_are_compared() {
     assert_eq!(back.issues[0].path, "/n");
     assert_eq!(back.issues[0].kind, IssueKind::TypeChanged);
 }
+
+/// Tuples are compared element by element and by length: a longer tuple breaks both ways
+/// (serde reads a tuple of exactly its length); draft-07 `items` arrays are tuples too.
+#[test]
+fn tuples_are_compared_element_by_element_and_by_length() {
+    let pair = schema::<(u32, String)>();
+    let triple = schema::<(u32, String, bool)>();
+    assert!(check_compatibility(&pair, &pair, Mode::Full).is_compatible());
+    let back = check_compatibility(&pair, &triple, Mode::Backward);
+    assert_eq!(
+        back.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::MissingRequiredField],
+        "{back}"
+    );
+    let fwd = check_compatibility(&pair, &triple, Mode::Forward);
+    assert_eq!(
+        fwd.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::ForbiddenField],
+        "{fwd}"
+    );
+
+    let old =
+        serde_json::json!({"type": "array", "items": [{"type": "integer"}, {"type": "string"}]});
+    let new =
+        serde_json::json!({"type": "array", "items": [{"type": "integer"}, {"type": "integer"}]});
+    let full = check_compatibility(&old, &new, Mode::Full);
+    assert_eq!(full.issues.len(), 2, "{full}");
+    assert!(
+        full.issues
+            .iter()
+            .all(|i| i.path == "/1" && i.kind == IssueKind::TypeChanged)
+    );
+}

@@ -136,12 +136,8 @@ fn number_narrowed_to_integer_breaks_backward_only() {
     );
 }
 
-/// DEFECT. A tuple element's type change (`(u32, String)` → `(u32, u32)`) breaks both
-/// directions, but tuples (`prefixItems`) are not compared.
-///
-/// Expected: `(false, false)`. Observed: `(true, true)`.
-/// Suspected cause: src/compat.rs:369 compares `items` only, not `prefixItems`.
-#[ignore = "defect: a tuple element type change (prefixItems) is reported compatible"]
+/// Was a defect (fixed): a tuple element's type change (`(u32, String)` → `(u32, u32)`)
+/// breaks both directions; tuples (`prefixItems`) are now compared element by element.
 #[test]
 fn a_tuple_element_type_change_breaks_both_directions() {
     assert_eq!(
