@@ -200,9 +200,11 @@ struct Compiled {
 ///
 /// Built from a [`Registry`]; every topic is `enforce` unless a pattern says otherwise (the
 /// first matching pattern of [`mode`](Self::mode) wins, then [`default_mode`](Self::default_mode)).
-/// A message with a `type_name` is checked against that type (when its version is the
-/// registered one or newer; older ones are left to the upcasters); one without (a foreign
-/// publisher's) against the types registered for its topic, valid when it matches any.
+/// A message whose `type_name` is a type registered on its topic is checked against that
+/// type (when its version is the registered one or newer; older ones are left to the
+/// upcasters); one without (a foreign publisher's), or naming a type that is not registered on
+/// its topic (unknown, or another topic's), against the types registered for its topic, valid
+/// when it matches any.
 pub struct Validator {
     compiled: Vec<Compiled>,
     modes: Vec<(Pattern, Enforcement)>,
@@ -306,28 +308,62 @@ impl Validator {
         if enforcement == Enforcement::Off {
             return Verdict::Unchecked;
         }
-        let candidates: Vec<&Compiled> = self
+        let on_topic: Vec<&Compiled> = self
             .compiled
             .iter()
             .filter(|c| c.topic == env.topic.as_str())
-            .filter(|c| env.type_name.as_deref().is_none_or(|n| n == c.type_name))
             .collect();
-        if candidates.is_empty() {
+        if on_topic.is_empty() {
             return Verdict::Unchecked;
         }
-        if env.type_name.is_some() && candidates.iter().all(|c| env.type_version < c.version) {
-            return Verdict::Unchecked;
-        }
+        // The type name is the publisher's claim. Only a type registered on this topic narrows
+        // the check; any other name (unknown, or another topic's type) is checked like a
+        // foreign message against every type of the topic, never let through unchecked.
+        let named: Vec<&Compiled> = match env.type_name.as_deref() {
+            Some(n) => on_topic
+                .iter()
+                .copied()
+                .filter(|c| c.type_name == n)
+                .collect(),
+            None => Vec::new(),
+        };
+        let (candidates, stray_name) = if named.is_empty() {
+            (on_topic, env.type_name.as_deref())
+        } else {
+            if named.iter().all(|c| env.type_version < c.version) {
+                return Verdict::Unchecked;
+            }
+            (named, None)
+        };
+        let stray = |issues: &mut Vec<ValidationIssue>| {
+            if let Some(n) = stray_name {
+                issues.insert(
+                    0,
+                    ValidationIssue {
+                        path: String::new(),
+                        reason: format!(
+                            "type `{n}` is not registered on topic `{}`; checked against the types that are",
+                            env.topic.as_str()
+                        ),
+                    },
+                );
+            }
+        };
         let payload: serde_json::Value = match serde_json::from_slice(&env.payload) {
             Ok(v) => v,
             Err(e) => {
+                let mut issues = vec![ValidationIssue {
+                    path: String::new(),
+                    reason: format!("not JSON: {e}"),
+                }];
+                stray(&mut issues);
                 return Verdict::Invalid {
                     enforcement,
-                    type_name: candidates[0].type_name.clone(),
-                    issues: vec![ValidationIssue {
-                        path: String::new(),
-                        reason: format!("not JSON: {e}"),
-                    }],
+                    type_name: candidates
+                        .first()
+                        .map(|c| c.type_name.clone())
+                        .unwrap_or_default(),
+                    issues,
                 };
             }
         };
@@ -348,7 +384,8 @@ impl Validator {
             }
             first_failure.get_or_insert((c.type_name.clone(), issues));
         }
-        let (type_name, issues) = first_failure.unwrap_or_default();
+        let (type_name, mut issues) = first_failure.unwrap_or_default();
+        stray(&mut issues);
         Verdict::Invalid {
             enforcement,
             type_name,

@@ -235,23 +235,38 @@ fn an_invalid_foreign_payload_is_refused() {
     assert!(!v.deliver(), "{v:?}");
 }
 
-/// DEFECT. docs/contracts.md: `Unchecked` only "when validation is off for the topic, no
-/// type is registered on it, or the message is an older version of its type"; enforce
-/// means "dead-letter, never deliver". A foreign publisher that sets a type name nobody
-/// registered (`Sy-Type-Name: Whatever` on NATS) on a topic that has a registered type
-/// skips validation entirely, and its invalid payload is delivered.
-///
-/// Expected: `Invalid` (not delivered).
-/// Observed: `Unchecked` (delivered).
-/// Suspected cause: src/validate.rs `check` (about line 309): candidates are filtered by
-/// the envelope's type name, and no candidate left is taken as "nothing registered".
-#[ignore = "defect: an unknown type_name on a registered, enforced topic bypasses validation (Unchecked)"]
+/// Was a defect (fixed). docs/contracts.md: `Unchecked` only "when validation is off for
+/// the topic, no type is registered on it, or the message is an older version of its type";
+/// enforce means "dead-letter, never deliver". A foreign publisher that sets a type name
+/// nobody registered (`Sy-Type-Name: Whatever` on NATS) on a topic that has a registered type
+/// skipped validation entirely; the payload is now checked against the topic's types.
 #[test]
 fn an_unknown_type_name_does_not_bypass_validation() {
     let mut env = foreign("sensors.reading", r#"{"celsius": "hot"}"#);
     env.type_name = Some("Whatever".into());
     let v = validator().check(&env);
     assert!(!v.deliver(), "an invalid payload would be delivered: {v:?}");
+    let Verdict::Invalid {
+        type_name, issues, ..
+    } = &v
+    else {
+        panic!("expected Invalid: {v:?}");
+    };
+    assert_eq!(type_name, "Reading");
+    assert!(
+        issues[0].reason.contains("`Whatever` is not registered"),
+        "{issues:?}"
+    );
+    assert!(issues.iter().any(|i| i.path == "/celsius"), "{issues:?}");
+
+    // A valid payload under an unknown name is delivered: it was checked, and it matches.
+    env.payload = r#"{"celsius": 21.5}"#.into();
+    assert_eq!(
+        validator().check(&env),
+        Verdict::Valid {
+            type_name: "Reading".into()
+        }
+    );
 }
 
 /// DEFECT. Same bypass with a registered type of another topic: a message on
