@@ -269,18 +269,32 @@ fn an_unknown_type_name_does_not_bypass_validation() {
     );
 }
 
-/// DEFECT. Same bypass with a registered type of another topic: a message on
-/// `sensors.reading` that names `Anything` (whose schema accepts `{}`) is not checked
-/// against `Reading`, the only type registered on its topic.
-///
-/// Expected: `Invalid` (not delivered). Observed: `Unchecked` (delivered).
-#[ignore = "defect: a type_name registered on another topic bypasses validation (Unchecked)"]
+/// Was a defect (fixed). Same bypass with a registered type of another topic: a message on
+/// `sensors.reading` that names `Anything` (whose schema accepts `{}`) was not checked
+/// against `Reading`, the only type registered on its topic; it is now, and never against
+/// `Anything`'s schema (which would accept it).
 #[test]
 fn a_type_name_of_another_topic_does_not_bypass_validation() {
     let mut env = foreign("sensors.reading", r#"{"celsius": "hot"}"#);
     env.type_name = Some("Anything".into());
     let v = validator().check(&env);
     assert!(!v.deliver(), "an invalid payload would be delivered: {v:?}");
+    let Verdict::Invalid {
+        type_name, issues, ..
+    } = &v
+    else {
+        panic!("expected Invalid: {v:?}");
+    };
+    assert_eq!(type_name, "Reading");
+    assert!(
+        issues[0]
+            .reason
+            .contains("`Anything` is not registered on topic `sensors.reading`"),
+        "{issues:?}"
+    );
+    // `{}` matches `Anything` but not `Reading`: the other topic's schema is not used.
+    env.payload = "{}".into();
+    assert!(!validator().check(&env).deliver());
 }
 
 /// A huge or deeply nested payload is one typed verdict, never a panic or a stack overflow.
