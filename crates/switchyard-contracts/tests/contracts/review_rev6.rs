@@ -389,17 +389,12 @@ fn bad_keys_are_refused() {
     ));
 }
 
-/// DEFECT. docs/contracts.md: on an encrypted topic "the embedded log's segment files and
-/// NATS JetStream streams hold ciphertext". `seal` skips any envelope that carries an
-/// `encryption-key` header, whatever its payload: a publisher (or a gateway client, whose
-/// headers are user input) that sets that header on a `payments.#` event gets its plaintext
-/// written to the transport as it is.
-///
-/// Expected: the payload is sealed (or `seal` refuses it with an error).
-/// Observed: `Ok(())` and the payload is still the plaintext.
-/// Suspected cause: src/encrypt.rs:302, `env.header(KEY_HEADER).is_some()` is taken as
-/// "already sealed" without checking the content type or the payload.
-#[ignore = "defect: a plaintext event carrying an encryption-key header is not sealed (stored in plaintext)"]
+/// Was a defect (fixed). docs/contracts.md: on an encrypted topic "the embedded log's segment
+/// files and NATS JetStream streams hold ciphertext". `seal` skipped any envelope that
+/// carried an `encryption-key` header, whatever its payload: a publisher (or a gateway client,
+/// whose headers are user input) that set that header on a `payments.#` event got its
+/// plaintext written to the transport as it is. `seal` now refuses it (`NotSealed`): only a
+/// payload that opens with the key it names is left as it is.
 #[test]
 fn a_spoofed_key_header_does_not_skip_encryption() {
     let enc = encryption();
@@ -410,6 +405,10 @@ fn a_spoofed_key_header_does_not_skip_encryption() {
         r.is_err() || env.payload.as_ref() != b"4111-1111-1111-1111",
         "sealed as {r:?}, payload still plaintext: {:?}",
         env.payload
+    );
+    assert!(
+        matches!(&r, Err(EncryptionError::NotSealed { id, .. }) if id == "k1"),
+        "{r:?}"
     );
 }
 
