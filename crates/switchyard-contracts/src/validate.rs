@@ -308,33 +308,28 @@ impl Validator {
         if enforcement == Enforcement::Off {
             return Verdict::Unchecked;
         }
-        let on_topic: Vec<&Compiled> = self
+        let mut candidates: Vec<&Compiled> = self
             .compiled
             .iter()
             .filter(|c| c.topic == env.topic.as_str())
             .collect();
-        if on_topic.is_empty() {
+        if candidates.is_empty() {
             return Verdict::Unchecked;
         }
         // The type name is the publisher's claim. Only a type registered on this topic narrows
         // the check; any other name (unknown, or another topic's type) is checked like a
         // foreign message against every type of the topic, never let through unchecked.
-        let named: Vec<&Compiled> = match env.type_name.as_deref() {
-            Some(n) => on_topic
-                .iter()
-                .copied()
-                .filter(|c| c.type_name == n)
-                .collect(),
-            None => Vec::new(),
-        };
-        let (candidates, stray_name) = if named.is_empty() {
-            (on_topic, env.type_name.as_deref())
-        } else {
-            if named.iter().all(|c| env.type_version < c.version) {
-                return Verdict::Unchecked;
+        let mut stray_name = None;
+        if let Some(n) = env.type_name.as_deref() {
+            if candidates.iter().any(|c| c.type_name == n) {
+                candidates.retain(|c| c.type_name == n);
+                if candidates.iter().all(|c| env.type_version < c.version) {
+                    return Verdict::Unchecked;
+                }
+            } else {
+                stray_name = Some(n);
             }
-            (named, None)
-        };
+        }
         let stray = |issues: &mut Vec<ValidationIssue>| {
             if let Some(n) = stray_name {
                 issues.insert(
