@@ -158,7 +158,7 @@ class _Registrar:
     ) -> Any:
         spec = spec_of(target) if not isinstance(target, str) else None
         if isinstance(target, str):
-            pattern = target
+            pattern = _topic_text(target)
         elif spec is not None:
             pattern = spec.topic
             if type is None:
@@ -293,6 +293,12 @@ def _native_options(o: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _topic_text(target: str) -> str:
+    """The plain text of a topic given as a str or a str subclass (a str enum's value, not its
+    ``Topics.X`` name)."""
+    return target if type(target) is str else str.__str__(target)
+
+
 def _message(target: Any, payload: Any) -> tuple[str, bytes, Optional[str], Optional[MessageSpec]]:
     """(topic, payload bytes, type name, spec) of a publish or send."""
     try:
@@ -304,7 +310,9 @@ def _message(target: Any, payload: Any) -> tuple[str, bytes, Optional[str], Opti
 
 
 def _message_unchecked(target: Any, payload: Any) -> tuple[str, bytes, Optional[str], Optional[MessageSpec]]:
-    if type(target) is str:
+    if isinstance(target, str):
+        # A str subclass (a `(str, Enum)` / `StrEnum` of topics) is a topic, as for on().
+        target = _topic_text(target)
         if payload is _NOTHING:
             return target, b"null", None, None
         if type(payload) is bytes:

@@ -18,7 +18,7 @@ import json
 import urllib.parse
 from typing import Any, Callable, Mapping, Optional
 
-from ._bus import _CURRENT, ShutdownReport, _CoroutineType, _message, _resume
+from ._bus import _CURRENT, ShutdownReport, _CoroutineType, _message, _resume, _topic_text
 from ._codec import _NOTHING, spec_of
 from ._gateway import (
     RemoteEnvelope,
@@ -271,7 +271,7 @@ class ConnectedBus:
 
     def _target(self, target: Any, kind: str) -> tuple[str, Any]:
         if isinstance(target, str):
-            return target, None
+            return _topic_text(target), None
         spec = spec_of(target)
         if spec is None:
             raise TypeError(f"{target!r} is neither a topic nor a message class (decorate it with @switchyard.event / @switchyard.command)")
