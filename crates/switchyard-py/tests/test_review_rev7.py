@@ -300,11 +300,28 @@ async def test_sync_and_async_handlers_raising_after_an_await_are_retried_then_d
     assert "ValueError: sync boom" in letters["sync-raiser"].error
 
 
-@pytest.mark.skip(reason="defect: a handler raising Retry(after=-1) (nan, inf, \"5\") or Reject(123) / Reject(None) is called again and again at attempt 1, never dead-lettered, and shutdown hangs")
+def _changed(e: BaseException, **fields) -> BaseException:
+    """`e` with fields set after it was made (past the checks of Retry / Reject)."""
+    for k, v in fields.items():
+        setattr(e, k, v)
+    return e
+
+
 @pytest.mark.parametrize(
     "make",
-    [lambda: switchyard.Retry(after=-1.0), lambda: switchyard.Retry(after="5"), lambda: switchyard.Reject(None)],
-    ids=["retry-negative", "retry-str", "reject-none"],
+    [
+        lambda: switchyard.Retry(after=-1.0),
+        lambda: switchyard.Retry(after=float("nan")),
+        lambda: switchyard.Retry(after=float("inf")),
+        lambda: switchyard.Retry(after="5"),
+        lambda: switchyard.Reject(None),
+        lambda: switchyard.Reject(123),
+        lambda: _changed(switchyard.Retry(), after=-1.0),
+        lambda: _changed(switchyard.Retry(), after="5"),
+        lambda: _changed(switchyard.Reject("x"), reason=None),
+    ],
+    ids=["retry-negative", "retry-nan", "retry-inf", "retry-str", "reject-none", "reject-int",
+         "retry-changed-negative", "retry-changed-str", "reject-changed-none"],
 )
 async def test_a_retry_with_an_invalid_delay_fails_the_message_instead_of_spinning(make):
     # Expected: `raise switchyard.Retry(after=-1.0)` from a handler (a computed backoff gone
@@ -337,6 +354,27 @@ async def test_a_retry_with_an_invalid_delay_fails_the_message_instead_of_spinni
     assert len(calls) <= 3, f"{len(calls)} calls, attempts {set(calls)}"
     [dl] = bus.dead_letters()
     assert dl.attempts <= 3
+    assert "Retry" in dl.error or "Reject" in dl.error, dl.error
+    await asyncio.wait_for(bus.shutdown(timeout=0.5), 5)
+
+
+@pytest.mark.parametrize("prefetch", [False, True], ids=["one", "prefetch"])
+async def test_an_invalid_retry_from_a_sync_handler_is_a_failed_attempt(prefetch):
+    # The sync path and the prefetch hand-over answer through other code than the async one.
+    bus = switchyard.Bus()
+    calls: list[int] = []
+    opts = {"prefetch": 4 if prefetch else 1}
+
+    @bus.on("retry.badsync", max_attempts=2, retry_delay=0.0, **opts)
+    def h(env):
+        calls.append(env.attempt)
+        raise _changed(switchyard.Retry(), after=float("nan"))
+
+    await bus.publish("retry.badsync", b"")
+    await bus.idle(timeout=5)
+    assert calls == [1, 2]
+    [dl] = bus.dead_letters()
+    assert dl.attempts == 2 and "invalid argument" in dl.error, dl.error
     await asyncio.wait_for(bus.shutdown(timeout=0.5), 5)
 
 

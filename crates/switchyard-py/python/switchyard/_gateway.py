@@ -220,7 +220,12 @@ def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> s
     if exc is None:
         return '{"op":"ack","delivery":' + delivery + "}"
     if isinstance(exc, Retry) and exc.after is not None:
-        return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(max(0, int(exc.after * 1000))) + "}"
+        try:
+            delay_ms = max(0, int(exc.after * 1000))
+        except (TypeError, ValueError, OverflowError):
+            delay_ms = None  # an `after` changed after Retry checked it: a plain nack
+        if delay_ms is not None:
+            return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(delay_ms) + "}"
     log.warning("switchyard handler failed (nacked, the node retries it):\n%s", _describe(exc))
     return '{"op":"nack","delivery":' + delivery + "}"
 
@@ -235,7 +240,7 @@ def _settle_command(call: str, result: Any, exc: Optional[BaseException]) -> str
         except Exception as e:
             exc = Permanent(f"the handler's result could not be encoded: {_describe(e)}")
     if isinstance(exc, Reject):
-        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _dumps(exc.reason) + "}"
+        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _dumps(str(exc.reason)) + "}"
     if isinstance(exc, Permanent):
         return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _dumps(_describe(exc)) + "}"
     return '{"op":"result","call":' + call + ',"ok":false,"error":' + _dumps(_describe(exc)) + "}"

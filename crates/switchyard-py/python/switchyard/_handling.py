@@ -66,10 +66,17 @@ def _settle(h: _Handler, reply: Any, result: Any) -> None:
 
 
 def _fail(reply: Any, e: BaseException) -> None:
-    if isinstance(e, Reject):
-        reply.reject(e.reason)
-    elif isinstance(e, Retry):
-        reply.retry(e.after)
+    if isinstance(e, (Reject, Retry)):
+        # Its fields may have been changed after it was made (Retry / Reject check them):
+        # an answer the bus refuses still settles the message, as a failed attempt (retried,
+        # then dead-lettered), never leaving it unanswered to be handed over again.
+        try:
+            if isinstance(e, Reject):
+                reply.reject(e.reason)
+            else:
+                reply.retry(e.after)
+        except (TypeError, ValueError, OverflowError) as bad:
+            reply.fail(f"the handler raised {type(e).__name__} with an invalid argument ({bad}):\n{_describe(e)}")
     elif isinstance(e, Permanent):
         reply.fail(_describe(e), True)
     elif isinstance(e, asyncio.CancelledError):

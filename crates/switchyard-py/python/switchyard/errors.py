@@ -8,6 +8,7 @@ attributes. A class that can come from several operations inherits from each, so
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 
@@ -159,15 +160,24 @@ class Reject(Exception):
     (reason ``rejected``) and a command's sender gets :class:`Rejected`."""
 
     def __init__(self, reason: str) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"Reject(reason) takes the reason as a str, not {type(reason).__name__}")
         super().__init__(reason)
         self.reason = reason
 
 
 class Retry(Exception):
     """Raise in a handler to have the message tried again, after ``after`` seconds or the
-    subscription's retry delay. Counts as an attempt."""
+    subscription's retry delay. Counts as an attempt. ``after`` must be a finite,
+    non-negative number of seconds (``Retry(after=-1)`` raises ValueError, a non-number
+    TypeError: the handler's attempt then fails like any other exception)."""
 
     def __init__(self, after: Optional[float] = None) -> None:
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, (int, float)):
+                raise TypeError(f"Retry(after) takes seconds as a number, not {type(after).__name__}")
+            if not math.isfinite(after) or after < 0:
+                raise ValueError(f"Retry(after) must be a finite, non-negative number of seconds, not {after!r}")
         super().__init__(f"retry requested (after {after}s)" if after is not None else "retry requested")
         self.after = after
 
