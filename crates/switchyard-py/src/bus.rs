@@ -111,6 +111,22 @@ pub struct NativeBus {
     next_sub: AtomicU64,
 }
 
+/// A header's value as its text: `str()` of it (a number is its digits), refusing `None`
+/// (an unset variable would become the text "None") and bytes (their repr, "b'x'").
+fn header_value(key: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    if value.is_none()
+        || value.is_instance_of::<pyo3::types::PyBytes>()
+        || value.is_instance_of::<pyo3::types::PyByteArray>()
+        || value.is_instance_of::<pyo3::types::PyMemoryView>()
+    {
+        let type_name = value.get_type().name()?.to_string();
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "header {key:?}: a value must be text (or a number), not {type_name}"
+        )));
+    }
+    Ok(value.str()?.to_cow()?.into_owned())
+}
+
 /// Builds the envelope of a publish or send.
 #[allow(clippy::too_many_arguments)]
 fn envelope(
@@ -137,8 +153,9 @@ fn envelope(
     }
     if let Some(h) = headers {
         for (k, v) in h.iter() {
-            env.headers_mut()
-                .insert(k.extract::<String>()?, v.str()?.to_cow()?.as_ref());
+            let k = k.extract::<String>()?;
+            let v = header_value(&k, &v)?;
+            env.headers_mut().insert(k, v.as_str());
         }
     }
     if let Some(s) = session {
@@ -534,7 +551,9 @@ impl NativeBus {
         let mut header_filters = Vec::new();
         if let Some(h) = headers {
             for (k, v) in h.iter() {
-                header_filters.push((k.extract::<String>()?, v.str()?.to_cow()?.into_owned()));
+                let k = k.extract::<String>()?;
+                let v = header_value(&k, &v)?;
+                header_filters.push((k, v));
             }
         }
         let options = SubOptions {
