@@ -692,7 +692,7 @@ async def test_pydantic_models_validate_and_invalid_payloads_are_dead_lettered(b
     assert "greater than 0" in dl.error
 
 
-@pytest.mark.skip(reason="defect: a pydantic model with field aliases does not round-trip: encoded by field name, decoded by alias")
+@pytest.mark.skipif(pydantic is None, reason="pydantic is installed by .ci/run")
 async def test_a_pydantic_model_with_aliases_round_trips_through_the_bus(bus):
     # Expected: a pydantic model (here with camelCase aliases, as for a Rust struct with
     # `#[serde(rename_all = "camelCase")]`) published by Python reaches a Python handler typed
@@ -708,10 +708,16 @@ async def test_a_pydantic_model_with_aliases_round_trips_through_the_bus(bus):
     async def on_account(a: Account):
         got.add(a)
 
+    raw = Collector()
+    bus.on("pyd.nested", lambda env: raw.add(env.payload))
+
     await bus.publish(Account(userId=7))
+    # Nested in a JSON payload, it is written by alias too.
+    await bus.publish("pyd.nested", {"account": Account(userId=8)})
     await bus.idle(timeout=5)
     assert bus.dead_letters() == []
     assert got.items == [Account(userId=7)]
+    assert raw.items == [b'{"account":{"userId":8}}']
 
 
 @pytest.mark.skip(reason="defect: a handler annotation that cannot be resolved (local class under `from __future__ import annotations`) silently decodes to a dict, bypassing validation")

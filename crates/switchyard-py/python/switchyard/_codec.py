@@ -91,7 +91,8 @@ def _default(o: Any) -> Any:
         return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
     dump = getattr(o, "model_dump", None)
     if dump is not None:
-        return dump(mode="json")
+        # By alias, as model_validate reads it (a nested model round-trips too).
+        return dump(mode="json", by_alias=True)
     if isinstance(o, enum.Enum):
         return o.value
     if isinstance(o, (datetime.datetime, datetime.date, datetime.time)):
@@ -115,7 +116,9 @@ def encode(value: Any) -> bytes:
         return bytes(value)
     dump_json = getattr(value, "model_dump_json", None)
     if dump_json is not None:
-        return dump_json().encode()
+        # By alias: the decoder (model_validate_json) reads aliases, as does a Rust peer
+        # whose struct has `#[serde(rename = ...)]` / `rename_all`.
+        return dump_json(by_alias=True).encode()
     return _dumps(value).encode()
 
 
