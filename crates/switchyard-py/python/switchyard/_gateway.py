@@ -8,11 +8,10 @@ import datetime
 import inspect
 import json
 import logging
-import typing
 from typing import Any, Callable, Mapping, Optional
 
 from . import _switchyard as _native
-from ._bus import _describe
+from ._bus import _annotation, _describe
 from ._codec import _is_pydantic, converter, decoder, encode
 from .errors import (
     DecodeFailed,
@@ -184,11 +183,7 @@ def _first_param_type(fn: Callable[..., Any], tp: Any) -> tuple[Any, int]:
         params, varargs = [], True
     arity = 2 if varargs else min(len(params), 2)
     if tp is None and params:
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:
-            hints = getattr(fn, "__annotations__", {}) or {}
-        tp = hints.get(params[0].name)
+        tp = _annotation(fn, params[0])
     return tp, arity
 
 
