@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use switchyard::{BusBuilder, Pattern};
-use switchyard_log::{Durability, LogConfig, LogTransport};
-use switchyard_nats::{NatsConfig, NatsTransport};
+use switchyard_log::{Durability, LogConfig, LogTransport, OpenError};
+use switchyard_nats::{ConnectError, NatsConfig, NatsTransport};
 
 use crate::errors;
 
@@ -81,7 +81,7 @@ impl NativeTransport {
         }
         let log = py
             .detach(|| LogTransport::open(config))
-            .map_err(|e| errors::raise(py, "TransportError", e.to_string(), &[]))?;
+            .map_err(|e| open_error(py, &e))?;
         Ok(Self {
             inner: Mutex::new(Some(Kind::Log(log))),
             name: "log",
@@ -129,9 +129,7 @@ impl NativeTransport {
                     inner: Mutex::new(Some(Kind::Nats(t))),
                     name: "nats",
                 }),
-                Err(e) => Err(Python::attach(|py| {
-                    errors::raise(py, "TransportError", e.to_string(), &[])
-                })),
+                Err(e) => Err(Python::attach(|py| connect_error(py, &e))),
             }
         })
     }
@@ -141,4 +139,32 @@ impl NativeTransport {
     fn name(&self) -> &'static str {
         self.name
     }
+}
+
+/// `TransportError` with the `kind` the docs list, for a log that did not open.
+fn open_error(py: Python<'_>, e: &OpenError) -> PyErr {
+    let kind = match e {
+        OpenError::InvalidConfig(_) => "rejected",
+        OpenError::Locked { .. } => "unavailable",
+        OpenError::Corrupt(_) => "corrupt",
+        _ => "io",
+    };
+    transport_error(py, e.to_string(), kind)
+}
+
+/// `TransportError` with its `kind`, for a NATS connection that was not made.
+fn connect_error(py: Python<'_>, e: &ConnectError) -> PyErr {
+    let kind = match e {
+        ConnectError::Stream { .. } | ConnectError::InvalidConfig(_) => "rejected",
+        _ => "unavailable",
+    };
+    transport_error(py, e.to_string(), kind)
+}
+
+fn transport_error(py: Python<'_>, message: String, kind: &'static str) -> PyErr {
+    let kind = match kind.into_pyobject(py) {
+        Ok(k) => k.into_any().unbind(),
+        Err(_) => py.None(),
+    };
+    errors::raise(py, "TransportError", message, &[("kind", kind)])
 }
