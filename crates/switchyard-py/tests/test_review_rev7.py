@@ -989,7 +989,6 @@ async def test_connected_bus_bad_input_is_refused_per_call_and_the_connection_su
         bus.on("rev7remote.y", lambda env: None)
 
 
-@pytest.mark.skip(reason="defect: a connected bus closed by the node (frame over ws.max_frame_bytes) fails calls with 'the connection to the node is closed', dropping the node's reason")
 async def test_a_publish_over_the_nodes_frame_limit_says_why_the_connection_closed(node):
     # Expected: the node closes a connection whose frame exceeds `ws.max_frame_bytes` (1 MiB
     # by default; docs/gateway.md: code 1009, "the reason naming the limit"); the caller's

@@ -177,10 +177,18 @@ class ConnectedBus:
         calls, self._calls = self._calls, {}
         for fut, _, _ in calls.values():
             if not fut.done():
-                fut.set_exception(_closed())
+                fut.set_exception(self._closed_error())
         for fut in self._pending:
             if not fut.done():
-                fut.set_exception(_closed())
+                fut.set_exception(self._closed_error())
+
+    def _closed_error(self) -> TransportError:
+        """A fresh ``TransportError(kind="closed")`` with the reason the connection closed
+        for (the node's close code and reason, e.g. 1009 for a frame over
+        ``ws.max_frame_bytes``), so every later call says why."""
+        if isinstance(self._closed, TransportError):
+            return TransportError(str(self._closed), kind="closed")
+        return _closed()
 
     def _on_answer(self, f: dict[str, Any]) -> None:
         entry = self._calls.pop(f.get("id"), None)  # type: ignore[arg-type]
@@ -201,12 +209,12 @@ class ConnectedBus:
         if self._stopping:
             raise ShuttingDown("the connected bus is shutting down (or shut down)")
         if self._closed is not None:
-            raise _closed()
+            raise self._closed_error()
 
     async def _call(self, head: dict[str, Any], tail: str = "", *, topic: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
         """Sends one op and waits for its answer (or its error op, raised typed)."""
         if self._closed is not None:
-            raise _closed()
+            raise self._closed_error()
         cid = next(self._ids)
         head["id"] = cid
         text = _dumps(head)
@@ -216,9 +224,10 @@ class ConnectedBus:
         self._calls[cid] = (fut, topic, timeout)
         try:
             await self._ws.send(text)
-        except ConnectionClosed:
+        except ConnectionClosed as e:
             self._calls.pop(cid, None)
-            raise _closed() from None
+            # The reader may not have seen the close yet: the send's error has the reason.
+            raise (self._closed_error() if self._closed is not None else _closed(f" ({e})")) from None
         try:
             return await fut
         finally:
