@@ -471,7 +471,6 @@ async def test_publishing_from_several_threads_through_the_bus_loop(bus):
     assert sorted(items) == sorted(f"{t}-{i}".encode() for t in range(n_threads) for i in range(per_thread))
 
 
-@pytest.mark.skip(reason="defect: a publish from another thread's event loop moves the bus's handlers to that loop; the serving loop stops handling")
 async def test_a_publish_from_a_thread_with_its_own_loop_leaves_handlers_on_the_first_loop(bus):
     # Expected (Bus docstring: "The loop the handlers run on is the one running when the bus
     # is first used"): handlers keep running on the loop that subscribed them, whatever thread
@@ -500,6 +499,24 @@ async def test_a_publish_from_a_thread_with_its_own_loop_leaves_handlers_on_the_
     await asyncio.to_thread(other_thread)
     items = await seen.wait(2, timeout=5)
     assert items == [main_thread, main_thread]
+    # Still served here afterwards, and the other thread can await results too.
+    await bus.publish("foreign.x", b"again")
+    assert await seen.wait(3) == [main_thread] * 3
+
+    @bus.handle("foreign.cmd")
+    def double(data: dict) -> dict:
+        return {"n": data["n"] * 2, "thread": threading.get_ident()}
+
+    async def in_thread() -> tuple:
+        reply = await bus.send("foreign.cmd", {"n": 4})
+        report = await bus.publish("foreign.x", b"waited", wait=True)
+        await bus.idle(timeout=5)
+        return reply, report.handled
+
+    reply, handled = await asyncio.to_thread(lambda: asyncio.run(in_thread()))
+    assert reply == {"n": 8, "thread": main_thread}
+    assert handled == 1
+    assert await seen.wait(4) == [main_thread] * 4
 
 
 async def test_a_bus_reused_by_a_second_asyncio_run_serves_its_handlers_there():

@@ -379,6 +379,22 @@ def _drain_ref(ref: "weakref.ReferenceType[Bus]") -> None:
         bus._drain()
 
 
+def _set_outcome(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def _resolve_threadsafe(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
+    """Resolves a future of another thread's loop from the bus's loop."""
+    try:
+        fut.get_loop().call_soon_threadsafe(_set_outcome, fut, ok, value)
+    except RuntimeError:
+        pass  # that loop closed: nobody awaits it any more
+
+
 def _remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     try:
         if not loop.is_closed():
@@ -393,7 +409,9 @@ class Bus(_Registrar):
     ``Bus()`` runs in memory. :meth:`open_log` runs it on the embedded durable log and
     :meth:`connect_nats` on NATS JetStream; in every case the handlers, messages and shutdown
     are the same. The loop the handlers run on is the one running when the bus is first used
-    (created, subscribed to, published on or awaited).
+    (created, subscribed to, published on or awaited); it moves to another loop only once
+    that loop no longer runs (a second ``asyncio.run``). A thread with its own running loop
+    may publish, send and await on the bus: its handlers stay on their loop.
     """
 
     def __init__(
@@ -428,6 +446,8 @@ class Bus(_Registrar):
         self._fd = self._native.fileno()
         self._handlers: dict[int, _Handler] = {}
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        #: Futures of calls made from another thread's running loop (not the bus's loop).
+        self._foreign: dict[int, asyncio.Future[Any]] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._finalizer: Optional[weakref.finalize] = None
@@ -512,6 +532,15 @@ class Bus(_Registrar):
         except RuntimeError:
             return
         if loop is not self._loop:
+            self._use(loop)
+
+    def _use(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called from ``loop`` (running), which is not the bus's loop: the bus moves there
+        only when its loop no longer serves it (closed or stopped: a second asyncio.run).
+        A call from another thread's loop while the first still runs leaves the handlers
+        where they are; that call's own futures are resolved on its loop (see _wait)."""
+        current = self._loop
+        if current is None or current.is_closed() or not current.is_running():
             self._bind(loop)
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -528,14 +557,21 @@ class Bus(_Registrar):
         loop = self._loop
         if loop is None:
             raise RuntimeError("the bus is not bound to an event loop")
-        fut = loop.create_future()
-        self._futures[token] = fut
+        running = _get_running_loop()
+        if running is loop:
+            fut = loop.create_future()
+            self._futures[token] = fut
+        else:
+            # A caller on another thread's loop: its result is handed over thread-safely.
+            fut = running.create_future()
+            self._foreign[token] = fut
         fut.add_done_callback(functools.partial(self._future_done, token))
         return fut
 
     def _future_done(self, token: int, fut: "asyncio.Future[Any]") -> None:
         if fut.cancelled():
             self._futures.pop(token, None)
+            self._foreign.pop(token, None)
             self._native.cancel(token)
 
     def _drain(self) -> None:
@@ -581,11 +617,16 @@ class Bus(_Registrar):
         for item in others:
             if item[0] == 1:
                 fut = self._futures.pop(item[1], None)
-                if fut is not None and not fut.done():
-                    if item[2]:
-                        fut.set_result(item[3])
-                    else:
-                        fut.set_exception(item[3])
+                if fut is not None:
+                    if not fut.done():
+                        if item[2]:
+                            fut.set_result(item[3])
+                        else:
+                            fut.set_exception(item[3])
+                elif self._foreign:
+                    foreign = self._foreign.pop(item[1], None)
+                    if foreign is not None:
+                        _resolve_threadsafe(foreign, item[2], item[3])
             else:
                 task = self._tasks.pop(item[1], None)
                 if task is not None:
@@ -709,7 +750,7 @@ class Bus(_Registrar):
         if type(target) is str and type(payload) is bytes and delay is None and not wait:
             # The common case, kept to one native call when the queues have room.
             if _get_running_loop() is not self._loop:
-                self._bind(_get_running_loop())
+                self._use(_get_running_loop())
             token = self._native.publish(target, payload, _CURRENT.get(), headers, priority, None, _session)
             if token is None:
                 return None
@@ -717,7 +758,7 @@ class Bus(_Registrar):
         topic, body, type_name, _ = _message(target, payload)
         loop = _get_running_loop()
         if loop is not self._loop:
-            self._bind(loop)
+            self._use(loop)
         if delay is None and not wait:
             token = self._native.publish(topic, body, _CURRENT.get(), headers, priority, type_name, _session)
             if token is None:
@@ -769,7 +810,7 @@ class Bus(_Registrar):
         topic, body, type_name, spec = _message(target, payload)
         loop = _get_running_loop()
         if loop is not self._loop:
-            self._bind(loop)
+            self._use(loop)
         pending, value = self._native.send(
             topic, body, parent=_CURRENT.get(), headers=headers, priority=priority,
             type_name=type_name, session=session, timeout=timeout,
@@ -875,7 +916,7 @@ class Session(_Registrar):
         bus = self._bus
         loop = _get_running_loop()
         if loop is not bus._loop:
-            bus._bind(loop)
+            bus._use(loop)
         pending, value = bus._native.session(self.id)
         self._native = (await bus._wait(value)) if pending else value
         return self
