@@ -30,6 +30,7 @@ use crate::transport::NativeTransport;
 mod options;
 mod prefetch;
 mod reply;
+pub(crate) use options::due_after;
 use options::{SubOptions, overflow, seconds};
 pub use prefetch::PyReplies;
 pub use reply::PyReply;
@@ -466,7 +467,7 @@ impl NativeBus {
         } else {
             let delay = seconds(delay.unwrap_or(0.0), "delay")?;
             ops::start(&self.inbox, async move {
-                let at = tokio::time::Instant::now() + delay;
+                let at = due_after(delay);
                 Done::Scheduled(bus.schedule_envelope(at, env).await)
             })
         };

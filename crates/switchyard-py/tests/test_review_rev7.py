@@ -216,7 +216,6 @@ async def test_shutdown_with_a_very_long_deadline_drains_and_reports():
     assert seen.items == [1]
 
 
-@pytest.mark.skip(reason="defect: publish(delay=sys.maxsize) raises a Rust PanicException instead of scheduling or a ValueError")
 async def test_a_delayed_publish_far_in_the_future_is_scheduled_and_reported_at_shutdown():
     # Expected: publish(..., delay=sys.maxsize) returns the scheduled message id (never due),
     # and shutdown reports it in `left` (as any not-yet-due delayed publish); or a ValueError
