@@ -51,8 +51,10 @@ fn _switchyard(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// Run in a forked child by `os.register_at_fork`: its next message id is a fresh draw
-/// (`switchyard::id::forget_run`).
+/// (`switchyard::id::forget_run`), and its buses run on a tokio runtime of its own (the
+/// parent's worker threads do not exist in the child).
 #[pyfunction]
 fn forget_id_run() {
     switchyard::id::forget_run();
+    ops::after_fork_in_child();
 }

@@ -8,7 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 
 use pyo3::prelude::*;
@@ -20,9 +21,60 @@ use switchyard::{
 use crate::errors;
 use crate::inbox::{Inbox, Item};
 
-/// The tokio runtime every bus of this process runs on (pyo3-async-runtimes' shared one).
+/// Set in a forked child (`after_fork_in_child`): the runtime built before the fork has no
+/// worker threads there (fork copies only the forking thread), so nothing spawned on it
+/// would ever run.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// The runtime of a forked child, built on its first use there (leaked: it lives as long
+/// as the process, as pyo3-async-runtimes' static one does).
+static CHILD_RUNTIME: Mutex<Option<&'static tokio::runtime::Runtime>> = Mutex::new(None);
+
+/// The tokio runtime every bus of this process runs on: pyo3-async-runtimes' shared one,
+/// or, in a process forked from one that used it, a runtime of the child's own.
 pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+    if !FORKED.load(Ordering::Acquire) {
+        return pyo3_async_runtimes::tokio::get_runtime();
+    }
+    child_runtime()
+}
+
+#[cold]
+fn child_runtime() -> &'static tokio::runtime::Runtime {
+    let mut slot = CHILD_RUNTIME.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(rt) = *slot {
+        return rt;
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("switchyard-tokio")
+        .build()
+    {
+        Ok(rt) => {
+            let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+            *slot = Some(rt);
+            rt
+        }
+        // No threads to be had: the inherited runtime is all there is (nothing better to
+        // hand back; the caller's operation then waits, as before this fallback existed).
+        Err(_) => pyo3_async_runtimes::tokio::get_runtime(),
+    }
+}
+
+/// Run in a forked child (the package's `os.register_at_fork` hook): the next
+/// [`runtime`] call builds a runtime with threads of this process. The parent's runtime
+/// (and a runtime this process inherited from a fork of a fork) is left alone, never
+/// dropped: its threads do not exist here, and dropping it would wait for them.
+pub(crate) fn after_fork_in_child() {
+    // Only the forking thread exists now; a lock another parent thread held at the fork
+    // would never be released, so try once and otherwise keep the slot (a runtime the
+    // parent built after its own fork: then a later fork of this child cannot recover it).
+    match CHILD_RUNTIME.try_lock() {
+        Ok(mut slot) => *slot = None,
+        Err(TryLockError::Poisoned(p)) => *p.into_inner() = None,
+        Err(TryLockError::WouldBlock) => {}
+    }
+    FORKED.store(true, Ordering::Release);
 }
 
 /// The result of an operation, converted to Python on the loop thread. Moved once per

@@ -843,7 +843,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.skip(reason="defect: a bus in a child forked after the parent used switchyard never runs its handlers (tokio runtime threads do not survive fork)")
 def test_a_forked_child_can_use_a_bus_of_its_own(tmp_path):
     # Expected: multiprocessing's default start method on Linux (fork) gives a child that can
     # make and use a bus of its own (the docs' fork section: "A process forked from one that
