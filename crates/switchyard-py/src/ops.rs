@@ -61,6 +61,11 @@ fn child_runtime() -> &'static tokio::runtime::Runtime {
     }
 }
 
+/// Whether this process was forked from one that had loaded the package.
+pub(crate) fn forked() -> bool {
+    FORKED.load(Ordering::Acquire)
+}
+
 /// Run in a forked child (the package's `os.register_at_fork` hook): the next
 /// [`runtime`] call builds a runtime with threads of this process. The parent's runtime
 /// (and a runtime this process inherited from a fork of a fork) is left alone, never

@@ -100,6 +100,18 @@ impl NativeTransport {
         ack_wait: Option<f64>,
         max_age: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        if crate::ops::forked() {
+            // pyo3-async-runtimes' bridge below runs on the parent's runtime, whose threads
+            // do not exist in a forked child: the connect would never complete.
+            return Err(transport_error(
+                py,
+                "connect_nats is not available in a process forked from one that used \
+                 switchyard (its runtime's threads do not survive the fork): start NATS \
+                 workers with multiprocessing's \"spawn\" method"
+                    .to_owned(),
+                "unsupported",
+            ));
+        }
         let mut config = NatsConfig::new(url);
         for (name, pats) in streams {
             config = config.with_stream(name, patterns(py, &pats)?);

@@ -862,6 +862,42 @@ def test_a_forked_child_can_use_a_bus_of_its_own(tmp_path):
     assert lines[1] == "({'tag': 'child', 'n': 2}, [b'x'])", (lines[1], out.stderr[-2000:])
 
 
+FORK_NATS_PROBE = r"""
+import asyncio, os, switchyard
+
+async def use():
+    bus = switchyard.Bus()
+    bus.on("x.y", lambda env: None)
+    await bus.publish("x.y", b"")
+    await bus.shutdown(timeout=1)
+
+async def connect():
+    try:
+        await asyncio.wait_for(switchyard.Bus.connect_nats("nats://127.0.0.1:1"), 10)
+    except switchyard.TransportError as e:
+        return f"{e.kind}: {e}"
+    except BaseException as e:
+        return f"{type(e).__name__}: {e}"
+
+asyncio.run(use())
+pid = os.fork()
+if pid == 0:
+    print(asyncio.run(connect()), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_connect_nats_in_a_forked_child_is_refused_at_once_not_a_hang(tmp_path):
+    # The child's own runtime covers buses; connect_nats still resolves through
+    # pyo3-async-runtimes' runtime (the parent's, without threads here): refused, named.
+    script = tmp_path / "fork_nats.py"
+    script.write_text(FORK_NATS_PROBE)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    line = out.stdout.strip()
+    assert line.startswith("unsupported: connect_nats is not available in a process forked"), (line, out.stderr[-2000:])
+
+
 EXIT_PROBE = r"""
 import asyncio, sys, threading, switchyard
 mode = sys.argv[1]
