@@ -176,9 +176,14 @@ impl Ctx {
     }
 
     /// What is left of [`deadline`](Self::deadline) now: zero once it has passed, `None`
-    /// without a deadline.
+    /// without a deadline. Read on tokio's clock, as the deadline was set: under a paused
+    /// clock (`testkit::VirtualClock`) it follows virtual time.
     pub fn remaining(&self) -> Option<std::time::Duration> {
-        self.envelope.delivery().remaining()
+        let now = crate::deadline::now_std();
+        self.envelope
+            .delivery()
+            .deadline
+            .map(|d| d.saturating_duration_since(now))
     }
 
     /// The bus.

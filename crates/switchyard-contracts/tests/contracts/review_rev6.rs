@@ -107,14 +107,9 @@ fn a_required_field_made_optional_breaks_forward_only() {
     );
 }
 
-/// DEFECT. `BTreeMap<String, i64>` → `BTreeMap<String, String>` breaks both directions
-/// (serde cannot read either side's data with the other's type: the docs' "type changed
-/// breaks both"), but the map's value schema (`additionalProperties`) is never compared.
-///
-/// Expected: `(backward, forward) == (false, false)`. Observed: `(true, true)`.
-/// Suspected cause: src/compat.rs:374-404 `reads_object` looks at `additionalProperties`
-/// only when it is `false` (a closed object), never at its schema.
-#[ignore = "defect: a map's value type change (additionalProperties schema) is reported compatible"]
+/// Was a defect (fixed): `BTreeMap<String, i64>` → `BTreeMap<String, String>` breaks both
+/// directions (serde cannot read either side's data with the other's type: the docs' "type
+/// changed breaks both"); the map's value schema (`additionalProperties`) is now compared.
 #[test]
 fn a_map_value_type_change_breaks_both_directions() {
     assert_eq!(
@@ -141,12 +136,8 @@ fn number_narrowed_to_integer_breaks_backward_only() {
     );
 }
 
-/// DEFECT. A tuple element's type change (`(u32, String)` → `(u32, u32)`) breaks both
-/// directions, but tuples (`prefixItems`) are not compared.
-///
-/// Expected: `(false, false)`. Observed: `(true, true)`.
-/// Suspected cause: src/compat.rs:369 compares `items` only, not `prefixItems`.
-#[ignore = "defect: a tuple element type change (prefixItems) is reported compatible"]
+/// Was a defect (fixed): a tuple element's type change (`(u32, String)` → `(u32, u32)`)
+/// breaks both directions; tuples (`prefixItems`) are now compared element by element.
 #[test]
 fn a_tuple_element_type_change_breaks_both_directions() {
     assert_eq!(
@@ -244,37 +235,66 @@ fn an_invalid_foreign_payload_is_refused() {
     assert!(!v.deliver(), "{v:?}");
 }
 
-/// DEFECT. docs/contracts.md: `Unchecked` only "when validation is off for the topic, no
-/// type is registered on it, or the message is an older version of its type"; enforce
-/// means "dead-letter, never deliver". A foreign publisher that sets a type name nobody
-/// registered (`Sy-Type-Name: Whatever` on NATS) on a topic that has a registered type
-/// skips validation entirely, and its invalid payload is delivered.
-///
-/// Expected: `Invalid` (not delivered).
-/// Observed: `Unchecked` (delivered).
-/// Suspected cause: src/validate.rs `check` (about line 309): candidates are filtered by
-/// the envelope's type name, and no candidate left is taken as "nothing registered".
-#[ignore = "defect: an unknown type_name on a registered, enforced topic bypasses validation (Unchecked)"]
+/// Was a defect (fixed). docs/contracts.md: `Unchecked` only "when validation is off for
+/// the topic, no type is registered on it, or the message is an older version of its type";
+/// enforce means "dead-letter, never deliver". A foreign publisher that sets a type name
+/// nobody registered (`Sy-Type-Name: Whatever` on NATS) on a topic that has a registered type
+/// skipped validation entirely; the payload is now checked against the topic's types.
 #[test]
 fn an_unknown_type_name_does_not_bypass_validation() {
     let mut env = foreign("sensors.reading", r#"{"celsius": "hot"}"#);
     env.type_name = Some("Whatever".into());
     let v = validator().check(&env);
     assert!(!v.deliver(), "an invalid payload would be delivered: {v:?}");
+    let Verdict::Invalid {
+        type_name, issues, ..
+    } = &v
+    else {
+        panic!("expected Invalid: {v:?}");
+    };
+    assert_eq!(type_name, "Reading");
+    assert!(
+        issues[0].reason.contains("`Whatever` is not registered"),
+        "{issues:?}"
+    );
+    assert!(issues.iter().any(|i| i.path == "/celsius"), "{issues:?}");
+
+    // A valid payload under an unknown name is delivered: it was checked, and it matches.
+    env.payload = r#"{"celsius": 21.5}"#.into();
+    assert_eq!(
+        validator().check(&env),
+        Verdict::Valid {
+            type_name: "Reading".into()
+        }
+    );
 }
 
-/// DEFECT. Same bypass with a registered type of another topic: a message on
-/// `sensors.reading` that names `Anything` (whose schema accepts `{}`) is not checked
-/// against `Reading`, the only type registered on its topic.
-///
-/// Expected: `Invalid` (not delivered). Observed: `Unchecked` (delivered).
-#[ignore = "defect: a type_name registered on another topic bypasses validation (Unchecked)"]
+/// Was a defect (fixed). Same bypass with a registered type of another topic: a message on
+/// `sensors.reading` that names `Anything` (whose schema accepts `{}`) was not checked
+/// against `Reading`, the only type registered on its topic; it is now, and never against
+/// `Anything`'s schema (which would accept it).
 #[test]
 fn a_type_name_of_another_topic_does_not_bypass_validation() {
     let mut env = foreign("sensors.reading", r#"{"celsius": "hot"}"#);
     env.type_name = Some("Anything".into());
     let v = validator().check(&env);
     assert!(!v.deliver(), "an invalid payload would be delivered: {v:?}");
+    let Verdict::Invalid {
+        type_name, issues, ..
+    } = &v
+    else {
+        panic!("expected Invalid: {v:?}");
+    };
+    assert_eq!(type_name, "Reading");
+    assert!(
+        issues[0]
+            .reason
+            .contains("`Anything` is not registered on topic `sensors.reading`"),
+        "{issues:?}"
+    );
+    // `{}` matches `Anything` but not `Reading`: the other topic's schema is not used.
+    env.payload = "{}".into();
+    assert!(!validator().check(&env).deliver());
 }
 
 /// A huge or deeply nested payload is one typed verdict, never a panic or a stack overflow.
@@ -369,17 +389,12 @@ fn bad_keys_are_refused() {
     ));
 }
 
-/// DEFECT. docs/contracts.md: on an encrypted topic "the embedded log's segment files and
-/// NATS JetStream streams hold ciphertext". `seal` skips any envelope that carries an
-/// `encryption-key` header, whatever its payload: a publisher (or a gateway client, whose
-/// headers are user input) that sets that header on a `payments.#` event gets its plaintext
-/// written to the transport as it is.
-///
-/// Expected: the payload is sealed (or `seal` refuses it with an error).
-/// Observed: `Ok(())` and the payload is still the plaintext.
-/// Suspected cause: src/encrypt.rs:302, `env.header(KEY_HEADER).is_some()` is taken as
-/// "already sealed" without checking the content type or the payload.
-#[ignore = "defect: a plaintext event carrying an encryption-key header is not sealed (stored in plaintext)"]
+/// Was a defect (fixed). docs/contracts.md: on an encrypted topic "the embedded log's segment
+/// files and NATS JetStream streams hold ciphertext". `seal` skipped any envelope that
+/// carried an `encryption-key` header, whatever its payload: a publisher (or a gateway client,
+/// whose headers are user input) that set that header on a `payments.#` event got its
+/// plaintext written to the transport as it is. `seal` now refuses it (`NotSealed`): only a
+/// payload that opens with the key it names is left as it is.
 #[test]
 fn a_spoofed_key_header_does_not_skip_encryption() {
     let enc = encryption();
@@ -390,6 +405,10 @@ fn a_spoofed_key_header_does_not_skip_encryption() {
         r.is_err() || env.payload.as_ref() != b"4111-1111-1111-1111",
         "sealed as {r:?}, payload still plaintext: {:?}",
         env.payload
+    );
+    assert!(
+        matches!(&r, Err(EncryptionError::NotSealed { id, .. }) if id == "k1"),
+        "{r:?}"
     );
 }
 

@@ -223,7 +223,6 @@ async fn a_nats_py_responder_without_headers_answers_a_typed_command() {
 /// type_name: "u64", source: Error("invalid type: null, expected u64", ...) }))`.
 /// Suspected cause: src/command.rs `decode_result` (line 389), the `"ok"` arm reads the body only when
 /// `Sy-Reply == "1"` (a header interop.md does not list).
-#[ignore = "defect: a reply with Sy-Status ok and a JSON body but no Sy-Reply: 1 loses its body"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_py_responder_with_documented_ok_headers_returns_its_body() {
     if shared_unavailable().is_some() || !nats_py_available() {
@@ -456,7 +455,6 @@ async fn a_reply_with_an_invalid_topic_header_is_a_typed_error() {
 /// after `respond` (a request to a subject nobody serves), all 200 rounds pass.
 /// Suspected cause: src/request.rs:119 `respond`, `self.inner.client.flush()` where command.rs
 /// uses `server_round_trip()`.
-#[ignore = "defect: respond() returns before the server has the subscription (flush only); a request from another connection right after gets NoResponders"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_is_reachable_from_another_connection_once_respond_returned() {
     if shared_unavailable().is_some() {

@@ -204,7 +204,6 @@ async fn a_request_that_expires_while_queued_times_out_and_is_still_settled() {
 /// cuts its work short on `remaining()` (as the docs suggest) never does in a virtual-time
 /// test, and one that waits `tokio::time::sleep(ctx.remaining())` waits past the deadline.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: ctx.remaining()/deadline() use the real clock, not the tokio clock the sender's timeout uses (paused clock: 99.9 ms left after Timeout)"]
 async fn a_request_expired_while_queued_shows_no_time_remaining_under_the_virtual_clock() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
