@@ -506,6 +506,18 @@ pub enum DeclarationError {
         /// The pattern.
         pattern: String,
     },
+    /// The domain cannot be one topic segment (empty, a wildcard, a dot, a character topics
+    /// do not allow): the component's implicit topics (`<domain>.status.update`,
+    /// `<domain>.error`, ...) would not be topics.
+    #[error("component `{component}`: domain {domain:?} is not one topic segment: {reason}")]
+    InvalidDomain {
+        /// The component.
+        component: String,
+        /// The domain.
+        domain: String,
+        /// Why.
+        reason: String,
+    },
     /// A declared subscription has no handler.
     #[error("component `{component}` declared {pattern:?} but registered no handler for it")]
     MissingHandler {
@@ -596,8 +608,30 @@ fn parse_all(component: &str, patterns: &[String]) -> Result<Vec<Pattern>, Decla
         .collect()
 }
 
+/// Checks that `domain` is one topic segment.
+fn check_domain(component: &str, domain: &str) -> Result<(), DeclarationError> {
+    let reason = if domain.contains('.') {
+        Some(
+            "it contains '.' (a domain is one segment; name the component's topics with it)"
+                .to_owned(),
+        )
+    } else {
+        // A wildcard or a character topics refuse fails here, and so does "".
+        Topic::new(domain).err().map(|e| e.kind.reason().to_owned())
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(DeclarationError::InvalidDomain {
+            component: component.to_owned(),
+            domain: domain.to_owned(),
+            reason,
+        }),
+    }
+}
+
 /// The declarations of one component as a validated spec (implicit publishes added).
 pub fn spec_of(c: &dyn Component) -> Result<ComponentSpec, DeclarationError> {
+    check_domain(c.name(), c.domain())?;
     let mut spec = ComponentSpec::new(c.name(), c.role(), c.domain());
     spec.subscribes = parse_all(c.name(), &c.subscribes())?;
     spec.publishes = parse_all(c.name(), &c.publishes())?;

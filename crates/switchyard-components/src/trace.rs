@@ -74,6 +74,23 @@ pub struct Trace {
     pub span_ms: f64,
 }
 
+/// Adds `id` and everything below it in `children` to `reached`.
+fn reach(
+    id: &MessageId,
+    children: &HashMap<MessageId, Vec<&Envelope>>,
+    reached: &mut HashSet<MessageId>,
+) {
+    let mut stack = vec![id.clone()];
+    while let Some(id) = stack.pop() {
+        if !reached.insert(id.clone()) {
+            continue;
+        }
+        if let Some(kids) = children.get(&id) {
+            stack.extend(kids.iter().map(|k| k.id.clone()));
+        }
+    }
+}
+
 fn ms_between(a: SystemTime, b: SystemTime) -> f64 {
     match b.duration_since(a) {
         Ok(d) => d.as_secs_f64() * 1000.0,
@@ -101,6 +118,26 @@ impl Trace {
                 _ => roots.push(*e),
             }
         }
+        // Causation ids come from outside (NATS headers, the gateway): messages naming each
+        // other as cause form a cycle no root reaches. The earliest of each such group becomes
+        // a root (its link to its cause is cut), so every message stays in the trace.
+        let mut reached: HashSet<MessageId> = HashSet::new();
+        for r in &roots {
+            reach(&r.id, &children, &mut reached);
+        }
+        let mut cut = Vec::new();
+        for e in &mine {
+            if reached.contains(&e.id) {
+                continue;
+            }
+            if let Some(kids) = e.causation_id().and_then(|p| children.get_mut(p)) {
+                kids.retain(|c| c.id != e.id);
+            }
+            reach(&e.id, &children, &mut reached);
+            cut.push(*e);
+        }
+        roots.extend(cut);
+        roots.sort_by_key(|e| (e.timestamp, e.id.clone()));
         let first = mine.first().map(|e| e.timestamp);
         let last = mine.last().map(|e| e.timestamp);
         let span_ms = match (first, last) {

@@ -9,7 +9,10 @@
 //! field with a default, or an `Option`, is not required); every type W may write must be one
 //! R accepts (`integer` widens to `number`); every enum value or variant W may write must be
 //! one R knows; a closed object in R (`additionalProperties: false`) must not receive fields it
-//! does not list. Unknown extra fields are otherwise ignored, as serde does.
+//! does not list, and a map's values (an `additionalProperties` schema) must be read by R's
+//! value schema; list items are read by R's item schema, tuple elements position by position,
+//! and W's tuples must have a length R accepts. Unknown extra fields are otherwise ignored, as
+//! serde does.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -79,7 +82,7 @@ pub struct Issue {
     /// The direction that breaks: `backward` (new reads old) or `forward` (old reads new).
     pub direction: Mode,
     /// Where, as a JSON-pointer-like path into the payload (`/customer/address/zip`; `*`
-    /// for array items).
+    /// for array items and map values, the index for tuple elements).
     pub path: String,
     /// What kind of break.
     pub kind: IssueKind,
@@ -148,6 +151,7 @@ pub fn check_compatibility(old: &Value, new: &Value, mode: Mode) -> Compatibilit
             writer: "old",
             direction: Mode::Backward,
             out: &mut issues,
+            active: Vec::new(),
         };
         c.reads(new, old, "", 0);
     }
@@ -159,13 +163,15 @@ pub fn check_compatibility(old: &Value, new: &Value, mode: Mode) -> Compatibilit
             writer: "new",
             direction: Mode::Forward,
             out: &mut issues,
+            active: Vec::new(),
         };
         c.reads(old, new, "", 0);
     }
     Compatibility { mode, issues }
 }
 
-/// Deeper than this, recursive schemas are assumed compatible.
+/// Deeper than this, schemas are assumed compatible (a backstop: recursive `$ref`s are cut
+/// where they loop, see `Checker::active`).
 const MAX_DEPTH: usize = 64;
 
 struct Checker<'a> {
@@ -175,6 +181,10 @@ struct Checker<'a> {
     writer: &'static str,
     direction: Mode,
     out: &'a mut Vec<Issue>,
+    /// The (reader, writer) schema pairs being compared on the current path, by address: a
+    /// pair met again inside itself is a recursive type looping (`Node { children: Vec<Node> }`)
+    /// and adds nothing new, so it is not followed again.
+    active: Vec<(usize, usize)>,
 }
 
 fn resolve<'a>(root: &'a Value, mut s: &'a Value) -> &'a Value {
@@ -251,6 +261,53 @@ fn variants(s: &Value) -> Option<&Vec<Value>> {
         .and_then(Value::as_array)
 }
 
+/// The schema of the entries a map writes under keys it does not list (`additionalProperties`
+/// given as a schema, or `true`: any value). `None` when the schema lists its fields only:
+/// absent `additionalProperties` is serde's open struct, which writes no other keys.
+fn map_values(s: &Value) -> Option<&Value> {
+    s.get("additionalProperties")
+        .filter(|a| **a != Value::Bool(false))
+}
+
+/// The number of positional elements of a tuple schema (`prefixItems`, or draft-07 `items`
+/// as an array); 0 for a list or a non-array.
+fn tuple_len(s: &Value) -> usize {
+    s.get("prefixItems")
+        .or_else(|| s.get("items").filter(|i| i.is_array()))
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
+}
+
+/// The schema of element `i` of an array: its positional schema, else the schema of the
+/// elements after the positional ones (`items` in 2020-12, `additionalItems` in draft-07).
+/// `None` when any value is accepted there (nothing to compare).
+fn element(s: &Value, i: usize) -> Option<&Value> {
+    if let Some(p) = s.get("prefixItems").and_then(Value::as_array) {
+        return p.get(i).or_else(|| s.get("items"));
+    }
+    if let Some(p) = s.get("items").and_then(Value::as_array) {
+        return p.get(i).or_else(|| s.get("additionalItems"));
+    }
+    s.get("items")
+}
+
+fn min_items(s: &Value) -> u64 {
+    s.get("minItems").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The most elements a tuple of `n` positional elements holds: `maxItems`, or `n` when no
+/// element may follow them (`items: false` / `additionalItems: false`); `None` if unbounded.
+fn max_items(s: &Value, n: usize) -> Option<u64> {
+    let closed = element(s, n) == Some(&Value::Bool(false));
+    let n = u64::try_from(n).unwrap_or(u64::MAX);
+    match (s.get("maxItems").and_then(Value::as_u64), closed) {
+        (Some(m), true) => Some(m.min(n)),
+        (Some(m), false) => Some(m),
+        (None, true) => Some(n),
+        (None, false) => None,
+    }
+}
+
 fn props(s: &Value) -> Option<&serde_json::Map<String, Value>> {
     s.get("properties").and_then(Value::as_object)
 }
@@ -310,6 +367,20 @@ impl Checker<'_> {
         if accepts_anything(r) || w == &Value::Bool(false) {
             return;
         }
+        let pair = (
+            std::ptr::from_ref(r) as usize,
+            std::ptr::from_ref(w) as usize,
+        );
+        if self.active.contains(&pair) {
+            return;
+        }
+        self.active.push(pair);
+        self.reads_resolved(r, w, path, depth);
+        self.active.pop();
+    }
+
+    /// [`Self::reads`] once `$ref`s are resolved and the pair is not a loop.
+    fn reads_resolved(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
         if variants(r).is_some() || variants(w).is_some() {
             return self.reads_variants(r, w, path, depth);
         }
@@ -366,8 +437,49 @@ impl Checker<'_> {
             }
         }
         self.reads_object(r, w, path, depth);
-        if let (Some(ri), Some(wi)) = (r.get("items"), w.get("items")) {
-            self.reads(ri, wi, &format!("{path}/*"), depth + 1);
+        self.reads_array(r, w, path, depth);
+    }
+
+    /// Arrays: lists (`items`) item by item, tuples (`prefixItems`, or draft-07 `items` as an
+    /// array) element by element, each position read with the schema the reader has for it.
+    fn reads_array(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
+        let (rn, wn) = (tuple_len(r), tuple_len(w));
+        if rn == 0 && wn == 0 {
+            if let (Some(ri), Some(wi)) = (r.get("items"), w.get("items")) {
+                self.reads(ri, wi, &format!("{path}/*"), depth + 1);
+            }
+            return;
+        }
+        let (reader, writer) = (self.reader, self.writer);
+        for i in 0..rn.max(wn) {
+            let (Some(re), Some(we)) = (element(r, i), element(w, i)) else {
+                continue;
+            };
+            // `false`: no element there; lengths are compared below.
+            if *re != Value::Bool(false) && *we != Value::Bool(false) {
+                self.reads(re, we, &format!("{path}/{i}"), depth + 1);
+            }
+        }
+        let (rmin, wmin) = (min_items(r), min_items(w));
+        if wmin < rmin {
+            self.issue(
+                path,
+                IssueKind::MissingRequiredField,
+                format!("the {reader} schema requires at least {rmin} elements, the {writer} schema may write {wmin}"),
+            );
+        }
+        if let Some(rmax) = max_items(r, rn) {
+            let too_long = match max_items(w, wn) {
+                Some(wmax) => (wmax > rmax).then(|| wmax.to_string()),
+                None => Some("any number of".to_owned()),
+            };
+            if let Some(wmax) = too_long {
+                self.issue(
+                    path,
+                    IssueKind::ForbiddenField,
+                    format!("the {reader} schema accepts at most {rmax} elements, the {writer} schema may write {wmax}"),
+                );
+            }
         }
     }
 
@@ -401,13 +513,41 @@ impl Checker<'_> {
                 self.reads(rs, ws, &format!("{path}/{f}"), depth + 1);
             }
         }
-        if r.get("additionalProperties") == Some(&Value::Bool(false)) {
-            for f in wp.keys().filter(|f| !rp.contains_key(*f)) {
-                self.issue(
-                    &format!("{path}/{f}"),
-                    IssueKind::ForbiddenField,
-                    format!("the {writer} schema writes field `{f}`, which the {reader} schema's closed object does not allow"),
-                );
+        // A map (or a struct with a schema for its extra fields): what the writer writes
+        // under keys the reader does not list is read with the reader's
+        // `additionalProperties` schema; `false` (a closed object) forbids such keys.
+        let w_extra = map_values(w);
+        match r.get("additionalProperties") {
+            Some(Value::Bool(false)) => {
+                for f in wp.keys().filter(|f| !rp.contains_key(*f)) {
+                    self.issue(
+                        &format!("{path}/{f}"),
+                        IssueKind::ForbiddenField,
+                        format!("the {writer} schema writes field `{f}`, which the {reader} schema's closed object does not allow"),
+                    );
+                }
+                if w_extra.is_some() {
+                    self.issue(
+                        &format!("{path}/*"),
+                        IssueKind::ForbiddenField,
+                        format!("the {writer} schema writes entries under any key, which the {reader} schema's closed object does not allow"),
+                    );
+                }
+            }
+            Some(ra) => {
+                for (f, ws) in wp.iter().filter(|(f, _)| !rp.contains_key(*f)) {
+                    self.reads(ra, ws, &format!("{path}/{f}"), depth + 1);
+                }
+                if let Some(wa) = w_extra {
+                    self.reads(ra, wa, &format!("{path}/*"), depth + 1);
+                }
+            }
+            None => {}
+        }
+        // A map writer may write any key, including the ones the reader lists as fields.
+        if let Some(wa) = w_extra {
+            for (f, rs) in rp.iter().filter(|(f, _)| !wp.contains_key(*f)) {
+                self.reads(rs, wa, &format!("{path}/{f}"), depth + 1);
             }
         }
     }
@@ -469,6 +609,7 @@ impl Checker<'_> {
             writer: self.writer,
             direction: self.direction,
             out: into,
+            active: self.active.clone(),
         };
         sub.reads(r, w, path, depth + 1);
     }

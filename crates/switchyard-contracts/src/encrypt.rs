@@ -118,6 +118,20 @@ pub enum EncryptionError {
     /// random source failed.
     #[error("cannot encrypt: {0}")]
     Seal(String),
+    /// A message to seal carries a key id ([`KEY_HEADER`]) but its payload is not sealed with
+    /// that key for its topic (a publisher-set header, or a sealed payload that does not
+    /// open here): it is refused rather than stored as it is.
+    #[error(
+        "refused: the message on {topic} carries key id {id:?} but its payload is not sealed with it ({reason})"
+    )]
+    NotSealed {
+        /// Its topic.
+        topic: String,
+        /// The key id it carries.
+        id: String,
+        /// Why it does not open (the error [`open`](Encryption::open) would give).
+        reason: Box<EncryptionError>,
+    },
 }
 
 /// Keys by id, one of them active: the active key encrypts, every key decrypts what was
@@ -233,7 +247,9 @@ impl Keyring {
 ///   with a fresh random 192-bit nonce; the key id goes in [`KEY_HEADER`], the content type
 ///   in [`CONTENT_TYPE_HEADER`]. The topic and key id are authenticated with it (a sealed
 ///   payload moved to another topic does not open). A payload that already carries a key id
-///   (a dead letter replayed as it was) is left as it is.
+///   (a dead letter replayed as it was) is left as it is when it opens with that key;
+///   otherwise (a publisher-set header on plaintext, an unknown key, an altered payload) it
+///   is refused ([`EncryptionError::NotSealed`]), never passed to the transport unsealed.
 /// - Opening ([`open`](Self::open), on the way back): a payload with a key id is decrypted
 ///   with that key, whatever its topic, and the two headers are removed; a missing key or a
 ///   failed authentication is an error, and the bus dead-letters the message as it arrived.
@@ -298,9 +314,24 @@ impl Encryption {
     }
 
     /// Encrypts the payload in place when its topic is encrypted (see the type's docs).
+    ///
+    /// A message that already carries a key id is left as it is only when its payload really
+    /// is sealed with that key for its topic (it authenticates, as [`open`](Self::open) checks);
+    /// otherwise it is refused with [`EncryptionError::NotSealed`], never stored as it is: the
+    /// header is one a publisher can set.
     pub fn seal(&self, env: &mut Envelope) -> Result<(), EncryptionError> {
-        if env.header(KEY_HEADER).is_some() || self.pattern_for(&env.topic).is_none() {
+        if self.pattern_for(&env.topic).is_none() {
             return Ok(());
+        }
+        if let Some(id) = env.header(KEY_HEADER) {
+            return match self.decrypt(env, id) {
+                Ok(_) => Ok(()),
+                Err(reason) => Err(EncryptionError::NotSealed {
+                    topic: env.topic.to_string(),
+                    id: id.to_owned(),
+                    reason: Box::new(reason),
+                }),
+            };
         }
         let (id, cipher) = self
             .keyring
@@ -338,6 +369,17 @@ impl Encryption {
                 _ => Ok(()),
             };
         };
+        let plain = self.decrypt(env, id)?;
+        env.payload = Bytes::from(plain);
+        env.headers_mut().remove(KEY_HEADER);
+        if let Some(content_type) = env.headers_mut().remove(CONTENT_TYPE_HEADER) {
+            env.set_content_type(content_type);
+        }
+        Ok(())
+    }
+
+    /// The plaintext of `env`'s payload sealed with key `id`, if it authenticates.
+    fn decrypt(&self, env: &Envelope, id: &str) -> Result<Vec<u8>, EncryptionError> {
         let (id, cipher) = self.keyring.find(id)?;
         let len = env.payload.len();
         if len < NONCE_BYTES + TAG_BYTES {
@@ -360,12 +402,7 @@ impl Encryption {
                 &tag,
             )
             .map_err(|_| EncryptionError::Decrypt { id: id.clone() })?;
-        env.payload = Bytes::from(plain);
-        env.headers_mut().remove(KEY_HEADER);
-        if let Some(content_type) = env.headers_mut().remove(CONTENT_TYPE_HEADER) {
-            env.set_content_type(content_type);
-        }
-        Ok(())
+        Ok(plain)
     }
 }
 

@@ -200,9 +200,11 @@ struct Compiled {
 ///
 /// Built from a [`Registry`]; every topic is `enforce` unless a pattern says otherwise (the
 /// first matching pattern of [`mode`](Self::mode) wins, then [`default_mode`](Self::default_mode)).
-/// A message with a `type_name` is checked against that type (when its version is the
-/// registered one or newer; older ones are left to the upcasters); one without (a foreign
-/// publisher's) against the types registered for its topic, valid when it matches any.
+/// A message whose `type_name` is a type registered on its topic is checked against that
+/// type (when its version is the registered one or newer; older ones are left to the
+/// upcasters); one without (a foreign publisher's), or naming a type that is not registered on
+/// its topic (unknown, or another topic's), against the types registered for its topic, valid
+/// when it matches any.
 pub struct Validator {
     compiled: Vec<Compiled>,
     modes: Vec<(Pattern, Enforcement)>,
@@ -306,28 +308,57 @@ impl Validator {
         if enforcement == Enforcement::Off {
             return Verdict::Unchecked;
         }
-        let candidates: Vec<&Compiled> = self
+        let mut candidates: Vec<&Compiled> = self
             .compiled
             .iter()
             .filter(|c| c.topic == env.topic.as_str())
-            .filter(|c| env.type_name.as_deref().is_none_or(|n| n == c.type_name))
             .collect();
         if candidates.is_empty() {
             return Verdict::Unchecked;
         }
-        if env.type_name.is_some() && candidates.iter().all(|c| env.type_version < c.version) {
-            return Verdict::Unchecked;
+        // The type name is the publisher's claim. Only a type registered on this topic narrows
+        // the check; any other name (unknown, or another topic's type) is checked like a
+        // foreign message against every type of the topic, never let through unchecked.
+        let mut stray_name = None;
+        if let Some(n) = env.type_name.as_deref() {
+            if candidates.iter().any(|c| c.type_name == n) {
+                candidates.retain(|c| c.type_name == n);
+                if candidates.iter().all(|c| env.type_version < c.version) {
+                    return Verdict::Unchecked;
+                }
+            } else {
+                stray_name = Some(n);
+            }
         }
+        let stray = |issues: &mut Vec<ValidationIssue>| {
+            if let Some(n) = stray_name {
+                issues.insert(
+                    0,
+                    ValidationIssue {
+                        path: String::new(),
+                        reason: format!(
+                            "type `{n}` is not registered on topic `{}`; checked against the types that are",
+                            env.topic.as_str()
+                        ),
+                    },
+                );
+            }
+        };
         let payload: serde_json::Value = match serde_json::from_slice(&env.payload) {
             Ok(v) => v,
             Err(e) => {
+                let mut issues = vec![ValidationIssue {
+                    path: String::new(),
+                    reason: format!("not JSON: {e}"),
+                }];
+                stray(&mut issues);
                 return Verdict::Invalid {
                     enforcement,
-                    type_name: candidates[0].type_name.clone(),
-                    issues: vec![ValidationIssue {
-                        path: String::new(),
-                        reason: format!("not JSON: {e}"),
-                    }],
+                    type_name: candidates
+                        .first()
+                        .map(|c| c.type_name.clone())
+                        .unwrap_or_default(),
+                    issues,
                 };
             }
         };
@@ -348,7 +379,8 @@ impl Validator {
             }
             first_failure.get_or_insert((c.type_name.clone(), issues));
         }
-        let (type_name, issues) = first_failure.unwrap_or_default();
+        let (type_name, mut issues) = first_failure.unwrap_or_default();
+        stray(&mut issues);
         Verdict::Invalid {
             enforcement,
             type_name,

@@ -178,7 +178,9 @@ pub struct DeliveryInfo {
 
 impl DeliveryInfo {
     /// What is left of [`deadline`](Self::deadline) now (zero once it has passed), or
-    /// `None` without one.
+    /// `None` without one, on the system's monotonic clock. A handler should prefer
+    /// `switchyard::Ctx::remaining`, which reads tokio's clock as the bus does when it sets
+    /// the deadline, so it follows a paused (virtual) clock in tests.
     pub fn remaining(&self) -> Option<std::time::Duration> {
         self.deadline
             .map(|d| d.saturating_duration_since(Instant::now()))

@@ -386,8 +386,13 @@ pub(crate) fn decode_result(
     let error = get(ERROR).unwrap_or_default().to_owned();
     Err(match status {
         "ok" => {
-            let reply = (get(HAS_REPLY) == Some("1"))
-                .then(|| codec::decode(reply_topic(), headers, payload));
+            // switchyard marks a reply with `Sy-Reply: 1` (so an empty reply differs from
+            // none); another responder sends `Sy-Status: ok` and its result as the body.
+            let has_reply = match get(HAS_REPLY) {
+                Some(flag) => flag == "1",
+                None => !payload.is_empty(),
+            };
+            let reply = has_reply.then(|| codec::decode(reply_topic(), headers, payload));
             return Ok(CommandResult {
                 reply,
                 handler: text(HANDLER).into(),

@@ -115,10 +115,9 @@ impl NatsTransport {
             })?;
             subs.push(sub);
         }
-        // Make sure the server has the interest before the caller sends requests.
-        self.inner.client.flush().await.map_err(|e| {
-            TransportError::with_source(TransportErrorKind::Unavailable, "cannot flush", e)
-        })?;
+        // The server has the interest before the caller sends requests: a flush only writes
+        // the socket, so a request from another connection could still get no responders.
+        self.server_round_trip().await?;
         let client = self.inner.client.clone();
         let pattern = pattern.clone();
         let strip = format!("{prefix}.");

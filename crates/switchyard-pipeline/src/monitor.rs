@@ -118,7 +118,10 @@ impl Monitor {
                 })
             })
             .clone();
-        OpRecorder { cell }
+        OpRecorder {
+            cell,
+            monitor: self.inner.clone(),
+        }
     }
 
     /// A source handed one message to the pipeline (a run started).
@@ -218,6 +221,8 @@ impl Monitor {
 #[derive(Clone)]
 pub struct OpRecorder {
     cell: Arc<OpCell>,
+    /// The monitor, whose waiters ([`Monitor::wait_until`]) each record wakes.
+    monitor: Arc<Inner>,
 }
 
 impl fmt::Debug for OpRecorder {
@@ -238,6 +243,8 @@ impl OpRecorder {
             s.recent.pop_front();
         }
         s.recent.push_back(n);
+        drop(s);
+        self.monitor.changed.notify_waiters();
     }
 
     /// One failed call, counted under `error_type`. Failed calls do not enter the duration window.
@@ -250,6 +257,8 @@ impl OpRecorder {
                 s.error_types.insert(SmolStr::new(error_type), 1);
             }
         }
+        drop(s);
+        self.monitor.changed.notify_waiters();
     }
 }
 

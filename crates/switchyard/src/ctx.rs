@@ -176,9 +176,14 @@ impl Ctx {
     }
 
     /// What is left of [`deadline`](Self::deadline) now: zero once it has passed, `None`
-    /// without a deadline.
+    /// without a deadline. Read on tokio's clock, as the deadline was set: under a paused
+    /// clock (`testkit::VirtualClock`) it follows virtual time.
     pub fn remaining(&self) -> Option<std::time::Duration> {
-        self.envelope.delivery().remaining()
+        let now = clock_now();
+        self.envelope
+            .delivery()
+            .deadline
+            .map(|d| d.saturating_duration_since(now))
     }
 
     /// The bus.
@@ -463,4 +468,11 @@ where
                 .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
         )
     }))
+}
+
+/// Now on tokio's clock, as a `std` instant: the same as `std::time::Instant::now()` unless
+/// the runtime's clock is paused, then virtual time. Deadlines the bus sets (`bus.request`)
+/// and [`Ctx::remaining`] use it, so a test on the virtual clock sees them move with it.
+pub(crate) fn clock_now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

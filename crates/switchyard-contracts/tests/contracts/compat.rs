@@ -197,3 +197,67 @@ fn identical_and_widening_changes_are_compatible() {
     assert_eq!("FULL".parse::<Mode>().unwrap(), Mode::Full);
     assert!("sideways".parse::<Mode>().is_err());
 }
+
+/// Map values (`additionalProperties` schemas) are compared like any other type: widened
+/// `integer` → `number` values break forward only; a map written into a closed object breaks;
+/// a struct's unlisted field read by a map reader must fit the map's value schema.
+#[test]
+fn map_values_are_compared() {
+    use std::collections::BTreeMap;
+    let ints = schema::<BTreeMap<String, i64>>();
+    let floats = schema::<BTreeMap<String, f64>>();
+    assert!(
+        verdicts(&ints, &floats).0,
+        "widening must not break backward"
+    );
+    assert!(!verdicts(&ints, &floats).1, "widening must break forward");
+    assert!(check_compatibility(&ints, &ints, Mode::Full).is_compatible());
+
+    let closed =
+        serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false});
+    let back = check_compatibility(&ints, &closed, Mode::Backward);
+    assert_eq!(
+        back.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::ForbiddenField],
+        "{back}"
+    );
+
+    let strukt = serde_json::json!({"type": "object", "properties": {"n": {"type": "string"}}, "required": ["n"]});
+    let back = check_compatibility(&strukt, &ints, Mode::Backward);
+    assert_eq!(back.issues.len(), 1, "{back}");
+    assert_eq!(back.issues[0].path, "/n");
+    assert_eq!(back.issues[0].kind, IssueKind::TypeChanged);
+}
+
+/// Tuples are compared element by element and by length: a longer tuple breaks both ways
+/// (serde reads a tuple of exactly its length); draft-07 `items` arrays are tuples too.
+#[test]
+fn tuples_are_compared_element_by_element_and_by_length() {
+    let pair = schema::<(u32, String)>();
+    let triple = schema::<(u32, String, bool)>();
+    assert!(check_compatibility(&pair, &pair, Mode::Full).is_compatible());
+    let back = check_compatibility(&pair, &triple, Mode::Backward);
+    assert_eq!(
+        back.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::MissingRequiredField],
+        "{back}"
+    );
+    let fwd = check_compatibility(&pair, &triple, Mode::Forward);
+    assert_eq!(
+        fwd.issues.iter().map(|i| i.kind).collect::<Vec<_>>(),
+        [IssueKind::ForbiddenField],
+        "{fwd}"
+    );
+
+    let old =
+        serde_json::json!({"type": "array", "items": [{"type": "integer"}, {"type": "string"}]});
+    let new =
+        serde_json::json!({"type": "array", "items": [{"type": "integer"}, {"type": "integer"}]});
+    let full = check_compatibility(&old, &new, Mode::Full);
+    assert_eq!(full.issues.len(), 2, "{full}");
+    assert!(
+        full.issues
+            .iter()
+            .all(|i| i.path == "/1" && i.kind == IssueKind::TypeChanged)
+    );
+}

@@ -489,3 +489,85 @@ async fn a_failed_command_of_an_encrypted_topic_is_dead_lettered_as_it_is_and_re
     assert_eq!(&replayed.reply.unwrap().payload[..], b"7");
     bus.shutdown(WAIT).await.unwrap();
 }
+
+/// `seal` trusts no key-id header: only a payload that opens with the key it names, on its
+/// topic, is left as it is (a replay); plaintext under a known or unknown key id, a sealed
+/// payload altered or moved to another encrypted topic are refused with `NotSealed` (and the
+/// reason `open` would give), and the bus refuses such a publish, so nothing reaches the
+/// transport unsealed. A topic that is not encrypted is left alone, header or not.
+#[test]
+fn sealing_trusts_no_key_header_only_a_payload_that_opens() {
+    let enc = encryption(keys(&[("k1", 1)]));
+    let plain = |id: &str| {
+        let mut env = charge(20).to_envelope().unwrap();
+        env.headers_mut().insert(KEY_HEADER, id);
+        env
+    };
+    for (mut env, why) in [
+        (plain("k1"), "does not decrypt with key k1"),
+        (plain("k9"), "no key k9 in the keyring"),
+    ] {
+        let before = env.payload.clone();
+        let err = enc.seal(&mut env).unwrap_err();
+        assert!(matches!(err, EncryptionError::NotSealed { .. }), "{err:?}");
+        assert!(err.to_string().contains(why), "{err}");
+        assert_eq!(env.payload, before, "left untouched when refused");
+    }
+
+    let mut sealed = charge(21).to_envelope().unwrap();
+    enc.seal(&mut sealed).unwrap();
+    let genuine = sealed.clone();
+    enc.seal(&mut sealed).unwrap();
+    assert_eq!(
+        sealed.payload, genuine.payload,
+        "a genuine seal is not sealed again"
+    );
+
+    let mut altered = genuine.clone();
+    let mut bytes = altered.payload.to_vec();
+    bytes[30] ^= 1;
+    altered.payload = bytes.into();
+    assert!(matches!(
+        enc.seal(&mut altered),
+        Err(EncryptionError::NotSealed { .. })
+    ));
+    let mut moved = genuine.clone();
+    moved.topic = Topic::new("payments.refunded").unwrap();
+    assert!(matches!(
+        enc.seal(&mut moved),
+        Err(EncryptionError::NotSealed { .. })
+    ));
+
+    let mut elsewhere = plain("k1");
+    elsewhere.topic = Topic::new("audit.login").unwrap();
+    enc.seal(&mut elsewhere).unwrap();
+    assert!(contains(&elsewhere.payload, MARKER.as_bytes()));
+}
+
+/// On a bus, a publish of a plaintext event with a spoofed key id on an encrypted topic is
+/// refused and nothing is written to the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_a_spoofed_key_header_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    let bus = Bus::builder()
+        .transport(log.clone())
+        .transport_codec(encryption(keys(&[("k1", 1)])))
+        .build()
+        .unwrap();
+    let mut env = charge(22).to_envelope().unwrap();
+    env.headers_mut().insert(KEY_HEADER, "k1");
+    let r = bus.publish_envelope(env).await;
+    assert!(
+        matches!(&r, Err(switchyard::PublishError::Refused(t)) if t.contains("not sealed")),
+        "{r:?}"
+    );
+    assert!(stored(&log).is_empty(), "nothing stored");
+    // The control: the same event without the header is stored, sealed.
+    bus.publish(charge(23)).await.unwrap();
+    let at_rest = stored(&log);
+    assert_eq!(at_rest.len(), 1);
+    assert_eq!(at_rest[0].header(KEY_HEADER), Some("k1"));
+    let (found, files) = grep_files(dir.path(), MARKER.as_bytes());
+    assert!(files > 0 && !found, "plaintext on disk ({files} files)");
+}

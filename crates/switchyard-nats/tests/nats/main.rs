@@ -16,5 +16,6 @@ mod groups;
 mod harness;
 mod interop;
 mod retention;
+mod review_rev6;
 mod specific;
 mod validation;

@@ -159,6 +159,7 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
         next_sid: 0,
         calls: JoinSet::new(),
         call_permits: Arc::new(Semaphore::new(MAX_PENDING_CALLS)),
+        announcing: false,
     };
     // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
     let closed = closing.cancelled();
@@ -223,6 +224,8 @@ struct Session {
     next_sid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
+    /// A `subscribe` holds deliveries back until its answer is queued (see `Outbound::announcing`).
+    announcing: bool,
 }
 
 /// What an op answers: a frame, or nothing (`ack`, `nack`, `result`, and `send`/`request`
@@ -251,11 +254,16 @@ impl Session {
             Op::Result => self.result(&mut frame),
             Op::Send | Op::Request => self.call(op, id, &mut frame).await,
         };
-        match result {
+        let sent = match result {
             Ok(Some(text)) => self.send(text).await,
             Ok(None) => Ok(()),
             Err(e) => self.send(error_frame(id, &e)).await,
+        };
+        // The answer (or error) of a subscribe is queued, or the connection is ending.
+        if std::mem::take(&mut self.announcing) {
+            self.conn.out.announced();
         }
+        sent
     }
 
     async fn publish(&self, id: Option<&RawValue>, fields: PublishFields<'_>) -> OpResult {
@@ -366,6 +374,11 @@ impl Session {
             mode: frame.ack.unwrap_or_default(),
             max_in_flight,
         };
+        // The subscription may deliver at once (a group's backlog): its messages wait in the
+        // outbound buffer until `on_text` has queued this op's answer, so the client learns
+        // the id first.
+        self.conn.out.announcing();
+        self.announcing = true;
         let record = self
             .state
             .ws

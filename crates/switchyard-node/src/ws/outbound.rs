@@ -61,6 +61,9 @@ struct State {
     unreported_drops: u64,
     /// Largest delivery queue length seen.
     high_water: usize,
+    /// Subscriptions made but not yet answered: while any is, deliveries wait (queued in
+    /// order) so that no `message` of a subscription goes out before its `subscribed`.
+    unannounced: usize,
     /// No more frames are taken; the close frame to send, if any.
     closed: bool,
     close: Option<(u16, String)>,
@@ -123,6 +126,21 @@ impl Outbound {
                 _ = self.closing.cancelled() => return Err(Closed),
             }
         }
+    }
+
+    /// Holds deliveries back (answers still go out) until [`announced`](Self::announced):
+    /// called before a subscription is made, whose answer must precede its messages.
+    pub(crate) fn announcing(&self) {
+        self.lock().unannounced += 1;
+    }
+
+    /// The answer of a subscription [`announcing`](Self::announcing) held for is queued
+    /// (or could not be): deliveries go out again once no other one is pending.
+    pub(crate) fn announced(&self) {
+        let mut st = self.lock();
+        st.unannounced = st.unannounced.saturating_sub(1);
+        drop(st);
+        self.wake_writer.notify_one();
     }
 
     /// Queues an answer if there is room; gives it back otherwise.
@@ -230,7 +248,7 @@ impl Outbound {
                 None => break,
             }
         }
-        while out.len() < BATCH {
+        while out.len() < BATCH && st.unannounced == 0 {
             match st.deliveries.pop_front() {
                 Some(q) => out.push(q.text),
                 None => break,

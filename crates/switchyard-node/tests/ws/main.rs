@@ -4,6 +4,7 @@
 //! malformed frames.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
+mod answer_first;
 mod auth;
 mod handler_groups;
 mod limits;

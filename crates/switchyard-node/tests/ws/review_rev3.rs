@@ -33,7 +33,6 @@ async fn a_client_cannot_spoof_the_principal_header_over_websocket() {
 /// A group subscription on the log: what is published while the group has no member waits
 /// in the transport for the next one, and what the last member acked is not delivered again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a log group's backlog can reach a new member before its `subscribed` answer (ws/mod.rs starts the subscription before the answer is written); the test's subscribe expects the answer first, so it fails about one run in two CI runs"]
 async fn a_log_group_keeps_what_was_published_while_it_had_no_member() {
     let node = TestNode::start_on_log("").await;
     let mut a = node.client().await;

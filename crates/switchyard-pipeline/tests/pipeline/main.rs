@@ -13,9 +13,11 @@ use switchyard_pipeline::{
 };
 use tokio::sync::{Mutex, Semaphore};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod review_rev6;
 
-fn collector<T: Send + 'static>() -> (Arc<std::sync::Mutex<Vec<T>>>, impl Stage<T, ()>) {
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+pub(crate) fn collector<T: Send + 'static>() -> (Arc<std::sync::Mutex<Vec<T>>>, impl Stage<T, ()>) {
     let out = Arc::new(std::sync::Mutex::new(Vec::new()));
     let o = out.clone();
     (

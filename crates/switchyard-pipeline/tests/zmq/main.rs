@@ -14,6 +14,7 @@ use switchyard_pipeline::{Monitor, Pipeline, Runner, StageError, map_fn};
 
 mod feed;
 mod limit;
+mod review_rev6;
 use feed::push_from_rust;
 
 const WAIT: Duration = Duration::from_secs(120);

@@ -1,0 +1,126 @@
+//! A subscription's first message never reaches the client before the `subscribed` answer
+//! that tells it the subscription's id (defect 10 of stop 34: the bus subscription started
+//! delivering while the answer was still to be queued).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::{Value, json};
+use switchyard::{Envelope, Topic};
+
+use crate::support::{Client, TestNode};
+
+/// Publishes events on `busy.tick` until `stop` is set (at most `limit`), yielding between
+/// publishes so the node's own tasks run.
+fn keep_publishing(
+    node: &TestNode,
+    stop: Arc<AtomicBool>,
+    limit: u64,
+) -> tokio::task::JoinHandle<u64> {
+    let bus = node.bus.clone();
+    tokio::spawn(async move {
+        let topic = Topic::new("busy.tick").unwrap();
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) && n < limit {
+            let _ = bus
+                .publish_envelope(Envelope::new(topic.clone(), json!({ "n": n }).to_string()))
+                .await;
+            n += 1;
+            tokio::task::yield_now().await;
+        }
+        n
+    })
+}
+
+/// Sends a subscribe and reads until its answer; every `message` frame before it must name a
+/// subscription the client was already told about.
+async fn subscribe_checking_order(c: &mut Client, known: &mut Vec<String>, extra: Value) -> String {
+    let mut frame = json!({"op": "subscribe", "id": "sub", "pattern": "busy.#"});
+    if let (Some(f), Some(e)) = (frame.as_object_mut(), extra.as_object()) {
+        f.extend(e.clone());
+    }
+    c.send(frame).await;
+    loop {
+        let v = c.recv().await;
+        match v["op"].as_str() {
+            Some("subscribed") => {
+                let sid = v["subscription"].as_str().unwrap().to_owned();
+                known.push(sid.clone());
+                return sid;
+            }
+            Some("message") => {
+                let sid = v["subscription"].as_str().unwrap_or_default();
+                assert!(
+                    known.iter().any(|k| k == sid),
+                    "a message for subscription {sid} came before its `subscribed` answer (known: {known:?})"
+                );
+            }
+            Some("dropped") => {}
+            _ => panic!("unexpected frame while subscribing: {v}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_is_answered_before_its_first_message() {
+    let node = TestNode::start("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = keep_publishing(&node, stop.clone(), 2_000_000);
+    for _ in 0..30 {
+        let mut c = node.client().await;
+        let mut known = Vec::new();
+        subscribe_checking_order(&mut c, &mut known, json!({})).await;
+        // The subscription does deliver: its first message comes after the answer.
+        let m = c.expect("message").await;
+        assert_eq!(m["subscription"], known[0].as_str(), "{m}");
+        c.close().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(publisher.await.unwrap() > 0);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_a_busy_group_is_answered_before_its_first_message() {
+    let node = TestNode::start("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = keep_publishing(&node, stop.clone(), 2_000_000);
+    // The first member keeps the group (and its bus subscription) alive throughout.
+    let mut first = node.client().await;
+    first.subscribe("busy.#", json!({"group": "g"})).await;
+    for _ in 0..30 {
+        let mut c = node.client().await;
+        let mut known = Vec::new();
+        subscribe_checking_order(&mut c, &mut known, json!({"group": "g"})).await;
+        c.close().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(publisher.await.unwrap() > 0);
+    drop(first);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_on_the_log_is_answered_before_its_backlog() {
+    let node = TestNode::start_on_log("").await;
+    for n in 0..20 {
+        node.bus
+            .publish_envelope(Envelope::new(
+                Topic::new("busy.tick").unwrap(),
+                json!({ "n": n }).to_string(),
+            ))
+            .await
+            .unwrap();
+    }
+    // Each new group starts at the log's oldest record: its backlog is there at once.
+    for g in 0..20 {
+        let mut c = node.client().await;
+        let mut known = Vec::new();
+        let extra = json!({"group": format!("g{g}"), "ack": "manual"});
+        subscribe_checking_order(&mut c, &mut known, extra).await;
+        let m = c.expect("message").await;
+        assert_eq!(m["subscription"], known[0].as_str(), "{m}");
+        c.close().await;
+    }
+    node.stop().await;
+}
