@@ -115,7 +115,7 @@ impl Bus {
         // state and is refused.
         std::sync::atomic::fence(Ordering::SeqCst);
         let settled_before = inner.pending.settled();
-        let until = tokio::time::Instant::now() + deadline;
+        let until = crate::deadline::after(deadline);
         let mut report = ShutdownReport::default();
         // Delayed publishes that are not due yet will not be: report them.
         let scheduled: Vec<_> = inner.scheduled.lock().drain().collect();

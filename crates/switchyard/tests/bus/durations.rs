@@ -115,3 +115,33 @@ async fn a_publish_after_duration_max_is_scheduled() {
         Some(2)
     );
 }
+
+/// `shutdown(Duration::MAX)` drains and reports instead of panicking after intake stopped.
+#[tokio::test(flavor = "current_thread")]
+async fn a_shutdown_deadline_of_duration_max_drains_and_reports() {
+    let bus = Bus::new();
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("drained", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    let report = tokio::time::timeout(WAIT, bus.shutdown(Duration::MAX))
+        .await
+        .expect("the shutdown returned")
+        .expect("a report");
+    assert_eq!(report.drained, 3, "{report:?}");
+    assert!(report.left.is_empty(), "{report:?}");
+    for n in 0..3 {
+        assert_eq!(got.recv().await, Some(n));
+    }
+}
