@@ -217,7 +217,7 @@ impl CliError {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_connection_options(std::env::args_os().collect()));
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("switchyard: --log {:?}: {e}; using \"warn\"", cli.log);
         tracing_subscriber::EnvFilter::new("warn")
@@ -357,6 +357,46 @@ async fn run(command: Command) -> Result<(), CliError> {
     }
 }
 
+/// The connection options every operator command takes (`client::Remote`).
+const CONNECTION_OPTIONS: [&str; 4] = ["--url", "--token", "--config", "--http-timeout"];
+
+/// Moves connection options written before the command to right after it, so that
+/// `switchyard --url URL status` is `switchyard status --url URL` (clap takes an option
+/// defined on a subcommand only after that subcommand's name). `--log`, the top-level
+/// option, stays where it is; anything else before the command is left for clap to refuse.
+fn hoist_connection_options(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut moved = Vec::new();
+    let mut rest = args.into_iter();
+    kept.extend(rest.next()); // the program's name
+    while let Some(arg) = rest.next() {
+        let Some(text) = arg.to_str() else {
+            kept.push(arg);
+            break;
+        };
+        let name = text.split_once('=').map_or(text, |(n, _)| n);
+        let takes_value = !text.contains('=');
+        if CONNECTION_OPTIONS.contains(&name) {
+            moved.push(arg);
+            if takes_value {
+                moved.extend(rest.next());
+            }
+        } else if name == "--log" {
+            kept.push(arg);
+            if takes_value {
+                kept.extend(rest.next());
+            }
+        } else {
+            // The command (or something clap will explain): the moved options follow it.
+            kept.push(arg);
+            break;
+        }
+    }
+    kept.extend(moved);
+    kept.extend(rest);
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -394,5 +434,48 @@ mod tests {
             assert_eq!(remote.token.as_deref(), Some("t0k"), "{args:?}");
             assert_eq!(remote.url.as_deref(), Some("http://n:1"), "{args:?}");
         }
+    }
+
+    /// Connection options before the command (review rev7: a usage error before) reach it,
+    /// in both spellings, with `--log` before them as well; `serve`'s own `--config` too.
+    #[test]
+    fn connection_options_before_the_command_reach_it() {
+        let parse = |args: &[&str]| {
+            let args = args.iter().map(std::ffi::OsString::from).collect();
+            Cli::try_parse_from(hoist_connection_options(args)).unwrap()
+        };
+        for args in [
+            &[
+                "switchyard",
+                "--url",
+                "http://n:1",
+                "--token=t0k",
+                "dlq",
+                "list",
+            ][..],
+            &[
+                "switchyard",
+                "--log",
+                "info",
+                "--url=http://n:1",
+                "--token",
+                "t0k",
+                "dlq",
+                "list",
+            ],
+        ] {
+            let cli = parse(args);
+            let Command::Dlq { remote, .. } = cli.command else {
+                panic!("parsed as {:?}", cli.command);
+            };
+            assert_eq!(remote.token.as_deref(), Some("t0k"), "{args:?}");
+            assert_eq!(remote.url.as_deref(), Some("http://n:1"), "{args:?}");
+        }
+        let cli = parse(&["switchyard", "--config", "node.toml", "serve"]);
+        assert!(
+            matches!(cli.command, Command::Serve(_)),
+            "{:?}",
+            cli.command
+        );
     }
 }

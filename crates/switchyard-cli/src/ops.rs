@@ -267,7 +267,20 @@ pub async fn dlq(client: &Client, cmd: &DlqCommand, out: &mut impl Write) -> Res
             let n = v["purged"]
                 .as_u64()
                 .ok_or_else(|| ClientError::BadResponse(format!("no \"purged\" in {v}")))?;
-            writeln!(out, "purged {n} dead letter(s)").map_err(CliError::Io)
+            writeln!(out, "purged {n} dead letter(s)").map_err(CliError::Io)?;
+            // Ids the node has no dead letter for: "unknown id" is a failure (exit 1).
+            let unknown: Vec<&str> = v["unknown"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if unknown.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Failure(format!(
+                    "no dead letter with id {}",
+                    unknown.join(", ")
+                )))
+            }
         }
     }
 }

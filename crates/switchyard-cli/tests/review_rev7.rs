@@ -211,7 +211,6 @@ fn dlq_commands_against_a_node_without_dead_letters() {
 /// error. Suspected cause: crates/switchyard-cli/src/ops.rs:264-270 prints the node's
 /// `purged` count and never compares it with the ids asked for.
 #[test]
-#[ignore = "defect: `dlq purge <unknown id>` exits 0 (\"purged 0\"), the exit-code table says 1 for an unknown id"]
 fn dlq_purge_of_an_unknown_id_exits_1() {
     let node = Node::start();
     let (code, out, err) = node.run(&["dlq", "purge", "nosuchid"]);
@@ -226,7 +225,6 @@ fn dlq_purge_of_an_unknown_id_exits_1() {
 /// the connection options are declared on each operator subcommand, not as global arguments
 /// of the top-level parser (crates/switchyard-cli/src/main.rs, the clap `Cli` struct).
 #[test]
-#[ignore = "defect: `switchyard --url URL status` is a usage error (exit 2); the docs say the connection options may stand anywhere on the line"]
 fn connection_options_before_the_command_are_accepted() {
     let node = Node::start();
     let out = run(node.dir.path(), &["--url", &node.url, "status", "--json"]);

@@ -510,8 +510,14 @@ impl Envelope {
     }
 
     /// The value of one header.
+    #[inline]
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers().get(name)
+        // Most messages have no rare fields, so no headers: answered where it is asked (the
+        // resilience stack asks every message for its `traceparent`), without a call.
+        match self.rare.get() {
+            None => None,
+            Some(rare) => rare.headers.get(name),
+        }
     }
 
     /// A reply to this message: kind `Reply`, same topic, caused by and correlated with it.

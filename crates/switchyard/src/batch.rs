@@ -23,7 +23,7 @@ impl SubShared {
             return self.worker_exited();
         };
         while let Some(first) = self.queue.pop(worker).await {
-            let deadline = tokio::time::Instant::now() + batch.max_wait;
+            let deadline = crate::deadline::after(batch.max_wait);
             let mut taken = vec![first];
             while taken.len() < batch.max_size {
                 match tokio::time::timeout_at(deadline, self.queue.pop(worker)).await {

@@ -447,7 +447,7 @@ impl BusBuilder {
                 resilience: resilience_wrap,
                 dispatchers: Mutex::new(Vec::new()),
                 scheduled: Mutex::new(HashMap::new()),
-                shutdown_report: tokio::sync::OnceCell::new(),
+                shutdown: tokio::sync::watch::Sender::new(Default::default()),
                 handed_back: Mutex::new(Vec::new()),
             }),
         };

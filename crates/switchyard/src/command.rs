@@ -318,7 +318,7 @@ impl Bus {
                 env.kind = Kind::Request;
             }
             // The handler sees it (`Ctx::deadline`); a transport carries what is left of it.
-            env.delivery.deadline = crate::ctx::clock_now().checked_add(deadline);
+            env.delivery.deadline = crate::deadline::now_std().checked_add(deadline);
         }
         let send = async {
             match with_context(|cx| self.start_command(env, typed, cx)).await? {
@@ -604,7 +604,7 @@ impl SubShared {
     ) -> Result<Taken, SendError> {
         if let (Some(d), None) = (deadline, env.delivery.deadline) {
             // What was left of the sender's deadline on arrival, for `Ctx::deadline`.
-            env.delivery.deadline = crate::ctx::clock_now().checked_add(d);
+            env.delivery.deadline = crate::deadline::now_std().checked_add(d);
         }
         // A bus that is stopping takes no more commands: the sender may try another
         // process, so it hears that this one has no handler any more.

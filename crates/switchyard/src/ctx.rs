@@ -179,7 +179,7 @@ impl Ctx {
     /// without a deadline. Read on tokio's clock, as the deadline was set: under a paused
     /// clock (`testkit::VirtualClock`) it follows virtual time.
     pub fn remaining(&self) -> Option<std::time::Duration> {
-        let now = clock_now();
+        let now = crate::deadline::now_std();
         self.envelope
             .delivery()
             .deadline
@@ -468,11 +468,4 @@ where
                 .map(|result| result.map(IntoOutcome::into_outcome).map_err(Into::into)),
         )
     }))
-}
-
-/// Now on tokio's clock, as a `std` instant: the same as `std::time::Instant::now()` unless
-/// the runtime's clock is paused, then virtual time. Deadlines the bus sets (`bus.request`)
-/// and [`Ctx::remaining`] use it, so a test on the virtual clock sees them move with it.
-pub(crate) fn clock_now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }

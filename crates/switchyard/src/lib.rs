@@ -33,6 +33,7 @@ mod bus;
 mod command;
 mod config;
 mod ctx;
+mod deadline;
 mod dispatch;
 mod handler;
 mod held;

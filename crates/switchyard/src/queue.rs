@@ -604,7 +604,7 @@ impl Queue {
             Err(PushError::Full(back)) => back,
             other => return other,
         };
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         self.wait_for_room(entry, Some(deadline)).await
     }
 

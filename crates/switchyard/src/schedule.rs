@@ -24,7 +24,7 @@ impl Bus {
         delay: Duration,
         msg: M,
     ) -> Result<MessageId, PublishError> {
-        self.schedule_envelope(tokio::time::Instant::now() + delay, msg.to_envelope()?)
+        self.schedule_envelope(crate::deadline::after(delay), msg.to_envelope()?)
             .await
     }
 
@@ -47,9 +47,10 @@ impl Bus {
         if self.inner.transport.is_none() {
             return self.schedule(at, env);
         }
-        let due = std::time::SystemTime::now()
-            + at.saturating_duration_since(tokio::time::Instant::now());
-        let millis = due
+        let now = std::time::SystemTime::now();
+        let millis = now
+            .checked_add(at.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or(now)
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);

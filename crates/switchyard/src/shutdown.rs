@@ -1,5 +1,6 @@
 //! Shutdown: stop intake, drain until the deadline, then report (and dead-letter or hand
-//! back) what is left. Runs once; later and concurrent calls get the same report.
+//! back) what is left. Runs once, in a task of its own (so a call dropped midway loses
+//! nothing); later and concurrent calls get the same report.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +21,36 @@ const TRANSPORT_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// end: each ends at its sender's next poll.
 const INLINE_STOP_GRACE: Duration = Duration::from_millis(100);
 
+/// Where the shutdown of one bus stands, shared by every call (`BusInner::shutdown`).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum ShutdownPhase {
+    /// No call has started it yet.
+    #[default]
+    NotStarted,
+    /// Its task is running.
+    Running,
+    /// It finished: later calls return this report.
+    Done(ShutdownReport),
+    /// Its task ended without a report (it panicked, or its runtime dropped it): the next
+    /// call starts it again.
+    Lost,
+}
+
+/// Marks the shutdown `Lost` if its task ends without storing its report.
+struct LostGuard(Bus);
+
+impl Drop for LostGuard {
+    fn drop(&mut self) {
+        self.0.inner.shutdown.send_if_modified(|phase| {
+            let running = matches!(phase, ShutdownPhase::Running);
+            if running {
+                *phase = ShutdownPhase::Lost;
+            }
+            running
+        });
+    }
+}
+
 impl Bus {
     /// Stops intake, drains queued and in-flight work until `deadline`, then reports what is
     /// left: dead-lettered when it lived only in memory, returned to the transport (which
@@ -29,19 +60,54 @@ impl Bus {
     ///
     /// Idempotent: a second call (from any clone) returns the first call's report, and one
     /// made while the first is still draining waits for it (the first call's `deadline`
-    /// applies). A call cancelled midway is completed by the next one. The error is kept for
-    /// compatibility; a transport that does not close cleanly is logged, not returned.
+    /// applies). Cancellation-safe: the drain runs in a task of its own, started by the first
+    /// call, so a call whose future is dropped (a `timeout` around it, a handler of this bus
+    /// aborted at the deadline while awaiting it) does not stop it; the next call waits for
+    /// it and returns the full report. The error is kept for compatibility; a transport that
+    /// does not close cleanly is logged, not returned.
     pub async fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport, CloseError> {
-        let report = self
-            .inner
-            .shutdown_report
-            .get_or_init(|| self.shutdown_once(deadline))
-            .await;
-        Ok(report.clone())
+        let mut phase = self.inner.shutdown.subscribe();
+        loop {
+            if self.inner.shutdown.send_if_modified(|p| {
+                let start = matches!(p, ShutdownPhase::NotStarted | ShutdownPhase::Lost);
+                if start {
+                    *p = ShutdownPhase::Running;
+                }
+                start
+            }) {
+                let drain = self.start_shutdown(deadline);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(drain);
+                    }
+                    // Polled outside a runtime: the drain runs in this call, as it did before
+                    // it had a task of its own (its timers need a runtime all the same).
+                    Err(_) => drain.await,
+                }
+            }
+            let done = match phase
+                .wait_for(|p| matches!(p, ShutdownPhase::Done(_) | ShutdownPhase::Lost))
+                .await
+            {
+                Ok(seen) => match &*seen {
+                    ShutdownPhase::Done(report) => Some(report.clone()),
+                    _ => None,
+                },
+                // Not reached: the sender lives in the bus this call borrows.
+                Err(_) => Some(ShutdownReport::default()),
+            };
+            if let Some(report) = done {
+                return Ok(report);
+            }
+            // Lost: the loop starts it again.
+        }
     }
 
-    /// The work of [`shutdown`](Self::shutdown), run once (again only if a run was cancelled).
-    async fn shutdown_once(&self, deadline: Duration) -> ShutdownReport {
+    /// Starts the shutdown: at once, on the calling task, stops intake and reports the
+    /// delayed publishes (no await, so no cancellation point); the drain goes on in a
+    /// spawned task that stores the report in the bus (`ShutdownPhase::Done`): the future
+    /// returned, to spawn.
+    fn start_shutdown(&self, deadline: Duration) -> impl Future<Output = ()> + Send + 'static {
         let inner = &self.inner;
         inner.state.store(SHUTTING_DOWN, Ordering::SeqCst);
         // Pairs with the fence in `publish_via`: a publish that counted its owed deliveries
@@ -49,7 +115,7 @@ impl Bus {
         // state and is refused.
         std::sync::atomic::fence(Ordering::SeqCst);
         let settled_before = inner.pending.settled();
-        let until = tokio::time::Instant::now() + deadline;
+        let until = crate::deadline::after(deadline);
         let mut report = ShutdownReport::default();
         // Delayed publishes that are not due yet will not be: report them.
         let scheduled: Vec<_> = inner.scheduled.lock().drain().collect();
@@ -71,6 +137,27 @@ impl Bus {
             ));
             accepted.settle(Settled::LeftOver);
         }
+        let guard = LostGuard(self.clone());
+        async move {
+            let report = guard.0.drain_and_close(until, settled_before, report).await;
+            guard
+                .0
+                .inner
+                .shutdown
+                .send_replace(ShutdownPhase::Done(report));
+        }
+    }
+
+    /// The drain of [`shutdown`](Self::shutdown), in its own task: waits for what the
+    /// transport owes, stops the pumps, waits for workers and inline runs until `until`,
+    /// aborts and reports what is left, closes the transport.
+    async fn drain_and_close(
+        &self,
+        until: tokio::time::Instant,
+        settled_before: u64,
+        mut report: ShutdownReport,
+    ) -> ShutdownReport {
+        let inner = &self.inner;
         // What this bus published through its transport for its own subscriptions, and the
         // transport has not delivered yet, is work it accepted like a queued message: keep the
         // pumps running until it arrived (or the deadline passed), so a transport that keeps

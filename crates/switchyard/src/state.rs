@@ -271,8 +271,9 @@ pub(crate) struct BusInner {
     pub(crate) dispatchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Delayed publishes waiting for their time, so shutdown can report them.
     pub(crate) scheduled: Mutex<HashMap<MessageId, Scheduled>>,
-    /// The report of the shutdown, once one finished: later calls return it.
-    pub(crate) shutdown_report: tokio::sync::OnceCell<ShutdownReport>,
+    /// Where the shutdown stands (its report once it finished): shared by every call, so a
+    /// call cancelled midway loses nothing (`shutdown.rs`).
+    pub(crate) shutdown: tokio::sync::watch::Sender<crate::shutdown::ShutdownPhase>,
     /// Deliveries a pump had taken from the transport when the shutdown closed its queue:
     /// dropped unsettled (so given back to the transport), named by the shutdown report with
     /// the other messages handed back (`ShutdownReport::nacked`).

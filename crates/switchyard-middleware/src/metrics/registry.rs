@@ -198,7 +198,9 @@ impl Counters {
     }
 
     #[inline]
-    pub(crate) fn finished(&self, ended: Ended, duration: Duration, end_to_end: Duration) {
+    /// Counts a call that ended `ended` after `duration` nanoseconds, `end_to_end` nanoseconds
+    /// after its message's timestamp.
+    pub(crate) fn finished(&self, ended: Ended, duration: u64, end_to_end: u64) {
         let (shard, owned) = self.shard();
         let count = match ended {
             Ended::Acked => &shard.acked,
@@ -207,10 +209,6 @@ impl Counters {
             Ended::Failed => &shard.failed,
         };
         add(count, 1, owned);
-        let (duration, end_to_end) = (
-            crate::clock::nanos(duration),
-            crate::clock::nanos(end_to_end),
-        );
         add(&shard.duration_sum, duration, owned);
         raise(&shard.duration_max, duration, owned);
         add(&shard.end_to_end_sum, end_to_end, owned);
@@ -321,11 +319,7 @@ mod tests {
                         } else {
                             Ended::Acked
                         };
-                        counters.finished(
-                            ended,
-                            Duration::from_micros(1),
-                            Duration::from_micros(t + 1),
-                        );
+                        counters.finished(ended, 1_000, (t + 1) * 1_000);
                     }
                     counters.started();
                     counters.abandoned();

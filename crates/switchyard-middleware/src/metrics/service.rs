@@ -181,14 +181,16 @@ impl Measured {
     }
 
     /// Records how the call ended: `duration` of the call, and `end_to_end` from the
-    /// envelope's timestamp to the end of the call.
+    /// envelope's timestamp to the end of the call, both in nanoseconds (what the registry
+    /// keeps; the handles get `Duration`s, converted to seconds only when a recorder is
+    /// installed).
     #[inline]
     pub(crate) fn finish(
         self,
         shared: &Shared,
         result: &Result<Outcome, BoxError>,
-        duration: Duration,
-        end_to_end: Duration,
+        duration: u64,
+        end_to_end: u64,
     ) {
         let Some(h) = self.topic.get(shared) else {
             return;
@@ -202,8 +204,8 @@ impl Measured {
         }
         .increment(1);
         // As `Duration`s: converted to seconds only when a recorder is installed.
-        h.duration.record(duration);
-        h.end_to_end.record(end_to_end);
+        h.duration.record(Duration::from_nanos(duration));
+        h.end_to_end.record(Duration::from_nanos(end_to_end));
         h.in_flight.decrement(1.0);
         h.counters.finished(ended, duration, end_to_end);
     }
@@ -296,7 +298,12 @@ where
                 let end_to_end = SystemTime::now()
                     .duration_since(measured.timestamp())
                     .unwrap_or_default();
-                measured.finish(&call.shared, &result, start.elapsed(), end_to_end);
+                measured.finish(
+                    &call.shared,
+                    &result,
+                    crate::clock::nanos(start.elapsed()),
+                    crate::clock::nanos(end_to_end),
+                );
             }
             result
         })

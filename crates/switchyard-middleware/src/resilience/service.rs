@@ -685,12 +685,12 @@ fn finish<S>(
 ) -> Result<Outcome, BoxError> {
     end_span(span, &result);
     if let Some(measured) = measured.take() {
+        // In nanoseconds throughout: the registry keeps nanoseconds, and a `Duration` made
+        // here would be turned back into them (a 128-bit conversion each).
         let elapsed = core.clock.delta_as_nanos(start, end);
-        let duration = Duration::from_nanos(elapsed);
         let end_unix = start_unix.saturating_add(elapsed);
-        let end_to_end =
-            Duration::from_nanos(end_unix.saturating_sub(unix_nanos(measured.timestamp())));
-        measured.finish(&core.metrics, &result, duration, end_to_end);
+        let end_to_end = end_unix.saturating_sub(unix_nanos(measured.timestamp()));
+        measured.finish(&core.metrics, &result, elapsed, end_to_end);
     }
     result
 }

@@ -343,10 +343,12 @@ pub(crate) async fn replays(
     Ok(Json(ReplaysJson { replays }))
 }
 
-/// `{"purged"}`.
+/// `{"purged", "unknown"}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct PurgeJson {
     purged: usize,
+    /// Ids asked for that have no dead letter here (purging by ids only; empty otherwise).
+    unknown: Vec<String>,
 }
 
 /// Removes dead letters without replaying them.
@@ -359,10 +361,15 @@ pub(crate) async fn purge(
     let write_error = |e: switchyard_middleware::dlq::DlqWriteError| {
         ApiError::new(ErrorKind::Internal, e.to_string())
     };
+    let mut unknown = Vec::new();
     let purged = match sel.resolve()? {
         Selected::Ids(ids, topic) => {
             let mut n = 0;
             for id in ids {
+                if state.dlq.get(&id).is_none() {
+                    unknown.push(id.to_string());
+                    continue;
+                }
                 if let Some(t) = &topic
                     && state
                         .dlq
@@ -380,5 +387,5 @@ pub(crate) async fn purge(
         Selected::Filter(filter) => state.dlq.purge(&filter).map_err(write_error)?,
     };
     tracing::info!(purged, "dead letters purged");
-    Ok(Json(PurgeJson { purged }))
+    Ok(Json(PurgeJson { purged, unknown }))
 }

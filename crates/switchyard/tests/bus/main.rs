@@ -7,6 +7,7 @@ mod carried_values;
 mod causation;
 mod close_twice;
 mod commands;
+mod durations;
 mod failures;
 mod held;
 mod idle_race;

@@ -301,3 +301,53 @@ async fn a_busy_worker_does_not_keep_a_dropped_bus_alive() {
         .expect("the bus is freed once its last handle is dropped")
         .unwrap();
 }
+
+/// A shutdown call dropped midway (a `timeout` around it) does not stop the shutdown: the
+/// drain goes on in its own task, so with no other call the stuck message is aborted at the
+/// first call's deadline, both messages are dead-lettered with `Shutdown`, and the bus
+/// becomes idle (`run_until_idle` returns). Before the drain had its own task, the dropped
+/// call detached the workers and nothing was ever settled.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_shutdown_call_does_not_stop_the_shutdown() {
+    let _clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let _sub = bus
+        .on("stuck", move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..2 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    assert_eq!(started.recv().await, Some(0));
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        bus.shutdown(Duration::from_secs(10)),
+    )
+    .await;
+    assert!(first.is_err(), "the call is dropped while it drains");
+    assert!(matches!(
+        bus.publish(Ping { n: 2 }).await,
+        Err(PublishError::ShuttingDown)
+    ));
+    tokio::time::timeout(Duration::from_secs(60), bus.run_until_idle())
+        .await
+        .expect("the shutdown goes on without a caller and settles every message");
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason == DeadLetterReason::Shutdown),
+        "{letters:?}"
+    );
+    assert!(started.try_recv().is_err(), "the second message never ran");
+}

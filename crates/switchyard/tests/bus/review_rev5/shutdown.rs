@@ -480,8 +480,7 @@ async fn shutdown_refuses_senders_blocked_on_a_full_command_queue() {
 /// draining "waits for it"; it cannot wait forever for a call that was dropped), and the
 /// message is accounted for once (handled, or named in `left`).
 ///
-/// Defect (same cause as `a_shutdown_cancelled_midway_is_completed_by_the_next_call`):
-/// expected the message named in `left` and dead-lettered; observed
+/// Was a defect, fixed by running the drain in a task of its own (shutdown.rs): expected the message named in `left` and dead-lettered; observed
 /// `handled false, named 0: ShutdownReport { drained: 0, left: [], nacked: [] }, dead
 /// letters []`: the accepted message is neither handled, dead-lettered nor reported. The
 /// first call took the worker handles (shutdown.rs:97-99), aborted its own worker at the
@@ -489,7 +488,6 @@ async fn shutdown_refuses_senders_blocked_on_a_full_command_queue() {
 /// `shutdown_once` with no handles, so `report_leftovers` (only called when something was
 /// still running, shutdown.rs:120/145) never ran.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: a handler awaiting its own bus's shutdown loses its message from the report (left [], no dead letter)"]
 async fn a_handler_awaiting_its_own_bus_shutdown_does_not_wedge_later_calls() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
@@ -532,7 +530,7 @@ async fn a_handler_awaiting_its_own_bus_shutdown_does_not_wedge_later_calls() {
 /// one message stuck in its handler and two waiting; the next call must report them: each
 /// named once in `left` and dead-lettered with reason `Shutdown`.
 ///
-/// Defect: observed `ShutdownReport { drained: 0, left: [], nacked: [] }, dead letters []`
+/// Was a defect (fixed: the drain runs in a task of its own, shutdown.rs): observed `ShutdownReport { drained: 0, left: [], nacked: [] }, dead letters []`
 /// (`left: 0, right: 3`), and afterwards `bus.pending()` stays 3 (so `run_until_idle`
 /// never returns) while the registry shows the subscription with 2 waiting and 1 in flight:
 /// its worker was never aborted. Cause: `shutdown_once` moves every worker's `JoinHandle`
@@ -543,7 +541,6 @@ async fn a_handler_awaiting_its_own_bus_shutdown_does_not_wedge_later_calls() {
 /// so three accepted messages are neither handled, dead-lettered nor reported, against
 /// ARCHITECTURE.md "An accepted publish is handled, dead-lettered, or reported by shutdown".
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: a shutdown call cancelled midway loses the workers' handles; the next call reports nothing (left [], 3 messages pending forever)"]
 async fn a_shutdown_cancelled_midway_is_completed_by_the_next_call() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
@@ -594,13 +591,12 @@ async fn a_shutdown_cancelled_midway_is_completed_by_the_next_call() {
 /// virtual time; no message is stuck): the next call must wait for the drain, as the first
 /// would have, so when it returns every message was handled and nothing is pending.
 ///
-/// Defect (cause as in `a_shutdown_cancelled_midway_is_completed_by_the_next_call`: the
+/// Was a defect, fixed (cause as in `a_shutdown_cancelled_midway_is_completed_by_the_next_call`: the
 /// handles went with the cancelled call, so the next call waits for no worker). Observed:
 /// `when the second call returned: handled 2, pending 3, ShutdownReport { drained: 0,
 /// left: [], nacked: [] }` (`left: (2, 3, 0), right: (5, 0, 0)`): the shutdown returned
 /// while three messages were still queued, and reported nothing.
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: after a cancelled shutdown call, the next call returns before the queue has drained"]
 async fn the_call_after_a_cancelled_shutdown_waits_for_the_drain() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
@@ -645,13 +641,12 @@ async fn the_call_after_a_cancelled_shutdown_waits_for_the_drain() {
 /// reports it"), also when the first shutdown call was
 /// cancelled and a second one completed it.
 ///
-/// Defect: the report is built in the cancelled call's future; the delayed publish was
+/// Was a defect (fixed: the report is built by the shutdown's own task): the report was built in the cancelled call's future; the delayed publish was
 /// dead-lettered by the first call but the report the caller gets does not name it.
 /// Observed: `the report names what was dead-lettered: ShutdownReport { drained: 0, left:
 /// [], nacked: [] }  left: [] right: [MessageId(..)]` (shutdown.rs:55-72 push it into the
 /// call's local `report`; the stuck message is lost as in the tests above).
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "defect: a delayed publish dead-lettered by a cancelled shutdown call is missing from the next call's report"]
 async fn a_delayed_publish_is_reported_after_a_cancelled_shutdown_call() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
