@@ -111,6 +111,26 @@ def require_nats() -> None:
     pytest.skip("SKIPPING NATS TEST: no server on 127.0.0.1:4222")
 
 
+async def drop_stream(name: str) -> None:
+    """Deletes a test's JetStream stream, so runs do not pile up reservations on the shared
+    server (each stream reserves its `max_bytes`: leftovers once filled its storage, and
+    every later stream creation failed with error 10047)."""
+    try:
+        import nats
+    except ImportError:
+        return
+    try:
+        nc = await nats.connect("nats://127.0.0.1:4222")
+    except Exception:
+        return
+    try:
+        await nc.jetstream().delete_stream(name)
+    except Exception:
+        pass
+    finally:
+        await nc.close()
+
+
 # -- a switchyard node (`switchyard serve`) for the connected-bus tests ----------------------
 
 #: Tokens of the test node's principals: `py` holds every grant (and admin), `reader` may

@@ -19,6 +19,8 @@ import pytest
 nats = pytest.importorskip("nats", reason="nats-py is installed by .ci/run")
 from nats.errors import NoRespondersError  # noqa: E402
 
+from conftest import drop_stream  # noqa: E402
+
 URL = "nats://127.0.0.1:4222"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 MSG_ID = str(uuid.uuid4())
@@ -134,3 +136,4 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await drop_stream(stream)

@@ -18,7 +18,7 @@ from typing import ClassVar, Optional
 import pytest
 
 import switchyard
-from conftest import Collector, CreateUser, UserCreated, require_nats, wait_for
+from conftest import Collector, CreateUser, UserCreated, drop_stream, require_nats, wait_for
 
 try:
     import pydantic
@@ -196,7 +196,6 @@ async def test_a_request_with_a_very_long_timeout_is_answered(bus):
     assert await bus.request(CreateUser(name="x"), timeout=FOREVER) == 5
 
 
-@pytest.mark.skip(reason="defect: shutdown(timeout=sys.maxsize) raises a Rust PanicException (a BaseException) after intake already stopped")
 async def test_shutdown_with_a_very_long_deadline_drains_and_reports():
     # Expected: `shutdown(timeout=sys.maxsize)` ("wait as long as it takes") drains the one
     # queued message and returns a ShutdownReport (or refuses the value with ValueError before
@@ -231,7 +230,6 @@ async def test_a_delayed_publish_far_in_the_future_is_scheduled_and_reported_at_
     assert msg_id in report.left
 
 
-@pytest.mark.skip(reason="defect: a block overflow_timeout of sys.maxsize makes a publish into a full queue raise a Rust PanicException")
 async def test_a_block_publish_with_a_very_long_overflow_timeout_waits_for_room():
     # Expected: with overflow="block", overflow_timeout=sys.maxsize, a publish into the full
     # queue waits, and goes in when the handler makes room.
@@ -259,7 +257,6 @@ async def test_a_block_publish_with_a_very_long_overflow_timeout_waits_for_room(
     await bus.shutdown()
 
 
-@pytest.mark.skip(reason="defect: on_batch(max_wait=sys.maxsize) panics the batch worker on a tokio thread; its messages are never handled")
 async def test_a_batch_subscription_with_a_very_long_max_wait_hands_over_full_batches():
     # Expected: with max_size=2 and max_wait=sys.maxsize ("only full batches"), two published
     # messages are handed over as one batch of 2.
@@ -1003,6 +1000,7 @@ async def test_nats_publish_to_a_topic_no_stream_holds_is_a_typed_error_and_the_
         assert await got.wait(1, timeout=20) == [b"kept"]
     finally:
         await bus.shutdown(timeout=5)
+        await drop_stream(stream)
 
 
 # -- a bus connected to a node (`Bus.connect`) ------------------------------------------------

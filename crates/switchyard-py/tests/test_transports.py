@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 import switchyard
-from conftest import Collector, OrderPlaced, require_nats, rust_peer
+from conftest import Collector, OrderPlaced, drop_stream, require_nats, rust_peer
 
 
 @switchyard.event("orders.shipped")
@@ -128,3 +128,4 @@ async def test_rust_and_python_processes_on_nats():
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await drop_stream(stream)
