@@ -9,7 +9,8 @@
 //! frame (the usual `[topic, payload]` of PUB/SUB), the first frame is kept in the envelope's
 //! `zmq.topic` header.
 //!
-//! Size limit: [`ZmqSourceBuilder::max_message_bytes`]. On a PULL source over TCP, an oversize
+//! Size limit: [`ZmqSourceBuilder::max_message_bytes`] (on a PULL source over TCP 1 GiB unless
+//! set: [`DEFAULT_TCP_PULL_LIMIT`]). On a PULL source over TCP, an oversize
 //! message is discarded as it arrives (never held whole) and dead-lettered by reference: its
 //! first 256 bytes as payload and headers `zmq.size`, `zmq.limit` and `zmq.peer`, reason
 //! `Rejected`. A SUB source checks the limit after receiving (the `zeromq` crate reads frames
@@ -43,6 +44,10 @@ pub const TOPIC_HEADER: &str = "zmq.topic";
 
 /// Header of an oversize message's dead letter: its size in bytes.
 pub const SIZE_HEADER: &str = "zmq.size";
+/// The size limit of a PULL source over TCP without [`ZmqSourceBuilder::max_message_bytes`]:
+/// 1 GiB (a larger message is dead-lettered by reference, never held).
+pub const DEFAULT_TCP_PULL_LIMIT: usize = 1 << 30;
+
 /// Header of an oversize message's dead letter: the limit it broke.
 pub const LIMIT_HEADER: &str = "zmq.limit";
 /// Header of an oversize message's dead letter: the peer that sent it.
@@ -209,7 +214,8 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
     /// is dead-lettered by reference (its first 256 bytes, its size, the limit and its peer),
     /// reason `Rejected`. On a PULL source over TCP it is never held whole: its frames are
     /// discarded as they arrive, so three 256 MiB messages cost no more memory than the limit.
-    /// Default: no limit.
+    /// Default: [`DEFAULT_TCP_PULL_LIMIT`] (1 GiB) on a PULL source over TCP, no limit
+    /// otherwise.
     ///
     /// ```no_run
     /// use switchyard_pipeline::zmq::ZmqSource;
@@ -277,9 +283,15 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
         })
     }
 
-    /// The PULL socket with a size limit, when this source has one.
-    fn limited(&self) -> Option<usize> {
+    /// The size limit of a PULL source read by switchyard's own ZMTP reader: the configured
+    /// one, or [`DEFAULT_TCP_PULL_LIMIT`] over TCP. (The `zeromq` crate's reader panics in its
+    /// own task on a frame header announcing more than it can reserve, e.g. `u64::MAX`, and
+    /// reserves a frame's whole announced size up front; review rev6.)
+    fn limited(&self, endpoint: &str) -> Option<usize> {
         match self.kind {
+            ZmqSocketKind::Pull if endpoint.starts_with("tcp://") => {
+                Some(self.max_message_bytes.unwrap_or(DEFAULT_TCP_PULL_LIMIT))
+            }
             ZmqSocketKind::Pull => self.max_message_bytes,
             ZmqSocketKind::Sub { .. } => None,
         }
@@ -287,7 +299,7 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
 
     /// Binds `endpoint` (e.g. `tcp://127.0.0.1:5555`, or port 0 for any free port).
     pub async fn bind(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
-        if let Some(limit) = self.limited() {
+        if let Some(limit) = self.limited(endpoint) {
             let (pull, bound) =
                 LimitedPull::bind(endpoint, limit)
                     .await
@@ -314,7 +326,7 @@ impl<T: Send + 'static> ZmqSourceBuilder<T> {
 
     /// Connects to `endpoint`; resolves once connected.
     pub async fn connect(self, endpoint: &str) -> Result<ZmqSource<T>, SocketError> {
-        if let Some(limit) = self.limited() {
+        if let Some(limit) = self.limited(endpoint) {
             let pull =
                 LimitedPull::connect(endpoint, limit)
                     .await
