@@ -94,18 +94,7 @@ async fn a_batch_max_wait_of_duration_max_hands_over_full_batches() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_publish_after_duration_max_is_scheduled() {
     let bus = Bus::new();
-    let (tx, mut got) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("later", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut got) = collecting(&bus, "later").await;
     bus.publish_after(Duration::MAX, Ping { n: 1 })
         .await
         .unwrap();
@@ -120,18 +109,7 @@ async fn a_publish_after_duration_max_is_scheduled() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_shutdown_deadline_of_duration_max_drains_and_reports() {
     let bus = Bus::new();
-    let (tx, mut got) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("drained", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut got) = collecting(&bus, "drained").await;
     for n in 0..3 {
         bus.publish(Ping { n }).await.unwrap();
     }
@@ -144,4 +122,24 @@ async fn a_shutdown_deadline_of_duration_max_drains_and_reports() {
     for n in 0..3 {
         assert_eq!(got.recv().await, Some(n));
     }
+}
+
+/// A subscription named `name` reporting each `Ping` it handles on the returned channel.
+async fn collecting(
+    bus: &Bus,
+    name: &str,
+) -> (switchyard::Subscription, mpsc::UnboundedReceiver<u64>) {
+    let (tx, got) = mpsc::unbounded_channel();
+    let sub = bus
+        .on(name, move |p: Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    (sub, got)
 }

@@ -8,6 +8,31 @@ use tokio::sync::Semaphore;
 
 pub(super) type BoxErr = Box<dyn std::error::Error + Send + Sync>;
 
+/// A subscription named `name` whose handler reports each `Ping` it starts on the returned
+/// channel and never finishes.
+pub(super) async fn stuck(
+    bus: &Bus,
+    name: &str,
+) -> (
+    switchyard::Subscription,
+    tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    let (tx, started) = tokio::sync::mpsc::unbounded_channel();
+    let sub = bus
+        .on(name, move |p: crate::Ping, _| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(p.n);
+                std::future::pending::<()>().await;
+                Ok::<_, String>(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    (sub, started)
+}
+
 /// Waits for a permit of `gate` (and keeps it used).
 pub(super) async fn pass(gate: &Semaphore) -> Result<(), String> {
     gate.acquire()

@@ -8,7 +8,7 @@ use switchyard::testkit::VirtualClock;
 use switchyard::{Backoff, Bus, DeadLetterReason, Outcome, Overflow, PublishError, SendError};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{letters_with, pass};
+use super::{letters_with, pass, stuck};
 use crate::{Double, Ping, WAIT};
 
 /// docs/bus.md: "Dropping `sub` unsubscribes (its queue is still drained)". A subscription
@@ -59,19 +59,7 @@ async fn a_dropped_subscription_drains_its_queue_and_run_until_idle_waits_for_it
 async fn a_dropped_subscriptions_leftovers_are_reported_at_the_shutdown_deadline() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let sub = bus
-        .on("leaving", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, String>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (sub, mut started) = stuck(&bus, "leaving").await;
     for n in 0..4 {
         bus.publish(Ping { n }).await.unwrap();
     }

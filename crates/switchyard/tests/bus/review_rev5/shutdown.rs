@@ -11,7 +11,7 @@ use switchyard::{
 };
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{BoxErr, letters_with, pass};
+use super::{BoxErr, letters_with, pass, stuck};
 use crate::{Double, Ping, WAIT};
 
 /// docs/bus.md "Shutdown": "From the call on, publishes and sends get `ShuttingDown`."
@@ -369,19 +369,7 @@ async fn shutdown_during_an_adaptive_slow_down_tells_the_publisher_the_truth() {
 async fn publish_and_wait_across_a_shutdown_deadline_reports_the_stuck_copy() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let _stuck = bus
-        .on("stuck", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, String>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_stuck, mut started) = stuck(&bus, "stuck").await;
     let _quick = bus
         .on("quick", |_: Ping, _| async move { Ok::<_, String>(()) })
         .start()
@@ -544,19 +532,7 @@ async fn a_handler_awaiting_its_own_bus_shutdown_does_not_wedge_later_calls() {
 async fn a_shutdown_cancelled_midway_is_completed_by_the_next_call() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("stuck", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, String>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut started) = stuck(&bus, "stuck").await;
     for n in 0..3 {
         bus.publish(Ping { n }).await.unwrap();
     }
@@ -650,19 +626,7 @@ async fn the_call_after_a_cancelled_shutdown_waits_for_the_drain() {
 async fn a_delayed_publish_is_reported_after_a_cancelled_shutdown_call() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("stuck", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, String>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut started) = stuck(&bus, "stuck").await;
     bus.publish(Ping { n: 0 }).await.unwrap();
     assert_eq!(started.recv().await, Some(0));
     bus.publish_after(Duration::from_secs(3600), Ping { n: 1 })
@@ -693,19 +657,7 @@ async fn a_delayed_publish_is_reported_after_a_cancelled_shutdown_call() {
 async fn a_delayed_publish_and_a_stuck_message_are_reported_by_one_shutdown() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("stuck", move |p: Ping, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(p.n);
-                std::future::pending::<()>().await;
-                Ok::<_, String>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (_sub, mut started) = stuck(&bus, "stuck").await;
     bus.publish(Ping { n: 0 }).await.unwrap();
     assert_eq!(started.recv().await, Some(0));
     bus.publish_after(Duration::from_secs(3600), Ping { n: 1 })
