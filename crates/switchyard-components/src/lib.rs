@@ -27,6 +27,7 @@
 pub mod builtin;
 mod component;
 mod context;
+mod declaration;
 mod enforce;
 mod role;
 mod topology;
