@@ -11,7 +11,8 @@ import logging
 from typing import Any, Callable, Mapping, Optional
 
 from . import _switchyard as _native
-from ._bus import _annotation, _describe
+from ._bus import _describe
+from ._plan import _annotation
 from ._codec import _is_pydantic, converter, decoder, encode
 from .errors import (
     DecodeFailed,
