@@ -30,7 +30,6 @@ use crate::transport::NativeTransport;
 mod options;
 mod prefetch;
 mod reply;
-pub(crate) use options::due_after;
 use options::{SubOptions, overflow, seconds};
 pub use prefetch::PyReplies;
 pub use reply::PyReply;
@@ -467,7 +466,7 @@ impl NativeBus {
         } else {
             let delay = seconds(delay.unwrap_or(0.0), "delay")?;
             ops::start(&self.inbox, async move {
-                let at = due_after(delay);
+                let at = switchyard::deadline_after(delay);
                 Done::Scheduled(bus.schedule_envelope(at, env).await)
             })
         };

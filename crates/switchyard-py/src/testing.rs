@@ -37,7 +37,7 @@ impl RustCounter {
             .map_err(|_| pyo3::exceptions::PyValueError::new_err("bad timeout"))?;
         let (count, notify) = (self.count.clone(), self.notify.clone());
         Ok(ops::spawn(&self.inbox, async move {
-            let deadline = crate::bus::due_after(timeout);
+            let deadline = switchyard::deadline_after(timeout);
             loop {
                 let notified = notify.notified();
                 tokio::pin!(notified);

@@ -4,12 +4,24 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// About 30 years: what "never" means for a deadline.
-const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+/// About a century: what "never" means for a deadline.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 100);
 
-/// `d` from now on tokio's clock; at most about 30 years ahead, so a duration such as
-/// `Duration::MAX` (a binding's "forever") waits "forever" instead of overflowing.
-pub(crate) fn after(d: Duration) -> Instant {
+/// `d` from now on tokio's clock (so a paused test clock moves it), at most about a century
+/// ahead: a duration such as `Duration::MAX`, or a binding's "forever" (Python's
+/// `sys.maxsize` seconds), waits "forever" instead of overflowing as `Instant::now() + d`
+/// does. What the bus uses for its own deadlines; also the `at` to pass to
+/// [`Bus::schedule_envelope`](crate::Bus::schedule_envelope).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// let soon = switchyard::deadline_after(Duration::from_secs(5));
+/// let never = switchyard::deadline_after(Duration::MAX); // no panic
+/// assert!(never > soon);
+/// # }
+/// ```
+pub fn after(d: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(d.min(FAR))
         .or_else(|| now.checked_add(Duration::from_secs(86_400)))
@@ -34,5 +46,17 @@ mod tests {
         assert!(after(Duration::MAX) > now + Duration::from_secs(86_400 * 365));
         let one = after(Duration::from_secs(1));
         assert!(one >= now + Duration::from_secs(1) && one < now + Duration::from_secs(2));
+    }
+
+    /// `sys.maxsize` seconds (the Python package's "forever") and the largest `Duration`:
+    /// no overflow, and an ordinary wait is exact (moved from switchyard-py's `due_after`).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_wait_no_instant_can_hold_saturates() {
+        let before = Instant::now();
+        let far = after(Duration::from_secs(i64::MAX as u64));
+        assert!(far >= before + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert!(after(Duration::MAX) >= far);
+        let soon = after(Duration::from_secs(5));
+        assert!(soon >= before + Duration::from_secs(5) && soon < far);
     }
 }

@@ -64,6 +64,7 @@ pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
 pub use config::{Filter, OrderingKey, SubscriptionKind};
 pub use ctx::Ctx;
+pub use deadline::after as deadline_after;
 pub use handler::{
     BoxBatchHandler, BoxHandler, BoxPrefetchHandler, IntoOutcome, boxed, handler_fn,
 };

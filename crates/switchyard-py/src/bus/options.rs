@@ -40,25 +40,6 @@ pub(crate) fn seconds(s: f64, what: &str) -> PyResult<Duration> {
     })
 }
 
-/// The longest wait `due_after` computes: about a century ("never" in practice). A
-/// duration of `sys.maxsize` seconds fits a `Duration` but not an `Instant`.
-const MAX_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// The tokio instant `wait` from now, saturated: a wait beyond [`MAX_WAIT`] (or one the
-/// clock cannot represent) is cut down instead of overflowing (`Instant + Duration`
-/// panics on overflow).
-pub(crate) fn due_after(wait: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    let mut wait = wait.min(MAX_WAIT);
-    loop {
-        if let Some(at) = now.checked_add(wait) {
-            return at;
-        }
-        // Halving reaches zero, and `now + 0` is always representable.
-        wait /= 2;
-    }
-}
-
 /// Settings of one subscription, as Python passes them.
 #[derive(Default)]
 pub(super) struct SubOptions {
@@ -116,22 +97,5 @@ impl SubOptions {
             });
         }
         b
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn due_after_saturates_a_wait_no_instant_can_hold() {
-        let before = tokio::time::Instant::now();
-        // `sys.maxsize` seconds, and the largest Duration: no overflow panic.
-        let far = due_after(Duration::from_secs(i64::MAX as u64));
-        assert!(far >= before + Duration::from_secs(50 * 365 * 24 * 3600));
-        assert!(due_after(Duration::MAX) >= far);
-        // An ordinary wait is exact.
-        let soon = due_after(Duration::from_secs(5));
-        assert!(soon >= before + Duration::from_secs(5) && soon < far);
     }
 }
