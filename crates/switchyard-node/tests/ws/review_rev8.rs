@@ -191,12 +191,13 @@ async fn bad_topics_are_typed_errors_and_unicode_payloads_arrive_intact() {
         .await;
     assert_eq!(v["error"]["kind"], "invalid_topic", "{v}");
     let payload = json!({"name": "Zoë ✓ 🚂", "ctl": "\u{0}\u{1f}"});
-    let v = c
+    let a = c
         .ask(json!({"op": "publish", "id": "ok", "topic": "orders.placed", "payload": payload}))
         .await;
+    let b = c.recv().await;
+    let (v, m) = if a["op"] == "message" { (b, a) } else { (a, b) };
     assert_eq!(v["op"], "published", "{v}");
-    let m = c.expect("message").await;
-    assert_eq!(m["message"]["payload"], payload);
+    assert_eq!(m["message"]["payload"], payload, "{m}");
     node.stop().await;
 }
 
@@ -289,4 +290,149 @@ async fn connection_slots_are_given_back_when_a_client_closes() {
         }
     }
     node.stop().await;
+}
+
+/// The gateway's figures equal the traffic: open connections go back down when clients
+/// vanish without a close, the total counts every upgrade, and `published` counts every
+/// message published through HTTP, `publish` and `publish_batch` (refused ones excluded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_figures_equal_the_traffic_sent() {
+    let node = TestNode::start("").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(node.client().await);
+    }
+    let mut c = clients.pop().unwrap();
+    for i in 0..4 {
+        let v = c
+            .ask(json!({"op": "publish", "id": i, "topic": "fig.one", "payload": i}))
+            .await;
+        assert_eq!(v["op"], "published", "{v}");
+    }
+    let v = c
+        .ask(json!({"op": "publish_batch", "id": "b", "messages": [
+            {"topic": "fig.a", "payload": 1}, {"topic": "fig.b", "payload": 2},
+            {"topic": "fig.c", "payload": 3}]}))
+        .await;
+    assert_eq!(v["op"], "published_batch", "{v}");
+    let v = c
+        .ask(json!({"op": "publish_batch", "id": "bad", "messages": [
+            {"topic": "fig.a", "payload": 1}, {"topic": "fig..b", "payload": 2}]}))
+        .await;
+    assert_eq!(v["op"], "error", "{v}");
+    let v = c
+        .ask(json!({"op": "publish", "id": "bad", "topic": "fig.*", "payload": 1}))
+        .await;
+    assert_eq!(v["op"], "error", "{v}");
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let res = http
+            .post(node.http("/v1/publish/fig.http"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+    // Two clients vanish without a close handshake.
+    drop(clients);
+    let g = crate::support::eventually("the open-connection figure back to 1", || async {
+        let g = node.gateway_stats(None).await;
+        (g["ws_connections"] == 1).then_some(g)
+    })
+    .await;
+    assert_eq!(g["ws_connections_total"], 3, "{g}");
+    assert_eq!(g["published"], 4 + 3 + 2, "{g}");
+    let status: Value = http
+        .get(node.http("/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["published"], 4 + 3 + 2, "{status}");
+    let text = http
+        .get(node.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = text
+        .lines()
+        .find(|l| l.starts_with("switchyard_gateway_ws_connections "))
+        .unwrap_or_else(|| panic!("no ws_connections gauge in {text}"));
+    assert_eq!(gauge.rsplit(' ').next(), Some("1"), "{gauge}");
+    drop(c);
+    node.stop().await;
+}
+
+/// Clients that come and go must not leave `/metrics` growing: 30 short-lived connections,
+/// each with its own subscription that received one message, leave no more per-subscription
+/// series than the subscriptions that are still open (none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_ws_subscriptions_leave_no_series_behind() {
+    let node = TestNode::start("").await;
+    let http = reqwest::Client::new();
+    for i in 0..30 {
+        let mut c = node.client().await;
+        c.subscribe(&format!("churn.c{i}"), json!({})).await;
+        // The answer and the delivery travel in separate buffers: either may come first.
+        let a = c
+            .ask(json!({"op": "publish", "id": i, "topic": format!("churn.c{i}"), "payload": i}))
+            .await;
+        let b = c.recv().await;
+        let (v, m) = if a["op"] == "message" { (b, a) } else { (a, b) };
+        assert_eq!(v["op"], "published", "{v}");
+        assert_eq!(m["message"]["payload"], i, "{m}");
+        // A scrape while it is open records its series.
+        let text = http
+            .get(node.http("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("switchyard_subscription_delivered_total"));
+        c.close().await;
+    }
+    crate::support::eventually("every WebSocket subscription gone from the bus", || async {
+        let subs: Value = http
+            .get(node.http("/v1/subscriptions"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = subs["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["pattern"].as_str().unwrap_or("").starts_with("churn."))
+            .count();
+        (n == 0).then_some(())
+    })
+    .await;
+    let text = http
+        .get(node.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stale: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_subscription_delivered_total{"))
+        .collect();
+    assert!(
+        stale.len() <= 1,
+        "{} delivered series for 0 open subscriptions, e.g. {:?}",
+        stale.len(),
+        stale.iter().next()
+    );
 }
