@@ -783,6 +783,65 @@ async fn a_data_dir_that_is_a_file_fails_the_start_naming_it() {
     assert!(err.contains("not-a-dir"), "{err}");
 }
 
+/// The dead-letter journal cannot be written (a directory stands where the file goes): the
+/// node refuses to start naming it, or it starts and a dead letter is still kept (listed);
+/// never a dead letter silently lost.
+#[tokio::test]
+async fn an_unwritable_dead_letter_journal_is_refused_or_still_keeps_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("dead-letters.jsonl")).unwrap();
+    let toml = format!(
+        "[transport]\nkind = \"log\"\ndata_dir = {:?}\n",
+        dir.path().to_str().unwrap()
+    );
+    let config = NodeConfig::from_toml(&toml).unwrap();
+    let node = match Node::start(config.clone()).await {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("dead-letters.jsonl"), "{e}");
+            return;
+        }
+        Ok(node) => node,
+    };
+    node.shutdown().await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let node = TestNode::from_config(config, |_| {}).await;
+    node.bus
+        .subscribe(
+            "rejecter",
+            "orders.*",
+            handler_fn(move |_env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                    Ok::<_, std::convert::Infallible>(Outcome::reject("no"))
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let res = client()
+        .post(node.url("/v1/publish/orders.placed"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    recv(&mut rx, "the delivery").await;
+    node.bus.run_until_idle().await;
+    let list: Value = client()
+        .get(node.url("/v1/dlq"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1, "the dead letter was lost: {list}");
+}
+
 /// Dashboard and app assets are embedded: a traversal in the file name finds nothing.
 #[tokio::test]
 async fn asset_routes_do_not_traverse() {
