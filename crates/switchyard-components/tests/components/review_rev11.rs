@@ -570,3 +570,227 @@ async fn a_given_up_flow_is_dead_lettered_once_even_if_its_manager_fails_it() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Data pipeline plan, "success criterion 1": everything goes through the broker except
+/// frontend → CPM and CPM → processor. The CPM's shortcut to a processor is allowed (and its
+/// result comes back to the CPM); the CPM reaching a service, and a service reaching another
+/// domain's handler, are refused at runtime; managers of two domains coordinate freely.
+#[tokio::test]
+async fn the_plans_allowed_shortcuts_and_cross_domain_rules() {
+    let bus = Bus::new();
+    let noop = |_: Envelope, _| async { Ok::<_, std::convert::Infallible>(()) };
+    let running = Assembly::new(&bus)
+        .component(
+            ComponentBuilder::new("cpm", Role::Cpm, "cpm")
+                .publishes("staging.preview.execute")
+                .on_envelope("staging.preview.processed", noop),
+        )
+        .component(
+            ComponentBuilder::new("staging-processor", Role::Processor, "staging").on(
+                "staging.preview.execute",
+                |n: Note, cx| async move {
+                    let ctx = cx.begin("preview").await?;
+                    ctx.start().await?;
+                    ctx.complete(&n.n).await?;
+                    Ok::<_, BoxError>(())
+                },
+            ),
+        )
+        .component(
+            ComponentBuilder::new("staging-manager", Role::Manager, "staging")
+                .publishes("quality.validate.request"),
+        )
+        .component(
+            ComponentBuilder::new("quality-manager", Role::Manager, "quality")
+                .on_envelope("quality.validate.request", noop),
+        )
+        .component(ComponentBuilder::new(
+            "staging-service",
+            Role::Service,
+            "staging",
+        ))
+        .component(
+            ComponentBuilder::new("quality-handler", Role::Handler, "quality")
+                .on_envelope("quality.validate.dispatch", noop)
+                .on_envelope("quality.check.dispatch", noop),
+        )
+        .start()
+        .await
+        .unwrap();
+    let processed = Recorder::start(&bus, "staging.preview.processed")
+        .await
+        .unwrap();
+    let requests = Recorder::start(&bus, "quality.validate.request")
+        .await
+        .unwrap();
+    let cpm = running.component_bus("cpm").unwrap();
+    cpm.publish_to("staging.preview.execute", Note { n: 5 })
+        .await
+        .unwrap();
+    let got = processed.wait_for(1, WAIT).await.unwrap();
+    let c: Completion<u64> = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(c.result, Some(5));
+
+    // Managers coordinate across domains.
+    running
+        .component_bus("staging-manager")
+        .unwrap()
+        .publish_to("quality.validate.request", Note { n: 1 })
+        .await
+        .unwrap();
+    requests.wait_for(1, WAIT).await.unwrap();
+
+    // The CPM never talks to services or handlers (undeclared, and the edge is forbidden).
+    let mut env = Envelope::new(Topic::new("quality.validate.dispatch").unwrap(), "{}");
+    env.set_target(Some("quality-handler".into()));
+    let err = cpm.publish_envelope(env).await.unwrap_err();
+    assert!(matches!(err, PublishError::LayerViolation(_)), "{err:?}");
+    // A service does not reach into another domain.
+    let err = running
+        .component_bus("staging-service")
+        .unwrap()
+        .publish_to("quality.check.dispatch", Note { n: 2 })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::LayerViolation(_)), "{err:?}");
+    let stats = running.enforcement();
+    assert_eq!(stats.refused, 2, "{stats:?}");
+}
+
+/// Warn mode (the plan's migration phase, components moved one at a time): a forbidden edge
+/// starts, its publish is delivered, counted and kept as a recent violation, and the topology
+/// views mark it as forbidden.
+#[tokio::test]
+async fn warn_mode_delivers_counts_and_marks_forbidden_edges() {
+    let bus = Bus::new();
+    let noop = |_: Envelope, _| async { Ok::<_, std::convert::Infallible>(()) };
+    let running = Assembly::new(&bus)
+        .mode(EnforcementMode::Warn)
+        .component(
+            ComponentBuilder::new("shop-manager", Role::Manager, "shop")
+                .publishes("shop.order.execute"),
+        )
+        .component(
+            ComponentBuilder::new("shop-processor", Role::Processor, "shop")
+                .on_envelope("shop.order.execute", noop),
+        )
+        .start()
+        .await
+        .unwrap();
+    let rec = Recorder::start(&bus, "shop.order.execute").await.unwrap();
+    running
+        .component_bus("shop-manager")
+        .unwrap()
+        .publish_to("shop.order.execute", Note { n: 1 })
+        .await
+        .unwrap();
+    rec.wait_for(1, WAIT).await.unwrap();
+    let stats = running.enforcement();
+    assert_eq!((stats.violations, stats.refused), (1, 0), "{stats:?}");
+    let recent = running.enforcer().recent_violations();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].rule.id(), "one-layer-at-a-time");
+    let declared = running.topology().to_mermaid();
+    assert!(declared.contains('✗'), "{declared}");
+    let observed = running.observed_mermaid();
+    assert!(
+        observed.contains("shop-manager") && observed.contains('✗'),
+        "{observed}"
+    );
+    let dot = running.topology().to_dot();
+    assert!(dot.contains("dashed"), "{dot}");
+}
+
+/// The trace of a flow retried once (the components guide's example): the error branches off
+/// the execute, the retry request is caused by the error, the retried walk reaches the CPM's
+/// completion, and the trace holds every recorded message of the flow.
+#[tokio::test]
+async fn the_trace_of_a_retried_flow_branches_at_the_failure() {
+    let bus = Bus::new();
+    let traces = TraceRecorder::start(&bus, 2000).await.unwrap();
+    let app = start_app(&bus, Arc::new(AtomicU32::new(1)), 3).await;
+    let done_rec = completions(&bus).await;
+    let (done, env) = one_run(&app, &done_rec, 3).await;
+    assert!(done.is_ok(), "{done:?}");
+    bus.run_until_idle().await;
+    let trace = traces.trace(env.correlation_id.clone());
+    let recorded = traces
+        .envelopes()
+        .iter()
+        .filter(|e| e.correlation_id == env.correlation_id)
+        .count();
+    assert_eq!(trace.len(), recorded, "{}", trace.render());
+    let pruned = trace.pruned(|n| !n.topic.ends_with(".status.update"));
+    let error = pruned.roots[0].find("analytics.error").expect("no error");
+    assert_eq!(error.source.as_deref(), Some("analytics-processor"));
+    let retry = error
+        .children
+        .iter()
+        .find(|c| c.topic.as_str() == "analytics.retry.request")
+        .expect("the retry request is not caused by the error");
+    assert!(
+        retry
+            .walk()
+            .iter()
+            .any(|n| n.topic.as_str() == "analytics.features.complete"),
+        "{}",
+        pruned.render()
+    );
+    let text = pruned.render();
+    assert!(text.contains("[analytics-processor]"), "{text}");
+}
+
+/// A processor that forgets to finish its context (the seed's hung step): after the context
+/// timeout the sweeper fails it with `Timeout`, the failure is reported on the domain's error
+/// topic and as a failed result up the chain with the flow's correlation id, and the table
+/// and the state tracker are left clean (virtual clock).
+#[tokio::test(start_paused = true)]
+async fn a_forgotten_context_times_out_and_reports_up_the_chain() {
+    let bus = Bus::new();
+    let tracker = StateTracker::new(100);
+    let running = Assembly::new(&bus)
+        .contexts(switchyard_components::ContextConfig {
+            timeout: Duration::from_secs(2),
+            sweep_interval: Duration::from_millis(100),
+        })
+        .component(tracker.component())
+        .component(
+            ComponentBuilder::new("analytics-processor", Role::Processor, "analytics").on(
+                "analytics.features.execute",
+                |_: Note, cx| async move {
+                    let ctx = cx.begin("features").await?;
+                    ctx.start().await?;
+                    Ok::<_, BoxError>(()) // never completed
+                },
+            ),
+        )
+        .start()
+        .await
+        .unwrap();
+    let errors = Recorder::start(&bus, "analytics.error").await.unwrap();
+    let results = Recorder::start(&bus, "analytics.features.processed")
+        .await
+        .unwrap();
+    let flow = MessageId::new();
+    let env = Envelope::new(
+        Topic::new("analytics.features.execute").unwrap(),
+        serde_json::to_vec(&Note { n: 1 }).unwrap(),
+    )
+    .with_correlation_id(flow.clone());
+    bus.publish_envelope(env).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let err = errors.wait_for(1, WAIT).await.unwrap().remove(0);
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(err.correlation_id, flow);
+    let report: switchyard_components::ErrorReport = serde_json::from_slice(&err.payload).unwrap();
+    assert_eq!(report.error_type, "Timeout");
+    assert_eq!(report.component, "analytics-processor");
+    let done = results.wait_for(1, WAIT).await.unwrap().remove(0);
+    assert_eq!(done.correlation_id, flow);
+    let c: Completion<serde_json::Value> = serde_json::from_slice(&done.payload).unwrap();
+    assert!(!c.is_ok());
+    bus.run_until_idle().await;
+    assert!(running.contexts().is_empty());
+    assert!(tracker.active().is_empty(), "{:?}", tracker.active());
+    assert!(tracker.anomalies().is_empty(), "{:?}", tracker.anomalies());
+}
