@@ -322,3 +322,65 @@ async fn a_pipeline_across_a_bus_hop_gives_the_same_outcomes_on_the_log() {
         .expect("the pipeline hangs on the log");
     assert_eq!(in_memory, on_log);
 }
+
+/// Shutdown mid-pipeline with runs behind a bus hop on the embedded log and a stuck stage
+/// after it: the runner's shutdown does not hang on the durable hop, and every accepted run
+/// is settled exactly once (completed, or dead-lettered with reason `Shutdown`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_mid_pipeline_across_a_hop_on_the_log_settles_each_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    let bus = switchyard::Bus::builder().transport(log).build().unwrap();
+    let gate = Arc::new(Semaphore::new(2));
+    let g = gate.clone();
+    let (out, collect) = collector::<u32>();
+    let p = Pipeline::new(map_fn("before", |x: u32| Ok(x)))
+        .via_bus(
+            BusHandoff::new(bus.clone()),
+            Topic::new("rev11.hop").unwrap(),
+        )
+        .then(stage_fn("stuck", move |x: u32| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Ok(x)
+            }
+        }))
+        .then(collect);
+    let dlq = Arc::new(InMemoryDeadLetters::new(100));
+    let running = Runner::new(p)
+        .dead_letters(dlq.clone())
+        .drain_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
+    let feed = running.feed();
+    for i in 0..6u32 {
+        feed.send(i).await.unwrap();
+    }
+    assert!(
+        running
+            .monitor()
+            .wait_until(WAIT, |m| m.completed() == 2)
+            .await
+    );
+    let report = tokio::time::timeout(WAIT, running.shutdown())
+        .await
+        .expect("the runner's shutdown hangs on the log hop");
+    let m = &report.monitor;
+    assert_eq!((m.accepted, m.completed, m.failed), (6, 2, 4), "{m:?}");
+    let letters = dlq.list();
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason == DeadLetterReason::Shutdown)
+    );
+    assert_eq!(out.lock().unwrap().len(), 2);
+    gate.add_permits(100);
+    tokio::time::timeout(WAIT, bus.shutdown(Duration::from_secs(2)))
+        .await
+        .expect("the bus shutdown hangs")
+        .unwrap();
+}

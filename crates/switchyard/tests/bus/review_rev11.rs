@@ -833,3 +833,88 @@ async fn two_sessions_with_the_same_handler_name_on_the_log() {
     assert_eq!(b, (100..110).collect::<Vec<u8>>(), "job-b got {b:?}");
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+type Calls = Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// A handler wrapped so that each call records `name` before the inner handler runs.
+fn recording(
+    name: &'static str,
+    calls: Calls,
+    inner: switchyard::BoxHandler,
+) -> switchyard::BoxHandler {
+    use tower::ServiceExt;
+    switchyard::boxed(tower::service_fn(move |env: switchyard::Envelope| {
+        calls.lock().unwrap().push(name);
+        inner.clone().oneshot(env)
+    }))
+}
+
+fn record_layer(
+    name: &'static str,
+    calls: Calls,
+) -> impl tower::Layer<switchyard::BoxHandler, Service = switchyard::BoxHandler> + Clone {
+    tower::layer::layer_fn(move |inner| recording(name, calls.clone(), inner))
+}
+
+/// The middleware order a user reads in the docs: `wrap_handlers` outside every subscription's
+/// own layers, and of those the last `.layer` outermost; the same for an event and a command,
+/// in memory and on the log.
+async fn middleware_order(
+    transport: Option<switchyard_log::LogTransport>,
+) -> Vec<Vec<&'static str>> {
+    let calls: Calls = Arc::default();
+    let c = calls.clone();
+    let mut b = Bus::builder().wrap_handlers(move |_name, h| recording("bus", c.clone(), h));
+    if let Some(t) = transport {
+        b = b.transport(t);
+    }
+    let bus = b.build().unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let c = calls.clone();
+    bus.on("audit", move |o: OrderPlaced, _| {
+        let (tx, c) = (tx.clone(), c.clone());
+        async move {
+            c.lock().unwrap().push("handler");
+            tx.send(o.id).unwrap();
+            Ok::<_, std::io::Error>(())
+        }
+    })
+    .layer(record_layer("first", calls.clone()))
+    .layer(record_layer("second", calls.clone()))
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    let c = calls.clone();
+    bus.handle(move |q: Quote, _| {
+        let c = c.clone();
+        async move {
+            c.lock().unwrap().push("handler");
+            Ok::<_, std::io::Error>(q.sku.len() as u32)
+        }
+    })
+    .layer(record_layer("first", calls.clone()))
+    .layer(record_layer("second", calls.clone()))
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    bus.publish(OrderPlaced { id: 1 }).await.unwrap();
+    assert_eq!(recv(&mut seen).await, 1);
+    let event = std::mem::take(&mut *calls.lock().unwrap());
+    assert_eq!(bus.send(Quote { sku: "ab".into() }).await.unwrap(), 2);
+    let command = std::mem::take(&mut *calls.lock().unwrap());
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+    vec![event, command]
+}
+
+#[tokio::test]
+async fn middleware_order_is_the_documented_one_in_memory_and_on_the_log() {
+    let in_memory = middleware_order(None).await;
+    let order = vec!["bus", "second", "first", "handler"];
+    assert_eq!(in_memory, vec![order.clone(), order]);
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    assert_eq!(middleware_order(Some(log)).await, in_memory);
+}
