@@ -630,3 +630,139 @@ async fn publishing_into_an_unmigrated_schema_is_a_typed_error() {
     tx.rollback().await.unwrap();
     db.finish().await;
 }
+
+/// A bus that refuses (shut down) stops the pass with a typed error and marks nothing: the
+/// rows wait, and a relay on a working bus later sends each exactly once, in order.
+#[tokio::test]
+async fn a_bus_that_refuses_leaves_the_rows_for_a_later_relay() {
+    let Some(db) = TestDb::new("rev9refuse").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    for n in 0..5 {
+        let mut tx = db.pool.begin().await.unwrap();
+        outbox
+            .publish_keyed(&mut tx, "r", ping("r", n))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let dead = Bus::new();
+    dead.shutdown(Duration::from_secs(1)).await.unwrap();
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), dead.clone());
+    let err = relay.drain().await.unwrap_err();
+    assert!(
+        matches!(err, switchyard_postgres::Error::Publish(_)),
+        "{err:?}"
+    );
+    assert_eq!(relay.backlog().await.unwrap(), 5);
+    let (bus, mut rx, _sub) = recorder().await;
+    let relay =
+        Relay::new(db.pool.clone(), db.schema.clone(), bus.clone()).handoff(Handoff::Handled);
+    assert_eq!(relay.drain().await.unwrap(), 5);
+    let got: Vec<i64> = recv_n(&mut rx, 5).await.into_iter().map(|x| x.1).collect();
+    assert_eq!(got, (0..5).collect::<Vec<_>>());
+    db.finish().await;
+}
+
+/// The relay's connection is terminated in the middle of a pass (by the handler of its second
+/// message, after the bus took the first ones): the pass fails and marks nothing, the next
+/// pass sends the batch again (at-least-once) and the inbox applies each message once.
+#[tokio::test]
+async fn a_connection_lost_mid_pass_resends_the_batch_and_the_inbox_applies_it_once() {
+    let Some(db) = TestDb::new("rev9midpass").await else {
+        return;
+    };
+    db.exec("CREATE TABLE {schema}.effects (n BIGINT PRIMARY KEY)")
+        .await;
+    let app = format!("rev9mid_{}", db.schema);
+    let relay_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            PgConnectOptions::from_str(&url())
+                .unwrap()
+                .application_name(&app),
+        )
+        .await
+        .unwrap();
+    let inbox = Inbox::new(db.pool.clone(), db.schema.clone(), "mid");
+    let effects = format!("INSERT INTO {}.effects (n) VALUES ($1)", db.schema);
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let (d2, pool2, app2) = (deliveries.clone(), db.pool.clone(), app.clone());
+    let handler = inbox.handler(move |p: Ping, tx, _env| {
+        let effects = effects.clone();
+        let first = d2.fetch_add(1, Ordering::SeqCst) == 1;
+        let (pool2, app2) = (pool2.clone(), app2.clone());
+        Box::pin(async move {
+            sqlx::query(&effects).bind(p.n).execute(&mut *tx).await?;
+            if first {
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                )
+                .bind(&app2)
+                .execute(&pool2)
+                .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+    });
+    let bus = Bus::new();
+    let _sub = bus
+        .subscribe("mid", Ping::TOPIC, handler)
+        .start()
+        .await
+        .unwrap();
+    let outbox = Outbox::new(db.schema.clone());
+    for n in 0..4 {
+        let mut tx = db.pool.begin().await.unwrap();
+        outbox.publish(&mut tx, ping("m", n)).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let relay =
+        Relay::new(relay_pool.clone(), db.schema.clone(), bus.clone()).handoff(Handoff::Handled);
+    let first = relay.drain().await;
+    assert!(
+        first.is_err(),
+        "the pass survived its connection: {first:?}"
+    );
+    assert_eq!(
+        relay.backlog().await.unwrap(),
+        4,
+        "rows marked by a failed pass"
+    );
+    assert_eq!(relay.drain().await.unwrap(), 4);
+    assert_eq!(relay.backlog().await.unwrap(), 0);
+    // The resent batch met the inbox marks: the handler ran once per message.
+    assert_eq!(deliveries.load(Ordering::SeqCst), 4);
+    assert_eq!(db.count("SELECT count(*) FROM {schema}.effects").await, 4);
+    relay_pool.close().await;
+    db.finish().await;
+}
+
+/// A header value with a NUL character cannot be stored (JSONB refuses `\u0000`): the
+/// publish is a typed error at once, not a panic and not a row that fails later in the relay.
+#[tokio::test]
+async fn a_header_with_a_nul_character_is_a_typed_error_at_publish() {
+    let Some(db) = TestDb::new("rev9nul").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    let env = ping_env(1).with_header("x-bad", "a\0b");
+    let mut tx = db.pool.begin().await.unwrap();
+    let r = outbox.publish_envelope(&mut tx, env).await;
+    match r {
+        Err(switchyard_postgres::Error::Database(_) | switchyard_postgres::Error::Json(_)) => {
+            tx.rollback().await.unwrap();
+        }
+        Err(e) => panic!("unexpected error kind {e:?}"),
+        Ok(_) => {
+            // Stored after all: it must then come out intact.
+            tx.commit().await.unwrap();
+            let (bus, _rx, _sub) = recorder().await;
+            let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
+            assert_eq!(relay.drain().await.unwrap(), 1);
+        }
+    }
+    db.finish().await;
+}
