@@ -487,3 +487,42 @@ async fn a_busy_key_with_a_long_backlog_does_not_stall_other_keys() {
     held.ack().await.unwrap();
     close(&log).await;
 }
+
+/// `group_lags()` after a restart lists a group known only from disk (not subscribed in
+/// this run) with its committed offset and lag.
+#[tokio::test]
+async fn group_lags_after_a_restart_show_groups_known_only_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        publish_all(&log, (0..4).map(|i| env("r9.lag", &format!("{i}"))).collect()).await;
+        let mut sub = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+        next(&mut sub).await.ack().await.unwrap();
+        close(&log).await;
+    }
+    let log = open(dir.path());
+    let lags = log.group_lags();
+    let g = lags
+        .iter()
+        .find(|l| l.group == "g")
+        .unwrap_or_else(|| panic!("group g missing from {lags:?}"));
+    assert_eq!((g.committed, g.lag, g.pending), (1, 3, 0));
+    close(&log).await;
+}
+
+/// One group, two members with different patterns: refused with a typed error while the
+/// first member is subscribed (the group's messages would otherwise split unpredictably).
+#[tokio::test]
+async fn a_second_member_with_another_pattern_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let _a = log.subscribe(&pattern("r9.a.#"), Some("g")).await.unwrap();
+    match log.subscribe(&pattern("r9.b.#"), Some("g")).await {
+        Err(switchyard_core::SubscribeError::InvalidConfig(m)) => {
+            assert!(m.contains("pattern"), "{m}")
+        }
+        Err(e) => panic!("unexpected error {e:?}"),
+        Ok(_) => panic!("a second pattern joined the group"),
+    }
+    close(&log).await;
+}

@@ -371,3 +371,29 @@ async fn a_segment_torn_while_being_created_is_repaired_and_offsets_continue() {
     }
     close(&log).await;
 }
+
+/// With no catch-all stream, a topic no stream takes is refused with a typed error, and
+/// nothing of its batch is stored.
+#[tokio::test]
+async fn an_unmapped_topic_is_refused_whole_without_a_default_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(
+        LogConfig::new(dir.path())
+            .with_stream("orders", [pattern("orders.#")])
+            .with_default_stream(None),
+    )
+    .unwrap();
+    let err = log
+        .publish(vec![env("orders.a", "ok"), env("other.b", "no")])
+        .await
+        .unwrap_err();
+    match err {
+        switchyard_core::PublishError::Transport(t) => {
+            assert_eq!(t.kind, switchyard_core::TransportErrorKind::Rejected);
+            assert!(t.to_string().contains("other.b"), "{t}");
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    assert!(log.read_range("orders", 0, 10).unwrap().is_empty());
+    close(&log).await;
+}
