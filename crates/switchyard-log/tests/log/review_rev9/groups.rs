@@ -495,7 +495,11 @@ async fn group_lags_after_a_restart_show_groups_known_only_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     {
         let log = open(dir.path());
-        publish_all(&log, (0..4).map(|i| env("r9.lag", &format!("{i}"))).collect()).await;
+        publish_all(
+            &log,
+            (0..4).map(|i| env("r9.lag", &format!("{i}"))).collect(),
+        )
+        .await;
         let mut sub = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
         next(&mut sub).await.ack().await.unwrap();
         close(&log).await;
