@@ -167,13 +167,11 @@ async fn a_new_handler_is_answered_before_its_first_command() {
         let mut c = node.client().await;
         c.send(json!({"op": "handle", "id": "h", "topic": "busy.job"}))
             .await;
-        loop {
-            let v = c.recv().await;
-            match v["op"].as_str() {
-                Some("handling") => break,
-                other => panic!("round {round}: {other:?} came before the `handling` answer: {v}"),
-            }
-        }
+        let v = c.recv().await;
+        assert_eq!(
+            v["op"], "handling",
+            "round {round}: a frame came before the `handling` answer: {v}"
+        );
         // The handler does get commands, after the answer.
         let cmd = c.expect("command").await;
         assert_eq!(cmd["message"]["topic"], "busy.job", "{cmd}");
