@@ -859,3 +859,110 @@ async fn asset_routes_do_not_traverse() {
         assert!(!body.contains("[package]"), "{path} leaked a file");
     }
 }
+
+/// JWTs that must never authenticate: `alg: none`, an HMAC token signed with the RS256
+/// public key (algorithm confusion), another HMAC algorithm, no `exp`, a bad signature.
+/// Each is `401 unauthenticated`, and a well-signed one works (the setup is right).
+#[tokio::test]
+async fn forged_or_confused_jwts_are_refused() {
+    let public = format!(
+        "{}/tests/fixtures/jwt-public.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let private = format!(
+        "{}/tests/fixtures/jwt-private.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let toml = format!(
+        r#"
+[transport]
+kind = "memory"
+[auth]
+enabled = true
+[auth.jwt]
+algorithm = "RS256"
+public_key_pem = "{public}"
+[[auth.principals]]
+name = "svc"
+admin = true
+"#
+    );
+    let node = TestNode::start(&toml).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let claims = json!({"sub": "svc", "exp": exp});
+    let b64 = |v: &Value| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let pem = std::fs::read(&public).unwrap();
+    let hmac = |alg: jsonwebtoken::Algorithm, key: &[u8], claims: &Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let good = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &rsa,
+    )
+    .unwrap();
+    let mut bad_sig = good.clone();
+    let last = bad_sig.pop().unwrap();
+    bad_sig.push(if last == 'A' { 'B' } else { 'A' });
+    let no_exp = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "svc"}),
+        &rsa,
+    )
+    .unwrap();
+    let forged = [
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims)
+            ),
+        ),
+        (
+            "HS256 with the public key",
+            hmac(jsonwebtoken::Algorithm::HS256, &pem, &claims),
+        ),
+        (
+            "HS512 with the public key",
+            hmac(jsonwebtoken::Algorithm::HS512, &pem, &claims),
+        ),
+        ("no exp", no_exp),
+        ("bad signature", bad_sig),
+    ];
+    let http = client();
+    for (what, token) in forged {
+        let res = http
+            .get(node.url("/v1/status"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let (status, kind, message) = error_of(res).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (401, "unauthenticated"),
+            "{what}: {message}"
+        );
+    }
+    let res = http
+        .get(node.url("/v1/status"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the well-signed token");
+}
