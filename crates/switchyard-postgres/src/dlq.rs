@@ -1,6 +1,7 @@
 //! The dead-letter queue kept in PostgreSQL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{PgPool, Row};
 use switchyard::{DeadLetter, DeadLetterSink, MessageId};
@@ -9,7 +10,53 @@ use switchyard_middleware::dlq::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, Schema};
+use crate::{Error, Schema, names};
+
+/// The one key of the JSON object a dead letter is stored as when its own JSON cannot be
+/// (see [`stored_json`]).
+const ESCAPED_KEY: &str = "switchyard_escaped_letter";
+
+/// The JSON stored in the `letter` column for `letter`. JSONB refuses the `\u0000` escape (a
+/// NUL character in any string: a handler's error text, a header value), so a letter whose
+/// JSON holds one is stored as `{"switchyard_escaped_letter": "<its JSON text>"}` instead:
+/// inside that string the escape is plain text (a backslash and `u0000`), which JSONB keeps,
+/// and [`decode_stored`] gives the letter back exactly. Other letters are stored as they
+/// are, so the table stays queryable (`letter->'envelope'->>'topic'`).
+fn stored_json(letter: &DeadLetter) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(letter)?;
+    if json.contains("\\u0000") {
+        let mut wrapped = serde_json::Map::new();
+        wrapped.insert(ESCAPED_KEY.to_owned(), serde_json::Value::String(json));
+        return serde_json::to_string(&wrapped);
+    }
+    Ok(json)
+}
+
+/// The dead letter stored as `text` (the `letter` column, written by [`stored_json`]).
+fn decode_stored(text: &str) -> Result<DeadLetter, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if let serde_json::Value::Object(map) = &value
+        && map.len() == 1
+        && let Some(serde_json::Value::String(inner)) = map.get(ESCAPED_KEY)
+    {
+        return serde_json::from_str(inner);
+    }
+    serde_json::from_value(value)
+}
+
+/// Whether retrying `e` cannot help: the database refused the data itself (SQLSTATE class
+/// 22 data exception, 23 integrity constraint violation, 54 program limit exceeded), or the
+/// letter could not be encoded. Anything else (a lost connection, a pool timeout, a server
+/// shutting down, a missing table an operator may still create) is retried.
+fn is_permanent(e: &Error) -> bool {
+    match e {
+        Error::Json(_) | Error::Database(sqlx::Error::Encode(_)) => true,
+        Error::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54"))),
+        _ => false,
+    }
+}
 
 enum Op {
     Put(Box<DeadLetter>),
@@ -22,14 +69,18 @@ enum Op {
 /// The trait is synchronous (the bus calls `put` from its workers, which must not wait on a
 /// database), so reads are served from an in-memory copy loaded at [`open`](Self::open), and
 /// writes update the copy at once and go to PostgreSQL in order through a background task
-/// (retried until they succeed while the process lives). [`flush`](Self::flush) waits until
-/// every earlier write is in the database. In memory it holds, like the other queues, one
+/// (a write that fails for a passing reason, such as a lost connection, is retried until it
+/// succeeds while the process lives; one the database refuses for its data is given up at
+/// once, the entry kept in memory only, logged and counted in [`unstored`](Self::unstored),
+/// so it never holds back the writes after it). [`flush`](Self::flush) waits until every
+/// earlier write is in the database or given up. In memory it holds, like the other queues, one
 /// entry per message and handler; the table holds one row per message id (the newest put),
 /// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
     memory: Arc<InMemoryDeadLetters>,
     ops: mpsc::UnboundedSender<Op>,
+    unstored: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PgDeadLetterQueue {
@@ -46,13 +97,15 @@ struct Writer {
     remove: String,
     trim: String,
     capacity: i64,
+    schema: Schema,
+    unstored: Arc<AtomicU64>,
 }
 
 impl Writer {
     async fn apply(&self, op: &Op) -> Result<(), Error> {
         match op {
             Op::Put(letter) => {
-                let json = serde_json::to_string(letter)?;
+                let json = stored_json(letter)?;
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(&self.upsert)
                     .bind(letter.envelope.id.to_string())
@@ -83,7 +136,11 @@ impl Writer {
         while let Some(op) = ops.recv().await {
             let mut backoff = std::time::Duration::from_millis(50);
             while let Err(e) = self.apply(&op).await {
-                tracing::warn!(error = %e, "dead-letter write to PostgreSQL failed; retrying");
+                if is_permanent(&e) {
+                    self.give_up(&op, &e);
+                    break;
+                }
+                tracing::warn!(schema = %self.schema, error = %e, "dead-letter write to PostgreSQL failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
@@ -91,6 +148,22 @@ impl Writer {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+impl Writer {
+    /// Logs and counts a write the database refused for good; the entry stays in memory.
+    fn give_up(&self, op: &Op, e: &Error) {
+        let what = match op {
+            Op::Put(letter) => format!("dead letter of message {}", letter.envelope.id),
+            Op::Remove(ids) => format!("removal of {} dead letter(s)", ids.len()),
+            Op::Flush(_) => return,
+        };
+        self.unstored.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(names::DEAD_LETTERS_UNSTORED, "schema" => self.schema.to_string())
+            .increment(1);
+        tracing::error!(schema = %self.schema, error = %e,
+            "PostgreSQL refused the {what}; kept in memory only, later writes go on");
     }
 }
 
@@ -108,7 +181,7 @@ impl PgDeadLetterQueue {
         .await?;
         for row in rows {
             let text: String = row.try_get("letter")?;
-            match serde_json::from_str::<DeadLetter>(&text) {
+            match decode_stored(&text) {
                 Ok(letter) => memory.put(letter),
                 Err(e) => {
                     tracing::error!(schema = %schema, error = %e, "undecodable dead letter skipped")
@@ -130,10 +203,25 @@ impl PgDeadLetterQueue {
                  (SELECT seq FROM {schema}.dead_letters ORDER BY seq DESC LIMIT $1)",
             ),
             capacity: i64::try_from(capacity.max(1)).unwrap_or(i64::MAX),
+            schema: schema.clone(),
+            unstored: Arc::new(AtomicU64::new(0)),
         };
+        let unstored = writer.unstored.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer.run(rx));
-        Ok(Self { memory, ops: tx })
+        Ok(Self {
+            memory,
+            ops: tx,
+            unstored,
+        })
+    }
+
+    /// Writes PostgreSQL refused for their data (a constraint the table was given, a value
+    /// it cannot hold) since [`open`](Self::open): each such entry is kept in memory only,
+    /// so it is lost at a restart. Also counted in the
+    /// [`DEAD_LETTERS_UNSTORED`](names::DEAD_LETTERS_UNSTORED) metric and logged as an error.
+    pub fn unstored(&self) -> u64 {
+        self.unstored.load(Ordering::Relaxed)
     }
 
     /// Waits until every write made before this call is stored in PostgreSQL.

@@ -49,6 +49,9 @@ pub mod names {
     /// Counter: redelivered messages the inbox acknowledged without running the handler
     /// (label `consumer`).
     pub const INBOX_DUPLICATES: &str = "switchyard_inbox_duplicates_total";
+    /// Counter: dead-letter writes PostgreSQL refused for their data, kept in memory only
+    /// (label `schema`; see `PgDeadLetterQueue::unstored`).
+    pub const DEAD_LETTERS_UNSTORED: &str = "switchyard_dead_letters_unstored_total";
 }
 
 /// What can go wrong in this crate.

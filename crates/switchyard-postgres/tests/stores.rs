@@ -276,3 +276,107 @@ async fn a_replay_dead_lettered_again_is_kept_across_a_restart() {
     pool.close().await;
     db.finish().await;
 }
+
+/// A NUL character (which JSONB refuses as `\u0000`) in a dead letter's error text, header
+/// and handler name is stored, and the letter comes back exactly after a restart.
+#[tokio::test]
+async fn a_dead_letter_with_nul_characters_is_stored_and_comes_back_exactly() {
+    let Some(db) = TestDb::new("dlqnul").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let env = Envelope::new(Topic::new("orders.placed").unwrap(), vec![0u8, 1, 0])
+        .with_header("x-bad", "a\0b")
+        .with_header("x-backslash", "\\u0000 is not a NUL");
+    let nul = DeadLetter::new(env, DeadLetterReason::HandlerFailed, "bad byte \0 in input")
+        .with_handler("h\0");
+    let plain = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "p"),
+        DeadLetterReason::Rejected,
+        "no NUL here",
+    );
+    dlq.put(nul.clone());
+    dlq.put(plain.clone());
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush did not return")
+        .unwrap();
+    assert_eq!(dlq.unstored(), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        2
+    );
+    // A letter without NUL stays plain, queryable JSON.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM {{schema}}.dead_letters \
+             WHERE id = '{}' AND letter->>'error' = 'no NUL here'",
+            plain.envelope.id
+        ))
+        .await,
+        1
+    );
+    let pool = fresh_pool().await;
+    let reopened = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    assert_eq!(reopened.get(&nul.envelope.id), Some(nul.clone()));
+    assert_eq!(reopened.get(&plain.envelope.id), Some(plain));
+    pool.close().await;
+    db.finish().await;
+}
+
+/// A dead letter the database refuses for its data (here a CHECK constraint the operator
+/// added) is given up at once: kept in memory, counted as unstored, and the letters after
+/// it are stored; `flush` returns.
+#[tokio::test]
+async fn a_dead_letter_the_database_refuses_is_kept_in_memory_and_does_not_block() {
+    let Some(db) = TestDb::new("dlqrefused").await else {
+        return;
+    };
+    db.exec(
+        "ALTER TABLE {schema}.dead_letters ADD CONSTRAINT no_refused \
+         CHECK (letter->>'error' <> 'refuse me')",
+    )
+    .await;
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let refused = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "1"),
+        DeadLetterReason::HandlerFailed,
+        "refuse me",
+    );
+    let later = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "2"),
+        DeadLetterReason::HandlerFailed,
+        "store me",
+    );
+    dlq.put(refused.clone());
+    dlq.put(later.clone());
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush still waiting: the refused letter blocks the queue")
+        .unwrap();
+    assert_eq!(dlq.unstored(), 1);
+    assert_eq!(
+        dlq.get(&refused.envelope.id),
+        Some(refused),
+        "kept in memory"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM {{schema}}.dead_letters WHERE id = '{}'",
+            later.envelope.id
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        1
+    );
+    db.finish().await;
+}
