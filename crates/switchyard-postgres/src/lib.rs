@@ -32,7 +32,10 @@ mod schema;
 pub use dlq::PgDeadLetterQueue;
 pub use inbox::{Inbox, InboxFuture};
 pub use outbox::{ORDERING_KEY_HEADER, Outbox};
-pub use relay::{Handoff, Relay, RelayConfig, RelayHandle, Retention};
+pub use relay::{
+    Handoff, ROW_HEADERS_HEADER, ROW_META_HEADER, ROW_SEQ_HEADER, Relay, RelayConfig, RelayHandle,
+    Retention, UNDECODABLE_TOPIC,
+};
 pub use schema::{Schema, migrate};
 pub use sqlx;
 
@@ -44,6 +47,9 @@ pub mod names {
     pub const OUTBOX_LAG: &str = "switchyard_outbox_lag_seconds";
     /// Counter: messages the relay handed to the bus (label `schema`).
     pub const OUTBOX_RELAYED: &str = "switchyard_outbox_relayed_total";
+    /// Counter: outbox rows no envelope could be rebuilt from, sent to the bus's dead-letter
+    /// sink (reason `DecodeFailed`) and marked instead of relayed (label `schema`).
+    pub const OUTBOX_DEAD_LETTERED: &str = "switchyard_outbox_dead_lettered_total";
     /// Counter: relay batches that failed (database or bus error; label `schema`).
     pub const OUTBOX_RELAY_ERRORS: &str = "switchyard_outbox_relay_errors_total";
     /// Counter: redelivered messages the inbox acknowledged without running the handler
