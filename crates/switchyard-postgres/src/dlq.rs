@@ -8,9 +8,13 @@ use switchyard::{DeadLetter, DeadLetterSink, MessageId};
 use switchyard_middleware::dlq::{
     DeadLetterFilter, DeadLetterKey, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{Error, Schema, names};
+
+mod pending;
+
+use pending::{Op, Pending};
 
 /// The one key of the JSON object a dead letter is stored as when its own JSON cannot be
 /// (see [`stored_json`]).
@@ -58,12 +62,6 @@ fn is_permanent(e: &Error) -> bool {
     }
 }
 
-enum Op {
-    Put(Box<DeadLetter>),
-    Remove(Vec<MessageId>),
-    Flush(oneshot::Sender<()>),
-}
-
 /// A [`DeadLetterQueue`] kept in `<schema>.dead_letters`, so dead letters survive restarts.
 ///
 /// The trait is synchronous (the bus calls `put` from its workers, which must not wait on a
@@ -76,11 +74,40 @@ enum Op {
 /// earlier write is in the database or given up. In memory it holds, like the other queues, one
 /// entry per message and handler; the table holds one row per message id (the newest put),
 /// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
+///
+/// While PostgreSQL is slow or down, puts wait in a bounded write queue: at most `capacity`
+/// of them by default ([`with_write_queue`](Self::with_write_queue) changes it). Past it the
+/// oldest waiting put is dropped from the queue (the table would trim the oldest rows first
+/// anyway): its entry stays in memory, listed and replayable, but is not written, so it is
+/// lost at a restart. Drops are counted in [`write_dropped`](Self::write_dropped) and the
+/// [`DEAD_LETTERS_WRITE_DROPPED`](names::DEAD_LETTERS_WRITE_DROPPED) metric, and logged (a
+/// warning when the queue overflows, an info line when it has caught up).
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
     memory: Arc<InMemoryDeadLetters>,
-    ops: mpsc::UnboundedSender<Op>,
+    pending: Arc<Pending>,
+    /// Closes the write queue when the last handle is dropped.
+    _closer: Arc<Closer>,
     unstored: Arc<AtomicU64>,
+}
+
+/// Held by every handle; the last one dropped lets the writer end once the queue is empty.
+struct Closer(Arc<Pending>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Marks the writer ended however its task ends (a panic included), so flushes do not wait
+/// forever and later writes report it.
+struct WriterGuard(Arc<Pending>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.0.writer_ended();
+    }
 }
 
 impl std::fmt::Debug for PgDeadLetterQueue {
@@ -132,8 +159,9 @@ impl Writer {
         Ok(())
     }
 
-    async fn run(self, mut ops: mpsc::UnboundedReceiver<Op>) {
-        while let Some(op) = ops.recv().await {
+    async fn run(self, pending: Arc<Pending>) {
+        let _guard = WriterGuard(pending.clone());
+        while let Some(op) = pending.next().await {
             let mut backoff = std::time::Duration::from_millis(50);
             while let Err(e) = self.apply(&op).await {
                 if is_permanent(&e) {
@@ -207,13 +235,33 @@ impl PgDeadLetterQueue {
             unstored: Arc::new(AtomicU64::new(0)),
         };
         let unstored = writer.unstored.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer.run(rx));
+        let pending = Arc::new(Pending::new(schema.clone(), capacity));
+        tokio::spawn(writer.run(pending.clone()));
         Ok(Self {
             memory,
-            ops: tx,
+            _closer: Arc::new(Closer(pending.clone())),
+            pending,
             unstored,
         })
+    }
+
+    /// Sets how many puts may wait for PostgreSQL (at least 1; default: the queue's
+    /// `capacity`). Past it the oldest waiting put is dropped; see the type's docs.
+    pub fn with_write_queue(self, max_waiting: usize) -> Self {
+        self.pending.set_max_puts(max_waiting);
+        self
+    }
+
+    /// Writes waiting for PostgreSQL now (puts, removals and flushes; not counting the one
+    /// being written).
+    pub fn write_backlog(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Puts dropped from the full write queue since [`open`](Self::open): their entries were
+    /// kept in memory only (see the type's docs).
+    pub fn write_dropped(&self) -> u64 {
+        self.pending.dropped()
     }
 
     /// Writes PostgreSQL refused for their data (a constraint the table was given, a value
@@ -227,8 +275,8 @@ impl PgDeadLetterQueue {
     /// Waits until every write made before this call is stored in PostgreSQL.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Flush(tx))
+        self.pending
+            .push(Op::Flush(tx))
             .map_err(|_| Error::Task("dead-letter writer stopped".into()))?;
         rx.await
             .map_err(|_| Error::Task("dead-letter writer stopped".into()))
@@ -257,8 +305,8 @@ impl PgDeadLetterQueue {
     }
 
     fn send(&self, op: Op) -> Result<(), DlqWriteError> {
-        self.ops
-            .send(op)
+        self.pending
+            .push(op)
             .map_err(|_| DlqWriteError::from(std::io::Error::other("dead-letter writer stopped")))
     }
 }
@@ -266,7 +314,7 @@ impl PgDeadLetterQueue {
 impl DeadLetterSink for PgDeadLetterQueue {
     fn put(&self, letter: DeadLetter) {
         self.memory.put(letter.clone());
-        if self.ops.send(Op::Put(Box::new(letter))).is_err() {
+        if self.pending.push(Op::Put(Box::new(letter))).is_err() {
             tracing::error!("dead-letter writer stopped; entry kept in memory only");
         }
     }
@@ -315,5 +363,41 @@ impl DeadLetterQueue for PgDeadLetterQueue {
 
     fn evicted(&self) -> u64 {
         self.memory.evicted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard::{DeadLetterReason, Envelope, Topic};
+
+    use super::*;
+
+    /// Whether a string anywhere in `v` holds a NUL (what JSONB refuses).
+    fn holds_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(holds_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_letter_with_a_nul_is_stored_without_one_and_read_back_exactly()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let env = Envelope::new(Topic::new("a.b")?, "p").with_header("h", "x\0y");
+        let nul = DeadLetter::new(env, DeadLetterReason::HandlerFailed, "bad \0 byte");
+        let stored = stored_json(&nul)?;
+        assert!(!holds_nul(&serde_json::from_str(&stored)?), "{stored}");
+        assert_eq!(decode_stored(&stored)?, nul);
+        let plain = DeadLetter::new(
+            Envelope::new(Topic::new("a.b")?, "p"),
+            DeadLetterReason::Rejected,
+            "ok",
+        );
+        let stored = stored_json(&plain)?;
+        assert!(!stored.contains(ESCAPED_KEY), "{stored}");
+        assert_eq!(decode_stored(&stored)?, plain);
+        Ok(())
     }
 }

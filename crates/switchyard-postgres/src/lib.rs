@@ -58,6 +58,9 @@ pub mod names {
     /// Counter: dead-letter writes PostgreSQL refused for their data, kept in memory only
     /// (label `schema`; see `PgDeadLetterQueue::unstored`).
     pub const DEAD_LETTERS_UNSTORED: &str = "switchyard_dead_letters_unstored_total";
+    /// Counter: dead-letter puts dropped from the full write queue while PostgreSQL was slow
+    /// or down, kept in memory only (label `schema`; see `PgDeadLetterQueue::write_dropped`).
+    pub const DEAD_LETTERS_WRITE_DROPPED: &str = "switchyard_dead_letters_write_dropped_total";
 }
 
 /// What can go wrong in this crate.

@@ -380,3 +380,85 @@ async fn a_dead_letter_the_database_refuses_is_kept_in_memory_and_does_not_block
     );
     db.finish().await;
 }
+
+/// While PostgreSQL cannot take writes (here the table is locked by another transaction, so
+/// the writer waits on its first put), at most `with_write_queue(n)` puts wait: past that the
+/// oldest waiting put is dropped and counted, every entry stays in memory, and once the table
+/// is free the newest are stored and `flush` returns.
+#[tokio::test]
+async fn the_write_queue_is_bounded_while_the_database_cannot_take_writes() {
+    let Some(db) = TestDb::new("dlqbound").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap()
+        .with_write_queue(3);
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "LOCK TABLE {}.dead_letters IN ACCESS EXCLUSIVE MODE",
+        db.schema
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let letters: Vec<DeadLetter> = (0..10)
+        .map(|n| {
+            DeadLetter::new(
+                Envelope::new(Topic::new("orders.placed").unwrap(), format!("{n}")),
+                DeadLetterReason::Rejected,
+                format!("declined {n}"),
+            )
+        })
+        .collect();
+    dlq.put(letters[0].clone());
+    // The writer holds the first put, waiting for the lock (state in the database).
+    let waiting = format!("%{}.dead_letters%", db.schema);
+    let blocked = common::eventually(Duration::from_secs(10), || {
+        let pool = db.pool.clone();
+        let waiting = waiting.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(waiting)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n == 1
+        }
+    })
+    .await;
+    assert!(blocked, "the writer never waited for the table lock");
+    for l in &letters[1..] {
+        dlq.put(l.clone());
+    }
+    assert_eq!(dlq.write_backlog(), 3, "the queue holds the bound");
+    assert_eq!(dlq.write_dropped(), 6, "9 puts into a queue of 3");
+    assert_eq!(dlq.len(), 10, "every entry kept in memory");
+    blocker.rollback().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush did not return once the table was free")
+        .unwrap();
+    let mut stored: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT id FROM {}.dead_letters ORDER BY seq",
+        db.schema
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    stored.sort();
+    let mut expected: Vec<String> = [0, 7, 8, 9]
+        .iter()
+        .map(|&i| letters[i].envelope.id.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "the first (being written) and the newest 3"
+    );
+    assert_eq!(dlq.write_backlog(), 0);
+    db.finish().await;
+}
