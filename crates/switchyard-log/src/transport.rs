@@ -582,6 +582,11 @@ impl Subscriber for LogTransport {
         }
         let (name, durable) = match group {
             Some("") => return Err(SubscribeError::InvalidConfig("empty group name")),
+            Some(g) if g.len() > crate::offsets::MAX_GROUP_NAME => {
+                return Err(SubscribeError::InvalidConfig(
+                    "group name longer than 65535 bytes",
+                ));
+            }
             Some(g) => (g.to_owned(), true),
             None => (
                 format!(

@@ -134,10 +134,11 @@ async fn a_group_named_like_a_path_keeps_its_offset_and_creates_no_file() {
 }
 
 /// One group with a name over 65 535 bytes (the `OFFSETS` format's u16 length) must not
-/// stop the other groups of the stream from committing: after a restart, group `a` resumes
-/// past what it acked.
+/// stop the other groups of the stream from committing: the name is refused at subscribe
+/// with `InvalidConfig` naming the limit, and after a restart group `a` resumes past what it
+/// acked. (Before the fix the subscribe succeeded and every `OFFSETS` write of the stream
+/// failed: `committed_offset("default", "a")` was `None`.)
 #[tokio::test]
-#[ignore = "defect: a group name > 65535 bytes makes every OFFSETS write fail, so no group of the stream commits"]
 async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -149,10 +150,19 @@ async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
         }
         let long = "g".repeat(70_000);
         match log.subscribe(&pattern("r9.#"), Some(&long)).await {
-            // Refusing the name up front is fine too.
-            Err(_) => {}
-            Ok(mut l) => next(&mut l).await.ack().await.unwrap(),
+            Err(switchyard_core::SubscribeError::InvalidConfig(m)) => {
+                assert!(m.contains("group name") && m.contains("65535"), "{m}")
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+            Ok(_) => panic!("a group name of 70000 bytes was accepted"),
         }
+        // The limit itself is accepted, and stored.
+        let longest = "h".repeat(65_535);
+        let mut l = log
+            .subscribe(&pattern("r9.#"), Some(&longest))
+            .await
+            .unwrap();
+        next(&mut l).await.ack().await.unwrap();
         let _ = log.close(std::time::Instant::now() + WAIT).await;
     }
     let log = open(dir.path());
@@ -160,6 +170,10 @@ async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
         log.committed_offset("default", "a"),
         Some(3),
         "group a lost its committed offset"
+    );
+    assert_eq!(
+        log.committed_offset("default", &"h".repeat(65_535)),
+        Some(1)
     );
     close(&log).await;
 }
