@@ -605,7 +605,16 @@ impl Subscriber for LogTransport {
             let g = map
                 .entry((i, name.clone()))
                 .or_insert_with(|| {
+                    // A durable group counts for compaction from the moment it exists: its
+                    // start goes to the pending commits (which compaction reads with the
+                    // written offsets) under the same lock compaction holds while it
+                    // removes segments, so none it has not read can go in between.
+                    let mut commits = lock(&self.inner.commits);
                     let start = self.start_offset(stream, &name, durable);
+                    if durable && !lock(&stream.committed).contains_key(&name) {
+                        commits.entry((i, name.clone())).or_insert(start);
+                    }
+                    drop(commits);
                     Arc::new(GroupShared::new(
                         i,
                         stream.clone(),
