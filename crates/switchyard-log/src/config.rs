@@ -153,8 +153,9 @@ pub struct LogConfig {
     pub commit_interval: Duration,
     /// Damage handling on open. Default: [`Recovery::Strict`].
     pub recovery: Recovery,
-    /// Receives messages that reached `max_deliver`. Default: none (such messages are
-    /// dropped with a warning).
+    /// Receives messages that reached `max_deliver`. Default: none: such messages go to the
+    /// log's own in-memory store, [`LogTransport::dead_letters`](crate::LogTransport::dead_letters)
+    /// (never dropped).
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 

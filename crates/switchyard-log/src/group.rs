@@ -369,7 +369,10 @@ impl GroupShared {
                     DeadLetter::new(
                         env,
                         DeadLetterReason::MaxDeliveries,
-                        format!("not acknowledged after {} deliveries", p.attempts),
+                        format!(
+                            "not acknowledged after {} deliveries (stream {}, offset {offset})",
+                            p.attempts, self.stream.name
+                        ),
                     )
                     .with_handler(self.name.as_str()),
                 );

@@ -646,3 +646,47 @@ async fn the_look_ahead_past_a_busy_key_keeps_per_key_order_and_the_ack_pending_
     assert_eq!(log.committed_offset("default", "g"), Some(7));
     close(&log).await;
 }
+
+/// With no dead-letter sink configured, a message that reached `max_deliver` is not
+/// dropped: it goes to the log's own dead-letter store (`LogTransport::dead_letters`), with
+/// `MaxDeliveries`, its attempts and the stream and offset of its record in the error text,
+/// where it can be browsed and taken; the record itself stays readable by offset. (Before
+/// the fix it was settled with only a warning: the committed offset moved past it and it
+/// was nowhere to be found.) With a sink configured the log keeps no store of its own.
+#[tokio::test]
+async fn without_a_sink_a_dead_lettered_message_is_kept_in_the_logs_own_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(config(dir.path()).with_max_deliver(2)).unwrap();
+    publish_all(&log, vec![env("r9.d", "poison"), env("r9.d", "fine")]).await;
+    let mut sub = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), "poison");
+        d.nack(None).await.unwrap();
+    }
+    let d = next(&mut sub).await;
+    assert_eq!(payload(&d), "fine");
+    d.ack().await.unwrap();
+    let store = log.dead_letters().expect("the log's own dead-letter store");
+    let letters = store.list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, DeadLetterReason::MaxDeliveries);
+    assert_eq!(&letter.envelope.payload[..], b"poison");
+    assert_eq!(letter.attempts, 2);
+    assert_eq!(letter.handler.as_deref(), Some("g"));
+    assert!(
+        letter.error.contains("stream default") && letter.error.contains("offset 0"),
+        "{}",
+        letter.error
+    );
+    let recs = log.read_range("default", 0, 1).unwrap();
+    assert_eq!(&recs[0].envelope.payload[..], b"poison");
+    close(&log).await;
+    drop((sub, log));
+
+    let sink = Arc::new(Sink::default());
+    let log = LogTransport::open(config(dir.path()).with_dead_letters(sink)).unwrap();
+    assert!(log.dead_letters().is_none());
+    close(&log).await;
+}
