@@ -730,6 +730,11 @@ pub(crate) fn start_call(
     bus: &Arc<BusInner>,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
+    // The stack's future is polled where it is made, not through its kept box.
+    #[cfg(feature = "middleware")]
+    if let SingleHandler::Resilient(stack) = svc {
+        return stack.start(env, delivery, cx);
+    }
     let made = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_queued(env, delivery, bus)));
     let mut fut = match made {
         Ok(fut) => fut,

@@ -631,7 +631,7 @@ where
 impl<F: Unpin, S> ResilientFuture<F, S> {
     /// The first attempt's future, when the call ended with it (see [`Resilient::recycle`]);
     /// the phase is left done.
-    #[inline]
+    #[inline(always)]
     fn take_first(self: Pin<&mut Self>) -> Option<F> {
         let phase = self.project().phase.get_mut();
         if !matches!(phase, Phase::First { admitted: None, .. }) {
