@@ -81,9 +81,9 @@ impl Stacked {
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let mut fut = Some(stack.call(env.copy_with_delivery(delivery)));
+            let mut fut = Some(stack.call_lent(env.copy_with_delivery(delivery)));
             let polled = catch_unwind(AssertUnwindSafe(|| match fut.as_mut() {
-                Some(fut) => Pin::new(fut).poll(cx),
+                Some(fut) => stack.poll_lent(Pin::new(fut), cx),
                 None => Poll::Pending,
             }));
             ended = Some(match polled {
@@ -122,6 +122,10 @@ impl Stacked {
     #[cold]
     #[inline(never)]
     fn keep(&mut self, pending: &mut Option<StackFuture>) -> crate::dispatch::Started {
+        // Polled on its own from now on: with a reference of its own to the stack's state.
+        if let Some(fut) = pending.as_mut() {
+            self.stack.own(Pin::new(fut));
+        }
         let slot = match self.kept.take() {
             Some(mut slot) => {
                 slot.set(pending.take());
