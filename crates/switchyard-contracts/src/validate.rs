@@ -35,6 +35,7 @@ use switchyard::IntakeVerdict;
 use switchyard_core::{Envelope, Pattern, Topic};
 
 use crate::registry::{Registry, RegistryError};
+use crate::upcast::Upcasters;
 
 /// What happens to a message that does not match its schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -105,8 +106,7 @@ impl fmt::Display for ValidationIssue {
 /// The result of checking one message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Not checked: validation is off for the topic, no schema is registered for it, or the
-    /// message is of an older version of its type (upcasters bring it to the current one).
+    /// Not checked: validation is off for the topic, or no schema is registered for it.
     Unchecked,
     /// Matches the schema of `type_name`.
     Valid {
@@ -201,14 +201,16 @@ struct Compiled {
 /// Built from a [`Registry`]; every topic is `enforce` unless a pattern says otherwise (the
 /// first matching pattern of [`mode`](Self::mode) wins, then [`default_mode`](Self::default_mode)).
 /// A message whose `type_name` is a type registered on its topic is checked against that
-/// type (when its version is the registered one or newer; older ones are left to the
-/// upcasters); one without (a foreign publisher's), or naming a type that is not registered on
+/// type; one without (a foreign publisher's), or naming a type that is not registered on
 /// its topic (unknown, or another topic's), against the types registered for its topic, valid
-/// when it matches any.
+/// when it matches any. A message of an older `type_version` than every registered version of
+/// its type is checked after the [`upcasters`](Self::upcasters) bring it to each registered
+/// version, or as it is when the validator has none: a version claim never exempts a payload.
 pub struct Validator {
     compiled: Vec<Compiled>,
     modes: Vec<(Pattern, Enforcement)>,
     default: Enforcement,
+    upcasters: Option<Upcasters>,
 }
 
 impl fmt::Debug for Validator {
@@ -224,6 +226,7 @@ impl fmt::Debug for Validator {
             )
             .field("modes", &self.modes)
             .field("default", &self.default)
+            .field("upcasters", &self.upcasters)
             .finish()
     }
 }
@@ -249,7 +252,24 @@ impl Validator {
             compiled,
             modes: Vec::new(),
             default: Enforcement::Enforce,
+            upcasters: None,
         })
+    }
+
+    /// The upcasters the bus uses: a message of an older version of its type is checked as
+    /// they bring it to each registered version (a copy; the message itself is not changed).
+    /// Without them such a message is checked as it is, against the registered versions.
+    ///
+    /// ```
+    /// # use switchyard_contracts::{Registry, Upcasters, Validator};
+    /// let upcasters = Upcasters::new().step("OrderPlaced", 1, |v| Ok::<_, String>(v));
+    /// let validator = Validator::new(&Registry::new())?.upcasters(upcasters);
+    /// # let _ = validator;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = Some(upcasters);
+        self
     }
 
     /// The mode of topics matching `pattern` (`*` and `#` wildcards); earlier calls win.
@@ -320,11 +340,14 @@ impl Validator {
         // the check; any other name (unknown, or another topic's type) is checked like a
         // foreign message against every type of the topic, never let through unchecked.
         let mut stray_name = None;
+        // `Some(name)`: the message claims a version older than every registered version of
+        // its type `name`; it is checked as upcast (or as it is, without upcasters).
+        let mut older = None;
         if let Some(n) = env.type_name.as_deref() {
             if candidates.iter().any(|c| c.type_name == n) {
                 candidates.retain(|c| c.type_name == n);
                 if candidates.iter().all(|c| env.type_version < c.version) {
-                    return Verdict::Unchecked;
+                    older = Some(n);
                 }
             } else {
                 stray_name = Some(n);
@@ -339,6 +362,18 @@ impl Validator {
                         reason: format!(
                             "type `{n}` is not registered on topic `{}`; checked against the types that are",
                             env.topic.as_str()
+                        ),
+                    },
+                );
+            }
+            if let (Some(n), None) = (older, &self.upcasters) {
+                issues.insert(
+                    0,
+                    ValidationIssue {
+                        path: String::new(),
+                        reason: format!(
+                            "`{n}` version {} is older than every registered version; checked as it is (no upcasters given to the validator)",
+                            env.type_version
                         ),
                     },
                 );
@@ -364,9 +399,25 @@ impl Validator {
         };
         let mut first_failure = None;
         for c in candidates {
+            let upcast = match (older, &self.upcasters) {
+                (Some(n), Some(ups)) => {
+                    match ups.upcast_value(n, env.type_version, c.version, payload.clone()) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            let issue = ValidationIssue {
+                                path: String::new(),
+                                reason: format!("not upcast: {e}"),
+                            };
+                            first_failure.get_or_insert((c.type_name.clone(), vec![issue]));
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             let issues: Vec<ValidationIssue> = c
                 .schema
-                .iter_errors(&payload)
+                .iter_errors(upcast.as_ref().unwrap_or(&payload))
                 .map(|e| ValidationIssue {
                     path: e.instance_path().to_string(),
                     reason: e.to_string(),

@@ -35,7 +35,9 @@ pub enum Overflow {
     /// The publisher gets `PublishError::Full` at once.
     RejectNew,
     /// Above half capacity the publisher is slowed down in proportion to the fill level (up to
-    /// `max_delay` per publish); when full it waits like `Block` for at most `timeout`.
+    /// `max_delay` per publish); when full it waits like `Block` for at most `timeout`. A
+    /// shutdown or unsubscribe ends the slow-down at once (the publisher is told
+    /// `ShuttingDown`).
     Adaptive {
         /// Delay per publish when the queue is just short of full.
         max_delay: Duration,
@@ -594,7 +596,10 @@ impl Queue {
                 let half = self.capacity / 2;
                 if len > half && len < self.capacity {
                     let fill = (len - half) as f64 / (self.capacity - half).max(1) as f64;
-                    tokio::time::sleep(max_delay.mul_f64(fill.min(1.0))).await;
+                    // A close (shutdown, unsubscribe) ends the slow-down: the push below
+                    // then answers `Closed` at once instead of after the sleep.
+                    let slow_down = max_delay.mul_f64(fill.min(1.0));
+                    let _ = tokio::time::timeout(slow_down, self.closed()).await;
                 }
                 timeout
             }

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard::{Envelope, IntakeVerdict, Message, Topic};
-use switchyard_contracts::{Contract, Enforcement, JsonSchema, Registry, Validator, Verdict};
+use switchyard_contracts::{
+    Contract, Enforcement, JsonSchema, Registry, Upcasters, Validator, Verdict,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 struct Line {
@@ -145,17 +147,73 @@ fn warn_topics_deliver_off_topics_and_unknown_topics_are_unchecked() {
     ));
 }
 
-/// An older version of a registered type is left to the upcasters, not checked against the
-/// current schema.
+/// An older version of a registered type is not exempt from validation (before: `Unchecked`
+/// for any payload, so a foreign publisher could pass anything by claiming version 1):
+/// without upcasters it is checked as it is, with a first issue that says so.
 #[test]
-fn an_older_version_is_left_to_the_upcasters() {
+fn an_older_type_version_does_not_bypass_validation() {
     let v = validator();
-    let mut env = foreign("orders.placed", r#"{"order": 1, "items": []}"#);
+    let mut env = foreign("orders.placed", r#"{"order": "x", "items": []}"#);
+    env.type_name = Some(OrderPlaced::type_name().into());
+    for version in [0, 1] {
+        env.type_version = version;
+        let verdict = v.check(&env);
+        assert!(!verdict.deliver(), "version {version}: {verdict:?}");
+        let Verdict::Invalid { issues, .. } = verdict else {
+            panic!("version {version}: {verdict:?}");
+        };
+        assert!(
+            issues[0]
+                .reason
+                .contains("older than every registered version"),
+            "{issues:?}"
+        );
+        assert!(issues.iter().any(|i| i.path == "/order"), "{issues:?}");
+    }
+    // An old payload that fits the registered schema passes as it is.
+    env.payload = r#"{"order": 1, "lines": []}"#.into();
+    env.type_version = 1;
+    assert!(matches!(v.check(&env), Verdict::Valid { .. }));
+}
+
+/// With the bus's upcasters, an older version is checked as they bring it to the registered
+/// version: an old shape the chain turns into a valid one passes, one it does not (or a gap
+/// in the chain) is invalid, and the message itself is unchanged.
+#[test]
+fn an_older_type_version_is_checked_as_upcast() {
+    let ups = Upcasters::new().step_for::<OrderPlaced, _, _>(1, |mut v| {
+        let items = v["items"].take();
+        v["lines"] = items;
+        Ok::<_, String>(v)
+    });
+    let v = validator().upcasters(ups);
+    let mut env = foreign(
+        "orders.placed",
+        r#"{"order": 1, "items": [{"sku": "a", "qty": 2}]}"#,
+    );
     env.type_name = Some(OrderPlaced::type_name().into());
     env.type_version = 1;
-    assert_eq!(v.check(&env), Verdict::Unchecked);
+    assert!(
+        matches!(v.check(&env), Verdict::Valid { .. }),
+        "{:?}",
+        v.check(&env)
+    );
+    assert!(std::str::from_utf8(&env.payload).unwrap().contains("items"));
+    env.payload = r#"{"order": 1, "items": [{"sku": "a", "qty": -2}]}"#.into();
+    let Verdict::Invalid { issues, .. } = v.check(&env) else {
+        panic!("an invalid upcast result delivered");
+    };
+    assert_eq!(issues[0].path, "/lines/0/qty", "{issues:?}");
+    // No step from version 0: the chain has a gap, so the message cannot be checked.
+    env.type_version = 0;
+    let Verdict::Invalid { issues, .. } = v.check(&env) else {
+        panic!("a message the chain cannot bring up delivered");
+    };
+    assert!(issues[0].reason.starts_with("not upcast"), "{issues:?}");
+    // The current version is checked as it is.
     env.type_version = 2;
-    assert!(!v.check(&env).deliver());
+    env.payload = r#"{"order": 1, "lines": []}"#.into();
+    assert!(matches!(v.check(&env), Verdict::Valid { .. }));
 }
 
 #[test]

@@ -8,3 +8,4 @@ mod limits;
 mod recovery;
 mod review_rev3;
 mod review_rev4;
+mod review_rev9;

@@ -224,7 +224,8 @@ struct Session {
     next_sid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
-    /// A `subscribe` holds deliveries back until its answer is queued (see `Outbound::announcing`).
+    /// A `subscribe` or `handle` holds deliveries back until its answer is queued (see
+    /// `Outbound::announcing`).
     announcing: bool,
 }
 
@@ -470,6 +471,10 @@ impl Session {
             concurrency: frame.concurrency,
             default_concurrency: DEFAULT_CONCURRENCY,
         };
+        // A sender may be waiting already: its command waits in the outbound buffer until
+        // `on_text` has queued this op's answer (as for `subscribe`).
+        self.conn.out.announcing();
+        self.announcing = true;
         let registration = self.state.ws.handle(&self.state, &self.conn, spec).await?;
         self.handlers.insert(topic.to_string(), registration);
         #[derive(Serialize)]

@@ -124,3 +124,62 @@ async fn a_new_group_on_the_log_is_answered_before_its_backlog() {
     }
     node.stop().await;
 }
+
+/// Sends commands on `busy.job` from `senders` tasks until `stop` is set, each waiting at most
+/// a short while for its answer (no handler yet, or a member that closes without answering).
+fn keep_sending(
+    node: &TestNode,
+    stop: Arc<AtomicBool>,
+    senders: usize,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..senders)
+        .map(|_| {
+            let bus = node.bus.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let topic = Topic::new("busy.job").unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+                    let env = Envelope::new(topic.clone(), json!({ "n": n }).to_string());
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(50),
+                        bus.send_envelope(env),
+                    )
+                    .await;
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// A connection that starts handling a command topic others are already sending to learns
+/// it handles the topic (`handling`) before it gets the first `command` (like `subscribe`
+/// above: the bus handler can take a command while the answer is still to be queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_handler_is_answered_before_its_first_command() {
+    let node = TestNode::start("").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders = keep_sending(&node, stop.clone(), 4);
+    for round in 0..30 {
+        let mut c = node.client().await;
+        c.send(json!({"op": "handle", "id": "h", "topic": "busy.job"}))
+            .await;
+        let v = c.recv().await;
+        assert_eq!(
+            v["op"], "handling",
+            "round {round}: a frame came before the `handling` answer: {v}"
+        );
+        // The handler does get commands, after the answer.
+        let cmd = c.expect("command").await;
+        assert_eq!(cmd["message"]["topic"], "busy.job", "{cmd}");
+        c.close().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        assert!(s.await.unwrap() > 0);
+    }
+    node.stop().await;
+}

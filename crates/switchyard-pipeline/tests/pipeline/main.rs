@@ -13,6 +13,7 @@ use switchyard_pipeline::{
 };
 use tokio::sync::{Mutex, Semaphore};
 
+mod review_rev11;
 mod review_rev6;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

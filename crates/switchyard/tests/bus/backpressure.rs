@@ -280,3 +280,53 @@ async fn a_publisher_waiting_in_one_subscription_still_delivers_to_the_next() {
     assert_eq!(slow.stats().acked, 3, "0, 1 and 3: 2 was refused");
     assert_eq!(slow.stats().refused_full, 1);
 }
+
+/// A publisher slowed down by `Adaptive` (queue above half full) is told `ShuttingDown` when
+/// the bus shuts down, at once, not after the rest of its slow-down (which can be as long as
+/// `max_delay`): shutdown stops intake, and a publisher that cannot be accepted any more has
+/// nothing to wait for.
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_slowed_by_adaptive_is_told_of_a_shutdown_at_once() {
+    let clock = VirtualClock::pause();
+    let bus = Bus::new();
+    let overflow = Overflow::Adaptive {
+        max_delay: Duration::from_secs(30),
+        timeout: Duration::from_secs(60),
+    };
+    let (sub, gate, mut started) = gated(&bus, 4, overflow).await;
+    occupy_worker(&bus, &mut started).await;
+    for n in 1..=3 {
+        bus.publish(Ping { n }).await.unwrap();
+    }
+    // Depth 3 of 4: the next publisher sleeps 15 s (half of `max_delay`) before pushing.
+    let slowed = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let t0 = tokio::time::Instant::now();
+            let told = bus.publish(Ping { n: 4 }).await;
+            (told, t0.elapsed())
+        })
+    };
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let shutdown = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.shutdown(Duration::from_secs(600)).await })
+    };
+    let (told, waited) = tokio::time::timeout(Duration::from_secs(300), slowed)
+        .await
+        .expect("the slowed publisher is answered")
+        .unwrap();
+    assert!(
+        matches!(told, Err(PublishError::ShuttingDown)),
+        "{told:?} after {waited:?}"
+    );
+    assert_eq!(waited, Duration::ZERO, "answered after its slow-down");
+    gate.add_permits(10);
+    let report = shutdown.await.unwrap().unwrap();
+    // 0 (in the handler at the call) and 1-3 (queued) are handled during the drain.
+    assert_eq!(report.drained, 4, "{report:?}");
+    assert_eq!(sub.stats().acked, 4);
+    drop(clock);
+}

@@ -21,6 +21,7 @@ mod polls;
 mod prefetch;
 mod queued_ctx;
 mod review_coverage;
+mod review_rev11;
 mod review_rev5;
 mod routing;
 mod shared;
