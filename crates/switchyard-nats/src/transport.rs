@@ -28,6 +28,7 @@ use crate::config::{NatsConfig, Storage};
 use crate::error::ConnectError;
 use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
 
+mod admin;
 mod durable;
 mod retention;
 mod worker;
@@ -458,7 +459,11 @@ impl NatsTransport {
             .await
             .map(|_| ())
             .map_err(|e| {
-                TransportError::with_source(TransportErrorKind::Rejected, "cannot delete stream", e)
+                TransportError::with_source(
+                    admin::delete_stream_error_kind(&e),
+                    "cannot delete stream",
+                    e,
+                )
             })
     }
 
@@ -713,7 +718,7 @@ impl Subscriber for NatsTransport {
                 .await
                 .map_err(|e| {
                     TransportError::with_source(
-                        TransportErrorKind::Rejected,
+                        admin::consumer_error_kind(&e),
                         format!("cannot create consumer {name} on stream {stream_name}"),
                         e,
                     )

@@ -245,7 +245,6 @@ async fn with_the_server_down_publish_and_close_are_bounded_and_typed() {
 /// `Timeout` or `Unavailable` (transient: retry later), not `Rejected` (the server refused
 /// the consumer: fix the config), within a bound.
 #[tokio::test]
-#[ignore = "defect: with the server down subscribe fails after 10 s with kind Rejected (a JetStream TimedOut wrapped as a refusal), not Timeout/Unavailable"]
 async fn with_the_server_down_subscribe_fails_as_transient_not_rejected() {
     if !server_binary_available() {
         return;
