@@ -657,17 +657,15 @@ async fn the_same_scenario_gives_the_same_outcomes_in_memory_and_on_the_log() {
     assert_eq!(in_memory, on_log);
 }
 
-/// DEFECT. features.md (Sessions): "Messages published while handling a session's message stay
-/// in that session." A session handler's follow-up published with `ctx.publish` (the guide's
-/// way to publish a consequence) leaves the session: no `session-id` header, so the session's
-/// own handlers never see it. (`ctx.bus().publish` keeps it.)
+/// features.md (Sessions): "Messages published while handling a session's message stay in that
+/// session." A session handler's follow-up published with `ctx.publish` (the guide's way to
+/// publish a consequence) keeps the `session-id` header, as `ctx.bus().publish` does, so the
+/// session's own handlers see it.
 ///
-/// Observed: `follow-up session header: None`; the session handler never gets percent 51.
-/// Suspected cause: src/ctx.rs:197 `Ctx::publish` sets causation with `caused_by`, so
-/// src/publish.rs:651 `inherit_parent` returns early (causation already set) and never copies
-/// `SESSION_HEADER`; `Envelope::caused_by` (switchyard-core envelope.rs:506) copies only ids.
+/// Fixed defect (review rev11): it left the session (`follow-up session header: None`):
+/// `Ctx::publish` set causation with `caused_by`, so `inherit_parent` returned early and never
+/// copied the session header.
 #[tokio::test]
-#[ignore = "defect: ctx.publish from a session handler drops the session-id header"]
 async fn a_session_handlers_ctx_publish_stays_in_the_session() {
     let bus = Bus::new();
     let (tx, mut seen) = mpsc::unbounded_channel::<(u8, Option<String>)>();
