@@ -205,10 +205,14 @@ impl Ctx {
             .await
     }
 
-    /// Sends a command as a consequence of the message being handled.
+    /// Sends a command as a consequence of the message being handled (as
+    /// [`publish`](Self::publish): in its flow and its session, so a session's own command
+    /// handler takes it when it has one).
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env =
-            switchyard_core::message::blank_envelope::<C>()?.caused_by(self.envelope.base());
+        let mut env = consequence(
+            switchyard_core::message::blank_envelope::<C>()?,
+            self.envelope.base(),
+        );
         env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)

@@ -716,17 +716,14 @@ async fn a_session_handlers_ctx_publish_stays_in_the_session() {
     job.end().await.unwrap();
 }
 
-/// DEFECT. Same cause for commands: features.md "For commands, the session's handler wins" and
-/// "Messages published while handling a session's message stay in that session"; a session
-/// handler that sends a command with `ctx.send` reaches the global handler instead of its
-/// session's.
+/// The same for commands: features.md "For commands, the session's handler wins" and "Messages
+/// published while handling a session's message stay in that session"; a session handler that
+/// sends a command with `ctx.send` reaches its session's handler, as through the bus handle.
 ///
-/// Observed: `ctx.send from the session answered 1` (the global handler), expected 2.
-/// Suspected cause: src/ctx.rs:205 `Ctx::send` uses `caused_by`, so src/command.rs:178
-/// `inherit_parent` does not copy `session-id` and the lookup at command.rs:192 takes the
-/// global slot.
+/// Fixed defect (review rev11): it reached the global handler (`ctx.send from the session
+/// answered 1`): `Ctx::send` set causation with `caused_by`, so `inherit_parent` did not copy
+/// `session-id` and the command lookup took the global slot.
 #[tokio::test]
-#[ignore = "defect: ctx.send from a session handler reaches the global command handler"]
 async fn a_session_handlers_ctx_send_reaches_the_sessions_command_handler() {
     let bus = Bus::new();
     bus.handle(|_: Quote, _| async move { Ok::<_, std::io::Error>(1) })
