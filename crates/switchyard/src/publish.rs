@@ -701,7 +701,7 @@ impl GroupDelivery {
 
 /// How many deliveries a transport makes to these local subscriptions for one message: one
 /// per consumer group (subscriptions of one name share theirs) and one per ephemeral
-/// subscription.
+/// subscription (`.ephemeral()`, and every session's: see `Bus::register`).
 fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
     if targets.len() < 2 {
         return targets.len();
