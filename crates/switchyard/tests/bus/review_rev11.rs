@@ -362,17 +362,14 @@ async fn a_dead_letter_replay_keeps_the_flow_and_gets_fresh_attempts() {
     assert!(dlq.list().is_empty(), "{:?}", dlq.list());
 }
 
-/// DEFECT (candidate). Replaying a dead letter by hand, the way the components guide and the
-/// seeds do it (publish the dead letter's envelope again with `publish_envelope`), keeps the
-/// dead letter's delivery count: the handler sees `ctx.attempt() == 4` and a replay that
-/// fails once is dead-lettered at once, with no retry, though `max_attempts` is 3. Only the
-/// middleware's `Replayer` resets `delivery`; `publish_envelope` takes a stale per-delivery
-/// count from the caller as if the message had been redelivered.
+/// Replaying a dead letter by hand, the way the components guide and the seeds do it (publish
+/// the dead letter's envelope again with `publish_envelope`): a publish is a new delivery, so
+/// the replay gets fresh attempts (`max_attempts` 3: one failure, then success on attempt 2).
 ///
-/// Observed: the replay is dead-lettered again after its first failure (`attempts: 4`), the
-/// handler is never called a second time.
+/// Fixed defect (review rev11): `publish_envelope` kept the dead letter's delivery count, the
+/// handler saw `ctx.attempt() == 4` and the replay was dead-lettered again after its first
+/// failure (`dead-lettered again: [(4, "bank unavailable")]`).
 #[tokio::test]
-#[ignore = "defect: publish_envelope of a dead letter keeps its delivery count, the replay gets no retries"]
 async fn a_republished_dead_letter_gets_fresh_attempts() {
     let bus = Bus::builder()
         .max_attempts(3)
@@ -396,6 +393,50 @@ async fn a_republished_dead_letter_gets_fresh_attempts() {
     assert!(again.is_empty(), "dead-lettered again: {again:?}");
     let (got, _, attempt) = recv(&mut ok).await;
     assert_eq!((got, attempt), (42, 2));
+}
+
+/// The same to a transport: an envelope that was delivered before (a dead letter's, four
+/// attempts) is stored by the log as a new message (attempt 0, never delivered, id and
+/// correlation kept), and its handler's first call is attempt 1.
+#[tokio::test]
+async fn a_republished_envelope_is_stored_as_a_new_delivery_on_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    let bus = Bus::builder().transport(log.clone()).build().unwrap();
+    let (tx, mut attempts) = mpsc::unbounded_channel();
+    bus.on("billing", move |_: OrderPlaced, ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(ctx.attempt()).unwrap();
+            Ok::<_, std::io::Error>(())
+        }
+    })
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    let mut env = switchyard::Envelope::new(
+        switchyard::Topic::new("shop.order.placed").unwrap(),
+        serde_json::to_vec(&OrderPlaced { id: 7 }).unwrap(),
+    )
+    .with_correlation_id("corr-7".parse().unwrap());
+    env.delivery.attempt = 4;
+    env.delivery.first_delivered_at = Some(std::time::SystemTime::now());
+    let id = env.id.clone();
+    bus.publish_envelope(env).await.unwrap();
+    assert_eq!(recv(&mut attempts).await, 1);
+    let stream = log.streams()[0].name.clone();
+    let stored = log.read_range(&stream, 0, 10).unwrap();
+    assert_eq!(stored.len(), 1);
+    let stored = &stored[0].envelope;
+    let flow: MessageId = "corr-7".parse().unwrap();
+    assert_eq!((&stored.id, &stored.correlation_id), (&id, &flow));
+    assert_eq!(
+        (stored.delivery.attempt, stored.delivery.first_delivered_at),
+        (0, None)
+    );
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
