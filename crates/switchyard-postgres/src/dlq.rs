@@ -1,20 +1,65 @@
 //! The dead-letter queue kept in PostgreSQL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{PgPool, Row};
 use switchyard::{DeadLetter, DeadLetterSink, MessageId};
 use switchyard_middleware::dlq::{
     DeadLetterFilter, DeadLetterKey, DeadLetterQueue, DlqWriteError, InMemoryDeadLetters,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::{Error, Schema};
+use crate::{Error, Schema, names};
 
-enum Op {
-    Put(Box<DeadLetter>),
-    Remove(Vec<MessageId>),
-    Flush(oneshot::Sender<()>),
+mod pending;
+
+use pending::{Op, Pending};
+
+/// The one key of the JSON object a dead letter is stored as when its own JSON cannot be
+/// (see [`stored_json`]).
+const ESCAPED_KEY: &str = "switchyard_escaped_letter";
+
+/// The JSON stored in the `letter` column for `letter`. JSONB refuses the `\u0000` escape (a
+/// NUL character in any string: a handler's error text, a header value), so a letter whose
+/// JSON holds one is stored as `{"switchyard_escaped_letter": "<its JSON text>"}` instead:
+/// inside that string the escape is plain text (a backslash and `u0000`), which JSONB keeps,
+/// and [`decode_stored`] gives the letter back exactly. Other letters are stored as they
+/// are, so the table stays queryable (`letter->'envelope'->>'topic'`).
+fn stored_json(letter: &DeadLetter) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(letter)?;
+    if json.contains("\\u0000") {
+        let mut wrapped = serde_json::Map::new();
+        wrapped.insert(ESCAPED_KEY.to_owned(), serde_json::Value::String(json));
+        return serde_json::to_string(&wrapped);
+    }
+    Ok(json)
+}
+
+/// The dead letter stored as `text` (the `letter` column, written by [`stored_json`]).
+fn decode_stored(text: &str) -> Result<DeadLetter, serde_json::Error> {
+    let value: serde_json::Value = serde_json::from_str(text)?;
+    if let serde_json::Value::Object(map) = &value
+        && map.len() == 1
+        && let Some(serde_json::Value::String(inner)) = map.get(ESCAPED_KEY)
+    {
+        return serde_json::from_str(inner);
+    }
+    serde_json::from_value(value)
+}
+
+/// Whether retrying `e` cannot help: the database refused the data itself (SQLSTATE class
+/// 22 data exception, 23 integrity constraint violation, 54 program limit exceeded), or the
+/// letter could not be encoded. Anything else (a lost connection, a pool timeout, a server
+/// shutting down, a missing table an operator may still create) is retried.
+fn is_permanent(e: &Error) -> bool {
+    match e {
+        Error::Json(_) | Error::Database(sqlx::Error::Encode(_)) => true,
+        Error::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54"))),
+        _ => false,
+    }
 }
 
 /// A [`DeadLetterQueue`] kept in `<schema>.dead_letters`, so dead letters survive restarts.
@@ -22,14 +67,47 @@ enum Op {
 /// The trait is synchronous (the bus calls `put` from its workers, which must not wait on a
 /// database), so reads are served from an in-memory copy loaded at [`open`](Self::open), and
 /// writes update the copy at once and go to PostgreSQL in order through a background task
-/// (retried until they succeed while the process lives). [`flush`](Self::flush) waits until
-/// every earlier write is in the database. In memory it holds, like the other queues, one
+/// (a write that fails for a passing reason, such as a lost connection, is retried until it
+/// succeeds while the process lives; one the database refuses for its data is given up at
+/// once, the entry kept in memory only, logged and counted in [`unstored`](Self::unstored),
+/// so it never holds back the writes after it). [`flush`](Self::flush) waits until every
+/// earlier write is in the database or given up. In memory it holds, like the other queues, one
 /// entry per message and handler; the table holds one row per message id (the newest put),
 /// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
+///
+/// While PostgreSQL is slow or down, puts wait in a bounded write queue: at most `capacity`
+/// of them by default ([`with_write_queue`](Self::with_write_queue) changes it). Past it the
+/// oldest waiting put is dropped from the queue (the table would trim the oldest rows first
+/// anyway): its entry stays in memory, listed and replayable, but is not written, so it is
+/// lost at a restart. Drops are counted in [`write_dropped`](Self::write_dropped) and the
+/// [`DEAD_LETTERS_WRITE_DROPPED`](names::DEAD_LETTERS_WRITE_DROPPED) metric, and logged (a
+/// warning when the queue overflows, an info line when it has caught up).
 #[derive(Clone)]
 pub struct PgDeadLetterQueue {
     memory: Arc<InMemoryDeadLetters>,
-    ops: mpsc::UnboundedSender<Op>,
+    pending: Arc<Pending>,
+    /// Closes the write queue when the last handle is dropped.
+    _closer: Arc<Closer>,
+    unstored: Arc<AtomicU64>,
+}
+
+/// Held by every handle; the last one dropped lets the writer end once the queue is empty.
+struct Closer(Arc<Pending>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Marks the writer ended however its task ends (a panic included), so flushes do not wait
+/// forever and later writes report it.
+struct WriterGuard(Arc<Pending>);
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.0.writer_ended();
+    }
 }
 
 impl std::fmt::Debug for PgDeadLetterQueue {
@@ -46,13 +124,15 @@ struct Writer {
     remove: String,
     trim: String,
     capacity: i64,
+    schema: Schema,
+    unstored: Arc<AtomicU64>,
 }
 
 impl Writer {
     async fn apply(&self, op: &Op) -> Result<(), Error> {
         match op {
             Op::Put(letter) => {
-                let json = serde_json::to_string(letter)?;
+                let json = stored_json(letter)?;
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(&self.upsert)
                     .bind(letter.envelope.id.to_string())
@@ -79,11 +159,16 @@ impl Writer {
         Ok(())
     }
 
-    async fn run(self, mut ops: mpsc::UnboundedReceiver<Op>) {
-        while let Some(op) = ops.recv().await {
+    async fn run(self, pending: Arc<Pending>) {
+        let _guard = WriterGuard(pending.clone());
+        while let Some(op) = pending.next().await {
             let mut backoff = std::time::Duration::from_millis(50);
             while let Err(e) = self.apply(&op).await {
-                tracing::warn!(error = %e, "dead-letter write to PostgreSQL failed; retrying");
+                if is_permanent(&e) {
+                    self.give_up(&op, &e);
+                    break;
+                }
+                tracing::warn!(schema = %self.schema, error = %e, "dead-letter write to PostgreSQL failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
@@ -91,6 +176,22 @@ impl Writer {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+impl Writer {
+    /// Logs and counts a write the database refused for good; the entry stays in memory.
+    fn give_up(&self, op: &Op, e: &Error) {
+        let what = match op {
+            Op::Put(letter) => format!("dead letter of message {}", letter.envelope.id),
+            Op::Remove(ids) => format!("removal of {} dead letter(s)", ids.len()),
+            Op::Flush(_) => return,
+        };
+        self.unstored.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(names::DEAD_LETTERS_UNSTORED, "schema" => self.schema.to_string())
+            .increment(1);
+        tracing::error!(schema = %self.schema, error = %e,
+            "PostgreSQL refused the {what}; kept in memory only, later writes go on");
     }
 }
 
@@ -108,7 +209,7 @@ impl PgDeadLetterQueue {
         .await?;
         for row in rows {
             let text: String = row.try_get("letter")?;
-            match serde_json::from_str::<DeadLetter>(&text) {
+            match decode_stored(&text) {
                 Ok(letter) => memory.put(letter),
                 Err(e) => {
                     tracing::error!(schema = %schema, error = %e, "undecodable dead letter skipped")
@@ -130,17 +231,52 @@ impl PgDeadLetterQueue {
                  (SELECT seq FROM {schema}.dead_letters ORDER BY seq DESC LIMIT $1)",
             ),
             capacity: i64::try_from(capacity.max(1)).unwrap_or(i64::MAX),
+            schema: schema.clone(),
+            unstored: Arc::new(AtomicU64::new(0)),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer.run(rx));
-        Ok(Self { memory, ops: tx })
+        let unstored = writer.unstored.clone();
+        let pending = Arc::new(Pending::new(schema.clone(), capacity));
+        tokio::spawn(writer.run(pending.clone()));
+        Ok(Self {
+            memory,
+            _closer: Arc::new(Closer(pending.clone())),
+            pending,
+            unstored,
+        })
+    }
+
+    /// Sets how many puts may wait for PostgreSQL (at least 1; default: the queue's
+    /// `capacity`). Past it the oldest waiting put is dropped; see the type's docs.
+    pub fn with_write_queue(self, max_waiting: usize) -> Self {
+        self.pending.set_max_puts(max_waiting);
+        self
+    }
+
+    /// Writes waiting for PostgreSQL now (puts, removals and flushes; not counting the one
+    /// being written).
+    pub fn write_backlog(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Puts dropped from the full write queue since [`open`](Self::open): their entries were
+    /// kept in memory only (see the type's docs).
+    pub fn write_dropped(&self) -> u64 {
+        self.pending.dropped()
+    }
+
+    /// Writes PostgreSQL refused for their data (a constraint the table was given, a value
+    /// it cannot hold) since [`open`](Self::open): each such entry is kept in memory only,
+    /// so it is lost at a restart. Also counted in the
+    /// [`DEAD_LETTERS_UNSTORED`](names::DEAD_LETTERS_UNSTORED) metric and logged as an error.
+    pub fn unstored(&self) -> u64 {
+        self.unstored.load(Ordering::Relaxed)
     }
 
     /// Waits until every write made before this call is stored in PostgreSQL.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Flush(tx))
+        self.pending
+            .push(Op::Flush(tx))
             .map_err(|_| Error::Task("dead-letter writer stopped".into()))?;
         rx.await
             .map_err(|_| Error::Task("dead-letter writer stopped".into()))
@@ -169,8 +305,8 @@ impl PgDeadLetterQueue {
     }
 
     fn send(&self, op: Op) -> Result<(), DlqWriteError> {
-        self.ops
-            .send(op)
+        self.pending
+            .push(op)
             .map_err(|_| DlqWriteError::from(std::io::Error::other("dead-letter writer stopped")))
     }
 }
@@ -178,7 +314,7 @@ impl PgDeadLetterQueue {
 impl DeadLetterSink for PgDeadLetterQueue {
     fn put(&self, letter: DeadLetter) {
         self.memory.put(letter.clone());
-        if self.ops.send(Op::Put(Box::new(letter))).is_err() {
+        if self.pending.push(Op::Put(Box::new(letter))).is_err() {
             tracing::error!("dead-letter writer stopped; entry kept in memory only");
         }
     }
@@ -227,5 +363,41 @@ impl DeadLetterQueue for PgDeadLetterQueue {
 
     fn evicted(&self) -> u64 {
         self.memory.evicted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard::{DeadLetterReason, Envelope, Topic};
+
+    use super::*;
+
+    /// Whether a string anywhere in `v` holds a NUL (what JSONB refuses).
+    fn holds_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(holds_nul),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_letter_with_a_nul_is_stored_without_one_and_read_back_exactly()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let env = Envelope::new(Topic::new("a.b")?, "p").with_header("h", "x\0y");
+        let nul = DeadLetter::new(env, DeadLetterReason::HandlerFailed, "bad \0 byte");
+        let stored = stored_json(&nul)?;
+        assert!(!holds_nul(&serde_json::from_str(&stored)?), "{stored}");
+        assert_eq!(decode_stored(&stored)?, nul);
+        let plain = DeadLetter::new(
+            Envelope::new(Topic::new("a.b")?, "p"),
+            DeadLetterReason::Rejected,
+            "ok",
+        );
+        let stored = stored_json(&plain)?;
+        assert!(!stored.contains(ESCAPED_KEY), "{stored}");
+        assert_eq!(decode_stored(&stored)?, plain);
+        Ok(())
     }
 }

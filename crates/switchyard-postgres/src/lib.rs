@@ -32,7 +32,10 @@ mod schema;
 pub use dlq::PgDeadLetterQueue;
 pub use inbox::{Inbox, InboxFuture};
 pub use outbox::{ORDERING_KEY_HEADER, Outbox};
-pub use relay::{Handoff, Relay, RelayConfig, RelayHandle, Retention};
+pub use relay::{
+    Handoff, ROW_HEADERS_HEADER, ROW_META_HEADER, ROW_SEQ_HEADER, Relay, RelayConfig, RelayHandle,
+    Retention, UNDECODABLE_TOPIC,
+};
 pub use schema::{Schema, migrate};
 pub use sqlx;
 
@@ -44,11 +47,20 @@ pub mod names {
     pub const OUTBOX_LAG: &str = "switchyard_outbox_lag_seconds";
     /// Counter: messages the relay handed to the bus (label `schema`).
     pub const OUTBOX_RELAYED: &str = "switchyard_outbox_relayed_total";
+    /// Counter: outbox rows no envelope could be rebuilt from, sent to the bus's dead-letter
+    /// sink (reason `DecodeFailed`) and marked instead of relayed (label `schema`).
+    pub const OUTBOX_DEAD_LETTERED: &str = "switchyard_outbox_dead_lettered_total";
     /// Counter: relay batches that failed (database or bus error; label `schema`).
     pub const OUTBOX_RELAY_ERRORS: &str = "switchyard_outbox_relay_errors_total";
     /// Counter: redelivered messages the inbox acknowledged without running the handler
     /// (label `consumer`).
     pub const INBOX_DUPLICATES: &str = "switchyard_inbox_duplicates_total";
+    /// Counter: dead-letter writes PostgreSQL refused for their data, kept in memory only
+    /// (label `schema`; see `PgDeadLetterQueue::unstored`).
+    pub const DEAD_LETTERS_UNSTORED: &str = "switchyard_dead_letters_unstored_total";
+    /// Counter: dead-letter puts dropped from the full write queue while PostgreSQL was slow
+    /// or down, kept in memory only (label `schema`; see `PgDeadLetterQueue::write_dropped`).
+    pub const DEAD_LETTERS_WRITE_DROPPED: &str = "switchyard_dead_letters_write_dropped_total";
 }
 
 /// What can go wrong in this crate.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Acquire, PgPool, Row};
-use switchyard::Bus;
+use switchyard::{Bus, DeadLetter, DeadLetterReason, Envelope, Headers, MessageId, Topic};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,9 +27,23 @@ const STARVING_KEYS_PER_PASS: i64 = 4;
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// The columns the relay reads of a row.
-const ROW_COLUMNS: &str = "seq, ordering_key, deliver_at IS NOT NULL AS delayed,
+const ROW_COLUMNS: &str = "seq, id, topic, ordering_key, deliver_at IS NOT NULL AS delayed,
     headers::text AS headers, payload, meta::text AS meta,
     extract(epoch FROM clock_timestamp() - created_at)::float8 AS lag";
+
+/// The topic of the dead letter of an undecodable outbox row whose stored topic is not a
+/// valid topic.
+pub const UNDECODABLE_TOPIC: &str = "switchyard.outbox.undecodable";
+
+/// Header of the dead letter of an undecodable outbox row: the row's `seq`.
+pub const ROW_SEQ_HEADER: &str = "switchyard-outbox-seq";
+
+/// Header of the dead letter of an undecodable outbox row: the raw text of its `meta` column.
+pub const ROW_META_HEADER: &str = "switchyard-outbox-meta";
+
+/// Header of the dead letter of an undecodable outbox row: the raw text of its `headers`
+/// column.
+pub const ROW_HEADERS_HEADER: &str = "switchyard-outbox-headers";
 
 /// What happens to a row once the relay has handed its message to the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,6 +422,7 @@ impl Relay {
         let (rows, full) = self.claim(&mut tx, limit).await?;
         let label = self.schema.to_string();
         let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut dead = 0;
         let mut failure = None;
         for row in rows {
             let seq: i64 = row.try_get("seq")?;
@@ -419,8 +434,10 @@ impl Relay {
             ) {
                 Ok(env) => env,
                 Err(e) => {
-                    // A row no envelope can be rebuilt from would block the outbox forever.
-                    tracing::error!(schema = %self.schema, seq, error = %e, "undecodable outbox row skipped");
+                    // A row no envelope can be rebuilt from would block the outbox forever:
+                    // it goes to the dead-letter queue as it is stored, and is marked.
+                    self.dead_letter_row(&row, seq, &e)?;
+                    dead += 1;
                     done.push(seq);
                     continue;
                 }
@@ -453,15 +470,58 @@ impl Relay {
                 .await?
         };
         tx.commit().await?;
-        ::metrics::counter!(names::OUTBOX_RELAYED, "schema" => label).increment(done.len() as u64);
+        let relayed = done.len() - dead;
+        ::metrics::counter!(names::OUTBOX_RELAYED, "schema" => label.clone())
+            .increment(relayed as u64);
+        if dead > 0 {
+            ::metrics::counter!(names::OUTBOX_DEAD_LETTERED, "schema" => label)
+                .increment(dead as u64);
+        }
         if let Some(e) = failure {
             return Err(e.into());
         }
         Ok(Pass::Relayed {
-            count: done.len(),
+            count: relayed,
             full,
             next_due: next_due.map(|s| Duration::from_secs_f64(s.max(0.0))),
         })
+    }
+
+    /// Sends a row no envelope can be rebuilt from to the bus's dead-letter sink (reason
+    /// `DecodeFailed`), as it is stored: its id and topic (a fresh id, or the topic
+    /// [`UNDECODABLE_TOPIC`], when the stored one is not valid), its raw payload, its headers
+    /// when they decode, and the raw text of the `meta` and `headers` columns and the row's
+    /// `seq` in the [`ROW_META_HEADER`], [`ROW_HEADERS_HEADER`] and [`ROW_SEQ_HEADER`] headers.
+    fn dead_letter_row(&self, row: &PgRow, seq: i64, why: &Error) -> Result<(), Error> {
+        let id: String = row.try_get("id")?;
+        let topic: String = row.try_get("topic")?;
+        let meta: String = row.try_get("meta")?;
+        let headers: String = row.try_get("headers")?;
+        let payload: Vec<u8> = row.try_get("payload")?;
+        let parsed_topic = Topic::new(&topic).or_else(|_| Topic::new(UNDECODABLE_TOPIC));
+        let Ok(parsed_topic) = parsed_topic else {
+            // UNDECODABLE_TOPIC is a valid topic (a unit test checks it).
+            return Err(Error::Task(format!("invalid topic {UNDECODABLE_TOPIC}")));
+        };
+        let mut env = Envelope::new(parsed_topic, payload);
+        if let Ok(parsed) = id.parse::<MessageId>() {
+            env.correlation_id = parsed.clone();
+            env.id = parsed;
+        }
+        let mut kept = serde_json::from_str::<Headers>(&headers).unwrap_or_default();
+        kept.insert(ROW_SEQ_HEADER, seq.to_string());
+        kept.insert(ROW_META_HEADER, meta);
+        kept.insert(ROW_HEADERS_HEADER, headers);
+        env.set_headers(kept);
+        let error = format!(
+            "outbox row {seq} of schema {} (id {id}, topic {topic}) cannot be rebuilt: {why}",
+            self.schema
+        );
+        tracing::error!(schema = %self.schema, seq, message_id = %id, error = %why,
+            "undecodable outbox row dead-lettered");
+        self.bus
+            .dead_letter(DeadLetter::new(env, DeadLetterReason::DecodeFailed, error));
+        Ok(())
     }
 
     async fn cleanup(&self) -> Result<(), Error> {
@@ -572,5 +632,15 @@ impl RelayHandle {
     pub async fn stop(self) -> Result<(), Error> {
         let _ = self.stop.send(true);
         self.task.await.map_err(|e| Error::Task(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_undecodable_topic_is_a_valid_topic() {
+        assert!(Topic::new(UNDECODABLE_TOPIC).is_ok());
     }
 }

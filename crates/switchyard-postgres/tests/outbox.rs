@@ -399,3 +399,92 @@ async fn the_relay_returns_when_its_stop_sender_is_dropped() {
         .expect("run returned");
     db.finish().await;
 }
+
+/// An outbox row no envelope can be rebuilt from (its `meta` or its `headers` damaged) goes to
+/// the bus's dead-letter queue (reason `DecodeFailed`) with its id, topic, raw payload and the
+/// raw text of its damaged columns, and is marked so it is not dead-lettered again; the rows
+/// after it go out.
+#[tokio::test]
+async fn an_undecodable_row_is_dead_lettered_with_its_raw_bytes() {
+    let Some(db) = TestDb::new("undecodable").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let mut tx = db.pool.begin().await.unwrap();
+        ids.push(outbox.publish(&mut tx, ping("p", n)).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    let payload: Vec<u8> = sqlx::query_scalar(&format!(
+        "SELECT payload FROM {}.outbox WHERE id = $1",
+        db.schema
+    ))
+    .bind(ids[0].to_string())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    db.exec(&format!(
+        "UPDATE {{schema}}.outbox SET meta = '{{\"nonsense\": true}}'::jsonb WHERE id = '{}'",
+        ids[0]
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE {{schema}}.outbox SET headers = '\"not a map\"'::jsonb WHERE id = '{}'",
+        ids[1]
+    ))
+    .await;
+    db.exec(&format!(
+        "UPDATE {{schema}}.outbox SET meta = '{{}}'::jsonb, topic = 'not a topic!' \
+         WHERE id = '{}'",
+        ids[3]
+    ))
+    .await;
+    let (bus, mut rx, _sub) = recording_bus().await;
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone())
+        .handoff(Handoff::Handled)
+        .retention(Retention::Keep(Duration::from_secs(3600)));
+    relay.drain().await.unwrap();
+    let got = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, ping("p", 3));
+    assert_eq!(relay.backlog().await.unwrap(), 0);
+    let dlq = bus.dead_letters().expect("the default in-memory store");
+    assert_eq!(dlq.len(), 3, "{:?}", dlq.list());
+    let bad_meta = dlq.get(&ids[0]).expect("the row with damaged meta");
+    assert_eq!(bad_meta.reason, switchyard::DeadLetterReason::DecodeFailed);
+    assert_eq!(bad_meta.envelope.topic.as_str(), Ping::TOPIC);
+    assert_eq!(bad_meta.envelope.payload.as_ref(), payload.as_slice());
+    assert_eq!(
+        bad_meta.envelope.header("switchyard-outbox-meta"),
+        Some("{\"nonsense\": true}")
+    );
+    assert!(bad_meta.error.contains("outbox row"), "{}", bad_meta.error);
+    let bad_headers = dlq.get(&ids[1]).expect("the row with damaged headers");
+    assert_eq!(
+        bad_headers.reason,
+        switchyard::DeadLetterReason::DecodeFailed
+    );
+    assert_eq!(
+        bad_headers.envelope.header("switchyard-outbox-headers"),
+        Some("\"not a map\"")
+    );
+    let bad_topic = dlq.get(&ids[3]).expect("the row with an invalid topic");
+    assert_eq!(
+        bad_topic.envelope.topic.as_str(),
+        switchyard_postgres::UNDECODABLE_TOPIC
+    );
+    assert!(
+        bad_topic.error.contains("not a topic!"),
+        "{}",
+        bad_topic.error
+    );
+    // Marked: a later pass neither relays nor dead-letters them again.
+    assert_eq!(relay.drain().await.unwrap(), 0);
+    assert_eq!(dlq.len(), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NULL")
+            .await,
+        0
+    );
+    db.finish().await;
+}

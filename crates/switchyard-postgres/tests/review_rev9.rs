@@ -812,7 +812,6 @@ async fn a_follow_up_written_by_an_inbox_handler_goes_out_once_across_failures_a
 /// which JSONB refuses) must not block the dead letters put after it: `flush` returns and
 /// the next letter is in the table (so it survives a restart).
 #[tokio::test]
-#[ignore = "defect: one unstorable dead letter is retried forever in order, so no later letter is stored and flush() never returns"]
 async fn an_unstorable_dead_letter_does_not_block_the_ones_after_it() {
     let Some(db) = TestDb::new("rev9dlq").await else {
         return;

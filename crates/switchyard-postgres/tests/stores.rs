@@ -276,3 +276,189 @@ async fn a_replay_dead_lettered_again_is_kept_across_a_restart() {
     pool.close().await;
     db.finish().await;
 }
+
+/// A NUL character (which JSONB refuses as `\u0000`) in a dead letter's error text, header
+/// and handler name is stored, and the letter comes back exactly after a restart.
+#[tokio::test]
+async fn a_dead_letter_with_nul_characters_is_stored_and_comes_back_exactly() {
+    let Some(db) = TestDb::new("dlqnul").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let env = Envelope::new(Topic::new("orders.placed").unwrap(), vec![0u8, 1, 0])
+        .with_header("x-bad", "a\0b")
+        .with_header("x-backslash", "\\u0000 is not a NUL");
+    let nul = DeadLetter::new(env, DeadLetterReason::HandlerFailed, "bad byte \0 in input")
+        .with_handler("h\0");
+    let plain = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "p"),
+        DeadLetterReason::Rejected,
+        "no NUL here",
+    );
+    dlq.put(nul.clone());
+    dlq.put(plain.clone());
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush did not return")
+        .unwrap();
+    assert_eq!(dlq.unstored(), 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        2
+    );
+    // A letter without NUL stays plain, queryable JSON.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM {{schema}}.dead_letters \
+             WHERE id = '{}' AND letter->>'error' = 'no NUL here'",
+            plain.envelope.id
+        ))
+        .await,
+        1
+    );
+    let pool = fresh_pool().await;
+    let reopened = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    assert_eq!(reopened.get(&nul.envelope.id), Some(nul.clone()));
+    assert_eq!(reopened.get(&plain.envelope.id), Some(plain));
+    pool.close().await;
+    db.finish().await;
+}
+
+/// A dead letter the database refuses for its data (here a CHECK constraint the operator
+/// added) is given up at once: kept in memory, counted as unstored, and the letters after
+/// it are stored; `flush` returns.
+#[tokio::test]
+async fn a_dead_letter_the_database_refuses_is_kept_in_memory_and_does_not_block() {
+    let Some(db) = TestDb::new("dlqrefused").await else {
+        return;
+    };
+    db.exec(
+        "ALTER TABLE {schema}.dead_letters ADD CONSTRAINT no_refused \
+         CHECK (letter->>'error' <> 'refuse me')",
+    )
+    .await;
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    let refused = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "1"),
+        DeadLetterReason::HandlerFailed,
+        "refuse me",
+    );
+    let later = DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), "2"),
+        DeadLetterReason::HandlerFailed,
+        "store me",
+    );
+    dlq.put(refused.clone());
+    dlq.put(later.clone());
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush still waiting: the refused letter blocks the queue")
+        .unwrap();
+    assert_eq!(dlq.unstored(), 1);
+    assert_eq!(
+        dlq.get(&refused.envelope.id),
+        Some(refused),
+        "kept in memory"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM {{schema}}.dead_letters WHERE id = '{}'",
+            later.envelope.id
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM {schema}.dead_letters").await,
+        1
+    );
+    db.finish().await;
+}
+
+/// While PostgreSQL cannot take writes (here the table is locked by another transaction, so
+/// the writer waits on its first put), at most `with_write_queue(n)` puts wait: past that the
+/// oldest waiting put is dropped and counted, every entry stays in memory, and once the table
+/// is free the newest are stored and `flush` returns.
+#[tokio::test]
+async fn the_write_queue_is_bounded_while_the_database_cannot_take_writes() {
+    let Some(db) = TestDb::new("dlqbound").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap()
+        .with_write_queue(3);
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "LOCK TABLE {}.dead_letters IN ACCESS EXCLUSIVE MODE",
+        db.schema
+    ))
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let letters: Vec<DeadLetter> = (0..10)
+        .map(|n| {
+            DeadLetter::new(
+                Envelope::new(Topic::new("orders.placed").unwrap(), format!("{n}")),
+                DeadLetterReason::Rejected,
+                format!("declined {n}"),
+            )
+        })
+        .collect();
+    dlq.put(letters[0].clone());
+    // The writer holds the first put, waiting for the lock (state in the database).
+    let waiting = format!("%{}.dead_letters%", db.schema);
+    let blocked = common::eventually(Duration::from_secs(10), || {
+        let pool = db.pool.clone();
+        let waiting = waiting.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(waiting)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n == 1
+        }
+    })
+    .await;
+    assert!(blocked, "the writer never waited for the table lock");
+    for l in &letters[1..] {
+        dlq.put(l.clone());
+    }
+    assert_eq!(dlq.write_backlog(), 3, "the queue holds the bound");
+    assert_eq!(dlq.write_dropped(), 6, "9 puts into a queue of 3");
+    assert_eq!(dlq.len(), 10, "every entry kept in memory");
+    blocker.rollback().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), dlq.flush())
+        .await
+        .expect("flush did not return once the table was free")
+        .unwrap();
+    let mut stored: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT id FROM {}.dead_letters ORDER BY seq",
+        db.schema
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    stored.sort();
+    let mut expected: Vec<String> = [0, 7, 8, 9]
+        .iter()
+        .map(|&i| letters[i].envelope.id.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "the first (being written) and the newest 3"
+    );
+    assert_eq!(dlq.write_backlog(), 0);
+    db.finish().await;
+}

@@ -16,6 +16,7 @@ mod groups;
 mod harness;
 mod interop;
 mod retention;
+mod review_rev10;
 mod review_rev6;
 mod specific;
 mod validation;

@@ -14,5 +14,6 @@ mod malformed;
 mod observe;
 mod replays;
 mod review_rev3;
+mod review_rev8;
 mod tls;
 mod validation;

@@ -12,5 +12,6 @@ mod malformed;
 mod pubsub;
 mod remote;
 mod review_rev3;
+mod review_rev8;
 mod slow;
 mod support;

@@ -1,0 +1,279 @@
+//! Review rev10 on servers of the tests' own: `max_payload`, server restarts, the server
+//! down.
+
+use super::*;
+
+/// A server of our own with `max_payload: 4096`.
+fn small_payload_server() -> (std::process::Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\nmax_payload: 4096\njetstream {{ store_dir: \"{}\" }}\n",
+            dir.path().join("js").display()
+        ),
+    )
+    .unwrap();
+    let child = crate::harness::spawn_args(&["-c".into(), conf.display().to_string()]);
+    (child, format!("nats://127.0.0.1:{port}"), dir)
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A payload exactly at `max_payload` passes the transport's own check (`payload >
+/// limit`), but NATS counts the headers too (HPUB total size). Expected: a typed error
+/// (`TooLarge`) at once, or the message stored; not a connection dropped by the server
+/// and a publish that fails only after the publish timeout.
+#[tokio::test]
+#[ignore = "defect: payload == max_payload passes the payload-only size check, the server drops the connection on every resend, publish fails with Timeout after publish_timeout"]
+async fn a_payload_at_max_payload_plus_headers_is_typed_not_a_timeout() {
+    if !server_binary_available() {
+        return;
+    }
+    let (child, url, _dir) = small_payload_server();
+    let _kill = Kill(child);
+    let setup = Setup::new();
+    let t = connect(&url, &setup).await;
+    let (limit, _) = Publisher::max_message_bytes(&t).unwrap();
+    assert_eq!(limit, 4096);
+    let m = Envelope::new(setup.topic("big").unwrap(), vec![b'x'; limit]);
+    let started = Instant::now();
+    let r = t.publish(vec![m]).await;
+    let took = started.elapsed();
+    match &r {
+        Ok(()) | Err(PublishError::TooLarge(_)) => {}
+        Err(e) => panic!(
+            "payload == max_payload: {e} (after {took:?}; disconnects {})",
+            t.health().disconnects
+        ),
+    }
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        t.health().disconnects,
+        0,
+        "the server dropped the connection"
+    );
+    t.publish(vec![env(&setup, "small", "s")]).await.unwrap();
+    close(&t).await;
+}
+
+/// The server restarts while a group reads: what was published before and after (a
+/// publish sent while the server is down completes once it is back) all arrives, each id
+/// once at least, and health shows the reconnect.
+#[tokio::test]
+async fn a_server_restart_mid_stream_loses_nothing_published() {
+    if !server_binary_available() {
+        return;
+    }
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new().with_ack_wait(Duration::from_secs(2));
+    let mut cfg = config(&url, &setup);
+    cfg.publish_timeout = Duration::from_secs(15);
+    let t = NatsTransport::connect(cfg.clone()).await.unwrap();
+    let p = NatsTransport::connect(cfg).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), Some("g")).await.unwrap();
+    let before: Vec<Envelope> = (0..10)
+        .map(|i| env(&setup, "r", &format!("b{i}")))
+        .collect();
+    p.publish(before.clone()).await.unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..5 {
+        seen.insert(next_acked(&mut sub).await.id.to_string());
+    }
+    server.kill();
+    let after: Vec<Envelope> = (0..10)
+        .map(|i| env(&setup, "r", &format!("a{i}")))
+        .collect();
+    let publisher = {
+        let p = p.clone();
+        let after = after.clone();
+        tokio::spawn(async move { p.publish(after).await })
+    };
+    let restarted = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    });
+    let want: BTreeSet<String> = before
+        .iter()
+        .chain(&after)
+        .map(|e| e.id.to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen != want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let d = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                let missing: Vec<&String> = want.difference(&seen).collect();
+                panic!("missing {} of {}: {missing:?}", missing.len(), want.len())
+            })
+            .unwrap();
+        seen.insert(d.envelope.id.to_string());
+        let _ = d.ack().await;
+    }
+    publisher.await.unwrap().unwrap();
+    assert!(t.health().reconnects >= 1);
+    let _server = restarted.await.unwrap();
+    drop(sub);
+    let _ = t.close(Instant::now() + WAIT).await;
+    let _ = p.close(Instant::now() + WAIT).await;
+}
+
+/// The same mismatch from the other side: a small payload with one large header (over
+/// `max_payload` in total) passes the transport's and the bus's size checks (payload only)
+/// and is refused by the server. Expected: a typed error at once, through the bus too.
+#[tokio::test]
+#[ignore = "defect: headers are not counted against max_payload: a 5000-byte header on a 4096 server is a Timeout after publish_timeout and 4 dropped connections, not TooLarge"]
+async fn a_large_header_over_max_payload_is_typed_not_a_timeout() {
+    if !server_binary_available() {
+        return;
+    }
+    let (child, url, _dir) = small_payload_server();
+    let _kill = Kill(child);
+    let setup = Setup::new();
+    let t = connect(&url, &setup).await;
+    let m = env(&setup, "hdr", "small").with_header("X-Blob", "b".repeat(5000));
+    let bus = Bus::builder().transport(t.clone()).build().unwrap();
+    let started = Instant::now();
+    let r = bus.publish_envelope(m).await;
+    let took = started.elapsed();
+    match &r {
+        Err(PublishError::TooLarge(_)) => {}
+        Err(PublishError::Transport(e)) if e.kind == TransportErrorKind::Rejected => {}
+        other => panic!(
+            "5000-byte header on a 4096 max_payload server: {other:?} (after {took:?}; \
+             disconnects {})",
+            t.health().disconnects
+        ),
+    }
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let _ = bus.shutdown(WAIT).await;
+}
+
+/// An ungrouped subscription survives a server restart: it resumes after the last message
+/// it saw and gets what is published after the restart.
+#[tokio::test]
+async fn an_ungrouped_subscription_resumes_after_a_server_restart() {
+    if !server_binary_available() {
+        return;
+    }
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new();
+    let mut cfg = config(&url, &setup);
+    cfg.publish_timeout = Duration::from_secs(15);
+    let t = NatsTransport::connect(cfg).await.unwrap();
+    let mut sub = t.subscribe(&setup.all().unwrap(), None).await.unwrap();
+    let m1 = env(&setup, "e", "1");
+    t.publish(vec![m1.clone()]).await.unwrap();
+    assert_eq!(next_acked(&mut sub).await.id, m1.id);
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let m2 = env(&setup, "e", "2");
+    t.publish(vec![m2.clone()]).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(15), sub.next())
+        .await
+        .expect("nothing after the server restart")
+        .unwrap();
+    assert_eq!(body(&d.envelope), "2", "m1 came back or m2 is lost");
+    d.ack().await.unwrap();
+    drop(sub);
+    let _ = t.close(Instant::now() + WAIT).await;
+    drop(server);
+}
+
+/// With the server down: a publish fails with a typed `Timeout`/`Unavailable` once
+/// `publish_timeout` is up (never `Ok`, never a hang), and `close` returns by its deadline.
+#[tokio::test]
+async fn with_the_server_down_publish_and_close_are_bounded_and_typed() {
+    if !server_binary_available() {
+        return;
+    }
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new();
+    let mut cfg = config(&url, &setup);
+    cfg.publish_timeout = Duration::from_secs(2);
+    let t = NatsTransport::connect(cfg).await.unwrap();
+    let _live = t
+        .subscribe(&setup.all().unwrap(), Some("live"))
+        .await
+        .unwrap();
+    server.kill();
+    let started = Instant::now();
+    let r = tokio::time::timeout(WAIT, t.publish(vec![env(&setup, "e", "down")]))
+        .await
+        .expect("publish hung with the server down");
+    match &r {
+        Err(PublishError::Transport(e))
+            if matches!(
+                e.kind,
+                TransportErrorKind::Timeout | TransportErrorKind::Unavailable
+            ) => {}
+        other => panic!("publish with the server down: {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(t.health().publish_failures >= 1);
+    let started = Instant::now();
+    let closed = tokio::time::timeout(WAIT, t.close(Instant::now() + Duration::from_secs(2))).await;
+    assert!(
+        closed.is_ok(),
+        "close hung past its deadline with the server down"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+/// With the server down, `subscribe` comes back with an error that says what happened: a
+/// `Timeout` or `Unavailable` (transient: retry later), not `Rejected` (the server refused
+/// the consumer: fix the config), within a bound.
+#[tokio::test]
+#[ignore = "defect: with the server down subscribe fails after 10 s with kind Rejected (a JetStream TimedOut wrapped as a refusal), not Timeout/Unavailable"]
+async fn with_the_server_down_subscribe_fails_as_transient_not_rejected() {
+    if !server_binary_available() {
+        return;
+    }
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new();
+    let mut cfg = config(&url, &setup);
+    cfg.publish_timeout = Duration::from_secs(2);
+    let t = NatsTransport::connect(cfg).await.unwrap();
+    server.kill();
+    let started = Instant::now();
+    let sub = tokio::time::timeout(
+        Duration::from_secs(30),
+        t.subscribe(&setup.all().unwrap(), Some("while-down")),
+    )
+    .await
+    .expect("subscribe still pending after 30 s with the server down");
+    let took = started.elapsed();
+    match &sub {
+        Ok(_) => {}
+        Err(switchyard_core::SubscribeError::Transport(e))
+            if matches!(
+                e.kind,
+                TransportErrorKind::Timeout | TransportErrorKind::Unavailable
+            ) => {}
+        Err(e) => panic!("subscribe with the server down, after {took:?}: {e:?}"),
+    }
+    drop(sub);
+    let _ = t.close(Instant::now() + Duration::from_secs(2)).await;
+}
