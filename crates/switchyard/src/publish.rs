@@ -314,7 +314,7 @@ impl Bus {
                 .try_for_each(|codec| codec.encode(&mut env))?;
             self.check_size(&env)?;
         }
-        let expected = owed_deliveries(&self.inner.route(&env.topic));
+        let expected = owed_deliveries(&self.inner.route(&env.topic), &env);
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
         // A shutdown begun since `check_running` may have looked for owed deliveries already
@@ -722,19 +722,30 @@ impl GroupDelivery {
     }
 }
 
-/// How many deliveries a transport makes to these local subscriptions for one message: one
-/// per consumer group (subscriptions of one name share theirs) and one per ephemeral
-/// subscription (`.ephemeral()`, and every session's: see `Bus::register`).
-fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
+/// How many deliveries a transport makes to these local subscriptions for one message (`env`
+/// as the transport gets it) that the bus waits for: one per consumer group (subscriptions of
+/// one name share theirs) and one per ephemeral subscription (`.ephemeral()`, and every
+/// session's: see `Bus::register`). A session's subscription gets every message of its
+/// topic, but only its session's count: its pump settles the others without counting them
+/// (`SubShared::enqueue_delivery`), so one session ending while another's messages are on the
+/// way leaves nothing owed behind.
+fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> usize {
+    let owed = |s: &Arc<SubShared>| match &s.config.session {
+        None => true,
+        Some(id) => env.header(SESSION_HEADER) == Some(id.as_str()),
+    };
     if targets.len() < 2 {
-        return targets.len();
+        return targets.iter().filter(|s| owed(s)).count();
     }
     let mut groups: Vec<&str> = targets
         .iter()
         .filter(|s| !s.config.ephemeral)
         .map(|s| s.name())
         .collect();
-    let ephemeral = targets.len() - groups.len();
+    let ephemeral = targets
+        .iter()
+        .filter(|s| s.config.ephemeral && owed(s))
+        .count();
     groups.sort_unstable();
     groups.dedup();
     groups.len() + ephemeral

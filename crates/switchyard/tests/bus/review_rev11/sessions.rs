@@ -238,3 +238,51 @@ async fn a_global_and_a_session_handler_of_one_name_on_the_log() {
     );
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// On the log a session's subscription gets every message of its topic and settles the other
+/// sessions' at once; only its own session's count as owed to it. So a session that ends while
+/// another session's messages are still on their way to it leaves nothing owed: the bus goes
+/// idle (before, each session's subscription was owed every message and one that ended early
+/// left its share owed: `run_until_idle` waited for deliveries that never came).
+#[tokio::test]
+async fn a_session_ending_while_another_sessions_messages_are_on_the_way_leaves_nothing_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    let bus = Bus::builder().transport(log).build().unwrap();
+    let (tx, mut seen) = mpsc::unbounded_channel::<u8>();
+    let a = bus.session("job-early").await.unwrap();
+    let b = bus.session("job-late").await.unwrap();
+    a.on("progress", |_: Progress, _| async { Ok::<_, std::io::Error>(()) })
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    b.on("progress", move |p: Progress, _| {
+        let tx = tx.clone();
+        async move {
+            tx.send(p.percent).unwrap();
+            Ok::<_, std::io::Error>(())
+        }
+    })
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    for i in 0..50u8 {
+        b.publish(Progress { percent: i }).await.unwrap();
+    }
+    // At once: most of b's messages have not reached a's subscription yet.
+    a.end().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        got.push(recv(&mut seen).await);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..50).collect::<Vec<u8>>());
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .expect("the bus goes idle: nothing owed to the ended session");
+    b.end().await.unwrap();
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
