@@ -253,11 +253,13 @@ async fn a_session_ending_while_another_sessions_messages_are_on_the_way_leaves_
     let (tx, mut seen) = mpsc::unbounded_channel::<u8>();
     let a = bus.session("job-early").await.unwrap();
     let b = bus.session("job-late").await.unwrap();
-    a.on("progress", |_: Progress, _| async { Ok::<_, std::io::Error>(()) })
-        .start()
-        .await
-        .unwrap()
-        .detach();
+    a.on("progress", |_: Progress, _| async {
+        Ok::<_, std::io::Error>(())
+    })
+    .start()
+    .await
+    .unwrap()
+    .detach();
     b.on("progress", move |p: Progress, _| {
         let tx = tx.clone();
         async move {
