@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use switchyard::{BoxHandler, Bus, boxed};
+use switchyard::{BoxHandler, Bus, WrapTarget, boxed};
 use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
 };
-use switchyard_middleware::metrics::MetricsRegistry;
+use switchyard_middleware::metrics::{MetricsRegistry, TopicLabel};
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -131,9 +131,13 @@ impl Node {
         let wrap_live = live.clone();
         let bus = builder
             .max_attempts(1)
-            .wrap_handlers(move |name, handler: BoxHandler| {
+            .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
+                let name = target.name;
                 let tx = breaker_tx.clone();
-                let mut config = ResilienceConfig::default();
+                // Labelled by the pattern it was registered for, not the message topic a
+                // publisher chose: as many label values as registrations.
+                let mut config = ResilienceConfig::default()
+                    .topic_label(TopicLabel::Fixed(target.pattern.into()));
                 if crate::ws::is_subscription(name) {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }

@@ -111,7 +111,6 @@ async fn invented_http_methods_do_not_grow_the_request_series() {
 /// The request counters equal the traffic sent, by route template and status, the denials
 /// are counted once each, and no series carries a topic the client chose.
 #[tokio::test]
-#[ignore = "defect: per-handler metrics are labelled with the concrete, client-chosen message topic (11 series per topic)"]
 async fn request_counters_equal_the_traffic_and_never_carry_client_topics() {
     let node = TestNode::start(&auth_config("")).await;
     let mut rx = watch_all(&node).await;
