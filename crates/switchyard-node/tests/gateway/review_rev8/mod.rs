@@ -645,7 +645,6 @@ async fn body_limits_and_malformed_json_are_typed() {
 /// are not UTF-8 does not parse, so it is `400 malformed_json` and never stored as JSON
 /// (a subscriber in any language would fail to decode it).
 #[tokio::test]
-#[ignore = "defect: application/json with non-UTF-8 bytes in a string is accepted (202) and published as JSON"]
 async fn json_with_invalid_utf8_in_a_string_is_malformed_json() {
     let node = TestNode::start(crate::common::MEMORY).await;
     let mut rx = watch_all(&node).await;
