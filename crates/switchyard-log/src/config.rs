@@ -138,8 +138,9 @@ pub struct LogConfig {
     /// Deliveries of one message before it is dead-lettered (reason `MaxDeliveries`).
     /// Default: 5. 0 means no limit.
     pub max_deliver: u32,
-    /// Unsettled messages one group holds in memory at most (read-ahead window).
-    /// Default: 1024.
+    /// Messages one group hands out and leaves unsettled at most; also the size of its
+    /// in-order read-ahead window, and of the look-ahead past keys that are busy (so a group
+    /// holds at most twice this many messages in memory). Default: 1024.
     pub max_ack_pending: usize,
     /// Header whose value is the ordering key: within a group, messages with the same key are
     /// handed out one at a time, in log order. `None` turns per-key ordering off.
@@ -152,8 +153,9 @@ pub struct LogConfig {
     pub commit_interval: Duration,
     /// Damage handling on open. Default: [`Recovery::Strict`].
     pub recovery: Recovery,
-    /// Receives messages that reached `max_deliver`. Default: none (such messages are
-    /// dropped with a warning).
+    /// Receives messages that reached `max_deliver`. Default: none: such messages go to the
+    /// log's own in-memory store, [`LogTransport::dead_letters`](crate::LogTransport::dead_letters)
+    /// (never dropped).
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 

@@ -1,7 +1,7 @@
 //! Consumer-group state of one (stream, group): the read cursor, the unsettled messages and
 //! the dispatch rule (per-key order, ack-wait expiry, delayed redelivery, max-deliver).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -41,12 +41,27 @@ struct Pending {
 }
 
 /// Mutable part of a group.
+///
+/// Records are read in log order into `pending` (the read-ahead window, at most
+/// `max_ack_pending`). When every message there waits behind a busy key, the group looks
+/// further ahead (`ahead`) for messages of other keys: those it takes join `pending` too and
+/// are remembered in `ahead_taken` so the in-order read skips them; the keys it passes over go
+/// to `ahead_keys` and wait for the in-order read (per-key order). Both sets are bounded by
+/// `max_ack_pending` and emptied once the in-order read catches up with `ahead`.
 #[derive(Debug)]
 pub(crate) struct GroupState {
     pub pattern: Pattern,
-    /// Next offset to read from the stream.
+    /// Next offset to read from the stream in log order.
     pub next_read: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Messages of `pending` handed out at least once (unsettled): at most `max_ack_pending`.
+    delivered: usize,
+    /// The look-ahead cursor (at least `next_read`).
+    ahead: u64,
+    /// Keys of records in `next_read..ahead` the look-ahead passed over.
+    ahead_keys: HashSet<SmolStr>,
+    /// Records in `next_read..ahead` the look-ahead took (pending, or settled since).
+    ahead_taken: BTreeSet<u64>,
     /// Live subscriptions in this group.
     pub members: usize,
     committed_sent: u64,
@@ -58,8 +73,31 @@ impl GroupState {
         self.pending
             .keys()
             .next()
-            .copied()
-            .unwrap_or(self.next_read)
+            .map_or(self.next_read, |&o| o.min(self.next_read))
+    }
+
+    /// Drops look-ahead state the in-order read has caught up with.
+    fn trim_ahead(&mut self) {
+        if self.ahead <= self.next_read {
+            self.ahead = self.next_read;
+            self.ahead_keys.clear();
+            self.ahead_taken.clear();
+        } else if self
+            .ahead_taken
+            .first()
+            .is_some_and(|&o| o < self.next_read)
+        {
+            self.ahead_taken = self.ahead_taken.split_off(&self.next_read);
+        }
+    }
+
+    /// Removes a message for good (settled or dead-lettered).
+    fn remove(&mut self, offset: u64) -> Option<Pending> {
+        let p = self.pending.remove(&offset)?;
+        if p.attempts > 0 {
+            self.delivered = self.delivered.saturating_sub(1);
+        }
+        Some(p)
     }
 
     /// Unsettled messages held in memory.
@@ -94,6 +132,17 @@ pub(crate) enum Dispatch {
 /// Records scanned per dispatch call at most, so one call never blocks for long.
 const MAX_SCAN: usize = 4096;
 
+/// Records read per look-ahead step.
+const AHEAD_CHUNK: usize = 64;
+
+/// What [`GroupShared::fill`] left.
+struct Filled {
+    /// More is left to scan now (the scan budget ran out).
+    more: bool,
+    /// The end of the stream when it looked.
+    end: u64,
+}
+
 impl GroupShared {
     /// A group starting at `start`.
     pub fn new(
@@ -113,14 +162,18 @@ impl GroupShared {
                 pattern,
                 next_read: start,
                 pending: BTreeMap::new(),
+                delivered: 0,
+                ahead: start,
+                ahead_keys: HashSet::new(),
+                ahead_taken: BTreeSet::new(),
                 members: 0,
                 committed_sent: start,
             }),
         }
     }
 
-    /// Reads ahead into the pending window. Returns true when more is left to scan now.
-    fn fill(&self, st: &mut GroupState, s: &GroupSettings) -> Result<bool, ReadError> {
+    /// Reads ahead, in log order, into the pending window.
+    fn fill(&self, st: &mut GroupState, s: &GroupSettings) -> Result<Filled, ReadError> {
         let (first, end) = {
             let idx = lock(&self.stream.index);
             (idx.first_offset(), idx.next_offset())
@@ -134,20 +187,24 @@ impl GroupShared {
             );
             st.next_read = first;
         }
+        st.trim_ahead();
         let mut scanned = 0;
         while st.pending.len() < s.max_ack_pending && st.next_read < end {
             if scanned >= MAX_SCAN {
-                return Ok(true);
+                st.trim_ahead();
+                return Ok(Filled { more: true, end });
             }
             let want = (s.max_ack_pending - st.pending.len()).min(256);
             let records = self.stream.read(st.next_read, want)?;
             if records.is_empty() {
-                return Ok(true);
+                st.trim_ahead();
+                return Ok(Filled { more: true, end });
             }
             scanned += records.len();
             for (offset, envelope) in records {
                 st.next_read = offset + 1;
-                if !st.pattern.matches(&envelope.topic) {
+                // Taken by the look-ahead already (and perhaps settled since).
+                if st.ahead_taken.remove(&offset) || !st.pattern.matches(&envelope.topic) {
                     continue;
                 }
                 let key = s
@@ -168,7 +225,82 @@ impl GroupShared {
                 );
             }
         }
-        Ok(false)
+        st.trim_ahead();
+        Ok(Filled { more: false, end })
+    }
+
+    /// When every message of the window waits behind a busy key and the window is full,
+    /// looks past it (from `ahead`) for messages whose key is free and takes them into
+    /// `pending`. A key with a message in memory, or passed over here, is busy: its later
+    /// records wait for the in-order read, so per-key order holds. Bounded: at most
+    /// `max_ack_pending` records taken and keys passed over until the in-order read catches
+    /// up. Returns the first offset taken, and whether the scan budget ran out.
+    fn look_ahead(
+        &self,
+        st: &mut GroupState,
+        s: &GroupSettings,
+        end: u64,
+    ) -> Result<(Option<u64>, bool), ReadError> {
+        let cap = s.max_ack_pending;
+        let mut busy: HashSet<SmolStr> =
+            st.pending.values().filter_map(|p| p.key.clone()).collect();
+        let mut taken = None;
+        let mut scanned = 0;
+        st.ahead = st.ahead.max(st.next_read);
+        while st.ahead < end && taken.is_none() {
+            if scanned >= MAX_SCAN {
+                return Ok((None, true));
+            }
+            let records = self.stream.read(st.ahead, AHEAD_CHUNK)?;
+            if records.is_empty() {
+                return Ok((None, true));
+            }
+            scanned += records.len();
+            for (offset, envelope) in records {
+                if st.ahead_taken.len() >= cap {
+                    return Ok((taken, false));
+                }
+                if !st.pattern.matches(&envelope.topic) {
+                    st.ahead = offset + 1;
+                    continue;
+                }
+                let key = s
+                    .ordering_header
+                    .as_deref()
+                    .and_then(|h| envelope.header(h))
+                    .map(SmolStr::new);
+                if let Some(k) = &key
+                    && (busy.contains(k) || st.ahead_keys.contains(k))
+                {
+                    if !st.ahead_keys.contains(k) {
+                        if st.ahead_keys.len() >= cap {
+                            return Ok((taken, false));
+                        }
+                        st.ahead_keys.insert(k.clone());
+                    }
+                    st.ahead = offset + 1;
+                    continue;
+                }
+                st.ahead = offset + 1;
+                if let Some(k) = &key {
+                    busy.insert(k.clone());
+                }
+                st.ahead_taken.insert(offset);
+                st.pending.insert(
+                    offset,
+                    Pending {
+                        envelope,
+                        key,
+                        attempts: 0,
+                        first_delivered: None,
+                        generation: 0,
+                        state: PState::Ready(None),
+                    },
+                );
+                taken.get_or_insert(offset);
+            }
+        }
+        Ok((taken, false))
     }
 
     /// Picks the next message to hand out. Messages that used up their deliveries are moved to
@@ -180,12 +312,15 @@ impl GroupShared {
         dead: &mut Vec<DeadLetter>,
         commits: &PendingCommits,
     ) -> Result<Dispatch, ReadError> {
-        let mut st = lock(&self.state);
-        let more = self.fill(&mut st, s)?;
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let Filled { mut more, end } = self.fill(st, s)?;
         let mut blocked: HashSet<SmolStr> = HashSet::new();
         let mut chosen = None;
         let mut expired = Vec::new();
         let mut earliest: Option<Instant> = None;
+        // Only handed-out messages count against `max_ack_pending`.
+        let may_start = st.delivered < s.max_ack_pending;
         for (&offset, p) in &st.pending {
             if p.key.as_ref().is_some_and(|k| blocked.contains(k)) {
                 continue;
@@ -202,14 +337,30 @@ impl GroupShared {
                     }
                 }
                 _ if s.max_deliver > 0 && p.attempts >= s.max_deliver => expired.push(offset),
+                _ if p.attempts == 0 && !may_start => {
+                    if let Some(k) = &p.key {
+                        blocked.insert(k.clone());
+                    }
+                }
                 _ => {
                     chosen = Some(offset);
                     break;
                 }
             }
         }
+        // Every message of a full window waits (a busy key, a delay): look past it.
+        if chosen.is_none()
+            && !more
+            && may_start
+            && st.pending.len() >= s.max_ack_pending
+            && st.next_read < end
+        {
+            let (taken, budget_left) = self.look_ahead(st, s, end)?;
+            chosen = taken;
+            more = budget_left;
+        }
         for offset in expired {
-            if let Some(p) = st.pending.remove(&offset) {
+            if let Some(p) = st.remove(offset) {
                 let mut env = p.envelope;
                 env.delivery.attempt = p.attempts;
                 env.delivery.first_delivered_at = p.first_delivered;
@@ -218,7 +369,10 @@ impl GroupShared {
                     DeadLetter::new(
                         env,
                         DeadLetterReason::MaxDeliveries,
-                        format!("not acknowledged after {} deliveries", p.attempts),
+                        format!(
+                            "not acknowledged after {} deliveries (stream {}, offset {offset})",
+                            p.attempts, self.stream.name
+                        ),
                     )
                     .with_handler(self.name.as_str()),
                 );
@@ -226,6 +380,9 @@ impl GroupShared {
         }
         let result = match chosen.and_then(|o| st.pending.get_mut(&o).map(|p| (o, p))) {
             Some((offset, p)) => {
+                if p.attempts == 0 {
+                    st.delivered += 1;
+                }
                 p.attempts += 1;
                 p.generation += 1;
                 let first = *p.first_delivered.get_or_insert_with(SystemTime::now);
@@ -242,7 +399,7 @@ impl GroupShared {
             None if more => Dispatch::Wait(Some(now)),
             None => Dispatch::Wait(earliest),
         };
-        self.report_floor(&mut st, commits);
+        self.report_floor(st, commits);
         Ok(result)
     }
 
@@ -257,7 +414,7 @@ impl GroupShared {
     /// Settles a message for good (ack or term). Late settles after a redelivery still count.
     pub fn settle(&self, offset: u64, commits: &PendingCommits) {
         let mut st = lock(&self.state);
-        st.pending.remove(&offset);
+        st.remove(offset);
         self.report_floor(&mut st, commits);
     }
 
@@ -279,7 +436,11 @@ impl GroupShared {
         let mut st = lock(&self.state);
         let floor = st.floor();
         st.pending.clear();
+        st.delivered = 0;
         st.next_read = floor;
+        st.ahead = floor;
+        st.ahead_keys.clear();
+        st.ahead_taken.clear();
         st.pattern = pattern;
     }
 }

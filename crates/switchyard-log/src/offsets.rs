@@ -54,20 +54,36 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+/// Longest group name the file format stores (its length is a u16).
+pub(crate) const MAX_GROUP_NAME: usize = u16::MAX as usize;
+
 /// Writes every committed offset of a stream in one file (temp file, sync, rename).
+///
+/// An entry the format cannot hold (a name longer than [`MAX_GROUP_NAME`], which subscribe
+/// refuses) is left out with a warning: one bad entry never stops the other groups'
+/// offsets from being written.
 pub(crate) fn store_all(dir: &Path, offsets: &HashMap<String, u64>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(16 + offsets.len() * 48);
     buf.extend_from_slice(MAGIC);
-    let count = u32::try_from(offsets.len())
-        .map_err(|_| std::io::Error::other("more than u32::MAX groups"))?;
-    buf.extend_from_slice(&count.to_le_bytes());
+    // The count, filled in once the entries that fit are known.
+    buf.extend_from_slice(&[0; 4]);
+    let mut count: u32 = 0;
     for (group, offset) in offsets {
-        let len = u16::try_from(group.len())
-            .map_err(|_| std::io::Error::other(format!("group name of {} bytes", group.len())))?;
+        let Ok(len) = u16::try_from(group.len()) else {
+            tracing::warn!(
+                bytes = group.len(),
+                "group name too long for the committed-offsets file; its offset is not stored"
+            );
+            continue;
+        };
+        count = count
+            .checked_add(1)
+            .ok_or_else(|| std::io::Error::other("more than u32::MAX groups"))?;
         buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(group.as_bytes());
         buf.extend_from_slice(&offset.to_le_bytes());
     }
+    buf[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&count.to_le_bytes());
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
     let path = path(dir);
@@ -198,6 +214,22 @@ mod tests {
         let loaded = load_all(dir.path());
         assert_eq!(loaded.offsets, all);
         assert!(loaded.legacy.is_empty() && !loaded.damaged);
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_format_is_left_out_and_the_others_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = HashMap::new();
+        all.insert("a".to_owned(), 3);
+        all.insert("g".repeat(MAX_GROUP_NAME + 1), 1);
+        all.insert("b".repeat(MAX_GROUP_NAME), 2);
+        store_all(dir.path(), &all).unwrap();
+        let loaded = load_all(dir.path());
+        assert!(!loaded.damaged);
+        let mut want = HashMap::new();
+        want.insert("a".to_owned(), 3);
+        want.insert("b".repeat(MAX_GROUP_NAME), 2);
+        assert_eq!(loaded.offsets, want);
     }
 
     #[test]

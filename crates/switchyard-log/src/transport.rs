@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use fs4::fs_std::FileExt;
 use switchyard_core::{
-    AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, Delivery, Envelope,
-    Pattern, PublishError, Publisher, SubscribeError, Subscriber, TooLarge, Topic, TransportError,
-    TransportErrorKind,
+    AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, DeadLetter,
+    Delivery, Envelope, InMemoryDeadLetters, Pattern, PublishError, Publisher, SubscribeError,
+    Subscriber, TooLarge, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -83,6 +83,29 @@ struct Inner {
     next_ephemeral: AtomicU64,
     lock_file: Mutex<Option<File>>,
     stats: Arc<WriterStats>,
+    /// Where dead letters go when the config names no sink (never dropped).
+    own_dead_letters: Arc<InMemoryDeadLetters>,
+}
+
+impl Inner {
+    /// Hands messages that reached `max_deliver` to the configured sink, or to the log's own
+    /// store when there is none.
+    fn dead_letter(&self, dead: Vec<DeadLetter>) {
+        match &self.config.dead_letters {
+            Some(sink) => dead.into_iter().for_each(|l| sink.put(l)),
+            None => {
+                for letter in dead {
+                    for old in self.own_dead_letters.insert(letter) {
+                        tracing::warn!(
+                            id = %old.envelope.id,
+                            error = %old.error,
+                            "log dead-letter store full: its oldest letter was evicted (the record stays in the log until retention removes it)"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -281,6 +304,7 @@ impl LogTransport {
                 next_ephemeral: AtomicU64::new(0),
                 lock_file: Mutex::new(Some(lock_file)),
                 stats,
+                own_dead_letters: Arc::new(InMemoryDeadLetters::default()),
             }),
         })
     }
@@ -357,6 +381,22 @@ impl LogTransport {
             }
         }
         out
+    }
+
+    /// The log's own dead-letter store: where messages that reached `max_deliver` go when
+    /// the config names no sink ([`LogConfig::with_dead_letters`]), to be browsed
+    /// ([`InMemoryDeadLetters::list`], `select`) and taken. `None` when a sink is configured.
+    ///
+    /// It holds [`InMemoryDeadLetters::default`] (10 000 letters, 64 MiB; the oldest is
+    /// evicted with a warning past that) and lives as long as the log is open: a letter's
+    /// error text names the stream and offset of its record, which stays readable with
+    /// [`read_range`](Self::read_range) until retention removes it.
+    pub fn dead_letters(&self) -> Option<Arc<InMemoryDeadLetters>> {
+        self.inner
+            .config
+            .dead_letters
+            .is_none()
+            .then(|| self.inner.own_dead_letters.clone())
     }
 
     /// Writer counters since open.
@@ -582,6 +622,11 @@ impl Subscriber for LogTransport {
         }
         let (name, durable) = match group {
             Some("") => return Err(SubscribeError::InvalidConfig("empty group name")),
+            Some(g) if g.len() > crate::offsets::MAX_GROUP_NAME => {
+                return Err(SubscribeError::InvalidConfig(
+                    "group name longer than 65535 bytes",
+                ));
+            }
             Some(g) => (g.to_owned(), true),
             None => (
                 format!(
@@ -600,7 +645,16 @@ impl Subscriber for LogTransport {
             let g = map
                 .entry((i, name.clone()))
                 .or_insert_with(|| {
+                    // A durable group counts for compaction from the moment it exists: its
+                    // start goes to the pending commits (which compaction reads with the
+                    // written offsets) under the same lock compaction holds while it
+                    // removes segments, so none it has not read can go in between.
+                    let mut commits = lock(&self.inner.commits);
                     let start = self.start_offset(stream, &name, durable);
+                    if durable && !lock(&stream.committed).contains_key(&name) {
+                        commits.entry((i, name.clone())).or_insert(start);
+                    }
+                    drop(commits);
                     Arc::new(GroupShared::new(
                         i,
                         stream.clone(),
@@ -724,13 +778,7 @@ impl Member {
                 }
             }
             if !dead.is_empty() {
-                match &self.inner.config.dead_letters {
-                    Some(sink) => dead.into_iter().for_each(|l| sink.put(l)),
-                    None => tracing::warn!(
-                        count = dead.len(),
-                        "messages reached max deliveries and no dead-letter sink is configured; dropped"
-                    ),
-                }
+                self.inner.dead_letter(dead);
                 self.inner.notify.notify_waiters();
             }
             if found.is_some() {

@@ -652,35 +652,70 @@ impl Writer {
         })
     }
 
+    /// The lowest offset a durable group of stream `i` still needs, for compaction: over the
+    /// offsets written to `OFFSETS` and those waiting to be written (which include the start
+    /// of every group created since, acked or not). `None` when the stream has no durable
+    /// group. The caller holds the pending commits (`commits`).
+    fn min_committed(
+        stream: &StreamShared,
+        i: usize,
+        commits: &HashMap<(usize, String), u64>,
+    ) -> Option<u64> {
+        let written = lock(&stream.committed).values().copied().min();
+        let waiting = commits
+            .iter()
+            .filter(|((s, _), _)| *s == i)
+            .map(|(_, &o)| o)
+            .min();
+        match (written, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many of the oldest segments retention removes, given the lowest offset a group
+    /// still needs (`min_committed`, compaction only).
+    fn removable(
+        r: crate::config::Retention,
+        idx: &crate::stream::StreamIndex,
+        min_committed: Option<u64>,
+    ) -> usize {
+        let mut total = idx.bytes();
+        let mut n = 0;
+        while n + 1 < idx.segments.len() {
+            let seg = &idx.segments[n];
+            let end = idx.segments[n + 1].base;
+            let too_big = r.max_bytes.is_some_and(|m| total > m);
+            let too_old = r
+                .max_age
+                .is_some_and(|a| seg.modified.elapsed().is_ok_and(|age| age > a));
+            let consumed = min_committed.is_some_and(|c| c >= end);
+            if !(too_big || too_old || consumed) {
+                break;
+            }
+            total -= seg.len;
+            n += 1;
+        }
+        n
+    }
+
     /// Removes whole closed segments that retention no longer keeps.
     fn enforce_retention(&mut self, i: usize) {
         let Some(stream) = self.streams.get(i) else {
             return;
         };
         let r = self.config.retention;
-        let min_committed = if r.delete_consumed {
-            lock(&stream.committed).values().copied().min()
-        } else {
-            None
+        let min_of = |commits: &HashMap<(usize, String), u64>| {
+            if r.delete_consumed {
+                Self::min_committed(stream, i, commits)
+            } else {
+                None
+            }
         };
         let (n, keep) = {
+            let min_committed = min_of(&lock(&self.commits));
             let idx = lock(&stream.index);
-            let mut total = idx.bytes();
-            let mut n = 0;
-            while n + 1 < idx.segments.len() {
-                let seg = &idx.segments[n];
-                let end = idx.segments[n + 1].base;
-                let too_big = r.max_bytes.is_some_and(|m| total > m);
-                let too_old = r
-                    .max_age
-                    .is_some_and(|a| seg.modified.elapsed().is_ok_and(|age| age > a));
-                let consumed = min_committed.is_some_and(|c| c >= end);
-                if !(too_big || too_old || consumed) {
-                    break;
-                }
-                total -= seg.len;
-                n += 1;
-            }
+            let n = Self::removable(r, &idx, min_committed);
             let keep = Manifest {
                 oldest: idx.segments.get(n).map_or(0, |s| s.base),
                 newest: idx.segments.last().map_or(0, |s| s.base),
@@ -697,7 +732,17 @@ impl Writer {
             tracing::warn!(stream = %stream.name, error = %e, "log retention: cannot update the stream manifest; keeping the segments for now");
             return;
         }
-        let removed = lock(&stream.index).segments.drain(..n).collect::<Vec<_>>();
+        // A durable group created meanwhile registered its start in the pending commits
+        // (under that lock, see subscribe): count again with it, holding the lock until the
+        // segments are out of the index. Keeping more than the manifest says is a retention
+        // interrupted, which the next round (and open) completes.
+        let removed = {
+            let commits = lock(&self.commits);
+            let min_committed = min_of(&commits);
+            let mut idx = lock(&stream.index);
+            let n = Self::removable(r, &idx, min_committed).min(n);
+            idx.segments.drain(..n).collect::<Vec<_>>()
+        };
         for seg in removed {
             tracing::info!(stream = %stream.name, base = seg.base, records = seg.positions.len(), "log retention: removing segment");
             if let Err(e) = std::fs::remove_file(&seg.path) {

@@ -150,6 +150,25 @@ pub(crate) fn encode_headers(env: &Envelope) -> HeaderMap {
     h
 }
 
+/// The size of the header block NATS sends for `h` (`HPUB`'s header length): `NATS/1.0\r\n`,
+/// each `name: value\r\n`, then `\r\n`; zero for no headers (sent as a plain `PUB`). The
+/// server counts it with the payload against its `max_payload`.
+pub(crate) fn header_bytes(h: &HeaderMap) -> usize {
+    if h.is_empty() {
+        return 0;
+    }
+    let fields: usize = h
+        .iter()
+        .map(|(k, vs)| {
+            let name = AsRef::<[u8]>::as_ref(k).len();
+            vs.iter()
+                .map(|v| name + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + "\r\n".len()
+}
+
 /// A header NATS carries as it is and no other client mistakes for one of its own: an HTTP
 /// token name outside the reserved prefixes (`Sy-`, `Nats-`, `H-`) with a printable ASCII
 /// value (no surrounding spaces). Such headers travel under their own name (`traceparent`,
@@ -291,6 +310,22 @@ mod tests {
             .map(|(k, _)| AsRef::<[u8]>::as_ref(k).to_vec())
             .collect();
         assert_eq!(names, vec![MSG_ID.as_bytes().to_vec()]);
+    }
+
+    #[test]
+    fn header_bytes_is_the_header_block_sent() {
+        assert_eq!(
+            header_bytes(&HeaderMap::new()),
+            0,
+            "no headers: a plain PUB"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(NATS_MESSAGE_ID, "x");
+        h.insert("A", "bc");
+        h.append("A", "d");
+        // The block async-nats writes (its `HPUB` header length), in any field order.
+        let block = "NATS/1.0\r\nNats-Msg-Id: x\r\nA: bc\r\nA: d\r\n\r\n";
+        assert_eq!(header_bytes(&h), block.len());
     }
 
     #[test]

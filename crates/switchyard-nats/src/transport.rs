@@ -28,6 +28,7 @@ use crate::config::{NatsConfig, Storage};
 use crate::error::ConnectError;
 use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
 
+mod admin;
 mod durable;
 mod retention;
 mod worker;
@@ -458,7 +459,11 @@ impl NatsTransport {
             .await
             .map(|_| ())
             .map_err(|e| {
-                TransportError::with_source(TransportErrorKind::Rejected, "cannot delete stream", e)
+                TransportError::with_source(
+                    admin::delete_stream_error_kind(&e),
+                    "cannot delete stream",
+                    e,
+                )
             })
     }
 
@@ -485,8 +490,9 @@ impl NatsTransport {
     }
 }
 
-/// Whose limit a `TooLarge` from this transport names.
-const MAX_PAYLOAD: &str = "the NATS server's max_payload";
+/// Whose limit a `TooLarge` from this transport names: NATS counts the encoded headers with
+/// the payload.
+const MAX_PAYLOAD: &str = "the NATS server's max_payload (payload and headers)";
 
 impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
@@ -498,14 +504,23 @@ impl Publisher for NatsTransport {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
-        // Refused here, at once, rather than by the server after the publish timeout.
+        // The server counts the header block with the payload against its `max_payload`
+        // and drops the connection over a larger message (every resend again, so the
+        // publish would fail only at `publish_timeout`): refused here, at once. The headers
+        // made for the check are the ones the first send uses.
         let limit = self.inner.client.server_info().max_payload;
-        if let Some(env) = batch.iter().find(|e| limit > 0 && e.payload.len() > limit) {
-            return Err(PublishError::TooLarge(switchyard_core::TooLarge {
-                size: env.payload.len(),
-                limit,
-                limit_of: MAX_PAYLOAD,
-            }));
+        let mut headers = Vec::with_capacity(batch.len());
+        for env in &batch {
+            let h = codec::encode_headers(env);
+            let size = env.payload.len().saturating_add(codec::header_bytes(&h));
+            if limit > 0 && size > limit {
+                return Err(PublishError::TooLarge(switchyard_core::TooLarge {
+                    size,
+                    limit,
+                    limit_of: MAX_PAYLOAD,
+                }));
+            }
+            headers.push(Some(h));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);
         let _guard = PublishGuard(&self.inner);
@@ -531,8 +546,12 @@ impl Publisher for NatsTransport {
             let mut last_error = None;
             for &i in &todo {
                 // Headers are encoded again for a resend rather than kept (and cloned).
+                let h = headers
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| codec::encode_headers(&batch[i]));
                 let publish = Publish::build()
-                    .headers(codec::encode_headers(&batch[i]))
+                    .headers(h)
                     .payload(batch[i].payload.clone());
                 match self.inner.js.send_publish(items[i].clone(), publish).await {
                     Ok(ack) => acks.push((i, ack)),
@@ -581,18 +600,24 @@ impl Publisher for NatsTransport {
         }
     }
 
-    /// Refuses new publishes, ends every subscription, waits (until `deadline`) for
-    /// publishes in flight to get their acknowledgements, then flushes buffered acks.
-    ///
-    /// Idempotent: a second call (or a concurrent one) does the same waits and returns `Ok`
-    /// once everything the first call waits for is done.
-    /// The server's `max_payload` (1 MiB unless the server is configured otherwise), so the
-    /// bus refuses a larger message before sending it.
+    /// The server's `max_payload` (1 MiB unless the server is configured otherwise): the
+    /// limit on a message's payload **plus its encoded headers** (the header block NATS
+    /// sends: `NATS/1.0\r\n`, each `name: value\r\n`, `\r\n`; the envelope's fields
+    /// travel as headers: 88 bytes for an event with no user headers). The bus compares the
+    /// payload alone with it, so a larger payload is refused there; a payload that fits
+    /// whose headers push the message over is refused by [`publish`](Publisher::publish)
+    /// with [`PublishError::TooLarge`] at once (`size` then counts the headers), before
+    /// anything is sent.
     fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
         let limit = self.inner.client.server_info().max_payload;
         (limit > 0).then_some((limit, MAX_PAYLOAD))
     }
 
+    /// Refuses new publishes, ends every subscription, waits (until `deadline`) for
+    /// publishes in flight to get their acknowledgements, then flushes buffered acks.
+    ///
+    /// Idempotent: a second call (or a concurrent one) does the same waits and returns `Ok`
+    /// once everything the first call waits for is done.
     async fn close(&self, deadline: std::time::Instant) -> Result<(), CloseError> {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.shutdown.send_replace(true);
@@ -713,7 +738,7 @@ impl Subscriber for NatsTransport {
                 .await
                 .map_err(|e| {
                     TransportError::with_source(
-                        TransportErrorKind::Rejected,
+                        admin::consumer_error_kind(&e),
                         format!("cannot create consumer {name} on stream {stream_name}"),
                         e,
                     )

@@ -730,7 +730,20 @@ pub(crate) fn start_call(
     bus: &Arc<BusInner>,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
-    let made = std::panic::catch_unwind(AssertUnwindSafe(|| svc.call_queued(env, delivery, bus)));
+    // The stack's future is polled where it is made, not through its kept box; a boxed
+    // handler's runs in the box the handler keeps.
+    let handler = match svc {
+        SingleHandler::Boxed(handler) => handler,
+        #[cfg(feature = "middleware")]
+        SingleHandler::Resilient(stack) => return stack.start(env, delivery, cx),
+    };
+    let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if handler.has_queued() {
+            handler.call_queued(env, delivery, bus)
+        } else {
+            Callee::<Envelope>::call_in(handler, env.copy_with_delivery(delivery))
+        }
+    }));
     let mut fut = match made {
         Ok(fut) => fut,
         Err(panic) => return Started::Ended(Err(panic)),
@@ -738,11 +751,14 @@ pub(crate) fn start_call(
     let polled =
         std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(&mut fut).poll(cx)));
     let result = match polled {
+        #[cfg(feature = "middleware")]
+        Ok(std::task::Poll::Pending) => return Started::Pending(SingleFuture::Boxed(fut)),
+        #[cfg(not(feature = "middleware"))]
         Ok(std::task::Poll::Pending) => return Started::Pending(fut),
         Ok(std::task::Poll::Ready(result)) => Ok(result),
         Err(panic) => Err(panic),
     };
-    recycle_caught::<_, Envelope>(svc, fut);
+    recycle_caught::<_, Envelope>(handler, fut);
     Started::Ended(result)
 }
 

@@ -57,6 +57,85 @@ impl Stacked {
         })
     }
 
+    /// A first attempt's call and first poll ([`start_call`](crate::dispatch::start_call)'s
+    /// for the stack), the stack's future polled where it is made: a call that ends at its
+    /// first poll (most do) is handed back to the stack and dropped here, without going
+    /// through the kept box (no move into it, no poll through it, no emptying it); a call
+    /// still pending is moved into the kept box (the future is `Unpin`) and polled there
+    /// from then on. Panics as `start_call` captures them: in the call or the poll, as the
+    /// call's result; in the drop of the ended call, logged (the result stands).
+    #[inline(never)]
+    pub(crate) fn start(
+        &mut self,
+        env: &std::sync::Arc<Envelope>,
+        delivery: switchyard_core::DeliveryInfo,
+        cx: &mut Context<'_>,
+    ) -> crate::dispatch::Started {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+
+        use crate::dispatch::Started;
+        let stack = &mut self.stack;
+        // One capture around the call, the first poll and the hand-back, each of the latter
+        // two with its own: the future stays where the call made it (a move is a 240-byte
+        // copy), and a pending one is moved out through `pending`, a result through `ended`.
+        let mut ended = None;
+        let mut pending = None;
+        let made = catch_unwind(AssertUnwindSafe(|| {
+            let mut fut = Some(stack.call_lent(env.copy_with_delivery(delivery)));
+            let polled = catch_unwind(AssertUnwindSafe(|| match fut.as_mut() {
+                Some(fut) => stack.poll_lent(Pin::new(fut), cx),
+                None => Poll::Pending,
+            }));
+            ended = Some(match polled {
+                Ok(Poll::Pending) => {
+                    pending = fut.take();
+                    return;
+                }
+                Ok(Poll::Ready(result)) => Ok(result),
+                Err(panic) => Err(panic),
+            });
+            // The ended call goes back to the stack and is dropped, a panic in a `Drop` of
+            // it caught here (the result stands), not while a panic unwinds.
+            let dropped = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(fut) = fut.as_mut() {
+                    stack.recycle(Pin::new(fut));
+                }
+                fut = None;
+            }));
+            if dropped.is_err() {
+                tracing::error!(
+                    "a handler's future panicked while it was dropped; the message keeps the outcome its call gave"
+                );
+            }
+        }));
+        if let Err(panic) = made {
+            return Started::Ended(Err(panic));
+        }
+        if let Some(result) = ended {
+            return Started::Ended(result);
+        }
+        self.keep(&mut pending)
+    }
+
+    /// A pending call moved into the kept box (a new one if none is kept). Out of line and
+    /// cold: most calls end at their first poll.
+    #[cold]
+    #[inline(never)]
+    fn keep(&mut self, pending: &mut Option<StackFuture>) -> crate::dispatch::Started {
+        // Polled on its own from now on: with a reference of its own to the stack's state.
+        if let Some(fut) = pending.as_mut() {
+            self.stack.own(Pin::new(fut));
+        }
+        let slot = match self.kept.take() {
+            Some(mut slot) => {
+                slot.set(pending.take());
+                slot
+            }
+            None => Box::pin(pending.take()),
+        };
+        crate::dispatch::Started::Pending(SingleFuture::Stacked(InBox(slot)))
+    }
+
     /// Takes back an ended call's box: the handler's future goes back to the handler inside
     /// the stack (into the box that handler keeps), the rest of the call is dropped, and the
     /// emptied box is kept for the next call. Out of line, like [`call`](Self::call).

@@ -141,7 +141,7 @@ pub(crate) struct TopicCache {
 
 impl TopicCache {
     /// Starts measuring a call of `env`: counts it delivered and in flight.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn begin(&mut self, shared: &Shared, env: &Envelope) -> Measured {
         let label = shared.topic_label.value(env);
         let topic = match (shared.first.get(), &self.last) {

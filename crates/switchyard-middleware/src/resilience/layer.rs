@@ -85,7 +85,7 @@ where
     S: Recycle + Service<Envelope, Response = Outcome, Error = BoxError>,
 {
     /// An unlimited service's own future goes back to it; a limited one's is dropped.
-    #[inline]
+    #[inline(always)]
     fn recycle(&mut self, ended: LimitedFuture<S::Future>) {
         if let (Self::Plain(s), LimitedFuture::Plain { inner }) = (self, ended) {
             s.recycle(inner);

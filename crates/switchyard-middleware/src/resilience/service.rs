@@ -79,7 +79,7 @@ impl Kept {
     /// Keeps `env`: the bus's envelope when it is this message with this content, else a copy.
     /// With `as_delivered` ([`ResilienceLayer::called_as_delivered`](super::ResilienceLayer::called_as_delivered))
     /// the caller vouches that it is, and release builds skip the comparison.
-    #[inline]
+    #[inline(always)]
     fn of(env: &Envelope, as_delivered: bool) -> Self {
         if as_delivered {
             let at = switchyard_core::delivered::with(|d| {
@@ -277,7 +277,48 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut env: Envelope) -> Self::Future {
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        self.make(env, false)
+    }
+}
+
+impl<S> Resilient<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// A call whose future holds no reference to what the service's clones share: it is
+    /// polled with [`poll_lent`](Self::poll_lent), by whoever holds this service, and handed
+    /// back with [`recycle`](Self::recycle) (or given a reference of its own with
+    /// [`own`](Self::own) before it is polled on its own or dropped). Saves the reference
+    /// count's two locked operations per call; the bus calls its stack so.
+    #[inline]
+    pub fn call_lent(&mut self, env: Envelope) -> ResilientFuture<S::Future, S> {
+        self.make(env, true)
+    }
+
+    /// Polls a call made by [`call_lent`](Self::call_lent) (or [`call`](Service::call)) with
+    /// this service's shared state.
+    #[inline]
+    pub fn poll_lent(
+        &self,
+        fut: Pin<&mut ResilientFuture<S::Future, S>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Outcome, BoxError>> {
+        fut.poll_with(cx, Some(&self.core))
+    }
+
+    /// Gives a call made by [`call_lent`](Self::call_lent) a reference of its own to the
+    /// service's shared state, so that it can be polled and dropped on its own.
+    pub fn own(&self, fut: Pin<&mut ResilientFuture<S::Future, S>>) {
+        let core = fut.project().core;
+        if core.is_none() {
+            *core = Some(self.core.clone());
+        }
+    }
+
+    #[inline(always)]
+    fn make(&mut self, mut env: Envelope, lent: bool) -> ResilientFuture<S::Future, S> {
         // Trace: the handler's position in the message's trace. The envelope keeps the
         // traceparent it was published with; the handler's own context is
         // `TraceContext::current()`, which `propagate` and `ensure_traceparent` use.
@@ -298,7 +339,7 @@ where
         }
         env.delivery.attempt = base;
         let admitted = self.gate.take();
-        let core = self.core.clone();
+        let core = &*self.core;
         let mut kept = None;
         // Dedup: a key seen before is acked here; one being handled by another call waits on
         // the general path; a new one is claimed and handled below.
@@ -369,7 +410,7 @@ where
         let span = (!span.is_disabled()).then(|| Box::new(span));
         ResilientFuture {
             phase,
-            core,
+            core: (!lent).then(|| self.core.clone()),
             kept,
             claimed,
             base,
@@ -442,7 +483,9 @@ pin_project! {
     pub struct ResilientFuture<F, S> {
         #[pin]
         phase: Phase<F>,
-        core: Arc<Core<S>>,
+        // What the service's clones share; `None` when lent (`Resilient::call_lent`): the
+        // future is then polled with the service's.
+        core: Option<Arc<Core<S>>>,
         // The envelope as delivered, for attempts after the first; `None` when the policy
         // allows one attempt only.
         kept: Option<Kept>,
@@ -467,14 +510,19 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // Dropped before it ended: out of the in-flight figures.
-            if let Some(measured) = this.measured.take() {
-                measured.abandon(&this.core.metrics);
+            // (A lent call is taken out by `Resilient::recycle`.)
+            if let Some(core) = this.core.as_ref()
+                && let Some(measured) = this.measured.take()
+            {
+                measured.abandon(&core.metrics);
             }
         }
     }
 }
 
 const POLLED_AFTER_END: &str = "resilient future polled after completion";
+const LENT_POLLED_ALONE: &str =
+    "a resilient call made by call_lent was polled without its service (see Resilient::own)";
 
 impl<F, S> Future for ResilientFuture<F, S>
 where
@@ -485,11 +533,31 @@ where
     type Output = Result<Outcome, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_with(cx, None)
+    }
+}
+
+impl<F, S> ResilientFuture<F, S>
+where
+    F: Future<Output = Result<Outcome, BoxError>>,
+    S: Service<Envelope, Response = Outcome, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Polls the call with its own reference to the shared state, or `lent` (the service's)
+    /// when it has none.
+    fn poll_with(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        lent: Option<&Arc<Core<S>>>,
+    ) -> Poll<Result<Outcome, BoxError>> {
         let mut this = self.project();
+        let Some(shared) = this.core.as_ref().or(lent) else {
+            return Poll::Ready(Err(LENT_POLLED_ALONE.into()));
+        };
         let _entered = this.span.as_deref().map(Span::enter);
         // The handler runs with its trace position as the current context.
         let _current = this.ctx.enter();
-        let core = &**this.core;
+        let core = &**shared;
         let (result, end) = loop {
             // `keep`: the first attempt's call ended on its own; it stays in the phase until
             // the future is dropped or recycled ([`Resilient::recycle`]).
@@ -576,7 +644,7 @@ where
                 Verdict::Again { hint, failure } => {
                     match this.kept.take().and_then(Kept::into_envelope) {
                         Some(env) => {
-                            let core = this.core.clone();
+                            let core = Arc::clone(shared);
                             let service = core.fresh();
                             let gate = Gate::new(core.breaker.clone());
                             // The first attempt's call, kept when it ended on its own.
@@ -631,7 +699,7 @@ where
 impl<F: Unpin, S> ResilientFuture<F, S> {
     /// The first attempt's future, when the call ended with it (see [`Resilient::recycle`]);
     /// the phase is left done.
-    #[inline]
+    #[inline(always)]
     fn take_first(self: Pin<&mut Self>) -> Option<F> {
         let phase = self.project().phase.get_mut();
         if !matches!(phase, Phase::First { admitted: None, .. }) {
@@ -654,7 +722,14 @@ where
     /// was made of (the bus's handlers keep the box their futures run in). Whatever else
     /// `ended` holds stays there, dropped with it.
     #[inline]
-    pub fn recycle(&mut self, ended: Pin<&mut ResilientFuture<S::Future, S>>) {
+    pub fn recycle(&mut self, mut ended: Pin<&mut ResilientFuture<S::Future, S>>) {
+        // A lent call that did not end leaves the in-flight figures here (its drop cannot).
+        let this = ended.as_mut().project();
+        if this.core.is_none()
+            && let Some(measured) = this.measured.take()
+        {
+            measured.abandon(&self.core.metrics);
+        }
         if let Some(call) = ended.take_first() {
             self.inner.recycle(call);
         }

@@ -56,7 +56,7 @@ where
 }
 
 /// The `switchyard.deliver` span of one delivery handled at position `ctx` of its trace.
-#[inline]
+#[inline(always)]
 pub(crate) fn delivery_span(
     env: &Envelope,
     handler: &str,

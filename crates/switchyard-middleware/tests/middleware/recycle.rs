@@ -163,3 +163,81 @@ async fn a_retried_call_gives_nothing_back() {
     svc.recycle(fut.as_mut());
     assert!(handler.given_back().is_empty());
 }
+
+/// `Resilient::call_lent`: the call holds no reference to the stack's shared state; polled
+/// with `poll_lent` it runs as a call does and is given back as one; polled on its own it
+/// answers an error instead of running.
+#[tokio::test(start_paused = true)]
+async fn a_lent_call_runs_with_its_service_and_not_alone() {
+    let handler = Handler::new(Mode::Ack);
+    let layer = ResilienceLayer::new("recycled", ResilienceConfig::default());
+    let mut svc = layer.layer(handler.clone());
+    svc.ready().await.unwrap();
+    let mut fut = Box::pin(svc.call_lent(env("t.recycle")));
+    let result = std::future::poll_fn(|cx| svc.poll_lent(fut.as_mut(), cx)).await;
+    assert!(matches!(result, Ok(Outcome::Ack)));
+    svc.recycle(fut.as_mut());
+    assert_eq!(handler.given_back(), vec![1]);
+    let stats = layer.metrics().snapshot();
+    let row = stats
+        .get("t.recycle", "recycled")
+        .expect("a row for the call");
+    assert_eq!((row.acked, row.in_flight), (1, 0));
+
+    svc.ready().await.unwrap();
+    let mut alone = Box::pin(svc.call_lent(env("t.recycle")));
+    let err = alone.as_mut().await.expect_err("a lent call polled alone");
+    assert!(err.to_string().contains("without its service"), "{err}");
+    // Its handler was called but its future not polled; given back unfinished, the call
+    // leaves the in-flight figures.
+    svc.recycle(alone.as_mut());
+    drop(alone);
+    let row = layer.metrics().snapshot();
+    let row = row.get("t.recycle", "recycled").unwrap();
+    assert_eq!((row.acked, row.in_flight), (1, 0));
+}
+
+/// A lent call given its own reference (`Resilient::own`) runs alone, and dropped unfinished
+/// leaves the in-flight figures as any call does.
+#[tokio::test(start_paused = true)]
+async fn a_lent_call_made_its_own_runs_alone() {
+    let handler = Handler::new(Mode::Ack);
+    let layer = ResilienceLayer::new("recycled", ResilienceConfig::default());
+    let mut svc = layer.layer(handler.clone());
+    svc.ready().await.unwrap();
+    let mut fut = Box::pin(svc.call_lent(env("t.recycle")));
+    svc.own(fut.as_mut());
+    assert!(matches!(fut.as_mut().await, Ok(Outcome::Ack)));
+
+    let hanging = Handler::new(Mode::Hang);
+    let layer = ResilienceLayer::new("hangs", ResilienceConfig::default());
+    let mut svc = layer.layer(hanging.clone());
+    svc.ready().await.unwrap();
+    let mut fut = Box::pin(svc.call_lent(env("t.recycle")));
+    svc.own(fut.as_mut());
+    let waker = std::task::Waker::noop();
+    assert!(
+        fut.as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending()
+    );
+    assert_eq!(
+        layer
+            .metrics()
+            .snapshot()
+            .get("t.recycle", "hangs")
+            .unwrap()
+            .in_flight,
+        1
+    );
+    drop(fut);
+    assert_eq!(
+        layer
+            .metrics()
+            .snapshot()
+            .get("t.recycle", "hangs")
+            .unwrap()
+            .in_flight,
+        0
+    );
+}

@@ -147,7 +147,7 @@ impl NatsTransport {
             .await
             .map_err(|e| {
                 TransportError::with_source(
-                    TransportErrorKind::Rejected,
+                    super::admin::consumer_error_kind(&e),
                     format!("cannot create durable command consumer {name} on stream {stream}"),
                     e,
                 )

@@ -149,7 +149,7 @@ impl NatsTransport {
                             || j.error_code() == ErrorCode::STREAM_NOT_FOUND) => {}
                 Err(e) => {
                     return Err(TransportError::with_source(
-                        TransportErrorKind::Unavailable,
+                        super::admin::consumer_error_kind(&e),
                         format!("cannot delete consumer {consumer} on stream {stream}"),
                         e,
                     ));

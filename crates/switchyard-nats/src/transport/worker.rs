@@ -370,7 +370,7 @@ impl ConsumerWorker {
             .map(|_| ())
             .map_err(|e| {
                 TransportError::with_source(
-                    TransportErrorKind::Unavailable,
+                    super::admin::consumer_error_kind(&e),
                     "cannot create consumer",
                     e,
                 )

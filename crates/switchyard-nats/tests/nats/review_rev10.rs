@@ -102,6 +102,24 @@ fn body(e: &Envelope) -> String {
     String::from_utf8_lossy(&e.payload).into_owned()
 }
 
+/// The smallest `attempt` a redelivery (after a nack) can show on the server `t` is
+/// connected to: 2, except on nats-server before 2.10.14. Those rewind the consumer when a
+/// redelivery finds only expired (or abandoned) pull requests waiting, so the message comes
+/// again as a first delivery (attempt 1). Fixed upstream by nats-io/nats-server#5305 (2.10.14,
+/// "Multiple deliveries of messages with delivery count going backwards"); see docs/nats.md.
+fn least_redelivery_attempt(t: &NatsTransport) -> u32 {
+    let version = t.client().server_info().version;
+    let parts: Vec<u32> = version
+        .split(['.', '-'])
+        .take(3)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    match parts.as_slice() {
+        [major, minor, patch] if (*major, *minor, *patch) < (2, 10, 14) => 1,
+        _ => 2,
+    }
+}
+
 async fn close(t: &NatsTransport) {
     t.close(Instant::now() + WAIT).await.unwrap();
 }

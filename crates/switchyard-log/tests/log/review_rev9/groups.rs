@@ -134,10 +134,11 @@ async fn a_group_named_like_a_path_keeps_its_offset_and_creates_no_file() {
 }
 
 /// One group with a name over 65 535 bytes (the `OFFSETS` format's u16 length) must not
-/// stop the other groups of the stream from committing: after a restart, group `a` resumes
-/// past what it acked.
+/// stop the other groups of the stream from committing: the name is refused at subscribe
+/// with `InvalidConfig` naming the limit, and after a restart group `a` resumes past what it
+/// acked. (Before the fix the subscribe succeeded and every `OFFSETS` write of the stream
+/// failed: `committed_offset("default", "a")` was `None`.)
 #[tokio::test]
-#[ignore = "defect: a group name > 65535 bytes makes every OFFSETS write fail, so no group of the stream commits"]
 async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -149,10 +150,19 @@ async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
         }
         let long = "g".repeat(70_000);
         match log.subscribe(&pattern("r9.#"), Some(&long)).await {
-            // Refusing the name up front is fine too.
-            Err(_) => {}
-            Ok(mut l) => next(&mut l).await.ack().await.unwrap(),
+            Err(switchyard_core::SubscribeError::InvalidConfig(m)) => {
+                assert!(m.contains("group name") && m.contains("65535"), "{m}")
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+            Ok(_) => panic!("a group name of 70000 bytes was accepted"),
         }
+        // The limit itself is accepted, and stored.
+        let longest = "h".repeat(65_535);
+        let mut l = log
+            .subscribe(&pattern("r9.#"), Some(&longest))
+            .await
+            .unwrap();
+        next(&mut l).await.ack().await.unwrap();
         let _ = log.close(std::time::Instant::now() + WAIT).await;
     }
     let log = open(dir.path());
@@ -161,14 +171,18 @@ async fn one_oversized_group_name_does_not_lose_the_other_groups_offsets() {
         Some(3),
         "group a lost its committed offset"
     );
+    assert_eq!(
+        log.committed_offset("default", &"h".repeat(65_535)),
+        Some(1)
+    );
     close(&log).await;
 }
 
 /// Compaction (`delete_consumed`) removes a segment only once every durable group is past
 /// it: a group that subscribed but has read nothing, or one known only from a previous run,
-/// must still get every record.
+/// must still get every record. (Before the fix a group entered the minimum only with its
+/// first ack: compaction removed 76 records `slow` had never read.)
 #[tokio::test]
-#[ignore = "defect: delete_consumed removes segments a subscribed durable group that has acked nothing has not read"]
 async fn compaction_keeps_segments_a_subscribed_but_unread_group_has_not_read() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = || {
@@ -198,6 +212,27 @@ async fn compaction_keeps_segments_a_subscribed_but_unread_group_has_not_read() 
     let d = next(&mut slow).await;
     assert!(payload(&d).starts_with("000-"), "{}", payload(&d));
     drop((d, slow, fast));
+    close(&log).await;
+}
+
+/// A durable group is recorded (in `OFFSETS`) at its start position from the moment it is
+/// created, not from its first ack: a group created under `StartPosition::Latest` that acked
+/// nothing, after a restart, still gets what was published while it was away.
+#[tokio::test]
+async fn a_group_that_never_acked_resumes_at_its_start_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path()).with_start(StartPosition::Latest);
+    {
+        let log = LogTransport::open(cfg()).unwrap();
+        publish_all(&log, vec![env("r9.s", "before")]).await;
+        let _g = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+        close(&log).await;
+    }
+    let log = LogTransport::open(cfg()).unwrap();
+    assert_eq!(log.committed_offset("default", "g"), Some(1));
+    publish_all(&log, vec![env("r9.s", "while away")]).await;
+    let mut g = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+    assert_eq!(payload(&next(&mut g).await), "while away");
     close(&log).await;
 }
 
@@ -467,8 +502,9 @@ async fn removing_the_manifest_accepts_a_lost_newest_segment_and_clamps_group_of
 /// on. With the default `max_ack_pending` (1024) and a backlog of 1100 messages on one key,
 /// a message of another key published after them is still handed out while the first
 /// message of the busy key is being handled (only 1 message is unsettled in flight).
+/// (Before the fix the hot key's backlog filled the read-ahead window and `c0` never came:
+/// "the cold key's message never came while h0 was in flight: Elapsed".)
 #[tokio::test]
-#[ignore = "defect: a key with >= max_ack_pending queued messages stalls every other key of the group until its backlog drains"]
 async fn a_busy_key_with_a_long_backlog_does_not_stall_other_keys() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path());
@@ -528,5 +564,129 @@ async fn a_second_member_with_another_pattern_is_refused() {
         Err(e) => panic!("unexpected error {e:?}"),
         Ok(_) => panic!("a second pattern joined the group"),
     }
+    close(&log).await;
+}
+
+/// The look-ahead past a busy key (fix of the test above), with `max_ack_pending` 2: other
+/// keys are taken from past the full window, but never more than 2 messages are handed out
+/// and unsettled at once, a key passed over keeps its order (`b2` not before `b1`, and
+/// nothing of `a` before `a1` is settled), a message taken ahead is redelivered like any
+/// other, every message comes exactly once, memory stays bounded (at most twice
+/// `max_ack_pending` held), and the committed offset ends past everything.
+#[tokio::test]
+async fn the_look_ahead_past_a_busy_key_keeps_per_key_order_and_the_ack_pending_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(dir.path()).with_max_ack_pending(2);
+    let log = LogTransport::open(cfg()).unwrap();
+    let msgs = [
+        ("a", "a1"),
+        ("a", "a2"),
+        ("a", "a3"),
+        ("b", "b1"),
+        ("a", "a4"),
+        ("b", "b2"),
+        ("c", "c1"),
+    ];
+    publish_all(
+        &log,
+        msgs.iter().map(|(k, p)| keyed("r9.la", k, p)).collect(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+    let a1 = next(&mut sub).await;
+    assert_eq!(payload(&a1), "a1");
+    // The window (a1, a2) is full and waits on key a: b1 comes from past it.
+    let b1 = next(&mut sub).await;
+    assert_eq!(payload(&b1), "b1");
+    // Two handed out and unsettled: the limit, although c1 is free.
+    assert!(
+        try_next(&mut sub).is_none(),
+        "more than max_ack_pending out"
+    );
+    let held = log.group_lags()[0].pending;
+    assert!(held <= 4, "{held} messages held with max_ack_pending 2");
+    b1.ack().await.unwrap();
+    // c1, taken ahead; dropped unsettled, it comes back.
+    let c1 = next(&mut sub).await;
+    assert_eq!(payload(&c1), "c1");
+    drop(c1);
+    let c1 = next(&mut sub).await;
+    assert_eq!(
+        (payload(&c1).as_str(), c1.envelope.delivery.attempt),
+        ("c1", 2)
+    );
+    c1.ack().await.unwrap();
+    // b2 was passed over behind b1 and a's backlog: it waits for the in-order read, which
+    // waits on a1.
+    assert!(try_next(&mut sub).is_none(), "b2 or a2 overtook a1");
+    a1.ack().await.unwrap();
+    let mut got = vec!["a1".to_owned(), "b1".to_owned(), "c1".to_owned()];
+    while got.len() < msgs.len() {
+        let d = next(&mut sub).await;
+        got.push(payload(&d));
+        d.ack().await.unwrap();
+    }
+    assert!(try_next(&mut sub).is_none(), "a message came twice");
+    for key in ["a", "b", "c"] {
+        let want: Vec<&str> = msgs
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, p)| *p)
+            .collect();
+        let seen: Vec<&str> = got
+            .iter()
+            .map(String::as_str)
+            .filter(|p| p.starts_with(key))
+            .collect();
+        assert_eq!(seen, want, "order of key {key}");
+    }
+    close(&log).await;
+    drop((sub, log));
+    let log = LogTransport::open(cfg()).unwrap();
+    assert_eq!(log.committed_offset("default", "g"), Some(7));
+    close(&log).await;
+}
+
+/// With no dead-letter sink configured, a message that reached `max_deliver` is not
+/// dropped: it goes to the log's own dead-letter store (`LogTransport::dead_letters`), with
+/// `MaxDeliveries`, its attempts and the stream and offset of its record in the error text,
+/// where it can be browsed and taken; the record itself stays readable by offset. (Before
+/// the fix it was settled with only a warning: the committed offset moved past it and it
+/// was nowhere to be found.) With a sink configured the log keeps no store of its own.
+#[tokio::test]
+async fn without_a_sink_a_dead_lettered_message_is_kept_in_the_logs_own_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(config(dir.path()).with_max_deliver(2)).unwrap();
+    publish_all(&log, vec![env("r9.d", "poison"), env("r9.d", "fine")]).await;
+    let mut sub = log.subscribe(&pattern("r9.#"), Some("g")).await.unwrap();
+    for _ in 0..2 {
+        let d = next(&mut sub).await;
+        assert_eq!(payload(&d), "poison");
+        d.nack(None).await.unwrap();
+    }
+    let d = next(&mut sub).await;
+    assert_eq!(payload(&d), "fine");
+    d.ack().await.unwrap();
+    let store = log.dead_letters().expect("the log's own dead-letter store");
+    let letters = store.list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.reason, DeadLetterReason::MaxDeliveries);
+    assert_eq!(&letter.envelope.payload[..], b"poison");
+    assert_eq!(letter.attempts, 2);
+    assert_eq!(letter.handler.as_deref(), Some("g"));
+    assert!(
+        letter.error.contains("stream default") && letter.error.contains("offset 0"),
+        "{}",
+        letter.error
+    );
+    let recs = log.read_range("default", 0, 1).unwrap();
+    assert_eq!(&recs[0].envelope.payload[..], b"poison");
+    close(&log).await;
+    drop((sub, log));
+
+    let sink = Arc::new(Sink::default());
+    let log = LogTransport::open(config(dir.path()).with_dead_letters(sink)).unwrap();
+    assert!(log.dead_letters().is_none());
     close(&log).await;
 }

