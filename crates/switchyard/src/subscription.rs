@@ -279,7 +279,12 @@ impl Bus {
         let handler = match handler {
             Handler::Single(mut h) => {
                 if let Some(wrap) = &inner.wrap {
-                    h = wrap(&config.name, h);
+                    let target = crate::state::WrapTarget {
+                        name: &config.name,
+                        pattern: config.pattern.as_str(),
+                        kind,
+                    };
+                    h = wrap(&target, h);
                 }
                 match &inner.resilience {
                     Some(resilience) => {
