@@ -65,6 +65,9 @@ pub(crate) struct GroupState {
     /// Live subscriptions in this group.
     pub members: usize,
     committed_sent: u64,
+    /// The group was deleted (`LogTransport::delete_group`): a late settle of one of its
+    /// deliveries no longer reports an offset (which would bring the group back).
+    pub deleted: bool,
 }
 
 impl GroupState {
@@ -168,6 +171,7 @@ impl GroupShared {
                 ahead_taken: BTreeSet::new(),
                 members: 0,
                 committed_sent: start,
+                deleted: false,
             }),
         }
     }
@@ -405,7 +409,7 @@ impl GroupShared {
 
     fn report_floor(&self, st: &mut GroupState, commits: &PendingCommits) {
         let floor = st.floor();
-        if self.durable && floor > st.committed_sent {
+        if self.durable && !st.deleted && floor > st.committed_sent {
             st.committed_sent = floor;
             lock(commits).insert((self.stream_idx, self.name.clone()), floor);
         }

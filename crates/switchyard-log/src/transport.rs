@@ -23,7 +23,9 @@ use crate::group::{Dispatch, GroupSettings, GroupShared};
 use crate::intake::{Control, Intake, Records, Settled, Unsettled, with_scratch};
 use crate::record;
 use crate::stream::{StreamShared, lock};
-use crate::writer::{PendingCommits, Writer, WriterStats};
+use crate::writer::{CommitWrite, PendingCommits, Writer, WriterStats};
+
+mod delete;
 
 /// An embedded, durable, append-only log that carries bus messages.
 ///
@@ -80,6 +82,8 @@ struct Inner {
     settle_gate: RwLock<()>,
     groups: Mutex<HashMap<(usize, String), Arc<GroupShared>>>,
     commits: PendingCommits,
+    /// Serializes the writing of committed offsets (writer and `delete_group`).
+    commit_write: CommitWrite,
     next_ephemeral: AtomicU64,
     lock_file: Mutex<Option<File>>,
     stats: Arc<WriterStats>,
@@ -269,6 +273,7 @@ impl LogTransport {
         }
         let notify = Arc::new(Notify::new());
         let commits: PendingCommits = Arc::default();
+        let commit_write: CommitWrite = Arc::default();
         let intake = Arc::new(Intake::new());
         let stats = Arc::new(WriterStats::default());
         let writer = Writer::new(
@@ -276,6 +281,7 @@ impl LogTransport {
             streams.clone(),
             config.clone(),
             commits.clone(),
+            commit_write.clone(),
             notify.clone(),
             stats.clone(),
         );
@@ -301,6 +307,7 @@ impl LogTransport {
                 settle_gate: RwLock::new(()),
                 groups: Mutex::new(HashMap::new()),
                 commits,
+                commit_write,
                 next_ephemeral: AtomicU64::new(0),
                 lock_file: Mutex::new(Some(lock_file)),
                 stats,

@@ -39,6 +39,11 @@ pub(crate) struct WriterStats {
 /// Committed offsets waiting to be written: (stream index, group) → offset.
 pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
 
+/// Held while committed offsets are written (by the writer, or by
+/// [`LogTransport::delete_group`](crate::LogTransport::delete_group)), from taking the pending
+/// commits to updating [`StreamShared::committed`], so neither undoes the other.
+pub(crate) type CommitWrite = Arc<Mutex<()>>;
+
 /// Records written to the last segment of a stream but not yet visible.
 struct Staged {
     stream: usize,
@@ -51,6 +56,7 @@ pub(crate) struct Writer {
     pub streams: Vec<Arc<StreamShared>>,
     pub config: LogConfig,
     pub commits: PendingCommits,
+    commit_write: CommitWrite,
     pub notify: Arc<Notify>,
     pub stats: Arc<WriterStats>,
     dirty: Vec<bool>,
@@ -107,6 +113,7 @@ impl Writer {
         streams: Vec<Arc<StreamShared>>,
         config: LogConfig,
         commits: PendingCommits,
+        commit_write: CommitWrite,
         notify: Arc<Notify>,
         stats: Arc<WriterStats>,
     ) -> Self {
@@ -117,6 +124,7 @@ impl Writer {
             streams,
             config,
             commits,
+            commit_write,
             notify,
             stats,
             dirty: vec![false; n],
@@ -424,6 +432,8 @@ impl Writer {
     /// however many groups did.
     fn write_commits(&mut self) {
         self.last_commit = Instant::now();
+        let commit_write = self.commit_write.clone();
+        let _writing = lock(&commit_write);
         let pending: Vec<_> = lock(&self.commits).drain().collect();
         let mut by_stream: HashMap<usize, Vec<(String, u64)>> = HashMap::new();
         for ((i, group), offset) in pending {

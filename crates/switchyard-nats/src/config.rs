@@ -147,8 +147,10 @@ pub struct NatsConfig {
     /// Header whose value is the ordering key. JetStream delivers one consumer's messages in
     /// stream order; the key is kept for the bus's lanes. Default: `ordering-key`.
     pub ordering_header: Option<String>,
-    /// Receives messages that reached `max_deliver`, with the raw message as the envelope
-    /// payload. Default: none (such messages are terminated with a warning).
+    /// Receives messages that reached `max_deliver` (and those stored under a subject that
+    /// is not a topic), with the raw message as the envelope payload. Default: none: such
+    /// messages go to the transport's own in-memory store,
+    /// [`NatsTransport::dead_letters`](crate::NatsTransport::dead_letters) (never dropped).
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 

@@ -15,6 +15,7 @@
 //!   ephemeral consumer). `ack` → `+ACK`, `nack(delay)` → `-NAK` with delay, `term` →
 //!   `+TERM`, [`NatsTransport::in_progress`] → `+WPI`; `max_ack_pending` bounds unsettled
 //!   messages (backpressure). The delivery after `max_deliver` goes to the dead-letter sink
+//!   (with none configured, to the transport's own store, [`NatsTransport::dead_letters`])
 //!   with the raw message and is terminated.
 //! - **Reconnect**: the client reconnects forever, buffering up to `reconnect_buffer`
 //!   commands; [`NatsTransport::health`] reports the state and counters. An acknowledged

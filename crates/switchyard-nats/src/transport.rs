@@ -17,8 +17,8 @@ use async_nats::{Client, ConnectOptions, Event, Subject};
 use futures::{Stream, StreamExt};
 use switchyard_core::{
     AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, Delivery,
-    Envelope, MessageId, Pattern, PublishError, Publisher, SubscribeError, Subscriber, Topic,
-    TransportError, TransportErrorKind,
+    Envelope, InMemoryDeadLetters, MessageId, Pattern, PublishError, Publisher, SubscribeError,
+    Subscriber, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -29,6 +29,7 @@ use crate::error::ConnectError;
 use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, topic_subject};
 
 mod admin;
+mod dead_letters;
 mod durable;
 mod retention;
 mod worker;
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     /// pattern (a durable consumer has one filter, and a second pattern would replace it).
     groups: Mutex<HashMap<String, GroupUse>>,
     next_id: AtomicU64,
+    /// Where dead letters go when the config names no sink (never dropped).
+    own_dead_letters: Arc<InMemoryDeadLetters>,
 }
 
 /// A group in use on this transport: its name as given, its pattern, its live members.
@@ -340,6 +343,7 @@ impl NatsTransport {
                 routes: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                own_dead_letters: Arc::new(InMemoryDeadLetters::default()),
             }),
         })
     }

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use switchyard::{BoxHandler, Bus, boxed};
+use switchyard::{BoxHandler, Bus, WrapTarget, boxed};
 use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
 };
-use switchyard_middleware::metrics::MetricsRegistry;
+use switchyard_middleware::metrics::{MetricsRegistry, TopicLabel};
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -131,9 +131,13 @@ impl Node {
         let wrap_live = live.clone();
         let bus = builder
             .max_attempts(1)
-            .wrap_handlers(move |name, handler: BoxHandler| {
+            .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
+                let name = target.name;
                 let tx = breaker_tx.clone();
-                let mut config = ResilienceConfig::default();
+                // Labelled by the pattern it was registered for, not the message topic a
+                // publisher chose: as many label values as registrations.
+                let mut config = ResilienceConfig::default()
+                    .topic_label(TopicLabel::Fixed(target.pattern.into()));
                 if crate::ws::is_subscription(name) {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }
@@ -181,6 +185,7 @@ impl Node {
             health,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
+            bus_stopped: CancellationToken::new(),
             ws: Arc::new(crate::ws::Hub::default()),
             live,
             checker: Arc::default(),
@@ -318,56 +323,74 @@ impl Node {
     }
 
     /// Serves the gateway on `listener` (HTTPS when `tls` is configured) until `shutdown`
-    /// resolves; then stops accepting, lets running requests finish, closes WebSocket
-    /// connections, stops the ingest sources and shuts the bus down (drain deadline
-    /// `bus.shutdown_timeout_ms`).
+    /// resolves, then stops in this order (plain HTTP and TLS alike; `grace` is
+    /// `bus.shutdown_timeout_ms`):
+    ///
+    /// 1. stops accepting connections and closes WebSocket connections;
+    /// 2. lets running requests finish, for at most `grace`;
+    /// 3. stops the ingest sources and shuts the bus down (drain for at most `grace`);
+    /// 4. answers the sends and requests still waiting for a reply `503 shutting_down`, and
+    ///    gives those answers at most 500 ms to be written;
+    /// 5. closes every connection left (a client that sent half a request, a stuck call).
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<(), NodeError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let router = self.router();
-        let token = self.state.shutdown.clone();
         let addr = listener.local_addr().ok();
-        let served = match &self.state.config.tls {
+        let std_listener = listener.into_std().map_err(NodeError::Serve)?;
+        let handle = axum_server::Handle::new();
+        let server = match &self.state.config.tls {
             None => {
                 if let Some(addr) = addr {
                     tracing::info!(url = %format!("http://{addr}"), "gateway listening");
                 }
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        shutdown.await;
-                        token.cancel();
-                    })
-                    .await
-                    .map_err(NodeError::Serve)
+                let server = axum_server::from_tcp(std_listener)
+                    .handle(handle.clone())
+                    .serve(router.into_make_service());
+                tokio::spawn(server)
             }
             Some(tls) => {
                 let config = crate::tls::rustls_config(tls).await?;
-                let std_listener = listener.into_std().map_err(NodeError::Serve)?;
                 if let Some(addr) = addr {
                     tracing::info!(url = %format!("https://{addr}"), "gateway listening");
                 }
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                let grace = Duration::from_millis(self.state.config.bus.shutdown_timeout_ms);
-                tokio::spawn(async move {
-                    shutdown.await;
-                    token.cancel();
-                    h.graceful_shutdown(Some(grace));
-                });
-                axum_server::from_tcp_rustls(std_listener, config)
-                    .handle(handle)
-                    .serve(router.into_make_service())
-                    .await
-                    .map_err(NodeError::Serve)
+                let server = axum_server::from_tcp_rustls(std_listener, config)
+                    .handle(handle.clone())
+                    .serve(router.into_make_service());
+                tokio::spawn(server)
             }
         };
+        let mut server = std::pin::pin!(server);
+        let early = tokio::select! {
+            ended = &mut server => Some(ended),
+            () = shutdown => None,
+        };
+        let grace = Duration::from_millis(self.state.config.bus.shutdown_timeout_ms);
+        // 1. No new connections; WebSocket connections close on the token.
+        self.state.shutdown.cancel();
+        handle.graceful_shutdown(None);
+        // 2. Running requests finish, within the grace.
+        connections_closed(&handle, grace).await;
+        // 3 and 4. The bus drains; calls still waiting are then answered.
         let stopped = self.shutdown().await;
+        connections_closed(&handle, ANSWER_GRACE).await;
+        // 5. Whatever is left is closed.
+        handle.shutdown();
+        let served = match early {
+            Some(ended) => ended,
+            None => server.await,
+        };
+        let served = match served {
+            Ok(r) => r.map_err(NodeError::Serve),
+            Err(e) => Err(NodeError::Serve(std::io::Error::other(e))),
+        };
         served.and(stopped)
     }
 
     /// Stops the node without serving: cancels WebSocket connections, stops the ingest
-    /// sources, shuts the bus down (draining until `bus.shutdown_timeout_ms`).
+    /// sources, shuts the bus down (draining until `bus.shutdown_timeout_ms`), then answers
+    /// the HTTP sends and requests still waiting for a reply `503 shutting_down`.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
         self.state.shutdown.cancel();
         #[cfg(feature = "zmq")]
@@ -376,6 +399,7 @@ impl Node {
         }
         let deadline = Duration::from_millis(self.state.config.bus.shutdown_timeout_ms);
         let result = self.state.bus.shutdown(deadline).await;
+        self.state.bus_stopped.cancel();
         abort_all(&mut self.background);
         match result {
             Ok(report) => {
@@ -394,6 +418,19 @@ impl Node {
     /// The address a listener from [`bind`](Self::bind) would use.
     pub fn listen_addr(&self) -> SocketAddr {
         self.state.config.listen
+    }
+}
+
+/// How long, after the bus stopped, the answers to the calls it left waiting get to be
+/// written before their connections are closed.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until the server has no connection left, or `limit` passed.
+async fn connections_closed(handle: &axum_server::Handle, limit: Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while handle.connection_count() > 0 && tokio::time::Instant::now() < until {
+        tick.tick().await;
     }
 }
 

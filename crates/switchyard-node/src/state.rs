@@ -60,6 +60,9 @@ pub(crate) struct AppState {
     pub(crate) started: Instant,
     /// Cancelled when the node begins shutting down (WebSocket connections close on it).
     pub(crate) shutdown: CancellationToken,
+    /// Cancelled once the bus has shut down: HTTP sends and requests still waiting for a
+    /// reply then answer `503 shutting_down`.
+    pub(crate) bus_stopped: CancellationToken,
     /// WebSocket connections and consumer groups.
     pub(crate) ws: Arc<crate::ws::Hub>,
     /// The stats history, the live event stream and the observed publishes.

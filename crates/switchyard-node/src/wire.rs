@@ -104,6 +104,21 @@ pub fn is_json(content_type: &str) -> bool {
     essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// Checks that `bytes` are one JSON value as RFC 8259 defines it: UTF-8 text first (the
+/// parser alone does not look inside strings it skips), then the syntax. The error says what
+/// is wrong, for a `malformed_json` answer.
+pub(crate) fn check_json(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8: invalid byte sequence at byte {}",
+            e.valid_up_to()
+        )
+    })?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// A time as RFC 3339 UTC with milliseconds, e.g. `2025-01-02T03:04:05.678Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

@@ -16,7 +16,7 @@ use crate::handler::BoxHandler;
 use crate::intake::{Codecs, IntakeCheck, IntakeVerdict, TransportCodec};
 use crate::queue::Overflow;
 use crate::router::{DEFAULT_CACHE_CAPACITY, Router};
-use crate::state::{BusInner, HandlerWrap, PublishHook, RUNNING, ResilienceWrap};
+use crate::state::{BusInner, PublishHook, RUNNING, ResilienceWrap, TargetWrap, WrapTarget};
 use crate::transport_link::ErasedTransport;
 
 /// Configures a [`Bus`]. Every setting has a default, listed on its method. Settings are
@@ -53,7 +53,7 @@ pub struct BusBuilder {
     hooks: Vec<PublishHook>,
     intake: Option<IntakeCheck>,
     codecs: Codecs,
-    wrap: Option<HandlerWrap>,
+    wrap: Option<TargetWrap>,
     upcast: Option<Arc<dyn crate::upcast::Upcast>>,
     data_dir: Option<std::path::PathBuf>,
     /// Set by `with_resilience` (feature `middleware`): resolved in `build`.
@@ -344,6 +344,21 @@ impl BusBuilder {
     pub fn wrap_handlers<F>(mut self, wrap: F) -> Self
     where
         F: Fn(&str, BoxHandler) -> BoxHandler + Send + Sync + 'static,
+    {
+        self.wrap = Some(Arc::new(move |target: &WrapTarget<'_>, handler| {
+            wrap(target.name, handler)
+        }));
+        self
+    }
+
+    /// As [`wrap_handlers`](Self::wrap_handlers), told more about each handler: its name,
+    /// the pattern (or command topic) it was registered for and its kind ([`WrapTarget`]).
+    /// The pattern is a bounded label for per-handler metrics, where the topics of the
+    /// messages are whatever publishers choose. A later call replaces an earlier one (of
+    /// either method).
+    pub fn wrap_handlers_with<F>(mut self, wrap: F) -> Self
+    where
+        F: Fn(&WrapTarget<'_>, BoxHandler) -> BoxHandler + Send + Sync + 'static,
     {
         self.wrap = Some(Arc::new(wrap));
         self

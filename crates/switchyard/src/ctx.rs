@@ -19,6 +19,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, service_fn};
 
 use crate::bus::Bus;
+use crate::config::SESSION_HEADER;
 use crate::handler::{BoxBatchHandler, BoxHandler, IntoOutcome};
 use crate::state::BusInner;
 
@@ -192,23 +193,43 @@ impl Ctx {
     }
 
     /// Publishes `msg` as a consequence of the message being handled (causation and correlation
-    /// set), also from tasks the handler spawned.
+    /// set, and its session: the `session-id` header, when it has one), also from tasks the
+    /// handler spawned.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), switchyard_core::PublishError> {
-        let env = switchyard_core::message::blank_envelope::<M>()?.caused_by(self.envelope.base());
+        let env = consequence(
+            switchyard_core::message::blank_envelope::<M>()?,
+            self.envelope.base(),
+        );
         self.bus
             .publish_local(env, crate::publish::Typed(msg))
             .await
     }
 
-    /// Sends a command as a consequence of the message being handled.
+    /// Sends a command as a consequence of the message being handled (as
+    /// [`publish`](Self::publish): in its flow and its session, so a session's own command
+    /// handler takes it when it has one).
     pub async fn send<C: Command>(&self, cmd: C) -> Result<C::Output, SendError> {
-        let mut env =
-            switchyard_core::message::blank_envelope::<C>()?.caused_by(self.envelope.base());
+        let mut env = consequence(
+            switchyard_core::message::blank_envelope::<C>()?,
+            self.envelope.base(),
+        );
         env.set_unencoded(cmd);
         self.bus
             .send_typed::<C>(crate::queue::spare::shared(env), None)
             .await
     }
+}
+
+/// `blank` as a consequence of `parent`: caused by it, in its flow, and in its session (the
+/// `session-id` header, copied when `parent` has one: `Envelope::caused_by` copies only the
+/// ids, and the publish then takes the causation as set and inherits nothing more).
+#[inline]
+fn consequence(blank: Envelope, parent: &Envelope) -> Envelope {
+    let mut env = blank.caused_by(parent);
+    if let Some(session) = parent.header(SESSION_HEADER) {
+        env.headers_mut().insert(SESSION_HEADER, session);
+    }
+    env
 }
 
 /// `env` with its payload made, if it was carried unencoded. It encoded when published

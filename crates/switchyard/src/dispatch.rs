@@ -732,6 +732,10 @@ pub(crate) fn start_call(
 ) -> Started {
     // The stack's future is polled where it is made, not through its kept box; a boxed
     // handler's runs in the box the handler keeps.
+    #[cfg_attr(
+        not(feature = "middleware"),
+        allow(clippy::infallible_destructuring_match)
+    )]
     let handler = match svc {
         SingleHandler::Boxed(handler) => handler,
         #[cfg(feature = "middleware")]

@@ -217,6 +217,12 @@ impl Bus {
     ///
     /// When called from a handler, the envelope is recorded as caused by the message being
     /// handled and inherits its correlation id (unless one was set).
+    ///
+    /// A publish is a new delivery: the envelope's delivery bookkeeping
+    /// ([`delivery.attempt`](switchyard_core::DeliveryInfo::attempt) and
+    /// `first_delivered_at`) starts afresh, so an envelope taken from a dead letter and
+    /// published again gets the subscriptions' full attempts (its id, correlation, causation,
+    /// headers and payload are kept). The same on a transport.
     pub fn publish_envelope(
         &self,
         env: Envelope,
@@ -250,6 +256,7 @@ impl Bus {
         // Unshared: `make_mut` hands out the envelope itself, it never copies here.
         let unshared = Arc::make_mut(&mut env);
         inherit_parent(unshared);
+        value.fresh_delivery(unshared);
         let bytes_read_on_the_way = self.inner.transport.is_some() || !self.inner.hooks.is_empty();
         if bytes_read_on_the_way {
             value.encode_into(unshared)?;
@@ -307,7 +314,7 @@ impl Bus {
                 .try_for_each(|codec| codec.encode(&mut env))?;
             self.check_size(&env)?;
         }
-        let expected = owed_deliveries(&self.inner.route(&env.topic));
+        let expected = owed_deliveries(&self.inner.route(&env.topic), &env);
         // Dropped (publish failed or cancelled) unless kept: then no delivery is owed.
         let expectation = self.inner.pending.expect(expected);
         // A shutdown begun since `check_running` may have looked for owed deliveries already
@@ -467,6 +474,7 @@ impl Bus {
             )));
         }
         inherit_parent(&mut env);
+        NoValue.fresh_delivery(&mut env);
         // An envelope passed on as it was delivered gets its bytes (every reader may see it).
         env.encode_payload()?;
         self.run_hooks(&mut env)?;
@@ -561,6 +569,9 @@ pub struct HandlerFailure {
 /// What a publish carries beside its envelope: nothing ([`NoValue`], an envelope publish) or
 /// the typed message it is made from ([`Typed`]).
 pub(crate) trait Published {
+    /// Starts the envelope's delivery bookkeeping afresh: a publish is a new delivery, not a
+    /// redelivery (those the workers and the transports make without publishing).
+    fn fresh_delivery(&self, env: &mut Envelope);
     /// Fills the payload, for a publish whose bytes something on the way reads.
     fn encode_into(&self, env: &mut Envelope) -> Result<(), PublishError>;
     /// On the in-process path with no hooks: attaches the value to the envelope, encoded
@@ -573,6 +584,14 @@ pub(crate) trait Published {
 pub(crate) struct NoValue;
 
 impl Published for NoValue {
+    // An envelope given by the caller may have been delivered before (a dead letter's, one
+    // passed on from a handler): its attempts are not this publish's.
+    #[inline(always)]
+    fn fresh_delivery(&self, env: &mut Envelope) {
+        env.delivery.attempt = 0;
+        env.delivery.first_delivered_at = None;
+    }
+
     // An envelope passed on as it was delivered may still carry a typed value unencoded
     // (`Envelope::needs_encoding`): it gets its bytes as a typed publish would.
     #[inline(always)]
@@ -597,6 +616,10 @@ impl Published for NoValue {
 pub(crate) struct Typed<M>(pub(crate) M);
 
 impl<M: Message> Published for Typed<M> {
+    // The envelope `blank_envelope::<M>` made: never delivered.
+    #[inline(always)]
+    fn fresh_delivery(&self, _env: &mut Envelope) {}
+
     fn encode_into(&self, env: &mut Envelope) -> Result<(), PublishError> {
         env.payload = self.0.encode()?;
         Ok(())
@@ -699,19 +722,30 @@ impl GroupDelivery {
     }
 }
 
-/// How many deliveries a transport makes to these local subscriptions for one message: one
-/// per consumer group (subscriptions of one name share theirs) and one per ephemeral
-/// subscription.
-fn owed_deliveries(targets: &[Arc<SubShared>]) -> usize {
+/// How many deliveries a transport makes to these local subscriptions for one message (`env`
+/// as the transport gets it) that the bus waits for: one per consumer group (subscriptions of
+/// one name share theirs) and one per ephemeral subscription (`.ephemeral()`, and every
+/// session's: see `Bus::register`). A session's subscription gets every message of its
+/// topic, but only its session's count: its pump settles the others without counting them
+/// (`SubShared::enqueue_delivery`), so one session ending while another's messages are on the
+/// way leaves nothing owed behind.
+fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> usize {
+    let owed = |s: &Arc<SubShared>| match &s.config.session {
+        None => true,
+        Some(id) => env.header(SESSION_HEADER) == Some(id.as_str()),
+    };
     if targets.len() < 2 {
-        return targets.len();
+        return targets.iter().filter(|s| owed(s)).count();
     }
     let mut groups: Vec<&str> = targets
         .iter()
         .filter(|s| !s.config.ephemeral)
         .map(|s| s.name())
         .collect();
-    let ephemeral = targets.len() - groups.len();
+    let ephemeral = targets
+        .iter()
+        .filter(|s| s.config.ephemeral && owed(s))
+        .count();
     groups.sort_unstable();
     groups.dedup();
     groups.len() + ephemeral

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
 
+use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::pending::Settled;
 use crate::publish::EnqueueError;
@@ -57,6 +58,16 @@ impl SubShared {
         let Some(bus) = self.bus.upgrade() else {
             return Err(EnqueueError::Closed);
         };
+        if let Some(session) = &self.config.session
+            && delivery.envelope.header(SESSION_HEADER) != Some(session.as_str())
+        {
+            // Another session's message (or no session's): the publish did not count it as
+            // owed to this subscription (`owed_deliveries`), so it is settled without being
+            // counted as pending.
+            inc(&self.counters.filtered);
+            self.settle(delivery, true).await;
+            return Ok(());
+        }
         let accepted = bus.pending.arrival();
         if let Some(due) = deliver_at(&delivery.envelope)
             && let Ok(early) = due.duration_since(std::time::SystemTime::now())

@@ -6,6 +6,11 @@
 //! session command handlers win over global ones for commands of their session. Dropping the
 //! session (also by an error return or a panic unwinding through its owner) removes its
 //! handlers and publishes `switchyard.session.ended`.
+//!
+//! On a transport a session's event subscription consumes without a consumer group (as
+//! [`SubscriptionBuilder::ephemeral`]): the same handler name in two sessions, or in a session
+//! and on the bus, are separate subscriptions, and the transport keeps nothing for it once the
+//! session ends.
 
 use std::fmt;
 use std::future::Future;

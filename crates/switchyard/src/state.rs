@@ -221,6 +221,23 @@ pub(crate) type ResilienceWrap =
 /// [`BusBuilder::wrap_handlers`].
 pub type HandlerWrap = Arc<dyn Fn(&str, BoxHandler) -> BoxHandler + Send + Sync>;
 
+/// What a bus-wide handler wrap is told about the handler it wraps; see
+/// [`BusBuilder::wrap_handlers_with`](crate::BusBuilder::wrap_handlers_with).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct WrapTarget<'a> {
+    /// The subscription's (or command handler's) name.
+    pub name: &'a str,
+    /// The pattern it subscribes to; for a command handler, its topic. Unlike the topics of
+    /// the messages it receives, these are as many as the registrations.
+    pub pattern: &'a str,
+    /// Event subscription or command handler.
+    pub kind: crate::SubscriptionKind,
+}
+
+/// The wrap the bus keeps: [`HandlerWrap`]s are adapted to it.
+pub(crate) type TargetWrap = Arc<dyn Fn(&WrapTarget<'_>, BoxHandler) -> BoxHandler + Send + Sync>;
+
 /// Runs on every envelope before it is published, sent or scheduled; see
 /// [`BusBuilder::publish_hook`].
 pub type PublishHook = Arc<dyn Fn(&mut Envelope) -> Result<(), PublishError> + Send + Sync>;
@@ -262,7 +279,7 @@ pub(crate) struct BusInner {
     pub(crate) intake: Option<crate::intake::IntakeCheck>,
     /// Encode events for the transport and decode what arrives (`publish_via`, `pump`).
     pub(crate) codecs: crate::intake::Codecs,
-    pub(crate) wrap: Option<HandlerWrap>,
+    pub(crate) wrap: Option<TargetWrap>,
     /// Upcasts older message versions before typed handlers decode them (`upcast`).
     pub(crate) upcast: Option<std::sync::Arc<dyn crate::upcast::Upcast>>,
     /// The resilience stack, around `wrap`'s result on every single-message handler.

@@ -226,6 +226,16 @@ impl Bus {
         if inner.state.load(Ordering::Acquire) != RUNNING {
             return Err(SubscribeError::ShuttingDown);
         }
+        if config.session.is_some() {
+            // A session's subscription consumes on its own, without a consumer group (as
+            // `.ephemeral()`): it must see every message of its session, whatever else has
+            // its name (another session's, or a global one, would otherwise share one group
+            // and take its share of them, to drop it as not theirs); and the transport keeps
+            // nothing for it once the session ends (a durable group per session would stay
+            // behind: committed offsets kept for good, and on the log held in memory and
+            // holding `delete_consumed` back).
+            config.ephemeral = true;
+        }
         let fed = match (&inner.transport, kind) {
             (Some(transport), SubscriptionKind::Event) => {
                 if config.handler_priority != 0 {
@@ -269,7 +279,12 @@ impl Bus {
         let handler = match handler {
             Handler::Single(mut h) => {
                 if let Some(wrap) = &inner.wrap {
-                    h = wrap(&config.name, h);
+                    let target = crate::state::WrapTarget {
+                        name: &config.name,
+                        pattern: config.pattern.as_str(),
+                        kind,
+                    };
+                    h = wrap(&target, h);
                 }
                 match &inner.resilience {
                     Some(resilience) => {
@@ -517,7 +532,8 @@ impl SubscriptionBuilder {
     /// subscriptions (NATS: new messages only; the log: its configured start position).
     /// By default a subscription on a transport is a durable consumer group named after it,
     /// which resumes where it left off. Without a transport every subscription is ephemeral
-    /// anyway. Not for command handlers (they never subscribe to the transport).
+    /// anyway. A session's event subscription is always ephemeral. Not for command handlers
+    /// (they never subscribe to the transport).
     pub fn ephemeral(mut self) -> Self {
         if self.kind == SubscriptionKind::Command {
             self.error.get_or_insert(SubscribeError::InvalidConfig(

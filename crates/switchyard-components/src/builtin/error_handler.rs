@@ -105,9 +105,20 @@ const MAX_HISTORY: usize = 1_000;
 struct State {
     attempts: HashMap<(MessageId, SmolStr), u32>,
     order: VecDeque<(MessageId, SmolStr)>,
-    given_up: HashMap<(MessageId, SmolStr), u32>,
+    given_up: HashMap<(MessageId, SmolStr), GivenUp>,
     history: VecDeque<ErrorReport>,
     stats: ErrorHandlerStats,
+}
+
+/// A flow (in one domain) the error handler gave up on.
+struct GivenUp {
+    /// Attempts made, dead-lettered ones included.
+    attempts: u32,
+    /// The id of the request it dead-lettered (the failing component's message, carried by
+    /// the report): a replay of that dead letter publishes it again with this id, so a
+    /// report of it failing again is that replay's (or a late duplicate's). `None` when the
+    /// report carried no request (the error report itself was dead-lettered).
+    request: Option<MessageId>,
 }
 
 /// Consumes `*.error` and applies the [`RetryPolicy`] per (correlation id, domain):
@@ -117,8 +128,10 @@ struct State {
 /// report, [`ErrorReport::failed_request`]) goes to the dead-letter sink under the
 /// component's subscription, so that replaying it re-runs that step (a report without it:
 /// the error envelope, under `error-handler`), reason `HandlerFailed`, error text with the
-/// correlation id; and `<domain>.retry.exhausted` is published. When a step of a flow given
-/// up fails again (its replay did), the request is dead-lettered again at once. A domain
+/// correlation id; and `<domain>.retry.exhausted` is published. When the dead-lettered step
+/// of a flow given up fails again (its replay did: the report carries the request with the
+/// same id), the request is dead-lettered again at once; other failures in a flow given up
+/// (its manager failing its context on `retry.exhausted`) are only recorded. A domain
 /// completion (`<domain>.<action>.complete`) forgets the flow.
 ///
 /// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
@@ -182,8 +195,8 @@ impl ErrorHandler {
         let key = (correlation_id, SmolStr::new(domain));
         st.attempts
             .get(&key)
-            .or_else(|| st.given_up.get(&key))
             .copied()
+            .or_else(|| st.given_up.get(&key).map(|g| g.attempts))
             .unwrap_or(0)
     }
 
@@ -262,8 +275,9 @@ impl ErrorHandler {
             Record,
             Retry(u32),
             GiveUp(u32),
-            /// A step of a flow already given up failed again: a replayed dead letter (or a
-            /// late duplicate). Dead-lettered again at once, the manager not told again.
+            /// The step of a flow already given up whose request was dead-lettered failed
+            /// again: a replayed dead letter (or a late duplicate). Dead-lettered again at
+            /// once, the manager not told again.
             DeadLetterAgain(u32),
         }
         let key = (report.correlation_id.clone(), report.domain.clone());
@@ -274,13 +288,24 @@ impl ErrorHandler {
                 st.history.pop_front();
             }
             st.history.push_back(report.clone());
-            let again = st.given_up.get(&key).copied();
-            if let (false, Some(made), Some(_)) = (report.propagated, again, &report.failed_request)
-            {
+            let given_up = st.given_up.get_mut(&key);
+            let again = given_up.is_some();
+            // Only a failure of the dead-lettered request itself is a replayed step: any
+            // other original failure in a flow given up (its manager failing its own context
+            // on `retry.exhausted`, say) is recorded, not dead-lettered a second time.
+            let replayed = match (report.propagated, given_up, &report.failed_request) {
+                (false, Some(g), Some(failed))
+                    if g.request.as_ref().is_some_and(|id| *id == failed.id) =>
+                {
+                    g.attempts += 1;
+                    Some(g.attempts)
+                }
+                _ => None,
+            };
+            if let Some(attempts) = replayed {
                 st.stats.gave_up += 1;
-                st.given_up.insert(key, made + 1);
-                Decision::DeadLetterAgain(made + 1)
-            } else if report.propagated || again.is_some() {
+                Decision::DeadLetterAgain(attempts)
+            } else if report.propagated || again {
                 st.stats.propagated += u64::from(report.propagated);
                 Decision::Record
             } else {
@@ -304,7 +329,14 @@ impl ErrorHandler {
                     if st.given_up.len() >= MAX_TRACKED {
                         st.given_up.clear();
                     }
-                    st.given_up.insert(key, made);
+                    let request = report.failed_request.as_ref().map(|r| r.id.clone());
+                    st.given_up.insert(
+                        key,
+                        GivenUp {
+                            attempts: made,
+                            request,
+                        },
+                    );
                     Decision::GiveUp(made)
                 }
             }

@@ -539,19 +539,16 @@ async fn the_layered_scenario_gives_the_same_outcomes_on_the_log() {
     assert_eq!(in_memory, on_log);
 }
 
-/// DEFECT (candidate). After the error handler gave up on a flow and dead-lettered the failing
-/// request, the manager fails its own context with an original, non-retryable error (the
-/// natural `ctx.fail(..)` on `retry.exhausted`). components.md §7: "dead-letters a flow once
-/// (and again each time a replayed step of it fails)"; nothing was replayed, yet a second dead
-/// letter appears, for the manager's `analytics.retry.exhausted` message, claiming "failed
-/// after 4 attempt(s)" (the manager handled it once; 4 is the flow's count in the domain).
-/// Replaying that letter only re-announces the give-up.
+/// After the error handler gave up on a flow and dead-lettered the failing request, the
+/// manager fails its own context with an original, non-retryable error (the natural
+/// `ctx.fail(..)` on `retry.exhausted`). components.md §7: "dead-letters a flow once (and
+/// again each time a replayed step of it fails)": nothing was replayed, so one dead letter.
 ///
-/// Observed: 2 dead letters, the second `handler: analytics-manager:analytics.retry.exhausted`,
-/// error "correlation ..: analytics in analytics-manager failed after 4 attempt(s):
-/// RetryExhausted: 3 attempts".
+/// Fixed defect (review rev11): a second dead letter appeared, for the manager's
+/// `analytics.retry.exhausted` message, "failed after 4 attempt(s): RetryExhausted: 3
+/// attempts" (2 dead letters): any original failure carrying a request in a given-up flow was
+/// taken for a replayed step. Now only a failure of the dead-lettered request (same id) is.
 #[tokio::test]
-#[ignore = "defect: a given-up flow is dead-lettered again (\"after 4 attempt(s)\") when its manager fails originally"]
 async fn a_given_up_flow_is_dead_lettered_once_even_if_its_manager_fails_it() {
     let bus = Bus::new();
     let app = start_app_with(&bus, Arc::new(AtomicU32::new(u32::MAX)), 3, true).await;

@@ -3,6 +3,7 @@
 
 mod basic;
 mod common;
+mod delete_group;
 mod handover;
 mod limits;
 mod recovery;

@@ -447,22 +447,11 @@ impl ConsumerWorker {
         Prepared::Deliver(envelope, acker, reply)
     }
 
-    /// Puts a dead letter into the configured sink (or warns when there is none).
+    /// Puts a dead letter into the configured sink, or into the transport's own store when
+    /// there is none ([`NatsTransport::dead_letters`]).
     fn dead_letter(&self, envelope: Envelope, reason: DeadLetterReason, error: String) {
         let letter = DeadLetter::new(envelope, reason, error).with_handler(self.name.as_str());
-        self.inner
-            .counters
-            .dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
-        match &self.inner.config.dead_letters {
-            Some(sink) => sink.put(letter),
-            None => tracing::warn!(
-                consumer = %self.name,
-                id = %letter.envelope.id,
-                error = %letter.error,
-                "message dead-lettered and no dead-letter sink is configured; terminated"
-            ),
-        }
+        self.inner.dead_letter(letter);
     }
 
     /// Hands one delivery to the subscription. `false` when the subscription is gone (the

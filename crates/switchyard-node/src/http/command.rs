@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use switchyard::{CommandResult, Kind};
+use switchyard::{CommandResult, Kind, SendError};
 
 use super::publish::envelope;
 use super::{Authed, PathParam, Q, RawBody, json};
@@ -48,7 +48,8 @@ pub(crate) async fn send(
     )?;
     let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let deadline = Duration::from_millis(state.config.limits.send_timeout_ms);
-    let result = match tokio::time::timeout(deadline, state.bus.send_envelope(env)).await {
+    let call = until_stopped(&state, state.bus.send_envelope(env));
+    let result = match tokio::time::timeout(deadline, call).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(ApiError::new(
@@ -116,11 +117,37 @@ pub(crate) async fn request(
         body,
     )?;
     let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
-    let result = state
-        .bus
-        .request_envelope(env, Duration::from_millis(ms))
-        .await?;
+    let call = state.bus.request_envelope(env, Duration::from_millis(ms));
+    let result = until_stopped(&state, call).await?;
     Ok(json(StatusCode::OK, &reply_json(id, correlation, result)))
+}
+
+/// A call's result; `503 shutting_down` when the bus stopped with the call unanswered: the
+/// bus shut down with its handler still running (`not processed`, the command is in the
+/// dead-letter queue), or the bus has shut down and the call is still waiting (a remote
+/// handler that did not answer).
+async fn until_stopped(
+    state: &AppState,
+    call: impl std::future::Future<Output = Result<CommandResult, SendError>>,
+) -> Result<CommandResult, ApiError> {
+    let stopping = |detail: String| {
+        ApiError::new(
+            ErrorKind::ShuttingDown,
+            format!("the node stopped before the handler answered ({detail})"),
+        )
+    };
+    tokio::select! {
+        result = call => match result {
+            Err(SendError::NotProcessed(why)) if state.bus.is_shutting_down() => {
+                Err(stopping(format!("not processed: {why}")))
+            }
+            other => other.map_err(ApiError::from),
+        },
+        () = state.bus_stopped.cancelled() => Err(stopping(
+            "no answer by the end of the drain; the command may or may not have been handled"
+                .to_owned(),
+        )),
+    }
 }
 
 pub(crate) fn reply_json(

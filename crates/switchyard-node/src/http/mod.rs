@@ -90,7 +90,7 @@ async fn track(
     req: Request,
     next: Next,
 ) -> Response {
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     let res = next.run(req).await;
     let route = res
@@ -100,8 +100,26 @@ async fn track(
         .to_owned();
     state
         .metrics
-        .request(&route, &method, res.status().as_u16(), started.elapsed());
+        .request(&route, method, res.status().as_u16(), started.elapsed());
     res
+}
+
+/// The `method` label of a request: a standard method (RFC 9110, plus `PATCH`) by name, any
+/// other method a client invents as `other`, so the label stays bounded.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -96,7 +96,7 @@ pub(crate) fn envelope(
             .to_owned(),
     };
     if wire::is_json(&content_type)
-        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        && let Err(e) = wire::check_json(&body)
     {
         return Err(ApiError::new(
             ErrorKind::MalformedJson,

@@ -93,15 +93,21 @@ pub(crate) fn edges(
     handlers: &HandlerSnapshot,
     topology: Option<&Topology>,
 ) -> Vec<ObservedEdgeJson> {
-    let mut receivers: HashMap<&str, Vec<&str>> = HashMap::new();
-    for h in &handlers.handlers {
-        if h.delivered > 0 {
-            receivers
-                .entry(h.topic.as_str())
-                .or_default()
-                .push(owner(&h.handler, topology));
-        }
-    }
+    // Handler rows are labelled with the pattern each handler was registered for: a
+    // receiver of `topic` is one whose pattern matches it and that has handled messages.
+    let handled: Vec<(Pattern, &str)> = handlers
+        .handlers
+        .iter()
+        .filter(|h| h.delivered > 0)
+        .filter_map(|h| Some((Pattern::new(&h.topic).ok()?, owner(&h.handler, topology))))
+        .collect();
+    let receivers_of = |topic: &Topic| -> Vec<&str> {
+        handled
+            .iter()
+            .filter(|(p, _)| p.matches(topic))
+            .map(|(_, to)| *to)
+            .collect()
+    };
     let declared: Vec<(String, String, Option<Pattern>)> = topology
         .map(|t| {
             t.edges()
@@ -118,11 +124,12 @@ pub(crate) fn edges(
         .unwrap_or_default();
     let mut out: BTreeMap<(String, String, String), ObservedEdgeJson> = BTreeMap::new();
     for ((source, topic), &count) in publishes {
-        let Some(to) = receivers.get(topic.as_str()) else {
+        let Ok(topic_parsed) = Topic::new(topic) else {
             continue;
         };
-        let parsed = Topic::new(topic).ok();
-        for &to in to {
+        let to = receivers_of(&topic_parsed);
+        let parsed = Some(topic_parsed);
+        for to in to {
             if to == source.as_str() {
                 continue;
             }
@@ -205,14 +212,14 @@ mod tests {
         publishes.insert((SmolStr::new("ui"), SmolStr::new("shop.order.placed")), 5);
         // Not declared: ui declares shop.order.* only.
         publishes.insert((SmolStr::new("ui"), SmolStr::new("shop.refund.asked")), 2);
-        // Nobody handled it: no edge.
-        publishes.insert((SmolStr::new("ui"), SmolStr::new("shop.nobody")), 9);
+        // Only a subscription that has handled nothing matches it: no edge.
+        publishes.insert((SmolStr::new("ui"), SmolStr::new("misc.nobody")), 9);
+        // Rows are labelled with the handler's pattern.
         let handlers = HandlerSnapshot {
             taken_at: std::time::SystemTime::now(),
             handlers: vec![
-                row("shop.order.placed", "orders:shop.#", 5),
-                row("shop.refund.asked", "orders:shop.#", 2),
-                row("shop.nobody", "orders:shop.#", 0),
+                row("shop.#", "orders:shop.#", 7),
+                row("misc.#", "idle:misc.#", 0),
             ],
         };
         let mut rates = HashMap::new();

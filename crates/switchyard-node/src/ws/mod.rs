@@ -712,7 +712,7 @@ fn payload(
             let content_type = content_type
                 .map_or_else(|| "application/octet-stream".to_owned(), |c| c.into_owned());
             if wire::is_json(&content_type)
-                && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                && let Err(e) = wire::check_json(&bytes)
             {
                 return Err(ApiError::new(
                     ErrorKind::MalformedJson,

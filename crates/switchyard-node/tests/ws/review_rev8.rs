@@ -148,7 +148,6 @@ async fn handle_and_send_outside_the_send_grant_are_refused() {
 /// A WebSocket publish labelled JSON whose bytes are not UTF-8 is `malformed_json`, as over
 /// HTTP, and is not published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: payload_base64 labelled application/json with non-UTF-8 bytes in a string is published"]
 async fn a_ws_publish_of_json_that_is_not_utf8_is_malformed_json() {
     let node = TestNode::start("").await;
     let mut c = node.client().await;

@@ -29,6 +29,7 @@ mod shutdown;
 mod stress;
 mod typed_slot;
 mod unencoded;
+mod wrap_target;
 
 use serde::{Deserialize, Serialize};
 use switchyard::{Command, Kind, Message};

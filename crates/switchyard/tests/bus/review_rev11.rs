@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::WAIT;
 
+mod sessions;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct OrderPlaced {
     id: u64,
@@ -360,17 +362,14 @@ async fn a_dead_letter_replay_keeps_the_flow_and_gets_fresh_attempts() {
     assert!(dlq.list().is_empty(), "{:?}", dlq.list());
 }
 
-/// DEFECT (candidate). Replaying a dead letter by hand, the way the components guide and the
-/// seeds do it (publish the dead letter's envelope again with `publish_envelope`), keeps the
-/// dead letter's delivery count: the handler sees `ctx.attempt() == 4` and a replay that
-/// fails once is dead-lettered at once, with no retry, though `max_attempts` is 3. Only the
-/// middleware's `Replayer` resets `delivery`; `publish_envelope` takes a stale per-delivery
-/// count from the caller as if the message had been redelivered.
+/// Replaying a dead letter by hand, the way the components guide and the seeds do it (publish
+/// the dead letter's envelope again with `publish_envelope`): a publish is a new delivery, so
+/// the replay gets fresh attempts (`max_attempts` 3: one failure, then success on attempt 2).
 ///
-/// Observed: the replay is dead-lettered again after its first failure (`attempts: 4`), the
-/// handler is never called a second time.
+/// Fixed defect (review rev11): `publish_envelope` kept the dead letter's delivery count, the
+/// handler saw `ctx.attempt() == 4` and the replay was dead-lettered again after its first
+/// failure (`dead-lettered again: [(4, "bank unavailable")]`).
 #[tokio::test]
-#[ignore = "defect: publish_envelope of a dead letter keeps its delivery count, the replay gets no retries"]
 async fn a_republished_dead_letter_gets_fresh_attempts() {
     let bus = Bus::builder()
         .max_attempts(3)
@@ -394,6 +393,50 @@ async fn a_republished_dead_letter_gets_fresh_attempts() {
     assert!(again.is_empty(), "dead-lettered again: {again:?}");
     let (got, _, attempt) = recv(&mut ok).await;
     assert_eq!((got, attempt), (42, 2));
+}
+
+/// The same to a transport: an envelope that was delivered before (a dead letter's, four
+/// attempts) is stored by the log as a new message (attempt 0, never delivered, id and
+/// correlation kept), and its handler's first call is attempt 1.
+#[tokio::test]
+async fn a_republished_envelope_is_stored_as_a_new_delivery_on_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
+    let bus = Bus::builder().transport(log.clone()).build().unwrap();
+    let (tx, mut attempts) = mpsc::unbounded_channel();
+    bus.on("billing", move |_: OrderPlaced, ctx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(ctx.attempt()).unwrap();
+            Ok::<_, std::io::Error>(())
+        }
+    })
+    .start()
+    .await
+    .unwrap()
+    .detach();
+    let mut env = switchyard::Envelope::new(
+        switchyard::Topic::new("shop.order.placed").unwrap(),
+        serde_json::to_vec(&OrderPlaced { id: 7 }).unwrap(),
+    )
+    .with_correlation_id("corr-7".parse().unwrap());
+    env.delivery.attempt = 4;
+    env.delivery.first_delivered_at = Some(std::time::SystemTime::now());
+    let id = env.id.clone();
+    bus.publish_envelope(env).await.unwrap();
+    assert_eq!(recv(&mut attempts).await, 1);
+    let stream = log.streams()[0].name.clone();
+    let stored = log.read_range(&stream, 0, 10).unwrap();
+    assert_eq!(stored.len(), 1);
+    let stored = &stored[0].envelope;
+    let flow: MessageId = "corr-7".parse().unwrap();
+    assert_eq!((&stored.id, &stored.correlation_id), (&id, &flow));
+    assert_eq!(
+        (stored.delivery.attempt, stored.delivery.first_delivered_at),
+        (0, None)
+    );
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -655,183 +698,6 @@ async fn the_same_scenario_gives_the_same_outcomes_in_memory_and_on_the_log() {
         }
     );
     assert_eq!(in_memory, on_log);
-}
-
-/// DEFECT. features.md (Sessions): "Messages published while handling a session's message stay
-/// in that session." A session handler's follow-up published with `ctx.publish` (the guide's
-/// way to publish a consequence) leaves the session: no `session-id` header, so the session's
-/// own handlers never see it. (`ctx.bus().publish` keeps it.)
-///
-/// Observed: `follow-up session header: None`; the session handler never gets percent 51.
-/// Suspected cause: src/ctx.rs:197 `Ctx::publish` sets causation with `caused_by`, so
-/// src/publish.rs:651 `inherit_parent` returns early (causation already set) and never copies
-/// `SESSION_HEADER`; `Envelope::caused_by` (switchyard-core envelope.rs:506) copies only ids.
-#[tokio::test]
-#[ignore = "defect: ctx.publish from a session handler drops the session-id header"]
-async fn a_session_handlers_ctx_publish_stays_in_the_session() {
-    let bus = Bus::new();
-    let (tx, mut seen) = mpsc::unbounded_channel::<(u8, Option<String>)>();
-    let job = bus.session("job-9").await.unwrap();
-    let all = tx.clone();
-    bus.on("global-progress", move |p: Progress, ctx| {
-        let all = all.clone();
-        async move {
-            all.send((p.percent, ctx.header("session-id").map(str::to_owned)))
-                .unwrap();
-            Ok::<_, std::io::Error>(())
-        }
-    })
-    .start()
-    .await
-    .unwrap()
-    .detach();
-    let (stx, mut in_session) = mpsc::unbounded_channel::<u8>();
-    job.on("job-progress", move |p: Progress, ctx| {
-        let stx = stx.clone();
-        async move {
-            stx.send(p.percent).unwrap();
-            if p.percent == 50 {
-                ctx.publish(Progress { percent: 51 }).await?;
-            }
-            Ok::<_, switchyard::PublishError>(())
-        }
-    })
-    .start()
-    .await
-    .unwrap()
-    .detach();
-    job.publish(Progress { percent: 50 }).await.unwrap();
-    bus.run_until_idle().await;
-    let mut global = Vec::new();
-    while let Ok(x) = seen.try_recv() {
-        global.push(x);
-    }
-    let follow_up = global.iter().find(|(p, _)| *p == 51).cloned();
-    let header = follow_up.and_then(|f| f.1);
-    assert_eq!(
-        header.as_deref(),
-        Some("job-9"),
-        "follow-up session header: {header:?}"
-    );
-    assert_eq!(recv(&mut in_session).await, 50);
-    assert_eq!(recv(&mut in_session).await, 51);
-    job.end().await.unwrap();
-}
-
-/// DEFECT. Same cause for commands: features.md "For commands, the session's handler wins" and
-/// "Messages published while handling a session's message stay in that session"; a session
-/// handler that sends a command with `ctx.send` reaches the global handler instead of its
-/// session's.
-///
-/// Observed: `ctx.send from the session answered 1` (the global handler), expected 2.
-/// Suspected cause: src/ctx.rs:205 `Ctx::send` uses `caused_by`, so src/command.rs:178
-/// `inherit_parent` does not copy `session-id` and the lookup at command.rs:192 takes the
-/// global slot.
-#[tokio::test]
-#[ignore = "defect: ctx.send from a session handler reaches the global command handler"]
-async fn a_session_handlers_ctx_send_reaches_the_sessions_command_handler() {
-    let bus = Bus::new();
-    bus.handle(|_: Quote, _| async move { Ok::<_, std::io::Error>(1) })
-        .start()
-        .await
-        .unwrap()
-        .detach();
-    let job = bus.session("job-10").await.unwrap();
-    job.handle(|_: Quote, _| async move { Ok::<_, std::io::Error>(2) })
-        .start()
-        .await
-        .unwrap()
-        .detach();
-    let (tx, mut answers) = mpsc::unbounded_channel();
-    job.on("planner", move |_: Progress, ctx| {
-        let tx = tx.clone();
-        async move {
-            let via_ctx = ctx.send(Quote { sku: "a".into() }).await?;
-            let via_bus = ctx.bus().send(Quote { sku: "a".into() }).await?;
-            tx.send((via_ctx, via_bus)).unwrap();
-            Ok::<_, SendError>(())
-        }
-    })
-    .start()
-    .await
-    .unwrap()
-    .detach();
-    job.publish(Progress { percent: 1 }).await.unwrap();
-    let (via_ctx, via_bus) = recv(&mut answers).await;
-    assert_eq!(via_bus, 2, "the bus handle inside the session handler");
-    assert_eq!(via_ctx, 2, "ctx.send from the session answered {via_ctx}");
-    job.end().await.unwrap();
-}
-
-/// Two sessions (two jobs of the same kind) register the same handler name, as the llmgine
-/// sessions do: each session's handler must see exactly its own session's messages.
-async fn two_sessions(bus: &Bus) -> (Vec<u8>, Vec<u8>) {
-    let (tx, mut seen) = mpsc::unbounded_channel::<(&'static str, u8)>();
-    let a = bus.session("job-a").await.unwrap();
-    let b = bus.session("job-b").await.unwrap();
-    for (name, s) in [("job-a", &a), ("job-b", &b)] {
-        let tx = tx.clone();
-        s.on("progress", move |p: Progress, _| {
-            let tx = tx.clone();
-            async move {
-                tx.send((name, p.percent)).unwrap();
-                Ok::<_, std::io::Error>(())
-            }
-        })
-        .start()
-        .await
-        .unwrap()
-        .detach();
-    }
-    for i in 0..10u8 {
-        a.publish(Progress { percent: i }).await.unwrap();
-        b.publish(Progress { percent: 100 + i }).await.unwrap();
-    }
-    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while got_a.len() + got_b.len() < 20 {
-        match tokio::time::timeout_at(deadline, seen.recv()).await {
-            Ok(Some(("job-a", p))) => got_a.push(p),
-            Ok(Some((_, p))) => got_b.push(p),
-            _ => break,
-        }
-    }
-    got_a.sort_unstable();
-    got_b.sort_unstable();
-    a.end().await.unwrap();
-    b.end().await.unwrap();
-    (got_a, got_b)
-}
-
-#[tokio::test]
-async fn two_sessions_with_the_same_handler_name_in_memory() {
-    let (a, b) = two_sessions(&Bus::new()).await;
-    assert_eq!(a, (0..10).collect::<Vec<u8>>());
-    assert_eq!(b, (100..110).collect::<Vec<u8>>());
-}
-
-/// DEFECT. transports.md: sessions are supported on the embedded log ("yes, in process"), and
-/// "the bus API is the same on every transport". On the log, a session's event subscription
-/// consumes with its subscription *name* as the consumer group, so the same handler name in
-/// two sessions is one group: the log shares the messages between the two subscriptions and
-/// each drops (filters) the other session's share. Messages are lost for their session.
-///
-/// Observed (3 of 3 runs): job-a gets its 10, `job-b got []` (once `job-b got [109]`) within
-/// 3 s; in memory each gets all 10.
-/// Suspected cause: src/subscription.rs:237 `group = config.name` also for a session's
-/// subscription (`config.session` is not part of the group), with the session filter applied
-/// after the transport delivered (src/state.rs:430).
-#[tokio::test]
-#[ignore = "defect: on the log, same-named handlers of two sessions share one consumer group and lose each other's messages"]
-async fn two_sessions_with_the_same_handler_name_on_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let log =
-        switchyard_log::LogTransport::open(switchyard_log::LogConfig::new(dir.path())).unwrap();
-    let bus = Bus::builder().transport(log).build().unwrap();
-    let (a, b) = two_sessions(&bus).await;
-    assert_eq!(a, (0..10).collect::<Vec<u8>>(), "job-a got {a:?}");
-    assert_eq!(b, (100..110).collect::<Vec<u8>>(), "job-b got {b:?}");
-    bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 type Calls = Arc<std::sync::Mutex<Vec<&'static str>>>;

@@ -15,7 +15,6 @@ use crate::common::{TestNode, client, error_of, recv};
 /// A client that sent half a request and went quiet must not hold the node's graceful stop
 /// past its shutdown budget (`bus.shutdown_timeout_ms`).
 #[tokio::test]
-#[ignore = "defect: a client holding half a request body keeps serve() from returning (> 30 s, shutdown_timeout_ms = 500)"]
 async fn a_half_sent_request_does_not_hold_up_a_graceful_stop() {
     let node =
         TestNode::start("[transport]\nkind = \"memory\"\n[bus]\nshutdown_timeout_ms = 500\n").await;
@@ -43,7 +42,6 @@ async fn a_half_sent_request_does_not_hold_up_a_graceful_stop() {
 /// A command in flight when the node stops gets an answer (a typed error), not a reset
 /// connection or a hang, within the shutdown budget.
 #[tokio::test]
-#[ignore = "defect: an HTTP send held by a stuck handler is not answered at stop within 30 s (shutdown_timeout_ms = 500)"]
 async fn a_send_in_flight_at_stop_is_answered_with_a_typed_error() {
     let node =
         TestNode::start("[transport]\nkind = \"memory\"\n[bus]\nshutdown_timeout_ms = 500\n").await;
@@ -82,6 +80,61 @@ async fn a_send_in_flight_at_stop_is_answered_with_a_typed_error() {
         matches!(status, 503 | 504 | 422),
         "{status} {kind}: {message}"
     );
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .expect("stopped")
+        .unwrap()
+        .ok();
+}
+
+/// The stop sequence of docs/gateway.md: a send and a request held by stuck handlers when
+/// the node stops are both answered `503 shutting_down` (after the running requests' grace
+/// and the bus drain), and the node stops.
+#[tokio::test]
+async fn calls_held_by_stuck_handlers_at_stop_are_answered_shutting_down() {
+    let node =
+        TestNode::start("[transport]\nkind = \"memory\"\n[bus]\nshutdown_timeout_ms = 300\n").await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let never = Arc::new(tokio::sync::Notify::new());
+    for topic in ["jobs.stuck", "jobs.asked"] {
+        let (tx, n) = (tx.clone(), never.clone());
+        node.bus
+            .handle_envelope(
+                topic,
+                topic,
+                handler_fn(move |env: Envelope| {
+                    let (tx, n) = (tx.clone(), n.clone());
+                    async move {
+                        let _ = tx.send(());
+                        n.notified().await;
+                        Ok::<_, std::convert::Infallible>(Outcome::reply(env.reply("{}")))
+                    }
+                }),
+            )
+            .start()
+            .await
+            .unwrap()
+            .detach();
+    }
+    let calls: Vec<_> = [
+        node.url("/v1/send/jobs.stuck"),
+        node.url("/v1/request/jobs.asked?timeout_ms=60000"),
+    ]
+    .into_iter()
+    .map(|url| tokio::spawn(async move { client().post(url).json(&json!({})).send().await }))
+    .collect();
+    recv(&mut rx, "the first handler holding a call").await;
+    recv(&mut rx, "the second handler holding a call").await;
+    let stop = tokio::spawn(node.stop());
+    for call in calls {
+        let res = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("an in-flight call was not answered within 5 s of the stop")
+            .unwrap()
+            .expect("an in-flight call got no HTTP answer");
+        let (status, kind, message) = error_of(res).await;
+        assert_eq!((status, kind.as_str()), (503, "shutting_down"), "{message}");
+    }
     tokio::time::timeout(Duration::from_secs(10), stop)
         .await
         .expect("stopped")
