@@ -10,10 +10,13 @@
 //! which holds the bus anyway and takes the count back once, when it finishes or is dropped
 //! ([`Pending::accept_held`]), so a command run on its sender's task counts no reference.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use smol_str::SmolStr;
 use tokio::sync::Notify;
 
 /// How an accepted message ended.
@@ -48,6 +51,47 @@ pub(crate) struct Pending {
     idle_waiters: AtomicUsize,
     /// Notified when `expected` drops to zero: the transport owes nothing more.
     owed_none: Notify,
+    /// The readers deliveries are owed to, live while a pump reads for them (`OwedTo`).
+    readers: Mutex<HashMap<Reader, Weak<OwedTo>>>,
+}
+
+/// Who reads a transport's deliveries for this bus: a consumer group (the subscriptions of
+/// one name share it, the transport delivers each message to one of them) or one
+/// subscription consuming on its own (ephemeral, every session's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Reader {
+    /// A consumer group, by its subscriptions' name.
+    Group(SmolStr),
+    /// One subscription, by its id.
+    Own(u64),
+}
+
+/// The deliveries a transport owes one [`Reader`] of this bus (part of `Pending::expected`).
+/// Held by the pumps reading for it (and by a publish while it counts): when the last one
+/// stops (its subscriptions dropped, or their transport streams ended), nothing can receive
+/// what is still owed here, so the count is released, and neither `run_until_idle` nor the
+/// shutdown waits for deliveries that will never arrive. A durable transport keeps them
+/// (for the group's next consumer); one that keeps nothing has no reader to lose them to.
+#[derive(Debug)]
+pub(crate) struct OwedTo {
+    n: AtomicUsize,
+    pending: Arc<Pending>,
+}
+
+impl OwedTo {
+    /// Takes one owed delivery off, if any is left.
+    fn take_one(&self) -> bool {
+        self.n
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+impl Drop for OwedTo {
+    fn drop(&mut self) {
+        let n = self.n.swap(0, Ordering::AcqRel);
+        self.pending.unowe(n);
+    }
 }
 
 impl Pending {
@@ -93,34 +137,63 @@ impl Pending {
         self.release(1);
     }
 
-    /// Counts `n` deliveries a transport will make to local subscriptions. The count stays
-    /// until each arrives ([`arrival`](Self::arrival)) or the returned expectation is dropped
-    /// without being [kept](Expectation::keep) (the publish failed).
-    pub(crate) fn expect(self: &Arc<Self>, n: usize) -> Expectation {
-        self.count.fetch_add(n, Ordering::AcqRel);
-        self.expected.fetch_add(n, Ordering::AcqRel);
-        Expectation {
-            pending: Arc::clone(self),
-            n,
+    /// The owed count of `reader`, shared with its other pumps: kept alive by the pumps that
+    /// read for it (see [`OwedTo`]).
+    pub(crate) fn reader(self: &Arc<Self>, reader: Reader) -> Arc<OwedTo> {
+        let mut readers = self.readers.lock();
+        if let Some(live) = readers.get(&reader).and_then(Weak::upgrade) {
+            return live;
         }
+        readers.retain(|_, r| r.strong_count() > 0);
+        let owed = Arc::new(OwedTo {
+            n: AtomicUsize::new(0),
+            pending: Arc::clone(self),
+        });
+        readers.insert(reader, Arc::downgrade(&owed));
+        owed
     }
 
-    /// A delivery arrived from the transport: one that was expected (already counted) or a
-    /// new one (published elsewhere, redelivered, or older than this process).
-    pub(crate) fn arrival(self: &Arc<Self>) -> Accepted {
-        let consumed = self
-            .expected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| e.checked_sub(1));
-        match consumed {
-            Ok(1) => self.owed_none.notify_waiters(),
-            Ok(_) => {}
-            Err(_) => {
-                self.count.fetch_add(1, Ordering::AcqRel);
+    /// Counts one delivery a transport will make to each of `readers`. The count stays until
+    /// each arrives ([`arrival`](Self::arrival)), its reader stops reading (the last
+    /// [`OwedTo`] dropped), or the returned expectation is dropped without being
+    /// [kept](Expectation::keep) (the publish failed).
+    pub(crate) fn expect(self: &Arc<Self>, readers: Vec<Arc<OwedTo>>) -> Expectation {
+        let n = readers.len();
+        // The totals first: a reader's count is taken off them only after it was taken off
+        // the reader's.
+        self.count.fetch_add(n, Ordering::AcqRel);
+        self.expected.fetch_add(n, Ordering::AcqRel);
+        for r in &readers {
+            r.n.fetch_add(1, Ordering::AcqRel);
+        }
+        Expectation { readers }
+    }
+
+    /// A delivery arrived from the transport for `reader`: one that was expected (already
+    /// counted) or a new one (published elsewhere, redelivered, or older than this process).
+    pub(crate) fn arrival(self: &Arc<Self>, reader: &OwedTo) -> Accepted {
+        if reader.take_one() {
+            // Its count is taken over by the guard.
+            if self.expected.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.owed_none.notify_waiters();
             }
+        } else {
+            self.count.fetch_add(1, Ordering::AcqRel);
         }
         Accepted {
             pending: Arc::clone(self),
         }
+    }
+
+    /// `n` owed deliveries will not arrive: no longer owed nor pending.
+    fn unowe(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.expected.fetch_sub(n, Ordering::AcqRel) == n {
+            self.owed_none.notify_waiters();
+        }
+        self.release(n);
     }
 
     /// Waits until the transport delivered every delivery counted at publish time.
@@ -139,11 +212,14 @@ impl Pending {
     /// Stops waiting for the deliveries still owed (shutdown, once intake stopped): their
     /// count is released. Returns how many there were.
     pub(crate) fn forget_owed(&self) -> usize {
-        let n = self.expected.swap(0, Ordering::AcqRel);
-        if n > 0 {
-            self.owed_none.notify_waiters();
-            self.release(n);
-        }
+        let readers: Vec<_> = self
+            .readers
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let n = readers.iter().map(|r| r.n.swap(0, Ordering::AcqRel)).sum();
+        self.unowe(n);
         n
     }
 
@@ -229,42 +305,36 @@ impl Drop for Accepted {
 /// Deliveries a transport owes local subscriptions for one publish; see [`Pending::expect`].
 #[must_use = "drop the expectation when the publish failed, keep it when it went out"]
 pub(crate) struct Expectation {
-    pending: Arc<Pending>,
-    n: usize,
+    readers: Vec<Arc<OwedTo>>,
 }
 
 impl Expectation {
     /// The publish went out: the deliveries will arrive and be settled one by one.
     pub(crate) fn keep(mut self) {
-        self.n = 0;
+        self.readers.clear();
     }
 }
 
 impl Drop for Expectation {
     fn drop(&mut self) {
-        if self.n == 0 {
-            return;
-        }
-        let n = self.n;
-        let before = self
-            .pending
-            .expected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
-                Some(e.saturating_sub(n))
-            })
-            .unwrap_or(0);
-        if before > 0 && before <= n {
-            self.pending.owed_none.notify_waiters();
-        }
-        // Only what was still owed: a delivery that arrived meanwhile took its count over
+        // Only what is still owed: a delivery that arrived meanwhile took its count over
         // (`arrival`), and its guard releases it.
-        self.pending.release(n.min(before));
+        for r in &self.readers {
+            if r.take_one() {
+                r.pending.unowe(1);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` deliveries owed to one reader (whose pump, holding it, is `r`).
+    fn owe(p: &Arc<Pending>, r: &Arc<OwedTo>, n: usize) -> Expectation {
+        p.expect(vec![Arc::clone(r); n])
+    }
 
     #[test]
     fn a_dropped_guard_releases_without_settling() {
@@ -288,14 +358,15 @@ mod tests {
     #[test]
     fn an_expectation_is_released_unless_kept_and_arrivals_consume_it() {
         let p = Arc::new(Pending::default());
-        drop(p.expect(3));
+        let r = p.reader(Reader::Own(1));
+        drop(owe(&p, &r, 3));
         assert_eq!(p.count(), 0);
-        p.expect(2).keep();
+        owe(&p, &r, 2).keep();
         assert_eq!(p.count(), 2);
-        let first = p.arrival();
+        let first = p.arrival(&r);
         assert_eq!(p.count(), 2, "an expected delivery is already counted");
-        let second = p.arrival();
-        let extra = p.arrival();
+        let second = p.arrival(&r);
+        let extra = p.arrival(&r);
         assert_eq!(p.count(), 3, "an unexpected delivery is counted on arrival");
         drop((first, second, extra));
         assert_eq!(p.count(), 0);
@@ -304,10 +375,38 @@ mod tests {
     #[test]
     fn forgetting_the_owed_releases_their_count() {
         let p = Arc::new(Pending::default());
-        p.expect(3).keep();
-        let arrived = p.arrival();
+        let r = p.reader(Reader::Group("g".into()));
+        owe(&p, &r, 3).keep();
+        let arrived = p.arrival(&r);
         assert_eq!(p.forget_owed(), 2);
         assert_eq!(p.count(), 1, "the arrived one is still pending");
+        drop(arrived);
+        assert_eq!((p.count(), p.forget_owed()), (0, 0));
+    }
+
+    #[test]
+    fn what_is_owed_to_a_reader_that_stopped_is_released() {
+        let p = Arc::new(Pending::default());
+        let gone = p.reader(Reader::Own(1));
+        let group = p.reader(Reader::Group("g".into()));
+        let member = p.reader(Reader::Group("g".into()));
+        assert!(
+            Arc::ptr_eq(&group, &member),
+            "a group's members share its count"
+        );
+        p.expect(vec![gone.clone(), group.clone()]).keep();
+        assert_eq!(p.count(), 2);
+        drop(gone);
+        assert_eq!(
+            p.count(),
+            1,
+            "the stopped reader's delivery is no longer owed"
+        );
+        drop(group);
+        assert_eq!(p.count(), 1, "the group still has a member reading");
+        let arrived = p.arrival(&member);
+        drop(member);
+        assert_eq!(p.count(), 1);
         drop(arrived);
         assert_eq!((p.count(), p.forget_owed()), (0, 0));
     }
@@ -340,15 +439,16 @@ mod tests {
     #[tokio::test]
     async fn owed_delivered_waits_for_the_last_arrival() {
         let p = Arc::new(Pending::default());
-        p.expect(2).keep();
+        let r = p.reader(Reader::Own(1));
+        owe(&p, &r, 2).keep();
         let waiter = tokio::spawn({
             let p = p.clone();
             async move { p.owed_delivered().await }
         });
-        let first = p.arrival();
+        let first = p.arrival(&r);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "one delivery is still owed");
-        let second = p.arrival();
+        let second = p.arrival(&r);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("owed_delivered returns once the last owed delivery arrived")
@@ -363,8 +463,9 @@ mod tests {
         // released both (clamped at zero) and the guard's release then wrapped the count
         // around to `usize::MAX`, so `run_until_idle` never returned.
         let p = Arc::new(Pending::default());
-        let expectation = p.expect(2);
-        let arrived = p.arrival();
+        let r = p.reader(Reader::Own(1));
+        let expectation = owe(&p, &r, 2);
+        let arrived = p.arrival(&r);
         drop(expectation);
         assert_eq!(p.count(), 1, "the arrived delivery is still pending");
         arrived.settle(Settled::Acked);

@@ -13,6 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
+use crate::pending::OwedTo;
 use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
@@ -722,33 +723,30 @@ impl GroupDelivery {
     }
 }
 
-/// How many deliveries a transport makes to these local subscriptions for one message (`env`
-/// as the transport gets it) that the bus waits for: one per consumer group (subscriptions of
-/// one name share theirs) and one per ephemeral subscription (`.ephemeral()`, and every
-/// session's: see `Bus::register`). A session's subscription gets every message of its
-/// topic, but only its session's count: its pump settles the others without counting them
-/// (`SubShared::enqueue_delivery`), so one session ending while another's messages are on the
-/// way leaves nothing owed behind.
-fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> usize {
-    let owed = |s: &Arc<SubShared>| match &s.config.session {
-        None => true,
-        Some(id) => env.header(SESSION_HEADER) == Some(id.as_str()),
-    };
-    if targets.len() < 2 {
-        return targets.iter().filter(|s| owed(s)).count();
+/// The deliveries a transport makes to these local subscriptions for one message (`env` as
+/// the transport gets it) that the bus waits for, by reader: one per consumer group
+/// (subscriptions of one name share theirs) and one per ephemeral subscription
+/// (`.ephemeral()`, and every session's: see `Bus::register`). A session's subscription gets
+/// every message of its topic, but only its session's count: its pump settles the others
+/// without counting them (`SubShared::enqueue_delivery`), so one session ending while
+/// another's messages are on the way leaves nothing owed behind. A subscription whose reader
+/// stopped (dropped, its pump gone) is owed nothing: nothing would receive it.
+fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> Vec<Arc<OwedTo>> {
+    let mut owed: Vec<Arc<OwedTo>> = Vec::new();
+    for s in targets {
+        if let Some(id) = &s.config.session
+            && env.header(SESSION_HEADER) != Some(id.as_str())
+        {
+            continue;
+        }
+        let Some(reader) = s.owed.get().and_then(std::sync::Weak::upgrade) else {
+            continue;
+        };
+        if !owed.iter().any(|r| Arc::ptr_eq(r, &reader)) {
+            owed.push(reader);
+        }
     }
-    let mut groups: Vec<&str> = targets
-        .iter()
-        .filter(|s| !s.config.ephemeral)
-        .map(|s| s.name())
-        .collect();
-    let ephemeral = targets
-        .iter()
-        .filter(|s| s.config.ephemeral && owed(s))
-        .count();
-    groups.sort_unstable();
-    groups.dedup();
-    groups.len() + ephemeral
+    owed
 }
 
 /// Splits matching subscriptions into handler-priority groups, highest first; `None` when

@@ -9,7 +9,7 @@ use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
 
 use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
-use crate::pending::Settled;
+use crate::pending::{OwedTo, Settled};
 use crate::publish::EnqueueError;
 use crate::queue::Entry;
 use crate::state::{SubShared, deliver_at};
@@ -18,9 +18,12 @@ use crate::stats::inc;
 impl SubShared {
     /// The pump: owns the transport subscription, feeds its deliveries into the queue, and
     /// stops (dropping the transport subscription) when the queue closes.
+    /// `owed` is what the transport owes its reader: the pump holds it while it reads, so
+    /// once every pump of the reader stopped, what is still owed is released.
     pub(crate) fn spawn_pump(
         self: &Arc<Self>,
         mut stream: futures_util::stream::BoxStream<'static, Delivery>,
+        owed: Arc<OwedTo>,
     ) {
         let sub = Arc::clone(self);
         let pump = tokio::spawn(async move {
@@ -30,7 +33,7 @@ impl SubShared {
                     next = stream.next() => next,
                 };
                 let Some(delivery) = next else { break };
-                if sub.enqueue_delivery(delivery).await.is_err() {
+                if sub.enqueue_delivery(delivery, &owed).await.is_err() {
                     break;
                 }
             }
@@ -54,7 +57,11 @@ impl SubShared {
     /// Feeds one delivery from the transport into the queue, waiting for room. Filtered
     /// deliveries are acked at once (they are not for this subscription); the others pass
     /// the bus's intake check, if it has one, and a rejected one is dead-lettered.
-    pub(crate) async fn enqueue_delivery(&self, delivery: Delivery) -> Result<(), EnqueueError> {
+    pub(crate) async fn enqueue_delivery(
+        &self,
+        delivery: Delivery,
+        owed: &OwedTo,
+    ) -> Result<(), EnqueueError> {
         let Some(bus) = self.bus.upgrade() else {
             return Err(EnqueueError::Closed);
         };
@@ -68,7 +75,7 @@ impl SubShared {
             self.settle(delivery, true).await;
             return Ok(());
         }
-        let accepted = bus.pending.arrival();
+        let accepted = bus.pending.arrival(owed);
         if let Some(due) = deliver_at(&delivery.envelope)
             && let Ok(early) = due.duration_since(std::time::SystemTime::now())
             && !early.is_zero()

@@ -388,6 +388,9 @@ pub(crate) struct SubShared {
     pub(crate) counters: CachePadded<Counters>,
     pub(crate) workers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) pump: Mutex<Option<JoinHandle<()>>>,
+    /// What the transport owes this subscription's reader, set before it is routed to (on a
+    /// transport only); alive while a pump reads for it (`pending::OwedTo`).
+    pub(crate) owed: std::sync::OnceLock<Weak<crate::pending::OwedTo>>,
     pub(crate) live_workers: AtomicUsize,
     pub(crate) active: AtomicBool,
     pub(crate) bus: Weak<BusInner>,
@@ -408,6 +411,7 @@ impl SubShared {
             counters: CachePadded::default(),
             workers: Mutex::new(Vec::new()),
             pump: Mutex::new(None),
+            owed: std::sync::OnceLock::new(),
             live_workers: AtomicUsize::new(0),
             active: AtomicBool::new(true),
             bus,

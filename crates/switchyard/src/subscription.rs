@@ -18,6 +18,7 @@ use crate::bus::Bus;
 use crate::config::{BatchConfig, Handler, SubscriptionConfig, SubscriptionKind};
 use crate::ctx::{self, Ctx};
 use crate::handler::{self, BoxHandler, IntoOutcome};
+use crate::pending::Reader;
 use crate::queue::Overflow;
 use crate::state::{BusInner, RUNNING, SessionSubs, SubShared};
 use crate::stats::{SubscriptionInfo, SubscriptionStats};
@@ -311,11 +312,23 @@ impl Bus {
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
         match kind {
             SubscriptionKind::Event => {
+                // Counted before it is routed to, so a publish that sees it counts what it
+                // owes it.
+                let owed = fed.is_some().then(|| {
+                    let reader = if shared.config.ephemeral {
+                        Reader::Own(id)
+                    } else {
+                        Reader::Group(shared.config.name.clone())
+                    };
+                    let owed = inner.pending.reader(reader);
+                    let _ = shared.owed.set(Arc::downgrade(&owed));
+                    owed
+                });
                 inner
                     .router
                     .insert(&shared.config.pattern, id, shared.clone());
-                if let Some(stream) = fed {
-                    shared.spawn_pump(stream);
+                if let (Some(stream), Some(owed)) = (fed, owed) {
+                    shared.spawn_pump(stream, owed);
                 }
             }
             SubscriptionKind::Command => {

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 mod attempts;
 mod intake;
+mod owed;
 mod review_rev4;
 mod shutdown_race;
 
