@@ -17,6 +17,7 @@ use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent}
 
 mod resilience_defaults;
 mod review_rev4;
+mod undecodable;
 
 fn order(i: u32) -> Envelope {
     Envelope::new(Topic::new("orders.placed").unwrap(), format!("{i}"))
