@@ -304,9 +304,8 @@ fn gateway_errors_have_the_documented_kinds() {
 
 /// A user reads `/v1/status` (or `switchyard status --json`) to learn where the node listens;
 /// with `--listen 127.0.0.1:0` it should say the bound address, as the first line does.
-/// Observed: `"listen": "127.0.0.1:0"` (the configured value).
+/// Observed before the fix: `"listen": "127.0.0.1:0"` (the configured value).
 #[test]
-#[ignore = "defect: /v1/status \"listen\" is the configured 127.0.0.1:0, not the bound address"]
 fn status_names_the_bound_address() {
     let node = Node::start(&[]);
     let (code, out, err) = node.cli(&["status", "--json"]);

@@ -189,6 +189,7 @@ impl Node {
             ws: Arc::new(crate::ws::Hub::default()),
             live,
             checker: Arc::default(),
+            bound: Arc::default(),
         };
         background.push(tokio::spawn(crate::live::run_sampler(state.clone())));
         #[cfg(feature = "zmq")]
@@ -338,6 +339,11 @@ impl Node {
     {
         let router = self.router();
         let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            // `/v1/status` and the AsyncAPI document name the bound address; set before the
+            // server accepts its first connection.
+            let _ = self.state.bound.set(addr);
+        }
         let std_listener = listener.into_std().map_err(NodeError::Serve)?;
         let handle = axum_server::Handle::new();
         let server = match &self.state.config.tls {
@@ -415,7 +421,8 @@ impl Node {
         }
     }
 
-    /// The address a listener from [`bind`](Self::bind) would use.
+    /// The address a listener from [`bind`](Self::bind) would use (the configured `listen`;
+    /// once [`serve`](Self::serve) has its listener, `/v1/status` names the bound one).
     pub fn listen_addr(&self) -> SocketAddr {
         self.state.config.listen
     }
