@@ -11,7 +11,7 @@ use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
 };
-use switchyard_middleware::metrics::{MetricsRegistry, TopicLabel};
+use switchyard_middleware::metrics::MetricsRegistry;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -134,10 +134,9 @@ impl Node {
             .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
                 let name = target.name;
                 let tx = breaker_tx.clone();
-                // Labelled by the pattern it was registered for, not the message topic a
-                // publisher chose: as many label values as registrations.
-                let mut config = ResilienceConfig::default()
-                    .topic_label(TopicLabel::Fixed(target.pattern.into()));
+                // Labelled by the pattern it was registered for (the config's default label,
+                // as in the bus's own stack), not the message topic a publisher chose.
+                let mut config = ResilienceConfig::default().registered_for(target.pattern);
                 if crate::ws::is_subscription(name) {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }
