@@ -304,9 +304,8 @@ fn gateway_errors_have_the_documented_kinds() {
 
 /// A user reads `/v1/status` (or `switchyard status --json`) to learn where the node listens;
 /// with `--listen 127.0.0.1:0` it should say the bound address, as the first line does.
-/// Observed: `"listen": "127.0.0.1:0"` (the configured value).
+/// Observed before the fix: `"listen": "127.0.0.1:0"` (the configured value).
 #[test]
-#[ignore = "defect: /v1/status \"listen\" is the configured 127.0.0.1:0, not the bound address"]
 fn status_names_the_bound_address() {
     let node = Node::start(&[]);
     let (code, out, err) = node.cli(&["status", "--json"]);
@@ -347,10 +346,10 @@ fn demo_dead_letters_the_undecodable_request_with_its_bytes_and_answers_its_quer
 
 /// docs/bus.md "Failures and dead letters": "Rejections and undecodable payloads (kept as raw
 /// bytes) go there at once", reason `decode_failed`. On a node (every handler under the default
-/// resilience stack) the demo's undecodable request is retried 3 times and dead-lettered as
-/// `handler_failed` with "permanent failure: gave up after 3 attempt(s): cannot decode ...".
+/// resilience stack) the demo's undecodable request was retried 3 times and dead-lettered as
+/// `handler_failed` with "permanent failure: gave up after 3 attempt(s): cannot decode ..."
+/// (fixed: the retry classifier and the bus find the decode error in the chain).
 #[test]
-#[ignore = "defect: undecodable payload under the node's resilience stack: 3 attempts, reason handler_failed, not decode_failed at once"]
 fn demo_undecodable_request_is_dead_lettered_at_once_as_decode_failed() {
     let node = Node::start(&["--demo", "--demo-interval-ms", "50"]);
     let items = demo_undecodable_letters(&node);
@@ -363,9 +362,8 @@ fn demo_undecodable_request_is_dead_lettered_at_once_as_decode_failed() {
 }
 
 /// The same through HTTP: a command whose payload its typed handler cannot decode. The caller
-/// gets `handler_failed` after 3 attempts instead of one decode failure.
+/// got `handler_failed` after 3 attempts instead of one decode failure (fixed).
 #[test]
-#[ignore = "defect: an undecodable command on a node is retried 3 times (handler_failed after 3 attempts)"]
 fn an_undecodable_command_is_not_retried() {
     let node = Node::start(&["--demo", "--demo-interval-ms", "5000"]);
     let (code, _, err) = node.cli(&["send", "cpm.query.runs", "null"]);

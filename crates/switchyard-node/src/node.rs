@@ -11,7 +11,7 @@ use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
 };
-use switchyard_middleware::metrics::{MetricsRegistry, TopicLabel};
+use switchyard_middleware::metrics::MetricsRegistry;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -134,10 +134,9 @@ impl Node {
             .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
                 let name = target.name;
                 let tx = breaker_tx.clone();
-                // Labelled by the pattern it was registered for, not the message topic a
-                // publisher chose: as many label values as registrations.
-                let mut config = ResilienceConfig::default()
-                    .topic_label(TopicLabel::Fixed(target.pattern.into()));
+                // Labelled by the pattern it was registered for (the config's default label,
+                // as in the bus's own stack), not the message topic a publisher chose.
+                let mut config = ResilienceConfig::default().registered_for(target.pattern);
                 if crate::ws::is_subscription(name) {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }
@@ -189,6 +188,7 @@ impl Node {
             ws: Arc::new(crate::ws::Hub::default()),
             live,
             checker: Arc::default(),
+            bound: Arc::default(),
         };
         background.push(tokio::spawn(crate::live::run_sampler(state.clone())));
         #[cfg(feature = "zmq")]
@@ -338,6 +338,11 @@ impl Node {
     {
         let router = self.router();
         let addr = listener.local_addr().ok();
+        if let Some(addr) = addr {
+            // `/v1/status` and the AsyncAPI document name the bound address; set before the
+            // server accepts its first connection.
+            let _ = self.state.bound.set(addr);
+        }
         let std_listener = listener.into_std().map_err(NodeError::Serve)?;
         let handle = axum_server::Handle::new();
         let server = match &self.state.config.tls {
@@ -415,7 +420,8 @@ impl Node {
         }
     }
 
-    /// The address a listener from [`bind`](Self::bind) would use.
+    /// The address a listener from [`bind`](Self::bind) would use (the configured `listen`;
+    /// once [`serve`](Self::serve) has its listener, `/v1/status` names the bound one).
     pub fn listen_addr(&self) -> SocketAddr {
         self.state.config.listen
     }

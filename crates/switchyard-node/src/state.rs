@@ -1,7 +1,8 @@
 //! The state every gateway handler (HTTP and WebSocket) shares.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -69,9 +70,17 @@ pub(crate) struct AppState {
     pub(crate) live: Arc<crate::live::Live>,
     /// The application's health checker (`Node::set_health_checker`), for `/v1/health`.
     pub(crate) checker: Arc<RwLock<Option<switchyard_components::builtin::HealthChecker>>>,
+    /// The address the gateway is bound to, once `Node::serve` has its listener (with
+    /// `listen = "127.0.0.1:0"` the port the system chose).
+    pub(crate) bound: Arc<OnceLock<SocketAddr>>,
 }
 
 impl AppState {
+    /// Where the gateway listens: the bound address once serving, else the configured one.
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
+        self.bound.get().copied().unwrap_or(self.config.listen)
+    }
+
     /// Checks a message coming in through the gateway against the registered schema of its
     /// topic. `enforce`: an invalid message is dead-lettered (reason `rejected`, the error
     /// naming every path and reason) and the client gets 422 `invalid_message` with the same

@@ -480,27 +480,28 @@ impl SubShared {
                 permanent: false,
                 last_attempt: attempt,
             },
-            Ok(Err(e)) => {
-                let text = error_chain(&*e);
-                match decode_failure(&e) {
-                    Some(display) => Attempt::Undecodable { text, display },
-                    None => {
-                        inc(&c.failed);
-                        let permanent = e.is::<Permanent>();
-                        let last_attempt = attempts_inside(&*e, attempt);
-                        tracing::warn!(subscription = %self.name(), message_id = %first.id,
-                            correlation_id = %first.correlation_id, attempt, permanent,
-                            error = %text, "handler failed");
-                        Attempt::Failed {
-                            reason: DeadLetterReason::HandlerFailed,
-                            error: text,
-                            delay: None,
-                            permanent,
-                            last_attempt,
-                        }
+            Ok(Err(e)) => match decode_failure(&*e) {
+                Some(codec) => Attempt::Undecodable {
+                    text: error_chain(codec),
+                    display: codec.to_string(),
+                },
+                None => {
+                    let text = error_chain(&*e);
+                    inc(&c.failed);
+                    let permanent = e.is::<Permanent>();
+                    let last_attempt = attempts_inside(&*e, attempt);
+                    tracing::warn!(subscription = %self.name(), message_id = %first.id,
+                        correlation_id = %first.correlation_id, attempt, permanent,
+                        error = %text, "handler failed");
+                    Attempt::Failed {
+                        reason: DeadLetterReason::HandlerFailed,
+                        error: text,
+                        delay: None,
+                        permanent,
+                        last_attempt,
                     }
                 }
-            }
+            },
             Err(panic) => {
                 inc(&c.failed);
                 inc(&c.panicked);
@@ -828,10 +829,19 @@ fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 
     attempt
 }
 
-fn decode_failure(e: &BoxError) -> Option<String> {
-    e.downcast_ref::<CodecError>()
-        .filter(|c| c.direction == CodecDirection::Decode)
-        .map(ToString::to_string)
+/// The payload decoding error in `e`'s chain, if any: a typed handler's decode failure, also
+/// when a middleware (a retry layer's `Permanent(RetryError(..))`) wrapped it.
+fn decode_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CodecError> {
+    let mut link = Some(e);
+    while let Some(l) = link {
+        if let Some(c) = l.downcast_ref::<CodecError>()
+            && c.direction == CodecDirection::Decode
+        {
+            return Some(c);
+        }
+        link = l.source();
+    }
+    None
 }
 
 /// The error and its sources, joined with `: `.

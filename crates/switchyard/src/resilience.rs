@@ -13,7 +13,7 @@ use tower::Layer;
 use crate::builder::{BuildError, BusBuilder, ResolvedResilience};
 use crate::bus::Bus;
 use crate::handler::{BoxHandler, SingleHandler};
-use crate::state::{BusInner, ResilienceWrap};
+use crate::state::{BusInner, ResilienceWrap, WrapTarget};
 
 /// Where the default file dead-letter queue lives, under the bus's data directory.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
@@ -28,6 +28,13 @@ impl BusBuilder {
     /// 30 s timeout, panic capture, dedup off; the order is documented in
     /// `switchyard_middleware`). Breaker changes are published as `switchyard.breaker.opened`
     /// / `.half_opened` / `.closed` events.
+    ///
+    /// **Metrics labels**: each handler's metrics carry `handler` = its name and `topic` =
+    /// the pattern it was registered for (`orders.*`, `#`; a command handler's topic), not
+    /// the topics of the messages it handles, which publishers choose: one series per
+    /// registration, however many topics flow through a wildcard. A config with
+    /// `topic_label(TopicLabel::Topic)` (see [`with_resilience`](Self::with_resilience))
+    /// labels by each message's topic instead, only for a bounded set of topics.
     ///
     /// Resolved in [`build`](Self::build), so the order of the builder calls does not matter:
     /// - **Attempts**: the layer does the retrying, and the worker calls the wrapped handler
@@ -51,7 +58,9 @@ impl BusBuilder {
 
     /// Like [`with_default_resilience`](Self::with_default_resilience) with a config of your
     /// own, made once per handler by `config` (and once more at build, to read the retry
-    /// policy's attempts). A later call replaces an earlier one.
+    /// policy's attempts). A later call replaces an earlier one. The config's
+    /// `TopicLabel::Pattern` label (the default) is resolved to the handler's registered
+    /// pattern ([`ResilienceConfig::registered_for`]); another label is kept as given.
     pub fn with_resilience<F>(mut self, config: F) -> Self
     where
         F: Fn() -> ResilienceConfig + Send + Sync + 'static,
@@ -85,10 +94,12 @@ fn resolve(
     let default_attempts = policy.get_max_attempts().max(1);
     let default_backoff = policy.backoff().clone();
     let factory = factory.clone();
-    let wrap: ResilienceWrap =
-        Arc::new(move |name: &str, handler: BoxHandler, attempts, backoff| {
+    let wrap: ResilienceWrap = Arc::new(
+        move |target: &WrapTarget<'_>, handler: BoxHandler, attempts, backoff| {
             let slot = slot.clone();
-            let mut config = factory();
+            // Labelled by the pattern it was registered for (unless the config asks for
+            // `TopicLabel::Topic`): as many label values as registrations.
+            let mut config = factory().registered_for(target.pattern);
             config.retry = config
                 .retry
                 .max_attempts(attempts)
@@ -99,11 +110,12 @@ fn resolve(
             // with the envelope it delivered, only the delivery bookkeeping restamped.
             // Held as it is, not boxed: its calls' futures run in a place it keeps.
             SingleHandler::resilient(
-                ResilienceLayer::new(name, config)
+                ResilienceLayer::new(target.name, config)
                     .called_as_delivered()
                     .layer(crate::handler::InKept(handler)),
             )
-        });
+        },
+    );
     Ok(ResolvedResilience {
         default_attempts,
         default_backoff,

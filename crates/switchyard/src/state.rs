@@ -211,11 +211,12 @@ impl CommandSlot {
     }
 }
 
-/// Wraps a single-message handler in the resilience stack at registration: (name, handler,
-/// attempts the stack makes, the backoff between them) → the stack, held as it is (not boxed
-/// again: the workers await its future in place). Made in `build` from `with_resilience`.
+/// Wraps a single-message handler in the resilience stack at registration: (the handler's
+/// name, pattern and kind, handler, attempts the stack makes, the backoff between them) → the
+/// stack, held as it is (not boxed again: the workers await its future in place). Made in
+/// `build` from `with_resilience`.
 pub(crate) type ResilienceWrap =
-    Arc<dyn Fn(&str, BoxHandler, u32, &Backoff) -> SingleHandler + Send + Sync>;
+    Arc<dyn Fn(&WrapTarget<'_>, BoxHandler, u32, &Backoff) -> SingleHandler + Send + Sync>;
 
 /// Wraps every handler at registration (name, handler) → handler; see
 /// [`BusBuilder::wrap_handlers`].

@@ -279,12 +279,12 @@ impl Bus {
         }
         let handler = match handler {
             Handler::Single(mut h) => {
+                let target = crate::state::WrapTarget {
+                    name: &config.name,
+                    pattern: config.pattern.as_str(),
+                    kind,
+                };
                 if let Some(wrap) = &inner.wrap {
-                    let target = crate::state::WrapTarget {
-                        name: &config.name,
-                        pattern: config.pattern.as_str(),
-                        kind,
-                    };
                     h = wrap(&target, h);
                 }
                 match &inner.resilience {
@@ -294,8 +294,7 @@ impl Bus {
                         // once. It stays the outermost wrap: it is built `called_as_delivered`
                         // (it keeps the delivered envelope for retries without comparing it
                         // with its request), and the workers hold it as it is.
-                        let stack =
-                            resilience(&config.name, h, config.max_attempts, &config.backoff);
+                        let stack = resilience(&target, h, config.max_attempts, &config.backoff);
                         config.max_attempts = 1;
                         Handler::Stacked(stack)
                     }

@@ -8,20 +8,43 @@ use super::service::Shared;
 use super::{Metrics, MetricsRegistry};
 
 /// What the `topic` label of a handler's metrics holds.
+///
+/// Every distinct value is a series (and a registry row) per metric, kept for the life of
+/// the process: the label must stay bounded. The topics of the messages a wildcard handler
+/// receives are whatever publishers choose, so [`Topic`](Self::Topic) is only for a bounded
+/// set of topics; the bus's resilience stack labels by the registered pattern
+/// ([`Pattern`](Self::Pattern), the default of
+/// [`ResilienceConfig`](crate::resilience::ResilienceConfig)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum TopicLabel {
-    /// The message's topic (fine for a bounded set of topics).
+    /// The message's topic: one series per topic seen, only for a bounded set of topics.
+    /// The default of a [`MetricsLayer`] built on its own.
     #[default]
     Topic,
     /// A fixed value, usually the subscription pattern (`users.#`): bounded cardinality.
     Fixed(SmolStr),
+    /// The pattern (or command topic) the handler was registered for, filled in by whoever
+    /// registers it: the bus's `with_resilience` / `with_default_resilience` make it
+    /// [`Fixed`](Self::Fixed)`(pattern)` through
+    /// [`ResilienceConfig::registered_for`](crate::resilience::ResilienceConfig::registered_for).
+    /// Where no pattern was told (a layer built by hand), it labels as [`Topic`](Self::Topic).
+    Pattern,
 }
 
 impl TopicLabel {
+    /// This label for a handler registered for `pattern`: [`Pattern`](Self::Pattern) becomes
+    /// [`Fixed`](Self::Fixed)`(pattern)`, the others stay as they are.
+    pub fn registered_for(self, pattern: &str) -> Self {
+        match self {
+            Self::Pattern => Self::Fixed(pattern.into()),
+            other => other,
+        }
+    }
+
     pub(crate) fn value<'a>(&'a self, env: &'a Envelope) -> &'a str {
         match self {
-            Self::Topic => env.topic.as_str(),
             Self::Fixed(s) => s.as_str(),
+            Self::Topic | Self::Pattern => env.topic.as_str(),
         }
     }
 }

@@ -62,7 +62,11 @@ pub struct ResilienceConfig {
     pub concurrency: Option<usize>,
     /// Token bucket `(rate, per, burst)`, unlimited when `None`.
     pub rate: Option<(u32, Duration, u32)>,
-    /// What the metrics' `topic` label holds.
+    /// What the metrics' `topic` label holds: by default [`TopicLabel::Pattern`], the pattern
+    /// (or command topic) the handler was registered for, once told with
+    /// [`registered_for`](Self::registered_for) (the bus's `with_resilience` does). Set
+    /// [`TopicLabel::Topic`] to label by each message's topic, only for a bounded set of
+    /// topics: every topic seen is a series per metric.
     pub topic_label: TopicLabel,
     /// Registry to count into (shared by several handlers), a fresh one when `None`.
     pub registry: Option<MetricsRegistry>,
@@ -71,7 +75,9 @@ pub struct ResilienceConfig {
 impl Default for ResilienceConfig {
     /// [`RetryPolicy::default`] (3 attempts, 100 ms .. 10 s, full jitter), 30 s timeout,
     /// [`BreakerConfig::default`] (5 failures in 60 s, 30 s cool-down, 1 trial), no dedup, no
-    /// concurrency or rate limit, topic label = topic, a fresh registry.
+    /// concurrency or rate limit, topic label = the registered pattern
+    /// ([`TopicLabel::Pattern`]; the message's topic until a pattern is told), a fresh
+    /// registry.
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
@@ -80,7 +86,7 @@ impl Default for ResilienceConfig {
             dedup: None,
             concurrency: None,
             rate: None,
-            topic_label: TopicLabel::Topic,
+            topic_label: TopicLabel::Pattern,
             registry: None,
         }
     }
@@ -133,9 +139,18 @@ impl ResilienceConfig {
         self
     }
 
-    /// Sets the metrics topic label.
+    /// Sets the metrics topic label; see [`topic_label`](Self::topic_label) (the field) for
+    /// the default and why [`TopicLabel::Topic`] is only for a bounded set of topics.
     pub fn topic_label(mut self, label: TopicLabel) -> Self {
         self.topic_label = label;
+        self
+    }
+
+    /// Tells the config the pattern (or command topic) its handler was registered for: a
+    /// [`TopicLabel::Pattern`] label becomes `TopicLabel::Fixed(pattern)`, one series per
+    /// registration; another label is kept. The bus's `with_resilience` calls it.
+    pub fn registered_for(mut self, pattern: &str) -> Self {
+        self.topic_label = self.topic_label.registered_for(pattern);
         self
     }
 

@@ -2,7 +2,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use switchyard_core::{BoxError, Permanent};
+use switchyard_core::{BoxError, CodecDirection, CodecError, Permanent};
 
 use crate::breaker::BreakerOpenError;
 use crate::catch_panic::PanicError;
@@ -59,6 +59,8 @@ type Rule = Arc<dyn Fn(&(dyn Error + 'static)) -> Option<bool> + Send + Sync>;
 /// The chain of the error (the error, then its `source()`s) is walked from the outside in;
 /// the first link that something recognises decides:
 /// 1. [`Permanent`] (`switchyard_core::Permanent`) → no, [`Transient`] → yes;
+///    a decoding [`CodecError`] (the bus could not decode the payload for a typed handler:
+///    the same bytes never decode) → no;
 /// 2. [`PanicError`] → [`Classifier::retry_panics`] (default: no);
 /// 3. [`TimeoutError`] → [`Classifier::retry_timeouts`] (default: yes);
 /// 4. [`BreakerOpenError`] → yes (the next attempt waits for the breaker);
@@ -151,6 +153,11 @@ impl Classifier {
         if e.is::<Transient>() {
             return Some(true);
         }
+        if e.downcast_ref::<CodecError>()
+            .is_some_and(|c| c.direction == CodecDirection::Decode)
+        {
+            return Some(false);
+        }
         if e.is::<PanicError>() {
             return Some(self.retry_panics);
         }
@@ -230,6 +237,26 @@ mod tests {
         let plain = Classifier::default().unknown_retryable(false);
         assert!(!plain.is_retryable(&Outer(Typed(true))));
     }
+
+    #[test]
+    fn a_decode_failure_is_permanent_even_inside_a_chain() {
+        let codec = |direction| CodecError {
+            direction,
+            type_name: "T",
+            source: "bad bytes".into(),
+        };
+        let c = Classifier::default();
+        assert!(!c.is_retryable(&codec(CodecDirection::Decode)));
+        assert!(!c.is_retryable(&Outer2(codec(CodecDirection::Decode))));
+        // An encoding failure is not recognised: the unknown default decides.
+        assert!(c.is_retryable(&codec(CodecDirection::Encode)));
+        // A marker outside it still wins.
+        assert!(c.is_retryable(&*Transient::boxed(codec(CodecDirection::Decode))));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Outer2(#[source] CodecError);
 
     #[test]
     fn custom_rule() {

@@ -16,8 +16,10 @@
 //!   handler gives one and [`RetryPolicy::honor_retry_after`] is on);
 //! - errors the policy's classifier ([`RetryPolicy::classifier`], by default
 //!   `Classifier::default()`) calls retryable: typed errors implementing [`Retryable`] once
-//!   registered, [`Transient`]/[`Permanent`] markers, timeouts (default: retried) and panics
-//!   (default: not retried), everything else by [`Classifier::unknown_retryable`] (default: yes).
+//!   registered, [`Transient`]/[`Permanent`] markers, timeouts (default: retried), panics
+//!   (default: not retried) and payload decode failures (`switchyard_core::CodecError`
+//!   decoding: never retried; the bus dead-letters them as `DecodeFailed`), everything else
+//!   by [`Classifier::unknown_retryable`] (default: yes).
 //!
 //! `Ack`, `Reply` and `Reject` are returned at once. When the layer gives up it returns a
 //! [`RetryError`] (`Exhausted` or `Permanent`, the last error as its source) wrapped in

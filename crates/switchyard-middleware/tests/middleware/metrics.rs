@@ -179,3 +179,40 @@ async fn counts_stay_per_topic_when_topics_alternate() {
     assert_eq!(snap.get("a.b", "h").unwrap().acked, 2);
     assert_eq!(snap.get("c.d", "h").unwrap().acked, 4);
 }
+
+#[tokio::test]
+async fn resilience_config_labels_by_the_registered_pattern_unless_told_otherwise() {
+    use switchyard_middleware::metrics::MetricsRegistry;
+    use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
+    // (config, rows expected after `users.created` and `users.deleted`)
+    let registered = ResilienceConfig::default().registered_for("users.#");
+    let opted_in = ResilienceConfig::default()
+        .topic_label(TopicLabel::Topic)
+        .registered_for("users.#");
+    let untold = ResilienceConfig::default();
+    for (case, config, expected) in [
+        ("registered", registered, vec!["users.#"]),
+        ("opted in", opted_in, vec!["users.created", "users.deleted"]),
+        (
+            "no pattern told",
+            untold,
+            vec!["users.created", "users.deleted"],
+        ),
+    ] {
+        let registry = MetricsRegistry::new();
+        let layer = ResilienceLayer::new("mailer", config.registry(registry.clone()));
+        let svc = layer.layer(by_payload());
+        for topic in ["users.created", "users.deleted"] {
+            let mut e = env(topic);
+            e.payload = "ack".into();
+            svc.clone().oneshot(e).await.unwrap();
+        }
+        let rows: Vec<_> = registry
+            .snapshot()
+            .handlers
+            .into_iter()
+            .map(|h| h.topic)
+            .collect();
+        assert_eq!(rows, expected, "{case}");
+    }
+}

@@ -36,7 +36,7 @@ pub(crate) async fn asyncapi_json(State(state): State<AppState>, _admin: Admin) 
     let info = asyncapi::Info {
         title: "switchyard node".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        server: Some((state.config.listen.to_string(), "http".to_owned())),
+        server: Some((state.listen_addr().to_string(), "http".to_owned())),
     };
     Json(asyncapi::export(&registry, &info))
 }

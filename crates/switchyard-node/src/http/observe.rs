@@ -118,7 +118,7 @@ pub(crate) async fn status(State(state): State<AppState>, _admin: Admin) -> Json
         published: state.metrics.published(),
         pending: state.bus.pending(),
         auth: state.auth.enabled(),
-        listen: state.config.listen.to_string(),
+        listen: state.listen_addr().to_string(),
     })
 }
 

@@ -149,6 +149,12 @@ async fn metrics_and_stats_show_bus_and_gateway_figures() {
     assert_eq!(status["published"], 3);
     assert_eq!(status["subscriptions"], 1);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    // The address the node serves on (an ephemeral port), not the configured `listen`.
+    assert_eq!(
+        status["listen"],
+        node.url.trim_start_matches("http://"),
+        "{status}"
+    );
     node.stop().await.unwrap();
 }
 

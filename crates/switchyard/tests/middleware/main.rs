@@ -15,8 +15,10 @@ use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use switchyard_middleware::retry::RetryPolicy;
 use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent};
 
+mod labels;
 mod resilience_defaults;
 mod review_rev4;
+mod undecodable;
 
 fn order(i: u32) -> Envelope {
     Envelope::new(Topic::new("orders.placed").unwrap(), format!("{i}"))
