@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 use switchyard::{Envelope, Topic};
 
-use crate::support::{Client, TestNode};
+use crate::support::{Client, TestNode, eventually};
 
 /// Publishes events on `busy.tick` until `stop` is set (at most `limit`), yielding between
 /// publishes so the node's own tasks run.
@@ -155,15 +155,13 @@ fn keep_sending(
         .collect()
 }
 
-/// A connection that starts handling a command topic others are already sending to learns
-/// it handles the topic (`handling`) before it gets the first `command` (like `subscribe`
-/// above: the bus handler can take a command while the answer is still to be queued).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_handler_is_answered_before_its_first_command() {
-    let node = TestNode::start("").await;
+/// Runs `rounds` connections that each start handling `busy.job` while senders are busy,
+/// check that `handling` comes before the first `command`, take one and close; returns once
+/// the senders stopped.
+async fn handlers_joining_busy_senders(node: &TestNode, rounds: usize) {
     let stop = Arc::new(AtomicBool::new(false));
-    let senders = keep_sending(&node, stop.clone(), 4);
-    for round in 0..30 {
+    let senders = keep_sending(node, stop.clone(), 4);
+    for round in 0..rounds {
         let mut c = node.client().await;
         c.send(json!({"op": "handle", "id": "h", "topic": "busy.job"}))
             .await;
@@ -181,5 +179,30 @@ async fn a_new_handler_is_answered_before_its_first_command() {
     for s in senders {
         assert!(s.await.unwrap() > 0);
     }
+}
+
+/// A connection that starts handling a command topic others are already sending to learns
+/// it handles the topic (`handling`) before it gets the first `command` (like `subscribe`
+/// above: the bus handler can take a command while the answer is still to be queued).
+/// The node is not stopped here: see the next test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_handler_is_answered_before_its_first_command() {
+    let node = TestNode::start("").await;
+    handlers_joining_busy_senders(&node, 30).await;
+}
+
+/// Once every handler connection closed and every sender stopped, nothing stays pending on
+/// the node's bus (its stop would otherwise wait out the whole shutdown grace). Found at the
+/// end of stop 36: in most runs 1-2 commands sent to a connection that closed stay pending
+/// for more than 10 s, so `Node::serve`'s stop takes its full `shutdown_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: commands in flight to a closing WebSocket handler can stay pending (node stop waits its whole grace)"]
+async fn nothing_stays_pending_after_busy_handlers_closed() {
+    let node = TestNode::start("").await;
+    handlers_joining_busy_senders(&node, 30).await;
+    eventually("the closed handlers' calls to end", || async {
+        (node.bus.pending() == 0).then_some(())
+    })
+    .await;
     node.stop().await;
 }
