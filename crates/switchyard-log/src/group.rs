@@ -40,6 +40,20 @@ struct Pending {
     state: PState,
 }
 
+impl Pending {
+    /// A record just read, not handed out yet.
+    fn fresh(envelope: Envelope, key: Option<SmolStr>) -> Self {
+        Self {
+            envelope,
+            key,
+            attempts: 0,
+            first_delivered: None,
+            generation: 0,
+            state: PState::Ready(None),
+        }
+    }
+}
+
 /// Mutable part of a group.
 ///
 /// Records are read in log order into `pending` (the read-ahead window, at most
@@ -216,17 +230,7 @@ impl GroupShared {
                     .as_deref()
                     .and_then(|h| envelope.header(h))
                     .map(SmolStr::new);
-                st.pending.insert(
-                    offset,
-                    Pending {
-                        envelope,
-                        key,
-                        attempts: 0,
-                        first_delivered: None,
-                        generation: 0,
-                        state: PState::Ready(None),
-                    },
-                );
+                st.pending.insert(offset, Pending::fresh(envelope, key));
             }
         }
         st.trim_ahead();
@@ -290,17 +294,7 @@ impl GroupShared {
                     busy.insert(k.clone());
                 }
                 st.ahead_taken.insert(offset);
-                st.pending.insert(
-                    offset,
-                    Pending {
-                        envelope,
-                        key,
-                        attempts: 0,
-                        first_delivered: None,
-                        generation: 0,
-                        state: PState::Ready(None),
-                    },
-                );
+                st.pending.insert(offset, Pending::fresh(envelope, key));
                 taken.get_or_insert(offset);
             }
         }

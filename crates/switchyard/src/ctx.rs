@@ -19,7 +19,6 @@ use tower::util::BoxCloneService;
 use tower::{Service, service_fn};
 
 use crate::bus::Bus;
-use crate::config::SESSION_HEADER;
 use crate::handler::{BoxBatchHandler, BoxHandler, IntoOutcome};
 use crate::state::BusInner;
 
@@ -220,16 +219,12 @@ impl Ctx {
     }
 }
 
-/// `blank` as a consequence of `parent`: caused by it, in its flow, and in its session (the
-/// `session-id` header, copied when `parent` has one: `Envelope::caused_by` copies only the
-/// ids, and the publish then takes the causation as set and inherits nothing more).
+/// `blank` as a consequence of `parent` (see `publish::follow_parent`): the publish then
+/// takes the causation as set and inherits nothing more.
 #[inline]
-fn consequence(blank: Envelope, parent: &Envelope) -> Envelope {
-    let mut env = blank.caused_by(parent);
-    if let Some(session) = parent.header(SESSION_HEADER) {
-        env.headers_mut().insert(SESSION_HEADER, session);
-    }
-    env
+fn consequence(mut blank: Envelope, parent: &Envelope) -> Envelope {
+    crate::publish::follow_parent(&mut blank, parent);
+    blank
 }
 
 /// `env` with its payload made, if it was carried unencoded. It encoded when published

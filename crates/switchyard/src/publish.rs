@@ -675,17 +675,22 @@ pub(crate) fn inherit_parent(env: &mut Envelope) {
     if env.causation_id().is_some() {
         return;
     }
-    let _ = switchyard_core::delivered::with(|parent| {
-        env.set_causation_id(Some(parent.id.clone()));
-        if env.correlation_id == env.id {
-            env.correlation_id = parent.correlation_id.clone();
-        }
-        if let Some(session) = parent.header(SESSION_HEADER)
-            && env.header(SESSION_HEADER).is_none()
-        {
-            env.headers_mut().insert(SESSION_HEADER, session);
-        }
-    });
+    let _ = switchyard_core::delivered::with(|parent| follow_parent(env, parent));
+}
+
+/// Makes `env` a consequence of `parent`: caused by it, in its flow (its correlation, unless
+/// `env` has one of its own) and in its session (the `session-id` header, unless `env` has
+/// one).
+pub(crate) fn follow_parent(env: &mut Envelope, parent: &Envelope) {
+    env.set_causation_id(Some(parent.id.clone()));
+    if env.correlation_id == env.id {
+        env.correlation_id = parent.correlation_id.clone();
+    }
+    if let Some(session) = parent.header(SESSION_HEADER)
+        && env.header(SESSION_HEADER).is_none()
+    {
+        env.headers_mut().insert(SESSION_HEADER, session);
+    }
 }
 
 type Waiter = (String, AnswerRx);
