@@ -480,6 +480,49 @@ impl SubShared {
         });
     }
 
+    /// Resolves once the subscription was removed (its handle dropped) while the bus runs;
+    /// never during a shutdown, whose deadline settles what is left. See
+    /// [`give_up_waiting`](Self::give_up_waiting).
+    pub(crate) async fn removed(&self) {
+        self.queue.closed().await;
+        let running = self
+            .bus
+            .upgrade()
+            .is_some_and(|b| b.state.load(Ordering::Acquire) == RUNNING);
+        if !running {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Settles everything waiting in the queue of a [removed](Self::removed) subscription
+    /// whose handler cannot take messages now (an open circuit breaker, a rate limit):
+    /// nothing is routed to it any more, so waiting for its handler would keep its
+    /// commands' senders, and the bus's pending count (which `run_until_idle` and a
+    /// shutdown wait for), waiting out the breaker's cool-down. An in-memory message is
+    /// dead-lettered (`Unroutable`, its sender answered `NotProcessed`); one from a
+    /// transport is handed back (nacked), which delivers it again.
+    pub(crate) async fn give_up_waiting(&self) {
+        let Some(bus) = self.bus.upgrade() else {
+            return;
+        };
+        for mut entry in self.queue.drain_waiting() {
+            match entry.delivery.take() {
+                Some(delivery) => {
+                    if let Err(e) = delivery.nack(None).await {
+                        tracing::warn!(subscription = %self.name(), error = %e, "nack of a removed subscription's message failed; the transport redelivers after its ack wait");
+                    }
+                    entry.accepted.settle(Settled::LeftOver);
+                }
+                None => self.give_up(
+                    &bus,
+                    entry,
+                    DeadLetterReason::Unroutable,
+                    "its subscription was removed while the handler could not take messages (not ready: e.g. an open circuit breaker)".into(),
+                ),
+            }
+        }
+    }
+
     /// Marks the subscription inactive and stops intake; workers drain the queue and exit.
     pub(crate) fn deactivate(&self) {
         self.active.store(false, Ordering::Relaxed);

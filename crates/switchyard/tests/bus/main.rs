@@ -6,6 +6,7 @@ mod backpressure;
 mod carried_values;
 mod causation;
 mod close_twice;
+mod closed_handlers;
 mod commands;
 mod durations;
 mod failures;
