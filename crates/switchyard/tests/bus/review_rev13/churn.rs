@@ -268,7 +268,7 @@ async fn event_churn_leaves_nothing_pending_and_loses_nothing_accepted() {
                 )
                 .workers(1 + rng.below(3) as usize)
                 .queue_capacity(1 + rng.below(8) as usize)
-                .overflow(overflows[rng.below(4) as usize].clone())
+                .overflow(overflows[rng.below(4) as usize])
                 .start()
                 .await
                 .unwrap();
@@ -547,7 +547,7 @@ async fn shutdown_racing_everything_accounts_for_every_accepted_message() {
         }
         let left: HashSet<_> = report.left.iter().cloned().collect();
         let dead: HashSet<_> = letters.iter().map(|l| l.envelope.id.clone()).collect();
-        let handled = handled.lock();
+        let handled = handled.lock().clone();
         let lost: Vec<_> = accepted
             .lock()
             .iter()
