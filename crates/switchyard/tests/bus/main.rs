@@ -23,6 +23,7 @@ mod prefetch;
 mod queued_ctx;
 mod review_coverage;
 mod review_rev11;
+mod review_rev13;
 mod review_rev5;
 mod routing;
 mod shared;
