@@ -551,3 +551,136 @@ fn a_full_memory_queue_evicts_the_oldest_and_counts_it() {
         vec![es[2].id.clone(), es[3].id.clone(), es[4].id.clone()]
     );
 }
+
+// ---------------------------------------------------------------- the fused stack's clocks
+
+/// The fused stack's dedup TTL follows the (virtual) clock: a duplicate just inside the TTL
+/// is acked without a call, one just past it is handled again.
+#[tokio::test(start_paused = true)]
+async fn fused_dedup_ttl_follows_the_virtual_clock() {
+    use switchyard_middleware::dedup::DedupConfig;
+    let (h, calls) = scripted(vec![]);
+    let layer = ResilienceLayer::new(
+        "h",
+        ResilienceConfig::default().dedup(DedupConfig::default().ttl(Duration::from_secs(10))),
+    );
+    let mut svc = layer.layer(h);
+    let e = env("a.b");
+    svc.ready().await.unwrap().call(e.clone()).await.unwrap();
+    tokio::time::advance(ms(9_990)).await;
+    svc.ready().await.unwrap().call(e.clone()).await.unwrap();
+    assert_eq!(
+        count(&calls),
+        1,
+        "a duplicate within the TTL is not handled"
+    );
+    tokio::time::advance(ms(20)).await;
+    svc.ready().await.unwrap().call(e.clone()).await.unwrap();
+    assert_eq!(count(&calls), 2, "past the TTL the key is forgotten");
+}
+
+/// The fused stack's dedup with retry: a message that failed once and then succeeded within
+/// the retries marks its key ("only once the retried whole succeeded"); one that exhausted
+/// its attempts does not, so its redelivery is handled.
+#[tokio::test(start_paused = true)]
+async fn fused_dedup_marks_only_a_retried_whole_that_succeeded() {
+    use switchyard_middleware::dedup::DedupConfig;
+    let (h, calls) = scripted(vec![Step::Fail, Step::Ack, Step::Fail, Step::Fail]);
+    let layer = ResilienceLayer::new(
+        "h",
+        ResilienceConfig::default()
+            .retry(exact(2))
+            .dedup(DedupConfig::default()),
+    );
+    let mut svc = layer.layer(h);
+    let (ok, bad) = (env("a.ok"), env("a.bad"));
+    svc.ready().await.unwrap().call(ok.clone()).await.unwrap();
+    assert_eq!(count(&calls), 2);
+    svc.ready().await.unwrap().call(ok.clone()).await.unwrap();
+    assert_eq!(
+        count(&calls),
+        2,
+        "the duplicate of a retried success is acked"
+    );
+    svc.ready()
+        .await
+        .unwrap()
+        .call(bad.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(count(&calls), 4);
+    svc.ready().await.unwrap().call(bad.clone()).await.unwrap();
+    assert_eq!(count(&calls), 5, "an exhausted message is not marked");
+}
+
+/// The fused stack's breaker window follows the (virtual) clock: failures further apart
+/// than the window never add up to the threshold.
+#[tokio::test(start_paused = true)]
+async fn fused_breaker_window_follows_the_virtual_clock() {
+    let (h, _calls) = scripted(vec![Step::Fail; 3]);
+    let layer = ResilienceLayer::new(
+        "h",
+        ResilienceConfig::default().retry(exact(1)).breaker(
+            BreakerConfig::default()
+                .failures(2)
+                .window(Duration::from_secs(10)),
+        ),
+    );
+    let breaker = layer.breaker();
+    let mut svc = layer.layer(h);
+    svc.ready()
+        .await
+        .unwrap()
+        .call(env("a.b"))
+        .await
+        .unwrap_err();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    svc.ready()
+        .await
+        .unwrap()
+        .call(env("a.b"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Closed,
+        "the first failure left the window"
+    );
+    svc.ready()
+        .await
+        .unwrap()
+        .call(env("a.b"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        breaker.state(),
+        BreakerState::Open,
+        "two within the window open it"
+    );
+}
+
+/// The fused stack caps a handler's `Retry { after }` at `max_delay` too, and equal jitter
+/// there keeps to the upper half of the cap.
+#[tokio::test(start_paused = true)]
+async fn fused_retry_after_is_capped_and_equal_jitter_bounded() {
+    let (h, calls) = scripted(vec![Step::RetryAfter(Duration::from_secs(60)), Step::Fail]);
+    let policy = RetryPolicy::default()
+        .max_attempts(3)
+        .initial_delay(ms(400))
+        .max_delay(Duration::from_secs(2))
+        .jitter(Jitter::Equal)
+        .seed(7);
+    let layer = ResilienceLayer::new("h", ResilienceConfig::default().retry(policy));
+    assert_eq!(
+        layer.layer(h).oneshot(env("a.b")).await.unwrap(),
+        Outcome::Ack
+    );
+    let g = gaps(&calls);
+    assert_eq!(
+        g[0],
+        Duration::from_secs(2),
+        "Retry {{ after: 60 s }} capped at 2 s"
+    );
+    // After the second failure the cap is 400 ms × 2 = 800 ms: equal jitter in [400, 800].
+    assert!(g[1] >= ms(400) && g[1] <= ms(801), "{:?}", g[1]);
+}
