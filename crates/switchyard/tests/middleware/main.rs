@@ -17,6 +17,7 @@ use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent}
 
 mod labels;
 mod resilience_defaults;
+mod review_rev16;
 mod review_rev4;
 mod undecodable;
 
