@@ -84,7 +84,6 @@ async fn a_trace_follows_a_request_through_every_layer_and_back() {
     assert_eq!(fx.correlation_id.to_string(), correlation);
     node.bus.run_until_idle().await;
     let trace = get_json(&node, &format!("/v1/trace/{correlation}")).await;
-    println!("{trace:#}");
     let msgs = trace["messages"].as_array().unwrap();
     let topics: Vec<&str> = msgs.iter().map(|m| m["topic"].as_str().unwrap()).collect();
     for hop in ["mgr.plan", "svc.work", "fx.done"] {
@@ -149,7 +148,6 @@ async fn topology_drops_a_subscription_that_went_away() {
         .unwrap()
         .detach();
     let topo = get_json(&node, "/v1/topology?format=json").await;
-    println!("{topo:#}");
     assert!(graph_names(&topo).contains("ephemeral-watcher"), "{topo}");
     let mermaid = client()
         .get(node.url("/v1/topology?format=mermaid"))
@@ -319,6 +317,149 @@ async fn the_stream_stats_equal_metrics_and_clients_leave_no_trace() {
     assert_eq!(sub["stats"]["rejected"], 1, "{sub}");
     let dlq = metric(&text, "switchyard_dlq_size", &[]);
     assert_eq!(dlq, Some(1.0), "{text}");
-    println!("{stats:#}");
+    node.stop().await.unwrap();
+}
+
+/// The gateway's duration histogram counts every request of a route, refused ones too: its
+/// `_count` equals the sum of `requests_total` over statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_histogram_counts_every_request() {
+    let node = TestNode::start(MEMORY).await;
+    let http = client();
+    for i in 0..7 {
+        // Every third with a bad priority header: 400.
+        let mut req = http.post(node.url("/v1/publish/h.x")).body("{}");
+        if i % 3 == 0 {
+            req = req.header("x-priority", "999");
+        }
+        let res = req.send().await.unwrap();
+        assert!(
+            res.status() == 202 || res.status() == 400,
+            "{}",
+            res.status()
+        );
+    }
+    let text = scrape(&node).await;
+    let route = "route=\"/v1/publish/{topic}\"";
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_gateway_requests_total") && l.contains(route))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, 7.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_gateway_requests_total",
+            &[route, "status=\"400\""]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchyard_gateway_request_duration_seconds_count",
+            &[route]
+        ),
+        Some(7.0),
+        "{text}"
+    );
+    node.stop().await.unwrap();
+}
+
+/// Each dead letter reaches a `/v1/stream` reader as a `dead_letter` event whose
+/// `dead_letters` is the queue's size after it, and which matches `/v1/dlq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_dead_letter_events_match_the_dlq() {
+    let node = TestNode::start(MEMORY).await;
+    node.bus
+        .subscribe(
+            "refuser",
+            "dl.#",
+            handler_fn(|_e: Envelope| async {
+                Ok::<_, std::convert::Infallible>(Outcome::reject("nope"))
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let (hello_tx, hello_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = {
+        let url = node.url("");
+        let mut hello_tx = Some(hello_tx);
+        tokio::spawn(async move {
+            let res = client()
+                .get(format!("{url}/v1/stream"))
+                .send()
+                .await
+                .unwrap();
+            let mut body = res.bytes_stream();
+            let mut buf = String::new();
+            let mut out: Vec<Value> = Vec::new();
+            while let Some(chunk) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    if block.contains("event: dead_letter") || block.contains("event:dead_letter") {
+                        let data = block
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data:"))
+                            .unwrap()
+                            .trim_start()
+                            .to_owned();
+                        out.push(serde_json::from_str(&data).unwrap());
+                        if out.len() == 3 {
+                            return out;
+                        }
+                    }
+                    if block.contains("event: hello") || block.contains("event:hello") {
+                        // connected: the publisher may start
+                        if let Some(tx) = hello_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+            out
+        })
+    };
+    // The reader is subscribed once it got its `hello`.
+    tokio::time::timeout(Duration::from_secs(10), hello_rx)
+        .await
+        .expect("hello in time")
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let res: Value = client()
+            .post(node.url("/v1/publish/dl.x"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(res["correlation_id"].as_str().unwrap().to_owned());
+        node.bus.run_until_idle().await;
+    }
+    let events = tokio::time::timeout(Duration::from_secs(15), reader)
+        .await
+        .expect("3 dead_letter events")
+        .unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    let sizes: Vec<u64> = events
+        .iter()
+        .map(|e| e["dead_letters"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [1, 2, 3], "{events:?}");
+    let got: Vec<&str> = events
+        .iter()
+        .map(|e| e["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids, "{events:?}");
+    let dlq = get_json(&node, "/v1/dlq").await;
+    assert_eq!(dlq["total"], 3, "{dlq}");
     node.stop().await.unwrap();
 }
