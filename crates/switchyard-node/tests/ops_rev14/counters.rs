@@ -121,6 +121,16 @@ async fn counters_equal_a_known_mix_of_outcomes() {
     ] {
         assert_eq!(s["stats"][field], want, "{field}: {s}");
     }
+    let lat = stats["latency"]["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["handler"] == "mix")
+        .unwrap_or_else(|| panic!("no latency row for mix: {stats}"))
+        .clone();
+    // "every handler call": the 9 deliveries and the 3 re-attempts of the retry policy
+    // (while `switchyard_handler_duration_seconds_count` above counts deliveries: 9).
+    assert_eq!(lat["count"], 12, "latency counts every call: {lat}");
     let status = get_json(&node, "/v1/status").await;
     assert_eq!(status["dead_letters"], 3, "{status}");
     assert_eq!(status["published"], 9, "{status}");
