@@ -567,6 +567,16 @@ pub struct HandlerFailure {
     pub error: SendError,
 }
 
+/// Starts `env`'s delivery bookkeeping afresh (attempt 0, never delivered): a publish or a
+/// send of an envelope the caller gives is a new delivery, whatever it went through before
+/// (a dead letter's attempts, a handler's delivery); id, correlation, causation, headers and
+/// payload are kept.
+#[inline(always)]
+pub(crate) fn new_delivery(env: &mut Envelope) {
+    env.delivery.attempt = 0;
+    env.delivery.first_delivered_at = None;
+}
+
 /// What a publish carries beside its envelope: nothing ([`NoValue`], an envelope publish) or
 /// the typed message it is made from ([`Typed`]).
 pub(crate) trait Published {
@@ -589,8 +599,7 @@ impl Published for NoValue {
     // passed on from a handler): its attempts are not this publish's.
     #[inline(always)]
     fn fresh_delivery(&self, env: &mut Envelope) {
-        env.delivery.attempt = 0;
-        env.delivery.first_delivered_at = None;
+        new_delivery(env);
     }
 
     // An envelope passed on as it was delivered may still carry a typed value unencoded
