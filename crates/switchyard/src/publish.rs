@@ -13,7 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
-use crate::pending::OwedTo;
+use crate::pending::OwedReaders;
 use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
@@ -745,12 +745,11 @@ impl GroupDelivery {
 /// without counting them (`SubShared::enqueue_delivery`), so one session ending while
 /// another's messages are on the way leaves nothing owed behind. A subscription whose reader
 /// stopped (dropped, its pump gone) is owed nothing: nothing would receive it.
-fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> Vec<Arc<OwedTo>> {
-    let mut owed: Vec<Arc<OwedTo>> = Vec::new();
+/// Kept inline (no allocation) for the usual 0 or 1 reader.
+fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> OwedReaders {
+    let mut owed = OwedReaders::new();
     for s in targets {
-        if let Some(id) = &s.config.session
-            && env.header(SESSION_HEADER) != Some(id.as_str())
-        {
+        if !s.config.in_session_scope(env) {
             continue;
         }
         let Some(reader) = s.owed.get().and_then(std::sync::Weak::upgrade) else {
