@@ -19,7 +19,7 @@ use switchyard_core::{
 };
 use tokio::task::JoinHandle;
 
-use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
+use crate::config::{SubscriptionConfig, SubscriptionKind};
 use crate::handler::{BoxHandler, SingleHandler};
 use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::{Entry, Overflow, Queue};
@@ -449,12 +449,7 @@ impl SubShared {
     /// Session scope and filters, checked before queueing.
     #[inline]
     pub(crate) fn accepts(&self, env: &Envelope) -> bool {
-        if let Some(session) = &self.config.session
-            && env.header(SESSION_HEADER) != Some(session.as_str())
-        {
-            return false;
-        }
-        self.config.filters.iter().all(|f| f(env))
+        self.config.in_session_scope(env) && self.config.filters.iter().all(|f| f(env))
     }
 
     /// Dead-letters a message that will not be handled, answers its sender and settles it.

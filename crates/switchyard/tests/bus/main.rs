@@ -17,6 +17,7 @@ mod inline_shutdown;
 mod lent_and_kept;
 mod limits;
 mod local;
+mod noticed_stop36;
 mod ordering;
 mod polls;
 mod prefetch;
