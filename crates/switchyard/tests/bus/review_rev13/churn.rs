@@ -148,7 +148,6 @@ async fn commands_queued_behind_a_dropped_busy_handler_do_not_stay_pending() {
 /// `resilient, seed 1: bus.pending() is still 40 after 5s` (32 to 42 in the runs seen).
 /// The same run with a breaker that never opens passes (next test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: commands queued to a dropped command handler whose breaker opened stay pending (until the 30 s cool-down, one trial at a time)"]
 async fn commands_to_dropped_resilient_handlers_do_not_stay_pending() {
     for seed in 1..=3 {
         let (bus, _) = busy_handlers_dropped(seed, Some(5)).await;
@@ -223,7 +222,13 @@ async fn event_churn_leaves_nothing_pending_and_loses_nothing_accepted() {
                         let topic = Topic::new(topics[rng.below(5) as usize]).unwrap();
                         let env = Envelope::new(topic, "{}");
                         let id = env.id.clone();
-                        let limit = Duration::from_micros(rng.below(300));
+                        // Most publishes are cut short at a random point; one in four
+                        // waits, so that enough are accepted however loaded the machine is.
+                        let limit = if rng.below(4) == 0 {
+                            Duration::from_secs(5)
+                        } else {
+                            Duration::from_micros(rng.below(300))
+                        };
                         if let Ok(Ok(())) =
                             tokio::time::timeout(limit, bus.publish_envelope(env)).await
                         {
