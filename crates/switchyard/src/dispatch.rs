@@ -21,7 +21,7 @@ use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
-use crate::state::{BusInner, Parent, SubShared, TypedSlot};
+use crate::state::{BusInner, Parent, SubShared, TypedSlot, panic_message};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages (so does
@@ -867,14 +867,4 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }
