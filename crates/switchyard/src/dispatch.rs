@@ -501,7 +501,11 @@ impl SubShared {
                 None => {
                     let text = error_chain(&*e);
                     inc(&c.failed);
-                    let permanent = e.is::<Permanent>();
+                    // A `Permanent` outermost, or a value that does not encode anywhere in
+                    // the chain (a typed reply, a `ctx.publish`): the same value fails the
+                    // same way on every attempt (as the resilience stack's classifier says).
+                    let permanent =
+                        e.is::<Permanent>() || switchyard_core::error::has_codec_failure(&*e);
                     let last_attempt = attempts_inside(&*e, attempt);
                     tracing::warn!(subscription = %self.name(), message_id = %first.id,
                         correlation_id = %first.correlation_id, attempt, permanent,
