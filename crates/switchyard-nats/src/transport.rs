@@ -498,6 +498,29 @@ impl NatsTransport {
 /// the payload.
 const MAX_PAYLOAD: &str = "the NATS server's max_payload (payload and headers)";
 
+impl NatsTransport {
+    /// Refuses a message of `payload` bytes sent with `headers` that the server would not
+    /// take: it counts the header block ([`codec::header_bytes`]) with the payload against
+    /// its `max_payload`, and drops the connection over it (the sender would then wait for
+    /// its deadline). `size` in the error counts the headers.
+    pub(crate) fn fits_max_payload(
+        &self,
+        payload: usize,
+        headers: &async_nats::HeaderMap,
+    ) -> Result<(), switchyard_core::TooLarge> {
+        let limit = self.inner.client.server_info().max_payload;
+        let size = payload.saturating_add(codec::header_bytes(headers));
+        if limit > 0 && size > limit {
+            return Err(switchyard_core::TooLarge {
+                size,
+                limit,
+                limit_of: MAX_PAYLOAD,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
     /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
@@ -512,18 +535,10 @@ impl Publisher for NatsTransport {
         // and drops the connection over a larger message (every resend again, so the
         // publish would fail only at `publish_timeout`): refused here, at once. The headers
         // made for the check are the ones the first send uses.
-        let limit = self.inner.client.server_info().max_payload;
         let mut headers = Vec::with_capacity(batch.len());
         for env in &batch {
             let h = codec::encode_headers(env);
-            let size = env.payload.len().saturating_add(codec::header_bytes(&h));
-            if limit > 0 && size > limit {
-                return Err(PublishError::TooLarge(switchyard_core::TooLarge {
-                    size,
-                    limit,
-                    limit_of: MAX_PAYLOAD,
-                }));
-            }
+            self.fits_max_payload(env.payload.len(), &h)?;
             headers.push(Some(h));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);
