@@ -16,9 +16,9 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, Subject};
 use futures::{Stream, StreamExt};
 use switchyard_core::{
-    AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, Delivery,
-    Envelope, InMemoryDeadLetters, MessageId, Pattern, PublishError, Publisher, SubscribeError,
-    Subscriber, Topic, TransportError, TransportErrorKind,
+    AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, DeadLetterRoute,
+    Delivery, Envelope, InMemoryDeadLetters, MessageId, Pattern, PublishError, Publisher,
+    SubscribeError, Subscriber, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -74,8 +74,9 @@ pub(crate) struct Inner {
     /// pattern (a durable consumer has one filter, and a second pattern would replace it).
     groups: Mutex<HashMap<String, GroupUse>>,
     next_id: AtomicU64,
-    /// Where dead letters go when the config names no sink (never dropped).
-    own_dead_letters: Arc<InMemoryDeadLetters>,
+    /// Where dead letters go: the configured sink, or the transport's own store (never
+    /// dropped).
+    dead_letters: DeadLetterRoute,
 }
 
 /// A group in use on this transport: its name as given, its pattern, its live members.
@@ -327,6 +328,7 @@ impl NatsTransport {
         }
         durable::ensure_stream(&js, &config).await?;
         let (shutdown, _) = watch::channel(false);
+        let dead_letters = DeadLetterRoute::new(config.dead_letters.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -343,7 +345,7 @@ impl NatsTransport {
                 routes: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
-                own_dead_letters: Arc::new(InMemoryDeadLetters::default()),
+                dead_letters,
             }),
         })
     }
