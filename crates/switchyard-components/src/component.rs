@@ -259,15 +259,18 @@ impl ComponentCtx {
         self.bus.name()
     }
 
-    /// Publishes `msg` on its own topic as a consequence of the message being handled.
+    /// Publishes `msg` on its own topic as a consequence of the message being handled:
+    /// caused by it, in its flow and in its session (its `session-id` header), as the bus's
+    /// `ctx.publish` does.
     pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
-        let env = msg.to_envelope()?.caused_by(&self.envelope);
+        let env = crate::consequence_of(msg.to_envelope()?, &self.envelope);
         self.bus.publish_envelope(env).await
     }
 
-    /// Publishes `msg` on `topic` as a consequence of the message being handled.
+    /// Publishes `msg` on `topic` as a consequence of the message being handled (as
+    /// [`publish`](Self::publish): in its flow and its session).
     pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
-        let mut env = msg.to_envelope()?.caused_by(&self.envelope);
+        let mut env = crate::consequence_of(msg.to_envelope()?, &self.envelope);
         env.topic = Topic::new(topic)?;
         self.bus.publish_envelope(env).await
     }

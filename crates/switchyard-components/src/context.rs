@@ -619,7 +619,7 @@ async fn publish_in<M: Message>(
     let mut env = msg.to_envelope()?;
     env.topic = switchyard::Topic::new(topic)?;
     let env = match parent {
-        Some(p) => env.caused_by(p),
+        Some(p) => crate::consequence_of(env, p),
         None => env.with_correlation_id(ctx.correlation_id.clone()),
     };
     bus.publish_envelope(env).await
@@ -842,7 +842,7 @@ impl RequestContext {
         let mut env = msg.to_envelope()?;
         env.topic = switchyard::Topic::new(topic)?;
         let env = match &self.parent {
-            Some(p) => env.caused_by(p),
+            Some(p) => crate::consequence_of(env, p),
             None => env.with_correlation_id(self.correlation_id.clone()),
         }
         .with_header(REQUEST_HEADER, self.id.to_string());

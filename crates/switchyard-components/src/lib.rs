@@ -51,6 +51,23 @@ pub use topology::{
     ComponentSpec, Edge, ObservedEdge, Topology, TopologyError, Violation, patterns_overlap,
 };
 
+/// `env` as a consequence of `parent`, the message being handled: caused by it, in its flow
+/// and in its session (its `session-id` header, unless `env` has one), as the bus's own
+/// `ctx.publish` makes consequences.
+pub(crate) fn consequence_of(
+    env: switchyard::Envelope,
+    parent: &switchyard::Envelope,
+) -> switchyard::Envelope {
+    use switchyard::session::SESSION_HEADER;
+    let env = env.caused_by(parent);
+    match parent.header(SESSION_HEADER) {
+        Some(session) if env.header(SESSION_HEADER).is_none() => {
+            env.with_header(SESSION_HEADER, session)
+        }
+        _ => env,
+    }
+}
+
 /// docs/components.md, compiled as doc tests so its examples cannot rot.
 #[doc = include_str!("../../../docs/components.md")]
 #[cfg(doctest)]

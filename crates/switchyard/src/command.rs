@@ -18,7 +18,7 @@ use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
 use crate::inline::{Handled, InlineOutput, InlineRun, Refused};
 use crate::intake::IntakeVerdict;
-use crate::publish::{EnqueueError, Enqueued, inherit_parent};
+use crate::publish::{EnqueueError, Enqueued, inherit_parent, new_delivery};
 use crate::queue::Entry;
 use crate::queue::spare::shared;
 use std::any::TypeId;
@@ -124,11 +124,17 @@ impl Bus {
     /// `SendError::NoHandler`.
     ///
     /// Nothing is checked or sent before the returned future is first polled.
+    ///
+    /// A send is a new delivery: the envelope's delivery bookkeeping
+    /// ([`delivery.attempt`](switchyard_core::DeliveryInfo::attempt) and
+    /// `first_delivered_at`) starts afresh, so a command taken from a dead letter (or one a
+    /// handler got) and sent again gets its handler's full attempts.
     #[inline] // the caller builds the future in its own state, not in a temporary it copies
     pub fn send_envelope(
         &self,
-        env: Envelope,
+        mut env: Envelope,
     ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
+        new_delivery(&mut env);
         // The envelope moves once, now, into the shared allocation the handling points to:
         // the future carries a pointer, not the envelope, through every nested state (an
         // `async fn` would copy it into its own state and again into each call). The block
@@ -288,12 +294,13 @@ impl Bus {
     }
 
     /// [`send_envelope`](Self::send_envelope) with a deadline (which starts when the returned
-    /// future is first polled).
+    /// future is first polled). A new delivery, as a send is.
     pub fn request_envelope(
         &self,
-        env: Envelope,
+        mut env: Envelope,
         deadline: Duration,
     ) -> impl Future<Output = Result<CommandResult, SendError>> + '_ {
+        new_delivery(&mut env);
         // As in `send_envelope`: the future carries a pointer, not the envelope.
         let env = shared(env);
         async move {

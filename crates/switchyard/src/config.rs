@@ -59,6 +59,16 @@ impl SubscriptionConfig {
     pub(crate) fn takes(&self, ty: TypeId) -> bool {
         self.takes_value == Some(ty) && self.filters.is_empty() && self.ordering_key.is_none()
     }
+
+    /// Whether `env` is in this subscription's session scope: always for a subscription
+    /// outside sessions, else when `env` carries its session's [`SESSION_HEADER`].
+    #[inline]
+    pub(crate) fn in_session_scope(&self, env: &Envelope) -> bool {
+        match &self.session {
+            None => true,
+            Some(id) => env.header(SESSION_HEADER) == Some(id.as_str()),
+        }
+    }
 }
 
 /// A predicate applied before a message is queued; messages it refuses are counted as

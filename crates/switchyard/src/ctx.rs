@@ -438,7 +438,13 @@ fn encoded_reply<O: serde::Serialize>(
     reply_to: ReplyAddress,
     output: &O,
 ) -> Result<Outcome, BoxError> {
-    let payload = serde_json::to_vec(output)?;
+    // A `CodecError` (not serde's bare error), so a retry layer knows it for what it is: the
+    // same output encodes the same way each time.
+    let payload = serde_json::to_vec(output).map_err(|e| switchyard_core::CodecError {
+        direction: switchyard_core::CodecDirection::Encode,
+        type_name: std::any::type_name::<O>(),
+        source: Box::new(e),
+    })?;
     Ok(Outcome::reply(reply_to.reply(payload)))
 }
 

@@ -178,7 +178,20 @@ impl SubShared {
                         }
                         // A wake-up for work this worker cannot do now goes to another.
                         self.queue.offer_to_idle();
-                        ready.await
+                        // Removed while its handler cannot take work: what waits is given
+                        // up now, not when the handler is ready again (`give_up_waiting`).
+                        let removed = tokio::select! {
+                            biased;
+                            result = ready.as_mut() => Some(result),
+                            () = self.removed() => None,
+                        };
+                        match removed {
+                            Some(result) => result,
+                            None => {
+                                self.give_up_waiting().await;
+                                break;
+                            }
+                        }
                     }
                 };
                 match result {

@@ -157,7 +157,7 @@ impl Pending {
     /// each arrives ([`arrival`](Self::arrival)), its reader stops reading (the last
     /// [`OwedTo`] dropped), or the returned expectation is dropped without being
     /// [kept](Expectation::keep) (the publish failed).
-    pub(crate) fn expect(self: &Arc<Self>, readers: Vec<Arc<OwedTo>>) -> Expectation {
+    pub(crate) fn expect(self: &Arc<Self>, readers: OwedReaders) -> Expectation {
         let n = readers.len();
         // The totals first: a reader's count is taken off them only after it was taken off
         // the reader's.
@@ -305,8 +305,13 @@ impl Drop for Accepted {
 /// Deliveries a transport owes local subscriptions for one publish; see [`Pending::expect`].
 #[must_use = "drop the expectation when the publish failed, keep it when it went out"]
 pub(crate) struct Expectation {
-    readers: Vec<Arc<OwedTo>>,
+    readers: OwedReaders,
 }
+
+/// The readers one publish owes a delivery ([`Pending::expect`]): inline for the usual 0 or 1
+/// (one consumer group, or none on this node), so a transport publish allocates nothing for
+/// them.
+pub(crate) type OwedReaders = smallvec::SmallVec<[Arc<OwedTo>; 1]>;
 
 impl Expectation {
     /// The publish went out: the deliveries will arrive and be settled one by one.
@@ -333,7 +338,7 @@ mod tests {
 
     /// `n` deliveries owed to one reader (whose pump, holding it, is `r`).
     fn owe(p: &Arc<Pending>, r: &Arc<OwedTo>, n: usize) -> Expectation {
-        p.expect(vec![Arc::clone(r); n])
+        p.expect(smallvec::smallvec![Arc::clone(r); n])
     }
 
     #[test]
@@ -394,7 +399,7 @@ mod tests {
             Arc::ptr_eq(&group, &member),
             "a group's members share its count"
         );
-        p.expect(vec![gone.clone(), group.clone()]).keep();
+        p.expect(smallvec::smallvec![gone.clone(), group.clone()]).keep();
         assert_eq!(p.count(), 2);
         drop(gone);
         assert_eq!(

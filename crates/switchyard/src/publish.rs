@@ -13,7 +13,7 @@ use switchyard_core::{
 
 use crate::bus::Bus;
 use crate::config::SESSION_HEADER;
-use crate::pending::OwedTo;
+use crate::pending::OwedReaders;
 use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
@@ -567,6 +567,16 @@ pub struct HandlerFailure {
     pub error: SendError,
 }
 
+/// Starts `env`'s delivery bookkeeping afresh (attempt 0, never delivered): a publish or a
+/// send of an envelope the caller gives is a new delivery, whatever it went through before
+/// (a dead letter's attempts, a handler's delivery); id, correlation, causation, headers and
+/// payload are kept.
+#[inline(always)]
+pub(crate) fn new_delivery(env: &mut Envelope) {
+    env.delivery.attempt = 0;
+    env.delivery.first_delivered_at = None;
+}
+
 /// What a publish carries beside its envelope: nothing ([`NoValue`], an envelope publish) or
 /// the typed message it is made from ([`Typed`]).
 pub(crate) trait Published {
@@ -589,8 +599,7 @@ impl Published for NoValue {
     // passed on from a handler): its attempts are not this publish's.
     #[inline(always)]
     fn fresh_delivery(&self, env: &mut Envelope) {
-        env.delivery.attempt = 0;
-        env.delivery.first_delivered_at = None;
+        new_delivery(env);
     }
 
     // An envelope passed on as it was delivered may still carry a typed value unencoded
@@ -736,12 +745,11 @@ impl GroupDelivery {
 /// without counting them (`SubShared::enqueue_delivery`), so one session ending while
 /// another's messages are on the way leaves nothing owed behind. A subscription whose reader
 /// stopped (dropped, its pump gone) is owed nothing: nothing would receive it.
-fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> Vec<Arc<OwedTo>> {
-    let mut owed: Vec<Arc<OwedTo>> = Vec::new();
+/// Kept inline (no allocation) for the usual 0 or 1 reader.
+fn owed_deliveries(targets: &[Arc<SubShared>], env: &Envelope) -> OwedReaders {
+    let mut owed = OwedReaders::new();
     for s in targets {
-        if let Some(id) = &s.config.session
-            && env.header(SESSION_HEADER) != Some(id.as_str())
-        {
+        if !s.config.in_session_scope(env) {
             continue;
         }
         let Some(reader) = s.owed.get().and_then(std::sync::Weak::upgrade) else {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
 
-use crate::config::SESSION_HEADER;
 use crate::intake::IntakeVerdict;
 use crate::pending::{OwedTo, Settled};
 use crate::publish::EnqueueError;
@@ -65,9 +64,7 @@ impl SubShared {
         let Some(bus) = self.bus.upgrade() else {
             return Err(EnqueueError::Closed);
         };
-        if let Some(session) = &self.config.session
-            && delivery.envelope.header(SESSION_HEADER) != Some(session.as_str())
-        {
+        if !self.config.in_session_scope(&delivery.envelope) {
             // Another session's message (or no session's): the publish did not count it as
             // owed to this subscription (`owed_deliveries`), so it is settled without being
             // counted as pending.

@@ -19,7 +19,7 @@ use switchyard_core::{
 };
 use tokio::task::JoinHandle;
 
-use crate::config::{SESSION_HEADER, SubscriptionConfig, SubscriptionKind};
+use crate::config::{SubscriptionConfig, SubscriptionKind};
 use crate::handler::{BoxHandler, SingleHandler};
 use crate::pending::{Accepted, Pending, Settled};
 use crate::queue::{Entry, Overflow, Queue};
@@ -449,12 +449,7 @@ impl SubShared {
     /// Session scope and filters, checked before queueing.
     #[inline]
     pub(crate) fn accepts(&self, env: &Envelope) -> bool {
-        if let Some(session) = &self.config.session
-            && env.header(SESSION_HEADER) != Some(session.as_str())
-        {
-            return false;
-        }
-        self.config.filters.iter().all(|f| f(env))
+        self.config.in_session_scope(env) && self.config.filters.iter().all(|f| f(env))
     }
 
     /// Dead-letters a message that will not be handled, answers its sender and settles it.
@@ -478,6 +473,49 @@ impl SubShared {
             DeadLetterReason::Shutdown => Settled::LeftOver,
             _ => Settled::DeadLettered,
         });
+    }
+
+    /// Resolves once the subscription was removed (its handle dropped) while the bus runs;
+    /// never during a shutdown, whose deadline settles what is left. See
+    /// [`give_up_waiting`](Self::give_up_waiting).
+    pub(crate) async fn removed(&self) {
+        self.queue.closed().await;
+        let running = self
+            .bus
+            .upgrade()
+            .is_some_and(|b| b.state.load(Ordering::Acquire) == RUNNING);
+        if !running {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Settles everything waiting in the queue of a [removed](Self::removed) subscription
+    /// whose handler cannot take messages now (an open circuit breaker, a rate limit):
+    /// nothing is routed to it any more, so waiting for its handler would keep its
+    /// commands' senders, and the bus's pending count (which `run_until_idle` and a
+    /// shutdown wait for), waiting out the breaker's cool-down. An in-memory message is
+    /// dead-lettered (`Unroutable`, its sender answered `NotProcessed`); one from a
+    /// transport is handed back (nacked), which delivers it again.
+    pub(crate) async fn give_up_waiting(&self) {
+        let Some(bus) = self.bus.upgrade() else {
+            return;
+        };
+        for mut entry in self.queue.drain_waiting() {
+            match entry.delivery.take() {
+                Some(delivery) => {
+                    if let Err(e) = delivery.nack(None).await {
+                        tracing::warn!(subscription = %self.name(), error = %e, "nack of a removed subscription's message failed; the transport redelivers after its ack wait");
+                    }
+                    entry.accepted.settle(Settled::LeftOver);
+                }
+                None => self.give_up(
+                    &bus,
+                    entry,
+                    DeadLetterReason::Unroutable,
+                    "its subscription was removed while the handler could not take messages (not ready: e.g. an open circuit breaker)".into(),
+                ),
+            }
+        }
     }
 
     /// Marks the subscription inactive and stops intake; workers drain the queue and exit.

@@ -360,7 +360,7 @@ impl ErrorHandler {
                 if delay.is_zero() {
                     return cx.publish_to(&retry_topic(&report.domain), req).await;
                 }
-                let mut env = req.to_envelope()?.caused_by(cx.envelope());
+                let mut env = crate::consequence_of(req.to_envelope()?, cx.envelope());
                 env.topic = switchyard::Topic::new(&retry_topic(&report.domain))?;
                 cx.bus()
                     .schedule(

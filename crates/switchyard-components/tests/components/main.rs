@@ -9,6 +9,7 @@ mod enforcement;
 mod error_handler;
 mod export;
 mod no_leak;
+mod noticed_stop36;
 mod review_rev11;
 mod review_rev6;
 mod rules;

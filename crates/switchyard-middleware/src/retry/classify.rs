@@ -2,7 +2,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use switchyard_core::{BoxError, CodecDirection, CodecError, Permanent};
+use switchyard_core::{BoxError, CodecDirection, CodecError, Permanent, PublishError, SendError};
 
 use crate::breaker::BreakerOpenError;
 use crate::catch_panic::PanicError;
@@ -59,8 +59,10 @@ type Rule = Arc<dyn Fn(&(dyn Error + 'static)) -> Option<bool> + Send + Sync>;
 /// The chain of the error (the error, then its `source()`s) is walked from the outside in;
 /// the first link that something recognises decides:
 /// 1. [`Permanent`] (`switchyard_core::Permanent`) → no, [`Transient`] → yes;
-///    a decoding [`CodecError`] (the bus could not decode the payload for a typed handler:
-///    the same bytes never decode) → no;
+///    a [`CodecError`] (the bus could not decode the payload for a typed handler, or a
+///    typed reply or publish could not be encoded: the same bytes never decode, the same
+///    value encodes the same way each time) → no, also as the encode error of a
+///    [`PublishError`] or a [`SendError`] (`ctx.publish(..)?`, `ctx.send(..)?`);
 /// 2. [`PanicError`] → [`Classifier::retry_panics`] (default: no);
 /// 3. [`TimeoutError`] → [`Classifier::retry_timeouts`] (default: yes);
 /// 4. [`BreakerOpenError`] → yes (the next attempt waits for the breaker);
@@ -153,9 +155,7 @@ impl Classifier {
         if e.is::<Transient>() {
             return Some(true);
         }
-        if e.downcast_ref::<CodecError>()
-            .is_some_and(|c| c.direction == CodecDirection::Decode)
-        {
+        if is_codec_failure(e) {
             return Some(false);
         }
         if e.is::<PanicError>() {
@@ -169,6 +169,22 @@ impl Classifier {
         }
         self.rules.iter().find_map(|rule| rule(e))
     }
+}
+
+/// A codec failure no other attempt mends: any [`CodecError`], and the encoding one a
+/// publish or a send reports (their `transparent` variants hide the `CodecError` itself from
+/// the `source()` chain, so they are looked at here).
+fn is_codec_failure(e: &(dyn Error + 'static)) -> bool {
+    if e.is::<CodecError>() {
+        return true;
+    }
+    if let Some(PublishError::Encode(_)) = e.downcast_ref::<PublishError>() {
+        return true;
+    }
+    matches!(
+        e.downcast_ref::<SendError>(),
+        Some(SendError::Codec(c)) if c.direction == CodecDirection::Encode
+    )
 }
 
 impl switchyard_core::retry::Classify for Classifier {
@@ -239,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_decode_failure_is_permanent_even_inside_a_chain() {
+    fn a_codec_failure_is_permanent_even_inside_a_chain() {
         let codec = |direction| CodecError {
             direction,
             type_name: "T",
@@ -248,8 +264,14 @@ mod tests {
         let c = Classifier::default();
         assert!(!c.is_retryable(&codec(CodecDirection::Decode)));
         assert!(!c.is_retryable(&Outer2(codec(CodecDirection::Decode))));
-        // An encoding failure is not recognised: the unknown default decides.
-        assert!(c.is_retryable(&codec(CodecDirection::Encode)));
+        // Nor an encoding one: the same value encodes the same way each time, also as a
+        // publish's or a send's error.
+        assert!(!c.is_retryable(&codec(CodecDirection::Encode)));
+        assert!(!c.is_retryable(&Outer2(codec(CodecDirection::Encode))));
+        assert!(!c.is_retryable(&PublishError::Encode(codec(CodecDirection::Encode))));
+        assert!(!c.is_retryable(&SendError::Codec(codec(CodecDirection::Encode))));
+        // A sender's reply that does not decode is the unknown default's call.
+        assert!(c.is_retryable(&SendError::Codec(codec(CodecDirection::Decode))));
         // A marker outside it still wins.
         assert!(c.is_retryable(&*Transient::boxed(codec(CodecDirection::Decode))));
     }

@@ -17,9 +17,10 @@
 //! - errors the policy's classifier ([`RetryPolicy::classifier`], by default
 //!   `Classifier::default()`) calls retryable: typed errors implementing [`Retryable`] once
 //!   registered, [`Transient`]/[`Permanent`] markers, timeouts (default: retried), panics
-//!   (default: not retried) and payload decode failures (`switchyard_core::CodecError`
-//!   decoding: never retried; the bus dead-letters them as `DecodeFailed`), everything else
-//!   by [`Classifier::unknown_retryable`] (default: yes).
+//!   (default: not retried) and codec failures (`switchyard_core::CodecError`, never
+//!   retried: a payload that does not decode, which the bus dead-letters as `DecodeFailed`,
+//!   or a typed reply or publish that does not encode, also as a `PublishError`/`SendError`
+//!   encode error), everything else by [`Classifier::unknown_retryable`] (default: yes).
 //!
 //! `Ack`, `Reply` and `Reject` are returned at once. When the layer gives up it returns a
 //! [`RetryError`] (`Exhausted` or `Permanent`, the last error as its source) wrapped in

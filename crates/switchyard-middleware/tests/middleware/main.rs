@@ -14,6 +14,7 @@ mod metrics;
 mod panic;
 mod recycle;
 mod retry;
+mod review_rev16;
 mod review_rev3;
 mod review_rev4;
 mod stack;

@@ -196,7 +196,6 @@ async fn a_new_handler_is_answered_before_its_first_command() {
 /// end of stop 36: in most runs 1-2 commands sent to a connection that closed stay pending
 /// for more than 10 s, so `Node::serve`'s stop takes its full `shutdown_timeout_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: commands in flight to a closing WebSocket handler can stay pending (node stop waits its whole grace)"]
 async fn nothing_stays_pending_after_busy_handlers_closed() {
     let node = TestNode::start("").await;
     handlers_joining_busy_senders(&node, 30).await;

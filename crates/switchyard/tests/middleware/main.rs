@@ -16,7 +16,9 @@ use switchyard_middleware::retry::RetryPolicy;
 use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent};
 
 mod labels;
+mod noticed_stop36;
 mod resilience_defaults;
+mod review_rev16;
 mod review_rev4;
 mod undecodable;
 
