@@ -84,19 +84,6 @@ pub fn is_codec_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
-/// Whether a codec failure ([`is_codec_failure`]) is anywhere in `e`'s chain (`e` and its
-/// sources).
-pub fn has_codec_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut link = Some(e);
-    while let Some(l) = link {
-        if is_codec_failure(l) {
-            return true;
-        }
-        link = l.source();
-    }
-    false
-}
-
 /// Broad class of a transport failure, for callers that branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportErrorKind {

@@ -501,11 +501,14 @@ impl SubShared {
                 None => {
                     let text = error_chain(&*e);
                     inc(&c.failed);
-                    // A `Permanent` outermost, or a value that does not encode anywhere in
-                    // the chain (a typed reply, a `ctx.publish`): the same value fails the
-                    // same way on every attempt (as the resilience stack's classifier says).
-                    let permanent =
-                        e.is::<Permanent>() || switchyard_core::error::has_codec_failure(&*e);
+                    // A `Permanent`, or a value that does not encode (a typed reply, a
+                    // `ctx.publish`), anywhere in the chain: the same value fails the same
+                    // way on every attempt (as the resilience stack's classifier says).
+                    let permanent = std::iter::successors(
+                        Some(&*e as &(dyn std::error::Error + 'static)),
+                        |l| l.source(),
+                    )
+                    .any(|l| l.is::<Permanent>() || switchyard_core::error::is_codec_failure(l));
                     let last_attempt = attempts_inside(&*e, attempt);
                     tracing::warn!(subscription = %self.name(), message_id = %first.id,
                         correlation_id = %first.correlation_id, attempt, permanent,

@@ -183,3 +183,36 @@ async fn on_a_plain_bus_a_publish_that_does_not_encode_is_not_retried() {
     );
     assert!(letter.error.contains("no JSON form"), "{}", letter.error);
 }
+
+/// An application error wrapping `Permanent` (a handler adding context to a permanent
+/// failure) is permanent on a plain bus too, as the resilience stack's classifier has it
+/// (which looks down the whole chain): one attempt of `max_attempts(3)`.
+#[tokio::test(start_paused = true)]
+async fn on_a_plain_bus_a_permanent_failure_inside_a_chain_is_not_retried() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("charging the card")]
+    struct Charging(#[source] switchyard::Permanent);
+
+    let bus = Bus::builder().max_attempts(3).build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let _sub = bus
+        .on("charger", move |_t: Tick, _ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Err::<(), _>(Charging(switchyard::Permanent::new(std::io::Error::other(
+                    "card declined",
+                ))))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let tick = Tick { n: 1 }.to_envelope().unwrap();
+    let id = tick.id.clone();
+    bus.publish_envelope(tick).await.unwrap();
+    bus.run_until_idle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt");
+    let letter = bus.dead_letters().unwrap().get(&id).expect("dead-lettered");
+    assert_eq!(letter.attempts, 1, "{}", letter.error);
+}
