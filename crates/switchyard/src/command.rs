@@ -181,15 +181,16 @@ impl Bus {
         {
             // Unshared: `make_mut` hands out the envelope itself, it never copies here.
             let env = Arc::make_mut(&mut env);
+            // A command before the hooks see it (a trace records its kind).
+            if env.kind == Kind::Event {
+                env.kind = Kind::Command;
+            }
             inherit_parent(env);
             if !self.inner.hooks.is_empty() {
                 // Hooks read (and may rewrite) the bytes.
                 env.encode_payload()?;
             }
             self.run_hooks(env)?;
-            if env.kind == Kind::Event {
-                env.kind = Kind::Command;
-            }
         }
         let handler = {
             let commands = self.inner.commands.read();
