@@ -234,6 +234,17 @@ pub struct WrapTarget<'a> {
     pub pattern: &'a str,
     /// Event subscription or command handler.
     pub kind: crate::SubscriptionKind,
+    /// Counts re-attempts in the subscription's `retried`; see [`WrapTarget::retries`].
+    pub(crate) retries: &'a crate::stats::RetryCounter,
+}
+
+impl WrapTarget<'_> {
+    /// Counts re-attempts in this subscription's (or command handler's) `retried`: give it to
+    /// a retry the wrap adds (`ResilienceConfig::on_retry(move |_| retries.count())`), which
+    /// the bus does not see, so that its figures show the retries.
+    pub fn retries(&self) -> crate::stats::RetryCounter {
+        self.retries.clone()
+    }
 }
 
 /// The wrap the bus keeps: [`HandlerWrap`]s are adapted to it.
