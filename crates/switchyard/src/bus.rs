@@ -150,3 +150,55 @@ pub struct MetricsSnapshot {
     /// True once shutdown started.
     pub shutting_down: bool,
 }
+
+/// The bus a [`Ctx`](crate::Ctx) holds: its own handle, or the handle of the worker that called the
+/// handler, shared.
+///
+/// A worker's typed calls share the worker's handle (`dispatch::HeldBus`) rather than clone
+/// the bus's: the bus's reference count sits on one cache line that every worker of every
+/// subscription wrote twice per delivery (the context's clone and its drop) and read once
+/// (`HeldBus::orphaned`), from both runtime threads; the worker's own count is written by
+/// that worker only (issue 18, fan-out).
+#[derive(Clone)]
+pub(crate) enum CtxBus {
+    /// A handle of its own.
+    Own(Bus),
+    /// The calling worker's handle, shared.
+    Worker(Arc<Bus>),
+}
+
+impl std::ops::Deref for CtxBus {
+    type Target = Bus;
+
+    #[inline(always)]
+    fn deref(&self) -> &Bus {
+        match self {
+            Self::Own(bus) => bus,
+            Self::Worker(bus) => bus,
+        }
+    }
+}
+
+/// The bus the caller of a typed handler holds, which its [`Ctx`](crate::Ctx) takes a reference of: a
+/// worker's own handle (shared, see `CtxBus`), or the bus itself (an inline command run, a
+/// retry).
+#[derive(Clone, Copy)]
+pub(crate) enum CallerBus<'a> {
+    /// The bus itself: the context clones its handle.
+    Inner(&'a Arc<BusInner>),
+    /// A worker's handle: the context shares it.
+    Worker(&'a Arc<Bus>),
+}
+
+impl CallerBus<'_> {
+    /// The bus for a context.
+    #[inline(always)]
+    pub(crate) fn for_ctx(self) -> CtxBus {
+        match self {
+            Self::Inner(inner) => CtxBus::Own(Bus {
+                inner: Arc::clone(inner),
+            }),
+            Self::Worker(bus) => CtxBus::Worker(Arc::clone(bus)),
+        }
+    }
+}
