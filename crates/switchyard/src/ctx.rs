@@ -18,7 +18,7 @@ use switchyard_core::{
 use tower::util::BoxCloneService;
 use tower::{Service, service_fn};
 
-use crate::bus::{Bus, CallerBus, CtxBus};
+use crate::bus::Bus;
 use crate::handler::{BoxBatchHandler, BoxHandler, IntoOutcome};
 use crate::state::BusInner;
 
@@ -26,7 +26,7 @@ use crate::state::BusInner;
 /// recorded as caused by the message being handled.
 #[derive(Clone)]
 pub struct Ctx {
-    bus: CtxBus,
+    bus: Bus,
     envelope: Handled,
     /// The envelope with its payload encoded, made at the first [`envelope`](Self::envelope)
     /// call for a message the bus carried unencoded ([`Envelope::needs_encoding`]); or, for
@@ -89,7 +89,7 @@ impl Handled {
 impl Ctx {
     pub(crate) fn new(bus: Bus, envelope: Envelope) -> Self {
         Self {
-            bus: CtxBus::Own(bus),
+            bus,
             envelope: Handled::Own(envelope),
             encoded: OnceLock::new(),
         }
@@ -97,15 +97,14 @@ impl Ctx {
 
     /// A context over the queued `env`, for an attempt stamped `delivery`; `let_go` as
     /// [`Handled::Queued`] has it.
-    #[inline(always)]
     pub(crate) fn queued(
-        bus: CallerBus<'_>,
+        bus: Bus,
         env: Arc<Envelope>,
         delivery: DeliveryInfo,
         let_go: Option<fn(&mut Envelope)>,
     ) -> Self {
         Self {
-            bus: bus.for_ctx(),
+            bus,
             envelope: Handled::Queued {
                 env,
                 delivery,
@@ -346,19 +345,21 @@ where
 {
     /// A call at the queued `env` for an attempt stamped `delivery`: the value taken as from
     /// a copy of `env` (`upcast::decode_queued`), the [`Ctx`] over `env` itself, holding
-    /// a reference of `bus`, the caller's (a worker's own handle, shared: see `CtxBus`; where
-    /// upgrading this handler's weak handle would check that the bus is still there, which
-    /// the caller knows).
+    /// `bus`, the bus the worker holds (a reference more, where upgrading this handler's
+    /// weak handle would check that the bus is still there, which the worker knows).
     #[inline]
     fn call_queued(
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
     ) -> TypedFuture<Fut> {
         let (msg, taken) = match crate::upcast::decode_queued::<T>(&self.bus, env) {
             Ok(decoded) => decoded,
             Err(e) => return Either::Left(ready(Err(e.into()))),
+        };
+        let bus = Bus {
+            inner: Arc::clone(bus),
         };
         let let_go = taken.then_some(let_go::<T> as fn(&mut Envelope));
         Either::Right(Finish {

@@ -16,7 +16,6 @@ use switchyard_core::{
     Envelope, Outcome, Permanent, SendError,
 };
 
-use crate::bus::{Bus, CallerBus};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
@@ -31,36 +30,25 @@ pub(crate) const YIELD_EVERY: u32 = 128;
 
 /// The bus as a worker keeps it from one message to the next, counted in
 /// `BusInner::worker_holds` so a worker can tell when nothing but workers keeps it alive.
-///
-/// A handle of the worker's own, in its own allocation: the contexts of its typed calls
-/// share it (`ctx::CallerBus::Worker`), so a delivery writes this worker's reference count,
-/// not the bus's, which every worker on every thread would write (issue 18, fan-out). Its
-/// one reference to the bus is what `worker_holds` counts; a context kept past the worker's
-/// hold keeps the bus alive through it, as any handle does.
-struct HeldBus(Arc<Bus>);
+struct HeldBus(Arc<BusInner>);
 
 impl HeldBus {
     fn new(bus: Arc<BusInner>) -> Self {
         bus.worker_holds.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::new(Bus { inner: bus }))
+        Self(bus)
     }
 
     /// True when every strong reference to the bus is a worker's: the application dropped
     /// all its handles, so the workers must let go for the bus to be freed.
     fn orphaned(&self) -> bool {
-        Arc::strong_count(&self.0.inner) <= self.0.inner.worker_holds.load(Ordering::Acquire)
-    }
-
-    /// The handle the contexts of this worker's calls share.
-    fn for_calls(&self) -> CallerBus<'_> {
-        CallerBus::Worker(&self.0)
+        Arc::strong_count(&self.0) <= self.0.worker_holds.load(Ordering::Acquire)
     }
 }
 
 impl std::ops::Deref for HeldBus {
     type Target = Arc<BusInner>;
     fn deref(&self) -> &Arc<BusInner> {
-        &self.0.inner
+        &self.0
     }
 }
 
@@ -68,7 +56,7 @@ impl Drop for HeldBus {
     fn drop(&mut self) {
         // Before the reference itself goes (the field drops after this), so another worker
         // never sees more holds than references.
-        self.0.inner.worker_holds.fetch_sub(1, Ordering::AcqRel);
+        self.0.worker_holds.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -266,7 +254,7 @@ impl SubShared {
                 let started = switchyard_core::delivered::scope(
                     Arc::clone(env),
                     std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, bus.for_calls(), cx))
+                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
                     }),
                 )
                 .await;
@@ -596,7 +584,7 @@ impl SubShared {
                     None => {
                         self.attempt(
                             svc,
-                            || Queued(&env, delivery, CallerBus::Inner(bus)),
+                            || Queued(&env, delivery, bus),
                             Parent::of(&env),
                             &env,
                             attempt,
@@ -608,7 +596,7 @@ impl SubShared {
                         let (made, output) = self
                             .attempt_typed(
                                 svc,
-                                || Queued(&env, delivery, CallerBus::Inner(bus)),
+                                || Queued(&env, delivery, bus),
                                 Parent::of(&env),
                                 &env,
                                 attempt,
@@ -753,7 +741,7 @@ pub(crate) fn start_call(
     svc: &mut SingleHandler,
     env: &Arc<Envelope>,
     delivery: DeliveryInfo,
-    bus: CallerBus<'_>,
+    bus: &Arc<BusInner>,
     cx: &mut std::task::Context<'_>,
 ) -> Started {
     // The stack's future is polled where it is made, not through its kept box; a boxed

@@ -315,7 +315,7 @@ impl SingleHandler {
         &mut self,
         env: &std::sync::Arc<Envelope>,
         delivery: switchyard_core::DeliveryInfo,
-        bus: crate::bus::CallerBus<'_>,
+        bus: &std::sync::Arc<crate::state::BusInner>,
     ) -> SingleFuture {
         match self {
             #[cfg(feature = "middleware")]
@@ -335,7 +335,7 @@ impl SingleHandler {
 pub(crate) struct Queued<'a>(
     pub(crate) &'a std::sync::Arc<Envelope>,
     pub(crate) switchyard_core::DeliveryInfo,
-    pub(crate) crate::bus::CallerBus<'a>,
+    pub(crate) &'a std::sync::Arc<crate::state::BusInner>,
 );
 
 impl Callee<Queued<'_>> for SingleHandler {

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tower::Service;
 
-use crate::bus::CallerBus;
+use crate::state::BusInner;
 
 /// A handler as the bus calls it: `tower::Service` with an error of [`BoxError`], plus
 /// [`recycle`](Callee::recycle), which hands a finished call's future back, so that a handler
@@ -120,7 +120,7 @@ impl BoxHandler {
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
     ) -> HeldCall {
         HeldCall(
             self.held
@@ -132,7 +132,7 @@ impl BoxHandler {
 /// How a service is called with the queued envelope, an attempt's delivery bookkeeping and
 /// the bus its caller holds (see [`BoxHandler::queued`]).
 pub(crate) type QueuedFn<S> =
-    fn(&mut S, &Arc<Envelope>, DeliveryInfo, CallerBus<'_>) -> <S as Service<Envelope>>::Future;
+    fn(&mut S, &Arc<Envelope>, DeliveryInfo, &Arc<BusInner>) -> <S as Service<Envelope>>::Future;
 
 /// A `tower` boxed service as a handler (boxed once more: its calls' futures are still
 /// boxed by it).
@@ -238,7 +238,7 @@ trait Slot: Send {
         held: &mut dyn Any,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
     ) -> bool;
 
     /// Moves the future in `fresh` (an `Option` of this slot's future type, not yet polled)
@@ -294,7 +294,7 @@ where
         held: &mut dyn Any,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
     ) -> bool {
         let Some(held) = held.downcast_mut::<Held<S>>() else {
             return false;
@@ -336,7 +336,7 @@ trait Erased: Send {
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
         kept: Option<Pin<Box<dyn Slot>>>,
     ) -> Pin<Box<dyn Slot>>;
 
@@ -400,7 +400,7 @@ where
         &mut self,
         env: &Arc<Envelope>,
         delivery: DeliveryInfo,
-        bus: CallerBus<'_>,
+        bus: &Arc<BusInner>,
         kept: Option<Pin<Box<dyn Slot>>>,
     ) -> Pin<Box<dyn Slot>> {
         let Some(queued) = self.queued else {

@@ -274,7 +274,7 @@ impl Taken {
         let stamp = sub.next_attempt(env.delivery, switchyard_core::clock::now);
         let mut call = || {
             delivered::within(Arc::clone(&env), || {
-                start_call(&mut svc, &env, stamp, crate::bus::CallerBus::Inner(&slot.bus), cx)
+                start_call(&mut svc, &env, stamp, &slot.bus, cx)
             })
         };
         let (started, typed) = match reply.typed {
