@@ -24,7 +24,7 @@ pub mod transport;
 
 pub use dead_letter::{
     DEFAULT_DEAD_LETTER_BYTES, DeadLetter, DeadLetterFilter, DeadLetterKey, DeadLetterReason,
-    DeadLetterSink, InMemoryDeadLetters,
+    DeadLetterRoute, DeadLetterSink, InMemoryDeadLetters,
 };
 pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority, ReplyAddress,

@@ -11,8 +11,8 @@ use std::time::Duration;
 use fs4::fs_std::FileExt;
 use switchyard_core::{
     AckHandle, BoxFuture, Capabilities, CloseError, CodecDirection, CodecError, DeadLetter,
-    Delivery, Envelope, InMemoryDeadLetters, Pattern, PublishError, Publisher, SubscribeError,
-    Subscriber, TooLarge, Topic, TransportError, TransportErrorKind,
+    DeadLetterRoute, Delivery, Envelope, InMemoryDeadLetters, Pattern, PublishError, Publisher,
+    SubscribeError, Subscriber, TooLarge, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -87,26 +87,21 @@ struct Inner {
     next_ephemeral: AtomicU64,
     lock_file: Mutex<Option<File>>,
     stats: Arc<WriterStats>,
-    /// Where dead letters go when the config names no sink (never dropped).
-    own_dead_letters: Arc<InMemoryDeadLetters>,
+    /// Where dead letters go: the configured sink, or the log's own store (never dropped).
+    dead_letters: DeadLetterRoute,
 }
 
 impl Inner {
     /// Hands messages that reached `max_deliver` to the configured sink, or to the log's own
     /// store when there is none.
     fn dead_letter(&self, dead: Vec<DeadLetter>) {
-        match &self.config.dead_letters {
-            Some(sink) => dead.into_iter().for_each(|l| sink.put(l)),
-            None => {
-                for letter in dead {
-                    for old in self.own_dead_letters.insert(letter) {
-                        tracing::warn!(
-                            id = %old.envelope.id,
-                            error = %old.error,
-                            "log dead-letter store full: its oldest letter was evicted (the record stays in the log until retention removes it)"
-                        );
-                    }
-                }
+        for letter in dead {
+            for old in self.dead_letters.put(letter) {
+                tracing::warn!(
+                    id = %old.envelope.id,
+                    error = %old.error,
+                    "log dead-letter store full: its oldest letter was evicted (the record stays in the log until retention removes it)"
+                );
             }
         }
     }
@@ -295,6 +290,7 @@ impl LogTransport {
             max_ack_pending: config.max_ack_pending,
             ordering_header: config.ordering_header.clone(),
         };
+        let dead_letters = DeadLetterRoute::new(config.dead_letters.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -311,7 +307,7 @@ impl LogTransport {
                 next_ephemeral: AtomicU64::new(0),
                 lock_file: Mutex::new(Some(lock_file)),
                 stats,
-                own_dead_letters: Arc::new(InMemoryDeadLetters::default()),
+                dead_letters,
             }),
         })
     }
@@ -399,11 +395,7 @@ impl LogTransport {
     /// error text names the stream and offset of its record, which stays readable with
     /// [`read_range`](Self::read_range) until retention removes it.
     pub fn dead_letters(&self) -> Option<Arc<InMemoryDeadLetters>> {
-        self.inner
-            .config
-            .dead_letters
-            .is_none()
-            .then(|| self.inner.own_dead_letters.clone())
+        self.inner.dead_letters.own_store()
     }
 
     /// Writer counters since open.

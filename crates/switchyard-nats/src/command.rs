@@ -66,6 +66,8 @@ impl NatsTransport {
         if let Some(d) = deadline {
             headers.insert(DEADLINE, d.as_millis().to_string().as_str());
         }
+        // Refused at once rather than by the server, which drops the connection.
+        self.fits_max_payload(command.payload.len(), &headers)?;
         let topic = command.topic;
         let req = async_nats::Request::new()
             .headers(headers)

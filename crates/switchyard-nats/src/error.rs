@@ -53,6 +53,10 @@ pub enum RequestError {
     /// The transport is closed.
     #[error("transport is closed")]
     Closed,
+    /// The request's payload and encoded headers together exceed the server's
+    /// `max_payload`; refused before anything was sent.
+    #[error(transparent)]
+    TooLarge(#[from] switchyard_core::TooLarge),
     /// The connection failed.
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -29,7 +29,9 @@ impl NatsTransport {
     }
 
     /// Sends `request` and waits at most `deadline` for one reply. Fails at once with
-    /// [`RequestError::NoResponders`] when nobody serves the topic.
+    /// [`RequestError::NoResponders`] when nobody serves the topic, and with
+    /// [`RequestError::TooLarge`] when its payload and encoded headers together exceed the
+    /// server's `max_payload`.
     pub async fn request(
         &self,
         request: Envelope,
@@ -39,8 +41,11 @@ impl NatsTransport {
             return Err(RequestError::Closed);
         }
         let subject = self.request_subject(&request.topic)?;
+        let headers = codec::encode_headers(&request);
+        // Refused at once rather than by the server, which drops the connection.
+        self.fits_max_payload(request.payload.len(), &headers)?;
         let req = async_nats::Request::new()
-            .headers(codec::encode_headers(&request))
+            .headers(headers)
             .payload(request.payload.clone())
             .timeout(Some(deadline));
         let sent = tokio::time::timeout(

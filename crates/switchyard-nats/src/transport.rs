@@ -16,9 +16,9 @@ use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, Subject};
 use futures::{Stream, StreamExt};
 use switchyard_core::{
-    AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, Delivery,
-    Envelope, InMemoryDeadLetters, MessageId, Pattern, PublishError, Publisher, SubscribeError,
-    Subscriber, Topic, TransportError, TransportErrorKind,
+    AckHandle, BoxFuture, Capabilities, CloseError, DeadLetter, DeadLetterReason, DeadLetterRoute,
+    Delivery, Envelope, InMemoryDeadLetters, MessageId, Pattern, PublishError, Publisher,
+    SubscribeError, Subscriber, Topic, TransportError, TransportErrorKind,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -74,8 +74,9 @@ pub(crate) struct Inner {
     /// pattern (a durable consumer has one filter, and a second pattern would replace it).
     groups: Mutex<HashMap<String, GroupUse>>,
     next_id: AtomicU64,
-    /// Where dead letters go when the config names no sink (never dropped).
-    own_dead_letters: Arc<InMemoryDeadLetters>,
+    /// Where dead letters go: the configured sink, or the transport's own store (never
+    /// dropped).
+    dead_letters: DeadLetterRoute,
 }
 
 /// A group in use on this transport: its name as given, its pattern, its live members.
@@ -327,6 +328,7 @@ impl NatsTransport {
         }
         durable::ensure_stream(&js, &config).await?;
         let (shutdown, _) = watch::channel(false);
+        let dead_letters = DeadLetterRoute::new(config.dead_letters.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -343,7 +345,7 @@ impl NatsTransport {
                 routes: Mutex::new(HashMap::new()),
                 groups: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
-                own_dead_letters: Arc::new(InMemoryDeadLetters::default()),
+                dead_letters,
             }),
         })
     }
@@ -498,6 +500,29 @@ impl NatsTransport {
 /// the payload.
 const MAX_PAYLOAD: &str = "the NATS server's max_payload (payload and headers)";
 
+impl NatsTransport {
+    /// Refuses a message of `payload` bytes sent with `headers` that the server would not
+    /// take: it counts the header block ([`codec::header_bytes`]) with the payload against
+    /// its `max_payload`, and drops the connection over it (the sender would then wait for
+    /// its deadline). `size` in the error counts the headers.
+    pub(crate) fn fits_max_payload(
+        &self,
+        payload: usize,
+        headers: &async_nats::HeaderMap,
+    ) -> Result<(), switchyard_core::TooLarge> {
+        let limit = self.inner.client.server_info().max_payload;
+        let size = payload.saturating_add(codec::header_bytes(headers));
+        if limit > 0 && size > limit {
+            return Err(switchyard_core::TooLarge {
+                size,
+                limit,
+                limit_of: MAX_PAYLOAD,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
     /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
@@ -512,18 +537,10 @@ impl Publisher for NatsTransport {
         // and drops the connection over a larger message (every resend again, so the
         // publish would fail only at `publish_timeout`): refused here, at once. The headers
         // made for the check are the ones the first send uses.
-        let limit = self.inner.client.server_info().max_payload;
         let mut headers = Vec::with_capacity(batch.len());
         for env in &batch {
             let h = codec::encode_headers(env);
-            let size = env.payload.len().saturating_add(codec::header_bytes(&h));
-            if limit > 0 && size > limit {
-                return Err(PublishError::TooLarge(switchyard_core::TooLarge {
-                    size,
-                    limit,
-                    limit_of: MAX_PAYLOAD,
-                }));
-            }
+            self.fits_max_payload(env.payload.len(), &h)?;
             headers.push(Some(h));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);

@@ -49,17 +49,32 @@ fn decode_stored(text: &str) -> Result<DeadLetter, serde_json::Error> {
 }
 
 /// Whether retrying `e` cannot help: the database refused the data itself (SQLSTATE class
-/// 22 data exception, 23 integrity constraint violation, 54 program limit exceeded), or the
-/// letter could not be encoded. Anything else (a lost connection, a pool timeout, a server
-/// shutting down, a missing table an operator may still create) is retried.
+/// 22 data exception, 23 integrity constraint violation, 54 program limit exceeded), the
+/// statement cannot run against the schema as it is (class 42 syntax error or access rule
+/// violation: the table or a column is gone, the schema was dropped, a privilege is missing),
+/// or the letter could not be encoded. Anything else (a lost connection, a pool timeout, a
+/// server shutting down) is retried. A closed pool is final too, for every later write as
+/// well: see [`is_pool_closed`].
 fn is_permanent(e: &Error) -> bool {
     match e {
         Error::Json(_) | Error::Database(sqlx::Error::Encode(_)) => true,
         Error::Database(sqlx::Error::Database(db)) => db
             .code()
-            .is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54"))),
+            .is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "42" | "54"))),
         _ => false,
     }
+}
+
+/// Whether `e` says the pool was closed (`PgPool::close`): no write can be made any more.
+fn is_pool_closed(e: &Error) -> bool {
+    matches!(e, Error::Database(sqlx::Error::PoolClosed))
+}
+
+/// Counts one write given up for good (the [`PgDeadLetterQueue::unstored`] count and the
+/// [`DEAD_LETTERS_UNSTORED`](names::DEAD_LETTERS_UNSTORED) metric).
+fn count_unstored(unstored: &AtomicU64, schema: &Schema) {
+    unstored.fetch_add(1, Ordering::Relaxed);
+    ::metrics::counter!(names::DEAD_LETTERS_UNSTORED, "schema" => schema.to_string()).increment(1);
 }
 
 /// A [`DeadLetterQueue`] kept in `<schema>.dead_letters`, so dead letters survive restarts.
@@ -70,7 +85,10 @@ fn is_permanent(e: &Error) -> bool {
 /// (a write that fails for a passing reason, such as a lost connection, is retried until it
 /// succeeds while the process lives; one the database refuses for its data is given up at
 /// once, the entry kept in memory only, logged and counted in [`unstored`](Self::unstored),
-/// so it never holds back the writes after it). [`flush`](Self::flush) waits until every
+/// so it never holds back the writes after it; so is one whose table is gone, SQLSTATE
+/// class 42). A closed pool (`PgPool::close`) is final: the writes waiting and every later
+/// put are given up the same way, and [`flush`](Self::flush) answers
+/// `Error::Database(sqlx::Error::PoolClosed)`. [`flush`](Self::flush) waits until every
 /// earlier write is in the database or given up. In memory it holds, like the other queues, one
 /// entry per message and handler; the table holds one row per message id (the newest put),
 /// deleted only when no entry of the message is left. Past `capacity` it evicts the oldest.
@@ -89,6 +107,7 @@ pub struct PgDeadLetterQueue {
     /// Closes the write queue when the last handle is dropped.
     _closer: Arc<Closer>,
     unstored: Arc<AtomicU64>,
+    schema: Schema,
 }
 
 /// Held by every handle; the last one dropped lets the writer end once the queue is empty.
@@ -164,6 +183,15 @@ impl Writer {
         while let Some(op) = pending.next().await {
             let mut backoff = std::time::Duration::from_millis(50);
             while let Err(e) = self.apply(&op).await {
+                if is_pool_closed(&e) {
+                    self.give_up(&op, &e);
+                    for waiting in pending.pool_was_closed() {
+                        self.give_up(&waiting, &e);
+                    }
+                    // `op` (a flush among them) is dropped unanswered: its waiter reads
+                    // `pool_closed` and answers the typed error.
+                    return;
+                }
                 if is_permanent(&e) {
                     self.give_up(&op, &e);
                     break;
@@ -187,9 +215,7 @@ impl Writer {
             Op::Remove(ids) => format!("removal of {} dead letter(s)", ids.len()),
             Op::Flush(_) => return,
         };
-        self.unstored.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(names::DEAD_LETTERS_UNSTORED, "schema" => self.schema.to_string())
-            .increment(1);
+        count_unstored(&self.unstored, &self.schema);
         tracing::error!(schema = %self.schema, error = %e,
             "PostgreSQL refused the {what}; kept in memory only, later writes go on");
     }
@@ -242,6 +268,7 @@ impl PgDeadLetterQueue {
             _closer: Arc::new(Closer(pending.clone())),
             pending,
             unstored,
+            schema: schema.clone(),
         })
     }
 
@@ -265,21 +292,32 @@ impl PgDeadLetterQueue {
     }
 
     /// Writes PostgreSQL refused for their data (a constraint the table was given, a value
-    /// it cannot hold) since [`open`](Self::open): each such entry is kept in memory only,
+    /// it cannot hold) or could not run (the table is gone, the pool was closed) since
+    /// [`open`](Self::open): each such entry is kept in memory only,
     /// so it is lost at a restart. Also counted in the
     /// [`DEAD_LETTERS_UNSTORED`](names::DEAD_LETTERS_UNSTORED) metric and logged as an error.
     pub fn unstored(&self) -> u64 {
         self.unstored.load(Ordering::Relaxed)
     }
 
-    /// Waits until every write made before this call is stored in PostgreSQL.
+    /// Waits until every write made before this call is stored in PostgreSQL (or given up,
+    /// see the type's docs). Once the pool is closed it answers at once with
+    /// `Error::Database(sqlx::Error::PoolClosed)`; `Error::Task` if the writer task is gone.
     pub async fn flush(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .push(Op::Flush(tx))
-            .map_err(|_| Error::Task("dead-letter writer stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Task("dead-letter writer stopped".into()))
+        if self.pending.push(Op::Flush(tx)).is_err() {
+            return Err(self.stopped());
+        }
+        rx.await.map_err(|_| self.stopped())
+    }
+
+    /// Why the writer is gone: the pool was closed, or its task ended otherwise.
+    fn stopped(&self) -> Error {
+        if self.pending.pool_closed() {
+            Error::Database(sqlx::Error::PoolClosed)
+        } else {
+            Error::Task("dead-letter writer stopped".into())
+        }
     }
 
     /// Mirrors in the table the removal of `taken` from the in-memory copy. The table holds
@@ -307,7 +345,7 @@ impl PgDeadLetterQueue {
     fn send(&self, op: Op) -> Result<(), DlqWriteError> {
         self.pending
             .push(op)
-            .map_err(|_| DlqWriteError::from(std::io::Error::other("dead-letter writer stopped")))
+            .map_err(|_| DlqWriteError::from(std::io::Error::other(self.stopped().to_string())))
     }
 }
 
@@ -315,7 +353,9 @@ impl DeadLetterSink for PgDeadLetterQueue {
     fn put(&self, letter: DeadLetter) {
         self.memory.put(letter.clone());
         if self.pending.push(Op::Put(Box::new(letter))).is_err() {
-            tracing::error!("dead-letter writer stopped; entry kept in memory only");
+            count_unstored(&self.unstored, &self.schema);
+            tracing::error!(schema = %self.schema, error = %self.stopped(),
+                "dead-letter writer stopped; entry kept in memory only");
         }
     }
 }

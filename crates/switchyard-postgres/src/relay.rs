@@ -554,7 +554,8 @@ impl Relay {
     }
 
     /// Runs until `stop` turns true or its sender is dropped. Errors are logged, counted
-    /// and retried after the poll interval; the relay never gives up on its own.
+    /// and retried after the poll interval, except a closed pool (`PgPool::close`), which is
+    /// final: the relay logs it and returns.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut listener = self.listener().await;
         let mut last_housekeeping: Option<Instant> = None;
@@ -568,6 +569,10 @@ impl Relay {
                     }))
                 }
                 Ok(Pass::Busy) => Some(self.config.poll_interval),
+                Err(Error::Database(sqlx::Error::PoolClosed)) => {
+                    tracing::error!(schema = %self.schema, "outbox relay stopped: its PostgreSQL pool was closed");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(schema = %self.schema, error = %e, "outbox relay pass failed");
                     ::metrics::counter!(names::OUTBOX_RELAY_ERRORS, "schema" => self.schema.to_string())

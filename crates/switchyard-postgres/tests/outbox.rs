@@ -400,6 +400,39 @@ async fn the_relay_returns_when_its_stop_sender_is_dropped() {
     db.finish().await;
 }
 
+/// A closed pool is final: `run` returns (logging it) instead of failing a pass every poll
+/// interval forever, and `drain` answers the typed `PoolClosed` error.
+#[tokio::test]
+async fn the_relay_returns_when_its_pool_is_closed() {
+    let Some(db) = TestDb::new("poolclosed").await else {
+        return;
+    };
+    let (bus, _rx, _sub) = recording_bus().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&common::url())
+        .await
+        .unwrap();
+    let relay =
+        Relay::new(pool.clone(), db.schema.clone(), bus).poll_interval(Duration::from_millis(20));
+    pool.close().await;
+    let drained = relay.drain().await;
+    assert!(
+        matches!(
+            drained,
+            Err(switchyard_postgres::Error::Database(
+                sqlx::Error::PoolClosed
+            ))
+        ),
+        "{drained:?}"
+    );
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::time::timeout(T, relay.run(stop_rx))
+        .await
+        .expect("run still failing its passes: a closed pool is retried forever");
+    db.finish().await;
+}
+
 /// An outbox row no envelope can be rebuilt from (its `meta` or its `headers` damaged) goes to
 /// the bus's dead-letter queue (reason `DecodeFailed`) with its id, topic, raw payload and the
 /// raw text of its damaged columns, and is marked so it is not dead-lettered again; the rows

@@ -462,3 +462,83 @@ async fn the_write_queue_is_bounded_while_the_database_cannot_take_writes() {
     assert_eq!(dlq.write_backlog(), 0);
     db.finish().await;
 }
+
+fn letter(n: u32) -> DeadLetter {
+    DeadLetter::new(
+        Envelope::new(Topic::new("orders.placed").unwrap(), format!("{n}")),
+        DeadLetterReason::HandlerFailed,
+        format!("failed {n}"),
+    )
+}
+
+/// A table that is gone (SQLSTATE class 42, here the dead-letter table dropped under a running
+/// queue) cannot be helped by retrying: each write is given up at once, kept in memory and
+/// counted as unstored, and `flush` returns.
+#[tokio::test]
+async fn a_dropped_dead_letter_table_is_given_up_at_once_and_flush_returns() {
+    let Some(db) = TestDb::new("dlqdropped").await else {
+        return;
+    };
+    let dlq = PgDeadLetterQueue::open(db.pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    db.exec("DROP TABLE {schema}.dead_letters").await;
+    let (first, second) = (letter(1), letter(2));
+    dlq.put(first.clone());
+    dlq.put(second.clone());
+    tokio::time::timeout(Duration::from_secs(5), dlq.flush())
+        .await
+        .expect("flush still waiting after 5 s: a missing table is retried forever")
+        .unwrap();
+    assert_eq!(dlq.unstored(), 2);
+    assert_eq!(dlq.get(&first.envelope.id), Some(first), "kept in memory");
+    assert_eq!(dlq.get(&second.envelope.id), Some(second), "kept in memory");
+    db.finish().await;
+}
+
+/// A closed pool is final: `flush` answers at once with the typed `PoolClosed` error (it does
+/// not wait for a write that can never be made), the waiting puts are counted as unstored and
+/// kept in memory, and later puts are kept in memory and counted too.
+#[tokio::test]
+async fn a_closed_pool_is_final_and_flush_returns_a_typed_error() {
+    let Some(db) = TestDb::new("dlqclosed").await else {
+        return;
+    };
+    let pool = fresh_pool().await;
+    let dlq = PgDeadLetterQueue::open(pool.clone(), &db.schema, 100)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (first, later) = (letter(1), letter(2));
+    dlq.put(first.clone());
+    let flushed = tokio::time::timeout(Duration::from_secs(5), dlq.flush())
+        .await
+        .expect("flush still waiting after 5 s: a closed pool is retried forever");
+    assert!(
+        matches!(
+            flushed,
+            Err(switchyard_postgres::Error::Database(
+                sqlx::Error::PoolClosed
+            ))
+        ),
+        "{flushed:?}"
+    );
+    assert_eq!(dlq.unstored(), 1);
+    dlq.put(later.clone());
+    assert_eq!(dlq.unstored(), 2, "a put after the pool closed is counted");
+    assert_eq!(dlq.get(&first.envelope.id), Some(first), "kept in memory");
+    assert_eq!(dlq.get(&later.envelope.id), Some(later), "kept in memory");
+    let again = tokio::time::timeout(Duration::from_secs(5), dlq.flush())
+        .await
+        .expect("a second flush waited");
+    assert!(
+        matches!(
+            again,
+            Err(switchyard_postgres::Error::Database(
+                sqlx::Error::PoolClosed
+            ))
+        ),
+        "{again:?}"
+    );
+    db.finish().await;
+}

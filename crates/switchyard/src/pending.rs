@@ -399,7 +399,8 @@ mod tests {
             Arc::ptr_eq(&group, &member),
             "a group's members share its count"
         );
-        p.expect(smallvec::smallvec![gone.clone(), group.clone()]).keep();
+        p.expect(smallvec::smallvec![gone.clone(), group.clone()])
+            .keep();
         assert_eq!(p.count(), 2);
         drop(gone);
         assert_eq!(

@@ -7,9 +7,11 @@
 
 mod filter;
 mod memory;
+mod route;
 
 pub use filter::DeadLetterFilter;
 pub use memory::{DeadLetterKey, InMemoryDeadLetters};
+pub use route::DeadLetterRoute;
 
 use std::time::SystemTime;
 

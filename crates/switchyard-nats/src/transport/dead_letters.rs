@@ -16,11 +16,7 @@ impl NatsTransport {
     /// message, which stays in the stream (terminated, not deleted) until retention removes
     /// it.
     pub fn dead_letters(&self) -> Option<Arc<InMemoryDeadLetters>> {
-        self.inner
-            .config
-            .dead_letters
-            .is_none()
-            .then(|| self.inner.own_dead_letters.clone())
+        self.inner.dead_letters.own_store()
     }
 }
 
@@ -29,17 +25,12 @@ impl Inner {
     /// there is none, and counts it.
     pub(super) fn dead_letter(&self, letter: DeadLetter) {
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        match &self.config.dead_letters {
-            Some(sink) => sink.put(letter),
-            None => {
-                for old in self.own_dead_letters.insert(letter) {
-                    tracing::warn!(
-                        id = %old.envelope.id,
-                        error = %old.error,
-                        "NATS dead-letter store full: its oldest letter was evicted (the message stays in its stream until retention removes it)"
-                    );
-                }
-            }
+        for old in self.dead_letters.put(letter) {
+            tracing::warn!(
+                id = %old.envelope.id,
+                error = %old.error,
+                "NATS dead-letter store full: its oldest letter was evicted (the message stays in its stream until retention removes it)"
+            );
         }
     }
 }

@@ -15,6 +15,7 @@ mod faulty;
 mod groups;
 mod harness;
 mod interop;
+mod oversize_requests;
 mod own_dead_letters;
 mod retention;
 mod review_rev10;

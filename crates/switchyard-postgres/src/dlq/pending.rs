@@ -33,6 +33,8 @@ struct State {
     handles: bool,
     /// False once the writer has ended.
     writer: bool,
+    /// The writer ended because the pool was closed (see [`Pending::pool_closed`]).
+    pool_closed: bool,
 }
 
 /// The writes waiting for PostgreSQL. Puts are bounded (the bus calls `put` from its workers
@@ -55,6 +57,7 @@ impl Pending {
                 overflowing: false,
                 handles: true,
                 writer: true,
+                pool_closed: false,
             }),
             wake: Notify::new(),
             schema,
@@ -147,6 +150,21 @@ impl Pending {
         self.wake.notify_one();
     }
 
+    /// The pool was closed, which is final: the writer ends, later pushes fail, and the
+    /// writes still waiting are handed back (for the writer to give up and count).
+    pub(super) fn pool_was_closed(&self) -> Vec<Op> {
+        let mut state = self.lock();
+        state.writer = false;
+        state.pool_closed = true;
+        state.puts = 0;
+        state.ops.drain(..).collect()
+    }
+
+    /// Whether the writer ended because the pool was closed.
+    pub(super) fn pool_closed(&self) -> bool {
+        self.lock().pool_closed
+    }
+
     /// The writer has ended: later pushes fail, and waiting flushes are answered with an
     /// error (their senders dropped).
     pub(super) fn writer_ended(&self) {
@@ -211,5 +229,18 @@ mod tests {
         p.writer_ended();
         assert!(rx.await.is_err(), "the flush was left waiting");
         assert!(p.push(put(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_hands_back_the_waiting_writes_and_refuses_later_ones() {
+        let p = Pending::new(Schema::default(), 2);
+        assert!(p.push(put(1)).is_ok());
+        assert!(p.push(Op::Remove(vec![MessageId::new()])).is_ok());
+        assert!(!p.pool_closed());
+        let waiting = p.pool_was_closed();
+        assert_eq!(waiting.len(), 2);
+        assert!(p.pool_closed());
+        assert_eq!(p.len(), 0);
+        assert!(p.push(put(2)).is_err());
     }
 }

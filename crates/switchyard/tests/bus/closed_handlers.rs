@@ -105,3 +105,38 @@ async fn nothing_stays_pending_after_busy_command_handlers_were_dropped() {
         "{report:?}"
     );
 }
+
+/// A publish hook (the node's trace, alerts and live feed are hooks) sees a command sent
+/// with `send_envelope` as a command, even when the envelope was made as an event
+/// (`Envelope::new`): found by review rev14, whose trace view showed such a command as
+/// `kind: "event"` (the kind was set after the hooks ran).
+#[tokio::test]
+async fn a_publish_hook_sees_a_sent_envelope_as_a_command() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let bus = Bus::builder()
+        .publish_hook(move |env| {
+            let _ = seen_tx.send((env.topic.to_string(), env.kind));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let _h = bus
+        .handle_envelope(
+            "echo",
+            "kind.check",
+            handler_fn(|env: Envelope| async move {
+                Ok::<_, std::convert::Infallible>(Outcome::reply(env.reply(env.payload.clone())))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let env = Envelope::new(Topic::new("kind.check").unwrap(), "{}");
+    assert_eq!(env.kind, switchyard::Kind::Event);
+    bus.send_envelope(env).await.unwrap();
+    let (topic, kind) = seen.recv().await.unwrap();
+    assert_eq!(
+        (topic.as_str(), kind),
+        ("kind.check", switchyard::Kind::Command)
+    );
+}
