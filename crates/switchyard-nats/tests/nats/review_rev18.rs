@@ -745,3 +745,91 @@ async fn commands_work_again_after_a_server_restart() {
         }
     }
 }
+
+/// One of three handler buses shuts down while 120 commands from 2 senders are in flight.
+/// Durable: every command is still answered right (what the leaving bus held is handed to the
+/// others). Plain: every command gets a typed answer in bounded time (`NoHandler` /
+/// `NotProcessed` for what the leaving bus had taken, per docs/nats.md), none a `Timeout`.
+/// Both: no command handled by two buses where the first finished it.
+async fn one_of_three_leaves_under_load(durable: bool) {
+    let names = Names::new();
+    let cfg = || {
+        if durable {
+            names.durable(SHARED_URL).with_pull_batch(4)
+        } else {
+            names.plain(SHARED_URL)
+        }
+    };
+    let seen: Seen = Arc::default();
+    let mut handlers = Vec::new();
+    for id in 0..3 {
+        handlers.push(doubler(cfg(), id, seen.clone()).await);
+    }
+    let (s1, _n1) = bus(cfg()).await;
+    let (s2, _n2) = bus(cfg()).await;
+    let senders = [s1, s2];
+    let per = 60u64;
+    let work = senders.iter().enumerate().flat_map(|(s, b)| {
+        (0..per).map(move |i| {
+            let n = s as u64 * 1000 + i;
+            async move { (n, b.request(Double { n }, Duration::from_secs(10)).await) }
+        })
+    });
+    let all = futures::future::join_all(work);
+    let leaving = handlers[0].0.clone();
+    let leave = async move {
+        // Once some commands are handled, bus 0 leaves.
+        let start = Instant::now();
+        while seen_len(&seen) < 10 && start.elapsed() < Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        let _ = leaving.shutdown(Duration::from_millis(300)).await;
+        seen
+    };
+    let (results, seen) = tokio::time::timeout(BOUND, futures::future::join(all, leave))
+        .await
+        .expect("commands not all answered in time");
+    let mut typed_failures = 0;
+    for (n, r) in &results {
+        match r {
+            Ok(v) => assert_eq!(*v, n * 2),
+            Err(SendError::NoHandler { .. } | SendError::NotProcessed(_)) if !durable => {
+                typed_failures += 1;
+            }
+            Err(e) => panic!("durable {durable}: command {n}: {e:?}"),
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    for (n, by) in &seen {
+        assert_eq!(
+            by.len(),
+            1,
+            "durable {durable}: command {n} handled by {by:?}"
+        );
+    }
+    eprintln!(
+        "durable {durable}: {typed_failures} typed failures, {} handled",
+        seen.len()
+    );
+    names.cleanup(SHARED_URL).await;
+}
+
+fn seen_len(seen: &Seen) -> usize {
+    seen.lock().unwrap().len()
+}
+
+#[tokio::test]
+async fn plain_one_of_three_handler_buses_leaves_under_load_every_sender_answered() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    one_of_three_leaves_under_load(false).await;
+}
+
+#[tokio::test]
+async fn durable_one_of_three_handler_buses_leaves_under_load_every_command_answered() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    one_of_three_leaves_under_load(true).await;
+}
