@@ -35,7 +35,8 @@ pub struct SubscriptionStats {
     pub acked: u64,
     /// Attempts that ended in an error or panic.
     pub failed: u64,
-    /// Attempts that panicked (also counted in `failed`).
+    /// Attempts that panicked (also counted in `failed`), and messages whose filter or
+    /// ordering key panicked (dead-lettered before any attempt, not counted in `failed`).
     pub panicked: u64,
     /// Retries scheduled.
     pub retried: u64,
