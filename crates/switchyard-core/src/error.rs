@@ -52,6 +52,38 @@ pub struct CodecError {
     pub source: BoxError,
 }
 
+/// Whether `e` itself (one link of an error chain, not its sources) is a codec failure no
+/// other attempt mends: any [`CodecError`], and the encoding one a publish or a send reports
+/// ([`PublishError::Encode`], [`SendError::Codec`] encoding: their `transparent` variants
+/// hide the `CodecError` itself from the `source()` chain, so they are looked at here). The
+/// same value encodes (or the same bytes decode) the same way every time.
+///
+/// The bus's workers and `switchyard_middleware`'s retry classifier both treat such an
+/// error anywhere in a handler's error chain as final.
+///
+/// ```
+/// use switchyard_core::{CodecDirection, CodecError, PublishError, error::is_codec_failure};
+/// let codec = CodecError {
+///     direction: CodecDirection::Encode,
+///     type_name: "T",
+///     source: "no JSON form".into(),
+/// };
+/// assert!(is_codec_failure(&PublishError::Encode(codec)));
+/// assert!(!is_codec_failure(&PublishError::ShuttingDown));
+/// ```
+pub fn is_codec_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.is::<CodecError>() {
+        return true;
+    }
+    if let Some(PublishError::Encode(_)) = e.downcast_ref::<PublishError>() {
+        return true;
+    }
+    matches!(
+        e.downcast_ref::<SendError>(),
+        Some(SendError::Codec(c)) if c.direction == CodecDirection::Encode
+    )
+}
+
 /// Broad class of a transport failure, for callers that branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportErrorKind {

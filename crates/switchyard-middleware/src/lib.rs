@@ -54,8 +54,8 @@
 //! 1. **Trace** outermost, so the span covers the dedup decision, every retry and the backoff
 //!    waits, and the handler sees the delivery's `traceparent`.
 //! 2. **Metrics** outside retry count one delivery per message with its *final* outcome and
-//!    the full time including retries; the retry layer counts its own re-attempts
-//!    (`switchyard_retry_attempts_total`).
+//!    the full time including retries; the retry layer counts its own re-attempts as
+//!    retries under the same labels (`switchyard_retried_total`).
 //! 3. **Dedup** outside retry: a duplicate costs nothing, and a key is marked seen only after
 //!    the retried whole succeeded.
 //! 4. **Retry** outside the breaker and the limits, so each attempt waits for readiness again:

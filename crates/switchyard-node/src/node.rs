@@ -140,8 +140,12 @@ impl Node {
                 if crate::ws::is_subscription(name) {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }
+                // The stack's re-attempts count in the subscription's `retried` (the bus's
+                // worker calls the stack once and never sees them).
+                let retries = target.retries();
                 let config = config
                     .registry(wrap_registry.clone())
+                    .on_retry(move |_| retries.count())
                     .on_breaker_transition(move |event| {
                         let _ = tx.send(event.clone());
                     });

@@ -183,6 +183,19 @@ async def test_encode_failed(bus):
     assert isinstance(e.value, TypeError) and "object is not JSON serializable" in str(e.value)
 
 
+async def test_nan_and_infinities_are_encode_failed_not_invalid_json(bus):
+    """NaN is not JSON: a Rust peer or the node cannot read it, so it is refused at once."""
+    seen = []
+    bus.on("a.#", lambda env: seen.append(env.payload))
+    for bad in (float("nan"), float("inf"), {"x": [float("-inf")]}):
+        with pytest.raises(switchyard.EncodeFailed) as e:
+            await bus.publish("a.b", bad)
+        assert "Out of range float values are not JSON compliant" in str(e.value), str(e.value)
+    await bus.publish("a.b", {"x": 1.5})
+    await bus.idle(5)
+    assert seen == [b'{"x":1.5}']
+
+
 def test_every_class_is_exported():
     for name in errors.__all__:
         assert getattr(switchyard, name) is getattr(errors, name)

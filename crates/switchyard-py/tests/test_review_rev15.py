@@ -275,9 +275,8 @@ async def test_a_command_handler_returning_something_unencodable_gives_the_sende
         await server.shutdown()
 
 
-@pytest.mark.skip(reason="defect: a command result with NaN is sent as invalid JSON; the node refuses the frame without an id and the sender hangs until the handler timeout")
 async def test_a_command_handler_returning_nan_gives_the_sender_a_typed_error_in_bounded_time(node, remote):
-    """Defect. `float("nan")` is not JSON, yet the connected bus's encoder (`json` with
+    """Was a defect (fixed: h-fixpy). `float("nan")` is not JSON, yet the connected bus's encoder (`json` with
     allow_nan) writes `{"op":"result",...,"payload":{"x":NaN}}`; the node answers an
     id-less `malformed_json` error op (logged: "switchyard node: malformed_json: malformed
     JSON: expected value at line 1 column 52") and the call stays open, so the sender waits
@@ -491,10 +490,9 @@ BYTES_LIKE_DEFECT = (
 )
 
 
-@pytest.mark.skip(reason=BYTES_LIKE_DEFECT)
 @pytest.mark.parametrize("value", [bytearray(b"123"), memoryview(b"abc"), bytearray(b"\xff\x01")], ids=["digits", "letters", "non-utf8"])
 async def test_a_bytearray_or_memoryview_payload_goes_as_bytes_like_bytes_does(remote, value):
-    """Defect. docs/python.md: "Bytes go as `application/octet-stream`", and the package's
+    """Was a defect (fixed: h-fixpy). docs/python.md: "Bytes go as `application/octet-stream`", and the package's
     own `encode` and command results treat bytearray / memoryview as bytes. A bytes-like
     payload must arrive as those bytes with that content type, or be refused with a typed
     error, in bounded time. Failures (3 of 3 runs):
@@ -519,15 +517,58 @@ async def test_a_bytearray_or_memoryview_payload_goes_as_bytes_like_bytes_does(r
     assert item == (topic, bytes(value), "application/octet-stream")
 
 
-@pytest.mark.skip(reason="defect: a payload with NaN is sent as invalid JSON; the node cannot echo the id and ConnectedBus.publish hangs forever")
 async def test_publishing_a_nan_payload_is_a_typed_error_not_a_hang(remote):
-    """Defect. `{"x": float("nan")}` is not JSON; the connected bus writes `NaN` into the
+    """Was a defect (fixed: h-fixpy). `{"x": float("nan")}` is not JSON; the connected bus writes `NaN` into the
     frame (json with allow_nan, _gateway.py `_dumps` / _codec `encode`), the node answers
     an id-less `malformed_json` error op ("malformed JSON: expected value at line 1 column
     53") and `publish` never returns. Failure (3 of 3 runs): `TimeoutError` from
     `asyncio.wait_for(remote.publish(...), 10)`. Expected: EncodeFailed (a TypeError) at once."""
     with pytest.raises(switchyard.SwitchyardError):
         await asyncio.wait_for(remote.publish("rev15.nan.x", {"x": float("nan")}), 10)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b: b.publish("rev15.enc.x", {}, headers={"h": float("nan")}),
+        lambda b: b.publish("rev15.enc.x", {}, headers={"h": object()}),
+        lambda b: b.publish("rev15.enc.x", "lone \ud800 surrogate"),
+        lambda b: b.publish("rev15.enc.x", {}, headers={"h": "lone \udfff"}),
+        lambda b: b.send("rev15.enc.cmd", {"x": float("inf")}),
+        lambda b: b.request("rev15.enc.cmd", {}, headers={"h": float("-inf")}, timeout=5),
+    ],
+    ids=["nan-header", "object-header", "surrogate-payload", "surrogate-header", "inf-send", "inf-request-header"],
+)
+async def test_a_frame_the_client_cannot_encode_raises_encode_failed_at_the_caller_at_once(remote, call):
+    """Every frame is JSON the node parses, or the call raises before sending: a frame the
+    node could not parse is answered without its id, and the call would never settle."""
+    with pytest.raises(switchyard.EncodeFailed):
+        await asyncio.wait_for(call(remote), 5)
+    # Nothing was sent, nothing is left waiting; the connection works.
+    assert remote._calls == {}
+    assert await asyncio.wait_for(remote.publish("rev15.enc.x", {"ok": 1}), 5)
+
+
+async def test_a_command_handler_rejecting_with_a_lone_surrogate_answers_the_sender(node, remote):
+    """The result frame's error text is made UTF-8 (the writer would fail on it otherwise)."""
+    server = await connect(node)
+    try:
+
+        @server.handle("rev15.bad.surrogate")
+        def bad(p: dict) -> Any:
+            raise switchyard.Reject("no \ud800 way")
+
+        @server.handle("rev15.bad.fine2")
+        def fine(p: dict) -> Any:
+            return {"fine": True}
+
+        await server.ready()
+        with pytest.raises(switchyard.Rejected) as e:
+            await asyncio.wait_for(remote.send("rev15.bad.surrogate", {}), 10)
+        assert "no ? way" in e.value.reason, e.value.reason
+        assert await asyncio.wait_for(remote.send("rev15.bad.fine2", {}), 10) == {"fine": True}
+    finally:
+        await server.shutdown(timeout=0.5)
 
 
 async def test_a_unicode_topic_round_trips_between_http_python_and_a_unicode_pattern(node, remote):

@@ -222,9 +222,7 @@ impl Bus {
         // A typed command carried unencoded stays so only for a typed handler of its type
         // with nothing on the way that reads the bytes.
         self.encode_unless_taken(&mut env, Some(&handler))?;
-        let Some(lane) = handler.admit(&env) else {
-            return Err(filtered(&handler));
-        };
+        let lane = handler.admit(&self.inner, &env)?;
         // Run on this task when the handler is free (`inline.rs`), else queued.
         let kept = CommandReply::kept(typed);
         let (handler, env) = match handler.try_inline_now(&self.inner, env, lane.as_ref(), kept, cx)
@@ -514,6 +512,11 @@ fn enqueue_result(
     match result {
         Ok(Enqueued::Queued) => Ok(()),
         Ok(Enqueued::Filtered) => Err(filtered(handler)),
+        // Never here (a command's filters and key run in `admit`, before it is queued).
+        Ok(Enqueued::Panicked) => Err(SendError::NotProcessed(format!(
+            "a filter or the ordering key of handler {} panicked",
+            handler.name()
+        ))),
         Err(EnqueueError::Full) => Err(SendError::Full {
             handler: handler.name().to_owned(),
         }),
@@ -524,7 +527,7 @@ fn enqueue_result(
 }
 
 /// What the sender of a command the handler's filters (or session scope) kept out hears.
-fn filtered(handler: &SubShared) -> SendError {
+pub(crate) fn filtered(handler: &SubShared) -> SendError {
     SendError::Rejected {
         reason: format!("filtered out by handler {}", handler.name()),
     }
@@ -652,9 +655,7 @@ impl SubShared {
             handler: self.config.name.clone(),
         });
         let env = shared(env);
-        let Some(lane) = self.admit(&env) else {
-            return Err(filtered(self));
-        };
+        let lane = self.admit(&bus, &env)?;
         // From here a reply dropped unanswered answers (`RemoteReply`'s drop); a command
         // refused below is answered here instead, before the slot is marked.
         let (env, mut reply) = match Arc::clone(self).try_inline(&bus, env, lane.as_ref(), reply) {

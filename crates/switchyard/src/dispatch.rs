@@ -21,7 +21,7 @@ use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
-use crate::state::{BusInner, Parent, SubShared, TypedSlot};
+use crate::state::{BusInner, Parent, SubShared, TypedSlot, panic_message};
 use crate::stats::inc;
 
 /// A worker that never has to wait yields to other tasks after this many messages (so does
@@ -501,7 +501,14 @@ impl SubShared {
                 None => {
                     let text = error_chain(&*e);
                     inc(&c.failed);
-                    let permanent = e.is::<Permanent>();
+                    // A `Permanent`, or a value that does not encode (a typed reply, a
+                    // `ctx.publish`), anywhere in the chain: the same value fails the same
+                    // way on every attempt (as the resilience stack's classifier says).
+                    let permanent = std::iter::successors(
+                        Some(&*e as &(dyn std::error::Error + 'static)),
+                        |l| l.source(),
+                    )
+                    .any(|l| l.is::<Permanent>() || switchyard_core::error::is_codec_failure(l));
                     let last_attempt = attempts_inside(&*e, attempt);
                     tracing::warn!(subscription = %self.name(), message_id = %first.id,
                         correlation_id = %first.correlation_id, attempt, permanent,
@@ -867,14 +874,4 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }

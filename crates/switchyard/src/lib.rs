@@ -74,7 +74,7 @@ pub use queue::Overflow;
 pub use reply::CommandResult;
 pub use session::Session;
 pub use state::{HandlerWrap, PublishHook, ShutdownReport, WrapTarget};
-pub use stats::{SubscriptionInfo, SubscriptionStats};
+pub use stats::{RetryCounter, SubscriptionInfo, SubscriptionStats};
 pub use subscription::{Subscription, SubscriptionBuilder};
 pub use switchyard_core::*;
 /// The layers of `switchyard-middleware` (feature `middleware`).

@@ -17,7 +17,7 @@ use crate::pending::OwedReaders;
 use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
-use crate::state::{BusInner, RUNNING, SubShared};
+use crate::state::{Admission, BusInner, RUNNING, SubShared};
 use crate::stats::inc;
 use crate::transport_link::ErasedTransport;
 
@@ -28,6 +28,9 @@ pub(crate) enum Enqueued {
     Queued,
     /// A filter (or the session scope) kept it out; counted as `filtered`.
     Filtered,
+    /// A filter or the ordering key panicked: dead-lettered for this subscription (its
+    /// reply channel, if any, answered with the error).
+    Panicked,
 }
 
 /// Why an enqueue failed.
@@ -46,11 +49,20 @@ impl SubShared {
         env: Arc<Envelope>,
         reply: Option<CommandReply>,
     ) -> Result<Enqueued, EnqueueError> {
-        if !self.accepts(&env) {
-            inc(&self.counters.filtered);
-            return Ok(Enqueued::Filtered);
-        }
-        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
+        let lane = match self.admission(&env) {
+            Admission::Lane(lane) => lane,
+            Admission::Filtered => {
+                inc(&self.counters.filtered);
+                return Ok(Enqueued::Filtered);
+            }
+            Admission::Panicked(why) => {
+                let error = self.give_up_panicked(bus, &env, why);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error));
+                }
+                return Ok(Enqueued::Panicked);
+            }
+        };
         // Cancelled while it waits for room, the push drops the entry and with it the count.
         let entry = Entry::new(env, reply, lane, bus.pending.accept());
         let pushed = self.queue.push(entry).await;
@@ -67,11 +79,17 @@ impl SubShared {
         bus: &BusInner,
         env: &Arc<Envelope>,
     ) -> Result<Result<Enqueued, EnqueueError>, Entry> {
-        if !self.accepts(env) {
-            inc(&self.counters.filtered);
-            return Ok(Ok(Enqueued::Filtered));
-        }
-        let lane = self.config.ordering_key.as_ref().and_then(|k| k(env));
+        let lane = match self.admission(env) {
+            Admission::Lane(lane) => lane,
+            Admission::Filtered => {
+                inc(&self.counters.filtered);
+                return Ok(Ok(Enqueued::Filtered));
+            }
+            Admission::Panicked(why) => {
+                self.give_up_panicked(bus, env, why);
+                return Ok(Ok(Enqueued::Panicked));
+            }
+        };
         let entry = Entry::new(env.clone(), None, lane, bus.pending.accept());
         match self.queue.try_push_now(entry) {
             Ok(pushed) => Ok(self.pushed(bus, pushed)),
@@ -79,15 +97,23 @@ impl SubShared {
         }
     }
 
-    /// The session scope and filters: `None` when they keep `env` out (counted as
-    /// `filtered`), else its ordering key (lane).
-    #[allow(clippy::option_option)]
-    pub(crate) fn admit(&self, env: &Envelope) -> Option<Option<SmolStr>> {
-        if !self.accepts(env) {
-            inc(&self.counters.filtered);
-            return None;
+    /// For a command: the session scope and filters, then its ordering key (lane). Kept
+    /// out by them, it is counted as `filtered` and refused (`SendError::Rejected`); when a
+    /// filter or the key panicked, it is dead-lettered for this handler and refused with
+    /// `SendError::Failed` naming the panic.
+    pub(crate) fn admit(
+        &self,
+        bus: &BusInner,
+        env: &Envelope,
+    ) -> Result<Option<SmolStr>, SendError> {
+        match self.admission(env) {
+            Admission::Lane(lane) => Ok(lane),
+            Admission::Filtered => {
+                inc(&self.counters.filtered);
+                Err(crate::command::filtered(self))
+            }
+            Admission::Panicked(why) => Err(self.give_up_panicked(bus, env, why)),
         }
-        Some(self.config.ordering_key.as_ref().and_then(|k| k(env)))
     }
 
     /// [`try_enqueue`](Self::try_enqueue) for a command [admitted](Self::admit), whose result
@@ -400,6 +426,13 @@ impl Bus {
                     }
                 }
                 Ok(Enqueued::Filtered) => out.filtered += 1,
+                // Answered on its channel with the panic: reported as that subscription's
+                // failure.
+                Ok(Enqueued::Panicked) => {
+                    if let Some(rx) = rx {
+                        out.waiters.push((sub.name().to_owned(), rx));
+                    }
+                }
                 Err(EnqueueError::Full) => out.refused.push(sub.name().to_owned()),
                 // Unsubscribed concurrently: it no longer wants messages. Unless the whole
                 // bus is shutting down.
@@ -729,6 +762,8 @@ impl GroupDelivery {
         match result {
             Ok(Enqueued::Queued) => self.delivered += 1,
             Ok(Enqueued::Filtered) => self.filtered += 1,
+            // Dead-lettered for that subscription; the others still get the message.
+            Ok(Enqueued::Panicked) => {}
             Err(EnqueueError::Full) => self.refused.push(sub.name().to_owned()),
             // Unsubscribed concurrently: it no longer wants messages. Unless the whole bus
             // is shutting down.

@@ -131,11 +131,26 @@ impl SubShared {
             Some(env)
         };
         let arrived = decoded.as_ref().unwrap_or(&delivery.envelope);
-        if !self.accepts(arrived) {
-            inc(&self.counters.filtered);
-            self.settle(delivery, true).await;
-            accepted.settle(Settled::Acked);
-            return Ok(());
+        match self.passes_filters(arrived) {
+            Ok(true) => {}
+            Ok(false) => {
+                inc(&self.counters.filtered);
+                self.settle(delivery, true).await;
+                accepted.settle(Settled::Acked);
+                return Ok(());
+            }
+            Err(why) => {
+                self.note_admission_panic(arrived, &why);
+                self.dead_letter_delivery(
+                    &bus,
+                    delivery,
+                    accepted,
+                    DeadLetterReason::Panicked,
+                    why,
+                )
+                .await;
+                return Ok(());
+            }
         }
         if let Some(check) = &bus.intake {
             match check(arrived) {
@@ -171,8 +186,22 @@ impl SubShared {
         // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts
         // already made: one fewer than the delivery's number.
         env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
+        let lane = match self.lane(&env) {
+            Ok(lane) => lane,
+            Err(why) => {
+                self.note_admission_panic(&env, &why);
+                self.dead_letter_delivery(
+                    &bus,
+                    delivery,
+                    accepted,
+                    DeadLetterReason::Panicked,
+                    why,
+                )
+                .await;
+                return Ok(());
+            }
+        };
         let env = Arc::new(env);
-        let lane = self.config.ordering_key.as_ref().and_then(|k| k(&env));
         let id = env.id.clone();
         let mut entry = Entry::new(env, None, lane, accepted);
         entry.delivery = Some(Box::new(delivery));

@@ -104,8 +104,12 @@ fn resolve(
                 .retry
                 .max_attempts(attempts)
                 .with_backoff(backoff.clone());
-            let config =
-                config.on_breaker_transition(move |event| publish_breaker_event(&slot, event));
+            // The layer's re-attempts are retries of the subscription too (the worker, which
+            // calls the stack once, never sees them).
+            let retries = target.retries();
+            let config = config
+                .on_breaker_transition(move |event| publish_breaker_event(&slot, event))
+                .on_retry(move |_| retries.count());
             // The stack is the outermost wrap of the handler (see `register`): the bus calls it
             // with the envelope it delivered, only the delivery bookkeeping restamped.
             // Held as it is, not boxed: its calls' futures run in a place it keeps.

@@ -234,6 +234,17 @@ pub struct WrapTarget<'a> {
     pub pattern: &'a str,
     /// Event subscription or command handler.
     pub kind: crate::SubscriptionKind,
+    /// Counts re-attempts in the subscription's `retried`; see [`WrapTarget::retries`].
+    pub(crate) retries: &'a crate::stats::RetryCounter,
+}
+
+impl WrapTarget<'_> {
+    /// Counts re-attempts in this subscription's (or command handler's) `retried`: give it to
+    /// a retry the wrap adds (`ResilienceConfig::on_retry(move |_| retries.count())`), which
+    /// the bus does not see, so that its figures show the retries.
+    pub fn retries(&self) -> crate::stats::RetryCounter {
+        self.retries.clone()
+    }
 }
 
 /// The wrap the bus keeps: [`HandlerWrap`]s are adapted to it.
@@ -378,6 +389,28 @@ impl BusInner {
     }
 }
 
+/// What a subscription's session scope, filters and ordering key say of a message
+/// ([`SubShared::admission`]).
+pub(crate) enum Admission {
+    /// Kept out by the session scope or a filter.
+    Filtered,
+    /// Taken, in this ordering lane (`None`: no key).
+    Lane(Option<SmolStr>),
+    /// A filter or the ordering key panicked; the text says which and the panic's message.
+    Panicked(String),
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
 /// State shared by a subscription's handle, its workers and the router.
 pub(crate) struct SubShared {
     pub(crate) id: u64,
@@ -446,10 +479,92 @@ impl SubShared {
         self.counters.snapshot()
     }
 
-    /// Session scope and filters, checked before queueing.
+    /// Session scope, filters and ordering key, looked at before queueing. The filters and
+    /// the ordering key are the application's code, run on the publisher's (or sender's)
+    /// task: a panic in one is captured and reported as [`Admission::Panicked`], never
+    /// unwound into the publish.
     #[inline]
-    pub(crate) fn accepts(&self, env: &Envelope) -> bool {
-        self.config.in_session_scope(env) && self.config.filters.iter().all(|f| f(env))
+    pub(crate) fn admission(&self, env: &Envelope) -> Admission {
+        if !self.config.in_session_scope(env) {
+            return Admission::Filtered;
+        }
+        if self.config.filters.is_empty() && self.config.ordering_key.is_none() {
+            return Admission::Lane(None);
+        }
+        self.run_admission_fns(env)
+    }
+
+    /// [`admission`](Self::admission)'s filters and ordering key (out of line: the common
+    /// subscription has neither).
+    #[inline(never)]
+    fn run_admission_fns(&self, env: &Envelope) -> Admission {
+        match self.passes_filters(env) {
+            Ok(true) => {}
+            Ok(false) => return Admission::Filtered,
+            Err(why) => return Admission::Panicked(why),
+        }
+        match self.lane(env) {
+            Ok(lane) => Admission::Lane(lane),
+            Err(why) => Admission::Panicked(why),
+        }
+    }
+
+    /// Whether every filter takes `env` (the session scope is not looked at); `Err` with
+    /// the text "filter panicked: <message>" when one panicked.
+    #[inline]
+    pub(crate) fn passes_filters(&self, env: &Envelope) -> Result<bool, String> {
+        if self.config.filters.is_empty() {
+            return Ok(true);
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.config.filters.iter().all(|f| f(env))
+        }))
+        .map_err(|panic| format!("filter panicked: {}", panic_message(&*panic)))
+    }
+
+    /// `env`'s ordering key (its lane), if the subscription has a key function; `Err` with
+    /// the text "ordering key panicked: <message>" when it panicked.
+    #[inline]
+    pub(crate) fn lane(&self, env: &Envelope) -> Result<Option<SmolStr>, String> {
+        let Some(key) = &self.config.ordering_key else {
+            return Ok(None);
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| key(env)))
+            .map_err(|panic| format!("ordering key panicked: {}", panic_message(&*panic)))
+    }
+
+    /// Counts and logs a filter or ordering key that panicked on `env` (the message is
+    /// then given up for this subscription).
+    #[cold]
+    pub(crate) fn note_admission_panic(&self, env: &Envelope, why: &str) {
+        inc(&self.counters.panicked);
+        tracing::error!(subscription = %self.name(), message_id = %env.id,
+            topic = %env.topic, error = %why,
+            "a filter or ordering key panicked: the message is dead-lettered for this subscription");
+    }
+
+    /// Gives up an in-memory message whose filter or ordering key panicked for this
+    /// subscription (never accepted, so nothing is settled): counted (`panicked`,
+    /// `dead_lettered`), dead-lettered as published (reason `Panicked`, handler this
+    /// subscription), and the error its sender gets.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn give_up_panicked(
+        &self,
+        bus: &BusInner,
+        env: &Envelope,
+        why: String,
+    ) -> SendError {
+        self.note_admission_panic(env, &why);
+        inc(&self.counters.dead_lettered);
+        bus.dead_letter(
+            DeadLetter::new(env.clone(), DeadLetterReason::Panicked, why.clone())
+                .with_handler(self.config.name.clone()),
+        );
+        SendError::Failed {
+            error: why,
+            attempts: 0,
+        }
     }
 
     /// Dead-letters a message that will not be handled, answers its sender and settles it.

@@ -1,6 +1,7 @@
 //! The figures the bus keeps per subscription: counters, and what the registry shows.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::config::SubscriptionKind;
 
@@ -26,6 +27,30 @@ pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Counts the re-attempts a retry inside a subscription's handler makes (the resilience
+/// stack's, which the bus does not see) in that subscription's `retried`: hand it to the
+/// retry as its observer (`ResilienceConfig::on_retry`). Given by
+/// [`WrapTarget::retries`](crate::WrapTarget::retries); counts once the subscription is
+/// registered, and nothing after it is gone.
+#[derive(Debug, Clone, Default)]
+pub struct RetryCounter {
+    sub: Arc<OnceLock<Weak<crate::state::SubShared>>>,
+}
+
+impl RetryCounter {
+    /// Counts one re-attempt.
+    pub fn count(&self) {
+        if let Some(sub) = self.sub.get().and_then(Weak::upgrade) {
+            inc(&sub.counters.retried);
+        }
+    }
+
+    /// Points the counter at the subscription it was made for, once it exists.
+    pub(crate) fn bind(&self, sub: &Arc<crate::state::SubShared>) {
+        let _ = self.sub.set(Arc::downgrade(sub));
+    }
+}
+
 /// A snapshot of one subscription's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SubscriptionStats {
@@ -35,9 +60,11 @@ pub struct SubscriptionStats {
     pub acked: u64,
     /// Attempts that ended in an error or panic.
     pub failed: u64,
-    /// Attempts that panicked (also counted in `failed`).
+    /// Attempts that panicked (also counted in `failed`), and messages whose filter or
+    /// ordering key panicked (dead-lettered before any attempt, not counted in `failed`).
     pub panicked: u64,
-    /// Retries scheduled.
+    /// Retries scheduled: by the bus's own redelivery, and the re-attempts of a retry inside
+    /// the handler that reports them (the default resilience stack's, see [`RetryCounter`]).
     pub retried: u64,
     /// Messages the handler rejected.
     pub rejected: u64,

@@ -277,12 +277,15 @@ impl Bus {
             // Bus-wide layers may read the payload; batch handlers are not typed `on` ones.
             config.takes_value = None;
         }
+        // Bound to the subscription once it exists: a retry inside the handler counts there.
+        let retries = crate::stats::RetryCounter::default();
         let handler = match handler {
             Handler::Single(mut h) => {
                 let target = crate::state::WrapTarget {
                     name: &config.name,
                     pattern: config.pattern.as_str(),
                     kind,
+                    retries: &retries,
                 };
                 if let Some(wrap) = &inner.wrap {
                     h = wrap(&target, h);
@@ -309,6 +312,7 @@ impl Bus {
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(SubShared::new(id, kind, config, self.weak()));
+        retries.bind(&shared);
         match kind {
             SubscriptionKind::Event => {
                 // Counted before it is routed to, so a publish that sees it counts what it

@@ -3,14 +3,18 @@
 //!
 //! [`MetricsLayer`] records, per topic and handler label:
 //! - counters `switchyard_delivered_total` (every call), `switchyard_acked_total` (`Ack` and
-//!   `Reply`), `switchyard_retried_total` (`Retry` outcomes), `switchyard_rejected_total`
+//!   `Reply`), `switchyard_retried_total` (retries: see below), `switchyard_rejected_total`
 //!   (`Reject`), `switchyard_failed_total` (errors);
 //! - histograms `switchyard_handler_duration_seconds` (call time) and
 //!   `switchyard_end_to_end_latency_seconds` (from `envelope.timestamp` to the end of the call);
 //! - gauge `switchyard_in_flight`.
 //!
 //! Placed outside the retry layer it sees one call per delivery (the final outcome); the retry
-//! layer itself counts its re-attempts in `switchyard_retry_attempts_total`. The same counts
+//! layer counts each of its re-attempts in `switchyard_retried_total` under the same labels
+//! (the fused [`ResilienceLayer`](crate::resilience::ResilienceLayer) under the metrics
+//! layer's own, its registry included), so that counter holds the retries of a handler
+//! whoever makes them: the layer's re-attempts, and the calls that ended `Retry` (which only
+//! a metrics layer with no retry inside it sees; the bus retries those). The same counts
 //! are kept in a [`MetricsRegistry`] that renders a [`MetricsSnapshot`] (JSON) without any
 //! recorder installed.
 //!
@@ -45,7 +49,7 @@ pub use layer::{MetricsLayer, TopicLabel};
 pub use prometheus::{PrometheusMetrics, build_prometheus, install_prometheus};
 pub use registry::{DurationStats, HandlerStats, MetricsRegistry, MetricsSnapshot};
 pub use service::Metrics;
-pub(crate) use service::{Measured, Shared as MetricsShared, TopicCache};
+pub(crate) use service::{Measured, Shared as MetricsShared, TopicCache, TopicHandles};
 
 /// Metric names used across switchyard.
 pub mod names {
@@ -55,9 +59,12 @@ pub mod names {
     pub const DELIVERED: &str = "switchyard_delivered_total";
     /// Counter: calls that ended `Ack` or `Reply` (labels: topic, handler).
     pub const ACKED: &str = "switchyard_acked_total";
-    /// Counter: calls that ended `Retry` (labels: topic, handler).
+    /// Counter: retries (labels: topic, handler): re-attempts made by the retry layer, and
+    /// calls that ended `Retry`.
     pub const RETRIED: &str = "switchyard_retried_total";
-    /// Counter: re-attempts made by the retry layer (labels: topic, handler).
+    /// No longer recorded: the retry layer's re-attempts are counted in [`RETRIED`], one
+    /// name for the retries of a handler.
+    #[deprecated(note = "re-attempts are counted in `RETRIED` (switchyard_retried_total)")]
     pub const RETRIES: &str = "switchyard_retry_attempts_total";
     /// Counter: calls that ended `Reject` (labels: topic, handler).
     pub const REJECTED: &str = "switchyard_rejected_total";
@@ -99,11 +106,10 @@ pub fn describe() {
     );
     describe_counter!(names::DELIVERED, Unit::Count, "Handler calls");
     describe_counter!(names::ACKED, Unit::Count, "Calls that ended Ack or Reply");
-    describe_counter!(names::RETRIED, Unit::Count, "Calls that ended Retry");
     describe_counter!(
-        names::RETRIES,
+        names::RETRIED,
         Unit::Count,
-        "Re-attempts by the retry layer"
+        "Retries: re-attempts and calls that ended Retry"
     );
     describe_counter!(names::REJECTED, Unit::Count, "Calls that ended Reject");
     describe_counter!(names::FAILED, Unit::Count, "Calls that ended in an error");

@@ -39,7 +39,10 @@ pub struct HandlerStats {
     pub delivered: u64,
     /// `Ack` or `Reply`.
     pub acked: u64,
-    /// `Retry` outcomes.
+    /// Retries: attempts the stack's retry made again after a failed one (or one that asked
+    /// for `Retry`), plus calls that ended `Retry` (a metrics layer with no retry inside it,
+    /// whose `Retry` the bus or an outer retry acts on). Under the default stack, where no
+    /// call ends `Retry`, the re-attempts.
     pub retried: u64,
     /// `Reject` outcomes.
     pub rejected: u64,
@@ -89,6 +92,8 @@ struct Shard {
     delivered: AtomicU64,
     acked: AtomicU64,
     retried: AtomicU64,
+    /// Re-attempts by the stack's retry (not calls that ended: kept apart from `retried`).
+    reattempts: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
     abandoned: AtomicU64,
@@ -215,6 +220,12 @@ impl Counters {
         raise(&shard.end_to_end_max, end_to_end, owned);
     }
 
+    /// Counts one re-attempt the stack's retry makes of a call that has not ended.
+    pub(crate) fn reattempted(&self) {
+        let (shard, owned) = self.shard();
+        add(&shard.reattempts, 1, owned);
+    }
+
     pub(crate) fn abandoned(&self) {
         let (shard, owned) = self.shard();
         add(&shard.abandoned, 1, owned);
@@ -249,7 +260,7 @@ impl Counters {
             handler: handler.to_owned(),
             delivered,
             acked,
-            retried,
+            retried: retried.wrapping_add(sum(|s| &s.reattempts)),
             rejected,
             failed,
             in_flight: delivered.saturating_sub(ended + abandoned),
@@ -321,6 +332,7 @@ mod tests {
                         };
                         counters.finished(ended, 1_000, (t + 1) * 1_000);
                     }
+                    counters.reattempted();
                     counters.started();
                     counters.abandoned();
                     counters.started(); // still running when the snapshot is taken
@@ -334,7 +346,8 @@ mod tests {
         assert_eq!(stats.delivered, THREADS * (CALLS + 2));
         assert_eq!(stats.acked, THREADS * CALLS * 3 / 4);
         assert_eq!(stats.failed, THREADS * CALLS / 4);
-        assert_eq!(stats.in_flight, THREADS);
+        assert_eq!(stats.retried, THREADS, "re-attempts are retries");
+        assert_eq!(stats.in_flight, THREADS, "re-attempts end no call");
         assert_eq!(stats.duration.count, THREADS * CALLS);
         let micros = |s: f64| (s * 1e6).round() as u64;
         assert_eq!(micros(stats.duration.sum_seconds), THREADS * CALLS);

@@ -29,6 +29,15 @@ pub(crate) struct TopicHandles {
     counters: Arc<Counters>,
 }
 
+impl TopicHandles {
+    /// Counts one re-attempt of a call by the stack's retry: a retry
+    /// (`switchyard_retried_total`, and the registry's `retried`).
+    pub(crate) fn reattempted(&self) {
+        self.retried.increment(1);
+        self.counters.reattempted();
+    }
+}
+
 /// State shared by the services of one [`MetricsLayer`](super::MetricsLayer).
 pub(crate) struct Shared {
     pub(crate) handler: SmolStr,
@@ -178,6 +187,14 @@ impl Measured {
     /// The envelope's timestamp, where end-to-end latency starts.
     pub(crate) fn timestamp(&self) -> SystemTime {
         self.timestamp
+    }
+
+    /// The handles this call counts into, for its re-attempts ([`TopicHandles::reattempted`]).
+    pub(crate) fn handles(&self, shared: &Shared) -> Option<Arc<TopicHandles>> {
+        match &self.topic {
+            TopicRef::First => shared.first.get().map(|(_, h)| h.clone()),
+            TopicRef::Other(h) => Some(h.clone()),
+        }
     }
 
     /// Records how the call ended: `duration` of the call, and `end_to_end` from the

@@ -150,6 +150,7 @@ pub struct ResilienceLayer {
     rate: Option<RateLimitLayer>,
     concurrency: Option<usize>,
     timeout: TimeoutLayer,
+    on_retry: Option<super::OnRetry>,
     called_as_delivered: bool,
 }
 
@@ -174,6 +175,7 @@ impl ResilienceLayer {
                 .map(|(rate, per, burst)| RateLimitLayer::new(rate, per).burst(burst)),
             concurrency: config.concurrency,
             timeout: TimeoutLayer::new(config.timeout),
+            on_retry: config.on_retry,
             called_as_delivered: false,
         }
     }
@@ -232,6 +234,7 @@ impl<S: Clone> Layer<S> for ResilienceLayer {
             clock: quanta::Clock::new(),
             dedup: self.dedup.as_ref().map(DedupLayer::parts),
             proto: Mutex::new(limited.clone()),
+            on_retry: self.on_retry.clone(),
             called_as_delivered: self.called_as_delivered,
         };
         Resilient::new(limited, Arc::new(core))

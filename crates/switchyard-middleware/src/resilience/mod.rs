@@ -39,7 +39,11 @@ mod service;
 pub use layer::{Limited, LimitedFuture, Recycle, ResilienceLayer, ResilientService};
 pub use service::{Resilient, ResilientFuture};
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use switchyard_core::Envelope;
 
 use crate::breaker::{BreakerConfig, BreakerEvent};
 use crate::dedup::DedupConfig;
@@ -70,6 +74,18 @@ pub struct ResilienceConfig {
     pub topic_label: TopicLabel,
     /// Registry to count into (shared by several handlers), a fresh one when `None`.
     pub registry: Option<MetricsRegistry>,
+    /// Told of every re-attempt the retry makes; see [`on_retry`](Self::on_retry).
+    pub(crate) on_retry: Option<OnRetry>,
+}
+
+/// The observer of [`ResilienceConfig::on_retry`].
+#[derive(Clone)]
+pub(crate) struct OnRetry(pub(crate) Arc<dyn Fn(&Envelope) + Send + Sync>);
+
+impl fmt::Debug for OnRetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnRetry(..)")
+    }
 }
 
 impl Default for ResilienceConfig {
@@ -88,6 +104,7 @@ impl Default for ResilienceConfig {
             rate: None,
             topic_label: TopicLabel::Pattern,
             registry: None,
+            on_retry: None,
         }
     }
 }
@@ -151,6 +168,19 @@ impl ResilienceConfig {
     /// registration; another label is kept. The bus's `with_resilience` calls it.
     pub fn registered_for(mut self, pattern: &str) -> Self {
         self.topic_label = self.topic_label.registered_for(pattern);
+        self
+    }
+
+    /// Tells `f` of every re-attempt the stack's retry makes (when it decides to try again,
+    /// before backing off), with the message as the call got it. The re-attempts are also
+    /// counted as retries in the metrics (`switchyard_retried_total`); the bus uses this to
+    /// count them in its subscription's `retried` as well. A later call replaces an earlier
+    /// one.
+    pub fn on_retry<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Envelope) + Send + Sync + 'static,
+    {
+        self.on_retry = Some(OnRetry(Arc::new(f)));
         self
     }
 

@@ -49,7 +49,7 @@ use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
 use crate::clock::nanos;
 use crate::dedup::{DedupClaim, DedupKey, KeyFn, Store, TryClaim, claim, handled, try_claim};
-use crate::metrics::{Measured, MetricsShared, TopicCache};
+use crate::metrics::{Measured, MetricsShared, TopicCache, TopicHandles};
 use crate::retry::{RetryPolicy, Verdict, back_off, judge};
 use crate::timeout::{Timeout, TimeoutError};
 use crate::trace::{TraceContext, delivery_span, end_span};
@@ -150,6 +150,8 @@ pub(crate) struct Core<S> {
     /// The bus calls this stack with the envelope it delivered, as it is
     /// ([`ResilienceLayer::called_as_delivered`](super::ResilienceLayer::called_as_delivered)).
     pub(crate) called_as_delivered: bool,
+    /// Told of every re-attempt ([`ResilienceConfig::on_retry`](super::ResilienceConfig::on_retry)).
+    pub(crate) on_retry: Option<super::OnRetry>,
 }
 
 impl<S: Clone> Core<S> {
@@ -374,7 +376,10 @@ where
                 result: Some(Ok(Outcome::Ack)),
                 admitted: None,
             },
-            (admitted, Some(Some((key, store)))) => self.deduplicated(admitted, env, key, store),
+            (admitted, Some(Some((key, store)))) => {
+                let retries = measured.handles(&core.metrics);
+                self.deduplicated(admitted, env, key, store, retries)
+            }
             (Err(refused), _) => {
                 kept = Some(Kept::Copy(Box::new(env)));
                 Phase::Judge {
@@ -437,6 +442,7 @@ where
         env: Envelope,
         key: DedupKey,
         store: Arc<Store>,
+        retries: Option<Arc<TopicHandles>>,
     ) -> Phase<S::Future> {
         let core = self.core.clone();
         let service = std::mem::replace(&mut self.inner, core.fresh());
@@ -447,7 +453,18 @@ where
             };
             let gate = Gate::new(core.breaker.clone());
             let base = env.delivery.attempt;
-            let result = attempts(core, service, gate, Some(admitted), env, base, 0, None).await;
+            let result = attempts(
+                core,
+                service,
+                gate,
+                Some(admitted),
+                env,
+                base,
+                0,
+                None,
+                retries,
+            )
+            .await;
             claimed.finish(handled(&result));
             result
         };
@@ -644,6 +661,10 @@ where
                 Verdict::Again { hint, failure } => {
                     match this.kept.take().and_then(Kept::into_envelope) {
                         Some(env) => {
+                            let retries = this
+                                .measured
+                                .as_ref()
+                                .and_then(|m| m.handles(&core.metrics));
                             let core = Arc::clone(shared);
                             let service = core.fresh();
                             let gate = Gate::new(core.breaker.clone());
@@ -658,6 +679,7 @@ where
                                 *this.base,
                                 1,
                                 Some((hint, failure)),
+                                retries,
                             );
                             this.phase.set(Phase::Rest {
                                 fut: Box::pin(rest),
@@ -773,6 +795,8 @@ fn finish<S>(
 /// Makes attempts `made + 1 ..` of `env` until one succeeds, fails permanently or the policy's
 /// attempts run out. `last` is the failure of attempt `made`, to back off from first. `first`
 /// is an admission the caller already holds for the next attempt (its service polled ready).
+/// Each re-attempt is counted as a retry in `retries` (the call's metric handles) and told to
+/// the config's `on_retry`.
 #[allow(clippy::too_many_arguments)]
 async fn attempts<S>(
     core: Arc<Core<S>>,
@@ -783,6 +807,7 @@ async fn attempts<S>(
     base: u32,
     mut made: u32,
     mut last: Option<(Option<Duration>, BoxError)>,
+    retries: Option<Arc<TopicHandles>>,
 ) -> Result<Outcome, BoxError>
 where
     S: Service<Envelope, Response = Outcome, Error = BoxError> + Send,
@@ -790,6 +815,12 @@ where
 {
     loop {
         if let Some((hint, failure)) = last.take() {
+            if let Some(handles) = &retries {
+                handles.reattempted();
+            }
+            if let Some(on_retry) = &core.on_retry {
+                (on_retry.0)(&env);
+            }
             back_off(
                 &core.policy,
                 &env,

@@ -2,7 +2,8 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-use switchyard_core::{BoxError, CodecDirection, CodecError, Permanent, PublishError, SendError};
+use switchyard_core::error::is_codec_failure;
+use switchyard_core::{BoxError, Permanent};
 
 use crate::breaker::BreakerOpenError;
 use crate::catch_panic::PanicError;
@@ -171,22 +172,6 @@ impl Classifier {
     }
 }
 
-/// A codec failure no other attempt mends: any [`CodecError`], and the encoding one a
-/// publish or a send reports (their `transparent` variants hide the `CodecError` itself from
-/// the `source()` chain, so they are looked at here).
-fn is_codec_failure(e: &(dyn Error + 'static)) -> bool {
-    if e.is::<CodecError>() {
-        return true;
-    }
-    if let Some(PublishError::Encode(_)) = e.downcast_ref::<PublishError>() {
-        return true;
-    }
-    matches!(
-        e.downcast_ref::<SendError>(),
-        Some(SendError::Codec(c)) if c.direction == CodecDirection::Encode
-    )
-}
-
 impl switchyard_core::retry::Classify for Classifier {
     fn is_retryable(&self, err: &(dyn Error + 'static)) -> bool {
         Classifier::is_retryable(self, err)
@@ -196,6 +181,8 @@ impl switchyard_core::retry::Classify for Classifier {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use switchyard_core::{CodecDirection, CodecError, PublishError, SendError};
 
     use super::*;
 

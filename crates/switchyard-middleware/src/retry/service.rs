@@ -73,6 +73,14 @@ where
                 match judge(&policy, result, base, made) {
                     Verdict::Done(result) => return result,
                     Verdict::Again { hint, failure } => {
+                        // A retry, under the labels a metrics layer outside this one uses
+                        // by default (the message's topic).
+                        ::metrics::counter!(
+                            names::RETRIED,
+                            "topic" => env.topic.as_str().to_owned(),
+                            "handler" => handler.as_deref().unwrap_or("").to_owned()
+                        )
+                        .increment(1);
                         back_off(&policy, &env, handler.as_deref(), made, hint, &failure).await;
                     }
                 }
@@ -126,7 +134,7 @@ pub(crate) fn judge(
     Verdict::Again { hint, failure }
 }
 
-/// Counts and logs a retry of `env`, then waits the policy's delay after `made` failed
+/// Logs a retry of `env` (its caller counts it), then waits the policy's delay after `made` failed
 /// attempts.
 pub(crate) async fn back_off(
     policy: &RetryPolicy,
@@ -137,14 +145,9 @@ pub(crate) async fn back_off(
     failure: &BoxError,
 ) {
     let delay = policy.next_delay(made, hint);
-    ::metrics::counter!(
-        names::RETRIES,
-        "topic" => env.topic.as_str().to_owned(),
-        "handler" => handler.unwrap_or("").to_owned()
-    )
-    .increment(1);
     ::tracing::debug!(
         message_id = %env.id,
+        handler = handler.unwrap_or(""),
         attempt = env.delivery.attempt.max(1).saturating_add(made - 1),
         delay_ms = delay.as_millis() as u64,
         error = %failure,

@@ -19,6 +19,7 @@ mod oversize_requests;
 mod own_dead_letters;
 mod retention;
 mod review_rev10;
+mod review_rev18;
 mod review_rev6;
 mod specific;
 mod validation;

@@ -104,15 +104,24 @@ def _default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
-_dumps = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: NaN and the infinities are not JSON (a Rust peer, the node's gateway and
+# any strict parser refuse them), so encoding one raises ValueError instead of writing it.
+_dumps = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def is_bytes_like(value: Any) -> bool:
+    """Whether ``value`` is a payload sent as raw bytes (``bytes``, ``bytearray``,
+    ``memoryview``): the one test :func:`encode` and every frame builder share."""
+    return isinstance(value, (bytes, bytearray, memoryview))
 
 
 def encode(value: Any) -> bytes:
-    """The payload of ``value``: bytes as they are, anything else as compact JSON."""
-    tp = type(value)
-    if tp is bytes:
+    """The payload of ``value``: bytes-like values (:func:`is_bytes_like`) as their bytes,
+    anything else as compact JSON (``ValueError`` for NaN or an infinity, ``TypeError`` for
+    what JSON cannot hold)."""
+    if type(value) is bytes:
         return value
-    if tp is bytearray or tp is memoryview:
+    if is_bytes_like(value):
         return bytes(value)
     dump_json = getattr(value, "model_dump_json", None)
     if dump_json is not None:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional
 from . import _switchyard as _native
 from ._bus import _describe
 from ._plan import _annotation
-from ._codec import _is_pydantic, converter, decoder, encode
+from ._codec import _is_pydantic, converter, decoder, encode, is_bytes_like
 from .errors import (
     DecodeFailed,
     Forbidden,
@@ -38,7 +38,8 @@ from .errors import (
 
 log = logging.getLogger("switchyard")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: a frame must be JSON the node parses; NaN raises ValueError here instead.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -226,17 +227,22 @@ def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> s
     return '{"op":"nack","delivery":' + delivery + "}"
 
 
+def _text(value: Any) -> str:
+    """``value`` as a JSON string whose frame is UTF-8 (a lone surrogate becomes ``?``)."""
+    return _dumps(str(value).encode("utf-8", "replace").decode("utf-8"))
+
+
 def _settle_command(call: str, result: Any, exc: Optional[BaseException]) -> str:
     if exc is None:
         try:
             if result is None:
                 return '{"op":"result","call":' + call + ',"ok":true}'
             body = encode(result)
-            return '{"op":"result","call":' + call + ',"ok":true' + _payload_fields(body, type(result) in (bytes, bytearray, memoryview)) + "}"
+            return '{"op":"result","call":' + call + ',"ok":true' + _payload_fields(body, is_bytes_like(result)) + "}"
         except Exception as e:
             exc = Permanent(f"the handler's result could not be encoded: {_describe(e)}")
     if isinstance(exc, Reject):
-        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _dumps(str(exc.reason)) + "}"
+        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _text(exc.reason) + "}"
     if isinstance(exc, Permanent):
-        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _dumps(_describe(exc)) + "}"
-    return '{"op":"result","call":' + call + ',"ok":false,"error":' + _dumps(_describe(exc)) + "}"
+        return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _text(_describe(exc)) + "}"
+    return '{"op":"result","call":' + call + ',"ok":false,"error":' + _text(_describe(exc)) + "}"

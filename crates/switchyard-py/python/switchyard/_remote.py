@@ -19,7 +19,7 @@ import urllib.parse
 from typing import Any, Callable, Mapping, Optional
 
 from ._bus import _CURRENT, ShutdownReport, _CoroutineType, _message, _resume, _topic_text
-from ._codec import _NOTHING, spec_of
+from ._codec import _NOTHING, is_bytes_like, spec_of
 from ._gateway import (
     RemoteEnvelope,
     _closed,
@@ -34,7 +34,7 @@ from ._gateway import (
     gateway_error,
     log,
 )
-from .errors import GatewayError, Permanent, ShuttingDown, SwitchyardError, TransportError, Unsupported
+from .errors import EncodeFailed, GatewayError, Permanent, ShuttingDown, SwitchyardError, TransportError, Unsupported
 
 try:  # websockets is a dependency of the package; imported lazily so `Bus()` works without it
     from websockets.asyncio.client import connect as _ws_connect
@@ -217,17 +217,27 @@ class ConnectedBus:
             raise self._closed_error()
         cid = next(self._ids)
         head["id"] = cid
-        text = _dumps(head)
-        if tail:
-            text = text[:-1] + tail + "}"
+        # A frame the node could not parse would be answered by an error op without this
+        # id, leaving the call waiting forever: what cannot be JSON (NaN, an object json
+        # cannot hold, a lone surrogate) raises here, before anything is sent.
+        try:
+            text = _dumps(head)
+            if tail:
+                text = text[:-1] + tail + "}"
+            data = text.encode()
+        except (TypeError, ValueError) as e:
+            raise EncodeFailed(f"cannot encode the {head.get('op')} frame: {e}") from e
         fut = self._loop.create_future()
         self._calls[cid] = (fut, topic, timeout)
         try:
-            await self._ws.send(text)
+            await self._ws.send(data, text=True)
         except ConnectionClosed as e:
             self._calls.pop(cid, None)
             # The reader may not have seen the close yet: the send's error has the reason.
             raise (self._closed_error() if self._closed is not None else _closed(f" ({e})")) from None
+        except BaseException:
+            self._calls.pop(cid, None)
+            raise
         try:
             return await fut
         finally:
@@ -245,7 +255,13 @@ class ConnectedBus:
         try:
             while True:
                 while out:
-                    await ws.send(out.popleft())
+                    frame = out.popleft()
+                    try:
+                        data = frame.encode()
+                    except UnicodeEncodeError:  # the settle frames replace what is not UTF-8
+                        log.error("switchyard: dropped a frame that is not UTF-8: %r", frame[:200])
+                        continue
+                    await ws.send(data, text=True)
                 ready.clear()
                 self._out_idle.set()
                 await ready.wait()
@@ -512,8 +528,12 @@ class ConnectedBus:
         if priority is not None:
             head["priority"] = priority
         self._context_fields(head, correlation_id)
-        raw = type(payload) is bytes or type(target) is bytes
-        return head, _payload_fields(body, raw), topic, spec
+        # The same bytes-like test as `encode`: what it passed through as bytes goes base64.
+        try:
+            tail = _payload_fields(body, is_bytes_like(payload))
+        except ValueError as e:  # a body that is not UTF-8 JSON text
+            raise EncodeFailed(f"cannot encode the message: {e}") from e
+        return head, tail, topic, spec
 
     async def publish(
         self,

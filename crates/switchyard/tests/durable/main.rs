@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 mod attempts;
 mod intake;
 mod owed;
+mod panicking_filter;
 mod review_rev4;
 mod shutdown_race;
 

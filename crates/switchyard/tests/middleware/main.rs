@@ -17,6 +17,7 @@ use switchyard_middleware::trace::{TraceContext, TraceLayer, ensure_traceparent}
 
 mod labels;
 mod noticed_stop36;
+mod panicking_admission;
 mod resilience_defaults;
 mod review_rev16;
 mod review_rev4;

@@ -398,7 +398,7 @@ async fn calls_through_the_stack_end_as_the_handler_said_message_after_message()
     let calls = Arc::new(AtomicU32::new(0));
     let handled = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let (c, h) = (calls.clone(), handled.clone());
-    let _sub = bus
+    let sub = bus
         .subscribe(
             "rows",
             "rows.#",
@@ -430,6 +430,10 @@ async fn calls_through_the_stack_end_as_the_handler_said_message_after_message()
     assert_eq!(got, (0..20).collect::<Vec<_>>(), "every row handled once");
     // Rows 0, 3, 6, 9, 12, 15 and 18 took a second attempt.
     assert_eq!(calls.load(Ordering::SeqCst), 27);
+    // The stack's re-attempts are the subscription's retries, though its worker called it
+    // once per message.
+    let stats = sub.stats();
+    assert_eq!((stats.delivered, stats.retried), (20, 7), "{stats:?}");
     assert!(bus.dead_letters().unwrap().list().is_empty());
 
     let _charges = bus

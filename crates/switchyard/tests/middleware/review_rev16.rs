@@ -90,13 +90,12 @@ async fn a_requests_deadline_does_not_wait_for_the_retries() {
 /// A panic in one subscription's filter must not keep the message from the other
 /// subscriptions of the topic, nor take down the publisher.
 ///
-/// Fails (3 runs of 3): `publish: Err(JoinError::Panic(Id(3), "filter panics", ...)); the
-/// healthy subscription handled 1 of 2`. The filter runs on the publisher's task
+/// Failed before the fix (3 runs of 3): `publish: Err(JoinError::Panic(Id(3), "filter
+/// panics", ...)); the healthy subscription handled 1 of 2`. The filter ran on the publisher's task
 /// (`SubShared::accepts`, crates/switchyard/src/state.rs:457, from `admit` in publish.rs)
-/// without `catch_unwind`: the panic unwinds out of `publish_envelope`, and the subscriptions
-/// after the panicking one never get the message.
+/// without `catch_unwind`: the panic unwound out of `publish_envelope`, and the subscriptions
+/// after the panicking one never got the message. Now captured (`SubShared::admission`).
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: a panicking filter unwinds out of publish and the message is lost for the other subscriptions"]
 async fn a_panicking_filter_does_not_take_down_other_subscriptions() {
     let bus = Bus::new();
     let good = Arc::new(AtomicU32::new(0));
@@ -134,11 +133,10 @@ async fn a_panicking_filter_does_not_take_down_other_subscriptions() {
 /// A panic in one subscription's ordering key function: the other subscription still gets
 /// the message, the publisher does not panic, and the subscription goes on with the next.
 ///
-/// Fails (3 runs of 3): `publish: Err(JoinError::Panic(Id(6), "key fn panics", ...)); the
-/// healthy subscription handled 1 of 2, the keyed one 1`. The key function runs on the
-/// publisher's task (`admit`, crates/switchyard/src/publish.rs:90) without `catch_unwind`.
+/// Failed before the fix (3 runs of 3): `publish: Err(JoinError::Panic(Id(6), "key fn
+/// panics", ...)); the healthy subscription handled 1 of 2, the keyed one 1`. The key
+/// function ran on the publisher's task without `catch_unwind`; now captured.
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: a panicking ordering key fn unwinds out of publish and the message is lost for the other subscriptions"]
 async fn a_panicking_ordering_key_does_not_take_down_other_subscriptions() {
     let bus = Bus::new();
     let good = Arc::new(AtomicU32::new(0));
