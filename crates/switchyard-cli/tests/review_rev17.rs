@@ -591,6 +591,11 @@ fn a_torn_newest_segment_is_truncated_with_a_warning_and_the_rest_is_delivered()
         err.to_lowercase().contains("truncat") && err.contains("bytes"),
         "no warning saying what was dropped: {err}"
     );
+    // Written to a pipe (a log file, a journal), the log carries no terminal colour codes.
+    assert!(
+        !err.contains('\u{1b}'),
+        "ANSI escape codes in a log written to a pipe: {err:?}"
+    );
 }
 
 /// SIGINT stops like SIGTERM (exit 0, "switchyard node stopped"); after a `kill -9` the

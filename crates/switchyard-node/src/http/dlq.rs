@@ -314,9 +314,10 @@ pub(crate) async fn replay(
 /// processes, consumer groups reading later) may take it.
 fn anyone_may_get(bus: &switchyard::Bus, env: &Envelope) -> bool {
     bus.transport_capabilities().is_some()
-        || bus.registry().iter().any(|s| {
-            s.active && Pattern::new(&s.pattern).is_ok_and(|p| p.matches(&env.topic))
-        })
+        || bus
+            .registry()
+            .iter()
+            .any(|s| s.active && Pattern::new(&s.pattern).is_ok_and(|p| p.matches(&env.topic)))
 }
 
 /// Query of `GET /v1/dlq/replays`.
