@@ -368,3 +368,48 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// The `max_payload` of a [`SmallPayloadServer`].
+pub const SMALL_MAX_PAYLOAD: usize = 4096;
+
+/// A nats-server of the test's own with `max_payload` [`SMALL_MAX_PAYLOAD`] (and JetStream when
+/// asked), on a free port and a temp dir, killed on drop.
+pub struct SmallPayloadServer {
+    child: Child,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl SmallPayloadServer {
+    pub fn start(jetstream: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: {SMALL_MAX_PAYLOAD}\n");
+        if jetstream {
+            conf.push_str(&format!(
+                "jetstream {{ store_dir: \"{}\" }}\n",
+                dir.path().join("js").display()
+            ));
+        }
+        let path = dir.path().join("server.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = spawn_args(&["-c".into(), path.display().to_string()]);
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SmallPayloadServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -10,46 +10,9 @@ use futures::StreamExt;
 use switchyard_core::{Envelope, RemoteCommands, SendError, Topic};
 use switchyard_nats::{NatsConfig, NatsTransport, RequestError};
 
-use crate::harness::{server_binary_available, spawn_args};
+use crate::harness::{SMALL_MAX_PAYLOAD, SmallPayloadServer, server_binary_available};
 
-const LIMIT: usize = 4096;
-
-/// A server of the test's own (core NATS only) with `max_payload: 4096`, killed on drop.
-struct SmallServer {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl SmallServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.path().join("server.conf");
-        std::fs::write(
-            &conf,
-            format!("listen: 127.0.0.1:{port}\nmax_payload: {LIMIT}\n"),
-        )
-        .unwrap();
-        let child = spawn_args(&["-c".into(), conf.display().to_string()]);
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for SmallServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const LIMIT: usize = SMALL_MAX_PAYLOAD;
 
 /// A payload just under `max_payload`: it fits alone, not with the envelope's headers.
 fn just_under(topic: &str) -> Envelope {
@@ -63,7 +26,7 @@ async fn a_command_over_max_payload_with_its_headers_is_too_large_at_once() {
     if !server_binary_available() {
         return;
     }
-    let server = SmallServer::start();
+    let server = SmallPayloadServer::start(false);
     let t = NatsTransport::connect(NatsConfig::new(server.url.clone()))
         .await
         .unwrap();
@@ -101,7 +64,7 @@ async fn a_request_over_max_payload_with_its_headers_is_too_large_at_once() {
     if !server_binary_available() {
         return;
     }
-    let server = SmallServer::start();
+    let server = SmallPayloadServer::start(false);
     let t = NatsTransport::connect(NatsConfig::new(server.url.clone()))
         .await
         .unwrap();
@@ -143,7 +106,7 @@ async fn a_reply_over_max_payload_with_its_headers_is_refused_and_the_connection
     if !server_binary_available() {
         return;
     }
-    let server = SmallServer::start();
+    let server = SmallPayloadServer::start(false);
     let responder = NatsTransport::connect(NatsConfig::new(server.url.clone()))
         .await
         .unwrap();

@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 mod oversize;
 
 use crate::harness::{
-    NatsServer, SHARED_URL, server_binary_available, shared_unavailable, spawn_args,
+    NatsServer, SHARED_URL, SMALL_MAX_PAYLOAD, SmallPayloadServer, server_binary_available,
+    shared_unavailable,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,36 +3,6 @@
 
 use super::*;
 
-/// A server of our own with `max_payload: 4096`.
-fn small_payload_server() -> (std::process::Child, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = dir.path().join("server.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 4096\njetstream {{ store_dir: \"{}\" }}\n",
-            dir.path().join("js").display()
-        ),
-    )
-    .unwrap();
-    let child = crate::harness::spawn_args(&["-c".into(), conf.display().to_string()]);
-    (child, format!("nats://127.0.0.1:{port}"), dir)
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A payload exactly at `max_payload` passes the transport's own check (`payload >
 /// limit`), but NATS counts the headers too (HPUB total size). Expected: a typed error
 /// (`TooLarge`) at once, or the message stored; not a connection dropped by the server
@@ -42,8 +12,8 @@ async fn a_payload_at_max_payload_plus_headers_is_typed_not_a_timeout() {
     if !server_binary_available() {
         return;
     }
-    let (child, url, _dir) = small_payload_server();
-    let _kill = Kill(child);
+    let server = crate::harness::SmallPayloadServer::start(true);
+    let url = server.url.clone();
     let setup = Setup::new();
     let t = connect(&url, &setup).await;
     let (limit, _) = Publisher::max_message_bytes(&t).unwrap();
@@ -77,8 +47,8 @@ async fn payload_and_headers_at_max_payload_are_stored_one_byte_more_is_too_larg
     if !server_binary_available() {
         return;
     }
-    let (child, url, _dir) = small_payload_server();
-    let _kill = Kill(child);
+    let server = crate::harness::SmallPayloadServer::start(true);
+    let url = server.url.clone();
     let setup = Setup::new();
     let t = connect(&url, &setup).await;
     let (limit, _) = Publisher::max_message_bytes(&t).unwrap();
@@ -189,8 +159,8 @@ async fn a_large_header_over_max_payload_is_typed_not_a_timeout() {
     if !server_binary_available() {
         return;
     }
-    let (child, url, _dir) = small_payload_server();
-    let _kill = Kill(child);
+    let server = crate::harness::SmallPayloadServer::start(true);
+    let url = server.url.clone();
     let setup = Setup::new();
     let t = connect(&url, &setup).await;
     let m = env(&setup, "hdr", "small").with_header("X-Blob", "b".repeat(5000));

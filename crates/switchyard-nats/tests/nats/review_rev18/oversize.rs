@@ -3,47 +3,7 @@
 
 use super::*;
 
-/// A server of the test's own with `max_payload: 4096` and JetStream, killed on drop.
-struct SmallServer {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-const LIMIT: usize = 4096;
-
-impl SmallServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.path().join("server.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listen: 127.0.0.1:{port}\nmax_payload: {LIMIT}\njetstream {{ store_dir: \"{}\" }}\n",
-                dir.path().join("js").display()
-            ),
-        )
-        .unwrap();
-        let child = spawn_args(&["-c".into(), conf.display().to_string()]);
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for SmallServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const LIMIT: usize = SMALL_MAX_PAYLOAD;
 
 /// A handler whose reply payload fits `max_payload` alone but not with the reply's headers:
 /// the sender should get a typed error at once, not wait for its deadline. The handler's
@@ -51,7 +11,7 @@ impl Drop for SmallServer {
 /// acknowledged, the stream keeps nothing to run again), and a failure whose message is over
 /// the limit comes back as the same variant with its message cut short.
 async fn oversize_reply(durable: bool) {
-    let server = SmallServer::start();
+    let server = SmallPayloadServer::start(true);
     let names = Names::new();
     let cfg = || {
         if durable {
@@ -201,7 +161,7 @@ async fn durable_command_over_max_payload_with_headers_is_too_large_at_once() {
     if !server_binary_available() {
         return;
     }
-    let server = SmallServer::start();
+    let server = SmallPayloadServer::start(true);
     let names = Names::new();
     let (sender, nats) = bus(names.durable(&server.url)).await;
     let start = Instant::now();
