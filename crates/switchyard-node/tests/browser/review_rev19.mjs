@@ -6,6 +6,7 @@ import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 
 const url = process.env.DASHBOARD_URL;
 const mode = process.env.MODE;
@@ -214,6 +215,32 @@ try {
     await page.locator("#conn.live").waitFor({ timeout: T });
     await page.waitForTimeout(1000);
     if (errors.length) fail("console errors on opening the dashboard: " + errors.join("; "));
+  } else if (mode === "reconnect") {
+    // The node stops and a new one serves on the same port (STOP_NODE / START_NODE on
+    // stdout, STOPPED / STARTED on stdin): the page says so meanwhile and is live again
+    // without a reload.
+    const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+    const ask = async (req, ans) => { console.log(req); const { value } = await lines.next(); if ((value || "").trim() !== ans) fail(`${req}: got ${value}`); };
+    await page.goto(url);
+    await page.locator("#conn.live").waitFor({ timeout: T });
+    await page.waitForFunction(() => Number(document.querySelector("#m-handled").textContent.replace(/,/g, "")) > 0, null, { timeout: T });
+    await page.evaluate(() => { window.__sameDocument = true; });
+    await ask("STOP_NODE", "STOPPED");
+    await page.locator("#banner:not([hidden])", { hasText: "Connection to the node lost" }).waitFor({ timeout: T });
+    await page.locator("#conn.down").waitFor({ timeout: T });
+    step("node down: " + await page.textContent("#banner"));
+    await shot("reconnect-down");
+    await ask("START_NODE", "STARTED");
+    await page.locator("#conn.live").waitFor({ timeout: 15000 });
+    await page.locator("#banner").waitFor({ state: "hidden", timeout: T });
+    // Live data from the new node: its handled count (from 0) grows on the page.
+    const a = await page.textContent("#m-handled");
+    await page.waitForFunction((v) => document.querySelector("#m-handled").textContent !== v, a, { timeout: T });
+    step(`live again: handled ${a} -> ${await page.textContent("#m-handled")}`);
+    if (!(await page.evaluate(() => window.__sameDocument))) fail("the page reloaded");
+    await shot("reconnect-live");
+    const left = real().filter((e) => !/ERR_CONNECTION_REFUSED|ERR_EMPTY_RESPONSE|network error|Failed to fetch|ERR_INCOMPLETE_CHUNKED/.test(e));
+    if (left.length) fail("errors: " + left.join("; "));
   } else fail("unknown MODE " + mode);
   step("ok");
 } finally {

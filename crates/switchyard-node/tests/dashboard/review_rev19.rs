@@ -342,3 +342,85 @@ async fn opening_the_dashboard_logs_no_console_error() {
     assert!(out.contains("rev19: ok"), "{out}");
     node.stop().await.unwrap();
 }
+
+/// An acking node with live traffic started on `listener`.
+async fn live_node(listener: tokio::net::TcpListener) -> TestNode {
+    let node =
+        TestNode::from_listener(NodeConfig::from_toml(MEMORY).unwrap(), listener, |_| {}).await;
+    rejecting(&node, "orders", "orders.#").await.unwrap();
+    node
+}
+
+/// Without auth: the node restarts on the same port under live traffic; the page says it
+/// lost the connection meanwhile and shows the new node's figures without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_to_a_restarted_node_and_shows_live_data() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let Some(browser) = browser::browser_or_skip("reconnect") else {
+        return;
+    };
+    let _one = BROWSER.lock().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut node = Some(live_node(listener).await);
+    let traffic = tokio::spawn(async move {
+        let http = client();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let _ = http
+                .post(format!("http://{addr}/v1/publish/orders.placed"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await;
+        }
+    });
+    let mut child = tokio::process::Command::new("node")
+        .arg(browser.dir.join("review_rev19.mjs"))
+        .env("MODE", "reconnect")
+        .env("DASHBOARD_URL", format!("http://{addr}/"))
+        .env("CHROMIUM", &browser.chromium)
+        .current_dir(&browser.dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let drive = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            println!("{line}");
+            log.push_str(&line);
+            log.push('\n');
+            match line.as_str() {
+                "STOP_NODE" => {
+                    node.take().unwrap().stop().await.unwrap();
+                    stdin.write_all(b"STOPPED\n").await.unwrap();
+                }
+                "START_NODE" => {
+                    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                    node = Some(live_node(listener).await);
+                    stdin.write_all(b"STARTED\n").await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(55), drive).await;
+    traffic.abort();
+    finished.expect("the browser script finishes within 55 s");
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "browser script failed:\n{log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(log.contains("rev19: ok"), "{log}");
+    if let Some(node) = node {
+        node.stop().await.unwrap();
+    }
+}
