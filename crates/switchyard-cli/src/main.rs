@@ -224,6 +224,7 @@ async fn main() -> ExitCode {
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(switchyard_node::logging::stderr_colours())
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command).await {

@@ -14,6 +14,10 @@
 //! the handler's reply envelope says `Sy-Reply: 1` and carries it as any message (headers
 //! and body). A reply without `Sy-Status` (from a responder that is not switchyard) is taken
 //! as the reply envelope.
+//!
+//! An answer over the server's `max_payload` (headers and payload) is not sent as it is
+//! (the server would drop the handler process's connection): a reply becomes a `failed`
+//! answer naming its size, a failure's message is cut short ([`result_message`]).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,7 +32,7 @@ use switchyard_core::{
 
 use crate::codec;
 use crate::subject::topic_subject;
-use crate::transport::{NatsTransport, WorkerGuard};
+use crate::transport::{NatsTransport, WorkerGuard, fits_max_payload};
 
 /// Header with the milliseconds left of the sender's deadline.
 pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
@@ -274,18 +278,74 @@ impl CommandResponder for NatsResponder {
             let Some(to) = to else {
                 return Ok(());
             };
-            publish_result(&client, to, result).await
+            let answer = result_message(&client, result);
+            publish_result(&client, to, answer).await
         })
     }
 }
 
-/// Publishes a command's result (or failure) to the sender's reply subject.
+/// Longest error message (in characters) a failure keeps when its answer would otherwise
+/// be over the server's `max_payload`.
+const SHORT_ERROR: usize = 256;
+
+/// A command's result as the message answering it (headers and payload).
+///
+/// An answer the server would not take (headers and payload over its `max_payload`: it would
+/// drop this process's whole connection, and the sender would wait for its deadline) is
+/// replaced by a small one: a successful result by a `failed` answer naming the reply's size
+/// and the limit (the reply itself is not sent; a warning is logged), a failure by the same
+/// status with its message cut to [`SHORT_ERROR`] characters.
+pub(crate) fn result_message(
+    client: &Client,
+    result: Result<CommandResult, SendError>,
+) -> (HeaderMap, bytes::Bytes) {
+    let attempts = match &result {
+        Ok(done) => Some(done.attempts),
+        Err(_) => None,
+    };
+    let (mut headers, payload) = encode_result(result);
+    let Err(too_large) = fits_max_payload(client, payload.len(), &headers) else {
+        return (headers, payload);
+    };
+    match attempts {
+        Some(attempts) => {
+            tracing::warn!(
+                size = too_large.size,
+                limit = too_large.limit,
+                "a command's result is over the server's max_payload: the sender is answered \
+                 failed instead"
+            );
+            encode_result(Err(SendError::Failed {
+                error: format!("the handler's reply was not sent: {too_large}"),
+                attempts,
+            }))
+        }
+        None => {
+            if let Some(message) = headers.get(ERROR) {
+                let mut short: String = message.as_str().chars().take(SHORT_ERROR).collect();
+                short.push_str(" (cut short: over max_payload)");
+                headers.insert(ERROR, short.as_str());
+            }
+            (headers, payload)
+        }
+    }
+}
+
+/// Publishes a command's answer ([`result_message`]) to the sender's reply subject. An
+/// answer still over the server's `max_payload` is not sent (the server would drop the
+/// connection): `Rejected`, and the sender waits for its deadline.
 pub(crate) async fn publish_result(
     client: &async_nats::Client,
     to: Subject,
-    result: Result<CommandResult, SendError>,
+    (headers, payload): (HeaderMap, bytes::Bytes),
 ) -> Result<(), TransportError> {
-    let (headers, payload) = encode_result(result);
+    fits_max_payload(client, payload.len(), &headers).map_err(|e| {
+        TransportError::with_source(
+            TransportErrorKind::Rejected,
+            "cannot reply: even the short answer is over max_payload",
+            e,
+        )
+    })?;
     client
         .publish_with_headers(to, headers, payload)
         .await

@@ -16,7 +16,7 @@ use switchyard_core::{
 use crate::codec;
 use crate::error::RequestError;
 use crate::subject::{pattern_subjects, topic_subject};
-use crate::transport::NatsTransport;
+use crate::transport::{NatsTransport, fits_max_payload};
 
 /// Header carrying a reply's topic (a reply travels on an inbox subject).
 const REPLY_TOPIC: &str = "Sy-Topic";
@@ -187,12 +187,20 @@ impl std::fmt::Debug for IncomingRequest {
 
 impl IncomingRequest {
     /// Sends `reply` to the requester (a no-op when the request asked for none).
+    ///
+    /// A reply whose payload and encoded headers together exceed the server's `max_payload`
+    /// is not sent (the server would drop this connection): it fails at once with a
+    /// `Rejected` [`TransportError`] whose source is the [`switchyard_core::TooLarge`], and
+    /// the requester, who gets nothing, waits for its deadline.
     pub async fn reply(self, reply: Envelope) -> Result<(), TransportError> {
         let Some(to) = self.reply_to else {
             return Ok(());
         };
         let mut headers = codec::encode_headers(&reply);
         headers.insert(REPLY_TOPIC, reply.topic.as_str());
+        fits_max_payload(&self.client, reply.payload.len(), &headers).map_err(|e| {
+            TransportError::with_source(TransportErrorKind::Rejected, "reply not sent", e)
+        })?;
         self.client
             .publish_with_headers(to, headers, reply.payload)
             .await

@@ -510,17 +510,27 @@ impl NatsTransport {
         payload: usize,
         headers: &async_nats::HeaderMap,
     ) -> Result<(), switchyard_core::TooLarge> {
-        let limit = self.inner.client.server_info().max_payload;
-        let size = payload.saturating_add(codec::header_bytes(headers));
-        if limit > 0 && size > limit {
-            return Err(switchyard_core::TooLarge {
-                size,
-                limit,
-                limit_of: MAX_PAYLOAD,
-            });
-        }
-        Ok(())
+        fits_max_payload(&self.inner.client, payload, headers)
     }
+}
+
+/// [`NatsTransport::fits_max_payload`] for a bare client (a command's responder holds only
+/// the client): the limit is the one of the server `client` is connected to now.
+pub(crate) fn fits_max_payload(
+    client: &async_nats::Client,
+    payload: usize,
+    headers: &async_nats::HeaderMap,
+) -> Result<(), switchyard_core::TooLarge> {
+    let limit = client.server_info().max_payload;
+    let size = payload.saturating_add(codec::header_bytes(headers));
+    if limit > 0 && size > limit {
+        return Err(switchyard_core::TooLarge {
+            size,
+            limit,
+            limit_of: MAX_PAYLOAD,
+        });
+    }
+    Ok(())
 }
 
 impl Publisher for NatsTransport {

@@ -12,9 +12,18 @@ pub fn init(config: &LoggingConfig) -> bool {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(stderr_colours())
         .with_writer(std::io::stderr);
     match config.format {
         LogFormat::Json => builder.json().with_current_span(false).try_init().is_ok(),
         LogFormat::Text => builder.try_init().is_ok(),
     }
+}
+
+/// Whether log lines on stderr get terminal colours: only when stderr is a terminal and
+/// `NO_COLOR` is not set, so a log written to a file, a pipe or a journal carries no escape
+/// codes.
+pub fn stderr_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

@@ -140,15 +140,7 @@ impl SubShared {
                 return Ok(());
             }
             Err(why) => {
-                self.note_admission_panic(arrived, &why);
-                self.dead_letter_delivery(
-                    &bus,
-                    delivery,
-                    accepted,
-                    DeadLetterReason::Panicked,
-                    why,
-                )
-                .await;
+                self.admission_panicked(&bus, delivery, accepted, why).await;
                 return Ok(());
             }
         }
@@ -189,15 +181,7 @@ impl SubShared {
         let lane = match self.lane(&env) {
             Ok(lane) => lane,
             Err(why) => {
-                self.note_admission_panic(&env, &why);
-                self.dead_letter_delivery(
-                    &bus,
-                    delivery,
-                    accepted,
-                    DeadLetterReason::Panicked,
-                    why,
-                )
-                .await;
+                self.admission_panicked(&bus, delivery, accepted, why).await;
                 return Ok(());
             }
         };
@@ -218,6 +202,20 @@ impl SubShared {
                 Err(EnqueueError::Closed)
             }
         }
+    }
+
+    /// A delivery whose filter or ordering key panicked for this subscription: noted
+    /// (`panicked`, an error log) and dead-lettered as it arrived.
+    async fn admission_panicked(
+        &self,
+        bus: &crate::state::BusInner,
+        delivery: Delivery,
+        accepted: crate::pending::Accepted,
+        why: String,
+    ) {
+        self.note_admission_panic(&delivery.envelope, &why);
+        self.dead_letter_delivery(bus, delivery, accepted, DeadLetterReason::Panicked, why)
+            .await;
     }
 
     /// Gives up a delivery before it is queued: dead-lettered as it arrived (raw bytes),

@@ -15,6 +15,9 @@
 //!   dead-lettered it), and handed back for redelivery when this process cannot handle it
 //!   (stopping, queue full). Only a settled-for-good result is answered on `Sy-Reply-To`;
 //!   a handed-back command is answered by whichever process handles it later.
+//! - **Size**: the command is measured (payload and headers, with `Sy-Reply-To`) against
+//!   the server's `max_payload` before it is stored: over it, `SendError::TooLarge` at once.
+//!   A result over it is acknowledged as handled and answered `failed`, naming its size.
 //! - A handler process that dies mid-command never settles it: the server redelivers it
 //!   after `ack_wait`. The delivery after `max_deliver` goes to the dead-letter sink.
 
@@ -23,7 +26,7 @@ use switchyard_core::{
 };
 
 use super::*;
-use crate::command::{DEADLINE, REPLY_TO, decode_result, publish_result};
+use crate::command::{DEADLINE, REPLY_TO, decode_result, publish_result, result_message};
 
 impl NatsTransport {
     /// Whether commands of `topic` are durable here.
@@ -49,6 +52,14 @@ impl NatsTransport {
         let wait = deadline.unwrap_or(self.inner.config.command_timeout);
         let until = Instant::now() + wait;
         let inbox = self.inner.client.new_inbox();
+        let mut headers = codec::encode_headers(&command);
+        if let Some(d) = deadline {
+            headers.insert(DEADLINE, d.as_millis().to_string().as_str());
+        }
+        headers.insert(REPLY_TO, inbox.as_str());
+        // Refused at once rather than by the server, which drops the connection (on every
+        // resend, until the deadline).
+        self.fits_max_payload(command.payload.len(), &headers)?;
         // Subscribed before the publish on the same connection: the server has the
         // interest before any handler can answer.
         let mut replies = self
@@ -63,11 +74,6 @@ impl NatsTransport {
                     e,
                 )
             })?;
-        let mut headers = codec::encode_headers(&command);
-        if let Some(d) = deadline {
-            headers.insert(DEADLINE, d.as_millis().to_string().as_str());
-        }
-        headers.insert(REPLY_TO, inbox.as_str());
         let topic = command.topic;
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -297,17 +303,28 @@ impl CommandResponder for DurableResponder {
             let Some(delivery) = delivery else {
                 return Ok(());
             };
-            // Settled before answering: an answered command is never handled again.
-            match settle_for(&result) {
+            // `None`: acknowledged; `Some(why)`: terminated.
+            let term = match settle_for(&result) {
                 Settle::HandBack(delay) => return delivery.nack(delay).await,
-                Settle::Ack => delivery.ack().await?,
-                Settle::Term(why) => delivery.term(&why).await?,
+                Settle::Ack => None,
+                Settle::Term(why) => Some(why),
+            };
+            // The answer is made (and, over max_payload, replaced by a small failure)
+            // before the delivery is settled: nothing about its size can lose it after.
+            let answer = result_message(&client, result);
+            // Settled before answering: an answered command is never handled again. A
+            // handled command whose reply is over max_payload is still acknowledged (its
+            // effects are done; running it again would repeat them): the sender is answered
+            // `failed` naming the reply's size, and the reply is not kept.
+            match term {
+                None => delivery.ack().await?,
+                Some(why) => delivery.term(&why).await?,
             }
             let Some(to) = reply_to else {
                 return Ok(());
             };
             // Nobody listens any more when the sender gave up: the server drops it.
-            publish_result(&client, to, result).await
+            publish_result(&client, to, answer).await
         })
     }
 }

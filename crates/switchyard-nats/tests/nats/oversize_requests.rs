@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use switchyard_core::{Envelope, RemoteCommands, SendError, Topic};
 use switchyard_nats::{NatsConfig, NatsTransport, RequestError};
 
@@ -131,4 +133,64 @@ async fn a_request_over_max_payload_with_its_headers_is_too_large_at_once() {
         t.request(small, Duration::from_secs(3)).await,
         Err(RequestError::NoResponders { .. })
     ));
+}
+
+/// A responder's reply whose payload fits `max_payload` but not with its headers is refused
+/// by `IncomingRequest::reply` at once (`Rejected`, the `TooLarge` as its source) instead of
+/// being sent: the responder's connection stays up and its next reply arrives.
+#[tokio::test]
+async fn a_reply_over_max_payload_with_its_headers_is_refused_and_the_connection_kept() {
+    if !server_binary_available() {
+        return;
+    }
+    let server = SmallServer::start();
+    let responder = NatsTransport::connect(NatsConfig::new(server.url.clone()))
+        .await
+        .unwrap();
+    let requester = NatsTransport::connect(NatsConfig::new(server.url.clone()))
+        .await
+        .unwrap();
+    let mut requests = responder
+        .respond(&switchyard_core::Pattern::new("calc.#").unwrap(), None)
+        .await
+        .unwrap();
+    let (replied_tx, replied) = tokio::sync::oneshot::channel();
+    let serving = tokio::spawn(async move {
+        let first = requests.next().await.unwrap();
+        let reply = Envelope::new(Topic::new("calc.big").unwrap(), vec![b'x'; LIMIT - 8]);
+        let _ = replied_tx.send(first.reply(reply).await);
+        let second = requests.next().await.unwrap();
+        let reply = Envelope::new(Topic::new("calc.small").unwrap(), "ok");
+        second.reply(reply).await
+    });
+    let big = requester
+        .request(
+            Envelope::new(Topic::new("calc.big").unwrap(), "1"),
+            Duration::from_millis(500),
+        )
+        .await;
+    assert!(matches!(big, Err(RequestError::Timeout { .. })), "{big:?}");
+    let refused = tokio::time::timeout(Duration::from_secs(3), replied)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = refused.expect_err("an oversize reply was sent");
+    let too_large = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<switchyard_core::TooLarge>())
+        .unwrap_or_else(|| panic!("no TooLarge source: {e:?}"));
+    assert!(too_large.size > LIMIT, "{too_large:?}");
+    let small = requester
+        .request(
+            Envelope::new(Topic::new("calc.small").unwrap(), "2"),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&small.payload[..], b"ok");
+    serving.await.unwrap().unwrap();
+    assert_eq!(
+        responder.health().disconnects,
+        0,
+        "the responder's connection dropped"
+    );
 }

@@ -219,8 +219,9 @@ pub(crate) struct ReplayJson {
 /// entries that were accepted. Each message is published once, however many subscriptions
 /// dead-lettered it (its entries all leave the queue), and every subscription on its topic
 /// gets it again, those that handled it fine included. An entry added while the replay runs
-/// (the replayed message failing again) stays. Replays on one node run one at a time. What
-/// becomes of each is followed: `GET /v1/dlq/replays`.
+/// (the replayed message failing again) stays. On the memory transport an event no
+/// subscription matches any more is not published: its entry stays, reported failed. Replays
+/// on one node run one at a time. What becomes of each is followed: `GET /v1/dlq/replays`.
 #[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson)), tag = "dead letters")]
 pub(crate) async fn replay(
     State(state): State<AppState>,
@@ -240,7 +241,15 @@ pub(crate) async fn replay(
                     .await
                     .map(|_| ())
                     .map_err(|e| PublishError::Refused(format!("command replay: {e}"))),
-                _ => bus.publish_envelope(env).await,
+                _ => {
+                    if !anyone_may_get(&bus, &env) {
+                        return Err(PublishError::Refused(format!(
+                            "no subscription on this node matches {} any more; the dead letter is kept",
+                            env.topic
+                        )));
+                    }
+                    bus.publish_envelope(env).await
+                }
             }
         }
     };
@@ -297,6 +306,18 @@ pub(crate) async fn replay(
         "dead letters replayed"
     );
     Ok(Json(out))
+}
+
+/// Whether a replayed event can reach anyone: on the memory transport the node knows every
+/// subscriber, and an event no active subscription matches would be published into the void
+/// (its entry removed, the message gone). On a transport, subscribers elsewhere (other
+/// processes, consumer groups reading later) may take it.
+fn anyone_may_get(bus: &switchyard::Bus, env: &Envelope) -> bool {
+    bus.transport_capabilities().is_some()
+        || bus
+            .registry()
+            .iter()
+            .any(|s| s.active && Pattern::new(&s.pattern).is_ok_and(|p| p.matches(&env.topic)))
 }
 
 /// Query of `GET /v1/dlq/replays`.

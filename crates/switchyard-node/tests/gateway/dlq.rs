@@ -334,3 +334,40 @@ async fn an_id_named_twice_in_a_replay_is_replayed_once() {
     assert_eq!(left["total"], 0, "{left}");
     node.stop().await.unwrap();
 }
+
+/// A dead letter replayed on the memory transport to a topic no subscription of the node
+/// matches any more (its service was stopped) is not published into the void: it stays in the
+/// queue and the replay says why. Found by review rev16 at the library level (a replay there
+/// removed the entry and the message was gone).
+#[tokio::test]
+async fn a_replay_to_a_topic_nobody_subscribes_any_more_keeps_the_entry() {
+    let node = TestNode::start(MEMORY).await;
+    let sub = node
+        .bus
+        .subscribe(
+            "billing",
+            "billing.#",
+            handler_fn(|_env: Envelope| async move {
+                Ok::<_, std::convert::Infallible>(Outcome::reject("card declined"))
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    let id = publish(&node, "billing.charge", "{}").await;
+    node.bus.run_until_idle().await;
+    drop(sub);
+    let res = client()
+        .post(node.url("/v1/dlq/replay"))
+        .json(&json!({ "ids": [id] }))
+        .send()
+        .await
+        .unwrap();
+    let body = res.json::<Value>().await.unwrap();
+    assert_eq!(body["replayed"], 0, "{body}");
+    let error = body["failed"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no subscription"), "{body}");
+    let left: Value = get_json(&node, "/v1/dlq").await;
+    assert_eq!(left["total"], 1, "the entry stays: {left}");
+    node.stop().await.unwrap();
+}
