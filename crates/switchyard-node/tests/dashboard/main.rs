@@ -10,6 +10,7 @@
 mod browser;
 #[path = "../common/mod.rs"]
 mod common;
+mod review_rev19;
 
 use std::path::PathBuf;
 use std::process::Stdio;
