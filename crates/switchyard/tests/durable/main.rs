@@ -16,6 +16,7 @@ mod attempts;
 mod intake;
 mod owed;
 mod panicking_filter;
+mod review_rev20;
 mod review_rev4;
 mod shutdown_race;
 
