@@ -20,6 +20,7 @@ mod own_dead_letters;
 mod retention;
 mod review_rev10;
 mod review_rev18;
+mod review_rev20;
 mod review_rev6;
 mod specific;
 mod validation;

@@ -346,8 +346,15 @@ async fn in_memory_a_delayed_publish_cancelled_by_shutdown_is_reported() {
     let report = bus.shutdown(Duration::from_millis(100)).await.unwrap();
     assert!(report.left.contains(&soon), "{report:?}");
     assert!(report.left.contains(&never), "{report:?}");
-    let letters = bus.dead_letters().unwrap();
+    let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 2, "{letters:?}");
+    // docs/features.md: "a shutdown before then dead-letters it with reason `Shutdown`".
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.reason == switchyard::DeadLetterReason::Shutdown),
+        "{letters:?}"
+    );
 }
 
 /// In memory, `publish_at` a moment in the past is handled at once.
@@ -537,5 +544,80 @@ async fn on_the_log_a_delayed_message_with_one_attempt_is_handled() {
             .map(|l| (&l.reason, &l.error, l.attempts))
             .collect::<Vec<_>>()
     );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// One worker held; then key `a`: LOW 1, HIGH 2; key `b`: NORMAL 3. docs/bus.md: within one
+/// key publish order wins over priority, and the priority of a key's oldest message decides
+/// when that key gets a worker: so 3 (b's oldest is NORMAL) before 1 (a's oldest is LOW),
+/// and 2 after 1. `queued` is how many of the three wait in the local queue before the worker
+/// is freed: 3 in memory; 2 on the log, which hands out a key's messages one at a time (the
+/// `ordering-key` header), so `a`'s second stays in the log until the first is acked.
+async fn keyed_priority_order(bus: &Bus, queued: usize) -> Vec<u64> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let handler = switchyard::handler_fn(move |env: Envelope| {
+        let tx = tx.clone();
+        let g = g.clone();
+        async move {
+            let n = n_of(&env);
+            if n == 0 {
+                g.acquire().await.unwrap().forget();
+            }
+            tx.send(n).unwrap();
+            Ok::<_, String>(switchyard::Outcome::Ack)
+        }
+    });
+    let sub = bus
+        .subscribe("prio", "jobs.#", handler)
+        .workers(1)
+        .ordering_header("tenant")
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(keyed("z", 0)).await.unwrap(); // holds the one worker
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sub.info().in_flight == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (key, n, p) in [
+        ("a", 1, Priority::LOW),
+        ("a", 2, Priority::HIGH),
+        ("b", 3, Priority::NORMAL),
+    ] {
+        bus.publish_envelope(keyed(key, n).with_priority(p))
+            .await
+            .unwrap();
+    }
+    while sub.info().depth < queued && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sub.info().depth, queued, "{:?}", sub.info());
+    gate.add_permits(1);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(
+            tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_memory_a_keys_oldest_message_decides_its_turn_and_publish_order_wins_within_it() {
+    let bus = Bus::new();
+    assert_eq!(keyed_priority_order(&bus, 3).await, vec![0, 3, 1, 2]);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_log_a_keys_oldest_message_decides_its_turn_and_publish_order_wins_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_on_log(dir.path());
+    assert_eq!(keyed_priority_order(&bus, 2).await, vec![0, 3, 1, 2]);
     bus.shutdown(WAIT).await.unwrap();
 }
