@@ -41,16 +41,21 @@
     return body;
   }
   // Sign-in: the dialog opens on the first 401/403; a refused token says so and asks again.
+  // The refusal stays on show until the next sign-in: the token is dropped, and views asked
+  // for meanwhile are refused only for having none.
+  let refusal = "";
   function askToken(message, fromStream) {
     const dlg = $("#login");
     const had = sessionStorage.getItem(TOKEN_KEY);
-    $("#login-error").textContent = had ? "The node refused this token: " + (message || "not an admin") : "";
+    if (had) refusal = "The node refused this token: " + (message || "not an admin");
+    $("#login-error").textContent = refusal;
     if (had && fromStream) sessionStorage.removeItem(TOKEN_KEY);
     if (!dlg.open) { dlg.showModal(); $("#login-token").focus(); }
   }
   $("#login-form").addEventListener("submit", () => {
     sessionStorage.setItem(TOKEN_KEY, $("#login-token").value.trim());
     $("#login-token").value = "";
+    refusal = "";
     $("#login-error").textContent = "";
     setConn(false, "signing in…");
     connect();

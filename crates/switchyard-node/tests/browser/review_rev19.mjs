@@ -198,6 +198,10 @@ try {
     await view("topology");
     await page.waitForTimeout(1000);
     await noData("shop token on the topology view");
+    // Still says why the token was refused (not "missing bearer token": the refused token
+    // was dropped, and the views asked again without one).
+    const why = await page.textContent("#login-error");
+    if (!/lacks the admin grant/.test(why)) fail(`after moving views the dialog says: ${JSON.stringify(why)}`);
     await shot("auth-refused");
     // The admin sees it.
     await page.fill("#login-token", process.env.OPS_TOKEN);
