@@ -238,7 +238,11 @@
     drawChart();
 
     const tbody = $("#queues tbody");
-    tbody.replaceChildren(...((stats.bus && stats.bus.subscriptions) || []).map((sub) => {
+    const subs = (stats.bus && stats.bus.subscriptions) || [];
+    if (!subs.length) {
+      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "note" },
+        "No subscriptions yet: nothing on this node handles messages.")));
+    } else tbody.replaceChildren(...subs.map((sub) => {
       const st = sub.stats || {};
       const fill = sub.capacity ? sub.depth / sub.capacity : 0;
       return el("tr", {},

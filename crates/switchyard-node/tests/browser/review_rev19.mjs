@@ -122,6 +122,8 @@ try {
     const cards = await page.evaluate(() => Object.fromEntries(["m-handled", "m-dlq", "m-alerts", "m-latency", "m-throughput"].map((id) => [id, document.getElementById(id).textContent])));
     step("empty overview cards: " + JSON.stringify(cards));
     if (cards["m-handled"] !== "0" || cards["m-dlq"] !== "0" || cards["m-alerts"] !== "0") fail("a fresh node's cards: " + JSON.stringify(cards));
+    // The empty Queues table says why it is empty, as the dead-letter table does.
+    await page.locator("#queues tbody", { hasText: "No subscriptions yet" }).waitFor({ timeout: T });
     await shot("empty-overview");
     for (const v of ["subscriptions", "topology", "dlq", "trace", "health"]) {
       await view(v);
