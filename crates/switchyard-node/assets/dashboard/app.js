@@ -183,11 +183,18 @@
       if (lastStats) renderOverview(lastStats);
       if (current === "health") loadHealth().catch(showError);
     } else if (name === "dead_letter") {
-      if (current === "dlq" && !replaying) route();
+      // Coalesced: a burst of dead letters reloads the list once, shortly after the first.
+      if (current === "dlq" && !replaying && !dlqReload) {
+        dlqReload = setTimeout(() => {
+          dlqReload = null;
+          if (current === "dlq" && !replaying) route();
+        }, 300);
+      }
     } else if (name === "replay") {
       if (followed && followed.ids.includes(data.id)) showReplays([data]);
     }
   }
+  let dlqReload = null; // a pending reload of the dead-letter list (see `dead_letter` above)
   const lastRun = {};
   function throttled(key, fn) {
     const now = Date.now();
