@@ -304,3 +304,42 @@ fn unicode_colliding_and_many_types_export_valid_and_are_each_enforced() {
     );
     assert!(py.contains("class OrderPlaced:"));
 }
+
+/// A payload near the body limit with an error per element: the refusal stays typed and
+/// the node answers in bounded time; the answer's size is reported.
+#[test]
+fn a_huge_invalid_payload_is_refused_in_bounded_time() {
+    let mut reg = Registry::new();
+    reg.insert(foreign_type(
+        "Samples",
+        "sensors.samples",
+        json!({"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "integer"}}}, "required": ["xs"]}),
+    ))
+    .unwrap();
+    let validator = Validator::new(&reg).unwrap();
+    let node = TestNode::start_with(reg, validator);
+    let xs: Vec<&str> = vec!["a"; 90_000];
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "big.json", &json!({ "xs": xs }));
+    let started = Instant::now();
+    let out = node.run(&["pub", "sensors.samples", "-f", &f]);
+    let took = started.elapsed();
+    assert_eq!(
+        code(&out),
+        1,
+        "{}",
+        &stderr(&out)[..stderr(&out).len().min(300)]
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid_message"),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+    assert!(err.contains("/xs/0"), "{}", &err[..err.len().min(300)]);
+    eprintln!("refusal: {} bytes of stderr in {took:?}", err.len());
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    let dlq = node.dlq_len(1);
+    let entry_error = dlq["items"][0]["error"].as_str().unwrap_or_default().len();
+    eprintln!("dead letter error text: {entry_error} bytes");
+}
