@@ -41,16 +41,21 @@
     return body;
   }
   // Sign-in: the dialog opens on the first 401/403; a refused token says so and asks again.
+  // The refusal stays on show until the next sign-in: the token is dropped, and views asked
+  // for meanwhile are refused only for having none.
+  let refusal = "";
   function askToken(message, fromStream) {
     const dlg = $("#login");
     const had = sessionStorage.getItem(TOKEN_KEY);
-    $("#login-error").textContent = had ? "The node refused this token: " + (message || "not an admin") : "";
+    if (had) refusal = "The node refused this token: " + (message || "not an admin");
+    $("#login-error").textContent = refusal;
     if (had && fromStream) sessionStorage.removeItem(TOKEN_KEY);
     if (!dlg.open) { dlg.showModal(); $("#login-token").focus(); }
   }
   $("#login-form").addEventListener("submit", () => {
     sessionStorage.setItem(TOKEN_KEY, $("#login-token").value.trim());
     $("#login-token").value = "";
+    refusal = "";
     $("#login-error").textContent = "";
     setConn(false, "signing in…");
     connect();
@@ -178,11 +183,18 @@
       if (lastStats) renderOverview(lastStats);
       if (current === "health") loadHealth().catch(showError);
     } else if (name === "dead_letter") {
-      if (current === "dlq" && !replaying) route();
+      // Coalesced: a burst of dead letters reloads the list once, shortly after the first.
+      if (current === "dlq" && !replaying && !dlqReload) {
+        dlqReload = setTimeout(() => {
+          dlqReload = null;
+          if (current === "dlq" && !replaying) route();
+        }, 300);
+      }
     } else if (name === "replay") {
       if (followed && followed.ids.includes(data.id)) showReplays([data]);
     }
   }
+  let dlqReload = null; // a pending reload of the dead-letter list (see `dead_letter` above)
   const lastRun = {};
   function throttled(key, fn) {
     const now = Date.now();
@@ -233,7 +245,11 @@
     drawChart();
 
     const tbody = $("#queues tbody");
-    tbody.replaceChildren(...((stats.bus && stats.bus.subscriptions) || []).map((sub) => {
+    const subs = (stats.bus && stats.bus.subscriptions) || [];
+    if (!subs.length) {
+      tbody.replaceChildren(el("tr", {}, el("td", { colspan: 8, class: "note" },
+        "No subscriptions yet: nothing on this node handles messages.")));
+    } else tbody.replaceChildren(...subs.map((sub) => {
       const st = sub.stats || {};
       const fill = sub.capacity ? sub.depth / sub.capacity : 0;
       return el("tr", {},

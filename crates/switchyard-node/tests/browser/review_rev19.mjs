@@ -122,6 +122,8 @@ try {
     const cards = await page.evaluate(() => Object.fromEntries(["m-handled", "m-dlq", "m-alerts", "m-latency", "m-throughput"].map((id) => [id, document.getElementById(id).textContent])));
     step("empty overview cards: " + JSON.stringify(cards));
     if (cards["m-handled"] !== "0" || cards["m-dlq"] !== "0" || cards["m-alerts"] !== "0") fail("a fresh node's cards: " + JSON.stringify(cards));
+    // The empty Queues table says why it is empty, as the dead-letter table does.
+    await page.locator("#queues tbody", { hasText: "No subscriptions yet" }).waitFor({ timeout: T });
     await shot("empty-overview");
     for (const v of ["subscriptions", "topology", "dlq", "trace", "health"]) {
       await view(v);
@@ -198,6 +200,10 @@ try {
     await view("topology");
     await page.waitForTimeout(1000);
     await noData("shop token on the topology view");
+    // Still says why the token was refused (not "missing bearer token": the refused token
+    // was dropped, and the views asked again without one).
+    const why = await page.textContent("#login-error");
+    if (!/lacks the admin grant/.test(why)) fail(`after moving views the dialog says: ${JSON.stringify(why)}`);
     await shot("auth-refused");
     // The admin sees it.
     await page.fill("#login-token", process.env.OPS_TOKEN);
