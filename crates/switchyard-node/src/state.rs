@@ -100,11 +100,18 @@ impl AppState {
         };
         let topic = env.topic.as_str();
         if verdict.deliver() {
-            ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "warn").increment(1);
+            self.metrics.record(|| {
+                ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "warn")
+                    .increment(1);
+            });
             tracing::warn!(topic, id = %env.id, "delivered although {text}");
             return Ok(());
         }
-        ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "enforce").increment(1);
+        // Through the node's own recorder (no global one is installed), as every gateway series.
+        self.metrics.record(|| {
+            ::metrics::counter!("switchyard_gateway_invalid_total", "mode" => "enforce")
+                .increment(1);
+        });
         self.bus.dead_letter(switchyard_core::DeadLetter::new(
             env.clone(),
             switchyard_core::DeadLetterReason::Rejected,

@@ -549,7 +549,6 @@ fn warn_node() -> TestNode {
 /// `::metrics::counter!` outside `GatewayMetrics::record`, so it goes to the global recorder,
 /// which the node never installs (its `/metrics` renders its own local recorder).
 #[test]
-#[ignore = "defect: switchyard_gateway_invalid_total (warn and enforce) never appears in the node's /metrics"]
 fn the_gateway_invalid_counter_is_in_the_metrics() {
     let node = warn_node();
     let out = node.run(&["pub", "orders.placed", r#"{"order": 5}"#]);
