@@ -464,6 +464,7 @@ impl BusBuilder {
                 scheduled: Mutex::new(HashMap::new()),
                 shutdown: tokio::sync::watch::Sender::new(Default::default()),
                 handed_back: Mutex::new(Vec::new()),
+                deferred: Default::default(),
             }),
         };
         let _ = slot.set(Arc::downgrade(&bus.inner));

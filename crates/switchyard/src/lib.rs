@@ -34,6 +34,7 @@ mod command;
 mod config;
 mod ctx;
 mod deadline;
+mod deferred;
 mod dispatch;
 mod handler;
 mod held;

@@ -77,7 +77,10 @@ impl SubShared {
             && let Ok(early) = due.duration_since(std::time::SystemTime::now())
             && !early.is_zero()
         {
-            // Delayed and not due yet: back to the transport until it is.
+            // Delayed and not due yet: back to the transport until it is (not an attempt:
+            // noted, so the due delivery's number does not count it).
+            bus.deferred
+                .note(&self.config.name, &delivery.envelope.id, due);
             if let Err(e) = delivery.nack(Some(early)).await {
                 tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
             }
@@ -177,7 +180,14 @@ impl SubShared {
         // call it makes by adding one to what the queued envelope says, as it does for an
         // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts
         // already made: one fewer than the delivery's number.
-        env.delivery.attempt = env.delivery.attempt.saturating_sub(1);
+        // Early hand-backs of a delayed message were deliveries to the transport, not
+        // attempts (`deferred.rs`).
+        let deferred = if deliver_at(&env).is_some() {
+            bus.deferred.take(&self.config.name, &env.id)
+        } else {
+            0
+        };
+        env.delivery.attempt = env.delivery.attempt.saturating_sub(1 + deferred);
         let lane = match self.lane(&env) {
             Ok(lane) => lane,
             Err(why) => {

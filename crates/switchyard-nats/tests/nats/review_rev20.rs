@@ -263,7 +263,6 @@ async fn on_nats_a_delayed_publish_waits_until_due_and_a_past_one_is_at_once() {
 /// the early delivery (`crates/switchyard/src/pump.rs` ~76-85) is counted by JetStream as a
 /// delivery, and the worker starts counting attempts at the delivery's number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a delayed message on NATS loses an attempt to its deferral (first call sees attempt 2)"]
 async fn on_nats_a_delayed_message_gets_its_full_attempts() {
     if shared_unavailable().is_some() {
         return;

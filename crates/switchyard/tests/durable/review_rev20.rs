@@ -422,7 +422,6 @@ async fn on_the_log_deliver_at_in_the_past_is_at_once_and_a_huge_delay_waits() {
 /// delivery (`crates/switchyard/src/pump.rs` ~76-85, `delivery.nack(Some(early))`) is counted
 /// by the log as a delivery, and the worker starts counting attempts at the delivery's number.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a delayed message on the log loses an attempt to its deferral (first call sees attempt 2)"]
 async fn on_the_log_a_delayed_message_gets_its_full_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let bus = bus_on_log(dir.path());
@@ -516,7 +515,6 @@ async fn on_the_log_a_delayed_command_envelope_is_dead_lettered_when_due_not_los
 /// letters: []  left: Some((1, 2))  right: Some((1, 1))`: the same deferral counted as an
 /// attempt (the call is made, past `max_attempts`, and reports attempt 2 of 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a delayed message on the log is first handled as attempt 2 (its deferral counted)"]
 async fn on_the_log_a_delayed_message_with_one_attempt_is_handled() {
     let dir = tempfile::tempdir().unwrap();
     let bus = bus_on_log(dir.path());
