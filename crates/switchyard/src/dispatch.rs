@@ -504,11 +504,9 @@ impl SubShared {
                     // A `Permanent`, or a value that does not encode (a typed reply, a
                     // `ctx.publish`), anywhere in the chain: the same value fails the same
                     // way on every attempt (as the resilience stack's classifier says).
-                    let permanent = std::iter::successors(
-                        Some(&*e as &(dyn std::error::Error + 'static)),
-                        |l| l.source(),
-                    )
-                    .any(|l| l.is::<Permanent>() || switchyard_core::error::is_codec_failure(l));
+                    let permanent = links(&*e).any(|l| {
+                        l.is::<Permanent>() || switchyard_core::error::is_codec_failure(l)
+                    });
                     let last_attempt = attempts_inside(&*e, attempt);
                     tracing::warn!(subscription = %self.name(), message_id = %first.id,
                         correlation_id = %first.correlation_id, attempt, permanent,
@@ -852,26 +850,26 @@ fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 
 /// The payload decoding error in `e`'s chain, if any: a typed handler's decode failure, also
 /// when a middleware (a retry layer's `Permanent(RetryError(..))`) wrapped it.
 fn decode_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CodecError> {
-    let mut link = Some(e);
-    while let Some(l) = link {
-        if let Some(c) = l.downcast_ref::<CodecError>()
-            && c.direction == CodecDirection::Decode
-        {
-            return Some(c);
-        }
-        link = l.source();
-    }
-    None
+    links(e)
+        .filter_map(|l| l.downcast_ref::<CodecError>())
+        .find(|c| c.direction == CodecDirection::Decode)
+}
+
+/// `e` and its sources, outermost first.
+fn links<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |l| l.source())
 }
 
 /// The error and its sources, joined with `: `.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    let mut text = String::new();
+    for (i, l) in links(e).enumerate() {
+        if i > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&l.to_string());
     }
     text
 }
