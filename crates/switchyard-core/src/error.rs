@@ -84,6 +84,22 @@ pub fn is_codec_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     )
 }
 
+/// The text of a caught panic's payload (`catch_unwind`'s `Err`): the message of a
+/// `panic!("...")` (a `&str` or `String` payload), `None` for any other payload.
+///
+/// ```
+/// use switchyard_core::error::panic_text;
+/// let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+/// assert_eq!(panic_text(&*caught), Some("boom 7"));
+/// assert_eq!(panic_text(&42u8), None);
+/// ```
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
 /// Broad class of a transport failure, for callers that branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportErrorKind {

@@ -410,12 +410,9 @@ pub(crate) fn channel_emit<T: Send + 'static>(
 
 /// Text of a caught panic.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        format!("stage panicked: {s}")
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        format!("stage panicked: {s}")
-    } else {
-        "stage panicked".to_owned()
+    match switchyard_core::error::panic_text(panic) {
+        Some(s) => format!("stage panicked: {s}"),
+        None => "stage panicked".to_owned(),
     }
 }
 

@@ -404,13 +404,9 @@ pub(crate) enum Admission {
 
 /// The text of a panic's payload.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
+    switchyard_core::error::panic_text(panic)
+        .unwrap_or("non-string panic payload")
+        .to_owned()
 }
 
 /// State shared by a subscription's handle, its workers and the router.

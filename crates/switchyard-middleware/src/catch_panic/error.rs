@@ -11,13 +11,9 @@ pub struct PanicError {
 impl PanicError {
     /// Builds the error from a payload returned by `catch_unwind`.
     pub fn from_payload(payload: Box<dyn Any + Send>) -> Self {
-        let message = match payload.downcast::<String>() {
-            Ok(s) => *s,
-            Err(payload) => match payload.downcast::<&'static str>() {
-                Ok(s) => (*s).to_owned(),
-                Err(_) => "non-string panic payload".to_owned(),
-            },
-        };
+        let message = switchyard_core::error::panic_text(&*payload)
+            .unwrap_or("non-string panic payload")
+            .to_owned();
         Self { message }
     }
 }
