@@ -294,20 +294,21 @@ const SHORT_ERROR: usize = 256;
 /// drop this process's whole connection, and the sender would wait for its deadline) is
 /// replaced by a small one: a successful result by a `failed` answer naming the reply's size
 /// and the limit (the reply itself is not sent; a warning is logged), a failure by the same
-/// status with its message cut to [`SHORT_ERROR`] characters.
+/// status with its message cut to [`SHORT_ERROR`] characters. `Err` when even that is over
+/// the limit (a server with a tiny `max_payload`): nothing can be sent.
 pub(crate) fn result_message(
     client: &Client,
     result: Result<CommandResult, SendError>,
-) -> (HeaderMap, bytes::Bytes) {
+) -> Result<(HeaderMap, bytes::Bytes), switchyard_core::TooLarge> {
     let attempts = match &result {
         Ok(done) => Some(done.attempts),
         Err(_) => None,
     };
     let (mut headers, payload) = encode_result(result);
     let Err(too_large) = fits_max_payload(client, payload.len(), &headers) else {
-        return (headers, payload);
+        return Ok((headers, payload));
     };
-    match attempts {
+    let (headers, payload) = match attempts {
         Some(attempts) => {
             tracing::warn!(
                 size = too_large.size,
@@ -328,18 +329,19 @@ pub(crate) fn result_message(
             }
             (headers, payload)
         }
-    }
+    };
+    fits_max_payload(client, payload.len(), &headers).map(|()| (headers, payload))
 }
 
-/// Publishes a command's answer ([`result_message`]) to the sender's reply subject. An
-/// answer still over the server's `max_payload` is not sent (the server would drop the
-/// connection): `Rejected`, and the sender waits for its deadline.
+/// Publishes a command's answer ([`result_message`], measured there) to the sender's reply
+/// subject. An answer still over the server's `max_payload` is not sent (the server would
+/// drop the connection): `Rejected`, and the sender waits for its deadline.
 pub(crate) async fn publish_result(
     client: &async_nats::Client,
     to: Subject,
-    (headers, payload): (HeaderMap, bytes::Bytes),
+    answer: Result<(HeaderMap, bytes::Bytes), switchyard_core::TooLarge>,
 ) -> Result<(), TransportError> {
-    fits_max_payload(client, payload.len(), &headers).map_err(|e| {
+    let (headers, payload) = answer.map_err(|e| {
         TransportError::with_source(
             TransportErrorKind::Rejected,
             "cannot reply: even the short answer is over max_payload",
