@@ -828,6 +828,15 @@ async fn each_node_reports_its_own_part_and_a_replay_on_a_reaches_b() {
     let sub_a = subscription(&a, "ws:group:picky").await.unwrap();
     assert_eq!(sub_a["dead_lettered"], 1, "{sub_a}");
     assert!(subscription(&b, "ws:group:picky").await.is_none());
+    let (_, sta) = get_json(&format!("{a}/v1/stats")).await;
+    let (_, stb) = get_json(&format!("{b}/v1/stats")).await;
+    assert_eq!(
+        (&sta["dead_letters"]["size"], &stb["dead_letters"]["size"]),
+        (&json!(1), &json!(0))
+    );
+    for st in [&sta, &stb] {
+        assert_eq!(st["transport"]["state"], "Connected", "{}", st["transport"]);
+    }
     let (_, st_a) = get_json(&format!("{a}/v1/status")).await;
     let (_, st_b) = get_json(&format!("{b}/v1/status")).await;
     assert_eq!(
@@ -899,6 +908,9 @@ async fn each_node_reports_its_own_part_and_a_replay_on_a_reaches_b() {
         assert_eq!(v["status"], "not_ready", "{v}");
         assert!(!v["reasons"].as_array().unwrap().is_empty(), "{v}");
         assert_eq!(get_json(&format!("{n}/health")).await.0, 200);
+        let (_, st) = get_json(&format!("{n}/v1/stats")).await;
+        assert_ne!(st["transport"]["state"], "Connected", "{}", st["transport"]);
+        assert!(st["transport"]["disconnects"].as_u64().unwrap() >= 1, "{}", st["transport"]);
     }
     drop((sb, gb));
 }
@@ -945,6 +957,17 @@ async fn one_message_id_published_on_two_nodes_is_delivered_once() {
             "{seen:?}"
         );
     }
+    // Each node counts the JetStream duplicates of its own publishes: B's second copy.
+    let (_, sa) = get_json(&format!("{}/v1/stats", nodes[0].url)).await;
+    let (_, sb) = get_json(&format!("{}/v1/stats", nodes[1].url)).await;
+    assert_eq!(sa["transport"]["kind"], "nats", "{}", sa["transport"]);
+    assert_eq!(
+        (&sa["transport"]["duplicates"], &sb["transport"]["duplicates"]),
+        (&json!(0), &json!(1)),
+        "A: {} B: {}",
+        sa["transport"],
+        sb["transport"]
+    );
     drop(clients);
 }
 
