@@ -319,7 +319,11 @@
     const sec = $("#view-" + current);
     let p = $(".view-error", sec);
     if (!p) { p = el("p", { class: "error view-error", role: "alert" }); sec.querySelector("h2").after(p); }
-    p.textContent = e instanceof ApiError ? e.kind + ": " + e.message : "The node is unreachable (" + e.message + ")";
+    // A refusal is the sign-in dialog's to explain (it keeps the node's reason); the view
+    // only says what it needs, not the node's "missing bearer token" for a dropped token.
+    p.textContent = !(e instanceof ApiError) ? "The node is unreachable (" + e.message + ")"
+      : e.status === 401 || e.status === 403 ? "Sign in with an admin token to see this view."
+      : e.kind + ": " + e.message;
   }
   function clearError() { const p = $(".view-error", $("#view-" + current)); if (p) p.remove(); }
   window.addEventListener("hashchange", route);

@@ -204,6 +204,9 @@ try {
     // was dropped, and the views asked again without one).
     const why = await page.textContent("#login-error");
     if (!/lacks the admin grant/.test(why)) fail(`after moving views the dialog says: ${JSON.stringify(why)}`);
+    // The view behind the dialog says what it needs, not the node's "missing bearer token".
+    const line = await page.textContent("#view-topology .view-error");
+    if (!/Sign in with an admin token/.test(line || "")) fail(`the topology view's error line says: ${JSON.stringify(line)}`);
     await shot("auth-refused");
     // The admin sees it.
     await page.fill("#login-token", process.env.OPS_TOKEN);
@@ -212,6 +215,7 @@ try {
     await view("dlq");
     await page.locator("#dlq tbody tr", { hasText: "secret.launch-codes" }).waitFor({ timeout: T });
     await shot("auth-admin");
+    if (await page.locator("#view-dlq .view-error").count()) fail("after the admin signed in the dlq view still shows: " + await page.textContent("#view-dlq .view-error"));
     step("admin token sees the dead letter");
     const left = real().filter((e) => !/401|403|Unauthorized|Forbidden/.test(e));
     if (left.length) fail("errors: " + left.join("; "));
