@@ -155,6 +155,12 @@ try {
     };
     const topo = await timed("topology", "#topo g.node");
     await shot("scale-topology");
+    // A tall graph is not fitted down to an unreadable size: it stays at 75 % or more and
+    // says the rest is a drag away.
+    const zoom = await page.textContent("#zoom-level");
+    step("topology zoom: " + zoom);
+    if (parseInt(zoom, 10) < 75) fail(`topology with 2,000 topics fitted to ${zoom}: labels unreadable`);
+    if (!/larger than the view/.test(zoom)) fail(`the topology does not say it is larger than the view: ${zoom}`);
     const dlq = await timed("dlq", "#dlq tbody tr[data-id]");
     const rows = await page.locator("#dlq tbody tr").count();
     step(`dlq rows: ${rows}; heading ${await page.textContent("#dlq-total")}`);
