@@ -69,9 +69,19 @@ impl Nats {
         }
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let child = Nats::spawn(port, dir.path());
+        Some(Nats {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    /// nats-server on `port` storing under `dir`, once it says it is ready.
+    fn spawn(port: u16, dir: &Path) -> Child {
         let mut child = Command::new(NATS_BIN)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -82,16 +92,22 @@ impl Nats {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.contains("Server is ready") => break,
+                Ok(line) if line.contains("Server is ready") => return child,
                 Ok(_) => {}
                 Err(_) => panic!("nats-server not ready: {}", log.lock().unwrap()),
             }
         }
-        Some(Nats {
-            child,
-            port,
-            _dir: dir,
-        })
+    }
+
+    /// SIGKILLs the server (its store stays).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and store.
+    fn restart(&mut self) {
+        self.child = tokio::task::block_in_place(|| Nats::spawn(self.port, self._dir.path()));
     }
 }
 
@@ -108,7 +124,7 @@ struct Node {
     url: String,
 }
 
-fn node_config(dir: &Path, name: &str, nats_port: u16) -> std::path::PathBuf {
+fn node_config(dir: &Path, name: &str, nats_port: u16, storage: &str) -> std::path::PathBuf {
     let cfg = dir.join(format!("{name}.toml"));
     std::fs::write(
         &cfg,
@@ -117,7 +133,7 @@ fn node_config(dir: &Path, name: &str, nats_port: u16) -> std::path::PathBuf {
 [transport]
 kind = "nats"
 url = "nats://127.0.0.1:{nats_port}"
-storage = "memory"
+storage = "{storage}"
 max_bytes = 16777216
 ack_wait_ms = 2000
 [[transport.streams]]
@@ -136,7 +152,12 @@ shutdown_timeout_ms = 2000
 
 impl Node {
     fn start(dir: &Path, name: &str, nats_port: u16) -> Node {
-        let cfg = node_config(dir, name, nats_port);
+        Node::start_with(dir, name, nats_port, "memory")
+    }
+
+    /// A node whose streams have `storage` (`memory` or `file`).
+    fn start_with(dir: &Path, name: &str, nats_port: u16, storage: &str) -> Node {
+        let cfg = node_config(dir, name, nats_port, storage);
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .current_dir(dir)
