@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use smol_str::SmolStr;
 use switchyard_core::{
     BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
-    Envelope, Outcome, Permanent, SendError,
+    Envelope, HandBack, Outcome, Permanent, SendError,
 };
 
 use crate::config::{Handler, SubscriptionKind};
@@ -268,12 +268,12 @@ impl SubShared {
                         // result stayed an out-of-line call here (22 instructions a message).
                         std::mem::forget(result);
                         inc(&self.counters.acked);
-                        true
+                        Handled::Done
                     }
                     // An event has no one to answer (and a reply to it is dropped).
                     Ok(Ok(Outcome::Reply(_))) => {
                         inc(&self.counters.acked);
-                        true
+                        Handled::Done
                     }
                     other => {
                         let made = self.classify_rare(other, env, stamp.attempt);
@@ -285,6 +285,7 @@ impl SubShared {
                             false,
                             Some((made, stamp)),
                             &mut None,
+                            delivery.is_some(),
                         )
                         .await
                     }
@@ -298,17 +299,14 @@ impl SubShared {
                     ready,
                     None,
                     &mut None,
+                    delivery.is_some(),
                 )
                 .await
             };
             if let Some(delivery) = delivery {
-                self.settle(*delivery, ok).await;
+                self.settle_as(&bus, *delivery, ok).await;
             }
-            let how = if ok {
-                Settled::Acked
-            } else {
-                Settled::DeadLettered
-            };
+            let how = ok.settled();
             prev = Some(Done {
                 lane,
                 bus,
@@ -493,6 +491,12 @@ impl SubShared {
                 permanent: false,
                 last_attempt: attempt,
             },
+            Ok(Err(e)) if links(&*e).any(|l| l.is::<HandBack>()) => {
+                let delay = links(&*e)
+                    .find_map(|l| l.downcast_ref::<HandBack>())
+                    .and_then(HandBack::delay);
+                Attempt::HandedBack(error_chain(&*e), delay)
+            }
             Ok(Err(e)) => match decode_failure(&*e) {
                 Some(codec) => Attempt::Undecodable {
                     text: error_chain(codec),
@@ -543,7 +547,10 @@ impl SubShared {
     /// since), so the first attempt does not poll readiness again. With `first`, the first
     /// attempt was already made (by the worker, or a prefetching worker's call): how it
     /// ended, and the delivery bookkeeping it was made with (its count already taken).
-    /// Returns whether it was handled; the answer goes to `kept` when `reply` has no channel
+    /// `from_transport`: the message is a transport's delivery, which a [`HandBack`] gives
+    /// back to it (the caller nacks it); any other message has nowhere to go back to, and a
+    /// hand-back fails it for good.
+    /// Returns how it ended; the answer goes to `kept` when `reply` has no channel
     /// (an out-parameter rather than a larger return value: the workers' path stays as it was).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn process(
@@ -555,7 +562,8 @@ impl SubShared {
         ready: bool,
         mut first: Option<(Attempt, DeliveryInfo)>,
         kept: &mut Option<Answered>,
-    ) -> bool {
+        from_transport: bool,
+    ) -> Handled {
         let c = &self.counters;
         let lifecycle = publishes_lifecycle(bus, &env);
         let started = lifecycle.then(std::time::Instant::now);
@@ -621,7 +629,7 @@ impl SubShared {
                     if reply.is_some() {
                         *kept = self.answer(reply, Ok((r, typed.take())), attempt);
                     }
-                    break (true, None);
+                    break (Handled::Done, None);
                 }
                 Attempt::Rejected(reason) => {
                     inc(&c.rejected);
@@ -640,7 +648,7 @@ impl SubShared {
                         DeadLetterReason::Rejected,
                         reason.clone(),
                     ));
-                    break (false, Some(reason));
+                    break (Handled::DeadLettered, Some(reason));
                 }
                 Attempt::Undecodable { text, display } => {
                     inc(&c.decode_failed);
@@ -653,7 +661,7 @@ impl SubShared {
                         DeadLetterReason::DecodeFailed,
                         text.clone(),
                     ));
-                    break (false, Some(text));
+                    break (Handled::DeadLettered, Some(text));
                 }
                 Attempt::Failed {
                     reason,
@@ -666,6 +674,17 @@ impl SubShared {
                     // one call: the count goes on from its last.
                     delivery.attempt = last_attempt;
                     (reason, error, delay, permanent)
+                }
+                // Back to the transport (the caller nacks it): not an attempt, no answer.
+                Attempt::HandedBack(error, delay) if from_transport => {
+                    tracing::debug!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, %error, "handler handed the message back to the transport");
+                    break (Handled::HandedBack(delay), None);
+                }
+                // Nowhere to go back to: it fails for good.
+                Attempt::HandedBack(error, _) => {
+                    inc(&c.failed);
+                    (DeadLetterReason::HandlerFailed, error, None, true)
                 }
             };
             let attempt = delivery.attempt;
@@ -680,23 +699,44 @@ impl SubShared {
                     attempt,
                 );
                 bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
-                break (false, Some(error));
+                break (Handled::DeadLettered, Some(error));
             }
             inc(&c.retried);
             let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
             Box::pin(tokio::time::sleep(delay)).await;
         };
-        if let Some(started) = started {
+        // A command handed back has not finished: it starts again where it is delivered.
+        if let Some(started) = started
+            && !matches!(ok, Handled::HandedBack(_))
+        {
             Box::pin(bus.command_finished(
                 &stamped(delivery),
                 self.name(),
-                ok,
+                ok == Handled::Done,
                 error,
                 started.elapsed(),
             ))
             .await;
         }
         ok
+    }
+
+    /// Settles a transport delivery as [`process`](Self::process) left it: acked, termed,
+    /// or handed back (nacked at once; noted so that its next delivery to this subscription
+    /// here does not count the hand-back as an attempt, `deferred.rs`; named in the shutdown
+    /// report when the bus is stopping).
+    pub(crate) async fn settle_as(&self, bus: &BusInner, delivery: Delivery, how: Handled) {
+        let Handled::HandedBack(delay) = how else {
+            return self.settle(delivery, how == Handled::Done).await;
+        };
+        let id = delivery.envelope.id.clone();
+        bus.deferred.note(&self.config.name, &id, SystemTime::now());
+        if let Err(e) = delivery.nack(delay).await {
+            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
+        }
+        if bus.state.load(Ordering::Acquire) != crate::state::RUNNING {
+            bus.handed_back.lock().push(id);
+        }
     }
 
     pub(crate) fn letter(
@@ -810,6 +850,29 @@ fn recycle_caught<S: Callee<R>, R>(svc: &mut S, fut: S::Future) {
     }
 }
 
+/// How [`SubShared::process`] left a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// Acked or replied.
+    Done,
+    /// Dead-lettered (rejected, undecodable, failed for good or out of attempts).
+    DeadLettered,
+    /// A transport's delivery its handler handed back ([`HandBack`]): to be nacked (after
+    /// the delay asked for).
+    HandedBack(Option<Duration>),
+}
+
+impl Handled {
+    /// How its pending guard is settled.
+    pub(crate) fn settled(self) -> Settled {
+        match self {
+            Handled::Done => Settled::Acked,
+            Handled::DeadLettered => Settled::DeadLettered,
+            Handled::HandedBack(_) => Settled::Nacked,
+        }
+    }
+}
+
 /// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
 /// box the handler's [`Outcome::Reply`] put it in.
 pub(crate) enum Attempt {
@@ -820,6 +883,9 @@ pub(crate) enum Attempt {
     Rejected(String),
     /// The payload did not decode (not retried).
     Undecodable { text: String, display: String },
+    /// The handler asked for the message to go back to its transport ([`HandBack`]): the
+    /// error's text, and the delay asked for.
+    HandedBack(String, Option<Duration>),
     /// Error, panic or retry request: try again or dead-letter.
     Failed {
         reason: DeadLetterReason,

@@ -254,7 +254,6 @@ async fn a_command_held_on_a_killed_node_is_a_timeout_at_its_deadline() {
 /// terminates them in JetStream and their dead letters sit in C's in-memory queue, which the
 /// stop discards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a node stopped gracefully loses the unacked deliveries of its WS group members (dead-lettered into its in-memory queue) instead of handing them to the group's member on another node"]
 async fn node_c_stopped_with_unacked_group_deliveries_hands_them_to_the_member_on_b() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -316,7 +315,6 @@ async fn node_c_stopped_with_unacked_group_deliveries_hands_them_to_the_member_o
 /// manual delivery when this node has no member left, where on a shared transport handing
 /// it back (retry/nack) would let the group's member on another node take it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a cross-node WS group's last member on one node leaving dead-letters its unacked deliveries instead of handing them to the member on another node"]
 async fn a_group_member_leaving_node_a_hands_its_deliveries_to_the_member_on_b() {
     let Some(nats) = Nats::start() else { return };
     let dir = tempfile::tempdir().unwrap();
