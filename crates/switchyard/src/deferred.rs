@@ -48,6 +48,23 @@ impl Deferred {
         map.entry((sub.clone(), id.clone())).or_insert((0, due)).0 += 1;
     }
 
+    /// Sets how many of the deliveries of `id` to `sub` so far were not attempts (a
+    /// handler's hand-back, made at `at`): all of them, counted against the transport's
+    /// number, so earlier hand-backs already taken are counted again.
+    pub(crate) fn set(&self, sub: &SmolStr, id: &MessageId, count: u32, at: SystemTime) {
+        self.noted.store(true, Ordering::Relaxed);
+        let key = (sub.clone(), id.clone());
+        let mut map = self.map.lock();
+        if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+            let now = SystemTime::now();
+            map.retain(|_, (_, due)| due.checked_add(STALE_AFTER).is_some_and(|t| t > now));
+            if map.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        map.insert(key, (count, at));
+    }
+
     /// Whether any hand-back was ever noted.
     pub(crate) fn any(&self) -> bool {
         self.noted.load(Ordering::Relaxed)

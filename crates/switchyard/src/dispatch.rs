@@ -679,7 +679,10 @@ impl SubShared {
                 Attempt::HandedBack(error, delay) if from_transport => {
                     tracing::debug!(subscription = %self.name(), message_id = %env.id,
                         correlation_id = %env.correlation_id, %error, "handler handed the message back to the transport");
-                    break (Handled::HandedBack(delay), None);
+                    // Attempts made before this call (a retry in place may have come first).
+                    let made = delivery.attempt.saturating_sub(1);
+                    let after_ms = delay.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+                    break (Handled::HandedBack { after_ms, made }, None);
                 }
                 // Nowhere to go back to: it fails for good.
                 Attempt::HandedBack(error, _) => {
@@ -707,7 +710,7 @@ impl SubShared {
         };
         // A command handed back has not finished: it starts again where it is delivered.
         if let Some(started) = started
-            && !matches!(ok, Handled::HandedBack(_))
+            && !matches!(ok, Handled::HandedBack { .. })
         {
             Box::pin(bus.command_finished(
                 &stamped(delivery),
@@ -722,15 +725,20 @@ impl SubShared {
     }
 
     /// Settles a transport delivery as [`process`](Self::process) left it: acked, termed,
-    /// or handed back (nacked at once; noted so that its next delivery to this subscription
-    /// here does not count the hand-back as an attempt, `deferred.rs`; named in the shutdown
-    /// report when the bus is stopping).
+    /// or handed back (nacked, after the delay asked for; noted so that its next delivery to
+    /// this subscription here does not count the hand-backs as attempts, `deferred.rs`;
+    /// named in the shutdown report when the bus is stopping).
     pub(crate) async fn settle_as(&self, bus: &BusInner, delivery: Delivery, how: Handled) {
-        let Handled::HandedBack(delay) = how else {
+        let Handled::HandedBack { after_ms, made } = how else {
             return self.settle(delivery, how == Handled::Done).await;
         };
         let id = delivery.envelope.id.clone();
-        bus.deferred.note(&self.config.name, &id, SystemTime::now());
+        // The transport numbered this delivery `n` (from 1) and numbers the next `n + 1`;
+        // `made` of them were attempts: the rest are not.
+        let not_attempts = delivery.envelope.delivery.attempt.saturating_sub(made);
+        bus.deferred
+            .set(&self.config.name, &id, not_attempts, SystemTime::now());
+        let delay = after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
         if let Err(e) = delivery.nack(delay).await {
             tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
         }
@@ -858,8 +866,12 @@ pub(crate) enum Handled {
     /// Dead-lettered (rejected, undecodable, failed for good or out of attempts).
     DeadLettered,
     /// A transport's delivery its handler handed back ([`HandBack`]): to be nacked (after
-    /// the delay asked for).
-    HandedBack(Option<Duration>),
+    /// the delay asked for, in milliseconds).
+    HandedBack {
+        after_ms: Option<u32>,
+        /// Attempts made at it before the hand-back.
+        made: u32,
+    },
 }
 
 impl Handled {
@@ -868,7 +880,7 @@ impl Handled {
         match self {
             Handled::Done => Settled::Acked,
             Handled::DeadLettered => Settled::DeadLettered,
-            Handled::HandedBack(_) => Settled::Nacked,
+            Handled::HandedBack { .. } => Settled::Nacked,
         }
     }
 }

@@ -13,6 +13,7 @@ use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
 mod attempts;
+mod hand_back;
 mod intake;
 mod owed;
 mod panicking_filter;
