@@ -940,14 +940,51 @@ fn links<'a>(
     std::iter::successors(Some(e), |l| l.source())
 }
 
-/// The error and its sources, joined with `: `.
+/// The error and its sources, joined with `: `. A [`Permanent`] marker next to a link that
+/// already says "permanent failure" (a retry layer's final error) is left out: the chain of
+/// a permanent error that went through a retry layer says it once (review rev25).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let texts: Vec<(bool, String)> = links(e)
+        .map(|l| (l.is::<Permanent>(), l.to_string()))
+        .collect();
+    let says_permanent = |i: usize| {
+        texts
+            .get(i)
+            .is_some_and(|(marker, t)| !marker && t.starts_with(PERMANENT_TEXT))
+    };
     let mut text = String::new();
-    for (i, l) in links(e).enumerate() {
-        if i > 0 {
+    for (i, (marker, t)) in texts.iter().enumerate() {
+        if *marker && ((i > 0 && says_permanent(i - 1)) || says_permanent(i + 1)) {
+            continue;
+        }
+        if !text.is_empty() {
             text.push_str(": ");
         }
-        text.push_str(&l.to_string());
+        text.push_str(t);
     }
     text
+}
+
+/// What a [`Permanent`] marker says.
+const PERMANENT_TEXT: &str = "permanent failure";
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("permanent failure on attempt 1")]
+    struct GaveUp(#[source] BoxError);
+
+    #[test]
+    fn a_permanent_error_through_a_retry_layer_says_permanent_once() {
+        let inner: BoxError = Box::new(Permanent::new("group failed"));
+        let e = Permanent::new(GaveUp(inner));
+        assert_eq!(
+            error_chain(&e),
+            "permanent failure on attempt 1: group failed"
+        );
+        let plain = Permanent::new("invalid order");
+        assert_eq!(error_chain(&plain), "permanent failure: invalid order");
+    }
 }
