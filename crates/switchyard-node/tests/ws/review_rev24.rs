@@ -269,3 +269,52 @@ async fn the_node_dead_letter_queue_stops_at_retention_dead_letters() {
     assert_eq!(newest, "dl.k299", "the newest are kept");
     node.stop().await;
 }
+
+/// 300 HTTP requests that time out (`timeout_ms=5`) against a handler that takes 200 ms:
+/// each is answered 504, and once the handler has worked through them nothing is pending and
+/// its queue is empty (timed-out requests leave nothing behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_http_requests_leave_nothing_pending() {
+    let node = TestNode::start("").await;
+    let _slow = node
+        .bus
+        .handle_envelope(
+            "slow",
+            "slow.cmd",
+            handler_fn(|_e: Envelope| async {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                Ok::<_, std::io::Error>(())
+            }),
+        )
+        .workers(16)
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..300 {
+        let resp = http
+            .post(node.http("/v1/request/slow.cmd?timeout_ms=5"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
+    }
+    eprintln!("statuses: {statuses:?}");
+    assert!(
+        statuses.keys().all(|s| *s == 504 || *s == 503),
+        "each timed-out request is answered 504 (or 503 queue full): {statuses:?}"
+    );
+    tokio::time::timeout(WAIT, node.bus.run_until_idle())
+        .await
+        .unwrap_or_else(|_| panic!("pending still {}", node.bus.pending()));
+    let row = node
+        .bus
+        .registry()
+        .into_iter()
+        .find(|r| r.pattern == "slow.cmd")
+        .unwrap();
+    assert_eq!((row.depth, row.in_flight), (0, 0), "{row:?}");
+    node.stop().await;
+}

@@ -408,3 +408,47 @@ async fn on_the_log_distinct_topics_and_resubscriptions_do_not_grow_streams_or_g
     assert_eq!(groups[0].group, "reader");
     bus.shutdown(WAIT).await.unwrap();
 }
+
+/// Requests to a command handler that never finishes: each caller is answered (`Timeout` while
+/// its command waits, `Full` once the queue is full), none hangs, and what the bus holds stays
+/// at the queue's capacity plus its workers however many requests are made.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn requests_to_a_handler_that_never_finishes_are_answered_and_stay_bounded() {
+    const CAP: usize = 8;
+    let bus = Bus::new();
+    let _h = bus
+        .handle(|_c: Double, _| async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(0)
+        })
+        .workers(1)
+        .queue_capacity(CAP)
+        .overflow(Overflow::RejectNew)
+        .start()
+        .await
+        .unwrap();
+    let (mut timeouts, mut full) = (0usize, 0usize);
+    for n in 0..500 {
+        match tokio::time::timeout(WAIT, bus.request(Double { n }, Duration::from_millis(5)))
+            .await
+            .expect("a request to a stuck handler hung past its deadline")
+        {
+            Err(SendError::Timeout { .. }) => timeouts += 1,
+            Err(SendError::Full { .. }) => full += 1,
+            other => panic!("request {n}: {other:?}"),
+        }
+        assert!(
+            bus.pending() <= CAP + 1,
+            "after request {n}: pending {} over capacity + workers",
+            bus.pending()
+        );
+    }
+    assert_eq!(timeouts + full, 500);
+    assert!(full > 0, "the publisher is told the queue is full");
+    let row = &bus.registry()[0];
+    assert!(row.depth <= CAP && row.in_flight <= 1, "{row:?}");
+    eprintln!(
+        "stuck handler: {timeouts} timeouts, {full} full, pending {}",
+        bus.pending()
+    );
+}
