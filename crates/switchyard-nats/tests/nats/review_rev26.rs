@@ -19,6 +19,7 @@ use crate::harness::{SHARED_URL, shared_unavailable};
 
 mod flow;
 mod lifecycle;
+mod more;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
