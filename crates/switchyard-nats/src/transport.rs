@@ -31,9 +31,12 @@ use crate::subject::{overlap, pattern_subjects, sanitize_name, subject_subset, t
 mod admin;
 mod dead_letters;
 mod durable;
+mod max_payload;
 mod retention;
 mod subscribe;
 mod worker;
+use max_payload::MAX_PAYLOAD;
+pub(crate) use max_payload::MaxPayload;
 use subscribe::GroupUse;
 pub use subscribe::NatsSubscription;
 pub(crate) use subscribe::consumer_config;
@@ -61,6 +64,8 @@ impl std::fmt::Debug for NatsTransport {
 pub(crate) struct Inner {
     pub(crate) config: NatsConfig,
     pub(crate) client: Client,
+    /// The server's `max_payload`, read again on every reconnect.
+    pub(crate) max_payload: Arc<MaxPayload>,
     js: jetstream::Context,
     pub(crate) closed: AtomicBool,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -238,12 +243,22 @@ impl NatsTransport {
         durable::validate(&config)?;
         let counters = Arc::new(Counters::default());
         let events = counters.clone();
+        let max_payload = Arc::new(MaxPayload::default());
+        let limit = max_payload.clone();
         let client = ConnectOptions::new()
             .name(&config.name)
             .client_capacity(config.reconnect_buffer)
             .event_callback(move |event| {
                 let counters = events.clone();
-                async move { counters.on_event(event) }
+                let limit = limit.clone();
+                async move {
+                    let connected = event == Event::Connected;
+                    counters.on_event(event);
+                    if connected {
+                        // Another server may have another limit.
+                        limit.refresh();
+                    }
+                }
             })
             .connect(
                 config
@@ -267,25 +282,26 @@ impl NatsTransport {
         durable::ensure_stream(&js, &config).await?;
         let (shutdown, _) = watch::channel(false);
         let dead_letters = DeadLetterRoute::new(config.dead_letters.clone());
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                client,
-                js,
-                closed: AtomicBool::new(false),
-                shutdown,
-                counters,
-                publishing: AtomicUsize::new(0),
-                publish_done: Notify::new(),
-                workers: AtomicUsize::new(0),
-                workers_done: Notify::new(),
-                unsettled: Mutex::new(HashMap::new()),
-                routes: Mutex::new(HashMap::new()),
-                groups: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(0),
-                dead_letters,
-            }),
-        })
+        let inner = Arc::new(Inner {
+            config,
+            client,
+            max_payload,
+            js,
+            closed: AtomicBool::new(false),
+            shutdown,
+            counters,
+            publishing: AtomicUsize::new(0),
+            publish_done: Notify::new(),
+            workers: AtomicUsize::new(0),
+            workers_done: Notify::new(),
+            unsettled: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            dead_letters,
+        });
+        inner.max_payload.attach(&inner);
+        Ok(Self { inner })
     }
 
     /// The configuration.
@@ -412,43 +428,6 @@ impl NatsTransport {
     }
 }
 
-/// Whose limit a `TooLarge` from this transport names: NATS counts the encoded headers with
-/// the payload.
-const MAX_PAYLOAD: &str = "the NATS server's max_payload (payload and headers)";
-
-impl NatsTransport {
-    /// Refuses a message of `payload` bytes sent with `headers` that the server would not
-    /// take: it counts the header block ([`codec::header_bytes`]) with the payload against
-    /// its `max_payload`, and drops the connection over it (the sender would then wait for
-    /// its deadline). `size` in the error counts the headers.
-    pub(crate) fn fits_max_payload(
-        &self,
-        payload: usize,
-        headers: &async_nats::HeaderMap,
-    ) -> Result<(), switchyard_core::TooLarge> {
-        fits_max_payload(&self.inner.client, payload, headers)
-    }
-}
-
-/// [`NatsTransport::fits_max_payload`] for a bare client (a command's responder holds only
-/// the client): the limit is the one of the server `client` is connected to now.
-pub(crate) fn fits_max_payload(
-    client: &async_nats::Client,
-    payload: usize,
-    headers: &async_nats::HeaderMap,
-) -> Result<(), switchyard_core::TooLarge> {
-    let limit = client.server_info().max_payload;
-    let size = payload.saturating_add(codec::header_bytes(headers));
-    if limit > 0 && size > limit {
-        return Err(switchyard_core::TooLarge {
-            size,
-            limit,
-            limit_of: MAX_PAYLOAD,
-        });
-    }
-    Ok(())
-}
-
 impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
     /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
@@ -466,7 +445,7 @@ impl Publisher for NatsTransport {
         let mut headers = Vec::with_capacity(batch.len());
         for env in &batch {
             let h = codec::encode_headers(env);
-            self.fits_max_payload(env.payload.len(), &h)?;
+            self.inner.max_payload.check(env.payload.len(), &h)?;
             headers.push(Some(h));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);
@@ -554,9 +533,10 @@ impl Publisher for NatsTransport {
     /// payload alone with it, so a larger payload is refused there; a payload that fits
     /// whose headers push the message over is refused by [`publish`](Publisher::publish)
     /// with [`PublishError::TooLarge`] at once (`size` then counts the headers), before
-    /// anything is sent.
+    /// anything is sent. The limit is the one of the server the connection is on: read when
+    /// it is made and again after every reconnect.
     fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
-        let limit = self.inner.client.server_info().max_payload;
+        let limit = self.inner.max_payload.limit();
         (limit > 0).then_some((limit, MAX_PAYLOAD))
     }
 
