@@ -1,0 +1,121 @@
+//! Fixes after review rev23 (task fixserve): `serve`'s logging precedence and a node whose
+//! standard output and error are closed.
+
+use super::*;
+
+/// The `node started` log line of `node`'s stderr (bounded wait), or `None` when it did not
+/// come within 5 s.
+fn node_started_line(node: &Node) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = node.stderr.lock().unwrap().clone();
+        if let Some(l) = err.lines().find(|l| l.contains("node started")) {
+            return Some(l.to_owned());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// docs/cli.md: for `serve` the filter is the first of `--log` (or `SWITCHYARD_LOG`),
+/// `RUST_LOG` and `[logging] filter`; `[logging] format` applies whichever it is.
+#[test]
+fn serve_log_filter_precedence_is_flag_then_rust_log_then_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_warn = MEMORY.replace(
+        "[logging]\nfilter = \"warn\"\n",
+        "[logging]\nformat = \"json\"\nfilter = \"warn\"\n",
+    );
+    assert!(json_warn.contains("format = \"json\""), "{json_warn}");
+    // RUST_LOG over the config's filter, in the config's format.
+    let node = Node::try_start(dir.path(), &json_warn, &[], &[("RUST_LOG", "info")])
+        .unwrap_or_else(|(c, e, _)| panic!("serve exited {c:?}: {e}"));
+    let line = node_started_line(&node).expect("RUST_LOG=info logs the start");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    drop(node);
+    // --log over RUST_LOG.
+    let node = Node::try_start(
+        dir.path(),
+        &json_warn,
+        &["--log", "info"],
+        &[("RUST_LOG", "error")],
+    )
+    .unwrap_or_else(|(c, e, _)| panic!("serve exited {c:?}: {e}"));
+    let line = node_started_line(&node).expect("--log info logs the start");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    drop(node);
+    // An invalid --log is named and the next source applies.
+    let node = Node::try_start(
+        dir.path(),
+        &json_warn,
+        &["--log", "no=such=filter"],
+        &[("RUST_LOG", "info")],
+    )
+    .unwrap_or_else(|(c, e, _)| panic!("serve exited {c:?}: {e}"));
+    let line = node_started_line(&node).expect("RUST_LOG=info logs the start");
+    assert!(line.starts_with('{'), "{line}");
+    let err = node.stderr.lock().unwrap().clone();
+    assert!(
+        err.contains("switchyard: --log \"no=such=filter\"") && err.contains("RUST_LOG"),
+        "{err}"
+    );
+}
+
+/// `switchyard serve 2>&1 | head`: once the reader has gone, stdout and stderr are closed
+/// pipes. The node goes on (log lines and its own lines are dropped) and stops cleanly on
+/// SIGTERM: exit 0, not 101 (a panic on a failed print).
+#[test]
+fn serve_survives_closed_stdout_and_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, MEMORY).unwrap();
+    let mut child = bin(dir.path())
+        .args(["serve", "--log", "debug", "--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("switchyard node listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    // The reader goes away: both pipes are closed.
+    drop(stdout);
+    drop(child.stderr.take());
+    let rt = rt();
+    rt.block_on(async {
+        // Requests are logged (debug) to the closed stderr; the node still answers.
+        for _ in 0..3 {
+            let r = http().get(format!("{url}/health")).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+        let (status, _) = publish(&url, "orders.placed", "{\"id\": 1}").await;
+        assert_eq!(status, 202);
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
