@@ -119,3 +119,40 @@ fn serve_survives_closed_stdout_and_stderr() {
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// docs/gateway.md#message-json: `attempt` is 0 on a message as published (what
+/// `/v1/trace` records: the publish, before any delivery) and 1 on its first delivery (a
+/// WebSocket `message`).
+#[test]
+fn attempt_is_0_in_a_trace_and_1_on_the_first_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), MEMORY, &[]);
+    rt().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url())
+            .await
+            .unwrap();
+        ws_call(
+            &mut ws,
+            json!({"op": "subscribe", "id": 1, "pattern": "orders.#"}),
+            "subscribed",
+        )
+        .await;
+        let (status, published) = publish(&node.url, "orders.placed", r#"{"id": 7}"#).await;
+        assert_eq!(status, 202, "{published}");
+        let delivered = ws_next(&mut ws).await;
+        assert_eq!(delivered["op"], "message", "{delivered}");
+        assert_eq!(delivered["message"]["attempt"], 1, "{delivered}");
+        let correlation = published["correlation_id"].as_str().unwrap();
+        let trace: Value = http()
+            .get(format!("{}/v1/trace/{correlation}", node.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let messages = trace["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "{trace}");
+        assert_eq!(messages[0]["attempt"], 0, "{trace}");
+    });
+}
