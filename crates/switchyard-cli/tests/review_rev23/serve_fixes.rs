@@ -156,3 +156,51 @@ fn attempt_is_0_in_a_trace_and_1_on_the_first_delivery() {
         assert_eq!(messages[0]["attempt"], 0, "{trace}");
     });
 }
+
+/// docs/gateway.md: "A WebSocket subscription has the node's retry policy and timeout but no
+/// circuit breaker", so neither `/metrics` nor `/v1/stats` shows a breaker for `ws:<principal>`
+/// (a remote handler, `ws-handler:<principal>`, has one and shows it).
+#[test]
+fn a_websocket_subscription_shows_no_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), MEMORY, &[]);
+    rt().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(node.ws_url())
+            .await
+            .unwrap();
+        ws_call(
+            &mut ws,
+            json!({"op": "subscribe", "id": 1, "pattern": "orders.#"}),
+            "subscribed",
+        )
+        .await;
+        ws_call(
+            &mut ws,
+            json!({"op": "handle", "id": 2, "topic": "users.create"}),
+            "handling",
+        )
+        .await;
+        let get = |path: &'static str| {
+            let url = format!("{}{path}", node.url);
+            async move { http().get(url).send().await.unwrap().text().await.unwrap() }
+        };
+        let metrics = get("/metrics").await;
+        let breakers: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("switchyard_breaker_state{"))
+            .collect();
+        assert_eq!(
+            breakers,
+            ["switchyard_breaker_state{handler=\"ws-handler:anonymous\"} 0"],
+            "{metrics}"
+        );
+        let stats: Value = serde_json::from_str(&get("/v1/stats").await).unwrap();
+        let handlers: Vec<&str> = stats["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["handler"].as_str().unwrap())
+            .collect();
+        assert_eq!(handlers, ["ws-handler:anonymous"], "{stats}");
+    });
+}
