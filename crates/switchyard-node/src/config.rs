@@ -450,6 +450,21 @@ pub struct WsConfig {
     pub ping_interval_ms: u64,
     /// Connections open at once, all clients together. Default 10000.
     pub max_connections: usize,
+    /// Connections one principal (one token's or JWT subject's name; with auth off every
+    /// client is `anonymous`) may have open at once; past it the upgrade is refused as past
+    /// `max_connections`. Default: none of its own (`max_connections` is the only limit).
+    /// At least 1, at most `max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_principal: Option<usize>,
+}
+
+impl WsConfig {
+    /// The connections one principal may have open: `max_connections_per_principal`, or
+    /// `max_connections` when it is not set.
+    pub fn per_principal_limit(&self) -> usize {
+        self.max_connections_per_principal
+            .unwrap_or(self.max_connections)
+    }
 }
 
 impl Default for WsConfig {
@@ -460,6 +475,7 @@ impl Default for WsConfig {
             max_frame_bytes: 1024 * 1024,
             ping_interval_ms: 30_000,
             max_connections: 10_000,
+            max_connections_per_principal: None,
         }
     }
 }
@@ -766,11 +782,22 @@ impl NodeConfig {
     /// Loads the defaults, then the TOML file at `path` (if given; it must exist), then the
     /// `SWITCHYARD_*` environment, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_listen(path, None)
+    }
+
+    /// [`load`](Self::load), with `listen` (a command line's `--listen`), when given, as the
+    /// highest layer: it replaces the file's and `SWITCHYARD_LISTEN`'s address before the
+    /// result is validated, so the address judged (a non-loopback one needs auth) is the one
+    /// the node listens on, not the one it overrides.
+    pub fn load_with_listen(
+        path: Option<&Path>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let env = Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
             let first = key.as_str().split('.').next().unwrap_or_default();
             SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
         });
-        Self::load_from(path, env)
+        Self::load_from(path, env, listen)
     }
 
     /// Loads from a TOML string (plus defaults, no environment) and validates.
@@ -789,7 +816,11 @@ impl NodeConfig {
         Ok(Figment::from(Serialized::defaults(dict)))
     }
 
-    fn load_from(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+    fn load_from(
+        path: Option<&Path>,
+        env: Env,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Self::base()?;
         if let Some(path) = path {
             if !path.is_file() {
@@ -799,7 +830,11 @@ impl NodeConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
-        Self::extract(figment.merge(env))
+        figment = figment.merge(env);
+        if let Some(listen) = listen {
+            figment = figment.merge(Serialized::default("listen", listen.to_string()));
+        }
+        Self::extract(figment)
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {

@@ -6,12 +6,14 @@
 
 mod answer_first;
 mod auth;
+mod churn;
 mod group_leave;
 mod handler_groups;
 mod limits;
 mod malformed;
 mod pubsub;
 mod remote;
+mod review_rev24;
 mod review_rev3;
 mod review_rev8;
 mod slow;
