@@ -363,12 +363,12 @@ async fn a_group_member_leaving_node_a_hands_its_deliveries_to_the_member_on_b()
     drop(cb);
 }
 
-/// A WS handler group `hg` with a member on A that fails (`ok: false`) and one on C that
-/// answers; commands sent through B. docs/gateway.md ("Handler groups", "Scale-out on
+/// A WS handler group `hg` with a member on A that fails (`ok: false`) its first two
+/// commands, then answers, and one on C that answers; commands sent through B. docs/gateway.md ("Handler groups", "Scale-out on
 /// NATS"): a handler group is per node: on NATS each node's members form their own group,
 /// and a command reaches one node's group (NATS's queue group picks the node), whose
-/// members alone may have it. So a command that reached A fails with A's member's error,
-/// without going to C, and one that reached C is answered by C.
+/// members alone may have it. So a command A's member failed fails with its error, without
+/// going to C, and every other command is answered by the one member that got it.
 ///
 /// (Review rev25 kept this as an ignored defect, "does not give a command its member on
 /// one node failed to the member on another node"; cross-node failover is out of scope, the
@@ -394,11 +394,10 @@ async fn a_handler_group_is_per_node_a_command_failed_on_one_node_is_not_given_t
     // the node of each).
     let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut results = Vec::new();
+    let mut a_failed: Vec<String> = Vec::new();
     for i in 0..40 {
-        let handled_by_both = ["a", "c"]
-            .iter()
-            .all(|t| got.values().any(|w| w.contains(&(*t).to_owned())));
-        if handled_by_both && i >= 8 {
+        let handled_by_c = got.values().any(|w| w.contains(&"c".to_owned()));
+        if handled_by_c && !a_failed.is_empty() && i >= 8 {
             break;
         }
         let id = format!("hg-{i}");
@@ -415,7 +414,11 @@ async fn a_handler_group_is_per_node_a_command_failed_on_one_node_is_not_given_t
                 got.entry(v["message"]["id"].as_str().unwrap().to_owned())
                     .or_default()
                     .push(t.clone());
-                let answer = if t == "a" {
+                // A's member fails its first two commands, then answers: more failures in a
+                // row would open the circuit breaker of A's handler group (docs/gateway.md
+                // "Remote handlers"), which holds the next command until its cool-down.
+                let answer = if t == "a" && a_failed.len() < 2 {
+                    a_failed.push(v["message"]["id"].as_str().unwrap().to_owned());
                     json!({"op": "result", "call": v["call"], "ok": false, "error": "a is broken"})
                 } else {
                     json!({"op": "result", "call": v["call"], "ok": true, "payload": {"by": t}})
@@ -425,16 +428,18 @@ async fn a_handler_group_is_per_node_a_command_failed_on_one_node_is_not_given_t
         }
         results.push((id, send.await.unwrap()));
     }
-    for t in ["a", "c"] {
-        assert!(
-            got.values().any(|w| w.contains(&t.to_owned())),
-            "{t}'s member never got a command: {got:?}"
-        );
-    }
+    assert!(
+        !a_failed.is_empty(),
+        "A's member never got a command: {got:?}"
+    );
+    assert!(
+        got.values().any(|w| w.contains(&"c".to_owned())),
+        "C's member never got a command: {got:?}"
+    );
     for (id, (s, v)) in &results {
         let by = got.get(id).cloned().unwrap_or_default();
         assert_eq!(by.len(), 1, "{id} went to one member of one node: {by:?}");
-        if by[0] == "a" {
+        if a_failed.contains(id) {
             assert_eq!(
                 (*s, &v["error"]["kind"]),
                 (422, &json!("handler_failed")),
@@ -452,7 +457,7 @@ async fn a_handler_group_is_per_node_a_command_failed_on_one_node_is_not_given_t
                 "says it once: {message}"
             );
         } else {
-            assert_eq!((*s, &v["payload"]["by"]), (200, &json!("c")), "{id}: {v}");
+            assert_eq!((*s, &v["payload"]["by"]), (200, &json!(by[0])), "{id}: {v}");
         }
     }
 }
