@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchyard::{Bus, Envelope, Message, Priority, Topic};
+use switchyard::{Bus, Envelope, Message, Priority};
 use tokio::sync::mpsc;
 
 use super::{Job, WAIT, bus_on_log, n_of};

@@ -283,7 +283,11 @@ async fn a_request_whose_retry_backoff_ends_past_its_deadline_is_not_held() {
     assert!(waited.is_zero(), "answered at once, not after {waited:?}");
     bus.run_until_idle().await;
     assert_eq!(bus.pending(), 0);
-    assert_eq!(attempts.load(Ordering::SeqCst), 1, "no attempt past the deadline");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        1,
+        "no attempt past the deadline"
+    );
     assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 1);
 }
 
