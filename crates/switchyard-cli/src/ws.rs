@@ -18,7 +18,7 @@ use crate::client::{Client, ClientError, api_error, chain};
 pub enum LineFormat {
     /// The message JSON (docs/gateway.md), one per line.
     Json,
-    /// `timestamp topic kind correlation payload`, one per line.
+    /// `timestamp kind topic corr=<correlation id> payload`, one per line.
     Text,
 }
 

@@ -192,7 +192,9 @@ impl Trace {
         }
     }
 
-    /// A text rendering, one message per line: `+12.3ms  topic  [source] → target`. A message
+    /// A text rendering, one message per line: `+12.3ms  topic  [source] → target` (`[?]` for a
+    /// message published without a source, e.g. a raw envelope or a gateway client that sent no
+    /// `x-source`). A message
     /// with one consequence is followed by it on the next line at the same indentation; several
     /// consequences branch with `├─` and `└─`.
     pub fn render(&self) -> String {

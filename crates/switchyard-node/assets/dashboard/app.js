@@ -319,7 +319,11 @@
     const sec = $("#view-" + current);
     let p = $(".view-error", sec);
     if (!p) { p = el("p", { class: "error view-error", role: "alert" }); sec.querySelector("h2").after(p); }
-    p.textContent = e instanceof ApiError ? e.kind + ": " + e.message : "The node is unreachable (" + e.message + ")";
+    // A refusal is the sign-in dialog's to explain (it keeps the node's reason); the view
+    // only says what it needs, not the node's "missing bearer token" for a dropped token.
+    p.textContent = !(e instanceof ApiError) ? "The node is unreachable (" + e.message + ")"
+      : e.status === 401 || e.status === 403 ? "Sign in with an admin token to see this view."
+      : e.kind + ": " + e.message;
   }
   function clearError() { const p = $(".view-error", $("#view-" + current)); if (p) p.remove(); }
   window.addEventListener("hashchange", route);
@@ -501,17 +505,22 @@
 
   // Zoom and pan: a transform on the graph's group; wheel zooms at the pointer, a drag pans,
   // the buttons and keys (+ − 0 arrows on the focused graph) do the same.
-  // Until the user zooms or pans, the graph is fitted to the view (never enlarged past 100 %).
+  // Until the user zooms or pans, the graph is fitted to the view (never enlarged past 100 %),
+  // but a tall graph (hundreds of publishers or topics) is not shrunk below FIT_MIN for its
+  // height: its labels stay readable and the rest is a drag or an arrow key away.
+  const FIT_MIN = 0.75;
   const view = { k: 1, x: 0, y: 0, touched: false };
   const graphSize = { w: 0, h: 0 };
   function fitScale() {
     const svg = $("#topo");
-    const k = graphSize.w ? Math.min(1, svg.clientWidth / graphSize.w, svg.clientHeight / graphSize.h) : 1;
+    const k = graphSize.w ? Math.min(1, svg.clientWidth / graphSize.w, Math.max(FIT_MIN, svg.clientHeight / graphSize.h)) : 1;
     view.k = Math.max(0.25, k); view.x = 0; view.y = 0;
   }
   function applyView() {
     $("#topo-vp").setAttribute("transform", "translate(" + view.x.toFixed(1) + "," + view.y.toFixed(1) + ") scale(" + view.k.toFixed(3) + ")");
-    $("#zoom-level").textContent = Math.round(view.k * 100) + " %";
+    const svg = $("#topo");
+    const larger = graphSize.w * view.k > svg.clientWidth + 1 || graphSize.h * view.k > svg.clientHeight + 1;
+    $("#zoom-level").textContent = Math.round(view.k * 100) + " %" + (larger ? " · the graph is larger than the view: drag to see the rest" : "");
   }
   function zoomAt(factor, cx, cy) {
     const k = Math.min(4, Math.max(0.25, view.k * factor));

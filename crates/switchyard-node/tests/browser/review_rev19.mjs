@@ -155,6 +155,12 @@ try {
     };
     const topo = await timed("topology", "#topo g.node");
     await shot("scale-topology");
+    // A tall graph is not fitted down to an unreadable size: it stays at 75 % or more and
+    // says the rest is a drag away.
+    const zoom = await page.textContent("#zoom-level");
+    step("topology zoom: " + zoom);
+    if (parseInt(zoom, 10) < 75) fail(`topology with 2,000 topics fitted to ${zoom}: labels unreadable`);
+    if (!/larger than the view/.test(zoom)) fail(`the topology does not say it is larger than the view: ${zoom}`);
     const dlq = await timed("dlq", "#dlq tbody tr[data-id]");
     const rows = await page.locator("#dlq tbody tr").count();
     step(`dlq rows: ${rows}; heading ${await page.textContent("#dlq-total")}`);
@@ -204,6 +210,9 @@ try {
     // was dropped, and the views asked again without one).
     const why = await page.textContent("#login-error");
     if (!/lacks the admin grant/.test(why)) fail(`after moving views the dialog says: ${JSON.stringify(why)}`);
+    // The view behind the dialog says what it needs, not the node's "missing bearer token".
+    const line = await page.textContent("#view-topology .view-error");
+    if (!/Sign in with an admin token/.test(line || "")) fail(`the topology view's error line says: ${JSON.stringify(line)}`);
     await shot("auth-refused");
     // The admin sees it.
     await page.fill("#login-token", process.env.OPS_TOKEN);
@@ -212,6 +221,7 @@ try {
     await view("dlq");
     await page.locator("#dlq tbody tr", { hasText: "secret.launch-codes" }).waitFor({ timeout: T });
     await shot("auth-admin");
+    if (await page.locator("#view-dlq .view-error").count()) fail("after the admin signed in the dlq view still shows: " + await page.textContent("#view-dlq .view-error"));
     step("admin token sees the dead letter");
     const left = real().filter((e) => !/401|403|Unauthorized|Forbidden/.test(e));
     if (left.length) fail("errors: " + left.join("; "));

@@ -11,6 +11,7 @@ mod limits;
 mod malformed;
 mod pubsub;
 mod remote;
+mod review_rev24;
 mod review_rev3;
 mod review_rev8;
 mod slow;

@@ -25,6 +25,7 @@ mod queued_ctx;
 mod review_coverage;
 mod review_rev11;
 mod review_rev13;
+mod review_rev24;
 mod review_rev5;
 mod routing;
 mod shared;
