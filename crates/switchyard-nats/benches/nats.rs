@@ -7,6 +7,10 @@
 //! - `publish_one`: one message at a time, waiting for its acknowledgement.
 //! - `end_to_end`: 500 messages published, pulled by a durable consumer and acked.
 //! - `request_reply`: one core NATS request/reply round trip.
+//! - `max_payload_check`: what the size check before every publish, command and reply costs:
+//!   `max_message_bytes()` (the transport's `max_payload`, the limit that check reads) vs
+//!   `Client::server_info().max_payload` (a copy of the server's whole INFO: its strings and
+//!   `connect_urls`).
 //!
 //! After the criterion groups it prints an interleaved summary with the ratios
 //! (switchyard / raw throughput).
@@ -238,6 +242,43 @@ fn main() {
         .measurement_time(Duration::from_secs(4))
         .configure_from_args();
 
+    {
+        let mut g = c.benchmark_group("max_payload_check");
+        g.bench_function("switchyard", |b| {
+            b.iter(|| Publisher::max_message_bytes(std::hint::black_box(&fx.sy)))
+        });
+        g.bench_function("raw_server_info", |b| {
+            b.iter(|| {
+                std::hint::black_box(&fx.raw_client)
+                    .server_info()
+                    .max_payload
+            })
+        });
+        g.finish();
+        // What each check copied before: every non-empty string of the INFO, and the
+        // `connect_urls` vector with each of its strings (one allocation each).
+        let info = fx.raw_client.server_info();
+        let strings = [
+            &info.server_id,
+            &info.server_name,
+            &info.host,
+            &info.version,
+            &info.go,
+            &info.nonce,
+            &info.client_ip,
+        ];
+        let mut allocations = strings.iter().filter(|s| !s.is_empty()).count();
+        let mut bytes: usize = strings.iter().map(|s| s.len()).sum();
+        if !info.connect_urls.is_empty() {
+            allocations += 1 + info.connect_urls.len();
+            bytes += info.connect_urls.iter().map(String::len).sum::<usize>();
+        }
+        println!(
+            "server_info() copy: {allocations} allocations, {bytes} bytes of strings per call \
+             (connect_urls: {})",
+            info.connect_urls.len()
+        );
+    }
     let sy_topic = fx.topic("pub");
     let raw_subject = format!("{}.raw.pub", fx.ns);
     {

@@ -19,6 +19,7 @@
 //! (the server would drop the handler process's connection): a reply becomes a `failed`
 //! answer naming its size, a failure's message is cut short ([`result_message`]).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use switchyard_core::{
 
 use crate::codec;
 use crate::subject::topic_subject;
-use crate::transport::{NatsTransport, WorkerGuard, fits_max_payload};
+use crate::transport::{MaxPayload, NatsTransport, WorkerGuard};
 
 /// Header with the milliseconds left of the sender's deadline.
 pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
@@ -71,7 +72,9 @@ impl NatsTransport {
             headers.insert(DEADLINE, d.as_millis().to_string().as_str());
         }
         // Refused at once rather than by the server, which drops the connection.
-        self.fits_max_payload(command.payload.len(), &headers)?;
+        self.inner
+            .max_payload
+            .check(command.payload.len(), &headers)?;
         let topic = command.topic;
         let req = async_nats::Request::new()
             .headers(headers)
@@ -149,7 +152,12 @@ struct Serving {
     done: bool,
 }
 
-fn incoming(client: &Client, topic: &Topic, msg: async_nats::Message) -> IncomingCommand {
+fn incoming(
+    client: &Client,
+    max_payload: &Arc<MaxPayload>,
+    topic: &Topic,
+    msg: async_nats::Message,
+) -> IncomingCommand {
     let deadline = msg
         .headers
         .as_ref()
@@ -159,6 +167,7 @@ fn incoming(client: &Client, topic: &Topic, msg: async_nats::Message) -> Incomin
     let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
     let responder = NatsResponder {
         client: client.clone(),
+        max_payload: max_payload.clone(),
         reply_to: msg.reply,
         topic: topic.clone(),
     };
@@ -182,7 +191,12 @@ impl futures::Stream for Serving {
             return Poll::Ready(None);
         };
         match sub.poll_next_unpin(cx) {
-            Poll::Ready(Some(msg)) => Poll::Ready(Some(incoming(&this.client, &this.topic, msg))),
+            Poll::Ready(Some(msg)) => Poll::Ready(Some(incoming(
+                &this.client,
+                &this.inner.max_payload,
+                &this.topic,
+                msg,
+            ))),
             Poll::Ready(None) => {
                 this.done = true;
                 Poll::Ready(None)
@@ -198,6 +212,7 @@ impl Drop for Serving {
             return;
         };
         let (client, topic) = (self.client.clone(), self.topic.clone());
+        let max_payload = self.inner.max_payload.clone();
         // Counted until drained, so closing the transport waits for it: no command is
         // routed to this process once close has returned.
         let guard = WorkerGuard::new(&self.inner);
@@ -214,7 +229,7 @@ impl Drop for Serving {
                     let _ = transport.server_round_trip().await;
                     let rest = async {
                         while let Some(msg) = sub.next().await {
-                            drop(incoming(&client, &topic, msg));
+                            drop(incoming(&client, &max_payload, &topic, msg));
                         }
                     };
                     let _ = tokio::time::timeout(Duration::from_secs(5), rest).await;
@@ -245,6 +260,7 @@ impl RemoteCommands for NatsTransport {
 /// answers `no-handler`.
 struct NatsResponder {
     client: Client,
+    max_payload: Arc<MaxPayload>,
     reply_to: Option<Subject>,
     topic: Topic,
 }
@@ -274,11 +290,12 @@ impl CommandResponder for NatsResponder {
         let mut this = self;
         let to = this.reply_to.take();
         let client = this.client.clone();
+        let max_payload = this.max_payload.clone();
         Box::pin(async move {
             let Some(to) = to else {
                 return Ok(());
             };
-            let answer = result_message(&client, result);
+            let answer = result_message(&max_payload, result);
             publish_result(&client, to, answer).await
         })
     }
@@ -297,7 +314,7 @@ const SHORT_ERROR: usize = 256;
 /// status with its message cut to [`SHORT_ERROR`] characters. `Err` when even that is over
 /// the limit (a server with a tiny `max_payload`): nothing can be sent.
 pub(crate) fn result_message(
-    client: &Client,
+    max_payload: &MaxPayload,
     result: Result<CommandResult, SendError>,
 ) -> Result<(HeaderMap, bytes::Bytes), switchyard_core::TooLarge> {
     let attempts = match &result {
@@ -305,7 +322,7 @@ pub(crate) fn result_message(
         Err(_) => None,
     };
     let (mut headers, payload) = encode_result(result);
-    let Err(too_large) = fits_max_payload(client, payload.len(), &headers) else {
+    let Err(too_large) = max_payload.check(payload.len(), &headers) else {
         return Ok((headers, payload));
     };
     let (headers, payload) = match attempts {
@@ -330,7 +347,9 @@ pub(crate) fn result_message(
             (headers, payload)
         }
     };
-    fits_max_payload(client, payload.len(), &headers).map(|()| (headers, payload))
+    max_payload
+        .check(payload.len(), &headers)
+        .map(|()| (headers, payload))
 }
 
 /// Publishes a command's answer ([`result_message`], measured there) to the sender's reply

@@ -16,7 +16,7 @@ use switchyard_core::{
 use crate::codec;
 use crate::error::RequestError;
 use crate::subject::{pattern_subjects, topic_subject};
-use crate::transport::{NatsTransport, fits_max_payload};
+use crate::transport::{MaxPayload, NatsTransport};
 
 /// Header carrying a reply's topic (a reply travels on an inbox subject).
 const REPLY_TOPIC: &str = "Sy-Topic";
@@ -43,7 +43,9 @@ impl NatsTransport {
         let subject = self.request_subject(&request.topic)?;
         let headers = codec::encode_headers(&request);
         // Refused at once rather than by the server, which drops the connection.
-        self.fits_max_payload(request.payload.len(), &headers)?;
+        self.inner
+            .max_payload
+            .check(request.payload.len(), &headers)?;
         let req = async_nats::Request::new()
             .headers(headers)
             .payload(request.payload.clone())
@@ -124,10 +126,12 @@ impl NatsTransport {
         // the socket, so a request from another connection could still get no responders.
         self.server_round_trip().await?;
         let client = self.inner.client.clone();
+        let max_payload = self.inner.max_payload.clone();
         let pattern = pattern.clone();
         let strip = format!("{prefix}.");
         let merged = futures::stream::select_all(subs).filter_map(move |msg| {
             let client = client.clone();
+            let max_payload = max_payload.clone();
             let topic = msg
                 .subject
                 .as_str()
@@ -141,6 +145,7 @@ impl NatsTransport {
                     envelope,
                     reply_to: msg.reply,
                     client,
+                    max_payload,
                 })
             }
         });
@@ -174,6 +179,8 @@ pub struct IncomingRequest {
     pub envelope: Envelope,
     reply_to: Option<Subject>,
     client: Client,
+    /// The transport's `max_payload`, for the reply.
+    max_payload: std::sync::Arc<MaxPayload>,
 }
 
 impl std::fmt::Debug for IncomingRequest {
@@ -198,9 +205,11 @@ impl IncomingRequest {
         };
         let mut headers = codec::encode_headers(&reply);
         headers.insert(REPLY_TOPIC, reply.topic.as_str());
-        fits_max_payload(&self.client, reply.payload.len(), &headers).map_err(|e| {
-            TransportError::with_source(TransportErrorKind::Rejected, "reply not sent", e)
-        })?;
+        self.max_payload
+            .check(reply.payload.len(), &headers)
+            .map_err(|e| {
+                TransportError::with_source(TransportErrorKind::Rejected, "reply not sent", e)
+            })?;
         self.client
             .publish_with_headers(to, headers, reply.payload)
             .await

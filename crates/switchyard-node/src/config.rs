@@ -450,6 +450,21 @@ pub struct WsConfig {
     pub ping_interval_ms: u64,
     /// Connections open at once, all clients together. Default 10000.
     pub max_connections: usize,
+    /// Connections one principal (one token's or JWT subject's name; with auth off every
+    /// client is `anonymous`) may have open at once; past it the upgrade is refused as past
+    /// `max_connections`. Default: none of its own (`max_connections` is the only limit).
+    /// At least 1, at most `max_connections`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_principal: Option<usize>,
+}
+
+impl WsConfig {
+    /// The connections one principal may have open: `max_connections_per_principal`, or
+    /// `max_connections` when it is not set.
+    pub fn per_principal_limit(&self) -> usize {
+        self.max_connections_per_principal
+            .unwrap_or(self.max_connections)
+    }
 }
 
 impl Default for WsConfig {
@@ -460,6 +475,7 @@ impl Default for WsConfig {
             max_frame_bytes: 1024 * 1024,
             ping_interval_ms: 30_000,
             max_connections: 10_000,
+            max_connections_per_principal: None,
         }
     }
 }

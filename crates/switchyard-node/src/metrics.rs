@@ -6,6 +6,10 @@
 //! histogram, denials, WebSocket connections and drops); bus figures are read from the bus's
 //! snapshot, the handler registry of the resilience stack and the pipeline monitors at scrape
 //! time and written as absolute values, so `/metrics` and `/v1/stats` show the same numbers.
+//! Those are written into a recorder made for that one scrape (`scrape::render`), not into the
+//! node's: a subscription or handler that is gone has no rows in the next scrape (the
+//! exporter cannot remove one series, and with WebSocket clients coming and going the node's
+//! recorder grew without bound).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -46,6 +50,18 @@ const SECONDS_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0,
 ];
 
+/// An empty recorder with the gateway's histogram buckets and the bus's metric descriptions:
+/// the node's own, and the one each scrape writes the bus figures into.
+pub(crate) fn fresh_recorder() -> PrometheusRecorder {
+    // Setting buckets only fails for an empty list; ours is not.
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    let recorder = builder.build_recorder();
+    with_local_recorder(&recorder, switchyard_middleware::metrics::describe);
+    recorder
+}
+
 /// The node's recorder and the pipeline monitors it reports.
 pub struct GatewayMetrics {
     recorder: PrometheusRecorder,
@@ -77,14 +93,8 @@ impl Default for GatewayMetrics {
 impl GatewayMetrics {
     /// A fresh recorder with the gateway's histogram buckets.
     pub fn new() -> Self {
-        // Setting buckets only fails for an empty list; ours is not.
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
-        with_local_recorder(&recorder, switchyard_middleware::metrics::describe);
         Self {
-            recorder,
+            recorder: fresh_recorder(),
             monitors: Mutex::new(Vec::new()),
             requests: Mutex::new(BTreeMap::new()),
             published: AtomicU64::new(0),
@@ -219,7 +229,8 @@ impl GatewayMetrics {
             .clone()
     }
 
-    /// Renders the Prometheus text format.
+    /// Renders the gateway's own figures (those recorded as they happen) in the Prometheus
+    /// text format; `/metrics` adds the bus figures read at scrape time.
     pub fn render(&self) -> String {
         self.recorder.handle().render()
     }

@@ -13,17 +13,42 @@ use crate::health::TransportHandle;
 use crate::metrics::names;
 use crate::state::AppState;
 
-/// Writes the current bus, handler, pipeline, denial and transport figures into the node's
-/// recorder (absolute values), right before rendering.
-pub(crate) fn update(state: &AppState) {
+/// The whole `/metrics` text: the gateway's own figures, then the current bus, handler,
+/// pipeline, denial and transport figures, written (absolute values) into a recorder made for
+/// this scrape, so what is gone (a subscription, a handler, a breaker, a pipeline) has no rows.
+pub(crate) fn render(state: &AppState) -> String {
+    let recorder = crate::metrics::fresh_recorder();
+    metrics::with_local_recorder(&recorder, || write_bus_figures(state));
+    let mut text = state.metrics.render();
+    text.push_str(&recorder.handle().render());
+    text
+}
+
+/// Writes the bus, handler, pipeline, denial and transport figures into the current recorder.
+/// Rows of handlers, their latency and breakers are written only for the subscriptions and
+/// command handlers the bus has now (each handler's stack is named after its subscription):
+/// the node keeps their figures by name after they are gone.
+fn write_bus_figures(state: &AppState) {
     let snapshot = state.bus.metrics_snapshot();
-    let handlers = state.handlers.snapshot();
+    let live: std::collections::HashSet<&str> = snapshot
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    let mut handlers = state.handlers.snapshot();
+    handlers
+        .handlers
+        .retain(|h| live.contains(h.handler.as_str()));
     let monitors = state.metrics.monitors();
     let denials = state.auth.denials();
-    let breakers = state.health.breakers();
-    let latency = state.latency.snapshot();
+    let mut breakers = state.health.breakers();
+    breakers.retain(|(h, _)| live.contains(h.as_str()));
+    let mut latency = state.latency.snapshot();
+    latency
+        .handlers
+        .retain(|h| live.contains(h.handler.as_str()));
     let problems = state.health.problems(state.bus.is_shutting_down());
-    state.metrics.record(|| {
+    {
         gauge!("switchyard_pending").set(snapshot.pending as f64);
         gauge!(bus_names::DLQ_SIZE).set(state.dlq.len() as f64);
         counter!(bus_names::DLQ_EVICTED).absolute(state.dlq.evicted());
@@ -45,13 +70,28 @@ pub(crate) fn update(state: &AppState) {
                 ("switchyard_subscription_panicked_total", st.panicked),
                 ("switchyard_subscription_retried_total", st.retried),
                 ("switchyard_subscription_rejected_total", st.rejected),
-                ("switchyard_subscription_dead_lettered_total", st.dead_lettered),
+                (
+                    "switchyard_subscription_dead_lettered_total",
+                    st.dead_lettered,
+                ),
                 ("switchyard_subscription_dropped_total", st.dropped),
-                ("switchyard_subscription_refused_full_total", st.refused_full),
-                ("switchyard_subscription_decode_failed_total", st.decode_failed),
+                (
+                    "switchyard_subscription_refused_full_total",
+                    st.refused_full,
+                ),
+                (
+                    "switchyard_subscription_decode_failed_total",
+                    st.decode_failed,
+                ),
                 ("switchyard_subscription_filtered_total", st.filtered),
-                ("switchyard_subscription_intake_warned_total", st.intake_warned),
-                ("switchyard_subscription_intake_rejected_total", st.intake_rejected),
+                (
+                    "switchyard_subscription_intake_warned_total",
+                    st.intake_warned,
+                ),
+                (
+                    "switchyard_subscription_intake_rejected_total",
+                    st.intake_rejected,
+                ),
             ] {
                 counter!(name, l()).absolute(v);
             }
@@ -69,16 +109,25 @@ pub(crate) fn update(state: &AppState) {
             gauge!(bus_names::IN_FLIGHT, labels.clone()).set(h.in_flight as f64);
             counter!("switchyard_handler_duration_seconds_count", labels.clone())
                 .absolute(h.duration.count);
-            gauge!("switchyard_handler_duration_seconds_sum", labels.clone()).set(h.duration.sum_seconds);
-            gauge!("switchyard_handler_duration_seconds_max", labels.clone()).set(h.duration.max_seconds);
+            gauge!("switchyard_handler_duration_seconds_sum", labels.clone())
+                .set(h.duration.sum_seconds);
+            gauge!("switchyard_handler_duration_seconds_max", labels.clone())
+                .set(h.duration.max_seconds);
             gauge!("switchyard_end_to_end_latency_seconds_sum", labels.clone())
                 .set(h.end_to_end.sum_seconds);
-            counter!("switchyard_end_to_end_latency_seconds_count", labels.clone())
-                .absolute(h.end_to_end.count);
+            counter!(
+                "switchyard_end_to_end_latency_seconds_count",
+                labels.clone()
+            )
+            .absolute(h.end_to_end.count);
         }
         for h in &latency.handlers {
             let l = &h.latency;
-            for (q, v) in [("0.5", l.p50_seconds), ("0.95", l.p95_seconds), ("0.99", l.p99_seconds)] {
+            for (q, v) in [
+                ("0.5", l.p50_seconds),
+                ("0.95", l.p95_seconds),
+                ("0.99", l.p99_seconds),
+            ] {
                 if let Some(s) = v {
                     gauge!("switchyard_handler_latency_seconds", "handler" => h.handler.clone(), "quantile" => q)
                         .set(s);
@@ -110,7 +159,8 @@ pub(crate) fn update(state: &AppState) {
                     metrics::Label::new("stage", op.stage.clone()),
                     metrics::Label::new("operation", op.operation.clone()),
                 ];
-                counter!("switchyard_pipeline_op_success_total", labels.clone()).absolute(op.success);
+                counter!("switchyard_pipeline_op_success_total", labels.clone())
+                    .absolute(op.success);
                 counter!("switchyard_pipeline_op_errors_total", labels.clone()).absolute(op.errors);
                 for (q, v) in [("0.5", op.p50_ns), ("0.95", op.p95_ns), ("0.99", op.p99_ns)] {
                     if let Some(ns) = v {
@@ -127,11 +177,17 @@ pub(crate) fn update(state: &AppState) {
         counter!(names::DENIALS, "kind" => "unauthenticated", "action" => "any")
             .absolute(denials.unauthenticated());
         for (action, n) in denials.forbidden_all() {
-            counter!(names::DENIALS, "kind" => "forbidden", "action" => action.as_str()).absolute(n);
+            counter!(names::DENIALS, "kind" => "forbidden", "action" => action.as_str())
+                .absolute(n);
         }
-        gauge!("switchyard_transport_connected", "transport" => state.health.transport.kind())
-            .set(if state.health.transport.problem().is_none() { 1.0 } else { 0.0 });
-    });
+        gauge!("switchyard_transport_connected", "transport" => state.health.transport.kind()).set(
+            if state.health.transport.problem().is_none() {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
 }
 
 fn kind(k: SubscriptionKind) -> &'static str {

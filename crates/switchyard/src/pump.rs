@@ -188,6 +188,11 @@ impl SubShared {
             0
         };
         env.delivery.attempt = env.delivery.attempt.saturating_sub(1 + deferred);
+        // Attempts already made: the transport hands it out again (a nack, an ack wait that
+        // ran out, a restart), which is a retry as the user sees it. The bus's own retries
+        // in place (and a retry layer's) are counted where they are made and never come
+        // through here, so nothing is counted twice.
+        let redelivered = env.delivery.attempt > 0;
         let lane = match self.lane(&env) {
             Ok(lane) => lane,
             Err(why) => {
@@ -200,7 +205,12 @@ impl SubShared {
         let mut entry = Entry::new(env, None, lane, accepted);
         entry.delivery = Some(Box::new(delivery));
         match self.queue.push_wait(entry).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if redelivered {
+                    inc(&self.counters.retried);
+                }
+                Ok(())
+            }
             // Closed: the delivery is dropped unsettled and comes back later; its count goes
             // with the entry. Closed by a shutdown (which waited for the deliveries owed until
             // they arrived, not until they were queued), the report names it as handed back:

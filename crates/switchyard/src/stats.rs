@@ -63,8 +63,10 @@ pub struct SubscriptionStats {
     /// Attempts that panicked (also counted in `failed`), and messages whose filter or
     /// ordering key panicked (dead-lettered before any attempt, not counted in `failed`).
     pub panicked: u64,
-    /// Retries scheduled: by the bus's own redelivery, and the re-attempts of a retry inside
-    /// the handler that reports them (the default resilience stack's, see [`RetryCounter`]).
+    /// Retries: those the bus schedules itself (in place), the re-attempts of a retry inside
+    /// the handler that reports them (the default resilience stack's, see [`RetryCounter`]),
+    /// and deliveries a transport hands out again (attempt > 1 as it arrives: a nack, an ack
+    /// wait that ran out, a restart; early hand-backs of a delayed message are not attempts).
     pub retried: u64,
     /// Messages the handler rejected.
     pub rejected: u64,

@@ -59,7 +59,9 @@ impl NatsTransport {
         headers.insert(REPLY_TO, inbox.as_str());
         // Refused at once rather than by the server, which drops the connection (on every
         // resend, until the deadline).
-        self.fits_max_payload(command.payload.len(), &headers)?;
+        self.inner
+            .max_payload
+            .check(command.payload.len(), &headers)?;
         // Subscribed before the publish on the same connection: the server has the
         // interest before any handler can answer.
         let mut replies = self
@@ -295,6 +297,7 @@ impl CommandResponder for DurableResponder {
         let delivery = self.delivery.take();
         let reply_to = self.reply_to.take();
         let client = self.inner.client.clone();
+        let max_payload = self.inner.max_payload.clone();
         // The bus may finish this on a task of its own once the handler's worker moved on:
         // counted, so closing the transport waits for the command to be settled.
         let alive = WorkerGuard::new(&self.inner);
@@ -311,7 +314,7 @@ impl CommandResponder for DurableResponder {
             };
             // The answer is made (and, over max_payload, replaced by a small failure)
             // before the delivery is settled: nothing about its size can lose it after.
-            let answer = result_message(&client, result);
+            let answer = result_message(&max_payload, result);
             // Settled before answering: an answered command is never handled again. A
             // handled command whose reply is over max_payload is still acknowledged (its
             // effects are done; running it again would repeat them): the sender is answered

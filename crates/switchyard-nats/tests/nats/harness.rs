@@ -372,24 +372,47 @@ impl Drop for AbortOnDrop {
 /// The `max_payload` of a [`SmallPayloadServer`].
 pub const SMALL_MAX_PAYLOAD: usize = 4096;
 
-/// A nats-server of the test's own with `max_payload` [`SMALL_MAX_PAYLOAD`] (and JetStream when
-/// asked), on a free port and a temp dir, killed on drop.
+/// A nats-server of the test's own with `max_payload` [`SMALL_MAX_PAYLOAD`] (or another
+/// limit, [`start_with`](Self::start_with)) and JetStream when asked, on a free port and a
+/// temp dir, killed on drop.
 pub struct SmallPayloadServer {
     child: Child,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
-    _dir: TempDir,
+    port: u16,
+    jetstream: bool,
+    dir: TempDir,
 }
 
 impl SmallPayloadServer {
     pub fn start(jetstream: bool) -> Self {
+        Self::start_with(jetstream, SMALL_MAX_PAYLOAD)
+    }
+
+    /// A server whose `max_payload` is `max_payload`.
+    pub fn start_with(jetstream: bool, max_payload: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: {SMALL_MAX_PAYLOAD}\n");
+        let port = free_port();
+        let child = Self::spawn(port, jetstream, &dir, max_payload);
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            jetstream,
+            dir,
+        }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store, with
+    /// `max_payload` as its limit: clients reconnect to a server with another limit.
+    pub fn restart_with(&mut self, max_payload: usize) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, self.jetstream, &self.dir, max_payload);
+    }
+
+    fn spawn(port: u16, jetstream: bool, dir: &TempDir, max_payload: usize) -> Child {
+        let mut conf = format!("listen: 127.0.0.1:{port}\nmax_payload: {max_payload}\n");
         if jetstream {
             conf.push_str(&format!(
                 "jetstream {{ store_dir: \"{}\" }}\n",
@@ -398,12 +421,7 @@ impl SmallPayloadServer {
         }
         let path = dir.path().join("server.conf");
         std::fs::write(&path, conf).unwrap();
-        let child = spawn_args(&["-c".into(), path.display().to_string()]);
-        Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _dir: dir,
-        }
+        spawn_args(&["-c".into(), path.display().to_string()])
     }
 }
 

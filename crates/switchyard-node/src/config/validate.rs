@@ -49,6 +49,16 @@ impl NodeConfig {
         positive("ws.outbound_buffer", self.ws.outbound_buffer as u64)?;
         positive("ws.max_frame_bytes", self.ws.max_frame_bytes as u64)?;
         positive("ws.max_connections", self.ws.max_connections as u64)?;
+        if let Some(per) = self.ws.max_connections_per_principal {
+            positive("ws.max_connections_per_principal", per as u64)?;
+            if per > self.ws.max_connections {
+                return Err(ConfigError::invalid(
+                    "ws.max_connections_per_principal",
+                    per,
+                    format!("at most ws.max_connections ({})", self.ws.max_connections),
+                ));
+            }
+        }
         positive("retention.dead_letters", self.retention.dead_letters as u64)?;
         positive("bus.queue_capacity", self.bus.queue_capacity as u64)?;
         positive("bus.workers", self.bus.workers as u64)?;

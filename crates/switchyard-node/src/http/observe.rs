@@ -49,10 +49,9 @@ pub(crate) async fn metrics(
     Authed(p): Authed,
 ) -> Result<Response, ApiError> {
     state.auth.authorize(&p, Action::Admin, "")?;
-    crate::scrape::update(&state);
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
+        crate::scrape::render(&state),
     )
         .into_response())
 }

@@ -21,6 +21,7 @@ mod conn;
 mod frames;
 mod handlers;
 mod outbound;
+mod slots;
 mod targets;
 
 use std::collections::HashMap;
@@ -51,6 +52,7 @@ use self::handlers::{HandleSpec, HandlerRecord};
 use self::outbound::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Closed, LastSeen, Outbound, run_writer,
 };
+use self::slots::Slot;
 pub use self::targets::Hub;
 use self::targets::{DEFAULT_IN_FLIGHT, MAX_IN_FLIGHT, SubRecord, SubscribeSpec};
 use crate::auth::{Action, Principal};
@@ -100,16 +102,7 @@ pub(crate) async fn ws_handler(
             format!("/v1/ws takes a WebSocket upgrade: {}", e.body_text()),
         )
     })?;
-    let max = state.config.ws.max_connections;
-    let hub = state.ws.clone();
-    if hub.connections.fetch_add(1, Ordering::SeqCst) >= max {
-        hub.connections.fetch_sub(1, Ordering::SeqCst);
-        return Err(ApiError::new(
-            ErrorKind::NotReady,
-            format!("too many WebSocket connections: ws.max_connections = {max}"),
-        ));
-    }
-    let slot = Slot(hub);
+    let slot = Slot::take(&state.ws, &state.config.ws, principal.name())?;
     let max_frame = state.config.ws.max_frame_bytes;
     Ok(ws
         .max_message_size(max_frame)
@@ -118,15 +111,6 @@ pub(crate) async fn ws_handler(
             let _slot = slot;
             run(state, principal, socket).await;
         }))
-}
-
-/// One connection counted against `ws.max_connections` until dropped.
-struct Slot(Arc<Hub>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 async fn run(state: AppState, principal: Principal, socket: WebSocket) {

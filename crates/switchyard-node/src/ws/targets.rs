@@ -201,6 +201,8 @@ pub struct Hub {
     pub(super) handler_groups:
         tokio::sync::Mutex<HashMap<String, super::handlers::HandlerGroupEntry>>,
     pub(crate) connections: AtomicUsize,
+    /// Connections open now by principal (`ws.max_connections_per_principal`).
+    pub(crate) per_principal: super::slots::PerPrincipal,
     pub(crate) next_conn: std::sync::atomic::AtomicU64,
 }
 

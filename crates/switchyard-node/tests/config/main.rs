@@ -394,3 +394,30 @@ fn an_invalid_encryption_section_names_the_key_at_fault() {
     let (key, _, _) = invalid(load("topics = [\"a.#\"]\n[encryption.keys]\n").unwrap_err());
     assert_eq!(key, "encryption.keys");
 }
+
+#[test]
+fn max_connections_per_principal_defaults_to_the_global_limit_and_is_checked() {
+    let c = NodeConfig::from_toml("[ws]\nmax_connections = 50\n").unwrap();
+    assert_eq!(c.ws.max_connections_per_principal, None);
+    assert_eq!(c.ws.per_principal_limit(), 50, "unset: the global value");
+    let c = NodeConfig::from_toml("[ws]\nmax_connections_per_principal = 3\n").unwrap();
+    assert_eq!(c.ws.per_principal_limit(), 3);
+    let (key, value, allowed) =
+        invalid(NodeConfig::from_toml("[ws]\nmax_connections_per_principal = 0\n").unwrap_err());
+    assert_eq!(
+        (key.as_str(), value.as_str(), allowed.as_str()),
+        ("ws.max_connections_per_principal", "0", "at least 1")
+    );
+    let (key, value, allowed) = invalid(
+        NodeConfig::from_toml("[ws]\nmax_connections = 10\nmax_connections_per_principal = 11\n")
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (key.as_str(), value.as_str(), allowed.as_str()),
+        (
+            "ws.max_connections_per_principal",
+            "11",
+            "at most ws.max_connections (10)"
+        )
+    );
+}

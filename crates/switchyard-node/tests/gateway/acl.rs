@@ -458,3 +458,55 @@ async fn the_dashboard_needs_an_admin_token_for_every_figure() {
     }
     node.stop().await.unwrap();
 }
+
+/// A DLQ replay is the admin's power: it needs the admin grant and no publish grant on the
+/// message's topic (it re-delivers, with its id, topic, payload and headers, a message that
+/// was published once; the replay cannot change any of them). A principal with a publish
+/// grant on the topic but no admin grant cannot replay.
+#[tokio::test]
+async fn a_dlq_replay_needs_admin_and_no_publish_grant_on_the_topic() {
+    let node = TestNode::start(&config()).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    node.bus
+        .subscribe(
+            "vault",
+            "secret.#",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    if env.header("replay-count").is_none() {
+                        return Ok::<_, std::convert::Infallible>(Outcome::reject("not yet"));
+                    }
+                    let _ = tx.send(env);
+                    Ok(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    // On a topic nobody may publish to through the gateway (an application's own message).
+    let env = Envelope::new(switchyard::Topic::new("secret.event").unwrap(), "{}");
+    let id = env.id.to_string();
+    node.bus.publish_envelope(env).await.unwrap();
+    node.bus.run_until_idle().await;
+
+    let http = client();
+    let replay = |token: &'static str| {
+        http.post(node.url("/v1/dlq/replay"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"all": true}"#)
+            .send()
+    };
+    let res = replay("pub-token").await.unwrap();
+    assert_eq!(res.status(), 403, "publisher (no admin grant) replays");
+    let res = replay("op-token").await.unwrap();
+    assert_eq!(res.status(), 200, "operator (admin, no publish grant)");
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(v["replayed"], 1, "{v}");
+    let got = crate::common::recv(&mut rx, "the replayed message").await;
+    assert_eq!(got.id.to_string(), id);
+    node.stop().await.unwrap();
+}

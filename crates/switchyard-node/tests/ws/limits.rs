@@ -1,11 +1,14 @@
 //! Connection limits: a frame over `ws.max_frame_bytes` closes the connection with 1009
-//! naming the limit; past `ws.max_connections` the upgrade is refused with 503 while the
-//! connections already open keep working.
+//! naming the limit; past `ws.max_connections` (or a principal past
+//! `ws.max_connections_per_principal`) the upgrade is refused with 503 while the connections
+//! already open keep working.
 
 use futures::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use switchyard_node::auth::sha256_hex;
 
 use crate::support::{Client, TestNode, WAIT, eventually};
 
@@ -103,6 +106,79 @@ async fn past_max_connections_the_upgrade_is_a_503_and_open_connections_keep_wor
     })
     .await;
     let v = c
+        .ask(json!({"op": "publish", "id": 2, "topic": "a.b", "payload": 2}))
+        .await;
+    assert_eq!(v["op"], "published", "{v}");
+    node.stop().await;
+}
+
+/// One token could take every connection of the node: past
+/// `ws.max_connections_per_principal` that principal's upgrade is refused as past the global
+/// limit, while another principal still connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_per_principal_that_principal_gets_a_503_and_others_connect() {
+    const ALICE: &str = "alice-secret-token";
+    const BOB: &str = "bob-secret-token";
+    let config = format!(
+        r#"
+[ws]
+max_connections = 10
+max_connections_per_principal = 2
+[auth]
+enabled = true
+[[auth.tokens]]
+principal = "alice"
+sha256 = "{}"
+[[auth.tokens]]
+principal = "bob"
+sha256 = "{}"
+[[auth.principals]]
+name = "alice"
+publish = ["a.#"]
+[[auth.principals]]
+name = "bob"
+publish = ["a.#"]
+"#,
+        sha256_hex(ALICE.as_bytes()),
+        sha256_hex(BOB.as_bytes())
+    );
+    let node = TestNode::start(&config).await;
+    let url = node.ws_url();
+    let mut a1 = Client::connect(&url, Some(ALICE)).await;
+    let mut a2 = Client::connect(&url, Some(ALICE)).await;
+    for c in [&mut a1, &mut a2] {
+        let v = c
+            .ask(json!({"op": "publish", "id": 0, "topic": "a.b", "payload": 0}))
+            .await;
+        assert_eq!(v["op"], "published", "{v}");
+    }
+    let refused = match Client::try_connect(&url, Some(ALICE)).await {
+        Err(WsError::Http(res)) => res,
+        Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
+        Ok(_) => panic!("alice's third connection was accepted past the per-principal limit"),
+    };
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value =
+        serde_json::from_slice(refused.body().as_deref().expect("an error body")).unwrap();
+    assert_eq!(body["error"]["kind"], "not_ready", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ws.max_connections_per_principal = 2") && message.contains("alice"),
+        "{body}"
+    );
+    // Another principal is not held back by alice's connections.
+    let mut b = Client::connect(&url, Some(BOB)).await;
+    let v = b
+        .ask(json!({"op": "publish", "id": 1, "topic": "a.b", "payload": 1}))
+        .await;
+    assert_eq!(v["op"], "published", "{v}");
+    // Alice's refused attempt took nothing: once one of hers leaves, she connects again.
+    a1.close().await;
+    let mut a3 = eventually("a slot of alice's to free up", || async {
+        Client::try_connect(&url, Some(ALICE)).await.ok()
+    })
+    .await;
+    let v = a3
         .ask(json!({"op": "publish", "id": 2, "topic": "a.b", "payload": 2}))
         .await;
     assert_eq!(v["op"], "published", "{v}");

@@ -6,6 +6,7 @@
 
 mod answer_first;
 mod auth;
+mod churn;
 mod handler_groups;
 mod limits;
 mod malformed;

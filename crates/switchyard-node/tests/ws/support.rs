@@ -32,9 +32,14 @@ impl TestNode {
 
     /// A node on the embedded log, in a fresh temporary directory.
     pub async fn start_on_log(extra: &str) -> Self {
+        Self::start_on_log_with("", extra).await
+    }
+
+    /// A node on the embedded log, with `transport` TOML added to its `[transport]` table.
+    pub async fn start_on_log_with(transport: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let transport = format!(
-            "kind = \"log\"\ndata_dir = {:?}",
+            "kind = \"log\"\ndata_dir = {:?}\n{transport}",
             dir.path().to_str().unwrap()
         );
         Self::start_with(&transport, extra, Some(dir)).await
