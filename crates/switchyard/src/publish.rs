@@ -507,9 +507,6 @@ impl Bus {
         mut env: Envelope,
     ) -> Result<WaitReport, PublishError> {
         self.check_running()?;
-        if is_command(&env) {
-            return Err(not_an_event(&env));
-        }
         if self.inner.transport.is_some() {
             return Err(PublishError::Transport(TransportError::new(
                 TransportErrorKind::Unsupported,
@@ -518,6 +515,9 @@ impl Bus {
                  handler's result use a command (bus.send / bus.request), which works \
                  across processes on NATS",
             )));
+        }
+        if is_command(&env) {
+            return Err(not_an_event(&env));
         }
         inherit_parent(&mut env);
         NoValue.fresh_delivery(&mut env);
