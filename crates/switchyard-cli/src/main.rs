@@ -24,9 +24,11 @@ use client::{Client, ClientError, Remote};
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, long_about = None)]
 struct Cli {
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `switchyard=debug`.
-    #[arg(long, global = true, default_value = "warn", env = "SWITCHYARD_LOG")]
-    log: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `switchyard=debug`. Default
+    /// `warn`; for `serve`, given explicitly it wins over `RUST_LOG` and the config's
+    /// `[logging] filter`, and the config's `[logging] format` applies.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -218,33 +220,53 @@ impl CliError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_connection_options(std::env::args_os().collect()));
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
-        eprintln!("switchyard: --log {:?}: {e}; using \"warn\"", cli.log);
-        tracing_subscriber::EnvFilter::new("warn")
+    let log = cli.log.as_deref().filter(|log| {
+        tracing_subscriber::EnvFilter::try_new(log)
+            .map_err(|e| {
+                let instead = if matches!(cli.command, Command::Serve(_)) {
+                    "RUST_LOG or the config's [logging] filter"
+                } else {
+                    "\"warn\""
+                };
+                warn(format_args!("--log {log:?}: {e}; using {instead}"));
+            })
+            .is_ok()
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(switchyard_node::logging::stderr_colours())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(cli.command).await {
+    // `serve` installs the node's logging once its config is read ([logging], RUST_LOG).
+    if !matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(log.unwrap_or("warn")))
+            .with_ansi(switchyard_node::logging::stderr_colours())
+            .with_writer(std::io::stderr)
+            // A closed stderr drops log lines rather than panicking (see `logging::init`).
+            .log_internal_errors(false)
+            .init();
+    }
+    match run(cli.command, log).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = e.exit_code();
             if !matches!(&e, CliError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe) {
-                eprintln!("switchyard: {e}");
+                warn(format_args!("{e}"));
             }
             code
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), CliError> {
+/// Writes `switchyard: <what>` to stderr; a closed stderr (`switchyard serve 2>&1 | head`)
+/// is not worth a panic.
+fn warn(what: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "switchyard: {what}");
+}
+
+async fn run(command: Command, log: Option<&str>) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Serve(args) => {
             drop(out);
-            serve::run(args).await
+            serve::run(args, log).await
         }
         Command::Pub { message, remote } => {
             ops::publish(&Client::new(&remote)?, &message, &mut out).await

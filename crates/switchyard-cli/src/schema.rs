@@ -116,8 +116,25 @@ pub async fn export(
             .to_owned(),
     };
     match to {
-        Some(path) => std::fs::write(path, text + "\n")?,
+        Some(path) => std::fs::write(path, text + "\n").map_err(|e| write_error(path, &e))?,
         None => writeln!(out, "{text}")?,
     }
     Ok(())
+}
+
+/// Why `path` could not be written, naming it, and its directory when that is what is
+/// missing (the error of `write` alone names neither).
+fn write_error(path: &Path, e: &std::io::Error) -> CliError {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+        return CliError::Failure(format!(
+            "cannot write output {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    CliError::Failure(format!("cannot write output {}: {e}", path.display()))
 }

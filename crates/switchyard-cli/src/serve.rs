@@ -54,16 +54,26 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 const MAX_RUNS_IN_FLIGHT: usize = 4;
 const UNDECODABLE_EVERY: u64 = 10;
 
+/// `println!` that cannot panic: a node whose stdout is closed (`switchyard serve | head`)
+/// goes on running; what it prints is for a reader who may have gone.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully (the bus drains).
-pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let mut config = NodeConfig::load(args.config.as_deref())
+///
+/// `log` is the command line's `--log` (or `SWITCHYARD_LOG`) when given: it sets the log
+/// filter over `RUST_LOG` and the config's `[logging] filter`; the config's `[logging]
+/// format` applies either way (`switchyard_node::logging::init_with_filter`).
+pub async fn run(args: ServeArgs, log: Option<&str>) -> Result<(), CliError> {
+    // `--listen` is applied before the config is judged (a non-loopback address needs
+    // auth): the address validated is the one the node listens on.
+    let config = NodeConfig::load_with_listen(args.config.as_deref(), args.listen)
         .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    config
-        .validate()
-        .map_err(|e| CliError::Failure(format!("invalid configuration: {e}")))?;
+    switchyard_node::logging::init_with_filter(&config.logging, log);
     let tls = config.tls.is_some();
     let transport = describe_transport(&config);
     // The demo's database first: an unsupported DATABASE_URL or an unreachable database
@@ -86,12 +96,12 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     let addr = listener.local_addr().map_err(CliError::Io)?;
     let url = display_url(addr, tls);
     // The first line is for scripts and tests too: it names the bound address.
-    println!("switchyard node listening on {url}");
-    println!("  transport  {transport}");
-    println!("  status     {url}/v1/status");
-    println!("  health     {url}/health   metrics {url}/metrics");
-    println!("  api        {url}/v1/openapi.json");
-    println!(
+    say!("switchyard node listening on {url}");
+    say!("  transport  {transport}");
+    say!("  status     {url}/v1/status");
+    say!("  health     {url}/health   metrics {url}/metrics");
+    say!("  api        {url}/v1/openapi.json");
+    say!(
         "  try        switchyard tail --url {url}     (in another terminal; Ctrl-C here stops the node)"
     );
 
@@ -111,7 +121,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
 
     let shutdown = async move {
         wait_for_signal().await;
-        println!("switchyard: stopping (draining the bus)");
+        say!("switchyard: stopping (draining the bus)");
         let _ = stop_tx.send(true);
         if let Some(task) = demo {
             let _ = task.await;
@@ -120,7 +130,7 @@ pub async fn run(args: ServeArgs) -> Result<(), CliError> {
     node.serve(listener, shutdown)
         .await
         .map_err(|e| CliError::Failure(format!("the node stopped with an error: {e}")))?;
-    println!("switchyard node stopped");
+    say!("switchyard node stopped");
     Ok(())
 }
 
@@ -201,16 +211,14 @@ async fn start_demo(
     // Component health on the dashboard includes the app's health checker (heartbeats,
     // status updates, errors); the trickle keeps every component's heartbeat going.
     node.set_health_checker(app.health().clone());
-    println!(
+    say!(
         "  demo       the layered reference app ({} components) on this node; a run every {} ms, every {MISSING_EVERY}th fails (a missing file), every {OUTAGE_EVERY}th an upstream outage in {OUTAGE_DOMAIN} (replay its dead letter)",
         app.topology().components().len(),
         interval.as_millis()
     );
-    println!(
-        "             (switchyard topology, switchyard dlq list, switchyard trace <correlation>)"
-    );
-    println!("  app        {}/app   (the app's own frontend)", node_url);
-    println!("  store      {store_desc}   (DATABASE_URL picks it)");
+    say!("             (switchyard topology, switchyard dlq list, switchyard trace <correlation>)");
+    say!("  app        {}/app   (the app's own frontend)", node_url);
+    say!("  store      {store_desc}   (DATABASE_URL picks it)");
     Ok(tokio::spawn(trickle(
         app,
         node.bus().clone(),
@@ -249,7 +257,7 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
                     Ok(correlation) => {
                         waiting.insert(correlation, (run_id, Instant::now()));
                     }
-                    Err(e) => println!("demo {run_id} not submitted: {e}"),
+                    Err(e) => say!("demo {run_id} not submitted: {e}"),
                 }
                 // A run whose result never came (the node was restarted mid-flow...).
                 waiting.retain(|_, (_, t0)| t0.elapsed() < Duration::from_secs(120));
@@ -259,11 +267,11 @@ async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch
                 let Some((run_id, t0)) = waiting.remove(&done.correlation_id) else { continue };
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 match &done.error {
-                    None if done.is_ok() => println!(
+                    None if done.is_ok() => say!(
                         "demo {run_id} completed in {ms:.0} ms   correlation {}",
                         done.correlation_id
                     ),
-                    e => println!(
+                    e => say!(
                         "demo {run_id} FAILED in {ms:.0} ms   correlation {}: {}",
                         done.correlation_id,
                         e.as_ref().map_or_else(|| "failed".to_owned(), |e| format!("{}: {}", e.error_type, e.message))
@@ -285,6 +293,6 @@ async fn publish_undecodable(bus: &Bus, n: u64) {
     let payload = format!("{{\"run\": {n}, \"note\": \"not a PipelineRequest\"}}");
     let env = Envelope::new(topic, payload.into_bytes()).with_source("demo-trickle");
     if let Err(e) = bus.publish_envelope(env).await {
-        println!("demo: undecodable request not published: {e}");
+        say!("demo: undecodable request not published: {e}");
     }
 }

@@ -135,3 +135,47 @@ fn export_lang_python_of_something_that_is_not_a_document_fails_with_the_reason(
     let (code, _, err) = export(&["--lang", "cobol", "--from", PIPELINE_DOC]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// `schema export -o` into a directory that does not exist (review rev22): exit 1, and the
+/// error names the file and says its directory is missing; nothing is created.
+#[test]
+fn export_into_a_missing_directory_names_the_file_and_the_missing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.json");
+    std::fs::write(&doc, r#"{"asyncapi": "3.0.0"}"#).unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let target = missing.join("out.json");
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["schema", "export", "--from"])
+        .arg(&doc)
+        .arg("-o")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(target.to_str().unwrap()),
+        "the file is named: {err}"
+    );
+    assert!(
+        err.contains(&format!("directory {} does not exist", missing.display())),
+        "the missing directory is said: {err}"
+    );
+    assert!(!missing.exists());
+    // Into a directory that exists, the same command writes the file.
+    let target = dir.path().join("out.json");
+    let out = Command::cargo_bin("switchyard")
+        .unwrap()
+        .args(["schema", "export", "--from"])
+        .arg(&doc)
+        .arg("-o")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
+    assert_eq!(written["asyncapi"], "3.0.0");
+}

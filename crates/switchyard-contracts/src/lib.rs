@@ -32,7 +32,8 @@ pub use registry::{MessageType, Registry, RegistryError};
 pub use schemars::{self, JsonSchema};
 pub use upcast::{UpcastError, Upcasters};
 pub use validate::{
-    Enforcement, ParseEnforcementError, ValidationIssue, Validator, ValidatorError, Verdict,
+    Enforcement, MAX_DESCRIBED_ISSUES, ParseEnforcementError, ValidationIssue, Validator,
+    ValidatorError, Verdict,
 };
 
 /// The guide (docs/contracts.md), compiled as doc tests so it cannot rot.

@@ -103,6 +103,11 @@ impl fmt::Display for ValidationIssue {
     }
 }
 
+/// How many issues [`Verdict::describe`] lists before it counts the rest: the text of a
+/// refusal (the gateway's 422 body and WebSocket error frame, the dead letter's reason, the
+/// bus's intake rejection) stays a few kilobytes however many elements of a payload are wrong.
+pub const MAX_DESCRIBED_ISSUES: usize = 20;
+
 /// The result of checking one message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -119,7 +124,8 @@ pub enum Verdict {
         enforcement: Enforcement,
         /// The registered type it was checked against.
         type_name: String,
-        /// Every reason, in the payload's order.
+        /// Every reason, in the payload's order (all of them; [`describe`](Verdict::describe)
+        /// lists the first [`MAX_DESCRIBED_ISSUES`]).
         issues: Vec<ValidationIssue>,
     },
 }
@@ -136,19 +142,34 @@ impl Verdict {
         )
     }
 
-    /// One line naming the type and every issue, for a dead letter or an error response.
+    /// One line naming the type and the issues, for a dead letter or an error response:
+    /// the first [`MAX_DESCRIBED_ISSUES`], then `and N more (M issues)` when there are more,
+    /// so the text does not grow with the payload (every issue stays in
+    /// [`issues`](Self::Invalid::issues)).
     pub fn describe(&self) -> Option<String> {
+        use fmt::Write as _;
         match self {
             Self::Invalid {
                 type_name, issues, ..
-            } => Some(format!(
-                "invalid against the schema of {type_name}: {}",
-                issues
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
+            } => {
+                let mut text = format!("invalid against the schema of {type_name}: ");
+                for (i, issue) in issues.iter().take(MAX_DESCRIBED_ISSUES).enumerate() {
+                    if i > 0 {
+                        text.push_str("; ");
+                    }
+                    // Writing into a String cannot fail.
+                    let _ = write!(text, "{issue}");
+                }
+                if issues.len() > MAX_DESCRIBED_ISSUES {
+                    let _ = write!(
+                        text,
+                        "; and {} more ({} issues)",
+                        issues.len() - MAX_DESCRIBED_ISSUES,
+                        issues.len()
+                    );
+                }
+                Some(text)
+            }
             _ => None,
         }
     }

@@ -782,11 +782,22 @@ impl NodeConfig {
     /// Loads the defaults, then the TOML file at `path` (if given; it must exist), then the
     /// `SWITCHYARD_*` environment, and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_listen(path, None)
+    }
+
+    /// [`load`](Self::load), with `listen` (a command line's `--listen`), when given, as the
+    /// highest layer: it replaces the file's and `SWITCHYARD_LISTEN`'s address before the
+    /// result is validated, so the address judged (a non-loopback one needs auth) is the one
+    /// the node listens on, not the one it overrides.
+    pub fn load_with_listen(
+        path: Option<&Path>,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let env = Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
             let first = key.as_str().split('.').next().unwrap_or_default();
             SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(first))
         });
-        Self::load_from(path, env)
+        Self::load_from(path, env, listen)
     }
 
     /// Loads from a TOML string (plus defaults, no environment) and validates.
@@ -805,7 +816,11 @@ impl NodeConfig {
         Ok(Figment::from(Serialized::defaults(dict)))
     }
 
-    fn load_from(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+    fn load_from(
+        path: Option<&Path>,
+        env: Env,
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
         let mut figment = Self::base()?;
         if let Some(path) = path {
             if !path.is_file() {
@@ -815,7 +830,11 @@ impl NodeConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
-        Self::extract(figment.merge(env))
+        figment = figment.merge(env);
+        if let Some(listen) = listen {
+            figment = figment.merge(Serialized::default("listen", listen.to_string()));
+        }
+        Self::extract(figment)
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {

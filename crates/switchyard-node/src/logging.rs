@@ -7,13 +7,28 @@ use crate::config::{LogFormat, LoggingConfig};
 /// Installs the global `tracing` subscriber described by `config` (`RUST_LOG` overrides the
 /// filter). Returns `false` when a subscriber was already installed.
 pub fn init(config: &LoggingConfig) -> bool {
-    let filter = EnvFilter::try_from_default_env()
+    init_with_filter(config, None)
+}
+
+/// [`init`] with a filter chosen on a command line (`switchyard serve --log`): the first
+/// of `filter`, `RUST_LOG` and `config.filter` that parses (tracing `EnvFilter` syntax) is
+/// the filter, `info` when none does; `config.format` applies whatever the filter. Returns
+/// `false` when a subscriber was already installed.
+///
+/// Log lines go to stderr; a write that fails (stderr closed) is dropped, never a panic.
+pub fn init_with_filter(config: &LoggingConfig, filter: Option<&str>) -> bool {
+    let filter = filter
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .map_or_else(EnvFilter::try_from_default_env, Ok)
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(stderr_colours())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // On by default: a line that cannot be written is reported with `eprintln!`, which
+        // panics when stderr is a closed pipe (`switchyard serve 2>&1 | head`).
+        .log_internal_errors(false);
     match config.format {
         LogFormat::Json => builder.json().with_current_span(false).try_init().is_ok(),
         LogFormat::Text => builder.try_init().is_ok(),

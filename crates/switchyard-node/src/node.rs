@@ -137,7 +137,8 @@ impl Node {
                 // Labelled by the pattern it was registered for (the config's default label,
                 // as in the bus's own stack), not the message topic a publisher chose.
                 let mut config = ResilienceConfig::default().registered_for(target.pattern);
-                if crate::ws::is_subscription(name) {
+                let subscription = crate::ws::is_subscription(name);
+                if subscription {
                     config = config.breaker(crate::ws::subscription_breaker());
                 }
                 // The stack's re-attempts count in the subscription's `retried` (the bus's
@@ -150,7 +151,12 @@ impl Node {
                         let _ = tx.send(event.clone());
                     });
                 let layer = ResilienceLayer::new(name, config);
-                wrap_health.add_breaker(name, layer.breaker());
+                // A WebSocket subscription has no circuit breaker to speak of (its stack's
+                // never counts a failure, so never opens): not listed with the breakers
+                // (`/metrics`, `/v1/stats`, readiness, the dashboard).
+                if !subscription {
+                    wrap_health.add_breaker(name, layer.breaker());
+                }
                 boxed(layer.layer(wrap_latency.wrap(name, handler, wrap_live.clone())))
             })
             .build()?;

@@ -144,6 +144,49 @@ pub struct PublishMeta {
     pub source: Option<String>,
     /// `x-meta-<name>` headers, and WebSocket `headers`.
     pub headers: Vec<(String, String)>,
+    /// `x-type-name`: the payload's type name (`Envelope::type_name`), as a Rust publisher's
+    /// `Message` sets it; the validator checks the message against that type.
+    pub type_name: Option<String>,
+    /// `x-type-version`: the payload's schema version (`Envelope::type_version`), as written
+    /// (an integer from 0 to 4294967295; needs `type_name`). Default 1.
+    pub type_version: Option<String>,
+}
+
+/// The longest `x-type-name`, in bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 256;
+
+/// The type name and version a publish claims, checked: a name of 1 to
+/// [`MAX_TYPE_NAME_BYTES`] bytes without control characters, a version that is a `u32`, and
+/// no version without a name. Errors name the HTTP headers (`bad_header`).
+fn type_claim(
+    name: Option<String>,
+    version: Option<String>,
+) -> Result<Option<(String, u32)>, ApiError> {
+    let bad = |m: String| ApiError::new(ErrorKind::BadHeader, m);
+    let name = match (name, &version) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(bad(
+                "x-type-version needs x-type-name: a version is the version of a type".into(),
+            ));
+        }
+        (Some(n), _) => n.trim().to_owned(),
+    };
+    if name.is_empty() || name.len() > MAX_TYPE_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "x-type-name {name:?} is not a type name: 1 to {MAX_TYPE_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    let version = match version {
+        None => 1,
+        Some(v) => v.trim().parse::<u32>().map_err(|_| {
+            bad(format!(
+                "x-type-version {v:?} is not a version: an integer from 0 to {}",
+                u32::MAX
+            ))
+        })?,
+    };
+    Ok(Some((name, version)))
 }
 
 /// Header where an `x-message-id` that is not a valid message id is kept.
@@ -162,8 +205,13 @@ pub fn build_envelope(
     meta: PublishMeta,
     principal: &str,
 ) -> Result<Envelope, ApiError> {
+    let claim = type_claim(meta.type_name, meta.type_version)?;
     let mut env = Envelope::new(topic, payload).with_kind(kind);
     env.set_content_type(content_type);
+    if let Some((name, version)) = claim {
+        env.type_name = Some(name.into());
+        env.type_version = version;
+    }
     if let Some(id) = meta.message_id {
         match id.parse::<MessageId>() {
             Ok(id) => {

@@ -310,3 +310,41 @@ async def test_one_worker_bursts_keep_order_and_retry_in_place(bus):
     # One reader callback handles a bounded number of messages, then other tasks run.
     assert any(0 < t < 300 for t in ticks), ticks[:10]
     assert bus.dead_letters() == []
+
+
+async def test_a_filter_that_raises_dead_letters_the_copy_with_the_exception(bus, capfd):
+    """Review rev15: a `filter=` that raises did not decide, so the copy is not counted as
+    filtered (silently not delivered): it is dead-lettered for that subscription with the
+    exception's text, as a Rust filter's panic is, and the traceback is printed. Other
+    subscriptions and other messages are not affected."""
+    seen = Collector()
+
+    def picky(env):
+        if env.header("n") == "bad":
+            raise ValueError("cannot judge order " + env.header("n"))
+        return env.header("n") != "skip"
+
+    @bus.on("orders.#", name="picky", filter=picky)
+    async def picky_handler(env):
+        seen.add(("picky", env.header("n")))
+
+    @bus.on("orders.#", name="everything")
+    async def everything(env):
+        seen.add(("everything", env.header("n")))
+
+    for n in ("bad", "skip", "good"):
+        await bus.publish("orders.placed", {}, headers={"n": n})
+    await bus.idle()
+    assert sorted(seen.items) == [
+        ("everything", "bad"), ("everything", "good"), ("everything", "skip"), ("picky", "good"),
+    ]
+    [dl] = bus.dead_letters()
+    assert dl.reason == "panicked" and dl.handler == "picky", dl
+    assert dl.error == "filter panicked: Python filter raised ValueError: cannot judge order bad", dl.error
+    assert dl.envelope.header("n") == "bad"
+    stats = {s["name"]: s["stats"] for s in bus.registry()}
+    assert stats["picky"]["filtered"] == 1, stats["picky"]  # "skip" only
+    assert stats["picky"]["panicked"] == 1 and stats["picky"]["dead_lettered"] == 1, stats["picky"]
+    err = capfd.readouterr().err
+    assert "ValueError: cannot judge order bad" in err and "in picky" in err, err
+    assert "panicked at" not in err, err  # no Rust panic-hook line

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
-use switchyard_core::{BoxError, Command, Envelope, Message, PublishError, SendError};
+use switchyard_core::{
+    BoxError, Command, Envelope, Message, PublishError, SendError, TransportErrorKind,
+};
 
 use crate::bus::Bus;
 use crate::ctx::Ctx;
@@ -80,7 +82,7 @@ impl Session {
         }
         .to_envelope()?;
         started.headers_mut().insert(SESSION_HEADER, id.clone());
-        bus.publish_envelope(started).await?;
+        publish_session_event(&bus, started).await?;
         Ok(Self {
             bus,
             id,
@@ -161,7 +163,7 @@ impl Session {
     pub async fn end(mut self) -> Result<(), PublishError> {
         self.ended = true;
         let removed = self.remove_handlers();
-        self.bus.publish_envelope(self.ended_event(removed)?).await
+        publish_session_event(&self.bus, self.ended_event(removed)?).await
     }
 
     fn remove_handlers(&self) -> usize {
@@ -182,6 +184,20 @@ impl Session {
     }
 }
 
+/// Publishes `switchyard.session.started` / `.ended`. A transport that refuses the topic
+/// (`Rejected`: on NATS, no configured stream takes `switchyard.session.#`) can deliver it to
+/// nobody, since nobody can subscribe to it there either: the session goes on without the
+/// event (logged at debug), as lifecycle events do. Every other failure is the caller's.
+async fn publish_session_event(bus: &Bus, env: Envelope) -> Result<(), PublishError> {
+    match bus.publish_envelope(env).await {
+        Err(PublishError::Transport(e)) if e.kind == TransportErrorKind::Rejected => {
+            tracing::debug!(error = %e, "session event not published: the transport takes no such topic");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         if self.ended {
@@ -197,7 +213,7 @@ impl Drop for Session {
             Ok(rt) => {
                 let bus = self.bus.clone();
                 rt.spawn(async move {
-                    if let Err(e) = bus.publish_envelope(env).await {
+                    if let Err(e) = publish_session_event(&bus, env).await {
                         tracing::warn!(error = %e, "could not publish switchyard.session.ended");
                     }
                 });

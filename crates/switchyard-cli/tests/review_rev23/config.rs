@@ -230,7 +230,6 @@ fn documented_limit_defaults_hold() {
 /// jwt, or listen on 127.0.0.1`: `NodeConfig::load` validates the loaded value before
 /// `--listen` replaces it.
 #[test]
-#[ignore = "defect: serve refuses a non-loopback config listen that --listen 127.0.0.1:0 overrides"]
 fn listen_flag_overrides_a_non_loopback_listen_before_it_is_judged() {
     let dir = tempfile::tempdir().unwrap();
     let toml = MEMORY.replace("127.0.0.1:0", "0.0.0.0:7878");
@@ -258,7 +257,6 @@ fn listen_flag_overrides_a_non_loopback_listen_before_it_is_judged() {
 /// subscriber (`--log`, default `warn`, text) before the config is read, so
 /// `switchyard_node::logging::init` is never called (the same for `RUST_LOG`).
 #[test]
-#[ignore = "defect: serve silently ignores the [logging] section (format and filter) and RUST_LOG"]
 fn serve_applies_the_logging_section() {
     let dir = tempfile::tempdir().unwrap();
     let toml = MEMORY.replace(

@@ -314,3 +314,46 @@ async fn a_bus_with_the_validator_as_intake_check_dead_letters_invalid_foreign_m
     assert_eq!((stats.intake_rejected, stats.intake_warned), (1, 1));
     bus.shutdown(wait).await.unwrap();
 }
+
+/// A payload with thousands of issues (review rev22): `issues` keeps every one, but the text
+/// a refusal carries (`describe`, and so the bus's intake rejection) lists the first
+/// `MAX_DESCRIBED_ISSUES` and counts the rest, so it does not grow with the payload.
+#[test]
+fn the_description_of_many_issues_lists_the_first_and_counts_the_rest() {
+    use switchyard_contracts::MAX_DESCRIBED_ISSUES;
+    let v = validator();
+    let lines: Vec<String> = (0..5_000)
+        .map(|_| r#"{"sku": 1, "qty": "x"}"#.to_owned())
+        .collect();
+    let env = foreign(
+        "orders.placed",
+        &format!(r#"{{"order": 1, "lines": [{}]}}"#, lines.join(",")),
+    );
+    let verdict = v.check(&env);
+    let Verdict::Invalid { issues, .. } = &verdict else {
+        panic!("{verdict:?}");
+    };
+    assert_eq!(issues.len(), 10_000, "every issue is kept in the verdict");
+    let text = verdict.describe().unwrap();
+    assert!(text.len() < 4_096, "{} bytes: {}", text.len(), &text[..300]);
+    let listed = MAX_DESCRIBED_ISSUES;
+    assert_eq!(text.matches("; ").count(), listed, "{text}");
+    assert!(text.contains("/lines/0/sku: "), "{text}");
+    let last = &issues[listed - 1];
+    assert!(text.contains(&last.to_string()), "{text}");
+    assert!(!text.contains(&issues[listed].to_string()), "{text}");
+    assert!(
+        text.ends_with(&format!("and {} more (10000 issues)", 10_000 - listed)),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    // The bus's intake check rejects with that text.
+    assert!(matches!(IntakeVerdict::from(&verdict), IntakeVerdict::Reject(t) if t == text));
+    // A few issues: all listed, no count.
+    let verdict = v.check(&foreign("orders.placed", r#"{"order": "x", "lines": []}"#));
+    let text = verdict.describe().unwrap();
+    assert!(
+        text.contains("/order: ") && !text.contains("more"),
+        "{text}"
+    );
+}

@@ -25,6 +25,8 @@ use crate::wire::{self, PublishMeta, Published};
         ("traceparent" = Option<String>, Header, description = "W3C trace context"),
         ("x-priority" = Option<u8>, Header, description = "0-255, default 128"),
         ("x-source" = Option<String>, Header, description = "Publishing component"),
+        ("x-type-name" = Option<String>, Header, description = "Payload type name (the registered type the validator checks it against; UTF-8)"),
+        ("x-type-version" = Option<u32>, Header, description = "Payload schema version, default 1 (needs x-type-name; an older version than the registered one is checked as upcast)"),
     ),
     request_body(content = Object, description = "The payload: JSON with `application/json`, raw bytes with any other content type"),
     responses(
@@ -137,6 +139,18 @@ pub(crate) fn publish_meta(headers: &HeaderMap) -> Result<PublishMeta, ApiError>
         priority,
         source: text("x-source")?,
         headers: Vec::new(),
+        type_name: match headers.get("x-type-name") {
+            // A type name may be any text (`Bestellung名前`): UTF-8 bytes are taken.
+            Some(v) => Some(
+                std::str::from_utf8(v.as_bytes())
+                    .map_err(|_| {
+                        ApiError::new(ErrorKind::BadHeader, "header x-type-name is not UTF-8")
+                    })?
+                    .to_owned(),
+            ),
+            None => None,
+        },
+        type_version: text("x-type-version")?,
     };
     for (name, value) in headers {
         if let Some(short) = name.as_str().strip_prefix("x-meta-") {

@@ -71,6 +71,12 @@ pub(crate) struct ClientFrame<'a> {
     pub(crate) source: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(crate) traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) type_name: Option<Cow<'a, str>>,
+    /// Checked as written (a JSON number that is a `u32`), so a bad value is refused with
+    /// a message naming the field.
+    #[serde(borrow, default)]
+    pub(crate) type_version: Option<&'a RawValue>,
 }
 
 /// One message to publish, send or request: the fields of a `publish` op, and one item of
@@ -100,6 +106,12 @@ pub(crate) struct PublishFields<'a> {
     pub(crate) source: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(crate) traceparent: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) type_name: Option<Cow<'a, str>>,
+    /// Checked as written (a JSON number that is a `u32`), so a bad value is refused with
+    /// a message naming the field.
+    #[serde(borrow, default)]
+    pub(crate) type_version: Option<&'a RawValue>,
 }
 
 /// How a subscription's deliveries are settled.
@@ -150,6 +162,8 @@ const MESSAGE_FIELDS: &[&str] = &[
     "priority",
     "source",
     "traceparent",
+    "type_name",
+    "type_version",
 ];
 
 impl Op {
@@ -218,6 +232,8 @@ impl Op {
                 "priority",
                 "source",
                 "traceparent",
+                "type_name",
+                "type_version",
                 "timeout_ms",
             ],
         }
@@ -258,7 +274,7 @@ impl<'a> ClientFrame<'a> {
         Ok((frame, op))
     }
 
-    fn present(&self) -> [(&'static str, bool); 25] {
+    fn present(&self) -> [(&'static str, bool); 27] {
         [
             ("pattern", self.pattern.is_some()),
             ("group", self.group.is_some()),
@@ -285,6 +301,8 @@ impl<'a> ClientFrame<'a> {
             ("priority", self.priority.is_some()),
             ("source", self.source.is_some()),
             ("traceparent", self.traceparent.is_some()),
+            ("type_name", self.type_name.is_some()),
+            ("type_version", self.type_version.is_some()),
         ]
     }
 
@@ -320,6 +338,8 @@ impl<'a> ClientFrame<'a> {
             priority: self.priority.take(),
             source: self.source.take(),
             traceparent: self.traceparent.take(),
+            type_name: self.type_name.take(),
+            type_version: self.type_version.take(),
         }
     }
 }

@@ -758,11 +758,18 @@ fn envelope(
             .headers
             .map(|h| h.into_iter().collect())
             .unwrap_or_default(),
+        type_name: fields.type_name.map(|c| c.into_owned()),
+        type_version: fields.type_version.map(|v| v.get().to_owned()),
     };
     let mut env = wire::build_envelope(topic, kind, &content_type, payload, meta, principal.name())
         .map_err(|e| {
             // build_envelope speaks of HTTP headers; here they are fields.
-            ApiError::new(e.kind, e.message.replace("x-causation-id", "causation_id"))
+            let message = e
+                .message
+                .replace("x-causation-id", "causation_id")
+                .replace("x-type-name", "type_name")
+                .replace("x-type-version", "type_version");
+            ApiError::new(e.kind, message)
         })?;
     state.check_layers(principal, action, &mut env)?;
     state.check_contract(&env)?;

@@ -87,6 +87,30 @@ slow_client = "disconnect"
     });
 }
 
+/// A command line's listen address (`switchyard serve --listen`) is the top layer and is what
+/// validation judges: a file's or `SWITCHYARD_LISTEN`'s non-loopback address without auth is
+/// refused by `load`, not once the flag replaces it with a loopback one.
+#[test]
+fn a_listen_override_is_applied_before_validation() {
+    Jail::expect_with(|jail| {
+        jail.create_file("node.toml", "listen = \"0.0.0.0:7878\"\n")?;
+        let file = Some(Path::new("node.toml"));
+        let loopback: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (key, value, _) = invalid(NodeConfig::load(file).unwrap_err());
+        assert_eq!((key.as_str(), value.as_str()), ("listen", "0.0.0.0:7878"));
+        let c = NodeConfig::load_with_listen(file, Some(loopback)).unwrap();
+        assert_eq!(c.listen, loopback);
+        jail.set_env("SWITCHYARD_LISTEN", "0.0.0.0:8080");
+        let c = NodeConfig::load_with_listen(None, Some(loopback)).unwrap();
+        assert_eq!(c.listen, loopback);
+        // The override is judged too.
+        let open: std::net::SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        let (key, value, _) = invalid(NodeConfig::load_with_listen(None, Some(open)).unwrap_err());
+        assert_eq!((key.as_str(), value.as_str()), ("listen", "0.0.0.0:9000"));
+        Ok(())
+    });
+}
+
 #[test]
 fn a_missing_file_is_an_error() {
     let e = NodeConfig::load(Some(Path::new("/nonexistent/switchyard.toml"))).unwrap_err();

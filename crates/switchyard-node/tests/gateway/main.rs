@@ -7,6 +7,7 @@ mod common;
 mod acl;
 mod api;
 mod asyncapi;
+mod contracts_fix;
 mod dlq;
 mod encryption;
 mod live;

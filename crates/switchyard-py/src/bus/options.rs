@@ -83,17 +83,29 @@ impl SubOptions {
         if let Some(f) = self.filter {
             // Runs under the GIL on the publishing thread; header filters do not need it.
             b = b.filter(move |env| {
-                Python::attach(|py| {
+                let kept = Python::attach(|py| {
                     let view = PyEnvelope::new(Arc::new(env.clone()));
-                    match f.call1(py, (view,)).and_then(|r| r.is_truthy(py)) {
-                        Ok(keep) => keep,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Python filter raised; message filtered out");
+                    f.call1(py, (view,))
+                        .and_then(|r| r.is_truthy(py))
+                        .map_err(|e| {
+                            // The traceback, on stderr as for an exception nobody caught.
                             e.print(py);
-                            false
-                        }
+                            e.to_string()
+                        })
+                });
+                match kept {
+                    Ok(keep) => keep,
+                    // A filter that raised did not decide: not "filtered". The bus captures
+                    // the unwind as it does a Rust filter's panic (`Admission::Panicked`): the
+                    // copy is dead-lettered for this subscription (reason `panicked`,
+                    // "filter panicked: Python filter raised ValueError: ...") and counted in
+                    // `panicked`. `resume_unwind` skips the panic hook: the traceback above
+                    // and the bus's error log say it, not a "thread panicked" line. Outside
+                    // `Python::attach`, so no Python state is held while it unwinds.
+                    Err(text) => {
+                        std::panic::resume_unwind(Box::new(format!("Python filter raised {text}")))
                     }
-                })
+                }
             });
         }
         b
