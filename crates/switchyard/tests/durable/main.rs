@@ -13,6 +13,7 @@ use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
 mod attempts;
+mod delayed_commands;
 mod hand_back;
 mod intake;
 mod owed;
