@@ -137,6 +137,7 @@ fn envelope(
     headers: Option<&Bound<'_, PyDict>>,
     priority: Option<u8>,
     type_name: Option<&str>,
+    type_version: Option<u32>,
     session: Option<&str>,
 ) -> Result<Result<Envelope, PublishError>, PyErr> {
     let topic = match Topic::new(topic) {
@@ -147,6 +148,9 @@ fn envelope(
     env.kind = kind;
     if let Some(t) = type_name {
         env.type_name = Some(SmolStr::new(t));
+    }
+    if let Some(v) = type_version {
+        env.type_version = v;
     }
     if let Some(p) = priority {
         env.priority = Priority(p);
@@ -389,7 +393,7 @@ impl NativeBus {
     /// raises its error, or returns a token when it has to wait for room. The options may
     /// be passed by position (cheaper than by keyword on this, the hot path).
     #[pyo3(signature = (topic, payload, parent=None, headers=None, priority=None,
-        type_name=None, session=None))]
+        type_name=None, type_version=None, session=None))]
     #[allow(clippy::too_many_arguments)]
     fn publish(
         &self,
@@ -400,6 +404,7 @@ impl NativeBus {
         headers: Option<&Bound<'_, PyDict>>,
         priority: Option<u8>,
         type_name: Option<&str>,
+        type_version: Option<u32>,
         session: Option<&str>,
     ) -> PyResult<Option<u64>> {
         let env = match envelope(
@@ -410,6 +415,7 @@ impl NativeBus {
             headers,
             priority,
             type_name,
+            type_version,
             session,
         )? {
             Ok(env) => env,
@@ -430,7 +436,7 @@ impl NativeBus {
     /// Publishes after `delay` seconds (`wait=False`), or publishes and waits until every
     /// matching handler finished (`wait=True`). Returns `(pending, value_or_token)`.
     #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
-        type_name=None, session=None, delay=None, wait=false))]
+        type_name=None, type_version=None, session=None, delay=None, wait=false))]
     #[allow(clippy::too_many_arguments)]
     fn publish_special(
         &self,
@@ -441,6 +447,7 @@ impl NativeBus {
         headers: Option<&Bound<'_, PyDict>>,
         priority: Option<u8>,
         type_name: Option<&str>,
+        type_version: Option<u32>,
         session: Option<&str>,
         delay: Option<f64>,
         wait: bool,
@@ -453,6 +460,7 @@ impl NativeBus {
             headers,
             priority,
             type_name,
+            type_version,
             session,
         )? {
             Ok(env) => env,
@@ -476,7 +484,7 @@ impl NativeBus {
     /// Sends a command (or, with `timeout`, a request) and returns `(pending, value_or_token)`;
     /// the value is the reply payload (bytes) or `None`.
     #[pyo3(signature = (topic, payload, *, parent=None, headers=None, priority=None,
-        type_name=None, session=None, timeout=None))]
+        type_name=None, type_version=None, session=None, timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -487,6 +495,7 @@ impl NativeBus {
         headers: Option<&Bound<'_, PyDict>>,
         priority: Option<u8>,
         type_name: Option<&str>,
+        type_version: Option<u32>,
         session: Option<&str>,
         timeout: Option<f64>,
     ) -> PyResult<(bool, Py<PyAny>)> {
@@ -496,7 +505,15 @@ impl NativeBus {
             Kind::Command
         };
         let env = match envelope(
-            topic, payload, kind, parent, headers, priority, type_name, session,
+            topic,
+            payload,
+            kind,
+            parent,
+            headers,
+            priority,
+            type_name,
+            type_version,
+            session,
         )? {
             Ok(env) => env,
             Err(e) => return Err(errors::send_error(py, e.into())),

@@ -101,6 +101,12 @@ impl PyEnvelope {
         self.inner.type_name.as_deref()
     }
 
+    /// The payload's schema version (`version=` of `@event` / `@command`; 1 by default).
+    #[getter]
+    fn type_version(&self) -> u32 {
+        self.inner.type_version
+    }
+
     /// The component that published it, if set.
     #[getter]
     fn source(&self) -> Option<&str> {

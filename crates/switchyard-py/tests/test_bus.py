@@ -47,6 +47,40 @@ async def test_dataclass_messages_typed_handlers_and_second_argument(bus, collec
     assert type_name == "UserCreated" and topic == "users.created"
 
 
+@switchyard.event("users.renamed", version=3)
+@dataclass
+class UserRenamed:
+    id: int
+
+
+@switchyard.command("users.rename", version=2)
+@dataclass
+class RenameUser:
+    id: int
+
+
+async def test_a_message_class_version_is_the_envelopes_type_version(bus, collector):
+    """`version=` of @event / @command travels as the envelope's `type_version` (the Rust
+    side's contracts and upcasters read it); before, every Python message said version 1."""
+
+    @bus.on(UserRenamed)
+    async def renamed(ev: UserRenamed, env: switchyard.Envelope):
+        collector.add(("event", env.type_name, env.type_version))
+
+    @bus.handle(RenameUser)
+    async def rename(cmd: RenameUser, env: switchyard.Envelope) -> int:
+        collector.add(("command", env.type_name, env.type_version))
+        return cmd.id
+
+    await bus.publish(UserRenamed(id=1))
+    assert await bus.send(RenameUser(id=2)) == 2
+    await bus.publish("users.renamed", {"id": 3})  # a plain topic and dict: no type
+    got = await collector.wait(3)
+    assert sorted(got, key=str) == sorted(
+        [("event", "UserRenamed", 3), ("command", "RenameUser", 2), ("event", None, 1)], key=str
+    )
+
+
 async def test_sync_handlers_and_dict_annotation(bus, collector):
     @bus.on("plain.sync")
     def plain(data: dict):

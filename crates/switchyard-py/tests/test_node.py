@@ -98,6 +98,35 @@ async def test_bytes_and_pattern_subscriptions(node, remote, collector: Collecto
     assert b"\x00\x01binary" in items
 
 
+@switchyard.event("node.versioned.ev", version=4)
+@dataclass
+class NodeVersioned:
+    n: int
+
+
+async def test_a_connected_bus_sends_the_message_class_name_and_version(node):
+    """A typed publish through the gateway carries the class's name and `version=` (the
+    node's contracts check and upcast by them), as the in-process bus does."""
+    a, b = await connect(node), await connect(node)
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def h(p: dict, env) -> None:
+        await got.put((p, env.type_name, env.type_version))
+
+    b.on("node.versioned.ev", h)
+    await b.ready()
+    await a.publish(NodeVersioned(n=5))
+    await a.publish("node.versioned.ev", {"n": 6})
+    first = await asyncio.wait_for(got.get(), 10)
+    second = await asyncio.wait_for(got.get(), 10)
+    assert sorted([first, second], key=lambda t: t[0]["n"]) == [
+        ({"n": 5}, "NodeVersioned", 4),
+        ({"n": 6}, None, 1),
+    ]
+    await a.shutdown()
+    await b.shutdown()
+
+
 async def test_a_group_shares_messages_between_connections(node):
     a, b = await connect(node), await connect(node)
     got: dict[str, list[int]] = {"a": [], "b": []}

@@ -9,6 +9,7 @@ mod browser;
 mod browser_common;
 #[path = "../common/mod.rs"]
 mod common;
+mod review_rev27;
 
 use std::time::Duration;
 

@@ -668,22 +668,23 @@ class Bus(_Registrar):
             # The common case, kept to one native call when the queues have room.
             if _get_running_loop() is not self._loop:
                 self._use(_get_running_loop())
-            token = self._native.publish(target, payload, _CURRENT.get(), headers, priority, None, _session)
+            token = self._native.publish(target, payload, _CURRENT.get(), headers, priority, None, None, _session)
             if token is None:
                 return None
             return await self._wait(token)
-        topic, body, type_name, _ = _message(target, payload)
+        topic, body, type_name, spec = _message(target, payload)
+        version = spec.version if spec is not None else None
         loop = _get_running_loop()
         if loop is not self._loop:
             self._use(loop)
         if delay is None and not wait:
-            token = self._native.publish(topic, body, _CURRENT.get(), headers, priority, type_name, _session)
+            token = self._native.publish(topic, body, _CURRENT.get(), headers, priority, type_name, version, _session)
             if token is None:
                 return None
             return await self._wait(token)
         pending, value = self._native.publish_special(
             topic, body, parent=_CURRENT.get(), headers=headers, priority=priority,
-            type_name=type_name, session=_session, delay=delay, wait=wait,
+            type_name=type_name, type_version=version, session=_session, delay=delay, wait=wait,
         )
         if pending:
             value = await self._wait(value)
@@ -730,7 +731,8 @@ class Bus(_Registrar):
             self._use(loop)
         pending, value = self._native.send(
             topic, body, parent=_CURRENT.get(), headers=headers, priority=priority,
-            type_name=type_name, session=session, timeout=timeout,
+            type_name=type_name, type_version=spec.version if spec is not None else None,
+            session=session, timeout=timeout,
         )
         if pending:
             value = await self._wait(value)

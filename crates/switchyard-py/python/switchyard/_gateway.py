@@ -109,6 +109,7 @@ class RemoteEnvelope:
     attempt = property(lambda self: self.message.get("attempt", 1), doc="Delivery attempt, 1-based.")
     priority = property(lambda self: self.message.get("priority", 128), doc="Priority, 0-255.")
     type_name = property(lambda self: self.message.get("type_name"), doc="The payload's type name, if given.")
+    type_version = property(lambda self: self.message.get("type_version", 1), doc="The payload's schema version (1 unless set).")
     source = property(lambda self: self.message.get("source"), doc="The publishing component, if given.")
     content_type = property(lambda self: self.message.get("content_type"), doc="The payload's content type.")
 

@@ -523,6 +523,11 @@ class ConnectedBus:
     def _head(self, op: str, target: Any, payload: Any, headers: Optional[Mapping[str, str]], priority: Optional[int], correlation_id: Optional[str]) -> tuple[dict[str, Any], str, str, Any]:
         topic, body, type_name, spec = _message(target, payload)
         head: dict[str, Any] = {"op": op, "topic": topic}
+        if spec is not None:
+            # The class's name and `version=`, as the in-process bus sets them: the node's
+            # contracts check and upcast by them.
+            head["type_name"] = type_name
+            head["type_version"] = spec.version
         if headers:
             head["headers"] = dict(headers)
         if priority is not None:

@@ -31,6 +31,8 @@ class Envelope:
     @property
     def type_name(self) -> Optional[str]: ...
     @property
+    def type_version(self) -> int: ...
+    @property
     def source(self) -> Optional[str]: ...
     @property
     def timestamp(self) -> float: ...
@@ -125,6 +127,7 @@ class NativeBus:
         headers: Optional[Mapping[str, str]] = None,
         priority: Optional[int] = None,
         type_name: Optional[str] = None,
+        type_version: Optional[int] = None,
         session: Optional[str] = None,
     ) -> Optional[int]: ...
     def publish_special(
@@ -136,6 +139,7 @@ class NativeBus:
         headers: Optional[Mapping[str, str]] = None,
         priority: Optional[int] = None,
         type_name: Optional[str] = None,
+        type_version: Optional[int] = None,
         session: Optional[str] = None,
         delay: Optional[float] = None,
         wait: bool = False,
@@ -149,6 +153,7 @@ class NativeBus:
         headers: Optional[Mapping[str, str]] = None,
         priority: Optional[int] = None,
         type_name: Optional[str] = None,
+        type_version: Optional[int] = None,
         session: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> tuple[bool, Any]: ...
