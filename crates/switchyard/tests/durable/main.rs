@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 mod attempts;
 mod intake;
+mod keep_alive;
 mod owed;
 mod panicking_filter;
 mod review_rev20;
