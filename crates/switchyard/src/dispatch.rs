@@ -18,6 +18,7 @@ use switchyard_core::{
 
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
+use crate::keep_alive::Keeper;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -246,74 +247,67 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
-            // A transport delivery whose transport redelivers after an ack wait is kept alive
-            // while it is held here (handled, or sleeping between in-place retries).
-            let keep_alive = match &delivery {
-                None => None,
-                Some(d) => d.keep_alive_every(),
-            };
+            // A delivery whose transport redelivers after an ack wait is kept alive while this
+            // worker holds it (handling, retrying in place): see `keep_alive`.
+            let keeper = Keeper::take(&mut delivery);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
-            let handling = async {
-                if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
-                    let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
-                    let started = switchyard_core::delivered::scope(
-                        Arc::clone(env),
-                        std::future::poll_fn(|cx| {
-                            std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
-                        }),
-                    )
-                    .await;
-                    let result = match started {
-                        Started::Ended(result) => result,
-                        Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
-                    };
-                    match result {
-                        Ok(Ok(Outcome::Ack)) => {
-                            // An ack holds nothing to drop: said so, since the drop of the whole
-                            // result stayed an out-of-line call here (22 instructions a message).
-                            std::mem::forget(result);
-                            inc(&self.counters.acked);
-                            true
-                        }
-                        // An event has no one to answer (and a reply to it is dropped).
-                        Ok(Ok(Outcome::Reply(_))) => {
-                            inc(&self.counters.acked);
-                            true
-                        }
-                        other => {
-                            let made = self.classify_rare(other, env, stamp.attempt);
-                            self.process(
-                                &bus,
-                                &mut svc,
-                                Arc::clone(env),
-                                None,
-                                false,
-                                Some((made, stamp)),
-                                &mut None,
-                            )
-                            .await
-                        }
+            let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
+                let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
+                let started = switchyard_core::delivered::scope(
+                    Arc::clone(env),
+                    std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
+                    }),
+                )
+                .await;
+                let result = match started {
+                    Started::Ended(result) => result,
+                    Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
+                };
+                match result {
+                    Ok(Ok(Outcome::Ack)) => {
+                        // An ack holds nothing to drop: said so, since the drop of the whole
+                        // result stayed an out-of-line call here (22 instructions a message).
+                        std::mem::forget(result);
+                        inc(&self.counters.acked);
+                        true
                     }
-                } else {
-                    self.process(
-                        &bus,
-                        &mut svc,
-                        Arc::clone(env),
-                        reply,
-                        ready,
-                        None,
-                        &mut None,
-                    )
-                    .await
+                    // An event has no one to answer (and a reply to it is dropped).
+                    Ok(Ok(Outcome::Reply(_))) => {
+                        inc(&self.counters.acked);
+                        true
+                    }
+                    other => {
+                        let made = self.classify_rare(other, env, stamp.attempt);
+                        self.process(
+                            &bus,
+                            &mut svc,
+                            Arc::clone(env),
+                            None,
+                            false,
+                            Some((made, stamp)),
+                            &mut None,
+                        )
+                        .await
+                    }
                 }
+            } else {
+                self.process(
+                    &bus,
+                    &mut svc,
+                    Arc::clone(env),
+                    reply,
+                    ready,
+                    None,
+                    &mut None,
+                )
+                .await
             };
-            // `&mut`: a delivery is `Send` but not `Sync`, and the worker's future is sent.
-            let ok = match (keep_alive, delivery.as_deref_mut()) {
-                (Some(every), Some(d)) => Box::pin(keep_alive_while(handling, d, every)).await,
-                _ => handling.await,
-            };
+            if let Some(keeper) = keeper {
+                delivery = keeper.stop().await;
+            }
             if let Some(delivery) = delivery {
                 self.settle(*delivery, ok).await;
             }
@@ -800,36 +794,6 @@ pub(crate) fn start_call(
 
 /// A handler's own copy of the queued `env`, stamped with the attempt's bookkeeping.
 #[inline]
-/// Runs `handling` to its end, telling the transport every `every` that `delivery` is still
-/// being worked on ([`Delivery::keep_alive`]), so it is not redelivered meanwhile. A
-/// keep-alive the transport has to send runs on a task of its own: the handling never waits
-/// for it.
-async fn keep_alive_while(
-    handling: impl Future<Output = bool>,
-    delivery: &mut Delivery,
-    every: std::time::Duration,
-) -> bool {
-    let mut handling = std::pin::pin!(handling);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            ok = &mut handling => return ok,
-            _ = tick.tick() => {
-                if let Some(send) = delivery.keep_alive() {
-                    let id = delivery.envelope.id.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = send.await {
-                            tracing::debug!(message_id = %id, error = %e, "cannot keep a delivery alive");
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
-
 fn stamped_copy(env: &Envelope, delivery: DeliveryInfo) -> Envelope {
     env.copy_with_delivery(delivery)
 }
