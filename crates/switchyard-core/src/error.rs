@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::envelope::Kind;
 use crate::topic::{Topic, TopicError};
 
 /// Any error a handler may return.
@@ -190,6 +191,29 @@ pub enum PublishError {
     /// The transport failed to accept the message.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A command or request envelope ([`Kind::Command`], [`Kind::Request`]) was given to a
+    /// publish. Events are published (to 0..n subscriptions); a command goes to its one
+    /// handler with `send` or `request`, which answer it. Nothing was delivered.
+    #[error(
+        "a {} is not published: send it to its one handler (bus.send / bus.request); publish is for events",
+        kind.as_str()
+    )]
+    NotAnEvent {
+        /// The envelope's kind.
+        kind: Kind,
+    },
+    /// A command or request envelope was given to a delayed publish (`publish_after`,
+    /// `publish_at`, `schedule_envelope`, `schedule`, or a publish carrying the `deliver-at`
+    /// header). A command is sent to its one handler, which answers its sender: it cannot
+    /// wait in the bus or a transport with nobody to answer. Nothing was scheduled.
+    #[error(
+        "commands cannot be delayed: send the {} when it is due (bus.send / bus.request)",
+        kind.as_str()
+    )]
+    DelayedCommand {
+        /// The envelope's kind.
+        kind: Kind,
+    },
 }
 
 /// A message over a size limit: how big it is, the limit, and whose limit it is.
@@ -322,6 +346,11 @@ impl From<PublishError> for SendError {
             PublishError::Refused(reason) => Self::Rejected { reason },
             PublishError::TooLarge(t) => Self::TooLarge(t),
             PublishError::Transport(t) => Self::Transport(t),
+            e @ (PublishError::NotAnEvent { .. } | PublishError::DelayedCommand { .. }) => {
+                Self::Rejected {
+                    reason: e.to_string(),
+                }
+            }
         }
     }
 }

@@ -183,7 +183,10 @@ impl From<PublishError> for ApiError {
             PublishError::Full { .. } => ErrorKind::QueueFull,
             PublishError::ShuttingDown => ErrorKind::ShuttingDown,
             PublishError::Refused(_) | PublishError::LayerViolation(_) => ErrorKind::Forbidden,
-            PublishError::Encode(_) => ErrorKind::BadRequest,
+            // A command given to a publish: the client's mistake, never a 500.
+            PublishError::Encode(_)
+            | PublishError::NotAnEvent { .. }
+            | PublishError::DelayedCommand { .. } => ErrorKind::BadRequest,
             PublishError::TooLarge(_) => ErrorKind::TooLarge,
             PublishError::Transport(_) => ErrorKind::NotReady,
             _ => ErrorKind::Internal,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{PgConnection, PgPool};
-use switchyard::{Envelope, Message, MessageId};
+use switchyard::{Envelope, Kind, Message, MessageId, PublishError};
 
 use crate::row::split;
 use crate::{Error, Schema};
@@ -136,7 +136,9 @@ impl Outbox {
     }
 
     /// Writes an envelope as it is (its [`ORDERING_KEY_HEADER`] header, if any, is its
-    /// ordering key).
+    /// ordering key). Only events: a command or request envelope is refused
+    /// (`Error::Publish(PublishError::NotAnEvent)`; `DelayedCommand` from
+    /// [`publish_at`](Self::publish_at)), as `Bus::publish_envelope` refuses it.
     pub async fn publish_envelope(
         &self,
         conn: &mut PgConnection,
@@ -179,6 +181,15 @@ impl Outbox {
         env: Envelope,
         deliver_at: Option<f64>,
     ) -> Result<MessageId, Error> {
+        // Only events go through the outbox (the relay publishes them): a command would be
+        // refused by the bus at every relay pass.
+        if matches!(env.kind, Kind::Command | Kind::Request) {
+            return Err(Error::Publish(if deliver_at.is_some() {
+                PublishError::DelayedCommand { kind: env.kind }
+            } else {
+                PublishError::NotAnEvent { kind: env.kind }
+            }));
+        }
         let cols = split(&env)?;
         sqlx::query(&self.insert)
             .bind(env.id.to_string())

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Acquire, PgPool, Row};
-use switchyard::{Bus, DeadLetter, DeadLetterReason, Envelope, Headers, MessageId, Topic};
+use switchyard::{
+    Bus, DeadLetter, DeadLetterReason, Envelope, Headers, MessageId, PublishError, Topic,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -449,6 +451,15 @@ impl Relay {
             match published {
                 Ok(()) => {
                     ::metrics::histogram!(names::OUTBOX_LAG, "schema" => label.clone()).record(lag);
+                    done.push(seq);
+                }
+                // A command row (written before the outbox refused them) is never published:
+                // dead-lettered as it is stored, rather than blocking the rows behind it.
+                Err(
+                    e @ (PublishError::NotAnEvent { .. } | PublishError::DelayedCommand { .. }),
+                ) => {
+                    self.dead_letter_row(&row, seq, &Error::Publish(e))?;
+                    dead += 1;
                     done.push(seq);
                 }
                 Err(e) => {

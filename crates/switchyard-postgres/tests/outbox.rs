@@ -521,3 +521,63 @@ async fn an_undecodable_row_is_dead_lettered_with_its_raw_bytes() {
     );
     db.finish().await;
 }
+
+/// Only events go through the outbox: a command envelope is refused when written (now or
+/// delayed), and a command row already stored (written before the outbox refused them) is
+/// dead-lettered by the relay instead of blocking the rows behind it (the bus refuses to
+/// publish a command: `PublishError::NotAnEvent`).
+#[tokio::test]
+async fn a_command_is_refused_by_the_outbox_and_a_stored_one_does_not_block_the_relay() {
+    let Some(db) = TestDb::new("command_row").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    let mut tx = db.pool.begin().await.unwrap();
+    let command = ping("cmd", 1)
+        .to_envelope()
+        .unwrap()
+        .with_kind(switchyard::Kind::Command);
+    let got = outbox.publish_envelope(&mut tx, command.clone()).await;
+    assert!(
+        matches!(
+            got,
+            Err(switchyard_postgres::Error::Publish(
+                switchyard::PublishError::NotAnEvent { .. }
+            ))
+        ),
+        "{got:?}"
+    );
+    let got = outbox
+        .publish_at(&mut tx, std::time::SystemTime::now(), command)
+        .await;
+    assert!(
+        matches!(
+            got,
+            Err(switchyard_postgres::Error::Publish(
+                switchyard::PublishError::DelayedCommand { .. }
+            ))
+        ),
+        "{got:?}"
+    );
+    // A stored command row, then an event behind it.
+    outbox.publish(&mut tx, ping("cmd", 2)).await.unwrap();
+    outbox.publish(&mut tx, ping("after", 3)).await.unwrap();
+    tx.commit().await.unwrap();
+    db.exec(
+        "UPDATE {schema}.outbox SET meta = jsonb_set(meta, '{kind}', '\"command\"') \
+         WHERE seq = (SELECT min(seq) FROM {schema}.outbox)",
+    )
+    .await;
+    let (bus, mut rx, _sub) = recording_bus().await;
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
+    let relayed = tokio::time::timeout(Duration::from_secs(10), relay.drain())
+        .await
+        .expect("the relay drains");
+    assert_eq!(relayed.unwrap(), 1, "the event behind the command row");
+    bus.run_until_idle().await;
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    assert_eq!(first.unwrap().unwrap(), ping("after", 3));
+    assert!(rx.try_recv().is_err(), "an event handler got the command");
+    assert_eq!(relay.backlog().await.unwrap(), 0, "the command row blocks");
+    db.finish().await;
+}

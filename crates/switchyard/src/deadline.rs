@@ -36,6 +36,20 @@ pub(crate) fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+/// Why a retry `delay` from now is not made: the message's deadline (a request's,
+/// `delivery.deadline`) passes first, so nobody would wait for its result. `None` (retry)
+/// without a deadline or when the attempt would start before it. Only read when a message
+/// is to be retried.
+pub(crate) fn too_late(deadline: Option<std::time::Instant>, delay: Duration) -> Option<String> {
+    let left = deadline?.saturating_duration_since(now_std());
+    (delay >= left).then(|| {
+        format!(
+            "not retried: the message's deadline passes before another attempt ({left:?} left, \
+             the next due in {delay:?})"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

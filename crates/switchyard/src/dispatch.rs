@@ -676,7 +676,15 @@ impl SubShared {
                 }
             };
             let attempt = delivery.attempt;
-            if permanent || attempt >= self.config.max_attempts {
+            let (mut error, mut again) = (error, None);
+            if !permanent && attempt < self.config.max_attempts {
+                let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
+                match crate::deadline::too_late(delivery.deadline, delay) {
+                    None => again = Some(delay),
+                    Some(why) => error = format!("{error}; {why}"),
+                }
+            }
+            let Some(delay) = again else {
                 inc(&c.dead_lettered);
                 *kept = self.answer(
                     reply,
@@ -688,9 +696,8 @@ impl SubShared {
                 );
                 bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
                 break (false, Some(error));
-            }
+            };
             inc(&c.retried);
-            let delay = delay.unwrap_or_else(|| self.config.backoff.delay_for(attempt));
             Box::pin(tokio::time::sleep(delay)).await;
         };
         if let Some(started) = started {

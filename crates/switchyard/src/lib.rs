@@ -75,7 +75,7 @@ pub use publish::{BatchPublishError, HandlerFailure, WaitReport};
 pub use queue::Overflow;
 pub use reply::CommandResult;
 pub use session::Session;
-pub use state::{HandlerWrap, PublishHook, ShutdownReport, WrapTarget};
+pub use state::{DELIVER_AT_HEADER, HandlerWrap, PublishHook, ShutdownReport, WrapTarget};
 pub use stats::{RetryCounter, SubscriptionInfo, SubscriptionStats};
 pub use subscription::{Subscription, SubscriptionBuilder};
 pub use switchyard_core::*;

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use smol_str::SmolStr;
 use switchyard_core::message::set_typed_fields;
 use switchyard_core::{
-    DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
-    Topic, TopicError, TransportError, TransportErrorKind,
+    DeadLetter, DeadLetterReason, Envelope, Kind, Local, Message, PublishError, SendError,
+    TooLarge, Topic, TopicError, TransportError, TransportErrorKind,
 };
 
 use crate::bus::Bus;
@@ -17,7 +17,7 @@ use crate::pending::OwedReaders;
 use crate::queue::spare::shared;
 use crate::queue::{Entry, PushError, Pushed};
 use crate::reply::{AnswerRx, CommandReply};
-use crate::state::{Admission, BusInner, RUNNING, SubShared};
+use crate::state::{Admission, BusInner, DELIVER_AT_HEADER, RUNNING, SubShared};
 use crate::stats::inc;
 use crate::transport_link::ErasedTransport;
 
@@ -250,6 +250,11 @@ impl Bus {
     /// `first_delivered_at`) starts afresh, so an envelope taken from a dead letter and
     /// published again gets the subscriptions' full attempts (its id, correlation, causation,
     /// headers and payload are kept). The same on a transport.
+    ///
+    /// Only events are published: a command or request envelope (`Kind::Command`,
+    /// `Kind::Request`) is refused with [`PublishError::NotAnEvent`] (with the
+    /// [`DELIVER_AT_HEADER`](crate::DELIVER_AT_HEADER), [`PublishError::DelayedCommand`]) and
+    /// delivered nowhere; send it to its handler with [`send_envelope`](Self::send_envelope).
     pub fn publish_envelope(
         &self,
         env: Envelope,
@@ -282,6 +287,10 @@ impl Bus {
         let mut env = env.into_shared();
         // Unshared: `make_mut` hands out the envelope itself, it never copies here.
         let unshared = Arc::make_mut(&mut env);
+        // A typed event's kind is a constant: no test at all there.
+        if value.not_an_event(unshared) {
+            return Err(not_an_event(unshared));
+        }
         inherit_parent(unshared);
         value.fresh_delivery(unshared);
         let bytes_read_on_the_way = self.inner.transport.is_some() || !self.inner.hooks.is_empty();
@@ -507,6 +516,9 @@ impl Bus {
                  across processes on NATS",
             )));
         }
+        if is_command(&env) {
+            return Err(not_an_event(&env));
+        }
         inherit_parent(&mut env);
         NoValue.fresh_delivery(&mut env);
         // An envelope passed on as it was delivered gets its bytes (every reader may see it).
@@ -622,6 +634,24 @@ pub(crate) trait Published {
     /// unless every subscription in `targets` takes it as it is. Returns whether it encoded
     /// the payload now (to be measured against the size limit).
     fn attach(self, env: &mut Envelope, targets: &[Arc<SubShared>]) -> Result<bool, PublishError>;
+    /// Whether `env` is a command or a request, which a publish refuses ([`not_an_event`]).
+    fn not_an_event(&self, env: &Envelope) -> bool;
+}
+
+/// A command or a request: for its one handler (`send`/`request`), never published.
+#[inline(always)]
+pub(crate) fn is_command(env: &Envelope) -> bool {
+    matches!(env.kind, Kind::Command | Kind::Request)
+}
+
+/// Why a publish refuses a command ([`is_command`]): delayed (the `deliver-at` header) or not.
+#[cold]
+pub(crate) fn not_an_event(env: &Envelope) -> PublishError {
+    if env.header(DELIVER_AT_HEADER).is_some() {
+        PublishError::DelayedCommand { kind: env.kind }
+    } else {
+        PublishError::NotAnEvent { kind: env.kind }
+    }
 }
 
 /// An envelope publish: the payload is what the caller gave.
@@ -653,6 +683,11 @@ impl Published for NoValue {
         }
         Ok(false)
     }
+
+    #[inline(always)]
+    fn not_an_event(&self, env: &Envelope) -> bool {
+        is_command(env)
+    }
 }
 
 /// A typed publish: the envelope `blank_envelope::<M>` describes (empty payload).
@@ -678,6 +713,12 @@ impl<M: Message> Published for Typed<M> {
         env.payload = self.0.encode()?;
         env.local = Local::new(self.0, &env.payload);
         Ok(true)
+    }
+
+    // `M`'s kind is the envelope's (`blank_envelope`), a constant.
+    #[inline(always)]
+    fn not_an_event(&self, _env: &Envelope) -> bool {
+        matches!(M::KIND, Kind::Command | Kind::Request)
     }
 }
 

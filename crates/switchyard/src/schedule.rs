@@ -8,7 +8,7 @@ use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Message, MessageId
 
 use crate::bus::Bus;
 use crate::pending::Settled;
-use crate::publish::inherit_parent;
+use crate::publish::{inherit_parent, is_command};
 use crate::state::{DELIVER_AT_HEADER, RUNNING, Scheduled};
 
 impl Bus {
@@ -19,6 +19,10 @@ impl Bus {
     /// once with a `deliver-at` header (wall-clock milliseconds since the Unix epoch), so a
     /// durable transport keeps it across restarts; a subscription that receives it early
     /// hands it back with a nack delayed until it is due.
+    ///
+    /// Only events are delayed: a command or request (`Kind::Command`, `Kind::Request`) is
+    /// refused with [`PublishError::DelayedCommand`] on every transport, since a command goes
+    /// to its one handler, which answers its sender; send it when it is due.
     pub async fn publish_after<M: Message>(
         &self,
         delay: Duration,
@@ -38,12 +42,16 @@ impl Bus {
         self.schedule_envelope(at, msg.to_envelope()?).await
     }
 
-    /// Publishes an envelope at `at`; see [`publish_after`](Self::publish_after).
+    /// Publishes an envelope at `at`; see [`publish_after`](Self::publish_after). A command
+    /// or request envelope is refused ([`PublishError::DelayedCommand`]), on every transport.
     pub async fn schedule_envelope(
         &self,
         at: tokio::time::Instant,
         mut env: Envelope,
     ) -> Result<MessageId, PublishError> {
+        if is_command(&env) {
+            return Err(PublishError::DelayedCommand { kind: env.kind });
+        }
         if self.inner.transport.is_none() {
             return self.schedule(at, env);
         }
@@ -63,13 +71,17 @@ impl Bus {
 
     /// Schedules an envelope for `at`, in memory (the bus holds it until it is due, whether
     /// or not it runs on a transport). [`schedule_envelope`](Self::schedule_envelope) hands
-    /// it to a transport instead when there is one.
+    /// it to a transport instead when there is one. A command or request envelope is refused
+    /// ([`PublishError::DelayedCommand`]).
     pub fn schedule(
         &self,
         at: tokio::time::Instant,
         mut env: Envelope,
     ) -> Result<MessageId, PublishError> {
         self.check_running()?;
+        if is_command(&env) {
+            return Err(PublishError::DelayedCommand { kind: env.kind });
+        }
         inherit_parent(&mut env);
         self.run_hooks(&mut env)?;
         let id = env.id.clone();

@@ -28,8 +28,22 @@ use crate::router::Router;
 use crate::stats::{Counters, SubscriptionInfo, SubscriptionStats, inc};
 use crate::transport_link::ErasedTransport;
 
-/// Header carrying the wall-clock time (milliseconds since the Unix epoch) before which a
-/// message delayed through a transport must not be handled.
+/// Header carrying the wall-clock time (milliseconds since the Unix epoch, as decimal
+/// digits) before which a message delayed through a transport must not be handled.
+///
+/// [`Bus::publish_after`](crate::Bus::publish_after) and
+/// [`schedule_envelope`](crate::Bus::schedule_envelope) set it on a bus with a transport; a
+/// subscription that receives the message early hands it back to its transport until it is
+/// due. An event published with it set (by this bus, or by another client of the transport)
+/// is delayed the same way; the in-memory bus does not read it (it holds delayed messages
+/// itself). Only events are delayed: a command or request envelope carrying it is refused
+/// with [`PublishError::DelayedCommand`](crate::PublishError::DelayedCommand).
+///
+/// ```
+/// let mut env = switchyard::Envelope::new(switchyard::Topic::new("jobs.run").unwrap(), "x");
+/// env.headers_mut().insert(switchyard::DELIVER_AT_HEADER, "1767225600000".to_string());
+/// assert_eq!(env.header("deliver-at"), Some("1767225600000"));
+/// ```
 pub const DELIVER_AT_HEADER: &str = "deliver-at";
 
 /// When a delayed message is due, if it carries [`DELIVER_AT_HEADER`].

@@ -50,7 +50,7 @@ use crate::catch_panic::{CatchPanic, PanicError};
 use crate::clock::nanos;
 use crate::dedup::{DedupClaim, DedupKey, KeyFn, Store, TryClaim, claim, handled, try_claim};
 use crate::metrics::{Measured, MetricsShared, TopicCache, TopicHandles};
-use crate::retry::{RetryPolicy, Verdict, back_off, judge};
+use crate::retry::{RetryPolicy, Verdict, back_off, in_time, judge, plan};
 use crate::timeout::{Timeout, TimeoutError};
 use crate::trace::{TraceContext, delivery_span, end_span};
 
@@ -814,22 +814,20 @@ where
     S::Future: Send + 'static,
 {
     loop {
+        // The failure of attempt `made`, kept until the next starts (the deadline is checked
+        // again then).
+        let mut prev = None;
         if let Some((hint, failure)) = last.take() {
+            // Past the message's deadline: given up, neither counted nor told as a retry.
+            let (delay, failure) = plan(&core.policy, &env, made, hint, failure)?;
             if let Some(handles) = &retries {
                 handles.reattempted();
             }
             if let Some(on_retry) = &core.on_retry {
                 (on_retry.0)(&env);
             }
-            back_off(
-                &core.policy,
-                &env,
-                Some(&core.handler),
-                made,
-                hint,
-                &failure,
-            )
-            .await;
+            back_off(&env, Some(&core.handler), made, delay, &failure).await;
+            prev = Some(failure);
         }
         let admitted = match first.take() {
             Some(admitted) => admitted,
@@ -839,6 +837,10 @@ where
                     service.poll_ready(cx)
                 })
                 .await?;
+                // Before the admission is taken: a breaker's probe is not spent on it.
+                if let Some(failure) = prev {
+                    in_time(&env, made, failure)?;
+                }
                 gate.take()
             }
         };

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use switchyard_core::BoxError;
 
 /// Broad class of a [`RetryError`], for callers that branch on it.
@@ -7,6 +9,8 @@ pub enum RetryErrorKind {
     Exhausted,
     /// An attempt failed with an error the classifier calls permanent.
     Permanent,
+    /// The message's deadline passed, or would before the next attempt could start.
+    Deadline,
 }
 
 /// The retry layer gave up on a message. The source is the last error (shown by walking the
@@ -19,6 +23,25 @@ pub enum RetryError {
         /// Attempts made inside this call.
         attempts: u32,
         /// The last failure ([`RetryRequested`] when the handler asked for a retry).
+        #[source]
+        source: BoxError,
+    },
+    /// The message's deadline (`delivery.deadline`, a request's) passed, or would before the
+    /// next attempt could start: its sender has stopped waiting, so no attempt is started nor
+    /// backoff waited past it.
+    #[error(
+        "gave up after {attempts} attempt(s): the message's deadline passes before another attempt \
+         ({left:?} left, the next due in {next:?})"
+    )]
+    Deadline {
+        /// Attempts made inside this call.
+        attempts: u32,
+        /// What was left of the deadline when the layer gave up (zero once it passed).
+        left: Duration,
+        /// When the next attempt would have started (the backoff; zero when the deadline
+        /// passed while the layer waited for the handler to be ready).
+        next: Duration,
+        /// The last failure.
         #[source]
         source: BoxError,
     },
@@ -39,6 +62,7 @@ impl RetryError {
         match self {
             Self::Exhausted { .. } => RetryErrorKind::Exhausted,
             Self::Permanent { .. } => RetryErrorKind::Permanent,
+            Self::Deadline { .. } => RetryErrorKind::Deadline,
         }
     }
 
@@ -59,7 +83,7 @@ impl RetryError {
     /// failed on).
     pub fn attempts(&self) -> u32 {
         match self {
-            Self::Exhausted { attempts, .. } => *attempts,
+            Self::Exhausted { attempts, .. } | Self::Deadline { attempts, .. } => *attempts,
             Self::Permanent { attempt, .. } => *attempt,
         }
     }
@@ -69,7 +93,7 @@ impl RetryError {
     /// what a bus reports as the message's attempts when it gives up.
     pub fn last_attempt(&self, base: u32) -> u32 {
         match self {
-            Self::Exhausted { attempts, .. } => {
+            Self::Exhausted { attempts, .. } | Self::Deadline { attempts, .. } => {
                 base.max(1).saturating_add(attempts.saturating_sub(1))
             }
             Self::Permanent { attempt, .. } => *attempt,
@@ -79,7 +103,9 @@ impl RetryError {
     /// The last underlying error.
     pub fn last_error(&self) -> &BoxError {
         match self {
-            Self::Exhausted { source, .. } | Self::Permanent { source, .. } => source,
+            Self::Exhausted { source, .. }
+            | Self::Permanent { source, .. }
+            | Self::Deadline { source, .. } => source,
         }
     }
 }

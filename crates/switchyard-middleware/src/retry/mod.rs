@@ -56,6 +56,6 @@ pub use classify::{Classifier, Retryable, Transient};
 pub use error::{RetryError, RetryErrorKind, RetryRequested};
 pub use layer::RetryLayer;
 pub use service::Retry;
-pub(crate) use service::{Verdict, back_off, judge};
+pub(crate) use service::{Verdict, back_off, in_time, judge, plan};
 pub use switchyard_core::Permanent;
 pub use switchyard_core::retry::{Backoff, Classify, Jitter, RetryPolicy};

@@ -62,9 +62,12 @@ where
                 env.delivery.first_delivered_at = Some(SystemTime::now());
             }
             let mut made: u32 = 0;
+            // The failure of attempt `made` while the next waits for readiness.
+            let mut last: Option<BoxError> = None;
             loop {
-                if made > 0 {
+                if let Some(failure) = last.take() {
                     inner.ready().await?;
+                    in_time(&env, made, failure)?;
                 }
                 made += 1;
                 let mut this_try = env.clone();
@@ -73,6 +76,7 @@ where
                 match judge(&policy, result, base, made) {
                     Verdict::Done(result) => return result,
                     Verdict::Again { hint, failure } => {
+                        let (delay, failure) = plan(&policy, &env, made, hint, failure)?;
                         // A retry, under the labels a metrics layer outside this one uses
                         // by default (the message's topic).
                         ::metrics::counter!(
@@ -81,7 +85,8 @@ where
                             "handler" => handler.as_deref().unwrap_or("").to_owned()
                         )
                         .increment(1);
-                        back_off(&policy, &env, handler.as_deref(), made, hint, &failure).await;
+                        back_off(&env, handler.as_deref(), made, delay, &failure).await;
+                        last = Some(failure);
                     }
                 }
             }
@@ -134,17 +139,70 @@ pub(crate) fn judge(
     Verdict::Again { hint, failure }
 }
 
-/// Logs a retry of `env` (its caller counts it), then waits the policy's delay after `made` failed
-/// attempts.
-pub(crate) async fn back_off(
+/// The wait before attempt `made + 1` of `env`, with the failure of attempt `made`; or, when
+/// that attempt would start at or past the message's deadline (`delivery.deadline`, a
+/// request's), the layer's final error ([`RetryError::Deadline`]): nobody waits for its
+/// result, so no backoff is waited and no attempt started. A message without a deadline
+/// costs one branch, and only when it is retried.
+#[inline]
+pub(crate) fn plan(
     policy: &RetryPolicy,
+    env: &Envelope,
+    made: u32,
+    hint: Option<Duration>,
+    failure: BoxError,
+) -> Result<(Duration, BoxError), BoxError> {
+    let delay = policy.next_delay(made, hint);
+    match env.delivery.deadline {
+        None => Ok((delay, failure)),
+        Some(deadline) => match left_before(deadline, delay) {
+            None => Ok((delay, failure)),
+            Some(left) => Err(past_deadline(made, left, delay, failure)),
+        },
+    }
+}
+
+/// After the backoff and the wait for readiness, just before attempt `made + 1` starts: the
+/// layer's final error when the message's deadline passed meanwhile (a circuit breaker may
+/// have held the attempt), else `Ok`.
+#[inline]
+pub(crate) fn in_time(env: &Envelope, made: u32, failure: BoxError) -> Result<(), BoxError> {
+    match env.delivery.deadline {
+        None => Ok(()),
+        Some(deadline) => match left_before(deadline, Duration::ZERO) {
+            None => Ok(()),
+            Some(left) => Err(past_deadline(made, left, Duration::ZERO, failure)),
+        },
+    }
+}
+
+/// What is left of `deadline` when an attempt `delay` from now would start at or past it;
+/// `None` when it would start before. Read on tokio's clock (as the bus sets deadlines), so a
+/// paused test clock moves it.
+fn left_before(deadline: std::time::Instant, delay: Duration) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now().into_std());
+    (delay >= left).then_some(left)
+}
+
+#[cold]
+fn past_deadline(made: u32, left: Duration, next: Duration, failure: BoxError) -> BoxError {
+    final_error(RetryError::Deadline {
+        attempts: made,
+        left,
+        next,
+        source: failure,
+    })
+}
+
+/// Logs a retry of `env` (its caller counts it), then waits `delay` (the policy's, from
+/// [`plan`]) after `made` failed attempts.
+pub(crate) async fn back_off(
     env: &Envelope,
     handler: Option<&str>,
     made: u32,
-    hint: Option<Duration>,
+    delay: Duration,
     failure: &BoxError,
 ) {
-    let delay = policy.next_delay(made, hint);
     ::tracing::debug!(
         message_id = %env.id,
         handler = handler.unwrap_or(""),

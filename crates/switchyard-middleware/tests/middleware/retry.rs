@@ -272,3 +272,45 @@ async fn reject_and_reply_are_not_retried() {
     assert_eq!(out, Outcome::reject("invalid"));
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+/// The layer starts no attempt and waits no backoff past the message's deadline
+/// (`delivery.deadline`, a request's): with 100 then 200 ms backoffs and a 250 ms deadline,
+/// attempts at 0 and 100 ms; the next would start at 300, so it gives up at 100 with
+/// `RetryError::Deadline` (2 attempts, the last error kept as its source). Without a deadline
+/// the same policy makes all 5.
+#[tokio::test(start_paused = true)]
+async fn no_attempt_nor_backoff_past_the_deadline() {
+    let policy = RetryPolicy::default()
+        .max_attempts(5)
+        .initial_delay(Duration::from_millis(100))
+        .jitter(Jitter::None);
+    let (h, calls) = scripted(vec![Err("down"); 5]);
+    let mut e = env("a.b");
+    let t0 = Instant::now();
+    e.delivery.deadline = Some((t0 + Duration::from_millis(250)).into_std());
+    let err = RetryLayer::new(policy.clone())
+        .layer(h)
+        .oneshot(e)
+        .await
+        .unwrap_err();
+    assert!(err.is::<Permanent>(), "final: the bus must not retry again");
+    let re = RetryError::find(&*err).unwrap();
+    assert_eq!(re.kind(), RetryErrorKind::Deadline);
+    assert_eq!(re.attempts(), 2);
+    assert_eq!(re.last_attempt(1), 2);
+    assert_eq!(re.last_error().to_string(), "down");
+    assert!(re.to_string().contains("deadline"), "{re}");
+    assert_eq!(Instant::now() - t0, Duration::from_millis(100));
+    assert_eq!(calls.lock().unwrap().len(), 2);
+    let (h, calls) = scripted(vec![Err("down"); 5]);
+    let err = RetryLayer::new(policy)
+        .layer(h)
+        .oneshot(env("a.b"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        RetryError::find(&*err).unwrap().kind(),
+        RetryErrorKind::Exhausted
+    );
+    assert_eq!(calls.lock().unwrap().len(), 5);
+}

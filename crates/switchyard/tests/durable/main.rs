@@ -13,6 +13,7 @@ use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
 mod attempts;
+mod delayed_commands;
 mod intake;
 mod keep_alive;
 mod owed;

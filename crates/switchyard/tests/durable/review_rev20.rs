@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchyard::{Bus, Envelope, Message, Priority, Topic};
+use switchyard::{Bus, Envelope, Message, Priority};
 use tokio::sync::mpsc;
 
 use super::{Job, WAIT, bus_on_log, n_of};
@@ -462,51 +462,7 @@ async fn on_the_log_a_delayed_message_gets_its_full_attempts() {
     bus.shutdown(WAIT).await.unwrap();
 }
 
-/// A delayed command on the log: there is no `send_after`; `schedule_envelope` of a command
-/// envelope is published (as every scheduled envelope) to event subscriptions. On the log an
-/// event subscription that gets a command dead-letters it (`Unroutable`) when it is due: not
-/// handled early, not silently lost. (In memory the same envelope is handed to the event
-/// handler as it is: see the review rev20 report.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_the_log_a_delayed_command_envelope_is_dead_lettered_when_due_not_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = bus_on_log(dir.path());
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let _sub = bus
-        .on("w", move |job: Job, _| {
-            let tx = tx.clone();
-            async move { tx.send(job.n).map_err(|e| e.to_string()) }
-        })
-        .pattern("jobs.#")
-        .start()
-        .await
-        .unwrap();
-    let mut env = Envelope::new(
-        Topic::new("jobs.run").unwrap(),
-        serde_json::to_vec(&Job { n: 5 }).unwrap(),
-    );
-    env.kind = switchyard::Kind::Command;
-    let published = std::time::Instant::now();
-    let id = bus
-        .schedule_envelope(switchyard::deadline_after(Duration::from_millis(400)), env)
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while bus.dead_letters().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let waited = published.elapsed();
-    let letters = bus.dead_letters().unwrap().list();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].envelope.id, id);
-    assert_eq!(letters[0].reason, switchyard::DeadLetterReason::Unroutable);
-    assert!(
-        waited >= Duration::from_millis(400),
-        "dead-lettered after {waited:?}, before it was due"
-    );
-    assert!(rx.try_recv().is_err(), "an event handler took a command");
-    bus.shutdown(WAIT).await.unwrap();
-}
+// A delayed command envelope on the log: see `delayed_commands.rs` (refused now).
 
 /// On the log, with `max_attempts(1)`: a delayed message's one attempt must be a handler call,
 /// seen as attempt 1.

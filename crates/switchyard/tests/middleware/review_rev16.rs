@@ -36,29 +36,151 @@ fn counting(calls: Arc<AtomicU32>) -> switchyard::BoxHandler {
     }))
 }
 
-/// A request's deadline does not wait for the stack's retries: the sender gets
-/// `SendError::Timeout` at exactly its deadline, while (as documented: "handled to the end
-/// in a task of its own") the handler's remaining attempts still run and the message is
-/// dead-lettered with all of them. The handler sees the deadline (`delivery.deadline`).
-#[tokio::test(start_paused = true)]
-async fn a_requests_deadline_does_not_wait_for_the_retries() {
+/// A bus whose stack fails `Charge` on every call, counting the calls and recording the
+/// deadline each saw; each call takes `work` (virtual time) before it fails.
+async fn failing_charges(
+    backoff: Duration,
+    work: Duration,
+) -> (
+    Bus,
+    switchyard::Subscription,
+    Arc<AtomicU32>,
+    Arc<std::sync::Mutex<Vec<Option<std::time::Instant>>>>,
+) {
     let bus = Bus::builder()
         .with_default_resilience()
-        .max_attempts(3)
-        .backoff(Backoff::fixed(Duration::from_secs(5)))
+        .max_attempts(5)
+        .backoff(Backoff::fixed(backoff))
         .build()
         .unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let deadlines = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (c, d) = (calls.clone(), deadlines.clone());
-    let _h = bus
+    let h = bus
         .handle(move |_q: Charge, ctx| {
             let (c, d) = (c.clone(), d.clone());
             async move {
                 c.fetch_add(1, Ordering::SeqCst);
                 d.lock().unwrap().push(ctx.deadline());
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
                 Err::<u64, std::io::Error>(std::io::Error::other("backend down"))
             }
+        })
+        .start()
+        .await
+        .unwrap();
+    (bus, h, calls, deadlines)
+}
+
+/// The retries stop at a request's deadline (docs/middleware.md, "Retry"): after the caller
+/// timed out, the stack's retry does not make the remaining attempts nor wait their backoff;
+/// the message is dead-lettered at once, its one attempt counted, the error naming the
+/// deadline. The handler sees the deadline (`ctx.deadline()`).
+///
+/// Before (review rev16, the test documented it): `the other attempts still ran` (5 calls,
+/// the backoffs waited after the sender had gone), dead-lettered with 5 attempts.
+/// Failed before the fix: `assertion `left == right` failed: no attempt after the deadline
+/// left: 5 right: 1`.
+#[tokio::test(start_paused = true)]
+async fn a_requests_deadline_ends_the_retries() {
+    let (bus, _h, calls, deadlines) =
+        failing_charges(Duration::from_millis(10), Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    let got = bus
+        .request(Charge { cents: 5 }, Duration::from_millis(200))
+        .await;
+    assert!(matches!(got, Err(SendError::Timeout { .. })), "{got:?}");
+    assert_eq!(Instant::now() - t0, Duration::from_millis(200));
+    bus.run_until_idle().await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no attempt after the deadline"
+    );
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_millis(300),
+        "ended when its one attempt did, no backoff waited"
+    );
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 1);
+    assert_eq!(
+        letters[0].reason,
+        switchyard::DeadLetterReason::HandlerFailed
+    );
+    assert!(
+        letters[0].error.contains("deadline") && letters[0].error.contains("backend down"),
+        "{}",
+        letters[0].error
+    );
+    let seen = deadlines.lock().unwrap();
+    assert!(seen.iter().all(|d| d.is_some()), "{seen:?}");
+}
+
+/// A backoff that would end past the deadline is not waited: the sender gets the failure
+/// (`Failed`, with the attempts made) as soon as the retries cannot finish in time, instead
+/// of `Timeout` at the deadline while they go on. Backoffs that end before it are waited.
+///
+/// Failed before the fix: `Err(Timeout { deadline: 200ms })` (the first case's sender).
+#[tokio::test(start_paused = true)]
+async fn a_backoff_past_the_deadline_is_not_waited() {
+    // Attempt 1 at 0; its 5 s backoff ends past the 200 ms deadline: given up at 0.
+    let (bus, _h, calls, _) = failing_charges(Duration::from_secs(5), Duration::ZERO).await;
+    let t0 = Instant::now();
+    let got = bus
+        .request(Charge { cents: 5 }, Duration::from_millis(200))
+        .await;
+    assert!(
+        matches!(&got, Err(SendError::Failed { attempts: 1, error }) if error.contains("deadline")),
+        "{got:?}"
+    );
+    assert_eq!(Instant::now(), t0, "answered at once, not at the deadline");
+    bus.run_until_idle().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(bus.dead_letters().unwrap().list()[0].attempts, 1);
+    // Attempts at 0, 80 and 160 ms; the next would start at 240, past 200: given up at 160.
+    let (bus, _h, calls, _) = failing_charges(Duration::from_millis(80), Duration::ZERO).await;
+    let t0 = Instant::now();
+    let got = bus
+        .request(Charge { cents: 5 }, Duration::from_millis(200))
+        .await;
+    assert!(
+        matches!(&got, Err(SendError::Failed { attempts: 3, .. })),
+        "{got:?}"
+    );
+    assert_eq!(Instant::now() - t0, Duration::from_millis(160));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Without a deadline (`send`), every attempt is made, as before.
+    let (bus, _h, calls, _) = failing_charges(Duration::from_secs(5), Duration::ZERO).await;
+    let got = bus.send(Charge { cents: 5 }).await;
+    assert!(
+        matches!(&got, Err(SendError::Failed { attempts: 5, error }) if !error.contains("deadline")),
+        "{got:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// The bus's own in-place retries (no resilience stack) stop at the deadline the same way:
+/// attempts at 0, 80 and 160 ms; the next would start at 240, past the 200 ms deadline, so
+/// the message is dead-lettered at 160 with its 3 attempts and the sender told so.
+///
+/// Failed before the fix: `Err(Timeout { deadline: 200ms })` (and 5 calls in the end).
+#[tokio::test(start_paused = true)]
+async fn the_buss_own_retries_stop_at_the_deadline_too() {
+    let bus = Bus::builder()
+        .max_attempts(5)
+        .retry_delay(Duration::from_millis(80))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let _h = bus
+        .handle(move |_q: Charge, _ctx| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err::<u64, std::io::Error>(std::io::Error::other("backend down")) }
         })
         .start()
         .await
@@ -67,24 +189,21 @@ async fn a_requests_deadline_does_not_wait_for_the_retries() {
     let got = bus
         .request(Charge { cents: 5 }, Duration::from_millis(200))
         .await;
-    assert!(matches!(got, Err(SendError::Timeout { .. })), "{got:?}");
-    assert_eq!(Instant::now() - t0, Duration::from_millis(200));
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        1,
-        "one attempt before the deadline"
+    assert!(
+        matches!(&got, Err(SendError::Failed { attempts: 3, error }) if error.contains("deadline")),
+        "{got:?}"
     );
+    assert_eq!(Instant::now() - t0, Duration::from_millis(160));
     bus.run_until_idle().await;
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "the other attempts still ran"
-    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
     let letters = bus.dead_letters().unwrap().list();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3);
-    let seen = deadlines.lock().unwrap();
-    assert!(seen.iter().all(|d| d.is_some()), "{seen:?}");
+    assert!(
+        letters[0].error.contains("backend down"),
+        "{}",
+        letters[0].error
+    );
 }
 
 /// A panic in one subscription's filter must not keep the message from the other
