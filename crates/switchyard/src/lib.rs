@@ -41,6 +41,7 @@ mod handler;
 mod held;
 mod inline;
 mod intake;
+mod keep_alive;
 pub mod lifecycle;
 mod pending;
 mod prefetch;
