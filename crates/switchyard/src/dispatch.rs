@@ -251,6 +251,7 @@ impl SubShared {
             };
             // A delivery whose transport redelivers after an ack wait is kept alive while this
             // worker holds it (handling, retrying in place): see `keep_alive`.
+            let from_transport = delivery.is_some();
             let keeper = Keeper::take(&mut delivery);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
@@ -291,7 +292,7 @@ impl SubShared {
                             false,
                             Some((made, stamp)),
                             &mut None,
-                            delivery.is_some(),
+                            from_transport,
                         )
                         .await
                     }
@@ -305,7 +306,7 @@ impl SubShared {
                     ready,
                     None,
                     &mut None,
-                    delivery.is_some(),
+                    from_transport,
                 )
                 .await
             };
