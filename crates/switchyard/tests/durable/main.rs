@@ -19,6 +19,7 @@ mod intake;
 mod keep_alive;
 mod owed;
 mod panicking_filter;
+mod redelivered;
 mod review_rev20;
 mod review_rev4;
 mod shutdown_race;
