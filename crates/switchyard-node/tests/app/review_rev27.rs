@@ -470,23 +470,14 @@ async fn many_runs_at_once_each_complete_and_the_history_lists_them() {
 }
 
 /// Two runs with the same run id, the first still under way when the second starts: the
-/// history shows the second run's own outcome, not the first's.
+/// second is refused ("run dup is already under way", error type `RunIdInUse`, on its own
+/// `cpm.pipeline.complete`), and the first keeps its own record, domains and outcome.
 ///
-/// The first run fails in insight after its slowed staging; the second, started meanwhile,
-/// completes. Fails (3 runs of 3): `assertion left == right failed: {"correlation_id":
-/// "01M96XJKSVSX..." (the second run's), "dead_letters":[{"attempts":3,"error":"correlation
-/// 01M96XJKRGFW... (the first run's): insight in insight-processor failed after 3 attempt(s)
-/// ..."}], "domains":[["staging",405],["staging",367],["quality",5],["quality",5],
-/// ["analytics",9],["analytics",10],["insight",2],["report",8],["recommendation",5]], ...,
-/// "status":"completed"} left: 9 right: 6`: the second run's record carries both runs'
-/// domains and the first run's dead letter (and, had the first run ended last, its failure).
-/// Guess: the CPM's registry keys runs by run id (`examples/data-pipeline/src/frontend_api.rs:207`
-/// `started` replaces the record without refusing; `app.rs:409/413` `finished`/`domain_done`
-/// find the run by the context's `run_id` metadata, not by its correlation), and the
-/// generated file and the store's tables are keyed by run id too (`generated-dup.csv`, the
-/// first run staged the second's 50 rows), so a second start with a run id in use is
-/// neither refused nor kept apart.
-#[ignore = "defect: a second run with a run id in use takes the first run's outcome and domains"]
+/// Failed before the fix (review rev27, 3 runs of 3): `assertion left == right failed:
+/// {"correlation_id": "01M96XJKSVSX..." (the second run's), "dead_letters":[... the first
+/// run's ...], "domains":[["staging",405],["staging",367],["quality",5],["quality",5], ...],
+/// "status":"completed"} left: 9 right: 6`: the registry (keyed by run id) replaced the first
+/// run's record with the second's and gave it both runs' domains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_with_one_run_id_keep_their_own_outcomes() {
     let node = AppNode::start(config()).await;
@@ -509,20 +500,45 @@ async fn two_runs_with_one_run_id_keep_their_own_outcomes() {
                 .unwrap_or_default()
                 .to_owned();
             if c == first || c == second {
-                outcomes.insert(c, m["payload"]["status"].clone());
+                outcomes.insert(c, m["payload"].clone());
             }
         }
     }
-    assert_eq!(outcomes[&first], "failed");
-    assert_eq!(outcomes[&second], "completed");
+    let refused = &outcomes[&second];
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["error"]["error_type"], "RunIdInUse", "{refused}");
+    assert_eq!(
+        refused["error"]["message"], "run dup is already under way",
+        "{refused}"
+    );
+    assert_eq!(outcomes[&first]["status"], "failed", "{}", outcomes[&first]);
     await_idle(&node).await;
-    let run = run_of(&node, "dup").await["run"].clone();
-    if run["correlation_id"] == second.as_str() {
-        assert_eq!(run["status"], "completed", "{run}");
-        assert_eq!(run["domains"].as_array().unwrap().len(), 6, "{run}");
-    } else {
-        assert_eq!(run["correlation_id"], first.as_str(), "{run}");
-        assert_eq!(run["status"], "failed", "{run}");
-    }
+    let d = run_of(&node, "dup").await;
+    let run = &d["run"];
+    assert_eq!(run["correlation_id"], first.as_str(), "{run}");
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["error_type"], "InjectedFailure", "{run}");
+    let domains: Vec<&str> = run["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[0].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["staging", "quality", "analytics"], "{run}");
+    // The first run staged its own 30 rows, not the refused start's 50.
+    assert_eq!(d["staged"]["rows"], 30, "{}", d["staged"]);
+    // Once the first run has ended, the id may be used again: the new run replaces its record.
+    let third = start_run(&node, json!({"run_id": "dup", "dataset": "", "rows": 20})).await;
+    let (done, _) = follow(&mut ws, &third).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let d = run_of(&node, "dup").await;
+    assert_eq!(d["run"]["correlation_id"], third.as_str(), "{}", d["run"]);
+    assert_eq!(
+        d["run"]["domains"].as_array().unwrap().len(),
+        6,
+        "{}",
+        d["run"]
+    );
+    assert_eq!(d["staged"]["rows"], 20, "{}", d["staged"]);
     node.stop().await;
 }
