@@ -31,6 +31,48 @@ impl Permanent {
     }
 }
 
+/// Not for this process now: a handler returning it (or an error whose source chain holds
+/// it) asks the bus to hand a message that came from a transport back to it (a nack, no
+/// delay), to be delivered again: to another member of the subscription's consumer group
+/// (another process), or to this one later. The hand-back is not an attempt: the bus neither
+/// retries it in place nor dead-letters it, and when it comes back to this process its
+/// attempt number does not count the hand-back (one that comes back to another process
+/// counts it as a delivery, as the transport does; the transport's own bound, such as
+/// JetStream's `max_deliver`, still applies). A message that did not come from a transport
+/// (in memory, or a batch) has nowhere to go back to: it fails at once, as with
+/// [`Permanent`], and is dead-lettered.
+#[derive(Debug, thiserror::Error)]
+#[error("handed back to the transport")]
+pub struct HandBack {
+    #[source]
+    error: BoxError,
+    after: Option<Duration>,
+}
+
+impl HandBack {
+    /// Asks for a hand-back because of `error` (why this process cannot take it now),
+    /// to be delivered again at once.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self {
+            error: error.into(),
+            after: None,
+        }
+    }
+
+    /// To be delivered again only after `delay` (a nack with a delay): e.g. long enough
+    /// for this process to stop taking the subscription's messages.
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.after = Some(delay);
+        self
+    }
+
+    /// The delay asked for with [`after`](Self::after).
+    pub fn delay(&self) -> Option<Duration> {
+        self.after
+    }
+}
+
 /// Whether a codec was encoding or decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodecDirection {

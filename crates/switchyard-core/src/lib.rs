@@ -30,8 +30,8 @@ pub use envelope::{
     DeliveryInfo, Envelope, Headers, JSON, Kind, MessageId, MessageIdError, Priority, ReplyAddress,
 };
 pub use error::{
-    BoxError, CloseError, CodecDirection, CodecError, LayerViolation, Permanent, PublishError,
-    SendError, SubscribeError, TooLarge, TransportError, TransportErrorKind,
+    BoxError, CloseError, CodecDirection, CodecError, HandBack, LayerViolation, Permanent,
+    PublishError, SendError, SubscribeError, TooLarge, TransportError, TransportErrorKind,
 };
 pub use local::Local;
 pub use message::{Command, Message};

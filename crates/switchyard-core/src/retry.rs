@@ -357,12 +357,13 @@ impl RetryPolicy {
         self.classifier.as_deref()
     }
 
-    /// Whether `err` is worth another attempt: never when a [`Permanent`] is in its chain;
+    /// Whether `err` is worth another attempt: never when a [`Permanent`] (or a
+    /// [`HandBack`](crate::HandBack)) is in its chain;
     /// otherwise the policy's classifier decides, or `default` when it has none.
     pub fn is_retryable(&self, err: &(dyn Error + 'static), default: &dyn Classify) -> bool {
         let mut link = Some(err);
         while let Some(e) = link {
-            if e.is::<Permanent>() {
+            if e.is::<Permanent>() || e.is::<crate::error::HandBack>() {
                 return false;
             }
             link = e.source();

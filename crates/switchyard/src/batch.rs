@@ -116,6 +116,11 @@ impl SubShared {
                 }
                 Attempt::Rejected(reason) => (DeadLetterReason::Rejected, reason),
                 Attempt::Undecodable { text, .. } => (DeadLetterReason::DecodeFailed, text),
+                // A batch has no one delivery to hand back: a failure, at once.
+                Attempt::HandedBack(text, _) => {
+                    inc(&c.failed);
+                    (DeadLetterReason::HandlerFailed, text)
+                }
                 Attempt::Failed {
                     reason,
                     error,

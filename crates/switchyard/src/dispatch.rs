@@ -12,12 +12,15 @@ use std::time::{Duration, SystemTime};
 use futures_util::FutureExt;
 use smol_str::SmolStr;
 use switchyard_core::{
-    BoxError, CodecDirection, CodecError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo,
-    Envelope, Outcome, Permanent, SendError,
+    BoxError, DeadLetter, DeadLetterReason, Delivery, DeliveryInfo, Envelope, HandBack, Outcome,
+    Permanent, SendError,
 };
 
+pub(crate) use crate::attempt::{Attempt, Handled};
+use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
+use crate::keep_alive::Keeper;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -237,7 +240,7 @@ impl SubShared {
                 env,
                 reply,
                 lane,
-                delivery,
+                mut delivery,
                 accepted,
                 ..
             } = taken.entry;
@@ -246,6 +249,10 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
+            // A delivery whose transport redelivers after an ack wait is kept alive while this
+            // worker holds it (handling, retrying in place): see `keep_alive`.
+            let from_transport = delivery.is_some();
+            let keeper = Keeper::take(&mut delivery);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
@@ -268,12 +275,12 @@ impl SubShared {
                         // result stayed an out-of-line call here (22 instructions a message).
                         std::mem::forget(result);
                         inc(&self.counters.acked);
-                        true
+                        Handled::Done
                     }
                     // An event has no one to answer (and a reply to it is dropped).
                     Ok(Ok(Outcome::Reply(_))) => {
                         inc(&self.counters.acked);
-                        true
+                        Handled::Done
                     }
                     other => {
                         let made = self.classify_rare(other, env, stamp.attempt);
@@ -285,6 +292,7 @@ impl SubShared {
                             false,
                             Some((made, stamp)),
                             &mut None,
+                            from_transport,
                         )
                         .await
                     }
@@ -298,17 +306,17 @@ impl SubShared {
                     ready,
                     None,
                     &mut None,
+                    from_transport,
                 )
                 .await
             };
-            if let Some(delivery) = delivery {
-                self.settle(*delivery, ok).await;
+            if let Some(keeper) = keeper {
+                delivery = keeper.stop().await;
             }
-            let how = if ok {
-                Settled::Acked
-            } else {
-                Settled::DeadLettered
-            };
+            if let Some(delivery) = delivery {
+                self.settle_as(&bus, *delivery, ok).await;
+            }
+            let how = ok.settled();
             prev = Some(Done {
                 lane,
                 bus,
@@ -493,6 +501,12 @@ impl SubShared {
                 permanent: false,
                 last_attempt: attempt,
             },
+            Ok(Err(e)) if links(&*e).any(|l| l.is::<HandBack>()) => {
+                let delay = links(&*e)
+                    .find_map(|l| l.downcast_ref::<HandBack>())
+                    .and_then(HandBack::delay);
+                Attempt::HandedBack(error_chain(&*e), delay)
+            }
             Ok(Err(e)) => match decode_failure(&*e) {
                 Some(codec) => Attempt::Undecodable {
                     text: error_chain(codec),
@@ -543,7 +557,10 @@ impl SubShared {
     /// since), so the first attempt does not poll readiness again. With `first`, the first
     /// attempt was already made (by the worker, or a prefetching worker's call): how it
     /// ended, and the delivery bookkeeping it was made with (its count already taken).
-    /// Returns whether it was handled; the answer goes to `kept` when `reply` has no channel
+    /// `from_transport`: the message is a transport's delivery, which a [`HandBack`] gives
+    /// back to it (the caller nacks it); any other message has nowhere to go back to, and a
+    /// hand-back fails it for good.
+    /// Returns how it ended; the answer goes to `kept` when `reply` has no channel
     /// (an out-parameter rather than a larger return value: the workers' path stays as it was).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn process(
@@ -555,7 +572,8 @@ impl SubShared {
         ready: bool,
         mut first: Option<(Attempt, DeliveryInfo)>,
         kept: &mut Option<Answered>,
-    ) -> bool {
+        from_transport: bool,
+    ) -> Handled {
         let c = &self.counters;
         let lifecycle = publishes_lifecycle(bus, &env);
         let started = lifecycle.then(std::time::Instant::now);
@@ -621,7 +639,7 @@ impl SubShared {
                     if reply.is_some() {
                         *kept = self.answer(reply, Ok((r, typed.take())), attempt);
                     }
-                    break (true, None);
+                    break (Handled::Done, None);
                 }
                 Attempt::Rejected(reason) => {
                     inc(&c.rejected);
@@ -640,7 +658,7 @@ impl SubShared {
                         DeadLetterReason::Rejected,
                         reason.clone(),
                     ));
-                    break (false, Some(reason));
+                    break (Handled::DeadLettered, Some(reason));
                 }
                 Attempt::Undecodable { text, display } => {
                     inc(&c.decode_failed);
@@ -653,7 +671,7 @@ impl SubShared {
                         DeadLetterReason::DecodeFailed,
                         text.clone(),
                     ));
-                    break (false, Some(text));
+                    break (Handled::DeadLettered, Some(text));
                 }
                 Attempt::Failed {
                     reason,
@@ -666,6 +684,20 @@ impl SubShared {
                     // one call: the count goes on from its last.
                     delivery.attempt = last_attempt;
                     (reason, error, delay, permanent)
+                }
+                // Back to the transport (the caller nacks it): not an attempt, no answer.
+                Attempt::HandedBack(error, delay) if from_transport => {
+                    tracing::debug!(subscription = %self.name(), message_id = %env.id,
+                        correlation_id = %env.correlation_id, %error, "handler handed the message back to the transport");
+                    // Attempts made before this call (a retry in place may have come first).
+                    let made = delivery.attempt.saturating_sub(1);
+                    let after_ms = delay.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
+                    break (Handled::HandedBack { after_ms, made }, None);
+                }
+                // Nowhere to go back to: it fails for good.
+                Attempt::HandedBack(error, _) => {
+                    inc(&c.failed);
+                    (DeadLetterReason::HandlerFailed, error, None, true)
                 }
             };
             let attempt = delivery.attempt;
@@ -688,22 +720,48 @@ impl SubShared {
                     attempt,
                 );
                 bus.dead_letter(self.letter(stamped(delivery), reason, error.clone()));
-                break (false, Some(error));
+                break (Handled::DeadLettered, Some(error));
             };
             inc(&c.retried);
             Box::pin(tokio::time::sleep(delay)).await;
         };
-        if let Some(started) = started {
+        // A command handed back has not finished: it starts again where it is delivered.
+        if let Some(started) = started
+            && !matches!(ok, Handled::HandedBack { .. })
+        {
             Box::pin(bus.command_finished(
                 &stamped(delivery),
                 self.name(),
-                ok,
+                ok == Handled::Done,
                 error,
                 started.elapsed(),
             ))
             .await;
         }
         ok
+    }
+
+    /// Settles a transport delivery as [`process`](Self::process) left it: acked, termed,
+    /// or handed back (nacked, after the delay asked for; noted so that its next delivery to
+    /// this subscription here does not count the hand-backs as attempts, `deferred.rs`;
+    /// named in the shutdown report when the bus is stopping).
+    pub(crate) async fn settle_as(&self, bus: &BusInner, delivery: Delivery, how: Handled) {
+        let Handled::HandedBack { after_ms, made } = how else {
+            return self.settle(delivery, how == Handled::Done).await;
+        };
+        let id = delivery.envelope.id.clone();
+        // The transport numbered this delivery `n` (from 1) and numbers the next `n + 1`;
+        // `made` of them were attempts: the rest are not.
+        let not_attempts = delivery.envelope.delivery.attempt.saturating_sub(made);
+        bus.deferred
+            .set(&self.config.name, &id, not_attempts, SystemTime::now());
+        let delay = after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+        if let Err(e) = delivery.nack(delay).await {
+            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
+        }
+        if bus.state.load(Ordering::Acquire) != crate::state::RUNNING {
+            bus.handed_back.lock().push(id);
+        }
     }
 
     pub(crate) fn letter(
@@ -815,68 +873,4 @@ fn recycle_caught<S: Callee<R>, R>(svc: &mut S, fut: S::Future) {
             "a handler's future panicked while it was dropped; the message keeps the outcome its call gave"
         );
     }
-}
-
-/// How one handler call ended. Moved once per attempt, so kept small: a reply stays in the
-/// box the handler's [`Outcome::Reply`] put it in.
-pub(crate) enum Attempt {
-    /// Acked, or replied (a typed output for a typed sender comes beside it: see
-    /// [`SubShared::attempt_typed`]).
-    Done(Option<Box<Envelope>>),
-    /// Refused for good.
-    Rejected(String),
-    /// The payload did not decode (not retried).
-    Undecodable { text: String, display: String },
-    /// Error, panic or retry request: try again or dead-letter.
-    Failed {
-        reason: DeadLetterReason,
-        error: String,
-        delay: Option<Duration>,
-        /// No further attempts (the handler returned [`Permanent`]).
-        permanent: bool,
-        /// The number of the last attempt made: this call's, or the last one a retry layer
-        /// inside the handler made.
-        last_attempt: u32,
-    },
-}
-
-/// The number of the last attempt a retry layer inside the handler made, when the error
-/// comes from one (`switchyard_middleware::retry::RetryError`); else `attempt`, this call's.
-#[cfg(feature = "middleware")]
-fn attempts_inside(e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
-    switchyard_middleware::retry::RetryError::find(e)
-        .map_or(attempt, |r| r.last_attempt(attempt).max(attempt))
-}
-
-/// Without the `middleware` feature no retry layer is known: this call's number.
-#[cfg(not(feature = "middleware"))]
-fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u32) -> u32 {
-    attempt
-}
-
-/// The payload decoding error in `e`'s chain, if any: a typed handler's decode failure, also
-/// when a middleware (a retry layer's `Permanent(RetryError(..))`) wrapped it.
-fn decode_failure<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a CodecError> {
-    links(e)
-        .filter_map(|l| l.downcast_ref::<CodecError>())
-        .find(|c| c.direction == CodecDirection::Decode)
-}
-
-/// `e` and its sources, outermost first.
-fn links<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |l| l.source())
-}
-
-/// The error and its sources, joined with `: `.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = String::new();
-    for (i, l) in links(e).enumerate() {
-        if i > 0 {
-            text.push_str(": ");
-        }
-        text.push_str(&l.to_string());
-    }
-    text
 }

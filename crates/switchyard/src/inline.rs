@@ -538,8 +538,10 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                 ready,
                 first,
                 &mut answer,
+                false,
             )
             .await
+                == crate::dispatch::Handled::Done
         };
         // In an `Option`, so that a run stopped at the shutdown deadline drops the handler's
         // future under a panic capture (see below).

@@ -27,6 +27,7 @@
 //! See the guides in `docs/` and ARCHITECTURE.md for how a message flows.
 #![forbid(unsafe_code)]
 
+mod attempt;
 mod batch;
 mod builder;
 mod bus;
@@ -40,6 +41,7 @@ mod handler;
 mod held;
 mod inline;
 mod intake;
+mod keep_alive;
 pub mod lifecycle;
 mod pending;
 mod prefetch;

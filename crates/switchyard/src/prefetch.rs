@@ -12,7 +12,6 @@ use switchyard_core::Envelope;
 
 use crate::dispatch::YIELD_EVERY;
 use crate::handler::{BoxPrefetchHandler, SingleHandler, prefetch_one};
-use crate::pending::Settled;
 use crate::queue::{Entry, Popped, Taken};
 use crate::state::{Parent, SubShared};
 
@@ -107,17 +106,14 @@ impl SubShared {
                         false,
                         Some((made, stamp)),
                         &mut None,
+                        delivery.is_some(),
                     )
                     .await;
                 if let Some(delivery) = delivery {
-                    self.settle(*delivery, ok).await;
+                    self.settle_as(&bus, *delivery, ok).await;
                 }
                 self.queue.complete(worker, seq, lane.as_ref());
-                accepted.settle(if ok {
-                    Settled::Acked
-                } else {
-                    Settled::DeadLettered
-                });
+                accepted.settle(ok.settled());
             }
             // `left` now starts with the first unanswered message (if any): the rest of this
             // hand-over goes right after it, in order.

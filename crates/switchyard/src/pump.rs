@@ -180,9 +180,9 @@ impl SubShared {
         // call it makes by adding one to what the queued envelope says, as it does for an
         // in-memory message (attempt 0 while queued). So a queued envelope carries the attempts
         // already made: one fewer than the delivery's number.
-        // Early hand-backs of a delayed message were deliveries to the transport, not
-        // attempts (`deferred.rs`).
-        let deferred = if deliver_at(&env).is_some() {
+        // Early hand-backs of a delayed message, and a handler's hand-backs, were deliveries
+        // to the transport, not attempts (`deferred.rs`).
+        let deferred = if deliver_at(&env).is_some() || bus.deferred.any() {
             bus.deferred.take(&self.config.name, &env.id)
         } else {
             0

@@ -150,7 +150,8 @@ impl Classifier {
     }
 
     fn decide(&self, e: &(dyn Error + 'static)) -> Option<bool> {
-        if e.is::<Permanent>() {
+        // A hand-back is for the bus to give to the transport, not for another attempt here.
+        if e.is::<Permanent>() || e.is::<switchyard_core::HandBack>() {
             return Some(false);
         }
         if e.is::<Transient>() {

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use switchyard::{BoxError, Envelope, Outcome, SubscribeError, Subscription};
+use switchyard::{BoxError, Envelope, HandBack, Outcome, SubscribeError, Subscription};
 
 use super::conn::{Conn, Handed};
 use super::frames::AckMode;
@@ -22,7 +22,23 @@ pub(crate) struct Target {
     members: Mutex<Vec<Member>>,
     next: AtomicUsize,
     metrics: Arc<crate::metrics::GatewayMetrics>,
+    /// A group on a shared transport (log, NATS): with no live member here, a delivery goes
+    /// back to the transport (its consumer group), not to the dead letters.
+    hand_back: bool,
 }
+
+/// How long a delivery handed back for want of a member waits in the transport before it is
+/// delivered again: long enough for this node to stop pulling the group's messages (its
+/// last member's subscription is dropped a moment after its connection closed), so that it
+/// goes to a member elsewhere instead of coming back here (each delivery counts towards
+/// the transport's `max_deliver`).
+const HAND_BACK_DELAY: Duration = Duration::from_millis(100);
+
+/// No member of a group is connected to this node: why its delivery went back to the
+/// transport.
+#[derive(Debug, thiserror::Error)]
+#[error("no connected member of {0} on this node")]
+struct NoMemberHere(String);
 
 #[derive(Clone)]
 struct Member {
@@ -31,13 +47,19 @@ struct Member {
 }
 
 impl Target {
-    fn new(mode: AckMode, label: String, metrics: Arc<crate::metrics::GatewayMetrics>) -> Self {
+    fn new(
+        mode: AckMode,
+        label: String,
+        metrics: Arc<crate::metrics::GatewayMetrics>,
+        hand_back: bool,
+    ) -> Self {
         Self {
             mode,
             label,
             members: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             metrics,
+            hand_back,
         }
     }
 
@@ -70,7 +92,7 @@ impl Target {
     async fn handle(self: Arc<Self>, env: Envelope) -> Result<Outcome, BoxError> {
         loop {
             let Some(member) = self.pick() else {
-                return Ok(self.nobody(&env));
+                return self.nobody(&env);
             };
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
@@ -82,10 +104,19 @@ impl Target {
         }
     }
 
-    /// No member is connected: an auto-ack message is counted as abandoned (at most once);
-    /// a manual-ack one is dead-lettered, never lost silently.
-    fn nobody(&self, env: &Envelope) -> Outcome {
-        match self.mode {
+    /// No member is connected here. A group on a shared transport hands the delivery back
+    /// to it (after [`HAND_BACK_DELAY`]): a member on another node, or the group's next
+    /// member, gets it. Otherwise (an own subscription, or the memory transport, where
+    /// nothing else could take it) an auto-ack message is counted as abandoned (at most
+    /// once) and a manual-ack one is dead-lettered, never lost silently.
+    fn nobody(&self, env: &Envelope) -> Result<Outcome, BoxError> {
+        if self.hand_back {
+            tracing::debug!(target_label = %self.label, message_id = %env.id, "no member of the WebSocket group on this node: delivery handed back to the transport");
+            return Err(Box::new(
+                HandBack::new(NoMemberHere(self.label.clone())).after(HAND_BACK_DELAY),
+            ));
+        }
+        Ok(match self.mode {
             AckMode::Auto => {
                 self.metrics.ws_abandoned(1);
                 tracing::debug!(target_label = %self.label, message_id = %env.id, "WebSocket subscriber gone: auto-ack delivery abandoned");
@@ -95,7 +126,7 @@ impl Target {
                 "no connected WebSocket subscriber for {} (it disconnected or unsubscribed before acking)",
                 self.label
             )),
-        }
+        })
     }
 }
 
@@ -241,7 +272,7 @@ impl Hub {
                 conn.id,
                 conn.principal.name()
             );
-            let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone()));
+            let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone(), false));
             target.add(conn.clone(), spec.sid.clone());
             let name = format!("{}{}", super::SUBSCRIPTION_PREFIX, conn.principal.name());
             let subscription =
@@ -270,10 +301,13 @@ impl Hub {
                 name: group.to_owned(),
             });
         }
+        // On the log or NATS the group's bus subscription is its consumer group there.
+        let shared = state.health.transport.kind() != "memory";
         let target = Arc::new(Target::new(
             spec.mode,
             format!("WebSocket group {group}"),
             state.metrics.clone(),
+            shared,
         ));
         target.add(conn.clone(), spec.sid.clone());
         let subscription = start_subscription(

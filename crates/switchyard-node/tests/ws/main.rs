@@ -7,6 +7,7 @@
 mod answer_first;
 mod auth;
 mod churn;
+mod group_leave;
 mod handler_groups;
 mod limits;
 mod malformed;

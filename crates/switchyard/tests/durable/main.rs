@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 
 mod attempts;
 mod delayed_commands;
+mod hand_back;
 mod intake;
+mod keep_alive;
 mod owed;
 mod panicking_filter;
 mod review_rev20;

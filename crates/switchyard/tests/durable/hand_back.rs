@@ -1,0 +1,102 @@
+//! A handler's [`HandBack`]: a transport's delivery goes back to the transport (nacked, not
+//! retried in place, not dead-lettered, and not counted as an attempt when it comes back to
+//! this bus); a message with no transport has nowhere to go back to and fails for good.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchyard::{BoxError, Bus, Envelope, HandBack, Message, Outcome};
+use switchyard_log::{LogConfig, LogTransport};
+
+use crate::{Job, WAIT};
+
+/// A handler that hands every message back on its first `hand_backs` calls, then fails;
+/// records the attempt number of every call.
+fn handing_back(hand_backs: u32, seen: Arc<Mutex<Vec<u32>>>) -> switchyard::BoxHandler {
+    let calls = Arc::new(Mutex::new(0u32));
+    switchyard::handler_fn(move |env: Envelope| {
+        let seen = seen.clone();
+        let calls = calls.clone();
+        async move {
+            seen.lock().unwrap().push(env.delivery.attempt);
+            let n = {
+                let mut c = calls.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            if n <= hand_backs {
+                return Err::<Outcome, BoxError>(Box::new(HandBack::new("nobody here")));
+            }
+            Err("always fails".into())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_log_a_hand_back_is_redelivered_without_counting_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(LogConfig::new(dir.path())).unwrap();
+    let bus = Bus::builder()
+        .transport(log)
+        .max_attempts(3)
+        .retry_delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _sub = bus
+        .subscribe("worker", "jobs.#", handing_back(2, seen.clone()))
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Job { n: 1 }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bus.dead_letters().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered; calls {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [1, 1, 1, 2, 3],
+        "two hand-backs (attempt 1 each time), then max_attempts(3) calls"
+    );
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3, "{letters:?}");
+    assert!(letters[0].error.contains("always fails"), "{letters:?}");
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_transport_a_hand_back_fails_for_good_at_once() {
+    let bus = Bus::builder()
+        .max_attempts(3)
+        .retry_delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _sub = bus
+        .subscribe("worker", "jobs.#", handing_back(5, seen.clone()))
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(Job { n: 1 }.to_envelope().unwrap())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, bus.run_until_idle())
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), [1], "not retried");
+    let letters = bus.dead_letters().unwrap().list();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0]
+            .error
+            .contains("handed back to the transport: nobody here"),
+        "{letters:?}"
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
