@@ -20,7 +20,8 @@ use switchyard_components::{
 use tokio::sync::mpsc;
 
 use crate::frontend_api::{
-    RunRecord, Runs, RunsSink, now_ms, on_performance_anomalies, start_queries,
+    RunIdInUse, RunRecord, Runs, RunsSink, now_ms, on_performance_anomalies, staged_input,
+    start_queries,
 };
 use crate::modules::{self, ModuleError, Store};
 use crate::outage::Outages;
@@ -332,25 +333,12 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
         .on::<PipelineRequest, _, _, _, _>(PipelineRequest::TOPIC, move |req, cx| {
             let (store, runs) = (store.clone(), runs.clone());
             async move {
-                let (dataset, input) = match (&req.csv, req.rows) {
-                    (Some(text), _) => {
-                        let name = format!("upload-{}.csv", file_safe(&req.run_id));
-                        store.write_file(&name, text.clone()).await?;
-                        (name, "csv")
-                    }
-                    (None, Some(rows)) => {
-                        let name = format!("generated-{}.csv", file_safe(&req.run_id));
-                        store
-                            .write_file(&name, modules::generate_csv(rows.min(1_000_000), 7))
-                            .await?;
-                        (name, "generated")
-                    }
-                    (None, None) => (req.dataset.clone(), "file"),
-                };
+                // The file to stage, written only once the run is registered: a refused start
+                // must not overwrite the file of the run under way with its id.
+                let (dataset, input, contents) = staged_input(&req);
                 let ctx = cx.begin("pipeline").await?;
                 ctx.set_metadata("run_id", req.run_id.clone())?;
-                runs.set_request(&req.run_id, ctx.id());
-                runs.started(RunRecord {
+                let registered = runs.started(RunRecord {
                     run_id: req.run_id.clone(),
                     correlation_id: ctx.correlation_id().to_string(),
                     dataset: dataset.clone(),
@@ -366,6 +354,26 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                     dead_letters: Vec::new(),
                     performance_anomalies: Vec::new(),
                 });
+                if let Err(refused) = registered {
+                    // This request's own context ends failed (its `cpm.pipeline.complete`
+                    // says why); the run under way keeps its record, file and rows.
+                    ctx.fail(RunIdInUse::ERROR_TYPE, refused.to_string(), false)
+                        .await?;
+                    return Ok(());
+                }
+                runs.set_request(&req.run_id, ctx.id());
+                if let Some(contents) = contents
+                    && let Err(e) = store.write_file(&dataset, contents).await
+                {
+                    let info = ErrorInfo {
+                        error_type: "StagingFile".into(),
+                        message: format!("cannot write {dataset}: {e}"),
+                        retryable: false,
+                    };
+                    runs.finished(&req.run_id, Some(info.clone()));
+                    ctx.fail(info.error_type, info.message, false).await?;
+                    return Ok(());
+                }
                 ctx.start().await?;
                 let job = Job {
                     run_id: req.run_id,
@@ -430,20 +438,6 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
         );
     }
     on_performance_anomalies(b, done_runs)
-}
-
-/// A run id as part of a file name.
-fn file_safe(run_id: &str) -> String {
-    run_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Waits for the frontend to receive the result of flow `correlation_id`.

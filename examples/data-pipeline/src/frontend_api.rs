@@ -21,7 +21,7 @@ use switchyard_components::{ComponentBuilder, ErrorInfo, RequestId};
 use switchyard_contracts::{Contract, JsonSchema};
 
 use crate::modules::{Store, Tables};
-use crate::{DOMAINS, PerformanceSettings};
+use crate::{DOMAINS, PerformanceSettings, PipelineRequest};
 
 /// The quality checks of the validation module, in the order a row is checked (a row fails
 /// on its first failing check).
@@ -175,6 +175,53 @@ pub struct RunRecord {
     pub performance_anomalies: Vec<PerformanceFlag>,
 }
 
+/// What a start stages: the file's name, the input kind (`csv`, `generated`, `file`) and the
+/// text to write under that name (`None`: a file the store already has).
+pub(crate) fn staged_input(req: &PipelineRequest) -> (String, &'static str, Option<String>) {
+    match (&req.csv, req.rows) {
+        (Some(text), _) => (
+            format!("upload-{}.csv", file_safe(&req.run_id)),
+            "csv",
+            Some(text.clone()),
+        ),
+        (None, Some(rows)) => (
+            format!("generated-{}.csv", file_safe(&req.run_id)),
+            "generated",
+            Some(crate::modules::generate_csv(rows.min(1_000_000), 7)),
+        ),
+        (None, None) => (req.dataset.clone(), "file", None),
+    }
+}
+
+/// A run id as part of a file name.
+fn file_safe(run_id: &str) -> String {
+    run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A start refused because a run with its id is still under way: the refused request's own
+/// context of the CPM fails with error type [`RunIdInUse::ERROR_TYPE`] and this message (on
+/// `cpm.pipeline.complete`, which the page follows); the running run is left alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {run_id} is already under way")]
+pub struct RunIdInUse {
+    /// The run id in use.
+    pub run_id: String,
+}
+
+impl RunIdInUse {
+    /// The `error_type` of the refused request's failure.
+    pub const ERROR_TYPE: &'static str = "RunIdInUse";
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     order: VecDeque<String>,
@@ -204,8 +251,17 @@ impl Runs {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn started(&self, rec: RunRecord) {
+    /// Records a run that starts; refuses it (and changes nothing) while a run with its id is
+    /// still under way. A run id whose run has ended may be used again: the new run's record
+    /// replaces the ended one's.
+    pub(crate) fn started(&self, rec: RunRecord) -> Result<(), RunIdInUse> {
         let mut g = self.lock();
+        if g.runs
+            .get(&rec.run_id)
+            .is_some_and(|r| r.status == "running")
+        {
+            return Err(RunIdInUse { run_id: rec.run_id });
+        }
         if g.order.len() >= KEEP_RUNS
             && let Some(old) = g.order.pop_front()
             && let Some(r) = g.runs.remove(&old)
@@ -220,6 +276,7 @@ impl Runs {
         }
         g.order.push_back(rec.run_id.clone());
         g.runs.insert(rec.run_id.clone(), rec);
+        Ok(())
     }
 
     pub(crate) fn domain_done(&self, run_id: &str, domain: &str, ms: u64, result: Option<Value>) {

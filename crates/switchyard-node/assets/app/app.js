@@ -5,7 +5,7 @@
 const DOMAINS = ["staging", "quality", "analytics", "insight", "report", "recommendation"];
 const $ = (s) => document.querySelector(s);
 const state = { token: new URLSearchParams(location.search).get("token") || sessionStorage.getItem("frontend-token") || "",
-  runs: [], current: null, detail: null, steps: {}, ws: null };
+  runs: [], current: null, detail: null, steps: {}, ws: null, starts: {} };
 
 function esc(s) { return String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 function fmtMs(ms) { return ms == null ? "—" : ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(2)} s`; }
@@ -56,6 +56,12 @@ function connect() {
     // reload too: that load may have read the run before it ended, and only the latest load
     // is shown (`loadSeq`), so the page never stays on "running".
     const openRun = () => state.current && (!state.detail || state.detail.run?.correlation_id === p.correlation_id);
+    if (m.topic === "cpm.pipeline.complete" && p.error?.error_type === "RunIdInUse" && state.starts[p.correlation_id]) {
+      delete state.starts[p.correlation_id];
+      $("#start-status").textContent = "";
+      showError(`Not started: ${p.error.message}. Choose another run id.`);
+      return;
+    }
     if (m.topic === "cpm.pipeline.complete") { loadRuns(); if (openRun()) loadRun(state.current, true); return; }
     if (p.role === "manager" && state.detail?.run?.correlation_id === p.correlation_id) {
       state.steps[p.domain] = p.to; renderSteps();
@@ -103,7 +109,9 @@ async function startRun(ev) {
     if (fail.startsWith("slow:")) req.slow = fail.slice(5);
     else if (fail.startsWith("hold:")) req.hold = fail.slice(5);
     else if (fail && fail !== "missing") req.fail = fail;
-    await tell("cpm.pipeline.request", req);
+    const sent = await tell("cpm.pipeline.request", req);
+    // A start the CPM refuses (a run with this id is under way) ends on its own result.
+    if (sent?.correlation_id) state.starts[sent.correlation_id] = runId;
     st.textContent = `Run ${runId} started.`;
     location.hash = `#/run/${encodeURIComponent(runId)}`;
   } catch (e) { st.textContent = ""; showError(e.message); }

@@ -81,7 +81,8 @@ async fn every_bad_row_of_an_uploaded_csv_is_listed_with_line_column_and_rule() 
          2026-01-06,east,beta,-1,1.00\n\
          2026-01-07,east,beta,1,\n\
          2026-01-08,east,beta,1,0\n\
-         2026-01-09,west,gamma,4,1.25\n"
+         2026-01-09,west,gamma,4,1.25\n\
+         2026-01-10,west,gamma,4,1.25,extra\n"
     );
     let correlation = start_run(
         &node,
@@ -91,9 +92,9 @@ async fn every_bad_row_of_an_uploaded_csv_is_listed_with_line_column_and_rule() 
     let (done, _) = follow(&mut ws, &correlation).await;
     assert_eq!(done["status"], "completed", "{done}");
     let d = run_of(&node, "bad-rows").await;
-    assert_eq!(d["staged"]["rows"], 9, "{}", d["staged"]);
+    assert_eq!(d["staged"]["rows"], 10, "{}", d["staged"]);
     assert_eq!(d["quality"]["valid"], 2, "{}", d["quality"]);
-    assert_eq!(d["quality"]["issues"], 7, "{}", d["quality"]);
+    assert_eq!(d["quality"]["issues"], 8, "{}", d["quality"]);
     let failed: Vec<(u64, String, String, String)> = d["quality"]["failed_rows"]
         .as_array()
         .unwrap()
@@ -110,11 +111,13 @@ async fn every_bad_row_of_an_uploaded_csv_is_listed_with_line_column_and_rule() 
     let want = [
         (3, "units", "schema.integer", "three"),
         (4, "unit_price", "schema.number", "abc"),
-        (5, "row", "schema.columns", "6 fields"),
+        // RFC 4180: the quoted comma is part of the product, five fields.
+        (5, "product", "rule.known_product", "beta, deluxe"),
         (6, "date", "schema.date", "2026-13-05"),
         (7, "units", "rule.units_non_negative", "-1"),
         (8, "unit_price", "schema.required", ""),
         (9, "unit_price", "rule.price_positive", "0"),
+        (11, "row", "schema.columns", "6 fields"),
     ];
     let want: Vec<(u64, String, String, String)> = want
         .iter()
@@ -130,21 +133,23 @@ async fn every_bad_row_of_an_uploaded_csv_is_listed_with_line_column_and_rule() 
 
 /// RFC 4180: a quoted field is its value without the quotes, and a comma inside quotes is
 /// part of the field. A spreadsheet export that quotes its text fields
-/// (`"north"`, `"2.50"`) is a valid CSV of the five columns.
+/// (`"north"`, `"2.50"`) is a valid CSV of the five columns; a doubled quote, a line break
+/// and a comma inside quotes are part of the field, and a row is reported on its first line.
 ///
-/// Fails (3 runs of 3): `assertion left == right failed: {... "failed_rows":[{"column":
+/// Failed before the fix (3 runs of 3): `assertion left == right failed: {... "failed_rows":[{"column":
 /// "region","fields":["2026-01-02","\"north\"","alpha","3","\"2.50\""],"line":3,"rule":
 /// "rule.known_region","value":"\"north\""}],"issues":1,"valid":1} left: Number(1) right: 2`.
-/// The staging step splits each line on every `,` and keeps the quotes
-/// (`examples/data-pipeline/src/modules/mod.rs:245` `l.split(',')`), so `"north"` is an
-/// unknown region (and `"beta, deluxe"` would make six fields).
-#[ignore = "defect: an uploaded CSV's quoted fields are not unquoted (split on every comma)"]
+/// The staging step split each line on every `,` and kept the quotes (`l.split(',')`), so
+/// `"north"` was an unknown region; it now reads the upload with the `csv` crate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quoted_csv_field_is_read_as_its_value() {
     let node = AppNode::start(config()).await;
     let mut ws = live(&node).await;
-    let csv =
-        format!("{HEADER}2026-01-01,north,alpha,1,1.00\n2026-01-02,\"north\",alpha,3,\"2.50\"\n");
+    let csv = format!(
+        "{HEADER}2026-01-01,north,alpha,1,1.00\n2026-01-02,\"north\",alpha,3,\"2.50\"\n\
+         2026-01-03,\"south\",\"beta \"\"x\"\"\nline two\",1,1.00\n\
+         2026-01-04,\"east, \",alpha,1,1.00\n"
+    );
     let correlation = start_run(
         &node,
         json!({"run_id": "quoted", "dataset": "", "csv": csv}),
@@ -153,7 +158,23 @@ async fn a_quoted_csv_field_is_read_as_its_value() {
     let (done, _) = follow(&mut ws, &correlation).await;
     assert_eq!(done["status"], "completed", "{done}");
     let d = run_of(&node, "quoted").await;
+    assert_eq!(d["staged"]["rows"], 4, "{}", d["staged"]);
     assert_eq!(d["quality"]["valid"], 2, "{}", d["quality"]);
+    // A doubled quote is one quote, a quoted line break is part of the field (the row is
+    // reported on the line it starts on, and the next row on its own line), a quoted comma
+    // is part of the field.
+    assert_eq!(
+        d["quality"]["failed_rows"],
+        json!([
+            {"line": 4, "column": "product", "rule": "rule.known_product",
+             "value": "beta \"x\"\nline two",
+             "fields": ["2026-01-03", "south", "beta \"x\"\nline two", "1", "1.00"]},
+            {"line": 6, "column": "region", "rule": "rule.known_region", "value": "east,",
+             "fields": ["2026-01-04", "east,", "alpha", "1", "1.00"]},
+        ]),
+        "{}",
+        d["quality"]
+    );
     node.stop().await;
 }
 
@@ -470,23 +491,14 @@ async fn many_runs_at_once_each_complete_and_the_history_lists_them() {
 }
 
 /// Two runs with the same run id, the first still under way when the second starts: the
-/// history shows the second run's own outcome, not the first's.
+/// second is refused ("run dup is already under way", error type `RunIdInUse`, on its own
+/// `cpm.pipeline.complete`), and the first keeps its own record, domains and outcome.
 ///
-/// The first run fails in insight after its slowed staging; the second, started meanwhile,
-/// completes. Fails (3 runs of 3): `assertion left == right failed: {"correlation_id":
-/// "01M96XJKSVSX..." (the second run's), "dead_letters":[{"attempts":3,"error":"correlation
-/// 01M96XJKRGFW... (the first run's): insight in insight-processor failed after 3 attempt(s)
-/// ..."}], "domains":[["staging",405],["staging",367],["quality",5],["quality",5],
-/// ["analytics",9],["analytics",10],["insight",2],["report",8],["recommendation",5]], ...,
-/// "status":"completed"} left: 9 right: 6`: the second run's record carries both runs'
-/// domains and the first run's dead letter (and, had the first run ended last, its failure).
-/// Guess: the CPM's registry keys runs by run id (`examples/data-pipeline/src/frontend_api.rs:207`
-/// `started` replaces the record without refusing; `app.rs:409/413` `finished`/`domain_done`
-/// find the run by the context's `run_id` metadata, not by its correlation), and the
-/// generated file and the store's tables are keyed by run id too (`generated-dup.csv`, the
-/// first run staged the second's 50 rows), so a second start with a run id in use is
-/// neither refused nor kept apart.
-#[ignore = "defect: a second run with a run id in use takes the first run's outcome and domains"]
+/// Failed before the fix (review rev27, 3 runs of 3): `assertion left == right failed:
+/// {"correlation_id": "01M96XJKSVSX..." (the second run's), "dead_letters":[... the first
+/// run's ...], "domains":[["staging",405],["staging",367],["quality",5],["quality",5], ...],
+/// "status":"completed"} left: 9 right: 6`: the registry (keyed by run id) replaced the first
+/// run's record with the second's and gave it both runs' domains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_with_one_run_id_keep_their_own_outcomes() {
     let node = AppNode::start(config()).await;
@@ -509,20 +521,45 @@ async fn two_runs_with_one_run_id_keep_their_own_outcomes() {
                 .unwrap_or_default()
                 .to_owned();
             if c == first || c == second {
-                outcomes.insert(c, m["payload"]["status"].clone());
+                outcomes.insert(c, m["payload"].clone());
             }
         }
     }
-    assert_eq!(outcomes[&first], "failed");
-    assert_eq!(outcomes[&second], "completed");
+    let refused = &outcomes[&second];
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["error"]["error_type"], "RunIdInUse", "{refused}");
+    assert_eq!(
+        refused["error"]["message"], "run dup is already under way",
+        "{refused}"
+    );
+    assert_eq!(outcomes[&first]["status"], "failed", "{}", outcomes[&first]);
     await_idle(&node).await;
-    let run = run_of(&node, "dup").await["run"].clone();
-    if run["correlation_id"] == second.as_str() {
-        assert_eq!(run["status"], "completed", "{run}");
-        assert_eq!(run["domains"].as_array().unwrap().len(), 6, "{run}");
-    } else {
-        assert_eq!(run["correlation_id"], first.as_str(), "{run}");
-        assert_eq!(run["status"], "failed", "{run}");
-    }
+    let d = run_of(&node, "dup").await;
+    let run = &d["run"];
+    assert_eq!(run["correlation_id"], first.as_str(), "{run}");
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["error_type"], "InjectedFailure", "{run}");
+    let domains: Vec<&str> = run["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[0].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["staging", "quality", "analytics"], "{run}");
+    // The first run staged its own 30 rows, not the refused start's 50.
+    assert_eq!(d["staged"]["rows"], 30, "{}", d["staged"]);
+    // Once the first run has ended, the id may be used again: the new run replaces its record.
+    let third = start_run(&node, json!({"run_id": "dup", "dataset": "", "rows": 20})).await;
+    let (done, _) = follow(&mut ws, &third).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let d = run_of(&node, "dup").await;
+    assert_eq!(d["run"]["correlation_id"], third.as_str(), "{}", d["run"]);
+    assert_eq!(
+        d["run"]["domains"].as_array().unwrap().len(),
+        6,
+        "{}",
+        d["run"]
+    );
+    assert_eq!(d["staged"]["rows"], 20, "{}", d["staged"]);
     node.stop().await;
 }

@@ -227,10 +227,9 @@ pub fn generate_csv(rows: usize, seed: u64) -> String {
 /// Returns the number of rows staged.
 pub async fn stage(store: &Store, run: &str, dataset: &str) -> Result<usize, ModuleError> {
     let text = store.read_file(dataset).await?;
-    let mut lines = text.lines().enumerate();
-    match lines.next() {
-        Some((_, h)) if h.trim() == HEADER => {}
-        Some((_, h)) => {
+    match text.lines().next() {
+        Some(h) if h.trim() == HEADER => {}
+        Some(h) => {
             return Err(ModuleError::new(
                 "SchemaMismatch",
                 format!("unexpected header {h:?}"),
@@ -239,15 +238,50 @@ pub async fn stage(store: &Store, run: &str, dataset: &str) -> Result<usize, Mod
         }
         None => return Err(ModuleError::new("EmptyDataset", "the file is empty", false)),
     }
-    let rows: Vec<RawRow> = lines
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| RawRow {
-            line: i + 1,
-            fields: l.split(',').map(|f| f.trim().to_owned()).collect(),
-        })
-        .collect();
+    let rows = parse_rows(&text)?;
     store.database().put_raw_rows(run, &rows).await?;
     Ok(rows.len())
+}
+
+/// The rows after the header, read as RFC 4180 CSV: a quoted field is its value (a comma,
+/// a doubled quote or a line break inside the quotes is part of it), each field trimmed, a
+/// row's `line` the line it starts on (1 = the header); blank lines are skipped.
+fn parse_rows(text: &str) -> Result<Vec<RawRow>, ModuleError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut rows = Vec::new();
+    // The line of byte `counted` of the text (1 = the header).
+    let (mut line, mut counted) = (1, 0);
+    for record in reader.records().skip(1) {
+        let record = record
+            .map_err(|e| ModuleError::new("MalformedCsv", format!("unreadable CSV: {e}"), false))?;
+        // A line of nothing but blanks (the reader skips only empty ones).
+        if record.len() == 1 && record.get(0) == Some("") {
+            continue;
+        }
+        // The reader's position of a record includes the empty lines it skipped before it:
+        // count lines up to the record's first byte instead (from the previous record's, as
+        // records come in order).
+        let at = (record.position().map_or(0, |p| p.byte()) as usize).min(text.len());
+        let skipped = text.as_bytes()[at..]
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        let start = at + skipped;
+        line += text.as_bytes()[counted..start.max(counted)]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        counted = start.max(counted);
+        rows.push(RawRow {
+            line,
+            fields: record.iter().map(str::to_owned).collect(),
+        });
+    }
+    Ok(rows)
 }
 
 fn issue(line: usize, column: &str, rule: &str, value: &str) -> QualityIssue {

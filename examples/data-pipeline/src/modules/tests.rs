@@ -39,6 +39,28 @@ fn raw(line: &str) -> RawRow {
     }
 }
 
+/// RFC 4180: quotes are removed, a quoted comma, doubled quote or line break stays in its
+/// field, blank lines are skipped, each row keeps the line it starts on (1 = the header).
+#[test]
+fn an_upload_is_read_as_rfc_4180_csv() {
+    let text = format!(
+        "{HEADER}\n\"2026-01-01\", north ,alpha,1,\"2.50\"\n\n2026-01-02,\"a, \"\"b\"\"\nc\",x,1,1\n2026-01-03,south\n"
+    );
+    let rows = parse_rows(&text).unwrap();
+    let got: Vec<(usize, Vec<&str>)> = rows
+        .iter()
+        .map(|r| (r.line, r.fields.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, vec!["2026-01-01", "north", "alpha", "1", "2.50"]),
+            (4, vec!["2026-01-02", "a, \"b\"\nc", "x", "1", "1"]),
+            (6, vec!["2026-01-03", "south"]),
+        ]
+    );
+}
+
 #[test]
 fn validation_rules() {
     let ok = validate_row(&raw("2026-01-05,north,alpha,12,2.50")).unwrap();
