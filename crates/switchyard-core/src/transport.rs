@@ -82,19 +82,6 @@ pub trait AckHandle: Send + 'static {
     ) -> BoxFuture<'static, Result<(), TransportError>>;
     /// The message must never be redelivered.
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
-    /// How often whoever holds the delivery unsettled must call
-    /// [`keep_alive`](Self::keep_alive) so the transport does not redeliver it meanwhile
-    /// (a transport that redelivers after an ack wait). Default: `None`, never needed.
-    fn keep_alive_every(&self) -> Option<Duration> {
-        None
-    }
-    /// The delivery is still being worked on: its ack wait starts again (JetStream's
-    /// "in progress"). A transport either does it at once and returns `None`, or returns a
-    /// future, independent of the handle, that does it (the holder runs it, without waiting
-    /// for it). Default: `None`, nothing to do.
-    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
-        None
-    }
 }
 
 /// A boxed stream of deliveries: a subscription type transports can share instead of each
@@ -168,19 +155,6 @@ impl Delivery {
             Some(h) => h.nack(delay).await,
             None => Ok(()),
         }
-    }
-
-    /// How often the holder must call [`keep_alive`](Self::keep_alive) while the delivery
-    /// is unsettled, when the transport redelivers after an ack wait
-    /// ([`AckHandle::keep_alive_every`]). `None`: never needed.
-    pub fn keep_alive_every(&self) -> Option<Duration> {
-        self.handle.as_ref().and_then(|h| h.keep_alive_every())
-    }
-
-    /// Tells the transport the message is still being worked on, so its ack wait starts
-    /// again ([`AckHandle::keep_alive`]). `None` when there is nothing to do.
-    pub fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
-        self.handle.as_ref().and_then(|h| h.keep_alive())
     }
 
     /// Settles the message for good without handling it.

@@ -20,7 +20,6 @@ pub(crate) use crate::attempt::{Attempt, Handled};
 use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
-use crate::keep_alive::Keeper;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -240,7 +239,7 @@ impl SubShared {
                 env,
                 reply,
                 lane,
-                mut delivery,
+                delivery,
                 accepted,
                 ..
             } = taken.entry;
@@ -249,10 +248,6 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
-            // A delivery whose transport redelivers after an ack wait is kept alive while this
-            // worker holds it (handling, retrying in place): see `keep_alive`.
-            let from_transport = delivery.is_some();
-            let keeper = Keeper::take(&mut delivery);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
@@ -292,7 +287,7 @@ impl SubShared {
                             false,
                             Some((made, stamp)),
                             &mut None,
-                            from_transport,
+                            delivery.is_some(),
                         )
                         .await
                     }
@@ -306,13 +301,10 @@ impl SubShared {
                     ready,
                     None,
                     &mut None,
-                    from_transport,
+                    delivery.is_some(),
                 )
                 .await
             };
-            if let Some(keeper) = keeper {
-                delivery = keeper.stop().await;
-            }
             if let Some(delivery) = delivery {
                 self.settle_as(&bus, *delivery, ok).await;
             }

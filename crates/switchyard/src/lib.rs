@@ -41,7 +41,6 @@ mod handler;
 mod held;
 mod inline;
 mod intake;
-mod keep_alive;
 pub mod lifecycle;
 mod pending;
 mod prefetch;

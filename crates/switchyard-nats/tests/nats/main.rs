@@ -15,7 +15,6 @@ mod faulty;
 mod groups;
 mod harness;
 mod interop;
-mod keep_alive;
 mod max_payload_reconnect;
 mod oversize_requests;
 mod own_dead_letters;
