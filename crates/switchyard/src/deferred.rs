@@ -27,7 +27,7 @@ const STALE_AFTER: Duration = Duration::from_secs(600);
 /// hand-back: when it was made).
 #[derive(Default)]
 pub(crate) struct Deferred {
-    map: Mutex<HashMap<(SmolStr, MessageId), (u32, SystemTime)>>,
+    map: Mutex<Entries>,
     /// Something was ever noted: until then a delivery need not look (no lock per delivery).
     noted: AtomicBool,
 }
@@ -38,12 +38,8 @@ impl Deferred {
     pub(crate) fn note(&self, sub: &SmolStr, id: &MessageId, due: SystemTime) {
         self.noted.store(true, Ordering::Relaxed);
         let mut map = self.map.lock();
-        if map.len() >= MAX_TRACKED {
-            let now = SystemTime::now();
-            map.retain(|_, (_, due)| due.checked_add(STALE_AFTER).is_some_and(|t| t > now));
-            if map.len() >= MAX_TRACKED {
-                return;
-            }
+        if !room(&mut map) {
+            return;
         }
         map.entry((sub.clone(), id.clone())).or_insert((0, due)).0 += 1;
     }
@@ -55,12 +51,8 @@ impl Deferred {
         self.noted.store(true, Ordering::Relaxed);
         let key = (sub.clone(), id.clone());
         let mut map = self.map.lock();
-        if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
-            let now = SystemTime::now();
-            map.retain(|_, (_, due)| due.checked_add(STALE_AFTER).is_some_and(|t| t > now));
-            if map.len() >= MAX_TRACKED {
-                return;
-            }
+        if !map.contains_key(&key) && !room(&mut map) {
+            return;
         }
         map.insert(key, (count, at));
     }
@@ -78,6 +70,18 @@ impl Deferred {
         }
         map.remove(&(sub.clone(), id.clone())).map_or(0, |(n, _)| n)
     }
+}
+
+type Entries = HashMap<(SmolStr, MessageId), (u32, SystemTime)>;
+
+/// Whether `map` has room for one more entry, after dropping the stale ones when it is full.
+fn room(map: &mut Entries) -> bool {
+    if map.len() < MAX_TRACKED {
+        return true;
+    }
+    let now = SystemTime::now();
+    map.retain(|_, (_, due)| due.checked_add(STALE_AFTER).is_some_and(|t| t > now));
+    map.len() < MAX_TRACKED
 }
 
 #[cfg(test)]

@@ -321,7 +321,8 @@ pub(crate) struct BusInner {
     /// dropped unsettled (so given back to the transport), named by the shutdown report with
     /// the other messages handed back (`ShutdownReport::nacked`).
     pub(crate) handed_back: Mutex<Vec<MessageId>>,
-    /// Delayed messages handed back early, not counted as attempts (`deferred.rs`).
+    /// Hand-backs that are not attempts (a delayed message handed back early, a handler's
+    /// `HandBack`), per subscription and message (`deferred.rs`).
     pub(crate) deferred: crate::deferred::Deferred,
 }
 
