@@ -48,146 +48,142 @@ fn write_bus_figures(state: &AppState) {
         .handlers
         .retain(|h| live.contains(h.handler.as_str()));
     let problems = state.health.problems(state.bus.is_shutting_down());
-    {
-        gauge!("switchyard_pending").set(snapshot.pending as f64);
-        gauge!(bus_names::DLQ_SIZE).set(state.dlq.len() as f64);
-        counter!(bus_names::DLQ_EVICTED).absolute(state.dlq.evicted());
-        gauge!("switchyard_ready").set(if problems.is_empty() { 1.0 } else { 0.0 });
-        for s in &snapshot.subscriptions {
-            let l = || {
-                vec![
-                    metrics::Label::new("subscription", s.name.clone()),
-                    metrics::Label::new("kind", kind(s.kind)),
-                ]
-            };
-            gauge!(bus_names::QUEUE_DEPTH, l()).set(s.depth as f64);
-            gauge!("switchyard_subscription_in_flight", l()).set(s.in_flight as f64);
-            let st = &s.stats;
-            for (name, v) in [
-                ("switchyard_subscription_delivered_total", st.delivered),
-                ("switchyard_subscription_acked_total", st.acked),
-                ("switchyard_subscription_failed_total", st.failed),
-                ("switchyard_subscription_panicked_total", st.panicked),
-                ("switchyard_subscription_retried_total", st.retried),
-                ("switchyard_subscription_rejected_total", st.rejected),
-                (
-                    "switchyard_subscription_dead_lettered_total",
-                    st.dead_lettered,
-                ),
-                ("switchyard_subscription_dropped_total", st.dropped),
-                (
-                    "switchyard_subscription_refused_full_total",
-                    st.refused_full,
-                ),
-                (
-                    "switchyard_subscription_decode_failed_total",
-                    st.decode_failed,
-                ),
-                ("switchyard_subscription_filtered_total", st.filtered),
-                (
-                    "switchyard_subscription_intake_warned_total",
-                    st.intake_warned,
-                ),
-                (
-                    "switchyard_subscription_intake_rejected_total",
-                    st.intake_rejected,
-                ),
-            ] {
-                counter!(name, l()).absolute(v);
-            }
+    gauge!("switchyard_pending").set(snapshot.pending as f64);
+    gauge!(bus_names::DLQ_SIZE).set(state.dlq.len() as f64);
+    counter!(bus_names::DLQ_EVICTED).absolute(state.dlq.evicted());
+    gauge!("switchyard_ready").set(if problems.is_empty() { 1.0 } else { 0.0 });
+    for s in &snapshot.subscriptions {
+        let l = || {
+            vec![
+                metrics::Label::new("subscription", s.name.clone()),
+                metrics::Label::new("kind", kind(s.kind)),
+            ]
+        };
+        gauge!(bus_names::QUEUE_DEPTH, l()).set(s.depth as f64);
+        gauge!("switchyard_subscription_in_flight", l()).set(s.in_flight as f64);
+        let st = &s.stats;
+        for (name, v) in [
+            ("switchyard_subscription_delivered_total", st.delivered),
+            ("switchyard_subscription_acked_total", st.acked),
+            ("switchyard_subscription_failed_total", st.failed),
+            ("switchyard_subscription_panicked_total", st.panicked),
+            ("switchyard_subscription_retried_total", st.retried),
+            ("switchyard_subscription_rejected_total", st.rejected),
+            (
+                "switchyard_subscription_dead_lettered_total",
+                st.dead_lettered,
+            ),
+            ("switchyard_subscription_dropped_total", st.dropped),
+            (
+                "switchyard_subscription_refused_full_total",
+                st.refused_full,
+            ),
+            (
+                "switchyard_subscription_decode_failed_total",
+                st.decode_failed,
+            ),
+            ("switchyard_subscription_filtered_total", st.filtered),
+            (
+                "switchyard_subscription_intake_warned_total",
+                st.intake_warned,
+            ),
+            (
+                "switchyard_subscription_intake_rejected_total",
+                st.intake_rejected,
+            ),
+        ] {
+            counter!(name, l()).absolute(v);
         }
-        for h in &handlers.handlers {
-            let labels = vec![
-                metrics::Label::new("topic", h.topic.clone()),
-                metrics::Label::new("handler", h.handler.clone()),
-            ];
-            counter!(bus_names::DELIVERED, labels.clone()).absolute(h.delivered);
-            counter!(bus_names::ACKED, labels.clone()).absolute(h.acked);
-            counter!(bus_names::RETRIED, labels.clone()).absolute(h.retried);
-            counter!(bus_names::REJECTED, labels.clone()).absolute(h.rejected);
-            counter!(bus_names::FAILED, labels.clone()).absolute(h.failed);
-            gauge!(bus_names::IN_FLIGHT, labels.clone()).set(h.in_flight as f64);
-            counter!("switchyard_handler_duration_seconds_count", labels.clone())
-                .absolute(h.duration.count);
-            gauge!("switchyard_handler_duration_seconds_sum", labels.clone())
-                .set(h.duration.sum_seconds);
-            gauge!("switchyard_handler_duration_seconds_max", labels.clone())
-                .set(h.duration.max_seconds);
-            gauge!("switchyard_end_to_end_latency_seconds_sum", labels.clone())
-                .set(h.end_to_end.sum_seconds);
-            counter!(
-                "switchyard_end_to_end_latency_seconds_count",
-                labels.clone()
-            )
-            .absolute(h.end_to_end.count);
-        }
-        for h in &latency.handlers {
-            let l = &h.latency;
-            for (q, v) in [
-                ("0.5", l.p50_seconds),
-                ("0.95", l.p95_seconds),
-                ("0.99", l.p99_seconds),
-            ] {
-                if let Some(s) = v {
-                    gauge!("switchyard_handler_latency_seconds", "handler" => h.handler.clone(), "quantile" => q)
-                        .set(s);
-                }
-            }
-        }
-        for (handler, st) in &breakers {
-            let v = match st {
-                BreakerState::Closed => 0.0,
-                BreakerState::Open => 1.0,
-                BreakerState::HalfOpen => 2.0,
-            };
-            gauge!(bus_names::BREAKER_STATE, "handler" => handler.clone()).set(v);
-        }
-        for (pipeline, m) in &monitors {
-            let snap = m.snapshot();
-            for (st, v) in [
-                ("accepted", snap.accepted),
-                ("completed", snap.completed),
-                ("failed", snap.failed),
-                ("rejected", snap.rejected),
-            ] {
-                counter!("switchyard_pipeline_runs_total", "pipeline" => pipeline.clone(), "state" => st)
-                    .absolute(v);
-            }
-            for op in &snap.ops {
-                let labels = vec![
-                    metrics::Label::new("pipeline", pipeline.clone()),
-                    metrics::Label::new("stage", op.stage.clone()),
-                    metrics::Label::new("operation", op.operation.clone()),
-                ];
-                counter!("switchyard_pipeline_op_success_total", labels.clone())
-                    .absolute(op.success);
-                counter!("switchyard_pipeline_op_errors_total", labels.clone()).absolute(op.errors);
-                for (q, v) in [("0.5", op.p50_ns), ("0.95", op.p95_ns), ("0.99", op.p99_ns)] {
-                    if let Some(ns) = v {
-                        gauge!("switchyard_pipeline_op_duration_seconds", "pipeline" => pipeline.clone(), "stage" => op.stage.clone(), "operation" => op.operation.clone(), "quantile" => q)
-                            .set(ns as f64 / 1e9);
-                    }
-                }
-                for (ty, n) in &op.error_types {
-                    counter!("switchyard_pipeline_op_errors_by_type_total", "pipeline" => pipeline.clone(), "stage" => op.stage.clone(), "operation" => op.operation.clone(), "error_type" => ty.clone())
-                        .absolute(*n);
-                }
-            }
-        }
-        counter!(names::DENIALS, "kind" => "unauthenticated", "action" => "any")
-            .absolute(denials.unauthenticated());
-        for (action, n) in denials.forbidden_all() {
-            counter!(names::DENIALS, "kind" => "forbidden", "action" => action.as_str())
-                .absolute(n);
-        }
-        gauge!("switchyard_transport_connected", "transport" => state.health.transport.kind()).set(
-            if state.health.transport.problem().is_none() {
-                1.0
-            } else {
-                0.0
-            },
-        );
     }
+    for h in &handlers.handlers {
+        let labels = vec![
+            metrics::Label::new("topic", h.topic.clone()),
+            metrics::Label::new("handler", h.handler.clone()),
+        ];
+        counter!(bus_names::DELIVERED, labels.clone()).absolute(h.delivered);
+        counter!(bus_names::ACKED, labels.clone()).absolute(h.acked);
+        counter!(bus_names::RETRIED, labels.clone()).absolute(h.retried);
+        counter!(bus_names::REJECTED, labels.clone()).absolute(h.rejected);
+        counter!(bus_names::FAILED, labels.clone()).absolute(h.failed);
+        gauge!(bus_names::IN_FLIGHT, labels.clone()).set(h.in_flight as f64);
+        counter!("switchyard_handler_duration_seconds_count", labels.clone())
+            .absolute(h.duration.count);
+        gauge!("switchyard_handler_duration_seconds_sum", labels.clone())
+            .set(h.duration.sum_seconds);
+        gauge!("switchyard_handler_duration_seconds_max", labels.clone())
+            .set(h.duration.max_seconds);
+        gauge!("switchyard_end_to_end_latency_seconds_sum", labels.clone())
+            .set(h.end_to_end.sum_seconds);
+        counter!(
+            "switchyard_end_to_end_latency_seconds_count",
+            labels.clone()
+        )
+        .absolute(h.end_to_end.count);
+    }
+    for h in &latency.handlers {
+        let l = &h.latency;
+        for (q, v) in [
+            ("0.5", l.p50_seconds),
+            ("0.95", l.p95_seconds),
+            ("0.99", l.p99_seconds),
+        ] {
+            if let Some(s) = v {
+                gauge!("switchyard_handler_latency_seconds", "handler" => h.handler.clone(), "quantile" => q)
+                        .set(s);
+            }
+        }
+    }
+    for (handler, st) in &breakers {
+        let v = match st {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        };
+        gauge!(bus_names::BREAKER_STATE, "handler" => handler.clone()).set(v);
+    }
+    for (pipeline, m) in &monitors {
+        let snap = m.snapshot();
+        for (st, v) in [
+            ("accepted", snap.accepted),
+            ("completed", snap.completed),
+            ("failed", snap.failed),
+            ("rejected", snap.rejected),
+        ] {
+            counter!("switchyard_pipeline_runs_total", "pipeline" => pipeline.clone(), "state" => st)
+                    .absolute(v);
+        }
+        for op in &snap.ops {
+            let labels = vec![
+                metrics::Label::new("pipeline", pipeline.clone()),
+                metrics::Label::new("stage", op.stage.clone()),
+                metrics::Label::new("operation", op.operation.clone()),
+            ];
+            counter!("switchyard_pipeline_op_success_total", labels.clone()).absolute(op.success);
+            counter!("switchyard_pipeline_op_errors_total", labels.clone()).absolute(op.errors);
+            for (q, v) in [("0.5", op.p50_ns), ("0.95", op.p95_ns), ("0.99", op.p99_ns)] {
+                if let Some(ns) = v {
+                    gauge!("switchyard_pipeline_op_duration_seconds", "pipeline" => pipeline.clone(), "stage" => op.stage.clone(), "operation" => op.operation.clone(), "quantile" => q)
+                            .set(ns as f64 / 1e9);
+                }
+            }
+            for (ty, n) in &op.error_types {
+                counter!("switchyard_pipeline_op_errors_by_type_total", "pipeline" => pipeline.clone(), "stage" => op.stage.clone(), "operation" => op.operation.clone(), "error_type" => ty.clone())
+                        .absolute(*n);
+            }
+        }
+    }
+    counter!(names::DENIALS, "kind" => "unauthenticated", "action" => "any")
+        .absolute(denials.unauthenticated());
+    for (action, n) in denials.forbidden_all() {
+        counter!(names::DENIALS, "kind" => "forbidden", "action" => action.as_str()).absolute(n);
+    }
+    gauge!("switchyard_transport_connected", "transport" => state.health.transport.kind()).set(
+        if state.health.transport.problem().is_none() {
+            1.0
+        } else {
+            0.0
+        },
+    );
 }
 
 fn kind(k: SubscriptionKind) -> &'static str {
