@@ -16,7 +16,7 @@ pub fn run_memory(ops: &[Op], shutdown_ms: u64) -> Result<(), String> {
         .unwrap();
     rt.block_on(async {
         let bus = Bus::builder().build().unwrap();
-        run(bus, Backend::Memory, ops, shutdown_ms, 40).await
+        run(bus, Backend::Memory, ops, shutdown_ms, 40, None).await
     })
 }
 
