@@ -642,10 +642,10 @@ pub fn check_stats(
         .iter()
         .filter(|l| l.reason == DeadLetterReason::Shutdown)
         .count() as u64;
-    if STRICT_SHUTDOWN_COUNT.with(|s| s.get()) || st.dead_lettered + shutdown < mine.len() as u64 {
-        eq("dead_lettered", st.dead_lettered, mine.len() as u64);
-    } else if st.dead_lettered > mine.len() as u64 {
-        eq("dead_lettered", st.dead_lettered, mine.len() as u64);
+    let strict = STRICT_SHUTDOWN_COUNT.with(|s| s.get());
+    let total = mine.len() as u64;
+    if strict || st.dead_lettered + shutdown < total || st.dead_lettered > total {
+        eq("dead_lettered", st.dead_lettered, total);
     }
     eq("dropped", st.dropped, dropped);
     eq("refused_full", st.refused_full, refused);

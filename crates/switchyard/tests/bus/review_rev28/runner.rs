@@ -153,8 +153,8 @@ pub async fn run(
             Op::Subscribe {
                 pattern,
                 behaviour,
-                keyed,
-                workers,
+                keyed: _,
+                workers: _,
                 queue,
             } => {
                 let name = format!("s{next_sub}");
