@@ -1,8 +1,8 @@
 //! Dead letters written before a restart (a file dead-letter queue) are browsable after it, and
 //! a v1 dead letter replayed through a v2 handler with an upcaster is upcast.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard::DeadLetterReason;
 use switchyard_middleware::dlq::{

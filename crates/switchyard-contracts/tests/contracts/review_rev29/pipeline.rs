@@ -104,9 +104,7 @@ where
     } else {
         // Run until every input not completed before has been (bounded: a lost input times out
         // here and the caller's check names it).
-        let _ = monitor
-            .wait_until(WAIT, |m| m.completed() >= expect)
-            .await;
+        let _ = monitor.wait_until(WAIT, |m| m.completed() >= expect).await;
         stop_tx.send(()).unwrap();
     }
     let report = tokio::time::timeout(WAIT * 2, run)
@@ -116,7 +114,10 @@ where
     assert!(report.drained, "{report:?}");
     eprintln!(
         "pipeline run: accepted {} completed {} failed {} rejected {}",
-        report.monitor.accepted, report.monitor.completed, report.monitor.failed, report.monitor.rejected
+        report.monitor.accepted,
+        report.monitor.completed,
+        report.monitor.failed,
+        report.monitor.rejected
     );
     bus.shutdown(WAIT).await.unwrap();
     drop(bus);
@@ -245,19 +246,34 @@ async fn a_stage_output_that_changes_version_between_runs_is_upcast_only_where_o
     )
     .await;
     let (got, dead) = outputs(dir.path()).await;
-    let versions: BTreeMap<u32, usize> = got.values().flatten().fold(BTreeMap::new(), |mut m, (_, v)| {
-        *m.entry(*v).or_default() += 1;
-        m
-    });
+    let versions: BTreeMap<u32, usize> =
+        got.values()
+            .flatten()
+            .fold(BTreeMap::new(), |mut m, (_, v)| {
+                *m.entry(*v).or_default() += 1;
+                m
+            });
     assert!(
         dead.is_empty(),
         "{} outputs dead-lettered by the v2 reader (first: {:?}); versions seen: {versions:?}",
         dead.len(),
-        dead.first().map(|l| (&l.reason, &l.error, l.envelope.type_name.clone(), l.envelope.type_version)),
+        dead.first().map(|l| (
+            &l.reason,
+            &l.error,
+            l.envelope.type_name.clone(),
+            l.envelope.type_version
+        )),
     );
     for (input, outs) in &got {
-        assert_eq!(outs[0].0, u64::from(*input) * 100, "input {input}: {outs:?}");
+        assert_eq!(
+            outs[0].0,
+            u64::from(*input) * 100,
+            "input {input}: {outs:?}"
+        );
     }
     assert_eq!(got.len() as u32, N);
-    assert!(versions.contains_key(&2), "run 2's outputs are version 2: {versions:?}");
+    assert!(
+        versions.contains_key(&2),
+        "run 2's outputs are version 2: {versions:?}"
+    );
 }

@@ -74,11 +74,6 @@ async fn a_python_v2_is_seen_as_v2_and_a_python_v1_is_upcast() {
             2
         )
     );
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "a v2 record is not upcast"
-    );
     let v1_from_python = next(&mut rx).await;
     assert_eq!(
         v1_from_python,
@@ -91,6 +86,8 @@ async fn a_python_v2_is_seen_as_v2_and_a_python_v1_is_upcast() {
             1
         )
     );
+    // One step ran, for the v1 record: the v2 one was not upcast (its payload has no
+    // `amount`, so upcasting it would have failed and dead-lettered it).
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(letters.try_recv().is_err());
     bus.shutdown(WAIT).await.unwrap();

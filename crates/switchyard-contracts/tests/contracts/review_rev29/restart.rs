@@ -1,8 +1,8 @@
 //! Version-1 records written by one bus instance, read after a restart by version-2 consumers;
 //! a version-2 producer and a version-1 consumer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard::DeadLetterReason;
 use tokio::sync::mpsc;
@@ -38,7 +38,11 @@ async fn v1_records_from_before_a_restart_reach_a_v2_handler_upcast_exactly_once
     })
     .await
     .unwrap();
-    let got = [next(&mut rx).await, next(&mut rx).await, next(&mut rx).await];
+    let got = [
+        next(&mut rx).await,
+        next(&mut rx).await,
+        next(&mut rx).await,
+    ];
     assert_eq!(
         got,
         [
@@ -92,7 +96,10 @@ async fn v1_records_from_before_a_restart_reach_a_v2_handler_upcast_exactly_once
     .await
     .unwrap();
     let first = next(&mut rx).await;
-    assert_eq!(first.0.id, 4, "after the restart the group resumes after what it handled");
+    assert_eq!(
+        first.0.id, 4,
+        "after the restart the group resumes after what it handled"
+    );
     assert_eq!(calls2.load(Ordering::SeqCst), 0);
     assert!(letters.try_recv().is_err());
     bus.shutdown(WAIT).await.unwrap();
@@ -259,6 +266,9 @@ async fn a_v2_producer_and_a_v1_consumer_across_a_restart() {
     tokio::time::timeout(WAIT, bus.run_until_idle())
         .await
         .unwrap();
-    assert!(rx.try_recv().is_err(), "the incompatible v2 was not handed over");
+    assert!(
+        rx.try_recv().is_err(),
+        "the incompatible v2 was not handed over"
+    );
     bus.shutdown(WAIT).await.unwrap();
 }

@@ -42,7 +42,10 @@ fn the_real_v1_to_v2_change_is_refused_backward_and_forward_naming_the_fields() 
     assert!(!back.is_compatible());
     let text = back.to_string();
     assert!(text.starts_with("INCOMPATIBLE (backward)"), "{text}");
-    assert!(text.contains("/amount_cents") && text.contains("/currency"), "{text}");
+    assert!(
+        text.contains("/amount_cents") && text.contains("/currency"),
+        "{text}"
+    );
     let fwd = check_compatibility(&old, &new, Mode::Forward);
     assert!(!fwd.is_compatible());
     assert!(fwd.to_string().contains("/amount"), "{fwd}");
@@ -98,10 +101,7 @@ async fn a_payload_the_asyncapi_export_calls_valid_is_accepted_by_a_validating_b
     let doc = asyncapi::export(&registry, &asyncapi::Info::default());
     let msg = &doc["components"]["messages"]["Shipped"];
     assert_eq!(msg["headers"]["properties"]["type_version"]["const"], 3);
-    assert_eq!(
-        doc["channels"]["rev29.shipped"]["address"],
-        "rev29.shipped"
-    );
+    assert_eq!(doc["channels"]["rev29.shipped"]["address"], "rev29.shipped");
     // Validate against the document's own payload schema (its `$ref`s resolve in the document).
     let root = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
