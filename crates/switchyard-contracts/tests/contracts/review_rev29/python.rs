@@ -3,8 +3,10 @@
 //! upcasts the second.
 //!
 //! The interpreter is `SWITCHYARD_PYTHON` (default `python3`) and needs the package installed
-//! (docs/python.md). Without it the test prints a loud SKIPPING banner and passes, in CI too:
-//! `.ci/run` runs the workspace's tests before it installs the package.
+//! (docs/python.md). Without `SWITCHYARD_PYTHON` set and without the package the test prints a
+//! loud SKIPPING banner and passes (the workspace's test run comes before `.ci/run` installs the
+//! package); with `SWITCHYARD_PYTHON` set it must run, and `.ci/run` runs it that way once the
+//! package is installed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::*;
 
 fn python() -> Option<String> {
-    let py = std::env::var("SWITCHYARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let required = std::env::var("SWITCHYARD_PYTHON").ok();
+    let py = required.clone().unwrap_or_else(|| "python3".into());
     let ok = std::process::Command::new(&py)
         .args(["-c", "import switchyard"])
         .output()
@@ -22,6 +25,10 @@ fn python() -> Option<String> {
     if ok {
         return Some(py);
     }
+    assert!(
+        required.is_none(),
+        "SWITCHYARD_PYTHON={py} cannot `import switchyard`: install the package (docs/python.md)"
+    );
     eprintln!(
         "\n==== SKIPPING review_rev29::python: {py} cannot `import switchyard` \
          (set SWITCHYARD_PYTHON to an interpreter with the package) ====\n"
