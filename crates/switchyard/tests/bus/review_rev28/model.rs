@@ -636,17 +636,7 @@ pub fn check_stats(
     };
     eq("acked", st.acked, oks);
     eq("delivered", st.delivered, calls);
-    // A `Shutdown` dead letter is not always counted (see `shrunk.rs`, a defect): accept
-    // either count here so the property goes on to check the rest; `shrunk.rs` pins it.
-    let shutdown = mine
-        .iter()
-        .filter(|l| l.reason == DeadLetterReason::Shutdown)
-        .count() as u64;
-    let strict = STRICT_SHUTDOWN_COUNT.with(|s| s.get());
-    let total = mine.len() as u64;
-    if strict || st.dead_lettered + shutdown < total || st.dead_lettered > total {
-        eq("dead_lettered", st.dead_lettered, total);
-    }
+    eq("dead_lettered", st.dead_lettered, mine.len() as u64);
     eq("dropped", st.dropped, dropped);
     eq("refused_full", st.refused_full, refused);
     eq("panicked", st.panicked, get(&s.panics));
@@ -665,12 +655,6 @@ pub fn check_stats(
     } else {
         Err(p.join("\n"))
     }
-}
-
-thread_local! {
-    /// Whether `check_stats` wants `Shutdown` dead letters counted in `dead_lettered` (the
-    /// deterministic defect test sets it; the properties leave it off).
-    pub static STRICT_SHUTDOWN_COUNT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The bus's dead letters (default store).
