@@ -145,6 +145,7 @@ fn reason_name(r: DeadLetterReason) -> &'static str {
         DeadLetterReason::Shutdown => "shutdown",
         DeadLetterReason::MaxDeliveries => "max_deliveries",
         DeadLetterReason::Unroutable => "unroutable",
+        DeadLetterReason::Expired => "expired",
     }
 }
 
