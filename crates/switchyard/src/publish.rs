@@ -162,6 +162,10 @@ impl SubShared {
                 );
                 Ok(Enqueued::Queued)
             }
+            Ok(Pushed::Expired(gone)) => {
+                self.give_up_expired(bus, gone);
+                Ok(Enqueued::Queued)
+            }
             // Refused: never accepted, so not settled either (dropping the entry releases
             // its count; shutdown does not count it as drained).
             Err(PushError::Full(entry)) => {

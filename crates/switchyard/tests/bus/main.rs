@@ -9,6 +9,7 @@ mod close_twice;
 mod closed_handlers;
 mod commands;
 mod durations;
+mod expired;
 mod failures;
 mod held;
 mod idle_race;
