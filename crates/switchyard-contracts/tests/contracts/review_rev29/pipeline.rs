@@ -275,3 +275,40 @@ async fn a_stage_output_that_changes_version_between_runs_is_upcast_only_where_o
         "run 2's outputs are version 2: {versions:?}"
     );
 }
+
+/// A failing upcast step is dead-lettered with its error said once: "cannot decode T:
+/// upcasting `Total` from version 1 failed: X" (review rev29 saw "…failed: X: upcasting
+/// `Total` from version 1 failed: X: X", each link of the chain repeating its source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upcast_step_is_dead_lettered_with_its_error_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ups = Upcasters::new().step_for::<out_v2::Total, _, _>(1, |v| {
+        v["total"].as_f64().ok_or("`total` is not a number")?;
+        Ok::<_, String>(v)
+    });
+    let (ltx, mut letters) = mpsc::unbounded_channel();
+    let bus = bus_on(dir.path(), Some(ups), Letters(ltx));
+    let _sub = bus
+        .on("reader", |_: out_v2::Total, _ctx| async {
+            Ok::<_, String>(())
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut env = Envelope::new(Topic::new(OUT).unwrap(), r#"{"input": 1, "total": "x"}"#);
+    env.type_name = Some("Total".into());
+    env.type_version = 1;
+    bus.publish_envelope(env).await.unwrap();
+    let letter = tokio::time::timeout(WAIT, letters.recv())
+        .await
+        .expect("the failed upcast was not dead-lettered")
+        .unwrap();
+    assert_eq!(
+        letter.error,
+        format!(
+            "cannot decode {}: upcasting `Total` from version 1 failed: `total` is not a number",
+            std::any::type_name::<out_v2::Total>()
+        )
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
