@@ -27,20 +27,88 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use smol_str::SmolStr;
-use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Topic};
+use switchyard_core::message::set_typed_fields;
+use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Message, Topic};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{HandoffError, SourceError, StageError, StageErrorKind, StartError};
 use crate::pipeline::{Emit, Item, Parked, Pipeline, channel_emit};
-use crate::runner::{Feed, Source, StopSignal};
+use crate::runner::{DEFAULT_MAX_IN_FLIGHT, Feed, Source, StopSignal};
 use crate::stage::Stage;
+
+/// How an envelope received through a [`Handoff`] is settled where it came from.
+///
+/// [`done`](Self::done) once the envelope's run ended (its output produced, or it was
+/// dead-lettered): a durable bus then acknowledges it. Dropped without `done` (received but
+/// never fed to a run, e.g. still buffered when the pipeline stopped), the envelope is handed
+/// back to where it came from, which delivers it again (on the embedded log or NATS, to the
+/// same consumer group, after a restart too). [`Settle::none`] settles nothing: an in-memory
+/// hand-off has nothing to acknowledge and nowhere to hand an envelope back to.
+#[derive(Debug, Default)]
+pub struct Settle {
+    tx: Option<oneshot::Sender<()>>,
+}
+
+impl Settle {
+    /// Nothing to settle (nothing to hand back to either).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// A settle and the receiver its source waits on: it resolves `Ok(())` on
+    /// [`done`](Self::done) and with an error when the settle was dropped unsettled (hand the
+    /// envelope back).
+    pub fn channel() -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Self { tx: Some(tx) }, rx)
+    }
+
+    /// The envelope is settled: its run ended.
+    pub fn done(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Whether dropping this settle hands its envelope back to a source that takes it back
+    /// (so whoever drops it need not dead-letter the envelope).
+    pub fn can_hand_back(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Whether anyone waits for this settle.
+    pub(crate) fn is_settleable(&self) -> bool {
+        self.tx.is_some()
+    }
+}
+
+/// One envelope received through a [`Handoff`] subscription, with how to settle it.
+#[derive(Debug)]
+pub struct Received {
+    /// The envelope.
+    pub envelope: Envelope,
+    /// Settle it once its run ended; drop it unsettled to hand the envelope back.
+    pub settle: Settle,
+}
+
+impl Received {
+    /// An envelope with nothing to settle ([`Settle::none`]).
+    pub fn unsettled(envelope: Envelope) -> Self {
+        Self {
+            envelope,
+            settle: Settle::none(),
+        }
+    }
+}
 
 /// What a pipeline needs from a bus to hand values over between stages.
 ///
 /// Native async fns in traits; implement it for the bus facade to put hand-offs on any transport.
 pub trait Handoff: Send + Sync + 'static {
-    /// The envelopes received by one subscription.
-    type Stream: Stream<Item = Envelope> + Send + Unpin + 'static;
+    /// The envelopes received by one subscription, each with its [`Settle`]: the pipeline
+    /// settles it once the envelope's run ended, and drops it unsettled when the envelope was
+    /// not fed to a run (shutdown).
+    type Stream: Stream<Item = Received> + Send + Unpin + 'static;
 
     /// Publishes one envelope on its topic; resolves once the bus accepted it.
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<(), HandoffError>> + Send;
@@ -101,10 +169,12 @@ pub struct InMemoryStream {
 }
 
 impl Stream for InMemoryStream {
-    type Item = Envelope;
+    type Item = Received;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
-        self.rx.poll_recv(cx)
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|env| env.map(Received::unsettled))
     }
 }
 
@@ -132,6 +202,14 @@ fn encode<T: Serialize>(value: &T, topic: &Topic) -> Result<Envelope, StageError
     env.type_name = Some(SmolStr::new_static(crate::error::short_type_name(
         std::any::type_name::<T>(),
     )));
+    Ok(env)
+}
+
+/// `value` as a typed publish encodes it (its codec, typed fields), on `topic`.
+fn encode_typed<M: Message>(value: &M, topic: &Topic) -> Result<Envelope, StageError> {
+    let payload = value.encode().map_err(StageError::other)?;
+    let mut env = Envelope::new(topic.clone(), payload);
+    set_typed_fields::<M>(&mut env);
     Ok(env)
 }
 
@@ -188,10 +266,13 @@ where
                     }
                 };
                 loop {
-                    let env = tokio::select! {
+                    let Received {
+                        envelope: env,
+                        settle,
+                    } = tokio::select! {
                         biased;
-                        env = stream.next() => match env {
-                            Some(env) => env,
+                        received = stream.next() => match received {
+                            Some(received) => received,
                             None => break,
                         },
                         () = stop.stopped() => break,
@@ -201,6 +282,8 @@ where
                         Some(token) => token,
                         None => match shared.start_run(Some(env.clone())).await {
                             Ok(token) => token,
+                            // Handed back (the settle dropped): delivered again elsewhere or later.
+                            Err(_) if settle.can_hand_back() => continue,
                             Err(_) => {
                                 shared.dead_letters.put(
                                     DeadLetter::new(
@@ -215,6 +298,8 @@ where
                             }
                         },
                     };
+                    // Acknowledged where it came from once the run ended.
+                    token.on_end(settle);
                     match serde_json::from_slice::<Out>(&env.payload) {
                         Ok(value) => {
                             receive_op.success(env.timestamp.elapsed().unwrap_or_default());
@@ -279,21 +364,40 @@ where
     }
 }
 
-/// A stage that publishes each input as a JSON envelope on a topic: the end of a pipeline whose
+/// A stage that publishes each input as an envelope on a topic: the end of a pipeline whose
 /// next half runs elsewhere (start that half with a [`BusSource`]).
+///
+/// [`new`](Self::new) encodes any `Serialize` value as JSON, stamped with the type's short
+/// name and `type_version` 1; [`typed`](Self::typed) encodes a [`Message`] as a typed publish
+/// does (its codec, kind, name and `VERSION`), so a reader with upcasters upcasts only the
+/// outputs that are older than it.
 pub struct BusSink<H, T> {
     handoff: H,
     topic: Topic,
-    _t: PhantomData<fn(T)>,
+    encode: fn(&T, &Topic) -> Result<Envelope, StageError>,
 }
 
-impl<H, T> BusSink<H, T> {
-    /// Publishes on `topic` through `handoff`.
+impl<H, T: Serialize> BusSink<H, T> {
+    /// Publishes on `topic` through `handoff`, as JSON stamped with `T`'s short type name and
+    /// version 1 (for a [`Message`], use [`typed`](Self::typed)).
     pub fn new(handoff: H, topic: Topic) -> Self {
         Self {
             handoff,
             topic,
-            _t: PhantomData,
+            encode: encode::<T>,
+        }
+    }
+}
+
+impl<H, T: Message> BusSink<H, T> {
+    /// Publishes `T` on `topic` through `handoff` as `bus.publish` would (with the message's
+    /// codec, stamped with its kind, type name, `VERSION` and content type), only on `topic`
+    /// (usually `T::topic()`).
+    pub fn typed(handoff: H, topic: Topic) -> Self {
+        Self {
+            handoff,
+            topic,
+            encode: encode_typed::<T>,
         }
     }
 }
@@ -304,7 +408,7 @@ impl<H: Handoff, T: Serialize + Send + Sync + 'static> Stage<T, ()> for BusSink<
     }
 
     async fn run(&mut self, input: T) -> Result<(), StageError> {
-        let env = encode(&input, &self.topic)?;
+        let env = (self.encode)(&input, &self.topic)?;
         self.handoff
             .publish(env)
             .await
@@ -341,19 +445,25 @@ impl<H: Handoff, T: DeserializeOwned + Send + 'static> Source<T> for BusSource<H
         let op = feed.monitor().op(&name, "recv");
         let mut stream = self.handoff.subscribe(&self.topic).await?;
         loop {
-            let env = tokio::select! {
+            let Received {
+                envelope: env,
+                settle,
+            } = tokio::select! {
                 biased;
                 () = stop.stopped() => break,
-                env = stream.next() => match env {
-                    Some(env) => env,
+                received = stream.next() => match received {
+                    Some(received) => received,
                     None => break,
                 },
             };
             match serde_json::from_slice::<T>(&env.payload) {
                 Ok(value) => {
                     op.success(env.timestamp.elapsed().unwrap_or_default());
-                    if let Err(refused) = feed.send_with_origin(value, env).await {
-                        if let Some(origin) = refused.origin {
+                    // Refused at shutdown, a message its source takes back is handed back
+                    // (the settle dropped unsettled), not dead-lettered.
+                    let hand_back = settle.can_hand_back();
+                    if let Err(refused) = feed.send_settled(value, env, settle).await {
+                        if let Some(origin) = refused.origin.filter(|_| !hand_back) {
                             feed.dead_letter(
                                 DeadLetter::new(
                                     origin,
@@ -373,6 +483,8 @@ impl<H: Handoff, T: DeserializeOwned + Send + 'static> Source<T> for BusSource<H
                         DeadLetter::new(env, DeadLetterReason::DecodeFailed, e.chain())
                             .with_handler(name.clone()),
                     );
+                    // Dead-lettered: settled where it came from.
+                    settle.done();
                 }
             }
         }
@@ -397,14 +509,14 @@ mod tests {
         let mut s2 = h.subscribe(&topic).await.unwrap();
         let mut s3 = h.subscribe(&other).await.unwrap();
         h.publish(Envelope::new(topic.clone(), "x")).await.unwrap();
-        assert_eq!(s1.next().await.unwrap().payload.as_ref(), b"x");
-        assert_eq!(s2.next().await.unwrap().payload.as_ref(), b"x");
+        assert_eq!(s1.next().await.unwrap().envelope.payload.as_ref(), b"x");
+        assert_eq!(s2.next().await.unwrap().envelope.payload.as_ref(), b"x");
         drop(s2);
         h.publish(Envelope::new(topic.clone(), "y")).await.unwrap();
-        assert_eq!(s1.next().await.unwrap().payload.as_ref(), b"y");
+        assert_eq!(s1.next().await.unwrap().envelope.payload.as_ref(), b"y");
         assert_eq!(h.lock().get(&topic).map(Vec::len), Some(1));
         h.publish(Envelope::new(other, "z")).await.unwrap();
-        assert_eq!(s3.next().await.unwrap().payload.as_ref(), b"z");
+        assert_eq!(s3.next().await.unwrap().envelope.payload.as_ref(), b"z");
     }
 }
 
@@ -412,31 +524,55 @@ mod tests {
 /// input on the bus (in memory, or on a durable transport the bus was built with), so the
 /// stage may live in another task, process or machine.
 ///
-/// Each `subscribe` registers a bus subscription named `pipeline-handoff:<topic>`. Its handler
-/// waits for room in a bounded channel (capacity 1024), so a slow pipeline backs up into the
-/// subscription's queue and from there to the publisher, under the bus's overflow policy.
+/// Each `subscribe` registers a bus subscription named `pipeline-handoff:<topic>` with
+/// [`in_flight`](Self::in_flight) workers (default [`DEFAULT_MAX_IN_FLIGHT`], the runner's
+/// default). Its handler hands each envelope to the pipeline and answers only once the
+/// envelope's run ended: a message is acknowledged (on a durable transport: acked on the log)
+/// when its output was produced or it was dead-lettered. One the pipeline never fed (still
+/// buffered when it stopped, or refused at shutdown) is handed back to the transport
+/// ([`switchyard::HandBack`]): the log (or NATS) delivers it again to the same consumer group,
+/// after a restart too. A slow pipeline backs up into the subscription's queue and from there to
+/// the publisher, under the bus's overflow policy.
+///
+/// With several workers, envelopes may reach the pipeline out of publish order (as with any
+/// subscription with several workers); use `in_flight(1)` to keep the order (one run at a
+/// time).
 #[derive(Clone, Debug)]
 pub struct BusHandoff {
     bus: switchyard::Bus,
+    in_flight: usize,
 }
 
 impl BusHandoff {
     /// A hand-off over `bus`.
     pub fn new(bus: switchyard::Bus) -> Self {
-        Self { bus }
+        Self {
+            bus,
+            in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+
+    /// How many received envelopes may wait for their runs at once (the subscription's
+    /// workers, at least 1); match it to the runner's
+    /// [`max_in_flight`](crate::Runner::max_in_flight). Default [`DEFAULT_MAX_IN_FLIGHT`].
+    #[must_use]
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n.max(1);
+        self
     }
 }
 
-/// Envelopes received through a [`BusHandoff`]; dropping it unsubscribes.
+/// Envelopes received through a [`BusHandoff`]; dropping it unsubscribes, and hands the
+/// envelopes it still holds back to the transport.
 pub struct BusStream {
-    rx: mpsc::Receiver<Envelope>,
+    rx: mpsc::Receiver<Received>,
     _subscription: switchyard::Subscription,
 }
 
 impl Stream for BusStream {
-    type Item = Envelope;
+    type Item = Received;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received>> {
         self.rx.poll_recv(cx)
     }
 }
@@ -449,18 +585,28 @@ impl Handoff for BusHandoff {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<BusStream, HandoffError> {
-        let (tx, rx) = mpsc::channel(1024);
-        let handler = switchyard::handler_fn(move |env: Envelope| {
+        let (tx, rx) = mpsc::channel(self.in_flight);
+        let handler = switchyard::handler_fn(move |envelope: Envelope| {
             let tx = tx.clone();
             async move {
-                tx.send(env).await.map_err(|_| HandoffError::Closed)?;
-                Ok::<_, HandoffError>(switchyard::Outcome::Ack)
+                let (settle, settled) = Settle::channel();
+                // Not taken (the stream is gone) or not fed (dropped unsettled): back to the
+                // transport, to be delivered again; in memory, with nowhere to go back to, the
+                // bus dead-letters it.
+                if tx.send(Received { envelope, settle }).await.is_err() {
+                    return Err(switchyard::HandBack::new(HandoffError::Closed));
+                }
+                match settled.await {
+                    Ok(()) => Ok(switchyard::Outcome::Ack),
+                    Err(_) => Err(switchyard::HandBack::new(HandoffError::Closed)),
+                }
             }
         });
         let name = format!("pipeline-handoff:{topic}");
         let subscription = self
             .bus
             .subscribe(&name, topic.as_str(), handler)
+            .workers(self.in_flight)
             .start()
             .await?;
         Ok(BusStream {

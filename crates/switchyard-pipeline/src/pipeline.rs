@@ -26,6 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::error::{StageError, StageErrorKind, StartError};
+use crate::handoff::Settle;
 use crate::monitor::{Monitor, OpRecorder};
 use crate::runner::StopSignal;
 use crate::stage::Stage;
@@ -107,6 +108,7 @@ impl Shared {
                 shared: self.clone(),
                 origin,
                 failed: AtomicBool::new(false),
+                settles: Mutex::new(Vec::new()),
                 _permit: permit,
             }),
             settled: false,
@@ -134,6 +136,8 @@ struct Run {
     shared: Arc<Shared>,
     origin: Option<Envelope>,
     failed: AtomicBool,
+    /// Settled (`done`) when the run ends: its input is acknowledged where it came from.
+    settles: Mutex<Vec<Settle>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -162,6 +166,10 @@ impl Drop for Run {
             self.shared.monitor.record_failed();
         } else {
             self.shared.monitor.record_completed();
+        }
+        // Ended: completed, or failed and dead-lettered. Either way its input is settled.
+        for settle in self.settles.get_mut().drain(..) {
+            settle.done();
         }
         self.shared.leave();
     }
@@ -197,6 +205,13 @@ impl RunToken {
             _ => DeadLetterReason::HandlerFailed,
         };
         self.run.fail(stage, error, reason);
+    }
+
+    /// `settle` is settled (`done`) when the run ends, completed or dead-lettered.
+    pub(crate) fn on_end(&self, settle: Settle) {
+        if settle.is_settleable() {
+            self.run.settles.lock().push(settle);
+        }
     }
 
     /// The raw message the run started from, if any.

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::error::{FeedError, SourceError, StageError, StartError, short_type_name};
+use crate::handoff::Settle;
 use crate::monitor::{Monitor, MonitorSnapshot};
 use crate::pipeline::{BuildCtx, Emit, Item, Pipeline, Shared};
 
@@ -125,18 +126,38 @@ impl<T: Send + 'static> Feed<T> {
     /// pipeline acknowledged the message. Fails only once the pipeline is shutting down, giving the
     /// value back. A failed run is dead-lettered with an empty payload (no origin was given).
     pub async fn send(&self, value: T) -> Result<(), FeedError<T>> {
-        self.start(value, None).await
+        self.start(value, None, Settle::none()).await
     }
 
     /// Like [`send`](Self::send), remembering the raw message `value` came from: if the run fails,
     /// `origin` (raw bytes included) goes to the dead-letter sink.
     pub async fn send_with_origin(&self, value: T, origin: Envelope) -> Result<(), FeedError<T>> {
-        self.start(value, Some(origin)).await
+        self.start(value, Some(origin), Settle::none()).await
     }
 
-    async fn start(&self, value: T, origin: Option<Envelope>) -> Result<(), FeedError<T>> {
+    /// Like [`send_with_origin`](Self::send_with_origin), for a message that must be settled
+    /// where it came from: `settle` is settled ([`Settle::done`]) once the run ended, its
+    /// output produced or `origin` dead-lettered. Refused (shutdown), `settle` is dropped
+    /// unsettled, which hands the message back to where it came from when that can take it
+    /// back ([`Settle::can_hand_back`]); the value and `origin` come back in the error.
+    pub async fn send_settled(
+        &self,
+        value: T,
+        origin: Envelope,
+        settle: Settle,
+    ) -> Result<(), FeedError<T>> {
+        self.start(value, Some(origin), settle).await
+    }
+
+    async fn start(
+        &self,
+        value: T,
+        origin: Option<Envelope>,
+        settle: Settle,
+    ) -> Result<(), FeedError<T>> {
         match self.shared.start_run(origin).await {
             Ok(token) => {
+                token.on_end(settle);
                 (self.entry)(Item { value, token });
                 Ok(())
             }

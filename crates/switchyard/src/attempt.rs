@@ -93,7 +93,8 @@ pub(crate) fn links<'a>(
     std::iter::successors(Some(e), |l| l.source())
 }
 
-/// The error and its sources, joined with `: `. A [`Permanent`] marker next to a link that
+/// The error and its sources, joined with `: `; a source whose text the link before already
+/// ends with is not repeated. A [`Permanent`] marker next to a link that
 /// already says "permanent failure" (a retry layer's final error) is left out: the chain of
 /// a permanent error that went through a retry layer says it once (review rev25).
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -108,6 +109,12 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = String::new();
     for (i, (marker, t)) in texts.iter().enumerate() {
         if *marker && ((i > 0 && says_permanent(i - 1)) || says_permanent(i + 1)) {
+            continue;
+        }
+        // A link whose text the one before already ends with (its `Display` embeds its
+        // source, as `CodecError`'s and most `thiserror` messages do) adds nothing: the
+        // chain says it once (review rev29: "upcasting … failed: X: upcasting … failed: X: X").
+        if !text.is_empty() && text.ends_with(t.as_str()) {
             continue;
         }
         if !text.is_empty() {
@@ -140,5 +147,32 @@ mod chain_tests {
         );
         let plain = Permanent::new("invalid order");
         assert_eq!(error_chain(&plain), "permanent failure: invalid order");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("upcasting `Total` from version 1 failed: {0}")]
+    struct Step(#[source] BoxError);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no upcaster")]
+    struct Bare(#[source] BoxError);
+
+    /// Links whose `Display` embeds their source (review rev29) are said once; links that do
+    /// not are all said.
+    #[test]
+    fn a_source_the_link_before_already_says_is_not_repeated() {
+        let codec = switchyard_core::CodecError {
+            direction: switchyard_core::CodecDirection::Decode,
+            type_name: "Total",
+            source: Box::new(Step("`total` is not a number".into())),
+        };
+        assert_eq!(
+            error_chain(&codec),
+            "cannot decode Total: upcasting `Total` from version 1 failed: `total` is not a number"
+        );
+        assert_eq!(
+            error_chain(&Bare("missing step".into())),
+            "no upcaster: missing step"
+        );
     }
 }

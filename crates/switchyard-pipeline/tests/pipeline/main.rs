@@ -399,7 +399,7 @@ async fn via_bus_hands_values_over_and_keeps_run_accounting() {
     assert_eq!(dlq.list()[0].envelope.payload.as_ref(), b"not-a-number");
     use futures::StreamExt;
     let first = tap.next().await.unwrap();
-    assert_eq!(first.topic, topic);
+    assert_eq!(first.envelope.topic, topic);
 }
 
 #[tokio::test]
