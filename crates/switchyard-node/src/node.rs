@@ -137,9 +137,9 @@ impl Node {
                 // Labelled by the pattern it was registered for (the config's default label,
                 // as in the bus's own stack), not the message topic a publisher chose.
                 let mut config = ResilienceConfig::default().registered_for(target.pattern);
-                let subscription = crate::ws::is_subscription(name);
-                if subscription {
-                    config = config.breaker(crate::ws::subscription_breaker());
+                let ws = crate::ws::is_ws_registration(name);
+                if ws {
+                    config = config.breaker(crate::ws::registration_breaker());
                 }
                 // The stack's re-attempts count in the subscription's `retried` (the bus's
                 // worker calls the stack once and never sees them).
@@ -151,10 +151,10 @@ impl Node {
                         let _ = tx.send(event.clone());
                     });
                 let layer = ResilienceLayer::new(name, config);
-                // A WebSocket subscription has no circuit breaker to speak of (its stack's
-                // never counts a failure, so never opens): not listed with the breakers
-                // (`/metrics`, `/v1/stats`, readiness, the dashboard).
-                if !subscription {
+                // A WebSocket subscription or remote handler has no circuit breaker to speak
+                // of (its stack's never counts a failure, so never opens): not listed with the
+                // breakers (`/metrics`, `/v1/stats`, readiness, the dashboard).
+                if !ws {
                     wrap_health.add_breaker(name, layer.breaker());
                 }
                 boxed(layer.layer(wrap_latency.wrap(name, handler, wrap_live.clone())))

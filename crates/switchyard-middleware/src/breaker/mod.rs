@@ -14,7 +14,10 @@
 //! unless [`BreakerConfig::count_retry_outcomes`] is off. `Ack`, `Reply` and `Reject` are
 //! successes (a rejection is a verdict on the message, not on the handler's health; so is a
 //! payload that does not decode: it is dead-lettered and does not count at all). A custom predicate
-//! can replace this ([`BreakerConfig::failure_predicate`]).
+//! can replace this ([`BreakerConfig::failure_predicate`]). A [`HandBack`](switchyard_core::HandBack)
+//! (anywhere in the error's chain: "not mine, give it back to the transport") is left out
+//! altogether, whatever the predicate: neither a call nor a failure, and a half-open trial that
+//! ends in one gives its slot back without closing or reopening the breaker.
 //!
 //! State is visible through a cheap-clone [`BreakerHandle`] and every transition is published
 //! to the observer set with [`BreakerConfig::on_transition`] (the bus turns them into
@@ -55,7 +58,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::{BoxError, CodecDirection, CodecError, Outcome};
+use switchyard_core::{BoxError, CodecDirection, CodecError, HandBack, Outcome};
 
 /// When the breaker opens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,6 +157,7 @@ impl BreakerConfig {
     }
 
     /// Replaces the failure test: return true when the result means the handler is unhealthy.
+    /// It is not asked about a hand-back (`HandBack` in the error's chain), which never counts.
     pub fn failure_predicate<F>(mut self, f: F) -> Self
     where
         F: Fn(&Result<Outcome, BoxError>) -> bool + Send + Sync + 'static,
@@ -185,6 +189,29 @@ impl BreakerConfig {
             Ok(_) => false,
         }
     }
+}
+
+/// Whether the breaker leaves `result` out altogether: a [`HandBack`] anywhere in the
+/// error's chain ("not mine, give it back to the transport") says nothing about the handler's
+/// health, so it is neither a call nor a failure, whatever the failure predicate.
+#[inline]
+pub(crate) fn is_neutral(result: &Result<Outcome, BoxError>) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(e) => has_hand_back(&**e),
+    }
+}
+
+#[cold]
+fn has_hand_back(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<HandBack>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Whether `e` (or an error it wraps) is a [`CodecError`] raised while decoding the input.

@@ -9,6 +9,7 @@ mod delivered;
 mod dlq;
 mod dlq_entries;
 mod fused;
+mod hand_back;
 mod limit;
 mod metrics;
 mod panic;

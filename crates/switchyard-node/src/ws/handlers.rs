@@ -79,7 +79,7 @@ pub(crate) async fn handle(
     state
         .bus
         .handle_envelope(
-            &format!("ws-handler:{}", conn.principal.name()),
+            &format!("{}{}", super::HANDLER_PREFIX, conn.principal.name()),
             topic,
             handler,
         )
@@ -257,7 +257,11 @@ impl Hub {
         let handler = switchyard::handler_fn(move |env: Envelope| g.clone().call(env));
         let subscription = state
             .bus
-            .handle_envelope(&format!("ws-handler:group:{name}"), spec.topic, handler)
+            .handle_envelope(
+                &format!("{}group:{name}", super::HANDLER_PREFIX),
+                spec.topic,
+                handler,
+            )
             .workers(concurrency.max(1))
             .start()
             .await

@@ -77,16 +77,23 @@ const MAX_CONCURRENCY: usize = 1024;
 /// for their own, `ws:group:<group>` for groups); remote handlers are `ws-handler:<principal>`.
 pub(crate) const SUBSCRIPTION_PREFIX: &str = "ws:";
 
-/// True for the bus subscription of a WebSocket client (not its remote handlers).
-pub(crate) fn is_subscription(name: &str) -> bool {
-    name.starts_with(SUBSCRIPTION_PREFIX)
+/// Names of the bus handlers WebSocket clients register (`ws-handler:<principal>` alone,
+/// `ws-handler:group:<group>` for groups).
+pub(crate) const HANDLER_PREFIX: &str = "ws-handler:";
+
+/// True for a bus registration a WebSocket client made: a subscription or a remote handler.
+pub(crate) fn is_ws_registration(name: &str) -> bool {
+    name.starts_with(SUBSCRIPTION_PREFIX) || name.starts_with(HANDLER_PREFIX)
 }
 
-/// The breaker of a WebSocket subscription: it never opens. Its "failures" are the client's
-/// nacks, deliveries dropped from a slow client's buffer and acks that did not come in time;
-/// each is redelivered and, past the retry policy, dead-lettered. Counting them would pause
-/// delivery to every member of a group for the cool-down because one client nacks.
-pub(crate) fn subscription_breaker() -> switchyard_middleware::breaker::BreakerConfig {
+/// The breaker of a WebSocket registration: it never opens. A subscription's "failures" are
+/// the client's nacks, deliveries dropped from a slow client's buffer and acks that did not
+/// come in time; a remote handler's are its `ok: false` answers, disconnects and commands
+/// dropped from its buffer. Each is redelivered or retried and, past the retry policy,
+/// dead-lettered or answered with a typed error. Counting them would hold the next delivery
+/// or command silently for the cool-down, for every member of a group because one client
+/// fails (ARCHITECTURE.md, Decisions).
+pub(crate) fn registration_breaker() -> switchyard_middleware::breaker::BreakerConfig {
     switchyard_middleware::breaker::BreakerConfig::default().failure_predicate(|_| false)
 }
 

@@ -11,6 +11,7 @@ mod group_leave;
 mod handler_groups;
 mod limits;
 mod malformed;
+mod no_breaker;
 mod pubsub;
 mod remote;
 mod review_rev24;

@@ -51,6 +51,7 @@ from .errors import (
     EncodeFailed,
     Forbidden,
     GatewayError,
+    HandBack,
     HandlerFailed,
     InvalidConfig,
     InvalidTopic,
@@ -120,5 +121,6 @@ __all__ = [
     "Reject",
     "Retry",
     "Permanent",
+    "HandBack",
     "__version__",
 ]

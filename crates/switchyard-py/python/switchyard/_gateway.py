@@ -18,6 +18,7 @@ from .errors import (
     DecodeFailed,
     Forbidden,
     GatewayError,
+    HandBack,
     HandlerFailed,
     InvalidTopic,
     NoHandler,
@@ -217,13 +218,16 @@ def _reply_value(f: Mapping[str, Any], returns: Any) -> Any:
 def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> str:
     if exc is None:
         return '{"op":"ack","delivery":' + delivery + "}"
-    if isinstance(exc, Retry) and exc.after is not None:
+    if isinstance(exc, (Retry, HandBack)) and exc.after is not None:
         try:
             delay_ms = max(0, int(exc.after * 1000))
         except (TypeError, ValueError, OverflowError):
             delay_ms = None  # an `after` changed after Retry checked it: a plain nack
         if delay_ms is not None:
             return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(delay_ms) + "}"
+    if isinstance(exc, HandBack):
+        # The protocol has no hand-back: a nack, which the node counts as an attempt.
+        return '{"op":"nack","delivery":' + delivery + "}"
     log.warning("switchyard handler failed (nacked, the node retries it):\n%s", _describe(exc))
     return '{"op":"nack","delivery":' + delivery + "}"
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from ._codec import _identity as _codec_identity
 from ._codec import encode
-from .errors import Permanent, Reject, Retry
+from .errors import HandBack, Permanent, Reject, Retry
 
 #: The envelope of the message whose handler is running in this task, if any: messages
 #: published or sent from it record it as their cause and keep its correlation id and
@@ -66,13 +66,15 @@ def _settle(h: _Handler, reply: Any, result: Any) -> None:
 
 
 def _fail(reply: Any, e: BaseException) -> None:
-    if isinstance(e, (Reject, Retry)):
-        # Its fields may have been changed after it was made (Retry / Reject check them):
+    if isinstance(e, (Reject, Retry, HandBack)):
+        # Its fields may have been changed after it was made (Retry / Reject / HandBack check them):
         # an answer the bus refuses still settles the message, as a failed attempt (retried,
         # then dead-lettered), never leaving it unanswered to be handed over again.
         try:
             if isinstance(e, Reject):
                 reply.reject(e.reason)
+            elif isinstance(e, HandBack):
+                reply.hand_back(str(e.reason), e.after)
             else:
                 reply.retry(e.after)
         except (TypeError, ValueError, OverflowError) as bad:

@@ -187,6 +187,30 @@ class Permanent(Exception):
     message is dead-lettered without the remaining attempts."""
 
 
+class HandBack(Exception):
+    """Raise in a handler to give a transport's delivery back to the transport: "not mine
+    (not now), deliver it again", e.g. to another member of the subscription's consumer
+    group. It is not a failure of the handler: not an attempt (a message that comes back to
+    this process keeps its attempt number), not retried in place, not dead-lettered, and a
+    circuit breaker does not count it. The transport delivers it again at once, or after
+    ``after`` seconds (a finite, non-negative number). Its own bound still holds (NATS's
+    ``max_deliver``). A message that did not come from a transport (the memory transport, a
+    batch) has nowhere to go back to: it fails for good at once and is dead-lettered with
+    ``reason``, as with :class:`Permanent`."""
+
+    def __init__(self, reason: str = "handed back by the handler", after: Optional[float] = None) -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"HandBack(reason) takes the reason as a str, not {type(reason).__name__}")
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, (int, float)):
+                raise TypeError(f"HandBack(after) takes seconds as a number, not {type(after).__name__}")
+            if not math.isfinite(after) or after < 0:
+                raise ValueError(f"HandBack(after) must be a finite, non-negative number of seconds, not {after!r}")
+        super().__init__(reason)
+        self.reason = reason
+        self.after = after
+
+
 __all__ = [
     "SwitchyardError",
     "PublishError",
@@ -214,4 +238,5 @@ __all__ = [
     "Reject",
     "Retry",
     "Permanent",
+    "HandBack",
 ]

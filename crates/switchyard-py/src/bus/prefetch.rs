@@ -94,6 +94,12 @@ impl PyReplies {
         Ok(self.push(super::reply::retry_answer(after)?))
     }
 
+    /// The message goes back to its transport (after `after` seconds, or at once).
+    #[pyo3(signature = (reason, after=None))]
+    fn hand_back(&self, reason: String, after: Option<f64>) -> PyResult<bool> {
+        Ok(self.push(super::reply::hand_back_answer(reason, after)?))
+    }
+
     /// The message failed with `error` (exception and traceback as text).
     #[pyo3(signature = (error, permanent=false))]
     fn fail(&self, error: String, permanent: bool) -> bool {

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use switchyard::{BoxError, CodecDirection, CodecError, Envelope, Outcome, Permanent};
+use switchyard::{BoxError, CodecDirection, CodecError, Envelope, HandBack, Outcome, Permanent};
 use tokio::sync::oneshot;
 
 use super::{PythonError, seconds};
@@ -51,6 +51,13 @@ impl PyReply {
         Ok(self.send(retry_answer(after)?))
     }
 
+    /// Not this process's to handle: the delivery goes back to its transport (after `after`
+    /// seconds, or at once), not an attempt and not a failure (`switchyard.HandBack`).
+    #[pyo3(signature = (reason, after=None))]
+    fn hand_back(&self, reason: String, after: Option<f64>) -> PyResult<bool> {
+        Ok(self.send(hand_back_answer(reason, after)?))
+    }
+
     /// Failed with `error` (the exception and traceback as text): retried until the
     /// subscription's attempts run out, then dead-lettered. `permanent` skips the retries.
     #[pyo3(signature = (error, permanent=false))]
@@ -70,6 +77,16 @@ impl PyReply {
 pub(crate) fn retry_answer(after: Option<f64>) -> PyResult<HandlerResult> {
     let after = after.map(|s| seconds(s, "retry after")).transpose()?;
     Ok(Ok(Outcome::Retry { after }))
+}
+
+/// `hand_back(reason, after)`: a [`HandBack`] of the delivery to its transport (a message
+/// that did not come from one fails for good with `reason`).
+pub(crate) fn hand_back_answer(reason: String, after: Option<f64>) -> PyResult<HandlerResult> {
+    let mut back = HandBack::new(PythonError(reason));
+    if let Some(after) = after {
+        back = back.after(seconds(after, "hand back after")?);
+    }
+    Ok(Err(Box::new(back)))
 }
 
 /// `fail(error, permanent)`: the exception and traceback as text, `Permanent` when asked.
