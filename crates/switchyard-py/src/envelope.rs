@@ -145,6 +145,7 @@ fn reason_name(r: DeadLetterReason) -> &'static str {
         DeadLetterReason::Shutdown => "shutdown",
         DeadLetterReason::MaxDeliveries => "max_deliveries",
         DeadLetterReason::Unroutable => "unroutable",
+        DeadLetterReason::Expired => "expired",
     }
 }
 
@@ -168,7 +169,8 @@ impl PyDeadLetter {
         PyEnvelope::new(Arc::new(self.letter.envelope.clone()))
     }
 
-    /// `handler_failed`, `rejected`, `decode_failed`, `shutdown`, `dropped`, ...
+    /// `handler_failed`, `rejected`, `decode_failed`, `shutdown`, `dropped`, `expired`
+    /// (its deadline passed while it was queued: never handled), ...
     #[getter]
     fn reason(&self) -> &'static str {
         reason_name(self.letter.reason)

@@ -34,6 +34,32 @@ async def test_request_timeout(bus):
     await bus.idle()
 
 
+async def test_a_request_expired_in_the_queue_is_dead_lettered_expired(bus):
+    release = asyncio.Event()
+    started = asyncio.Event()
+    calls = []
+
+    @bus.handle(CreateUser)
+    async def slow(cmd: CreateUser) -> int:
+        calls.append(cmd.name)
+        started.set()
+        await release.wait()
+        return 1
+
+    first = asyncio.ensure_future(bus.send(CreateUser(name="first")))
+    await wait_for(started)
+    # Queued behind "first"; its deadline passes while it waits.
+    with pytest.raises(switchyard.RequestTimeout):
+        await bus.request(CreateUser(name="late"), timeout=0.05)
+    release.set()
+    assert await asyncio.wait_for(first, 5) == 1
+    await bus.idle()
+    assert calls == ["first"], "the expired request is not handled"
+    [dl] = bus.dead_letters()
+    assert dl.reason == "expired" and dl.attempts == 0
+    assert dl.error.startswith("deadline passed while queued ("), dl.error
+
+
 async def test_queue_full_names_the_subscription(bus):
     release = asyncio.Event()
     started = asyncio.Event()

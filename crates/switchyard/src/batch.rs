@@ -32,6 +32,10 @@ impl SubShared {
                 }
             }
             let Some(bus) = self.bus.upgrade() else { break };
+            let taken = self.drop_expired(&bus, worker, taken).await;
+            if taken.is_empty() {
+                continue;
+            }
             let mut settle = Vec::with_capacity(taken.len());
             let mut envs = Vec::with_capacity(taken.len());
             for t in taken {

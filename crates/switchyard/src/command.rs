@@ -644,6 +644,13 @@ impl SubShared {
                 }
             }
         }
+        // Past its sender's deadline already (it waited in a stream, or on the way): not
+        // handled, dead-lettered `Expired` (a durable command's delivery is terminated).
+        if let Some(why) = crate::deadline::expired(env.delivery.deadline, "before it arrived") {
+            inc(&self.counters.dead_lettered);
+            bus.dead_letter(self.letter(env, DeadLetterReason::Expired, why.clone()));
+            return Err(SendError::NotProcessed(why));
+        }
         let topic = env.topic.clone();
         // Without `done`: an inline run is watched through its own future; a channel for
         // the worker to signal is only made below, for a command that is queued.

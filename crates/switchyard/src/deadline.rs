@@ -50,9 +50,51 @@ pub(crate) fn too_late(deadline: Option<std::time::Instant>, delay: Duration) ->
     })
 }
 
+/// Why a message whose sender's deadline has passed is not handed to its handler: the text
+/// of its `Expired` dead letter, "deadline passed `when` (N ms late)" (`when`: e.g. "while
+/// queued"). `None` (handle it) without a deadline, the one branch a message without one
+/// pays, or before it.
+#[inline(always)]
+pub(crate) fn expired(deadline: Option<std::time::Instant>, when: &str) -> Option<String> {
+    match deadline {
+        None => None,
+        Some(deadline) => passed(deadline, when),
+    }
+}
+
+/// [`expired`] of a message that has a deadline.
+#[inline(never)]
+fn passed(deadline: std::time::Instant, when: &str) -> Option<String> {
+    let now = now_std();
+    (now >= deadline).then(|| {
+        let late = now.duration_since(deadline).as_millis();
+        format!("deadline passed {when} ({late} ms late)")
+    })
+}
+
+/// Whether `deadline` (a waiting message's) has passed at `now`: the queue's test when it
+/// looks for expired messages to evict.
+#[inline]
+pub(crate) fn is_past(deadline: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    deadline.is_some_and(|d| now >= d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_deadline_passed_is_named_with_how_late() {
+        assert_eq!(expired(None, "while queued"), None);
+        let at = now_std() + Duration::from_millis(50);
+        assert_eq!(expired(Some(at), "while queued"), None);
+        tokio::time::advance(Duration::from_millis(80)).await;
+        assert_eq!(
+            expired(Some(at), "while queued").as_deref(),
+            Some("deadline passed while queued (30 ms late)")
+        );
+        assert!(is_past(Some(at), now_std()) && !is_past(None, now_std()));
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_huge_duration_is_far_ahead_not_a_panic() {

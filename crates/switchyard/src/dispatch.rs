@@ -248,6 +248,20 @@ impl SubShared {
             let Some(bus) = held.take().or_else(|| self.bus.upgrade().map(HeldBus::new)) else {
                 break;
             };
+            // Its sender's deadline passed while it waited: nobody takes the result, the
+            // handler is not called (`expired.rs`). One branch for a message without one.
+            if let Some(why) =
+                crate::deadline::expired(env.delivery.deadline, crate::expired::QUEUED)
+            {
+                let how = Box::pin(self.expire_taken(&bus, env, reply, delivery, why)).await;
+                prev = Some(Done {
+                    lane,
+                    bus,
+                    accepted,
+                    how: how.settled(),
+                });
+                continue;
+            }
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).

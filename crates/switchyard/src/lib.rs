@@ -37,6 +37,7 @@ mod ctx;
 mod deadline;
 mod deferred;
 mod dispatch;
+mod expired;
 mod handler;
 mod held;
 mod inline;

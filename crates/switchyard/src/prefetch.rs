@@ -58,6 +58,11 @@ impl SubShared {
                 }
             }
             let Some(bus) = self.bus.upgrade() else { break };
+            // Those whose deadline passed while they waited are not handed over.
+            let taken = self.drop_expired(&bus, worker, taken).await;
+            if taken.is_empty() {
+                continue;
+            }
             // What the handler sees: each message's first attempt.
             let now = switchyard_core::clock::now();
             let envs: Vec<Envelope> = taken

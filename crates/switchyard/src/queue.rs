@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BinaryHeap};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 use smol_str::SmolStr;
@@ -20,52 +19,8 @@ use tokio::sync::Notify;
 
 use crate::pending::Accepted;
 use crate::reply::CommandReply;
+pub use overflow::Overflow;
 use waiting::{Key, Lane, ReadyLane, Slot, Waiting};
-
-/// What a full subscription queue does with a new message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overflow {
-    /// The publisher waits for room, at most `timeout`, then gets `PublishError::Full`.
-    Block {
-        /// Longest wait for room.
-        timeout: Duration,
-    },
-    /// The oldest waiting message is evicted (counted as dropped and dead-lettered) to make room.
-    DropOldest,
-    /// The publisher gets `PublishError::Full` at once.
-    RejectNew,
-    /// Above half capacity the publisher is slowed down in proportion to the fill level (up to
-    /// `max_delay` per publish); when full it waits like `Block` for at most `timeout`. A
-    /// shutdown or unsubscribe ends the slow-down at once (the publisher is told
-    /// `ShuttingDown`).
-    Adaptive {
-        /// Delay per publish when the queue is just short of full.
-        max_delay: Duration,
-        /// Longest wait for room when full.
-        timeout: Duration,
-    },
-}
-
-impl Default for Overflow {
-    /// `Block` for at most one second.
-    fn default() -> Self {
-        Self::Block {
-            timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Overflow {
-    /// Short name for registries and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Block { .. } => "block",
-            Self::DropOldest => "drop_oldest",
-            Self::RejectNew => "reject_new",
-            Self::Adaptive { .. } => "adaptive",
-        }
-    }
-}
 
 /// A message waiting in (or taken from) a queue.
 pub(crate) struct Entry {
@@ -153,6 +108,9 @@ struct State {
     inline_runs: usize,
     /// Set at the shutdown deadline: inline runs stop, as aborted workers do.
     abort_inline: bool,
+    /// The earliest sender's deadline of a waiting message, or earlier (`queue/expiry.rs`):
+    /// a full queue looks for expired messages to evict only once it has passed.
+    earliest: Option<std::time::Instant>,
     /// `not_full.notify_one` calls a blocked pusher has not answered yet (by trying again,
     /// see [`Queue::wait_for_room`]). A worker taking messages wakes a pusher only while
     /// more are blocked than this: while the woken one has not run (its thread busy, often
@@ -182,6 +140,9 @@ impl State {
         self.next_seq += 1;
         let seq = self.next_seq;
         let key = (Reverse(entry.env.priority), seq);
+        if let Some(deadline) = entry.env.delivery.deadline {
+            self.note_deadline(deadline);
+        }
         let (slot, lane) = Slot::new(entry, seq);
         if let Some(order) = &mut self.order {
             order.insert(seq, (key, lane.clone()));
@@ -459,6 +420,9 @@ pub(crate) enum Pushed {
     Queued,
     /// Enqueued after evicting this older message (DropOldest).
     Evicted(Box<Entry>),
+    /// Enqueued in a full queue after taking out these messages, whose sender's deadline
+    /// had passed (`queue/expiry.rs`), oldest first: the caller dead-letters them `Expired`.
+    Expired(Vec<Entry>),
 }
 
 impl Queue {
@@ -537,13 +501,26 @@ impl Queue {
     /// Enqueues without waiting.
     #[allow(clippy::result_large_err)] // see `PushError`
     pub(crate) fn try_push(&self, entry: Entry) -> Result<Pushed, PushError> {
-        self.try_push_with(entry, matches!(self.overflow, Overflow::DropOldest), false)
+        self.try_push_with(
+            entry,
+            matches!(self.overflow, Overflow::DropOldest),
+            true,
+            false,
+        )
     }
 
+    /// `evict`: a full queue evicts its oldest message (drop-oldest). `expire`: a full
+    /// queue first takes out the messages whose deadline passed (`queue/expiry.rs`).
     /// `waiter`: the try of a pusher blocked in [`wait_for_room`](Self::wait_for_room),
     /// which answers one wake-up (`State::pushers_woken`).
     #[allow(clippy::result_large_err)] // see `PushError`
-    fn try_push_with(&self, entry: Entry, evict: bool, waiter: bool) -> Result<Pushed, PushError> {
+    fn try_push_with(
+        &self,
+        entry: Entry,
+        evict: bool,
+        expire: bool,
+        waiter: bool,
+    ) -> Result<Pushed, PushError> {
         let mut st = self.lock();
         if waiter {
             st.pushers_woken = st.pushers_woken.saturating_sub(1);
@@ -553,6 +530,15 @@ impl Queue {
         }
         let mut evicted = None;
         if st.len >= self.capacity {
+            let expired = if expire {
+                st.take_expired()
+            } else {
+                Vec::new()
+            };
+            if !expired.is_empty() {
+                self.insert_and_wake(st, entry);
+                return Ok(Pushed::Expired(expired));
+            }
             if !evict {
                 return Err(PushError::Full(entry));
             }
@@ -574,12 +560,19 @@ impl Queue {
             // `push` sleeps when more than half is in use (and below capacity).
             Overflow::Adaptive { .. } => (self.capacity / 2 + 1).min(self.capacity),
         };
-        let st = self.lock();
+        let mut st = self.lock();
         if st.closed {
             return Ok(Err(PushError::Closed(entry)));
         }
         if st.len >= limit {
-            return Err(entry);
+            // Messages nobody waits for any more make room first (below capacity after
+            // that, the message is queued without `Adaptive`'s slow-down this once).
+            let expired = st.take_expired();
+            if expired.is_empty() {
+                return Err(entry);
+            }
+            self.insert_and_wake(st, entry);
+            return Ok(Ok(Pushed::Expired(expired)));
         }
         self.insert_and_wake(st, entry);
         Ok(Ok(Pushed::Queued))
@@ -610,7 +603,7 @@ impl Queue {
             other => return other,
         };
         let deadline = crate::deadline::after(timeout);
-        self.wait_for_room(entry, Some(deadline)).await
+        self.wait_for_room(entry, Some(deadline), true).await
     }
 
     /// Enqueues, waiting as long as it takes for room (or until the queue closes). For
@@ -618,23 +611,26 @@ impl Queue {
     /// and the overflow policy does not apply.
     #[allow(clippy::result_large_err)] // see `PushError`
     pub(crate) async fn push_wait(&self, entry: Entry) -> Result<(), PushError> {
-        self.wait_for_room(entry, None).await.map(|_| ())
+        // Nothing is evicted for it: its pushes never answer `Pushed::Expired`.
+        self.wait_for_room(entry, None, false).await.map(|_| ())
     }
 
     /// Retries the push each time a message leaves the queue, until it fits, the queue
-    /// closes, or `deadline` passes (then one last try). Never evicts.
+    /// closes, or `deadline` passes (then one last try). Never evicts the oldest; with
+    /// `expire`, takes out expired messages to make room (see `try_push_with`).
     #[allow(clippy::result_large_err)] // see `PushError`
     async fn wait_for_room(
         &self,
         mut entry: Entry,
         deadline: Option<tokio::time::Instant>,
+        expire: bool,
     ) -> Result<Pushed, PushError> {
         let _blocked = WaiterCount::new(&self.blocked_pushers);
         loop {
             let notified = self.not_full.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_push_with(entry, false, true) {
+            match self.try_push_with(entry, false, expire, true) {
                 Err(PushError::Full(back)) => entry = back,
                 other => return other,
             }
@@ -642,7 +638,7 @@ impl Queue {
                 None => notified.await,
                 Some(deadline) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                        return self.try_push_with(entry, false, true);
+                        return self.try_push_with(entry, false, expire, true);
                     }
                 }
             }
@@ -858,8 +854,10 @@ impl Taken {
     }
 }
 
+mod expiry;
 pub(crate) mod inline;
 mod lending;
+mod overflow;
 pub(crate) mod spare;
 mod waiting;
 

@@ -48,6 +48,10 @@ pub enum DeadLetterReason {
     MaxDeliveries,
     /// Nobody could take it (e.g. its subscription was removed before it ran).
     Unroutable,
+    /// Its sender's deadline (`delivery.deadline`: a request's, or what was left of one
+    /// when it arrived from another process) passed while it waited in a queue: nobody
+    /// waits for its result, so the handler was never called (attempts 0).
+    Expired,
 }
 
 /// One dead-lettered message with the story of its failure.
@@ -70,7 +74,8 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A dead letter for `envelope`, stamped now, with attempts and first attempt taken from the envelope.
+    /// A dead letter for `envelope`, stamped now, with attempts and first attempt taken from
+    /// the envelope (its sender's deadline, `delivery.deadline`, is cleared).
     ///
     /// A typed message the bus carried [unencoded](Envelope::set_unencoded) is encoded here:
     /// a dead letter always holds the message's bytes. Should that encoding fail, the letter
@@ -79,6 +84,10 @@ impl DeadLetter {
     /// bounded by bytes ([`size`](Self::size)) does not weigh it, and a replay decodes.
     pub fn new(mut envelope: Envelope, reason: DeadLetterReason, error: impl Into<String>) -> Self {
         let mut error = error.into();
+        // The sender's deadline (an instant of this process, never serialized) is not kept:
+        // whoever sends the letter's envelope again sets a deadline of their own, and a
+        // replayed request is not expired at once by its first sender's.
+        envelope.delivery.deadline = None;
         match envelope.encode_payload() {
             Ok(()) => envelope.local.clear(),
             Err(e) => error = format!("{error} (and its payload could not be encoded: {e})"),

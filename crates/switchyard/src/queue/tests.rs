@@ -1,4 +1,6 @@
 //! Unit tests of the queue: ordering, lanes, overflow policies, waiting.
+use std::time::Duration;
+
 use super::lending::Lending;
 use super::*;
 use switchyard_core::{Priority, Topic};
@@ -528,4 +530,113 @@ async fn pushers_cancelled_while_blocked_on_many_threads_never_strand_the_others
         );
         q.complete(0, t.seq(), None);
     }
+}
+
+/// An entry whose sender's deadline is `ms` from now on tokio's clock.
+fn due(p: Priority, lane: Option<&str>, tag: &str, ms: u64) -> Entry {
+    let mut e = entry(p, lane, tag);
+    Arc::make_mut(&mut e.env).delivery.deadline =
+        Some(crate::deadline::now_std() + Duration::from_millis(ms));
+    e
+}
+
+fn tags_of(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.env.payload.to_vec()).unwrap())
+        .collect()
+}
+
+/// A full queue takes out exactly the messages whose deadline passed (unkeyed, at any
+/// priority, and keyed: a lane's head or later), oldest first, then queues the new one;
+/// the lanes and the drop-oldest order stay consistent (what is left pops in order).
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_takes_out_the_expired_messages_and_keeps_the_rest_in_order() {
+    for overflow in [Overflow::RejectNew, Overflow::DropOldest] {
+        let q = Queue::new(6, overflow, 1);
+        for e in [
+            due(Priority::NORMAL, None, "u-late", 10),
+            due(Priority::HIGH, None, "u-live", 1000),
+            due(Priority::NORMAL, Some("k"), "k-late", 10),
+            entry(Priority::NORMAL, Some("k"), "k-next"),
+            entry(Priority::NORMAL, Some("j"), "j-head"),
+            due(Priority::LOW, Some("j"), "j-late", 20),
+        ] {
+            assert!(matches!(q.try_push(e), Ok(Pushed::Queued)));
+        }
+        if overflow == Overflow::RejectNew {
+            // Not passed yet: a full queue refuses as before.
+            tokio::time::advance(Duration::from_millis(5)).await;
+            assert!(matches!(
+                q.try_push(entry(Priority::NORMAL, None, "early")),
+                Err(PushError::Full(_))
+            ));
+        }
+        tokio::time::advance(Duration::from_millis(25)).await;
+        let Ok(Pushed::Expired(gone)) = q.try_push(entry(Priority::NORMAL, None, "fresh")) else {
+            panic!("expired messages make room");
+        };
+        let mut gone = tags_of(&gone);
+        gone.sort();
+        assert_eq!(gone, ["j-late", "k-late", "u-late"], "{overflow:?}");
+        assert_eq!(q.len(), 4);
+        let mut left = vec![];
+        while let Popped::Taken(t) = q.try_pop(0) {
+            left.push(tag(&t));
+            q.complete(0, t.seq(), t.entry.lane.as_ref());
+        }
+        assert_eq!(
+            left,
+            ["u-live", "k-next", "j-head", "fresh"],
+            "{overflow:?}"
+        );
+        // Nothing left to expire: the next full look finds nothing (the note was renewed).
+        for t in ["a", "b", "c", "d", "e", "f"] {
+            assert!(q.try_push(entry(Priority::NORMAL, None, t)).is_ok());
+        }
+        assert!(!matches!(
+            q.try_push(entry(Priority::NORMAL, None, "g")),
+            Ok(Pushed::Expired(_))
+        ));
+    }
+}
+
+/// An ack handle that settles nothing.
+struct NoAck;
+
+impl switchyard_core::AckHandle for NoAck {
+    fn ack(
+        self: Box<Self>,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), switchyard_core::TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn nack(
+        self: Box<Self>,
+        _: Option<Duration>,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), switchyard_core::TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn term(
+        self: Box<Self>,
+        _: String,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), switchyard_core::TransportError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A transport's delivery is never taken out: its worker settles it with the transport.
+#[tokio::test(start_paused = true)]
+async fn expired_transport_deliveries_stay_for_their_worker() {
+    let q = Queue::new(1, Overflow::RejectNew, 1);
+    let mut e = due(Priority::NORMAL, None, "delivered", 1);
+    e.delivery = Some(Box::new(switchyard_core::Delivery::new(
+        Envelope::clone(&e.env),
+        Box::new(NoAck),
+    )));
+    assert!(q.try_push(e).is_ok());
+    tokio::time::advance(Duration::from_millis(5)).await;
+    assert!(matches!(
+        q.try_push(entry(Priority::NORMAL, None, "x")),
+        Err(PushError::Full(_))
+    ));
 }

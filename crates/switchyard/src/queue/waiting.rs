@@ -66,6 +66,12 @@ impl Slot {
         (slot, lane)
     }
 
+    /// Whether it is a transport's delivery (settled with the transport once handled).
+    #[inline]
+    pub(super) fn delivered(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.delivery.is_some())
+    }
+
     /// The entry again, with its lane.
     #[inline]
     pub(super) fn into_entry(self, lane: Option<SmolStr>) -> Entry {
@@ -167,6 +173,19 @@ impl LaneItems {
     pub(super) fn drain(&mut self) -> impl Iterator<Item = Slot> + use<> {
         std::mem::take(&mut self.0).into_iter()
     }
+
+    /// Takes out the messages `gone` picks, keeping the order of the rest.
+    pub(super) fn take_where(&mut self, gone: impl Fn(&Slot) -> bool) -> Vec<Slot> {
+        if !self.0.iter().any(&gone) {
+            return Vec::new();
+        }
+        take_where(&mut self.0, gone)
+    }
+
+    /// Each waiting message, in order.
+    pub(super) fn for_each(&self, f: impl FnMut(&Slot)) {
+        self.0.iter().for_each(f);
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -186,4 +205,19 @@ impl PartialOrd for ReadyLane {
     fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
         Some(self.cmp(other))
     }
+}
+
+/// Takes out of `items` the messages `gone` picks, keeping the order of the rest.
+pub(super) fn take_where(items: &mut VecDeque<Slot>, gone: impl Fn(&Slot) -> bool) -> Vec<Slot> {
+    let mut out = Vec::new();
+    let mut kept = VecDeque::with_capacity(items.len());
+    for slot in std::mem::take(items) {
+        if gone(&slot) {
+            out.push(slot);
+        } else {
+            kept.push_back(slot);
+        }
+    }
+    *items = kept;
+    out
 }
