@@ -26,8 +26,9 @@ use client::{Client, ClientError, Remote};
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `switchyard=debug`. Default
     /// `warn`; for `serve`, given explicitly it wins over `RUST_LOG` and the config's
-    /// `[logging] filter`, and the config's `[logging] format` applies.
-    #[arg(long, global = true, env = "SWITCHYARD_LOG", value_name = "FILTER")]
+    /// `[logging] filter`, and the config's `[logging] format` applies. A filter that does
+    /// not parse is a usage error (exit 2) naming the bad directive.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG", value_name = "FILTER", value_parser = parse_log_filter)]
     log: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -220,18 +221,7 @@ impl CliError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_connection_options(std::env::args_os().collect()));
-    let log = cli.log.as_deref().filter(|log| {
-        tracing_subscriber::EnvFilter::try_new(log)
-            .map_err(|e| {
-                let instead = if matches!(cli.command, Command::Serve(_)) {
-                    "RUST_LOG or the config's [logging] filter"
-                } else {
-                    "\"warn\""
-                };
-                warn(format_args!("--log {log:?}: {e}; using {instead}"));
-            })
-            .is_ok()
-    });
+    let log = cli.log.as_deref();
     // `serve` installs the node's logging once its config is read ([logging], RUST_LOG).
     if !matches!(cli.command, Command::Serve(_)) {
         tracing_subscriber::fmt()
@@ -252,6 +242,15 @@ async fn main() -> ExitCode {
             code
         }
     }
+}
+
+/// `--log` (and `SWITCHYARD_LOG`): a tracing `EnvFilter`; one that does not parse is refused
+/// by the argument parser (exit 2), its message naming the flag, the value and the bad
+/// directive, rather than a node or command that runs with another filter than asked for.
+fn parse_log_filter(filter: &str) -> Result<String, String> {
+    switchyard_node::logging::check_filter(filter)
+        .map(|()| filter.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Writes `switchyard: <what>` to stderr; a closed stderr (`switchyard serve 2>&1 | head`)

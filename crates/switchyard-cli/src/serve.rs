@@ -77,9 +77,13 @@ pub async fn run(args: ServeArgs, log: Option<&str>) -> Result<(), CliError> {
     let tls = config.tls.is_some();
     let transport = describe_transport(&config);
     // The demo's database first: an unsupported DATABASE_URL or an unreachable database
-    // stops here, before the node starts (never a node without its app).
-    let demo_store = if args.demo {
-        Some(open_demo_store(&demo_config()).await?)
+    // stops here, before the node starts (never a node without its app). On the log
+    // transport its SQLite file is under the node's data directory, so the app's rows
+    // survive a restart as the bus's log does.
+    let demo = if args.demo {
+        let demo_config = demo_config(demo_dir(&config));
+        let store = open_demo_store(&demo_config).await?;
+        Some((demo_config, store))
     } else {
         None
     };
@@ -106,9 +110,9 @@ pub async fn run(args: ServeArgs, log: Option<&str>) -> Result<(), CliError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let demo = if let Some(store) = demo_store {
+    let demo = if let Some((demo_config, store)) = demo {
         let interval = Duration::from_millis(args.demo_interval_ms.max(10));
-        match start_demo(&node, &url, interval, stop_rx, store).await {
+        match start_demo(&node, &url, interval, stop_rx, demo_config, store).await {
             Ok(task) => Some(task),
             Err(e) => {
                 let _ = node.shutdown().await;
@@ -166,11 +170,26 @@ async fn wait_for_signal() {
     }
 }
 
+/// The demo app's directory: `<data_dir>/demo` on the log transport (its SQLite database
+/// `pipeline.db` and its CSV files live there and survive a restart); none on the memory
+/// and NATS transports, which have no data directory (SQLite in memory).
+fn demo_dir(config: &NodeConfig) -> Option<PathBuf> {
+    match &config.transport {
+        switchyard_node::TransportConfig::Log(l) => Some(l.data_dir.join(DEMO_DIR)),
+        _ => None,
+    }
+}
+
+/// The subdirectory of the log transport's `data_dir` the demo app keeps its data in.
+const DEMO_DIR: &str = "demo";
+
 /// The demo app's settings: small runs (the trickle goes on for as long as the node runs), on
-/// the database of `DATABASE_URL` / `DATABASE_SCHEMA` (SQLite in memory when unset).
-fn demo_config() -> DemoConfig {
+/// the database of `DATABASE_URL` / `DATABASE_SCHEMA` (unset: SQLite, in `dir/pipeline.db`
+/// with a directory, in memory without).
+fn demo_config(dir: Option<PathBuf>) -> DemoConfig {
     DemoConfig {
         rows: 60,
+        data_dir: dir,
         ..DemoConfig::default()
     }
     .with_env_database()
@@ -194,10 +213,13 @@ async fn start_demo(
     node_url: &str,
     interval: Duration,
     stop: watch::Receiver<bool>,
+    config: DemoConfig,
     store: Store,
 ) -> Result<tokio::task::JoinHandle<()>, CliError> {
-    let config = demo_config();
     let store_desc = store.describe();
+    // Run ids go on from the last one the store has (a database kept across restarts): a
+    // restarted node's `demo-00001` would replace the earlier run's rows.
+    let first = last_demo_run(&store).await;
     let app = DemoApp::start_on(node.bus(), &config, store)
         .await
         .map_err(|e| CliError::Failure(format!("the demo app did not start: {e}")))?;
@@ -224,15 +246,38 @@ async fn start_demo(
         node.bus().clone(),
         interval,
         stop,
+        first,
     )))
 }
 
-/// Submits a run every `interval` and prints each result as it arrives, until `stop`.
-async fn trickle(mut app: DemoApp, bus: Bus, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// The highest `demo-NNNNN` run the store has data of (0: none, or the store did not say).
+async fn last_demo_run(store: &Store) -> u64 {
+    match store.database().runs().await {
+        Ok(runs) => runs
+            .iter()
+            .filter_map(|r| r.strip_prefix("demo-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0),
+        Err(e) => {
+            say!("demo: the store did not list its runs ({e}); run ids start at demo-00001");
+            0
+        }
+    }
+}
+
+/// Submits a run every `interval` and prints each result as it arrives, until `stop`; the
+/// first run is `demo-<after + 1>`.
+async fn trickle(
+    mut app: DemoApp,
+    bus: Bus,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    after: u64,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting: HashMap<MessageId, (String, Instant)> = HashMap::new();
-    let mut n = 0u64;
+    let mut n = after;
     let heartbeats = app.running().start_heartbeats(HEARTBEAT_EVERY);
     loop {
         tokio::select! {

@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(15);
 mod cli;
 #[path = "review_rev23/config.rs"]
 mod config;
+#[path = "review_rev23/fixsmall.rs"]
+mod fixsmall;
 #[path = "review_rev23/serve_fixes.rs"]
 mod serve_fixes;
 #[path = "review_rev23/wire.rs"]

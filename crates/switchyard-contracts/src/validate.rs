@@ -124,9 +124,12 @@ pub enum Verdict {
         enforcement: Enforcement,
         /// The registered type it was checked against.
         type_name: String,
-        /// Every reason, in the payload's order (all of them; [`describe`](Verdict::describe)
-        /// lists the first [`MAX_DESCRIBED_ISSUES`]).
+        /// The reasons, in the payload's order: all of them from
+        /// [`Validator::check`], the first ones from [`Validator::check_summary`] (which
+        /// formats no more than [`describe`](Verdict::describe) lists).
         issues: Vec<ValidationIssue>,
+        /// How many reasons there are (at least `issues.len()`; exact either way).
+        issue_count: usize,
     },
 }
 
@@ -143,14 +146,18 @@ impl Verdict {
     }
 
     /// One line naming the type and the issues, for a dead letter or an error response:
-    /// the first [`MAX_DESCRIBED_ISSUES`], then `and N more (M issues)` when there are more,
-    /// so the text does not grow with the payload (every issue stays in
-    /// [`issues`](Self::Invalid::issues)).
+    /// the first [`MAX_DESCRIBED_ISSUES`], then `and N more (M issues)` when there are more
+    /// (`M` is [`issue_count`](Self::Invalid::issue_count)), so the text does not grow with
+    /// the payload. The same text from [`Validator::check`] and
+    /// [`Validator::check_summary`].
     pub fn describe(&self) -> Option<String> {
         use fmt::Write as _;
         match self {
             Self::Invalid {
-                type_name, issues, ..
+                type_name,
+                issues,
+                issue_count,
+                ..
             } => {
                 let mut text = format!("invalid against the schema of {type_name}: ");
                 for (i, issue) in issues.iter().take(MAX_DESCRIBED_ISSUES).enumerate() {
@@ -160,13 +167,10 @@ impl Verdict {
                     // Writing into a String cannot fail.
                     let _ = write!(text, "{issue}");
                 }
-                if issues.len() > MAX_DESCRIBED_ISSUES {
-                    let _ = write!(
-                        text,
-                        "; and {} more ({} issues)",
-                        issues.len() - MAX_DESCRIBED_ISSUES,
-                        issues.len()
-                    );
+                let listed = issues.len().min(MAX_DESCRIBED_ISSUES);
+                let total = (*issue_count).max(issues.len());
+                if total > listed {
+                    let _ = write!(text, "; and {} more ({total} issues)", total - listed);
                 }
                 Some(text)
             }
@@ -338,13 +342,27 @@ impl Validator {
         move |env| self.intake_verdict(env)
     }
 
-    /// [`check`](Self::check) as the bus's intake check sees it.
+    /// [`check_summary`](Self::check_summary) as the bus's intake check sees it.
     pub fn intake_verdict(&self, env: &Envelope) -> IntakeVerdict {
-        IntakeVerdict::from(&self.check(env))
+        IntakeVerdict::from(&self.check_summary(env))
     }
 
-    /// Checks one message.
+    /// Checks one message; an invalid one's verdict has every issue, formatted.
     pub fn check(&self, env: &Envelope) -> Verdict {
+        self.check_keeping(env, usize::MAX)
+    }
+
+    /// Checks one message as [`check`](Self::check) does, but formats only the issues
+    /// [`Verdict::describe`] lists (the first [`MAX_DESCRIBED_ISSUES`]) and counts the rest
+    /// ([`issue_count`](Verdict::Invalid::issue_count) is exact): what a refusal needs, in
+    /// time that does not grow with formatting every issue of a payload with tens of
+    /// thousands. The node's gateway, its ZeroMQ ingest and the bus's intake check use it.
+    pub fn check_summary(&self, env: &Envelope) -> Verdict {
+        self.check_keeping(env, MAX_DESCRIBED_ISSUES)
+    }
+
+    /// [`check`](Self::check), formatting the first `keep` issues of the schema.
+    fn check_keeping(&self, env: &Envelope, keep: usize) -> Verdict {
         let enforcement = self.enforcement(&env.topic);
         if enforcement == Enforcement::Off {
             return Verdict::Unchecked;
@@ -409,6 +427,7 @@ impl Validator {
                 }];
                 stray(&mut issues);
                 return Verdict::Invalid {
+                    issue_count: issues.len(),
                     enforcement,
                     type_name: candidates
                         .first()
@@ -429,33 +448,42 @@ impl Validator {
                                 path: String::new(),
                                 reason: format!("not upcast: {e}"),
                             };
-                            first_failure.get_or_insert((c.type_name.clone(), vec![issue]));
+                            first_failure.get_or_insert((c.type_name.clone(), vec![issue], 1));
                             continue;
                         }
                     }
                 }
                 _ => None,
             };
-            let issues: Vec<ValidationIssue> = c
-                .schema
-                .iter_errors(upcast.as_ref().unwrap_or(&payload))
-                .map(|e| ValidationIssue {
-                    path: e.instance_path().to_string(),
-                    reason: e.to_string(),
-                })
-                .collect();
-            if issues.is_empty() {
+            // Formatting an issue (its path and message) is most of the cost of a payload
+            // with many: only the first `keep` are, the rest are counted. A later candidate's
+            // issues are not needed once one failed (the verdict reports the first).
+            let mut issues = Vec::new();
+            let mut count = 0usize;
+            let keep_here = if first_failure.is_some() { 0 } else { keep };
+            for e in c.schema.iter_errors(upcast.as_ref().unwrap_or(&payload)) {
+                if issues.len() < keep_here {
+                    issues.push(ValidationIssue {
+                        path: e.instance_path().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+                count += 1;
+            }
+            if count == 0 {
                 return Verdict::Valid {
                     type_name: c.type_name.clone(),
                 };
             }
-            first_failure.get_or_insert((c.type_name.clone(), issues));
+            first_failure.get_or_insert((c.type_name.clone(), issues, count));
         }
-        let (type_name, mut issues) = first_failure.unwrap_or_default();
+        let (type_name, mut issues, count) = first_failure.unwrap_or_default();
+        let before = issues.len();
         stray(&mut issues);
         Verdict::Invalid {
             enforcement,
             type_name,
+            issue_count: count + (issues.len() - before),
             issues,
         }
     }

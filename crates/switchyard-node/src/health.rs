@@ -65,26 +65,32 @@ impl Health {
             .insert(handler.to_owned(), handle);
     }
 
-    /// Every breaker's state by handler.
-    pub(crate) fn breakers(&self) -> Vec<(String, BreakerState)> {
+    /// The state of the breaker of every handler `bus` has now, by handler name. A handler
+    /// that went away (a WebSocket client's remote handler or handler group whose
+    /// connection closed, a dropped `Subscription`) is not listed: its breaker would never
+    /// move again, and an open one would keep a critical handler's node unready for good.
+    /// Its entry is kept (by name), for a handler registered again under that name.
+    pub(crate) fn breakers(&self, bus: &switchyard::Bus) -> Vec<(String, BreakerState)> {
+        let live: HashSet<String> = bus.registry().into_iter().map(|s| s.name).collect();
         self.breakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .filter(|(k, _)| live.contains(k.as_str()))
             .map(|(k, h)| (k.clone(), h.state()))
             .collect()
     }
 
     /// Reasons the node is not ready (empty: ready).
-    pub(crate) fn problems(&self, shutting_down: bool) -> Vec<String> {
+    pub(crate) fn problems(&self, bus: &switchyard::Bus) -> Vec<String> {
         let mut out = Vec::new();
-        if shutting_down {
+        if bus.is_shutting_down() {
             out.push("node is shutting down".to_owned());
         }
         if let Some(p) = self.transport.problem() {
             out.push(p);
         }
-        for (handler, state) in self.breakers() {
+        for (handler, state) in self.breakers(bus) {
             if state == BreakerState::Open && self.critical.contains(&handler) {
                 out.push(format!(
                     "circuit breaker of critical handler {handler:?} is open"

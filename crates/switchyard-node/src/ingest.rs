@@ -70,7 +70,7 @@ async fn start(state: &AppState, c: &ZmqIngestConfig) -> Result<Ingest, NodeErro
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|v| v.check(&env));
+            .map(|v| v.check_summary(&env));
         async move {
             if let Some(verdict) = verdict
                 && let Some(text) = verdict.describe()

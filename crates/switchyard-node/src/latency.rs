@@ -174,6 +174,15 @@ impl Latencies {
         })
     }
 
+    /// Drops the histogram of `name` (a per-connection WebSocket subscription that ended:
+    /// its name is never used again), so the rows do not grow with client churn.
+    pub(crate) fn forget(&self, name: &str) {
+        self.rows
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
     /// Percentiles of every handler and of all of them together.
     pub(crate) fn snapshot(&self) -> LatencyJson {
         let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());

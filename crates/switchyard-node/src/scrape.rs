@@ -41,13 +41,13 @@ fn write_bus_figures(state: &AppState) {
         .retain(|h| live.contains(h.handler.as_str()));
     let monitors = state.metrics.monitors();
     let denials = state.auth.denials();
-    let mut breakers = state.health.breakers();
+    let mut breakers = state.health.breakers(&state.bus);
     breakers.retain(|(h, _)| live.contains(h.as_str()));
     let mut latency = state.latency.snapshot();
     latency
         .handlers
         .retain(|h| live.contains(h.handler.as_str()));
-    let problems = state.health.problems(state.bus.is_shutting_down());
+    let problems = state.health.problems(&state.bus);
     gauge!("switchyard_pending").set(snapshot.pending as f64);
     gauge!(bus_names::DLQ_SIZE).set(state.dlq.len() as f64);
     counter!(bus_names::DLQ_EVICTED).absolute(state.dlq.evicted());
@@ -233,7 +233,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
         "dead_letters": {"size": state.dlq.len(), "evicted": state.dlq.evicted()},
         "handlers": state.handlers.snapshot(),
         "latency": state.latency.snapshot(),
-        "breakers": state.health.breakers().into_iter().map(|(h, s)| json!({"handler": h, "state": format!("{s:?}")})).collect::<Vec<_>>(),
+        "breakers": state.health.breakers(&state.bus).into_iter().map(|(h, s)| json!({"handler": h, "state": format!("{s:?}")})).collect::<Vec<_>>(),
         "pipelines": pipelines,
         "gateway": state.metrics.gateway_json(),
         "denials": {"unauthenticated": denials.unauthenticated(), "forbidden": forbidden},

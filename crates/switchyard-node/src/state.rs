@@ -94,7 +94,7 @@ impl AppState {
         else {
             return Ok(());
         };
-        let verdict = validator.check(env);
+        let verdict = validator.check_summary(env);
         let Some(text) = verdict.describe() else {
             return Ok(());
         };

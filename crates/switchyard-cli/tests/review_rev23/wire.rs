@@ -193,7 +193,7 @@ fn metrics_exposed_and_documented_are_the_same_set() {
         "switchyard_gateway_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}",
         "switchyard_gateway_requests_total{route=\"unmatched\",method=\"other\",status=\"405\"}",
         "switchyard_gateway_rate_limited_total{principal=\"anonymous\"}",
-        "switchyard_delivered_total{topic=\"orders.#\",handler=\"ws:anonymous\"}",
+        "switchyard_delivered_total{topic=\"orders.#\",handler=\"ws:anonymous:",
         "switchyard_delivered_total{topic=\"users.create\",handler=\"ws-handler:anonymous\"} 1",
         "switchyard_breaker_state{handler=\"ws-handler:anonymous\"} 0",
         "switchyard_transport_connected{transport=\"memory\"} 1",

@@ -357,3 +357,58 @@ fn the_description_of_many_issues_lists_the_first_and_counts_the_rest() {
         "{text}"
     );
 }
+
+/// Task fixsmall: `check_summary` (what the gateway, ingest and the intake check use) formats
+/// only the issues a refusal lists, yet reports the exact count and the same text as `check`.
+#[test]
+fn the_summary_check_counts_every_issue_and_describes_as_the_full_check() {
+    use switchyard_contracts::MAX_DESCRIBED_ISSUES;
+    let v = validator();
+    let lines: Vec<String> = (0..3_000)
+        .map(|_| r#"{"sku": 1, "qty": "x"}"#.to_owned())
+        .collect();
+    let env = foreign(
+        "orders.placed",
+        &format!(r#"{{"order": 1, "lines": [{}]}}"#, lines.join(",")),
+    );
+    let full = v.check(&env);
+    let summary = v.check_summary(&env);
+    let Verdict::Invalid {
+        issues,
+        issue_count,
+        ..
+    } = &summary
+    else {
+        panic!("{summary:?}");
+    };
+    assert_eq!(*issue_count, 6_000, "the count stays exact");
+    assert_eq!(
+        issues.len(),
+        MAX_DESCRIBED_ISSUES,
+        "only the listed ones are formatted"
+    );
+    let Verdict::Invalid {
+        issues: all,
+        issue_count: all_count,
+        ..
+    } = &full
+    else {
+        panic!("{full:?}");
+    };
+    assert_eq!((all.len(), *all_count), (6_000, 6_000));
+    assert_eq!(&all[..MAX_DESCRIBED_ISSUES], &issues[..]);
+    let text = summary.describe().unwrap();
+    assert_eq!(Some(&text), full.describe().as_ref());
+    assert!(text.ends_with("and 5980 more (6000 issues)"), "{text}");
+    assert_eq!(
+        IntakeVerdict::from(&summary),
+        IntakeVerdict::from(&full),
+        "the intake check refuses with the same text"
+    );
+    // A stray type name's note comes first and counts, as in the full check.
+    let mut stray = env.clone();
+    stray.type_name = Some("NoSuchType".into());
+    let (s, f) = (v.check_summary(&stray), v.check(&stray));
+    assert_eq!(s.describe(), f.describe());
+    assert!(s.describe().unwrap().contains("(6001 issues)"), "{s:?}");
+}

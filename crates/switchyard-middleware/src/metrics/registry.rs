@@ -294,6 +294,15 @@ impl MetricsRegistry {
             .clone()
     }
 
+    /// Drops every row of `handler` (all its topic labels): for a handler whose name is
+    /// never used again (e.g. a node's per-connection WebSocket subscriptions), so the
+    /// registry does not grow with handlers that came and went. A stack still running
+    /// under that name goes on counting into rows no snapshot shows; one made later under
+    /// the name starts from zero.
+    pub fn forget(&self, handler: &str) {
+        self.rows.lock().retain(|(_, h), _| h != handler);
+    }
+
     /// The counts now.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let rows = self.rows.lock();
@@ -357,5 +366,22 @@ mod tests {
             micros(stats.end_to_end.sum_seconds),
             CALLS * THREADS * (THREADS + 1) / 2
         );
+    }
+
+    /// `forget` drops every topic row of one handler and no other handler's.
+    #[test]
+    fn forget_drops_the_rows_of_one_handler() {
+        let r = MetricsRegistry::new();
+        let _ = r.counters("a.#", "gone");
+        let _ = r.counters("b.#", "gone");
+        let _ = r.counters("a.#", "stays");
+        r.forget("gone");
+        let names: Vec<_> = r
+            .snapshot()
+            .handlers
+            .iter()
+            .map(|h| h.handler.clone())
+            .collect();
+        assert_eq!(names, vec!["stays".to_owned()]);
     }
 }

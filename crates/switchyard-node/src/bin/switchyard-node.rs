@@ -1,7 +1,8 @@
 //! A minimal node runner: `switchyard-node [CONFIG.toml]`. Loads the config (plus
 //! `SWITCHYARD_*` env), serves until SIGINT/SIGTERM, and prints `listening on <url>` on
 //! stdout once the listener is bound (tests read it to find an ephemeral port). The
-//! operator CLI's `switchyard serve` is the user-facing way to run a node.
+//! operator CLI's `switchyard serve` is the user-facing way to run a node. A closed stdout
+//! or stderr does not stop it: what it would print there is dropped.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ async fn main() -> ExitCode {
     let config = match NodeConfig::load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("switchyard-node: {e}");
+            say_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -24,29 +25,37 @@ async fn main() -> ExitCode {
     let node = match Node::start(config).await {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("switchyard-node: {e}");
+            say_error(&e);
             return ExitCode::FAILURE;
         }
     };
     let listener = match node.bind().await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("switchyard-node: {e}");
+            say_error(&e);
             return ExitCode::FAILURE;
         }
     };
     if let Ok(addr) = listener.local_addr() {
         let scheme = if tls { "https" } else { "http" };
-        println!("listening on {scheme}://{addr}");
-        let _ = std::io::stdout().flush();
+        // Not `println!`, which panics when stdout is closed (`switchyard-node | head`, a
+        // reader that went away): the line is for a reader who may have gone.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {scheme}://{addr}");
+        let _ = out.flush();
     }
     match node.serve(listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchyard-node: {e}");
+            say_error(&e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// `switchyard-node: <error>` on stderr; a closed stderr drops it (`eprintln!` would panic).
+fn say_error(e: &dyn std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "switchyard-node: {e}");
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,13 @@ impl NodeConfig {
             ));
         }
         self.validate_auth()?;
+        if let Err(e) = crate::logging::check_filter(&self.logging.filter) {
+            return Err(ConfigError::invalid(
+                "logging.filter",
+                format!("{:?}", self.logging.filter),
+                format!("tracing filter directives, e.g. \"info,switchyard_node=debug\" ({e})"),
+            ));
+        }
         if let Some(enc) = &self.encryption {
             enc.build()?;
         }

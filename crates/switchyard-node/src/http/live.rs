@@ -136,7 +136,7 @@ pub(crate) async fn health(State(state): State<AppState>, _admin: Admin) -> Json
         .unwrap_or_default();
     Json(crate::live::health::report(
         &state.bus.registry(),
-        &state.health.breakers(),
+        &state.health.breakers(&state.bus),
         &state.live.recent(),
         topology.as_ref(),
         transport,

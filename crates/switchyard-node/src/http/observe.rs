@@ -25,7 +25,7 @@ pub(crate) async fn health() -> Json<Value> {
 /// Readiness: the transport is connected, no critical breaker is open, not shutting down.
 #[utoipa::path(get, path = "/ready", responses((status = 200), (status = 503, description = "not ready, with reasons")), tag = "observability")]
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let problems = state.health.problems(state.bus.is_shutting_down());
+    let problems = state.health.problems(&state.bus);
     if problems.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
@@ -99,7 +99,7 @@ pub(crate) struct StatusJson {
 /// Version, uptime, transport, readiness and counts.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusJson)), tag = "observability")]
 pub(crate) async fn status(State(state): State<AppState>, _admin: Admin) -> Json<StatusJson> {
-    let problems = state.health.problems(state.bus.is_shutting_down());
+    let problems = state.health.problems(&state.bus);
     let registry = state.bus.registry();
     let commands = registry
         .iter()

@@ -249,7 +249,7 @@ impl Live {
         c.published = c.publishes.values().sum::<u64>() + self.publishes.overflow();
         let breakers_open = state
             .health
-            .breakers()
+            .breakers(&state.bus)
             .iter()
             .filter(|(_, s)| *s == switchyard_middleware::breaker::BreakerState::Open)
             .count() as u64;

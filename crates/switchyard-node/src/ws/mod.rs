@@ -73,8 +73,10 @@ const DEFAULT_CONCURRENCY: usize = 16;
 /// Most commands a remote handler may get at once.
 const MAX_CONCURRENCY: usize = 1024;
 
-/// Names of the bus subscriptions WebSocket clients make start with this (`ws:<principal>`
-/// for their own, `ws:group:<group>` for groups); remote handlers are `ws-handler:<principal>`.
+/// Names of the bus subscriptions WebSocket clients make start with this
+/// (`ws:<principal>:<connection>:<subscription id>` for their own, see
+/// [`targets::own_name`], `ws:group:<group>` for groups); remote handlers are
+/// `ws-handler:<principal>`.
 pub(crate) const SUBSCRIPTION_PREFIX: &str = "ws:";
 
 /// Names of the bus handlers WebSocket clients register (`ws-handler:<principal>` alone,
@@ -396,7 +398,10 @@ impl Session {
                 format!("no subscription {sid:?} on this connection"),
             ));
         };
-        self.state.ws.unsubscribe(self.conn.id, &sid, record).await;
+        self.state
+            .ws
+            .unsubscribe(&self.state, self.conn.id, &sid, record)
+            .await;
         #[derive(Serialize)]
         struct Unsubscribed<'a> {
             subscription: &'a str,
@@ -601,7 +606,10 @@ impl Session {
     /// unacked were already handed back when the connection closed).
     async fn end(&mut self) {
         for (sid, record) in self.subs.drain() {
-            self.state.ws.unsubscribe(self.conn.id, &sid, record).await;
+            self.state
+                .ws
+                .unsubscribe(&self.state, self.conn.id, &sid, record)
+                .await;
         }
         for (topic, record) in self.handlers.drain() {
             self.state.ws.unhandle(self.conn.id, &topic, record).await;

@@ -132,13 +132,24 @@ impl Target {
 
 /// A subscription this connection holds.
 pub(crate) enum SubRecord {
-    /// Its own bus subscription (dropped: unsubscribed).
+    /// Its own bus subscription (dropped: unsubscribed), named `name`.
     Own {
+        name: String,
         target: Arc<Target>,
         _subscription: Subscription,
     },
     /// Membership of a shared group.
     Group { name: String },
+}
+
+/// The bus subscription name of a connection's own subscription:
+/// `ws:<principal>:<connection>:<subscription id>`, e.g. `ws:alice:7:s1`. Distinct for each
+/// subscription of each connection (so `/v1/subscriptions`, `/v1/stats`, `/v1/topology` and
+/// `/metrics` tell two clients of one principal apart), stable while it lives, never reused
+/// by this node (connection numbers only grow), and never a group's (`ws:group:<group>`: a
+/// group name has no `:`).
+pub(crate) fn own_name(principal: &str, conn: u64, sid: &str) -> String {
+    format!("{}{principal}:{conn}:{sid}", super::SUBSCRIPTION_PREFIX)
 }
 
 /// Group names: the group's bus subscription and transport consumer group are named after
@@ -274,11 +285,12 @@ impl Hub {
             );
             let target = Arc::new(Target::new(spec.mode, label, state.metrics.clone(), false));
             target.add(conn.clone(), spec.sid.clone());
-            let name = format!("{}{}", super::SUBSCRIPTION_PREFIX, conn.principal.name());
+            let name = own_name(conn.principal.name(), conn.id, &spec.sid);
             let subscription =
                 start_subscription(state, &name, spec.pattern, target.clone(), workers, true)
                     .await?;
             return Ok(SubRecord::Own {
+                name,
                 target,
                 _subscription: subscription,
             });
@@ -333,16 +345,26 @@ impl Hub {
         })
     }
 
-    /// Ends a subscription of connection `conn`: drops its own, or leaves its group (the
-    /// group's bus subscription ends with its last member).
-    pub(crate) async fn unsubscribe(&self, conn: u64, sid: &str, record: SubRecord) {
+    /// Ends a subscription of connection `conn`: drops its own (and the `/v1/stats` rows
+    /// kept under its name, which is never used again), or leaves its group (the group's bus
+    /// subscription ends with its last member).
+    pub(crate) async fn unsubscribe(
+        &self,
+        state: &AppState,
+        conn: u64,
+        sid: &str,
+        record: SubRecord,
+    ) {
         match record {
             SubRecord::Own {
+                name,
                 target,
                 _subscription,
             } => {
                 target.remove(conn, sid);
                 drop(_subscription);
+                state.handlers.forget(&name);
+                state.latency.forget(&name);
             }
             SubRecord::Group { name } => {
                 let mut groups = self.groups.lock().await;

@@ -126,3 +126,6 @@ trace_messages = 0
     node.shutdown().await.unwrap();
     assert!(acked.len() >= BEFORE_KILL);
 }
+
+#[path = "binary.rs"]
+mod binary;

@@ -7,6 +7,7 @@
 mod answer_first;
 mod auth;
 mod churn;
+mod fixsmall;
 mod group_leave;
 mod handler_groups;
 mod limits;
