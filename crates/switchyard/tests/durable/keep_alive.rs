@@ -108,3 +108,67 @@ async fn in_place_retries_whose_backoffs_pass_the_ack_wait_get_no_second_copy() 
     let (calls, lags) = run(2, Duration::ZERO, ACK_WAIT * 2).await;
     assert_once(&calls, &[1, 2, 3], &lags);
 }
+
+/// The bound: a handler that never returns keeps its delivery alive only for the
+/// subscription's `max_hold`, counted from when the log handed it out; then the log hands it
+/// out again one ack wait later (here to the subscription's other worker, which acks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_handler_keeps_its_delivery_only_for_max_hold() {
+    const MAX_HOLD: Duration = Duration::from_millis(900);
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(LogConfig::new(dir.path()).with_ack_wait(ACK_WAIT)).unwrap();
+    let bus = Bus::builder().transport(log.clone()).build().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _worker = bus
+        .on("worker", move |_: Job, ctx| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((ctx.attempt(), std::time::Instant::now()));
+                if ctx.attempt() == 1 {
+                    // Hangs: never returns.
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), &'static str>(())
+            }
+        })
+        .workers(2)
+        .max_hold(MAX_HOLD)
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Job { n: 1 }).await.unwrap();
+    let (first, at) = next(&mut rx).await;
+    assert_eq!(first, 1);
+    let (second, again) = next(&mut rx).await;
+    assert_eq!(second, 2, "the hung call's delivery comes back as attempt 2");
+    // Kept alive for max_hold (3 ack waits): not handed out again before it (a little slack
+    // for when the log made the delivery, just before the handler's first call).
+    assert!(
+        again.duration_since(at) + Duration::from_millis(100) >= MAX_HOLD,
+        "handed out again after {:?}, before max_hold {MAX_HOLD:?}",
+        again.duration_since(at)
+    );
+    tokio::time::timeout(WAIT, async {
+        while log
+            .group_lags()
+            .iter()
+            .any(|l| l.group == "worker" && (l.lag > 0 || l.pending > 0))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the second copy is never acked");
+    let report = bus.shutdown(Duration::from_millis(50)).await.unwrap();
+    assert_eq!(report.nacked.len(), 1, "the hung call is handed back: {report:?}");
+}
+
+/// The next call the handler reported: its attempt and when it started.
+async fn next(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u32, std::time::Instant)>,
+) -> (u32, std::time::Instant) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("no call")
+        .expect("channel closed")
+}
