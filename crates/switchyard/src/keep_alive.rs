@@ -51,9 +51,7 @@ impl Keeper {
         let every = held.keep_alive_every()?;
         // How long it waited (in the transport's client, the pump, the queue) before this
         // worker took it: its ack wait has been running since it was handed out.
-        let waited = held
-            .handed_out_at()
-            .map_or(Duration::ZERO, |t| t.elapsed());
+        let waited = held.handed_out_at().map_or(Duration::ZERO, |t| t.elapsed());
         let hold = sub.config.max_hold.checked_sub(waited)?;
         if hold.is_zero() {
             return None;

@@ -140,7 +140,10 @@ async fn a_hung_handler_keeps_its_delivery_only_for_max_hold() {
     let (first, at) = next(&mut rx).await;
     assert_eq!(first, 1);
     let (second, again) = next(&mut rx).await;
-    assert_eq!(second, 2, "the hung call's delivery comes back as attempt 2");
+    assert_eq!(
+        second, 2,
+        "the hung call's delivery comes back as attempt 2"
+    );
     // Kept alive for max_hold (3 ack waits): not handed out again before it (a little slack
     // for when the log made the delivery, just before the handler's first call).
     assert!(
@@ -160,7 +163,11 @@ async fn a_hung_handler_keeps_its_delivery_only_for_max_hold() {
     .await
     .expect("the second copy is never acked");
     let report = bus.shutdown(Duration::from_millis(50)).await.unwrap();
-    assert_eq!(report.nacked.len(), 1, "the hung call is handed back: {report:?}");
+    assert_eq!(
+        report.nacked.len(),
+        1,
+        "the hung call is handed back: {report:?}"
+    );
 }
 
 /// The next call the handler reported: its attempt and when it started.
