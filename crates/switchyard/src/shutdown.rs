@@ -295,6 +295,7 @@ impl Bus {
                 report.nacked.push(env.id.clone());
             } else {
                 report.left.push(env.id.clone());
+                crate::stats::inc(&sub.counters.dead_lettered);
                 inner.dead_letter(
                     DeadLetter::new(
                         Arc::unwrap_or_clone(env),

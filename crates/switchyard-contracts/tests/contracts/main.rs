@@ -6,6 +6,7 @@ mod asyncapi;
 mod compat;
 mod encrypt;
 mod python;
+mod review_rev29;
 mod review_rev6;
 mod schema;
 mod upcast;
