@@ -311,7 +311,7 @@ impl SubShared {
                 .await
             };
             if let Some(keeper) = keeper {
-                delivery = keeper.stop().await;
+                delivery = keeper.stop();
             }
             if let Some(delivery) = delivery {
                 self.settle_as(&bus, *delivery, ok).await;

@@ -18,19 +18,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use switchyard_core::Delivery;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::state::SubShared;
 
-/// The task keeping one delivery alive. Dropped without [`stop`](Self::stop) (the worker
-/// aborted at the shutdown deadline), it aborts the task, which drops the delivery unsettled:
-/// the transport redelivers it, as it would have without keep-alive.
+/// The task keeping one delivery alive, and the delivery, in a slot the worker takes it back
+/// from without waiting (no await between a handler's end and its settling, so a worker
+/// aborted at the shutdown deadline never leaves a handled message reported as handed back).
+/// Dropped without [`stop`](Self::stop) (the worker aborted at the shutdown deadline), it
+/// aborts the task and the delivery is dropped unsettled: the transport redelivers it, as it
+/// would have without keep-alive.
 pub(crate) struct Keeper {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Box<Delivery>>,
+    held: Arc<Mutex<Option<Box<Delivery>>>>,
+    task: JoinHandle<()>,
 }
 
 impl Keeper {
@@ -64,22 +67,17 @@ impl Keeper {
             first: now + every.saturating_sub(waited),
             until: now.checked_add(hold).unwrap_or_else(far_future),
         };
-        let held = delivery.take()?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(keep(held, plan, Arc::clone(sub), stopped));
-        Some(Self {
-            stop: Some(stop),
-            task,
-        })
+        let held = Arc::new(Mutex::new(delivery.take()));
+        let task = tokio::spawn(keep(Arc::clone(&held), plan, Arc::clone(sub)));
+        Some(Self { held, task })
     }
 
-    /// Stops keeping the delivery alive and hands it back (`None` only if the task did not
-    /// end normally: the delivery was dropped, i.e. handed back to the transport).
+    /// Stops keeping the delivery alive and hands it back, at once.
     #[cold]
     #[inline(never)]
-    pub(crate) async fn stop(mut self) -> Option<Box<Delivery>> {
-        drop(self.stop.take());
-        (&mut self.task).await.ok()
+    pub(crate) fn stop(self) -> Option<Box<Delivery>> {
+        self.task.abort();
+        self.held.lock().take()
     }
 }
 
@@ -102,17 +100,12 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
-/// Tells the transport every `plan.every` that `delivery` is still being worked on, until the
-/// worker takes it back (`stopped`), the subscription is removed, or `plan.until` passes;
-/// in the last two cases it stops telling and waits for the worker all the same. A
-/// keep-alive the transport has to send runs on a task of its own, so a slow send never
-/// holds the delivery back from being settled.
-async fn keep(
-    delivery: Box<Delivery>,
-    plan: Plan,
-    sub: Arc<SubShared>,
-    mut stopped: oneshot::Receiver<()>,
-) -> Box<Delivery> {
+/// Tells the transport every `plan.every` that the delivery in `held` is still being worked
+/// on, until the worker takes it back (and aborts this task), the subscription is removed,
+/// or `plan.until` passes; in the last two cases it stops telling, the delivery left in
+/// `held` for the worker to settle. A keep-alive the transport has to send runs on a task of
+/// its own, so a slow send never holds the delivery back from being settled.
+async fn keep(held: Arc<Mutex<Option<Box<Delivery>>>>, plan: Plan, sub: Arc<SubShared>) {
     let mut tick = tokio::time::interval_at(plan.first, plan.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bound = tokio::time::sleep_until(plan.until);
@@ -121,23 +114,25 @@ async fn keep(
     loop {
         tokio::select! {
             biased;
-            _ = &mut stopped => return delivery,
             () = &mut removed => {
-                tracing::debug!(subscription = %sub.name(), message_id = %delivery.envelope.id,
+                tracing::debug!(subscription = %sub.name(), message_id = ?id(&held),
                     "subscription removed while its handler holds a delivery: no longer kept \
                      alive, the transport hands it out again after its ack wait");
-                break;
+                return;
             }
             () = &mut bound => {
-                tracing::warn!(subscription = %sub.name(), message_id = %delivery.envelope.id,
+                tracing::warn!(subscription = %sub.name(), message_id = ?id(&held),
                     max_hold = ?sub.config.max_hold,
                     "a delivery was held past max_hold: no longer kept alive, the transport \
                      hands it out again after its ack wait while the handler may still run");
-                break;
+                return;
             }
             _ = tick.tick() => {
-                if let Some(send) = delivery.keep_alive() {
-                    let id = delivery.envelope.id.clone();
+                let send = held
+                    .lock()
+                    .as_ref()
+                    .and_then(|d| d.keep_alive().map(|send| (send, d.envelope.id.clone())));
+                if let Some((send, id)) = send {
                     tokio::spawn(async move {
                         if let Err(e) = send.await {
                             tracing::debug!(message_id = %id, error = %e, "cannot keep a delivery alive");
@@ -147,7 +142,9 @@ async fn keep(
             }
         }
     }
-    // Still the worker's to settle (an ack that comes late, a hand-back), when it ends.
-    let _ = stopped.await;
-    delivery
+}
+
+/// The id of the held message, for the logs.
+fn id(held: &Mutex<Option<Box<Delivery>>>) -> Option<switchyard_core::MessageId> {
+    held.lock().as_ref().map(|d| d.envelope.id.clone())
 }
