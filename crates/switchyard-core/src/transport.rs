@@ -82,6 +82,19 @@ pub trait AckHandle: Send + 'static {
     ) -> BoxFuture<'static, Result<(), TransportError>>;
     /// The message must never be redelivered.
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
+    /// How often whoever holds the delivery unsettled must call
+    /// [`keep_alive`](Self::keep_alive) so the transport does not redeliver it meanwhile
+    /// (a transport that redelivers after an ack wait). Default: `None`, never needed.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        None
+    }
+    /// The delivery is still being worked on: its ack wait starts again (JetStream's
+    /// "in progress"). A transport either does it at once and returns `None`, or returns a
+    /// future, independent of the handle, that does it (the holder runs it, without waiting
+    /// for it). Default: `None`, nothing to do.
+    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
+        None
+    }
 }
 
 /// A boxed stream of deliveries: a subscription type transports can share instead of each
@@ -122,6 +135,8 @@ pub struct Delivery {
     /// The message.
     pub envelope: Envelope,
     handle: Option<Box<dyn AckHandle>>,
+    /// When the transport handed it out (made it): where its ack wait started.
+    handed_out: Option<Instant>,
 }
 
 impl Delivery {
@@ -130,6 +145,7 @@ impl Delivery {
         Self {
             envelope,
             handle: Some(handle),
+            handed_out: Some(Instant::now()),
         }
     }
 
@@ -138,6 +154,7 @@ impl Delivery {
         Self {
             envelope,
             handle: None,
+            handed_out: None,
         }
     }
 
@@ -155,6 +172,25 @@ impl Delivery {
             Some(h) => h.nack(delay).await,
             None => Ok(()),
         }
+    }
+
+    /// How often the holder must call [`keep_alive`](Self::keep_alive) while the delivery
+    /// is unsettled, when the transport redelivers after an ack wait
+    /// ([`AckHandle::keep_alive_every`]). `None`: never needed.
+    pub fn keep_alive_every(&self) -> Option<Duration> {
+        self.handle.as_ref().and_then(|h| h.keep_alive_every())
+    }
+
+    /// When the transport handed the delivery out (when [`Delivery::new`] made it): about
+    /// when its ack wait started. `None` for a delivery that needs no settling.
+    pub fn handed_out_at(&self) -> Option<Instant> {
+        self.handed_out
+    }
+
+    /// Tells the transport the message is still being worked on, so its ack wait starts
+    /// again ([`AckHandle::keep_alive`]). `None` when there is nothing to do.
+    pub fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
+        self.handle.as_ref().and_then(|h| h.keep_alive())
     }
 
     /// Settles the message for good without handling it.

@@ -428,6 +428,19 @@ impl GroupShared {
         }
     }
 
+    /// Starts a delivered message's ack wait again: it is redelivered if not settled by
+    /// `until`. Ignored if the message was redelivered since (`generation` is stale) or is
+    /// already settled or released.
+    pub fn keep_alive(&self, offset: u64, generation: u64, until: Instant) {
+        let mut st = lock(&self.state);
+        if let Some(p) = st.pending.get_mut(&offset)
+            && p.generation == generation
+            && matches!(p.state, PState::InFlight(_))
+        {
+            p.state = PState::InFlight(until);
+        }
+    }
+
     /// Forgets unsettled messages and restarts reading at the floor (when the last member of
     /// a group leaves, so a changed pattern takes effect from there).
     pub fn reset(&self, pattern: Pattern) {

@@ -873,4 +873,24 @@ impl AckHandle for LogAck {
         });
         Box::pin(async move { result })
     }
+
+    /// Half the ack wait, so a keep-alive that comes a little late still lands in time.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        Some((self.inner.settings.ack_wait / 2).max(Duration::from_millis(1)))
+    }
+
+    /// Moves the delivery's ack deadline to a full ack wait from now, at once (no future).
+    /// After close nothing is extended: the delivery comes back after reopening anyway.
+    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
+        if !self.settled && !self.inner.closed.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let until = now
+                .checked_add(self.inner.settings.ack_wait.min(MAX_DURATION))
+                .unwrap_or(now);
+            self.group.keep_alive(self.offset, self.generation, until);
+            // The reader may be sleeping until the old deadline: it wakes then, finds the
+            // message not due and sleeps until the new one.
+        }
+        None
+    }
 }

@@ -45,6 +45,7 @@ pub struct BusBuilder {
     /// Set by [`backoff`](Self::backoff) or [`retry_delay`](Self::retry_delay); `None`: the
     /// default (a fixed 100 ms, or the retry policy's backoff under resilience).
     backoff: Option<Backoff>,
+    max_hold: Duration,
     cache_capacity: usize,
     max_message_bytes: usize,
     dead_letters: Option<Arc<dyn DeadLetterSink>>,
@@ -112,6 +113,7 @@ impl Default for BusBuilder {
             workers: 1,
             max_attempts: None,
             backoff: None,
+            max_hold: crate::config::DEFAULT_MAX_HOLD,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             dead_letters: None,
@@ -160,6 +162,19 @@ impl BusBuilder {
     /// [`backoff`](Self::backoff)`(Backoff::fixed(d))`. Default 100 ms.
     pub fn retry_delay(mut self, d: Duration) -> Self {
         self.backoff = Some(Backoff::fixed(d));
+        self
+    }
+
+    /// Default [`max_hold`](crate::SubscriptionBuilder::max_hold) of each subscription: how
+    /// long a transport delivery a worker holds (handler running, in-place retries waiting)
+    /// is kept alive past the transport's ack wait (the log resets the delivery's deadline,
+    /// NATS gets "in progress"), counted from when the transport handed it out. Past it the
+    /// transport hands the delivery out again one ack wait later, even to another member of
+    /// the group, while a hung handler may still hold it. Default
+    /// [`DEFAULT_MAX_HOLD`](crate::DEFAULT_MAX_HOLD), 5 minutes; `Duration::ZERO` turns
+    /// keep-alive off.
+    pub fn max_hold(mut self, d: Duration) -> Self {
+        self.max_hold = d;
         self
     }
 
@@ -447,6 +462,7 @@ impl BusBuilder {
                 workers: self.workers,
                 max_attempts,
                 backoff,
+                max_hold: self.max_hold,
                 size_limit,
                 state: AtomicU8::new(RUNNING),
                 next_id: AtomicU64::new(1),

@@ -17,6 +17,10 @@ pub const SESSION_HEADER: &str = "session-id";
 /// in order; different keys in parallel.
 pub type OrderingKey = Arc<dyn Fn(&Envelope) -> Option<SmolStr> + Send + Sync>;
 
+/// The default of [`BusBuilder::max_hold`](crate::BusBuilder::max_hold) (and of a
+/// subscription's [`max_hold`](crate::SubscriptionBuilder::max_hold)): 5 minutes.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(300);
+
 /// Whether a subscription receives events or is the one handler of a command topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionKind {
@@ -37,6 +41,9 @@ pub(crate) struct SubscriptionConfig {
     pub(crate) max_attempts: u32,
     /// The delays between attempts, whoever makes them (the worker, or the resilience stack).
     pub(crate) backoff: Backoff,
+    /// How long a transport delivery a worker holds is kept alive past its ack wait
+    /// (`keep_alive.rs`; [`SubscriptionBuilder::max_hold`](crate::SubscriptionBuilder::max_hold)).
+    pub(crate) max_hold: Duration,
     pub(crate) ordering_key: Option<OrderingKey>,
     pub(crate) filters: Vec<Filter>,
     pub(crate) session: Option<SmolStr>,

@@ -20,6 +20,7 @@ pub(crate) use crate::attempt::{Attempt, Handled};
 use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
+use crate::keep_alive::Keeper;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -239,7 +240,7 @@ impl SubShared {
                 env,
                 reply,
                 lane,
-                delivery,
+                mut delivery,
                 accepted,
                 ..
             } = taken.entry;
@@ -262,6 +263,10 @@ impl SubShared {
                 });
                 continue;
             }
+            // A delivery whose transport redelivers after an ack wait is kept alive while this
+            // worker holds it (handling, retrying in place), within bounds: see `keep_alive`.
+            let from_transport = delivery.is_some();
+            let keeper = Keeper::take(&mut delivery, &self);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
@@ -301,7 +306,7 @@ impl SubShared {
                             false,
                             Some((made, stamp)),
                             &mut None,
-                            delivery.is_some(),
+                            from_transport,
                         )
                         .await
                     }
@@ -315,10 +320,13 @@ impl SubShared {
                     ready,
                     None,
                     &mut None,
-                    delivery.is_some(),
+                    from_transport,
                 )
                 .await
             };
+            if let Some(keeper) = keeper {
+                delivery = keeper.stop();
+            }
             if let Some(delivery) = delivery {
                 self.settle_as(&bus, *delivery, ok).await;
             }

@@ -42,6 +42,7 @@ mod handler;
 mod held;
 mod inline;
 mod intake;
+mod keep_alive;
 pub mod lifecycle;
 mod pending;
 mod prefetch;
@@ -65,7 +66,7 @@ mod upcast;
 
 pub use builder::{BuildError, BusBuilder, DEFAULT_MAX_MESSAGE_BYTES};
 pub use bus::{Bus, MetricsSnapshot};
-pub use config::{Filter, OrderingKey, SubscriptionKind};
+pub use config::{DEFAULT_MAX_HOLD, Filter, OrderingKey, SubscriptionKind};
 pub use ctx::Ctx;
 pub use deadline::after as deadline_after;
 pub use handler::{

@@ -286,6 +286,8 @@ pub(crate) struct BusInner {
     pub(crate) max_attempts: u32,
     /// The delays between attempts, whoever makes them (see `register`).
     pub(crate) backoff: Backoff,
+    /// The subscriptions' default [`max_hold`](crate::BusBuilder::max_hold).
+    pub(crate) max_hold: Duration,
     /// The largest payload accepted, and whose limit it is (`BusBuilder::max_message_bytes`
     /// or the transport's, whichever is smaller).
     pub(crate) size_limit: (usize, &'static str),

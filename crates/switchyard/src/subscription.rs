@@ -34,6 +34,7 @@ impl Bus {
             overflow: i.overflow,
             max_attempts: i.max_attempts,
             backoff: i.backoff.clone(),
+            max_hold: i.max_hold,
             ordering_key: None,
             filters: Vec::new(),
             session: None,
@@ -610,6 +611,21 @@ impl SubscriptionBuilder {
     /// by default. Under resilience it is the stack's retry backoff too.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
+        self
+    }
+
+    /// How long a delivery from a transport that redelivers after an ack wait (the log,
+    /// NATS) is kept alive while a worker of this subscription holds it (handler running,
+    /// in-place retries waiting), counted from when the transport handed it out; the bus's
+    /// [`BusBuilder::max_hold`](crate::BusBuilder::max_hold) (5 minutes) by default. Past it
+    /// the bus stops telling the transport the delivery is being worked on, so the
+    /// transport hands it out again one ack wait later (to this group's other members too)
+    /// while the handler may still run: the bound on a handler that hangs. `Duration::ZERO`
+    /// turns keep-alive off (the ack wait alone decides). A handler timeout (the resilience
+    /// stack's, or a timeout layer) ends each attempt sooner; this is the backstop for a
+    /// handler without one.
+    pub fn max_hold(mut self, d: Duration) -> Self {
+        self.config.max_hold = d;
         self
     }
 

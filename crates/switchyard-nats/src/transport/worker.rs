@@ -589,4 +589,33 @@ impl AckHandle for NatsAck {
         tracing::debug!(id = %self.id, reason = %reason, "message terminated");
         self.settle(AckKind::Term)
     }
+
+    /// Half the consumer's ack wait, so a keep-alive that comes a little late still lands in
+    /// time.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        self.reply.as_ref()?;
+        Some((self.inner.config.ack_wait / 2).max(Duration::from_millis(10)))
+    }
+
+    /// Sends "in progress" (`+WPI`) to the delivery's reply subject: JetStream starts its ack
+    /// wait again. Nothing after close (the delivery is handed back then anyway).
+    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
+        let reply = self.reply.clone()?;
+        if self.acker.is_none() || self.inner.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let client = self.inner.client.clone();
+        Some(Box::pin(async move {
+            client
+                .publish(reply, AckKind::Progress.into())
+                .await
+                .map_err(|e| {
+                    TransportError::with_source(
+                        TransportErrorKind::Unavailable,
+                        "cannot send in-progress",
+                        e,
+                    )
+                })
+        }))
+    }
 }

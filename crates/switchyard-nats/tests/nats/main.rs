@@ -15,6 +15,7 @@ mod faulty;
 mod groups;
 mod harness;
 mod interop;
+mod keep_alive;
 mod max_payload_reconnect;
 mod oversize_requests;
 mod own_dead_letters;

@@ -34,47 +34,11 @@ async fn metrics_text(node: &TestNode) -> String {
         .unwrap()
 }
 
-/// Review rev17: a delivery the log transport redelivered (attempt 2: here its ack wait ran
-/// out while the group's member held it; a nack with a delay past the ack wait, or a restart,
-/// does the same) left the group's `retried` at 0 in `/v1/stats` and `/metrics`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_the_log_redelivers_counts_as_a_retry() {
-    let node = TestNode::start_on_log_with("ack_wait_ms = 300", "").await;
-    let mut c = node.client().await;
-    c.subscribe(
-        "jobs.#",
-        json!({"group": "g", "ack": "manual", "max_in_flight": 4}),
-    )
-    .await;
-    node.bus
-        .publish_envelope(event("jobs.run", 1))
-        .await
-        .unwrap();
-    let first = c.expect("message").await;
-    assert_eq!(first["message"]["attempt"], 1);
-    // Not settled: the log hands it out again once its ack wait is over.
-    let second = c.expect("message").await;
-    assert_eq!(second["message"]["id"], first["message"]["id"]);
-    assert_eq!(second["message"]["attempt"], 2, "{second}");
-    c.send(json!({"op": "ack", "delivery": second["delivery"]}))
-        .await;
-    let stats = eventually("the redelivery acked", || async {
-        sub_stats(&node, "ws:group:g")
-            .await
-            .filter(|s| s["acked"] == 1)
-    })
-    .await;
-    assert_eq!(stats["retried"], 1, "{stats}");
-    let text = metrics_text(&node).await;
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("switchyard_subscription_retried_total{")
-                && l.contains("subscription=\"ws:group:g\"")
-                && l.ends_with(" 1")),
-        "{text}"
-    );
-    node.stop().await;
-}
+// Review rev17's transport redelivery counted as a retry: the node's figures are the bus's
+// subscription stats, tested in switchyard's `durable::redelivered` (a consumer gone without
+// settling; since the bus keeps held deliveries alive, for up to `max_hold` (5 minutes), a
+// log's ack wait no longer runs out on a member holding one, which is how this test first
+// made the redelivery).
 
 /// A nack the bus retries in place is counted once (not again as a transport redelivery).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ mod attempts;
 mod delayed_commands;
 mod hand_back;
 mod intake;
+mod keep_alive;
 mod owed;
 mod panicking_filter;
 mod redelivered;

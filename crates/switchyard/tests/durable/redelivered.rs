@@ -1,8 +1,8 @@
 //! A delivery the transport hands out again (attempt > 1) counts in its subscription's
-//! `retried` (review rev17: a WS group's `retried` stayed 0 when the log redelivered). Here
-//! the redelivery comes from a consumer that went away without settling: a bus whose runtime
-//! is dropped mid-handler (as a crashed process), on the same log and group. (The node's
-//! `ws::churn` test makes it by letting the log's ack wait run out on a WS member.)
+//! `retried` (review rev17: a WS group's `retried` stayed 0 when the log redelivered). In one
+//! process the bus now keeps held deliveries alive and does not count its own hand-backs, so
+//! the redelivery comes from a consumer that went away without settling: here a bus whose
+//! runtime is dropped mid-handler (as a crashed process), on the same log and group.
 
 use std::time::Duration;
 
