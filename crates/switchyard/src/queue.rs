@@ -860,6 +860,7 @@ impl Taken {
 
 pub(crate) mod inline;
 mod lending;
+pub(crate) use lending::Lending;
 pub(crate) mod spare;
 mod waiting;
 
