@@ -41,16 +41,8 @@ pub fn scope<F: Future>(env: Arc<Envelope>, fut: F) -> Scope<F> {
 /// call (and only then), as they do while a [`scope`]'s future is polled. For a caller that
 /// polls a handler's future once itself, without a future around it.
 pub fn within<R>(env: Arc<Envelope>, f: impl FnOnce() -> R) -> R {
-    within_slot(&mut Some(env), f)
-}
-
-/// [`within`] with the envelope in `slot`, moved out of it for the call and back into it
-/// after the call (also when `f` panics): a caller that keeps a reference anyway lends it to
-/// the scope, which then costs no reference count of its own. During the call `slot` holds
-/// the outer scope's envelope, if any; an empty `slot` calls `f` with no delivered message.
-#[inline]
-pub fn within_slot<R>(slot: &mut Option<Arc<Envelope>>, f: impl FnOnce() -> R) -> R {
-    let _entered = Entered::new(slot);
+    let mut slot = Some(env);
+    let _entered = Entered::new(&mut slot);
     f()
 }
 
@@ -147,30 +139,6 @@ mod tests {
         });
         assert_eq!((nested, after), (Some(i), Some(o)));
         assert!(current().is_none(), "nothing outside the call");
-    }
-
-    #[test]
-    fn within_slot_lends_the_slot_for_the_call_and_puts_it_back() {
-        let (outer, inner) = (env("outer"), env("inner"));
-        let (o, i) = (outer.id.clone(), inner.id.clone());
-        let mut slot = Some(inner);
-        let (seen, after) = within(outer, || {
-            let seen = within_slot(&mut slot, || current().map(|e| e.id.clone()));
-            (seen, current().map(|e| e.id.clone()))
-        });
-        assert_eq!((seen, after), (Some(i.clone()), Some(o)));
-        let back = slot.unwrap();
-        assert_eq!(back.id, i);
-        assert_eq!(Arc::strong_count(&back), 1, "moved, not cloned");
-        assert!(current().is_none(), "nothing outside the call");
-        // Put back when the call panics too.
-        let mut slot = Some(back);
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            within_slot(&mut slot, || panic!("in the call"))
-        }));
-        assert!(caught.is_err());
-        assert_eq!(slot.map(|e| e.id.clone()), Some(i));
-        assert!(current().is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::pending::{Accepted, Settled};
-use crate::queue::{Entry, Lending, Popped};
+use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
 use crate::state::{BusInner, Parent, SubShared, TypedSlot, panic_message};
 use crate::stats::inc;
@@ -253,27 +253,13 @@ impl SubShared {
             // layers of `process` (which takes over only when that attempt did not succeed).
             let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
                 let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
-                let started = if svc.takes_copy() {
-                    // The handler's copy made first; the call and its first poll then run
-                    // with the queue's reference lent to the delivered scope, not a clone.
+                let started = switchyard_core::delivered::scope(
+                    Arc::clone(env),
                     std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(start_copied(&mut svc, &mut lending, stamp, cx))
-                    })
-                    .await
-                } else {
-                    switchyard_core::delivered::scope(
-                        Arc::clone(env),
-                        std::future::poll_fn(|cx| {
-                            std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
-                        }),
-                    )
-                    .await
-                };
-                // Back in the lending (`Lending::within` puts it back after the call).
-                let Some(env) = lending.held() else {
-                    tracing::error!(subscription = %self.name(), "a worker's lent envelope was not given back");
-                    break;
-                };
+                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
+                    }),
+                )
+                .await;
                 let result = match started {
                     Started::Ended(result) => result,
                     Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
@@ -838,52 +824,6 @@ pub(crate) fn start_call(
             Callee::<Envelope>::call_in(handler, env.copy_with_delivery(delivery))
         }
     }));
-    first_poll(handler, made, cx)
-}
-
-/// [`start_call`] for a handler that [takes a copy](SingleHandler::takes_copy), at the
-/// envelope `lending` holds: the copy is made before the delivered scope, so that the scope
-/// borrows the queue's reference ([`Lending::within`]) instead of a clone of its own.
-#[inline(never)]
-pub(crate) fn start_copied(
-    svc: &mut SingleHandler,
-    lending: &mut Lending<'_>,
-    delivery: DeliveryInfo,
-    cx: &mut std::task::Context<'_>,
-) -> Started {
-    #[cfg_attr(
-        not(feature = "middleware"),
-        allow(clippy::infallible_destructuring_match)
-    )]
-    let handler = match svc {
-        SingleHandler::Boxed(handler) => handler,
-        #[cfg(feature = "middleware")]
-        SingleHandler::Resilient(_) => {
-            return Started::Ended(Ok(Err("start_copied: not a boxed handler".into())));
-        }
-    };
-    lending.within(|| {
-        // The copy is made from the scope's envelope (the lent one), right where the call
-        // takes it.
-        let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            switchyard_core::delivered::with(|env| env.copy_with_delivery(delivery))
-                .map(|copy| Callee::<Envelope>::call_in(handler, copy))
-        }));
-        match made {
-            Ok(Some(fut)) => first_poll(handler, Ok(fut), cx),
-            Ok(None) => Started::Ended(Ok(Err("start_copied: no envelope held".into()))),
-            Err(panic) => Started::Ended(Err(panic)),
-        }
-    })
-}
-
-/// The first poll of a call just made (or its panic), as [`start_call`] makes it.
-#[inline(always)]
-fn first_poll(
-    handler: &mut crate::BoxHandler,
-    made: std::thread::Result<crate::held::HeldCall>,
-    cx: &mut std::task::Context<'_>,
-) -> Started {
     let mut fut = match made {
         Ok(fut) => fut,
         Err(panic) => return Started::Ended(Err(panic)),
@@ -918,7 +858,7 @@ pub(crate) fn publishes_lifecycle(bus: &BusInner, env: &Envelope) -> bool {
 /// Hands an ended call back to the handler ([`Callee::recycle`]), which drops or keeps its
 /// future: a panic in the future's `Drop` is caught and logged, so a handler cannot kill its
 /// worker (the message keeps the outcome its call gave).
-#[inline(always)]
+#[inline]
 fn recycle_caught<S: Callee<R>, R>(svc: &mut S, fut: S::Future) {
     if std::panic::catch_unwind(AssertUnwindSafe(|| svc.recycle(fut))).is_err() {
         tracing::error!(

@@ -306,14 +306,6 @@ impl InBox {
 }
 
 impl SingleHandler {
-    /// Whether a call at a queued envelope gets its own stamped copy and is nothing but a
-    /// boxed handler's call (no resilience stack, no typed call at the queued envelope, see
-    /// [`call_queued`](Self::call_queued)): the copy can then be made before the call.
-    #[inline(always)]
-    pub(crate) fn takes_copy(&self) -> bool {
-        matches!(self, Self::Boxed(h) if !h.has_queued())
-    }
-
     /// A worker's call at the queued `env` for an attempt stamped `delivery`: a typed
     /// handler nothing wraps takes it as it is (see [`BoxHandler::call_queued`]); any other
     /// handler (wrapped by a layer, `wrap_handlers` or the resilience stack, or not typed) is

@@ -860,7 +860,6 @@ impl Taken {
 
 pub(crate) mod inline;
 mod lending;
-pub(crate) use lending::Lending;
 pub(crate) mod spare;
 mod waiting;
 

@@ -35,22 +35,6 @@ impl Lending<'_> {
         self.env.insert(env)
     }
 
-    /// The envelope held, if any.
-    #[inline(always)]
-    pub(crate) fn held(&self) -> Option<&Arc<Envelope>> {
-        self.env.as_ref()
-    }
-
-    /// Calls `f` with the envelope held as the delivered message
-    /// (`switchyard_core::delivered::within_slot`): the queue's reference, lent to this
-    /// worker, is lent on to the scope for the call and is back here after it (also when `f`
-    /// panics), so the scope costs no reference count of its own. Synchronous, so a worker
-    /// aborted at the shutdown deadline never finds its envelope out of here.
-    #[inline(always)]
-    pub(crate) fn within<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        switchyard_core::delivered::within_slot(&mut self.env, f)
-    }
-
     /// The message held (its seq and envelope), given back.
     #[inline]
     fn give_back(&mut self) -> (u64, Option<Arc<Envelope>>) {
