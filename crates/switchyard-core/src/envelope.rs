@@ -44,6 +44,19 @@ impl Kind {
             Self::Reply => "reply",
         }
     }
+
+    /// Whether this kind goes to exactly one handler that answers it (`Command`, `Request`):
+    /// sent with `send`/`request`, never published.
+    ///
+    /// ```
+    /// use switchyard_core::Kind;
+    /// assert!(Kind::Request.is_command());
+    /// assert!(!Kind::Event.is_command());
+    /// ```
+    #[inline(always)]
+    pub const fn is_command(self) -> bool {
+        matches!(self, Self::Command | Self::Request)
+    }
 }
 
 /// Urgency of a message: higher values are handled first among waiting messages of one lane.

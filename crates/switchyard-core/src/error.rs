@@ -258,6 +258,25 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// Why a publish refuses a command or request envelope of `kind`:
+    /// [`DelayedCommand`](Self::DelayedCommand) when it was to be delivered later,
+    /// [`NotAnEvent`](Self::NotAnEvent) otherwise.
+    ///
+    /// ```
+    /// use switchyard_core::{Kind, PublishError};
+    /// assert!(matches!(PublishError::refused_command(Kind::Command, true), PublishError::DelayedCommand { .. }));
+    /// ```
+    #[cold]
+    pub fn refused_command(kind: Kind, delayed: bool) -> Self {
+        if delayed {
+            Self::DelayedCommand { kind }
+        } else {
+            Self::NotAnEvent { kind }
+        }
+    }
+}
+
 /// A message over a size limit: how big it is, the limit, and whose limit it is.
 ///
 /// ```

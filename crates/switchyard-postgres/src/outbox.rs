@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{PgConnection, PgPool};
-use switchyard::{Envelope, Kind, Message, MessageId, PublishError};
+use switchyard::{Envelope, Message, MessageId, PublishError};
 
 use crate::row::split;
 use crate::{Error, Schema};
@@ -183,12 +183,11 @@ impl Outbox {
     ) -> Result<MessageId, Error> {
         // Only events go through the outbox (the relay publishes them): a command would be
         // refused by the bus at every relay pass.
-        if matches!(env.kind, Kind::Command | Kind::Request) {
-            return Err(Error::Publish(if deliver_at.is_some() {
-                PublishError::DelayedCommand { kind: env.kind }
-            } else {
-                PublishError::NotAnEvent { kind: env.kind }
-            }));
+        if env.kind.is_command() {
+            return Err(Error::Publish(PublishError::refused_command(
+                env.kind,
+                deliver_at.is_some(),
+            )));
         }
         let cols = split(&env)?;
         sqlx::query(&self.insert)

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use smol_str::SmolStr;
 use switchyard_core::message::set_typed_fields;
 use switchyard_core::{
-    DeadLetter, DeadLetterReason, Envelope, Kind, Local, Message, PublishError, SendError,
-    TooLarge, Topic, TopicError, TransportError, TransportErrorKind,
+    DeadLetter, DeadLetterReason, Envelope, Local, Message, PublishError, SendError, TooLarge,
+    Topic, TopicError, TransportError, TransportErrorKind,
 };
 
 use crate::bus::Bus;
@@ -643,17 +643,13 @@ pub(crate) trait Published {
 /// A command or a request: for its one handler (`send`/`request`), never published.
 #[inline(always)]
 pub(crate) fn is_command(env: &Envelope) -> bool {
-    matches!(env.kind, Kind::Command | Kind::Request)
+    env.kind.is_command()
 }
 
 /// Why a publish refuses a command ([`is_command`]): delayed (the `deliver-at` header) or not.
 #[cold]
 pub(crate) fn not_an_event(env: &Envelope) -> PublishError {
-    if env.header(DELIVER_AT_HEADER).is_some() {
-        PublishError::DelayedCommand { kind: env.kind }
-    } else {
-        PublishError::NotAnEvent { kind: env.kind }
-    }
+    PublishError::refused_command(env.kind, env.header(DELIVER_AT_HEADER).is_some())
 }
 
 /// An envelope publish: the payload is what the caller gave.
@@ -720,7 +716,7 @@ impl<M: Message> Published for Typed<M> {
     // `M`'s kind is the envelope's (`blank_envelope`), a constant.
     #[inline(always)]
     fn not_an_event(&self, _env: &Envelope) -> bool {
-        matches!(M::KIND, Kind::Command | Kind::Request)
+        M::KIND.is_command()
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use switchyard_core::{DeadLetter, DeadLetterReason, Delivery, Kind};
+use switchyard_core::{DeadLetter, DeadLetterReason, Delivery};
 
 use crate::intake::IntakeVerdict;
 use crate::pending::{OwedTo, Settled};
@@ -87,7 +87,7 @@ impl SubShared {
             accepted.settle(Settled::Nacked);
             return Ok(());
         }
-        if matches!(delivery.envelope.kind, Kind::Command | Kind::Request) {
+        if delivery.envelope.kind.is_command() {
             // Published as a command by some client: it is for its one handler, never for
             // an event handler.
             self.dead_letter_delivery(
