@@ -385,6 +385,8 @@ impl Bus {
         let mut out = GroupDelivery::default();
         for (i, sub) in group.iter().enumerate() {
             match sub.try_enqueue(&self.inner, env) {
+                // The common answer counted here; the others out of line.
+                Ok(Ok(Enqueued::Queued)) => out.delivered += 1,
                 Ok(result) => out.record(self, sub, result),
                 Err(entry) => {
                     // Boxed: the rare path, kept out of the common one's result.
@@ -799,6 +801,7 @@ struct GroupDelivery {
 
 impl GroupDelivery {
     /// Counts one subscription's answer to an event (no reply channel).
+    #[inline(never)]
     fn record(&mut self, bus: &Bus, sub: &SubShared, result: Result<Enqueued, EnqueueError>) {
         match result {
             Ok(Enqueued::Queued) => self.delivered += 1,
