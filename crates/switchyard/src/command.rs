@@ -338,11 +338,13 @@ impl Bus {
                 start => self.finish_command(start, Some(deadline)).await,
             }
         };
-        let due = tokio::time::Instant::now() + deadline;
+        let due = tokio::time::Instant::now().checked_add(deadline);
         match tokio::time::timeout(deadline, send).await {
             // A worker that took it after its deadline answers `NotProcessed` (`expired.rs`),
             // possibly a moment before this timer fires: to the caller it is a timeout.
-            Ok(Err(SendError::NotProcessed(_))) if tokio::time::Instant::now() >= due => {
+            Ok(Err(SendError::NotProcessed(_)))
+                if due.is_some_and(|due| tokio::time::Instant::now() >= due) =>
+            {
                 Err(SendError::Timeout { deadline })
             }
             Ok(result) => result,
