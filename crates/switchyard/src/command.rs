@@ -656,8 +656,12 @@ impl SubShared {
         // handled, dead-lettered `Expired` (a durable command's delivery is terminated).
         if let Some(why) = crate::deadline::expired(env.delivery.deadline, "before it arrived") {
             inc(&self.counters.dead_lettered);
-            bus.dead_letter(self.letter(env, DeadLetterReason::Expired, why.clone()));
-            return Err(SendError::NotProcessed(why));
+            bus.dead_letter(self.letter(env, DeadLetterReason::Expired, why));
+            // To its sender it is what it would have been had it waited: a timeout (its
+            // deadline, as carried, is spent).
+            return Err(SendError::Timeout {
+                deadline: Duration::ZERO,
+            });
         }
         let topic = env.topic.clone();
         // Without `done`: an inline run is watched through its own future; a channel for

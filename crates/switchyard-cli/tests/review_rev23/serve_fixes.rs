@@ -145,8 +145,9 @@ fn attempt_is_0_in_a_trace_and_1_on_the_first_delivery() {
 }
 
 /// docs/gateway.md: "A WebSocket subscription has the node's retry policy and timeout but no
-/// circuit breaker", so neither `/metrics` nor `/v1/stats` shows a breaker for `ws:<principal>`
-/// (a remote handler, `ws-handler:<principal>`, has one and shows it).
+/// circuit breaker", so neither `/metrics` nor `/v1/stats` shows a breaker for a WebSocket
+/// subscription; nor for a remote handler (`ws-handler:<principal>`), which has none either
+/// since stop 39 (fixwsgroup: ARCHITECTURE.md, "Decisions").
 #[test]
 fn a_websocket_subscription_shows_no_breaker() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,11 +177,7 @@ fn a_websocket_subscription_shows_no_breaker() {
             .lines()
             .filter(|l| l.starts_with("switchyard_breaker_state{"))
             .collect();
-        assert_eq!(
-            breakers,
-            ["switchyard_breaker_state{handler=\"ws-handler:anonymous\"} 0"],
-            "{metrics}"
-        );
+        assert!(breakers.is_empty(), "{metrics}");
         let stats: Value = serde_json::from_str(&get("/v1/stats").await).unwrap();
         let handlers: Vec<&str> = stats["breakers"]
             .as_array()
@@ -188,6 +185,6 @@ fn a_websocket_subscription_shows_no_breaker() {
             .iter()
             .map(|b| b["handler"].as_str().unwrap())
             .collect();
-        assert_eq!(handlers, ["ws-handler:anonymous"], "{stats}");
+        assert!(handlers.is_empty(), "{stats}");
     });
 }

@@ -169,7 +169,10 @@ fn metrics_exposed_and_documented_are_the_same_set() {
         "switchyard_handler_duration_seconds_max",
         "switchyard_end_to_end_latency_seconds_count",
         "switchyard_handler_latency_seconds",
-        "switchyard_breaker_state",
+        // No `switchyard_breaker_state`: what a WebSocket client registers has no circuit
+        // breaker (docs/gateway.md), so this traffic makes none; the node's tests cover a
+        // Rust handler's (`ws::fixsmall`), and the check below that every exposed series is
+        // documented still holds it to the docs.
         "switchyard_pending",
         "switchyard_dlq_size",
         "switchyard_dlq_evicted_total",
@@ -195,7 +198,6 @@ fn metrics_exposed_and_documented_are_the_same_set() {
         "switchyard_gateway_rate_limited_total{principal=\"anonymous\"}",
         "switchyard_delivered_total{topic=\"orders.#\",handler=\"ws:anonymous:",
         "switchyard_delivered_total{topic=\"users.create\",handler=\"ws-handler:anonymous\"} 1",
-        "switchyard_breaker_state{handler=\"ws-handler:anonymous\"} 0",
         "switchyard_transport_connected{transport=\"memory\"} 1",
         "switchyard_ready 1",
     ] {
@@ -204,6 +206,10 @@ fn metrics_exposed_and_documented_are_the_same_set() {
             "no {needle} in\n{text}"
         );
     }
+    assert!(
+        !text.contains("switchyard_breaker_state{"),
+        "a WebSocket registration has no breaker to show:\n{text}"
+    );
     for q in ["0.5", "0.95", "0.99"] {
         let needle = format!(
             "switchyard_handler_latency_seconds{{handler=\"ws-handler:anonymous\",quantile=\"{q}\"}}"

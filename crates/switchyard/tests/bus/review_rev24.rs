@@ -185,6 +185,12 @@ async fn twenty_thousand_sessions_opened_and_ended_leave_no_subscription_behind(
     })
     .await;
     idle(&bus, "after 20k sessions").await;
+    // A removed subscription leaves the registry when its worker has seen the removal, a
+    // moment after the session ended (its `ended` event may be handled first): wait for it.
+    crate::until("every session's handler to leave the registry", || {
+        bus.registry().len() == baseline
+    })
+    .await;
     let rows = bus.registry();
     assert_eq!(rows.len(), baseline, "session handlers left behind");
     assert!(rows.iter().all(|r| r.session.is_none()));
