@@ -418,13 +418,21 @@ fn cpm(store: Store, runs: Runs) -> ComponentBuilder {
                         ctx.fail_propagated(&info).await?;
                         return Ok(());
                     }
-                    runs.domain_done(&run_id, &done.domain, done.duration_ms, done.result.clone());
                     ctx.record(format!("{}_ms", done.domain), done.duration_ms as f64)?;
                     ctx.set_metadata(
                         done.domain.to_string(),
-                        done.result.map(|v| v.to_string()).unwrap_or_default(),
+                        done.result
+                            .clone()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default(),
                     )?;
-                    if last {
+                    // Recorded last, after the context's metadata: the handler that records
+                    // the run's last domain (whichever domain's result came in last, not the
+                    // last domain of the chain) completes it with every domain in. A run with
+                    // no record (evicted) completes with the chain's last domain.
+                    let recorded =
+                        runs.domain_done(&run_id, &done.domain, done.duration_ms, done.result);
+                    if recorded.map_or(last, |n| n == DOMAINS.len()) {
                         let summary = ctx
                             .snapshot()
                             .map(|c| serde_json::to_value(&c.metadata).unwrap_or(Value::Null))

@@ -279,12 +279,25 @@ impl Runs {
         Ok(())
     }
 
-    pub(crate) fn domain_done(&self, run_id: &str, domain: &str, ms: u64, result: Option<Value>) {
-        if let Some(r) = self.lock().runs.get_mut(run_id) {
+    /// Records a domain's result for `run_id` (once per domain) and returns how many of the
+    /// run's domains are recorded now (`None`: no record of the run, e.g. evicted). The
+    /// domains' results are handled by subscriptions of their own, so they may be recorded in
+    /// any order: the run is complete when all are.
+    pub(crate) fn domain_done(
+        &self,
+        run_id: &str,
+        domain: &str,
+        ms: u64,
+        result: Option<Value>,
+    ) -> Option<usize> {
+        let mut g = self.lock();
+        let r = g.runs.get_mut(run_id)?;
+        if !r.domains.iter().any(|(d, _)| d == domain) {
             r.domains.push((domain.to_owned(), ms));
-            r.results
-                .insert(domain.to_owned(), result.unwrap_or(Value::Null));
         }
+        r.results
+            .insert(domain.to_owned(), result.unwrap_or(Value::Null));
+        Some(r.domains.len())
     }
 
     pub(crate) fn set_request(&self, run_id: &str, id: RequestId) {

@@ -182,7 +182,8 @@ async fn a_large_header_over_max_payload_is_typed_not_a_timeout() {
 }
 
 /// An ungrouped subscription survives a server restart: it resumes after the last message
-/// it saw and gets what is published after the restart.
+/// it acked (or, when the restart lost that ack, with that message once more) and gets what
+/// is published after the restart.
 #[tokio::test]
 async fn an_ungrouped_subscription_resumes_after_a_server_restart() {
     if !server_binary_available() {
@@ -206,11 +207,24 @@ async fn an_ungrouped_subscription_resumes_after_a_server_restart() {
     .unwrap();
     let m2 = env(&setup, "e", "2");
     t.publish(vec![m2.clone()]).await.unwrap();
-    let d = tokio::time::timeout(Duration::from_secs(15), sub.next())
-        .await
-        .expect("nothing after the server restart")
-        .unwrap();
-    assert_eq!(body(&d.envelope), "2", "m1 came back or m2 is lost");
+    // An ack is sent, not confirmed: one the server had not stored when it went down is
+    // lost with it, and m1 comes back (at-least-once, docs/nats.md). It failed once so under
+    // CI load ('m1 came back or m2 is lost: left "1" right "2"'). m2 must come, and m1 at
+    // most once more.
+    let mut again = 0;
+    let d = loop {
+        let d = tokio::time::timeout(Duration::from_secs(15), sub.next())
+            .await
+            .expect("nothing after the server restart")
+            .unwrap();
+        if body(&d.envelope) == "1" && again == 0 {
+            again += 1;
+            d.ack().await.unwrap();
+            continue;
+        }
+        break d;
+    };
+    assert_eq!(body(&d.envelope), "2", "m2 is lost");
     d.ack().await.unwrap();
     drop(sub);
     let _ = t.close(Instant::now() + WAIT).await;
