@@ -1,11 +1,14 @@
 //! Putting the hand-off between two stages on the bus.
 //!
 //! [`Handoff`] is the small contract this crate needs from a bus: publish an [`Envelope`] and
-//! receive the envelopes published on a topic. [`InMemoryHandoff`] implements it in-process; the
-//! switchyard bus facade (being written in `crates/switchyard`) will implement it so that a hand-off
-//! can cross processes and machines, without any change to the stage code.
+//! receive the envelopes published on a topic, each with how to [`Settle`] it.
+//! [`InMemoryHandoff`] implements it in-process (nothing to acknowledge). [`BusHandoff`]
+//! implements it over the switchyard bus (`switchyard::Bus`), in memory or on a durable
+//! transport (the embedded log, NATS), so a hand-off can cross processes and machines without
+//! any change to the stage code: a received envelope is acknowledged once its run ended, and
+//! one never fed to a run (still buffered at a stop) is handed back to the transport.
 //!
-//! Three ways to use it:
+//! Two ways to use it:
 //! - [`Pipeline::via_bus`]: the values flowing out of the pipeline so far are published on a topic
 //!   and the next stage receives them from the subscription. Runs keep their accounting across the
 //!   hop (the run waits, in flight, until its envelope comes back).

@@ -81,7 +81,7 @@ impl SubShared {
             // noted, so the due delivery's number does not count it).
             bus.deferred
                 .note(&self.config.name, &delivery.envelope.id, due);
-            if let Err(e) = delivery.nack(Some(early)).await {
+            if let Err(e) = delivery.hand_back(Some(early)).await {
                 tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
             }
             accepted.settle(Settled::Nacked);
