@@ -549,7 +549,12 @@ impl DemoApp {
             .write_file(DATASET, modules::generate_csv(config.rows, config.seed))
             .await?;
         let tracker = StateTracker::new(100_000);
-        let runs = Runs::default();
+        let runs = Runs::stored(store.shared_database()).await.map_err(|e| {
+            modules::StoreError::Unavailable {
+                url: store.describe(),
+                message: format!("run history: {e}"),
+            }
+        })?;
         let outages = Outages::default();
         // Retried at once: the demo's failures are injected, not a dependency recovering.
         let errors = ErrorHandler::new(
