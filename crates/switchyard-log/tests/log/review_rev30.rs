@@ -66,7 +66,10 @@ async fn a_roll_that_cannot_create_its_segment_fails_the_publish_and_keeps_every
         }
         other => panic!("expected a transport i/o error, got {other:?}"),
     }
-    assert!(text.contains("default"), "the error names the stream: {text}");
+    assert!(
+        text.contains("default"),
+        "the error names the stream: {text}"
+    );
     // A second publish is answered too (the writer did not die silently or spin).
     let again = tokio::time::timeout(WAIT, log.publish(vec![env("a.b", "again")]))
         .await
@@ -142,7 +145,11 @@ async fn acks_whose_offsets_cannot_be_written_are_delivered_again_after_reopen()
         seen.push(payload(&d));
         held.push(d);
     }
-    assert_eq!(seen, ["m0", "m1", "m2"], "acks never written must come back");
+    assert_eq!(
+        seen,
+        ["m0", "m1", "m2"],
+        "acks never written must come back"
+    );
     drop(sub);
     close(&log).await;
 }
@@ -181,7 +188,11 @@ async fn acks_made_while_offsets_were_blocked_are_written_once_the_disk_recovers
     assert_eq!(log.committed_offset("default", "g"), Some(3));
     let mut sub = log.subscribe(&pattern("a.#"), Some("g")).await.unwrap();
     publish_all(&log, vec![env("a.b", "m3")]).await;
-    assert_eq!(payload(&next(&mut sub).await), "m3", "an acked message came back");
+    assert_eq!(
+        payload(&next(&mut sub).await),
+        "m3",
+        "an acked message came back"
+    );
     drop(sub);
     close(&log).await;
 }
@@ -200,7 +211,11 @@ fn a_data_dir_that_is_a_file_is_an_io_error_naming_it() {
         Err(e) => panic!("expected OpenError::Io naming {file:?}, got {e:?}"),
         Ok(_) => panic!("a log opened on a regular file"),
     }
-    assert_eq!(fs::read(&file).unwrap(), b"not a directory", "the file was changed");
+    assert_eq!(
+        fs::read(&file).unwrap(),
+        b"not a directory",
+        "the file was changed"
+    );
 }
 
 /// docs/log.md "Recovery" (damage is a typed `OpenError`, nothing skipped silently): a
