@@ -67,7 +67,8 @@ fn data(dir: &Path) -> PathBuf {
 }
 
 impl Node {
-    /// Starts serve (under `ulimit -f fsize_kb` when given, SIGXFSZ ignored); `Err((exit
+    /// Starts serve (under a soft `ulimit -f fsize_kb` when given, SIGXFSZ ignored; the hard
+    /// limit stays, so `prlimit` can lift it on the running node); `Err((exit
     /// code, stderr))` when it exits without listening.
     fn try_start_with(
         dir: &Path,
@@ -77,7 +78,7 @@ impl Node {
     ) -> Result<Node, (Option<i32>, String)> {
         let cfg = config(dir, data_dir, extra);
         let bin = env!("CARGO_BIN_EXE_switchyard");
-        let limit = fsize_kb.map_or(String::new(), |kb| format!("ulimit -f {kb}; "));
+        let limit = fsize_kb.map_or(String::new(), |kb| format!("ulimit -S -f {kb}; "));
         let script = format!("trap '' XFSZ; {limit}exec \"$0\" serve --config \"$1\"");
         let mut child = Command::new("bash")
             .args(["-c", &script, bin, cfg.to_str().unwrap()])
@@ -427,7 +428,6 @@ fn efbig_with_concurrent_publishers_and_kill9_loses_no_202() {
 /// publishes 503 `not_ready` yet still reports itself ready and its transport healthy, so a
 /// load balancer keeps sending it traffic it cannot store.
 #[test]
-#[ignore = "defect: a node whose log writes fail (EFBIG) answers publishes 503 not_ready ('transport down') yet /ready stays 200 ready and /v1/health calls the transport healthy"]
 fn efbig_a_node_that_cannot_store_says_so_on_ready_or_health() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
@@ -454,6 +454,60 @@ fn efbig_a_node_that_cannot_store_says_so_on_ready_or_health() {
              says the transport is {transport:?}: {health}",
             refused.last()
         );
+    });
+    let _ = node.stop();
+}
+
+/// docs/log.md "When writes fail" and docs/gateway.md (`/ready`): once the disk takes writes
+/// again, the node says it is ready without a publish having to succeed first (the log
+/// probes every second), so a load balancer that stopped sending it traffic sends it again.
+/// Fails without the probe: `/ready` stays 503 until a publish is stored, and none comes.
+#[test]
+fn efbig_lifted_the_node_is_ready_again_without_a_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let node = Node::start(dir.path(), Some(256));
+    let url = node.url.clone();
+    rt.block_on(async {
+        let (acked, refused) = publish_until_refused(&url, 2000, 3, 1000).await;
+        assert!(!refused.is_empty(), "the limit was never hit");
+        let ready = http().get(format!("{url}/ready")).send().await.unwrap();
+        assert_eq!(ready.status().as_u16(), 503, "not ready while writes fail");
+        // The disk takes writes again: the soft limit lifted on the running node.
+        let lifted = Command::new("prlimit")
+            .args([
+                "--pid",
+                &node.pid().to_string(),
+                "--fsize=unlimited:unlimited",
+            ])
+            .status()
+            .unwrap();
+        assert!(lifted.success(), "prlimit could not lift the limit");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = http().get(format!("{url}/ready")).send().await.unwrap();
+            if r.status().as_u16() == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still not ready {WAIT:?} after the disk took writes again: {}",
+                r.text().await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let health: Value = http()
+            .get(format!("{url}/v1/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["transport"]["status"], "healthy", "{health}");
+        // And it stores again.
+        publish(&url, "after-lift", 2000).await.unwrap();
+        assert!(!acked.is_empty());
     });
     let _ = node.stop();
 }

@@ -31,6 +31,7 @@ mod config;
 mod error;
 mod fsio;
 mod group;
+mod health;
 mod intake;
 mod manifest;
 mod offsets;
@@ -44,4 +45,5 @@ pub use config::{
     StreamSpec,
 };
 pub use error::{Corruption, CorruptionKind, OpenError, ReadError};
+pub use health::WriteFailure;
 pub use transport::{GroupLag, LogStats, LogSubscription, LogTransport, StoredRecord, StreamInfo};

@@ -412,6 +412,15 @@ impl LogTransport {
         }
     }
 
+    /// `Some` while the log's writes fail (a full disk, a file-size limit, a segment that
+    /// cannot be created): every publish is refused with a transport error of kind `Io`
+    /// until the disk takes writes again. The writer probes every second by writing a block
+    /// past a stream's end; the failure clears when that works or a batch is stored. A
+    /// node reports it on `/ready` (503) and `/v1/health`.
+    pub fn write_failure(&self) -> Option<crate::WriteFailure> {
+        self.inner.stats.failure.get()
+    }
+
     /// The committed offset of `group` on `stream` as last written to disk.
     pub fn committed_offset(&self, stream: &str, group: &str) -> Option<u64> {
         let s = self.inner.streams.iter().find(|s| s.name == stream)?;

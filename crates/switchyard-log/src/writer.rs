@@ -34,6 +34,8 @@ pub(crate) struct WriterStats {
     pub batches: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes: AtomicU64,
+    /// Set while batches fail (`health.rs`).
+    pub failure: crate::health::FailureState,
 }
 
 /// Committed offsets waiting to be written: (stream index, group) → offset.
@@ -78,6 +80,9 @@ pub(crate) struct Writer {
     /// Size on disk of the last segment of each stream: past its visible end the file holds
     /// zeros written ahead of time (see [`PREALLOC`]).
     alloc_end: Vec<u64>,
+    /// While batches fail: when to probe next whether the disk takes writes again
+    /// (`health.rs`); `None` while writes work.
+    probe_at: Option<Instant>,
 }
 
 /// How long the thread polls for the next request after a round that appended, before it
@@ -133,6 +138,7 @@ impl Writer {
             last_sync: now,
             last_commit: now,
             last_retention: now,
+            probe_at: None,
             appended: false,
             batch: Records::default(),
             wake: Vec::new(),
@@ -245,6 +251,9 @@ impl Writer {
         }
         if self.retention_enabled() {
             due = due.min(self.last_retention + self.config.retention_check_interval);
+        }
+        if let Some(at) = self.probe_at {
+            due = due.min(at);
         }
         due.saturating_duration_since(now)
             .max(Duration::from_millis(1))
@@ -387,6 +396,9 @@ impl Writer {
 
     fn periodic(&mut self) {
         let now = Instant::now();
+        if self.probe_at.is_some_and(|at| now >= at) {
+            self.probe();
+        }
         if let Durability::Interval(d) = self.config.durability
             && now >= self.last_sync + d
             && let Err(e) = self.sync_all()
@@ -493,16 +505,22 @@ impl Writer {
         }
         match &result {
             Ok(()) => {
+                if self.probe_at.is_some() {
+                    self.probe_at = None;
+                    self.stats.failure.recovered();
+                }
                 for s in staged {
                     self.publish(s);
                 }
                 self.notify.notify_waiters();
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(e) => {
                 for i in (0..n).filter(|&i| touched[i]) {
                     self.discard(i);
                 }
+                self.stats.failure.failed(e);
+                self.probe_at = Some(Instant::now() + crate::health::PROBE_EVERY);
             }
         }
         self.touched = touched;
@@ -539,6 +557,37 @@ impl Writer {
             seg.positions.extend_from_slice(&s.positions);
             seg.len = s.len;
             seg.modified = SystemTime::now();
+        }
+    }
+
+    /// While batches fail: writes a block of zeros past the visible end of every stream's
+    /// last segment and cuts it off again. When every stream takes it, writes work again
+    /// (until a batch fails anew); otherwise the next probe is in [`PROBE_EVERY`].
+    ///
+    /// [`PROBE_EVERY`]: crate::health::PROBE_EVERY
+    fn probe(&mut self) {
+        let mut ok = true;
+        for i in 0..self.streams.len() {
+            let Some(stream) = self.streams.get(i) else {
+                continue;
+            };
+            let tail = lock(&stream.index)
+                .segments
+                .last()
+                .map(|s| (s.file.clone(), s.len));
+            if let Some((file, len)) = tail {
+                let wrote = fsio::write_zeros(&file, len, len + 4096);
+                ok &= wrote.is_ok() && file.set_len(len).is_ok();
+                if let Some(a) = self.alloc_end.get_mut(i) {
+                    *a = len;
+                }
+            }
+        }
+        if ok {
+            self.probe_at = None;
+            self.stats.failure.recovered();
+        } else {
+            self.probe_at = Some(Instant::now() + crate::health::PROBE_EVERY);
         }
     }
 

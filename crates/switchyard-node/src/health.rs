@@ -1,4 +1,5 @@
-//! Readiness: is the transport connected, is a critical breaker open.
+//! Readiness: is the transport connected (for the log: are its writes working), is a
+//! critical breaker open.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -29,7 +30,10 @@ impl TransportHandle {
     /// `None` when connected (or nothing to connect), otherwise why not.
     pub(crate) fn problem(&self) -> Option<String> {
         match self {
-            Self::Memory | Self::Log(_) => None,
+            Self::Memory => None,
+            Self::Log(l) => l
+                .write_failure()
+                .map(|f| format!("the log cannot store publishes: {}", f.error)),
             Self::Nats(n) => {
                 let h = n.health();
                 match h.state {

@@ -75,6 +75,12 @@ async fn a_roll_that_cannot_create_its_segment_fails_the_publish_and_keeps_every
         .await
         .expect("the next publish resolves as well");
     assert!(again.is_err(), "the roll is still blocked: {again:?}");
+    // The log says so while it lasts (a node's `/ready` and `/v1/health` report it).
+    let failing = log
+        .write_failure()
+        .expect("write_failure() while publishes are refused");
+    assert!(failing.error.contains("default"), "{failing:?}");
+    assert!(failing.failed_batches >= 2, "{failing:?}");
     // What was acknowledged is readable now and after a reopen.
     assert_eq!(stored(&log)[..acked.len()], acked[..]);
     let _ = log
