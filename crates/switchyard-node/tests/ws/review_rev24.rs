@@ -334,9 +334,14 @@ async fn timed_out_http_requests_leave_nothing_pending() {
         .unwrap()["stats"]["expired"]
         .clone();
     assert_eq!(json, expired, "/v1/stats");
-    let metric = series(&node)
+    let text = reqwest::get(node.http("/metrics"))
         .await
-        .into_iter()
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = text
+        .lines()
         .find(|l| {
             l.starts_with("switchyard_subscription_expired_total{")
                 && l.contains("subscription=\"slow\"")
