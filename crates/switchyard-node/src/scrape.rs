@@ -73,6 +73,7 @@ fn write_bus_figures(state: &AppState) {
                 "switchyard_subscription_dead_lettered_total",
                 st.dead_lettered,
             ),
+            ("switchyard_subscription_expired_total", st.expired),
             ("switchyard_subscription_dropped_total", st.dropped),
             (
                 "switchyard_subscription_refused_full_total",

@@ -338,15 +338,11 @@ impl Bus {
                 start => self.finish_command(start, Some(deadline)).await,
             }
         };
-        let due = tokio::time::Instant::now().checked_add(deadline);
         match tokio::time::timeout(deadline, send).await {
-            // A worker that took it after its deadline answers `NotProcessed` (`expired.rs`),
-            // possibly a moment before this timer fires: to the caller it is a timeout.
-            Ok(Err(SendError::NotProcessed(_)))
-                if due.is_some_and(|due| tokio::time::Instant::now() >= due) =>
-            {
-                Err(SendError::Timeout { deadline })
-            }
+            // Expired by the worker that took it (`expired.rs`, possibly a moment before this
+            // timer fires), or answered `timeout` by another process: the deadline the
+            // caller hears is its own, not the zero or what was left that they carry.
+            Ok(Err(SendError::Timeout { .. })) => Err(SendError::Timeout { deadline }),
             Ok(result) => result,
             Err(_) => Err(SendError::Timeout { deadline }),
         }
@@ -654,14 +650,9 @@ impl SubShared {
         }
         // Past its sender's deadline already (it waited in a stream, or on the way): not
         // handled, dead-lettered `Expired` (a durable command's delivery is terminated).
+        // To its sender it is what it would have been had it waited: a timeout.
         if let Some(why) = crate::deadline::expired(env.delivery.deadline, "before it arrived") {
-            inc(&self.counters.dead_lettered);
-            bus.dead_letter(self.letter(env, DeadLetterReason::Expired, why));
-            // To its sender it is what it would have been had it waited: a timeout (its
-            // deadline, as carried, is spent).
-            return Err(SendError::Timeout {
-                deadline: Duration::ZERO,
-            });
+            return Err(self.dead_letter_expired(&bus, env, why));
         }
         let topic = env.topic.clone();
         // Without `done`: an inline run is watched through its own future; a channel for

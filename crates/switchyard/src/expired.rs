@@ -2,8 +2,10 @@
 //! one when it came from another process) passed before their handler got them: nobody can
 //! receive their result (the sender already has `Timeout`), so the handler is not called.
 //! They are dead-lettered `Expired` ("deadline passed while queued (N ms late)", attempts
-//! 0), browsable and replayable like any dead letter; a sender still listening (none in
-//! this process) is answered `NotProcessed`, a transport's delivery is terminated (settled
+//! 0), counted in `expired` and `dead_lettered`, browsable and replayable like any dead
+//! letter; a sender still listening is answered `Timeout` (what a sender past its deadline
+//! hears, wherever the deadline passed: a local `request` turns it into its own deadline, a
+//! sender in another process hears `timeout`), a transport's delivery is terminated (settled
 //! for good, as any message dead-lettered by the bus).
 //!
 //! Found where a message leaves its queue (a worker takes it: `dispatch.rs`, `batch.rs`,
@@ -12,9 +14,12 @@
 //! another process already past its deadline (`command.rs`). A message without a deadline
 //! pays one branch on each of these paths.
 
+use std::time::Duration;
+
 use switchyard_core::{DeadLetterReason, Delivery, Envelope, SendError};
 
 use crate::attempt::Handled;
+use crate::pending::Settled;
 use crate::queue::{Entry, Taken};
 use crate::reply::CommandReply;
 use crate::state::{BusInner, SubShared};
@@ -34,7 +39,36 @@ impl SubShared {
             tracing::debug!(subscription = %self.name(), message_id = %entry.env.id,
                 correlation_id = %entry.env.correlation_id, error = %why,
                 "expired message evicted from a full queue");
-            self.give_up(bus, entry, DeadLetterReason::Expired, why);
+            // Never a transport's delivery: a full queue leaves those to their worker.
+            let answer = self.dead_letter_expired(bus, entry.env.as_ref().clone(), why);
+            if let Some(reply) = entry.reply {
+                let _ = reply.send(Err(answer));
+            }
+            entry.accepted.settle(Settled::DeadLettered);
+        }
+    }
+
+    /// Counts (`dead_lettered`, `expired`) and dead-letters `Expired` a message whose
+    /// sender's deadline passed before its handler got it (attempts 0: the handler never
+    /// ran, whatever a transport's delivery count says); returns what its sender is
+    /// answered, `Timeout` (the deadline it carried is spent: zero). Where a queued message
+    /// expires (a worker took it, a full queue evicted it) and where a command arrives from
+    /// another process already expired (`command.rs`).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn dead_letter_expired(
+        &self,
+        bus: &BusInner,
+        env: Envelope,
+        why: String,
+    ) -> SendError {
+        inc(&self.counters.dead_lettered);
+        inc(&self.counters.expired);
+        let mut letter = self.letter(env, DeadLetterReason::Expired, why);
+        letter.attempts = 0;
+        bus.dead_letter(letter);
+        SendError::Timeout {
+            deadline: Duration::ZERO,
         }
     }
 
@@ -52,15 +86,14 @@ impl SubShared {
         delivery: Option<Box<Delivery>>,
         why: String,
     ) -> Handled {
-        inc(&self.counters.dead_lettered);
         tracing::debug!(subscription = %self.name(), message_id = %env.id,
             correlation_id = %env.correlation_id, error = %why,
             "expired message dead-lettered, not handled");
+        let answer = self.dead_letter_expired(bus, env.clone(), why);
         if let Some(reply) = reply {
-            // Its sender stopped waiting: nothing listens, nothing comes back.
-            let _ = reply.send(Err(SendError::NotProcessed(why.clone())));
+            // Its sender stopped waiting, or is about to: a timeout.
+            let _ = reply.send(Err(answer));
         }
-        bus.dead_letter(self.letter(env.clone(), DeadLetterReason::Expired, why));
         if let Some(delivery) = delivery {
             self.settle(*delivery, false).await;
         }

@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    /// Counted only where a message is expired (`expired.rs`), never on the hot path.
+    pub(crate) expired: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) refused_full: AtomicU64,
     pub(crate) decode_failed: AtomicU64,
@@ -72,6 +74,10 @@ pub struct SubscriptionStats {
     pub rejected: u64,
     /// Messages sent to the dead-letter sink (any reason).
     pub dead_lettered: u64,
+    /// Messages whose sender's deadline passed before the handler got them (dead-lettered
+    /// `Expired`, also counted in `dead_lettered`): taken by a worker, evicted from a full
+    /// queue, or arrived from another process already past it. The handler never ran.
+    pub expired: u64,
     /// Messages evicted by `Overflow::DropOldest`.
     pub dropped: u64,
     /// Publishes refused because the queue was full.
@@ -99,6 +105,7 @@ impl Counters {
             retried: g(&self.retried),
             rejected: g(&self.rejected),
             dead_lettered: g(&self.dead_lettered),
+            expired: g(&self.expired),
             dropped: g(&self.dropped),
             refused_full: g(&self.refused_full),
             decode_failed: g(&self.decode_failed),

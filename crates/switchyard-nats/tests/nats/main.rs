@@ -10,6 +10,7 @@ mod commands;
 mod conformance;
 mod durable_commands;
 mod encryption;
+mod expired_answer;
 mod fault;
 mod faulty;
 mod groups;

@@ -315,6 +315,9 @@ async fn durable_handler_sees_the_remaining_deadline_and_an_expired_one_as_zero(
         switchyard::DeadLetterReason::Expired,
         "{letter:?}"
     );
+    // docs/bus.md, "Expired messages": attempts 0, the handler never ran (h-fixexpire:
+    // it used to be the stream's delivery count).
+    assert_eq!(letter.attempts, 0, "{letter:?}");
 
     let before = Instant::now();
     assert_eq!(
@@ -390,7 +393,9 @@ async fn plain_command_whose_deadline_passed_in_the_queue_is_not_handled() {
     while letters.is_empty() {
         assert!(
             Instant::now() < until,
-            "the expired command was not dead-lettered"
+            "the expired command was not dead-lettered: {:?} {:?}",
+            handler_bus.registry(),
+            rx.try_recv()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

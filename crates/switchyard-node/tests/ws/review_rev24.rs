@@ -317,5 +317,36 @@ async fn timed_out_http_requests_leave_nothing_pending() {
         .find(|r| r.pattern == "slow.cmd")
         .unwrap();
     assert_eq!((row.depth, row.in_flight), (0, 0), "{row:?}");
+    // Those expired in the queue are counted per subscription (h-fixexpire; docs/gateway.md,
+    // Metrics): in its stats, `/v1/stats` and `/metrics` alike.
+    let expired = row.stats.expired;
+    assert!(
+        expired > 0 && expired <= row.stats.dead_lettered,
+        "{:?}",
+        row.stats
+    );
+    let stats = get_json(&node, "/v1/stats").await;
+    let json = stats["bus"]["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pattern"] == "slow.cmd")
+        .unwrap()["stats"]["expired"]
+        .clone();
+    assert_eq!(json, expired, "/v1/stats");
+    let text = reqwest::get(node.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = text
+        .lines()
+        .find(|l| {
+            l.starts_with("switchyard_subscription_expired_total{")
+                && l.contains("subscription=\"slow\"")
+        })
+        .unwrap_or_else(|| panic!("no expired series for slow"));
+    assert!(metric.ends_with(&format!(" {expired}")), "{metric}");
     node.stop().await;
 }

@@ -72,15 +72,18 @@ fn expired_letters(bus: &Bus) -> Vec<DeadLetter> {
 async fn a_request_expired_in_the_queue_is_dead_lettered_not_handled() {
     let _clock = VirtualClock::pause();
     let bus = Bus::new();
-    let (_h, calls, gate) = slow_double(&bus, 16, Overflow::default()).await;
+    let (sub, calls, gate) = slow_double(&bus, 16, Overflow::default()).await;
     let first = occupy(&bus, &calls, 1).await;
 
-    // Queued behind the slow first command; its deadline passes while it waits.
+    // Queued behind the slow first command; its deadline passes while it waits. The caller
+    // hears its own deadline (docs/bus.md, "Expired messages").
     match bus
         .request(Double { n: 2 }, Duration::from_millis(100))
         .await
     {
-        Err(SendError::Timeout { .. }) => {}
+        Err(SendError::Timeout { deadline }) => {
+            assert_eq!(deadline, Duration::from_millis(100));
+        }
         other => panic!("expected Timeout, got {other:?}"),
     }
     gate.add_permits(10);
@@ -108,6 +111,9 @@ async fn a_request_expired_in_the_queue_is_dead_lettered_not_handled() {
     );
     assert_eq!(letter.handler.as_deref(), Some("math.double"));
     assert_eq!(letter.attempts, 0, "the handler never ran");
+    // Counted in `expired`, and still in `dead_lettered` (h-fixexpire).
+    let stats = sub.stats();
+    assert_eq!((stats.expired, stats.dead_lettered), (1, 1), "{stats:?}");
     assert_eq!(
         letter.envelope.delivery.deadline, None,
         "a dead letter keeps no deadline of the sender that gave up"
@@ -156,6 +162,13 @@ async fn a_full_queue_of_expired_requests_takes_a_fresh_command() {
         "only the live commands ran"
     );
     assert_eq!(expired_letters(&bus).len(), 2);
+    // Evicted to make room: counted in `expired` and `dead_lettered`, not `dropped`.
+    let stats = sub.stats();
+    assert_eq!(
+        (stats.expired, stats.dead_lettered, stats.dropped),
+        (2, 2, 0),
+        "{stats:?}"
+    );
 }
 
 /// With `Block`, a fresh command does not wait out the block timeout behind expired
