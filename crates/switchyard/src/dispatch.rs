@@ -151,8 +151,6 @@ impl SubShared {
         let mut streak: u32 = 0;
         // The message being handled: the queue lends its envelope (keeping no reference).
         let mut lending = self.queue.lending(worker);
-        // Where a held transport delivery is kept alive (`keep_alive`): one per worker.
-        let mut keeper = Keeper::default();
         loop {
             // Fairness: with a handler that is always ready and a queue that never empties,
             // nothing here waits, so the worker would never give its thread to other tasks.
@@ -268,7 +266,7 @@ impl SubShared {
             // A delivery whose transport redelivers after an ack wait is kept alive while this
             // worker holds it (handling, retrying in place), within bounds: see `keep_alive`.
             let from_transport = delivery.is_some();
-            let kept = keeper.take(&mut delivery, &self);
+            let keeper = Keeper::take(&mut delivery, &self);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
@@ -326,7 +324,7 @@ impl SubShared {
                 )
                 .await
             };
-            if kept {
+            if let Some(keeper) = keeper {
                 delivery = keeper.stop();
             }
             if let Some(delivery) = delivery {
