@@ -37,8 +37,9 @@ impl Permanent {
 /// (another process), or to this one later. The hand-back is not an attempt: the bus neither
 /// retries it in place nor dead-letters it, and when it comes back to this process its
 /// attempt number does not count the hand-back (one that comes back to another process
-/// counts it as a delivery, as the transport does; the transport's own bound, such as
-/// JetStream's `max_deliver`, still applies). A message that did not come from a transport
+/// counts it as a delivery, as the transport does). The bus gives it back with
+/// [`Delivery::hand_back`](crate::Delivery::hand_back): the embedded log does not count it
+/// towards its `max_deliver`; JetStream counts every nak towards its `max_deliver`. A message that did not come from a transport
 /// (in memory, or a batch) has nowhere to go back to: it fails at once, as with
 /// [`Permanent`], and is dead-lettered.
 #[derive(Debug, thiserror::Error)]

@@ -82,6 +82,17 @@ pub trait AckHandle: Send + 'static {
     ) -> BoxFuture<'static, Result<(), TransportError>>;
     /// The message must never be redelivered.
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
+    /// The message was not worked on here ([`HandBack`](crate::HandBack), a delayed message
+    /// not due yet, one still queued at a stop): redeliver it (after `delay`, if given), and,
+    /// where the transport can, do not count this delivery towards its bound on deliveries
+    /// (the log's `max_deliver`). Default: [`nack`](Self::nack), which counts it (JetStream
+    /// has no uncounted nak).
+    fn hand_back(
+        self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.nack(delay)
+    }
     /// How often whoever holds the delivery unsettled must call
     /// [`keep_alive`](Self::keep_alive) so the transport does not redeliver it meanwhile
     /// (a transport that redelivers after an ack wait). Default: `None`, never needed.
@@ -170,6 +181,16 @@ impl Delivery {
     pub async fn nack(mut self, delay: Option<Duration>) -> Result<(), TransportError> {
         match self.handle.take() {
             Some(h) => h.nack(delay).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the message back without having worked on it, after `delay` if given
+    /// ([`AckHandle::hand_back`]): redelivered, and not counted as a failed delivery where
+    /// the transport can tell (the embedded log); on NATS it is a nak like any other.
+    pub async fn hand_back(mut self, delay: Option<Duration>) -> Result<(), TransportError> {
+        match self.handle.take() {
+            Some(h) => h.hand_back(delay).await,
             None => Ok(()),
         }
     }

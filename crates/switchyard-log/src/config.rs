@@ -135,8 +135,9 @@ pub struct LogConfig {
     pub retention_check_interval: Duration,
     /// A delivery not settled within this time is redelivered. Default: 30 s.
     pub ack_wait: Duration,
-    /// Deliveries of one message before it is dead-lettered (reason `MaxDeliveries`).
-    /// Default: 5. 0 means no limit.
+    /// Deliveries of one message before it is dead-lettered (reason `MaxDeliveries`); a
+    /// delivery handed back unworked (`Delivery::hand_back`) does not count. Default: 5. 0
+    /// means no limit.
     pub max_deliver: u32,
     /// Messages one group hands out and leaves unsettled at most; also the size of its
     /// in-order read-ahead window, and of the look-ahead past keys that are busy (so a group

@@ -34,7 +34,11 @@ enum PState {
 struct Pending {
     envelope: Envelope,
     key: Option<SmolStr>,
+    /// Deliveries made (the number the next delivery's `attempt` counts on from).
     attempts: u32,
+    /// Of those, deliveries handed back unworked ([`GroupShared::hand_back`]): not counted
+    /// towards `max_deliver`.
+    handed_back: u32,
     first_delivered: Option<SystemTime>,
     generation: u64,
     state: PState,
@@ -47,6 +51,7 @@ impl Pending {
             envelope,
             key,
             attempts: 0,
+            handed_back: 0,
             first_delivered: None,
             generation: 0,
             state: PState::Ready(None),
@@ -334,7 +339,12 @@ impl GroupShared {
                         blocked.insert(k.clone());
                     }
                 }
-                _ if s.max_deliver > 0 && p.attempts >= s.max_deliver => expired.push(offset),
+                // Hand-backs are not failed deliveries: only the others count.
+                _ if s.max_deliver > 0
+                    && p.attempts.saturating_sub(p.handed_back) >= s.max_deliver =>
+                {
+                    expired.push(offset)
+                }
                 _ if p.attempts == 0 && !may_start => {
                     if let Some(k) = &p.key {
                         blocked.insert(k.clone());
@@ -359,17 +369,23 @@ impl GroupShared {
         }
         for offset in expired {
             if let Some(p) = st.remove(offset) {
+                let counted = p.attempts.saturating_sub(p.handed_back);
                 let mut env = p.envelope;
-                env.delivery.attempt = p.attempts;
+                env.delivery.attempt = counted;
                 env.delivery.first_delivered_at = p.first_delivered;
-                tracing::warn!(stream = %self.stream.name, group = %self.name, offset, attempts = p.attempts, "message reached max deliveries; dead-lettering");
+                tracing::warn!(stream = %self.stream.name, group = %self.name, offset, attempts = counted, handed_back = p.handed_back, "message reached max deliveries; dead-lettering");
+                let handed_back = match p.handed_back {
+                    0 => String::new(),
+                    n => format!(", besides {n} hand-backs"),
+                };
                 dead.push(
                     DeadLetter::new(
                         env,
                         DeadLetterReason::MaxDeliveries,
                         format!(
-                            "not acknowledged after {} deliveries (stream {}, offset {offset})",
-                            p.attempts, self.stream.name
+                            "not acknowledged after {counted} deliveries{handed_back} (stream {}, \
+                             offset {offset})",
+                            self.stream.name
                         ),
                     )
                     .with_handler(self.name.as_str()),
@@ -425,6 +441,19 @@ impl GroupShared {
             && matches!(p.state, PState::InFlight(_))
         {
             p.state = PState::Ready(at);
+        }
+    }
+
+    /// Puts a delivered message back like [`release`](Self::release), as handed back unworked
+    /// (not counted towards `max_deliver`). Ignored like `release`.
+    pub fn hand_back(&self, offset: u64, generation: u64, at: Option<Instant>) {
+        let mut st = lock(&self.state);
+        if let Some(p) = st.pending.get_mut(&offset)
+            && p.generation == generation
+            && matches!(p.state, PState::InFlight(_))
+        {
+            p.state = PState::Ready(at);
+            p.handed_back = p.handed_back.saturating_add(1);
         }
     }
 

@@ -9,7 +9,8 @@
 //!   trade that for speed.
 //! - **Consumer groups** keep committed offsets on disk; each message goes to one member;
 //!   ack / nack (with delay) / term; unsettled messages come back after the ack wait; after
-//!   `max_deliver` deliveries a message goes to the dead-letter sink (or, with none, to the
+//!   `max_deliver` deliveries (hand-backs, `Delivery::hand_back`, not counted) a message
+//!   goes to the dead-letter sink (or, with none, to the
 //!   log's own store, never dropped); messages with the same
 //!   ordering key (a header) are handed out one at a time, in order.
 //! - **Retention** by size and age, and compaction of segments every group has consumed.

@@ -25,7 +25,10 @@ use crate::record;
 use crate::stream::{StreamShared, lock};
 use crate::writer::{CommitWrite, PendingCommits, Writer, WriterStats};
 
+mod ack;
 mod delete;
+
+use ack::LogAck;
 
 /// An embedded, durable, append-only log that carries bus messages.
 ///
@@ -800,97 +803,5 @@ fn min_instant(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Settles one delivery of the log.
-struct LogAck {
-    inner: Arc<Inner>,
-    group: Arc<GroupShared>,
-    offset: u64,
-    generation: u64,
-    settled: bool,
-}
-
-impl Drop for LogAck {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.group.release(self.offset, self.generation, None);
-            self.inner.notify.notify_waiters();
-        }
-    }
-}
-
-impl LogAck {
-    /// Runs `settle` unless the log is closed. After `close` the committed offsets have been
-    /// written for the last time, so a settle would be lost: it is refused with
-    /// [`TransportErrorKind::Closed`] and the message comes back after reopening.
-    fn if_open(&self, settle: impl FnOnce(&Self)) -> Result<(), TransportError> {
-        let _gate = self
-            .inner
-            .settle_gate
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(TransportError::new(
-                TransportErrorKind::Closed,
-                "log is closed: the delivery was not settled and is delivered again after \
-                 the log is reopened",
-            ));
-        }
-        settle(self);
-        self.inner.notify.notify_waiters();
-        Ok(())
-    }
-}
-
-impl AckHandle for LogAck {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settled = true;
-        let result = self.if_open(|a| a.group.settle(a.offset, &a.inner.commits));
-        Box::pin(async move { result })
-    }
-
-    fn nack(
-        mut self: Box<Self>,
-        delay: Option<Duration>,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settled = true;
-        // A delay past any sane horizon is capped rather than overflowing the clock.
-        let at = delay.map(|d| {
-            let now = Instant::now();
-            now.checked_add(d.min(MAX_DURATION)).unwrap_or(now)
-        });
-        let result = self.if_open(|a| a.group.release(a.offset, a.generation, at));
-        Box::pin(async move { result })
-    }
-
-    fn term(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settled = true;
-        let result = self.if_open(|a| {
-            tracing::debug!(stream = %a.group.stream.name, group = %a.group.name, offset = a.offset, reason = %reason, "message terminated");
-            a.group.settle(a.offset, &a.inner.commits);
-        });
-        Box::pin(async move { result })
-    }
-
-    /// Half the ack wait, so a keep-alive that comes a little late still lands in time.
-    fn keep_alive_every(&self) -> Option<Duration> {
-        Some((self.inner.settings.ack_wait / 2).max(Duration::from_millis(1)))
-    }
-
-    /// Moves the delivery's ack deadline to a full ack wait from now, at once (no future).
-    /// After close nothing is extended: the delivery comes back after reopening anyway.
-    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
-        if !self.settled && !self.inner.closed.load(Ordering::Acquire) {
-            let now = Instant::now();
-            let until = now
-                .checked_add(self.inner.settings.ack_wait.min(MAX_DURATION))
-                .unwrap_or(now);
-            self.group.keep_alive(self.offset, self.generation, until);
-            // The reader may be sleeping until the old deadline: it wakes then, finds the
-            // message not due and sleeps until the new one.
-        }
-        None
     }
 }

@@ -1,11 +1,14 @@
 //! Putting the hand-off between two stages on the bus.
 //!
 //! [`Handoff`] is the small contract this crate needs from a bus: publish an [`Envelope`] and
-//! receive the envelopes published on a topic. [`InMemoryHandoff`] implements it in-process; the
-//! switchyard bus facade (being written in `crates/switchyard`) will implement it so that a hand-off
-//! can cross processes and machines, without any change to the stage code.
+//! receive the envelopes published on a topic, each with how to [`Settle`] it.
+//! [`InMemoryHandoff`] implements it in-process (nothing to acknowledge). [`BusHandoff`]
+//! implements it over the switchyard bus (`switchyard::Bus`), in memory or on a durable
+//! transport (the embedded log, NATS), so a hand-off can cross processes and machines without
+//! any change to the stage code: a received envelope is acknowledged once its run ended, and
+//! one never fed to a run (still buffered at a stop) is handed back to the transport.
 //!
-//! Three ways to use it:
+//! Two ways to use it:
 //! - [`Pipeline::via_bus`]: the values flowing out of the pipeline so far are published on a topic
 //!   and the next stage receives them from the subscription. Runs keep their accounting across the
 //!   hop (the run waits, in flight, until its envelope comes back).
@@ -520,6 +523,9 @@ mod tests {
     }
 }
 
+/// The header a [`BusHandoff`] takes an envelope's ordering key from by default.
+pub const DEFAULT_ORDERING_HEADER: &str = "ordering-key";
+
 /// The switchyard bus as a hand-off: `.via_bus(BusHandoff::new(bus), topic)` puts a stage's
 /// input on the bus (in memory, or on a durable transport the bus was built with), so the
 /// stage may live in another task, process or machine.
@@ -531,16 +537,21 @@ mod tests {
 /// when its output was produced or it was dead-lettered. One the pipeline never fed (still
 /// buffered when it stopped, or refused at shutdown) is handed back to the transport
 /// ([`switchyard::HandBack`]): the log (or NATS) delivers it again to the same consumer group,
-/// after a restart too. A slow pipeline backs up into the subscription's queue and from there to
+/// after a restart too. On the log a hand-back does not count towards `max_deliver`; on NATS
+/// it is a nak, which JetStream counts. A slow pipeline backs up into the subscription's queue and from there to
 /// the publisher, under the bus's overflow policy.
 ///
-/// With several workers, envelopes may reach the pipeline out of publish order (as with any
-/// subscription with several workers); use `in_flight(1)` to keep the order (one run at a
-/// time).
+/// Order: envelopes with the same ordering key (the `ordering-key` header, as on the log; see
+/// [`ordering_header`](Self::ordering_header)) reach the pipeline one at a time, in the order
+/// the subscription receives them (publish order, per publisher), whatever `in_flight` is: a
+/// key's next envelope is fed only once the run of the one before it ended. Envelopes without
+/// a key may overtake each other when `in_flight` is above 1 (as with any subscription with
+/// several workers); `in_flight(1)` keeps their order too (one run at a time).
 #[derive(Clone, Debug)]
 pub struct BusHandoff {
     bus: switchyard::Bus,
     in_flight: usize,
+    ordering_header: Option<&'static str>,
 }
 
 impl BusHandoff {
@@ -549,7 +560,18 @@ impl BusHandoff {
         Self {
             bus,
             in_flight: DEFAULT_MAX_IN_FLIGHT,
+            ordering_header: Some(DEFAULT_ORDERING_HEADER),
         }
+    }
+
+    /// The header whose value is an envelope's ordering key: envelopes with the same value
+    /// are fed one run at a time, in order. Default [`DEFAULT_ORDERING_HEADER`]
+    /// (`ordering-key`, the log's and the bus's convention); `None`: no key, only
+    /// `in_flight(1)` keeps an order.
+    #[must_use]
+    pub fn ordering_header(mut self, header: Option<&'static str>) -> Self {
+        self.ordering_header = header;
+        self
     }
 
     /// How many received envelopes may wait for their runs at once (the subscription's
@@ -603,12 +625,14 @@ impl Handoff for BusHandoff {
             }
         });
         let name = format!("pipeline-handoff:{topic}");
-        let subscription = self
+        let mut builder = self
             .bus
             .subscribe(&name, topic.as_str(), handler)
-            .workers(self.in_flight)
-            .start()
-            .await?;
+            .workers(self.in_flight);
+        if let Some(header) = self.ordering_header {
+            builder = builder.ordering_header(header);
+        }
+        let subscription = builder.start().await?;
         Ok(BusStream {
             rx,
             _subscription: subscription,

@@ -33,8 +33,8 @@ pub use error::{
     FeedError, HandoffError, SocketError, SourceError, StageError, StageErrorKind, StartError,
 };
 pub use handoff::{
-    BusHandoff, BusSink, BusSource, BusStream, Handoff, InMemoryHandoff, InMemoryStream, Received,
-    Settle,
+    BusHandoff, BusSink, BusSource, BusStream, DEFAULT_ORDERING_HEADER, Handoff, InMemoryHandoff,
+    InMemoryStream, Received, Settle,
 };
 pub use monitor::{DEFAULT_WINDOW, Monitor, MonitorSnapshot, OpRecorder, OpSnapshot};
 pub use pipeline::Pipeline;

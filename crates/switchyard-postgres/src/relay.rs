@@ -28,6 +28,15 @@ const STARVING_KEYS_PER_PASS: i64 = 4;
 /// SQLSTATE `lock_not_available` (raised when `lock_timeout` expires).
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
+/// What the dead letter of a command row says (after the row's seq, schema, id and topic):
+/// such a row (a `Kind::Command`/`Request` envelope stored before the outbox refused them) is
+/// never published, since a command goes to its one handler, which answers it.
+const COMMAND_ROW: &str = "holds a command, not an event: only events are relayed (published \
+     to every subscriber), and a command goes to its one handler, which answers its sender; the \
+     row was not published and is not retried. Send the command with bus.send / bus.request \
+     once the transaction has committed, or store an event that a handler turns into the \
+     command";
+
 /// The columns the relay reads of a row.
 const ROW_COLUMNS: &str = "seq, id, topic, ordering_key, deliver_at IS NOT NULL AS delayed,
     headers::text AS headers, payload, meta::text AS meta,
@@ -438,7 +447,8 @@ impl Relay {
                 Err(e) => {
                     // A row no envelope can be rebuilt from would block the outbox forever:
                     // it goes to the dead-letter queue as it is stored, and is marked.
-                    self.dead_letter_row(&row, seq, &e)?;
+                    let why = format!("cannot be rebuilt: {e}");
+                    self.dead_letter_row(&row, seq, DeadLetterReason::DecodeFailed, &why)?;
                     dead += 1;
                     done.push(seq);
                     continue;
@@ -455,10 +465,8 @@ impl Relay {
                 }
                 // A command row (written before the outbox refused them) is never published:
                 // dead-lettered as it is stored, rather than blocking the rows behind it.
-                Err(
-                    e @ (PublishError::NotAnEvent { .. } | PublishError::DelayedCommand { .. }),
-                ) => {
-                    self.dead_letter_row(&row, seq, &Error::Publish(e))?;
+                Err(PublishError::NotAnEvent { .. } | PublishError::DelayedCommand { .. }) => {
+                    self.dead_letter_row(&row, seq, DeadLetterReason::Rejected, COMMAND_ROW)?;
                     dead += 1;
                     done.push(seq);
                 }
@@ -498,12 +506,19 @@ impl Relay {
         })
     }
 
-    /// Sends a row no envelope can be rebuilt from to the bus's dead-letter sink (reason
-    /// `DecodeFailed`), as it is stored: its id and topic (a fresh id, or the topic
+    /// Sends a row the relay cannot publish to the bus's dead-letter sink with `reason` and
+    /// `why` (after the row's seq, schema, id and topic): one no envelope can be rebuilt
+    /// from (`DecodeFailed`), or a command row ([`COMMAND_ROW`], `Rejected`), as it is stored: its id and topic (a fresh id, or the topic
     /// [`UNDECODABLE_TOPIC`], when the stored one is not valid), its raw payload, its headers
     /// when they decode, and the raw text of the `meta` and `headers` columns and the row's
     /// `seq` in the [`ROW_META_HEADER`], [`ROW_HEADERS_HEADER`] and [`ROW_SEQ_HEADER`] headers.
-    fn dead_letter_row(&self, row: &PgRow, seq: i64, why: &Error) -> Result<(), Error> {
+    fn dead_letter_row(
+        &self,
+        row: &PgRow,
+        seq: i64,
+        reason: DeadLetterReason,
+        why: &str,
+    ) -> Result<(), Error> {
         let id: String = row.try_get("id")?;
         let topic: String = row.try_get("topic")?;
         let meta: String = row.try_get("meta")?;
@@ -525,13 +540,12 @@ impl Relay {
         kept.insert(ROW_HEADERS_HEADER, headers);
         env.set_headers(kept);
         let error = format!(
-            "outbox row {seq} of schema {} (id {id}, topic {topic}) cannot be rebuilt: {why}",
+            "outbox row {seq} of schema {} (id {id}, topic {topic}) {why}",
             self.schema
         );
-        tracing::error!(schema = %self.schema, seq, message_id = %id, error = %why,
-            "undecodable outbox row dead-lettered");
-        self.bus
-            .dead_letter(DeadLetter::new(env, DeadLetterReason::DecodeFailed, error));
+        tracing::error!(schema = %self.schema, seq, message_id = %id, error = %error,
+            "outbox row dead-lettered");
+        self.bus.dead_letter(DeadLetter::new(env, reason, error));
         Ok(())
     }
 

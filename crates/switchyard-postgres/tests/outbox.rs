@@ -579,5 +579,27 @@ async fn a_command_is_refused_by_the_outbox_and_a_stored_one_does_not_block_the_
     assert_eq!(first.unwrap().unwrap(), ping("after", 3));
     assert!(rx.try_recv().is_err(), "an event handler got the command");
     assert_eq!(relay.backlog().await.unwrap(), 0, "the command row blocks");
+    // The dead letter says in plain words what happened and what to do.
+    let dlq = bus.dead_letters().expect("the default in-memory store");
+    let letters = dlq.list();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(
+        letter.reason,
+        switchyard::DeadLetterReason::Rejected,
+        "{letter:?}"
+    );
+    assert!(
+        letter.error.contains("holds a command, not an event")
+            && letter.error.contains("only events are relayed")
+            && letter.error.contains("bus.send"),
+        "{}",
+        letter.error
+    );
+    assert!(
+        !letter.error.contains("cannot be rebuilt"),
+        "{}",
+        letter.error
+    );
     db.finish().await;
 }

@@ -124,8 +124,10 @@ async def test_a_nats_py_client_publishes_and_commands_a_rust_switchyard_process
             line["dead_letter"] for line in rest
             if "dead_letter" in line and line["dead_letter"]["topic"] == f"{prefix}.events.orders"
         ]
-        # The sneaky command (unroutable), then the invalid event (rejected at the intake).
-        assert [letter["reason"] for letter in letters] == ["Unroutable", "Rejected"], letters
+        # The sneaky command (published, so without a reply subject: rejected, unanswerable),
+        # then the invalid event (rejected at the intake).
+        assert [letter["reason"] for letter in letters] == ["Rejected", "Rejected"], letters
+        assert "without a reply subject" in letters[0]["error"], letters
         assert "/id" in letters[1]["error"] and "ForeignOrder" in letters[1]["error"], letters
         refused = [line["dead_letter"] for line in rest
                    if "dead_letter" in line and line["dead_letter"]["topic"] == f"{prefix}.double"

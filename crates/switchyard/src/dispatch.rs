@@ -770,7 +770,8 @@ impl SubShared {
         bus.deferred
             .set(&self.config.name, &id, not_attempts, SystemTime::now());
         let delay = after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
-        if let Err(e) = delivery.nack(delay).await {
+        // Not a failed delivery either: on the log it does not count towards `max_deliver`.
+        if let Err(e) = delivery.hand_back(delay).await {
             tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
         }
         if bus.state.load(Ordering::Acquire) != crate::state::RUNNING {

@@ -14,6 +14,14 @@ use crate::queue::Entry;
 use crate::state::{SubShared, deliver_at};
 use crate::stats::inc;
 
+/// Why a command or request that a transport delivered to an event subscription (another
+/// client published it, e.g. `nats pub` on the topic's stream subject with `Sy-Kind:
+/// command`) is dead-lettered `Rejected`: it arrived without a reply subject.
+const UNANSWERABLE_COMMAND: &str = "a command arrived without a reply subject \
+     (published on an event subject, not sent as a request): nobody could receive its answer, \
+     so it was not handled; send it to its one handler as a request (bus.send / bus.request, \
+     or over NATS a request to `_sy.cmd.<topic>`, the default command_prefix)";
+
 impl SubShared {
     /// The pump: owns the transport subscription, feeds its deliveries into the queue, and
     /// stops (dropping the transport subscription) when the queue closes.
@@ -81,23 +89,22 @@ impl SubShared {
             // noted, so the due delivery's number does not count it).
             bus.deferred
                 .note(&self.config.name, &delivery.envelope.id, due);
-            if let Err(e) = delivery.nack(Some(early)).await {
+            if let Err(e) = delivery.hand_back(Some(early)).await {
                 tracing::warn!(subscription = %self.name(), error = %e, "could not defer a delayed message");
             }
             accepted.settle(Settled::Nacked);
             return Ok(());
         }
         if delivery.envelope.kind.is_command() {
-            // Published as a command by some client: it is for its one handler, never for
-            // an event handler.
+            // Published as a command by some client (as `publish_envelope` refuses to here):
+            // it came without a reply subject, so nobody can hear its answer, and it is for
+            // its one handler, never for an event handler. Refused, saying what to do.
             self.dead_letter_delivery(
                 &bus,
                 delivery,
                 accepted,
-                DeadLetterReason::Unroutable,
-                "a command or request published as an event: event handlers do not take \
-                 commands (send it with bus.send / a NATS request to its handler)"
-                    .into(),
+                DeadLetterReason::Rejected,
+                UNANSWERABLE_COMMAND.into(),
             )
             .await;
             return Ok(());

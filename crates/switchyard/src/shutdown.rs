@@ -310,7 +310,8 @@ impl Bus {
             match entry.delivery.take() {
                 Some(delivery) => {
                     report.nacked.push(entry.env.id.clone());
-                    if let Err(e) = delivery.nack(None).await {
+                    // Never handled: not a failed delivery (`AckHandle::hand_back`).
+                    if let Err(e) = delivery.hand_back(None).await {
                         tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
                     }
                     entry.accepted.settle(Settled::LeftOver);

@@ -633,7 +633,8 @@ impl SubShared {
         for mut entry in self.queue.drain_waiting() {
             match entry.delivery.take() {
                 Some(delivery) => {
-                    if let Err(e) = delivery.nack(None).await {
+                    // Never handled: not a failed delivery (`AckHandle::hand_back`).
+                    if let Err(e) = delivery.hand_back(None).await {
                         tracing::warn!(subscription = %self.name(), error = %e, "nack of a removed subscription's message failed; the transport redelivers after its ack wait");
                     }
                     entry.accepted.settle(Settled::LeftOver);

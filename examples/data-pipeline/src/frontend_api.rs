@@ -84,7 +84,7 @@ impl Command for RunQuery {
 }
 
 /// A dead letter of a run, as the frontend shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterInfo {
     /// The dead message's id (as in `/v1/dlq`).
     pub id: String,
@@ -100,7 +100,7 @@ pub struct DeadLetterInfo {
 
 /// A step of a run that left its latency baseline: the performance tracker's
 /// [`Anomaly`] on `system.performance.anomaly`, tied to the run by its correlation id.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerformanceFlag {
     /// The domain of the component: one of the pipeline's (`analytics`), or `cpm` for the
     /// CPM's context of the whole run; `None` for another component.
@@ -143,7 +143,7 @@ impl From<Anomaly> for PerformanceFlag {
 }
 
 /// One run as the CPM saw it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The run.
     pub run_id: String,
@@ -231,12 +231,16 @@ struct Inner {
     requests: HashMap<String, RequestId>,
 }
 
-/// The CPM's registry of runs (shared, cheap to clone).
+/// The CPM's registry of runs (shared, cheap to clone). [`Runs::stored`] keeps each record in
+/// the app's database too (written in order by one task), and loads the newest at start, so
+/// the run history survives a restart.
 #[derive(Debug, Clone, Default)]
 pub struct Runs {
     inner: Arc<Mutex<Inner>>,
     /// Woken whenever a run is cancelled (for [`Runs::until_cancelled`]).
     cancelled: Arc<Notify>,
+    /// Where changed records go to be written to the database (`None`: in memory only).
+    saver: Option<tokio::sync::mpsc::UnboundedSender<RunRecord>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -247,6 +251,71 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Runs {
+    /// A registry kept in `db` too: the newest [`KEEP_RUNS`] records there are loaded (a run
+    /// still `running` in them was cut short by a restart: it is listed as failed,
+    /// `Interrupted`), and every change of a record is written back, in order, by a task of
+    /// its own (a failed write is logged; the registry in memory stays right).
+    pub async fn stored(
+        db: Arc<dyn crate::modules::AppStore>,
+    ) -> Result<Self, crate::modules::ModuleError> {
+        let mut records = Vec::new();
+        for json in db.run_records(KEEP_RUNS).await? {
+            match serde_json::from_str::<RunRecord>(&json) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored run record does not decode; left out")
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RunRecord>();
+        let runs = Self {
+            saver: Some(tx),
+            ..Self::default()
+        };
+        {
+            let mut g = runs.lock();
+            // Oldest first, so `order` ends with the newest.
+            for mut r in records.into_iter().rev() {
+                if r.status == "running" {
+                    r.status = "failed".into();
+                    r.error = Some(ErrorInfo {
+                        error_type: "Interrupted".into(),
+                        message: "the app stopped while the run was under way".into(),
+                        retryable: false,
+                    });
+                    runs.save(&r);
+                }
+                g.by_correlation
+                    .insert(r.correlation_id.clone(), r.run_id.clone());
+                g.order.push_back(r.run_id.clone());
+                g.runs.insert(r.run_id.clone(), r);
+            }
+        }
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let json = match serde_json::to_string(&r) {
+                    Ok(json) => json,
+                    Err(e) => {
+                        tracing::warn!(run = %r.run_id, error = %e, "run record not encoded");
+                        continue;
+                    }
+                };
+                let started = i64::try_from(r.started_ms).unwrap_or(i64::MAX);
+                if let Err(e) = db.put_run_record(&r.run_id, started, &json).await {
+                    tracing::warn!(run = %r.run_id, error = %e, "run record not stored");
+                }
+            }
+        });
+        Ok(runs)
+    }
+
+    /// Hands a changed record to the writer (when the registry is stored).
+    fn save(&self, r: &RunRecord) {
+        if let Some(tx) = &self.saver {
+            let _ = tx.send(r.clone());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -275,6 +344,7 @@ impl Runs {
             g.order.retain(|r| r != &rec.run_id);
         }
         g.order.push_back(rec.run_id.clone());
+        self.save(&rec);
         g.runs.insert(rec.run_id.clone(), rec);
         Ok(())
     }
@@ -297,6 +367,7 @@ impl Runs {
         }
         r.results
             .insert(domain.to_owned(), result.unwrap_or(Value::Null));
+        self.save(r);
         Some(r.domains.len())
     }
 
@@ -316,6 +387,7 @@ impl Runs {
             message: "cancelled by the frontend".into(),
             retryable: false,
         });
+        self.save(r);
         let id = g.requests.get(run_id).copied();
         drop(g);
         self.cancelled.notify_waiters();
@@ -359,6 +431,7 @@ impl Runs {
             }
             .into();
             r.error = error;
+            self.save(r);
         }
     }
 
@@ -369,6 +442,7 @@ impl Runs {
             && let Some(r) = g.runs.get_mut(&run)
         {
             r.dead_letters.push(info);
+            self.save(r);
         }
     }
 
@@ -380,6 +454,7 @@ impl Runs {
             && let Some(r) = g.runs.get_mut(&run)
         {
             r.performance_anomalies.push(anomaly.into());
+            self.save(r);
         }
     }
 

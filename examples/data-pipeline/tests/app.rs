@@ -515,6 +515,51 @@ on_both_stores! {
 }
 }
 
+// docs/app.md "Its database": the run history (the CPM's registry) is kept in the app's
+// database, so an app restarted on the same database lists the runs of before.
+on_both_stores! {
+    async fn the_run_history_survives_a_restart(db: &Db) {
+    let dir =
+        std::env::temp_dir().join(format!("switchyard-history-{}", switchyard::MessageId::new()));
+    let cfg = db.config(DemoConfig {
+        rows: 50,
+        data_dir: Some(dir.clone()),
+        show_violation: false,
+        ..DemoConfig::default()
+    });
+    let bus = switchyard::Bus::new();
+    let mut app = DemoApp::start(&bus, &cfg).await.unwrap();
+    let out = app
+        .run("history-1", DATASET, std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(out.ok, "{:?}", out.error);
+    // Written by the registry's own task: wait until the stored record says completed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stored = app.store().database().run_records(10).await.unwrap();
+        if stored.iter().any(|r| r.contains("\"history-1\"") && r.contains("\"completed\"")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stored: {stored:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.stop();
+    bus.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+
+    let bus = switchyard::Bus::new();
+    let app = DemoApp::start(&bus, &cfg).await.unwrap();
+    let runs = app.runs().list(10);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].run_id, "history-1");
+    assert_eq!(runs[0].status, "completed");
+    assert_eq!(runs[0].domains.len(), DOMAINS.len(), "{runs:?}");
+    app.stop();
+    bus.shutdown(std::time::Duration::from_secs(5)).await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+}
+
 #[tokio::test]
 async fn database_url_selects_the_store() {
     // Unset or empty: SQLite in memory; sqlite: URLs: SQLite there.
@@ -591,7 +636,7 @@ async fn database_url_selects_the_store() {
     assert_eq!(
         pg.count("SELECT COUNT(*) FROM {schema}.app_migrations")
             .await,
-        1
+        2
     );
     pg.finish().await;
 }

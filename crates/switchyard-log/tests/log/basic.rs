@@ -197,6 +197,50 @@ async fn max_deliver_sends_to_the_dead_letter_sink() {
     close(&log).await;
 }
 
+/// A hand-back (`Delivery::hand_back`: not worked on here) is redelivered without counting
+/// towards `max_deliver`; the deliveries' numbers still count it, and a nack after the
+/// hand-backs counts as usual (docs/log.md, `max_deliver`).
+#[tokio::test]
+async fn hand_backs_do_not_count_towards_max_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let dlq = Arc::new(InMemoryDeadLetters::new(10));
+    let log = LogTransport::open(
+        config(dir.path())
+            .with_max_deliver(2)
+            .with_dead_letters(dlq.clone()),
+    )
+    .unwrap();
+    publish_all(&log, vec![env("a.b", "m")]).await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    for attempt in 1..=6 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.envelope.delivery.attempt, attempt);
+        d.hand_back(None).await.unwrap();
+    }
+    for attempt in 7..=8 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.envelope.delivery.attempt, attempt);
+        d.nack(None).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while dlq.list().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        assert!(try_next(&mut sub).is_none(), "delivered after two nacks");
+        tokio::task::yield_now().await;
+    }
+    let letters = dlq.list();
+    assert_eq!(letters[0].reason, DeadLetterReason::MaxDeliveries);
+    assert_eq!(letters[0].attempts, 2, "{letters:?}");
+    assert!(
+        letters[0].error.contains("besides 6 hand-backs"),
+        "{letters:?}"
+    );
+    close(&log).await;
+}
+
 #[tokio::test]
 async fn order_is_kept_per_key_within_a_group() {
     let dir = tempfile::tempdir().unwrap();

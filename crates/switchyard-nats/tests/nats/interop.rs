@@ -158,7 +158,8 @@ async fn republished_headers_and_ids_keep_their_standard_names() {
 }
 
 /// A `Sy-Kind: command` message published on an event topic by some client is never given
-/// to an event handler: it is dead-lettered as unroutable (commands go to `bus.send`).
+/// to an event handler: it arrived without a reply subject, so it is dead-lettered
+/// `Rejected` (commands go to `bus.send`; see `no_reply.rs`).
 #[tokio::test]
 async fn a_command_is_never_handed_to_an_event_handler() {
     if shared_unavailable().is_some() {
@@ -201,7 +202,7 @@ async fn a_command_is_never_handed_to_an_event_handler() {
     bus.run_until_idle().await;
     let dl = letters.list();
     assert_eq!(dl.len(), 2, "{dl:?}");
-    assert!(dl.iter().all(|l| l.reason == DeadLetterReason::Unroutable));
+    assert!(dl.iter().all(|l| l.reason == DeadLetterReason::Rejected));
     assert!(rx.try_recv().is_err());
 }
 

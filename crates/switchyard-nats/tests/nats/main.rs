@@ -17,6 +17,7 @@ mod harness;
 mod interop;
 mod keep_alive;
 mod max_payload_reconnect;
+mod no_reply;
 mod oversize_requests;
 mod own_dead_letters;
 mod retention;

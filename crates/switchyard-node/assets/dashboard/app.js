@@ -438,26 +438,42 @@
     };
     const kids = [el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, el("path", { d: "M0,0 L10,5 L0,10 z", fill: "currentColor" })))];
     layers.forEach((l, i) => kids.push(el("text", { class: "layer", x: padX + i * colW, y: 22 }, l.name)));
+    // Many edges into one node (hundreds of publishers into one topic) converge near it, and
+    // their labels at the midpoints would sit on that bundle: such an edge is labelled at its
+    // source end, where edges are a row apart; many out of one node, at the target end.
+    const inDeg = new Map(), outDeg = new Map();
+    for (const e of edges) { inDeg.set(e.to, (inDeg.get(e.to) || 0) + 1); outDeg.set(e.from, (outDeg.get(e.from) || 0) + 1); }
+    const FAN = 3;
     for (const e of edges) {
       const a = pos.get(e.from), b = pos.get(e.to);
       if (!a || !b) continue;
       const x1 = a.x + boxW, y1 = a.y + boxH / 2, x2 = b.x, y2 = b.y + boxH / 2;
       const back = x2 <= x1 || b.x - a.x > colW;
+      const labelW = Math.max((e.label || "").length, 10) * 6.5;
+      const fanIn = !back && inDeg.get(e.to) > FAN, fanOut = !back && !fanIn && outDeg.get(e.from) > FAN;
+      // An edge of a fan runs straight under its label (at its source end for a fan-in, its
+      // target end for a fan-out), so the bundle's curves stay clear of the labels.
+      const run = Math.min(labelW, Math.max(0, x2 - x1 - 40));
+      const sx = fanIn ? x1 + run : x1, ex = fanOut ? x2 - run : x2, cx = (sx + ex) / 2;
       const d = back ? `M${a.x + boxW / 2},${a.y + boxH} C${a.x + boxW / 2},${H} ${b.x + boxW / 2},${H} ${b.x + boxW / 2},${b.y + boxH}`
-        : `M${x1},${y1} C${(x1 + x2) / 2},${y1} ${(x1 + x2) / 2},${y2} ${x2},${y2}`;
+        : `M${x1},${y1} H${sx} C${cx},${y1} ${cx},${y2} ${ex},${y2} H${x2}`;
       const base = (e.violation ? "LAYER VIOLATION: " : "") + (e.undeclared ? "NOT DECLARED — seen in traffic: " : "") + (e.label || e.kind || "observed traffic");
       const title = el("title", {}, base);
       const path = el("path", { class: "edge" + (e.kind === "command" ? " command" : "") + (e.violation ? " violation" : "") + (e.undeclared ? " undeclared" : ""),
-        "data-test": e.undeclared ? "edge-undeclared" : null, d, "marker-end": "url(#arrow)" }, title);
+        "data-test": e.undeclared ? "edge-undeclared" : null, "data-edge": drawn.length, d, "marker-end": "url(#arrow)" }, title);
       kids.push(path);
-      const mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? 0.125 * (a.y + b.y + 2 * boxH) + 0.75 * H : (y1 + y2) / 2;
+      // Where the label block is centred (`mx`), and the text's anchor there.
+      let mx = back ? (a.x + b.x + boxW) / 2 : (x1 + x2) / 2, my = back ? 0.125 * (a.y + b.y + 2 * boxH) + 0.75 * H : (y1 + y2) / 2;
+      let anchor = "middle", tx = mx;
+      if (fanIn) { tx = x1 + 6; mx = tx + labelW / 2; my = y1; anchor = "start"; }
+      else if (fanOut) { tx = x2 - 12; mx = tx - labelW / 2; my = y2; anchor = "end"; }
       // Labels above a straight edge, below an arc.
-      const ly = back ? my + 14 : my - 4;
+      const ly = back ? my + 14 : e.label && (fanIn || fanOut) ? my - 16 : my - 4;
       // A label that would overlap one already placed is left out (a large graph's arcs meet
       // near the bottom); the edge's tooltip still names its topic and rate.
-      const shown = placeLabel(mx, e.label ? ly : back ? my + 14 : my - 5, Math.max((e.label || "").length, 10) * 6.5, e.label ? 28 : 14);
-      if (e.label && shown) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: mx, y: ly, "text-anchor": "middle" }, e.label));
-      const rate = el("text", { class: "rate", x: mx, y: e.label ? ly + 14 : back ? my + 14 : my - 5, "text-anchor": "middle", "data-test": "edge-rate" }, "");
+      const shown = placeLabel(mx, e.label ? ly : back ? my + 14 : my - 5, labelW, e.label ? 28 : 14);
+      if (e.label && shown) kids.push(el("text", { class: "elabel" + (e.undeclared ? " undeclared" : ""), x: tx, y: ly, "text-anchor": anchor }, e.label));
+      const rate = el("text", { class: "rate", x: tx, y: e.label ? ly + 14 : back ? my + 14 : my - 5, "text-anchor": anchor, "data-test": "edge-rate", "data-edge": drawn.length }, "");
       if (shown) kids.push(rate);
       drawn.push({ path, rate, title, base, match: e.match });
     }

@@ -257,6 +257,13 @@ impl AckHandle for FaultyAck {
         Box::pin(self.inner.nack(delay))
     }
 
+    fn hand_back(
+        self: Box<Self>,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(self.inner.hand_back(delay))
+    }
+
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move { self.inner.term(&reason).await })
     }

@@ -104,8 +104,7 @@ async fn without_a_transport_a_hand_back_fails_for_good_at_once() {
 /// A hand-back is "not mine", not a failure of the handler: with the default resilience
 /// stack, eight messages each handed back once (more hand-backs than its breaker's threshold
 /// of 5 failures) do not open it, so each comes back at once and is handled on its second
-/// delivery, instead of waiting the breaker's 30 s cool-down. (One message handed back eight
-/// times would instead reach the log's `max_deliveries` of 5 and be dead-lettered.)
+/// delivery, instead of waiting the breaker's 30 s cool-down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_backs_do_not_open_the_default_resilience_breaker() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,6 +147,62 @@ async fn hand_backs_do_not_open_the_default_resilience_breaker() {
             ),
         }
     }
+    assert!(
+        bus.dead_letters().unwrap().is_empty(),
+        "{:?}",
+        bus.dead_letters().unwrap().list()
+    );
+    bus.shutdown(WAIT).await.unwrap();
+}
+
+/// A hand-back is not a failed delivery on the log either: a message handed back six times
+/// (more than the log's `max_deliver` of 5) is still delivered, and handled on its seventh
+/// delivery with attempt 1, not dead-lettered (docs/log.md, "max_deliver"). Before the fix the
+/// log counted each hand-back towards `max_deliver` and dead-lettered it after five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_log_hand_backs_do_not_count_towards_max_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogTransport::open(LogConfig::new(dir.path())).unwrap();
+    assert_eq!(log.config().max_deliver, 5);
+    let bus = Bus::builder()
+        .transport(log)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let calls = Arc::new(Mutex::new(0u32));
+    let s = seen.clone();
+    let handler = switchyard::handler_fn(move |env: Envelope| {
+        let (s, calls, done_tx) = (s.clone(), calls.clone(), done_tx.clone());
+        async move {
+            s.lock().unwrap().push(env.delivery.attempt);
+            let n = {
+                let mut c = calls.lock().unwrap();
+                *c += 1;
+                *c
+            };
+            if n <= 6 {
+                return Err::<Outcome, BoxError>(Box::new(HandBack::new("not here yet")));
+            }
+            let _ = done_tx.send(env.id.clone());
+            Ok(Outcome::Ack)
+        }
+    });
+    let _sub = bus
+        .subscribe("worker", "jobs.#", handler)
+        .start()
+        .await
+        .unwrap();
+    bus.publish(Job { n: 1 }).await.unwrap();
+    let handled = tokio::time::timeout(WAIT, done_rx.recv()).await;
+    assert!(
+        matches!(handled, Ok(Some(_))),
+        "not handled after six hand-backs; calls {:?}, dead letters {:?}",
+        seen.lock().unwrap(),
+        bus.dead_letters().unwrap().list()
+    );
+    assert_eq!(*seen.lock().unwrap(), [1, 1, 1, 1, 1, 1, 1]);
     assert!(
         bus.dead_letters().unwrap().is_empty(),
         "{:?}",

@@ -82,3 +82,9 @@ CREATE TABLE IF NOT EXISTS recommendations (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS recommendations_run ON recommendations (run);
+-- The CPM's run history (one JSON record per run), so a restarted app lists its earlier runs.
+CREATE TABLE IF NOT EXISTS run_records (
+    run TEXT PRIMARY KEY,
+    started_ms INTEGER NOT NULL,
+    record TEXT NOT NULL
+);

@@ -17,11 +17,18 @@ use super::{
 
 /// The embedded migrations, in order: (version, name, SQL). Each runs once per schema,
 /// recorded in `<schema>.app_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "tables",
-    include_str!("../../migrations/postgres/0001_tables.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "tables",
+        include_str!("../../migrations/postgres/0001_tables.sql"),
+    ),
+    (
+        2,
+        "run_records",
+        include_str!("../../migrations/postgres/0002_run_records.sql"),
+    ),
+];
 
 /// The reference app's store on PostgreSQL: a connection pool whose connections have the
 /// app's schema as their `search_path`, so the SQL names tables without a schema.
@@ -682,6 +689,34 @@ impl AppStore for PgStore {
             trend,
             z_threshold,
         }))
+    }
+
+    async fn put_run_record(
+        &self,
+        run: &str,
+        started_ms: i64,
+        record: &str,
+    ) -> Result<(), ModuleError> {
+        sqlx::query(
+            "INSERT INTO run_records (run, started_ms, record) VALUES ($1, $2, $3)
+             ON CONFLICT (run) DO UPDATE SET started_ms = excluded.started_ms,
+             record = excluded.record",
+        )
+        .bind(run)
+        .bind(started_ms)
+        .bind(record)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_records(&self, limit: usize) -> Result<Vec<String>, ModuleError> {
+        Ok(sqlx::query_scalar(
+            "SELECT record FROM run_records ORDER BY started_ms DESC, run DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn put_report(&self, run: &str, markdown: &str) -> Result<(), ModuleError> {

@@ -215,6 +215,37 @@ impl AppStore for SqliteStore {
         self.call(move |c| get_insights(c, &run)).await
     }
 
+    async fn put_run_record(
+        &self,
+        run: &str,
+        started_ms: i64,
+        record: &str,
+    ) -> Result<(), ModuleError> {
+        let (run, record) = (run.to_owned(), record.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO run_records (run, started_ms, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (run) DO UPDATE SET started_ms = excluded.started_ms,
+                 record = excluded.record",
+                params![run, started_ms, record],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn run_records(&self, limit: usize) -> Result<Vec<String>, ModuleError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT record FROM run_records ORDER BY started_ms DESC, run DESC LIMIT ?1",
+            )?;
+            let rows = st.query_map([limit], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn put_report(&self, run: &str, markdown: &str) -> Result<(), ModuleError> {
         let (run, md) = (run.to_owned(), markdown.to_owned());
         self.call(move |c| put_report(c, &run, &md)).await

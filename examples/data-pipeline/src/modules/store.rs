@@ -73,6 +73,15 @@ pub trait AppStore: Send + Sync + std::fmt::Debug {
     async fn put_insights(&self, run: &str, ins: &Insights) -> Result<(), ModuleError>;
     /// The insights of `run`.
     async fn insights(&self, run: &str) -> Result<Option<Insights>, ModuleError>;
+    /// Keeps the CPM's record of `run` (JSON), replacing an earlier one of the same run.
+    async fn put_run_record(
+        &self,
+        run: &str,
+        started_ms: i64,
+        record: &str,
+    ) -> Result<(), ModuleError>;
+    /// The newest `limit` run records kept (JSON), newest first.
+    async fn run_records(&self, limit: usize) -> Result<Vec<String>, ModuleError>;
     /// Replaces the Markdown report of `run`.
     async fn put_report(&self, run: &str, markdown: &str) -> Result<(), ModuleError>;
     /// The Markdown report of `run`.
@@ -234,7 +243,12 @@ impl Store {
         redact_url(&self.db.describe())
     }
 
-    /// The database behind the store.
+    /// The database behind the store, shared (the CPM's run history writes to it).
+    pub fn shared_database(&self) -> Arc<dyn AppStore> {
+        self.db.clone()
+    }
+
+    /// The database.
     pub fn database(&self) -> &dyn AppStore {
         &*self.db
     }
