@@ -389,6 +389,10 @@ pub struct ReadinessConfig {
     pub critical_handlers: Vec<String>,
 }
 
+/// The default of `bus.max_hold_ms`: the bus's own default,
+/// [`switchyard::DEFAULT_MAX_HOLD`].
+pub const DEFAULT_MAX_HOLD_MS: u64 = 300_000;
+
 /// Bus defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -400,6 +404,12 @@ pub struct BusConfig {
     pub workers: usize,
     /// Shutdown drain deadline, milliseconds. Default 10000.
     pub shutdown_timeout_ms: u64,
+    /// How long a log or NATS delivery a handler holds (a WebSocket client that has not
+    /// acked yet, a slow handler) is kept alive past the transport's ack wait, counted from
+    /// when the transport handed it out, milliseconds; past it the transport hands the
+    /// delivery out again one ack wait later (`switchyard::BusBuilder::max_hold`). 0 turns
+    /// keep-alive off: the ack wait alone decides. Default 300000 (the bus's default).
+    pub max_hold_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -408,6 +418,7 @@ impl Default for BusConfig {
             queue_capacity: 1024,
             workers: 1,
             shutdown_timeout_ms: 10_000,
+            max_hold_ms: DEFAULT_MAX_HOLD_MS,
         }
     }
 }

@@ -100,6 +100,7 @@ impl Node {
             })
             .queue_capacity(config.bus.queue_capacity)
             .workers(config.bus.workers)
+            .max_hold(Duration::from_millis(config.bus.max_hold_ms))
             .dead_letters(dlq_sink(&dlq, &live))
             .publish_hook(move |env| {
                 switchyard_middleware::trace::ensure_traceparent(env);

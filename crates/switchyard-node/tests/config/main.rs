@@ -445,3 +445,32 @@ fn max_connections_per_principal_defaults_to_the_global_limit_and_is_checked() {
         )
     );
 }
+
+/// `bus.max_hold_ms`: the bus's default (5 minutes) when not set, from the file, the
+/// environment over the file, 0 accepted (keep-alive off).
+#[test]
+fn bus_max_hold_comes_from_the_file_and_the_environment() {
+    let c = NodeConfig::from_toml("").unwrap();
+    assert_eq!(
+        Duration::from_millis(c.bus.max_hold_ms),
+        switchyard::DEFAULT_MAX_HOLD
+    );
+    assert_eq!(
+        NodeConfig::from_toml("[bus]\nmax_hold_ms = 0\n")
+            .unwrap()
+            .bus
+            .max_hold_ms,
+        0
+    );
+    Jail::expect_with(|jail| {
+        jail.create_file("node.toml", "[bus]\nmax_hold_ms = 60000\n")?;
+        let c = NodeConfig::load(Some(Path::new("node.toml"))).unwrap();
+        assert_eq!(c.bus.max_hold_ms, 60_000);
+        jail.set_env("SWITCHYARD_BUS__MAX_HOLD_MS", "2500");
+        let c = NodeConfig::load(Some(Path::new("node.toml"))).unwrap();
+        assert_eq!(c.bus.max_hold_ms, 2_500, "env wins");
+        Ok(())
+    });
+    let e = NodeConfig::from_toml("[bus]\nmax_hold_ms = \"5m\"\n").unwrap_err();
+    assert!(e.to_string().contains("max_hold_ms"), "{e}");
+}

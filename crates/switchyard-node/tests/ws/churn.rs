@@ -34,11 +34,83 @@ async fn metrics_text(node: &TestNode) -> String {
         .unwrap()
 }
 
-// Review rev17's transport redelivery counted as a retry: the node's figures are the bus's
-// subscription stats, tested in switchyard's `durable::redelivered` (a consumer gone without
-// settling; since the bus keeps held deliveries alive, for up to `max_hold` (5 minutes), a
-// log's ack wait no longer runs out on a member holding one, which is how this test first
-// made the redelivery).
+/// Review rev17: a delivery the log transport redelivered (attempt 2: here the member held it
+/// past `bus.max_hold_ms`, so the bus stopped keeping it alive and its ack wait ran out; a
+/// nack with a delay past the ack wait, or a restart, does the same) left the group's
+/// `retried` at 0 in `/v1/stats` and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_log_redelivers_counts_as_a_retry() {
+    let node = TestNode::start_on_log_with("ack_wait_ms = 300", "[bus]\nmax_hold_ms = 300\n").await;
+    let mut c = node.client().await;
+    c.subscribe(
+        "jobs.#",
+        json!({"group": "g", "ack": "manual", "max_in_flight": 4}),
+    )
+    .await;
+    node.bus
+        .publish_envelope(event("jobs.run", 1))
+        .await
+        .unwrap();
+    let first = c.expect("message").await;
+    assert_eq!(first["message"]["attempt"], 1);
+    // Not settled: the log hands it out again once max_hold and then its ack wait are over.
+    let second = c.expect("message").await;
+    assert_eq!(second["message"]["id"], first["message"]["id"]);
+    assert_eq!(second["message"]["attempt"], 2, "{second}");
+    c.send(json!({"op": "ack", "delivery": second["delivery"]}))
+        .await;
+    let stats = eventually("the redelivery acked", || async {
+        sub_stats(&node, "ws:group:g")
+            .await
+            .filter(|s| s["acked"] == 1)
+    })
+    .await;
+    assert_eq!(stats["retried"], 1, "{stats}");
+    let text = metrics_text(&node).await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("switchyard_subscription_retried_total{")
+                && l.contains("subscription=\"ws:group:g\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    node.stop().await;
+}
+
+/// `bus.max_hold_ms` bounds how long a WebSocket client that never acks holds a log delivery:
+/// kept alive past the ack wait (300 ms) until max_hold (1.5 s), then handed out again one
+/// ack wait later. Without the setting the bus's 5 minutes applied (`expect` gives up long
+/// before); with keep-alive not working the copy came after one ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ws_delivery_not_acked_is_handed_out_again_after_max_hold() {
+    const MAX_HOLD: std::time::Duration = std::time::Duration::from_millis(1500);
+    let node =
+        TestNode::start_on_log_with("ack_wait_ms = 300", "[bus]\nmax_hold_ms = 1500\n").await;
+    let mut c = node.client().await;
+    c.subscribe(
+        "jobs.#",
+        json!({"group": "g", "ack": "manual", "max_in_flight": 4}),
+    )
+    .await;
+    node.bus
+        .publish_envelope(event("jobs.run", 1))
+        .await
+        .unwrap();
+    let first = c.expect("message").await;
+    let handed_out = std::time::Instant::now();
+    assert_eq!(first["message"]["attempt"], 1);
+    let second = c.expect("message").await;
+    let held = handed_out.elapsed();
+    assert_eq!(second["message"]["id"], first["message"]["id"]);
+    assert_eq!(second["message"]["attempt"], 2, "{second}");
+    assert!(
+        held >= MAX_HOLD - std::time::Duration::from_millis(100),
+        "handed out again after {held:?}, before max_hold ({MAX_HOLD:?}): not kept alive"
+    );
+    c.send(json!({"op": "ack", "delivery": second["delivery"]}))
+        .await;
+    node.stop().await;
+}
 
 /// A nack the bus retries in place is counted once (not again as a transport redelivery).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
