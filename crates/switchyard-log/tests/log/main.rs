@@ -8,5 +8,6 @@ mod handover;
 mod limits;
 mod recovery;
 mod review_rev3;
+mod review_rev30;
 mod review_rev4;
 mod review_rev9;
