@@ -106,6 +106,7 @@ fn write_bus_figures(state: &AppState) {
         counter!(bus_names::RETRIED, labels.clone()).absolute(h.retried);
         counter!(bus_names::REJECTED, labels.clone()).absolute(h.rejected);
         counter!(bus_names::FAILED, labels.clone()).absolute(h.failed);
+        counter!(bus_names::HANDED_BACK, labels.clone()).absolute(h.handed_back);
         gauge!(bus_names::IN_FLIGHT, labels.clone()).set(h.in_flight as f64);
         counter!("switchyard_handler_duration_seconds_count", labels.clone())
             .absolute(h.duration.count);

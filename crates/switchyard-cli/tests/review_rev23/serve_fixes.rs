@@ -146,7 +146,7 @@ fn attempt_is_0_in_a_trace_and_1_on_the_first_delivery() {
 
 /// docs/gateway.md: "A WebSocket subscription has the node's retry policy and timeout but no
 /// circuit breaker", so neither `/metrics` nor `/v1/stats` shows a breaker for a WebSocket
-/// subscription; nor for a remote handler (`ws-handler:<principal>`), which has none either
+/// subscription; nor for a remote handler (`ws-handler:<principal>:<connection>:<id>`), which has none either
 /// since stop 39 (fixwsgroup: ARCHITECTURE.md, "Decisions").
 #[test]
 fn a_websocket_subscription_shows_no_breaker() {

@@ -9,15 +9,21 @@
 //! A call made without readiness while the breaker is open fails fast with
 //! [`BreakerOpenError`] (retryable).
 //!
-//! What counts as a failure: any error except a message that does not decode (a
-//! [`CodecError`] of direction `Decode`, anywhere in the error's chain), and `Outcome::Retry`
-//! unless [`BreakerConfig::count_retry_outcomes`] is off. `Ack`, `Reply` and `Reject` are
-//! successes (a rejection is a verdict on the message, not on the handler's health; so is a
-//! payload that does not decode: it is dead-lettered and does not count at all). A custom predicate
-//! can replace this ([`BreakerConfig::failure_predicate`]). A [`HandBack`](switchyard_core::HandBack)
-//! (anywhere in the error's chain: "not mine, give it back to the transport") is left out
-//! altogether, whatever the predicate: neither a call nor a failure, and a half-open trial that
-//! ends in one gives its slot back without closing or reopening the breaker.
+//! What counts as a failure: any error, and `Outcome::Retry` unless
+//! [`BreakerConfig::count_retry_outcomes`] is off. `Ack`, `Reply` and `Reject` are successes (a
+//! rejection is a verdict on the message, not on the handler's health). A custom predicate can
+//! replace this ([`BreakerConfig::failure_predicate`]).
+//!
+//! Left out altogether (neither a call nor a failure; a half-open trial that ends in one gives
+//! its slot back without closing or reopening the breaker):
+//! - a [`HandBack`](switchyard_core::HandBack) anywhere in the error's chain ("not mine, give it
+//!   back to the transport"), whatever the predicate;
+//! - a message that does not decode (a [`CodecError`] of direction `Decode` anywhere in the
+//!   error's chain: dead-lettered), unless a custom predicate is set (which is then asked, as
+//!   for any result). The payload is the sender's fault, not a sign that the handler or what
+//!   it depends on is unhealthy: counted as a failure, a burst of bad input would open the
+//!   breaker and hold every good message; counted as a success, it would dilute a
+//!   [`FailureThreshold::Ratio`] and keep a failing handler's breaker closed.
 //!
 //! State is visible through a cheap-clone [`BreakerHandle`] and every transition is published
 //! to the observer set with [`BreakerConfig::on_transition`] (the bus turns them into
@@ -157,7 +163,8 @@ impl BreakerConfig {
     }
 
     /// Replaces the failure test: return true when the result means the handler is unhealthy.
-    /// It is not asked about a hand-back (`HandBack` in the error's chain), which never counts.
+    /// It is not asked about a hand-back (`HandBack` in the error's chain), which never counts;
+    /// it is asked about a message that does not decode, which the default test leaves out.
     pub fn failure_predicate<F>(mut self, f: F) -> Self
     where
         F: Fn(&Result<Outcome, BoxError>) -> bool + Send + Sync + 'static,
@@ -182,20 +189,32 @@ impl BreakerConfig {
             return p(result);
         }
         match result {
-            // A message that does not decode is bad input, not a sign the handler or what it
-            // depends on is unhealthy: it goes to the dead-letter queue and does not count.
-            Err(e) => !is_decode_failure(&**e),
+            // Undecodable input was left out before (`is_neutral`).
+            Err(_) => true,
             Ok(Outcome::Retry { .. }) => self.count_retry_outcomes,
             Ok(_) => false,
         }
     }
+
+    /// Whether the breaker leaves `result` out altogether, neither a call nor a failure: a
+    /// [`HandBack`] anywhere in the error's chain ("not mine, give it back to the transport"),
+    /// whatever the failure predicate; and, under the default test (no predicate), a message
+    /// that does not decode, which is the sender's fault and says nothing about the handler's
+    /// health (it goes to the dead-letter queue).
+    #[inline]
+    pub(crate) fn is_neutral(&self, result: &Result<Outcome, BoxError>) -> bool {
+        match result {
+            Ok(_) => false,
+            Err(e) => {
+                has_hand_back(&**e) || (self.failure_predicate.is_none() && is_decode_failure(&**e))
+            }
+        }
+    }
 }
 
-/// Whether the breaker leaves `result` out altogether: a [`HandBack`] anywhere in the
-/// error's chain ("not mine, give it back to the transport") says nothing about the handler's
-/// health, so it is neither a call nor a failure, whatever the failure predicate.
+/// Whether a [`HandBack`] is anywhere in `result`'s error chain.
 #[inline]
-pub(crate) fn is_neutral(result: &Result<Outcome, BoxError>) -> bool {
+pub(crate) fn is_hand_back(result: &Result<Outcome, BoxError>) -> bool {
     match result {
         Ok(_) => false,
         Err(e) => has_hand_back(&**e),

@@ -115,9 +115,10 @@ impl Admitted {
         result: &Result<Outcome, BoxError>,
         ended: impl FnOnce(&Shared) -> u64,
     ) {
-        if super::is_neutral(result) {
-            // A hand-back is neither a success nor a failure: nothing is recorded, and a
-            // trial's slot is given back (the permit's drop) for the next call.
+        if shared.config.is_neutral(result) {
+            // A hand-back (or undecodable input) is neither a success nor a failure: nothing
+            // is recorded, and a trial's slot is given back (the permit's drop) for the next
+            // call.
             return;
         }
         let failed = shared.config.is_failure(result);

@@ -4,7 +4,9 @@
 //! [`MetricsLayer`] records, per topic and handler label:
 //! - counters `switchyard_delivered_total` (every call), `switchyard_acked_total` (`Ack` and
 //!   `Reply`), `switchyard_retried_total` (retries: see below), `switchyard_rejected_total`
-//!   (`Reject`), `switchyard_failed_total` (errors);
+//!   (`Reject`), `switchyard_failed_total` (errors), `switchyard_handed_back_total` (a
+//!   [`HandBack`](switchyard_core::HandBack) in the error's chain: "not mine, give it back to
+//!   the transport", neither a success nor a failure, so not in `failed`);
 //! - histograms `switchyard_handler_duration_seconds` (call time) and
 //!   `switchyard_end_to_end_latency_seconds` (from `envelope.timestamp` to the end of the call);
 //! - gauge `switchyard_in_flight`.
@@ -68,8 +70,11 @@ pub mod names {
     pub const RETRIES: &str = "switchyard_retry_attempts_total";
     /// Counter: calls that ended `Reject` (labels: topic, handler).
     pub const REJECTED: &str = "switchyard_rejected_total";
-    /// Counter: calls that ended in an error (labels: topic, handler).
+    /// Counter: calls that ended in an error, a hand-back excepted (labels: topic, handler).
     pub const FAILED: &str = "switchyard_failed_total";
+    /// Counter: calls that handed their message back to the transport (a `HandBack` in the
+    /// error's chain; labels: topic, handler): not failures.
+    pub const HANDED_BACK: &str = "switchyard_handed_back_total";
     /// Counter: messages put in the dead-letter queue (labels: topic, handler, reason).
     pub const DEAD_LETTERED: &str = "switchyard_dead_lettered_total";
     /// Counter: messages dropped by a full queue (labels: subscription).
@@ -112,7 +117,16 @@ pub fn describe() {
         "Retries: re-attempts and calls that ended Retry"
     );
     describe_counter!(names::REJECTED, Unit::Count, "Calls that ended Reject");
-    describe_counter!(names::FAILED, Unit::Count, "Calls that ended in an error");
+    describe_counter!(
+        names::FAILED,
+        Unit::Count,
+        "Calls that ended in an error, a hand-back excepted"
+    );
+    describe_counter!(
+        names::HANDED_BACK,
+        Unit::Count,
+        "Calls that handed their message back to the transport (not failures)"
+    );
     describe_counter!(names::DEAD_LETTERED, Unit::Count, "Messages dead-lettered");
     describe_counter!(
         names::DROPPED,

@@ -46,8 +46,13 @@ pub struct HandlerStats {
     pub retried: u64,
     /// `Reject` outcomes.
     pub rejected: u64,
-    /// Errors.
+    /// Errors, a hand-back excepted.
     pub failed: u64,
+    /// Calls that handed their message back to the transport
+    /// ([`HandBack`](switchyard_core::HandBack) anywhere in the error's chain: "not mine, give
+    /// it back"): neither a success nor a failure of the handler.
+    #[serde(default)]
+    pub handed_back: u64,
     /// Calls running now.
     pub in_flight: u64,
     /// Handler call time.
@@ -96,6 +101,7 @@ struct Shard {
     reattempts: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
+    handed_back: AtomicU64,
     abandoned: AtomicU64,
     duration_sum: AtomicU64,
     duration_max: AtomicU64,
@@ -160,6 +166,7 @@ pub(crate) enum Ended {
     Retried,
     Rejected,
     Failed,
+    HandedBack,
 }
 
 impl Ended {
@@ -171,6 +178,7 @@ impl Ended {
             Ok(Outcome::Ack | Outcome::Reply(_)) => Self::Acked,
             Ok(Outcome::Retry { .. }) => Self::Retried,
             Ok(Outcome::Reject { .. }) => Self::Rejected,
+            Err(_) if crate::breaker::is_hand_back(result) => Self::HandedBack,
             Err(_) => Self::Failed,
         }
     }
@@ -212,6 +220,7 @@ impl Counters {
             Ended::Retried => &shard.retried,
             Ended::Rejected => &shard.rejected,
             Ended::Failed => &shard.failed,
+            Ended::HandedBack => &shard.handed_back,
         };
         add(count, 1, owned);
         add(&shard.duration_sum, duration, owned);
@@ -247,9 +256,10 @@ impl Counters {
         let retried = sum(|s| &s.retried);
         let rejected = sum(|s| &s.rejected);
         let failed = sum(|s| &s.failed);
+        let handed_back = sum(|s| &s.handed_back);
         let abandoned = sum(|s| &s.abandoned);
         let delivered = sum(|s| &s.delivered);
-        let ended = acked + retried + rejected + failed;
+        let ended = acked + retried + rejected + failed + handed_back;
         let stats = |sum_nanos: u64, max_nanos: u64| DurationStats {
             count: ended,
             sum_seconds: Duration::from_nanos(sum_nanos).as_secs_f64(),
@@ -263,6 +273,7 @@ impl Counters {
             retried: retried.wrapping_add(sum(|s| &s.reattempts)),
             rejected,
             failed,
+            handed_back,
             in_flight: delivered.saturating_sub(ended + abandoned),
             duration: stats(sum(|s| &s.duration_sum), max(|s| &s.duration_max)),
             end_to_end: stats(sum(|s| &s.end_to_end_sum), max(|s| &s.end_to_end_max)),

@@ -23,6 +23,7 @@ pub(crate) struct TopicHandles {
     retried: Counter,
     rejected: Counter,
     failed: Counter,
+    handed_back: Counter,
     duration: Histogram,
     end_to_end: Histogram,
     in_flight: Gauge,
@@ -112,6 +113,7 @@ impl Shared {
                     retried: ::metrics::counter!(names::RETRIED, labels.iter()),
                     rejected: ::metrics::counter!(names::REJECTED, labels.iter()),
                     failed: ::metrics::counter!(names::FAILED, labels.iter()),
+                    handed_back: ::metrics::counter!(names::HANDED_BACK, labels.iter()),
                     duration: ::metrics::histogram!(names::HANDLER_DURATION, labels.iter()),
                     end_to_end: ::metrics::histogram!(names::END_TO_END_LATENCY, labels.iter()),
                     in_flight: self.in_flight().clone(),
@@ -218,6 +220,7 @@ impl Measured {
             Ended::Retried => &h.retried,
             Ended::Rejected => &h.rejected,
             Ended::Failed => &h.failed,
+            Ended::HandedBack => &h.handed_back,
         }
         .increment(1);
         // As `Duration`s: converted to seconds only when a recorder is installed.

@@ -8,6 +8,7 @@ mod dedup;
 mod delivered;
 mod dlq;
 mod dlq_entries;
+mod fixws;
 mod fused;
 mod hand_back;
 mod limit;

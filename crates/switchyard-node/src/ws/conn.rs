@@ -39,6 +39,13 @@ pub(crate) enum CallResult {
     },
     /// `ok: false`: the error text, and whether the command is refused for good (`reject`).
     Failed { error: String, reject: bool },
+    /// `ok: false, hand_back: true`: "not mine (not now)", the bus's
+    /// [`HandBack`](switchyard::HandBack), to be delivered again after `delay` when the
+    /// command came from a transport delivery; otherwise it fails for good at once.
+    HandedBack {
+        error: String,
+        delay: Option<std::time::Duration>,
+    },
     /// The command frame was evicted from the outbound buffer (`drop_oldest`).
     Dropped,
 }

@@ -43,6 +43,8 @@ pub(crate) struct ClientFrame<'a> {
     #[serde(default)]
     pub(crate) reject: Option<bool>,
     #[serde(default)]
+    pub(crate) hand_back: Option<bool>,
+    #[serde(default)]
     pub(crate) concurrency: Option<usize>,
     #[serde(default)]
     pub(crate) timeout_ms: Option<u64>,
@@ -219,6 +221,8 @@ impl Op {
                 "content_type",
                 "error",
                 "reject",
+                "hand_back",
+                "delay_ms",
             ],
             Self::Send | Self::Request => &[
                 "topic",
@@ -274,7 +278,7 @@ impl<'a> ClientFrame<'a> {
         Ok((frame, op))
     }
 
-    fn present(&self) -> [(&'static str, bool); 27] {
+    fn present(&self) -> [(&'static str, bool); 28] {
         [
             ("pattern", self.pattern.is_some()),
             ("group", self.group.is_some()),
@@ -287,6 +291,7 @@ impl<'a> ClientFrame<'a> {
             ("ok", self.ok.is_some()),
             ("error", self.error.is_some()),
             ("reject", self.reject.is_some()),
+            ("hand_back", self.hand_back.is_some()),
             ("concurrency", self.concurrency.is_some()),
             ("timeout_ms", self.timeout_ms.is_some()),
             ("messages", self.messages.is_some()),

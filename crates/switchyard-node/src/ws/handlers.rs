@@ -2,12 +2,14 @@
 //! member of a handler group.
 //!
 //! - **Alone** (`handle` without `group`): the connection is the topic's one handler on the
-//!   bus (`ws-handler:<principal>`). Its disconnect fails the commands it holds at once; an
-//!   `ok: false` is retried by the node's policy.
+//!   bus (`ws-handler:<principal>:<connection>:<id>`, see [`own_name`]). Its disconnect fails
+//!   the commands it holds at once; an `ok: false` is retried by the node's policy; a
+//!   `hand_back: true` is the bus's [`HandBack`] (not an attempt: see docs/gateway.md).
 //! - **Group** (`handle` with `group`): one bus handler for the topic
 //!   (`ws-handler:group:<group>`) hands each command to a live member, round robin. When
-//!   that member disconnects, fails (`ok: false`) or loses the command from its full
-//!   buffer, the command goes to the next member it has not been to: each member gets it
+//!   that member disconnects, fails (`ok: false`), hands it back (`hand_back: true`) or
+//!   loses the command from its full buffer, the command goes to the next member it has not
+//!   been to: each member gets it
 //!   at most once, and when every member has had it the sender gets a typed error (not
 //!   retried again, so a command never bounces between members). A rejection (`reject:
 //!   true`) is final at once. The group's bus handler ends with its last member.
@@ -15,7 +17,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use switchyard::{BoxError, Envelope, Outcome, Permanent, Subscription};
+use switchyard::{BoxError, Envelope, HandBack, Outcome, Permanent, Subscription};
 
 use super::conn::{CallResult, Conn};
 use super::targets::{Hub, subscribe_error};
@@ -37,6 +39,20 @@ pub(crate) struct RemoteHandlerGone {
 #[derive(Debug, thiserror::Error)]
 #[error("remote handler failed: {0}")]
 pub(crate) struct RemoteHandlerFailed(String);
+
+/// A remote handler's `hand_back: true` ("not mine, not now"): the reason it gave.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RemoteHandedBack(String);
+
+/// The bus's hand-back for a remote handler's `hand_back: true`, after `delay` if it asked.
+fn hand_back(error: String, delay: Option<std::time::Duration>) -> BoxError {
+    let back = HandBack::new(RemoteHandedBack(error));
+    Box::new(match delay {
+        Some(d) => back.after(d),
+        None => back,
+    })
+}
 
 /// The command frame was evicted from a slow remote handler's buffer.
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +80,21 @@ pub(crate) struct RemoteHandlerGroupEmpty {
     group: String,
 }
 
-/// Registers `conn` as the one handler of command topic `topic`.
-pub(crate) async fn handle(
+/// The bus name of a connection's own remote handler:
+/// `ws-handler:<principal>:<connection>:<handler id>`, e.g. `ws-handler:alice:7:h1`. Distinct
+/// for each registration of each connection (so `/v1/stats`, `/v1/topology` and `/metrics`
+/// tell two handlers of one principal apart, as for subscriptions: see
+/// [`own_name`](super::targets::own_name)), never reused by this node, and never a group's
+/// (`ws-handler:group:<group>`: a group name has no `:`).
+pub(crate) fn own_name(principal: &str, conn: u64, hid: &str) -> String {
+    format!("{}{principal}:{conn}:{hid}", super::HANDLER_PREFIX)
+}
+
+/// Registers `conn` as the one handler of command topic `topic`, named `name`.
+async fn handle(
     state: &AppState,
     conn: &Arc<Conn>,
+    name: &str,
     topic: &str,
     concurrency: usize,
 ) -> Result<Subscription, ApiError> {
@@ -78,11 +105,7 @@ pub(crate) async fn handle(
     });
     state
         .bus
-        .handle_envelope(
-            &format!("{}{}", super::HANDLER_PREFIX, conn.principal.name()),
-            topic,
-            handler,
-        )
+        .handle_envelope(name, topic, handler)
         .workers(concurrency.max(1))
         .start()
         .await
@@ -113,6 +136,7 @@ async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError
             error,
             reject: false,
         }) => Err(Box::new(RemoteHandlerFailed(error))),
+        Some(CallResult::HandedBack { error, delay }) => Err(hand_back(error, delay)),
         Some(CallResult::Dropped) => Err(Box::new(RemoteHandlerSlow)),
     }
 }
@@ -164,6 +188,9 @@ impl HandlerGroup {
                     error,
                     reject: false,
                 }) => format!("connection {} failed: {error}", member.id),
+                Some(CallResult::HandedBack { error, .. }) => {
+                    format!("connection {} handed it back: {error}", member.id)
+                }
                 Some(CallResult::Dropped) => format!(
                     "connection {}: command dropped from its full outbound buffer",
                     member.id
@@ -195,6 +222,8 @@ pub(crate) struct HandlerGroupEntry {
 /// What a `handle` asks for.
 pub(crate) struct HandleSpec<'a> {
     pub(crate) topic: &'a str,
+    /// The connection's id for this registration (`h1`, `h2`...), which names its own.
+    pub(crate) hid: &'a str,
     pub(crate) group: Option<&'a str>,
     /// Given by the client (not the default).
     pub(crate) concurrency: Option<usize>,
@@ -203,8 +232,11 @@ pub(crate) struct HandleSpec<'a> {
 
 /// A command topic this connection handles.
 pub(crate) enum HandlerRecord {
-    /// The topic's one handler (dropped: unregistered).
-    Own(Subscription),
+    /// The topic's one handler (dropped: unregistered), named `name`.
+    Own {
+        name: String,
+        _subscription: Subscription,
+    },
     /// Membership of a handler group.
     Group,
 }
@@ -220,9 +252,12 @@ impl Hub {
     ) -> Result<HandlerRecord, ApiError> {
         let concurrency = spec.concurrency.unwrap_or(spec.default_concurrency);
         let Some(name) = spec.group else {
-            return handle(state, conn, spec.topic, concurrency)
-                .await
-                .map(HandlerRecord::Own);
+            let name = own_name(conn.principal.name(), conn.id, spec.hid);
+            let subscription = handle(state, conn, &name, spec.topic, concurrency).await?;
+            return Ok(HandlerRecord::Own {
+                name,
+                _subscription: subscription,
+            });
         };
         super::targets::check_group_name(name)?;
         let mut groups = self.handler_groups.lock().await;
@@ -277,11 +312,25 @@ impl Hub {
         Ok(HandlerRecord::Group)
     }
 
-    /// Ends connection `conn`'s handling of `topic`: unregisters its own handler, or leaves
-    /// the group (whose bus handler ends with its last member).
-    pub(crate) async fn unhandle(&self, conn: u64, topic: &str, record: HandlerRecord) {
+    /// Ends connection `conn`'s handling of `topic`: unregisters its own handler (and drops
+    /// the `/v1/stats` rows kept under its name, which is never used again), or leaves the
+    /// group (whose bus handler ends with its last member).
+    pub(crate) async fn unhandle(
+        &self,
+        state: &AppState,
+        conn: u64,
+        topic: &str,
+        record: HandlerRecord,
+    ) {
         match record {
-            HandlerRecord::Own(subscription) => drop(subscription),
+            HandlerRecord::Own {
+                name,
+                _subscription,
+            } => {
+                drop(_subscription);
+                state.handlers.forget(&name);
+                state.latency.forget(&name);
+            }
             HandlerRecord::Group => {
                 let mut groups = self.handler_groups.lock().await;
                 let left = match groups.get(topic) {

@@ -76,10 +76,11 @@ const MAX_CONCURRENCY: usize = 1024;
 /// Names of the bus subscriptions WebSocket clients make start with this
 /// (`ws:<principal>:<connection>:<subscription id>` for their own, see
 /// [`targets::own_name`], `ws:group:<group>` for groups); remote handlers are
-/// `ws-handler:<principal>`.
+/// `ws-handler:...` ([`HANDLER_PREFIX`]).
 pub(crate) const SUBSCRIPTION_PREFIX: &str = "ws:";
 
-/// Names of the bus handlers WebSocket clients register (`ws-handler:<principal>` alone,
+/// Names of the bus handlers WebSocket clients register
+/// (`ws-handler:<principal>:<connection>:<handler id>` alone, see [`handlers::own_name`],
 /// `ws-handler:group:<group>` for groups).
 pub(crate) const HANDLER_PREFIX: &str = "ws-handler:";
 
@@ -150,6 +151,7 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
         subs: HashMap::new(),
         handlers: HashMap::new(),
         next_sid: 0,
+        next_hid: 0,
         calls: JoinSet::new(),
         call_permits: Arc::new(Semaphore::new(MAX_PENDING_CALLS)),
         announcing: false,
@@ -215,6 +217,8 @@ struct Session {
     subs: HashMap<Arc<str>, SubRecord>,
     handlers: HashMap<String, HandlerRecord>,
     next_sid: u64,
+    /// The last handler id given (`h1`, `h2`...): names the connection's own handlers.
+    next_hid: u64,
     calls: JoinSet<()>,
     call_permits: Arc<Semaphore>,
     /// A `subscribe` or `handle` holds deliveries back until its answer is queued (see
@@ -461,8 +465,11 @@ impl Session {
                 format!("concurrency = {concurrency}: allowed 1 to {MAX_CONCURRENCY}"),
             ));
         }
+        self.next_hid += 1;
+        let hid = format!("h{}", self.next_hid);
         let spec = HandleSpec {
             topic: topic.as_str(),
+            hid: &hid,
             group: frame.group.as_deref(),
             concurrency: frame.concurrency,
             default_concurrency: DEFAULT_CONCURRENCY,
@@ -494,7 +501,10 @@ impl Session {
                 format!("this connection does not handle {topic:?}"),
             ));
         };
-        self.state.ws.unhandle(self.conn.id, topic, record).await;
+        self.state
+            .ws
+            .unhandle(&self.state, self.conn.id, topic, record)
+            .await;
         #[derive(Serialize)]
         struct Unhandled<'a> {
             topic: &'a str,
@@ -506,10 +516,14 @@ impl Session {
         let call = required(frame.call.take(), "result", "call")?;
         let ok = required(frame.ok, "result", "ok")?;
         let result = if ok {
-            if frame.error.is_some() || frame.reject.is_some() {
+            if frame.error.is_some()
+                || frame.reject.is_some()
+                || frame.hand_back.is_some()
+                || frame.delay_ms.is_some()
+            {
                 return Err(ApiError::new(
                     ErrorKind::BadRequest,
-                    "a result with ok: true takes a payload, not error or reject",
+                    "a result with ok: true takes a payload, not error, reject or hand_back",
                 ));
             }
             let (payload, content_type) = payload(
@@ -529,12 +543,31 @@ impl Session {
                     "a result with ok: false takes error (and reject), not a payload",
                 ));
             }
-            CallResult::Failed {
-                error: frame
-                    .error
-                    .take()
-                    .map_or_else(|| "remote handler failed".to_owned(), |e| e.into_owned()),
-                reject: frame.reject.unwrap_or(false),
+            let reject = frame.reject.unwrap_or(false);
+            let hand_back = frame.hand_back.unwrap_or(false);
+            if reject && hand_back {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "a result takes reject or hand_back, not both",
+                ));
+            }
+            if frame.delay_ms.is_some() && !hand_back {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "delay_ms goes with hand_back: true",
+                ));
+            }
+            let error = frame.error.take().map(std::borrow::Cow::into_owned);
+            if hand_back {
+                CallResult::HandedBack {
+                    error: error.unwrap_or_else(|| "handed back by the remote handler".to_owned()),
+                    delay: frame.delay_ms.map(Duration::from_millis),
+                }
+            } else {
+                CallResult::Failed {
+                    error: error.unwrap_or_else(|| "remote handler failed".to_owned()),
+                    reject,
+                }
             }
         };
         let known = call
@@ -612,7 +645,10 @@ impl Session {
                 .await;
         }
         for (topic, record) in self.handlers.drain() {
-            self.state.ws.unhandle(self.conn.id, &topic, record).await;
+            self.state
+                .ws
+                .unhandle(&self.state, self.conn.id, &topic, record)
+                .await;
         }
         self.calls.abort_all();
     }

@@ -8,6 +8,7 @@ mod answer_first;
 mod auth;
 mod churn;
 mod fixsmall;
+mod fixws;
 mod group_leave;
 mod handler_groups;
 mod limits;

@@ -215,14 +215,22 @@ def _reply_value(f: Mapping[str, Any], returns: Any) -> Any:
         raise DecodeFailed(f"cannot decode the reply as {getattr(returns, '__name__', returns)}: {e}") from e
 
 
+def _delay_ms(after: Any) -> Optional[int]:
+    """``after`` seconds as whole milliseconds; None without one, or for an ``after`` changed
+    to something else after Retry/HandBack checked it."""
+    if after is None:
+        return None
+    try:
+        return max(0, int(after * 1000))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> str:
     if exc is None:
         return '{"op":"ack","delivery":' + delivery + "}"
-    if isinstance(exc, (Retry, HandBack)) and exc.after is not None:
-        try:
-            delay_ms = max(0, int(exc.after * 1000))
-        except (TypeError, ValueError, OverflowError):
-            delay_ms = None  # an `after` changed after Retry checked it: a plain nack
+    if isinstance(exc, (Retry, HandBack)):
+        delay_ms = _delay_ms(exc.after)
         if delay_ms is not None:
             return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(delay_ms) + "}"
     if isinstance(exc, HandBack):
@@ -246,6 +254,14 @@ def _settle_command(call: str, result: Any, exc: Optional[BaseException]) -> str
             return '{"op":"result","call":' + call + ',"ok":true' + _payload_fields(body, is_bytes_like(result)) + "}"
         except Exception as e:
             exc = Permanent(f"the handler's result could not be encoded: {_describe(e)}")
+    if isinstance(exc, HandBack):
+        # The bus's hand-back (not a failed attempt): delivered again after ``after`` when the
+        # command came from a transport delivery; otherwise it fails for good at once.
+        frame = '{"op":"result","call":' + call + ',"ok":false,"hand_back":true,"error":' + _text(exc.reason)
+        delay_ms = _delay_ms(exc.after)
+        if delay_ms is not None:
+            frame += ',"delay_ms":' + str(delay_ms)
+        return frame + "}"
     if isinstance(exc, Reject):
         return '{"op":"result","call":' + call + ',"ok":false,"reject":true,"error":' + _text(exc.reason) + "}"
     if isinstance(exc, Permanent):
