@@ -17,7 +17,7 @@ use super::{
 
 /// The embedded migrations, in order: (version, name, SQL). Each runs once per schema,
 /// recorded in `<schema>.app_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "tables",
