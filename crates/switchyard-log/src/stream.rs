@@ -303,6 +303,15 @@ fn check_manifest(dir: &Path, bases: &[u64]) -> Result<Option<Manifest>, OpenErr
 }
 
 impl StreamShared {
+    /// The last segment's file and its visible length (the end of its data; the writer may
+    /// have written zeros past it).
+    pub(crate) fn tail(&self) -> Option<(Arc<File>, u64)> {
+        lock(&self.index)
+            .segments
+            .last()
+            .map(|s| (Arc::clone(&s.file), s.len))
+    }
+
     /// Opens (or creates) the stream in `dir`, recovering its tail.
     pub fn open(
         name: String,

@@ -200,11 +200,7 @@ impl Writer {
     fn trim_all(&mut self) -> Result<(), AppendError> {
         let mut result = Ok(());
         for (i, stream) in self.streams.iter().enumerate() {
-            let tail = lock(&stream.index)
-                .segments
-                .last()
-                .map(|s| (s.file.clone(), s.len));
-            let Some((file, len)) = tail else {
+            let Some((file, len)) = stream.tail() else {
                 continue;
             };
             let Some(alloc) = self.alloc_end.get_mut(i) else {
@@ -568,14 +564,7 @@ impl Writer {
     fn probe(&mut self) {
         let mut ok = true;
         for i in 0..self.streams.len() {
-            let Some(stream) = self.streams.get(i) else {
-                continue;
-            };
-            let tail = lock(&stream.index)
-                .segments
-                .last()
-                .map(|s| (s.file.clone(), s.len));
-            if let Some((file, len)) = tail {
+            if let Some((file, len)) = self.streams.get(i).and_then(|s| s.tail()) {
                 let wrote = fsio::write_zeros(&file, len, len + 4096);
                 ok &= wrote.is_ok() && file.set_len(len).is_ok();
                 if let Some(a) = self.alloc_end.get_mut(i) {
@@ -596,11 +585,7 @@ impl Writer {
         let Some(stream) = self.streams.get(i) else {
             return;
         };
-        let tail = lock(&stream.index)
-            .segments
-            .last()
-            .map(|s| (s.file.clone(), s.len));
-        if let Some((file, len)) = tail {
+        if let Some((file, len)) = stream.tail() {
             match file.set_len(len) {
                 Ok(()) => {
                     if let Some(a) = self.alloc_end.get_mut(i) {
