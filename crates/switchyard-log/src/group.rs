@@ -435,25 +435,27 @@ impl GroupShared {
     /// Puts a delivered message back for redelivery at `at` (now if `None`). Ignored if the
     /// message was redelivered since (`generation` is stale) or is already settled.
     pub fn release(&self, offset: u64, generation: u64, at: Option<Instant>) {
-        let mut st = lock(&self.state);
-        if let Some(p) = st.pending.get_mut(&offset)
-            && p.generation == generation
-            && matches!(p.state, PState::InFlight(_))
-        {
-            p.state = PState::Ready(at);
-        }
+        self.put_back(offset, generation, at, false);
     }
 
     /// Puts a delivered message back like [`release`](Self::release), as handed back unworked
     /// (not counted towards `max_deliver`). Ignored like `release`.
     pub fn hand_back(&self, offset: u64, generation: u64, at: Option<Instant>) {
+        self.put_back(offset, generation, at, true);
+    }
+
+    /// [`release`](Self::release) and [`hand_back`](Self::hand_back): `unworked` counts the
+    /// delivery as handed back.
+    fn put_back(&self, offset: u64, generation: u64, at: Option<Instant>, unworked: bool) {
         let mut st = lock(&self.state);
         if let Some(p) = st.pending.get_mut(&offset)
             && p.generation == generation
             && matches!(p.state, PState::InFlight(_))
         {
             p.state = PState::Ready(at);
-            p.handed_back = p.handed_back.saturating_add(1);
+            if unworked {
+                p.handed_back = p.handed_back.saturating_add(1);
+            }
         }
     }
 
