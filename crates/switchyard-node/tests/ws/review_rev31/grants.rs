@@ -411,7 +411,6 @@ async fn the_principal_header_is_the_node_s_whatever_the_client_writes() {
 /// `{"Principal": "ops"}` must not put a forged principal next to the node's either (an
 /// audit or a handler reading the header case-insensitively, as HTTP does, would believe it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: WebSocket headers {\"Principal\": \"ops\"} reach the bus next to the node's principal header (names are not case-folded as x-meta-* are)"]
 async fn no_differently_cased_principal_header_rides_along_with_the_node_s() {
     let node = TestNode::start(&config("")).await;
     let seen = switchyard::testkit::Recorder::start(&node.bus, "orders.eu.#")
