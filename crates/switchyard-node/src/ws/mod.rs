@@ -15,7 +15,9 @@
 //! Each connection has a reader (this task), a writer task draining a bounded outbound
 //! buffer (see [`outbound`]), and its registrations on the bus. When the connection ends,
 //! every manual delivery it holds is handed back (to another group member at once, or
-//! dead-lettered when none is left), and its subscriptions and handlers are dropped.
+//! dead-lettered when none is left), and its subscriptions and handlers are dropped. A
+//! connection opened with a JWT ends so at the JWT's `exp` plus the leeway (an
+//! `unauthenticated` error op, then close 1008).
 
 mod conn;
 mod frames;

@@ -404,10 +404,11 @@ public_key_pem = "{fixtures}/jwt-public.pem"
 //   "message_id":"01M97WY91B0JSFGMTP103AETSJ","op":"published"}
 //     left: Null
 //    right: "unauthenticated"
-/// Promise: "`exp` is required" — a JWT's validity ends at `exp`. The docs say nothing about a
-/// socket opened with a JWT that then expires; the expectation tested: once `exp` (plus the
-/// leeway, here 0) has passed, the socket no longer acts for the principal: its next publish
-/// is refused (`unauthenticated`) or the socket is closed, and nothing is delivered to it.
+/// Promise: "`exp` is required" — a JWT's validity ends at `exp`; and (gateway.md "Connecting
+/// and auth", added with the fix) "at its `exp` plus `auth.jwt.leeway_s` the node sends
+/// [an `unauthenticated` error op] and closes the socket with code 1008": once `exp` (plus the
+/// leeway, here 0) has passed, the socket no longer acts for the principal and its
+/// subscription is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_socket_stops_acting_for_a_jwt_that_has_expired() {
     let node = TestNode::start(&config("leeway_s = 0")).await;
