@@ -6,7 +6,7 @@
 //! wall-clock time and of the CPU time of the whole process (every thread's run time from
 //! `/proc/self/task/*/schedstat`, Linux only), the figure a loaded machine disturbs least.
 //!
-//! Run: `cargo run --release -p switchyard --example keep_alive_cost -- [rounds] [per_round]`
+//! Run: `cargo run --release -p switchyard --example keep_alive_cost -- [rounds] [per_round] [on|off]`
 //! (defaults 15 rounds of 20,000 events).
 
 use std::sync::Arc;
@@ -109,6 +109,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20_000);
+    // `on` or `off` as a third argument runs that side alone (to count its instructions, e.g.
+    // under `valgrind --tool=callgrind`).
+    if let Some(only) = args.next() {
+        let s = side((only == "off").then_some(Duration::ZERO)).await?;
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (w, c) = round(&s, n).await?;
+            wall.push(w);
+            cpu.push(c);
+        }
+        println!(
+            "{only} alone, {rounds} rounds x {n} events: median {:.0} ns/event, CPU {:.0} ns/event",
+            median(&mut wall),
+            median(&mut cpu)
+        );
+        s.bus.shutdown(Duration::from_secs(5)).await?;
+        return Ok(());
+    }
     let on = side(None).await?;
     let off = side(Some(Duration::ZERO)).await?;
     // Warm-up.
