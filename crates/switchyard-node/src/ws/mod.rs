@@ -4,7 +4,9 @@
 //! - `subscribe` / `unsubscribe`: a pattern, ephemeral (this connection's own subscription,
 //!   no consumer group on the transport) or as a member of a named group (several
 //!   connections, here or on other nodes of the same transport, share its messages), with
-//!   `ack: "auto"` (settled once queued for the client) or `"manual"` (`ack` / `nack`);
+//!   `ack: "auto"` (settled once queued for the client) or `"manual"` (`ack` / `nack`, a
+//!   `nack` with `hand_back: true` being the bus's hand-back, not an attempt); the
+//!   `subscribed` answer names the bus subscription;
 //! - `publish` and `publish_batch`;
 //! - `handle` / `unhandle`: this connection executes a command topic (`command` frames,
 //!   answered with `result`), alone or as a member of a handler group (see [`handlers`]);
@@ -411,15 +413,21 @@ impl Session {
             .ws
             .subscribe(&self.state, &self.conn, spec)
             .await?;
+        let name = record.bus_name();
         self.subs.insert(sid.clone(), record);
         #[derive(Serialize)]
         struct Subscribed<'a> {
             subscription: &'a str,
+            /// The bus name (`/v1/stats`, `/metrics`).
+            name: &'a str,
         }
         Ok(Some(answer(
             "subscribed",
             id,
-            Subscribed { subscription: &sid },
+            Subscribed {
+                subscription: &sid,
+                name: &name,
+            },
         )))
     }
 
@@ -449,9 +457,11 @@ impl Session {
     fn settle(&self, op: Op, frame: &ClientFrame<'_>) -> OpResult {
         let name = if op == Op::Ack { "ack" } else { "nack" };
         let delivery = required(frame.delivery.as_deref(), name, "delivery")?;
+        let delay = frame.delay_ms.map(Duration::from_millis);
         let settle = match op {
             Op::Ack => Settle::Ack,
-            _ => Settle::Nack(frame.delay_ms.map(Duration::from_millis)),
+            _ if frame.hand_back == Some(true) => Settle::HandBack(delay),
+            _ => Settle::Nack(delay),
         };
         let known = delivery
             .parse::<u64>()
@@ -508,18 +518,16 @@ impl Session {
         self.conn.out.announcing();
         self.announcing = true;
         let registration = self.state.ws.handle(&self.state, &self.conn, spec).await?;
-        self.handlers.insert(topic.to_string(), registration);
-        #[derive(Serialize)]
-        struct Handling<'a> {
-            topic: &'a str,
-        }
-        Ok(Some(answer(
+        let text = answer(
             "handling",
             id,
             Handling {
                 topic: topic.as_str(),
+                name: registration.bus_name(),
             },
-        )))
+        );
+        self.handlers.insert(topic.to_string(), registration);
+        Ok(Some(text))
     }
 
     async fn unhandle(&mut self, id: Option<&RawValue>, frame: &ClientFrame<'_>) -> OpResult {
@@ -725,6 +733,14 @@ async fn run_call(
         payload: r.payload,
         payload_base64: r.payload_base64,
     })
+}
+
+/// The answer to a `handle`.
+#[derive(Serialize)]
+struct Handling<'a> {
+    topic: &'a str,
+    /// The bus name (`/v1/stats`, `/metrics`).
+    name: &'a str,
 }
 
 /// The answer to a `publish`.
