@@ -222,20 +222,7 @@ async fn a_group_leaves_no_rows_after_its_last_member() {
     assert!(metrics_text(&node).await.contains(name));
     a.close().await;
     b.close().await;
-    eventually("the group's subscription to end", || async {
-        (!node.bus.registry().iter().any(|s| &*s.name == name)).then_some(())
-    })
-    .await;
-    let stats = get(&node, "/v1/stats").await;
-    let text = stats["handlers"].to_string() + &stats["latency"].to_string();
-    assert!(
-        !text.contains(name),
-        "/v1/stats keeps rows of the ended group {name}: {text}"
-    );
-    let metrics = metrics_text(&node).await;
-    let left: Vec<&str> = metrics.lines().filter(|l| l.contains(name)).collect();
-    assert!(left.is_empty(), "/metrics keeps series of {name}: {left:?}");
-    node.stop().await;
+    assert_group_left_no_rows(node, name, "group").await;
 }
 
 /// The same for a remote handler group (`ws-handler:group:<group>`): its `/v1/stats` rows
@@ -286,7 +273,13 @@ async fn a_handler_group_leaves_no_rows_after_its_last_member() {
     );
     a.close().await;
     b.close().await;
-    eventually("the group's handler to end", || async {
+    assert_group_left_no_rows(node, name, "handler group").await;
+}
+
+/// Once the bus no longer has `name` (the group's last member gone), neither `/v1/stats`
+/// (`handlers`, `latency`) nor `/metrics` mention it; then stops the node.
+async fn assert_group_left_no_rows(node: TestNode, name: &str, what: &str) {
+    eventually("the group's registration to end", || async {
         (!node.bus.registry().iter().any(|s| &*s.name == name)).then_some(())
     })
     .await;
@@ -294,7 +287,7 @@ async fn a_handler_group_leaves_no_rows_after_its_last_member() {
     let text = stats["handlers"].to_string() + &stats["latency"].to_string();
     assert!(
         !text.contains(name),
-        "/v1/stats keeps rows of the ended handler group {name}: {text}"
+        "/v1/stats keeps rows of the ended {what} {name}: {text}"
     );
     let metrics = metrics_text(&node).await;
     let left: Vec<&str> = metrics.lines().filter(|l| l.contains(name)).collect();
