@@ -395,3 +395,32 @@ async fn a_started_trace_and_a_given_cause_reach_the_subscriber_and_the_follow_u
     ws.close().await;
     node.stop().await;
 }
+
+/// Promise (bus.md: ids are opaque, any 1-256 visible ASCII characters, "kept exactly as it
+/// is"; gateway.md `GET /v1/trace/{correlation_id}`): a correlation id with characters a URL
+/// path must escape (`/`, `?`, `#`, `%`, a space is not allowed) is kept on the message and
+/// its flow is found by the trace endpoint under the percent-encoded id.
+#[tokio::test]
+async fn a_correlation_id_with_url_characters_is_kept_and_traceable() {
+    let node = TestNode::start("").await;
+    let _calls = relay(&node).await;
+    for (given, encoded) in [
+        ("tenant/7?x=1#frag", "tenant%2F7%3Fx%3D1%23frag"),
+        ("50%off", "50%25off"),
+    ] {
+        let res = http_publish(&node, "r32.in", &[("x-correlation-id", given)]).await;
+        assert_eq!(res["correlation_id"], given, "{res}");
+        node.bus.run_until_idle().await;
+        let trace = trace_of(&node, encoded).await;
+        assert_eq!(trace["correlation_id"], given, "{trace}");
+        let topics: Vec<&str> = trace["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["topic"].as_str().unwrap())
+            .collect();
+        assert_eq!(topics[0], "r32.in", "{trace}");
+        assert!(topics.len() >= 2, "the follow-up too: {trace}");
+    }
+    node.stop().await;
+}
