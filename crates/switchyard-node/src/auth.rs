@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -58,10 +59,13 @@ impl Action {
     }
 }
 
-/// An authenticated caller and its grants. Cheap to clone.
+/// An authenticated caller and its grants, and when the credential it presented expires (a
+/// JWT's `exp`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Principal {
     inner: Arc<Grants>,
+    /// A JWT's `exp` and the leeway allowed past it; `None` for a static token or anonymous.
+    expiry: Option<(SystemTime, Duration)>,
 }
 
 #[derive(Debug)]
@@ -84,6 +88,7 @@ impl Principal {
                 send: vec![Pattern::all()],
                 admin: true,
             }),
+            expiry: None,
         }
     }
 
@@ -101,12 +106,25 @@ impl Principal {
                 send: parse(&p.send)?,
                 admin: p.admin,
             }),
+            expiry: None,
         })
     }
 
     /// Its name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The `exp` of the JWT it was authenticated with; `None` for a static token (which never
+    /// expires) or the anonymous principal.
+    pub fn token_exp(&self) -> Option<SystemTime> {
+        self.expiry.map(|(exp, _)| exp)
+    }
+
+    /// Until when the credential is accepted: the JWT's `exp` plus `auth.jwt.leeway_s`
+    /// (`None`: no end). A WebSocket opened with it is closed then.
+    pub fn valid_until(&self) -> Option<SystemTime> {
+        self.expiry.map(|(exp, leeway)| exp + leeway)
     }
 
     /// True when it holds the admin grant.
@@ -213,6 +231,8 @@ impl DenialCounts {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Required by the validation; a number of seconds since the epoch.
+    exp: f64,
 }
 
 struct Jwt {
@@ -311,7 +331,22 @@ impl Auth {
             && token.matches('.').count() == 2
         {
             return match jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation) {
-                Ok(data) => self.principal(&data.claims.sub),
+                Ok(data) => {
+                    let mut principal = self.principal(&data.claims.sub)?;
+                    let exp = Duration::try_from_secs_f64(data.claims.exp.max(0.0))
+                        .ok()
+                        .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d));
+                    principal.expiry = exp.map(|e| (e, Duration::from_secs(jwt.validation.leeway)));
+                    // jsonwebtoken compares whole seconds and accepts the second of
+                    // `exp + leeway` itself; an open socket is closed at its start. Refused
+                    // from that instant here too, so both agree.
+                    match principal.valid_until() {
+                        Some(until) if until <= SystemTime::now() => {
+                            Err(self.unauthenticated("invalid JWT: ExpiredSignature"))
+                        }
+                        _ => Ok(principal),
+                    }
+                }
                 Err(e) => Err(self.unauthenticated(&format!("invalid JWT: {e}"))),
             };
         }
@@ -423,14 +458,23 @@ fn jwt_verifier(c: &JwtConfig) -> Result<Jwt, AuthSetupError> {
     };
     let mut validation = Validation::new(alg);
     validation.leeway = c.leeway_s;
+    // `nbf` is checked when present (with the leeway); `exp` and `sub` are always required,
+    // `iss`/`aud` when configured: a token leaving a configured claim out is refused as one
+    // with another value is.
+    validation.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
     if let Some(iss) = &c.issuer {
         validation.set_issuer(&[iss]);
+        required.push("iss");
     }
     match &c.audience {
-        Some(aud) => validation.set_audience(&[aud]),
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.set_required_spec_claims(&required);
     Ok(Jwt { key, validation })
 }
 

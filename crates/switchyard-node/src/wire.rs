@@ -195,8 +195,13 @@ pub const MESSAGE_ID_HEADER: &str = "message-id";
 /// Header where an `x-correlation-id` that is not a valid message id is kept.
 pub const CORRELATION_HEADER: &str = "correlation-id";
 
+/// Header where the gateway stamps the publishing principal's name; a client's header of
+/// that name, in any case, is dropped.
+pub const PRINCIPAL_HEADER: &str = "principal";
+
 /// Builds the envelope of a gateway publish, send or request. `principal` is stamped in the
-/// `principal` header so handlers and audits know who published.
+/// [`PRINCIPAL_HEADER`] so handlers and audits know who published; a client header named
+/// `principal` in any case is dropped.
 pub fn build_envelope(
     topic: Topic,
     kind: Kind,
@@ -242,10 +247,15 @@ pub fn build_envelope(
     if let Some(s) = meta.source {
         env.set_source(Some(s.into()));
     }
+    // The `principal` header is the node's: a client's, in any case (a WebSocket `headers`
+    // name keeps its case, an HTTP one arrives lowercased), is dropped, so no forged
+    // `Principal` rides along with it.
     for (k, v) in meta.headers {
-        env.headers_mut().insert(k.as_str(), v.as_str());
+        if !k.eq_ignore_ascii_case(PRINCIPAL_HEADER) {
+            env.headers_mut().insert(k.as_str(), v.as_str());
+        }
     }
-    env.headers_mut().insert("principal", principal);
+    env.headers_mut().insert(PRINCIPAL_HEADER, principal);
     Ok(env)
 }
 

@@ -188,7 +188,7 @@ def switchyard_binary() -> Optional[str]:
     return str(path)
 
 
-def _node_config(tmp: Path) -> Path:
+def _node_config(tmp: Path, transport: str = 'kind = "memory"') -> Path:
     import hashlib
 
     def sha(t: str) -> str:
@@ -199,7 +199,7 @@ def _node_config(tmp: Path) -> Path:
         f"""listen = "127.0.0.1:0"
 
 [transport]
-kind = "memory"
+{transport}
 
 [auth]
 enabled = true
@@ -227,14 +227,15 @@ filter = "warn"
     return cfg
 
 
-def start_node(tmp: Path, binary: str, extra_args: tuple[str, ...] = ()) -> NodeProcess:
-    """Starts `switchyard serve` (with `extra_args`) on an ephemeral port and waits for its
-    first line, which names the bound address."""
+def start_node(tmp: Path, binary: str, extra_args: tuple[str, ...] = (), transport: str = 'kind = "memory"') -> NodeProcess:
+    """Starts `switchyard serve` (with `extra_args`, and `transport` as the body of its
+    `[transport]` table) on an ephemeral port and waits for its first line, which names the
+    bound address."""
     import threading
 
     stderr_path = tmp / "node.stderr"
     proc = subprocess.Popen(
-        [binary, "serve", "--config", str(_node_config(tmp)), "--listen", "127.0.0.1:0", *extra_args],
+        [binary, "serve", "--config", str(_node_config(tmp, transport)), "--listen", "127.0.0.1:0", *extra_args],
         cwd=tmp,
         stdout=subprocess.PIPE,
         stderr=open(stderr_path, "wb"),

@@ -2,9 +2,11 @@
 //! the log transport (`Durability::Never`, 64-byte payloads), one bus with keep-alive on (the
 //! default `max_hold`) against one with it off (`max_hold(Duration::ZERO)`), 64 publishes in
 //! flight. The two sides
-//! alternate round by round; it prints the median of the per-round ratios on/off.
+//! alternate round by round; it prints the median of the per-round ratios on/off, of the
+//! wall-clock time and of the CPU time of the whole process (every thread's run time from
+//! `/proc/self/task/*/schedstat`, Linux only), the figure a loaded machine disturbs least.
 //!
-//! Run: `cargo run --release -p switchyard --example keep_alive_cost -- [rounds] [per_round]`
+//! Run: `cargo run --release -p switchyard --example keep_alive_cost -- [rounds] [per_round] [on|off]`
 //! (defaults 15 rounds of 20,000 events).
 
 use std::sync::Arc;
@@ -50,9 +52,23 @@ async fn side(max_hold: Option<Duration>) -> Result<Side, Box<dyn std::error::Er
     })
 }
 
+/// The CPU time of every thread of this process so far, in nanoseconds (0 where
+/// `/proc/self/task` cannot be read).
+fn cpu_ns() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum::<u64>() as f64
+}
+
 /// Publishes `n` events, each awaited, and waits until the handler has seen them all;
-/// returns nanoseconds per event.
-async fn round(s: &Side, n: u64) -> Result<f64, Box<dyn std::error::Error>> {
+/// returns wall-clock and CPU nanoseconds per event.
+async fn round(s: &Side, n: u64) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let cpu0 = cpu_ns();
     let topic = Topic::new("bench.event")?;
     let payload = bytes::Bytes::from(vec![7u8; 64]);
     let target = s.seen.load(Ordering::Relaxed) + n;
@@ -75,7 +91,8 @@ async fn round(s: &Side, n: u64) -> Result<f64, Box<dyn std::error::Error>> {
         tokio::task::yield_now().await;
     }
     s.bus.run_until_idle().await;
-    Ok(start.elapsed().as_nanos() as f64 / n as f64)
+    let wall = start.elapsed().as_nanos() as f64 / n as f64;
+    Ok((wall, (cpu_ns() - cpu0) / n as f64))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -92,12 +109,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20_000);
+    // `on` or `off` as a third argument runs that side alone (to count its instructions, e.g.
+    // under `valgrind --tool=callgrind`).
+    if let Some(only) = args.next() {
+        let s = side((only == "off").then_some(Duration::ZERO)).await?;
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (w, c) = round(&s, n).await?;
+            wall.push(w);
+            cpu.push(c);
+        }
+        println!(
+            "{only} alone, {rounds} rounds x {n} events: median {:.0} ns/event, CPU {:.0} ns/event",
+            median(&mut wall),
+            median(&mut cpu)
+        );
+        s.bus.shutdown(Duration::from_secs(5)).await?;
+        return Ok(());
+    }
     let on = side(None).await?;
     let off = side(Some(Duration::ZERO)).await?;
     // Warm-up.
     round(&on, n / 4).await?;
     round(&off, n / 4).await?;
     let (mut ons, mut offs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on_cpu, mut off_cpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         // Alternate which side goes first.
         let (a, b) = if r % 2 == 0 {
@@ -107,9 +143,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let b = round(&off, n).await?;
             (round(&on, n).await?, b)
         };
-        ons.push(a);
-        offs.push(b);
-        ratios.push(a / b);
+        ons.push(a.0);
+        offs.push(b.0);
+        ratios.push(a.0 / b.0);
+        on_cpu.push(a.1);
+        off_cpu.push(b.1);
+        cpu_ratios.push(a.1 / b.1);
     }
     println!(
         "{rounds} rounds x {n} events: keep-alive on median {:.0} ns/event, off median {:.0} \
@@ -117,6 +156,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(&mut ons),
         median(&mut offs),
         median(&mut ratios)
+    );
+    println!(
+        "CPU time: on median {:.0} ns/event, off median {:.0} ns/event, median per-round \
+         ratio on/off {:.3}",
+        median(&mut on_cpu),
+        median(&mut off_cpu),
+        median(&mut cpu_ratios)
     );
     on.bus.shutdown(Duration::from_secs(5)).await?;
     off.bus.shutdown(Duration::from_secs(5)).await?;

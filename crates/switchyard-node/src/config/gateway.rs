@@ -44,13 +44,14 @@ pub struct JwtConfig {
     /// RS256: path of the PEM public key.
     #[serde(default)]
     pub public_key_pem: Option<PathBuf>,
-    /// Required `iss`, if set.
+    /// Required `iss`, if set: a JWT without `iss` or with another value is refused.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Required `aud`, if set.
+    /// Required `aud`, if set: a JWT without `aud` or without this value in it is refused.
     #[serde(default)]
     pub audience: Option<String>,
-    /// Clock skew allowed on `exp`/`nbf`, seconds. Default 30.
+    /// Clock skew allowed on `exp` and on `nbf` (checked when present), seconds; also how
+    /// long past `exp` a WebSocket opened with the JWT stays open. Default 30.
     #[serde(default = "default_leeway")]
     pub leeway_s: u64,
 }

@@ -25,6 +25,9 @@ pub(crate) enum Settle {
     Ack,
     /// `nack`, with the delay the client asked for.
     Nack(Option<Duration>),
+    /// `nack` with `hand_back: true` ("not mine, not now"), with the delay the client asked
+    /// for: the bus's [`HandBack`](switchyard::HandBack), not an attempt.
+    HandBack(Option<Duration>),
     /// Evicted from the outbound buffer before the client saw it (`drop_oldest`).
     Dropped,
 }
@@ -57,6 +60,8 @@ pub(crate) enum Handed {
     Acked,
     /// The client's `nack`.
     Nacked(Option<Duration>),
+    /// The client's `nack` with `hand_back: true`.
+    GaveBack(Option<Duration>),
     /// Evicted from the buffer before the client saw it (manual only).
     Dropped,
     /// The connection closed before it was settled.
@@ -183,6 +188,7 @@ impl Conn {
                     settled = rx => match settled {
                         Ok(Settle::Ack) => Handed::Acked,
                         Ok(Settle::Nack(delay)) => Handed::Nacked(delay),
+                        Ok(Settle::HandBack(delay)) => Handed::GaveBack(delay),
                         Ok(Settle::Dropped) => Handed::Dropped,
                         Err(_) => Handed::Gone,
                     },

@@ -237,8 +237,23 @@ pub(crate) enum HandlerRecord {
         name: String,
         _subscription: Subscription,
     },
-    /// Membership of a handler group.
-    Group,
+    /// Membership of a handler group, whose bus name (`ws-handler:group:<group>`) is `name`.
+    Group { name: String },
+}
+
+impl HandlerRecord {
+    /// The name the bus lists the handler under: `ws-handler:<principal>:<connection>:<id>`
+    /// for the connection's own (see [`own_name`]), `ws-handler:group:<group>` for a group.
+    pub(crate) fn bus_name(&self) -> &str {
+        match self {
+            Self::Own { name, .. } | Self::Group { name } => name,
+        }
+    }
+}
+
+/// The bus handler name of remote handler group `group`: `ws-handler:group:<group>`.
+fn group_bus_name(group: &str) -> String {
+    format!("{}group:{group}", super::HANDLER_PREFIX)
 }
 
 impl Hub {
@@ -281,7 +296,9 @@ impl Hub {
                 ));
             }
             lock(&entry.group.members).push(conn.clone());
-            return Ok(HandlerRecord::Group);
+            return Ok(HandlerRecord::Group {
+                name: group_bus_name(name),
+            });
         }
         let group = Arc::new(HandlerGroup {
             name: name.to_owned(),
@@ -292,11 +309,7 @@ impl Hub {
         let handler = switchyard::handler_fn(move |env: Envelope| g.clone().call(env));
         let subscription = state
             .bus
-            .handle_envelope(
-                &format!("{}group:{name}", super::HANDLER_PREFIX),
-                spec.topic,
-                handler,
-            )
+            .handle_envelope(&group_bus_name(name), spec.topic, handler)
             .workers(concurrency.max(1))
             .start()
             .await
@@ -309,12 +322,14 @@ impl Hub {
                 _subscription: subscription,
             },
         );
-        Ok(HandlerRecord::Group)
+        Ok(HandlerRecord::Group {
+            name: group_bus_name(name),
+        })
     }
 
     /// Ends connection `conn`'s handling of `topic`: unregisters its own handler (and drops
     /// the `/v1/stats` rows kept under its name, which is never used again), or leaves the
-    /// group (whose bus handler ends with its last member).
+    /// group (whose bus handler and `/v1/stats` rows end with its last member).
     pub(crate) async fn unhandle(
         &self,
         state: &AppState,
@@ -331,7 +346,7 @@ impl Hub {
                 state.handlers.forget(&name);
                 state.latency.forget(&name);
             }
-            HandlerRecord::Group => {
+            HandlerRecord::Group { name } => {
                 let mut groups = self.handler_groups.lock().await;
                 let left = match groups.get(topic) {
                     Some(entry) => {
@@ -342,9 +357,11 @@ impl Hub {
                     None => return,
                 };
                 if left == 0 {
-                    let entry = groups.remove(topic);
-                    drop(groups);
-                    drop(entry);
+                    // Its rows go too (group names are the clients' choice): under the lock,
+                    // so a group made again meanwhile keeps its own.
+                    drop(groups.remove(topic));
+                    state.handlers.forget(&name);
+                    state.latency.forget(&name);
                 }
             }
         }

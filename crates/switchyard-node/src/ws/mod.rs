@@ -4,7 +4,9 @@
 //! - `subscribe` / `unsubscribe`: a pattern, ephemeral (this connection's own subscription,
 //!   no consumer group on the transport) or as a member of a named group (several
 //!   connections, here or on other nodes of the same transport, share its messages), with
-//!   `ack: "auto"` (settled once queued for the client) or `"manual"` (`ack` / `nack`);
+//!   `ack: "auto"` (settled once queued for the client) or `"manual"` (`ack` / `nack`, a
+//!   `nack` with `hand_back: true` being the bus's hand-back, not an attempt); the
+//!   `subscribed` answer names the bus subscription;
 //! - `publish` and `publish_batch`;
 //! - `handle` / `unhandle`: this connection executes a command topic (`command` frames,
 //!   answered with `result`), alone or as a member of a handler group (see [`handlers`]);
@@ -15,7 +17,9 @@
 //! Each connection has a reader (this task), a writer task draining a bounded outbound
 //! buffer (see [`outbound`]), and its registrations on the bus. When the connection ends,
 //! every manual delivery it holds is handed back (to another group member at once, or
-//! dead-lettered when none is left), and its subscriptions and handlers are dropped.
+//! dead-lettered when none is left), and its subscriptions and handlers are dropped. A
+//! connection opened with a JWT ends so at the JWT's `exp` plus the leeway (an
+//! `unauthenticated` error op, then close 1008).
 
 mod conn;
 mod frames;
@@ -50,7 +54,8 @@ use self::frames::{
 };
 use self::handlers::{HandleSpec, HandlerRecord};
 use self::outbound::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Closed, LastSeen, Outbound, run_writer,
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_TOO_BIG, Closed, LastSeen, Outbound,
+    run_writer,
 };
 use self::slots::Slot;
 pub use self::targets::Hub;
@@ -159,13 +164,24 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
     // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
     let closed = closing.cancelled();
     let node_stopping = state.shutdown.cancelled();
-    tokio::pin!(closed, node_stopping);
+    let expired = credential_expiry(session.conn.principal.valid_until());
+    tokio::pin!(closed, node_stopping, expired);
     loop {
         let next = tokio::select! {
             biased;
             _ = &mut closed => break,
             _ = &mut node_stopping => {
                 out.close(CLOSE_GOING_AWAY, "node shutting down");
+                break;
+            }
+            () = &mut expired => {
+                let exp = session.conn.principal.token_exp().map_or_else(String::new, wire::rfc3339);
+                tracing::info!(conn = id, principal = session.conn.principal.name(), exp, "WebSocket closed: its JWT expired");
+                let e = ApiError::new(
+                    ErrorKind::Unauthenticated,
+                    format!("the token expired at {exp}; reconnect with a fresh one"),
+                );
+                out.close_with(CLOSE_POLICY, "token expired", Some(error_frame(None, &e)));
                 break;
             }
             next = stream.next() => next,
@@ -208,6 +224,21 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
     let _ = writer.await;
     state.metrics.ws_connection(false);
     tracing::debug!(conn = id, "WebSocket disconnected");
+}
+
+/// Resolves at `valid_until`, when the credential the connection was opened with stops being
+/// valid (a JWT's `exp` plus the leeway, on tokio's clock); never for `None` (a static token,
+/// or auth off).
+async fn credential_expiry(valid_until: Option<std::time::SystemTime>) {
+    match valid_until {
+        Some(until) => {
+            let left = until
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The reader's side of one connection: what it registered, and the ops.
@@ -382,15 +413,21 @@ impl Session {
             .ws
             .subscribe(&self.state, &self.conn, spec)
             .await?;
+        let name = record.bus_name();
         self.subs.insert(sid.clone(), record);
         #[derive(Serialize)]
         struct Subscribed<'a> {
             subscription: &'a str,
+            /// The bus name (`/v1/stats`, `/metrics`).
+            name: &'a str,
         }
         Ok(Some(answer(
             "subscribed",
             id,
-            Subscribed { subscription: &sid },
+            Subscribed {
+                subscription: &sid,
+                name: &name,
+            },
         )))
     }
 
@@ -420,9 +457,11 @@ impl Session {
     fn settle(&self, op: Op, frame: &ClientFrame<'_>) -> OpResult {
         let name = if op == Op::Ack { "ack" } else { "nack" };
         let delivery = required(frame.delivery.as_deref(), name, "delivery")?;
+        let delay = frame.delay_ms.map(Duration::from_millis);
         let settle = match op {
             Op::Ack => Settle::Ack,
-            _ => Settle::Nack(frame.delay_ms.map(Duration::from_millis)),
+            _ if frame.hand_back == Some(true) => Settle::HandBack(delay),
+            _ => Settle::Nack(delay),
         };
         let known = delivery
             .parse::<u64>()
@@ -479,18 +518,16 @@ impl Session {
         self.conn.out.announcing();
         self.announcing = true;
         let registration = self.state.ws.handle(&self.state, &self.conn, spec).await?;
-        self.handlers.insert(topic.to_string(), registration);
-        #[derive(Serialize)]
-        struct Handling<'a> {
-            topic: &'a str,
-        }
-        Ok(Some(answer(
+        let text = answer(
             "handling",
             id,
             Handling {
                 topic: topic.as_str(),
+                name: registration.bus_name(),
             },
-        )))
+        );
+        self.handlers.insert(topic.to_string(), registration);
+        Ok(Some(text))
     }
 
     async fn unhandle(&mut self, id: Option<&RawValue>, frame: &ClientFrame<'_>) -> OpResult {
@@ -696,6 +733,14 @@ async fn run_call(
         payload: r.payload,
         payload_base64: r.payload_base64,
     })
+}
+
+/// The answer to a `handle`.
+#[derive(Serialize)]
+struct Handling<'a> {
+    topic: &'a str,
+    /// The bus name (`/v1/stats`, `/metrics`).
+    name: &'a str,
 }
 
 /// The answer to a `publish`.

@@ -67,6 +67,8 @@ struct State {
     /// No more frames are taken; the close frame to send, if any.
     closed: bool,
     close: Option<(u16, String)>,
+    /// A last text frame to send before the close frame (the reason, as an error op).
+    last: Option<Utf8Bytes>,
 }
 
 /// The connection is closed (or closing): nothing more is queued.
@@ -217,11 +219,18 @@ impl Outbound {
     /// Closes with `code` and `reason` (unless already closing with another reason) and
     /// stops taking frames.
     pub(crate) fn close(&self, code: u16, reason: impl Into<String>) {
+        self.close_with(code, reason, None);
+    }
+
+    /// Closes as [`close`](Self::close) does, sending `last` (an error op saying why) just
+    /// before the close frame; what was still queued is not sent.
+    pub(crate) fn close_with(&self, code: u16, reason: impl Into<String>, last: Option<Utf8Bytes>) {
         {
             let mut st = self.lock();
             if !st.closed {
                 st.closed = true;
                 st.close = Some((code, reason.into()));
+                st.last = last;
             }
         }
         self.closing.cancel();
@@ -261,11 +270,10 @@ impl Outbound {
         Some(())
     }
 
-    fn close_frame(&self) -> (u16, String) {
-        self.lock()
-            .close
-            .clone()
-            .unwrap_or((CLOSE_NORMAL, String::new()))
+    fn close_frame(&self) -> (Option<Utf8Bytes>, u16, String) {
+        let mut st = self.lock();
+        let (code, reason) = st.close.clone().unwrap_or((CLOSE_NORMAL, String::new()));
+        (st.last.take(), code, reason)
     }
 }
 
@@ -354,7 +362,10 @@ pub(crate) async fn run_writer(
             }
         }
     }
-    let (code, reason) = out.close_frame();
+    let (last, code, reason) = out.close_frame();
+    if let Some(text) = last {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Text(text))).await;
+    }
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(reason),

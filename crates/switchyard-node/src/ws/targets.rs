@@ -40,6 +40,14 @@ const HAND_BACK_DELAY: Duration = Duration::from_millis(100);
 #[error("no connected member of {0} on this node")]
 struct NoMemberHere(String);
 
+/// A WebSocket subscriber's `nack` with `hand_back: true`.
+#[derive(Debug, thiserror::Error)]
+#[error("handed back by WebSocket connection {conn} ({label})")]
+struct SubscriberHandedBack {
+    conn: u64,
+    label: String,
+}
+
 #[derive(Clone)]
 struct Member {
     conn: Arc<Conn>,
@@ -97,11 +105,28 @@ impl Target {
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
                 Handed::Nacked(after) => return Ok(Outcome::Retry { after }),
+                Handed::GaveBack(after) => return Err(self.handed_back(&member, after)),
                 Handed::Dropped => return Ok(Outcome::retry()),
                 // That member's connection closed: the next one gets it at once.
                 Handed::Gone => continue,
             }
         }
+    }
+
+    /// A member's `nack` with `hand_back: true`: the bus's [`HandBack`], not an attempt. A
+    /// transport's delivery goes back to the transport (after `after`), to be delivered
+    /// again (to this subscription, or another member of the group on any node); any other
+    /// (the memory transport) has nowhere to go back to and fails for good at once, as a
+    /// Rust handler's hand-back does (docs/bus.md).
+    fn handed_back(&self, member: &Member, after: Option<Duration>) -> BoxError {
+        let back = HandBack::new(SubscriberHandedBack {
+            conn: member.conn.id,
+            label: self.label.clone(),
+        });
+        Box::new(match after {
+            Some(d) => back.after(d),
+            None => back,
+        })
     }
 
     /// No member is connected here. A group on a shared transport hands the delivery back
@@ -138,8 +163,24 @@ pub(crate) enum SubRecord {
         target: Arc<Target>,
         _subscription: Subscription,
     },
-    /// Membership of a shared group.
+    /// Membership of a shared group (`name`: the group's name, not its bus name).
     Group { name: String },
+}
+
+impl SubRecord {
+    /// The name the bus lists the subscription under: `ws:<principal>:<connection>:<id>`
+    /// for the connection's own, `ws:group:<group>` for a group (see [`own_name`]).
+    pub(crate) fn bus_name(&self) -> String {
+        match self {
+            Self::Own { name, .. } => name.clone(),
+            Self::Group { name } => group_bus_name(name),
+        }
+    }
+}
+
+/// The bus subscription name of WebSocket group `group`: `ws:group:<group>`.
+fn group_bus_name(group: &str) -> String {
+    format!("{}group:{group}", super::SUBSCRIPTION_PREFIX)
 }
 
 /// The bus subscription name of a connection's own subscription:
@@ -324,7 +365,7 @@ impl Hub {
         target.add(conn.clone(), spec.sid.clone());
         let subscription = start_subscription(
             state,
-            &format!("{}group:{group}", super::SUBSCRIPTION_PREFIX),
+            &group_bus_name(group),
             spec.pattern,
             target.clone(),
             workers,
@@ -347,7 +388,8 @@ impl Hub {
 
     /// Ends a subscription of connection `conn`: drops its own (and the `/v1/stats` rows
     /// kept under its name, which is never used again), or leaves its group (the group's bus
-    /// subscription ends with its last member).
+    /// subscription, and its `/v1/stats` rows, end with its last member: group names are the
+    /// clients' choice, so rows kept by name would grow with client churn).
     pub(crate) async fn unsubscribe(
         &self,
         state: &AppState,
@@ -373,9 +415,12 @@ impl Hub {
                     None => return,
                 };
                 if left == 0 {
-                    let entry = groups.remove(&name);
-                    drop(groups);
-                    drop(entry);
+                    // Under the lock: a group made again under this name meanwhile keeps its
+                    // rows.
+                    drop(groups.remove(&name));
+                    let bus_name = group_bus_name(&name);
+                    state.handlers.forget(&bus_name);
+                    state.latency.forget(&bus_name);
                 }
             }
         }

@@ -26,7 +26,7 @@ async fn members(node: &TestNode, n: usize) -> Vec<Client> {
             .await;
         assert_eq!(
             v,
-            json!({"op": "handling", "id": i, "topic": TOPIC}),
+            json!({"op": "handling", "id": i, "topic": TOPIC, "name": "ws-handler:group:workers"}),
             "member {i}"
         );
         out.push(c);

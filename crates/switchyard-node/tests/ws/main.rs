@@ -7,6 +7,7 @@
 mod answer_first;
 mod auth;
 mod churn;
+mod fixnode;
 mod fixsmall;
 mod fixws;
 mod group_leave;

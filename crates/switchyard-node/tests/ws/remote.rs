@@ -31,9 +31,11 @@ async fn a_command_sent_in_rust_is_executed_by_a_websocket_client() {
     let v = worker
         .ask(json!({"op": "handle", "id": "h", "topic": "users.create"}))
         .await;
+    let name = v["name"].as_str().unwrap_or_default().to_owned();
+    assert!(name.starts_with("ws-handler:anonymous:"), "{v}");
     assert_eq!(
         v,
-        json!({"op": "handling", "id": "h", "topic": "users.create"})
+        json!({"op": "handling", "id": "h", "topic": "users.create", "name": name})
     );
 
     let bus = node.bus.clone();

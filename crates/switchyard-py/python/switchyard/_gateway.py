@@ -229,13 +229,18 @@ def _delay_ms(after: Any) -> Optional[int]:
 def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> str:
     if exc is None:
         return '{"op":"ack","delivery":' + delivery + "}"
-    if isinstance(exc, (Retry, HandBack)):
+    if isinstance(exc, HandBack):
+        # The bus's hand-back (not a failed attempt): back to the transport, delivered again
+        # after ``after``; in memory it has nowhere to go back to and fails for good at once.
+        frame = '{"op":"nack","delivery":' + delivery + ',"hand_back":true'
+        delay_ms = _delay_ms(exc.after)
+        if delay_ms is not None:
+            frame += ',"delay_ms":' + str(delay_ms)
+        return frame + "}"
+    if isinstance(exc, Retry):
         delay_ms = _delay_ms(exc.after)
         if delay_ms is not None:
             return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(delay_ms) + "}"
-    if isinstance(exc, HandBack):
-        # The protocol has no hand-back: a nack, which the node counts as an attempt.
-        return '{"op":"nack","delivery":' + delivery + "}"
     log.warning("switchyard handler failed (nacked, the node retries it):\n%s", _describe(exc))
     return '{"op":"nack","delivery":' + delivery + "}"
 

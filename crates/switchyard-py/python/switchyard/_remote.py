@@ -318,7 +318,9 @@ class ConnectedBus:
         """Subscribes ``fn`` (or the decorated function) on the node to a pattern or a message
         class's topic, with manual ack: a handler that returns acks the delivery, one that
         raises nacks it (the node retries it by its policy, then dead-letters it; a
-        :class:`Retry` ``after`` is the nack's delay). ``group``: connections (Python, or any
+        :class:`Retry` ``after`` is the nack's delay; a :class:`HandBack` is the node's
+        hand-back, not an attempt: back to the transport on the log or NATS, dead-lettered at
+        once on the memory transport). ``group``: connections (Python, or any
         WebSocket client) subscribed with the same group share the messages; without it, the
         connection sees what is published while it is subscribed. ``workers``: deliveries
         handled at once (default 1: one at a time, in order). Registration is sent at once;

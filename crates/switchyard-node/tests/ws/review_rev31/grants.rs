@@ -411,7 +411,6 @@ async fn the_principal_header_is_the_node_s_whatever_the_client_writes() {
 /// `{"Principal": "ops"}` must not put a forged principal next to the node's either (an
 /// audit or a handler reading the header case-insensitively, as HTTP does, would believe it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: WebSocket headers {\"Principal\": \"ops\"} reach the bus next to the node's principal header (names are not case-folded as x-meta-* are)"]
 async fn no_differently_cased_principal_header_rides_along_with_the_node_s() {
     let node = TestNode::start(&config("")).await;
     let seen = switchyard::testkit::Recorder::start(&node.bus, "orders.eu.#")
@@ -436,6 +435,81 @@ async fn no_differently_cased_principal_header_rides_along_with_the_node_s() {
         "headers: {:?}",
         envs[0].headers()
     );
+    node.stop().await;
+}
+
+/// Added with the fix (fixauth): gateway.md "a header the client wrote named `principal` in
+/// any case ... is dropped" and "`headers` as `x-meta-*`, except that names keep the case they
+/// are written in": a batch, a send and an HTTP `x-meta-PRINCIPAL` carry only the node's
+/// `principal`, while another mixed-case WebSocket header keeps its case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_differently_cased_principal_is_dropped_from_batches_commands_and_http() {
+    let node = TestNode::start(&config("")).await;
+    let seen = switchyard::testkit::Recorder::start(&node.bus, "orders.eu.#")
+        .await
+        .unwrap();
+    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<Envelope>();
+    node.bus
+        .handle_envelope(
+            "cancel",
+            "orders.cancel",
+            handler_fn(move |env: Envelope| {
+                let tx = tx.clone();
+                async move {
+                    let reply = env.reply("{}");
+                    tx.send(env).unwrap();
+                    Ok::<_, std::convert::Infallible>(Outcome::reply(reply))
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let spoof = json!({"Principal": "ops", "PrInCiPaL": "ops", "Tenant": "t1"});
+    let mut narrow = Client::connect(&node.ws_url(), Some(NARROW)).await;
+    let v = narrow
+        .ask(json!({"op": "publish_batch", "id": 1, "messages": [
+            {"topic": "orders.eu.b", "payload": {}, "headers": spoof}]}))
+        .await;
+    assert_eq!(v["op"], "published_batch", "{v}");
+    let v = narrow
+        .ask(json!({"op": "send", "id": 2, "topic": "orders.cancel", "payload": {}, "headers": spoof}))
+        .await;
+    assert_eq!(v["op"], "reply", "{v}");
+    let res = reqwest::Client::new()
+        .post(node.http("/v1/publish/orders.eu.c"))
+        .bearer_auth(NARROW)
+        .header("x-meta-PRINCIPAL", "ops")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let mut envs = seen.wait_for(2, WAIT).await.unwrap();
+    envs.push(
+        tokio::time::timeout(WAIT, commands.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    for env in &envs {
+        assert_eq!(
+            principal_headers(env),
+            [("principal".to_owned(), "narrow".to_owned())],
+            "{}: {:?}",
+            env.topic,
+            env.headers()
+        );
+        if env.topic.as_str() != "orders.eu.c" {
+            assert_eq!(
+                env.headers().get("Tenant"),
+                Some("t1"),
+                "{:?}",
+                env.headers()
+            );
+        }
+    }
     node.stop().await;
 }
 
