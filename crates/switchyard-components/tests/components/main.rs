@@ -11,6 +11,7 @@ mod export;
 mod no_leak;
 mod noticed_stop36;
 mod review_rev11;
+mod review_rev32;
 mod review_rev6;
 mod rules;
 mod traces;

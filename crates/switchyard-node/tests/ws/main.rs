@@ -20,6 +20,7 @@ mod remote;
 mod review_rev24;
 mod review_rev3;
 mod review_rev31;
+mod review_rev32;
 mod review_rev8;
 mod slow;
 mod support;
