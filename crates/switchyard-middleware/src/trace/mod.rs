@@ -42,9 +42,11 @@ pub(crate) use service::{delivery_span, end_span};
 use switchyard_core::Envelope;
 
 /// For the bus's publish path: makes sure `env` carries a `traceparent`. A valid one is kept;
-/// otherwise the current handler's context ([`TraceContext::current`]) is used, so a message
-/// published while handling another joins its trace without any handler code; otherwise a new
-/// trace starts ([`TraceContext::root_for`]: its id is the correlation id). Returns the context the envelope carries.
+/// otherwise the current handler's context ([`TraceContext::current`]) is used, or, in a
+/// handler with no trace or resilience layer, the handled message's own `traceparent`, so a
+/// message published while handling another joins its trace without any handler code;
+/// otherwise a new trace starts ([`TraceContext::root_for`]: its id is the correlation id).
+/// Returns the context the envelope carries.
 ///
 /// Doing this at publish time (rather than leaving it to each subscriber's [`TraceLayer`]) gives
 /// every subscriber of one message the same trace.
@@ -52,9 +54,18 @@ pub fn ensure_traceparent(env: &mut Envelope) -> TraceContext {
     if let Some(ctx) = TraceContext::from_envelope(env) {
         return ctx;
     }
-    let ctx = TraceContext::current().unwrap_or_else(|| TraceContext::root_for(env));
+    let ctx = TraceContext::current()
+        .or_else(handled_context)
+        .unwrap_or_else(|| TraceContext::root_for(env));
     ctx.inject(env);
     ctx
+}
+
+/// The trace context of the message being handled on this thread (the bus's delivered
+/// envelope), for a handler without a trace or resilience layer: what it publishes joins
+/// that message's trace, as [`propagate`] does with no current context.
+fn handled_context() -> Option<TraceContext> {
+    switchyard_core::delivered::with(|handled| TraceContext::from_envelope(handled)).flatten()
 }
 
 /// Gives `child` the trace of `parent`: the child's `traceparent` is the parent's (its

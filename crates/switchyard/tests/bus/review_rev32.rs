@@ -370,12 +370,12 @@ async fn a_traced_handler_continues_the_incoming_trace_on_what_it_publishes()
 /// it"): without a `TraceLayer` on the handler, an event published while handling a message
 /// that carries a traceparent is still in that message's trace.
 ///
-/// Fails 3 of 3 (the event starts a trace of its own, whose id is the flow's correlation id):
+/// Failed 3 of 3 before the fix (the event started a trace of its own, whose id was the flow's
+/// correlation id):
 /// "assertion `left == right` failed: the event of a flow that arrived with a trace is in that
 /// trace: Some("00-01a24fe984fa593ef856c2e4386e6cd6-6f0834b65e4c4c92-01")
 ///   left: "01a24fe984fa593ef856c2e4386e6cd6"  right: "4bf92f3577b34da6a3ce929d0e0e4736""
 #[tokio::test]
-#[ignore = "defect: publish_hook(ensure_traceparent) without TraceLayer drops the handled message's trace id"]
 async fn the_publish_hook_alone_continues_the_handled_messages_trace()
 -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::builder()
