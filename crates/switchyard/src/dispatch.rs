@@ -20,6 +20,7 @@ pub(crate) use crate::attempt::{Attempt, Handled};
 use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
+use crate::keep_alive::Keeper;
 use crate::pending::{Accepted, Settled};
 use crate::queue::{Entry, Popped};
 use crate::reply::{Answer, Answered, CommandReply, TypedValue, WantedType};
@@ -265,72 +266,67 @@ impl SubShared {
             // A delivery whose transport redelivers after an ack wait is kept alive while this
             // worker holds it (handling, retrying in place), within bounds: see `keep_alive`.
             let from_transport = delivery.is_some();
-            let keep = crate::keep_alive::Plan::of(&delivery, &self);
+            let keeper = Keeper::take(&mut delivery, &self);
             // A message nobody waits for, with the handler seen ready just now and no
             // lifecycle events to publish: its first attempt is made here, without the async
             // layers of `process` (which takes over only when that attempt did not succeed).
-            let handling = async {
-                if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
-                    let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
-                    let started = switchyard_core::delivered::scope(
-                        Arc::clone(env),
-                        std::future::poll_fn(|cx| {
-                            std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
-                        }),
-                    )
-                    .await;
-                    let result = match started {
-                        Started::Ended(result) => result,
-                        Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
-                    };
-                    match result {
-                        Ok(Ok(Outcome::Ack)) => {
-                            // An ack holds nothing to drop: said so, since the drop of the whole
-                            // result stayed an out-of-line call here (22 instructions a message).
-                            std::mem::forget(result);
-                            inc(&self.counters.acked);
-                            Handled::Done
-                        }
-                        // An event has no one to answer (and a reply to it is dropped).
-                        Ok(Ok(Outcome::Reply(_))) => {
-                            inc(&self.counters.acked);
-                            Handled::Done
-                        }
-                        other => {
-                            let made = self.classify_rare(other, env, stamp.attempt);
-                            self.process(
-                                &bus,
-                                &mut svc,
-                                Arc::clone(env),
-                                None,
-                                false,
-                                Some((made, stamp)),
-                                &mut None,
-                                from_transport,
-                            )
-                            .await
-                        }
+            let ok = if ready && reply.is_none() && !publishes_lifecycle(&bus, env) {
+                let stamp = self.next_attempt(env.delivery, switchyard_core::clock::now);
+                let started = switchyard_core::delivered::scope(
+                    Arc::clone(env),
+                    std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(start_call(&mut svc, env, stamp, &bus, cx))
+                    }),
+                )
+                .await;
+                let result = match started {
+                    Started::Ended(result) => result,
+                    Started::Pending(fut) => self.finish_call(&mut svc, fut, env, true).await,
+                };
+                match result {
+                    Ok(Ok(Outcome::Ack)) => {
+                        // An ack holds nothing to drop: said so, since the drop of the whole
+                        // result stayed an out-of-line call here (22 instructions a message).
+                        std::mem::forget(result);
+                        inc(&self.counters.acked);
+                        Handled::Done
                     }
-                } else {
-                    self.process(
-                        &bus,
-                        &mut svc,
-                        Arc::clone(env),
-                        reply,
-                        ready,
-                        None,
-                        &mut None,
-                        from_transport,
-                    )
-                    .await
+                    // An event has no one to answer (and a reply to it is dropped).
+                    Ok(Ok(Outcome::Reply(_))) => {
+                        inc(&self.counters.acked);
+                        Handled::Done
+                    }
+                    other => {
+                        let made = self.classify_rare(other, env, stamp.attempt);
+                        self.process(
+                            &bus,
+                            &mut svc,
+                            Arc::clone(env),
+                            None,
+                            false,
+                            Some((made, stamp)),
+                            &mut None,
+                            from_transport,
+                        )
+                        .await
+                    }
                 }
+            } else {
+                self.process(
+                    &bus,
+                    &mut svc,
+                    Arc::clone(env),
+                    reply,
+                    ready,
+                    None,
+                    &mut None,
+                    from_transport,
+                )
+                .await
             };
-            let ok = match (keep, delivery.as_deref_mut()) {
-                (Some(plan), Some(held)) => {
-                    crate::keep_alive::kept(held, plan, &self, handling).await
-                }
-                _ => handling.await,
-            };
+            if let Some(keeper) = keeper {
+                delivery = keeper.stop();
+            }
             if let Some(delivery) = delivery {
                 self.settle_as(&bus, *delivery, ok).await;
             }

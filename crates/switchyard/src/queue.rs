@@ -813,11 +813,6 @@ impl Queue {
     }
 
     /// Resolves once the queue is closed.
-    /// Whether the queue was closed (see [`closed`](Self::closed)), now.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     pub(crate) async fn closed(&self) {
         loop {
             let notified = self.on_close.notified();

@@ -605,16 +605,6 @@ impl SubShared {
         });
     }
 
-    /// Whether the subscription was removed (its handle dropped) while the bus runs, now:
-    /// [`removed`](Self::removed) without waiting.
-    pub(crate) fn is_removed(&self) -> bool {
-        self.queue.is_closed()
-            && self
-                .bus
-                .upgrade()
-                .is_some_and(|b| b.state.load(Ordering::Acquire) == RUNNING)
-    }
-
     /// Resolves once the subscription was removed (its handle dropped) while the bus runs;
     /// never during a shutdown, whose deadline settles what is left. See
     /// [`give_up_waiting`](Self::give_up_waiting).

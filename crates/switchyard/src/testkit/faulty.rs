@@ -267,13 +267,4 @@ impl AckHandle for FaultyAck {
     fn term(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move { self.inner.term(&reason).await })
     }
-
-    // Keep-alive passes through, so the faults meet the bus as it runs on the transport.
-    fn keep_alive_every(&self) -> Option<Duration> {
-        self.inner.keep_alive_every()
-    }
-
-    fn keep_alive(&self) -> Option<BoxFuture<'static, Result<(), TransportError>>> {
-        self.inner.keep_alive()
-    }
 }
