@@ -58,6 +58,44 @@ async fn http_publish(node: &TestNode, topic: &str, headers: &[(&str, &str)]) ->
     res.json().await.unwrap()
 }
 
+/// A Rust handler of command topic `r32.cmd` that publishes an event on `r32.done` and
+/// replies `reply`.
+async fn command_publishing_done(node: &TestNode, reply: &'static str) {
+    let bus = node.bus.clone();
+    node.bus
+        .handle_envelope(
+            "r32-cmd",
+            "r32.cmd",
+            handler_fn(move |env: Envelope| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish_envelope(Envelope::new(Topic::new("r32.done")?, "{}"))
+                        .await?;
+                    Ok::<_, BoxErr>(Outcome::reply(env.reply(reply)))
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+}
+
+/// `POST /v1/request/r32.cmd` with `x-correlation-id: correlation`: asserts a 200 and returns
+/// the answer's JSON.
+async fn http_request(node: &TestNode, correlation: &str) -> Value {
+    let res = reqwest::Client::new()
+        .post(node.http("/v1/request/r32.cmd?timeout_ms=5000"))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", correlation)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
 async fn trace_of(node: &TestNode, correlation: &str) -> Value {
     let res = reqwest::Client::new()
         .get(node.http(&format!("/v1/trace/{correlation}")))
@@ -267,36 +305,10 @@ async fn an_invalid_correlation_id_is_kept_as_a_header_and_the_flow_still_correl
 #[tokio::test]
 async fn an_http_request_correlates_the_events_its_handler_publishes() {
     let node = TestNode::start("").await;
-    let bus = node.bus.clone();
-    node.bus
-        .handle_envelope(
-            "r32-cmd",
-            "r32.cmd",
-            handler_fn(move |env: Envelope| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish_envelope(Envelope::new(Topic::new("r32.done")?, "{}"))
-                        .await?;
-                    Ok::<_, BoxErr>(Outcome::reply(env.reply("{\"ok\":true}")))
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap()
-        .detach();
+    command_publishing_done(&node, "{\"ok\":true}").await;
     let mut ws = node.client().await;
     ws.subscribe("r32.done", json!({})).await;
-    let res = reqwest::Client::new()
-        .post(node.http("/v1/request/r32.cmd?timeout_ms=5000"))
-        .header("content-type", "application/json")
-        .header("x-correlation-id", "corr-gw-5")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let answer: Value = res.json().await.unwrap();
+    let answer = http_request(&node, "corr-gw-5").await;
     assert_eq!(answer["correlation_id"], "corr-gw-5", "{answer}");
     let m = tokio::time::timeout(WAIT, ws.expect("message"))
         .await
@@ -313,34 +325,8 @@ async fn an_http_request_correlates_the_events_its_handler_publishes() {
 #[tokio::test]
 async fn the_trace_of_an_http_request_lists_the_request_and_what_it_caused() {
     let node = TestNode::start("").await;
-    let bus = node.bus.clone();
-    node.bus
-        .handle_envelope(
-            "r32-cmd",
-            "r32.cmd",
-            handler_fn(move |env: Envelope| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish_envelope(Envelope::new(Topic::new("r32.done")?, "{}"))
-                        .await?;
-                    Ok::<_, BoxErr>(Outcome::reply(env.reply("{}")))
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap()
-        .detach();
-    let res = reqwest::Client::new()
-        .post(node.http("/v1/request/r32.cmd?timeout_ms=5000"))
-        .header("content-type", "application/json")
-        .header("x-correlation-id", "corr-gw-6")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let answer: Value = res.json().await.unwrap();
+    command_publishing_done(&node, "{}").await;
+    let answer = http_request(&node, "corr-gw-6").await;
     node.bus.run_until_idle().await;
     let trace = trace_of(&node, "corr-gw-6").await;
     let msgs = trace["messages"].as_array().unwrap();
