@@ -10,7 +10,7 @@ use switchyard_core::{DeadLetter, DeadLetterReason, Delivery};
 use crate::intake::IntakeVerdict;
 use crate::pending::{OwedTo, Settled};
 use crate::publish::EnqueueError;
-use crate::queue::Entry;
+use crate::queue::{Entry, PushError};
 use crate::state::{SubShared, deliver_at};
 use crate::stats::inc;
 
@@ -218,11 +218,16 @@ impl SubShared {
                 }
                 Ok(())
             }
-            // Closed: the delivery is dropped unsettled and comes back later; its count goes
-            // with the entry. Closed by a shutdown (which waited for the deliveries owed until
-            // they arrived, not until they were queued), the report names it as handed back:
-            // a transport that keeps nothing loses it when it closes.
-            Err(_) => {
+            // Closed (the subscription was removed, or the bus stops): never handled, so
+            // handed back, not a failed delivery, and not an attempt when it comes back here
+            // (before, it was dropped unsettled, which the log counted as a delivery). Closed
+            // by a shutdown (which waited for the deliveries owed until they arrived, not
+            // until they were queued), the report names it as handed back: a transport that
+            // keeps nothing loses it when it closes.
+            Err(PushError::Closed(entry) | PushError::Full(entry)) => {
+                if self.hand_back_unhandled(&bus, entry).await.is_err() {
+                    tracing::warn!(subscription = %self.name(), message_id = %id, "a transport delivery refused by its closed queue had no delivery handle");
+                }
                 if bus.state.load(std::sync::atomic::Ordering::Acquire) != crate::state::RUNNING {
                     bus.handed_back.lock().push(id);
                 }

@@ -306,17 +306,12 @@ impl Bus {
                 );
             }
         }
-        for mut entry in sub.queue.drain_waiting() {
-            match entry.delivery.take() {
-                Some(delivery) => {
-                    report.nacked.push(entry.env.id.clone());
-                    // Never handled: not a failed delivery (`AckHandle::hand_back`).
-                    if let Err(e) = delivery.hand_back(None).await {
-                        tracing::warn!(error = %e, "nack at shutdown failed; the transport redelivers after its ack wait");
-                    }
-                    entry.accepted.settle(Settled::LeftOver);
-                }
-                None => {
+        for entry in sub.queue.drain_waiting() {
+            let id = entry.env.id.clone();
+            match sub.hand_back_unhandled(inner, entry).await {
+                // Never handled: not a failed delivery.
+                Ok(()) => report.nacked.push(id),
+                Err(entry) => {
                     report.left.push(entry.env.id.clone());
                     sub.give_up(
                         inner,

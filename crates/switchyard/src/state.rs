@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
@@ -630,16 +630,10 @@ impl SubShared {
         let Some(bus) = self.bus.upgrade() else {
             return;
         };
-        for mut entry in self.queue.drain_waiting() {
-            match entry.delivery.take() {
-                Some(delivery) => {
-                    // Never handled: not a failed delivery (`AckHandle::hand_back`).
-                    if let Err(e) = delivery.hand_back(None).await {
-                        tracing::warn!(subscription = %self.name(), error = %e, "nack of a removed subscription's message failed; the transport redelivers after its ack wait");
-                    }
-                    entry.accepted.settle(Settled::LeftOver);
-                }
-                None => self.give_up(
+        for entry in self.queue.drain_waiting() {
+            match self.hand_back_unhandled(&bus, entry).await {
+                Ok(()) => {}
+                Err(entry) => self.give_up(
                     &bus,
                     entry,
                     DeadLetterReason::Unroutable,
@@ -647,6 +641,39 @@ impl SubShared {
                 ),
             }
         }
+    }
+
+    /// Hands a queued transport delivery that no handler will take here back to the transport
+    /// (`AckHandle::hand_back`: not a failed delivery, so the log does not count it towards
+    /// `max_deliver`), noted in `deferred` so that when it comes back to this subscription
+    /// here its attempt number counts only the attempts made. `Err(entry)` for an entry with
+    /// no delivery (an in-memory message), untouched.
+    pub(crate) async fn hand_back_unhandled(
+        &self,
+        bus: &BusInner,
+        mut entry: Entry,
+    ) -> Result<(), Entry> {
+        let Some(delivery) = entry.delivery.take() else {
+            return Err(entry);
+        };
+        // The transport numbered this delivery `n` (from 1); the queued envelope says how
+        // many attempts were made: the rest of the `n` deliveries were not attempts.
+        let not_attempts = delivery
+            .envelope
+            .delivery
+            .attempt
+            .saturating_sub(entry.env.delivery.attempt);
+        bus.deferred.set(
+            &self.config.name,
+            &entry.env.id,
+            not_attempts,
+            SystemTime::now(),
+        );
+        if let Err(e) = delivery.hand_back(None).await {
+            tracing::warn!(subscription = %self.name(), message_id = %entry.env.id, error = %e, "could not hand an unhandled delivery back; the transport redelivers it after its ack wait");
+        }
+        entry.accepted.settle(Settled::LeftOver);
+        Ok(())
     }
 
     /// Marks the subscription inactive and stops intake; workers drain the queue and exit.

@@ -20,6 +20,7 @@ mod keep_alive;
 mod owed;
 mod panicking_filter;
 mod redelivered;
+mod removed_queue;
 mod review_rev20;
 mod review_rev4;
 mod shutdown_race;
