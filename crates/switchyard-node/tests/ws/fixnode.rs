@@ -176,9 +176,9 @@ async fn subscribed_and_handling_answers_name_the_bus_registration() {
         names[0].starts_with("ws:anonymous:") && names[0].ends_with(&format!(":{sid}")),
         "{names:?}"
     );
-    assert_eq!(names[1], "ws:group:names");
+    assert_eq!(names[1], "ws:group:anonymous:names");
     assert!(names[2].starts_with("ws-handler:anonymous:"), "{names:?}");
-    assert_eq!(names[3], "ws-handler:group:workers");
+    assert_eq!(names[3], "ws-handler:group:anonymous:workers");
     let stats = get(&node, "/v1/stats").await;
     let bus_names = listed(&stats);
     for n in &names {
@@ -197,7 +197,7 @@ async fn subscribed_and_handling_answers_name_the_bus_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_leaves_no_rows_after_its_last_member() {
     let node = TestNode::start("").await;
-    let name = "ws:group:leaving";
+    let name = "ws:group:anonymous:leaving";
     let mut a = node.client().await;
     let mut b = node.client().await;
     for c in [&mut a, &mut b] {
@@ -225,12 +225,12 @@ async fn a_group_leaves_no_rows_after_its_last_member() {
     assert_group_left_no_rows(node, name, "group").await;
 }
 
-/// The same for a remote handler group (`ws-handler:group:<group>`): its `/v1/stats` rows
+/// The same for a remote handler group (`ws-handler:group:<principal>:<group>`): its `/v1/stats` rows
 /// go when its last member leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_group_leaves_no_rows_after_its_last_member() {
     let node = TestNode::start("").await;
-    let name = "ws-handler:group:hleaving";
+    let name = "ws-handler:group:anonymous:hleaving";
     let mut a = node.client().await;
     let mut b = node.client().await;
     for c in [&mut a, &mut b] {
