@@ -459,10 +459,18 @@ impl Session {
         let name = if op == Op::Ack { "ack" } else { "nack" };
         let delivery = required(frame.delivery.as_deref(), name, "delivery")?;
         let delay = frame.delay_ms.map(Duration::from_millis);
+        let error = frame.error.as_deref().map(str::to_owned);
         let settle = match op {
             Op::Ack => Settle::Ack,
-            _ if frame.hand_back == Some(true) => Settle::HandBack(delay),
-            _ => Settle::Nack(delay),
+            _ if frame.hand_back == Some(true) && frame.reject == Some(true) => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "nack: `hand_back` and `reject` exclude each other (hand back: deliver it again; reject: dead-letter it now)",
+                ));
+            }
+            _ if frame.hand_back == Some(true) => Settle::HandBack(delay, error),
+            _ if frame.reject == Some(true) => Settle::Reject(error),
+            _ => Settle::Nack(delay, error),
         };
         let known = delivery
             .parse::<u64>()

@@ -42,10 +42,21 @@ struct NoMemberHere(String);
 
 /// A WebSocket subscriber's `nack` with `hand_back: true`.
 #[derive(Debug, thiserror::Error)]
-#[error("handed back by WebSocket connection {conn} ({label})")]
+#[error("handed back by WebSocket connection {conn} ({label}){why}")]
 struct SubscriberHandedBack {
     conn: u64,
     label: String,
+    /// `": <the client's error>"`, or empty.
+    why: String,
+}
+
+/// A WebSocket subscriber's `nack` with an `error` (and no delay): a failed attempt, whose
+/// text the dead letter keeps.
+#[derive(Debug, thiserror::Error)]
+#[error("WebSocket subscriber (connection {conn}) failed: {error}")]
+struct SubscriberFailed {
+    conn: u64,
+    error: String,
 }
 
 #[derive(Clone)]
@@ -104,8 +115,26 @@ impl Target {
             };
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
-                Handed::Nacked(after) => return Ok(Outcome::Retry { after }),
-                Handed::GaveBack(after) => return Err(self.handed_back(&member, after)),
+                // A failed attempt with the client's reason (kept in the dead letter), or, with
+                // a delay or no reason, the retry it asked for.
+                Handed::Nacked(None, Some(error)) => {
+                    return Err(Box::new(SubscriberFailed {
+                        conn: member.conn.id,
+                        error,
+                    }));
+                }
+                Handed::Nacked(after, _) => return Ok(Outcome::Retry { after }),
+                Handed::Rejected(error) => {
+                    return Ok(Outcome::reject(error.unwrap_or_else(|| {
+                        format!(
+                            "rejected by WebSocket connection {} ({})",
+                            member.conn.id, self.label
+                        )
+                    })));
+                }
+                Handed::GaveBack(after, error) => {
+                    return Err(self.handed_back(&member, after, error));
+                }
                 Handed::Dropped => return Ok(Outcome::retry()),
                 // That member's connection closed: the next one gets it at once.
                 Handed::Gone => continue,
@@ -118,10 +147,16 @@ impl Target {
     /// again (to this subscription, or another member of the group on any node); any other
     /// (the memory transport) has nowhere to go back to and fails for good at once, as a
     /// Rust handler's hand-back does (docs/bus.md).
-    fn handed_back(&self, member: &Member, after: Option<Duration>) -> BoxError {
+    fn handed_back(
+        &self,
+        member: &Member,
+        after: Option<Duration>,
+        why: Option<String>,
+    ) -> BoxError {
         let back = HandBack::new(SubscriberHandedBack {
             conn: member.conn.id,
             label: self.label.clone(),
+            why: why.map(|w| format!(": {w}")).unwrap_or_default(),
         });
         Box::new(match after {
             Some(d) => back.after(d),
