@@ -62,7 +62,12 @@ async fn dropped_mid_handler_with_a_full_queue_then_restarted_handles_each_once_
         (by_second, by_second, 0, 0),
         "the second instance's stats against its {by_second} calls: {st:?}"
     );
-    let live_w = || -> Vec<_> { bus.registry().into_iter().filter(|i| i.name == "w").collect() };
+    let live_w = || -> Vec<_> {
+        bus.registry()
+            .into_iter()
+            .filter(|i| i.name == "w")
+            .collect()
+    };
     wait_until(
         "one live `w` left, idle",
         || {
@@ -115,10 +120,7 @@ async fn dropped_while_a_retry_is_pending_the_job_comes_back_once_as_attempt_2()
     .await;
     settles(&bus, "after the retry").await;
     once_each(&s, 0..8, "retry pending at drop");
-    let three: Vec<_> = s.per_n()[&3]
-        .iter()
-        .map(|c| (c.attempt, c.ok))
-        .collect();
+    let three: Vec<_> = s.per_n()[&3].iter().map(|c| (c.attempt, c.ok)).collect();
     assert_eq!(
         three,
         [(1, false), (2, true)],
@@ -144,9 +146,9 @@ async fn a_delayed_job_survives_three_restarts_of_its_subscription_and_comes_as_
     let delay = Duration::from_millis(1500);
     let published = SystemTime::now();
     bus.publish_after(delay, Job { n: 99 }).await.unwrap();
-    let mut n = 0;
     let mut sub = None;
-    for round in 0..3 {
+    for round in 0..3u64 {
+        let n = round;
         drop(sub.take());
         let this = bus
             .subscribe("w", "jobs.#", s.handler(&format!("round{round}"), None))
@@ -162,7 +164,6 @@ async fn a_delayed_job_survives_three_restarts_of_its_subscription_and_comes_as_
             || format!("{:?}", s.done()),
         )
         .await;
-        n += 1;
         sub = Some(this);
     }
     assert!(
@@ -191,8 +192,16 @@ async fn a_delayed_job_survives_three_restarts_of_its_subscription_and_comes_as_
         ("last", 1),
         "the delayed job, never handled before, comes as attempt 1 to the live instance"
     );
-    assert!(at.duration_since(published).unwrap() >= delay, "handled before due");
-    assert_eq!(last.stats().retried, 0, "an early hand-back is not a retry: {:?}", last.stats());
+    assert!(
+        at.duration_since(published).unwrap() >= delay,
+        "handled before due"
+    );
+    assert_eq!(
+        last.stats().retried,
+        0,
+        "an early hand-back is not a retry: {:?}",
+        last.stats()
+    );
     no_dead_letters(&bus, &log, "delayed job across restarts");
     bus.shutdown(crate::WAIT).await.unwrap();
 }
@@ -212,7 +221,11 @@ async fn churned_four_times_with_max_deliver_2_nothing_is_dead_lettered() {
     for round in 0..4 {
         let gate = Arc::new(Semaphore::new(0));
         let sub = bus
-            .subscribe("w", "jobs.#", s.handler(&format!("round{round}"), Some(gate.clone())))
+            .subscribe(
+                "w",
+                "jobs.#",
+                s.handler(&format!("round{round}"), Some(gate.clone())),
+            )
             .workers(1)
             .queue_capacity(2)
             .start()
@@ -221,9 +234,7 @@ async fn churned_four_times_with_max_deliver_2_nothing_is_dead_lettered() {
         let by = format!("round{round}");
         wait_until(
             "this round's first call held and its queue full",
-            || {
-                s.entered.lock().unwrap().iter().any(|c| c.by == by) && sub.info().depth == 2
-            },
+            || s.entered.lock().unwrap().iter().any(|c| c.by == by) && sub.info().depth == 2,
             || format!("{:?}", sub.info()),
         )
         .await;

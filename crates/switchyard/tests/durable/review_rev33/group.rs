@@ -78,7 +78,10 @@ async fn a_member_dropped_mid_flight_loses_nothing_doubles_nothing_and_keeps_key
     assert!(
         s.done().iter().all(|c| c.attempt == 1),
         "no job was failed, each on attempt 1: {:?}",
-        s.done().iter().filter(|c| c.attempt != 1).collect::<Vec<_>>()
+        s.done()
+            .iter()
+            .filter(|c| c.attempt != 1)
+            .collect::<Vec<_>>()
     );
     no_dead_letters(&bus, &log, "a member dropped mid-flight");
     bus.shutdown(crate::WAIT).await.unwrap();

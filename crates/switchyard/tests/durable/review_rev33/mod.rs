@@ -20,6 +20,7 @@ use super::{WAIT, n_of};
 mod churn;
 mod group;
 mod shutdown;
+mod stress;
 
 /// One handler call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +41,7 @@ struct Script {
     entered: Arc<Mutex<Vec<Call>>>,
     done: Arc<Mutex<Vec<Call>>>,
     fail_once: Arc<Mutex<HashSet<u64>>>,
+    fail_always: Arc<Mutex<HashSet<u64>>>,
     hold: Arc<Mutex<HashSet<u64>>>,
     gate: Arc<Semaphore>,
 }
@@ -50,6 +52,7 @@ impl Script {
             entered: Arc::default(),
             done: Arc::default(),
             fail_once: Arc::default(),
+            fail_always: Arc::default(),
             hold: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         }
@@ -110,7 +113,8 @@ impl Script {
                 if held {
                     let _p = s.gate.acquire().await.unwrap();
                 }
-                let fail = s.fail_once.lock().unwrap().remove(&n);
+                let fail = s.fail_once.lock().unwrap().remove(&n)
+                    || s.fail_always.lock().unwrap().contains(&n);
                 s.done.lock().unwrap().push(call(!fail));
                 if fail {
                     Err(format!("job {n} fails its first call"))
@@ -123,11 +127,7 @@ impl Script {
 }
 
 /// Polls `done` until it holds, at most [`WAIT`]; `what` and `state()` name what was missing.
-async fn wait_until(
-    what: &str,
-    mut done: impl FnMut() -> bool,
-    state: impl Fn() -> String,
-) {
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
     let until = Instant::now() + WAIT;
     while !done() {
         assert!(
@@ -168,11 +168,11 @@ fn no_dead_letters(bus: &Bus, log: &LogTransport, what: &str) {
         "{what}: no message was failed by a handler, yet dead letters: bus {:?}, log {:?}",
         on_bus
             .iter()
-            .map(|l| (l.reason.clone(), l.attempts, l.error.clone()))
+            .map(|l| (l.reason, l.attempts, l.error.clone()))
             .collect::<Vec<_>>(),
         on_log
             .iter()
-            .map(|l| (l.reason.clone(), l.attempts, l.error.clone()))
+            .map(|l| (l.reason, l.attempts, l.error.clone()))
             .collect::<Vec<_>>(),
     );
 }
@@ -181,9 +181,15 @@ fn no_dead_letters(bus: &Bus, log: &LogTransport, what: &str) {
 fn once_each(script: &Script, want: impl IntoIterator<Item = u64>, what: &str) {
     let want: HashSet<u64> = want.into_iter().collect();
     for (n, calls) in script.per_n() {
-        assert!(want.contains(&n), "{what}: job {n} was not expected: {calls:?}");
+        assert!(
+            want.contains(&n),
+            "{what}: job {n} was not expected: {calls:?}"
+        );
         let oks = calls.iter().filter(|c| c.ok).count();
-        assert_eq!(oks, 1, "{what}: job {n} handled successfully {oks} times: {calls:?}");
+        assert_eq!(
+            oks, 1,
+            "{what}: job {n} handled successfully {oks} times: {calls:?}"
+        );
     }
     let missing: Vec<_> = want.difference(&script.ok_set()).copied().collect();
     assert!(missing.is_empty(), "{what}: never handled: {missing:?}");
