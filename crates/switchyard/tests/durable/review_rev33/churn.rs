@@ -332,3 +332,100 @@ async fn dropped_with_no_successor_the_bus_settles_and_a_later_instance_gets_the
     no_dead_letters(&bus, &log, "dropped with no successor");
     bus.shutdown(crate::WAIT).await.unwrap();
 }
+
+/// The dropped instance's handler, released after a new instance started, hands its job back
+/// (`HandBack`): the new instance gets it as attempt 1 (a hand-back is not an attempt), does
+/// not count it as a retry, and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_back_by_a_dropped_instance_comes_to_the_next_as_attempt_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, log) = log_bus(dir.path(), |c| c.with_max_deliver(2));
+    let s = Script::new();
+    s.hold.lock().unwrap().insert(0);
+    s.hand_back_once.lock().unwrap().insert(0);
+    let first = bus
+        .subscribe("w", "jobs.#", s.handler("first", None))
+        .workers(1)
+        .queue_capacity(2)
+        .start()
+        .await
+        .unwrap();
+    for n in 0..6 {
+        bus.publish(Job { n }).await.unwrap();
+    }
+    wait_until(
+        "job 0 in the handler",
+        || s.entered_n(0) && first.info().depth == 2,
+        || format!("{:?}", first.info()),
+    )
+    .await;
+    drop(first);
+    let second = bus
+        .subscribe("w", "jobs.#", s.handler("second", None))
+        .start()
+        .await
+        .unwrap();
+    s.hold.lock().unwrap().clear();
+    s.release();
+    wait_until(
+        "all 6 handled",
+        || s.ok_set().len() == 6,
+        || format!("{:?}", s.done()),
+    )
+    .await;
+    settles(&bus, "after the hand-back").await;
+    once_each(&s, 0..6, "hand-back from a dropped instance");
+    let zero: Vec<_> = s.per_n()[&0]
+        .iter()
+        .map(|c| (c.by.clone(), c.attempt, c.ok))
+        .collect();
+    assert_eq!(
+        zero,
+        [
+            ("first".to_owned(), 1, false),
+            ("second".to_owned(), 1, true)
+        ],
+        "job 0 handed back by `first`, then handled by `second` as attempt 1"
+    );
+    assert_eq!(second.stats().retried, 0, "{:?}", second.stats());
+    no_dead_letters(&bus, &log, "hand-back from a dropped instance");
+    bus.shutdown(crate::WAIT).await.unwrap();
+}
+
+/// An ephemeral subscription dropped with its handler busy and its queue full: what it held
+/// drains, the rest is the transport's to forget, and `run_until_idle` / `pending()` settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_subscription_dropped_mid_flight_leaves_nothing_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bus, log) = log_bus(dir.path(), |c| c);
+    let s = Script::new();
+    s.hold.lock().unwrap().insert(0);
+    let sub = bus
+        .subscribe("view", "jobs.#", s.handler("view", None))
+        .ephemeral()
+        .workers(1)
+        .queue_capacity(2)
+        .start()
+        .await
+        .unwrap();
+    for n in 0..10 {
+        bus.publish(Job { n }).await.unwrap();
+    }
+    wait_until(
+        "job 0 in the handler and the queue full",
+        || s.entered_n(0) && sub.info().depth == 2,
+        || format!("{:?}", sub.info()),
+    )
+    .await;
+    drop(sub);
+    s.release();
+    settles(&bus, "ephemeral dropped mid-flight").await;
+    let handled = s.ok_set();
+    assert!(
+        (0..3).all(|n| handled.contains(&n)) && handled.len() == 3,
+        "the held job and the two queued ones drain, no more: {:?}",
+        s.done()
+    );
+    no_dead_letters(&bus, &log, "ephemeral dropped mid-flight");
+    bus.shutdown(crate::WAIT).await.unwrap();
+}

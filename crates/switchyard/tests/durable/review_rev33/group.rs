@@ -17,14 +17,30 @@ const KEYS: [&str; 3] = ["k0", "k1", "k2"];
 /// order they were published, across the hand-over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_dropped_mid_flight_loses_nothing_doubles_nothing_and_keeps_key_order() {
+    member_dropped(false).await;
+}
+
+/// The same with the first job of each key failing once (retried in place after 200 ms,
+/// possibly while its member is being dropped): each retried job succeeds on attempt 2 before
+/// any later job of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_dropped_with_retries_pending_keeps_key_order() {
+    member_dropped(true).await;
+}
+
+async fn member_dropped(fail_first_of_each_key: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (bus, log) = log_bus(dir.path(), |c| c.with_max_deliver(2));
     let s = Script::new();
+    if fail_first_of_each_key {
+        s.fail_once.lock().unwrap().extend([0, 1, 2]);
+    }
     let a_gate = Arc::new(Semaphore::new(0));
     let a = bus
         .subscribe("g", "jobs.#", s.handler("a", Some(a_gate.clone())))
         .workers(2)
         .queue_capacity(4)
+        .retry_delay(std::time::Duration::from_millis(200))
         .ordering_header("ordering-key")
         .start()
         .await
@@ -33,6 +49,7 @@ async fn a_member_dropped_mid_flight_loses_nothing_doubles_nothing_and_keeps_key
         .subscribe("g", "jobs.#", s.handler("b", None))
         .workers(2)
         .queue_capacity(4)
+        .retry_delay(std::time::Duration::from_millis(200))
         .ordering_header("ordering-key")
         .start()
         .await
@@ -75,8 +92,16 @@ async fn a_member_dropped_mid_flight_loses_nothing_doubles_nothing_and_keeps_key
         sorted.sort_unstable();
         assert_eq!(ns, &sorted, "key {key}: handled out of published order");
     }
+    let retried = if fail_first_of_each_key { 0..3 } else { 0..0 };
+    for n in retried.clone() {
+        let calls: Vec<_> = s.per_n()[&n].iter().map(|c| (c.attempt, c.ok)).collect();
+        assert_eq!(calls, [(1, false), (2, true)], "job {n} (attempt, ok)");
+    }
     assert!(
-        s.done().iter().all(|c| c.attempt == 1),
+        s.done()
+            .iter()
+            .filter(|c| !retried.contains(&c.n))
+            .all(|c| c.attempt == 1),
         "no job was failed, each on attempt 1: {:?}",
         s.done()
             .iter()

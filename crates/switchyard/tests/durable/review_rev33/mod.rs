@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard::{BoxHandler, Bus, Envelope, Outcome, handler_fn};
+use switchyard::{BoxError, BoxHandler, Bus, Envelope, HandBack, Outcome, handler_fn};
 use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::Semaphore;
 
@@ -42,6 +42,8 @@ struct Script {
     done: Arc<Mutex<Vec<Call>>>,
     fail_once: Arc<Mutex<HashSet<u64>>>,
     fail_always: Arc<Mutex<HashSet<u64>>>,
+    /// Messages whose next call hands them back (`HandBack`), once.
+    hand_back_once: Arc<Mutex<HashSet<u64>>>,
     hold: Arc<Mutex<HashSet<u64>>>,
     gate: Arc<Semaphore>,
 }
@@ -53,6 +55,7 @@ impl Script {
             done: Arc::default(),
             fail_once: Arc::default(),
             fail_always: Arc::default(),
+            hand_back_once: Arc::default(),
             hold: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         }
@@ -113,11 +116,15 @@ impl Script {
                 if held {
                     let _p = s.gate.acquire().await.unwrap();
                 }
+                if s.hand_back_once.lock().unwrap().remove(&n) {
+                    s.done.lock().unwrap().push(call(false));
+                    return Err::<Outcome, BoxError>(Box::new(HandBack::new("not here")));
+                }
                 let fail = s.fail_once.lock().unwrap().remove(&n)
                     || s.fail_always.lock().unwrap().contains(&n);
                 s.done.lock().unwrap().push(call(!fail));
                 if fail {
-                    Err(format!("job {n} fails its first call"))
+                    Err(format!("job {n} fails its first call").into())
                 } else {
                     Ok(Outcome::Ack)
                 }
