@@ -60,7 +60,8 @@ impl Bus {
             .checked_add(at.saturating_duration_since(tokio::time::Instant::now()))
             .unwrap_or(now)
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
+            // rounded up: a delayed message is never due before the instant asked for
+            .map(|d| d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 != 0))
             .unwrap_or(0);
         env.headers_mut()
             .insert(DELIVER_AT_HEADER, millis.to_string());

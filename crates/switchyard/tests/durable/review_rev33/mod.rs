@@ -17,10 +17,6 @@ use tokio::sync::Semaphore;
 
 use super::{WAIT, n_of};
 
-/// The resolution of the `deliver-at` header (milliseconds, floored): a delayed job may be
-/// handled up to this much before `publish time + delay` as the test measures it.
-const MS: Duration = Duration::from_millis(1);
-
 mod churn;
 mod group;
 mod shutdown;
