@@ -26,6 +26,8 @@ use crate::timeout::TimeoutError;
 use crate::trace::{TraceContext, delivery_span};
 
 /// What [`Resilient::start_lent`] made of a call.
+// Not boxed: the large variant is the rare one, and a box is what this saves.
+#[allow(clippy::large_enum_variant)]
 pub enum FirstPoll<F, S> {
     /// The call ended at its first poll: its result, and the handler's future of that
     /// attempt, to hand back with [`Resilient::recycle_first`] (or drop).
