@@ -199,9 +199,28 @@ pub const CORRELATION_HEADER: &str = "correlation-id";
 /// that name, in any case, is dropped.
 pub const PRINCIPAL_HEADER: &str = "principal";
 
+/// Headers the node or the bus writes and a client may not: [`PRINCIPAL_HEADER`] (who
+/// published) and the DLQ replay provenance
+/// ([`REPLAYED_FROM`](switchyard_core::dead_letter::REPLAYED_FROM),
+/// [`REPLAY_COUNT`](switchyard_core::dead_letter::REPLAY_COUNT), which only a replay
+/// writes). A client's header named like one of them, in any case, is dropped.
+pub const NODE_OWNED_HEADERS: [&str; 3] = [
+    PRINCIPAL_HEADER,
+    switchyard_core::dead_letter::REPLAYED_FROM,
+    switchyard_core::dead_letter::REPLAY_COUNT,
+];
+
+/// True when a client header named `name` is one the node owns ([`NODE_OWNED_HEADERS`], any
+/// case).
+fn node_owned(name: &str) -> bool {
+    NODE_OWNED_HEADERS
+        .iter()
+        .any(|owned| name.eq_ignore_ascii_case(owned))
+}
+
 /// Builds the envelope of a gateway publish, send or request. `principal` is stamped in the
 /// [`PRINCIPAL_HEADER`] so handlers and audits know who published; a client header named
-/// `principal` in any case is dropped.
+/// like one of [`NODE_OWNED_HEADERS`] in any case is dropped.
 pub fn build_envelope(
     topic: Topic,
     kind: Kind,
@@ -247,11 +266,11 @@ pub fn build_envelope(
     if let Some(s) = meta.source {
         env.set_source(Some(s.into()));
     }
-    // The `principal` header is the node's: a client's, in any case (a WebSocket `headers`
-    // name keeps its case, an HTTP one arrives lowercased), is dropped, so no forged
-    // `Principal` rides along with it.
+    // The `principal` header and the replay provenance are the node's: a client's, in any
+    // case (a WebSocket `headers` name keeps its case, an HTTP one arrives lowercased), is
+    // dropped, so no forged `Principal` or `Replayed-From` rides along with it.
     for (k, v) in meta.headers {
-        if !k.eq_ignore_ascii_case(PRINCIPAL_HEADER) {
+        if !node_owned(&k) {
             env.headers_mut().insert(k.as_str(), v.as_str());
         }
     }

@@ -72,7 +72,9 @@ async fn an_event_on_a_reaches_every_node_once_and_a_cross_node_group_once() {
     let total = eventually("the group's handled counts add up to 30", || async {
         let mut sum = 0;
         for n in &nodes {
-            sum += subscription(&n.url, "ws:group:g25").await.unwrap()["handled"]
+            sum += subscription(&n.url, "ws:group:anonymous:g25")
+                .await
+                .unwrap()["handled"]
                 .as_u64()
                 .unwrap();
         }
@@ -363,14 +365,14 @@ async fn each_node_reports_its_own_part_and_a_replay_on_a_reaches_b() {
     let item = &dl["items"][0];
     assert_eq!(item["message"]["id"], "bad-1", "{dl}");
     assert_ids_kept(&item["message"]);
-    assert_eq!(item["handler"], "ws:group:picky", "{dl}");
+    assert_eq!(item["handler"], "ws:group:anonymous:picky", "{dl}");
     assert!(nacks >= 1, "{nacks}");
     // B's own part: no dead letter there, its subscriber got the event once.
     let (_, vb) = get_json(&format!("{b}/v1/dlq")).await;
     assert_eq!(vb["total"], 0, "{vb}");
-    let sub_a = subscription(&a, "ws:group:picky").await.unwrap();
+    let sub_a = subscription(&a, "ws:group:anonymous:picky").await.unwrap();
     assert_eq!(sub_a["dead_lettered"], 1, "{sub_a}");
-    assert!(subscription(&b, "ws:group:picky").await.is_none());
+    assert!(subscription(&b, "ws:group:anonymous:picky").await.is_none());
     let (_, sta) = get_json(&format!("{a}/v1/stats")).await;
     let (_, stb) = get_json(&format!("{b}/v1/stats")).await;
     assert_eq!(

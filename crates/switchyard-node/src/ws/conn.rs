@@ -23,11 +23,13 @@ use crate::wire::MessageJson;
 pub(crate) enum Settle {
     /// `ack`.
     Ack,
-    /// `nack`, with the delay the client asked for.
-    Nack(Option<Duration>),
+    /// `nack`, with the delay the client asked for and its `error` (why the attempt failed).
+    Nack(Option<Duration>, Option<String>),
+    /// `nack` with `reject: true`: refused for good (dead-lettered at once), with its `error`.
+    Reject(Option<String>),
     /// `nack` with `hand_back: true` ("not mine, not now"), with the delay the client asked
-    /// for: the bus's [`HandBack`](switchyard::HandBack), not an attempt.
-    HandBack(Option<Duration>),
+    /// for and its `error` (why): the bus's [`HandBack`](switchyard::HandBack), not an attempt.
+    HandBack(Option<Duration>, Option<String>),
     /// Evicted from the outbound buffer before the client saw it (`drop_oldest`).
     Dropped,
 }
@@ -58,10 +60,12 @@ pub(crate) enum CallResult {
 pub(crate) enum Handed {
     /// Acked (auto: queued for the client; manual: the client's `ack`).
     Acked,
-    /// The client's `nack`.
-    Nacked(Option<Duration>),
-    /// The client's `nack` with `hand_back: true`.
-    GaveBack(Option<Duration>),
+    /// The client's `nack`, with its delay and error text.
+    Nacked(Option<Duration>, Option<String>),
+    /// The client's `nack` with `reject: true`, with its error text.
+    Rejected(Option<String>),
+    /// The client's `nack` with `hand_back: true`, with its delay and error text.
+    GaveBack(Option<Duration>, Option<String>),
     /// Evicted from the buffer before the client saw it (manual only).
     Dropped,
     /// The connection closed before it was settled.
@@ -187,8 +191,9 @@ impl Conn {
                 tokio::select! {
                     settled = rx => match settled {
                         Ok(Settle::Ack) => Handed::Acked,
-                        Ok(Settle::Nack(delay)) => Handed::Nacked(delay),
-                        Ok(Settle::HandBack(delay)) => Handed::GaveBack(delay),
+                        Ok(Settle::Nack(delay, error)) => Handed::Nacked(delay, error),
+                        Ok(Settle::Reject(error)) => Handed::Rejected(error),
+                        Ok(Settle::HandBack(delay, error)) => Handed::GaveBack(delay, error),
                         Ok(Settle::Dropped) => Handed::Dropped,
                         Err(_) => Handed::Gone,
                     },

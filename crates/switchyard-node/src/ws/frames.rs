@@ -210,7 +210,7 @@ impl Op {
             Self::Publish => MESSAGE_FIELDS,
             Self::PublishBatch => &["messages"],
             Self::Ack => &["delivery"],
-            Self::Nack => &["delivery", "delay_ms", "hand_back"],
+            Self::Nack => &["delivery", "delay_ms", "hand_back", "reject", "error"],
             Self::Handle => &["topic", "group", "concurrency"],
             Self::Unhandle => &["topic"],
             Self::Result => &[

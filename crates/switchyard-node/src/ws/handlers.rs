@@ -6,7 +6,9 @@
 //!   the commands it holds at once; an `ok: false` is retried by the node's policy; a
 //!   `hand_back: true` is the bus's [`HandBack`] (not an attempt: see docs/gateway.md).
 //! - **Group** (`handle` with `group`): one bus handler for the topic
-//!   (`ws-handler:group:<group>`) hands each command to a live member, round robin. When
+//!   (`ws-handler:group:<principal>:<group>`, see [`group_bus_name`]) hands each command to
+//!   a live member, round robin. A group belongs to one principal: another principal's
+//!   `handle` of the topic is refused, whatever group it names. When
 //!   that member disconnects, fails (`ok: false`), hands it back (`hand_back: true`) or
 //!   loses the command from its full buffer, the command goes to the next member it has not
 //!   been to: each member gets it
@@ -17,7 +19,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use switchyard::{BoxError, Envelope, HandBack, Outcome, Permanent, Subscription};
+use switchyard::{BoxError, Envelope, HandBack, Outcome, Permanent, SubscribeError, Subscription};
 
 use super::conn::{CallResult, Conn};
 use super::targets::{Hub, subscribe_error};
@@ -84,10 +86,50 @@ pub(crate) struct RemoteHandlerGroupEmpty {
 /// `ws-handler:<principal>:<connection>:<handler id>`, e.g. `ws-handler:alice:7:h1`. Distinct
 /// for each registration of each connection (so `/v1/stats`, `/v1/topology` and `/metrics`
 /// tell two handlers of one principal apart, as for subscriptions: see
-/// [`own_name`](super::targets::own_name)), never reused by this node, and never a group's
-/// (`ws-handler:group:<group>`: a group name has no `:`).
+/// [`own_name`](super::targets::own_name)) and never reused by this node.
 pub(crate) fn own_name(principal: &str, conn: u64, hid: &str) -> String {
     format!("{}{principal}:{conn}:{hid}", super::HANDLER_PREFIX)
+}
+
+/// A registration refused by the bus: a topic that has its handler already names it, unless it
+/// is another principal's remote handler (its name holds that principal and its group).
+fn handle_error(e: SubscribeError, principal: &str) -> ApiError {
+    if let SubscribeError::DuplicateHandler { topic, existing } = &e
+        && existing.starts_with(super::HANDLER_PREFIX)
+        && !is_own_registration(existing, principal)
+    {
+        return ApiError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "command topic {topic} already has a handler (a remote handler of another principal)"
+            ),
+        );
+    }
+    subscribe_error(e)
+}
+
+/// True when bus handler name `name` is a remote handler of `principal`: its own
+/// (`ws-handler:<principal>:<connection>:h<n>`) or its group's
+/// (`ws-handler:group:<escaped principal>:<group>`).
+fn is_own_registration(name: &str, principal: &str) -> bool {
+    let group_prefix = format!(
+        "{}group:{}:",
+        super::HANDLER_PREFIX,
+        super::targets::escape_principal(principal)
+    );
+    if let Some(group) = name.strip_prefix(&group_prefix) {
+        return !group.contains(':');
+    }
+    let own_prefix = format!("{}{principal}:", super::HANDLER_PREFIX);
+    name.strip_prefix(&own_prefix)
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(conn, hid)| {
+            !conn.is_empty()
+                && conn.bytes().all(|b| b.is_ascii_digit())
+                && hid
+                    .strip_prefix('h')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// Registers `conn` as the one handler of command topic `topic`, named `name`.
@@ -109,7 +151,7 @@ async fn handle(
         .workers(concurrency.max(1))
         .start()
         .await
-        .map_err(subscribe_error)
+        .map_err(|e| handle_error(e, conn.principal.name()))
 }
 
 async fn remote_call(conn: Arc<Conn>, env: Envelope) -> Result<Outcome, BoxError> {
@@ -215,6 +257,8 @@ impl HandlerGroup {
 /// A handler group of the node: its topic's bus handler and its members.
 pub(crate) struct HandlerGroupEntry {
     group: Arc<HandlerGroup>,
+    /// The principal whose group it is: only its connections join it.
+    principal: String,
     concurrency: usize,
     _subscription: Subscription,
 }
@@ -237,13 +281,15 @@ pub(crate) enum HandlerRecord {
         name: String,
         _subscription: Subscription,
     },
-    /// Membership of a handler group, whose bus name (`ws-handler:group:<group>`) is `name`.
+    /// Membership of a handler group, whose bus name (`ws-handler:group:<principal>:<group>`,
+    /// see [`group_bus_name`]) is `name`.
     Group { name: String },
 }
 
 impl HandlerRecord {
     /// The name the bus lists the handler under: `ws-handler:<principal>:<connection>:<id>`
-    /// for the connection's own (see [`own_name`]), `ws-handler:group:<group>` for a group.
+    /// for the connection's own (see [`own_name`]), `ws-handler:group:<principal>:<group>`
+    /// for a group (see [`group_bus_name`]).
     pub(crate) fn bus_name(&self) -> &str {
         match self {
             Self::Own { name, .. } | Self::Group { name } => name,
@@ -251,9 +297,15 @@ impl HandlerRecord {
     }
 }
 
-/// The bus handler name of remote handler group `group`: `ws-handler:group:<group>`.
-fn group_bus_name(group: &str) -> String {
-    format!("{}group:{group}", super::HANDLER_PREFIX)
+/// The bus handler name of remote handler group `group` of `principal`:
+/// `ws-handler:group:<principal>:<group>`, the principal escaped as in a subscription
+/// group's name ([`escape_principal`](super::targets::escape_principal)).
+pub(crate) fn group_bus_name(principal: &str, group: &str) -> String {
+    format!(
+        "{}group:{}:{group}",
+        super::HANDLER_PREFIX,
+        super::targets::escape_principal(principal)
+    )
 }
 
 impl Hub {
@@ -275,8 +327,19 @@ impl Hub {
             });
         };
         super::targets::check_group_name(name)?;
+        let principal = conn.principal.name();
         let mut groups = self.handler_groups.lock().await;
         if let Some(entry) = groups.get(spec.topic) {
+            if entry.principal != principal {
+                // Neither its name nor its settings are told to another principal.
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is handled by a handler group of another principal; handle another topic",
+                        spec.topic
+                    ),
+                ));
+            }
             if entry.group.name != name {
                 return Err(ApiError::new(
                     ErrorKind::BadRequest,
@@ -297,7 +360,7 @@ impl Hub {
             }
             lock(&entry.group.members).push(conn.clone());
             return Ok(HandlerRecord::Group {
-                name: group_bus_name(name),
+                name: group_bus_name(principal, name),
             });
         }
         let group = Arc::new(HandlerGroup {
@@ -309,21 +372,22 @@ impl Hub {
         let handler = switchyard::handler_fn(move |env: Envelope| g.clone().call(env));
         let subscription = state
             .bus
-            .handle_envelope(&group_bus_name(name), spec.topic, handler)
+            .handle_envelope(&group_bus_name(principal, name), spec.topic, handler)
             .workers(concurrency.max(1))
             .start()
             .await
-            .map_err(subscribe_error)?;
+            .map_err(|e| handle_error(e, principal))?;
         groups.insert(
             spec.topic.to_owned(),
             HandlerGroupEntry {
                 group,
+                principal: principal.to_owned(),
                 concurrency,
                 _subscription: subscription,
             },
         );
         Ok(HandlerRecord::Group {
-            name: group_bus_name(name),
+            name: group_bus_name(principal, name),
         })
     }
 
@@ -370,4 +434,29 @@ impl Hub {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_is_told_apart_by_its_principal() {
+        assert!(is_own_registration("ws-handler:alice:7:h1", "alice"));
+        assert!(is_own_registration(
+            "ws-handler:group:alice:workers",
+            "alice"
+        ));
+        assert!(is_own_registration("ws-handler:group:svc-5Fa:w", "svc_a"));
+        assert!(!is_own_registration("ws-handler:bob:7:h1", "alice"));
+        assert!(!is_own_registration("ws-handler:alice:x:7:h1", "alice"));
+        assert!(!is_own_registration(
+            "ws-handler:group:bob:workers",
+            "alice"
+        ));
+        assert!(!is_own_registration(
+            "ws-handler:group:alice-3Ax:w",
+            "alice"
+        ));
+    }
 }

@@ -80,13 +80,14 @@ const MAX_CONCURRENCY: usize = 1024;
 
 /// Names of the bus subscriptions WebSocket clients make start with this
 /// (`ws:<principal>:<connection>:<subscription id>` for their own, see
-/// [`targets::own_name`], `ws:group:<group>` for groups); remote handlers are
+/// [`targets::own_name`], `ws:group:<principal>:<group>` for groups, see
+/// [`targets::group_bus_name`]); remote handlers are
 /// `ws-handler:...` ([`HANDLER_PREFIX`]).
 pub(crate) const SUBSCRIPTION_PREFIX: &str = "ws:";
 
 /// Names of the bus handlers WebSocket clients register
 /// (`ws-handler:<principal>:<connection>:<handler id>` alone, see [`handlers::own_name`],
-/// `ws-handler:group:<group>` for groups).
+/// `ws-handler:group:<principal>:<group>` for groups, see [`handlers::group_bus_name`]).
 pub(crate) const HANDLER_PREFIX: &str = "ws-handler:";
 
 /// True for a bus registration a WebSocket client made: a subscription or a remote handler.
@@ -458,10 +459,18 @@ impl Session {
         let name = if op == Op::Ack { "ack" } else { "nack" };
         let delivery = required(frame.delivery.as_deref(), name, "delivery")?;
         let delay = frame.delay_ms.map(Duration::from_millis);
+        let error = frame.error.as_deref().map(str::to_owned);
         let settle = match op {
             Op::Ack => Settle::Ack,
-            _ if frame.hand_back == Some(true) => Settle::HandBack(delay),
-            _ => Settle::Nack(delay),
+            _ if frame.hand_back == Some(true) && frame.reject == Some(true) => {
+                return Err(ApiError::new(
+                    ErrorKind::BadRequest,
+                    "nack: `hand_back` and `reject` exclude each other (hand back: deliver it again; reject: dead-letter it now)",
+                ));
+            }
+            _ if frame.hand_back == Some(true) => Settle::HandBack(delay, error),
+            _ if frame.reject == Some(true) => Settle::Reject(error),
+            _ => Settle::Nack(delay, error),
         };
         let known = delivery
             .parse::<u64>()

@@ -42,10 +42,21 @@ struct NoMemberHere(String);
 
 /// A WebSocket subscriber's `nack` with `hand_back: true`.
 #[derive(Debug, thiserror::Error)]
-#[error("handed back by WebSocket connection {conn} ({label})")]
+#[error("handed back by WebSocket connection {conn} ({label}){why}")]
 struct SubscriberHandedBack {
     conn: u64,
     label: String,
+    /// `": <the client's error>"`, or empty.
+    why: String,
+}
+
+/// A WebSocket subscriber's `nack` with an `error` (and no delay): a failed attempt, whose
+/// text the dead letter keeps.
+#[derive(Debug, thiserror::Error)]
+#[error("WebSocket subscriber (connection {conn}) failed: {error}")]
+struct SubscriberFailed {
+    conn: u64,
+    error: String,
 }
 
 #[derive(Clone)]
@@ -104,8 +115,26 @@ impl Target {
             };
             match member.conn.deliver(&member.sid, self.mode, &env).await {
                 Handed::Acked => return Ok(Outcome::Ack),
-                Handed::Nacked(after) => return Ok(Outcome::Retry { after }),
-                Handed::GaveBack(after) => return Err(self.handed_back(&member, after)),
+                // A failed attempt with the client's reason (kept in the dead letter), or, with
+                // a delay or no reason, the retry it asked for.
+                Handed::Nacked(None, Some(error)) => {
+                    return Err(Box::new(SubscriberFailed {
+                        conn: member.conn.id,
+                        error,
+                    }));
+                }
+                Handed::Nacked(after, _) => return Ok(Outcome::Retry { after }),
+                Handed::Rejected(error) => {
+                    return Ok(Outcome::reject(error.unwrap_or_else(|| {
+                        format!(
+                            "rejected by WebSocket connection {} ({})",
+                            member.conn.id, self.label
+                        )
+                    })));
+                }
+                Handed::GaveBack(after, error) => {
+                    return Err(self.handed_back(&member, after, error));
+                }
                 Handed::Dropped => return Ok(Outcome::retry()),
                 // That member's connection closed: the next one gets it at once.
                 Handed::Gone => continue,
@@ -118,10 +147,16 @@ impl Target {
     /// again (to this subscription, or another member of the group on any node); any other
     /// (the memory transport) has nowhere to go back to and fails for good at once, as a
     /// Rust handler's hand-back does (docs/bus.md).
-    fn handed_back(&self, member: &Member, after: Option<Duration>) -> BoxError {
+    fn handed_back(
+        &self,
+        member: &Member,
+        after: Option<Duration>,
+        why: Option<String>,
+    ) -> BoxError {
         let back = HandBack::new(SubscriberHandedBack {
             conn: member.conn.id,
             label: self.label.clone(),
+            why: why.map(|w| format!(": {w}")).unwrap_or_default(),
         });
         Box::new(match after {
             Some(d) => back.after(d),
@@ -163,38 +198,65 @@ pub(crate) enum SubRecord {
         target: Arc<Target>,
         _subscription: Subscription,
     },
-    /// Membership of a shared group (`name`: the group's name, not its bus name).
+    /// Membership of a shared group, whose bus name (`ws:group:<principal>:<group>`, see
+    /// [`group_bus_name`]) is `name`.
     Group { name: String },
 }
 
 impl SubRecord {
     /// The name the bus lists the subscription under: `ws:<principal>:<connection>:<id>`
-    /// for the connection's own, `ws:group:<group>` for a group (see [`own_name`]).
+    /// for the connection's own (see [`own_name`]), `ws:group:<principal>:<group>` for a
+    /// group (see [`group_bus_name`]).
     pub(crate) fn bus_name(&self) -> String {
         match self {
-            Self::Own { name, .. } => name.clone(),
-            Self::Group { name } => group_bus_name(name),
+            Self::Own { name, .. } | Self::Group { name } => name.clone(),
         }
     }
 }
 
-/// The bus subscription name of WebSocket group `group`: `ws:group:<group>`.
-fn group_bus_name(group: &str) -> String {
-    format!("{}group:{group}", super::SUBSCRIPTION_PREFIX)
+/// The bus subscription name of WebSocket group `group` of `principal`:
+/// `ws:group:<principal>:<group>`, the principal escaped by [`escape_principal`]. A group
+/// belongs to one principal: another principal naming a group alike gets a group of its own
+/// (docs/gateway.md, "Groups belong to a principal").
+pub(crate) fn group_bus_name(principal: &str, group: &str) -> String {
+    format!(
+        "{}group:{}:{group}",
+        super::SUBSCRIPTION_PREFIX,
+        escape_principal(principal)
+    )
+}
+
+/// A principal's name as it stands in a group's bus name: ASCII letters and digits as they
+/// are, every other byte (of its UTF-8) as `-` and two upper-case hex digits (`svc_orders` is
+/// `svc-5Forders`, `a-b` is `a-2Db`). The result holds only `A-Z a-z 0-9 -`: no `:` (so the
+/// bus name splits one way) and no `_`, the character NATS puts for `:` in a consumer name
+/// (so two principals' groups never map to one NATS consumer, as they would if
+/// `svc_orders` and `svc:orders`, or `a` with group `b_c` and `a_b` with group `c`, were
+/// written as they are); one name escapes one way, two names never alike.
+pub(crate) fn escape_principal(principal: &str) -> String {
+    let mut out = String::with_capacity(principal.len());
+    for b in principal.bytes() {
+        if b.is_ascii_alphanumeric() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("-{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The bus subscription name of a connection's own subscription:
 /// `ws:<principal>:<connection>:<subscription id>`, e.g. `ws:alice:7:s1`. Distinct for each
 /// subscription of each connection (so `/v1/subscriptions`, `/v1/stats`, `/v1/topology` and
-/// `/metrics` tell two clients of one principal apart), stable while it lives, never reused
-/// by this node (connection numbers only grow), and never a group's (`ws:group:<group>`: a
-/// group name has no `:`).
+/// `/metrics` tell two clients of one principal apart), stable while it lives, and never
+/// reused by this node (connection numbers only grow).
 pub(crate) fn own_name(principal: &str, conn: u64, sid: &str) -> String {
     format!("{}{principal}:{conn}:{sid}", super::SUBSCRIPTION_PREFIX)
 }
 
 /// Group names: the group's bus subscription and transport consumer group are named after
-/// them (`ws:group:<group>`), apart from an application's subscriptions.
+/// them and their principal (`ws:group:<principal>:<group>`), apart from an application's
+/// subscriptions.
 pub(super) fn check_group_name(group: &str) -> Result<(), ApiError> {
     let ok = !group.is_empty()
         && group.len() <= 64
@@ -279,6 +341,7 @@ pub(crate) struct SubscribeSpec<'a> {
 /// WebSocket connections and consumer groups of one node.
 #[derive(Default)]
 pub struct Hub {
+    /// Subscription groups, by bus name (which holds the principal: see [`group_bus_name`]).
     groups: tokio::sync::Mutex<HashMap<String, GroupEntry>>,
     /// Remote handler groups, by command topic (a topic has one handler on the bus).
     pub(super) handler_groups:
@@ -337,8 +400,11 @@ impl Hub {
             });
         };
         check_group_name(group)?;
+        // The group of this principal: another's group of that name is another group, so
+        // it is never joined, never refuses this one, and its pattern is never told here.
+        let name = group_bus_name(conn.principal.name(), group);
         let mut groups = self.groups.lock().await;
-        if let Some(entry) = groups.get(group) {
+        if let Some(entry) = groups.get(&name) {
             if entry.pattern != spec.pattern || entry.mode != spec.mode {
                 return Err(ApiError::new(
                     ErrorKind::BadRequest,
@@ -350,9 +416,7 @@ impl Hub {
                 ));
             }
             entry.target.add(conn.clone(), spec.sid.clone());
-            return Ok(SubRecord::Group {
-                name: group.to_owned(),
-            });
+            return Ok(SubRecord::Group { name });
         }
         // On the log or NATS the group's bus subscription is its consumer group there.
         let shared = state.health.transport.kind() != "memory";
@@ -363,17 +427,10 @@ impl Hub {
             shared,
         ));
         target.add(conn.clone(), spec.sid.clone());
-        let subscription = start_subscription(
-            state,
-            &group_bus_name(group),
-            spec.pattern,
-            target.clone(),
-            workers,
-            false,
-        )
-        .await?;
+        let subscription =
+            start_subscription(state, &name, spec.pattern, target.clone(), workers, false).await?;
         groups.insert(
-            group.to_owned(),
+            name.clone(),
             GroupEntry {
                 pattern: spec.pattern.to_owned(),
                 mode: spec.mode,
@@ -381,9 +438,7 @@ impl Hub {
                 _subscription: subscription,
             },
         );
-        Ok(SubRecord::Group {
-            name: group.to_owned(),
-        })
+        Ok(SubRecord::Group { name })
     }
 
     /// Ends a subscription of connection `conn`: drops its own (and the `/v1/stats` rows
@@ -418,9 +473,8 @@ impl Hub {
                     // Under the lock: a group made again under this name meanwhile keeps its
                     // rows.
                     drop(groups.remove(&name));
-                    let bus_name = group_bus_name(&name);
-                    state.handlers.forget(&bus_name);
-                    state.latency.forget(&bus_name);
+                    state.handlers.forget(&name);
+                    state.latency.forget(&name);
                 }
             }
         }
@@ -434,6 +488,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_principal_escapes_to_letters_digits_and_dashes_one_way() {
+        assert_eq!(escape_principal("alice"), "alice");
+        assert_eq!(escape_principal("svc_orders"), "svc-5Forders");
+        assert_eq!(escape_principal("a-b:c"), "a-2Db-3Ac");
+        assert_eq!(escape_principal("é"), "-C3-A9");
+        // Names NATS would map to one consumer name stay apart, and so do the splits of a
+        // principal and a group name.
+        let names = [
+            group_bus_name("svc_orders", "g"),
+            group_bus_name("svc:orders", "g"),
+            group_bus_name("svc.orders", "g"),
+            group_bus_name("a", "b_c"),
+            group_bus_name("a_b", "c"),
+            group_bus_name("a:b", "c"),
+        ];
+        let sanitized: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| {
+                n.replace(
+                    |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                    "_",
+                )
+            })
+            .collect();
+        assert_eq!(sanitized.len(), names.len(), "{names:?}");
+    }
 
     #[test]
     fn an_ephemeral_log_subscriber_keeps_every_message_made_after_it_subscribed() {

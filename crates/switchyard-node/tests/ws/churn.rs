@@ -60,7 +60,7 @@ async fn a_delivery_the_log_redelivers_counts_as_a_retry() {
     c.send(json!({"op": "ack", "delivery": second["delivery"]}))
         .await;
     let stats = eventually("the redelivery acked", || async {
-        sub_stats(&node, "ws:group:g")
+        sub_stats(&node, "ws:group:anonymous:g")
             .await
             .filter(|s| s["acked"] == 1)
     })
@@ -70,7 +70,7 @@ async fn a_delivery_the_log_redelivers_counts_as_a_retry() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("switchyard_subscription_retried_total{")
-                && l.contains("subscription=\"ws:group:g\"")
+                && l.contains("subscription=\"ws:group:anonymous:g\"")
                 && l.ends_with(" 1")),
         "{text}"
     );
@@ -133,7 +133,7 @@ async fn a_nack_retried_in_place_on_the_log_counts_once() {
     c.send(json!({"op": "ack", "delivery": second["delivery"]}))
         .await;
     let stats = eventually("the second delivery acked", || async {
-        sub_stats(&node, "ws:group:g")
+        sub_stats(&node, "ws:group:anonymous:g")
             .await
             .filter(|s| s["acked"] == 1)
     })
@@ -143,7 +143,7 @@ async fn a_nack_retried_in_place_on_the_log_counts_once() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("switchyard_subscription_retried_total{")
-                && l.contains("subscription=\"ws:group:g\"")
+                && l.contains("subscription=\"ws:group:anonymous:g\"")
                 && l.ends_with(" 1")),
         "{text}"
     );
@@ -184,9 +184,9 @@ async fn a_subscription_that_goes_away_leaves_no_rows_in_metrics() {
     node.bus.run_until_idle().await;
     let text = metrics_text(&node).await;
     for i in 0..50 {
-        let rows = rows_of(&text, &format!("ws:group:churn{i}"));
+        let rows = rows_of(&text, &format!("ws:group:anonymous:churn{i}"));
         assert!(rows.len() >= 13, "churn{i} while subscribed: {rows:?}");
-        let handler = format!("handler=\"ws:group:churn{i}\"");
+        let handler = format!("handler=\"ws:group:anonymous:churn{i}\"");
         assert!(
             text.lines()
                 .any(|l| l.starts_with("switchyard_delivered_total{") && l.contains(&handler)),
@@ -210,7 +210,12 @@ async fn a_subscription_that_goes_away_leaves_no_rows_in_metrics() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["name"].as_str().unwrap().starts_with("ws:group:churn"))
+            .filter(|s| {
+                s["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ws:group:anonymous:churn")
+            })
             .count();
         (left == 0).then_some(())
     })
@@ -218,11 +223,11 @@ async fn a_subscription_that_goes_away_leaves_no_rows_in_metrics() {
     let text = metrics_text(&node).await;
     let left: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("ws:group:churn"))
+        .filter(|l| l.contains("ws:group:anonymous:churn"))
         .collect();
     assert!(left.is_empty(), "rows of removed subscriptions: {left:?}");
     assert!(
-        rows_of(&text, "ws:group:stays").len() >= 13,
+        rows_of(&text, "ws:group:anonymous:stays").len() >= 13,
         "the live subscription's rows: {text}"
     );
     stays.close().await;

@@ -176,9 +176,9 @@ async fn subscribed_and_handling_answers_name_the_bus_registration() {
         names[0].starts_with("ws:anonymous:") && names[0].ends_with(&format!(":{sid}")),
         "{names:?}"
     );
-    assert_eq!(names[1], "ws:group:names");
+    assert_eq!(names[1], "ws:group:anonymous:names");
     assert!(names[2].starts_with("ws-handler:anonymous:"), "{names:?}");
-    assert_eq!(names[3], "ws-handler:group:workers");
+    assert_eq!(names[3], "ws-handler:group:anonymous:workers");
     let stats = get(&node, "/v1/stats").await;
     let bus_names = listed(&stats);
     for n in &names {
@@ -197,7 +197,7 @@ async fn subscribed_and_handling_answers_name_the_bus_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_leaves_no_rows_after_its_last_member() {
     let node = TestNode::start("").await;
-    let name = "ws:group:leaving";
+    let name = "ws:group:anonymous:leaving";
     let mut a = node.client().await;
     let mut b = node.client().await;
     for c in [&mut a, &mut b] {
@@ -225,12 +225,12 @@ async fn a_group_leaves_no_rows_after_its_last_member() {
     assert_group_left_no_rows(node, name, "group").await;
 }
 
-/// The same for a remote handler group (`ws-handler:group:<group>`): its `/v1/stats` rows
+/// The same for a remote handler group (`ws-handler:group:<principal>:<group>`): its `/v1/stats` rows
 /// go when its last member leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_group_leaves_no_rows_after_its_last_member() {
     let node = TestNode::start("").await;
-    let name = "ws-handler:group:hleaving";
+    let name = "ws-handler:group:anonymous:hleaving";
     let mut a = node.client().await;
     let mut b = node.client().await;
     for c in [&mut a, &mut b] {
@@ -292,5 +292,129 @@ async fn assert_group_left_no_rows(node: TestNode, name: &str, what: &str) {
     let metrics = metrics_text(&node).await;
     let left: Vec<&str> = metrics.lines().filter(|l| l.contains(name)).collect();
     assert!(left.is_empty(), "/metrics keeps series of {name}: {left:?}");
+    node.stop().await;
+}
+
+/// Publishes one message to `topic`, lets a manual subscriber nack it with `nack` (plus the
+/// delivery) on every delivery until it is dead-lettered, and returns the dead letter and how
+/// many deliveries the subscriber got.
+async fn nacked_until_dead_lettered(topic: &str, nack: Value) -> (Value, usize) {
+    let node = TestNode::start("").await;
+    let mut c = node.client().await;
+    c.subscribe(&format!("{topic}.#"), json!({"ack": "manual"}))
+        .await;
+    node.bus
+        .publish_envelope(event(&format!("{topic}.x"), 1))
+        .await
+        .unwrap();
+    let mut deliveries = 0;
+    let dlq = loop {
+        let m = c.recv().await;
+        match m["op"].as_str() {
+            Some("message") => {
+                deliveries += 1;
+                let mut frame = nack.clone();
+                frame["op"] = json!("nack");
+                frame["delivery"] = m["delivery"].clone();
+                c.send(frame).await;
+            }
+            _ => panic!("expected a message: {m}"),
+        }
+        let v = get(&node, "/v1/dlq").await;
+        if v["total"] == 1 {
+            break v;
+        }
+        if deliveries == 3 {
+            break eventually("the message to be dead-lettered", || async {
+                let v = get(&node, "/v1/dlq").await;
+                (v["total"] == 1).then_some(v)
+            })
+            .await;
+        }
+    };
+    c.close().await;
+    node.stop().await;
+    (dlq["items"][0].clone(), deliveries)
+}
+
+/// A subscriber's `nack` with an `error` is a failed attempt whose text the dead letter keeps
+/// (before: `nack` had no `error`, a Python handler's exception was only logged on the
+/// client, and the dead letter said "handler asked for a retry").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_s_error_is_kept_in_the_dead_letter() {
+    let (letter, deliveries) = nacked_until_dead_lettered(
+        "nerr",
+        json!({"error": "ZeroDivisionError: division by zero"}),
+    )
+    .await;
+    assert_eq!(deliveries, 3, "the node's 3 attempts: {letter}");
+    let error = letter["error"].as_str().unwrap();
+    assert!(
+        error.contains("ZeroDivisionError: division by zero"),
+        "the dead letter lost the subscriber's error: {letter}"
+    );
+}
+
+/// `reject: true` refuses the message for good: dead-lettered at once (reason `rejected`),
+/// with the subscriber's `error` as its reason; not offered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_with_reject_dead_letters_at_once() {
+    let (letter, deliveries) =
+        nacked_until_dead_lettered("nrej", json!({"reject": true, "error": "not an order"})).await;
+    assert_eq!(
+        deliveries, 1,
+        "a rejected message was offered again: {letter}"
+    );
+    assert_eq!(letter["reason"], "rejected", "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("not an order"),
+        "{letter}"
+    );
+}
+
+/// A hand-back's `error` says why; in memory (nowhere to go back to) the dead letter keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_back_s_reason_is_kept_in_the_dead_letter() {
+    let (letter, deliveries) = nacked_until_dead_lettered(
+        "nhb",
+        json!({"hand_back": true, "error": "tenant 7 lives elsewhere"}),
+    )
+    .await;
+    assert_eq!(deliveries, 1, "{letter}");
+    let error = letter["error"].as_str().unwrap();
+    assert!(
+        error.contains("handed back by WebSocket connection")
+            && error.contains("tenant 7 lives elsewhere"),
+        "{letter}"
+    );
+}
+
+/// `hand_back` and `reject` together are refused with `bad_request`, the delivery still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_cannot_both_hand_back_and_reject() {
+    let node = TestNode::start("").await;
+    let mut c = node.client().await;
+    c.subscribe("nboth.#", json!({"ack": "manual"})).await;
+    node.bus
+        .publish_envelope(event("nboth.x", 1))
+        .await
+        .unwrap();
+    let m = c.expect("message").await;
+    let v = c
+        .ask(json!({"op": "nack", "id": "n", "delivery": m["delivery"], "hand_back": true, "reject": true}))
+        .await;
+    assert_eq!(v["op"], "error", "{v}");
+    assert_eq!(v["error"]["kind"], "bad_request", "{v}");
+    // The ack finds the delivery still waiting (else an error op comes before the answer).
+    c.send(json!({"op": "ack", "delivery": m["delivery"]}))
+        .await;
+    let v = c
+        .ask(json!({"op": "unsubscribe", "id": "u", "subscription": m["subscription"]}))
+        .await;
+    assert_eq!(
+        v["op"], "unsubscribed",
+        "the delivery no longer waited: {v}"
+    );
+    c.close().await;
     node.stop().await;
 }

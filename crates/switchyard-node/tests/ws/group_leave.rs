@@ -38,7 +38,12 @@ async fn on_the_log_a_group_whose_last_member_leaves_keeps_its_unacked_delivery_
     first.close().await; // the group's last member leaves without acking
     // The group's bus subscription ends with its last member.
     eventually("the group's subscription ended", || async {
-        (!node.bus.registry().iter().any(|s| s.name == "ws:group:g")).then_some(())
+        (!node
+            .bus
+            .registry()
+            .iter()
+            .any(|s| s.name == "ws:group:anonymous:g"))
+        .then_some(())
     })
     .await;
     assert_eq!(dlq(&node).await["total"], 0, "nothing dead-lettered");

@@ -26,7 +26,7 @@ async fn members(node: &TestNode, n: usize) -> Vec<Client> {
             .await;
         assert_eq!(
             v,
-            json!({"op": "handling", "id": i, "topic": TOPIC, "name": "ws-handler:group:workers"}),
+            json!({"op": "handling", "id": i, "topic": TOPIC, "name": "ws-handler:group:anonymous:workers"}),
             "member {i}"
         );
         out.push(c);
@@ -55,7 +55,7 @@ async fn a_command_goes_on_to_the_next_member_when_one_disconnects_or_fails() {
         node.bus
             .registry()
             .iter()
-            .any(|s| s.pattern == TOPIC && s.name == "ws-handler:group:workers"),
+            .any(|s| s.pattern == TOPIC && s.name == "ws-handler:group:anonymous:workers"),
         "one bus handler for the group"
     );
     let sent = send(&node, 1);
@@ -227,7 +227,7 @@ async fn a_group_is_one_handler_of_its_topic_and_ends_with_its_last_member() {
             .bus
             .registry()
             .iter()
-            .any(|s| s.name == "ws-handler:group:workers"))
+            .any(|s| s.name == "ws-handler:group:anonymous:workers"))
         .then_some(())
     })
     .await;

@@ -15,6 +15,8 @@ mod handler_groups;
 mod limits;
 mod malformed;
 mod no_breaker;
+mod node_headers;
+mod principal_groups;
 mod pubsub;
 mod remote;
 mod review_rev24;

@@ -83,7 +83,7 @@ async fn a_handler_group_failing_commands_still_gets_the_next_one_at_once() {
     let res = tokio::time::timeout(WAIT, sent).await.unwrap().unwrap();
     assert!(res.is_ok(), "{res:?}");
     assert!(
-        !breaker_row(&node, "ws-handler:group:workers").await,
+        !breaker_row(&node, "ws-handler:group:anonymous:workers").await,
         "no breaker to list"
     );
     node.stop().await;

@@ -260,7 +260,10 @@ async fn two_sockets_in_one_group_share_its_messages_and_an_ephemeral_one_gets_a
     // One bus subscription for the group, one for the ephemeral subscriber.
     let names: Vec<String> = node.bus.registry().into_iter().map(|s| s.name).collect();
     assert_eq!(
-        names.iter().filter(|n| *n == "ws:group:workers").count(),
+        names
+            .iter()
+            .filter(|n| *n == "ws:group:anonymous:workers")
+            .count(),
         1,
         "{names:?}"
     );

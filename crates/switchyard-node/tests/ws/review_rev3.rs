@@ -48,12 +48,19 @@ async fn a_log_group_keeps_what_was_published_while_it_had_no_member() {
         .await;
     a.close().await;
     let bus = node.bus.clone();
-    eventually("the group's bus subscription ends with its last member", || {
-        let bus = bus.clone();
-        async move {
-            (!bus.registry().iter().any(|s| s.name == "ws:group:workers")).then_some(())
-        }
-    })
+    eventually(
+        "the group's bus subscription ends with its last member",
+        || {
+            let bus = bus.clone();
+            async move {
+                (!bus
+                    .registry()
+                    .iter()
+                    .any(|s| s.name == "ws:group:anonymous:workers"))
+                .then_some(())
+            }
+        },
+    )
     .await;
     for n in 2..=4 {
         node.bus

@@ -226,23 +226,37 @@ def _delay_ms(after: Any) -> Optional[int]:
         return None
 
 
+def _nack_frame(delivery: str, *, hand_back: bool = False, reject: bool = False, after: Any = None, error: Optional[str] = None) -> str:
+    """A ``nack`` of ``delivery`` (docs/gateway.md): ``error`` is why (the dead letter keeps it)."""
+    frame = '{"op":"nack","delivery":' + delivery
+    if hand_back:
+        frame += ',"hand_back":true'
+    if reject:
+        frame += ',"reject":true'
+    delay_ms = _delay_ms(after)
+    if delay_ms is not None:
+        frame += ',"delay_ms":' + str(delay_ms)
+    if error is not None:
+        frame += ',"error":' + _text(error)
+    return frame + "}"
+
+
 def _settle_event(delivery: str, result: Any, exc: Optional[BaseException]) -> str:
     if exc is None:
         return '{"op":"ack","delivery":' + delivery + "}"
     if isinstance(exc, HandBack):
         # The bus's hand-back (not a failed attempt): back to the transport, delivered again
         # after ``after``; in memory it has nowhere to go back to and fails for good at once.
-        frame = '{"op":"nack","delivery":' + delivery + ',"hand_back":true'
-        delay_ms = _delay_ms(exc.after)
-        if delay_ms is not None:
-            frame += ',"delay_ms":' + str(delay_ms)
-        return frame + "}"
+        return _nack_frame(delivery, hand_back=True, after=exc.after, error=str(exc.reason))
+    if isinstance(exc, Reject):
+        return _nack_frame(delivery, reject=True, error=str(exc.reason))
+    if isinstance(exc, Permanent):
+        log.warning("switchyard handler failed for good (dead-lettered):\n%s", _describe(exc))
+        return _nack_frame(delivery, reject=True, error=_describe(exc))
     if isinstance(exc, Retry):
-        delay_ms = _delay_ms(exc.after)
-        if delay_ms is not None:
-            return '{"op":"nack","delivery":' + delivery + ',"delay_ms":' + str(delay_ms) + "}"
+        return _nack_frame(delivery, after=exc.after)
     log.warning("switchyard handler failed (nacked, the node retries it):\n%s", _describe(exc))
-    return '{"op":"nack","delivery":' + delivery + "}"
+    return _nack_frame(delivery, error=_describe(exc))
 
 
 def _text(value: Any) -> str:
