@@ -42,6 +42,11 @@ struct Pending {
     first_delivered: Option<SystemTime>,
     generation: u64,
     state: PState,
+    /// An earlier delivery settled it (a late ack or term) while a newer one is out: it is
+    /// done and not delivered again, but it stays (keeping its key busy, so the next message
+    /// of the key waits, per-key order) until the newer delivery is settled, put back or
+    /// runs out of its ack wait.
+    settled_early: bool,
 }
 
 impl Pending {
@@ -55,6 +60,7 @@ impl Pending {
             first_delivered: None,
             generation: 0,
             state: PState::Ready(None),
+            settled_early: false,
         }
     }
 }
@@ -321,6 +327,7 @@ impl GroupShared {
         let mut blocked: HashSet<SmolStr> = HashSet::new();
         let mut chosen = None;
         let mut expired = Vec::new();
+        let mut done = Vec::new();
         let mut earliest: Option<Instant> = None;
         // Only handed-out messages count against `max_ack_pending`.
         let may_start = st.delivered < s.max_ack_pending;
@@ -339,6 +346,8 @@ impl GroupShared {
                         blocked.insert(k.clone());
                     }
                 }
+                // Settled by an earlier delivery, and the newer one's ack wait ran out: done.
+                _ if p.settled_early => done.push(offset),
                 // Hand-backs are not failed deliveries: only the others count.
                 _ if s.max_deliver > 0
                     && p.attempts.saturating_sub(p.handed_back) >= s.max_deliver =>
@@ -366,6 +375,9 @@ impl GroupShared {
             let (taken, budget_left) = self.look_ahead(st, s, end)?;
             chosen = taken;
             more = budget_left;
+        }
+        for offset in done {
+            st.remove(offset);
         }
         for offset in expired {
             if let Some(p) = st.remove(offset) {
@@ -425,9 +437,20 @@ impl GroupShared {
         }
     }
 
-    /// Settles a message for good (ack or term). Late settles after a redelivery still count.
-    pub fn settle(&self, offset: u64, commits: &PendingCommits) {
+    /// Settles a message for good (ack or term) by its delivery `generation`. Late settles
+    /// after a redelivery still count: the message is not delivered again; but while the
+    /// newer delivery is out it stays pending, keeping its key busy (review rev33: a member
+    /// that had left acked its old copy and the next message of the key was handed out while
+    /// the newer copy still ran).
+    pub fn settle(&self, offset: u64, generation: u64, commits: &PendingCommits) {
         let mut st = lock(&self.state);
+        if let Some(p) = st.pending.get_mut(&offset)
+            && p.generation != generation
+            && matches!(p.state, PState::InFlight(_))
+        {
+            p.settled_early = true;
+            return;
+        }
         st.remove(offset);
         self.report_floor(&mut st, commits);
     }
@@ -452,6 +475,11 @@ impl GroupShared {
             && p.generation == generation
             && matches!(p.state, PState::InFlight(_))
         {
+            if p.settled_early {
+                // An earlier delivery settled it: done (the next dispatch reports the floor).
+                st.remove(offset);
+                return;
+            }
             p.state = PState::Ready(at);
             if unworked {
                 p.handed_back = p.handed_back.saturating_add(1);

@@ -55,7 +55,7 @@ fn due(delay: Option<Duration>) -> Option<Instant> {
 impl AckHandle for LogAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
         self.settled = true;
-        let result = self.if_open(|a| a.group.settle(a.offset, &a.inner.commits));
+        let result = self.if_open(|a| a.group.settle(a.offset, a.generation, &a.inner.commits));
         Box::pin(async move { result })
     }
 
@@ -86,7 +86,7 @@ impl AckHandle for LogAck {
         self.settled = true;
         let result = self.if_open(|a| {
             tracing::debug!(stream = %a.group.stream.name, group = %a.group.name, offset = a.offset, reason = %reason, "message terminated");
-            a.group.settle(a.offset, &a.inner.commits);
+            a.group.settle(a.offset, a.generation, &a.inner.commits);
         });
         Box::pin(async move { result })
     }

@@ -22,6 +22,7 @@ mod panicking_filter;
 mod redelivered;
 mod removed_queue;
 mod review_rev20;
+mod review_rev33;
 mod review_rev4;
 mod shutdown_race;
 
