@@ -73,35 +73,39 @@ impl Stacked {
     ) -> crate::dispatch::Started {
         use std::panic::{AssertUnwindSafe, catch_unwind};
 
+        use switchyard_middleware::resilience::FirstPoll;
+
         use crate::dispatch::Started;
         let stack = &mut self.stack;
-        // One capture around the call, the first poll and the hand-back, each of the latter
-        // two with its own: the future stays where the call made it (a move is a 240-byte
-        // copy), and a pending one is moved out through `pending`, a result through `ended`.
+        // One capture around the call, its first poll and the hand-back, the latter with its
+        // own: a call that ends at its first poll with a final outcome is never made into a
+        // future (`start_lent`); one made into a future stays where it was made (a move is a
+        // 240-byte copy), and a pending one is moved out through `pending`, a result through
+        // `ended`. Panics of the handler's call and poll are the stack's to capture (its
+        // result); one out of the stack itself is the call's result here.
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let mut fut = Some(stack.call_lent(env.copy_with_delivery(delivery)));
-            let polled = catch_unwind(AssertUnwindSafe(|| match fut.as_mut() {
-                Some(fut) => stack.poll_lent(Pin::new(fut), cx),
-                None => Poll::Pending,
-            }));
-            ended = Some(match polled {
-                Ok(Poll::Pending) => {
-                    pending = fut.take();
-                    return;
-                }
-                Ok(Poll::Ready(result)) => Ok(result),
-                Err(panic) => Err(panic),
-            });
+            let first = stack.start_lent(env.copy_with_delivery(delivery), cx);
             // The ended call goes back to the stack and is dropped, a panic in a `Drop` of
             // it caught here (the result stands), not while a panic unwinds.
-            let dropped = catch_unwind(AssertUnwindSafe(|| {
-                if let Some(fut) = fut.as_mut() {
-                    stack.recycle(Pin::new(fut));
+            let dropped = match first {
+                FirstPoll::Ended(result, call) => {
+                    ended = Some(result);
+                    catch_unwind(AssertUnwindSafe(|| stack.recycle_first(call)))
                 }
-                fut = None;
-            }));
+                FirstPoll::Polled(fut, Poll::Pending) => {
+                    pending = Some(fut);
+                    return;
+                }
+                FirstPoll::Polled(mut fut, Poll::Ready(result)) => {
+                    ended = Some(result);
+                    catch_unwind(AssertUnwindSafe(|| {
+                        stack.recycle(Pin::new(&mut fut));
+                        drop(fut);
+                    }))
+                }
+            };
             if dropped.is_err() {
                 tracing::error!(
                     "a handler's future panicked while it was dropped; the message keeps the outcome its call gave"
@@ -112,7 +116,7 @@ impl Stacked {
             return Started::Ended(Err(panic));
         }
         if let Some(result) = ended {
-            return Started::Ended(result);
+            return Started::Ended(Ok(result));
         }
         self.keep(&mut pending)
     }

@@ -154,17 +154,11 @@ impl TopicCache {
     /// Starts measuring a call of `env`: counts it delivered and in flight.
     #[inline(always)]
     pub(crate) fn begin(&mut self, shared: &Shared, env: &Envelope) -> Measured {
-        let label = shared.topic_label.value(env);
-        let topic = match (shared.first.get(), &self.last) {
-            (Some((first, _)), _) if first == label => TopicRef::First,
-            (_, Some((last, handles))) if last == label => TopicRef::Other(handles.clone()),
-            _ => {
-                let topic = shared.topic_ref(label);
-                if let TopicRef::Other(handles) = &topic {
-                    self.last = Some((SmolStr::new(label), handles.clone()));
-                }
-                topic
-            }
+        // A fixed label is its state's first label as soon as there is one: the calls after
+        // the first neither read it back nor compare it.
+        let topic = match (&shared.topic_label, shared.first.get()) {
+            (TopicLabel::Fixed(_), Some(_)) => TopicRef::First,
+            _ => self.lookup(shared, env),
         };
         if let Some(h) = topic.get(shared) {
             h.delivered.increment(1);
@@ -174,6 +168,24 @@ impl TopicCache {
         Measured {
             topic,
             timestamp: env.timestamp,
+        }
+    }
+
+    /// The handles of `env`'s label: the state's first, the one this cache saw last, or
+    /// found (and registered) in the shared map.
+    #[inline(always)]
+    fn lookup(&mut self, shared: &Shared, env: &Envelope) -> TopicRef {
+        let label = shared.topic_label.value(env);
+        match (shared.first.get(), &self.last) {
+            (Some((first, _)), _) if first == label => TopicRef::First,
+            (_, Some((last, handles))) if last == label => TopicRef::Other(handles.clone()),
+            _ => {
+                let topic = shared.topic_ref(label);
+                if let TopicRef::Other(handles) = &topic {
+                    self.last = Some((SmolStr::new(label), handles.clone()));
+                }
+                topic
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ mod layer;
 mod service;
 
 pub use layer::{Limited, LimitedFuture, Recycle, ResilienceLayer, ResilientService};
-pub use service::{Resilient, ResilientFuture};
+pub use service::{FirstPoll, Resilient, ResilientFuture};
 
 use std::fmt;
 use std::sync::Arc;

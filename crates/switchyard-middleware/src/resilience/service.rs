@@ -54,6 +54,10 @@ use crate::retry::{RetryPolicy, Verdict, back_off, in_time, judge, plan};
 use crate::timeout::{Timeout, TimeoutError};
 use crate::trace::{TraceContext, delivery_span, end_span};
 
+mod first;
+
+pub use first::FirstPoll;
+
 /// The envelope as delivered, kept for attempts after the first.
 enum Kept {
     /// A copy of its own: the call was made outside the bus, or with an envelope the bus did
@@ -375,6 +379,7 @@ where
             (_, Some(None)) => Phase::Judge {
                 result: Some(Ok(Outcome::Ack)),
                 admitted: None,
+                call: None,
             },
             (admitted, Some(Some((key, store)))) => {
                 let retries = measured.handles(&core.metrics);
@@ -385,6 +390,7 @@ where
                 Phase::Judge {
                     result: Some(Err(refused.into())),
                     admitted: None,
+                    call: None,
                 }
             }
             (Ok(admitted), _) => {
@@ -406,6 +412,7 @@ where
                     Err(payload) => Phase::Judge {
                         result: Some(Err(PanicError::from_payload(payload).into())),
                         admitted: Some(admitted),
+                        call: None,
                     },
                 }
             }
@@ -483,10 +490,12 @@ pin_project! {
             admitted: Option<Admitted>,
         },
         // A first attempt that ended before it could be polled (refused by the breaker, or a
-        // panic in `call`).
+        // panic in `call`), or whose first poll `Resilient::start_lent` made: `call` is then
+        // that attempt's call when it ended on its own, kept as `First` keeps it.
         Judge {
             result: Option<Result<Outcome, BoxError>>,
             admitted: Option<Admitted>,
+            call: Option<F>,
         },
         // Attempts after the first, or a deduplicated call.
         Rest { fut: BoxFuture },
@@ -616,12 +625,24 @@ where
                     };
                     (result, admitted.take(), keep)
                 }
-                PhaseProj::Judge { result, admitted } => (
+                // The call ended (its admission was settled) and was kept.
+                PhaseProj::Judge {
+                    result: None,
+                    call: Some(_),
+                    ..
+                } => {
+                    return Poll::Ready(Err(POLLED_AFTER_END.into()));
+                }
+                PhaseProj::Judge {
+                    result,
+                    admitted,
+                    call,
+                } => (
                     result
                         .take()
                         .unwrap_or_else(|| Err(POLLED_AFTER_END.into())),
                     admitted.take(),
-                    false,
+                    call.is_some(),
                 ),
                 PhaseProj::Rest { fut } => {
                     // A later attempt's handler future is dropped inside: its `Drop` is
@@ -724,8 +745,15 @@ impl<F: Unpin, S> ResilientFuture<F, S> {
     #[inline(always)]
     fn take_first(self: Pin<&mut Self>) -> Option<F> {
         let phase = self.project().phase.get_mut();
-        if !matches!(phase, Phase::First { admitted: None, .. }) {
-            return None;
+        match phase {
+            Phase::First { admitted: None, .. } => {}
+            // Kept by a call `Resilient::start_lent` made (the rest of the phase holds nothing).
+            Phase::Judge {
+                call,
+                admitted: None,
+                ..
+            } => return call.take(),
+            _ => return None,
         }
         match std::mem::replace(phase, Phase::Done) {
             Phase::First { call, .. } => Some(call),

@@ -216,7 +216,7 @@ impl TraceContext {
     /// A ULID correlation id gives its 128 bits, a UUID (32 hex digits, hyphens ignored)
     /// its 128 bits, and any other foreign id a stable 128-bit hash of its text (FNV-1a),
     /// so every process derives the same trace id for one flow.
-    #[inline]
+    #[inline(always)]
     pub fn root_for(env: &Envelope) -> Self {
         let id = trace_bits(&env.correlation_id);
         if id == 0 {

@@ -59,7 +59,7 @@ where
 #[inline(always)]
 pub(crate) fn delivery_span(
     env: &Envelope,
-    handler: &str,
+    handler: &SmolStr,
     ctx: TraceContext,
     incoming: Option<TraceContext>,
 ) -> Span {
@@ -69,7 +69,7 @@ pub(crate) fn delivery_span(
         message_id = %env.id,
         correlation_id = %env.correlation_id,
         attempt = env.delivery.attempt,
-        handler = %handler,
+        handler = %handler.as_str(),
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),
         parent_span_id = ::tracing::field::Empty,
