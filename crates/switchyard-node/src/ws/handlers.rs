@@ -112,12 +112,7 @@ fn handle_error(e: SubscribeError, principal: &str) -> ApiError {
 /// (`ws-handler:<principal>:<connection>:h<n>`) or its group's
 /// (`ws-handler:group:<escaped principal>:<group>`).
 fn is_own_registration(name: &str, principal: &str) -> bool {
-    let group_prefix = format!(
-        "{}group:{}:",
-        super::HANDLER_PREFIX,
-        super::targets::escape_principal(principal)
-    );
-    if let Some(group) = name.strip_prefix(&group_prefix) {
+    if let Some(group) = name.strip_prefix(&group_bus_name(principal, "")) {
         return !group.contains(':');
     }
     let own_prefix = format!("{}{principal}:", super::HANDLER_PREFIX);
@@ -301,11 +296,7 @@ impl HandlerRecord {
 /// `ws-handler:group:<principal>:<group>`, the principal escaped as in a subscription
 /// group's name ([`escape_principal`](super::targets::escape_principal)).
 pub(crate) fn group_bus_name(principal: &str, group: &str) -> String {
-    format!(
-        "{}group:{}:{group}",
-        super::HANDLER_PREFIX,
-        super::targets::escape_principal(principal)
-    )
+    super::targets::group_name_under(super::HANDLER_PREFIX, principal, group)
 }
 
 impl Hub {

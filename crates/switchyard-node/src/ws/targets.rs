@@ -219,11 +219,13 @@ impl SubRecord {
 /// belongs to one principal: another principal naming a group alike gets a group of its own
 /// (docs/gateway.md, "Groups belong to a principal").
 pub(crate) fn group_bus_name(principal: &str, group: &str) -> String {
-    format!(
-        "{}group:{}:{group}",
-        super::SUBSCRIPTION_PREFIX,
-        escape_principal(principal)
-    )
+    group_name_under(super::SUBSCRIPTION_PREFIX, principal, group)
+}
+
+/// `<prefix>group:<escaped principal>:<group>`: the bus name of a subscription group
+/// ([`group_bus_name`]) or of a remote handler group (`handlers::group_bus_name`).
+pub(crate) fn group_name_under(prefix: &str, principal: &str, group: &str) -> String {
+    format!("{prefix}group:{}:{group}", escape_principal(principal))
 }
 
 /// A principal's name as it stands in a group's bus name: ASCII letters and digits as they
