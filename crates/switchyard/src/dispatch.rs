@@ -764,16 +764,8 @@ impl SubShared {
             return self.settle(delivery, how == Handled::Done).await;
         };
         let id = delivery.envelope.id.clone();
-        // The transport numbered this delivery `n` (from 1) and numbers the next `n + 1`;
-        // `made` of them were attempts: the rest are not.
-        let not_attempts = delivery.envelope.delivery.attempt.saturating_sub(made);
-        bus.deferred
-            .set(&self.config.name, &id, not_attempts, SystemTime::now());
         let delay = after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
-        // Not a failed delivery either: on the log it does not count towards `max_deliver`.
-        if let Err(e) = delivery.hand_back(delay).await {
-            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
-        }
+        self.hand_back_noted(bus, delivery, made, delay).await;
         if bus.state.load(Ordering::Acquire) != crate::state::RUNNING {
             bus.handed_back.lock().push(id);
         }

@@ -14,7 +14,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, RwLock};
 use smol_str::SmolStr;
 use switchyard_core::{
-    Backoff, DeadLetter, DeadLetterReason, DeadLetterSink, Envelope, InMemoryDeadLetters,
+    Backoff, DeadLetter, DeadLetterReason, DeadLetterSink, Delivery, Envelope, InMemoryDeadLetters,
     MessageId, PublishError, SendError, Topic,
 };
 use tokio::task::JoinHandle;
@@ -656,24 +656,33 @@ impl SubShared {
         let Some(delivery) = entry.delivery.take() else {
             return Err(entry);
         };
-        // The transport numbered this delivery `n` (from 1); the queued envelope says how
-        // many attempts were made: the rest of the `n` deliveries were not attempts.
-        let not_attempts = delivery
-            .envelope
-            .delivery
-            .attempt
-            .saturating_sub(entry.env.delivery.attempt);
-        bus.deferred.set(
-            &self.config.name,
-            &entry.env.id,
-            not_attempts,
-            SystemTime::now(),
-        );
-        if let Err(e) = delivery.hand_back(None).await {
-            tracing::warn!(subscription = %self.name(), message_id = %entry.env.id, error = %e, "could not hand an unhandled delivery back; the transport redelivers it after its ack wait");
-        }
+        // The queued envelope says how many attempts were made.
+        self.hand_back_noted(bus, *delivery, entry.env.delivery.attempt, None)
+            .await;
         entry.accepted.settle(Settled::LeftOver);
         Ok(())
+    }
+
+    /// Hands `delivery` back to its transport after `delay` (`AckHandle::hand_back`: not a
+    /// failed delivery, so the log does not count it towards `max_deliver`), and notes in
+    /// `deferred` that of the transport's `n` deliveries of it only `made` were attempts, so
+    /// that when it comes back to this subscription here its attempt number counts those.
+    pub(crate) async fn hand_back_noted(
+        &self,
+        bus: &BusInner,
+        delivery: Delivery,
+        made: u32,
+        delay: Option<Duration>,
+    ) {
+        // The transport numbered this delivery `n` (from 1) and numbers the next `n + 1`.
+        let not_attempts = delivery.envelope.delivery.attempt.saturating_sub(made);
+        let id = &delivery.envelope.id;
+        bus.deferred
+            .set(&self.config.name, id, not_attempts, SystemTime::now());
+        let id = id.clone();
+        if let Err(e) = delivery.hand_back(delay).await {
+            tracing::warn!(subscription = %self.name(), message_id = %id, error = %e, "could not hand a delivery back; the transport redelivers it after its ack wait");
+        }
     }
 
     /// Marks the subscription inactive and stops intake; workers drain the queue and exit.
