@@ -11,10 +11,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::Stream;
 use futures::channel::mpsc as fmpsc;
 use switchyard::{
     AckHandle, BoxError, BoxFuture, Bus, Capabilities, CloseError, Delivery, DeliveryStream,
@@ -24,6 +22,7 @@ use switchyard::{
 use tokio::sync::Notify;
 
 use crate::WAIT;
+use crate::shutdown_race::Reader;
 
 /// How each delivery was settled, by payload: `ack`, `nack`, `hand_back`, `term`, or
 /// `dropped` (the handle dropped unsettled).
@@ -134,25 +133,6 @@ impl Publisher for Feed {
     }
 }
 
-struct Reader {
-    rx: fmpsc::UnboundedReceiver<Delivery>,
-    yielded: Arc<AtomicUsize>,
-}
-
-impl Stream for Reader {
-    type Item = Delivery;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Delivery>> {
-        let next = std::pin::Pin::new(&mut self.rx).poll_next(cx);
-        if let Poll::Ready(Some(_)) = &next {
-            self.yielded.fetch_add(1, Ordering::SeqCst);
-        }
-        next
-    }
-}
-
 impl Subscriber for Feed {
     type Stream = DeliveryStream;
     async fn subscribe(
@@ -164,6 +144,7 @@ impl Subscriber for Feed {
         *self.reader.lock().unwrap() = Some(tx);
         Ok(DeliveryStream::new(Reader {
             rx,
+            gone: Arc::default(),
             yielded: self.yielded.clone(),
         }))
     }

@@ -72,11 +72,12 @@ impl Publisher for Gate {
     }
 }
 
-/// The reader's stream, flagging its drop.
-struct Reader {
-    rx: fmpsc::UnboundedReceiver<Delivery>,
-    gone: Arc<AtomicBool>,
-    yielded: Arc<AtomicUsize>,
+/// The reader's stream, counting the deliveries it yields and flagging its drop (also the
+/// hand-fed transport's of `removed_queue.rs`).
+pub(crate) struct Reader {
+    pub(crate) rx: fmpsc::UnboundedReceiver<Delivery>,
+    pub(crate) gone: Arc<AtomicBool>,
+    pub(crate) yielded: Arc<AtomicUsize>,
 }
 
 impl Stream for Reader {
