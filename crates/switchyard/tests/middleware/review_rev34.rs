@@ -62,6 +62,9 @@ fn exact(attempts: u32, initial: Duration) -> RetryPolicy {
         .jitter(Jitter::None)
 }
 
+/// Makes a bus builder.
+type MakeBus = fn() -> switchyard::BusBuilder;
+
 /// What one call of a handler saw: its attempt number and the virtual time it started.
 type Calls = Arc<Mutex<Vec<(u32, Instant)>>>;
 
@@ -533,4 +536,60 @@ async fn a_hanging_first_attempt_is_retried_on_a_multi_thread_runtime() {
     let h = hsub.stats();
     assert_eq!((h.acked, h.retried, h.dead_lettered), (1, 1, 0), "{h:?}");
     assert!(letters(&bus).is_empty());
+}
+
+/// A command whose first attempt fails (on its first poll, or after waiting) and whose retry
+/// replies: the sender gets the reply, and the result (`CommandResult::attempts`, "attempts
+/// it took") says 2, as it does when the bus makes the retries itself; nothing is
+/// dead-lettered.
+///
+/// Fails (3 runs of 3): `assertion `left == right` failed: default stack, cents 2:
+/// CommandResult { .., attempts: 1 } left: 1 right: 2`; the no-stack case passes. The dead
+/// letter and `SendError::Failed` read the stack's count from its `RetryError`; a success
+/// carries none, so the result reports the worker's single call.
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: under the resilience stack CommandResult::attempts of a command that succeeded on a retry is 1"]
+async fn a_command_retried_by_the_stack_answers_with_the_attempts_it_took() {
+    let builders: [(&str, MakeBus); 2] = [
+        ("no stack", || {
+            Bus::builder()
+                .max_attempts(3)
+                .retry_delay(Duration::from_millis(10))
+        }),
+        ("default stack", || {
+            Bus::builder().with_resilience(|| {
+                ResilienceConfig::default().retry(exact(3, Duration::from_millis(10)))
+            })
+        }),
+    ];
+    for (name, builder) in builders {
+        let bus = builder().build().unwrap();
+        let _charges = bus
+            .handle(|c: Charge, ctx| async move {
+                if ctx.attempt() == 1 {
+                    if c.cents % 2 == 1 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    return Err::<u64, BoxError>("card processor busy".into());
+                }
+                Ok(c.cents * 2)
+            })
+            .start()
+            .await
+            .unwrap();
+        for cents in [2, 3] {
+            let result = bus
+                .send_envelope(Charge { cents }.to_envelope().unwrap())
+                .await
+                .unwrap();
+            let reply = result.reply.as_ref().expect("a reply");
+            assert_eq!(
+                serde_json::from_slice::<u64>(&reply.payload).unwrap(),
+                cents * 2
+            );
+            assert_eq!(result.attempts, 2, "{name}, cents {cents}: {result:?}");
+            assert_eq!(bus.send(Charge { cents }).await.unwrap(), cents * 2);
+        }
+        assert!(letters(&bus).is_empty(), "{name}");
+    }
 }

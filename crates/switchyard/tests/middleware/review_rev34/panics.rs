@@ -6,9 +6,6 @@ use std::time::Duration;
 
 use super::*;
 
-/// Makes a bus builder.
-type MakeBus = fn() -> switchyard::BusBuilder;
-
 /// Where the handler panics, by the message's payload.
 fn panicking(calls: Calls) -> switchyard::BoxHandler {
     boxed(tower::service_fn(move |e: Envelope| {
