@@ -439,3 +439,37 @@ async fn breaker_events_arrive_in_the_order_of_the_changes_on_a_multi_thread_run
     assert_eq!(first_wrong, None, "events in order; got {got:?}");
     assert_eq!(got.last(), Some(&BreakerState::Closed));
 }
+
+/// `Outcome::Retry` counts as a failure for the breaker (docs/middleware.md, "Circuit
+/// breaker": "errors and `Retry` outcomes count as failures"), also when the handler asks on
+/// its first poll: three such outcomes open a `failures(3)` breaker.
+#[tokio::test(start_paused = true)]
+async fn retry_outcomes_count_as_failures_for_the_breaker() {
+    let bus = Bus::builder()
+        .with_resilience(|| {
+            ResilienceConfig::default()
+                .retry(exact(3, Duration::from_millis(10)))
+                .breaker(BreakerConfig::default().failures(3))
+        })
+        .build()
+        .unwrap();
+    let breaker_events = Recorder::start(&bus, "switchyard.breaker.#").await.unwrap();
+    let calls = Calls::default();
+    let _sub = bus
+        .subscribe(
+            "rows",
+            "rows.#",
+            scripted(calls.clone(), Duration::ZERO, |_| {
+                Ok(Outcome::Retry { after: None })
+            }),
+        )
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(ev("rows.added", "1")).await.unwrap();
+    bus.run_until_idle().await;
+    let got = wait_events(&breaker_events, 1).await;
+    assert_eq!(got[0].to, BreakerState::Open);
+    assert_eq!((got[0].failures, got[0].calls), (3, 3), "{got:?}");
+    assert_eq!(calls.lock().len(), 3);
+}

@@ -104,3 +104,67 @@ async fn the_registry_counts_each_message_once_with_its_final_outcome() {
         "{s:?}"
     );
 }
+
+/// The in-flight figure follows a call whose first poll is pending (the stack's fast path
+/// handed it over to the general future): 1 while it waits, 0 once it ended; a first attempt
+/// that timed out and was retried to success counts one delivery, acked, one retry, no
+/// failure.
+#[tokio::test(start_paused = true)]
+async fn in_flight_follows_a_pending_first_attempt_and_a_timeout_retried_counts_once() {
+    let registry = MetricsRegistry::new();
+    let r = registry.clone();
+    let bus = Bus::builder()
+        .with_resilience(move || {
+            ResilienceConfig::default()
+                .retry(exact(3, Duration::from_millis(10)))
+                .timeout(Duration::from_secs(1))
+                .registry(r.clone())
+        })
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let handler = boxed(tower::service_fn(move |e: Envelope| {
+        let g = g.clone();
+        async move {
+            match &e.payload[..] {
+                b"gated" => g.notified().await,
+                b"hangs once" if e.delivery.attempt == 1 => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                _ => {}
+            }
+            Ok::<_, BoxError>(Outcome::Ack)
+        }
+    }));
+    let _sub = bus
+        .subscribe("rows", "rows.#", handler)
+        .start()
+        .await
+        .unwrap();
+    let row = || {
+        registry
+            .snapshot()
+            .get("rows.#", "rows")
+            .cloned()
+            .expect("the rows series")
+    };
+    bus.publish_envelope(ev("rows.added", "gated"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(row().in_flight, 1, "pending: {:?}", row());
+    gate.notify_one();
+    bus.run_until_idle().await;
+    assert_eq!((row().in_flight, row().acked), (0, 1), "{:?}", row());
+    bus.publish_envelope(ev("rows.added", "hangs once"))
+        .await
+        .unwrap();
+    bus.run_until_idle().await;
+    let r = row();
+    assert_eq!(
+        (r.delivered, r.acked, r.retried, r.failed, r.in_flight),
+        (2, 2, 1, 0, 0),
+        "{r:?}"
+    );
+}
