@@ -473,3 +473,72 @@ async fn retry_outcomes_count_as_failures_for_the_breaker() {
     assert_eq!((got[0].failures, got[0].calls), (3, 3), "{got:?}");
     assert_eq!(calls.lock().len(), 3);
 }
+
+/// Two workers wait on an open breaker with one trial call: one gets the trial; when it
+/// succeeds and the breaker closes, the other worker is woken and the queue drains.
+#[tokio::test(start_paused = true)]
+async fn workers_waiting_on_a_half_open_breaker_all_resume_when_it_closes() {
+    let bus = Bus::builder()
+        .max_attempts(1)
+        .with_resilience(|| {
+            ResilienceConfig::default().breaker(
+                BreakerConfig::default()
+                    .failures(1)
+                    .trial_calls(1)
+                    .cool_down(Duration::from_secs(1)),
+            )
+        })
+        .build()
+        .unwrap();
+    let breaker_events = Recorder::start(&bus, "switchyard.breaker.#").await.unwrap();
+    let calls = Calls::default();
+    let c = calls.clone();
+    let handler = boxed(tower::service_fn(move |e: Envelope| {
+        c.lock().push((0, Instant::now()));
+        async move {
+            match &e.payload[..] {
+                b"fail" => Err::<_, BoxError>("backend down".into()),
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(Outcome::Ack)
+                }
+            }
+        }
+    }));
+    let sub = bus
+        .subscribe("orders", "orders.#", handler)
+        .workers(2)
+        .start()
+        .await
+        .unwrap();
+    bus.publish_envelope(ev("orders.placed", "fail"))
+        .await
+        .unwrap();
+    wait_events(&breaker_events, 1).await;
+    for i in 0..6 {
+        bus.publish_envelope(ev("orders.placed", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(60), bus.run_until_idle())
+        .await
+        .expect("every worker resumed");
+    let got = wait_events(&breaker_events, 3).await;
+    assert_eq!(
+        states(&got),
+        [
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::Closed
+        ]
+    );
+    let s = sub.stats();
+    assert_eq!((s.acked, s.dead_lettered), (6, 1), "{s:?}");
+    let times = offsets_ms(&calls);
+    // The trial at the cool-down's end, alone; then two at a time (10 ms each).
+    assert!(times[1] >= 1_000, "{times:?}");
+    assert!(
+        *times.last().unwrap() <= times[1] + 10 + 30 + 2,
+        "the other worker took part: {times:?}"
+    );
+}

@@ -185,3 +185,55 @@ async fn a_shutdown_during_a_pending_first_attempt_or_a_backoff_loses_nothing() 
     }
     assert_eq!(snapshot.handlers.len(), 2, "{:?}", snapshot.handlers);
 }
+
+/// A sender that stops waiting (its future dropped) while its command's first attempt is
+/// pending on its task, or while the stack backs off before the retry, does not cancel the
+/// command (docs/bus.md, "Commands and requests"): it is handled to the end, the retry made
+/// and the message acked, or dead-lettered with its 3 attempts when every one fails.
+#[tokio::test(start_paused = true)]
+async fn a_sender_that_stops_waiting_does_not_cancel_the_stacks_retries() {
+    let bus = Bus::builder()
+        .with_resilience(|| ResilienceConfig::default().retry(exact(3, Duration::from_secs(1))))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(BTreeMap::<u64, Vec<u32>>::new()));
+    let s = seen.clone();
+    let charges = bus
+        .handle(move |c: Charge, ctx| {
+            let attempt = ctx.attempt();
+            s.lock().entry(c.cents).or_default().push(attempt);
+            async move {
+                match (c.cents, attempt) {
+                    (1, 1) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err::<u64, BoxError>("slow failure".into())
+                    }
+                    (2, 1) | (3, _) => Err("failure".into()),
+                    _ => Ok(c.cents),
+                }
+            }
+        })
+        .workers(3)
+        .start()
+        .await
+        .unwrap();
+    // Gone while the first attempt waits (1), while the stack backs off (2, 3).
+    for (cents, wait) in [(1, 50), (2, 500), (3, 500)] {
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(wait), bus.send(Charge { cents })).await;
+        assert!(
+            gave_up.is_err(),
+            "cents {cents}: still running: {gave_up:?}"
+        );
+    }
+    bus.run_until_idle().await;
+    let seen = seen.lock().clone();
+    assert_eq!(seen[&1], [1, 2], "{seen:?}");
+    assert_eq!(seen[&2], [1, 2], "{seen:?}");
+    assert_eq!(seen[&3], [1, 2, 3], "{seen:?}");
+    let s = charges.stats();
+    assert_eq!((s.acked, s.dead_lettered), (2, 1), "{s:?}");
+    let letters = letters(&bus);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+}
