@@ -593,3 +593,104 @@ async fn a_command_retried_by_the_stack_answers_with_the_attempts_it_took() {
         assert!(letters(&bus).is_empty(), "{name}");
     }
 }
+
+/// The dead letter's `first_attempt_at` is the first attempt's time, the one every attempt
+/// saw as `delivery.first_delivered_at`, whether the first attempt failed on its first poll
+/// or after waiting.
+#[tokio::test(start_paused = true)]
+async fn the_letters_first_attempt_time_is_the_first_attempts() {
+    for work in [Duration::ZERO, Duration::from_millis(20)] {
+        let bus = Bus::builder().with_default_resilience().build().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let handler = boxed(tower::service_fn(move |e: Envelope| {
+            s.lock().push(e.delivery.first_delivered_at);
+            async move {
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                Err::<Outcome, BoxError>("backend down".into())
+            }
+        }));
+        let _sub = bus
+            .subscribe("rows", "rows.#", handler)
+            .start()
+            .await
+            .unwrap();
+        bus.publish_envelope(ev("rows.added", "1")).await.unwrap();
+        bus.run_until_idle().await;
+        let seen = seen.lock().clone();
+        assert_eq!(seen.len(), 3, "work {work:?}");
+        assert!(
+            seen[0].is_some() && seen.iter().all(|t| *t == seen[0]),
+            "work {work:?}: one first delivery time: {seen:?}"
+        );
+        let letters = letters(&bus);
+        assert_eq!(
+            letters[0].first_attempt_at, seen[0],
+            "work {work:?}: {letters:?}"
+        );
+    }
+}
+
+/// One delivery is one span (docs/middleware.md, "The order": trace outermost, one span per
+/// delivery covering every attempt): the handler's `TraceContext::current()` is the same on
+/// every attempt, before and after its first poll, on the stack's fast path and on a retry,
+/// and its trace is the message's (`root_for`, by correlation id); another delivery gets a
+/// span of its own.
+#[tokio::test(start_paused = true)]
+async fn every_attempt_of_a_delivery_runs_in_one_trace_context() {
+    use switchyard_middleware::trace::TraceContext;
+    let bus = Bus::builder()
+        .with_resilience(|| ResilienceConfig::default().retry(exact(3, Duration::from_millis(10))))
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = boxed(tower::service_fn(move |e: Envelope| {
+        let s = s.clone();
+        let at_call = TraceContext::current();
+        async move {
+            let first_poll = TraceContext::current();
+            tokio::task::yield_now().await;
+            let later_poll = TraceContext::current();
+            s.lock()
+                .push((e.id.clone(), [at_call, first_poll, later_poll]));
+            if e.delivery.attempt < 3 {
+                return Err::<Outcome, BoxError>("backend down".into());
+            }
+            Ok(Outcome::Ack)
+        }
+    }));
+    let _sub = bus
+        .subscribe("rows", "rows.#", handler)
+        .start()
+        .await
+        .unwrap();
+    let (one, two) = (ev("rows.added", "1"), ev("rows.added", "2"));
+    let want_trace = TraceContext::root_for(&one).trace_id();
+    bus.publish_envelope(one.clone()).await.unwrap();
+    bus.publish_envelope(two.clone()).await.unwrap();
+    bus.run_until_idle().await;
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 6);
+    let contexts = |id: &switchyard::MessageId| -> Vec<TraceContext> {
+        seen.iter()
+            .filter(|(i, _)| i == id)
+            .flat_map(|(_, c)| c.iter().map(|c| c.expect("a current context")))
+            .collect()
+    };
+    let (of_one, of_two) = (contexts(&one.id), contexts(&two.id));
+    assert_eq!(of_one.len(), 9);
+    assert!(
+        of_one.iter().all(|c| c.span_id() == of_one[0].span_id()),
+        "one span for every attempt of the delivery"
+    );
+    assert_eq!(of_one[0].trace_id(), want_trace, "the message's trace");
+    assert!(of_two.iter().all(|c| c.span_id() == of_two[0].span_id()));
+    assert_ne!(
+        of_one[0].span_id(),
+        of_two[0].span_id(),
+        "a span per delivery"
+    );
+}
