@@ -25,6 +25,7 @@ use tokio::time::Instant;
 mod breaker;
 mod dedup;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod panics;
 
