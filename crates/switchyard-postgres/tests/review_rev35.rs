@@ -974,6 +974,8 @@ async fn a_message_that_falls_due_during_a_long_pass_is_not_held_a_pass_longer()
     let (n, started) = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
     assert_eq!(n, 1);
     let (n, at) = tokio::time::timeout(T, seen.recv()).await.unwrap().unwrap();
+    running.stop().await.unwrap();
+    db.finish().await;
     assert_eq!(n, 2);
     assert!(at >= due, "published early");
     let pass_end = started + work;
@@ -983,18 +985,17 @@ async fn a_message_that_falls_due_during_a_long_pass_is_not_held_a_pass_longer()
         "published {late:?} after the pass it fell due in ended (due {:?} after that pass began)",
         due.duration_since(started).unwrap_or_default()
     );
-    running.stop().await.unwrap();
-    db.finish().await;
 }
 
 /// `Schema` promises a name "validated ... so it can be spliced into SQL without quoting",
-/// yet it accepts SQL reserved words (`order`, `user`, `select`, ...). Such a schema must be
-/// refused with `Error::InvalidSchema` or work; it does neither: `migrate` fails with a
-/// syntax error. (The test holds a session advisory lock so copies running in parallel do
+/// yet it accepts SQL reserved words (`order`, `user`, `select`, ...) and names starting
+/// with `pg_` (kept for system schemas). Such a schema must be refused with
+/// `Error::InvalidSchema` or work; it does neither: `migrate` fails with a syntax error, or
+/// "unacceptable schema name". (The test holds a session advisory lock so copies running in parallel do
 /// not share the fixed name.)
 #[tokio::test]
-#[ignore = "defect: Schema::new accepts SQL reserved words (order, user, ...) that migrate then fails on with a syntax error"]
-async fn a_reserved_word_is_refused_as_a_schema_name_or_works() {
+#[ignore = "defect: Schema::new accepts SQL reserved words (order, user, ...) and pg_ names, on which migrate then fails (syntax error / unacceptable schema name)"]
+async fn a_schema_name_postgres_cannot_use_is_refused_by_schema_new_or_works() {
     let Some(db) = TestDb::new("r35reserved").await else {
         return;
     };
@@ -1004,7 +1005,9 @@ async fn a_reserved_word_is_refused_as_a_schema_name_or_works() {
         .await
         .unwrap();
     let mut failures = Vec::new();
-    for word in ["order", "user", "select", "table"] {
+    // `pg_` starts the names PostgreSQL keeps for system schemas.
+    let reserved_prefix = format!("pg_r35_{}", std::process::id());
+    for word in ["order", "user", "select", "table", &reserved_prefix] {
         match Schema::new(word) {
             Err(Error::InvalidSchema(_)) => {}
             Err(e) => failures.push(format!("{word}: unexpected {e}")),
@@ -1095,4 +1098,45 @@ async fn purging_the_inbox_forgets_only_old_ids_of_its_own_consumer() {
         "the forgotten id did not run again"
     );
     db.finish().await;
+}
+
+/// The relay on a small pool of its own (nothing in docs/postgres.md or the rustdoc asks for
+/// a minimum size): with one connection, and with two, a spawned relay relays a committed
+/// row. (Its `LISTEN` connection is taken from the pool for good, so a pool of one leaves
+/// no connection for the passes.)
+#[tokio::test]
+#[ignore = "defect: the relay's LISTEN keeps one pool connection for good; on a pool of 1 every pass times out acquiring and nothing is ever relayed (no minimum pool size documented)"]
+async fn a_spawned_relay_works_on_a_pool_of_one_or_two_connections() {
+    let Some(db) = TestDb::new("r35smallpool").await else {
+        return;
+    };
+    let outbox = Outbox::new(db.schema.clone());
+    let bus = Bus::new();
+    let (mut rx, _sub) = recorder(&bus).await;
+    let mut failures = Vec::new();
+    for size in [2u32, 1] {
+        let small = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url())
+            .await
+            .unwrap();
+        let running = Relay::new(small.clone(), db.schema.clone(), bus.clone())
+            .poll_interval(Duration::from_millis(100))
+            .spawn();
+        let mut tx = db.pool.begin().await.unwrap();
+        outbox
+            .publish(&mut tx, ping("k", i64::from(size)))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        match tokio::time::timeout(T, rx.recv()).await {
+            Ok(Some(got)) => assert_eq!(got, ("k".to_string(), i64::from(size))),
+            _ => failures.push(format!("pool of {size}: nothing relayed in {T:?}")),
+        }
+        running.stop().await.unwrap();
+        small.close().await;
+    }
+    db.finish().await;
+    assert!(failures.is_empty(), "{failures:?}");
 }
