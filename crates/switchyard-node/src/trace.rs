@@ -21,13 +21,23 @@ pub(crate) struct TraceBuffer {
     deliveries: Mutex<VecDeque<Delivery>>,
 }
 
+/// One call of a handler with a message, as kept (formatted only when asked for).
+struct Delivery {
+    id: MessageId,
+    correlation: MessageId,
+    handler: Arc<str>,
+    attempt: u32,
+    outcome: &'static str,
+    error: Option<String>,
+    at: SystemTime,
+    took: Duration,
+}
+
 /// One call of a handler with a message, as `/v1/trace` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Delivery {
+pub(crate) struct DeliveryJson {
     /// The message's id.
     pub(crate) message_id: String,
-    #[serde(skip)]
-    correlation: MessageId,
     /// The handler (subscription or command handler) that was called.
     pub(crate) handler: Arc<str>,
     /// The message's delivery attempt when the handler was called (1 for the first).
@@ -92,14 +102,14 @@ impl TraceBuffer {
     ) {
         let (outcome, error) = outcome_of(result);
         let delivery = Delivery {
-            message_id: id.to_string(),
+            id,
             correlation,
             handler: handler.clone(),
             attempt,
             outcome,
             error,
-            at: crate::wire::rfc3339(at),
-            duration_ms: took.as_secs_f64() * 1e3,
+            at,
+            took,
         };
         push_bounded(&mut lock(&self.deliveries), self.capacity, delivery);
     }
@@ -114,11 +124,19 @@ impl TraceBuffer {
     }
 
     /// The recorded deliveries of one correlation id, oldest first.
-    pub(crate) fn deliveries_of(&self, correlation: &MessageId) -> Vec<Delivery> {
+    pub(crate) fn deliveries_of(&self, correlation: &MessageId) -> Vec<DeliveryJson> {
         lock(&self.deliveries)
             .iter()
             .filter(|d| d.correlation == *correlation)
-            .cloned()
+            .map(|d| DeliveryJson {
+                message_id: d.id.to_string(),
+                handler: d.handler.clone(),
+                attempt: d.attempt,
+                outcome: d.outcome,
+                error: d.error.clone(),
+                at: crate::wire::rfc3339(d.at),
+                duration_ms: d.took.as_secs_f64() * 1e3,
+            })
             .collect()
     }
 }
