@@ -130,9 +130,7 @@ impl Principal {
     /// Resolves at [`valid_until`](Self::valid_until), on tokio's clock; never when there is
     /// no end. What a connection that outlives one request (a WebSocket, the live stream)
     /// waits on beside its work, to stop acting for a credential that has expired.
-    pub(crate) fn credential_expiry(
-        &self,
-    ) -> impl std::future::Future<Output = ()> + Send + use<> {
+    pub(crate) fn credential_expiry(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
         let until = self.valid_until();
         async move {
             match until {

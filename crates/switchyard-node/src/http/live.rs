@@ -35,8 +35,9 @@ fn event(kind: &str, data: &str) -> Event {
 /// The node's live events as server-sent events: `hello` once, then `sample` (the newest
 /// history sample) and `stats` (the whole `/v1/stats` document) every second, `alert` when an
 /// alert is raised, fires again or is resolved, `dead_letter` when a message is dead-lettered,
-/// and `lagged` when this client fell behind and events were skipped. Ends when the node stops.
-#[utoipa::path(get, path = "/v1/stream", responses((status = 200, description = "text/event-stream: hello, sample, stats, alert, dead_letter, lagged", content_type = "text/event-stream")), tag = "observability")]
+/// and `lagged` when this client fell behind and events were skipped. Ends when the node
+/// stops, and for a JWT at its expiry, after an `expired` event.
+#[utoipa::path(get, path = "/v1/stream", responses((status = 200, description = "text/event-stream: hello, sample, stats, alert, dead_letter, replay, lagged, expired", content_type = "text/event-stream")), tag = "observability")]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     Admin(admin): Admin,
