@@ -381,8 +381,8 @@ async fn a_retry_waits_for_the_breaker_its_failure_opened() {
 /// the breaker is closed. The bus's observer (`publish_breaker_event` in
 /// crates/switchyard/src/resilience.rs) spawns one task per change; on the multi-thread
 /// scheduler the later spawn can run first (a worker's newest task goes in its LIFO slot).
+/// Fixed: one queue and one task publish the changes in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the bus publishes breaker events from one spawned task each, so on a multi-thread runtime half_opened and closed arrive swapped"]
 async fn breaker_events_arrive_in_the_order_of_the_changes_on_a_multi_thread_runtime() {
     const CYCLES: usize = 20;
     let bus = Bus::builder()
