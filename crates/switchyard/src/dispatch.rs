@@ -227,8 +227,10 @@ impl SubShared {
                 Popped::Empty => {
                     held = None;
                     streak = 0;
-                    // Wait for work without taking it: readiness is checked again first (the
-                    // handler may stop being ready while this worker waits).
+                    // Wait for work without taking it, and without what readiness reserved
+                    // (another worker's retry may need it): readiness is checked again first
+                    // (the handler may stop being ready while this worker waits).
+                    svc.release_readiness();
                     if self.queue.wait_for_work().await {
                         continue;
                     }

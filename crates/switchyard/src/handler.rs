@@ -37,6 +37,15 @@ pub(crate) struct Stacked {
 
 #[cfg(feature = "middleware")]
 impl Stacked {
+    /// Gives back what the stack's readiness reserved (a half-open trial, a concurrency
+    /// permit) for a worker that found no message and waits: see
+    /// [`SingleHandler::release_readiness`].
+    #[cold]
+    #[inline(never)]
+    fn release_readiness(&mut self) {
+        self.stack.release_readiness();
+    }
+
     /// The stack's readiness; out of line, like [`call`](Self::call).
     #[inline(never)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -216,6 +225,20 @@ impl SingleHandler {
     #[inline(always)]
     pub(crate) fn ready(&mut self) -> Ready<'_> {
         Ready(self)
+    }
+
+    /// For a worker that saw the handler ready, found no message and is about to wait:
+    /// gives back what the readiness reserved and no call used, so that another worker's
+    /// retry inside the resilience stack can take it (a half-open breaker's one trial, a
+    /// `concurrency(n)` permit); the worker checks readiness again before it takes a
+    /// message. A boxed handler keeps its readiness (its layers are the user's).
+    #[inline(always)]
+    pub(crate) fn release_readiness(&mut self) {
+        match self {
+            Self::Boxed(_) => {}
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => s.release_readiness(),
+        }
     }
 }
 

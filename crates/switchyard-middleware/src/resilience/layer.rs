@@ -93,6 +93,17 @@ where
     }
 }
 
+impl<S: Clone> Limited<S> {
+    /// Gives back what readiness reserved and no call used (a concurrency permit): the
+    /// limiter is replaced by a clone of itself, which holds none. An unlimited or only
+    /// rate-limited handler reserves nothing (a rate limit spends its tokens when called).
+    pub fn release_readiness(&mut self) {
+        if matches!(self, Self::Concurrency(_) | Self::Both(_)) {
+            *self = self.clone();
+        }
+    }
+}
+
 impl<S> Limited<S>
 where
     S: Service<Envelope, Response = Outcome, Error = BoxError>,

@@ -44,7 +44,7 @@ use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 use tracing::Span;
 
-use super::layer::Recycle;
+use super::layer::{Limited, Recycle};
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
 use crate::clock::nanos;
@@ -231,6 +231,18 @@ pub struct Resilient<S> {
     gate: Gate,
     topics: TopicCache,
     wall: WallClock,
+}
+
+impl<S: Clone> Resilient<Limited<S>> {
+    /// Gives back what [`poll_ready`](Service::poll_ready) reserved and no call used: a
+    /// half-open breaker's trial slot and a concurrency permit. For a caller that saw the
+    /// stack ready and then found nothing to call it with, and will wait (a bus worker going
+    /// idle): otherwise the slot or permit stays with the idle caller, and another caller's
+    /// retry (which needs it) waits until the idle one is given work.
+    pub fn release_readiness(&mut self) {
+        self.gate.release_trial();
+        self.inner.release_readiness();
+    }
 }
 
 impl<S> Resilient<S> {

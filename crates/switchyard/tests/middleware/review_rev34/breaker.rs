@@ -557,7 +557,7 @@ async fn workers_waiting_on_a_half_open_breaker_all_resume_when_it_closes() {
 /// readiness waits behind it until another message comes. Under the default stack that is
 /// any subscription with `workers(n)` > 1 once its breaker opened on a retried message.
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: with more than one worker, an idle worker takes the half-open trial and a retry held by the open breaker never runs until another message arrives"]
+// Fixed: an idle worker gives back what readiness reserved.
 async fn a_retry_held_by_the_open_breaker_runs_after_the_cool_down_with_any_workers() {
     for workers in [1, 2, 3] {
         let bus = Bus::builder()

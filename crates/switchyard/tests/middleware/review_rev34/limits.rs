@@ -100,7 +100,7 @@ async fn a_copy_after_the_dedup_ttl_is_handled_again() {
 /// until its deadline). Presumably any `workers(w)` > `concurrency(n)` starves a retry so
 /// while the queue is empty (only 2 > 1 was run).
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: with concurrency(n) and more than n workers, idle workers hold the permits and the stack's retry waits for one until another message arrives"]
+// Fixed: an idle worker gives back what readiness reserved.
 async fn a_retry_gets_the_concurrency_permit_after_its_backoff() {
     for workers in [1, 2] {
         let bus = Bus::builder()
