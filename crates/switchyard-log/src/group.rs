@@ -100,6 +100,9 @@ pub(crate) struct GroupState {
     skip: VecDeque<(u64, u64)>,
     /// A message was settled since the position was last reported to the writer.
     unsaved: bool,
+    /// The group is in the pending commits and the writer has not taken its position yet:
+    /// a report then only has to update the state, which the writer reads.
+    queued: bool,
     /// Live subscriptions in this group.
     pub members: usize,
     committed_sent: u64,
@@ -266,6 +269,7 @@ impl GroupShared {
                 ahead_taken: BTreeSet::new(),
                 skip: settled.into_iter().filter(|&(_, e)| e > start).collect(),
                 unsaved: false,
+                queued: false,
                 members: 0,
                 committed_sent: start,
                 deleted: false,
@@ -520,25 +524,33 @@ impl GroupShared {
     }
 
     /// Hands the group to the writer when its floor moved or a message was settled above it
-    /// (the writer takes the position from the state when it writes).
+    /// (the writer takes the position from the state when it writes). Once handed over, later
+    /// reports until the writer takes it change nothing but the state (the offset the pending
+    /// commit names for compaction may then lag behind by one commit round: compaction keeps
+    /// more, never less).
     fn report_floor(self: &Arc<Self>, st: &mut GroupState, commits: &PendingCommits) {
         let floor = st.floor();
         if self.durable && !st.deleted && (floor > st.committed_sent || st.unsaved) {
             st.committed_sent = st.committed_sent.max(floor);
             st.unsaved = false;
-            lock(commits).insert(
-                (self.stream_idx, self.name.clone()),
-                Commit {
-                    offset: st.committed_sent,
-                    group: Some(self.clone()),
-                },
-            );
+            if !st.queued {
+                st.queued = true;
+                lock(commits).insert(
+                    (self.stream_idx, self.name.clone()),
+                    Commit {
+                        offset: st.committed_sent,
+                        group: Some(self.clone()),
+                    },
+                );
+            }
         }
     }
 
-    /// The position to write, or `None` once the group is deleted.
-    pub fn position(&self) -> Option<Position> {
-        let st = lock(&self.state);
+    /// The position to write, or `None` once the group is deleted. For the writer, which has
+    /// taken the group out of the pending commits: the next report hands it over again.
+    pub fn take_position(&self) -> Option<Position> {
+        let mut st = lock(&self.state);
+        st.queued = false;
         (!st.deleted).then(|| st.position())
     }
 

@@ -461,7 +461,7 @@ impl Writer {
             HashMap::new();
         for ((i, group), commit) in pending {
             let position = match &commit.group {
-                Some(g) => match g.position() {
+                Some(g) => match g.take_position() {
                     Some(p) => p,
                     // Deleted since it reported.
                     None => continue,
