@@ -263,3 +263,29 @@ async fn settled_records_lost_with_the_tail_do_not_hide_new_ones() {
     assert_eq!(drain(&mut sub).await, want);
     close(&log).await;
 }
+
+/// A group whose last member left and that is joined again with another pattern restarts
+/// reading at its first unsettled record, as a restart does: what it settled above that is
+/// not handed out again.
+#[tokio::test]
+async fn a_pattern_change_keeps_what_was_settled_above_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    publish_all(
+        &log,
+        names("m", 0..5).iter().map(|p| env("a.b", p)).collect(),
+    )
+    .await;
+    let mut sub = log.subscribe(&pattern("a.b"), Some("g")).await.unwrap();
+    let held = next(&mut sub).await;
+    assert_eq!(payload(&held), "m0");
+    assert_eq!(drain(&mut sub).await, names("m", 1..5));
+    drop((held, sub));
+    publish_all(&log, vec![env("a.c", "other")]).await;
+    let mut sub = log.subscribe(&pattern("a.*"), Some("g")).await.unwrap();
+    assert_eq!(
+        drain(&mut sub).await,
+        vec!["m0".to_owned(), "other".to_owned()]
+    );
+    close(&log).await;
+}
