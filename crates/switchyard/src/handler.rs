@@ -86,7 +86,7 @@ impl Stacked {
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let first = stack.start_lent(env.copy_with_delivery(delivery), cx);
+            let first = stack.start_lent(env, delivery, cx);
             // The ended call goes back to the stack and is dropped, a panic in a `Drop` of
             // it caught here (the result stands), not while a panic unwinds.
             let dropped = match first {

@@ -330,7 +330,13 @@ where
         // `TraceContext::current()`, which `propagate` and `ensure_traceparent` use.
         let incoming = TraceContext::from_envelope(&env);
         let ctx = incoming.map_or_else(|| TraceContext::root_for(&env), |c| c.child());
-        let span = delivery_span(&env, &self.core.handler, ctx, incoming);
+        let span = delivery_span(
+            &env,
+            env.delivery.attempt,
+            &self.core.handler,
+            ctx,
+            incoming,
+        );
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = self.core.clock.raw();
         // The timeout's deadline counts from here on the tokio clock, like every deadline of
