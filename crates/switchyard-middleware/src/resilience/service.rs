@@ -733,15 +733,16 @@ where
         if let Some(claimed) = this.claimed.take() {
             (*claimed).finish(handled(&result));
         }
-        Poll::Ready(finish(
+        finish(
             core,
-            this.measured,
+            this.measured.take(),
             this.span.as_deref(),
             *this.start,
             *this.start_unix,
             end,
-            result,
-        ))
+            &result,
+        );
+        Poll::Ready(result)
     }
 }
 
@@ -804,26 +805,26 @@ fn end_phase<F>(mut phase: Pin<&mut Phase<F>>) {
     }
 }
 
-/// Ends the span and the measurement of a call that ended at `end` (a raw clock reading).
+/// Ends the span and the measurement of a call that ended at `end` (a raw clock reading)
+/// with `result`.
 fn finish<S>(
     core: &Core<S>,
-    measured: &mut Option<Measured>,
+    measured: Option<Measured>,
     span: Option<&Span>,
     start: u64,
     start_unix: u64,
     end: u64,
-    result: Result<Outcome, BoxError>,
-) -> Result<Outcome, BoxError> {
-    end_span(span, &result);
-    if let Some(measured) = measured.take() {
+    result: &Result<Outcome, BoxError>,
+) {
+    end_span(span, result);
+    if let Some(measured) = measured {
         // In nanoseconds throughout: the registry keeps nanoseconds, and a `Duration` made
         // here would be turned back into them (a 128-bit conversion each).
         let elapsed = core.clock.delta_as_nanos(start, end);
         let end_unix = start_unix.saturating_add(elapsed);
         let end_to_end = end_unix.saturating_sub(unix_nanos(measured.timestamp()));
-        measured.finish(&core.metrics, &result, elapsed, end_to_end);
+        measured.finish(&core.metrics, result, elapsed, end_to_end);
     }
-    result
 }
 
 /// Makes attempts `made + 1 ..` of `env` until one succeeds, fails permanently or the policy's

@@ -136,64 +136,59 @@ where
         // follows it: the breaker's settling and the end of the measurement).
         let guards = (ctx.enter(), span.enter());
         let inner = &mut self.inner;
-        let made = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
             inner.call(env.copy_with_delivery(delivery))
-        })) {
-            Err(payload) => Made::CallPanicked(payload),
+        }));
+        let (result, call) = match called {
             Ok(mut call) => {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut call).poll(cx))) {
-                    Ok(Poll::Ready(result)) => Made::Ready(call, result),
-                    Ok(Poll::Pending) => Made::Pending(call),
-                    Err(payload) => Made::PollPanicked(call, payload),
+                    // Final whatever the policy: finished here, as `poll` finishes it.
+                    Ok(Poll::Ready(Ok(outcome))) if !matches!(outcome, Outcome::Retry { .. }) => {
+                        let end = core.clock.raw();
+                        let result = Ok(outcome);
+                        admitted.settle_raw(&core.breaker, &result, &core.clock, end);
+                        finish(
+                            core,
+                            Some(measured),
+                            Some(&span),
+                            start,
+                            start_unix,
+                            end,
+                            &result,
+                        );
+                        drop(guards);
+                        return FirstPoll::Ended(result, call);
+                    }
+                    Ok(Poll::Ready(result)) => (result, Some(call)),
+                    Ok(Poll::Pending) => {
+                        // Armed as `poll` arms it when the handler yields.
+                        let mut timer = Box::pin(sleep_until(crate::clock::deadline(
+                            timeout_base,
+                            core.timeout,
+                        )));
+                        if timer.as_mut().poll(cx).is_pending() {
+                            drop(guards);
+                            let phase = Phase::First {
+                                call,
+                                timer: Some(timer),
+                                admitted: Some(admitted),
+                            };
+                            return FirstPoll::Polled(parts!(phase).made(), Poll::Pending);
+                        }
+                        drop_call(call);
+                        let timed_out = TimeoutError {
+                            timeout: core.timeout,
+                        };
+                        (Err(timed_out.into()), None)
+                    }
+                    Err(payload) => {
+                        // Dropped as the phase drops it: a panic out of its `Drop` is logged.
+                        drop_call(call);
+                        (Err(PanicError::from_payload(payload).into()), None)
+                    }
                 }
             }
-        };
-        let (result, call) = match made {
-            // Final whatever the policy: finished here, as `poll` finishes it.
-            Made::Ready(call, Ok(outcome)) if !matches!(outcome, Outcome::Retry { .. }) => {
-                let end = core.clock.raw();
-                let result = Ok(outcome);
-                admitted.settle_raw(&core.breaker, &result, &core.clock, end);
-                let result = finish(
-                    core,
-                    &mut Some(measured),
-                    Some(&span),
-                    start,
-                    start_unix,
-                    end,
-                    result,
-                );
-                drop(guards);
-                return FirstPoll::Ended(result, call);
-            }
-            Made::Ready(call, result) => (result, Some(call)),
-            Made::CallPanicked(payload) => (Err(PanicError::from_payload(payload).into()), None),
-            Made::PollPanicked(call, payload) => {
-                // Dropped as the phase drops it: a panic out of its `Drop` is logged.
-                drop_call(call);
-                (Err(PanicError::from_payload(payload).into()), None)
-            }
-            Made::Pending(call) => {
-                // Armed as `poll` arms it when the handler yields.
-                let mut timer = Box::pin(sleep_until(crate::clock::deadline(
-                    timeout_base,
-                    core.timeout,
-                )));
-                if timer.as_mut().poll(cx).is_pending() {
-                    drop(guards);
-                    let phase = Phase::First {
-                        call,
-                        timer: Some(timer),
-                        admitted: Some(admitted),
-                    };
-                    return FirstPoll::Polled(parts!(phase).made(), Poll::Pending);
-                }
-                drop_call(call);
-                let timed_out = TimeoutError {
-                    timeout: core.timeout,
-                };
-                (Err(timed_out.into()), None)
-            }
+            Err(payload) => (Err(PanicError::from_payload(payload).into()), None),
         };
         // Anything else is judged by the general code, from the state `poll` would be in.
         drop(guards);
@@ -263,14 +258,6 @@ impl<F> Parts<F> {
             start_unix: self.start_unix,
         }
     }
-}
-
-/// A first attempt's call and its first poll.
-enum Made<F> {
-    CallPanicked(Box<dyn std::any::Any + Send>),
-    PollPanicked(F, Box<dyn std::any::Any + Send>),
-    Ready(F, Result<Outcome, BoxError>),
-    Pending(F),
 }
 
 /// Drops a first attempt's call that did not end on its own, as the phase drops it (a panic
