@@ -246,6 +246,7 @@ impl<S: Clone> Layer<S> for ResilienceLayer {
             proto: Mutex::new(limited.clone()),
             on_retry: self.on_retry.clone(),
             called_as_delivered: self.called_as_delivered,
+            unix: crate::clock::UnixNanos::new(),
         };
         Resilient::new(limited, Arc::new(core))
     }

@@ -156,6 +156,8 @@ pub(crate) struct Core<S> {
     pub(crate) called_as_delivered: bool,
     /// Told of every re-attempt ([`ResilienceConfig::on_retry`](super::ResilienceConfig::on_retry)).
     pub(crate) on_retry: Option<super::OnRetry>,
+    /// Reads a message's timestamp as Unix nanoseconds (end-to-end latency).
+    pub(crate) unix: crate::clock::UnixNanos,
 }
 
 impl<S: Clone> Core<S> {
@@ -822,7 +824,7 @@ fn finish<S>(
         // here would be turned back into them (a 128-bit conversion each).
         let elapsed = core.clock.delta_as_nanos(start, end);
         let end_unix = start_unix.saturating_add(elapsed);
-        let end_to_end = end_unix.saturating_sub(unix_nanos(measured.timestamp()));
+        let end_to_end = end_unix.saturating_sub(core.unix.of(measured.timestamp()));
         measured.finish(&core.metrics, result, elapsed, end_to_end);
     }
 }
