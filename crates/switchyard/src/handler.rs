@@ -180,7 +180,8 @@ impl Service<Envelope> for InKept {
 
 #[cfg(feature = "middleware")]
 impl switchyard_middleware::resilience::Recycle for InKept {
-    #[inline]
+    // Always: left to the compiler it stayed out of line under the stack's first attempt.
+    #[inline(always)]
     fn recycle(&mut self, ended: HeldCall) {
         Callee::<Envelope>::recycle(&mut self.0, ended);
     }
