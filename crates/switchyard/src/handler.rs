@@ -82,7 +82,8 @@ impl Stacked {
         // future (`start_lent`); one made into a future stays where it was made (a move is a
         // 240-byte copy), and a pending one is moved out through `pending`, a result through
         // `ended`. Panics of the handler's call and poll are the stack's to capture (its
-        // result); one out of the stack itself is the call's result here.
+        // result); one out of the stack itself is the call's result here. The stack gets the
+        // delivered envelope and makes the handler's copy itself, inside its capture.
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
