@@ -102,26 +102,37 @@ impl UnixNanos {
     /// Checks how this platform's `SystemTime` hashes (see the type's docs).
     pub(crate) fn new() -> Self {
         let epoch = SystemTime::UNIX_EPOCH;
+        // (time, its seconds, its nanoseconds); checked arithmetic, so a platform that cannot
+        // represent one of them takes `duration_since` instead of panicking.
         let known = [
-            (epoch, 0, 0),
-            (epoch + Duration::new(1, 500_000_000), 1, 500_000_000),
+            (Some(epoch), 0, 0),
             (
-                epoch + Duration::new(1_765_000_000, 999_999_999),
+                epoch.checked_add(Duration::new(1, 500_000_000)),
+                1,
+                500_000_000,
+            ),
+            (
+                epoch.checked_add(Duration::new(1_765_000_000, 999_999_999)),
                 1_765_000_000,
                 999_999_999,
             ),
-            (epoch - Duration::new(1, 500_000_000), -2, 500_000_000),
+            (
+                epoch.checked_sub(Duration::new(1, 500_000_000)),
+                -2,
+                500_000_000,
+            ),
         ];
-        let parts_known = known.iter().all(|&(t, secs, nanos)| {
-            let p = Parts::of(t);
-            p.order == 0b0110 && p.secs == secs && p.nanos == nanos
-        });
         let agrees = |t: SystemTime| {
             let p = Parts::of(t);
             p.order == 0b0110 && p.unix_nanos() == unix_nanos_slow(t)
         };
-        let parts =
-            parts_known && agrees(SystemTime::now()) && known.iter().all(|&(t, _, _)| agrees(t));
+        let parts = agrees(SystemTime::now())
+            && known.iter().all(|&(t, secs, nanos)| {
+                t.is_some_and(|t| {
+                    let p = Parts::of(t);
+                    agrees(t) && p.secs == secs && p.nanos == nanos
+                })
+            });
         Self { parts }
     }
 
