@@ -91,11 +91,12 @@ impl Stacked {
         // future (`start_lent`); one made into a future stays where it was made (a move is a
         // 240-byte copy), and a pending one is moved out through `pending`, a result through
         // `ended`. Panics of the handler's call and poll are the stack's to capture (its
-        // result); one out of the stack itself is the call's result here.
+        // result); one out of the stack itself is the call's result here. The stack gets the
+        // delivered envelope and makes the handler's copy itself, inside its capture.
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let first = stack.start_lent(env.copy_with_delivery(delivery), cx);
+            let first = stack.start_lent(env, delivery, cx);
             // The ended call goes back to the stack and is dropped, a panic in a `Drop` of
             // it caught here (the result stands), not while a panic unwinds.
             let dropped = match first {
@@ -189,7 +190,8 @@ impl Service<Envelope> for InKept {
 
 #[cfg(feature = "middleware")]
 impl switchyard_middleware::resilience::Recycle for InKept {
-    #[inline]
+    // Always: left to the compiler it stayed out of line under the stack's first attempt.
+    #[inline(always)]
     fn recycle(&mut self, ended: HeldCall) {
         Callee::<Envelope>::recycle(&mut self.0, ended);
     }
