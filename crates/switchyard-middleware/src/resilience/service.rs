@@ -907,7 +907,15 @@ where
             Err(refused) => Err(refused.into()),
         };
         match judge(&core.policy, result, base, made) {
-            Verdict::Done(result) => return result,
+            Verdict::Done(result) => {
+                // Later than the first: the bus reports the attempts it took (a command's
+                // `CommandResult::attempts`), as when it makes the retries itself. A failure
+                // says so in its `RetryError` already.
+                if made > 1 && result.is_ok() {
+                    switchyard_core::delivered::note_attempts(base.saturating_add(made - 1));
+                }
+                return result;
+            }
             Verdict::Again { hint, failure } => last = Some((hint, failure)),
         }
     }
