@@ -323,6 +323,9 @@ async fn many_http_clients_at_once_each_get_their_own_reply() {
         "echo.who",
         handler_fn(|env: Envelope| async move {
             let input: Value = serde_json::from_slice(&env.payload)?;
+            // Replies finish out of order: later clients' first.
+            let i = input["i"].as_u64().unwrap_or_default();
+            tokio::time::sleep(Duration::from_millis((47 - i) % 8 * 3)).await;
             let out = json!({"i": input["i"], "id": env.id.to_string(),
                              "correlation_id": env.correlation_id.to_string()});
             let reply = env.reply(serde_json::to_vec(&out)?);

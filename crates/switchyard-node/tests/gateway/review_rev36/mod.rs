@@ -11,6 +11,7 @@ use switchyard::{BoxHandler, Envelope};
 
 use crate::common::{TestNode, client, get_json};
 
+mod bodies;
 mod commands;
 mod headers;
 mod openapi_dlq_trace;
