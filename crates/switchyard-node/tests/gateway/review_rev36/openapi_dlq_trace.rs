@@ -510,3 +510,120 @@ async fn the_trace_lists_every_attempt_of_retried_and_dead_lettered_messages() {
     );
     node.stop().await.unwrap();
 }
+
+/// `/v1/trace` keeps "the last `retention.trace_messages` messages ... and the last as many
+/// handler calls": with 4, a flow of 6 messages shows its last 4 and their 4 calls, in order;
+/// another correlation id's traffic is not in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_keeps_the_last_trace_messages_messages_and_calls() {
+    let node = TestNode::start(
+        r#"
+[transport]
+kind = "memory"
+[retention]
+trace_messages = 4
+"#,
+    )
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    node.bus
+        .subscribe("audit", "flow.#", crate::common::forward(tx))
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    for i in 0..6 {
+        let res = client()
+            .post(node.url("/v1/publish/flow.step"))
+            .header("x-message-id", format!("m{i}"))
+            .header("x-correlation-id", "flow-1")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        crate::common::recv(&mut rx, "the step").await;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let trace = loop {
+        let trace = get_json(&node, "/v1/trace/flow-1").await;
+        let last = trace["deliveries"]
+            .as_array()
+            .and_then(|d| d.last().cloned())
+            .unwrap_or_default();
+        if last["message_id"] == "m5" {
+            break trace;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "m5's call never traced: {trace}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ids = |key: &str, field: &str| -> Vec<String> {
+        trace[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m[field].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("messages", "id"), ["m2", "m3", "m4", "m5"], "{trace}");
+    assert_eq!(
+        ids("deliveries", "message_id"),
+        ["m2", "m3", "m4", "m5"],
+        "{trace}"
+    );
+    let other = client()
+        .get(node.url("/v1/trace/flow-2"))
+        .send()
+        .await
+        .unwrap();
+    let (status, kind, _) = error_of(other).await;
+    assert_eq!((status, kind.as_str()), (404, "not_found"));
+    node.stop().await.unwrap();
+}
+
+/// `since` / `until` are "RFC 3339": an instant written with a UTC offset (`+01:00`, as
+/// clients in other languages write local time) filters exactly as the same instant in `Z`,
+/// or (were offsets not supported) is `400 bad_query`, never read as another instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "defect: /v1/dlq since/until with fractional seconds and a +HH:MM offset ignore the offset (read as UTC: an hour off for +01:00, no error)"]
+async fn dlq_time_filters_never_misread_an_rfc3339_offset() {
+    let node = TestNode::start(MEMORY).await;
+    billing_rejects(&node).await;
+    for i in 0..2 {
+        let res = post(&node, "/v1/publish/billing.eu", None, format!("{i}")).await;
+        assert_eq!(res.status(), 202);
+    }
+    let all = wait_dead_letters(&node, "", 2).await;
+    let last = all["items"][1]["dead_lettered_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let instant = humantime::parse_rfc3339(&last).unwrap();
+    // The same instant, an hour later on a clock at UTC+1.
+    let plus_one = humantime::format_rfc3339_millis(instant + std::time::Duration::from_secs(3600))
+        .to_string()
+        .replace('Z', "+01:00");
+    for key in ["since", "until"] {
+        let in_z = get_json(&node, &format!("/v1/dlq?{key}={last}")).await;
+        let res = client()
+            .get(node.url(&format!("/v1/dlq?{key}={}", plus_one.replace('+', "%2B"))))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let in_offset: Value = res.json().await.unwrap();
+        if status == 400 {
+            assert_eq!(in_offset["error"]["kind"], "bad_query", "{in_offset}");
+            continue;
+        }
+        assert_eq!(
+            (status, &in_offset["total"]),
+            (200, &in_z["total"]),
+            "{key}={plus_one} (= {last}): {in_offset}\nvs {key}={last}: {in_z}"
+        );
+    }
+    node.stop().await.unwrap();
+}
