@@ -15,6 +15,7 @@ mod bodies;
 mod commands;
 mod headers;
 mod openapi_dlq_trace;
+mod replay_commands;
 
 /// Registers `handler` as the command handler `name` of `topic`.
 async fn handle(node: &TestNode, name: &str, topic: &str, handler: BoxHandler) {
