@@ -431,3 +431,58 @@ async fn a_reply_counts_the_attempts_its_handler_took() {
     }
     node.stop().await.unwrap();
 }
+
+/// 24 clients request at once with a 30 ms deadline a handler that is held: every one gets
+/// `504 timeout` promptly; once the handler is let go, nothing stays pending and the
+/// handler's subscription has nothing in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_past_a_tiny_deadline_all_time_out_and_leave_nothing_behind() {
+    let node = TestNode::start(MEMORY).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    handle(
+        &node,
+        "held",
+        "calc.held",
+        held(gate.clone(), calls.clone()),
+    )
+    .await;
+    let url = node.url("/v1/request/calc.held?timeout_ms=30");
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let res = client().post(url).body("{}").send().await.unwrap();
+            (started.elapsed(), error_of(res).await)
+        }));
+    }
+    for t in tasks {
+        let (took, (status, kind, message)) = t.await.unwrap();
+        assert_eq!((status, kind.as_str()), (504, "timeout"), "{message}");
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    }
+    gate.add_permits(1000);
+    wait_nothing_pending(&node).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs = crate::common::get_json(&node, "/v1/subscriptions").await;
+        let row = subs["subscriptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "held")
+            .cloned()
+            .unwrap_or_else(|| panic!("no held: {subs}"));
+        if row["in_flight"] == 0 && row["depth"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "work left behind: {row}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(calls.load(Ordering::SeqCst) <= 24);
+    node.stop().await.unwrap();
+}
