@@ -184,7 +184,11 @@ mod tests {
         let (a, b) = (env("a"), env("b"));
         let (ida, idb) = (a.id.clone(), b.id.clone());
         note_attempts(5);
-        assert_eq!(take_noted_attempts(&ida), None, "outside a scope nothing is noted");
+        assert_eq!(
+            take_noted_attempts(&ida),
+            None,
+            "outside a scope nothing is noted"
+        );
         within(a, || note_attempts(3));
         assert_eq!(take_noted_attempts(&idb), None, "another message's note");
         assert_eq!(take_noted_attempts(&ida), Some(3));

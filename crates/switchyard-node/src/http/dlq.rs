@@ -124,13 +124,21 @@ pub(crate) async fn list(
     }))
 }
 
+/// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:30`) and optional fractional
+/// seconds, as the instant it names.
 fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError> {
-    humantime::parse_rfc3339_weak(value).map_err(|e| {
+    let bad = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorKind::BadQuery,
-            format!("{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)"),
+            format!(
+                "{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z or \
+                 2026-01-02T04:04:05.5+01:00)"
+            ),
         )
-    })
+    };
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(&e))?;
+    Ok(std::time::SystemTime::from(at))
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
