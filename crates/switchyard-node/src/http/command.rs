@@ -10,7 +10,7 @@ use serde::Deserialize;
 use switchyard::{CommandResult, Kind, SendError};
 
 use super::publish::envelope;
-use super::{Authed, PathParam, Q, RawBody, json};
+use super::{Authed, NoQuery, PathParam, Q, RawBody, json};
 use crate::auth::Action;
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
@@ -34,6 +34,7 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     Authed(principal): Authed,
     PathParam(topic): PathParam,
+    Q(NoQuery {}): Q<NoQuery>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use switchyard::{Envelope, Kind, Topic};
 
-use super::{Authed, PathParam, RawBody, json};
+use super::{Authed, NoQuery, PathParam, Q, RawBody, json};
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
@@ -45,6 +45,7 @@ pub(crate) async fn publish(
     State(state): State<AppState>,
     Authed(principal): Authed,
     PathParam(topic): PathParam,
+    Q(NoQuery {}): Q<NoQuery>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {

@@ -274,7 +274,7 @@ max_request_timeout_ms = 2000
 /// and `publish` take no query, so a client's `?timeout_ms=` (a deadline it believes it set)
 /// or any other parameter is refused, not silently ignored while the send waits 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: send and publish ignore unknown query parameters (send?timeout_ms=50 waits send_timeout_ms) instead of 400 bad_query"]
+// Fixed: send and publish take no query parameter and refuse any.
 async fn send_and_publish_refuse_query_parameters_they_do_not_take() {
     let node = TestNode::start(
         r#"
