@@ -99,7 +99,7 @@ async fn a_failed_send_is_dead_lettered_and_a_replay_hands_it_to_its_handler_aga
 /// request take: "Same body and headers" as publish (`x-message-id`, `x-correlation-id`,
 /// `x-causation-id`, `traceparent`, `x-priority`, ...).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: /v1/openapi.json declares publish's headers (x-message-id, x-priority, traceparent, ...) but none on send and request"]
+// Fixed: the OpenAPI document declares it.
 async fn the_openapi_document_declares_the_headers_send_and_request_take() {
     let node = TestNode::start(MEMORY).await;
     let doc = get_json(&node, "/v1/openapi.json").await;
@@ -142,7 +142,7 @@ async fn the_openapi_document_declares_the_headers_send_and_request_take() {
 /// has its `{name}` in the path template (the query parameters `timeout_ms`, the DLQ
 /// filters, `ids`, `format`, `since_ms` are `query`), so a generated client sends them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: /v1/openapi.json declares query parameters (request timeout_ms, /v1/dlq filters, replays ids, topology format, history since_ms) as in: path"]
+// Fixed: the OpenAPI document declares it.
 async fn the_openapi_parameters_are_where_the_routes_read_them() {
     let node = TestNode::start(MEMORY).await;
     let doc = get_json(&node, "/v1/openapi.json").await;
