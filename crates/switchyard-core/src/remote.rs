@@ -27,7 +27,8 @@ pub struct CommandResult {
     pub reply: Option<Envelope>,
     /// Name of the handler that produced it.
     pub handler: SmolStr,
-    /// Attempts it took.
+    /// Attempts it took: the bus's, or those of a retry layer inside the handler (the
+    /// resilience stack's), which notes them ([`delivered::note_attempts`](crate::delivered::note_attempts)).
     pub attempts: u32,
 }
 

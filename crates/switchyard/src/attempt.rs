@@ -76,6 +76,15 @@ pub(crate) fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u
     attempt
 }
 
+/// The attempts a command took when it ended at `attempt` of the bus's: more when a layer
+/// inside the handler (the resilience stack's retry) made attempts of its own and noted
+/// them ([`switchyard_core::delivered::note_attempts`]), taken from this thread right after
+/// the call ended.
+#[inline(always)]
+pub(crate) fn attempts_taken(id: &switchyard_core::MessageId, attempt: u32) -> u32 {
+    switchyard_core::delivered::take_noted_attempts(id).map_or(attempt, |n| n.max(attempt))
+}
+
 /// Whether a handler's panic, captured by a middleware inside it (the resilience stack's
 /// `CatchPanic`: `switchyard_middleware::catch_panic::PanicError`), is in `e`'s chain: the
 /// bus files it as a panic, as one it caught itself.

@@ -17,7 +17,9 @@ use switchyard_core::{
 };
 
 pub(crate) use crate::attempt::{Attempt, Handled};
-use crate::attempt::{attempts_inside, decode_failure, error_chain, links, panicked_inside};
+use crate::attempt::{
+    attempts_inside, attempts_taken, decode_failure, error_chain, links, panicked_inside,
+};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::keep_alive::Keeper;
@@ -661,7 +663,8 @@ impl SubShared {
                     inc(&c.acked);
                     // An event has no one to answer (and a reply to it is dropped).
                     if reply.is_some() {
-                        *kept = self.answer(reply, Ok((r, typed.take())), attempt);
+                        let attempts = attempts_taken(&env.id, attempt);
+                        *kept = self.answer(reply, Ok((r, typed.take())), attempts);
                     }
                     break (Handled::Done, None);
                 }

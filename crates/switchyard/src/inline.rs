@@ -35,6 +35,7 @@ use tower::Service;
 
 use switchyard_core::{DeliveryInfo, Outcome, delivered};
 
+use crate::attempt::attempts_taken;
 use crate::dispatch::{Attempt, Started, YIELD_EVERY, publishes_lifecycle, start_call};
 use crate::handler::{SingleFuture, SingleHandler};
 use crate::pending::Settled;
@@ -290,12 +291,14 @@ impl Taken {
             // The envelope is let go of before the slot is given back, which keeps its block
             // for this thread's next command when it is the last holder (`queue/spare.rs`).
             Started::Ended(Ok(Ok(Outcome::Ack))) => {
+                let attempts = attempts_taken(&env.id, stamp.attempt);
                 drop(env);
-                return Ok(answered(slot, svc, reply, None, typed, stamp.attempt));
+                return Ok(answered(slot, svc, reply, None, typed, attempts));
             }
             Started::Ended(Ok(Ok(Outcome::Reply(r)))) => {
+                let attempts = attempts_taken(&env.id, stamp.attempt);
                 drop(env);
-                return Ok(answered(slot, svc, reply, Some(r), typed, stamp.attempt));
+                return Ok(answered(slot, svc, reply, Some(r), typed, attempts));
             }
             Started::Ended(other) => {
                 Begun::Made(sub.classify_rare(other, &env, stamp.attempt), stamp)
@@ -515,13 +518,14 @@ async fn run((taken, begun): (Taken, Begun)) -> InlineOutput {
                     };
                     let made = sub.classify(result, &env, stamp.attempt);
                     if let Attempt::Done(r) = made {
+                        let attempts = attempts_taken(&env.id, stamp.attempt);
                         // Let go of before the slot is given back (see `first_attempt`).
                         drop(env);
                         inc(&sub.counters.acked);
                         answer = reply.send(Ok(Answer {
                             reply: r,
                             typed,
-                            attempts: stamp.attempt,
+                            attempts,
                         }));
                         return true;
                     }
