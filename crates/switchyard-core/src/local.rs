@@ -20,8 +20,8 @@ use crate::shared::Shared;
 /// own clone of it instead of decoding the payload ([`Local::take`]), on every attempt, so a
 /// handler that changes its copy changes nothing another handler or a retry sees: each gets
 /// the value as it was published (for the usual derived types, what decoding the payload
-/// gives; see [`Message`](crate::Message) for what differs). The last holder of the value
-/// gets it moved out rather than cloned. This is why [`Message`](crate::Message) requires `Clone`.
+/// gives; see [`Message`] for what differs). The last holder of the value
+/// gets it moved out rather than cloned. This is why [`Message`] requires `Clone`.
 /// A typed handler taking [`Shared<T>`](crate::Shared) gets the value itself instead, shared
 /// and immutable, with no clone ([`Local::take_shared`]).
 ///
