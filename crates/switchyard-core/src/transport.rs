@@ -45,7 +45,7 @@ pub trait Publisher: Send + Sync + 'static {
     fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send;
     /// The largest payload, in bytes, this transport accepts, and whose limit that is (for
     /// the error message), or `None` when it sets none. The bus refuses a larger message
-    /// with [`PublishError::TooLarge`](crate::PublishError::TooLarge) before handing it
+    /// with [`PublishError::TooLarge`] before handing it
     /// over, so a publish fails at once instead of at the broker.
     fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
         None
