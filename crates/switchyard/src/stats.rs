@@ -56,11 +56,14 @@ impl RetryCounter {
 /// A snapshot of one subscription's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SubscriptionStats {
-    /// Handler calls (attempts), including retries.
+    /// Handler calls (attempts), including the bus's retries. A retry layer inside the
+    /// handler (the resilience stack's) makes its re-attempts within one call: they are
+    /// counted in `retried`, not here.
     pub delivered: u64,
     /// Messages settled successfully (ack or reply).
     pub acked: u64,
-    /// Attempts that ended in an error or panic.
+    /// Attempts that ended in an error or panic; under a retry layer inside the handler,
+    /// the calls that ended so once that layer gave up (its failed re-attempts are not seen).
     pub failed: u64,
     /// Attempts that panicked (also counted in `failed`), and messages whose filter or
     /// ordering key panicked (dead-lettered before any attempt, not counted in `failed`).
