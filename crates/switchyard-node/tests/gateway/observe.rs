@@ -248,9 +248,9 @@ async fn stats_and_metrics_show_handler_latency_percentiles() {
     node.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
-    let node = TestNode::start(MEMORY).await;
+/// Subscribes `fulfil` to `orders.placed`: it publishes `orders.shipped` (a consequence of
+/// the message it handles) and acks.
+async fn fulfil_publishes_shipped(node: &TestNode) {
     let bus = node.bus.clone();
     node.bus
         .subscribe(
@@ -269,7 +269,11 @@ async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
         .await
         .unwrap()
         .detach();
-    let http = client();
+}
+
+/// Publishes `orders.placed` over HTTP, waits until the bus is idle and reads the trace of
+/// its correlation id: the publish's answer and the trace.
+async fn publish_placed_and_trace(node: &TestNode, http: &reqwest::Client) -> (Value, Value) {
     let res: Value = http
         .post(node.url("/v1/publish/orders.placed"))
         .body("{}")
@@ -289,6 +293,15 @@ async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
         .json()
         .await
         .unwrap();
+    (res, trace)
+}
+
+#[tokio::test]
+async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
+    let node = TestNode::start(MEMORY).await;
+    fulfil_publishes_shipped(&node).await;
+    let http = client();
+    let (res, trace) = publish_placed_and_trace(&node, &http).await;
     let topics: Vec<&str> = trace["messages"]
         .as_array()
         .unwrap()
@@ -316,24 +329,7 @@ async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
 #[tokio::test]
 async fn a_trace_shows_which_handler_got_each_message_and_how_it_ended() {
     let node = TestNode::start(MEMORY).await;
-    let bus = node.bus.clone();
-    node.bus
-        .subscribe(
-            "fulfil",
-            "orders.placed",
-            handler_fn(move |_env: Envelope| {
-                let bus = bus.clone();
-                async move {
-                    bus.publish_envelope(Envelope::new(Topic::new("orders.shipped")?, "{}"))
-                        .await?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Outcome::Ack)
-                }
-            }),
-        )
-        .start()
-        .await
-        .unwrap()
-        .detach();
+    fulfil_publishes_shipped(&node).await;
     node.bus
         .subscribe(
             "audit",
@@ -349,25 +345,7 @@ async fn a_trace_shows_which_handler_got_each_message_and_how_it_ended() {
         .unwrap()
         .detach();
     let http = client();
-    let res: Value = http
-        .post(node.url("/v1/publish/orders.placed"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    node.bus.run_until_idle().await;
-    let correlation = res["correlation_id"].as_str().unwrap();
-    let trace: Value = http
-        .get(node.url(&format!("/v1/trace/{correlation}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (res, trace) = publish_placed_and_trace(&node, &http).await;
     let shipped = trace["messages"][1]["id"].as_str().unwrap().to_owned();
     let deliveries = trace["deliveries"]
         .as_array()
