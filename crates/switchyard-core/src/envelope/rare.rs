@@ -23,6 +23,9 @@ pub(super) struct RareSlot(Option<Box<Rare>>);
 const _: () = assert!(std::mem::size_of::<RareSlot>() == std::mem::size_of::<usize>());
 
 impl RareSlot {
+    /// No rare fields (what `default()` gives), as a constant.
+    pub(super) const EMPTY: Self = Self(None);
+
     /// A slot holding `rare` (in a spare box if this thread has one). Out of line, as every
     /// path to a box: the envelope's constructors, setters and clone, inlined everywhere,
     /// stay small.
