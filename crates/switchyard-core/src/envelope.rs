@@ -644,11 +644,7 @@ impl ReplyAddress {
             payload,
             delivery: DeliveryInfo::default(),
             local: Local::default(),
-            rare: RareSlot::filled(Rare {
-                causation_id: Some(self.id),
-                target: self.source,
-                ..Rare::default()
-            }),
+            rare: RareSlot::caused(self.id, self.source),
             unencoded: false,
         }
     }
