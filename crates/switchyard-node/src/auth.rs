@@ -127,6 +127,33 @@ impl Principal {
         self.expiry.map(|(exp, leeway)| exp + leeway)
     }
 
+    /// Resolves at [`valid_until`](Self::valid_until), on tokio's clock; never when there is
+    /// no end. What a connection that outlives one request (a WebSocket, the live stream)
+    /// waits on beside its work, to stop acting for a credential that has expired.
+    pub(crate) fn credential_expiry(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let until = self.valid_until();
+        async move {
+            match until {
+                Some(until) => {
+                    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// What a connection is told when it ends because its credential expired.
+    pub(crate) fn expired_error(&self) -> ApiError {
+        let exp = self
+            .token_exp()
+            .map_or_else(String::new, crate::wire::rfc3339);
+        ApiError::new(
+            ErrorKind::Unauthenticated,
+            format!("the token expired at {exp}; reconnect with a fresh one"),
+        )
+    }
+
     /// True when it holds the admin grant.
     pub fn is_admin(&self) -> bool {
         self.inner.admin

@@ -165,12 +165,14 @@ impl Latencies {
         name: &str,
         handler: BoxHandler,
         live: Arc<crate::live::Live>,
+        trace: Option<Arc<crate::trace::TraceBuffer>>,
     ) -> BoxHandler {
         boxed(Timed {
             inner: handler,
             histogram: self.histogram(name),
             name: name.into(),
             live,
+            trace,
         })
     }
 
@@ -218,6 +220,8 @@ struct Timed {
     /// The handler's (subscription's) name.
     name: Arc<str>,
     live: Arc<crate::live::Live>,
+    /// Where each call is kept for `/v1/trace` (`None`: tracing off).
+    trace: Option<Arc<crate::trace::TraceBuffer>>,
 }
 
 impl tower::Service<Envelope> for Timed {
@@ -236,13 +240,25 @@ impl tower::Service<Envelope> for Timed {
             .replays
             .active()
             .then(|| (env.id.clone(), self.live.clone(), self.name.clone()));
+        let traced = self.trace.clone().map(|t| {
+            let message = (
+                env.id.clone(),
+                env.correlation_id.clone(),
+                env.delivery.attempt,
+            );
+            (t, message, self.name.clone(), std::time::SystemTime::now())
+        });
         let call = self.inner.call(env);
         let histogram = self.histogram.clone();
         Box::pin(async move {
             let out = call.await;
-            histogram.record(started.elapsed());
+            let took = started.elapsed();
+            histogram.record(took);
             if let Some((id, live, name)) = watched {
                 live.replay_delivered(&id, &name, &out);
+            }
+            if let Some((trace, message, name, at)) = traced {
+                trace.delivered(message, &name, at, took, &out);
             }
             out
         })

@@ -43,6 +43,7 @@ mod node;
 mod scrape;
 mod state;
 mod tls;
+mod trace;
 pub mod wire;
 mod ws;
 

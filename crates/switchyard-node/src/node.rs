@@ -75,8 +75,11 @@ impl Node {
         let latency = crate::latency::Latencies::default();
         let wrap_latency = latency.clone();
         let (breaker_tx, breaker_rx) = tokio::sync::mpsc::unbounded_channel();
-        let trace = (config.retention.trace_messages > 0)
-            .then(|| Arc::new(TraceBuffer::new(config.retention.trace_messages)));
+        let trace = (config.retention.trace_messages > 0).then(|| {
+            Arc::new(crate::trace::TraceBuffer::new(
+                config.retention.trace_messages,
+            ))
+        });
         let hook_trace = trace.clone();
         let hook_live = live.clone();
         let alerts = Arc::new(crate::alerts::AlertLog::with_live(live.clone()));
@@ -130,6 +133,7 @@ impl Node {
         let wrap_health = health.clone();
         let wrap_registry = handlers.clone();
         let wrap_live = live.clone();
+        let wrap_trace = trace.clone();
         let bus = builder
             .max_attempts(1)
             .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
@@ -158,7 +162,12 @@ impl Node {
                 if !ws {
                     wrap_health.add_breaker(name, layer.breaker());
                 }
-                boxed(layer.layer(wrap_latency.wrap(name, handler, wrap_live.clone())))
+                boxed(layer.layer(wrap_latency.wrap(
+                    name,
+                    handler,
+                    wrap_live.clone(),
+                    wrap_trace.clone(),
+                )))
             })
             .build()?;
 
@@ -515,43 +524,6 @@ async fn open_transport(
                     message: e.to_string(),
                 })
         }
-    }
-}
-
-/// The last envelopes published or sent through this node's bus, for `/v1/trace`. Fed by a
-/// publish hook rather than a `#` subscription (`switchyard_components`' `TraceRecorder`):
-/// it sees commands and requests too, costs no second read of the transport, and works on
-/// NATS where a `#` subscription needs a stream holding every topic.
-pub(crate) struct TraceBuffer {
-    capacity: usize,
-    seen: std::sync::Mutex<std::collections::VecDeque<switchyard::Envelope>>,
-}
-
-impl TraceBuffer {
-    fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            seen: std::sync::Mutex::new(std::collections::VecDeque::new()),
-        }
-    }
-
-    fn record(&self, env: &switchyard::Envelope) {
-        let mut q = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= self.capacity {
-            q.pop_front();
-        }
-        q.push_back(env.clone());
-    }
-
-    /// The recorded envelopes of one correlation id, oldest first.
-    pub(crate) fn of(&self, correlation: switchyard::MessageId) -> Vec<switchyard::Envelope> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|e| e.correlation_id == correlation)
-            .cloned()
-            .collect()
     }
 }
 

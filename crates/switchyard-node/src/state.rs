@@ -43,7 +43,7 @@ pub(crate) struct AppState {
     /// second finds them gone).
     pub(crate) replaying: Arc<tokio::sync::Mutex<()>>,
     /// Recent envelopes for `/v1/trace` (none when `retention.trace_messages = 0`).
-    pub(crate) trace: Option<Arc<crate::node::TraceBuffer>>,
+    pub(crate) trace: Option<Arc<crate::trace::TraceBuffer>>,
     /// The component topology, when the application registered one.
     pub(crate) topology: Arc<RwLock<Option<Topology>>>,
     /// Layer rules on gateway traffic: set with the topology (see [`AppState::check_layers`]).

@@ -815,6 +815,12 @@
     const dlq = await api("/v1/dlq?limit=1000").catch(() => ({ items: [] }));
     const failed = new Map((dlq.items || []).map((i) => [i.id, i]));
     const msgs = new Map((data.messages || []).map((m) => [m.id, m]));
+    const calls = new Map();
+    for (const d of data.deliveries || []) { if (!calls.has(d.message_id)) calls.set(d.message_id, []); calls.get(d.message_id).push(d); }
+    const delivery = (d) => el("li", { class: "tdelivery" + (d.outcome === "handled" ? "" : " failed"), "data-test": "trace-delivery" },
+      el("span", {}, "→ " + d.handler), el("span", { class: "pill" }, d.outcome),
+      el("span", { class: "ms" }, "attempt " + d.attempt + ", " + Number(d.duration_ms).toFixed(2) + " ms"),
+      d.error ? el("span", { class: "error" }, d.error) : null);
     const tree = data.tree || { roots: [] };
     const span = Math.max(tree.span_ms || 0, 1);
     const node = (n) => {
@@ -829,10 +835,11 @@
           el("span", { class: "tbar", style: "width:" + Math.max(2, (n.at_ms / span) * 160) + "px", "aria-hidden": "true" }),
           f ? el("a", { class: "error", href: "#dlq/" + encodeURIComponent(f.id) }, "failed in " + f.handler + ": " + f.error) : null,
           el("details", {}, el("summary", {}, "message"), el("pre", {}, JSON.stringify(m, null, 2)))),
+        calls.has(n.id) ? el("ul", { class: "tdeliveries" }, calls.get(n.id).map(delivery)) : null,
         n.children && n.children.length ? el("ul", {}, n.children.map(node)) : null);
     };
     out.replaceChildren(
-      el("p", {}, "Correlation ", el("code", {}, data.correlation_id), " — " + (data.messages || []).length + " message(s) over " + Number(tree.span_ms || 0).toFixed(1) + " ms"),
+      el("p", {}, "Correlation ", el("code", {}, data.correlation_id), " — " + (data.messages || []).length + " message(s) over " + Number(tree.span_ms || 0).toFixed(1) + " ms, " + (data.deliveries || []).length + " handler call(s)"),
       el("ul", { class: "tree", "data-test": "trace-tree" }, (tree.roots || []).map(node)));
   }
 

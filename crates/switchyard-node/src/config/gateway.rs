@@ -194,7 +194,8 @@ pub enum SlowClientPolicy {
 pub struct RetentionConfig {
     /// Dead letters kept (oldest evicted beyond). Default 10000.
     pub dead_letters: usize,
-    /// Envelopes kept for `/v1/trace` (0: tracing off). Default 10000.
+    /// Envelopes, and as many handler calls, kept for `/v1/trace` (0: tracing off). Default
+    /// 10000.
     pub trace_messages: usize,
     /// Log transport: remove the oldest closed segments while a stream is larger than this,
     /// bytes (0: no size limit). Default 1073741824 (1 GiB).

@@ -35,11 +35,12 @@ fn event(kind: &str, data: &str) -> Event {
 /// The node's live events as server-sent events: `hello` once, then `sample` (the newest
 /// history sample) and `stats` (the whole `/v1/stats` document) every second, `alert` when an
 /// alert is raised, fires again or is resolved, `dead_letter` when a message is dead-lettered,
-/// and `lagged` when this client fell behind and events were skipped. Ends when the node stops.
-#[utoipa::path(get, path = "/v1/stream", responses((status = 200, description = "text/event-stream: hello, sample, stats, alert, dead_letter, lagged", content_type = "text/event-stream")), tag = "observability")]
+/// and `lagged` when this client fell behind and events were skipped. Ends when the node
+/// stops, and for a JWT at its expiry, after an `expired` event.
+#[utoipa::path(get, path = "/v1/stream", responses((status = 200, description = "text/event-stream: hello, sample, stats, alert, dead_letter, replay, lagged, expired", content_type = "text/event-stream")), tag = "observability")]
 pub(crate) async fn stream(
     State(state): State<AppState>,
-    _admin: Admin,
+    Admin(admin): Admin,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     use futures::StreamExt;
     let rx = state.live.subscribe();
@@ -60,13 +61,32 @@ pub(crate) async fn stream(
     if let Ok(json) = serde_json::to_string(&crate::scrape::stats_json(&state)) {
         first.push(event("stats", &json));
     }
-    let live = futures::stream::unfold(rx, |mut rx| async move {
-        let ev = match rx.recv().await {
-            Ok(LiveEvent { kind, data }) => event(kind, &data),
-            Err(RecvError::Lagged(n)) => event("lagged", &format!("{{\"skipped\":{n}}}")),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((ev, rx))
+    // A JWT's stream ends at its expiry with an `expired` event saying so, as a WebSocket
+    // opened with it is closed then.
+    let expired = Box::pin(admin.credential_expiry());
+    let expired_error: std::sync::Arc<str> =
+        serde_json::to_string(&admin.expired_error().body().error)
+            .unwrap_or_default()
+            .into();
+    let who: std::sync::Arc<str> = admin.name().into();
+    let live = futures::stream::unfold(Some((rx, expired)), move |open| {
+        let (expired_error, who) = (expired_error.clone(), who.clone());
+        async move {
+            let (mut rx, mut expired) = open?;
+            let ev = tokio::select! {
+                biased;
+                () = &mut expired => {
+                    tracing::info!(principal = &*who, "live stream ended: its JWT expired");
+                    return Some((event("expired", &expired_error), None));
+                }
+                next = rx.recv() => match next {
+                    Ok(LiveEvent { kind, data }) => event(kind, &data),
+                    Err(RecvError::Lagged(n)) => event("lagged", &format!("{{\"skipped\":{n}}}")),
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            Some((ev, Some((rx, expired))))
+        }
     });
     let shutdown = state.shutdown.clone();
     let events = futures::stream::iter(first)

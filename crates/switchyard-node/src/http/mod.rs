@@ -192,7 +192,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
 }
 
 /// The caller, holding the admin grant (403 otherwise).
-pub(crate) struct Admin(#[allow(dead_code)] pub(crate) Principal);
+pub(crate) struct Admin(pub(crate) Principal);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;

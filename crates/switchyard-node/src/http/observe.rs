@@ -189,7 +189,8 @@ pub(crate) async fn topology(
     })
 }
 
-/// Every recorded message of one correlation id and its causal tree.
+/// Every recorded message of one correlation id, its causal tree and the recorded handler
+/// calls (deliveries) of those messages with their outcomes.
 #[utoipa::path(get, path = "/v1/trace/{correlation_id}", params(("correlation_id" = String, Path, description = "Correlation id")),
     responses((status = 200), (status = 404, body = crate::error::ErrorBody)), tag = "observability")]
 pub(crate) async fn trace(
@@ -206,7 +207,7 @@ pub(crate) async fn trace(
             "tracing is off (retention.trace_messages = 0)",
         ));
     };
-    let envelopes = recorder.of(correlation.clone());
+    let envelopes = recorder.of(&correlation);
     if envelopes.is_empty() {
         return Err(ApiError::new(
             ErrorKind::NotFound,
@@ -214,10 +215,33 @@ pub(crate) async fn trace(
         ));
     }
     let tree = switchyard_components::trace::Trace::build(correlation.clone(), &envelopes);
+    let deliveries = recorder.deliveries_of(&correlation);
+    let mut text = tree.render();
+    if !deliveries.is_empty() {
+        text.push_str("deliveries:\n");
+        for d in &deliveries {
+            let topic = envelopes
+                .iter()
+                .find(|e| e.id.to_string() == d.message_id)
+                .map_or("?", |e| e.topic.as_str());
+            text.push_str(&format!(
+                "  {topic} -> {} (attempt {}): {} in {:.3} ms{}\n",
+                d.handler,
+                d.attempt,
+                d.outcome,
+                d.duration_ms,
+                d.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     Ok(Json(json!({
         "correlation_id": correlation.to_string(),
         "messages": envelopes.iter().map(MessageJson::from_envelope).collect::<Vec<_>>(),
+        "deliveries": deliveries,
         "tree": tree,
-        "text": tree.render(),
+        "text": text,
     })))
 }

@@ -126,15 +126,7 @@ impl Replays {
         subscription: &str,
         result: &Result<Outcome, BoxError>,
     ) -> Option<ReplayState> {
-        let (outcome, error) = match result {
-            Ok(Outcome::Ack | Outcome::Reply(_)) => ("handled", None),
-            Ok(Outcome::Reject { reason }) => ("rejected", Some(reason.clone())),
-            Ok(Outcome::Retry { .. }) => ("retry", Some("the handler asked for a retry".into())),
-            Err(e) => (
-                "failed",
-                Some(switchyard_middleware::dlq::error_chain(&**e)),
-            ),
-        };
+        let (outcome, error) = crate::trace::outcome_of(result);
         self.record(id, Some(subscription.to_owned()), outcome, error)
     }
 

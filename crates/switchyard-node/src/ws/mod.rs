@@ -165,7 +165,7 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
     // Made once: a fresh `cancelled()` per frame would register a waiter per frame.
     let closed = closing.cancelled();
     let node_stopping = state.shutdown.cancelled();
-    let expired = credential_expiry(session.conn.principal.valid_until());
+    let expired = session.conn.principal.credential_expiry();
     tokio::pin!(closed, node_stopping, expired);
     loop {
         let next = tokio::select! {
@@ -176,12 +176,8 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
                 break;
             }
             () = &mut expired => {
-                let exp = session.conn.principal.token_exp().map_or_else(String::new, wire::rfc3339);
-                tracing::info!(conn = id, principal = session.conn.principal.name(), exp, "WebSocket closed: its JWT expired");
-                let e = ApiError::new(
-                    ErrorKind::Unauthenticated,
-                    format!("the token expired at {exp}; reconnect with a fresh one"),
-                );
+                let e = session.conn.principal.expired_error();
+                tracing::info!(conn = id, principal = session.conn.principal.name(), "WebSocket closed: its JWT expired");
                 out.close_with(CLOSE_POLICY, "token expired", Some(error_frame(None, &e)));
                 break;
             }
@@ -225,21 +221,6 @@ async fn run(state: AppState, principal: Principal, socket: WebSocket) {
     let _ = writer.await;
     state.metrics.ws_connection(false);
     tracing::debug!(conn = id, "WebSocket disconnected");
-}
-
-/// Resolves at `valid_until`, when the credential the connection was opened with stops being
-/// valid (a JWT's `exp` plus the leeway, on tokio's clock); never for `None` (a static token,
-/// or auth off).
-async fn credential_expiry(valid_until: Option<std::time::SystemTime>) {
-    match valid_until {
-        Some(until) => {
-            let left = until
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            tokio::time::sleep(left).await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// The reader's side of one connection: what it registered, and the ops.

@@ -156,8 +156,11 @@ try {
   await page.fill("#trace-form input[name=id]", correlation);
   await page.press("#trace-form input[name=id]", "Enter");
   await page.locator("[data-test=trace-tree] [data-test=trace-node]", { hasText: "billing.charge" }).first().waitFor({ timeout: T });
+  // The handler calls under the message: billing's refusal, then its handling of the replay.
+  await page.locator("[data-test=trace-tree] [data-test=trace-delivery]", { hasText: "card declined" }).filter({ hasText: "billing" }).filter({ hasText: "rejected" }).first().waitFor({ timeout: T });
+  await page.locator("[data-test=trace-tree] [data-test=trace-delivery]", { hasText: "handled" }).filter({ hasText: "billing" }).first().waitFor({ timeout: T });
   await shot(page, "10-trace.png", { fullPage: true });
-  step("trace tree shown");
+  step("trace tree shown with the handler calls");
 
   // Alerts and health: the firing alert, the resolved one, readiness and the transport.
   await page.click("nav a[data-view=health]");

@@ -311,6 +311,102 @@ async fn a_trace_shows_the_causal_tree_of_a_correlation_id() {
     node.stop().await.unwrap();
 }
 
+/// `/v1/trace` also shows each handler call of the traced messages: which handler, the
+/// attempt, the outcome and why it was not handled.
+#[tokio::test]
+async fn a_trace_shows_which_handler_got_each_message_and_how_it_ended() {
+    let node = TestNode::start(MEMORY).await;
+    let bus = node.bus.clone();
+    node.bus
+        .subscribe(
+            "fulfil",
+            "orders.placed",
+            handler_fn(move |_env: Envelope| {
+                let bus = bus.clone();
+                async move {
+                    bus.publish_envelope(Envelope::new(Topic::new("orders.shipped")?, "{}"))
+                        .await?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Outcome::Ack)
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    node.bus
+        .subscribe(
+            "audit",
+            "orders.shipped",
+            handler_fn(|_env: Envelope| async {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Outcome::Reject {
+                    reason: "audit refused it".into(),
+                })
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let http = client();
+    let res: Value = http
+        .post(node.url("/v1/publish/orders.placed"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    node.bus.run_until_idle().await;
+    let correlation = res["correlation_id"].as_str().unwrap();
+    let trace: Value = http
+        .get(node.url(&format!("/v1/trace/{correlation}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shipped = trace["messages"][1]["id"].as_str().unwrap().to_owned();
+    let deliveries = trace["deliveries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no deliveries in the trace: {trace}"));
+    let seen: Vec<(&str, &str, u64, &str)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d["message_id"].as_str().unwrap(),
+                d["handler"].as_str().unwrap(),
+                d["attempt"].as_u64().unwrap(),
+                d["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (res["id"].as_str().unwrap(), "fulfil", 1, "handled"),
+            (shipped.as_str(), "audit", 1, "rejected"),
+        ],
+        "{trace}"
+    );
+    assert!(deliveries[0]["error"].is_null(), "{trace}");
+    assert_eq!(deliveries[1]["error"], "audit refused it");
+    assert!(deliveries[0]["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        deliveries[0]["at"].as_str().unwrap().ends_with('Z'),
+        "{trace}"
+    );
+    let text = trace["text"].as_str().unwrap();
+    assert!(
+        text.contains("orders.shipped -> audit (attempt 1): rejected")
+            && text.contains("audit refused it"),
+        "{text}"
+    );
+    node.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn topology_exports_the_bus_graph_in_three_formats() {
     let node = TestNode::start(MEMORY).await;

@@ -25,4 +25,5 @@ mod review_rev31;
 mod review_rev32;
 mod review_rev8;
 mod slow;
+mod stream_expiry;
 mod support;
