@@ -14,7 +14,7 @@
 //! Like a task-local, without a runtime: a thread-local swapped in around every poll of the
 //! scoped future (and back out after it, also when the poll panics).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,56 @@ use crate::Envelope;
 
 thread_local! {
     static DELIVERED: RefCell<Option<Arc<Envelope>>> = const { RefCell::new(None) };
+    /// The attempts a layer inside the handler made of a delivered message, noted at the end
+    /// of its call ([`note_attempts`]) for the bus to take ([`take_noted_attempts`]).
+    static NOTED: RefCell<Option<(crate::MessageId, u32)>> = const { RefCell::new(None) };
+    /// Whether `NOTED` may hold a note: read first, so that taking nothing (every call of a
+    /// handler that makes no attempts of its own) costs one load.
+    static ANY_NOTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For a layer inside a handler that makes attempts of its own (a retry layer): notes, as
+/// the call ends, that the delivered message took `attempts` attempts (the number of the
+/// last one), so that the bus reports that number (a command's `CommandResult::attempts`)
+/// rather than its single call of the handler. Does nothing outside a delivered scope.
+/// Noted on the thread that polls the call to its end, where the bus takes it right after.
+pub fn note_attempts(attempts: u32) {
+    if let Some(id) = with(|env| env.id.clone()) {
+        let _ = NOTED.try_with(|n| {
+            if let Ok(mut n) = n.try_borrow_mut() {
+                *n = Some((id, attempts));
+                ANY_NOTED.set(true);
+            }
+        });
+    }
+}
+
+/// Takes what [`note_attempts`] noted for the message `id` during the call that just ended on
+/// this thread, if anything.
+#[inline]
+pub fn take_noted_attempts(id: &crate::MessageId) -> Option<u32> {
+    if !ANY_NOTED.get() {
+        return None;
+    }
+    take_noted_slow(id)
+}
+
+#[cold]
+#[inline(never)]
+fn take_noted_slow(id: &crate::MessageId) -> Option<u32> {
+    NOTED
+        .try_with(|n| {
+            let mut n = n.try_borrow_mut().ok()?;
+            match &*n {
+                Some((noted, _)) if noted == id => {
+                    ANY_NOTED.set(false);
+                    n.take().map(|(_, attempts)| attempts)
+                }
+                _ => None,
+            }
+        })
+        .ok()
+        .flatten()
 }
 
 /// Runs `fut` with `env` as the delivered message: [`with`] and [`current`] see it while
@@ -127,6 +177,22 @@ mod tests {
 
     fn env(p: &str) -> Arc<Envelope> {
         Arc::new(Envelope::new(Topic::new("a.b").unwrap(), p.to_owned()))
+    }
+
+    #[test]
+    fn attempts_noted_in_a_scope_are_taken_once_for_that_message_only() {
+        let (a, b) = (env("a"), env("b"));
+        let (ida, idb) = (a.id.clone(), b.id.clone());
+        note_attempts(5);
+        assert_eq!(
+            take_noted_attempts(&ida),
+            None,
+            "outside a scope nothing is noted"
+        );
+        within(a, || note_attempts(3));
+        assert_eq!(take_noted_attempts(&idb), None, "another message's note");
+        assert_eq!(take_noted_attempts(&ida), Some(3));
+        assert_eq!(take_noted_attempts(&ida), None, "taken once");
     }
 
     #[test]

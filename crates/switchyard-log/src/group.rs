@@ -1,7 +1,7 @@
 //! Consumer-group state of one (stream, group): the read cursor, the unsettled messages and
 //! the dispatch rule (per-key order, ack-wait expiry, delayed redelivery, max-deliver).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -10,8 +10,9 @@ use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Pattern};
 use tokio::time::Instant;
 
 use crate::error::ReadError;
+use crate::offsets::Position;
 use crate::stream::{StreamShared, lock};
-use crate::writer::PendingCommits;
+use crate::writer::{Commit, PendingCommits};
 
 /// Group settings taken from the log config.
 #[derive(Debug, Clone)]
@@ -73,6 +74,11 @@ impl Pending {
 /// are remembered in `ahead_taken` so the in-order read skips them; the keys it passes over go
 /// to `ahead_keys` and wait for the in-order read (per-key order). Both sets are bounded by
 /// `max_ack_pending` and emptied once the in-order read catches up with `ahead`.
+///
+/// What is settled above the floor (the committed offset) is written with it
+/// ([`GroupState::position`]): the records in `floor..next_read` not in `pending`, the
+/// records of `ahead_taken` not in `pending`, and `skip`. A group that opens with such
+/// records (`skip`, from the offsets file) passes over them in both reads.
 #[derive(Debug)]
 pub(crate) struct GroupState {
     pub pattern: Pattern,
@@ -87,6 +93,16 @@ pub(crate) struct GroupState {
     ahead_keys: HashSet<SmolStr>,
     /// Records in `next_read..ahead` the look-ahead took (pending, or settled since).
     ahead_taken: BTreeSet<u64>,
+    /// Records settled before this group state began (restored from the offsets file, or
+    /// kept by [`GroupShared::reset`]), at or after `next_read`, as sorted, disjoint
+    /// half-open ranges: neither read hands them out. Ranges the in-order read has passed
+    /// are dropped.
+    skip: VecDeque<(u64, u64)>,
+    /// A message was settled since the position was last reported to the writer.
+    unsaved: bool,
+    /// The group is in the pending commits and the writer has not taken its position yet:
+    /// a report then only has to update the state, which the writer reads.
+    queued: bool,
     /// Live subscriptions in this group.
     pub members: usize,
     committed_sent: u64,
@@ -132,6 +148,61 @@ impl GroupState {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+
+    /// The end of the `skip` range holding `offset`, if one does.
+    fn skip_end(&self, offset: u64) -> Option<u64> {
+        let i = self.skip.partition_point(|&(_, e)| e <= offset);
+        self.skip
+            .get(i)
+            .and_then(|&(s, e)| (s <= offset).then_some(e))
+    }
+
+    /// Moves the in-order read past `skip` ranges it has reached (dropping them), and returns
+    /// how many records it may read from there before the next one.
+    fn pass_skipped(&mut self) -> u64 {
+        while let Some(&(s, e)) = self.skip.front() {
+            if e <= self.next_read {
+                self.skip.pop_front();
+            } else if s <= self.next_read {
+                self.next_read = e;
+                self.skip.pop_front();
+            } else {
+                return s - self.next_read;
+            }
+        }
+        u64::MAX
+    }
+
+    /// The group's position to write: the floor and every record settled above it.
+    pub fn position(&self) -> Position {
+        let floor = self.floor();
+        let mut ranges = Vec::new();
+        // Below the in-order read, whatever is not pending is settled (or not the group's).
+        let mut at = floor;
+        for &o in self.pending.range(floor..self.next_read).map(|(o, _)| o) {
+            if o > at {
+                ranges.push((at, o));
+            }
+            at = o + 1;
+        }
+        if self.next_read > at {
+            ranges.push((at, self.next_read));
+        }
+        // Past it, the records the look-ahead took and that were settled since.
+        ranges.extend(
+            self.ahead_taken
+                .range(self.next_read..)
+                .filter(|o| !self.pending.contains_key(o))
+                .map(|&o| (o, o + 1)),
+        );
+        ranges.extend(
+            self.skip
+                .iter()
+                .map(|&(s, e)| (s.max(self.next_read), e))
+                .filter(|&(s, e)| s < e),
+        );
+        Position::normalised(floor, ranges)
+    }
 }
 
 /// One consumer group on one stream.
@@ -172,7 +243,8 @@ struct Filled {
 }
 
 impl GroupShared {
-    /// A group starting at `start`.
+    /// A group starting at `start`, passing over the records of `settled` (half-open ranges
+    /// above `start`, as [`Position::settled`] has them).
     pub fn new(
         stream_idx: usize,
         stream: Arc<StreamShared>,
@@ -180,6 +252,7 @@ impl GroupShared {
         durable: bool,
         pattern: Pattern,
         start: u64,
+        settled: crate::offsets::Ranges,
     ) -> Self {
         Self {
             stream_idx,
@@ -194,6 +267,9 @@ impl GroupShared {
                 ahead: start,
                 ahead_keys: HashSet::new(),
                 ahead_taken: BTreeSet::new(),
+                skip: settled.into_iter().filter(|&(_, e)| e > start).collect(),
+                unsaved: false,
+                queued: false,
                 members: 0,
                 committed_sent: start,
                 deleted: false,
@@ -223,7 +299,14 @@ impl GroupShared {
                 st.trim_ahead();
                 return Ok(Filled { more: true, end });
             }
-            let want = (s.max_ack_pending - st.pending.len()).min(256);
+            // Settled before: not read again (and a read stops short of the next ones).
+            let until_skip = st.pass_skipped();
+            if st.next_read >= end {
+                break;
+            }
+            let want = (s.max_ack_pending - st.pending.len())
+                .min(256)
+                .min(usize::try_from(until_skip).unwrap_or(usize::MAX));
             let records = self.stream.read(st.next_read, want)?;
             if records.is_empty() {
                 st.trim_ahead();
@@ -232,8 +315,12 @@ impl GroupShared {
             scanned += records.len();
             for (offset, envelope) in records {
                 st.next_read = offset + 1;
-                // Taken by the look-ahead already (and perhaps settled since).
-                if st.ahead_taken.remove(&offset) || !st.pattern.matches(&envelope.topic) {
+                // Taken by the look-ahead already (and perhaps settled since), or settled
+                // before.
+                if st.ahead_taken.remove(&offset)
+                    || st.skip_end(offset).is_some()
+                    || !st.pattern.matches(&envelope.topic)
+                {
                     continue;
                 }
                 let key = s
@@ -270,6 +357,11 @@ impl GroupShared {
             if scanned >= MAX_SCAN {
                 return Ok((None, true));
             }
+            // Settled before: neither taken nor counted as a busy key.
+            if let Some(e) = st.skip_end(st.ahead) {
+                st.ahead = e;
+                continue;
+            }
             let records = self.stream.read(st.ahead, AHEAD_CHUNK)?;
             if records.is_empty() {
                 return Ok((None, true));
@@ -279,7 +371,7 @@ impl GroupShared {
                 if st.ahead_taken.len() >= cap {
                     return Ok((taken, false));
                 }
-                if !st.pattern.matches(&envelope.topic) {
+                if !st.pattern.matches(&envelope.topic) || st.skip_end(offset).is_some() {
                     st.ahead = offset + 1;
                     continue;
                 }
@@ -315,7 +407,7 @@ impl GroupShared {
     /// Picks the next message to hand out. Messages that used up their deliveries are moved to
     /// `dead`.
     pub fn dispatch(
-        &self,
+        self: &Arc<Self>,
         s: &GroupSettings,
         now: Instant,
         dead: &mut Vec<DeadLetter>,
@@ -378,9 +470,11 @@ impl GroupShared {
         }
         for offset in done {
             st.remove(offset);
+            st.unsaved = true;
         }
         for offset in expired {
             if let Some(p) = st.remove(offset) {
+                st.unsaved = true;
                 let counted = p.attempts.saturating_sub(p.handed_back);
                 let mut env = p.envelope;
                 env.delivery.attempt = counted;
@@ -429,12 +523,35 @@ impl GroupShared {
         Ok(result)
     }
 
-    fn report_floor(&self, st: &mut GroupState, commits: &PendingCommits) {
+    /// Hands the group to the writer when its floor moved or a message was settled above it
+    /// (the writer takes the position from the state when it writes). Once handed over, later
+    /// reports until the writer takes it change nothing but the state (the offset the pending
+    /// commit names for compaction may then lag behind by one commit round: compaction keeps
+    /// more, never less).
+    fn report_floor(self: &Arc<Self>, st: &mut GroupState, commits: &PendingCommits) {
         let floor = st.floor();
-        if self.durable && !st.deleted && floor > st.committed_sent {
-            st.committed_sent = floor;
-            lock(commits).insert((self.stream_idx, self.name.clone()), floor);
+        if self.durable && !st.deleted && (floor > st.committed_sent || st.unsaved) {
+            st.committed_sent = st.committed_sent.max(floor);
+            st.unsaved = false;
+            if !st.queued {
+                st.queued = true;
+                lock(commits).insert(
+                    (self.stream_idx, self.name.clone()),
+                    Commit {
+                        offset: st.committed_sent,
+                        group: Some(self.clone()),
+                    },
+                );
+            }
         }
+    }
+
+    /// The position to write, or `None` once the group is deleted. For the writer, which has
+    /// taken the group out of the pending commits: the next report hands it over again.
+    pub fn take_position(&self) -> Option<Position> {
+        let mut st = lock(&self.state);
+        st.queued = false;
+        (!st.deleted).then(|| st.position())
     }
 
     /// Settles a message for good (ack or term) by its delivery `generation`. Late settles
@@ -442,7 +559,7 @@ impl GroupShared {
     /// newer delivery is out it stays pending, keeping its key busy (review rev33: a member
     /// that had left acked its old copy and the next message of the key was handed out while
     /// the newer copy still ran).
-    pub fn settle(&self, offset: u64, generation: u64, commits: &PendingCommits) {
+    pub fn settle(self: &Arc<Self>, offset: u64, generation: u64, commits: &PendingCommits) {
         let mut st = lock(&self.state);
         if let Some(p) = st.pending.get_mut(&offset)
             && p.generation != generation
@@ -451,7 +568,9 @@ impl GroupShared {
             p.settled_early = true;
             return;
         }
-        st.remove(offset);
+        if st.remove(offset).is_some() {
+            st.unsaved = true;
+        }
         self.report_floor(&mut st, commits);
     }
 
@@ -478,6 +597,7 @@ impl GroupShared {
             if p.settled_early {
                 // An earlier delivery settled it: done (the next dispatch reports the floor).
                 st.remove(offset);
+                st.unsaved = true;
                 return;
             }
             p.state = PState::Ready(at);
@@ -501,16 +621,18 @@ impl GroupShared {
     }
 
     /// Forgets unsettled messages and restarts reading at the floor (when the last member of
-    /// a group leaves, so a changed pattern takes effect from there).
+    /// a group leaves, so a changed pattern takes effect from there), passing over what was
+    /// settled above it, as a restart does.
     pub fn reset(&self, pattern: Pattern) {
         let mut st = lock(&self.state);
-        let floor = st.floor();
+        let Position { offset, settled } = st.position();
         st.pending.clear();
         st.delivered = 0;
-        st.next_read = floor;
-        st.ahead = floor;
+        st.next_read = offset;
+        st.ahead = offset;
         st.ahead_keys.clear();
         st.ahead_taken.clear();
+        st.skip = settled.into();
         st.pattern = pattern;
     }
 }

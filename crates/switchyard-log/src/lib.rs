@@ -7,7 +7,8 @@
 //! - **Durability**: [`Durability::Always`] (the default) resolves `publish` only after an
 //!   `fdatasync` that many concurrent publishers share (group commit); `Interval` and `Never`
 //!   trade that for speed.
-//! - **Consumer groups** keep committed offsets on disk; each message goes to one member;
+//! - **Consumer groups** keep committed offsets on disk, with the messages settled above them
+//!   (so a restart redelivers only what was unsettled); each message goes to one member;
 //!   ack / nack (with delay) / term; unsettled messages come back after the ack wait; after
 //!   `max_deliver` deliveries (hand-backs, `Delivery::hand_back`, not counted) a message
 //!   goes to the dead-letter sink (or, with none, to the

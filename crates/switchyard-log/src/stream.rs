@@ -69,8 +69,9 @@ pub(crate) struct StreamShared {
     /// Topics this stream takes (empty for the catch-all stream).
     pub patterns: Vec<Pattern>,
     pub index: Mutex<StreamIndex>,
-    /// Group offsets known to be on disk (group name → next offset to consume).
-    pub committed: Mutex<HashMap<String, u64>>,
+    /// Group positions known to be on disk (group name → committed offset, the next one to
+    /// consume, and the records settled above it).
+    pub committed: Mutex<HashMap<String, crate::offsets::Position>>,
     /// The offsets file was damaged at open: a group without an offset starts from the
     /// oldest record whatever the start position (it may have had one; never a skip).
     pub offsets_damaged: bool,
@@ -213,7 +214,7 @@ fn scan_segment(
 }
 
 /// Loads the committed offsets of every group and brings back to `end` (the end of the
-/// recovered data) any that lie past it, on disk too. Returns them, and whether the offsets
+/// recovered data) any that lie past it, and settled ranges that reach past it, on disk too. Returns them, and whether the offsets
 /// file was damaged (the groups it held are unknown: each starts from the oldest record).
 ///
 /// A committed offset past the end means records the group had consumed were lost with
@@ -227,27 +228,37 @@ fn clamp_committed(
     stream: &str,
     groups_dir: &Path,
     end: u64,
-) -> Result<(HashMap<String, u64>, bool), OpenError> {
+) -> Result<(HashMap<String, crate::offsets::Position>, bool), OpenError> {
     let crate::offsets::Loaded {
         offsets: mut committed,
         legacy,
         damaged,
     } = crate::offsets::load_all(groups_dir);
     let mut rewrite = !legacy.is_empty();
-    for (group, offset) in committed.iter_mut() {
-        if *offset <= end {
+    for (group, position) in committed.iter_mut() {
+        let offset = position.offset;
+        if !position.clamp_to(end) {
             continue;
         }
-        tracing::warn!(
-            stream,
-            group = %group,
-            committed = *offset,
-            end,
-            "log recovery: committed offset is past the end of the recovered stream (records \
-             the group had consumed were lost); moved back to the end so that no new record \
-             is skipped"
-        );
-        *offset = end;
+        if offset > end {
+            tracing::warn!(
+                stream,
+                group = %group,
+                committed = offset,
+                end,
+                "log recovery: committed offset is past the end of the recovered stream (records \
+                 the group had consumed were lost); moved back to the end so that no new record \
+                 is skipped"
+            );
+        } else {
+            tracing::warn!(
+                stream,
+                group = %group,
+                end,
+                "log recovery: records the group had settled past the end of the recovered \
+                 stream were lost; forgotten so that no new record is skipped"
+            );
+        }
         rewrite = true;
     }
     if rewrite {

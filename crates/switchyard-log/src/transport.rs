@@ -23,7 +23,7 @@ use crate::group::{Dispatch, GroupSettings, GroupShared};
 use crate::intake::{Control, Intake, Records, Settled, Unsettled, with_scratch};
 use crate::record;
 use crate::stream::{StreamShared, lock};
-use crate::writer::{CommitWrite, PendingCommits, Writer, WriterStats};
+use crate::writer::{Commit, CommitWrite, PendingCommits, Writer, WriterStats};
 
 mod ack;
 mod delete;
@@ -374,7 +374,7 @@ impl LogTransport {
             for group in names {
                 let (committed, pending) = match live.get(&(i, group.clone())) {
                     Some(&(floor, pending)) => (floor, pending),
-                    None => (lock(&s.committed).get(&group).copied().unwrap_or(0), 0),
+                    None => (lock(&s.committed).get(&group).map_or(0, |p| p.offset), 0),
                 };
                 let committed = committed.max(first);
                 out.push(GroupLag {
@@ -424,7 +424,7 @@ impl LogTransport {
     /// The committed offset of `group` on `stream` as last written to disk.
     pub fn committed_offset(&self, stream: &str, group: &str) -> Option<u64> {
         let s = self.inner.streams.iter().find(|s| s.name == stream)?;
-        lock(&s.committed).get(group).copied()
+        lock(&s.committed).get(group).map(|p| p.offset)
     }
 
     /// Reads up to `max` records of `stream` starting at offset `from`.
@@ -521,19 +521,28 @@ impl LogTransport {
         Ok(())
     }
 
-    fn start_offset(&self, stream: &StreamShared, group: &str, durable: bool) -> u64 {
+    /// Where a group starts reading, and the records above that it settled before (from the
+    /// offsets file; passed over).
+    fn start_offset(
+        &self,
+        stream: &StreamShared,
+        group: &str,
+        durable: bool,
+    ) -> (u64, crate::offsets::Ranges) {
         let (first, next) = {
             let idx = lock(&stream.index);
             (idx.first_offset(), idx.next_offset())
         };
         let committed = durable
-            .then(|| lock(&stream.committed).get(group).copied())
+            .then(|| lock(&stream.committed).get(group).cloned())
             .flatten();
         match (committed, self.inner.config.start) {
-            (Some(c), _) => c.clamp(first, next),
-            (None, StartPosition::Earliest) => first,
-            (None, StartPosition::Latest) if durable && stream.offsets_damaged => first,
-            (None, StartPosition::Latest) => next,
+            (Some(c), _) => (c.offset.clamp(first, next), c.settled),
+            (None, StartPosition::Earliest) => (first, Vec::new()),
+            (None, StartPosition::Latest) if durable && stream.offsets_damaged => {
+                (first, Vec::new())
+            }
+            (None, StartPosition::Latest) => (next, Vec::new()),
         }
     }
 }
@@ -661,9 +670,12 @@ impl Subscriber for LogTransport {
                     // written offsets) under the same lock compaction holds while it
                     // removes segments, so none it has not read can go in between.
                     let mut commits = lock(&self.inner.commits);
-                    let start = self.start_offset(stream, &name, durable);
+                    let (start, settled) = self.start_offset(stream, &name, durable);
                     if durable && !lock(&stream.committed).contains_key(&name) {
-                        commits.entry((i, name.clone())).or_insert(start);
+                        commits.entry((i, name.clone())).or_insert(Commit {
+                            offset: start,
+                            group: None,
+                        });
                     }
                     drop(commits);
                     Arc::new(GroupShared::new(
@@ -673,6 +685,7 @@ impl Subscriber for LogTransport {
                         durable,
                         pattern.clone(),
                         start,
+                        settled,
                     ))
                 })
                 .clone();

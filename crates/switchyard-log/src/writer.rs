@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use crate::config::{Durability, LogConfig};
 use crate::error::AppendError;
 use crate::fsio;
+use crate::group::GroupShared;
 use crate::intake::{Control, Intake, Records};
 use crate::manifest::{self, Manifest};
 use crate::offsets;
@@ -38,8 +39,19 @@ pub(crate) struct WriterStats {
     pub failure: crate::health::FailureState,
 }
 
-/// Committed offsets waiting to be written: (stream index, group) → offset.
-pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), u64>>>;
+/// A group position waiting to be written.
+#[derive(Debug, Clone)]
+pub(crate) struct Commit {
+    /// The committed offset when it was reported (compaction counts it until written).
+    pub offset: u64,
+    /// The group whose position moved: the writer takes its committed offset and settled
+    /// ranges from its state when it writes. `None` for the start of a group (nothing
+    /// settled yet).
+    pub group: Option<Arc<GroupShared>>,
+}
+
+/// Group positions waiting to be written: (stream index, group) → commit.
+pub(crate) type PendingCommits = Arc<Mutex<HashMap<(usize, String), Commit>>>;
 
 /// Held while committed offsets are written (by the writer, or by
 /// [`LogTransport::delete_group`](crate::LogTransport::delete_group)), from taking the pending
@@ -442,24 +454,38 @@ impl Writer {
         self.last_commit = Instant::now();
         let commit_write = self.commit_write.clone();
         let _writing = lock(&commit_write);
+        // Taken out first: a group's state is locked below, and a settle locks the pending
+        // commits while it holds its group's state.
         let pending: Vec<_> = lock(&self.commits).drain().collect();
-        let mut by_stream: HashMap<usize, Vec<(String, u64)>> = HashMap::new();
-        for ((i, group), offset) in pending {
-            by_stream.entry(i).or_default().push((group, offset));
+        let mut by_stream: HashMap<usize, Vec<(String, Commit, offsets::Position)>> =
+            HashMap::new();
+        for ((i, group), commit) in pending {
+            let position = match &commit.group {
+                Some(g) => match g.take_position() {
+                    Some(p) => p,
+                    // Deleted since it reported.
+                    None => continue,
+                },
+                None => offsets::Position::at(commit.offset),
+            };
+            by_stream
+                .entry(i)
+                .or_default()
+                .push((group, commit, position));
         }
         for (i, moved) in by_stream {
             let Some(stream) = self.streams.get(i) else {
                 continue;
             };
             let mut all = lock(&stream.committed).clone();
-            all.extend(moved.iter().cloned());
+            all.extend(moved.iter().map(|(g, _, p)| (g.clone(), p.clone())));
             match offsets::store_all(&stream.dir.join("groups"), &all) {
                 Ok(()) => *lock(&stream.committed) = all,
                 Err(e) => {
                     tracing::warn!(stream = %stream.name, error = %e, "cannot write committed offsets; will retry");
                     let mut commits = lock(&self.commits);
-                    for (group, offset) in moved {
-                        commits.entry((i, group)).or_insert(offset);
+                    for (group, commit, _) in moved {
+                        commits.entry((i, group)).or_insert(commit);
                     }
                 }
             }
@@ -703,13 +729,13 @@ impl Writer {
     fn min_committed(
         stream: &StreamShared,
         i: usize,
-        commits: &HashMap<(usize, String), u64>,
+        commits: &HashMap<(usize, String), Commit>,
     ) -> Option<u64> {
-        let written = lock(&stream.committed).values().copied().min();
+        let written = lock(&stream.committed).values().map(|p| p.offset).min();
         let waiting = commits
             .iter()
             .filter(|((s, _), _)| *s == i)
-            .map(|(_, &o)| o)
+            .map(|(_, c)| c.offset)
             .min();
         match (written, waiting) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -749,7 +775,7 @@ impl Writer {
             return;
         };
         let r = self.config.retention;
-        let min_of = |commits: &HashMap<(usize, String), u64>| {
+        let min_of = |commits: &HashMap<(usize, String), Commit>| {
             if r.delete_consumed {
                 Self::min_committed(stream, i, commits)
             } else {

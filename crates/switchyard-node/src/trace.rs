@@ -39,7 +39,7 @@ pub(crate) struct DeliveryJson {
     /// The message's id.
     pub(crate) message_id: String,
     /// The handler (subscription or command handler) that was called.
-    pub(crate) handler: Arc<str>,
+    pub(crate) handler: String,
     /// The message's delivery attempt when the handler was called (1 for the first).
     pub(crate) attempt: u32,
     /// `handled`, `retry`, `rejected` or `failed`.
@@ -130,7 +130,7 @@ impl TraceBuffer {
             .filter(|d| d.correlation == *correlation)
             .map(|d| DeliveryJson {
                 message_id: d.id.to_string(),
-                handler: d.handler.clone(),
+                handler: d.handler.to_string(),
                 attempt: d.attempt,
                 outcome: d.outcome,
                 error: d.error.clone(),

@@ -66,8 +66,11 @@ pub mod names {
 /// What can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The schema name is not a plain lower-case identifier.
-    #[error("invalid schema name {0:?}: expected [a-z_][a-z0-9_]*, at most 50 bytes")]
+    /// The schema name is not a plain lower-case identifier PostgreSQL takes unquoted.
+    #[error(
+        "invalid schema name {0:?}: expected [a-z_][a-z0-9_]*, at most 50 bytes, not a reserved \
+         key word of PostgreSQL (such as order or user) and not starting with pg_"
+    )]
     InvalidSchema(String),
     /// The database refused or could not be reached.
     #[error("database: {0}")]

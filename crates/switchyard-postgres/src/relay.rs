@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{Acquire, PgPool, Row};
 use switchyard::{
     Bus, DeadLetter, DeadLetterReason, Envelope, Headers, MessageId, PublishError, Topic,
@@ -200,8 +200,11 @@ impl Relay {
                 "SELECT count(*) FROM {schema}.outbox
                  WHERE sent_at IS NULL AND (deliver_at IS NULL OR deliver_at <= now())",
             ),
+            // The rows the pass's claim did not see as due (due after its transaction began,
+            // `now()`), reckoned from the clock at the pass's end: one that fell due during
+            // a long pass is due at once (a negative time, taken as 0), not a pass later.
             next_due: schema.sql(
-                "SELECT extract(epoch FROM min(deliver_at) - now())::float8
+                "SELECT extract(epoch FROM min(deliver_at) - clock_timestamp())::float8
                  FROM {schema}.outbox WHERE sent_at IS NULL AND deliver_at > now()",
             ),
             claim,
@@ -213,9 +216,11 @@ impl Relay {
         }
     }
 
-    /// Replaces the settings.
+    /// Replaces the settings (a `batch_size` of 0 is taken as 1, as in
+    /// [`batch_size`](Self::batch_size)).
     pub fn config(mut self, config: RelayConfig) -> Self {
         self.config = config;
+        self.config.batch_size = self.config.batch_size.max(1);
         self
     }
 
@@ -470,6 +475,23 @@ impl Relay {
                     dead += 1;
                     done.push(seq);
                 }
+                // Refused for good by this bus as it is configured (the same answer on every
+                // try): dead-lettered as it is stored rather than stopping every later row of
+                // every key; it can be replayed once the bus takes it.
+                Err(
+                    e @ (PublishError::TooLarge(_)
+                    | PublishError::InvalidTopic(_)
+                    | PublishError::Encode(_)
+                    | PublishError::LayerViolation(_)),
+                ) => {
+                    let why = format!(
+                        "is refused by the bus on every try ({e}): dead-lettered, not retried; \
+                         replay it once the bus takes it"
+                    );
+                    self.dead_letter_row(&row, seq, DeadLetterReason::Rejected, &why)?;
+                    dead += 1;
+                    done.push(seq);
+                }
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -563,8 +585,14 @@ impl Relay {
         if !self.config.listen {
             return None;
         }
+        // The listener keeps its connection for as long as it listens: taken from a pool of
+        // its own (the same connect options), so the relay's passes always have the caller's
+        // whole pool, a pool of one connection too.
         let result = async {
-            let mut l = PgListener::connect_with(&self.pool).await?;
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((*self.pool.connect_options()).clone());
+            let mut l = PgListener::connect_with(&own).await?;
             l.listen(&self.schema.channel()).await?;
             Ok::<_, sqlx::Error>(l)
         }

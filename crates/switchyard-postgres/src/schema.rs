@@ -17,13 +17,121 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// A validated PostgreSQL schema name (`[a-z_][a-z0-9_]*`, at most 50 bytes), so it can be
-/// spliced into SQL without quoting. Every table of this crate lives in one schema.
+/// PostgreSQL's key words that cannot name a schema unquoted (its "reserved" and "reserved
+/// (can be function or type)" categories, PostgreSQL 16), sorted.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// A validated PostgreSQL schema name (`[a-z_][a-z0-9_]*`, at most 50 bytes, not a reserved
+/// key word such as `order` or `user`, not starting with `pg_`), so it can be spliced into
+/// SQL without quoting. Every table of this crate lives in one schema.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Schema(String);
 
 impl Schema {
-    /// Validates `name`.
+    /// Validates `name`: [`Error::InvalidSchema`] for anything PostgreSQL would not take as an
+    /// unquoted schema name.
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         let mut chars = name.chars();
@@ -31,11 +139,11 @@ impl Schema {
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
         let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if first_ok && rest_ok && name.len() <= 50 {
-            Ok(Self(name))
-        } else {
-            Err(Error::InvalidSchema(name))
+        let plain = first_ok && rest_ok && name.len() <= 50;
+        if !plain || RESERVED.binary_search(&name.as_str()).is_ok() || name.starts_with("pg_") {
+            return Err(Error::InvalidSchema(name));
         }
+        Ok(Self(name))
     }
 
     /// The name.
@@ -121,9 +229,26 @@ mod tests {
     fn schema_names_are_checked() {
         assert!(Schema::new("t_1").is_ok());
         assert!(Schema::new("_x").is_ok());
-        for bad in ["", "1a", "A", "a-b", "a;drop table x", "a b"] {
+        for bad in [
+            "",
+            "1a",
+            "A",
+            "a-b",
+            "a;drop table x",
+            "a b",
+            "order",
+            "user",
+            "pg_x",
+        ] {
             assert!(Schema::new(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(Schema::new("orders").is_ok());
+        assert!(Schema::new("users").is_ok());
+    }
+
+    #[test]
+    fn the_reserved_words_are_sorted_for_the_binary_search() {
+        assert!(RESERVED.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -76,6 +76,20 @@ pub(crate) fn attempts_inside(_e: &(dyn std::error::Error + 'static), attempt: u
     attempt
 }
 
+/// Whether a handler's panic, captured by a middleware inside it (the resilience stack's
+/// `CatchPanic`: `switchyard_middleware::catch_panic::PanicError`), is in `e`'s chain: the
+/// bus files it as a panic, as one it caught itself.
+#[cfg(feature = "middleware")]
+pub(crate) fn panicked_inside(e: &(dyn std::error::Error + 'static)) -> bool {
+    links(e).any(|l| l.is::<switchyard_middleware::catch_panic::PanicError>())
+}
+
+/// Without the `middleware` feature no panic-capturing layer is known.
+#[cfg(not(feature = "middleware"))]
+pub(crate) fn panicked_inside(_e: &(dyn std::error::Error + 'static)) -> bool {
+    false
+}
+
 /// The payload decoding error in `e`'s chain, if any: a typed handler's decode failure, also
 /// when a middleware (a retry layer's `Permanent(RetryError(..))`) wrapped it.
 pub(crate) fn decode_failure<'a>(

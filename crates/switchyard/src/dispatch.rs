@@ -17,7 +17,7 @@ use switchyard_core::{
 };
 
 pub(crate) use crate::attempt::{Attempt, Handled};
-use crate::attempt::{attempts_inside, decode_failure, error_chain, links};
+use crate::attempt::{attempts_inside, decode_failure, error_chain, links, panicked_inside};
 use crate::config::{Handler, SubscriptionKind};
 use crate::handler::{Callee, Queued, SingleFuture, SingleHandler};
 use crate::keep_alive::Keeper;
@@ -227,8 +227,10 @@ impl SubShared {
                 Popped::Empty => {
                     held = None;
                     streak = 0;
-                    // Wait for work without taking it: readiness is checked again first (the
-                    // handler may stop being ready while this worker waits).
+                    // Wait for work without taking it, and without what readiness reserved
+                    // (another worker's retry may need it): readiness is checked again first
+                    // (the handler may stop being ready while this worker waits).
+                    svc.release_readiness();
                     if self.queue.wait_for_work().await {
                         continue;
                     }
@@ -536,11 +538,19 @@ impl SubShared {
                         l.is::<Permanent>() || switchyard_core::error::is_codec_failure(l)
                     });
                     let last_attempt = attempts_inside(&*e, attempt);
+                    // A panic a layer inside the handler caught (the resilience stack's) is
+                    // a panic all the same: counted and dead-lettered as one.
+                    let reason = if panicked_inside(&*e) {
+                        inc(&c.panicked);
+                        DeadLetterReason::Panicked
+                    } else {
+                        DeadLetterReason::HandlerFailed
+                    };
                     tracing::warn!(subscription = %self.name(), message_id = %first.id,
                         correlation_id = %first.correlation_id, attempt, permanent,
                         error = %text, "handler failed");
                     Attempt::Failed {
-                        reason: DeadLetterReason::HandlerFailed,
+                        reason,
                         error: text,
                         delay: None,
                         permanent,

@@ -37,6 +37,15 @@ pub(crate) struct Stacked {
 
 #[cfg(feature = "middleware")]
 impl Stacked {
+    /// Gives back what the stack's readiness reserved (a half-open trial, a concurrency
+    /// permit) for a worker that found no message and waits: see
+    /// [`SingleHandler::release_readiness`].
+    #[cold]
+    #[inline(never)]
+    fn release_readiness(&mut self) {
+        self.stack.release_readiness();
+    }
+
     /// The stack's readiness; out of line, like [`call`](Self::call).
     #[inline(never)]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -82,11 +91,12 @@ impl Stacked {
         // future (`start_lent`); one made into a future stays where it was made (a move is a
         // 240-byte copy), and a pending one is moved out through `pending`, a result through
         // `ended`. Panics of the handler's call and poll are the stack's to capture (its
-        // result); one out of the stack itself is the call's result here.
+        // result); one out of the stack itself is the call's result here. The stack gets the
+        // delivered envelope and makes the handler's copy itself, inside its capture.
         let mut ended = None;
         let mut pending = None;
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let first = stack.start_lent(env.copy_with_delivery(delivery), cx);
+            let first = stack.start_lent(env, delivery, cx);
             // The ended call goes back to the stack and is dropped, a panic in a `Drop` of
             // it caught here (the result stands), not while a panic unwinds.
             let dropped = match first {
@@ -180,7 +190,8 @@ impl Service<Envelope> for InKept {
 
 #[cfg(feature = "middleware")]
 impl switchyard_middleware::resilience::Recycle for InKept {
-    #[inline]
+    // Always: left to the compiler it stayed out of line under the stack's first attempt.
+    #[inline(always)]
     fn recycle(&mut self, ended: HeldCall) {
         Callee::<Envelope>::recycle(&mut self.0, ended);
     }
@@ -216,6 +227,20 @@ impl SingleHandler {
     #[inline(always)]
     pub(crate) fn ready(&mut self) -> Ready<'_> {
         Ready(self)
+    }
+
+    /// For a worker that saw the handler ready, found no message and is about to wait:
+    /// gives back what the readiness reserved and no call used, so that another worker's
+    /// retry inside the resilience stack can take it (a half-open breaker's one trial, a
+    /// `concurrency(n)` permit); the worker checks readiness again before it takes a
+    /// message. A boxed handler keeps its readiness (its layers are the user's).
+    #[inline(always)]
+    pub(crate) fn release_readiness(&mut self) {
+        match self {
+            Self::Boxed(_) => {}
+            #[cfg(feature = "middleware")]
+            Self::Resilient(s) => s.release_readiness(),
+        }
     }
 }
 

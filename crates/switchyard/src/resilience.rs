@@ -94,9 +94,13 @@ fn resolve(
     let default_attempts = policy.get_max_attempts().max(1);
     let default_backoff = policy.backoff().clone();
     let factory = factory.clone();
+    let events = Arc::new(BreakerEvents {
+        slot,
+        queue: OnceLock::new(),
+    });
     let wrap: ResilienceWrap = Arc::new(
         move |target: &WrapTarget<'_>, handler: BoxHandler, attempts, backoff| {
-            let slot = slot.clone();
+            let events = events.clone();
             // Labelled by the pattern it was registered for (unless the config asks for
             // `TopicLabel::Topic`): as many label values as registrations.
             let mut config = factory().registered_for(target.pattern);
@@ -108,7 +112,7 @@ fn resolve(
             // calls the stack once, never sees them).
             let retries = target.retries();
             let config = config
-                .on_breaker_transition(move |event| publish_breaker_event(&slot, event))
+                .on_breaker_transition(move |event| events.publish(event))
                 .on_retry(move |_| retries.count());
             // The stack is the outermost wrap of the handler (see `register`): the bus calls it
             // with the envelope it delivered, only the delivery bookkeeping restamped.
@@ -128,24 +132,46 @@ fn resolve(
     })
 }
 
-fn publish_breaker_event(
-    slot: &Arc<OnceLock<Weak<BusInner>>>,
-    event: &switchyard_middleware::breaker::BreakerEvent,
-) {
-    let Some(bus) = slot.get().and_then(Bus::from_weak) else {
-        return;
-    };
-    let (Ok(topic), Ok(payload)) = (Topic::new(event.topic()), serde_json::to_vec(event)) else {
-        return;
-    };
-    let env = Envelope::new(topic, payload).with_source(event.handler.clone());
-    // The observer runs inside the breaker; publishing is async, so it goes through a task.
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            if let Err(e) = bus.publish_envelope(env).await {
-                tracing::warn!(error = %e, "breaker event not published");
-            }
+/// Publishes the bus's breaker changes as events, in the order they happened. The observer
+/// runs inside the breaker and publishing is async, so the events go through one queue and
+/// one task that publishes them one after the other (a task per event let a multi-thread
+/// runtime publish `closed` before the `half_opened` that preceded it). The task holds the
+/// bus weakly and ends with the stacks that feed it.
+struct BreakerEvents {
+    slot: Arc<OnceLock<Weak<BusInner>>>,
+    /// Made, with its task, at the first change (on the runtime the breaker runs on).
+    queue: OnceLock<tokio::sync::mpsc::UnboundedSender<Envelope>>,
+}
+
+impl BreakerEvents {
+    fn publish(&self, event: &switchyard_middleware::breaker::BreakerEvent) {
+        let (Ok(topic), Ok(payload)) = (Topic::new(event.topic()), serde_json::to_vec(event))
+        else {
+            return;
+        };
+        let env = Envelope::new(topic, payload).with_source(event.handler.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("breaker event not published: no tokio runtime");
+            return;
+        };
+        let queue = self.queue.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Envelope>();
+            let slot = self.slot.clone();
+            rt.spawn(async move {
+                while let Some(env) = rx.recv().await {
+                    let Some(bus) = slot.get().and_then(Bus::from_weak) else {
+                        return;
+                    };
+                    if let Err(e) = bus.publish_envelope(env).await {
+                        tracing::warn!(error = %e, "breaker event not published");
+                    }
+                }
+            });
+            tx
         });
+        if queue.send(env).is_err() {
+            tracing::warn!("breaker event not published: the bus is gone");
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests of the embedded log transport.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod acks_restart;
 mod basic;
 mod common;
 mod delete_group;

@@ -213,6 +213,15 @@ impl Gate {
         }
     }
 
+    /// Gives back a half-open trial slot [`poll_admit`](Self::poll_admit) reserved and no
+    /// call used, so that another caller (another worker's retry) can take it; a closed
+    /// breaker's leave costs nothing to keep and stays.
+    pub(crate) fn release_trial(&mut self) {
+        if matches!(self.admitted, Some(Admitted::Trial(_))) {
+            self.admitted = None;
+        }
+    }
+
     /// The leave obtained by [`Gate::poll_admit`]; without one, decides now and refuses
     /// when the breaker is not letting calls through.
     #[inline]

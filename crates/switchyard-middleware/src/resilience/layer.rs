@@ -93,10 +93,33 @@ where
     }
 }
 
+impl<S: Clone> Limited<S> {
+    /// Gives back what readiness reserved and no call used (a concurrency permit): the
+    /// limiter is replaced by a clone of itself, which holds none. An unlimited or only
+    /// rate-limited handler reserves nothing (a rate limit spends its tokens when called).
+    pub fn release_readiness(&mut self) {
+        if matches!(self, Self::Concurrency(_) | Self::Both(_)) {
+            *self = self.clone();
+        }
+    }
+}
+
 impl<S> Limited<S>
 where
     S: Service<Envelope, Response = Outcome, Error = BoxError>,
 {
+    /// A limited handler's call; out of line, so an unlimited one's inlines without the
+    /// jump to the handler's place in each variant (one `call` shared by the four arms).
+    #[inline(never)]
+    fn call_limited(&mut self, env: Envelope) -> LimitedFuture<S::Future> {
+        match self {
+            Self::Plain(s) => LimitedFuture::Plain { inner: s.call(env) },
+            Self::Concurrency(s) => LimitedFuture::Permit { inner: s.call(env) },
+            Self::Rate(s) => LimitedFuture::Plain { inner: s.call(env) },
+            Self::Both(s) => LimitedFuture::Permit { inner: s.call(env) },
+        }
+    }
+
     /// The readiness of a limited handler; out of line, so an unlimited one's inlines.
     #[inline(never)]
     fn poll_ready_limited(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -129,9 +152,7 @@ where
     fn call(&mut self, env: Envelope) -> Self::Future {
         match self {
             Self::Plain(s) => LimitedFuture::Plain { inner: s.call(env) },
-            Self::Concurrency(s) => LimitedFuture::Permit { inner: s.call(env) },
-            Self::Rate(s) => LimitedFuture::Plain { inner: s.call(env) },
-            Self::Both(s) => LimitedFuture::Permit { inner: s.call(env) },
+            limited => limited.call_limited(env),
         }
     }
 }
@@ -236,6 +257,7 @@ impl<S: Clone> Layer<S> for ResilienceLayer {
             proto: Mutex::new(limited.clone()),
             on_retry: self.on_retry.clone(),
             called_as_delivered: self.called_as_delivered,
+            unix: crate::clock::UnixNanos::new(),
         };
         Resilient::new(limited, Arc::new(core))
     }

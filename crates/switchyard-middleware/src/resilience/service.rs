@@ -44,7 +44,7 @@ use tokio::time::{Sleep, sleep_until};
 use tower::Service;
 use tracing::Span;
 
-use super::layer::Recycle;
+use super::layer::{Limited, Recycle};
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
 use crate::catch_panic::{CatchPanic, PanicError};
 use crate::clock::nanos;
@@ -156,6 +156,8 @@ pub(crate) struct Core<S> {
     pub(crate) called_as_delivered: bool,
     /// Told of every re-attempt ([`ResilienceConfig::on_retry`](super::ResilienceConfig::on_retry)).
     pub(crate) on_retry: Option<super::OnRetry>,
+    /// Reads a message's timestamp as Unix nanoseconds (end-to-end latency).
+    pub(crate) unix: crate::clock::UnixNanos,
 }
 
 impl<S: Clone> Core<S> {
@@ -231,6 +233,18 @@ pub struct Resilient<S> {
     gate: Gate,
     topics: TopicCache,
     wall: WallClock,
+}
+
+impl<S: Clone> Resilient<Limited<S>> {
+    /// Gives back what [`poll_ready`](Service::poll_ready) reserved and no call used: a
+    /// half-open breaker's trial slot and a concurrency permit. For a caller that saw the
+    /// stack ready and then found nothing to call it with, and will wait (a bus worker going
+    /// idle): otherwise the slot or permit stays with the idle caller, and another caller's
+    /// retry (which needs it) waits until the idle one is given work.
+    pub fn release_readiness(&mut self) {
+        self.gate.release_trial();
+        self.inner.release_readiness();
+    }
 }
 
 impl<S> Resilient<S> {
@@ -330,7 +344,13 @@ where
         // `TraceContext::current()`, which `propagate` and `ensure_traceparent` use.
         let incoming = TraceContext::from_envelope(&env);
         let ctx = incoming.map_or_else(|| TraceContext::root_for(&env), |c| c.child());
-        let span = delivery_span(&env, &self.core.handler, ctx, incoming);
+        let span = delivery_span(
+            &env,
+            env.delivery.attempt,
+            &self.core.handler,
+            ctx,
+            incoming,
+        );
         let measured = self.topics.begin(&self.core.metrics, &env);
         let start = self.core.clock.raw();
         // The timeout's deadline counts from here on the tokio clock, like every deadline of
@@ -727,15 +747,16 @@ where
         if let Some(claimed) = this.claimed.take() {
             (*claimed).finish(handled(&result));
         }
-        Poll::Ready(finish(
+        finish(
             core,
-            this.measured,
+            this.measured.take(),
             this.span.as_deref(),
             *this.start,
             *this.start_unix,
             end,
-            result,
-        ))
+            &result,
+        );
+        Poll::Ready(result)
     }
 }
 
@@ -798,26 +819,26 @@ fn end_phase<F>(mut phase: Pin<&mut Phase<F>>) {
     }
 }
 
-/// Ends the span and the measurement of a call that ended at `end` (a raw clock reading).
+/// Ends the span and the measurement of a call that ended at `end` (a raw clock reading)
+/// with `result`.
 fn finish<S>(
     core: &Core<S>,
-    measured: &mut Option<Measured>,
+    measured: Option<Measured>,
     span: Option<&Span>,
     start: u64,
     start_unix: u64,
     end: u64,
-    result: Result<Outcome, BoxError>,
-) -> Result<Outcome, BoxError> {
-    end_span(span, &result);
-    if let Some(measured) = measured.take() {
+    result: &Result<Outcome, BoxError>,
+) {
+    end_span(span, result);
+    if let Some(measured) = measured {
         // In nanoseconds throughout: the registry keeps nanoseconds, and a `Duration` made
         // here would be turned back into them (a 128-bit conversion each).
         let elapsed = core.clock.delta_as_nanos(start, end);
         let end_unix = start_unix.saturating_add(elapsed);
-        let end_to_end = end_unix.saturating_sub(unix_nanos(measured.timestamp()));
-        measured.finish(&core.metrics, &result, elapsed, end_to_end);
+        let end_to_end = end_unix.saturating_sub(core.unix.of(measured.timestamp()));
+        measured.finish(&core.metrics, result, elapsed, end_to_end);
     }
-    result
 }
 
 /// Makes attempts `made + 1 ..` of `env` until one succeeds, fails permanently or the policy's
@@ -886,7 +907,15 @@ where
             Err(refused) => Err(refused.into()),
         };
         match judge(&core.policy, result, base, made) {
-            Verdict::Done(result) => return result,
+            Verdict::Done(result) => {
+                // Later than the first: the bus reports the attempts it took (a command's
+                // `CommandResult::attempts`), as when it makes the retries itself. A failure
+                // says so in its `RetryError` already.
+                if made > 1 && result.is_ok() {
+                    switchyard_core::delivered::note_attempts(base.saturating_add(made - 1));
+                }
+                return result;
+            }
             Verdict::Again { hint, failure } => last = Some((hint, failure)),
         }
     }

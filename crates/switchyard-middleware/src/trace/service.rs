@@ -41,7 +41,7 @@ where
         let incoming = TraceContext::from_envelope(&env);
         let ctx = incoming.map_or_else(|| TraceContext::root_for(&env), |c| c.child());
         ctx.inject(&mut env);
-        let span = delivery_span(&env, &self.handler, ctx, incoming);
+        let span = delivery_span(&env, env.delivery.attempt, &self.handler, ctx, incoming);
         let inner = &mut self.inner;
         let fut = ctx.sync_scope(|| {
             let _entered = span.enter();
@@ -55,10 +55,12 @@ where
     }
 }
 
-/// The `switchyard.deliver` span of one delivery handled at position `ctx` of its trace.
+/// The `switchyard.deliver` span of one delivery (`attempt`: the envelope's delivery
+/// attempt as the handler's caller stamped it) handled at position `ctx` of its trace.
 #[inline(always)]
 pub(crate) fn delivery_span(
     env: &Envelope,
+    attempt: u32,
     handler: &SmolStr,
     ctx: TraceContext,
     incoming: Option<TraceContext>,
@@ -68,7 +70,7 @@ pub(crate) fn delivery_span(
         topic = %env.topic,
         message_id = %env.id,
         correlation_id = %env.correlation_id,
-        attempt = env.delivery.attempt,
+        attempt = attempt,
         handler = %handler.as_str(),
         trace_id = %ctx.trace_id(),
         span_id = %ctx.span_id(),

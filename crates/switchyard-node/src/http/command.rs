@@ -9,8 +9,8 @@ use axum::response::Response;
 use serde::Deserialize;
 use switchyard::{CommandResult, Kind, SendError};
 
-use super::publish::envelope;
-use super::{Authed, PathParam, Q, RawBody, json};
+use super::publish::{MessageHeaders, envelope};
+use super::{Authed, NoQuery, PathParam, Q, RawBody, json};
 use crate::auth::Action;
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
@@ -20,12 +20,17 @@ use crate::wire::{ReplyJson, payload_json};
 #[utoipa::path(
     post,
     path = "/v1/send/{topic}",
-    params(("topic" = String, Path, description = "Command topic")),
+    params(("topic" = String, Path, description = "Command topic"), MessageHeaders),
     request_body(content = Object, description = "The command payload (same body and headers as publish)"),
     responses(
         (status = 200, description = "The handler's reply", body = ReplyJson),
+        (status = 400, description = "invalid_topic, malformed_json, bad_header or bad_query", body = crate::error::ErrorBody),
+        (status = 401, description = "unauthenticated", body = crate::error::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::error::ErrorBody),
         (status = 404, description = "no_handler", body = crate::error::ErrorBody),
-        (status = 422, description = "handler_failed or handler_rejected", body = crate::error::ErrorBody),
+        (status = 413, description = "too_large", body = crate::error::ErrorBody),
+        (status = 422, description = "handler_failed, handler_rejected or invalid_message", body = crate::error::ErrorBody),
+        (status = 503, description = "shutting_down or not_ready", body = crate::error::ErrorBody),
         (status = 504, description = "timeout (limits.send_timeout_ms)", body = crate::error::ErrorBody),
     ),
     tag = "messages"
@@ -34,6 +39,7 @@ pub(crate) async fn send(
     State(state): State<AppState>,
     Authed(principal): Authed,
     PathParam(topic): PathParam,
+    Q(NoQuery {}): Q<NoQuery>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -66,6 +72,7 @@ pub(crate) async fn send(
 
 /// Query of `POST /v1/request`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RequestQuery {
     /// Deadline in milliseconds (default `limits.default_request_timeout_ms`).
@@ -76,12 +83,17 @@ pub(crate) struct RequestQuery {
 #[utoipa::path(
     post,
     path = "/v1/request/{topic}",
-    params(("topic" = String, Path, description = "Command topic"), RequestQuery),
+    params(("topic" = String, Path, description = "Command topic"), RequestQuery, MessageHeaders),
     request_body(content = Object, description = "The request payload (same body and headers as publish)"),
     responses(
         (status = 200, description = "The handler's reply", body = ReplyJson),
+        (status = 400, description = "invalid_topic, malformed_json, bad_header or bad_query", body = crate::error::ErrorBody),
+        (status = 401, description = "unauthenticated", body = crate::error::ErrorBody),
+        (status = 403, description = "forbidden", body = crate::error::ErrorBody),
         (status = 404, description = "no_handler", body = crate::error::ErrorBody),
-        (status = 422, description = "handler_failed or handler_rejected", body = crate::error::ErrorBody),
+        (status = 413, description = "too_large", body = crate::error::ErrorBody),
+        (status = 422, description = "handler_failed, handler_rejected or invalid_message", body = crate::error::ErrorBody),
+        (status = 503, description = "shutting_down or not_ready", body = crate::error::ErrorBody),
         (status = 504, description = "timeout", body = crate::error::ErrorBody),
     ),
     tag = "messages"

@@ -13,6 +13,7 @@ use crate::wire::{MessageJson, rfc3339};
 
 /// Query of `GET /v1/dlq`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Topic pattern.
@@ -85,7 +86,7 @@ fn topic_filter(topic: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
 }
 
 /// Lists dead letters, oldest first.
-#[utoipa::path(get, path = "/v1/dlq", params(ListQuery), responses((status = 200, body = DeadLettersJson)), tag = "dead letters")]
+#[utoipa::path(get, path = "/v1/dlq", params(ListQuery), responses((status = 200, body = DeadLettersJson), (status = 400, description = "bad_query", body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
@@ -124,13 +125,21 @@ pub(crate) async fn list(
     }))
 }
 
+/// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:30`) and optional fractional
+/// seconds, as the instant it names.
 fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError> {
-    humantime::parse_rfc3339_weak(value).map_err(|e| {
+    let bad = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorKind::BadQuery,
-            format!("{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)"),
+            format!(
+                "{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z or \
+                 2026-01-02T04:04:05.5+01:00)"
+            ),
         )
-    })
+    };
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(&e))?;
+    Ok(std::time::SystemTime::from(at))
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -140,7 +149,7 @@ fn parse_id(id: &str) -> Result<MessageId, ApiError> {
 
 /// One dead letter by message id.
 #[utoipa::path(get, path = "/v1/dlq/{id}", params(("id" = String, Path, description = "Message id")),
-    responses((status = 200, body = DeadLetterJson), (status = 404, body = crate::error::ErrorBody)), tag = "dead letters")]
+    responses((status = 200, body = DeadLetterJson), (status = 400, description = "bad_request: not a message id", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn show(
     State(state): State<AppState>,
     _admin: Admin,
@@ -222,7 +231,7 @@ pub(crate) struct ReplayJson {
 /// (the replayed message failing again) stays. On the memory transport an event no
 /// subscription matches any more is not published: its entry stays, reported failed. Replays
 /// on one node run one at a time. What becomes of each is followed: `GET /v1/dlq/replays`.
-#[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson)), tag = "dead letters")]
+#[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson), (status = 400, description = "malformed_json or bad_request", body = crate::error::ErrorBody), (status = 415, description = "unsupported_content_type: the body must be application/json", body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     _admin: Admin,
@@ -322,6 +331,7 @@ fn anyone_may_get(bus: &switchyard::Bus, env: &Envelope) -> bool {
 
 /// Query of `GET /v1/dlq/replays`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplaysQuery {
     /// Message ids, comma-separated (at most 1000).
@@ -373,7 +383,7 @@ pub(crate) struct PurgeJson {
 }
 
 /// Removes dead letters without replaying them.
-#[utoipa::path(post, path = "/v1/dlq/purge", request_body = Selection, responses((status = 200, body = PurgeJson)), tag = "dead letters")]
+#[utoipa::path(post, path = "/v1/dlq/purge", request_body = Selection, responses((status = 200, body = PurgeJson), (status = 400, description = "malformed_json or bad_request", body = crate::error::ErrorBody), (status = 415, description = "unsupported_content_type: the body must be application/json", body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn purge(
     State(state): State<AppState>,
     _admin: Admin,

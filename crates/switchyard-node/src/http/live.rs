@@ -98,6 +98,7 @@ pub(crate) async fn stream(
 
 /// Query of `GET /v1/stats/history`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HistoryQuery {
     /// Only samples taken at or after this time (ms since the Unix epoch).

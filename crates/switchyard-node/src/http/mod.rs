@@ -277,6 +277,13 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// Query parameters of type `T`; invalid → 400 `bad_query`.
 pub(crate) struct Q<T>(pub(crate) T);
 
+/// The query of a route that takes no parameter: any is `400 bad_query`, so that a client
+/// that means one (say `?timeout_ms=` on a send) learns it is not taken instead of being
+/// ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {}
+
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     type Rejection = ApiError;
 

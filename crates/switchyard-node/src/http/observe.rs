@@ -123,6 +123,7 @@ pub(crate) async fn status(State(state): State<AppState>, _admin: Admin) -> Json
 
 /// Query of `GET /v1/topology`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TopologyQuery {
     /// `json` (default), `mermaid` or `dot`.
@@ -192,7 +193,7 @@ pub(crate) async fn topology(
 /// Every recorded message of one correlation id, its causal tree and the recorded handler
 /// calls (deliveries) of those messages with their outcomes.
 #[utoipa::path(get, path = "/v1/trace/{correlation_id}", params(("correlation_id" = String, Path, description = "Correlation id")),
-    responses((status = 200), (status = 404, body = crate::error::ErrorBody)), tag = "observability")]
+    responses((status = 200), (status = 400, description = "bad_request: not a message id", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)), tag = "observability")]
 pub(crate) async fn trace(
     State(state): State<AppState>,
     _admin: Admin,

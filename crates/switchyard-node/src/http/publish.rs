@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use switchyard::{Envelope, Kind, Topic};
 
-use super::{Authed, PathParam, RawBody, json};
+use super::{Authed, NoQuery, PathParam, Q, RawBody, json};
 use crate::auth::{Action, Principal};
 use crate::error::{ApiError, ErrorKind};
 use crate::state::AppState;
@@ -14,19 +14,46 @@ use crate::wire::{self, PublishMeta, Published};
 
 /// Publishes the body as an event on `topic`; `202` once the bus accepted it (on the log or
 /// NATS transport: once it is stored).
+/// The headers a publish, send or request takes, for the OpenAPI document (the handlers read
+/// them from the `HeaderMap`, in `envelope`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct MessageHeaders {
+    /// Message id (and dedup key), kept as given: any 1-256 visible ASCII characters; another
+    /// value is kept in the `message-id` header.
+    #[param(rename = "x-message-id")]
+    message_id: Option<String>,
+    /// Correlation id.
+    #[param(rename = "x-correlation-id")]
+    correlation_id: Option<String>,
+    /// Causation id (a message id).
+    #[param(rename = "x-causation-id")]
+    causation_id: Option<String>,
+    /// W3C trace context.
+    #[param(rename = "traceparent")]
+    traceparent: Option<String>,
+    /// 0-255, default 128.
+    #[param(rename = "x-priority")]
+    priority: Option<u8>,
+    /// Publishing component.
+    #[param(rename = "x-source")]
+    source: Option<String>,
+    /// Payload type name (the registered type the validator checks it against; UTF-8).
+    #[param(rename = "x-type-name")]
+    type_name: Option<String>,
+    /// Payload schema version, default 1 (needs x-type-name; an older version than the
+    /// registered one is checked as upcast).
+    #[param(rename = "x-type-version")]
+    type_version: Option<u32>,
+}
+
 #[utoipa::path(
     post,
     path = "/v1/publish/{topic}",
     params(
         ("topic" = String, Path, description = "Topic, e.g. `orders.placed`"),
-        ("x-message-id" = Option<String>, Header, description = "Message id (and dedup key), kept as given: any 1-256 visible ASCII characters; another value is kept in the `message-id` header"),
-        ("x-correlation-id" = Option<String>, Header, description = "Correlation id"),
-        ("x-causation-id" = Option<String>, Header, description = "Causation id (a message id)"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context"),
-        ("x-priority" = Option<u8>, Header, description = "0-255, default 128"),
-        ("x-source" = Option<String>, Header, description = "Publishing component"),
-        ("x-type-name" = Option<String>, Header, description = "Payload type name (the registered type the validator checks it against; UTF-8)"),
-        ("x-type-version" = Option<u32>, Header, description = "Payload schema version, default 1 (needs x-type-name; an older version than the registered one is checked as upcast)"),
+        MessageHeaders,
     ),
     request_body(content = Object, description = "The payload: JSON with `application/json`, raw bytes with any other content type"),
     responses(
@@ -45,6 +72,7 @@ pub(crate) async fn publish(
     State(state): State<AppState>,
     Authed(principal): Authed,
     PathParam(topic): PathParam,
+    Q(NoQuery {}): Q<NoQuery>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {

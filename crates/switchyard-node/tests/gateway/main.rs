@@ -15,6 +15,7 @@ mod malformed;
 mod observe;
 mod replays;
 mod review_rev3;
+mod review_rev36;
 mod review_rev8;
 mod tls;
 mod validation;

@@ -256,7 +256,6 @@ async fn missing_or_damaged_tables_are_typed_errors_that_name_them() {
 /// "unacceptable schema name". (The test holds a session advisory lock so copies running in parallel do
 /// not share the fixed name.)
 #[tokio::test]
-#[ignore = "defect: Schema::new accepts SQL reserved words (order, user, ...) and pg_ names, on which migrate then fails (syntax error / unacceptable schema name)"]
 async fn a_schema_name_postgres_cannot_use_is_refused_by_schema_new_or_works() {
     let Some(db) = TestDb::new("r35reserved").await else {
         return;

@@ -12,6 +12,7 @@ use switchyard::{Bus, Message, PublishError, SubscribeError};
 use switchyard_log::{LogConfig, LogTransport};
 use tokio::sync::mpsc;
 
+mod acked_behind_delayed;
 mod attempts;
 mod delayed_commands;
 mod hand_back;

@@ -20,6 +20,7 @@ mod noticed_stop36;
 mod panicking_admission;
 mod resilience_defaults;
 mod review_rev16;
+mod review_rev34;
 mod review_rev4;
 mod undecodable;
 

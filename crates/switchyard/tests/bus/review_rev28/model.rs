@@ -483,11 +483,11 @@ pub struct SubModel {
 /// dead-lettered once with the right reason and the raw bytes, a `Shutdown` one named in
 /// the report; and nothing handled or dead-lettered that was not owed.
 ///
-/// `across_restart`: the pairs span two buses on one log, where a message settled above a
-/// still unsettled one is delivered again after the restart (docs/log.md: "A message acked
-/// while an older one of its group is still unsettled is above the committed offset, so it
-/// too is delivered again after a restart"): each pair must then be settled at least once,
-/// and at most once per bus (`Seen::oks` checks that as it goes).
+/// `across_restart`: the pairs span two buses on one log, where a message handled by the
+/// first bus whose settle did not reach the log before it closed (an ack refused after
+/// `close`, docs/log.md) is delivered again after the restart (at-least-once; since review
+/// "logacks" one acked above a still unsettled one no longer is): each pair must then be
+/// settled at least once, and at most once per bus (`Seen::oks` checks that as it goes).
 pub fn check_accounting(
     rec: &Rec,
     msgs: &[Published],
