@@ -290,6 +290,31 @@ static NO_RARE: Rare = Rare {
 const _: () = assert!(std::mem::size_of::<Envelope>() <= 200);
 
 impl Envelope {
+    /// This envelope, moved out field by field; what is left in its place is a *vacant*
+    /// envelope, which owns nothing (no field points to the heap: inline topic and ids, no
+    /// payload, value or rare fields), so that it can be written over without its drop glue
+    /// (the kept reply box, [`Outcome::unbox`](crate::Outcome::unbox)). Only the fields
+    /// that own something are replaced, rather than the whole envelope copied out and a
+    /// whole vacant one copied in.
+    #[inline]
+    pub(crate) fn take_out(&mut self) -> Self {
+        Self {
+            id: std::mem::replace(&mut self.id, MessageId::VACANT),
+            topic: std::mem::replace(&mut self.topic, Topic::VACANT),
+            kind: std::mem::replace(&mut self.kind, Kind::Event),
+            correlation_id: std::mem::replace(&mut self.correlation_id, MessageId::VACANT),
+            priority: self.priority,
+            timestamp: self.timestamp,
+            type_name: self.type_name.take(),
+            type_version: self.type_version,
+            payload: std::mem::take(&mut self.payload),
+            delivery: self.delivery,
+            local: std::mem::replace(&mut self.local, Local::EMPTY),
+            rare: std::mem::replace(&mut self.rare, RareSlot::EMPTY),
+            unencoded: std::mem::take(&mut self.unencoded),
+        }
+    }
+
     /// A new event on `topic` carrying `payload`, with a fresh id that is also its correlation id.
     pub fn new(topic: Topic, payload: impl Into<Bytes>) -> Self {
         // One clock read for both the id's time part and the timestamp.
@@ -619,11 +644,7 @@ impl ReplyAddress {
             payload,
             delivery: DeliveryInfo::default(),
             local: Local::default(),
-            rare: RareSlot::filled(Rare {
-                causation_id: Some(self.id),
-                target: self.source,
-                ..Rare::default()
-            }),
+            rare: RareSlot::caused(self.id, self.source),
             unencoded: false,
         }
     }

@@ -94,6 +94,12 @@ impl MessageId {
     /// The longest id accepted, in bytes.
     pub const MAX_LEN: usize = 256;
 
+    /// A fixed id that owns nothing, left in a vacant envelope (`Envelope::take_out`).
+    pub(crate) const VACANT: Self = Self(Repr::Ulid(Bits {
+        high: 0,
+        low: NonZeroU64::MIN,
+    }));
+
     /// A fresh ULID (its time part from [`clock::now`](crate::clock::now)).
     pub fn new() -> Self {
         Self::made_at(crate::clock::now())

@@ -56,6 +56,11 @@ use crate::shared::Shared;
 #[derive(Clone, Default)]
 pub struct Local(Option<Arc<dyn Slot>>);
 
+impl Local {
+    /// No value (what `default()` gives), as a constant.
+    pub(crate) const EMPTY: Self = Self(None);
+}
+
 /// A `Value<T>` of some `T`, looked at as [`Any`] (trait upcasting) to find its type: one
 /// indirect call (`type_id`) per [`Local::take`]; and its encoding, made on demand.
 trait Slot: Any + Send + Sync {

@@ -189,6 +189,10 @@ fn validate_segments(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
 pub struct Topic(SmolStr);
 
 impl Topic {
+    /// A topic that owns nothing (its text inline), left in a vacant envelope
+    /// (`Envelope::take_out`).
+    pub(crate) const VACANT: Self = Self(SmolStr::new_inline("vacant"));
+
     /// Validates `s` as a publishable topic.
     pub fn new(s: &str) -> Result<Self, TopicError> {
         validate(s, false)?;

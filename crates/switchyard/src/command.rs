@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use switchyard_core::{
     Command, DeadLetter, DeadLetterReason, Envelope, IncomingCommand, IncomingCommands, Kind,
-    RemoteCommands, SendError, TopicError,
+    Outcome, RemoteCommands, SendError, TopicError,
 };
 use tokio::sync::oneshot;
 
@@ -504,7 +504,9 @@ fn inline_result(output: InlineOutput) -> Result<CommandResult, SendError> {
         attempts: answer.attempts,
     };
     if let Some(reply) = answer.reply {
-        result.reply = Some(*reply);
+        // Its box is kept for this thread's next reply: an inline command's reply is made
+        // on this thread, so the round trip allocates none.
+        result.reply = Some(Outcome::unbox(reply));
     }
     Ok(result)
 }

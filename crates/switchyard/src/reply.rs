@@ -77,7 +77,8 @@ impl Answer {
     #[inline(always)] // built in the caller's place: the reply is copied once, out of its box
     pub(crate) fn into_result(self, handler: SmolStr) -> CommandResult {
         CommandResult {
-            reply: self.reply.map(|r| *r),
+            // Out of its box, which is kept for this thread's next reply.
+            reply: self.reply.map(switchyard_core::Outcome::unbox),
             handler,
             attempts: self.attempts,
         }

@@ -8,7 +8,10 @@
 
 use std::cell::Cell;
 
+use smol_str::SmolStr;
+
 use super::Rare;
+use crate::MessageId;
 
 thread_local! {
     /// An emptied box (every field at its default), for the next rare fields of this thread.
@@ -23,6 +26,9 @@ pub(super) struct RareSlot(Option<Box<Rare>>);
 const _: () = assert!(std::mem::size_of::<RareSlot>() == std::mem::size_of::<usize>());
 
 impl RareSlot {
+    /// No rare fields (what `default()` gives), as a constant.
+    pub(super) const EMPTY: Self = Self(None);
+
     /// A slot holding `rare` (in a spare box if this thread has one). Out of line, as every
     /// path to a box: the envelope's constructors, setters and clone, inlined everywhere,
     /// stay small.
@@ -38,6 +44,28 @@ impl RareSlot {
             }
             None => Box::new(rare),
         }))
+    }
+
+    /// A slot holding a causation id and a target, every other field at its default: a
+    /// reply's ([`ReplyAddress::reply`](crate::envelope::ReplyAddress::reply)). In a spare
+    /// box, only those two fields are written (the spare holds defaults), rather than a whole
+    /// `Rare` built and copied in.
+    #[inline(never)]
+    pub(super) fn caused(causation_id: MessageId, target: Option<SmolStr>) -> Self {
+        match SPARE.try_with(Cell::take).ok().flatten() {
+            Some(mut boxed) => {
+                // Both at their defaults (`None`), which own nothing: written over without
+                // their drop glue.
+                std::mem::forget(boxed.causation_id.replace(causation_id));
+                std::mem::forget(std::mem::replace(&mut boxed.target, target));
+                Self(Some(boxed))
+            }
+            None => Self(Some(Box::new(Rare {
+                causation_id: Some(causation_id),
+                target,
+                ..Rare::default()
+            }))),
+        }
     }
 
     /// The fields, if any is set.
@@ -101,7 +129,6 @@ fn keep(mut boxed: Box<Rare>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MessageId;
 
     fn spare() -> Option<Box<Rare>> {
         SPARE.with(Cell::take)
@@ -131,5 +158,42 @@ mod tests {
         assert!(spare().is_none());
         again.get_or_fill().target = Some("t".into());
         assert_eq!(again.get().and_then(|r| r.target.as_deref()), Some("t"));
+    }
+
+    #[test]
+    fn a_reply_s_fields_take_a_spare_box_and_only_set_their_own() {
+        drop(spare());
+        let id = MessageId::new();
+        // Without a spare: a new box.
+        let fresh = RareSlot::caused(id.clone(), Some("to".into()));
+        let expected = Rare {
+            causation_id: Some(id.clone()),
+            target: Some("to".into()),
+            ..Rare::default()
+        };
+        assert_eq!(fresh.get(), Some(&expected));
+        let address = std::ptr::from_ref(fresh.get().unwrap());
+        // Dropped (emptied and kept), then taken by the next reply's fields.
+        let other = RareSlot::filled(Rare {
+            source: Some("s".into()),
+            content_type: Some("c".into()),
+            ..Rare::default()
+        });
+        drop(fresh);
+        drop(other);
+        let again = RareSlot::caused(id.clone(), None);
+        assert_ne!(
+            std::ptr::from_ref(again.get().unwrap()),
+            address,
+            "the last box dropped is the one kept"
+        );
+        assert_eq!(
+            again.get(),
+            Some(&Rare {
+                causation_id: Some(id),
+                ..Rare::default()
+            }),
+            "nothing of the box's last fields is left"
+        );
     }
 }
