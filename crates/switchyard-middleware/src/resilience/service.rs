@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
-use quanta::{Clock, Instant};
+use quanta::Clock;
 use smol_str::SmolStr;
 use switchyard_core::{BoxError, DeliveryInfo, Envelope, Outcome};
 use tokio::time::{Sleep, sleep_until};
@@ -46,17 +46,19 @@ use tracing::Span;
 
 use super::layer::{Limited, Recycle};
 use crate::breaker::{Admitted, BreakerOpenError, BreakerShared, Gate};
-use crate::catch_panic::{CatchPanic, PanicError};
+use crate::catch_panic::PanicError;
 use crate::clock::nanos;
 use crate::dedup::{DedupClaim, DedupKey, KeyFn, Store, TryClaim, claim, handled, try_claim};
 use crate::metrics::{Measured, MetricsShared, TopicCache, TopicHandles};
-use crate::retry::{RetryPolicy, Verdict, back_off, in_time, judge, plan};
-use crate::timeout::{Timeout, TimeoutError};
+use crate::retry::{RetryPolicy, Verdict, judge};
+use crate::timeout::TimeoutError;
 use crate::trace::{TraceContext, delivery_span, end_span};
 
 mod first;
+mod rest;
 
 pub use first::FirstPoll;
+use rest::attempts;
 
 /// The envelope as delivered, kept for attempts after the first.
 enum Kept {
@@ -838,85 +840,5 @@ fn finish<S>(
         let end_unix = start_unix.saturating_add(elapsed);
         let end_to_end = end_unix.saturating_sub(core.unix.of(measured.timestamp()));
         measured.finish(&core.metrics, result, elapsed, end_to_end);
-    }
-}
-
-/// Makes attempts `made + 1 ..` of `env` until one succeeds, fails permanently or the policy's
-/// attempts run out. `last` is the failure of attempt `made`, to back off from first. `first`
-/// is an admission the caller already holds for the next attempt (its service polled ready).
-/// Each re-attempt is counted as a retry in `retries` (the call's metric handles) and told to
-/// the config's `on_retry`.
-#[allow(clippy::too_many_arguments)]
-async fn attempts<S>(
-    core: Arc<Core<S>>,
-    mut service: S,
-    mut gate: Gate,
-    mut first: Option<Result<Admitted, BreakerOpenError>>,
-    env: Envelope,
-    base: u32,
-    mut made: u32,
-    mut last: Option<(Option<Duration>, BoxError)>,
-    retries: Option<Arc<TopicHandles>>,
-) -> Result<Outcome, BoxError>
-where
-    S: Service<Envelope, Response = Outcome, Error = BoxError> + Send,
-    S::Future: Send + 'static,
-{
-    loop {
-        // The failure of attempt `made`, kept until the next starts (the deadline is checked
-        // again then).
-        let mut prev = None;
-        if let Some((hint, failure)) = last.take() {
-            // Past the message's deadline: given up, neither counted nor told as a retry.
-            let (delay, failure) = plan(&core.policy, &env, made, hint, failure)?;
-            if let Some(handles) = &retries {
-                handles.reattempted();
-            }
-            if let Some(on_retry) = &core.on_retry {
-                (on_retry.0)(&env);
-            }
-            back_off(&env, Some(&core.handler), made, delay, &failure).await;
-            prev = Some(failure);
-        }
-        let admitted = match first.take() {
-            Some(admitted) => admitted,
-            None => {
-                std::future::poll_fn(|cx| {
-                    std::task::ready!(gate.poll_admit(cx));
-                    service.poll_ready(cx)
-                })
-                .await?;
-                // Before the admission is taken: a breaker's probe is not spent on it.
-                if let Some(failure) = prev {
-                    in_time(&env, made, failure)?;
-                }
-                gate.take()
-            }
-        };
-        made += 1;
-        let mut this_try = env.clone();
-        this_try.delivery.attempt = base.saturating_add(made - 1);
-        let result = match admitted {
-            Ok(admitted) => {
-                let result = Timeout::new(CatchPanic::new(&mut service), core.timeout)
-                    .call(this_try)
-                    .await;
-                admitted.settle(&core.breaker, &result, Instant::now());
-                result
-            }
-            Err(refused) => Err(refused.into()),
-        };
-        match judge(&core.policy, result, base, made) {
-            Verdict::Done(result) => {
-                // Later than the first: the bus reports the attempts it took (a command's
-                // `CommandResult::attempts`), as when it makes the retries itself. A failure
-                // says so in its `RetryError` already.
-                if made > 1 && result.is_ok() {
-                    switchyard_core::delivered::note_attempts(base.saturating_add(made - 1));
-                }
-                return result;
-            }
-            Verdict::Again { hint, failure } => last = Some((hint, failure)),
-        }
     }
 }
