@@ -86,11 +86,12 @@ pub(crate) fn attempts_taken(id: &switchyard_core::MessageId, attempt: u32) -> u
 }
 
 /// Whether a handler's panic, captured by a middleware inside it (the resilience stack's
-/// `CatchPanic`: `switchyard_middleware::catch_panic::PanicError`), is in `e`'s chain: the
-/// bus files it as a panic, as one it caught itself.
+/// `CatchPanic`), is in `e`'s chain: the bus files it as a panic, as one it caught itself.
+/// The middleware's own rule for that (`dlq::failure_reason`, which its dead-letter layer
+/// uses) decides.
 #[cfg(feature = "middleware")]
 pub(crate) fn panicked_inside(e: &(dyn std::error::Error + 'static)) -> bool {
-    links(e).any(|l| l.is::<switchyard_middleware::catch_panic::PanicError>())
+    switchyard_middleware::dlq::failure_reason(e) == DeadLetterReason::Panicked
 }
 
 /// Without the `middleware` feature no panic-capturing layer is known.
