@@ -7,9 +7,10 @@ use crate::envelope::Envelope;
 
 thread_local! {
     /// The emptied box of the last reply taken out on this thread ([`Outcome::unbox`]),
-    /// holding a vacant envelope (which owns nothing, see `Envelope::take_out`), for the thread's next [`Outcome::reply`]: a command run
-    /// on its sender's task (switchyard's inline commands) makes its reply and takes it out
-    /// on the one thread, so its round trip neither allocates nor frees a box.
+    /// holding a vacant envelope (which owns nothing, see `Envelope::take_out`), for the
+    /// thread's next [`Outcome::reply`]: a command run on its sender's task (switchyard's
+    /// inline commands) makes its reply and takes it out on the one thread, so its round
+    /// trip neither allocates nor frees a box.
     static KEPT_REPLY: Cell<Option<Box<Envelope>>> = const { Cell::new(None) };
 }
 

@@ -219,12 +219,14 @@ pub(crate) async fn trace(
     let deliveries = recorder.deliveries_of(&correlation);
     let mut text = tree.render();
     if !deliveries.is_empty() {
+        // Each message's id spelled once, not once per delivery and message.
+        let topics: std::collections::HashMap<String, &str> = envelopes
+            .iter()
+            .map(|e| (e.id.to_string(), e.topic.as_str()))
+            .collect();
         text.push_str("deliveries:\n");
         for d in &deliveries {
-            let topic = envelopes
-                .iter()
-                .find(|e| e.id.to_string() == d.message_id)
-                .map_or("?", |e| e.topic.as_str());
+            let topic = topics.get(&d.message_id).copied().unwrap_or("?");
             text.push_str(&format!(
                 "  {topic} -> {} (attempt {}): {} in {:.3} ms{}\n",
                 d.handler,
