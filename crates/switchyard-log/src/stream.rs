@@ -214,8 +214,9 @@ fn scan_segment(
 }
 
 /// Loads the committed offsets of every group and brings back to `end` (the end of the
-/// recovered data) any that lie past it, and settled ranges that reach past it, on disk too. Returns them, and whether the offsets
-/// file was damaged (the groups it held are unknown: each starts from the oldest record).
+/// recovered data) any that lie past it, and settled ranges that reach past it, on disk too.
+/// Returns them, and whether the offsets file was damaged (the groups it held are unknown:
+/// each starts from the oldest record).
 ///
 /// A committed offset past the end means records the group had consumed were lost with
 /// the tail (a power loss under `Interval`/`Never`, which sync offsets more often than
