@@ -602,3 +602,65 @@ async fn metrics_of_two_nodes_add_up_to_what_was_sent() {
     b.stop().await.unwrap();
     delete_stream(SHARED, &stream).await;
 }
+
+/// A command topic served on both nodes (docs/gateway.md "Scale-out on NATS": "A handler on
+/// the node asked is used first"): 10 commands through A are each handled once, all by A's
+/// handler, and 10 through B all by B's; none is handled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_served_on_both_nodes_is_handled_once_by_the_node_asked() {
+    let Some((a, b, stream, p)) = two_nodes("LOC", "").await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<(char, String)>();
+    for (who, node) in [('a', &a), ('b', &b)] {
+        let tx = tx.clone();
+        node.bus
+            .handle_envelope(
+                "calc",
+                &format!("{p}.calc"),
+                handler_fn(move |env: Envelope| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send((who, env.id.to_string()));
+                        let reply = env.reply(format!("\"{who}\"").into_bytes());
+                        Ok::<_, std::convert::Infallible>(Outcome::reply(reply))
+                    }
+                }),
+            )
+            .start()
+            .await
+            .unwrap()
+            .detach();
+    }
+    let mut want = Vec::new();
+    for (who, node) in [('a', &a), ('b', &b)] {
+        for i in 0..10 {
+            let id = format!("{who}{i}-{p}");
+            let (s, body) = post(
+                node,
+                &format!("/v1/send/{p}.calc"),
+                &[("x-message-id", &id)],
+                &json!({}),
+            )
+            .await;
+            assert_eq!(
+                (s, body["payload"].clone()),
+                (200, json!(who.to_string())),
+                "{id}: {body}"
+            );
+            want.push((who, id));
+        }
+    }
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        got.push(next(&mut rx, "the handler calls").await);
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "a command was handled more than once"
+    );
+    assert_eq!(got, want, "who handled which command");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    delete_stream(SHARED, &stream).await;
+}
