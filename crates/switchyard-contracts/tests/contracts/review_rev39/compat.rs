@@ -540,3 +540,53 @@ fn an_option_made_a_defaulted_plain_field_breaks_backward_on_null_only() {
     );
     assert!(f.is_compatible(), "{f}");
 }
+
+mod optional_enum {
+    use super::*;
+    pub mod old {
+        use super::*;
+        #[derive(Serialize, Deserialize, JsonSchema)]
+        pub enum Tier {
+            Free,
+            Pro,
+            Team,
+        }
+        #[derive(Serialize, Deserialize, JsonSchema)]
+        pub struct Account {
+            pub tier: Option<Tier>,
+            pub history: Vec<Option<Tier>>,
+        }
+    }
+    pub mod new {
+        use super::*;
+        #[derive(Serialize, Deserialize, JsonSchema)]
+        pub enum Tier {
+            Free,
+            Pro,
+        }
+        #[derive(Serialize, Deserialize, JsonSchema)]
+        pub struct Account {
+            pub tier: Option<Tier>,
+            pub history: Vec<Option<Tier>>,
+        }
+    }
+}
+
+/// An enum value removed behind an `Option` (and in a list of them): old data may hold
+/// `"Team"`, which the new reader refuses; the old reader reads everything new writes.
+#[test]
+fn an_enum_value_removed_behind_an_option_breaks_backward_only() {
+    let data = json!({"tier": "Team", "history": [null, "Team"]});
+    assert!(reads::<optional_enum::new::Account>(data).is_err());
+    let b = verdict::<optional_enum::old::Account, optional_enum::new::Account>(Mode::Backward);
+    let f = verdict::<optional_enum::old::Account, optional_enum::new::Account>(Mode::Forward);
+    for path in ["/tier", "/history/*"] {
+        assert!(
+            b.issues.iter().any(|i| i.path == path
+                && i.kind == IssueKind::UnknownEnumValue
+                && i.detail.contains("Team")),
+            "{path}: {b}"
+        );
+    }
+    assert!(f.is_compatible(), "{f}");
+}
