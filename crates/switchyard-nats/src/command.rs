@@ -6,7 +6,11 @@
 //! server hands each command to exactly one of them, and answers "no responders" at once when
 //! there is none (the sender gets `SendError::NoHandler` without waiting). The request
 //! carries the envelope as usual (see the crate's header table) plus `Sy-Deadline-Ms`, what
-//! is left of the sender's deadline; the handler side stops waiting for its handler then.
+//! is left of the sender's deadline, and `Sy-Deadline-At`, that deadline in Unix
+//! milliseconds; the handler side stops waiting for its handler at the earlier of the two,
+//! and answers `timeout` without running a command that arrives after `Sy-Deadline-At` (one
+//! held in a client's reconnect buffer). A command is not written while the client is
+//! disconnected (it would sit in that buffer): `Unavailable` at once.
 //!
 //! The reply's `Sy-Status` is `ok` or the failure's kind (`no-handler`, `rejected`,
 //! `failed`, `full`, `timeout`, `not-processed`, `shutting-down`, `codec`, `transport`), with
@@ -37,6 +41,9 @@ use crate::transport::{MaxPayload, NatsTransport, WorkerGuard};
 
 /// Header with the milliseconds left of the sender's deadline.
 pub(crate) const DEADLINE: &str = "Sy-Deadline-Ms";
+/// Header with the sender's deadline as an absolute time (Unix milliseconds): a command
+/// that arrives after it (held in a reconnect buffer) is not run.
+pub(crate) const DEADLINE_AT: &str = "Sy-Deadline-At";
 const STATUS: &str = "Sy-Status";
 const ERROR: &str = "Sy-Error";
 const ATTEMPTS: &str = "Sy-Attempts";
@@ -62,6 +69,9 @@ impl NatsTransport {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(SendError::ShuttingDown);
         }
+        // Refused at once while disconnected: the client would buffer the request and send
+        // it after the reconnect, when its sender may long have been answered `timeout`.
+        self.ensure_connected()?;
         if self.is_durable(&command.topic) {
             return self.send_durable(command, deadline).await;
         }
@@ -71,6 +81,8 @@ impl NatsTransport {
         if let Some(d) = deadline {
             headers.insert(DEADLINE, d.as_millis().to_string().as_str());
         }
+        // The core request ends at `wait` whether or not a deadline was given.
+        insert_deadline_at(&mut headers, wait);
         // Refused at once rather than by the server, which drops the connection.
         self.inner
             .max_payload
@@ -152,18 +164,78 @@ struct Serving {
     done: bool,
 }
 
+/// Milliseconds since the Unix epoch now (0 for a clock before it).
+fn unix_ms_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Adds [`DEADLINE_AT`]: now plus `wait`, in Unix milliseconds.
+pub(crate) fn insert_deadline_at(headers: &mut HeaderMap, wait: Duration) {
+    let at = unix_ms_now().saturating_add(wait.as_millis());
+    headers.insert(DEADLINE_AT, at.to_string().as_str());
+}
+
+/// What is left of a command's deadline: `Sy-Deadline-Ms` (counted from now), capped by
+/// what remains until `Sy-Deadline-At`. `None` without `Sy-Deadline-Ms`: a command sent
+/// without a deadline has none for its handler (its `Sy-Deadline-At`, the sender's
+/// `command_timeout`, only keeps a late arrival from running).
+pub(crate) fn remaining_deadline(headers: Option<&HeaderMap>) -> Option<Duration> {
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse::<u128>().ok())
+    };
+    let relative = get(DEADLINE).map(|ms| Duration::from_millis(ms.min(u64::MAX as u128) as u64));
+    let absolute = get(DEADLINE_AT).map(|at| {
+        let left = at.saturating_sub(unix_ms_now());
+        Duration::from_millis(left.min(u64::MAX as u128) as u64)
+    });
+    match (relative, absolute) {
+        (Some(r), Some(a)) => Some(r.min(a)),
+        (r, _) => r,
+    }
+}
+
+/// A command whose sender's absolute deadline passed before it arrived (it waited in a
+/// client's reconnect buffer): answered `timeout` without being handed to the handler.
+fn expired(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
+    let late = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(DEADLINE_AT))
+        .and_then(|v| v.as_str().parse::<u128>().ok())
+        .is_some_and(|at| at <= unix_ms_now());
+    if !late {
+        return false;
+    }
+    tracing::warn!(
+        topic = %topic,
+        "a command arrived after its sender's deadline (Sy-Deadline-At): not run"
+    );
+    if let Some(to) = msg.reply.clone() {
+        let (headers, payload) = encode_result(Err(SendError::Timeout {
+            deadline: Duration::ZERO,
+        }));
+        let client = client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.publish_with_headers(to, headers, payload).await;
+            });
+        }
+    }
+    true
+}
+
 fn incoming(
     client: &Client,
     max_payload: &Arc<MaxPayload>,
     topic: &Topic,
     msg: async_nats::Message,
 ) -> IncomingCommand {
-    let deadline = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(DEADLINE))
-        .and_then(|v| v.as_str().parse().ok())
-        .map(Duration::from_millis);
+    let deadline = remaining_deadline(msg.headers.as_ref());
     let envelope = codec::decode(topic.clone(), msg.headers.as_ref(), msg.payload);
     let responder = NatsResponder {
         client: client.clone(),
@@ -190,18 +262,25 @@ impl futures::Stream for Serving {
         let Some(sub) = this.sub.as_mut() else {
             return Poll::Ready(None);
         };
-        match sub.poll_next_unpin(cx) {
-            Poll::Ready(Some(msg)) => Poll::Ready(Some(incoming(
-                &this.client,
-                &this.inner.max_payload,
-                &this.topic,
-                msg,
-            ))),
-            Poll::Ready(None) => {
-                this.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+        loop {
+            return match sub.poll_next_unpin(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if expired(&this.client, &this.topic, &msg) {
+                        continue;
+                    }
+                    Poll::Ready(Some(incoming(
+                        &this.client,
+                        &this.inner.max_payload,
+                        &this.topic,
+                        msg,
+                    )))
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
@@ -506,4 +585,38 @@ pub(crate) fn decode_result(
             RemoteError(error),
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_left_is_the_earlier_of_the_relative_and_the_absolute_one() {
+        let mut h = HeaderMap::new();
+        h.insert(DEADLINE, "60000");
+        insert_deadline_at(&mut h, Duration::from_secs(5));
+        let left = remaining_deadline(Some(&h)).unwrap();
+        assert!(left <= Duration::from_secs(5), "{left:?}");
+        assert!(left > Duration::from_secs(3), "{left:?}");
+
+        let mut late = HeaderMap::new();
+        late.insert(DEADLINE, "60000");
+        let past = unix_ms_now() - 1_000;
+        late.insert(DEADLINE_AT, past.to_string().as_str());
+        assert_eq!(remaining_deadline(Some(&late)), Some(Duration::ZERO));
+
+        let mut relative = HeaderMap::new();
+        relative.insert(DEADLINE, "250");
+        assert_eq!(
+            remaining_deadline(Some(&relative)),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(remaining_deadline(None), None);
+
+        // A send without a deadline: none for the handler.
+        let mut absolute = HeaderMap::new();
+        insert_deadline_at(&mut absolute, Duration::from_secs(30));
+        assert_eq!(remaining_deadline(Some(&absolute)), None);
+    }
 }

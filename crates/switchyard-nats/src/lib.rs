@@ -31,7 +31,9 @@
 //! request to `<command_prefix>.<topic>`, which every process with a handler for the topic
 //! serves in the queue group `command_group` (each command handled once). No process
 //! serving the topic: `SendError::NoHandler` at once (the server's no-responders status).
-//! The deadline travels as `Sy-Deadline-Ms` and is enforced on both sides; `send` without a
+//! The deadline travels as `Sy-Deadline-Ms` (relative) and `Sy-Deadline-At` (absolute,
+//! Unix ms: a command that arrives after it is not run) and is enforced on both sides; a
+//! command is refused at once (`Unavailable`) while the client is not connected; `send` without a
 //! deadline waits at most [`NatsConfig::command_timeout`]. The handler's typed result or
 //! failure comes back in the reply (`Sy-Status`, `Sy-Error`, `Sy-Attempts`, `Sy-Handler`).
 //!

@@ -304,6 +304,22 @@ impl NatsTransport {
         Ok(Self { inner })
     }
 
+    /// `Ok` while the client is connected to a server; otherwise `Unavailable` at once.
+    ///
+    /// Checked before anything is sent: while disconnected, async-nats keeps what is
+    /// written in its reconnect buffer and sends it after the reconnect, long after the
+    /// caller was told it failed (a publish stored after a 503, a command run after its
+    /// sender's deadline).
+    pub(crate) fn ensure_connected(&self) -> Result<(), TransportError> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(TransportError::new(
+                TransportErrorKind::Unavailable,
+                "not connected to the NATS server (reconnecting)",
+            )),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &NatsConfig {
         &self.inner.config

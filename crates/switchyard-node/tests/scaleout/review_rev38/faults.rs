@@ -265,7 +265,6 @@ async fn two_nodes_ride_out_a_nats_restart_with_typed_errors_meanwhile() {
 /// which tells the client the handler may have run), and the client's NATS connection keeps
 /// the request buffered: measured here whether B's handler runs it after the reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a command through a node whose NATS is down waits the full send timeout (30 s) and is a 504 timeout, not a prompt 503 not_ready"]
 async fn a_command_while_nats_is_down_is_refused_promptly_as_not_ready() {
     let Some(mut nats) = Nats::start() else {
         return;
