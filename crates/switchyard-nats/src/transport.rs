@@ -448,8 +448,12 @@ impl Publisher for NatsTransport {
     /// Publishes every envelope with its id as `Nats-Msg-Id`, pipelined: all are sent, then
     /// all acknowledgements awaited. A message whose acknowledgement does not arrive within
     /// `ack_timeout` is sent again (the server drops the copy) until `publish_timeout`.
-    /// On error, some envelopes of the batch may be stored; publishing the batch again is
-    /// safe within the duplicate window.
+    /// Nothing is sent while the client is disconnected (it would sit in the client's
+    /// reconnect buffer and be sent after the reconnect, whatever this call returned): the
+    /// publish waits for the connection, and fails `Unavailable` at `publish_timeout`.
+    /// On error, some envelopes of the batch may be stored (a send that went out before the
+    /// connection was lost, unacknowledged); publishing the batch again is safe within the
+    /// duplicate window.
     async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
@@ -483,6 +487,22 @@ impl Publisher for NatsTransport {
         let mut todo: Vec<usize> = (0..items.len()).collect();
         let mut backoff = Duration::from_millis(20);
         loop {
+            // Nothing is sent while disconnected: async-nats would keep it in its reconnect
+            // buffer and send it after the reconnect, even once this publish has failed (the
+            // caller, told it failed, publishes again: delivered twice). Sent once connected
+            // again, or `Unavailable` at `publish_timeout` with nothing left behind.
+            if let Err(error) = self.ensure_connected() {
+                if Instant::now() + backoff >= deadline {
+                    self.inner
+                        .counters
+                        .publish_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(error.into());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+                continue;
+            }
             let mut acks = Vec::with_capacity(todo.len());
             let mut failed = Vec::new();
             let mut last_error = None;

@@ -148,6 +148,18 @@ impl ApiError {
     pub fn topic(e: &TopicError) -> Self {
         Self::new(ErrorKind::InvalidTopic, e.to_string())
     }
+
+    /// The error answer of a publish that failed once its message had an id:
+    /// `{"error": {...}, "id": <the message id>}`, so a client that retries (a 503 after the
+    /// transport's publish timeout may still have been stored) can publish again with the
+    /// same `x-message-id` and be deduplicated.
+    pub(crate) fn response_with_id(self, id: &str) -> Response {
+        let status = self.kind.status();
+        let body = serde_json::json!({"error": self.body().error, "id": id});
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(self.kind);
+        response
+    }
 }
 
 /// The error JSON body.

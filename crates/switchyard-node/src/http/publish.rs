@@ -90,7 +90,9 @@ pub(crate) async fn publish(
         id: env.id.to_string(),
         correlation_id: env.correlation_id.to_string(),
     };
-    state.bus.publish_envelope(env).await?;
+    if let Err(e) = state.bus.publish_envelope(env).await {
+        return Ok(ApiError::from(e).response_with_id(&reply.id));
+    }
     state.metrics.published_one();
     Ok(json(StatusCode::ACCEPTED, &reply))
 }

@@ -292,7 +292,12 @@ impl Session {
             message_id: env.id.to_string(),
             correlation_id: env.correlation_id.to_string(),
         };
-        state.bus.publish_envelope(env).await?;
+        if let Err(e) = state.bus.publish_envelope(env).await {
+            // The id, so a retry (the message may still be stored) can be deduplicated.
+            let mut extra = serde_json::Map::new();
+            extra.insert("message_id".into(), published.message_id.into());
+            return Ok(Some(error_frame_with(id, &ApiError::from(e), extra)));
+        }
         state.metrics.published_one();
         Ok(Some(answer("published", id, published)))
     }

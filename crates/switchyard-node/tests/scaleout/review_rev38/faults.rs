@@ -364,7 +364,6 @@ async fn a_command_while_nats_is_down_is_refused_promptly_as_not_ready() {
 /// again, and a message both refused and delivered is then delivered twice (the error body
 /// has no id the gateway gave it, so the retry cannot be deduplicated either).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a publish answered 503 not_ready while NATS is down is delivered once NATS is back (left in the client's reconnect buffer)"]
 async fn a_publish_refused_while_nats_is_down_is_not_delivered_later() {
     let Some(mut nats) = Nats::start() else {
         return;
