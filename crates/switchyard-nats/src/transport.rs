@@ -33,10 +33,12 @@ mod dead_letters;
 mod durable;
 mod max_payload;
 mod retention;
+mod streams;
 mod subscribe;
 mod worker;
 use max_payload::MAX_PAYLOAD;
 pub(crate) use max_payload::MaxPayload;
+use streams::Streams;
 use subscribe::GroupUse;
 pub use subscribe::NatsSubscription;
 pub(crate) use subscribe::consumer_config;
@@ -66,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     /// The server's `max_payload`, read again on every reconnect.
     pub(crate) max_payload: Arc<MaxPayload>,
+    /// Whether the configured streams exist on the server: made again after a reconnect.
+    streams: Arc<Streams>,
     js: jetstream::Context,
     pub(crate) closed: AtomicBool,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -161,6 +165,10 @@ pub struct Health {
     pub slow_consumers: u64,
     /// Commands the client buffers while disconnected.
     pub reconnect_buffer: usize,
+    /// `false` from a reconnect until the configured streams have been created or updated
+    /// again on the server (one restarted with memory storage has lost them): publishes
+    /// fail "no stream found" meanwhile, so the transport is not ready.
+    pub streams_ready: bool,
 }
 
 /// Decrements the in-flight publish count when a publish ends (however it ends).
@@ -245,18 +253,26 @@ impl NatsTransport {
         let events = counters.clone();
         let max_payload = Arc::new(MaxPayload::default());
         let limit = max_payload.clone();
+        let streams = Arc::new(Streams::default());
+        let restream = streams.clone();
         let client = ConnectOptions::new()
             .name(&config.name)
             .client_capacity(config.reconnect_buffer)
             .event_callback(move |event| {
                 let counters = events.clone();
                 let limit = limit.clone();
+                let restream = restream.clone();
                 async move {
                     let connected = event == Event::Connected;
                     counters.on_event(event);
                     if connected {
                         // Another server may have another limit.
                         limit.refresh();
+                        // A reconnect: the server may have lost the streams (memory
+                        // storage, another server).
+                        if counters.connects.load(Ordering::Relaxed) > 1 {
+                            restream.reconnected();
+                        }
                     }
                 }
             })
@@ -275,17 +291,14 @@ impl NatsTransport {
             })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.ack_timeout);
-        for spec in &config.streams {
-            let stream_config = retention::stream_config(&config, &spec.name, &spec.patterns, None);
-            retention::ensure_stream(&js, &spec.name, stream_config).await?;
-        }
-        durable::ensure_stream(&js, &config).await?;
+        streams::ensure_all(&js, &config).await?;
         let (shutdown, _) = watch::channel(false);
         let dead_letters = DeadLetterRoute::new(config.dead_letters.clone());
         let inner = Arc::new(Inner {
             config,
             client,
             max_payload,
+            streams,
             js,
             closed: AtomicBool::new(false),
             shutdown,
@@ -301,6 +314,7 @@ impl NatsTransport {
             dead_letters,
         });
         inner.max_payload.attach(&inner);
+        inner.streams.attach(&inner);
         Ok(Self { inner })
     }
 
@@ -352,6 +366,7 @@ impl NatsTransport {
             dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
             slow_consumers: c.slow_consumers.load(Ordering::Relaxed),
             reconnect_buffer: self.inner.config.reconnect_buffer,
+            streams_ready: self.inner.streams.ready(),
         }
     }
 

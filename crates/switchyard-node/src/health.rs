@@ -37,6 +37,11 @@ impl TransportHandle {
             Self::Nats(n) => {
                 let h = n.health();
                 match h.state {
+                    switchyard_nats::ConnectionState::Connected if !h.streams_ready => Some(
+                        "NATS streams are being made again after a reconnect (publishes \
+                         fail meanwhile)"
+                            .into(),
+                    ),
                     switchyard_nats::ConnectionState::Connected => None,
                     other => Some(format!("NATS connection is {other:?}")),
                 }

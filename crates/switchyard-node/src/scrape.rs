@@ -227,6 +227,7 @@ pub(crate) fn stats_json(state: &AppState) -> Value {
                 "publish_retries": h.publish_retries,
                 "duplicates": h.duplicates,
                 "dead_lettered": h.dead_lettered,
+                "streams_ready": h.streams_ready,
             })
         }
     };

@@ -451,7 +451,7 @@ async fn a_publish_refused_while_nats_is_down_is_not_delivered_later() {
 /// Seen: `/ready` 200 on both, and every publish a 503 after about 10 s, "no stream found
 /// for given subject": the nodes never make their configured streams again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: after a restart of a memory-storage NATS server the nodes never re-create their streams: /ready 200 while every publish is 503 no stream found"]
+#[ignore = "defect (partly fixed): the streams are made again after the reconnect (publish 202 in 5 ms, /ready 200), but B's group consumer is not re-created within 20 s, so the message is not delivered"]
 async fn with_memory_storage_a_nats_restart_leaves_the_nodes_able_to_publish_or_not_ready() {
     let Some(mut nats) = Nats::start() else {
         return;
