@@ -245,6 +245,7 @@ impl tower::Service<Envelope> for Timed {
                 env.id.clone(),
                 env.correlation_id.clone(),
                 env.delivery.attempt,
+                env.topic.clone(),
             );
             (t, message, self.name.clone(), std::time::SystemTime::now())
         });

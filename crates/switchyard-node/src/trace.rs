@@ -1,13 +1,15 @@
 //! What `/v1/trace/{correlation_id}` shows: the last envelopes published or sent through the
 //! node's bus and the last handler calls (deliveries) with their outcomes, both kept in
-//! bounded buffers of `retention.trace_messages` entries each.
+//! bounded buffers of `retention.trace_messages` entries each. A trace is this node's: with
+//! nodes scaled out, a message published through one node and handled on another shows as a
+//! message on the first and as a delivery (with its topic) on the second.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use switchyard::{BoxError, Envelope, MessageId, Outcome};
+use switchyard::{BoxError, Envelope, MessageId, Outcome, Topic};
 
 /// The last envelopes published or sent through this node's bus and the last deliveries to
 /// its handlers. Envelopes are fed by a publish hook rather than a `#` subscription
@@ -25,6 +27,7 @@ pub(crate) struct TraceBuffer {
 struct Delivery {
     id: MessageId,
     correlation: MessageId,
+    topic: Topic,
     handler: Arc<str>,
     attempt: u32,
     outcome: &'static str,
@@ -38,6 +41,9 @@ struct Delivery {
 pub(crate) struct DeliveryJson {
     /// The message's id.
     pub(crate) message_id: String,
+    /// The message's topic (the message itself may have been published through another
+    /// node, and then is not among this node's `messages`).
+    pub(crate) topic: String,
     /// The handler (subscription or command handler) that was called.
     pub(crate) handler: String,
     /// The message's delivery attempt when the handler was called (1 for the first).
@@ -90,11 +96,11 @@ impl TraceBuffer {
         push_bounded(&mut lock(&self.seen), self.capacity, env.clone());
     }
 
-    /// Keeps one call of `handler` with the message `id` of `correlation`: started at `at`,
-    /// took `took`, ended with `result`.
+    /// Keeps one call of `handler` with the message `id` of `correlation` on `topic`: started
+    /// at `at`, took `took`, ended with `result`.
     pub(crate) fn delivered(
         &self,
-        (id, correlation, attempt): (MessageId, MessageId, u32),
+        (id, correlation, attempt, topic): (MessageId, MessageId, u32, Topic),
         handler: &Arc<str>,
         at: SystemTime,
         took: Duration,
@@ -104,6 +110,7 @@ impl TraceBuffer {
         let delivery = Delivery {
             id,
             correlation,
+            topic,
             handler: handler.clone(),
             attempt,
             outcome,
@@ -130,6 +137,7 @@ impl TraceBuffer {
             .filter(|d| d.correlation == *correlation)
             .map(|d| DeliveryJson {
                 message_id: d.id.to_string(),
+                topic: d.topic.to_string(),
                 handler: d.handler.to_string(),
                 attempt: d.attempt,
                 outcome: d.outcome,

@@ -191,7 +191,9 @@ pub(crate) async fn topology(
 }
 
 /// Every recorded message of one correlation id, its causal tree and the recorded handler
-/// calls (deliveries) of those messages with their outcomes.
+/// calls (deliveries) with their outcomes: what this node published or sent, and what its
+/// handlers were called with (a message published through another node shows as
+/// deliveries only). 404 when this node has neither.
 #[utoipa::path(get, path = "/v1/trace/{correlation_id}", params(("correlation_id" = String, Path, description = "Correlation id")),
     responses((status = 200), (status = 400, description = "bad_request: not a message id", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)), tag = "observability")]
 pub(crate) async fn trace(
@@ -209,26 +211,24 @@ pub(crate) async fn trace(
         ));
     };
     let envelopes = recorder.of(&correlation);
-    if envelopes.is_empty() {
+    let deliveries = recorder.deliveries_of(&correlation);
+    if envelopes.is_empty() && deliveries.is_empty() {
         return Err(ApiError::new(
             ErrorKind::NotFound,
-            format!("no recorded message with correlation id {correlation}"),
+            format!(
+                "no message published or sent through this node and no handler call on it \
+                 with correlation id {correlation}"
+            ),
         ));
     }
     let tree = switchyard_components::trace::Trace::build(correlation.clone(), &envelopes);
-    let deliveries = recorder.deliveries_of(&correlation);
     let mut text = tree.render();
     if !deliveries.is_empty() {
-        // Each message's id spelled once, not once per delivery and message.
-        let topics: std::collections::HashMap<String, &str> = envelopes
-            .iter()
-            .map(|e| (e.id.to_string(), e.topic.as_str()))
-            .collect();
         text.push_str("deliveries:\n");
         for d in &deliveries {
-            let topic = topics.get(&d.message_id).copied().unwrap_or("?");
             text.push_str(&format!(
-                "  {topic} -> {} (attempt {}): {} in {:.3} ms{}\n",
+                "  {} -> {} (attempt {}): {} in {:.3} ms{}\n",
+                d.topic,
                 d.handler,
                 d.attempt,
                 d.outcome,

@@ -306,7 +306,6 @@ async fn the_publishing_node_traces_the_message_by_its_correlation_id() {
 /// because only messages published through B count; A, which has the message, has no
 /// delivery. In a scaled-out deployment no node shows where a message was handled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the node that handled a message published through another node answers /v1/trace 404 although it recorded the handler call"]
 async fn the_handling_node_traces_the_handler_call_of_a_message_from_another_node() {
     let Some((a, b, stream, p)) = two_nodes("TRB", "").await else {
         return;
