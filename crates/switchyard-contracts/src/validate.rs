@@ -441,12 +441,12 @@ impl Validator {
         for c in candidates {
             let upcast = match (older, &self.upcasters) {
                 (Some(n), Some(ups)) => {
-                    match ups.upcast_value(n, env.type_version, c.version, payload.clone()) {
+                    match upcast_caught(ups, n, env.type_version, c.version, payload.clone()) {
                         Ok(v) => Some(v),
-                        Err(e) => {
+                        Err(why) => {
                             let issue = ValidationIssue {
                                 path: String::new(),
-                                reason: format!("not upcast: {e}"),
+                                reason: format!("not upcast: {why}"),
                             };
                             first_failure.get_or_insert((c.type_name.clone(), vec![issue], 1));
                             continue;
@@ -486,5 +486,27 @@ impl Validator {
             issue_count: count + (issues.len() - before),
             issues,
         }
+    }
+}
+
+/// [`Upcasters::upcast_value`] with a panic in a step caught: the text of the error, or
+/// "the upcaster step panicked: <message>" (a verdict, never a panic out of
+/// [`Validator::check`]).
+fn upcast_caught(
+    ups: &Upcasters,
+    name: &str,
+    from: u32,
+    to: u32,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ups.upcast_value(name, from, to, payload)
+    })) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "the upcaster step panicked: {}",
+            switchyard_core::error::panic_text(&*panic).unwrap_or("non-string panic payload")
+        )),
     }
 }

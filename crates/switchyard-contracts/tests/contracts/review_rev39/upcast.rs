@@ -280,7 +280,6 @@ fn panicking_validator() -> Validator {
 /// (`not upcast: ...`)", and the bus turns a panicking step into a dead letter (review rev6).
 /// The validator, which the node's gateway and the bus's intake call, gives a verdict too.
 #[test]
-#[ignore = "defect: a panicking upcaster step panics out of Validator::check (the bus catches it, the validator does not)"]
 fn a_panicking_step_in_the_validator_is_an_invalid_verdict_not_a_panic() {
     let validator = panicking_validator();
     let env = ticket(1, json!({"title": "a"}));
