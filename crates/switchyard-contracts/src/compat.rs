@@ -11,8 +11,9 @@
 //! one R knows; a closed object in R (`additionalProperties: false`) must not receive fields it
 //! does not list, and a map's values (an `additionalProperties` schema) must be read by R's
 //! value schema; list items are read by R's item schema, tuple elements position by position,
-//! and W's tuples must have a length R accepts. Unknown extra fields are otherwise ignored, as
-//! serde does.
+//! and W's lists and tuples must have a length R accepts (`minItems` / `maxItems`); R's
+//! numeric range (`minimum` / `maximum`) and string length (`minLength` / `maxLength`) must
+//! contain W's. Unknown extra fields are otherwise ignored, as serde does.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -436,21 +437,67 @@ impl Checker<'_> {
                 return;
             }
         }
+        self.reads_limits(r, w, path);
         self.reads_object(r, w, path, depth);
         self.reads_array(r, w, path, depth);
+    }
+
+    /// Width limits: the reader's range must contain the writer's. A number's `minimum` /
+    /// `maximum` (`u8` is `0..=255`, an unsigned integer has `minimum: 0`) and a string's
+    /// `minLength` / `maxLength` (`char` is one character); a limit the reader has and the
+    /// writer does not (or a looser one) means the writer may write what the reader refuses.
+    fn reads_limits(&mut self, r: &Value, w: &Value, path: &str) {
+        let wt = types(w);
+        let writes = |t: &str| wt.as_ref().is_none_or(|wt| wt.contains(t));
+        let (reader, writer) = (self.reader, self.writer);
+        if writes("integer") || writes("number") {
+            for (key, low) in [("minimum", true), ("maximum", false)] {
+                let Some(rl) = r.get(key).and_then(Value::as_f64) else {
+                    continue;
+                };
+                let wl = w.get(key).and_then(Value::as_f64);
+                let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
+                if !inside {
+                    let wl = w.get(key).map_or_else(|| "no".to_owned(), show);
+                    self.issue(
+                        path,
+                        IssueKind::TypeChanged,
+                        format!("range narrowed: the {reader} schema has {key} {}, the {writer} schema {wl} {key}", show(&r[key])),
+                    );
+                }
+            }
+        }
+        if writes("string") {
+            for (key, low) in [("minLength", true), ("maxLength", false)] {
+                let Some(rl) = r.get(key).and_then(Value::as_u64) else {
+                    continue;
+                };
+                let wl = w.get(key).and_then(Value::as_u64);
+                let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
+                if !inside {
+                    let wl = wl.map_or_else(|| "no".to_owned(), |wl| wl.to_string());
+                    self.issue(
+                        path,
+                        IssueKind::TypeChanged,
+                        format!("length narrowed: the {reader} schema has {key} {rl}, the {writer} schema {wl} {key}"),
+                    );
+                }
+            }
+        }
     }
 
     /// Arrays: lists (`items`) item by item, tuples (`prefixItems`, or draft-07 `items` as an
     /// array) element by element, each position read with the schema the reader has for it.
     fn reads_array(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
         let (rn, wn) = (tuple_len(r), tuple_len(w));
+        let (reader, writer) = (self.reader, self.writer);
         if rn == 0 && wn == 0 {
+            // A list (a `Vec`, or a fixed-size `[T; N]` with `minItems` = `maxItems` = N):
+            // items read item by item, then the counts compared below.
             if let (Some(ri), Some(wi)) = (r.get("items"), w.get("items")) {
                 self.reads(ri, wi, &format!("{path}/*"), depth + 1);
             }
-            return;
         }
-        let (reader, writer) = (self.reader, self.writer);
         for i in 0..rn.max(wn) {
             let (Some(re), Some(we)) = (element(r, i), element(w, i)) else {
                 continue;
