@@ -383,6 +383,11 @@ impl Checker<'_> {
     /// [`Self::reads`] once `$ref`s are resolved and the pair is not a loop.
     fn reads_resolved(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
         if variants(r).is_some() || variants(w).is_some() {
+            // A struct with a `#[serde(flatten)]` enum: its own fields sit beside the
+            // `oneOf` of the variants, and are compared as any struct's.
+            if props(r).is_some() || props(w).is_some() {
+                self.reads_object(r, w, path, depth);
+            }
             return self.reads_variants(r, w, path, depth);
         }
         if let Some(rv) = values(r) {
