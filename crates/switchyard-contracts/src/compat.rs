@@ -330,6 +330,18 @@ fn show(v: &Value) -> String {
 /// What identifies a variant of a oneOf/anyOf: its constant values, the single required
 /// property of an externally tagged variant, or the constant of an internally tagged one.
 fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
+    // A newtype variant of an internally tagged enum is `{"$ref": <the inner type>,
+    // "properties": {"type": {"const": "tip"}}}`: the tag sits beside the `$ref`, which
+    // resolving drops, so it is looked for first.
+    if v.get("$ref").is_some()
+        && let Some(p) = props(v)
+    {
+        for (_, ps) in p {
+            if let Some(c) = resolve(root, ps).get("const") {
+                return vec![show(c)];
+            }
+        }
+    }
     let v = resolve(root, v);
     if let Some(vs) = values(v) {
         return vs.into_iter().map(show).collect();
