@@ -328,7 +328,8 @@ fn show(v: &Value) -> String {
 }
 
 /// What identifies a variant of a oneOf/anyOf: its constant values, the single required
-/// property of an externally tagged variant, or the constant of an internally tagged one.
+/// property of an externally tagged variant (a closed object of one field), or the constant
+/// of an internally tagged one.
 fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
     // A newtype variant of an internally tagged enum is `{"$ref": <the inner type>,
     // "properties": {"type": {"const": "tip"}}}`: the tag sits beside the `$ref`, which
@@ -352,8 +353,12 @@ fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
                 return vec![show(c)];
             }
         }
+        // An externally tagged variant is schemars' `{"properties": {"Card": ..},
+        // "required": ["Card"], "additionalProperties": false}`; a one-field struct (an
+        // `Option<Price { cents }>`'s alternative) is not closed, and is no variant.
         let req = required(v);
-        if p.len() == 1 && req.len() == 1 {
+        let closed = v.get("additionalProperties") == Some(&Value::Bool(false));
+        if closed && p.len() == 1 && req.len() == 1 {
             return req.into_iter().map(str::to_owned).collect();
         }
     }
