@@ -1,9 +1,11 @@
 //! Small defects found by reviews: every message a principal puts on the bus counts against
-//! its `limits.publish_rate` (commands and requests too, not only publishes).
+//! its `limits.publish_rate` (commands and requests too, not only publishes); a DLQ replay
+//! of an empty `ids` list is a client mistake (400), not a silent "0 replayed".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use serde_json::{Value, json};
 use switchyard::{Envelope, Outcome, handler_fn};
 
 use crate::common::{TestNode, client, error_of, get_json};
@@ -95,5 +97,38 @@ async fn commands_and_requests_count_against_the_publish_rate() {
             "{path}: no 429 in the OpenAPI document"
         );
     }
+    node.stop().await.unwrap();
+}
+
+/// `{"ids": []}` names no dead letter: a client bug (a filter that matched nothing on the
+/// client's side), answered `400 bad_request` saying so, not `200` with 0 replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_an_empty_id_list_is_a_bad_request() {
+    let node = TestNode::start("[transport]\nkind = \"memory\"\n").await;
+    let http = client();
+    for body in [json!({"ids": []}), json!({"ids": [], "topic": "billing.#"})] {
+        let res = http
+            .post(node.url("/v1/dlq/replay"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 400, "{body}: answered {status} {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["error"]["kind"], "bad_request", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("ids is empty") && message.contains("\"all\": true"),
+            "{message}"
+        );
+    }
+    let doc = get_json(&node, "/v1/openapi.json").await;
+    let described = doc["paths"]["/v1/dlq/replay"]["post"]["responses"]["400"]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(described.contains("empty"), "400 of replay: {described}");
     node.stop().await.unwrap();
 }
