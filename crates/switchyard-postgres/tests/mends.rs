@@ -1,5 +1,7 @@
 //! Small defects found by reviews, through the public API: a `drain` that fails part-way
-//! says how many messages it relayed before the failure.
+//! says how many messages it relayed before the failure; an outbox write made inside an
+//! inbox handler continues the incoming message's trace (its correlation id, and the
+//! incoming message as its cause), as a publish on the bus from a handler does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
 mod common;
@@ -9,13 +11,24 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use common::{Ping, TestDb};
-use switchyard::{BoxHandler, Bus, Envelope, Message, Outcome, PublishError};
-use switchyard_postgres::{Outbox, Relay};
+use serde::{Deserialize, Serialize};
+use switchyard::{BoxHandler, Bus, Envelope, Message, MessageId, Outcome, PublishError};
+use switchyard_postgres::{Inbox, Outbox, Relay};
 use tokio::sync::mpsc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const T: Duration = Duration::from_secs(15);
+
+/// What the inbox handler below writes to the outbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Pong {
+    n: i64,
+}
+
+impl Message for Pong {
+    const TOPIC: &'static str = "test.pong";
+}
 
 /// A subscriber to `topic` on `bus` that forwards every envelope it handles, as received.
 async fn raw_recorder(
@@ -116,5 +129,76 @@ async fn a_drain_that_fails_part_way_says_how_many_it_relayed_first() {
 
     refuse.store(-1, Ordering::SeqCst);
     assert_eq!(relay.drain().await.unwrap(), 3);
+    db.finish().await;
+}
+
+/// An inbox handler that writes an event to the outbox in its transaction, passing no ids:
+/// the relayed event has the incoming message's correlation id and the incoming message's id
+/// as its causation id, as a handler's publish on the bus would. An envelope that names its
+/// own correlation id or cause keeps them.
+#[tokio::test]
+async fn an_inbox_handlers_outbox_write_continues_the_incoming_trace() {
+    let Some(db) = TestDb::new("mends_trace").await else {
+        return;
+    };
+    let bus = Bus::new();
+    let (mut pongs, _rec) = raw_recorder(&bus, "pongs", Pong::TOPIC).await;
+    let outbox = Outbox::new(db.schema.clone());
+    let inbox = Inbox::new(db.pool.clone(), db.schema.clone(), "ponger");
+    let own_correlation = MessageId::new();
+    let own = own_correlation.clone();
+    let typed = inbox.handler(move |p: Ping, tx, _env| {
+        let outbox = outbox.clone();
+        let own = own.clone();
+        Box::pin(async move {
+            if p.n == 2 {
+                // Names its own flow: kept, and still caused by the incoming message.
+                let env = Pong { n: p.n }.to_envelope()?.with_correlation_id(own);
+                outbox.publish_envelope(tx, env).await?;
+            } else {
+                outbox.publish(tx, Pong { n: p.n }).await?;
+            }
+            Ok::<_, BoxError>(())
+        })
+    });
+    let _sub = bus
+        .subscribe("ponger", Ping::TOPIC, typed)
+        .start()
+        .await
+        .unwrap();
+
+    let correlation = MessageId::new();
+    let mut incoming = Vec::new();
+    for n in 1..=2 {
+        let ping = Ping { key: "k".into(), n };
+        let env = ping
+            .to_envelope()
+            .unwrap()
+            .with_correlation_id(correlation.clone());
+        incoming.push(env.id.clone());
+        bus.publish_envelope(env).await.unwrap();
+    }
+    bus.run_until_idle().await;
+    let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
+    assert_eq!(relay.drain().await.unwrap(), 2);
+    bus.run_until_idle().await;
+    for (n, cause) in (1..=2).zip(&incoming) {
+        let pong = next(&mut pongs, "the inbox handler's outbox write").await;
+        assert_eq!(Pong::from_envelope(&pong).unwrap().n, n);
+        let want = if n == 2 {
+            &own_correlation
+        } else {
+            &correlation
+        };
+        assert_eq!(
+            &pong.correlation_id, want,
+            "pong {n}: the outbox write did not inherit the incoming correlation id"
+        );
+        assert_eq!(
+            pong.causation_id(),
+            Some(cause),
+            "pong {n}: the outbox write is not caused by the incoming message"
+        );
+    }
     db.finish().await;
 }
