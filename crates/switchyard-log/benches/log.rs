@@ -28,7 +28,8 @@
 //!
 //! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3, without the criterion part
 //! (for profiling); `SWITCHYARD_LOG_N=256` (a comma-separated list) limits part 2 to those N,
-//! and `SWITCHYARD_LOG_DRIVE=tasks` or `=window` to one way of driving the log. Both sides
+//! `SWITCHYARD_LOG_DRIVE=tasks` or `=window` to one way of driving the log, and
+//! `SWITCHYARD_LOG_PUBLISH=one` publishes through `publish_one` instead of a batch of one. Both sides
 //! write under the system temporary directory: `TMPDIR=/dev/shm` puts them on tmpfs, where a
 //! sync costs nothing and only the CPU is compared.
 //!
@@ -75,6 +76,13 @@ fn work(publishers: usize, per: usize) -> Vec<Vec<Envelope>> {
     (0..publishers).map(|_| envelopes(per)).collect()
 }
 
+/// Whether single records go through `LogTransport::publish_one` (`SWITCHYARD_LOG_PUBLISH=one`)
+/// instead of a batch of one (`Publisher::publish(vec![env])`, as the bus does).
+fn publish_one() -> bool {
+    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONE.get_or_init(|| std::env::var("SWITCHYARD_LOG_PUBLISH").as_deref() == Ok("one"))
+}
+
 /// One task per entry of `work` publishes its envelopes one at a time, each awaited before the
 /// next. Returns every publish latency.
 fn drive(
@@ -89,9 +97,14 @@ fn drive(
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(envs.len());
+                    let one = publish_one();
                     for env in envs {
                         let t = Instant::now();
-                        log.publish(vec![env]).await.unwrap();
+                        if one {
+                            log.publish_one(env).await.unwrap();
+                        } else {
+                            log.publish(vec![env]).await.unwrap();
+                        }
                         lat.push(t.elapsed());
                     }
                     lat
@@ -410,29 +423,44 @@ fn drive_window(
     let log = log.clone();
     rt.block_on(async move {
         tokio::spawn(async move {
-            let publish = |env: Envelope| {
-                let log = &log;
-                async move {
+            // One loop per way of publishing, so each keeps its own (smaller) future.
+            if publish_one() {
+                keep_window(envs, window, |env| async {
+                    let t = Instant::now();
+                    log.publish_one(env).await.unwrap();
+                    t.elapsed()
+                })
+                .await
+            } else {
+                keep_window(envs, window, |env| async {
                     let t = Instant::now();
                     log.publish(vec![env]).await.unwrap();
                     t.elapsed()
-                }
-            };
-            let mut lat = Vec::with_capacity(envs.len());
-            let mut envs = envs.into_iter();
-            let mut inflight: FuturesUnordered<_> =
-                envs.by_ref().take(window).map(publish).collect();
-            while let Some(l) = inflight.next().await {
-                lat.push(l);
-                if let Some(env) = envs.next() {
-                    inflight.push(publish(env));
-                }
+                })
+                .await
             }
-            lat
         })
         .await
         .unwrap()
     })
+}
+
+/// Keeps `window` futures of `publish` in flight over `envs`; returns what each gave.
+async fn keep_window<F, Fut>(envs: Vec<Envelope>, window: usize, publish: F) -> Vec<Duration>
+where
+    F: Fn(Envelope) -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    let mut lat = Vec::with_capacity(envs.len());
+    let mut envs = envs.into_iter();
+    let mut inflight: FuturesUnordered<_> = envs.by_ref().take(window).map(&publish).collect();
+    while let Some(l) = inflight.next().await {
+        lat.push(l);
+        if let Some(env) = envs.next() {
+            inflight.push(publish(env));
+        }
+    }
+    lat
 }
 
 /// Part (b) for one N: the log with `n` publishes of single records outstanding (`per` per
