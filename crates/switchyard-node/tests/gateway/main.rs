@@ -12,6 +12,7 @@ mod dlq;
 mod encryption;
 mod live;
 mod malformed;
+mod node_stack;
 mod observe;
 mod replays;
 mod review_rev3;
