@@ -7,6 +7,7 @@ mod compat;
 mod encrypt;
 mod python;
 mod review_rev29;
+mod review_rev39;
 mod review_rev6;
 mod schema;
 mod upcast;
