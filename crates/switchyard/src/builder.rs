@@ -78,7 +78,9 @@ const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
 pub(crate) type ResilienceResolver =
     Arc<dyn Fn(ResolveArgs<'_>) -> Result<ResolvedResilience, BuildError> + Send + Sync>;
 
-/// What the resilience settings are resolved with at build.
+/// What the resilience settings are resolved with at build (read only by the resolvers of
+/// feature `middleware`).
+#[cfg_attr(not(feature = "middleware"), allow(dead_code))]
 pub(crate) struct ResolveArgs<'a> {
     /// The bus's data directory.
     pub(crate) data_dir: Option<&'a std::path::Path>,
