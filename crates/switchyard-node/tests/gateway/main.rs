@@ -13,6 +13,7 @@ mod encryption;
 mod live;
 mod malformed;
 mod mends;
+mod node_stack;
 mod observe;
 mod replays;
 mod review_rev3;
