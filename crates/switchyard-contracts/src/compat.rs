@@ -471,39 +471,34 @@ impl Checker<'_> {
     fn reads_limits(&mut self, r: &Value, w: &Value, path: &str) {
         let wt = types(w);
         let writes = |t: &str| wt.as_ref().is_none_or(|wt| wt.contains(t));
-        let (reader, writer) = (self.reader, self.writer);
         if writes("integer") || writes("number") {
-            for (key, low) in [("minimum", true), ("maximum", false)] {
-                let Some(rl) = r.get(key).and_then(Value::as_f64) else {
-                    continue;
-                };
-                let wl = w.get(key).and_then(Value::as_f64);
-                let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
-                if !inside {
-                    let wl = w.get(key).map_or_else(|| "no".to_owned(), show);
-                    self.issue(
-                        path,
-                        IssueKind::TypeChanged,
-                        format!("range narrowed: the {reader} schema has {key} {}, the {writer} schema {wl} {key}", show(&r[key])),
-                    );
-                }
-            }
+            self.reads_bounds(r, w, path, "range", ["minimum", "maximum"]);
         }
         if writes("string") {
-            for (key, low) in [("minLength", true), ("maxLength", false)] {
-                let Some(rl) = r.get(key).and_then(Value::as_u64) else {
-                    continue;
-                };
-                let wl = w.get(key).and_then(Value::as_u64);
-                let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
-                if !inside {
-                    let wl = wl.map_or_else(|| "no".to_owned(), |wl| wl.to_string());
-                    self.issue(
-                        path,
-                        IssueKind::TypeChanged,
-                        format!("length narrowed: the {reader} schema has {key} {rl}, the {writer} schema {wl} {key}"),
-                    );
-                }
+            self.reads_bounds(r, w, path, "length", ["minLength", "maxLength"]);
+        }
+    }
+
+    /// One pair of bounds (lower, upper) of [`reads_limits`](Self::reads_limits): each bound
+    /// the reader has must hold for everything the writer may write.
+    fn reads_bounds(&mut self, r: &Value, w: &Value, path: &str, what: &str, keys: [&str; 2]) {
+        let (reader, writer) = (self.reader, self.writer);
+        for (key, low) in [(keys[0], true), (keys[1], false)] {
+            let Some(rl) = r.get(key).and_then(Value::as_f64) else {
+                continue;
+            };
+            let wl = w.get(key).and_then(Value::as_f64);
+            let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
+            if !inside {
+                let wl = w.get(key).map_or_else(|| "no".to_owned(), show);
+                self.issue(
+                    path,
+                    IssueKind::TypeChanged,
+                    format!(
+                        "{what} narrowed: the {reader} schema has {key} {}, the {writer} schema {wl} {key}",
+                        show(&r[key])
+                    ),
+                );
             }
         }
     }
