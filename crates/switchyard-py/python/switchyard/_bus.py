@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
 from ._codec import _identity as _codec_identity
-from ._plan import _Handler, _plan
+from ._plan import _Handler, _check_handler, _plan
 from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _resume, _settle, invoke_many
 from .errors import DecodeFailed, EncodeFailed, SwitchyardError
 
@@ -125,6 +125,7 @@ class _Registrar:
             raise TypeError(f"{spec.name} is an event; handle() takes commands (@switchyard.command)")
 
         def register(f: Callable[..., Any]) -> Subscription:
+            _check_handler(f)
             decode, raw_env, arity = _plan(f, type, batch is not None)
             sub_name = name or (pattern if kind == "command" else getattr(f, "__qualname__", "handler"))
             bus = self._bus

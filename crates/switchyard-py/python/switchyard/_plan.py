@@ -30,6 +30,20 @@ class _Handler:
         self.name = name
 
 
+def _check_handler(fn: Any) -> None:
+    """Refuses at registration what the loop could not run as a handler: its messages would
+    otherwise be settled without the handler's body running (lost)."""
+    target = fn
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial)):
+        target = getattr(type(fn), "__call__", fn)
+    if inspect.isasyncgenfunction(target):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"async generator functions cannot be handlers: {name} (calling it runs nothing; "
+            f"make it an `async def` without `yield`)"
+        )
+
+
 def _plan(fn: Callable[..., Any], tp: Any, batch: bool) -> tuple[Callable[[bytes], Any], bool, int]:
     """How to call ``fn``: its payload decoder, whether it takes the envelope itself, and
     how many arguments it takes (message, then envelope)."""
