@@ -16,7 +16,7 @@ from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
 from ._codec import _identity as _codec_identity
 from ._plan import _Handler, _check_handler, _plan
-from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _resume, _settle, invoke_many
+from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _fail_inline, _resume, _settle, invoke_many  # noqa: F401 (re-exported)
 from .errors import DecodeFailed, EncodeFailed, SwitchyardError
 
 Envelope = _native.Envelope
@@ -579,7 +579,7 @@ class Bus(_Registrar):
             except StopIteration as stop:
                 result = stop.value
             except BaseException as e:
-                _fail(reply, e)
+                _fail_inline(reply, e)
                 return True
             if h.command:
                 _settle(h, reply, result)
@@ -610,7 +610,7 @@ class Bus(_Registrar):
             except StopIteration as stop:
                 result = stop.value
             except BaseException as e:
-                _fail(reply, e)
+                _fail_inline(reply, e)
                 return
             _settle(h, reply, result)
         finally:
