@@ -60,9 +60,7 @@ def stats_of(bus: switchyard.Bus, name: str) -> dict:
 # -- handler outcomes ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefetch", [64, pytest.param(1, marks=defect(
-    "a sync handler's escaping StopIteration is taken as its return: the message is acked "
-    "(_bus.py Bus._invoke `except StopIteration as stop: result = stop.value`)"))])
+@pytest.mark.parametrize("prefetch", [64, 1])
 async def test_a_sync_event_handler_letting_stop_iteration_escape_is_a_failed_attempt(bus, prefetch):
     # A plain `def` handler calling next() on an exhausted iterator: a bug in the handler,
     # which must be retried then dead-lettered like any other exception, not acked.
@@ -85,8 +83,6 @@ async def test_a_sync_event_handler_letting_stop_iteration_escape_is_a_failed_at
     assert "StopIteration" in letters[0].error, letters[0].error
 
 
-@defect("a sync command handler's escaping StopIteration is taken as its return: the sender gets None "
-        "(_bus.py Bus._invoke `except StopIteration`)")
 async def test_a_sync_command_handler_letting_stop_iteration_escape_fails_the_sender(bus):
     topic = uniq("stopcmd")
 
@@ -105,7 +101,6 @@ async def test_a_sync_command_handler_letting_stop_iteration_escape_fails_the_se
         )
 
 
-@defect("a sync batch handler's escaping StopIteration acks the batch (_bus.py Bus._invoke_batch `except StopIteration`)")
 async def test_a_sync_batch_handler_letting_stop_iteration_escape_is_a_failure(bus):
     topic = uniq("stopbatch")
     calls: list[int] = []

@@ -569,18 +569,25 @@ class Bus(_Registrar):
             try:
                 arity = h.arity
                 result = h.fn(arg, env) if arity == 2 else (h.fn(arg) if arity == 1 else h.fn())
-                if type(result) is _CoroutineType:
-                    yielded = result.send(None)
-                    self._suspend(h, token, reply, result, yielded)
-                    return False
-                if inspect.isawaitable(result):
-                    self._suspend(h, token, reply, None, result)
-                    return False
-            except StopIteration as stop:
-                result = stop.value
             except BaseException as e:
+                # StopIteration included: a plain `def` handler's own (next() on an empty
+                # iterator) is a failure, not its return.
                 _fail_inline(reply, e)
                 return True
+            if type(result) is _CoroutineType:
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:  # the coroutine finished without suspending
+                    result = stop.value
+                except BaseException as e:
+                    _fail_inline(reply, e)
+                    return True
+                else:
+                    self._suspend(h, token, reply, result, yielded)
+                    return False
+            elif inspect.isawaitable(result):
+                self._suspend(h, token, reply, None, result)
+                return False
             if h.command:
                 _settle(h, reply, result)
             else:
@@ -603,15 +610,20 @@ class Bus(_Registrar):
         try:
             try:
                 result = h.fn(items, env) if h.arity == 2 else h.fn(items)
-                if type(result) is _CoroutineType:
-                    yielded = result.send(None)
-                    self._suspend(h, token, reply, result, yielded)
-                    return
-            except StopIteration as stop:
-                result = stop.value
-            except BaseException as e:
+            except BaseException as e:  # StopIteration included: the handler's own, a failure
                 _fail_inline(reply, e)
                 return
+            if type(result) is _CoroutineType:
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:  # the coroutine finished without suspending
+                    result = stop.value
+                except BaseException as e:
+                    _fail_inline(reply, e)
+                    return
+                else:
+                    self._suspend(h, token, reply, result, yielded)
+                    return
             _settle(h, reply, result)
         finally:
             _CURRENT.reset(ctx)
