@@ -214,8 +214,6 @@ def _three(a, b, c):
     pass
 
 
-@defect("on()/handle() accept a handler that cannot be called with a message (not callable, or three "
-        "required parameters): every message then fails with TypeError and is dead-lettered")
 @pytest.mark.parametrize("handler", [42, "handler", _three], ids=["int", "str", "three-required-parameters"])
 async def test_a_handler_that_cannot_be_called_with_a_message_is_refused_at_registration(bus, handler):
     # Expected: a TypeError at `on()` / `handle()`, as for a target that is not a message
@@ -225,7 +223,9 @@ async def test_a_handler_that_cannot_be_called_with_a_message_is_refused_at_regi
     for register in (bus.on, bus.handle):
         try:
             register(topic + (".cmd" if register == bus.handle else ""), handler)
-        except TypeError:
+        except TypeError as e:
+            # pyfix: the error names the handler and why.
+            assert repr(handler) in str(e) or "_three" in str(e) and "(a, b, c)" in str(e), str(e)
             continue
         pytest.fail(
             f"{register.__name__}(topic, {handler!r}) was accepted: registered "
