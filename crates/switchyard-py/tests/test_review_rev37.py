@@ -193,6 +193,20 @@ def current_attempt() -> int:
     return env.attempt
 
 
+@pytest.mark.parametrize("bus_overflow", ["block", "drop_oldest"])
+async def test_a_negative_overflow_timeout_is_refused_at_registration(bus_overflow):
+    # pyfix: refused whatever the policy (drop_oldest has no timeout to check it against).
+    bus = switchyard.Bus(overflow=bus_overflow)
+    try:
+        for register in (bus.on, bus.handle):
+            with pytest.raises(ValueError, match="overflow_timeout"):
+                register(uniq("negtimeout"), lambda env: None, overflow_timeout=-1)
+        assert bus.registry() == []
+    finally:
+        await bus.shutdown(timeout=2)
+        bus.close()
+
+
 class _AgenCall:
     async def __call__(self, env):
         yield env
@@ -261,8 +275,6 @@ async def test_an_async_generator_handler_is_not_acked_without_running(bus):
     )
 
 
-@defect("on(overflow_timeout=) is ignored unless overflow= is given too (src/bus.rs subscribe maps "
-        "overflow_timeout only inside `overflow.map(..)`): the bus-wide timeout applies instead")
 async def test_a_subscriptions_overflow_timeout_applies_without_naming_the_overflow_policy():
     # docs/python.md lists `overflow` and `overflow_timeout` among `on()`'s options; the bus
     # default policy is `block`. Expected: `on(..., overflow_timeout=0.05)` bounds a publish

@@ -155,7 +155,7 @@ class _Registrar:
         workers: Optional[int] = None,
         queue_capacity: Optional[int] = None,
         overflow: Optional[str] = None,
-        overflow_timeout: float = 1.0,
+        overflow_timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
         priority: Optional[int] = None,
@@ -175,7 +175,8 @@ class _Registrar:
         ``headers`` / ``filter`` keep messages out before they are queued; ``prefetch``: a
         worker hands the loop up to that many queued messages at once (each still one handler
         call, in order, with its own outcome; 1: one at a time); the others are the queue's
-        and retry settings (defaults from the bus). Returns the :class:`Subscription`.
+        and retry settings (defaults from the bus; ``overflow_timeout`` alone applies to the
+        bus's overflow policy). Returns the :class:`Subscription`.
         """
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -197,7 +198,7 @@ class _Registrar:
         workers: Optional[int] = None,
         queue_capacity: Optional[int] = None,
         overflow: Optional[str] = None,
-        overflow_timeout: float = 1.0,
+        overflow_timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
     ) -> Any:
