@@ -267,3 +267,4 @@ async fn a_command_through_node_a_is_handled_on_node_b() {
 }
 
 mod review_rev3;
+mod review_rev38;
