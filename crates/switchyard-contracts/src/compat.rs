@@ -11,8 +11,9 @@
 //! one R knows; a closed object in R (`additionalProperties: false`) must not receive fields it
 //! does not list, and a map's values (an `additionalProperties` schema) must be read by R's
 //! value schema; list items are read by R's item schema, tuple elements position by position,
-//! and W's tuples must have a length R accepts. Unknown extra fields are otherwise ignored, as
-//! serde does.
+//! and W's lists and tuples must have a length R accepts (`minItems` / `maxItems`); R's
+//! numeric range (`minimum` / `maximum`) and string length (`minLength` / `maxLength`) must
+//! contain W's. Unknown extra fields are otherwise ignored, as serde does.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -327,8 +328,21 @@ fn show(v: &Value) -> String {
 }
 
 /// What identifies a variant of a oneOf/anyOf: its constant values, the single required
-/// property of an externally tagged variant, or the constant of an internally tagged one.
+/// property of an externally tagged variant (a closed object of one field), or the constant
+/// of an internally tagged one.
 fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
+    // A newtype variant of an internally tagged enum is `{"$ref": <the inner type>,
+    // "properties": {"type": {"const": "tip"}}}`: the tag sits beside the `$ref`, which
+    // resolving drops, so it is looked for first.
+    if v.get("$ref").is_some()
+        && let Some(p) = props(v)
+    {
+        for (_, ps) in p {
+            if let Some(c) = resolve(root, ps).get("const") {
+                return vec![show(c)];
+            }
+        }
+    }
     let v = resolve(root, v);
     if let Some(vs) = values(v) {
         return vs.into_iter().map(show).collect();
@@ -339,8 +353,12 @@ fn variant_keys(root: &Value, v: &Value) -> Vec<String> {
                 return vec![show(c)];
             }
         }
+        // An externally tagged variant is schemars' `{"properties": {"Card": ..},
+        // "required": ["Card"], "additionalProperties": false}`; a one-field struct (an
+        // `Option<Price { cents }>`'s alternative) is not closed, and is no variant.
         let req = required(v);
-        if p.len() == 1 && req.len() == 1 {
+        let closed = v.get("additionalProperties") == Some(&Value::Bool(false));
+        if closed && p.len() == 1 && req.len() == 1 {
             return req.into_iter().map(str::to_owned).collect();
         }
     }
@@ -382,6 +400,11 @@ impl Checker<'_> {
     /// [`Self::reads`] once `$ref`s are resolved and the pair is not a loop.
     fn reads_resolved(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
         if variants(r).is_some() || variants(w).is_some() {
+            // A struct with a `#[serde(flatten)]` enum: its own fields sit beside the
+            // `oneOf` of the variants, and are compared as any struct's.
+            if props(r).is_some() || props(w).is_some() {
+                self.reads_object(r, w, path, depth);
+            }
             return self.reads_variants(r, w, path, depth);
         }
         if let Some(rv) = values(r) {
@@ -436,21 +459,62 @@ impl Checker<'_> {
                 return;
             }
         }
+        self.reads_limits(r, w, path);
         self.reads_object(r, w, path, depth);
         self.reads_array(r, w, path, depth);
+    }
+
+    /// Width limits: the reader's range must contain the writer's. A number's `minimum` /
+    /// `maximum` (`u8` is `0..=255`, an unsigned integer has `minimum: 0`) and a string's
+    /// `minLength` / `maxLength` (`char` is one character); a limit the reader has and the
+    /// writer does not (or a looser one) means the writer may write what the reader refuses.
+    fn reads_limits(&mut self, r: &Value, w: &Value, path: &str) {
+        let wt = types(w);
+        let writes = |t: &str| wt.as_ref().is_none_or(|wt| wt.contains(t));
+        if writes("integer") || writes("number") {
+            self.reads_bounds(r, w, path, "range", ["minimum", "maximum"]);
+        }
+        if writes("string") {
+            self.reads_bounds(r, w, path, "length", ["minLength", "maxLength"]);
+        }
+    }
+
+    /// One pair of bounds (lower, upper) of [`reads_limits`](Self::reads_limits): each bound
+    /// the reader has must hold for everything the writer may write.
+    fn reads_bounds(&mut self, r: &Value, w: &Value, path: &str, what: &str, keys: [&str; 2]) {
+        let (reader, writer) = (self.reader, self.writer);
+        for (key, low) in [(keys[0], true), (keys[1], false)] {
+            let Some(rl) = r.get(key).and_then(Value::as_f64) else {
+                continue;
+            };
+            let wl = w.get(key).and_then(Value::as_f64);
+            let inside = wl.is_some_and(|wl| if low { wl >= rl } else { wl <= rl });
+            if !inside {
+                let wl = w.get(key).map_or_else(|| "no".to_owned(), show);
+                self.issue(
+                    path,
+                    IssueKind::TypeChanged,
+                    format!(
+                        "{what} narrowed: the {reader} schema has {key} {}, the {writer} schema {wl} {key}",
+                        show(&r[key])
+                    ),
+                );
+            }
+        }
     }
 
     /// Arrays: lists (`items`) item by item, tuples (`prefixItems`, or draft-07 `items` as an
     /// array) element by element, each position read with the schema the reader has for it.
     fn reads_array(&mut self, r: &Value, w: &Value, path: &str, depth: usize) {
         let (rn, wn) = (tuple_len(r), tuple_len(w));
+        let (reader, writer) = (self.reader, self.writer);
         if rn == 0 && wn == 0 {
+            // A list (a `Vec`, or a fixed-size `[T; N]` with `minItems` = `maxItems` = N):
+            // items read item by item, then the counts compared below.
             if let (Some(ri), Some(wi)) = (r.get("items"), w.get("items")) {
                 self.reads(ri, wi, &format!("{path}/*"), depth + 1);
             }
-            return;
         }
-        let (reader, writer) = (self.reader, self.writer);
         for i in 0..rn.max(wn) {
             let (Some(re), Some(we)) = (element(r, i), element(w, i)) else {
                 continue;

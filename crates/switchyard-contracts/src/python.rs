@@ -364,6 +364,13 @@ impl Gen<'_> {
             _ => return Ok("Any".to_owned()),
         };
         if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
+            // Properties beside the `$ref` (an internally tagged newtype variant's tag) are
+            // part of what is written: the target's fields and these, as one inline class.
+            if obj.contains_key("properties")
+                && let Some(merged) = self.merged(r, obj)?
+            {
+                return self.ty(&merged, hint, eager);
+            }
             return self.reference(r, eager);
         }
         if let Some(c) = obj.get("const") {
@@ -487,6 +494,44 @@ impl Gen<'_> {
         self.exported
             .iter()
             .any(|n| self.names.get(id).is_some_and(|m| m == n))
+    }
+
+    /// The object `$ref` `r` points at with the `properties` and `required` written beside
+    /// the `$ref` in `obj` added (`{"$ref": Money, "properties": {"type": {"const": "fee"}}}`
+    /// is Money's fields and the tag); `None` when the target is not an object with fields.
+    fn merged(&self, r: &str, obj: &Map<String, Value>) -> Result<Option<Value>, CodegenError> {
+        let target = r
+            .strip_prefix('#')
+            .and_then(|p| self.doc.pointer(p))
+            .ok_or_else(|| CodegenError::Ref(r.to_owned()))?;
+        let Some(t) = target.as_object() else {
+            return Ok(None);
+        };
+        let (Some(tp), Some(op)) = (
+            t.get("properties").and_then(Value::as_object),
+            obj.get("properties").and_then(Value::as_object),
+        ) else {
+            return Ok(None);
+        };
+        if t.get("type").is_some_and(|ty| ty != "object") {
+            return Ok(None);
+        }
+        let mut merged = t.clone();
+        merged.remove("title");
+        let mut props = tp.clone();
+        props.extend(op.iter().map(|(k, v)| (k.clone(), v.clone())));
+        merged.insert("properties".to_owned(), Value::Object(props));
+        let mut required: Vec<Value> = Vec::new();
+        for side in [t.get("required"), obj.get("required")] {
+            for name in side.and_then(Value::as_array).into_iter().flatten() {
+                if !required.contains(name) {
+                    required.push(name.clone());
+                }
+            }
+        }
+        merged.insert("required".to_owned(), Value::Array(required));
+        merged.insert("type".to_owned(), Value::from("object"));
+        Ok(Some(Value::Object(merged)))
     }
 
     fn reference(&mut self, r: &str, eager: bool) -> Result<String, CodegenError> {

@@ -46,6 +46,21 @@ pub enum RegistryError {
     /// No type of that name is registered.
     #[error("no message type `{0}` is registered")]
     Unknown(String),
+    /// A type of the same name is already registered on another topic. The name is what
+    /// envelopes carry (`type_name`) and what the validator, the upcasters and
+    /// [`produces`](Registry::produces) / [`consumes`](Registry::consumes) key by, so two
+    /// types cannot share it; give one another name (`Message::type_name`).
+    #[error(
+        "message type `{name}` on topic `{topic}` is refused: a type of that name is already registered on topic `{registered_topic}` (type names must be unique; rename one with `Message::type_name`)"
+    )]
+    NameTaken {
+        /// The name both types have.
+        name: String,
+        /// The topic of the type refused.
+        topic: String,
+        /// The topic of the type already registered.
+        registered_topic: String,
+    },
 }
 
 /// A bus-wide registry of message types, keyed by type name.
@@ -80,8 +95,10 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `T` (replacing an earlier entry of the same name, keeping its producers and
-    /// consumers).
+    /// Registers `T` (replacing an earlier entry of the same name on the same topic, e.g. a
+    /// newer version, keeping its producers and consumers). A type of the same name on
+    /// another topic is refused ([`RegistryError::NameTaken`]): before, it silently replaced
+    /// the first (whose topic vanished from the AsyncAPI document and whose producers moved).
     pub fn register<T: Contract>(&mut self) -> Result<&mut Self, RegistryError> {
         self.insert(MessageType {
             name: T::contract_name().to_owned(),
@@ -95,9 +112,20 @@ impl Registry {
         })
     }
 
-    /// Registers a type described by hand (e.g. one only other languages publish).
+    /// Registers a type described by hand (e.g. one only other languages publish), as
+    /// [`register`](Self::register) does: a type of the same name on another topic is refused
+    /// ([`RegistryError::NameTaken`]) and the registry is left as it was.
     pub fn insert(&mut self, mut ty: MessageType) -> Result<&mut Self, RegistryError> {
         topic(&ty.topic)?;
+        if let Some(old) = self.types.get(&ty.name)
+            && old.topic != ty.topic
+        {
+            return Err(RegistryError::NameTaken {
+                name: ty.name,
+                topic: ty.topic,
+                registered_topic: old.topic.clone(),
+            });
+        }
         if let Some(old) = self.types.remove(&ty.name) {
             ty.producers.extend(old.producers);
             ty.consumers.extend(old.consumers);

@@ -230,7 +230,8 @@ struct Compiled {
 /// its topic (unknown, or another topic's), against the types registered for its topic, valid
 /// when it matches any. A message of an older `type_version` than every registered version of
 /// its type is checked after the [`upcasters`](Self::upcasters) bring it to each registered
-/// version, or as it is when the validator has none: a version claim never exempts a payload.
+/// version, or as it is when the validator has none (or none with steps for its type, as the
+/// bus decodes it): a version claim never exempts a payload.
 pub struct Validator {
     compiled: Vec<Compiled>,
     modes: Vec<(Pattern, Enforcement)>,
@@ -283,7 +284,8 @@ impl Validator {
 
     /// The upcasters the bus uses: a message of an older version of its type is checked as
     /// they bring it to each registered version (a copy; the message itself is not changed).
-    /// Without them such a message is checked as it is, against the registered versions.
+    /// Without them, or when they have no steps for its type, such a message is checked as
+    /// it is, against the registered versions (the bus decodes such a type as it is).
     ///
     /// ```
     /// # use switchyard_contracts::{Registry, Upcasters, Validator};
@@ -405,17 +407,24 @@ impl Validator {
                     },
                 );
             }
-            if let (Some(n), None) = (older, &self.upcasters) {
-                issues.insert(
-                    0,
-                    ValidationIssue {
-                        path: String::new(),
-                        reason: format!(
-                            "`{n}` version {} is older than every registered version; checked as it is (no upcasters given to the validator)",
-                            env.type_version
-                        ),
-                    },
-                );
+            if let Some(n) = older {
+                let why = match &self.upcasters {
+                    None => "no upcasters given to the validator",
+                    Some(ups) if !ups.has(n) => "the validator's upcasters have no steps for it",
+                    Some(_) => "",
+                };
+                if !why.is_empty() {
+                    issues.insert(
+                        0,
+                        ValidationIssue {
+                            path: String::new(),
+                            reason: format!(
+                                "`{n}` version {} is older than every registered version; checked as it is ({why})",
+                                env.type_version
+                            ),
+                        },
+                    );
+                }
             }
         };
         let payload: serde_json::Value = match serde_json::from_slice(&env.payload) {
@@ -440,13 +449,15 @@ impl Validator {
         let mut first_failure = None;
         for c in candidates {
             let upcast = match (older, &self.upcasters) {
-                (Some(n), Some(ups)) => {
-                    match ups.upcast_value(n, env.type_version, c.version, payload.clone()) {
+                // A type with no steps at all is checked as it is, as the bus decodes it
+                // (`Upcast::upcast` leaves it alone): not refused for a gap.
+                (Some(n), Some(ups)) if ups.has(n) => {
+                    match upcast_caught(ups, n, env.type_version, c.version, payload.clone()) {
                         Ok(v) => Some(v),
-                        Err(e) => {
+                        Err(why) => {
                             let issue = ValidationIssue {
                                 path: String::new(),
-                                reason: format!("not upcast: {e}"),
+                                reason: format!("not upcast: {why}"),
                             };
                             first_failure.get_or_insert((c.type_name.clone(), vec![issue], 1));
                             continue;
@@ -486,5 +497,27 @@ impl Validator {
             issue_count: count + (issues.len() - before),
             issues,
         }
+    }
+}
+
+/// [`Upcasters::upcast_value`] with a panic in a step caught: the text of the error, or
+/// "the upcaster step panicked: <message>" (a verdict, never a panic out of
+/// [`Validator::check`]).
+fn upcast_caught(
+    ups: &Upcasters,
+    name: &str,
+    from: u32,
+    to: u32,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ups.upcast_value(name, from, to, payload)
+    })) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "the upcaster step panicked: {}",
+            switchyard_core::error::panic_text(&*panic).unwrap_or("non-string panic payload")
+        )),
     }
 }

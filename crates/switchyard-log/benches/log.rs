@@ -9,10 +9,13 @@
 //!    pre-allocated file, as the log writes ahead of its data), for B in 1, 8,
 //!    64, 256. The two run interleaved in ten slices each, so a slow spell of the disk (its
 //!    sync latency drifts a lot) hits both; three times over.
-//! 2. **Outstanding publishes**: N tasks each publishing one record at a time (N = 1, 8, 64,
-//!    256 publishes in flight) with p50/p99 latency, records per `fdatasync` and CPU-seconds per
-//!    million records, against the floor of raw `write` + `fdatasync` of N records per round
-//!    into a pre-allocated file: the two alternate in ten slices, and the report gives the
+//! 2. **Outstanding publishes**: N = 1, 8, 64, 256 single-record publishes in flight, kept
+//!    two ways: N tasks each publishing one record at a time ("tasks"), and one task keeping
+//!    N publish futures in flight in a `FuturesUnordered`, refilled as each completes, as a
+//!    client of an async-publish API does ("1 task"). Each with p50/p99 latency, records per
+//!    `fdatasync` and CPU-seconds per million records, against the floor of raw `write` +
+//!    `fdatasync` of N records per round into a pre-allocated file: the three alternate in
+//!    ten slices (the two log sides taking turns in going first), and the report gives the
 //!    median of the per-slice ratios over three repeats; beside it, with `SWITCHYARD_BENCH_NATS=host:port` (a server with
 //!    `jetstream { sync_interval: always }`), JetStream with the same N async publishes in
 //!    flight on one connection, interleaved with the log in ten slices
@@ -24,8 +27,11 @@
 //!    clients; then the open + recovery time of a 500,000-record log.
 //!
 //! `SWITCHYARD_LOG_REPORT=a` or `=b` runs only part 1 or parts 2-3, without the criterion part
-//! (for profiling); `SWITCHYARD_LOG_N=256` (a comma-separated list) limits part 2 to those N. Both sides write under the system temporary directory: `TMPDIR=/dev/shm`
-//! puts them on tmpfs, where a sync costs nothing and only the CPU is compared.
+//! (for profiling); `SWITCHYARD_LOG_N=256` (a comma-separated list) limits part 2 to those N,
+//! `SWITCHYARD_LOG_DRIVE=tasks` or `=window` to one way of driving the log, and
+//! `SWITCHYARD_LOG_PUBLISH=one` publishes through `publish_one` instead of a batch of one. Both sides
+//! write under the system temporary directory: `TMPDIR=/dev/shm` puts them on tmpfs, where a
+//! sync costs nothing and only the CPU is compared.
 //!
 //! Envelopes are built before the timed part (building one is the application's work, and its
 //! cost is printed separately); encoding, framing, CRC, the write, the sync and the wake-up
@@ -34,15 +40,19 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use switchyard_core::{Envelope, Publisher, Topic};
 use switchyard_log::{Durability, LogConfig, LogTransport};
+
+#[path = "log_support/peers.rs"]
+mod peers;
+
+use peers::{JetStream, redis_rate};
 
 const PAYLOAD: [u8; 64] = [7u8; 64];
 
@@ -66,6 +76,13 @@ fn work(publishers: usize, per: usize) -> Vec<Vec<Envelope>> {
     (0..publishers).map(|_| envelopes(per)).collect()
 }
 
+/// Whether single records go through `LogTransport::publish_one` (`SWITCHYARD_LOG_PUBLISH=one`)
+/// instead of a batch of one (`Publisher::publish(vec![env])`, as the bus does).
+fn publish_one() -> bool {
+    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ONE.get_or_init(|| std::env::var("SWITCHYARD_LOG_PUBLISH").as_deref() == Ok("one"))
+}
+
 /// One task per entry of `work` publishes its envelopes one at a time, each awaited before the
 /// next. Returns every publish latency.
 fn drive(
@@ -80,9 +97,14 @@ fn drive(
                 let log = log.clone();
                 tokio::spawn(async move {
                     let mut lat = Vec::with_capacity(envs.len());
+                    let one = publish_one();
                     for env in envs {
                         let t = Instant::now();
-                        log.publish(vec![env]).await.unwrap();
+                        if one {
+                            log.publish_one(env).await.unwrap();
+                        } else {
+                            log.publish(vec![env]).await.unwrap();
+                        }
                         lat.push(t.elapsed());
                     }
                     lat
@@ -318,138 +340,135 @@ struct Run {
     per_sync: f64,
 }
 
-/// A pipelined JetStream publisher: one connection, at most `window` publishes awaiting their
-/// ack (what `PublishAsync` with a max-pending of `window` does), on a fresh file-stored
-/// stream.
-struct JetStream {
-    admin: NatsSync,
-    w: BufWriter<TcpStream>,
-    r: Option<BufReader<TcpStream>>,
-    window: usize,
-    seq: usize,
-}
-
-impl JetStream {
-    fn new(addr: &str, window: usize) -> Self {
-        let mut admin = NatsSync::connect(addr);
-        let _ = admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-        let created = admin.request(
-            "$JS.API.STREAM.CREATE.SWLOGBENCH",
-            br#"{"name":"SWLOGBENCH","subjects":["swlogbench.>"],"storage":"file"}"#,
-        );
-        assert!(
-            !String::from_utf8_lossy(&created).contains("\"error\""),
-            "{}",
-            String::from_utf8_lossy(&created)
-        );
-        let conn = TcpStream::connect(addr).unwrap();
-        conn.set_nodelay(true).unwrap();
-        let mut r = BufReader::new(conn.try_clone().unwrap());
-        let mut info = String::new();
-        r.read_line(&mut info).unwrap();
-        let mut w = BufWriter::new(conn);
-        w.write_all(
-            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB _INBOX.swlogasync.* 1\r\n",
-        )
-        .unwrap();
-        w.flush().unwrap();
-        Self {
-            admin,
-            w,
-            r: Some(r),
-            window,
-            seq: 0,
-        }
-    }
-
-    /// Publishes `count` messages, keeping up to `window` in flight; returns the seconds it
-    /// took and each publish's latency (publish to ack).
-    fn run(&mut self, count: usize) -> (f64, Vec<Duration>) {
-        let first = self.seq;
-        let sent: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
-        let (tokens_tx, tokens_rx) = std::sync::mpsc::sync_channel::<()>(self.window);
-        for _ in 0..self.window {
-            tokens_tx.send(()).unwrap();
-        }
-        let epoch = Instant::now();
-        let mut r = self.r.take().unwrap();
-        let reader = {
-            let sent = sent.clone();
-            std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(count);
-                let mut line = String::new();
-                while lat.len() < count {
-                    line.clear();
-                    r.read_line(&mut line).unwrap();
-                    let Some(rest) = line.strip_prefix("MSG ") else {
-                        assert!(!line.starts_with("-ERR"), "nats: {line}");
-                        continue;
-                    };
-                    let mut parts = rest.split_whitespace();
-                    let subject = parts.next().unwrap();
-                    let len: usize = parts.last().unwrap().parse().unwrap();
-                    let seq: usize = subject.rsplit('.').next().unwrap().parse().unwrap();
-                    let mut body = vec![0u8; len + 2];
-                    r.read_exact(&mut body).unwrap();
-                    assert!(
-                        body.starts_with(b"{\"stream\""),
-                        "{}",
-                        String::from_utf8_lossy(&body)
-                    );
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    lat.push(Duration::from_nanos(
-                        now - sent[seq - first].load(Ordering::Relaxed),
-                    ));
-                    let _ = tokens_tx.send(());
-                }
-                (r, lat)
-            })
-        };
-        let start = Instant::now();
-        for k in 0..count {
-            if tokens_rx.try_recv().is_err() {
-                self.w.flush().unwrap();
-                tokens_rx.recv().unwrap();
-            }
-            sent[k].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            write!(
-                self.w,
-                "PUB swlogbench.x _INBOX.swlogasync.{} 64\r\n",
-                first + k
-            )
-            .unwrap();
-            self.w.write_all(&PAYLOAD).unwrap();
-            self.w.write_all(b"\r\n").unwrap();
-        }
-        self.w.flush().unwrap();
-        let (r, lat) = reader.join().unwrap();
-        let secs = start.elapsed().as_secs_f64();
-        self.r = Some(r);
-        self.seq += count;
-        (secs, lat)
-    }
-}
-
-impl Drop for JetStream {
-    fn drop(&mut self) {
-        let _ = self.admin.request("$JS.API.STREAM.DELETE.SWLOGBENCH", b"");
-    }
-}
-
-/// What [`outstanding`] measured: the log, JetStream (with a server), and the floor.
+/// What [`outstanding`] measured: the log driven both ways, JetStream (with a server), and
+/// the floor.
 struct Outstanding {
-    log: Run,
+    /// N tasks, one publish outstanding each (`None` when not run).
+    tasks: Option<Side>,
+    /// One task keeping N publishes outstanding (`None` when not run).
+    window: Option<Side>,
     js: Option<Run>,
     /// Raw write + fdatasync of `n` records per round into a pre-allocated file.
     raw_rate: f64,
+}
+
+/// One way of driving the log in part (b), summed over the slices.
+#[derive(Default)]
+struct Side {
+    secs: f64,
+    cpu: f64,
+    records: u64,
+    syncs: u64,
+    lat: Vec<Duration>,
     /// Log rate / floor rate of each slice (the two run back to back in every slice).
     ratios: Vec<f64>,
 }
 
-/// Part (b) for one N: the log with `n` tasks publishing single records (`per` each), the
-/// floor (rounds of `n` records written and synced into a pre-allocated file, as many
-/// records as the log's slice) and, with a server, JetStream with `n` publishes in flight
-/// (`js_total` in all), interleaved in `CHUNKS` slices so a slow spell of the disk hits all.
+impl Side {
+    /// Runs `f` (one slice of publishes on `log`), against the floor's slice of `raw_secs` for
+    /// the same number of records.
+    fn slice(&mut self, log: &LogTransport, raw_secs: f64, f: impl FnOnce() -> Vec<Duration>) {
+        let before = log.stats();
+        let cpu0 = cpu_seconds();
+        let start = Instant::now();
+        self.lat.extend(f());
+        let secs = start.elapsed().as_secs_f64();
+        self.cpu += cpu_seconds() - cpu0;
+        let after = log.stats();
+        self.secs += secs;
+        self.records += after.records - before.records;
+        self.syncs += after.syncs - before.syncs;
+        // Same record count on both sides, so the rate ratio is the time ratio.
+        self.ratios.push(raw_secs / secs);
+    }
+
+    fn run(mut self) -> (Run, Vec<f64>) {
+        let records = self.records as f64;
+        self.lat.sort_unstable();
+        let run = Run {
+            rate: records / self.secs,
+            p50: percentile(&self.lat, 0.50),
+            p99: percentile(&self.lat, 0.99),
+            cpu_per_m: self.cpu / records * 1e6,
+            per_sync: if self.syncs > 0 {
+                records / self.syncs as f64
+            } else {
+                f64::NAN
+            },
+        };
+        (run, self.ratios)
+    }
+}
+
+/// How part (b) keeps N publishes outstanding (`SWITCHYARD_LOG_DRIVE=tasks` or `=window` runs
+/// only one; both by default).
+fn drivers() -> (bool, bool) {
+    match std::env::var("SWITCHYARD_LOG_DRIVE").as_deref() {
+        Ok("tasks") => (true, false),
+        Ok("window") => (false, true),
+        _ => (true, true),
+    }
+}
+
+/// One task keeps `window` publishes of single records outstanding, the way a client of an
+/// async-publish API does (JetStream's async publish, a Kafka producer): a
+/// `FuturesUnordered` of publish futures, refilled as each completes. Returns every publish
+/// latency (from its first poll, where it is encoded and handed over, to its completion).
+fn drive_window(
+    rt: &tokio::runtime::Runtime,
+    log: &LogTransport,
+    envs: Vec<Envelope>,
+    window: usize,
+) -> Vec<Duration> {
+    let log = log.clone();
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            // One loop per way of publishing, so each keeps its own (smaller) future.
+            if publish_one() {
+                keep_window(envs, window, |env| async {
+                    let t = Instant::now();
+                    log.publish_one(env).await.unwrap();
+                    t.elapsed()
+                })
+                .await
+            } else {
+                keep_window(envs, window, |env| async {
+                    let t = Instant::now();
+                    log.publish(vec![env]).await.unwrap();
+                    t.elapsed()
+                })
+                .await
+            }
+        })
+        .await
+        .unwrap()
+    })
+}
+
+/// Keeps `window` futures of `publish` in flight over `envs`; returns what each gave.
+async fn keep_window<F, Fut>(envs: Vec<Envelope>, window: usize, publish: F) -> Vec<Duration>
+where
+    F: Fn(Envelope) -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    let mut lat = Vec::with_capacity(envs.len());
+    let mut envs = envs.into_iter();
+    let mut inflight: FuturesUnordered<_> = envs.by_ref().take(window).map(&publish).collect();
+    while let Some(l) = inflight.next().await {
+        lat.push(l);
+        if let Some(env) = envs.next() {
+            inflight.push(publish(env));
+        }
+    }
+    lat
+}
+
+/// Part (b) for one N: the log with `n` publishes of single records outstanding (`per` per
+/// publisher), driven two ways (`n` tasks of one publish each; one task keeping `n` in
+/// flight), the floor (rounds of `n` records written and synced into a pre-allocated file, as
+/// many records as each of the log's slices) and, with a server, JetStream with `n` publishes
+/// in flight (`js_total` in all), interleaved in `CHUNKS` slices so a slow spell of the disk
+/// hits all. The two ways of driving the log take turns in going first.
 fn outstanding(
     rt: &tokio::runtime::Runtime,
     durability: Durability,
@@ -458,11 +477,15 @@ fn outstanding(
     server: Option<(&str, Option<&str>, usize)>,
 ) -> Outstanding {
     const CHUNKS: usize = 10;
+    let (run_tasks, run_window) = drivers();
     let dir = tempfile::tempdir().unwrap();
     let log = LogTransport::open(LogConfig::new(dir.path()).with_durability(durability)).unwrap();
     drive(rt, &log, work(4, 50)); // warm up; also gives the record size
     let warm = log.stats();
     let record_bytes = (warm.bytes / warm.records.max(1)) as usize;
+    if run_window {
+        drive_window(rt, &log, envelopes(200), n.min(64)); // warm up
+    }
     let mut raw = Raw::new(n, record_bytes);
     raw.run(5);
     let mut js = server.map(|(addr, pid, total)| {
@@ -470,24 +493,33 @@ fn outstanding(
         js.run(n.min(total)); // warm up
         (js, pid, total)
     });
-    let before = log.stats();
-    let (mut log_secs, mut log_cpu, mut js_secs, mut js_cpu) = (0.0, 0.0, 0.0, 0.0);
+    let (mut tasks, mut window) = (Side::default(), Side::default());
+    let (mut js_secs, mut js_cpu) = (0.0, 0.0);
     let (mut raw_secs, mut raw_records) = (0.0, 0usize);
-    let (mut log_lat, mut js_lat) = (Vec::new(), Vec::new());
-    let mut ratios = Vec::with_capacity(CHUNKS);
-    for _ in 0..CHUNKS {
+    let mut js_lat = Vec::new();
+    for chunk in 0..CHUNKS {
         let (rs, _) = raw.run(per / CHUNKS);
         raw_secs += rs;
         raw_records += per / CHUNKS * n;
         let w = work(n, per / CHUNKS);
-        let cpu0 = cpu_seconds();
-        let start = Instant::now();
-        log_lat.extend(drive(rt, &log, w));
-        let ls = start.elapsed().as_secs_f64();
-        log_secs += ls;
-        log_cpu += cpu_seconds() - cpu0;
-        // Same record count on both sides, so the rate ratio is the time ratio.
-        ratios.push(rs / ls);
+        let flat = envelopes(per / CHUNKS * n);
+        let by_tasks = |tasks: &mut Side| {
+            if run_tasks {
+                tasks.slice(&log, rs, || drive(rt, &log, w));
+            }
+        };
+        let by_window = |window: &mut Side| {
+            if run_window {
+                window.slice(&log, rs, || drive_window(rt, &log, flat, n));
+            }
+        };
+        if chunk % 2 == 0 {
+            by_tasks(&mut tasks);
+            by_window(&mut window);
+        } else {
+            by_window(&mut window);
+            by_tasks(&mut tasks);
+        }
         if let Some((js, pid, total)) = js.as_mut() {
             let c0 = pid.map(process_cpu_seconds);
             let (s, lat) = js.run(*total / CHUNKS);
@@ -499,22 +531,7 @@ fn outstanding(
             };
         }
     }
-    let after = log.stats();
     close(rt, log);
-    let records = (after.records - before.records) as f64;
-    let syncs = (after.syncs - before.syncs) as f64;
-    log_lat.sort_unstable();
-    let log_run = Run {
-        rate: records / log_secs,
-        p50: percentile(&log_lat, 0.50),
-        p99: percentile(&log_lat, 0.99),
-        cpu_per_m: log_cpu / records * 1e6,
-        per_sync: if syncs > 0.0 {
-            records / syncs
-        } else {
-            f64::NAN
-        },
-    };
     let js_run = js.map(|(_, _, total)| {
         let published = (total / CHUNKS * CHUNKS) as f64;
         js_lat.sort_unstable();
@@ -527,102 +544,10 @@ fn outstanding(
         }
     });
     Outstanding {
-        log: log_run,
+        tasks: run_tasks.then_some(tasks),
+        window: run_window.then_some(window),
         js: js_run,
         raw_rate: raw_records as f64 / raw_secs,
-        ratios,
-    }
-}
-
-/// A minimal blocking NATS request client, for stream administration.
-struct NatsSync {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl NatsSync {
-    fn connect(addr: &str) -> Self {
-        let w = TcpStream::connect(addr).unwrap();
-        let mut r = BufReader::new(w.try_clone().unwrap());
-        let mut info = String::new();
-        r.read_line(&mut info).unwrap();
-        let mut n = Self { w, r };
-        n.w.write_all(b"CONNECT {\"verbose\":false}\r\nSUB _INBOX.swlogadmin 1\r\n")
-            .unwrap();
-        n
-    }
-
-    fn request(&mut self, subject: &str, payload: &[u8]) -> Vec<u8> {
-        let mut msg = format!("PUB {subject} _INBOX.swlogadmin {}\r\n", payload.len()).into_bytes();
-        msg.extend_from_slice(payload);
-        msg.extend_from_slice(b"\r\n");
-        self.w.write_all(&msg).unwrap();
-        loop {
-            let mut line = String::new();
-            self.r.read_line(&mut line).unwrap();
-            if line.starts_with("PING") {
-                self.w.write_all(b"PONG\r\n").unwrap();
-            } else if let Some(rest) = line.strip_prefix("MSG ") {
-                let len: usize = rest.split_whitespace().last().unwrap().parse().unwrap();
-                let mut body = vec![0u8; len + 2];
-                self.r.read_exact(&mut body).unwrap();
-                body.truncate(len);
-                return body;
-            } else if line.starts_with("-ERR") {
-                panic!("nats: {line}");
-            }
-        }
-    }
-}
-
-/// Redis `XADD` round trips from `clients` threads, one outstanding each.
-fn redis_rate(addr: &str, clients: usize, total: usize) -> Run {
-    let per = total.div_ceil(clients);
-    let mut cmd =
-        b"*5\r\n$4\r\nXADD\r\n$10\r\nswlogbench\r\n$1\r\n*\r\n$1\r\np\r\n$64\r\n".to_vec();
-    cmd.extend_from_slice(&PAYLOAD);
-    cmd.extend_from_slice(b"\r\n");
-    let start = Instant::now();
-    let mut lat: Vec<Duration> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                let cmd = cmd.clone();
-                s.spawn(move || {
-                    let mut w = TcpStream::connect(addr).unwrap();
-                    w.set_nodelay(true).unwrap();
-                    let mut r = BufReader::new(w.try_clone().unwrap());
-                    let mut lat = Vec::with_capacity(per);
-                    let mut line = String::new();
-                    for _ in 0..per {
-                        let t = Instant::now();
-                        w.write_all(&cmd).unwrap();
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        assert!(line.starts_with('$'), "redis: {line}");
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let mut w = TcpStream::connect(addr).unwrap();
-    w.write_all(b"*2\r\n$3\r\nDEL\r\n$10\r\nswlogbench\r\n")
-        .unwrap();
-    lat.sort_unstable();
-    Run {
-        rate: (per * clients) as f64 / secs,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        cpu_per_m: f64::NAN,
-        per_sync: f64::NAN,
     }
 }
 
@@ -741,8 +666,8 @@ fn report() {
             "   interleaved in 10 slices each with the floor (raw write + fdatasync of N records \
              per round into a pre-allocated file, as many records as the log's slice)"
         );
-        let mut ratios: HashMap<usize, Vec<f64>> = HashMap::new();
-        let mut floor_ratios: HashMap<usize, Vec<f64>> = HashMap::new();
+        let mut ratios: HashMap<(&str, usize), Vec<f64>> = HashMap::new();
+        let mut floor_ratios: HashMap<(&str, usize), Vec<f64>> = HashMap::new();
         for repeat in 1..=3 {
             for &n in &ns {
                 let per = match n {
@@ -758,51 +683,69 @@ fn report() {
                     _ => 50_000,
                 };
                 let Outstanding {
-                    log: run,
+                    tasks,
+                    window,
                     js,
                     raw_rate,
-                    ratios: slices,
                 } = outstanding(&rt, durability, n, per, server.map(|a| (a, pid, total)));
-                row(
-                    &format!("#{repeat} log        N={n}"),
-                    &run,
-                    &format!(
-                        "raw {raw_rate:>9.0} rec/s  log/raw slice median {:.2}x",
-                        median(slices.clone())
-                    ),
-                );
-                floor_ratios.entry(n).or_default().extend(slices);
-                if let Some(js) = js {
-                    let ratio = run.rate / js.rate;
-                    ratios.entry(n).or_default().push(ratio);
+                let mut rates = Vec::new();
+                for (way, side) in [("tasks", tasks), ("1 task", window)] {
+                    let Some(side) = side else { continue };
+                    let (run, slices) = side.run();
                     row(
-                        &format!("#{repeat} jetstream  N={n}"),
-                        &js,
-                        &format!("log/jetstream {ratio:.1}x"),
+                        &format!("#{repeat} log {way:<6} N={n}"),
+                        &run,
+                        &format!(
+                            "raw {raw_rate:>9.0} rec/s  log/raw slice median {:.2}x",
+                            median(slices.clone())
+                        ),
                     );
+                    floor_ratios.entry((way, n)).or_default().extend(slices);
+                    rates.push((way, run.rate));
+                }
+                if let Some(js) = js {
+                    let mut extra = String::new();
+                    for (way, rate) in rates {
+                        let ratio = rate / js.rate;
+                        ratios.entry((way, n)).or_default().push(ratio);
+                        extra += &format!("log ({way})/jetstream {ratio:.1}x  ");
+                    }
+                    row(&format!("#{repeat} jetstream    N={n}"), &js, &extra);
                 }
             }
         }
+        println!(
+            "   tasks: N tasks, one publish outstanding each; 1 task: one task keeping N \
+             publishes outstanding (FuturesUnordered)"
+        );
         for &n in &ns {
-            let r = &floor_ratios[&n];
-            println!(
-                "   N={n:<4} log/raw median of {} slice ratios {:.2}x  (min {:.2}x, max {:.2}x){}",
-                r.len(),
-                median(r.clone()),
-                r.iter().copied().fold(f64::INFINITY, f64::min),
-                r.iter().copied().fold(0.0, f64::max),
-                if n == 256 { "  target >= 0.5x" } else { "" },
-            );
-        }
-        if server.is_some() {
-            for &n in &ns {
-                let r = &ratios[&n];
+            for way in ["tasks", "1 task"] {
+                let Some(r) = floor_ratios.get(&(way, n)) else {
+                    continue;
+                };
                 println!(
-                    "   N={n:<4} log/jetstream median {:.1}x  (min {:.1}x, max {:.1}x)",
+                    "   N={n:<4} {way:<6} log/raw median of {} slice ratios {:.2}x  (min {:.2}x, max {:.2}x){}",
+                    r.len(),
                     median(r.clone()),
                     r.iter().copied().fold(f64::INFINITY, f64::min),
                     r.iter().copied().fold(0.0, f64::max),
+                    if n == 256 { "  target >= 0.5x" } else { "" },
                 );
+            }
+        }
+        if server.is_some() {
+            for &n in &ns {
+                for way in ["tasks", "1 task"] {
+                    let Some(r) = ratios.get(&(way, n)) else {
+                        continue;
+                    };
+                    println!(
+                        "   N={n:<4} {way:<6} log/jetstream median {:.1}x  (min {:.1}x, max {:.1}x)",
+                        median(r.clone()),
+                        r.iter().copied().fold(f64::INFINITY, f64::min),
+                        r.iter().copied().fold(0.0, f64::max),
+                    );
+                }
             }
         }
     }

@@ -45,7 +45,8 @@ pub enum ErrorKind {
     HandlerFailed,
     /// 422: the handler rejected the command.
     HandlerRejected,
-    /// 429: the principal's publish rate is exceeded.
+    /// 429: the principal's message rate (`limits.publish_rate`: publishes, sends and
+    /// requests together) is exceeded.
     RateLimited,
     /// 503: the node is shutting down.
     ShuttingDown,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use switchyard::{BoxHandler, Bus, WrapTarget, boxed};
+use switchyard::{BoxHandler, Bus, WrapTarget};
 use switchyard_components::Topology;
 use switchyard_middleware::dlq::{
     DeadLetterQueue, FileDeadLetterQueue, FileDlqOptions, InMemoryDeadLetters,
@@ -15,7 +15,6 @@ use switchyard_middleware::metrics::MetricsRegistry;
 use switchyard_middleware::resilience::{ResilienceConfig, ResilienceLayer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
 
 use crate::auth::Auth;
 use crate::config::{NodeConfig, TransportConfig};
@@ -58,9 +57,10 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Validates `config`, opens the transport, builds the bus (with the default resilience
-    /// stack on every handler), starts the trace recorder and the ingest sources. Nothing is
-    /// left running when it fails.
+    /// Validates `config`, opens the transport, builds the bus (with the bus's default
+    /// resilience stack on every handler, one config per handler through
+    /// `BusBuilder::with_resilience_for`), starts the trace recorder and the ingest sources.
+    /// Nothing is left running when it fails.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
         let auth = Auth::from_config(&config.auth).map_err(|e| NodeError::Auth(e.to_string()))?;
@@ -135,39 +135,34 @@ impl Node {
         let wrap_live = live.clone();
         let wrap_trace = trace.clone();
         let bus = builder
-            .max_attempts(1)
+            // The node's latency and trace records of every call, inside the stack.
             .wrap_handlers_with(move |target: &WrapTarget<'_>, handler: BoxHandler| {
-                let name = target.name;
+                wrap_latency.wrap(target.name, handler, wrap_live.clone(), wrap_trace.clone())
+            })
+            // The bus's own stack (held by the workers as it is, so an idle worker gives back
+            // what its readiness reserved), with a config per handler: the node's registry,
+            // its breaker observer (alerts, then `switchyard.breaker.*` events), and a breaker
+            // that never opens for a WebSocket registration. Attempts and backoff are the
+            // default retry policy's (3, full jitter from 100 ms to 10 s).
+            .with_resilience_for(move |target: &WrapTarget<'_>| {
                 let tx = breaker_tx.clone();
-                // Labelled by the pattern it was registered for (the config's default label,
-                // as in the bus's own stack), not the message topic a publisher chose.
-                let mut config = ResilienceConfig::default().registered_for(target.pattern);
-                let ws = crate::ws::is_ws_registration(name);
-                if ws {
+                let mut config = ResilienceConfig::default();
+                if crate::ws::is_ws_registration(target.name) {
                     config = config.breaker(crate::ws::registration_breaker());
                 }
-                // The stack's re-attempts count in the subscription's `retried` (the bus's
-                // worker calls the stack once and never sees them).
-                let retries = target.retries();
-                let config = config
+                config
                     .registry(wrap_registry.clone())
-                    .on_retry(move |_| retries.count())
                     .on_breaker_transition(move |event| {
                         let _ = tx.send(event.clone());
-                    });
-                let layer = ResilienceLayer::new(name, config);
-                // A WebSocket subscription or remote handler has no circuit breaker to speak
-                // of (its stack's never counts a failure, so never opens): not listed with the
-                // breakers (`/metrics`, `/v1/stats`, readiness, the dashboard).
-                if !ws {
-                    wrap_health.add_breaker(name, layer.breaker());
+                    })
+            })
+            // A WebSocket subscription or remote handler has no circuit breaker to speak of
+            // (its stack's never counts a failure, so never opens): not listed with the
+            // breakers (`/metrics`, `/v1/stats`, readiness, the dashboard).
+            .on_resilience_stack(move |target: &WrapTarget<'_>, stack: &ResilienceLayer| {
+                if !crate::ws::is_ws_registration(target.name) {
+                    wrap_health.add_breaker(target.name, stack.breaker());
                 }
-                boxed(layer.layer(wrap_latency.wrap(
-                    name,
-                    handler,
-                    wrap_live.clone(),
-                    wrap_trace.clone(),
-                )))
             })
             .build()?;
 

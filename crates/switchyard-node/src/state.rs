@@ -123,7 +123,9 @@ impl AppState {
         ))
     }
 
-    /// Refuses (429) a publish over the principal's rate.
+    /// Refuses (429) a message over the principal's rate: every message a principal puts on
+    /// the bus takes a token (HTTP and WebSocket publishes, each message of a batch, sends
+    /// and requests), from one bucket per principal.
     pub(crate) fn check_publish_rate(&self, principal: &Principal) -> Result<(), ApiError> {
         let Some(rate) = &self.rate else {
             return Ok(());
@@ -132,11 +134,12 @@ impl AppState {
             return Ok(());
         }
         self.metrics.rate_limited(principal.name());
-        tracing::warn!(principal = principal.name(), "publish rate exceeded");
+        tracing::warn!(principal = principal.name(), "message rate exceeded");
         Err(ApiError::new(
             ErrorKind::RateLimited,
             format!(
-                "publish rate of principal {:?} exceeded: limits.publish_rate allows {}/s (burst {})",
+                "message rate of principal {:?} exceeded: limits.publish_rate allows {}/s (burst {}) \
+                 for publishes, sends and requests together",
                 principal.name(),
                 rate.config.per_second,
                 rate.config.burst.unwrap_or(rate.config.per_second)

@@ -30,6 +30,11 @@ pub type InboxFuture<'t, O, E> = Pin<Box<dyn Future<Output = Result<O, E>> + Sen
 /// Two deliveries of one id at the same time serialize on the inbox row: the second waits for
 /// the first's commit and is then a duplicate.
 ///
+/// What the handler writes to an [`Outbox`](crate::Outbox) in the transaction continues the
+/// incoming message's trace without passing any id: the written message's correlation id is
+/// the incoming message's (unless the envelope names its own) and its causation id is the
+/// incoming message's id, as for a publish on the bus from a handler.
+///
 /// ```no_run
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Clone, Serialize, Deserialize)] struct OrderPlaced { id: i64 }
@@ -155,8 +160,18 @@ impl Inbox {
                     tracing::debug!(consumer = %inbox.consumer, message_id = %env.id, "duplicate acknowledged");
                     return Ok::<_, BoxError>(Outcome::Ack);
                 }
+                // The handler's outbox writes follow the message (`Outbox` reads it): the bus
+                // already runs a handler with it as the delivered message; a call from
+                // anywhere else (another executor, a test calling the handler) gets it here.
+                let handled = f(&env, &mut tx);
+                let delivered = switchyard::delivered::with(|d| d.id == env.id);
+                let result = if delivered == Some(true) {
+                    handled.await
+                } else {
+                    switchyard::delivered::scope(Arc::new(env.clone()), handled).await
+                };
                 // An error drops `tx`, which rolls it back.
-                let outcome = f(&env, &mut tx).await.map_err(Into::into)?.into_outcome();
+                let outcome = result.map_err(Into::into)?.into_outcome();
                 match outcome {
                     Outcome::Ack | Outcome::Reply(_) => tx.commit().await?,
                     _ => tx.rollback().await?,

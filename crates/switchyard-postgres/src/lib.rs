@@ -84,6 +84,39 @@ pub enum Error {
     /// The relay task stopped abnormally (it panicked or was cancelled).
     #[error("relay task: {0}")]
     Task(String),
+    /// The relay stopped part-way: `relayed` messages went out before `source` stopped it
+    /// (handed to the bus, their rows committed as sent). Every error of
+    /// [`Relay::drain`] is this one, so a caller always knows what went out (0 when
+    /// nothing did); a relay pass that the bus refuses part-way (logged by [`Relay::run`])
+    /// says it the same way.
+    #[error("relay stopped after {relayed} message(s) relayed: {source}")]
+    Relay {
+        /// Messages relayed (and their rows committed) before the failure.
+        relayed: usize,
+        /// What stopped the relay.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// For an [`Error::Relay`], how many messages went out before the failure; `None` for
+    /// any other error.
+    pub fn relayed(&self) -> Option<usize> {
+        match self {
+            Self::Relay { relayed, .. } => Some(*relayed),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, past an [`Error::Relay`] (its `source`); any other error is its own
+    /// cause. Match on it to tell, say, a closed pool from a refusal of the bus.
+    pub fn cause(&self) -> &Error {
+        match self {
+            Self::Relay { source, .. } => source.cause(),
+            other => other,
+        }
+    }
 }
 
 /// docs/postgres.md, compiled as a doc test so its examples cannot rot.

@@ -34,6 +34,12 @@ pub const ORDERING_KEY_HEADER: &str = "ordering-key";
 ///
 /// Each insert also signals `NOTIFY <schema>_outbox`, which PostgreSQL delivers on commit, so
 /// a listening [`Relay`](crate::Relay) wakes at once.
+///
+/// A write made while a handler handles a message (an [`Inbox`](crate::Inbox) handler
+/// writing in its transaction, or any bus handler) continues that message's trace, as the
+/// bus's own publishes from a handler do: the written message's causation id is the handled
+/// message's id, and its correlation id the handled message's, unless the envelope names
+/// its own (a correlation id other than its id; a causation id already set keeps both).
 #[derive(Clone, Debug)]
 pub struct Outbox {
     schema: Schema,
@@ -73,6 +79,24 @@ const KEY_LOCK: &str = "SELECT CASE WHEN $3::text IS NOT NULL AND $7::float8 IS 
 /// The advisory lock id of an ordering key in a schema (SQL; `{key}` is a text expression).
 /// Shared by the writers and the relay, which must agree on it exactly.
 pub(crate) const KEY_LOCK_ID: &str = "hashtextextended('switchyard-outbox:{schema}:' || {key}, 0)";
+
+/// Makes `env` a consequence of the message the bus is delivering to the handler this write
+/// runs in (an [`Inbox`](crate::Inbox) handler, or any handler), as the bus does for a
+/// handler's publishes: its causation id becomes that message's id and, unless `env` names a
+/// correlation id of its own (one other than its own id), it joins that message's flow (its
+/// correlation id). An envelope that already names its cause is written as it is, and so is
+/// every envelope written outside a handler.
+fn follow_delivered(env: &mut Envelope) {
+    if env.causation_id().is_some() {
+        return;
+    }
+    let _ = switchyard::delivered::with(|parent| {
+        env.set_causation_id(Some(parent.id.clone()));
+        if env.correlation_id == env.id {
+            env.correlation_id = parent.correlation_id.clone();
+        }
+    });
+}
 
 /// `sql` with the key lock spliced in.
 fn with_key_lock(sql: &str) -> String {
@@ -189,6 +213,8 @@ impl Outbox {
                 deliver_at.is_some(),
             )));
         }
+        let mut env = env;
+        follow_delivered(&mut env);
         let cols = split(&env)?;
         sqlx::query(&self.insert)
             .bind(env.id.to_string())

@@ -266,18 +266,39 @@ impl Relay {
     }
 
     /// Relays until no due row is left (or another relay holds the lock); returns how many
-    /// rows it relayed. For tests and for callers that drive the relay themselves.
+    /// messages it relayed. For tests and for callers that drive the relay themselves.
+    ///
+    /// It works in transactions of up to a batch each. When one fails, the batches before it
+    /// are committed and their messages are out, and so are the messages of the failing
+    /// batch handed to the bus before the bus refused one (their rows are committed as sent
+    /// before the error is returned). The error is then always [`Error::Relay`]: `relayed`
+    /// counts all of those (0 when nothing went out), `source` is what stopped it
+    /// ([`Error::cause`] reaches it). A database failure in a batch's own transaction rolls
+    /// that batch back: the messages it had handed to the bus are not counted, and are
+    /// relayed again (at-least-once, same ids).
     pub async fn drain(&self) -> Result<usize, Error> {
         let mut total = 0;
         loop {
-            match self.pass().await? {
-                Pass::Relayed { count, full, .. } => {
+            match self.pass().await {
+                Ok(Pass::Relayed { count, full, .. }) => {
                     total += count;
                     if !full {
                         return Ok(total);
                     }
                 }
-                Pass::Busy => return Ok(total),
+                Ok(Pass::Busy) => return Ok(total),
+                Err(Error::Relay { relayed, source }) => {
+                    return Err(Error::Relay {
+                        relayed: total + relayed,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    return Err(Error::Relay {
+                        relayed: total,
+                        source: Box::new(e),
+                    });
+                }
             }
         }
     }
@@ -423,7 +444,9 @@ impl Relay {
     /// One transaction: take the schema's relay lock, claim up to a batch of due rows in
     /// order (see `claim`), hand them to the bus, mark (or delete) those handed over, commit.
     /// A failure to publish stops the batch there, so later rows (and later rows of the same
-    /// key) wait.
+    /// key) wait; the rows handed over before it are committed, and the error is an
+    /// [`Error::Relay`] counting them. Any other error is the database's, and the transaction
+    /// is rolled back.
     async fn pass(&self) -> Result<Pass, Error> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
@@ -519,7 +542,10 @@ impl Relay {
                 .increment(dead as u64);
         }
         if let Some(e) = failure {
-            return Err(e.into());
+            return Err(Error::Relay {
+                relayed,
+                source: Box::new(e.into()),
+            });
         }
         Ok(Pass::Relayed {
             count: relayed,

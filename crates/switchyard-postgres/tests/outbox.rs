@@ -419,9 +419,10 @@ async fn the_relay_returns_when_its_pool_is_closed() {
     let drained = relay.drain().await;
     assert!(
         matches!(
-            drained,
-            Err(switchyard_postgres::Error::Database(
-                sqlx::Error::PoolClosed
+            drained.as_ref().map_err(|e| (e.relayed(), e.cause())),
+            Err((
+                Some(0),
+                switchyard_postgres::Error::Database(sqlx::Error::PoolClosed)
             ))
         ),
         "{drained:?}"

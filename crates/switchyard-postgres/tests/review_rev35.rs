@@ -351,9 +351,16 @@ async fn a_refusing_bus_stops_the_batch_at_the_refused_row_and_reports_it() {
 
     let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
     for attempt in 1..=2 {
-        match relay.drain().await {
-            Err(Error::Publish(PublishError::Refused(why))) => {
-                assert!(why.contains("message 3"), "{why}")
+        match relay
+            .drain()
+            .await
+            .as_ref()
+            .map_err(|e| (e.relayed(), e.cause()))
+        {
+            // The first attempt relays 1 and 2 before the refusal; the second nothing.
+            Err((Some(relayed), Error::Publish(PublishError::Refused(why)))) => {
+                assert!(why.contains("message 3"), "{why}");
+                assert_eq!(relayed, if attempt == 1 { 2 } else { 0 });
             }
             other => panic!("attempt {attempt}: expected the hook's refusal, got {other:?}"),
         }
@@ -415,18 +422,22 @@ async fn a_full_subscription_queue_is_reported_and_nothing_is_lost_or_doubled() 
     wtx.commit().await.unwrap();
 
     let relay = Relay::new(db.pool.clone(), db.schema.clone(), bus.clone());
-    match relay.drain().await {
+    let drained = relay.drain().await;
+    match drained.as_ref().map_err(Error::cause) {
         Err(Error::Publish(PublishError::Full {
             subscriptions,
             delivered,
         })) => {
-            assert_eq!(subscriptions, vec!["slow".to_string()]);
-            assert_eq!(delivered, 0);
+            assert_eq!(*subscriptions, vec!["slow".to_string()]);
+            assert_eq!(*delivered, 0);
         }
         other => panic!("expected a full queue, got {other:?}"),
     }
     let accepted = sent_rows(&db).await;
     assert!((1..=2).contains(&accepted), "{accepted} rows marked");
+    // The error says how many went out before the full queue: the rows marked.
+    let relayed = drained.as_ref().err().and_then(Error::relayed);
+    assert_eq!(relayed, usize::try_from(accepted).ok(), "{drained:?}");
     assert_eq!(relay.backlog().await.unwrap(), 6 - accepted as u64);
 
     let running = relay.poll_interval(Duration::from_millis(50)).spawn();

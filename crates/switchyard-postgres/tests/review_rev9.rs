@@ -652,9 +652,10 @@ async fn a_bus_that_refuses_leaves_the_rows_for_a_later_relay() {
     let relay = Relay::new(db.pool.clone(), db.schema.clone(), dead.clone());
     let err = relay.drain().await.unwrap_err();
     assert!(
-        matches!(err, switchyard_postgres::Error::Publish(_)),
+        matches!(err.cause(), switchyard_postgres::Error::Publish(_)),
         "{err:?}"
     );
+    assert_eq!(err.relayed(), Some(0), "{err:?}");
     assert_eq!(relay.backlog().await.unwrap(), 5);
     let (bus, mut rx, _sub) = recorder().await;
     let relay =

@@ -30,7 +30,7 @@ use crate::transport::NativeTransport;
 mod options;
 mod prefetch;
 mod reply;
-use options::{SubOptions, overflow, seconds};
+use options::{SubOptions, overflow, seconds, sub_overflow};
 pub use prefetch::PyReplies;
 pub use reply::PyReply;
 
@@ -109,6 +109,9 @@ pub struct NativeBus {
     inbox: Arc<Inbox>,
     subs: Mutex<HashMap<u64, Subscription>>,
     next_sub: AtomicU64,
+    /// The bus's overflow policy as Python named it (kind, timeout, max_delay in seconds):
+    /// a subscription that sets only `overflow_timeout` (or only `overflow`) keeps the rest.
+    overflow: (String, f64, f64),
 }
 
 /// A header's value as its text: `str()` of it (a number is its digits), refusing `None`
@@ -351,6 +354,7 @@ impl NativeBus {
             inbox,
             subs: Mutex::new(HashMap::new()),
             next_sub: AtomicU64::new(1),
+            overflow: (overflow.to_owned(), overflow_timeout, overflow_max_delay),
         })
     }
 
@@ -540,7 +544,7 @@ impl NativeBus {
     /// registered (with a transport, until its consumer exists). Returns the subscription id
     /// the loop's invocations name.
     #[pyo3(signature = (name, pattern, kind, *, workers=None, queue_capacity=None,
-        overflow=None, overflow_timeout=1.0, overflow_max_delay=0.01, max_attempts=None,
+        overflow=None, overflow_timeout=None, overflow_max_delay=None, max_attempts=None,
         retry_delay=None, priority=None, ordering_header=None, headers=None, filter=None,
         batch=None, session=None, prefetch=1))]
     #[allow(clippy::too_many_arguments)]
@@ -553,8 +557,8 @@ impl NativeBus {
         workers: Option<usize>,
         queue_capacity: Option<usize>,
         overflow: Option<&str>,
-        overflow_timeout: f64,
-        overflow_max_delay: f64,
+        overflow_timeout: Option<f64>,
+        overflow_max_delay: Option<f64>,
         max_attempts: Option<u32>,
         retry_delay: Option<f64>,
         priority: Option<i32>,
@@ -576,9 +580,12 @@ impl NativeBus {
         let options = SubOptions {
             workers,
             queue_capacity,
-            overflow: overflow
-                .map(|o| self::overflow(o, overflow_timeout, overflow_max_delay))
-                .transpose()?,
+            overflow: sub_overflow(
+                &self.overflow,
+                overflow,
+                overflow_timeout,
+                overflow_max_delay,
+            )?,
             max_attempts,
             retry_delay: retry_delay.map(|d| seconds(d, "retry_delay")).transpose()?,
             priority,

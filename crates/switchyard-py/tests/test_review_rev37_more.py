@@ -13,7 +13,7 @@ import pytest
 
 import switchyard
 from conftest import Collector, wait_for
-from test_review_rev37 import defect, index, rust, stats_of, uniq, until
+from test_review_rev37 import index, rust, stats_of, uniq, until
 
 # -- the embedded log ---------------------------------------------------------------------------
 
@@ -310,9 +310,7 @@ async def test_a_typed_command_result_decodes_into_its_declared_type_or_fails_at
     assert stats_of(bus, BasketLines.TOPIC if hasattr(BasketLines, "TOPIC") else "rev37.basket.lines")["acked"] == 2
 
 
-@pytest.mark.parametrize("prefetch", [1, pytest.param(64, marks=defect(
-    "with workers=4 and the default prefetch, the first worker that frees up takes the whole queued "
-    "backlog as one hand-over and runs it one message at a time: 1 handler call in flight, not 4"))])
+@pytest.mark.parametrize("prefetch", [1, 64])
 async def test_a_queued_backlog_is_spread_over_the_workers(bus, prefetch):
     # docs/python.md: `workers` is the number of handler calls in flight. Four blockers keep
     # the four workers busy while twelve messages queue; once the blockers finish, the

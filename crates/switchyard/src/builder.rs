@@ -59,6 +59,9 @@ pub struct BusBuilder {
     data_dir: Option<std::path::PathBuf>,
     /// Set by `with_resilience` (feature `middleware`): resolved in `build`.
     pub(crate) resilience: Option<ResilienceResolver>,
+    /// Set by `on_resilience_stack` (feature `middleware`): told of every stack built.
+    #[cfg(feature = "middleware")]
+    pub(crate) stack_hook: Option<crate::resilience::StackHook>,
 }
 
 /// The default of [`BusBuilder::max_message_bytes`]: 16 MiB.
@@ -70,17 +73,25 @@ const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// The default of [`BusBuilder::retry_delay`] without resilience.
 const DEFAULT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
-/// Resolves the resilience settings at build: (data dir, whether no dead-letter sink was
-/// given, the slot the bus will be in) → what they amount to. Made by `with_resilience`.
-pub(crate) type ResilienceResolver = Arc<
-    dyn Fn(
-            Option<&std::path::Path>,
-            bool,
-            Arc<std::sync::OnceLock<Weak<BusInner>>>,
-        ) -> Result<ResolvedResilience, BuildError>
-        + Send
-        + Sync,
->;
+/// Resolves the resilience settings at build: what they amount to, given the builder's
+/// ([`ResolveArgs`]). Made by `with_resilience` and `with_resilience_for`.
+pub(crate) type ResilienceResolver =
+    Arc<dyn Fn(ResolveArgs<'_>) -> Result<ResolvedResilience, BuildError> + Send + Sync>;
+
+/// What the resilience settings are resolved with at build (read only by the resolvers of
+/// feature `middleware`).
+#[cfg_attr(not(feature = "middleware"), allow(dead_code))]
+pub(crate) struct ResolveArgs<'a> {
+    /// The bus's data directory.
+    pub(crate) data_dir: Option<&'a std::path::Path>,
+    /// Whether no dead-letter sink was given.
+    pub(crate) no_sink_given: bool,
+    /// The slot the bus will be in (for the breaker events).
+    pub(crate) slot: Arc<std::sync::OnceLock<Weak<BusInner>>>,
+    /// Told of every stack built (`on_resilience_stack`).
+    #[cfg(feature = "middleware")]
+    pub(crate) stack_hook: Option<crate::resilience::StackHook>,
+}
 
 /// What `build` resolved from the resilience settings.
 pub(crate) struct ResolvedResilience {
@@ -126,6 +137,8 @@ impl Default for BusBuilder {
             upcast: None,
             data_dir: None,
             resilience: None,
+            #[cfg(feature = "middleware")]
+            stack_hook: None,
         }
     }
 }
@@ -420,11 +433,13 @@ impl BusBuilder {
         // Filled once the bus exists, for the resilience stack's breaker events.
         let slot: Arc<std::sync::OnceLock<Weak<BusInner>>> = Arc::default();
         let resilience = match &self.resilience {
-            Some(resolve) => Some(resolve(
-                self.data_dir.as_deref(),
-                self.dead_letters.is_none(),
-                slot.clone(),
-            )?),
+            Some(resolve) => Some(resolve(ResolveArgs {
+                data_dir: self.data_dir.as_deref(),
+                no_sink_given: self.dead_letters.is_none(),
+                slot: slot.clone(),
+                #[cfg(feature = "middleware")]
+                stack_hook: self.stack_hook.clone(),
+            })?),
             None => None,
         };
         let max_attempts = self.max_attempts.unwrap_or_else(|| {

@@ -646,7 +646,13 @@ impl SubShared {
             return Err(SendError::NoHandler { topic: env.topic });
         }
         if let Some(check) = &bus.intake {
-            match check(&env) {
+            // A panicking check is answered (`Failed`, its text) and dead-lettered
+            // `Panicked`; the pump serving the topic goes on.
+            let verdict = match crate::intake::run_check(check, &env) {
+                Ok(verdict) => verdict,
+                Err(why) => return Err(self.give_up_panicked(&bus, &env, why)),
+            };
+            match verdict {
                 IntakeVerdict::Accept => {}
                 IntakeVerdict::Warn(why) => {
                     inc(&self.counters.intake_warned);

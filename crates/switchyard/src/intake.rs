@@ -32,6 +32,19 @@ pub enum IntakeVerdict {
 /// The check as the bus keeps it.
 pub(crate) type IntakeCheck = Arc<dyn Fn(&Envelope) -> IntakeVerdict + Send + Sync>;
 
+/// Runs the intake check on `env`, catching a panic in it: `Err` with the text
+/// "intake check panicked: <message>", and the caller dead-letters the message (reason
+/// `Panicked`, as for a panicking filter) instead of the panic stopping the subscription's
+/// pump (or the task serving a remote command).
+pub(crate) fn run_check(check: &IntakeCheck, env: &Envelope) -> Result<IntakeVerdict, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(env))).map_err(|panic| {
+        format!(
+            "intake check panicked: {}",
+            crate::state::panic_message(&*panic)
+        )
+    })
+}
+
 /// A reversible transformation of the events a bus carries on its
 /// [transport](crate::BusBuilder::transport): [`encode`](Self::encode) runs on each event just
 /// before it is handed to the transport (after the publish hooks), [`decode`](Self::decode) on

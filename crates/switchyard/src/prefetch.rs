@@ -1,5 +1,6 @@
 //! Prefetching workers (`Bus::subscribe_prefetch`): a worker hands its handler up to `max`
-//! queued messages in one call and settles each by its own answer. Unlike a batch, every
+//! queued messages in one call (with several workers, at most its share of the backlog) and
+//! settles each by its own answer. Unlike a batch, every
 //! message keeps its own outcome: an acked one is settled, a failed one goes through the
 //! worker's retries (one message per call, in place) before the worker hands over the
 //! messages after it, so one worker keeps the order. Messages the handler left unanswered
@@ -31,6 +32,7 @@ impl SubShared {
             return self.run_worker(worker, one).await;
         }
         let max = max.max(1);
+        let workers = self.config.workers.max(1);
         // Taken and not handled yet (left unanswered by the last hand-over), oldest first.
         let mut left: VecDeque<Taken> = VecDeque::new();
         let mut streak: u32 = 0;
@@ -46,8 +48,18 @@ impl SubShared {
                     None => break,
                 },
             };
+            // With several workers a hand-over takes at most its share of what is waiting
+            // (rounded up): a backlog spreads over the workers (`workers` handler calls in
+            // flight) instead of the first free worker taking it all and handing it over as
+            // one sequence of calls. Per-key order is the queue's (`try_pop`), as before.
+            let cap = if workers > 1 {
+                let waiting = 1 + left.len() + self.queue.len();
+                max.min(waiting.div_ceil(workers))
+            } else {
+                max
+            };
             let mut taken = vec![first];
-            while taken.len() < max {
+            while taken.len() < cap {
                 if let Some(t) = left.pop_front() {
                     taken.push(t);
                     continue;

@@ -155,7 +155,16 @@ impl SubShared {
             }
         }
         if let Some(check) = &bus.intake {
-            match check(arrived) {
+            // A panicking check (a validator's upcaster step, say) gives this message up as
+            // a panicking filter does; the pump goes on with the next one.
+            let verdict = match crate::intake::run_check(check, arrived) {
+                Ok(verdict) => verdict,
+                Err(why) => {
+                    self.admission_panicked(&bus, delivery, accepted, why).await;
+                    return Ok(());
+                }
+            };
+            match verdict {
                 IntakeVerdict::Accept => {}
                 IntakeVerdict::Warn(why) => {
                     inc(&self.counters.intake_warned);
@@ -236,7 +245,7 @@ impl SubShared {
         }
     }
 
-    /// A delivery whose filter or ordering key panicked for this subscription: noted
+    /// A delivery whose filter, intake check or ordering key panicked for this subscription: noted
     /// (`panicked`, an error log) and dead-lettered as it arrived.
     async fn admission_panicked(
         &self,

@@ -548,18 +548,18 @@ impl SubShared {
             .map_err(|panic| format!("ordering key panicked: {}", panic_message(&*panic)))
     }
 
-    /// Counts and logs a filter or ordering key that panicked on `env` (the message is
+    /// Counts and logs a filter, intake check or ordering key that panicked on `env` (the message is
     /// then given up for this subscription).
     #[cold]
     pub(crate) fn note_admission_panic(&self, env: &Envelope, why: &str) {
         inc(&self.counters.panicked);
         tracing::error!(subscription = %self.name(), message_id = %env.id,
             topic = %env.topic, error = %why,
-            "a filter or ordering key panicked: the message is dead-lettered for this subscription");
+            "a filter, intake check or ordering key panicked: the message is dead-lettered for this subscription");
     }
 
-    /// Gives up an in-memory message whose filter or ordering key panicked for this
-    /// subscription (never accepted, so nothing is settled): counted (`panicked`,
+    /// Gives up an in-memory message (or a remote command) whose filter, ordering key or
+    /// intake check panicked for this subscription (never accepted, so nothing is settled): counted (`panicked`,
     /// `dead_lettered`), dead-lettered as published (reason `Panicked`, handler this
     /// subscription), and the error its sender gets.
     #[cold]

@@ -65,8 +65,9 @@ pub struct SubscriptionStats {
     /// Attempts that ended in an error or panic; under a retry layer inside the handler,
     /// the calls that ended so once that layer gave up (its failed re-attempts are not seen).
     pub failed: u64,
-    /// Attempts that panicked (also counted in `failed`), and messages whose filter or
-    /// ordering key panicked (dead-lettered before any attempt, not counted in `failed`).
+    /// Attempts that panicked (also counted in `failed`), and messages whose filter,
+    /// intake check or ordering key panicked (dead-lettered before any attempt, not
+    /// counted in `failed`).
     pub panicked: u64,
     /// Retries: those the bus schedules itself (in place), the re-attempts of a retry inside
     /// the handler that reports them (the default resilience stack's, see [`RetryCounter`]),

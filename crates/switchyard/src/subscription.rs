@@ -160,7 +160,9 @@ impl Bus {
 
     /// Subscribes a prefetch handler ([`BoxPrefetchHandler`](crate::BoxPrefetchHandler)) to a
     /// pattern: each worker hands it up to `max` queued messages at once (those already
-    /// queued when it takes the first; it does not wait for more), and settles each message
+    /// queued when it takes the first; it does not wait for more; with several workers, at
+    /// most its share of them, the waiting count divided by the workers and rounded up, so
+    /// that a backlog spreads over the workers), and settles each message
     /// by its own answer, as a [`subscribe`](Self::subscribe) handler's would be: a failed
     /// message is retried in place (one message per call) before the worker hands over the
     /// ones after it, so with one worker the order holds. For handlers across a costly

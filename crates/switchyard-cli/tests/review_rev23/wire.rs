@@ -268,7 +268,7 @@ fn documented_routes_and_ws_ops_answer_as_documented() {
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["kind"], "method_not_allowed");
         for (path, ct, body, status, kind) in [
             ("/v1/dlq/purge", "text/plain", "x", 415, Some("unsupported_content_type")),
-            ("/v1/dlq/replay", "application/json", r#"{"ids": []}"#, 200, None),
+            ("/v1/dlq/replay", "application/json", r#"{"ids": []}"#, 400, Some("bad_request")),
             ("/v1/dlq/purge", "application/json", purge.as_str(), 200, None),
             ("/v1/publish/a..b", "application/json", "{}", 400, Some("invalid_topic")),
             ("/v1/publish/a.b", "application/json", "{", 400, Some("malformed_json")),

@@ -183,6 +183,11 @@ impl BreakerConfig {
         self
     }
 
+    /// Whether an observer is set ([`on_transition`](Self::on_transition)).
+    pub fn is_observed(&self) -> bool {
+        self.observer.is_some()
+    }
+
     #[inline]
     pub(crate) fn is_failure(&self, result: &Result<Outcome, BoxError>) -> bool {
         if let Some(p) = &self.failure_predicate {

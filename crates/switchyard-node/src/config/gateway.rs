@@ -102,7 +102,10 @@ pub struct LimitsConfig {
     /// Deadline of `POST /v1/send`, milliseconds (a command with no answer by then gets 504).
     /// Default 30000.
     pub send_timeout_ms: u64,
-    /// Per-principal publish rate (HTTP and WebSocket publishes). Default: none.
+    /// Per-principal rate of messages put on the bus: publishes (HTTP, WebSocket, each
+    /// message of a `publish_batch`), sends and requests (HTTP and WebSocket) all take from
+    /// the principal's one bucket; over it, HTTP answers 429 `rate_limited` and WebSocket
+    /// the `error` op with that kind. Default: none.
     pub publish_rate: Option<RateConfig>,
 }
 
@@ -123,9 +126,9 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
-    /// Sustained publishes per second.
+    /// Sustained messages per second (publishes, sends and requests together).
     pub per_second: u32,
-    /// Publishes allowed back to back. Default: `per_second`.
+    /// Messages allowed back to back. Default: `per_second`.
     #[serde(default)]
     pub burst: Option<u32>,
 }

@@ -30,6 +30,7 @@ use crate::wire::{ReplyJson, payload_json};
         (status = 404, description = "no_handler", body = crate::error::ErrorBody),
         (status = 413, description = "too_large", body = crate::error::ErrorBody),
         (status = 422, description = "handler_failed, handler_rejected or invalid_message", body = crate::error::ErrorBody),
+        (status = 429, description = "rate_limited: over the principal's limits.publish_rate (commands and requests count as publishes do)", body = crate::error::ErrorBody),
         (status = 503, description = "shutting_down or not_ready", body = crate::error::ErrorBody),
         (status = 504, description = "timeout (limits.send_timeout_ms)", body = crate::error::ErrorBody),
     ),
@@ -52,6 +53,8 @@ pub(crate) async fn send(
         &headers,
         body,
     )?;
+    // A command is a message put on the bus like a publish: it takes from the same bucket.
+    state.check_publish_rate(&principal)?;
     let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let deadline = Duration::from_millis(state.config.limits.send_timeout_ms);
     let call = until_stopped(&state, state.bus.send_envelope(env));
@@ -93,6 +96,7 @@ pub(crate) struct RequestQuery {
         (status = 404, description = "no_handler", body = crate::error::ErrorBody),
         (status = 413, description = "too_large", body = crate::error::ErrorBody),
         (status = 422, description = "handler_failed, handler_rejected or invalid_message", body = crate::error::ErrorBody),
+        (status = 429, description = "rate_limited: over the principal's limits.publish_rate (commands and requests count as publishes do)", body = crate::error::ErrorBody),
         (status = 503, description = "shutting_down or not_ready", body = crate::error::ErrorBody),
         (status = 504, description = "timeout", body = crate::error::ErrorBody),
     ),
@@ -128,6 +132,7 @@ pub(crate) async fn request(
         &headers,
         body,
     )?;
+    state.check_publish_rate(&principal)?;
     let (id, correlation) = (env.id.clone(), env.correlation_id.clone());
     let call = state.bus.request_envelope(env, Duration::from_millis(ms));
     let result = until_stopped(&state, call).await?;

@@ -170,6 +170,7 @@ pub(crate) async fn show(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Selection {
+    /// Message ids. A replay needs at least one: an empty list is `400 bad_request`.
     #[serde(default)]
     ids: Option<Vec<String>>,
     #[serde(default)]
@@ -231,12 +232,25 @@ pub(crate) struct ReplayJson {
 /// (the replayed message failing again) stays. On the memory transport an event no
 /// subscription matches any more is not published: its entry stays, reported failed. Replays
 /// on one node run one at a time. What becomes of each is followed: `GET /v1/dlq/replays`.
-#[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson), (status = 400, description = "malformed_json or bad_request", body = crate::error::ErrorBody), (status = 415, description = "unsupported_content_type: the body must be application/json", body = crate::error::ErrorBody)), tag = "dead letters")]
+/// An empty `ids` list is refused (`400 bad_request`): it names nothing to replay.
+#[utoipa::path(post, path = "/v1/dlq/replay", request_body = Selection, responses((status = 200, body = ReplayJson), (status = 400, description = "malformed_json or bad_request (also an empty \"ids\" list)", body = crate::error::ErrorBody), (status = 415, description = "unsupported_content_type: the body must be application/json", body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     _admin: Admin,
     JsonBody(sel): JsonBody<Selection>,
 ) -> Result<Json<ReplayJson>, ApiError> {
+    let selected = match sel.resolve()? {
+        // Names no dead letter: a client's mistake (a filter that matched nothing on its
+        // side), not a replay of nothing.
+        Selected::Ids(ids, _) if ids.is_empty() => {
+            return Err(ApiError::new(
+                ErrorKind::BadRequest,
+                "ids is empty: name at least one dead letter, or use the filters \
+                 ({\"all\": true}, narrowed by \"topic\")",
+            ));
+        }
+        selected => selected,
+    };
     let bus = state.bus.clone();
     let live = state.live.clone();
     let target = move |env: Envelope| {
@@ -270,7 +284,7 @@ pub(crate) async fn replay(
         replayed: 0,
         failed: Vec::new(),
     };
-    match sel.resolve()? {
+    match selected {
         Selected::Ids(ids, topic) => {
             // An id named twice (a page of entries lists a message once per entry) is
             // replayed once: `one` takes all its entries.

@@ -649,6 +649,8 @@ impl Session {
             Action::Send,
             fields,
         )?;
+        // A command is a message put on the bus like a publish: it takes from the same bucket.
+        self.state.check_publish_rate(&self.conn.principal)?;
         let Ok(permit) = self.call_permits.clone().acquire_owned().await else {
             return Err(ApiError::new(ErrorKind::Internal, "call limiter closed"));
         };

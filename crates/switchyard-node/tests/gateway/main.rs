@@ -12,6 +12,8 @@ mod dlq;
 mod encryption;
 mod live;
 mod malformed;
+mod mends;
+mod node_stack;
 mod observe;
 mod replays;
 mod review_rev3;

@@ -14,6 +14,7 @@ mod group_leave;
 mod handler_groups;
 mod limits;
 mod malformed;
+mod mends;
 mod no_breaker;
 mod node_headers;
 mod principal_groups;

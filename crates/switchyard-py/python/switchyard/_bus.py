@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, TypeVa
 from . import _switchyard as _native
 from ._codec import _NOTHING, MessageSpec, converter, decoder, encode, spec_of
 from ._codec import _identity as _codec_identity
-from ._plan import _Handler, _plan
-from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _resume, _settle, invoke_many
+from ._plan import _Handler, _check_handler, _plan
+from ._handling import _CURRENT, _CoroutineType, _continue, _describe, _fail, _fail_inline, _resume, _settle, invoke_many  # noqa: F401 (re-exported)
 from .errors import DecodeFailed, EncodeFailed, SwitchyardError
 
 Envelope = _native.Envelope
@@ -125,6 +125,7 @@ class _Registrar:
             raise TypeError(f"{spec.name} is an event; handle() takes commands (@switchyard.command)")
 
         def register(f: Callable[..., Any]) -> Subscription:
+            _check_handler(f)
             decode, raw_env, arity = _plan(f, type, batch is not None)
             sub_name = name or (pattern if kind == "command" else getattr(f, "__qualname__", "handler"))
             bus = self._bus
@@ -154,7 +155,7 @@ class _Registrar:
         workers: Optional[int] = None,
         queue_capacity: Optional[int] = None,
         overflow: Optional[str] = None,
-        overflow_timeout: float = 1.0,
+        overflow_timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
         priority: Optional[int] = None,
@@ -174,7 +175,8 @@ class _Registrar:
         ``headers`` / ``filter`` keep messages out before they are queued; ``prefetch``: a
         worker hands the loop up to that many queued messages at once (each still one handler
         call, in order, with its own outcome; 1: one at a time); the others are the queue's
-        and retry settings (defaults from the bus). Returns the :class:`Subscription`.
+        and retry settings (defaults from the bus; ``overflow_timeout`` alone applies to the
+        bus's overflow policy). Returns the :class:`Subscription`.
         """
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
@@ -196,7 +198,7 @@ class _Registrar:
         workers: Optional[int] = None,
         queue_capacity: Optional[int] = None,
         overflow: Optional[str] = None,
-        overflow_timeout: float = 1.0,
+        overflow_timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
         retry_delay: Optional[float] = None,
     ) -> Any:
@@ -568,18 +570,25 @@ class Bus(_Registrar):
             try:
                 arity = h.arity
                 result = h.fn(arg, env) if arity == 2 else (h.fn(arg) if arity == 1 else h.fn())
-                if type(result) is _CoroutineType:
+            except BaseException as e:
+                # StopIteration included: a plain `def` handler's own (next() on an empty
+                # iterator) is a failure, not its return.
+                _fail_inline(reply, e)
+                return True
+            if type(result) is _CoroutineType:
+                try:
                     yielded = result.send(None)
+                except StopIteration as stop:  # the coroutine finished without suspending
+                    result = stop.value
+                except BaseException as e:
+                    _fail_inline(reply, e)
+                    return True
+                else:
                     self._suspend(h, token, reply, result, yielded)
                     return False
-                if inspect.isawaitable(result):
-                    self._suspend(h, token, reply, None, result)
-                    return False
-            except StopIteration as stop:
-                result = stop.value
-            except BaseException as e:
-                _fail(reply, e)
-                return True
+            elif inspect.isawaitable(result):
+                self._suspend(h, token, reply, None, result)
+                return False
             if h.command:
                 _settle(h, reply, result)
             else:
@@ -602,15 +611,20 @@ class Bus(_Registrar):
         try:
             try:
                 result = h.fn(items, env) if h.arity == 2 else h.fn(items)
-                if type(result) is _CoroutineType:
+            except BaseException as e:  # StopIteration included: the handler's own, a failure
+                _fail_inline(reply, e)
+                return
+            if type(result) is _CoroutineType:
+                try:
                     yielded = result.send(None)
+                except StopIteration as stop:  # the coroutine finished without suspending
+                    result = stop.value
+                except BaseException as e:
+                    _fail_inline(reply, e)
+                    return
+                else:
                     self._suspend(h, token, reply, result, yielded)
                     return
-            except StopIteration as stop:
-                result = stop.value
-            except BaseException as e:
-                _fail(reply, e)
-                return
             _settle(h, reply, result)
         finally:
             _CURRENT.reset(ctx)

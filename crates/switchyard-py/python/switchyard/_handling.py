@@ -87,6 +87,16 @@ def _fail(reply: Any, e: BaseException) -> None:
         reply.fail(_describe(e))
 
 
+def _fail_inline(reply: Any, e: BaseException) -> None:
+    """:func:`_fail` for an exception a handler raised before it suspended, outside any task:
+    a ``CancelledError`` there is the handler's own (``fut.result()`` of a cancelled future),
+    not a cancellation of the handler, and is a failed attempt like any other exception."""
+    if isinstance(e, asyncio.CancelledError):
+        reply.fail(f"the handler raised CancelledError without being cancelled:\n{_describe(e)}")
+    else:
+        _fail(reply, e)
+
+
 
 def invoke_many(bus: Any, h: Any, token: int, envs: list[Any], replies: Any) -> bool:
     """Runs ``h`` on each message of a prefetch hand-over, in order, and answers them
@@ -96,7 +106,9 @@ def invoke_many(bus: Any, h: Any, token: int, envs: list[Any], replies: Any) -> 
 
     The hand-over runs as one coroutine: a handler coroutine that finishes without
     suspending costs no ``StopIteration`` of its own, only the hand-over's one."""
-    coro = _many(h, envs, replies)
+    # [True] while the hand-over runs inline (in the loop's reader callback, not in a task).
+    inline = [True]
+    coro = _many(h, envs, replies, inline)
     current = _CURRENT
     prev = current.get()
     try:
@@ -110,6 +122,7 @@ def invoke_many(bus: Any, h: Any, token: int, envs: list[Any], replies: Any) -> 
     loop = bus._loop
     if loop is None:
         loop = asyncio.get_running_loop()
+    inline[0] = False
     # Created while the suspended message's envelope is current: the task keeps it.
     task = loop.create_task(_continue(coro, yielded))
     current.set(prev)
@@ -118,7 +131,7 @@ def invoke_many(bus: Any, h: Any, token: int, envs: list[Any], replies: Any) -> 
     return False
 
 
-async def _many(h: Any, envs: list[Any], replies: Any) -> None:
+async def _many(h: Any, envs: list[Any], replies: Any, inline: list[bool]) -> None:
     fn, arity, decode, raw = h.fn, h.arity, h.decode, h.raw_env
     identity = decode is _codec_identity
     set_current = _CURRENT.set
@@ -142,9 +155,15 @@ async def _many(h: Any, envs: list[Any], replies: Any) -> None:
                 if result is not None and (type(result) is _CoroutineType or inspect.isawaitable(result)):
                     await result
             except BaseException as e:
+                if inline[0]:
+                    # No task to cancel: the handler's own exception, a failed attempt. Raised
+                    # out of here it would leave the loop's reader callback and strand the
+                    # other invocations it took.
+                    _fail_inline(replies, e)
+                    return
                 _fail(replies, e)
                 if isinstance(e, asyncio.CancelledError):
-                    raise
+                    raise  # the task is being cancelled (shutdown): it ends cancelled
                 return
             acked += 1
     finally:

@@ -30,6 +30,40 @@ class _Handler:
         self.name = name
 
 
+def _check_handler(fn: Any) -> None:
+    """Refuses at registration (TypeError naming the handler and why) what the loop could not
+    call with a message (the message, then the envelope), or could call without the handler's
+    body running (its messages would be acked unhandled)."""
+    if not callable(fn):
+        raise TypeError(f"a handler must be callable with the message (and the envelope): {fn!r} is a {type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None  # a builtin without a signature: taken as it is
+    if sig is not None:
+        name = getattr(fn, "__qualname__", repr(fn))
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        empty = inspect.Parameter.empty
+        required = [p.name for p in sig.parameters.values() if p.kind in positional and p.default is empty]
+        if len(required) > 2:
+            raise TypeError(
+                f"handler {name} requires {len(required)} positional parameters ({', '.join(required)}): "
+                f"it is called with the message and, if it takes a second, the envelope"
+            )
+        keyword = [p.name for p in sig.parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is empty]
+        if keyword:
+            raise TypeError(f"handler {name} requires keyword-only parameters ({', '.join(keyword)}) nothing passes")
+    target = fn
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, functools.partial)):
+        target = getattr(type(fn), "__call__", fn)
+    if inspect.isasyncgenfunction(target):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"async generator functions cannot be handlers: {name} (calling it runs nothing; "
+            f"make it an `async def` without `yield`)"
+        )
+
+
 def _plan(fn: Callable[..., Any], tp: Any, batch: bool) -> tuple[Callable[[bytes], Any], bool, int]:
     """How to call ``fn``: its payload decoder, whether it takes the envelope itself, and
     how many arguments it takes (message, then envelope)."""

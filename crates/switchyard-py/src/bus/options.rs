@@ -31,6 +31,34 @@ pub(crate) fn overflow(kind: &str, timeout: f64, max_delay: f64) -> PyResult<Ove
     })
 }
 
+/// A subscription's overflow policy: `None` (the bus's) when it sets none of the three;
+/// otherwise the bus's policy (`bus`: kind, timeout, max_delay as Python named them) with what
+/// it sets replaced: `on(overflow_timeout=0.05)` alone is the bus's policy with that timeout.
+/// A negative or non-finite timeout is a ValueError whatever the policy.
+pub(crate) fn sub_overflow(
+    bus: &(String, f64, f64),
+    kind: Option<&str>,
+    timeout: Option<f64>,
+    max_delay: Option<f64>,
+) -> PyResult<Option<Overflow>> {
+    if kind.is_none() && timeout.is_none() && max_delay.is_none() {
+        return Ok(None);
+    }
+    if let Some(t) = timeout {
+        seconds(t, "overflow_timeout")?;
+    }
+    if let Some(d) = max_delay {
+        seconds(d, "overflow_max_delay")?;
+    }
+    let (bus_kind, bus_timeout, bus_max_delay) = bus;
+    overflow(
+        kind.unwrap_or(bus_kind),
+        timeout.unwrap_or(*bus_timeout),
+        max_delay.unwrap_or(*bus_max_delay),
+    )
+    .map(Some)
+}
+
 /// `s` seconds as a duration; a negative or non-finite value names `what`.
 pub(crate) fn seconds(s: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| {

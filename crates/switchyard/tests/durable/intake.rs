@@ -208,6 +208,61 @@ async fn a_rejected_message_is_dead_lettered_with_the_reason_never_handled_and_s
     bus.shutdown(WAIT).await.unwrap();
 }
 
+/// An intake check that panics (on odd `n`) gives that message up as a panicking filter
+/// does: dead-lettered `Panicked` with the panic's text, its delivery terminated once,
+/// counted; the pump goes on and every other message is handled (review rev39).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_intake_check_dead_letters_that_message_and_the_subscription_goes_on() {
+    let (wire, mut settled) = wire();
+    let bus = Bus::builder()
+        .transport(wire.clone())
+        .intake_check(|env: &Envelope| {
+            let n = n_of(env);
+            assert!(n.is_multiple_of(2), "check: {n} is odd");
+            IntakeVerdict::Accept
+        })
+        .build()
+        .unwrap();
+    let (sub, mut handled) = start(&bus).await;
+    let ids = publish_foreign(&wire).await;
+
+    let mut got = settlements(&mut settled, 5).await;
+    bus.run_until_idle().await;
+    let mut seen = Vec::new();
+    while let Ok(n) = handled.try_recv() {
+        seen.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 2, 4], "the messages after a panic are handled");
+    got.sort();
+    let mut want: Vec<Settlement> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| (id.clone(), if n % 2 == 1 { "term" } else { "ack" }))
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each delivery settled once, the panicked ones terminated"
+    );
+    let mut letters = bus.dead_letters().unwrap().list();
+    letters.sort_by_key(|l| n_of(&l.envelope));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for (letter, n) in letters.iter().zip([1u64, 3]) {
+        assert_eq!(n_of(&letter.envelope), n);
+        assert_eq!(letter.reason, DeadLetterReason::Panicked);
+        assert_eq!(
+            letter.error,
+            format!("intake check panicked: check: {n} is odd")
+        );
+        assert_eq!(letter.handler.as_deref(), Some("worker"));
+    }
+    let stats = sub.stats();
+    assert_eq!((stats.panicked, stats.dead_lettered), (2, 2));
+    assert_eq!(bus.pending(), 0);
+    bus.shutdown(WAIT).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_intake_check_every_message_is_delivered_as_before() {
     let (wire, mut settled) = wire();

@@ -19,6 +19,7 @@ mod labels;
 mod noticed_stop36;
 mod panicking_admission;
 mod resilience_defaults;
+mod resilience_for;
 mod review_rev16;
 mod review_rev34;
 mod review_rev4;

@@ -83,7 +83,6 @@ fn old_reading() -> Value {
 /// u32 → u8: a reader on the new schema cannot read 300, which the old schema allows (and
 /// old writers write). schemars says so (`maximum: 255`); the checker does not look.
 #[test]
-#[ignore = "defect: integer narrowing (u32 -> u8, `maximum` 255) is judged backward compatible"]
 fn an_integer_narrowed_from_u32_to_u8_breaks_backward() {
     let serde = reads::<narrow::new_u8::Reading>(old_reading());
     assert!(serde.is_err(), "serde reads 300 into a u8?");
@@ -97,7 +96,6 @@ fn an_integer_narrowed_from_u32_to_u8_breaks_backward() {
 
 /// i64 → u64: old writers write negative numbers the new reader refuses (`minimum: 0`).
 #[test]
-#[ignore = "defect: a signed integer made unsigned (i64 -> u64, `minimum` 0) is judged backward compatible"]
 fn a_signed_integer_made_unsigned_breaks_backward() {
     let serde = reads::<narrow::new_unsigned::Reading>(old_reading());
     assert!(serde.is_err(), "serde reads -5 into a u64?");
@@ -112,7 +110,6 @@ fn a_signed_integer_made_unsigned_breaks_backward() {
 /// String → char: a new reader refuses any string that is not one character
 /// (`minLength` / `maxLength` 1).
 #[test]
-#[ignore = "defect: String -> char (`maxLength` 1) is judged backward compatible"]
 fn a_string_narrowed_to_char_breaks_backward() {
     let serde = reads::<narrow::new_char::Reading>(old_reading());
     assert!(serde.is_err(), "serde reads \"AB\" into a char?");
@@ -128,7 +125,6 @@ fn a_string_narrowed_to_char_breaks_backward() {
 /// length (`minItems` = `maxItems`), as it does a tuple, which the checker compares by
 /// length (docs: "a tuple of another length breaks both directions"); arrays it does not.
 #[test]
-#[ignore = "defect: fixed-size arrays (`minItems`/`maxItems`) of another length are judged compatible both ways"]
 fn a_fixed_size_array_of_another_length_breaks_both_directions() {
     let back = reads::<narrow::new_arrays::Reading>(old_reading());
     let fwd = reads::<narrow::old::Reading>(
@@ -181,7 +177,6 @@ mod flat {
 /// variants. The fields are the struct's: `id` changing type and a new required `merchant`
 /// break as they would without the enum.
 #[test]
-#[ignore = "defect: the fields of a struct with a #[serde(flatten)] enum are not compared (only the oneOf)"]
 fn the_fields_beside_a_flattened_enum_are_compared() {
     let old = json!({"id": 7, "Card": {"number": "4242"}});
     let serde = reads::<flat::new::Payment>(old);
@@ -227,7 +222,6 @@ mod tagged {
 /// `{"$ref": "#/$defs/Money", "properties": {"type": {"const": "tip"}}}`. A variant added is
 /// a value an old reader does not know (forward breaks), as for the struct variants.
 #[test]
-#[ignore = "defect: a newtype variant added to an internally tagged enum is judged forward compatible"]
 fn a_newtype_variant_added_to_an_internally_tagged_enum_breaks_forward() {
     let serde = reads::<tagged::old::Charge>(json!({"type": "tip", "cents": 100}));
     assert!(serde.is_err(), "an old reader reads the variant `tip`?");
@@ -278,7 +272,6 @@ mod one_field {
 /// first row). When the struct had ONE required field, its `anyOf` alternative looks like an
 /// externally tagged variant to the checker, and the verdict breaks.
 #[test]
-#[ignore = "defect: an optional field added to a one-field struct behind an Option is judged incompatible"]
 fn an_optional_field_added_to_a_one_field_struct_behind_an_option_is_compatible() {
     assert!(reads::<one_field::new::Item>(json!({"sku": "a", "price": {"cents": 5}})).is_ok());
     assert!(

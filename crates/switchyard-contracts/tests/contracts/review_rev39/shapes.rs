@@ -315,7 +315,6 @@ fn near_misses_of_the_serde_form_are_invalid_where_serde_refuses_them() {
 /// `Union[LineItem, Money, LineDiscount]` and a Python `Money(cents=5)` encodes as
 /// `{"cents": 5}`, which serde refuses (the validator too).
 #[test]
-#[ignore = "defect: Python codegen drops the tag of an internally tagged newtype variant (Fee(Money) becomes plain Money)"]
 fn python_keeps_the_tag_of_an_internally_tagged_newtype_variant() {
     let mut registry = Registry::new();
     registry.register::<Order>().unwrap();

@@ -280,7 +280,6 @@ fn panicking_validator() -> Validator {
 /// (`not upcast: ...`)", and the bus turns a panicking step into a dead letter (review rev6).
 /// The validator, which the node's gateway and the bus's intake call, gives a verdict too.
 #[test]
-#[ignore = "defect: a panicking upcaster step panics out of Validator::check (the bus catches it, the validator does not)"]
 fn a_panicking_step_in_the_validator_is_an_invalid_verdict_not_a_panic() {
     let validator = panicking_validator();
     let env = ticket(1, json!({"title": "a"}));
@@ -358,11 +357,10 @@ async fn a_failing_step_in_the_intake_check_dead_letters_and_the_next_is_deliver
 
 /// The same validator as a bus's intake check on the embedded log, its step panicking: the
 /// v1 message should be dead-lettered (as a panicking filter's message is) and the
-/// subscription go on to deliver the next message. The pump calls the intake check without
+/// subscription go on to deliver the next message. The pump called the intake check without
 /// catching a panic (`crates/switchyard/src/pump.rs`, `check(arrived)`), and the
-/// subscription stops.
+/// subscription stopped; it is caught now (`intake::run_check`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a panic in the intake check (a validator's upcaster step) stops the subscription: nothing after it is delivered"]
 async fn a_panicking_step_in_the_intake_check_does_not_stop_the_subscription() {
     let (got, letter) = intake_run(panicking_validator()).await;
     assert!(
@@ -379,7 +377,6 @@ async fn a_panicking_step_in_the_intake_check_does_not_stop_the_subscription() {
 /// upcaster for ...`) although it is valid as it is: the node dead-letters what every typed
 /// handler would decode.
 #[tokio::test]
-#[ignore = "defect: the validator refuses an older version of a type that has no upcaster steps, which the bus decodes as it is"]
 async fn an_older_version_of_a_type_without_steps_is_valid_where_the_bus_decodes_it() {
     // Upcasters for `Book` only; `Ticket` v2 → v3 was additive for this payload.
     let ups = Upcasters::new().step_for::<Book, _, _>(1, Ok::<_, String>);
