@@ -224,6 +224,31 @@ async def test_an_async_generator_handler_is_refused_by_handle_on_batch_and_as_a
     assert bus.registry() == []
 
 
+async def test_a_generator_function_handler_is_refused_at_registration(bus):
+    # A plain `def` with `yield` is a generator function: calling it runs nothing of its body
+    # and returns a generator, which the loop took as the handler's result (the message
+    # acked, its handler never run), as with the async generator above.
+    def gen(env):
+        yield env
+
+    class GenCall:
+        def __call__(self, env):
+            yield env
+
+    topic = uniq("gen")
+    for register, handler in ((bus.on, gen), (bus.handle, gen), (bus.on_batch, gen), (bus.on, GenCall())):
+        try:
+            register(topic + (".cmd" if register == bus.handle else ""), handler)
+        except TypeError as e:
+            assert "generator functions cannot be handlers" in str(e), str(e)
+            continue
+        pytest.fail(
+            f"{register.__name__}(topic, {handler!r}), a generator function, was accepted: registered "
+            f"{[(r['name'], r['pattern']) for r in bus.registry()]}"
+        )
+    assert bus.registry() == []
+
+
 def _three(a, b, c):
     pass
 

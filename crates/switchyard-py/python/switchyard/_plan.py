@@ -62,6 +62,12 @@ def _check_handler(fn: Any) -> None:
             f"async generator functions cannot be handlers: {name} (calling it runs nothing; "
             f"make it an `async def` without `yield`)"
         )
+    if inspect.isgeneratorfunction(target):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TypeError(
+            f"generator functions cannot be handlers: {name} (calling it runs nothing of its "
+            f"body; make it a `def` or `async def` without `yield`)"
+        )
 
 
 def _plan(fn: Callable[..., Any], tp: Any, batch: bool) -> tuple[Callable[[bytes], Any], bool, int]:
