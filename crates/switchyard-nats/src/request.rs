@@ -31,7 +31,10 @@ impl NatsTransport {
     /// Sends `request` and waits at most `deadline` for one reply. Fails at once with
     /// [`RequestError::NoResponders`] when nobody serves the topic, and with
     /// [`RequestError::TooLarge`] when its payload and encoded headers together exceed the
-    /// server's `max_payload`.
+    /// server's `max_payload`. While the client is not connected (the server down, a
+    /// reconnect under way) it fails at once with [`RequestError::Transport`] (`Unavailable`)
+    /// and nothing is written: the client would keep the request in its reconnect buffer and
+    /// send it after the reconnect, when this call had long returned `Timeout`.
     pub async fn request(
         &self,
         request: Envelope,
@@ -40,6 +43,8 @@ impl NatsTransport {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(RequestError::Closed);
         }
+        // Refused at once while disconnected, as a command is (`send_command`).
+        self.ensure_connected()?;
         let subject = self.request_subject(&request.topic)?;
         let headers = codec::encode_headers(&request);
         // Refused at once rather than by the server, which drops the connection.

@@ -8,6 +8,7 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod disconnected_requests;
 mod durable_commands;
 mod encryption;
 mod expired_answer;

@@ -358,6 +358,106 @@ async fn a_command_while_nats_is_down_is_refused_promptly_as_not_ready() {
     );
 }
 
+/// As [`a_command_while_nats_is_down_is_refused_promptly_as_not_ready`], for a request
+/// (`POST /v1/request/{topic}`, a command with a deadline): through A while the NATS server
+/// is down it is answered 503 `not_ready` at once, not 504 `timeout` at its deadline (20 s
+/// here), and B's handler does not run it once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_while_nats_is_down_is_refused_promptly_as_not_ready() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let u = unique();
+    let p = format!("r38{u}");
+    let toml = config(
+        &nats.url(),
+        "REV38R",
+        &p,
+        "file",
+        "[bus]\nshutdown_timeout_ms = 2000",
+    );
+    let a = TestNode::start(&toml).await;
+    let b = TestNode::start(&toml).await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    b.bus
+        .handle_envelope(
+            "quotes",
+            &format!("{p}.quote"),
+            handler_fn(move |env: Envelope| {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let reply = env.reply(br#"{"price": 1}"#.to_vec());
+                    Ok::<_, std::convert::Infallible>(Outcome::reply(reply))
+                }
+            }),
+        )
+        .start()
+        .await
+        .unwrap()
+        .detach();
+    let path = format!("/v1/request/{p}.quote?timeout_ms=20000");
+    let (s, body) = post(&a, &path, &[], &json!({})).await;
+    assert_eq!(s, 200, "{body}");
+
+    nats.kill();
+    for node in [&a, &b] {
+        eventually(20, "/ready 503 with the server gone", || async {
+            let (s, _) = get(node, "/ready").await;
+            (s == 503).then_some(())
+        })
+        .await;
+    }
+    let started = Instant::now();
+    let res = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(a.url(&path))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_default();
+    let took = started.elapsed();
+    eprintln!("a request while NATS was down: {status} {body} after {took:?}");
+
+    nats.start_again();
+    for node in [&a, &b] {
+        eventually(30, "/ready 200 with the server back", || async {
+            let (s, _) = get(node, "/ready").await;
+            (s == 200).then_some(())
+        })
+        .await;
+    }
+    // Answered after the reconnect: anything A's client buffered was flushed before it.
+    let (s, after) = post(&a, &path, &[], &json!({})).await;
+    assert_eq!(s, 200, "{after}");
+    let ran = calls.load(std::sync::atomic::Ordering::SeqCst);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    let mut wrong = Vec::new();
+    if ran != 2 {
+        wrong.push(format!(
+            "B's handler ran {ran} times for 2 requests answered 200 and this one, which \
+             was answered {status}"
+        ));
+    }
+    if !(status == 503 && body["error"]["kind"] == "not_ready" && took < Duration::from_secs(5)) {
+        wrong.push(format!(
+            "it was answered {status} {body} after {took:?}, not a prompt 503 not_ready"
+        ));
+    }
+    assert!(
+        wrong.is_empty(),
+        "a request through A while NATS was down: {}",
+        wrong.join("; ")
+    );
+}
+
 /// A publish answered 503 `not_ready` while the NATS server is down (over HTTP through A,
 /// over the WebSocket through B, neither with a message id of the client's) is not there
 /// once the server is back: a 503 tells the client it was not accepted, so it publishes
