@@ -172,6 +172,14 @@ fn unix_ms_now() -> u128 {
         .unwrap_or(0)
 }
 
+/// A header's value read as milliseconds ([`DEADLINE`], [`DEADLINE_AT`]); `None` when it is
+/// missing or not a number.
+fn header_ms(headers: Option<&HeaderMap>, name: &str) -> Option<u128> {
+    headers
+        .and_then(|h| h.get(name))
+        .and_then(|v| v.as_str().parse::<u128>().ok())
+}
+
 /// Adds [`DEADLINE_AT`]: now plus `wait`, in Unix milliseconds.
 pub(crate) fn insert_deadline_at(headers: &mut HeaderMap, wait: Duration) {
     let at = unix_ms_now().saturating_add(wait.as_millis());
@@ -183,11 +191,7 @@ pub(crate) fn insert_deadline_at(headers: &mut HeaderMap, wait: Duration) {
 /// without a deadline has none for its handler (its `Sy-Deadline-At`, the sender's
 /// `command_timeout`, only keeps a late arrival from running).
 pub(crate) fn remaining_deadline(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .and_then(|v| v.as_str().parse::<u128>().ok())
-    };
+    let get = |name: &str| header_ms(headers, name);
     let relative = get(DEADLINE).map(|ms| Duration::from_millis(ms.min(u64::MAX as u128) as u64));
     let absolute = get(DEADLINE_AT).map(|at| {
         let left = at.saturating_sub(unix_ms_now());
@@ -202,12 +206,7 @@ pub(crate) fn remaining_deadline(headers: Option<&HeaderMap>) -> Option<Duration
 /// A command whose sender's absolute deadline passed before it arrived (it waited in a
 /// client's reconnect buffer): answered `timeout` without being handed to the handler.
 fn expired(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
-    let late = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(DEADLINE_AT))
-        .and_then(|v| v.as_str().parse::<u128>().ok())
-        .is_some_and(|at| at <= unix_ms_now());
+    let late = header_ms(msg.headers.as_ref(), DEADLINE_AT).is_some_and(|at| at <= unix_ms_now());
     if !late {
         return false;
     }
