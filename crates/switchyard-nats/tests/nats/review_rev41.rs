@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::harness::{NatsHarness, SHARED_URL, shared_unavailable};
 
 mod commands;
+mod flows;
 mod headers;
 mod jetstream;
 mod python;
