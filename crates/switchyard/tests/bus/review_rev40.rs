@@ -5,10 +5,13 @@
 //! another message's fields: these tests publish many shapes through them and compare every
 //! envelope a handler, a caller or the dead-letter store sees with what was sent.
 
+mod exits;
 mod inline;
 mod replies;
+mod retries;
 mod reuse;
 mod routing;
+mod typed_outputs;
 mod unencoded;
 mod worker;
 

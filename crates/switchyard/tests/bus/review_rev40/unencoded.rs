@@ -51,7 +51,7 @@ fn typed_sub(bus: &Bus, name: &'static str, log: Log) -> switchyard::Subscriptio
     bus.on(name, move |mut tok: Tok, ctx: switchyard::Ctx| {
         let log = Arc::clone(&log);
         async move {
-            let bytes = if tok.n % 3 == 0 {
+            let bytes = if tok.n.is_multiple_of(3) {
                 ctx.envelope().payload.to_vec()
             } else {
                 Vec::new()
@@ -59,11 +59,11 @@ fn typed_sub(bus: &Bus, name: &'static str, log: Log) -> switchyard::Subscriptio
             log.lock()
                 .unwrap()
                 .push((name, tok.n, tok.text.clone(), bytes));
-            if tok.n % 4 == 0 && ctx.attempt() == 1 {
+            if tok.n.is_multiple_of(4) && ctx.attempt() == 1 {
                 tok.text.push_str(" changed by the first attempt");
                 return Err(std::io::Error::other("first attempt fails"));
             }
-            Ok(if tok.n % 5 == 0 {
+            Ok(if tok.n.is_multiple_of(5) {
                 Outcome::reject("fives")
             } else {
                 Outcome::Ack
@@ -169,10 +169,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     for name in reached {
                         let typed = matches!(name, "typed" | "filtered" | "keyed");
                         expected.push((name, n));
-                        if typed && n % 4 == 0 {
+                        if typed && n.is_multiple_of(4) {
                             expected.push((name, n)); // the retry
                         }
-                        if typed && n % 5 == 0 {
+                        if typed && n.is_multiple_of(5) {
                             rejected_by.push((name, n));
                         }
                     }
@@ -301,11 +301,11 @@ async fn bad_bytes_to_a_typed_handler_dead_letter_as_sent_between_unencoded_publ
 async fn a_publish_hook_that_rewrites_the_payload_is_what_typed_handlers_get() {
     let bus = Bus::builder()
         .publish_hook(|env: &mut Envelope| {
-            if let Ok(mut tok) = serde_json::from_slice::<Tok>(&env.payload) {
-                if tok.n % 2 == 0 {
-                    tok.text = format!("hooked {}", tok.n);
-                    env.payload = serde_json::to_vec(&tok).unwrap().into();
-                }
+            if let Ok(mut tok) = serde_json::from_slice::<Tok>(&env.payload)
+                && tok.n % 2 == 0
+            {
+                tok.text = format!("hooked {}", tok.n);
+                env.payload = serde_json::to_vec(&tok).unwrap().into();
             }
             Ok(())
         })

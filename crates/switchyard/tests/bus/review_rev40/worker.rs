@@ -159,7 +159,7 @@ async fn a_prefetch_handler_keeps_per_key_order_through_retries() {
                     let seq: u32 = env.header("seq").unwrap().parse().unwrap();
                     calls.lock().unwrap().push((key, seq, env.delivery.attempt));
                     tokio::task::yield_now().await;
-                    answers.push(if seq % 5 == 0 && env.delivery.attempt == 1 {
+                    answers.push(if seq.is_multiple_of(5) && env.delivery.attempt == 1 {
                         Err::<Outcome, BoxError>("fives fail once".into())
                     } else {
                         Ok(Outcome::Ack)
