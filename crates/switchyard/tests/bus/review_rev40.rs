@@ -7,6 +7,7 @@
 
 mod exits;
 mod inline;
+mod kept;
 mod replies;
 mod retries;
 mod reuse;

@@ -197,11 +197,57 @@ async fn nested_echo(
     .unwrap()
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+/// Runs `ops` on `bus` from this task (`offset` keeps payloads unique between tasks): the
+/// commands sent with their results, and how many `Tok`s were published.
+async fn drive(
+    bus: &Bus,
+    ops: &[Op],
+    offset: usize,
+) -> Result<(Vec<(Shape, CommandResult)>, usize), TestCaseError> {
+    let mut kept: Vec<(Shape, CommandResult)> = Vec::new();
+    let mut published = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let i = i + offset;
+        match op {
+            Op::Send { .. } => {
+                let cmd = command(op, i);
+                let sent = shape(&cmd);
+                let result = bus.send_envelope(cmd).await.unwrap();
+                kept.push((sent, result));
+            }
+            Op::Typed(n) => {
+                let out = bus
+                    .send(Echo {
+                        n: *n,
+                        text: format!("t{i}"),
+                    })
+                    .await
+                    .unwrap();
+                prop_assert_eq!(out, format!("echo t{i}"));
+                published += 1;
+            }
+            Op::Publish(n) => {
+                bus.publish(Tok::new(*n)).await.unwrap();
+                published += 1;
+            }
+        }
+    }
+    Ok((kept, published))
+}
+
+fn run(ops: &[Op], senders: usize) -> Result<(), TestCaseError> {
+    let rt = if senders == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     rt.block_on(async {
         let bus = Bus::new();
         let _replier = replier(&bus).await;
@@ -220,33 +266,25 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             .start()
             .await
             .unwrap();
-        let mut kept: Vec<(Shape, CommandResult)> = Vec::new();
-        let mut published = 0;
-        for (i, op) in ops.iter().enumerate() {
-            match op {
-                Op::Send { .. } => {
-                    let cmd = command(op, i);
-                    let sent = shape(&cmd);
-                    let result = bus.send_envelope(cmd).await.unwrap();
-                    kept.push((sent, result));
-                }
-                Op::Typed(n) => {
-                    let out = bus
-                        .send(Echo {
-                            n: *n,
-                            text: format!("t{i}"),
-                        })
-                        .await
-                        .unwrap();
-                    prop_assert_eq!(out, format!("echo t{i}"));
-                    published += 1;
-                }
-                Op::Publish(n) => {
-                    bus.publish(Tok::new(*n)).await.unwrap();
-                    published += 1;
-                }
+        let (kept, published) = if senders == 1 {
+            drive(&bus, ops, 0).await?
+        } else {
+            // Several senders at once on the runtime's threads, each with the whole sequence.
+            let tasks: Vec<_> = (0..senders)
+                .map(|t| {
+                    let bus = bus.clone();
+                    let ops = ops.to_vec();
+                    tokio::spawn(async move { drive(&bus, &ops, t * 1000).await })
+                })
+                .collect();
+            let (mut kept, mut published) = (Vec::new(), 0);
+            for task in tasks {
+                let (k, p) = task.await.unwrap()?;
+                kept.extend(k);
+                published += p;
             }
-        }
+            (kept, published)
+        };
         bus.run_until_idle().await;
         for (sent, result) in &kept {
             prop_assert_eq!(result.handler.as_str(), "rev40-replier");
@@ -307,6 +345,15 @@ proptest! {
     fn replies_and_the_publishes_after_them_carry_only_their_own_fields(
         ops in proptest::collection::vec(op(), 1..24)
     ) {
-        run(&ops)?;
+        run(&ops, 1)?;
+    }
+
+    /// The same with three senders at once on a two-thread runtime: replies are made on
+    /// one thread and taken out (`Outcome::unbox`) on another, boxes kept per thread.
+    #[test]
+    fn replies_stay_right_with_senders_on_several_threads(
+        ops in proptest::collection::vec(op(), 1..24)
+    ) {
+        run(&ops, 3)?;
     }
 }

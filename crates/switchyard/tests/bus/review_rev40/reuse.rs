@@ -14,7 +14,7 @@ use super::{Shape, Tok, shape};
 
 /// One publish of the sequence.
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     /// `publish_envelope` on `rev40.raw` with these rare fields (`reject`: dead-lettered).
     Env {
         headers: u8,
@@ -73,7 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// The envelope `Op::Env` publishes (`i` makes its payload unique).
-fn raw_envelope(op: &Op, i: usize) -> Envelope {
+pub(super) fn raw_envelope(op: &Op, i: usize) -> Envelope {
     let Op::Env {
         headers,
         source,
@@ -199,7 +199,7 @@ async fn bus_with_keepers(seen: Arc<Mutex<Seen>>) -> (Bus, Vec<switchyard::Subsc
 }
 
 /// What a typed top-level publish of `tok` must look like to its handler.
-fn typed_expected(tok: &Tok, got: &Shape) -> Shape {
+pub(super) fn typed_expected(tok: &Tok, got: &Shape) -> Shape {
     Shape {
         id: got.id.clone(),
         topic: "rev40.tok".into(),
