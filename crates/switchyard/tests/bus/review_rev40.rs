@@ -12,6 +12,7 @@ mod replies;
 mod retries;
 mod reuse;
 mod routing;
+mod stops;
 mod typed_outputs;
 mod unencoded;
 mod worker;

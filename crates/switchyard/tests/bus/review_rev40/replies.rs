@@ -335,7 +335,7 @@ fn run(ops: &[Op], senders: usize) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Every reply (kept by its caller until the end) is caused by and correlated with its
     /// command, addressed to the command's source, and carries only the headers, source and

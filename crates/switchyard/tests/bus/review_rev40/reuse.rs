@@ -305,7 +305,7 @@ fn run_sequence(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Every envelope a handler keeps (`Ctx::into_envelope`, clones in a `Vec`) and every dead
     /// letter is exactly the message published, whatever the earlier messages on the thread

@@ -73,7 +73,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         .unwrap();
     let handle = rt.handle().clone();
     rt.block_on(async {
-        let buses = [Bus::new(), Bus::new()];
+        // The second bus with a one-entry shared cache, so its entries are evicted all the time.
+        let buses = [
+            Bus::new(),
+            Bus::builder().match_cache_capacity(1).build().unwrap(),
+        ];
         let got: Got = Arc::default();
         let mut live: Vec<(usize, usize, usize, Subscription)> = Vec::new(); // (number, bus, pattern, sub)
         let mut expected: BTreeMap<(usize, u64), usize> = BTreeMap::new();
@@ -152,7 +156,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Two buses used from one thread, subscriptions made and dropped (here and on other
     /// threads), exact and wildcard patterns added after a topic's lookup was cached: each

@@ -232,7 +232,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Raw, filtered and keyed subscribers come and go between typed publishes: each
     /// subscription present at publish time gets the message once (twice with its retry),

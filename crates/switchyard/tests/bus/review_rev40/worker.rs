@@ -124,7 +124,7 @@ fn run(msgs: &[(u8, u32, bool)], workers: usize, close_at: usize) -> Result<(), 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Keyed messages to handlers that yield a random number of times, fail some first
     /// attempts, and stop being ready part-way: each key's calls come in publish order (the
