@@ -8,6 +8,7 @@ mod contexts;
 mod edges;
 mod export;
 mod failures;
+mod retries;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,6 +45,8 @@ pub enum Outcome {
     HandlerErr,
     /// Panics.
     Panic,
+    /// Fails its context as an original, retryable failure (`Unavailable`).
+    Flaky,
     /// Waits for the gate, then completes with `2 n` (ignoring a context that ended meanwhile).
     Hold,
 }
@@ -61,6 +64,8 @@ pub struct Opts {
     pub extra: Vec<ComponentBuilder>,
     /// Topics the CPM declares besides `shop.order.request`.
     pub cpm_publishes: Vec<&'static str>,
+    /// A manager to use instead of the plain one (named `shop-manager`).
+    pub manager: Option<ComponentBuilder>,
 }
 
 impl Default for Opts {
@@ -70,6 +75,7 @@ impl Default for Opts {
             contexts: ContextConfig::default(),
             extra: Vec::new(),
             cpm_publishes: Vec::new(),
+            manager: None,
         }
     }
 }
@@ -133,13 +139,16 @@ pub async fn chain(bus: &Bus, behaviour: Behaviour, opts: Opts) -> Chain {
         .on::<Completion<serde_json::Value>, _, _, _, _>("shop.order.complete", |_, _| async {
             Ok::<_, BoxError>(())
         });
-    let manager = middle(
-        "shop-manager",
-        Role::Manager,
-        "shop.order.request",
-        "shop.order.submit",
-        "shop.order.served",
-    );
+    let manager = match opts.manager {
+        Some(m) => m,
+        None => middle(
+            "shop-manager",
+            Role::Manager,
+            "shop.order.request",
+            "shop.order.submit",
+            "shop.order.served",
+        ),
+    };
     let service = middle(
         "shop-service",
         Role::Service,
@@ -178,6 +187,7 @@ pub async fn chain(bus: &Bus, behaviour: Behaviour, opts: Opts) -> Chain {
                     }
                     Outcome::HandlerErr => return Err(BoxError::from("module call failed")),
                     Outcome::Panic => panic!("bug in a module"),
+                    Outcome::Flaky => ctx.fail("Unavailable", "upstream down", true).await?,
                     Outcome::Hold => {
                         g.acquire().await?.forget();
                         // The context may have timed out meanwhile: that is the point.
