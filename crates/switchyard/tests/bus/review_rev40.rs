@@ -8,6 +8,7 @@
 mod exits;
 mod inline;
 mod kept;
+mod passed_on;
 mod replies;
 mod retries;
 mod reuse;
