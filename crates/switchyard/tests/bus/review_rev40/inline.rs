@@ -308,3 +308,24 @@ async fn shutdown_during_an_inline_run_reports_it_and_answers_not_processed() {
         .expect("dead-lettered");
     assert_eq!(letter.reason, DeadLetterReason::Shutdown);
 }
+
+/// `Bus::request`'s rustdoc: "a handler run on the sender's task that answers without ever
+/// waiting (synchronous work, however long) answers before the deadline is looked at, so its
+/// answer is returned". The work here outlasts the deadline on the real clock (it is the
+/// handler's work, not a wait of the test's); the answer is the handler's own.
+#[tokio::test]
+async fn a_request_answered_without_waiting_returns_its_answer_past_the_deadline() {
+    let bus = Bus::new();
+    let _sub = bus
+        .handle(|hold: Hold, _ctx: switchyard::Ctx| async move {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok::<_, std::io::Error>(hold.n + 1)
+        })
+        .start()
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let answer = bus.request(Hold { n }, Duration::from_millis(1)).await;
+        assert_eq!(answer.unwrap(), n + 1);
+    }
+}
