@@ -149,7 +149,8 @@ impl NatsTransport {
         let name = consumer_name(topic);
         let c = &self.inner.config;
         let consumer_config = consumer_config(c, &name, subject, true);
-        self.inner
+        let made = self
+            .inner
             .js
             .create_consumer_on_stream(consumer_config.clone(), &stream)
             .await
@@ -161,20 +162,16 @@ impl NatsTransport {
                 )
             })?;
         let (tx, rx) = mpsc::channel(c.pull_batch.max(1));
-        let worker = ConsumerWorker {
-            inner: self.inner.clone(),
+        let spec = WorkerSpec {
             stream,
             name,
             durable: true,
             config: consumer_config,
             pattern: Pattern::new(topic.as_str())?,
             tx,
-            shutdown: self.inner.shutdown.subscribe(),
-            last_sequence: 0,
-            inbox: self.inner.client.new_inbox(),
-            requests: 0,
             strip: prefix.len() + 1,
         };
+        let worker = ConsumerWorker::new(&self.inner, spec, made.cached_info());
         let alive = WorkerGuard::new(&self.inner);
         tokio::spawn(worker.run(alive));
         let transport = self.clone();

@@ -8,6 +8,7 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod consumers_after_restart;
 mod disconnected_requests;
 mod durable_commands;
 mod encryption;
