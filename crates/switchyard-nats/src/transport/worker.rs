@@ -595,25 +595,20 @@ impl ConsumerWorker {
     }
 }
 
-/// The fields a durable command carries besides the envelope: its deadline (what was left
-/// of the sender's when it was stored, less the time it waited in the stream, measured
-/// from the server's storage time) and the sender's reply inbox, kept as the `Sy-Reply-To`
-/// header (no header of that name reaches an envelope otherwise: `Sy-` is reserved) for
-/// the responder to take out.
+/// The fields a durable command carries besides the envelope: its deadline (see
+/// [`durable_deadline`](crate::command::durable_deadline): `Sy-Deadline-Ms` less the time it
+/// waited in the stream, measured from the server's storage time, capped by the sender's
+/// absolute `Sy-Deadline-At`) and the sender's reply inbox, kept as the `Sy-Reply-To` header
+/// (no header of that name reaches an envelope otherwise: `Sy-` is reserved) for the
+/// responder to take out.
 fn command_fields(
     envelope: &mut Envelope,
     headers: Option<&async_nats::HeaderMap>,
     stored: SystemTime,
 ) {
     let Some(h) = headers else { return };
-    let left = h
-        .get(crate::command::DEADLINE)
-        .and_then(|v| v.as_str().parse::<u64>().ok())
-        .map(Duration::from_millis);
-    if let Some(left) = left {
-        let waited = SystemTime::now().duration_since(stored).unwrap_or_default();
-        envelope.delivery.deadline =
-            std::time::Instant::now().checked_add(left.saturating_sub(waited));
+    if let Some(left) = crate::command::durable_deadline(Some(h), stored) {
+        envelope.delivery.deadline = std::time::Instant::now().checked_add(left);
     }
     if let Some(to) = h.get(crate::command::REPLY_TO) {
         envelope

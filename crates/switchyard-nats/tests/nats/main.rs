@@ -11,6 +11,7 @@ mod conformance;
 mod consumers_after_restart;
 mod disconnected_requests;
 mod durable_commands;
+mod durable_deadline;
 mod encryption;
 mod expired_answer;
 mod fault;
