@@ -30,6 +30,7 @@ mod review_rev18;
 mod review_rev20;
 mod review_rev26;
 mod review_rev32;
+mod review_rev41;
 mod review_rev6;
 mod specific;
 mod validation;
