@@ -66,10 +66,11 @@ impl NatsTransport {
         }
         headers.insert(REPLY_TO, inbox.as_str());
         // Refused at once rather than by the server, which drops the connection (on every
-        // resend, until the deadline).
+        // resend, until the deadline), or refuses a header block over JetStream's limit
+        // after it was sent.
         self.inner
             .max_payload
-            .check(command.payload.len(), &headers)?;
+            .check_stored(command.payload.len(), &headers)?;
         // Subscribed before the publish on the same connection: the server has the
         // interest before any handler can answer.
         let mut replies = self
