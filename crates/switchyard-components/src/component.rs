@@ -291,7 +291,8 @@ impl ComponentCtx {
     }
 
     /// This component's newest live context in this flow, its events caused by the message
-    /// being handled.
+    /// being handled. When the newest one ends, the one begun before it (if still live) is
+    /// the newest again.
     pub fn context(&self) -> Option<RequestContext> {
         let id = self.table.find(self.bus.name(), self.correlation_id())?;
         self.table.handle(id, &self.bus, Some(&self.envelope))

@@ -209,7 +209,10 @@ struct Entry {
 #[derive(Default)]
 struct TableState {
     entries: HashMap<RequestId, Entry>,
-    by_owner: HashMap<(SmolStr, MessageId), RequestId>,
+    /// The live contexts of each (component, flow), oldest first: a flow can have several
+    /// (fan-out, a retry begun while an older attempt is still open), and the newest live one
+    /// is the last.
+    by_owner: HashMap<(SmolStr, MessageId), Vec<RequestId>>,
     deadlines: BTreeSet<(Instant, RequestId)>,
 }
 
@@ -221,8 +224,11 @@ impl TableState {
             entry.ctx.component.clone(),
             entry.ctx.correlation_id.clone(),
         );
-        if self.by_owner.get(&key) == Some(&id) {
-            self.by_owner.remove(&key);
+        if let Some(ids) = self.by_owner.get_mut(&key) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_owner.remove(&key);
+            }
         }
         Some(entry)
     }
@@ -353,13 +359,16 @@ impl ContextTable {
             .collect()
     }
 
-    /// The newest live context of `component` in flow `correlation_id`.
+    /// The newest live context of `component` in flow `correlation_id`: the table keeps every
+    /// live context of a (component, flow) in order, so when the newest ends, the one begun
+    /// before it (if still live) is found.
     pub fn find(&self, component: &str, correlation_id: MessageId) -> Option<RequestId> {
         self.inner
             .state
             .lock()
             .by_owner
             .get(&(SmolStr::new(component), correlation_id))
+            .and_then(|ids| ids.last())
             .copied()
     }
 
@@ -404,7 +413,9 @@ impl ContextTable {
         {
             let mut st = self.inner.state.lock();
             st.by_owner
-                .insert((ctx.component.clone(), correlation_id.clone()), id);
+                .entry((ctx.component.clone(), correlation_id.clone()))
+                .or_default()
+                .push(id);
             st.deadlines.insert((deadline, id));
             st.entries.insert(
                 id,
