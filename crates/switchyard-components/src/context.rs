@@ -587,7 +587,7 @@ async fn expire(inner: &Arc<TableInner>, now: Instant) -> usize {
             &entry.ctx,
             from,
             &info,
-            false,
+            Failure::Original,
         )
         .await
         {
@@ -658,15 +658,34 @@ fn completion<T>(ctx: &Context, status: CompletionStatus) -> Completion<T> {
     }
 }
 
+/// How a context failed, which decides what its failure publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// `fail` (or a timeout): the component's own failure, for the error handler to retry.
+    Original,
+    /// `fail_propagated`: passes on the failure of a lower layer.
+    Propagated,
+    /// The component's handler returned an error or panicked. The bus retries (or
+    /// dead-letters) the message itself, so the report is marked propagated for the error
+    /// handler. `bus_retries`: the bus delivers the message again, so the flow goes on and
+    /// no failed completion is published.
+    Handler {
+        /// The bus delivers the message again.
+        bus_retries: bool,
+    },
+}
+
 async fn publish_failure(
     bus: &ComponentBus,
     parent: Option<&Envelope>,
     ctx: &Context,
     from: RequestState,
     info: &ErrorInfo,
-    propagated: bool,
+    how: Failure,
 ) -> Result<(), PublishError> {
     publish_status(bus, parent, ctx, Some(from), Some(info.message.clone())).await?;
+    let propagated = how != Failure::Original;
+    let bus_retries = matches!(how, Failure::Handler { bus_retries: true });
     let report = ErrorReport {
         request_id: ctx.request_id,
         correlation_id: ctx.correlation_id.clone(),
@@ -678,6 +697,7 @@ async fn publish_failure(
         message: info.message.clone(),
         propagated,
         retryable: info.retryable,
+        bus_retries,
         at_ms: unix_ms(ctx.updated_at),
         // An original failure carries the message it failed on (a propagated one's is a
         // lower layer's result, not worth replaying).
@@ -688,6 +708,10 @@ async fn publish_failure(
         },
     };
     publish_in(bus, parent, ctx, &error_topic(&ctx.domain), report).await?;
+    if bus_retries {
+        // The next delivery begins a new context whose result goes up instead.
+        return Ok(());
+    }
     let mut done = completion::<serde_json::Value>(ctx, CompletionStatus::Failed);
     done.error = Some(info.clone());
     let topic = topic_name(&ctx.domain, &ctx.action, ctx.role.result_phase());
@@ -809,26 +833,29 @@ impl RequestContext {
             message: message.into(),
             retryable,
         };
-        self.fail_with(info, false).await
+        self.fail_with(info, Failure::Original).await
     }
 
     /// Fails because a lower layer failed: same events, with the error marked `propagated`
     /// so the error handler does not count it again.
     pub async fn fail_propagated(&self, error: &ErrorInfo) -> Result<(), TransitionError> {
-        self.fail_with(error.clone(), true).await
+        self.fail_with(error.clone(), Failure::Propagated).await
     }
 
-    async fn fail_with(&self, info: ErrorInfo, propagated: bool) -> Result<(), TransitionError> {
+    /// Fails because the handler that began it returned an error or panicked (see
+    /// [`Failure::Handler`]).
+    pub(crate) async fn fail_handler(
+        &self,
+        error: ErrorInfo,
+        bus_retries: bool,
+    ) -> Result<(), TransitionError> {
+        self.fail_with(error, Failure::Handler { bus_retries })
+            .await
+    }
+
+    async fn fail_with(&self, info: ErrorInfo, how: Failure) -> Result<(), TransitionError> {
         let (ctx, from) = self.table.transition(self.id, RequestState::Failed)?;
-        let r = publish_failure(
-            &self.bus,
-            self.parent.as_ref(),
-            &ctx,
-            from,
-            &info,
-            propagated,
-        )
-        .await;
+        let r = publish_failure(&self.bus, self.parent.as_ref(), &ctx, from, &info, how).await;
         self.published(ctx.state, r)
     }
 

@@ -22,6 +22,7 @@ fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
         message: "try again".into(),
         propagated,
         retryable: true,
+        bus_retries: false,
         at_ms: 0,
         failed_request: None,
     }
