@@ -686,6 +686,7 @@ async fn publish_failure(
     publish_status(bus, parent, ctx, Some(from), Some(info.message.clone())).await?;
     let propagated = how != Failure::Original;
     let bus_retries = matches!(how, Failure::Handler { bus_retries: true });
+    let handler_failure = matches!(how, Failure::Handler { .. });
     let report = ErrorReport {
         request_id: ctx.request_id,
         correlation_id: ctx.correlation_id.clone(),
@@ -698,6 +699,7 @@ async fn publish_failure(
         propagated,
         retryable: info.retryable,
         bus_retries,
+        handler_failure,
         at_ms: unix_ms(ctx.updated_at),
         // An original failure carries the message it failed on (a propagated one's is a
         // lower layer's result, not worth replaying).

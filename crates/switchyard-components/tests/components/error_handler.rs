@@ -23,6 +23,7 @@ fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
         propagated,
         retryable: true,
         bus_retries: false,
+        handler_failure: false,
         at_ms: 0,
         failed_request: None,
     }

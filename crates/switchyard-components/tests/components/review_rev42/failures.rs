@@ -287,7 +287,6 @@ async fn a_processor_failing_every_request_is_degraded_and_the_layers_above_are_
 /// failed "as `HandlerAborted`"): it fails 100 % of its requests, so it is degraded too; a
 /// component that crashes on every message must not look healthy on the dashboard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a processor that panics on every request stays Healthy (its HandlerAborted failures are marked propagated, which the health checker skips)"]
 async fn a_processor_panicking_on_every_request_is_degraded() {
     let health = health_after(Outcome::Panic).await;
     assert_eq!(
@@ -296,4 +295,13 @@ async fn a_processor_panicking_on_every_request_is_degraded() {
         "{:?}",
         health.report()
     );
+    // The layers above only pass its failure on.
+    for c in ["shop-handler", "shop-service", "shop-manager"] {
+        assert_eq!(
+            health.status(c),
+            Some(HealthStatus::Healthy),
+            "{c}: {:?}",
+            health.report()
+        );
+    }
 }
