@@ -8,7 +8,7 @@ use serde::Serialize;
 use smol_str::SmolStr;
 use switchyard::{Pattern, Topic};
 
-use crate::role::{Endpoint, Role, Rule, check_edge};
+use crate::role::{Endpoint, Role, Rule, check_edge, check_message};
 
 /// What a component declares: who it is, what it subscribes to and what it publishes.
 ///
@@ -238,14 +238,16 @@ impl Topology {
         edges.into_iter().collect()
     }
 
-    /// Every declared edge that breaks a rule.
+    /// Every declared edge that breaks a rule: its roles ([`check_edge`]) or the phase of its
+    /// publish declaration ([`check_phase`](crate::check_phase); a declaration whose last
+    /// segment is a wildcard is checked per topic at run time).
     pub fn violations(&self) -> Vec<Violation> {
         self.edges()
             .into_iter()
             .filter_map(|e| {
                 let from = self.component(&e.from)?;
                 let to = self.component(&e.to)?;
-                check_edge(&from.endpoint, &to.endpoint)
+                check_message(&from.endpoint, &to.endpoint, &e.topic)
                     .err()
                     .map(|rule| Violation {
                         from: from.endpoint.clone(),
@@ -324,9 +326,17 @@ impl Topology {
         self.dot_with(&observed_labels(observed, "\\n"))
     }
 
+    /// A pair is drawn forbidden when its roles break a rule or a declared edge between
+    /// them breaks the phase rule.
     fn forbidden(&self, from: &str, to: &str) -> bool {
         match (self.component(from), self.component(to)) {
-            (Some(f), Some(t)) => check_edge(&f.endpoint, &t.endpoint).is_err(),
+            (Some(f), Some(t)) => {
+                check_edge(&f.endpoint, &t.endpoint).is_err()
+                    || f.publishes.iter().any(|p| {
+                        t.subscribes.iter().any(|s| patterns_overlap(p, s))
+                            && check_message(&f.endpoint, &t.endpoint, p.as_str()).is_err()
+                    })
+            }
             _ => false,
         }
     }
