@@ -365,6 +365,10 @@ pub enum StartError {
 
 /// A set of components to validate and start on one bus.
 ///
+/// The assembly checks edges among its own components only: a second assembly on the same
+/// bus is not known to it, so messages between the two are neither validated at start nor
+/// checked at run time.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use switchyard::{Bus, Envelope};
