@@ -246,6 +246,34 @@ fn malformed(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool 
     true
 }
 
+/// What is left of a durable command's deadline: `Sy-Deadline-Ms` counted from `stored` (the
+/// server's storage time, so the time it waited in the stream counts), capped by what
+/// remains until `Sy-Deadline-At` (the sender's deadline, which a command stored late, after
+/// an outage during which its sender gave up, has already passed). Either header alone is
+/// the deadline; `None` without both (a durable `send` without a deadline has none: the
+/// command waits in the stream for a handler however long).
+pub(crate) fn durable_deadline(
+    headers: Option<&HeaderMap>,
+    stored: std::time::SystemTime,
+) -> Option<Duration> {
+    let get = |name: &str| header_ms(headers, name);
+    let relative = get(DEADLINE).map(|ms| {
+        let left = Duration::from_millis(ms.min(u64::MAX as u128) as u64);
+        let waited = std::time::SystemTime::now()
+            .duration_since(stored)
+            .unwrap_or_default();
+        left.saturating_sub(waited)
+    });
+    let absolute = get(DEADLINE_AT).map(|at| {
+        let left = at.saturating_sub(unix_ms_now());
+        Duration::from_millis(left.min(u64::MAX as u128) as u64)
+    });
+    match (relative, absolute) {
+        (Some(r), Some(a)) => Some(r.min(a)),
+        (r, a) => r.or(a),
+    }
+}
+
 /// A command whose sender's absolute deadline passed before it arrived (it waited in a
 /// client's reconnect buffer): answered `timeout` without being handed to the handler.
 fn expired(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
@@ -696,5 +724,38 @@ mod tests {
         let mut absolute = HeaderMap::new();
         insert_deadline_at(&mut absolute, Duration::from_secs(30));
         assert_eq!(remaining_deadline(Some(&absolute)), None);
+    }
+
+    #[test]
+    fn a_durable_commands_deadline_is_the_earlier_of_storage_time_plus_ms_and_the_absolute_one() {
+        let now = std::time::SystemTime::now();
+        // Stored just now with 60 s left, but its sender's deadline passed a second ago
+        // (stored late, after an outage): nothing left.
+        let mut late = HeaderMap::new();
+        late.insert(DEADLINE, "60000");
+        late.insert(DEADLINE_AT, (unix_ms_now() - 1_000).to_string().as_str());
+        assert_eq!(durable_deadline(Some(&late), now), Some(Duration::ZERO));
+
+        // Stored 2 s ago with 3 s left, the absolute deadline far away: about 1 s left.
+        let mut stored = HeaderMap::new();
+        stored.insert(DEADLINE, "3000");
+        insert_deadline_at(&mut stored, Duration::from_secs(60));
+        let left = durable_deadline(Some(&stored), now - Duration::from_secs(2)).unwrap();
+        assert!(left <= Duration::from_secs(1), "{left:?}");
+        assert!(left > Duration::from_millis(500), "{left:?}");
+
+        // Either alone is the deadline; neither: none.
+        let mut absolute = HeaderMap::new();
+        insert_deadline_at(&mut absolute, Duration::from_secs(5));
+        let left = durable_deadline(Some(&absolute), now).unwrap();
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(3),
+            "{left:?}"
+        );
+        let mut relative = HeaderMap::new();
+        relative.insert(DEADLINE, "250");
+        assert!(durable_deadline(Some(&relative), now).unwrap() <= Duration::from_millis(250));
+        assert_eq!(durable_deadline(Some(&HeaderMap::new()), now), None);
+        assert_eq!(durable_deadline(None, now), None);
     }
 }

@@ -42,8 +42,8 @@ use streams::Streams;
 use subscribe::GroupUse;
 pub use subscribe::NatsSubscription;
 pub(crate) use subscribe::consumer_config;
-use worker::ConsumerWorker;
 pub(crate) use worker::WorkerGuard;
+use worker::{ConsumerWorker, WorkerSpec};
 pub use worker::{INVALID_SUBJECT_TOPIC, RAW_SUBJECT_HEADER};
 
 /// A switchyard transport over NATS JetStream.
