@@ -6,9 +6,7 @@
 //! the rest of the previous batch's publishers, see `gather`), frames it into one reused
 //! buffer, writes it with one `write` per stream, syncs each touched segment once (group
 //! commit under `Durability::Always`), makes the records visible to consumers and only then
-//! settles the batch's tickets and wakes their publishers (under `Always` with large rounds,
-//! the sync, making visible and settling run on a sync thread while the writer writes the
-//! next round: `pipeline.rs`). The last segment of each stream
+//! settles the batch's tickets and wakes their publishers. The last segment of each stream
 //! carries zeros written ahead of the data (`PREALLOC`), trimmed at a roll and at close. It
 //! also writes committed group offsets (every `commit_interval`) and enforces retention.
 
@@ -29,10 +27,6 @@ use crate::manifest::{self, Manifest};
 use crate::offsets;
 use crate::record::{self, MAGIC};
 use crate::stream::{StreamShared, create_segment, lock};
-
-mod pipeline;
-
-use pipeline::Syncer;
 
 /// Counters kept by the writer, read by [`LogTransport::stats`](crate::LogTransport::stats).
 #[derive(Debug, Default)]
@@ -69,27 +63,6 @@ struct Staged {
     stream: usize,
     positions: Vec<u32>,
     len: u64,
-    /// The offset after its last record.
-    next: u64,
-}
-
-/// Makes staged records visible.
-fn make_visible(streams: &[Arc<StreamShared>], stats: &WriterStats, s: Staged) {
-    let Some(stream) = streams.get(s.stream) else {
-        return;
-    };
-    let mut idx = lock(&stream.index);
-    if let Some(seg) = idx.segments.last_mut() {
-        stats
-            .records
-            .fetch_add(s.positions.len() as u64, Ordering::Relaxed);
-        stats
-            .bytes
-            .fetch_add(s.len.saturating_sub(seg.len), Ordering::Relaxed);
-        seg.positions.extend_from_slice(&s.positions);
-        seg.len = s.len;
-        seg.modified = SystemTime::now();
-    }
 }
 
 pub(crate) struct Writer {
@@ -122,12 +95,6 @@ pub(crate) struct Writer {
     /// While batches fail: when to probe next whether the disk takes writes again
     /// (`health.rs`); `None` while writes work.
     probe_at: Option<Instant>,
-    /// Under `Always`, the thread that syncs a round while the next is written (see
-    /// `pipeline.rs`); started by `run`.
-    syncer: Option<Syncer>,
-    /// Per stream, (next offset, length) of its last segment after the round in flight
-    /// (written, being synced, not yet visible): where the next round writes.
-    in_flight: Vec<Option<(u64, u64)>>,
 }
 
 /// How long the thread polls for the next request after a round that appended, before it
@@ -190,8 +157,6 @@ impl Writer {
             touched: Vec::new(),
             buf: Vec::new(),
             alloc_end: Vec::new(),
-            syncer: None,
-            in_flight: vec![None; n],
         }
         .with_alloc_ends()
     }
@@ -311,14 +276,6 @@ impl Writer {
     pub fn run(mut self) {
         // However the thread ends, publishers still waiting are told rather than left hanging.
         let _stop = StopOnExit(self.intake.clone());
-        if self.config.durability == Durability::Always {
-            self.syncer = Syncer::start(
-                self.intake.clone(),
-                self.streams.clone(),
-                self.stats.clone(),
-                self.notify.clone(),
-            );
-        }
         loop {
             if !self.next_round() {
                 self.appended = false;
@@ -330,7 +287,8 @@ impl Writer {
             let publishes = (taken.end - taken.start) as usize;
             self.appended = publishes > 0;
             if self.appended {
-                self.append_round(&batch, taken.end);
+                let result = self.append_batch(&batch);
+                self.intake.settle(taken.end, result, &mut self.wake);
                 // The peak follows increases at once and decays by an eighth (at least one)
                 // per batch, so a drop in concurrency stops costing waits after a few batches.
                 let decayed = self.batch_peak - self.batch_peak.div_ceil(8);
@@ -356,8 +314,6 @@ impl Writer {
                 }
             }
             if !flushes.is_empty() || closing.is_some() || taken.disconnected {
-                // The round in flight is settled (or failed and cut off) first.
-                let _ = self.finish_in_flight();
                 let mut result = self.sync_all();
                 if (closing.is_some() || taken.disconnected) && result.is_ok() {
                     result = self.trim_all();
@@ -401,9 +357,6 @@ impl Writer {
                 return true;
             }
         }
-        // Nothing to write: the round in flight is collected before sleeping, so a failed
-        // sync is cut off and reported now, not at the next round.
-        let _ = self.finish_in_flight();
         // A relay of wake-ups nobody took is woken here once overdue, so sleep no longer.
         let mut timeout = self.next_wakeup();
         if let Some(left) = self.intake.relay_overdue() {
@@ -612,7 +565,21 @@ impl Writer {
 
     /// Makes staged records visible.
     fn publish(&mut self, s: Staged) {
-        make_visible(&self.streams, &self.stats, s);
+        let Some(stream) = self.streams.get(s.stream) else {
+            return;
+        };
+        let mut idx = lock(&stream.index);
+        if let Some(seg) = idx.segments.last_mut() {
+            self.stats
+                .records
+                .fetch_add(s.positions.len() as u64, Ordering::Relaxed);
+            self.stats
+                .bytes
+                .fetch_add(s.len.saturating_sub(seg.len), Ordering::Relaxed);
+            seg.positions.extend_from_slice(&s.positions);
+            seg.len = s.len;
+            seg.modified = SystemTime::now();
+        }
     }
 
     /// While batches fail: writes a block of zeros past the visible end of every stream's
@@ -691,11 +658,6 @@ impl Writer {
                 .ok_or_else(|| AppendError::Io(format!("stream {} has no segment", stream.name)))?;
             (last.file.clone(), last.end(), last.len)
         };
-        // Behind the round in flight, which is not visible yet (rounds in flight never roll
-        // a segment, see `append_round`).
-        if let Some(&Some((n, l))) = self.in_flight.get(i) {
-            (next, len) = (n, l);
-        }
         let mut positions = Vec::new();
         let mut seed = record::LenCrc::default();
         for rec in records {
@@ -712,7 +674,6 @@ impl Writer {
                     stream: i,
                     positions: std::mem::take(&mut positions),
                     len: pos,
-                    next,
                 });
                 buf.clear();
                 let seg = create_segment(
@@ -758,7 +719,6 @@ impl Writer {
             stream: i,
             positions,
             len: len + buf.len() as u64,
-            next,
         })
     }
 
