@@ -12,6 +12,7 @@ mod no_leak;
 mod noticed_stop36;
 mod review_rev11;
 mod review_rev32;
+mod review_rev42;
 mod review_rev6;
 mod rules;
 mod traces;

@@ -8,8 +8,10 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod consumers_after_restart;
 mod disconnected_requests;
 mod durable_commands;
+mod durable_deadline;
 mod encryption;
 mod expired_answer;
 mod fault;
@@ -28,6 +30,7 @@ mod review_rev18;
 mod review_rev20;
 mod review_rev26;
 mod review_rev32;
+mod review_rev41;
 mod review_rev6;
 mod specific;
 mod validation;

@@ -29,6 +29,7 @@ mod review_rev13;
 mod review_rev24;
 mod review_rev28;
 mod review_rev32;
+mod review_rev40;
 mod review_rev5;
 mod routing;
 mod shared;
