@@ -174,6 +174,12 @@ impl<T: Publisher> Publisher for FaultyTransport<T> {
     fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send {
         self.inner.close(deadline)
     }
+
+    /// The wrapped transport's limit, so the bus refuses a larger message up front as it
+    /// would without the wrapper.
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        self.inner.max_message_bytes()
+    }
 }
 
 impl<T: Subscriber> Subscriber for FaultyTransport<T> {

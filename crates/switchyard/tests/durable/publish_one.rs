@@ -257,3 +257,39 @@ async fn faults_are_injected_on_a_log_published_to_through_publish_one() {
     );
     bus.shutdown(WAIT).await.unwrap();
 }
+
+/// The faulty transport wraps the log's limits too: the bus reads the wrapped transport's
+/// `max_message_bytes` and refuses a larger message up front, naming the log's limit, and
+/// nothing is written (log18's noticed list: `FaultyTransport` did not pass it on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_faulty_transport_passes_the_wrapped_transports_size_limit_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LogConfig::new(dir.path());
+    config.max_record_bytes = 1024;
+    let log = LogTransport::open(config).unwrap();
+    let faulty = FaultyTransport::new(log.clone(), Faults::default());
+    assert_eq!(
+        Publisher::max_message_bytes(&faulty),
+        Publisher::max_message_bytes(&log),
+        "the wrapper's limit is the wrapped transport's"
+    );
+    let bus = Bus::builder().transport(faulty).build().unwrap();
+    let (_sub, _rx) = handled_by_worker(&bus).await;
+    let big = Envelope::new(
+        switchyard::Topic::new("jobs.big").unwrap(),
+        vec![b'x'; 4096],
+    );
+    match bus.publish_envelope(big).await {
+        Err(PublishError::TooLarge(e)) => {
+            assert_eq!(e.limit, 1024, "{e}");
+            assert_eq!(
+                Some(e.limit_of),
+                Publisher::max_message_bytes(&log).map(|(_, of)| of),
+                "{e}"
+            );
+        }
+        other => panic!("not TooLarge: {other:?}"),
+    }
+    assert_eq!(log.stats().records, 0, "nothing written");
+    bus.shutdown(WAIT).await.unwrap();
+}
