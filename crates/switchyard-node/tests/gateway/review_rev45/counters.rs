@@ -39,7 +39,7 @@ const HANDLER_FIELDS: [&str; 6] = [
 
 /// Every per-subscription and per-handler counter of `/metrics` for `name` equals its
 /// `/v1/stats` counterpart.
-fn assert_views_agree(samples: &[Sample], stats: &Value, name: &str) {
+pub(super) fn assert_views_agree(samples: &[Sample], stats: &Value, name: &str) {
     let sub = stats["bus"]["subscriptions"]
         .as_array()
         .unwrap()

@@ -10,6 +10,7 @@ use crate::common::{TestNode, client};
 mod counters;
 mod format;
 mod health;
+mod ws;
 
 /// One sample line of the Prometheus text format.
 #[derive(Debug, Clone)]
