@@ -226,3 +226,35 @@ sha256 = "{}"
     assert!(denials >= 5.0, "5 denials made, counted {denials}:\n{text}");
     node.stop().await.unwrap();
 }
+
+/// docs/nats.md lists "a connect error for an unreachable server" among the transport's
+/// promises; an SRE relies on a node that cannot reach NATS at start failing fast with an
+/// error (so the orchestrator restarts it), not hanging while `/ready` is never served. A
+/// node on a port nothing listens on: `Node::start` returns an error within 30 s.
+#[tokio::test]
+async fn a_node_on_an_unreachable_nats_fails_to_start_with_an_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // the listener is dropped here: nothing listens on the port
+    let config = NodeConfig::from_toml(&format!(
+        r#"
+[transport]
+kind = "nats"
+url = "nats://127.0.0.1:{port}"
+storage = "memory"
+[[transport.streams]]
+name = "rev45"
+patterns = ["rev45.#"]
+"#
+    ))
+    .unwrap();
+    let started = tokio::time::timeout(Duration::from_secs(30), Node::start(config))
+        .await
+        .expect("Node::start neither failed nor succeeded within 30 s");
+    match started {
+        Ok(_) => panic!("a node started on a NATS nobody listens on"),
+        Err(e) => eprintln!("refused as documented: {e}"),
+    }
+}
