@@ -13,6 +13,7 @@ use switchyard_pipeline::{
 };
 use tokio::sync::{Mutex, Semaphore};
 
+mod handoff_intake;
 mod handoff_order;
 mod review_rev11;
 mod review_rev32;
