@@ -8,16 +8,19 @@ use std::time::Duration;
 
 use smol_str::SmolStr;
 use switchyard::{
-    BoxError, BoxHandler, Bus, Ctx, Envelope, IntoOutcome, Message, MessageId, Outcome,
-    PublishError, SubscribeError, Subscription, SubscriptionBuilder, Topic,
+    BoxError, BoxHandler, Bus, Ctx, Envelope, IntoOutcome, Message, Outcome, PublishError,
+    SubscribeError, Subscription, SubscriptionBuilder,
 };
 
-use crate::context::{ContextConfig, ContextTable, RequestContext, RequestId, TransitionError};
+use crate::context::{ContextConfig, ContextTable};
 pub use crate::declaration::DeclarationError;
 use crate::declaration::{check_domain, parse_all};
 use crate::enforce::{ComponentBus, EnforcementMode, EnforcementStats, Enforcer};
 use crate::role::Role;
 use crate::topology::{ComponentSpec, ObservedEdge, Topology, TopologyError};
+
+mod ctx;
+pub use ctx::ComponentCtx;
 
 /// A part of the system that talks only through the bus.
 ///
@@ -40,7 +43,9 @@ pub trait Component: Send + 'static {
     fn register(self: Box<Self>, handlers: &mut Handlers);
 }
 
-type MakeSub = Box<dyn FnOnce(&Bus, ComponentBus, ContextTable) -> SubscriptionBuilder + Send>;
+/// Makes one subscription: (bus, the component's bus, the context table, the attempts the
+/// bus makes of each message).
+type MakeSub = Box<dyn FnOnce(&Bus, ComponentBus, ContextTable, u32) -> SubscriptionBuilder + Send>;
 
 /// Applies a component's layers to one of its subscriptions.
 type ApplyLayer = Arc<dyn Fn(SubscriptionBuilder) -> SubscriptionBuilder + Send + Sync>;
@@ -55,6 +60,7 @@ struct Registration {
 pub struct Handlers {
     regs: Vec<Registration>,
     workers: Option<usize>,
+    max_attempts: Option<u32>,
     layers: Vec<ApplyLayer>,
 }
 
@@ -78,6 +84,7 @@ impl Handlers {
         Self {
             regs: Vec::new(),
             workers: None,
+            max_attempts: None,
             layers: Vec::new(),
         }
     }
@@ -92,10 +99,10 @@ impl Handlers {
         E: Into<BoxError> + Send + 'static,
     {
         let p = pattern.to_owned();
-        let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
+        let make: MakeSub = Box::new(move |bus: &Bus, cbus, table, max_attempts| {
             let name = format!("{}:{}", cbus.name(), p);
             bus.on::<M, _, _, O, BoxError>(&name, move |msg: M, ctx: Ctx| {
-                let cx = ComponentCtx::new(cbus.clone(), table.clone(), ctx);
+                let cx = ComponentCtx::new(cbus.clone(), table.clone(), ctx, max_attempts);
                 cx.clone().guard(f(msg, cx))
             })
             .pattern(&p)
@@ -116,7 +123,7 @@ impl Handlers {
         E: Into<BoxError> + Send + 'static,
     {
         let p = pattern.to_owned();
-        let make: MakeSub = Box::new(move |bus: &Bus, cbus: ComponentBus, table: ContextTable| {
+        let make: MakeSub = Box::new(move |bus: &Bus, cbus, table, max_attempts| {
             let name = format!("{}:{}", cbus.name(), p);
             let bus2 = bus.clone();
             let handler = switchyard::handler_fn(move |env: Envelope| {
@@ -125,6 +132,7 @@ impl Handlers {
                     table.clone(),
                     bus2.clone(),
                     env.clone(),
+                    max_attempts,
                 );
                 ctx.clone().guard(f(env, ctx))
             });
@@ -143,6 +151,17 @@ impl Handlers {
         self
     }
 
+    /// Attempts the bus makes of a message whose handler fails, per subscription of this
+    /// component (default: [`Bus::max_attempts`]; at least 1, 0 counts as 1). A handler's
+    /// failure on an attempt before the last does not fail the flow (see
+    /// [`ComponentCtx::will_be_retried`]). A component with a retry layer of its own
+    /// ([`layer`](Self::layer)) should set this to that layer's attempts, so the attempts
+    /// the layer makes are counted against the right limit.
+    pub fn max_attempts(&mut self, n: u32) -> &mut Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+
     /// Wraps every handler of this component in a `tower::Layer` (retry, timeout, circuit
     /// breaker... from `switchyard-middleware`, or your own). Layers added later wrap the
     /// earlier ones.
@@ -157,184 +176,6 @@ impl Handlers {
             b.layer(layer.clone())
         }));
         self
-    }
-}
-
-/// What a component's handler gets besides its message.
-#[derive(Clone)]
-pub struct ComponentCtx {
-    bus: ComponentBus,
-    table: ContextTable,
-    raw: Bus,
-    envelope: Envelope,
-    /// Contexts begun while handling this message (failed if the handler returns an error).
-    begun: Arc<parking_lot::Mutex<Vec<RequestId>>>,
-}
-
-impl fmt::Debug for ComponentCtx {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ComponentCtx")
-            .field("component", &self.bus.name())
-            .field("envelope", &self.envelope)
-            .finish()
-    }
-}
-
-impl ComponentCtx {
-    fn new(bus: ComponentBus, table: ContextTable, ctx: Ctx) -> Self {
-        let raw = ctx.bus().clone();
-        Self::from_parts(bus, table, raw, ctx.into_envelope())
-    }
-
-    fn from_parts(bus: ComponentBus, table: ContextTable, raw: Bus, envelope: Envelope) -> Self {
-        Self {
-            bus,
-            table,
-            raw,
-            envelope,
-            begun: Arc::default(),
-        }
-    }
-
-    /// Runs a handler's future; when it fails, every context it began and left open is failed
-    /// (as `HandlerError`, marked propagated: the bus retries the message itself, so the error
-    /// handler must not retry the flow as well), so no context waits for its timeout. When the
-    /// future never finishes (the handler panicked, or shutdown aborted it), the same happens
-    /// from a spawned task, as `HandlerAborted`.
-    async fn guard<O, E: Into<BoxError>>(
-        self,
-        fut: impl Future<Output = Result<O, E>>,
-    ) -> Result<O, BoxError> {
-        let mut open = OpenContexts(Some(self.clone()));
-        let result = fut.await;
-        open.0 = None;
-        match result {
-            Ok(o) => Ok(o),
-            Err(e) => {
-                let e: BoxError = e.into();
-                self.fail_begun("HandlerError", e.to_string()).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Fails every context begun while handling this message that is still open.
-    async fn fail_begun(&self, error_type: &str, message: String) {
-        let ids: Vec<RequestId> = std::mem::take(&mut *self.begun.lock());
-        for id in ids {
-            if let Some(ctx) = self.context_by_id(id) {
-                let info = crate::context::ErrorInfo {
-                    error_type: error_type.to_owned(),
-                    message: message.clone(),
-                    retryable: true,
-                };
-                // Best effort: the context may have ended meanwhile.
-                let _ = ctx.fail_propagated(&info).await;
-            }
-        }
-    }
-
-    /// The envelope being handled.
-    pub fn envelope(&self) -> &Envelope {
-        &self.envelope
-    }
-
-    /// The flow this message belongs to.
-    pub fn correlation_id(&self) -> MessageId {
-        self.envelope.correlation_id.clone()
-    }
-
-    /// The component's checked publisher.
-    pub fn bus(&self) -> &ComponentBus {
-        &self.bus
-    }
-
-    /// The plain bus (publishing on it bypasses the layer checks).
-    pub fn raw_bus(&self) -> &Bus {
-        &self.raw
-    }
-
-    /// The component's name.
-    pub fn component(&self) -> &str {
-        self.bus.name()
-    }
-
-    /// Publishes `msg` on its own topic as a consequence of the message being handled:
-    /// caused by it, in its flow and in its session (its `session-id` header), as the bus's
-    /// `ctx.publish` does.
-    pub async fn publish<M: Message>(&self, msg: M) -> Result<(), PublishError> {
-        let env = crate::consequence_of(msg.to_envelope()?, &self.envelope);
-        self.bus.publish_envelope(env).await
-    }
-
-    /// Publishes `msg` on `topic` as a consequence of the message being handled (as
-    /// [`publish`](Self::publish): in its flow and its session).
-    pub async fn publish_to<M: Message>(&self, topic: &str, msg: M) -> Result<(), PublishError> {
-        let mut env = crate::consequence_of(msg.to_envelope()?, &self.envelope);
-        env.topic = Topic::new(topic)?;
-        self.bus.publish_envelope(env).await
-    }
-
-    /// The context table of the assembly.
-    pub fn contexts(&self) -> &ContextTable {
-        &self.table
-    }
-
-    /// Creates a Pending context for `action` in this flow (publishes a status update).
-    pub async fn begin(&self, action: &str) -> Result<RequestContext, TransitionError> {
-        let ctx = self
-            .table
-            .begin(&self.bus, action, Some(&self.envelope))
-            .await?;
-        self.begun.lock().push(ctx.id());
-        Ok(ctx)
-    }
-
-    /// This component's newest live context in this flow, its events caused by the message
-    /// being handled.
-    pub fn context(&self) -> Option<RequestContext> {
-        let id = self.table.find(self.bus.name(), self.correlation_id())?;
-        self.table.handle(id, &self.bus, Some(&self.envelope))
-    }
-
-    /// The live context a result belongs to: the one named by its `parent_request` (see
-    /// [`REQUEST_HEADER`](crate::REQUEST_HEADER)), or else this component's newest context in
-    /// the flow.
-    pub fn context_for<T>(&self, done: &crate::context::Completion<T>) -> Option<RequestContext> {
-        match done.parent_request {
-            Some(id) => self.context_by_id(id),
-            None => self.context(),
-        }
-    }
-
-    /// A live context by id, its events caused by the message being handled.
-    pub fn context_by_id(&self, id: RequestId) -> Option<RequestContext> {
-        self.table.handle(id, &self.bus, Some(&self.envelope))
-    }
-}
-
-/// Armed while a handler runs: if the handler's future is dropped before it finished (a panic
-/// caught by the bus, or an abort at shutdown), the contexts it began are failed from a task.
-struct OpenContexts(Option<ComponentCtx>);
-
-impl Drop for OpenContexts {
-    fn drop(&mut self) {
-        let Some(cx) = self.0.take() else { return };
-        let none_open = cx.begun.lock().is_empty();
-        if none_open {
-            return;
-        }
-        // The task owns the handler context; it ends after failing (and publishing) the open
-        // contexts. Without a runtime (process exit) the timeout sweeper is gone too.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                cx.fail_begun(
-                    "HandlerAborted",
-                    "the handler panicked or was aborted".into(),
-                )
-                .await;
-            });
-        }
     }
 }
 
@@ -446,6 +287,13 @@ impl ComponentBuilder {
         self
     }
 
+    /// Attempts the bus makes of a message whose handler fails (see
+    /// [`Handlers::max_attempts`]).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.handlers.max_attempts(n);
+        self
+    }
+
     /// Wraps every handler of this component in a `tower::Layer` (see [`Handlers::layer`]).
     pub fn layer<L>(mut self, layer: L) -> Self
     where
@@ -486,6 +334,9 @@ impl Component for ComponentBuilder {
         if me.handlers.workers.is_some() {
             handlers.workers = me.handlers.workers;
         }
+        if me.handlers.max_attempts.is_some() {
+            handlers.max_attempts = me.handlers.max_attempts;
+        }
     }
 }
 
@@ -513,6 +364,10 @@ pub enum StartError {
 }
 
 /// A set of components to validate and start on one bus.
+///
+/// The assembly checks edges among its own components only: a second assembly on the same
+/// bus is not known to it, so messages between the two are neither validated at start nor
+/// checked at run time.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -652,9 +507,15 @@ impl Assembly {
                     }
                     .into());
                 }
-                let mut builder = (reg.make)(&self.bus, cbus.clone(), table.clone());
+                let max_attempts = handlers
+                    .max_attempts
+                    .unwrap_or_else(|| self.bus.max_attempts());
+                let mut builder = (reg.make)(&self.bus, cbus.clone(), table.clone(), max_attempts);
                 if let Some(n) = handlers.workers {
                     builder = builder.workers(n);
+                }
+                if let Some(n) = handlers.max_attempts {
+                    builder = builder.max_attempts(n);
                 }
                 for apply in &handlers.layers {
                     builder = apply(builder);

@@ -209,7 +209,10 @@ struct Entry {
 #[derive(Default)]
 struct TableState {
     entries: HashMap<RequestId, Entry>,
-    by_owner: HashMap<(SmolStr, MessageId), RequestId>,
+    /// The live contexts of each (component, flow), oldest first: a flow can have several
+    /// (fan-out, a retry begun while an older attempt is still open), and the newest live one
+    /// is the last.
+    by_owner: HashMap<(SmolStr, MessageId), Vec<RequestId>>,
     deadlines: BTreeSet<(Instant, RequestId)>,
 }
 
@@ -221,8 +224,11 @@ impl TableState {
             entry.ctx.component.clone(),
             entry.ctx.correlation_id.clone(),
         );
-        if self.by_owner.get(&key) == Some(&id) {
-            self.by_owner.remove(&key);
+        if let Some(ids) = self.by_owner.get_mut(&key) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_owner.remove(&key);
+            }
         }
         Some(entry)
     }
@@ -353,13 +359,16 @@ impl ContextTable {
             .collect()
     }
 
-    /// The newest live context of `component` in flow `correlation_id`.
+    /// The newest live context of `component` in flow `correlation_id`: the table keeps every
+    /// live context of a (component, flow) in order, so when the newest ends, the one begun
+    /// before it (if still live) is found.
     pub fn find(&self, component: &str, correlation_id: MessageId) -> Option<RequestId> {
         self.inner
             .state
             .lock()
             .by_owner
             .get(&(SmolStr::new(component), correlation_id))
+            .and_then(|ids| ids.last())
             .copied()
     }
 
@@ -404,7 +413,9 @@ impl ContextTable {
         {
             let mut st = self.inner.state.lock();
             st.by_owner
-                .insert((ctx.component.clone(), correlation_id.clone()), id);
+                .entry((ctx.component.clone(), correlation_id.clone()))
+                .or_default()
+                .push(id);
             st.deadlines.insert((deadline, id));
             st.entries.insert(
                 id,
@@ -576,7 +587,7 @@ async fn expire(inner: &Arc<TableInner>, now: Instant) -> usize {
             &entry.ctx,
             from,
             &info,
-            false,
+            Failure::Original,
         )
         .await
         {
@@ -647,15 +658,35 @@ fn completion<T>(ctx: &Context, status: CompletionStatus) -> Completion<T> {
     }
 }
 
+/// How a context failed, which decides what its failure publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// `fail` (or a timeout): the component's own failure, for the error handler to retry.
+    Original,
+    /// `fail_propagated`: passes on the failure of a lower layer.
+    Propagated,
+    /// The component's handler returned an error or panicked. The bus retries (or
+    /// dead-letters) the message itself, so the report is marked propagated for the error
+    /// handler. `bus_retries`: the bus delivers the message again, so the flow goes on and
+    /// no failed completion is published.
+    Handler {
+        /// The bus delivers the message again.
+        bus_retries: bool,
+    },
+}
+
 async fn publish_failure(
     bus: &ComponentBus,
     parent: Option<&Envelope>,
     ctx: &Context,
     from: RequestState,
     info: &ErrorInfo,
-    propagated: bool,
+    how: Failure,
 ) -> Result<(), PublishError> {
     publish_status(bus, parent, ctx, Some(from), Some(info.message.clone())).await?;
+    let propagated = how != Failure::Original;
+    let bus_retries = matches!(how, Failure::Handler { bus_retries: true });
+    let handler_failure = matches!(how, Failure::Handler { .. });
     let report = ErrorReport {
         request_id: ctx.request_id,
         correlation_id: ctx.correlation_id.clone(),
@@ -667,6 +698,8 @@ async fn publish_failure(
         message: info.message.clone(),
         propagated,
         retryable: info.retryable,
+        bus_retries,
+        handler_failure,
         at_ms: unix_ms(ctx.updated_at),
         // An original failure carries the message it failed on (a propagated one's is a
         // lower layer's result, not worth replaying).
@@ -677,6 +710,10 @@ async fn publish_failure(
         },
     };
     publish_in(bus, parent, ctx, &error_topic(&ctx.domain), report).await?;
+    if bus_retries {
+        // The next delivery begins a new context whose result goes up instead.
+        return Ok(());
+    }
     let mut done = completion::<serde_json::Value>(ctx, CompletionStatus::Failed);
     done.error = Some(info.clone());
     let topic = topic_name(&ctx.domain, &ctx.action, ctx.role.result_phase());
@@ -798,26 +835,29 @@ impl RequestContext {
             message: message.into(),
             retryable,
         };
-        self.fail_with(info, false).await
+        self.fail_with(info, Failure::Original).await
     }
 
     /// Fails because a lower layer failed: same events, with the error marked `propagated`
     /// so the error handler does not count it again.
     pub async fn fail_propagated(&self, error: &ErrorInfo) -> Result<(), TransitionError> {
-        self.fail_with(error.clone(), true).await
+        self.fail_with(error.clone(), Failure::Propagated).await
     }
 
-    async fn fail_with(&self, info: ErrorInfo, propagated: bool) -> Result<(), TransitionError> {
+    /// Fails because the handler that began it returned an error or panicked (see
+    /// [`Failure::Handler`]).
+    pub(crate) async fn fail_handler(
+        &self,
+        error: ErrorInfo,
+        bus_retries: bool,
+    ) -> Result<(), TransitionError> {
+        self.fail_with(error, Failure::Handler { bus_retries })
+            .await
+    }
+
+    async fn fail_with(&self, info: ErrorInfo, how: Failure) -> Result<(), TransitionError> {
         let (ctx, from) = self.table.transition(self.id, RequestState::Failed)?;
-        let r = publish_failure(
-            &self.bus,
-            self.parent.as_ref(),
-            &ctx,
-            from,
-            &info,
-            propagated,
-        )
-        .await;
+        let r = publish_failure(&self.bus, self.parent.as_ref(), &ctx, from, &info, how).await;
         self.published(ctx.state, r)
     }
 

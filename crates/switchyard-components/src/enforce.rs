@@ -11,7 +11,7 @@ use serde::Serialize;
 use smol_str::SmolStr;
 use switchyard::{Bus, Envelope, Message, PublishError, Topic};
 
-use crate::role::{Rule, check_edge};
+use crate::role::{Rule, check_edge, check_message, check_phase};
 use crate::topology::{ComponentSpec, ObservedEdge, Topology, Violation};
 
 /// What happens to a publish that breaks a layer rule.
@@ -129,30 +129,39 @@ impl Enforcer {
         if let Some(r) = self.cache.lock().get(&key) {
             return r.clone();
         }
-        let mut receivers = Vec::new();
-        let mut violation = None;
-        for c in self.topology.components() {
-            if !c.receives(topic) {
-                continue;
-            }
-            receivers.push(c.endpoint.name.clone());
-            if violation.is_none()
-                && let Err(rule) = check_edge(&source.endpoint, &c.endpoint)
-            {
-                violation = Some(Violation {
-                    from: source.endpoint.clone(),
-                    to: Some(c.endpoint.clone()),
-                    topic: SmolStr::new(topic.as_str()),
-                    rule,
-                });
-            }
-        }
+        let receiving: Vec<&ComponentSpec> = self
+            .topology
+            .components()
+            .iter()
+            .filter(|c| c.receives(topic))
+            .collect();
+        let receivers = receiving.iter().map(|c| c.endpoint.name.clone()).collect();
+        let refused = |c: &ComponentSpec, rule| Violation {
+            from: source.endpoint.clone(),
+            to: Some(c.endpoint.clone()),
+            topic: SmolStr::new(topic.as_str()),
+            rule,
+        };
+        // The first rule broken, in this order: the roles of an edge, the declaration, the
+        // phase of the topic.
+        let mut violation = receiving.iter().find_map(|c| {
+            check_edge(&source.endpoint, &c.endpoint)
+                .err()
+                .map(|rule| refused(c, rule))
+        });
         if violation.is_none() && !source.declares_publish(topic) {
             violation = Some(Violation {
                 from: source.endpoint.clone(),
                 to: None,
                 topic: SmolStr::new(topic.as_str()),
                 rule: Rule::UndeclaredPublish,
+            });
+        }
+        if violation.is_none() {
+            violation = receiving.iter().find_map(|c| {
+                check_phase(&source.endpoint, &c.endpoint, topic.as_str())
+                    .err()
+                    .map(|rule| refused(c, rule))
             });
         }
         let routing = Arc::new(Routing {
@@ -176,7 +185,7 @@ impl Enforcer {
         let mut violation = routing.violation.clone();
         if let Some(target) = env.target()
             && let Some(t) = self.topology.component(target)
-            && let Err(rule) = check_edge(&source.endpoint, &t.endpoint)
+            && let Err(rule) = check_message(&source.endpoint, &t.endpoint, env.topic.as_str())
         {
             violation = Some(Violation {
                 from: source.endpoint.clone(),

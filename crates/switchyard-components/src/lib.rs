@@ -44,8 +44,8 @@ pub use context::{
 };
 pub use enforce::{ComponentBus, EnforcementMode, EnforcementStats, Enforcer};
 pub use role::{
-    Endpoint, Role, Rule, check_edge, error_topic, exhausted_topic, heartbeat_topic, retry_topic,
-    status_topic, topic_name,
+    Endpoint, Role, Rule, check_edge, check_message, check_phase, error_topic, exhausted_topic,
+    heartbeat_topic, retry_topic, status_topic, topic_name,
 };
 pub use topology::{
     ComponentSpec, Edge, ObservedEdge, Topology, TopologyError, Violation, patterns_overlap,

@@ -57,6 +57,20 @@ impl Role {
         }
     }
 
+    /// Height in the layers, top first: frontend 0, CPM 1, manager 2, service 3, handler 4,
+    /// processor 5; system components are outside the layers.
+    fn layer(self) -> Option<u8> {
+        match self {
+            Role::Frontend => Some(0),
+            Role::Cpm => Some(1),
+            Role::Manager => Some(2),
+            Role::Service => Some(3),
+            Role::Handler => Some(4),
+            Role::Processor => Some(5),
+            Role::System => None,
+        }
+    }
+
     /// Depth in the domain chain: manager 0, service 1, handler 2, processor 3.
     fn depth(self) -> Option<u8> {
         match self {
@@ -121,11 +135,16 @@ pub enum Rule {
     SystemReachesCpmAndManagers,
     /// A component publishes only the topics it declared.
     UndeclaredPublish,
+    /// Requests flow down and results flow up: a topic of a request phase (`request`,
+    /// `submit`, `dispatch`, `execute`) goes only to a lower layer, one of a result phase
+    /// (`processed`, `handled`, `served`, `complete`) only to a higher one (managers
+    /// exchange both; system components are outside the layers).
+    RequestsDownResultsUp,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::FrontendOnlyToCpm,
         Rule::OnlyCpmToFrontend,
         Rule::CpmReachesManagersAndProcessors,
@@ -134,6 +153,7 @@ impl Rule {
         Rule::NoPeerTalkBelowManager,
         Rule::SystemReachesCpmAndManagers,
         Rule::UndeclaredPublish,
+        Rule::RequestsDownResultsUp,
     ];
 
     /// Short kebab-case id (`one-layer-at-a-time`).
@@ -147,6 +167,7 @@ impl Rule {
             Rule::NoPeerTalkBelowManager => "no-peer-talk-below-manager",
             Rule::SystemReachesCpmAndManagers => "system-reaches-cpm-and-managers",
             Rule::UndeclaredPublish => "undeclared-publish",
+            Rule::RequestsDownResultsUp => "requests-down-results-up",
         }
     }
 
@@ -169,6 +190,9 @@ impl Rule {
                 "system components address only the CPM, managers and other system components"
             }
             Rule::UndeclaredPublish => "a component publishes only the topics it declared",
+            Rule::RequestsDownResultsUp => {
+                "requests (request, submit, dispatch, execute) flow down to a lower layer and results (processed, handled, served, complete) flow up to a higher one"
+            }
         }
     }
 }
@@ -257,6 +281,69 @@ pub fn check_edge(from: &Endpoint, to: &Endpoint) -> Result<(), Rule> {
             }
         }
     }
+}
+
+/// Which way a topic's phase (its last segment) says a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Down,
+    Up,
+}
+
+/// The direction of `topic` (a topic or a publish pattern) by its phase, if its last segment
+/// is one of the eight phases of `<domain>.<action>.<phase>`.
+fn phase_direction(topic: &str) -> Option<Direction> {
+    match topic.rsplit('.').next()? {
+        "request" | "submit" | "dispatch" | "execute" => Some(Direction::Down),
+        "processed" | "handled" | "served" | "complete" => Some(Direction::Up),
+        _ => None,
+    }
+}
+
+/// Whether `from` may send `topic` (a topic, or a publish declaration) to `to` as far as the
+/// topic's phase goes: a request phase (`request`, `submit`, `dispatch`, `execute`) only to a
+/// lower layer, a result phase (`processed`, `handled`, `served`, `complete`) only to a
+/// higher one, the layers being frontend, CPM, manager, service, handler, processor from the
+/// top. Managers may send each other both (coordination across domains). A topic whose last
+/// segment is not a phase (`shop.status.update`, a wildcard), a component sending to itself,
+/// and system components (outside the layers) are not concerned. `Err` is
+/// [`Rule::RequestsDownResultsUp`].
+///
+/// ```
+/// use switchyard_components::{check_phase, Endpoint, Role, Rule};
+/// let h = Endpoint::new("shop-handler", Role::Handler, "shop");
+/// let p = Endpoint::new("shop-processor", Role::Processor, "shop");
+/// assert!(check_phase(&h, &p, "shop.order.execute").is_ok());
+/// assert!(check_phase(&p, &h, "shop.order.processed").is_ok());
+/// assert_eq!(check_phase(&p, &h, "shop.order.dispatch"), Err(Rule::RequestsDownResultsUp));
+/// assert_eq!(check_phase(&h, &p, "shop.order.handled"), Err(Rule::RequestsDownResultsUp));
+/// ```
+pub fn check_phase(from: &Endpoint, to: &Endpoint, topic: &str) -> Result<(), Rule> {
+    if from.name == to.name {
+        return Ok(());
+    }
+    let (Some(direction), Some(a), Some(b)) =
+        (phase_direction(topic), from.role.layer(), to.role.layer())
+    else {
+        return Ok(());
+    };
+    let ok = match direction {
+        Direction::Down => b > a,
+        Direction::Up => b < a,
+    } || (from.role == Role::Manager && to.role == Role::Manager);
+    if ok {
+        Ok(())
+    } else {
+        Err(Rule::RequestsDownResultsUp)
+    }
+}
+
+/// Whether `from` may send a message on `topic` to `to`: [`check_edge`] (the roles), then
+/// [`check_phase`] (the topic's phase). This is the check of
+/// [`Topology::violations`](crate::Topology::violations) and of every runtime publish.
+pub fn check_message(from: &Endpoint, to: &Endpoint, topic: &str) -> Result<(), Rule> {
+    check_edge(from, to)?;
+    check_phase(from, to, topic)
 }
 
 /// Builds a topic name by the convention `<domain>.<action>.<phase>`.

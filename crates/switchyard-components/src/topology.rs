@@ -1,14 +1,14 @@
 //! Declarations of components, the graph they form, its validation and its export as Mermaid
 //! and DOT.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 use smol_str::SmolStr;
 use switchyard::{Pattern, Topic};
 
-use crate::role::{Endpoint, Role, Rule, check_edge};
+use crate::role::{Endpoint, Role, Rule, check_edge, check_message};
 
 /// What a component declares: who it is, what it subscribes to and what it publishes.
 ///
@@ -238,14 +238,16 @@ impl Topology {
         edges.into_iter().collect()
     }
 
-    /// Every declared edge that breaks a rule.
+    /// Every declared edge that breaks a rule: its roles ([`check_edge`]) or the phase of its
+    /// publish declaration ([`check_phase`](crate::check_phase); a declaration whose last
+    /// segment is a wildcard is checked per topic at run time).
     pub fn violations(&self) -> Vec<Violation> {
         self.edges()
             .into_iter()
             .filter_map(|e| {
                 let from = self.component(&e.from)?;
                 let to = self.component(&e.to)?;
-                check_edge(&from.endpoint, &to.endpoint)
+                check_message(&from.endpoint, &to.endpoint, &e.topic)
                     .err()
                     .map(|rule| Violation {
                         from: from.endpoint.clone(),
@@ -324,28 +326,77 @@ impl Topology {
         self.dot_with(&observed_labels(observed, "\\n"))
     }
 
+    /// A pair is drawn forbidden when its roles break a rule or a declared edge between
+    /// them breaks the phase rule.
     fn forbidden(&self, from: &str, to: &str) -> bool {
         match (self.component(from), self.component(to)) {
-            (Some(f), Some(t)) => check_edge(&f.endpoint, &t.endpoint).is_err(),
+            (Some(f), Some(t)) => {
+                check_edge(&f.endpoint, &t.endpoint).is_err()
+                    || f.publishes.iter().any(|p| {
+                        t.subscribes.iter().any(|s| patterns_overlap(p, s))
+                            && check_message(&f.endpoint, &t.endpoint, p.as_str()).is_err()
+                    })
+            }
             _ => false,
         }
     }
 
+    /// Mermaid ids, unique among the subgraphs (`d_<domain>`) and the nodes: see
+    /// [`MermaidIds`].
+    fn mermaid_ids(&self) -> MermaidIds {
+        let sorted = self.sorted();
+        let domains: BTreeSet<&str> = sorted.iter().map(|c| c.domain()).collect();
+        let wanted: Vec<(bool, &str, String)> = domains
+            .iter()
+            .map(|d| (true, *d, format!("d_{}", mermaid_base(d))))
+            .chain(
+                sorted
+                    .iter()
+                    .map(|c| (false, c.name(), mermaid_base(c.name()))),
+            )
+            .collect();
+        let natural: HashSet<&str> = wanted.iter().map(|w| w.2.as_str()).collect();
+        let mut used: HashSet<String> = HashSet::new();
+        let mut ids = MermaidIds::default();
+        for (is_domain, name, base) in &wanted {
+            let mut id = base.clone();
+            let mut n = 1;
+            // A later name whose id is taken gets the first `_<n>` that is nobody's.
+            while used.contains(&id) || (id != *base && natural.contains(id.as_str())) {
+                n += 1;
+                id = format!("{base}_{n}");
+            }
+            used.insert(id.clone());
+            let map = if *is_domain {
+                &mut ids.domains
+            } else {
+                &mut ids.components
+            };
+            map.insert(SmolStr::new(name), id);
+        }
+        ids
+    }
+
     fn mermaid_with(&self, labels: &BTreeMap<(SmolStr, SmolStr), String>) -> String {
+        let ids = self.mermaid_ids();
         let mut out = String::from("flowchart TD\n");
         let mut domains: BTreeMap<&str, Vec<&ComponentSpec>> = BTreeMap::new();
         for c in self.sorted() {
             domains.entry(c.domain()).or_default().push(c);
         }
         for (domain, members) in domains {
-            // Subgraph ids get a prefix so a domain never shares an id with a component.
-            let _ = writeln!(out, "  subgraph d_{}[\"{}\"]", mermaid_id(domain), domain);
+            let _ = writeln!(
+                out,
+                "  subgraph {}[\"{}\"]",
+                ids.domain(domain),
+                mermaid_text(domain)
+            );
             for c in members {
                 let _ = writeln!(
                     out,
                     "    {}[\"{}<br/><i>{}</i>\"]",
-                    mermaid_id(c.name()),
-                    c.name(),
+                    ids.component(c.name()),
+                    mermaid_text(c.name()),
                     c.role()
                 );
             }
@@ -355,14 +406,19 @@ impl Topology {
             if self.component(from).is_none() || self.component(to).is_none() {
                 continue;
             }
-            // `#` starts an entity code in Mermaid text and `"` ends it: escape both.
-            let label = label.replace('#', "#35;").replace('"', "#quot;");
+            let label = mermaid_text(label);
             let arrow = if self.forbidden(from, to) {
                 format!("-. \"✗ {label}\" .->")
             } else {
                 format!("-- \"{label}\" -->")
             };
-            let _ = writeln!(out, "  {} {} {}", mermaid_id(from), arrow, mermaid_id(to));
+            let _ = writeln!(
+                out,
+                "  {} {} {}",
+                ids.component(from),
+                arrow,
+                ids.component(to)
+            );
         }
         out
     }
@@ -378,18 +434,14 @@ impl Topology {
             domains.entry(c.domain()).or_default().push(c);
         }
         for (domain, members) in domains {
+            let domain = dot_text(domain);
             let _ = writeln!(
                 out,
                 "  subgraph \"cluster_{domain}\" {{\n    label=\"{domain}\";"
             );
             for c in members {
-                let _ = writeln!(
-                    out,
-                    "    \"{}\" [label=\"{}\\n[{}]\"];",
-                    c.name(),
-                    c.name(),
-                    c.role()
-                );
+                let name = dot_text(c.name());
+                let _ = writeln!(out, "    \"{name}\" [label=\"{name}\\n[{}]\"];", c.role());
             }
             out.push_str("  }\n");
         }
@@ -402,7 +454,14 @@ impl Topology {
             } else {
                 ""
             };
-            let _ = writeln!(out, "  \"{from}\" -> \"{to}\" [label=\"{label}\"{style}];");
+            // The label's `\\n` separators are DOT escapes: only its quotes are escaped.
+            let _ = writeln!(
+                out,
+                "  \"{}\" -> \"{}\" [label=\"{}\"{style}];",
+                dot_text(from),
+                dot_text(to),
+                label.replace('"', "\\\"")
+            );
         }
         out.push_str("}\n");
         out
@@ -420,11 +479,45 @@ fn observed_labels(observed: &[ObservedEdge], sep: &str) -> BTreeMap<(SmolStr, S
     merged.into_iter().map(|(k, v)| (k, v.join(sep))).collect()
 }
 
-/// Mermaid node ids may not contain `-` or `.`; names are mapped to `_`.
-fn mermaid_id(name: &str) -> String {
-    name.chars()
+/// The Mermaid ids of one export. An id is the name with every character but ASCII letters
+/// and digits turned into `_` (Mermaid ids may not contain `-` or `.`), with `d_` before a
+/// domain's; names that would share an id (`shop-manager`, `shop.manager`, or a component
+/// `d-shop` and the domain `shop`) are told apart by a `_<n>` suffix on the later one in
+/// name order (domains first), so each component is one node. The label keeps the name.
+#[derive(Default)]
+struct MermaidIds {
+    domains: BTreeMap<SmolStr, String>,
+    components: BTreeMap<SmolStr, String>,
+}
+
+impl MermaidIds {
+    fn domain(&self, name: &str) -> &str {
+        self.domains.get(name).map_or("d_", String::as_str)
+    }
+    fn component(&self, name: &str) -> &str {
+        self.components.get(name).map_or("_", String::as_str)
+    }
+}
+
+/// A name as a Mermaid id before it is made unique (`end` is a keyword: `end_`).
+fn mermaid_base(name: &str) -> String {
+    let id: String = name
+        .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+        .collect();
+    if id == "end" { "end_".into() } else { id }
+}
+
+/// Text inside a quoted Mermaid label: `#` starts an entity code and `"` ends the label,
+/// so both are written as entity codes.
+fn mermaid_text(s: &str) -> String {
+    s.replace('#', "#35;").replace('"', "#quot;")
+}
+
+/// Text inside a quoted DOT string: `"` is written `\"` and `\` is doubled (so a name
+/// ending in a backslash cannot escape the closing quote; distinct names stay distinct).
+fn dot_text(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// An edge seen at runtime: how many messages `from` published on `topic` that reached `to`.
@@ -511,6 +604,65 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("overlap did not finish within 5 s");
         assert!(!got);
+    }
+
+    fn named(names: &[(&str, &str)]) -> Topology {
+        Topology::new(
+            names
+                .iter()
+                .map(|(n, d)| ComponentSpec::new(*n, Role::Manager, *d))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn mermaid_ids_are_unique_and_keep_simple_names_readable() {
+        let t = named(&[
+            ("shop-manager", "shop"),
+            ("shop.manager", "shop"),
+            ("shop_manager_2", "shop"),
+            ("d-shop", "x"),
+            ("end", "x"),
+            ("a\"b", "x"),
+        ]);
+        let ids = t.mermaid_ids();
+        let all: Vec<&String> = ids
+            .domains
+            .values()
+            .chain(ids.components.values())
+            .collect();
+        let unique: HashSet<&String> = all.iter().copied().collect();
+        assert_eq!(all.len(), unique.len(), "{all:?}");
+        assert_eq!(ids.component("shop-manager"), "shop_manager");
+        assert_eq!(ids.component("shop.manager"), "shop_manager_3");
+        assert_eq!(ids.component("shop_manager_2"), "shop_manager_2");
+        assert_eq!(ids.domain("shop"), "d_shop");
+        assert_eq!(ids.component("d-shop"), "d_shop_2");
+        assert_eq!(ids.component("end"), "end_");
+        let m = t.to_mermaid();
+        assert!(m.contains("a_b[\"a#quot;b<br/>"), "{m}");
+    }
+
+    #[test]
+    fn dot_escapes_quotes_and_backslashes_in_names() {
+        let t = Topology::new(vec![
+            ComponentSpec::new("say \"hi\"\\", Role::Manager, "x"),
+            ComponentSpec {
+                subscribes: vec![Pattern::new("x.a.request").unwrap()],
+                ..ComponentSpec::new("m", Role::Manager, "x")
+            },
+        ]);
+        let mut t2 = t.components().to_vec();
+        t2[0].publishes.push(Pattern::new("x.a.request").unwrap());
+        let dot = Topology::new(t2).to_dot();
+        assert!(
+            dot.contains(r#""say \"hi\"\\" [label="say \"hi\"\\\n[manager]"];"#),
+            "{dot}"
+        );
+        assert!(
+            dot.contains(r#""say \"hi\"\\" -> "m" [label="x.a.request"];"#),
+            "{dot}"
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //! any other is sent as `H-<name>` with names and values percent-encoded where NATS would
 //! refuse or alter them (control characters, spaces, non-ASCII, `%`, and `:` in names).
 //! On receipt every header outside the reserved prefixes is kept as it came, so headers
-//! from any NATS client reach the envelope and are forwarded on republish.
+//! from any NATS client reach the envelope and are forwarded on republish. A header sent
+//! more than once (`X-Tag: a`, `X-Tag: b`) keeps every value, joined with `", "` in the
+//! order they came (`X-Tag: a, b`), as HTTP combines repeated fields: an envelope holds one
+//! value per header.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -229,6 +232,21 @@ fn replay_count(env: &Envelope) -> Option<u32> {
     env.header(REPLAY_COUNT).and_then(|n| n.parse().ok())
 }
 
+/// The values of a header sent more than once (NATS headers, like HTTP fields, may repeat),
+/// as one: joined with `", "` in the order they came, as HTTP combines repeated fields
+/// (RFC 9110 section 5.3). `X-Tag: a` and `X-Tag: b` become `X-Tag: a, b`. One value is
+/// kept as it is.
+fn joined(values: &[async_nats::HeaderValue], read: impl Fn(&str) -> String) -> String {
+    match values {
+        [one] => read(one.as_str()),
+        many => many
+            .iter()
+            .map(|v| read(v.as_str()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Rebuilds an envelope. Messages from publishers that are not switchyard get defaults: a
 /// fresh id (when they have no valid `Nats-Msg-Id`), kind event, the current time.
 pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) -> Envelope {
@@ -273,10 +291,11 @@ pub(crate) fn decode(topic: Topic, headers: Option<&HeaderMap>, payload: Bytes) 
                     env.type_version = t;
                 }
             }
+            // A user header sent more than once keeps every value, joined ([`joined`]).
             _ => match name.strip_prefix(USER_PREFIX) {
-                Some(escaped) => user.push((unescape(escaped), unescape(v))),
+                Some(escaped) => user.push((unescape(escaped), joined(vs, unescape))),
                 // A foreign header (`traceparent`, `X-Correlation-Id`): kept as it came.
-                None if !reserved(name) => user.push((name.to_owned(), v.to_owned())),
+                None if !reserved(name) => user.push((name.to_owned(), joined(vs, str::to_owned))),
                 None => {}
             },
         }
@@ -352,6 +371,28 @@ mod tests {
         let h = encode_headers(&env);
         let back = decode(env.topic.clone(), Some(&h), env.payload.clone());
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn a_repeated_user_header_keeps_every_value_joined_in_order() {
+        let mut h = HeaderMap::new();
+        h.append("X-Tag", "b");
+        h.append("X-Tag", "a");
+        h.append("X-Tag", "c, d");
+        h.append("H-x%20y", "1%25");
+        h.append("H-x%20y", "2");
+        h.insert("X-One", "only");
+        h.append("Sy-Priority", "7");
+        h.append("Sy-Priority", "9");
+        let env = decode(Topic::new("a.b").unwrap(), Some(&h), Bytes::new());
+        assert_eq!(env.header("X-Tag"), Some("b, a, c, d"));
+        assert_eq!(env.header("x y"), Some("1%, 2"));
+        assert_eq!(env.header("X-One"), Some("only"));
+        assert_eq!(
+            env.priority,
+            Priority(7),
+            "an envelope field takes the first"
+        );
     }
 
     #[test]

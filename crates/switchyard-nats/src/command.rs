@@ -9,8 +9,10 @@
 //! is left of the sender's deadline, and `Sy-Deadline-At`, that deadline in Unix
 //! milliseconds; the handler side stops waiting for its handler at the earlier of the two,
 //! and answers `timeout` without running a command that arrives after `Sy-Deadline-At` (one
-//! held in a client's reconnect buffer). A command is not written while the client is
-//! disconnected (it would sit in that buffer): `Unavailable` at once.
+//! held in a client's reconnect buffer). A command whose `Sy-Deadline-Ms` or
+//! `Sy-Deadline-At` is not a whole number of milliseconds (`soon`, `-5`, `1.5`) is answered
+//! `rejected`, naming the header and the value, and not run. A command is not written while
+//! the client is disconnected (it would sit in that buffer): `Unavailable` at once.
 //!
 //! The reply's `Sy-Status` is `ok` or the failure's kind (`no-handler`, `rejected`,
 //! `failed`, `full`, `timeout`, `not-processed`, `shutting-down`, `codec`, `transport`), with
@@ -203,6 +205,75 @@ pub(crate) fn remaining_deadline(headers: Option<&HeaderMap>) -> Option<Duration
     }
 }
 
+/// Why a command's deadline headers cannot be read, if they cannot: [`DEADLINE`] or
+/// [`DEADLINE_AT`] present but not a whole number of milliseconds (ASCII digits only: not
+/// `soon`, `-5`, `1.5`, `300ms`). Such a command is not run without the deadline its sender
+/// meant to set: it is answered `rejected` with this text.
+fn malformed_deadline(headers: Option<&HeaderMap>) -> Option<String> {
+    let headers = headers?;
+    let whole = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let bad = |name: &str| headers.get(name).map(|v| v.as_str()).filter(|v| !whole(v));
+    if let Some(v) = bad(DEADLINE) {
+        return Some(format!(
+            "{DEADLINE} must be a whole number of milliseconds, got \"{v}\""
+        ));
+    }
+    bad(DEADLINE_AT).map(|v| {
+        format!(
+            "{DEADLINE_AT} must be a whole number of milliseconds since the Unix epoch, \
+             got \"{v}\""
+        )
+    })
+}
+
+/// A command with a deadline header that is not a number ([`malformed_deadline`]): answered
+/// `rejected` without being handed to the handler (a warning is logged; one sent without a
+/// reply subject is only logged).
+fn malformed(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
+    let Some(reason) = malformed_deadline(msg.headers.as_ref()) else {
+        return false;
+    };
+    tracing::warn!(topic = %topic, %reason, "a command with a malformed deadline: not run");
+    if let Some(to) = msg.reply.clone() {
+        let (headers, payload) = encode_result(Err(SendError::Rejected { reason }));
+        let client = client.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.publish_with_headers(to, headers, payload).await;
+            });
+        }
+    }
+    true
+}
+
+/// What is left of a durable command's deadline: `Sy-Deadline-Ms` counted from `stored` (the
+/// server's storage time, so the time it waited in the stream counts), capped by what
+/// remains until `Sy-Deadline-At` (the sender's deadline, which a command stored late, after
+/// an outage during which its sender gave up, has already passed). Either header alone is
+/// the deadline; `None` without both (a durable `send` without a deadline has none: the
+/// command waits in the stream for a handler however long).
+pub(crate) fn durable_deadline(
+    headers: Option<&HeaderMap>,
+    stored: std::time::SystemTime,
+) -> Option<Duration> {
+    let get = |name: &str| header_ms(headers, name);
+    let relative = get(DEADLINE).map(|ms| {
+        let left = Duration::from_millis(ms.min(u64::MAX as u128) as u64);
+        let waited = std::time::SystemTime::now()
+            .duration_since(stored)
+            .unwrap_or_default();
+        left.saturating_sub(waited)
+    });
+    let absolute = get(DEADLINE_AT).map(|at| {
+        let left = at.saturating_sub(unix_ms_now());
+        Duration::from_millis(left.min(u64::MAX as u128) as u64)
+    });
+    match (relative, absolute) {
+        (Some(r), Some(a)) => Some(r.min(a)),
+        (r, a) => r.or(a),
+    }
+}
+
 /// A command whose sender's absolute deadline passed before it arrived (it waited in a
 /// client's reconnect buffer): answered `timeout` without being handed to the handler.
 fn expired(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
@@ -264,7 +335,9 @@ impl futures::Stream for Serving {
         loop {
             return match sub.poll_next_unpin(cx) {
                 Poll::Ready(Some(msg)) => {
-                    if expired(&this.client, &this.topic, &msg) {
+                    if malformed(&this.client, &this.topic, &msg)
+                        || expired(&this.client, &this.topic, &msg)
+                    {
                         continue;
                     }
                     Poll::Ready(Some(incoming(
@@ -591,6 +664,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_deadline_header_that_is_not_a_whole_number_is_malformed() {
+        let with = |name: &str, v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(name, v);
+            malformed_deadline(Some(&h))
+        };
+        for v in ["soon", "-5", "1.5", "300ms", "+5", " 5", ""] {
+            assert_eq!(
+                with(DEADLINE, v),
+                Some(format!(
+                    "Sy-Deadline-Ms must be a whole number of milliseconds, got \"{v}\""
+                )),
+                "{v:?}"
+            );
+            let at = with(DEADLINE_AT, v).unwrap_or_default();
+            assert!(
+                at.starts_with("Sy-Deadline-At must be a whole number"),
+                "{at}"
+            );
+        }
+        for v in [
+            "0",
+            "250",
+            "007",
+            "99999999999999999999999999999999999999999999",
+        ] {
+            assert_eq!(with(DEADLINE, v), None, "{v:?}");
+            assert_eq!(with(DEADLINE_AT, v), None, "{v:?}");
+        }
+        assert_eq!(malformed_deadline(None), None);
+        assert_eq!(malformed_deadline(Some(&HeaderMap::new())), None);
+    }
+
+    #[test]
     fn the_deadline_left_is_the_earlier_of_the_relative_and_the_absolute_one() {
         let mut h = HeaderMap::new();
         h.insert(DEADLINE, "60000");
@@ -617,5 +724,38 @@ mod tests {
         let mut absolute = HeaderMap::new();
         insert_deadline_at(&mut absolute, Duration::from_secs(30));
         assert_eq!(remaining_deadline(Some(&absolute)), None);
+    }
+
+    #[test]
+    fn a_durable_commands_deadline_is_the_earlier_of_storage_time_plus_ms_and_the_absolute_one() {
+        let now = std::time::SystemTime::now();
+        // Stored just now with 60 s left, but its sender's deadline passed a second ago
+        // (stored late, after an outage): nothing left.
+        let mut late = HeaderMap::new();
+        late.insert(DEADLINE, "60000");
+        late.insert(DEADLINE_AT, (unix_ms_now() - 1_000).to_string().as_str());
+        assert_eq!(durable_deadline(Some(&late), now), Some(Duration::ZERO));
+
+        // Stored 2 s ago with 3 s left, the absolute deadline far away: about 1 s left.
+        let mut stored = HeaderMap::new();
+        stored.insert(DEADLINE, "3000");
+        insert_deadline_at(&mut stored, Duration::from_secs(60));
+        let left = durable_deadline(Some(&stored), now - Duration::from_secs(2)).unwrap();
+        assert!(left <= Duration::from_secs(1), "{left:?}");
+        assert!(left > Duration::from_millis(500), "{left:?}");
+
+        // Either alone is the deadline; neither: none.
+        let mut absolute = HeaderMap::new();
+        insert_deadline_at(&mut absolute, Duration::from_secs(5));
+        let left = durable_deadline(Some(&absolute), now).unwrap();
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(3),
+            "{left:?}"
+        );
+        let mut relative = HeaderMap::new();
+        relative.insert(DEADLINE, "250");
+        assert!(durable_deadline(Some(&relative), now).unwrap() <= Duration::from_millis(250));
+        assert_eq!(durable_deadline(Some(&HeaderMap::new()), now), None);
+        assert_eq!(durable_deadline(None, now), None);
     }
 }

@@ -42,8 +42,8 @@ use streams::Streams;
 use subscribe::GroupUse;
 pub use subscribe::NatsSubscription;
 pub(crate) use subscribe::consumer_config;
-use worker::ConsumerWorker;
 pub(crate) use worker::WorkerGuard;
+use worker::{ConsumerWorker, WorkerSpec};
 pub use worker::{INVALID_SUBJECT_TOPIC, RAW_SUBJECT_HEADER};
 
 /// A switchyard transport over NATS JetStream.
@@ -192,6 +192,17 @@ async fn until_zero(count: &AtomicUsize, done: &Notify) {
         }
         notified.await;
     }
+}
+
+/// Whether JetStream refused a publish for good: it answered with an error of a 4xx status
+/// (headers over 64 KiB, 10097; a message over the stream's `max_msg_size`; ...), which a
+/// resend of the same message gets again. Not a lost or late acknowledgement, no stream
+/// (503 no responders, after a restart that lost it), nor a 503 error (JetStream
+/// temporarily unavailable, a full stream): those are resent until `publish_timeout`.
+fn refused_for_good(e: &async_nats::jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|server| server.code() < 500)
 }
 
 fn map_publish_error(e: &async_nats::jetstream::context::PublishError) -> TransportError {
@@ -466,7 +477,11 @@ impl Publisher for NatsTransport {
     /// Nothing is sent while the client is disconnected (it would sit in the client's
     /// reconnect buffer and be sent after the reconnect, whatever this call returned): the
     /// publish waits for the connection, and fails `Unavailable` at `publish_timeout`.
-    /// On error, some envelopes of the batch may be stored (a send that went out before the
+    /// A message the server refuses (a JetStream error of a 4xx status: over the stream's
+    /// `max_msg_size`, ...) is not resent: the publish fails at once, `Rejected`, with the
+    /// server's reason. A message over `max_payload` (payload and headers) or with a header
+    /// block over JetStream's 65535 bytes is refused before anything is sent,
+    /// [`PublishError::TooLarge`]. On error, some envelopes of the batch may be stored (a send that went out before the
     /// connection was lost, unacknowledged); publishing the batch again is safe within the
     /// duplicate window.
     async fn publish(&self, batch: Vec<Envelope>) -> Result<(), PublishError> {
@@ -475,12 +490,13 @@ impl Publisher for NatsTransport {
         }
         // The server counts the header block with the payload against its `max_payload`
         // and drops the connection over a larger message (every resend again, so the
-        // publish would fail only at `publish_timeout`): refused here, at once. The headers
-        // made for the check are the ones the first send uses.
+        // publish would fail only at `publish_timeout`): refused here, at once, as is a
+        // header block over JetStream's 64 KiB. The headers made for the check are the ones
+        // the first send uses.
         let mut headers = Vec::with_capacity(batch.len());
         for env in &batch {
             let h = codec::encode_headers(env);
-            self.inner.max_payload.check(env.payload.len(), &h)?;
+            self.inner.max_payload.check_stored(env.payload.len(), &h)?;
             headers.push(Some(h));
         }
         self.inner.publishing.fetch_add(1, Ordering::AcqRel);
@@ -538,6 +554,9 @@ impl Publisher for NatsTransport {
                     }
                 }
             }
+            // A refusal by the server fails the publish once every acknowledgement of this
+            // round is in: sent again it is refused again.
+            let mut refused = None;
             for (i, ack) in acks {
                 match ack.await {
                     Ok(ack) => {
@@ -548,16 +567,18 @@ impl Publisher for NatsTransport {
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    Err(e) if refused_for_good(&e) => refused = Some(map_publish_error(&e)),
                     Err(e) => {
                         failed.push(i);
                         last_error = Some(map_publish_error(&e));
                     }
                 }
             }
-            let Some(error) = last_error else {
+            let for_good = refused.is_some();
+            let Some(error) = refused.or(last_error) else {
                 return Ok(());
             };
-            if Instant::now() + backoff >= deadline {
+            if for_good || Instant::now() + backoff >= deadline {
                 self.inner
                     .counters
                     .publish_failures

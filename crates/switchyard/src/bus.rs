@@ -109,6 +109,14 @@ impl Bus {
         self.inner.dead_letter(letter);
     }
 
+    /// Attempts the bus makes of a message whose handler fails, unless a subscription sets
+    /// its own (`SubscriptionBuilder::max_attempts`): [`BusBuilder::max_attempts`], else the
+    /// resilience stack's default, else 3. A handler compares it with
+    /// [`Ctx::attempt`](crate::Ctx::attempt) to know whether its failure will be retried.
+    pub fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts
+    }
+
     /// Messages accepted and not yet settled.
     pub fn pending(&self) -> usize {
         self.inner.pending.count()

@@ -134,6 +134,9 @@ struct GivenUp {
 /// (its manager failing its context on `retry.exhausted`) are only recorded. A domain
 /// completion (`<domain>.<action>.complete`) forgets the flow.
 ///
+/// Attempts are counted per flow and domain, not per request: requests fanned out inside one
+/// flow to one domain share the policy's attempts.
+///
 /// Dead letters go to the sink given with [`dead_letters`](Self::dead_letters), or else to the
 /// bus's own sink (`Bus::dead_letter`: its in-memory store, or the sink it was built with).
 #[derive(Clone)]

@@ -56,7 +56,8 @@ pub struct ComponentHealth {
     pub heartbeats: u64,
     /// Status updates received.
     pub updates: u64,
-    /// Original (not propagated) errors received.
+    /// The component's own failures received: original errors and its handler's errors and
+    /// panics (`ErrorReport::handler_failure`), not the failures it passed on from below.
     pub errors: u64,
     /// Milliseconds since it was last seen.
     pub last_seen_ms: u64,
@@ -71,7 +72,8 @@ struct Seen {
 }
 
 /// Tracks signs of life and errors per component from `*.health.heartbeat`, `*.status.update`
-/// and `*.error`.
+/// and `*.error`. A component's errors are its own failures (original ones and its handler's
+/// errors and panics); failures it only propagates from a lower layer are not counted.
 #[derive(Clone)]
 pub struct HealthChecker {
     seen: Arc<Mutex<BTreeMap<SmolStr, Seen>>>,
@@ -140,7 +142,9 @@ impl HealthChecker {
             .on::<ErrorReport, _, _, _, _>("*.error", move |e, _cx| {
                 let me = c.clone();
                 async move {
-                    if !e.propagated {
+                    // Its own failures count; a failure passed on from below is the lower
+                    // component's (counted there).
+                    if !e.propagated || e.handler_failure {
                         me.touch(&e.component, |s| s.errors += 1);
                     }
                     Ok::<_, std::convert::Infallible>(())

@@ -63,6 +63,19 @@ pub struct ErrorReport {
     pub propagated: bool,
     /// Whether retrying may help.
     pub retryable: bool,
+    /// True when the component's handler failed (returned an error or panicked) on a
+    /// delivery that is not the last: the bus delivers the message again, so this failure
+    /// does not fail the flow (no failed completion follows it; the next delivery's context
+    /// reports the outcome). Such a report is `propagated` (the bus, not the error handler,
+    /// retries the message).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bus_retries: bool,
+    /// True when this is the component's own failure although `propagated` is set: its
+    /// handler returned an error or panicked (`HandlerError` / `HandlerAborted`). The bus
+    /// retries such a message itself, so the error handler skips it as it does a propagated
+    /// one, but it counts for the component's health.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handler_failure: bool,
     /// When, in ms since the Unix epoch.
     pub at_ms: u64,
     /// The message the component was handling when it failed: set on original failures

@@ -294,11 +294,13 @@ async fn a_failing_handler_fails_the_contexts_it_began() {
         .unwrap();
     let got = errors.wait_for(3, WAIT).await.unwrap();
     bus.run_until_idle().await;
-    for e in &got {
+    for (i, e) in got.iter().enumerate() {
         let r = ErrorReport::from_envelope(e).unwrap();
         assert_eq!(r.error_type, "HandlerError");
         assert_eq!(r.message, "database unreachable");
         assert!(r.propagated, "the bus retries; the error handler must not");
+        // Attempts 1 and 2 are delivered again; the third is the last.
+        assert_eq!(r.bus_retries, i < 2, "report {i}");
     }
     assert!(running.contexts().is_empty());
     let stats = running.contexts().stats();
@@ -308,6 +310,60 @@ async fn a_failing_handler_fails_the_contexts_it_began() {
         1,
         "the message itself is dead-lettered by the bus"
     );
+}
+
+/// A handler error the bus will not retry (`Permanent`) fails the flow on the first attempt,
+/// and a component's own `max_attempts` is the limit its handlers count against: with 2
+/// attempts, the first failure is delivered again and the second fails the flow once.
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_or_a_permanent_error_fails_the_flow_once() {
+    for (permanent, attempts, reports) in [(true, 1, 1), (false, 2, 2)] {
+        let bus = Bus::new(); // 3 attempts per message by default
+        let errors = Recorder::start(&bus, "shop.error").await.unwrap();
+        let done = Recorder::start(&bus, "shop.order.complete").await.unwrap();
+        let running = Assembly::new(&bus)
+            .component(
+                ComponentBuilder::new("shop-manager", Role::Manager, "shop")
+                    .max_attempts(2)
+                    .on::<Note, _, _, _, _>("shop.order.request", move |_note, cx| async move {
+                        assert_eq!(cx.max_attempts(), 2);
+                        let ctx = cx.begin("order").await?;
+                        ctx.start().await?;
+                        let e = switchyard::BoxError::from("database unreachable");
+                        if permanent {
+                            return Err(switchyard::Permanent::new(e).into());
+                        }
+                        Err::<(), switchyard::BoxError>(e)
+                    }),
+            )
+            .start()
+            .await
+            .unwrap();
+        bus.publish_to("shop.order.request", Note { n: 1 })
+            .await
+            .unwrap();
+        done.wait_for(1, WAIT).await.unwrap();
+        bus.run_until_idle().await;
+        let got: Vec<ErrorReport> = errors
+            .envelopes()
+            .iter()
+            .map(|e| ErrorReport::from_envelope(e).unwrap())
+            .collect();
+        assert_eq!(got.len(), reports, "permanent {permanent}: {got:?}");
+        let retried: Vec<bool> = got.iter().map(|r| r.bus_retries).collect();
+        let mut want = vec![true; reports - 1];
+        want.push(false);
+        assert_eq!(retried, want, "permanent {permanent}");
+        assert_eq!(got[reports - 1].retryable, !permanent);
+        let ends = done.envelopes();
+        assert_eq!(ends.len(), 1, "the flow failed more than once");
+        let end: Completion<serde_json::Value> = serde_json::from_slice(&ends[0].payload).unwrap();
+        assert_eq!(end.error.map(|e| e.error_type), Some("HandlerError".into()));
+        let letters = bus.dead_letters().unwrap().list();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].attempts, attempts, "permanent {permanent}");
+        assert!(running.contexts().is_empty());
+    }
 }
 
 #[tokio::test(start_paused = true)]

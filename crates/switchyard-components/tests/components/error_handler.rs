@@ -22,6 +22,8 @@ fn report(correlation_id: MessageId, propagated: bool) -> ErrorReport {
         message: "try again".into(),
         propagated,
         retryable: true,
+        bus_retries: false,
+        handler_failure: false,
         at_ms: 0,
         failed_request: None,
     }

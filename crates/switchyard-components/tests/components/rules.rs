@@ -1,7 +1,9 @@
 //! Every rule of the layer model, accepted and refused, statically (validate) with error text
 //! naming both components and the rule.
 
-use switchyard_components::{Endpoint, Role, Rule, Topology, TopologyError, check_edge};
+use switchyard_components::{
+    Endpoint, Role, Rule, Topology, TopologyError, check_edge, check_phase,
+};
 
 use crate::spec;
 
@@ -367,5 +369,173 @@ fn runtime_enforcement_follows_the_same_table() {
         assert!(warn.check(&from, &env).is_ok());
         assert_eq!(warn.stats().violations, u64::from(expected.is_some()));
         assert_eq!(warn.stats().refused, 0);
+    }
+}
+
+/// The phase rule (§2): a request phase goes only to a lower layer, a result phase only to a
+/// higher one; managers exchange both; system components and non-phase topics are exempt.
+#[test]
+fn check_phase_follows_the_layers() {
+    use Role::*;
+    let layers = [Frontend, Cpm, Manager, Service, Handler, Processor];
+    for (a, fr) in layers.iter().enumerate() {
+        for (b, tr) in layers.iter().enumerate() {
+            let (from, mut to) = (ep(*fr, "a"), ep(*tr, "a"));
+            to.name = format!("{}-2", to.name).into();
+            let managers = *fr == Manager && *tr == Manager;
+            for (phase, allowed) in [
+                ("request", b > a || managers),
+                ("submit", b > a || managers),
+                ("dispatch", b > a || managers),
+                ("execute", b > a || managers),
+                ("processed", b < a || managers),
+                ("handled", b < a || managers),
+                ("served", b < a || managers),
+                ("complete", b < a || managers),
+                ("update", true),
+            ] {
+                let topic = format!("a.x.{phase}");
+                assert_eq!(
+                    check_phase(&from, &to, &topic),
+                    if allowed {
+                        Ok(())
+                    } else {
+                        Err(Rule::RequestsDownResultsUp)
+                    },
+                    "{from} → {to} on {topic}"
+                );
+            }
+            let sys = ep(System, "s");
+            assert_eq!(check_phase(&sys, &to, "a.retry.request"), Ok(()));
+            assert_eq!(check_phase(&from, &sys, "a.x.dispatch"), Ok(()));
+        }
+    }
+}
+
+/// Assembly: a processor declaring its handler's request topic, or a service declaring a
+/// result topic its handler subscribes to, is refused by `validate`, naming both components,
+/// the topic and the rule.
+#[test]
+fn validate_refuses_requests_declared_up_and_results_declared_down() {
+    for (from, fr, to, tr, topic) in [
+        (
+            "a-processor",
+            Role::Processor,
+            "a-handler",
+            Role::Handler,
+            "a.x.dispatch",
+        ),
+        (
+            "a-service",
+            Role::Service,
+            "a-handler",
+            Role::Handler,
+            "a.x.processed",
+        ),
+        (
+            "a-manager",
+            Role::Manager,
+            "cpm",
+            Role::Cpm,
+            "cpm.run.request",
+        ),
+    ] {
+        let t = Topology::new(vec![
+            spec(from, fr, "a", &[], &[topic]),
+            spec(
+                to,
+                tr,
+                if tr == Role::Cpm { "cpm" } else { "a" },
+                &[topic],
+                &[],
+            ),
+        ]);
+        match t.validate() {
+            Err(TopologyError::Forbidden(v)) => {
+                assert_eq!(v.len(), 1, "{v:?}");
+                assert_eq!(v[0].rule, Rule::RequestsDownResultsUp);
+                let text = TopologyError::Forbidden(v).to_string();
+                for part in [from, to, topic, "requests-down-results-up"] {
+                    assert!(text.contains(part), "{part} not in {text}");
+                }
+            }
+            other => panic!("{from} → {to} on {topic}: {other:?}"),
+        }
+    }
+}
+
+/// Run time: a publish declaration with a wildcard phase (`shop.order.*`) passes the assembly
+/// check; each concrete topic is checked at publish. Strict mode refuses a request sent up
+/// (typed error naming both components, the topic and the rule; nothing delivered); warn mode
+/// delivers it and counts it.
+#[tokio::test]
+async fn a_request_up_under_a_wildcard_declaration_is_refused_at_run_time() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use switchyard::{BoxError, Bus, Envelope, PublishError};
+    use switchyard_components::{Assembly, ComponentBuilder, EnforcementMode};
+    for mode in [EnforcementMode::Strict, EnforcementMode::Warn] {
+        let bus = Bus::new();
+        let hits = Arc::new(AtomicU32::new(0));
+        let h = hits.clone();
+        let running = Assembly::new(&bus)
+            .mode(mode)
+            .component(
+                ComponentBuilder::new("shop-handler", Role::Handler, "shop").on_envelope(
+                    "shop.order.dispatch",
+                    move |_: Envelope, _| {
+                        let h = h.clone();
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, BoxError>(())
+                        }
+                    },
+                ),
+            )
+            .component(
+                ComponentBuilder::new("shop-processor", Role::Processor, "shop")
+                    .publishes("shop.order.*"),
+            )
+            .start()
+            .await
+            .unwrap();
+        let sent = running
+            .component_bus("shop-processor")
+            .unwrap()
+            .publish_to("shop.order.dispatch", crate::Note { n: 1 })
+            .await;
+        bus.run_until_idle().await;
+        match mode {
+            EnforcementMode::Strict => {
+                let Err(PublishError::LayerViolation(v)) = sent else {
+                    panic!("{sent:?}");
+                };
+                assert_eq!(
+                    (
+                        v.from.as_str(),
+                        v.to.as_deref(),
+                        v.topic.as_str(),
+                        v.rule.as_str()
+                    ),
+                    (
+                        "shop-processor",
+                        Some("shop-handler"),
+                        "shop.order.dispatch",
+                        "requests-down-results-up"
+                    )
+                );
+                assert_eq!(hits.load(Ordering::SeqCst), 0);
+            }
+            EnforcementMode::Warn => {
+                sent.unwrap();
+                assert_eq!(hits.load(Ordering::SeqCst), 1);
+            }
+        }
+        let stats = running.enforcement();
+        assert_eq!(
+            stats.by_rule.get("requests-down-results-up"),
+            Some(&1),
+            "{stats:?}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - **Sending**: the command is published (with its id as `Nats-Msg-Id`, resent with the
 //!   same id when the acknowledgement is lost) to `<durable_command_prefix>.<topic>` with the
-//!   headers of a core command plus `Sy-Reply-To`, an inbox the sender listens on. The
+//!   headers of a core command (with a deadline: `Sy-Deadline-Ms` and `Sy-Deadline-At`) plus
+//!   `Sy-Reply-To`, an inbox the sender listens on. The
 //!   sender then waits for the result on that inbox until its deadline (or
 //!   `command_timeout`): `SendError::Timeout` past it, never `NoHandler`.
 //! - **Handling**: every process with a handler for the topic reads the stream through one
@@ -26,7 +27,9 @@ use switchyard_core::{
 };
 
 use super::*;
-use crate::command::{DEADLINE, REPLY_TO, decode_result, publish_result, result_message};
+use crate::command::{
+    DEADLINE, REPLY_TO, decode_result, insert_deadline_at, publish_result, result_message,
+};
 
 impl NatsTransport {
     /// Whether commands of `topic` are durable here.
@@ -55,13 +58,19 @@ impl NatsTransport {
         let mut headers = codec::encode_headers(&command);
         if let Some(d) = deadline {
             headers.insert(DEADLINE, d.as_millis().to_string().as_str());
+            // The sender's deadline as an absolute time too: a command stored late (a
+            // stalled server, a resend after a lost acknowledgement) or redelivered later
+            // is not run once its sender has given up. Without a deadline there is none: the
+            // command waits in the stream for a handler however long.
+            insert_deadline_at(&mut headers, d);
         }
         headers.insert(REPLY_TO, inbox.as_str());
         // Refused at once rather than by the server, which drops the connection (on every
-        // resend, until the deadline).
+        // resend, until the deadline), or refuses a header block over JetStream's limit
+        // after it was sent.
         self.inner
             .max_payload
-            .check(command.payload.len(), &headers)?;
+            .check_stored(command.payload.len(), &headers)?;
         // Subscribed before the publish on the same connection: the server has the
         // interest before any handler can answer.
         let mut replies = self
@@ -149,7 +158,8 @@ impl NatsTransport {
         let name = consumer_name(topic);
         let c = &self.inner.config;
         let consumer_config = consumer_config(c, &name, subject, true);
-        self.inner
+        let made = self
+            .inner
             .js
             .create_consumer_on_stream(consumer_config.clone(), &stream)
             .await
@@ -161,20 +171,16 @@ impl NatsTransport {
                 )
             })?;
         let (tx, rx) = mpsc::channel(c.pull_batch.max(1));
-        let worker = ConsumerWorker {
-            inner: self.inner.clone(),
+        let spec = WorkerSpec {
             stream,
             name,
             durable: true,
             config: consumer_config,
             pattern: Pattern::new(topic.as_str())?,
             tx,
-            shutdown: self.inner.shutdown.subscribe(),
-            last_sequence: 0,
-            inbox: self.inner.client.new_inbox(),
-            requests: 0,
             strip: prefix.len() + 1,
         };
+        let worker = ConsumerWorker::new(&self.inner, spec, made.cached_info());
         let alive = WorkerGuard::new(&self.inner);
         tokio::spawn(worker.run(alive));
         let transport = self.clone();
@@ -207,7 +213,8 @@ fn consumer_name(topic: &Topic) -> String {
 }
 
 /// One durable command for the bus: the handler sees its deadline (set by the worker from
-/// `Sy-Deadline-Ms` less the time it waited in the stream) and no `Sy-Reply-To`; the bus
+/// `Sy-Deadline-Ms` less the time it waited in the stream, capped by `Sy-Deadline-At`; the
+/// bus dead-letters it `Expired` when that has passed) and no `Sy-Reply-To`; the bus
 /// waits for the result however long it takes (no deadline on the incoming command), since
 /// the delivery is settled only once handled.
 fn durable_incoming(transport: &NatsTransport, delivery: Delivery) -> IncomingCommand {

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use tokio::sync::watch;
 
 use super::{Inner, durable, retention};
 use crate::config::NatsConfig;
@@ -22,8 +23,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// first: the streams count as missing until they have been created or updated again
 /// (`create_or_update_stream`, the same as `connect` does), and the transport is not ready
 /// meanwhile ([`Health::streams_ready`](super::Health::streams_ready)). Consumers are not
-/// made here: each subscription's worker re-creates its consumer when the server lost it
-/// (retrying until the stream is back).
+/// made here: once the streams are made again, [`Streams::remade`] tells every consumer
+/// worker, which asks the server for its consumer and re-creates it when the server lost it.
 pub(crate) struct Streams {
     ready: AtomicBool,
     /// Bumped on every reconnect: an attempt that started before the last reconnect does not
@@ -31,6 +32,8 @@ pub(crate) struct Streams {
     generation: AtomicU64,
     /// The transport. Weak: the client's event callback holds this.
     owner: OnceLock<Weak<Inner>>,
+    /// Counts the times the streams were made again after a reconnect.
+    remade: watch::Sender<u64>,
 }
 
 impl Default for Streams {
@@ -39,6 +42,7 @@ impl Default for Streams {
             ready: AtomicBool::new(true),
             generation: AtomicU64::new(0),
             owner: OnceLock::new(),
+            remade: watch::Sender::new(0),
         }
     }
 }
@@ -47,6 +51,12 @@ impl Streams {
     /// `true` unless a reconnect happened and the streams are not made again yet.
     pub(crate) fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Changes each time the streams have been made again after a reconnect: a consumer
+    /// worker then checks that the server still has its consumer.
+    pub(super) fn remade(&self) -> watch::Receiver<u64> {
+        self.remade.subscribe()
     }
 
     /// Called once the transport is made (it was made with the streams). A reconnect
@@ -85,6 +95,7 @@ impl Streams {
                         if this.generation.load(Ordering::Acquire) == generation {
                             this.ready.store(true, Ordering::Release);
                             tracing::info!("streams made again after the reconnect");
+                            this.remade.send_modify(|n| *n += 1);
                         }
                         return;
                     }

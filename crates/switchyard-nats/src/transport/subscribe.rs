@@ -161,7 +161,8 @@ impl Subscriber for NatsTransport {
             let consumer_config = consumer_config(&c, &name, filter, durable);
             // Create it now so errors reach the caller and messages published after
             // `subscribe` returns are seen.
-            self.inner
+            let made = self
+                .inner
                 .js
                 .create_consumer_on_stream(consumer_config.clone(), &stream_name)
                 .await
@@ -172,20 +173,16 @@ impl Subscriber for NatsTransport {
                         e,
                     )
                 })?;
-            let worker = ConsumerWorker {
-                inner: self.inner.clone(),
+            let spec = WorkerSpec {
                 stream: stream_name,
                 name,
                 durable,
                 config: consumer_config,
                 pattern: pattern.clone(),
                 tx: tx.clone(),
-                shutdown: self.inner.shutdown.subscribe(),
-                last_sequence: 0,
-                inbox: self.inner.client.new_inbox(),
-                requests: 0,
                 strip: 0,
             };
+            let worker = ConsumerWorker::new(&self.inner, spec, made.cached_info());
             // Not aborted on drop: the worker sees the channel close, hands back what it
             // had pulled and removes an ephemeral consumer.
             let alive = WorkerGuard::new(&self.inner);

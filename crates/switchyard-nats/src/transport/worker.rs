@@ -1,6 +1,8 @@
 //! The consumer worker: pulls one JetStream consumer's messages into a subscription's channel,
 //! and the ack handle each delivery carries back to JetStream.
 
+use async_nats::jetstream::consumer;
+
 use super::*;
 
 /// Pulls one consumer's messages into a subscription's channel.
@@ -9,8 +11,9 @@ use super::*;
 /// and a sender into the subscription. Stops when the transport closes (shutdown signal) or
 /// the subscription is dropped (channel closed); then it hands back everything its open pull
 /// request brings (see [`ConsumerWorker::hand_back`]). Re-creates the consumer when the
-/// server lost it (an ephemeral consumer after a restart resumes after the last sequence it
-/// saw).
+/// server lost it: checked each time the streams were made again after a reconnect, and when
+/// a pull request went unanswered past its expiry (see [`ConsumerWorker::recreate`] for where
+/// an ephemeral consumer resumes).
 pub(super) struct ConsumerWorker {
     pub(super) inner: Arc<Inner>,
     pub(super) stream: String,
@@ -20,13 +23,30 @@ pub(super) struct ConsumerWorker {
     pub(super) pattern: Pattern,
     pub(super) tx: mpsc::Sender<Delivery>,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// The last stream sequence this consumer has read (or, before any, the stream's last
+    /// sequence when the consumer was made).
     pub(super) last_sequence: u64,
+    /// When (server time) the consumer was made: a stream made after it is not the one it
+    /// read (the server lost that one).
+    pub(super) since: SystemTime,
     /// Subject prefix of this worker's inbox: pull request `n` replies to `<inbox>.<n>`.
     pub(super) inbox: String,
     pub(super) requests: u64,
     /// Bytes to strip from each subject to get its topic: 0 for a subscription; for durable
     /// commands the length of `<durable_command_prefix>.`, and each envelope also gets its
     /// deadline and reply inbox (see [`ConsumerWorker::command_fields`]).
+    pub(super) strip: usize,
+}
+
+/// What a consumer worker reads and where it hands it.
+pub(super) struct WorkerSpec {
+    pub(super) stream: String,
+    pub(super) name: String,
+    pub(super) durable: bool,
+    pub(super) config: pull::Config,
+    pub(super) pattern: Pattern,
+    pub(super) tx: mpsc::Sender<Delivery>,
+    /// See [`ConsumerWorker::strip`].
     pub(super) strip: usize,
 }
 
@@ -100,6 +120,25 @@ impl Drop for WorkerGuard {
 }
 
 impl ConsumerWorker {
+    /// A worker for `spec`, whose consumer the server has just made (`made`: its answer).
+    pub(super) fn new(inner: &Arc<Inner>, spec: WorkerSpec, made: &consumer::Info) -> Self {
+        Self {
+            inner: inner.clone(),
+            stream: spec.stream,
+            name: spec.name,
+            durable: spec.durable,
+            config: spec.config,
+            pattern: spec.pattern,
+            tx: spec.tx,
+            shutdown: inner.shutdown.subscribe(),
+            last_sequence: made.delivered.stream_sequence,
+            since: SystemTime::from(made.created),
+            inbox: inner.client.new_inbox(),
+            requests: 0,
+            strip: spec.strip,
+        }
+    }
+
     pub(super) async fn run(mut self, _alive: WorkerGuard) {
         let mut backoff = Duration::from_millis(100);
         let mut sub = loop {
@@ -121,11 +160,29 @@ impl ConsumerWorker {
         };
         let mut pull: Option<Pull> = None;
         let mut recreate = false;
+        // Whether to ask the server for the consumer before the next pull.
+        let mut check = false;
+        let mut remade = self.inner.streams.remade();
         loop {
             // A dropped subscription never re-creates its consumer (it may be gone because
             // the group was deleted for good).
             if *self.shutdown.borrow() || self.tx.is_closed() {
                 break;
+            }
+            if check {
+                check = false;
+                match self.lost().await {
+                    Ok(true) => {
+                        // The open request went with it: the server answers it no more.
+                        tracing::warn!(consumer = %self.name, stream = %self.stream, "the server lost the consumer; re-creating");
+                        pull = None;
+                        recreate = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(consumer = %self.name, error = %e, "cannot ask for the consumer; pulling on")
+                    }
+                }
             }
             if recreate {
                 if let Err(e) = self.recreate().await {
@@ -155,6 +212,12 @@ impl ConsumerWorker {
             let event = tokio::select! {
                 _ = self.shutdown.wait_for(|closed| *closed) => None,
                 _ = self.tx.closed() => None,
+                Ok(()) = remade.changed() => {
+                    // The streams were made again after a reconnect: the server may be a
+                    // new one (a restart with memory storage) that lost the consumer too.
+                    check = true;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(ends_by) => Some(None),
                 msg = sub.next() => Some(Some(msg)),
             };
@@ -162,8 +225,11 @@ impl ConsumerWorker {
                 None => break,
                 Some(None) => {
                     if !self.extend(open) {
-                        tracing::debug!(consumer = %self.name, "pull request unanswered past its expiry; sending another");
+                        // The server ends a request at its expiry, unless it no longer has
+                        // the consumer.
+                        tracing::debug!(consumer = %self.name, "pull request unanswered past its expiry; checking the consumer, sending another");
                         pull = None;
+                        check = true;
                     }
                     continue;
                 }
@@ -356,25 +422,76 @@ impl ConsumerWorker {
         stop || *self.shutdown.borrow()
     }
 
-    async fn recreate(&self) -> Result<(), TransportError> {
+    /// Whether the server has lost this consumer (or its stream): `Err` when it cannot tell
+    /// (no answer).
+    async fn lost(&self) -> Result<bool, TransportError> {
+        use async_nats::jetstream::ErrorCode;
+        use async_nats::jetstream::stream::ConsumerErrorKind;
+        let asked = self
+            .inner
+            .js
+            .get_consumer_from_stream::<pull::Config, _, _>(&self.name, &self.stream)
+            .await;
+        match asked {
+            Ok(_) => Ok(false),
+            Err(e) => match e.kind() {
+                ConsumerErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND
+                        || j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(true)
+                }
+                _ => Err(TransportError::with_source(
+                    super::admin::consumer_error_kind(&e),
+                    "cannot ask for the consumer",
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Makes the consumer again. A durable one (a group) reads the stream from its start, as
+    /// when first made. An ephemeral one resumes after the last sequence it read, unless the
+    /// stream was made after the consumer: then the server lost the stream it read (a restart
+    /// with memory storage) and the new stream's sequences start again at 1, so it reads the
+    /// new stream from its start (resuming after the old last sequence would skip the new
+    /// stream's first messages).
+    async fn recreate(&mut self) -> Result<(), TransportError> {
         let mut config = self.config.clone();
-        if !self.durable && self.last_sequence > 0 {
-            config.deliver_policy = DeliverPolicy::ByStartSequence {
-                start_sequence: self.last_sequence + 1,
+        let mut fresh = false;
+        if !self.durable {
+            let stream = self.inner.js.get_stream(&self.stream).await.map_err(|e| {
+                TransportError::new(
+                    TransportErrorKind::Unavailable,
+                    format!("cannot read stream {}: {e}", self.stream),
+                )
+            })?;
+            fresh = SystemTime::from(stream.cached_info().created) > self.since;
+            config.deliver_policy = if fresh {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: self.last_sequence + 1,
+                }
             };
         }
-        self.inner
+        let made = self
+            .inner
             .js
             .create_consumer_on_stream(config, &self.stream)
             .await
-            .map(|_| ())
             .map_err(|e| {
                 TransportError::with_source(
                     super::admin::consumer_error_kind(&e),
                     "cannot create consumer",
                     e,
                 )
-            })
+            })?;
+        if fresh {
+            self.last_sequence = 0;
+        }
+        self.since = SystemTime::from(made.cached_info().created);
+        Ok(())
     }
 
     /// Decodes one stored message, or settles it here: dead-lettered after max deliveries or
@@ -478,25 +595,20 @@ impl ConsumerWorker {
     }
 }
 
-/// The fields a durable command carries besides the envelope: its deadline (what was left
-/// of the sender's when it was stored, less the time it waited in the stream, measured
-/// from the server's storage time) and the sender's reply inbox, kept as the `Sy-Reply-To`
-/// header (no header of that name reaches an envelope otherwise: `Sy-` is reserved) for
-/// the responder to take out.
+/// The fields a durable command carries besides the envelope: its deadline (see
+/// [`durable_deadline`](crate::command::durable_deadline): `Sy-Deadline-Ms` less the time it
+/// waited in the stream, measured from the server's storage time, capped by the sender's
+/// absolute `Sy-Deadline-At`) and the sender's reply inbox, kept as the `Sy-Reply-To` header
+/// (no header of that name reaches an envelope otherwise: `Sy-` is reserved) for the
+/// responder to take out.
 fn command_fields(
     envelope: &mut Envelope,
     headers: Option<&async_nats::HeaderMap>,
     stored: SystemTime,
 ) {
     let Some(h) = headers else { return };
-    let left = h
-        .get(crate::command::DEADLINE)
-        .and_then(|v| v.as_str().parse::<u64>().ok())
-        .map(Duration::from_millis);
-    if let Some(left) = left {
-        let waited = SystemTime::now().duration_since(stored).unwrap_or_default();
-        envelope.delivery.deadline =
-            std::time::Instant::now().checked_add(left.saturating_sub(waited));
+    if let Some(left) = crate::command::durable_deadline(Some(h), stored) {
+        envelope.delivery.deadline = std::time::Instant::now().checked_add(left);
     }
     if let Some(to) = h.get(crate::command::REPLY_TO) {
         envelope

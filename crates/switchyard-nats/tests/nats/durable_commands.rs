@@ -382,3 +382,40 @@ async fn overlapping_durable_prefix_is_refused_at_connect() {
         other => panic!("expected InvalidConfig, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A durable command goes into a stream, where JetStream refuses a header block over 64 KiB
+/// (error 10097): refused before it is sent, as `TooLarge` naming the header block, and
+/// nothing is stored (review rev41's limit, on the durable path).
+#[tokio::test]
+async fn a_durable_command_with_a_header_block_over_jetstreams_limit_is_too_large() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let names = Names::new();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (_h, _hn, _sub) = doubler(names.config(), "handler", tx).await;
+    let (sender, _sn) = bus(names.config()).await;
+    let command =
+        switchyard::Envelope::new(switchyard::Topic::new("calc.double").unwrap(), r#"{"n":1}"#)
+            .with_kind(Kind::Command)
+            .with_header("X-Big", "o".repeat(70 * 1024).as_str());
+    let started = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(30), sender.send_envelope(command))
+        .await
+        .expect("send hung");
+    match res {
+        Err(SendError::TooLarge(e)) => {
+            assert_eq!(e.limit, 65_535, "{e}");
+            assert!(e.to_string().contains("header block"), "{e}");
+        }
+        other => panic!(
+            "not TooLarge after {:?}: {:?}",
+            started.elapsed(),
+            other.map(|_| ())
+        ),
+    }
+    assert_eq!(names.state().await.1, 0, "nothing was stored");
+    // The next command of a normal size still goes through.
+    assert_eq!(sender.send(Double { n: 4 }).await.unwrap(), 8);
+    names.cleanup().await;
+}

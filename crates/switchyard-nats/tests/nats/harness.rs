@@ -81,6 +81,26 @@ impl NatsServer {
         }
     }
 
+    /// SIGSTOP: the server stops reading and answering, its connections stay open (a
+    /// stalled server); [`NatsServer::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`NatsServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}: {status}");
+    }
+
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.kill();

@@ -8,8 +8,10 @@
 mod cluster;
 mod commands;
 mod conformance;
+mod consumers_after_restart;
 mod disconnected_requests;
 mod durable_commands;
+mod durable_deadline;
 mod encryption;
 mod expired_answer;
 mod fault;

@@ -239,9 +239,9 @@ async fn a_nats_py_responder_with_documented_ok_headers_returns_its_body() {
     assert!(matches!(r, Ok(42)), "expected Ok(42), got {r:?}");
 }
 
-/// nats-py as the sender: an undecodable body, a deadline that is not a number and one of 0
-/// ms each get a typed answer at once (never the 20 s the client is willing to wait), and a
-/// valid command still gets its JSON result.
+/// nats-py as the sender: an undecodable body, a deadline that is not a number (`rejected`)
+/// and one too large for any clock (no deadline) each get a typed answer at once (never the
+/// 20 s the client is willing to wait), and a valid command still gets its JSON result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_py_sender_with_bad_input_gets_typed_answers_promptly() {
     if shared_unavailable().is_some() || !nats_py_available() {
@@ -289,8 +289,13 @@ async fn a_nats_py_sender_with_bad_input_gets_typed_answers_promptly() {
         "an undecodable command says why: {}",
         answers[0]
     );
-    assert_eq!(status(1).as_deref(), Some("ok"), "{}", answers[1]);
-    assert_eq!(answers[1]["body"], "8");
+    // A deadline that is not a number is refused, not run without a deadline
+    // (h-natsfix2, docs/interop.md; before, it was run and answered `ok`).
+    assert_eq!(status(1).as_deref(), Some("rejected"), "{}", answers[1]);
+    assert_eq!(
+        answers[1]["headers"]["Sy-Error"],
+        "Sy-Deadline-Ms must be a whole number of milliseconds, got \"soon\""
+    );
     assert_eq!(status(2).as_deref(), Some("ok"), "{}", answers[2]);
     assert_eq!(answers[2]["body"], "10");
     assert_eq!(status(3).as_deref(), Some("ok"), "{}", answers[3]);

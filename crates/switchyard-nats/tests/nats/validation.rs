@@ -212,3 +212,80 @@ async fn a_remote_command_that_violates_its_schema_is_answered_with_the_rejectio
     sender.shutdown(WAIT).await.unwrap();
     handler_bus.shutdown(WAIT).await.unwrap();
 }
+
+/// The handler process's intake check panics for one command served to another process
+/// (`intake::run_check` catches it): the command is not run, it is dead-lettered `Panicked`
+/// with the panic's message where it was refused, the sender gets `SendError::Failed` with
+/// that message and 0 attempts (docs/bus.md), and the next commands are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_command_whose_intake_check_panics_is_dead_lettered_and_the_next_is_served() {
+    if shared_unavailable().is_some() {
+        return;
+    }
+    let prefix = format!("_sy.cmdtest.{}", switchyard::MessageId::new());
+    let handler_bus = bus_on(
+        command_config(&prefix),
+        Bus::builder().intake_check(|env: &Envelope| {
+            let c: Calibrate = serde_json::from_slice(&env.payload).unwrap();
+            assert!(c.offset < 5.0, "check: offset {} out of range", c.offset);
+            switchyard::IntakeVerdict::Accept
+        }),
+    )
+    .await;
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    let handler = handler_bus
+        .handle(move |c: Calibrate, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(c.offset).map_err(|e| e.to_string())?;
+                Ok::<_, String>(c.offset)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let sender = bus_on(command_config(&prefix), Bus::builder()).await;
+    let calibrate = |offset: f64| Calibrate {
+        sensor: "s1".into(),
+        offset,
+    };
+
+    let sent = sender.send(calibrate(9.0)).await;
+    let requested = sender.request(calibrate(7.0), WAIT).await;
+    let served = sender.send(calibrate(1.5)).await;
+    let requested_ok = sender.request(calibrate(2.5), WAIT).await;
+
+    for (r, offset) in [(&sent, 9), (&requested, 7)] {
+        let Err(SendError::Failed { error, attempts }) = r else {
+            panic!("offset {offset}: expected Failed from the panicking check, got {r:?}");
+        };
+        assert_eq!(
+            error,
+            &format!("intake check panicked: check: offset {offset} out of range")
+        );
+        assert_eq!(*attempts, 0, "the handler never ran");
+    }
+    assert_eq!(served.unwrap(), 1.5, "the next command is served");
+    assert_eq!(requested_ok.unwrap(), 2.5);
+    assert_eq!(handled.recv().await, Some(1.5));
+    assert_eq!(handled.recv().await, Some(2.5));
+    assert!(handled.try_recv().is_err(), "a refused command ran");
+
+    let mut dl = handler_bus.dead_letters().unwrap().list();
+    dl.sort_by_key(|l| l.error.clone());
+    assert_eq!(dl.len(), 2, "{dl:?}");
+    for (letter, offset) in dl.iter().zip([7, 9]) {
+        assert_eq!(letter.reason, DeadLetterReason::Panicked, "{letter:?}");
+        assert_eq!(
+            letter.error,
+            format!("intake check panicked: check: offset {offset} out of range")
+        );
+        let c: Calibrate = serde_json::from_slice(&letter.envelope.payload).unwrap();
+        assert_eq!(c.offset, f64::from(offset), "the command as sent");
+        assert_eq!(letter.handler.as_deref(), Some(handler.name()));
+    }
+    let stats = handler.stats();
+    assert_eq!((stats.panicked, stats.dead_lettered), (2, 2));
+    sender.shutdown(WAIT).await.unwrap();
+    handler_bus.shutdown(WAIT).await.unwrap();
+}

@@ -16,6 +16,7 @@ use tokio::sync::{Mutex, Semaphore};
 mod handoff_order;
 mod review_rev11;
 mod review_rev32;
+mod review_rev44;
 mod review_rev6;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);

@@ -138,7 +138,6 @@ async fn fan_out_inside_one_flow_matches_each_result_to_its_own_context() {
 /// still live and now the newest live one: `cx.context()` must find it (the users' manager
 /// finds the context to retry with `cx.context()` on `retry.request`, as the guide's does).
 #[tokio::test]
-#[ignore = "defect: cx.context() finds nothing once the newest context of a flow ended, though an older one is still live"]
 async fn the_newest_live_context_is_found_after_a_newer_one_ended() {
     let bus = Bus::new();
     let opened: Arc<Mutex<Vec<RequestId>>> = Arc::default();

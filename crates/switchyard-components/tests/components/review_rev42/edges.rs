@@ -230,7 +230,6 @@ async fn an_undeclared_request_up_or_result_down_is_refused_at_run_time() {
 /// flows up. A processor that *declares* its handler's request topic sends requests upward:
 /// strict mode must refuse that at assembly (§3 step 2) or at least at run time (§4).
 #[tokio::test]
-#[ignore = "defect: a processor declaring its handler's request phase (`dispatch`) starts in strict mode and its upward requests are delivered"]
 async fn a_processor_sending_requests_up_to_its_handler_is_refused() {
     let bus = Bus::new();
     let got = Arc::new(AtomicU32::new(0));

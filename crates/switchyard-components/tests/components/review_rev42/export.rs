@@ -148,7 +148,6 @@ async fn observed_and_declared_graphs_agree_exactly_and_export_well_formed() {
 /// punctuation (`shop-manager`, `shop.manager`, both legal names) must stay two nodes with the
 /// edge between them, not one node with a self-loop.
 #[test]
-#[ignore = "defect: Mermaid node ids map every non-alphanumeric character to `_`, so distinct component names collide into one node"]
 fn components_whose_names_differ_in_punctuation_are_distinct_mermaid_nodes() {
     let topo = Topology::new(vec![
         spec(

@@ -319,6 +319,66 @@ async fn a_command_whose_deadline_already_passed_is_answered_timeout_and_not_run
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// interop.md (h-natsfix2): a `Sy-Deadline-Ms` or `Sy-Deadline-At` that is not a whole
+/// number of milliseconds is answered `rejected`, `Sy-Error` naming the header and the
+/// value, and the command is not run (it was run with no deadline at all).
+#[tokio::test]
+async fn a_malformed_deadline_header_is_answered_rejected_and_not_run() {
+    if skip() {
+        return;
+    }
+    let ns = Setup::new().namespace;
+    let (bus, _sub, mut seen) = doubler(&ns, Arc::new(Notify::new())).await;
+    let client = raw().await;
+    let subject = format!("_sy.cmd.{ns}.double");
+    let cases = [
+        ("Sy-Deadline-Ms", "soon"),
+        ("Sy-Deadline-Ms", "-5"),
+        ("Sy-Deadline-Ms", "1.5"),
+        ("Sy-Deadline-Ms", "300ms"),
+        ("Sy-Deadline-At", "tomorrow"),
+        ("Sy-Deadline-At", "-1"),
+    ];
+    for (i, (name, value)) in cases.iter().enumerate() {
+        let body = format!(r#"{{"n":{}}}"#, i + 1);
+        let reply = request(&client, subject.clone(), headers(&[(name, value)]), &body)
+            .await
+            .unwrap();
+        let status = get(&reply, "Sy-Status");
+        let error = get(&reply, "Sy-Error").unwrap_or_default();
+        assert_eq!(
+            status.as_deref(),
+            Some("rejected"),
+            "{name}: {value} answered {status:?} (Sy-Error {error:?}, body {:?})",
+            String::from_utf8_lossy(&reply.payload)
+        );
+        assert!(
+            error.starts_with(&format!("{name} must be a whole number of milliseconds"))
+                && error.ends_with(&format!("got \"{value}\"")),
+            "{name}: {value}: Sy-Error {error:?}"
+        );
+    }
+    // A well-formed deadline still runs, and is the first command the handler sees.
+    let reply = request(
+        &client,
+        subject,
+        headers(&[("Sy-Deadline-Ms", "5000")]),
+        r#"{"n":100}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(&reply.payload[..], b"200", "{:?}", reply.headers);
+    let first = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.n, 100,
+        "a command with a malformed deadline ran: {first:?}"
+    );
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 /// interop.md's status table: "`Sy-Status` | `ok`, or the failure: `failed` …, `rejected`,
 /// `full`, `timeout`, `not-processed`, `no-handler`", "`Sy-Error` | the failure's message".
 /// A body that is not the command's JSON is a failure a foreign client can read from those

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use switchyard::{Envelope, Kind, MessageId, Priority, Topic};
+use switchyard::{Envelope, Kind, MessageId, Priority, PublishError, Topic, TransportErrorKind};
 use switchyard_conformance::Setup;
 
 use super::{
@@ -264,9 +264,10 @@ async fn foreign_ids_of_256_bytes_are_kept_and_invalid_ones_replaced_by_a_fresh_
 /// and value: on the envelope … and written back under the same name when switchyard
 /// republishes or forwards the message." NATS headers are multi-valued (RFC 822 style, as
 /// HTTP); a foreign client sending `X-Tag: a` and `X-Tag: b` must not see one of them
-/// silently dropped on the envelope or on a forward.
+/// silently dropped on the envelope or on a forward. interop.md's rule (fixed in
+/// h-natsfix2): "A header sent more than once keeps every value, joined with `, ` in the
+/// order they came", on the envelope and on the forward.
 #[tokio::test]
-#[ignore = "defect: a multi-valued foreign header keeps only its first value (codec::decode takes vs.first())"]
 async fn a_multi_valued_foreign_header_keeps_every_value() {
     if skip() {
         return;
@@ -290,13 +291,13 @@ async fn a_multi_valued_foreign_header_keeps_every_value() {
         None => Vec::new(),
     };
     let on_envelope = env.header("X-Tag").unwrap_or_default().to_owned();
-    assert!(
-        on_envelope.contains('a') && on_envelope.contains('b'),
+    assert_eq!(
+        on_envelope, "a, b",
         "a value of X-Tag lost on the envelope: {on_envelope:?} (sent `a` and `b`)"
     );
-    let all = forwarded.join(", ");
-    assert!(
-        all.contains('a') && all.contains('b'),
+    assert_eq!(
+        forwarded,
+        vec!["a, b".to_owned()],
         "a value of X-Tag lost on the forward: {forwarded:?} (sent `a` and `b`)"
     );
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -351,9 +352,10 @@ async fn malformed_sy_headers_and_a_large_free_header_do_not_lose_the_message() 
 /// count against `max_payload`). JetStream refuses a header block over 64 KiB (error 10097)
 /// although it is far under `max_payload` (1 MiB): a switchyard publish with a 70 KiB free
 /// header must fail with an error, promptly (well before `publish_timeout`), and store
-/// nothing; one of 32 KiB is stored and read back by a foreign client intact.
+/// nothing; one of 32 KiB is stored and read back by a foreign client intact. (Fixed in
+/// h-natsfix2: refused before it is sent, `PublishError::TooLarge` naming JetStream's
+/// 65535-byte limit on the header block.)
 #[tokio::test]
-#[ignore = "defect: a server refusal (JetStream 10097, headers over 64 KiB) is resent until publish_timeout before the error"]
 async fn a_switchyard_publish_with_a_header_over_jetstreams_limit_fails_promptly() {
     if skip() {
         return;
@@ -377,6 +379,14 @@ async fn a_switchyard_publish_with_a_header_over_jetstreams_limit_fails_promptly
         took < Duration::from_secs(5),
         "not prompt: {res:?} after {took:?} (publish_timeout 20 s)"
     );
+    match &res {
+        Err(PublishError::TooLarge(e)) => {
+            assert_eq!(e.limit, 65_535, "{e}");
+            assert!(e.size > 70 * 1024, "{e}");
+            assert!(e.to_string().contains("header block"), "{e}");
+        }
+        other => panic!("not TooLarge: {other:?}"),
+    }
     let js = async_nats::jetstream::new(raw().await);
     let stream = js.get_stream(&ns).await.unwrap();
     let stored = stream
@@ -394,5 +404,55 @@ async fn a_switchyard_publish_with_a_header_over_jetstreams_limit_fails_promptly
             .is_err(),
         "the refused message is stored"
     );
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// nats.md: a message whose acknowledgement does not come is resent until
+/// `publish_timeout`; a refusal by the server is not a missing acknowledgement. A publish
+/// JetStream refuses for good (here: over the stream's `max_msg_size`, set by another
+/// client, error 10054, status 400) fails at once with the server's reason, not after
+/// resending it until `publish_timeout` (h-natsfix2; before, 20 s of resends).
+#[tokio::test]
+async fn a_publish_the_server_refuses_fails_at_once_with_its_reason() {
+    if skip() {
+        return;
+    }
+    let setup = Setup::new();
+    let ns = setup.namespace.clone();
+    let (nats, _guard) = event_transport(&setup).await;
+    let (bus, _letters) = bus_on(&nats);
+    let js = async_nats::jetstream::new(raw().await);
+    let mut config = js
+        .get_stream(&ns)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = 512;
+    js.update_stream(&config).await.unwrap();
+    let started = std::time::Instant::now();
+    let big = Envelope::new(setup.topic("big").unwrap(), "b".repeat(2048));
+    let res = tokio::time::timeout(Duration::from_secs(30), bus.publish_envelope(big))
+        .await
+        .expect("publish hung");
+    let took = started.elapsed();
+    assert!(res.is_err(), "a publish JetStream refused reported Ok");
+    assert!(
+        took < Duration::from_secs(5),
+        "not prompt: {res:?} after {took:?} (publish_timeout 20 s)"
+    );
+    match &res {
+        Err(PublishError::Transport(e)) => {
+            assert_eq!(e.kind, TransportErrorKind::Rejected, "{e:?}");
+            assert!(e.message.contains("10054"), "the server's reason: {e:?}");
+        }
+        other => panic!("not a Rejected transport error: {other:?}"),
+    }
+    // A message the stream takes still goes through.
+    let small = Envelope::new(setup.topic("small").unwrap(), "s");
+    bus.publish_envelope(small).await.unwrap();
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
 }
