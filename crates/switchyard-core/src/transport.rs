@@ -41,6 +41,21 @@ pub trait Publisher: Send + Sync + 'static {
         &self,
         batch: Vec<Envelope>,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+    /// Publishes one envelope, with the same promises as [`publish`](Self::publish) of a
+    /// batch of one: resolves once the transport has accepted it (for durable transports:
+    /// persisted under its durability mode), and an error says it was not accepted. The bus
+    /// publishes through this method.
+    ///
+    /// The default calls `publish(vec![envelope])`. A transport overrides it where one
+    /// envelope is cheaper without the batch's `Vec` (the embedded log). A wrapper that
+    /// overrides `publish` to add behaviour must override this too (or leave the default,
+    /// which goes through its `publish`), or the behaviour is skipped for single envelopes.
+    fn publish_one(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        self.publish(vec![envelope])
+    }
     /// Flushes pending publishes and closes, waiting at most until `deadline`.
     fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send;
     /// The largest payload, in bytes, this transport accepts, and whose limit that is (for

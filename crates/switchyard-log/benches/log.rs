@@ -76,7 +76,7 @@ fn work(publishers: usize, per: usize) -> Vec<Vec<Envelope>> {
     (0..publishers).map(|_| envelopes(per)).collect()
 }
 
-/// Whether single records go through `LogTransport::publish_one` (`SWITCHYARD_LOG_PUBLISH=one`)
+/// Whether single records go through `Publisher::publish_one` (`SWITCHYARD_LOG_PUBLISH=one`)
 /// instead of a batch of one (`Publisher::publish(vec![env])`, as the bus does).
 fn publish_one() -> bool {
     static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

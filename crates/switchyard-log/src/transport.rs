@@ -521,25 +521,6 @@ impl LogTransport {
         Ok(())
     }
 
-    /// Publishes one envelope: [`Publisher::publish`] of a batch of one, without the batch's
-    /// `Vec` (one allocation less per publish). Resolves, like `publish`, once the record is
-    /// durable under the configured [`Durability`](crate::Durability); dropped after its
-    /// first poll, the record is still written.
-    ///
-    /// # Errors
-    ///
-    /// As [`Publisher::publish`]: `ShuttingDown` once the log closes, `TooLarge` over
-    /// `max_record_bytes`, a transport error when no stream takes the topic or the batch
-    /// holding the record could not be written or synced.
-    pub async fn publish_one(&self, envelope: Envelope) -> Result<(), PublishError> {
-        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let Some(ticket) = self.hand_over(std::slice::from_ref(&envelope), waker)? else {
-            return Ok(());
-        };
-        drop(envelope);
-        published(Settled::new(&self.inner.intake, ticket).await)
-    }
-
     /// The first poll of a publish: refuses what cannot be stored, encodes `batch` and hands it
     /// to the writer with `waker` (the publishing task's). `None` for an empty batch. Inlined
     /// into both publishes (as one call it cost ~60 instructions a publish more, callgrind).
@@ -623,6 +604,26 @@ impl Publisher for LogTransport {
         drop(batch);
         // Awaited here, not in a shared async fn: that nested future cost ~100 instructions
         // a publish (callgrind).
+        published(Settled::new(&self.inner.intake, ticket).await)
+    }
+
+    /// [`Publisher::publish`] of a batch of one, without the batch's `Vec` (one allocation
+    /// and a copy of the envelope less per publish); the bus publishes through it. Resolves,
+    /// like `publish`, once the record is durable under the configured
+    /// [`Durability`](crate::Durability); dropped after its first poll, the record is still
+    /// written.
+    ///
+    /// # Errors
+    ///
+    /// As [`Publisher::publish`]: `ShuttingDown` once the log closes, `TooLarge` over
+    /// `max_record_bytes`, a transport error when no stream takes the topic or the batch
+    /// holding the record could not be written or synced.
+    async fn publish_one(&self, envelope: Envelope) -> Result<(), PublishError> {
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let Some(ticket) = self.hand_over(std::slice::from_ref(&envelope), waker)? else {
+            return Ok(());
+        };
+        drop(envelope);
         published(Settled::new(&self.inner.intake, ticket).await)
     }
 

@@ -37,7 +37,7 @@ pub(crate) trait ErasedTransport: Send + Sync + 'static {
 
 impl<T: Publisher + Subscriber> ErasedTransport for T {
     fn publish(&self, env: Envelope) -> BoxFuture<'_, Result<(), PublishError>> {
-        Box::pin(Publisher::publish(self, vec![env]))
+        Box::pin(Publisher::publish_one(self, env))
     }
 
     fn subscribe<'a>(

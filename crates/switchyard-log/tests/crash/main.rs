@@ -19,13 +19,20 @@ use switchyard_log::{Durability, LogConfig, LogTransport};
 const CHILD_ENV: &str = "SWITCHYARD_LOG_CRASH_CHILD";
 /// How many tasks the child publishes from (4 unless set).
 const PUBLISHERS_ENV: &str = "SWITCHYARD_LOG_CRASH_PUBLISHERS";
+/// Segment size of the child's log in bytes (16 KiB unless set).
+const SEGMENT_ENV: &str = "SWITCHYARD_LOG_CRASH_SEGMENT";
 const STREAM: &str = "default";
 const GROUP: &str = "crash-group";
 
 fn config(dir: &Path) -> LogConfig {
     LogConfig::new(dir)
         .with_durability(Durability::Always)
-        .with_segment_bytes(16 * 1024)
+        .with_segment_bytes(
+            std::env::var(SEGMENT_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16 * 1024),
+        )
         .with_commit_interval(Duration::from_millis(2))
 }
 
@@ -111,8 +118,14 @@ impl Rng {
     }
 }
 
-/// `cycles` kills of a child publishing from `publishers` tasks.
+/// `cycles` kills of a child publishing from `publishers` tasks (16 KiB segments).
 fn run_cycles(cycles: usize, publishers: u32) {
+    run_cycles_with(cycles, publishers, 16 * 1024);
+}
+
+/// `cycles` kills of a child publishing from `publishers` tasks into segments of
+/// `segment_bytes`.
+fn run_cycles_with(cycles: usize, publishers: u32, segment_bytes: u64) {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let seed = SystemTime::now()
@@ -131,6 +144,7 @@ fn run_cycles(cycles: usize, publishers: u32) {
                 .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
                 .env(CHILD_ENV, dir.path())
                 .env(PUBLISHERS_ENV, publishers.to_string())
+                .env(SEGMENT_ENV, segment_bytes.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -235,6 +249,9 @@ fn kill_9_loses_no_confirmed_publish() {
     // test, not a second one: two crash tests at once in one process disturb each other
     // (docs/log.md, "Tests").
     run_cycles(30, 64);
+    // Rounds of up to 64 with 1 MiB segments: most rounds do not roll a segment, so kills
+    // land in large group-commit rounds rather than at rolls.
+    run_cycles_with(30, 64, 1 << 20);
 }
 
 #[test]

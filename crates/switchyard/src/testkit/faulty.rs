@@ -161,8 +161,24 @@ impl<T: Publisher> Publisher for FaultyTransport<T> {
         self.inner.publish(batch)
     }
 
+    /// Passed through to the wrapped transport's own `publish_one`, as `publish` is (the
+    /// faults are on deliveries and acks, not on publishing), so the wrapped transport
+    /// keeps its single-envelope path under the bus.
+    fn publish_one(
+        &self,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send {
+        self.inner.publish_one(envelope)
+    }
+
     fn close(&self, deadline: Instant) -> impl Future<Output = Result<(), CloseError>> + Send {
         self.inner.close(deadline)
+    }
+
+    /// The wrapped transport's limit, so the bus refuses a larger message up front as it
+    /// would without the wrapper.
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        self.inner.max_message_bytes()
     }
 }
 

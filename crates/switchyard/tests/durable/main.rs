@@ -20,6 +20,7 @@ mod intake;
 mod keep_alive;
 mod owed;
 mod panicking_filter;
+mod publish_one;
 mod redelivered;
 mod removed_queue;
 mod review_rev20;
