@@ -11,6 +11,7 @@ mod browser;
 #[path = "../common/mod.rs"]
 mod common;
 mod review_rev19;
+mod review_rev43;
 mod topology_labels;
 
 use std::path::PathBuf;
