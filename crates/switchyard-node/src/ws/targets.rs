@@ -288,6 +288,10 @@ pub(super) fn subscribe_error(e: SubscribeError) -> ApiError {
     ApiError::new(kind, e.to_string())
 }
 
+/// The header whose value is a message's ordering key (`ordering-key`, as the log, NATS and
+/// the Postgres outbox name it).
+pub(crate) const ORDERING_HEADER: &str = "ordering-key";
+
 /// Starts the bus subscription feeding `target`.
 async fn start_subscription(
     state: &AppState,
@@ -301,7 +305,11 @@ async fn start_subscription(
     let mut builder = state
         .bus
         .subscribe(name, pattern, handler)
-        .workers(workers.max(1));
+        .workers(workers.max(1))
+        // Messages of one ordering key reach the client one at a time, each after the
+        // previous one's ack, on every transport (the log and NATS key by the same header;
+        // in memory only the bus's lanes do).
+        .ordering_header(ORDERING_HEADER);
     if ephemeral {
         builder = builder.ephemeral();
         // The log starts ungrouped subscriptions at its oldest record; an ephemeral

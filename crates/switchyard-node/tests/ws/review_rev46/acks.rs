@@ -257,7 +257,6 @@ async fn one_key_in_order(node: &TestNode, c: &mut Client) {
 /// with one ordering key are in order, each after the previous one's ack" (memory transport,
 /// an ephemeral subscription).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: on the memory transport a manual WS subscription hands out one ordering key's messages in parallel, not each after the previous ack"]
 async fn messages_of_one_ordering_key_wait_for_the_previous_ack() {
     let node = TestNode::start("").await;
     let mut c = node.client().await;
