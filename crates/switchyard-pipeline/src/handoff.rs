@@ -124,6 +124,22 @@ pub trait Handoff: Send + Sync + 'static {
         &self,
         topic: &Topic,
     ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send;
+
+    /// Subscribes to `topic` for a [`Pipeline::via_bus`] hop whose runner admits at most
+    /// `max_in_flight` runs: the pipeline's own envelopes on the hop are at most
+    /// `max_in_flight`, the foreign ones it holds unsettled at most its foreign intake's
+    /// capacity plus the one waiting for a slot (a full intake hands back at once). A
+    /// hand-off that bounds how many envelopes it delivers unsettled must deliver that many
+    /// so the own envelopes always come back ([`BusHandoff`] sizes its workers so). By default
+    /// [`subscribe`](Self::subscribe).
+    fn subscribe_hop(
+        &self,
+        topic: &Topic,
+        max_in_flight: usize,
+    ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send {
+        let _ = max_in_flight;
+        self.subscribe(topic)
+    }
 }
 
 impl<H: Handoff> Handoff for Arc<H> {
@@ -138,6 +154,14 @@ impl<H: Handoff> Handoff for Arc<H> {
         topic: &Topic,
     ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send {
         (**self).subscribe(topic)
+    }
+
+    fn subscribe_hop(
+        &self,
+        topic: &Topic,
+        max_in_flight: usize,
+    ) -> impl Future<Output = Result<Self::Stream, HandoffError>> + Send {
+        (**self).subscribe_hop(topic, max_in_flight)
     }
 }
 
@@ -225,9 +249,9 @@ const SHUTTING_DOWN: &str = "pipeline shutting down";
 const INTAKE_FULL: &str = "intake_full";
 
 /// How many foreign envelopes a `via_bus` hop queues for a run (besides the one waiting for its
-/// slot): the runner's `max_in_flight`, at least [`DEFAULT_MAX_IN_FLIGHT`] (a [`BusHandoff`]'s
-/// default workers, which bound what it delivers unsettled, so at its defaults the bus holds
-/// back the rest instead).
+/// slot): the runner's `max_in_flight`, at least [`DEFAULT_MAX_IN_FLIGHT`]. A [`BusHandoff`]
+/// hop's workers cover it and the own envelopes besides (see [`Handoff::subscribe_hop`]); what
+/// they deliver beyond it while the slots are busy is handed back at once.
 fn foreign_intake_capacity(max_in_flight: usize) -> usize {
     max_in_flight.max(DEFAULT_MAX_IN_FLIGHT)
 }
@@ -299,6 +323,11 @@ where
     /// shutdown the foreign envelopes still waiting are handed back, or dead-lettered with reason
     /// `Shutdown` when they cannot be; none is dropped silently.
     ///
+    /// The hop subscribes with [`Handoff::subscribe_hop`], telling `handoff` the runner's
+    /// `max_in_flight`: a foreign envelope holds what it was delivered with until its run ended
+    /// (or it was handed back), so a [`BusHandoff`] takes workers for the own envelopes, the
+    /// intake and the one waiting, and the own envelopes always come back.
+    ///
     /// ```
     /// use switchyard_core::Topic;
     /// use switchyard_pipeline::{map_fn, InMemoryHandoff, Pipeline, StageError};
@@ -337,8 +366,9 @@ where
             // parked).
             let mut stop = ctx.stop.clone();
             let (h, t, p, hp) = (handoff.clone(), topic.clone(), parked.clone(), hop.clone());
+            let max_in_flight = ctx.shared.max_in_flight;
             ctx.tasks.spawn(async move {
-                let mut stream = match h.subscribe(&t).await {
+                let mut stream = match h.subscribe_hop(&t, max_in_flight).await {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s
@@ -621,7 +651,10 @@ pub const DEFAULT_ORDERING_HEADER: &str = "ordering-key";
 ///
 /// Each `subscribe` registers a bus subscription named `pipeline-handoff:<topic>` with
 /// [`in_flight`](Self::in_flight) workers (default [`DEFAULT_MAX_IN_FLIGHT`], the runner's
-/// default). Its handler hands each envelope to the pipeline and answers only once the
+/// default); a [`Pipeline::via_bus`] hop's subscription has more
+/// ([`Handoff::subscribe_hop`]): `n + max(n, 64) + 1`, `n` the runner's `max_in_flight` (or
+/// `in_flight` if more), so foreign envelopes waiting for a slot never take the workers the
+/// pipeline's own envelopes need to come back. Its handler hands each envelope to the pipeline and answers only once the
 /// envelope's run ended: a message is acknowledged (on a durable transport: acked on the log)
 /// when its output was produced or it was dead-lettered. One the pipeline never fed (still
 /// buffered when it stopped, or refused at shutdown) is handed back to the transport
@@ -635,7 +668,9 @@ pub const DEFAULT_ORDERING_HEADER: &str = "ordering-key";
 /// the subscription receives them (publish order, per publisher), whatever `in_flight` is: a
 /// key's next envelope is fed only once the run of the one before it ended. Envelopes without
 /// a key may overtake each other when `in_flight` is above 1 (as with any subscription with
-/// several workers); `in_flight(1)` keeps their order too (one run at a time).
+/// several workers); on a [`BusSource`], `in_flight(1)` keeps their order too (one run at a
+/// time). A `via_bus` hop's subscription always has several workers: unkeyed foreign envelopes
+/// on it may overtake each other whatever `in_flight` is.
 #[derive(Clone, Debug)]
 pub struct BusHandoff {
     bus: switchyard::Bus,
@@ -663,11 +698,14 @@ impl BusHandoff {
         self
     }
 
-    /// How many received envelopes may wait for their runs at once (the subscription's
-    /// workers, at least 1); match it to the runner's
-    /// [`max_in_flight`](crate::Runner::max_in_flight), and give a [`Pipeline::via_bus`] hop
-    /// that others publish on more: a foreign envelope holds its worker while it waits for a
-    /// slot, and the pipeline's own envelopes need free workers to come back. Default
+    /// How many received envelopes may wait for their runs at once (at least 1): for a
+    /// [`BusSource`] (plain [`subscribe`](Handoff::subscribe)) the subscription's workers,
+    /// to match to the runner's [`max_in_flight`](crate::Runner::max_in_flight). For a
+    /// [`Pipeline::via_bus`] hop it bounds the pipeline's own envelopes on the hop from below:
+    /// the hop's subscription takes `n = max(in_flight, max_in_flight)` workers for them, plus
+    /// `max(n, 64)` for the foreign envelopes the hop's intake holds and one for the foreign
+    /// envelope waiting for its slot (each holds its worker until its run ended, or it was
+    /// handed back), so no setting stalls the own envelopes behind foreign ones. Default
     /// [`DEFAULT_MAX_IN_FLIGHT`].
     #[must_use]
     pub fn in_flight(mut self, n: usize) -> Self {
@@ -699,6 +737,34 @@ impl Handoff for BusHandoff {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<BusStream, HandoffError> {
+        self.subscribe_with_workers(topic, self.in_flight).await
+    }
+
+    /// Workers for the pipeline's own envelopes (`max_in_flight`, or
+    /// [`in_flight`](Self::in_flight) if more), the foreign intake's capacity and the foreign
+    /// envelope waiting for its slot: however many foreign envelopes wait, each own envelope
+    /// finds a free worker to come back through.
+    async fn subscribe_hop(
+        &self,
+        topic: &Topic,
+        max_in_flight: usize,
+    ) -> Result<BusStream, HandoffError> {
+        let own = self.in_flight.max(max_in_flight);
+        let workers = own
+            .saturating_add(foreign_intake_capacity(own))
+            .saturating_add(1);
+        self.subscribe_with_workers(topic, workers).await
+    }
+}
+
+impl BusHandoff {
+    /// The bus subscription behind [`Handoff::subscribe`] with `workers` workers: each holds
+    /// one envelope handed to the pipeline until its run ended (or it was handed back).
+    async fn subscribe_with_workers(
+        &self,
+        topic: &Topic,
+        workers: usize,
+    ) -> Result<BusStream, HandoffError> {
         let (tx, rx) = mpsc::channel(self.in_flight);
         let handler = switchyard::handler_fn(move |envelope: Envelope| {
             let tx = tx.clone();
@@ -720,7 +786,7 @@ impl Handoff for BusHandoff {
         let mut builder = self
             .bus
             .subscribe(&name, topic.as_str(), handler)
-            .workers(self.in_flight);
+            .workers(workers);
         if let Some(header) = self.ordering_header {
             builder = builder.ordering_header(header);
         }

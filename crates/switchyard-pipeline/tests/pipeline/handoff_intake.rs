@@ -243,13 +243,13 @@ async fn at_shutdown_foreign_envelopes_in_the_intake_are_handed_back() {
     );
 }
 
-/// Known limit (documented on `BusHandoff::in_flight`): a foreign envelope waiting for a slot
-/// holds its `BusHandoff` worker; with as many workers as slots, the pipeline's own envelope
-/// finds no free worker to come back through while the foreign one waits for the slot that own
-/// run holds. Observed: "stalled: accepted 1 completed 1 rejected 0 drained true; out [1]", the
-/// own envelope received only after 10 s, at shutdown, once the foreign one was handed back.
+/// A foreign envelope waiting for a slot holds its `BusHandoff` worker (acked only once its run
+/// ended). With `in_flight(1)` and `max_in_flight(1)` the hop's subscription still has a worker
+/// for the pipeline's own envelope (`n + max(n, 64) + 1` workers, `Handoff::subscribe_hop`), so
+/// the own run crosses the hop and ends, and the foreign envelope then gets its slot. Before the
+/// fix (one worker): "stalled: accepted 1 completed 1 rejected 0 drained true; out [1]", the own
+/// envelope received only at shutdown, once the foreign one was handed back.
 #[tokio::test]
-#[ignore = "limit: a BusHandoff with no more workers than max_in_flight stalls when a foreign envelope waits for the slot of a run whose envelope needs its worker"]
 async fn a_bus_handoff_with_as_many_workers_as_slots_stalls_behind_a_foreign_envelope() {
     let bus = switchyard::Bus::new();
     let handoff = switchyard_pipeline::BusHandoff::new(bus.clone()).in_flight(1);
@@ -280,5 +280,68 @@ async fn a_bus_handoff_with_as_many_workers_as_slots_stalls_behind_a_foreign_env
         report.drained,
         out.lock().unwrap(),
         report.monitor
+    );
+    assert!(report.drained);
+    assert_eq!(report.monitor.rejected, 0);
+    assert_eq!(
+        *out.lock().unwrap(),
+        vec![1, 100],
+        "own run first, then the foreign one"
+    );
+}
+
+/// More slots than `BusHandoff::in_flight` and a burst of foreign envelopes larger than the
+/// intake while every slot is held by an own run before the hop: the own envelopes still find
+/// workers to come back through (`n + max(n, 64) + 1` workers, `n` the runner's
+/// `max_in_flight` 2), then the foreign envelopes the intake kept run. Those beyond the intake
+/// (64 queued + the one waiting) were handed back at once; on an in-memory bus, with nowhere to
+/// go back to, the bus dead-letters them: none is lost. Before the fix (1 worker) the foreign
+/// envelopes held the only worker and the own runs never crossed the hop.
+#[tokio::test]
+async fn own_envelopes_come_back_through_a_burst_of_foreign_ones_with_fewer_workers_than_slots() {
+    let bus = switchyard::Bus::new();
+    let handoff = switchyard_pipeline::BusHandoff::new(bus.clone()).in_flight(1);
+    let topic = Topic::new("jobs.intake.burst").unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (out, pipeline) = gated_hop_pipeline(handoff.clone(), &topic, &gate);
+    let running = Runner::new(pipeline)
+        .max_in_flight(2)
+        .drain_timeout(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let monitor = running.monitor().clone();
+    running.feed().send(1).await.unwrap();
+    running.feed().send(2).await.unwrap();
+    for v in 100..170u64 {
+        handoff
+            .publish(Envelope::new(topic.clone(), v.to_string()))
+            .await
+            .unwrap();
+    }
+    gate.add_permits(2);
+    let ran = monitor.wait_until(WAIT, |m| m.completed() >= 2 + 65).await;
+    let report = running.shutdown().await;
+    let got = out.lock().unwrap().clone();
+    assert!(
+        ran,
+        "stalled: accepted {} completed {}; out {:?}",
+        report.monitor.accepted, report.monitor.completed, got
+    );
+    assert!(report.drained);
+    let mut own: Vec<u64> = got.iter().copied().filter(|v| *v < 100).collect();
+    own.sort_unstable();
+    assert_eq!(own, vec![1, 2]);
+    // Every foreign envelope ran or, handed back, was dead-lettered by the in-memory bus.
+    bus.shutdown(WAIT).await.unwrap();
+    let bus_dead = bus
+        .dead_letters()
+        .map(|d| d.list().len())
+        .unwrap_or_default();
+    assert_eq!(
+        report.monitor.completed as usize + bus_dead,
+        72,
+        "completed {} + bus dead letters {bus_dead}",
+        report.monitor.completed
     );
 }
