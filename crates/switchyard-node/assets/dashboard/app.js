@@ -590,6 +590,9 @@
 
   // --- Dead letters
   let dlqItems = [];
+  // The filter the list shows (from the hash, not the form's boxes, which may hold an edit
+  // not applied yet) and how many entries match it: what "Purge all matching" purges.
+  let dlqApplied = { filter: {}, total: 0 };
   let replaying = false; // a replay is being followed: dead_letter events do not reload the list
   const selected = new Set();
   // datetime-local inputs hold local time; the API and the hash hold RFC 3339 (UTC).
@@ -612,6 +615,9 @@
     const data = await api("/v1/dlq?" + params.toString());
     clearError();
     dlqItems = data.items || [];
+    const filter = {};
+    for (const k of ["topic", "subscription", "error", "since", "until"]) if (params.get(k)) filter[k] = params.get(k);
+    dlqApplied = { filter, total: data.total };
     for (const s of [...selected]) if (!dlqItems.some((i) => i.id === s)) selected.delete(s);
     $("#dlq-total").textContent = "(" + dlqItems.length + (dlqItems.length !== data.total ? " shown of " + data.total : "") + (params.toString() ? " matching the filter" : "") + ")";
     const base = "#dlq" + (query ? "?" + query : "") + "/";
@@ -730,9 +736,13 @@
   $("#dlq-replay").addEventListener("click", () => replay([...selected]).catch(showError));
   $("#dlq-purge").addEventListener("click", () => purge({ ids: [...selected] }, "Purge " + selected.size + " selected dead letter(s)? This cannot be undone.").catch(showError));
   $("#dlq-purge-all").addEventListener("click", () => {
-    const topic = $("#dlq-filter").elements.topic.value.trim();
-    const body = topic ? { all: true, topic } : { all: true };
-    purge(body, "Purge ALL dead letters" + (topic ? " on " + topic : "") + "? This cannot be undone.").catch(showError);
+    // Exactly what the list shows: the applied filter goes to the node, which purges the
+    // entries the same listing matches.
+    const { filter, total } = dlqApplied;
+    const named = Object.entries(filter).map(([k, v]) => k + "=" + v).join(", ");
+    const text = named ? "Purge the " + fmt(total) + " dead letter(s) matching " + named + "?"
+      : "Purge all " + fmt(total) + " dead letter(s), unfiltered?";
+    purge(Object.assign({ all: true }, filter), text + " This cannot be undone.").catch(showError);
   });
 
   // --- Alerts and health: liveness (/health), readiness and uptime (/v1/status), transport and

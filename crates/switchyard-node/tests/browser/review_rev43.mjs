@@ -193,6 +193,7 @@ try {
     await view("dlq");
     await shot("purge-filter-after");
     if (after !== before - 3) fail(`"Purge all matching" with the subscription filter (3 listed) purged ${before - after} of ${before} ("${said}"; it asked "${question}")`);
+    if (!/\b3 dead letter/.test(question) || !/subscription=other/.test(question)) fail(`the confirmation does not name the count (3) and the filter (subscription=other): "${question}"`);
   } else if (mode === "trace") {
     const corr = process.env.CORRELATION_ID;
     await page.goto(url + "#trace/" + corr);
