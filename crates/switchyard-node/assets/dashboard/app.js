@@ -822,8 +822,24 @@
       throw e;
     }
     clearError();
-    const dlq = await api("/v1/dlq?limit=1000").catch(() => ({ items: [] }));
-    const failed = new Map((dlq.items || []).map((i) => [i.id, i]));
+    // The dead letters of this trace's own messages (by id, wherever they are in the queue:
+    // a bad night's thousands of older dead letters must not hide them), 1000 ids a request.
+    const ids = [...new Set((data.messages || []).map((m) => m.id))];
+    const chunks = [];
+    for (let i = 0; i < ids.length; i += 1000) chunks.push(ids.slice(i, i + 1000));
+    const entriesOf = async (c) => { // every page: a message has one entry per subscription that gave up
+      const items = [];
+      for (let total = 1; items.length < total;) {
+        const page = await api("/v1/dlq?limit=1000&offset=" + items.length + "&ids=" + c.map(encodeURIComponent).join(","));
+        total = page.total;
+        if (!(page.items || []).length) break;
+        items.push(...page.items);
+      }
+      return { items };
+    };
+    const lists = await Promise.all(chunks.map((c) => entriesOf(c).catch(() => ({ items: [] }))));
+    const failed = new Map();
+    for (const l of lists) for (const i of l.items || []) if (!failed.has(i.id)) failed.set(i.id, i);
     const msgs = new Map((data.messages || []).map((m) => [m.id, m]));
     const calls = new Map();
     for (const d of data.deliveries || []) { if (!calls.has(d.message_id)) calls.set(d.message_id, []); calls.get(d.message_id).push(d); }

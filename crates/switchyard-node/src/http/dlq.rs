@@ -26,6 +26,9 @@ pub(crate) struct ListQuery {
     since: Option<String>,
     /// Only dead-lettered before this time (RFC 3339).
     until: Option<String>,
+    /// Only these message ids, comma-separated (1 to 1000): a message's entries wherever
+    /// they are in the queue (the trace view looks its messages up so).
+    ids: Option<String>,
     /// Items per page (default 100, at most 1000).
     limit: Option<usize>,
     /// Items to skip.
@@ -128,7 +131,11 @@ pub(crate) async fn list(
         q.until.as_deref(),
         ErrorKind::BadQuery,
     )?;
-    let all = state.dlq.list(&filter);
+    let mut all = state.dlq.list(&filter);
+    if let Some(ids) = &q.ids {
+        let ids: std::collections::HashSet<MessageId> = id_list(ids)?.into_iter().collect();
+        all.retain(|l| ids.contains(&l.envelope.id));
+    }
     let items = all
         .iter()
         .skip(q.offset.unwrap_or(0))
@@ -156,6 +163,23 @@ fn parse_time(name: &str, value: &str, kind: ErrorKind) -> Result<std::time::Sys
     let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
         .map_err(|e| bad(&e))?;
     Ok(std::time::SystemTime::from(at))
+}
+
+/// Comma-separated message ids, 1 to 1000 of them, in the order given.
+fn id_list(ids: &str) -> Result<Vec<MessageId>, ApiError> {
+    let ids = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_id)
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::new(
+            ErrorKind::BadQuery,
+            format!("{} id(s): give 1 to 1000, comma-separated", ids.len()),
+        ));
+    }
+    Ok(ids)
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -413,19 +437,7 @@ pub(crate) async fn replays(
     _admin: Admin,
     Q(q): Q<ReplaysQuery>,
 ) -> Result<Json<ReplaysJson>, ApiError> {
-    let ids = q
-        .ids
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse_id)
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() || ids.len() > 1000 {
-        return Err(ApiError::new(
-            ErrorKind::BadQuery,
-            format!("{} id(s): give 1 to 1000, comma-separated", ids.len()),
-        ));
-    }
+    let ids = id_list(&q.ids)?;
     let replays = ids.iter().map(|id| state.live.replays.get(id)).collect();
     Ok(Json(ReplaysJson { replays }))
 }

@@ -308,7 +308,6 @@ admin = true
 /// queue (a bad night), the list says how many it shows of how many, and the message of the
 /// trace that failed just now is still marked failed and linked to its dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: with over 1,000 older dead letters the trace view no longer marks a failed message or links its dead letter"]
 async fn a_trace_links_its_dead_letter_when_the_queue_holds_thousands() {
     if browser::browser_or_skip("rev43 trace scale").is_none() {
         return;

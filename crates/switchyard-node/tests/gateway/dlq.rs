@@ -467,3 +467,55 @@ async fn purge_and_replay_take_the_listings_filters() {
     assert_eq!(ids, vec![(a.as_str(), "billing")], "{left}");
     node.stop().await.unwrap();
 }
+
+/// Docs (Dead letters): `GET /v1/dlq?ids=<id>,<id>` lists the entries of these messages
+/// wherever they are in the queue (the trace view looks up its own messages so, however many
+/// older dead letters precede them); it combines with the other filters, and a malformed or
+/// empty list is refused.
+#[tokio::test]
+async fn dead_letters_are_listed_by_message_ids() {
+    let node = TestNode::start(MEMORY).await;
+    let _billing = rejecting_until_replayed_as(&node, "billing").await;
+    let _audit = rejecting_until_replayed_as(&node, "audit").await;
+    let a = publish(&node, "billing.charge", r#"{"amount": 1}"#).await;
+    let b = publish(&node, "billing.refund", r#"{"amount": 2}"#).await;
+    let c = publish(&node, "billing.charge", r#"{"amount": 3}"#).await;
+    node.bus.run_until_idle().await;
+    let listed = |query: String| {
+        let node = &node;
+        async move {
+            let v = get_json(node, &format!("/v1/dlq?{query}")).await;
+            let items: Vec<(String, String)> = v["items"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{query}: {v}"))
+                .iter()
+                .map(|i| {
+                    (
+                        i["id"].as_str().unwrap().to_owned(),
+                        i["handler"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            (v["total"].clone(), items)
+        }
+    };
+    let (total, items) = listed(format!("ids={c},{a}&limit=1&offset=3")).await;
+    assert_eq!(total, 4, "a's and c's entries, 2 each");
+    assert_eq!(items, vec![(c.clone(), "audit".to_owned())], "oldest first");
+    let (total, items) = listed(format!("ids={b}&subscription=billing")).await;
+    assert_eq!(
+        (total, items),
+        (json!(1), vec![(b.clone(), "billing".to_owned())])
+    );
+    let (total, _) = listed("ids=01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()).await;
+    assert_eq!(total, 0);
+    for bad in ["ids=", "ids=a%20b"] {
+        let res = client()
+            .get(node.url(&format!("/v1/dlq?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    node.stop().await.unwrap();
+}
