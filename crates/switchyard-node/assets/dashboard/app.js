@@ -805,7 +805,10 @@
       return el("tr", {},
         el("td", {}, el("a", { href: "#subscriptions/" + encodeURIComponent(s.name) }, s.name)),
         el("td", {}, state ? el("span", { class: "pill " + state.toLowerCase().replace(/[^a-z]/g, "") }, state) : "–"),
-        el("td", { class: "r" }, fmt((s.stats || {}).acked)), el("td", { class: "r" }, fmt(((s.stats || {}).failed || 0) + ((s.stats || {}).rejected || 0))),
+        // "Failed" is stats.failed here as in the overview and Subscriptions views; rejections
+        // are their own column.
+        el("td", { class: "r" }, fmt((s.stats || {}).acked)), el("td", { class: "r" }, fmt((s.stats || {}).failed)),
+        el("td", { class: "r" }, fmt((s.stats || {}).rejected)),
         el("td", { class: "r" }, ms(l.p50_seconds)), el("td", { class: "r" }, ms(l.p95_seconds)), el("td", { class: "r" }, ms(l.p99_seconds)));
     }));
   }

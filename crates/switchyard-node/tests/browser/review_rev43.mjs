@@ -103,10 +103,12 @@ try {
     const subs = (await row("#subs", "pay")).Failed;
     await view("health");
     await page.locator("#health-handlers tbody tr").first().waitFor({ timeout: T });
-    const health = (await row("#health-handlers", "pay")).Failed;
+    const healthRow = await row("#health-handlers", "pay");
+    const health = healthRow.Failed;
     await shot("failed-column-health");
     step(`pay (5 acked, 2 rejected): Failed = ${overview} (overview), ${subs} (subscriptions), ${health} (health)`);
     if (!(overview === subs && subs === health)) fail(`one subscription's "Failed" differs between views: overview ${overview}, subscriptions ${subs}, health ${health}`);
+    if (healthRow.Rejected !== "2") fail(`the health table does not show pay's 2 rejections apart: ${JSON.stringify(healthRow)}`);
   } else if (mode === "dlq") {
     const odd = (process.env.ODD_TOPICS || "").split("\n").filter(Boolean);
     await page.goto(url + "#dlq");
