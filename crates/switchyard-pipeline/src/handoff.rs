@@ -11,7 +11,9 @@
 //! Two ways to use it:
 //! - [`Pipeline::via_bus`]: the values flowing out of the pipeline so far are published on a topic
 //!   and the next stage receives them from the subscription. Runs keep their accounting across the
-//!   hop (the run waits, in flight, until its envelope comes back).
+//!   hop (the run waits, in flight, until its envelope comes back). Envelopes published on the
+//!   topic by someone else wait for a slot in a bounded intake, never in front of the pipeline's
+//!   own envelopes.
 //! - [`BusSink`] (end of one pipeline) and [`BusSource`] (start of another): the split across
 //!   processes; each side counts its own runs.
 
@@ -35,7 +37,8 @@ use switchyard_core::{DeadLetter, DeadLetterReason, Envelope, Message, Topic};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{HandoffError, SourceError, StageError, StageErrorKind, StartError};
-use crate::pipeline::{Emit, Item, Parked, Pipeline, channel_emit};
+use crate::monitor::OpRecorder;
+use crate::pipeline::{Emit, Item, Parked, Pipeline, RunToken, Shared, channel_emit};
 use crate::runner::{DEFAULT_MAX_IN_FLIGHT, Feed, Source, StopSignal};
 use crate::stage::Stage;
 
@@ -216,6 +219,65 @@ fn encode_typed<M: Message>(value: &M, topic: &Topic) -> Result<Envelope, StageE
     Ok(env)
 }
 
+/// Dead-letter text for a foreign envelope refused at shutdown.
+const SHUTTING_DOWN: &str = "pipeline shutting down";
+/// Receive-operation error type for a foreign envelope refused because the intake was full.
+const INTAKE_FULL: &str = "intake_full";
+
+/// How many foreign envelopes a `via_bus` hop queues for a run (besides the one waiting for its
+/// slot): the runner's `max_in_flight`, at least [`DEFAULT_MAX_IN_FLIGHT`] (a [`BusHandoff`]'s
+/// default workers, which bound what it delivers unsettled, so at its defaults the bus holds
+/// back the rest instead).
+fn foreign_intake_capacity(max_in_flight: usize) -> usize {
+    max_in_flight.max(DEFAULT_MAX_IN_FLIGHT)
+}
+
+/// What the two receiving tasks of a `via_bus` hop share.
+struct Hop<Out> {
+    shared: Arc<Shared>,
+    name: SmolStr,
+    receive_op: OpRecorder,
+    emit: Emit<Out>,
+}
+
+impl<Out: DeserializeOwned> Hop<Out> {
+    /// Hands a received envelope on as `token`'s next item; `settle` is settled when the run
+    /// ends. An undecodable payload fails the run.
+    fn deliver(&self, received: Received, token: RunToken) {
+        let Received {
+            envelope: env,
+            settle,
+        } = received;
+        // Acknowledged where it came from once the run ended.
+        token.on_end(settle);
+        match serde_json::from_slice::<Out>(&env.payload) {
+            Ok(value) => {
+                self.receive_op
+                    .success(env.timestamp.elapsed().unwrap_or_default());
+                (self.emit)(Item { value, token });
+            }
+            Err(e) => {
+                let e = StageError::decode(e);
+                self.receive_op.error(e.error_type());
+                token.fail(&self.name, &e);
+            }
+        }
+    }
+
+    /// A foreign envelope no run was started for: handed back where it came from when that
+    /// takes it back (dropping its settle unsettled), dead-lettered and counted rejected
+    /// otherwise.
+    fn refuse(&self, received: Received, reason: DeadLetterReason, why: &'static str) {
+        if received.settle.can_hand_back() {
+            return;
+        }
+        self.shared
+            .dead_letters
+            .put(DeadLetter::new(received.envelope, reason, why).with_handler(self.name.clone()));
+        self.shared.monitor.record_rejected();
+    }
+}
+
 impl<In, Out> Pipeline<In, Out>
 where
     In: Send + 'static,
@@ -228,6 +290,14 @@ where
     /// Runs keep their accounting across the hop: a run stays in flight while its envelope is on
     /// the bus. Envelopes on `topic` published by someone else (another process) start new runs.
     /// Monitor operations: `bus:<topic>`/`publish` and `bus:<topic>`/`receive`.
+    ///
+    /// Receiving never waits for an in-flight slot: the pipeline's own envelopes go on at once;
+    /// foreign ones wait for a slot in an intake, in the order received. The intake holds the
+    /// runner's `max_in_flight` (at least 64) besides the one waiting for its slot; one arriving
+    /// while it is full is handed back where it came from when that takes it back, otherwise
+    /// dead-lettered with reason `Dropped` (counted rejected, receive error `intake_full`). At
+    /// shutdown the foreign envelopes still waiting are handed back, or dead-lettered with reason
+    /// `Shutdown` when they cannot be; none is dropped silently.
     ///
     /// ```
     /// use switchyard_core::Topic;
@@ -249,11 +319,24 @@ where
             let publish_op = ctx.shared.monitor.op(&name, "publish");
             let receive_op = ctx.shared.monitor.op(&name, "receive");
 
-            // Owns the subscription; receives envelopes and hands decoded values on. Stops on the
-            // stop signal, which fires only once no run is in flight (so none is parked).
-            let shared = ctx.shared.clone();
+            let hop = Arc::new(Hop {
+                shared: ctx.shared.clone(),
+                name: name.clone(),
+                receive_op,
+                emit,
+            });
+            // Foreign envelopes (published on the topic by someone else) wait here for a run, in
+            // the order received, so the receiving task never waits for an in-flight slot.
+            let (intake_tx, intake_rx) = mpsc::channel::<Received>(foreign_intake_capacity(
+                ctx.shared.max_in_flight,
+            ));
+
+            // Owns the subscription; receives envelopes and never waits for a slot: an envelope
+            // of the pipeline's own (parked) run goes on at once, a foreign one to the intake.
+            // Stops on the stop signal, which fires only once no run is in flight (so none is
+            // parked).
             let mut stop = ctx.stop.clone();
-            let (h, t, n, p) = (handoff.clone(), topic.clone(), name.clone(), parked.clone());
+            let (h, t, p, hp) = (handoff.clone(), topic.clone(), parked.clone(), hop.clone());
             ctx.tasks.spawn(async move {
                 let mut stream = match h.subscribe(&t).await {
                     Ok(s) => {
@@ -269,10 +352,7 @@ where
                     }
                 };
                 loop {
-                    let Received {
-                        envelope: env,
-                        settle,
-                    } = tokio::select! {
+                    let received = tokio::select! {
                         biased;
                         received = stream.next() => match received {
                             Some(received) => received,
@@ -280,39 +360,48 @@ where
                         },
                         () = stop.stopped() => break,
                     };
-                    let parked_token = p.lock().remove(&env.id);
-                    let token = match parked_token {
-                        Some(token) => token,
-                        None => match shared.start_run(Some(env.clone())).await {
-                            Ok(token) => token,
-                            // Handed back (the settle dropped): delivered again elsewhere or later.
-                            Err(_) if settle.can_hand_back() => continue,
-                            Err(_) => {
-                                shared.dead_letters.put(
-                                    DeadLetter::new(
-                                        env,
-                                        DeadLetterReason::Shutdown,
-                                        "pipeline shutting down",
-                                    )
-                                    .with_handler(n.clone()),
+                    let parked_token = p.lock().remove(&received.envelope.id);
+                    match parked_token {
+                        Some(token) => hp.deliver(received, token),
+                        None => match intake_tx.try_send(received) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(received)) => {
+                                hp.receive_op.error(INTAKE_FULL);
+                                hp.refuse(
+                                    received,
+                                    DeadLetterReason::Dropped,
+                                    "via_bus intake for foreign envelopes full",
                                 );
-                                shared.monitor.record_rejected();
-                                continue;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(received)) => {
+                                hp.refuse(received, DeadLetterReason::Shutdown, SHUTTING_DOWN);
                             }
                         },
+                    }
+                }
+                Ok(())
+            });
+
+            // The foreign intake: starts a run for each foreign envelope in turn, waiting for an
+            // in-flight slot. Refused once intake closed or the stages stop (handed back, or
+            // dead-lettered when it cannot be); ends once the receiving task is gone and the
+            // envelopes queued before that were refused.
+            let mut stop = ctx.stop.clone();
+            ctx.tasks.spawn(async move {
+                let mut rx = intake_rx;
+                while let Some(received) = rx.recv().await {
+                    let started = if stop.is_stopped() {
+                        None
+                    } else {
+                        tokio::select! {
+                            biased;
+                            started = hop.shared.start_run(Some(received.envelope.clone())) => started.ok(),
+                            () = stop.stopped() => None,
+                        }
                     };
-                    // Acknowledged where it came from once the run ended.
-                    token.on_end(settle);
-                    match serde_json::from_slice::<Out>(&env.payload) {
-                        Ok(value) => {
-                            receive_op.success(env.timestamp.elapsed().unwrap_or_default());
-                            emit(Item { value, token });
-                        }
-                        Err(e) => {
-                            let e = StageError::decode(e);
-                            receive_op.error(e.error_type());
-                            token.fail(&n, &e);
-                        }
+                    match started {
+                        Some(token) => hop.deliver(received, token),
+                        None => hop.refuse(received, DeadLetterReason::Shutdown, SHUTTING_DOWN),
                     }
                 }
                 Ok(())
@@ -576,7 +665,10 @@ impl BusHandoff {
 
     /// How many received envelopes may wait for their runs at once (the subscription's
     /// workers, at least 1); match it to the runner's
-    /// [`max_in_flight`](crate::Runner::max_in_flight). Default [`DEFAULT_MAX_IN_FLIGHT`].
+    /// [`max_in_flight`](crate::Runner::max_in_flight), and give a [`Pipeline::via_bus`] hop
+    /// that others publish on more: a foreign envelope holds its worker while it waits for a
+    /// slot, and the pipeline's own envelopes need free workers to come back. Default
+    /// [`DEFAULT_MAX_IN_FLIGHT`].
     #[must_use]
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = n.max(1);

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) monitor: Monitor,
     pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
     pub(crate) semaphore: Arc<Semaphore>,
+    /// The runner's `max_in_flight` (at least 1).
+    pub(crate) max_in_flight: usize,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -53,6 +55,7 @@ impl Shared {
             monitor,
             dead_letters,
             semaphore: Arc::new(Semaphore::new(max_in_flight.min(Semaphore::MAX_PERMITS))),
+            max_in_flight: max_in_flight.clamp(1, Semaphore::MAX_PERMITS),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
         }

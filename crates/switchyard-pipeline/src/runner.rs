@@ -9,11 +9,12 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use switchyard_core::{DeadLetter, DeadLetterSink, Envelope, InMemoryDeadLetters};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::error::{FeedError, SourceError, StageError, StartError, short_type_name};
 use crate::handoff::Settle;
@@ -262,7 +263,8 @@ where
         self
     }
 
-    /// How long shutdown waits for sources to stop and in-flight runs to finish.
+    /// How long shutdown waits for sources to stop and in-flight runs to finish, measured on
+    /// tokio's clock from the start of the shutdown (on a paused clock, virtual time).
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
         self
@@ -333,7 +335,7 @@ pub struct RunReport {
     pub monitor: MonitorSnapshot,
     /// Whether every accepted run ended before the drain deadline.
     pub drained: bool,
-    /// How long the shutdown took.
+    /// How long the shutdown took, on tokio's clock (virtual time on a paused clock).
     pub shutdown_took: Duration,
     /// Sources that ended with an error (name, error).
     pub source_errors: Vec<(String, SourceError)>,
@@ -421,12 +423,14 @@ impl<In: Send + 'static> RunningPipeline<In> {
     }
 
     async fn stop(mut self, reason: StopReason) -> RunReport {
+        // Deadlines on tokio's clock, the one the waits below run on (on a paused clock, time
+        // skipped before the shutdown does not count against the drain).
         let started = Instant::now();
         let deadline = started + self.drain_timeout;
         // 1. Sources stop receiving. A source blocked on a full pipeline still gets its slot as
         //    runs finish, so this ends.
         let _ = self.sources_stop_tx.send(true);
-        let sources_done = tokio::time::timeout_at(deadline.into(), async {
+        let sources_done = tokio::time::timeout_at(deadline, async {
             while let Some(done) = self.sources.join_next().await {
                 collect_source_end(done, &mut self.source_errors);
             }
@@ -459,7 +463,7 @@ impl<In: Send + 'static> RunningPipeline<In> {
         // A stage stuck in `run` or `finish` past the deadline (plus a grace second) is aborted.
         let grace = deadline.max(Instant::now()) + Duration::from_secs(1);
         let tasks = &mut self.tasks;
-        let joined = tokio::time::timeout_at(grace.into(), async {
+        let joined = tokio::time::timeout_at(grace, async {
             while let Some(done) = tasks.join_next().await {
                 match done {
                     Ok(Ok(())) => {}

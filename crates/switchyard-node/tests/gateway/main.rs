@@ -18,6 +18,7 @@ mod observe;
 mod replays;
 mod review_rev3;
 mod review_rev36;
+mod review_rev45;
 mod review_rev8;
 mod tls;
 mod validation;

@@ -24,6 +24,7 @@ mod review_rev24;
 mod review_rev3;
 mod review_rev31;
 mod review_rev32;
+mod review_rev46;
 mod review_rev8;
 mod slow;
 mod stream_expiry;

@@ -13,6 +13,8 @@ use switchyard_pipeline::{
 };
 use tokio::sync::{Mutex, Semaphore};
 
+mod drain_clock;
+mod handoff_intake;
 mod handoff_order;
 mod review_rev11;
 mod review_rev32;

@@ -145,7 +145,6 @@ async fn a_foreign_envelope_while_every_slot_waits_on_the_hop<H: Handoff + Clone
 }
 
 #[tokio::test]
-#[ignore = "defect: via_bus's receive task blocks on a permit for a foreign envelope while the only slot is held by a run parked behind it on the bus (deadlock until shutdown)"]
 async fn a_foreign_envelope_while_every_slot_waits_on_an_in_memory_hop_does_not_stall() {
     let bus = InMemoryHandoff::new();
     let b = bus.clone();
@@ -158,7 +157,6 @@ async fn a_foreign_envelope_while_every_slot_waits_on_an_in_memory_hop_does_not_
 }
 
 #[tokio::test]
-#[ignore = "defect: via_bus's receive task blocks on a permit for a foreign envelope while the only slot is held by a run parked behind it on the bus (deadlock until shutdown)"]
 async fn a_foreign_envelope_while_every_slot_waits_on_a_switchyard_bus_hop_does_not_stall() {
     let bus = switchyard::Bus::new();
     let handoff = BusHandoff::new(bus.clone()); // default 64 hand-off workers
