@@ -590,6 +590,9 @@
 
   // --- Dead letters
   let dlqItems = [];
+  // The filter the list shows (from the hash, not the form's boxes, which may hold an edit
+  // not applied yet) and how many entries match it: what "Purge all matching" purges.
+  let dlqApplied = { filter: {}, total: 0 };
   let replaying = false; // a replay is being followed: dead_letter events do not reload the list
   const selected = new Set();
   // datetime-local inputs hold local time; the API and the hash hold RFC 3339 (UTC).
@@ -612,6 +615,9 @@
     const data = await api("/v1/dlq?" + params.toString());
     clearError();
     dlqItems = data.items || [];
+    const filter = {};
+    for (const k of ["topic", "subscription", "error", "since", "until"]) if (params.get(k)) filter[k] = params.get(k);
+    dlqApplied = { filter, total: data.total };
     for (const s of [...selected]) if (!dlqItems.some((i) => i.id === s)) selected.delete(s);
     $("#dlq-total").textContent = "(" + dlqItems.length + (dlqItems.length !== data.total ? " shown of " + data.total : "") + (params.toString() ? " matching the filter" : "") + ")";
     const base = "#dlq" + (query ? "?" + query : "") + "/";
@@ -730,9 +736,13 @@
   $("#dlq-replay").addEventListener("click", () => replay([...selected]).catch(showError));
   $("#dlq-purge").addEventListener("click", () => purge({ ids: [...selected] }, "Purge " + selected.size + " selected dead letter(s)? This cannot be undone.").catch(showError));
   $("#dlq-purge-all").addEventListener("click", () => {
-    const topic = $("#dlq-filter").elements.topic.value.trim();
-    const body = topic ? { all: true, topic } : { all: true };
-    purge(body, "Purge ALL dead letters" + (topic ? " on " + topic : "") + "? This cannot be undone.").catch(showError);
+    // Exactly what the list shows: the applied filter goes to the node, which purges the
+    // entries the same listing matches.
+    const { filter, total } = dlqApplied;
+    const named = Object.entries(filter).map(([k, v]) => k + "=" + v).join(", ");
+    const text = named ? "Purge the " + fmt(total) + " dead letter(s) matching " + named + "?"
+      : "Purge all " + fmt(total) + " dead letter(s), unfiltered?";
+    purge(Object.assign({ all: true }, filter), text + " This cannot be undone.").catch(showError);
   });
 
   // --- Alerts and health: liveness (/health), readiness and uptime (/v1/status), transport and
@@ -795,7 +805,10 @@
       return el("tr", {},
         el("td", {}, el("a", { href: "#subscriptions/" + encodeURIComponent(s.name) }, s.name)),
         el("td", {}, state ? el("span", { class: "pill " + state.toLowerCase().replace(/[^a-z]/g, "") }, state) : "–"),
-        el("td", { class: "r" }, fmt((s.stats || {}).acked)), el("td", { class: "r" }, fmt(((s.stats || {}).failed || 0) + ((s.stats || {}).rejected || 0))),
+        // "Failed" is stats.failed here as in the overview and Subscriptions views; rejections
+        // are their own column.
+        el("td", { class: "r" }, fmt((s.stats || {}).acked)), el("td", { class: "r" }, fmt((s.stats || {}).failed)),
+        el("td", { class: "r" }, fmt((s.stats || {}).rejected)),
         el("td", { class: "r" }, ms(l.p50_seconds)), el("td", { class: "r" }, ms(l.p95_seconds)), el("td", { class: "r" }, ms(l.p99_seconds)));
     }));
   }
@@ -812,8 +825,24 @@
       throw e;
     }
     clearError();
-    const dlq = await api("/v1/dlq?limit=1000").catch(() => ({ items: [] }));
-    const failed = new Map((dlq.items || []).map((i) => [i.id, i]));
+    // The dead letters of this trace's own messages (by id, wherever they are in the queue:
+    // a bad night's thousands of older dead letters must not hide them), 1000 ids a request.
+    const ids = [...new Set((data.messages || []).map((m) => m.id))];
+    const chunks = [];
+    for (let i = 0; i < ids.length; i += 1000) chunks.push(ids.slice(i, i + 1000));
+    const entriesOf = async (c) => { // every page: a message has one entry per subscription that gave up
+      const items = [];
+      for (let total = 1; items.length < total;) {
+        const page = await api("/v1/dlq?limit=1000&offset=" + items.length + "&ids=" + c.map(encodeURIComponent).join(","));
+        total = page.total;
+        if (!(page.items || []).length) break;
+        items.push(...page.items);
+      }
+      return { items };
+    };
+    const lists = await Promise.all(chunks.map((c) => entriesOf(c).catch(() => ({ items: [] }))));
+    const failed = new Map();
+    for (const l of lists) for (const i of l.items || []) if (!failed.has(i.id)) failed.set(i.id, i);
     const msgs = new Map((data.messages || []).map((m) => [m.id, m]));
     const calls = new Map();
     for (const d of data.deliveries || []) { if (!calls.has(d.message_id)) calls.set(d.message_id, []); calls.get(d.message_id).push(d); }

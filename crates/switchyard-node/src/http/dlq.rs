@@ -26,6 +26,9 @@ pub(crate) struct ListQuery {
     since: Option<String>,
     /// Only dead-lettered before this time (RFC 3339).
     until: Option<String>,
+    /// Only these message ids, comma-separated (1 to 1000): a message's entries wherever
+    /// they are in the queue (the trace view looks its messages up so).
+    ids: Option<String>,
     /// Items per page (default 100, at most 1000).
     limit: Option<usize>,
     /// Items to skip.
@@ -75,12 +78,33 @@ pub(crate) struct DeadLettersJson {
     items: Vec<DeadLetterJson>,
 }
 
-fn topic_filter(topic: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
+/// The filter of a listing, replay or purge: every condition given narrows it. A malformed
+/// time is an error of `bad` (`bad_query` in a query string, `bad_request` in a body).
+fn filter_of(
+    topic: Option<&str>,
+    subscription: Option<&str>,
+    error: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    bad: ErrorKind,
+) -> Result<DeadLetterFilter, ApiError> {
     let mut f = DeadLetterFilter::new();
     if let Some(t) = topic {
         let p =
             Pattern::new(t).map_err(|e| ApiError::new(ErrorKind::InvalidTopic, e.to_string()))?;
         f = f.topic(p);
+    }
+    if let Some(s) = subscription {
+        f = f.handler(s);
+    }
+    if let Some(e) = error {
+        f = f.error_contains(e);
+    }
+    if let Some(t) = since {
+        f = f.since(parse_time("since", t, bad)?);
+    }
+    if let Some(t) = until {
+        f = f.until(parse_time("until", t, bad)?);
     }
     Ok(f)
 }
@@ -99,20 +123,19 @@ pub(crate) async fn list(
             format!("limit = {limit}: allowed 1 to 1000"),
         ));
     }
-    let mut filter = topic_filter(q.topic.as_deref())?;
-    if let Some(s) = &q.subscription {
-        filter = filter.handler(s.as_str());
+    let filter = filter_of(
+        q.topic.as_deref(),
+        q.subscription.as_deref(),
+        q.error.as_deref(),
+        q.since.as_deref(),
+        q.until.as_deref(),
+        ErrorKind::BadQuery,
+    )?;
+    let mut all = state.dlq.list(&filter);
+    if let Some(ids) = &q.ids {
+        let ids: std::collections::HashSet<MessageId> = id_list(ids)?.into_iter().collect();
+        all.retain(|l| ids.contains(&l.envelope.id));
     }
-    if let Some(e) = &q.error {
-        filter = filter.error_contains(e.as_str());
-    }
-    if let Some(t) = &q.since {
-        filter = filter.since(parse_time("since", t)?);
-    }
-    if let Some(t) = &q.until {
-        filter = filter.until(parse_time("until", t)?);
-    }
-    let all = state.dlq.list(&filter);
     let items = all
         .iter()
         .skip(q.offset.unwrap_or(0))
@@ -127,10 +150,10 @@ pub(crate) async fn list(
 
 /// An RFC 3339 time with its offset (`Z`, `+01:00`, `-05:30`) and optional fractional
 /// seconds, as the instant it names.
-fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError> {
+fn parse_time(name: &str, value: &str, kind: ErrorKind) -> Result<std::time::SystemTime, ApiError> {
     let bad = |e: &dyn std::fmt::Display| {
         ApiError::new(
-            ErrorKind::BadQuery,
+            kind,
             format!(
                 "{name} = {value:?}: {e} (expected RFC 3339, e.g. 2026-01-02T03:04:05Z or \
                  2026-01-02T04:04:05.5+01:00)"
@@ -140,6 +163,23 @@ fn parse_time(name: &str, value: &str) -> Result<std::time::SystemTime, ApiError
     let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
         .map_err(|e| bad(&e))?;
     Ok(std::time::SystemTime::from(at))
+}
+
+/// Comma-separated message ids, 1 to 1000 of them, in the order given.
+fn id_list(ids: &str) -> Result<Vec<MessageId>, ApiError> {
+    let ids = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_id)
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(ApiError::new(
+            ErrorKind::BadQuery,
+            format!("{} id(s): give 1 to 1000, comma-separated", ids.len()),
+        ));
+    }
+    Ok(ids)
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -165,44 +205,64 @@ pub(crate) async fn show(
     }
 }
 
-/// Which entries a replay or purge takes: `{"ids": [...]}` or `{"all": true}`, optionally
-/// narrowed by `"topic"` (a pattern).
+/// Which entries a replay or purge takes: `{"ids": [...]}` or `{"all": true}`, narrowed by
+/// the filters of the listing (`GET /v1/dlq`): `topic`, `subscription`, `error`, `since`,
+/// `until`. With `all`, exactly the entries the listing with the same filters shows; with
+/// `ids`, those of the ids that match.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Selection {
     /// Message ids. A replay needs at least one: an empty list is `400 bad_request`.
     #[serde(default)]
     ids: Option<Vec<String>>,
+    /// Every entry the filters match.
     #[serde(default)]
     all: bool,
+    /// Topic pattern.
     #[serde(default)]
     topic: Option<String>,
+    /// Subscription (handler) that gave up.
+    #[serde(default)]
+    subscription: Option<String>,
+    /// Only errors containing this text (case-sensitive).
+    #[serde(default)]
+    error: Option<String>,
+    /// Only dead-lettered at or after this time (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
+    /// Only dead-lettered before this time (RFC 3339).
+    #[serde(default)]
+    until: Option<String>,
 }
 
 enum Selected {
-    Ids(Vec<MessageId>, Option<Pattern>),
+    /// These ids, each only as far as its entries match the filter.
+    Ids(Vec<MessageId>, DeadLetterFilter),
     Filter(DeadLetterFilter),
 }
 
 impl Selection {
     fn resolve(self) -> Result<Selected, ApiError> {
-        match (self.ids, self.all) {
+        let filter = || {
+            filter_of(
+                self.topic.as_deref(),
+                self.subscription.as_deref(),
+                self.error.as_deref(),
+                self.since.as_deref(),
+                self.until.as_deref(),
+                ErrorKind::BadRequest,
+            )
+        };
+        match (&self.ids, self.all) {
             (Some(_), true) => Err(ApiError::new(
                 ErrorKind::BadRequest,
                 "give either \"ids\" or \"all\": true, not both",
             )),
             (Some(ids), false) => {
                 let ids = ids.iter().map(|s| parse_id(s)).collect::<Result<_, _>>()?;
-                let topic = match self.topic {
-                    Some(t) => Some(
-                        Pattern::new(&t)
-                            .map_err(|e| ApiError::new(ErrorKind::InvalidTopic, e.to_string()))?,
-                    ),
-                    None => None,
-                };
-                Ok(Selected::Ids(ids, topic))
+                Ok(Selected::Ids(ids, filter()?))
             }
-            (None, true) => Ok(Selected::Filter(topic_filter(self.topic.as_deref())?)),
+            (None, true) => Ok(Selected::Filter(filter()?)),
             (None, false) => Err(ApiError::new(
                 ErrorKind::BadRequest,
                 "say which entries: {\"ids\": [...]} or {\"all\": true}",
@@ -246,7 +306,7 @@ pub(crate) async fn replay(
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
                 "ids is empty: name at least one dead letter, or use the filters \
-                 ({\"all\": true}, narrowed by \"topic\")",
+                 ({\"all\": true} with topic, subscription, error, since, until)",
             ));
         }
         selected => selected,
@@ -285,7 +345,7 @@ pub(crate) async fn replay(
         failed: Vec::new(),
     };
     match selected {
-        Selected::Ids(ids, topic) => {
+        Selected::Ids(ids, filter) => {
             // An id named twice (a page of entries lists a message once per entry) is
             // replayed once: `one` takes all its entries.
             let mut seen = std::collections::HashSet::new();
@@ -293,12 +353,8 @@ pub(crate) async fn replay(
                 if !seen.insert(id.clone()) {
                     continue;
                 }
-                if let Some(t) = &topic
-                    && state
-                        .dlq
-                        .get(&id)
-                        .is_some_and(|l| !t.matches(&l.envelope.topic))
-                {
+                let entries = state.dlq.entries_of(&id);
+                if !entries.is_empty() && !entries.iter().any(|(_, l)| filter.matches(l)) {
                     continue;
                 }
                 match replayer.one(id.clone()).await {
@@ -311,16 +367,26 @@ pub(crate) async fn replay(
             }
         }
         Selected::Filter(filter) => {
-            let report = replayer.filtered(&filter).await;
-            out.replayed = report.replayed.len();
-            out.failed = report
-                .failed
+            // The messages of the matching entries, oldest first, each once with all its
+            // entries (a filter on the subscription or the error may match only some of a
+            // message's entries; the message is published to its topic again either way).
+            let mut seen = std::collections::HashSet::new();
+            let ids: Vec<MessageId> = state
+                .dlq
+                .entries(&filter)
                 .into_iter()
-                .map(|f| ReplayFailureJson {
-                    id: f.id.to_string(),
-                    error: f.error,
-                })
+                .map(|(_, l)| l.envelope.id)
+                .filter(|id| seen.insert(id.clone()))
                 .collect();
+            for id in ids {
+                match replayer.one(id.clone()).await {
+                    Ok(()) => out.replayed += 1,
+                    Err(e) => out.failed.push(ReplayFailureJson {
+                        id: id.to_string(),
+                        error: e.to_string(),
+                    }),
+                }
+            }
         }
     }
     tracing::info!(
@@ -371,19 +437,7 @@ pub(crate) async fn replays(
     _admin: Admin,
     Q(q): Q<ReplaysQuery>,
 ) -> Result<Json<ReplaysJson>, ApiError> {
-    let ids = q
-        .ids
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(parse_id)
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() || ids.len() > 1000 {
-        return Err(ApiError::new(
-            ErrorKind::BadQuery,
-            format!("{} id(s): give 1 to 1000, comma-separated", ids.len()),
-        ));
-    }
+    let ids = id_list(&q.ids)?;
     let replays = ids.iter().map(|id| state.live.replays.get(id)).collect();
     Ok(Json(ReplaysJson { replays }))
 }
@@ -396,7 +450,9 @@ pub(crate) struct PurgeJson {
     unknown: Vec<String>,
 }
 
-/// Removes dead letters without replaying them.
+/// Removes dead letters without replaying them: with `"all": true` exactly the entries the
+/// listing with the same filters shows (`purged` counts entries); with `ids`, each id's
+/// entries that match the filters (`purged` counts ids).
 #[utoipa::path(post, path = "/v1/dlq/purge", request_body = Selection, responses((status = 200, body = PurgeJson), (status = 400, description = "malformed_json or bad_request", body = crate::error::ErrorBody), (status = 415, description = "unsupported_content_type: the body must be application/json", body = crate::error::ErrorBody)), tag = "dead letters")]
 pub(crate) async fn purge(
     State(state): State<AppState>,
@@ -408,22 +464,21 @@ pub(crate) async fn purge(
     };
     let mut unknown = Vec::new();
     let purged = match sel.resolve()? {
-        Selected::Ids(ids, topic) => {
+        Selected::Ids(ids, filter) => {
             let mut n = 0;
             for id in ids {
-                if state.dlq.get(&id).is_none() {
+                let entries = state.dlq.entries_of(&id);
+                if entries.is_empty() {
                     unknown.push(id.to_string());
                     continue;
                 }
-                if let Some(t) = &topic
-                    && state
-                        .dlq
-                        .get(&id)
-                        .is_some_and(|l| !t.matches(&l.envelope.topic))
-                {
-                    continue;
-                }
-                if state.dlq.remove(&id).map_err(write_error)? {
+                // Only its entries the filter matches (all of them without a filter).
+                let keys: Vec<_> = entries
+                    .iter()
+                    .filter(|(_, l)| filter.matches(l))
+                    .map(|(k, _)| *k)
+                    .collect();
+                if !keys.is_empty() && state.dlq.remove_entries(&keys).map_err(write_error)? > 0 {
                     n += 1;
                 }
             }

@@ -103,10 +103,12 @@ try {
     const subs = (await row("#subs", "pay")).Failed;
     await view("health");
     await page.locator("#health-handlers tbody tr").first().waitFor({ timeout: T });
-    const health = (await row("#health-handlers", "pay")).Failed;
+    const healthRow = await row("#health-handlers", "pay");
+    const health = healthRow.Failed;
     await shot("failed-column-health");
     step(`pay (5 acked, 2 rejected): Failed = ${overview} (overview), ${subs} (subscriptions), ${health} (health)`);
     if (!(overview === subs && subs === health)) fail(`one subscription's "Failed" differs between views: overview ${overview}, subscriptions ${subs}, health ${health}`);
+    if (healthRow.Rejected !== "2") fail(`the health table does not show pay's 2 rejections apart: ${JSON.stringify(healthRow)}`);
   } else if (mode === "dlq") {
     const odd = (process.env.ODD_TOPICS || "").split("\n").filter(Boolean);
     await page.goto(url + "#dlq");
@@ -193,6 +195,7 @@ try {
     await view("dlq");
     await shot("purge-filter-after");
     if (after !== before - 3) fail(`"Purge all matching" with the subscription filter (3 listed) purged ${before - after} of ${before} ("${said}"; it asked "${question}")`);
+    if (!/\b3 dead letter/.test(question) || !/subscription=other/.test(question)) fail(`the confirmation does not name the count (3) and the filter (subscription=other): "${question}"`);
   } else if (mode === "trace") {
     const corr = process.env.CORRELATION_ID;
     await page.goto(url + "#trace/" + corr);

@@ -180,7 +180,6 @@ async fn the_page_shows_exactly_what_the_bus_counted_and_follows_it_live() {
 /// view and the Alerts & health view's handler table. An operator reads one "Failed" column
 /// as one number: three views of the page must not disagree about the same subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: 'Failed' for a rejecting subscription is 0 in the overview and Subscriptions views but 2 in Alerts & health (failed vs failed + rejected)"]
 async fn one_subscriptions_failed_figure_is_the_same_in_every_view() {
     if browser::browser_or_skip("rev43 failed column").is_none() {
         return;
@@ -308,7 +307,6 @@ admin = true
 /// queue (a bad night), the list says how many it shows of how many, and the message of the
 /// trace that failed just now is still marked failed and linked to its dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: with over 1,000 older dead letters the trace view no longer marks a failed message or links its dead letter"]
 async fn a_trace_links_its_dead_letter_when_the_queue_holds_thousands() {
     if browser::browser_or_skip("rev43 trace scale").is_none() {
         return;

@@ -371,3 +371,151 @@ async fn a_replay_to_a_topic_nobody_subscribes_any_more_keeps_the_entry() {
     assert_eq!(left["total"], 1, "the entry stays: {left}");
     node.stop().await.unwrap();
 }
+
+/// Docs (Dead letters): replay and purge take the listing's filters (`topic`,
+/// `subscription`, `error`, `since`, `until`) with `"all": true`, so that what a filtered
+/// listing shows is exactly what a purge removes. Two subscriptions dead-letter each of two
+/// messages (4 entries): a purge with `subscription` removes that subscription's entries
+/// only, `error` and `since` / `until` narrow it, and a replay with `subscription` replays
+/// the messages it lists (each once, all their entries leaving the queue).
+#[tokio::test]
+async fn purge_and_replay_take_the_listings_filters() {
+    let node = TestNode::start(MEMORY).await;
+    let mut billing = rejecting_until_replayed_as(&node, "billing").await;
+    let _audit = rejecting_until_replayed_as(&node, "audit").await;
+    let a = publish(&node, "billing.charge", r#"{"amount": 1}"#).await;
+    let b = publish(&node, "billing.refund", r#"{"amount": 2}"#).await;
+    node.bus.run_until_idle().await;
+    let http = client();
+    let post = |path: &'static str, body: Value| {
+        let http = http.clone();
+        let url = node.url(path);
+        async move {
+            let res = http.post(url).json(&body).send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let total = |query: &'static str| {
+        let node = &node;
+        async move {
+            get_json(node, &format!("/v1/dlq?{query}")).await["total"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    assert_eq!(total("").await, 4);
+    assert_eq!(total("subscription=audit").await, 2);
+
+    // What the listing with the same filter shows, and nothing else.
+    for (body, purged) in [
+        (json!({"all": true, "error": "no such error"}), 0),
+        (
+            json!({"all": true, "subscription": "audit", "until": "2000-01-01T00:00:00Z"}),
+            0,
+        ),
+        (
+            json!({"all": true, "subscription": "audit", "since": "2000-01-01T00:00:00Z",
+                "error": "card declined", "topic": "billing.charge"}),
+            1,
+        ),
+    ] {
+        let (status, res) = post("/v1/dlq/purge", body.clone()).await;
+        assert_eq!(status, 200, "{body}: {res}");
+        assert_eq!(res, json!({"purged": purged, "unknown": []}), "{body}");
+    }
+    assert_eq!(
+        total("").await,
+        3,
+        "only audit's billing.charge entry purged"
+    );
+    assert_eq!(total("subscription=billing").await, 2);
+    assert_eq!(total("subscription=audit&topic=billing.charge").await, 0);
+
+    // Ids narrowed by the filter: an id none of whose entries matches is left alone.
+    let (status, res) = post(
+        "/v1/dlq/purge",
+        json!({"ids": [a], "subscription": "audit"}),
+    )
+    .await;
+    assert_eq!((status, &res["purged"]), (200, &json!(0)), "{res}");
+    assert_eq!(total("").await, 3);
+
+    // A malformed time is refused, as in the listing.
+    let (status, res) = post("/v1/dlq/purge", json!({"all": true, "since": "yesterday"})).await;
+    assert_eq!(status, 400, "{res}");
+    assert_eq!(total("").await, 3);
+
+    // Replay with the subscription filter: audit lists b only; b is replayed once and all its
+    // entries (billing's too) leave the queue; a stays.
+    let (status, res) = post(
+        "/v1/dlq/replay",
+        json!({"all": true, "subscription": "audit"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res, json!({"replayed": 1, "failed": []}));
+    let env = recv(&mut billing, "b replayed").await;
+    assert_eq!(env.id.to_string(), b);
+    node.bus.run_until_idle().await;
+    let left = get_json(&node, "/v1/dlq").await;
+    let ids: Vec<_> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["id"].as_str().unwrap(), i["handler"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ids, vec![(a.as_str(), "billing")], "{left}");
+    node.stop().await.unwrap();
+}
+
+/// Docs (Dead letters): `GET /v1/dlq?ids=<id>,<id>` lists the entries of these messages
+/// wherever they are in the queue (the trace view looks up its own messages so, however many
+/// older dead letters precede them); it combines with the other filters, and a malformed or
+/// empty list is refused.
+#[tokio::test]
+async fn dead_letters_are_listed_by_message_ids() {
+    let node = TestNode::start(MEMORY).await;
+    let _billing = rejecting_until_replayed_as(&node, "billing").await;
+    let _audit = rejecting_until_replayed_as(&node, "audit").await;
+    let a = publish(&node, "billing.charge", r#"{"amount": 1}"#).await;
+    let b = publish(&node, "billing.refund", r#"{"amount": 2}"#).await;
+    let c = publish(&node, "billing.charge", r#"{"amount": 3}"#).await;
+    node.bus.run_until_idle().await;
+    let listed = |query: String| {
+        let node = &node;
+        async move {
+            let v = get_json(node, &format!("/v1/dlq?{query}")).await;
+            let items: Vec<(String, String)> = v["items"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{query}: {v}"))
+                .iter()
+                .map(|i| {
+                    (
+                        i["id"].as_str().unwrap().to_owned(),
+                        i["handler"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            (v["total"].clone(), items)
+        }
+    };
+    let (total, items) = listed(format!("ids={c},{a}&limit=1&offset=3")).await;
+    assert_eq!(total, 4, "a's and c's entries, 2 each");
+    assert_eq!(items, vec![(c.clone(), "audit".to_owned())], "oldest first");
+    let (total, items) = listed(format!("ids={b}&subscription=billing")).await;
+    assert_eq!(
+        (total, items),
+        (json!(1), vec![(b.clone(), "billing".to_owned())])
+    );
+    let (total, _) = listed("ids=01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()).await;
+    assert_eq!(total, 0);
+    for bad in ["ids=", "ids=a%20b"] {
+        let res = client()
+            .get(node.url(&format!("/v1/dlq?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    node.stop().await.unwrap();
+}

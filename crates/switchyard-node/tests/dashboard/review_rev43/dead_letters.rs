@@ -137,7 +137,6 @@ async fn dead_letters_show_bytes_safely_and_replay_and_purge_from_the_page() {
 /// (the list shows only `other`'s three dead letters): an operator expects exactly the listed
 /// (matching) dead letters to go, and `vault`'s to stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: 'Purge all matching' with the Subscription filter purges every dead letter (it sends only the topic filter)"]
 async fn purge_all_matching_purges_only_what_the_filter_lists() {
     if browser::browser_or_skip("rev43 purge filter").is_none() {
         return;
