@@ -182,6 +182,16 @@ fn header_ms(headers: Option<&HeaderMap>, name: &str) -> Option<u128> {
         .and_then(|v| v.as_str().parse::<u128>().ok())
 }
 
+/// Milliseconds as a `Duration` (saturating at `u64::MAX` ms).
+fn millis(ms: u128) -> Duration {
+    Duration::from_millis(ms.min(u64::MAX as u128) as u64)
+}
+
+/// What is left until [`DEADLINE_AT`] (zero once it passed); `None` without it.
+fn left_until_deadline_at(headers: Option<&HeaderMap>) -> Option<Duration> {
+    header_ms(headers, DEADLINE_AT).map(|at| millis(at.saturating_sub(unix_ms_now())))
+}
+
 /// Adds [`DEADLINE_AT`]: now plus `wait`, in Unix milliseconds.
 pub(crate) fn insert_deadline_at(headers: &mut HeaderMap, wait: Duration) {
     let at = unix_ms_now().saturating_add(wait.as_millis());
@@ -193,13 +203,8 @@ pub(crate) fn insert_deadline_at(headers: &mut HeaderMap, wait: Duration) {
 /// without a deadline has none for its handler (its `Sy-Deadline-At`, the sender's
 /// `command_timeout`, only keeps a late arrival from running).
 pub(crate) fn remaining_deadline(headers: Option<&HeaderMap>) -> Option<Duration> {
-    let get = |name: &str| header_ms(headers, name);
-    let relative = get(DEADLINE).map(|ms| Duration::from_millis(ms.min(u64::MAX as u128) as u64));
-    let absolute = get(DEADLINE_AT).map(|at| {
-        let left = at.saturating_sub(unix_ms_now());
-        Duration::from_millis(left.min(u64::MAX as u128) as u64)
-    });
-    match (relative, absolute) {
+    let relative = header_ms(headers, DEADLINE).map(millis);
+    match (relative, left_until_deadline_at(headers)) {
         (Some(r), Some(a)) => Some(r.min(a)),
         (r, _) => r,
     }
@@ -234,16 +239,21 @@ fn malformed(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool 
         return false;
     };
     tracing::warn!(topic = %topic, %reason, "a command with a malformed deadline: not run");
-    if let Some(to) = msg.reply.clone() {
-        let (headers, payload) = encode_result(Err(SendError::Rejected { reason }));
-        let client = client.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = client.publish_with_headers(to, headers, payload).await;
-            });
-        }
-    }
+    answer_unrun(client, msg, SendError::Rejected { reason });
     true
+}
+
+/// Answers a command refused before it reached the handler with `error`, when it has a
+/// reply subject (on a task of its own: the serving stream does not wait for the write).
+fn answer_unrun(client: &Client, msg: &async_nats::Message, error: SendError) {
+    let Some(to) = msg.reply.clone() else { return };
+    let (headers, payload) = encode_result(Err(error));
+    let client = client.clone();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = client.publish_with_headers(to, headers, payload).await;
+        });
+    }
 }
 
 /// What is left of a durable command's deadline: `Sy-Deadline-Ms` counted from `stored` (the
@@ -256,19 +266,13 @@ pub(crate) fn durable_deadline(
     headers: Option<&HeaderMap>,
     stored: std::time::SystemTime,
 ) -> Option<Duration> {
-    let get = |name: &str| header_ms(headers, name);
-    let relative = get(DEADLINE).map(|ms| {
-        let left = Duration::from_millis(ms.min(u64::MAX as u128) as u64);
+    let relative = header_ms(headers, DEADLINE).map(|ms| {
         let waited = std::time::SystemTime::now()
             .duration_since(stored)
             .unwrap_or_default();
-        left.saturating_sub(waited)
+        millis(ms).saturating_sub(waited)
     });
-    let absolute = get(DEADLINE_AT).map(|at| {
-        let left = at.saturating_sub(unix_ms_now());
-        Duration::from_millis(left.min(u64::MAX as u128) as u64)
-    });
-    match (relative, absolute) {
+    match (relative, left_until_deadline_at(headers)) {
         (Some(r), Some(a)) => Some(r.min(a)),
         (r, a) => r.or(a),
     }
@@ -285,17 +289,13 @@ fn expired(client: &Client, topic: &Topic, msg: &async_nats::Message) -> bool {
         topic = %topic,
         "a command arrived after its sender's deadline (Sy-Deadline-At): not run"
     );
-    if let Some(to) = msg.reply.clone() {
-        let (headers, payload) = encode_result(Err(SendError::Timeout {
+    answer_unrun(
+        client,
+        msg,
+        SendError::Timeout {
             deadline: Duration::ZERO,
-        }));
-        let client = client.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = client.publish_with_headers(to, headers, payload).await;
-            });
-        }
-    }
+        },
+    );
     true
 }
 
