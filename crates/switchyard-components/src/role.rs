@@ -71,15 +71,10 @@ impl Role {
         }
     }
 
-    /// Depth in the domain chain: manager 0, service 1, handler 2, processor 3.
+    /// Depth in the domain chain: manager 0, service 1, handler 2, processor 3 (its
+    /// [`layer`](Self::layer) below the CPM's).
     fn depth(self) -> Option<u8> {
-        match self {
-            Role::Manager => Some(0),
-            Role::Service => Some(1),
-            Role::Handler => Some(2),
-            Role::Processor => Some(3),
-            _ => None,
-        }
+        self.layer()?.checked_sub(Role::Manager.layer()?)
     }
 
     /// The phase of the topic a request to this role is published on:
@@ -291,12 +286,17 @@ enum Direction {
 }
 
 /// The direction of `topic` (a topic or a publish pattern) by its phase, if its last segment
-/// is one of the eight phases of `<domain>.<action>.<phase>`.
+/// is one of the eight phases of `<domain>.<action>.<phase>`: a role's
+/// [`request_phase`](Role::request_phase) goes down, its
+/// [`result_phase`](Role::result_phase) up.
 fn phase_direction(topic: &str) -> Option<Direction> {
-    match topic.rsplit('.').next()? {
-        "request" | "submit" | "dispatch" | "execute" => Some(Direction::Down),
-        "processed" | "handled" | "served" | "complete" => Some(Direction::Up),
-        _ => None,
+    let phase = topic.rsplit('.').next()?;
+    if Role::ALL.iter().any(|r| r.request_phase() == phase) {
+        Some(Direction::Down)
+    } else if Role::ALL.iter().any(|r| r.result_phase() == phase) {
+        Some(Direction::Up)
+    } else {
+        None
     }
 }
 
