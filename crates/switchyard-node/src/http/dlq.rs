@@ -344,49 +344,38 @@ pub(crate) async fn replay(
         replayed: 0,
         failed: Vec::new(),
     };
-    match selected {
-        Selected::Ids(ids, filter) => {
-            // An id named twice (a page of entries lists a message once per entry) is
-            // replayed once: `one` takes all its entries.
-            let mut seen = std::collections::HashSet::new();
-            for id in ids {
-                if !seen.insert(id.clone()) {
-                    continue;
-                }
-                let entries = state.dlq.entries_of(&id);
-                if !entries.is_empty() && !entries.iter().any(|(_, l)| filter.matches(l)) {
-                    continue;
-                }
-                match replayer.one(id.clone()).await {
-                    Ok(()) => out.replayed += 1,
-                    Err(e) => out.failed.push(ReplayFailureJson {
-                        id: id.to_string(),
-                        error: e.to_string(),
-                    }),
-                }
-            }
+    // The messages to replay, each once (`one` takes all its entries): the ids named whose
+    // entries match the filters (an id named twice, as a page listing a message once per
+    // entry does, is replayed once; an unknown one is tried and reported failed), or the
+    // messages of the matching entries, oldest first (a filter on the subscription or the
+    // error may match only some of a message's entries; the message is published to its
+    // topic again either way).
+    let ids: Vec<MessageId> = match selected {
+        Selected::Ids(ids, filter) => ids
+            .into_iter()
+            .filter(|id| {
+                let entries = state.dlq.entries_of(id);
+                entries.is_empty() || entries.iter().any(|(_, l)| filter.matches(l))
+            })
+            .collect(),
+        Selected::Filter(filter) => state
+            .dlq
+            .entries(&filter)
+            .into_iter()
+            .map(|(_, l)| l.envelope.id)
+            .collect(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id.clone()) {
+            continue;
         }
-        Selected::Filter(filter) => {
-            // The messages of the matching entries, oldest first, each once with all its
-            // entries (a filter on the subscription or the error may match only some of a
-            // message's entries; the message is published to its topic again either way).
-            let mut seen = std::collections::HashSet::new();
-            let ids: Vec<MessageId> = state
-                .dlq
-                .entries(&filter)
-                .into_iter()
-                .map(|(_, l)| l.envelope.id)
-                .filter(|id| seen.insert(id.clone()))
-                .collect();
-            for id in ids {
-                match replayer.one(id.clone()).await {
-                    Ok(()) => out.replayed += 1,
-                    Err(e) => out.failed.push(ReplayFailureJson {
-                        id: id.to_string(),
-                        error: e.to_string(),
-                    }),
-                }
-            }
+        match replayer.one(id.clone()).await {
+            Ok(()) => out.replayed += 1,
+            Err(e) => out.failed.push(ReplayFailureJson {
+                id: id.to_string(),
+                error: e.to_string(),
+            }),
         }
     }
     tracing::info!(
